@@ -1,0 +1,3 @@
+from remora.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Envoy v3 configuration: the documented subset remora's proxy reads."""

@@ -1,0 +1,126 @@
+"""The contract between the proxy's core and its filters.
+
+The core (listeners, listener filters, clusters, upstream connect, admin) hands each
+accepted connection, once its filter chain is chosen, to the chain's network filters; the
+terminal one (``tcp_proxy`` or ``http_connection_manager``) owns the connection from then
+on and opens upstream connections through the ``ClusterManager``. These Protocols are what
+each side may rely on; the concrete classes live in the core modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from remora.proxy.stream_info import StreamInfo
+
+
+@dataclass(frozen=True)
+class OriginalSrc:
+    """Set by ``envoy.filters.listener.original_src``: upstream connections for this
+    downstream bind to the downstream's IP (IP_TRANSPARENT) and carry SO_MARK ``mark``."""
+
+    ip: str
+    mark: int
+    bind_port: bool = False
+    port: int = 0
+
+
+@dataclass
+class ConnectionFacts:
+    """What listener filters learned about a downstream connection; the filter chain
+    match reads these (Envoy's FilterChainMatch inputs)."""
+
+    local_ip: str  # the original destination once original_dst ran
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    direct_remote_ip: str
+    server_name: str | None = None  # SNI from tls_inspector
+    transport_protocol: str = "raw_buffer"  # "tls" once tls_inspector saw a ClientHello
+    application_protocols: tuple[str, ...] = ()  # ALPN (tls) or "http/1.1"/"h2c" (http_inspector)
+    original_src: OriginalSrc | None = None
+    restored_local_address: bool = False  # original_dst changed the local address
+
+
+class Downstream(Protocol):
+    """An accepted downstream connection, given to the filter chain's network filters.
+    ``reader`` sees every byte the client sent (listener filters only peek)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    facts: ConnectionFacts
+    info: StreamInfo  # connection-level; HTTP makes one per request from it
+
+    def close(self) -> None: ...
+
+
+class Stats(Protocol):
+    def inc(self, name: str, value: int = 1) -> None: ...
+    def gauge_add(self, name: str, delta: int) -> None: ...
+    def observe(self, name: str, value_ms: float) -> None: ...
+
+
+@dataclass
+class Upstream:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    host: str  # "ip:port" of the endpoint
+    local_address: str  # "ip:port" the connection is bound to (127.0.0.6:N, client ip, ...)
+
+
+class UpstreamError(Exception):
+    """Connecting upstream failed. ``flag`` is Envoy's response flag (UF, UO, UH, UT...),
+    ``reason`` the transport failure reason (for UPSTREAM_TRANSPORT_FAILURE_REASON)."""
+
+    def __init__(self, flag: str, reason: str, host: str | None = None) -> None:
+        super().__init__(reason)
+        self.flag = flag
+        self.reason = reason
+        self.host = host
+
+
+class Cluster(Protocol):
+    name: str
+
+    async def connect(
+        self, facts: ConnectionFacts, info: StreamInfo, exclude_hosts: frozenset[str] = ...,
+    ) -> Upstream:
+        """Choose a host (ORIGINAL_DST: the downstream's original destination; STATIC/EDS:
+        the load balancer), open a connection bound as the cluster and original_src say,
+        record upstream_* fields in INFO, count stats, and enforce max_connections.
+        Raises UpstreamError."""
+        ...
+
+    def try_acquire(self, resource: str) -> bool:
+        """Circuit breaker: take one of "pending_requests" / "requests" / "retries";
+        False (and the overflow counted) when the threshold is reached."""
+        ...
+
+    def release(self, resource: str) -> None: ...
+
+
+class ClusterManager(Protocol):
+    def get(self, name: str) -> Cluster | None: ...
+
+
+class AccessLogger(Protocol):
+    def log(self, info: StreamInfo) -> None: ...
+
+
+class FactoryContext(Protocol):
+    """What a filter factory and its runtime object may use."""
+
+    cluster_manager: ClusterManager
+    stats: Stats
+
+    def access_loggers(self, configs: list[Any], path: str) -> list[AccessLogger]:
+        """Build loggers from an ``access_log`` list (listener, tcp_proxy or HCM)."""
+        ...
+
+
+class NetworkFilter(Protocol):
+    async def on_connection(self, downstream: Downstream) -> None:
+        """Own the connection until it ends; the core closes it afterwards."""
+        ...

@@ -1,0 +1,85 @@
+"""What happened on one downstream connection or HTTP request: the access log's source.
+
+Every access-log command operator reads a field of ``StreamInfo`` and nothing else, so the
+TCP proxy, the HTTP connection manager and the RBAC filters record facts here as they
+happen and the formatter stays a pure function (``access_log`` package).
+Addresses are ``"ip:port"`` strings as Envoy prints them (``[v6]:port`` for IPv6).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# Envoy's response flag short strings, in the order Envoy prints them
+# (source/common/stream_info/utility.cc ResponseFlagUtils::ALL_RESPONSE_STRINGS_FLAGS).
+RESPONSE_FLAG_ORDER: tuple[str, ...] = (
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
+    "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
+    "DO", "DR",
+)
+
+
+def format_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+@dataclass
+class StreamInfo:
+    start_time: float = field(default_factory=time.time)  # wall clock, for START_TIME
+    start_monotonic: float = field(default_factory=time.monotonic)
+    end_monotonic: float | None = None
+
+    # downstream
+    downstream_local_address: str | None = None  # the original destination once restored
+    downstream_remote_address: str | None = None
+    downstream_direct_remote_address: str | None = None
+    requested_server_name: str | None = None  # SNI
+    downstream_alpn: str | None = None
+    listener_name: str | None = None
+    filter_chain_name: str | None = None
+
+    # HTTP request/response (lower-case header names; pseudo headers :method :path
+    # :authority :scheme in request_headers). None for plain TCP.
+    protocol: str | None = None
+    request_headers: dict[str, str] | None = None
+    response_headers: dict[str, str] | None = None
+    response_trailers: dict[str, str] | None = None
+    response_code: int | None = None
+    response_code_details: str | None = None
+    route_name: str | None = None
+
+    # outcome
+    response_flags: set[str] = field(default_factory=set)
+    connection_termination_details: str | None = None
+    bytes_received: int = 0
+    bytes_sent: int = 0
+
+    # upstream
+    upstream_cluster: str | None = None
+    upstream_host: str | None = None
+    upstream_local_address: str | None = None
+    upstream_transport_failure_reason: str | None = None
+    upstream_request_attempt_count: int = 0
+
+    # per-filter facts (e.g. RBAC's policy decision) for DYNAMIC_METADATA and diagnosis
+    dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def finish(self) -> None:
+        if self.end_monotonic is None:
+            self.end_monotonic = time.monotonic()
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.end_monotonic is None:
+            return None
+        return int((self.end_monotonic - self.start_monotonic) * 1000)
+
+    def set_flag(self, flag: str) -> None:
+        assert flag in RESPONSE_FLAG_ORDER, flag
+        self.response_flags.add(flag)
+
+    def flags_string(self) -> str:
+        flags = [f for f in RESPONSE_FLAG_ORDER if f in self.response_flags]
+        return ",".join(flags) if flags else "-"
