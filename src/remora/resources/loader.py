@@ -1,0 +1,289 @@
+"""Multi-document YAML manifests -> typed objects, with warnings and all-or-nothing errors.
+
+``load_manifests`` reads every document before returning anything: one invalid object
+raises a ``RemoraError`` naming it, its field and what is wrong, so an apply is never
+half-done. Unknown kinds and unknown fields come back as warnings (strings), never
+printed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remora.errors import RemoraError
+from remora.resources.objects import (
+    Container,
+    ContainerPort,
+    Deployment,
+    EnvVar,
+    Namespace,
+    Object,
+    ObjectMeta,
+    Pod,
+    PodSpec,
+    PodTemplate,
+    Service,
+    ServicePort,
+)
+from remora.resources.reader import Context, Node, check_name
+
+# Fields Kubernetes defines that change nothing in the lab: read silently.
+_META_IGNORED = ("creationTimestamp", "uid", "resourceVersion", "generation", "managedFields",
+                 "ownerReferences", "finalizers", "selfLink")
+_CONTAINER_IGNORED = ("resources", "terminationMessagePath", "terminationMessagePolicy")
+_POD_SPEC_IGNORED = ("terminationGracePeriodSeconds", "dnsPolicy", "schedulerName",
+                     "securityContext", "serviceAccount", "enableServiceLinks")
+_KINDS = {("v1", "Namespace"), ("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Pod")}
+
+
+@dataclass
+class Loaded:
+    objects: list[Object] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_file(path: str | Path) -> Loaded:
+    """A manifest file, or every *.yaml/*.yml/*.json file of a directory (sorted)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
+    elif p.is_file():
+        files = [p]
+    else:
+        raise RemoraError(f"manifest {p} does not exist", "give a YAML file or a directory")
+    out = Loaded()
+    for f in files:
+        part = load_manifests(f.read_text(), str(f))
+        out.objects += part.objects
+        out.warnings += part.warnings
+    return out
+
+
+def load_manifests(text: str, source: str = "<input>") -> Loaded:
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise RemoraError(f"{source}: not valid YAML: {' '.join(str(exc).split())}",
+                          "fix the YAML syntax") from exc
+    out = Loaded()
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        for item in _expand_list(doc, source, index):
+            obj, warnings = parse_object(item, f"{source} document {index + 1}")
+            out.warnings += warnings
+            if obj is not None:
+                out.objects.append(obj)
+    return out
+
+
+def _expand_list(doc: Any, source: str, index: int) -> list[Any]:
+    # `kubectl get -o yaml` writes a v1 List; accept it as kubectl apply does.
+    if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+        return list(doc["items"])
+    return [doc]
+
+
+def parse_object(doc: Any, where: str) -> tuple[Object | None, list[str]]:
+    """One manifest object -> (object or None for an unknown kind, warnings)."""
+    if not isinstance(doc, dict):
+        raise RemoraError(f"{where}: expected a Kubernetes object (a mapping), got "
+                          f"{type(doc).__name__}")
+    kind = doc.get("kind")
+    api = doc.get("apiVersion")
+    raw_meta = doc.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
+    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
+    if not isinstance(kind, str) or not kind:
+        raise RemoraError(f"{where}: kind is missing", "every object needs apiVersion and kind")
+    label = f"{kind}/{name}" if kind == "Namespace" else f"{kind}/{namespace}/{name or '?'}"
+    if (api, kind) not in _KINDS:
+        known = ", ".join(f"{a} {k}" for a, k in sorted(_KINDS))
+        return None, [f"{where}: {label}: unknown kind {api}/{kind} (skipped; remora "
+                      f"reads {known})"]
+    ctx = Context(label)
+    root = Node(ctx, doc, "", ignore=("apiVersion", "kind", "status"))
+    obj: Object
+    if kind == "Namespace":
+        obj = Namespace(metadata=_meta(root, namespaced=False))
+        root.node("spec")  # Namespace spec (finalizers) has no effect here
+    elif kind == "Deployment":
+        obj = _deployment(root)
+    elif kind == "Service":
+        obj = _service(root)
+    else:
+        obj = Pod(metadata=_meta(root), spec=_pod_spec(root.node("spec", ignore=_POD_SPEC_IGNORED,
+                                                                 required=True)))
+    root.done()
+    return obj, ctx.warnings
+
+
+def _meta(root: Node, namespaced: bool = True) -> ObjectMeta:
+    m = root.node("metadata", ignore=_META_IGNORED, required=True)
+    assert m is not None
+    name = m.string("name", required=True)
+    check_name(m.ctx, m.sub("name"), name, label=not namespaced or root.value["kind"] == "Service")
+    namespace = "default"
+    if namespaced:
+        namespace = m.string("namespace", "default")
+        check_name(m.ctx, m.sub("namespace"), namespace, label=True)
+    out = ObjectMeta(name=name, namespace=namespace, labels=m.string_map("labels", labels=True),
+                     annotations=m.string_map("annotations"))
+    m.done()
+    return out
+
+
+def _deployment(root: Node) -> Deployment:
+    meta = _meta(root)
+    spec = root.node("spec", ignore=("strategy", "revisionHistoryLimit", "progressDeadlineSeconds",
+                                     "minReadySeconds", "paused"), required=True)
+    assert spec is not None
+    replicas = spec.integer("replicas", 1, minimum=0, maximum=1000)
+    sel = spec.node("selector", required=True)
+    assert sel is not None
+    match = sel.string_map("matchLabels", labels=True)
+    if sel.has("matchExpressions"):
+        raise sel.ctx.error(sel.sub("matchExpressions"), "not supported",
+                            "use selector.matchLabels")
+    if not match:
+        raise sel.ctx.error(sel.sub("matchLabels"), "required field is missing",
+                            "select the pods by their template labels")
+    sel.done()
+    tmpl = spec.node("template", required=True)
+    assert tmpl is not None
+    tmeta = tmpl.node("metadata", ignore=("creationTimestamp", "name"))
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    if tmeta is not None:
+        labels = tmeta.string_map("labels", labels=True)
+        annotations = tmeta.string_map("annotations")
+        tmeta.done()
+    for key, value in match.items():
+        if labels.get(key) != value:
+            raise spec.ctx.error("spec.template.metadata.labels",
+                                 f"selector does not match template labels: "
+                                 f"{key}={value} is not among them",
+                                 "give the pod template the labels of spec.selector.matchLabels")
+    pod_spec = _pod_spec(tmpl.node("spec", ignore=_POD_SPEC_IGNORED, required=True))
+    tmpl.done()
+    spec.done()
+    return Deployment(metadata=meta, selector=match, replicas=replicas,
+                      template=PodTemplate(labels=labels, annotations=annotations, spec=pod_spec))
+
+
+def _pod_spec(spec: Node | None) -> PodSpec:
+    assert spec is not None
+    containers = tuple(_container(spec, p, c) for p, c in spec.items("containers"))
+    if not containers:
+        raise spec.ctx.error(spec.sub("containers"), "at least one container is required")
+    inits = tuple(_container(spec, p, c) for p, c in spec.items("initContainers"))
+    seen: set[str] = set()
+    for c in inits + containers:
+        if c.name in seen:
+            raise spec.ctx.error(spec.sub("containers"), f"duplicate container name {c.name!r}")
+        seen.add(c.name)
+    restart = spec.string("restartPolicy", "Always")
+    if restart not in ("Always", "OnFailure", "Never"):
+        raise spec.ctx.error(spec.sub("restartPolicy"), f"unsupported value {restart!r}",
+                             "use Always, OnFailure or Never")
+    account = spec.string("serviceAccountName", "") or spec.string("serviceAccount", "default")
+    spec.done()
+    return PodSpec(containers=containers, initContainers=inits, restartPolicy=restart,
+                   serviceAccountName=account)
+
+
+def _container(parent: Node, path: str, value: Any) -> Container:
+    n = Node(parent.ctx, value, path, ignore=_CONTAINER_IGNORED)
+    name = n.string("name", required=True)
+    check_name(n.ctx, n.sub("name"), name, label=True)
+    image = n.string("image", required=True)
+    env = []
+    for p, item in n.items("env"):
+        e = Node(n.ctx, item, p)
+        env.append(EnvVar(name=e.string("name", required=True), value=e.string("value"),
+                          valueFrom=e.raw("valueFrom")))
+        e.done()
+    ports = []
+    for p, item in n.items("ports"):
+        pn = Node(n.ctx, item, p, ignore=("hostIP",))
+        port_name = pn.string("name")
+        if port_name:
+            check_name(n.ctx, pn.sub("name"), port_name, label=True)
+        protocol = pn.string("protocol", "TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            raise n.ctx.error(pn.sub("protocol"), f"unsupported protocol {protocol!r}",
+                              "use TCP, UDP or SCTP")
+        if pn.has("hostPort"):
+            pn.port("hostPort")
+            n.ctx.warnings.append(f"{n.ctx.obj}: {pn.sub('hostPort')} has no effect in the lab")
+        ports.append(ContainerPort(containerPort=pn.port("containerPort"), name=port_name,
+                                   protocol=protocol))
+        pn.done()
+    policy = n.string("imagePullPolicy")
+    if policy and policy not in ("Always", "IfNotPresent", "Never"):
+        raise n.ctx.error(n.sub("imagePullPolicy"), f"unsupported value {policy!r}",
+                          "use Always, IfNotPresent or Never")
+    sc = n.raw("securityContext")
+    if sc is not None and not isinstance(sc, dict):
+        raise n.ctx.error(n.sub("securityContext"), "expected an object")
+    out = Container(name=name, image=image, command=n.strings("command"), args=n.strings("args"),
+                    env=tuple(env), ports=tuple(ports), imagePullPolicy=policy,
+                    workingDir=n.string("workingDir"), securityContext=sc)
+    n.done()
+    return out
+
+
+def _service(root: Node) -> Service:
+    meta = _meta(root)
+    spec = root.node("spec", required=True, ignore=("sessionAffinity", "ipFamilies",
+                                                    "ipFamilyPolicy", "internalTrafficPolicy",
+                                                    "clusterIPs"))
+    assert spec is not None
+    svc_type = spec.string("type", "ClusterIP")
+    if svc_type != "ClusterIP":
+        raise spec.ctx.error(spec.sub("type"), f"type {svc_type} is not supported",
+                             "use type: ClusterIP (the lab has no node ports or load balancers)")
+    cluster_ip = spec.string("clusterIP")
+    if cluster_ip == "None":
+        raise spec.ctx.error(spec.sub("clusterIP"), "headless services are not supported",
+                             "leave clusterIP out to get one allocated")
+    ports = []
+    names: set[str] = set()
+    for p, item in spec.items("ports"):
+        pn = Node(spec.ctx, item, p, ignore=("nodePort",))
+        port = pn.port("port")
+        target: int | str = port
+        raw_target = pn.raw("targetPort")
+        if isinstance(raw_target, str) and raw_target.isdigit():
+            raw_target = int(raw_target)
+        if isinstance(raw_target, str):
+            check_name(spec.ctx, pn.sub("targetPort"), raw_target, label=True)
+            target = raw_target
+        elif raw_target is not None:
+            target = pn.check_int(raw_target, pn.sub("targetPort"), 1, 65535)
+        name = pn.string("name")
+        if name:
+            check_name(spec.ctx, pn.sub("name"), name, label=True)
+        if name in names:
+            raise spec.ctx.error(pn.sub("name"), f"duplicate port name {name!r}")
+        names.add(name)
+        protocol = pn.string("protocol", "TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            raise spec.ctx.error(pn.sub("protocol"), f"unsupported protocol {protocol!r}")
+        ports.append(ServicePort(port=port, targetPort=target, name=name, protocol=protocol,
+                                 appProtocol=pn.string("appProtocol")))
+        pn.done()
+    if not ports:
+        raise spec.ctx.error(spec.sub("ports"), "at least one port is required")
+    if len(ports) > 1 and "" in names:
+        raise spec.ctx.error(spec.sub("ports"), "every port needs a name when there are several",
+                             "name each port, e.g. http-web")
+    out = Service(metadata=meta, selector=spec.string_map("selector", labels=True),
+                  ports=tuple(ports), clusterIP=cluster_ip, type=svc_type)
+    spec.done()
+    return out

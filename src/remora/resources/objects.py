@@ -1,0 +1,221 @@
+"""Typed Kubernetes objects: the subset of core/v1 and apps/v1 that the lab runs.
+
+Field names follow the Kubernetes API (``matchLabels``, ``targetPort``, ``appProtocol``)
+in their Python spelling; ``to_dict()`` gives the API's own JSON back, which is what
+``remora get -o yaml|json`` prints and what the strategic-merge patch works on.
+Reference: https://kubernetes.io/docs/reference/kubernetes-api/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self, namespaced: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if namespaced:
+            out["namespace"] = self.namespace
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    containerPort: int
+    name: str = ""
+    protocol: str = "TCP"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"containerPort": self.containerPort}
+        if self.name:
+            out["name"] = self.name
+        out["protocol"] = self.protocol
+        return out
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str = ""
+    # valueFrom (downward API) is kept as written: the node runtime resolves fieldRefs.
+    valueFrom: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.valueFrom is not None:
+            out["valueFrom"] = self.valueFrom
+        else:
+            out["value"] = self.value
+        return out
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    image: str = ""
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+    imagePullPolicy: str = ""
+    workingDir: str = ""
+    # Kept verbatim: the injector writes Istio's securityContext, the runtime reads
+    # runAsUser/runAsGroup/capabilities from it.
+    securityContext: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "image": self.image}
+        if self.command:
+            out["command"] = list(self.command)
+        if self.args:
+            out["args"] = list(self.args)
+        if self.env:
+            out["env"] = [e.to_dict() for e in self.env]
+        if self.ports:
+            out["ports"] = [p.to_dict() for p in self.ports]
+        if self.imagePullPolicy:
+            out["imagePullPolicy"] = self.imagePullPolicy
+        if self.workingDir:
+            out["workingDir"] = self.workingDir
+        if self.securityContext is not None:
+            out["securityContext"] = self.securityContext
+        return out
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    containers: tuple[Container, ...]
+    initContainers: tuple[Container, ...] = ()
+    serviceAccountName: str = "default"
+    restartPolicy: str = "Always"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.initContainers:
+            out["initContainers"] = [c.to_dict() for c in self.initContainers]
+        out["containers"] = [c.to_dict() for c in self.containers]
+        out["serviceAccountName"] = self.serviceAccountName
+        out["restartPolicy"] = self.restartPolicy
+        return out
+
+
+@dataclass(frozen=True)
+class PodTemplate:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    spec: PodSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        if self.labels:
+            meta["labels"] = dict(self.labels)
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
+        return {"metadata": meta, "spec": self.spec.to_dict()}
+
+
+@dataclass(frozen=True)
+class Namespace:
+    metadata: ObjectMeta
+    kind: str = "Namespace"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": self.metadata.to_dict(namespaced=False)}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    metadata: ObjectMeta
+    selector: dict[str, str]
+    template: PodTemplate
+    replicas: int = 1
+    kind: str = "Deployment"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": self.metadata.to_dict(),
+            "spec": {
+                "replicas": self.replicas,
+                "selector": {"matchLabels": dict(self.selector)},
+                "template": self.template.to_dict(),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    targetPort: int | str
+    name: str = ""
+    protocol: str = "TCP"
+    appProtocol: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.name:
+            out["name"] = self.name
+        out["port"] = self.port
+        out["targetPort"] = self.targetPort
+        out["protocol"] = self.protocol
+        if self.appProtocol:
+            out["appProtocol"] = self.appProtocol
+        return out
+
+
+@dataclass(frozen=True)
+class Service:
+    metadata: ObjectMeta
+    selector: dict[str, str]
+    ports: tuple[ServicePort, ...]
+    clusterIP: str = ""  # "" until the node runtime allocates one
+    type: str = "ClusterIP"
+    kind: str = "Service"
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.metadata.name}.{self.metadata.namespace}.svc.cluster.local"
+
+    def to_dict(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"type": self.type}
+        if self.clusterIP:
+            spec["clusterIP"] = self.clusterIP
+        if self.selector:
+            spec["selector"] = dict(self.selector)
+        spec["ports"] = [p.to_dict() for p in self.ports]
+        return {"apiVersion": "v1", "kind": "Service", "metadata": self.metadata.to_dict(),
+                "spec": spec}
+
+
+@dataclass(frozen=True)
+class Pod:
+    metadata: ObjectMeta
+    spec: PodSpec
+    kind: str = "Pod"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": self.metadata.to_dict(),
+                "spec": self.spec.to_dict()}
+
+
+Object = Namespace | Deployment | Service | Pod
+
+
+def ref(obj: Object) -> str:
+    """kind/namespace/name as errors name an object (namespace left out for Namespace)."""
+    if isinstance(obj, Namespace):
+        return f"Namespace/{obj.metadata.name}"
+    return f"{obj.kind}/{obj.metadata.namespace}/{obj.metadata.name}"

@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import pytest
+
+from remora.errors import RemoraError
+from remora.resources.loader import load_file, load_manifests
+from remora.resources.objects import Deployment, Namespace, Service
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_seed_manifests_load_without_warnings() -> None:
+    server = load_file(DATA / "server.yaml")
+    client = load_file(DATA / "client.yaml")
+    assert server.warnings == [] and client.warnings == []
+    dep, svc = server.objects
+    assert isinstance(dep, Deployment) and isinstance(svc, Service)
+    assert (dep.metadata.namespace, dep.metadata.name) == ("demo-to", "simple-server")
+    assert dep.replicas == 1
+    assert dep.selector == {"web": "server"} and dep.template.labels == {"web": "server"}
+    c = dep.template.spec.containers[0]
+    assert (c.name, c.image, c.imagePullPolicy) == ("demo", "vasth/simple-server", "Always")
+    assert svc.selector == {"web": "server"}
+    port = svc.ports[0]
+    assert (port.port, port.targetPort, port.protocol) == (18080, 18080, "TCP")
+    assert svc.fqdn == "simple-server-svc.demo-to.svc.cluster.local"
+    assert client.objects[0].metadata.name == "simple-client"
+
+
+def test_directory_and_round_trip() -> None:
+    loaded = load_file(DATA)
+    assert [o.kind for o in loaded.objects] == ["Deployment", "Deployment", "Service"]
+    again = load_manifests("\n---\n".join(__import__("yaml").safe_dump(o.to_dict())
+                                          for o in loaded.objects))
+    assert again.objects == loaded.objects
+
+
+def test_unknown_kind_and_fields_are_warnings_naming_them() -> None:
+    text = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo-to, labels: {istio-injection: enabled}, colour: blue}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: vs}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec:
+  ports: [{port: 80, name: http, frobnicate: 1}]
+"""
+    loaded = load_manifests(text, "x.yaml")
+    ns = loaded.objects[0]
+    assert isinstance(ns, Namespace) and ns.metadata.labels == {"istio-injection": "enabled"}
+    assert len(loaded.objects) == 2
+    assert any("Namespace/demo-to: unknown field metadata.colour" in w for w in loaded.warnings)
+    assert any("unknown kind networking.istio.io/v1beta1/VirtualService" in w
+               for w in loaded.warnings)
+    assert any("Service/default/s: unknown field spec.ports[0].frobnicate" in w
+               for w in loaded.warnings)
+
+
+DEPLOY = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: ns1}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: img, ports: [{containerPort: 8080}]}]
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "path", "what"), [
+    ("metadata: {name: web, namespace: ns1}", "metadata: {namespace: ns1}",
+     "metadata.name", "required"),
+    ("containerPort: 8080", "containerPort: 70000", "spec.template.spec.containers[0]"
+     ".ports[0].containerPort", "out of range"),
+    ("containerPort: 8080", "containerPort: '80'", "containerPort", "expected an integer"),
+    ("labels: {app: web}}", "labels: {app: other}}", "spec.template.metadata.labels",
+     "selector does not match"),
+    ("image: img", "image: 5", "containers[0].image", "expected a string"),
+    ("name: web,", "name: Web_1,", "metadata.name", "invalid name"),
+])
+def test_invalid_objects_name_object_field_and_problem(old: str, new: str, path: str,
+                                                       what: str) -> None:
+    text = DEPLOY.replace(old, new)
+    assert text != DEPLOY
+    with pytest.raises(RemoraError) as err:
+        load_manifests(text + "\n---\n" + (DATA / "client.yaml").read_text())
+    line = err.value.one_line()
+    assert "Deployment/ns1/" in line and path in line and what in line
+
+
+def test_one_bad_object_fails_the_whole_load() -> None:
+    bad = DEPLOY.replace("containerPort: 8080", "containerPort: 0")
+    with pytest.raises(RemoraError):
+        load_manifests((DATA / "server.yaml").read_text() + "\n---\n" + bad)
+
+
+def test_service_target_port_by_name_and_bad_port() -> None:
+    svc = """
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: a}
+spec:
+  selector: {app: x}
+  ports: [{name: http-web, port: 80, targetPort: web, appProtocol: http}]
+"""
+    s = load_manifests(svc).objects[0]
+    assert isinstance(s, Service)
+    assert s.ports[0].targetPort == "web" and s.ports[0].appProtocol == "http"
+    with pytest.raises(RemoraError, match=r"Service/a/s: spec.ports\[0\].port"):
+        load_manifests(svc.replace("port: 80,", "port: -1,"))
+    with pytest.raises(RemoraError, match=r"spec\.type"):
+        load_manifests(svc.replace("selector:", "type: NodePort\n  selector:"))
+
+
+def test_label_values_must_be_strings() -> None:
+    with pytest.raises(RemoraError) as err:
+        load_manifests(DEPLOY.replace("labels: {app: web}}", "labels: {app: web, v: 1}}"))
+    assert "labels.v: expected a string" in err.value.one_line()
+    assert 'fix: quote the value in YAML: v: "1"' in err.value.one_line()
