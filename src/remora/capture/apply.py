@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remora.capture import facts, render, state
-from remora.capture.config import CaptureConfig
+from remora.capture.config import CaptureConfig, with_overrides
 from remora.capture.model import Rule, RuleSet, build
 from remora.capture.routing import ALL_TPROXY, Item, Pyroute2Routing, RoutingOps, wanted
 from remora.capture.runner import RecordingRunner, Runner, SubprocessRunner
@@ -80,6 +80,7 @@ class Session:
         self.v4, self.v6 = families(self.config)
         self.mark = int(self.config.inbound_tproxy_mark)
         self.table = int(self.config.inbound_tproxy_route_table)
+        self._canonical: dict[tuple[Family, tuple[Rule, ...]], dict[str, state.TableState]] = {}
 
     # -- iptables ---------------------------------------------------------------------
     def rules(self, fam: Family) -> tuple[Rule, ...]:
@@ -106,37 +107,51 @@ class Session:
                               "nothing was changed; fix the value the message names "
                               "(e.g. an unknown group or interface) and retry")
 
-    def canonical(self, fam: Family) -> dict[str, state.TableState]:
+    def canonical(self, fam: Family, ruleset: RuleSet | None = None
+                  ) -> dict[str, state.TableState]:
         """The model's rules as iptables-save prints them, via a throwaway namespace."""
-        rules = self.rules(fam)
+        rs = ruleset or self.ruleset
+        rules = rs.v6 if fam.ipv6 else rs.v4
         if not rules:
             return {}
-        self.need("unshare", "sh")
-        script = f"{fam.restore} --noflush && {fam.save}"
-        result = self.runner.run(["unshare", "--net", "--", "sh", "-c", script],
-                                 stdin=render.restore(rules))
-        if not result.ok:
-            raise RemoraError(f"{fam.restore} rejected the capture rules: "
-                              f"{_first(result.stderr)}",
-                              "nothing was changed; fix the value the message names "
-                              "(e.g. an unknown group or interface) and retry")
-        return state.parse_save(result.stdout)
+        key = (fam, rules)
+        if key not in self._canonical:
+            self.need("unshare", "sh")
+            script = f"{fam.restore} --noflush && {fam.save}"
+            result = self.runner.run(["unshare", "--net", "--", "sh", "-c", script],
+                                     stdin=render.restore(rules))
+            if not result.ok:
+                raise RemoraError(f"{fam.restore} rejected the capture rules: "
+                                  f"{_first(result.stderr)}",
+                                  "nothing was changed; fix the value the message names "
+                                  "(e.g. an unknown group or interface) and retry")
+            self._canonical[key] = state.parse_save(result.stdout)
+        return self._canonical[key]
+
+    def ours(self, fam: Family) -> dict[str, frozenset[str]]:
+        """Built-in-chain rules that are Istio's: this config's, and those TPROXY mode adds
+        (so a REDIRECT config still recognises, verifies against and removes them)."""
+        mine = state.builtin_rules(self.canonical(fam))
+        tproxy = with_overrides(self.config, inbound_interception_mode="TPROXY",
+                                inbound_ports_include=("*",))
+        extra = state.builtin_rules(self.canonical(fam, build(tproxy)))
+        return {t: mine.get(t, frozenset()) | extra.get(t, frozenset())
+                for t in set(mine) | set(extra)}
 
     def views(self, fam: Family, saved: str) -> tuple[state.View, state.View]:
         """(actual, expected) Istio views; canonicalises only when the save has rules."""
         tables = state.parse_save(saved)
         if not state.istio_view(tables, {}) and not state.has_builtin_rules(tables):
             return {}, {}
-        canon = self.canonical(fam)
-        ours = state.builtin_rules(canon)
-        return state.istio_view(tables, ours), state.istio_view(canon, ours)
+        ours = self.ours(fam)
+        return state.istio_view(tables, ours), state.istio_view(self.canonical(fam), ours)
 
     def clean_family(self, fam: Family, drop_empty_tables: bool) -> bool:
         saved = self.save(fam)
         tables = state.parse_save(saved)
         if not state.istio_view(tables, {}) and not state.has_builtin_rules(tables):
             return False
-        ours = state.builtin_rules(self.canonical(fam))
+        ours = self.ours(fam)
         text = state.cleanup_restore(tables, ours)
         if not text:
             return False
@@ -234,7 +249,7 @@ def apply(config: CaptureConfig, netns_path: Path | None = None, *,
             # Removal and re-install in one restore per family: one transaction each.
             for fam in planned:
                 tables = state.parse_save(saved[fam])
-                undo = state.cleanup_restore(tables, state.builtin_rules(s.canonical(fam)))
+                undo = state.cleanup_restore(tables, s.ours(fam))
                 texts[fam] = state.merge_restore(undo, texts[fam])
             action = "reconciled"
     s.restore(v4, texts[v4], "capture rules")
@@ -243,7 +258,7 @@ def apply(config: CaptureConfig, netns_path: Path | None = None, *,
         if ipv6:
             s.restore(v6, texts[v6], "IPv6 capture rules")
         if s.runner.dry:
-            notes = [f"would add: {item}" for item in s.wanted_routing()]
+            notes = [f"would run: {i.describe(s.mark, s.table)}" for i in s.wanted_routing()]
         else:
             s.add_routing()
     except BaseException:
@@ -266,7 +281,7 @@ def cleanup(config: CaptureConfig, netns_path: Path | None = None, *,
             if s.runner.available(fam.save) and s.runner.available(fam.restore)
             and s.clean_family(fam, drop_empty_tables=True)]
     if not s.runner.dry:
-        done += [f"removed: {item}" for item in s.remove_routing()]
+        done += [f"removed `{i.describe(s.mark, s.table)}`" for i in s.remove_routing()]
     return Outcome("cleaned", s.ruleset, done)
 
 
@@ -280,18 +295,18 @@ def verify(config: CaptureConfig, netns_path: Path | None = None, *,
         if not s.rules(fam) and not s.runner.available(fam.save):
             continue
         tables = state.parse_save(s.save(fam))
-        canon = s.canonical(fam)
-        ours = state.builtin_rules(canon)
+        ours = s.ours(fam)
         actual = state.describe(state.istio_view(tables, ours))
-        expected = state.describe(state.istio_view(canon, ours))
+        expected = state.describe(state.istio_view(s.canonical(fam), ours))
         missing += [line for line in expected if line not in actual]
         unexpected += [line for line in actual if line not in expected]
         if not missing and not unexpected and actual != expected:
             unexpected.append(f"{fam.save[:-5]}: rules present but in another order")
     present = s.routing.present(s.path, s.mark, s.table)
     want = s.wanted_routing()
-    missing += [str(item) for item in want if item not in present]
-    unexpected += [str(item) for item in ALL_TPROXY if item in present and item not in want]
+    missing += [i.describe(s.mark, s.table) for i in want if i not in present]
+    unexpected += [i.describe(s.mark, s.table) for i in ALL_TPROXY
+                   if i in present and i not in want]
     return Verification(not missing and not unexpected, missing, unexpected)
 
 

@@ -38,11 +38,11 @@ class Item:
     kind: str
     family: int
 
-    def __str__(self) -> str:
+    def describe(self, mark: int, table: int) -> str:
         fam = "-6 " if self.family == socket.AF_INET6 else ""
-        return {"rule": f"ip {fam}rule fwmark MARK lookup TABLE",
-                "route": f"ip {fam}route local default dev lo table TABLE",
-                "addr": "ip -6 addr ::6/128 dev lo"}[self.kind]
+        return {"rule": f"ip {fam}rule add fwmark {mark} lookup {table}",
+                "route": f"ip {fam}route add local default dev lo table {table}",
+                "addr": "ip -6 addr add ::6/128 dev lo"}[self.kind]
 
 
 class RoutingOps(Protocol):
@@ -106,9 +106,9 @@ class Pyroute2Routing:
                              family=socket.AF_INET6)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
-                    raise RemoraError(f"could not add `{item}` (mark {mark}, table {table}): "
-                                      f"{exc}", "check that IPv6 is enabled in the namespace"
-                                      " or pick another -r table") from None
+                    raise RemoraError(f"could not run `{item.describe(mark, table)}`: {exc}",
+                                      "check that IPv6 is enabled in the namespace, or "
+                                      "pick another -r table") from None
 
     def remove(self, path: Path | None, item: Item, mark: int, table: int) -> None:
         with _ipr(path) as ipr:
@@ -152,7 +152,7 @@ class RecordingRouting:
 
     def add(self, path: Path | None, item: Item, mark: int, table: int) -> None:
         if item == self.fail_on:
-            raise RemoraError(f"could not add `{item}`", "test failure")
+            raise RemoraError(f"could not run `{item.describe(mark, table)}`", "test failure")
         self.state = (self.state or set()) | {item}
 
     def remove(self, path: Path | None, item: Item, mark: int, table: int) -> None:
