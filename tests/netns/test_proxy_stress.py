@@ -1,0 +1,431 @@
+"""Correct under stress: no byte lost, bad input refused, upstream failures reported.
+
+Every test runs once on the real Envoy and once on `remora proxy` with the same config.
+The Envoy half proves the harness and pins down what Envoy does; the remora half must do
+the same (the upstream-failure and malformed-request cases compare with Envoy's
+observation field by field).
+
+- Byte-exact relay through one sidecar (server, REDIRECT) and two (client sidecar ->
+  server sidecar): payloads of 0 bytes to 64 MiB in both directions, with the half-close
+  coming from the client first, from the server first, or both sending at once; SHA-256
+  compared end to end. A few fixed big cases plus hypothesis for the rest.
+- Malformed HTTP (bad request line, bad header, conflicting Content-Length, oversize
+  headers, invalid chunking): an error status with DPE in the access log and the
+  connection closed, while a keep-alive client next to it keeps being served.
+- Upstream refused, reset before and after the response started, slower than the route
+  timeout (tests/data/proxy/server-redirect-timeout*.json): status, flags, details.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import proxyharness as ph
+from tests.lab import SERVER_IP, Lab, Namespace
+
+pytestmark = [pytest.mark.netns, pytest.mark.envoy]
+
+RELAY_PORT = 9000  # not 18080: takes the catch-all tcp_proxy chains
+MIB = 1 << 20
+CLIENT_FIRST, SERVER_FIRST, BOTH = 0, 1, 2
+HEADER = struct.Struct("!QQQB")  # up_len, down_len, seed, mode
+IO_TIMEOUT = 60.0
+
+
+def require(kind: str) -> None:
+    if kind == "remora":
+        problem = ph.remora_proxy_problem()
+        if problem is not None:
+            pytest.xfail(f"remora proxy is not built yet: {problem}")
+
+
+def payload(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), MIB))
+        if not chunk:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def drain(sock: socket.socket) -> tuple[str, int]:
+    """Read to EOF; return (sha256 hex, byte count)."""
+    digest = hashlib.sha256()
+    total = 0
+    while True:
+        chunk = sock.recv(MIB)
+        if not chunk:
+            return digest.hexdigest(), total
+        digest.update(chunk)
+        total += len(chunk)
+
+
+# -- byte relay --------------------------------------------------------------------------
+class RelayServer:
+    """The app side of a relay case: what it received (hash, count) per seed."""
+
+    def __init__(self, ns: Namespace) -> None:
+        self.received: dict[int, tuple[str, int]] = {}
+        self.peer = ph.PeerServer(ns, RELAY_PORT, self.handle)
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(IO_TIMEOUT)
+        _up_len, down_len, seed, mode = HEADER.unpack(recv_exact(conn, HEADER.size))
+        down = payload(seed + 1, down_len)
+        if mode == CLIENT_FIRST:  # reply only after the client's FIN came through
+            self.received[seed] = drain(conn)
+            conn.sendall(down)
+            conn.shutdown(socket.SHUT_WR)
+        elif mode == SERVER_FIRST:  # our FIN goes first; the client keeps sending
+            conn.sendall(down)
+            conn.shutdown(socket.SHUT_WR)
+            self.received[seed] = drain(conn)
+        else:
+            sender = threading.Thread(target=_send_and_shut, args=(conn, down))
+            sender.start()
+            self.received[seed] = drain(conn)
+            sender.join(IO_TIMEOUT)
+
+
+def _send_and_shut(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+@dataclass
+class Relay:
+    client: Namespace
+    server: RelayServer
+    sidecars: list[ph.Sidecar]
+    connections: int = 0
+
+    def check(self, up_len: int, down_len: int, mode: int, seed: int) -> None:
+        self.connections += 1
+        up = payload(seed, up_len)
+        sock = Lab.socket(self.client)
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect((SERVER_IP, RELAY_PORT))
+        sender = threading.Thread(
+            target=_send_and_shut, args=(sock, HEADER.pack(up_len, down_len, seed, mode) + up))
+        try:
+            sender.start()
+            got = drain(sock)
+            sender.join(IO_TIMEOUT)
+        finally:
+            sock.close()
+        assert not sender.is_alive(), "client could not finish sending"
+        expected_down = hashlib.sha256(payload(seed + 1, down_len)).hexdigest()
+        assert got == (expected_down, down_len), f"server->client bytes differ (mode {mode})"
+        deadline = time.monotonic() + 10
+        while seed not in self.server.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.server.received.get(seed) == (hashlib.sha256(up).hexdigest(), up_len), \
+            f"client->server bytes differ (mode {mode})"
+
+
+@contextlib.contextmanager
+def relay_topology(kind: str, hops: int, workdir: Path) -> Iterator[Relay]:
+    with Lab(prefix="rst") as lab:
+        client, server = lab.pair()
+        app = RelayServer(server)
+        sidecars = []
+        try:
+            ph.apply_capture(lab, server, "redirect")
+            sidecars.append(ph.start_sidecar(lab, server, kind,
+                                             ph.REFERENCE / "server-redirect.json", workdir))
+            if hops == 2:
+                ph.apply_capture(lab, client, "redirect")
+                sidecars.append(ph.start_sidecar(lab, client, kind,
+                                                 ph.REFERENCE / "client-redirect.json", workdir))
+            yield Relay(client, app, sidecars)
+            assert not app.peer.errors, app.peer.errors
+        finally:
+            app.peer.close()
+
+
+BIG_CASES = [
+    (0, 0, CLIENT_FIRST),
+    (0, 0, SERVER_FIRST),
+    (64 * MIB, 1, CLIENT_FIRST),
+    (3, 64 * MIB, SERVER_FIRST),
+    (8 * MIB + 7, 8 * MIB - 5, BOTH),
+]
+sizes = st.one_of(st.integers(0, 300), st.integers(0, 2 * MIB))
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
+    require(kind)
+    with relay_topology(kind, hops, tmp_path) as relay:
+        for i, (up_len, down_len, mode) in enumerate(BIG_CASES):
+            relay.check(up_len, down_len, mode, seed=1000 + 2 * i)
+        seeds = iter(range(10_000, 1_000_000, 2))
+
+        @settings(max_examples=20, deadline=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(sizes, sizes, st.sampled_from([CLIENT_FIRST, SERVER_FIRST, BOTH]))
+        def relay_is_exact(up_len: int, down_len: int, mode: int) -> None:
+            relay.check(up_len, down_len, mode, seed=next(seeds))
+
+        relay_is_exact()
+        # every relayed connection went through (and was logged by) each sidecar's
+        # catch-all tcp_proxy chain
+        expected = ["InboundPassthroughCluster", "PassthroughCluster"][:hops]
+        for sidecar, cluster in zip(relay.sidecars, expected, strict=True):
+            lines = sidecar.wait_access_log(relay.connections)
+            assert [ph.parse_access_log(x)["upstream_cluster"] for x in lines] == \
+                [cluster] * relay.connections
+
+
+# -- malformed requests ------------------------------------------------------------------
+MALFORMED = {
+    "bad-request-line": b"GARBAGE\r\n\r\n",
+    "bad-header": b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    "conflicting-content-length":
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "oversize-headers": b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    "invalid-chunking":
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+}
+GOOD = b"GET /common/sauth HTTP/1.1\r\nHost: simple-server-svc.demo-to:18080\r\n\r\n"
+
+
+class _Done:
+    done = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class GoodClient(threading.Thread):
+    """Keeps one keep-alive connection busy with valid requests until stopped."""
+
+    def __init__(self, ns: Namespace) -> None:
+        super().__init__(daemon=True)
+        self.ns = ns
+        self.ok = 0
+        self.errors: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        sock = Lab.socket(self.ns)
+        sock.settimeout(10)
+        try:
+            sock.connect((SERVER_IP, 18080))
+            while not self.stop_event.is_set():
+                sock.sendall(GOOD)
+                sink = _Done()
+                parser = httptools.HttpResponseParser(sink)
+                while not sink.done:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise EOFError("good connection closed by the proxy")
+                    parser.feed_data(data)
+                if parser.get_status_code() != 200:
+                    self.errors.append(f"status {parser.get_status_code()}")
+                self.ok += 1
+                time.sleep(0.005)
+        except Exception as exc:
+            self.errors.append(repr(exc))
+        finally:
+            sock.close()
+
+
+@dataclass
+class BadOutcome:
+    status: int
+    closed: bool
+    log: dict[str, str] | None
+
+
+def _send_bad(ns: Namespace, request: bytes) -> tuple[int, bytes, bool]:
+    """Send REQUEST; return (local port, response, closed by the proxy within 5 s)."""
+    sock = Lab.socket(ns)
+    sock.settimeout(5)
+    sock.connect((SERVER_IP, 18080))
+    port = sock.getsockname()[1]
+    data = b""
+    closed = False
+    try:
+        sock.sendall(request)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    except ConnectionResetError:
+        closed = True
+    except TimeoutError:
+        closed = False
+    finally:
+        sock.close()
+    return port, data, closed
+
+
+def observe_malformed(kind: str, workdir: Path) -> tuple[dict[str, BadOutcome], GoodClient]:
+    with Lab(prefix="rsm") as lab:
+        client, server = lab.pair()
+        ph.start_app(lab, server, workdir, quiet=True)
+        ph.apply_capture(lab, server, "redirect")
+        sidecar = ph.start_sidecar(lab, server, kind, ph.REFERENCE / "server-redirect.json",
+                                   workdir)
+        good = GoodClient(client)
+        good.start()
+        results: dict[str, tuple[int, bytes, bool]] = {}
+
+        def run(name: str, request: bytes) -> None:
+            results[name] = _send_bad(client, request)
+
+        threads = [threading.Thread(target=run, args=item) for item in MALFORMED.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        time.sleep(0.1)
+        good.stop_event.set()
+        good.join(15)
+        after = ph.http_exchange(client, SERVER_IP, 18080,
+                                 GOOD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert ph.parse_response(after)[0] == 200, "proxy stopped serving after bad input"
+        by_port = {}
+        for line in sidecar.wait_access_log(len(MALFORMED) + good.ok + 1):
+            fields = ph.parse_access_log(line)
+            by_port[fields["downstream_remote_address"].rsplit(":", 1)[1]] = fields
+    outcomes = {}
+    for name, (port, data, closed) in results.items():
+        status = ph.parse_response(data)[0]
+        fields = by_port.get(str(port))
+        outcomes[name] = BadOutcome(status, closed, ph.comparable(fields) if fields else None)
+    return outcomes, good
+
+
+_cache: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def envoy_once(key: str, make: Callable[[], object]) -> object:
+    with _lock:
+        if key not in _cache:
+            _cache[key] = make()
+        return _cache[key]
+
+
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_malformed_http_is_refused_and_others_served(
+    kind: str, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    require(kind)
+    envoy = envoy_once("malformed", lambda: observe_malformed(
+        "envoy", tmp_path_factory.mktemp("envoy-malformed")))
+    assert isinstance(envoy, tuple)
+    outcomes, good = envoy if kind == "envoy" else observe_malformed(
+        kind, tmp_path_factory.mktemp(f"{kind}-malformed"))
+    assert not good.errors and good.ok > 0, (good.ok, good.errors)
+    for name, outcome in outcomes.items():
+        assert outcome.closed, f"{name}: connection left open"
+        assert outcome.status in (400, 431), f"{name}: status {outcome.status}"
+        assert outcome.log is not None, f"{name}: no access-log line"
+        assert outcome.log["response_flags"] == "DPE", (name, outcome.log)
+        assert outcome.log["response_code"] == str(outcome.status), (name, outcome.log)
+    if kind != "envoy":
+        assert outcomes == envoy[0]
+
+
+# -- upstream failures ---------------------------------------------------------------------
+def _reset_now(conn: socket.socket) -> None:
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _reset_before_headers(conn: socket.socket) -> None:
+    conn.recv(65536)
+    _reset_now(conn)
+
+
+def _reset_mid_body(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    time.sleep(0.1)
+    _reset_now(conn)
+
+
+def _slow(seconds: float) -> Callable[[socket.socket], None]:
+    def handler(conn: socket.socket) -> None:
+        conn.recv(65536)
+        time.sleep(seconds)
+        with contextlib.suppress(OSError):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    return handler
+
+
+FAILURES: dict[str, tuple[Callable[[socket.socket], None] | None, Path, str]] = {
+    # name: (app behaviour or None for nothing listening, config, Envoy's flag)
+    "refused": (None, ph.REFERENCE / "server-redirect.json", "UF"),
+    "reset-before-headers": (_reset_before_headers, ph.REFERENCE / "server-redirect.json",
+                             "UC"),
+    "reset-mid-body": (_reset_mid_body, ph.REFERENCE / "server-redirect.json", "UPE"),
+    "route-timeout": (_slow(2.0), ph.DATA / "server-redirect-timeout.json", "UT"),
+    # Istio writes max_stream_duration on every route; with it present Envoy 1.40 does
+    # not enforce the route's `timeout` (observed): the slow answer comes through.
+    "route-timeout-with-max-stream-duration": (
+        _slow(0.8), ph.DATA / "server-redirect-timeout-msd.json", "-"),
+}
+FAIL_REQUEST = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def observe_failure(kind: str, name: str, workdir: Path) -> tuple[bytes, dict[str, str]]:
+    handler, config, _ = FAILURES[name]
+    with Lab(prefix="rsf") as lab:
+        client, server = lab.pair()
+        peer = ph.PeerServer(server, 18080, handler) if handler else None
+        try:
+            ph.apply_capture(lab, server, "redirect")
+            sidecar = ph.start_sidecar(lab, server, kind, config, workdir)
+            started = time.monotonic()
+            raw = ph.http_exchange(client, SERVER_IP, 18080, FAIL_REQUEST, timeout=10)
+            assert time.monotonic() - started < 8, f"{name}: the proxy hung"
+            lines = sidecar.wait_access_log(1)
+        finally:
+            if peer:
+                peer.close()
+    assert len(lines) == 1, lines
+    masked = ph.parse_response(raw)
+    return (str(masked[0]).encode() + b" " + masked[1],
+            ph.comparable(ph.parse_access_log(lines[0])))
+
+
+@pytest.mark.parametrize("name", list(FAILURES))
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_upstream_failure_status_and_flags(
+    kind: str, name: str, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    require(kind)
+    envoy = envoy_once(f"fail-{name}", lambda: observe_failure(
+        "envoy", name, tmp_path_factory.mktemp(f"envoy-{name}")))
+    assert isinstance(envoy, tuple)
+    response, log = envoy if kind == "envoy" else observe_failure(
+        kind, name, tmp_path_factory.mktemp(f"{kind}-{name}"))
+    assert log["response_flags"] == FAILURES[name][2], log
+    if kind != "envoy":
+        assert (response, log) == envoy
