@@ -1,0 +1,158 @@
+"""Envoy v3 building blocks that istiod puts on every sidecar: filters, access log, limits.
+
+Everything here is JSON-shaped dicts with Envoy's proto field names (snake_case), as
+Envoy reads them from files. The set of fields is the one the reference sidecar configs
+use (shared/reference/envoy-sidecar/*.json), which ``remora proxy`` implements.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = dict[str, Any]
+
+TYPE = "type.googleapis.com/"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+HCM = "envoy.filters.network.http_connection_manager"
+ORIGINAL_DST = "envoy.filters.listener.original_dst"
+ORIGINAL_SRC = "envoy.filters.listener.original_src"
+HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+
+BLACKHOLE = "BlackHoleCluster"
+PASSTHROUGH = "PassthroughCluster"
+INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
+INBOUND_PASSTHROUGH_BIND = "127.0.0.6"  # listener_address.go InboundPassthroughBindIpv4
+TPROXY_MARK = 1337
+
+# The ALPN values http_inspector reports for plaintext HTTP; istioctl prints exactly this
+# list as "App: HTTP" (istioctl/pkg/writer/envoy/configdump/listener.go plaintextHTTPALPNs).
+PLAINTEXT_HTTP_ALPNS = ["http/1.0", "http/1.1", "h2c"]
+
+# Istio's default text access log, 1.24+ (pilot/pkg/model/telemetry_logging.go
+# EnvoyTextLogFormat); see shared/reference/istio-internals.md section 5.
+ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+
+
+def access_log(path: str = "/dev/stdout") -> list[JSON]:
+    """meshConfig.accessLogFile=/dev/stdout with the default TEXT encoding."""
+    return [{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+        },
+    }]
+
+
+def socket_address(address: str, port: int) -> JSON:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def tcp_proxy(cluster: str, stat_prefix: str | None = None, log: bool = True) -> JSON:
+    """tcp_proxy to ``cluster``; the blackhole chains log nothing, as in Istio."""
+    return {
+        "name": TCP_PROXY,
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": stat_prefix or cluster,
+            "cluster": cluster,
+            "access_log": access_log() if log else [],
+        },
+    }
+
+
+def listener_filter(name: str, **config: Any) -> JSON:
+    types = {
+        ORIGINAL_DST: "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+        ORIGINAL_SRC: "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+        HTTP_INSPECTOR: "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+    }
+    return {"name": name, "typed_config": {"@type": TYPE + types[name], **config}}
+
+
+def route_action(cluster: str, retries: bool) -> JSON:
+    action: JSON = {"cluster": cluster, "timeout": "0s"}
+    if retries:
+        # Istio's default retry policy for outbound HTTP routes
+        # (pilot/pkg/networking/core/route/retry/retry.go DefaultPolicy).
+        action["retry_policy"] = {
+            "retry_on": "connect-failure,refused-stream,unavailable,cancelled,"
+                        "retriable-status-codes",
+            "num_retries": 2,
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": TYPE + "envoy.extensions.retry.host.previous_hosts"
+                                                 ".v3.PreviousHostsPredicate"},
+            }],
+            "host_selection_retry_max_attempts": "5",
+            "retriable_status_codes": [503],
+        }
+    action["max_stream_duration"] = {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}
+    return action
+
+
+def route(name: str, cluster: str, operation: str | None, retries: bool) -> JSON:
+    out: JSON = {"name": name, "match": {"prefix": "/"}, "route": route_action(cluster, retries)}
+    if operation:
+        out["decorator"] = {"operation": operation}
+    return out
+
+
+def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool) -> JSON:
+    """The sidecar HCM: inline routes (remora's stand-in for RDS), Istio's defaults.
+
+    ``use_remote_address: false`` on sidecars is why the seed's server sees an empty
+    X-Forwarded-For (listener_inbound.go); ``forward_client_cert_details`` and
+    ``set_current_client_cert_details`` are Istio's inbound values and matter once mTLS
+    exists.
+    """
+    typed: JSON = {
+        "@type": TYPE + "envoy.extensions.filters.network.http_connection_manager.v3"
+                        ".HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": route_config,
+        "http_filters": [
+            {"name": "envoy.filters.http.fault",
+             "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+            {"name": "envoy.filters.http.cors",
+             "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.cors.v3.Cors"}},
+            {"name": "envoy.filters.http.router",
+             "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+        "server_name": "istio-envoy",
+        "use_remote_address": False,
+    }
+    if inbound:
+        typed["forward_client_cert_details"] = "APPEND_FORWARD"
+        typed["set_current_client_cert_details"] = {"subject": True, "dns": True, "uri": True}
+    typed.update({
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "stream_idle_timeout": "0s",
+        "normalize_path": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "request_id_extension": {"typed_config": {
+            "@type": TYPE + "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+            "use_request_id_for_trace_sampling": True}},
+        "access_log": access_log(),
+    })
+    return {"name": HCM, "typed_config": typed}
+
+
+def circuit_breakers() -> JSON:
+    """Istio's defaults, effectively unlimited (getDefaultCircuitBreakerThresholds)."""
+    big = 4294967295
+    return {"thresholds": [{"max_connections": big, "max_pending_requests": big,
+                            "max_requests": big, "max_retries": big, "track_remaining": True}]}
+
+
+def istio_metadata(services: list[dict[str, str]]) -> JSON:
+    return {"filter_metadata": {"istio": {"services": services}}}

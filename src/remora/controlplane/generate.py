@@ -1,0 +1,134 @@
+"""generate(snapshot, pod, ip, config_dir) -> the sidecar's Envoy v3 config, as files.
+
+The config is what istiod would push over ADS, delivered instead as files Envoy itself
+watches (DESIGN.md): a bootstrap whose ``dynamic_resources`` point LDS and CDS at
+``lds.json`` and ``cds.json`` (``path_config_source``), and EDS clusters that each point
+at ``eds/<cluster>.json``. Each file is a DiscoveryResponse. Endpoint changes only
+rewrite EDS files, so a replaced or scaled pod reaches every sidecar without a restart.
+https://www.envoyproxy.io/docs/envoy/latest/configuration/overview/xds_api#filesystem-subscriptions
+
+``static_bootstrap()`` folds the same resources into one static bootstrap (EDS clusters
+become STATIC with their endpoints inline): one file for ``envoy --mode validate``,
+which does not open dynamic resources, and for a user who wants a single config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from remora.controlplane import envoy_common as e
+from remora.controlplane.envoy_common import JSON
+from remora.controlplane.inbound import inbound_clusters, passthrough_clusters, virtual_inbound
+from remora.controlplane.injection import interception_mode, workload_name
+from remora.controlplane.model import Snapshot, inbound_ports
+from remora.controlplane.outbound import (
+    eds_file_name,
+    outbound_clusters,
+    outbound_endpoints,
+    outbound_listeners,
+    virtual_outbound,
+)
+from remora.resources.objects import Pod
+
+LISTENER_TYPE = e.TYPE + "envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = e.TYPE + "envoy.config.cluster.v3.Cluster"
+CLA_TYPE = e.TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+ADMIN_PORT = 15000
+
+
+@dataclass
+class SidecarConfig:
+    """One sidecar's config: resources, plus the files that carry them."""
+
+    config_dir: str
+    bootstrap: JSON
+    listeners: list[JSON]
+    clusters: list[JSON]
+    endpoints: dict[str, JSON]  # cluster name -> ClusterLoadAssignment
+    files: dict[str, JSON] = field(default_factory=dict)  # path relative to config_dir
+
+    @property
+    def bootstrap_path(self) -> str:
+        return f"{self.config_dir}/bootstrap.json"
+
+
+def _version(resources: object) -> str:
+    data = json.dumps(resources, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def discovery_response(type_url: str, resources: list[JSON]) -> JSON:
+    return {"version_info": _version(resources),
+            "resources": [{"@type": type_url, **r} for r in resources]}
+
+
+def _node(pod: Pod, ip: str) -> JSON:
+    ns = pod.metadata.namespace
+    app = pod.metadata.labels.get("app") or workload_name(pod)
+    # pilot-agent's node id: TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local
+    return {"id": f"sidecar~{ip}~{pod.metadata.name}.{ns}~{ns}.svc.cluster.local",
+            "cluster": f"{app}.{ns}"}
+
+
+def bootstrap(pod: Pod, ip: str, config_dir: str) -> JSON:
+    def source(name: str) -> JSON:
+        return {"path_config_source": {"path": f"{config_dir}/{name}"},
+                "resource_api_version": "V3"}
+
+    return {
+        "node": _node(pod, ip),
+        "admin": {"address": e.socket_address("127.0.0.1", ADMIN_PORT)},
+        "dynamic_resources": {"lds_config": source("lds.json"), "cds_config": source("cds.json")},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": e.TYPE + "envoy.extensions.resource_monitors.downstream_connections"
+                                  ".v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 2147483647,
+            },
+        }]},
+    }
+
+
+def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str) -> SidecarConfig:
+    """The Envoy config istiod would give the sidecar of ``pod`` (running at ``ip``).
+
+    ``config_dir`` is where the files will live (absolute; the bootstrap names it).
+    """
+    config_dir = config_dir.rstrip("/") or "/"
+    tproxy = interception_mode(pod) == "TPROXY"
+    ports = inbound_ports(snapshot, pod)
+    listeners = [virtual_outbound(tproxy), virtual_inbound(ports, tproxy),
+                 *outbound_listeners(snapshot, pod.metadata.namespace)]
+    clusters = [*passthrough_clusters(), *inbound_clusters(ports),
+                *outbound_clusters(snapshot, config_dir)]
+    eds = outbound_endpoints(snapshot)
+    boot = bootstrap(pod, ip, config_dir)
+    files: dict[str, JSON] = {
+        "bootstrap.json": boot,
+        "lds.json": discovery_response(LISTENER_TYPE, listeners),
+        "cds.json": discovery_response(CLUSTER_TYPE, clusters),
+    }
+    for name, cla in eds.items():
+        files[eds_file_name(name)] = discovery_response(CLA_TYPE, [cla])
+    return SidecarConfig(config_dir=config_dir, bootstrap=boot, listeners=listeners,
+                         clusters=clusters, endpoints=eds, files=files)
+
+
+def static_bootstrap(config: SidecarConfig) -> JSON:
+    """The same config as one static bootstrap (EDS clusters inlined as STATIC)."""
+    clusters = []
+    for c in config.clusters:
+        c = copy.deepcopy(c)
+        if c.get("type") == "EDS":
+            c["type"] = "STATIC"
+            del c["eds_cluster_config"]
+            c["load_assignment"] = copy.deepcopy(config.endpoints[c["name"]])
+        clusters.append(c)
+    boot = {k: v for k, v in config.bootstrap.items() if k != "dynamic_resources"}
+    boot["static_resources"] = {"listeners": copy.deepcopy(config.listeners),
+                                "clusters": clusters}
+    return boot

@@ -1,0 +1,157 @@
+"""What the control plane knows: the cluster snapshot and the service model istiod builds.
+
+The node runtime hands ``generate()`` a ``Snapshot`` (services with their ClusterIPs,
+running pods with their IPs); this module turns it into Istio's view: service ports with
+their protocol, endpoints per (service, port), and the services a given pod serves.
+Names are Istio's: ``outbound|PORT||FQDN`` and ``inbound|PORT||``
+(pilot/pkg/model/service.go BuildSubsetKey / BuildInboundSubsetKey).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from remora.resources.objects import Namespace, Pod, Service, ServicePort
+
+# Protocol classes the sidecar config distinguishes (pilot/pkg/networking/core uses
+# protocol.Instance: IsHTTP, IsTCP, Unsupported -> sniffing).
+HTTP = "HTTP"
+TCP = "TCP"
+AUTO = "AUTO"  # not declared: Istio sniffs with http_inspector (protocol detection)
+UDP = "UDP"
+
+# pkg/config/protocol/instance.go: names and appProtocol values Istio understands.
+_HTTP_NAMES = {"http", "http2", "grpc", "grpc-web", "http_proxy", "h2c"}
+_TCP_NAMES = {"tcp", "https", "tls", "mongo", "mysql", "redis", "thrift", "kafka"}
+_APP_PROTOCOLS = {"kubernetes.io/h2c": HTTP, "kubernetes.io/ws": HTTP,
+                  "kubernetes.io/wss": TCP}
+
+
+def port_protocol(port: ServicePort) -> str:
+    """Istio's protocol selection: appProtocol, else the port name prefix, else sniffing.
+
+    https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/
+    (kube.ConvertProtocol in pkg/config/kube/conversion.go).
+    """
+    if port.protocol == "UDP":
+        return UDP
+    if port.protocol == "SCTP":
+        return TCP
+    if port.appProtocol:
+        app = port.appProtocol.lower()
+        if app in _APP_PROTOCOLS:
+            return _APP_PROTOCOLS[app]
+        if app in _HTTP_NAMES:
+            return HTTP
+        if app in _TCP_NAMES:
+            return TCP
+    prefix = port.name.lower().split("-", 1)[0]
+    if prefix in _HTTP_NAMES:
+        return HTTP
+    if prefix in _TCP_NAMES:
+        return TCP
+    return AUTO
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A running pod as the control plane sees it."""
+
+    pod: Pod
+    ip: str
+    ready: bool = True
+
+    @property
+    def namespace(self) -> str:
+        return self.pod.metadata.namespace
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The cluster state one generation is computed from."""
+
+    services: tuple[Service, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    namespaces: tuple[Namespace, ...] = field(default=())
+
+
+def selects(service: Service, pod: Pod) -> bool:
+    if not service.selector or service.metadata.namespace != pod.metadata.namespace:
+        return False
+    return all(pod.metadata.labels.get(k) == v for k, v in service.selector.items())
+
+
+def target_port(port: ServicePort, pod: Pod) -> int | None:
+    """The pod port a service port sends to (named targetPorts resolve per pod)."""
+    if isinstance(port.targetPort, int):
+        return port.targetPort
+    for c in pod.spec.containers:
+        for p in c.ports:
+            if p.name == port.targetPort:
+                return p.containerPort
+    return None
+
+
+def outbound_cluster_name(port: int, fqdn: str) -> str:
+    return f"outbound|{port}||{fqdn}"
+
+
+def inbound_cluster_name(port: int) -> str:
+    return f"inbound|{port}||"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    ip: str
+    port: int
+    pod: str
+
+
+def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[Endpoint]:
+    """Ready pods the service selects, at the port's target, sorted by IP."""
+    out = []
+    for w in snapshot.workloads:
+        if not w.ready or not w.ip or not selects(service, w.pod):
+            continue
+        tp = target_port(port, w.pod)
+        if tp is not None:
+            out.append(Endpoint(ip=w.ip, port=tp, pod=w.pod.metadata.name))
+    return sorted(out, key=lambda e: (tuple(int(x) for x in e.ip.split(".")) if "." in e.ip
+                                      else (0,), e.port))
+
+
+@dataclass(frozen=True)
+class InboundPort:
+    """One port this pod serves, with the services that send to it (first one decides)."""
+
+    port: int
+    protocol: str
+    services: tuple[Service, ...]
+
+
+def inbound_ports(snapshot: Snapshot, pod: Pod) -> list[InboundPort]:
+    """Istio builds one inbound chain set per distinct target port of the pod's services.
+
+    When services disagree on a port's protocol the oldest wins in Istio; here the first
+    in snapshot order does.
+    """
+    found: dict[int, tuple[str, list[Service]]] = {}
+    for svc in snapshot.services:
+        if not selects(svc, pod):
+            continue
+        for sp in svc.ports:
+            proto = port_protocol(sp)
+            tp = target_port(sp, pod)
+            if proto == UDP or tp is None or tp in (15001, 15006, 15000, 15020, 15021, 15090):
+                continue
+            entry = found.setdefault(tp, (proto, []))
+            if svc not in entry[1]:
+                entry[1].append(svc)
+    return [InboundPort(port=p, protocol=v[0], services=tuple(v[1]))
+            for p, v in sorted(found.items())]
+
+
+def service_refs(services: tuple[Service, ...] | list[Service]) -> list[dict[str, str]]:
+    """The ``istio`` filter metadata entries naming services (seed: cluster -o json)."""
+    return [{"host": s.fqdn, "name": s.metadata.name, "namespace": s.metadata.namespace}
+            for s in services]

@@ -1,0 +1,184 @@
+"""virtualOutbound (0.0.0.0:15001), the per-service outbound listeners, clusters and EDS.
+
+istiod's sidecar outbound structure (pilot/pkg/networking/core/listener.go,
+listener_builder.go; names from pilot/pkg/model/listener.go):
+
+- ``virtualOutbound`` on 15001 with ``use_original_dst``: a captured connection is handed
+  to the listener bound (``bind_to_port: false``) to its original destination, most
+  specific address first; chains ``virtualOutbound-blackhole`` (destination port 15001)
+  and ``virtualOutbound-catchall-tcp`` (no match, outboundTrafficPolicy ALLOW_ANY ->
+  PassthroughCluster).
+- HTTP service ports share one wildcard listener ``0.0.0.0_PORT`` whose routes (route
+  config named ``PORT``) hold one virtual host per service; http_inspector tells HTTP
+  (ALPN http/1.0, http/1.1, h2c) from other bytes, which pass through.
+- TCP service ports get ``<ClusterIP>_PORT`` with tcp_proxy to the service's cluster.
+- Ports with no declared protocol also get ``<ClusterIP>_PORT``, with http_inspector and
+  two chains: HTTP (ALPN http/1.0, http/1.1, h2c) -> routes named ``FQDN:PORT``, and
+  everything else -> tcp_proxy (protocol sniffing).
+
+Clusters are ``outbound|PORT||FQDN`` of type EDS; their endpoints are written to one file
+per cluster (Envoy's EDS accepts exactly one ClusterLoadAssignment per update).
+"""
+
+from __future__ import annotations
+
+from remora.controlplane import envoy_common as e
+from remora.controlplane.envoy_common import JSON
+from remora.controlplane.model import (
+    AUTO,
+    HTTP,
+    TCP,
+    Endpoint,
+    Snapshot,
+    endpoints,
+    outbound_cluster_name,
+    port_protocol,
+    service_refs,
+)
+from remora.resources.objects import Service, ServicePort
+
+OUTBOUND_LISTENER_PORT = 15001
+
+
+def virtual_outbound(tproxy: bool) -> JSON:
+    listener: JSON = {
+        "name": "virtualOutbound",
+        "address": e.socket_address("0.0.0.0", OUTBOUND_LISTENER_PORT),
+        "use_original_dst": True,
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [
+            {"name": "virtualOutbound-blackhole",
+             "filter_chain_match": {"destination_port": OUTBOUND_LISTENER_PORT},
+             "filters": [e.tcp_proxy(e.BLACKHOLE, log=False)]},
+            {"name": "virtualOutbound-catchall-tcp",
+             "filters": [e.tcp_proxy(e.PASSTHROUGH)]},
+        ],
+    }
+    if tproxy:
+        listener["transparent"] = True
+    return listener
+
+
+def domains(svc: Service, port: int, client_namespace: str) -> list[str]:
+    """Host names a request for the service may carry (route.go generateVirtualHostDomains):
+    FQDN, svc.ns.svc, svc.ns, the short name from the same namespace, the ClusterIP;
+    each with and without :port."""
+    name, ns = svc.metadata.name, svc.metadata.namespace
+    hosts = [svc.fqdn, f"{name}.{ns}.svc", f"{name}.{ns}"]
+    if ns == client_namespace:
+        hosts.append(name)
+    if svc.clusterIP:
+        hosts.append(svc.clusterIP)
+    out = []
+    for h in hosts:
+        out += [h, f"{h}:{port}"]
+    return out
+
+
+def _vhost(svc: Service, sp: ServicePort, client_namespace: str) -> JSON:
+    cluster = outbound_cluster_name(sp.port, svc.fqdn)
+    return {"name": f"{svc.fqdn}:{sp.port}",
+            "domains": domains(svc, sp.port, client_namespace),
+            "routes": [e.route("default", cluster, f"{svc.fqdn}:{sp.port}/*", retries=True)]}
+
+
+def _allow_any() -> JSON:
+    return {"name": "allow_any", "domains": ["*"],
+            "routes": [e.route("allow_any", e.PASSTHROUGH, None, retries=False)]}
+
+
+def _listener(name: str, address: str, port: int, chains: list[JSON],
+              sniff: bool = False) -> JSON:
+    out: JSON = {"name": name, "address": e.socket_address(address, port),
+                 "bind_to_port": False, "traffic_direction": "OUTBOUND"}
+    if sniff:
+        out["listener_filters"] = [e.listener_filter(e.HTTP_INSPECTOR)]
+        out["listener_filters_timeout"] = "0s"
+        out["continue_on_listener_filters_timeout"] = True
+    out["filter_chains"] = chains
+    return out
+
+
+def outbound_listeners(snapshot: Snapshot, client_namespace: str) -> list[JSON]:
+    http_vhosts: dict[int, list[JSON]] = {}
+    listeners: list[JSON] = []
+    for svc in snapshot.services:
+        for sp in svc.ports:
+            proto = port_protocol(sp)
+            cluster = outbound_cluster_name(sp.port, svc.fqdn)
+            if proto == HTTP:
+                http_vhosts.setdefault(sp.port, []).append(_vhost(svc, sp, client_namespace))
+            elif proto in (TCP, AUTO) and svc.clusterIP:
+                name = f"{svc.clusterIP}_{sp.port}"
+                tcp_chain: JSON = {"filters": [e.tcp_proxy(cluster)]}
+                if proto == TCP:
+                    listeners.append(_listener(name, svc.clusterIP, sp.port, [tcp_chain]))
+                    continue
+                routes = {"name": f"{svc.fqdn}:{sp.port}", "validate_clusters": False,
+                          "virtual_hosts": [_vhost(svc, sp, client_namespace), _allow_any()]}
+                listeners.append(_listener(name, svc.clusterIP, sp.port,
+                                           [_http_chain(name, routes), tcp_chain], sniff=True))
+    for port, vhosts in sorted(http_vhosts.items()):
+        name = f"0.0.0.0_{port}"
+        routes = {"name": str(port), "validate_clusters": False,
+                  "virtual_hosts": [*vhosts, _allow_any()]}
+        # Non-HTTP bytes to this port of an address no service has: pass them through.
+        passthrough = {"filters": [e.tcp_proxy(e.PASSTHROUGH)]}
+        listeners.append(_listener(name, "0.0.0.0", port, [_http_chain(name, routes),
+                                                           passthrough], sniff=True))
+    return listeners
+
+
+def _http_chain(listener_name: str, routes: JSON) -> JSON:
+    return {"filter_chain_match": {"transport_protocol": "raw_buffer",
+                                   "application_protocols": list(e.PLAINTEXT_HTTP_ALPNS)},
+            "filters": [e.http_connection_manager(f"outbound_{listener_name}", routes,
+                                                  inbound=False)]}
+
+
+def eds_file_name(cluster: str) -> str:
+    """A file name for a cluster's EDS resource ('|' is awkward in paths)."""
+    return "eds/" + cluster.replace("|", "_") + ".json"
+
+
+def outbound_clusters(snapshot: Snapshot, config_dir: str) -> list[JSON]:
+    out = []
+    for svc in snapshot.services:
+        for sp in svc.ports:
+            if port_protocol(sp) not in (HTTP, TCP, AUTO):
+                continue
+            name = outbound_cluster_name(sp.port, svc.fqdn)
+            out.append({
+                "name": name,
+                "type": "EDS",
+                "eds_cluster_config": {
+                    "service_name": name,
+                    "eds_config": {
+                        "path_config_source": {"path": f"{config_dir}/{eds_file_name(name)}"},
+                        "resource_api_version": "V3",
+                    },
+                },
+                "connect_timeout": "10s",
+                "lb_policy": "LEAST_REQUEST",
+                "circuit_breakers": e.circuit_breakers(),
+                "metadata": e.istio_metadata(service_refs([svc])),
+            })
+    return out
+
+
+def load_assignment(name: str, eps: list[Endpoint]) -> JSON:
+    """The ClusterLoadAssignment of one cluster."""
+    lb = [{"endpoint": {"address": e.socket_address(ep.ip, ep.port)}} for ep in eps]
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []}
+
+
+def outbound_endpoints(snapshot: Snapshot) -> dict[str, JSON]:
+    """cluster name -> ClusterLoadAssignment for every outbound cluster."""
+    out = {}
+    for svc in snapshot.services:
+        for sp in svc.ports:
+            if port_protocol(sp) not in (HTTP, TCP, AUTO):
+                continue
+            name = outbound_cluster_name(sp.port, svc.fqdn)
+            out[name] = load_assignment(name, endpoints(snapshot, svc, sp))
+    return out
