@@ -1,0 +1,44 @@
+"""`remora proxy`: the sidecar data plane, running an Envoy v3 bootstrap (docs/proxy.md)."""
+
+from __future__ import annotations
+
+import click
+
+from remora.errors import UsageError
+
+
+@click.command("proxy")
+@click.option("-c", "--config-path", "config_path", required=True,
+              type=click.Path(dir_okay=False),
+              help="Envoy v3 bootstrap (JSON or YAML), as for `envoy -c`.")
+@click.option("--concurrency", type=int, default=1, show_default=True,
+              help="Worker processes sharing the listeners (SO_REUSEPORT).")
+@click.option("--group", type=int, default=None,
+              help="Run with this gid (Istio's sidecar: 1337) before opening any socket.")
+@click.option("--user", type=int, default=None,
+              help="Run with this uid (drops CAP_NET_ADMIN unless 0; not for TPROXY).")
+@click.option("-l", "--log-level", default="info", show_default=True,
+              type=click.Choice(["trace", "debug", "info", "warning", "warn", "error",
+                                 "critical", "off"]),
+              help="Log level (Envoy's names).")
+@click.option("--base-id", type=int, default=None, hidden=True,
+              help="Accepted for Envoy command-line compatibility; unused.")
+@click.option("--mode", type=click.Choice(["serve", "validate"]), default="serve",
+              show_default=True, help="validate: load and check the config, then exit.")
+def proxy(config_path: str, concurrency: int, group: int | None, user: int | None,
+          log_level: str, base_id: int | None, mode: str) -> None:
+    """Run the sidecar proxy on an Envoy v3 bootstrap (static or file-based LDS/CDS/EDS)."""
+    from remora.proxy import process
+
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1", "pass --concurrency 1 or more")
+    level = {"trace": "debug", "warn": "warning", "off": "critical"}.get(log_level, log_level)
+    process.setup_logging(level)
+    process.drop_privileges(group, user)
+    server = process.load(config_path, concurrency)
+    if mode == "validate":
+        click.echo(f"configuration '{config_path}' OK")
+        return
+    options = {"config_path": config_path, "concurrency": concurrency, "base_id": str(base_id or 0),
+               "log_level": log_level, "mode": "Serve"}
+    raise SystemExit(process.run(server, options))

@@ -1,0 +1,252 @@
+"""Envoy's access-log format strings as a pure function of ``StreamInfo``.
+
+Command operators: https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#command-operators
+A format string is compiled once into a list of literal strings and operator closures; a
+log line is then one pass over that list. Missing values print as ``-`` in text and as
+``null`` in ``json_format`` (where a value that is exactly one operator keeps its type, so
+``%RESPONSE_CODE%`` is a number), as Envoy 1.40 prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from remora.proxy.config.strict import ConfigError
+from remora.proxy.stream_info import StreamInfo
+
+Value = str | int | None
+Op = Callable[[StreamInfo], Value]
+
+# Envoy's default format when log_format is absent
+# (source/common/formatter/substitution_format_string.cc DefaultUnstructuredFormat).
+DEFAULT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
+)
+
+# Istio's default text format (pilot/pkg/model/telemetry_logging.go EnvoyTextLogFormat).
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+
+
+def _no_spaces(value: str | None) -> str | None:
+    # Envoy replaces spaces in details and failure reasons so a line splits on spaces.
+    return value.replace(" ", "_") if value else None
+
+
+def _without_port(addr: str | None) -> str | None:
+    if not addr:
+        return None
+    host = addr.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def _start_time(fmt: str | None) -> Op:
+    if not fmt:
+        def default(info: StreamInfo) -> Value:
+            t = info.start_time
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+        return default
+    def custom(info: StreamInfo) -> Value:
+        t = info.start_time
+        frac = t % 1
+        text = fmt.replace("%E3S", time.strftime("%S", time.gmtime(t)) + f".{int(frac * 1e3):03d}")
+        text = text.replace("%3f", f"{int(frac * 1e3):03d}")
+        text = text.replace("%6f", f"{int(frac * 1e6):06d}")
+        text = text.replace("%9f", f"{int(frac * 1e9):09d}").replace("%s", str(int(t)))
+        return time.strftime(text, time.gmtime(t))
+    return custom
+
+
+def _headers(which: str, spec: str, max_len: int | None) -> Op:
+    main, _, alt = spec.partition("?")
+    main, alt = main.lower(), alt.lower()
+
+    def op(info: StreamInfo) -> Value:
+        headers: dict[str, str] | None = getattr(info, which)
+        if not headers:
+            return None
+        value = headers.get(main)
+        if value is None and alt:
+            value = headers.get(alt)
+        if value is None:
+            return None
+        return value[:max_len] if max_len is not None else value
+    return op
+
+
+def _dynamic_metadata(spec: str, max_len: int | None) -> Op:
+    namespace, *keys = spec.split(":")
+
+    def op(info: StreamInfo) -> Value:
+        value: Any = info.dynamic_metadata.get(namespace)
+        for key in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        return text[:max_len] if max_len is not None else text
+    return op
+
+
+_HOSTNAME = socket.gethostname()
+
+# Operators without arguments.
+SIMPLE: dict[str, Op] = {
+    "PROTOCOL": lambda i: i.protocol,
+    "RESPONSE_CODE": lambda i: i.response_code or 0,
+    "RESPONSE_FLAGS": lambda i: i.flags_string(),
+    "RESPONSE_CODE_DETAILS": lambda i: _no_spaces(i.response_code_details),
+    "CONNECTION_TERMINATION_DETAILS": lambda i: _no_spaces(i.connection_termination_details),
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: _no_spaces(i.upstream_transport_failure_reason),
+    "BYTES_RECEIVED": lambda i: i.bytes_received,
+    "BYTES_SENT": lambda i: i.bytes_sent,
+    "DURATION": lambda i: i.duration_ms,
+    "UPSTREAM_HOST": lambda i: i.upstream_host,
+    "UPSTREAM_CLUSTER": lambda i: i.upstream_cluster,
+    "UPSTREAM_CLUSTER_RAW": lambda i: i.upstream_cluster,
+    "UPSTREAM_LOCAL_ADDRESS": lambda i: i.upstream_local_address,
+    "UPSTREAM_REMOTE_ADDRESS": lambda i: i.upstream_host,
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT": lambda i: i.upstream_request_attempt_count,
+    "DOWNSTREAM_LOCAL_ADDRESS": lambda i: i.downstream_local_address,
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.downstream_local_address),
+    "DOWNSTREAM_REMOTE_ADDRESS": lambda i: i.downstream_remote_address,
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.downstream_remote_address),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": lambda i: i.downstream_direct_remote_address,
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
+        lambda i: _without_port(i.downstream_direct_remote_address),
+    "REQUESTED_SERVER_NAME": lambda i: i.requested_server_name,
+    "ROUTE_NAME": lambda i: i.route_name,
+    "FILTER_CHAIN_NAME": lambda i: i.filter_chain_name,
+    "HOSTNAME": lambda i: _HOSTNAME,
+}
+
+_TOKEN = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+
+
+def compile_text(fmt: str, path: str) -> list[str | Op]:
+    """Split FMT into literals and operators; an unknown operator is a ConfigError."""
+    parts: list[str | Op] = []
+    pos = 0
+    literal: list[str] = []
+    while pos < len(fmt):
+        if fmt.startswith("%%", pos):
+            literal.append("%")
+            pos += 2
+            continue
+        match = _TOKEN.match(fmt, pos) if fmt[pos] == "%" else None
+        if match is None:
+            if fmt[pos] == "%":
+                raise ConfigError(path, f"unterminated or malformed command operator at "
+                                        f"{fmt[pos:pos + 30]!r}", "write a literal % as %%")
+            literal.append(fmt[pos])
+            pos += 1
+            continue
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(_operator(match.group(1), match.group(2), match.group(3), path))
+        pos = match.end()
+    if literal:
+        parts.append("".join(literal))
+    return parts
+
+
+def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
+    max_len = int(length) if length else None
+    if name in ("REQ", "RESP", "TRAILER") and arg:
+        which = {"REQ": "request_headers", "RESP": "response_headers",
+                 "TRAILER": "response_trailers"}[name]
+        return _headers(which, arg, max_len)
+    if name == "START_TIME":
+        return _start_time(arg)
+    if name == "DYNAMIC_METADATA" and arg:
+        return _dynamic_metadata(arg, max_len)
+    op = SIMPLE.get(name)
+    if op is None or arg is not None:
+        raise ConfigError(path, f"unsupported access log command operator %{name}"
+                                f"{'(' + arg + ')' if arg is not None else ''}%",
+                          f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, "
+                          f"DYNAMIC_METADATA(), {', '.join(sorted(SIMPLE))}")
+    return op
+
+
+def render_text(parts: list[str | Op], info: StreamInfo) -> str:
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+        else:
+            value = part(info)
+            out.append("-" if value is None or value == "" else str(value))
+    return "".join(out)
+
+
+class JsonFormat:
+    """``json_format``: a Struct whose string values are format strings."""
+
+    def __init__(self, template: dict[str, Any], path: str, omit_empty: bool = False) -> None:
+        self.omit_empty = omit_empty
+        self.template = self._compile(template, path)
+
+    def _compile(self, node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: self._compile(v, f"{path}.{k}") for k, v in node.items()}
+        if isinstance(node, str):
+            parts = compile_text(node, path)
+            if len(parts) == 1 and not isinstance(parts[0], str):
+                return ("typed", parts[0])
+            return ("text", parts)
+        if isinstance(node, (int, float, bool)) or node is None:
+            return ("const", node)
+        raise ConfigError(path, f"json_format values must be strings, numbers or objects, "
+                                f"got {type(node).__name__}")
+
+    def _render(self, node: Any, info: StreamInfo) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, sub in node.items():
+                value = self._render(sub, info)
+                if value is None and self.omit_empty:
+                    continue
+                out[key] = value
+            return out
+        kind, payload = node
+        if kind == "typed":
+            value = payload(info)
+            return None if value == "" else value
+        if kind == "text":
+            return render_text(payload, info)
+        return payload
+
+    def render(self, info: StreamInfo) -> str:
+        # Envoy sorts keys (JsonFormatOptions sort_properties default) and ends with \n.
+        return json.dumps(self._render(self.template, info), separators=(",", ":"),
+                          sort_keys=True) + "\n"
+
+
+class TextFormat:
+    def __init__(self, fmt: str, path: str, omit_empty: bool = False) -> None:
+        self.parts = compile_text(fmt, path)
+
+    def render(self, info: StreamInfo) -> str:
+        return render_text(self.parts, info)
+
+
+Formatter = TextFormat | JsonFormat

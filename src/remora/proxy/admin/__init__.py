@@ -1,0 +1,1 @@
+"""Envoy's admin API, the subset istioctl and ``remora proxy-config`` read."""

@@ -1,0 +1,151 @@
+"""``envoy.config.listener.v3.Listener``: parsed once, checked whole, then served.
+
+Parsing builds the runtime objects (listener filters, network filters, access loggers)
+through the registry, so a listener that parses is one that can serve; any error names
+its field path and nothing of the listener is used.
+https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from remora.proxy import registry
+from remora.proxy.config.address import Address, parse_address
+from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.filter_chain_match import FilterChainMatch, check_unique, parse_match
+from remora.proxy.interfaces import AccessLogger, NetworkFilter
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ORIGINAL_DST = "envoy.filters.listener.original_dst"
+
+
+@dataclass
+class FilterChain:
+    name: str
+    match: FilterChainMatch
+    filters: list[NetworkFilter]
+
+
+@dataclass
+class ListenerConfig:
+    name: str
+    address: Address
+    raw: dict[str, Any]
+    filter_chains: list[FilterChain] = field(default_factory=list)
+    default_filter_chain: FilterChain | None = None
+    listener_filters: list[Any] = field(default_factory=list)  # ListenerFilter objects
+    listener_filter_names: list[str] = field(default_factory=list)
+    listener_filters_timeout: float = 15.0  # Envoy's default; 0 disables it
+    continue_on_listener_filters_timeout: bool = False
+    use_original_dst: bool = False
+    bind_to_port: bool = True
+    transparent: bool = False
+    freebind: bool = False
+    enable_reuse_port: bool | None = None
+    traffic_direction: str = "UNSPECIFIED"
+    access_loggers: list[AccessLogger] = field(default_factory=list)
+    buffer_limit: int = 1 << 20  # per_connection_buffer_limit_bytes default (1 MiB)
+
+    @property
+    def needs_net_admin(self) -> bool:
+        names = self.listener_filter_names
+        return self.transparent or "envoy.filters.listener.original_src" in names
+
+    def same_socket(self, other: ListenerConfig) -> bool:
+        """Whether OTHER can take over this listener's socket (an in-place update)."""
+        return (self.address, self.bind_to_port, self.transparent, self.freebind) == (
+            other.address, other.bind_to_port, other.transparent, other.freebind)
+
+
+def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
+    name = f.string("name", default_name)
+    match = parse_match(f.fields("filter_chain_match", "FilterChainMatch"))
+    f.ignore("metadata")  # only read by tools (istioctl shows it); no data-path effect
+    f.duration("transport_socket_connect_timeout")
+    transport = f.fields("transport_socket", "TransportSocket")
+    filters: list[NetworkFilter] = []
+    raw_filters = list(f.each("filters", "Filter"))
+    f.done()
+    if transport is not None:
+        t_name = transport.string("name")
+        t_typed = transport.fields("typed_config")
+        transport.done()
+        t_url = type_url_of(t_typed) if t_typed is not None else None
+        if t_url != "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" and \
+                t_name != "envoy.transport_sockets.raw_buffer":
+            raise ConfigError(transport.path,
+                              f"unsupported transport socket {t_name or t_url!r}",
+                              "remora's core proxy serves raw_buffer (plain TCP) chains")
+        if t_typed is not None:
+            t_typed.done()
+    if not raw_filters:
+        raise ConfigError(f.at("filters"), "a filter chain needs at least one network filter")
+    for item in raw_filters:
+        fname = item.string("name")
+        typed = item.fields("typed_config", "typed_config")
+        item.done()
+        url = type_url_of(typed) if typed is not None else None
+        ext = registry.lookup("network", fname, url, item.at("typed_config"))
+        if typed is None:
+            typed = Fields({}, item.at("typed_config"))
+        filters.append(ext.factory(typed, context))
+    return FilterChain(name=name, match=match, filters=filters)
+
+
+def parse_listener(raw: Any, path: str, context: Any) -> ListenerConfig:
+    f = Fields(raw, path, "Listener")
+    name = f.string("name", required=True)
+    address = parse_address(f.fields("address", "Address"), f.at("address"))
+    cfg = ListenerConfig(name=name, address=address, raw=copy.deepcopy(raw))
+    cfg.use_original_dst = bool(f.boolean("use_original_dst", False))
+    cfg.bind_to_port = bool(f.boolean("bind_to_port", True))
+    cfg.transparent = bool(f.boolean("transparent", False))
+    cfg.freebind = bool(f.boolean("freebind", False))
+    cfg.enable_reuse_port = f.boolean("enable_reuse_port")
+    cfg.traffic_direction = f.enum("traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"),
+                                   "UNSPECIFIED")
+    cfg.listener_filters_timeout = f.duration("listener_filters_timeout", 15.0)
+    cfg.continue_on_listener_filters_timeout = bool(
+        f.boolean("continue_on_listener_filters_timeout", False))
+    cfg.buffer_limit = f.integer("per_connection_buffer_limit_bytes", 1 << 20) or (1 << 20)
+    f.ignore("metadata", "stat_prefix")  # metadata is for tools; stat_prefix unused (see docs)
+    f.enum("drain_type", ("DEFAULT", "MODIFY_ONLY"), "DEFAULT")
+    listener_filters = list(f.each("listener_filters", "ListenerFilter"))
+    chains = list(f.each("filter_chains", "FilterChain"))
+    default_chain = f.fields("default_filter_chain", "FilterChain")
+    access_log = f.items("access_log")
+    f.done()
+
+    seen_names: list[str] = []
+    for lf in listener_filters:
+        lname = lf.string("name")
+        typed = lf.fields("typed_config", "typed_config")
+        lf.done()
+        url = type_url_of(typed) if typed is not None else None
+        ext = registry.lookup("listener", lname, url, lf.at("typed_config"))
+        if typed is None:
+            typed = Fields({}, lf.at("typed_config"))
+        cfg.listener_filters.append(ext.factory(typed, context))
+        seen_names.append(ext.name)
+    if cfg.use_original_dst and ORIGINAL_DST not in seen_names:
+        # Envoy adds the original_dst listener filter itself when use_original_dst is set
+        # (source/common/listener_manager/listener_impl.cc buildOriginalDstListenerFilter).
+        ext = registry.lookup("listener", ORIGINAL_DST, None, f.at("use_original_dst"))
+        cfg.listener_filters.insert(0, ext.factory(Fields({}, f.at("use_original_dst")), context))
+        seen_names.insert(0, ORIGINAL_DST)
+    cfg.listener_filter_names = seen_names
+
+    for i, chain in enumerate(chains):
+        cfg.filter_chains.append(_filter_chain(chain, context, f"{name}-{i}"))
+    check_unique([c.match for c in cfg.filter_chains], f.at("filter_chains"))
+    if default_chain is not None:
+        cfg.default_filter_chain = _filter_chain(default_chain, context, f"{name}-default")
+    if not cfg.filter_chains and cfg.default_filter_chain is None:
+        raise ConfigError(f.at("filter_chains"), "a listener needs filter_chains or a "
+                                                 "default_filter_chain")
+    if context is not None:
+        cfg.access_loggers = context.access_loggers(access_log, f.at("access_log"))
+    return cfg

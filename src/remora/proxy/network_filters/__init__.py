@@ -1,0 +1,2 @@
+"""Network filters (``envoy.filters.network.*``) implemented by the core; the HTTP
+connection manager registers itself from ``remora.proxy.http``."""

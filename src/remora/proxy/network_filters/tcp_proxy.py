@@ -1,0 +1,176 @@
+"""``envoy.filters.network.tcp_proxy``: relay bytes between downstream and one upstream.
+
+https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto
+- Half-close is honoured both ways: a FIN from one side is passed on with shutdown(SHUT_WR)
+  and the other direction keeps flowing until it ends too.
+- ``idle_timeout`` (default 1h, 0 disables) closes both sides when no byte moved for that long.
+- A refused upstream gives flags UF,URX and the transport failure reason, as Envoy 1.40
+  logs it (``"delayed_connect_error:_Connection_refused"``); no host gives UH; a circuit
+  breaker overflow UO; an unknown cluster NC.
+Stats: tcp.<stat_prefix>.* (https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/network_filters/tcp_proxy_filter#statistics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext, UpstreamError
+from remora.proxy.registry import register
+
+CHUNK = 256 * 1024
+
+
+class _Relay:
+    """Both directions of one proxied connection, with a lazily re-armed idle timer."""
+
+    __slots__ = ("last", "rx", "timed_out", "tx")
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.rx = 0  # downstream -> upstream
+        self.tx = 0  # upstream -> downstream
+        self.timed_out = False
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                relay: _Relay, downstream_to_upstream: bool) -> None:
+    read = reader.read
+    write = writer.write
+    drain = writer.drain
+    while True:
+        data = await read(CHUNK)
+        if not data:
+            break
+        write(data)
+        relay.last = time.monotonic()
+        if downstream_to_upstream:
+            relay.rx += len(data)
+        else:
+            relay.tx += len(data)
+        await drain()
+    if not writer.is_closing() and writer.can_write_eof():
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()
+
+
+class TcpProxy:
+    def __init__(self, context: FactoryContext, stat_prefix: str, cluster: str,
+                 idle_timeout: float, max_connect_attempts: int,
+                 access_loggers: list[AccessLogger]) -> None:
+        self.context = context
+        self.prefix = f"tcp.{stat_prefix}."
+        self.cluster_name = cluster
+        self.idle_timeout = idle_timeout
+        self.max_connect_attempts = max_connect_attempts
+        self.access_loggers = access_loggers
+        for name in ("downstream_cx_total", "downstream_cx_no_route",
+                     "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
+                     "idle_timeout"):
+            context.stats.inc(self.prefix + name, 0)  # listed at 0, as Envoy does
+
+    async def on_connection(self, downstream: Downstream) -> None:
+        stats = self.context.stats
+        info = downstream.info
+        stats.inc(self.prefix + "downstream_cx_total")
+        try:
+            await self._proxy(downstream)
+        finally:
+            info.finish()
+            for logger in self.access_loggers:
+                logger.log(info)
+
+    async def _proxy(self, downstream: Downstream) -> None:
+        stats = self.context.stats
+        info = downstream.info
+        cluster = self.context.cluster_manager.get(self.cluster_name)
+        if cluster is None:
+            info.upstream_cluster = self.cluster_name
+            info.set_flag("NC")
+            stats.inc(self.prefix + "downstream_cx_no_route")
+            return
+        upstream = None
+        for attempt in range(1, self.max_connect_attempts + 1):
+            info.upstream_request_attempt_count = attempt
+            try:
+                upstream = await cluster.connect(downstream.facts, info)
+                break
+            except UpstreamError as err:
+                info.set_flag(err.flag)
+                info.upstream_transport_failure_reason = err.reason or None
+                if err.host:
+                    info.upstream_host = err.host
+                if err.flag != "UF":
+                    return
+                if attempt == self.max_connect_attempts:
+                    info.set_flag("URX")  # connect attempts exhausted
+                    return
+        assert upstream is not None
+        info.response_flags.discard("UF")
+        relay = _Relay()
+        up = asyncio.ensure_future(_pipe(downstream.reader, upstream.writer, relay, True))
+        down = asyncio.ensure_future(_pipe(upstream.reader, downstream.writer, relay, False))
+        cancel_timer = self._arm_idle(relay, up, down)
+        try:
+            done, pending = await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
+            for task in pending:  # one side failed (reset): stop the other
+                task.cancel()
+            for task in (*done, *pending):
+                with contextlib.suppress(BaseException):
+                    await task
+        finally:
+            cancel_timer()
+            up.cancel()
+            down.cancel()
+            upstream.writer.close()
+            info.bytes_received += relay.rx
+            info.bytes_sent += relay.tx
+            stats.inc(self.prefix + "downstream_cx_rx_bytes_total", relay.rx)
+            stats.inc(self.prefix + "downstream_cx_tx_bytes_total", relay.tx)
+            cprefix = f"cluster.{cluster.name}."
+            stats.inc(cprefix + "upstream_cx_tx_bytes_total", relay.rx)
+            if relay.timed_out:
+                stats.inc(self.prefix + "idle_timeout")
+
+    def _arm_idle(self, relay: _Relay, up: asyncio.Future[None],
+                  down: asyncio.Future[None]) -> Callable[[], None]:
+        """One timer per connection, re-armed only when it fires (no per-read cost);
+        returns the function that cancels whichever timer is current."""
+        if self.idle_timeout <= 0:
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        holder: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            remaining = relay.last + self.idle_timeout - time.monotonic()
+            if remaining > 0:
+                holder[0] = loop.call_later(remaining, check)
+                return
+            relay.timed_out = True
+            up.cancel()
+            down.cancel()
+
+        holder.append(loop.call_later(self.idle_timeout, check))
+        return lambda: holder[0].cancel()
+
+
+@register("network", "envoy.filters.network.tcp_proxy",
+          "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
+def _factory(typed: Fields, context: Any) -> TcpProxy:
+    stat_prefix = typed.string("stat_prefix", required=True)
+    cluster = typed.string("cluster")
+    idle = typed.duration("idle_timeout", 3600.0)
+    attempts = typed.integer("max_connect_attempts", 1)
+    logs = typed.items("access_log")
+    typed.done()
+    if not cluster:
+        raise ConfigError(typed.at("cluster"), "required field is missing",
+                          "remora's tcp_proxy needs `cluster` (weighted_clusters is not supported)")
+    if attempts is not None and attempts < 1:
+        raise ConfigError(typed.at("max_connect_attempts"), "must be at least 1")
+    loggers = context.access_loggers(logs, typed.at("access_log")) if context else []
+    return TcpProxy(context, stat_prefix, cluster, idle, attempts or 1, loggers)

@@ -1,0 +1,163 @@
+"""Running the proxy: load, drop privileges, fork ``--concurrency`` workers, serve.
+
+Workers are processes (SO_REUSEPORT listeners: the kernel spreads connections), because
+one Python process runs one core. Worker 0 is the main process: it also serves the admin
+API and shows stats merged from every worker (each sends a snapshot twice a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from remora.proxy.access_log.sink import flush_all
+from remora.proxy.admin.server import Admin
+from remora.proxy.config.bootstrap import parse_bootstrap, read_document
+from remora.proxy.server.runtime import Server
+from remora.proxy.stats import StatsStore
+
+log = logging.getLogger("remora.proxy")
+SNAPSHOT_INTERVAL = 0.5
+PR_SET_PDEATHSIG = 1
+# Control-plane counters are counted by the main process only.
+_MAIN_ONLY = ("listener_manager.", "cluster_manager.", "server.")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, format="[%(asctime)s][%(process)d][%(levelname)s] "
+                                                  "%(message)s")
+    logging.getLogger("remora").setLevel(level.upper())
+
+
+def load(config_path: str, concurrency: int) -> Server:
+    """Parse and validate everything; raises ConfigError / PrivilegeError (one line)."""
+    boot = parse_bootstrap(read_document(config_path), config_path)
+    server = Server(boot, concurrency)
+    server.load()
+    return server
+
+
+def drop_privileges(group: int | None, user: int | None) -> None:
+    """Run as Istio's sidecar does: gid 1337 (so `--gid-owner 1337` capture rules let its
+    own traffic through), uid 1337 where no capability is needed."""
+    if group is not None:
+        os.setgroups([])
+        os.setgid(group)
+    if user is not None:
+        os.setuid(user)
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(server: Server, options: dict[str, Any]) -> int:
+    _use_uvloop()
+    readers: list[int] = []
+    children: list[int] = []
+    for _ in range(1, server.concurrency):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # worker
+            os.close(r)
+            with contextlib.suppress(Exception):
+                ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            code = 0
+            try:
+                asyncio.run(_worker(server, w))
+            except BaseException:
+                code = 1
+            flush_all()
+            os._exit(code)
+        os.close(w)
+        readers.append(r)
+        children.append(pid)
+    try:
+        return asyncio.run(_main(server, options, readers))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        flush_all()
+
+
+def _stop_on_signals(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))
+
+
+async def _worker(server: Server, pipe_fd: int) -> None:
+    await server.start()
+    _stop_on_signals(server)
+    loop = asyncio.get_running_loop()
+    os.set_blocking(pipe_fd, False)
+    while not server.stopped.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.stopped.wait(), SNAPSHOT_INTERVAL)
+        snap = server.stats.snapshot()
+        for kind in ("counters", "gauges"):
+            snap[kind] = {k: v for k, v in snap[kind].items() if not k.startswith(_MAIN_ONLY)}
+        with contextlib.suppress(OSError):
+            os.write(pipe_fd, json.dumps(snap).encode() + b"\n")
+    del loop
+
+
+async def _main(server: Server, options: dict[str, Any], readers: list[int]) -> int:
+    loop = asyncio.get_running_loop()
+    snapshots: dict[int, dict[str, Any]] = {}
+    buffers: dict[int, bytes] = {}
+
+    def on_readable(fd: int) -> None:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            loop.remove_reader(fd)
+            return
+        data = buffers.get(fd, b"") + chunk
+        *lines, rest = data.split(b"\n")
+        buffers[fd] = rest
+        if lines:
+            snapshots[fd] = json.loads(lines[-1])
+
+    for fd in readers:
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, on_readable, fd)
+
+    def stats_view() -> StatsStore:
+        if not snapshots:
+            return server.stats
+        return server.stats.merged(list(snapshots.values()))
+
+    await server.start()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def quit_() -> None:
+        task = loop.create_task(server.stop())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    admin = Admin(server, options, stats_view, quit_)
+    await admin.start()
+    _stop_on_signals(server)
+    log.info("remora proxy serving %d listener(s), concurrency %d",
+             len(server.listeners), server.concurrency)
+    await server.stopped.wait()
+    await admin.stop()
+    return 0

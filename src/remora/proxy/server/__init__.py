@@ -1,0 +1,1 @@
+"""The proxy process: listeners, accepted connections, config state and reloads."""

@@ -1,0 +1,27 @@
+"""``interfaces.Downstream``: one accepted connection after its filter chain is chosen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from remora.proxy.interfaces import ConnectionFacts
+from remora.proxy.stream_info import StreamInfo
+
+
+class DownstreamConnection:
+    __slots__ = ("closed", "facts", "info", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 facts: ConnectionFacts, info: StreamInfo) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.facts = facts
+        self.info = info
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.writer.close()

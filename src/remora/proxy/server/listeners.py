@@ -1,0 +1,188 @@
+"""A bound (or handoff-only) listener and what happens to each connection it accepts.
+
+Per connection: listener filters (peek only) -> ``use_original_dst`` handoff to the
+listener of the original destination (exact ip:port, then 0.0.0.0:port, as Envoy's
+ConnectionHandlerImpl::getBalancedHandlerByAddress) and its listener filters -> filter
+chain match -> the chain's network filters, in order, until one closes the connection.
+https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/listeners/listeners
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from remora.proxy import filter_chain_match
+from remora.proxy.config.listener import ListenerConfig
+from remora.proxy.interfaces import ConnectionFacts
+from remora.proxy.listener_filters import AcceptedSocket
+from remora.proxy.server.downstream import DownstreamConnection
+from remora.proxy.stream_info import StreamInfo, format_address
+
+if TYPE_CHECKING:
+    from remora.proxy.server.runtime import Server
+
+log = logging.getLogger("remora.proxy")
+
+PEEKING_FILTERS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
+LISTENER_COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match",
+                     "downstream_pre_cx_timeout", "downstream_global_cx_overflow",
+                     "downstream_listener_filter_error")
+
+
+class ActiveListener:
+    def __init__(self, config: ListenerConfig, version: str = "") -> None:
+        self.config = config
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.version_info = version
+        self.last_updated = time.time()
+
+    @property
+    def prefix(self) -> str:
+        return f"listener.{self.config.address.stat_name}."
+
+    def start(self, server: Server) -> None:
+        server.stats.touch(*(self.prefix + n for n in LISTENER_COUNTERS))
+        server.stats.gauges[self.prefix + "downstream_cx_active"] += 0
+        if self.sock is not None and self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._accept_loop(server))
+
+    def stop_accepting(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    async def _accept_loop(self, server: Server) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                log.warning("accept on %s failed: %s", self.config.name, exc)
+                await asyncio.sleep(0.05)
+                continue
+            task = loop.create_task(serve_connection(server, self, conn))
+            server.connections.add(task)
+            task.add_done_callback(server.connections.discard)
+
+
+async def _run_listener_filters(listener: ActiveListener, acc: AcceptedSocket,
+                                server: Server) -> bool:
+    cfg = listener.config
+    if not cfg.listener_filters:
+        return True
+
+    async def run() -> bool:
+        for filt in cfg.listener_filters:
+            if not await filt.on_accept(acc):
+                return False
+        return True
+
+    peeks = any(n in PEEKING_FILTERS for n in cfg.listener_filter_names)
+    if not peeks or cfg.listener_filters_timeout <= 0:
+        return await run()
+    try:
+        return await asyncio.wait_for(run(), cfg.listener_filters_timeout)
+    except TimeoutError:
+        # listener_filters_timeout: close, or go on with what was learned so far
+        server.stats.inc(listener.prefix + "downstream_pre_cx_timeout")
+        return cfg.continue_on_listener_filters_timeout
+
+
+def _facts(conn: socket.socket) -> ConnectionFacts:
+    if conn.family == socket.AF_UNIX:
+        return ConnectionFacts("", 0, "", 0, "")
+    local = conn.getsockname()
+    remote = conn.getpeername()
+    rip = str(remote[0])
+    if rip.startswith("::ffff:"):
+        rip = rip[7:]
+    return ConnectionFacts(str(local[0]), int(local[1]), rip, int(remote[1]), rip)
+
+
+async def serve_connection(server: Server, listener: ActiveListener, conn: socket.socket) -> None:
+    stats = server.stats
+    if server.max_connections is not None and server.active_connections >= server.max_connections:
+        # overload manager: global_downstream_max_connections
+        stats.inc(listener.prefix + "downstream_global_cx_overflow")
+        conn.close()
+        return
+    server.active_connections += 1
+    downstream: DownstreamConnection | None = None
+    info: StreamInfo | None = None
+    counted: ActiveListener | None = None
+    started = time.monotonic()
+    try:
+        conn.setblocking(False)
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        facts = _facts(conn)
+        acc = AcceptedSocket(conn, facts)
+        if not await _run_listener_filters(listener, acc, server):
+            return
+        cfg = listener.config
+        if cfg.use_original_dst and facts.restored_local_address:
+            target = server.listener_for(facts.local_ip, facts.local_port)
+            if target is not None and target is not listener:
+                listener = target
+                if not await _run_listener_filters(listener, acc, server):
+                    return
+        cfg = listener.config
+        counted = listener
+        stats.inc(listener.prefix + "downstream_cx_total")
+        stats.gauge_add(listener.prefix + "downstream_cx_active", 1)
+        info = StreamInfo(
+            downstream_local_address=format_address(facts.local_ip, facts.local_port),
+            downstream_remote_address=format_address(facts.remote_ip, facts.remote_port),
+            downstream_direct_remote_address=format_address(facts.direct_remote_ip,
+                                                            facts.remote_port),
+            requested_server_name=facts.server_name,
+            listener_name=cfg.name,
+        )
+        if facts.transport_protocol == "tls" and facts.application_protocols:
+            info.downstream_alpn = facts.application_protocols[0]
+        chain = filter_chain_match.select(cfg.filter_chains, facts, cfg.default_filter_chain)
+        if chain is None:
+            stats.inc(listener.prefix + "no_filter_chain_match")
+            info.set_flag("NR")
+            log.debug("no filter chain for %s on %s", info.downstream_local_address, cfg.name)
+            return
+        info.filter_chain_name = chain.name
+        reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)
+        downstream = DownstreamConnection(reader, writer, facts, info)
+        for filt in chain.filters:
+            await filt.on_connection(downstream)
+            if downstream.closed:
+                break
+    except (ConnectionError, OSError) as exc:
+        log.debug("connection on %s ended: %s", listener.config.name, exc)
+    except Exception:
+        log.exception("filter failed on listener %s", listener.config.name)
+    finally:
+        server.active_connections -= 1
+        if downstream is not None:
+            downstream.close()
+        else:
+            with contextlib.suppress(OSError):
+                conn.close()
+        if counted is not None:
+            stats.gauge_add(counted.prefix + "downstream_cx_active", -1)
+            stats.inc(counted.prefix + "downstream_cx_destroy")
+            stats.observe(counted.prefix + "downstream_cx_length_ms",
+                          (time.monotonic() - started) * 1000)
+            if info is not None and counted.config.access_loggers:
+                info.finish()
+                for logger in counted.config.access_loggers:
+                    logger.log(info)

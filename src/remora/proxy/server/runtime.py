@@ -1,0 +1,314 @@
+"""The proxy server: config state (static + LDS/CDS/EDS files), listeners, reloads.
+
+Updates are all-or-nothing: a changed file is parsed and validated whole (every listener
+built, every socket bound) before anything changes; a bad file is refused with an error in
+the log and Envoy's counter (listener_manager.lds.update_rejected,
+cluster_manager.cds.update_rejected, cluster.<name>.update_rejected) and the last good
+config stays. Established connections keep the filter chains and clusters they started
+with; a listener whose address is unchanged keeps its socket (an in-place update).
+https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/lds
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from remora.errors import RemoraError
+from remora.proxy.config.bootstrap import Bootstrap, read_discovery_file
+from remora.proxy.config.listener import LISTENER_TYPE, ListenerConfig, parse_listener
+from remora.proxy.config.strict import ConfigError
+from remora.proxy.server.context import ProxyContext
+from remora.proxy.server.listeners import ActiveListener
+from remora.proxy.server.sockets import bind_listener, has_net_admin, require_net_admin
+from remora.proxy.stats import StatsStore
+from remora.proxy.upstream.cluster import ClusterManagerImpl
+from remora.proxy.upstream.config import (
+    CLA_TYPE,
+    CLUSTER_TYPE,
+    ClusterConfig,
+    parse_cluster,
+    parse_load_assignment,
+)
+
+log = logging.getLogger("remora.proxy")
+POLL_INTERVAL = 0.25  # seconds between stat() calls on watched files
+
+
+def _signature(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class Server:
+    def __init__(self, bootstrap: Bootstrap, concurrency: int = 1) -> None:
+        self.bootstrap = bootstrap
+        self.concurrency = concurrency
+        self.stats = StatsStore()
+        self.cluster_manager = ClusterManagerImpl(self.stats)
+        self.context = ProxyContext(self.stats, self.cluster_manager, bootstrap.node_id)
+        self.listeners: dict[str, ActiveListener] = {}
+        self.static_listener_names: set[str] = set()
+        self.active_connections = 0
+        self.connections: set[asyncio.Task[None]] = set()  # strong refs to connection tasks
+        self.max_connections = bootstrap.max_downstream_connections
+        self.state = "PRE_INITIALIZING"
+        self.started = time.time()
+        self.bootstrap_time = time.time()
+        self.versions = {"lds": "", "cds": ""}
+        self._watched: dict[str, tuple[tuple[int, int, int, int] | None, Callable[[], None]]] = {}
+        self._poll_task: asyncio.Task[None] | None = None
+        self.stopped = asyncio.Event()
+        self.stats.touch(*(f"{x}.{y}" for x in ("listener_manager.lds", "cluster_manager.cds")
+                           for y in ("update_attempt", "update_success", "update_rejected")))
+
+    # -- initial load (raises ConfigError: the CLI prints it and exits) --------------
+    def load(self) -> None:
+        boot = self.bootstrap
+        clusters = [parse_cluster(raw, f"static_resources.clusters[{i}]")
+                    for i, raw in enumerate(boot.static_clusters)]
+        _unique([c.name for c in clusters], "static_resources.clusters", "cluster")
+        self.cluster_manager.add_static(clusters)
+        for c in clusters:
+            self._watch_eds(c)
+        configs = [parse_listener(raw, f"static_resources.listeners[{i}]", self.context)
+                   for i, raw in enumerate(boot.static_listeners)]
+        _unique([c.name for c in configs], "static_resources.listeners", "listener")
+        self._check_privileges(configs)
+        for cfg in configs:
+            self.listeners[cfg.name] = ActiveListener(cfg)
+            self.static_listener_names.add(cfg.name)
+        if boot.cds_path:
+            self._watch(boot.cds_path, self._reload_cds)
+        if boot.lds_path:
+            self._watch(boot.lds_path, self._reload_lds)
+
+    def _check_privileges(self, configs: list[ListenerConfig]) -> None:
+        for cfg in configs:
+            if cfg.needs_net_admin and not has_net_admin():
+                what = "transparent: true" if cfg.transparent else "original_src"
+                require_net_admin(f"listener {cfg.name!r} ({what})")
+
+    # -- serving -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind every listener (an error here is fatal), then start accepting."""
+        self._bind_all(list(self.listeners.values()))
+        for active in self.listeners.values():
+            active.start(self)
+        self._poll_task = asyncio.get_running_loop().create_task(self._poll())
+        self.state = "LIVE"
+        self._listener_gauges()
+
+    def _bind_all(self, actives: list[ActiveListener]) -> None:
+        bound: list[ActiveListener] = []
+        try:
+            for active in actives:
+                cfg = active.config
+                if cfg.bind_to_port and active.sock is None:
+                    reuse = self.concurrency > 1 or bool(cfg.enable_reuse_port)
+                    active.sock = bind_listener(cfg.address, transparent=cfg.transparent,
+                                                freebind=cfg.freebind, reuse_port=reuse)
+                    bound.append(active)
+        except RemoraError:
+            for active in bound:
+                active.stop_accepting()
+            raise
+
+    def listener_for(self, ip: str, port: int) -> ActiveListener | None:
+        wildcard = None
+        for active in self.listeners.values():
+            addr = active.config.address
+            if addr.port != port or addr.pipe is not None:
+                continue
+            if addr.ip == ip:
+                return active
+            if addr.ip in ("0.0.0.0", "::") and wildcard is None and \
+                    (addr.ip == "::") == (":" in ip):
+                wildcard = active
+        return wildcard
+
+    def drain_listeners(self, inbound_only: bool = False) -> None:
+        for active in self.listeners.values():
+            if inbound_only and active.config.traffic_direction != "INBOUND":
+                continue
+            active.stop_accepting()
+        self.state = "DRAINING"
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+        for active in self.listeners.values():
+            active.stop_accepting()
+        self.stopped.set()
+
+    def _listener_gauges(self) -> None:
+        self.stats.gauge_set("listener_manager.total_listeners_active", len(self.listeners))
+
+    # -- file watching -------------------------------------------------------------
+    def _watch(self, path: str, reload: Callable[[], None]) -> None:
+        if path not in self._watched:
+            self._watched[path] = (_signature(path), reload)
+            reload()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            for path, (sig, reload) in list(self._watched.items()):
+                now = _signature(path)
+                if now != sig and now is not None:
+                    self._watched[path] = (now, reload)
+                    reload()
+
+    def _update(self, kind: str, prefix: str, path: str, apply: Callable[[], str]) -> None:
+        self.stats.inc(f"{prefix}.update_attempt")
+        try:
+            version = apply()
+        except RemoraError as exc:
+            self.stats.inc(f"{prefix}.update_rejected")
+            log.error("%s update from %s rejected: %s", kind, path, exc.one_line())
+            return
+        self.stats.inc(f"{prefix}.update_success")
+        log.info("%s update from %s applied (version %r)", kind, path, version)
+
+    # -- CDS / EDS -------------------------------------------------------------------
+    def _reload_cds(self) -> None:
+        path = self.bootstrap.cds_path
+        assert path is not None
+        self._update("CDS", "cluster_manager.cds", path, lambda: self._apply_cds(path))
+
+    def _apply_cds(self, path: str) -> str:
+        version, resources = read_discovery_file(path, CLUSTER_TYPE)
+        configs = [parse_cluster(raw, f"{path}: resources[{i}]") for i, raw in enumerate(resources)]
+        _unique([c.name for c in configs], f"{path}: resources", "cluster")
+        for c in configs:
+            if c.name in self.cluster_manager.static_names:
+                raise ConfigError(f"{path}: resources", f"cluster {c.name!r} is defined in "
+                                                        "static_resources already")
+        self.cluster_manager.replace_dynamic(configs, version)
+        self.versions["cds"] = version
+        for c in configs:
+            self._watch_eds(c)
+        return version
+
+    def _watch_eds(self, cfg: ClusterConfig) -> None:
+        if cfg.eds_path:
+            eds_path = cfg.eds_path
+            self._watch(eds_path, lambda: self._reload_eds(eds_path))
+            if eds_path in self._watched:
+                self._apply_eds_quiet(eds_path)
+
+    def _apply_eds_quiet(self, path: str) -> None:
+        with contextlib.suppress(RemoraError):  # counted and logged by _reload_eds
+            self._apply_eds(path)
+
+    def _reload_eds(self, path: str) -> None:
+        try:
+            self._apply_eds(path)
+        except RemoraError as exc:
+            for c in self.cluster_manager.clusters.values():
+                if c.config.eds_path == path:
+                    self.stats.inc(f"cluster.{c.name}.update_rejected")
+            log.error("EDS update from %s rejected: %s", path, exc.one_line())
+
+    def _apply_eds(self, path: str) -> None:
+        version, resources = read_discovery_file(path, CLA_TYPE)
+        parsed = dict(parse_load_assignment(raw, f"{path}: resources[{i}]")
+                      for i, raw in enumerate(resources))
+        for c in self.cluster_manager.clusters.values():
+            if c.config.eds_path != path:
+                continue
+            self.stats.inc(f"cluster.{c.name}.update_attempt")
+            hosts = parsed.get(c.config.eds_service_name or c.name)
+            if hosts is not None:
+                c.set_hosts(hosts, version)
+                self.stats.inc(f"cluster.{c.name}.update_success")
+            else:
+                self.stats.inc(f"cluster.{c.name}.update_empty")
+
+    # -- LDS -------------------------------------------------------------------------
+    def _reload_lds(self) -> None:
+        path = self.bootstrap.lds_path
+        assert path is not None
+        self._update("LDS", "listener_manager.lds", path, lambda: self._apply_lds(path))
+
+    def _apply_lds(self, path: str) -> str:
+        version, resources = read_discovery_file(path, LISTENER_TYPE)
+        configs = [parse_listener(raw, f"{path}: resources[{i}]", self.context)
+                   for i, raw in enumerate(resources)]
+        _unique([c.name for c in configs], f"{path}: resources", "listener")
+        for cfg in configs:
+            if cfg.name in self.static_listener_names:
+                raise ConfigError(f"{path}: resources", f"listener {cfg.name!r} is defined in "
+                                                        "static_resources already")
+        self._check_privileges(configs)
+        self._swap_listeners(configs, version)
+        self.versions["lds"] = version
+        return version
+
+    def _swap_listeners(self, configs: list[ListenerConfig], version: str) -> None:
+        live = self.state == "LIVE"
+        old = {n: a for n, a in self.listeners.items() if n not in self.static_listener_names}
+        new_names = {c.name for c in configs}
+        # A listener that goes away may hand its socket to a new one at the same address.
+        spare = {(a.config.address, a.config.transparent): a for n, a in old.items()
+                 if a.sock is not None and n not in new_names}
+        in_place: list[tuple[ActiveListener, ListenerConfig]] = []
+        takeovers: list[tuple[ActiveListener, ListenerConfig]] = []
+        fresh: list[tuple[ActiveListener, ActiveListener | None]] = []
+        for cfg in configs:
+            prev = old.get(cfg.name)
+            if prev is not None and prev.config.raw == cfg.raw:
+                continue
+            if prev is not None and prev.config.same_socket(cfg):
+                in_place.append((prev, cfg))
+            elif cfg.bind_to_port and (cfg.address, cfg.transparent) in spare:
+                takeovers.append((spare.pop((cfg.address, cfg.transparent)), cfg))
+            else:
+                fresh.append((ActiveListener(cfg, version), prev))
+        if live:  # may raise: nothing has changed yet
+            self._bind_all([active for active, _ in fresh])
+        # From here on nothing can fail.
+        taken = {id(donor) for donor, _ in takeovers}
+        for active, cfg in in_place + takeovers:
+            # The accept loop reads active.config per connection; connections already
+            # accepted keep the filter chain they matched.
+            if active.config.name != cfg.name:
+                del self.listeners[active.config.name]
+                self.stats.inc("listener_manager.listener_removed")
+                self.stats.inc("listener_manager.listener_added")
+            else:
+                self.stats.inc("listener_manager.listener_in_place_updated")
+            active.config = cfg
+            active.version_info = version
+            active.last_updated = time.time()
+            self.listeners[cfg.name] = active
+        for active, prev in fresh:
+            if prev is not None:
+                prev.stop_accepting()
+                self.stats.inc("listener_manager.listener_modified")
+            else:
+                self.stats.inc("listener_manager.listener_added")
+            self.listeners[active.config.name] = active
+            if live:
+                active.start(self)
+        for name, prev in old.items():
+            if name not in new_names and id(prev) not in taken:
+                prev.stop_accepting()
+                del self.listeners[name]
+                self.stats.inc("listener_manager.listener_removed")
+        self._listener_gauges()
+
+
+def _unique(names: list[str], path: str, what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(path, f"duplicate {what} name {name!r}")
+        seen.add(name)

@@ -1,0 +1,178 @@
+"""Counters, gauges and histograms named as Envoy names them, and their text renderings.
+
+Names are Envoy's full stat names (``cluster.inbound|18080||.upstream_cx_total``,
+``listener.0.0.0.0_15006.downstream_cx_total``, ``tcp.<stat_prefix>.downstream_cx_total``);
+``/stats`` prints them as ``name: value`` and ``/stats/prometheus`` with Envoy's tag
+extraction (``envoy_cluster_upstream_cx_total{envoy_cluster_name="..."}``).
+https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import defaultdict
+from typing import Any
+
+# Envoy's default histogram bucket bounds (source/common/stats/histogram_impl.h).
+BUCKETS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)
+
+
+class Histogram:
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def merge(self, counts: list[int], count: int, total: float) -> None:
+        for i, c in enumerate(counts[: len(self.counts)]):
+            self.counts[i] += c
+        self.count += count
+        self.total += total
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        target = q * self.count
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= target and c:
+                return BUCKETS[i] if i < len(BUCKETS) else BUCKETS[-1]
+        return BUCKETS[-1]
+
+
+class StatsStore:
+    """The ``interfaces.Stats`` implementation. Plain dicts: an increment is one dict op."""
+
+    def __init__(self) -> None:
+        self.counters: defaultdict[str, int] = defaultdict(int)
+        self.gauges: defaultdict[str, int] = defaultdict(int)
+        self.histograms: dict[str, Histogram] = {}
+
+    def inc(self, name: str, value: int = 1) -> None:
+        self.counters[name] += value
+
+    def gauge_add(self, name: str, delta: int) -> None:
+        self.gauges[name] += delta
+
+    def gauge_set(self, name: str, value: int) -> None:
+        self.gauges[name] = value
+
+    def observe(self, name: str, value_ms: float) -> None:
+        hist = self.histograms.get(name)
+        if hist is None:
+            hist = self.histograms[name] = Histogram()
+        hist.observe(value_ms)
+
+    def touch(self, *counters: str) -> None:
+        """Make counters exist at 0 so /stats lists them before the first event (as Envoy
+        does for every stat a component declares)."""
+        for name in counters:
+            self.counters[name] += 0
+
+    # -- cross-process merge (--concurrency workers send snapshots to the main process) --
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "gauges": dict(self.gauges),
+            "histograms": {k: [h.counts, h.count, h.total] for k, h in self.histograms.items()},
+        }
+
+    def merged(self, others: list[dict[str, Any]]) -> StatsStore:
+        out = StatsStore()
+        for snap in [self.snapshot(), *others]:
+            for k, v in snap["counters"].items():
+                out.counters[k] += v
+            for k, v in snap["gauges"].items():
+                out.gauges[k] += v
+            for k, (counts, count, total) in snap["histograms"].items():
+                out.histograms.setdefault(k, Histogram()).merge(counts, count, total)
+        return out
+
+    # -- renderings ------------------------------------------------------------------
+    def render_text(self, filter_re: str | None = None, used_only: bool = False) -> str:
+        pat = re.compile(filter_re) if filter_re else None
+        lines = []
+        values: dict[str, int] = {**self.counters, **self.gauges}
+        for name in sorted(values):
+            if (pat and not pat.search(name)) or (used_only and not values[name]):
+                continue
+            lines.append(f"{name}: {values[name]}")
+        for name in sorted(self.histograms):
+            if pat and not pat.search(name):
+                continue
+            hist = self.histograms[name]
+            qs = [(q, hist.quantile(q / 100)) for q in (0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100)]
+            body = " ".join(f"P{q:g}({v:g},{v:g})" for q, v in qs if v is not None) \
+                if hist.count else "No recorded values"
+            lines.append(f"{name}: {body}")
+        return "\n".join(lines) + ("\n" if lines else "")
+
+    def render_prometheus(self) -> str:
+        out: list[str] = []
+        for kind, values in (("counter", self.counters), ("gauge", self.gauges)):
+            grouped: dict[str, list[tuple[str, int]]] = defaultdict(list)
+            for name, value in values.items():
+                metric, labels = prometheus_name(name)
+                grouped[metric].append((labels, value))
+            for metric in sorted(grouped):
+                out.append(f"# TYPE {metric} {kind}")
+                out.extend(f"{metric}{labels} {value}" for labels, value in sorted(grouped[metric]))
+        hgroups: dict[str, list[tuple[str, Histogram]]] = defaultdict(list)
+        for name, hist in self.histograms.items():
+            metric, labels = prometheus_name(name)
+            hgroups[metric].append((labels, hist))
+        for metric in sorted(hgroups):
+            out.append(f"# TYPE {metric} histogram")
+            for labels, hist in sorted(hgroups[metric], key=lambda x: x[0]):
+                inner = labels[1:-1]
+                sep = "," if inner else ""
+                cum = 0
+                for bound, c in zip(BUCKETS, hist.counts, strict=False):
+                    cum += c
+                    out.append(f'{metric}_bucket{{{inner}{sep}le="{bound:g}"}} {cum}')
+                out.append(f'{metric}_bucket{{{inner}{sep}le="+Inf"}} {hist.count}')
+                out.append(f"{metric}_sum{labels} {hist.total:g}")
+                out.append(f"{metric}_count{labels} {hist.count}")
+        return "\n".join(out) + "\n"
+
+
+# Envoy's default tag extractors for the stat families remora emits
+# (source/common/config/well_known_names.cc): the tag value is cut out of the name.
+_TAGS: tuple[tuple[str, str], ...] = (
+    ("cluster.", "envoy_cluster_name"),
+    ("listener.", "envoy_listener_address"),
+    ("tcp.", "envoy_tcp_prefix"),
+    ("http.", "envoy_http_conn_manager_prefix"),
+)
+
+
+def prometheus_name(name: str) -> tuple[str, str]:
+    """``cluster.inbound|18080||.upstream_cx_total`` ->
+    (``envoy_cluster_upstream_cx_total``, ``{envoy_cluster_name="inbound|18080||"}``)."""
+    for prefix, tag in _TAGS:
+        if name.startswith(prefix) and name.count(".") >= 2:
+            rest = name[len(prefix):]
+            # the tag value may itself contain dots (listener 0.0.0.0_15006): the stat's
+            # own name is the last segment(s) that Envoy defines; we take the last one.
+            value, _, stat = rest.rpartition(".")
+            if prefix == "listener." and value.endswith(".worker_0"):
+                value = value[: -len(".worker_0")]
+            metric = "envoy_" + _sanitize(prefix + stat)
+            return metric, f'{{{tag}="{value}"}}'
+    return "envoy_" + _sanitize(name), ""
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)

@@ -1,0 +1,218 @@
+"""Clusters at run time (``interfaces.Cluster``) and the cluster manager.
+
+https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery
+- ORIGINAL_DST (lb_policy CLUSTER_PROVIDED): the host is the downstream connection's
+  original destination (``facts.local_ip:local_port`` once original_dst ran).
+- STATIC: ``load_assignment``; EDS: the same message read from a watched file.
+Circuit breakers: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/circuit_breaking
+Stats: https://www.envoyproxy.io/docs/envoy/latest/configuration/upstream/cluster_manager/cluster_stats
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from remora.proxy.interfaces import ConnectionFacts, Upstream, UpstreamError
+from remora.proxy.stats import StatsStore
+from remora.proxy.stream_info import StreamInfo, format_address
+from remora.proxy.upstream.config import ClusterConfig, Host
+from remora.proxy.upstream.connect import is_timeout, open_upstream
+
+_RESOURCES = {
+    # resource -> (threshold, overflow counter)
+    "pending_requests": ("max_pending_requests", "upstream_rq_pending_overflow"),
+    "requests": ("max_requests", "upstream_rq_pending_overflow"),
+    "retries": ("max_retries", "upstream_rq_retry_overflow"),
+}
+_GAUGES = {"connections": "cx_open", "pending_requests": "rq_pending_open",
+           "requests": "rq_open", "retries": "rq_retry_open"}
+
+
+class ClusterImpl:
+    def __init__(self, config: ClusterConfig, stats: StatsStore) -> None:
+        self.name = config.name
+        self.config = config
+        self.stats = stats
+        self.prefix = f"cluster.{config.name}."
+        self.hosts: list[Host] = list(config.hosts)
+        self.version_info = ""
+        self.last_updated = time.time()
+        self._rr = 0
+        self.active = {"connections": 0, "pending_requests": 0, "requests": 0, "retries": 0}
+        self.host_stats: dict[str, dict[str, int]] = {}
+        stats.touch(*(self.prefix + n for n in (
+            "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+            "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_rq_pending_overflow",
+            "upstream_rq_retry_overflow", "upstream_cx_destroy")))
+        stats.gauges[self.prefix + "upstream_cx_active"] += 0
+        stats.gauge_set(self.prefix + "membership_total", len(self.hosts))
+        stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in self.hosts))
+
+    # -- hosts -----------------------------------------------------------------------
+    def set_hosts(self, hosts: list[Host], version: str = "") -> None:
+        self.hosts = hosts
+        self.version_info = version
+        self.last_updated = time.time()
+        self.stats.gauge_set(self.prefix + "membership_total", len(hosts))
+        self.stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in hosts))
+        self.stats.inc(self.prefix + "membership_change")
+
+    def _choose(self, facts: ConnectionFacts, exclude: frozenset[str]) -> tuple[str, int] | None:
+        if self.config.type == "ORIGINAL_DST":
+            return facts.local_ip, facts.local_port
+        healthy = [h for h in self.hosts if h.healthy and h.key not in exclude]
+        if not healthy:
+            return None
+        top = min(h.priority for h in healthy)  # lowest priority level with healthy hosts
+        healthy = [h for h in healthy if h.priority == top]
+        if self.config.lb_policy == "RANDOM":
+            host = random.choice(healthy)
+        elif self.config.lb_policy == "LEAST_REQUEST" and len(healthy) > 1:
+            # Envoy's P2C: the less loaded of two random choices
+            a, b = random.sample(healthy, 2)
+            host = a if self._load(a) <= self._load(b) else b
+        else:
+            self._rr = (self._rr + 1) % len(healthy)
+            host = healthy[self._rr]
+        return host.address.ip, host.address.port
+
+    def _load(self, host: Host) -> int:
+        return self.host_stats.get(host.key, {}).get("cx_active", 0)
+
+    # -- interfaces.Cluster ------------------------------------------------------------
+    async def connect(self, facts: ConnectionFacts, info: StreamInfo,
+                      exclude_hosts: frozenset[str] = frozenset()) -> Upstream:
+        info.upstream_cluster = self.name
+        target = self._choose(facts, exclude_hosts)
+        if target is None:
+            self.stats.inc(self.prefix + "upstream_cx_none_healthy")
+            raise UpstreamError("UH", "")
+        host = format_address(*target)
+        info.upstream_host = host
+        if self.active["connections"] >= self.config.thresholds["max_connections"]:
+            self.stats.inc(self.prefix + "upstream_cx_overflow")
+            raise UpstreamError("UO", "", host)
+        self.active["connections"] += 1  # counted while connecting, as Envoy does
+        self._cb_gauges("connections")
+        hstats = self.host_stats.setdefault(host, {"cx_total": 0, "cx_active": 0,
+                                                   "cx_connect_fail": 0})
+        hstats["cx_total"] += 1
+        self.stats.inc(self.prefix + "upstream_cx_total")
+        cfg = self.config
+        source = (cfg.source_address.ip, cfg.source_address.port) if cfg.source_address else None
+        started = time.monotonic()
+
+        def lost(rx_bytes: int) -> None:
+            self.active["connections"] -= 1
+            self._cb_gauges("connections")
+            hstats["cx_active"] -= 1
+            self.stats.gauge_add(self.prefix + "upstream_cx_active", -1)
+            self.stats.inc(self.prefix + "upstream_cx_destroy")
+            self.stats.inc(self.prefix + "upstream_cx_rx_bytes_total", rx_bytes)
+            self.stats.observe(self.prefix + "upstream_cx_length_ms",
+                               (time.monotonic() - started) * 1000)
+
+        try:
+            upstream, connect_ms = await open_upstream(
+                target[0], target[1], timeout=cfg.connect_timeout, source=source,
+                original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive)
+        except UpstreamError as err:
+            self.active["connections"] -= 1
+            self._cb_gauges("connections")
+            hstats["cx_connect_fail"] += 1
+            self.stats.inc(self.prefix + "upstream_cx_connect_fail")
+            if is_timeout(err):
+                self.stats.inc(self.prefix + "upstream_cx_connect_timeout")
+            info.upstream_transport_failure_reason = err.reason or None
+            raise
+        hstats["cx_active"] += 1
+        self.stats.gauge_add(self.prefix + "upstream_cx_active", 1)
+        self.stats.observe(self.prefix + "upstream_cx_connect_ms", connect_ms)
+        info.upstream_local_address = upstream.local_address
+        return upstream
+
+    def try_acquire(self, resource: str) -> bool:
+        threshold, overflow = _RESOURCES[resource]
+        if self.active[resource] >= self.config.thresholds[threshold]:
+            self.stats.inc(self.prefix + overflow)
+            return False
+        self.active[resource] += 1
+        self._cb_gauges(resource)
+        return True
+
+    def release(self, resource: str) -> None:
+        if self.active[resource] > 0:
+            self.active[resource] -= 1
+            self._cb_gauges(resource)
+
+    def _cb_gauges(self, resource: str) -> None:
+        threshold = ("max_connections" if resource == "connections" else _RESOURCES[resource][0])
+        limit = self.config.thresholds[threshold]
+        base = f"{self.prefix}circuit_breakers.default."
+        self.stats.gauge_set(base + _GAUGES[resource], int(self.active[resource] >= limit))
+        if self.config.track_remaining:
+            remaining = {"connections": "remaining_cx", "pending_requests": "remaining_pending",
+                         "requests": "remaining_rq", "retries": "remaining_retries"}[resource]
+            self.stats.gauge_set(base + remaining, max(limit - self.active[resource], 0))
+
+
+class ClusterManagerImpl:
+    """``interfaces.ClusterManager``: name -> cluster, swapped whole on a CDS update.
+    Connections already open keep the cluster object they started with."""
+
+    def __init__(self, stats: StatsStore) -> None:
+        self.stats = stats
+        self.clusters: dict[str, ClusterImpl] = {}
+        self.static_names: set[str] = set()
+        self.versions: dict[str, str] = {}
+
+    def get(self, name: str) -> ClusterImpl | None:
+        return self.clusters.get(name)
+
+    def add_static(self, configs: list[ClusterConfig]) -> None:
+        for cfg in configs:
+            self.clusters[cfg.name] = ClusterImpl(cfg, self.stats)
+            self.static_names.add(cfg.name)
+            self.stats.inc("cluster_manager.cluster_added")
+        self._gauges()
+
+    def replace_dynamic(self, configs: list[ClusterConfig], version: str) -> None:
+        """State of the world: clusters not listed are removed (static ones stay)."""
+        new_names = {c.name for c in configs}
+        for name in [n for n in self.clusters if n not in self.static_names and n not in new_names]:
+            del self.clusters[name]
+            self.versions.pop(name, None)
+            self.stats.inc("cluster_manager.cluster_removed")
+        for cfg in configs:
+            old = self.clusters.get(cfg.name)
+            if old is not None and old.config.raw == cfg.raw:
+                continue  # unchanged: keep hosts, breaker counts and EDS state
+            cluster = ClusterImpl(cfg, self.stats)
+            if old is not None:
+                cluster.active = old.active
+                if cfg.type == "EDS" and old.config.type == "EDS":
+                    cluster.hosts = old.hosts
+                self.stats.inc("cluster_manager.cluster_modified")
+            else:
+                self.stats.inc("cluster_manager.cluster_added")
+            self.clusters[cfg.name] = cluster
+            self.versions[cfg.name] = version
+        self._gauges()
+
+    def _gauges(self) -> None:
+        self.stats.gauge_set("cluster_manager.active_clusters", len(self.clusters))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """For /clusters."""
+        out = []
+        for c in self.clusters.values():
+            out.append({"name": c.name, "thresholds": c.config.thresholds,
+                        "added_via_api": c.name not in self.static_names,
+                        "hosts": c.host_stats if c.config.type == "ORIGINAL_DST" else
+                        {h.key: c.host_stats.get(h.key, {"cx_total": 0, "cx_active": 0,
+                                                         "cx_connect_fail": 0})
+                         for h in c.hosts},
+                        "health": {h.key: h.healthy for h in c.hosts}})
+        return out

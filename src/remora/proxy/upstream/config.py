@@ -1,0 +1,202 @@
+"""``envoy.config.cluster.v3.Cluster`` and ``ClusterLoadAssignment``, parsed strictly.
+https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/cluster/v3/cluster.proto
+https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/endpoint/v3/endpoint.proto
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from remora.proxy.config.address import Address, parse_address, parse_socket_address
+from remora.proxy.config.strict import ConfigError, Fields
+
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+UNLIMITED = 4294967295
+
+# Envoy's circuit breaker defaults (cluster.proto CircuitBreakers.Thresholds).
+DEFAULT_THRESHOLDS = {"max_connections": 1024, "max_pending_requests": 1024,
+                      "max_requests": 1024, "max_retries": 3}
+
+
+@dataclass(frozen=True)
+class Host:
+    address: Address
+    weight: int = 1
+    priority: int = 0
+    healthy: bool = True
+
+    @property
+    def key(self) -> str:
+        return str(self.address)
+
+
+@dataclass
+class ClusterConfig:
+    name: str
+    type: str
+    raw: dict[str, Any]
+    connect_timeout: float = 5.0
+    lb_policy: str = "ROUND_ROBIN"
+    hosts: list[Host] = field(default_factory=list)
+    eds_path: str | None = None
+    eds_service_name: str | None = None
+    source_address: Address | None = None  # upstream_bind_config.source_address
+    thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    track_remaining: bool = False
+    keepalive: bool = False
+    # Read by the HTTP side (envoy.extensions.upstreams.http.v3.HttpProtocolOptions).
+    typed_extension_protocol_options: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    use_http_header: bool = False  # original_dst_lb_config
+    http_header_name: str = "x-envoy-original-dst-host"
+
+
+def config_source_path(f: Fields) -> str:
+    """A ConfigSource that names a file: ``path_config_source`` or the legacy ``path``.
+    https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/config_source.proto"""
+    pcs = f.fields("path_config_source", "PathConfigSource")
+    legacy = f.string("path")
+    f.enum("resource_api_version", ("V3",), "V3")
+    f.duration("initial_fetch_timeout")
+    f.done()
+    if pcs is not None:
+        path = pcs.string("path", required=True)
+        watched = pcs.fields("watched_directory", "WatchedDirectory")
+        if watched is not None:  # remora polls the file itself, which covers this
+            watched.string("path")
+            watched.done()
+        pcs.done()
+        return str(path)
+    if legacy:
+        return str(legacy)
+    raise ConfigError(f.path, "remora reads config sources from files only",
+                      "use path_config_source (ads/api_config_source need an xDS server)")
+
+
+def parse_load_assignment(raw: Any, path: str) -> tuple[str, list[Host]]:
+    f = Fields(raw, path, "ClusterLoadAssignment")
+    f.ignore("@type")
+    name = f.string("cluster_name", "")
+    policy = f.fields("policy", "Policy")
+    if policy is not None:
+        policy.integer("overprovisioning_factor")
+        policy.done()
+    hosts: list[Host] = []
+    for loc in f.each("endpoints", "LocalityLbEndpoints"):
+        loc.ignore("locality", "metadata")  # no locality-aware LB in remora: all equal
+        loc.integer("load_balancing_weight")
+        priority = loc.integer("priority", 0)
+        for lb in loc.each("lb_endpoints", "LbEndpoint"):
+            ep = lb.fields("endpoint", "Endpoint")
+            status = lb.enum("health_status", ("UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING",
+                                               "TIMEOUT", "DEGRADED"), "UNKNOWN")
+            weight = lb.integer("load_balancing_weight", 1)
+            lb.ignore("metadata")
+            lb.done()
+            if ep is None:
+                raise ConfigError(lb.at("endpoint"), "required field is missing")
+            addr = parse_address(ep.fields("address", "Address"), ep.at("address"))
+            ep.string("hostname")
+            ep.done()
+            hosts.append(Host(addr, weight or 1, priority or 0,
+                              status in ("UNKNOWN", "HEALTHY", "DEGRADED")))
+        loc.done()
+    f.done()
+    return name, hosts
+
+
+def parse_cluster(raw: Any, path: str) -> ClusterConfig:
+    f = Fields(raw, path, "Cluster")
+    f.ignore("@type")
+    name = f.string("name", required=True)
+    ctype = f.enum("type", ("STATIC", "ORIGINAL_DST", "EDS"), "STATIC")
+    cfg = ClusterConfig(name=name, type=ctype, raw=copy.deepcopy(raw))
+    cfg.connect_timeout = f.duration("connect_timeout", 5.0)
+    cfg.lb_policy = f.enum("lb_policy", ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM",
+                                         "CLUSTER_PROVIDED"), "ROUND_ROBIN")
+    f.string("alt_stat_name")
+    f.duration("cleanup_interval")  # ORIGINAL_DST host cleanup: remora keeps no host set
+    f.integer("per_connection_buffer_limit_bytes")
+    cfg.metadata = f.raw("metadata", {}) or {}
+    opts = f.raw("typed_extension_protocol_options", {}) or {}
+    if not isinstance(opts, dict):
+        raise ConfigError(f.at("typed_extension_protocol_options"), "expected a map")
+    for key, value in opts.items():
+        if key not in ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                       "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"):
+            raise ConfigError(f"{f.at('typed_extension_protocol_options')}.{key}",
+                              "unsupported protocol options extension")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{f.at('typed_extension_protocol_options')}.{key}",
+                              "expected an object")
+    cfg.typed_extension_protocol_options = opts
+
+    cla = f.raw("load_assignment")
+    eds = f.fields("eds_cluster_config", "EdsClusterConfig")
+    bind = f.fields("upstream_bind_config", "BindConfig")
+    breakers = f.fields("circuit_breakers", "CircuitBreakers")
+    odc = f.fields("original_dst_lb_config", "OriginalDstLbConfig")
+    conn_opts = f.fields("upstream_connection_options", "UpstreamConnectionOptions")
+    transport = f.fields("transport_socket", "TransportSocket")
+    f.done()
+
+    if cla is not None:
+        _, cfg.hosts = parse_load_assignment(cla, f.at("load_assignment"))
+    if ctype == "EDS":
+        if eds is None:
+            raise ConfigError(f.at("eds_cluster_config"), "an EDS cluster needs eds_cluster_config")
+        source = eds.fields("eds_config", "ConfigSource")
+        cfg.eds_service_name = eds.string("service_name")
+        eds.done()
+        if source is None:
+            raise ConfigError(eds.at("eds_config"), "required field is missing")
+        cfg.eds_path = config_source_path(source)
+    elif eds is not None:
+        raise ConfigError(eds.path, f"eds_cluster_config on a {ctype} cluster")
+    if ctype == "ORIGINAL_DST" and cfg.lb_policy != "CLUSTER_PROVIDED":
+        raise ConfigError(f.at("lb_policy"), "an ORIGINAL_DST cluster needs lb_policy "
+                                             "CLUSTER_PROVIDED", "set lb_policy: CLUSTER_PROVIDED")
+    if bind is not None:
+        src = bind.fields("source_address", "SocketAddress")
+        bind.boolean("freebind")
+        bind.done()
+        if src is not None:
+            cfg.source_address = parse_socket_address(src)
+    if breakers is not None:
+        for th in breakers.each("thresholds", "Thresholds"):
+            prio = th.enum("priority", ("DEFAULT", "HIGH"), "DEFAULT")
+            values = {k: th.integer(k) for k in DEFAULT_THRESHOLDS}
+            track = th.boolean("track_remaining", False)
+            th.integer("max_connection_pools")
+            th.done()
+            if prio == "DEFAULT":  # remora routes everything at default priority
+                cfg.thresholds.update({k: v for k, v in values.items() if v is not None})
+                cfg.track_remaining = bool(track)
+        breakers.done()
+    if odc is not None:
+        cfg.use_http_header = bool(odc.boolean("use_http_header", False))
+        cfg.http_header_name = odc.string("http_header_name", cfg.http_header_name)
+        odc.done()
+    if conn_opts is not None:
+        ka = conn_opts.fields("tcp_keepalive", "TcpKeepalive")
+        conn_opts.done()
+        if ka is not None:
+            ka.integer("keepalive_probes")
+            ka.integer("keepalive_time")
+            ka.integer("keepalive_interval")
+            ka.done()
+            cfg.keepalive = True
+    if transport is not None:
+        t_name = transport.string("name")
+        typed = transport.fields("typed_config")
+        transport.done()
+        if t_name != "envoy.transport_sockets.raw_buffer":
+            raise ConfigError(transport.path, f"unsupported transport socket {t_name!r}",
+                              "remora's core proxy connects upstream with raw_buffer")
+        if typed is not None:
+            typed.ignore("@type")
+            typed.done()
+    return cfg
