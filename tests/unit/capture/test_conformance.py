@@ -15,6 +15,8 @@ import pytest
 
 from remora.capture import model, render
 from remora.capture.apply import dry_run
+from remora.capture.argv import parse_args
+from remora.capture.config import with_overrides
 from tests.unit.capture.conformance import case_config, load_cases
 
 CASES_FILE = Path(__file__).resolve().parents[4] / "shared/conformance/istio-iptables/cases.json"
@@ -40,3 +42,16 @@ def test_golden(shared_dir: Path, name: str) -> None:
     assert (render.transcript(model.build(config)) + "\n").encode() == golden
     # ... and the apply path driven by the recording runner (what --dry-run prints).
     assert (dry_run(config) + "\n").encode() == golden
+
+
+def test_injector_default_args_give_the_derived_block(shared_dir: Path) -> None:
+    """The sidecar injector's real argv (as the node runs it) -> the nat block derived from
+    run.go in shared/ (not an Istio golden: no Istio test covers exactly these args)."""
+    derived = (shared_dir / "conformance/istio-iptables/"
+               "DERIVED-default-injection-redirect.txt.notgolden").read_text()
+    expected = [line for line in derived.splitlines() if line and not line.startswith("#")]
+    argv = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
+            "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020",
+            "--log_output_level=default:info"]
+    config = with_overrides(parse_args(argv, env={}), enable_ipv6=False)
+    assert render.restore(model.build(config).v4).splitlines() == expected
