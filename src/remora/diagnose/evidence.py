@@ -1,0 +1,60 @@
+"""What a diagnosis is given: per pod, rules, Envoy config and access log; plus the target.
+
+Pure data. ``evidence_files`` fills it from files; the live lab will fill it from its
+own pods. Every field may be missing: the diagnosis says which facts that leaves open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from remora.diagnose.access_log import AccessLogEntry
+from remora.diagnose.envoy_config import EnvoyConfig
+from remora.diagnose.iptables_model import Ruleset
+
+
+@dataclass
+class PodEvidence:
+    role: str  # "client" or "server"
+    iptables: Ruleset | None = None
+    config: EnvoyConfig | None = None
+    access_log: list[AccessLogEntry] = field(default_factory=list)
+    app_log: list[str] = field(default_factory=list)  # the app's own RemoteAddr= lines
+    pod: str | None = None  # pod name, for the commands we suggest
+    namespace: str | None = None
+    ip: str | None = None  # pod IP, when the user gives it
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.iptables is None and self.config is None and not self.access_log
+
+    def pod_ref(self) -> str:
+        name = self.pod or f"{self.role.upper()}_POD"
+        return f"{name} -n {self.namespace}" if self.namespace else name
+
+    def node_pod(self) -> tuple[str | None, str | None]:
+        """(pod, namespace) from the Istio node id ``sidecar~IP~POD.NS~NS.svc.cluster.local``."""
+        node = self.config.node_id if self.config else None
+        if node and node.count("~") >= 3:
+            pod_ns = node.split("~")[2]
+            pod, _, ns = pod_ns.rpartition(".")
+            return (pod or None), (ns or None)
+        return None, None
+
+
+@dataclass
+class Target:
+    """Where the client connects: a host name or IP, and a port (``--to``)."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str = "/"
+    http: bool | None = None  # None: decide from the evidence (HTTP unless a log says TCP)
+
+
+@dataclass
+class Evidence:
+    client: PodEvidence = field(default_factory=lambda: PodEvidence("client"))
+    server: PodEvidence = field(default_factory=lambda: PodEvidence("server"))
+    target: Target = field(default_factory=Target)

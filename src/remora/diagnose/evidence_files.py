@@ -1,0 +1,143 @@
+"""Fill ``Evidence`` from files a user collected from a real cluster (the I/O edge).
+
+``--istio-dump DIR`` layout (docs/explain.md): ``DIR/client/`` and ``DIR/server/``, or
+files named ``client-*`` / ``server-*`` (also ``client_*``, ``client.*``); files with
+neither are the server's. Within a side, a file is classified by name, then by content:
+- ``*.json``: Envoy config (config_dump.json, listeners.json, clusters.json, ...; merged)
+- ``iptables*``, ``*nat*``, ``*mangle*``, ``*.rules``: iptables-save text or ``-L -v``
+  listings (a ``nat``/``mangle`` in the name tells a listing's table)
+- ``*.log``, ``access*``: Istio access-log lines; the app's ``RemoteAddr=`` lines too
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from remora.diagnose.access_log import parse_access_log
+from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
+from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.iptables_listing import looks_like_listing, parse_listing
+from remora.diagnose.iptables_model import Ruleset
+from remora.diagnose.iptables_save import looks_like_save, parse_iptables_save
+from remora.errors import RemoraError
+
+SIDES = ("client", "server")
+
+
+def read_text(path: Path, what: str) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RemoraError(f"{what} file {path} does not exist",
+                          "check the path (see `remora explain source-ip --help`)") from None
+    except IsADirectoryError:
+        raise RemoraError(f"{what} {path} is a directory, expected a file",
+                          "name the file, or use --istio-dump DIR for a directory") from None
+    except OSError as exc:
+        raise RemoraError(f"cannot read {what} file {path}: {exc.strerror}",
+                          "check the file's permissions") from exc
+    return data.decode("utf-8", errors="replace")
+
+
+def parse_iptables_text(text: str, name: str) -> Ruleset:
+    """iptables-save text or `iptables -L -v` listings; the IPv4 rules when both families."""
+    if looks_like_listing(text):
+        hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
+        rs = parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
+        return rs
+    if looks_like_save(text):
+        families = parse_iptables_save(text, origin=f"{name} (iptables-save)")
+        if families:
+            return families[0]
+    raise RemoraError(
+        f"{name} is not an iptables listing: expected `iptables-save` output (`*nat`, "
+        "`-A CHAIN ...` lines) or `iptables -t nat -L -v` output (`Chain NAME (policy ...)`)",
+        "collect it with `iptables-save` (or `iptables -t nat -L -v`) in the pod's network "
+        "namespace")
+
+
+def add_iptables(pod: PodEvidence, path: Path) -> None:
+    rs = parse_iptables_text(read_text(path, "iptables"), path.name)
+    if pod.iptables is None:
+        pod.iptables = rs
+    else:
+        pod.iptables.merge(rs)
+    pod.sources.append(f"iptables: {path}")
+
+
+def add_config(pod: PodEvidence, path: Path) -> None:
+    if pod.config is None:
+        pod.config = EnvoyConfig()
+    parse_config_text(pod.config, read_text(path, "config dump"), str(path))
+    pod.sources.append(f"config: {path}")
+
+
+def add_access_log(pod: PodEvidence, path: Path) -> None:
+    text = read_text(path, "access log")
+    entries = parse_access_log(text, str(path))
+    app = [line.strip() for line in text.splitlines() if "RemoteAddr=" in line]
+    if not entries and not app:
+        raise RemoraError(f"{path} has no access-log lines: expected Istio's default text "
+                          "format (`[START_TIME] \"GET /path HTTP/1.1\" 200 ...`) or JSON lines",
+                          f"collect it with `kubectl logs {pod.pod_ref()} -c istio-proxy`")
+    pod.access_log.extend(entries)
+    pod.app_log.extend(app)
+    pod.sources.append(f"access log: {path} ({len(entries)} entries)")
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".json"):
+        return "config"
+    if re.search(r"iptables|nat|mangle|\.rules$|rules\.txt$", name):
+        return "iptables"
+    if name.endswith(".log") or "access" in name or name.startswith("log"):
+        return "log"
+    text = read_text(path, "evidence")[:4000]
+    stripped = text.lstrip()
+    if looks_like_listing(text) or looks_like_save(text):
+        return "iptables"
+    if stripped.startswith(("{", "[")) and ('"listeners"' in text or '"configs"' in text
+                                            or '"filterChains"' in text
+                                            or '"filter_chains"' in text):
+        return "config"
+    if re.search(r'^\[\S+\] "', text, re.M) or "upstream_local_address" in text:
+        return "log"
+    return None
+
+
+def _side_of(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).parts
+    if len(rel) > 1 and rel[0].lower() in SIDES:
+        return rel[0].lower()
+    m = re.match(r"(client|server)[-_.]", path.name.lower())
+    return m.group(1) if m else "server"
+
+
+def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
+    if not root.is_dir():
+        raise RemoraError(f"--istio-dump {root} is not a directory",
+                          "give a directory with client/ and server/ subfolders")
+    ev = ev or Evidence()
+    used = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        kind = _kind(path)
+        if kind is None:
+            continue
+        pod = ev.client if _side_of(path, root) == "client" else ev.server
+        {"config": add_config, "iptables": add_iptables, "log": add_access_log}[kind](pod, path)
+        used += 1
+    if not used:
+        raise RemoraError(f"--istio-dump {root} has no evidence files",
+                          "add config_dump.json, iptables.txt (or nat.txt/mangle.txt) and "
+                          "access.log under client/ and server/")
+    return ev
+
+
+def split_side(value: str) -> tuple[str, Path]:
+    """``client=FILE`` / ``server=FILE`` / ``FILE`` (the server's)."""
+    side, sep, rest = value.partition("=")
+    if sep and side in SIDES:
+        return side, Path(rest)
+    return "server", Path(value)

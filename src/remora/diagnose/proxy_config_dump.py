@@ -1,0 +1,180 @@
+"""Reading an Envoy /config_dump (or `istioctl proxy-config all -o json`) into resources.
+
+Envoy's admin API writes proto field names (``dynamic_listeners``, ``use_original_dst``);
+istioctl's JSON writes proto3 JSON names (``dynamicListeners``, ``useOriginalDst``). Both
+are accepted: everything is normalised to snake_case first, and ``camel()`` turns a
+resource back into istioctl's layout for ``-o json``. Map-valued fields keep their keys
+as written (``filter_metadata`` keys and the google.protobuf.Struct values under them,
+``typed_extension_protocol_options`` keys), as protobuf JSON does.
+Layout: https://www.envoyproxy.io/docs/envoy/latest/api-v3/admin/v3/config_dump.proto
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from remora.errors import RemoraError
+
+JSON = dict[str, Any]
+
+# snake name -> how its value's keys are treated: "struct" keeps the whole value verbatim,
+# "map" keeps the keys but converts the values (Any messages).
+_MAPS = {"filter_metadata": "struct", "typed_filter_metadata": "map",
+         "typed_extension_protocol_options": "map", "typed_per_filter_config": "map",
+         "value": "struct"}  # TypedStruct.value is a google.protobuf.Struct
+
+
+def _snake_key(key: str) -> str:
+    if key.startswith("@"):
+        return key
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
+
+
+def _camel_key(key: str) -> str:
+    if key.startswith("@") or "_" not in key:
+        return key
+    head, *rest = key.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _convert(value: Any, to_camel: bool) -> Any:
+    if isinstance(value, list):
+        return [_convert(v, to_camel) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: JSON = {}
+    for key, v in value.items():
+        snake = _snake_key(key)
+        new_key = _camel_key(snake) if to_camel else snake
+        mode = _MAPS.get(snake)
+        if mode == "struct" and isinstance(v, dict):
+            out[new_key] = v
+        elif mode == "map" and isinstance(v, dict):
+            out[new_key] = {k: _convert(x, to_camel) for k, x in v.items()}
+        else:
+            out[new_key] = _convert(v, to_camel)
+    return out
+
+
+def snake(value: Any) -> Any:
+    return _convert(value, to_camel=False)
+
+
+def camel(value: Any) -> Any:
+    """A resource in istioctl's -o json layout (proto3 JSON names)."""
+    return _convert(value, to_camel=True)
+
+
+@dataclass
+class ConfigDump:
+    """The resources of one sidecar, each list in the dump's order (dynamic first)."""
+
+    listeners: list[JSON] = field(default_factory=list)
+    clusters: list[JSON] = field(default_factory=list)
+    endpoints: list[JSON] = field(default_factory=list)  # ClusterLoadAssignments
+    routes: list[JSON] = field(default_factory=list)  # RouteConfigurations (RDS)
+    bootstrap: JSON = field(default_factory=dict)
+    has_endpoint_section: bool = False
+    raw: JSON = field(default_factory=dict)  # the dump as given (for `all -o json`)
+
+
+def _section(kind: str) -> str:
+    return kind.rsplit(".", 1)[-1]
+
+
+def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
+    """An Envoy /config_dump or istioctl `proxy-config all -o json` output."""
+    if isinstance(data, (str, bytes)):
+        try:
+            raw = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise RemoraError(f"config dump is not JSON: {exc}",
+                              "give the output of /config_dump or istioctl -o json") from exc
+    else:
+        raw = data
+    if not isinstance(raw, dict) or not isinstance(raw.get("configs"), list):
+        raise RemoraError("config dump has no \"configs\" list",
+                          "give the output of Envoy's /config_dump (or istioctl proxy-config "
+                          "all -o json)")
+    dump = ConfigDump(raw=raw)
+    for section in raw["configs"]:
+        s = snake(section)
+        kind = _section(str(s.get("@type", "")))
+        if kind == "BootstrapConfigDump":
+            dump.bootstrap = s.get("bootstrap", {})
+        elif kind == "ListenersConfigDump":
+            for d in s.get("dynamic_listeners", []):
+                active = d.get("active_state") or {}
+                if "listener" in active:
+                    dump.listeners.append(active["listener"])
+            dump.listeners += [d["listener"] for d in s.get("static_listeners", [])
+                               if "listener" in d]
+        elif kind == "ClustersConfigDump":
+            for key in ("dynamic_active_clusters", "static_clusters"):
+                dump.clusters += [d["cluster"] for d in s.get(key, []) if "cluster" in d]
+        elif kind == "EndpointsConfigDump":
+            dump.has_endpoint_section = True
+            for key in ("dynamic_endpoint_configs", "static_endpoint_configs"):
+                dump.endpoints += [d["endpoint_config"] for d in s.get(key, [])
+                                   if "endpoint_config" in d]
+        elif kind == "RoutesConfigDump":
+            for key in ("dynamic_route_configs", "static_route_configs"):
+                dump.routes += [d["route_config"] for d in s.get(key, [])
+                                if "route_config" in d]
+    for resources in (dump.listeners, dump.clusters, dump.endpoints, dump.routes):
+        for r in resources:
+            r.pop("@type", None)
+    if not dump.has_endpoint_section:
+        # Envoy leaves EDS out unless asked (?include_eds); inline load assignments of
+        # static clusters still say where they send.
+        dump.endpoints = [c["load_assignment"] for c in dump.clusters
+                          if isinstance(c.get("load_assignment"), dict)]
+    return dump
+
+
+def typed_config(filt: JSON) -> JSON:
+    tc = filt.get("typed_config")
+    return tc if isinstance(tc, dict) else {}
+
+
+def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
+    """Route configurations carried inline in http_connection_managers (remora's sidecar
+    config has no RDS), once per name."""
+    seen: dict[str, JSON] = {}
+    for listener in listeners:
+        chains = list(listener.get("filter_chains", []))
+        if listener.get("default_filter_chain"):
+            chains.append(listener["default_filter_chain"])
+        for chain in chains:
+            for f in chain.get("filters", []):
+                rc = typed_config(f).get("route_config")
+                if f.get("name") == "envoy.filters.network.http_connection_manager" \
+                        and isinstance(rc, dict) and rc.get("name", "") not in seen:
+                    seen[rc.get("name", "")] = rc
+    return list(seen.values())
+
+
+def from_xds_files(files: dict[str, JSON]) -> ConfigDump:
+    """A ConfigDump of the control plane's own files (bootstrap.json, lds.json, cds.json,
+    eds/*.json as written by remora.controlplane), for inspecting a sidecar's intended
+    config without asking the running proxy; laid out as Envoy's /config_dump would be."""
+    def resources(name: str) -> list[JSON]:
+        body = files.get(name, {})
+        return [{k: v for k, v in r.items() if k != "@type"} for r in body.get("resources", [])]
+
+    admin = "type.googleapis.com/envoy.admin.v3."
+    raw = {"configs": [
+        {"@type": admin + "BootstrapConfigDump", "bootstrap": files.get("bootstrap.json", {})},
+        {"@type": admin + "ClustersConfigDump", "dynamic_active_clusters": [
+            {"cluster": c} for c in resources("cds.json")]},
+        {"@type": admin + "ListenersConfigDump", "dynamic_listeners": [
+            {"name": x.get("name", ""), "active_state": {"listener": x}}
+            for x in resources("lds.json")]},
+        {"@type": admin + "EndpointsConfigDump", "dynamic_endpoint_configs": [
+            {"endpoint_config": cla} for name in sorted(files) if name.startswith("eds/")
+            for cla in resources(name)]},
+    ]}
+    return parse_config_dump(raw)

@@ -1,0 +1,346 @@
+"""`remora explain source-ip`: which address the server's app sees, step by step.
+
+A pure function from evidence (rules, Envoy config, access log of the client and server
+pods) to a ``Report``: the five steps of the seed's investigation, each decided by the
+rule or config that decides it in the real data path, then the verdict.
+1. client pod: nat OUTPUT (REDIRECT to 15001, or why not captured)
+2. client sidecar: listener, filter chain, route, cluster, endpoint, TLS
+3. server pod: PREROUTING (nat REDIRECT to 15006 or mangle TPROXY with mark, or why not)
+4. server sidecar: listener, chain, cluster, and the source address it dials the app from
+5. verdict: the address the app sees, confirmed by the access log's UPSTREAM_LOCAL_ADDRESS
+Unknown facts are listed with the command that would collect them; assumptions are said.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from remora.diagnose.envoy_sim import Downstream, SidecarTrace, TlsHello, simulate
+from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.facts import Missing, hostport, is_ip, split_hostport
+from remora.diagnose.iptables_model import Packet, Ruleset
+from remora.diagnose.iptables_walk import WalkResult, walk
+from remora.diagnose.source_ip_verdict import Verdict, decide
+from remora.errors import RemoraError
+
+# TEST-NET addresses (RFC 5737) stand in for facts the evidence does not give.
+PLACEHOLDER_CLIENT = "192.0.2.10"
+PLACEHOLDER_SERVER = "192.0.2.20"
+PLACEHOLDER_VIP = "198.51.100.10"
+APP_UID = 0  # the seed's apps run as root; anything but 1337 walks the same rules
+PROXY_ID = 1337
+EPHEMERAL = 40000
+
+
+@dataclass(frozen=True)
+class Fact:
+    value: str
+    source: str  # where it came from: "--client-ip", "access log line 2", "assumed", ...
+
+    @property
+    def known(self) -> bool:
+        return not self.source.startswith("placeholder")
+
+
+@dataclass
+class Step:
+    number: int
+    title: str
+    status: str  # "ok", "failed", "unknown", "not captured"
+    summary: str
+    walk: WalkResult | None = None
+    sidecar: SidecarTrace | None = None
+    follow_up: WalkResult | None = None  # the sidecar's own upstream packet through the rules
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    steps: list[Step]
+    verdict: Verdict
+    facts: dict[str, Fact]
+    missing: list[Missing]
+    assumptions: list[str]
+    mode: str  # server interception mode: REDIRECT, TPROXY, none, unknown
+
+
+def _ip_of(addr: str | None) -> str | None:
+    if not addr:
+        return None
+    ip, _ = split_hostport(addr)
+    return ip if is_ip(ip) else None
+
+
+def _inbound(pod: PodEvidence) -> list[object]:
+    return [e for e in pod.access_log if e.direction == "inbound"]
+
+
+def resolve_facts(ev: Evidence) -> dict[str, Fact]:
+    """Client IP, server IP, service address and port, each with where it came from."""
+    facts: dict[str, Fact] = {}
+    s_in = [e for e in ev.server.access_log if e.direction == "inbound"]
+    c_out = [e for e in ev.client.access_log if e.direction == "outbound"]
+
+    def first(*cands: tuple[str | None, str]) -> Fact | None:
+        for value, source in cands:
+            if value:
+                return Fact(value, source)
+        return None
+
+    client = first(
+        (ev.client.ip, "given"),
+        *((_ip_of(e.downstream_remote_address), f"server access log line {e.line}") for e in s_in),
+        (ev.client.config.pod_ip() if ev.client.config else None, "client config node id"),
+        *((_ip_of(e.downstream_remote_address), f"client access log line {e.line}") for e in c_out),
+    )
+    server = first(
+        (ev.server.ip, "given"),
+        (ev.server.config.pod_ip() if ev.server.config else None, "server config node id"),
+        *((_ip_of(e.downstream_local_address), f"server access log line {e.line}") for e in s_in),
+        *((_ip_of(e.upstream_host), f"client access log line {e.line}") for e in c_out),
+    )
+    facts["client_ip"] = client or Fact(PLACEHOLDER_CLIENT, "placeholder (client pod IP unknown)")
+    facts["server_ip"] = server or Fact(PLACEHOLDER_SERVER, "placeholder (server pod IP unknown)")
+    host = ev.target.host
+    port = ev.target.port
+    port_fact = first(
+        (str(port) if port else None, "--to"),
+        *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
+           f"server access log line {e.line}") for e in s_in),
+        *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
+           f"client access log line {e.line}") for e in c_out),
+    )
+    if port_fact is None:
+        raise RemoraError("cannot tell the destination port from the evidence",
+                          "pass --to HOST:PORT (e.g. --to simple-server-svc.demo-to:18080)")
+    facts["port"] = port_fact
+    if host and is_ip(host):
+        facts["service_ip"] = Fact(host, "--to")
+    else:
+        vip = first(*((_ip_of(e.downstream_local_address), f"client access log line {e.line}")
+                      for e in c_out))
+        facts["service_ip"] = vip or Fact(PLACEHOLDER_VIP, "placeholder (service ClusterIP "
+                                          "unknown; assumed outside every excluded CIDR)")
+    authority = first(
+        (f"{host}:{port_fact.value}" if host and not is_ip(host) else None, "--to"),
+        *((e.authority, f"server access log line {e.line}") for e in s_in),
+        *((e.authority, f"client access log line {e.line}") for e in c_out),
+    )
+    if authority:
+        facts["authority"] = authority
+    return facts
+
+
+def _mode_of(rules: Ruleset | None) -> str:
+    if rules is None:
+        return "unknown"
+    mangle = rules.tables.get("mangle")
+    if mangle and any(r.target.name == "TPROXY" for c in mangle.chains.values() for r in c.rules):
+        return "TPROXY"
+    return "REDIRECT"
+
+
+def _proxy_ids(mode: str) -> tuple[int, int]:
+    # Istio runs istio-proxy as uid 0 / gid 1337 in TPROXY mode (injection-template.yaml),
+    # so only the --gid-owner rules recognise it there.
+    return (0, PROXY_ID) if mode == "TPROXY" else (PROXY_ID, PROXY_ID)
+
+
+def _iptables_cmd(pod: PodEvidence) -> str:
+    return (f"kubectl exec {pod.pod_ref()} -c istio-proxy -- iptables-save  (or on its node: "
+            "nsenter --target <container pid> --net iptables-save)")
+
+
+def _config_cmd(pod: PodEvidence) -> str:
+    return f"istioctl proxy-config all {pod.pod_ref()} -o json"
+
+
+def explain_source_ip(ev: Evidence) -> Report:
+    """Pure: evidence in, report out."""
+    if ev.client.empty and ev.server.empty:
+        raise RemoraError("no evidence given", "pass --istio-dump DIR, or --config-dump / "
+                          "--iptables / --access-log files for the client and/or server pod")
+    facts = resolve_facts(ev)
+    missing: list[Missing] = []
+    assumptions: list[str] = [f"{name} = {f.value} ({f.source})" for name, f in facts.items()
+                              if not f.known]
+    assumptions.append(f"the apps run as uid {APP_UID}, not the proxy's {PROXY_ID}")
+    client_ip, server_ip = facts["client_ip"].value, facts["server_ip"].value
+    port = int(facts["port"].value)
+    vip = facts["service_ip"].value
+    authority = facts["authority"].value if "authority" in facts else None
+    s_in = [e for e in ev.server.access_log if e.direction == "inbound"]
+    http = ev.target.http
+    if http is None:
+        http = not s_in or any(e.protocol for e in s_in)
+    steps: list[Step] = []
+
+    # 1. client pod capture
+    c_mode = _mode_of(ev.client.iptables)
+    step1 = Step(1, "client pod: nat OUTPUT", "unknown", "")
+    capture_kind = "unknown"
+    if ev.client.iptables is None:
+        step1.summary = "client pod rules not given"
+        missing.append(Missing("client pod capture rules", _iptables_cmd(ev.client)))
+    else:
+        pkt = Packet(ipaddress.ip_address(client_ip), ipaddress.ip_address(vip), port,
+                     sport=EPHEMERAL, out_iface="eth0", uid=APP_UID, gid=APP_UID)
+        w = walk(ev.client.iptables, pkt, "local")
+        step1.walk = w
+        capture_kind = w.capture.kind
+        step1.summary = f"{client_ip} -> {hostport(vip, port)}: {w.capture.summary()}"
+        step1.status = "ok" if w.capture.kind == "REDIRECT" else (
+            "failed" if w.capture.kind == "DROP" else "not captured")
+        if w.missing_tables:
+            step1.notes.append("tables not in the evidence: " + ", ".join(w.missing_tables))
+    steps.append(step1)
+
+    # 2. client sidecar
+    step2 = Step(2, "client sidecar", "unknown", "")
+    tls: TlsHello | None = None
+    upstream_src = client_ip
+    if capture_kind in ("none", "DROP"):
+        step2.status, step2.summary = "skipped", "not captured: the app connects directly"
+    elif ev.client.config is None:
+        step2.summary = "client sidecar config not given"
+        missing.append(Missing("client sidecar config", _config_cmd(ev.client)))
+    else:
+        arrived = step1.walk.capture.port if step1.walk and step1.walk.capture.port else 15001
+        ds = Downstream(client_ip, EPHEMERAL, vip, port, "REDIRECT", arrived, None, http,
+                        authority, ev.target.path)
+        t = simulate(ev.client.config, ds, "client", client_ip, server_ip,
+                     pod=ev.client.pod_ref())
+        step2.sidecar = t
+        missing.extend(t.missing)
+        if t.failure:
+            step2.status, step2.summary = "failed", f"{t.failure}: {t.failure_detail}"
+        elif t.endpoint:
+            step2.status = "ok"
+            step2.summary = f"{t.listener} / {t.chain} -> {t.cluster} -> {t.endpoint}"
+            if t.upstream_tls and t.upstream_tls.mode == "TLS":
+                tls = TlsHello(t.upstream_tls.sni, t.upstream_tls.alpn)
+                step2.summary += f" over TLS (SNI {t.upstream_tls.sni or '-'})"
+            else:
+                step2.summary += " in plain text"
+            ep_ip = _ip_of(t.endpoint)
+            if ep_ip and ep_ip != server_ip and facts["server_ip"].known:
+                step2.notes.append(f"the chosen endpoint {t.endpoint} is not the server pod "
+                                   f"{server_ip}")
+            if t.upstream_source and is_ip(t.upstream_source):
+                upstream_src = t.upstream_source
+            if ev.client.iptables is not None and ep_ip:
+                uid, gid = _proxy_ids(c_mode)
+                follow = walk(ev.client.iptables, Packet(
+                    ipaddress.ip_address(upstream_src), ipaddress.ip_address(ep_ip),
+                    int(t.endpoint.rsplit(":", 1)[1]), sport=EPHEMERAL + 1, out_iface="eth0",
+                    uid=uid, gid=gid), "local")
+                step2.follow_up = follow
+                if follow.capture.kind == "REDIRECT":
+                    step2.status = "failed"
+                    step2.summary = ("loop: the sidecar's own connection to "
+                                     f"{t.endpoint} is redirected back to port "
+                                     f"{follow.capture.port}")
+        else:
+            step2.summary = "stopped: " + "; ".join(m.what + " not given" for m in t.missing)
+    if tls is None and s_in and s_in[0].requested_server_name and step2.sidecar is None:
+        tls = TlsHello(s_in[0].requested_server_name)
+        step2.notes.append(f"TLS with SNI {tls.sni} (from the server access log)")
+    steps.append(step2)
+
+    # 3. server pod capture
+    mode = _mode_of(ev.server.iptables)
+    step3 = Step(3, "server pod: PREROUTING", "unknown", "")
+    s_capture = "unknown"
+    s_port = 15006
+    if ev.server.iptables is None:
+        missing.append(Missing("server pod capture rules", _iptables_cmd(ev.server)))
+        osrc = _server_has_original_src(ev.server)
+        mode = "TPROXY" if osrc else "REDIRECT"
+        step3.summary = (f"server pod rules not given; assumed {mode} "
+                         f"({'original_src on the inbound listener' if osrc else 'Istio default'})")
+        assumptions.append(f"server interception mode {mode} (rules not given)")
+        s_capture = mode
+    else:
+        pkt = Packet(ipaddress.ip_address(upstream_src), ipaddress.ip_address(server_ip), port,
+                     sport=EPHEMERAL + 1, in_iface="eth0")
+        w = walk(ev.server.iptables, pkt, "arriving")
+        step3.walk = w
+        s_capture = w.capture.kind
+        s_port = w.capture.port or s_port
+        step3.summary = f"{upstream_src} -> {hostport(server_ip, port)}: {w.capture.summary()}"
+        step3.status = "ok" if s_capture in ("REDIRECT", "TPROXY") else (
+            "failed" if s_capture == "DROP" else "not captured")
+        if s_capture == "TPROXY":
+            missing.append(Missing("TPROXY policy routing (fwmark 1337 -> table 133, local "
+                                   "default route on lo) in the server pod",
+                                   f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- sh -c "
+                                   "'ip rule show; ip route show table 133'"))
+        if w.missing_tables:
+            step3.notes.append("tables not in the evidence: " + ", ".join(w.missing_tables))
+            if "nat" in w.missing_tables or "mangle" in w.missing_tables:
+                missing.append(Missing("server pod " + " and ".join(w.missing_tables) +
+                                       " table (a TPROXY or REDIRECT rule there could "
+                                       "decide first)",
+                                       _iptables_cmd(ev.server)))
+    steps.append(step3)
+
+    # 4. server sidecar
+    step4 = Step(4, "server sidecar", "unknown", "")
+    if s_capture in ("none", "DROP"):
+        step4.status, step4.summary = "skipped", "not captured: the connection goes to the app"
+    elif ev.server.config is None:
+        step4.summary = "server sidecar config not given"
+        missing.append(Missing("server sidecar config", _config_cmd(ev.server)))
+    else:
+        ds = Downstream(upstream_src, EPHEMERAL + 1, server_ip, port,
+                        "TPROXY" if s_capture == "TPROXY" else "REDIRECT", s_port, tls, http,
+                        authority, ev.target.path)
+        t = simulate(ev.server.config, ds, "server", server_ip, server_ip,
+                     pod=ev.server.pod_ref())
+        step4.sidecar = t
+        missing.extend(t.missing)
+        if t.failure:
+            step4.status, step4.summary = "failed", f"{t.failure}: {t.failure_detail}"
+        elif t.upstream_source:
+            step4.status = "ok"
+            step4.summary = (f"{t.listener} / {t.chain} -> {t.cluster} -> {t.endpoint}, "
+                             f"dialled from {t.upstream_source}")
+            _follow_to_app(ev, step4, t, mode, server_ip)
+        else:
+            step4.summary = "stopped: " + "; ".join(m.what + " not given" for m in t.missing)
+    steps.append(step4)
+
+    verdict = decide(ev, steps, facts, mode)
+    missing.extend(verdict.missing)
+    return Report(steps, verdict, facts, list(dict.fromkeys(missing)), assumptions, mode)
+
+
+def _server_has_original_src(pod: PodEvidence) -> bool:
+    cfg = pod.config
+    if cfg is None:
+        return False
+    for lst in cfg.listeners:
+        for f in lst.get("listener_filters", []) or []:
+            if str(f.get("name", "")).endswith("original_src"):
+                return True
+    return False
+
+
+def _follow_to_app(ev: Evidence, step: Step, t: SidecarTrace, mode: str, server_ip: str) -> None:
+    """The sidecar's connection to the app goes through OUTPUT again: it must not loop."""
+    if ev.server.iptables is None or not t.endpoint or not t.upstream_source:
+        return
+    ep_ip, ep_port = split_hostport(t.endpoint)
+    src = t.upstream_source if is_ip(t.upstream_source) else server_ip
+    local = ep_ip == server_ip or ipaddress.ip_address(ep_ip).is_loopback
+    uid, gid = _proxy_ids(mode)
+    pkt = Packet(ipaddress.ip_address(src), ipaddress.ip_address(ep_ip), ep_port or 0,
+                 sport=EPHEMERAL + 2, out_iface="lo" if local else "eth0", uid=uid, gid=gid,
+                 mark=t.upstream_mark or 0)
+    follow = walk(ev.server.iptables, pkt, "local")
+    step.follow_up = follow
+    if follow.capture.kind == "REDIRECT":
+        step.status = "failed"
+        step.summary = (f"loop: the sidecar's connection from {src} to the app {t.endpoint} "
+                        f"is redirected back to port {follow.capture.port}")
