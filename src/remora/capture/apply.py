@@ -134,7 +134,10 @@ class Session:
         mine = state.builtin_rules(self.canonical(fam))
         tproxy = with_overrides(self.config, inbound_interception_mode="TPROXY",
                                 inbound_ports_include=("*",))
-        extra = state.builtin_rules(self.canonical(fam, build(tproxy)))
+        try:
+            extra = state.builtin_rules(self.canonical(fam, build(tproxy)))
+        except RemoraError:  # e.g. no xt_TPROXY on this kernel: no TPROXY leftovers either
+            extra = {}
         return {t: mine.get(t, frozenset()) | extra.get(t, frozenset())
                 for t in set(mine) | set(extra)}
 
