@@ -1,0 +1,179 @@
+"""The daemon's unix-socket API: one JSON request per connection, one JSON reply.
+
+Socket: <state-dir>/node.sock (mode 0600). Request: a JSON object on one line with "op" and
+its arguments; reply: one line, {"ok": true, "result": ...} or {"ok": false, "error":
+{"problem": ..., "fix": ...}} (a RemoraError, printed by the CLI as usual). Ops:
+
+  ping                                   -> {pid, prefix, nodes, state_dir}
+  apply   {objects: [k8s objects]}       -> {results: ["service/x created", ...]}
+  delete  {kind, namespace, name}        -> {results: [...]}  (a Deployment's pod: replaced)
+  get     {kind, namespace?}             -> {items: [...]}    (namespace null = all)
+  logs    {namespace, pod, container?, previous?, tail?} -> {text, path}
+  exec    {namespace, pod, container?}   -> {argv: ["ip", "netns", "exec", NETNS]}
+  nodes                                  -> {items: [{name, index, subnet, gateway, nodeIP}]}
+  down                                   -> {removed: [...]}; the daemon then exits
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from remora.errors import RemoraError, UsageError
+from remora.node import controller, desired, views
+from remora.node.runtime import Runtime
+
+MAX_REQUEST = 64 * 1024 * 1024
+
+
+class Api:
+    def __init__(self, runtime: Runtime, on_down: Callable[[], Awaitable[list[str]]]) -> None:
+        self.rt = runtime
+        self.on_down = on_down
+
+    async def serve(self, path: Path) -> asyncio.AbstractServer:
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(self._client, path=str(path), limit=MAX_REQUEST)
+        os.chmod(path, 0o600)
+        return server
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise UsageError("request is not a JSON object", "send {\"op\": ...}")
+            op = request.get("op")
+            if op == "down":
+                reply: dict[str, Any] = {"ok": True, "result": {"removed": await self.on_down()}}
+            else:
+                result = await asyncio.to_thread(self.handle, request)
+                reply = {"ok": True, "result": result}
+        except RemoraError as exc:
+            reply = {"ok": False, "error": {"problem": exc.problem, "fix": exc.fix}}
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"ok": False, "error": {"problem": f"bad request: {exc!r}",
+                                            "fix": "see docs/node.md for the protocol"}}
+        writer.write(json.dumps(reply, default=str).encode() + b"\n")
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    def handle(self, req: dict[str, Any]) -> Any:
+        op = req.get("op")
+        rt = self.rt
+        if op == "ping":
+            return {"pid": os.getpid(), "prefix": rt.config.prefix, "nodes": rt.config.nodes,
+                    "state_dir": str(rt.config.state_dir)}
+        if op == "apply":
+            results = desired.apply(rt.store, rt.plan, list(req["objects"]))
+            rt.wake.set()
+            return {"results": results}
+        if op == "delete":
+            return {"results": self._delete(req["kind"], req.get("namespace") or "default",
+                                            req["name"])}
+        if op == "get":
+            return {"items": self.get(req["kind"], req.get("namespace"))}
+        if op == "logs":
+            return self._logs(req)
+        if op == "exec":
+            row = self._pod(req["namespace"], req["pod"])
+            self._container(row.body, req.get("container"))
+            return {"argv": ["ip", "netns", "exec", row.netns], "netns": row.netns}
+        if op == "nodes":
+            return {"items": [{"name": n.netns, "index": n.index, "subnet": str(n.subnet.subnet),
+                               "gateway": str(n.subnet.gateway),
+                               "nodeIP": str(n.subnet.node_ip)} for n in rt.nodes]}
+        raise UsageError(f"unknown op {op!r}", "see docs/node.md for the protocol")
+
+    def _delete(self, kind: str, namespace: str, name: str) -> list[str]:
+        rt = self.rt
+        results = desired.delete(rt.store, kind, namespace, name)
+        if kind == "Pod" and not results and rt.store.get_pod(namespace, name) is not None:
+            results = [f"pod/{name} deleted"]
+        if kind == "Pod" and results:
+            rt.mark_deleting(namespace, name)
+        if not results:
+            raise RemoraError(f"{kind.lower()} {name!r} not found in namespace {namespace!r}",
+                              "check the name with `remora get`")
+        rt.wake.set()
+        return results
+
+    def get(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        rt = self.rt
+        if kind == "Pod":
+            return views.pod_objects(rt.store, rt.nodes, namespace)
+        if kind == "Service":
+            items = views.services(rt.store, rt.plan)
+        elif kind == "Deployment":
+            items = self._deployments()
+        elif kind == "Namespace":
+            named = {n["metadata"]["name"]: n for n in rt.store.list_objects("Namespace")}
+            for k in desired.NAMESPACED:
+                for o in rt.store.list_objects(k):
+                    named.setdefault(o["metadata"]["namespace"], {
+                        "apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": o["metadata"]["namespace"]}})
+            return [named[k] for k in sorted(named)]
+        else:
+            raise UsageError(f"kind {kind!r} is not known to the node",
+                             f"use one of {desired.KINDS}")
+        return [o for o in items if namespace is None or o["metadata"]["namespace"] == namespace]
+
+    def _deployments(self) -> list[dict[str, Any]]:
+        rt = self.rt
+        pods = views.pod_objects(rt.store, rt.nodes)
+        rows = {(r.namespace, r.name): r for r in rt.store.list_pods()}
+        out = []
+        for d in rt.store.list_objects("Deployment"):
+            ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+            current = controller.template_hash(d)
+            owned = [p for p in pods if (r := rows.get((ns, p["metadata"]["name"])))
+                     and r.owner_kind == "Deployment" and r.owner_name == name and not r.deleting]
+            updated = [p for p in owned if rows[(ns, p["metadata"]["name"])].template_hash
+                       == current]
+            ready = [p for p in owned if p["status"]["ready"]]
+            d["status"] = {"observedGeneration": d["metadata"]["generation"],
+                           "replicas": len(owned), "updatedReplicas": len(updated),
+                           "readyReplicas": len(ready), "availableReplicas": len(ready),
+                           "unavailableReplicas": max(0, len(owned) - len(ready))}
+            out.append(d)
+        return out
+
+    def _pod(self, namespace: str, name: str) -> Any:
+        row = self.rt.store.get_pod(namespace, name)
+        if row is None:
+            raise RemoraError(f"pod {name!r} not found in namespace {namespace!r}",
+                              "list pods with `remora get pods -n NAMESPACE`")
+        return row
+
+    @staticmethod
+    def _container(pod: dict[str, Any], name: str | None) -> str:
+        names = [c["name"] for c in pod.get("spec", {}).get("containers") or []]
+        inits = [c["name"] for c in pod.get("spec", {}).get("initContainers") or []]
+        if name is None:
+            if not names:
+                raise RemoraError("pod has no containers", "apply a pod with containers")
+            return str(names[0])
+        if name not in names + inits:
+            raise RemoraError(f"container {name!r} is not valid for pod "
+                              f"{pod['metadata']['name']}",
+                              f"choose one of: {' '.join(names + inits)}")
+        return name
+
+    def _logs(self, req: dict[str, Any]) -> dict[str, Any]:
+        row = self._pod(req["namespace"], req["pod"])
+        container = self._container(row.body, req.get("container"))
+        path = self.rt.supervisor.log_path(self.rt.pod_ref(row), container,
+                                           bool(req.get("previous")))
+        text = path.read_text(errors="replace") if path.exists() else ""
+        tail = req.get("tail")
+        if tail is not None and int(tail) >= 0:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[len(lines) - int(tail):]) if int(tail) else ""
+        return {"text": text, "path": str(path), "container": container}

@@ -1,0 +1,171 @@
+"""The client side of the node API, for the lab CLI (`remora up/apply/get/logs/exec/down`).
+
+    client = ensure_daemon(NodeConfig(state_dir=Path("/var/lib/remora")))
+    client.apply(objects)                    # ["deployment/simple-server created", ...]
+    client.get("Pod", namespace="demo-to")   # Kubernetes-shaped pods, with a "remora" block
+    client.logs("demo-to", pod, "demo")      # {"text", "path", "container"}
+    for chunk in follow(Path(client.logs(...)["path"])): ...
+    subprocess.run([*client.exec_argv("demo-to", pod), "iptables", "-t", "nat", "-L", "-v"])
+    client.down()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from remora.errors import RemoraError
+from remora.node.config import NodeConfig
+
+
+class NodeClient:
+    def __init__(self, state_dir: Path, timeout: float = 60.0) -> None:
+        self.state_dir = state_dir
+        self.socket_path = state_dir / "node.sock"
+        self.timeout = timeout
+
+    def call(self, op: str, **args: Any) -> Any:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as exc:
+                raise RemoraError(f"no node daemon at {self.socket_path} ({exc.strerror})",
+                                  "start the lab with `remora up`") from None
+            sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+        if not data:
+            raise RemoraError(f"the node daemon closed the connection during {op!r}",
+                              f"see {self.state_dir / 'daemon.log'}")
+        reply = json.loads(data)
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise RemoraError(err.get("problem", "node daemon error"), err.get("fix"))
+        return reply.get("result")
+
+    def alive(self) -> bool:
+        try:
+            self.call("ping")
+        except (RemoraError, OSError, ValueError):
+            return False
+        return True
+
+    # -- the ops ------------------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return dict(self.call("ping"))
+
+    def apply(self, objects: list[dict[str, Any]]) -> list[str]:
+        return list(self.call("apply", objects=objects)["results"])
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> list[str]:
+        return list(self.call("delete", kind=kind, namespace=namespace, name=name)["results"])
+
+    def get(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self.call("get", kind=kind, namespace=namespace)["items"])
+
+    def logs(self, namespace: str, pod: str, container: str | None = None,
+             previous: bool = False, tail: int | None = None) -> dict[str, Any]:
+        return dict(self.call("logs", namespace=namespace, pod=pod, container=container,
+                              previous=previous, tail=tail))
+
+    def exec_argv(self, namespace: str, pod: str, container: str | None = None) -> list[str]:
+        return list(self.call("exec", namespace=namespace, pod=pod, container=container)["argv"])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.call("nodes")["items"])
+
+    def down(self) -> list[str]:
+        return list(self.call("down")["removed"])
+
+    def wait_ready(self, namespace: str | None = None, timeout: float = 30.0,
+                   names: list[str] | None = None) -> list[dict[str, Any]]:
+        """Poll until every (named) pod in NAMESPACE is Ready and none is terminating."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = self.get("Pod", namespace)
+            relevant = [p for p in pods if names is None or p["metadata"]["name"] in names]
+            if relevant and all(p["status"]["ready"] and "deletionTimestamp" not in p["metadata"]
+                                for p in relevant):
+                return relevant
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{p['metadata']['name']} {p['remora']['status']} "
+                                   f"{p['remora']['ready']}" for p in relevant) or "no pods"
+                raise RemoraError(f"pods not Ready after {timeout:.0f}s: {states}",
+                                  "look at `remora get pods` and `remora logs`")
+            time.sleep(0.1)
+
+
+def daemon_argv(config: NodeConfig, pod_setup: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "remora", "node", "daemon", "--state-dir",
+            str(config.state_dir), "--prefix", config.prefix, "--nodes", str(config.nodes),
+            "--pod-cidr", config.pod_cidr, "--service-cidr", config.service_cidr,
+            "--pod-ip-start", str(config.pod_ip_start)]
+    if pod_setup:
+        argv += ["--pod-setup", pod_setup]
+    return argv
+
+
+def ensure_daemon(config: NodeConfig, pod_setup: str | None = None,
+                  timeout: float = 20.0) -> NodeClient:
+    """Return a client of the daemon for CONFIG.state_dir, starting one if none runs."""
+    client = NodeClient(config.state_dir)
+    if client.alive():
+        return client
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.daemon_log, "ab") as log:
+        proc = subprocess.Popen(daemon_argv(config, pod_setup), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.alive():
+            return client
+        if proc.poll() is not None:
+            tail = config.daemon_log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise RemoraError(f"the node daemon exited with {proc.returncode}: "
+                              f"{tail[0] if tail else 'no output'}",
+                              f"see {config.daemon_log}")
+        time.sleep(0.05)
+    raise RemoraError(f"the node daemon did not answer within {timeout:.0f}s",
+                      f"see {config.daemon_log}")
+
+
+def follow(path: Path, poll: float = 0.2, from_start: bool = True) -> Iterator[bytes]:
+    """Yield what is appended to a container log, across restarts (the file is replaced)."""
+    handle = None
+    inode = None
+    while True:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino != inode:
+            if handle is not None:
+                rest = handle.read()
+                if rest:
+                    yield rest
+                handle.close()
+            handle = open(path, "rb")  # noqa: SIM115 - kept open across iterations
+            if not from_start and inode is None:
+                handle.seek(0, os.SEEK_END)
+            inode = st.st_ino
+        chunk = handle.read() if handle is not None else b""
+        if chunk:
+            yield chunk
+        else:
+            time.sleep(poll)

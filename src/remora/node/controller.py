@@ -1,0 +1,153 @@
+"""The controllers' decisions, as pure functions: Deployment -> pods, Service -> endpoints,
+and kubectl's view of a pod (READY, STATUS, RESTARTS).
+
+Deployments roll out the way Kubernetes' default RollingUpdate does with maxUnavailable 0:
+pods of the new template (named <deployment>-<pod-template-hash>-<5 chars>, labelled
+pod-template-hash) are created first, and old pods are removed only as new ones become
+Ready, so the service always has an endpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from remora.node import naming
+
+TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+@dataclass(frozen=True)
+class OwnedPod:
+    name: str
+    template_hash: str
+    ready: bool
+    deleting: bool
+    created: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    create: int
+    delete: tuple[str, ...]
+
+
+def template_hash(deployment: dict[str, Any]) -> str:
+    template = deployment.get("spec", {}).get("template", {})
+    return naming.pod_template_hash(json.dumps(template, sort_keys=True))
+
+
+def replicas(deployment: dict[str, Any]) -> int:
+    value = deployment.get("spec", {}).get("replicas")
+    return 1 if value is None else int(value)
+
+
+def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
+    want = replicas(deployment)
+    current = template_hash(deployment)
+    live = [p for p in pods if not p.deleting]
+    new = sorted((p for p in live if p.template_hash == current), key=lambda p: p.created)
+    old = sorted((p for p in live if p.template_hash != current), key=lambda p: p.created)
+    delete: list[str] = []
+    if len(new) > want:
+        # scale down: not-ready first, then the newest
+        extra = sorted(new, key=lambda p: (p.ready, -p.created))[: len(new) - want]
+        delete += [p.name for p in extra]
+        new = [p for p in new if p.name not in delete]
+    ready_new = sum(p.ready for p in new)
+    keep_old = max(0, want - ready_new)
+    doomed_old = sorted(old, key=lambda p: (p.ready, p.created))[: max(0, len(old) - keep_old)]
+    delete += [p.name for p in doomed_old]
+    return Plan(create=max(0, want - len(new)), delete=tuple(delete))
+
+
+def pod_from_template(deployment: dict[str, Any], suffix_seed: str) -> dict[str, Any]:
+    meta = deployment["metadata"]
+    template = copy.deepcopy(deployment.get("spec", {}).get("template", {}))
+    pod_hash = template_hash(deployment)
+    tmeta = template.get("metadata") or {}
+    name = f"{meta['name']}-{pod_hash}-{naming.pod_suffix(suffix_seed)}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": meta.get("namespace", "default"),
+            "labels": {**(tmeta.get("labels") or {}), TEMPLATE_HASH_LABEL: pod_hash},
+            "annotations": dict(tmeta.get("annotations") or {}),
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "name": meta["name"], "controller": True}],
+        },
+        "spec": template.get("spec") or {},
+    }
+
+
+def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A Service selector (plain map) or a LabelSelector's matchLabels/matchExpressions."""
+    if not selector:
+        return False
+    match = selector.get("matchLabels", selector) if "matchLabels" in selector or \
+        "matchExpressions" in selector else selector
+    if any(labels.get(k) != v for k, v in (match or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (
+                op == "NotIn" and labels.get(key) in values) or (
+                op == "Exists" and key not in labels) or (
+                op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def target_port(service_port: dict[str, Any], pod: dict[str, Any]) -> int | None:
+    target = service_port.get("targetPort", service_port.get("port"))
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        return int(target)
+    for container in pod.get("spec", {}).get("containers") or []:
+        for p in container.get("ports") or []:
+            if p.get("name") == target:
+                return int(p["containerPort"])
+    return None
+
+
+def endpoints(service: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ready endpoints of SERVICE among PODS (each with status.podIP and status.ready)."""
+    ns = service["metadata"].get("namespace", "default")
+    selector = service.get("spec", {}).get("selector")
+    found = []
+    for pod in pods:
+        status = pod.get("status", {})
+        if (pod["metadata"].get("namespace", "default") != ns or not status.get("podIP")
+                or not status.get("ready") or pod["metadata"].get("deletionTimestamp")
+                or not selector_matches(selector, pod["metadata"].get("labels") or {})):
+            continue
+        for sp in service.get("spec", {}).get("ports") or []:
+            port = target_port(sp, pod)
+            if port is not None:
+                found.append({"ip": status["podIP"], "port": port, "name": sp.get("name", ""),
+                              "protocol": sp.get("protocol", "TCP"),
+                              "servicePort": sp.get("port"), "pod": pod["metadata"]["name"]})
+    return sorted(found, key=lambda e: (e["servicePort"], e["ip"], e["port"]))
+
+
+def pod_status(containers: list[dict[str, Any]], deleting: bool, phase: str) -> dict[str, Any]:
+    """kubectl's READY/STATUS/RESTARTS from container rows (dicts of ContainerRow)."""
+    apps = [c for c in containers if not c["init"]]
+    inits = [c for c in containers if c["init"]]
+    ready = sum(1 for c in apps if c["ready"] and c["state"] == "Running")
+    restarts = sum(c["restarts"] for c in apps)
+    status = phase
+    done_inits = sum(1 for c in inits if c["state"] == "Terminated" and c["exit_code"] == 0)
+    if deleting:
+        status = "Terminating"
+    elif inits and done_inits < len(inits):
+        failing = [c for c in inits if c["reason"] in ("CrashLoopBackOff", "Error")]
+        status = f"Init:{failing[0]['reason']}" if failing else f"Init:{done_inits}/{len(inits)}"
+    elif phase == "Running":
+        bad = [c for c in apps if c["state"] != "Running"]
+        status = bad[0]["reason"] or "Error" if bad else "Running"
+    return {"ready": f"{ready}/{len(apps) if apps else 0}", "status": status,
+            "restarts": restarts, "allReady": bool(apps) and ready == len(apps)}

@@ -1,0 +1,97 @@
+"""The node daemon: the runtime's reconciler thread, cluster DNS and the API socket.
+
+Started by `remora node daemon --state-dir DIR` (or `remora up`, through
+remora.node.client.ensure_daemon). SIGTERM/SIGINT stop the daemon and leave pods running,
+like restarting kubelet; the next daemon adopts them. The `down` op stops and removes it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+
+from remora.errors import RemoraError
+from remora.node import hooks, teardown
+from remora.node.api import Api
+from remora.node.client import NodeClient
+from remora.node.config import NodeConfig
+from remora.node.dnsserver import DnsServer
+from remora.node.runtime import Runtime
+
+log = logging.getLogger("remora.node")
+TICK = 0.2
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig, pod_setup: str | None = None) -> None:
+        self.config = config
+        self.pod_setup = pod_setup
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runtime: Runtime | None = None
+
+    def _loop(self, rt: Runtime) -> None:
+        while not self._stop.is_set():
+            try:
+                rt.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed")
+            rt.wake.wait(TICK)
+            rt.wake.clear()
+
+    def stop_reconciler(self) -> None:
+        self._stop.set()
+        if self.runtime is not None:
+            self.runtime.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def main(self) -> None:
+        if NodeClient(self.config.state_dir).alive():
+            raise RemoraError(f"a node daemon already serves {self.config.state_dir}",
+                              "use it, or stop it first (`remora down` removes the lab)")
+        rt = Runtime(self.config, hooks.load(self.pod_setup))
+        self.runtime = rt
+        await asyncio.to_thread(rt.start)  # pyroute2 runs its own loop: not on this one
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        dns = DnsServer(lambda: rt.zone)
+        for node in rt.nodes:
+            await dns.listen(node.netns, str(rt.plan.dns_ip))
+
+        async def on_down() -> list[str]:
+            await asyncio.to_thread(self.stop_reconciler)
+            removed = await asyncio.to_thread(teardown.down, self.config.state_dir,
+                                              self.config.stop_grace, self.config.etc_netns)
+            loop.call_later(0.05, done.set)
+            return removed
+
+        api = Api(rt, on_down)
+        server = await api.serve(self.config.socket_path)
+        self.config.pid_path.write_text(f"{os.getpid()}\n")
+        self._thread = threading.Thread(target=self._loop, args=(rt,), name="reconciler",
+                                        daemon=True)
+        self._thread.start()
+        log.info("node daemon %d serving %s", os.getpid(), self.config.socket_path)
+        try:
+            await done.wait()
+        finally:
+            server.close()
+            dns.close()
+            await asyncio.to_thread(self.stop_reconciler)
+            with contextlib.suppress(FileNotFoundError):
+                if self.config.state_dir.exists():
+                    self.config.socket_path.unlink()
+                    self.config.pid_path.unlink()
+            rt.store.close()
+
+
+def run(config: NodeConfig, pod_setup: str | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(Daemon(config, pod_setup).main())

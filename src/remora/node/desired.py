@@ -1,0 +1,101 @@
+"""Writing desired state: apply and delete, all-or-nothing, as the API server would.
+
+Objects arrive as Kubernetes JSON, already validated by the resources layer; here only
+what the node runtime relies on is checked (kind, name, namespace), so a bad object never
+half-applies a batch. Services get their ClusterIP here, at apply time, so `get svc` shows
+it at once and a conflicting spec.clusterIP is refused with the others untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remora.errors import UsageError
+from remora.node import ipam
+from remora.node.ipam import AddressPlan
+from remora.node.store import Store
+
+KINDS = ("Namespace", "Deployment", "Service", "Pod")
+NAMESPACED = ("Deployment", "Service", "Pod")
+
+
+def normalise(obj: dict[str, Any]) -> dict[str, Any]:
+    kind = obj.get("kind")
+    meta = obj.get("metadata")
+    if kind not in KINDS:
+        raise UsageError(f"kind {kind!r} cannot run on the node",
+                         f"apply only {', '.join(KINDS)} to the node")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise UsageError(f"a {kind} has no metadata.name", "give every object a name")
+    out = dict(obj)
+    meta = dict(meta)
+    if kind in NAMESPACED:
+        meta["namespace"] = meta.get("namespace") or "default"
+    else:
+        meta.pop("namespace", None)
+    for volatile in ("generation", "creationTimestamp", "uid", "resourceVersion"):
+        meta.pop(volatile, None)
+    out["metadata"] = meta
+    return out
+
+
+def _owner(obj: dict[str, Any]) -> str:
+    return f"svc:{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+
+
+def apply(store: Store, plan: AddressPlan, objects: list[dict[str, Any]]) -> list[str]:
+    """Store OBJECTS; return kubectl-style lines ("service/x created")."""
+    normal = [normalise(o) for o in objects]
+    results = []
+    with store.tx():
+        used = store.used_ips("svc")
+        wanted: dict[str, str] = {}
+        for obj in normal:
+            if obj["kind"] != "Service":
+                continue
+            owner = _owner(obj)
+            requested = (obj.get("spec") or {}).get("clusterIP")
+            if requested and requested != "None":
+                ipam.check_cluster_ip(plan, requested, owner, {**used, **{
+                    ip: o for o, ip in wanted.items()}})
+                wanted[owner] = requested
+        for obj in normal:
+            existed = store.get_object(obj["kind"], obj["metadata"].get("namespace", ""),
+                                       obj["metadata"]["name"]) is not None
+            changed, _ = store.put_object(obj)
+            if obj["kind"] == "Service":
+                owner = _owner(obj)
+                held = [ip for ip, o in store.used_ips("svc").items() if o == owner]
+                ip = wanted.get(owner) or (held[0] if held else None)
+                if (obj.get("spec") or {}).get("clusterIP") == "None":
+                    ip = None
+                if ip is None and (obj.get("spec") or {}).get("clusterIP") != "None":
+                    ip = ipam.allocate_cluster_ip(plan, obj["metadata"]["namespace"],
+                                                  obj["metadata"]["name"], store.used_ips("svc"))
+                store.release_ips(owner)
+                if ip:
+                    store.hold_ip("svc", ip, owner)
+            verb = "unchanged" if not changed else "configured" if existed else "created"
+            results.append(f"{obj['kind'].lower()}/{obj['metadata']['name']} {verb}")
+    return results
+
+
+def delete(store: Store, kind: str, namespace: str, name: str) -> list[str]:
+    """Remove desired objects (a Namespace takes everything in it); pods go by the runtime."""
+    if kind not in KINDS:
+        raise UsageError(f"kind {kind!r} is not known to the node", f"use one of {KINDS}")
+    gone = []
+    with store.tx():
+        if kind == "Namespace":
+            for k in NAMESPACED:
+                for obj in store.list_objects(k, name):
+                    store.delete_object(k, name, obj["metadata"]["name"])
+                    if k == "Service":
+                        store.release_ips(f"svc:{name}/{obj['metadata']['name']}")
+                    gone.append(f"{k.lower()}/{obj['metadata']['name']} deleted")
+            namespace = ""
+        if store.delete_object(kind, namespace if kind in NAMESPACED else "", name):
+            gone.append(f"{kind.lower()}/{name} deleted")
+            if kind == "Service":
+                store.release_ips(f"svc:{namespace}/{name}")
+    return gone

@@ -1,0 +1,297 @@
+"""The reconciling node runtime: desired objects in, namespaces and processes out.
+
+One reconciler thread owns every change to the kernel and to processes; the API thread
+only writes desired objects into the store and wakes it. Each pass:
+
+  1. controllers: Deployments -> pods (rolling), bare Pods -> pods, gone owners -> delete
+  2. pods: network (namespace, veth, IP, /etc/netns files) -> PodSetup.prepare -> init
+     containers one by one -> app containers; deleting pods are stopped, then removed
+  3. the supervisor reaps, restarts with backoff, probes readiness
+  4. services: ClusterIPs, endpoints from Ready pods; on change kube-proxy rules in every
+     node, the DNS zone, and PodSetup.cluster_changed (the sidecars' config)
+
+On start the runtime adopts pods a previous daemon left running (see process.matches).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from remora.errors import RemoraError
+from remora.node import (
+    controller,
+    etcfiles,
+    ipam,
+    kubeproxy,
+    naming,
+    netlink,
+    process,
+    topology,
+    views,
+)
+from remora.node.config import NodeConfig
+from remora.node.dns import Zone
+from remora.node.hooks import PodContext, PodSetup
+from remora.node.store import PodRow, Store
+from remora.node.supervisor import PodRef, Supervisor
+
+log = logging.getLogger("remora.node")
+RETRY_AFTER = 2.0
+
+
+class Runtime:
+    def __init__(self, config: NodeConfig, setup: PodSetup | None = None) -> None:
+        naming.check_prefix(config.prefix)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.plan = config.plan()
+        if config.nodes > self.plan.max_nodes or config.nodes < 1:
+            raise RemoraError(f"{config.nodes} nodes do not fit the address plan",
+                              f"use 1 to {self.plan.max_nodes} nodes")
+        self.setup = setup or PodSetup()
+        self.store = Store(config.db_path)
+        self.supervisor = Supervisor(self.store, config.log_root)
+        self.nodes = topology.node_nets(config.prefix, self.plan, config.nodes)
+        self.zone = Zone(domain=config.domain)
+        self.wake = threading.Event()
+        self._retry: dict[str, float] = {}
+        self._signature = ""
+        self._stopping: set[str] = set()
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create (or complete) the nodes and adopt pods a previous daemon left running."""
+        saved = self.store.get_meta("config")
+        if saved is not None and saved.get("prefix") != self.config.prefix:
+            raise RemoraError(
+                f"state dir {self.config.state_dir} belongs to a lab with prefix "
+                f"{saved.get('prefix')!r}", "use another --state-dir, or `remora down` first")
+        self.store.set_meta("config", self.config.to_json())
+        topology.ensure_nodes(self.config.prefix, self.plan, self.config.nodes)
+        for row in self.store.list_pods():
+            self._adopt(row)
+        self._signature = ""
+
+    def _adopt(self, row: PodRow) -> None:
+        if row.phase == "Pending" or row.deleting:
+            return
+        if not netlink.exists(row.netns):
+            log.info("pod %s/%s lost its namespace; re-creating it", row.namespace, row.name)
+            for c in self.store.containers(row.uid):
+                process.kill(c.pid, c.start_ticks)
+            self.store.update_pod(row.uid, phase="Pending")
+            return
+        ctx = self.context(row)
+        ref = self.pod_ref(row)
+        specs = {c["name"]: (c, init) for c, init in views.containers_of(row.body)}
+        for crow in self.store.containers(row.uid):
+            if crow.name not in specs:
+                continue
+            container, init = specs[crow.name]
+            try:
+                spec = self.setup.process(ctx, container, init)
+            except RemoraError as exc:
+                self.store.update_pod(row.uid, message=exc.one_line())
+                continue
+            adopted = self.supervisor.adopt(ref, crow.name, spec, crow)
+            log.info("pod %s/%s container %s: %s", row.namespace, row.name, crow.name,
+                     "adopted" if adopted else "gone, restarting")
+
+    # -- helpers ----------------------------------------------------------------------------
+    def node_net(self, index: int) -> topology.NodeNet:
+        return self.nodes[index - 1]
+
+    def pod_dir(self, row: PodRow) -> Path:
+        return self.config.pods_root / f"{row.namespace}_{row.name}_{row.uid}"
+
+    def context(self, row: PodRow) -> PodContext:
+        return PodContext(row.namespace, row.name, row.uid, row.netns, row.ip, row.node,
+                          self.node_net(row.node).netns, row.body, self.pod_dir(row),
+                          self.config.state_dir)
+
+    def pod_ref(self, row: PodRow) -> PodRef:
+        policy = row.body.get("spec", {}).get("restartPolicy") or "Always"
+        return PodRef(row.namespace, row.name, row.uid, row.netns, policy)
+
+    # -- one pass ---------------------------------------------------------------------------
+    def reconcile_once(self) -> None:
+        self._controllers()
+        for row in self.store.list_pods():
+            try:
+                self._pod(row)
+            except RemoraError as exc:
+                self._retry[row.uid] = time.monotonic() + RETRY_AFTER
+                self.store.update_pod(row.uid, message=exc.one_line())
+            except OSError as exc:
+                self._retry[row.uid] = time.monotonic() + RETRY_AFTER
+                self.store.update_pod(row.uid, message=f"{type(exc).__name__}: {exc}")
+                log.exception("pod %s/%s", row.namespace, row.name)
+        self.supervisor.tick()
+        self._services()
+
+    def _controllers(self) -> None:
+        pods = self.store.list_pods()
+        ready = views.ready_by_uid(self.store)
+        deployments = {(d["metadata"].get("namespace", "default"), d["metadata"]["name"]): d
+                       for d in self.store.list_objects("Deployment")}
+        for (ns, name), deployment in deployments.items():
+            owned = [p for p in pods if p.owner_kind == "Deployment" and p.namespace == ns
+                     and p.owner_name == name]
+            plan = controller.plan_deployment(deployment, [
+                controller.OwnedPod(p.name, p.template_hash, ready.get(p.uid, False),
+                                    bool(p.deleting), p.created) for p in owned])
+            for _ in range(plan.create):
+                pod = controller.pod_from_template(deployment, uuid.uuid4().hex)
+                self._create_pod(pod, "Deployment", name, controller.template_hash(deployment))
+            for doomed in plan.delete:
+                self.mark_deleting(ns, doomed)
+        bare = {(p["metadata"].get("namespace", "default"), p["metadata"]["name"]): p
+                for p in self.store.list_objects("Pod")}
+        for key, pod in bare.items():
+            if self.store.get_pod(*key) is None:
+                self._create_pod(pod, "", "", "")
+        for p in pods:
+            gone = (p.owner_kind == "Deployment" and (p.namespace, p.owner_name)
+                    not in deployments) or (not p.owner_kind and (p.namespace, p.name)
+                                            not in bare)
+            if gone and not p.deleting:
+                self.mark_deleting(p.namespace, p.name)
+
+    def _create_pod(self, pod: dict[str, Any], owner_kind: str, owner: str, thash: str) -> None:
+        ns = pod["metadata"].get("namespace", "default")
+        pod = json.loads(json.dumps(pod))
+        pod["metadata"]["namespace"] = ns
+        uid = str(uuid.uuid4())
+        pod["metadata"]["uid"] = uid
+        try:
+            admitted = self.setup.admit(pod, self.store.get_object("Namespace", "", ns))
+        except RemoraError as exc:
+            log.error("admission of pod %s/%s failed: %s", ns, pod["metadata"]["name"],
+                      exc.one_line())
+            return
+        node = self._pick_node(admitted)
+        self.store.insert_pod(PodRow(
+            uid=uid, namespace=ns, name=admitted["metadata"]["name"], node=node,
+            netns=naming.pod_netns(self.config.prefix, uid), body=admitted,
+            owner_kind=owner_kind, owner_name=owner, template_hash=thash))
+
+    def _pick_node(self, pod: dict[str, Any]) -> int:
+        wanted = pod.get("spec", {}).get("nodeName")
+        for node in self.nodes:
+            if wanted in (node.netns, str(node.index)):
+                return node.index
+        counts = {n.index: 0 for n in self.nodes}
+        for p in self.store.list_pods():
+            counts[p.node] = counts.get(p.node, 0) + 1
+        return min(counts, key=lambda i: (counts[i], i))
+
+    def mark_deleting(self, namespace: str, name: str) -> None:
+        row = self.store.get_pod(namespace, name)
+        if row is not None and not row.deleting:
+            self.store.update_pod(row.uid, deleting=1)
+            self.wake.set()
+
+    # -- pod lifecycle ----------------------------------------------------------------------
+    def _pod(self, row: PodRow) -> None:
+        if row.deleting:
+            self._delete_step(row)
+            return
+        if time.monotonic() < self._retry.get(row.uid, 0.0):
+            return
+        if row.phase == "Pending":
+            row = self._network(row)
+            self.setup.prepare(self.context(row))
+            self.store.update_pod(row.uid, phase="Init", message="")
+            row.phase = "Init"
+        if row.phase == "Init" and self._inits_done(row):
+            self._start_apps(row)
+        elif row.phase == "Running":
+            self._start_apps(row)  # containers added by a restart of the daemon, if any
+
+    def _network(self, row: PodRow) -> PodRow:
+        if not row.ip:
+            used = self.store.used_ips("pod")
+            row.ip = ipam.allocate_pod_ip(self.plan, row.node, used)
+            self.store.hold_ip("pod", row.ip, f"pod:{row.uid}")
+            self.store.update_pod(row.uid, ip=row.ip)
+        node = self.node_net(row.node)
+        topology.attach_pod(node, row.netns, naming.pod_veth(row.uid), row.ip)
+        etcfiles.write(row.netns, row.namespace, str(self.plan.dns_ip), row.ip, row.name,
+                       self.config.domain, self.config.etc_netns)
+        self.pod_dir(row).mkdir(parents=True, exist_ok=True)
+        return row
+
+    def _inits_done(self, row: PodRow) -> bool:
+        ctx, ref = self.context(row), self.pod_ref(row)
+        for container in row.body.get("spec", {}).get("initContainers") or []:
+            name = container["name"]
+            state = self.supervisor.row(row.uid, name)
+            if state is None:
+                self.supervisor.start_container(ref, name, self.setup.process(ctx, container, True),
+                                                init=True)
+                return False
+            if not (state.state == "Terminated" and state.exit_code == 0):
+                return False
+        return True
+
+    def _start_apps(self, row: PodRow) -> None:
+        ctx, ref = self.context(row), self.pod_ref(row)
+        for container in row.body.get("spec", {}).get("containers") or []:
+            if not self.supervisor.has(row.uid, container["name"]):
+                spec = self.setup.process(ctx, container, False)
+                self.supervisor.start_container(ref, container["name"], spec)
+        if row.phase != "Running":
+            self.store.update_pod(row.uid, phase="Running", message="")
+
+    def _delete_step(self, row: PodRow) -> None:
+        if row.uid not in self._stopping:
+            self._stopping.add(row.uid)
+            self.supervisor.stop_pod(row.uid, self.config.stop_grace)
+        if not self.supervisor.pod_stopped(row.uid):
+            return
+        self.remove_pod(row)
+        self._stopping.discard(row.uid)
+
+    def remove_pod(self, row: PodRow) -> None:
+        if row.phase != "Pending" or row.ip:
+            try:
+                self.setup.cleanup(self.context(row))
+            except Exception:
+                log.exception("cleanup of pod %s/%s", row.namespace, row.name)
+        topology.detach_pod(self.node_net(row.node).netns, row.netns, naming.pod_veth(row.uid))
+        etcfiles.remove(row.netns, self.config.etc_netns)
+        shutil.rmtree(self.pod_dir(row), ignore_errors=True)
+        shutil.rmtree(self.config.log_root / self.pod_ref(row).log_dir_name, ignore_errors=True)
+        self.supervisor.forget(row.uid)
+        self.store.delete_pod(row.uid)
+        self._retry.pop(row.uid, None)
+
+    # -- services ---------------------------------------------------------------------------
+    def _services(self) -> None:
+        services = views.services(self.store, self.plan)
+        pods = views.pod_objects(self.store, self.nodes)
+        snapshot = views.snapshot(self.store, services, pods)
+        signature = json.dumps([services, {f"{k[0]}/{k[1]}": v
+                                           for k, v in snapshot.endpoints.items()},
+                                sorted((p["status"].get("podIP", ""), p["metadata"]["namespace"])
+                                       for p in pods)], sort_keys=True, default=str)
+        if signature == self._signature:
+            return
+        rules = kubeproxy.render(views.service_ports(services, snapshot.endpoints))
+        for node in self.nodes:
+            kubeproxy.apply(node.netns, rules)
+        self.zone = views.zone(self.config.domain, services, pods)
+        contexts = [self.context(r) for r in self.store.list_pods() if r.ip and not r.deleting]
+        try:
+            self.setup.cluster_changed(snapshot, contexts)
+        except Exception:
+            log.exception("pod setup failed to take the new cluster state")
+            return
+        self._signature = signature

@@ -1,0 +1,250 @@
+"""Container processes of every pod: start, restart with backoff, readiness, stop, logs.
+
+Kubelet's behaviour, scaled down: a container that exits is restarted according to the
+pod's restartPolicy (Always by default), each restart counted (kubectl's RESTARTS), after a
+backoff that doubles from 0.5 s up to a small cap and resets once a run lasted long enough
+(kubelet: 10 s doubling to 5 min; a lab wants seconds). An init container must exit 0
+before the next one starts. Stopping is SIGTERM to the container's process group, then
+SIGKILL after the grace period, checked on later ticks so one slow container never blocks
+the others. Logs are one file per container, the previous run's kept beside it (for
+`logs --previous`). State changes are written to the store, so a restarted daemon knows
+PIDs, start times and counts.
+
+Only the reconciler thread calls into a Supervisor.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from remora import netns
+from remora.node import process
+from remora.node.process import ProcessSpec
+from remora.node.store import ContainerRow, Store
+
+BACKOFF_START = 0.5
+BACKOFF_CAP = 5.0
+BACKOFF_RESET_AFTER = 10.0
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str
+    netns: str
+    restart_policy: str = "Always"
+
+    @property
+    def log_dir_name(self) -> str:
+        # kubelet's /var/log/pods/<namespace>_<name>_<uid>/ layout
+        return f"{self.namespace}_{self.name}_{self.uid}"
+
+
+@dataclass
+class _Container:
+    pod: PodRef
+    spec: ProcessSpec
+    row: ContainerRow
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    backoff: float = BACKOFF_START
+    next_start: float = 0.0
+    wanted: bool = True
+    kill_at: float | None = None
+
+
+class Supervisor:
+    def __init__(self, store: Store, log_root: Path) -> None:
+        self.store = store
+        self.log_root = log_root
+        self._containers: dict[tuple[str, str], _Container] = {}
+
+    # -- paths ------------------------------------------------------------------------
+    def log_path(self, pod: PodRef, container: str, previous: bool = False) -> Path:
+        name = f"{container}.previous.log" if previous else f"{container}.log"
+        return self.log_root / pod.log_dir_name / name
+
+    # -- starting and adopting --------------------------------------------------------
+    def start_container(self, pod: PodRef, name: str, spec: ProcessSpec, init: bool = False,
+                        restarts: int = 0) -> None:
+        row = ContainerRow(pod_uid=pod.uid, name=name, init=int(init), restarts=restarts)
+        entry = _Container(pod, spec, row, self.log_path(pod, name))
+        self._containers[(pod.uid, name)] = entry
+        self._spawn(entry, count_restart=False)
+
+    def adopt(self, pod: PodRef, name: str, spec: ProcessSpec, row: ContainerRow) -> bool:
+        """Take over a container a previous daemon started; False if it is gone."""
+        entry = _Container(pod, spec, row, self.log_path(pod, name))
+        self._containers[(pod.uid, name)] = entry
+        alive = row.state == "Running" and process.matches(
+            row.pid, row.start_ticks, row.cmdline, _netns_ino(pod.netns))
+        if alive:
+            return True
+        if row.init and row.state == "Terminated" and row.exit_code == 0:
+            return True  # a completed init container stays completed
+        self._exited(entry, None, time.monotonic())
+        return False
+
+    def _spawn(self, entry: _Container, count_restart: bool) -> None:
+        if count_restart:
+            entry.row.restarts += 1
+            if entry.log.exists():
+                entry.log.replace(entry.log.with_name(entry.log.name[:-4] + ".previous.log"))
+        try:
+            entry.popen = process.spawn(entry.pod.netns, entry.spec, entry.log)
+        except OSError as exc:
+            entry.popen = None
+            entry.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(entry.log, "a") as log:
+                log.write(f"remora: cannot start {entry.spec.argv[:1]}: {exc}\n")
+            self._exited(entry, 128, time.monotonic())
+            return
+        pid = entry.popen.pid
+        entry.row.pid = pid
+        entry.row.start_ticks = process.start_ticks(pid) or 0
+        entry.row.cmdline = list(entry.spec.argv)
+        entry.row.state, entry.row.reason, entry.row.ready = "Running", "", 0
+        entry.row.started = time.time()
+        self.store.put_container(entry.row)
+
+    # -- the periodic step ------------------------------------------------------------
+    def tick(self) -> bool:
+        """Reap, restart, probe, kill; return True when any container changed state."""
+        now = time.monotonic()
+        changed = False
+        for entry in list(self._containers.values()):
+            changed |= self._step(entry, now)
+        return changed
+
+    def _step(self, entry: _Container, now: float) -> bool:
+        row = entry.row
+        if row.state == "Running":
+            code = self._exit_code(entry)
+            if code is not False:
+                self._exited(entry, code, now)
+                return True
+            if not entry.wanted:
+                if entry.kill_at is not None and now >= entry.kill_at:
+                    process.kill(row.pid, row.start_ticks)
+                    entry.kill_at = None
+                return False
+            return self._probe(entry)
+        if entry.wanted and row.state == "Waiting" and entry.next_start and now >= entry.next_start:
+            entry.next_start = 0.0
+            self._spawn(entry, count_restart=True)
+            return True
+        return False
+
+    def _exit_code(self, entry: _Container) -> int | bool | None:
+        """False while running; the exit code (None if unknown, adopted) once exited."""
+        if entry.popen is not None:
+            code = entry.popen.poll()
+            return False if code is None else code
+        if process.is_alive(entry.row.pid, entry.row.start_ticks):
+            return False
+        return None
+
+    def _exited(self, entry: _Container, code: int | None, now: float) -> None:
+        row = entry.row
+        ran = time.time() - row.started if row.started else 0.0
+        row.exit_code, row.ready, entry.popen = code, 0, None
+        row.state, row.reason = "Terminated", "Completed" if code == 0 else "Error"
+        policy = entry.pod.restart_policy
+        restart = entry.wanted and (
+            (policy == "Always" and not (row.init and code == 0))
+            or (policy in ("Always", "OnFailure") and code != 0))
+        if restart:
+            if ran >= BACKOFF_RESET_AFTER:
+                entry.backoff = BACKOFF_START
+            entry.next_start = now + entry.backoff
+            entry.backoff = min(entry.backoff * 2, BACKOFF_CAP)
+            row.state, row.reason = "Waiting", "CrashLoopBackOff"
+        self.store.put_container(row)
+
+    def _probe(self, entry: _Container) -> bool:
+        row = entry.row
+        if process.in_wrapper(row.cmdline) or row.cmdline == entry.spec.argv:
+            seen = process.cmdline(row.pid)
+            if seen and not process.in_wrapper(seen) and seen != row.cmdline:
+                row.cmdline = seen
+                self.store.put_container(row)
+        if row.ready:
+            return False
+        port = entry.spec.ready_port
+        if port is not None and not _accepts(entry.pod.netns, entry.spec.ready_host, port):
+            return False
+        row.ready = 1
+        self.store.put_container(row)
+        return True
+
+    # -- stopping ---------------------------------------------------------------------
+    def stop_pod(self, pod_uid: str, grace: float = 2.0) -> None:
+        for (uid, name) in list(self._containers):
+            if uid == pod_uid:
+                self.stop_container(pod_uid, name, grace)
+
+    def stop_container(self, pod_uid: str, name: str, grace: float = 2.0) -> None:
+        entry = self._containers.get((pod_uid, name))
+        if entry is None or not entry.wanted:
+            return
+        entry.wanted = False
+        entry.next_start = 0.0
+        if entry.row.state == "Running":
+            process.terminate(entry.row.pid, entry.row.start_ticks)
+            entry.kill_at = time.monotonic() + grace
+        else:
+            entry.row.state, entry.row.reason = "Terminated", entry.row.reason or "Completed"
+
+    def pod_stopped(self, pod_uid: str) -> bool:
+        return all(e.row.state != "Running" for (uid, _), e in self._containers.items()
+                   if uid == pod_uid)
+
+    def forget(self, pod_uid: str) -> None:
+        for key in [k for k in self._containers if k[0] == pod_uid]:
+            entry = self._containers.pop(key)
+            if entry.popen is not None:
+                entry.popen.poll()
+
+    # -- reading ----------------------------------------------------------------------
+    def has(self, pod_uid: str, name: str) -> bool:
+        return (pod_uid, name) in self._containers
+
+    def row(self, pod_uid: str, name: str) -> ContainerRow | None:
+        entry = self._containers.get((pod_uid, name))
+        return None if entry is None else entry.row
+
+    def pids(self) -> list[tuple[int, int]]:
+        return [(e.row.pid, e.row.start_ticks) for e in self._containers.values()
+                if e.row.state == "Running"]
+
+
+def _netns_ino(name: str) -> int | None:
+    try:
+        return netns.resolve(name).stat().st_ino
+    except Exception:
+        return None
+
+
+def _accepts(netns_name: str, host: str, port: int) -> bool:
+    try:
+        sock = netns.socket_in(netns.resolve(netns_name))
+    except Exception:
+        return False
+    sock.settimeout(0.1)
+    try:
+        return sock.connect_ex((host, port)) == 0
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def restart_backoff(restarts: int) -> float:
+    """The wait before restart number RESTARTS+1 (pure; documented in docs/node.md)."""
+    return float(min(BACKOFF_START * 2 ** max(restarts, 0), BACKOFF_CAP))
+
+

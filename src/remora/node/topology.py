@@ -1,0 +1,153 @@
+"""The lab's network: node namespaces with a bridge, a fabric between nodes, pod veths.
+
+    [pod netns]  eth0 10.20.0.77/32, default via 10.20.0.1 (onlink)
+        | veth
+    [node netns remora-node-1]  rmbr0 10.20.0.1/24, ip_forward=1, lo 172.16.0.10/32 (DNS)
+        | eth0 192.168.0.1/24, route 10.20.1.0/24 via 192.168.0.2 ...
+    [fabric netns remora-fabric]  rmfab0 bridge joining every node's uplink
+
+Pods get a /32 and reach everything, pods on their own node included, through the node's
+gateway, as Calico-style routed CNIs do. That puts the node's netfilter on every pod-to-pod
+path, so kube-proxy's DNAT of a ClusterIP is undone on the reply even when client and
+endpoint share a bridge, without br_netfilter (a host module remora must not depend on).
+The node sends no ICMP redirects for the same reason. Pods on different nodes are routed
+through the fabric by plain per-node routes: no NAT, the pod source address arrives as is.
+Nothing here runs in the host's namespace: links are created inside lab namespaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from remora.netns import NETNS_RUN_DIR
+from remora.node import naming, netlink
+from remora.node.ipam import AddressPlan, NodeSubnet
+
+NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+}
+
+
+@dataclass(frozen=True)
+class NodeNet:
+    index: int
+    netns: str
+    subnet: NodeSubnet
+
+
+def node_nets(prefix: str, plan: AddressPlan, count: int) -> list[NodeNet]:
+    return [NodeNet(i, naming.node_name(prefix, i), plan.node(i)) for i in range(1, count + 1)]
+
+
+def _up(ipr: object, ifname: str) -> None:
+    idx = netlink.link_index(ipr, ifname)
+    ipr.link("set", index=idx, state="up")  # type: ignore[attr-defined]
+
+
+def _ensure_addr(ipr: object, ifname: str, address: str, prefixlen: int) -> None:
+    idx = netlink.link_index(ipr, ifname)
+    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx)}  # type: ignore[attr-defined]
+    if address not in have:
+        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)  # type: ignore[attr-defined]
+
+
+def ensure_nodes(prefix: str, plan: AddressPlan, count: int) -> list[NodeNet]:
+    """Create (or complete) the fabric and COUNT node namespaces; idempotent."""
+    nodes = node_nets(prefix, plan, count)
+    fabric = naming.fabric_name(prefix)
+    if not netlink.exists(fabric):
+        netlink.create(fabric)
+    with netlink.rtnl(fabric) as ipr:
+        _up(ipr, "lo")
+        if not ipr.link_lookup(ifname=naming.FABRIC_BRIDGE):
+            ipr.link("add", ifname=naming.FABRIC_BRIDGE, kind="bridge")
+        _up(ipr, naming.FABRIC_BRIDGE)
+    for node in nodes:
+        _ensure_node(prefix, plan, node, fabric)
+    for node in nodes:
+        _ensure_routes(node, nodes)
+    return nodes
+
+
+def _ensure_node(prefix: str, plan: AddressPlan, node: NodeNet, fabric: str) -> None:
+    if not netlink.exists(node.netns):
+        netlink.create(node.netns)
+    for key, value in NODE_SYSCTLS.items():
+        netlink.sysctl(node.netns, key, value)
+    uplink = naming.fabric_veth(node.index)
+    with netlink.rtnl(fabric) as fab:
+        if not fab.link_lookup(ifname=uplink):
+            fab.link("add", ifname=uplink, kind="veth",
+                     peer={"ifname": naming.NODE_UPLINK,
+                           "net_ns_fd": str(NETNS_RUN_DIR / node.netns)})
+        idx = netlink.link_index(fab, uplink)
+        fab.link("set", index=idx, master=netlink.link_index(fab, naming.FABRIC_BRIDGE),
+                 state="up")
+    with netlink.rtnl(node.netns) as ipr:
+        _up(ipr, "lo")
+        _ensure_addr(ipr, "lo", str(plan.dns_ip), 32)
+        if not ipr.link_lookup(ifname=naming.BRIDGE):
+            ipr.link("add", ifname=naming.BRIDGE, kind="bridge")
+        _ensure_addr(ipr, naming.BRIDGE, str(node.subnet.gateway), node.subnet.subnet.prefixlen)
+        _up(ipr, naming.BRIDGE)
+        _ensure_addr(ipr, naming.NODE_UPLINK, str(node.subnet.node_ip),
+                     plan.node_cidr.prefixlen)
+        _up(ipr, naming.NODE_UPLINK)
+
+
+def _ensure_routes(node: NodeNet, nodes: list[NodeNet]) -> None:
+    with netlink.rtnl(node.netns) as ipr:
+        for other in nodes:
+            if other.index == node.index:
+                continue
+            ipr.route("replace", dst=str(other.subnet.subnet), gateway=str(other.subnet.node_ip))
+
+
+def attach_pod(node: NodeNet, pod_netns: str, veth: str, ip: str) -> None:
+    """Create the pod namespace and plug it into the node's bridge with address IP/32."""
+    if not netlink.exists(pod_netns):
+        netlink.create(pod_netns)
+    pod_path = str(NETNS_RUN_DIR / pod_netns)
+    gateway = str(node.subnet.gateway)
+    with netlink.rtnl(node.netns) as ipr:
+        if not ipr.link_lookup(ifname=veth):
+            ipr.link("add", ifname=veth, kind="veth",
+                     peer={"ifname": naming.POD_IFNAME, "net_ns_fd": pod_path})
+        ipr.link("set", index=netlink.link_index(ipr, veth),
+                 master=netlink.link_index(ipr, naming.BRIDGE), state="up")
+    with netlink.rtnl(pod_netns) as ipr:
+        _up(ipr, "lo")
+        _ensure_addr(ipr, naming.POD_IFNAME, ip, 32)
+        _up(ipr, naming.POD_IFNAME)
+        idx = netlink.link_index(ipr, naming.POD_IFNAME)
+        ipr.route("replace", dst=f"{gateway}/32", oif=idx, scope=253)  # RT_SCOPE_LINK
+        ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+
+
+def detach_pod(node_netns: str, pod_netns: str, veth: str) -> None:
+    """Remove the pod's veth (both ends go) and its namespace; missing parts are fine."""
+    if netlink.exists(node_netns):
+        with netlink.rtnl(node_netns) as ipr:
+            for idx in ipr.link_lookup(ifname=veth):
+                ipr.link("del", index=idx)
+    netlink.delete(pod_netns)
+
+
+def remove_nodes(prefix: str, count: int) -> None:
+    for i in range(1, count + 1):
+        netlink.delete(naming.node_name(prefix, i))
+    netlink.delete(naming.fabric_name(prefix))
+
+
+def is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+

@@ -1,0 +1,149 @@
+"""Read-side views of the store: pods and services as Kubernetes-shaped objects, the
+cluster snapshot a control plane consumes, the DNS zone and kube-proxy's service ports.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from remora.node import controller, topology
+from remora.node.dns import Zone
+from remora.node.hooks import ClusterSnapshot
+from remora.node.ipam import AddressPlan
+from remora.node.kubeproxy import ServicePort
+from remora.node.store import ContainerRow, PodRow, Store
+
+
+def containers_of(pod: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
+    spec = pod.get("spec", {})
+    return [(c, True) for c in spec.get("initContainers") or []] + [
+        (c, False) for c in spec.get("containers") or []]
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _container_status(row: ContainerRow | None, name: str) -> dict[str, Any]:
+    if row is None:
+        return {"name": name, "ready": False, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}}
+    if row.state == "Running":
+        state: dict[str, Any] = {"running": {"startedAt": _iso(row.started)}, "pid": row.pid}
+    elif row.state == "Terminated":
+        state = {"terminated": {"exitCode": row.exit_code, "reason": row.reason}}
+    else:
+        state = {"waiting": {"reason": row.reason}}
+    status = {"name": name, "ready": bool(row.ready) and row.state == "Running",
+              "restartCount": row.restarts, "state": state}
+    if row.exit_code is not None and row.state != "Terminated":
+        status["lastState"] = {"terminated": {"exitCode": row.exit_code}}
+    return status
+
+
+def pod_object(row: PodRow, containers: list[ContainerRow],
+               nodes: list[topology.NodeNet]) -> dict[str, Any]:
+    """The pod as `kubectl get pod -o json` would show it, plus a `remora` block."""
+    by_name = {c.name: c for c in containers}
+    pod = dict(row.body)
+    meta = dict(pod.get("metadata", {}))
+    meta.update(uid=row.uid, namespace=row.namespace, creationTimestamp=_iso(row.created))
+    if row.deleting:
+        meta["deletionTimestamp"] = _iso(row.created)
+    pod["metadata"] = meta
+    node = nodes[row.node - 1] if 0 < row.node <= len(nodes) else None
+    spec = dict(pod.get("spec", {}))
+    spec["nodeName"] = node.netns if node else f"node-{row.node}"
+    pod["spec"] = spec
+    rows = [c.__dict__ for c in containers]
+    summary = controller.pod_status(rows, bool(row.deleting), row.phase)
+    if row.phase == "Pending" and not row.deleting:
+        summary["status"] = "ContainerCreating" if not row.message else "Pending"
+    pod["status"] = {
+        "phase": "Running" if row.phase in ("Running",) else "Pending",
+        "podIP": row.ip, "hostIP": str(node.subnet.node_ip) if node else "",
+        "ready": summary["allReady"] and not row.deleting,
+        "message": row.message,
+        "initContainerStatuses": [_container_status(by_name.get(c["name"]), c["name"])
+                                  for c in spec.get("initContainers") or []],
+        "containerStatuses": [_container_status(by_name.get(c["name"]), c["name"])
+                              for c in spec.get("containers") or []],
+    }
+    pod["remora"] = {"netns": row.netns, "node": row.node, "ready": summary["ready"],
+                     "status": summary["status"], "restarts": summary["restarts"],
+                     "created": row.created}
+    return pod
+
+
+def pod_objects(store: Store, nodes: list[topology.NodeNet],
+                namespace: str | None = None) -> list[dict[str, Any]]:
+    containers: dict[str, list[ContainerRow]] = {}
+    for c in store.containers():
+        containers.setdefault(c.pod_uid, []).append(c)
+    return [pod_object(r, containers.get(r.uid, []), nodes) for r in store.list_pods(namespace)]
+
+
+def ready_by_uid(store: Store) -> dict[str, bool]:
+    containers: dict[str, list[ContainerRow]] = {}
+    for c in store.containers():
+        containers.setdefault(c.pod_uid, []).append(c)
+    out = {}
+    for row in store.list_pods():
+        apps = [c for c in containers.get(row.uid, []) if not c.init]
+        n = len(row.body.get("spec", {}).get("containers") or [])
+        out[row.uid] = (len(apps) == n and n > 0 and
+                        all(c.ready and c.state == "Running" for c in apps))
+    return out
+
+
+def services(store: Store, plan: AddressPlan) -> list[dict[str, Any]]:
+    """Service objects with spec.clusterIP as allocated."""
+    held = {owner: ip for ip, owner in store.used_ips("svc").items()}
+    out = []
+    for svc in store.list_objects("Service"):
+        meta = svc["metadata"]
+        spec = dict(svc.get("spec") or {})
+        ip = held.get(f"svc:{meta.get('namespace', 'default')}/{meta['name']}")
+        if ip:
+            spec["clusterIP"] = ip
+            spec["clusterIPs"] = [ip]
+        spec.setdefault("type", "ClusterIP")
+        out.append({**svc, "spec": spec})
+    return out
+
+
+def snapshot(store: Store, svcs: list[dict[str, Any]],
+             pods: list[dict[str, Any]]) -> ClusterSnapshot:
+    eps = {(s["metadata"].get("namespace", "default"), s["metadata"]["name"]):
+           controller.endpoints(s, pods) for s in svcs}
+    return ClusterSnapshot(namespaces=store.list_objects("Namespace"), services=svcs,
+                           pods=pods, endpoints=eps)
+
+
+def service_ports(svcs: list[dict[str, Any]],
+                  endpoints: dict[tuple[str, str], list[dict[str, Any]]]) -> list[ServicePort]:
+    out = []
+    for s in svcs:
+        ip = s["spec"].get("clusterIP")
+        if not ip or ip == "None":
+            continue
+        key = (s["metadata"].get("namespace", "default"), s["metadata"]["name"])
+        for sp in s["spec"].get("ports") or []:
+            eps = tuple((e["ip"], int(e["port"])) for e in endpoints.get(key, [])
+                        if e["servicePort"] == sp.get("port"))
+            out.append(ServicePort(key[0], key[1], sp.get("name", ""), sp.get("protocol", "TCP"),
+                                   ip, int(sp["port"]), eps))
+    return out
+
+
+def zone(domain: str, svcs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Zone:
+    z = Zone(domain=domain)
+    for s in svcs:
+        ip = s["spec"].get("clusterIP")
+        if ip and ip != "None":
+            z.services[(s["metadata"].get("namespace", "default"), s["metadata"]["name"])] = ip
+    for p in pods:
+        if p["status"].get("podIP"):
+            z.pods[p["status"]["podIP"]] = p["metadata"]["namespace"]
+    return z
