@@ -1,0 +1,101 @@
+"""``envoy.filters.network.http_connection_manager``: the network filter that speaks HTTP/1.1
+on a downstream connection, runs the HTTP filter chain per request and logs each request.
+
+Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/http_conn_man
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import socket
+import struct
+from typing import Any
+
+from remora.proxy import registry
+from remora.proxy.config.strict import Fields
+from remora.proxy.http import cors as _cors  # noqa: F401 - registers per-route parsers
+from remora.proxy.http import fault as _fault  # noqa: F401
+from remora.proxy.http.connection import Http1Connection
+from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
+from remora.proxy.http.stream import ActiveStream
+from remora.proxy.interfaces import AccessLogger, Downstream
+
+
+@registry.register("network", HCM_NAME, HCM_TYPE)
+def _factory(f: Fields, ctx: Any) -> HttpConnectionManager:
+    cfg = parse_hcm(f, ctx)
+    loggers = ctx.access_loggers(cfg.access_log, f.at("access_log")) if cfg.access_log else []
+    return HttpConnectionManager(cfg, ctx, loggers)
+
+
+class HttpConnectionManager:
+    """interfaces.NetworkFilter; one per filter chain, shared by its connections."""
+
+    def __init__(self, cfg: HcmConfig, ctx: Any, loggers: list[AccessLogger]) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.stats = ctx.stats
+        self.loggers = loggers
+        self.filters = cfg.http_filters
+        self.decoders = [f for f in cfg.http_filters if hasattr(f, "decode_headers")]
+        # encoders run in reverse filter order, as Envoy's encoder filter chain does
+        self.encoders = [f for f in reversed(cfg.http_filters) if hasattr(f, "encode_headers")]
+        self.sanitize_xfcc = cfg.forward_client_cert_details in ("SANITIZE", "SANITIZE_SET")
+        p = f"http.{cfg.stat_prefix}."
+        self._rq_total = p + "downstream_rq_total"
+        self._rq_active = p + "downstream_rq_active"
+        self._rq_xx = {c: f"{p}downstream_rq_{c}xx" for c in range(1, 6)}
+        self._cx_total = p + "downstream_cx_total"
+        self._cx_active = p + "downstream_cx_active"
+        self._node_ip: str | bool | None = False
+
+    async def on_connection(self, downstream: Downstream) -> None:
+        stats = self.stats
+        stats.inc(self._cx_total)
+        stats.gauge_add(self._cx_active, 1)
+        try:
+            await Http1Connection(self, downstream).run()
+        finally:
+            stats.gauge_add(self._cx_active, -1)
+
+    async def serve(self, stream: ActiveStream) -> None:
+        self.stats.inc(self._rq_total)
+        if not stream.prepare():
+            return
+        for f in self.decoders:
+            if not await f.decode_headers(stream):
+                return
+
+    def complete(self, stream: ActiveStream) -> None:
+        """The stream is over (answered, failed or abandoned): log it."""
+        info = stream.info
+        info.bytes_received = stream.req.body_bytes
+        if info.response_code is None:
+            info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
+        info.finish()
+        code = info.response_code // 100
+        if code in self._rq_xx:
+            self.stats.inc(self._rq_xx[code])
+        for logger in self.loggers:
+            logger.log(info)
+
+    def node_ip(self) -> str | None:
+        """The node's own address, which Envoy appends to XFF for a loopback peer when
+        use_remote_address is set (Envoy's LocalInfo address: the first non-loopback
+        interface address)."""
+        if self._node_ip is False:
+            self._node_ip = _first_non_loopback_ipv4()
+        return self._node_ip if isinstance(self._node_ip, str) else None
+
+
+def _first_non_loopback_ipv4() -> str | None:
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                req = struct.pack("256s", name.encode()[:15])
+                ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), siocgifaddr, req)[20:24])
+                if not ip.startswith("127."):
+                    return ip
+    return None

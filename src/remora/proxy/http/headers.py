@@ -1,0 +1,147 @@
+"""Request header mutation done by the connection manager, free of I/O.
+
+Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers
+(x-forwarded-for, x-envoy-external-address, x-envoy-internal, x-forwarded-proto,
+x-request-id) and ConnectionManagerUtility::mutateRequestHeaders. Checked against Envoy 1.40:
+since internal_address_config is empty by default no address counts as internal, so
+x-envoy-internal is always removed; with use_remote_address the request is an edge request
+(x-request-id regenerated unless preserve_external_request_id, x-envoy-external-address
+set); a loopback peer is appended to XFF as the node's own address.
+Istio's sidecars run with use_remote_address false: XFF passes through untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+
+# hop-by-hop headers never forwarded (RFC 9110 7.6.1); transfer-encoding is re-framed
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "upgrade", "te", "expect", "host"})
+
+# x-envoy-* request headers cleaned from edge requests (Envoy's cleanInternalHeaders list)
+_EDGE_CLEANED = frozenset({
+    "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on", "x-envoy-retry-on", "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms", "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-original-path", "x-envoy-external-address",
+})
+
+
+def xff_client(xff: str, trusted_hops: int) -> str | None:
+    """The client address Envoy trusts in an XFF list: skip TRUSTED_HOPS entries from the
+    right and take the next one (getLastAddressFromXFF). None if absent or not an IP."""
+    parts = [p.strip() for p in xff.split(",")]
+    if len(parts) <= trusted_hops:
+        return None
+    candidate = parts[len(parts) - 1 - trusted_hops]
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    return candidate
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class Mutation:
+    """What mutate_request decided; the caller applies it to its header list."""
+
+    __slots__ = ("final_remote_ip", "remove", "set")
+
+    def __init__(self) -> None:
+        self.final_remote_ip: str | None = None  # None: the connection's peer stays
+        self.set: list[tuple[str, str]] = []  # replace-or-append, in this order
+        self.remove: set[str] = set()
+
+
+def mutate_request(hmap: dict[str, str], remote_ip: str, *, use_remote_address: bool,
+                   xff_num_trusted_hops: int, skip_xff_append: bool, generate_request_id: bool,
+                   preserve_external_request_id: bool, scheme: str, node_ip: str | None,
+                   sanitize_xfcc: bool) -> Mutation:
+    """``set`` entries replace a header in place or are appended in Envoy's order
+    (x-forwarded-for, x-forwarded-proto, x-envoy-external-address, x-request-id)."""
+    m = Mutation()
+    xff = hmap.get("x-forwarded-for")
+    regenerate_id = False
+    if use_remote_address:
+        if xff_num_trusted_hops > 0 and xff is not None:
+            m.final_remote_ip = xff_client(xff, xff_num_trusted_hops - 1)
+        if not skip_xff_append:
+            appended = node_ip if (is_loopback(remote_ip) and node_ip) else remote_ip
+            m.set.append(("x-forwarded-for", f"{xff},{appended}" if xff else appended))
+        m.remove |= _EDGE_CLEANED
+        m.set.append(("x-forwarded-proto", scheme))
+        m.set.append(("x-envoy-external-address", m.final_remote_ip or remote_ip))
+        m.remove.discard("x-envoy-external-address")
+        regenerate_id = not preserve_external_request_id and "x-request-id" in hmap
+    else:
+        if xff is not None:
+            m.final_remote_ip = xff_client(xff, xff_num_trusted_hops)
+        if "x-forwarded-proto" not in hmap:
+            m.set.append(("x-forwarded-proto", scheme))
+    m.remove.add("x-envoy-internal")
+    if sanitize_xfcc:
+        m.remove.add("x-forwarded-client-cert")
+    if generate_request_id and ("x-request-id" not in hmap or regenerate_id):
+        m.set.append(("x-request-id", str(uuid.uuid4())))
+    elif regenerate_id:
+        m.remove.add("x-request-id")
+    return m
+
+
+# -- path normalization -----------------------------------------------------------------
+_UNRESERVED_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPED_SLASH = re.compile(r"%2[Ff]|%5[Cc]")
+
+
+def _pct(match: re.Match[str]) -> str:
+    byte = int(match.group(1), 16)
+    return chr(byte) if byte in _UNRESERVED else "%" + match.group(1).upper()
+
+
+def normalize_path(path: str, merge_slashes: bool = False) -> str | None:
+    """normalize_path (RFC 3986 section 6: decode unreserved %-escapes, upper-case the
+    rest, remove dot segments) on the part before the query; backslashes become slashes
+    as in Envoy's canonicalizer. None when the path is not origin-form (Envoy: 400)."""
+    raw, sep, query = path.partition("?")
+    if not raw.startswith("/"):
+        return None
+    if "%" in raw:
+        raw = _UNRESERVED_PCT.sub(_pct, raw)
+    raw = raw.replace("\\", "/")
+    if "/." in raw:
+        out: list[str] = []
+        segs = raw.split("/")
+        for seg in segs[1:]:
+            if seg == "..":
+                if out:
+                    out.pop()
+            elif seg != ".":
+                out.append(seg)
+        if segs[-1] in (".", ".."):
+            out.append("")
+        raw = "/" + "/".join(out)
+    if merge_slashes and "//" in raw:
+        raw = re.sub(r"/{2,}", "/", raw)
+    return raw + sep + query
+
+
+def escaped_slashes(path: str) -> bool:
+    raw = path.split("?", 1)[0]
+    return _ESCAPED_SLASH.search(raw) is not None
+
+
+def unescape_slashes(path: str) -> str:
+    raw, sep, query = path.partition("?")
+    return _ESCAPED_SLASH.sub(lambda m: "/" if m.group(0)[1] == "2" else "\\", raw) + sep + query

@@ -1,0 +1,105 @@
+"""Upstream HTTP/1.1 connection pool.
+
+Envoy keeps one pool per (cluster, host) and, with ``envoy.filters.listener.original_src``,
+hashes the downstream source address into the pool key so that a connection bound to one
+client's address is never reused for another client (OriginalSrc's "hash key" in
+source/extensions/filters/listener/original_src, the socket option hash). remora's
+``Cluster.connect`` picks the host and connects in one step, so the pool is keyed by what
+determines the host and the binding: the cluster, the downstream's original destination
+(ORIGINAL_DST clusters connect to it) and the original_src address when set. Idle
+connections are taken most-recent first and must not point at an excluded host (retry
+``previous_hosts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any
+
+from remora.proxy.interfaces import ConnectionFacts, Upstream
+
+PoolKey = tuple[str, str, int, str | None]
+MAX_IDLE_PER_KEY = 256
+
+
+def pool_key(cluster_name: str, facts: ConnectionFacts) -> PoolKey:
+    src = facts.original_src.ip if facts.original_src is not None else None
+    return (cluster_name, facts.local_ip, facts.local_port, src)
+
+
+class PooledConnection:
+    __slots__ = ("key", "upstream")
+
+    def __init__(self, key: PoolKey, upstream: Upstream) -> None:
+        self.key = key
+        self.upstream = upstream
+
+    @property
+    def host(self) -> str:
+        return self.upstream.host
+
+    def usable(self) -> bool:
+        up = self.upstream
+        return not up.writer.transport.is_closing() and not up.reader.at_eof()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.upstream.writer.close()
+
+
+class ConnectionPool:
+    def __init__(self) -> None:
+        self._idle: dict[PoolKey, list[PooledConnection]] = {}
+
+    def acquire(self, key: PoolKey, exclude: frozenset[str]) -> PooledConnection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if not conn.usable():
+                del idle[i]
+                conn.close()
+                continue
+            if conn.host in exclude:
+                continue
+            del idle[i]
+            return conn
+        return None
+
+    def release(self, conn: PooledConnection) -> None:
+        if not conn.usable():
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= MAX_IDLE_PER_KEY:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def idle_count(self, key: PoolKey | None = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+_POOLS: weakref.WeakKeyDictionary[Any, ConnectionPool] = weakref.WeakKeyDictionary()
+
+
+def pool_for(cluster_manager: Any) -> ConnectionPool:
+    """One pool per cluster manager, shared by every connection manager that uses it (as
+    Envoy's pools are shared by all listeners of a worker)."""
+    try:
+        pool = _POOLS.get(cluster_manager)
+        if pool is None:
+            pool = _POOLS[cluster_manager] = ConnectionPool()
+        return pool
+    except TypeError:  # not weak-referenceable: one pool per caller
+        return ConnectionPool()

@@ -1,0 +1,293 @@
+"""RouteConfiguration: virtual hosts, routes and their matching, free of I/O.
+
+Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route.proto
+and route_components.proto. Virtual host selection follows Envoy's order (exact domain, then
+the longest ``*.suffix`` wildcard, then the longest ``prefix.*`` wildcard, then ``*``; the
+whole Host header, port included, is matched, which is why Istio lists ``svc`` and
+``svc:port``). Routes are tried in order, the first match wins.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http.per_filter import parse_typed_per_filter_config
+from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
+
+DEFAULT_ROUTE_TIMEOUT = 15.0  # RouteAction.timeout default
+
+
+@dataclass(frozen=True)
+class HeaderMatcher:
+    name: str  # lower-case; pseudo headers such as ":method" allowed
+    kind: str  # exact | prefix | suffix | contains | regex | present
+    value: Any
+    invert: bool = False
+    ignore_case: bool = False
+
+    def matches(self, headers: dict[str, str]) -> bool:
+        got = headers.get(self.name)
+        if self.kind == "present":
+            ok = (got is not None) == bool(self.value)
+        elif got is None:
+            ok = False
+        else:
+            subject = got.lower() if self.ignore_case else got
+            if self.kind == "exact":
+                ok = subject == self.value
+            elif self.kind == "prefix":
+                ok = subject.startswith(self.value)
+            elif self.kind == "suffix":
+                ok = subject.endswith(self.value)
+            elif self.kind == "contains":
+                ok = self.value in subject
+            else:
+                ok = self.value.fullmatch(got) is not None
+        return ok != self.invert
+
+
+@dataclass
+class Route:
+    name: str | None
+    # match
+    prefix: str | None = None
+    path: str | None = None
+    regex: re.Pattern[str] | None = None
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatcher, ...] = ()
+    # action
+    cluster: str | None = None
+    timeout: float = DEFAULT_ROUTE_TIMEOUT  # 0 disables
+    retry_policy: RetryPolicy | None = None
+    direct_response: tuple[int, bytes] | None = None
+    per_filter: dict[str, Any] = field(default_factory=dict)
+    vhost: VirtualHost | None = None
+
+    def matches(self, path: str, headers: dict[str, str]) -> bool:
+        if self.prefix is not None:
+            ok = (path.startswith(self.prefix) if self.case_sensitive
+                  else path.lower().startswith(self.prefix.lower()))
+        else:
+            bare = path.split("?", 1)[0]  # path and regex ignore the query string
+            if self.path is not None:
+                ok = bare == self.path if self.case_sensitive else bare.lower() == self.path.lower()
+            else:
+                assert self.regex is not None
+                ok = self.regex.fullmatch(bare) is not None
+        if ok and self.headers:
+            ok = all(m.matches(headers) for m in self.headers)
+        return ok
+
+    def filter_config(self, name: str) -> Any:
+        """Most specific per-filter config: route, then virtual host, then route config."""
+        cfg = self.per_filter.get(name)
+        if cfg is None and self.vhost is not None:
+            cfg = self.vhost.per_filter.get(name)
+            if cfg is None and self.vhost.table is not None:
+                cfg = self.vhost.table.per_filter.get(name)
+        return cfg
+
+
+@dataclass
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: list[Route]
+    per_filter: dict[str, Any] = field(default_factory=dict)
+    retry_policy: RetryPolicy | None = None
+    table: RouteTable | None = None
+
+
+@dataclass
+class RouteTable:
+    name: str
+    vhosts: list[VirtualHost]
+    per_filter: dict[str, Any] = field(default_factory=dict)
+    _exact: dict[str, VirtualHost] = field(default_factory=dict)
+    _suffix: list[tuple[str, VirtualHost]] = field(default_factory=list)
+    _prefix: list[tuple[str, VirtualHost]] = field(default_factory=list)
+    _default: VirtualHost | None = None
+    _cache: dict[str, VirtualHost | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for vh in self.vhosts:
+            vh.table = self
+            for d in vh.domains:
+                d = d.lower()
+                if d == "*":
+                    self._default = self._default or vh
+                elif d.startswith("*"):
+                    self._suffix.append((d[1:], vh))
+                elif d.endswith("*"):
+                    self._prefix.append((d[:-1], vh))
+                else:
+                    self._exact.setdefault(d, vh)
+        # longest wildcard wins; stable for equal lengths (config order)
+        self._suffix.sort(key=lambda x: -len(x[0]))
+        self._prefix.sort(key=lambda x: -len(x[0]))
+
+    def virtual_host(self, authority: str) -> VirtualHost | None:
+        host = authority.lower()
+        cached = self._cache.get(host, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        vh = self._exact.get(host)
+        if vh is None:
+            vh = next((v for s, v in self._suffix if host.endswith(s) and len(host) > len(s)),
+                      None)
+        if vh is None:
+            vh = next((v for p, v in self._prefix if host.startswith(p) and len(host) > len(p)),
+                      None)
+        if vh is None:
+            vh = self._default
+        if len(self._cache) < 1024:  # bounded: hosts come from clients
+            self._cache[host] = vh
+        return vh
+
+    def route(self, authority: str, path: str, headers: dict[str, str]) -> Route | None:
+        vh = self.virtual_host(authority)
+        if vh is None:
+            return None
+        for r in vh.routes:
+            if r.matches(path, headers):
+                return r
+        return None
+
+
+# -- parsing ---------------------------------------------------------------------------
+def _string_matcher(f: Fields) -> tuple[str, Any, bool]:
+    """type.matcher.v3.StringMatcher -> (kind, value, ignore_case)."""
+    ignore_case = bool(f.boolean("ignore_case", False))
+    for kind in ("exact", "prefix", "suffix", "contains"):
+        v = f.string(kind)
+        if v is not None:
+            return kind, v.lower() if ignore_case else v, ignore_case
+    rx = f.fields("safe_regex", "RegexMatcher")
+    if rx is not None:
+        return "regex", _regex(rx), ignore_case
+    raise ConfigError(f.path, "string matcher needs one of exact, prefix, suffix, contains, "
+                              "safe_regex")
+
+
+def _regex(f: Fields) -> re.Pattern[str]:
+    """type.matcher.v3.RegexMatcher (RE2; Python's re agrees on the common subset)."""
+    f.ignore("google_re2")  # the only engine; its max_program_size is deprecated
+    src = f.string("regex", required=True)
+    f.done()
+    try:
+        return re.compile(src)
+    except re.error as e:
+        raise ConfigError(f.at("regex"), f"invalid regex {src!r}: {e}") from None
+
+
+def _header_matcher(f: Fields) -> HeaderMatcher:
+    name = f.string("name", required=True).lower()
+    invert = bool(f.boolean("invert_match", False))
+    m: HeaderMatcher
+    if f.has("present_match"):
+        m = HeaderMatcher(name, "present", bool(f.boolean("present_match")), invert)
+    elif f.has("exact_match"):
+        m = HeaderMatcher(name, "exact", f.string("exact_match"), invert)
+    elif f.has("prefix_match"):
+        m = HeaderMatcher(name, "prefix", f.string("prefix_match"), invert)
+    elif f.has("suffix_match"):
+        m = HeaderMatcher(name, "suffix", f.string("suffix_match"), invert)
+    elif f.has("safe_regex_match"):
+        m = HeaderMatcher(name, "regex", _regex(f.fields("safe_regex_match") or f), invert)
+    elif f.has("string_match"):
+        sm = f.fields("string_match", "StringMatcher")
+        assert sm is not None
+        kind, value, icase = _string_matcher(sm)
+        sm.done()
+        m = HeaderMatcher(name, kind, value, invert, icase)
+    else:
+        m = HeaderMatcher(name, "present", True, invert)  # no matcher: header must exist
+    f.done()
+    return m
+
+
+def _route(f: Fields, vhost: VirtualHost) -> Route:
+    r = Route(name=f.string("name"), vhost=vhost)
+    match = f.fields("match", "RouteMatch")
+    if match is None:
+        raise ConfigError(f.at("match"), "required field is missing")
+    r.prefix = match.string("prefix")
+    r.path = match.string("path")
+    rx = match.fields("safe_regex", "RegexMatcher")
+    r.regex = _regex(rx) if rx is not None else None
+    if sum(x is not None for x in (r.prefix, r.path, r.regex)) != 1:
+        raise ConfigError(match.path, "route match needs exactly one of prefix, path, "
+                                      "safe_regex")
+    r.case_sensitive = bool(match.boolean("case_sensitive", True))
+    r.headers = tuple(_header_matcher(h) for h in match.each("headers", "HeaderMatcher"))
+    match.done()
+
+    action = f.fields("route", "RouteAction")
+    direct = f.fields("direct_response", "DirectResponseAction")
+    if (action is None) == (direct is None):
+        raise ConfigError(f.path, "a route needs exactly one of route, direct_response",
+                          "redirect and filter_action are not implemented by remora")
+    if action is not None:
+        r.cluster = action.string("cluster")
+        if r.cluster is None:
+            raise ConfigError(action.at("cluster"), "required field is missing",
+                              "weighted_clusters and cluster_header are not implemented")
+        r.timeout = action.duration("timeout", DEFAULT_ROUTE_TIMEOUT)
+        rp = action.fields("retry_policy", "RetryPolicy")
+        r.retry_policy = parse_retry_policy(rp) if rp is not None else vhost.retry_policy
+        _zero_only(action, "max_grpc_timeout")
+        msd = action.fields("max_stream_duration", "MaxStreamDuration")
+        if msd is not None:
+            _zero_only(msd, "max_stream_duration")
+            _zero_only(msd, "grpc_timeout_header_max")
+            msd.done()
+        action.done()
+    if direct is not None:
+        status = direct.integer("status", required=True)
+        body = direct.fields("body", "DataSource")
+        data = b""
+        if body is not None:
+            data = (body.string("inline_string", "") or "").encode()
+            body.done()
+        direct.done()
+        r.direct_response = (status, data)
+    f.ignore("decorator")  # only feeds tracing spans, which remora does not emit
+    r.per_filter = parse_typed_per_filter_config(f)
+    f.done()
+    return r
+
+
+def _zero_only(f: Fields, name: str) -> None:
+    """gRPC timeouts: Istio writes them as "0s" (disabled); anything else is unimplemented."""
+    v = f.duration(name)
+    if v:
+        raise ConfigError(f.at(name), "non-zero value is not implemented by remora",
+                          "remove it or set \"0s\"")
+
+
+def parse_route_configuration(f: Fields) -> RouteTable:
+    name = f.string("name", "") or ""
+    f.ignore("validate_clusters")  # routes to unknown clusters answer 503 NC at request time
+    per_filter = parse_typed_per_filter_config(f)
+    vhosts: list[VirtualHost] = []
+    for vf in f.each("virtual_hosts", "VirtualHost"):
+        vh = VirtualHost(name=vf.string("name", required=True),
+                         domains=tuple(vf.raw("domains", [])), routes=[])
+        if not vh.domains:
+            raise ConfigError(vf.at("domains"), "a virtual host needs at least one domain")
+        rp = vf.fields("retry_policy", "RetryPolicy")
+        vh.retry_policy = parse_retry_policy(rp) if rp is not None else None
+        vh.per_filter = parse_typed_per_filter_config(vf)
+        cors = vf.fields("cors", "CorsPolicy")  # deprecated v3 field, same as per-filter config
+        if cors is not None:
+            from remora.proxy.http.cors import parse_cors_policy
+            vh.per_filter.setdefault("envoy.filters.http.cors", parse_cors_policy(cors))
+            cors.done()
+        vh.routes = [_route(rf, vh) for rf in vf.each("routes", "Route")]
+        vf.done()
+        vhosts.append(vh)
+    f.done()
+    return RouteTable(name=name, vhosts=vhosts, per_filter=per_filter)

@@ -1,0 +1,349 @@
+"""``envoy.filters.http.router``: forwards a request to its route's cluster and relays the
+response, with pooling, retries, timeouts and Envoy's local replies when that fails.
+
+Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter
+Response bodies, flags and RESPONSE_CODE_DETAILS below were checked against Envoy 1.40
+(e.g. a refused upstream: 503 UF ``upstream connect error or disconnect/reset before
+headers. reset reason: remote connection failure`` with details
+``upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httptools
+
+from remora.proxy import registry
+from remora.proxy.config.strict import Fields
+from remora.proxy.http.codec import ResponseDecoder
+from remora.proxy.http.connection import BUFFER_LIMIT, READ_SIZE
+from remora.proxy.http.pool import PooledConnection, pool_for, pool_key
+from remora.proxy.http.retry import RetryPolicy
+from remora.proxy.http.route_config import Route
+from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http.upstream_request import BodySink, encode_request_head
+from remora.proxy.interfaces import Cluster, UpstreamError
+
+ROUTER_NAME = "envoy.filters.http.router"
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+
+_RESET_BODY = "upstream connect error or disconnect/reset before headers. "
+
+
+class _Failure(Exception):
+    """One attempt failed. KIND: connect, overflow, reset, protocol, status, per_try,
+    truncated (after the response started)."""
+
+    def __init__(self, kind: str, err: UpstreamError | None = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.err = err
+
+
+@registry.register("http", ROUTER_NAME, ROUTER_TYPE)
+def _factory(f: Fields, ctx: Any) -> Router:
+    suppress = bool(f.boolean("suppress_envoy_headers", False))
+    # start_child_span only shapes tracing spans; dynamic_stats only per-route stat names
+    f.ignore("start_child_span", "dynamic_stats")
+    f.done()
+    return Router(ctx, suppress)
+
+
+class Router:
+    terminal = True
+
+    def __init__(self, ctx: Any, suppress_envoy_headers: bool = False) -> None:
+        self.cluster_manager = ctx.cluster_manager
+        self.stats = ctx.stats
+        self.suppress = suppress_envoy_headers
+        self.pool = pool_for(self.cluster_manager)
+
+    async def decode_headers(self, stream: ActiveStream) -> bool:
+        route = stream.route
+        if route is None:
+            return stream.local_reply(404, b"", "route_not_found", "NR")
+        if route.direct_response is not None:
+            status, body = route.direct_response
+            return stream.local_reply(status, body, "direct_response")
+        assert route.cluster is not None
+        cluster = self.cluster_manager.get(route.cluster)
+        if cluster is None:
+            return stream.local_reply(503, b"", "cluster_not_found", "NC")
+        await _Forward(self, stream, route, cluster).run()
+        return False
+
+
+class _Forward:
+    """One request's trip upstream: attempts, retries, and the final outcome."""
+
+    def __init__(self, router: Router, stream: ActiveStream, route: Route,
+                 cluster: Cluster) -> None:
+        self.router = router
+        self.stream = stream
+        self.route = route
+        self.cluster = cluster
+        self.policy: RetryPolicy | None = route.retry_policy
+        self.retries_left = self.policy.num_retries if self.policy is not None else 0
+        self.retry_slots = 0  # "retries" circuit-breaker slots held
+        self.tried: set[str] = set()
+        self.current: PooledConnection | None = None
+        self.retry_status = 0
+        self.started = time.monotonic()
+        self.stat = f"cluster.{cluster.name}."
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        stream = self.stream
+        conn = stream.conn
+        loop = asyncio.get_running_loop()
+        timeout = self.route.timeout
+        timer = loop.call_later(timeout, conn.cancel_active, "timeout") if timeout > 0 else None
+        exclude: frozenset[str] = frozenset()
+        try:
+            while True:
+                per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+                slots = self.retry_slots  # held for this attempt; released when it ends
+                try_timer = (loop.call_later(per_try, conn.cancel_active, "per_try")
+                             if per_try > 0 else None)
+                try:
+                    await self._attempt(exclude)
+                    return
+                except _Failure as f:
+                    failure = f
+                except asyncio.CancelledError:
+                    reason = conn.cancel_reason
+                    if reason != "per_try":
+                        raise
+                    conn._take_cancel()
+                    failure = _Failure("per_try")
+                finally:
+                    if try_timer is not None:
+                        try_timer.cancel()
+                    self._drop_current()
+                    for _ in range(slots):
+                        self.cluster.release("retries")
+                    self.retry_slots -= slots
+                if failure.kind == "status" or self._may_retry(failure.kind):
+                    self.router.stats.inc(self.stat + "upstream_rq_retry")
+                    if self.policy is not None and self.policy.previous_hosts:
+                        exclude = frozenset(self.tried)
+                    n = (self.policy.num_retries if self.policy else 1) - self.retries_left
+                    await asyncio.sleep(self.policy.backoff(n) if self.policy else 0)
+                    continue
+                self._fail(failure)
+                return
+        except asyncio.CancelledError:
+            reason = conn._take_cancel()
+            if reason is None:
+                raise
+            self._drop_current()
+            self._interrupted(reason)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for _ in range(self.retry_slots):
+                self.cluster.release("retries")
+            self.retry_slots = 0
+
+    def _may_retry(self, kind: str) -> bool:
+        """Whether the policy retries KIND now; takes a "retries" circuit-breaker slot."""
+        p = self.policy
+        if p is None or self.stream.response_started:
+            return False
+        if kind == "connect":
+            wanted = p.retry_on_connect_failure()
+        elif kind in ("reset", "protocol"):
+            wanted = p.retry_on_reset(True)
+        elif kind == "per_try":
+            wanted = "5xx" in p.retry_on or "gateway-error" in p.retry_on
+        else:
+            wanted = False
+        return wanted and self._take_retry()
+
+    def _take_retry(self) -> bool:
+        if self.retries_left <= 0:
+            if self.policy is not None and self.policy.num_retries > 0:
+                self.stream.info.set_flag("URX")  # the retry limit was reached
+            return False
+        if not self.stream.req.retain:
+            return False  # the body outgrew the buffer: nothing to resend
+        if not self.cluster.try_acquire("retries"):
+            return False
+        self.retries_left -= 1
+        self.retry_slots += 1
+        return True
+
+    # -- one attempt ----------------------------------------------------------------------
+    async def _attempt(self, exclude: frozenset[str]) -> None:
+        stream, cluster, router = self.stream, self.cluster, self.router
+        info = stream.info
+        info.upstream_request_attempt_count += 1
+        if not cluster.try_acquire("requests"):
+            raise _Failure("connect", UpstreamError("UO", ""))
+        try:
+            facts = stream.conn.downstream.facts
+            key = pool_key(cluster.name, facts)
+            pc = router.pool.acquire(key, exclude)
+            if pc is None:
+                if not cluster.try_acquire("pending_requests"):
+                    raise _Failure("connect", UpstreamError("UO", ""))
+                try:
+                    up = await cluster.connect(facts, info, exclude)
+                except UpstreamError as err:
+                    if err.host:
+                        self.tried.add(err.host)
+                    raise _Failure("connect", err) from None
+                finally:
+                    cluster.release("pending_requests")
+                pc = PooledConnection(key, up)
+            else:
+                info.upstream_host = pc.host
+                info.upstream_local_address = pc.upstream.local_address
+            info.upstream_cluster = cluster.name
+            self.current = pc
+            self.tried.add(pc.host)
+            router.stats.inc(self.stat + "upstream_rq_total")
+            self._send_request(pc)
+            await self._relay_response(pc)
+        finally:
+            cluster.release("requests")
+
+    def _send_request(self, pc: PooledConnection) -> None:
+        stream, req = self.stream, self.stream.req
+        w = pc.upstream.writer
+        extra = None
+        if not self.router.suppress and self.route.timeout > 0:
+            remaining = self.route.timeout - (time.monotonic() - self.started)
+            per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+            if 0 < per_try < remaining:
+                remaining = per_try
+            extra = ("x-envoy-expected-rq-timeout-ms", str(max(int(remaining * 1000), 0)))
+        w.write(encode_request_head(stream.method, stream.path, stream.upstream_headers, extra))
+        sink = BodySink(w, req.chunked)
+        for chunk in req.body:
+            sink.data(chunk)
+        if req.complete:
+            if req.chunked:
+                sink.end()
+        else:
+            req.attach(sink, BUFFER_LIMIT)
+            stream.conn.resume_reading()
+
+    async def _relay_response(self, pc: PooledConnection) -> None:
+        stream = self.stream
+        reader = pc.upstream.reader
+        ds_transport = stream.conn.writer.transport
+        dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
+        while not dec.complete:
+            try:
+                data = await reader.read(READ_SIZE)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                if dec.eof_completes():
+                    dec.keep_alive = False
+                    break
+                raise _Failure("truncated" if dec.headers_done else "reset")
+            try:
+                dec.feed(data)
+            except httptools.HttpParserError:
+                raise _Failure("truncated" if dec.headers_done else "protocol") from None
+            if self.retry_status:
+                raise _Failure("status")
+            if ds_transport.get_write_buffer_size() > BUFFER_LIMIT:
+                await stream.conn.writer.drain()
+        stream.encode_end()
+        self._count_response(dec.status)
+        self.current = None
+        req = stream.req
+        if dec.keep_alive and req.complete:
+            req.sink = None
+            self.router.pool.release(pc)
+        else:
+            pc.close()
+
+    def _on_headers(self, dec: ResponseDecoder) -> None:
+        status = dec.status
+        p = self.policy
+        if p is not None and not self.stream.response_started:
+            grpc = next((v for n, v in dec.headers if n == "grpc-status"), None)
+            if p.retry_on_status(status, grpc) and self._take_retry():
+                self.retry_status = status
+                return
+        stream = self.stream
+        stream.info.response_code_details = "via_upstream"
+        framed = dec.chunked or dec.content_length is not None
+        chunked = dec.chunked or (not framed and status not in (204, 304) and not stream.head)
+        ms = int((time.monotonic() - self.started) * 1000)
+        stream.encode_headers(status, dec.headers, chunked=chunked,
+                              service_time_ms=None if self.router.suppress else ms)
+
+    def _count_response(self, status: int) -> None:
+        inc = self.router.stats.inc
+        inc(f"{self.stat}upstream_rq_{status // 100}xx")
+        inc(f"{self.stat}upstream_rq_{status}")
+        inc(self.stat + "upstream_rq_completed")
+
+    def _drop_current(self) -> None:
+        pc = self.current
+        if pc is not None:
+            self.current = None
+            pc.close()
+        req = self.stream.req
+        if req.sink is not None and not req.complete:
+            req.sink = None  # a retry attaches its own; the rest of the body is dropped
+
+    # -- outcomes -------------------------------------------------------------------------
+    def _fail(self, f: _Failure) -> None:
+        stream = self.stream
+        if f.kind == "truncated":
+            stream.info.set_flag("UPE")
+            stream.info.response_code_details = (
+                "upstream_reset_after_response_started{protocol_error}")
+            stream.closing = True
+            return
+        if f.kind == "status":
+            return  # unreachable: a retriable status is only withheld when retrying
+        retried = "retried and the latest " if stream.info.upstream_request_attempt_count > 1 \
+            else ""
+        if f.kind == "per_try":
+            self.router.stats.inc(self.stat + "upstream_rq_per_try_timeout")
+            stream.local_reply(504, b"upstream request timeout", "upstream_per_try_timeout",
+                               "UT")
+            return
+        if f.kind == "connect":
+            err = f.err
+            assert err is not None
+            if err.flag == "UH":
+                stream.local_reply(503, b"no healthy upstream", "no_healthy_upstream", "UH")
+                return
+            if err.flag == "UO":
+                reason, detail, flag = "overflow", "overflow", "UO"
+            elif not err.reason:
+                reason, detail, flag = "connection timeout", "connection_timeout", err.flag
+            else:
+                reason, flag = "remote connection failure", err.flag
+                detail = "remote_connection_failure|" + err.reason.replace(" ", "_")
+        elif f.kind == "protocol":
+            reason, detail, flag = "protocol error", "protocol_error", "UPE"
+        else:
+            reason, detail, flag = "connection termination", "connection_termination", "UC"
+        body = f"{_RESET_BODY}{retried}reset reason: {reason}".encode()
+        stream.local_reply(503, body, f"upstream_reset_before_response_started{{{detail}}}",
+                           flag)
+
+    def _interrupted(self, reason: str) -> None:
+        stream = self.stream
+        info = stream.info
+        if reason == "timeout":
+            self.router.stats.inc(self.stat + "upstream_rq_timeout")
+            stream.local_reply(504, b"upstream request timeout", "response_timeout", "UT")
+        elif reason == "codec":
+            stream.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
+        else:  # dc
+            info.set_flag("DC")
+            info.response_code_details = "downstream_remote_disconnect"
+            stream.closing = True

@@ -1,0 +1,245 @@
+"""One HTTP/1.1 request/response exchange on a downstream connection (Envoy's ActiveStream).
+
+Builds the request that goes upstream (headers.py's mutation, Envoy's header order: host
+first, then the client's headers, then what the connection manager adds), resolves the route,
+runs the HTTP filters, writes the response downstream, and at the end hands the request's
+StreamInfo to the connection manager's access loggers.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+from remora.proxy.http.codec import Request, status_line
+from remora.proxy.http.headers import (
+    HOP_BY_HOP,
+    escaped_slashes,
+    mutate_request,
+    normalize_path,
+    unescape_slashes,
+)
+from remora.proxy.http.route_config import Route
+from remora.proxy.stream_info import StreamInfo, format_address
+
+if TYPE_CHECKING:
+    from remora.proxy.http.connection import Http1Connection
+
+_RESPONSE_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding"})
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+class ActiveStream:
+    __slots__ = ("authority", "closing", "conn", "cors_origin", "head", "info", "method", "path",
+                 "req", "request_complete_at", "resp_chunked", "response_complete",
+                 "response_started", "route", "upstream_headers")
+
+    def __init__(self, conn: Http1Connection, req: Request) -> None:
+        self.conn = conn
+        self.req = req
+        ci = conn.downstream.info
+        self.info = info = StreamInfo(
+            downstream_local_address=ci.downstream_local_address,
+            downstream_remote_address=ci.downstream_remote_address,
+            downstream_direct_remote_address=ci.downstream_direct_remote_address,
+            requested_server_name=ci.requested_server_name, downstream_alpn=ci.downstream_alpn,
+            listener_name=ci.listener_name, filter_chain_name=ci.filter_chain_name,
+            protocol="HTTP/1.1")
+        info.dynamic_metadata.update(ci.dynamic_metadata)
+        self.method = req.method
+        self.head = req.method == "HEAD"
+        self.path = ""
+        self.authority = ""
+        self.route: Route | None = None
+        self.upstream_headers: list[tuple[str, str]] = []
+        self.response_started = False
+        self.response_complete = False
+        self.resp_chunked = False
+        self.closing = not req.keep_alive
+        self.request_complete_at = 0.0
+        self.cors_origin: tuple[str, object] | None = None  # set by the cors filter
+
+    # -- request side ---------------------------------------------------------------------
+    def prepare(self) -> bool:
+        """Decode-side work of the connection manager; False once a local reply was sent."""
+        req, cfg = self.req, self.conn.cfg
+        url = req.url
+        authority = req.hmap.get("host")
+        if not url.startswith("/"):
+            # absolute-form (a proxy request): its authority replaces Host
+            scheme_sep = url.find("://")
+            if scheme_sep > 0 and url[:scheme_sep].lower() in ("http", "https"):
+                rest = url[scheme_sep + 3:]
+                slash = rest.find("/")
+                authority, url = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        self.authority = authority or ""
+        info = self.info
+        hdrs = dict(req.hmap)
+        hdrs[":method"] = req.method
+        hdrs[":path"] = url
+        hdrs[":scheme"] = "http"
+        if authority is not None:
+            hdrs[":authority"] = authority
+        info.request_headers = hdrs
+        if authority is None:
+            return self.local_reply(400, b"Bad Request", "missing_host_header", "DPE", True)
+        if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
+            normalized = normalize_path(url, cfg.merge_slashes)
+            if normalized is None:
+                return self.local_reply(400, b"Bad Request", "path_normalization_failed",
+                                        "DPE", True)
+            url = normalized
+        if cfg.escaped_slashes != "KEEP_UNCHANGED" and escaped_slashes(url):
+            if cfg.escaped_slashes == "REJECT_REQUEST":
+                return self.local_reply(400, b"Bad Request", "path_normalization_failed",
+                                        "DPE", True)
+            url = unescape_slashes(url)
+        self.path = hdrs[":path"] = url
+
+        if req.hmap.get("expect", "").lower() == "100-continue" and not req.complete:
+            # Envoy answers 100-continue itself (proxy_100_continue false) and strips Expect
+            self.conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        ds = self.conn.downstream
+        mut = mutate_request(
+            req.hmap, ds.facts.remote_ip, use_remote_address=cfg.use_remote_address,
+            xff_num_trusted_hops=cfg.xff_num_trusted_hops, skip_xff_append=cfg.skip_xff_append,
+            generate_request_id=cfg.generate_request_id,
+            preserve_external_request_id=cfg.preserve_external_request_id, scheme="http",
+            node_ip=self.conn.node_ip(), sanitize_xfcc=self.conn.sanitize_xfcc)
+        if mut.final_remote_ip is not None:
+            # Envoy's downstream remote address becomes the trusted XFF client (port 0)
+            info.downstream_remote_address = format_address(mut.final_remote_ip, 0)
+        sets = dict(mut.set)
+        remove = mut.remove
+        placed: set[str] = set()
+        out = [("host", self.authority)]
+        for n, v in req.headers:
+            if n in HOP_BY_HOP or n in remove:
+                if n == "upgrade" and req.upgrade and cfg.websocket:
+                    out.append((n, v))
+                continue
+            if n in sets:
+                if n in placed:
+                    continue  # a repeated header that was set is sent once
+                v = sets[n]
+                placed.add(n)
+            out.append((n, v))
+        for n, v in mut.set:
+            if n not in placed:
+                out.append((n, v))
+            hdrs[n] = v
+        for n in remove:
+            hdrs.pop(n, None)
+        if req.upgrade and cfg.websocket:
+            out.append(("connection", "upgrade"))
+        elif req.chunked:
+            out.append(("transfer-encoding", "chunked"))
+        self.upstream_headers = out
+
+        route = self.route = cfg.route_table.route(self.authority, url, hdrs)
+        if route is not None:
+            info.route_name = route.name
+            info.upstream_cluster = route.cluster
+        return True
+
+    # -- response side --------------------------------------------------------------------
+    def encode_headers(self, status: int, headers: list[tuple[str, str]], *, chunked: bool,
+                       service_time_ms: int | None = None,
+                       tail: tuple[tuple[str, str], ...] = ()) -> None:
+        """Write the response head downstream; CHUNKED: body is re-framed as chunks."""
+        cfg = self.conn.cfg
+        self.response_started = True
+        info = self.info
+        info.response_code = status
+        parts = [status_line(status)]
+        resp: dict[str, str] = {}
+        server_seen = False
+        for n, v in headers:
+            if n in _RESPONSE_HOP:
+                continue
+            if n == "content-length" and status == 204:
+                continue  # RFC 9110 8.6: never on a 204
+            if n == "server":
+                if cfg.server_header_transformation == "OVERWRITE":
+                    continue
+                server_seen = True
+            resp[n] = v
+            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
+        if service_time_ms is not None:
+            v = str(service_time_ms)
+            resp["x-envoy-upstream-service-time"] = v
+            parts.append(b"x-envoy-upstream-service-time: %s\r\n" % v.encode())
+        extra: list[tuple[str, str]] = []
+        for f in self.conn.encoders:
+            f.encode_headers(self, status, extra)
+        for n, v in extra:
+            resp[n] = v
+            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
+        if "date" not in resp:
+            date = http_date()
+            resp["date"] = date.decode()
+            parts.append(b"date: " + date + b"\r\n")
+        if not server_seen:
+            resp["server"] = cfg.server_name
+            parts.append(b"server: %s\r\n" % cfg.server_name.encode("latin-1"))
+        for n, v in tail:
+            resp[n] = v
+            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
+        self.resp_chunked = chunked and not self.head and status not in (204, 304)
+        if self.resp_chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if self.closing or self.conn.draining:
+            self.closing = True
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        info.response_headers = resp
+        self.conn.writer.write(b"".join(parts))
+
+    def encode_data(self, data: bytes) -> None:
+        if not data or self.head:
+            return
+        self.info.bytes_sent += len(data)
+        if self.resp_chunked:
+            self.conn.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.conn.writer.write(data)
+
+    def encode_end(self) -> None:
+        if self.resp_chunked:
+            self.conn.writer.write(b"0\r\n\r\n")
+        self.response_complete = True
+
+    def local_reply(self, status: int, body: bytes, details: str, flag: str | None = None,
+                    close: bool = False, headers: list[tuple[str, str]] | None = None) -> bool:
+        """Envoy's sendLocalReply: a text/plain answer from the proxy itself. Returns False
+        (the filter chain stops). After the response started only the flag is recorded and
+        the connection is closed, since the response can no longer change."""
+        info = self.info
+        info.response_code_details = details
+        if flag is not None:
+            info.set_flag(flag)
+        if close:
+            self.closing = True
+        if self.response_started:
+            self.closing = True
+            return False
+        hs = list(headers or ())
+        if body:
+            hs += [("content-length", str(len(body))), ("content-type", "text/plain")]
+            self.encode_headers(status, hs, chunked=False)
+        else:
+            # Envoy puts content-length: 0 after date and server on bodiless local replies
+            self.encode_headers(status, hs, chunked=False, tail=(("content-length", "0"),))
+        self.encode_data(body)
+        self.encode_end()
+        return False
