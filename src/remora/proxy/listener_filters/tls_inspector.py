@@ -35,10 +35,10 @@ def parse_client_hello(data: bytes) -> Hello:
     body = bytearray()
     pos = 0
     while True:
+        if len(data) > pos + 1 and (data[pos] != HANDSHAKE or data[pos + 1] != 3):
+            return Hello("not_tls")
         if len(data) < pos + 5:
             return Hello("need_more")
-        if data[pos] != HANDSHAKE or data[pos + 1] != 3:
-            return Hello("not_tls")
         length = int.from_bytes(data[pos + 3:pos + 5], "big")
         if len(data) < pos + 5 + length:
             if len(data) >= PEEK_MAX:

@@ -1,0 +1,87 @@
+"""In-process proxy on loopback for unit tests: build bootstraps, run a Server, talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from remora.proxy.config.bootstrap import parse_bootstrap
+from remora.proxy.server.runtime import Server
+
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+
+def addr(ip: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": ip, "port_value": port}}
+
+
+def tcp_listener(name: str, port: int, cluster: str, log_path: str | None = None,
+                 **tcp: Any) -> dict[str, Any]:
+    typed: dict[str, Any] = {"@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster, **tcp}
+    if log_path:
+        typed["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": FILE_LOG, "path": log_path}}]
+    return {"name": name, "address": addr("127.0.0.1", port),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                            "typed_config": typed}]}]}
+
+
+def static_cluster(name: str, *ports: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", **extra,
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": addr("127.0.0.1", p)}} for p in ports]}]}}
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_atomic(path: Path, doc: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+@asynccontextmanager
+async def running(doc: dict[str, Any], tmp_path: Path) -> AsyncIterator[Server]:
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(doc))
+    server = Server(parse_bootstrap(doc, str(path)))
+    server.load()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        for task in list(server.connections):
+            task.cancel()
+
+
+async def upstream(handler: Any) -> tuple[asyncio.base_events.Server, int]:
+    srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return srv, int(srv.sockets[0].getsockname()[1])
+
+
+async def echo_upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    data = await reader.read()
+    writer.write(data.upper())
+    await writer.drain()
+    writer.close()
+
+
+async def until(predicate: Any, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
