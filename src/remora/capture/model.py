@@ -70,16 +70,16 @@ class RuleSet:
 
 
 @dataclass(frozen=True)
-class _Ranges:
+class Ranges:
     wildcard: bool = False
     cidrs: tuple[str, ...] = ()
     has_loopback: bool = False
 
 
-def _separate(items: tuple[str, ...]) -> tuple[_Ranges, _Ranges]:
+def separate_ranges(items: tuple[str, ...]) -> tuple[Ranges, Ranges]:
     """run.go separateV4V6 (items are already valid prefixes)."""
     if items == ("*",):
-        return _Ranges(wildcard=True), _Ranges(wildcard=True)
+        return Ranges(wildcard=True), Ranges(wildcard=True)
     v4: list[str] = []
     v6: list[str] = []
     loop4 = loop6 = False
@@ -91,7 +91,7 @@ def _separate(items: tuple[str, ...]) -> tuple[_Ranges, _Ranges]:
         else:
             v6.append(item)
             loop6 = loop6 or addr == ipaddress.IPv6Address("::1")
-    return _Ranges(False, tuple(v4), loop4), _Ranges(False, tuple(v6), loop6)
+    return Ranges(False, tuple(v4), loop4), Ranges(False, tuple(v6), loop6)
 
 
 class _Builder:
@@ -137,8 +137,8 @@ def build(config: CaptureConfig) -> RuleSet:
     dns6 = c.dns_servers_v6 or ()
     b = _Builder(ipv6)
     lo4 = c.host_ipv4_loopback_cidr
-    _excl4, _excl6 = _separate(c.outbound_ip_ranges_exclude)
-    incl4, incl6 = _separate(c.outbound_ip_ranges_include)
+    _excl4, _excl6 = separate_ranges(c.outbound_ip_ranges_exclude)
+    incl4, incl6 = separate_ranges(c.outbound_ip_ranges_include)
     # "REDIRECT_DNS is set, but CAPTURE_ALL_DNS is false, and no DNS servers provided.
     # DNS capture disabled."
     redirect_dns = c.redirect_dns and (c.capture_all_dns or bool(dns4) or bool(dns6))
@@ -314,7 +314,7 @@ def _dns(b: _Builder, c: CaptureConfig, dns4: tuple[str, ...], dns6: tuple[str, 
                     "-j", "CT", "--zone", "1")
 
 
-def _outbound_include(append: Callable[..., None], insert: Callable[..., None], ranges: _Ranges,
+def _outbound_include(append: Callable[..., None], insert: Callable[..., None], ranges: Ranges,
                       c: CaptureConfig) -> None:
     """run.go handleOutboundIncludeRules, once per family."""
     if ranges.wildcard:
