@@ -84,7 +84,7 @@ class Admin:
                              f"x-content-type-options: nosniff\r\n"
                              f"server: envoy\r\n\r\n".encode() + data)
                 await writer.drain()
-                if target.startswith("/quitquitquit"):
+                if target.startswith("/quitquitquit") and status == 200:
                     self.on_quit()
                     break
                 if headers.get("connection", "").lower() == "close":

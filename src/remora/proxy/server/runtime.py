@@ -200,9 +200,10 @@ class Server:
     def _watch_eds(self, cfg: ClusterConfig) -> None:
         if cfg.eds_path:
             eds_path = cfg.eds_path
-            self._watch(eds_path, lambda: self._reload_eds(eds_path))
-            if eds_path in self._watched:
+            if eds_path in self._watched:  # a new cluster on a file already watched
                 self._apply_eds_quiet(eds_path)
+            else:
+                self._watch(eds_path, lambda: self._reload_eds(eds_path))
 
     def _apply_eds_quiet(self, path: str) -> None:
         with contextlib.suppress(RemoraError):  # counted and logged by _reload_eds
