@@ -166,6 +166,7 @@ def test_admin_endpoints(tmp_path: Path) -> None:
             assert await roundtrip(r, w, b"1") == b"A:1"
             assert await http(aport, "GET", "/ready") == (200, "LIVE\n")
             status, body = await http(aport, "GET", "/config_dump?include_eds")
+            assert status == 200
             dump = json.loads(body)
             types = [c["@type"].rsplit(".", 1)[1] for c in dump["configs"]]
             assert types == ["BootstrapConfigDump", "ClustersConfigDump", "EndpointsConfigDump",
