@@ -6,6 +6,7 @@ Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import socket
@@ -61,11 +62,17 @@ class HttpConnectionManager:
 
     async def serve(self, stream: ActiveStream) -> None:
         self.stats.inc(self._rq_total)
-        if not stream.prepare():
-            return
-        for f in self.decoders:
-            if not await f.decode_headers(stream):
+        try:
+            if not stream.prepare():
                 return
+            for f in self.decoders:
+                if not await f.decode_headers(stream):
+                    return
+        except asyncio.CancelledError:
+            reason = stream.conn._take_cancel()
+            if reason is None:
+                raise
+            stream.interrupted(reason)
 
     def complete(self, stream: ActiveStream) -> None:
         """The stream is over (answered, failed or abandoned): log it."""

@@ -33,6 +33,10 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 _RESET_BODY = "upstream connect error or disconnect/reset before headers. "
 
 
+def _discard(data: bytes) -> None:
+    pass
+
+
 class _Failure(Exception):
     """One attempt failed. KIND: connect, overflow, reset, protocol, status, per_try,
     truncated (after the response started)."""
@@ -181,6 +185,7 @@ class _Forward:
         stream, cluster, router = self.stream, self.cluster, self.router
         info = stream.info
         info.upstream_request_attempt_count += 1
+        self.retry_status = 0
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
@@ -271,7 +276,8 @@ class _Forward:
         if p is not None and not self.stream.response_started:
             grpc = next((v for n, v in dec.headers if n == "grpc-status"), None)
             if p.retry_on_status(status, grpc) and self._take_retry():
-                self.retry_status = status
+                self.retry_status = status  # withheld; the attempt ends and is retried
+                dec.on_data = _discard
                 return
         stream = self.stream
         stream.info.response_code_details = "via_upstream"
@@ -336,14 +342,6 @@ class _Forward:
                            flag)
 
     def _interrupted(self, reason: str) -> None:
-        stream = self.stream
-        info = stream.info
         if reason == "timeout":
             self.router.stats.inc(self.stat + "upstream_rq_timeout")
-            stream.local_reply(504, b"upstream request timeout", "response_timeout", "UT")
-        elif reason == "codec":
-            stream.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
-        else:  # dc
-            info.set_flag("DC")
-            info.response_code_details = "downstream_remote_disconnect"
-            stream.closing = True
+        self.stream.interrupted(reason)

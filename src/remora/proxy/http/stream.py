@@ -243,3 +243,15 @@ class ActiveStream:
         self.encode_data(body)
         self.encode_end()
         return False
+
+    def interrupted(self, reason: str) -> None:
+        """The connection cancelled this stream: route timeout, malformed body or the
+        downstream going away (the reasons Http1Connection.cancel_active gives)."""
+        if reason == "timeout":
+            self.local_reply(504, b"upstream request timeout", "response_timeout", "UT")
+        elif reason == "codec":
+            self.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
+        else:  # "dc"; a per-try timeout never leaves the router
+            self.info.set_flag("DC")
+            self.info.response_code_details = "downstream_remote_disconnect"
+            self.closing = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -80,7 +81,7 @@ class FakeCluster:
         try:
             reader, writer = await asyncio.open_connection(ip, port, local_addr=local)
         except OSError as e:
-            reason = f"delayed connect error: {e.strerror or e}"
+            reason = f"delayed connect error: {os.strerror(e.errno or 0)}"
             info.upstream_transport_failure_reason = reason
             raise UpstreamError("UF", reason, host) from None
         la = writer.get_extra_info("sockname")
@@ -165,7 +166,7 @@ def hcm_config(routes: list[dict[str, Any]] | None = None, *, domains: list[str]
 async def proxy(hcm: Any, original_src: bool = False,
                 remote_override: str | None = None) -> AsyncIterator[tuple[str, int]]:
     """Listen on 127.0.0.1:0 and hand each accepted connection to HCM as a Downstream."""
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: dict[asyncio.Task[Any], FakeDownstream] = {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -181,12 +182,12 @@ async def proxy(hcm: Any, original_src: bool = False,
         ds = FakeDownstream(reader, writer, facts, info)
         task = asyncio.current_task()
         assert task is not None
-        tasks.add(task)  # type: ignore[arg-type]
+        tasks[task] = ds
         try:
             await hcm.on_connection(ds)
         finally:
             ds.close()
-            tasks.discard(task)  # type: ignore[arg-type]
+            tasks.pop(task, None)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -194,9 +195,12 @@ async def proxy(hcm: Any, original_src: bool = False,
         yield ("127.0.0.1", port)
     finally:
         server.close()
-        for t in list(tasks):
-            t.cancel()
-        await asyncio.sleep(0)
+        # end the connections the way a client would (EOF), so no task is left cancelled
+        for ds in list(tasks.values()):
+            with contextlib.suppress(Exception):
+                ds.writer.transport.abort()
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=2)
 
 
 # -- the upstream app ------------------------------------------------------------------
