@@ -240,6 +240,7 @@ def _partial_fallback(cfg: EnvoyConfig, chains: list[JSON], conn: ConnInfo,
     for want in (conn.dst_port, None):
         for c in chains:
             if (c.get("filter_chain_match") or {}).get("destination_port") == want:
+                t.chain_reasons = (f"destination_port {want or 'any'} only (excerpt)",)
                 t.notes.append(
                     f"the given excerpt of {t.listener} has no chain for "
                     f"{conn.transport_protocol} on port {conn.dst_port}; chose "

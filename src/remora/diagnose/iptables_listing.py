@@ -186,7 +186,8 @@ def parse_rule_line(table: str, chain: str, index: int, line: str, header: list[
         matches.append(AddrMatch(neg, which, parse_net(raw), raw))
     extra, tgt = parse_extras(toks[pos + 2 :], target)
     matches.extend(extra)
-    return Rule(table, chain, index, tuple(matches), tgt, counters, " ".join(line.split()))
+    shown = toks[2:] if counters is not None else toks  # counters are shown on their own
+    return Rule(table, chain, index, tuple(matches), tgt, counters, " ".join(shown))
 
 
 def _is_proto(tok: str) -> bool:

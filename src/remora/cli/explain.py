@@ -1,0 +1,135 @@
+"""`remora explain source-ip`: where a client's IP is lost, why, and how to keep it.
+
+Offline it reads what a user collects from a real cluster (docs/explain.md); the live form
+(`--from POD -n NS --to SERVICE[:PORT]`) needs the remora lab and is refused until then.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+
+from remora.diagnose import evidence_files as files
+from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.facts import split_hostport
+from remora.errors import RemoraError, UsageError
+
+_SIDE_HELP = "repeatable; prefix client= or server= (default server)"
+
+
+@click.group("explain")
+def explain() -> None:
+    """Explain a connection's path through capture rules and sidecar config."""
+
+
+def _pod(pod: PodEvidence, ref: str | None, ip: str | None, namespace: str | None) -> None:
+    if ref:
+        name, _, ns = ref.partition(".")
+        pod.pod, pod.namespace = name, ns or namespace
+    elif namespace:
+        pod.namespace = namespace
+    if ip:
+        pod.ip = ip
+
+
+def _write_diagram(path: Path, svg: str) -> str:
+    if path.suffix.lower() != ".png":
+        path.write_text(svg)
+        return f"diagram written to {path}"
+    tmp = path.with_suffix(".svg")
+    tmp.write_text(svg)
+    converters = [["rsvg-convert", "-o", str(path), str(tmp)],
+                  ["magick", str(tmp), str(path)],
+                  ["inkscape", str(tmp), "--export-filename", str(path)]]
+    for argv in converters:
+        if shutil.which(argv[0]) is None:
+            continue
+        done = subprocess.run(argv, capture_output=True, check=False)
+        if done.returncode == 0 and path.exists():
+            return f"diagram written to {path} (and {tmp})"
+    raise RemoraError(f"cannot make {path}: PNG needs rsvg-convert (librsvg) or ImageMagick, "
+                      f"and none is installed; the SVG was written to {tmp}",
+                      "open the .svg, or install librsvg2-bin and run again")
+
+
+@explain.command("source-ip")
+@click.option("--istio-dump", type=click.Path(path_type=Path), metavar="DIR",
+              help="directory with client/ and server/ evidence (see docs/explain.md)")
+@click.option("--config-dump", multiple=True, metavar="[SIDE=]FILE",
+              help="istioctl proxy-config all -o json, /config_dump, or listener/cluster "
+                   f"JSON; {_SIDE_HELP}")
+@click.option("--iptables", multiple=True, metavar="[SIDE=]FILE",
+              help=f"iptables-save output or `iptables -t nat|mangle -L -v`; {_SIDE_HELP}")
+@click.option("--access-log", multiple=True, metavar="[SIDE=]FILE",
+              help=f"istio-proxy access log (text or JSON); {_SIDE_HELP}")
+@click.option("--client-ip", metavar="IP", help="client pod IP (else from the evidence)")
+@click.option("--server-ip", metavar="IP", help="server pod IP (else from the evidence)")
+@click.option("--client-pod", metavar="POD[.NS]", help="client pod name, for the commands shown")
+@click.option("--server-pod", metavar="POD[.NS]",
+              help="server pod name, for the fix and the commands shown")
+@click.option("--to", "to", metavar="HOST[:PORT]",
+              help="what the client connects to: service name or IP, and port")
+@click.option("--from", "from_", metavar="POD", help="live: the client pod in the remora lab")
+@click.option("-n", "--namespace", metavar="NS", help="namespace of the pods")
+@click.option("--path", "http_path", default="/", show_default=True,
+              help="HTTP path, for route matching")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--diagram", type=click.Path(path_type=Path), metavar="FILE.svg|FILE.png",
+              help="also draw the path, marking where the source address changes")
+@click.option("--compare", is_flag=True,
+              help="table: what the app sees under REDIRECT/TPROXY and each header option")
+def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
+              access_log: tuple[str, ...], client_ip: str | None, server_ip: str | None,
+              client_pod: str | None, server_pod: str | None, to: str | None,
+              from_: str | None, namespace: str | None, http_path: str, output: str,
+              diagram: Path | None, compare: bool) -> None:
+    """Which address the server's app sees for a client, step by step, and the fix."""
+    if from_:
+        raise RemoraError("the live form (--from POD) needs the remora lab, which is not "
+                          "available in this build yet",
+                          "use the offline form: --istio-dump DIR, or --config-dump / "
+                          "--iptables / --access-log files")
+    if not (istio_dump or config_dump or iptables or access_log):
+        raise UsageError("no evidence given",
+                         "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "
+                         "files (see `remora explain source-ip --help`)")
+    from remora.diagnose.source_ip import explain_source_ip
+    from remora.diagnose.source_ip_compare import compare_table, render_compare
+    from remora.diagnose.source_ip_render import render_json, render_text
+    from remora.diagnose.source_ip_svg import render_svg
+
+    ev = Evidence()
+    if istio_dump:
+        files.load_dump_dir(istio_dump, ev)
+    for values, add in ((config_dump, files.add_config), (iptables, files.add_iptables),
+                        (access_log, files.add_access_log)):
+        for value in values:
+            side, path = files.split_side(value)
+            add(ev.client if side == "client" else ev.server, path)
+    _pod(ev.client, client_pod, client_ip, namespace)
+    _pod(ev.server, server_pod, server_ip, namespace)
+    if to:
+        host, port = split_hostport(to)
+        if port is None and to.rsplit(":", 1)[-1].isdigit() is False and ":" in to:
+            raise UsageError(f"--to {to}: the port is not a number", "use --to HOST:PORT")
+        ev.target.host, ev.target.port = host or None, port
+    ev.target.path = http_path
+    report = explain_source_ip(ev)
+    if compare:
+        table = compare_table(ev, report)
+        if output == "json":
+            import json
+
+            click.echo(json.dumps([row.__dict__ for row in table], indent=2))
+        else:
+            click.echo(render_compare(table), nl=False)
+    elif output == "json":
+        click.echo(render_json(report), nl=False)
+    else:
+        click.echo(render_text(report), nl=False)
+    if diagram is not None:
+        click.echo(_write_diagram(diagram, render_svg(report)), err=True)
