@@ -89,6 +89,11 @@ def _ensure_node(prefix: str, plan: AddressPlan, node: NodeNet, fabric: str) -> 
     with netlink.rtnl(node.netns) as ipr:
         _up(ipr, "lo")
         _ensure_addr(ipr, "lo", str(plan.dns_ip), 32)
+        # The whole service CIDR is local to the node (AnyIP): traffic to a ClusterIP that
+        # kube-proxy's rules did not DNAT (no endpoints, no such service) is refused at
+        # the node, as on a cluster, instead of being unroutable.
+        ipr.route("replace", dst=str(plan.service_cidr), type="local", table=255, scope=254,
+                  oif=netlink.link_index(ipr, "lo"))
         if not ipr.link_lookup(ifname=naming.BRIDGE):
             ipr.link("add", ifname=naming.BRIDGE, kind="bridge")
         _ensure_addr(ipr, naming.BRIDGE, str(node.subnet.gateway), node.subnet.subnet.prefixlen)

@@ -1,0 +1,226 @@
+"""The node daemon: restarts, adoption after its own restart, hooks, delete and down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remora.node import naming, process
+from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
+from remora.node.process import ProcessSpec
+from remora.node.testing import TempNode
+
+pytestmark = pytest.mark.netns
+
+
+def pod(name: str, argv: list[str], ns: str = "default", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {"containers": [{"name": "main", "image": "x", "command": argv}], **spec}}
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def get_pod(node: TempNode, name: str, ns: str = "default") -> dict[str, Any] | None:
+    return next((p for p in node.client.get("Pod", ns) if p["metadata"]["name"] == name), None)
+
+
+def test_crashing_container_is_restarted_and_counted() -> None:
+    with TempNode() as node:
+        node.client.apply([pod("crash", ["sh", "-c", "echo run $$; exit 3"])])
+
+        def restarted_twice() -> dict[str, Any] | None:
+            p = get_pod(node, "crash")
+            return p if p and p["remora"]["restarts"] >= 2 else None
+
+        p = wait_for(restarted_twice, timeout=10)
+        status = p["status"]["containerStatuses"][0]
+        assert status["restartCount"] >= 2
+        assert p["remora"]["status"] in ("CrashLoopBackOff", "Error", "Running")
+        logs = node.client.logs("default", "crash")
+        previous = node.client.logs("default", "crash", previous=True)
+        assert "run " in previous["text"]  # the last run before this one kept its log
+        assert Path(logs["path"]).parent == Path(previous["path"]).parent
+    assert not node.leftovers()
+
+
+def test_daemon_restart_adopts_running_pods() -> None:
+    with TempNode() as node:
+        node.client.apply([pod("steady", ["sleep", "300"]), pod("other", ["sleep", "301"])])
+        before = {p["metadata"]["name"]: p for p in node.client.wait_ready(timeout=15)}
+        pids = {n: p["status"]["containerStatuses"][0]["state"]["pid"] for n, p in before.items()}
+        for how in (signal.SIGTERM, signal.SIGKILL):
+            os.kill(node.daemon_pid(), how)
+            wait_for(lambda: not node.client.alive())
+            node.start()
+            after = {p["metadata"]["name"]: p for p in node.client.wait_ready(timeout=15)}
+            assert {n: p["status"]["containerStatuses"][0]["state"]["pid"]
+                    for n, p in after.items()} == pids
+            assert all(p["remora"]["restarts"] == 0 for p in after.values())
+            assert {n: p["status"]["podIP"] for n, p in after.items()} == {
+                n: p["status"]["podIP"] for n, p in before.items()}
+        # an adopted process that dies is noticed and restarted
+        os.kill(pids["steady"], signal.SIGKILL)
+        p = wait_for(lambda: (x := get_pod(node, "steady")) and x["remora"]["restarts"] == 1
+                     and x["status"]["ready"] and x)
+        assert p["status"]["containerStatuses"][0]["state"]["pid"] != pids["steady"]
+    assert not node.leftovers()
+
+
+def test_pid_reuse_is_not_adopted() -> None:
+    own = os.getpid()
+    ticks = process.start_ticks(own)
+    assert ticks is not None
+    argv = process.cmdline(own)
+    assert process.matches(own, ticks, argv, None)
+    assert not process.matches(own, ticks + 1, argv, None)  # same PID, other start time
+    assert not process.matches(own, ticks, ["sleep", "300"], None)  # other program
+
+
+class RecordingSetup(PodSetup):
+    """A lab-like setup: injects an init container and a 'sidecar' with a ready port."""
+
+    def admit(self, pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
+        labels = (namespace or {}).get("metadata", {}).get("labels", {})
+        if labels.get("istio-injection") != "enabled":
+            return pod
+        pod["spec"]["initContainers"] = [{"name": "istio-init", "image": "proxyv2",
+                                          "command": ["sh", "-c", "echo init-ran"]}]
+        pod["spec"]["containers"].append({"name": "istio-proxy", "image": "proxyv2"})
+        return pod
+
+    def prepare(self, ctx: PodContext) -> None:
+        (ctx.pod_dir / "bootstrap.json").write_text(json.dumps({"ip": ctx.ip}))
+
+    def process(self, ctx: PodContext, container: dict[str, Any], init: bool) -> ProcessSpec:
+        if container["name"] != "istio-proxy":
+            return super().process(ctx, container, init)
+        # ready only once port 15021 accepts, and it opens after a delay
+        code = ("import socket,time;time.sleep(0.5);s=socket.socket();"
+                "s.bind(('127.0.0.1',15021));s.listen();time.sleep(300)")
+        return ProcessSpec([sys.executable, "-c", code], env=dict(os.environ), gid=1337,
+                           ready_port=15021)
+
+    def cluster_changed(self, snapshot: ClusterSnapshot, pods: list[PodContext]) -> None:
+        record = {f"{ns}/{svc}": sorted(e["ip"] for e in eps)
+                  for (ns, svc), eps in snapshot.endpoints.items()}
+        for ctx in pods:
+            (ctx.pod_dir / "eds.json").write_text(json.dumps(record))
+
+
+def test_pod_setup_hooks_shape_the_pod() -> None:
+    with TempNode(pod_setup=f"{__name__}:RecordingSetup") as node:
+        node.client.apply([
+            {"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": "mesh", "labels": {"istio-injection": "enabled"}}},
+            pod("app", ["sleep", "300"], ns="mesh"),
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "mesh"},
+             "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}},
+        ])
+        p = wait_for(lambda: (x := get_pod(node, "app", "mesh")) and x["remora"]["ready"] == "1/2"
+                     and x)
+        assert not p["status"]["ready"]  # the sidecar's port is not open yet
+        p = node.client.wait_ready("mesh", timeout=10)[0]
+        assert p["remora"]["ready"] == "2/2"
+        assert [c["name"] for c in p["spec"]["containers"]] == ["main", "istio-proxy"]
+        init = p["status"]["initContainerStatuses"][0]
+        assert init["state"]["terminated"]["exitCode"] == 0
+        assert node.client.logs("mesh", "app", "istio-init")["text"] == "init-ran\n"
+        pod_dir = next((node.state_dir / "pods").iterdir())
+        assert json.loads((pod_dir / "bootstrap.json").read_text()) == {"ip": p["status"]["podIP"]}
+        eds = wait_for(lambda: (pod_dir / "eds.json").exists() and json.loads(
+            (pod_dir / "eds.json").read_text()).get("mesh/app"))
+        assert eds == [p["status"]["podIP"]]
+        # the sidecar process runs with group 1337
+        pid = p["status"]["containerStatuses"][1]["state"]["pid"]
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "\nGid:\t1337\t1337\t1337\t1337" in status
+    assert not node.leftovers()
+
+
+def test_delete_pod_releases_namespace_files_and_ip() -> None:
+    with TempNode() as node:
+        node.client.apply([pod("a", ["sleep", "300"])])
+        first = node.client.wait_ready(timeout=10)[0]
+        netns_name = first["remora"]["netns"]
+        assert Path(f"/etc/netns/{netns_name}/resolv.conf").exists()
+        pid = first["status"]["containerStatuses"][0]["state"]["pid"]
+        node.client.delete("Pod", "a")
+        wait_for(lambda: get_pod(node, "a") is None)
+        assert not Path(f"/run/netns/{netns_name}").exists()
+        assert not Path(f"/etc/netns/{netns_name}").exists()
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        node.client.apply([pod("b", ["sleep", "300"])])
+        second = node.client.wait_ready(timeout=10)[0]
+        assert second["status"]["podIP"] == first["status"]["podIP"]  # released, reused
+    assert not node.leftovers()
+
+
+def test_deployment_rollout_replaces_pod_with_new_name() -> None:
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment",
+              "metadata": {"name": "web", "namespace": "demo"},
+              "spec": {"selector": {"matchLabels": {"app": "web"}},
+                       "template": {"metadata": {"labels": {"app": "web"}},
+                                    "spec": {"containers": [{"name": "c", "image": "x",
+                                                             "command": ["sleep", "300"]}]}}}}
+    with TempNode() as node:
+        node.client.apply([deploy])
+        old = node.client.wait_ready("demo", timeout=10)[0]["metadata"]["name"]
+        assert old.startswith("web-")
+        deploy["spec"]["template"]["metadata"]["annotations"] = {
+            "sidecar.istio.io/interceptionMode": "TPROXY"}
+        assert node.client.apply([deploy]) == ["deployment/web configured"]
+
+        def rolled() -> bool:
+            pods = node.client.get("Pod", "demo")
+            d = node.client.get("Deployment", "demo")[0]["status"]
+            return (len(pods) == 1 and pods[0]["metadata"]["name"] != old
+                    and pods[0]["status"]["ready"] and d["updatedReplicas"] == 1)
+
+        wait_for(rolled)
+        new = node.client.get("Pod", "demo")[0]
+        assert new["metadata"]["annotations"] == {"sidecar.istio.io/interceptionMode": "TPROXY"}
+        assert new["metadata"]["labels"]["pod-template-hash"] in new["metadata"]["name"]
+    assert not node.leftovers()
+
+
+def test_down_leaves_nothing_behind() -> None:
+    node = TempNode(nodes=2)
+    try:
+        node.start()
+        node.client.apply([pod("a", ["sleep", "300"]), pod("b", ["sleep", "300"], nodeName="2")])
+        pods = node.client.wait_ready(timeout=10)
+        pids = [p["status"]["containerStatuses"][0]["state"]["pid"] for p in pods]
+        netns_names = {p["remora"]["netns"] for p in pods}
+        daemon = node.daemon_pid()
+        assert node.leftovers()  # there is something to remove
+        node.client.down()
+        wait_for(lambda: not Path(f"/proc/{daemon}").exists()
+                 or "Z" in Path(f"/proc/{daemon}/stat").read_text())
+        assert node.leftovers() == []
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert node.prefix not in listed
+        assert not any(n in listed for n in netns_names)
+        assert not any(Path(f"/etc/netns/{n}").exists() for n in netns_names)
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        assert not node.state_dir.exists()
+        assert naming.is_ours(node.prefix, f"{node.prefix}node-1")
+    finally:
+        node.close()
