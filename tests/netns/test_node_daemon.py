@@ -130,7 +130,8 @@ def test_pod_setup_hooks_shape_the_pod() -> None:
             {"apiVersion": "v1", "kind": "Namespace",
              "metadata": {"name": "mesh", "labels": {"istio-injection": "enabled"}}},
             pod("app", ["sleep", "300"], ns="mesh"),
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "mesh"},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "app", "namespace": "mesh"},
              "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}},
         ])
         p = wait_for(lambda: (x := get_pod(node, "app", "mesh")) and x["remora"]["ready"] == "1/2"

@@ -52,9 +52,11 @@ def objects() -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "simple-server-svc", "namespace": "demo-to"},
          "spec": {"selector": {"web": "server"}, "ports": [{"port": 18080, "targetPort": 18080}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nobody", "namespace": "demo-to"},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "nobody", "namespace": "demo-to"},
          "spec": {"selector": {"web": "none"}, "ports": [{"port": 80}]}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "demo-from"},
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "client", "namespace": "demo-from"},
          "spec": {"containers": [{"name": "demo", "image": "x", "command": ["sleep", "300"]}]}},
     ]
 
