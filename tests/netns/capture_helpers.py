@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import struct
 
+import pytest
+
 from remora.capture.argv import parse_args
 from remora.capture.config import CaptureConfig
 from tests.lab import Lab, Namespace
@@ -13,6 +15,8 @@ from tests.lab import Lab, Namespace
 INJECTOR_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
                  "-x", "", "-b", "*", "-d", "15090,15021,15020",
                  "--log_output_level=default:info"]
+# Extra args selecting the backend: iptables (default) or Istio's --native-nftables.
+BACKENDS = [pytest.param([], id="iptables"), pytest.param(["--native-nftables"], id="nftables")]
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
 

@@ -113,3 +113,25 @@ def test_dual_stack_installs_ipv6_rules_and_address(lab: Lab) -> None:
     assert save(lab, ns) == before4 and save(lab, ns, ipv6=True) == before6
     assert "::6/128" not in ip(lab, ns, "-6", "addr", "show", "dev", "lo")
     assert "lookup 133" not in ip(lab, ns, "-6", "rule")
+
+
+def test_nftables_backend_apply_twice_verify_cleanup(lab: Lab) -> None:
+    ns = lab.namespace("nft")
+    before = lab.run(ns, ["nft", "list", "ruleset"]).stdout
+    config = injector_config("TPROXY", "--native-nftables", "--redirect-dns",
+                             "--capture-all-dns")
+    assert apply.apply(config, ns.path).action == "applied"
+    tables = lab.run(ns, ["nft", "list", "tables"]).stdout.decode()
+    assert tables.split() == ["table", "inet", "istio-proxy-nat", "table", "inet",
+                              "istio-proxy-mangle", "table", "inet", "istio-proxy-raw"]
+    assert "ISTIO" not in save(lab, ns)  # no iptables rules with this backend
+    assert apply.verify(config, ns.path).ok
+    assert apply.apply(config, ns.path).action == "already-installed"
+    assert ip(lab, ns, "rule").count("lookup 133") == 1
+    redirect = injector_config("REDIRECT", "--native-nftables")
+    assert not apply.verify(redirect, ns.path).ok
+    with pytest.raises(RemoraError, match="differ"):
+        apply.apply(redirect, ns.path)
+    apply.cleanup(config, ns.path)
+    assert lab.run(ns, ["nft", "list", "ruleset"]).stdout == before
+    assert "lookup 133" not in ip(lab, ns, "rule")

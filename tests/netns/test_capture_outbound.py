@@ -9,7 +9,7 @@ import pytest
 
 from remora.capture import apply
 from tests.lab import SERVER_IP, Lab, Namespace
-from tests.netns.capture_helpers import injector_config, listener, original_dst
+from tests.netns.capture_helpers import BACKENDS, injector_config, listener, original_dst
 
 pytestmark = pytest.mark.netns
 
@@ -25,9 +25,10 @@ def _connect(lab: Lab, ns: Namespace, group: int | None) -> subprocess.Popen[byt
     return lab.spawn(ns, [sys.executable, "-c", CONNECT, SERVER_IP, "18080"], group=group)
 
 
-def test_proxy_group_bypasses_and_others_land_on_15001(lab: Lab) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_proxy_group_bypasses_and_others_land_on_15001(lab: Lab, backend: list[str]) -> None:
     client, server = lab.pair()
-    assert apply.apply(injector_config(), client.path).action == "applied"
+    assert apply.apply(injector_config("REDIRECT", *backend), client.path).action == "applied"
     sidecar = listener(lab, client, 15001)
     app = listener(lab, server, 18080)
 

@@ -6,14 +6,15 @@ import pytest
 
 from remora.capture import apply
 from tests.lab import SERVER_IP, Lab
-from tests.netns.capture_helpers import injector_config, listener, original_dst
+from tests.netns.capture_helpers import BACKENDS, injector_config, listener, original_dst
 
 pytestmark = pytest.mark.netns
 
 
-def test_inbound_lands_on_15006_with_original_destination(lab: Lab) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inbound_lands_on_15006_with_original_destination(lab: Lab, backend: list[str]) -> None:
     client, server = lab.pair()
-    outcome = apply.apply(injector_config(), server.path)
+    outcome = apply.apply(injector_config("REDIRECT", *backend), server.path)
     assert outcome.action == "applied"
     inbound = listener(lab, server, 15006)
     status = listener(lab, server, 15021)

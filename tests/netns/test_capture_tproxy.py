@@ -15,14 +15,15 @@ import pytest
 
 from remora.capture import apply
 from tests.lab import CLIENT_IP, SERVER_IP, Lab
-from tests.netns.capture_helpers import IP_TRANSPARENT, injector_config, ip, listener
+from tests.netns.capture_helpers import BACKENDS, IP_TRANSPARENT, injector_config, ip, listener
 
 pytestmark = pytest.mark.netns
 
 
-def test_tproxy_capture_and_original_source(lab: Lab) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tproxy_capture_and_original_source(lab: Lab, backend: list[str]) -> None:
     client, server = lab.pair()
-    config = injector_config("TPROXY")
+    config = injector_config("TPROXY", *backend)
     assert apply.apply(config, server.path).action == "applied"
     assert "fwmark 0x539 lookup 133" in ip(lab, server, "rule")
     assert "local default dev lo" in ip(lab, server, "route", "show", "table", "133")

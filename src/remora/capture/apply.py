@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remora.capture import facts, render, state
+from remora.capture.apply_nft import apply_nft, cleanup_nft, verify_nft
 from remora.capture.config import CaptureConfig, with_overrides
 from remora.capture.model import Rule, RuleSet, build
 from remora.capture.routing import ALL_TPROXY, Item, Pyroute2Routing, RoutingOps, wanted
@@ -47,6 +48,7 @@ class Outcome:
     action: str  # applied | already-installed | reconciled | cleaned | dry-run | skipped
     ruleset: RuleSet
     notes: list[str] = field(default_factory=list)
+    rules: str = ""  # "18 IPv4 rules", "30 IPv4 + 32 IPv6 rules", "25 nft rules"
 
 
 @dataclass
@@ -221,11 +223,15 @@ def apply(config: CaptureConfig, netns_path: Path | None = None, *,
           runner: Runner | None = None, routing: RoutingOps | None = None) -> Outcome:
     """Install the rules (and TPROXY routing) CONFIG describes in the namespace at PATH."""
     s = _session(config, netns_path, runner, routing)
-    v4, v6 = s.v4, s.v6
-    ipv6 = s.ruleset.ipv6
-    s.need(v4.save, v4.restore, *((v6.save, v6.restore) if ipv6 else ()))
     if s.config.skip_rule_apply:
         return Outcome("skipped", s.ruleset)
+    if s.config.native_nftables:
+        return apply_nft(s)
+    v4, v6 = s.v4, s.v6
+    ipv6 = s.ruleset.ipv6
+    count = f"{len(s.ruleset.v4)} IPv4" + (f" + {len(s.ruleset.v6)} IPv6" if ipv6 else "")
+    count += " rules"
+    s.need(v4.save, v4.restore, *((v6.save, v6.restore) if ipv6 else ()))
     # State check: both families, as Istio's VerifyIptablesState does.
     saved = {v4: s.save(v4)}
     if ipv6 or s.runner.available(v6.save):
@@ -241,7 +247,7 @@ def apply(config: CaptureConfig, netns_path: Path | None = None, *,
     if not s.config.force_apply:
         if all(v == "installed" for v in verdicts):
             s.add_routing()
-            return Outcome("already-installed", s.ruleset)
+            return Outcome("already-installed", s.ruleset, rules=count)
         if any(v != "clean" for v in verdicts):
             if not s.config.reconcile:
                 raise RemoraError(
@@ -272,13 +278,18 @@ def apply(config: CaptureConfig, netns_path: Path | None = None, *,
         s.remove_unwanted_routing()
     for fam in planned:
         s.save(fam)  # Istio's deferred "final iptables state"
-    return Outcome("dry-run" if s.runner.dry else action, s.ruleset, notes)
+    return Outcome("dry-run" if s.runner.dry else action, s.ruleset, notes, count)
 
 
 def cleanup(config: CaptureConfig, netns_path: Path | None = None, *,
             runner: Runner | None = None, routing: RoutingOps | None = None) -> Outcome:
     """Remove every ISTIO_* chain, the Istio rules of built-in chains, and the routing."""
     s = _session(config, netns_path, runner, routing)
+    if s.config.native_nftables:
+        done = cleanup_nft(s)
+        if not s.runner.dry:
+            done += [f"removed `{i.describe(s.mark, s.table)}`" for i in s.remove_routing()]
+        return Outcome("cleaned", s.ruleset, done)
     s.need(s.v4.save, s.v4.restore)
     done = [f"cleaned {fam.save[:-5]}" for fam in (s.v4, s.v6)
             if s.runner.available(fam.save) and s.runner.available(fam.restore)
@@ -292,6 +303,8 @@ def verify(config: CaptureConfig, netns_path: Path | None = None, *,
            runner: Runner | None = None, routing: RoutingOps | None = None) -> Verification:
     """Are exactly CONFIG's rules (and routing) installed? Lists what is missing or extra."""
     s = _session(config, netns_path, runner, routing)
+    if s.config.native_nftables:
+        return verify_nft(s)
     missing: list[str] = []
     unexpected: list[str] = []
     for fam in (s.v4, s.v6):

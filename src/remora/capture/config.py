@@ -99,6 +99,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("force_apply", "force-apply", None, "bool", False,
        "Apply even if the rules appear to be installed already."),
     _f("skip_rule_apply", "skip-rule-apply", None, "bool", False, "Do not apply anything."),
+    _f("native_nftables", "native-nftables", None, "bool", False,
+       "Use native nftables (inet tables istio-proxy-*) instead of iptables rules."),
     _f("force_iptables_binary", "force-iptables-binary", None, "str", "",
        "Which iptables to use: nft or legacy (default: plain iptables)."),
 )
@@ -152,6 +154,7 @@ class CaptureConfig:
     cleanup_only: bool = False
     force_apply: bool = False
     skip_rule_apply: bool = False
+    native_nftables: bool = False
     force_iptables_binary: str = ""
     enable_ipv6: bool | None = None
     dns_servers_v4: tuple[str, ...] | None = None
@@ -256,6 +259,7 @@ def build_config(given: Mapping[str, str | bool | None],
         cleanup_only=b["cleanup_only"],
         force_apply=b["force_apply"],
         skip_rule_apply=b["skip_rule_apply"],
+        native_nftables=b["native_nftables"],
     )
     return config
 

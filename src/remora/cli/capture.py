@@ -82,7 +82,6 @@ def capture(verify_only: bool, **values: Any) -> None:
         return
     outcome = capture_apply.apply(config, path)
     rs = outcome.ruleset
-    counts = f"{len(rs.v4)} IPv4" + (f" + {len(rs.v6)} IPv6" if rs.ipv6 else "")
     routing = (f"; TPROXY routing fwmark {rs.routing.mark} -> table {rs.routing.table}"
                if rs.routing else "")
-    click.echo(f"capture: {outcome.action} ({counts} rules{routing}) in {where}")
+    click.echo(f"capture: {outcome.action} ({outcome.rules}{routing}) in {where}")

@@ -86,3 +86,11 @@ def test_missing_iptables_is_named(monkeypatch: pytest.MonkeyPatch,
     code, _, err = run(["-b", "*", "--dual-stack"], capsys)
     assert code == 1
     assert "iptables-save is not installed" in err and "apt-get install iptables" in err
+
+
+def test_dry_run_native_nftables_prints_istio_nft_golden(
+        shared_dir: Path, capsys: pytest.CaptureFixture[str], no_commands: None) -> None:
+    golden = (shared_dir / "conformance/istio-nftables/ipv6-inbound-ports.golden").read_text()
+    code, out, _ = run(["-n", "--native-nftables", "-u", "1337", "-b", "4000,5000",
+                        "--dual-stack"], capsys)
+    assert code == 0 and out == golden
