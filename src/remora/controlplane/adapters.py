@@ -1,0 +1,85 @@
+"""The node runtime's dicts (Kubernetes JSON as the store keeps it) <-> typed objects.
+
+The node runtime and its PodSetup hooks (remora.node.hooks) pass pods, services and
+namespaces around as the API's JSON, with status filled in (``status.podIP``,
+``status.ready``, ``spec.clusterIP``). These helpers read them leniently, since runtime
+bookkeeping fields are not manifest fields and draw no warnings, and give injection
+results back as dicts that keep every field remora does not model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from remora.controlplane.injection import inject
+from remora.controlplane.model import Snapshot, Workload
+from remora.errors import RemoraError
+from remora.resources.loader import parse_object
+from remora.resources.objects import Namespace, Pod, Service
+
+_API = {"Pod": "v1", "Service": "v1", "Namespace": "v1"}
+
+
+def _typed(obj: dict[str, Any], kind: str) -> Any:
+    doc = {"apiVersion": _API[kind], "kind": kind,
+           **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}}
+    parsed, _warnings = parse_object(doc, f"{kind} from the node store")
+    if parsed is None or parsed.kind != kind:
+        raise RemoraError(f"expected a {kind}, got {obj.get('kind')!r}")
+    return parsed
+
+
+def pod_from_dict(obj: dict[str, Any]) -> Pod:
+    pod = _typed(obj, "Pod")
+    assert isinstance(pod, Pod)
+    return pod
+
+
+def service_from_dict(obj: dict[str, Any]) -> Service:
+    svc = _typed(obj, "Service")
+    assert isinstance(svc, Service)
+    return svc
+
+
+def namespace_from_dict(obj: dict[str, Any]) -> Namespace:
+    ns = _typed(obj, "Namespace")
+    assert isinstance(ns, Namespace)
+    return ns
+
+
+def snapshot_from_dicts(namespaces: Iterable[dict[str, Any]],
+                        services: Iterable[dict[str, Any]],
+                        pods: Iterable[dict[str, Any]]) -> Snapshot:
+    """A Snapshot from the store's objects: pods count as endpoints when they have an IP,
+    are ready and are not being deleted (Istio sends only ready endpoints)."""
+    workloads = []
+    for p in pods:
+        status = p.get("status") or {}
+        ready = bool(status.get("ready")) and not (p.get("metadata") or {}).get(
+            "deletionTimestamp")
+        workloads.append(Workload(pod=pod_from_dict(p), ip=str(status.get("podIP") or ""),
+                                  ready=ready))
+    return Snapshot(services=tuple(service_from_dict(s) for s in services),
+                    workloads=tuple(workloads),
+                    namespaces=tuple(namespace_from_dict(n) for n in namespaces))
+
+
+def inject_dict(pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
+    """Admission: the pod dict with Istio's sidecar injected (unchanged when not injected);
+    fields remora does not model (volumes, status, ...) are kept."""
+    typed = pod_from_dict(pod)
+    ns = namespace_from_dict(namespace) if namespace else None
+    injected = inject(typed, ns)
+    if injected is typed:
+        return pod
+    body = injected.to_dict()
+    out = copy.deepcopy(pod)
+    meta = out.setdefault("metadata", {})
+    meta["labels"] = body["metadata"].get("labels", {})
+    meta["annotations"] = body["metadata"].get("annotations", {})
+    spec = out.setdefault("spec", {})
+    spec["initContainers"] = body["spec"].get("initContainers", [])
+    spec["containers"] = body["spec"]["containers"]
+    return out
