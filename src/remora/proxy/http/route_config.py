@@ -227,6 +227,10 @@ def _route(f: Fields, vhost: VirtualHost) -> Route:
 
     action = f.fields("route", "RouteAction")
     direct = f.fields("direct_response", "DirectResponseAction")
+    for other in ("redirect", "filter_action", "non_forwarding_action"):
+        if f.has(other):
+            raise ConfigError(f.at(other), f"route action {other} is not implemented by remora",
+                              "use route or direct_response")
     if (action is None) == (direct is None):
         raise ConfigError(f.path, "a route needs exactly one of route, direct_response",
                           "redirect and filter_action are not implemented by remora")
