@@ -14,5 +14,6 @@ API for the node runtime and other callers (each module is imported on use):
 Layout: config.py/validate.py (flags, env, checks), model.py (rules in run.go order),
 render.py (restore text, golden transcript), runner.py (real and recording command runner),
 state.py (reading iptables-save), routing.py (TPROXY policy routing via pyroute2),
-facts.py (IPv6 and DNS servers of the namespace), apply.py (apply/verify/cleanup).
+facts.py (IPv6 and DNS servers of the namespace), apply.py (apply/verify/cleanup);
+model_nft.py, render_nft.py, apply_nft.py: the same for --native-nftables.
 """

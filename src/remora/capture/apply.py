@@ -77,7 +77,12 @@ class Session:
             self.config = facts.resolve(config, netns_path)
         except PermissionError:
             raise PrivilegeError("reading the namespace's addresses needs root",
-                                 "run with sudo") from None
+                                 "run with sudo, or pass --dual-stack to skip the lookup"
+                                 ) from None
+        except OSError as exc:
+            raise RemoraError(f"cannot read the addresses of {netns_path}: {exc.strerror}",
+                              "pass a network namespace name or a /proc/PID/ns/net path"
+                              ) from None
         self.ruleset = build(self.config)
         self.v4, self.v6 = families(self.config)
         self.mark = int(self.config.inbound_tproxy_mark)

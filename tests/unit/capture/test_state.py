@@ -86,3 +86,27 @@ def test_dns_servers_from_resolv_conf(tmp_path: Path) -> None:
 def test_named_namespace_uses_its_own_resolv_conf() -> None:
     assert facts.resolv_conf(None) == Path("/etc/resolv.conf")
     assert facts.resolv_conf(Path("/run/netns/remora-no-such")) == Path("/etc/resolv.conf")
+
+
+def test_nft_listing_keeps_istio_tables_without_counters() -> None:
+    from remora.capture.apply_nft import istio_tables
+
+    listing = ("table inet filter {\n\tchain input {\n\t\tcounter packets 3 bytes 9 accept\n"
+               "\t}\n}\ntable inet istio-proxy-nat {\n\tchain output {\n"
+               "\t\tcounter packets 12 bytes 720 jump istio-output\n\t}\n}\n")
+    assert istio_tables(listing) == {
+        "istio-proxy-nat": "\tchain output {\n\t\tcounter jump istio-output\n\t}"}
+
+
+def test_skip_rule_apply_runs_nothing() -> None:
+    from remora.capture.apply import apply
+    from remora.capture.argv import parse_args
+    from remora.capture.config import with_overrides
+    from remora.capture.routing import RecordingRouting
+    from remora.capture.runner import RecordingRunner
+
+    runner = RecordingRunner(dry=False)
+    config = with_overrides(parse_args(["-b", "*", "--skip-rule-apply"], env={}),
+                            enable_ipv6=False)
+    assert apply(config, None, runner=runner, routing=RecordingRouting()).action == "skipped"
+    assert runner.calls == []
