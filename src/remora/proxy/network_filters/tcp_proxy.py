@@ -94,10 +94,15 @@ class TcpProxy:
             stats.inc(self.prefix + "downstream_cx_no_route")
             return
         upstream = None
+        cprefix = f"cluster.{cluster.name}."
         for attempt in range(1, self.max_connect_attempts + 1):
             info.upstream_request_attempt_count = attempt
+            # Envoy's TCP pool counts each attempt as a pending request and a connection
+            # handed to the filter as a request (cluster upstream_rq_total).
+            stats.inc(cprefix + "upstream_rq_pending_total")
             try:
                 upstream = await cluster.connect(downstream.facts, info)
+                stats.inc(cprefix + "upstream_rq_total")
                 break
             except UpstreamError as err:
                 info.set_flag(err.flag)
@@ -131,7 +136,6 @@ class TcpProxy:
             info.bytes_sent += relay.tx
             stats.inc(self.prefix + "downstream_cx_rx_bytes_total", relay.rx)
             stats.inc(self.prefix + "downstream_cx_tx_bytes_total", relay.tx)
-            cprefix = f"cluster.{cluster.name}."
             stats.inc(cprefix + "upstream_cx_tx_bytes_total", relay.rx)
             if relay.timed_out:
                 stats.inc(self.prefix + "idle_timeout")

@@ -45,7 +45,8 @@ class ClusterImpl:
         stats.touch(*(self.prefix + n for n in (
             "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
             "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_rq_pending_overflow",
-            "upstream_rq_retry_overflow", "upstream_cx_destroy")))
+            "upstream_rq_retry_overflow", "upstream_cx_destroy", "upstream_rq_total",
+            "upstream_rq_pending_total")))
         stats.gauges[self.prefix + "upstream_cx_active"] += 0
         stats.gauge_set(self.prefix + "membership_total", len(self.hosts))
         stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in self.hosts))
