@@ -239,8 +239,11 @@ def apply(config: CaptureConfig, netns_path: Path | None = None, *,
     s.need(v4.save, v4.restore, *((v6.save, v6.restore) if ipv6 else ()))
     # State check: both families, as Istio's VerifyIptablesState does.
     saved = {v4: s.save(v4)}
-    if ipv6 or s.runner.available(v6.save):
+    if ipv6:
         saved[v6] = s.save(v6)
+    elif s.runner.available(v6.save):
+        # Istio checks both families; without IPv6 rules a failing ip6tables is no error.
+        s.runner.run([v6.save], netns_path=s.path)
     planned = [v4, v6] if ipv6 else [v4]
     texts = {fam: render.restore(s.rules(fam)) for fam in planned}
     verdicts = []
