@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from remora.node import etcfiles, process, supervisor
+from remora.node.process import ProcessSpec
+
+
+def test_plain_container_runs_through_ip_netns_exec() -> None:
+    argv = process.wrapped_argv("remora-pod-1", ProcessSpec(["sleep", "1"]))
+    assert argv == ["ip", "netns", "exec", "remora-pod-1", "sleep", "1"]
+
+
+def test_sidecar_identity_uses_setpriv() -> None:
+    redirect = process.wrapped_argv("ns", ProcessSpec(["proxy"], uid=1337, gid=1337))
+    assert redirect == ["ip", "netns", "exec", "ns", "setpriv", "--reuid=1337", "--regid=1337",
+                        "--clear-groups", "--", "proxy"]
+    tproxy = process.wrapped_argv("ns", ProcessSpec(["proxy"], uid=0, gid=1337,
+                                                    caps=("net_admin",)))
+    # root keeps its capabilities; only the group changes
+    assert tproxy == ["ip", "netns", "exec", "ns", "setpriv", "--reuid=0", "--regid=1337",
+                      "--clear-groups", "--", "proxy"]
+    user = process.wrapped_argv("ns", ProcessSpec(["proxy"], uid=1337, caps=("net_admin",)))
+    assert "--ambient-caps=+net_admin" in user and "--inh-caps=+net_admin" in user
+
+
+def test_process_identity_survives_only_for_the_same_process() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.05)
+        ticks = process.start_ticks(proc.pid)
+        assert ticks is not None
+        assert process.cmdline(proc.pid) == ["sleep", "30"]
+        assert process.matches(proc.pid, ticks, ["sleep", "30"], None)
+        assert process.matches(proc.pid, ticks, ["30"], None)  # a suffix, as after wrappers
+        assert not process.matches(proc.pid, ticks - 1, ["sleep", "30"], None)
+        assert not process.matches(proc.pid, ticks, ["sleep", "31"], None)
+        assert not process.matches(proc.pid, ticks, ["sleep", "30"], 1)  # other netns
+        assert process.terminate(proc.pid, ticks)
+        proc.wait(timeout=5)
+        assert not process.is_alive(proc.pid, ticks)
+        assert not process.terminate(proc.pid, ticks)  # never signals a gone process
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_wrappers_are_recognised() -> None:
+    assert process.in_wrapper(["ip", "netns", "exec", "x", "sleep"])
+    assert process.in_wrapper(["setpriv", "--reuid=1", "--", "x"])
+    assert not process.in_wrapper(["python3", "-m", "remora", "proxy"])
+
+
+def test_restart_backoff_doubles_up_to_a_small_cap() -> None:
+    waits = [supervisor.restart_backoff(n) for n in range(8)]
+    assert waits[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(waits) == supervisor.BACKOFF_CAP == 5.0
+
+
+def test_pod_etc_files(tmp_path: Path) -> None:
+    folder = etcfiles.write("remora-pod-1", "demo-from", "172.16.0.10", "10.20.0.78",
+                            "simple-client-1", root=tmp_path)
+    assert (folder / "resolv.conf").read_text() == (
+        "search demo-from.svc.cluster.local svc.cluster.local cluster.local\n"
+        "nameserver 172.16.0.10\noptions ndots:5\n")
+    assert "10.20.0.78\tsimple-client-1" in (folder / "hosts").read_text()
+    etcfiles.remove("remora-pod-1", root=tmp_path)
+    assert not tmp_path.exists()  # the emptied /etc/netns goes too
