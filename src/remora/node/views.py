@@ -60,6 +60,9 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     summary = controller.pod_status(rows, bool(row.deleting), row.phase)
     if row.phase == "Pending" and not row.deleting:
         summary["status"] = "ContainerCreating" if not row.message else "Pending"
+    elif row.message and not row.deleting and not summary["allReady"]:
+        # a container could not be started from its spec (kubelet's reason for it)
+        summary["status"] = "CreateContainerConfigError"
     pod["status"] = {
         "phase": "Running" if row.phase in ("Running",) else "Pending",
         "podIP": row.ip, "hostIP": str(node.subnet.node_ip) if node else "",
