@@ -10,6 +10,7 @@ IPv6 block (the goldens put the ip6tables-restore input after the IPv4 one).
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from remora.diagnose.iptables_model import (
@@ -222,7 +223,7 @@ def parse_iptables_save(text: str, origin: str = "iptables-save") -> list[Rulese
                 position = int(rest[0])
                 rest = rest[1:]
         matches, target = parse_rule_args(rest)
-        source = " ".join(["-A", chain_name, *(shlex.quote(w) for w in rest)])
+        source = " ".join(["-A", chain_name, *(_quote(w) for w in rest)])
         if any(isinstance(m, AddrMatch) and m.net is not None and m.net.version == 6
                for m in matches):
             rs.family = 6
@@ -237,6 +238,10 @@ def parse_iptables_save(text: str, origin: str = "iptables-save") -> list[Rulese
             for chain in tbl.chains.values():
                 chain.rules = [_renumber(r, n) for n, r in enumerate(chain.rules, 1)]
     return [f for f in families if f.tables]
+
+
+def _quote(word: str) -> str:
+    return word if re.fullmatch(r"[\w@%+=:,./!-]+", word) else shlex.quote(word)
 
 
 def _renumber(rule: Rule, index: int) -> Rule:

@@ -120,6 +120,7 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
     else:
         vip = first(*((_ip_of(e.downstream_local_address), f"client access log line {e.line}")
                       for e in c_out))
+        vip = vip or _vip_from_routes(ev, host)
         facts["service_ip"] = vip or Fact(PLACEHOLDER_VIP, "placeholder (service ClusterIP "
                                           "unknown; assumed outside every excluded CIDR)")
     authority = first(
@@ -130,6 +131,26 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
     if authority:
         facts["authority"] = authority
     return facts
+
+
+def _vip_from_routes(ev: Evidence, host: str | None) -> Fact | None:
+    """Istio lists a service's ClusterIP among its virtual host's domains."""
+    cfg = ev.client.config
+    if cfg is None or not host:
+        return None
+    vhosts = [vh for rc in cfg.routes.values() for vh in rc.get("virtual_hosts", []) or []]
+    for lst in cfg.listeners:
+        for chain in lst.get("filter_chains", []) or []:
+            for f in chain.get("filters", []) or []:
+                rc = (f.get("typed_config") or {}).get("route_config") or {}
+                vhosts.extend(rc.get("virtual_hosts", []) or [])
+    for vh in vhosts:
+        domains = [str(d) for d in vh.get("domains", []) or []]
+        if host in domains or any(d.split(":")[0] == host for d in domains):
+            ips = [d.split(":")[0] for d in domains if is_ip(d.split(":")[0])]
+            if ips:
+                return Fact(ips[0], f"client route domains of {vh.get('name')}")
+    return None
 
 
 def _mode_of(rules: Ruleset | None) -> str:

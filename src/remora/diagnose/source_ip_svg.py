@@ -36,7 +36,8 @@ def path_hops(r: Report) -> tuple[list[str], list[bool], list[Hop]]:
     s_captured = not (s3.walk is not None and s3.walk.capture.kind not in ("REDIRECT", "TPROXY"))
     out_port = s1.walk.capture.port if s1.walk and s1.walk.capture.port else 15001
     in_port = s3.walk.capture.port if s3.walk and s3.walk.capture.port else 15006
-    captions = [f"{BOXES[0]}\n{client}", f"{BOXES[1]}\n:{out_port}",
+    assumed = " (assumed)" if s1.walk is None else ""
+    captions = [f"{BOXES[0]}\n{client}", f"{BOXES[1]}\n:{out_port}{assumed}",
                 f"{BOXES[2]}\n:{in_port}", f"{BOXES[3]}\n{hostport(server, port)}"]
     in_path = [True, c_captured, s_captured, True]
     hops: list[Hop] = []

@@ -1,0 +1,191 @@
+"""The verdict of `explain source-ip` on the seed's evidence, Istio's rules and the
+reference Envoy configs: REDIRECT -> the app sees 127.0.0.6, TPROXY -> the client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from remora.diagnose import evidence_files as ef
+from remora.diagnose.evidence import Evidence
+from remora.diagnose.iptables_save import parse_iptables_save
+from remora.diagnose.source_ip import explain_source_ip
+from remora.diagnose.source_ip_compare import compare_table
+from remora.diagnose.source_ip_render import render_json, render_text
+from remora.diagnose.source_ip_svg import path_hops, render_svg
+from remora.errors import RemoraError
+
+PATCH = ('\'{"spec":{"template":{"metadata":{"annotations":'
+         '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}\'')
+
+
+def seed_redirect(data: Path) -> Evidence:
+    ev = Evidence()
+    ef.add_iptables(ev.server, data / "seed_redirect_nat.txt")
+    ef.add_config(ev.server, data / "seed_virtualinbound_listener.json")
+    ef.add_config(ev.server, data / "seed_inbound_cluster.json")
+    ef.add_access_log(ev.server, data / "seed_server_access.log")
+    ef.add_access_log(ev.server, data / "seed_server_app.log")
+    ev.server.pod, ev.server.namespace = "simple-server-86b499d4dd-bjrjz", "demo-to"
+    return ev
+
+
+def reference_pair(reference: Path, goldens: Path, mode: str) -> Evidence:
+    """Client and server with the reference configs and Istio's rules for ``mode``."""
+    ev = Evidence()
+    ef.add_config(ev.client, reference / "client-redirect.json")
+    ef.add_iptables(ev.client, goldens / "DERIVED-default-injection-redirect.txt.notgolden")
+    if mode == "TPROXY":
+        ef.add_config(ev.server, reference / "server-tproxy.json")
+        ef.add_iptables(ev.server, goldens / "inbound-ports-wildcard-tproxy.golden")
+    else:
+        ef.add_config(ev.server, reference / "server-redirect.json")
+        ef.add_iptables(ev.server, goldens / "DERIVED-default-injection-redirect.txt.notgolden")
+    ev.target.host, ev.target.port = "srv.default.svc.cluster.local", 18080
+    return ev
+
+
+def test_seed_redirect_app_sees_127_0_0_6(data: Path) -> None:
+    r = explain_source_ip(seed_redirect(data))
+    v = r.verdict
+    assert r.mode == "REDIRECT"
+    assert r.facts["client_ip"].value == "10.20.0.78"  # from DOWNSTREAM_REMOTE_ADDRESS
+    assert r.facts["server_ip"].value == "10.20.0.77"
+    assert v.failure is None and v.app_sees == "127.0.0.6" and v.sees_client is False
+    assert v.confirmed is True and "127.0.0.6:44213" in v.confirmation
+    assert "RemoteAddr=127.0.0.6:44213" in v.confirmation  # the app's own log agrees
+    assert v.xff_carries_client is False
+    step3, step4 = r.steps[2], r.steps[3]
+    assert step3.walk is not None and step3.walk.capture.port == 15006
+    assert step4.sidecar is not None and step4.sidecar.cluster == "inbound|18080||"
+    assert step4.follow_up is not None and step4.follow_up.capture.kind == "none"
+    assert step4.follow_up.capture.decided_by is not None
+    assert step4.follow_up.capture.decided_by.ref() == "nat/ISTIO_OUTPUT #1"
+    assert len(v.explanation_127) == 2
+    assert "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN" in v.explanation_127[1]
+    cmds = v.fixes[0].commands
+    assert cmds[0] == f"remora patch deployment simple-server -n demo-to -p {PATCH}"
+    assert cmds[1] == f"kubectl patch deployment simple-server -n demo-to -p {PATCH}"
+    assert any("NET_ADMIN" in c for c in v.fixes[0].cost)
+    assert any("mangle" in c for c in v.fixes[0].cost)
+    assert "X-Forwarded-For" in v.fixes[1].commands[0]
+    # what could not be established, with the commands that would
+    whats = [m.what for m in r.missing]
+    assert "client pod capture rules" in whats and "client sidecar config" in whats
+    assert any("iptables-save" in m.command for m in r.missing)
+
+
+def test_seed_tproxy_listings_app_sees_client(data: Path, reference: Path) -> None:
+    ev = Evidence()
+    ef.add_iptables(ev.server, data / "seed_tproxy_mangle.txt")
+    ef.add_iptables(ev.server, data / "seed_tproxy_nat.txt")
+    ev.client.ip = "10.20.0.78"
+    ev.target.port = 18080
+    r = explain_source_ip(ev)
+    assert r.mode == "TPROXY"
+    assert r.steps[2].walk is not None and r.steps[2].walk.capture.kind == "TPROXY"
+    assert r.verdict.app_sees == "10.20.0.78" and r.verdict.inferred  # no config: from the mode
+    assert r.verdict.sees_client and not r.verdict.fixes
+    assert any("ip rule" in m.command for m in r.missing)
+    # with the sidecar's config the same verdict comes from original_src itself
+    ef.add_config(ev.server, reference / "server-tproxy.json")
+    r = explain_source_ip(ev)
+    assert r.verdict.app_sees == "10.20.0.78" and not r.verdict.inferred
+    assert r.steps[3].sidecar is not None and r.steps[3].sidecar.upstream_mark == 1337
+    assert r.steps[3].follow_up is not None and r.steps[3].follow_up.capture.kind == "none"
+
+
+@pytest.mark.parametrize("mode,sees", [("REDIRECT", "127.0.0.6"), ("TPROXY", "10.20.0.78")])
+def test_reference_configs_and_istio_rules(reference: Path, goldens: Path, mode: str,
+                                           sees: str) -> None:
+    r = explain_source_ip(reference_pair(reference, goldens, mode))
+    assert [s.status for s in r.steps] == ["ok", "ok", "ok", "ok"]
+    s1, s2, s3, s4 = r.steps
+    assert s1.walk is not None and s1.walk.capture.port == 15001
+    assert s2.sidecar is not None and s2.sidecar.endpoint == "10.20.0.77:18080"
+    assert s2.follow_up is not None and s2.follow_up.capture.kind == "none"  # no loop
+    assert s3.walk is not None and s3.walk.capture.kind == mode
+    assert s4.sidecar is not None and s4.sidecar.upstream_source == sees
+    assert r.verdict.app_sees == sees and r.verdict.sees_client is (mode == "TPROXY")
+    assert r.verdict.confirmed is None  # no access log given
+    assert r.facts["client_ip"].source == "client config node id"
+
+
+def test_mismatched_mode_and_config_fails(reference: Path, goldens: Path) -> None:
+    """TPROXY rules with a REDIRECT config: the listener is not transparent."""
+    ev = reference_pair(reference, goldens, "REDIRECT")
+    ev.server.iptables = parse_iptables_save(
+        (goldens / "inbound-ports-wildcard-tproxy.golden").read_text())[0]
+    r = explain_source_ip(ev)
+    assert r.steps[3].status == "failed" and r.verdict.app_sees is None
+    assert r.verdict.failure is not None and "dropped" in r.verdict.failure
+
+
+def test_loop_without_the_127_0_0_6_rule(reference: Path, goldens: Path) -> None:
+    ev = reference_pair(reference, goldens, "REDIRECT")
+    text = (goldens / "DERIVED-default-injection-redirect.txt.notgolden").read_text()
+    text = text.replace("-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN\n", "")
+    ev.server.iptables = parse_iptables_save(text)[0]
+    r = explain_source_ip(ev)
+    assert r.steps[3].status == "failed" and r.steps[3].summary.startswith("loop")
+    assert r.verdict.failure is not None and "loop" in r.verdict.failure
+
+
+def test_excluded_inbound_port_reaches_app_directly(reference: Path, goldens: Path) -> None:
+    ev = reference_pair(reference, goldens, "REDIRECT")
+    ev.target.port = 15020  # excluded by -d 15090,15021,15020
+    r = explain_source_ip(ev)
+    assert r.steps[2].status == "not captured"
+    assert r.verdict.app_sees == "10.20.0.78" and r.verdict.sees_client
+    assert "excluded port 15020" in r.verdict.app_sees_why
+
+
+def test_log_that_contradicts_the_rules(reference: Path, goldens: Path, data: Path) -> None:
+    ev = reference_pair(reference, goldens, "TPROXY")
+    ef.add_access_log(ev.server, data / "seed_server_access.log")
+    r = explain_source_ip(ev)
+    assert r.verdict.app_sees == "10.20.0.78" and r.verdict.confirmed is False
+    assert "127.0.0.6:44213" in r.verdict.confirmation
+
+
+def test_renderings(data: Path) -> None:
+    r = explain_source_ip(seed_redirect(data))
+    text = render_text(r)
+    assert "the app sees 127.0.0.6 (not the client 10.20.0.78)" in text
+    assert "nat/ISTIO_IN_REDIRECT #1  [0 pkts]" in text and "<- decides" in text
+    assert "not established from the evidence" in text
+    doc = json.loads(render_json(r))
+    assert doc["verdict"]["app_sees"] == "127.0.0.6"
+    assert doc["steps"][2]["iptables"]["capture"]["decided_by"] == "nat/ISTIO_IN_REDIRECT #1"
+    captions, in_path, hops = path_hops(r)
+    assert in_path == [True, True, True, True]
+    assert captions[1].endswith("(assumed)")  # no client evidence: Istio's default assumed
+    changed = [h for h in hops if h.source_changed]
+    assert len(changed) == 1 and changed[0].src == "127.0.0.6" and changed[0].to == 3
+    svg = render_svg(r)
+    assert svg.startswith("<svg") and "source changes here" in svg
+
+
+def test_compare_table(data: Path, reference: Path, goldens: Path) -> None:
+    ev = reference_pair(reference, goldens, "REDIRECT")
+    rows = compare_table(ev, explain_source_ip(ev))
+    by = {(row.mode, row.header_option.startswith("XFF")): row for row in rows[:4]}
+    assert by[("REDIRECT", False)].remote_addr == "127.0.0.6" and by[("REDIRECT", False)].current
+    assert by[("REDIRECT", True)].x_forwarded_for == "10.20.0.78"
+    assert by[("TPROXY", False)].remote_addr == "10.20.0.78"
+    assert by[("TPROXY", False)].x_forwarded_for == "only what the client sent"
+    seed = seed_redirect(data)
+    rows = compare_table(seed, explain_source_ip(seed))
+    assert [r.remote_addr for r in rows[:4]] == ["127.0.0.6", "127.0.0.6", "10.20.0.78",
+                                                 "10.20.0.78"]
+
+
+def test_no_evidence_and_unknown_port() -> None:
+    with pytest.raises(RemoraError, match="no evidence"):
+        explain_source_ip(Evidence())
+    ev = Evidence()
+    ev.server.iptables = parse_iptables_save("*nat\n-A PREROUTING -p tcp -j RETURN\nCOMMIT\n")[0]
+    with pytest.raises(RemoraError, match="destination port"):
+        explain_source_ip(ev)
