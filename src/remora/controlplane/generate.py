@@ -7,9 +7,11 @@ at ``eds/<cluster>.json``. Each file is a DiscoveryResponse. Endpoint changes on
 rewrite EDS files, so a replaced or scaled pod reaches every sidecar without a restart.
 https://www.envoyproxy.io/docs/envoy/latest/configuration/overview/xds_api#filesystem-subscriptions
 
-``static_bootstrap()`` folds the same resources into one static bootstrap (EDS clusters
-become STATIC with their endpoints inline): one file for ``envoy --mode validate``,
-which does not open dynamic resources, and for a user who wants a single config.
+The bootstrap itself carries Istio's static 15021 (readiness) and 15090 (stats) listeners
+(controlplane/health.py). ``static_bootstrap()`` folds the xDS resources into it too
+(EDS clusters become STATIC with their endpoints inline): one file for
+``envoy --mode validate``, which does not open dynamic resources, and for a user who
+wants a single config.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 from remora.controlplane import envoy_common as e
 from remora.controlplane.envoy_common import JSON
+from remora.controlplane.health import static_clusters, static_listeners
 from remora.controlplane.inbound import inbound_clusters, passthrough_clusters, virtual_inbound
 from remora.controlplane.injection import interception_mode, workload_name
 from remora.controlplane.model import Snapshot, inbound_ports
@@ -81,6 +84,7 @@ def bootstrap(pod: Pod, ip: str, config_dir: str) -> JSON:
     return {
         "node": _node(pod, ip),
         "admin": {"address": e.socket_address("127.0.0.1", ADMIN_PORT)},
+        "static_resources": {"listeners": static_listeners(), "clusters": static_clusters()},
         "dynamic_resources": {"lds_config": source("lds.json"), "cds_config": source("cds.json")},
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -128,7 +132,9 @@ def static_bootstrap(config: SidecarConfig) -> JSON:
             del c["eds_cluster_config"]
             c["load_assignment"] = copy.deepcopy(config.endpoints[c["name"]])
         clusters.append(c)
-    boot = {k: v for k, v in config.bootstrap.items() if k != "dynamic_resources"}
-    boot["static_resources"] = {"listeners": copy.deepcopy(config.listeners),
-                                "clusters": clusters}
+    boot = {k: copy.deepcopy(v) for k, v in config.bootstrap.items()
+            if k != "dynamic_resources"}
+    static = boot.setdefault("static_resources", {})
+    static["listeners"] = static.get("listeners", []) + copy.deepcopy(config.listeners)
+    static["clusters"] = static.get("clusters", []) + clusters
     return boot

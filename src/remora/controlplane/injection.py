@@ -214,6 +214,10 @@ def _proxy_container(pod: Pod, image: str, mode: str, workload: str) -> Containe
         env=env,
         ports=(ContainerPort(containerPort=15090, name="http-envoy-prom", protocol="TCP"),),
         imagePullPolicy="Always",
+        # Envoy's 0.0.0.0_15021 listener answers /healthz/ready (controlplane/health.py)
+        readinessProbe={"httpGet": {"path": "/healthz/ready", "port": 15021},
+                        "initialDelaySeconds": 1, "periodSeconds": 2, "timeoutSeconds": 3,
+                        "failureThreshold": 30},
         securityContext={
             "allowPrivilegeEscalation": False,
             "capabilities": caps,

@@ -280,14 +280,15 @@ def endpoint_table(dump: ConfigDump, **filters: Any) -> str:
 def route_configs(dump: ConfigDump, name: str | None = None) -> list[JSON]:
     """RDS route configurations, then the ones inline in listeners (remora's config has
     its routes inline; istioctl would show only RDS ones)."""
-    seen = {str(r.get("name", "")) for r in dump.routes}
+    seen = {json.dumps(r, sort_keys=True) for r in dump.routes}
     configs = dump.routes + [r for r in inline_route_configs(dump.listeners)
-                             if str(r.get("name", "")) not in seen]
+                             if json.dumps(r, sort_keys=True) not in seen]
     configs = [r for r in configs if not name or r.get("name") == name]
 
-    def key(r: JSON) -> tuple[int, int, str]:
+    def key(r: JSON) -> tuple[int, int, str, str]:
+        # istioctl orders numeric names (ports); the others by name, then content
         n = str(r.get("name", ""))
-        return (0, int(n), "") if n.isdigit() else (1, 0, n)
+        return (0, int(n), "", "") if n.isdigit() else (1, 0, n, json.dumps(r, sort_keys=True))
 
     return sorted(configs, key=key)
 

@@ -143,7 +143,7 @@ def typed_config(filt: JSON) -> JSON:
 def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
     """Route configurations carried inline in http_connection_managers (remora's sidecar
     config has no RDS), once per name."""
-    seen: dict[str, JSON] = {}
+    seen: dict[str, JSON] = {}  # by content: unnamed configs (bootstrap's) are distinct
     for listener in listeners:
         chains = list(listener.get("filter_chains", []))
         if listener.get("default_filter_chain"):
@@ -152,8 +152,8 @@ def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
             for f in chain.get("filters", []):
                 rc = typed_config(f).get("route_config")
                 if f.get("name") == "envoy.filters.network.http_connection_manager" \
-                        and isinstance(rc, dict) and rc.get("name", "") not in seen:
-                    seen[rc.get("name", "")] = rc
+                        and isinstance(rc, dict):
+                    seen.setdefault(json.dumps(rc, sort_keys=True), rc)
     return list(seen.values())
 
 
@@ -166,15 +166,22 @@ def from_xds_files(files: dict[str, JSON]) -> ConfigDump:
         return [{k: v for k, v in r.items() if k != "@type"} for r in body.get("resources", [])]
 
     admin = "type.googleapis.com/envoy.admin.v3."
+    boot = files.get("bootstrap.json", {})
+    static = boot.get("static_resources", {})
     raw = {"configs": [
-        {"@type": admin + "BootstrapConfigDump", "bootstrap": files.get("bootstrap.json", {})},
-        {"@type": admin + "ClustersConfigDump", "dynamic_active_clusters": [
-            {"cluster": c} for c in resources("cds.json")]},
-        {"@type": admin + "ListenersConfigDump", "dynamic_listeners": [
-            {"name": x.get("name", ""), "active_state": {"listener": x}}
-            for x in resources("lds.json")]},
-        {"@type": admin + "EndpointsConfigDump", "dynamic_endpoint_configs": [
-            {"endpoint_config": cla} for name in sorted(files) if name.startswith("eds/")
-            for cla in resources(name)]},
+        {"@type": admin + "BootstrapConfigDump", "bootstrap": boot},
+        {"@type": admin + "ClustersConfigDump",
+         "static_clusters": [{"cluster": c} for c in static.get("clusters", [])],
+         "dynamic_active_clusters": [{"cluster": c} for c in resources("cds.json")]},
+        {"@type": admin + "ListenersConfigDump",
+         "static_listeners": [{"listener": x} for x in static.get("listeners", [])],
+         "dynamic_listeners": [{"name": x.get("name", ""), "active_state": {"listener": x}}
+                               for x in resources("lds.json")]},
+        {"@type": admin + "EndpointsConfigDump",
+         "static_endpoint_configs": [{"endpoint_config": c["load_assignment"]}
+                                     for c in static.get("clusters", [])
+                                     if "load_assignment" in c],
+         "dynamic_endpoint_configs": [{"endpoint_config": cla} for name in sorted(files)
+                                      if name.startswith("eds/") for cla in resources(name)]},
     ]}
     return parse_config_dump(raw)

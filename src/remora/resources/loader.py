@@ -231,9 +231,12 @@ def _container(parent: Node, path: str, value: Any) -> Container:
     sc = n.raw("securityContext")
     if sc is not None and not isinstance(sc, dict):
         raise n.ctx.error(n.sub("securityContext"), "expected an object")
+    probe = n.raw("readinessProbe")
+    if probe is not None and not isinstance(probe, dict):
+        raise n.ctx.error(n.sub("readinessProbe"), "expected an object")
     out = Container(name=name, image=image, command=n.strings("command"), args=n.strings("args"),
                     env=tuple(env), ports=tuple(ports), imagePullPolicy=policy,
-                    workingDir=n.string("workingDir"), securityContext=sc)
+                    workingDir=n.string("workingDir"), securityContext=sc, readinessProbe=probe)
     n.done()
     return out
 

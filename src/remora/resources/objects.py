@@ -73,6 +73,8 @@ class Container:
     # Kept verbatim: the injector writes Istio's securityContext, the runtime reads
     # runAsUser/runAsGroup/capabilities from it.
     securityContext: dict[str, Any] | None = None
+    # Kept verbatim: the node runtime probes readinessProbe's port (tcpSocket/httpGet).
+    readinessProbe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "image": self.image}
@@ -90,6 +92,8 @@ class Container:
             out["workingDir"] = self.workingDir
         if self.securityContext is not None:
             out["securityContext"] = self.securityContext
+        if self.readinessProbe is not None:
+            out["readinessProbe"] = self.readinessProbe
         return out
 
 

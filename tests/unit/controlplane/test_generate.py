@@ -183,7 +183,7 @@ def test_only_fields_of_the_proxy_subset(shared_dir: Path) -> None:
     allowed |= {"dynamic_resources", "lds_config", "cds_config", "path_config_source", "path",
                 "resource_api_version", "eds_cluster_config", "service_name", "eds_config",
                 "version_info", "resources", "metadata", "filter_metadata",
-                "transport_protocol", "application_protocols"}
+                "transport_protocol", "application_protocols", "direct_response", "status"}
     for tproxy in (False, True):
         snap, server, client = seed(tproxy)
         for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):
@@ -211,3 +211,25 @@ def test_real_envoy_validates_generated_config(tmp_path: Path, tproxy: bool) -> 
                                  capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stdout + out.stderr
             assert "OK" in out.stdout
+
+
+def test_bootstrap_has_istio_health_and_stats_listeners() -> None:
+    snap, server, _ = seed()
+    cfg = generate(snap, server, SERVER_IP, "/d")
+    static = cfg.bootstrap["static_resources"]
+    by_port = {lst["address"]["socket_address"]["port_value"]: lst for lst in static["listeners"]}
+    assert set(by_port) == {15021, 15090}
+    health = by_port[15021]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    route = health["virtual_hosts"][0]["routes"][0]
+    assert route == {"match": {"prefix": "/healthz/ready"}, "direct_response": {"status": 200}}
+    stats = by_port[15090]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    assert stats["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == "prometheus_stats"
+    (prom,) = static["clusters"]
+    assert prom["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] \
+        == {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}
+    # the injected sidecar's readiness probe is that listener
+    probe = server.spec.containers[-1].readinessProbe
+    assert probe is not None and probe["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    # the static bootstrap keeps them next to the xDS resources
+    names = [lst["name"] for lst in static_bootstrap(cfg)["static_resources"]["listeners"]]
+    assert names[:2] == ["0.0.0.0_15090", "0.0.0.0_15021"] and "virtualInbound" in names

@@ -32,9 +32,12 @@ Writer = Callable[[Snapshot], None]
 
 
 def loopback_copy(cfg: SidecarConfig) -> SidecarConfig:
-    for listener in cfg.listeners:
+    """Every bound listener (LDS and the bootstrap's 15021/15090) on 127.0.0.1:0."""
+    static = cfg.bootstrap["static_resources"]["listeners"]
+    for listener in [*cfg.listeners, *static]:
         if listener.get("bind_to_port", True):
             listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
+    assert cfg.files["bootstrap.json"] is cfg.bootstrap
     cfg.bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
     cfg.files["lds.json"] = discovery_response(LISTENER_TYPE, cfg.listeners)
     return cfg

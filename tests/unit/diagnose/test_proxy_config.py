@@ -131,6 +131,7 @@ def test_client_endpoints_and_routes() -> None:
     dump = generated_dump(server=False)
     assert norm(endpoint_table(dump)) == [
         "ENDPOINT STATUS OUTLIER CHECK CLUSTER",
+        "127.0.0.1:15000 HEALTHY OK prometheus_stats",
         "10.20.0.77:18080 HEALTHY OK outbound|18080||simple-server-svc.demo-to.svc.cluster.local"]
     assert endpoint_table(dump, port=9999) == "ENDPOINT     STATUS     OUTLIER CHECK     CLUSTER\n"
     routes = norm(route_table(dump))
