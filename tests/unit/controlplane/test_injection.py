@@ -121,3 +121,22 @@ def test_bad_annotations_are_errors_naming_the_pod() -> None:
 def test_interception_none_has_no_init_container() -> None:
     pod = inject(server_pod({"sidecar.istio.io/interceptionMode": "NONE"}), ENABLED)
     assert pod.spec.initContainers == () and len(pod.spec.containers) == 2
+
+
+def test_init_argv_parses_with_the_capture_engine() -> None:
+    from remora.capture.argv import parse_args
+
+    cfg = parse_args(istio_init_args(server_pod({
+        "sidecar.istio.io/interceptionMode": "TPROXY",
+        "traffic.sidecar.istio.io/excludeInboundPorts": "8081",
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "3306",
+        "traffic.sidecar.istio.io/includeOutboundPorts": "443",
+        "traffic.sidecar.istio.io/excludeInterfaces": "eth1"})), env={})
+    assert cfg.inbound_interception_mode == "TPROXY"
+    assert cfg.inbound_ports_include == ("*",) and cfg.outbound_ip_ranges_include == ("*",)
+    assert cfg.inbound_ports_exclude == ("15090", "15021", "8081", "15020")
+    assert cfg.outbound_ports_exclude == ("3306",) and cfg.outbound_ports_include == ("443",)
+    assert cfg.exclude_interfaces == ("eth1",) and cfg.proxy_uid == ("1337",)
+    default = parse_args(DEFAULT_ARGS, env={})
+    assert default.inbound_interception_mode == "REDIRECT"
+    assert default.outbound_ip_ranges_exclude == ()
