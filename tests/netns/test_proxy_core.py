@@ -33,7 +33,7 @@ pytestmark = pytest.mark.netns
 APP = r"""
 import socket, sys, threading
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 18080)); srv.listen(64)
+srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen(64)
 def serve(conn, peer):
     conn.sendall(f"RemoteAddr={peer[0]}:{peer[1]}\n".encode())
     while True:
@@ -102,10 +102,10 @@ def stats(ns: Namespace) -> dict[str, int]:
 class Conn:
     """A client connection from the client namespace to the server pod's app port."""
 
-    def __init__(self, client: Namespace) -> None:
+    def __init__(self, client: Namespace, port: int = 18080) -> None:
         self.sock = Lab.socket(client)
         self.sock.settimeout(5)
-        self.sock.connect((SERVER_IP, 18080))
+        self.sock.connect((SERVER_IP, port))
         self.file = self.sock.makefile("rb")
         self.greeting = self.file.readline().decode().strip()
 
@@ -121,8 +121,9 @@ class Conn:
 @pytest.fixture
 def pod(lab: Lab) -> Iterator[tuple[Lab, Namespace, Namespace]]:
     client, server = lab.pair()
-    lab.spawn(server, [sys.executable, "-c", APP])
-    lab.wait_port(server, SERVER_IP, 18080)
+    for port in ("18080", "9000"):
+        lab.spawn(server, [sys.executable, "-c", APP, port])
+        lab.wait_port(server, SERVER_IP, int(port))
     yield lab, client, server
 
 
@@ -252,3 +253,36 @@ def test_missing_net_admin_is_one_clear_line(shared_dir: Path, tmp_path: Path) -
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("remora: error: listener 'virtualInbound'")
     assert "CAP_NET_ADMIN" in lines[-1]
+
+
+def test_client_sidecar_hands_off_by_original_destination(
+    pod: tuple[Lab, Namespace, Namespace], shared_dir: Path, tmp_path: Path,
+) -> None:
+    """The client sidecar (REDIRECT on OUTPUT): virtualOutbound :15001 with
+    use_original_dst hands 10.20.0.77:18080 to the bind_to_port: false listener
+    0.0.0.0_18080 (its chain -> the STATIC outbound cluster); another port goes through
+    the catch-all chain to the ORIGINAL_DST PassthroughCluster."""
+    lab, client, _server = pod
+    doc = tcp_only(json.loads((shared_dir / "reference/envoy-sidecar/client-redirect.json")
+                              .read_text()))
+    config = tmp_path / "client-sidecar.json"
+    config.write_text(json.dumps(doc))
+    apply_capture(lab, client, shared_dir, "REDIRECT")
+    start_proxy(lab, client, config, tmp_path / "proxy.out")
+
+    svc = Conn(client)  # the app dials the service directly; capture sends it to :15001
+    assert svc.greeting.startswith(f"RemoteAddr={CLIENT_IP}:")
+    assert svc.echo("via outbound") == "via outbound"
+    other = Conn(client, 9000)
+    assert other.greeting.startswith(f"RemoteAddr={CLIENT_IP}:")
+    assert other.echo("passthrough") == "passthrough"
+    svc.close()
+    other.close()
+    s = stats(client)
+    outbound = "outbound|18080||srv.default.svc.cluster.local"
+    assert s[f"tcp.{outbound}.downstream_cx_total"] == 1
+    assert s[f"cluster.{outbound}.upstream_cx_total"] == 1
+    assert s["listener.0.0.0.0_18080.downstream_cx_total"] == 1
+    assert s["tcp.PassthroughCluster.downstream_cx_total"] == 1
+    assert s["cluster.PassthroughCluster.upstream_cx_total"] == 1
+    assert s["listener.0.0.0.0_15001.downstream_cx_total"] == 1

@@ -34,7 +34,6 @@ class Bootstrap:
     node_id: str = ""
     node_cluster: str = ""
     admin: Address | None = None
-    admin_loggers_raw: list[Any] = field(default_factory=list)
     static_listeners: list[Any] = field(default_factory=list)
     static_clusters: list[Any] = field(default_factory=list)
     lds_path: str | None = None
@@ -110,7 +109,9 @@ def parse_bootstrap(doc: Any, path: str) -> Bootstrap:
         boot.admin = parse_address(admin.fields("address", "Address"), admin.at("address"))
         admin.string("access_log_path")  # deprecated; remora does not log admin requests
         admin.string("profile_path")
-        boot.admin_loggers_raw = admin.items("access_log")
+        if admin.items("access_log"):
+            raise ConfigError(admin.at("access_log"), "remora does not log admin requests",
+                              "remove admin.access_log")
         admin.done()
     static = f.fields("static_resources", "StaticResources")
     if static is not None:
