@@ -150,8 +150,6 @@ class Http1Connection:
             self.resume_reading()
             stream = ActiveStream(self, req)
             self.active = stream
-            if dec.error is not None and not req.complete:
-                self.cancel_active("codec")  # its body was malformed after the headers
             try:
                 await self.hcm.serve(stream)
             except asyncio.CancelledError:

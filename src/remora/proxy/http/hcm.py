@@ -47,9 +47,14 @@ class HttpConnectionManager:
         self._rq_total = p + "downstream_rq_total"
         self._rq_active = p + "downstream_rq_active"
         self._rq_xx = {c: f"{p}downstream_rq_{c}xx" for c in range(1, 6)}
+        self._rq_completed = p + "downstream_rq_completed"
         self._cx_total = p + "downstream_cx_total"
         self._cx_active = p + "downstream_cx_active"
         self._node_ip: str | bool | None = False
+        # Envoy declares its counters up front, so /stats lists them at 0 before any request
+        for name in (self._rq_total, self._cx_total, p + "downstream_rq_completed",
+                     *self._rq_xx.values()):
+            self.stats.inc(name, 0)
 
     async def on_connection(self, downstream: Downstream) -> None:
         stats = self.stats
@@ -81,6 +86,7 @@ class HttpConnectionManager:
         if info.response_code is None:
             info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
         info.finish()
+        self.stats.inc(self._rq_completed)
         code = info.response_code // 100
         if code in self._rq_xx:
             self.stats.inc(self._rq_xx[code])

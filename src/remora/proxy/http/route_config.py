@@ -248,6 +248,10 @@ def _route(f: Fields, vhost: VirtualHost) -> Route:
             _zero_only(msd, "max_stream_duration")
             _zero_only(msd, "grpc_timeout_header_max")
             msd.done()
+            # With max_stream_duration present Envoy uses its "new timeouts": the route's
+            # `timeout` no longer applies (router's FilterUtility::finalTimeout,
+            # route.usingNewTimeouts()); observed on Envoy 1.40 with Istio's "0s" values.
+            r.timeout = 0.0
         action.done()
     if direct is not None:
         status = direct.integer("status", required=True)

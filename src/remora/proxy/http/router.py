@@ -192,6 +192,7 @@ class _Forward:
             facts = stream.conn.downstream.facts
             key = pool_key(cluster.name, facts)
             pc = router.pool.acquire(key, exclude)
+            fresh = pc is None
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
                     raise _Failure("connect", UpstreamError("UO", ""))
@@ -211,6 +212,14 @@ class _Forward:
             self.current = pc
             self.tried.add(pc.host)
             router.stats.inc(self.stat + "upstream_rq_total")
+            if stream.conn.decoder.error is not None and not stream.req.complete:
+                # The body was malformed in the same read as its headers: Envoy answers 400
+                # DPE. It has picked the host by then; a pooled connection is attached at
+                # once, a new one is still connecting, so UPSTREAM_LOCAL_ADDRESS is logged
+                # only in the first case (observed on Envoy 1.40).
+                if fresh:
+                    info.upstream_local_address = None
+                raise _Failure("codec")
             self._send_request(pc)
             await self._relay_response(pc)
         finally:
@@ -313,6 +322,9 @@ class _Forward:
             return
         if f.kind == "status":
             return  # unreachable: a retriable status is only withheld when retrying
+        if f.kind == "codec":
+            stream.interrupted("codec")
+            return
         retried = "retried and the latest " if stream.info.upstream_request_attempt_count > 1 \
             else ""
         if f.kind == "per_try":
