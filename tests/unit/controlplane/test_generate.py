@@ -233,3 +233,58 @@ def test_bootstrap_has_istio_health_and_stats_listeners() -> None:
     # the static bootstrap keeps them next to the xDS resources
     names = [lst["name"] for lst in static_bootstrap(cfg)["static_resources"]["listeners"]]
     assert names[:2] == ["0.0.0.0_15090", "0.0.0.0_15021"] and "virtualInbound" in names
+
+
+def rich_snapshot() -> tuple[Any, Any, Any]:
+    """The seed plus: an HTTP service on a named targetPort, a TCP and a UDP port, a
+    second HTTP service on the same port in another namespace, two server replicas."""
+    from remora.resources.objects import ContainerPort, ObjectMeta, ServicePort
+    snap, server, client = seed()
+    (svc,) = snap.services
+    web = replace(svc, metadata=replace(svc.metadata, name="web"), clusterIP="172.16.0.10",
+                  ports=(ServicePort(port=80, targetPort="http-main", name="http"),
+                         ServicePort(port=5432, targetPort=5432, name="tcp-db"),
+                         ServicePort(port=53, targetPort=53, name="dns", protocol="UDP")))
+    other = replace(svc, metadata=ObjectMeta(name="web", namespace="demo-from"),
+                    selector={"web": "client"}, clusterIP="172.16.0.11",
+                    ports=(ServicePort(port=80, targetPort=8080, name="http-web",
+                                       appProtocol="http"),))
+    app = replace(server.spec.containers[0],
+                  ports=(ContainerPort(containerPort=8080, name="http-main"),))
+    server2 = replace(server, spec=replace(server.spec,
+                                           containers=(app, *server.spec.containers[1:])))
+    replica = replace(server2, metadata=replace(server2.metadata, name="simple-server-x-2"))
+    snap2 = replace(snap, services=(svc, web, other),
+                    workloads=(Workload(server2, SERVER_IP), Workload(replica, "10.20.0.79"),
+                               snap.workloads[1]))
+    return snap2, server2, client
+
+
+def test_rich_snapshot_shapes() -> None:
+    snap, _, client = rich_snapshot()
+    cfg = generate(snap, client, CLIENT_IP, "/d")
+    http80 = by_name(cfg.listeners, "0.0.0.0_80")
+    vhosts = http80["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"]
+    assert [v["name"] for v in vhosts] == ["web.demo-to.svc.cluster.local:80",
+                                           "web.demo-from.svc.cluster.local:80", "allow_any"]
+    assert "web" in vhosts[1]["domains"] and "web" not in vhosts[0]["domains"]
+    domains = [d for v in vhosts for d in v["domains"]]
+    assert len(domains) == len(set(domains))  # Envoy rejects duplicate domains
+    cla = cfg.endpoints["outbound|18080||simple-server-svc.demo-to.svc.cluster.local"]
+    ips = [e["endpoint"]["address"]["socket_address"]["address"]
+           for e in cla["endpoints"][0]["lb_endpoints"]]
+    assert ips == ["10.20.0.77", "10.20.0.79"]
+
+
+@pytest.mark.envoy
+def test_real_envoy_validates_rich_config(tmp_path: Path) -> None:
+    import subprocess
+    snap, server, client = rich_snapshot()
+    for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):
+        path = tmp_path / f"{pod.metadata.name}.json"
+        path.write_text(json.dumps(static_bootstrap(generate(snap, pod, ip, str(tmp_path)))))
+        out = subprocess.run(["envoy", "--mode", "validate", "-c", str(path),
+                              "--disable-hot-restart", "-l", "error"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
