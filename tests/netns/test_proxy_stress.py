@@ -9,6 +9,8 @@ observation field by field).
   server sidecar): payloads of 0 bytes to 64 MiB in both directions, with the half-close
   coming from the client first, from the server first, or both sending at once; SHA-256
   compared end to end. A few fixed big cases plus hypothesis for the rest.
+- Byte-exact HTTP request and response bodies (Content-Length and chunked, 0 bytes to
+  16 MiB) through the http_connection_manager chains of one and two sidecars.
 - Malformed HTTP (bad request line, bad header, conflicting Content-Length, oversize
   headers, invalid chunking): an error status with DPE in the access log and the
   connection closed, while a keep-alive client next to it keeps being served.
@@ -172,18 +174,33 @@ BIG_CASES = [
 sizes = st.one_of(st.integers(0, 300), st.integers(0, 2 * MIB))
 
 
+def relay_modes(kind: str, hops: int) -> list[int]:
+    """Half-close orders to test. Envoy 1.40 itself loses upstream-bound bytes in ~10% of
+    BOTH-mode transfers through two sidecars (observed here: the server sidecar logs all
+    bytes received, but its upstream_cx_tx_bytes_total falls short by exactly what the
+    app misses, with upstream_cx_destroy_local_with_active_rq > 0 — it closes the upstream
+    connection with data still buffered; cf. envoyproxy/envoy#44148 and #45267 on
+    tcp_proxy resets dropping buffered data). So Envoy is not held to that case; remora,
+    which must lose nothing, is."""
+    if kind == "envoy" and hops == 2:
+        return [CLIENT_FIRST, SERVER_FIRST]
+    return [CLIENT_FIRST, SERVER_FIRST, BOTH]
+
+
 @pytest.mark.parametrize("hops", [1, 2])
 @pytest.mark.parametrize("kind", ph.KINDS)
 def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
     require(kind)
+    modes = relay_modes(kind, hops)
     with relay_topology(kind, hops, tmp_path) as relay:
         for i, (up_len, down_len, mode) in enumerate(BIG_CASES):
-            relay.check(up_len, down_len, mode, seed=1000 + 2 * i)
+            relay.check(up_len, down_len, mode if mode in modes else SERVER_FIRST,
+                        seed=1000 + 2 * i)
         seeds = iter(range(10_000, 1_000_000, 2))
 
         @settings(max_examples=20, deadline=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        @given(sizes, sizes, st.sampled_from([CLIENT_FIRST, SERVER_FIRST, BOTH]))
+        @given(sizes, sizes, st.sampled_from(modes))
         def relay_is_exact(up_len: int, down_len: int, mode: int) -> None:
             relay.check(up_len, down_len, mode, seed=next(seeds))
 
@@ -195,6 +212,137 @@ def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
             lines = sidecar.wait_access_log(relay.connections)
             assert [ph.parse_access_log(x)["upstream_cluster"] for x in lines] == \
                 [cluster] * relay.connections
+
+
+# -- byte-exact HTTP bodies through http_connection_manager ------------------------------
+class HttpBodyServer:
+    """App behind the HCM chain: hashes each request body, answers with a seeded body of
+    the size the query asks for (Content-Length or chunked). Serves several requests per
+    connection, since the sidecar pools its upstream connections."""
+
+    def __init__(self, ns: Namespace) -> None:
+        self.received: dict[int, tuple[str, int]] = {}
+        self.peer = ph.PeerServer(ns, 18080, self.handle)
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(IO_TIMEOUT)
+        server = self
+
+        class _Request:
+            def __init__(self) -> None:
+                self.reset()
+
+            def reset(self) -> None:
+                self.url = b""
+                self.digest = hashlib.sha256()
+                self.count = 0
+
+            def on_url(self, url: bytes) -> None:
+                self.url += url
+
+            def on_body(self, body: bytes) -> None:
+                self.digest.update(body)
+                self.count += len(body)
+
+            def on_message_complete(self) -> None:
+                query = dict(x.split("=") for x in
+                             self.url.decode().split("?", 1)[1].split("&"))
+                seed, down, chunked = int(query["seed"]), int(query["down"]), query["chunked"]
+                server.received[seed] = (self.digest.hexdigest(), self.count)
+                conn.sendall(_http_response(payload(seed + 1, down), chunked == "1"))
+                self.reset()
+
+        parser = httptools.HttpRequestParser(_Request())
+        while data := conn.recv(MIB):
+            parser.feed_data(data)
+
+
+def _http_response(body: bytes, chunked: bool) -> bytes:
+    if not chunked:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    parts = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    for i in range(0, len(body), 100_000):
+        piece = body[i:i + 100_000]
+        parts.append(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    parts.append(b"0\r\n\r\n")
+    return b"".join(parts)
+
+
+def _http_request(body: bytes, seed: int, down: int, chunked: bool) -> bytes:
+    head = (f"POST /echo?seed={seed}&down={down}&chunked={int(chunked)} HTTP/1.1\r\n"
+            f"Host: {SERVER_IP}:18080\r\nConnection: close\r\n").encode()
+    if not chunked:
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    chunks = b"".join(b"%x\r\n" % len(body[i:i + 65_537]) + body[i:i + 65_537] + b"\r\n"
+                      for i in range(0, len(body), 65_537))
+    return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+@dataclass
+class HttpRelay:
+    client: Namespace
+    server: HttpBodyServer
+    requests: int = 0
+
+    def check(self, up_len: int, down_len: int, chunked: bool, seed: int) -> None:
+        self.requests += 1
+        up = payload(seed, up_len)
+        sock = Lab.socket(self.client)
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect((SERVER_IP, 18080))
+        sender = threading.Thread(target=sock.sendall,
+                                  args=(_http_request(up, seed, down_len, chunked),))
+        try:
+            sender.start()
+            raw = ph.recv_all(sock)
+            sender.join(IO_TIMEOUT)
+        finally:
+            sock.close()
+        status, body = ph.parse_response(raw)
+        assert status == 200, raw[:300]
+        assert (hashlib.sha256(body).hexdigest(), len(body)) == (
+            hashlib.sha256(payload(seed + 1, down_len)).hexdigest(), down_len)
+        assert self.server.received.get(seed) == (hashlib.sha256(up).hexdigest(), up_len)
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_byte_exact_http_bodies(kind: str, hops: int, tmp_path: Path) -> None:
+    require(kind)
+    with Lab(prefix="rsh") as lab:
+        client, server = lab.pair()
+        app = HttpBodyServer(server)
+        try:
+            ph.apply_capture(lab, server, "redirect")
+            sidecars = [(ph.start_sidecar(lab, server, kind,
+                                          ph.REFERENCE / "server-redirect.json", tmp_path),
+                         "inbound|18080||")]
+            if hops == 2:
+                ph.apply_capture(lab, client, "redirect")
+                sidecars.append((ph.start_sidecar(lab, client, kind,
+                                                  ph.REFERENCE / "client-redirect.json",
+                                                  tmp_path),
+                                 "outbound|18080||srv.default.svc.cluster.local"))
+            relay = HttpRelay(client, app)
+            for i, (up_len, down_len, chunked) in enumerate(
+                    [(0, 0, False), (0, 0, True), (16 * MIB, 3, False), (5, 16 * MIB, True)]):
+                relay.check(up_len, down_len, chunked, seed=2000 + 2 * i)
+            seeds = iter(range(20_000, 1_000_000, 2))
+
+            @settings(max_examples=15, deadline=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(sizes, sizes, st.booleans())
+            def bodies_are_exact(up_len: int, down_len: int, chunked: bool) -> None:
+                relay.check(up_len, down_len, chunked, seed=next(seeds))
+
+            bodies_are_exact()
+            assert not app.peer.errors, app.peer.errors
+            for sidecar, cluster in sidecars:  # each request crossed each sidecar's HCM
+                lines = [ph.parse_access_log(x) for x in sidecar.wait_access_log(relay.requests)]
+                assert [(x["upstream_cluster"], x["response_code"]) for x in lines] == \
+                    [(cluster, "200")] * relay.requests
+        finally:
+            app.peer.close()
 
 
 # -- malformed requests ------------------------------------------------------------------
@@ -331,16 +479,20 @@ def envoy_once(key: str, make: Callable[[], object]) -> object:
         return _cache[key]
 
 
+def malformed(kind: str, factory: pytest.TempPathFactory) -> tuple[dict[str, BadOutcome],
+                                                                   GoodClient]:
+    require(kind)
+    found = envoy_once(f"malformed-{kind}", lambda: observe_malformed(
+        kind, factory.mktemp(f"{kind}-malformed")))
+    assert isinstance(found, tuple)
+    return found
+
+
 @pytest.mark.parametrize("kind", ph.KINDS)
 def test_malformed_http_is_refused_and_others_served(
     kind: str, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    require(kind)
-    envoy = envoy_once("malformed", lambda: observe_malformed(
-        "envoy", tmp_path_factory.mktemp("envoy-malformed")))
-    assert isinstance(envoy, tuple)
-    outcomes, good = envoy if kind == "envoy" else observe_malformed(
-        kind, tmp_path_factory.mktemp(f"{kind}-malformed"))
+    outcomes, good = malformed(kind, tmp_path_factory)
     assert not good.errors and good.ok > 0, (good.ok, good.errors)
     for name, outcome in outcomes.items():
         assert outcome.closed, f"{name}: connection left open"
@@ -348,8 +500,17 @@ def test_malformed_http_is_refused_and_others_served(
         assert outcome.log is not None, f"{name}: no access-log line"
         assert outcome.log["response_flags"] == "DPE", (name, outcome.log)
         assert outcome.log["response_code"] == str(outcome.status), (name, outcome.log)
-    if kind != "envoy":
-        assert outcomes == envoy[0]
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_http_same_as_envoy(case: str,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    ours = malformed("remora", tmp_path_factory)[0][case]
+    theirs = malformed("envoy", tmp_path_factory)[0][case]
+    assert (ours.status, ours.closed) == (theirs.status, theirs.closed)
+    assert ours.log is not None and theirs.log is not None
+    differing = {k: (ours.log.get(k), v) for k, v in theirs.log.items() if ours.log.get(k) != v}
+    assert not differing, f"access-log field: (remora, envoy): {differing}"
 
 
 # -- upstream failures ---------------------------------------------------------------------
