@@ -64,6 +64,7 @@ class Runtime:
         self._retry: dict[str, float] = {}
         self._signature = ""
         self._stopping: set[str] = set()
+        self._admission_errors: set[str] = set()
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,7 +130,7 @@ class Runtime:
             except RemoraError as exc:
                 self._retry[row.uid] = time.monotonic() + RETRY_AFTER
                 self.store.update_pod(row.uid, message=exc.one_line())
-            except OSError as exc:
+            except Exception as exc:  # a bug in a hook must not starve the other pods
                 self._retry[row.uid] = time.monotonic() + RETRY_AFTER
                 self.store.update_pod(row.uid, message=f"{type(exc).__name__}: {exc}")
                 log.exception("pod %s/%s", row.namespace, row.name)
@@ -172,9 +173,12 @@ class Runtime:
         pod["metadata"]["uid"] = uid
         try:
             admitted = self.setup.admit(pod, self.store.get_object("Namespace", "", ns))
-        except RemoraError as exc:
-            log.error("admission of pod %s/%s failed: %s", ns, pod["metadata"]["name"],
-                      exc.one_line())
+        except Exception as exc:
+            text = exc.one_line() if isinstance(exc, RemoraError) else repr(exc)
+            key = f"{ns}/{pod['metadata']['name'].rsplit('-', 1)[0]}: {text}"
+            if key not in self._admission_errors:  # once, not on every pass
+                self._admission_errors.add(key)
+                log.error("admission of pod %s failed", key)
             return
         node = self._pick_node(admitted)
         self.store.insert_pod(PodRow(
@@ -284,10 +288,11 @@ class Runtime:
                                        for p in pods)], sort_keys=True, default=str)
         if signature == self._signature:
             return
+        # DNS first: it must not wait for a rules reload that may fail and be retried.
+        self.zone = views.zone(self.config.domain, services, pods)
         rules = kubeproxy.render(views.service_ports(services, snapshot.endpoints))
         for node in self.nodes:
             kubeproxy.apply(node.netns, rules)
-        self.zone = views.zone(self.config.domain, services, pods)
         contexts = [self.context(r) for r in self.store.list_pods() if r.ip and not r.deleting]
         try:
             self.setup.cluster_changed(snapshot, contexts)
