@@ -125,3 +125,32 @@ def test_label_values_must_be_strings() -> None:
         load_manifests(DEPLOY.replace("labels: {app: web}}", "labels: {app: web, v: 1}}"))
     assert "labels.v: expected a string" in err.value.one_line()
     assert 'fix: quote the value in YAML: v: "1"' in err.value.one_line()
+
+
+def test_pod_and_list_documents() -> None:
+    text = """
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: p, namespace: a, labels: {app: p}}
+  spec:
+    containers:
+    - name: c
+      image: busybox
+      command: [sleep, "3600"]
+      env: [{name: A, value: "1"}]
+      readinessProbe: {tcpSocket: {port: 80}}
+  status: {phase: Running}
+"""
+    loaded = load_manifests(text)
+    assert loaded.warnings == []
+    (pod,) = loaded.objects
+    assert pod.kind == "Pod" and pod.metadata.labels == {"app": "p"}
+    c = pod.spec.containers[0]  # type: ignore[union-attr]
+    assert c.command == ("sleep", "3600") and c.env[0].value == "1"
+    assert c.readinessProbe == {"tcpSocket": {"port": 80}}
+    with pytest.raises(RemoraError) as err:
+        load_manifests(text.replace('command: [sleep, "3600"]', "command: [sleep, 3600]"))
+    assert "Pod/a/p: spec.containers[0].command[1]: expected a string" in err.value.one_line()
