@@ -237,6 +237,11 @@ def add_document(cfg: EnvoyConfig, doc: Any, source: str, relaxed: bool = False)
         return
     if isinstance(doc, dict) and isinstance(doc.get("cluster_statuses"), list):
         items = doc["cluster_statuses"]
+    elif isinstance(doc, dict) and any(isinstance(doc.get(k), list) for k in (
+            "listeners", "clusters", "routes", "endpoints")):
+        # {"listeners": [...], "clusters": [...], ...}: per-type lists in one object
+        items = [x for k in ("listeners", "clusters", "routes", "endpoints")
+                 for x in doc.get(k) or [] if isinstance(doc.get(k), list)]
     elif isinstance(doc, list):
         items = doc
     elif isinstance(doc, dict):

@@ -123,9 +123,10 @@ def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
     used = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         kind = _kind(path)
-        if kind is None:
-            continue
         pod = ev.client if _side_of(path, root) == "client" else ev.server
+        if kind is None:
+            pod.sources.append(f"skipped: {path} (not recognised as evidence)")
+            continue
         {"config": add_config, "iptables": add_iptables, "log": add_access_log}[kind](pod, path)
         used += 1
     if not used:

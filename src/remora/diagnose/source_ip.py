@@ -63,6 +63,7 @@ class Report:
     missing: list[Missing]
     assumptions: list[str]
     mode: str  # server interception mode: REDIRECT, TPROXY, none, unknown
+    sources: dict[str, list[str]] = field(default_factory=dict)  # what was read, per side
 
 
 def _ip_of(addr: str | None) -> str | None:
@@ -334,7 +335,8 @@ def explain_source_ip(ev: Evidence) -> Report:
 
     verdict = decide(ev, steps, facts, mode)
     missing.extend(verdict.missing)
-    return Report(steps, verdict, facts, list(dict.fromkeys(missing)), assumptions, mode)
+    return Report(steps, verdict, facts, list(dict.fromkeys(missing)), assumptions, mode,
+                  {"client": list(ev.client.sources), "server": list(ev.server.sources)})
 
 
 def _server_has_original_src(pod: PodEvidence) -> bool:

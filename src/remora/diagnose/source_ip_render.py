@@ -104,7 +104,10 @@ def render_text(r: Report) -> str:
     f = r.facts
     to = f["authority"].value if "authority" in f else f"{f['service_ip'].value}:{f['port'].value}"
     lines = [f"client {f['client_ip'].value} -> {to} -> server {f['server_ip'].value}"
-             f"  (server interception mode: {r.mode})", ""]
+             f"  (server interception mode: {r.mode})"]
+    for side, sources in r.sources.items():
+        lines.extend(f"  {side} evidence: {s}" for s in sources)
+    lines.append("")
     for s in r.steps:
         lines.extend(_step_lines(s))
         lines.append("")
@@ -166,6 +169,7 @@ def to_json(r: Report) -> dict[str, Any]:
         "verdict": asdict(r.verdict),
         "missing": [asdict(m) for m in r.missing],
         "assumptions": r.assumptions,
+        "evidence": r.sources,
     }
 
 

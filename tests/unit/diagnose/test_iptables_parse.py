@@ -148,3 +148,12 @@ def test_unrecognised_listing_is_one_line_error(text: str) -> None:
 def test_save_line_that_is_not_a_rule() -> None:
     with pytest.raises(RemoraError, match="line 2 is not a rule"):
         parse_iptables_save("*nat\n-Z PREROUTING\nCOMMIT\n")
+
+
+def test_one_file_with_both_seed_listings(data: Path) -> None:
+    names = ("seed_tproxy_mangle.txt", "seed_tproxy_nat.txt")
+    text = "".join((data / n).read_text() for n in names)
+    rs = parse_iptables_text(text, "iptables.txt")
+    assert set(rs.tables) == {"mangle", "nat"}
+    assert rs.tables["nat"].chains["ISTIO_REDIRECT"].rules[0].target.to_port == 15001
+    assert rs.tables["mangle"].chains["ISTIO_TPROXY"].rules[0].target.name == "TPROXY"
