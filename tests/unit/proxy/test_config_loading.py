@@ -165,3 +165,22 @@ def test_bad_dynamic_file_at_start_is_counted_not_fatal(tmp_path: Path) -> None:
     server = load({"dynamic_resources": {"lds_config": {"path": str(lds)}}})
     assert server.listeners == {}
     assert server.stats.counters["listener_manager.lds.update_rejected"] == 1
+
+
+def test_http_protocol_options_parsed_strictly() -> None:
+    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    opts = {"@type": "type.googleapis.com/" + key,
+            "common_http_protocol_options": {"idle_timeout": "3600s",
+                                             "max_requests_per_connection": 100},
+            "use_downstream_protocol_config": {"http_protocol_options": {},
+                                               "http2_protocol_options": {}}}
+    doc = base()
+    doc["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {key: opts}
+    cluster = load(doc).cluster_manager.get("c")
+    assert cluster is not None
+    hpo = cluster.config.http_protocol_options
+    assert (hpo.idle_timeout, hpo.max_requests_per_connection, hpo.protocol) == (
+        3600.0, 100, "downstream")
+    opts["common_http_protocol_options"]["max_headers_count"] = 5  # type: ignore[index]
+    assert error_path(doc) == ("static_resources.clusters[0].typed_extension_protocol_options."
+                               f"{key}.common_http_protocol_options.max_headers_count")

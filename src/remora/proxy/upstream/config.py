@@ -47,11 +47,61 @@ class ClusterConfig:
     thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     track_remaining: bool = False
     keepalive: bool = False
-    # Read by the HTTP side (envoy.extensions.upstreams.http.v3.HttpProtocolOptions).
+    # envoy.extensions.upstreams.http.v3.HttpProtocolOptions, parsed for the HTTP side
+    # (raw map kept too).
     typed_extension_protocol_options: dict[str, Any] = field(default_factory=dict)
+    http_protocol_options: HttpProtocolOptions = field(
+        default_factory=lambda: HttpProtocolOptions())
     metadata: dict[str, Any] = field(default_factory=dict)
     use_http_header: bool = False  # original_dst_lb_config
     http_header_name: str = "x-envoy-original-dst-host"
+
+
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@dataclass(frozen=True)
+class HttpProtocolOptions:
+    """``envoy.extensions.upstreams.http.v3.HttpProtocolOptions`` on a cluster, for the
+    HTTP upstream pool. https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/upstreams/http/v3/http_protocol_options.proto
+    """
+
+    idle_timeout: float | None = None  # common_http_protocol_options.idle_timeout (Envoy: 1h)
+    max_requests_per_connection: int | None = None
+    max_connection_duration: float | None = None
+    protocol: str = "http1"  # explicit_http_config: "http1" | "http2"; or "downstream"
+
+
+def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
+    f.ignore("@type")
+    common = f.fields("common_http_protocol_options", "HttpProtocolOptions")
+    idle = max_requests = duration = None
+    if common is not None:
+        idle = common.duration("idle_timeout")
+        max_requests = common.integer("max_requests_per_connection")
+        duration = common.duration("max_connection_duration")
+        common.done()
+    protocol = "http1"
+    explicit = f.fields("explicit_http_config", "ExplicitHttpConfig")
+    downstream = f.fields("use_downstream_protocol_config", "UseDownstreamHttpConfig")
+    upstream_opts = f.fields("upstream_http_protocol_options", "UpstreamHttpProtocolOptions")
+    f.done()
+    for sub in (explicit, downstream):
+        if sub is None:
+            continue
+        h1 = sub.fields("http_protocol_options", "Http1ProtocolOptions")
+        h2 = sub.fields("http2_protocol_options", "Http2ProtocolOptions")
+        sub.done()
+        for opts in (h1, h2):
+            if opts is not None:
+                opts.integer("max_concurrent_streams")  # only read for h2 by Envoy
+                opts.done()
+        protocol = "downstream" if sub is downstream else ("http2" if h2 is not None else "http1")
+    if upstream_opts is not None:
+        upstream_opts.boolean("auto_sni")
+        upstream_opts.boolean("auto_san_validation")
+        upstream_opts.done()
+    return HttpProtocolOptions(idle, max_requests, duration, protocol)
 
 
 def config_source_path(f: Fields) -> str:
@@ -125,13 +175,11 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
     if not isinstance(opts, dict):
         raise ConfigError(f.at("typed_extension_protocol_options"), "expected a map")
     for key, value in opts.items():
-        if key not in ("envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                       "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"):
-            raise ConfigError(f"{f.at('typed_extension_protocol_options')}.{key}",
-                              "unsupported protocol options extension")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{f.at('typed_extension_protocol_options')}.{key}",
-                              "expected an object")
+        where = f"{f.at('typed_extension_protocol_options')}.{key}"
+        if key != HTTP_OPTIONS:
+            raise ConfigError(where, "unsupported protocol options extension",
+                              f"remora reads {HTTP_OPTIONS} only")
+        cfg.http_protocol_options = parse_http_protocol_options(Fields(value, where))
     cfg.typed_extension_protocol_options = opts
 
     cla = f.raw("load_assignment")
