@@ -21,26 +21,13 @@ from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, hostport, is_ip, split_hostport
 from remora.diagnose.iptables_model import Packet, Ruleset
 from remora.diagnose.iptables_walk import WalkResult, walk
+from remora.diagnose.source_ip_facts import Fact, ip_of, resolve_facts
 from remora.diagnose.source_ip_verdict import Verdict, decide
 from remora.errors import RemoraError
 
-# TEST-NET addresses (RFC 5737) stand in for facts the evidence does not give.
-PLACEHOLDER_CLIENT = "192.0.2.10"
-PLACEHOLDER_SERVER = "192.0.2.20"
-PLACEHOLDER_VIP = "198.51.100.10"
 APP_UID = 0  # the seed's apps run as root; anything but 1337 walks the same rules
 PROXY_ID = 1337
 EPHEMERAL = 40000
-
-
-@dataclass(frozen=True)
-class Fact:
-    value: str
-    source: str  # where it came from: "--client-ip", "access log line 2", "assumed", ...
-
-    @property
-    def known(self) -> bool:
-        return not self.source.startswith("placeholder")
 
 
 @dataclass
@@ -64,95 +51,6 @@ class Report:
     assumptions: list[str]
     mode: str  # server interception mode: REDIRECT, TPROXY, none, unknown
     sources: dict[str, list[str]] = field(default_factory=dict)  # what was read, per side
-
-
-def _ip_of(addr: str | None) -> str | None:
-    if not addr:
-        return None
-    ip, _ = split_hostport(addr)
-    return ip if is_ip(ip) else None
-
-
-def _inbound(pod: PodEvidence) -> list[object]:
-    return [e for e in pod.access_log if e.direction == "inbound"]
-
-
-def resolve_facts(ev: Evidence) -> dict[str, Fact]:
-    """Client IP, server IP, service address and port, each with where it came from."""
-    facts: dict[str, Fact] = {}
-    s_in = [e for e in ev.server.access_log if e.direction == "inbound"]
-    c_out = [e for e in ev.client.access_log if e.direction == "outbound"]
-
-    def first(*cands: tuple[str | None, str]) -> Fact | None:
-        for value, source in cands:
-            if value:
-                return Fact(value, source)
-        return None
-
-    client = first(
-        (ev.client.ip, "given"),
-        *((_ip_of(e.downstream_remote_address), f"server access log line {e.line}") for e in s_in),
-        (ev.client.config.pod_ip() if ev.client.config else None, "client config node id"),
-        *((_ip_of(e.downstream_remote_address), f"client access log line {e.line}") for e in c_out),
-    )
-    server = first(
-        (ev.server.ip, "given"),
-        (ev.server.config.pod_ip() if ev.server.config else None, "server config node id"),
-        *((_ip_of(e.downstream_local_address), f"server access log line {e.line}") for e in s_in),
-        *((_ip_of(e.upstream_host), f"client access log line {e.line}") for e in c_out),
-    )
-    facts["client_ip"] = client or Fact(PLACEHOLDER_CLIENT, "placeholder (client pod IP unknown)")
-    facts["server_ip"] = server or Fact(PLACEHOLDER_SERVER, "placeholder (server pod IP unknown)")
-    host = ev.target.host
-    port = ev.target.port
-    port_fact = first(
-        (str(port) if port else None, "--to"),
-        *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
-           f"server access log line {e.line}") for e in s_in),
-        *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
-           f"client access log line {e.line}") for e in c_out),
-    )
-    if port_fact is None:
-        raise RemoraError("cannot tell the destination port from the evidence",
-                          "pass --to HOST:PORT (e.g. --to simple-server-svc.demo-to:18080)")
-    facts["port"] = port_fact
-    if host and is_ip(host):
-        facts["service_ip"] = Fact(host, "--to")
-    else:
-        vip = first(*((_ip_of(e.downstream_local_address), f"client access log line {e.line}")
-                      for e in c_out))
-        vip = vip or _vip_from_routes(ev, host)
-        facts["service_ip"] = vip or Fact(PLACEHOLDER_VIP, "placeholder (service ClusterIP "
-                                          "unknown; assumed outside every excluded CIDR)")
-    authority = first(
-        (f"{host}:{port_fact.value}" if host and not is_ip(host) else None, "--to"),
-        *((e.authority, f"server access log line {e.line}") for e in s_in),
-        *((e.authority, f"client access log line {e.line}") for e in c_out),
-    )
-    if authority:
-        facts["authority"] = authority
-    return facts
-
-
-def _vip_from_routes(ev: Evidence, host: str | None) -> Fact | None:
-    """Istio lists a service's ClusterIP among its virtual host's domains."""
-    cfg = ev.client.config
-    if cfg is None or not host:
-        return None
-    vhosts = [vh for rc in cfg.routes.values() for vh in rc.get("virtual_hosts", []) or []]
-    for lst in cfg.listeners:
-        for chain in lst.get("filter_chains", []) or []:
-            for f in chain.get("filters", []) or []:
-                rc = (f.get("typed_config") or {}).get("route_config") or {}
-                vhosts.extend(rc.get("virtual_hosts", []) or [])
-    for vh in vhosts:
-        domains = [str(d) for d in vh.get("domains", []) or []]
-        if host in domains or any(d.split(":")[0] == host for d in domains):
-            ips = [d.split(":")[0] for d in domains if is_ip(d.split(":")[0])]
-            if ips:
-                return Fact(ips[0], f"client route domains of {vh.get('name')}")
-    return None
-
 
 def _mode_of(rules: Ruleset | None) -> str:
     if rules is None:
@@ -245,7 +143,7 @@ def explain_source_ip(ev: Evidence) -> Report:
                 step2.summary += f" over TLS (SNI {t.upstream_tls.sni or '-'})"
             else:
                 step2.summary += " in plain text"
-            ep_ip = _ip_of(t.endpoint)
+            ep_ip = ip_of(t.endpoint)
             if ep_ip and ep_ip != server_ip and facts["server_ip"].known:
                 step2.notes.append(f"the chosen endpoint {t.endpoint} is not the server pod "
                                    f"{server_ip}")

@@ -18,7 +18,8 @@ from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, is_ip, split_hostport
 
 if TYPE_CHECKING:
-    from remora.diagnose.source_ip import Fact, Step
+    from remora.diagnose.source_ip import Step
+    from remora.diagnose.source_ip_facts import Fact
 
 TPROXY_PATCH = {"spec": {"template": {"metadata": {"annotations": {
     "sidecar.istio.io/interceptionMode": "TPROXY"}}}}}

@@ -1,0 +1,103 @@
+"""The data of a sidecar simulation: the connection going in, the trace coming out.
+
+Shared by ``envoy_sim`` (listener, original destination, filter chain), ``envoy_route``
+(network filters and HTTP routes) and ``envoy_upstream`` (cluster, endpoint, TLS, source
+address).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from remora.diagnose.envoy_config import JSON
+from remora.diagnose.facts import Missing
+
+TCP_PROXY = ("envoy.filters.network.tcp_proxy", "envoy.tcp_proxy")
+HCM = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+
+
+@dataclass(frozen=True)
+class TlsHello:
+    sni: str
+    alpn: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """A connection as it reaches a sidecar."""
+
+    src_ip: str
+    src_port: int
+    orig_dst_ip: str
+    orig_dst_port: int
+    capture: str  # "REDIRECT", "TPROXY"
+    arrived_port: int  # the port capture delivered it to (15001 / 15006)
+    tls: TlsHello | None = None
+    http: bool = True
+    authority: str | None = None
+    path: str = "/"
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    mode: str  # "TLS", "plaintext", "unknown"
+    sni: str = ""
+    alpn: tuple[str, ...] = ()
+    how: str = ""
+
+
+@dataclass
+class SidecarTrace:
+    role: str
+    listener: str | None = None
+    handoff: str | None = None
+    local_address: str | None = None
+    original_dst_how: str = ""
+    transport_protocol: str = ""
+    server_name: str = ""
+    application_protocols: tuple[str, ...] = ()
+    chain: str | None = None
+    chain_match: str | None = None
+    chain_reasons: tuple[str, ...] = ()
+    network_filter: str | None = None
+    route_config: str | None = None
+    virtual_host: str | None = None
+    route: str | None = None
+    use_remote_address: bool | None = None
+    cluster: str | None = None
+    cluster_type: str | None = None
+    endpoint: str | None = None
+    upstream_tls: UpstreamTls | None = None
+    upstream_source: str | None = None
+    upstream_source_why: str = ""
+    upstream_mark: int | None = None
+    failure: str | None = None  # no listener, no filter chain, no route, no endpoint, ...
+    failure_detail: str = ""
+    notes: list[str] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.failure is None and self.upstream_source is not None
+
+
+def has_filter(listener: JSON, short: str, type_name: str) -> JSON | None:
+    for f in listener.get("listener_filters", []) or []:
+        t = str((f.get("typed_config") or {}).get("@type", ""))
+        if str(f.get("name", "")).endswith(short) or t.endswith(type_name):
+            return dict(f)
+    return None
+
+
+def sock(listener: JSON) -> tuple[str, int]:
+    sa = (listener.get("address") or {}).get("socket_address") or {}
+    return str(sa.get("address", "")), int(sa.get("port_value", 0) or 0)
+
+
+def fail(trace: SidecarTrace, name: str, detail: str) -> SidecarTrace:
+    trace.failure, trace.failure_detail = name, detail
+    return trace
+
+
+def typed(f: JSON) -> JSON:
+    return dict(f.get("typed_config") or {})
