@@ -141,3 +141,13 @@ def test_new_service_is_in_dns_and_rules_at_once(node: TempNode) -> None:
     assert out.stdout.strip() == ip
     out = node.run("client", [sys.executable, "-c", ASK, ip, "8080", "1"], "demo-from")
     assert out.stdout.strip().startswith("10.20.0.")
+
+
+def test_endpoint_reaches_its_own_service_hairpin(node: TempNode) -> None:
+    ip = cluster_ip(node, "simple-server-svc")
+    server = node.client.get("Pod", "demo-to")[0]
+    out = node.run(server, [sys.executable, "-c", ASK, ip, "18080", "20"])
+    assert out.returncode == 0, out.stderr
+    # with two endpoints, 20 connections land on the pod itself too (kube-proxy masquerades
+    # that hairpin case so the reply comes back through the node)
+    assert server["status"]["podIP"] in out.stdout.split()

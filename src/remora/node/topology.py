@@ -17,6 +17,7 @@ Nothing here runs in the host's namespace: links are created inside lab namespac
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -29,6 +30,12 @@ NODE_SYSCTLS = {
     "net.ipv4.conf.all.send_redirects": "0",
     "net.ipv4.conf.default.send_redirects": "0",
 }
+
+BRIDGE_NF_SYSCTLS = (
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.bridge.bridge-nf-call-arptables",
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,13 @@ def _ensure_node(prefix: str, plan: AddressPlan, node: NodeNet, fabric: str) -> 
         netlink.create(node.netns)
     for key, value in NODE_SYSCTLS.items():
         netlink.sysctl(node.netns, key, value)
+    # If the host has br_netfilter loaded, bridged frames would also traverse iptables in
+    # this namespace (the per-netns default is on) and a DNAT back to the sending pod would
+    # be bridged out of the port it came in on and dropped (no hairpin). Pods here are
+    # routed, never bridged to each other, so switch that path off for this namespace.
+    for key in BRIDGE_NF_SYSCTLS:
+        with contextlib.suppress(FileNotFoundError):
+            netlink.sysctl(node.netns, key, "0")
     uplink = naming.fabric_veth(node.index)
     with netlink.rtnl(fabric) as fab:
         if not fab.link_lookup(ifname=uplink):
