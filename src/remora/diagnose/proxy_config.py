@@ -336,21 +336,29 @@ def route_table(dump: ConfigDump, name: str | None = None) -> str:
 # -- one entry point for the CLI -------------------------------------------------------
 
 def render(dump: ConfigDump, what: str, *, port: int | None = None, fqdn: str | None = None,
-           address: str | None = None, name: str | None = None, fmt: str = "table") -> str:
+           address: str | None = None, name: str | None = None, fmt: str = "table",
+           direction: str | None = None, subset: str | None = None,
+           listener_type: str | None = None, status: str | None = None) -> str:
     """``remora proxy-config WHAT`` output: WHAT is listener(s), cluster(s),
-    endpoint(s), route(s) or all; fmt is table, json or yaml."""
+    endpoint(s), route(s) or all; fmt is table, json or yaml. Filters as istioctl's:
+    listener --port/--address/--type, cluster --fqdn/--port/--direction/--subset,
+    endpoint --address/--port/--cluster (fqdn)/--status, route --name."""
     kind = what.rstrip("s")
+    if fmt not in ("table", "json", "yaml"):
+        raise RemoraError(f"unknown output format {fmt!r}", "use -o json or -o yaml")
     if kind == "listener":
         if fmt == "table":
-            return listener_table(dump, port=port, address=address)
-        return output(select_listeners(dump, port=port, address=address), fmt)
+            return listener_table(dump, port=port, address=address, type_=listener_type)
+        return output(select_listeners(dump, port=port, address=address, type_=listener_type),
+                      fmt)
     if kind == "cluster":
+        filters = {"fqdn": fqdn, "port": port, "direction": direction, "subset": subset}
         if fmt == "table":
-            return cluster_table(dump, fqdn=fqdn, port=port)
-        return output(select_clusters(dump, fqdn=fqdn, port=port), fmt)
+            return cluster_table(dump, **filters)
+        return output(select_clusters(dump, **filters), fmt)
     if kind == "endpoint":
         if fmt == "table":
-            return endpoint_table(dump, address=address, port=port, cluster=fqdn)
+            return endpoint_table(dump, address=address, port=port, cluster=fqdn, status=status)
         return output([c for c in dump.endpoints if not fqdn or c.get("cluster_name") == fqdn],
                       fmt)
     if kind == "route":

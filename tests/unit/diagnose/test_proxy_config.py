@@ -195,6 +195,19 @@ def test_envoy_layout_static_sections_and_errors() -> None:
         parse_config_dump("[]")
     with pytest.raises(RemoraError, match="unknown proxy-config type"):
         render(dump, "secret")
+    with pytest.raises(RemoraError, match="unknown output format"):
+        render(dump, "listener", fmt="xml")
+
+
+def test_filters() -> None:
+    dump = generated_dump()
+    assert norm(render(dump, "cluster", direction="inbound"))[1:] == [
+        "18080 - inbound ORIGINAL_DST"]
+    assert len(norm(render(dump, "listener", listener_type="HTTP"))) == 3  # 15021, 15090
+    assert norm(render(dump, "endpoint", status="unhealthy")) == [
+        "ENDPOINT STATUS OUTLIER CHECK CLUSTER"]
+    assert norm(render(dump, "route", name="nope")) == [
+        "NAME VHOST NAME DOMAINS MATCH VIRTUAL SERVICE"]
 
 
 def test_tabwriter_like_go() -> None:
