@@ -352,10 +352,10 @@ def render(dump: ConfigDump, what: str, *, port: int | None = None, fqdn: str | 
         return output(select_listeners(dump, port=port, address=address, type_=listener_type),
                       fmt)
     if kind == "cluster":
-        filters = {"fqdn": fqdn, "port": port, "direction": direction, "subset": subset}
         if fmt == "table":
-            return cluster_table(dump, **filters)
-        return output(select_clusters(dump, **filters), fmt)
+            return cluster_table(dump, fqdn=fqdn, port=port, direction=direction, subset=subset)
+        return output(select_clusters(dump, fqdn=fqdn, port=port, direction=direction,
+                                      subset=subset), fmt)
     if kind == "endpoint":
         if fmt == "table":
             return endpoint_table(dump, address=address, port=port, cluster=fqdn, status=status)
