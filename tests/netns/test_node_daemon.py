@@ -106,7 +106,9 @@ class RecordingSetup(PodSetup):
         return pod
 
     def prepare(self, ctx: PodContext) -> None:
-        (ctx.pod_dir / "bootstrap.json").write_text(json.dumps({"ip": ctx.ip}))
+        services = sorted(s["metadata"]["name"] for s in ctx.cluster.services)
+        (ctx.pod_dir / "bootstrap.json").write_text(json.dumps({"ip": ctx.ip,
+                                                                "services": services}))
 
     def process(self, ctx: PodContext, container: dict[str, Any], init: bool) -> ProcessSpec:
         if container["name"] != "istio-proxy":
@@ -144,7 +146,9 @@ def test_pod_setup_hooks_shape_the_pod() -> None:
         assert init["state"]["terminated"]["exitCode"] == 0
         assert node.client.logs("mesh", "app", "istio-init")["text"] == "init-ran\n"
         pod_dir = next((node.state_dir / "pods").iterdir())
-        assert json.loads((pod_dir / "bootstrap.json").read_text()) == {"ip": p["status"]["podIP"]}
+        # prepare() already saw the service applied together with the pod
+        assert json.loads((pod_dir / "bootstrap.json").read_text()) == {
+            "ip": p["status"]["podIP"], "services": ["app"]}
         eds = wait_for(lambda: (pod_dir / "eds.json").exists() and json.loads(
             (pod_dir / "eds.json").read_text()).get("mesh/app"))
         assert eds == [p["status"]["podIP"]]

@@ -33,6 +33,17 @@ from remora.node.process import ProcessSpec
 
 
 @dataclass(frozen=True)
+class ClusterSnapshot:
+    """What a control plane needs: every namespace, service and pod with its status."""
+
+    namespaces: list[dict[str, Any]] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)  # spec.clusterIP filled in
+    pods: list[dict[str, Any]] = field(default_factory=list)  # status.podIP, phase, ready
+    # (namespace, service) -> [{"ip", "port", "name", "protocol", "pod", "ready"}]
+    endpoints: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PodContext:
     namespace: str
     name: str
@@ -44,21 +55,13 @@ class PodContext:
     pod: dict[str, Any]  # the pod object after admission (metadata + spec)
     pod_dir: Path  # a private folder for files the setup writes (removed with the pod)
     state_dir: Path
+    # The cluster as of the last reconcile pass (services with ClusterIPs, pods, endpoints),
+    # so prepare() can write a sidecar's full config before it starts.
+    cluster: ClusterSnapshot = field(default_factory=lambda: ClusterSnapshot())
 
     @property
     def netns_path(self) -> Path:
         return Path("/run/netns") / self.netns
-
-
-@dataclass(frozen=True)
-class ClusterSnapshot:
-    """What a control plane needs: every namespace, service and pod with its status."""
-
-    namespaces: list[dict[str, Any]] = field(default_factory=list)
-    services: list[dict[str, Any]] = field(default_factory=list)  # spec.clusterIP filled in
-    pods: list[dict[str, Any]] = field(default_factory=list)  # status.podIP, phase, ready
-    # (namespace, service) -> [{"ip", "port", "name", "protocol", "pod", "ready"}]
-    endpoints: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class PodSetup:

@@ -38,7 +38,7 @@ from remora.node import (
 )
 from remora.node.config import NodeConfig
 from remora.node.dns import Zone
-from remora.node.hooks import PodContext, PodSetup
+from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
 from remora.node.store import PodRow, Store
 from remora.node.supervisor import PodRef, Supervisor
 
@@ -65,6 +65,7 @@ class Runtime:
         self._signature = ""
         self._stopping: set[str] = set()
         self._admission_errors: set[str] = set()
+        self.snapshot = ClusterSnapshot()
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,7 +116,7 @@ class Runtime:
     def context(self, row: PodRow) -> PodContext:
         return PodContext(row.namespace, row.name, row.uid, row.netns, row.ip, row.node,
                           self.node_net(row.node).netns, row.body, self.pod_dir(row),
-                          self.config.state_dir)
+                          self.config.state_dir, self.snapshot)
 
     def pod_ref(self, row: PodRow) -> PodRef:
         policy = row.body.get("spec", {}).get("restartPolicy") or "Always"
@@ -124,6 +125,9 @@ class Runtime:
     # -- one pass ---------------------------------------------------------------------------
     def reconcile_once(self) -> None:
         self._controllers()
+        services = views.services(self.store, self.plan)
+        self.snapshot = views.snapshot(self.store, services,
+                                       views.pod_objects(self.store, self.nodes))
         for row in self.store.list_pods():
             try:
                 self._pod(row)
@@ -282,6 +286,7 @@ class Runtime:
         services = views.services(self.store, self.plan)
         pods = views.pod_objects(self.store, self.nodes)
         snapshot = views.snapshot(self.store, services, pods)
+        self.snapshot = snapshot
         signature = json.dumps([services, {f"{k[0]}/{k[1]}": v
                                            for k, v in snapshot.endpoints.items()},
                                 sorted((p["status"].get("podIP", ""), p["metadata"]["namespace"])
