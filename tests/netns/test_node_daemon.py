@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from remora.errors import RemoraError
 from remora.node import naming, process
 from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
 from remora.node.process import ProcessSpec
@@ -229,3 +230,16 @@ def test_down_leaves_nothing_behind() -> None:
         assert naming.is_ours(node.prefix, f"{node.prefix}node-1")
     finally:
         node.close()
+
+
+def test_a_second_lab_with_the_same_prefix_is_refused() -> None:
+    with TempNode() as node:
+        other = TempNode(prefix=node.prefix)
+        try:
+            with pytest.raises(RemoraError, match="another lab uses the prefix"):
+                other.start()
+        finally:
+            other.close()
+        # the first lab is untouched, even by the second one's clean-up
+        assert node.client.alive()
+        assert f"netns {node.prefix}node-1" in node.leftovers()

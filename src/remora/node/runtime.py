@@ -75,6 +75,15 @@ class Runtime:
             raise RemoraError(
                 f"state dir {self.config.state_dir} belongs to a lab with prefix "
                 f"{saved.get('prefix')!r}", "use another --state-dir, or `remora down` first")
+        if saved is None:
+            taken = [n for n in netlink.names() if naming.is_ours(self.config.prefix, n)]
+            if taken:
+                raise RemoraError(
+                    f"namespace {taken[0]} already exists and is not recorded in "
+                    f"{self.config.state_dir}: another lab uses the prefix "
+                    f"{self.config.prefix!r}",
+                    "use that lab's --state-dir, take it down with `remora node down "
+                    "--state-dir DIR`, or choose another --prefix")
         self.store.set_meta("config", self.config.to_json())
         topology.ensure_nodes(self.config.prefix, self.plan, self.config.nodes)
         for row in self.store.list_pods():
