@@ -156,3 +156,28 @@ def circuit_breakers() -> JSON:
 
 def istio_metadata(services: list[dict[str, str]]) -> JSON:
     return {"filter_metadata": {"istio": {"services": services}}}
+
+
+# Field declaration order of the messages istioctl prints (protojson writes fields in
+# .proto declaration order), so `proxy-config ... -o json` reads like the seed's listings.
+# envoy/config/listener/v3/listener.proto, listener_components.proto, cluster.proto.
+LISTENER_FIELDS = ("name", "address", "filter_chains", "use_original_dst", "listener_filters",
+                   "listener_filters_timeout", "continue_on_listener_filters_timeout",
+                   "transparent", "traffic_direction", "bind_to_port")
+FILTER_CHAIN_FIELDS = ("filter_chain_match", "filters", "transport_socket", "name")
+CLUSTER_FIELDS = ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
+                  "load_assignment", "circuit_breakers", "cleanup_interval",
+                  "upstream_bind_config", "metadata")
+
+
+def proto_order(message: JSON, fields: tuple[str, ...]) -> JSON:
+    """The same message with its keys in declaration order (unknown keys last)."""
+    rank = {name: i for i, name in enumerate(fields)}
+    return dict(sorted(message.items(), key=lambda kv: rank.get(kv[0], len(fields))))
+
+
+def ordered_listener(listener: JSON) -> JSON:
+    out = proto_order(listener, LISTENER_FIELDS)
+    if "filter_chains" in out:
+        out["filter_chains"] = [proto_order(c, FILTER_CHAIN_FIELDS) for c in out["filter_chains"]]
+    return out

@@ -105,10 +105,12 @@ def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str) -> SidecarC
     config_dir = config_dir.rstrip("/") or "/"
     tproxy = interception_mode(pod) == "TPROXY"
     ports = inbound_ports(snapshot, pod)
-    listeners = [virtual_outbound(tproxy), virtual_inbound(ports, tproxy),
-                 *outbound_listeners(snapshot, pod.metadata.namespace)]
-    clusters = [*passthrough_clusters(), *inbound_clusters(ports),
-                *outbound_clusters(snapshot, config_dir)]
+    listeners = [e.ordered_listener(x) for x in (
+        virtual_outbound(tproxy), virtual_inbound(ports, tproxy),
+        *outbound_listeners(snapshot, pod.metadata.namespace))]
+    clusters = [e.proto_order(c, e.CLUSTER_FIELDS) for c in (
+        *passthrough_clusters(), *inbound_clusters(ports),
+        *outbound_clusters(snapshot, config_dir))]
     eds = outbound_endpoints(snapshot)
     boot = bootstrap(pod, ip, config_dir)
     files: dict[str, JSON] = {

@@ -221,3 +221,17 @@ def test_route_domains_like_istioctl() -> None:
     domains = ["a.ns.svc.cluster.local", "a.ns.svc.cluster.local:80", "a.ns.svc", "a.ns",
                "a", "10.0.0.1"]
     assert describe_route_domains(domains) == "a.ns, a + 1 more..."
+
+
+def test_json_fields_in_istioctl_order(shared_dir: Path) -> None:
+    seed_cluster = json.loads(seed_block(shared_dir, '--fqdn "inbound|18080||"  -ojson\n\n'))[0]
+    ours = json.loads(render(generated_dump(), "cluster", fqdn="inbound|18080||", fmt="json"))[0]
+    # same fields in the same order, except the HTTP protocol options remora leaves out
+    assert list(ours) == [k for k in seed_cluster if k != "typedExtensionProtocolOptions"]
+    assert ours["circuitBreakers"] == seed_cluster["circuitBreakers"]
+    assert ours["upstreamBindConfig"] == seed_cluster["upstreamBindConfig"]
+    assert ours["metadata"] == seed_cluster["metadata"]
+    vo = json.loads(render(generated_dump(tproxy=True), "listener", port=15001, fmt="json"))[0]
+    assert list(vo) == ["name", "address", "filterChains", "useOriginalDst", "transparent",
+                        "trafficDirection"]  # the seed's order
+    assert list(vo["filterChains"][0]) == ["filterChainMatch", "filters", "name"]
