@@ -27,7 +27,7 @@ log = logging.getLogger("remora.proxy")
 SNAPSHOT_INTERVAL = 0.5
 PR_SET_PDEATHSIG = 1
 # Control-plane counters are counted by the main process only.
-_MAIN_ONLY = ("listener_manager.", "cluster_manager.", "server.")
+_MAIN_ONLY = ("listener_manager.", "cluster_manager.")
 
 
 def setup_logging(level: str) -> None:
@@ -84,6 +84,8 @@ def run(server: Server, options: dict[str, Any]) -> int:
         readers.append(r)
         children.append(pid)
     try:
+        server.on_drain = lambda inbound_only: _signal(
+            children, signal.SIGUSR2 if inbound_only else signal.SIGUSR1)
         return asyncio.run(_main(server, options, readers))
     finally:
         for pid in children:
@@ -93,6 +95,12 @@ def run(server: Server, options: dict[str, Any]) -> int:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         flush_all()
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _stop_on_signals(server: Server) -> None:
@@ -105,6 +113,9 @@ async def _worker(server: Server, pipe_fd: int) -> None:
     await server.start()
     _stop_on_signals(server)
     loop = asyncio.get_running_loop()
+    # The main process relays /drain_listeners: SIGUSR1 all, SIGUSR2 inbound only.
+    loop.add_signal_handler(signal.SIGUSR1, server.drain_listeners, False)
+    loop.add_signal_handler(signal.SIGUSR2, server.drain_listeners, True)
     os.set_blocking(pipe_fd, False)
     while not server.stopped.is_set():
         with contextlib.suppress(TimeoutError):
@@ -141,6 +152,7 @@ async def _main(server: Server, options: dict[str, Any], readers: list[int]) -> 
         loop.add_reader(fd, on_readable, fd)
 
     def stats_view() -> StatsStore:
+        server.refresh_server_stats()
         if not snapshots:
             return server.stats
         return server.stats.merged(list(snapshots.values()))

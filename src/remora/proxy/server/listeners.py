@@ -120,6 +120,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
         conn.close()
         return
     server.active_connections += 1
+    stats.gauge_add("server.total_connections", 1)
     downstream: DownstreamConnection | None = None
     info: StreamInfo | None = None
     counted: ActiveListener | None = None
@@ -172,6 +173,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
         log.exception("filter failed on listener %s", listener.config.name)
     finally:
         server.active_connections -= 1
+        stats.gauge_add("server.total_connections", -1)
         if downstream is not None:
             downstream.close()
         else:

@@ -65,6 +65,8 @@ class Server:
         self.versions = {"lds": "", "cds": ""}
         self._watched: dict[str, tuple[tuple[int, int, int, int] | None, Callable[[], None]]] = {}
         self._poll_task: asyncio.Task[None] | None = None
+        # Called by drain_listeners (inbound_only) so --concurrency workers drain too.
+        self.on_drain: Callable[[bool], None] | None = None
         self.stopped = asyncio.Event()
         self.stats.touch(*(f"{x}.{y}" for x in ("listener_manager.lds", "cluster_manager.cds")
                            for y in ("update_attempt", "update_success", "update_rejected")))
@@ -140,6 +142,8 @@ class Server:
                 continue
             active.stop_accepting()
         self.state = "DRAINING"
+        if self.on_drain is not None:
+            self.on_drain(inbound_only)
 
     async def stop(self) -> None:
         if self._poll_task is not None:
@@ -147,6 +151,14 @@ class Server:
         for active in self.listeners.values():
             active.stop_accepting()
         self.stopped.set()
+
+    def refresh_server_stats(self) -> None:
+        """Envoy's server.* gauges (server.state: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING)."""
+        state = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2}.get(self.state, 3)
+        self.stats.gauge_set("server.state", state)
+        self.stats.gauge_set("server.live", int(self.state == "LIVE"))
+        self.stats.gauge_set("server.uptime", int(time.time() - self.started))
+        self.stats.gauge_set("server.concurrency", self.concurrency)
 
     def _listener_gauges(self) -> None:
         self.stats.gauge_set("listener_manager.total_listeners_active", len(self.listeners))

@@ -1,0 +1,90 @@
+"""`remora proxy` as a process on loopback: one-line errors, --concurrency workers with
+merged stats, drain and quit through the admin API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.unit.proxy.proxy_helpers import addr, free_port, static_cluster, tcp_listener
+
+
+def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    doc = {"static_resources": {"listeners": [tcp_listener("l", free_port(), "c")],
+                                "clusters": [static_cluster("c", 1)]}}
+    doc["static_resources"]["clusters"][0]["dns_lookup_family"] = "V4_ONLY"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    result = subprocess.run([sys.executable, "-m", "remora", "proxy", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "remora: error: static_resources.clusters[0].dns_lookup_family: unknown or unsupported "
+        "field 'dns_lookup_family' in Cluster (fix: remove it, or run this config on a real "
+        "Envoy (remora proxy implements a documented subset of Envoy v3 and never ignores a "
+        "field))"]
+
+
+def _get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_concurrency_workers_merged_stats_drain_and_quit(tmp_path: Path) -> None:
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(64)
+    lport, aport = free_port(), free_port()
+    doc = {"admin": {"address": addr("127.0.0.1", aport)},
+           "static_resources": {"listeners": [tcp_listener("l", lport, "c")],
+                                "clusters": [static_cluster("c", upstream.getsockname()[1])]}}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "remora", "proxy", "-c", str(path),
+                             "--concurrency", "2"], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if _get(aport, "/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "proxy did not become ready"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the second worker binds its SO_REUSEPORT socket
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", lport))
+            conn, _ = upstream.accept()
+            s.close()
+            conn.close()
+        deadline = time.monotonic() + 5
+        while "tcp.l.downstream_cx_total: 12\n" not in _get(aport, "/stats")[1]:
+            assert time.monotonic() < deadline, _get(aport, "/stats")[1]
+            time.sleep(0.1)
+        assert "server.concurrency: 2" in _get(aport, "/stats?filter=server")[1]
+        assert _get(aport, "/drain_listeners", "POST")[0] == 200
+        time.sleep(0.3)
+        refused = 0
+        for _ in range(8):
+            try:
+                socket.create_connection(("127.0.0.1", lport), timeout=1).close()
+            except ConnectionRefusedError:
+                refused += 1
+        assert refused == 8  # every worker stopped accepting
+        assert _get(aport, "/quitquitquit", "POST")[0] == 200
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        upstream.close()
