@@ -16,27 +16,20 @@ from typing import Any
 
 import yaml
 
-from remora.diagnose.proxy_config_dump import (
-    JSON,
-    ConfigDump,
-    camel,
-    inline_route_configs,
-    typed_config,
+from remora.diagnose.proxy_config_dump import JSON, ConfigDump, camel, inline_route_configs
+from remora.diagnose.proxy_config_listeners import (
+    cluster_of,
+    describe_route_match,
+    listener_table,
+    listener_type,
+    select_listeners,
 )
 from remora.diagnose.proxy_config_table import tabwrite
 from remora.errors import RemoraError
 
-HCM = "envoy.filters.network.http_connection_manager"
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
-
-# listener.go: ALPN lists istioctl names instead of printing them.
-_PROTOCOL_DESCRIPTIONS = [
-    ("App: HTTP TLS", ["http/1.0", "http/1.1", "h2c", "istio-http/1.0", "istio-http/1.1",
-                       "istio-h2"]),
-    ("App: Istio HTTP Plain", ["istio", "istio-http/1.0", "istio-http/1.1", "istio-h2"]),
-    ("App: TCP TLS", ["istio-peer-exchange", "istio"]),
-    ("App: HTTP", ["http/1.0", "http/1.1", "h2c"]),
-]
+__all__ = ["cluster_table", "describe_route_domains", "endpoint_rows", "endpoint_table",
+           "listener_table", "listener_type", "output", "render", "route_configs",
+           "route_table", "select_clusters", "select_listeners"]
 
 
 def output(resources: list[JSON], fmt: str) -> str:
@@ -45,137 +38,6 @@ def output(resources: list[JSON], fmt: str) -> str:
     if fmt == "yaml":
         return str(yaml.safe_dump(body, sort_keys=False))
     return json.dumps(body, indent=4) + "\n"
-
-
-# -- listeners -------------------------------------------------------------------------
-
-def _address(listener: JSON) -> str:
-    return str(listener.get("address", {}).get("socket_address", {}).get("address", ""))
-
-
-def _port(listener: JSON) -> int:
-    return int(listener.get("address", {}).get("socket_address", {}).get("port_value", 0))
-
-
-def _chains(listener: JSON) -> list[JSON]:
-    chains = list(listener.get("filter_chains", []))
-    if listener.get("default_filter_chain"):
-        chains.append(listener["default_filter_chain"])
-    return chains
-
-
-def _is_blackhole_tcp(f: JSON) -> bool:
-    # istioctl looks for "BlackHoleCluster" anywhere in the serialized tcp_proxy config
-    return "BlackHoleCluster" in json.dumps(typed_config(f))
-
-
-def listener_type(listener: JSON) -> str:
-    n_http = n_tcp = 0
-    for chain in _chains(listener):
-        for f in chain.get("filters", []):
-            if f.get("name") == HCM:
-                n_http += 1
-            elif f.get("name") == TCP_PROXY and not _is_blackhole_tcp(f):
-                n_tcp += 1
-    if n_http:
-        return "HTTP" if not n_tcp else "HTTP+TCP"
-    return "TCP" if n_tcp else "UNKNOWN"
-
-
-def _describe_match(m: JSON) -> str:
-    descrs = []
-    if m.get("server_names"):
-        descrs.append("SNI: " + ",".join(m["server_names"]))
-    if m.get("transport_protocol"):
-        descrs.append("Trans: " + m["transport_protocol"])
-    alpns = m.get("application_protocols")
-    if alpns:
-        named = next((d for d, protos in _PROTOCOL_DESCRIPTIONS if protos == alpns), None)
-        descrs.append(named or "App: " + ",".join(alpns))
-    port = f":{m['destination_port']}" if m.get("destination_port") is not None else ""
-    if m.get("prefix_ranges"):
-        ranges = ",".join(f"{p.get('address_prefix', '')}/{p.get('prefix_len', 0)}"
-                          for p in m["prefix_ranges"])
-        descrs.append(f"Addr: {ranges}{port}")
-    elif port:
-        descrs.append(f"Addr: *{port}")
-    return "; ".join(descrs) if descrs else "ALL"
-
-
-def _describe_route_match(m: JSON) -> str:
-    conds = []
-    if m.get("prefix"):
-        conds.append(f"{m['prefix']}*")
-    if m.get("path"):
-        conds.append(m["path"])
-    if m.get("safe_regex"):
-        conds.append(f"regex {m['safe_regex'].get('regex', '')}")
-    return " ".join(conds)
-
-
-def _cluster_of(action: Any) -> str:
-    return str(action.get("cluster", "")) if isinstance(action, dict) else ""
-
-
-def _named_cluster(cluster: str) -> str:
-    return cluster if "Cluster" in cluster else f"Cluster: {cluster}"
-
-
-def _describe_route_config(rc: JSON) -> str:
-    vhosts = rc.get("virtual_hosts", [])
-    if len(vhosts) == 1 and vhosts[0].get("domains") == ["*"] \
-            and len(vhosts[0].get("routes", [])) == 1:
-        r = vhosts[0]["routes"][0]
-        cluster = _cluster_of(r.get("route"))
-        if r.get("match", {}).get("prefix") == "/" and cluster:
-            return _named_cluster(cluster)
-    parts = []
-    for vh in vhosts:
-        domains = vh.get("domains", [])
-        routes = ", ".join(_describe_route_match(r.get("match", {}))
-                           for r in vh.get("routes", []))
-        parts.append(routes if domains == ["*"] else f"{'/'.join(domains)} {routes}")
-    return "Inline Route: " + "; ".join(parts)
-
-
-def _destination(chain: JSON) -> str:
-    for f in chain.get("filters", []):
-        tc = typed_config(f)
-        if f.get("name") == HCM:
-            if isinstance(tc.get("route_config"), dict):
-                return _describe_route_config(tc["route_config"])
-            if tc.get("rds", {}).get("route_config_name"):
-                return f"Route: {tc['rds']['route_config_name']}"
-            return "HTTP"
-        if f.get("name") == TCP_PROXY and not _is_blackhole_tcp(f):
-            return _named_cluster(str(tc.get("cluster", "")))
-    return "Non-HTTP/Non-TCP"
-
-
-def select_listeners(dump: ConfigDump, *, port: int | None = None, address: str | None = None,
-                     type_: str | None = None) -> list[JSON]:
-    out = [lst for lst in dump.listeners
-           if (not address or _address(lst).lower() == address.lower())
-           and (not port or _port(lst) == port)
-           and (not type_ or listener_type(lst).lower() == type_.lower())]
-    return sorted(out, key=lambda lst: (_port(lst), _address(lst), listener_type(lst)))
-
-
-def listener_table(dump: ConfigDump, *, port: int | None = None, address: str | None = None,
-                   type_: str | None = None, verbose: bool = True) -> str:
-    listeners = select_listeners(dump, port=port, address=address, type_=type_)
-    lines = ["ADDRESS\tPORT\tMATCH\tDESTINATION" if verbose else "ADDRESS\tPORT\tTYPE"]
-    for lst in listeners:
-        addr, p = _address(lst), _port(lst)
-        if not verbose:
-            lines.append(f"{addr}\t{p}\t{listener_type(lst)}")
-            continue
-        rows = [(_describe_match(c.get("filter_chain_match") or {}), _destination(c))
-                for c in _chains(lst)]
-        # sort.Slice by destination, descending; it is stable for these sizes
-        for match, dest in sorted(rows, key=lambda r: r[1], reverse=True):
-            lines.append(f"{addr}\t{p}\t{match}\t{dest}")
-    return tabwrite(lines, padding=1)
 
 
 # -- clusters --------------------------------------------------------------------------
@@ -323,10 +185,10 @@ def route_table(dump: ConfigDump, name: str | None = None) -> str:
             domains = describe_route_domains(vh.get("domains", []))
             routes = vh.get("routes", [])
             for r in routes:
-                if _cluster_of(r.get("route")) == "PassthroughCluster":
+                if cluster_of(r.get("route")) == "PassthroughCluster":
                     continue
                 lines.append(f"{rc.get('name', '')}\t{vh.get('name', '')}\t{domains}\t"
-                             f"{_describe_route_match(r.get('match', {}))}\t"
+                             f"{describe_route_match(r.get('match', {}))}\t"
                              f"{_describe_management(r.get('metadata'))}")
             if not routes:
                 lines.append(f"{rc.get('name', '')}\t{vh.get('name', '')}\t{domains}\t/*\t404")
