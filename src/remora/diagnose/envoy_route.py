@@ -42,12 +42,29 @@ def network_filters(cfg: EnvoyConfig, chain: JSON, ds: Downstream, t: SidecarTra
         if name in HCM or kind.endswith("HttpConnectionManager"):
             t.network_filter = "envoy.filters.network.http_connection_manager"
             t.use_remote_address = bool(tc.get("use_remote_address", False))
+            t.alpn_override = _istio_alpn(tc)
             return _http_route(cfg, tc, ds, t, pod)
     t.missing.append(Missing(f"network filters of chain {t.chain}",
                              f"istioctl proxy-config listener {pod} -o json"))
     t.notes.append(f"chain {t.chain} shows no tcp_proxy or http_connection_manager in the "
                    "given config")
     return None
+
+
+def _istio_alpn(hcm: JSON) -> tuple[str, ...]:
+    """Istio's ``istio.alpn`` HTTP filter replaces the cluster's ALPN per upstream protocol
+    (istio/proxy source/extensions/filters/http/alpn); the seed's client speaks HTTP/1.1,
+    so its HTTP11 entry applies: that is how a server chain matching
+    ``istio-http/1.1`` is reached."""
+    for f in hcm.get("http_filters", []) or []:
+        if f.get("name") != "istio.alpn":
+            continue
+        tc = f.get("typed_config") or {}
+        conf = tc.get("value", tc)
+        for entry in conf.get("alpn_override", []) or []:
+            if entry.get("upstream_protocol") == "HTTP11":
+                return tuple(str(x) for x in entry.get("alpn_override", []) or [])
+    return ()
 
 
 def _domain_rank(domain: str, host: str) -> int | None:

@@ -64,6 +64,7 @@ class SidecarTrace:
     virtual_host: str | None = None
     route: str | None = None
     use_remote_address: bool | None = None
+    alpn_override: tuple[str, ...] = ()  # set by Istio's istio.alpn HTTP filter
     cluster: str | None = None
     cluster_type: str | None = None
     endpoint: str | None = None

@@ -73,6 +73,13 @@ def _tls_of(socket: JSON) -> UpstreamTls:
 
 
 def _upstream_tls(cluster: JSON, ep: Endpoint, t: SidecarTrace) -> UpstreamTls:
+    tls = _cluster_tls(cluster, ep, t)
+    if tls.mode == "TLS" and t.alpn_override:
+        return UpstreamTls(tls.mode, tls.sni, t.alpn_override, tls.how + ", ALPN from istio.alpn")
+    return tls
+
+
+def _cluster_tls(cluster: JSON, ep: Endpoint, t: SidecarTrace) -> UpstreamTls:
     if cluster.get("transport_socket"):
         tls = _tls_of(cluster["transport_socket"])
         return UpstreamTls(tls.mode, tls.sni, tls.alpn, "cluster transport_socket")

@@ -30,8 +30,11 @@ class PodEvidence:
         return self.iptables is None and self.config is None and not self.access_log
 
     def pod_ref(self) -> str:
-        name = self.pod or f"{self.role.upper()}_POD"
-        return f"{name} -n {self.namespace}" if self.namespace else name
+        """``POD -n NS`` for the commands we suggest (names from the node id if not given)."""
+        node_pod, node_ns = self.node_pod()
+        name = self.pod or node_pod or f"{self.role.upper()}_POD"
+        ns = self.namespace or node_ns
+        return f"{name} -n {ns}" if ns else name
 
     def node_pod(self) -> tuple[str | None, str | None]:
         """(pod, namespace) from the Istio node id ``sidecar~IP~POD.NS~NS.svc.cluster.local``."""

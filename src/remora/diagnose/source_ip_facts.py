@@ -72,6 +72,7 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
            f"server access log line {e.line}") for e in s_in),
         *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
            f"client access log line {e.line}") for e in c_out),
+        _inbound_port(ev),
     )
     if port_fact is None:
         raise RemoraError("cannot tell the destination port from the evidence",
@@ -93,6 +94,21 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
     if authority:
         facts["authority"] = authority
     return facts
+
+
+def _inbound_port(ev: Evidence) -> tuple[str | None, str]:
+    """The one service port the server's virtualInbound has chains for, if just one."""
+    cfg = ev.server.config
+    ports: set[int] = set()
+    for lst in cfg.listeners if cfg else []:
+        if lst.get("name") != "virtualInbound":
+            continue
+        for chain in lst.get("filter_chains", []) or []:
+            port = (chain.get("filter_chain_match") or {}).get("destination_port")
+            if port and int(port) not in (15006, 15001, 15008):
+                ports.add(int(port))
+    only = str(ports.pop()) if len(ports) == 1 else None
+    return only, "the server's only inbound port (virtualInbound chains)"
 
 
 def _vip_from_routes(ev: Evidence, host: str | None) -> Fact | None:

@@ -189,3 +189,57 @@ def test_no_evidence_and_unknown_port() -> None:
     ev.server.iptables = parse_iptables_save("*nat\n-A PREROUTING -p tcp -j RETURN\nCOMMIT\n")[0]
     with pytest.raises(RemoraError, match="destination port"):
         explain_source_ip(ev)
+
+
+def istio_dumps(data: Path, goldens: Path) -> Evidence:
+    """istioctl-style config dumps (camelCase, mTLS, EDS, istio.alpn) for the seed's pods."""
+    ev = Evidence()
+    ef.add_config(ev.server, data / "istio_server_config_dump.json")
+    ef.add_config(ev.client, data / "istio_client_config_dump.json")
+    ef.add_iptables(ev.server, data / "seed_redirect_nat.txt")
+    ef.add_iptables(ev.client, goldens / "DERIVED-default-injection-redirect.txt.notgolden")
+    ev.target.host = "simple-server-svc.demo-to"
+    return ev
+
+
+def test_istio_config_dumps_mtls_path(data: Path, goldens: Path) -> None:
+    ev = istio_dumps(data, goldens)
+    ef.add_access_log(ev.server, data / "seed_server_access.log")
+    r = explain_source_ip(ev)
+    assert r.facts["service_ip"].value == "172.16.234.188"  # from the route's domains
+    c, s = r.steps[1].sidecar, r.steps[3].sidecar
+    assert c is not None and s is not None
+    assert c.handoff is not None and c.listener == "0.0.0.0_18080"
+    assert c.cluster == "outbound|18080||simple-server-svc.demo-to.svc.cluster.local"
+    assert c.cluster_type == "EDS" and c.endpoint == "10.20.0.77:18080"
+    assert c.upstream_tls is not None and c.upstream_tls.mode == "TLS"
+    assert c.upstream_tls.sni == "outbound_.18080_._.simple-server-svc.demo-to.svc.cluster.local"
+    assert c.upstream_tls.alpn == ("istio-http/1.1", "istio", "http/1.1")  # istio.alpn
+    # the server picks the mTLS HTTP chain for port 18080, by Envoy's precedence
+    assert s.transport_protocol == "tls" and s.chain == "0.0.0.0_18080"
+    assert s.chain_match == ("Trans: tls; App: istio-http/1.0,istio-http/1.1,istio-h2; "
+                             "Addr: *:18080")
+    assert s.chain_reasons == ("destination_port 18080", "transport_protocol tls",
+                               "application protocol istio-http/1.1")
+    assert s.network_filter == "envoy.filters.network.http_connection_manager"
+    assert r.verdict.app_sees == "127.0.0.6" and r.verdict.confirmed
+    # the pod names in the fix and in the commands come from the Istio node ids
+    assert r.verdict.fixes[0].commands[0].startswith(
+        "remora patch deployment simple-server -n demo-to -p")
+    assert [m.what for m in r.missing] == [
+        "server pod mangle table (a TPROXY or REDIRECT rule there could decide first)"]
+    assert "simple-server-86b499d4dd-bjrjz -n demo-to" in r.missing[0].command
+
+
+def test_istio_config_dump_without_endpoints(data: Path, goldens: Path) -> None:
+    ev = istio_dumps(data, goldens)
+    assert ev.client.config is not None
+    ev.client.config.endpoints.clear()
+    ev.client.config.has_endpoints = False
+    r = explain_source_ip(ev)
+    assert r.steps[1].status == "unknown"
+    cmd = ("istioctl proxy-config endpoint simple-client-54f4f5cccb-mzjkw -n demo-from "
+           "--cluster 'outbound|18080||simple-server-svc.demo-to.svc.cluster.local' -o json")
+    assert cmd in [m.command for m in r.missing]
+    # the server side still decides the verdict: its sidecar dials from 127.0.0.6
+    assert r.verdict.app_sees == "127.0.0.6"
