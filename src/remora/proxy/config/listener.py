@@ -48,6 +48,7 @@ class ListenerConfig:
     traffic_direction: str = "UNSPECIFIED"
     access_loggers: list[AccessLogger] = field(default_factory=list)
     buffer_limit: int = 1 << 20  # per_connection_buffer_limit_bytes default (1 MiB)
+    stat_prefix: str | None = None  # listener.<stat_prefix>. instead of listener.<address>.
 
     @property
     def needs_net_admin(self) -> bool:
@@ -111,7 +112,8 @@ def parse_listener(raw: Any, path: str, context: Any) -> ListenerConfig:
     cfg.continue_on_listener_filters_timeout = bool(
         f.boolean("continue_on_listener_filters_timeout", False))
     cfg.buffer_limit = f.integer("per_connection_buffer_limit_bytes", 1 << 20) or (1 << 20)
-    f.ignore("metadata", "stat_prefix")  # metadata is for tools; stat_prefix unused (see docs)
+    f.ignore("metadata")  # read by tools (istioctl), no data-path effect
+    cfg.stat_prefix = f.string("stat_prefix")
     f.enum("drain_type", ("DEFAULT", "MODIFY_ONLY"), "DEFAULT")
     listener_filters = list(f.each("listener_filters", "ListenerFilter"))
     chains = list(f.each("filter_chains", "FilterChain"))

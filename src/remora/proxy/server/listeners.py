@@ -44,7 +44,7 @@ class ActiveListener:
 
     @property
     def prefix(self) -> str:
-        return f"listener.{self.config.address.stat_name}."
+        return f"listener.{self.config.stat_prefix or self.config.address.stat_name}."
 
     def start(self, server: Server) -> None:
         server.stats.touch(*(self.prefix + n for n in LISTENER_COUNTERS))
