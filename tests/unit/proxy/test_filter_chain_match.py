@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.filter_chain_match import (
+    STEPS,
     FilterChainMatch,
     check_unique,
     parse_match,
@@ -171,3 +174,56 @@ def test_unknown_match_field_named() -> None:
     with pytest.raises(ConfigError) as err:
         parse_match(Fields({"destination_port": 1, "suffix_len": 3}, "l.filter_chain_match"))
     assert err.value.path == "l.filter_chain_match.suffix_len"
+
+
+# -- properties ----------------------------------------------------------------------
+_ports = st.sampled_from([None, 80, 443])
+_nets = st.lists(st.sampled_from([("10.0.0.0", 8), ("10.20.0.0", 16), ("10.20.0.77", 32),
+                                  ("0.0.0.0", 0)]), max_size=2, unique=True)
+_match = st.builds(
+    lambda port, nets, sni, tp, alpn, stype: {
+        **({"destination_port": port} if port else {}),
+        **({"prefix_ranges": [{"address_prefix": a, "prefix_len": n} for a, n in nets]}
+           if nets else {}),
+        **({"server_names": sni} if sni else {}),
+        **({"transport_protocol": tp} if tp else {}),
+        **({"application_protocols": alpn} if alpn else {}),
+        **({"source_type": stype} if stype != "ANY" else {}),
+    },
+    _ports, _nets,
+    st.lists(st.sampled_from(["a.example.com", "*.example.com", "*.com"]), max_size=2,
+             unique=True),
+    st.sampled_from(["", "tls", "raw_buffer"]),
+    st.lists(st.sampled_from(["h2", "http/1.1"]), max_size=2, unique=True),
+    st.sampled_from(["ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL"]),
+)
+_facts = st.builds(
+    lambda ip, port, src, sni, tp, alpn: ConnectionFacts(
+        ip, port, src, 4000, src, server_name=sni, transport_protocol=tp,
+        application_protocols=tuple(alpn)),
+    st.sampled_from(["10.20.0.77", "10.1.2.3", "172.16.0.1"]), st.sampled_from([80, 443, 8080]),
+    st.sampled_from(["10.20.0.78", "127.0.0.1"]),
+    st.sampled_from([None, "a.example.com", "b.example.com", "x.org"]),
+    st.sampled_from(["raw_buffer", "tls"]), st.lists(st.sampled_from(["h2", "http/1.1"]),
+                                                     max_size=2, unique=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_match, min_size=1, max_size=6), _facts)
+def test_selected_chain_matches_every_criterion_and_is_most_specific(
+    specs: list[dict[str, Any]], f: ConnectionFacts,
+) -> None:
+    cs = chains(*((f"c{i}", spec) for i, spec in enumerate(specs)))
+    chosen = select(cs, f)
+    if chosen is None:
+        return
+    # sound: every step accepts the chosen chain ...
+    ranks = [step(chosen.match, f) for _, step in STEPS]
+    assert None not in ranks
+    # ... and no chain beats it lexicographically over the steps (Envoy's pruning order)
+    for other in cs:
+        other_ranks = [step(other.match, f) for _, step in STEPS]
+        if None in other_ranks:
+            continue
+        assert other_ranks <= ranks  # type: ignore[operator]
