@@ -248,8 +248,12 @@ def _reason(step: RuleStep | None, st: _State) -> str:
             return f"excluded CIDR {rule_match.raw} ({rule_text})"
         if isinstance(rule_match, OwnerMatch):
             who = f"{rule_match.which} {rule_match.raw}"
-            if rule_match.negated:
+            over_lo = any(isinstance(m, IfaceMatch) and m.name == "lo" and not m.negated
+                          for m in (step.source_rule.matches if step.source_rule else ()))
+            if rule_match.negated and over_lo:
                 return f"sent over lo by a process not in {who} ({rule_text})"
+            if rule_match.negated:
+                return f"sender not in {who}: excluded by the owner-group filter ({rule_text})"
             return f"sent by the sidecar's own {who} (excluded group/user) ({rule_text})"
         if isinstance(rule_match, MarkMatch):
             return f"packet/connection mark matches {rule_match.value:#x} ({rule_text})"

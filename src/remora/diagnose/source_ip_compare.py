@@ -83,14 +83,23 @@ def _inbound_listeners(cfg: EnvoyConfig) -> list[dict[str, Any]]:
 
 def what_if_config(cfg: EnvoyConfig, mode: str, use_remote_address: bool) -> EnvoyConfig:
     new = copy.deepcopy(cfg)
+    for lst in new.listeners:
+        # pilot sets `transparent` on both capture listeners in TPROXY mode
+        # (listener_builder.go virtualOutbound, listener_inbound.go buildInboundListener)
+        if lst.get("name") in ("virtualOutbound", "virtualInbound"):
+            if mode == "TPROXY":
+                lst["transparent"] = True
+            else:
+                lst.pop("transparent", None)
     for lst in _inbound_listeners(new):
         filters = [f for f in lst.get("listener_filters", []) or []
                    if not str(f.get("name", "")).endswith("original_src")]
         if mode == "TPROXY":
-            filters.append(copy.deepcopy(ORIGINAL_SRC))
+            # right after original_dst, before the inspectors (populateListenerFilters)
+            at = next((i + 1 for i, f in enumerate(filters)
+                       if str(f.get("name", "")).endswith("original_dst")), 0)
+            filters.insert(at, copy.deepcopy(ORIGINAL_SRC))
             lst["transparent"] = True
-        else:
-            lst.pop("transparent", None)
         if "listener_filters" in lst or mode == "TPROXY":
             lst["listener_filters"] = filters
         for chain in lst.get("filter_chains", []) or []:

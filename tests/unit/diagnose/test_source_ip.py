@@ -243,3 +243,20 @@ def test_istio_config_dump_without_endpoints(data: Path, goldens: Path) -> None:
     assert cmd in [m.command for m in r.missing]
     # the server side still decides the verdict: its sidecar dials from 127.0.0.6
     assert r.verdict.app_sees == "127.0.0.6"
+
+
+def test_what_if_tproxy_config_is_the_tproxy_reference(reference: Path) -> None:
+    """The compare table's TPROXY transformation of the REDIRECT reference config gives
+    exactly the TPROXY reference config that a real Envoy runs."""
+    from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
+    from remora.diagnose.source_ip_compare import what_if_config
+
+    def load(name: str) -> EnvoyConfig:
+        cfg = EnvoyConfig()
+        parse_config_text(cfg, (reference / name).read_text(), name)
+        return cfg
+
+    redirect, tproxy = load("server-redirect.json"), load("server-tproxy.json")
+    assert redirect.listeners != tproxy.listeners
+    assert what_if_config(redirect, "TPROXY", False).listeners == tproxy.listeners
+    assert what_if_config(tproxy, "REDIRECT", False).listeners == redirect.listeners
