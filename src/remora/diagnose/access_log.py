@@ -90,9 +90,9 @@ def _value(text: object) -> str | None:
 
 def parse_text_line(line: str, lineno: int = 0) -> AccessLogEntry | None:
     """One text-format line; None if the line is not an access-log line."""
-    s = line.strip()
-    if s.startswith("[pod/") or s.startswith("[istio-proxy]"):
-        s = s.split("]", 1)[1].strip()  # kubectl logs --prefix
+    # `kubectl logs --prefix` / `--timestamps` put text before the entry: start at it
+    start = re.search(r'\[\d{4}-\d\d-\d\dT[^\]]*\] "', line)
+    s = line[start.start():].strip() if start else line.strip()
     if not s.startswith("[") or '"' not in s:
         return None
     toks = _TOKEN.findall(s)

@@ -42,12 +42,11 @@ def read_text(path: Path, what: str) -> str:
 
 def parse_iptables_text(text: str, name: str) -> Ruleset:
     """iptables-save text or `iptables -L -v` listings; the IPv4 rules when both families."""
+    hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
     if looks_like_listing(text):
-        hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
-        rs = parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
-        return rs
+        return parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
     if looks_like_save(text):
-        families = parse_iptables_save(text, origin=f"{name} (iptables-save)")
+        families = parse_iptables_save(text, origin=f"{name} (iptables-save)", table_hint=hint)
         if families:
             return families[0]
     raise RemoraError(

@@ -153,21 +153,44 @@ def _counters(text: str) -> Counters | None:
 def looks_like_save(text: str) -> bool:
     for line in text.splitlines():
         s = line.strip()
-        if s.startswith(("*nat", "*mangle", "*filter", "*raw", "* ", "-A ", ":")) or (
+        if s.startswith(("*nat", "*mangle", "*filter", "*raw", "* ", "-A ", "-P ", ":")) or (
             s.startswith(("iptables ", "ip6tables ")) and " -A " in f" {s} "
         ):
             return True
     return False
 
 
-def parse_iptables_save(text: str, origin: str = "iptables-save") -> list[Ruleset]:
+# `$ iptables -t nat -S` pasted above its output: the table of the lines that follow
+_S_PROMPT = re.compile(r"^(?:[$#]\s*)?(?:sudo\s+)?ip6?tables(?:-nft|-legacy)?\s+(.*-S.*)$")
+_TARGET_TABLE = (("REDIRECT", "nat"), ("DNAT", "nat"), ("SNAT", "nat"), ("MASQUERADE", "nat"),
+                 ("TPROXY", "mangle"), ("MARK", "mangle"), ("CONNMARK", "mangle"), ("CT", "raw"))
+
+
+def _guess_table(text: str) -> str:
+    """For `iptables -S` output, which has no `*table` line: the table its targets need."""
+    for target, table in _TARGET_TABLE:
+        if re.search(rf"-j {target}\b", text):
+            return table
+    return ""
+
+
+def parse_iptables_save(text: str, origin: str = "iptables-save",
+                        table_hint: str | None = None) -> list[Ruleset]:
     """All address families found, IPv4 first. Raises RemoraError on a line it cannot read."""
     families: list[Ruleset] = [Ruleset(origin=origin, family=4)]
     seen: set[str] = set()
     table = ""
+    if not re.search(r"^\s*\*\s*\w+", text, re.M):
+        table = table_hint or _guess_table(text)  # `iptables -t TABLE -S` output
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
-        if not s or s.startswith("#") or s in ("COMMIT", "iptables-save", "ip6tables-save"):
+        prompt = _S_PROMPT.match(s)
+        if prompt:
+            named = re.search(r"-t\s*(\w+)", prompt.group(1))
+            table = named.group(1) if named else "filter"
+            continue
+        if not s or s.startswith(("#", "$")) or s in ("COMMIT", "iptables-save",
+                                                       "ip6tables-save"):
             continue
         counters = None
         if s.startswith("[") and "]" in s:
@@ -203,7 +226,8 @@ def parse_iptables_save(text: str, origin: str = "iptables-save") -> list[Rulese
             continue
         if not table:
             raise RemoraError(f"iptables-save line {lineno} comes before any `*table` line",
-                              "give the whole `iptables-save` output")
+                              "give the whole `iptables-save` output (or name an "
+                              "`iptables -S` file nat.txt / mangle.txt)")
         rs = families[-1]
         if words[0] in ("-N", "--new-chain"):
             rs.table(table).chain(words[1])

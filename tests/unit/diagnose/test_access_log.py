@@ -76,3 +76,12 @@ def test_truncated_json_entry_is_an_error() -> None:
 
 def test_other_lines_are_ignored(data: Path) -> None:
     assert parse_access_log((data / "seed_server_app.log").read_text()) == []
+
+
+def test_kubectl_prefix_and_timestamps(data: Path) -> None:
+    line = (data / "seed_server_access.log").read_text().splitlines()[1]
+    for prefixed in (f"2022-12-17T09:30:39.884271Z {line}",
+                     f"[pod/simple-server-86b499d4dd-zd4pl/istio-proxy] {line}"):
+        e = parse_text_line(prefixed)
+        assert e is not None and e.upstream_local_address == "127.0.0.6:44213"
+        assert e.start_time == "2022-12-17T09:30:39.883Z"

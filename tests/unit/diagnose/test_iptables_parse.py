@@ -157,3 +157,27 @@ def test_one_file_with_both_seed_listings(data: Path) -> None:
     assert set(rs.tables) == {"mangle", "nat"}
     assert rs.tables["nat"].chains["ISTIO_REDIRECT"].rules[0].target.to_port == 15001
     assert rs.tables["mangle"].chains["ISTIO_TPROXY"].rules[0].target.name == "TPROXY"
+
+
+def test_iptables_S_output_with_and_without_prompt() -> None:
+    body = ("-P PREROUTING ACCEPT\n-N ISTIO_INBOUND\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
+            "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n"
+            "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n"
+            "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n")
+    for text in ("$ iptables -t nat -S\n" + body, body):
+        rs = parse_iptables_text(text, "rules.txt")
+        assert list(rs.tables) == ["nat"]
+        assert rs.tables["nat"].chains["ISTIO_IN_REDIRECT"].rules[0].target.to_port == 15006
+    # no target names the table and no hint: ask for one
+    with pytest.raises(RemoraError, match="before any `\\*table` line"):
+        parse_iptables_text("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n", "rules.txt")
+    assert list(parse_iptables_text("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n", "nat.txt").tables) == [
+        "nat"]
+
+
+def test_listing_without_counters() -> None:
+    text = ("Chain ISTIO_REDIRECT (1 references)\n"
+            "target     prot opt source               destination\n"
+            "REDIRECT   tcp  --  anywhere             anywhere             redir ports 15001\n")
+    rule = parse_listing(text).tables["nat"].chains["ISTIO_REDIRECT"].rules[0]
+    assert rule.counters is None and rule.target.to_port == 15001

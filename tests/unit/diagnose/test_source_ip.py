@@ -260,3 +260,20 @@ def test_what_if_tproxy_config_is_the_tproxy_reference(reference: Path) -> None:
     assert redirect.listeners != tproxy.listeners
     assert what_if_config(redirect, "TPROXY", False).listeners == tproxy.listeners
     assert what_if_config(tproxy, "REDIRECT", False).listeners == redirect.listeners
+
+
+@pytest.mark.parametrize("rules,config,seen", [
+    ("redirect.rules", "server-redirect.json", "127.0.0.6"),
+    ("tproxy.rules", "server-tproxy.json", "10.20.0.78"),
+])
+def test_reference_rules_as_observed_with_real_envoy(reference: Path, rules: str, config: str,
+                                                     seen: str) -> None:
+    """reference/envoy-sidecar/README.md: with these rules and configs a real Envoy gave the
+    seed's server RemoteAddr=127.0.0.6 (REDIRECT) and 10.20.0.78 (TPROXY)."""
+    ev = Evidence()
+    ef.add_iptables(ev.server, reference / rules)
+    ef.add_config(ev.server, reference / config)
+    ev.client.ip = "10.20.0.78"
+    r = explain_source_ip(ev)
+    assert r.verdict.failure is None and r.verdict.app_sees == seen
+    assert r.steps[3].follow_up is not None and r.steps[3].follow_up.capture.kind == "none"
