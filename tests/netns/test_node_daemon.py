@@ -243,3 +243,20 @@ def test_a_second_lab_with_the_same_prefix_is_refused() -> None:
         # the first lab is untouched, even by the second one's clean-up
         assert node.client.alive()
         assert f"netns {node.prefix}node-1" in node.leftovers()
+
+
+def test_pod_deleted_while_the_daemon_was_down_is_still_stopped() -> None:
+    with TempNode() as node:
+        # ignores SIGTERM, so stopping it takes the grace period (1 s in TempNode)
+        node.client.apply([pod("stubborn", ["sh", "-c", "trap '' TERM; sleep 300"])])
+        p = node.client.wait_ready(timeout=10)[0]
+        pid = p["status"]["containerStatuses"][0]["state"]["pid"]
+        node.client.delete("Pod", "stubborn")
+        os.kill(node.daemon_pid(), signal.SIGKILL)
+        wait_for(lambda: not node.client.alive())
+        assert Path(f"/proc/{pid}").exists()  # still there: the SIGKILL never came
+        node.start()
+        wait_for(lambda: get_pod(node, "stubborn") is None)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        assert not Path(f"/run/netns/{p['remora']['netns']}").exists()
+    assert not node.leftovers()

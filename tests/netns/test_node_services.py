@@ -151,3 +151,18 @@ def test_endpoint_reaches_its_own_service_hairpin(node: TempNode) -> None:
     # with two endpoints, 20 connections land on the pod itself too (kube-proxy masquerades
     # that hairpin case so the reply comes back through the node)
     assert server["status"]["podIP"] in out.stdout.split()
+
+
+def test_dns_over_tcp(node: TempNode) -> None:
+    ip = cluster_ip(node, "simple-server-svc")
+    code = (
+        "import socket,struct,sys\n"
+        "from remora.node import dns\n"
+        "q=dns.build_query(77,'simple-server-svc.demo-to.svc.cluster.local')\n"
+        "s=socket.create_connection(('172.16.0.10',53),timeout=3)\n"
+        "s.sendall(struct.pack('!H',len(q))+q)\n"
+        "n=struct.unpack('!H',s.recv(2))[0];data=b''\n"
+        "while len(data)<n: data+=s.recv(n-len(data))\n"
+        "print(dns.parse_response(data))")
+    out = node.run("client", [sys.executable, "-c", code], "demo-from")
+    assert out.stdout.strip() == repr((77, 0, [ip])), out.stderr

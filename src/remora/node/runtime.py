@@ -91,8 +91,10 @@ class Runtime:
         self._signature = ""
 
     def _adopt(self, row: PodRow) -> None:
-        if row.phase == "Pending" or row.deleting:
+        if row.phase == "Pending":
             return
+        # A deleting pod is adopted too, so that its processes are stopped before its
+        # namespace goes.
         if not netlink.exists(row.netns):
             log.info("pod %s/%s lost its namespace; re-creating it", row.namespace, row.name)
             for c in self.store.containers(row.uid):
@@ -260,10 +262,14 @@ class Runtime:
 
     def _start_apps(self, row: PodRow) -> None:
         ctx, ref = self.context(row), self.pod_ref(row)
+        earlier = {c.name: c for c in self.store.containers(row.uid)}
         for container in row.body.get("spec", {}).get("containers") or []:
             if not self.supervisor.has(row.uid, container["name"]):
                 spec = self.setup.process(ctx, container, False)
-                self.supervisor.start_container(ref, container["name"], spec)
+                before = earlier.get(container["name"])
+                restarts = before.restarts + 1 if before and before.pid else 0
+                self.supervisor.start_container(ref, container["name"], spec,
+                                                restarts=restarts)
         if row.phase != "Running":
             self.store.update_pod(row.uid, phase="Running", message="")
 

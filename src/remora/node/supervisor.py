@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +217,23 @@ class Supervisor:
     def row(self, pod_uid: str, name: str) -> ContainerRow | None:
         entry = self._containers.get((pod_uid, name))
         return None if entry is None else entry.row
+
+    def status(self, pod_uid: str) -> list[ContainerRow]:
+        """The pod's containers as the store records them (init containers first)."""
+        return [e.row for (uid, _), e in self._containers.items() if uid == pod_uid]
+
+    def logs(self, pod: PodRef, container: str, follow: bool = False,
+             previous: bool = False) -> Iterator[bytes]:
+        """The container's log; with FOLLOW, keep yielding what is appended (and what
+        the next run writes after a restart)."""
+        path = self.log_path(pod, container, previous)
+        if follow:
+            from remora.node.client import follow as tail
+
+            yield from tail(path)
+            return
+        if path.exists():
+            yield path.read_bytes()
 
     def pids(self) -> list[tuple[int, int]]:
         return [(e.row.pid, e.row.start_ticks) for e in self._containers.values()

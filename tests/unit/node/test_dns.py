@@ -88,3 +88,17 @@ def test_query_encoding_round_trips(labels: list[str], qid: int) -> None:
     assert (q.id, q.name, q.qtype, q.qclass) == (qid, name, dns.TYPE_A, dns.CLASS_IN)
     got_id, _, addrs = dns.parse_response(dns.build_response(q, 0, ["10.0.0.1", "10.0.0.2"]))
     assert got_id == qid and addrs == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_query_with_edns_opt_record_is_answered() -> None:
+    # Go's resolver (and glibc with `options edns0`) add an OPT pseudo-record
+    query = bytearray(dns.build_query(5, "simple-server-svc.demo-to.svc.cluster.local"))
+    query[10:12] = b"\x00\x01"  # ARCOUNT = 1
+    query += b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+    reply = ZONE.answer(bytes(query))
+    assert reply is not None
+    assert dns.parse_response(reply) == (5, dns.RCODE_OK, ["172.16.234.188"])
+    # the question is echoed byte for byte (resolvers compare it, 0x20 case included)
+    mixed = dns.build_query(6, "Simple-Server-Svc.Demo-To.svc.cluster.local")
+    answer = ZONE.answer(mixed)
+    assert answer is not None and answer[12:len(mixed)] == mixed[12:]
