@@ -41,14 +41,15 @@ def path_hops(r: Report) -> tuple[list[str], list[bool], list[Hop]]:
                 f"{BOXES[2]}\n:{in_port}", f"{BOXES[3]}\n{hostport(server, port)}"]
     in_path = [True, c_captured, s_captured, True]
     hops: list[Hop] = []
-    first_note = s1.walk.capture.summary() if s1.walk else "client rules not given"
+    first_note = _short(s1.walk.capture.summary()) if s1.walk else "client rules not given"
     upstream_src = client
     if s2.sidecar and s2.sidecar.upstream_source and s2.sidecar.upstream_source[0].isdigit():
         upstream_src = s2.sidecar.upstream_source
     tls = ""
     if s2.sidecar and s2.sidecar.upstream_tls:
         tls = "mTLS" if s2.sidecar.upstream_tls.mode == "TLS" else "plain text"
-    second_note = (s3.walk.capture.summary() if s3.walk else f"server: {r.mode} (assumed)")
+    second_note = (_short(s3.walk.capture.summary()) if s3.walk
+                   else f"server: {r.mode} (assumed)")
     if c_captured:
         hops.append(Hop(0, 1, hostport(client, None), hostport(vip, port), first_note))
         nxt = 2 if s_captured else 3
@@ -122,6 +123,11 @@ def render_svg(r: Report) -> str:
     out.append(f'<text x="20" y="245" font-size="13">{escape(_verdict(r))}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _short(summary: str) -> str:
+    """A capture summary without the rule text in parentheses."""
+    return summary.split(" (")[0]
 
 
 def _title(r: Report) -> str:
