@@ -88,15 +88,18 @@ class RequestDecoder:
         self.current: Request | None = None  # being decoded (headers or body)
         self.error: CodecError | None = None
         self._header_bytes = 0
-        self._name = b""
         self._url = b""
+        self.upgraded = False  # an Upgrade request was decoded: stop parsing HTTP
+        self.upgrade_tail = b""
 
     def feed(self, data: bytes) -> None:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # the Upgrade request is complete; what follows belongs to the tunnel
+        except httptools.HttpParserUpgrade as e:
+            # the Upgrade request is complete; the bytes after it belong to the tunnel
+            self.upgraded = True
+            self.upgrade_tail = bytes(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
             self.error = ctx if isinstance(ctx, CodecError) else CodecError(
@@ -184,7 +187,7 @@ class ResponseDecoder:
     body bytes go to ``on_data``; ``complete`` is set at the end of the message."""
 
     __slots__ = ("_head_only", "_parser", "chunked", "complete", "content_length", "headers",
-                 "headers_done", "keep_alive", "on_data", "on_headers", "status")
+                 "headers_done", "keep_alive", "on_data", "on_headers", "status", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
                  on_data: Callable[[bytes], None]) -> None:
@@ -199,10 +202,15 @@ class ResponseDecoder:
         self.keep_alive = True
         self.chunked = False
         self.content_length: int | None = None
+        self.upgrade_tail = b""
 
     def feed(self, data: bytes) -> None:
         """Raises httptools.HttpParserError on a malformed response."""
-        self._parser.feed_data(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:  # 101: the rest is the tunnel's
+            self.upgrade_tail = bytes(data[e.args[0]:])
+            self.complete = True
 
     def eof_completes(self) -> bool:
         """At upstream EOF: a response framed by connection close is complete now."""

@@ -45,10 +45,11 @@ class Http1Connection:
         self.draining = False
         self.active: ActiveStream | None = None
         self.cancel_reason: str | None = None
+        self.idle = False
+        self.last_activity = 0.0  # loop time of the last byte moved for the active stream
         self._task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._resume: asyncio.Future[None] | None = None
-        self.upgraded = False
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -64,8 +65,6 @@ class Http1Connection:
         reader = self.reader
         try:
             while True:
-                if self.upgraded:
-                    return
                 # flow control: stop reading while requests pile up unserved or while a body
                 # has nowhere to go yet (the router attaches a sink once it is connected)
                 cur = dec.current
@@ -78,11 +77,15 @@ class Http1Connection:
                 if not data:
                     self._on_eof()
                     return
+                self.last_activity = self._loop_time()
                 try:
                     dec.feed(data)
                 except CodecError:
                     self._on_codec_error()
                     return
+                if dec.upgraded:
+                    self._wake()
+                    return  # the router reads the tunnel's bytes itself after a 101
                 cur = dec.current
                 if cur is not None and cur.sink is not None:
                     await cur.sink.pressure()
@@ -91,6 +94,23 @@ class Http1Connection:
             self._on_eof()
         except asyncio.CancelledError:
             pass
+
+    def _idle_expired(self) -> None:
+        self.idle = True
+        self._wake()
+
+    def _stream_idle_check(self) -> None:
+        """stream_idle_timeout: fires when neither side of the active stream moved a byte
+        for that long (activity stamps are cheap; the timer is re-armed lazily)."""
+        act = self.active
+        if act is None or act.response_complete:
+            return
+        loop = asyncio.get_running_loop()
+        left = self.last_activity + self.cfg.stream_idle_timeout - loop.time()
+        if left > 0:
+            act.idle_timer = loop.call_later(left, self._stream_idle_check)
+        else:
+            self.cancel_active("stream_idle")
 
     def resume_reading(self) -> None:
         r = self._resume
@@ -125,9 +145,8 @@ class Http1Connection:
             reader_task.cancel()
             with contextlib.suppress(BaseException):
                 await reader_task
-            if not self.upgraded:
-                with contextlib.suppress(Exception):
-                    self.writer.close()
+            with contextlib.suppress(Exception):
+                self.writer.close()
 
     async def _serve(self) -> None:
         dec = self.decoder
@@ -139,9 +158,21 @@ class Http1Connection:
                         return
                     if self.eof:
                         return
-                    self._waiter = asyncio.get_running_loop().create_future()
-                    await self._waiter
-                    self._waiter = None
+                    loop = asyncio.get_running_loop()
+                    self._waiter = loop.create_future()
+                    # common_http_protocol_options.idle_timeout: no stream for that long
+                    # closes the connection (Envoy's downstream_cx_idle_timeout)
+                    idle = self.cfg.idle_timeout
+                    timer = loop.call_later(idle, self._idle_expired) if idle > 0 else None
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                        if timer is not None:
+                            timer.cancel()
+                    if self.idle and not dec.ready:
+                        self.hcm.stats.inc(self.hcm.idle_timeout_stat)
+                        return
             except asyncio.CancelledError:
                 if self._take_cancel() is None:
                     raise
@@ -150,6 +181,11 @@ class Http1Connection:
             self.resume_reading()
             stream = ActiveStream(self, req)
             self.active = stream
+            sit = self.cfg.stream_idle_timeout
+            if sit > 0:
+                self.last_activity = self._loop_time()
+                stream.idle_timer = asyncio.get_running_loop().call_later(
+                    sit, self._stream_idle_check)
             try:
                 await self.hcm.serve(stream)
             except asyncio.CancelledError:
@@ -157,15 +193,21 @@ class Http1Connection:
                     raise
             finally:
                 self.active = None
+                if stream.idle_timer is not None:
+                    stream.idle_timer.cancel()
             self.hcm.complete(stream)
             if stream.closing or not stream.response_complete or not req.complete:
                 await self._flush()
                 return
-            if self.upgraded:
+            if dec.upgraded:
                 return
             w = self.writer
             if w.transport.get_write_buffer_size() > BUFFER_LIMIT:
                 await w.drain()
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
 
     def _take_cancel(self) -> str | None:
         """After a CancelledError: the reason if the connection caused it (and the task's

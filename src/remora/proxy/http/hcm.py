@@ -49,6 +49,7 @@ class HttpConnectionManager:
         self._rq_xx = {c: f"{p}downstream_rq_{c}xx" for c in range(1, 6)}
         self._rq_completed = p + "downstream_rq_completed"
         self._cx_total = p + "downstream_cx_total"
+        self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
         self._cx_active = p + "downstream_cx_active"
         self._node_ip: str | bool | None = False
         # Envoy declares its counters up front, so /stats lists them at 0 before any request

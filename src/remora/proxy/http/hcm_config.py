@@ -74,6 +74,10 @@ def parse_hcm(f: Fields, ctx: Any) -> HcmConfig:
     cfg.max_request_headers_kb = f.integer("max_request_headers_kb", 60)
     cfg.stream_idle_timeout = f.duration("stream_idle_timeout", 300.0)
     cfg.request_timeout = f.duration("request_timeout", 0.0)
+    if cfg.request_timeout:
+        raise ConfigError(f.at("request_timeout"), "a non-zero request_timeout is not "
+                          "implemented by remora", "remove it or set \"0s\" (disabled, "
+                          "Envoy's default); stream_idle_timeout and route timeouts apply")
     # Client-certificate headers (x-forwarded-client-cert) only matter on TLS downstreams;
     # remora's HTTP listeners are plaintext here, so the mode is read and has no effect
     # beyond SANITIZE's removal of a client-supplied XFCC header (see headers.py).

@@ -251,24 +251,33 @@ class _Forward:
         reader = pc.upstream.reader
         ds_transport = stream.conn.writer.transport
         dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
+        conn = stream.conn
+        loop = asyncio.get_running_loop()
         while not dec.complete:
             try:
                 data = await reader.read(READ_SIZE)
             except (ConnectionError, OSError):
                 data = b""
+            conn.last_activity = loop.time()
             if not data:
                 if dec.eof_completes():
                     dec.keep_alive = False
                     break
+                stream.flush()
                 raise _Failure("truncated" if dec.headers_done else "reset")
             try:
                 dec.feed(data)
             except httptools.HttpParserError:
+                stream.flush()
                 raise _Failure("truncated" if dec.headers_done else "protocol") from None
             if self.retry_status:
                 raise _Failure("status")
+            stream.flush()
             if ds_transport.get_write_buffer_size() > BUFFER_LIMIT:
                 await stream.conn.writer.drain()
+        if dec.status == 101 and stream.req.upgrade:
+            await self._tunnel(pc, dec)
+            return
         stream.encode_end()
         self._count_response(dec.status)
         self.current = None
@@ -278,6 +287,45 @@ class _Forward:
             self.router.pool.release(pc)
         else:
             pc.close()
+
+    async def _tunnel(self, pc: PooledConnection, dec: ResponseDecoder) -> None:
+        """After a 101 to a websocket upgrade: relay raw bytes both ways until either side
+        closes (Envoy's upgrade handling; the bytes count as body bytes in the log)."""
+        stream = self.stream
+        stream.flush()
+        self._count_response(101)
+        conn, req, info = stream.conn, stream.req, stream.info
+        up_w, ds_w = pc.upstream.writer, conn.writer
+        if conn.decoder.upgrade_tail:
+            up_w.write(conn.decoder.upgrade_tail)
+            req.body_bytes += len(conn.decoder.upgrade_tail)
+        if dec.upgrade_tail:
+            ds_w.write(dec.upgrade_tail)
+            info.bytes_sent += len(dec.upgrade_tail)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       upstream_bound: bool) -> None:
+            while data := await reader.read(READ_SIZE):
+                writer.write(data)
+                if upstream_bound:
+                    req.body_bytes += len(data)
+                else:
+                    info.bytes_sent += len(data)
+                await writer.drain()
+
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(pump(conn.reader, up_w, True)),
+                 loop.create_task(pump(pc.upstream.reader, ds_w, False))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.current = None
+            pc.close()
+            stream.response_complete = True
+            stream.closing = True
 
     def _on_headers(self, dec: ResponseDecoder) -> None:
         status = dec.status

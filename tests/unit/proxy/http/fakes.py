@@ -224,6 +224,7 @@ class App:
     connections: int = 0
     fixed_status: int | None = None  # answer every request with this status
     server: asyncio.Server | None = None
+    raw_reader: asyncio.StreamReader | None = None
 
     async def start(self) -> App:
         self.server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -240,6 +241,7 @@ class App:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.raw_reader = reader
         peer = writer.get_extra_info("peername")
         try:
             while True:
@@ -264,6 +266,13 @@ class App:
         elif p.startswith("/slow/"):
             await asyncio.sleep(int(p.split("/")[2]) / 1000)
         elif p.startswith("/reset"):
+            return False
+        elif p.startswith("/ws"):
+            w.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
+                    b"upgrade: websocket\r\n\r\nhello from app|")
+            while data := await self.raw_reader.read(65536):
+                w.write(data.upper())
+                await w.drain()
             return False
         elif p.startswith("/chunked"):
             w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -189,3 +189,38 @@ def test_normalize_path_forwards_the_normalized_path(path: str, expected: str) -
             c = await Client.connect(addr)
             assert (await c.get(path)).json()["path"] == expected
     run(body)
+
+
+def test_websocket_upgrade_is_tunnelled() -> None:
+    async def body() -> None:
+        hcm, (app,), _, ctx = await setup(hcm_config(upgrade_configs=[
+            {"upgrade_type": "websocket"}]))
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            c.send(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\n"
+                   b"upgrade: websocket\r\n\r\nearly ")
+            head = await c.reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            assert b"connection: upgrade\r\n" in head and b"upgrade: websocket\r\n" in head
+            assert await c.reader.readexactly(15) == b"hello from app|"
+            c.send(b"frames")
+            assert await c.reader.readexactly(12) == b"EARLY FRAMES"
+            c.close()
+            await asyncio.sleep(0.1)
+        seen = dict(app.seen[0].headers)
+        assert seen["upgrade"] == "websocket" and seen["connection"] == "upgrade"
+        (info,) = ctx.logger.infos
+        assert info.response_code == 101 and info.bytes_received == 12
+    run(body)
+
+
+def test_upgrade_refused_without_upgrade_config() -> None:
+    async def body() -> None:
+        hcm, (app,), _, ctx = await setup()
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            r = await c.get("/ws", headers="connection: upgrade\r\nupgrade: websocket\r\n")
+            assert r.status == 403
+        assert app.seen == []
+        assert ctx.logger.infos[0].response_code_details == "upgrade_failed"
+    run(body)

@@ -269,3 +269,22 @@ def test_no_route_direct_response_and_unknown_cluster() -> None:
                        (403, "-", "direct_response", "direct"),
                        (503, "NC", "cluster_not_found", "ghost")]
     run(body)
+
+
+def test_stream_idle_timeout_is_408_si_and_idle_connections_close() -> None:
+    async def body() -> None:
+        cfg = hcm_config(stream_idle_timeout="0.2s",
+                         common_http_protocol_options={"idle_timeout": "0.3s"})
+        hcm, _, _, ctx = await setup(cfg)
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            r = await c.get("/slow/1000")
+            assert (r.status, r.body) == (408, b"stream timeout")
+            assert await c.at_eof()
+            idle = await Client.connect(addr)
+            assert (await idle.get("/")).status == 200
+            assert await idle.at_eof(timeout=2.0)  # closed by idle_timeout, not by us
+        info = ctx.logger.infos[0]
+        assert (info.flags_string(), info.response_code_details) == ("SI", "stream_idle_timeout")
+        assert ctx.stats.counters["http.inbound_0.0.0.0_18080.downstream_cx_idle_timeout"] == 1
+    run(body)
