@@ -88,8 +88,9 @@ async def open_upstream(
         raise
     started = time.monotonic()
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, (ip, port)),
-                               timeout if timeout > 0 else None)
+        # asyncio.timeout, not wait_for: no extra task per connection
+        async with asyncio.timeout(timeout if timeout > 0 else None):
+            await loop.sock_connect(sock, (ip, port))
     except TimeoutError as exc:
         sock.close()
         raise UpstreamError("UF", "", host) from exc
