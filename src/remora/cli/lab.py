@@ -1,0 +1,379 @@
+"""kubectl-like commands over the lab: up, down, apply, delete, get, describe, logs, exec,
+patch, rollout (docs/lab.md). Thin: each command reads its flags, asks the node daemon
+(remora.node.client) and prints with remora.lab.tables / remora.lab.describe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from remora.errors import RemoraError, UsageError
+from remora.lab import describe as describe_text
+from remora.lab import manifests, progress, selectors, session, tables
+from remora.lab import settings as lab_settings
+from remora.lab.images import ImageMap
+from remora.node import naming
+from remora.node.client import NodeClient, follow
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _state_option(func: Any) -> Any:
+    return click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
+                        help="the lab's state directory [default: /var/lib/remora]")(func)
+
+
+def _client(state_dir: str | None) -> NodeClient:
+    return session.connect(session.state_dir(state_dir))
+
+
+def _images(state_dir: str | None) -> ImageMap:
+    return ImageMap.from_file(lab_settings.load(session.state_dir(state_dir)).image_map or None)
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        click.echo(f"Warning: {w}", err=True)
+
+
+def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) -> list[str]:
+    """Admission-check then apply a whole batch; nothing is sent if any object fails."""
+    namespaces = manifests.namespace_objects(batch.objects, client.get("Namespace"))
+    manifests.admission_check(batch.objects, namespaces, images)
+    return client.apply(batch.objects)
+
+
+def _wait(client: NodeClient, namespaces: list[str] | None, timeout: float) -> None:
+    start = time.monotonic()
+    progress.wait(client, namespaces, timeout, echo=click.echo)
+    click.echo(f"all pods Ready in {time.monotonic() - start:.1f}s")
+
+
+# -- up / down -------------------------------------------------------------------------------
+@click.command(context_settings=CONTEXT)
+@click.option("-f", "--filename", "files", multiple=True, help="manifest file or directory")
+@click.option("--wait", is_flag=True, help="block until every pod is Ready")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds --wait waits")
+@click.option("--sidecar", type=click.Choice(lab_settings.SIDECARS), default="remora",
+              show_default=True, help="the sidecar proxy: `remora proxy` or a real Envoy")
+@click.option("--image-map", type=click.Path(dir_okay=False), default=None,
+              help="YAML file mapping images to local commands (docs/lab.md)")
+@click.option("--nodes", default=1, show_default=True, help="number of nodes")
+@click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
+              help="prefix of every namespace the lab creates")
+@click.option("--pod-ip-start", default=2, show_default=True,
+              help="first host address given to pods in each node's /24")
+@_state_option
+def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_map: str | None,
+       nodes: int, prefix: str, pod_ip_start: int, state_dir: str | None) -> None:
+    """Start the lab (node daemon) if it is not running, then apply manifests."""
+    batch = manifests.read(list(files)) if files else None  # bad input fails before start
+    settings = lab_settings.LabSettings(sidecar=sidecar,
+                                        image_map=str(Path(image_map).resolve())
+                                        if image_map else "")
+    images = ImageMap.from_file(settings.image_map or None)
+    directory = session.state_dir(state_dir)
+    client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
+                                 pod_ip_start=pod_ip_start)
+    info = client.ping()
+    click.echo(f"lab {'started' if started else 'already running'}: daemon pid {info['pid']}, "
+               f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
+               f"{lab_settings.load(directory).sidecar}")
+    if batch is None:
+        return
+    _warn(batch.warnings)
+    for line in apply_batch(client, batch, images):
+        click.echo(line)
+    if wait:
+        _wait(client, manifests.names_namespaces(batch.objects), timeout)
+
+
+@click.command(context_settings=CONTEXT)
+@_state_option
+def down(state_dir: str | None) -> None:
+    """Remove every namespace, link, rule, process and file of the lab."""
+    removed = session.down(session.state_dir(state_dir))
+    click.echo(f"lab removed ({len(removed)} objects)" if removed else "no lab to remove")
+
+
+# -- apply / delete / patch ------------------------------------------------------------------
+@click.command(context_settings=CONTEXT)
+@click.option("-f", "--filename", "files", multiple=True, required=True,
+              help="manifest file or directory ('-' for stdin)")
+@click.option("--wait", is_flag=True, help="block until every pod is Ready")
+@click.option("--timeout", default=60.0, show_default=True)
+@_state_option
+def apply(files: tuple[str, ...], wait: bool, timeout: float, state_dir: str | None) -> None:
+    """Apply manifests (all or nothing)."""
+    batch = manifests.read(list(files))
+    client = _client(state_dir)
+    _warn(batch.warnings)
+    for line in apply_batch(client, batch, _images(state_dir)):
+        click.echo(line)
+    if wait:
+        _wait(client, manifests.names_namespaces(batch.objects), timeout)
+
+
+def _kind_name(kind: str, name: str | None) -> tuple[str, str]:
+    if "/" in kind and name is None:
+        kind, name = kind.split("/", 1)
+    if not name:
+        raise UsageError("a resource name is needed", "give KIND NAME or KIND/NAME")
+    return tables.kind_of(kind), name
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+@click.option("-f", "--filename", "files", multiple=True)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@_state_option
+def delete(kind: str | None, name: str | None, files: tuple[str, ...], namespace: str,
+           state_dir: str | None) -> None:
+    """Delete objects: `delete -f FILE` or `delete KIND NAME -n NS`."""
+    client = _client(state_dir)
+    if files:
+        batch = manifests.read(list(files))
+        targets = [(o["kind"], o["metadata"].get("namespace", "default"), o["metadata"]["name"])
+                   for o in reversed(batch.objects)]
+    elif kind:
+        k, n = _kind_name(kind, name)
+        targets = [(k, namespace, n)]
+    else:
+        raise UsageError("nothing to delete", "give -f FILE or KIND NAME")
+    for k, ns, n in targets:
+        for line in client.delete(k, n, ns):
+            click.echo(line)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-p", "--patch", "patch_text", required=True, help="strategic-merge patch (JSON)")
+@click.option("--type", "patch_type", type=click.Choice(["strategic"]), default="strategic")
+@_state_option
+def patch(kind: str, name: str | None, namespace: str, patch_text: str, patch_type: str,
+          state_dir: str | None) -> None:
+    """Patch an object (strategic merge); a Deployment's new template rolls out new pods."""
+    from remora.resources.loader import parse_object
+    from remora.resources.patch import apply_patch
+
+    k, n = _kind_name(kind, name)
+    client = _client(state_dir)
+    found = [o for o in client.get(k, None if k == "Namespace" else namespace)
+             if o["metadata"]["name"] == n]
+    if not found:
+        raise RemoraError(f"{k.lower()} {n!r} not found in namespace {namespace!r}",
+                          f"list them with `remora get {k.lower()} -n {namespace}`")
+    current, _ = parse_object(tables.strip_internal(found[0]), f"{k}/{n}")
+    if current is None:
+        raise RemoraError(f"{k} {n} cannot be patched", "patch a Deployment or a Service")
+    new, warnings = apply_patch(current, patch_text)
+    _warn(warnings)
+    batch = manifests.Batch([new.to_dict()])
+    results = apply_batch(client, batch, _images(state_dir))
+    group = {"Deployment": "deployment.apps"}.get(k, k.lower())
+    unchanged = results and results[0].endswith("unchanged")
+    click.echo(f"{group}/{n} patched" + (" (no change)" if unchanged else ""))
+
+
+@click.group(context_settings=CONTEXT)
+def rollout() -> None:
+    """Watch a Deployment's rollout."""
+
+
+@rollout.command("status", context_settings=CONTEXT)
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--timeout", default=120.0, show_default=True)
+@_state_option
+def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
+                   state_dir: str | None) -> None:
+    """Wait until a Deployment's new pods are Ready and its old ones gone."""
+    k, n = _kind_name(kind, name)
+    if k != "Deployment":
+        raise UsageError(f"rollout status works on deployments, not {k}",
+                         "give deployment/NAME")
+    progress.rollout(_client(state_dir), namespace, n, timeout, click.echo)
+
+
+# -- get / describe --------------------------------------------------------------------------
+def _select(client: NodeClient, kind: str, namespace: str | None, name: str | None,
+            selector: str | None) -> list[dict[str, Any]]:
+    items = client.get(kind, None if kind == "Namespace" else namespace)
+    match = selectors.parse(selector)
+    items = [o for o in items if match(o["metadata"].get("labels") or {})]
+    if name is not None:
+        items = [o for o in items if o["metadata"]["name"] == name]
+        if not items:
+            where = "" if kind == "Namespace" else f" in namespace {namespace!r}"
+            raise RemoraError(f'{kind.lower()} "{name}" not found{where}',
+                              f"list them with `remora get {kind.lower()} -n NAMESPACE`")
+    return items
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-A", "--all-namespaces", is_flag=True)
+@click.option("-l", "--selector", default=None, help="label selector, e.g. web=server")
+@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json"]), default=None)
+@_state_option
+def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
+        selector: str | None, output: str | None, state_dir: str | None) -> None:
+    """List pods, svc, deploy or ns, with kubectl's columns."""
+    k = tables.kind_of(kind)
+    items = _select(_client(state_dir), k, None if all_namespaces else namespace, name,
+                    selector)
+    if output in ("yaml", "json"):
+        click.echo(tables.structured(items, output, single=name is not None), nl=False)
+        return
+    if not items:
+        where = "" if all_namespaces or k == "Namespace" else f" in {namespace} namespace"
+        click.echo(f"No resources found{where}.", err=True)
+        return
+    click.echo(tables.table(k, items, time.time(), wide=output == "wide",
+                            all_namespaces=all_namespaces), nl=False)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-l", "--selector", default=None)
+@_state_option
+def describe(kind: str, name: str | None, namespace: str, selector: str | None,
+             state_dir: str | None) -> None:
+    """Show one object (or all selected) in detail."""
+    if "/" in kind and name is None:
+        kind, name = kind.split("/", 1)
+    k = tables.kind_of(kind)
+    client = _client(state_dir)
+    items = _select(client, k, namespace, name, selector)
+    now = time.time()
+    texts = []
+    for obj in items:
+        if k == "Pod":
+            texts.append(describe_text.pod(obj, now))
+        elif k == "Deployment":
+            pods = [p for p in client.get("Pod", namespace)
+                    if (p["metadata"].get("ownerReferences") or [{}])[0].get("name")
+                    == obj["metadata"]["name"]]
+            texts.append(describe_text.deployment(obj, pods, now))
+        elif k == "Service":
+            texts.append(describe_text.service(obj, _endpoints(client, obj), now))
+        else:
+            texts.append(describe_text.namespace(obj, now))
+    click.echo("\n".join(texts), nl=False)
+
+
+def _endpoints(client: NodeClient, svc: dict[str, Any]) -> list[str]:
+    from remora.node.controller import endpoints
+
+    pods = client.get("Pod", svc["metadata"]["namespace"])
+    return [f"{e['ip']}:{e['port']}" for e in endpoints(svc, pods)]
+
+
+# -- logs / exec ----------------------------------------------------------------------------
+def _pods_for(client: NodeClient, namespace: str, pod: str | None,
+              selector: str | None) -> list[str]:
+    if pod and "/" in pod:
+        kind, name = pod.split("/", 1)
+        if tables.kind_of(kind) == "Deployment":
+            owned = [p for p in client.get("Pod", namespace)
+                     if (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name
+                     and "deletionTimestamp" not in p["metadata"]]
+            if not owned:
+                raise RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
+                                  f"see `remora get deploy,pods -n {namespace}`")
+            return [owned[0]["metadata"]["name"]]
+        pod = name
+    if pod:
+        return [pod]
+    if not selector:
+        raise UsageError("give a pod name or -l SELECTOR",
+                         "e.g. remora logs -n demo-to -l web=server")
+    match = selectors.parse(selector)
+    return [p["metadata"]["name"] for p in client.get("Pod", namespace)
+            if match(p["metadata"].get("labels") or {})
+            and "deletionTimestamp" not in p["metadata"]]
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("pod", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-l", "--selector", default=None)
+@click.option("-c", "--container", default=None, help="e.g. istio-proxy for the access log")
+@click.option("-f", "--follow", "follow_", is_flag=True)
+@click.option("--tail", type=int, default=None,
+              help="last N lines (default: all; 10 with -l, as kubectl)")
+@click.option("-p", "--previous", is_flag=True, help="the previous run of a restarted container")
+@_state_option
+def logs(pod: str | None, namespace: str, selector: str | None, container: str | None,
+         follow_: bool, tail: int | None, previous: bool, state_dir: str | None) -> None:
+    """Print a container's log (istio-proxy: the sidecar's access log)."""
+    client = _client(state_dir)
+    names = _pods_for(client, namespace, pod, selector)
+    if tail is None and selector and not pod:
+        tail = 10
+    paths = []
+    for name in names:
+        got = client.logs(namespace, name, container, previous, None if follow_ else tail)
+        if not follow_:
+            click.echo(got["text"], nl=False)
+        paths.append(Path(got["path"]))
+    if follow_:
+        _follow(paths, tail)
+
+
+def _follow(paths: list[Path], tail: int | None) -> None:
+    def pump(path: Path) -> None:
+        first = True
+        for chunk in follow(path):
+            if first and tail is not None:
+                lines = chunk.splitlines(keepends=True)
+                chunk = b"".join(lines[len(lines) - tail:]) if tail else b""
+            first = False
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+    threads = [threading.Thread(target=pump, args=(p,), daemon=True) for p in paths]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+@click.command("exec", context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-c", "--container", default=None)
+@_state_option
+@click.argument("pod")
+@click.argument("command", nargs=-1, required=True)
+def exec_(namespace: str, container: str | None, state_dir: str | None, pod: str,
+          command: tuple[str, ...]) -> None:
+    """Run COMMAND inside the pod's namespaces: remora exec -n NS POD -- iptables -t nat -L -v"""
+    client = _client(state_dir)
+    name = _pods_for(client, namespace, pod, None)[0]
+    argv = client.exec_argv(namespace, name, container)
+    if command and command[0] == "--":  # kept by click once POD ended the options
+        command = command[1:]
+    if not command:
+        raise UsageError("no command to run", "e.g. remora exec -n NS POD -- iptables -t nat -L")
+    try:
+        code = subprocess.call([*argv, *command])
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

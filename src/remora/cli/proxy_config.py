@@ -1,0 +1,55 @@
+"""`remora proxy-config listener|cluster|endpoint|route|log|all POD -n NS`: istioctl's
+proxy-config, from the sidecar's own /config_dump (read through the pod's network
+namespace) rendered by remora.diagnose.proxy_config with istioctl's tables and JSON."""
+
+from __future__ import annotations
+
+import click
+
+from remora.errors import RemoraError
+from remora.lab import admin, session
+
+TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints", "route",
+         "routes", "log", "all")
+
+
+@click.command("proxy-config", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("what", type=click.Choice(TYPES))
+@click.argument("pod")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--port", type=int, default=None, help="only this port")
+@click.option("--fqdn", default=None, help="only this cluster, e.g. \"inbound|18080||\"")
+@click.option("--address", default=None, help="only this listener address / endpoint")
+@click.option("--name", default=None, help="only this route config")
+@click.option("-o", "--output", type=click.Choice(["short", "json", "yaml"]), default="short")
+@click.option("--level", default=None, help="log: set the sidecar's log level")
+@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None)
+def proxy_config(what: str, pod: str, namespace: str, port: int | None, fqdn: str | None,
+                 address: str | None, name: str | None, output: str, level: str | None,
+                 state_dir: str | None) -> None:
+    """Show a sidecar's Envoy config as istioctl proxy-config does."""
+    from remora.diagnose.proxy_config import render
+    from remora.diagnose.proxy_config_dump import parse_config_dump
+
+    client = session.connect(session.state_dir(state_dir))
+    if "." in pod and "/" not in pod:
+        pod, namespace = pod.split(".", 1)  # istioctl accepts POD.NAMESPACE
+    found = [p for p in client.get("Pod", namespace) if p["metadata"]["name"] == pod]
+    if not found:
+        raise RemoraError(f"pod {pod!r} not found in namespace {namespace!r}",
+                          f"list pods with `remora get pods -n {namespace}`")
+    if not any(c["name"] == "istio-proxy" for c in found[0]["spec"].get("containers") or []):
+        raise RemoraError(f"pod {namespace}/{pod} has no sidecar (istio-proxy)",
+                          "label its namespace istio-injection=enabled and re-create the pod")
+    netns = found[0]["remora"]["netns"]
+    where = f"{namespace}/{pod}"
+    if what == "log":
+        target = f"/logging?level={level}" if level else "/logging"
+        body = admin.request(netns, "POST", target, where=where)
+        click.echo(body.decode(errors="replace"), nl=False)
+        return
+    dump = parse_config_dump(admin.request(netns, "GET", "/config_dump?include_eds",
+                                           where=where))
+    fmt = "table" if output == "short" else output
+    text = render(dump, what, port=port, fqdn=fqdn, address=address, name=name, fmt=fmt)
+    click.echo(text if text.endswith("\n") else text + "\n", nl=False)

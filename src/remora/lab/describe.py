@@ -1,0 +1,152 @@
+"""`remora describe`: kubectl describe's layout for pods, deployments, services and
+namespaces (pure; pkg/describe/describe.go is the model, trimmed to what the lab has)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remora.lab.tables import age
+
+
+def _kv(d: dict[str, str] | None, indent: int) -> str:
+    if not d:
+        return "<none>"
+    pad = " " * indent
+    items = sorted(d.items())
+    return ("\n" + pad).join(f"{k}={v}" for k, v in items)
+
+
+def _line(label: str, value: Any, width: int = 18) -> str:
+    return f"{label + ':':<{width}}{value}"
+
+
+def _state(status: dict[str, Any] | None) -> list[str]:
+    if not status:
+        return ["    State:          Waiting", "      Reason:       ContainerCreating"]
+    state = status.get("state", {})
+    out = []
+    if "running" in state:
+        out += ["    State:          Running",
+                f"      Started:      {state['running'].get('startedAt', '')}"]
+    elif "terminated" in state:
+        t = state["terminated"]
+        out += ["    State:          Terminated", f"      Reason:       {t.get('reason') or ''}",
+                f"      Exit Code:    {t.get('exitCode')}"]
+    else:
+        out += ["    State:          Waiting",
+                f"      Reason:       {state.get('waiting', {}).get('reason') or ''}"]
+    out += [f"    Ready:          {'True' if status.get('ready') else 'False'}",
+            f"    Restart Count:  {status.get('restartCount', 0)}"]
+    return out
+
+
+def _containers(title: str, specs: list[dict[str, Any]],
+                statuses: list[dict[str, Any]]) -> list[str]:
+    if not specs:
+        return []
+    by_name = {s["name"]: s for s in statuses}
+    out = [f"{title}:"]
+    for c in specs:
+        out.append(f"  {c['name']}:")
+        out.append(f"    Image:          {c.get('image', '')}")
+        if c.get("command"):
+            out.append("    Command:")
+            out += [f"      {a}" for a in c["command"]]
+        if c.get("args"):
+            out.append("    Args:")
+            out += [f"      {a}" for a in c["args"]]
+        ports = c.get("ports") or []
+        if ports:
+            out.append("    Ports:          " + ", ".join(
+                f"{p['containerPort']}/{p.get('protocol', 'TCP')}" for p in ports))
+        out += _state(by_name.get(c["name"]))
+        probe = c.get("readinessProbe") or {}
+        if probe.get("httpGet"):
+            g = probe["httpGet"]
+            out.append(f"    Readiness:      http-get :{g.get('port')}{g.get('path', '/')}")
+        env = c.get("env") or []
+        if env:
+            out.append("    Environment:")
+            for e in env:
+                value = e.get("value", "")
+                ref = (e.get("valueFrom") or {}).get("fieldRef")
+                if ref:
+                    value = f"({ref.get('fieldPath')})"
+                out.append(f"      {e['name']}:  {value}")
+    return out
+
+
+def pod(p: dict[str, Any], now: float) -> str:
+    meta, spec, status = p["metadata"], p.get("spec", {}), p.get("status", {})
+    r = p.get("remora", {})
+    owner = (meta.get("ownerReferences") or [{}])[0]
+    lines = [
+        _line("Name", meta["name"]), _line("Namespace", meta.get("namespace", "default")),
+        _line("Node", f"{spec.get('nodeName', '')}/{status.get('hostIP', '')}"),
+        _line("Start Time", meta.get("creationTimestamp", "")),
+        _line("Labels", _kv(meta.get("labels"), 18)),
+        _line("Annotations", _kv(meta.get("annotations"), 18)),
+        _line("Status", r.get("status", status.get("phase", ""))),
+        _line("IP", status.get("podIP") or ""),
+        _line("Controlled By", f"{owner['kind']}/{owner['name']}" if owner else "<none>"),
+        _line("Network NS", r.get("netns", "")),
+        _line("Age", age(p, now)),
+    ]
+    if status.get("message"):
+        lines.append(_line("Message", status["message"]))
+    lines += _containers("Init Containers", spec.get("initContainers") or [],
+                         status.get("initContainerStatuses") or [])
+    lines += _containers("Containers", spec.get("containers") or [],
+                         status.get("containerStatuses") or [])
+    lines += ["Conditions:", "  Type              Status",
+              f"  Ready             {'True' if status.get('ready') else 'False'}"]
+    return "\n".join(lines) + "\n"
+
+
+def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float) -> str:
+    meta, spec, st = d["metadata"], d.get("spec", {}), d.get("status", {})
+    want = spec.get("replicas")
+    want = 1 if want is None else want
+    tmeta = spec.get("template", {}).get("metadata", {})
+    lines = [
+        _line("Name", meta["name"], 24), _line("Namespace", meta.get("namespace"), 24),
+        _line("Selector", _kv(spec.get("selector", {}).get("matchLabels"), 24), 24),
+        _line("Replicas", f"{want} desired | {st.get('updatedReplicas', 0)} updated | "
+              f"{st.get('replicas', 0)} total | {st.get('availableReplicas', 0)} available | "
+              f"{st.get('unavailableReplicas', 0)} unavailable", 24),
+        _line("StrategyType", "RollingUpdate", 24),
+        _line("Age", age(d, now), 24),
+        "Pod Template:",
+        f"  Labels:       {_kv(tmeta.get('labels'), 16)}",
+        f"  Annotations:  {_kv(tmeta.get('annotations'), 16)}",
+        "  Containers:",
+    ]
+    for c in spec.get("template", {}).get("spec", {}).get("containers") or []:
+        lines += [f"   {c['name']}:", f"    Image:        {c.get('image', '')}"]
+    lines.append("Pods:")
+    lines += [f"  {p['metadata']['name']}  {p.get('remora', {}).get('status', '')}  "
+              f"{p.get('status', {}).get('podIP') or ''}" for p in pods] or ["  <none>"]
+    return "\n".join(lines) + "\n"
+
+
+def service(s: dict[str, Any], endpoints: list[str], now: float) -> str:
+    meta, spec = s["metadata"], s.get("spec", {})
+    lines = [_line("Name", meta["name"]), _line("Namespace", meta.get("namespace")),
+             _line("Labels", _kv(meta.get("labels"), 18)),
+             _line("Selector", _kv(spec.get("selector"), 18)),
+             _line("Type", spec.get("type", "ClusterIP")),
+             _line("IP", spec.get("clusterIP", ""))]
+    for p in spec.get("ports") or []:
+        lines += [_line("Port", f"{p.get('name') or '<unset>'}  {p['port']}/"
+                                f"{p.get('protocol', 'TCP')}"),
+                  _line("TargetPort", f"{p.get('targetPort', p['port'])}/"
+                                      f"{p.get('protocol', 'TCP')}")]
+    lines.append(_line("Endpoints", ",".join(endpoints) or "<none>"))
+    lines.append(_line("Age", age(s, now)))
+    return "\n".join(lines) + "\n"
+
+
+def namespace(n: dict[str, Any], now: float) -> str:
+    meta = n["metadata"]
+    return "\n".join([_line("Name", meta["name"]), _line("Labels", _kv(meta.get("labels"), 18)),
+                      _line("Status", "Active")]) + "\n"

@@ -1,0 +1,101 @@
+"""Manifests for the node: read, validate, and check what admission would do, up front.
+
+`remora apply -f` must either apply a whole batch or nothing (kubectl apply's contract,
+and issue 4's). The resources layer validates every object; here the lab also runs what
+would otherwise fail later inside the daemon, while a pod is being created: Istio's
+injection (a bad `sidecar.istio.io/interceptionMode` or `traffic.sidecar.istio.io/*`
+annotation) and the image map (an image with no local command). Each problem is one
+RemoraError naming the object, the field and the fix, raised before anything is sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources as package_files
+from pathlib import Path
+from typing import Any
+
+from remora.controlplane.adapters import inject_dict
+from remora.errors import RemoraError
+from remora.lab.images import ImageMap
+from remora.resources.loader import load_file, load_manifests, parse_object
+from remora.resources.naming import pod_from_deployment
+from remora.resources.objects import Deployment, Object, Pod, ref
+
+SEED_FILES = ("server.yaml", "client.yaml")
+
+
+@dataclass
+class Batch:
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def seed_text(name: str) -> str:
+    """The seed's own manifest, shipped verbatim as package data."""
+    return (package_files.files("remora.lab") / "seed" / name).read_text()
+
+
+def read(paths: list[str]) -> Batch:
+    """Files or directories (every *.yaml/*.yml/*.json), or '-' for stdin."""
+    out = Batch()
+    typed: list[Object] = []
+    for p in paths:
+        loaded = load_manifests(sys.stdin.read(), "<stdin>") if p == "-" else load_file(Path(p))
+        typed += loaded.objects
+        out.warnings += loaded.warnings
+    if not typed:
+        raise RemoraError(f"no objects found in {', '.join(paths)}",
+                          "give a manifest with Namespace, Deployment, Service or Pod objects")
+    out.objects = [o.to_dict() for o in typed]
+    return out
+
+
+def from_text(text: str, source: str) -> Batch:
+    loaded = load_manifests(text, source)
+    return Batch([o.to_dict() for o in loaded.objects], loaded.warnings)
+
+
+def namespace_objects(batch: list[dict[str, Any]],
+                      existing: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Namespaces by name: those already on the node, overridden by those in the batch."""
+    known = {n["metadata"]["name"]: n for n in existing}
+    known.update({o["metadata"]["name"]: o for o in batch if o.get("kind") == "Namespace"})
+    return known
+
+
+def admission_check(objects: list[dict[str, Any]], namespaces: dict[str, dict[str, Any]],
+                    images: ImageMap) -> None:
+    """Run injection and the image map on every pod the batch would create."""
+    for obj in objects:
+        typed, _ = parse_object(obj, f"{obj.get('kind')}/{obj['metadata'].get('name')}")
+        pod: Pod
+        if isinstance(typed, Deployment):
+            pod = pod_from_deployment(typed)
+        elif isinstance(typed, Pod):
+            pod = typed
+        else:
+            continue
+        where = ref(typed) if typed is not None else "object"
+        body = pod.to_dict()
+        try:
+            admitted = inject_dict(body, namespaces.get(pod.metadata.namespace))
+        except RemoraError as exc:
+            raise RemoraError(f"{where}: {exc.problem}", exc.fix) from None
+        for container in (admitted.get("spec") or {}).get("containers") or []:
+            if container.get("name") != "istio-proxy":
+                images.command(container, where)
+
+
+def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted({o["metadata"].get("namespace", "default") for o in objects
+                   if o.get("kind") != "Namespace"} |
+                  {o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"})
+
+
+def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if labels:
+        meta["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}

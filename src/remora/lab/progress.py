@@ -1,0 +1,126 @@
+"""Waiting for the lab to settle, with progress lines while pods start.
+
+kubectl has `rollout status` and `wait --for=condition=Ready`; `remora up --wait`, `apply
+--wait` and the demo need both at once: every Deployment in the namespaces has its
+desired number of up-to-date, Ready pods and no old ones left, and every bare Pod is
+Ready. While waiting, a line is printed each time a pod's READY/STATUS changes, so a
+pod stuck at `Init:Error` shows itself long before the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from remora.errors import RemoraError
+from remora.lab.tables import ready_column
+from remora.node.client import NodeClient
+
+Echo = Callable[[str], None]
+BAD = ("Error", "CrashLoopBackOff", "CreateContainerConfigError", "Init:Error",
+       "Init:CrashLoopBackOff")
+
+
+def _desired(d: dict[str, Any]) -> int:
+    value = d.get("spec", {}).get("replicas")
+    return 1 if value is None else int(value)
+
+
+def rollout_message(d: dict[str, Any]) -> tuple[bool, str]:
+    """kubectl rollout status's message for a Deployment (kubectl/pkg/polymorphichelpers/
+    rollout_status.go), and whether the rollout is complete."""
+    name = d["metadata"]["name"]
+    st = d.get("status", {})
+    want = _desired(d)
+    updated, total = st.get("updatedReplicas", 0), st.get("replicas", 0)
+    available = st.get("availableReplicas", 0)
+    prefix = f'Waiting for deployment "{name}" rollout to finish: '
+    if updated < want:
+        return False, prefix + f"{updated} out of {want} new replicas have been updated..."
+    if total > updated:
+        return False, prefix + f"{total - updated} old replicas are pending termination..."
+    if available < updated:
+        return False, prefix + f"{available} of {updated} updated replicas are available..."
+    return True, f'deployment "{name}" successfully rolled out'
+
+
+def _pod_line(p: dict[str, Any]) -> str:
+    r = p.get("remora", {})
+    ip = p.get("status", {}).get("podIP") or "-"
+    return (f"  {p['metadata'].get('namespace', 'default')}/{p['metadata']['name']}  "
+            f"{ready_column(p)}  {r.get('status', '')}  {ip}")
+
+
+def settled(client: NodeClient, namespaces: list[str] | None) -> tuple[bool, list[
+        dict[str, Any]], list[str]]:
+    pods = client.get("Pod")
+    deps = client.get("Deployment")
+    if namespaces is not None:
+        pods = [p for p in pods if p["metadata"]["namespace"] in namespaces]
+        deps = [d for d in deps if d["metadata"]["namespace"] in namespaces]
+    waiting = [msg for done, msg in map(rollout_message, deps) if not done]
+    for p in pods:
+        owned = p["metadata"].get("ownerReferences")
+        if not owned and not p["status"].get("ready"):
+            waiting.append(f"pod {p['metadata']['name']} is not Ready")
+    terminating = [p for p in pods if "deletionTimestamp" in p["metadata"]]
+    waiting += [f"pod {p['metadata']['name']} is terminating" for p in terminating]
+    return not waiting, pods, waiting
+
+
+def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
+         echo: Echo | None = None) -> list[dict[str, Any]]:
+    """Block until the namespaces settle; returns their pods. Raises on timeout."""
+    deadline = time.monotonic() + timeout
+    shown: dict[str, str] = {}
+    while True:
+        done, pods, waiting = settled(client, namespaces)
+        if echo is not None:
+            for p in pods:
+                line = _pod_line(p)
+                if shown.get(p["metadata"]["name"]) != line:
+                    shown[p["metadata"]["name"]] = line
+                    echo(line)
+        if done:
+            return [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+        if time.monotonic() > deadline:
+            bad = [p for p in pods if p.get("remora", {}).get("status") in BAD
+                   or p["status"].get("message")]
+            detail = "; ".join(f"{p['metadata']['name']} {p['remora']['status']}"
+                               + (f" ({p['status']['message']})" if p['status'].get('message')
+                                  else "") for p in bad) or "; ".join(waiting)
+            first = bad[0]["metadata"] if bad else None
+            fix = (f"see `remora describe pod {first['name']} -n {first['namespace']}` and "
+                   f"`remora logs {first['name']} -n {first['namespace']} -c istio-init`"
+                   if first else "look at `remora get pods -A` and `remora logs`")
+            raise RemoraError(f"not Ready after {timeout:.0f}s: {detail}", fix)
+        time.sleep(0.2)
+
+
+def rollout(client: NodeClient, namespace: str, name: str, timeout: float,
+            echo: Echo) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        found = [d for d in client.get("Deployment", namespace) if d["metadata"]["name"] == name]
+        if not found:
+            raise RemoraError(f'deployment "{name}" not found in namespace {namespace!r}',
+                              f"list them with `remora get deploy -n {namespace}`")
+        done, message = rollout_message(found[0])
+        terminating = [p for p in client.get("Pod", namespace)
+                       if "deletionTimestamp" in p["metadata"]
+                       and (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name]
+        if done and terminating:
+            done, message = False, (f'Waiting for deployment "{name}" rollout to finish: '
+                                    f"{len(terminating)} old replicas are pending termination...")
+        if message != last:
+            echo(message)
+            last = message
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise RemoraError(f'deployment "{name}" rollout did not finish in {timeout:.0f}s',
+                              f"see `remora get pods -n {namespace}` and `remora describe "
+                              f"deploy {name} -n {namespace}`")
+        time.sleep(0.2)

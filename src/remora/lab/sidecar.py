@@ -1,0 +1,61 @@
+"""The sidecar's process: `remora proxy` (default) or a real Envoy, on the same files.
+
+Istio runs the sidecar as uid 1337 / gid 1337 (REDIRECT), or uid 0 / gid 1337 with
+CAP_NET_ADMIN (TPROXY, so original_src can bind a foreign address); the injected
+container's securityContext says which, and the node runtime applies it with setpriv.
+The capture rules let the sidecar's own traffic out by `--uid-owner 1337` *or*
+`--gid-owner 1337` (docs/capture.md), so when uid 1337 cannot even start the program
+(an interpreter under /root, or a private state directory), the sidecar runs as uid 0
+with gid 1337: capture behaves the same, which is what the proxy tests do too.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import remora
+from remora.lab.settings import LabSettings
+
+PROXY_GID = 1337
+
+
+def argv(settings: LabSettings, bootstrap: Path) -> list[str]:
+    if settings.sidecar == "envoy":
+        # Hot restart needs shared memory named by --base-id; each pod runs one Envoy that
+        # is never hot-restarted, so it is off (no clash between pods on one host).
+        return [settings.envoy_binary, "-c", str(bootstrap), "--disable-hot-restart",
+                "--concurrency", "1", "-l", "warning"]
+    return [sys.executable, "-m", "remora", "proxy", "-c", str(bootstrap), "-l", "warning"]
+
+
+def _reachable(path: Path, uid: int, gid: int, need: int) -> bool:
+    """Can uid/gid (no supplementary groups) open PATH with NEED (an R_OK|X_OK mask)?"""
+    try:
+        chain = [*reversed(path.resolve().parents), path.resolve()]
+        for i, p in enumerate(chain):
+            st = p.stat()
+            want = need if i == len(chain) - 1 else os.X_OK
+            if st.st_uid == uid:
+                bits = (st.st_mode >> 6) & 7
+            elif st.st_gid == gid:
+                bits = (st.st_mode >> 3) & 7
+            else:
+                bits = st.st_mode & 7
+            if bits & want != want:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def can_run_as(uid: int, gid: int, program: str, config_dir: Path) -> bool:
+    prog = Path(program)
+    package = Path(remora.__file__).parent
+    return (_reachable(prog, uid, gid, os.R_OK | os.X_OK)
+            and _reachable(package, uid, gid, os.R_OK | os.X_OK)
+            and _reachable(Path(sys.executable), uid, gid, os.X_OK)
+            and _reachable(config_dir, uid, gid, os.R_OK | os.X_OK)
+            and stat.S_ISDIR(config_dir.stat().st_mode))
