@@ -178,3 +178,40 @@ def test_global_downstream_max_connections(tmp_path: Path) -> None:
         srv.close()
 
     asyncio.run(main())
+
+
+def test_connect_timeout_is_uf_with_the_timeout_counted(tmp_path: Path) -> None:
+    import socket
+
+    # A listener that never accepts, its queue filled: further SYNs go unanswered.
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(stuck.getsockname())
+        fillers.append(s)
+    log = tmp_path / "access.log"
+
+    async def main() -> None:
+        lport = free_port()
+        cluster = static_cluster("c", stuck.getsockname()[1])
+        cluster["connect_timeout"] = "0.3s"
+        doc = {"static_resources": {"listeners": [tcp_listener("l", lport, "c", str(log))],
+                                    "clusters": [cluster]}}
+        async with running(doc, tmp_path) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", lport)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            assert server.stats.counters["cluster.c.upstream_cx_connect_timeout"] == 1
+            assert server.stats.counters["cluster.c.upstream_cx_connect_fail"] == 1
+            await until(lambda: log.exists() and log.read_text().endswith("\n"))
+        assert log.read_text().split(" ")[5] == "UF,URX"
+
+    try:
+        asyncio.run(main())
+    finally:
+        for s in (*fillers, stuck):
+            s.close()
