@@ -12,16 +12,19 @@ checks that no namespace with the prefix, no /etc/netns entry and no state file 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from remora.node import netlink, teardown
+from remora.errors import RemoraError
+from remora.node import netlink, process, teardown
 from remora.node.client import NodeClient, ensure_daemon
 from remora.node.config import NodeConfig
 from remora.node.etcfiles import ETC_NETNS
@@ -39,6 +42,7 @@ class TempNode:
                                  pod_ip_start=pod_ip_start, stop_grace=1.0)
         self.pod_setup = pod_setup
         self.client = NodeClient(self.state_dir)
+        self._daemons: list[tuple[int, int]] = []  # (PID, start ticks) of daemons started
 
     def __enter__(self) -> TempNode:
         try:
@@ -54,6 +58,8 @@ class TempNode:
 
     def start(self) -> NodeClient:
         self.client = ensure_daemon(self.config, self.pod_setup)
+        pid = self.daemon_pid()
+        self._daemons.append((pid, process.start_ticks(pid) or 0))
         return self.client
 
     def daemon_pid(self) -> int:
@@ -62,9 +68,17 @@ class TempNode:
     def close(self) -> None:
         try:
             if self.client.alive():
-                self.client.down()
+                with contextlib.suppress(RemoraError):
+                    self.client.down()
             teardown.down(self.state_dir, grace=1.0)
         finally:
+            # a daemon that did not exit on `down` (it failed, or hangs) is stopped here
+            for pid, ticks in self._daemons:
+                if process.terminate(pid, ticks):  # only if PID is still that daemon
+                    deadline = time.monotonic() + 3
+                    while process.is_alive(pid, ticks) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    process.kill(pid, ticks)
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
