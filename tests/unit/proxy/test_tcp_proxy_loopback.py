@@ -215,3 +215,30 @@ def test_connect_timeout_is_uf_with_the_timeout_counted(tmp_path: Path) -> None:
     finally:
         for s in (*fillers, stuck):
             s.close()
+
+
+def test_ipv6_listener_and_cluster(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+
+    async def main() -> None:
+        srv = await asyncio.start_server(echo_upper, "::1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        lport = free_port()
+        listener = tcp_listener("l6", lport, "c6", str(log))
+        listener["address"]["socket_address"]["address"] = "::1"
+        cluster = static_cluster("c6", port)
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"]["address"] = "::1"
+        doc = {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
+        async with running(doc, tmp_path) as server:
+            reader, writer = await asyncio.open_connection("::1", lport)
+            writer.write(b"six")
+            writer.write_eof()
+            assert await reader.read() == b"SIX"
+            writer.close()
+            await until(lambda: log.exists() and log.read_text().endswith("\n"))
+            assert server.stats.counters[f"listener.[::1]_{lport}.downstream_cx_total"] == 1
+        assert log.read_text().rstrip().endswith(f'"[::1]:{port}"')
+        srv.close()
+
+    asyncio.run(main())
