@@ -11,6 +11,7 @@ ACCEPT that leaves the packet alone, and the rule that did so is the reason.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -89,11 +90,13 @@ class WalkResult:
     final_mark: int
     missing_tables: tuple[str, ...]
     uncertain: tuple[str, ...] = ()
+    final_packet: Packet | None = None  # after NAT and marks
 
 
 @dataclass
 class _State:
     packet: Packet
+    initial: Packet
     steps: list[RuleStep] = field(default_factory=list)
     capture: Capture | None = None
     last_exit: RuleStep | None = None  # last RETURN/ACCEPT that let the packet go
@@ -114,7 +117,7 @@ def _evaluate(rule: Rule, p: Packet) -> tuple[Tri, str]:
 
 def walk(rules: Ruleset, packet: Packet, path: Literal["arriving", "local"]) -> WalkResult:
     """Simulate ``packet`` through every hook of ``path``. Pure: rules are not changed."""
-    st = _State(packet)
+    st = _State(packet, packet)
     present = set(rules.tables)
     wanted = {t for hook in PATHS[path] for t in HOOK_TABLES[hook]} & {"mangle", "nat"}
     for hook in PATHS[path]:
@@ -133,8 +136,8 @@ def walk(rules: Ruleset, packet: Packet, path: Literal["arriving", "local"]) -> 
 
 
 def _result(st: _State, path: str, missing: set[str], capture: Capture) -> WalkResult:
-    return WalkResult(st.packet, path, tuple(st.steps), capture, st.packet.mark,
-                      tuple(sorted(missing)), tuple(dict.fromkeys(st.uncertain)))
+    return WalkResult(st.initial, path, tuple(st.steps), capture, st.packet.mark,
+                      tuple(sorted(missing)), tuple(dict.fromkeys(st.uncertain)), st.packet)
 
 
 def _run_chain(rules: Ruleset, table: str, chain_name: str, st: _State, depth: int) -> str:
@@ -174,6 +177,12 @@ def _run_chain(rules: Ruleset, table: str, chain_name: str, st: _State, depth: i
         if name == "REDIRECT":
             st.steps.append(replace(step, action=f"REDIRECT to port {target.to_port}"))
             st.capture = Capture("REDIRECT", target.to_port, decided_by=st.steps[-1])
+            # The NAT applies to the rest of the walk: a locally sent packet now goes to
+            # 127.0.0.1 (ipt_REDIRECT's loopback), an arriving one keeps its address.
+            if target.to_port:
+                st.packet = replace(st.packet, dport=target.to_port)
+            if st.packet.out_iface is not None and st.packet.dst.version == 4:
+                st.packet = replace(st.packet, dst=ipaddress.ip_address("127.0.0.1"))
             return "ACCEPT"
         if name == "TPROXY":
             value, mask = target.mark or (0, 0)

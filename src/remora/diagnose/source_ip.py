@@ -28,6 +28,9 @@ from remora.errors import RemoraError
 APP_UID = 0  # the seed's apps run as root; anything but 1337 walks the same rules
 PROXY_ID = 1337
 EPHEMERAL = 40000
+ISTIO_ALPN = {"HTTP/1.0": ("istio-http/1.0", "istio", "http/1.0"),
+              "HTTP/1.1": ("istio-http/1.1", "istio", "http/1.1"),
+              "HTTP/2": ("istio-h2", "istio", "h2")}
 
 
 @dataclass
@@ -164,8 +167,12 @@ def explain_source_ip(ev: Evidence) -> Report:
         else:
             step2.summary = "stopped: " + "; ".join(m.what + " not given" for m in t.missing)
     if tls is None and s_in and s_in[0].requested_server_name and step2.sidecar is None:
-        tls = TlsHello(s_in[0].requested_server_name)
-        step2.notes.append(f"TLS with SNI {tls.sni} (from the server access log)")
+        # An Istio client sidecar offers ALPN by protocol (istio.alpn filter for HTTP,
+        # istio-peer-exchange for TCP); the log's PROTOCOL says which.
+        alpn = ISTIO_ALPN.get(s_in[0].protocol or "", ("istio-peer-exchange", "istio"))
+        tls = TlsHello(s_in[0].requested_server_name, alpn)
+        step2.notes.append(f"TLS with SNI {tls.sni} (from the server access log, line "
+                           f"{s_in[0].line}); ALPN {','.join(alpn)} assumed from its protocol")
     steps.append(step2)
 
     # 3. server pod capture

@@ -135,3 +135,12 @@ def test_golden_tproxy_excludes(goldens: Path) -> None:
 def test_missing_tables_are_reported(seed_redirect: Ruleset) -> None:
     w = walk(seed_redirect, inbound(18080), "arriving")
     assert w.missing_tables == ("mangle",)
+
+
+def test_redirect_rewrites_the_rest_of_the_walk(seed_redirect: Ruleset) -> None:
+    w = walk(seed_redirect, local(CLIENT, VIP, 18080, "eth0", 0, 0), "local")
+    assert w.packet.dst == VIP and w.packet.dport == 18080  # what went in
+    assert w.final_packet is not None
+    assert (w.final_packet.dst, w.final_packet.dport) == (IP("127.0.0.1"), 15001)
+    w = walk(seed_redirect, inbound(18080), "arriving")
+    assert w.final_packet is not None and w.final_packet.dport == 15006

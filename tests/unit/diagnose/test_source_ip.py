@@ -277,3 +277,18 @@ def test_reference_rules_as_observed_with_real_envoy(reference: Path, rules: str
     r = explain_source_ip(ev)
     assert r.verdict.failure is None and r.verdict.app_sees == seen
     assert r.steps[3].follow_up is not None and r.steps[3].follow_up.capture.kind == "none"
+
+
+def test_server_only_dump_and_log_pick_the_http_mtls_chain(data: Path) -> None:
+    """Without the client's config, the log's SNI and protocol stand in for the client's
+    TLS hello (ALPN istio-http/1.1 for HTTP/1.1), so the HTTP mTLS chain is chosen."""
+    ev = Evidence()
+    ef.add_config(ev.server, data / "istio_server_config_dump.json")
+    ef.add_iptables(ev.server, data / "seed_redirect_nat.txt")
+    ef.add_access_log(ev.server, data / "seed_server_access.log")
+    r = explain_source_ip(ev)
+    s = r.steps[3].sidecar
+    assert s is not None and s.application_protocols[0] == "istio-http/1.1"
+    assert s.network_filter == "envoy.filters.network.http_connection_manager"
+    assert any("assumed from its protocol" in n for n in r.steps[1].notes)
+    assert r.verdict.app_sees == "127.0.0.6" and r.verdict.confirmed
