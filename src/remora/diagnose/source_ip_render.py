@@ -88,6 +88,7 @@ def _step_lines(s: Step) -> list[str]:
     out = [f"{s.number}. {s.title}  [{STATUS.get(s.status, s.status)}]", f"   {s.summary}"]
     if s.walk is not None:
         out.extend(_rule_lines(s.walk, "     "))
+        out.extend(f"     uncertain: {u}" for u in s.walk.uncertain)
     if s.sidecar is not None:
         out.extend(_sidecar_lines(s.sidecar, "   "))
     if s.follow_up is not None:

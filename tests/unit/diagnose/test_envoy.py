@@ -207,3 +207,14 @@ def test_filter_chain_no_backtracking_and_default() -> None:
 def test_bad_config_input(text: str, match: str) -> None:
     with pytest.raises(RemoraError, match=match):
         parse_config_text(EnvoyConfig(), text, "config_dump.json")
+
+
+def test_no_filter_chain(reference: Path) -> None:
+    cfg = load(reference / "server-redirect.json")
+    lst = cfg.listener_named("virtualInbound")
+    assert lst is not None
+    lst["filter_chains"] = [c for c in lst["filter_chains"] if c["name"] != "virtualInbound"]
+    for c in lst["filter_chains"]:
+        c["filter_chain_match"]["transport_protocol"] = "tls"
+    t = simulate(cfg, inbound(), "server", "10.20.0.77")
+    assert t.failure == "no filter chain" and "raw_buffer" in t.failure_detail

@@ -292,3 +292,19 @@ def test_server_only_dump_and_log_pick_the_http_mtls_chain(data: Path) -> None:
     assert s.network_filter == "envoy.filters.network.http_connection_manager"
     assert any("assumed from its protocol" in n for n in r.steps[1].notes)
     assert r.verdict.app_sees == "127.0.0.6" and r.verdict.confirmed
+
+
+def test_client_loop_without_the_gid_rules(reference: Path, goldens: Path) -> None:
+    """A TPROXY-mode sidecar runs as uid 0 / gid 1337: without the --gid-owner RETURN
+    rules its own outbound connection is redirected back to 15001 (reference README)."""
+    ev = reference_pair(reference, goldens, "REDIRECT")
+    text = (goldens / "inbound-ports-wildcard-tproxy.golden").read_text()
+    text = "\n".join(line for line in text.splitlines() if "--gid-owner" not in line)
+    last = "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN"
+    text = text.replace(last, last + "\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT")  # -i '*'
+    ev.client.iptables = parse_iptables_save(text)[0]
+    r = explain_source_ip(ev)
+    step2 = r.steps[1]
+    assert step2.status == "failed" and step2.summary.startswith("loop")
+    assert step2.follow_up is not None and step2.follow_up.packet.uid == 0
+    assert r.verdict.failure is not None and r.verdict.failure.startswith("step 2")
