@@ -260,3 +260,27 @@ def test_pod_deleted_while_the_daemon_was_down_is_still_stopped() -> None:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
         assert not Path(f"/run/netns/{p['remora']['netns']}").exists()
     assert not node.leftovers()
+
+
+def test_cli_status_and_down() -> None:
+    with TempNode() as node:
+        node.client.apply([pod("a", ["sleep", "300"])])
+        node.client.wait_ready(timeout=10)
+        cli = [sys.executable, "-m", "remora", "node"]
+        out = subprocess.run([*cli, "status", "--state-dir", str(node.state_dir)],
+                             capture_output=True, text=True, check=True).stdout
+        assert f"node {node.prefix}node-1  10.20.0.0/24  gateway 10.20.0.1" in out
+        assert "pod default/a  1/1  Running  restarts 0  10.20.0.2" in out
+        data = json.loads(subprocess.run(
+            [*cli, "status", "--state-dir", str(node.state_dir), "-o", "json"],
+            capture_output=True, text=True, check=True).stdout)
+        assert [p["metadata"]["name"] for p in data["pods"]] == ["a"]
+        down = subprocess.run([*cli, "down", "--state-dir", str(node.state_dir)],
+                              capture_output=True, text=True, check=True)
+        assert down.stdout.startswith("removed ")
+        assert node.leftovers() == []
+        gone = subprocess.run([*cli, "status", "--state-dir", str(node.state_dir)],
+                              capture_output=True, text=True)
+        assert gone.returncode == 1
+        assert gone.stderr.startswith("remora: error: no node daemon at ")
+        assert "(fix: start the lab with `remora up`)" in gone.stderr
