@@ -40,6 +40,8 @@ _COMMAND = re.compile(r"^\s*(?:[$#]\s*)?(?:sudo\s+)?ip6?tables(?:-nft|-legacy)?\
 _CHAIN = re.compile(
     r"^Chain (\S+) \((?:policy (\w+)(?: (\S+) packets, (\S+) bytes)?|(\d+) references)\)")
 _OPTS = {"--", "-f", "!f"}
+_TARGET_PRINTS = {"reject-with", "LOG", "CT", "NOTRACK", "masq", "random", "persistent",
+                  "TOS", "DSCP", "CLASSIFY", "NFLOG", "nflog-group", "NFQUEUE", "zone"}
 
 
 def _num(text: str) -> int:
@@ -284,7 +286,11 @@ def parse_extras(toks: list[str], target: str) -> tuple[list[Match], Target]:
             while i + 1 < len(toks) and toks[i + 1] != "!" and not _starts_known(toks, i + 1):
                 i += 1
                 words.append(toks[i])
-            out.append(OpaqueMatch(neg, ("! " if neg else "") + " ".join(words)))
+            # A target's own print (REJECT's `reject-with ...`, DNAT's `to:...`, `CT zone 1`)
+            # is not a match: it must not make the rule's match uncertain.
+            is_target_print = tok in _TARGET_PRINTS or tok.startswith("to:")
+            out.append(OpaqueMatch(neg, ("! " if neg else "") + " ".join(words),
+                                   harmless=is_target_print))
             i += 1
         neg = False
     raw = target

@@ -144,3 +144,14 @@ def test_redirect_rewrites_the_rest_of_the_walk(seed_redirect: Ruleset) -> None:
     assert (w.final_packet.dst, w.final_packet.dport) == (IP("127.0.0.1"), 15001)
     w = walk(seed_redirect, inbound(18080), "arriving")
     assert w.final_packet is not None and w.final_packet.dport == 15006
+
+
+def test_target_prints_do_not_make_a_rule_uncertain() -> None:
+    text = ("Chain INPUT (policy ACCEPT 0 packets, 0 bytes)\n"
+            " pkts bytes target     prot opt in     out     source               destination\n"
+            "    0     0 REJECT     tcp  --  any    any     anywhere             anywhere"
+            "             tcp dpt:18080 reject-with icmp-port-unreachable\n")
+    rs = parse_listing(text, table="filter")
+    w = walk(rs, inbound(18080), "arriving")
+    assert w.capture.kind == "DROP" and w.uncertain == ()
+    assert walk(rs, inbound(8080), "arriving").capture.kind == "none"
