@@ -1,0 +1,29 @@
+"""`remora demo`: replay the seed's story end to end (remora.lab.demo, docs/lab.md)."""
+
+from __future__ import annotations
+
+import click
+
+from remora.lab import demo as lab_demo
+from remora.lab import session
+from remora.lab import settings as lab_settings
+from remora.node import naming
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cleanup", is_flag=True, help="remove the lab at the end (default: keep it)")
+@click.option("--sidecar", type=click.Choice(lab_settings.SIDECARS), default="remora",
+              show_default=True, help="the sidecar proxy: `remora proxy` or a real Envoy")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds each wait may take")
+@click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
+              help="prefix of every namespace the lab creates")
+@click.option("--pod-ip-start", default=77, show_default=True,
+              help="first pod address (77: the seed's 10.20.0.77 server, .78 client)")
+@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
+              help="the lab's state directory [default: /var/lib/remora]")
+def demo(cleanup: bool, sidecar: str, timeout: float, prefix: str, pod_ip_start: int,
+         state_dir: str | None) -> None:
+    """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
+    lab_demo.run(session.state_dir(state_dir), lab_settings.LabSettings(sidecar=sidecar),
+                 prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
+                 echo=click.echo)

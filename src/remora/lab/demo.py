@@ -1,0 +1,242 @@
+"""`remora demo`: the seed's story, replayed end to end on a real lab.
+
+The seed (shared/seed/000_*.txt) deploys a Go server and client into two namespaces with
+Istio injection, sees the server log `RemoteAddr=127.0.0.6:PORT`, follows the request
+through the sidecar's access log, the pod's nat table and the sidecar's listener and
+cluster config to `upstream_bind_config 127.0.0.6`, then patches the Deployment to
+`sidecar.istio.io/interceptionMode: TPROXY` and sees the client's own address. Every
+step here runs the same `remora` command a user would type (as a subprocess, against the
+same state directory), prints it with its output and one sentence saying what it shows,
+and keeps the output for the tests (tests/netns/test_seed_demo*.py) to assert on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources as package_files
+from pathlib import Path
+
+from remora.errors import RemoraError
+from remora.lab import session
+from remora.lab import settings as lab_settings
+from remora.lab.settings import LabSettings
+from remora.node.client import NodeClient
+
+Echo = Callable[[str], None]
+NAMESPACES = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo-from
+  labels:
+    istio-injection: enabled
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo-to
+  labels:
+    istio-injection: enabled
+"""
+# The seed's fix, verbatim.
+TPROXY_PATCH = ('{"spec":{"template":{"metadata":{"annotations":'
+                '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')
+
+
+@dataclass
+class DemoResult:
+    server_pod: str = ""
+    server_ip: str = ""
+    client_pod: str = ""
+    client_ip: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # step name -> command output
+    tproxy_pod: str = ""
+    tproxy_ip: str = ""
+
+
+@contextlib.contextmanager
+def seed_paths() -> Iterator[tuple[Path, Path]]:
+    root = package_files.files("remora.lab") / "seed"
+    with package_files.as_file(root / "server.yaml") as server, \
+            package_files.as_file(root / "client.yaml") as client:
+        yield Path(server), Path(client)
+
+
+class Demo:
+    def __init__(self, state_dir: Path, echo: Echo, timeout: float = 60.0) -> None:
+        self.state_dir = state_dir
+        self.echo = echo
+        self.timeout = timeout
+        self.result = DemoResult()
+        self.env = {**os.environ, "REMORA_STATE_DIR": str(state_dir)}
+        self.step_no = 0
+
+    # -- output ------------------------------------------------------------------------------
+    def step(self, sentence: str) -> None:
+        self.step_no += 1
+        self.echo("")
+        self.echo(f"==> {self.step_no}. {sentence}")
+
+    def remora(self, key: str, *args: str, stdin: str | None = None, show: str = "") -> str:
+        """Run `remora ARGS` as the user would; print the command and its output."""
+        shown = show or " ".join(_quote(a) for a in args)
+        self.echo(f"$ remora {shown}")
+        proc = subprocess.run([sys.executable, "-m", "remora", *args], input=stdin,
+                              capture_output=True, text=True, env=self.env,
+                              timeout=self.timeout + 30, check=False)
+        out = proc.stdout + proc.stderr
+        for line in out.rstrip("\n").splitlines():
+            self.echo(line)
+        if proc.returncode != 0:
+            raise RemoraError(f"`remora {shown}` failed (exit {proc.returncode}): "
+                              f"{out.strip().splitlines()[-1] if out.strip() else ''}",
+                              "the lab is left as it is for a look; `remora down` removes it")
+        self.result.outputs[key] = proc.stdout
+        return proc.stdout
+
+    # -- waiting on the running pods -------------------------------------------------------
+    def client(self) -> NodeClient:
+        return session.connect(self.state_dir)
+
+    def pod(self, namespace: str, label: str) -> tuple[str, str]:
+        pods = [p for p in self.client().get("Pod", namespace)
+                if "deletionTimestamp" not in p["metadata"]
+                and (p["metadata"].get("labels") or {}).get("web") == label]
+        if not pods:
+            raise RemoraError(f"no {label} pod in {namespace}", "see `remora get pods -A`")
+        return pods[0]["metadata"]["name"], pods[0]["status"].get("podIP") or ""
+
+    def wait_log(self, namespace: str, pod: str, container: str | None, pattern: str,
+                 count: int = 2) -> None:
+        deadline = time.monotonic() + self.timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            text = self.client().logs(namespace, pod, container)["text"]
+            if len(regex.findall(text)) >= count:
+                return
+            time.sleep(0.3)
+        raise RemoraError(f"pod {namespace}/{pod} ({container or 'app'}) logged no line "
+                          f"matching {pattern!r} in {self.timeout:.0f}s",
+                          f"see `remora logs -n {namespace} {pod} -c istio-proxy`")
+
+    def reset(self) -> None:
+        """A lab that ran the demo before: remove its demo namespaces first."""
+        client = self.client()
+        mine = {d["metadata"]["namespace"] for d in client.get("Deployment")} & {
+            "demo-from", "demo-to"}
+        if not mine:
+            return
+        self.step("The lab already holds the demo's namespaces: remove them to start clean.")
+        for ns in sorted(mine):
+            self.remora(f"delete-{ns}", "delete", "namespace", ns)
+        deadline = time.monotonic() + self.timeout
+        while any(p["metadata"]["namespace"] in mine for p in client.get("Pod")):
+            if time.monotonic() > deadline:
+                raise RemoraError("old demo pods did not go away", "run `remora down` first")
+            time.sleep(0.2)
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if re.search(r"[\s{}|*\"]", arg) else arg
+
+
+def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: int = 77,
+        cleanup: bool = False, timeout: float = 60.0, echo: Echo = print) -> DemoResult:
+    """Replay the seed; returns what each step showed."""
+    started = time.monotonic()
+    _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
+    running = lab_settings.load(state_dir)
+    echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "
+         f"sidecar: {'real Envoy' if running.sidecar == 'envoy' else 'remora proxy'}")
+    demo = Demo(state_dir, echo, timeout)
+    try:
+        if not fresh:
+            demo.reset()
+        _story(demo)
+    except BaseException:
+        if cleanup:
+            session.down(state_dir)
+        raise
+    echo("")
+    echo(f"The seed's story took {time.monotonic() - started:.1f}s.")
+    if cleanup:
+        session.down(state_dir)
+        echo("Lab removed (--cleanup).")
+    else:
+        where = "" if str(state_dir) == str(session.state_dir(None)) else \
+            f" --state-dir {state_dir}"
+        echo("The lab is still running: look around with `remora get pods -A`, "
+             "`remora logs`, `remora exec` and `remora proxy-config`;")
+        echo(f"remove it all with `sudo remora down{where}`.")
+    return demo.result
+
+
+def _story(d: Demo) -> None:
+    r = d.result
+    d.step("Create demo-from and demo-to with sidecar injection enabled "
+           "(kubectl create ns + label istio-injection=enabled).")
+    d.remora("namespaces", "apply", "-f", "-", stdin=NAMESPACES)
+    with seed_paths() as (server_yaml, client_yaml):
+        d.step("Apply the seed's server.yaml unchanged: istio-init and istio-proxy are "
+               "injected, the pod starts and gets Ready.")
+        d.remora("server", "apply", "-f", str(server_yaml), "--wait",
+                 "--timeout", f"{d.timeout:g}", show="apply -f server.yaml --wait")
+        d.step("Apply the seed's client.yaml unchanged: it calls the server once a second.")
+        d.remora("client", "apply", "-f", str(client_yaml), "--wait",
+                 "--timeout", f"{d.timeout:g}", show="apply -f client.yaml --wait")
+    r.server_pod, r.server_ip = d.pod("demo-to", "server")
+    r.client_pod, r.client_ip = d.pod("demo-from", "client")
+    d.step("The client pod's IP, the server pod's IP and the service's ClusterIP.")
+    d.remora("client-pods", "get", "po", "-n", "demo-from", "-o", "wide")
+    d.remora("server-pods", "get", "po", "-n", "demo-to", "-o", "wide")
+    d.remora("services", "get", "svc", "-n", "demo-to")
+    d.wait_log("demo-to", r.server_pod, None, r"RemoteAddr=127\.0\.0\.6:\d+")
+    d.step(f"The problem: the server logs RemoteAddr=127.0.0.6, not the client's "
+           f"{r.client_ip}.")
+    d.remora("server-log", "logs", "-n", "demo-to", "-l", "web=server", "--tail", "5")
+    d.wait_log("demo-to", r.server_pod, "istio-proxy", r"inbound\|18080\|\|")
+    d.step("The server sidecar's access log: the request came from the client pod "
+           "(DOWNSTREAM_REMOTE_ADDRESS) and went to the app from 127.0.0.6 "
+           "(UPSTREAM_LOCAL_ADDRESS).")
+    d.remora("access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c", "istio-proxy",
+             "--tail", "3")
+    d.step("The nat table istio-init wrote (REDIRECT mode): inbound TCP goes to 15006, and "
+           "`-o lo -s 127.0.0.6 RETURN` lets the sidecar's own connection to the app through.")
+    d.remora("nat", "exec", "-n", "demo-to", r.server_pod, "--", "iptables", "-t", "nat", "-L",
+             "-v")
+    d.step("The sidecar's virtualInbound listener (15006) sends port 18080 to the cluster "
+           "inbound|18080||.")
+    d.remora("listeners", "proxy-config", "listener", "-n", "demo-to", r.server_pod,
+             "--port", "15006")
+    d.step("inbound|18080|| is ORIGINAL_DST with upstreamBindConfig 127.0.0.6: the address "
+           "the server sees.")
+    d.remora("clusters", "proxy-config", "cluster", "-n", "demo-to", r.server_pod, "--fqdn",
+             "inbound|18080||")
+    d.remora("cluster-json", "proxy-config", "cluster", "-n", "demo-to", r.server_pod,
+             "--fqdn", "inbound|18080||", "-o", "json")
+    d.step("The fix: switch the server's interception mode to TPROXY; the Deployment rolls "
+           "out a new pod with the new capture rules.")
+    d.remora("patch", "patch", "deployment", "-n", "demo-to", "simple-server", "-p",
+             TPROXY_PATCH)
+    d.remora("rollout", "rollout", "status", "deployment/simple-server", "-n", "demo-to",
+             "--timeout", f"{d.timeout:g}")
+    r.tproxy_pod, r.tproxy_ip = d.pod("demo-to", "server")
+    d.wait_log("demo-to", r.tproxy_pod, None,
+               rf"RemoteAddr={re.escape(r.client_ip)}:\d+")
+    d.step(f"After the fix the server logs the client pod's own address, {r.client_ip}.")
+    d.remora("tproxy-pods", "get", "po", "-n", "demo-to", "-o", "wide")
+    d.remora("tproxy-log", "logs", "-n", "demo-to", "-l", "web=server", "--tail", "5")
+    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", r"inbound\|18080\|\|", count=1)
+    d.remora("tproxy-access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c",
+             "istio-proxy", "--tail", "2")
+    d.step("TPROXY captures inbound traffic in the mangle table: ISTIO_TPROXY hands it to "
+           "15006 with mark 0x539, and original_src connects to the app as the client.")
+    d.remora("mangle", "exec", "-n", "demo-to", r.tproxy_pod, "--", "iptables", "-t",
+             "mangle", "-L", "-v")
