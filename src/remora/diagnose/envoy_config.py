@@ -1,9 +1,11 @@
 """Read Envoy configuration evidence into one view: listeners, clusters, routes, endpoints.
 
 Accepted shapes (any number of files per pod, merged):
-- Envoy admin ``/config_dump`` and ``istioctl proxy-config all POD -o json``: an object with
-  ``configs``, each typed by ``@type`` (BootstrapConfigDump, ListenersConfigDump,
-  ClustersConfigDump, RoutesConfigDump, EndpointsConfigDump; others ignored);
+- Envoy admin ``/config_dump`` and ``istioctl proxy-config all POD -o json`` (which prints
+  the raw ``config_dump?include_eds`` of the pod; istioctl/pkg/proxyconfig/proxyconfig.go
+  allConfigCmd): an object with ``configs``, each typed by ``@type`` (BootstrapConfigDump,
+  ListenersConfigDump, ClustersConfigDump, RoutesConfigDump, EndpointsConfigDump; others
+  ignored);
   https://www.envoyproxy.io/docs/envoy/latest/api-v3/admin/v3/config_dump.proto
 - an Envoy bootstrap (``static_resources``), as remora and the reference configs write;
 - ``istioctl proxy-config listener|cluster|route|endpoint POD -o json``: a JSON array of
