@@ -11,17 +11,39 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Protocol
 
 import httptools
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
+# Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
+# its own phrase for every response, also for upstream ones, and "Unknown" otherwise.
+_REASONS = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
+    203: "Non-Authoritative Information", 204: "No Content", 205: "Reset Content",
+    206: "Partial Content", 207: "Multi-Status", 208: "Already Reported", 226: "IM Used",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    304: "Not Modified", 305: "Use Proxy", 307: "Temporary Redirect",
+    308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized",
+    402: "Payment Required", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    406: "Not Acceptable", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    409: "Conflict", 410: "Gone", 411: "Length Required", 412: "Precondition Failed",
+    413: "Payload Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    416: "Range Not Satisfiable", 417: "Expectation Failed", 421: "Misdirected Request",
+    422: "Unprocessable Entity", 423: "Locked", 424: "Failed Dependency",
+    426: "Upgrade Required", 428: "Precondition Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported", 506: "Variant Also Negotiates",
+    507: "Insufficient Storage", 508: "Loop Detected", 510: "Not Extended",
+    511: "Network Authentication Required",
+}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode())
+                 for code, phrase in _REASONS.items()}
 
 
 def status_line(code: int) -> bytes:
-    # Envoy prints "Unknown" for codes without a standard reason phrase (418 -> "Unknown").
-    return b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, "Unknown").encode())
+    line = _STATUS_LINES.get(code)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % code
 
 
 class CodecError(Exception):
@@ -105,8 +127,11 @@ class RequestDecoder:
             self.error = ctx if isinstance(ctx, CodecError) else CodecError(
                 400, "http1.codec_error")
             raise self.error from None
-        except httptools.HttpParserError:
-            self.error = CodecError(400, "http1.codec_error")
+        except httptools.HttpParserError as e:
+            # Envoy names this one case; every other framing error is http1.codec_error
+            details = ("http1.content_length_and_chunked_not_allowed"
+                       if "can't be present with" in str(e) else "http1.codec_error")
+            self.error = CodecError(400, details)
             raise self.error from None
 
     # -- llhttp callbacks --------------------------------------------------------------

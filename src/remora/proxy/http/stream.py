@@ -94,7 +94,7 @@ class ActiveStream:
             hdrs[":authority"] = authority
         info.request_headers = hdrs
         if authority is None:
-            return self.local_reply(400, b"Bad Request", "missing_host_header", "DPE", True)
+            return self.local_reply(400, b"", "missing_host_header", None, True)
         if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
             normalized = normalize_path(url, cfg.merge_slashes)
             if normalized is None:
@@ -108,13 +108,7 @@ class ActiveStream:
             url = unescape_slashes(url)
         self.path = hdrs[":path"] = url
 
-        if req.upgrade:
-            # Only websocket upgrades are configurable (upgrade_configs); anything else, or
-            # websocket without the config, is refused as Envoy does.
-            if not (cfg.websocket and req.hmap.get("upgrade", "").lower() == "websocket"):
-                return self.local_reply(403, b"", "upgrade_failed", None, True)
-            self.closing = True  # after the exchange (tunnel or not) no more HTTP here
-        if req.hmap.get("expect", "").lower() == "100-continue" and not req.complete:
+        if req.hmap.get("expect", "").lower() == "100-continue":
             # Envoy answers 100-continue itself (proxy_100_continue false) and strips Expect
             self.conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -159,6 +153,12 @@ class ActiveStream:
         if route is not None:
             info.route_name = route.name
             info.upstream_cluster = route.cluster
+        if req.upgrade:
+            # Only websocket upgrades are configurable (upgrade_configs); anything else, or
+            # websocket without the config, is refused after routing, as Envoy does.
+            self.closing = True  # after the exchange (tunnel or not) no more HTTP here
+            if not (cfg.websocket and req.hmap.get("upgrade", "").lower() == "websocket"):
+                return self.local_reply(403, b"", "upgrade_failed")
         return True
 
     # -- response side --------------------------------------------------------------------
@@ -201,9 +201,6 @@ class ActiveStream:
         if not server_seen:
             resp["server"] = cfg.server_name
             parts.append(b"server: %s\r\n" % cfg.server_name.encode("latin-1"))
-        for n, v in tail:
-            resp[n] = v
-            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
         self.resp_chunked = chunked and not self.head and status not in (204, 304)
         if self.resp_chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -212,6 +209,9 @@ class ActiveStream:
         elif self.closing or self.conn.draining:
             self.closing = True
             parts.append(b"connection: close\r\n")
+        for n, v in tail:
+            resp[n] = v
+            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
         parts.append(b"\r\n")
         info.response_headers = resp
         self.out.append(b"".join(parts))
@@ -258,7 +258,7 @@ class ActiveStream:
             hs += [("content-length", str(len(body))), ("content-type", "text/plain")]
             self.encode_headers(status, hs, chunked=False)
         else:
-            # Envoy puts content-length: 0 after date and server on bodiless local replies
+            # Envoy puts content-length: 0 last on bodiless local replies
             self.encode_headers(status, hs, chunked=False, tail=(("content-length", "0"),))
         self.encode_data(body)
         self.encode_end()

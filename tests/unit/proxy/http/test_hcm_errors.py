@@ -29,6 +29,8 @@ RESET = "upstream connect error or disconnect/reset before headers. "
     (b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", 400, "http1.codec_error"),
     (b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab", 400,
      "http1.codec_error"),
+    (b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+     b"0\r\n\r\n", 400, "http1.content_length_and_chunked_not_allowed"),
     (b"GET / HTTP/1.1\r\nhost: a\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n", 431,
      "http1.headers_too_large"),
     (b"GET / HTTP/1.0\r\nhost: a\r\n\r\n", 426, "low_version"),
