@@ -89,10 +89,11 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
               diagram: Path | None, compare: bool) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
     if from_:
-        raise RemoraError("the live form (--from POD) needs the remora lab, which is not "
-                          "available in this build yet",
-                          "use the offline form: --istio-dump DIR, or --config-dump / "
-                          "--iptables / --access-log files")
+        raise RemoraError("the live form (--from POD) is not wired to the remora lab yet",
+                          "use the offline form with the lab pods' evidence: `remora exec -n NS "
+                          "POD -- iptables-save`, `remora proxy-config all POD -n NS -o json`, "
+                          "`remora logs POD -n NS -c istio-proxy` saved to files and passed with "
+                          "--iptables / --config-dump / --access-log (or --istio-dump DIR)")
     if not (istio_dump or config_dump or iptables or access_log):
         raise UsageError("no evidence given",
                          "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "

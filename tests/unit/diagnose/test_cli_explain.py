@@ -75,7 +75,7 @@ def test_compare_and_diagram(seed_dump: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("argv,message", [
     (["--from", "simple-client", "-n", "demo-from", "--to", "simple-server-svc:18080"],
-     "live form (--from POD) needs the remora lab"),
+     "live form (--from POD) is not wired to the remora lab yet"),
     ([], "no evidence given"),
     (["--config-dump", "/nonexistent/config_dump.json"], "does not exist"),
     (["--istio-dump", "/nonexistent-dir"], "is not a directory"),
