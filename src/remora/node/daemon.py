@@ -35,12 +35,13 @@ class Daemon:
         self.runtime: Runtime | None = None
 
     def _loop(self, rt: Runtime) -> None:
+        woken = True
         while not self._stop.is_set():
             try:
-                rt.reconcile_once()
+                rt.reconcile_once(full=woken)
             except Exception:
                 log.exception("reconcile pass failed")
-            rt.wake.wait(TICK)
+            woken = rt.wake.wait(TICK)
             rt.wake.clear()
 
     def stop_reconciler(self) -> None:

@@ -44,6 +44,7 @@ from remora.node.supervisor import PodRef, Supervisor
 
 log = logging.getLogger("remora.node")
 RETRY_AFTER = 2.0
+FULL_EVERY = 2.0  # seconds between full passes when nothing happens
 
 
 class Runtime:
@@ -66,6 +67,8 @@ class Runtime:
         self._stopping: set[str] = set()
         self._admission_errors: set[str] = set()
         self.snapshot = ClusterSnapshot()
+        self._busy = True
+        self._last_full = 0.0
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,12 +137,25 @@ class Runtime:
         return PodRef(row.namespace, row.name, row.uid, row.netns, policy)
 
     # -- one pass ---------------------------------------------------------------------------
-    def reconcile_once(self) -> None:
+    def reconcile_once(self, full: bool = True) -> None:
+        """One pass. With FULL false (a quiet tick) only the supervisor runs, unless a
+        container changed, a pod is between states, or the last full pass is FULL_EVERY old.
+        """
+        changed = self.supervisor.tick()
+        now = time.monotonic()
+        if not (full or changed or self._busy or now - self._last_full >= FULL_EVERY):
+            return
+        self._last_full = now
         self._controllers()
-        services = views.services(self.store, self.plan)
-        self.snapshot = views.snapshot(self.store, services,
-                                       views.pod_objects(self.store, self.nodes))
-        for row in self.store.list_pods():
+        rows = self.store.list_pods()
+        self._busy = any(r.phase != "Running" or r.deleting or r.uid in self._retry
+                         for r in rows)
+        if any(r.phase == "Pending" and not r.deleting for r in rows):
+            # prepare() gets the cluster as it is now, services applied with the pod included
+            services = views.services(self.store, self.plan)
+            self.snapshot = views.snapshot(self.store, services,
+                                           views.pod_objects(self.store, self.nodes))
+        for row in rows:
             try:
                 self._pod(row)
             except RemoraError as exc:
@@ -149,7 +165,8 @@ class Runtime:
                 self._retry[row.uid] = time.monotonic() + RETRY_AFTER
                 self.store.update_pod(row.uid, message=f"{type(exc).__name__}: {exc}")
                 log.exception("pod %s/%s", row.namespace, row.name)
-        self.supervisor.tick()
+        if self.supervisor.tick():
+            self._busy = True  # a container just started or changed: look again next tick
         self._services()
 
     def _controllers(self) -> None:

@@ -56,6 +56,7 @@ class _Container:
     next_start: float = 0.0
     wanted: bool = True
     kill_at: float | None = None
+    cmdline_seen: bool = False
 
 
 class Supervisor:
@@ -108,6 +109,7 @@ class Supervisor:
         entry.row.pid = pid
         entry.row.start_ticks = process.start_ticks(pid) or 0
         entry.row.cmdline = list(entry.spec.argv)
+        entry.cmdline_seen = False
         entry.row.state, entry.row.reason, entry.row.ready = "Running", "", 0
         entry.row.started = time.time()
         self.store.put_container(entry.row)
@@ -168,11 +170,15 @@ class Supervisor:
 
     def _probe(self, entry: _Container) -> bool:
         row = entry.row
-        if process.in_wrapper(row.cmdline) or row.cmdline == entry.spec.argv:
+        if not entry.cmdline_seen:
+            # record the command line the program itself shows, once it is past the
+            # `ip netns exec`/`setpriv` wrappers: that is what adoption compares
             seen = process.cmdline(row.pid)
-            if seen and not process.in_wrapper(seen) and seen != row.cmdline:
-                row.cmdline = seen
-                self.store.put_container(row)
+            if seen and not process.in_wrapper(seen):
+                entry.cmdline_seen = True
+                if seen != row.cmdline:
+                    row.cmdline = seen
+                    self.store.put_container(row)
         if row.ready:
             return False
         port = entry.spec.ready_port
