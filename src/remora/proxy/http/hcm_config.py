@@ -78,9 +78,9 @@ def parse_hcm(f: Fields, ctx: Any) -> HcmConfig:
         raise ConfigError(f.at("request_timeout"), "a non-zero request_timeout is not "
                           "implemented by remora", "remove it or set \"0s\" (disabled, "
                           "Envoy's default); stream_idle_timeout and route timeouts apply")
-    # Client-certificate headers (x-forwarded-client-cert) only matter on TLS downstreams;
-    # remora's HTTP listeners are plaintext here, so the mode is read and has no effect
-    # beyond SANITIZE's removal of a client-supplied XFCC header (see headers.py).
+    # x-forwarded-client-cert: without a client certificate on the downstream every mode
+    # but ALWAYS_FORWARD_ONLY removes a client-supplied header (hcm.py); appending the
+    # peer's certificate details (set_current_client_cert_details) needs an mTLS peer.
     cfg.forward_client_cert_details = f.enum("forward_client_cert_details", _FCC, "SANITIZE")
     scc = f.fields("set_current_client_cert_details", "SetCurrentClientCertDetails")
     if scc is not None:

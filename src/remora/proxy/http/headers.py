@@ -17,18 +17,24 @@ import re
 import uuid
 
 # hop-by-hop headers never forwarded (RFC 9110 7.6.1); transfer-encoding is re-framed
+# (te is kept when it is exactly "trailers", as Envoy does; see stream.py)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "upgrade", "te", "expect", "host"})
 
-# x-envoy-* request headers cleaned from edge requests (Envoy's cleanInternalHeaders list)
-_EDGE_CLEANED = frozenset({
+# x-envoy-* control headers a client outside the mesh must not set: removed from every
+# request that is not internal (ConnectionManagerUtility::cleanInternalHeaders); the first
+# set only from edge requests (use_remote_address). Checked against Envoy 1.40.
+_EDGE_ONLY_CLEANED = frozenset({
     "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-max-retries",
-    "x-envoy-retry-grpc-on", "x-envoy-retry-on", "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-upstream-rq-timeout-ms", "x-envoy-hedge-on-per-try-timeout",
-    "x-envoy-original-path", "x-envoy-external-address",
+    "x-envoy-downstream-service-node",
+})
+_EXTERNAL_CLEANED = frozenset({
+    "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on", "x-envoy-max-retries", "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal",
 })
 
 
@@ -64,6 +70,14 @@ class Mutation:
         self.remove: set[str] = set()
 
 
+def connection_nominated(value: str | None) -> frozenset[str]:
+    """Header names listed in Connection (RFC 9110 7.6.1) are hop-by-hop too."""
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(",")) - {"close", "keep-alive",
+                                                                     "upgrade", ""}
+
+
 def mutate_request(hmap: dict[str, str], remote_ip: str, *, use_remote_address: bool,
                    xff_num_trusted_hops: int, skip_xff_append: bool, generate_request_id: bool,
                    preserve_external_request_id: bool, scheme: str, node_ip: str | None,
@@ -79,17 +93,17 @@ def mutate_request(hmap: dict[str, str], remote_ip: str, *, use_remote_address: 
         if not skip_xff_append:
             appended = node_ip if (is_loopback(remote_ip) and node_ip) else remote_ip
             m.set.append(("x-forwarded-for", f"{xff},{appended}" if xff else appended))
-        m.remove |= _EDGE_CLEANED
+        m.remove |= _EDGE_ONLY_CLEANED
         m.set.append(("x-forwarded-proto", scheme))
         m.set.append(("x-envoy-external-address", m.final_remote_ip or remote_ip))
-        m.remove.discard("x-envoy-external-address")
         regenerate_id = not preserve_external_request_id and "x-request-id" in hmap
     else:
         if xff is not None:
             m.final_remote_ip = xff_client(xff, xff_num_trusted_hops)
         if "x-forwarded-proto" not in hmap:
             m.set.append(("x-forwarded-proto", scheme))
-    m.remove.add("x-envoy-internal")
+    # no address is internal (Envoy 1.40's default internal_address_config is empty)
+    m.remove |= _EXTERNAL_CLEANED
     if sanitize_xfcc:
         m.remove.add("x-forwarded-client-cert")
     if generate_request_id and ("x-request-id" not in hmap or regenerate_id):

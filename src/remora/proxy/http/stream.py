@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from remora.proxy.http.codec import Request, status_line
 from remora.proxy.http.headers import (
     HOP_BY_HOP,
+    connection_nominated,
     escaped_slashes,
     mutate_request,
     normalize_path,
@@ -124,11 +125,15 @@ class ActiveStream:
             info.downstream_remote_address = format_address(mut.final_remote_ip, 0)
         sets = dict(mut.set)
         remove = mut.remove
+        nominated = connection_nominated(req.hmap.get("connection"))
+        if nominated:
+            remove = remove | nominated
         placed: set[str] = set()
         out = [("host", self.authority)]
         for n, v in req.headers:
             if n in HOP_BY_HOP or n in remove:
-                if n == "upgrade" and req.upgrade and cfg.websocket:
+                if (n == "upgrade" and req.upgrade and cfg.websocket) or (
+                        n == "te" and v.strip().lower() == "trailers"):
                     out.append((n, v))
                 continue
             if n in sets:
