@@ -158,3 +158,17 @@ def test_pure_helpers() -> None:
     assert normalize_path("/a/%2fb/%41") == "/a/%2Fb/A"
     assert normalize_path("/a//b", merge_slashes=True) == "/a/b"
     assert normalize_path("x") is None
+
+
+@pytest.mark.parametrize("name,type_url", [
+    ("istio.metadata_exchange", "type.googleapis.com/io.istio.http.peer_metadata.Config"),
+    ("istio.stats", "type.googleapis.com/stats.PluginConfig"),
+])
+def test_istio_only_filters_are_refused_by_name(name: str, type_url: str) -> None:
+    filters = [{"name": name, "typed_config": {"@type": type_url}},
+               {"name": "envoy.filters.http.router", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    with pytest.raises(ConfigError) as err:
+        build_hcm(hcm_config(http_filters=filters), _ctx())
+    assert err.value.path == "typed_config.http_filters[0]"
+    assert name in err.value.one_line() and "proxyv2" in err.value.one_line()
