@@ -524,7 +524,12 @@ def test_malformed_http_same_as_envoy(case: str,
     theirs = malformed("envoy", tmp_path_factory)[0][case]
     assert (ours.status, ours.closed) == (theirs.status, theirs.closed)
     assert ours.log is not None and theirs.log is not None
-    differing = {k: (ours.log.get(k), v) for k, v in theirs.log.items() if ours.log.get(k) != v}
+    # A chunking error comes after routing: whether an upstream connection was already
+    # bound when the stream is reset depends on the pool (the good client's connection
+    # may be idle or busy), so Envoy itself logs "-" or 127.0.0.6:PORT from run to run.
+    racy = {"upstream_local_address"} if case == "invalid-chunking" else set()
+    differing = {k: (ours.log.get(k), v) for k, v in theirs.log.items()
+                 if ours.log.get(k) != v and k not in racy}
     assert not differing, f"access-log field: (remora, envoy): {differing}"
 
 

@@ -169,10 +169,10 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
 
 def check_seed_facts(obs: Observation, sc: Scenario) -> None:
     """What the seed and the reference README say a sidecar on this config does."""
-    assert obs.client_output == [BODY] * 3
-    assert obs.tcp_reply == b"pong:ping"
+    assert obs.client_output == [BODY] * 3, obs.client_output
+    assert obs.tcp_reply == b"pong:ping", obs.tcp_reply
     assert set(obs.app_sources) == {sc.app_source}, obs.app_sources
-    assert obs.app_ports_reused  # keep-alive downstream, pooled upstream
+    assert obs.app_ports_reused, obs  # keep-alive downstream, pooled upstream
     assert len(obs.access_log) == 5, obs.access_log
     http, raw_line, tcp_line = obs.access_log[:3], obs.access_log[3], obs.access_log[4]
     for line in http:
