@@ -30,6 +30,8 @@ from remora.resources.objects import (
     ServicePort,
 )
 from remora.resources.reader import Context, Node, check_name
+from remora.resources.security_loader import KINDS as SECURITY_KINDS
+from remora.resources.security_loader import authorization_policy, peer_authentication
 
 # Fields Kubernetes defines that change nothing in the lab: read silently.
 _META_IGNORED = ("creationTimestamp", "uid", "resourceVersion", "generation", "managedFields",
@@ -38,6 +40,7 @@ _CONTAINER_IGNORED = ("resources", "terminationMessagePath", "terminationMessage
 _POD_SPEC_IGNORED = ("terminationGracePeriodSeconds", "dnsPolicy", "schedulerName",
                      "securityContext", "serviceAccount", "enableServiceLinks")
 _KINDS = {("v1", "Namespace"), ("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Pod")}
+_KINDS |= SECURITY_KINDS  # Istio's PeerAuthentication, AuthorizationPolicy (security_loader)
 
 
 @dataclass
@@ -116,6 +119,10 @@ def parse_object(doc: Any, where: str) -> tuple[Object | None, list[str]]:
         obj = _deployment(root)
     elif kind == "Service":
         obj = _service(root)
+    elif kind == "PeerAuthentication":
+        obj = peer_authentication(root, _meta(root))
+    elif kind == "AuthorizationPolicy":
+        obj = authorization_policy(root, _meta(root))
     else:
         obj = Pod(metadata=_meta(root), spec=_pod_spec(root.node("spec", ignore=_POD_SPEC_IGNORED,
                                                                  required=True)))

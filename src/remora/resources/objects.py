@@ -215,7 +215,10 @@ class Pod:
                 "spec": self.spec.to_dict()}
 
 
-Object = Namespace | Deployment | Service | Pod
+# Istio's security kinds live in their own module (imported here, after ObjectMeta exists).
+from remora.resources.security import AuthorizationPolicy, PeerAuthentication  # noqa: E402
+
+Object = Namespace | Deployment | Service | Pod | PeerAuthentication | AuthorizationPolicy
 
 
 def ref(obj: Object) -> str:
