@@ -8,13 +8,16 @@ source/extensions/filters/listener/original_src, the socket option hash). remora
 determines the host and the binding: the cluster, the downstream's original destination
 (ORIGINAL_DST clusters connect to it) and the original_src address when set. Idle
 connections are taken most-recent first and must not point at an excluded host (retry
-``previous_hosts``).
+``previous_hosts``). The cluster's HTTP protocol options bound a connection's life
+(idle_timeout, max_requests_per_connection, max_connection_duration).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from remora.proxy.interfaces import ConnectionFacts, Upstream
@@ -28,12 +31,49 @@ def pool_key(cluster_name: str, facts: ConnectionFacts) -> PoolKey:
     return (cluster_name, facts.local_ip, facts.local_port, src)
 
 
-class PooledConnection:
-    __slots__ = ("key", "upstream")
+@dataclass(frozen=True)
+class PoolLimits:
+    """The cluster's ``envoy.extensions.upstreams.http.v3.HttpProtocolOptions``
+    common_http_protocol_options as far as an HTTP/1.1 pool uses them."""
 
-    def __init__(self, key: PoolKey, upstream: Upstream) -> None:
+    idle_timeout: float = 3600.0  # Envoy's default for upstream connections: 1 h
+    max_requests_per_connection: int = 0  # 0: unlimited
+    max_connection_duration: float = 0.0  # 0: unlimited
+
+
+DEFAULT_LIMITS = PoolLimits()
+
+
+def limits_of(cluster: Any) -> PoolLimits:
+    """The core's cluster objects carry the parsed options as ``config.http_protocol_options``
+    (remora.proxy.upstream.config); other Cluster implementations get Envoy's defaults."""
+    opts = getattr(getattr(cluster, "config", None), "http_protocol_options", None)
+    if opts is None:
+        return DEFAULT_LIMITS
+    idle = getattr(opts, "idle_timeout", None)
+    return PoolLimits(3600.0 if idle is None else idle,
+                      getattr(opts, "max_requests_per_connection", None) or 0,
+                      getattr(opts, "max_connection_duration", None) or 0.0)
+
+
+class PooledConnection:
+    __slots__ = ("created", "idle_since", "key", "limits", "requests", "upstream")
+
+    def __init__(self, key: PoolKey, upstream: Upstream,
+                 limits: PoolLimits = DEFAULT_LIMITS) -> None:
         self.key = key
         self.upstream = upstream
+        self.limits = limits
+        self.created = self.idle_since = time.monotonic()
+        self.requests = 0
+
+    def expired(self, now: float) -> bool:
+        lim = self.limits
+        return ((lim.idle_timeout > 0 and now - self.idle_since >= lim.idle_timeout)
+                or (lim.max_connection_duration > 0
+                    and now - self.created >= lim.max_connection_duration)
+                or (lim.max_requests_per_connection > 0
+                    and self.requests >= lim.max_requests_per_connection))
 
     @property
     def host(self) -> str:
@@ -56,9 +96,10 @@ class ConnectionPool:
         idle = self._idle.get(key)
         if not idle:
             return None
+        now = time.monotonic()
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
-            if not conn.usable():
+            if not conn.usable() or conn.expired(now):
                 del idle[i]
                 conn.close()
                 continue
@@ -69,7 +110,9 @@ class ConnectionPool:
         return None
 
     def release(self, conn: PooledConnection) -> None:
-        if not conn.usable():
+        conn.requests += 1
+        conn.idle_since = now = time.monotonic()
+        if not conn.usable() or conn.expired(now):
             conn.close()
             return
         idle = self._idle.setdefault(conn.key, [])

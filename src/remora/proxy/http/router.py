@@ -20,7 +20,7 @@ from remora.proxy import registry
 from remora.proxy.config.strict import Fields
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.connection import BUFFER_LIMIT, READ_SIZE
-from remora.proxy.http.pool import PooledConnection, pool_for, pool_key
+from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
@@ -204,7 +204,7 @@ class _Forward:
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                pc = PooledConnection(key, up)
+                pc = PooledConnection(key, up, limits_of(cluster))
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address

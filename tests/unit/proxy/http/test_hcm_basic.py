@@ -224,3 +224,18 @@ def test_upgrade_refused_without_upgrade_config() -> None:
         assert app.seen == []
         assert ctx.logger.infos[0].response_code_details == "upgrade_failed"
     run(body)
+
+
+def test_cluster_http_protocol_options_bound_pooled_connections() -> None:
+    from types import SimpleNamespace
+
+    async def body() -> None:
+        hcm, (_app,), cluster, _ = await setup()
+        cluster.config = SimpleNamespace(http_protocol_options=SimpleNamespace(  # type: ignore[attr-defined]
+            idle_timeout=None, max_requests_per_connection=2, max_connection_duration=None))
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            for _ in range(5):
+                assert (await c.get("/")).status == 200
+        assert cluster.connects == 3  # 2 + 2 + 1 requests
+    run(body)
