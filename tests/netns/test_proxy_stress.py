@@ -50,13 +50,6 @@ HEADER = struct.Struct("!QQQB")  # up_len, down_len, seed, mode
 IO_TIMEOUT = 60.0
 
 
-def require(kind: str) -> None:
-    if kind == "remora":
-        problem = ph.remora_proxy_problem()
-        if problem is not None:
-            pytest.xfail(f"remora proxy is not built yet: {problem}")
-
-
 def payload(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
@@ -207,7 +200,6 @@ def held_up_len(kind: str, up_len: int, mode: int) -> int:
 @pytest.mark.parametrize("hops", [1, 2])
 @pytest.mark.parametrize("kind", ph.KINDS)
 def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
-    require(kind)
     with relay_topology(kind, hops, tmp_path) as relay:
         for i, (up_len, down_len, mode) in enumerate(BIG_CASES):
             relay.check(held_up_len(kind, up_len, mode), down_len, mode, seed=1000 + 2 * i)
@@ -323,7 +315,6 @@ class HttpRelay:
 @pytest.mark.parametrize("hops", [1, 2])
 @pytest.mark.parametrize("kind", ph.KINDS)
 def test_byte_exact_http_bodies(kind: str, hops: int, tmp_path: Path) -> None:
-    require(kind)
     with Lab(prefix="rsh") as lab:
         client, server = lab.pair()
         app = HttpBodyServer(server)
@@ -496,7 +487,6 @@ def envoy_once(key: str, make: Callable[[], object]) -> object:
 
 def malformed(kind: str, factory: pytest.TempPathFactory) -> tuple[dict[str, BadOutcome],
                                                                    GoodClient]:
-    require(kind)
     found = envoy_once(f"malformed-{kind}", lambda: observe_malformed(
         kind, factory.mktemp(f"{kind}-malformed")))
     assert isinstance(found, tuple)
@@ -601,7 +591,6 @@ def observe_failure(kind: str, name: str, workdir: Path) -> tuple[bytes, dict[st
 def test_upstream_failure_status_and_flags(
     kind: str, name: str, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    require(kind)
     envoy = envoy_once(f"fail-{name}", lambda: observe_failure(
         "envoy", name, tmp_path_factory.mktemp(f"envoy-{name}")))
     assert isinstance(envoy, tuple)
