@@ -50,7 +50,9 @@ class Scenario:
     http_cluster: str
     raw_cluster: str
     tcp_cluster: str
-    upstream_local_ip: str  # UPSTREAM_LOCAL_ADDRESS's IP in the HTTP lines ("-": any)
+    upstream_local_ip: str  # UPSTREAM_LOCAL_ADDRESS's IP in the HTTP lines
+    # a client sidecar too (the seed's full path: client pod -> server pod, both meshed)
+    client_config: str | None = None
 
 
 SCENARIOS = {
@@ -69,7 +71,14 @@ SCENARIOS = {
         b"GET /common/sauth HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n",
         CLIENT_IP, "outbound|18080||srv.default.svc.cluster.local", "PassthroughCluster",
         "PassthroughCluster", CLIENT_IP),
+    "mesh-redirect": Scenario(
+        "mesh-redirect", "server-redirect.json", "server", "redirect",
+        b"GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "127.0.0.6", "inbound|18080||", "inbound|18080||", "InboundPassthroughCluster",
+        "127.0.0.6", client_config="client-redirect.json"),
 }
+CLIENT_SIDE_CLUSTERS = ["outbound|18080||srv.default.svc.cluster.local"] * 3 + \
+    ["PassthroughCluster", "PassthroughCluster"]
 
 
 @dataclass
@@ -82,6 +91,11 @@ class Observation:
     access_log: list[dict[str, str]]
     counters: dict[str, int | None]
     dump_names: dict[str, list[str]]
+    # mesh scenario only: the client sidecar's lines and counters, and whether each
+    # request kept its x-request-id across the two sidecars
+    client_access_log: list[dict[str, str]]
+    client_counters: dict[str, int | None]
+    same_request_ids: list[bool]
 
 
 def _mask(raw: bytes) -> bytes:
@@ -135,6 +149,11 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
         sidecar_ns: Namespace = server if sc.capture_on == "server" else client
         ph.apply_capture(lab, sidecar_ns, sc.mode)
         sidecar = ph.start_sidecar(lab, sidecar_ns, kind, config_path, workdir)
+        client_sidecar = None
+        if sc.client_config:
+            ph.apply_capture(lab, client, "redirect")
+            client_sidecar = ph.start_sidecar(lab, client, kind, ph.REFERENCE / sc.client_config,
+                                              workdir)
         try:
             client_output = ph.run_client(lab, client, SAUTH_URL, 3)
             raw = ph.http_exchange(client, SERVER_IP, 18080, sc.raw_request)
@@ -150,11 +169,23 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
             lines = app.wait_lines(3 + (b" /common/sauth " in sc.raw_request))
             counters_all = sidecar.stats()
             dump = sidecar.config_dump()
+            client_log: list[str] = []
+            client_counters: dict[str, int | None] = {}
+            if client_sidecar is not None and sc.client_config:
+                client_log = client_sidecar.wait_access_log(expected_lines)
+                client_stats = client_sidecar.stats()
+                client_config = json.loads((ph.REFERENCE / sc.client_config).read_text())
+                client_counters = {k: client_stats.get(k)
+                                   for k in _interesting_counters(client_config)}
         finally:
             pong.close()
             sidecar.stop()
+            if client_sidecar is not None:
+                client_sidecar.stop()
         assert not pong.errors, pong.errors
     remote = [line.split("RemoteAddr=", 1)[1] for line in lines]
+    server_ids = [ph.parse_access_log(x)["request_id"] for x in log]
+    client_ids = [ph.parse_access_log(x)["request_id"] for x in client_log]
     return Observation(
         client_output=client_output,
         raw_response=_mask(raw),
@@ -164,6 +195,9 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
         access_log=[ph.comparable(ph.parse_access_log(x)) for x in log],
         counters={k: counters_all.get(k) for k in _interesting_counters(config)},
         dump_names=_dump_names(dump),
+        client_access_log=[ph.comparable(ph.parse_access_log(x)) for x in client_log],
+        client_counters=client_counters,
+        same_request_ids=[a == b for a, b in zip(server_ids, client_ids, strict=False)],
     )
 
 
@@ -198,6 +232,10 @@ def check_seed_facts(obs: Observation, sc: Scenario) -> None:
     assert tcp_line["downstream_local_address"] == f"{SERVER_IP}:{TCP_PORT}"
     for name in (sc.http_cluster, sc.tcp_cluster):
         assert obs.counters[f"cluster.{name}.upstream_cx_total"], name
+    if sc.client_config:
+        assert [x["upstream_cluster"] for x in obs.client_access_log] == CLIENT_SIDE_CLUSTERS
+        # the client sidecar connects from the pod IP; the server sidecar sees that
+        assert {x["upstream_local_address"] for x in obs.client_access_log} == {f"{CLIENT_IP}:*"}
 
 
 _observed: dict[tuple[str, str], Observation | BaseException] = {}
@@ -252,3 +290,13 @@ def test_remora_same_as_envoy(scenario: str, aspect: str,
         assert not differing, f"counter: (remora, envoy): {differing}"
     else:
         assert ours.dump_names == theirs.dump_names
+    if sc.client_config and aspect == "access_log":
+        for i, (mine, envoys) in enumerate(zip(ours.client_access_log, theirs.client_access_log,
+                                               strict=True)):
+            differing = {k: (mine.get(k), v) for k, v in envoys.items() if mine.get(k) != v}
+            assert not differing, f"client sidecar line {i}: (remora, envoy): {differing}"
+        assert ours.same_request_ids == theirs.same_request_ids, "x-request-id propagation"
+    if sc.client_config and aspect == "chain_and_cluster_counters":
+        differing = {k: (ours.client_counters[k], v) for k, v in theirs.client_counters.items()
+                     if ours.client_counters[k] != v}
+        assert not differing, f"client sidecar counter: (remora, envoy): {differing}"
