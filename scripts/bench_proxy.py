@@ -15,6 +15,7 @@ ratios from one run. Recorded figures live in docs/benchmarks.md.
 
     sudo python3 scripts/bench_proxy.py [--duration 5] [--connections 1,16]
         [--proxies direct,envoy,remora] [--mode redirect|tproxy] [--backend simple|nginx]
+        [--hops 1|2] [--repeat N]
 """
 
 from __future__ import annotations
@@ -122,25 +123,31 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
     with Lab(prefix="rbp") as lab:
         client, server = lab.pair()
         start_backend(lab, server, args.backend, workdir)
-        sidecar = None
+        sidecars: list[ph.Sidecar] = []
         if path != "direct":
             ph.apply_capture(lab, server, args.mode)
             config = ph.REFERENCE / f"server-{args.mode}.json"
-            sidecar = ph.start_sidecar(lab, server, path, config, workdir / path)
-        run_wrk(lab, client, 16, 1.0)  # warm-up: pools, caches, JIT-free but page-in
+            sidecars.append(ph.start_sidecar(lab, server, path, config, workdir / path))
+            if args.hops == 2:  # the client pod meshed too: two sidecars per request
+                ph.apply_capture(lab, client, "redirect")
+                sidecars.append(ph.start_sidecar(lab, client, path,
+                                                 ph.REFERENCE / "client-redirect.json",
+                                                 workdir / path))
+        sidecar = sidecars[0] if sidecars else None
+        run_wrk(lab, client, 16, 1.0)  # warm-up: connection pools, page-in
         for conns in args.connections:
             runs = []
             for _ in range(args.repeat):
-                cpu0 = cpu_seconds(sidecar.proc.pid) if sidecar else 0.0
+                cpu0 = sum(cpu_seconds(x.proc.pid) for x in sidecars)
                 out = run_wrk(lab, client, conns, args.duration)
-                cpu = cpu_seconds(sidecar.proc.pid) - cpu0 if sidecar else 0.0
+                cpu = sum(cpu_seconds(x.proc.pid) for x in sidecars) - cpu0
                 rps = float(out["rps"])
                 runs.append((rps, _ms(out["50"]), _ms(out["99"]),
                              cpu / (rps * args.duration) * 1e6 if sidecar and rps else None,
                              out["errors"]))
             runs.sort(key=lambda r: r[0])
             rps, p50, p99, cpu_us, errors = runs[len(runs) // 2]  # the median run
-            rss = sidecar.rss_kib() / 1024 if sidecar else None
+            rss = sum(x.rss_kib() for x in sidecars) / 1024 if sidecar else None
             results.append(Result(path, conns, rps, p50, p99, cpu_us, rss, errors))
             print(_row(results[-1]), flush=True)
     return results
@@ -163,6 +170,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=["redirect", "tproxy"], default="redirect")
     parser.add_argument("--backend", choices=["simple", "nginx"], default="simple")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
+    parser.add_argument("--hops", type=int, choices=[1, 2], default=1,
+                        help="2: a client sidecar (client-redirect.json) in front as well; "
+                             "CPU and RSS are then the sum over both sidecars")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_proxy: needs root (creates network namespaces)", file=sys.stderr)
@@ -174,7 +184,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}  {os.uname().nodename}  "
           f"{os.cpu_count()} CPUs  mode={args.mode} backend={args.backend} "
-          f"duration={args.duration}s repeat={args.repeat}")
+          f"duration={args.duration}s repeat={args.repeat} hops={args.hops}")
     print(f"{'path':<8} {'conns':>5} {'req/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
           f"{'cpu us/rq':>8} {'RSS MiB':>7}")
     results: list[Result] = []
