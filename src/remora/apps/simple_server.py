@@ -132,9 +132,11 @@ class _Connection(asyncio.Protocol):
             self._fail(gohttp.bad_request("missing required Host header"))
             return
         keep_alive = parser.should_keep_alive()
+        # Go's chunkWriter.writeHeader: "Connection: close" only for HTTP/1.1+ requests
+        # it will close after; an HTTP/1.0 keep-alive request gets "Connection: keep-alive".
         connection: str | None = None
         if not keep_alive:
-            connection = "close"
+            connection = "close" if version != "1.0" else None
         elif version == "1.0":
             connection = "keep-alive"
         method = parser.get_method()
@@ -155,7 +157,7 @@ class _Connection(asyncio.Protocol):
         elif path == PATH:
             if self._log is not None:
                 self._log(f"X-Forwarded-For={self._xff or ''}, RemoteAddr={self._remote}\n")
-            if connection is None and not head:
+            if connection is None and keep_alive and not head:
                 payload = self._responses.ok
             else:
                 payload = gohttp.response(200, BODY, date=date, connection=connection, head=head)

@@ -220,3 +220,20 @@ def test_server_module_runs_and_prints_per_request() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_http10_close_and_keep_alive_headers_like_go(server: tuple[int, _Printed]) -> None:
+    port, _ = server
+    plain = _exchange(port, b"GET /common/sauth HTTP/1.0\r\n\r\n")
+    assert b"\r\nConnection:" not in plain.split(b"\r\n\r\n")[0]
+    assert plain.endswith(BODY)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /common/sauth HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        reply = b""
+        while not reply.endswith(BODY):
+            reply += sock.recv(4096)
+    assert b"\r\nConnection: keep-alive\r\n" in reply
+    head_only = _exchange(port, b"HEAD /common/sauth HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert head_only.endswith(b"Content-Length: 60\r\nContent-Type: text/plain; charset=utf-8"
+                              b"\r\nConnection: close\r\n\r\n")
