@@ -1,16 +1,18 @@
-"""One downstream HTTP/1.1 connection: a reader task decodes bytes into requests, the
-connection's own task serves them one after another (pipelining keeps order).
+"""One downstream HTTP/1.1 connection: bytes are decoded into requests as they arrive
+(protocol callbacks, no reader task), and the connection's own task serves the requests
+one after another (pipelining keeps order).
 
 Cancellation is how the connection interrupts the request being served: a downstream
-disconnect (Envoy: DC), a body that turns out malformed (DPE), the route timeout (UT) or a
-per-try timeout cancel the serving task with a reason, and the router turns that reason into
-Envoy's response and flags. No per-request task is created.
+disconnect (Envoy: DC), a body that turns out malformed (DPE), the route timeout (UT), a
+per-try or stream idle timeout cancel the serving task with a reason, and the router turns
+that reason into Envoy's response and flags. No per-request task is created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import CodecError, RequestDecoder
@@ -26,8 +28,30 @@ BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
 MAX_PIPELINED = 16
 
 
-class Cancelled(Exception):
-    """Raised out of the router when the connection interrupted the stream."""
+class _DownstreamProtocol(asyncio.Protocol):
+    """Takes over the downstream transport from the core's StreamReader: bytes go straight
+    into the HTTP decoder instead of through a buffer, a reader task and a future."""
+
+    def __init__(self, conn: Http1Connection) -> None:
+        self.conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.on_data(data)
+
+    def eof_received(self) -> bool | None:
+        # Envoy does not half-close HTTP/1 downstreams: the client's FIN ends the connection
+        self.conn.on_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.on_eof()
+        self.conn.on_writable(closed=True)
+
+    def pause_writing(self) -> None:
+        self.conn.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.conn.on_writable()
 
 
 class Http1Connection:
@@ -37,8 +61,8 @@ class Http1Connection:
         self.encoders = hcm.encoders
         self.sanitize_xfcc = hcm.sanitize_xfcc
         self.downstream = downstream
-        self.reader = downstream.reader
         self.writer = downstream.writer
+        self.transport = downstream.writer.transport
         self.decoder = RequestDecoder(self.cfg.max_request_headers_kb * 1024,
                                       self.cfg.max_headers_count, BUFFER_LIMIT)
         self.eof = False
@@ -47,12 +71,34 @@ class Http1Connection:
         self.cancel_reason: str | None = None
         self.idle = False
         self.last_activity = 0.0  # loop time of the last byte moved for the active stream
+        self.write_paused = False
+        self.tunnel: Callable[[bytes], None] | None = None  # after a 101: raw bytes go here
         self._task: asyncio.Task[Any] | None = None
+        self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
-        self._resume: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._read_paused = False
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
+
+    def _take_over(self) -> None:
+        """Switch the transport to our protocol; what the core's StreamReader already
+        buffered (it starts reading at accept) is decoded first. StreamReader keeps that
+        buffer in ``_buffer``/``_eof`` (CPython's asyncio; uvloop uses the same class)."""
+        reader = self.downstream.reader
+        buffered = bytes(getattr(reader, "_buffer", b""))
+        with contextlib.suppress(AttributeError):
+            reader._buffer.clear()  # type: ignore[attr-defined]
+        at_eof = bool(getattr(reader, "_eof", False))
+        self.transport.set_protocol(_DownstreamProtocol(self))
+        with contextlib.suppress(Exception):
+            if not self.transport.is_reading():  # type: ignore[attr-defined]
+                self.transport.resume_reading()  # type: ignore[attr-defined]
+        if buffered:
+            self.on_data(buffered)
+        if at_eof:
+            self.on_eof()
 
     # -- reading --------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -60,40 +106,71 @@ class Http1Connection:
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _read_loop(self) -> None:
+    def on_data(self, data: bytes) -> None:
+        self.last_activity = self._loop.time()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel(data)
+            return
         dec = self.decoder
-        reader = self.reader
+        if dec.error is not None:
+            return
+        if dec.upgraded:
+            dec.upgrade_tail += data  # until the router opens the tunnel
+            return
         try:
-            while True:
-                # flow control: stop reading while requests pile up unserved or while a body
-                # has nowhere to go yet (the router attaches a sink once it is connected)
-                cur = dec.current
-                while (len(dec.ready) >= MAX_PIPELINED or
-                       (cur is not None and cur.sink is None and cur.body_limit_hit)):
-                    self._resume = asyncio.get_running_loop().create_future()
-                    await self._resume
-                    cur = dec.current
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    self._on_eof()
-                    return
-                self.last_activity = self._loop_time()
-                try:
-                    dec.feed(data)
-                except CodecError:
-                    self._on_codec_error()
-                    return
-                if dec.upgraded:
-                    self._wake()
-                    return  # the router reads the tunnel's bytes itself after a 101
-                cur = dec.current
-                if cur is not None and cur.sink is not None:
-                    await cur.sink.pressure()
-                self._wake()
-        except (ConnectionError, OSError):
-            self._on_eof()
-        except asyncio.CancelledError:
-            pass
+            dec.feed(data)
+        except CodecError:
+            self._pause_reading()
+            self._on_codec_error()
+            return
+        if not dec.upgraded:
+            # flow control: stop reading while requests pile up unserved, while a body has
+            # nowhere to go yet (the router attaches a sink once connected), or while the
+            # upstream is slower than the client
+            cur = dec.current
+            if len(dec.ready) >= MAX_PIPELINED or (
+                    cur is not None and cur.sink is None and cur.body_limit_hit):
+                self._pause_reading()
+            elif cur is not None and cur.sink is not None and cur.sink.congested():
+                self.hold_reading_until(cur.sink.wait())
+        self._wake()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            with contextlib.suppress(Exception):
+                self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.decoder.error is None:
+            self._read_paused = False
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()  # type: ignore[attr-defined]
+
+    def hold_reading_until(self, ready: Any) -> None:
+        """Pause reading until the awaitable READY (an upstream writer's drain) is done."""
+        self._pause_reading()
+
+        async def wait() -> None:
+            with contextlib.suppress(Exception):
+                await ready
+            self.resume_reading()
+        self._loop.create_task(wait())
+
+    def on_writable(self, closed: bool = False) -> None:
+        self.write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait while the downstream transport is above its high-water mark."""
+        if self.write_paused and not self.transport.is_closing():
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
 
     def _idle_expired(self) -> None:
         self.idle = True
@@ -105,19 +182,16 @@ class Http1Connection:
         act = self.active
         if act is None or act.response_complete:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         left = self.last_activity + self.cfg.stream_idle_timeout - loop.time()
         if left > 0:
             act.idle_timer = loop.call_later(left, self._stream_idle_check)
         else:
             self.cancel_active("stream_idle")
 
-    def resume_reading(self) -> None:
-        r = self._resume
-        if r is not None and not r.done():
-            r.set_result(None)
-
-    def _on_eof(self) -> None:
+    def on_eof(self) -> None:
+        if self.eof:
+            return
         self.eof = True
         act = self.active
         if act is not None and not act.response_complete:
@@ -138,18 +212,16 @@ class Http1Connection:
     # -- serving --------------------------------------------------------------------------
     async def run(self) -> None:
         self._task = asyncio.current_task()
-        reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        self._take_over()
         try:
             await self._serve()
         finally:
-            reader_task.cancel()
-            with contextlib.suppress(BaseException):
-                await reader_task
             with contextlib.suppress(Exception):
                 self.writer.close()
 
     async def _serve(self) -> None:
         dec = self.decoder
+        loop = self._loop
         while True:
             try:
                 while not dec.ready:
@@ -158,7 +230,6 @@ class Http1Connection:
                         return
                     if self.eof:
                         return
-                    loop = asyncio.get_running_loop()
                     self._waiter = loop.create_future()
                     # common_http_protocol_options.idle_timeout: no stream for that long
                     # closes the connection (Envoy's downstream_cx_idle_timeout)
@@ -183,9 +254,8 @@ class Http1Connection:
             self.active = stream
             sit = self.cfg.stream_idle_timeout
             if sit > 0:
-                self.last_activity = self._loop_time()
-                stream.idle_timer = asyncio.get_running_loop().call_later(
-                    sit, self._stream_idle_check)
+                self.last_activity = loop.time()
+                stream.idle_timer = loop.call_later(sit, self._stream_idle_check)
             try:
                 await self.hcm.serve(stream)
             except asyncio.CancelledError:
@@ -201,9 +271,13 @@ class Http1Connection:
                 return
             if dec.upgraded:
                 return
-            w = self.writer
-            if w.transport.get_write_buffer_size() > BUFFER_LIMIT:
-                await w.drain()
+            if self.write_paused:
+                try:
+                    await self.drain()
+                except asyncio.CancelledError:
+                    if self._take_cancel() is None:
+                        raise
+                    return
 
     @staticmethod
     def _loop_time() -> float:
@@ -240,5 +314,10 @@ class Http1Connection:
         self.hcm.complete(stream)
 
     async def _flush(self) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.drain(), 30)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            if self._take_cancel() is None:
+                raise

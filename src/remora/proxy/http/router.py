@@ -249,7 +249,6 @@ class _Forward:
     async def _relay_response(self, pc: PooledConnection) -> None:
         stream = self.stream
         reader = pc.upstream.reader
-        ds_transport = stream.conn.writer.transport
         dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
         conn = stream.conn
         loop = asyncio.get_running_loop()
@@ -273,8 +272,8 @@ class _Forward:
             if self.retry_status:
                 raise _Failure("status")
             stream.flush()
-            if ds_transport.get_write_buffer_size() > BUFFER_LIMIT:
-                await stream.conn.writer.drain()
+            if conn.write_paused:
+                await conn.drain()
         if dec.status == 101 and stream.req.upgrade:
             await self._tunnel(pc, dec)
             return
@@ -295,33 +294,45 @@ class _Forward:
         stream.flush()
         self._count_response(101)
         conn, req, info = stream.conn, stream.req, stream.info
-        up_w, ds_w = pc.upstream.writer, conn.writer
-        if conn.decoder.upgrade_tail:
-            up_w.write(conn.decoder.upgrade_tail)
-            req.body_bytes += len(conn.decoder.upgrade_tail)
-        if dec.upgrade_tail:
-            ds_w.write(dec.upgrade_tail)
-            info.bytes_sent += len(dec.upgrade_tail)
-
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       upstream_bound: bool) -> None:
-            while data := await reader.read(READ_SIZE):
-                writer.write(data)
-                if upstream_bound:
-                    req.body_bytes += len(data)
-                else:
-                    info.bytes_sent += len(data)
-                await writer.drain()
-
+        up_w = pc.upstream.writer
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(pump(conn.reader, up_w, True)),
-                 loop.create_task(pump(pc.upstream.reader, ds_w, False))]
+
+        def to_upstream(data: bytes) -> None:
+            up_w.write(data)
+            req.body_bytes += len(data)
+            if up_w.transport.get_write_buffer_size() > BUFFER_LIMIT:
+                conn.hold_reading_until(up_w.drain())
+
+        if conn.decoder.upgrade_tail:
+            to_upstream(conn.decoder.upgrade_tail)
+        if dec.upgrade_tail:
+            conn.transport.write(dec.upgrade_tail)
+            info.bytes_sent += len(dec.upgrade_tail)
+        conn.tunnel = to_upstream
+        conn.resume_reading()
+
+        async def from_upstream() -> None:
+            reader = pc.upstream.reader
+            while data := await reader.read(READ_SIZE):
+                conn.transport.write(data)
+                info.bytes_sent += len(data)
+                await conn.drain()
+
+        upstream_done = loop.create_task(from_upstream())
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            while not conn.eof and not upstream_done.done():
+                # the downstream's EOF wakes the waiter (Http1Connection._wake)
+                conn._waiter = loop.create_future()
+                upstream_done.add_done_callback(lambda _t: conn._wake())
+                await conn._waiter
+        except asyncio.CancelledError:
+            if conn.cancel_reason != "dc":
+                raise
+            conn._take_cancel()
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            conn._waiter = None
+            upstream_done.cancel()
+            await asyncio.gather(upstream_done, return_exceptions=True)
             self.current = None
             pc.close()
             stream.response_complete = True

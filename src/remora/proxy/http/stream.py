@@ -177,22 +177,29 @@ class ActiveStream:
         info.response_code = status
         parts = [status_line(status)]
         resp: dict[str, str] = {}
-        server_seen = False
+        # Envoy sets x-envoy-upstream-service-time and (OVERWRITE) server in place when the
+        # upstream sent them (another sidecar did), else appends them; date only if absent.
+        transformation = cfg.server_header_transformation
+        server_seen = transformation == "PASS_THROUGH"  # never added then
+        svc = None if service_time_ms is None else str(service_time_ms)
         for n, v in headers:
             if n in _RESPONSE_HOP:
                 continue
             if n == "content-length" and status == 204:
                 continue  # RFC 9110 8.6: never on a 204
             if n == "server":
-                if cfg.server_header_transformation == "OVERWRITE":
+                if server_seen and transformation == "OVERWRITE":
                     continue
                 server_seen = True
+                if transformation == "OVERWRITE":
+                    v = cfg.server_name
+            elif n == "x-envoy-upstream-service-time" and svc is not None:
+                v, svc = svc, None
             resp[n] = v
             parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
-        if service_time_ms is not None:
-            v = str(service_time_ms)
-            resp["x-envoy-upstream-service-time"] = v
-            parts.append(b"x-envoy-upstream-service-time: %s\r\n" % v.encode())
+        if svc is not None:
+            resp["x-envoy-upstream-service-time"] = svc
+            parts.append(b"x-envoy-upstream-service-time: %s\r\n" % svc.encode())
         extra: list[tuple[str, str]] = []
         for f in self.conn.encoders:
             f.encode_headers(self, status, extra)

@@ -39,7 +39,10 @@ class BodySink:
         if self.chunked:
             self.writer.write(b"0\r\n\r\n")
 
-    async def pressure(self) -> None:
-        if self.writer.transport.get_write_buffer_size() > BUFFER_LIMIT:
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.writer.drain()
+    def congested(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() > BUFFER_LIMIT
+
+    async def wait(self) -> None:
+        """Until the upstream took the body written so far (its drain)."""
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.drain()
