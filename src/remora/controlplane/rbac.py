@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from remora.controlplane.envoy_common import JSON, TYPE
 from remora.resources.objects import Pod
@@ -101,12 +101,12 @@ def _path(value: str) -> JSON:
     return {"url_path": {"path": _string_match(value)}}
 
 
-_ID_BUILDERS = {
+_ID_BUILDERS: dict[str, Callable[[str], JSON]] = {
     "principals": _principal, "namespaces": _namespace,
     "ipBlocks": lambda v: {"direct_remote_ip": _cidr(v)},
     "remoteIpBlocks": lambda v: {"remote_ip": _cidr(v)},
 }
-_RULE_BUILDERS = {
+_RULE_BUILDERS: dict[str, Callable[[str], JSON]] = {
     "ports": lambda v: {"destination_port": int(v)},
     "methods": lambda v: _header(":method", v),
     "paths": _path,
@@ -148,7 +148,7 @@ def _operation_rules(o: Operation, tcp: bool) -> list[JSON]:
 
 def _condition(c: Condition) -> tuple[str, JSON]:
     """("principal" | "permission", matcher) for one when condition."""
-    builders = {
+    builders: dict[str, tuple[str, Callable[[str], JSON]]] = {
         "source.ip": ("principal", lambda v: {"direct_remote_ip": _cidr(v)}),
         "remote.ip": ("principal", lambda v: {"remote_ip": _cidr(v)}),
         "source.principal": ("principal", _principal),
@@ -159,7 +159,9 @@ def _condition(c: Condition) -> tuple[str, JSON]:
         side, build = builders[c.key]
     else:  # request.headers[NAME]
         side, name = "principal", c.key[len("request.headers["):-1]
-        build = lambda v: _header(name, v)  # noqa: E731
+
+        def build(v: str) -> JSON:
+            return _header(name, v)
     parts = []
     if c.values:
         parts.append(_or_ids([build(v) for v in c.values]) if side == "principal"

@@ -42,6 +42,12 @@ class ConnectionFacts:
     application_protocols: tuple[str, ...] = ()  # ALPN (tls) or "http/1.1"/"h2c" (http_inspector)
     original_src: OriginalSrc | None = None
     restored_local_address: bool = False  # original_dst changed the local address
+    # Set once a tls transport socket completed the handshake (proxy/transport/tls.py);
+    # RBAC's ``authenticated`` reads them.
+    peer_certificate_validated: bool = False
+    peer_uri_sans: tuple[str, ...] = ()
+    peer_dns_sans: tuple[str, ...] = ()
+    peer_subject: str | None = None
 
 
 class Downstream(Protocol):

@@ -1,0 +1,1 @@
+"""Transport sockets (envoy.transport_sockets.*)."""

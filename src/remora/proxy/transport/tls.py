@@ -1,0 +1,430 @@
+"""``envoy.transport_sockets.tls``: Downstream/UpstreamTlsContext with Python's ``ssl``.
+
+Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/transport_sockets/tls/v3/tls.proto
+The subset Istio's sidecars use:
+
+- ``common_tls_context.tls_certificates`` (``certificate_chain`` / ``private_key`` as
+  ``filename`` or ``inline_string``) or ``tls_certificate_sds_secret_configs`` whose
+  ``sds_config`` is a ``path_config_source`` (a DiscoveryResponse file holding a Secret);
+- ``validation_context`` (``trusted_ca``, ``match_typed_subject_alt_names``) or
+  ``combined_validation_context`` (that, plus ``validation_context_sds_secret_config``);
+- ``alpn_protocols``; ``tls_params`` min/max version; ``require_client_certificate``
+  (downstream); ``sni`` (upstream).
+
+Certificates are read again when a file they come from changes (checked per handshake,
+by stat), so a rotated workload certificate is used by the next connection while open
+ones keep theirs. A file that cannot be loaded leaves the previous context in use.
+SAN matching happens right after the handshake (``ssl`` has no verify callback); the
+connection is closed on mismatch with Envoy's failure reason text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.rbac_engine import string_matcher
+
+log = logging.getLogger("remora.proxy")
+
+TLS_NAME = "envoy.transport_sockets.tls"
+RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
+DOWNSTREAM = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+UPSTREAM = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER_TYPE = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+_VERSIONS = {"TLS_AUTO": None, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
+             "TLSv1_3": ssl.TLSVersion.TLSv1_3}
+# BoringSSL's packed error codes, as Envoy prints them in transport failure reasons.
+VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
+
+
+class TlsError(Exception):
+    """A handshake or verification failure; ``reason`` is Envoy's failure reason text and
+    ``stat`` the ssl.* counter it increments."""
+
+    def __init__(self, reason: str, stat: str = "connection_error") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stat = stat
+
+
+@dataclass(frozen=True)
+class DataSource:
+    filename: str | None = None
+    inline: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.filename is not None:
+            with open(self.filename, "rb") as f:
+                return f.read()
+        return self.inline or b""
+
+
+def _data_source(f: Fields | None, path: str) -> DataSource | None:
+    if f is None:
+        return None
+    filename = f.string("filename")
+    inline_string = f.string("inline_string")
+    inline_bytes = f.string("inline_bytes")
+    f.done()
+    if filename:
+        return DataSource(filename=filename)
+    if inline_string is not None:
+        return DataSource(inline=inline_string.encode())
+    if inline_bytes is not None:
+        return DataSource(inline=base64.b64decode(inline_bytes))
+    raise ConfigError(path, "a DataSource needs filename, inline_string or inline_bytes")
+
+
+@dataclass
+class Material:
+    """What one context is built from: certificate + key, trusted CA, SAN matchers."""
+
+    chain: DataSource | None = None
+    key: DataSource | None = None
+    trusted_ca: DataSource | None = None
+    sans: list[tuple[str, Callable[[str], bool]]] = field(default_factory=list)
+
+
+def _sds_path(f: Fields) -> tuple[str, str]:
+    name = f.string("name", required=True)
+    src = f.fields("sds_config", "ConfigSource")
+    f.done()
+    if src is None:
+        raise ConfigError(f.at("sds_config"), "remora reads SDS from files only",
+                          "give sds_config.path_config_source.path")
+    pcs = src.fields("path_config_source")
+    src.enum("resource_api_version", ("V3",), "V3")
+    src.ignore("initial_fetch_timeout")
+    path = src.string("path")
+    src.done()
+    if pcs is not None:
+        path = pcs.string("path", required=True)
+        pcs.ignore("watched_directory")
+        pcs.done()
+    if not path:
+        raise ConfigError(src.path, "remora reads SDS from files only",
+                          "give sds_config.path_config_source.path")
+    return name, path
+
+
+def _read_sds(name: str, path: str) -> Fields:
+    """The Secret NAME from the SDS DiscoveryResponse file PATH."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise TlsError(f"SDS secret {name}: cannot read {path}: {exc}") from exc
+    for i, res in enumerate(doc.get("resources", [])):
+        if isinstance(res, dict) and res.get("name") == name:
+            secret = Fields(res, f"{path}: resources[{i}]", "Secret")
+            secret.ignore("@type", "name")
+            return secret
+    raise TlsError(f"SDS secret {name} not found in {path}")
+
+
+def _validation(f: Fields, m: Material) -> None:
+    m.trusted_ca = _data_source(f.fields("trusted_ca", "DataSource"), f.at("trusted_ca")) \
+        or m.trusted_ca
+    for item in f.each("match_typed_subject_alt_names", "SubjectAltNameMatcher"):
+        san_type = item.enum("san_type", ("URI", "DNS", "EMAIL", "IP_ADDRESS"), "URI")
+        matcher = item.fields("matcher", "StringMatcher")
+        item.done()
+        if matcher is None:
+            raise ConfigError(item.at("matcher"), "required field is missing")
+        m.sans.append(({"IP_ADDRESS": "IP Address", "EMAIL": "email"}.get(san_type, san_type),
+                       string_matcher(matcher)))
+    f.done()
+
+
+@dataclass
+class TlsTransport:
+    """One parsed TLS context; ``context()`` gives a current ``ssl.SSLContext``."""
+
+    server: bool
+    raw: dict[str, Any]
+    path: str
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    require_client_certificate: bool = False
+    min_version: ssl.TLSVersion | None = None
+    max_version: ssl.TLSVersion | None = None
+    _files: tuple[str, ...] = ()
+    _signature: tuple[Any, ...] | None = None
+    _ctx: ssl.SSLContext | None = None
+    sans: list[tuple[str, Callable[[str], bool]]] = field(default_factory=list)
+
+    # -- building ---------------------------------------------------------------------
+    def _material(self) -> tuple[Material, list[str]]:
+        """Re-read the common_tls_context (SDS files included); files to watch."""
+        common = Fields(self.raw, self.path, "CommonTlsContext")
+        m, files = Material(), []
+        common.ignore("alpn_protocols", "tls_params")
+        for c in common.each("tls_certificates", "TlsCertificate"):
+            m.chain = _data_source(c.fields("certificate_chain"), c.at("certificate_chain"))
+            m.key = _data_source(c.fields("private_key"), c.at("private_key"))
+            c.done()
+        for s in common.each("tls_certificate_sds_secret_configs", "SdsSecretConfig"):
+            name, path = _sds_path(s)
+            files.append(path)
+            secret = _read_sds(name, path)
+            sc = secret.fields("tls_certificate", "TlsCertificate")
+            secret.done()
+            if sc is None:
+                raise TlsError(f"SDS secret {name} in {path} has no tls_certificate")
+            m.chain = _data_source(sc.fields("certificate_chain"), sc.at("certificate_chain"))
+            m.key = _data_source(sc.fields("private_key"), sc.at("private_key"))
+            sc.done()
+        vc = common.fields("validation_context", "CertificateValidationContext")
+        if vc is not None:
+            _validation(vc, m)
+        cvc = common.fields("combined_validation_context", "CombinedCertificateValidationContext")
+        if cvc is not None:
+            default = cvc.fields("default_validation_context", "CertificateValidationContext")
+            sds = cvc.fields("validation_context_sds_secret_config", "SdsSecretConfig")
+            cvc.done()
+            if default is not None:
+                _validation(default, m)
+            if sds is not None:
+                name, path = _sds_path(sds)
+                files.append(path)
+                secret = _read_sds(name, path)
+                v = secret.fields("validation_context", "CertificateValidationContext")
+                secret.done()
+                if v is None:
+                    raise TlsError(f"SDS secret {name} in {path} has no validation_context")
+                _validation(v, m)
+        common.done()
+        files += [d.filename for d in (m.chain, m.key, m.trusted_ca) if d and d.filename]
+        return m, files
+
+    def _build(self, m: Material) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if self.server else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False  # identities are SPIFFE URIs, checked by SAN matchers
+        if self.min_version:
+            ctx.minimum_version = self.min_version
+        if self.max_version:
+            ctx.maximum_version = self.max_version
+        if m.chain is not None and m.key is not None:
+            with tempfile.TemporaryDirectory(prefix="remora-tls-") as tmp:
+                paths = []
+                for name, ds in (("chain", m.chain), ("key", m.key)):
+                    if ds.filename:
+                        paths.append(ds.filename)
+                    else:
+                        p = os.path.join(tmp, name)
+                        with open(p, "wb") as fh:
+                            fh.write(ds.read())
+                        paths.append(p)
+                ctx.load_cert_chain(paths[0], paths[1])
+        elif self.server:
+            raise TlsError("a DownstreamTlsContext needs a certificate")
+        if m.trusted_ca is not None:
+            ctx.load_verify_locations(cadata=m.trusted_ca.read().decode())
+            ctx.verify_mode = ssl.CERT_REQUIRED if (not self.server
+                                                    or self.require_client_certificate) \
+                else ssl.CERT_OPTIONAL
+        else:
+            ctx.verify_mode = ssl.CERT_NONE
+            if self.server and self.require_client_certificate:
+                raise TlsError("require_client_certificate needs a validation context")
+        if self.alpn:
+            ctx.set_alpn_protocols(list(self.alpn))
+        return ctx
+
+    def _stat_files(self) -> tuple[Any, ...]:
+        sig: list[tuple[Any, ...]] = []
+        for p in self._files:
+            try:
+                st = os.stat(p)
+                sig.append((p, st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                sig.append((p, None))
+        return tuple(sig)
+
+    def context(self) -> ssl.SSLContext:
+        """The current SSLContext, rebuilt when a certificate or SDS file changed."""
+        if self._ctx is not None and self._stat_files() == self._signature:
+            return self._ctx
+        try:
+            material, files = self._material()
+            self._files = tuple(files)
+            signature = self._stat_files()
+            ctx = self._build(material)
+        except (OSError, ssl.SSLError, ConfigError, TlsError, ValueError) as exc:
+            if self._ctx is not None:  # keep serving with the last good certificates
+                log.warning("TLS context %s not reloaded: %s", self.path, exc)
+                return self._ctx
+            reason = exc.reason if isinstance(exc, TlsError) else str(exc)
+            raise TlsError(f"TLS context unavailable: {reason}") from exc
+        self._ctx, self._signature, self.sans = ctx, signature, material.sans
+        return ctx
+
+    # -- after the handshake ------------------------------------------------------------
+    def verify_peer(self, sslobj: ssl.SSLObject | ssl.SSLSocket | None) -> PeerInfo:
+        """Peer identity facts; raises TlsError when a SAN matcher is configured and the
+        peer's certificate (if any was verified) matches none."""
+        peer = PeerInfo()
+        cert: dict[str, Any] = dict(sslobj.getpeercert() or {}) if sslobj is not None else {}
+        values: list[tuple[str, str]] = [(str(k), str(v))
+                                         for k, v in cert.get("subjectAltName", ())]
+        if cert:
+            peer.validated = True
+            peer.uri_sans = tuple(v for k, v in values if k == "URI")
+            peer.dns_sans = tuple(v for k, v in values if k == "DNS")
+            subject = cert.get("subject", ())
+            peer.subject = ",".join(f"{k}={v}" for rdn in subject for k, v in rdn) or None
+        if self.sans and cert:
+            if not any(k == kind and check(v) for kind, check in self.sans for k, v in values):
+                raise TlsError(f"{VERIFY_FAILED}:verify cert failed: verify SAN list:"
+                               "TLS_error_end", "fail_verify_san")
+        elif self.sans and not self.server:
+            raise TlsError(f"{VERIFY_FAILED}:TLS_error_end", "fail_verify_error")
+        return peer
+
+
+@dataclass
+class PeerInfo:
+    validated: bool = False
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
+    subject: str | None = None
+
+
+def failure_reason(exc: BaseException) -> tuple[str, str]:
+    """(Envoy-style failure reason, ssl.* counter) for a failed handshake."""
+    if isinstance(exc, TlsError):
+        return exc.reason, exc.stat
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        msg = exc.verify_message or "certificate verify failed"
+        return (f"{VERIFY_FAILED}:verify cert failed: {msg}:TLS_error_end",
+                "fail_verify_error")
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).upper()
+        if "CERTIFICATE_REQUIRED" in reason or "PEER DID NOT RETURN A CERTIFICATE" in reason:
+            return ("TLS_error:|268435576:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_"
+                    "CERTIFICATE:TLS_error_end", "no_certificate")
+        return f"TLS_error:|{exc.library or 'SSL routines'}:{reason}:TLS_error_end", \
+            "connection_error"
+    if isinstance(exc, TimeoutError):
+        return "TLS_error:handshake timeout:TLS_error_end", "connection_error"
+    return f"TLS_error:{exc}:TLS_error_end", "connection_error"
+
+
+def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | None:
+    """A ``TransportSocket``: None for raw_buffer (or none), a TlsTransport for tls."""
+    if f is None:
+        return None
+    name = f.string("name")
+    typed = f.fields("typed_config")
+    f.done()
+    url = type_url_of(typed) if typed is not None else None
+    if url == RAW_BUFFER_TYPE or (url is None and name == RAW_BUFFER):
+        if typed is not None:
+            typed.done()
+        return None
+    want = DOWNSTREAM if server else UPSTREAM
+    if url != want or typed is None:
+        where = "a filter chain" if server else "a cluster"
+        raise ConfigError(f.path, f"unsupported transport socket {name!r} ({url}) on {where}",
+                          f"remora reads raw_buffer and {TLS_NAME} with "
+                          f"{want.rsplit('.', 1)[-1]} here")
+    t = TlsTransport(server=server, raw={}, path=typed.at("common_tls_context"))
+    if server:
+        t.require_client_certificate = bool(typed.boolean("require_client_certificate", False))
+        typed.ignore("disable_stateless_session_resumption", "disable_stateful_session_resumption")
+    else:
+        t.sni = typed.string("sni") or None
+    common = typed.fields("common_tls_context", "CommonTlsContext")
+    typed.done()
+    if common is None:
+        raise ConfigError(typed.at("common_tls_context"), "required field is missing")
+    t.raw = common.obj
+    t.alpn = tuple(common.raw("alpn_protocols", []) or ())
+    params = common.fields("tls_params", "TlsParameters")
+    if params is not None:
+        t.min_version = _VERSIONS[params.enum("tls_minimum_protocol_version", tuple(_VERSIONS),
+                                              "TLS_AUTO")]
+        t.max_version = _VERSIONS[params.enum("tls_maximum_protocol_version", tuple(_VERSIONS),
+                                              "TLS_AUTO")]
+        params.done()
+    # Check every field now (ConfigError names it); a file not written yet (SDS) is
+    # read again by the first handshake.
+    with contextlib.suppress(TlsError):
+        t._material()
+    return t
+
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+async def accept_downstream(
+    conn: socket.socket, transport: TlsTransport, limit: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerInfo, str | None]:
+    """Server-side handshake on an accepted socket (tls_inspector only peeked, so the
+    ClientHello is still there). Returns the streams, the peer and the negotiated ALPN.
+    Raises TlsError with Envoy's failure reason."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    try:
+        ctx = transport.context()
+        tr, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    except (OSError, TlsError, TimeoutError) as exc:
+        reason, stat = failure_reason(exc)
+        raise TlsError(reason, stat) from exc
+    writer = asyncio.StreamWriter(tr, protocol, reader, loop)
+    sslobj = tr.get_extra_info("ssl_object")
+    try:
+        peer = transport.verify_peer(sslobj)
+    except TlsError:
+        tr.abort()
+        raise
+    alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+    return reader, writer, peer, alpn
+
+
+def apply_peer(facts: Any, peer: PeerInfo) -> None:
+    """Record the peer certificate in ConnectionFacts (RBAC reads it)."""
+    facts.peer_certificate_validated = peer.validated
+    facts.peer_uri_sans = peer.uri_sans
+    facts.peer_dns_sans = peer.dns_sans
+    facts.peer_subject = peer.subject
+
+
+async def connect_upstream(
+    sock: socket.socket, transport: TlsTransport,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+) -> tuple[asyncio.Transport, PeerInfo, str | None]:
+    """Client-side handshake on a connected socket: SNI, ALPN, then the SAN check.
+    Raises TlsError with Envoy's failure reason (the socket is closed)."""
+    loop = asyncio.get_running_loop()
+    try:
+        ctx = transport.context()
+        tr, _ = await loop.create_connection(
+            protocol_factory, sock=sock, ssl=ctx, server_hostname=transport.sni or "",
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    except (OSError, TlsError, TimeoutError) as exc:
+        sock.close()
+        reason, stat = failure_reason(exc)
+        raise TlsError(reason, stat) from exc
+    sslobj = tr.get_extra_info("ssl_object")
+    try:
+        peer = transport.verify_peer(sslobj)
+    except TlsError:
+        tr.abort()
+        raise
+    alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+    return tr, peer, alpn
