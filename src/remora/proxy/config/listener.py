@@ -17,6 +17,7 @@ from remora.proxy.config.address import Address, parse_address
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.filter_chain_match import FilterChainMatch, check_unique, parse_match
 from remora.proxy.interfaces import AccessLogger, NetworkFilter
+from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
@@ -27,6 +28,7 @@ class FilterChain:
     name: str
     match: FilterChainMatch
     filters: list[NetworkFilter]
+    transport: TlsTransport | None = None  # transport_socket tls; None for raw_buffer
 
 
 @dataclass
@@ -70,18 +72,7 @@ def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
     filters: list[NetworkFilter] = []
     raw_filters = list(f.each("filters", "Filter"))
     f.done()
-    if transport is not None:
-        t_name = transport.string("name")
-        t_typed = transport.fields("typed_config")
-        transport.done()
-        t_url = type_url_of(t_typed) if t_typed is not None else None
-        if t_url != "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" and \
-                t_name != "envoy.transport_sockets.raw_buffer":
-            raise ConfigError(transport.path,
-                              f"unsupported transport socket {t_name or t_url!r}",
-                              "remora's core proxy serves raw_buffer (plain TCP) chains")
-        if t_typed is not None:
-            t_typed.done()
+    tls = parse_transport_socket(transport, server=True)  # proxy/transport/tls.py
     if not raw_filters:
         raise ConfigError(f.at("filters"), "a filter chain needs at least one network filter")
     for item in raw_filters:
@@ -93,7 +84,11 @@ def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
         if typed is None:
             typed = Fields({}, item.at("typed_config"))
         filters.append(ext.factory(typed, context))
-    return FilterChain(name=name, match=match, filters=filters)
+    for filt in filters:  # e.g. network RBAC logs a denial with the chain's loggers
+        bind = getattr(filt, "bind_chain", None)
+        if bind is not None:
+            bind(filters)
+    return FilterChain(name=name, match=match, filters=filters, transport=tls)
 
 
 def parse_listener(raw: Any, path: str, context: Any) -> ListenerConfig:

@@ -22,6 +22,7 @@ from remora.proxy.interfaces import ConnectionFacts
 from remora.proxy.listener_filters import AcceptedSocket
 from remora.proxy.server.downstream import DownstreamConnection
 from remora.proxy.stream_info import StreamInfo, format_address
+from remora.proxy.transport import tls
 
 if TYPE_CHECKING:
     from remora.proxy.server.runtime import Server
@@ -161,7 +162,19 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
             log.debug("no filter chain for %s on %s", info.downstream_local_address, cfg.name)
             return
         info.filter_chain_name = chain.name
-        reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)
+        if chain.transport is not None:  # terminate TLS now that the chain is chosen
+            try:
+                reader, writer, peer, alpn = await tls.accept_downstream(
+                    conn, chain.transport, cfg.buffer_limit)
+            except tls.TlsError as exc:
+                stats.inc(listener.prefix + "ssl." + exc.stat)
+                log.debug("TLS handshake on %s failed: %s", cfg.name, exc.reason)
+                return
+            stats.inc(listener.prefix + "ssl.handshake")
+            tls.apply_peer(facts, peer)
+            info.downstream_alpn = alpn or info.downstream_alpn
+        else:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)
         downstream = DownstreamConnection(reader, writer, facts, info)
         for filt in chain.filters:
             await filt.on_connection(downstream)

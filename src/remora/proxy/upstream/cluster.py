@@ -118,7 +118,8 @@ class ClusterImpl:
         try:
             upstream, connect_ms = await open_upstream(
                 target[0], target[1], timeout=cfg.connect_timeout, source=source,
-                original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive)
+                original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
+                tls=cfg.transport)
         except UpstreamError as err:
             self.active["connections"] -= 1
             self._cb_gauges("connections")

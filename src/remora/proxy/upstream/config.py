@@ -11,6 +11,7 @@ from typing import Any
 
 from remora.proxy.config.address import Address, parse_address, parse_socket_address
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -54,6 +55,7 @@ class ClusterConfig:
         default_factory=lambda: HttpProtocolOptions())
     metadata: dict[str, Any] = field(default_factory=dict)
     use_http_header: bool = False  # original_dst_lb_config
+    transport: TlsTransport | None = None  # transport_socket tls (proxy/transport/tls.py)
     http_header_name: str = "x-envoy-original-dst-host"
 
 
@@ -237,14 +239,5 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
             ka.integer("keepalive_interval")
             ka.done()
             cfg.keepalive = True
-    if transport is not None:
-        t_name = transport.string("name")
-        typed = transport.fields("typed_config")
-        transport.done()
-        if t_name != "envoy.transport_sockets.raw_buffer":
-            raise ConfigError(transport.path, f"unsupported transport socket {t_name!r}",
-                              "remora's core proxy connects upstream with raw_buffer")
-        if typed is not None:
-            typed.ignore("@type")
-            typed.done()
+    cfg.transport = parse_transport_socket(transport, server=False)
     return cfg

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from remora.proxy.interfaces import OriginalSrc, Upstream, UpstreamError
 from remora.proxy.stream_info import format_address
+from remora.proxy.transport.tls import TlsError, TlsTransport
+from remora.proxy.transport.tls import connect_upstream as tls_connect
 
 IP_TRANSPARENT = 19  # linux/in.h
 IPV6_TRANSPARENT = 75  # linux/in6.h
@@ -51,7 +53,7 @@ def _strerror(exc: OSError) -> str:
 async def open_upstream(
     ip: str, port: int, *, timeout: float, source: tuple[str, int] | None,
     original_src: OriginalSrc | None, on_lost: Callable[[int], None], limit: int = 1 << 20,
-    keepalive: bool = False,
+    keepalive: bool = False, tls: TlsTransport | None = None,
 ) -> tuple[Upstream, float]:
     """Connect to IP:PORT; returns the Upstream and the connect time in ms.
     Raises UpstreamError("UF", reason) on failure (reason "" for a connect timeout)."""
@@ -105,7 +107,12 @@ async def open_upstream(
     reader = asyncio.StreamReader(limit=limit)
     protocol = TrackedProtocol(reader, on_lost)
     try:
-        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+        if tls is not None:  # envoy.transport_sockets.tls: handshake, SAN check (UF + reason)
+            transport, _peer, _alpn = await tls_connect(sock, tls, lambda: protocol)
+        else:
+            transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+    except TlsError as exc:
+        raise UpstreamError("UF", exc.reason, host) from exc
     except OSError as exc:
         sock.close()
         raise UpstreamError("UF", f"delayed connect error: {_strerror(exc)}", host) from exc
