@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http.header_mutation import HeaderMutations, parse_mutations
 from remora.proxy.http.per_filter import parse_typed_per_filter_config
 from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
 
@@ -65,6 +66,9 @@ class Route:
     direct_response: tuple[int, bytes] | None = None
     per_filter: dict[str, Any] = field(default_factory=dict)
     vhost: VirtualHost | None = None
+    # route, then vhost, then table
+    request_mutations: HeaderMutations = field(default_factory=HeaderMutations)
+    response_mutations: HeaderMutations = field(default_factory=HeaderMutations)
 
     def matches(self, path: str, headers: dict[str, str]) -> bool:
         if self.prefix is not None:
@@ -99,6 +103,9 @@ class VirtualHost:
     per_filter: dict[str, Any] = field(default_factory=dict)
     retry_policy: RetryPolicy | None = None
     table: RouteTable | None = None
+    # vhost, then table
+    request_mutations: HeaderMutations = field(default_factory=HeaderMutations)
+    response_mutations: HeaderMutations = field(default_factory=HeaderMutations)
 
 
 @dataclass
@@ -263,6 +270,8 @@ def _route(f: Fields, vhost: VirtualHost) -> Route:
         direct.done()
         r.direct_response = (status, data)
     f.ignore("decorator")  # only feeds tracing spans, which remora does not emit
+    r.request_mutations = parse_mutations(f, "request").then(vhost.request_mutations)
+    r.response_mutations = parse_mutations(f, "response").then(vhost.response_mutations)
     r.per_filter = parse_typed_per_filter_config(f)
     f.done()
     return r
@@ -280,6 +289,8 @@ def parse_route_configuration(f: Fields) -> RouteTable:
     name = f.string("name", "") or ""
     f.ignore("validate_clusters")  # routes to unknown clusters answer 503 NC at request time
     per_filter = parse_typed_per_filter_config(f)
+    table_req = parse_mutations(f, "request")
+    table_resp = parse_mutations(f, "response")
     vhosts: list[VirtualHost] = []
     for vf in f.each("virtual_hosts", "VirtualHost"):
         vh = VirtualHost(name=vf.string("name", required=True),
@@ -288,6 +299,8 @@ def parse_route_configuration(f: Fields) -> RouteTable:
             raise ConfigError(vf.at("domains"), "a virtual host needs at least one domain")
         rp = vf.fields("retry_policy", "RetryPolicy")
         vh.retry_policy = parse_retry_policy(rp) if rp is not None else None
+        vh.request_mutations = parse_mutations(vf, "request").then(table_req)
+        vh.response_mutations = parse_mutations(vf, "response").then(table_resp)
         vh.per_filter = parse_typed_per_filter_config(vf)
         cors = vf.fields("cors", "CorsPolicy")  # deprecated v3 field, same as per-filter config
         if cors is not None:

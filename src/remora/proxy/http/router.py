@@ -20,6 +20,7 @@ from remora.proxy import registry
 from remora.proxy.config.strict import Fields
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.connection import BUFFER_LIMIT, READ_SIZE
+from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
@@ -235,7 +236,19 @@ class _Forward:
             if 0 < per_try < remaining:
                 remaining = per_try
             extra = ("x-envoy-expected-rq-timeout-ms", str(max(int(remaining * 1000), 0)))
-        w.write(encode_request_head(stream.method, stream.path, stream.upstream_headers, extra))
+        headers = stream.upstream_headers
+        mutations = self.route.request_mutations
+        if mutations:
+            headers = apply_mutations(headers, mutations)
+            hdrs = stream.info.request_headers
+            if hdrs is not None:  # REQ() in the access log sees the mutated request
+                for name in mutations.remove:
+                    hdrs.pop(name, None)
+                for name, _, _ in mutations.add:
+                    values = [v for n, v in headers if n == name]
+                    if values:
+                        hdrs[name] = ",".join(values)
+        w.write(encode_request_head(stream.method, stream.path, headers, extra))
         sink = BodySink(w, req.chunked)
         for chunk in req.body:
             sink.data(chunk)
@@ -353,6 +366,7 @@ class _Forward:
         chunked = dec.chunked or (not framed and status not in (204, 304) and not stream.head)
         ms = int((time.monotonic() - self.started) * 1000)
         stream.encode_headers(status, dec.headers, chunked=chunked,
+                              mutations=self.route.response_mutations,
                               service_time_ms=None if self.router.suppress else ms)
 
     def _count_response(self, status: int) -> None:

@@ -14,6 +14,8 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from remora.proxy.http.codec import Request, status_line
+from remora.proxy.http.header_mutation import HeaderMutations
+from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.headers import (
     HOP_BY_HOP,
     connection_nominated,
@@ -169,7 +171,8 @@ class ActiveStream:
     # -- response side --------------------------------------------------------------------
     def encode_headers(self, status: int, headers: list[tuple[str, str]], *, chunked: bool,
                        service_time_ms: int | None = None,
-                       tail: tuple[tuple[str, str], ...] = ()) -> None:
+                       tail: tuple[tuple[str, str], ...] = (),
+                       mutations: HeaderMutations | None = None) -> None:
         """Write the response head downstream; CHUNKED: body is re-framed as chunks."""
         cfg = self.conn.cfg
         self.response_started = True
@@ -182,6 +185,7 @@ class ActiveStream:
         transformation = cfg.server_header_transformation
         server_seen = transformation == "PASS_THROUGH"  # never added then
         svc = None if service_time_ms is None else str(service_time_ms)
+        hl: list[tuple[str, str]] = []
         for n, v in headers:
             if n in _RESPONSE_HOP:
                 continue
@@ -195,11 +199,14 @@ class ActiveStream:
                     v = cfg.server_name
             elif n == "x-envoy-upstream-service-time" and svc is not None:
                 v, svc = svc, None
+            hl.append((n, v))
+        if svc is not None:
+            hl.append(("x-envoy-upstream-service-time", svc))
+        if mutations:  # the route's response_headers_to_add/remove, after the service time
+            hl = apply_mutations(hl, mutations)
+        for n, v in hl:
             resp[n] = v
             parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
-        if svc is not None:
-            resp["x-envoy-upstream-service-time"] = svc
-            parts.append(b"x-envoy-upstream-service-time: %s\r\n" % svc.encode())
         extra: list[tuple[str, str]] = []
         for f in self.conn.encoders:
             f.encode_headers(self, status, extra)

@@ -176,3 +176,49 @@ def test_upstream_service_time_measures_the_upstream() -> None:
     run(body)
 
 
+
+
+def test_route_header_mutations_in_envoys_order() -> None:
+    async def body() -> None:
+        route = {"name": "r", "match": {"prefix": "/"},
+                 "route": {"cluster": "app", "timeout": "0s"},
+                 "request_headers_to_add": [
+                     {"header": {"key": "x-route", "value": "r"}},
+                     {"header": {"key": "x-level", "value": "route"},
+                      "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                 "request_headers_to_remove": ["x-secret"],
+                 "response_headers_to_add": [{"header": {"key": "x-served-by", "value": "100%%"}}],
+                 "response_headers_to_remove": ["x-app"]}
+        cfg = hcm_config([route], vhost_extra={"request_headers_to_add": [
+            {"header": {"key": "x-level", "value": "vhost"}, "append": False},
+            {"header": {"key": "x-route", "value": "v"}, "append_action": "ADD_IF_ABSENT"}]})
+        hcm, _, _, ctx = await setup(cfg)
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            r = await c.get("/", headers="x-secret: 1\r\nx-level: client\r\n")
+        seen = r.json()["headers"]
+        hm = dict(seen)
+        assert "x-secret" not in hm
+        assert hm["x-level"] == "vhost"  # the enclosing level is applied last
+        assert [v for n, v in seen if n == "x-route"] == ["r"]
+        assert r.header("x-served-by") == "100%"
+        # as Envoy 1.40 orders them: an overwritten header moves to the end; response
+        # additions come right after x-envoy-upstream-service-time
+        assert [n for n, _ in seen][-2:] == ["x-route", "x-level"]
+        names = [n for n, _ in r.headers]
+        assert names[names.index("x-envoy-upstream-service-time") + 1] == "x-served-by"
+        assert ctx.logger.infos[0].request_headers["x-level"] == "vhost"
+    run(body)
+
+
+def test_header_value_substitution_is_refused() -> None:
+    import pytest
+
+    from remora.proxy.config.strict import ConfigError
+    from tests.unit.proxy.http.fakes import FakeCluster, FakeClusterManager, FakeContext, build_hcm
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "app"},
+             "request_headers_to_add": [{"header": {"key": "x-ip",
+                                                    "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}}]}
+    with pytest.raises(ConfigError) as err:
+        build_hcm(hcm_config([route]), FakeContext(FakeClusterManager(FakeCluster("app", []))))
+    assert err.value.path.endswith("request_headers_to_add[0].header.value")
