@@ -1,7 +1,8 @@
 """`remora explain source-ip`: where a client's IP is lost, why, and how to keep it.
 
 Offline it reads what a user collects from a real cluster (docs/explain.md); the live form
-(`--from POD -n NS --to SERVICE[:PORT]`) needs the remora lab and is refused until then.
+(`--from POD -n NS --to SERVICE[:PORT]|POD[:PORT]`) collects the same evidence from the
+running remora lab and sends a probe request (remora.diagnose.live).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +18,10 @@ from remora.diagnose import evidence_files as files
 from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import split_hostport
 from remora.errors import RemoraError, UsageError
+
+if TYPE_CHECKING:
+    from remora.diagnose.live import LiveRun
+    from remora.diagnose.source_ip import Report
 
 _SIDE_HELP = "repeatable; prefix client= or server= (default server)"
 
@@ -82,26 +88,30 @@ def _write_diagram(path: Path, svg: str) -> str:
               help="also draw the path, marking where the source address changes")
 @click.option("--compare", is_flag=True,
               help="table: what the app sees under REDIRECT/TPROXY and each header option")
+@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
+              help="live: the lab's state directory [default: /var/lib/remora]")
 def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
               access_log: tuple[str, ...], client_ip: str | None, server_ip: str | None,
               client_pod: str | None, server_pod: str | None, to: str | None,
               from_: str | None, namespace: str | None, http_path: str, output: str,
-              diagram: Path | None, compare: bool) -> None:
+              diagram: Path | None, compare: bool, state_dir: str | None) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
     if from_:
-        raise RemoraError("the live form (--from POD) is not wired to the remora lab yet",
-                          "use the offline form with the lab pods' evidence: `remora exec -n NS "
-                          "POD -- iptables-save`, `remora proxy-config all POD -n NS -o json`, "
-                          "`remora logs POD -n NS -c istio-proxy` saved to files and passed with "
-                          "--iptables / --config-dump / --access-log (or --istio-dump DIR)")
+        if istio_dump or config_dump or iptables or access_log:
+            raise UsageError("--from (live, from the lab) and evidence files (offline) do not "
+                             "mix", "drop --from to read the files, or drop the files")
+        if not to:
+            raise UsageError("--from needs --to: the service or pod the client connects to",
+                             "e.g. --from deploy/simple-client -n demo-from "
+                             "--to simple-server-svc.demo-to:18080")
+        _live(from_, namespace or "default", to, http_path, output, diagram, compare,
+              state_dir)
+        return
     if not (istio_dump or config_dump or iptables or access_log):
         raise UsageError("no evidence given",
                          "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "
                          "files (see `remora explain source-ip --help`)")
     from remora.diagnose.source_ip import explain_source_ip
-    from remora.diagnose.source_ip_compare import compare_table, render_compare
-    from remora.diagnose.source_ip_render import render_json, render_text
-    from remora.diagnose.source_ip_svg import render_svg
 
     ev = Evidence()
     if istio_dump:
@@ -119,18 +129,45 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
             raise UsageError(f"--to {to}: the port is not a number", "use --to HOST:PORT")
         ev.target.host, ev.target.port = host or None, port
     ev.target.path = http_path
-    report = explain_source_ip(ev)
+    _print(ev, explain_source_ip(ev), output, diagram, compare)
+
+
+def _live(from_: str, namespace: str, to: str, http_path: str, output: str,
+          diagram: Path | None, compare: bool, state_dir: str | None) -> None:
+    from remora.diagnose import live
+    from remora.lab import session
+
+    run = live.collect(session.state_dir(state_dir), from_, namespace, to, http_path)
+    _print(run.evidence, live.explain(run), output, diagram, compare, run)
+
+
+def _print(ev: Evidence, report: Report, output: str, diagram: Path | None, compare: bool,
+           run: LiveRun | None = None) -> None:
+    """The same output offline and live; live adds the probe, its pods and counters."""
+    import json
+
+    from remora.diagnose import live_render
+    from remora.diagnose.source_ip_compare import compare_table, render_compare
+    from remora.diagnose.source_ip_render import render_json, render_text, to_json
+    from remora.diagnose.source_ip_svg import render_svg
+
     if compare:
         table = compare_table(ev, report)
         if output == "json":
-            import json
-
             click.echo(json.dumps([row.__dict__ for row in table], indent=2))
         else:
+            if run is not None:
+                click.echo("\n".join(live_render.header_lines(run)) + "\n")
             click.echo(render_compare(table), nl=False)
     elif output == "json":
-        click.echo(render_json(report), nl=False)
-    else:
+        if run is None:
+            click.echo(render_json(report), nl=False)
+        else:
+            click.echo(json.dumps({**to_json(report), "live": live_render.to_json(run)},
+                                  indent=2))
+    elif run is None:
         click.echo(render_text(report), nl=False)
+    else:
+        click.echo(live_render.text(run, render_text(report)), nl=False)
     if diagram is not None:
         click.echo(_write_diagram(diagram, render_svg(report)), err=True)

@@ -74,8 +74,11 @@ def test_compare_and_diagram(seed_dump: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--from", "simple-client", "-n", "demo-from", "--to", "simple-server-svc:18080"],
-     "live form (--from POD) is not wired to the remora lab yet"),
+    (["--from", "simple-client", "-n", "demo-from", "--to", "simple-server-svc:18080",
+      "--state-dir", "/nonexistent-remora-lab"],
+     "no lab is running at /nonexistent-remora-lab"),
+    (["--from", "simple-client", "-n", "demo-from"], "--from needs --to"),
+    (["--from", "simple-client", "--to", "svc:80", "--iptables", "x.txt"], "do not mix"),
     ([], "no evidence given"),
     (["--config-dump", "/nonexistent/config_dump.json"], "does not exist"),
     (["--istio-dump", "/nonexistent-dir"], "is not a directory"),

@@ -1,0 +1,120 @@
+"""Which lab pods a live `explain source-ip` is about: --from and --to against the
+objects the node daemon returns (no lab needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from remora.diagnose.live_target import find_pod, resolve_destination, split_to
+from remora.errors import RemoraError, UsageError
+
+
+def pod(name: str, ns: str, ip: str, labels: dict[str, str], sidecar: bool = True,
+        ready: bool = True, owner: str | None = None, ports: list[int] | None = None,
+        deleting: bool = False) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = [
+        {"name": "demo", "ports": [{"containerPort": p} for p in ports or []]}]
+    if sidecar:
+        containers.append({"name": "istio-proxy"})
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [{"kind": "Deployment", "name": owner}]
+    if deleting:
+        meta["deletionTimestamp"] = "now"
+    return {"metadata": meta, "spec": {"containers": containers},
+            "status": {"podIP": ip, "ready": ready},
+            "remora": {"netns": f"x-pod-{name}" if ip else "", "status": "Running"}}
+
+
+def svc(name: str, ns: str, ip: str, selector: dict[str, str],
+        ports: list[int]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "selector": selector,
+                     "ports": [{"port": p, "targetPort": p} for p in ports]}}
+
+
+PODS = [
+    pod("simple-client-abc12-xyz89", "demo-from", "10.20.0.78", {"web": "client"},
+        owner="simple-client"),
+    pod("simple-server-def34-uvw56", "demo-to", "10.20.0.77", {"web": "server"},
+        owner="simple-server"),
+    pod("simple-server-old00-gone0", "demo-to", "10.20.0.70", {"web": "server"},
+        owner="simple-server", deleting=True),
+    pod("plain-0", "plain", "10.20.0.80", {"web": "plain"}, sidecar=False, ports=[8080]),
+    pod("pending-0", "plain", "", {"web": "pending"}, ready=False),
+]
+SERVICES = [svc("simple-server-svc", "demo-to", "172.16.1.170", {"web": "server"}, [18080]),
+            svc("lonely-svc", "demo-to", "172.16.1.171", {"web": "nobody"}, [80])]
+
+
+def test_client_by_name_by_deployment_and_name_dot_namespace() -> None:
+    for ref, ns in (("simple-client-abc12-xyz89", "demo-from"),
+                    ("deploy/simple-client", "demo-from"),
+                    ("simple-client-abc12-xyz89.demo-from", "default")):
+        p = find_pod(PODS, ref, ns)
+        assert (p.name, p.namespace, p.ip, p.netns, p.has_sidecar, p.app_container) == (
+            "simple-client-abc12-xyz89", "demo-from", "10.20.0.78",
+            "x-pod-simple-client-abc12-xyz89", True, "demo")
+
+
+def test_missing_and_pending_pods_are_named() -> None:
+    with pytest.raises(RemoraError, match="client pod 'nope' not found in namespace 'demo-from'"):
+        find_pod(PODS, "nope", "demo-from")
+    with pytest.raises(RemoraError, match="deployment 'nope' has no pods"):
+        find_pod(PODS, "deploy/nope", "demo-from")
+    with pytest.raises(RemoraError, match="pending-0 is not running yet"):
+        find_pod(PODS, "pending-0", "plain")
+    with pytest.raises(UsageError, match="expected POD or deploy/NAME"):
+        find_pod(PODS, "svc/simple-server-svc", "demo-to")
+
+
+@pytest.mark.parametrize("to", ["simple-server-svc.demo-to:18080", "simple-server-svc.demo-to",
+                                "simple-server-svc.demo-to.svc.cluster.local:18080",
+                                "172.16.1.170:18080"])
+def test_service_forms(to: str) -> None:
+    d = resolve_destination(to, "demo-from", SERVICES, PODS)
+    assert (d.kind, d.name, d.namespace, d.host, d.port, d.authority) == (
+        "service", "simple-server-svc", "demo-to", "172.16.1.170", 18080,
+        "simple-server-svc.demo-to:18080")
+    # the terminating pod is not an endpoint
+    assert [p.name for p in d.candidates] == ["simple-server-def34-uvw56"]
+
+
+def test_service_in_the_clients_namespace_by_short_name() -> None:
+    d = resolve_destination("simple-server-svc:18080", "demo-to", SERVICES, PODS)
+    assert d.kind == "service" and d.host == "172.16.1.170"
+
+
+def test_pod_forms_and_ports() -> None:
+    d = resolve_destination("simple-server-def34-uvw56.demo-to", "demo-from", SERVICES, PODS)
+    # no port given: the target port of the service that selects it
+    assert (d.kind, d.host, d.port, d.authority) == ("pod", "10.20.0.77", 18080,
+                                                     "10.20.0.77:18080")
+    d = resolve_destination("plain-0:9000", "plain", SERVICES, PODS)
+    assert (d.host, d.port, d.candidates[0].has_sidecar) == ("10.20.0.80", 9000, False)
+    d = resolve_destination("plain-0", "plain", SERVICES, PODS)
+    assert d.port == 8080  # its containerPort
+    d = resolve_destination("10.20.0.80:8080", "default", SERVICES, PODS)
+    assert d.kind == "pod" and d.name == "plain-0"
+
+
+@pytest.mark.parametrize("to,error,message", [
+    ("nothing.demo-to:80", RemoraError, "no service or pod named 'nothing' in namespace "
+                                        "'demo-to'"),
+    ("simple-server-svc.demo-to:9999", RemoraError, "has no port 9999 (its ports: 18080)"),
+    ("lonely-svc.demo-to", RemoraError, "has no ready endpoint for port 80"),
+    ("simple-server-svc.demo-to:http", UsageError, "is not a port number"),
+    ("10.9.9.9:80", RemoraError, "no service ClusterIP or pod IP 10.9.9.9"),
+])
+def test_bad_destinations(to: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_destination(to, "demo-from", SERVICES, PODS)
+
+
+def test_split_to() -> None:
+    assert split_to("svc.ns:80") == ("svc.ns", 80)
+    assert split_to("svc.ns") == ("svc.ns", None)
+    assert split_to("fd00::1") == ("fd00::1", None)
+    assert split_to("[fd00::1]:80") == ("fd00::1", 80)
