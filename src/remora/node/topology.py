@@ -109,7 +109,12 @@ def _ensure_node(prefix: str, plan: AddressPlan, node: NodeNet, fabric: str) -> 
         ipr.route("replace", dst=str(plan.service_cidr), type="local", table=255, scope=254,
                   oif=netlink.link_index(ipr, "lo"))
         if not ipr.link_lookup(ifname=naming.BRIDGE):
-            ipr.link("add", ifname=naming.BRIDGE, kind="bridge")
+            # A fixed MAC: a bridge without one takes the lowest MAC of its ports, so it
+            # changes when a pod's veth comes or goes and the other pods' cached neighbour
+            # entry for the gateway goes stale (their traffic is dropped until it expires).
+            mac = "02:" + ":".join(naming.short_hash(node.netns, length=10)[i:i + 2]
+                                   for i in range(0, 10, 2))
+            ipr.link("add", ifname=naming.BRIDGE, kind="bridge", address=mac)
         _ensure_addr(ipr, naming.BRIDGE, str(node.subnet.gateway), node.subnet.subnet.prefixlen)
         _up(ipr, naming.BRIDGE)
         _ensure_addr(ipr, naming.NODE_UPLINK, str(node.subnet.node_ip),
