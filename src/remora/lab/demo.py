@@ -117,13 +117,15 @@ class Demo:
                  count: int = 2) -> None:
         deadline = time.monotonic() + self.timeout
         regex = re.compile(pattern)
+        text = ""
         while time.monotonic() < deadline:
             text = self.client().logs(namespace, pod, container)["text"]
             if len(regex.findall(text)) >= count:
                 return
             time.sleep(0.3)
+        last = (text.strip().splitlines() or ["nothing"])[-1]
         raise RemoraError(f"pod {namespace}/{pod} ({container or 'app'}) logged no line "
-                          f"matching {pattern!r} in {self.timeout:.0f}s",
+                          f"matching {pattern!r} in {self.timeout:.0f}s (last: {last[:300]})",
                           f"see `remora logs -n {namespace} {pod} -c istio-proxy`")
 
     def reset(self) -> None:
