@@ -17,6 +17,7 @@ HCM = "envoy.filters.network.http_connection_manager"
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
 ORIGINAL_SRC = "envoy.filters.listener.original_src"
 HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 
 BLACKHOLE = "BlackHoleCluster"
 PASSTHROUGH = "PassthroughCluster"
@@ -75,6 +76,7 @@ def listener_filter(name: str, **config: Any) -> JSON:
         ORIGINAL_DST: "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
         ORIGINAL_SRC: "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
         HTTP_INSPECTOR: "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        TLS_INSPECTOR: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     }
     return {"name": name, "typed_config": {"@type": TYPE + types[name], **config}}
 
@@ -167,7 +169,7 @@ LISTENER_FIELDS = ("name", "address", "filter_chains", "use_original_dst", "list
 FILTER_CHAIN_FIELDS = ("filter_chain_match", "filters", "transport_socket", "name")
 CLUSTER_FIELDS = ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
                   "load_assignment", "circuit_breakers", "cleanup_interval",
-                  "upstream_bind_config", "metadata")
+                  "upstream_bind_config", "transport_socket", "metadata")
 
 
 def proto_order(message: JSON, fields: tuple[str, ...]) -> JSON:

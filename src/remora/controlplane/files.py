@@ -20,7 +20,7 @@ from remora.controlplane.generate import SidecarConfig
 
 
 def _order(name: str) -> int:
-    if name.startswith("eds/"):
+    if name.startswith(("eds/", "sds/")):  # secrets too: listeners and clusters name them
         return 0
     return {"cds.json": 1, "lds.json": 2, "bootstrap.json": 3}.get(name, 4)
 

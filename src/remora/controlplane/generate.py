@@ -22,11 +22,13 @@ import json
 from dataclasses import dataclass, field
 
 from remora.controlplane import envoy_common as e
+from remora.controlplane.authn import workload_authn
 from remora.controlplane.envoy_common import JSON
 from remora.controlplane.health import static_clusters, static_listeners
 from remora.controlplane.inbound import inbound_clusters, passthrough_clusters, virtual_inbound
 from remora.controlplane.injection import interception_mode, workload_name
 from remora.controlplane.model import Snapshot, inbound_ports
+from remora.controlplane.mtls import MeshSecurity
 from remora.controlplane.outbound import (
     eds_file_name,
     outbound_clusters,
@@ -34,6 +36,7 @@ from remora.controlplane.outbound import (
     outbound_listeners,
     virtual_outbound,
 )
+from remora.controlplane.rbac import applicable, http_rbac_filters, network_rbac_filters
 from remora.resources.objects import Pod
 
 LISTENER_TYPE = e.TYPE + "envoy.config.listener.v3.Listener"
@@ -97,20 +100,35 @@ def bootstrap(pod: Pod, ip: str, config_dir: str) -> JSON:
     }
 
 
-def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str) -> SidecarConfig:
+def mesh_security(snapshot: Snapshot, pod: Pod, config_dir: str, certs_dir: str
+                  ) -> MeshSecurity:
+    """mTLS settings and RBAC filters for POD from the snapshot's policies."""
+    policies = applicable(snapshot.authorization_policies, pod)
+    return MeshSecurity(config_dir=config_dir, certs_dir=certs_dir.rstrip("/") or "/",
+                        authn=workload_authn(snapshot.peer_authentications, pod),
+                        http_rbac=http_rbac_filters(policies),
+                        network_rbac=network_rbac_filters(policies))
+
+
+def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str,
+             certs_dir: str | None = None) -> SidecarConfig:
     """The Envoy config istiod would give the sidecar of ``pod`` (running at ``ip``).
 
     ``config_dir`` is where the files will live (absolute; the bootstrap names it).
+    ``certs_dir`` (where the CA writes the pod's cert-chain.pem, key.pem, root-cert.pem)
+    turns on auto mTLS, PeerAuthentication and AuthorizationPolicy; without it the
+    config is plain text, as a mesh without a CA.
     """
     config_dir = config_dir.rstrip("/") or "/"
     tproxy = interception_mode(pod) == "TPROXY"
     ports = inbound_ports(snapshot, pod)
+    sec = mesh_security(snapshot, pod, config_dir, certs_dir) if certs_dir else None
     listeners = [e.ordered_listener(x) for x in (
-        virtual_outbound(tproxy), virtual_inbound(ports, tproxy),
+        virtual_outbound(tproxy), virtual_inbound(ports, tproxy, sec),
         *outbound_listeners(snapshot, pod.metadata.namespace))]
     clusters = [e.proto_order(c, e.CLUSTER_FIELDS) for c in (
         *passthrough_clusters(), *inbound_clusters(ports),
-        *outbound_clusters(snapshot, config_dir))]
+        *outbound_clusters(snapshot, config_dir, sec))]
     eds = outbound_endpoints(snapshot)
     boot = bootstrap(pod, ip, config_dir)
     files: dict[str, JSON] = {
@@ -120,6 +138,8 @@ def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str) -> SidecarC
     }
     for name, cla in eds.items():
         files[eds_file_name(name)] = discovery_response(CLA_TYPE, [cla])
+    if sec is not None:
+        files.update(sec.sds_files())
     return SidecarConfig(config_dir=config_dir, bootstrap=boot, listeners=listeners,
                          clusters=clusters, endpoints=eds, files=files)
 

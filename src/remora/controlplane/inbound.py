@@ -15,14 +15,21 @@ Listener filters: original_dst; plus original_src (mark 1337) and ``transparent:
 in TPROXY mode (listener_inbound.go populateListenerFilters / buildInboundListener);
 http_inspector for sniffing.
 
-mTLS seam: with PeerAuthentication, Istio adds tls_inspector and, per chain set, chains
-with ``transport_protocol: tls`` (+ ALPN istio-http/1.1...) and a transport_socket; they
-would be emitted by ``_port_chains`` next to the raw_buffer chains built here.
+mTLS (with a ``MeshSecurity``, controlplane/mtls.py): tls_inspector joins the listener
+filters and each chain set gets, by the port's PeerAuthentication mode
+(listener_inbound.go inboundPermissive/StrictFilterChainMatchOptions), in Istio's order:
+HTTP  ``tls`` + ALPN istio-http/1.0,1.1,h2 (terminates mTLS) | ``raw_buffer``;
+TCP   ``tls`` + ALPN istio-peer-exchange,istio (terminates) | ``raw_buffer`` | ``tls``
+without ALPN (an app's own TLS, passed through). PERMISSIVE keeps all of them, STRICT
+only the terminating ones (its TCP ``tls`` chain terminates whatever the ALPN), DISABLE
+only raw_buffer. AuthorizationPolicy RBAC filters go first in every HCM and before
+every tcp_proxy.
 """
 
 from __future__ import annotations
 
 from remora.controlplane import envoy_common as e
+from remora.controlplane.authn import DISABLE, PERMISSIVE, STRICT
 from remora.controlplane.envoy_common import JSON
 from remora.controlplane.model import (
     AUTO,
@@ -32,6 +39,7 @@ from remora.controlplane.model import (
     inbound_cluster_name,
     service_refs,
 )
+from remora.controlplane.mtls import MTLS_HTTP_ALPNS, MTLS_TCP_ALPNS, MeshSecurity
 
 INBOUND_LISTENER_PORT = 15006
 ALL_V4 = [{"address_prefix": "0.0.0.0", "prefix_len": 0}]
@@ -49,53 +57,103 @@ def _inbound_route_config(name: str, vhost: str, cluster: str, operation: str | 
     }
 
 
-def _port_chains(p: InboundPort) -> list[JSON]:
-    cluster = inbound_cluster_name(p.port)
-    name = f"0.0.0.0_{p.port}"
-    svc = p.services[0]
-    hcm = e.http_connection_manager(
-        f"inbound_0.0.0.0_{p.port}",
-        _inbound_route_config(cluster, f"inbound|http|{p.port}", cluster,
-                              f"{svc.fqdn}:{p.port}/*"),
-        inbound=True)
+def _with_rbac(hcm: JSON, sec: MeshSecurity | None) -> JSON:
+    if sec is not None and sec.http_rbac:
+        typed = hcm["typed_config"]
+        typed["http_filters"] = [*sec.http_rbac, *typed["http_filters"]]
+    return hcm
+
+
+def _tcp(cluster: str, sec: MeshSecurity | None, log: bool = True) -> list[JSON]:
+    rbac = list(sec.network_rbac) if sec is not None else []
+    return [*rbac, e.tcp_proxy(cluster, log=log)]
+
+
+def _chain_set(name: str, port_match: JSON, mode: str, sec: MeshSecurity | None,
+               http: JSON | None, http_alpn: list[str] | None, tcp: list[JSON] | None
+               ) -> list[JSON]:
+    """The chains of one port (or of the passthrough) in Istio's order for MODE."""
+    def chain(match: JSON, filters: list[JSON], tls: JSON | None = None) -> JSON:
+        out: JSON = {"name": name, "filter_chain_match": {**port_match, **match},
+                     "filters": filters}
+        if tls is not None:
+            out["transport_socket"] = tls
+        return out
+
     chains: list[JSON] = []
-    if p.protocol in (HTTP, AUTO):
-        match: JSON = {"destination_port": p.port, "transport_protocol": "raw_buffer"}
-        if p.protocol == AUTO:
-            match["application_protocols"] = list(e.PLAINTEXT_HTTP_ALPNS)
-        chains.append({"name": name, "filter_chain_match": match, "filters": [hcm]})
-    if p.protocol in (TCP, AUTO):
-        chains.append({"name": name,
-                       "filter_chain_match": {"destination_port": p.port,
-                                              "transport_protocol": "raw_buffer"},
-                       "filters": [e.tcp_proxy(cluster)]})
+    terminate = sec is not None and mode in (PERMISSIVE, STRICT)
+    plaintext = sec is None or mode in (PERMISSIVE, DISABLE)
+    if http is not None:
+        if terminate:
+            assert sec is not None
+            chains.append(chain({"transport_protocol": "tls",
+                                 "application_protocols": list(MTLS_HTTP_ALPNS)},
+                                [http], sec.downstream(http=True)))
+        if plaintext:
+            match: JSON = {"transport_protocol": "raw_buffer"}
+            if http_alpn:
+                match["application_protocols"] = list(http_alpn)
+            chains.append(chain(match, [http]))
+    if tcp is not None:
+        if terminate and mode == PERMISSIVE:
+            assert sec is not None
+            chains.append(chain({"transport_protocol": "tls",
+                                 "application_protocols": list(MTLS_TCP_ALPNS)},
+                                tcp, sec.downstream(http=False)))
+        if plaintext:
+            chains.append(chain({"transport_protocol": "raw_buffer"}, tcp))
+        if terminate and mode == STRICT:
+            assert sec is not None
+            chains.append(chain({"transport_protocol": "tls"}, tcp, sec.downstream(http=False)))
+        elif terminate:  # PERMISSIVE: TLS the app itself speaks passes through
+            chains.append(chain({"transport_protocol": "tls"}, tcp))
     return chains
 
 
-def virtual_inbound(ports: list[InboundPort], tproxy: bool) -> JSON:
+def _port_chains(p: InboundPort, sec: MeshSecurity | None = None) -> list[JSON]:
+    cluster = inbound_cluster_name(p.port)
+    svc = p.services[0]
+    hcm = _with_rbac(e.http_connection_manager(
+        f"inbound_0.0.0.0_{p.port}",
+        _inbound_route_config(cluster, f"inbound|http|{p.port}", cluster,
+                              f"{svc.fqdn}:{p.port}/*"),
+        inbound=True), sec)
+    mode = sec.authn.port(p.port).mode if sec is not None else DISABLE
+    return _chain_set(
+        f"0.0.0.0_{p.port}", {"destination_port": p.port}, mode, sec,
+        hcm if p.protocol in (HTTP, AUTO) else None,
+        list(e.PLAINTEXT_HTTP_ALPNS) if p.protocol == AUTO else None,
+        _tcp(cluster, sec) if p.protocol in (TCP, AUTO) else None)
+
+
+def virtual_inbound(ports: list[InboundPort], tproxy: bool,
+                    sec: MeshSecurity | None = None) -> JSON:
     filters = [e.listener_filter(e.ORIGINAL_DST)]
     if tproxy:
         filters.append(e.listener_filter(e.ORIGINAL_SRC, mark=e.TPROXY_MARK))
+    if sec is not None:
+        filters.append(e.listener_filter(e.TLS_INSPECTOR))
     filters.append(e.listener_filter(e.HTTP_INSPECTOR))
-    passthrough_http = e.http_connection_manager(
+    passthrough_http = _with_rbac(e.http_connection_manager(
         "inbound_0.0.0.0_0",  # no port: Istio's stat prefix for the passthrough HCM
         _inbound_route_config(e.INBOUND_PASSTHROUGH, "inbound|http|0", e.INBOUND_PASSTHROUGH,
                               None),
-        inbound=True)
+        inbound=True), sec)
     chains: list[JSON] = [
         {"name": "virtualInbound-blackhole",
          "filter_chain_match": {"destination_port": INBOUND_LISTENER_PORT},
          "filters": [e.tcp_proxy(e.BLACKHOLE, log=False)]},
-        {"name": "virtualInbound-catchall-http",
-         "filter_chain_match": {"prefix_ranges": ALL_V4, "transport_protocol": "raw_buffer",
-                                "application_protocols": list(e.PLAINTEXT_HTTP_ALPNS)},
-         "filters": [passthrough_http]},
-        {"name": "virtualInbound",
-         "filter_chain_match": {"prefix_ranges": ALL_V4, "transport_protocol": "raw_buffer"},
-         "filters": [e.tcp_proxy(e.INBOUND_PASSTHROUGH)]},
     ]
+    mode = sec.authn.mode if sec is not None else DISABLE
+    all_v4: JSON = {"prefix_ranges": ALL_V4}
+    http_chains = _chain_set("virtualInbound-catchall-http", all_v4, mode, sec,
+                             passthrough_http, list(e.PLAINTEXT_HTTP_ALPNS), None)
+    tcp_chains = _chain_set("virtualInbound", all_v4, mode, sec, None, None,
+                            _tcp(e.INBOUND_PASSTHROUGH, sec))
+    # Istio's order: HTTP tls, HTTP raw, TCP tls (ALPN), TCP raw, TCP tls
+    chains += http_chains + tcp_chains
     for p in ports:
-        chains += _port_chains(p)
+        chains += _port_chains(p, sec)
     listener: JSON = {
         "name": "virtualInbound",
         "address": e.socket_address("0.0.0.0", INBOUND_LISTENER_PORT),

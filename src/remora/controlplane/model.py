@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from remora.resources.objects import Namespace, Pod, Service, ServicePort
+from remora.resources.security import AuthorizationPolicy, PeerAuthentication
 
 # Protocol classes the sidecar config distinguishes (pilot/pkg/networking/core uses
 # protocol.Instance: IsHTTP, IsTCP, Unsupported -> sniffing).
@@ -73,6 +74,9 @@ class Snapshot:
     services: tuple[Service, ...] = ()
     workloads: tuple[Workload, ...] = ()
     namespaces: tuple[Namespace, ...] = field(default=())
+    # Istio security policies (controlplane/authn.py, rbac.py, mtls.py)
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
 
 
 def selects(service: Service, pod: Pod) -> bool:

@@ -23,6 +23,7 @@ per cluster (Envoy's EDS accepts exactly one ClusterLoadAssignment per update).
 from __future__ import annotations
 
 from remora.controlplane import envoy_common as e
+from remora.controlplane.authn import DISABLE, workload_authn
 from remora.controlplane.envoy_common import JSON
 from remora.controlplane.model import (
     AUTO,
@@ -35,6 +36,7 @@ from remora.controlplane.model import (
     port_protocol,
     service_refs,
 )
+from remora.controlplane.mtls import MeshSecurity, has_sidecar, sni, workload_identity
 from remora.resources.objects import Service, ServicePort
 
 OUTBOUND_LISTENER_PORT = 15001
@@ -141,28 +143,55 @@ def eds_file_name(cluster: str) -> str:
     return "eds/" + cluster.replace("|", "_") + ".json"
 
 
-def outbound_clusters(snapshot: Snapshot, config_dir: str) -> list[JSON]:
+def _eds_cluster(name: str, config_dir: str, svc: Service) -> JSON:
+    return {
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": {
+            "service_name": name,
+            "eds_config": {
+                "path_config_source": {"path": f"{config_dir}/{eds_file_name(name)}"},
+                "resource_api_version": "V3",
+            },
+        },
+        "connect_timeout": "10s",
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": e.circuit_breakers(),
+        "metadata": e.istio_metadata(service_refs([svc])),
+    }
+
+
+def _upstream_tls(snapshot: Snapshot, svc: Service, sp: ServicePort,
+                  sec: MeshSecurity) -> JSON | None:
+    """Auto mTLS: TLS when every endpoint has a sidecar whose port is not DISABLE."""
+    eps = endpoints(snapshot, svc, sp)
+    pods = {(w.pod.metadata.namespace, w.pod.metadata.name): w.pod for w in snapshot.workloads}
+    identities: set[str] = set()
+    for ep in eps:
+        pod = pods.get((svc.metadata.namespace, ep.pod))
+        if pod is None or not has_sidecar(pod):
+            return None
+        if workload_authn(snapshot.peer_authentications, pod).port(ep.port).mode == DISABLE:
+            return None
+        identities.add(workload_identity(pod))
+    if not identities:
+        return None
+    return sec.upstream(sni(sp.port, svc.fqdn), port_protocol(sp) == HTTP, sorted(identities))
+
+
+def outbound_clusters(snapshot: Snapshot, config_dir: str,
+                      sec: MeshSecurity | None = None) -> list[JSON]:
     out = []
     for svc in snapshot.services:
         for sp in svc.ports:
             if port_protocol(sp) not in (HTTP, TCP, AUTO):
                 continue
             name = outbound_cluster_name(sp.port, svc.fqdn)
-            out.append({
-                "name": name,
-                "type": "EDS",
-                "eds_cluster_config": {
-                    "service_name": name,
-                    "eds_config": {
-                        "path_config_source": {"path": f"{config_dir}/{eds_file_name(name)}"},
-                        "resource_api_version": "V3",
-                    },
-                },
-                "connect_timeout": "10s",
-                "lb_policy": "LEAST_REQUEST",
-                "circuit_breakers": e.circuit_breakers(),
-                "metadata": e.istio_metadata(service_refs([svc])),
-            })
+            cluster = _eds_cluster(name, config_dir, svc)
+            tls = _upstream_tls(snapshot, svc, sp, sec) if sec is not None else None
+            if tls is not None:
+                cluster["transport_socket"] = tls
+            out.append(cluster)
     return out
 
 
