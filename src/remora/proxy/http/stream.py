@@ -220,14 +220,15 @@ class ActiveStream:
         if not server_seen:
             resp["server"] = cfg.server_name
             parts.append(b"server: %s\r\n" % cfg.server_name.encode("latin-1"))
-        self.resp_chunked = chunked and not self.head and status not in (204, 304)
-        if self.resp_chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
         if status == 101:
             parts.append(b"connection: upgrade\r\n")
         elif self.closing or self.conn.draining:
             self.closing = True
             parts.append(b"connection: close\r\n")
+        # the codec adds the framing last (Envoy: after connection: close)
+        self.resp_chunked = chunked and not self.head and status not in (204, 304)
+        if self.resp_chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
         for n, v in tail:
             resp[n] = v
             parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
