@@ -49,9 +49,10 @@ def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) ->
     return client.apply(batch.objects)
 
 
-def _wait(client: NodeClient, namespaces: list[str] | None, timeout: float) -> None:
+def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
     start = time.monotonic()
-    progress.wait(client, namespaces, timeout, echo=click.echo)
+    progress.wait(client, manifests.names_namespaces(batch.objects), timeout, echo=click.echo,
+                  expect=manifests.bare_pods(batch.objects))
     click.echo(f"all pods Ready in {time.monotonic() - start:.1f}s")
 
 
@@ -91,7 +92,7 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     for line in apply_batch(client, batch, images):
         click.echo(line)
     if wait:
-        _wait(client, manifests.names_namespaces(batch.objects), timeout)
+        _wait(client, batch, timeout)
 
 
 @click.command(context_settings=CONTEXT)
@@ -117,7 +118,7 @@ def apply(files: tuple[str, ...], wait: bool, timeout: float, state_dir: str | N
     for line in apply_batch(client, batch, _images(state_dir)):
         click.echo(line)
     if wait:
-        _wait(client, manifests.names_namespaces(batch.objects), timeout)
+        _wait(client, batch, timeout)
 
 
 def _kind_name(kind: str, name: str | None) -> tuple[str, str]:

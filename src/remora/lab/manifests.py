@@ -94,6 +94,12 @@ def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:
                   {o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"})
 
 
+def bare_pods(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(namespace, name) of the batch's Pod objects, which --wait must see Ready."""
+    return [(o["metadata"].get("namespace", "default"), o["metadata"]["name"])
+            for o in objects if o.get("kind") == "Pod"]
+
+
 def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if labels:

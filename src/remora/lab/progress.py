@@ -52,8 +52,9 @@ def _pod_line(p: dict[str, Any]) -> str:
             f"{ready_column(p)}  {r.get('status', '')}  {ip}")
 
 
-def settled(client: NodeClient, namespaces: list[str] | None) -> tuple[bool, list[
-        dict[str, Any]], list[str]]:
+def settled(client: NodeClient, namespaces: list[str] | None,
+            expect: list[tuple[str, str]] | None = None,
+            ) -> tuple[bool, list[dict[str, Any]], list[str]]:
     pods = client.get("Pod")
     deps = client.get("Deployment")
     if namespaces is not None:
@@ -64,18 +65,36 @@ def settled(client: NodeClient, namespaces: list[str] | None) -> tuple[bool, lis
         owned = p["metadata"].get("ownerReferences")
         if not owned and not p["status"].get("ready"):
             waiting.append(f"pod {p['metadata']['name']} is not Ready")
+    present = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods}
+    waiting += [f"pod {ns}/{name} is not created yet" for ns, name in expect
+                if (ns, name) not in present] if expect else []
     terminating = [p for p in pods if "deletionTimestamp" in p["metadata"]]
     waiting += [f"pod {p['metadata']['name']} is terminating" for p in terminating]
     return not waiting, pods, waiting
 
 
+def crashing(pods: list[dict[str, Any]], restarts: int = 2) -> tuple[str, str, str] | None:
+    """(namespace, pod, container) of a container that failed RESTARTS times: kubelet
+    would keep restarting it, but waiting longer will not make it Ready."""
+    for p in pods:
+        if "deletionTimestamp" in p["metadata"]:
+            continue
+        st = p.get("status", {})
+        for c in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+            finished = (c.get("state") or {}).get("terminated", {}).get("exitCode") == 0
+            if c.get("restartCount", 0) >= restarts and not c.get("ready") and not finished:
+                return p["metadata"]["namespace"], p["metadata"]["name"], c["name"]
+    return None
+
+
 def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
-         echo: Echo | None = None) -> list[dict[str, Any]]:
+         echo: Echo | None = None, expect: list[tuple[str, str]] | None = None,
+         ) -> list[dict[str, Any]]:
     """Block until the namespaces settle; returns their pods. Raises on timeout."""
     deadline = time.monotonic() + timeout
     shown: dict[str, str] = {}
     while True:
-        done, pods, waiting = settled(client, namespaces)
+        done, pods, waiting = settled(client, namespaces, expect or [])
         if echo is not None:
             for p in pods:
                 line = _pod_line(p)
@@ -84,6 +103,16 @@ def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
                     echo(line)
         if done:
             return [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+        failing = crashing(pods)
+        if failing:
+            ns, name, container = failing
+            tail = client.logs(ns, name, container, tail=5)["text"].strip().splitlines()
+            last = next((line for line in reversed(tail) if "error" in line.lower()),
+                        tail[-1] if tail else "no output")
+            raise RemoraError(f"pod {ns}/{name}: container {container} keeps failing: "
+                              f"{last.strip()}",
+                              f"see `remora logs {name} -n {ns} -c {container} --previous` "
+                              f"and `remora describe pod {name} -n {ns}`")
         if time.monotonic() > deadline:
             bad = [p for p in pods if p.get("remora", {}).get("status") in BAD
                    or p["status"].get("message")]
