@@ -95,9 +95,6 @@ class Request:
             self.retain = False
             self.body = []
 
-    def buffered_body(self) -> bytes:
-        return b"".join(self.body)
-
 
 class RequestDecoder:
     """httptools callbacks -> ``Request`` objects in ``ready`` (pipelining-safe)."""

@@ -66,6 +66,8 @@ class Http1Connection:
         self.decoder = RequestDecoder(self.cfg.max_request_headers_kb * 1024,
                                       self.cfg.max_headers_count, BUFFER_LIMIT)
         self.eof = False
+        # Envoy answers with connection: close while its listener drains; nothing sets
+        # this yet (the core's contract has no drain signal for network filters)
         self.draining = False
         self.active: ActiveStream | None = None
         self.cancel_reason: str | None = None

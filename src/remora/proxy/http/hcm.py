@@ -71,6 +71,7 @@ class HttpConnectionManager:
 
     async def serve(self, stream: ActiveStream) -> None:
         self.stats.inc(self._rq_total)
+        self.stats.gauge_add(self._rq_active, 1)
         try:
             if not stream.prepare():
                 return
@@ -86,6 +87,8 @@ class HttpConnectionManager:
     def complete(self, stream: ActiveStream) -> None:
         """The stream is over (answered, failed or abandoned): log it."""
         info = stream.info
+        if stream.req.method:  # a stream that never decoded a request was not counted
+            self.stats.gauge_add(self._rq_active, -1)
         info.bytes_received = stream.req.body_bytes
         if info.response_code is None:
             info.response_code = 0  # Envoy prints 0 when nothing was sent downstream

@@ -256,7 +256,8 @@ class _Forward:
             if req.chunked:
                 sink.end()
         else:
-            req.attach(sink, BUFFER_LIMIT)
+            # without a retry policy nothing is ever resent: keep no copy of the body
+            req.attach(sink, BUFFER_LIMIT if self.policy is not None else -1)
             stream.conn.resume_reading()
 
     async def _relay_response(self, pc: PooledConnection) -> None:

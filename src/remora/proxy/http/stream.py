@@ -44,7 +44,7 @@ def http_date() -> bytes:
 
 class ActiveStream:
     __slots__ = ("authority", "closing", "conn", "cors_origin", "head", "idle_timer", "info",
-                 "method", "out", "path", "req", "request_complete_at", "resp_chunked",
+                 "method", "out", "path", "req", "resp_chunked",
                  "response_complete", "response_started", "route", "upstream_headers")
 
     def __init__(self, conn: Http1Connection, req: Request) -> None:
@@ -69,7 +69,6 @@ class ActiveStream:
         self.response_complete = False
         self.resp_chunked = False
         self.closing = not req.keep_alive
-        self.request_complete_at = 0.0
         self.cors_origin: tuple[str, object] | None = None  # set by the cors filter
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
         self.idle_timer: asyncio.TimerHandle | None = None  # stream_idle_timeout
