@@ -1,0 +1,52 @@
+"""The lab commands' bad-input paths, no root and no daemon needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from remora.cli.main import cli
+from remora.errors import PrivilegeError, RemoraError, UsageError
+
+
+def run(*args: str) -> BaseException | None:
+    result = CliRunner().invoke(cli, list(args), standalone_mode=False)
+    return result.exception
+
+
+def test_up_without_root_says_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    exc = run("up", "--state-dir", str(tmp_path / "s"))
+    assert isinstance(exc, PrivilegeError)
+    assert "needs root" in exc.problem and "sudo remora up" in (exc.fix or "")
+    assert not (tmp_path / "s").exists()
+
+
+def test_no_lab_running(tmp_path: Path) -> None:
+    exc = run("get", "pods", "--state-dir", str(tmp_path))
+    assert isinstance(exc, RemoraError) and "no lab is running" in exc.problem
+
+
+def test_unknown_kind_and_missing_manifest(tmp_path: Path) -> None:
+    exc = run("get", "widgets", "--state-dir", str(tmp_path))
+    assert isinstance(exc, UsageError)
+    exc = run("apply", "-f", str(tmp_path / "missing.yaml"), "--state-dir", str(tmp_path))
+    assert isinstance(exc, RemoraError) and "does not exist" in exc.problem
+
+
+def test_bad_manifest_fails_before_the_lab_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\n"
+                   "spec: {ports: [{port: 80}]}\n")
+    exc = run("up", "-f", str(bad), "--state-dir", str(tmp_path / "s"))
+    assert isinstance(exc, RemoraError) and "Bad_Name" in exc.one_line()
+    assert not (tmp_path / "s").exists()
+
+
+def test_commands_are_listed() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    for name in ("up", "down", "apply", "delete", "get", "describe", "logs", "exec", "patch",
+                 "rollout", "proxy-config", "demo"):
+        assert f"  {name}" in result.output

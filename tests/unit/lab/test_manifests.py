@@ -1,0 +1,73 @@
+"""Manifests: the seed's files ship verbatim; admission problems are found before apply."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from remora.errors import RemoraError
+from remora.lab import manifests
+from remora.lab.images import ImageMap
+
+
+def seed_block(shared: str, name: str) -> str:
+    blocks = re.findall(r"```yaml\n(.*?)```", shared, re.S)
+    return next(b for b in blocks if b.startswith(f"# {name}"))
+
+
+@pytest.mark.parametrize("name", manifests.SEED_FILES)
+def test_seed_manifests_are_the_seeds_text(shared_dir, name: str) -> None:  # type: ignore[no-untyped-def]
+    seed = next((shared_dir / "seed").glob("000_*.txt")).read_text()
+    assert manifests.seed_text(name) == seed_block(seed, name)
+
+
+def test_seed_manifests_load_without_warnings() -> None:
+    batch = manifests.from_text(manifests.seed_text("server.yaml") + "---\n"
+                                + manifests.seed_text("client.yaml"), "seed")
+    assert [(o["kind"], o["metadata"]["name"]) for o in batch.objects] == [
+        ("Deployment", "simple-server"), ("Service", "simple-server-svc"),
+        ("Deployment", "simple-client")]
+    assert batch.warnings == []
+    assert manifests.names_namespaces(batch.objects) == ["demo-from", "demo-to"]
+
+
+def injected_namespaces() -> dict[str, dict[str, object]]:
+    return {"demo-to": manifests.namespace("demo-to", {"istio-injection": "enabled"})}
+
+
+def test_admission_check_accepts_the_seed() -> None:
+    batch = manifests.from_text(manifests.seed_text("server.yaml"), "server.yaml")
+    manifests.admission_check(batch.objects, injected_namespaces(), ImageMap())
+
+
+def test_admission_check_names_a_bad_interception_mode() -> None:
+    text = manifests.seed_text("server.yaml").replace(
+        "      labels:\n        web: server",
+        "      labels:\n        web: server\n      annotations:\n"
+        "        sidecar.istio.io/interceptionMode: tproxy", 1)
+    batch = manifests.from_text(text, "server.yaml")
+    with pytest.raises(RemoraError) as err:
+        manifests.admission_check(batch.objects, injected_namespaces(), ImageMap())
+    assert err.value.problem.startswith("Deployment/demo-to/simple-server: ")
+    assert "tproxy" in err.value.one_line()
+
+
+def test_admission_check_names_an_unmapped_image() -> None:
+    text = manifests.seed_text("client.yaml").replace("vasth/simple-client", "acme/thing")
+    batch = manifests.from_text(text, "client.yaml")
+    with pytest.raises(RemoraError, match="Deployment/demo-from/simple-client: container "
+                                          "'demo' has no command and image 'acme/thing'"):
+        manifests.admission_check(batch.objects, {}, ImageMap())
+
+
+def test_bare_pods_are_expected_by_wait() -> None:
+    objs = [{"kind": "Pod", "metadata": {"name": "a"}},
+            {"kind": "Service", "metadata": {"name": "s", "namespace": "x"}}]
+    assert manifests.bare_pods(objs) == [("default", "a")]
+
+
+def test_reading_nothing_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(RemoraError, match="no objects found"):
+        manifests.read([str(tmp_path / "empty.yaml")])
