@@ -25,13 +25,13 @@ from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_k
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http.upgrade import tunnel
+from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import BodySink, encode_request_head
 from remora.proxy.interfaces import Cluster, UpstreamError
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
-
-_RESET_BODY = "upstream connect error or disconnect/reset before headers. "
 
 
 def _discard(data: bytes) -> None:
@@ -289,7 +289,9 @@ class _Forward:
             if conn.write_paused:
                 await conn.drain()
         if dec.status == 101 and stream.req.upgrade:
-            await self._tunnel(pc, dec)
+            self._count_response(101)
+            self.current = None  # the tunnel owns and closes it
+            await tunnel(stream, pc, dec)
             return
         stream.encode_end()
         self._count_response(dec.status)
@@ -300,57 +302,6 @@ class _Forward:
             self.router.pool.release(pc)
         else:
             pc.close()
-
-    async def _tunnel(self, pc: PooledConnection, dec: ResponseDecoder) -> None:
-        """After a 101 to a websocket upgrade: relay raw bytes both ways until either side
-        closes (Envoy's upgrade handling; the bytes count as body bytes in the log)."""
-        stream = self.stream
-        stream.flush()
-        self._count_response(101)
-        conn, req, info = stream.conn, stream.req, stream.info
-        up_w = pc.upstream.writer
-        loop = asyncio.get_running_loop()
-
-        def to_upstream(data: bytes) -> None:
-            up_w.write(data)
-            req.body_bytes += len(data)
-            if up_w.transport.get_write_buffer_size() > BUFFER_LIMIT:
-                conn.hold_reading_until(up_w.drain())
-
-        if conn.decoder.upgrade_tail:
-            to_upstream(conn.decoder.upgrade_tail)
-        if dec.upgrade_tail:
-            conn.transport.write(dec.upgrade_tail)
-            info.bytes_sent += len(dec.upgrade_tail)
-        conn.tunnel = to_upstream
-        conn.resume_reading()
-
-        async def from_upstream() -> None:
-            reader = pc.upstream.reader
-            while data := await reader.read(READ_SIZE):
-                conn.transport.write(data)
-                info.bytes_sent += len(data)
-                await conn.drain()
-
-        upstream_done = loop.create_task(from_upstream())
-        try:
-            while not conn.eof and not upstream_done.done():
-                # the downstream's EOF wakes the waiter (Http1Connection._wake)
-                conn._waiter = loop.create_future()
-                upstream_done.add_done_callback(lambda _t: conn._wake())
-                await conn._waiter
-        except asyncio.CancelledError:
-            if conn.cancel_reason != "dc":
-                raise
-            conn._take_cancel()
-        finally:
-            conn._waiter = None
-            upstream_done.cancel()
-            await asyncio.gather(upstream_done, return_exceptions=True)
-            self.current = None
-            pc.close()
-            stream.response_complete = True
-            stream.closing = True
 
     def _on_headers(self, dec: ResponseDecoder) -> None:
         status = dec.status
@@ -399,33 +350,13 @@ class _Forward:
         if f.kind == "codec":
             stream.interrupted("codec")
             return
-        retried = "retried and the latest " if stream.info.upstream_request_attempt_count > 1 \
-            else ""
         if f.kind == "per_try":
             self.router.stats.inc(self.stat + "upstream_rq_per_try_timeout")
             stream.local_reply(504, b"upstream request timeout", "upstream_per_try_timeout",
                                "UT")
             return
-        if f.kind == "connect":
-            err = f.err
-            assert err is not None
-            if err.flag == "UH":
-                stream.local_reply(503, b"no healthy upstream", "no_healthy_upstream", "UH")
-                return
-            if err.flag == "UO":
-                reason, detail, flag = "overflow", "overflow", "UO"
-            elif not err.reason:
-                reason, detail, flag = "connection timeout", "connection_timeout", err.flag
-            else:
-                reason, flag = "remote connection failure", err.flag
-                detail = "remote_connection_failure|" + err.reason.replace(" ", "_")
-        elif f.kind == "protocol":
-            reason, detail, flag = "protocol error", "protocol_error", "UPE"
-        else:
-            reason, detail, flag = "connection termination", "connection_termination", "UC"
-        body = f"{_RESET_BODY}{retried}reset reason: {reason}".encode()
-        stream.local_reply(503, body, f"upstream_reset_before_response_started{{{detail}}}",
-                           flag)
+        answer = failure_answer(f.kind, f.err, stream.info.upstream_request_attempt_count > 1)
+        stream.local_reply(answer.status, answer.body, answer.details, answer.flag)
 
     def _interrupted(self, reason: str) -> None:
         if reason == "timeout":

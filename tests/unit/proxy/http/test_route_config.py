@@ -172,3 +172,21 @@ def test_istio_only_filters_are_refused_by_name(name: str, type_url: str) -> Non
         build_hcm(hcm_config(http_filters=filters), _ctx())
     assert err.value.path == "typed_config.http_filters[0]"
     assert name in err.value.one_line() and "proxyv2" in err.value.one_line()
+
+
+def test_failure_answers_are_envoys() -> None:
+    from remora.proxy.http.upstream_failure import failure_answer
+    from remora.proxy.interfaces import UpstreamError
+
+    refused = failure_answer("connect", UpstreamError("UF", "delayed connect error: "
+                                                            "Connection refused"), False)
+    assert refused.status == 503 and refused.flag == "UF"
+    assert refused.details == ("upstream_reset_before_response_started{remote_connection_"
+                               "failure|delayed_connect_error:_Connection_refused}")
+    timeout = failure_answer("connect", UpstreamError("UF", ""), True)
+    assert timeout.body.endswith(b"retried and the latest reset reason: connection timeout")
+    assert failure_answer("connect", UpstreamError("UH", ""), False).body == (
+        b"no healthy upstream")
+    assert failure_answer("reset", None, False).flag == "UC"
+    assert failure_answer("protocol", None, False).details == (
+        "upstream_reset_before_response_started{protocol_error}")
