@@ -176,7 +176,11 @@ def _upstream_tls(snapshot: Snapshot, svc: Service, sp: ServicePort,
         identities.add(workload_identity(pod))
     if not identities:
         return None
-    return sec.upstream(sni(sp.port, svc.fqdn), port_protocol(sp) == HTTP, sorted(identities))
+    # A sniffed port (AUTO) gets the HTTP ALPNs: Istio's istio.alpn HTTP filter (not in
+    # upstream Envoy) sets them per request; this way the seed's sniffed HTTP lands on the
+    # server's istio-http chain, at the cost of raw TCP over mTLS on such a port.
+    return sec.upstream(sni(sp.port, svc.fqdn), port_protocol(sp) in (HTTP, AUTO),
+                        sorted(identities))
 
 
 def outbound_clusters(snapshot: Snapshot, config_dir: str,

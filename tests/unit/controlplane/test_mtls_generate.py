@@ -92,7 +92,8 @@ def test_client_cluster_uses_mtls_to_a_meshed_server_only() -> None:
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["sni"] == SNI
     common = tls["common_tls_context"]
-    assert common["alpn_protocols"] == ["istio-peer-exchange", "istio"]  # the seed port sniffs
+    # the seed's port sniffs: HTTP ALPNs, as Istio's istio.alpn filter sets them for HTTP
+    assert common["alpn_protocols"] == ["istio-http/1.1", "istio", "http/1.1"]
     assert common["combined_validation_context"]["default_validation_context"] == {
         "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {
             "exact": "spiffe://cluster.local/ns/demo-to/sa/default"}}]}

@@ -1,0 +1,132 @@
+"""``remora proxy-config secret POD``: the sidecar's certificates, as istioctl shows them.
+
+istioctl/pkg/writer/envoy/configdump/secret.go PrintSecretSummary: a tabwriter table
+(padding 5) ``RESOURCE NAME  TYPE  STATUS  VALID CERT  SERIAL NUMBER  NOT AFTER
+NOT BEFORE``, one row per SDS secret: ``default`` (TYPE ``Cert Chain``) and ``ROOTCA``
+(TYPE ``CA``), STATUS ``ACTIVE`` (``WARMING`` when the secret cannot be read yet), VALID
+CERT whether now is inside the validity window, the serial in lower-case hex, times in
+RFC 3339 UTC. The rows come either from a pod's config directory (the ``sds/*.json``
+files the control plane writes, which name the PEM files) or from an Envoy
+``/config_dump``'s SecretsConfigDump (``-o json`` prints those secrets).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from remora.diagnose.proxy_config_table import tabwrite
+from remora.errors import RemoraError
+
+HEADER = "RESOURCE NAME\tTYPE\tSTATUS\tVALID CERT\tSERIAL NUMBER\tNOT AFTER\tNOT BEFORE"
+SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
+
+
+@dataclass(frozen=True)
+class SecretItem:
+    name: str
+    type: str  # "Cert Chain" | "CA"
+    state: str  # "ACTIVE" | "WARMING"
+    cert: x509.Certificate | None
+
+    def row(self, now: dt.datetime) -> str:
+        c = self.cert
+        if c is None:
+            return f"{self.name}\t{self.type}\t{self.state}\tfalse\t\t\t"
+        valid = c.not_valid_before_utc <= now <= c.not_valid_after_utc
+        return (f"{self.name}\t{self.type}\t{self.state}\t{str(valid).lower()}\t"
+                f"{c.serial_number:x}\t{_rfc3339(c.not_valid_after_utc)}\t"
+                f"{_rfc3339(c.not_valid_before_utc)}")
+
+
+def _rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pem(source: dict[str, Any]) -> bytes | None:
+    """A DataSource's bytes (filename, inline_bytes, inline_string); None if unreadable."""
+    try:
+        if "filename" in source:
+            return Path(source["filename"]).read_bytes()
+        if "inline_bytes" in source:
+            return base64.b64decode(source["inline_bytes"])
+        if "inline_string" in source:
+            return str(source["inline_string"]).encode()
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _item(name: str, secret: dict[str, Any]) -> SecretItem:
+    if "tls_certificate" in secret:
+        kind, source = "Cert Chain", secret["tls_certificate"].get("certificate_chain", {})
+    else:
+        kind, source = "CA", secret.get("validation_context", {}).get("trusted_ca", {})
+    data = _pem(source)
+    cert = None
+    if data:
+        try:
+            cert = x509.load_pem_x509_certificates(data)[0]  # the leaf comes first
+        except ValueError:
+            cert = None
+    return SecretItem(name, kind, "ACTIVE" if cert is not None else "WARMING", cert)
+
+
+def items_from_config_dir(config_dir: str | Path) -> list[SecretItem]:
+    """The SDS secrets of a sidecar config written by the control plane."""
+    sds = Path(config_dir) / "sds"
+    files = sorted(sds.glob("*.json")) if sds.is_dir() else []
+    if not files:
+        raise RemoraError(f"no SDS secrets in {sds}",
+                          "the pod has no mesh certificates (mTLS is off for this sidecar)")
+    out = []
+    for f in files:
+        for res in json.loads(f.read_text()).get("resources", []):
+            out.append(_item(str(res.get("name", f.stem)), res))
+    return _sorted(out)
+
+
+def items_from_config_dump(dump: dict[str, Any]) -> list[SecretItem]:
+    """Secrets of an Envoy /config_dump (SecretsConfigDump)."""
+    out = []
+    for conf in dump.get("configs", []):
+        if conf.get("@type") != SECRETS_DUMP:
+            continue
+        for key, state in (("dynamic_active_secrets", "ACTIVE"),
+                           ("dynamic_warming_secrets", "WARMING"),
+                           ("static_secrets", "ACTIVE")):
+            for entry in conf.get(key, []):
+                item = _item(entry.get("name", ""), entry.get("secret", {}))
+                out.append(SecretItem(item.name, item.type, state, item.cert))
+    return _sorted(out)
+
+
+def _sorted(items: list[SecretItem]) -> list[SecretItem]:
+    # istioctl lists the workload certificate before the root
+    return sorted(items, key=lambda i: (i.type != "Cert Chain", i.name))
+
+
+def secret_table(items: list[SecretItem], now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return tabwrite([HEADER, *(i.row(now) for i in items)], padding=5)
+
+
+def secret_json(items: list[SecretItem]) -> str:
+    """``-o json``: the secrets as Envoy's SecretsConfigDump lists them (PEM inline)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    entries = []
+    for i in items:
+        pem = base64.b64encode(i.cert.public_bytes(Encoding.PEM)).decode() if i.cert else ""
+        body = ({"tls_certificate": {"certificate_chain": {"inline_bytes": pem},
+                                     "private_key": {"inline_bytes": "W3JlZGFjdGVkXQ=="}}}
+                if i.type == "Cert Chain" else
+                {"validation_context": {"trusted_ca": {"inline_bytes": pem}}})
+        entries.append({"name": i.name, "secret": {"name": i.name, **body}})
+    return json.dumps({"dynamicActiveSecrets": entries}, indent=2)
