@@ -23,6 +23,7 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,3 +301,87 @@ def test_remora_same_as_envoy(scenario: str, aspect: str,
         differing = {k: (ours.client_counters[k], v) for k, v in theirs.client_counters.items()
                      if ours.client_counters[k] != v}
         assert not differing, f"client sidecar counter: (remora, envoy): {differing}"
+
+
+# -- what the app receives -----------------------------------------------------------------
+UPSTREAM_PROBES = [
+    # the seed's client, as Go writes it
+    f"GET /common/sauth HTTP/1.1\r\nHost: {SERVER_IP}:18080\r\n"
+    "User-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n".encode(),
+    # XFF from the client (Istio's sidecar leaves it as it is), a custom header, a
+    # chunked body, and a hop-by-hop header that must not reach the app
+    f"POST /common/sauth?q=1 HTTP/1.1\r\nHost: {SERVER_IP}:18080\r\n"
+    "X-Forwarded-For: 192.0.2.1\r\nX-Custom: a b\r\nTransfer-Encoding: chunked\r\n"
+    "Keep-Alive: timeout=5\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode(),
+]
+CANNED = (b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\nContent-Type: text/plain; "
+          b"charset=utf-8\r\n\r\n" + BODY.encode())
+
+
+def _record_requests(seen: list[bytes]) -> Callable[[socket.socket], None]:
+    """App stand-in on :18080 that keeps the exact bytes of each request it receives."""
+
+    def handler(conn: socket.socket) -> None:
+        buf = b""
+        while chunk := conn.recv(65536):
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                if b"transfer-encoding: chunked" in head.lower():
+                    if b"0\r\n\r\n" not in rest:
+                        break
+                    body, _, buf = rest.partition(b"0\r\n\r\n")
+                    seen.append(head + b"\r\n\r\n" + body + b"0\r\n\r\n")
+                else:
+                    seen.append(head + b"\r\n\r\n")
+                    buf = rest
+                conn.sendall(CANNED)
+
+    return handler
+
+
+def _mask_request(raw: bytes) -> bytes:
+    return re.sub(rb"(?im)^(x-request-id: )[0-9a-f-]{36}\r$", rb"\1<uuid>\r", raw)
+
+
+def observe_upstream_requests(kind: str, sc: Scenario, workdir: Path) -> list[bytes]:
+    seen: list[bytes] = []
+    with Lab(prefix="rpu") as lab:
+        client, server = lab.pair()
+        app = ph.PeerServer(server, 18080, _record_requests(seen))
+        try:
+            ns = server if sc.capture_on == "server" else client
+            ph.apply_capture(lab, ns, sc.mode)
+            ph.start_sidecar(lab, ns, kind, ph.REFERENCE / sc.config, workdir)
+            if sc.client_config:
+                ph.apply_capture(lab, client, "redirect")
+                ph.start_sidecar(lab, client, kind, ph.REFERENCE / sc.client_config, workdir)
+            sock = Lab.socket(client)
+            sock.settimeout(10)
+            sock.connect((SERVER_IP, 18080))
+            for probe in UPSTREAM_PROBES:
+                sock.sendall(probe)
+                reply = b""
+                while not reply.endswith(BODY.encode()):
+                    chunk = sock.recv(65536)
+                    assert chunk, f"{kind}: connection closed before the answer"
+                    reply += chunk
+            sock.close()
+        finally:
+            app.close()
+        assert not app.errors, app.errors
+    return [_mask_request(x) for x in seen]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_app_receives_the_same_request_bytes(scenario: str, tmp_path: Path) -> None:
+    """The request as the app gets it: header order and case, added headers (x-request-id,
+    x-forwarded-proto, x-envoy-*), XFF left alone, hop-by-hop headers removed, body
+    framing."""
+    sc = SCENARIOS[scenario]
+    theirs = observe_upstream_requests("envoy", sc, tmp_path / "envoy")
+    assert len(theirs) == len(UPSTREAM_PROBES), theirs
+    assert b"\r\nx-forwarded-for: 192.0.2.1\r\n" in theirs[1].lower()
+    ours = observe_upstream_requests("remora", sc, tmp_path / "remora")
+    for i, (mine, envoys) in enumerate(zip(ours, theirs, strict=True)):
+        assert mine == envoys, f"request {i}:\nremora:\n{mine.decode()}\nenvoy:\n{envoys.decode()}"
