@@ -9,6 +9,7 @@ and the seed's server app. Everything lives in the caller's ``Lab`` (removed on 
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def peer_authentication(mode: str) -> str:
 
 
 def mesh(lab: Lab, work: Path, server_kind: str, client_kind: str | None,
-         mode: str = "redirect", policies: str = "") -> Mesh:
+         mode: str = "redirect", policies: str = "", server_identity: str | None = None,
+         server_expired: bool = False) -> Mesh:
+    """SERVER_IDENTITY / SERVER_EXPIRED give the server a wrong-identity or an expired
+    certificate from the start (so the very first handshake meets it)."""
     client, server = lab.pair()
     snap, server_pod, client_pod = seed(tproxy=mode == "tproxy")
     snap = with_policies(snap, policies)
@@ -72,6 +76,10 @@ def mesh(lab: Lab, work: Path, server_kind: str, client_kind: str | None,
         certs = work / f"{name}-certs"
         authority.ensure_workload(certs, pod.metadata.namespace,
                                   pod.spec.serviceAccountName)
+        if name == "server" and (server_identity or server_expired):
+            now = dt.datetime.now(dt.UTC) - dt.timedelta(days=3) if server_expired else None
+            authority.write_workload(certs, authority.issue(
+                pod.metadata.namespace, now=now, identity=server_identity))
         cfg = generate(snap, pod, ip, str(work / name), certs_dir=str(certs))
         write_config(cfg)
         configs[name] = Path(cfg.bootstrap_path)

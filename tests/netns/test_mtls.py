@@ -111,7 +111,7 @@ def test_wrong_identity_and_expired_certificate_refused(tmp_path: Path) -> None:
         # UF on the first try; remora's retries then find no other host (UH, URX)
         assert line["response_code"] == "503" and "URX" in line["response_flags"], (out, line)
         assert "CERTIFICATE_VERIFY_FAILED" in line["upstream_transport_failure_reason"], line
-        assert "verify_SAN_list" in line["upstream_transport_failure_reason"], line
+        assert "SAN_matcher" in line["upstream_transport_failure_reason"], line
         old = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
         ca.write_workload(m.server_certs, ca.issue("demo-to", now=old))
         time.sleep(0.1)

@@ -287,8 +287,10 @@ class TlsTransport:
             peer.subject = ",".join(f"{k}={v}" for rdn in subject for k, v in rdn) or None
         if self.sans and cert:
             if not any(k == kind and check(v) for kind, check in self.sans for k, v in values):
-                raise TlsError(f"{VERIFY_FAILED}:verify cert failed: verify SAN list:"
-                               "TLS_error_end", "fail_verify_san")
+                # Envoy 1.40's wording (observed): the peer's SANs in brackets
+                listed = ",".join(v for _, v in values)
+                raise TlsError(f"{VERIFY_FAILED}:verify cert failed: SAN matcher, certificate "
+                               f"SANs are [{listed}]:TLS_error_end", "fail_verify_san")
         elif self.sans and not self.server:
             raise TlsError(f"{VERIFY_FAILED}:TLS_error_end", "fail_verify_error")
         return peer
@@ -307,9 +309,11 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, TlsError):
         return exc.reason, exc.stat
     if isinstance(exc, ssl.SSLCertVerificationError):
+        # Envoy 1.40's wording (observed); ssl does not tell the depth, the leaf is the
+        # usual culprit
         msg = exc.verify_message or "certificate verify failed"
-        return (f"{VERIFY_FAILED}:verify cert failed: {msg}:TLS_error_end",
-                "fail_verify_error")
+        return (f"{VERIFY_FAILED}:verify cert failed: X509_verify_cert: certificate "
+                f"verification error at depth 0: {msg}:TLS_error_end", "fail_verify_error")
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or str(exc)).upper()
         if "CERTIFICATE_REQUIRED" in reason or "PEER DID NOT RETURN A CERTIFICATE" in reason:
