@@ -52,7 +52,9 @@ def assert_seed_observations(r: DemoResult, lines: list[str]) -> None:
                      r'\d+ \d+ "-" "Go-http-client/1\.1" "[0-9a-f-]{36}" '
                      r'"simple-server-svc\.demo-to:18080" "10\.20\.0\.77:18080" '
                      rf"inbound\|18080\|\| 127\.0\.0\.6:\d+ {SEED_SERVER_IP}:18080 "
-                     rf"{SEED_CLIENT_IP}:\d+ ", out["access-log"], re.M), out["access-log"]
+                     rf"{SEED_CLIENT_IP}:\d+ "
+                     r"outbound_\.18080_\._\.simple-server-svc\.demo-to\.svc\.cluster\.local "
+                     r"default$", out["access-log"], re.M), out["access-log"]
     # the nat table istio-init installed (REDIRECT)
     nat = out["nat"]
     assert re.search(r"ISTIO_INBOUND\s+tcp\s+--\s+any\s+any\s+anywhere\s+anywhere", nat)
@@ -61,8 +63,10 @@ def assert_seed_observations(r: DemoResult, lines: list[str]) -> None:
     assert re.search(r"RETURN\s+all\s+--\s+any\s+lo\s+127\.0\.0\.6\s+anywhere", nat)
     assert re.search(r"redir ports 15001", nat)
     # listener and cluster tables
-    assert re.search(r"^0\.0\.0\.0 15006 Trans: raw_buffer; App: HTTP; Addr: \*:18080\s+"
-                     r"Cluster: inbound\|18080\|\|$", out["listeners"], re.M)
+    for match in ("Trans: raw_buffer; App: HTTP; Addr: \\*:18080",
+                  "Trans: tls; App: istio-http/1\\.0,istio-http/1\\.1,istio-h2; Addr: \\*:18080"):
+        assert re.search(rf"^0\.0\.0\.0 15006 {match}\s+Cluster: inbound\|18080\|\|$",
+                         out["listeners"], re.M), out["listeners"]
     assert out["clusters"].splitlines()[0].split() == [
         "SERVICE", "FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION", "RULE"]
     assert re.search(r"^\s+18080\s+-\s+inbound\s+ORIGINAL_DST", out["clusters"], re.M)

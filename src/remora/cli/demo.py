@@ -14,6 +14,8 @@ from remora.node import naming
 @click.option("--cleanup", is_flag=True, help="remove the lab at the end (default: keep it)")
 @click.option("--sidecar", type=click.Choice(lab_settings.SIDECARS), default="remora",
               show_default=True, help="the sidecar proxy: `remora proxy` or a real Envoy")
+@click.option("--mtls/--no-mtls", default=True, show_default=True,
+              help="Istio's auto mTLS between sidecars (the seed's SNI in the access log)")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds each wait may take")
 @click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
               help="prefix of every namespace the lab creates")
@@ -21,9 +23,9 @@ from remora.node import naming
               help="first pod address (77: the seed's 10.20.0.77 server, .78 client)")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
               help="the lab's state directory [default: /var/lib/remora]")
-def demo(cleanup: bool, sidecar: str, timeout: float, prefix: str, pod_ip_start: int,
+def demo(cleanup: bool, sidecar: str, mtls: bool, timeout: float, prefix: str, pod_ip_start: int,
          state_dir: str | None) -> None:
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
-    lab_demo.run(session.state_dir(state_dir), lab_settings.LabSettings(sidecar=sidecar),
+    lab_demo.run(session.state_dir(state_dir), lab_settings.LabSettings(sidecar=sidecar, mtls=mtls),
                  prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
                  echo=click.echo)

@@ -65,6 +65,8 @@ def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
               show_default=True, help="the sidecar proxy: `remora proxy` or a real Envoy")
 @click.option("--image-map", type=click.Path(dir_okay=False), default=None,
               help="YAML file mapping images to local commands (docs/lab.md)")
+@click.option("--mtls/--no-mtls", default=True, show_default=True,
+              help="Istio's auto mTLS between sidecars (certificates from the lab's CA)")
 @click.option("--nodes", default=1, show_default=True, help="number of nodes")
 @click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
               help="prefix of every namespace the lab creates")
@@ -72,20 +74,21 @@ def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
               help="first host address given to pods in each node's /24")
 @_state_option
 def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_map: str | None,
-       nodes: int, prefix: str, pod_ip_start: int, state_dir: str | None) -> None:
+       mtls: bool, nodes: int, prefix: str, pod_ip_start: int, state_dir: str | None) -> None:
     """Start the lab (node daemon) if it is not running, then apply manifests."""
     batch = manifests.read(list(files)) if files else None  # bad input fails before start
     settings = lab_settings.LabSettings(sidecar=sidecar,
                                         image_map=str(Path(image_map).resolve())
-                                        if image_map else "")
+                                        if image_map else "", mtls=mtls)
     images = ImageMap.from_file(settings.image_map or None)
     directory = session.state_dir(state_dir)
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)
     info = client.ping()
+    running = lab_settings.load(directory)
     click.echo(f"lab {'started' if started else 'already running'}: daemon pid {info['pid']}, "
                f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
-               f"{lab_settings.load(directory).sidecar}")
+               f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}")
     if batch is None:
         return
     _warn(batch.warnings)

@@ -69,9 +69,7 @@ def down(directory: Path) -> list[str]:
     require_root("remora down")
     client = NodeClient(directory)
     removed = client.down() if client.alive() else teardown.down(directory)
-    if lab_settings.path(directory).exists():
-        lab_settings.remove(directory)
-        removed.append(str(lab_settings.path(directory)))
+    removed += lab_settings.remove(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()  # the node's teardown left it for lab.json
     return removed

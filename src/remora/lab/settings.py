@@ -18,6 +18,7 @@ from remora.errors import RemoraError, UsageError
 
 SIDECARS = ("remora", "envoy")
 FILE_NAME = "lab.json"
+CA_DIR = "ca"  # the mesh CA's root (remora.controlplane.ca), created by the lab
 POD_SETUP = "remora.lab.setup:MeshSetup"
 
 
@@ -26,6 +27,7 @@ class LabSettings:
     sidecar: str = "remora"  # `remora proxy`, or a real `envoy`, on the same files
     image_map: str = ""  # a user's image map file (YAML), on top of the built-in one
     envoy_binary: str = ""  # resolved when the envoy sidecar is selected
+    mtls: bool = True  # Istio's auto mTLS between sidecars, certificates from the lab's CA
 
     def check(self) -> LabSettings:
         if self.sidecar not in SIDECARS:
@@ -36,7 +38,7 @@ class LabSettings:
                              "give a YAML file mapping image names to commands "
                              "(see docs/lab.md)")
         if self.sidecar == "envoy" and not self.envoy_binary:
-            return LabSettings(self.sidecar, self.image_map, find_envoy())
+            return LabSettings(self.sidecar, self.image_map, find_envoy(), self.mtls)
         return self
 
 
@@ -70,9 +72,19 @@ def load(state_dir: Path) -> LabSettings:
     except ValueError as exc:
         raise RemoraError(f"{path(state_dir)} is not valid JSON ({exc})",
                           "remove it and run `remora up` again") from None
-    known = {k: str(v) for k, v in data.items() if k in LabSettings.__dataclass_fields__}
-    return LabSettings(**known)
+    return LabSettings(sidecar=str(data.get("sidecar", "remora")),
+                       image_map=str(data.get("image_map", "")),
+                       envoy_binary=str(data.get("envoy_binary", "")),
+                       mtls=bool(data.get("mtls", True)))
 
 
-def remove(state_dir: Path) -> None:
-    path(state_dir).unlink(missing_ok=True)
+def remove(state_dir: Path) -> list[str]:
+    """Remove what the lab (not the node) keeps in the state directory."""
+    gone = []
+    if path(state_dir).exists():
+        path(state_dir).unlink()
+        gone.append(str(path(state_dir)))
+    if (state_dir / CA_DIR).is_dir():
+        shutil.rmtree(state_dir / CA_DIR, ignore_errors=True)
+        gone.append(str(state_dir / CA_DIR))
+    return gone

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from remora.controlplane.adapters import inject_dict, pod_from_dict, snapshot_from_dicts
+from remora.controlplane.ca import CertificateAuthority
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate
 from remora.controlplane.model import Snapshot
@@ -37,6 +38,7 @@ log = logging.getLogger("remora.lab")
 INIT_CONTAINER = "istio-init"
 PROXY_CONTAINER = "istio-proxy"
 CONFIG_DIR = "envoy"
+CERTS_DIR = "certs"  # cert-chain.pem, key.pem, root-cert.pem: Istio's /etc/certs names
 
 
 def is_meshed(pod: dict[str, Any]) -> bool:
@@ -52,6 +54,7 @@ def pod_ref(pod: dict[str, Any]) -> str:
 class MeshSetup(PodSetup):
     def __init__(self) -> None:
         self.snapshot = Snapshot()
+        self._ca: CertificateAuthority | None = None
 
     # -- what the lab was started with -----------------------------------------------------
     def settings(self, ctx: PodContext) -> LabSettings:
@@ -97,9 +100,22 @@ class MeshSetup(PodSetup):
                 log.exception("sidecar config of %s", pod_ref(ctx.pod))
 
     # -- helpers -----------------------------------------------------------------------------
+    def _certs(self, ctx: PodContext) -> str | None:
+        """The pod's workload certificate from the lab's CA (issued again when half its
+        life is gone), as pilot-agent's secret manager keeps it; None without mTLS."""
+        if not self.settings(ctx).mtls:
+            return None
+        if self._ca is None:
+            self._ca = CertificateAuthority(ctx.state_dir / lab_settings.CA_DIR)
+        certs = ctx.pod_dir / CERTS_DIR
+        account = (ctx.pod.get("spec") or {}).get("serviceAccountName") or "default"
+        self._ca.ensure_workload(certs, ctx.namespace, account)
+        return str(certs)
+
     def _write(self, ctx: PodContext) -> list[str]:
         directory = ctx.pod_dir / CONFIG_DIR
-        config = generate(self.snapshot, pod_from_dict(ctx.pod), ctx.ip, str(directory))
+        config = generate(self.snapshot, pod_from_dict(ctx.pod), ctx.ip, str(directory),
+                          certs_dir=self._certs(ctx))
         changed = write_config(config)
         if changed:
             log.info("%s: sidecar config %s", pod_ref(ctx.pod), " ".join(changed))

@@ -112,3 +112,28 @@ def test_reachability_check(tmp_path: Path) -> None:
     private.mkdir(mode=0o700)
     assert not sidecar.can_run_as(1337, 1337, "/usr/bin/env", private)
     assert sidecar._reachable(Path("/usr/bin/env"), 1337, 1337, 5)
+
+
+def test_mtls_certificates_come_from_the_lab_ca(tmp_path: Path) -> None:
+    setup = MeshSetup()
+    pod = admitted(setup)
+    ctx = context(tmp_path, pod)
+    setup.prepare(ctx)
+    certs = ctx.pod_dir / "certs"
+    assert sorted(p.name for p in certs.iterdir()) == ["cert-chain.pem", "key.pem",
+                                                       "root-cert.pem"]
+    assert (tmp_path / "ca" / "root-cert.pem").read_bytes() == \
+        (certs / "root-cert.pem").read_bytes()
+    assert '"transport_protocol": "tls"' in (ctx.pod_dir / "envoy" / "lds.json").read_text()
+    assert sorted(lab_settings.remove(tmp_path)) == [str(tmp_path / "ca")]
+
+
+def test_settings_round_trip_and_no_mtls(tmp_path: Path) -> None:
+    lab_settings.save(tmp_path, LabSettings(sidecar="remora", mtls=False))
+    assert lab_settings.load(tmp_path) == LabSettings(mtls=False)
+    setup = MeshSetup()
+    pod = admitted(setup)
+    ctx = context(tmp_path, pod)
+    setup.prepare(ctx)
+    assert not (ctx.pod_dir / "certs").exists()
+    assert '"transport_protocol": "tls"' not in (ctx.pod_dir / "envoy" / "lds.json").read_text()
