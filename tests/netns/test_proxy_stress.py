@@ -5,8 +5,8 @@ The Envoy half proves the harness and pins down what Envoy does; the remora half
 the same (the upstream-failure and malformed-request cases compare with Envoy's
 observation field by field).
 
-- Byte-exact relay through one sidecar (server, REDIRECT) and two (client sidecar ->
-  server sidecar): payloads of 0 bytes to 64 MiB in both directions, with the half-close
+- Byte-exact relay through one sidecar (server, REDIRECT; and TPROXY with original_src)
+  and two (client sidecar -> server sidecar): payloads of 0 bytes to 64 MiB in both directions, with the half-close
   coming from the client first, from the server first, or both sending at once; SHA-256
   compared end to end. A few fixed big cases plus hypothesis for the rest. (Envoy
   itself drops upload bytes when the server half-closes first under backpressure, so
@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import proxyharness as ph
-from tests.lab import SERVER_IP, Lab, Namespace
+from tests.lab import CLIENT_IP, SERVER_IP, Lab, Namespace
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
@@ -149,15 +149,16 @@ class Relay:
 
 
 @contextlib.contextmanager
-def relay_topology(kind: str, hops: int, workdir: Path) -> Iterator[Relay]:
+def relay_topology(kind: str, hops: int, workdir: Path,
+                   mode: str = "redirect") -> Iterator[Relay]:
     with Lab(prefix="rst") as lab:
         client, server = lab.pair()
         app = RelayServer(server)
         sidecars = []
         try:
-            ph.apply_capture(lab, server, "redirect")
+            ph.apply_capture(lab, server, mode)
             sidecars.append(ph.start_sidecar(lab, server, kind,
-                                             ph.REFERENCE / "server-redirect.json", workdir))
+                                             ph.REFERENCE / f"server-{mode}.json", workdir))
             if hops == 2:
                 ph.apply_capture(lab, client, "redirect")
                 sidecars.append(ph.start_sidecar(lab, client, kind,
@@ -198,10 +199,13 @@ def held_up_len(kind: str, up_len: int, mode: int) -> int:
     return up_len
 
 
-@pytest.mark.parametrize("hops", [1, 2])
+@pytest.mark.parametrize(("hops", "capture"), [(1, "redirect"), (2, "redirect"),
+                                               (1, "tproxy")])
 @pytest.mark.parametrize("kind", ph.KINDS)
-def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
-    with relay_topology(kind, hops, tmp_path) as relay:
+def test_byte_exact_relay(kind: str, hops: int, capture: str, tmp_path: Path) -> None:
+    """TPROXY adds transparent listeners and original_src (the app is dialled from the
+    client's own address) to the path."""
+    with relay_topology(kind, hops, tmp_path, capture) as relay:
         for i, (up_len, down_len, mode) in enumerate(BIG_CASES):
             relay.check(held_up_len(kind, up_len, mode), down_len, mode, seed=1000 + 2 * i)
         seeds = iter(range(10_000, 1_000_000, 2))
@@ -215,6 +219,8 @@ def test_byte_exact_relay(kind: str, hops: int, tmp_path: Path) -> None:
         relay_is_exact()
         # every relayed connection went through (and was logged by) each sidecar's
         # catch-all tcp_proxy chain
+        seen_from = {peer[0] for peer in relay.server.peer.peers}
+        assert seen_from == {CLIENT_IP if capture == "tproxy" else "127.0.0.6"}, seen_from
         expected = ["InboundPassthroughCluster", "PassthroughCluster"][:hops]
         for sidecar, cluster in zip(relay.sidecars, expected, strict=True):
             lines = sidecar.wait_access_log(relay.connections)
