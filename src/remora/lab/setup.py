@@ -131,3 +131,6 @@ class MeshSetup(PodSetup):
                            cwd=spec.cwd, ready_port=spec.ready_port,
                            ready_host=spec.ready_host)
 
+
+
+LabSetup = MeshSetup  # the name docs/node.md uses for the lab's hook
