@@ -16,6 +16,7 @@ The lab's objects come from the node daemon (remora.node.client via remora.lab.s
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,17 @@ def _config(pod: LabPod) -> EnvoyConfig:
     parse_config_text(cfg, body.decode("utf-8", errors="replace"),
                       f"/config_dump?include_eds of {pod.ref}")
     return cfg
+
+
+def _flush_access_log(pod: LabPod) -> None:
+    """Envoy writes file access logs every --file-flush-interval-msec (10 s by default);
+    its admin `POST /reopen_logs` writes them out now
+    (https://www.envoyproxy.io/docs/envoy/latest/operations/admin#post--reopen_logs).
+    `remora proxy` writes each line at once and has no such endpoint: nothing to do."""
+    if not pod.has_sidecar:
+        return
+    with contextlib.suppress(RemoraError):
+        admin.request(pod.netns, "POST", "/reopen_logs", timeout=3.0, where=pod.ref)
 
 
 def _log_reader(node: NodeClient, pod: LabPod, container: str) -> Callable[[], str]:
@@ -150,6 +162,8 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     result = live_probe.probe(src.netns, dest.host, dest.port, dest.authority, path, rid,
                               timeout)
     after = {p.ref: _iptables(node, p) for p in watched}
+    for p in watched:
+        _flush_access_log(p)
     moved = {p.ref: annotate(before[p.ref], after[p.ref]) for p in watched}
     c_entries = _entries(node, src, rid, min(timeout, 3.0))
     server, s_entries = _pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)

@@ -1,0 +1,253 @@
+"""`remora explain source-ip --from POD --to SERVICE` against a running lab with the seed.
+
+One lab per sidecar kind (remora proxy; a real Envoy under the `envoy` marker), in its own
+state directory and namespace prefix (remora.lab.testing.TempLab), running the seed's
+unchanged manifests: REDIRECT first (the app sees 127.0.0.6, confirmed by the probe's own
+access-log line), then a server without a sidecar, bad input, and last the seed's TPROXY
+patch (the app sees the client pod's IP). Every answer comes from the real pods: the probe
+is a real request, the counters are the kernel's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from remora.lab import demo, session
+from remora.lab.testing import TempLab
+
+pytestmark = pytest.mark.netns
+
+SERVER_IP, CLIENT_IP = "10.20.0.77", "10.20.0.78"
+SIDECARS = [pytest.param("remora", id="remora"),
+            pytest.param("envoy", id="envoy", marks=pytest.mark.envoy)]
+PLAIN = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: plain
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: plain-server
+  namespace: plain
+spec:
+  selector:
+    matchLabels:
+      web: plain
+  template:
+    metadata:
+      labels:
+        web: plain
+    spec:
+      containers:
+      - name: demo
+        image: vasth/simple-server
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: plain-svc
+  namespace: plain
+spec:
+  selector:
+    web: plain
+  ports:
+  - port: 18080
+"""
+
+
+@dataclass
+class SeedLab:
+    lab: TempLab
+    sidecar: str
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        done = self.lab.remora(*args, stdin=stdin)
+        assert done.returncode == 0, f"remora {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def explain(self, *args: str) -> str:
+        return self.ok("explain", "source-ip", "--from", "deploy/simple-client",
+                       "-n", "demo-from", "--path", "/common/sauth", *args)
+
+    def explain_json(self, to: str = "simple-server-svc.demo-to:18080") -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.explain("--to", to, "-o", "json"))
+        return doc
+
+    def server_pod(self, namespace: str = "demo-to", label: str = "server") -> tuple[str, str]:
+        pods = [p for p in session.connect(self.lab.state_dir).get("Pod", namespace)
+                if "deletionTimestamp" not in p["metadata"]
+                and p["metadata"]["labels"].get("web") == label]
+        assert len(pods) == 1, pods
+        return pods[0]["metadata"]["name"], pods[0]["status"]["podIP"]
+
+    def wait_app_log(self, namespace: str, pod: str, pattern: str, timeout: float = 30) -> None:
+        """The seed client calls once a second: wait until the path really works."""
+        client = session.connect(self.lab.state_dir)
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, client.logs(namespace, pod, "demo")["text"]):
+            assert time.monotonic() < deadline, f"{namespace}/{pod} never logged {pattern}"
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module", params=SIDECARS)
+def seed(request: pytest.FixtureRequest) -> Iterator[SeedLab]:
+    with TempLab() as lab:
+        s = SeedLab(lab, request.param)
+        s.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--sidecar", request.param)
+        s.ok("apply", "-f", "-", stdin=demo.NAMESPACES)
+        with demo.seed_paths() as (server_yaml, client_yaml):
+            s.ok("apply", "-f", str(server_yaml), "--wait", "--timeout", "40")
+            s.ok("apply", "-f", str(client_yaml), "--wait", "--timeout", "40")
+        name, ip = s.server_pod()
+        assert ip == SERVER_IP
+        s.wait_app_log("demo-to", name, r"RemoteAddr=127\.0\.0\.6:\d+")
+        yield s
+        lab.close()
+        assert lab.leftovers() == []
+
+
+def _step(doc: dict[str, Any], n: int) -> dict[str, Any]:
+    step: dict[str, Any] = doc["steps"][n - 1]
+    return step
+
+
+def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: SeedLab) -> None:
+    doc = seed.explain_json()
+    live, verdict = doc["live"], doc["verdict"]
+    assert live["client_pod"]["ip"] == CLIENT_IP and live["server_pod"]["ip"] == SERVER_IP
+    assert live["probe"]["status"] == 200, live["probe"]
+    assert doc["mode"] == "REDIRECT"
+    assert [s["status"] for s in doc["steps"]] == ["ok", "ok", "ok", "ok"]
+    # the probe's own line in the server sidecar's log, found by its x-request-id
+    [line] = live["server_access_log"]
+    assert line["request_id"] == live["probe"]["request_id"]
+    assert line["upstream_cluster"] == "inbound|18080||"
+    assert line["upstream_local_address"].startswith("127.0.0.6:")
+    assert line["downstream_remote_address"].startswith(f"{CLIENT_IP}:")
+    assert verdict["app_sees"] == "127.0.0.6" and verdict["sees_client"] is False
+    assert verdict["confirmed"] is True
+    assert f"UPSTREAM_LOCAL_ADDRESS {line['upstream_local_address']}" in verdict["confirmation"]
+    # the app's own log line for that connection, found by the address the sidecar used
+    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
+    # the client's nat OUTPUT: the probe itself moved the REDIRECT rule's counter
+    redirect = [r for r in _step(doc, 1)["iptables"]["rules"]
+                if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
+    assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
+    moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
+    assert ("ISTIO_REDIRECT", 1) in moved
+    assert _step(doc, 4)["sidecar"]["upstream_source"] == "127.0.0.6"
+
+
+def test_redirect_text_output(seed: SeedLab) -> None:
+    out = seed.explain("--to", "simple-server-svc.demo-to:18080")
+    assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
+                    r"demo-to/simple-server-svc \(172\.16\.\d+\.\d+:18080\), served by pod "
+                    rf"demo-to/simple-server-\S+ \({SERVER_IP}\)", out)
+    assert re.search(r"probe: GET http://simple-server-svc\.demo-to:18080/common/sauth -> "
+                     r"HTTP/1\.1 200 OK", out)
+    assert re.search(r"ISTIO_REDIRECT #1  \[\d+ pkts, \+\d+ during the probe\] .*"
+                     r"REDIRECT --to-ports 15001", out)
+    assert "   the app sees 127.0.0.6 (not the client 10.20.0.78)" in out
+    assert re.search(r"   confirmed: access log line \d+: UPSTREAM_LOCAL_ADDRESS "
+                     r"127\.0\.0\.6:\d+", out)
+    assert "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN" in out  # why 127.0.0.6
+    assert "remora patch deployment simple-server -n demo-to -p" in out
+    assert "rule counters that moved during the probe" in out
+
+
+def test_compare_and_diagram_as_offline(seed: SeedLab, tmp_path: Any) -> None:
+    svg = tmp_path / "path.svg"
+    out = seed.explain("--to", "simple-server-svc.demo-to:18080", "--compare",
+                       "--diagram", str(svg))
+    rows = [line for line in out.splitlines() if line.startswith(("REDIRECT", "TPROXY"))]
+    assert rows[0].startswith("REDIRECT (now)") and "127.0.0.6" in rows[0]
+    assert any(r.startswith("TPROXY") and CLIENT_IP in r for r in rows)
+    assert svg.read_text().startswith("<svg")
+
+
+def test_pod_target(seed: SeedLab) -> None:
+    name, _ = seed.server_pod()
+    doc = seed.explain_json(f"{name}.demo-to:18080")
+    assert doc["live"]["destination"] == {"kind": "pod", "name": name, "namespace": "demo-to",
+                                          "host": SERVER_IP, "port": 18080,
+                                          "authority": f"{SERVER_IP}:18080"}
+    assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
+
+
+def test_server_without_sidecar_sees_the_client(seed: SeedLab) -> None:
+    seed.ok("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN)
+    try:
+        doc = seed.explain_json("plain-svc.plain:18080")
+        live = doc["live"]
+        assert live["server_pod"]["sidecar"] is False and live["probe"]["status"] == 200
+        assert any("has no sidecar (istio-proxy): no mesh on its side" in n
+                   for n in live["notes"])
+        assert doc["mode"] == "none (no sidecar)"
+        assert _step(doc, 3)["status"] == "not captured"
+        assert doc["verdict"]["app_sees"] == CLIENT_IP and doc["verdict"]["sees_client"]
+        # no sidecar log to confirm by: the app's own line for the connection does
+        assert live["app_log_line"].startswith("X-Forwarded-For=, RemoteAddr=10.20.0.78:")
+        assert doc["verdict"]["confirmed"] is True
+        assert not any("server sidecar" in m["what"] for m in doc["missing"])
+    finally:
+        seed.ok("delete", "namespace", "plain")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--from", "nope", "-n", "demo-from", "--to", "simple-server-svc.demo-to"],
+     "client pod 'nope' not found in namespace 'demo-from'"),
+    (["--from", "deploy/simple-client", "-n", "demo-from", "--to", "nope.demo-to:80"],
+     "no service or pod named 'nope' in namespace 'demo-to'"),
+    (["--from", "deploy/simple-client", "-n", "demo-from", "--to",
+      "simple-server-svc.demo-to:81"], "has no port 81 (its ports: 18080)"),
+])
+def test_bad_pods_are_one_line_errors(seed: SeedLab, args: list[str], message: str) -> None:
+    done = seed.lab.remora("explain", "source-ip", *args)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.startswith("remora: error: ") and message in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_no_lab_running(tmp_path: Any) -> None:
+    lab = TempLab()
+    try:
+        done = lab.remora("explain", "source-ip", "--from", "x", "--to", "y:1",
+                          "--state-dir", str(tmp_path / "none"))
+        assert done.returncode != 0
+        assert done.stderr == (f"remora: error: no lab is running at {tmp_path / 'none'} (fix: "
+                               "start it with `remora up` (or pass the --state-dir it uses))\n")
+    finally:
+        lab.close()
+
+
+def test_tproxy_patch_the_app_sees_the_client(seed: SeedLab) -> None:
+    """Last: it changes the lab (the seed's own fix, then a rollout)."""
+    seed.ok("patch", "deployment", "simple-server", "-n", "demo-to", "-p", demo.TPROXY_PATCH)
+    seed.ok("rollout", "status", "deployment/simple-server", "-n", "demo-to", "--timeout", "40")
+    name, ip = seed.server_pod()
+    # The new pod can be Ready some seconds before the client's connections reach it
+    # (seen up to ~25 s after the rollout); the seed client's own calls say when they do.
+    seed.wait_app_log("demo-to", name, rf"RemoteAddr={re.escape(CLIENT_IP)}:\d+", timeout=60)
+    doc = seed.explain_json()
+    live, verdict = doc["live"], doc["verdict"]
+    assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
+    assert doc["mode"] == "TPROXY"
+    tproxy = _step(doc, 3)["iptables"]["capture"]
+    assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
+    [line] = live["server_access_log"]
+    assert line["upstream_local_address"].startswith(f"{CLIENT_IP}:")
+    assert verdict["app_sees"] == CLIENT_IP and verdict["sees_client"] is True
+    assert verdict["confirmed"] is True and verdict["fixes"] == []
+    # mangle counts every packet: the probe's connection moved the server's TPROXY path
+    moved = {m["chain"] for m in live["counters_moved"]["server"]}
+    assert "ISTIO_INBOUND" in moved
+    assert ip == live["server_pod"]["ip"]
