@@ -13,8 +13,8 @@ Istio's sidecars run with use_remote_address false: XFF passes through untouched
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import uuid
 
 # hop-by-hop headers never forwarded (RFC 9110 7.6.1); transfer-encoding is re-framed
 # (te is kept when it is exactly "trailers", as Envoy does; see stream.py)
@@ -36,6 +36,13 @@ _EXTERNAL_CLEANED = frozenset({
     "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
     "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal",
 })
+
+
+def uuid4() -> str:
+    """A random (version 4) UUID as text, like str(uuid.uuid4()) at less than half the
+    cost (one per request)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def xff_client(xff: str, trusted_hops: int) -> str | None:
@@ -107,7 +114,7 @@ def mutate_request(hmap: dict[str, str], remote_ip: str, *, use_remote_address: 
     if sanitize_xfcc:
         m.remove.add("x-forwarded-client-cert")
     if generate_request_id and ("x-request-id" not in hmap or regenerate_id):
-        m.set.append(("x-request-id", str(uuid.uuid4())))
+        m.set.append(("x-request-id", uuid4()))
     elif regenerate_id:
         m.remove.add("x-request-id")
     return m
