@@ -19,6 +19,7 @@ from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate
 from remora.controlplane.model import Snapshot
 from remora.resources.loader import load_manifests
+from remora.resources.objects import ServicePort
 from remora.resources.security import AuthorizationPolicy, PeerAuthentication
 from tests import proxyharness as ph
 from tests.lab import CLIENT_IP, SERVER_IP, Lab, Namespace
@@ -64,12 +65,17 @@ def peer_authentication(mode: str) -> str:
 
 def mesh(lab: Lab, work: Path, server_kind: str, client_kind: str | None,
          mode: str = "redirect", policies: str = "", server_identity: str | None = None,
-         server_expired: bool = False) -> Mesh:
+         server_expired: bool = False, tcp_port: int | None = None) -> Mesh:
     """SERVER_IDENTITY / SERVER_EXPIRED give the server a wrong-identity or an expired
-    certificate from the start (so the very first handshake meets it)."""
+    certificate from the start (so the very first handshake meets it). TCP_PORT adds a
+    ``tcp-`` named port to the server's service (a TCP chain set, network RBAC)."""
     client, server = lab.pair()
     snap, server_pod, client_pod = seed(tproxy=mode == "tproxy")
     snap = with_policies(snap, policies)
+    if tcp_port is not None:
+        svc = snap.services[0]
+        extra = ServicePort(port=tcp_port, targetPort=tcp_port, name="tcp-echo")
+        snap = replace(snap, services=(replace(svc, ports=(*svc.ports, extra)),))
     authority = CertificateAuthority(work / "ca")
     configs = {}
     for name, pod, ip in (("server", server_pod, SERVER_IP), ("client", client_pod, CLIENT_IP)):

@@ -58,11 +58,16 @@ def test_remora_to_remora_mtls_sni_in_server_access_log(tmp_path: Path) -> None:
         assert stats["http.inbound_0.0.0.0_18080.downstream_rq_total"] == 3
 
 
+KINDS = ["remora", pytest.param("envoy", marks=pytest.mark.envoy)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", ["PERMISSIVE", "STRICT"])
-def test_client_without_sidecar(tmp_path: Path, mode: str) -> None:
-    _skip_without_proxy()
+def test_client_without_sidecar(tmp_path: Path, mode: str, kind: str) -> None:
+    if kind == "remora":
+        _skip_without_proxy()
     with Lab("mt") as lab:
-        m = mesh(lab, tmp_path, "remora", None, policies=peer_authentication(mode))
+        m = mesh(lab, tmp_path, kind, None, policies=peer_authentication(mode))
         plain = get_from(m.client, None, SERVER_IP, 18080, "/common/sauth")
         certs = m.client_certs
         curl = ["curl", "-sk", "--http1.1", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"]
@@ -79,12 +84,14 @@ def test_client_without_sidecar(tmp_path: Path, mode: str) -> None:
             assert with_cert.stdout == b"200", with_cert.stderr
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", ["redirect", "tproxy"])
 def test_ip_blocks_enforced_by_sidecar_app_sees_client_only_in_tproxy(
-        tmp_path: Path, mode: str) -> None:
-    _skip_without_proxy()
+        tmp_path: Path, mode: str, kind: str) -> None:
+    if kind == "remora":
+        _skip_without_proxy()
     with Lab("mt") as lab:
-        m = mesh(lab, tmp_path, "remora", None, mode=mode, policies=ONLY_CLIENT)
+        m = mesh(lab, tmp_path, kind, None, mode=mode, policies=ONLY_CLIENT)
         lab.run(m.client, ["ip", "addr", "add", f"{OTHER_IP}/24", "dev", "eth0"])
         allowed = get_from(m.client, CLIENT_IP, SERVER_IP, 18080, "/common/sauth")
         denied = get_from(m.client, OTHER_IP, SERVER_IP, 18080, "/common/sauth")
