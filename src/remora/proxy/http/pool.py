@@ -57,13 +57,14 @@ def limits_of(cluster: Any) -> PoolLimits:
 
 
 class PooledConnection:
-    __slots__ = ("created", "idle_since", "key", "limits", "requests", "upstream")
+    __slots__ = ("created", "idle_since", "key", "limits", "owner", "requests", "upstream")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
-                 limits: PoolLimits = DEFAULT_LIMITS) -> None:
+                 limits: PoolLimits = DEFAULT_LIMITS, owner: object = None) -> None:
         self.key = key
         self.upstream = upstream
         self.limits = limits
+        self.owner = owner  # the cluster object that opened it (a CDS update replaces it)
         self.created = self.idle_since = time.monotonic()
         self.requests = 0
 
@@ -92,14 +93,18 @@ class ConnectionPool:
     def __init__(self) -> None:
         self._idle: dict[PoolKey, list[PooledConnection]] = {}
 
-    def acquire(self, key: PoolKey, exclude: frozenset[str]) -> PooledConnection | None:
+    def acquire(self, key: PoolKey, exclude: frozenset[str],
+                owner: object = None) -> PooledConnection | None:
+        """An idle connection for KEY not to an EXCLUDEd host. Connections opened by
+        another version of the cluster (OWNER differs: the cluster was updated) are closed,
+        as Envoy drains a cluster's pools when it changes."""
         idle = self._idle.get(key)
         if not idle:
             return None
         now = time.monotonic()
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
-            if not conn.usable() or conn.expired(now):
+            if not conn.usable() or conn.expired(now) or conn.owner is not owner:
                 del idle[i]
                 conn.close()
                 continue

@@ -192,7 +192,7 @@ class _Forward:
         try:
             facts = stream.conn.downstream.facts
             key = pool_key(cluster.name, facts)
-            pc = router.pool.acquire(key, exclude)
+            pc = router.pool.acquire(key, exclude, cluster)
             fresh = pc is None
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
@@ -205,7 +205,7 @@ class _Forward:
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                pc = PooledConnection(key, up, limits_of(cluster))
+                pc = PooledConnection(key, up, limits_of(cluster), cluster)
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address

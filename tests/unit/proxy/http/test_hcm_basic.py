@@ -239,3 +239,17 @@ def test_cluster_http_protocol_options_bound_pooled_connections() -> None:
                 assert (await c.get("/")).status == 200
         assert cluster.connects == 3  # 2 + 2 + 1 requests
     run(body)
+
+
+def test_updated_cluster_does_not_reuse_the_old_versions_connections() -> None:
+    async def body() -> None:
+        hcm, (app,), cluster, ctx = await setup()
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            assert (await c.get("/")).status == 200
+            newer = FakeCluster("app", [app.addr])  # what a CDS update installs
+            ctx.cluster_manager.clusters["app"] = newer
+            assert (await c.get("/")).status == 200
+            assert (await c.get("/")).status == 200
+        assert cluster.connects == 1 and newer.connects == 1 and app.connections == 2
+    run(body)
