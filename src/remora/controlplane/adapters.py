@@ -18,6 +18,7 @@ from remora.controlplane.model import Snapshot, Workload
 from remora.errors import RemoraError
 from remora.resources.loader import parse_object
 from remora.resources.objects import Namespace, Pod, Service
+from remora.resources.security import AuthorizationPolicy, PeerAuthentication
 
 _API = {"Pod": "v1", "Service": "v1", "Namespace": "v1"}
 
@@ -51,9 +52,11 @@ def namespace_from_dict(obj: dict[str, Any]) -> Namespace:
 
 def snapshot_from_dicts(namespaces: Iterable[dict[str, Any]],
                         services: Iterable[dict[str, Any]],
-                        pods: Iterable[dict[str, Any]]) -> Snapshot:
+                        pods: Iterable[dict[str, Any]],
+                        policies: Iterable[dict[str, Any]] = ()) -> Snapshot:
     """A Snapshot from the store's objects: pods count as endpoints when they have an IP,
-    are ready and are not being deleted (Istio sends only ready endpoints)."""
+    are ready and are not being deleted (Istio sends only ready endpoints). POLICIES are
+    the store's PeerAuthentication and AuthorizationPolicy objects (any order)."""
     workloads = []
     for p in pods:
         status = p.get("status") or {}
@@ -61,9 +64,25 @@ def snapshot_from_dicts(namespaces: Iterable[dict[str, Any]],
             "deletionTimestamp")
         workloads.append(Workload(pod=pod_from_dict(p), ip=str(status.get("podIP") or ""),
                                   ready=ready))
+    pas, aps = security_from_dicts(policies)
     return Snapshot(services=tuple(service_from_dict(s) for s in services),
                     workloads=tuple(workloads),
-                    namespaces=tuple(namespace_from_dict(n) for n in namespaces))
+                    namespaces=tuple(namespace_from_dict(n) for n in namespaces),
+                    peer_authentications=pas, authorization_policies=aps)
+
+
+def security_from_dicts(objs: Iterable[dict[str, Any]]
+                        ) -> tuple[tuple[PeerAuthentication, ...], tuple[AuthorizationPolicy, ...]]:
+    """Istio's security objects as the store keeps them (their own apiVersion/kind)."""
+    pas: list[PeerAuthentication] = []
+    aps: list[AuthorizationPolicy] = []
+    for obj in objs:
+        parsed, _warnings = parse_object(obj, f"{obj.get('kind')} from the node store")
+        if isinstance(parsed, PeerAuthentication):
+            pas.append(parsed)
+        elif isinstance(parsed, AuthorizationPolicy):
+            aps.append(parsed)
+    return tuple(pas), tuple(aps)
 
 
 def inject_dict(pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:

@@ -144,3 +144,13 @@ def test_authn_scopes_and_inheritance() -> None:
     assert got.port(1).mode == "STRICT"
     not_selected = _pa("demo-to", "DISABLE", {"app": "other"})
     assert workload_authn([mesh, not_selected], pod).mode == "STRICT"
+
+
+def test_snapshot_from_store_dicts_carries_policies() -> None:
+    from remora.controlplane.adapters import snapshot_from_dicts
+
+    pa = _pa("istio-system", "STRICT").to_dict()
+    ap = load_manifests(POLICY).objects[0].to_dict()  # type: ignore[union-attr]
+    snap = snapshot_from_dicts([], [], [], policies=[ap, pa])
+    assert [p.mode for p in snap.peer_authentications] == ["STRICT"]
+    assert [p.metadata.name for p in snap.authorization_policies] == ["only-client"]
