@@ -97,7 +97,7 @@ def test_empty_allow_policy_has_no_rules() -> None:
 
 def _pa(ns: str, mode: str, selector: dict[str, str] | None = None,
         ports: dict[int, str] | None = None) -> PeerAuthentication:
-    return PeerAuthentication(metadata=ObjectMeta(name=f"pa-{ns}-{mode}", namespace=ns),
+    return PeerAuthentication(metadata=ObjectMeta(name=f"pa-{ns}-{mode.lower()}", namespace=ns),
                               selector=selector or {}, mode=mode, port_modes=ports or {})
 
 
