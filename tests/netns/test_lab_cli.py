@@ -5,7 +5,9 @@ leaves nothing half-applied."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import textwrap
 import time
 from collections.abc import Iterator
@@ -167,3 +169,26 @@ def test_a_crashing_sidecar_config_is_reported_with_its_error(lab: TempLab,
     assert proc.returncode != 0
     assert "pod default/broken: container proxy keeps failing" in proc.stderr
     assert "frobnicate" in proc.stderr
+
+
+@pytest.mark.parametrize("sidecar", ["remora", pytest.param("envoy", marks=pytest.mark.envoy)])
+def test_a_restarted_daemon_adopts_meshed_pods(lab: TempLab, tmp_path: Path,
+                                               sidecar: str) -> None:
+    (tmp_path / "ns.yaml").write_text(NAMESPACE)
+    (tmp_path / "server.yaml").write_text(seed_text("server.yaml"))
+    ok(lab, *lab.up_args(), "--sidecar", sidecar, "-f", str(tmp_path), "--wait")
+    before = json.loads(ok(lab, "get", "po", "-n", "demo-to", "-o", "json"))["items"][0]
+    pid = int((lab.state_dir / "daemon.pid").read_text())
+    os.kill(pid, signal.SIGTERM)  # the daemon our `up` started
+    deadline = time.monotonic() + 10
+    while (lab.state_dir / "node.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out = ok(lab, *lab.up_args())  # flags differ from the first up: the saved ones win
+    assert f"sidecar {sidecar}" in out
+    time.sleep(1.5)  # a few reconcile passes
+    after = json.loads(ok(lab, "get", "po", "-n", "demo-to", "-o", "json"))["items"][0]
+    assert after["metadata"]["name"] == before["metadata"]["name"]
+    assert after["status"]["ready"] is True
+    assert [c["restartCount"] for c in after["status"]["containerStatuses"]] == [0, 0]
+    pids = [c["state"]["pid"] for c in before["status"]["containerStatuses"]]
+    assert [c["state"]["pid"] for c in after["status"]["containerStatuses"]] == pids

