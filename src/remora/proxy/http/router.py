@@ -198,14 +198,29 @@ class _Forward:
                 if not cluster.try_acquire("pending_requests"):
                     raise _Failure("connect", UpstreamError("UO", ""))
                 try:
-                    up = await cluster.connect(facts, info, exclude)
+                    try:
+                        up = await cluster.connect(facts, info, exclude)
+                    except UpstreamError as err:
+                        if err.flag != "UH" or not exclude:
+                            raise
+                        # previous_hosts ruled out every host: Envoy then routes to the
+                        # host it selected last (host_selection_retry_max_attempts), i.e.
+                        # retries a host already tried
+                        pc = router.pool.acquire(key, frozenset(), cluster)
+                        up = pc.upstream if pc is not None else await cluster.connect(
+                            facts, info, frozenset())
                 except UpstreamError as err:
                     if err.host:
                         self.tried.add(err.host)
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                pc = PooledConnection(key, up, limits_of(cluster), cluster)
+                if pc is None:
+                    pc = PooledConnection(key, up, limits_of(cluster), cluster)
+                else:
+                    fresh = False
+                    info.upstream_host = pc.host
+                    info.upstream_local_address = pc.upstream.local_address
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address

@@ -67,8 +67,8 @@ class FakeCluster:
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
                       exclude_hosts: frozenset[str] = frozenset()) -> Upstream:
         info.upstream_cluster = self.name
-        candidates = [h for h in self.hosts if format_address(*h) not in exclude_hosts] \
-            or self.hosts
+        # like the core's cluster: no host left after exclusion is "no healthy upstream"
+        candidates = [h for h in self.hosts if format_address(*h) not in exclude_hosts]
         if not candidates:
             raise UpstreamError("UH", "")
         ip, port = candidates[self._rr % len(candidates)]

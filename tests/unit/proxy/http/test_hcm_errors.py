@@ -290,3 +290,22 @@ def test_stream_idle_timeout_is_408_si_and_idle_connections_close() -> None:
         assert (info.flags_string(), info.response_code_details) == ("SI", "stream_idle_timeout")
         assert ctx.stats.counters["http.inbound_0.0.0.0_18080.downstream_cx_idle_timeout"] == 1
     run(body)
+
+
+def test_previous_hosts_with_one_host_retries_that_host() -> None:
+    """The client sidecar's policy (previous_hosts, 2 retries on 503) with one endpoint:
+    Envoy falls back to the host it already tried instead of failing with UH."""
+    async def body() -> None:
+        cfg = hcm_config([_retry_route({
+            "retry_on": "connect-failure,retriable-status-codes", "retriable_status_codes": [503],
+            "num_retries": 2, "retry_host_predicate": PREVIOUS_HOSTS,
+            "host_selection_retry_max_attempts": "5"})])
+        hcm, (app,), _, ctx = await setup(cfg)
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            r = await c.get("/status/503")
+            assert r.status == 503 and r.json()["path"] == "/status/503"
+        assert len(app.seen) == 3
+        info = ctx.logger.infos[0]
+        assert (info.flags_string(), info.upstream_request_attempt_count) == ("URX", 3)
+    run(body)
