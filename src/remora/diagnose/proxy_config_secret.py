@@ -130,3 +130,14 @@ def secret_json(items: list[SecretItem]) -> str:
                 {"validation_context": {"trusted_ca": {"inline_bytes": pem}}})
         entries.append({"name": i.name, "secret": {"name": i.name, **body}})
     return json.dumps({"dynamicActiveSecrets": entries}, indent=2)
+
+
+def secret_items(dump: dict[str, Any] | None, config_dir: str | Path | None = None
+                 ) -> list[SecretItem]:
+    """What ``proxy-config secret`` shows: the secrets of the sidecar's /config_dump
+    (Envoy lists them), else those of the pod's config directory (remora proxy's dump
+    has no secrets yet)."""
+    items = items_from_config_dump(dump) if dump else []
+    if not items and config_dir is not None:
+        items = items_from_config_dir(config_dir)
+    return items

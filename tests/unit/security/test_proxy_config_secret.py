@@ -50,3 +50,17 @@ def test_config_dump_secrets_and_missing_ones(tmp_path: Path) -> None:
     assert item.state == "WARMING" and item.cert is None
     with pytest.raises(RemoraError, match="no SDS secrets"):
         pcs.items_from_config_dir(tmp_path)
+
+
+def test_secret_items_prefers_the_dump_then_the_config_dir(tmp_path: Path) -> None:
+    snap, server, _ = seed()
+    CertificateAuthority(tmp_path / "ca").ensure_workload(tmp_path / "certs", "demo-to")
+    write_config(generate(snap, server, SERVER_IP, str(tmp_path / "cfg"),
+                          certs_dir=str(tmp_path / "certs")))
+    empty_dump = {"configs": [{"@type": pcs.SECRETS_DUMP}]}
+    from_dir = pcs.secret_items(empty_dump, tmp_path / "cfg")
+    assert [i.name for i in from_dir] == ["default", "ROOTCA"]
+    dump = {"configs": [{"@type": pcs.SECRETS_DUMP, "dynamic_active_secrets": [
+        {"name": "ROOTCA", "secret": {"name": "ROOTCA", "validation_context": {
+            "trusted_ca": {"filename": str(tmp_path / "certs" / "root-cert.pem")}}}}]}]}
+    assert [i.name for i in pcs.secret_items(dump, tmp_path / "cfg")] == ["ROOTCA"]
