@@ -75,6 +75,7 @@ CASES = {
     "route-timeout": b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n",
     "refused": b"GET /refused HTTP/1.1\r\nHost: a\r\n\r\n",
     "retry-exhausted": b"GET /r503 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "retry-one-endpoint-previous-hosts": b"GET /r503-ph HTTP/1.1\r\nHost: a\r\n\r\n",
     "reset": b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n",
     "truncated": b"GET /half HTTP/1.1\r\nHost: a\r\n\r\n",
     "no-route": b"GET /x HTTP/1.1\r\nHost: nr.example\r\n\r\n",
@@ -111,7 +112,15 @@ def _config(template: dict[str, Any], port: int, admin: int, log: Path, echo: in
     fault = {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
              "abort": {"http_status": 418, "percentage": {"numerator": 100}}}
     vh["typed_per_filter_config"] = {"envoy.filters.http.cors": cors}
+    previous_hosts = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                 "PreviousHostsPredicate"}}]
     vh["routes"] = [
+        {"name": "retry-ph", "match": {"prefix": "/r503-ph"}, "route": {
+            "cluster": "echo", "retry_policy": {
+                "retry_on": "retriable-status-codes", "retriable_status_codes": [503],
+                "num_retries": 2, "retry_host_predicate": previous_hosts,
+                "host_selection_retry_max_attempts": "5"}}},
         {"name": "to", "match": {"prefix": "/slow"}, "route": {"cluster": "echo",
                                                               "timeout": "0.3s"}},
         {"name": "ref", "match": {"prefix": "/refused"}, "route": {"cluster": "refused"}},
