@@ -18,6 +18,7 @@ from remora.lab import describe as describe_text
 from remora.lab import manifests, progress, selectors, session, tables
 from remora.lab import settings as lab_settings
 from remora.lab.images import ImageMap
+from remora.lab.pods import resolve_pod
 from remora.node import naming
 from remora.node.client import NodeClient, follow
 
@@ -290,19 +291,8 @@ def _endpoints(client: NodeClient, svc: dict[str, Any]) -> list[str]:
 # -- logs / exec ----------------------------------------------------------------------------
 def _pods_for(client: NodeClient, namespace: str, pod: str | None,
               selector: str | None) -> list[str]:
-    if pod and "/" in pod:
-        kind, name = pod.split("/", 1)
-        if tables.kind_of(kind) == "Deployment":
-            owned = [p for p in client.get("Pod", namespace)
-                     if (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name
-                     and "deletionTimestamp" not in p["metadata"]]
-            if not owned:
-                raise RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
-                                  f"see `remora get deploy,pods -n {namespace}`")
-            return [owned[0]["metadata"]["name"]]
-        pod = name
     if pod:
-        return [pod]
+        return [resolve_pod(client, namespace, pod)]
     if not selector:
         raise UsageError("give a pod name or -l SELECTOR",
                          "e.g. remora logs -n demo-to -l web=server")

@@ -8,6 +8,7 @@ import click
 
 from remora.errors import RemoraError
 from remora.lab import admin, session
+from remora.lab.pods import resolve_pod, split_dotted
 
 TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints", "route",
          "routes", "log", "all")
@@ -32,8 +33,8 @@ def proxy_config(what: str, pod: str, namespace: str, port: int | None, fqdn: st
     from remora.diagnose.proxy_config_dump import parse_config_dump
 
     client = session.connect(session.state_dir(state_dir))
-    if "." in pod and "/" not in pod:
-        pod, namespace = pod.split(".", 1)  # istioctl accepts POD.NAMESPACE
+    pod, namespace = split_dotted(pod, namespace)
+    pod = resolve_pod(client, namespace, pod)
     found = [p for p in client.get("Pod", namespace) if p["metadata"]["name"] == pod]
     if not found:
         raise RemoraError(f"pod {pod!r} not found in namespace {namespace!r}",

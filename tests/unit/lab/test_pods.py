@@ -1,0 +1,42 @@
+"""Pod references: NAME, pod/NAME, deploy/NAME, NAME.NAMESPACE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from remora.errors import RemoraError
+from remora.lab.pods import resolve_pod, split_dotted
+
+
+class FakeClient:
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = pods
+
+    def get(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        assert kind == "Pod"
+        return [p for p in self.pods if p["metadata"]["namespace"] == namespace]
+
+
+def pod(name: str, owner: str, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "demo-to",
+                            "ownerReferences": [{"kind": "Deployment", "name": owner}]}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta}
+
+
+def test_references() -> None:
+    client: Any = FakeClient([pod("simple-server-a-old", "simple-server", deleting=True),
+                              pod("simple-server-b-new", "simple-server")])
+    assert resolve_pod(client, "demo-to", "x") == "x"
+    assert resolve_pod(client, "demo-to", "pod/x") == "x"
+    assert resolve_pod(client, "demo-to", "deploy/simple-server") == "simple-server-b-new"
+    assert resolve_pod(client, "demo-to", "deployment/simple-server") == "simple-server-b-new"
+    with pytest.raises(RemoraError, match="has no pods"):
+        resolve_pod(client, "demo-to", "deploy/other")
+    with pytest.raises(RemoraError, match="does not name pods"):
+        resolve_pod(client, "demo-to", "svc/simple-server-svc")
+    assert split_dotted("simple-server-x.demo-to", "default") == ("simple-server-x", "demo-to")
+    assert split_dotted("p", "ns") == ("p", "ns")
