@@ -63,6 +63,9 @@ class Http1Connection:
         self.downstream = downstream
         self.writer = downstream.writer
         self.transport = downstream.writer.transport
+        # x-forwarded-proto / :scheme follow the downstream's encryption, as in Envoy
+        # (https once a tls transport socket terminated the connection)
+        self.scheme = "https" if downstream.writer.get_extra_info("ssl_object") else "http"
         self.decoder = RequestDecoder(self.cfg.max_request_headers_kb * 1024,
                                       self.cfg.max_headers_count, BUFFER_LIMIT)
         self.eof = False

@@ -91,7 +91,7 @@ class ActiveStream:
         hdrs = dict(req.hmap)
         hdrs[":method"] = req.method
         hdrs[":path"] = url
-        hdrs[":scheme"] = "http"
+        hdrs[":scheme"] = self.conn.scheme
         if authority is not None:
             hdrs[":authority"] = authority
         info.request_headers = hdrs
@@ -119,7 +119,7 @@ class ActiveStream:
             req.hmap, ds.facts.remote_ip, use_remote_address=cfg.use_remote_address,
             xff_num_trusted_hops=cfg.xff_num_trusted_hops, skip_xff_append=cfg.skip_xff_append,
             generate_request_id=cfg.generate_request_id,
-            preserve_external_request_id=cfg.preserve_external_request_id, scheme="http",
+            preserve_external_request_id=cfg.preserve_external_request_id, scheme=self.conn.scheme,
             node_ip=self.conn.node_ip(), sanitize_xfcc=self.conn.sanitize_xfcc)
         if mut.final_remote_ip is not None:
             # Envoy's downstream remote address becomes the trusted XFF client (port 0)
