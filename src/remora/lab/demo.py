@@ -13,6 +13,7 @@ and keeps the output for the tests (tests/netns/test_seed_demo*.py) to assert on
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -179,6 +180,10 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
             f" --state-dir {state_dir}"
         echo("The lab is still running: look around with `remora get pods -A`, "
              "`remora logs`, `remora exec` and `remora proxy-config`;")
+        if importlib.util.find_spec("remora.cli.explain") is not None:
+            r = demo.result
+            echo(f"ask why with `remora explain source-ip --from {r.client_pod} -n demo-from "
+                 "--to simple-server-svc.demo-to:18080`;")
         echo(f"remove it all with `sudo remora down{where}`.")
     return demo.result
 
