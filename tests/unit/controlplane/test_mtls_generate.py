@@ -4,6 +4,7 @@ seed's listener table, the client's TLS cluster, validated by Envoy and loaded b
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -159,3 +160,25 @@ def test_real_envoy_validates_mtls_config(tmp_path: Path, mode: str) -> None:
                                   "--disable-hot-restart", "-l", "error"],
                                  capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_istioctl_listener_table_matches_the_seed(shared_dir: Path) -> None:
+    """The MATCH column of `proxy-config listener` for 15006 is the seed's, line for line
+    (seed lines 464-473; the seed's Istio names the passthrough cluster ...Ipv4)."""
+    from remora.controlplane.generate import LISTENER_TYPE
+    from remora.diagnose.proxy_config import render
+    from remora.diagnose.proxy_config_dump import parse_config_dump
+
+    snap, server, _ = seed()
+    cfg = generate(snap, server, SERVER_IP, "/cfg", certs_dir="/certs")
+    dump = {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                         "dynamic_listeners": [{"name": x["name"], "active_state": {"listener": {
+                             "@type": LISTENER_TYPE, **x}}} for x in cfg.listeners]}]}
+    table = render(parse_config_dump(json.dumps(dump).encode()), "listener", fmt="table")
+    match = re.compile(r"(Trans: .*?Addr: \S+)")
+    ours = [m.group(1) for line in table.splitlines() if " 15006 " in line
+            if (m := match.search(line))]
+    seed_text = (shared_dir / "seed" / "000_1398f3c2bea01311.txt").read_text().splitlines()
+    theirs = [m.group(1) for line in seed_text[463:473] if (m := match.search(line))]
+    assert len(theirs) == 10
+    assert ours == theirs
