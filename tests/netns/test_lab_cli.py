@@ -138,6 +138,16 @@ def test_bad_input_is_refused_before_anything_changes(lab: TempLab, tmp_path: Pa
     assert "Deployment/demo-to/simple-server" in proc.stderr and "tproxy" in proc.stderr
     assert ok(lab, "get", "svc", "-n", "demo-to") == ""
     assert ok(lab, "get", "deploy", "-n", "demo-to") == ""
+    # unknown kinds and fields are warnings naming them; the rest is applied
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(NAMESPACE.replace("name: demo-to", "name: demo-to\n  frobnicate: 1")
+                     + "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+                     "metadata: {name: vs, namespace: demo-to}\n")
+    proc = lab.remora("apply", "-f", str(extra))
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning: " in proc.stderr and "frobnicate" in proc.stderr
+    assert "unknown kind networking.istio.io/v1beta1/VirtualService" in proc.stderr
+    assert "namespace/demo-to unchanged" in proc.stdout
     proc = lab.remora("get", "widgets")
     assert proc.returncode == 2 and "unknown resource type 'widgets'" in proc.stderr
 
