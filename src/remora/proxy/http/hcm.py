@@ -51,6 +51,7 @@ class HttpConnectionManager:
         self._rq_active = p + "downstream_rq_active"
         self._rq_xx = {c: f"{p}downstream_rq_{c}xx" for c in range(1, 6)}
         self._rq_completed = p + "downstream_rq_completed"
+        self._rq_time = p + "downstream_rq_time"  # histogram, ms
         self._cx_total = p + "downstream_cx_total"
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
         self._cx_active = p + "downstream_cx_active"
@@ -94,6 +95,8 @@ class HttpConnectionManager:
             info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
         info.finish()
         self.stats.inc(self._rq_completed)
+        self.stats.observe(self._rq_time,
+                           ((info.end_monotonic or 0) - info.start_monotonic) * 1000)
         code = info.response_code // 100
         if code in self._rq_xx:
             self.stats.inc(self._rq_xx[code])

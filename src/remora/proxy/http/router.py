@@ -337,10 +337,14 @@ class _Forward:
                               service_time_ms=None if self.router.suppress else ms)
 
     def _count_response(self, status: int) -> None:
-        inc = self.router.stats.inc
+        stats = self.router.stats
+        inc = stats.inc
         inc(f"{self.stat}upstream_rq_{status // 100}xx")
         inc(f"{self.stat}upstream_rq_{status}")
         inc(self.stat + "upstream_rq_completed")
+        stats.observe(self.stat + "upstream_rq_time", (time.monotonic() - self.started) * 1000)
+        if self.stream.info.upstream_request_attempt_count > 1 and status < 500:
+            inc(self.stat + "upstream_rq_retry_success")
 
     def _drop_current(self) -> None:
         pc = self.current

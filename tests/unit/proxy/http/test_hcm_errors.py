@@ -142,6 +142,7 @@ def test_retry_on_5xx_moves_to_another_host_with_previous_hosts() -> None:
         assert info.upstream_host == f"127.0.0.1:{good.port}"
         assert info.flags_string() == "-"
         assert ctx.stats.counters["cluster.app.upstream_rq_retry"] == 1
+        assert ctx.stats.counters["cluster.app.upstream_rq_retry_success"] == 1
         name, value = good.seen[0].headers[-1]
         assert name == "x-envoy-expected-rq-timeout-ms" and 4900 < int(value) <= 5000
     run(body)
