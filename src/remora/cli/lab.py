@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,11 @@ import click
 
 from remora.errors import RemoraError, UsageError
 from remora.lab import describe as describe_text
-from remora.lab import manifests, progress, selectors, session, tables
+from remora.lab import manifests, ops, progress, session, tables
 from remora.lab import settings as lab_settings
 from remora.lab.images import ImageMap
-from remora.lab.pods import resolve_pod
 from remora.node import naming
-from remora.node.client import NodeClient, follow
+from remora.node.client import NodeClient
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -41,13 +39,6 @@ def _images(state_dir: str | None) -> ImageMap:
 def _warn(warnings: list[str]) -> None:
     for w in warnings:
         click.echo(f"Warning: {w}", err=True)
-
-
-def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) -> list[str]:
-    """Admission-check then apply a whole batch; nothing is sent if any object fails."""
-    namespaces = manifests.namespace_objects(batch.objects, client.get("Namespace"))
-    manifests.admission_check(batch.objects, namespaces, images)
-    return client.apply(batch.objects)
 
 
 def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
@@ -93,7 +84,7 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     if batch is None:
         return
     _warn(batch.warnings)
-    for line in apply_batch(client, batch, images):
+    for line in ops.apply_batch(client, batch, images):
         click.echo(line)
     if wait:
         _wait(client, batch, timeout)
@@ -119,18 +110,10 @@ def apply(files: tuple[str, ...], wait: bool, timeout: float, state_dir: str | N
     batch = manifests.read(list(files))
     client = _client(state_dir)
     _warn(batch.warnings)
-    for line in apply_batch(client, batch, _images(state_dir)):
+    for line in ops.apply_batch(client, batch, _images(state_dir)):
         click.echo(line)
     if wait:
         _wait(client, batch, timeout)
-
-
-def _kind_name(kind: str, name: str | None) -> tuple[str, str]:
-    if "/" in kind and name is None:
-        kind, name = kind.split("/", 1)
-    if not name:
-        raise UsageError("a resource name is needed", "give KIND NAME or KIND/NAME")
-    return tables.kind_of(kind), name
 
 
 @click.command(context_settings=CONTEXT)
@@ -148,7 +131,7 @@ def delete(kind: str | None, name: str | None, files: tuple[str, ...], namespace
         targets = [(o["kind"], o["metadata"].get("namespace", "default"), o["metadata"]["name"])
                    for o in reversed(batch.objects)]
     elif kind:
-        k, n = _kind_name(kind, name)
+        k, n = ops.kind_name(kind, name)
         targets = [(k, namespace, n)]
     else:
         raise UsageError("nothing to delete", "give -f FILE or KIND NAME")
@@ -170,7 +153,7 @@ def patch(kind: str, name: str | None, namespace: str, patch_text: str, patch_ty
     from remora.resources.loader import parse_object
     from remora.resources.patch import apply_patch
 
-    k, n = _kind_name(kind, name)
+    k, n = ops.kind_name(kind, name)
     client = _client(state_dir)
     found = [o for o in client.get(k, None if k == "Namespace" else namespace)
              if o["metadata"]["name"] == n]
@@ -183,7 +166,7 @@ def patch(kind: str, name: str | None, namespace: str, patch_text: str, patch_ty
     new, warnings = apply_patch(current, patch_text)
     _warn(warnings)
     batch = manifests.Batch([new.to_dict()])
-    results = apply_batch(client, batch, _images(state_dir))
+    results = ops.apply_batch(client, batch, _images(state_dir))
     group = {"Deployment": "deployment.apps"}.get(k, k.lower())
     unchanged = results and results[0].endswith("unchanged")
     click.echo(f"{group}/{n} patched" + (" (no change)" if unchanged else ""))
@@ -203,7 +186,7 @@ def rollout() -> None:
 def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
                    state_dir: str | None) -> None:
     """Wait until a Deployment's new pods are Ready and its old ones gone."""
-    k, n = _kind_name(kind, name)
+    k, n = ops.kind_name(kind, name)
     if k != "Deployment":
         raise UsageError(f"rollout status works on deployments, not {k}",
                          "give deployment/NAME")
@@ -211,20 +194,6 @@ def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
 
 
 # -- get / describe --------------------------------------------------------------------------
-def _select(client: NodeClient, kind: str, namespace: str | None, name: str | None,
-            selector: str | None) -> list[dict[str, Any]]:
-    items = client.get(kind, None if kind == "Namespace" else namespace)
-    match = selectors.parse(selector)
-    items = [o for o in items if match(o["metadata"].get("labels") or {})]
-    if name is not None:
-        items = [o for o in items if o["metadata"]["name"] == name]
-        if not items:
-            where = "" if kind == "Namespace" else f" in namespace {namespace!r}"
-            raise RemoraError(f'{kind.lower()} "{name}" not found{where}',
-                              f"list them with `remora get {kind.lower()} -n NAMESPACE`")
-    return items
-
-
 @click.command(context_settings=CONTEXT)
 @click.argument("kind")
 @click.argument("name", required=False)
@@ -237,7 +206,7 @@ def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
         selector: str | None, output: str | None, state_dir: str | None) -> None:
     """List pods, svc, deploy or ns, with kubectl's columns."""
     k = tables.kind_of(kind)
-    items = _select(_client(state_dir), k, None if all_namespaces else namespace, name,
+    items = ops.select(_client(state_dir), k, None if all_namespaces else namespace, name,
                     selector)
     if output in ("yaml", "json"):
         click.echo(tables.structured(items, output, single=name is not None), nl=False)
@@ -263,7 +232,7 @@ def describe(kind: str, name: str | None, namespace: str, selector: str | None,
         kind, name = kind.split("/", 1)
     k = tables.kind_of(kind)
     client = _client(state_dir)
-    items = _select(client, k, namespace, name, selector)
+    items = ops.select(client, k, namespace, name, selector)
     now = time.time()
     texts = []
     for obj in items:
@@ -275,31 +244,10 @@ def describe(kind: str, name: str | None, namespace: str, selector: str | None,
                     == obj["metadata"]["name"]]
             texts.append(describe_text.deployment(obj, pods, now))
         elif k == "Service":
-            texts.append(describe_text.service(obj, _endpoints(client, obj), now))
+            texts.append(describe_text.service(obj, ops.endpoints_of(client, obj), now))
         else:
             texts.append(describe_text.namespace(obj, now))
     click.echo("\n".join(texts), nl=False)
-
-
-def _endpoints(client: NodeClient, svc: dict[str, Any]) -> list[str]:
-    from remora.node.controller import endpoints
-
-    pods = client.get("Pod", svc["metadata"]["namespace"])
-    return [f"{e['ip']}:{e['port']}" for e in endpoints(svc, pods)]
-
-
-# -- logs / exec ----------------------------------------------------------------------------
-def _pods_for(client: NodeClient, namespace: str, pod: str | None,
-              selector: str | None) -> list[str]:
-    if pod:
-        return [resolve_pod(client, namespace, pod)]
-    if not selector:
-        raise UsageError("give a pod name or -l SELECTOR",
-                         "e.g. remora logs -n demo-to -l web=server")
-    match = selectors.parse(selector)
-    return [p["metadata"]["name"] for p in client.get("Pod", namespace)
-            if match(p["metadata"].get("labels") or {})
-            and "deletionTimestamp" not in p["metadata"]]
 
 
 @click.command(context_settings=CONTEXT)
@@ -316,7 +264,7 @@ def logs(pod: str | None, namespace: str, selector: str | None, container: str |
          follow_: bool, tail: int | None, previous: bool, state_dir: str | None) -> None:
     """Print a container's log (istio-proxy: the sidecar's access log)."""
     client = _client(state_dir)
-    names = _pods_for(client, namespace, pod, selector)
+    names = ops.pods_for(client, namespace, pod, selector)
     if tail is None and selector and not pod:
         tail = 10
     paths = []
@@ -326,28 +274,7 @@ def logs(pod: str | None, namespace: str, selector: str | None, container: str |
             click.echo(got["text"], nl=False)
         paths.append(Path(got["path"]))
     if follow_:
-        _follow(paths, tail)
-
-
-def _follow(paths: list[Path], tail: int | None) -> None:
-    def pump(path: Path) -> None:
-        first = True
-        for chunk in follow(path):
-            if first and tail is not None:
-                lines = chunk.splitlines(keepends=True)
-                chunk = b"".join(lines[len(lines) - tail:]) if tail else b""
-            first = False
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-
-    threads = [threading.Thread(target=pump, args=(p,), daemon=True) for p in paths]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        return
+        ops.follow_logs(paths, tail)
 
 
 @click.command("exec", context_settings={**CONTEXT, "allow_interspersed_args": False})
@@ -360,7 +287,7 @@ def exec_(namespace: str, container: str | None, state_dir: str | None, pod: str
           command: tuple[str, ...]) -> None:
     """Run COMMAND inside the pod's namespaces: remora exec -n NS POD -- iptables -t nat -L -v"""
     client = _client(state_dir)
-    name = _pods_for(client, namespace, pod, None)[0]
+    name = ops.pods_for(client, namespace, pod, None)[0]
     argv = client.exec_argv(namespace, name, container)
     if command and command[0] == "--":  # kept by click once POD ended the options
         command = command[1:]

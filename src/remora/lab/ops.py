@@ -1,0 +1,88 @@
+"""What the lab's kubectl-like commands do beyond one daemon call (remora.cli.lab):
+all-or-nothing apply, object selection, service endpoints, pod references, following
+logs. Thin over the node client; no output formatting here."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from remora.errors import RemoraError, UsageError
+from remora.lab import manifests, selectors, tables
+from remora.lab.images import ImageMap
+from remora.lab.pods import resolve_pod
+from remora.node.client import NodeClient, follow
+
+
+def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) -> list[str]:
+    """Admission-check then apply a whole batch; nothing is sent if any object fails."""
+    namespaces = manifests.namespace_objects(batch.objects, client.get("Namespace"))
+    manifests.admission_check(batch.objects, namespaces, images)
+    return client.apply(batch.objects)
+
+
+def kind_name(kind: str, name: str | None) -> tuple[str, str]:
+    if "/" in kind and name is None:
+        kind, name = kind.split("/", 1)
+    if not name:
+        raise UsageError("a resource name is needed", "give KIND NAME or KIND/NAME")
+    return tables.kind_of(kind), name
+
+
+def select(client: NodeClient, kind: str, namespace: str | None, name: str | None,
+            selector: str | None) -> list[dict[str, Any]]:
+    items = client.get(kind, None if kind == "Namespace" else namespace)
+    match = selectors.parse(selector)
+    items = [o for o in items if match(o["metadata"].get("labels") or {})]
+    if name is not None:
+        items = [o for o in items if o["metadata"]["name"] == name]
+        if not items:
+            where = "" if kind == "Namespace" else f" in namespace {namespace!r}"
+            raise RemoraError(f'{kind.lower()} "{name}" not found{where}',
+                              f"list them with `remora get {kind.lower()} -n NAMESPACE`")
+    return items
+
+
+def endpoints_of(client: NodeClient, svc: dict[str, Any]) -> list[str]:
+    from remora.node.controller import endpoints
+
+    pods = client.get("Pod", svc["metadata"]["namespace"])
+    return [f"{e['ip']}:{e['port']}" for e in endpoints(svc, pods)]
+
+
+# -- logs / exec ----------------------------------------------------------------------------
+def pods_for(client: NodeClient, namespace: str, pod: str | None,
+              selector: str | None) -> list[str]:
+    if pod:
+        return [resolve_pod(client, namespace, pod)]
+    if not selector:
+        raise UsageError("give a pod name or -l SELECTOR",
+                         "e.g. remora logs -n demo-to -l web=server")
+    match = selectors.parse(selector)
+    return [p["metadata"]["name"] for p in client.get("Pod", namespace)
+            if match(p["metadata"].get("labels") or {})
+            and "deletionTimestamp" not in p["metadata"]]
+
+
+def follow_logs(paths: list[Path], tail: int | None) -> None:
+    def pump(path: Path) -> None:
+        first = True
+        for chunk in follow(path):
+            if first and tail is not None:
+                lines = chunk.splitlines(keepends=True)
+                chunk = b"".join(lines[len(lines) - tail:]) if tail else b""
+            first = False
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+    threads = [threading.Thread(target=pump, args=(p,), daemon=True) for p in paths]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
