@@ -75,6 +75,8 @@ def test_up_get_describe_logs_exec_delete(lab: TempLab, tmp_path: Path) -> None:
     assert "simple-server-svc" in ok(lab, "get", "svc", "-n", "demo-to")
     assert re.search(r"simple-server\s+1/1\s+1\s+1", ok(lab, "get", "deploy", "-n", "demo-to"))
     assert re.search(r"demo-to\s+Active", ok(lab, "get", "ns"))
+    both = ok(lab, "get", "deploy,po", "-n", "demo-to")
+    assert "deployment.apps/simple-server   1/1" in both and f"pod/{name}   2/2" in both
     yaml_out = ok(lab, "get", "svc", "simple-server-svc", "-n", "demo-to", "-o", "yaml")
     assert yaml_out.startswith("apiVersion: v1\nkind: Service")
 

@@ -204,19 +204,24 @@ def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
 @_state_option
 def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
         selector: str | None, output: str | None, state_dir: str | None) -> None:
-    """List pods, svc, deploy or ns, with kubectl's columns."""
-    k = tables.kind_of(kind)
-    items = ops.select(_client(state_dir), k, None if all_namespaces else namespace, name,
-                    selector)
+    """List pods, svc, deploy or ns (or several: pods,svc), with kubectl's columns."""
+    kinds = [tables.kind_of(k) for k in kind.split(",") if k]
+    client = _client(state_dir)
+    found = [(k, ops.select(client, k, None if all_namespaces else namespace, name, selector))
+             for k in kinds]
     if output in ("yaml", "json"):
-        click.echo(tables.structured(items, output, single=name is not None), nl=False)
+        items = [o for _, objs in found for o in objs]
+        click.echo(tables.structured(items, output, single=name is not None and len(kinds) == 1),
+                   nl=False)
         return
-    if not items:
-        where = "" if all_namespaces or k == "Namespace" else f" in {namespace} namespace"
+    texts = [tables.table(k, objs, time.time(), wide=output == "wide",
+                          all_namespaces=all_namespaces, kind_prefix=len(kinds) > 1)
+             for k, objs in found if objs]
+    if not texts:
+        where = "" if all_namespaces or kinds == ["Namespace"] else f" in {namespace} namespace"
         click.echo(f"No resources found{where}.", err=True)
         return
-    click.echo(tables.table(k, items, time.time(), wide=output == "wide",
-                            all_namespaces=all_namespaces), nl=False)
+    click.echo("\n".join(texts), nl=False)
 
 
 @click.command(context_settings=CONTEXT)

@@ -154,12 +154,19 @@ HEADERS = {
 }
 
 
+# kubectl's NAME column when several kinds are listed at once (`get deploy,pods`)
+RESOURCE = {"Pod": "pod", "Deployment": "deployment.apps", "Service": "service",
+            "Namespace": "namespace"}
+
+
 def table(kind: str, items: list[dict[str, Any]], now: float, wide: bool = False,
-          all_namespaces: bool = False) -> str:
+          all_namespaces: bool = False, kind_prefix: bool = False) -> str:
     head, extra, row = HEADERS[kind]
     rows = [[*head, *(extra if wide else [])]]
     for obj in items:
         r = row(obj, now, wide)
+        if kind_prefix:
+            r[0] = f"{RESOURCE[kind]}/{r[0]}"
         if all_namespaces and kind != "Namespace":
             r = [obj["metadata"].get("namespace", "default"), *r]
         rows.append(r)

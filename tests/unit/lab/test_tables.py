@@ -68,3 +68,8 @@ def test_structured_output_drops_the_node_block() -> None:
     assert "remora" not in single and single["metadata"]["name"] == "a"
     listed = yaml.safe_load(tables.structured([p, p], "yaml", single=False))
     assert listed["kind"] == "List" and len(listed["items"]) == 2
+
+
+def test_several_kinds_prefix_names_as_kubectl() -> None:
+    text = tables.table("Pod", [pod("a", "10.20.0.2", 2, 0)], 10, kind_prefix=True)
+    assert text.splitlines()[1].startswith("pod/a   2/2")
