@@ -97,6 +97,8 @@ class Observation:
     client_access_log: list[dict[str, str]]
     client_counters: dict[str, int | None]
     same_request_ids: list[bool]
+    admin_listeners: str  # GET /listeners
+    admin_clusters: list[str]  # GET /clusters lines
 
 
 def _mask(raw: bytes) -> bytes:
@@ -170,6 +172,8 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
             lines = app.wait_lines(3 + (b" /common/sauth " in sc.raw_request))
             counters_all = sidecar.stats()
             dump = sidecar.config_dump()
+            admin_listeners = sidecar.admin_get("/listeners")[1].decode()
+            admin_clusters = sidecar.admin_get("/clusters")[1].decode().splitlines()
             client_log: list[str] = []
             client_counters: dict[str, int | None] = {}
             if client_sidecar is not None and sc.client_config:
@@ -199,6 +203,8 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
         client_access_log=[ph.comparable(ph.parse_access_log(x)) for x in client_log],
         client_counters=client_counters,
         same_request_ids=[a == b for a, b in zip(server_ids, client_ids, strict=False)],
+        admin_listeners=admin_listeners,
+        admin_clusters=[x for x in admin_clusters if x],
     )
 
 
@@ -267,7 +273,20 @@ def test_seed_facts(kind: str, scenario: str, tmp_path_factory: pytest.TempPathF
     check_seed_facts(observation(kind, sc, tmp_path_factory), sc)
 
 
-ASPECTS = ("response_bytes", "access_log", "chain_and_cluster_counters", "config_dump_names")
+ASPECTS = ("response_bytes", "access_log", "chain_and_cluster_counters", "config_dump_names",
+           "admin_listeners_and_clusters")
+
+
+def _cluster_lines(lines: list[str]) -> tuple[set[str], set[str]]:
+    """/clusters as (every `name::[host::]field` key, the cluster-level lines in full).
+    Host lines carry traffic counters, so only their keys are compared."""
+    keys, settings = set(), set()
+    for line in lines:
+        key = line.rsplit("::", 1)[0]
+        keys.add(key)
+        if not re.match(r"^[^:]+(\|[^:]*)*::\d+\.\d+\.\d+\.\d+:\d+::", line):
+            settings.add(line)
+    return keys, settings
 
 
 @pytest.mark.parametrize("aspect", ASPECTS)
@@ -289,8 +308,19 @@ def test_remora_same_as_envoy(scenario: str, aspect: str,
         differing = {k: (ours.counters[k], v) for k, v in theirs.counters.items()
                      if ours.counters[k] != v}
         assert not differing, f"counter: (remora, envoy): {differing}"
-    else:
+    elif aspect == "config_dump_names":
         assert ours.dump_names == theirs.dump_names
+    else:
+        # Envoy lists listeners in its own map order; the set of lines is what matters
+        assert sorted(ours.admin_listeners.splitlines()) == \
+            sorted(theirs.admin_listeners.splitlines())
+        (our_keys, our_settings) = _cluster_lines(ours.admin_clusters)
+        (their_keys, their_settings) = _cluster_lines(theirs.admin_clusters)
+        missing, extra = sorted(their_keys - our_keys), sorted(our_keys - their_keys)
+        assert not missing, f"/clusters fields missing in remora: {missing}"
+        assert not extra, f"/clusters fields Envoy does not have: {extra}"
+        differ = sorted(their_settings - our_settings)
+        assert not differ, f"/clusters cluster-level lines differ (Envoy's): {differ}"
     if sc.client_config and aspect == "access_log":
         for i, (mine, envoys) in enumerate(zip(ours.client_access_log, theirs.client_access_log,
                                                strict=True)):
