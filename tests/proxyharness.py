@@ -221,9 +221,11 @@ class Sidecar:
 
 def _process_tree(root: int) -> list[int]:
     pids = [root]
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{root}/task/{root}/children").read_text().split():
-            pids.extend(_process_tree(int(child)))
+    # children are listed per thread that forked them, so look at every task
+    for task in Path(f"/proc/{root}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                pids.extend(_process_tree(int(child)))
     # nsenter execs the command, so ROOT is the sidecar itself
     return pids
 
