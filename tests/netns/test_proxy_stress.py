@@ -6,13 +6,16 @@ the same (the upstream-failure and malformed-request cases compare with Envoy's
 observation field by field).
 
 - Byte-exact relay through one sidecar (server, REDIRECT; and TPROXY with original_src)
-  and two (client sidecar -> server sidecar): payloads of 0 bytes to 64 MiB in both directions, with the half-close
-  coming from the client first, from the server first, or both sending at once; SHA-256
-  compared end to end. A few fixed big cases plus hypothesis for the rest. (Envoy
-  itself drops upload bytes when the server half-closes first under backpressure, so
-  it is held to smaller uploads in those modes: see held_up_len.)
+  and two (client sidecar -> server sidecar): payloads of 0 bytes to 64 MiB in both
+  directions, with the half-close coming from the client first, from the server first,
+  or both sending at once; SHA-256 compared end to end. A few fixed big cases plus
+  hypothesis for the rest. (Envoy itself drops upload bytes when the server half-closes
+  first under backpressure, so it is held to smaller uploads in those modes: see
+  held_up_len.)
 - Byte-exact HTTP request and response bodies (Content-Length and chunked, 0 bytes to
   16 MiB) through the http_connection_manager chains of one and two sidecars.
+- Fuzzed requests (random bytes, valid requests with bytes spliced in): the sidecar
+  stays up and the next client is served.
 - Malformed HTTP (bad request line, bad header, conflicting Content-Length, oversize
   headers, invalid chunking): an error status with DPE in the access log and the
   connection closed, while a keep-alive client next to it keeps being served.
@@ -531,6 +534,49 @@ def test_malformed_http_same_as_envoy(case: str,
     differing = {k: (ours.log.get(k), v) for k, v in theirs.log.items()
                  if ours.log.get(k) != v and k not in racy}
     assert not differing, f"access-log field: (remora, envoy): {differing}"
+
+
+GOOD_CLOSE = GOOD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+fuzz_requests = st.one_of(
+    st.binary(max_size=3000),
+    # a valid request with random bytes spliced in somewhere
+    st.tuples(st.integers(0, len(GOOD_CLOSE)), st.binary(min_size=1, max_size=64)).map(
+        lambda cut: GOOD_CLOSE[:cut[0]] + cut[1] + GOOD_CLOSE[cut[0]:]),
+)
+
+
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_fuzzed_requests_never_stop_the_proxy(kind: str, tmp_path: Path) -> None:
+    """Whatever arrives on the HTTP port, the sidecar stays up and the next client is
+    served (an incomplete request may legitimately wait: stream_idle_timeout is 0s in
+    Istio's config, so the fuzzing client gives up after a moment)."""
+    with Lab(prefix="rsz") as lab:
+        client, server = lab.pair()
+        ph.start_app(lab, server, tmp_path, quiet=True)
+        ph.apply_capture(lab, server, "redirect")
+        sidecar = ph.start_sidecar(lab, server, kind, ph.REFERENCE / "server-redirect.json",
+                                   tmp_path)
+
+        @settings(max_examples=20, deadline=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(fuzz_requests)
+        def proxy_survives(request: bytes) -> None:
+            sock = Lab.socket(client)
+            sock.settimeout(0.15)
+            try:
+                sock.connect((SERVER_IP, 18080))
+                sock.sendall(request)
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        pass
+            finally:
+                sock.close()
+            assert sidecar.proc.poll() is None, f"{kind} exited: {sidecar.stderr_tail()}"
+            status, body = ph.parse_response(
+                ph.http_exchange(client, SERVER_IP, 18080, GOOD_CLOSE, timeout=5))
+            assert (status, len(body)) == (200, 60), (request, status, body[:200])
+
+        proxy_survives()
 
 
 # -- upstream failures ---------------------------------------------------------------------
