@@ -73,6 +73,8 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
                                         image_map=str(Path(image_map).resolve())
                                         if image_map else "", mtls=mtls)
     images = ImageMap.from_file(settings.image_map or None)
+    if batch is not None:  # injection and images too, before a daemon is started for it
+        ops.admission_check_offline(batch, images)
     directory = session.state_dir(state_dir)
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)

@@ -17,6 +17,12 @@ from remora.lab.pods import resolve_pod
 from remora.node.client import NodeClient, follow
 
 
+def admission_check_offline(batch: manifests.Batch, images: ImageMap) -> None:
+    """The admission check with only the batch's own namespaces (no lab needed)."""
+    manifests.admission_check(batch.objects, manifests.namespace_objects(batch.objects, []),
+                              images)
+
+
 def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) -> list[str]:
     """Admission-check then apply a whole batch; nothing is sent if any object fails."""
     namespaces = manifests.namespace_objects(batch.objects, client.get("Namespace"))

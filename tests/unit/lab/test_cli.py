@@ -50,3 +50,12 @@ def test_commands_are_listed() -> None:
     for name in ("up", "down", "apply", "delete", "get", "describe", "logs", "exec", "patch",
                  "rollout", "proxy-config", "demo"):
         assert f"  {name}" in result.output
+
+
+def test_unmapped_image_fails_before_the_lab_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+                   "spec: {containers: [{name: c, image: acme/thing}]}\n")
+    exc = run("up", "-f", str(bad), "--state-dir", str(tmp_path / "s"))
+    assert isinstance(exc, RemoraError) and "image 'acme/thing'" in exc.problem
+    assert not (tmp_path / "s").exists()
