@@ -12,8 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# Envoy's response flag short strings, in the order Envoy prints them
-# (source/common/stream_info/utility.cc ResponseFlagUtils::ALL_RESPONSE_STRINGS_FLAGS).
+# Envoy's response flag short strings (source/common/stream_info/utility.h). Since the
+# flags became an extensible vector, Envoy prints them in the order they were set, not in
+# this table's order: a retried refused upstream logs "URX,UF" on HTTP (the router marks
+# the retry limit before the local reply records the failure) and "UF,URX" on tcp_proxy.
+# Both were observed on Envoy 1.40, so StreamInfo keeps insertion order.
 RESPONSE_FLAG_ORDER: tuple[str, ...] = (
     "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
     "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
@@ -51,7 +54,7 @@ class StreamInfo:
     route_name: str | None = None
 
     # outcome
-    response_flags: set[str] = field(default_factory=set)
+    response_flags: dict[str, None] = field(default_factory=dict)  # ordered set: set order
     connection_termination_details: str | None = None
     bytes_received: int = 0
     bytes_sent: int = 0
@@ -78,8 +81,10 @@ class StreamInfo:
 
     def set_flag(self, flag: str) -> None:
         assert flag in RESPONSE_FLAG_ORDER, flag
-        self.response_flags.add(flag)
+        self.response_flags.setdefault(flag, None)
+
+    def clear_flag(self, flag: str) -> None:
+        self.response_flags.pop(flag, None)
 
     def flags_string(self) -> str:
-        flags = [f for f in RESPONSE_FLAG_ORDER if f in self.response_flags]
-        return ",".join(flags) if flags else "-"
+        return ",".join(self.response_flags) if self.response_flags else "-"

@@ -55,7 +55,7 @@ class FilteredLogger:
         self.flags = flags
 
     def log(self, info: StreamInfo) -> None:
-        if (info.response_flags & self.flags) if self.flags else info.response_flags:
+        if (info.response_flags.keys() & self.flags) if self.flags else info.response_flags:
             self.inner.log(info)
 
 

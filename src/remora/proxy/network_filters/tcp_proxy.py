@@ -115,7 +115,7 @@ class TcpProxy:
                     info.set_flag("URX")  # connect attempts exhausted
                     return
         assert upstream is not None
-        info.response_flags.discard("UF")
+        info.clear_flag("UF")
         relay = _Relay()
         up = asyncio.ensure_future(_pipe(downstream.reader, upstream.writer, relay, True))
         down = asyncio.ensure_future(_pipe(upstream.reader, downstream.writer, relay, False))
