@@ -88,7 +88,9 @@ class Client:
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise GetError(f'Get "{self.url}": dial tcp: lookup {self.host}: '
+            server = nameserver()
+            where = f" on {_join(server, 53)}" if server else ""
+            raise GetError(f'Get "{self.url}": dial tcp: lookup {self.host}{where}: '
                            f"{_lookup_reason(exc)}") from exc
         last: OSError | None = None
         address = ""
@@ -157,6 +159,23 @@ class Client:
 
 class _Retryable(Exception):
     """The server closed a connection before answering: Go retries idempotent requests."""
+
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def nameserver(path: str | None = None) -> str | None:
+    """The first nameserver of resolv.conf: Go's resolver names the server it asked
+    (`lookup HOST on 10.96.0.10:53: no such host`)."""
+    try:
+        with open(path or RESOLV_CONF) as conf:
+            for line in conf:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "nameserver":
+                    return fields[1]
+    except OSError:
+        return None
+    return None
 
 
 def _join(host: str, port: int) -> str:

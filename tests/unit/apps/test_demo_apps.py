@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -194,6 +195,17 @@ def test_client_cli_prints_body_then_gos_error_text(server: tuple[int, _Printed]
     )
     assert unknown.stdout.startswith('Get err: Get "http://simple-server-svc.demo-to.invalid:18080'
                                      '/common/sauth": dial tcp: lookup simple-server-svc')
+    server = simple_client.nameserver()
+    if server:  # Go names the DNS server it asked
+        assert f" on {server}:53: " in unknown.stdout or f" on [{server}]:53: " in unknown.stdout
+
+
+def test_nameserver_is_the_first_resolv_conf_entry(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# comment\nsearch demo-from.svc.cluster.local\nnameserver 10.96.0.10\n"
+                    "nameserver 10.96.0.11\n")
+    assert simple_client.nameserver(str(conf)) == "10.96.0.10"
+    assert simple_client.nameserver(str(tmp_path / "missing")) is None
 
 
 def test_server_module_runs_and_prints_per_request() -> None:
