@@ -19,10 +19,12 @@ aspect per test so a report names exactly what differs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,3 +417,36 @@ def test_app_receives_the_same_request_bytes(scenario: str, tmp_path: Path) -> N
     ours = observe_upstream_requests("remora", sc, tmp_path / "remora")
     for i, (mine, envoys) in enumerate(zip(ours, theirs, strict=True)):
         assert mine == envoys, f"request {i}:\nremora:\n{mine.decode()}\nenvoy:\n{envoys.decode()}"
+
+
+@pytest.mark.parametrize("mode", ["redirect", "tproxy"])
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_connection_to_15006_takes_the_blackhole_chain(kind: str, mode: str,
+                                                       tmp_path: Path) -> None:
+    """A connection whose original destination is the inbound port itself matches the
+    `destination_port: 15006` chain and is closed by BlackHoleCluster, unlogged: the
+    guard that keeps the sidecar from looping into itself (reference README)."""
+    with Lab(prefix="rpb") as lab:
+        client, server = lab.pair()
+        ph.apply_capture(lab, server, mode)
+        sidecar = ph.start_sidecar(lab, server, kind, ph.REFERENCE / f"server-{mode}.json",
+                                   tmp_path)
+        sock = Lab.socket(client)
+        sock.settimeout(5)
+        sock.connect((SERVER_IP, 15006))
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            got = ph.recv_all(sock)
+        except ConnectionResetError:
+            got = b""
+        sock.close()
+        assert got == b""
+        deadline = time.monotonic() + 5
+        while (stats := sidecar.stats()).get("tcp.BlackHoleCluster.downstream_cx_total") != 1:
+            assert time.monotonic() < deadline, {k: v for k, v in stats.items()
+                                                 if "BlackHole" in k}
+            time.sleep(0.05)
+        assert stats.get("cluster.BlackHoleCluster.upstream_cx_total") == 0
+        assert stats.get("cluster.BlackHoleCluster.upstream_cx_none_healthy") == 1
+        assert sidecar.access_log() == []
