@@ -28,4 +28,6 @@ def demo(cleanup: bool, sidecar: str, mtls: bool, timeout: float, prefix: str, p
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
     lab_demo.run(session.state_dir(state_dir), lab_settings.LabSettings(sidecar=sidecar, mtls=mtls),
                  prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
-                 echo=click.echo)
+                 echo=click.echo, given=frozenset(
+                     n for n in ("sidecar", "mtls") if click.get_current_context()
+                     .get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE))

@@ -36,6 +36,13 @@ def _images(state_dir: str | None) -> ImageMap:
     return ImageMap.from_file(lab_settings.load(session.state_dir(state_dir)).image_map or None)
 
 
+def _given(names: tuple[str, ...]) -> set[str]:
+    """The options the user typed (not defaults)."""
+    ctx = click.get_current_context()
+    return {n for n in names
+            if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+
+
 def _warn(warnings: list[str]) -> None:
     for w in warnings:
         click.echo(f"Warning: {w}", err=True)
@@ -83,6 +90,10 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     click.echo(f"lab {'started' if started else 'already running'}: daemon pid {info['pid']}, "
                f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
                f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}")
+    differ = session.differences(settings, running, _given(("sidecar", "mtls", "image_map")))
+    if differ:
+        click.echo(f"note: the lab keeps its {', '.join(differ)}; `remora down` first to "
+                   "change them", err=True)
     if batch is None:
         return
     _warn(batch.warnings)

@@ -154,13 +154,19 @@ def _quote(arg: str) -> str:
 
 
 def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: int = 77,
-        cleanup: bool = False, timeout: float = 60.0, echo: Echo = print) -> DemoResult:
-    """Replay the seed; returns what each step showed."""
+        cleanup: bool = False, timeout: float = 60.0, echo: Echo = print,
+        given: frozenset[str] = frozenset({"sidecar", "mtls"})) -> DemoResult:
+    """Replay the seed; returns what each step showed. GIVEN: the settings the user chose
+    explicitly (a note says when a running lab does otherwise)."""
     started = time.monotonic()
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
     echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "
          f"sidecar: {'real Envoy' if running.sidecar == 'envoy' else 'remora proxy'}")
+    differ = session.differences(settings, running, set(given))
+    if differ:
+        echo(f"note: the running lab keeps its {', '.join(differ)}; `remora down` first to "
+             "change them")
     demo = Demo(state_dir, echo, timeout)
     try:
         if not fresh:

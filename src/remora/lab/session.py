@@ -68,6 +68,19 @@ def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_P
         raise
 
 
+def differences(wanted: LabSettings, running: LabSettings, given: set[str]) -> list[str]:
+    """What a command explicitly asked for (GIVEN: option names) that the running lab does
+    not do (settings only apply to a daemon being started), for a note to the user."""
+    out = []
+    if "sidecar" in given and wanted.sidecar != running.sidecar:
+        out.append(f"sidecar {running.sidecar} (not {wanted.sidecar})")
+    if "mtls" in given and wanted.mtls != running.mtls:
+        out.append(f"mTLS {'on' if running.mtls else 'off'}")
+    if "image_map" in given and wanted.image_map != running.image_map:
+        out.append(f"image map {running.image_map or 'built-in'}")
+    return out
+
+
 def down(directory: Path) -> list[str]:
     """Remove everything the lab made, with its daemon or (if it died) from the store."""
     require_root("remora down")

@@ -132,5 +132,4 @@ class MeshSetup(PodSetup):
                            ready_host=spec.ready_host)
 
 
-
 LabSetup = MeshSetup  # the name docs/node.md uses for the lab's hook

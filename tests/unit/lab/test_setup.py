@@ -137,3 +137,12 @@ def test_settings_round_trip_and_no_mtls(tmp_path: Path) -> None:
     setup.prepare(ctx)
     assert not (ctx.pod_dir / "certs").exists()
     assert '"transport_protocol": "tls"' not in (ctx.pod_dir / "envoy" / "lds.json").read_text()
+
+
+def test_differences_only_for_what_was_asked() -> None:
+    from remora.lab.session import differences
+
+    running = LabSettings(sidecar="envoy", mtls=True)
+    assert differences(LabSettings(), running, set()) == []
+    assert differences(LabSettings(mtls=False), running, {"sidecar", "mtls"}) == [
+        "sidecar envoy (not remora)", "mTLS on"]
