@@ -159,12 +159,14 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
         if path != "direct":
             ph.apply_capture(lab, server, args.mode)
             config = ph.REFERENCE / f"server-{args.mode}.json"
-            sidecars.append(ph.start_sidecar(lab, server, path, config, workdir / path))
+            sidecars.append(ph.start_sidecar(lab, server, path, config, workdir / path,
+                                             concurrency=args.concurrency))
             if args.hops == 2:  # the client pod meshed too: two sidecars per request
                 ph.apply_capture(lab, client, "redirect")
                 sidecars.append(ph.start_sidecar(lab, client, path,
                                                  ph.REFERENCE / "client-redirect.json",
-                                                 workdir / path))
+                                                 workdir / path,
+                                                 concurrency=args.concurrency))
         sidecar = sidecars[0] if sidecars else None
         run_wrk(lab, client, 16, 1.0)  # warm-up: connection pools, page-in
         for conns in args.connections:
@@ -211,6 +213,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=["redirect", "tproxy"], default="redirect")
     parser.add_argument("--backend", choices=["simple", "nginx"], default="simple")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="--concurrency given to both proxies (worker threads/processes)")
     parser.add_argument("--bulk-mib", type=int, default=1024,
                         help="MiB per bulk TCP upload through the tcp_proxy chain (0: skip)")
     parser.add_argument("--hops", type=int, choices=[1, 2], default=1,
@@ -227,7 +231,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}  {os.uname().nodename}  "
           f"{os.cpu_count()} CPUs  mode={args.mode} backend={args.backend} "
-          f"duration={args.duration}s repeat={args.repeat} hops={args.hops}")
+          f"duration={args.duration}s repeat={args.repeat} hops={args.hops} "
+          f"concurrency={args.concurrency}")
     print(f"{'path':<8} {'conns':>5} {'req/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
           f"{'cpu us/rq':>8} {'RSS MiB':>7}")
     results: list[Result] = []
