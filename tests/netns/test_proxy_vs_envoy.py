@@ -450,3 +450,43 @@ def test_connection_to_15006_takes_the_blackhole_chain(kind: str, mode: str,
         assert stats.get("cluster.BlackHoleCluster.upstream_cx_total") == 0
         assert stats.get("cluster.BlackHoleCluster.upstream_cx_none_healthy") == 1
         assert sidecar.access_log() == []
+
+
+OTHER_CLIENT_IP = "10.20.0.79"
+
+
+def _get_from(ns: Namespace, source: str) -> bytes:
+    sock = Lab.socket(ns)
+    sock.settimeout(5)
+    try:
+        sock.bind((source, 0))
+        sock.connect((SERVER_IP, 18080))
+        sock.sendall(b"GET /common/sauth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return ph.recv_all(sock)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", ["redirect", "tproxy"])
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_upstream_pool_reuse_across_clients(kind: str, mode: str, tmp_path: Path) -> None:
+    """REDIRECT: the server sidecar serves two clients over one pooled connection to the
+    app (both from 127.0.0.6). TPROXY: original_src binds each upstream connection to the
+    client's address, so a pooled connection is only reused for that same address and
+    the app sees each client as itself (reference README)."""
+    with Lab(prefix="rpp") as lab:
+        client, server = lab.pair()
+        lab.run(client, ["ip", "addr", "add", f"{OTHER_CLIENT_IP}/24", "dev", "eth0"])
+        app = ph.start_app(lab, server, tmp_path)
+        ph.apply_capture(lab, server, mode)
+        ph.start_sidecar(lab, server, kind, ph.REFERENCE / f"server-{mode}.json", tmp_path)
+        for source in (CLIENT_IP, OTHER_CLIENT_IP, CLIENT_IP):
+            assert _get_from(client, source).endswith(BODY.encode())
+        remotes = [x.split("RemoteAddr=", 1)[1] for x in app.wait_lines(3)]
+    assert len(remotes) == 3, remotes
+    if mode == "redirect":
+        assert len(set(remotes)) == 1 and remotes[0].startswith("127.0.0.6:"), remotes
+    else:
+        ips = [r.rsplit(":", 1)[0] for r in remotes]
+        assert ips == [CLIENT_IP, OTHER_CLIENT_IP, CLIENT_IP], remotes
+        assert remotes[0] == remotes[2], remotes  # same source again: the pooled one
