@@ -21,6 +21,9 @@ observation field by field).
   connection closed, while a keep-alive client next to it keeps being served.
 - Upstream refused, reset before and after the response started, slower than the route
   timeout (tests/data/proxy/server-redirect-timeout*.json): status, flags, details.
+- The overload manager's global_downstream_max_connections
+  (tests/data/proxy/server-redirect-maxconn.json): the connection over the limit is
+  closed and counted.
 """
 
 from __future__ import annotations
@@ -659,3 +662,49 @@ def test_upstream_failure_status_and_flags(
         differing = {k: (log.get(k), v) for k, v in envoy_log.items() if log.get(k) != v}
         assert not differing, f"access-log field: (remora, envoy): {differing}"
         assert response == envoy_response
+
+
+# -- overload manager --------------------------------------------------------------------
+def _hold(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while conn.recv(65536):
+            pass
+
+
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_global_downstream_max_connections(kind: str, tmp_path: Path) -> None:
+    """tests/data/proxy/server-redirect-maxconn.json is the reference server config with
+    the overload manager's max_active_downstream_connections at 2: the third concurrent
+    connection is closed at once, never reaches the app, and is counted as
+    listener.<address>.downstream_global_cx_overflow (what Envoy does)."""
+    with Lab(prefix="rso") as lab:
+        client, server = lab.pair()
+        app = ph.PeerServer(server, RELAY_PORT, _hold)
+        try:
+            ph.apply_capture(lab, server, "redirect")
+            sidecar = ph.start_sidecar(lab, server, kind,
+                                       ph.DATA / "server-redirect-maxconn.json", tmp_path)
+            socks = []
+            for _ in range(3):
+                sock = Lab.socket(client)
+                sock.settimeout(0.3)
+                sock.connect((SERVER_IP, RELAY_PORT))
+                socks.append(sock)
+                time.sleep(0.1)  # let the sidecar accept it before the next one
+            states = []
+            for sock in socks:
+                try:
+                    sock.sendall(b"x")
+                    states.append("closed" if sock.recv(10) == b"" else "data")
+                except TimeoutError:
+                    states.append("open")
+                except OSError:
+                    states.append("closed")
+            for sock in socks:
+                sock.close()
+            assert states == ["open", "open", "closed"]
+            assert len(app.peers) == 2
+            overflow = sidecar.stats().get("listener.0.0.0.0_15006.downstream_global_cx_overflow")
+            assert overflow == 1
+        finally:
+            app.close()
