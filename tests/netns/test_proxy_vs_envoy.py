@@ -23,6 +23,8 @@ import contextlib
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -490,3 +492,19 @@ def test_upstream_pool_reuse_across_clients(kind: str, mode: str, tmp_path: Path
         ips = [r.rsplit(":", 1)[0] for r in remotes]
         assert ips == [CLIENT_IP, OTHER_CLIENT_IP, CLIENT_IP], remotes
         assert remotes[0] == remotes[2], remotes  # same source again: the pooled one
+
+
+CONFIGS = sorted([*ph.DATA.glob("*.json"), *(ph.REFERENCE / n for n in (
+    "server-redirect.json", "server-tproxy.json", "client-redirect.json"))])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("kind", ph.KINDS)
+def test_configs_validate(kind: str, config: Path) -> None:
+    """Every bootstrap these suites run is accepted by `--mode validate` of both proxies
+    (the extra ones in tests/data/proxy/ are the reference config with one field changed)."""
+    argv = ([ph.envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"]
+            if kind == "envoy" else
+            [sys.executable, "-m", "remora", "proxy", "--mode", "validate", "-c", str(config)])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
