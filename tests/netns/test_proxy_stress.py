@@ -692,6 +692,7 @@ def test_global_downstream_max_connections(kind: str, tmp_path: Path) -> None:
                 socks.append(sock)
                 time.sleep(0.1)  # let the sidecar accept it before the next one
             states = []
+            socks[2].settimeout(3)  # the refused one: allow a loaded machine time to close it
             for sock in socks:
                 try:
                     sock.sendall(b"x")
@@ -702,7 +703,7 @@ def test_global_downstream_max_connections(kind: str, tmp_path: Path) -> None:
                     states.append("closed")
             for sock in socks:
                 sock.close()
-            assert states == ["open", "open", "closed"]
+            assert states == ["open", "open", "closed"]  # (checked in connection order)
             assert len(app.peers) == 2
             overflow = sidecar.stats().get("listener.0.0.0.0_15006.downstream_global_cx_overflow")
             assert overflow == 1
