@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,34 @@ def _entries(node: NodeClient, pod: LabPod, rid: str, timeout: float) -> list[Ac
                                    f"istio-proxy log of {pod.ref}", timeout)
 
 
+def _wait_both(node: NodeClient, src: LabPod, server: LabPod, rid: str,
+               timeout: float) -> tuple[list[AccessLogEntry], list[AccessLogEntry]]:
+    """The probe's lines in both sidecars' logs. The server's line is the one that
+    matters; once it is there the client's gets a short grace (a TCP passthrough line
+    carries no request id and will never match)."""
+    start = time.monotonic()
+    deadline = start + timeout
+    c_found: list[AccessLogEntry] = []
+    s_found: list[AccessLogEntry] = []
+    s_done_at: float | None = None if server.has_sidecar else start
+    while True:
+        if src.has_sidecar and not c_found:
+            c_found = live_probe.probe_entries(_log_reader(node, src, "istio-proxy")(), rid,
+                                               f"istio-proxy log of {src.ref}")
+        if server.has_sidecar and not s_found:
+            s_found = live_probe.probe_entries(_log_reader(node, server, "istio-proxy")(),
+                                               rid, f"istio-proxy log of {server.ref}")
+            if s_found:
+                s_done_at = time.monotonic()
+        now = time.monotonic()
+        if (c_found or not src.has_sidecar) and s_done_at is not None:
+            break
+        if now > deadline or (s_done_at is not None and now - s_done_at > 0.5):
+            break
+        time.sleep(0.1)
+    return c_found, s_found
+
+
 def _pick_server(node: NodeClient, dest: Destination, c_entries: list[AccessLogEntry],
                  rid: str, timeout: float, notes: list[str]) -> tuple[LabPod, list[AccessLogEntry]]:
     """The endpoint that served the probe: the client log's UPSTREAM_HOST, else the
@@ -165,8 +194,12 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     for p in watched:
         _flush_access_log(p)
     moved = {p.ref: annotate(before[p.ref], after[p.ref]) for p in watched}
-    c_entries = _entries(node, src, rid, min(timeout, 3.0))
-    server, s_entries = _pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)
+    if len(dest.candidates) == 1:
+        server = dest.candidates[0]
+        c_entries, s_entries = _wait_both(node, src, server, rid, min(timeout, 3.0))
+    else:
+        c_entries = _entries(node, src, rid, min(timeout, 3.0))
+        server, s_entries = _pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)
     ev = Evidence()
     _pod_evidence(ev.client, src, after[src.ref], _config(src) if src.has_sidecar else None,
                   c_entries, rid)
