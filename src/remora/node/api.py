@@ -112,6 +112,8 @@ class Api:
             items = views.services(rt.store, rt.plan)
         elif kind == "Deployment":
             items = self._deployments()
+        elif kind in desired.POLICY_KINDS:
+            items = rt.store.list_objects(kind)
         elif kind == "Namespace":
             named = {n["metadata"]["name"]: n for n in rt.store.list_objects("Namespace")}
             for k in desired.NAMESPACED:

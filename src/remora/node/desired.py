@@ -15,8 +15,11 @@ from remora.node import ipam
 from remora.node.ipam import AddressPlan
 from remora.node.store import Store
 
-KINDS = ("Namespace", "Deployment", "Service", "Pod")
-NAMESPACED = ("Deployment", "Service", "Pod")
+# Istio's security policies are stored for the control plane (the PodSetup hook reads
+# them from ClusterSnapshot.policies); the node itself runs nothing for them.
+POLICY_KINDS = ("PeerAuthentication", "AuthorizationPolicy")
+KINDS = ("Namespace", "Deployment", "Service", "Pod", *POLICY_KINDS)
+NAMESPACED = ("Deployment", "Service", "Pod", *POLICY_KINDS)
 
 
 def normalise(obj: dict[str, Any]) -> dict[str, Any]:

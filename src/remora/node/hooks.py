@@ -11,8 +11,9 @@ subclasses it to do what Istio's injector and kubelet do for a meshed pod:
   process(ctx, c, init)      -> the process for container C (map an image without a
                                 command, e.g. istio-init -> `remora capture ...`, the
                                 sidecar -> `remora proxy -c ...` or `envoy -c ...`)
-  cluster_changed(snap, pods)-> services or endpoints changed (rewrite the sidecars' EDS
-                                and CDS files so Envoy picks them up without a restart)
+  cluster_changed(snap, pods)-> services, endpoints or security policies changed (rewrite
+                                the sidecars' xDS files so Envoy picks them up without a
+                                restart)
   cleanup(ctx)               -> the pod is gone (its processes stopped, before the
                                 namespace is deleted)
 
@@ -41,6 +42,8 @@ class ClusterSnapshot:
     pods: list[dict[str, Any]] = field(default_factory=list)  # status.podIP, phase, ready
     # (namespace, service) -> [{"ip", "port", "name", "protocol", "pod", "ready"}]
     endpoints: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    # Istio's PeerAuthentication and AuthorizationPolicy objects, as applied
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,10 @@ class Runtime:
         signature = json.dumps([services, {f"{k[0]}/{k[1]}": v
                                            for k, v in snapshot.endpoints.items()},
                                 sorted((p["status"].get("podIP", ""), p["metadata"]["namespace"])
-                                       for p in pods)], sort_keys=True, default=str)
+                                       for p in pods),
+                                # policies and namespace labels change the sidecars' config
+                                snapshot.policies, snapshot.namespaces],
+                               sort_keys=True, default=str)
         if signature == self._signature:
             return
         # DNS first: it must not wait for a rules reload that may fail and be retried.

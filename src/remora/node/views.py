@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from remora.node import controller, topology
+from remora.node import controller, desired, topology
 from remora.node.dns import Zone
 from remora.node.hooks import ClusterSnapshot
 from remora.node.ipam import AddressPlan
@@ -120,8 +120,9 @@ def snapshot(store: Store, svcs: list[dict[str, Any]],
              pods: list[dict[str, Any]]) -> ClusterSnapshot:
     eps = {(s["metadata"].get("namespace", "default"), s["metadata"]["name"]):
            controller.endpoints(s, pods) for s in svcs}
+    policies = [o for kind in desired.POLICY_KINDS for o in store.list_objects(kind)]
     return ClusterSnapshot(namespaces=store.list_objects("Namespace"), services=svcs,
-                           pods=pods, endpoints=eps)
+                           pods=pods, endpoints=eps, policies=policies)
 
 
 def service_ports(svcs: list[dict[str, Any]],
