@@ -92,9 +92,12 @@ class Cluster(Protocol):
 
     async def connect(
         self, facts: ConnectionFacts, info: StreamInfo, exclude_hosts: frozenset[str] = ...,
+        *, host_selection_retry_max_attempts: int = ...,
     ) -> Upstream:
         """Choose a host (ORIGINAL_DST: the downstream's original destination; STATIC/EDS:
-        the load balancer), open a connection bound as the cluster and original_src say,
+        the load balancer; a pick in EXCLUDE_HOSTS is re-picked up to
+        HOST_SELECTION_RETRY_MAX_ATTEMPTS times (default 1, Envoy's), then used anyway),
+        open a connection bound as the cluster and original_src say,
         record upstream_* fields in INFO, count stats, and enforce max_connections.
         Raises UpstreamError."""
         ...

@@ -60,33 +60,49 @@ class ClusterImpl:
         self.stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in hosts))
         self.stats.inc(self.prefix + "membership_change")
 
-    def _choose(self, facts: ConnectionFacts, exclude: frozenset[str]) -> tuple[str, int] | None:
+    def _choose(self, facts: ConnectionFacts, exclude: frozenset[str],
+                reselections: int = 1) -> tuple[str, int] | None:
+        """The load balancer's pick. EXCLUDE (the previous_hosts retry predicate's hosts)
+        does not filter the candidates: as Envoy's ZoneAwareLoadBalancerBase::chooseHost,
+        a pick the predicate rejects is re-picked at most RESELECTIONS
+        (host_selection_retry_max_attempts) times, and if every pick is rejected the last
+        one is used anyway -- so a one-endpoint cluster retries its only host instead of
+        failing with UH.
+        https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto#envoy-v3-api-field-config-route-v3-retrypolicy-host-selection-retry-max-attempts
+        """
         if self.config.type == "ORIGINAL_DST":
             return facts.local_ip, facts.local_port
-        healthy = [h for h in self.hosts if h.healthy and h.key not in exclude]
+        healthy = [h for h in self.hosts if h.healthy]
         if not healthy:
             return None
         top = min(h.priority for h in healthy)  # lowest priority level with healthy hosts
         healthy = [h for h in healthy if h.priority == top]
+        host = self._pick(healthy)
+        for _ in range(max(reselections, 0) if exclude else 0):
+            if host.key not in exclude:
+                break
+            host = self._pick(healthy)
+        return host.address.ip, host.address.port
+
+    def _pick(self, healthy: list[Host]) -> Host:
         if self.config.lb_policy == "RANDOM":
-            host = random.choice(healthy)
-        elif self.config.lb_policy == "LEAST_REQUEST" and len(healthy) > 1:
+            return random.choice(healthy)
+        if self.config.lb_policy == "LEAST_REQUEST" and len(healthy) > 1:
             # Envoy's P2C: the less loaded of two random choices
             a, b = random.sample(healthy, 2)
-            host = a if self._load(a) <= self._load(b) else b
-        else:
-            self._rr = (self._rr + 1) % len(healthy)
-            host = healthy[self._rr]
-        return host.address.ip, host.address.port
+            return a if self._load(a) <= self._load(b) else b
+        self._rr = (self._rr + 1) % len(healthy)
+        return healthy[self._rr]
 
     def _load(self, host: Host) -> int:
         return self.host_stats.get(host.key, {}).get("cx_active", 0)
 
     # -- interfaces.Cluster ------------------------------------------------------------
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
-                      exclude_hosts: frozenset[str] = frozenset()) -> Upstream:
+                      exclude_hosts: frozenset[str] = frozenset(), *,
+                      host_selection_retry_max_attempts: int = 1) -> Upstream:
         info.upstream_cluster = self.name
-        target = self._choose(facts, exclude_hosts)
+        target = self._choose(facts, exclude_hosts, host_selection_retry_max_attempts)
         if target is None:
             self.stats.inc(self.prefix + "upstream_cx_none_healthy")
             raise UpstreamError("UH", "")
