@@ -183,7 +183,7 @@ def test_pod_target(seed: SeedLab) -> None:
     assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
 
 
-def test_server_without_sidecar_sees_the_client(seed: SeedLab) -> None:
+def test_pods_without_sidecar(seed: SeedLab) -> None:
     # The plain namespace stays until the lab goes: deleting it would free its pod's IP
     # for the TPROXY pod below, and the node's neighbour entry for a reused IP keeps the
     # old pod's MAC for up to ~45 s (a lab issue, reported), which only slows that test.
@@ -200,6 +200,21 @@ def test_server_without_sidecar_sees_the_client(seed: SeedLab) -> None:
     assert live["app_log_line"].startswith("X-Forwarded-For=, RemoteAddr=10.20.0.78:")
     assert doc["verdict"]["confirmed"] is True
     assert not any("server sidecar" in m["what"] for m in doc["missing"])
+    # and the other way: a client without a sidecar is not captured; the server's is
+    done = seed.ok("explain", "source-ip", "--from", "deploy/plain-server", "-n", "plain",
+                   "--to", "simple-server-svc.demo-to:18080", "--path", "/common/sauth",
+                   "-o", "json")
+    doc = json.loads(done)
+    live = doc["live"]
+    plain_ip = live["client_pod"]["ip"]
+    assert live["client_pod"]["sidecar"] is False and live["probe"]["status"] == 200
+    assert any("has no sidecar (istio-proxy): its connections leave it uncaptured" in n
+               for n in live["notes"])
+    assert [s["status"] for s in doc["steps"]] == ["not captured", "skipped", "ok", "ok"]
+    [line] = live["server_access_log"]
+    assert line["downstream_remote_address"].startswith(f"{plain_ip}:")
+    assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
+    assert not any("client sidecar" in m["what"] for m in doc["missing"])
 
 
 @pytest.mark.parametrize("args,message", [

@@ -77,18 +77,20 @@ def _write_diagram(path: Path, svg: str) -> str:
 @click.option("--server-pod", metavar="POD[.NS]",
               help="server pod name, for the fix and the commands shown")
 @click.option("--to", "to", metavar="HOST[:PORT]",
-              help="what the client connects to: service name or IP, and port")
-@click.option("--from", "from_", metavar="POD", help="live: the client pod in the remora lab")
+              help="what the client connects to: service name or IP, and port (live: "
+                   "SERVICE[.NS][:PORT] or POD[.NS][:PORT])")
+@click.option("--from", "from_", metavar="POD",
+              help="live: the client pod in the remora lab (POD, POD.NS or deploy/NAME)")
 @click.option("-n", "--namespace", metavar="NS", help="namespace of the pods")
 @click.option("--path", "http_path", default="/", show_default=True,
-              help="HTTP path, for route matching")
+              help="HTTP path, for route matching (live: the probe request's path)")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--diagram", type=click.Path(path_type=Path), metavar="FILE.svg|FILE.png",
               help="also draw the path, marking where the source address changes")
 @click.option("--compare", is_flag=True,
               help="table: what the app sees under REDIRECT/TPROXY and each header option")
-@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
+@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None, metavar="DIR",
               help="live: the lab's state directory [default: /var/lib/remora]")
 def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
               access_log: tuple[str, ...], client_ip: str | None, server_ip: str | None,
