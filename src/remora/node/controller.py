@@ -133,21 +133,34 @@ def endpoints(service: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[
     return sorted(found, key=lambda e: (e["servicePort"], e["ip"], e["port"]))
 
 
-def pod_status(containers: list[dict[str, Any]], deleting: bool, phase: str) -> dict[str, Any]:
-    """kubectl's READY/STATUS/RESTARTS from container rows (dicts of ContainerRow)."""
+def pod_status(containers: list[dict[str, Any]], deleting: bool, phase: str,
+               app_count: int | None = None, init_count: int | None = None) -> dict[str, Any]:
+    """kubectl's READY/STATUS/RESTARTS from container rows (dicts of ContainerRow).
+
+    APP_COUNT/INIT_COUNT are the pod spec's containers and initContainers: READY counts
+    the spec's app containers even before any has started (`0/2` while init containers
+    run), and STATUS follows kubectl's printPod: `Init:N/M` while init containers run,
+    `PodInitializing` once they finished and before the app containers run (kubelet's
+    waiting reason for them), then the app containers' own reasons
+    (https://github.com/kubernetes/kubernetes/blob/v1.30.0/pkg/printers/internalversion/printers.go#L860).
+    """
     apps = [c for c in containers if not c["init"]]
     inits = [c for c in containers if c["init"]]
+    n_apps = len(apps) if app_count is None else app_count
+    n_inits = len(inits) if init_count is None else init_count
     ready = sum(1 for c in apps if c["ready"] and c["state"] == "Running")
     restarts = sum(c["restarts"] for c in apps)
     status = phase
     done_inits = sum(1 for c in inits if c["state"] == "Terminated" and c["exit_code"] == 0)
     if deleting:
         status = "Terminating"
-    elif inits and done_inits < len(inits):
+    elif n_inits and done_inits < n_inits:
         failing = [c for c in inits if c["reason"] in ("CrashLoopBackOff", "Error")]
-        status = f"Init:{failing[0]['reason']}" if failing else f"Init:{done_inits}/{len(inits)}"
+        status = f"Init:{failing[0]['reason']}" if failing else f"Init:{done_inits}/{n_inits}"
+    elif phase in ("Pending", "Init") or len(apps) < n_apps:
+        status = "PodInitializing" if n_inits else "ContainerCreating"
     elif phase == "Running":
         bad = [c for c in apps if c["state"] != "Running"]
         status = bad[0]["reason"] or "Error" if bad else "Running"
-    return {"ready": f"{ready}/{len(apps) if apps else 0}", "status": status,
-            "restarts": restarts, "allReady": bool(apps) and ready == len(apps)}
+    return {"ready": f"{ready}/{n_apps}", "status": status,
+            "restarts": restarts, "allReady": n_apps > 0 and ready == n_apps}

@@ -57,9 +57,11 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     spec["nodeName"] = node.netns if node else f"node-{row.node}"
     pod["spec"] = spec
     rows = [c.__dict__ for c in containers]
-    summary = controller.pod_status(rows, bool(row.deleting), row.phase)
-    if row.phase == "Pending" and not row.deleting:
-        summary["status"] = "ContainerCreating" if not row.message else "Pending"
+    summary = controller.pod_status(rows, bool(row.deleting), row.phase,
+                                    app_count=len(spec.get("containers") or []),
+                                    init_count=len(spec.get("initContainers") or []))
+    if row.phase == "Pending" and not row.deleting and row.message:
+        summary["status"] = "Pending"
     elif row.message and not row.deleting and not summary["allReady"]:
         # a container could not be started from its spec (kubelet's reason for it)
         summary["status"] = "CreateContainerConfigError"

@@ -117,3 +117,26 @@ def test_pod_status_reads_like_kubectl() -> None:
     assert s["status"] == "Init:0/1"
     s = controller.pod_status([row("demo")], True, "Running")
     assert s["status"] == "Terminating"
+
+
+def test_pod_status_through_init_counts_the_spec_containers() -> None:
+    # two app containers (demo + istio-proxy) and one init container (istio-init), as an
+    # injected pod has; kubectl shows READY 0/2 from the start, not 0/0
+    def status(rows: list[dict[str, Any]], phase: str) -> tuple[str, str]:
+        s = controller.pod_status(rows, False, phase, app_count=2, init_count=1)
+        return s["ready"], s["status"]
+
+    assert status([], "Pending") == ("0/2", "Init:0/1")
+    assert status([row("istio-init", "Running", 0, init=1)], "Init") == ("0/2", "Init:0/1")
+    done = row("istio-init", "Terminated", 0, init=1, reason="Completed", exit_code=0)
+    assert status([done], "Init") == ("0/2", "PodInitializing")
+    assert status([done, row("demo")], "Running") == ("1/2", "PodInitializing")
+    assert status([done, row("demo"), row("istio-proxy", ready=0)], "Running") == (
+        "1/2", "Running")
+    assert status([done, row("demo", "Waiting", 0, 1, reason="CrashLoopBackOff"),
+                   row("istio-proxy")], "Running") == ("1/2", "CrashLoopBackOff")
+    failed = row("istio-init", "Waiting", 0, init=1, reason="CrashLoopBackOff", exit_code=1)
+    assert status([failed], "Init") == ("0/2", "Init:CrashLoopBackOff")
+    # without init containers, a pod whose containers are not started is ContainerCreating
+    s = controller.pod_status([], False, "Pending", app_count=1, init_count=0)
+    assert (s["ready"], s["status"], s["allReady"]) == ("0/1", "ContainerCreating", False)
