@@ -18,7 +18,8 @@ def header_lines(run: LiveRun) -> list[str]:
              f"  probe: {run.probe.summary()}"]
     if run.probe.local_address:
         lines.append(f"  probe socket: {run.probe.local_address} -> {run.probe.connected_to} "
-                     "(uid 0, gid 0: not the proxy's 1337, so it is captured like the app)")
+                     "(uid 0, gid 0, not the proxy's 1337: the pod's rules treat it as the "
+                     "app's own traffic)")
     lines.extend(f"  note: {n}" for n in run.notes)
     return lines
 
