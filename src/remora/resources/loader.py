@@ -95,7 +95,9 @@ def parse_object(doc: Any, where: str) -> tuple[Object | None, list[str]]:
     """One manifest object -> (object or None for an unknown kind, warnings)."""
     if not isinstance(doc, dict):
         raise RemoraError(f"{where}: expected a Kubernetes object (a mapping), got "
-                          f"{type(doc).__name__}")
+                          f"{type(doc).__name__}",
+                          "each YAML document must be one object with apiVersion, kind and "
+                          "metadata")
     kind = doc.get("kind")
     api = doc.get("apiVersion")
     raw_meta = doc.get("metadata")
@@ -187,12 +189,15 @@ def _pod_spec(spec: Node | None) -> PodSpec:
     assert spec is not None
     containers = tuple(_container(spec, p, c) for p, c in spec.items("containers"))
     if not containers:
-        raise spec.ctx.error(spec.sub("containers"), "at least one container is required")
+        raise spec.ctx.error(spec.sub("containers"), "at least one container is required",
+                             "add a container with a name and an image to "
+                             f"{spec.sub('containers')}")
     inits = tuple(_container(spec, p, c) for p, c in spec.items("initContainers"))
     seen: set[str] = set()
     for c in inits + containers:
         if c.name in seen:
-            raise spec.ctx.error(spec.sub("containers"), f"duplicate container name {c.name!r}")
+            raise spec.ctx.error(spec.sub("containers"), f"duplicate container name {c.name!r}",
+                                 "give every container and init container its own name")
         seen.add(c.name)
     restart = spec.string("restartPolicy", "Always")
     if restart not in ("Always", "OnFailure", "Never"):
@@ -237,10 +242,12 @@ def _container(parent: Node, path: str, value: Any) -> Container:
                           "use Always, IfNotPresent or Never")
     sc = n.raw("securityContext")
     if sc is not None and not isinstance(sc, dict):
-        raise n.ctx.error(n.sub("securityContext"), "expected an object")
+        raise n.ctx.error(n.sub("securityContext"), "expected an object",
+                          "write it as a mapping, e.g. securityContext: {runAsUser: 1000}")
     probe = n.raw("readinessProbe")
     if probe is not None and not isinstance(probe, dict):
-        raise n.ctx.error(n.sub("readinessProbe"), "expected an object")
+        raise n.ctx.error(n.sub("readinessProbe"), "expected an object",
+                          "write it as a mapping, e.g. readinessProbe: {tcpSocket: {port: 8080}}")
     out = Container(name=name, image=image, command=n.strings("command"), args=n.strings("args"),
                     env=tuple(env), ports=tuple(ports), imagePullPolicy=policy,
                     workingDir=n.string("workingDir"), securityContext=sc, readinessProbe=probe)
@@ -275,21 +282,25 @@ def _service(root: Node) -> Service:
             check_name(spec.ctx, pn.sub("targetPort"), raw_target, label=True)
             target = raw_target
         elif raw_target is not None:
-            target = pn.check_int(raw_target, pn.sub("targetPort"), 1, 65535)
+            target = pn.check_int(raw_target, pn.sub("targetPort"), 1, 65535, what="a port")
         name = pn.string("name")
         if name:
             check_name(spec.ctx, pn.sub("name"), name, label=True)
         if name in names:
-            raise spec.ctx.error(pn.sub("name"), f"duplicate port name {name!r}")
+            raise spec.ctx.error(pn.sub("name"), f"duplicate port name {name!r}",
+                                 "give every port of the service its own name")
         names.add(name)
         protocol = pn.string("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
-            raise spec.ctx.error(pn.sub("protocol"), f"unsupported protocol {protocol!r}")
+            raise spec.ctx.error(pn.sub("protocol"), f"unsupported protocol {protocol!r}",
+                                 "use TCP, UDP or SCTP")
         ports.append(ServicePort(port=port, targetPort=target, name=name, protocol=protocol,
                                  appProtocol=pn.string("appProtocol")))
         pn.done()
     if not ports:
-        raise spec.ctx.error(spec.sub("ports"), "at least one port is required")
+        raise spec.ctx.error(spec.sub("ports"), "at least one port is required",
+                             f"add a port to {spec.sub('ports')}, e.g. "
+                             "- {port: 80, targetPort: 8080}")
     if len(ports) > 1 and "" in names:
         raise spec.ctx.error(spec.sub("ports"), "every port needs a name when there are several",
                              "name each port, e.g. http-web")

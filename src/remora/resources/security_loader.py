@@ -143,7 +143,8 @@ def _condition(n: Node) -> Condition:
                           "remora supports " + ", ".join(_WHEN_KEYS) + ", request.headers[NAME]")
     values, not_values = _list(n, "values"), _list(n, "notValues")
     if not values and not not_values:
-        raise n.ctx.error(n.path, "a condition needs values or notValues")
+        raise n.ctx.error(n.path, "a condition needs values or notValues",
+                          "add values: [...] or notValues: [...] to the condition")
     if key in ("source.ip", "remote.ip"):
         values = tuple(_cidr(n, n.sub("values"), v) for v in values)
         not_values = tuple(_cidr(n, n.sub("notValues"), v) for v in not_values)
