@@ -128,7 +128,7 @@ def _wait_both(node: NodeClient, src: LabPod, server: LabPod, rid: str,
     return c_found, s_found
 
 
-def _pick_server(node: NodeClient, dest: Destination, c_entries: list[AccessLogEntry],
+def pick_server(node: NodeClient, dest: Destination, c_entries: list[AccessLogEntry],
                  rid: str, timeout: float, notes: list[str]) -> tuple[LabPod, list[AccessLogEntry]]:
     """The endpoint that served the probe: the client log's UPSTREAM_HOST, else the
     candidate whose sidecar logged it, else the only (or first) candidate."""
@@ -199,7 +199,7 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
         c_entries, s_entries = _wait_both(node, src, server, rid, min(timeout, 3.0))
     else:
         c_entries = _entries(node, src, rid, min(timeout, 3.0))
-        server, s_entries = _pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)
+        server, s_entries = pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)
     ev = Evidence()
     _pod_evidence(ev.client, src, after[src.ref], _config(src) if src.has_sidecar else None,
                   c_entries, rid)
