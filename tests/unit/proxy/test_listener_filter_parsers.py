@@ -46,7 +46,7 @@ def test_client_hello_without_sni_or_alpn_and_partial_data() -> None:
 
 def test_not_tls() -> None:
     assert parse_client_hello(b"GET / HTTP/1.1\r\n").state == "not_tls"
-    assert parse_client_hello(b"\x16\x09\x00").state == "not_tls"
+    assert parse_client_hello(b"\x16\x09\x00\x00\x00").state == "not_tls"
     assert parse_client_hello(b"").state == "need_more"
 
 

@@ -45,7 +45,9 @@ class HttpInspector:
             verdict = detect(data)
             if verdict != "need_more" or conn.eof:
                 break
-        if verdict not in (None, "need_more"):
+        if verdict == "need_more":
+            return False  # the peer closed undecided: closed, as Envoy does (remote_close)
+        if verdict is not None:
             conn.facts.application_protocols = (str(verdict),)
         return True
 

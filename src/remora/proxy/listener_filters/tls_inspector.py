@@ -27,7 +27,10 @@ class Hello:
 
 
 def parse_client_hello(data: bytes) -> Hello:
-    if not data:
+    if len(data) < 5:
+        # Envoy hands the bytes to BoringSSL, which decides nothing before a whole
+        # 5-byte record header (observed on Envoy 1.40: "GET" then FIN is a remote close,
+        # "GET /" is tls_not_found).
         return Hello("need_more")
     if data[0] != HANDSHAKE:
         return Hello("not_tls")
@@ -98,6 +101,10 @@ class TlsInspector:
             hello = parse_client_hello(data)
             if hello.state != "need_more" or conn.eof:
                 break
+        if hello.state == "need_more":
+            # The peer closed before a verdict: Envoy closes the connection
+            # (downstream_listener_filter_remote_close) rather than guess.
+            return False
         if hello.state == "tls":
             conn.facts.transport_protocol = "tls"
             conn.facts.server_name = hello.server_name

@@ -32,7 +32,7 @@ log = logging.getLogger("remora.proxy")
 PEEKING_FILTERS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
 LISTENER_COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match",
                      "downstream_pre_cx_timeout", "downstream_global_cx_overflow",
-                     "downstream_listener_filter_error")
+                     "downstream_listener_filter_error", "downstream_listener_filter_remote_close")
 
 
 class ActiveListener:
@@ -88,6 +88,8 @@ async def _run_listener_filters(listener: ActiveListener, acc: AcceptedSocket,
     async def run() -> bool:
         for filt in cfg.listener_filters:
             if not await filt.on_accept(acc):
+                if acc.peer_closed is not None:
+                    _peer_closed_early(listener, acc, server)
                 return False
         return True
 
@@ -100,6 +102,31 @@ async def _run_listener_filters(listener: ActiveListener, acc: AcceptedSocket,
         # listener_filters_timeout: close, or go on with what was learned so far
         server.stats.inc(listener.prefix + "downstream_pre_cx_timeout")
         return cfg.continue_on_listener_filters_timeout
+
+
+def _peer_closed_early(listener: ActiveListener, acc: AcceptedSocket, server: Server) -> None:
+    """The peer closed (FIN: remote_close) or reset (error) while a listener filter still
+    waited for bytes: Envoy's ActiveTcpSocket closes the socket, counts
+    listener.<prefix>.downstream_listener_filter_{remote_close,error} and still writes the
+    listener's access log (no flags, no filter chain) -- observed on Envoy 1.40.
+    https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/stats"""
+    server.stats.inc(f"{listener.prefix}downstream_listener_filter_{acc.peer_closed}")
+    if listener.config.access_loggers:
+        info = _connection_info(acc.facts, listener.config)
+        info.finish()
+        for logger in listener.config.access_loggers:
+            logger.log(info)
+
+
+def _connection_info(facts: ConnectionFacts, cfg: ListenerConfig) -> StreamInfo:
+    return StreamInfo(
+        downstream_local_address=format_address(facts.local_ip, facts.local_port),
+        downstream_remote_address=format_address(facts.remote_ip, facts.remote_port),
+        downstream_direct_remote_address=format_address(facts.direct_remote_ip,
+                                                        facts.remote_port),
+        requested_server_name=facts.server_name,
+        listener_name=cfg.name,
+    )
 
 
 def _facts(conn: socket.socket) -> ConnectionFacts:
@@ -145,14 +172,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
         counted = listener
         stats.inc(listener.prefix + "downstream_cx_total")
         stats.gauge_add(listener.prefix + "downstream_cx_active", 1)
-        info = StreamInfo(
-            downstream_local_address=format_address(facts.local_ip, facts.local_port),
-            downstream_remote_address=format_address(facts.remote_ip, facts.remote_port),
-            downstream_direct_remote_address=format_address(facts.direct_remote_ip,
-                                                            facts.remote_port),
-            requested_server_name=facts.server_name,
-            listener_name=cfg.name,
-        )
+        info = _connection_info(facts, cfg)
         if facts.transport_protocol == "tls" and facts.application_protocols:
             info.downstream_alpn = facts.application_protocols[0]
         chain = filter_chain_match.select(cfg.filter_chains, facts, cfg.default_filter_chain)
