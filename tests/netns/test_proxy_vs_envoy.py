@@ -367,8 +367,12 @@ def _record_requests(seen: list[bytes]) -> Callable[[socket.socket], None]:
                     body, _, buf = rest.partition(b"0\r\n\r\n")
                     seen.append(head + b"\r\n\r\n" + body + b"0\r\n\r\n")
                 else:
-                    seen.append(head + b"\r\n\r\n")
-                    buf = rest
+                    length = re.search(rb"(?im)^content-length:\s*(\d+)\r?$", head)
+                    size = int(length.group(1)) if length else 0
+                    if len(rest) < size:
+                        break
+                    seen.append(head + b"\r\n\r\n" + rest[:size])
+                    buf = rest[size:]
                 conn.sendall(CANNED)
 
     return handler
@@ -508,3 +512,64 @@ def test_configs_validate(kind: str, config: Path) -> None:
             [sys.executable, "-m", "remora", "proxy", "--mode", "validate", "-c", str(config)])
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+
+
+# -- HTTP edge cases through the inbound HCM ------------------------------------------------
+EDGE_PROBES = {
+    "http10": b"GET /common/sauth HTTP/1.0\r\nHost: x\r\n\r\n",
+    "head": b"HEAD /common/sauth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "dot-segments": b"GET /common/./x/../sauth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "absolute-form": b"GET http://x/common/sauth?a=1 HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n",
+    "expect-100": b"POST /common/sauth HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n\r\nhi",
+    "xff-and-te": b"GET /common/sauth HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.7\r\n"
+                  b"TE: trailers\r\nConnection: close\r\n\r\n",
+    "no-host": b"GET /common/sauth HTTP/1.1\r\nConnection: close\r\n\r\n",
+}
+
+
+def observe_edges(kind: str, workdir: Path) -> dict[str, tuple[bytes, list[bytes],
+                                                              dict[str, str] | None]]:
+    out: dict[str, tuple[bytes, list[bytes], dict[str, str] | None]] = {}
+    with Lab(prefix="rpx") as lab:
+        client, server = lab.pair()
+        seen: list[bytes] = []
+        app = ph.PeerServer(server, 18080, _record_requests(seen))
+        try:
+            ph.apply_capture(lab, server, "redirect")
+            sidecar = ph.start_sidecar(lab, server, kind, ph.REFERENCE / "server-redirect.json",
+                                       workdir)
+            for name, probe in EDGE_PROBES.items():
+                before_log, before_seen = len(sidecar.access_log()), len(seen)
+                raw = ph.http_exchange(client, SERVER_IP, 18080, probe, timeout=5)
+                lines = sidecar.wait_access_log(before_log + 1, timeout=3)[before_log:]
+                time.sleep(0.05)
+                out[name] = (
+                    _mask(raw), [_mask_request(x) for x in seen[before_seen:]],
+                    ph.comparable(ph.parse_access_log(lines[0])) if lines else None)
+        finally:
+            app.close()
+    return out
+
+
+@pytest.mark.parametrize("probe", list(EDGE_PROBES))
+def test_http_edge_cases_same_as_envoy(probe: str,
+                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    """HTTP/1.0, HEAD, path normalisation, absolute-form, Expect: 100-continue, XFF and
+    TE, a missing Host: the response, what reaches the app and the log line."""
+    with _observed_lock:
+        for kind in ph.KINDS:
+            if ("edges", kind) not in _edges:
+                _edges[("edges", kind)] = observe_edges(kind, tmp_path_factory.mktemp(kind))
+    ours, theirs = _edges[("edges", "remora")][probe], _edges[("edges", "envoy")][probe]
+    assert ours[0] == theirs[0], f"response:\nremora: {ours[0]!r}\nenvoy:  {theirs[0]!r}"
+    assert ours[1] == theirs[1], f"request at the app:\nremora: {ours[1]!r}\nenvoy:  {theirs[1]!r}"
+    assert (ours[2] is None) == (theirs[2] is None), (ours[2], theirs[2])
+    if ours[2] is not None and theirs[2] is not None:
+        differing = {k: (ours[2].get(k), v) for k, v in theirs[2].items()
+                     if ours[2].get(k) != v}
+        assert not differing, f"access-log field: (remora, envoy): {differing}"
+
+
+_edges: dict[tuple[str, str], dict[str, tuple[bytes, list[bytes], dict[str, str] | None]]] = {}
