@@ -93,6 +93,7 @@ class Observation:
     tcp_reply: bytes
     app_sources: list[str]  # "ip" of each printed RemoteAddr, then the TCP peer's ip
     app_ports_reused: bool  # the three keep-alive GETs reached the app on one connection
+    app_lines: list[str]  # what the seed's server printed, ports masked
     access_log: list[dict[str, str]]
     counters: dict[str, int | None]
     dump_names: dict[str, list[str]]
@@ -201,6 +202,7 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
         tcp_reply=tcp_reply,
         app_sources=[r.rsplit(":", 1)[0] for r in remote] + [p[0] for p in pong.peers],
         app_ports_reused=len(set(remote[:3])) == 1,
+        app_lines=[re.sub(r":\d+$", ":*", line) for line in lines],
         access_log=[ph.comparable(ph.parse_access_log(x)) for x in log],
         counters={k: counters_all.get(k) for k in _interesting_counters(config)},
         dump_names=_dump_names(dump),
@@ -218,6 +220,9 @@ def check_seed_facts(obs: Observation, sc: Scenario) -> None:
     assert obs.tcp_reply == b"pong:ping", obs.tcp_reply
     assert set(obs.app_sources) == {sc.app_source}, obs.app_sources
     assert obs.app_ports_reused, obs  # keep-alive downstream, pooled upstream
+    # the seed's listing: `X-Forwarded-For=, RemoteAddr=127.0.0.6:44213` (XFF untouched)
+    assert set(obs.app_lines) == {f"X-Forwarded-For=, RemoteAddr={sc.app_source}:*"}, \
+        obs.app_lines
     assert len(obs.access_log) == 5, obs.access_log
     http, raw_line, tcp_line = obs.access_log[:3], obs.access_log[3], obs.access_log[4]
     for line in http:
