@@ -74,8 +74,9 @@ def test_tcp_lines_as_envoy_140_prints_them() -> None:
                       upstream_host="127.0.0.1:19902",
                       upstream_transport_failure_reason="delayed connect error: "
                                                         "Connection refused")
-    info.set_flag("URX")
+    # in the order tcp_proxy sets them: the failed attempt (UF), then attempts exhausted (URX)
     info.set_flag("UF")
+    info.set_flag("URX")
     assert fmt.render(info) == (
         '[2026-11-23T23:14:43.295Z] "- - -" 0 UF,URX - - '
         '"delayed_connect_error:_Connection_refused" 0 0 0 - "-" "-" "-" "-" "127.0.0.1:19902" '

@@ -73,6 +73,7 @@ CASES = {
     "expect": b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n"
               b"\r\nabc",
     "route-timeout": b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n",
+    "per-try-timeout-retried": b"GET /slowtry HTTP/1.1\r\nHost: a\r\n\r\n",
     "refused": b"GET /refused HTTP/1.1\r\nHost: a\r\n\r\n",
     "retry-exhausted": b"GET /r503 HTTP/1.1\r\nHost: a\r\n\r\n",
     "retry-one-endpoint-previous-hosts": b"GET /r503-ph HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -121,6 +122,9 @@ def _config(template: dict[str, Any], port: int, admin: int, log: Path, echo: in
                 "retry_on": "retriable-status-codes", "retriable_status_codes": [503],
                 "num_retries": 2, "retry_host_predicate": previous_hosts,
                 "host_selection_retry_max_attempts": "5"}}},
+        {"name": "pertry", "match": {"prefix": "/slowtry"}, "route": {
+            "cluster": "echo", "retry_policy": {"retry_on": "5xx", "num_retries": 1,
+                                                "per_try_timeout": "0.1s"}}},
         {"name": "to", "match": {"prefix": "/slow"}, "route": {"cluster": "echo",
                                                               "timeout": "0.3s"}},
         {"name": "ref", "match": {"prefix": "/refused"}, "route": {"cluster": "refused"}},
