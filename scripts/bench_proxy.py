@@ -242,6 +242,12 @@ def main() -> int:
                 if path == "remora" and (problem := ph.remora_proxy_problem()):
                     print(f"remora   not run: {problem}")
                     continue
+                if path == "envoy":
+                    try:
+                        ph.envoy_binary()
+                    except RuntimeError as exc:
+                        print(f"envoy    not run: {exc}")
+                        continue
                 results += bench_path(path, args, Path(tmp) / path)
     except KeyboardInterrupt:
         print("interrupted: namespaces and processes removed", file=sys.stderr)
