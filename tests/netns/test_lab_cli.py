@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -89,6 +90,24 @@ def test_up_get_describe_logs_exec_delete(lab: TempLab, tmp_path: Path) -> None:
     assert "capture rules applied" in ok(lab, "logs", name, "-n", "demo-to", "-c", "istio-init")
     nat = ok(lab, "exec", "-n", "demo-to", name, "--", "iptables", "-t", "nat", "-L", "-v")
     assert "ISTIO_IN_REDIRECT" in nat and "redir ports 15006" in nat
+
+    # the seed's route into the pod: container IDs from `get -o json`, the PID (its
+    # `docker inspect -f {{.State.Pid}}`) and `nsenter --target PID -n`
+    got = json.loads(ok(lab, "get", "po", name, "-n", "demo-to", "-o", "json"))
+    statuses = {c["name"]: c for c in got["status"]["containerStatuses"]}
+    assert set(statuses) == {"demo", "istio-proxy"}
+    assert all(re.fullmatch(r"remora://[0-9a-f]{64}", c["containerID"])
+               for c in statuses.values())
+    assert got["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert got["status"]["hostIP"] and got["spec"]["nodeName"] == f"{lab.prefix}node-1"
+    pid = statuses["demo"]["remora"]["pid"]
+    pod_netns = ok(lab, "exec", "-n", "demo-to", name, "--", "readlink", "/proc/self/ns/net")
+    assert os.readlink(f"/proc/{pid}/ns/net") == pod_netns.strip()
+    entered = subprocess.run(["nsenter", "--target", str(pid), "-n", "iptables", "-t", "nat",
+                              "-S", "ISTIO_IN_REDIRECT"], capture_output=True, text=True,
+                             check=True)
+    assert "--to-ports 15006" in entered.stdout
+    assert f"Container ID:   {statuses['demo']['containerID']}" in described
     bad = lab.remora("logs", name, "-n", "demo-to", "-c", "nope")
     assert bad.returncode != 0 and "container 'nope' is not valid" in bad.stderr
 
@@ -202,5 +221,5 @@ def test_a_restarted_daemon_adopts_meshed_pods(lab: TempLab, tmp_path: Path,
     assert after["metadata"]["name"] == before["metadata"]["name"]
     assert after["status"]["ready"] is True
     assert [c["restartCount"] for c in after["status"]["containerStatuses"]] == [0, 0]
-    pids = [c["state"]["pid"] for c in before["status"]["containerStatuses"]]
-    assert [c["state"]["pid"] for c in after["status"]["containerStatuses"]] == pids
+    pids = [c["remora"]["pid"] for c in before["status"]["containerStatuses"]]
+    assert [c["remora"]["pid"] for c in after["status"]["containerStatuses"]] == pids

@@ -65,13 +65,13 @@ def test_daemon_restart_adopts_running_pods() -> None:
     with TempNode() as node:
         node.client.apply([pod("steady", ["sleep", "300"]), pod("other", ["sleep", "301"])])
         before = {p["metadata"]["name"]: p for p in node.client.wait_ready(timeout=15)}
-        pids = {n: p["status"]["containerStatuses"][0]["state"]["pid"] for n, p in before.items()}
+        pids = {n: p["status"]["containerStatuses"][0]["remora"]["pid"] for n, p in before.items()}
         for how in (signal.SIGTERM, signal.SIGKILL):
             os.kill(node.daemon_pid(), how)
             wait_for(lambda: not node.client.alive())
             node.start()
             after = {p["metadata"]["name"]: p for p in node.client.wait_ready(timeout=15)}
-            assert {n: p["status"]["containerStatuses"][0]["state"]["pid"]
+            assert {n: p["status"]["containerStatuses"][0]["remora"]["pid"]
                     for n, p in after.items()} == pids
             assert all(p["remora"]["restarts"] == 0 for p in after.values())
             assert {n: p["status"]["podIP"] for n, p in after.items()} == {
@@ -80,7 +80,7 @@ def test_daemon_restart_adopts_running_pods() -> None:
         os.kill(pids["steady"], signal.SIGKILL)
         p = wait_for(lambda: (x := get_pod(node, "steady")) and x["remora"]["restarts"] == 1
                      and x["status"]["ready"] and x)
-        assert p["status"]["containerStatuses"][0]["state"]["pid"] != pids["steady"]
+        assert p["status"]["containerStatuses"][0]["remora"]["pid"] != pids["steady"]
     assert not node.leftovers()
 
 
@@ -154,7 +154,7 @@ def test_pod_setup_hooks_shape_the_pod() -> None:
             (pod_dir / "eds.json").read_text()).get("mesh/app"))
         assert eds == [p["status"]["podIP"]]
         # the sidecar process runs with group 1337
-        pid = p["status"]["containerStatuses"][1]["state"]["pid"]
+        pid = p["status"]["containerStatuses"][1]["remora"]["pid"]
         status = Path(f"/proc/{pid}/status").read_text()
         assert "\nGid:\t1337\t1337\t1337\t1337" in status
     assert not node.leftovers()
@@ -166,7 +166,7 @@ def test_delete_pod_releases_namespace_files_and_ip() -> None:
         first = node.client.wait_ready(timeout=10)[0]
         netns_name = first["remora"]["netns"]
         assert Path(f"/etc/netns/{netns_name}/resolv.conf").exists()
-        pid = first["status"]["containerStatuses"][0]["state"]["pid"]
+        pid = first["status"]["containerStatuses"][0]["remora"]["pid"]
         node.client.delete("Pod", "a")
         wait_for(lambda: get_pod(node, "a") is None)
         assert not Path(f"/run/netns/{netns_name}").exists()
@@ -212,7 +212,7 @@ def test_down_leaves_nothing_behind() -> None:
         node.start()
         node.client.apply([pod("a", ["sleep", "300"]), pod("b", ["sleep", "300"], nodeName="2")])
         pods = node.client.wait_ready(timeout=10)
-        pids = [p["status"]["containerStatuses"][0]["state"]["pid"] for p in pods]
+        pids = [p["status"]["containerStatuses"][0]["remora"]["pid"] for p in pods]
         netns_names = {p["remora"]["netns"] for p in pods}
         daemon = node.daemon_pid()
         assert node.leftovers()  # there is something to remove
@@ -250,7 +250,7 @@ def test_pod_deleted_while_the_daemon_was_down_is_still_stopped() -> None:
         # ignores SIGTERM, so stopping it takes the grace period (1 s in TempNode)
         node.client.apply([pod("stubborn", ["sh", "-c", "trap '' TERM; sleep 300"])])
         p = node.client.wait_ready(timeout=10)[0]
-        pid = p["status"]["containerStatuses"][0]["state"]["pid"]
+        pid = p["status"]["containerStatuses"][0]["remora"]["pid"]
         node.client.delete("Pod", "stubborn")
         os.kill(node.daemon_pid(), signal.SIGKILL)
         wait_for(lambda: not node.client.alive())

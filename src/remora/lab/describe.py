@@ -48,6 +48,8 @@ def _containers(title: str, specs: list[dict[str, Any]],
     out = [f"{title}:"]
     for c in specs:
         out.append(f"  {c['name']}:")
+        if by_name.get(c["name"], {}).get("containerID"):
+            out.append(f"    Container ID:   {by_name[c['name']]['containerID']}")
         out.append(f"    Image:          {c.get('image', '')}")
         if c.get("command"):
             out.append("    Command:")

@@ -5,6 +5,7 @@ cluster snapshot a control plane consumes, the DNS zone and kube-proxy's service
 from __future__ import annotations
 
 import datetime
+import hashlib
 from typing import Any
 
 from remora.node import controller, desired, topology
@@ -25,20 +26,47 @@ def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _container_status(row: ContainerRow | None, name: str) -> dict[str, Any]:
+def container_id(row: ContainerRow) -> str:
+    """The container's ID, as `docker://<64 hex>` is in Kubernetes: one per run of the
+    container (the same while it runs and after the daemon adopts it again, a new one on
+    every restart, since the PID, start time and restart count change)."""
+    run = f"{row.pod_uid}/{row.name}/{row.restarts}/{row.pid}/{row.start_ticks}"
+    return "remora://" + hashlib.sha256(run.encode()).hexdigest()
+
+
+def _container_status(row: ContainerRow | None, container: dict[str, Any],
+                      waiting: str = "ContainerCreating") -> dict[str, Any]:
+    """core/v1 ContainerStatus from the store's row, plus a `remora` block with the PID
+    (the `docker inspect -f {{.State.Pid}}` of the seed, for `nsenter --target PID -n`).
+
+    WAITING is kubelet's reason for a container not created yet: PodInitializing for the
+    app containers of a pod whose init containers have not finished.
+    """
+    name, image = container["name"], container.get("image", "")
+    status: dict[str, Any] = {"name": name, "image": image, "imageID": ""}
     if row is None:
-        return {"name": name, "ready": False, "restartCount": 0,
-                "state": {"waiting": {"reason": "ContainerCreating"}}}
+        status.update(ready=False, started=False, restartCount=0,
+                      state={"waiting": {"reason": waiting}})
+        return status
+    cid = container_id(row) if row.pid > 0 else ""
+    started = _iso(row.started) if row.started else ""
     if row.state == "Running":
-        state: dict[str, Any] = {"running": {"startedAt": _iso(row.started)}, "pid": row.pid}
+        state: dict[str, Any] = {"running": {"startedAt": started}}
     elif row.state == "Terminated":
-        state = {"terminated": {"exitCode": row.exit_code, "reason": row.reason}}
+        state = {"terminated": {"exitCode": row.exit_code, "reason": row.reason,
+                                "startedAt": started, "containerID": cid}}
     else:
         state = {"waiting": {"reason": row.reason}}
-    status = {"name": name, "ready": bool(row.ready) and row.state == "Running",
-              "restartCount": row.restarts, "state": state}
+    status.update(ready=bool(row.ready) and row.state == "Running",
+                  started=row.state == "Running", restartCount=row.restarts, state=state)
+    if cid:
+        status["containerID"] = cid
     if row.exit_code is not None and row.state != "Terminated":
-        status["lastState"] = {"terminated": {"exitCode": row.exit_code}}
+        # the run that ended (a crash-looping container waits with the last one here)
+        status["lastState"] = {"terminated": {
+            "exitCode": row.exit_code, "reason": "Completed" if row.exit_code == 0 else "Error",
+            "startedAt": started, "containerID": cid}}
+    status["remora"] = {"pid": row.pid if row.state == "Running" else 0}
     return status
 
 
@@ -65,14 +93,20 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     elif row.message and not row.deleting and not summary["allReady"]:
         # a container could not be started from its spec (kubelet's reason for it)
         summary["status"] = "CreateContainerConfigError"
+    inits = spec.get("initContainers") or []
+    waiting = "PodInitializing" if inits else "ContainerCreating"
+    host_ip = str(node.subnet.node_ip) if node else ""  # the node's own address (its eth0)
     pod["status"] = {
         "phase": "Running" if row.phase in ("Running",) else "Pending",
-        "podIP": row.ip, "hostIP": str(node.subnet.node_ip) if node else "",
+        "podIP": row.ip, "hostIP": host_ip,
+        "podIPs": [{"ip": row.ip}] if row.ip else [],
+        "hostIPs": [{"ip": host_ip}] if host_ip else [],
+        "startTime": _iso(row.created),
         "ready": summary["allReady"] and not row.deleting,
         "message": row.message,
-        "initContainerStatuses": [_container_status(by_name.get(c["name"]), c["name"])
-                                  for c in spec.get("initContainers") or []],
-        "containerStatuses": [_container_status(by_name.get(c["name"]), c["name"])
+        "initContainerStatuses": [_container_status(by_name.get(c["name"]), c, waiting)
+                                  for c in inits],
+        "containerStatuses": [_container_status(by_name.get(c["name"]), c, waiting)
                               for c in spec.get("containers") or []],
     }
     pod["remora"] = {"netns": row.netns, "node": row.node, "ready": summary["ready"],

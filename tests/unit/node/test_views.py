@@ -3,6 +3,7 @@ Kubernetes' containerStatuses built from the store's rows."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from remora.node import views
@@ -45,3 +46,55 @@ def test_ready_and_status_through_init_read_like_kubectl() -> None:
     assert columns("Init", [init_done()]) == ("0/2", "PodInitializing")
     assert columns("Running", [init_done(), running("demo", 50),
                                running("istio-proxy", 51, ready=0)]) == ("1/2", "Running")
+
+
+def test_container_statuses_carry_ids_states_and_pids_like_kubernetes() -> None:
+    rows = [init_done(), running("demo", 50), running("istio-proxy", 51, ready=0)]
+    pod = views.pod_object(pod_row("Running"), rows, [])
+    statuses = pod["status"]["containerStatuses"]
+    assert [s["name"] for s in statuses] == ["demo", "istio-proxy"]
+    ids = [s["containerID"] for s in statuses]
+    assert all(re.fullmatch(r"remora://[0-9a-f]{64}", i) for i in ids) and ids[0] != ids[1]
+    demo = statuses[0]
+    assert demo["image"] == "vasth/simple-server"
+    assert (demo["ready"], demo["started"], demo["restartCount"]) == (True, True, 0)
+    assert demo["state"] == {"running": {"startedAt": "1970-01-01T00:00:02Z"}}
+    assert demo["remora"] == {"pid": 50}  # the PID `nsenter --target PID -n` wants
+    assert statuses[1]["ready"] is False
+    init = pod["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["reason"] == "Completed"
+    assert init["state"]["terminated"]["exitCode"] == 0
+    assert init["containerID"].startswith("remora://")
+    assert pod["status"]["podIP"] == "10.20.0.77"
+    assert pod["status"]["podIPs"] == [{"ip": "10.20.0.77"}]
+    # the ID is stable for one run (the same row read again, e.g. after adoption) ...
+    again = views.pod_object(pod_row("Running"), rows, [])["status"]["containerStatuses"]
+    assert again[0]["containerID"] == ids[0]
+    # ... and new when the container is restarted
+    restarted = views.pod_object(pod_row("Running"), [
+        init_done(), running("demo", 60, restarts=1), running("istio-proxy", 51)], [])
+    assert restarted["status"]["containerStatuses"][0]["containerID"] != ids[0]
+    assert restarted["status"]["containerStatuses"][0]["restartCount"] == 1
+
+
+def test_waiting_containers_read_like_kubelet() -> None:
+    crashing = ContainerRow(pod_uid=UID, name="demo", pid=50, start_ticks=1, restarts=3,
+                            state="Waiting", reason="CrashLoopBackOff", exit_code=2, started=2.0)
+    pod = views.pod_object(pod_row("Running"), [init_done(), crashing], [])
+    demo, proxy = pod["status"]["containerStatuses"]
+    assert demo["state"] == {"waiting": {"reason": "CrashLoopBackOff"}}
+    assert demo["lastState"]["terminated"]["exitCode"] == 2
+    assert demo["lastState"]["terminated"]["reason"] == "Error"
+    assert demo["remora"] == {"pid": 0}
+    # not created yet, in a pod with an init container: kubelet's PodInitializing
+    assert proxy["state"] == {"waiting": {"reason": "PodInitializing"}}
+    assert "containerID" not in proxy
+
+
+def test_describe_shows_the_container_id() -> None:
+    from remora.lab import describe
+
+    pod = views.pod_object(pod_row("Running"), [init_done(), running("demo", 50)], [])
+    text = describe.pod(pod, now=10.0)
+    cid = pod["status"]["containerStatuses"][0]["containerID"]
+    assert f"  demo:\n    Container ID:   {cid}\n    Image:          vasth/simple-server" in text
