@@ -84,14 +84,40 @@ def test_daemon_restart_adopts_running_pods() -> None:
     assert not node.leftovers()
 
 
+def test_a_container_that_execs_another_program_is_adopted() -> None:
+    # a launcher that execs the real program once the daemon has seen its own command line
+    # (like a Python wrapper exec-ing a binary): same PID, same start time, new cmdline
+    launcher = ("import os,time;time.sleep(0.6);"
+                "os.execvp('sleep',['sleep','302'])")
+    with TempNode() as node:
+        node.client.apply([pod("wrapped", [sys.executable, "-c", launcher])])
+        p = node.client.wait_ready(timeout=15)[0]
+        pid = p["status"]["containerStatuses"][0]["remora"]["pid"]
+        wait_for(lambda: process.cmdline(pid) == ["sleep", "302"])
+        time.sleep(0.3)
+        os.kill(node.daemon_pid(), signal.SIGTERM)
+        wait_for(lambda: not node.client.alive())
+        node.start()
+        after = node.client.wait_ready(timeout=15)[0]
+        status = after["status"]["containerStatuses"][0]
+        assert (status["remora"]["pid"], status["restartCount"]) == (pid, 0)
+        assert status["containerID"] == p["status"]["containerStatuses"][0]["containerID"]
+        time.sleep(0.5)  # nothing started beside it: it is the only process in the pod
+        inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+        in_pod = [d for d in os.listdir("/proc") if d.isdigit()
+                  and process.netns_inode(int(d)) == inode]
+        assert in_pod == [str(pid)]
+    assert not node.leftovers()
+
+
 def test_pid_reuse_is_not_adopted() -> None:
     own = os.getpid()
     ticks = process.start_ticks(own)
     assert ticks is not None
-    argv = process.cmdline(own)
-    assert process.matches(own, ticks, argv, None)
-    assert not process.matches(own, ticks + 1, argv, None)  # same PID, other start time
-    assert not process.matches(own, ticks, ["sleep", "300"], None)  # other program
+    netns_ino = process.netns_inode(own)
+    assert process.matches(own, ticks, netns_ino)
+    assert not process.matches(own, ticks + 1, netns_ino)  # same PID, other start time
+    assert not process.matches(own, ticks, (netns_ino or 0) + 1)  # not in the pod's netns
 
 
 class RecordingSetup(PodSetup):

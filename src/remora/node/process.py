@@ -9,8 +9,9 @@ uid 0 with CAP_NET_ADMIN, as Istio runs it). Both exec in place, so the PID we g
 container's PID.
 
 Each process leads its own session and writes straight into its log file, so it outlives
-the daemon; a restarted daemon adopts it by PID only if the start time in /proc/PID/stat,
-the command line and the network namespace still match (a reused PID fails all three).
+the daemon; a restarted daemon adopts it by PID only if the start time in /proc/PID/stat
+and the network namespace still match (a reused PID fails both; a program that execs
+another one keeps both, so its command line is not part of the identity).
 """
 
 from __future__ import annotations
@@ -108,17 +109,20 @@ def in_wrapper(argv: list[str]) -> bool:
     return not argv or argv[0] in ("ip", "setpriv") or argv[:3] == ["ip", "netns", "exec"]
 
 
-def matches(pid: int, ticks: int, recorded: list[str], netns_ino: int | None) -> bool:
-    """Is PID the container process we recorded (for adoption after a daemon restart)?"""
-    if pid <= 0 or not is_alive(pid, ticks):
+def matches(pid: int, ticks: int, netns_ino: int | None) -> bool:
+    """Is PID the container process we recorded (for adoption after a daemon restart)?
+
+    The identity is the PID plus its start time (field 22 of /proc/PID/stat, which execve
+    keeps), and the process must live in the pod's network namespace (NETNS_INO; unknown
+    means no). The command line is not compared: a launcher that execs another program
+    (a Python wrapper exec-ing a binary, `ip netns exec`, `setpriv`) is still the same
+    process. A reused PID cannot pass: the kernel hands PIDs out cyclically, so a new
+    process with the same PID starts at least a full cycle of pid_max later, never in the
+    same clock tick, and it would also have to sit in this pod's namespace.
+    """
+    if pid <= 0 or netns_ino is None or not is_alive(pid, ticks):
         return False
-    if netns_ino is not None and netns_inode(pid) != netns_ino:
-        return False
-    current = cmdline(pid)
-    if not current or not recorded:
-        return False
-    # A process caught while still inside the wrappers shows a longer line ending with it.
-    return current == recorded or current[-len(recorded):] == recorded
+    return netns_inode(pid) == netns_ino
 
 
 def signal_group(pid: int, ticks: int, sig: int) -> bool:

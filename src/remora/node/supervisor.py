@@ -83,7 +83,7 @@ class Supervisor:
         entry = _Container(pod, spec, row, self.log_path(pod, name))
         self._containers[(pod.uid, name)] = entry
         alive = row.state == "Running" and process.matches(
-            row.pid, row.start_ticks, row.cmdline, _netns_ino(pod.netns))
+            row.pid, row.start_ticks, _netns_ino(pod.netns))
         if alive:
             return True
         if row.init and row.state == "Terminated" and row.exit_code == 0:
@@ -172,7 +172,8 @@ class Supervisor:
         row = entry.row
         if not entry.cmdline_seen:
             # record the command line the program itself shows, once it is past the
-            # `ip netns exec`/`setpriv` wrappers: that is what adoption compares
+            # `ip netns exec`/`setpriv` wrappers (for people reading the store; adoption
+            # goes by PID, start time and network namespace, which survive an exec)
             seen = process.cmdline(row.pid)
             if seen and not process.in_wrapper(seen):
                 entry.cmdline_seen = True

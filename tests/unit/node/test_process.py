@@ -33,11 +33,12 @@ def test_process_identity_survives_only_for_the_same_process() -> None:
         ticks = process.start_ticks(proc.pid)
         assert ticks is not None
         assert process.cmdline(proc.pid) == ["sleep", "30"]
-        assert process.matches(proc.pid, ticks, ["sleep", "30"], None)
-        assert process.matches(proc.pid, ticks, ["30"], None)  # a suffix, as after wrappers
-        assert not process.matches(proc.pid, ticks - 1, ["sleep", "30"], None)
-        assert not process.matches(proc.pid, ticks, ["sleep", "31"], None)
-        assert not process.matches(proc.pid, ticks, ["sleep", "30"], 1)  # other netns
+        own_netns = process.netns_inode(proc.pid)
+        assert own_netns is not None
+        assert process.matches(proc.pid, ticks, own_netns)
+        assert not process.matches(proc.pid, ticks - 1, own_netns)  # a reused PID
+        assert not process.matches(proc.pid, ticks, 1)  # other netns
+        assert not process.matches(proc.pid, ticks, None)  # the pod's netns is gone
         assert process.terminate(proc.pid, ticks)
         proc.wait(timeout=5)
         assert not process.is_alive(proc.pid, ticks)
