@@ -305,7 +305,8 @@ class Runtime:
                 self.setup.cleanup(self.context(row))
             except Exception:
                 log.exception("cleanup of pod %s/%s", row.namespace, row.name)
-        topology.detach_pod(self.node_net(row.node).netns, row.netns, naming.pod_veth(row.uid))
+        topology.detach_pod(self.node_net(row.node).netns, row.netns, naming.pod_veth(row.uid),
+                            row.ip)
         etcfiles.remove(row.netns, self.config.etc_netns)
         shutil.rmtree(self.pod_dir(row), ignore_errors=True)
         shutil.rmtree(self.config.log_root / self.pod_ref(row).log_dir_name, ignore_errors=True)

@@ -18,8 +18,12 @@ Nothing here runs in the host's namespace: links are created inside lab namespac
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from remora.netns import NETNS_RUN_DIR
 from remora.node import naming, netlink
@@ -30,6 +34,8 @@ NODE_SYSCTLS = {
     "net.ipv4.conf.all.send_redirects": "0",
     "net.ipv4.conf.default.send_redirects": "0",
 }
+
+NUD_PERMANENT = 0x80  # linux/neighbour.h: the bridge's own (local) fdb entries
 
 BRIDGE_NF_SYSCTLS = (
     "net.bridge.bridge-nf-call-iptables",
@@ -130,33 +136,76 @@ def _ensure_routes(node: NodeNet, nodes: list[NodeNet]) -> None:
             ipr.route("replace", dst=str(other.subnet.subnet), gateway=str(other.subnet.node_ip))
 
 
+def pod_mac(ip: str) -> str:
+    """The MAC of a pod's eth0, derived from its IP as Docker does: 02:42 + the IP's bytes.
+
+    0x02 = locally administered, unicast. An IP then always maps to the same MAC, so the
+    neighbour entry the node (and anything else) cached for a deleted pod's IP stays right
+    for the next pod that gets the IP; a random MAC leaves a REACHABLE entry pointing at a
+    MAC nobody has, and the new pod is unreachable until it expires (15-45 s).
+    https://github.com/moby/moby/blob/v20.10.0/libnetwork/netutils/utils.go (GenerateMACFromIP)
+    """
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
 def attach_pod(node: NodeNet, pod_netns: str, veth: str, ip: str) -> None:
     """Create the pod namespace and plug it into the node's bridge with address IP/32."""
     if not netlink.exists(pod_netns):
         netlink.create(pod_netns)
     pod_path = str(NETNS_RUN_DIR / pod_netns)
     gateway = str(node.subnet.gateway)
+    mac = pod_mac(ip)
     with netlink.rtnl(node.netns) as ipr:
         if not ipr.link_lookup(ifname=veth):
             ipr.link("add", ifname=veth, kind="veth",
-                     peer={"ifname": naming.POD_IFNAME, "net_ns_fd": pod_path})
-        ipr.link("set", index=netlink.link_index(ipr, veth),
-                 master=netlink.link_index(ipr, naming.BRIDGE), state="up")
+                     peer={"ifname": naming.POD_IFNAME, "address": mac, "net_ns_fd": pod_path})
+        bridge = netlink.link_index(ipr, naming.BRIDGE)
+        port = netlink.link_index(ipr, veth)
+        ipr.link("set", index=port, master=bridge, state="up")
+        _forget_neighbour(ipr, bridge, ip, mac, keep_port=port)
     with netlink.rtnl(pod_netns) as ipr:
         _up(ipr, "lo")
+        idx = netlink.link_index(ipr, naming.POD_IFNAME)
+        # a veth left by an interrupted attach (or an older remora) may have another MAC
+        if ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS") != mac:
+            ipr.link("set", index=idx, address=mac)
         _ensure_addr(ipr, naming.POD_IFNAME, ip, 32)
         _up(ipr, naming.POD_IFNAME)
-        idx = netlink.link_index(ipr, naming.POD_IFNAME)
         ipr.route("replace", dst=f"{gateway}/32", oif=idx, scope=253)  # RT_SCOPE_LINK
         ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
 
 
-def detach_pod(node_netns: str, pod_netns: str, veth: str) -> None:
-    """Remove the pod's veth (both ends go) and its namespace; missing parts are fine."""
+def _forget_neighbour(ipr: Any, bridge: int, ip: str, mac: str, keep_port: int = 0) -> None:
+    """Flush what the node remembers about IP: its neighbour entry on the bridge and any
+    learned bridge fdb entry for the pod's MAC on a port other than KEEP_PORT.
+
+    With the MAC derived from the IP a kept entry would already be right; the flush also
+    covers entries made before that (an address reused across a remora upgrade) and makes
+    the node ask afresh (ARP) instead of trusting a REACHABLE entry for a pod that is gone.
+    """
+    try:
+        ipr.neigh("del", dst=ip, ifindex=bridge)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:
+            raise
+    for entry in ipr.fdb("dump"):
+        if (entry.get_attr("NDA_LLADDR") == mac and entry.get_attr("NDA_MASTER") == bridge
+                and entry["ifindex"] != keep_port
+                and not entry["state"] & NUD_PERMANENT):
+            with contextlib.suppress(NetlinkError):  # gone with its port meanwhile
+                ipr.fdb("del", ifindex=entry["ifindex"], lladdr=mac, master=bridge)
+
+
+def detach_pod(node_netns: str, pod_netns: str, veth: str, ip: str = "") -> None:
+    """Remove the pod's veth (both ends go) and its namespace; missing parts are fine.
+    With IP, the node's neighbour entry for it is flushed too (see _forget_neighbour)."""
     if netlink.exists(node_netns):
         with netlink.rtnl(node_netns) as ipr:
             for idx in ipr.link_lookup(ifname=veth):
                 ipr.link("del", index=idx)
+            bridges = ipr.link_lookup(ifname=naming.BRIDGE)
+            if ip and bridges:
+                _forget_neighbour(ipr, int(bridges[0]), ip, pod_mac(ip))
     netlink.delete(pod_netns)
 
 
