@@ -16,6 +16,9 @@ from remora.node import naming
               show_default=True, help="the sidecar proxy: `remora proxy` or a real Envoy")
 @click.option("--mtls/--no-mtls", default=True, show_default=True,
               help="Istio's auto mTLS between sidecars (the seed's SNI in the access log)")
+@click.option("--authz", is_flag=True,
+              help="also show an AuthorizationPolicy allowing only the client's IP, enforced "
+                   "by the server sidecar in REDIRECT and TPROXY mode")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds each wait may take")
 @click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
               help="prefix of every namespace the lab creates")
@@ -23,11 +26,11 @@ from remora.node import naming
               help="first pod address (77: the seed's 10.20.0.77 server, .78 client)")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
               help="the lab's state directory [default: /var/lib/remora]")
-def demo(cleanup: bool, sidecar: str, mtls: bool, timeout: float, prefix: str, pod_ip_start: int,
-         state_dir: str | None) -> None:
+def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, timeout: float, prefix: str,
+         pod_ip_start: int, state_dir: str | None) -> None:
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
     lab_demo.run(session.state_dir(state_dir), lab_settings.LabSettings(sidecar=sidecar, mtls=mtls),
                  prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
-                 echo=click.echo, given=frozenset(
+                 echo=click.echo, authz=authz, given=frozenset(
                      n for n in ("sidecar", "mtls") if click.get_current_context()
                      .get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE))

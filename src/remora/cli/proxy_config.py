@@ -1,8 +1,15 @@
-"""`remora proxy-config listener|cluster|endpoint|route|log|all POD -n NS`: istioctl's
-proxy-config, from the sidecar's own /config_dump (read through the pod's network
-namespace) rendered by remora.diagnose.proxy_config with istioctl's tables and JSON."""
+"""`remora proxy-config listener|cluster|endpoint|route|secret|log|all POD -n NS`:
+istioctl's proxy-config, from the sidecar's own /config_dump (read through the pod's
+network namespace) rendered by remora.diagnose.proxy_config with istioctl's tables and
+JSON. `secret` lists the SDS certificates (remora.diagnose.proxy_config_secret): from the
+dump's SecretsConfigDump (Envoy), else from the SDS files the lab wrote into the pod's
+config directory (`remora proxy` has no SecretsConfigDump)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,7 +18,7 @@ from remora.lab import admin, session
 from remora.lab.pods import resolve_pod, split_dotted
 
 TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints", "route",
-         "routes", "log", "all")
+         "routes", "secret", "secrets", "log", "all")
 
 
 @click.command("proxy-config", context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,8 +56,36 @@ def proxy_config(what: str, pod: str, namespace: str, port: int | None, fqdn: st
         body = admin.request(netns, "POST", target, where=where)
         click.echo(body.decode(errors="replace"), nl=False)
         return
+    if what in ("secret", "secrets"):
+        click.echo(_secrets(netns, where, _config_dir(session.state_dir(state_dir), found[0]),
+                            output), nl=False)
+        return
     dump = parse_config_dump(admin.request(netns, "GET", "/config_dump?include_eds",
                                            where=where))
     fmt = "table" if output == "short" else output
     text = render(dump, what, port=port, fqdn=fqdn, address=address, name=name, fmt=fmt)
     click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+
+
+def _config_dir(state_dir: Path, pod: dict[str, Any]) -> Path:
+    """Where the lab wrote the pod's sidecar config (remora.lab.setup), by the node's
+    pod folder naming (NodeConfig.pods_root / NAMESPACE_NAME_UID)."""
+    from remora.lab.setup import CONFIG_DIR
+    from remora.node.config import NodeConfig
+
+    meta = pod["metadata"]
+    folder = f"{meta['namespace']}_{meta['name']}_{meta.get('uid', '')}"
+    return NodeConfig(state_dir=state_dir).pods_root / folder / CONFIG_DIR
+
+
+def _secrets(netns: str, where: str, config_dir: Path, output: str) -> str:
+    import yaml
+
+    from remora.diagnose import proxy_config_secret as pcs
+
+    dump = json.loads(admin.request(netns, "GET", "/config_dump", where=where))
+    items = pcs.secret_items(dump, config_dir)
+    if output == "short":
+        return pcs.secret_table(items)
+    text = pcs.secret_json(items) + "\n"
+    return text if output == "json" else str(yaml.safe_dump(json.loads(text), sort_keys=False))

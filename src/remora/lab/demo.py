@@ -8,6 +8,13 @@ cluster config to `upstream_bind_config 127.0.0.6`, then patches the Deployment 
 step here runs the same `remora` command a user would type (as a subprocess, against the
 same state directory), prints it with its output and one sentence saying what it shows,
 and keeps the output for the tests (tests/netns/test_seed_demo*.py) to assert on.
+
+With ``authz`` (`remora demo --authz`) the story also shows the point of it all (issue
+5): an AuthorizationPolicy whose ``ipBlocks`` hold only the client pod's IP, and a second
+pod (``intruder``) calling the same URL. The server sidecar lets the client in and
+answers the intruder 403 ``RBAC: access denied`` in REDIRECT mode, where the app itself
+sees 127.0.0.6 for everyone, and again after the TPROXY fix
+(tests/netns/test_lab_authz.py).
 """
 
 from __future__ import annotations
@@ -50,6 +57,45 @@ metadata:
 # The seed's fix, verbatim.
 TPROXY_PATCH = ('{"spec":{"template":{"metadata":{"annotations":'
                 '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')
+POLICY_NAME = "allow-simple-client"
+INTRUDER = "intruder"
+
+
+def allow_policy(client_ip: str) -> str:
+    """ALLOW only the client pod's address at the server (the TCP peer the server
+    sidecar sees: ipBlocks -> Envoy's direct_remote_ip)."""
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: {POLICY_NAME}
+  namespace: demo-to
+spec:
+  selector:
+    matchLabels:
+      web: server
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        ipBlocks: ["{client_ip}/32"]
+"""
+
+
+# A second caller in the client's namespace, with its own IP: the seed's client image.
+INTRUDER_POD = f"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {INTRUDER}
+  namespace: demo-from
+  labels:
+    web: intruder
+spec:
+  containers:
+  - name: demo
+    image: vasth/simple-client
+"""
 
 
 @dataclass
@@ -61,6 +107,7 @@ class DemoResult:
     outputs: dict[str, str] = field(default_factory=dict)  # step name -> command output
     tproxy_pod: str = ""
     tproxy_ip: str = ""
+    intruder_ip: str = ""
 
 
 @contextlib.contextmanager
@@ -155,14 +202,20 @@ def _quote(arg: str) -> str:
 
 def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: int = 77,
         cleanup: bool = False, timeout: float = 60.0, echo: Echo = print,
-        given: frozenset[str] = frozenset({"sidecar", "mtls"})) -> DemoResult:
+        given: frozenset[str] = frozenset({"sidecar", "mtls"}),
+        authz: bool = False) -> DemoResult:
     """Replay the seed; returns what each step showed. GIVEN: the settings the user chose
-    explicitly (a note says when a running lab does otherwise)."""
+    explicitly (a note says when a running lab does otherwise). AUTHZ adds the
+    AuthorizationPolicy steps (source IP enforced by the server sidecar)."""
     started = time.monotonic()
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
     echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "
          f"sidecar: {'real Envoy' if running.sidecar == 'envoy' else 'remora proxy'}")
+    if authz and not running.mtls:
+        raise RemoraError("--authz needs the lab's mTLS (AuthorizationPolicy is compiled into "
+                          "the sidecars only with workload certificates)",
+                          "`remora down`, then run the demo without --no-mtls")
     differ = session.differences(settings, running, set(given))
     if differ:
         echo(f"note: the running lab keeps its {', '.join(differ)}; `remora down` first to "
@@ -171,7 +224,7 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     try:
         if not fresh:
             demo.reset()
-        _story(demo)
+        _story(demo, authz)
     except BaseException:
         if cleanup:
             session.down(state_dir)
@@ -194,7 +247,7 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     return demo.result
 
 
-def _story(d: Demo) -> None:
+def _story(d: Demo, authz: bool = False) -> None:
     r = d.result
     d.step("Create demo-from and demo-to with sidecar injection enabled "
            "(kubectl create ns + label istio-injection=enabled).")
@@ -248,6 +301,8 @@ def _story(d: Demo) -> None:
              "inbound|18080||")
     d.remora("cluster-json", "proxy-config", "cluster", "-n", "demo-to", r.server_pod,
              "--fqdn", "inbound|18080||", "-o", "json")
+    if authz:
+        _authz_redirect(d)
     d.step("The fix: switch the server's interception mode to TPROXY; the Deployment rolls "
            "out a new pod with the new capture rules.")
     d.remora("patch", "patch", "deployment", "-n", "demo-to", "simple-server", "-p",
@@ -267,3 +322,45 @@ def _story(d: Demo) -> None:
            "15006 with mark 0x539, and original_src connects to the app as the client.")
     d.remora("mangle", "exec", "-n", "demo-to", r.tproxy_pod, "--", "iptables", "-t",
              "mangle", "-L", "-v")
+    if authz:
+        _authz_tproxy(d)
+
+
+def _access_403(d: Demo) -> str:
+    """A server sidecar access log line of a denied intruder request (no ALLOW policy
+    matched: Envoy names none)."""
+    return (r'" 403 \S+ rbac_access_denied_matched_policy\[none\] .* '
+            rf"{re.escape(d.result.intruder_ip)}:\d+ ")
+
+
+def _authz_redirect(d: Demo) -> None:
+    r = d.result
+    d.step(f"Authorization by source IP: allow only the client pod ({r.client_ip}) to call "
+           "the server, and start a second caller, intruder, with another address.")
+    d.remora("policy", "apply", "-f", "-", stdin=allow_policy(r.client_ip),
+             show=f"apply -f allow-simple-client.yaml  # ipBlocks: [{r.client_ip}/32]")
+    d.remora("intruder", "apply", "-f", "-", "--wait", "--timeout", f"{d.timeout:g}",
+             stdin=INTRUDER_POD, show="apply -f intruder.yaml --wait")
+    _, r.intruder_ip = d.pod("demo-from", "intruder")
+    d.wait_log("demo-to", r.server_pod, "istio-proxy", _access_403(d), count=1)
+    d.wait_log("demo-from", INTRUDER, None, r"RBAC: access denied", count=1)
+    d.step("Even in REDIRECT mode, where the app sees 127.0.0.6 for every caller, the server "
+           f"sidecar sees the real peer: 200 for {r.client_ip}, 403 `RBAC: access denied` "
+           f"for the intruder's {r.intruder_ip}.")
+    d.remora("authz-access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c",
+             "istio-proxy", "--tail", "4")
+    # the whole log, kept (not shown) for the tests: this pod is replaced by the TPROXY fix
+    d.remora("authz-redirect-access", "logs", "-n", "demo-to", r.server_pod, "-c",
+             "istio-proxy", quiet=True)
+    d.remora("intruder-log", "logs", "-n", "demo-from", INTRUDER, "--tail", "2")
+
+
+def _authz_tproxy(d: Demo) -> None:
+    r = d.result
+    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", _access_403(d), count=1)
+    d.step("With TPROXY the same policy still holds at the sidecar (403 for the intruder), "
+           "and only now could an allowlist inside the app work, since it sees the client's "
+           "own address.")
+    d.remora("authz-tproxy-access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c",
+             "istio-proxy", "--tail", "4")
+    d.remora("authz-policies", "get", "authorizationpolicies", "-n", "demo-to")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from remora.controlplane.ca import parse_ttl
 from remora.errors import RemoraError, UsageError
 
 SIDECARS = ("remora", "envoy")
@@ -29,6 +30,7 @@ class LabSettings:
     image_map: str = ""  # a user's image map file (YAML), on top of the built-in one
     envoy_binary: str = ""  # resolved when the envoy sidecar is selected
     mtls: bool = True  # Istio's auto mTLS between sidecars, certificates from the lab's CA
+    cert_ttl: str = ""  # workload certificate lifetime ("90m", "30s"); "" = 24h as Istio
 
     def check(self) -> LabSettings:
         if self.sidecar not in SIDECARS:
@@ -39,7 +41,10 @@ class LabSettings:
                              "give a YAML file mapping image names to commands "
                              "(see docs/lab.md)")
         if self.sidecar == "envoy" and not self.envoy_binary:
-            return LabSettings(self.sidecar, self.image_map, find_envoy(), self.mtls)
+            return LabSettings(self.sidecar, self.image_map, find_envoy(), self.mtls,
+                               self.cert_ttl).check()
+        if self.cert_ttl:
+            parse_ttl(self.cert_ttl)  # a clear error now, not in the daemon
         return self
 
 
@@ -86,7 +91,8 @@ def load(state_dir: Path) -> LabSettings:
     return LabSettings(sidecar=str(data.get("sidecar", "remora")),
                        image_map=str(data.get("image_map", "")),
                        envoy_binary=str(data.get("envoy_binary", "")),
-                       mtls=bool(data.get("mtls", True)))
+                       mtls=bool(data.get("mtls", True)),
+                       cert_ttl=str(data.get("cert_ttl", "")))
 
 
 def remove(state_dir: Path) -> list[str]:

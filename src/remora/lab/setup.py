@@ -9,23 +9,31 @@ The node runtime (remora.node.hooks) calls it at each step of a pod's life:
 - process: istio-init runs its injected args through the capture API
   (remora.lab.istio_init), istio-proxy runs `remora proxy` or Envoy on those files,
   an app container runs its command or its image's mapped command;
-- cluster_changed: services or endpoints changed, every sidecar's files are regenerated
-  (only files whose content changed are replaced, so Envoy and `remora proxy` pick up
-  the new endpoints without a restart).
+- cluster_changed: services, endpoints, PeerAuthentication or AuthorizationPolicy
+  objects changed, every sidecar's files are regenerated (only files whose content
+  changed are replaced, so Envoy and `remora proxy` pick up the new endpoints and RBAC
+  filters without a restart);
+- between changes, a timer re-issues each meshed pod's workload certificate once half
+  its life is gone (pilot-agent's secret rotation), so an idle lab never lets one
+  expire. Only the PEM files are replaced; the sidecars reload them through the SDS
+  files' watched_directory, and open connections keep their sessions.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import logging
 import sys
+import threading
 from typing import Any
 
 from remora.controlplane.adapters import inject_dict, pod_from_dict, snapshot_from_dicts
-from remora.controlplane.ca import CertificateAuthority
+from remora.controlplane.ca import DEFAULT_TTL, CertificateAuthority, parse_ttl
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate
 from remora.controlplane.model import Snapshot
+from remora.errors import RemoraError
 from remora.lab import settings as lab_settings
 from remora.lab import sidecar
 from remora.lab.images import ImageMap
@@ -39,6 +47,7 @@ INIT_CONTAINER = "istio-init"
 PROXY_CONTAINER = "istio-proxy"
 CONFIG_DIR = "envoy"
 CERTS_DIR = "certs"  # cert-chain.pem, key.pem, root-cert.pem: Istio's /etc/certs names
+MAX_ROTATION_CHECK = 60.0  # seconds between certificate checks (less for short TTLs)
 
 
 def is_meshed(pod: dict[str, Any]) -> bool:
@@ -51,10 +60,21 @@ def pod_ref(pod: dict[str, Any]) -> str:
     return f"pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
 
 
+def cluster_snapshot(cluster: ClusterSnapshot) -> Snapshot:
+    """The control plane's view of the node's cluster, security policies included."""
+    return snapshot_from_dicts(cluster.namespaces, cluster.services, cluster.pods,
+                               cluster.policies)
+
+
 class MeshSetup(PodSetup):
     def __init__(self) -> None:
         self.snapshot = Snapshot()
         self._ca: CertificateAuthority | None = None
+        # The reconciler thread writes configs; the rotation timer only certificates.
+        # One lock keeps them from writing one pod's PEM files at once.
+        self._lock = threading.RLock()
+        self._meshed: dict[str, PodContext] = {}  # uid -> context, for the rotation timer
+        self._timer: threading.Thread | None = None
 
     # -- what the lab was started with -----------------------------------------------------
     def settings(self, ctx: PodContext) -> LabSettings:
@@ -66,7 +86,11 @@ class MeshSetup(PodSetup):
 
     def prepare(self, ctx: PodContext) -> None:
         if is_meshed(ctx.pod):
+            if ctx.cluster.pods or ctx.cluster.services or ctx.cluster.policies:
+                # the runtime's snapshot of this pass: the policies applied with the pod
+                self.snapshot = cluster_snapshot(ctx.cluster)
             self._write(ctx)
+            self._track([ctx], replace=False)
 
     def process(self, ctx: PodContext, container: dict[str, Any], init: bool) -> ProcessSpec:
         name = container.get("name")
@@ -89,28 +113,76 @@ class MeshSetup(PodSetup):
         return spec
 
     def cluster_changed(self, snapshot: ClusterSnapshot, pods: list[PodContext]) -> None:
-        self.snapshot = snapshot_from_dicts(snapshot.namespaces, snapshot.services,
-                                            snapshot.pods)
-        for ctx in pods:
-            if not is_meshed(ctx.pod):
-                continue
+        try:
+            self.snapshot = cluster_snapshot(snapshot)
+        except RemoraError as exc:
+            # apply validated every policy; one that no longer parses (a newer remora's
+            # field) must not stop endpoint updates: keep the previous policies
+            log.error("security policies ignored: %s", exc.one_line())
+            self.snapshot = cluster_snapshot(ClusterSnapshot(
+                snapshot.namespaces, snapshot.services, snapshot.pods, snapshot.endpoints,
+                []))
+        meshed = [ctx for ctx in pods if is_meshed(ctx.pod)]
+        for ctx in meshed:
             try:
                 self._write(ctx)
             except Exception:  # one pod's config must not keep the others stale
                 log.exception("sidecar config of %s", pod_ref(ctx.pod))
+        self._track(meshed, replace=True)
+
+    def cleanup(self, ctx: PodContext) -> None:
+        with self._lock:
+            self._meshed.pop(ctx.uid, None)
 
     # -- helpers -----------------------------------------------------------------------------
     def _certs(self, ctx: PodContext) -> str | None:
         """The pod's workload certificate from the lab's CA (issued again when half its
         life is gone), as pilot-agent's secret manager keeps it; None without mTLS."""
-        if not self.settings(ctx).mtls:
+        settings = self.settings(ctx)
+        if not settings.mtls:
             return None
-        if self._ca is None:
-            self._ca = CertificateAuthority(ctx.state_dir / lab_settings.CA_DIR)
         certs = ctx.pod_dir / CERTS_DIR
         account = (ctx.pod.get("spec") or {}).get("serviceAccountName") or "default"
-        self._ca.ensure_workload(certs, ctx.namespace, account)
+        with self._lock:
+            if self._ca is None:
+                self._ca = CertificateAuthority(ctx.state_dir / lab_settings.CA_DIR)
+            if self._ca.ensure_workload(certs, ctx.namespace, account, ttl=cert_ttl(settings)):
+                log.info("%s: workload certificate issued", pod_ref(ctx.pod))
         return str(certs)
+
+    # -- rotation on an idle lab ----------------------------------------------------------------
+    def _track(self, contexts: list[PodContext], replace: bool) -> None:
+        with self._lock:
+            if replace:
+                self._meshed = {}
+            self._meshed.update((ctx.uid, ctx) for ctx in contexts)
+            if self._timer is None and contexts:
+                self._timer = threading.Thread(target=self._rotate_forever,
+                                               name="cert-rotation", daemon=True)
+                self._timer.start()
+
+    def _rotate_forever(self) -> None:
+        stop = threading.Event()  # never set: the thread ends with the daemon process
+        while not stop.wait(self._check_every()):
+            self.rotate_due()
+
+    def _check_every(self) -> float:
+        with self._lock:
+            contexts = list(self._meshed.values())
+        ttl = cert_ttl(self.settings(contexts[0])) if contexts else DEFAULT_TTL
+        return max(0.5, min(MAX_ROTATION_CHECK, ttl.total_seconds() / 10))
+
+    def rotate_due(self) -> None:
+        """Re-issue every tracked pod's certificate that is past half its life."""
+        with self._lock:
+            contexts = list(self._meshed.values())
+        for ctx in contexts:
+            if not ctx.pod_dir.is_dir():
+                continue  # removed between the listing and now
+            try:
+                self._certs(ctx)
+            except Exception:
+                log.exception("certificate rotation of %s", pod_ref(ctx.pod))
 
     def _write(self, ctx: PodContext) -> list[str]:
         directory = ctx.pod_dir / CONFIG_DIR
@@ -130,6 +202,10 @@ class MeshSetup(PodSetup):
         return ProcessSpec(argv=spec.argv, env=spec.env, uid=uid, gid=gid, caps=spec.caps,
                            cwd=spec.cwd, ready_port=spec.ready_port,
                            ready_host=spec.ready_host)
+
+
+def cert_ttl(settings: LabSettings) -> dt.timedelta:
+    return parse_ttl(settings.cert_ttl) if settings.cert_ttl else DEFAULT_TTL
 
 
 LabSetup = MeshSetup  # the name docs/node.md uses for the lab's hook

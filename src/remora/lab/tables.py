@@ -20,6 +20,11 @@ KINDS = {
     "services": "Service", "service": "Service", "svc": "Service",
     "deployments": "Deployment", "deployment": "Deployment", "deploy": "Deployment",
     "namespaces": "Namespace", "namespace": "Namespace", "ns": "Namespace",
+    # Istio's CRDs (manifests/charts/base/files/crd-all.gen.yaml: plural, singular, short)
+    "peerauthentications": "PeerAuthentication", "peerauthentication": "PeerAuthentication",
+    "pa": "PeerAuthentication",
+    "authorizationpolicies": "AuthorizationPolicy",
+    "authorizationpolicy": "AuthorizationPolicy", "ap": "AuthorizationPolicy",
 }
 
 
@@ -27,8 +32,9 @@ def kind_of(word: str) -> str:
     word = word.lower().split(".", 1)[0]
     if word not in KINDS:
         raise UsageError(f"unknown resource type {word!r}",
-                         "use pods (po), services (svc), deployments (deploy) or "
-                         "namespaces (ns)")
+                         "use pods (po), services (svc), deployments (deploy), "
+                         "namespaces (ns), peerauthentications (pa) or "
+                         "authorizationpolicies (ap)")
     return KINDS[word]
 
 
@@ -144,6 +150,16 @@ def _ns_row(n: dict[str, Any], now: float, wide: bool) -> list[str]:
     return [n["metadata"]["name"], "Active", age(n, now)]
 
 
+def _pa_row(o: dict[str, Any], now: float, wide: bool) -> list[str]:
+    mode = ((o.get("spec") or {}).get("mtls") or {}).get("mode") or ""
+    return [o["metadata"]["name"], str(mode), age(o, now)]
+
+
+def _ap_row(o: dict[str, Any], now: float, wide: bool) -> list[str]:
+    return [o["metadata"]["name"], str((o.get("spec") or {}).get("action") or ""),
+            age(o, now)]
+
+
 HEADERS = {
     "Pod": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE"], _pod_row),
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
@@ -151,12 +167,17 @@ HEADERS = {
     "Service": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
                 ["SELECTOR"], _svc_row),
     "Namespace": (["NAME", "STATUS", "AGE"], [], _ns_row),
+    # the CRDs' additionalPrinterColumns: Mode / Action, then Age
+    "PeerAuthentication": (["NAME", "MODE", "AGE"], [], _pa_row),
+    "AuthorizationPolicy": (["NAME", "ACTION", "AGE"], [], _ap_row),
 }
 
 
 # kubectl's NAME column when several kinds are listed at once (`get deploy,pods`)
 RESOURCE = {"Pod": "pod", "Deployment": "deployment.apps", "Service": "service",
-            "Namespace": "namespace"}
+            "Namespace": "namespace",
+            "PeerAuthentication": "peerauthentication.security.istio.io",
+            "AuthorizationPolicy": "authorizationpolicy.security.istio.io"}
 
 
 def table(kind: str, items: list[dict[str, Any]], now: float, wide: bool = False,
