@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from remora.errors import RemoraError
-from remora.node import naming, process
+from remora.node import naming, netlink, process
 from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
 from remora.node.process import ProcessSpec
 from remora.node.testing import TempNode
@@ -269,6 +269,35 @@ def test_a_second_lab_with_the_same_prefix_is_refused() -> None:
         # the first lab is untouched, even by the second one's clean-up
         assert node.client.alive()
         assert f"netns {node.prefix}node-1" in node.leftovers()
+
+
+def test_a_known_lab_restarting_into_another_labs_prefix_is_refused() -> None:
+    # lab B exists (its store knows the prefix) but its namespaces are gone, as after a
+    # reboot; lab A, in another state dir, then takes the same prefix. B must not start
+    # on A's namespaces, and B's clean-up must leave them alone.
+    b = TempNode()
+    try:
+        b.start()
+        os.kill(b.daemon_pid(), signal.SIGTERM)
+        wait_for(lambda: not b.client.alive())
+        for name in netlink.names():
+            if name.startswith(b.prefix):
+                netlink.delete(name)
+        with TempNode(prefix=b.prefix) as a:
+            with pytest.raises(RemoraError) as refused:
+                b.start()
+            line = refused.value.one_line()
+            assert f"another lab uses the prefix {b.prefix!r}" in line
+            assert str(a.state_dir) in line and "--prefix" in line
+            b.close()
+            assert a.client.alive()
+            assert f"netns {a.prefix}node-1" in a.leftovers()
+            assert f"netns {a.prefix}fabric" in a.leftovers()
+            a.client.apply([pod("still", ["sleep", "300"])])
+            a.client.wait_ready(timeout=10)
+        assert not a.leftovers()
+    finally:
+        b.close()
 
 
 def test_pod_deleted_while_the_daemon_was_down_is_still_stopped() -> None:

@@ -32,6 +32,7 @@ from remora.node import (
     kubeproxy,
     naming,
     netlink,
+    ownership,
     process,
     topology,
     views,
@@ -78,17 +79,17 @@ class Runtime:
             raise RemoraError(
                 f"state dir {self.config.state_dir} belongs to a lab with prefix "
                 f"{saved.get('prefix')!r}", "use another --state-dir, or `remora down` first")
-        if saved is None:
-            taken = [n for n in netlink.names() if naming.is_ours(self.config.prefix, n)]
-            if taken:
-                raise RemoraError(
-                    f"namespace {taken[0]} already exists and is not recorded in "
-                    f"{self.config.state_dir}: another lab uses the prefix "
-                    f"{self.config.prefix!r}",
-                    "use that lab's --state-dir, take it down with `remora node down "
-                    "--state-dir DIR`, or choose another --prefix")
+        # namespaces with our prefix that this store does not own belong to another lab
+        # (another state dir): sharing them would mix the two labs (remora.node.ownership)
+        lab_id = self.store.get_meta("lab_id") or str(uuid.uuid4())
+        ownership.check(self.config.prefix, self.config.state_dir, lab_id, saved is None,
+                        {p.netns for p in self.store.list_pods()})
         self.store.set_meta("config", self.config.to_json())
+        self.store.set_meta("lab_id", lab_id)
         topology.ensure_nodes(self.config.prefix, self.plan, self.config.nodes)
+        for node in self.nodes:
+            ownership.mark(node.netns, lab_id, self.config.state_dir)
+        ownership.mark(naming.fabric_name(self.config.prefix), lab_id, self.config.state_dir)
         for row in self.store.list_pods():
             self._adopt(row)
         self._signature = ""

@@ -2,9 +2,11 @@
 
 What is removed is read from the store (pods, their namespaces and container PIDs, the
 prefix the lab was created with), plus any namespace named with that prefix's node/pod/
-fabric pattern, so a lab whose store was damaged still comes down. Processes are stopped
-by recorded PID and start time; processes still living in the lab's namespaces (e.g. a
-shell started with `exec`) are stopped too, since their namespace is going away.
+fabric pattern, so a lab whose store was damaged still comes down; except namespaces
+another lab (another state dir with the same prefix) marked as its own (ownership.py).
+Processes are stopped by recorded PID and start time; processes still living in the lab's
+namespaces (e.g. a shell started with `exec`) are stopped too, since their namespace is
+going away.
 Nothing outside the lab's namespaces, /etc/netns entries and state files is touched.
 """
 
@@ -16,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from remora.node import etcfiles, naming, netlink, process
+from remora.node import etcfiles, netlink, ownership, process
 from remora.node.config import NodeConfig
 from remora.node.store import Store
 
@@ -58,10 +60,12 @@ def down(state_dir: Path, grace: float = 2.0, etc_netns: Path | None = None) -> 
     config: NodeConfig | None = None
     pod_netns: list[str] = []
     procs: list[tuple[int, int]] = []
+    lab_id = ""
     if db.exists():
         store = Store(db)
         saved = store.get_meta("config")
         config = NodeConfig.from_json(saved) if saved else None
+        lab_id = store.get_meta("lab_id") or ""
         pod_netns = [p.netns for p in store.list_pods()]
         procs = [(c.pid, c.start_ticks) for c in store.containers()
                  if c.pid > 0 and process.is_alive(c.pid, c.start_ticks)]
@@ -69,7 +73,13 @@ def down(state_dir: Path, grace: float = 2.0, etc_netns: Path | None = None) -> 
     etc_root = etc_netns or (config.etc_netns if config else etcfiles.ETC_NETNS)
     ours = set(pod_netns)
     if config is not None:
-        ours |= {n for n in netlink.names() if naming.is_ours(config.prefix, n)}
+        # never another lab's: one in another state dir may use the same prefix
+        named = ownership.marks(config.prefix)
+        others = {n for n, _ in ownership.foreign(config.prefix, named, lab_id, False,
+                                                  set(pod_netns))
+                  if not ownership.is_pod_netns(config.prefix, n)}
+        ours |= {n for n in named if n not in others
+                 and not (others and ownership.is_pod_netns(config.prefix, n))}
     inodes = set()
     for name in ours:
         with contextlib.suppress(OSError):
