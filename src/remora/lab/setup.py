@@ -163,7 +163,14 @@ class MeshSetup(PodSetup):
 
     def _rotate_forever(self) -> None:
         stop = threading.Event()  # never set: the thread ends with the daemon process
-        while not stop.wait(self._check_every()):
+        while True:
+            try:
+                every = self._check_every()
+            except Exception:  # e.g. lab.json being rewritten: try again later
+                log.exception("certificate rotation check")
+                every = MAX_ROTATION_CHECK
+            if stop.wait(every):
+                return
             self.rotate_due()
 
     def _check_every(self) -> float:
