@@ -61,6 +61,37 @@ def test_crashing_container_is_restarted_and_counted() -> None:
     assert not node.leftovers()
 
 
+def test_status_through_init_and_a_crash_loop_reads_like_kubectl() -> None:
+    spec = pod("phases", ["sleep", "300"])
+    spec["spec"]["initContainers"] = [{"name": "init", "image": "x",
+                                       "command": ["sleep", "1.5"]}]
+    spec["spec"]["containers"].append({"name": "crash", "image": "x",
+                                       "command": ["sh", "-c", "sleep 0.2; exit 3"]})
+    with TempNode() as node:
+        node.client.apply([spec])
+        seen = []
+        last: dict[str, Any] = {}
+
+        def columns() -> tuple[str, str] | None:
+            p = get_pod(node, "phases")
+            if p is None:
+                return None
+            now = (p["remora"]["ready"], p["remora"]["status"])
+            if not seen or seen[-1] != now:
+                seen.append(now)
+            last.update(p)
+            return now if now[1] == "CrashLoopBackOff" else None
+
+        assert wait_for(columns, timeout=15) == ("1/2", "CrashLoopBackOff")
+        # READY counts both app containers from the start; no bare `Init`, no `0/0`
+        assert ("0/2", "Init:0/1") in seen, seen
+        assert all(ready.endswith("/2") and status != "Init" for ready, status in seen), seen
+        crash = last["status"]["containerStatuses"][1]
+        assert crash["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        assert crash["lastState"]["terminated"]["exitCode"] == 3
+    assert not node.leftovers()
+
+
 def test_daemon_restart_adopts_running_pods() -> None:
     with TempNode() as node:
         node.client.apply([pod("steady", ["sleep", "300"]), pod("other", ["sleep", "301"])])
