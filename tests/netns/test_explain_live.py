@@ -120,6 +120,15 @@ def _step(doc: dict[str, Any], n: int) -> dict[str, Any]:
     return step
 
 
+def _decided_rule(walk: dict[str, Any]) -> dict[str, Any]:
+    """The rule a walk's capture.decided_by (``nat/ISTIO_OUTPUT #5``) names."""
+    table_chain, _, index = walk["capture"]["decided_by"].partition(" #")
+    table, _, chain = table_chain.partition("/")
+    [rule] = [r for r in walk["rules"] if (r["table"], r["chain"], r["index"])
+              == (table, chain, int(index))]
+    return rule
+
+
 def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: SeedLab) -> None:
     doc = seed.explain_json()
     live, verdict = doc["live"], doc["verdict"]
@@ -145,6 +154,16 @@ def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: SeedLab) -
     moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
     assert ("ISTIO_REDIRECT", 1) in moved
     assert _step(doc, 4)["sidecar"]["upstream_source"] == "127.0.0.6"
+    # the client sidecar's own upstream connection: the lab runs it as uid 0 / gid 1337
+    # (read from its process), so the --gid-owner rule lets it out, not --uid-owner
+    decided = _decided_rule(_step(doc, 2)["follow_up"])
+    assert (decided["table"], decided["chain"]) == ("nat", "ISTIO_OUTPUT")
+    assert "-m owner --gid-owner 1337 -j RETURN" in decided["rule"], decided
+    packet = _step(doc, 2)["follow_up"]["packet"]
+    assert (packet["uid"], packet["gid"]) == (0, 1337)
+    assert any(e.startswith("sidecar process: uid 0 / gid 1337 (/proc/")
+               for e in doc["evidence"]["client"])
+    assert not any("sidecar runs as" in a for a in doc["assumptions"])
 
 
 def test_redirect_text_output(seed: SeedLab) -> None:
@@ -184,9 +203,8 @@ def test_pod_target(seed: SeedLab) -> None:
 
 
 def test_pods_without_sidecar(seed: SeedLab) -> None:
-    # The plain namespace stays until the lab goes: deleting it would free its pod's IP
-    # for the TPROXY pod below, and the node's neighbour entry for a reused IP keeps the
-    # old pod's MAC for up to ~45 s (a lab issue, reported), which only slows that test.
+    # The plain namespace stays until the lab goes (its pod's IP is not reused by the
+    # TPROXY pod below; tests/netns/test_node_ip_reuse.py covers reuse).
     seed.ok("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN)
     doc = seed.explain_json("plain-svc.plain:18080")
     live = doc["live"]
@@ -264,4 +282,13 @@ def test_tproxy_patch_the_app_sees_the_client(seed: SeedLab) -> None:
     # mangle counts every packet: the probe's connection moved the server's TPROXY path
     moved = {m["chain"] for m in live["counters_moved"]["server"]}
     assert "ISTIO_INBOUND" in moved
+    # TPROXY's policy routing, read in the server pod: established, not listed as unknown
+    assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
+    routing = [n for n in _step(doc, 3)["notes"] if n.startswith("policy routing: ")]
+    assert routing and "fwmark 0x539 lookup 133" in routing[0], _step(doc, 3)["notes"]
+    assert "`local default dev lo" in routing[0]
+    # the server sidecar's connection to the app (from the client's address) is let out
+    # by its gid, as the kernel does for a uid 0 / gid 1337 process
+    follow = _step(doc, 4)["follow_up"]
+    assert (follow["packet"]["uid"], follow["packet"]["gid"]) == (0, 1337)
     assert ip == live["server_pod"]["ip"]

@@ -71,6 +71,14 @@ def _write_diagram(path: Path, svg: str) -> str:
               help=f"iptables-save output or `iptables -t nat|mangle -L -v`; {_SIDE_HELP}")
 @click.option("--access-log", multiple=True, metavar="[SIDE=]FILE",
               help=f"istio-proxy access log (text or JSON); {_SIDE_HELP}")
+@click.option("--ip-rules", multiple=True, metavar="[SIDE=]FILE",
+              help="`ip rule show; ip route show table 133` in the pod (TPROXY policy "
+                   f"routing); {_SIDE_HELP}")
+@click.option("--sidecar-uid", multiple=True, metavar="[SIDE=]UID",
+              help="uid the sidecar (istio-proxy) runs as [default: Istio's, 1337; 0 in "
+                   f"TPROXY mode]; {_SIDE_HELP}")
+@click.option("--sidecar-gid", multiple=True, metavar="[SIDE=]GID",
+              help=f"gid the sidecar runs as [default: 1337]; {_SIDE_HELP}")
 @click.option("--client-ip", metavar="IP", help="client pod IP (else from the evidence)")
 @click.option("--server-ip", metavar="IP", help="server pod IP (else from the evidence)")
 @click.option("--client-pod", metavar="POD[.NS]", help="client pod name, for the commands shown")
@@ -93,13 +101,16 @@ def _write_diagram(path: Path, svg: str) -> str:
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None, metavar="DIR",
               help="live: the lab's state directory [default: /var/lib/remora]")
 def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
-              access_log: tuple[str, ...], client_ip: str | None, server_ip: str | None,
+              access_log: tuple[str, ...], ip_rules: tuple[str, ...],
+              sidecar_uid: tuple[str, ...], sidecar_gid: tuple[str, ...],
+              client_ip: str | None, server_ip: str | None,
               client_pod: str | None, server_pod: str | None, to: str | None,
               from_: str | None, namespace: str | None, http_path: str, output: str,
               diagram: Path | None, compare: bool, state_dir: str | None) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
     if from_:
-        if istio_dump or config_dump or iptables or access_log:
+        if istio_dump or config_dump or iptables or access_log or ip_rules or sidecar_uid \
+                or sidecar_gid:
             raise UsageError("--from (live, from the lab) and evidence files (offline) do not "
                              "mix", "drop --from to read the files, or drop the files")
         if not to:
@@ -119,10 +130,14 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
     if istio_dump:
         files.load_dump_dir(istio_dump, ev)
     for values, add in ((config_dump, files.add_config), (iptables, files.add_iptables),
-                        (access_log, files.add_access_log)):
+                        (access_log, files.add_access_log), (ip_rules, files.add_ip_rules)):
         for value in values:
             side, path = files.split_side(value)
             add(ev.client if side == "client" else ev.server, path)
+    for values, which in ((sidecar_uid, "uid"), (sidecar_gid, "gid")):
+        for value in values:
+            side, number = files.split_side_text(value)
+            files.set_proxy_id(ev.client if side == "client" else ev.server, which, number)
     _pod(ev.client, client_pod, client_ip, namespace)
     _pod(ev.server, server_pod, server_ip, namespace)
     if to:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from remora.diagnose.access_log import AccessLogEntry
 from remora.diagnose.envoy_config import EnvoyConfig
 from remora.diagnose.iptables_model import Ruleset
+from remora.diagnose.policy_routing import PolicyRouting
 
 
 @dataclass
@@ -24,6 +25,13 @@ class PodEvidence:
     namespace: str | None = None
     ip: str | None = None  # pod IP, when the user gives it
     sources: list[str] = field(default_factory=list)
+    # The sidecar process's fsuid/fsgid, what `-m owner --uid-owner/--gid-owner` tests
+    # (xt_owner.c reads the socket file's f_cred->fsuid/fsgid); None: Istio's default for
+    # the interception mode is assumed. Remora's lab runs it as uid 0 / gid 1337.
+    proxy_uid: int | None = None
+    proxy_gid: int | None = None
+    proxy_ids_source: str = ""
+    policy_routing: PolicyRouting | None = None  # `ip rule` + the tables it looks up
 
     @property
     def empty(self) -> bool:

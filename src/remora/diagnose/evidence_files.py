@@ -7,6 +7,8 @@ neither are the server's. Within a side, a file is classified by name, then by c
 - ``iptables*``, ``*nat*``, ``*mangle*``, ``*.rules``: iptables-save text or ``-L -v``
   listings (a ``nat``/``mangle`` in the name tells a listing's table)
 - ``*.log``, ``access*``: Istio access-log lines; the app's ``RemoteAddr=`` lines too
+- ``ip-rules*``, ``ip_rule*``, ``policy-routing*``: `ip rule show` and `ip route show
+  table 133` output (TPROXY's policy routing)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.iptables_listing import looks_like_listing, parse_listing
 from remora.diagnose.iptables_model import Ruleset
 from remora.diagnose.iptables_save import looks_like_save, parse_iptables_save
+from remora.diagnose.policy_routing import parse_policy_text
 from remora.errors import RemoraError
 
 SIDES = ("client", "server")
@@ -85,10 +88,34 @@ def add_access_log(pod: PodEvidence, path: Path) -> None:
     pod.sources.append(f"access log: {path} ({len(entries)} entries)")
 
 
+def add_ip_rules(pod: PodEvidence, path: Path) -> None:
+    pr = parse_policy_text(read_text(path, "ip rules"), str(path))
+    if not pr.rules:
+        raise RemoraError(f"{path} has no `ip rule show` lines: expected lines like "
+                          "`32765: from all fwmark 0x539 lookup 133`",
+                          f"collect it with `kubectl exec {pod.pod_ref()} -c istio-proxy -- "
+                          "sh -c 'ip rule show; ip route show table 133'`")
+    pod.policy_routing = pr
+    count = f"{len(pr.rules)} rule" + ("" if len(pr.rules) == 1 else "s")
+    pod.sources.append(f"policy routing: {path} ({count})")
+
+
+def set_proxy_id(pod: PodEvidence, which: str, value: str) -> None:
+    """``--sidecar-uid`` / ``--sidecar-gid``: the sidecar process's uid or gid."""
+    if not value.isdigit():
+        raise RemoraError(f"--sidecar-{which} {value!r} is not a number",
+                          f"give the sidecar's numeric {which}, e.g. --sidecar-{which} "
+                          f"{pod.role}=1337 (`id -{which[0]}` in the istio-proxy container)")
+    setattr(pod, f"proxy_{which}", int(value))
+    pod.proxy_ids_source = "given on the command line"
+
+
 def _kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(".json"):
         return "config"
+    if re.search(r"ip[-_]?rules?\b|ip[-_]rule|policy[-_]rout", name):
+        return "iprules"
     if re.search(r"iptables|nat|mangle|\.rules$|rules\.txt$", name):
         return "iptables"
     if name.endswith(".log") or "access" in name or name.startswith("log"):
@@ -126,7 +153,8 @@ def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
         if kind is None:
             pod.sources.append(f"skipped: {path} (not recognised as evidence)")
             continue
-        {"config": add_config, "iptables": add_iptables, "log": add_access_log}[kind](pod, path)
+        {"config": add_config, "iptables": add_iptables, "log": add_access_log,
+         "iprules": add_ip_rules}[kind](pod, path)
         used += 1
     if not used:
         raise RemoraError(f"--istio-dump {root} has no evidence files",
@@ -137,7 +165,12 @@ def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
 
 def split_side(value: str) -> tuple[str, Path]:
     """``client=FILE`` / ``server=FILE`` / ``FILE`` (the server's)."""
+    side, text = split_side_text(value)
+    return side, Path(text)
+
+
+def split_side_text(value: str) -> tuple[str, str]:
     side, sep, rest = value.partition("=")
     if sep and side in SIDES:
-        return side, Path(rest)
-    return "server", Path(value)
+        return side, rest
+    return "server", value

@@ -10,7 +10,9 @@ cluster, and hands it to the same pure core (remora.diagnose.source_ip):
 - one real HTTP request from the client pod (remora.diagnose.live_probe) and the lines it
   left in the client's and the server's istio-proxy access logs, found by its
   x-request-id: the server's UPSTREAM_LOCAL_ADDRESS is the confirmation of the verdict;
-- the server app's own log line for that connection (``RemoteAddr=``), when it prints one.
+- the server app's own log line for that connection (``RemoteAddr=``), when it prints one;
+- each sidecar process's uid/gid and the server pod's TPROXY policy routing
+  (remora.diagnose.live_pod_facts).
 The lab's objects come from the node daemon (remora.node.client via remora.lab.session).
 """
 
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remora.diagnose import live_probe
+from remora.diagnose import live_pod_facts, live_probe
 from remora.diagnose.access_log import AccessLogEntry
 from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
 from remora.diagnose.evidence import Evidence, PodEvidence
@@ -205,6 +207,8 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
                   c_entries, rid)
     _pod_evidence(ev.server, server, after[server.ref],
                   _config(server) if server.has_sidecar else None, s_entries, rid)
+    live_pod_facts.fill(ev.client, node, src, routing=False)
+    live_pod_facts.fill(ev.server, node, server, routing=True)
     ev.target.host, ev.target.port, ev.target.path = dest.host, dest.port, path
     # What the server's app saw for this connection, from the address the last hop used.
     seen = [e.upstream_local_address for e in s_entries if e.upstream_local_address]

@@ -21,6 +21,7 @@ from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, hostport, is_ip, split_hostport
 from remora.diagnose.iptables_model import Packet, Ruleset
 from remora.diagnose.iptables_walk import WalkResult, walk
+from remora.diagnose.policy_routing import check_tproxy
 from remora.diagnose.source_ip_facts import Fact, ip_of, resolve_facts
 from remora.diagnose.source_ip_verdict import Verdict, decide
 from remora.errors import RemoraError
@@ -64,10 +65,27 @@ def _mode_of(rules: Ruleset | None) -> str:
     return "REDIRECT"
 
 
-def _proxy_ids(mode: str) -> tuple[int, int]:
-    # Istio runs istio-proxy as uid 0 / gid 1337 in TPROXY mode (injection-template.yaml),
-    # so only the --gid-owner rules recognise it there.
-    return (0, PROXY_ID) if mode == "TPROXY" else (PROXY_ID, PROXY_ID)
+def _proxy_ids(pod: PodEvidence, mode: str, assumptions: list[str]) -> tuple[int, int]:
+    """The uid/gid the sidecar's own sockets carry, for the owner matches of OUTPUT.
+
+    From the evidence when known (the live lab reads the sidecar process's
+    /proc/PID/status; offline --sidecar-uid/--sidecar-gid). Otherwise Istio's defaults,
+    said under "assumed": istio-proxy runs as uid 1337 / gid 1337, and as uid 0 / gid 1337
+    in TPROXY mode (injection-template.yaml), where only the --gid-owner rules recognise it.
+    """
+    default = (0, PROXY_ID) if mode == "TPROXY" else (PROXY_ID, PROXY_ID)
+    uid = default[0] if pod.proxy_uid is None else pod.proxy_uid
+    gid = default[1] if pod.proxy_gid is None else pod.proxy_gid
+    if pod.proxy_uid is None or pod.proxy_gid is None:
+        guessed = " and ".join(f"{k} {v}" for k, v, known in (
+            ("uid", uid, pod.proxy_uid is not None), ("gid", gid, pod.proxy_gid is not None))
+            if not known)
+        note = (f"the {pod.role} sidecar runs as {guessed} (Istio's default in "
+                f"{mode if mode == 'TPROXY' else 'REDIRECT'} mode; not in the evidence: "
+                f"--sidecar-uid/--sidecar-gid {pod.role}=N)")
+        if note not in assumptions:
+            assumptions.append(note)
+    return uid, gid
 
 
 def _iptables_cmd(pod: PodEvidence) -> str:
@@ -153,7 +171,7 @@ def explain_source_ip(ev: Evidence) -> Report:
             if t.upstream_source and is_ip(t.upstream_source):
                 upstream_src = t.upstream_source
             if ev.client.iptables is not None and ep_ip:
-                uid, gid = _proxy_ids(c_mode)
+                uid, gid = _proxy_ids(ev.client, c_mode, assumptions)
                 follow = walk(ev.client.iptables, Packet(
                     ipaddress.ip_address(upstream_src), ipaddress.ip_address(ep_ip),
                     int(t.endpoint.rsplit(":", 1)[1]), sport=EPHEMERAL + 1, out_iface="eth0",
@@ -199,10 +217,7 @@ def explain_source_ip(ev: Evidence) -> Report:
         step3.status = "ok" if s_capture in ("REDIRECT", "TPROXY") else (
             "failed" if s_capture == "DROP" else "not captured")
         if s_capture == "TPROXY":
-            missing.append(Missing("TPROXY policy routing (fwmark 1337 -> table 133, local "
-                                   "default route on lo) in the server pod",
-                                   f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- sh -c "
-                                   "'ip rule show; ip route show table 133'"))
+            _policy_routing(ev.server, step3, w.capture.mark, missing)
         if w.missing_tables:
             step3.notes.append("tables not in the evidence: " + ", ".join(w.missing_tables))
             if "nat" in w.missing_tables or "mangle" in w.missing_tables:
@@ -233,7 +248,7 @@ def explain_source_ip(ev: Evidence) -> Report:
             step4.status = "ok"
             step4.summary = (f"{t.listener} / {t.chain} -> {t.cluster} -> {t.endpoint}, "
                              f"dialled from {t.upstream_source}")
-            _follow_to_app(ev, step4, t, mode, server_ip)
+            _follow_to_app(ev, step4, t, mode, server_ip, assumptions)
         else:
             step4.summary = "stopped: " + "; ".join(m.what + " not given" for m in t.missing)
     steps.append(step4)
@@ -242,6 +257,21 @@ def explain_source_ip(ev: Evidence) -> Report:
     missing.extend(verdict.missing)
     return Report(steps, verdict, facts, list(dict.fromkeys(missing)), assumptions, mode,
                   {"client": list(ev.client.sources), "server": list(ev.server.sources)})
+
+
+def _policy_routing(pod: PodEvidence, step: Step, mark: int | None,
+                    missing: list[Missing]) -> None:
+    """TPROXY needs `ip rule fwmark 1337 lookup 133` + `local default dev lo table 133`."""
+    if pod.policy_routing is None:
+        missing.append(Missing("TPROXY policy routing (fwmark 1337 -> table 133, local "
+                               "default route on lo) in the server pod",
+                               f"kubectl exec {pod.pod_ref()} -c istio-proxy -- sh -c "
+                               "'ip rule show; ip route show table 133'  (then --ip-rules "
+                               "server=FILE)"))
+        return
+    check = check_tproxy(pod.policy_routing, PROXY_ID if mark is None else mark)
+    step.notes.append(("policy routing: " if check.established else
+                       "policy routing NOT in place: ") + check.summary)
 
 
 def _server_has_original_src(pod: PodEvidence) -> bool:
@@ -255,14 +285,15 @@ def _server_has_original_src(pod: PodEvidence) -> bool:
     return False
 
 
-def _follow_to_app(ev: Evidence, step: Step, t: SidecarTrace, mode: str, server_ip: str) -> None:
+def _follow_to_app(ev: Evidence, step: Step, t: SidecarTrace, mode: str, server_ip: str,
+                   assumptions: list[str]) -> None:
     """The sidecar's connection to the app goes through OUTPUT again: it must not loop."""
     if ev.server.iptables is None or not t.endpoint or not t.upstream_source:
         return
     ep_ip, ep_port = split_hostport(t.endpoint)
     src = t.upstream_source if is_ip(t.upstream_source) else server_ip
     local = ep_ip == server_ip or ipaddress.ip_address(ep_ip).is_loopback
-    uid, gid = _proxy_ids(mode)
+    uid, gid = _proxy_ids(ev.server, mode, assumptions)
     pkt = Packet(ipaddress.ip_address(src), ipaddress.ip_address(ep_ip), ep_port or 0,
                  sport=EPHEMERAL + 2, out_iface="lo" if local else "eth0", uid=uid, gid=gid,
                  mark=t.upstream_mark or 0)

@@ -204,9 +204,13 @@ def _explain_127(step4: Step) -> list[str]:
     if follow and follow.capture.decided_by is not None:
         d = follow.capture.decided_by
         evidence = f" (in this pod: {d.ref()}{', ' + d.counters if d.counters else ''})"
+    loop = LOOP_RULE
+    if follow and follow.packet.uid != 1337 and follow.packet.gid == 1337:
+        # a sidecar running as uid 0 / gid 1337 is caught by the --gid-owner twin
+        loop = LOOP_RULE.replace("--uid-owner", "--gid-owner")
     return [
         "The server sidecar dials the app at the pod IP over lo as the proxy user, and "
-        f"`{LOOP_RULE}` would send that connection straight back into the sidecar's port "
+        f"`{loop}` would send that connection straight back into the sidecar's port "
         "15006, a loop.",
         "So Istio binds its inbound connections to 127.0.0.6 (upstream_bind_config; the 6 as "
         f"in 15006) and lets exactly them through with `{BIND_RULE}`{evidence}: that source "
