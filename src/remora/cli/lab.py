@@ -263,6 +263,8 @@ def describe(kind: str, name: str | None, namespace: str, selector: str | None,
             texts.append(describe_text.deployment(obj, pods, now))
         elif k == "Service":
             texts.append(describe_text.service(obj, ops.endpoints_of(client, obj), now))
+        elif k in ("PeerAuthentication", "AuthorizationPolicy"):
+            texts.append(describe_text.custom_resource(obj, now))
         else:
             texts.append(describe_text.namespace(obj, now))
     click.echo("\n".join(texts), nl=False)

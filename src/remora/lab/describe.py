@@ -152,3 +152,58 @@ def namespace(n: dict[str, Any], now: float) -> str:
     meta = n["metadata"]
     return "\n".join([_line("Name", meta["name"]), _line("Labels", _kv(meta.get("labels"), 18)),
                       _line("Status", "Active")]) + "\n"
+
+
+# -- custom resources (Istio's policies): kubectl's DescribeUnstructured ---------------------
+_ACRONYMS = ("API", "URL", "UID", "OSB", "GUID")
+
+
+def smart_label(field: str) -> str:
+    """kubectl describe's smartLabelFor: `ipBlocks` -> `Ip Blocks`, `apiVersion` ->
+    `API Version`; a name with other characters than letters and '-' stays as is."""
+    if not field or any(not (c.isalpha() or c == "-") for c in field):
+        return field
+    parts, word = [], ""
+    for c in field:
+        if c.isupper() and word and not word[-1].isupper():
+            parts.append(word)
+            word = ""
+        word += c
+    parts.append(word)
+    return " ".join(p.upper() if p.upper() in _ACRONYMS else p[:1].upper() + p[1:]
+                    for p in parts)
+
+
+def _content(value: Any, level: int) -> list[str]:
+    """printUnstructuredContent: maps by sorted key, lists item by item, scalars
+    `Key:  value` aligned within their map."""
+    pad = "  " * level
+    out: list[str] = []
+    if isinstance(value, dict):
+        scalars = [k for k in value if not isinstance(value[k], (dict, list))]
+        width = max((len(smart_label(k)) for k in scalars), default=0) + 3
+        for key in sorted(value):
+            v = value[key]
+            if isinstance(v, (dict, list)):
+                out.append(f"{pad}{smart_label(key)}:")
+                out += _content(v, level + 1)
+            else:
+                out.append(f"{pad}{smart_label(key) + ':':<{width}}{v}")
+    elif isinstance(value, list):
+        for item in value:
+            out += _content(item, level) if isinstance(item, (dict, list)) else [f"{pad}{item}"]
+    return out
+
+
+def custom_resource(obj: dict[str, Any], now: float) -> str:
+    meta = obj["metadata"]
+    lines = [_line("Name", meta["name"], 14), _line("Namespace", meta.get("namespace", ""), 14),
+             _line("Labels", _kv(meta.get("labels"), 14), 14),
+             _line("Annotations", _kv(meta.get("annotations"), 14), 14),
+             _line("API Version", obj.get("apiVersion", ""), 14),
+             _line("Kind", obj.get("kind", ""), 14)]
+    for key in sorted(k for k in obj if k not in ("apiVersion", "kind", "metadata", "status")):
+        lines.append(f"{smart_label(key)}:")
+        lines += _content(obj[key], 1)
+    lines.append(_line("Events", "<none>", 9))
+    return "\n".join(lines) + "\n"

@@ -155,3 +155,42 @@ def test_proxy_config_secret_reads_the_pods_config_dir(tmp_path: Path) -> None:
 
     pod = {"metadata": {"namespace": "demo-to", "name": "s-1", "uid": "u-9"}}
     assert _config_dir(tmp_path, pod) == tmp_path / "pods" / "demo-to_s-1_u-9" / "envoy"
+
+
+def test_describe_policy_as_kubectl_describes_a_custom_resource() -> None:
+    from remora.lab.describe import custom_resource, smart_label
+
+    assert [smart_label(f) for f in ("ipBlocks", "apiVersion", "matchLabels", "a.b")] == [
+        "Ip Blocks", "API Version", "Match Labels", "a.b"]
+    lines = custom_resource(policy(), 0).splitlines()
+    assert lines[:6] == ["Name:         allow-simple-client", "Namespace:    demo-to",
+                         "Labels:       <none>", "Annotations:  <none>",
+                         "API Version:  security.istio.io/v1",
+                         "Kind:         AuthorizationPolicy"]
+    assert lines[6:] == ["Spec:", "  Action:  ALLOW", "  Rules:", "    From:",
+                         "      Source:", "        Ip Blocks:", "          10.20.0.78/32",
+                         "  Selector:", "    Match Labels:", "      Web:  server",
+                         "Events:  <none>"]
+
+
+def test_peer_authentication_strict_reaches_the_sidecar(tmp_path: Path) -> None:
+    setup = MeshSetup()
+    ctx = meshed_context(tmp_path, setup)
+    setup.prepare(ctx)
+    lds = ctx.pod_dir / "envoy" / "lds.json"
+    assert '"raw_buffer"' in lds.read_text()  # PERMISSIVE by default: plain text too
+    strict = from_text("""\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: demo-to
+spec:
+  mtls:
+    mode: STRICT
+""", "pa").objects[0]
+    live = {**ctx.pod, "status": {"podIP": "10.20.0.77", "ready": True}}
+    setup.cluster_changed(ClusterSnapshot(namespaces=[NS], pods=[live], policies=[strict]),
+                          [ctx])
+    text = lds.read_text()
+    assert '"raw_buffer"' not in text and '"tls"' in text
