@@ -242,7 +242,7 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         if importlib.util.find_spec("remora.cli.explain") is not None:
             r = demo.result
             echo(f"ask why with `remora explain source-ip --from {r.client_pod} -n demo-from "
-                 "--to simple-server-svc.demo-to:18080`;")
+                 f"--to simple-server-svc.demo-to:18080 --path /common/sauth{where}`;")
         echo(f"remove it all with `sudo remora down{where}`.")
     return demo.result
 
