@@ -109,6 +109,11 @@ class Cluster(Protocol):
 
     def release(self, resource: str) -> None: ...
 
+    def host_stat(self, host: str, stat: str, delta: int = 1) -> None:
+        """Add DELTA to HOST's rq_total / rq_active / rq_success / rq_error / rq_timeout
+        (Envoy's per-host stats, shown by /clusters)."""
+        ...
+
 
 class ClusterManager(Protocol):
     def get(self, name: str) -> Cluster | None: ...

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from remora import __version__
+from remora.proxy.admin.clusters import clusters_json, clusters_text
 from remora.proxy.admin.config_dump import config_dump
 from remora.proxy.server.sockets import bind_listener
 from remora.proxy.stats import StatsStore
@@ -173,25 +174,5 @@ class Admin:
     def _clusters(self, as_json: bool) -> Response:
         described = self.server.cluster_manager.describe()
         if as_json:
-            return 200, "application/json", json.dumps({"cluster_statuses": [
-                {"name": c["name"], "added_via_api": c["added_via_api"],
-                 "host_statuses": [{"address": h, "stats": s,
-                                    "health_status": {"eds_health_status":
-                                                      "HEALTHY" if c["health"].get(h, True)
-                                                      else "UNHEALTHY"}}
-                                   for h, s in c["hosts"].items()]}
-                for c in described]}, indent=1)
-        lines = []
-        for c in described:
-            n = c["name"]
-            lines.append(f"{n}::observability_name::{n}")
-            for key, value in c["thresholds"].items():
-                lines.append(f"{n}::default_priority::{key}::{value}")
-            lines.append(f"{n}::added_via_api::{str(c['added_via_api']).lower()}")
-            for host, hstats in c["hosts"].items():
-                for key, value in hstats.items():
-                    lines.append(f"{n}::{host}::{key}::{value}")
-                healthy = c["health"].get(host, True)
-                flags = "healthy" if healthy else "/failed_eds_health"
-                lines.append(f"{n}::{host}::health_flags::{flags}")
-        return 200, "text/plain; charset=UTF-8", "\n".join(lines) + "\n"
+            return 200, "application/json", json.dumps(clusters_json(described), indent=1)
+        return 200, "text/plain; charset=UTF-8", clusters_text(described)

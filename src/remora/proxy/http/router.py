@@ -95,6 +95,7 @@ class _Forward:
         self.retry_slots = 0  # "retries" circuit-breaker slots held
         self.tried: set[str] = set()
         self.current: PooledConnection | None = None
+        self.host: str | None = None  # the current (or last) attempt's host, for its stats
         self.retry_status = 0
         self.started = time.monotonic()
         self.stat = f"cluster.{cluster.name}."
@@ -131,7 +132,11 @@ class _Forward:
                     for _ in range(slots):
                         self.cluster.release("retries")
                     self.retry_slots -= slots
+                if failure.kind == "per_try":
+                    self._charge("rq_timeout")
                 if failure.kind == "status" or self._may_retry(failure.kind):
+                    if failure.kind != "status":  # a retried status was charged already
+                        self._charge("rq_error")  # as Envoy's Filter::maybeRetryReset
                     self.router.stats.inc(self.stat + "upstream_rq_retry")
                     if self.policy is not None and self.policy.previous_hosts:
                         exclude = frozenset(self.tried)
@@ -187,6 +192,8 @@ class _Forward:
         info = stream.info
         info.upstream_request_attempt_count += 1
         self.retry_status = 0
+        self.host = None
+        attached: str | None = None  # the host whose rq_active this attempt holds
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
@@ -212,6 +219,7 @@ class _Forward:
                 except UpstreamError as err:
                     if err.host:
                         self.tried.add(err.host)
+                        self.host = err.host
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
@@ -228,6 +236,10 @@ class _Forward:
             self.current = pc
             self.tried.add(pc.host)
             router.stats.inc(self.stat + "upstream_rq_total")
+            self.host = pc.host
+            cluster.host_stat(pc.host, "rq_total")
+            cluster.host_stat(pc.host, "rq_active")
+            attached = pc.host
             if stream.conn.decoder.error is not None and not stream.req.complete:
                 # The body was malformed in the same read as its headers: Envoy answers 400
                 # DPE. It has picked the host by then; a pooled connection is attached at
@@ -240,6 +252,8 @@ class _Forward:
             await self._relay_response(pc)
         finally:
             cluster.release("requests")
+            if attached is not None:
+                cluster.host_stat(attached, "rq_active", -1)
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
@@ -326,7 +340,10 @@ class _Forward:
             if p.retry_on_status(status, grpc) and self._take_retry():
                 self.retry_status = status  # withheld; the attempt ends and is retried
                 dec.on_data = _discard
+                self._charge("rq_error")
                 return
+        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders
+        self._charge("rq_error" if status >= 500 else "rq_success")
         stream = self.stream
         stream.info.response_code_details = "via_upstream"
         framed = dec.chunked or dec.content_length is not None
@@ -345,6 +362,10 @@ class _Forward:
         stats.observe(self.stat + "upstream_rq_time", (time.monotonic() - self.started) * 1000)
         if self.stream.info.upstream_request_attempt_count > 1 and status < 500:
             inc(self.stat + "upstream_rq_retry_success")
+
+    def _charge(self, stat: str) -> None:
+        if self.host is not None:
+            self.cluster.host_stat(self.host, stat)
 
     def _drop_current(self) -> None:
         pc = self.current
@@ -370,14 +391,20 @@ class _Forward:
             stream.interrupted("codec")
             return
         if f.kind == "per_try":
+            self._charge("rq_error")
             self.router.stats.inc(self.stat + "upstream_rq_per_try_timeout")
             stream.local_reply(504, b"upstream request timeout", "upstream_per_try_timeout",
                                "UT")
             return
         answer = failure_answer(f.kind, f.err, stream.info.upstream_request_attempt_count > 1)
+        if answer.status >= 500:
+            self._charge("rq_error")  # Envoy's chargeUpstreamAbort
         stream.local_reply(answer.status, answer.body, answer.details, answer.flag)
 
     def _interrupted(self, reason: str) -> None:
         if reason == "timeout":
+            self._charge("rq_timeout")
+            if not self.stream.response_started:
+                self._charge("rq_error")  # the 504 is charged to the host
             self.router.stats.inc(self.stat + "upstream_rq_timeout")
         self.stream.interrupted(reason)

@@ -116,6 +116,11 @@ class TcpProxy:
                     return
         assert upstream is not None
         info.clear_flag("UF")
+        # the host's side of upstream_rq_total: the connection is the request, active
+        # until it closes (Envoy's TCP pool attaches the stream to it)
+        host = upstream.host
+        cluster.host_stat(host, "rq_total")
+        cluster.host_stat(host, "rq_active")
         relay = _Relay()
         up = asyncio.ensure_future(_pipe(downstream.reader, upstream.writer, relay, True))
         down = asyncio.ensure_future(_pipe(upstream.reader, downstream.writer, relay, False))
@@ -132,6 +137,7 @@ class TcpProxy:
             up.cancel()
             down.cancel()
             upstream.writer.close()
+            cluster.host_stat(host, "rq_active", -1)
             info.bytes_received += relay.rx
             info.bytes_sent += relay.tx
             stats.inc(self.prefix + "downstream_cx_rx_bytes_total", relay.rx)

@@ -26,6 +26,11 @@ _RESOURCES = {
     "requests": ("max_requests", "upstream_rq_pending_overflow"),
     "retries": ("max_retries", "upstream_rq_retry_overflow"),
 }
+# Envoy's per-host stats (HostStats), as /clusters lists them: counters and gauges in
+# name order. https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters
+HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
+                 "rq_total")
+HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
 _GAUGES = {"connections": "cx_open", "pending_requests": "rq_pending_open",
            "requests": "rq_open", "retries": "rq_retry_open"}
 
@@ -97,6 +102,19 @@ class ClusterImpl:
     def _load(self, host: Host) -> int:
         return self.host_stats.get(host.key, {}).get("cx_active", 0)
 
+    def _host(self, host: str) -> dict[str, int]:
+        hstats = self.host_stats.get(host)
+        if hstats is None:
+            hstats = self.host_stats[host] = dict.fromkeys(sorted(HOST_COUNTERS + HOST_GAUGES), 0)
+        return hstats
+
+    def host_stat(self, host: str, stat: str, delta: int = 1) -> None:
+        """The router's and TCP proxy's share of HOST's stats: rq_total/rq_active when a
+        request is attached to a connection (Envoy's ConnPoolImplBase), rq_success/rq_error
+        as the router charges response codes, rq_timeout on its timeouts."""
+        hstats = self._host(host)
+        hstats[stat] = max(hstats[stat] + delta, 0)
+
     # -- interfaces.Cluster ------------------------------------------------------------
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
                       exclude_hosts: frozenset[str] = frozenset(), *,
@@ -113,9 +131,9 @@ class ClusterImpl:
             raise UpstreamError("UO", "", host)
         self.active["connections"] += 1  # counted while connecting, as Envoy does
         self._cb_gauges("connections")
-        hstats = self.host_stats.setdefault(host, {"cx_total": 0, "cx_active": 0,
-                                                   "cx_connect_fail": 0})
+        hstats = self._host(host)
         hstats["cx_total"] += 1
+        hstats["rq_pending_active"] += 1  # the stream waits for this connection
         self.stats.inc(self.prefix + "upstream_cx_total")
         cfg = self.config
         source = (cfg.source_address.ip, cfg.source_address.port) if cfg.source_address else None
@@ -137,6 +155,7 @@ class ClusterImpl:
                 original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
                 tls=cfg.transport)
         except UpstreamError as err:
+            hstats["rq_pending_active"] -= 1
             self.active["connections"] -= 1
             self._cb_gauges("connections")
             hstats["cx_connect_fail"] += 1
@@ -145,6 +164,10 @@ class ClusterImpl:
                 self.stats.inc(self.prefix + "upstream_cx_connect_timeout")
             info.upstream_transport_failure_reason = err.reason or None
             raise
+        except BaseException:
+            hstats["rq_pending_active"] -= 1
+            raise
+        hstats["rq_pending_active"] -= 1
         hstats["cx_active"] += 1
         self.stats.gauge_add(self.prefix + "upstream_cx_active", 1)
         self.stats.observe(self.prefix + "upstream_cx_connect_ms", connect_ms)
@@ -223,14 +246,14 @@ class ClusterManagerImpl:
         self.stats.gauge_set("cluster_manager.active_clusters", len(self.clusters))
 
     def describe(self) -> list[dict[str, Any]]:
-        """For /clusters."""
+        """For /clusters: each cluster's thresholds and its hosts with their stats."""
         out = []
         for c in self.clusters.values():
+            hosts: dict[str, Host | None] = dict.fromkeys(c.host_stats) \
+                if c.config.type == "ORIGINAL_DST" else {h.key: h for h in c.hosts}
             out.append({"name": c.name, "thresholds": c.config.thresholds,
+                        "high_thresholds": c.config.high_thresholds,
                         "added_via_api": c.name not in self.static_names,
-                        "hosts": c.host_stats if c.config.type == "ORIGINAL_DST" else
-                        {h.key: c.host_stats.get(h.key, {"cx_total": 0, "cx_active": 0,
-                                                         "cx_connect_fail": 0})
-                         for h in c.hosts},
-                        "health": {h.key: h.healthy for h in c.hosts}})
+                        "hosts": [{"address": key, "host": h, "stats": c._host(key)}
+                                  for key, h in hosts.items()]})
         return out

@@ -28,6 +28,8 @@ class Host:
     weight: int = 1
     priority: int = 0
     healthy: bool = True
+    hostname: str = ""  # Endpoint.hostname, shown by /clusters
+    locality: tuple[str, str, str] = ("", "", "")  # region, zone, sub_zone (for /clusters)
 
     @property
     def key(self) -> str:
@@ -46,6 +48,8 @@ class ClusterConfig:
     eds_service_name: str | None = None
     source_address: Address | None = None  # upstream_bind_config.source_address
     thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # the HIGH priority thresholds: remora routes at default priority, /clusters shows both
+    high_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     track_remaining: bool = False
     keepalive: bool = False
     # envoy.extensions.upstreams.http.v3.HttpProtocolOptions, parsed for the HTTP side
@@ -138,7 +142,13 @@ def parse_load_assignment(raw: Any, path: str) -> tuple[str, list[Host]]:
         policy.done()
     hosts: list[Host] = []
     for loc in f.each("endpoints", "LocalityLbEndpoints"):
-        loc.ignore("locality", "metadata")  # no locality-aware LB in remora: all equal
+        loc.ignore("metadata")
+        where = loc.fields("locality", "Locality")  # no locality-aware LB: /clusters shows it
+        locality = ("", "", "")
+        if where is not None:
+            locality = (where.string("region", ""), where.string("zone", ""),
+                        where.string("sub_zone", ""))
+            where.done()
         loc.integer("load_balancing_weight")
         priority = loc.integer("priority", 0)
         for lb in loc.each("lb_endpoints", "LbEndpoint"):
@@ -151,10 +161,10 @@ def parse_load_assignment(raw: Any, path: str) -> tuple[str, list[Host]]:
             if ep is None:
                 raise ConfigError(lb.at("endpoint"), "required field is missing")
             addr = parse_address(ep.fields("address", "Address"), ep.at("address"))
-            ep.string("hostname")
+            hostname = ep.string("hostname", "")
             ep.done()
             hosts.append(Host(addr, weight or 1, priority or 0,
-                              status in ("UNKNOWN", "HEALTHY", "DEGRADED")))
+                              status in ("UNKNOWN", "HEALTHY", "DEGRADED"), hostname, locality))
         loc.done()
     f.done()
     return name, hosts
@@ -225,6 +235,8 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
             if prio == "DEFAULT":  # remora routes everything at default priority
                 cfg.thresholds.update({k: v for k, v in values.items() if v is not None})
                 cfg.track_remaining = bool(track)
+            else:
+                cfg.high_thresholds.update({k: v for k, v in values.items() if v is not None})
         breakers.done()
     if odc is not None:
         cfg.use_http_header = bool(odc.boolean("use_http_header", False))

@@ -62,6 +62,7 @@ class FakeCluster:
         self.overflows: Counter[str] = Counter()
         self.connects = 0
         self.connect_sources: list[str] = []
+        self.host_stats: dict[str, Counter[str]] = {}
         self._rr = 0
 
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
@@ -98,6 +99,9 @@ class FakeCluster:
 
     def release(self, resource: str) -> None:
         self.active[resource] -= 1
+
+    def host_stat(self, host: str, stat: str, delta: int = 1) -> None:
+        self.host_stats.setdefault(host, Counter())[stat] += delta
 
 
 class FakeClusterManager:
