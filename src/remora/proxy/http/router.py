@@ -92,6 +92,8 @@ class _Forward:
         self.cluster = cluster
         self.policy: RetryPolicy | None = route.retry_policy
         self.retries_left = self.policy.num_retries if self.policy is not None else 0
+        self.reselections = (self.policy.host_selection_retry_max_attempts
+                             if self.policy is not None else 1)
         self.retry_slots = 0  # "retries" circuit-breaker slots held
         self.tried: set[str] = set()
         self.current: PooledConnection | None = None
@@ -205,17 +207,13 @@ class _Forward:
                 if not cluster.try_acquire("pending_requests"):
                     raise _Failure("connect", UpstreamError("UO", ""))
                 try:
-                    try:
-                        up = await cluster.connect(facts, info, exclude)
-                    except UpstreamError as err:
-                        if err.flag != "UH" or not exclude:
-                            raise
-                        # previous_hosts ruled out every host: Envoy then routes to the
-                        # host it selected last (host_selection_retry_max_attempts), i.e.
-                        # retries a host already tried
-                        pc = router.pool.acquire(key, frozenset(), cluster)
-                        up = pc.upstream if pc is not None else await cluster.connect(
-                            facts, info, frozenset())
+                    # previous_hosts: the cluster re-picks an excluded host up to
+                    # host_selection_retry_max_attempts times, then uses its last pick, so
+                    # ruling out every host retries one already tried (UH only when no
+                    # host is healthy, counted once by the cluster)
+                    up = await cluster.connect(
+                        facts, info, exclude,
+                        host_selection_retry_max_attempts=self.reselections)
                 except UpstreamError as err:
                     if err.host:
                         self.tried.add(err.host)
@@ -223,12 +221,7 @@ class _Forward:
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                if pc is None:
-                    pc = PooledConnection(key, up, limits_of(cluster), cluster)
-                else:
-                    fresh = False
-                    info.upstream_host = pc.host
-                    info.upstream_local_address = pc.upstream.local_address
+                pc = PooledConnection(key, up, limits_of(cluster), cluster)
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address

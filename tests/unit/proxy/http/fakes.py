@@ -50,7 +50,8 @@ class RecordingLogger:
 
 
 class FakeCluster:
-    """STATIC-like cluster over loopback test servers; round robin, exclude_hosts honoured."""
+    """STATIC-like cluster over loopback test servers; round robin, exclude_hosts re-picked
+    as the core's ClusterImpl does."""
 
     def __init__(self, name: str, hosts: list[tuple[str, int]], max_requests: int = 1 << 30,
                  max_pending: int = 1 << 30, max_retries: int = 1 << 30) -> None:
@@ -63,17 +64,28 @@ class FakeCluster:
         self.connects = 0
         self.connect_sources: list[str] = []
         self.host_stats: dict[str, Counter[str]] = {}
+        self.reselections: list[int] = []  # host_selection_retry_max_attempts per connect
         self._rr = 0
 
-    async def connect(self, facts: ConnectionFacts, info: StreamInfo,
-                      exclude_hosts: frozenset[str] = frozenset()) -> Upstream:
-        info.upstream_cluster = self.name
-        # like the core's cluster: no host left after exclusion is "no healthy upstream"
-        candidates = [h for h in self.hosts if format_address(*h) not in exclude_hosts]
-        if not candidates:
-            raise UpstreamError("UH", "")
-        ip, port = candidates[self._rr % len(candidates)]
+    def _pick(self) -> tuple[str, int]:
+        picked = self.hosts[self._rr % len(self.hosts)]
         self._rr += 1
+        return picked
+
+    async def connect(self, facts: ConnectionFacts, info: StreamInfo,
+                      exclude_hosts: frozenset[str] = frozenset(), *,
+                      host_selection_retry_max_attempts: int = 1) -> Upstream:
+        info.upstream_cluster = self.name
+        self.reselections.append(host_selection_retry_max_attempts)
+        # like the core's cluster: UH only when there is no host at all; a pick in
+        # EXCLUDE_HOSTS is re-picked up to N times, then the last pick is used
+        if not self.hosts:
+            raise UpstreamError("UH", "")
+        ip, port = self._pick()
+        for _ in range(host_selection_retry_max_attempts if exclude_hosts else 0):
+            if format_address(ip, port) not in exclude_hosts:
+                break
+            ip, port = self._pick()
         host = format_address(ip, port)
         info.upstream_host = host
         self.connects += 1
