@@ -87,6 +87,19 @@ def crashing(pods: list[dict[str, Any]], restarts: int = 2) -> tuple[str, str, s
     return None
 
 
+def _crash_line(client: NodeClient, ns: str, name: str, container: str) -> str:
+    """The line that says why CONTAINER fails. The node moves a container's log aside as
+    it restarts it, so the current log may be a new run that has printed nothing yet; the
+    previous run's log (`logs --previous`) is complete, its process having exited."""
+    runs = [str(client.logs(ns, name, container, previous=previous, tail=5)["text"])
+            .strip().splitlines() for previous in (False, True)]
+    for tail in runs:
+        found = next((line for line in reversed(tail) if "error" in line.lower()), None)
+        if found is not None:
+            return found
+    return next((tail[-1] for tail in runs if tail), "no output")
+
+
 def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
          echo: Echo | None = None, expect: list[tuple[str, str]] | None = None,
          ) -> list[dict[str, Any]]:
@@ -106,9 +119,7 @@ def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
         failing = crashing(pods)
         if failing:
             ns, name, container = failing
-            tail = client.logs(ns, name, container, tail=5)["text"].strip().splitlines()
-            last = next((line for line in reversed(tail) if "error" in line.lower()),
-                        tail[-1] if tail else "no output")
+            last = _crash_line(client, ns, name, container)
             raise RemoraError(f"pod {ns}/{name}: container {container} keeps failing: "
                               f"{last.strip()}",
                               f"see `remora logs {name} -n {ns} -c {container} --previous` "
