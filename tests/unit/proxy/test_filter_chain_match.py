@@ -15,6 +15,7 @@ from remora.proxy.filter_chain_match import (
     STEPS,
     FilterChainMatch,
     check_unique,
+    explain,
     parse_match,
     select,
 )
@@ -170,6 +171,47 @@ def test_duplicate_matching_rules_are_rejected_like_envoy() -> None:
                                           ("b", {"destination_port": 81}))], "x")
 
 
+def test_destination_port_zero_is_any_port_like_envoy() -> None:
+    # Envoy reads destination_port with PROTOBUF_GET_WRAPPED_OR_DEFAULT(..., 0) and keys
+    # its catch-all port on 0, so an explicit 0 is the same as leaving the port out.
+    cs = chains(("zero", {"destination_port": 0}), ("port", {"destination_port": 443}))
+    assert cs[0].match == FilterChainMatch()
+    assert pick(cs, facts("1.2.3.4:80")) == "zero"
+    assert pick(cs, facts("1.2.3.4:443")) == "port"
+    with pytest.raises(ConfigError, match="same matching rules"):
+        check_unique([c.match for c in chains(("a", {}), ("b", {"destination_port": 0}))], "x")
+
+
+def test_explain_reports_each_stage() -> None:
+    cs = chains(
+        ("blackhole", {"destination_port": 15006}),
+        ("tls-http", {"destination_port": 18080, "transport_protocol": "tls",
+                      "application_protocols": ["istio-http/1.0", "istio-http/1.1"]}),
+        ("tls-any", {"destination_port": 18080, "transport_protocol": "tls"}),
+        ("raw", {"destination_port": 18080, "transport_protocol": "raw_buffer"}),
+        ("passthrough", {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}]}),
+    )
+    f = facts(transport_protocol="tls", application_protocols=("h2", "istio-http/1.1"))
+    stages = explain([c.match for c in cs], f)
+    assert [(s.criterion, s.configured, s.best, s.kept) for s in stages] == [
+        ("destination_port", True, 1, (1, 2, 3)),
+        ("prefix_ranges", False, 0, (1, 2, 3)),
+        ("server_names", False, 0, (1, 2, 3)),
+        ("transport_protocol", True, 1, (1, 2)),
+        ("application_protocols", True, 1, (1,)),  # istio-http/1.1, the 2nd of 2 offered
+        ("direct_source_prefix_ranges", False, 0, (1,)),
+        ("source_type", False, 0, (1,)),
+        ("source_prefix_ranges", False, 0, (1,)),
+        ("source_ports", False, 0, (1,)),
+    ]
+    # the steps stop after the one that keeps nothing (no backtracking to passthrough)
+    stages = explain([c.match for c in cs], facts(transport_protocol="quic"))
+    assert [(s.criterion, s.best, s.kept) for s in stages] == [
+        ("destination_port", 1, (1, 2, 3)), ("prefix_ranges", 0, (1, 2, 3)),
+        ("server_names", 0, (1, 2, 3)), ("transport_protocol", None, ())]
+    assert explain([], f) == ()
+
+
 def test_unknown_match_field_named() -> None:
     with pytest.raises(ConfigError) as err:
         parse_match(Fields({"destination_port": 1, "suffix_len": 3}, "l.filter_chain_match"))
@@ -227,3 +269,17 @@ def test_selected_chain_matches_every_criterion_and_is_most_specific(
         if None in other_ranks:
             continue
         assert other_ranks <= ranks  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_match, min_size=0, max_size=6), _facts)
+def test_explain_agrees_with_select(specs: list[dict[str, Any]], f: ConnectionFacts) -> None:
+    # select's pruning loop is written out for speed; explain must choose the same chain
+    cs = chains(*((f"c{i}", spec) for i, spec in enumerate(specs)))
+    stages = explain([c.match for c in cs], f)
+    chosen = select(cs, f)
+    kept = stages[-1].kept if stages else ()
+    assert (cs[kept[0]] if kept else None) is chosen
+    for stage in stages:  # each stage keeps exactly the best-ranked of what it was given
+        assert all(dict(STEPS)[stage.criterion](cs[i].match, f) == stage.best
+                   for i in stage.kept)
