@@ -1,28 +1,40 @@
-"""Envoy's filter chain selection as a pure function, with the reason at every stage.
+"""Envoy's filter chain selection for ``remora explain``, with the reason at every stage.
 
-Envoy narrows the chains criterion by criterion, in this order, taking the most specific
-value configured at each stage and never backtracking to a less specific one if a later
-stage then fails (source/common/listener_manager/filter_chain_manager_impl.cc,
-``findFilterChain*``; docs: api-v3/config/listener/v3/listener_components.proto
-FilterChainMatch):
+The matching itself is the proxy's (remora.proxy.filter_chain_match): Envoy narrows the
+chains criterion by criterion, in this order, taking the most specific value configured at
+each stage and never backtracking to a less specific one if a later stage then fails
+(source/common/listener_manager/filter_chain_manager_impl.cc, ``findFilterChain*``; docs:
+api-v3/config/listener/v3/listener_components.proto FilterChainMatch):
 1. destination_port  2. prefix_ranges (destination IP, longest prefix)
 3. server_names (exact, then the longest ``*.suffix``)  4. transport_protocol
 5. application_protocols  6. direct_source_prefix_ranges
 7. source_type (LOCAL / EXTERNAL, then ANY)  8. source_prefix_ranges  9. source_ports
 If nothing is left, ``default_filter_chain`` is used when configured.
 
-NOTE: the proxy (src/remora/proxy) has its own implementation for live traffic; the two
-should be unified into one shared function.
+This module reads each chain's ``filter_chain_match`` from the config dump with the proxy's
+own parser, runs the proxy's ``explain`` and words each stage it reports.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from remora.errors import RemoraError
+from remora.proxy.config.strict import ConfigError, Fields, snake
+from remora.proxy.filter_chain_match import (
+    FilterChainMatch,
+    Stage,
+    explain,
+    is_same_ip_or_loopback,
+    parse_match,
+)
+from remora.proxy.interfaces import ConnectionFacts
+
 Chain = dict[str, Any]
+_MATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(FilterChainMatch))
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,14 @@ class ConnInfo:
     transport_protocol: str = "raw_buffer"
     application_protocols: tuple[str, ...] = ()
     direct_src_ip: str | None = None
+
+    def facts(self) -> ConnectionFacts:
+        """The proxy's view of this connection (what its listener filters would learn)."""
+        return ConnectionFacts(
+            self.dst_ip, self.dst_port, self.src_ip, self.src_port,
+            self.direct_src_ip or self.src_ip, server_name=self.server_name or None,
+            transport_protocol=self.transport_protocol,
+            application_protocols=self.application_protocols)
 
 
 @dataclass(frozen=True)
@@ -50,43 +70,19 @@ def _fcm(chain: Chain) -> dict[str, Any]:
     return m if isinstance(m, dict) else {}
 
 
-def _longest_prefix(ip: str, ranges: Sequence[dict[str, Any]]) -> int:
-    """Length of the longest range containing ip, -1 if none does."""
-    addr = ipaddress.ip_address(ip)
-    best = -1
-    for r in ranges:
-        try:
-            net = ipaddress.ip_network(
-                f"{r.get('address_prefix')}/{int(r.get('prefix_len', 0) or 0)}", strict=False)
-        except ValueError:
-            continue
-        if addr.version == net.version and addr in net:
-            best = max(best, net.prefixlen)
-    return best
-
-
-Stage = tuple[list[tuple[int, Chain]], str]
-
-
-def _by_prefix(cands: list[tuple[int, Chain]], key: str, ip: str, label: str) -> Stage:
-    scored = [(_longest_prefix(ip, _fcm(c).get(key, [])), i, c) for i, c in cands
-              if _fcm(c).get(key)]
-    best = max((s for s, _, _ in scored), default=-1)
-    if best >= 0:
-        return [(i, c) for s, i, c in scored if s == best], f"{label} {ip} in a /{best} range"
-    rest = [(i, c) for i, c in cands if not _fcm(c).get(key)]
-    return rest, f"{label} {ip}: in no range, chains without {key}"
-
-
-def _by_value(cands: list[tuple[int, Chain]], key: str, values: Sequence[Any],
-              label: str, contains: Callable[[Chain, Any], bool]) -> Stage:
-    for v in values:
-        hit = [(i, c) for i, c in cands if _fcm(c).get(key) and contains(c, v)]
-        if hit:
-            return hit, f"{label} {v!s}"
-    rest = [(i, c) for i, c in cands if not _fcm(c).get(key)]
-    shown = "/".join(map(str, values)) or "(none)"
-    return rest, f"{label} {shown}: chains without {key}"
+def chain_match(chain: Chain, index: int) -> FilterChainMatch:
+    """A chain's filter_chain_match as the proxy parses it. Keys may be snake_case or
+    camelCase (istioctl); fields the proxy does not know are left out, as before, since
+    a partial excerpt is still worth explaining. A value Envoy itself would reject (a bad
+    CIDR, a port that is not a number) is named."""
+    path = f"filter_chains[{index}].filter_chain_match"
+    known = {k: v for k, v in _fcm(chain).items() if snake(k) in _MATCH_FIELDS}
+    try:
+        return parse_match(Fields(known, path, "FilterChainMatch"))
+    except ConfigError as exc:
+        raise RemoraError(f"chain {chain.get('name', f'#{index}')}: {exc.problem}",
+                          exc.fix or "correct the filter_chain_match in the given config "
+                          "(Envoy rejects it too)") from exc
 
 
 def _server_name_candidates(sni: str) -> list[str]:
@@ -98,69 +94,75 @@ def _server_name_candidates(sni: str) -> list[str]:
     return out
 
 
+def _prefix_words(label: str, key: str, ip: str) -> Callable[[int], str]:
+    return lambda best: (f"{label} {ip} in a /{best - 1} range" if best > 0
+                         else f"{label} {ip}: in no range, chains without {key}")
+
+
+def _value_words(label: str, key: str, hit: Callable[[int], str],
+                 tried: list[str]) -> Callable[[int], str]:
+    shown = "/".join(tried) or "(none)"
+    return lambda best: (f"{label} {hit(best)}" if best > 0
+                         else f"{label} {shown}: chains without {key}")
+
+
+def _server_name_hit(sni: str) -> Callable[[int], str]:
+    # the proxy ranks the exact name 1 << 16 and a wildcard by its length ("*.b.c" = 5);
+    # the ranks are documented at filter_chain_match.Step
+    return lambda best: sni if best >= 1 << 16 else "*" + sni[len(sni) - (best - 1):]
+
+
+def _stage_words(conn: ConnInfo) -> dict[str, Callable[[int], str]]:
+    """For each criterion: the reason, given the rank of the chains the stage kept
+    (0 = the chains without the criterion were kept)."""
+    protos = list(conn.application_protocols)
+    wanted = "SAME_IP_OR_LOOPBACK" if is_same_ip_or_loopback(conn.facts()) else "EXTERNAL"
+    return {
+        "destination_port": _value_words("destination_port", "destination_port",
+                                          lambda _: str(conn.dst_port), [str(conn.dst_port)]),
+        "prefix_ranges": _prefix_words("destination", "prefix_ranges", conn.dst_ip),
+        "server_names": _value_words("server name", "server_names",
+                                     _server_name_hit(conn.server_name),
+                                     _server_name_candidates(conn.server_name)),
+        "transport_protocol": _value_words(
+            "transport_protocol", "transport_protocol", lambda _: conn.transport_protocol,
+            [conn.transport_protocol]),
+        "application_protocols": _value_words(
+            "application protocol", "application_protocols",
+            lambda best: protos[len(protos) - best], protos),
+        "direct_source_prefix_ranges": _prefix_words(
+            "direct source", "direct_source_prefix_ranges", conn.direct_src_ip or conn.src_ip),
+        "source_type": lambda best: f"source_type {wanted}" if best > 0 else "source_type ANY",
+        "source_prefix_ranges": _prefix_words("source", "source_prefix_ranges", conn.src_ip),
+        "source_ports": _value_words("source port", "source_ports", lambda _: str(conn.src_port),
+                                     [str(conn.src_port)]),
+    }
+
+
+def reasons(stages: tuple[Stage, ...], conn: ConnInfo) -> list[str]:
+    """The stages' reasons; a stage no remaining chain configures narrows nothing and
+    says nothing."""
+    words = _stage_words(conn)
+    return [words[s.criterion](s.best or 0) for s in stages if s.configured]
+
+
 def select_filter_chain(chains: Sequence[Chain], conn: ConnInfo,
                         default_chain: Chain | None = None) -> ChainChoice:
     """Which of ``chains`` Envoy picks for ``conn``, and why at each stage."""
-    cands: list[tuple[int, Chain]] = list(enumerate(chains))
-    reasons: list[str] = []
-    stages: list[tuple[str, Callable[[list[tuple[int, Chain]]], Stage]]] = [
-        ("destination_port", lambda c: _by_value(
-            c, "destination_port", [conn.dst_port], "destination_port",
-            lambda ch, v: int(_fcm(ch)["destination_port"]) == v)),
-        ("prefix_ranges", lambda c: _by_prefix(c, "prefix_ranges", conn.dst_ip, "destination")),
-        ("server_names", lambda c: _by_value(
-            c, "server_names", _server_name_candidates(conn.server_name), "server name",
-            lambda ch, v: v in _fcm(ch)["server_names"])),
-        ("transport_protocol", lambda c: _by_value(
-            c, "transport_protocol", [conn.transport_protocol], "transport_protocol",
-            lambda ch, v: _fcm(ch)["transport_protocol"] == v)),
-        ("application_protocols", lambda c: _by_value(
-            c, "application_protocols", list(conn.application_protocols),
-            "application protocol", lambda ch, v: v in _fcm(ch)["application_protocols"])),
-        ("direct_source_prefix_ranges", lambda c: _by_prefix(
-            c, "direct_source_prefix_ranges", conn.direct_src_ip or conn.src_ip,
-            "direct source")),
-        ("source_type", _source_type(conn)),
-        ("source_prefix_ranges", lambda c: _by_prefix(c, "source_prefix_ranges", conn.src_ip,
-                                                      "source")),
-        ("source_ports", lambda c: _by_value(
-            c, "source_ports", [conn.src_port], "source port",
-            lambda ch, v: v in [int(p) for p in _fcm(ch)["source_ports"]])),
-    ]
-    for key, stage in stages:
-        # A stage no remaining chain configures narrows nothing: say nothing about it.
-        relevant = any(_fcm(c).get(key) for _, c in cands)
-        cands, why = stage(cands)
-        if relevant:
-            reasons.append(why)
-        if not cands:
-            break
-    if cands:
-        index, chain = cands[0]
-        if len(cands) > 1:
-            reasons.append(f"{len(cands)} chains match equally; Envoy rejects such a config, "
-                           "taking the first")
-        return ChainChoice(index, str(chain.get("name", f"#{index}")), tuple(reasons))
+    stages = explain([chain_match(c, i) for i, c in enumerate(chains)], conn.facts())
+    why = reasons(stages, conn)
+    kept = stages[-1].kept if stages else ()
+    if kept:
+        index = kept[0]
+        if len(kept) > 1:
+            why.append(f"{len(kept)} chains match equally; Envoy rejects such a config, "
+                       "taking the first")
+        return ChainChoice(index, str(chains[index].get("name", f"#{index}")), tuple(why))
     if default_chain is not None:
-        reasons.append("no filter chain matched: default_filter_chain")
+        why.append("no filter chain matched: default_filter_chain")
         return ChainChoice(None, str(default_chain.get("name", "default_filter_chain")),
-                           tuple(reasons), default_used=True)
-    return ChainChoice(None, None, tuple(reasons))
-
-
-def _source_type(conn: ConnInfo) -> Callable[[list[tuple[int, Chain]]], Stage]:
-    src = ipaddress.ip_address(conn.src_ip)
-    local = src.is_loopback or conn.src_ip == conn.dst_ip
-    wanted = "SAME_IP_OR_LOOPBACK" if local else "EXTERNAL"
-
-    def stage(cands: list[tuple[int, Chain]]) -> Stage:
-        hit = [(i, c) for i, c in cands if _fcm(c).get("source_type") == wanted]
-        if hit:
-            return hit, f"source_type {wanted}"
-        return [(i, c) for i, c in cands
-                if _fcm(c).get("source_type", "ANY") == "ANY"], "source_type ANY"
-
-    return stage
+                           tuple(why), default_used=True)
+    return ChainChoice(None, None, tuple(why))
 
 
 def describe_match(chain: Chain) -> str:

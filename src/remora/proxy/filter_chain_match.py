@@ -86,7 +86,11 @@ class HasMatch(Protocol):
 T = TypeVar("T", bound=HasMatch)
 
 # A step scores a chain for a connection: None = the chain is out, higher = more specific,
-# 0 = the chain leaves the criterion empty (wildcard).
+# 0 = the chain leaves the criterion empty (wildcard). ``remora explain`` words the kept
+# rank (diagnose/envoy_match.py), so its meaning is part of the contract: prefix ranges
+# score prefix length + 1; server_names 1 << 16 for the exact name, else the length of the
+# wildcard ("*.example.com" = 13); application_protocols len(offered) - index of the
+# protocol matched; every other step 1.
 Step = Callable[[FilterChainMatch, ConnectionFacts], int | None]
 
 

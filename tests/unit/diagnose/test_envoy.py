@@ -199,6 +199,71 @@ def test_filter_chain_no_backtracking_and_default() -> None:
     assert choice.default_used and choice.name == "default"
 
 
+def test_filter_chain_reasons_word_each_stage() -> None:
+    chains = [
+        chain("blackhole", destination_port=15006),
+        chain("tls-http", destination_port=18080, transport_protocol="tls",
+              application_protocols=["istio-http/1.0", "istio-http/1.1", "istio-h2"]),
+        chain("tls", destination_port=18080, transport_protocol="tls"),
+        chain("passthrough", prefix_ranges=[{"address_prefix": "0.0.0.0", "prefix_len": 0}]),
+    ]
+
+    def why(chs: list[dict[str, Any]], **kw: Any) -> tuple[str | None, tuple[str, ...]]:
+        base: dict[str, Any] = {"dst_ip": "10.20.0.77", "dst_port": 18080, "src_ip": "10.20.0.78"}
+        choice = select_filter_chain(chs, ConnInfo(**{**base, **kw}))
+        return choice.name, choice.reasons
+
+    # the second ALPN the client offers is the first any chain names
+    assert why(chains, transport_protocol="tls", application_protocols=("h2", "istio-http/1.1")
+               ) == ("tls-http", ("destination_port 18080", "transport_protocol tls",
+                                  "application protocol istio-http/1.1"))
+    assert why(chains, transport_protocol="tls", application_protocols=("h2",)) == (
+        "tls", ("destination_port 18080", "transport_protocol tls",
+                "application protocol h2: chains without application_protocols"))
+    assert why(chains, dst_port=9000) == (
+        "passthrough", ("destination_port 9000: chains without destination_port",
+                        "destination 10.20.0.77 in a /0 range"))
+    sni = [chain("exact", server_names=["a.example.com"]),
+           chain("wild", server_names=["*.example.com"]), chain("none")]
+    assert why(sni, server_name="a.example.com") == ("exact", ("server name a.example.com",))
+    assert why(sni, server_name="b.x.example.com") == ("wild", ("server name *.example.com",))
+    assert why(sni, server_name="x.org") == (
+        "none", ("server name x.org/*.org: chains without server_names",))
+    nets = [chain("slash16", prefix_ranges=[{"address_prefix": "10.20.0.0", "prefix_len": 16}]),
+            chain("host", prefix_ranges=[{"address_prefix": "10.20.0.77", "prefix_len": 32}])]
+    assert why(nets, dst_ip="10.20.0.9") == ("slash16", ("destination 10.20.0.9 in a /16 range",))
+    src = [chain("local", source_type="SAME_IP_OR_LOOPBACK"),
+           chain("net", source_prefix_ranges=[{"address_prefix": "10.0.0.0", "prefix_len": 8}],
+                 source_ports=[40000]),
+           chain("any")]
+    assert why(src, src_ip="127.0.0.1") == ("local", ("source_type SAME_IP_OR_LOOPBACK",))
+    assert why(src) == ("net", ("source_type ANY", "source 10.20.0.78 in a /8 range",
+                                "source port 40000"))
+    assert why(src, src_port=1) == (None, ("source_type ANY", "source 10.20.0.78 in a /8 range",
+                                           "source port 1: chains without source_ports"))
+
+
+def test_filter_chain_match_read_like_the_proxy() -> None:
+    # camelCase (istioctl) keys, a field the proxy does not read, port 0 = any port
+    chains = [{"name": "camel", "filter_chain_match": {
+        "destinationPort": 18080, "transportProtocol": "tls", "addressSuffix": "ignored",
+        "prefixRanges": [{"addressPrefix": "10.20.0.0", "prefixLen": 16}]}},
+        {"name": "port0", "filter_chain_match": {"destination_port": 0}}]
+    conn = ConnInfo("10.20.0.77", 18080, "10.20.0.78", transport_protocol="tls")
+    assert select_filter_chain(chains, conn).reasons == (
+        "destination_port 18080", "destination 10.20.0.77 in a /16 range",
+        "transport_protocol tls")
+    assert select_filter_chain(chains, ConnInfo("10.20.0.77", 80, "10.20.0.78")).name == "port0"
+    # Envoy lowercases configured server names (FilterChainManagerImpl)
+    upper = [chain("upper", server_names=["A.Example.COM"]), chain("none")]
+    assert select_filter_chain(upper, ConnInfo("10.20.0.77", 18080, "10.20.0.78",
+                                               server_name="a.example.com")).name == "upper"
+    bad = [chain("bad", prefix_ranges=[{"address_prefix": "10.0.0.300", "prefix_len": 8}])]
+    with pytest.raises(RemoraError, match=r"chain bad: filter_chains\[0\]\.filter_chain_match"
+                                          r"\.prefix_ranges\[0\]: invalid CIDR range"):
+        select_filter_chain(bad, conn)
+
+
 @pytest.mark.parametrize("text,match", [
     ('{"configs": [{"@type": "x"', "not complete JSON"),
     ('{"apiVersion": "v1", "kind": "Pod"}', "not Envoy configuration"),
