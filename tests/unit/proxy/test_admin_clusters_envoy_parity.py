@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests import proxyharness as ph
+from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.proxy_helpers import TCP_PROXY, addr, free_port
 
 pytestmark = pytest.mark.envoy
@@ -106,24 +105,6 @@ def _get(port: int, path: str) -> bytes:
         return out.split(b"\r\n", 1)[0]
 
 
-def _admin(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return str(r.read().decode())
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on {port}")
-
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("admin-clusters")
@@ -135,33 +116,23 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict
             ports["ok"], ports["err"] = ok.getsockname()[1], err.getsockname()[1]
             cfg = tmp / f"{kind}.json"
             cfg.write_text(json.dumps(_bootstrap(ports)))
-            proc = subprocess.Popen(ph.sidecar_argv(kind, cfg), stdout=subprocess.DEVNULL,
-                                    stderr=(tmp / f"{kind}.err").open("wb"))
-            try:
-                _wait_listening(ports["web"], proc, kind)
+            with lp.loopback_proxy(kind, cfg, ports["web"]):
                 statuses = [_get(ports["web"], p) for p in ("/ok", "/ok", "/err", "/dead")]
                 with socket.create_connection(("127.0.0.1", ports["tcp"])) as s:
                     s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
                     s.settimeout(5)
                     s.recv(100)
-                    open_text = _admin(ports["admin"], "/clusters")  # the TCP one is active
+                    open_text = lp.admin_text(ports["admin"], "/clusters")  # TCP one active
                 time.sleep(0.5)  # closes reach the proxy and its pool
-                text = _admin(ports["admin"], "/clusters")
-                js = _admin(ports["admin"], "/clusters?format=json")
-                for name, port in ports.items():
-                    text, js, open_text = (t.replace(f":{port}:", f":{name.upper()}:")
-                                           .replace(f": {port}\n", f': "{name.upper()}"\n')
-                                           for t in (text, js, open_text))
-                found[kind] = {"statuses": statuses, "text": text, "json": json.loads(js),
-                               "open": [ln for ln in open_text.splitlines()
-                                        if ln.startswith("raw::") and "::rq_" in ln]}
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                text = lp.admin_text(ports["admin"], "/clusters")
+                js = lp.admin_text(ports["admin"], "/clusters?format=json")
+            for name, port in ports.items():
+                text, js, open_text = (t.replace(f":{port}:", f":{name.upper()}:")
+                                       .replace(f": {port}\n", f': "{name.upper()}"\n')
+                                       for t in (text, js, open_text))
+            found[kind] = {"statuses": statuses, "text": text, "json": json.loads(js),
+                           "open": [ln for ln in open_text.splitlines()
+                                    if ln.startswith("raw::") and "::rq_" in ln]}
         yield found
     finally:
         ok.close()

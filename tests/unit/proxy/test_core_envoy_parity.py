@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests import proxyharness as ph
+from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.proxy_helpers import FILE_LOG, TCP_PROXY, addr, free_port
 
 pytestmark = pytest.mark.envoy
@@ -143,8 +142,7 @@ def _get(port: int) -> bytes:
 
 
 def _stats(admin: int) -> dict[str, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:
-        text = r.read().decode()
+    text = lp.admin_text(admin, "/stats")
     return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
 
@@ -183,20 +181,14 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
             ports["up"] = int(srv.getsockname()[1])
             log, hlog, cfg = tmp / f"{kind}.log", tmp / f"{kind}-http.log", tmp / f"{kind}.json"
             cfg.write_text(json.dumps(_bootstrap(ports, log, hlog)))
-            proc = subprocess.Popen(ph.sidecar_argv(kind, cfg), stdout=subprocess.DEVNULL,
-                                    stderr=(tmp / f"{kind}.err").open("wb"))
-            try:
-                _wait_listening(ports["web"], proc, kind)
+            with lp.loopback_proxy(kind, cfg, ports["web"]):
                 before = len(accepted)
                 seen = [_probe(ports[lis], data, how, pause) for lis, data, how, pause in PROBES]
                 status = _get(ports["web"])
                 time.sleep(0.3)
                 stats = _stats(ports["admin"])
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and not (
-                        hlog.exists() and log.exists()
-                        and len(log.read_text().splitlines()) >= len(PROBES)):
-                    time.sleep(0.05)
+                log_lines = lp.wait_lines(log, len(PROBES))
+                http_lines = lp.wait_lines(hlog, 1)
                 found[kind] = {
                     "seen": seen, "upstreams": len(accepted) - before, "status": status,
                     "stats": {f"{lis}.{k}": stats.get(
@@ -204,32 +196,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
                         for lis in ("tls", "http") for k in ("remote_close", "error")},
                     "cluster": {k: stats.get(f"cluster.dead.upstream_cx_{k}")
                                 for k in ("connect_fail", "none_healthy")},
-                    "log": sorted(log.read_text().splitlines()) if log.exists() else [],
-                    "http_log": (hlog.read_text().replace(str(ports["dead"]), "DEAD")
-                                 .splitlines() if hlog.exists() else [])}
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                    "log": sorted(log_lines),
+                    "http_log": [line.replace(str(ports["dead"]), "DEAD")
+                                 for line in http_lines]}
         yield found
     finally:
         srv.close()
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on {port}")
 
 
 def test_early_close_during_listener_filters_same_as_envoy(

@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 
 from tests import proxyharness as ph
+from tests.unit.proxy import loopback_proxies as lp
+from tests.unit.proxy.proxy_helpers import free_port
 
 pytestmark = pytest.mark.envoy
 
@@ -153,25 +154,6 @@ def _config(template: dict[str, Any], port: int, admin: int, log: Path, echo: in
                 "clusters": [static("echo", echo), static("refused", refused)]}}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on {port}")
-
-
 def _exchange(port: int, request: bytes) -> bytes:
     """Send REQUEST with Connection: close added; read until the proxy closes."""
     line, sep, rest = request.partition(b"\r\n")
@@ -199,37 +181,22 @@ def outcomes(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     ref = json.loads((shared_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
     template = ref["static_resources"]["listeners"][0]["filter_chains"][1]["filters"][0]
     tmp = tmp_path_factory.mktemp("parity")
-    echo, refused = _port(), _port()
-    procs: list[subprocess.Popen[bytes]] = []
+    echo, refused = free_port(), free_port()
+    server = subprocess.Popen([sys.executable, "-c", ECHO, str(echo)])
     try:
-        procs.append(subprocess.Popen([sys.executable, "-c", ECHO, str(echo)]))
-        _wait_port(echo, procs[-1], "echo server")
+        lp.wait_listening(echo, server, "echo server")
         found: dict[str, dict[str, Any]] = {}
         for kind in ph.KINDS:
-            port, admin = _port(), _port()
+            port, admin = free_port(), free_port()
             log = tmp / f"{kind}.log"
             cfg = tmp / f"{kind}.json"
             cfg.write_text(json.dumps(_config(template, port, admin, log, echo, refused)))
-            procs.append(subprocess.Popen(ph.sidecar_argv(kind, cfg),
-                                          stdout=subprocess.DEVNULL,
-                                          stderr=(tmp / f"{kind}.err").open("wb")))
-            _wait_port(port, procs[-1], kind)
-            responses = {name: _exchange(port, req) for name, req in CASES.items()}
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and (
-                    not log.exists() or len(log.read_text().splitlines()) < len(CASES)):
-                time.sleep(0.05)
-            found[kind] = {"responses": responses,
-                           "log": log.read_text().splitlines() if log.exists() else []}
+            with lp.loopback_proxy(kind, cfg, port):
+                responses = {name: _exchange(port, req) for name, req in CASES.items()}
+                found[kind] = {"responses": responses, "log": lp.wait_lines(log, len(CASES))}
         yield found
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        lp.stop(server)
 
 
 @pytest.mark.parametrize("case", list(CASES))

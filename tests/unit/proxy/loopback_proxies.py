@@ -1,0 +1,76 @@
+"""A real Envoy and `remora proxy` run one after the other on loopback, for the unit parity
+tests (no root, no namespaces; the netns suites use tests/proxyharness.py's start_sidecar).
+
+Both get the same bootstrap file and the command line proxyharness.sidecar_argv gives them
+everywhere else, so whatever differs in what they do is the proxy's, not the test's. A
+proxy counts as started once a listener of its bootstrap accepts a connection, and is
+stopped by its PID however the test ends.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests import proxyharness as ph
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str,
+                   timeout: float = 20.0) -> None:
+    """Until 127.0.0.1:PORT accepts; fails at once if PROC (which serves it) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{what} did not listen on {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def loopback_proxy(kind: str, config: Path,
+                   listening: int) -> Iterator[subprocess.Popen[bytes]]:
+    """KIND ("envoy" or "remora") running CONFIG, once its listener on 127.0.0.1:LISTENING
+    accepts; stopped on leaving. Its stderr goes to CONFIG with the suffix .err (the
+    place to look when a parity test fails), its stdout nowhere."""
+    with config.with_suffix(".err").open("wb") as err:
+        proc = subprocess.Popen(ph.sidecar_argv(kind, config), stdout=subprocess.DEVNULL,
+                                stderr=err)
+    try:
+        wait_listening(listening, proc, kind)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
+    """The lines of PATH once there are COUNT of them (a proxy writes an access-log line a
+    little after the response), or what is there after TIMEOUT ([] without the file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (
+            not path.exists() or len(path.read_text().splitlines()) < count):
+        time.sleep(0.05)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def admin_text(port: int, path: str) -> str:
+    """GET PATH from the admin listener on 127.0.0.1:PORT."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return str(r.read().decode())
