@@ -30,7 +30,9 @@ TPROXY_MARK = 1337
 PLAINTEXT_HTTP_ALPNS = ["http/1.0", "http/1.1", "h2c"]
 
 # Istio's default text access log, 1.24+ (pilot/pkg/model/telemetry_logging.go
-# EnvoyTextLogFormat); see shared/reference/istio-internals.md section 5.
+# EnvoyTextLogFormat); see shared/reference/istio-internals.md section 5. Its one definition:
+# the proxy compiles it from the config like any format, remora.diagnose.access_log parses
+# its lines, and the tests render the seed's line with it.
 ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "

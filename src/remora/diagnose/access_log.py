@@ -1,14 +1,10 @@
 """Parse Istio access-log lines (default text format and JSON) into named fields.
 
-Text: Istio's ``EnvoyTextLogFormat`` (pilot/pkg/model/telemetry_logging.go, 1.9 onwards):
-``[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
-%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
-"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
-%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
-"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
-%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
-%REQUESTED_SERVER_NAME% %ROUTE_NAME%``. The last eleven fields are read from the end of the
-line, so the pre-1.9 form (a quoted mixer status where the details are) reads the same.
+Text: Istio's ``EnvoyTextLogFormat`` (pilot/pkg/model/telemetry_logging.go, 1.9 onwards),
+defined once as ``remora.controlplane.envoy_common.ACCESS_LOG_FORMAT`` (what remora's control
+plane emits); its fields, in order, are those of AccessLogEntry below. The last eleven
+are read from the end of the line, so the pre-1.9 form (a quoted mixer status where the
+details are) reads the same.
 JSON: ``EnvoyJSONLogFormatIstio`` keys, one object per line; a pretty-printed object
 (the seed shows one, with ``//`` notes) and ``x-forwarded-for``-style keys are accepted.
 Envoy prints ``-`` for an empty value; it becomes None.

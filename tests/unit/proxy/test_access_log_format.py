@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from remora.controlplane.envoy_common import ACCESS_LOG_FORMAT
 from remora.proxy import access_log
-from remora.proxy.access_log.format import ISTIO_TEXT_FORMAT, JsonFormat, TextFormat
+from remora.proxy.access_log.format import JsonFormat, TextFormat
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.stream_info import StreamInfo
 from tests.unit.proxy.proxy_helpers import FILE_LOG
@@ -53,7 +54,7 @@ def seed_info() -> StreamInfo:
 def test_istio_default_line_reproduces_the_seed(shared_dir: Path) -> None:
     seed = (shared_dir / "seed" / "000_1398f3c2bea01311.txt").read_text()
     assert SEED_LINE in seed  # the expectation is the seed's own line, field for field
-    line = TextFormat(ISTIO_TEXT_FORMAT, "f").render(seed_info())
+    line = TextFormat(ACCESS_LOG_FORMAT, "f").render(seed_info())
     assert line == SEED_LINE + "\n"
     assert line.split() == SEED_LINE.split()
 
@@ -62,12 +63,12 @@ def test_reference_config_format_is_istios(shared_dir: Path) -> None:
     doc = json.loads((shared_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
     chain = doc["static_resources"]["listeners"][0]["filter_chains"][2]
     fmt = chain["filters"][0]["typed_config"]["access_log"][0]["typed_config"]["log_format"]
-    assert fmt["text_format_source"]["inline_string"] == ISTIO_TEXT_FORMAT
+    assert fmt["text_format_source"]["inline_string"] == ACCESS_LOG_FORMAT
 
 
 def test_tcp_lines_as_envoy_140_prints_them() -> None:
     # Observed from envoy 1.40 (tcp_proxy, refused upstream; then a good connection).
-    fmt = TextFormat(ISTIO_TEXT_FORMAT, "f")
+    fmt = TextFormat(ACCESS_LOG_FORMAT, "f")
     info = StreamInfo(start_time=_at("2026-11-23T23:14:43.295Z"), start_monotonic=5.0,
                       end_monotonic=5.0, downstream_local_address="127.0.0.1:19901",
                       downstream_remote_address="127.0.0.1:41816", upstream_cluster="c1",

@@ -30,17 +30,9 @@ DEFAULT_FORMAT = (
     '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
     '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
-
-# Istio's default text format (pilot/pkg/model/telemetry_logging.go EnvoyTextLogFormat).
-ISTIO_TEXT_FORMAT = (
-    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
-    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
-    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
-    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
-    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
-    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
-    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
-)
+# Istio's default text format is not the proxy's to know: the control plane writes it into
+# every sidecar config (remora.controlplane.envoy_common.ACCESS_LOG_FORMAT, its one
+# definition) and the proxy compiles it from there like any other format string.
 
 
 def _no_spaces(value: str | None) -> str | None:
