@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from remora.diagnose.proxy_config_listeners import describe_chain_match
 from remora.errors import RemoraError
 from remora.proxy.config.strict import ConfigError, Fields, snake
 from remora.proxy.filter_chain_match import (
@@ -166,17 +167,6 @@ def select_filter_chain(chains: Sequence[Chain], conn: ConnInfo,
 
 
 def describe_match(chain: Chain) -> str:
-    """The chain's filter_chain_match in istioctl's MATCH column words."""
-    m = _fcm(chain)
-    parts = []
-    if m.get("transport_protocol"):
-        parts.append(f"Trans: {m['transport_protocol']}")
-    if m.get("application_protocols"):
-        parts.append("App: " + ",".join(m["application_protocols"]))
-    if m.get("server_names"):
-        parts.append("SNI: " + ",".join(m["server_names"]))
-    addr = ",".join(f"{r.get('address_prefix')}/{r.get('prefix_len', 0)}"
-                    for r in m.get("prefix_ranges", [])) or "*"
-    parts.append(f"Addr: {addr}:{m['destination_port']}" if m.get("destination_port")
-                 else f"Addr: {addr}")
-    return "; ".join(parts)
+    """The chain's filter_chain_match in istioctl's MATCH column words (one renderer for
+    `remora proxy-config listener` and `remora explain`)."""
+    return describe_chain_match({snake(k): v for k, v in _fcm(chain).items()})

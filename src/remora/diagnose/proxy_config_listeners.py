@@ -60,7 +60,10 @@ def listener_type(listener: JSON) -> str:
     return "TCP" if n_tcp else "UNKNOWN"
 
 
-def _describe_match(m: JSON) -> str:
+def describe_chain_match(m: JSON) -> str:
+    """A filter_chain_match (snake_case) in the words of istioctl's MATCH column
+    (istioctl/pkg/writer/envoy/configdump/listener.go), e.g. `Trans: raw_buffer; App: HTTP;
+    Addr: *:18080` as the seed's listener table shows; `remora explain` uses it too."""
     descrs = []
     if m.get("server_names"):
         descrs.append("SNI: " + ",".join(m["server_names"]))
@@ -148,7 +151,7 @@ def listener_table(dump: ConfigDump, *, port: int | None = None, address: str | 
         if not verbose:
             lines.append(f"{addr}\t{p}\t{listener_type(lst)}")
             continue
-        rows = [(_describe_match(c.get("filter_chain_match") or {}), _destination(c))
+        rows = [(describe_chain_match(c.get("filter_chain_match") or {}), _destination(c))
                 for c in _chains(lst)]
         # sort.Slice by destination, descending; it is stable for these sizes
         for match, dest in sorted(rows, key=lambda r: r[1], reverse=True):
