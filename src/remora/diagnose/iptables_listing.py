@@ -32,6 +32,7 @@ from remora.diagnose.iptables_model import (
     Target,
     parse_mark,
     parse_net,
+    parse_owner_ids,
     parse_port,
 )
 from remora.errors import RemoraError
@@ -237,10 +238,8 @@ def parse_extras(toks: list[str], target: str) -> tuple[list[Match], Target]:
             i = k + 1
         elif tok == "owner" and at(i + 1) in ("UID", "GID") and at(i + 2) == "match":
             raw = at(i + 3)
-            lo, _, hi = raw.partition("-")
-            ids = (int(lo), int(hi or lo)) if lo.isdigit() and (not hi or hi.isdigit()) else (
-                (0, 0) if raw == "root" else None)
-            out.append(OwnerMatch(neg, "uid" if at(i + 1) == "UID" else "gid", ids, raw))
+            out.append(OwnerMatch(neg, "uid" if at(i + 1) == "UID" else "gid",
+                                  parse_owner_ids(raw), raw))
             i += 4
         elif tok in ("mark", "connmark") and at(i + 1) == "match":
             k = i + 2

@@ -47,6 +47,15 @@ def parse_port(text: str) -> int | None:
     return SERVICE_PORTS.get(text)
 
 
+def parse_owner_ids(text: str) -> tuple[int, int] | None:
+    """An xt_owner id as iptables-save (``1337``, ``0-999``) or the listing (``UID match
+    1337``) shows it -> an inclusive range; ``root`` is 0; None for another user name."""
+    lo, _, hi = text.partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()):
+        return {"root": (0, 0)}.get(text)
+    return int(lo), int(hi or lo)
+
+
 def parse_int(text: str) -> int:
     """An iptables number: decimal or 0x hex (marks are printed in hex)."""
     return int(text, 16) if text.lower().startswith("0x") else int(text)

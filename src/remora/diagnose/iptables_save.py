@@ -29,6 +29,7 @@ from remora.diagnose.iptables_model import (
     Target,
     parse_mark,
     parse_net,
+    parse_owner_ids,
     parse_port,
 )
 from remora.errors import RemoraError
@@ -44,13 +45,6 @@ def _port_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
             return None
         out.append((lo, hi))
     return tuple(out)
-
-
-def _owner_ids(text: str) -> tuple[int, int] | None:
-    lo, _, hi = text.partition("-")
-    if not lo.isdigit() or (hi and not hi.isdigit()):
-        return {"root": (0, 0)}.get(text)
-    return int(lo), int(hi or lo)
 
 
 def parse_target(name: str, opts: list[str], goto: bool = False) -> Target:
@@ -119,7 +113,7 @@ def parse_rule_args(args: list[str]) -> tuple[tuple[Match, ...], Target]:
         elif tok in ("--uid-owner", "--gid-owner"):
             raw = val
             matches.append(OwnerMatch(neg, "uid" if tok == "--uid-owner" else "gid",
-                                      _owner_ids(val), raw))
+                                      parse_owner_ids(val), raw))
         elif tok == "--mark":
             value, mask = parse_mark(val)
             matches.append(MarkMatch(neg, module == "connmark", value, mask))
