@@ -267,6 +267,27 @@ def start_sidecar(lab: Lab, ns: Namespace, kind: str, config: Path, workdir: Pat
                          f"{sidecar.stderr_tail()}")
 
 
+def wait_host_added(sidecar: Sidecar, cluster: str, host: str, timeout: float = 5.0) -> None:
+    """Wait until the ORIGINAL_DST CLUSTER lists HOST (admin /clusters).
+
+    Envoy's worker creates the host for a new original destination itself and posts it to
+    the main thread, which adds it to the cluster and sends the new host map back to the
+    workers. A request the worker routes before that map arrives finds no host, creates a
+    second one for the same address -- with its own connection pool, so a second upstream
+    connection (source/extensions/clusters/original_dst/original_dst_cluster.cc, addHost:
+    "the worker that posted this host had a stale host map"). Once the host is in the
+    cluster every request maps to the first host and reuses its pooled connection: that
+    is the reuse Envoy guarantees, and what a test may ask after the first request and
+    this wait."""
+    line = f"{cluster}::{host}::cx_total::"
+    deadline = time.monotonic() + timeout
+    while line not in sidecar.admin_get("/clusters")[1].decode(errors="replace"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{sidecar.kind}: no {line!r} in /clusters")
+        time.sleep(0.02)
+    time.sleep(0.05)  # the main thread's update reaches the worker by a posted callback
+
+
 # -- the demo app ----------------------------------------------------------------------
 @dataclass
 class App:

@@ -13,7 +13,6 @@ with the reference capture rules, the seed's demo server and client.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -75,26 +74,6 @@ def test_seed_requests_through_the_http_chain(mode: str, config: str, source: st
     assert stats["cluster.inbound|18080||.upstream_cx_total"] == 1
 
 
-def _wait_host_added(sidecar: ph.Sidecar, timeout: float = 5.0) -> None:
-    """Wait until the ORIGINAL_DST cluster lists the app as a host (admin /clusters).
-
-    Envoy's worker creates the host for a new original destination itself and posts it to
-    the main thread, which adds it to the cluster and sends the new host map back to the
-    workers. A request the worker routes before that map arrives finds no host, creates a
-    second one for the same address -- with its own connection pool, so a second upstream
-    connection (source/extensions/clusters/original_dst/original_dst_cluster.cc, addHost:
-    "the worker that posted this host had a stale host map"). Once the host is in the
-    cluster every request maps to the first host and reuses its pooled connection: that
-    is the reuse Envoy guarantees, and what the test asks after this wait."""
-    line = f"inbound|18080||::{SERVER_IP}:18080::cx_total::"
-    deadline = time.monotonic() + timeout
-    while line not in sidecar.admin_get("/clusters")[1].decode(errors="replace"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{sidecar.kind}: no {line!r} in /clusters")
-        time.sleep(0.02)
-    time.sleep(0.05)  # the main thread's update reaches the worker by a posted callback
-
-
 def _get_from(ns: object, source_ip: str) -> bytes:
     """One GET (Connection: close) from SOURCE_IP inside the client pod."""
     sock = Lab.socket(ns)  # type: ignore[arg-type]
@@ -132,7 +111,7 @@ def test_upstream_pool_shared_in_redirect_per_source_with_original_src(
         for i, source in enumerate((CLIENT_IP, CLIENT_IP, other, other)):
             assert _get_from(client, source).startswith(b"HTTP/1.1 200 OK")
             if i == 0:
-                _wait_host_added(sidecar)
+                ph.wait_host_added(sidecar, "inbound|18080||", f"{SERVER_IP}:18080")
         seen = [APP_LINE.match(x) for x in app.wait_lines(4)]
         cx = sidecar.stats()["cluster.inbound|18080||.upstream_cx_total"]
     views = [(m["ip"], m["port"]) for m in seen if m]

@@ -490,9 +490,12 @@ def test_upstream_pool_reuse_across_clients(kind: str, mode: str, tmp_path: Path
         lab.run(client, ["ip", "addr", "add", f"{OTHER_CLIENT_IP}/24", "dev", "eth0"])
         app = ph.start_app(lab, server, tmp_path)
         ph.apply_capture(lab, server, mode)
-        ph.start_sidecar(lab, server, kind, ph.REFERENCE / f"server-{mode}.json", tmp_path)
-        for source in (CLIENT_IP, OTHER_CLIENT_IP, CLIENT_IP):
+        sidecar = ph.start_sidecar(lab, server, kind, ph.REFERENCE / f"server-{mode}.json",
+                                   tmp_path)
+        for i, source in enumerate((CLIENT_IP, OTHER_CLIENT_IP, CLIENT_IP)):
             assert _get_from(client, source).endswith(BODY.encode())
+            if i == 0:  # reuse is what Envoy guarantees once the host is in the cluster
+                ph.wait_host_added(sidecar, "inbound|18080||", f"{SERVER_IP}:18080")
         remotes = [x.split("RemoteAddr=", 1)[1] for x in app.wait_lines(3)]
     assert len(remotes) == 3, remotes
     if mode == "redirect":
