@@ -326,15 +326,6 @@ def run_client(lab: Lab, ns: Namespace, url: str, count: int) -> list[str]:
 
 
 # -- Istio's default access-log line ---------------------------------------------------
-ACCESS_LOG_FIELDS = (
-    "start_time", "method", "path", "protocol", "response_code", "response_flags",
-    "response_code_details", "connection_termination_details",
-    "upstream_transport_failure_reason", "bytes_received", "bytes_sent", "duration",
-    "upstream_service_time", "x_forwarded_for", "user_agent", "request_id", "authority",
-    "upstream_host", "upstream_cluster", "upstream_local_address",
-    "downstream_local_address", "downstream_remote_address", "requested_server_name",
-    "route_name",
-)
 _LINE = re.compile(
     r'^\[(?P<start_time>[^\]]*)\] "(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" '
     r"(?P<response_code>\S+) (?P<response_flags>\S+) (?P<response_code_details>\S+) "
