@@ -134,6 +134,19 @@ def _read_sds(name: str, path: str) -> Fields:
     raise TlsError(f"SDS secret {name} not found in {path}")
 
 
+def _sds_secret(config: Fields, kind: str, message: str, files: list[str]) -> Fields:
+    """The KIND part (tls_certificate / validation_context) of the Secret an
+    SdsSecretConfig points at; its file joins FILES, which are watched for rotation."""
+    name, path = _sds_path(config)
+    files.append(path)
+    secret = _read_sds(name, path)
+    part = secret.fields(kind, message)
+    secret.done()
+    if part is None:
+        raise TlsError(f"SDS secret {name} in {path} has no {kind}")
+    return part
+
+
 def _validation(f: Fields, m: Material) -> None:
     m.trusted_ca = _data_source(f.fields("trusted_ca", "DataSource"), f.at("trusted_ca")) \
         or m.trusted_ca
@@ -169,20 +182,15 @@ class TlsTransport:
     def _material(self) -> tuple[Material, list[str]]:
         """Re-read the common_tls_context (SDS files included); files to watch."""
         common = Fields(self.raw, self.path, "CommonTlsContext")
-        m, files = Material(), []
+        m = Material()
+        files: list[str] = []
         common.ignore("alpn_protocols", "tls_params")
         for c in common.each("tls_certificates", "TlsCertificate"):
             m.chain = _data_source(c.fields("certificate_chain"), c.at("certificate_chain"))
             m.key = _data_source(c.fields("private_key"), c.at("private_key"))
             c.done()
         for s in common.each("tls_certificate_sds_secret_configs", "SdsSecretConfig"):
-            name, path = _sds_path(s)
-            files.append(path)
-            secret = _read_sds(name, path)
-            sc = secret.fields("tls_certificate", "TlsCertificate")
-            secret.done()
-            if sc is None:
-                raise TlsError(f"SDS secret {name} in {path} has no tls_certificate")
+            sc = _sds_secret(s, "tls_certificate", "TlsCertificate", files)
             m.chain = _data_source(sc.fields("certificate_chain"), sc.at("certificate_chain"))
             m.key = _data_source(sc.fields("private_key"), sc.at("private_key"))
             sc.done()
@@ -197,14 +205,8 @@ class TlsTransport:
             if default is not None:
                 _validation(default, m)
             if sds is not None:
-                name, path = _sds_path(sds)
-                files.append(path)
-                secret = _read_sds(name, path)
-                v = secret.fields("validation_context", "CertificateValidationContext")
-                secret.done()
-                if v is None:
-                    raise TlsError(f"SDS secret {name} in {path} has no validation_context")
-                _validation(v, m)
+                _validation(_sds_secret(sds, "validation_context",
+                                        "CertificateValidationContext", files), m)
         common.done()
         files += [d.filename for d in (m.chain, m.key, m.trusted_ca) if d and d.filename]
         return m, files
