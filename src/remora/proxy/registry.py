@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 
 Kind = Literal["listener", "network", "http", "access_logger", "transport_socket", "other"]
 
@@ -65,6 +65,15 @@ def lookup(kind: Kind, name: str | None, type_url: str | None, path: str) -> Ext
     if ext is None:
         raise ConfigError(path, f"unknown {kind} extension {name!r} and no typed_config @type")
     return ext
+
+
+def instantiate(kind: Kind, name: str | None, typed: Fields | None, path: str,
+                context: Any) -> tuple[Extension, Any]:
+    """Resolve and build the extension an entry names (``name`` + ``typed_config``), as
+    Envoy does: by the typed_config's @type, else by name. PATH is the entry's
+    typed_config path; an extension given no typed_config is built from an empty one."""
+    ext = lookup(kind, name, type_url_of(typed) if typed is not None else None, path)
+    return ext, ext.factory(typed if typed is not None else Fields({}, path), context)
 
 
 def names(kind: Kind) -> list[str]:

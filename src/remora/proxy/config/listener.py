@@ -14,7 +14,7 @@ from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.address import Address, parse_address
-from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.filter_chain_match import FilterChainMatch, check_unique, parse_match
 from remora.proxy.interfaces import AccessLogger, NetworkFilter
 from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
@@ -79,11 +79,8 @@ def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
         fname = item.string("name")
         typed = item.fields("typed_config", "typed_config")
         item.done()
-        url = type_url_of(typed) if typed is not None else None
-        ext = registry.lookup("network", fname, url, item.at("typed_config"))
-        if typed is None:
-            typed = Fields({}, item.at("typed_config"))
-        filters.append(ext.factory(typed, context))
+        filters.append(registry.instantiate("network", fname, typed, item.at("typed_config"),
+                                            context)[1])
     for filt in filters:  # e.g. network RBAC logs a denial with the chain's loggers
         bind = getattr(filt, "bind_chain", None)
         if bind is not None:
@@ -121,17 +118,16 @@ def parse_listener(raw: Any, path: str, context: Any) -> ListenerConfig:
         lname = lf.string("name")
         typed = lf.fields("typed_config", "typed_config")
         lf.done()
-        url = type_url_of(typed) if typed is not None else None
-        ext = registry.lookup("listener", lname, url, lf.at("typed_config"))
-        if typed is None:
-            typed = Fields({}, lf.at("typed_config"))
-        cfg.listener_filters.append(ext.factory(typed, context))
+        ext, filt = registry.instantiate("listener", lname, typed, lf.at("typed_config"),
+                                         context)
+        cfg.listener_filters.append(filt)
         seen_names.append(ext.name)
     if cfg.use_original_dst and ORIGINAL_DST not in seen_names:
         # Envoy adds the original_dst listener filter itself when use_original_dst is set
         # (source/common/listener_manager/listener_impl.cc buildOriginalDstListenerFilter).
-        ext = registry.lookup("listener", ORIGINAL_DST, None, f.at("use_original_dst"))
-        cfg.listener_filters.insert(0, ext.factory(Fields({}, f.at("use_original_dst")), context))
+        _, implicit = registry.instantiate("listener", ORIGINAL_DST, None,
+                                           f.at("use_original_dst"), context)
+        cfg.listener_filters.insert(0, implicit)
         seen_names.insert(0, ORIGINAL_DST)
     cfg.listener_filter_names = seen_names
 
