@@ -96,14 +96,7 @@ class Pyroute2Routing:
         with _ipr(path) as ipr:
             lo = _lo(ipr)
             try:
-                if item.kind == "rule":
-                    ipr.rule("add", family=item.family, fwmark=mark, table=table)
-                elif item.kind == "route":
-                    ipr.route("add", dst=_DEFAULT[item.family], table=table, type="local",
-                              scope=RT_SCOPE_HOST, oif=lo, family=item.family)
-                else:
-                    ipr.addr("add", index=lo, address="::6", prefixlen=128,
-                             family=socket.AF_INET6)
+                _request(ipr, "add", item, mark, table, lo)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise RemoraError(f"could not run `{item.describe(mark, table)}`: {exc}",
@@ -114,14 +107,19 @@ class Pyroute2Routing:
         with _ipr(path) as ipr:
             lo = _lo(ipr)
             with contextlib.suppress(NetlinkError):
-                if item.kind == "rule":
-                    ipr.rule("del", family=item.family, fwmark=mark, table=table)
-                elif item.kind == "route":
-                    ipr.route("del", dst=_DEFAULT[item.family], table=table, type="local",
-                              scope=RT_SCOPE_HOST, oif=lo, family=item.family)
-                else:
-                    ipr.addr("del", index=lo, address="::6", prefixlen=128,
-                             family=socket.AF_INET6)
+                _request(ipr, "del", item, mark, table, lo)
+
+
+def _request(ipr: Any, op: str, item: Item, mark: int, table: int, lo: int) -> None:
+    """The one netlink request for ITEM (the `ip rule` / `ip route` / `ip addr` it
+    stands for), adding or deleting it; LO is the namespace's loopback index."""
+    if item.kind == "rule":
+        ipr.rule(op, family=item.family, fwmark=mark, table=table)
+    elif item.kind == "route":
+        ipr.route(op, dst=_DEFAULT[item.family], table=table, type="local",
+                  scope=RT_SCOPE_HOST, oif=lo, family=item.family)
+    else:
+        ipr.addr(op, index=lo, address="::6", prefixlen=128, family=socket.AF_INET6)
 
 
 def wanted(tproxy_routing: bool, ipv6: bool, lo_ipv6_address: bool) -> list[Item]:
