@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.datafiles import DATA
 from tests.lab import Lab
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -31,11 +30,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The steering repo's shared/ folder (conformance goldens, reference configs, seed)."""
-    if not SHARED.is_dir():
-        pytest.fail(f"shared/ not found beside the checkout at {SHARED}")
-    return SHARED
+def data_dir() -> Path:
+    """tests/data/: Istio's goldens, the reference Envoy configs, the seed (see its README)."""
+    return DATA
 
 
 @pytest.fixture

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import httptools
 
+from tests.datafiles import data_path
 from tests.lab import Lab, Namespace
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "envoy-sidecar"
-DATA = Path(__file__).resolve().parent / "data" / "proxy"
+REFERENCE = data_path("reference", "envoy-sidecar")
+DATA = data_path("proxy")
 KINDS = ("envoy", "remora")
 SIDECAR_GID = 1337  # Istio's proxy group: the capture rules' --gid-owner exemption
 TPROXY_MARK = 1337  # tproxy.rules' --tproxy-mark 0x539 and original_src's mark

@@ -11,7 +11,7 @@ from remora.capture.argv import parse_args
 from remora.capture.config import CaptureConfig
 from tests.lab import Lab, Namespace
 
-# What Istio's sidecar injector passes to istio-iptables (see shared/conformance/README.md).
+# What Istio's sidecar injector passes to istio-iptables (see tests/data/conformance/README.md).
 INJECTOR_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
                  "-x", "", "-b", "*", "-d", "15090,15021,15020",
                  "--log_output_level=default:info"]

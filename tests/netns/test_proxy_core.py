@@ -48,9 +48,9 @@ while True:
 """
 
 
-def sidecar_config(shared_dir: Path, mode: str, log: Path) -> dict[str, Any]:
+def sidecar_config(data_dir: Path, mode: str, log: Path) -> dict[str, Any]:
     name = "server-tproxy.json" if mode == "TPROXY" else "server-redirect.json"
-    doc = tcp_only(json.loads((shared_dir / "reference/envoy-sidecar" / name).read_text()))
+    doc = tcp_only(json.loads((data_dir / "reference/envoy-sidecar" / name).read_text()))
     inbound = doc["static_resources"]["listeners"][0]
     fmt = copy.deepcopy(inbound["filter_chains"][2]["filters"][0]["typed_config"]["access_log"])
     fmt[0]["typed_config"]["path"] = str(log)
@@ -58,8 +58,8 @@ def sidecar_config(shared_dir: Path, mode: str, log: Path) -> dict[str, Any]:
     return doc
 
 
-def apply_capture(lab: Lab, ns: Namespace, shared_dir: Path, mode: str) -> None:
-    rules = (shared_dir / "reference/envoy-sidecar" / f"{mode.lower()}.rules").read_bytes()
+def apply_capture(lab: Lab, ns: Namespace, data_dir: Path, mode: str) -> None:
+    rules = (data_dir / "reference/envoy-sidecar" / f"{mode.lower()}.rules").read_bytes()
     lab.run(ns, ["iptables-restore"], input=rules)
     if mode == "TPROXY":  # istio-iptables' policy routing for marked packets
         lab.run(ns, ["ip", "-4", "rule", "add", "fwmark", "1337", "lookup", "133"])
@@ -139,13 +139,13 @@ def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["REDIRECT", "TPROXY"])
 def test_app_sees_the_address_the_seed_explains(
-    pod: tuple[Lab, Namespace, Namespace], shared_dir: Path, tmp_path: Path, mode: str,
+    pod: tuple[Lab, Namespace, Namespace], data_dir: Path, tmp_path: Path, mode: str,
 ) -> None:
     lab, client, server = pod
     log = tmp_path / "access.log"
     config = tmp_path / "sidecar.json"
-    config.write_text(json.dumps(sidecar_config(shared_dir, mode, log)))
-    apply_capture(lab, server, shared_dir, mode)
+    config.write_text(json.dumps(sidecar_config(data_dir, mode, log)))
+    apply_capture(lab, server, data_dir, mode)
     start_proxy(lab, server, config, tmp_path / "proxy.out")
 
     conn = Conn(client)
@@ -182,11 +182,11 @@ def test_app_sees_the_address_the_seed_explains(
 
 
 def test_lds_reload_keeps_connection_and_bad_update_is_refused(
-    pod: tuple[Lab, Namespace, Namespace], shared_dir: Path, tmp_path: Path,
+    pod: tuple[Lab, Namespace, Namespace], data_dir: Path, tmp_path: Path,
 ) -> None:
     lab, client, server = pod
     log = tmp_path / "access.log"
-    doc = sidecar_config(shared_dir, "REDIRECT", log)
+    doc = sidecar_config(data_dir, "REDIRECT", log)
     listeners = doc["static_resources"].pop("listeners")
     lds = tmp_path / "lds.json"
 
@@ -202,7 +202,7 @@ def test_lds_reload_keeps_connection_and_bad_update_is_refused(
                                                "resource_api_version": "V3"}}
     config = tmp_path / "sidecar.json"
     config.write_text(json.dumps(doc))
-    apply_capture(lab, server, shared_dir, "REDIRECT")
+    apply_capture(lab, server, data_dir, "REDIRECT")
     start_proxy(lab, server, config, tmp_path / "proxy.out")
 
     old = Conn(client)
@@ -239,10 +239,10 @@ def test_lds_reload_keeps_connection_and_bad_update_is_refused(
     assert "not_a_field" in (tmp_path / "proxy.out").read_text()
 
 
-def test_missing_net_admin_is_one_clear_line(shared_dir: Path, tmp_path: Path) -> None:
+def test_missing_net_admin_is_one_clear_line(data_dir: Path, tmp_path: Path) -> None:
     # capsh drops CAP_NET_ADMIN from the bounding set for the child only.
     config = tmp_path / "sidecar.json"
-    config.write_text(json.dumps(sidecar_config(shared_dir, "TPROXY", tmp_path / "a.log")))
+    config.write_text(json.dumps(sidecar_config(data_dir, "TPROXY", tmp_path / "a.log")))
     if shutil.which("capsh") is None:
         pytest.skip("capsh not installed")
     result = subprocess.run(
@@ -256,18 +256,18 @@ def test_missing_net_admin_is_one_clear_line(shared_dir: Path, tmp_path: Path) -
 
 
 def test_client_sidecar_hands_off_by_original_destination(
-    pod: tuple[Lab, Namespace, Namespace], shared_dir: Path, tmp_path: Path,
+    pod: tuple[Lab, Namespace, Namespace], data_dir: Path, tmp_path: Path,
 ) -> None:
     """The client sidecar (REDIRECT on OUTPUT): virtualOutbound :15001 with
     use_original_dst hands 10.20.0.77:18080 to the bind_to_port: false listener
     0.0.0.0_18080 (its chain -> the STATIC outbound cluster); another port goes through
     the catch-all chain to the ORIGINAL_DST PassthroughCluster."""
     lab, client, _server = pod
-    doc = tcp_only(json.loads((shared_dir / "reference/envoy-sidecar/client-redirect.json")
+    doc = tcp_only(json.loads((data_dir / "reference/envoy-sidecar/client-redirect.json")
                               .read_text()))
     config = tmp_path / "client-sidecar.json"
     config.write_text(json.dumps(doc))
-    apply_capture(lab, client, shared_dir, "REDIRECT")
+    apply_capture(lab, client, data_dir, "REDIRECT")
     start_proxy(lab, client, config, tmp_path / "proxy.out")
 
     svc = Conn(client)  # the app dials the service directly; capture sends it to :15001

@@ -5,7 +5,7 @@ its rule builder (tools/istio-iptables/pkg/builder/iptables_builder_impl.go): ev
 recorded for IPv4 and, when IPv6 is on, for IPv6, with `PLACEHOLDER_IP_VERSION_SPECIFIC`
 replaced by the family's address (127.0.0.1/32 or ::1/128, 127.0.0.6/32 or ::6/128). The
 order of calls is the order of the restore text, so it must not change; Istio's golden
-files (shared/conformance/istio-iptables) hold it byte for byte.
+files (tests/data/conformance/istio-iptables) hold it byte for byte.
 https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/capture/run.go
 """
 

@@ -4,7 +4,7 @@ A port of tools/istio-nftables/pkg/capture/run.go (Istio 86c9f01): the same deci
 the iptables model (model.py), expressed as nft rules in three `inet` tables
 (istio-proxy-nat, -mangle, -raw). One rule list serves both families; IPv6-only rules are
 added only when IPv6 is on. The call order is the output order, held to Istio's goldens
-in shared/conformance/istio-nftables.
+in tests/data/conformance/istio-nftables.
 https://github.com/istio/istio/blob/master/tools/istio-nftables/pkg/capture/run.go
 """
 

@@ -2,7 +2,7 @@
 
 Everything here is JSON-shaped dicts with Envoy's proto field names (snake_case), as
 Envoy reads them from files. The set of fields is the one the reference sidecar configs
-use (shared/reference/envoy-sidecar/*.json), which ``remora proxy`` implements.
+use (tests/data/reference/envoy-sidecar/*.json), which ``remora proxy`` implements.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ TPROXY_MARK = 1337
 PLAINTEXT_HTTP_ALPNS = ["http/1.0", "http/1.1", "h2c"]
 
 # Istio's default text access log, 1.24+ (pilot/pkg/model/telemetry_logging.go
-# EnvoyTextLogFormat); see shared/reference/istio-internals.md section 5. Its one definition:
+# EnvoyTextLogFormat); see tests/data/reference/istio-internals.md section 5. Its one definition:
 # the proxy compiles it from the config like any format, remora.diagnose.access_log parses
 # its lines, and the tests render the seed's line with it.
 ACCESS_LOG_FORMAT = (

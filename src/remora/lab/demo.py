@@ -1,6 +1,6 @@
 """`remora demo`: the seed's story, replayed end to end on a real lab.
 
-The seed (shared/seed/000_*.txt) deploys a Go server and client into two namespaces with
+The seed (tests/data/seed/000_*.txt) deploys a Go server and client into two namespaces with
 Istio injection, sees the server log `RemoteAddr=127.0.0.6:PORT`, follows the request
 through the sidecar's access log, the pod's nat table and the sidecar's listener and
 cluster config to `upstream_bind_config 127.0.0.6`, then patches the Deployment to

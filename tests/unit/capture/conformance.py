@@ -1,4 +1,7 @@
-"""Istio's TestIptables cases (shared/conformance/istio-iptables/cases.json) as CaptureConfigs."""
+"""Istio's TestIptables cases as CaptureConfigs.
+
+From tests/data/conformance/istio-iptables/cases.json.
+"""
 
 from __future__ import annotations
 

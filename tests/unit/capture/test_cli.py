@@ -30,9 +30,9 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "run", refuse)
 
 
-def test_dry_run_prints_istio_golden(shared_dir: Path, capsys: pytest.CaptureFixture[str],
+def test_dry_run_prints_istio_golden(data_dir: Path, capsys: pytest.CaptureFixture[str],
                                      no_commands: None) -> None:
-    golden = (shared_dir / "conformance/istio-iptables/ipv6-inbound-ports.golden").read_text()
+    golden = (data_dir / "conformance/istio-iptables/ipv6-inbound-ports.golden").read_text()
     code, out, err = run(["-n", "-u", "1337", "-b", "4000,5000", "--dual-stack"], capsys)
     assert code == 0 and out == golden
     assert err == "# would run: ip -6 addr add ::6/128 dev lo\n"  # IPv6: the ::6 bind address
@@ -89,8 +89,8 @@ def test_missing_iptables_is_named(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_dry_run_native_nftables_prints_istio_nft_golden(
-        shared_dir: Path, capsys: pytest.CaptureFixture[str], no_commands: None) -> None:
-    golden = (shared_dir / "conformance/istio-nftables/ipv6-inbound-ports.golden").read_text()
+        data_dir: Path, capsys: pytest.CaptureFixture[str], no_commands: None) -> None:
+    golden = (data_dir / "conformance/istio-nftables/ipv6-inbound-ports.golden").read_text()
     code, out, _ = run(["-n", "--native-nftables", "-u", "1337", "-b", "4000,5000",
                         "--dual-stack"], capsys)
     assert code == 0 and out == golden

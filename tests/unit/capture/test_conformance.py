@@ -1,7 +1,8 @@
 """Every case of Istio's TestIptables, through remora's generator, byte for byte.
 
-The goldens are read from shared/conformance/istio-iptables at run time (never copied
-here). Istio's stub joins the recorded commands with "\\n" and its golden files end with
+The goldens are Istio's, copied into tests/data/conformance/istio-iptables (origin in
+tests/data/README.md).
+Istio's stub joins the recorded commands with "\\n" and its golden files end with
 one newline (Istio's CompareContent trims it); we compare the exact bytes: the file is the
 transcript plus that final newline.
 """
@@ -17,23 +18,26 @@ from remora.capture import model, render
 from remora.capture.apply import dry_run
 from remora.capture.argv import parse_args
 from remora.capture.config import with_overrides
+from tests.datafiles import data_path
 from tests.unit.capture.conformance import case_config, load_cases
 
-CASES_FILE = Path(__file__).resolve().parents[4] / "shared/conformance/istio-iptables/cases.json"
-CASE_NAMES = sorted(json.loads(CASES_FILE.read_text())["cases"]) if CASES_FILE.exists() else []
+# Read at collection time and required: a missing file fails collection instead of
+# parametrizing over nothing (the count test below also pins the number of cases).
+CASES_FILE = data_path("conformance", "istio-iptables", "cases.json")
+CASE_NAMES = sorted(json.loads(CASES_FILE.read_text())["cases"])
 
 
-def test_all_27_cases_are_collected(shared_dir: Path) -> None:
-    cases = load_cases(shared_dir / "conformance/istio-iptables")["cases"]
+def test_all_27_cases_are_collected(data_dir: Path) -> None:
+    cases = load_cases(data_dir / "conformance/istio-iptables")["cases"]
     assert len(cases) == 27
     assert sorted(cases) == CASE_NAMES
-    goldens = sorted(p.name for p in (shared_dir / "conformance/istio-iptables").glob("*.golden"))
+    goldens = sorted(p.name for p in (data_dir / "conformance/istio-iptables").glob("*.golden"))
     assert goldens == CASE_NAMES
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_golden(shared_dir: Path, name: str) -> None:
-    root = shared_dir / "conformance/istio-iptables"
+def test_golden(data_dir: Path, name: str) -> None:
+    root = data_dir / "conformance/istio-iptables"
     data = load_cases(root)
     config = case_config(data["base"], data["cases"][name])
     golden = (root / name).read_bytes()
@@ -44,10 +48,11 @@ def test_golden(shared_dir: Path, name: str) -> None:
     assert (dry_run(config) + "\n").encode() == golden
 
 
-def test_injector_default_args_give_the_derived_block(shared_dir: Path) -> None:
+def test_injector_default_args_give_the_derived_block(data_dir: Path) -> None:
     """The sidecar injector's real argv (as the node runs it) -> the nat block derived from
-    run.go in shared/ (not an Istio golden: no Istio test covers exactly these args)."""
-    derived = (shared_dir / "conformance/istio-iptables/"
+    run.go in tests/data/conformance/ (not an Istio golden: no Istio test covers exactly
+    these args)."""
+    derived = (data_dir / "conformance/istio-iptables/"
                "DERIVED-default-injection-redirect.txt.notgolden").read_text()
     expected = [line for line in derived.splitlines() if line and not line.startswith("#")]
     argv = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from remora.controlplane.injection import inject
 from remora.controlplane.model import Snapshot, Workload
@@ -11,8 +10,9 @@ from remora.resources.loader import load_file
 from remora.resources.naming import pod_from_deployment
 from remora.resources.objects import Deployment, Namespace, ObjectMeta, Pod, Service
 from remora.resources.patch import apply_patch
+from tests.datafiles import data_path
 
-DATA = Path(__file__).parents[1] / "resources" / "data"
+DATA = data_path("resources")
 SERVER_IP, CLIENT_IP, CLUSTER_IP = "10.20.0.77", "10.20.0.78", "172.16.234.188"
 TPROXY_PATCH = ('{"spec":{"template":{"metadata":{"annotations":'
                 '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')

@@ -175,9 +175,9 @@ def _keys(value: Any, out: set[str]) -> set[str]:
     return out
 
 
-def test_only_fields_of_the_proxy_subset(shared_dir: Path) -> None:
+def test_only_fields_of_the_proxy_subset(data_dir: Path) -> None:
     allowed: set[str] = set()
-    for f in (shared_dir / "reference" / "envoy-sidecar").glob("*.json"):
+    for f in (data_dir / "reference" / "envoy-sidecar").glob("*.json"):
         _keys(json.loads(f.read_text()), allowed)
     # path-based xDS, EDS, and what issue 3 names (http_inspector ALPN matching, metadata)
     allowed |= {"dynamic_resources", "lds_config", "cds_config", "path_config_source", "path",

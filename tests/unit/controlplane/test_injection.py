@@ -1,5 +1,4 @@
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,9 @@ from remora.errors import RemoraError
 from remora.resources.loader import load_file
 from remora.resources.naming import pod_from_deployment
 from remora.resources.objects import Deployment, Namespace, ObjectMeta, Pod
+from tests.datafiles import data_path
 
-DATA = Path(__file__).parents[1] / "resources" / "data"
+DATA = data_path("resources")
 ENABLED = Namespace(ObjectMeta(name="demo-to", labels={"istio-injection": "enabled"}))
 PLAIN = Namespace(ObjectMeta(name="demo-to"))
 # pkg/kube/inject/testdata/inject/hello.yaml.injected with today's template

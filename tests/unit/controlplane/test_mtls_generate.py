@@ -162,7 +162,7 @@ def test_real_envoy_validates_mtls_config(tmp_path: Path, mode: str) -> None:
             assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_istioctl_listener_table_matches_the_seed(shared_dir: Path) -> None:
+def test_istioctl_listener_table_matches_the_seed(data_dir: Path) -> None:
     """The MATCH column of `proxy-config listener` for 15006 is the seed's, line for line
     (seed lines 464-473; the seed's Istio names the passthrough cluster ...Ipv4)."""
     from remora.controlplane.generate import LISTENER_TYPE
@@ -178,7 +178,7 @@ def test_istioctl_listener_table_matches_the_seed(shared_dir: Path) -> None:
     match = re.compile(r"(Trans: .*?Addr: \S+)")
     ours = [m.group(1) for line in table.splitlines() if " 15006 " in line
             if (m := match.search(line))]
-    seed_text = (shared_dir / "seed" / "000_1398f3c2bea01311.txt").read_text().splitlines()
+    seed_text = (data_dir / "seed" / "000_1398f3c2bea01311.txt").read_text().splitlines()
     theirs = [m.group(1) for line in seed_text[463:473] if (m := match.search(line))]
     assert len(theirs) == 10
     assert ours == theirs

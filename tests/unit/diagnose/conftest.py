@@ -1,5 +1,5 @@
-"""Shared paths for the diagnose tests: the seed's listings (copied into data/) and the
-shared reference configs and Istio goldens."""
+"""Paths for the diagnose tests: the seed's listings, the reference configs and Istio's
+goldens, all under tests/data/."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
+from tests.datafiles import data_path
+
+DATA = data_path("diagnose")
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +18,10 @@ def data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference(shared_dir: Path) -> Path:
-    return shared_dir / "reference" / "envoy-sidecar"
+def reference(data_dir: Path) -> Path:
+    return data_dir / "reference" / "envoy-sidecar"
 
 
 @pytest.fixture(scope="session")
-def goldens(shared_dir: Path) -> Path:
-    return shared_dir / "conformance" / "istio-iptables"
+def goldens(data_dir: Path) -> Path:
+    return data_dir / "conformance" / "istio-iptables"

@@ -26,9 +26,9 @@ from tests.unit.controlplane.seed import CLIENT_IP, SERVER_IP, seed
 ADMIN = "type.googleapis.com/envoy.admin.v3."
 
 
-def seed_block(shared_dir: Path, command: str) -> str:
+def seed_block(data_dir: Path, command: str) -> str:
     """The output lines printed after `command` in the seed, up to the closing fence."""
-    text = (shared_dir / "seed" / "000_1398f3c2bea01311.txt").read_text()
+    text = (data_dir / "seed" / "000_1398f3c2bea01311.txt").read_text()
     after = text[text.index(command) + len(command):]
     body = after[:after.index("```")].strip("\n")
     return body + "\n"
@@ -76,19 +76,19 @@ def istio_111_virtual_inbound() -> dict[str, Any]:
             "filterChains": chains}
 
 
-def test_listener_table_matches_the_seed_byte_for_byte(shared_dir: Path) -> None:
+def test_listener_table_matches_the_seed_byte_for_byte(data_dir: Path) -> None:
     dump = parse_config_dump({"configs": [{"@type": ADMIN + "ListenersConfigDump",
                                            "dynamicListeners": [{"activeState": {
                                                "listener": istio_111_virtual_inbound()}}]}]})
-    expected = seed_block(shared_dir, "simple-server-86b499d4dd-bjrjz --port=15006\n\n")
+    expected = seed_block(data_dir, "simple-server-86b499d4dd-bjrjz --port=15006\n\n")
     assert listener_table(dump, port=15006) == expected
 
 
-def test_cluster_table_matches_the_seed_byte_for_byte(shared_dir: Path) -> None:
-    cluster = json.loads(seed_block(shared_dir, '--fqdn "inbound|18080||"  -ojson\n\n'))[0]
+def test_cluster_table_matches_the_seed_byte_for_byte(data_dir: Path) -> None:
+    cluster = json.loads(seed_block(data_dir, '--fqdn "inbound|18080||"  -ojson\n\n'))[0]
     dump = parse_config_dump({"configs": [{"@type": ADMIN + "ClustersConfigDump",
                                            "dynamicActiveClusters": [{"cluster": cluster}]}]})
-    expected = seed_block(shared_dir, '--fqdn "inbound|18080||" \n')
+    expected = seed_block(data_dir, '--fqdn "inbound|18080||" \n')
     assert cluster_table(dump, fqdn="inbound|18080||") == expected
     # -o json gives istioctl's layout back, metadata keys untouched
     assert json.loads(render(dump, "cluster", fqdn="inbound|18080||", fmt="json")) == [cluster]
@@ -223,8 +223,8 @@ def test_route_domains_like_istioctl() -> None:
     assert describe_route_domains(domains) == "a.ns, a + 1 more..."
 
 
-def test_json_fields_in_istioctl_order(shared_dir: Path) -> None:
-    seed_cluster = json.loads(seed_block(shared_dir, '--fqdn "inbound|18080||"  -ojson\n\n'))[0]
+def test_json_fields_in_istioctl_order(data_dir: Path) -> None:
+    seed_cluster = json.loads(seed_block(data_dir, '--fqdn "inbound|18080||"  -ojson\n\n'))[0]
     ours = json.loads(render(generated_dump(), "cluster", fqdn="inbound|18080||", fmt="json"))[0]
     # same fields in the same order, except the HTTP protocol options remora leaves out
     assert list(ours) == [k for k in seed_cluster if k != "typedExtensionProtocolOptions"]

@@ -17,8 +17,8 @@ def seed_block(shared: str, name: str) -> str:
 
 
 @pytest.mark.parametrize("name", manifests.SEED_FILES)
-def test_seed_manifests_are_the_seeds_text(shared_dir, name: str) -> None:  # type: ignore[no-untyped-def]
-    seed = next((shared_dir / "seed").glob("000_*.txt")).read_text()
+def test_seed_manifests_are_the_seeds_text(data_dir, name: str) -> None:  # type: ignore[no-untyped-def]
+    seed = next((data_dir / "seed").glob("000_*.txt")).read_text()
     assert manifests.seed_text(name) == seed_block(seed, name)
 
 

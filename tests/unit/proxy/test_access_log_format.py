@@ -51,16 +51,16 @@ def seed_info() -> StreamInfo:
     return info
 
 
-def test_istio_default_line_reproduces_the_seed(shared_dir: Path) -> None:
-    seed = (shared_dir / "seed" / "000_1398f3c2bea01311.txt").read_text()
+def test_istio_default_line_reproduces_the_seed(data_dir: Path) -> None:
+    seed = (data_dir / "seed" / "000_1398f3c2bea01311.txt").read_text()
     assert SEED_LINE in seed  # the expectation is the seed's own line, field for field
     line = TextFormat(ACCESS_LOG_FORMAT, "f").render(seed_info())
     assert line == SEED_LINE + "\n"
     assert line.split() == SEED_LINE.split()
 
 
-def test_reference_config_format_is_istios(shared_dir: Path) -> None:
-    doc = json.loads((shared_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
+def test_reference_config_format_is_istios(data_dir: Path) -> None:
+    doc = json.loads((data_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
     chain = doc["static_resources"]["listeners"][0]["filter_chains"][2]
     fmt = chain["filters"][0]["typed_config"]["access_log"][0]["typed_config"]["log_format"]
     assert fmt["text_format_source"]["inline_string"] == ACCESS_LOG_FORMAT

@@ -57,8 +57,8 @@ def tcp_only(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", REFS)
-def test_reference_configs_load(shared_dir: Path, name: str) -> None:
-    doc = json.loads((shared_dir / "reference/envoy-sidecar" / name).read_text())
+def test_reference_configs_load(data_dir: Path, name: str) -> None:
+    doc = json.loads((data_dir / "reference/envoy-sidecar" / name).read_text())
     if HCM not in registry.names("network"):
         doc = tcp_only(doc)  # the HTTP side registers the HCM; until then, the rest
     if "tproxy" in name and not has_net_admin():

@@ -1,12 +1,12 @@
-from pathlib import Path
 
 import pytest
 
 from remora.errors import RemoraError
 from remora.resources.loader import load_file, load_manifests
 from remora.resources.objects import Deployment, Namespace, Service
+from tests.datafiles import data_path
 
-DATA = Path(__file__).parent / "data"
+DATA = data_path("resources")
 
 
 def test_seed_manifests_load_without_warnings() -> None:

@@ -1,5 +1,4 @@
 import random
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,9 @@ from remora.resources.naming import (
 )
 from remora.resources.objects import Deployment
 from remora.resources.patch import apply_patch, strategic_merge
+from tests.datafiles import data_path
 
-DATA = Path(__file__).parent / "data"
+DATA = data_path("resources")
 SEED_PATCH = ('{"spec":{"template":{"metadata":{"annotations":'
               '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')
 

@@ -176,9 +176,9 @@ def _exchange(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def outcomes(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
              ) -> Iterator[dict[str, dict[str, Any]]]:
-    ref = json.loads((shared_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
+    ref = json.loads((data_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
     template = ref["static_resources"]["listeners"][0]["filter_chains"][1]["filters"][0]
     tmp = tmp_path_factory.mktemp("parity")
     echo, refused = free_port(), free_port()

@@ -137,8 +137,8 @@ def _hcms(obj: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", ["server-redirect", "server-tproxy", "client-redirect"])
-def test_reference_sidecar_hcms_are_accepted(shared_dir: Path, name: str) -> None:
-    cfg = json.loads((shared_dir / "reference" / "envoy-sidecar" / f"{name}.json").read_text())
+def test_reference_sidecar_hcms_are_accepted(data_dir: Path, name: str) -> None:
+    cfg = json.loads((data_dir / "reference" / "envoy-sidecar" / f"{name}.json").read_text())
     hcms = _hcms(cfg)
     assert hcms
     for typed in hcms:
