@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.collection_checks import (  # noqa: F401  (hooks: @pytest.mark.cases(N))
+    pytest_configure,
+    pytest_make_collect_report,
+)
 from tests.datafiles import DATA
 from tests.lab import Lab
 
