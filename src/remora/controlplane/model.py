@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from remora.resources import selection
 from remora.resources.objects import Namespace, Pod, Service, ServicePort
 from remora.resources.security import AuthorizationPolicy, PeerAuthentication
 
@@ -80,20 +81,16 @@ class Snapshot:
 
 
 def selects(service: Service, pod: Pod) -> bool:
-    if not service.selector or service.metadata.namespace != pod.metadata.namespace:
-        return False
-    return all(pod.metadata.labels.get(k) == v for k, v in service.selector.items())
+    """Does SERVICE select POD (same namespace, label selector)? remora.resources.selection
+    holds the rules, shared with the node's kube-proxy and `explain`."""
+    return (service.metadata.namespace == pod.metadata.namespace
+            and selection.service_selector(service).matches(pod.metadata.labels))
 
 
 def target_port(port: ServicePort, pod: Pod) -> int | None:
     """The pod port a service port sends to (named targetPorts resolve per pod)."""
-    if isinstance(port.targetPort, int):
-        return port.targetPort
-    for c in pod.spec.containers:
-        for p in c.ports:
-            if p.name == port.targetPort:
-                return p.containerPort
-    return None
+    return selection.target_port(selection.port_spec(port),
+                                 selection.candidate(pod, "", True).container_ports)
 
 
 def outbound_cluster_name(port: int, fqdn: str) -> str:
@@ -112,16 +109,13 @@ class Endpoint:
 
 
 def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[Endpoint]:
-    """Ready pods the service selects, at the port's target, sorted by IP."""
-    out = []
-    for w in snapshot.workloads:
-        if not w.ready or not w.ip or not selects(service, w.pod):
-            continue
-        tp = target_port(port, w.pod)
-        if tp is not None:
-            out.append(Endpoint(ip=w.ip, port=tp, pod=w.pod.metadata.name))
-    return sorted(out, key=lambda e: (tuple(int(x) for x in e.ip.split(".")) if "." in e.ip
-                                      else (0,), e.port))
+    """Ready pods the service selects, at the port's target, sorted by IP: exactly what
+    remora.resources.selection.select_endpoints gives the node's kube-proxy."""
+    chosen = selection.select_endpoints(
+        service.metadata.namespace, selection.service_selector(service),
+        [selection.port_spec(port)],
+        [selection.candidate(w.pod, w.ip, w.ready) for w in snapshot.workloads])
+    return [Endpoint(ip=e.ip, port=e.port, pod=e.pod) for e in chosen]
 
 
 @dataclass(frozen=True)

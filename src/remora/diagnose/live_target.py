@@ -5,7 +5,8 @@ pods carry ``status.podIP`` and a ``remora`` block with their network namespace,
 ``spec.clusterIP`` and ports. ``--to`` names a Service (``NAME``, ``NAME.NS``,
 ``NAME.NS.svc.cluster.local``), a Pod (``NAME`` or ``NAME.NS``), or an address; a port
 after ``:``. A service's candidates are its ready endpoints for that port
-(remora.node.controller.endpoints); the probe's access-log line says which one served it.
+(remora.resources.selection, as for EDS and kube-proxy); the probe's access-log line
+says which one served it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from remora.diagnose.facts import is_ip
 from remora.errors import RemoraError, UsageError
+from remora.resources import selection
 
 SIDECAR = "istio-proxy"
 CLUSTER_SUFFIXES = (".svc.cluster.local", ".svc")
@@ -128,18 +130,17 @@ def _service_port(svc: dict[str, Any], port: int | None) -> dict[str, Any]:
 
 def _service_dest(svc: dict[str, Any], port: int | None,
                   pods: list[dict[str, Any]]) -> Destination:
-    from remora.node.controller import endpoints
-
     meta = svc["metadata"]
     sp = _service_port(svc, port)
     ip = svc.get("spec", {}).get("clusterIP") or ""
     if not is_ip(ip):
         raise RemoraError(f"service {meta['namespace']}/{meta['name']} has no ClusterIP "
                           f"({ip or 'none'})", "explain works on ClusterIP services")
-    eps = [e for e in endpoints(svc, pods) if e["servicePort"] == sp["port"]]
+    eps = [e for e in selection.service_endpoints_from_dicts(svc, pods)
+           if e.service_port == int(sp["port"])]
     by_name = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
-    candidates = [lab_pod(by_name[(meta["namespace"], e["pod"])]) for e in eps
-                  if (meta["namespace"], e["pod"]) in by_name]
+    candidates = [lab_pod(by_name[(meta["namespace"], e.pod)]) for e in eps
+                  if (meta["namespace"], e.pod) in by_name]
     if not candidates:
         raise RemoraError(f"service {meta['namespace']}/{meta['name']} has no ready endpoint "
                           f"for port {sp['port']}: no Ready pod matches its selector",
@@ -153,16 +154,15 @@ def _service_dest(svc: dict[str, Any], port: int | None,
 def _pod_port(pod: dict[str, Any], services: list[dict[str, Any]]) -> int | None:
     """A pod given without a port: the target port of a service selecting it, or its
     first containerPort."""
-    from remora.node.controller import selector_matches, target_port
-
     labels = pod["metadata"].get("labels") or {}
     for svc in services:
         if svc["metadata"].get("namespace") != pod["metadata"].get("namespace"):
             continue
-        if not selector_matches(svc.get("spec", {}).get("selector"), labels):
+        if not selection.label_selector(svc.get("spec", {}).get("selector")).matches(labels):
             continue
         for sp in svc.get("spec", {}).get("ports") or []:
-            port = target_port(sp, pod)
+            port = selection.target_port(selection.port_spec_from_dict(sp),
+                                         selection.candidate_from_dict(pod).container_ports)
             if port is not None:
                 return int(port)
     for c in pod.get("spec", {}).get("containers") or []:

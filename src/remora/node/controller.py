@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remora.node import naming
+from remora.resources import selection
 
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 
@@ -85,52 +86,22 @@ def pod_from_template(deployment: dict[str, Any], suffix_seed: str) -> dict[str,
 
 
 def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
-    """A Service selector (plain map) or a LabelSelector's matchLabels/matchExpressions."""
-    if not selector:
-        return False
-    match = selector.get("matchLabels", selector) if "matchLabels" in selector or \
-        "matchExpressions" in selector else selector
-    if any(labels.get(k) != v for k, v in (match or {}).items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if (op == "In" and labels.get(key) not in values) or (
-                op == "NotIn" and labels.get(key) in values) or (
-                op == "Exists" and key not in labels) or (
-                op == "DoesNotExist" and key in labels):
-            return False
-    return True
+    """A Service selector (plain map) or a LabelSelector's matchLabels/matchExpressions
+    (the rules: remora.resources.selection)."""
+    return selection.label_selector(selector).matches(labels)
 
 
 def target_port(service_port: dict[str, Any], pod: dict[str, Any]) -> int | None:
-    target = service_port.get("targetPort", service_port.get("port"))
-    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
-        return int(target)
-    for container in pod.get("spec", {}).get("containers") or []:
-        for p in container.get("ports") or []:
-            if p.get("name") == target:
-                return int(p["containerPort"])
-    return None
+    return selection.target_port(selection.port_spec_from_dict(service_port),
+                                 selection.candidate_from_dict(pod).container_ports)
 
 
 def endpoints(service: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ready endpoints of SERVICE among PODS (each with status.podIP and status.ready)."""
-    ns = service["metadata"].get("namespace", "default")
-    selector = service.get("spec", {}).get("selector")
-    found = []
-    for pod in pods:
-        status = pod.get("status", {})
-        if (pod["metadata"].get("namespace", "default") != ns or not status.get("podIP")
-                or not status.get("ready") or pod["metadata"].get("deletionTimestamp")
-                or not selector_matches(selector, pod["metadata"].get("labels") or {})):
-            continue
-        for sp in service.get("spec", {}).get("ports") or []:
-            port = target_port(sp, pod)
-            if port is not None:
-                found.append({"ip": status["podIP"], "port": port, "name": sp.get("name", ""),
-                              "protocol": sp.get("protocol", "TCP"),
-                              "servicePort": sp.get("port"), "pod": pod["metadata"]["name"]})
-    return sorted(found, key=lambda e: (e["servicePort"], e["ip"], e["port"]))
+    """Ready endpoints of SERVICE among PODS (each with status.podIP and status.ready), as
+    remora.resources.selection.select_endpoints decides them for the control plane too."""
+    return [{"ip": e.ip, "port": e.port, "name": e.port_name, "protocol": e.protocol,
+             "servicePort": e.service_port, "pod": e.pod}
+            for e in selection.service_endpoints_from_dicts(service, pods)]
 
 
 def pod_status(containers: list[dict[str, Any]], deleting: bool, phase: str,
