@@ -11,11 +11,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 import click
 
+import remora
 from remora import __version__
 from remora.errors import RemoraError
+
+# `remora --version` also says which copy runs and with which interpreter: two clones on
+# one machine each have their own, and scripts/install reports the one it replaced.
+_WHERE = f"from {Path(remora.__file__).parent} (python {sys.executable})".replace("%", "%%")
+VERSION_MESSAGE = f"%(prog)s, version %(version)s {_WHERE}"
 
 COMMANDS: dict[str, str] = {
     "capture": "remora.cli.capture:capture",
@@ -63,7 +70,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="remora")
+@click.version_option(__version__, prog_name="remora", message=VERSION_MESSAGE)
 def cli() -> None:
     """remora: Istio's sidecar data path on one Linux host, with real kernel networking."""
 
