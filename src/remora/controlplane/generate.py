@@ -1,7 +1,7 @@
 """generate(snapshot, pod, ip, config_dir) -> the sidecar's Envoy v3 config, as files.
 
 The config is what istiod would push over ADS, delivered instead as files Envoy itself
-watches (DESIGN.md): a bootstrap whose ``dynamic_resources`` point LDS and CDS at
+watches (docs/architecture.md): a bootstrap whose ``dynamic_resources`` point LDS and CDS at
 ``lds.json`` and ``cds.json`` (``path_config_source``), and EDS clusters that each point
 at ``eds/<cluster>.json``. Each file is a DiscoveryResponse. Endpoint changes only
 rewrite EDS files, so a replaced or scaled pod reaches every sidecar without a restart.

@@ -1,7 +1,7 @@
 """Extensions by their Envoy names and type URLs.
 
-One module per filter registers itself here (DESIGN.md: "one filter per module, registered
-under its Envoy name"). Envoy picks an extension by the ``@type`` of its ``typed_config``
+One module per filter registers itself here under its Envoy name (docs/architecture.md).
+Envoy picks an extension by the ``@type`` of its ``typed_config``
 and falls back on ``name``; remora does the same. Looking up an unknown extension is a
 config error naming it, never a silent skip.
 

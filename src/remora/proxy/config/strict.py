@@ -1,8 +1,9 @@
 """Strict reading of Envoy v3 JSON/YAML: every field is either understood or rejected.
 
-Envoy's rule for remora (DESIGN.md): a field the proxy does not implement is an error at
-load time that names the field's path, never silently ignored. Every message reader takes
-its fields through ``Fields`` and calls ``done()``; whatever is left is an unknown field.
+Envoy's rule for remora (docs/architecture.md): a field the proxy does not implement is
+an error at load time that names the field's path, never silently ignored. Every message
+reader takes its fields through ``Fields`` and calls ``done()``; whatever is left is an
+unknown field.
 
 Keys may be written in proto field names (``use_original_dst``) or in proto3 JSON's
 lowerCamelCase (``useOriginalDst``, as ``istioctl proxy-config -o json`` prints them);
