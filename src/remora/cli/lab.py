@@ -80,9 +80,13 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
                                         image_map=str(Path(image_map).resolve())
                                         if image_map else "", mtls=mtls)
     images = ImageMap.from_file(settings.image_map or None)
+    directory = session.state_dir(state_dir)
+    session.refuse_differences(directory, settings, _given(("sidecar", "mtls", "image_map")),
+                               "remora up")
     if batch is not None:  # injection and images too, before a daemon is started for it
         ops.admission_check_offline(batch, images)
-    directory = session.state_dir(state_dir)
+        if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
+            manifests.check_namespaces(batch.objects, set())
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)
     info = client.ping()
@@ -90,10 +94,6 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     click.echo(f"lab {'started' if started else 'already running'}: daemon pid {info['pid']}, "
                f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
                f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}")
-    differ = session.differences(settings, running, _given(("sidecar", "mtls", "image_map")))
-    if differ:
-        click.echo(f"note: the lab keeps its {', '.join(differ)}; `remora down` first to "
-                   "change them", err=True)
     if batch is None:
         return
     _warn(batch.warnings)
@@ -151,6 +151,44 @@ def delete(kind: str | None, name: str | None, files: tuple[str, ...], namespace
     for k, ns, n in targets:
         for line in client.delete(k, n, ns):
             click.echo(line)
+
+
+@click.group(context_settings=CONTEXT)
+def create() -> None:
+    """Create an object from the command line (kubectl create): namespace (ns)."""
+
+
+@click.command("namespace", context_settings=CONTEXT)
+@click.argument("name")
+@_state_option
+def create_namespace(name: str, state_dir: str | None) -> None:
+    """Create a namespace (then `remora label ns NAME istio-injection=enabled`)."""
+    click.echo(ops.create_namespace(_client(state_dir), name))
+
+
+create.add_command(create_namespace, "namespace")
+create.add_command(create_namespace, "ns")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("kind")
+@click.argument("args", nargs=-1)
+@click.option("--overwrite", is_flag=True, help="replace a label's existing value")
+@_state_option
+def label(kind: str, args: tuple[str, ...], overwrite: bool, state_dir: str | None) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) a namespace's labels: label ns NAME KEY=VALUE..."""
+    rest = list(args)
+    if "/" in kind:
+        kind, name = kind.split("/", 1)
+    elif rest:
+        name = rest.pop(0)
+    else:
+        raise UsageError("a resource name is needed", "give ns NAME KEY=VALUE")
+    if tables.kind_of(kind) != "Namespace":
+        raise UsageError(f"remora label works on namespaces, not {tables.kind_of(kind)}",
+                         "set the labels of other objects in their manifest and "
+                         "`remora apply -f` it")
+    click.echo(ops.label_namespace(_client(state_dir), name, rest, overwrite))
 
 
 @click.command(context_settings=CONTEXT)

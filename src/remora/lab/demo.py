@@ -205,9 +205,10 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         given: frozenset[str] = frozenset({"sidecar", "mtls"}),
         authz: bool = False) -> DemoResult:
     """Replay the seed; returns what each step showed. GIVEN: the settings the user chose
-    explicitly (a note says when a running lab does otherwise). AUTHZ adds the
+    explicitly (refused when a running lab does otherwise). AUTHZ adds the
     AuthorizationPolicy steps (source IP enforced by the server sidecar)."""
     started = time.monotonic()
+    session.refuse_differences(state_dir, settings, set(given), "remora demo")
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
     echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "
@@ -216,10 +217,6 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         raise RemoraError("--authz needs the lab's mTLS (AuthorizationPolicy is compiled into "
                           "the sidecars only with workload certificates)",
                           "`remora down`, then run the demo without --no-mtls")
-    differ = session.differences(settings, running, set(given))
-    if differ:
-        echo(f"note: the running lab keeps its {', '.join(differ)}; `remora down` first to "
-             "change them")
     demo = Demo(state_dir, echo, timeout)
     try:
         if not fresh:

@@ -10,6 +10,7 @@ RemoraError naming the object, the field and the fix, raised before anything is 
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources as package_files
@@ -24,6 +25,8 @@ from remora.resources.naming import pod_from_deployment
 from remora.resources.objects import Deployment, Object, Pod, ref
 
 SEED_FILES = ("server.yaml", "client.yaml")
+# what the lab accepts, for fix hints (remora.resources.loader reads exactly these)
+KINDS_READ = "Namespace, Deployment, Service, Pod, PeerAuthentication or AuthorizationPolicy"
 
 
 @dataclass
@@ -46,8 +49,12 @@ def read(paths: list[str]) -> Batch:
         typed += loaded.objects
         out.warnings += loaded.warnings
     if not typed:
-        raise RemoraError(f"no objects found in {', '.join(paths)}",
-                          "give a manifest with Namespace, Deployment, Service or Pod objects")
+        # e.g. a lone VirtualService: name what was skipped, not only "nothing found"
+        unknown = sorted({m.group(1) for w in out.warnings
+                          for m in [re.search(r"unknown kind (\S+)", w)] if m})
+        what = f": unknown kind {', '.join(unknown)} (skipped)" if unknown else ""
+        raise RemoraError(f"no objects found in {', '.join(paths)}{what}",
+                          f"give a manifest with {KINDS_READ} objects")
     out.objects = [o.to_dict() for o in typed]
     return out
 
@@ -86,6 +93,44 @@ def admission_check(objects: list[dict[str, Any]], namespaces: dict[str, dict[st
         for container in (admitted.get("spec") or {}).get("containers") or []:
             if container.get("name") != "istio-proxy":
                 images.command(container, where)
+
+
+# The namespaces a Kubernetes API server always has (it creates them itself).
+BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def missing_namespaces(objects: list[dict[str, Any]],
+                       existing: set[str]) -> dict[str, list[str]]:
+    """Namespaces the batch's namespaced objects name that neither exist (EXISTING, the
+    built-in ones) nor are created by the batch: namespace -> the objects in it."""
+    known = set(BUILTIN_NAMESPACES) | existing | {
+        o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"}
+    missing: dict[str, list[str]] = {}
+    for obj in objects:
+        if obj.get("kind") == "Namespace":
+            continue
+        ns = obj["metadata"].get("namespace") or "default"
+        if ns not in known:
+            missing.setdefault(ns, []).append(f"{obj['kind'].lower()}/{obj['metadata']['name']}")
+    return missing
+
+
+def check_namespaces(objects: list[dict[str, Any]], existing: set[str]) -> None:
+    """Refuse the whole batch when an object's namespace does not exist, as the API
+    server does (`namespaces "NAME" not found`): a namespace made on the fly would lack
+    the istio-injection label, and its pods would silently run without sidecars."""
+    missing = missing_namespaces(objects, existing)
+    if not missing:
+        return
+    names = sorted(missing)
+    quoted = ", ".join(f'"{n}"' for n in names)
+    objs = ", ".join(o for n in names for o in missing[n])
+    name = names[0] if len(names) == 1 else "NAME"
+    raise RemoraError(
+        f"namespaces {quoted} not found (needed by {objs}; nothing was applied)",
+        f"create {'it' if len(names) == 1 else 'each'} first: `remora create ns {name}`, "
+        f"then `remora label ns {name} istio-injection=enabled` for sidecars, or add a "
+        "Namespace manifest to the files")
 
 
 def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:
