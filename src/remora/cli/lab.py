@@ -87,11 +87,14 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
         ops.admission_check_offline(batch, images)
         if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
             manifests.check_namespaces(batch.objects, set())
+    adopting = not session.fresh(directory) and not NodeClient(directory).alive()
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)
     info = client.ping()
     running = lab_settings.load(directory)
-    click.echo(f"lab {'started' if started else 'already running'}: daemon pid {info['pid']}, "
+    how = ("started, adopting the pods still running" if adopting else "started") \
+        if started else "already running"
+    click.echo(f"lab {how}: daemon pid {info['pid']}, "
                f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
                f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}")
     if batch is None:
@@ -251,10 +254,13 @@ def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-A", "--all-namespaces", is_flag=True)
 @click.option("-l", "--selector", default=None, help="label selector, e.g. web=server")
-@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json"]), default=None)
+@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]),
+              default=None)
+@click.option("--show-labels", is_flag=True, help="add a LABELS column")
 @_state_option
 def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
-        selector: str | None, output: str | None, state_dir: str | None) -> None:
+        selector: str | None, output: str | None, show_labels: bool,
+        state_dir: str | None) -> None:
     """List pods, svc, deploy or ns (or several: pods,svc), with kubectl's columns."""
     kinds = [tables.kind_of(k) for k in kind.split(",") if k]
     client = _client(state_dir)
@@ -265,8 +271,12 @@ def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
         click.echo(tables.structured(items, output, single=name is not None and len(kinds) == 1),
                    nl=False)
         return
+    if output == "name" and any(objs for _, objs in found):
+        click.echo("".join(tables.names(k, objs) for k, objs in found), nl=False)
+        return
     texts = [tables.table(k, objs, time.time(), wide=output == "wide",
-                          all_namespaces=all_namespaces, kind_prefix=len(kinds) > 1)
+                          all_namespaces=all_namespaces, kind_prefix=len(kinds) > 1,
+                          show_labels=show_labels)
              for k, objs in found if objs]
     if not texts:
         where = "" if all_namespaces or kinds == ["Namespace"] else f" in {namespace} namespace"

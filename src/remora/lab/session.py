@@ -39,6 +39,8 @@ def connect(directory: Path) -> NodeClient:
         if not (directory / "node.sock").exists() and os.geteuid() != 0:
             raise PrivilegeError(f"no lab is running at {directory} (or it is not readable "
                                  "without root)", "run `sudo remora up` first, and use sudo")
+        if (directory / "remora.db").exists():
+            raise client.not_running()  # pods (and DNS) outlive a killed daemon: say so
         raise RemoraError(f"no lab is running at {directory}",
                           "start it with `remora up` (or pass the --state-dir it uses)")
     return client

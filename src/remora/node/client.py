@@ -38,8 +38,7 @@ class NodeClient:
             try:
                 sock.connect(str(self.socket_path))
             except OSError as exc:
-                raise RemoraError(f"no node daemon at {self.socket_path} ({exc.strerror})",
-                                  "start the lab with `remora up`") from None
+                raise self.not_running(exc.strerror) from None
             sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
@@ -57,6 +56,20 @@ class NodeClient:
             err = reply.get("error") or {}
             raise RemoraError(err.get("problem", "node daemon error"), err.get("fix"))
         return reply.get("result")
+
+    def not_running(self, why: str | None = None) -> RemoraError:
+        """The error for a daemon that does not answer: what still runs of its lab
+        (pods, cluster DNS) when there is one, else that there is none."""
+        from remora.node import stopped
+
+        try:
+            lab = stopped.inspect(self.state_dir)
+        except Exception:  # an unreadable store: say what we know
+            lab = None
+        if lab is not None:
+            return stopped.error(self.state_dir, lab)
+        return RemoraError(f"no node daemon at {self.socket_path}" + (f" ({why})" if why else ""),
+                           "start the lab with `remora up`")
 
     def alive(self) -> bool:
         try:

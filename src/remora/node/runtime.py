@@ -34,6 +34,7 @@ from remora.node import (
     netlink,
     ownership,
     process,
+    resolver,
     topology,
     views,
 )
@@ -332,6 +333,7 @@ class Runtime:
             return
         # DNS first: it must not wait for a rules reload that may fail and be retried.
         self.zone = views.zone(self.config.domain, services, pods)
+        resolver.write_zone(self.config.state_dir, self.zone)  # the resolver process reads it
         rules = kubeproxy.render(views.service_ports(services, snapshot.endpoints))
         for node in self.nodes:
             kubeproxy.apply(node.netns, rules)
