@@ -17,8 +17,9 @@ from remora.lab import describe as describe_text
 from remora.lab import manifests, ops, progress, session, tables
 from remora.lab import settings as lab_settings
 from remora.lab.images import ImageMap
-from remora.node import naming
+from remora.node import ipam, naming
 from remora.node.client import NodeClient
+from remora.node.config import NodeConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -87,6 +88,10 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
         ops.admission_check_offline(batch, images)
         if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
             manifests.check_namespaces(batch.objects, set())
+            plan = NodeConfig(state_dir=directory, nodes=nodes,
+                              pod_ip_start=pod_ip_start).plan()
+            manifests.check_capacity(batch.objects, [], manifests.Capacity(
+                nodes, ipam.pods_per_node(plan), plan.max_nodes))
     adopting = not session.fresh(directory) and not NodeClient(directory).alive()
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)

@@ -133,6 +133,59 @@ def check_namespaces(objects: list[dict[str, Any]], existing: set[str]) -> None:
         "Namespace manifest to the files")
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """Room for pods: each node hands out the addresses of its own /24 (remora.node.ipam)."""
+
+    nodes: int
+    per_node: int
+    max_nodes: int
+
+    @property
+    def pods(self) -> int:
+        return self.nodes * self.per_node
+
+
+def _replicas(obj: dict[str, Any]) -> int:
+    value = (obj.get("spec") or {}).get("replicas")
+    return 1 if value is None else int(value)
+
+
+def pods_wanted(objects: list[dict[str, Any]],
+                existing: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """The pods the lab would run once the batch is applied (every Deployment's replicas
+    and every bare Pod, the batch's objects replacing existing ones of the same name),
+    and the batch's objects that ask for them, largest first."""
+    by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for obj in [*existing, *objects]:
+        if obj.get("kind") in ("Deployment", "Pod"):
+            meta = obj["metadata"]
+            by_key[(obj["kind"], meta.get("namespace") or "default", meta["name"])] = obj
+    total = sum(_replicas(o) if o["kind"] == "Deployment" else 1 for o in by_key.values())
+    asking = sorted((o for o in objects if o.get("kind") == "Deployment"),
+                    key=_replicas, reverse=True)
+    return total, [f"deployment/{o['metadata']['name']} replicas: {_replicas(o)}"
+                   for o in asking if _replicas(o) > 1]
+
+
+def check_capacity(objects: list[dict[str, Any]], existing: list[dict[str, Any]],
+                   room: Capacity) -> None:
+    """Refuse a batch that needs more pod addresses than the lab's nodes have: those pods
+    would stay Pending for ever (and starting hundreds at once would swamp the host)."""
+    wanted, asking = pods_wanted(objects, existing)
+    if wanted <= room.pods:
+        return
+    need = -(-wanted // room.per_node)
+    fix = (f"start the lab with more nodes: `sudo remora down`, then `sudo remora up --nodes "
+           f"{need}` ({room.per_node} pods each)" if need <= room.max_nodes else
+           f"at most {room.max_nodes * room.per_node} pods fit in {room.max_nodes} nodes")
+    raise RemoraError(
+        f"the lab has room for {room.pods} pods ({room.nodes} node(s) x {room.per_node} "
+        f"addresses of its /24) and this would make {wanted}"
+        + (f" ({asking[0]})" if asking else "") + "; nothing was applied",
+        f"lower the replicas, or {fix}")
+
+
 def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:
     return sorted({o["metadata"].get("namespace", "default") for o in objects
                    if o.get("kind") != "Namespace"} |

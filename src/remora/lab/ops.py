@@ -27,6 +27,12 @@ def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) ->
     """Admission-check then apply a whole batch; nothing is sent if any object fails."""
     existing = client.get("Namespace")
     manifests.check_namespaces(batch.objects, {n["metadata"]["name"] for n in existing})
+    if any(o.get("kind") in ("Deployment", "Pod") for o in batch.objects):
+        info = client.ping()
+        running = client.get("Deployment") + [
+            p for p in client.get("Pod") if not p["metadata"].get("ownerReferences")]
+        manifests.check_capacity(batch.objects, running, manifests.Capacity(
+            int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])))
     namespaces = manifests.namespace_objects(batch.objects, existing)
     manifests.admission_check(batch.objects, namespaces, images)
     return client.apply(batch.objects)
