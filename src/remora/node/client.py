@@ -31,13 +31,17 @@ class NodeClient:
         self.socket_path = state_dir / "node.sock"
         self.timeout = timeout
 
-    def call(self, op: str, **args: Any) -> Any:
+    def call(self, op: str, explain: bool = True, **args: Any) -> Any:
+        """One request. EXPLAIN: when no daemon answers, say what still runs of its lab
+        (reads the store; alive() polls without it)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             try:
                 sock.connect(str(self.socket_path))
             except OSError as exc:
+                if not explain:
+                    raise RemoraError(f"no node daemon at {self.socket_path}") from None
                 raise self.not_running(exc.strerror) from None
             sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
             data = b""
@@ -73,7 +77,7 @@ class NodeClient:
 
     def alive(self) -> bool:
         try:
-            self.call("ping")
+            self.call("ping", explain=False)
         except (RemoraError, OSError, ValueError):
             return False
         return True

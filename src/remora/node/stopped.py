@@ -14,6 +14,7 @@ from pathlib import Path
 
 from remora.errors import RemoraError
 from remora.node import process, resolver
+from remora.node.config import DEFAULT_STATE_DIR
 from remora.node.store import Store
 
 
@@ -46,7 +47,7 @@ def inspect(state_dir: Path) -> StoppedLab | None:
 
 def error(state_dir: Path, lab: StoppedLab) -> RemoraError:
     daemon = f"node daemon (pid {lab.daemon_pid})" if lab.daemon_pid else "node daemon"
-    where = "" if str(state_dir) == "/var/lib/remora" else f" --state-dir {state_dir}"
+    where = "" if state_dir == DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
     return RemoraError(
         f"the lab at {state_dir} is there but its {daemon} is not running: {lab.running} of "
         f"{lab.pods} pods still running, cluster DNS {'answering' if lab.dns else 'down'}",
