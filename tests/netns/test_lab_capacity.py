@@ -75,6 +75,8 @@ def test_pods_start_in_bounded_waves(monkeypatch: pytest.MonkeyPatch) -> None:
             starting = [p for p in pods if p["status"]["podIP"] and not p["status"]["ready"]]
             most = max(most, len(starting))
             assert len(starting) <= 2, [p["metadata"]["name"] for p in starting]
+            waiting = [p["remora"]["status"] for p in pods if not p["status"]["podIP"]]
+            assert set(waiting) <= {"Pending"}, waiting  # not started yet, as kubectl says
             if len(pods) == 6 and all(p["status"]["ready"] for p in pods):
                 break
             assert time.monotonic() < deadline, "the pods did not all get Ready"

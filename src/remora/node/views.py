@@ -119,7 +119,9 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     summary = controller.pod_status(rows, bool(row.deleting), row.phase,
                                     app_count=len(spec.get("containers") or []),
                                     init_count=len(spec.get("initContainers") or []))
-    if row.phase == "Pending" and not row.deleting and row.message:
+    if row.phase == "Pending" and not row.deleting and (row.message or not row.ip):
+        # not started yet (no network: waiting for a start slot, or failing before it):
+        # kubectl prints the phase of a pod without container statuses
         summary["status"] = "Pending"
     elif row.message and not row.deleting and not summary["allReady"]:
         # a container could not be started from its spec (kubelet's reason for it)

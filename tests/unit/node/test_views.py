@@ -141,3 +141,9 @@ def test_restarts_without_a_last_state_and_init_restarts_count() -> None:
                                                 running("istio-proxy", 51)], [])
     assert pod["remora"]["restarts"] == 2
     assert tables.restarts_column(pod, now=10.0) == "2"
+
+
+def test_a_pod_not_started_yet_reads_pending() -> None:
+    waiting = pod_row("Pending")
+    waiting.ip = ""  # no network yet: waiting for its turn to start
+    assert views.pod_object(waiting, [], [])["remora"]["status"] == "Pending"
