@@ -223,3 +223,61 @@ def test_a_restarted_daemon_adopts_meshed_pods(lab: TempLab, tmp_path: Path,
     assert [c["restartCount"] for c in after["status"]["containerStatuses"]] == [0, 0]
     pids = [c["remora"]["pid"] for c in before["status"]["containerStatuses"]]
     assert [c["remora"]["pid"] for c in after["status"]["containerStatuses"]] == pids
+
+
+def test_a_missing_namespace_is_refused_and_made_with_create_and_label(
+        lab: TempLab, tmp_path: Path) -> None:
+    """Kubernetes refuses a namespaced object whose namespace does not exist; so does the
+    lab (a namespace made on the fly would lack istio-injection: silently no sidecars)."""
+    server = tmp_path / "server.yaml"
+    server.write_text(seed_text("server.yaml"))
+    proc = lab.remora(*lab.up_args(), "-f", str(server))
+    assert proc.returncode == 1
+    assert ('namespaces "demo-to" not found (needed by deployment/simple-server, '
+            "service/simple-server-svc; nothing was applied)") in proc.stderr
+    assert "`remora create ns demo-to`" in proc.stderr
+    assert "`remora label ns demo-to istio-injection=enabled`" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (lab.state_dir / "node.sock").exists()  # refused before the lab started
+
+    ok(lab, *lab.up_args())
+    proc = lab.remora("apply", "-f", str(server))
+    assert proc.returncode == 1 and 'namespaces "demo-to" not found' in proc.stderr
+    assert ok(lab, "get", "deploy,svc", "-A") == ""  # nothing half-applied
+
+    assert ok(lab, "create", "ns", "demo-to") == "namespace/demo-to created\n"
+    again = lab.remora("create", "namespace", "demo-to")
+    assert again.returncode == 1 and 'namespaces "demo-to" already exists' in again.stderr
+    assert ok(lab, "label", "ns", "demo-to", "istio-injection=enabled") == \
+        "namespace/demo-to labeled\n"
+    assert ok(lab, "label", "namespace/demo-to", "istio-injection=enabled") == \
+        "namespace/demo-to not labeled\n"
+    clash = lab.remora("label", "ns", "demo-to", "istio-injection=disabled")
+    assert clash.returncode == 1
+    assert ("'istio-injection' already has a value (enabled), and --overwrite is false"
+            in clash.stderr)
+    assert ok(lab, "label", "ns", "demo-to", "team=a") == "namespace/demo-to labeled\n"
+    assert ok(lab, "label", "ns", "demo-to", "team-") == "namespace/demo-to labeled\n"
+    shown = json.loads(ok(lab, "get", "ns", "demo-to", "-o", "json"))
+    assert shown["metadata"]["labels"] == {"istio-injection": "enabled"}
+
+    out = ok(lab, "apply", "-f", str(server), "--wait", "--timeout", "40")
+    assert "deployment/simple-server created" in out
+    pod = json.loads(ok(lab, "get", "po", "-n", "demo-to", "-o", "json"))["items"][0]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["demo", "istio-proxy"]
+
+
+def test_asking_for_another_sidecar_than_the_running_lab_is_refused(lab: TempLab) -> None:
+    """`remora demo --sidecar envoy` on a lab started with remora proxy never runs the
+    story on remora proxy: it exits non-zero before anything changes, with the fix."""
+    out = ok(lab, *lab.up_args(), "--sidecar", "remora")
+    assert "sidecar remora" in out
+    for command in (["demo", "--sidecar", "envoy", "--prefix", lab.prefix],
+                    [*lab.up_args(), "--sidecar", "envoy"]):
+        proc = lab.remora(*command)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        line = proc.stderr.strip()
+        assert len(line.splitlines()) == 1
+        assert "runs with sidecar remora (not envoy)" in line
+        assert "`sudo remora down` first" in line
+    assert "demo-to" not in ok(lab, "get", "ns")

@@ -17,8 +17,9 @@ from remora.lab import describe as describe_text
 from remora.lab import manifests, ops, progress, session, tables
 from remora.lab import settings as lab_settings
 from remora.lab.images import ImageMap
-from remora.node import naming
+from remora.node import ipam, naming
 from remora.node.client import NodeClient
+from remora.node.config import NodeConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -80,20 +81,27 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
                                         image_map=str(Path(image_map).resolve())
                                         if image_map else "", mtls=mtls)
     images = ImageMap.from_file(settings.image_map or None)
+    directory = session.state_dir(state_dir)
+    session.refuse_differences(directory, settings, _given(("sidecar", "mtls", "image_map")),
+                               "remora up")
     if batch is not None:  # injection and images too, before a daemon is started for it
         ops.admission_check_offline(batch, images)
-    directory = session.state_dir(state_dir)
+        if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
+            manifests.check_namespaces(batch.objects, set())
+            plan = NodeConfig(state_dir=directory, nodes=nodes,
+                              pod_ip_start=pod_ip_start).plan()
+            manifests.check_capacity(batch.objects, [], manifests.Capacity(
+                nodes, ipam.pods_per_node(plan), plan.max_nodes))
+    adopting = not session.fresh(directory) and not NodeClient(directory).alive()
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)
     info = client.ping()
     running = lab_settings.load(directory)
-    click.echo(f"lab {'started' if started else 'already running'}: daemon pid {info['pid']}, "
+    how = ("started, adopting the pods still running" if adopting else "started") \
+        if started else "already running"
+    click.echo(f"lab {how}: daemon pid {info['pid']}, "
                f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
                f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}")
-    differ = session.differences(settings, running, _given(("sidecar", "mtls", "image_map")))
-    if differ:
-        click.echo(f"note: the lab keeps its {', '.join(differ)}; `remora down` first to "
-                   "change them", err=True)
     if batch is None:
         return
     _warn(batch.warnings)
@@ -151,6 +159,44 @@ def delete(kind: str | None, name: str | None, files: tuple[str, ...], namespace
     for k, ns, n in targets:
         for line in client.delete(k, n, ns):
             click.echo(line)
+
+
+@click.group(context_settings=CONTEXT)
+def create() -> None:
+    """Create an object from the command line (kubectl create): namespace (ns)."""
+
+
+@click.command("namespace", context_settings=CONTEXT)
+@click.argument("name")
+@_state_option
+def create_namespace(name: str, state_dir: str | None) -> None:
+    """Create a namespace (then `remora label ns NAME istio-injection=enabled`)."""
+    click.echo(ops.create_namespace(_client(state_dir), name))
+
+
+create.add_command(create_namespace, "namespace")
+create.add_command(create_namespace, "ns")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("kind")
+@click.argument("args", nargs=-1)
+@click.option("--overwrite", is_flag=True, help="replace a label's existing value")
+@_state_option
+def label(kind: str, args: tuple[str, ...], overwrite: bool, state_dir: str | None) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) a namespace's labels: label ns NAME KEY=VALUE..."""
+    rest = list(args)
+    if "/" in kind:
+        kind, name = kind.split("/", 1)
+    elif rest:
+        name = rest.pop(0)
+    else:
+        raise UsageError("a resource name is needed", "give ns NAME KEY=VALUE")
+    if tables.kind_of(kind) != "Namespace":
+        raise UsageError(f"remora label works on namespaces, not {tables.kind_of(kind)}",
+                         "set the labels of other objects in their manifest and "
+                         "`remora apply -f` it")
+    click.echo(ops.label_namespace(_client(state_dir), name, rest, overwrite))
 
 
 @click.command(context_settings=CONTEXT)
@@ -213,10 +259,13 @@ def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-A", "--all-namespaces", is_flag=True)
 @click.option("-l", "--selector", default=None, help="label selector, e.g. web=server")
-@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json"]), default=None)
+@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]),
+              default=None)
+@click.option("--show-labels", is_flag=True, help="add a LABELS column")
 @_state_option
 def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
-        selector: str | None, output: str | None, state_dir: str | None) -> None:
+        selector: str | None, output: str | None, show_labels: bool,
+        state_dir: str | None) -> None:
     """List pods, svc, deploy or ns (or several: pods,svc), with kubectl's columns."""
     kinds = [tables.kind_of(k) for k in kind.split(",") if k]
     client = _client(state_dir)
@@ -227,8 +276,12 @@ def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
         click.echo(tables.structured(items, output, single=name is not None and len(kinds) == 1),
                    nl=False)
         return
+    if output == "name" and any(objs for _, objs in found):
+        click.echo("".join(tables.names(k, objs) for k, objs in found), nl=False)
+        return
     texts = [tables.table(k, objs, time.time(), wide=output == "wide",
-                          all_namespaces=all_namespaces, kind_prefix=len(kinds) > 1)
+                          all_namespaces=all_namespaces, kind_prefix=len(kinds) > 1,
+                          show_labels=show_labels)
              for k, objs in found if objs]
     if not texts:
         where = "" if all_namespaces or kinds == ["Namespace"] else f" in {namespace} namespace"

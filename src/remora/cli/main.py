@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "down": "remora.cli.lab:down",
     "apply": "remora.cli.lab:apply",
     "delete": "remora.cli.lab:delete",
+    "create": "remora.cli.lab:create",
+    "label": "remora.cli.lab:label",
     "get": "remora.cli.lab:get",
     "describe": "remora.cli.lab:describe",
     "logs": "remora.cli.lab:logs",

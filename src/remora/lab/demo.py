@@ -165,13 +165,19 @@ class Demo:
         return pods[0]["metadata"]["name"], pods[0]["status"].get("podIP") or ""
 
     def wait_log(self, namespace: str, pod: str, container: str | None, pattern: str,
-                 count: int = 2) -> None:
+                 count: int = 2, tail: int | None = None, also: tuple[str, ...] = ()) -> None:
+        """Wait (bounded) until the log holds COUNT lines matching PATTERN and one for each
+        of ALSO, within its last TAIL lines when given: what a step is about to show with
+        `logs --tail TAIL` must be there first. Sidecars write their access log on a
+        timer (Envoy flushes its file every second or so), so a request answered a moment
+        ago may not be in the file yet."""
         deadline = time.monotonic() + self.timeout
         regex = re.compile(pattern)
+        others = [re.compile(p) for p in also]
         text = ""
         while time.monotonic() < deadline:
-            text = self.client().logs(namespace, pod, container)["text"]
-            if len(regex.findall(text)) >= count:
+            text = self.client().logs(namespace, pod, container, tail=tail)["text"]
+            if len(regex.findall(text)) >= count and all(o.search(text) for o in others):
                 return
             time.sleep(0.3)
         last = (text.strip().splitlines() or ["nothing"])[-1]
@@ -205,9 +211,10 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         given: frozenset[str] = frozenset({"sidecar", "mtls"}),
         authz: bool = False) -> DemoResult:
     """Replay the seed; returns what each step showed. GIVEN: the settings the user chose
-    explicitly (a note says when a running lab does otherwise). AUTHZ adds the
+    explicitly (refused when a running lab does otherwise). AUTHZ adds the
     AuthorizationPolicy steps (source IP enforced by the server sidecar)."""
     started = time.monotonic()
+    session.refuse_differences(state_dir, settings, set(given), "remora demo")
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
     echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "
@@ -216,10 +223,6 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         raise RemoraError("--authz needs the lab's mTLS (AuthorizationPolicy is compiled into "
                           "the sidecars only with workload certificates)",
                           "`remora down`, then run the demo without --no-mtls")
-    differ = session.differences(settings, running, set(given))
-    if differ:
-        echo(f"note: the running lab keeps its {', '.join(differ)}; `remora down` first to "
-             "change them")
     demo = Demo(state_dir, echo, timeout)
     try:
         if not fresh:
@@ -315,7 +318,7 @@ def _story(d: Demo, authz: bool = False) -> None:
     d.step(f"After the fix the server logs the client pod's own address, {r.client_ip}.")
     d.remora("tproxy-pods", "get", "po", "-n", "demo-to", "-o", "wide")
     d.remora("tproxy-log", "logs", "-n", "demo-to", "-l", "web=server", "--tail", "5")
-    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", r"inbound\|18080\|\|", count=1)
+    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", _access_200(d), count=1, tail=2)
     d.remora("tproxy-access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c",
              "istio-proxy", "--tail", "2")
     d.step("TPROXY captures inbound traffic in the mangle table: ISTIO_TPROXY hands it to "
@@ -324,6 +327,13 @@ def _story(d: Demo, authz: bool = False) -> None:
              "mangle", "-L", "-v")
     if authz:
         _authz_tproxy(d)
+
+
+def _access_200(d: Demo) -> str:
+    """A server sidecar access log line of a request from the client pod, let in (its
+    DOWNSTREAM_REMOTE_ADDRESS is the client's in both modes)."""
+    return (r'" 200 .* inbound\|18080\|\| \S+ \S+ '
+            rf"{re.escape(d.result.client_ip)}:\d+ ")
 
 
 def _access_403(d: Demo) -> str:
@@ -342,8 +352,9 @@ def _authz_redirect(d: Demo) -> None:
     d.remora("intruder", "apply", "-f", "-", "--wait", "--timeout", f"{d.timeout:g}",
              stdin=INTRUDER_POD, show="apply -f intruder.yaml --wait")
     _, r.intruder_ip = d.pod("demo-from", "intruder")
-    d.wait_log("demo-to", r.server_pod, "istio-proxy", _access_403(d), count=1)
     d.wait_log("demo-from", INTRUDER, None, r"RBAC: access denied", count=1)
+    d.wait_log("demo-to", r.server_pod, "istio-proxy", _access_403(d), count=1, tail=4,
+               also=(_access_200(d),))
     d.step("Even in REDIRECT mode, where the app sees 127.0.0.6 for every caller, the server "
            f"sidecar sees the real peer: 200 for {r.client_ip}, 403 `RBAC: access denied` "
            f"for the intruder's {r.intruder_ip}.")
@@ -357,7 +368,10 @@ def _authz_redirect(d: Demo) -> None:
 
 def _authz_tproxy(d: Demo) -> None:
     r = d.result
-    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", _access_403(d), count=1)
+    # the lines this step shows: the client let in and the intruder refused, both in the
+    # four last lines (Envoy writes them when it flushes, not when it answers)
+    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", _access_403(d), count=1, tail=4,
+               also=(_access_200(d),))
     d.step("With TPROXY the same policy still holds at the sidecar (403 for the intruder), "
            "and only now could an allowlist inside the app work, since it sees the client's "
            "own address.")

@@ -3,6 +3,7 @@ namespaces (pure; pkg/describe/describe.go is the model, trimmed to what the lab
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from remora.lab.tables import age
@@ -20,21 +21,41 @@ def _line(label: str, value: Any, width: int = 18) -> str:
     return f"{label + ':':<{width}}{value}"
 
 
+def rfc1123z(stamp: Any) -> str:
+    """Go's time.RFC1123Z, the format kubectl describe prints times in."""
+    try:
+        when = dt.datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return str(stamp or "")
+    return when.strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+def _status(label: str, state: dict[str, Any]) -> list[str]:
+    """kubectl describe's describeStatus: one container state under LABEL."""
+    head = f"    {label + ':':<16}"
+    if "running" in state:
+        return [f"{head}Running",
+                f"      Started:      {rfc1123z(state['running'].get('startedAt'))}"]
+    if "terminated" in state:
+        t = state["terminated"]
+        out = [f"{head}Terminated"]
+        if t.get("reason"):
+            out.append(f"      Reason:       {t['reason']}")
+        out += [f"      Exit Code:    {t.get('exitCode')}",
+                f"      Started:      {rfc1123z(t.get('startedAt'))}",
+                f"      Finished:     {rfc1123z(t.get('finishedAt'))}"]
+        return out
+    reason = state.get("waiting", {}).get("reason")
+    return [f"{head}Waiting", *([f"      Reason:       {reason}"] if reason else [])]
+
+
 def _state(status: dict[str, Any] | None) -> list[str]:
     if not status:
         return ["    State:          Waiting", "      Reason:       ContainerCreating"]
-    state = status.get("state", {})
-    out = []
-    if "running" in state:
-        out += ["    State:          Running",
-                f"      Started:      {state['running'].get('startedAt', '')}"]
-    elif "terminated" in state:
-        t = state["terminated"]
-        out += ["    State:          Terminated", f"      Reason:       {t.get('reason') or ''}",
-                f"      Exit Code:    {t.get('exitCode')}"]
-    else:
-        out += ["    State:          Waiting",
-                f"      Reason:       {state.get('waiting', {}).get('reason') or ''}"]
+    out = _status("State", status.get("state", {}))
+    last = status.get("lastState") or {}
+    if "terminated" in last:
+        out += _status("Last State", last)
     out += [f"    Ready:          {'True' if status.get('ready') else 'False'}",
             f"    Restart Count:  {status.get('restartCount', 0)}"]
     return out

@@ -10,6 +10,7 @@ RemoraError naming the object, the field and the fix, raised before anything is 
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources as package_files
@@ -24,6 +25,8 @@ from remora.resources.naming import pod_from_deployment
 from remora.resources.objects import Deployment, Object, Pod, ref
 
 SEED_FILES = ("server.yaml", "client.yaml")
+# what the lab accepts, for fix hints (remora.resources.loader reads exactly these)
+KINDS_READ = "Namespace, Deployment, Service, Pod, PeerAuthentication or AuthorizationPolicy"
 
 
 @dataclass
@@ -46,8 +49,12 @@ def read(paths: list[str]) -> Batch:
         typed += loaded.objects
         out.warnings += loaded.warnings
     if not typed:
-        raise RemoraError(f"no objects found in {', '.join(paths)}",
-                          "give a manifest with Namespace, Deployment, Service or Pod objects")
+        # e.g. a lone VirtualService: name what was skipped, not only "nothing found"
+        unknown = sorted({m.group(1) for w in out.warnings
+                          for m in [re.search(r"unknown kind (\S+)", w)] if m})
+        what = f": unknown kind {', '.join(unknown)} (skipped)" if unknown else ""
+        raise RemoraError(f"no objects found in {', '.join(paths)}{what}",
+                          f"give a manifest with {KINDS_READ} objects")
     out.objects = [o.to_dict() for o in typed]
     return out
 
@@ -86,6 +93,97 @@ def admission_check(objects: list[dict[str, Any]], namespaces: dict[str, dict[st
         for container in (admitted.get("spec") or {}).get("containers") or []:
             if container.get("name") != "istio-proxy":
                 images.command(container, where)
+
+
+# The namespaces a Kubernetes API server always has (it creates them itself).
+BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def missing_namespaces(objects: list[dict[str, Any]],
+                       existing: set[str]) -> dict[str, list[str]]:
+    """Namespaces the batch's namespaced objects name that neither exist (EXISTING, the
+    built-in ones) nor are created by the batch: namespace -> the objects in it."""
+    known = set(BUILTIN_NAMESPACES) | existing | {
+        o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"}
+    missing: dict[str, list[str]] = {}
+    for obj in objects:
+        if obj.get("kind") == "Namespace":
+            continue
+        ns = obj["metadata"].get("namespace") or "default"
+        if ns not in known:
+            missing.setdefault(ns, []).append(f"{obj['kind'].lower()}/{obj['metadata']['name']}")
+    return missing
+
+
+def check_namespaces(objects: list[dict[str, Any]], existing: set[str]) -> None:
+    """Refuse the whole batch when an object's namespace does not exist, as the API
+    server does (`namespaces "NAME" not found`): a namespace made on the fly would lack
+    the istio-injection label, and its pods would silently run without sidecars."""
+    missing = missing_namespaces(objects, existing)
+    if not missing:
+        return
+    names = sorted(missing)
+    quoted = ", ".join(f'"{n}"' for n in names)
+    objs = ", ".join(o for n in names for o in missing[n])
+    name = names[0] if len(names) == 1 else "NAME"
+    raise RemoraError(
+        f"namespaces {quoted} not found (needed by {objs}; nothing was applied)",
+        f"create {'it' if len(names) == 1 else 'each'} first: `remora create ns {name}`, "
+        f"then `remora label ns {name} istio-injection=enabled` for sidecars, or add a "
+        "Namespace manifest to the files")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Room for pods: each node hands out the addresses of its own /24 (remora.node.ipam)."""
+
+    nodes: int
+    per_node: int
+    max_nodes: int
+
+    @property
+    def pods(self) -> int:
+        return self.nodes * self.per_node
+
+
+def _replicas(obj: dict[str, Any]) -> int:
+    value = (obj.get("spec") or {}).get("replicas")
+    return 1 if value is None else int(value)
+
+
+def pods_wanted(objects: list[dict[str, Any]],
+                existing: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """The pods the lab would run once the batch is applied (every Deployment's replicas
+    and every bare Pod, the batch's objects replacing existing ones of the same name),
+    and the batch's objects that ask for them, largest first."""
+    by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for obj in [*existing, *objects]:
+        if obj.get("kind") in ("Deployment", "Pod"):
+            meta = obj["metadata"]
+            by_key[(obj["kind"], meta.get("namespace") or "default", meta["name"])] = obj
+    total = sum(_replicas(o) if o["kind"] == "Deployment" else 1 for o in by_key.values())
+    asking = sorted((o for o in objects if o.get("kind") == "Deployment"),
+                    key=_replicas, reverse=True)
+    return total, [f"deployment/{o['metadata']['name']} replicas: {_replicas(o)}"
+                   for o in asking if _replicas(o) > 1]
+
+
+def check_capacity(objects: list[dict[str, Any]], existing: list[dict[str, Any]],
+                   room: Capacity) -> None:
+    """Refuse a batch that needs more pod addresses than the lab's nodes have: those pods
+    would stay Pending for ever (and starting hundreds at once would swamp the host)."""
+    wanted, asking = pods_wanted(objects, existing)
+    if wanted <= room.pods:
+        return
+    need = -(-wanted // room.per_node)
+    fix = (f"start the lab with more nodes: `sudo remora down`, then `sudo remora up --nodes "
+           f"{need}` ({room.per_node} pods each)" if need <= room.max_nodes else
+           f"at most {room.max_nodes * room.per_node} pods fit in {room.max_nodes} nodes")
+    raise RemoraError(
+        f"the lab has room for {room.pods} pods ({room.nodes} node(s) x {room.per_node} "
+        f"addresses of its /24) and this would make {wanted}"
+        + (f" ({asking[0]})" if asking else "") + "; nothing was applied",
+        f"lower the replicas, or {fix}")
 
 
 def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:

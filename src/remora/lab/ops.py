@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.errors import RemoraError, UsageError
-from remora.lab import manifests, selectors, tables
+from remora.lab import labels, manifests, selectors, tables
 from remora.lab.images import ImageMap
 from remora.lab.pods import resolve_pod
 from remora.node.client import NodeClient, follow
@@ -25,9 +25,51 @@ def admission_check_offline(batch: manifests.Batch, images: ImageMap) -> None:
 
 def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) -> list[str]:
     """Admission-check then apply a whole batch; nothing is sent if any object fails."""
-    namespaces = manifests.namespace_objects(batch.objects, client.get("Namespace"))
+    existing = client.get("Namespace")
+    manifests.check_namespaces(batch.objects, {n["metadata"]["name"] for n in existing})
+    if any(o.get("kind") in ("Deployment", "Pod") for o in batch.objects):
+        info = client.ping()
+        running = client.get("Deployment") + [
+            p for p in client.get("Pod") if not p["metadata"].get("ownerReferences")]
+        manifests.check_capacity(batch.objects, running, manifests.Capacity(
+            int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])))
+    namespaces = manifests.namespace_objects(batch.objects, existing)
     manifests.admission_check(batch.objects, namespaces, images)
     return client.apply(batch.objects)
+
+
+def create_namespace(client: NodeClient, name: str) -> str:
+    """`kubectl create namespace NAME`: AlreadyExists when it is there."""
+    from remora.resources.loader import parse_object
+
+    if name in {n["metadata"]["name"] for n in client.get("Namespace")}:
+        raise RemoraError(f'namespaces "{name}" already exists',
+                          f"use it; `remora label ns {name} istio-injection=enabled` turns on "
+                          "sidecar injection")
+    obj = manifests.namespace(name)
+    parse_object(obj, f"Namespace/{name}")  # the API server's name rules
+    client.apply([obj])
+    return f"namespace/{name} created"
+
+
+def label_namespace(client: NodeClient, name: str, args: list[str], overwrite: bool) -> str:
+    """`kubectl label namespace NAME KEY=VALUE|KEY- ... [--overwrite]`."""
+    from remora.resources.loader import parse_object
+
+    found = [n for n in client.get("Namespace") if n["metadata"]["name"] == name]
+    if not found:
+        raise RemoraError(f'namespaces "{name}" not found',
+                          f"create it with `remora create ns {name}`")
+    meta = found[0]["metadata"]
+    result = labels.update(dict(meta.get("labels") or {}), args, overwrite)
+    if not result.changed:
+        return f"namespace/{name} not labeled"
+    obj = manifests.namespace(name, result.labels)
+    if meta.get("annotations"):
+        obj["metadata"]["annotations"] = dict(meta["annotations"])
+    parse_object(obj, f"Namespace/{name}")  # label keys and values as the API checks them
+    client.apply([obj])
+    return f"namespace/{name} labeled"
 
 
 def kind_name(kind: str, name: str | None) -> tuple[str, str]:

@@ -100,6 +100,29 @@ def _crash_line(client: NodeClient, ns: str, name: str, container: str) -> str:
     return next((tail[-1] for tail in runs if tail), "no output")
 
 
+def summarize(states: list[tuple[str, str]], examples: int = 2) -> str:
+    """(pod, state) pairs as one short line: each distinct state once, with how many pods
+    are in it and a few of their names (`249 pods Pending (node 1 has no free pod address
+    ...), e.g. web-1, web-2`), not one entry per pod."""
+    groups: dict[str, list[str]] = {}
+    for name, state in states:
+        groups.setdefault(state, []).append(name)
+    parts = []
+    for state, names in sorted(groups.items(), key=lambda g: -len(g[1])):
+        if len(names) == 1:
+            parts.append(f"{names[0]} {state}")
+        else:
+            more = ", ..." if len(names) > examples else ""
+            parts.append(f"{len(names)} pods {state}, e.g. {', '.join(names[:examples])}{more}")
+    return "; ".join(parts)
+
+
+def first_of(lines: list[str], shown: int = 3) -> str:
+    """The first SHOWN lines and how many more."""
+    more = f"; and {len(lines) - shown} more" if len(lines) > shown else ""
+    return "; ".join(lines[:shown]) + more
+
+
 def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
          echo: Echo | None = None, expect: list[tuple[str, str]] | None = None,
          ) -> list[dict[str, Any]]:
@@ -127,9 +150,10 @@ def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
         if time.monotonic() > deadline:
             bad = [p for p in pods if p.get("remora", {}).get("status") in BAD
                    or p["status"].get("message")]
-            detail = "; ".join(f"{p['metadata']['name']} {p['remora']['status']}"
-                               + (f" ({p['status']['message']})" if p['status'].get('message')
-                                  else "") for p in bad) or "; ".join(waiting)
+            detail = summarize([(p["metadata"]["name"], p["remora"]["status"]
+                                 + (f" ({p['status']['message']})"
+                                    if p["status"].get("message") else "")) for p in bad]) \
+                or first_of(waiting)
             first = bad[0]["metadata"] if bad else None
             fix = (f"see `remora describe pod {first['name']} -n {first['namespace']}` and "
                    f"`remora logs {first['name']} -n {first['namespace']} -c istio-init`"

@@ -39,9 +39,16 @@ def connect(directory: Path) -> NodeClient:
         if not (directory / "node.sock").exists() and os.geteuid() != 0:
             raise PrivilegeError(f"no lab is running at {directory} (or it is not readable "
                                  "without root)", "run `sudo remora up` first, and use sudo")
+        if (directory / "remora.db").exists():
+            raise client.not_running()  # pods (and DNS) outlive a killed daemon: say so
         raise RemoraError(f"no lab is running at {directory}",
                           "start it with `remora up` (or pass the --state-dir it uses)")
     return client
+
+
+def fresh(directory: Path) -> bool:
+    """No lab at DIRECTORY yet: no daemon answers and no store to adopt."""
+    return not NodeClient(directory).alive() and not (directory / "remora.db").exists()
 
 
 def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_PREFIX,
@@ -79,6 +86,22 @@ def differences(wanted: LabSettings, running: LabSettings, given: set[str]) -> l
     if "image_map" in given and wanted.image_map != running.image_map:
         out.append(f"image map {running.image_map or 'built-in'}")
     return out
+
+
+def refuse_differences(directory: Path, wanted: LabSettings, given: set[str],
+                       command: str) -> None:
+    """Refuse, before anything starts or changes, a command that explicitly asks (GIVEN)
+    for a sidecar, mTLS or image map other than the existing lab's: settings take effect
+    only when a lab starts, and running the story on another sidecar than the one asked
+    for would show the wrong proxy's behaviour under the right proxy's name."""
+    if fresh(directory) or not lab_settings.path(directory).exists():
+        return
+    differ = differences(wanted, lab_settings.load(directory), given)
+    if differ:
+        raise RemoraError(f"the lab at {directory} runs with {', '.join(differ)}; settings "
+                          "apply only when a lab starts",
+                          f"`sudo remora down` first, then `{command}` again (or drop the "
+                          "option to use the lab as it is)")
 
 
 def down(directory: Path) -> list[str]:

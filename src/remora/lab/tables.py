@@ -111,10 +111,32 @@ def ready_column(p: dict[str, Any]) -> str:
     return f"{ready}/{len(p.get('spec', {}).get('containers') or [])}"
 
 
+def _timestamp(text: Any) -> float | None:
+    try:
+        return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def restarts_column(p: dict[str, Any], now: float) -> str:
+    """RESTARTS as kubectl prints it: the count, and `N (AGE ago)` since the latest
+    lastState.terminated.finishedAt of any container (printers.go printPod)."""
+    count = int(p.get("remora", {}).get("restarts", 0))
+    status = p.get("status", {})
+    finished = [t for c in (status.get("initContainerStatuses") or [])
+                + (status.get("containerStatuses") or [])
+                if (t := _timestamp(((c.get("lastState") or {}).get("terminated") or {})
+                                    .get("finishedAt"))) is not None]
+    if count and finished:
+        return f"{count} ({human_duration(now - max(finished))} ago)"
+    return str(count)
+
+
 def _pod_row(p: dict[str, Any], now: float, wide: bool) -> list[str]:
     r = p.get("remora", {})
     row = [p["metadata"]["name"], ready_column(p), str(r.get("status", "")),
-           str(r.get("restarts", 0)), age(p, now)]
+           restarts_column(p, now), age(p, now)]
     if wide:
         row += [p.get("status", {}).get("podIP") or "<none>",
                 p.get("spec", {}).get("nodeName") or "<none>"]
@@ -180,12 +202,26 @@ RESOURCE = {"Pod": "pod", "Deployment": "deployment.apps", "Service": "service",
             "AuthorizationPolicy": "authorizationpolicy.security.istio.io"}
 
 
+def labels_column(obj: dict[str, Any]) -> str:
+    """--show-labels: apimachinery's labels.FormatLabels (sorted k=v, `<none>`)."""
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return ",".join(f"{k}={labels[k]}" for k in sorted(labels)) or "<none>"
+
+
+def names(kind: str, items: list[dict[str, Any]]) -> str:
+    """-o name: `RESOURCE/NAME`, one a line (pod/x, deployment.apps/y, service/z)."""
+    return "".join(f"{RESOURCE[kind]}/{o['metadata']['name']}\n" for o in items)
+
+
 def table(kind: str, items: list[dict[str, Any]], now: float, wide: bool = False,
-          all_namespaces: bool = False, kind_prefix: bool = False) -> str:
+          all_namespaces: bool = False, kind_prefix: bool = False,
+          show_labels: bool = False) -> str:
     head, extra, row = HEADERS[kind]
-    rows = [[*head, *(extra if wide else [])]]
+    rows = [[*head, *(extra if wide else []), *(["LABELS"] if show_labels else [])]]
     for obj in items:
         r = row(obj, now, wide)
+        if show_labels:
+            r.append(labels_column(obj))
         if kind_prefix:
             r[0] = f"{RESOURCE[kind]}/{r[0]}"
         if all_namespaces and kind != "Namespace":

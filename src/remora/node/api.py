@@ -4,7 +4,8 @@ Socket: <state-dir>/node.sock (mode 0600). Request: a JSON object on one line wi
 its arguments; reply: one line, {"ok": true, "result": ...} or {"ok": false, "error":
 {"problem": ..., "fix": ...}} (a RemoraError, printed by the CLI as usual). Ops:
 
-  ping                                   -> {pid, prefix, nodes, state_dir}
+  ping                                   -> {pid, prefix, nodes, state_dir, podsPerNode,
+                                              maxNodes}
   apply   {objects: [k8s objects]}       -> {results: ["service/x created", ...]}
   delete  {kind, namespace, name}        -> {results: [...]}  (a Deployment's pod: replaced)
   get     {kind, namespace?}             -> {items: [...]}    (namespace null = all)
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.errors import RemoraError, UsageError
-from remora.node import controller, desired, views
+from remora.node import controller, desired, ipam, views
 from remora.node.runtime import Runtime
 
 MAX_REQUEST = 64 * 1024 * 1024
@@ -69,7 +70,9 @@ class Api:
         rt = self.rt
         if op == "ping":
             return {"pid": os.getpid(), "prefix": rt.config.prefix, "nodes": rt.config.nodes,
-                    "state_dir": str(rt.config.state_dir)}
+                    "state_dir": str(rt.config.state_dir),
+                    "podsPerNode": ipam.pods_per_node(rt.plan),
+                    "maxNodes": rt.plan.max_nodes}
         if op == "apply":
             results = desired.apply(rt.store, rt.plan, list(req["objects"]))
             rt.wake.set()

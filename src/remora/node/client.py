@@ -31,15 +31,18 @@ class NodeClient:
         self.socket_path = state_dir / "node.sock"
         self.timeout = timeout
 
-    def call(self, op: str, **args: Any) -> Any:
+    def call(self, op: str, explain: bool = True, **args: Any) -> Any:
+        """One request. EXPLAIN: when no daemon answers, say what still runs of its lab
+        (reads the store; alive() polls without it)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             try:
                 sock.connect(str(self.socket_path))
             except OSError as exc:
-                raise RemoraError(f"no node daemon at {self.socket_path} ({exc.strerror})",
-                                  "start the lab with `remora up`") from None
+                if not explain:
+                    raise RemoraError(f"no node daemon at {self.socket_path}") from None
+                raise self.not_running(exc.strerror) from None
             sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
@@ -58,9 +61,23 @@ class NodeClient:
             raise RemoraError(err.get("problem", "node daemon error"), err.get("fix"))
         return reply.get("result")
 
+    def not_running(self, why: str | None = None) -> RemoraError:
+        """The error for a daemon that does not answer: what still runs of its lab
+        (pods, cluster DNS) when there is one, else that there is none."""
+        from remora.node import stopped
+
+        try:
+            lab = stopped.inspect(self.state_dir)
+        except Exception:  # an unreadable store: say what we know
+            lab = None
+        if lab is not None:
+            return stopped.error(self.state_dir, lab)
+        return RemoraError(f"no node daemon at {self.socket_path}" + (f" ({why})" if why else ""),
+                           "start the lab with `remora up`")
+
     def alive(self) -> bool:
         try:
-            self.call("ping")
+            self.call("ping", explain=False)
         except (RemoraError, OSError, ValueError):
             return False
         return True

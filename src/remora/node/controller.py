@@ -120,7 +120,7 @@ def pod_status(containers: list[dict[str, Any]], deleting: bool, phase: str,
     n_apps = len(apps) if app_count is None else app_count
     n_inits = len(inits) if init_count is None else init_count
     ready = sum(1 for c in apps if c["ready"] and c["state"] == "Running")
-    restarts = sum(c["restarts"] for c in apps)
+    restarts = sum(c["restarts"] for c in containers)  # kubectl adds init containers' too
     status = phase
     done_inits = sum(1 for c in inits if c["state"] == "Terminated" and c["exit_code"] == 0)
     if deleting:

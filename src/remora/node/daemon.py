@@ -1,4 +1,5 @@
-"""The node daemon: the runtime's reconciler thread, cluster DNS and the API socket.
+"""The node daemon: the runtime's reconciler thread, the API socket, and cluster DNS's
+process (started or adopted, remora.node.resolver).
 
 Started by `remora node daemon --state-dir DIR` (or `remora up`, through
 remora.node.client.ensure_daemon). SIGTERM/SIGINT stop the daemon and leave pods running,
@@ -13,17 +14,19 @@ import logging
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 from remora.errors import RemoraError
-from remora.node import hooks, teardown
+from remora.node import hooks, resolver, teardown
 from remora.node.api import Api
 from remora.node.client import NodeClient
 from remora.node.config import NodeConfig
-from remora.node.dnsserver import DnsServer
 from remora.node.runtime import Runtime
 
 log = logging.getLogger("remora.node")
 TICK = 0.2
+RESOLVER_CHECK = 2.0  # seconds between checks that cluster DNS still runs
 
 
 class Daemon:
@@ -33,14 +36,24 @@ class Daemon:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.runtime: Runtime | None = None
+        self._resolver_args: tuple[Path, str, list[str]] | None = None
 
     def _loop(self, rt: Runtime) -> None:
         woken = True
+        checked = time.monotonic()
         while not self._stop.is_set():
             try:
                 rt.reconcile_once(full=woken)
             except Exception:
                 log.exception("reconcile pass failed")
+            if self._resolver_args and time.monotonic() - checked >= RESOLVER_CHECK:
+                checked = time.monotonic()
+                try:  # a resolver that died is started again, as a container would be
+                    if resolver.recorded(self.config.state_dir) is None:
+                        log.warning("cluster DNS is gone; starting it again")
+                        resolver.ensure(*self._resolver_args)
+                except Exception:
+                    log.exception("cluster DNS restart failed")
             woken = rt.wake.wait(TICK)
             rt.wake.clear()
 
@@ -62,9 +75,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
-        dns = DnsServer(lambda: rt.zone)
-        for node in rt.nodes:
-            await dns.listen(node.netns, str(rt.plan.dns_ip))
+        # cluster DNS runs as its own process (remora.node.resolver): it keeps answering
+        # while this daemon is down, and is adopted like the pods when it comes back
+        resolver_args = (self.config.state_dir, str(rt.plan.dns_ip),
+                         [node.netns for node in rt.nodes])
+        pid, adopted = await asyncio.to_thread(resolver.ensure, *resolver_args)
+        log.info("cluster DNS %d %s", pid, "adopted" if adopted else "started")
+        self._resolver_args = resolver_args
 
         async def on_down() -> list[str]:
             await asyncio.to_thread(self.stop_reconciler)
@@ -84,7 +101,6 @@ class Daemon:
             await done.wait()
         finally:
             server.close()
-            dns.close()
             await asyncio.to_thread(self.stop_reconciler)
             with contextlib.suppress(FileNotFoundError):
                 if self.config.state_dir.exists():

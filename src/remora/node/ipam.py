@@ -109,6 +109,15 @@ class AddressPlan:
                 str(self.service_cidr.broadcast_address), str(self.dns_ip)}
 
 
+def pods_per_node(plan: AddressPlan) -> int:
+    """How many pod addresses one node's /24 holds: from the start offset to the last host
+    address, without the gateway (allocate_pod_ip's range)."""
+    node = plan.node(1)
+    base, gateway = int(node.subnet.network_address), int(node.gateway)
+    return sum(1 for offset in range(plan.pod_ip_start, node.subnet.num_addresses - 1)
+               if base + offset != gateway)
+
+
 def allocate_pod_ip(plan: AddressPlan, node_index: int, used: Iterable[str]) -> str:
     """The lowest free address of the node's /24 from the start offset (gateway excluded)."""
     node = plan.node(node_index)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -34,6 +35,7 @@ from remora.node import (
     netlink,
     ownership,
     process,
+    resolver,
     topology,
     views,
 )
@@ -46,6 +48,11 @@ from remora.node.supervisor import PodRef, Supervisor
 log = logging.getLogger("remora.node")
 RETRY_AFTER = 2.0
 FULL_EVERY = 2.0  # seconds between full passes when nothing happens
+# Pods starting at once (Pending -> Ready): a few per core keeps a 2-core host usable
+# while a large Deployment comes up; REMORA_MAX_STARTING in the daemon's environment
+# overrides it.
+MAX_STARTING = max(4, 3 * (os.cpu_count() or 1))
+STARTING_FOR = 30.0  # seconds after which a pod that is not Ready stops counting
 
 
 class Runtime:
@@ -67,6 +74,7 @@ class Runtime:
         self._signature = ""
         self._stopping: set[str] = set()
         self._admission_errors: set[str] = set()
+        self._starting: dict[str, float] = {}  # pod uid -> when it left Pending
         self.snapshot = ClusterSnapshot()
         self._busy = True
         self._last_full = 0.0
@@ -156,7 +164,13 @@ class Runtime:
             services = views.services(self.store, self.plan)
             self.snapshot = views.snapshot(self.store, services,
                                            views.pod_objects(self.store, self.nodes))
+        budget = self._start_budget(rows)
         for row in rows:
+            if row.phase == "Pending" and not row.deleting and \
+                    time.monotonic() >= self._retry.get(row.uid, 0.0):
+                if budget <= 0:
+                    continue  # waits its turn; _busy keeps the passes coming
+                budget -= 1
             try:
                 self._pod(row)
             except RemoraError as exc:
@@ -169,6 +183,20 @@ class Runtime:
         if self.supervisor.tick():
             self._busy = True  # a container just started or changed: look again next tick
         self._services()
+
+    def _start_budget(self, rows: list[PodRow]) -> int:
+        """How many Pending pods may start in this pass: at most MAX_STARTING pods are
+        between Pending and Ready at once, so a Deployment of hundreds starts in waves and
+        the host stays responsive (each meshed pod starts three processes). A pod that
+        started more than STARTING_FOR ago no longer counts (a crash-looping pod must not
+        hold the others back for ever)."""
+        now = time.monotonic()
+        ready = views.ready_by_uid(self.store)
+        live = {r.uid for r in rows}
+        self._starting = {uid: t for uid, t in self._starting.items()
+                          if uid in live and not ready.get(uid) and now - t < STARTING_FOR}
+        limit = int(os.environ.get("REMORA_MAX_STARTING") or MAX_STARTING)
+        return max(1, limit) - len(self._starting)
 
     def _controllers(self) -> None:
         pods = self.store.list_pods()
@@ -244,6 +272,7 @@ class Runtime:
             return
         if row.phase == "Pending":
             row = self._network(row)
+            self._starting[row.uid] = time.monotonic()
             self.setup.prepare(self.context(row))
             self.store.update_pod(row.uid, phase="Init", message="")
             row.phase = "Init"
@@ -332,6 +361,7 @@ class Runtime:
             return
         # DNS first: it must not wait for a rules reload that may fail and be retried.
         self.zone = views.zone(self.config.domain, services, pods)
+        resolver.write_zone(self.config.state_dir, self.zone)  # the resolver process reads it
         rules = kubeproxy.render(views.service_ports(services, snapshot.endpoints))
         for node in self.nodes:
             kubeproxy.apply(node.netns, rules)

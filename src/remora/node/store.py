@@ -40,9 +40,14 @@ CREATE TABLE IF NOT EXISTS containers (
   cmdline TEXT NOT NULL DEFAULT '[]', restarts INTEGER NOT NULL DEFAULT 0,
   state TEXT NOT NULL DEFAULT 'Waiting', reason TEXT NOT NULL DEFAULT 'ContainerCreating',
   exit_code INTEGER, started REAL NOT NULL DEFAULT 0, ready INTEGER NOT NULL DEFAULT 0,
+  finished REAL NOT NULL DEFAULT 0, last_state TEXT NOT NULL DEFAULT '{}',
   PRIMARY KEY (pod_uid, name));
 CREATE TABLE IF NOT EXISTS ips (ip TEXT PRIMARY KEY, pool TEXT NOT NULL, owner TEXT NOT NULL);
 """
+# Columns added after a store's table was first made (a lab started by an older remora is
+# adopted: its table gets them with their defaults).
+ADDED_COLUMNS = {"containers": [("finished", "REAL NOT NULL DEFAULT 0"),
+                                ("last_state", "TEXT NOT NULL DEFAULT '{}'")]}
 
 
 @dataclass
@@ -77,9 +82,13 @@ class ContainerRow:
     exit_code: int | None = None
     started: float = 0.0
     ready: int = 0
+    finished: float = 0.0  # when the run that ended (exit_code) ended
+    # the run before this one, once restarted: {pid, start_ticks, restarts, exit_code,
+    # reason, started, finished} (kubelet's lastState, with the old container's ID)
+    last_state: dict[str, Any] = field(default_factory=dict)
 
 
-_JSON_COLUMNS = {"body", "cmdline"}
+_JSON_COLUMNS = {"body", "cmdline", "last_state"}
 
 
 def _row(cls: type[Any], row: sqlite3.Row) -> Any:
@@ -102,6 +111,11 @@ class Store:
         self._write_lock = threading.RLock()
         with self._write_lock:
             self._db().executescript(SCHEMA)  # executescript commits by itself
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r["name"] for r in self._db().execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in have:
+                        self._db().execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

@@ -3,7 +3,8 @@
 Kubelet's behaviour, scaled down: a container that exits is restarted according to the
 pod's restartPolicy (Always by default), each restart counted (kubectl's RESTARTS), after a
 backoff that doubles from 0.5 s up to a small cap and resets once a run lasted long enough
-(kubelet: 10 s doubling to 5 min; a lab wants seconds). An init container must exit 0
+(kubelet: 10 s doubling to 5 min; a lab wants seconds); as in kubelet the first restart
+is immediate, so CrashLoopBackOff always follows a counted restart. An init container must exit 0
 before the next one starts. Stopping is SIGTERM to the container's process group, then
 SIGKILL after the grace period, checked on later ticks so one slow container never blocks
 the others. Logs are one file per container, the previous run's kept beside it (for
@@ -52,7 +53,7 @@ class _Container:
     row: ContainerRow
     log: Path
     popen: subprocess.Popen[bytes] | None = None
-    backoff: float = BACKOFF_START
+    backoff: float = 0.0  # the wait before the next restart: the first is immediate
     next_start: float = 0.0
     wanted: bool = True
     kill_at: float | None = None
@@ -93,6 +94,12 @@ class Supervisor:
 
     def _spawn(self, entry: _Container, count_restart: bool) -> None:
         if count_restart:
+            old = entry.row
+            old.last_state = {"pid": old.pid, "start_ticks": old.start_ticks,
+                              "restarts": old.restarts, "exit_code": old.exit_code,
+                              "reason": old.reason if old.state == "Terminated" else
+                              ("Completed" if old.exit_code == 0 else "Error"),
+                              "started": old.started, "finished": old.finished}
             entry.row.restarts += 1
             if entry.log.exists():
                 entry.log.replace(entry.log.with_name(entry.log.name[:-4] + ".previous.log"))
@@ -136,7 +143,8 @@ class Supervisor:
                     entry.kill_at = None
                 return False
             return self._probe(entry)
-        if entry.wanted and row.state == "Waiting" and entry.next_start and now >= entry.next_start:
+        if entry.wanted and row.state != "Running" and entry.next_start and \
+                now >= entry.next_start:
             entry.next_start = 0.0
             self._spawn(entry, count_restart=True)
             return True
@@ -146,7 +154,7 @@ class Supervisor:
         """False while running; the exit code (None if unknown, adopted) once exited."""
         if entry.popen is not None:
             code = entry.popen.poll()
-            return False if code is None else code
+            return False if code is None else exit_code(code)
         if process.is_alive(entry.row.pid, entry.row.start_ticks):
             return False
         return None
@@ -155,6 +163,7 @@ class Supervisor:
         row = entry.row
         ran = time.time() - row.started if row.started else 0.0
         row.exit_code, row.ready, entry.popen = code, 0, None
+        row.finished = time.time()
         row.state, row.reason = "Terminated", "Completed" if code == 0 else "Error"
         policy = entry.pod.restart_policy
         restart = entry.wanted and (
@@ -162,10 +171,14 @@ class Supervisor:
             or (policy in ("Always", "OnFailure") and code != 0))
         if restart:
             if ran >= BACKOFF_RESET_AFTER:
-                entry.backoff = BACKOFF_START
+                entry.backoff = 0.0
+            # kubelet restarts a container that exited at once and backs off from the
+            # next exit on: Error (RESTARTS 0) -> Running 1 -> CrashLoopBackOff 1, so
+            # RESTARTS always counts the restarts that CrashLoopBackOff reports.
             entry.next_start = now + entry.backoff
-            entry.backoff = min(entry.backoff * 2, BACKOFF_CAP)
-            row.state, row.reason = "Waiting", "CrashLoopBackOff"
+            if entry.backoff:
+                row.state, row.reason = "Waiting", "CrashLoopBackOff"
+            entry.backoff = min(entry.backoff * 2, BACKOFF_CAP) or BACKOFF_START
         self.store.put_container(row)
 
     def _probe(self, entry: _Container) -> bool:
@@ -269,7 +282,16 @@ def _accepts(netns_name: str, host: str, port: int) -> bool:
 
 
 def restart_backoff(restarts: int) -> float:
-    """The wait before restart number RESTARTS+1 (pure; documented in docs/node.md)."""
-    return float(min(BACKOFF_START * 2 ** max(restarts, 0), BACKOFF_CAP))
+    """The wait before restart number RESTARTS+1 of a container that keeps exiting at
+    once (pure; documented in docs/node.md): none for the first, then doubling."""
+    if restarts <= 0:
+        return 0.0
+    return float(min(BACKOFF_START * 2 ** (restarts - 1), BACKOFF_CAP))
+
+
+def exit_code(returncode: int) -> int:
+    """A container's exit code as kubelet reports it: a process killed by signal N exits
+    128+N (137 for SIGKILL, 143 for SIGTERM), where Popen says -N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 

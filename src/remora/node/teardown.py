@@ -18,12 +18,12 @@ import shutil
 import time
 from pathlib import Path
 
-from remora.node import etcfiles, netlink, ownership, process
+from remora.node import etcfiles, netlink, ownership, process, resolver
 from remora.node.config import NodeConfig
 from remora.node.store import Store
 
 STATE_FILES = ("remora.db", "remora.db-wal", "remora.db-shm", "node.sock", "daemon.pid",
-               "daemon.log")
+               "daemon.log", "zone.json", "dns.pid", "dns.log")
 STATE_DIRS = ("logs", "pods")
 
 
@@ -70,6 +70,9 @@ def down(state_dir: Path, grace: float = 2.0, etc_netns: Path | None = None) -> 
         procs = [(c.pid, c.start_ticks) for c in store.containers()
                  if c.pid > 0 and process.is_alive(c.pid, c.start_ticks)]
         store.close()
+    dns = resolver.recorded(state_dir)  # cluster DNS (it lives in node 1's namespace too)
+    if dns is not None:
+        procs.append(dns)
     etc_root = etc_netns or (config.etc_netns if config else etcfiles.ETC_NETNS)
     ours = set(pod_netns)
     if config is not None:

@@ -30,8 +30,41 @@ def container_id(row: ContainerRow) -> str:
     """The container's ID, as `docker://<64 hex>` is in Kubernetes: one per run of the
     container (the same while it runs and after the daemon adopts it again, a new one on
     every restart, since the PID, start time and restart count change)."""
-    run = f"{row.pod_uid}/{row.name}/{row.restarts}/{row.pid}/{row.start_ticks}"
+    return _run_id(row.pod_uid, row.name, row.restarts, row.pid, row.start_ticks)
+
+
+def _run_id(pod_uid: str, name: str, restarts: int, pid: int, start_ticks: int) -> str:
+    run = f"{pod_uid}/{name}/{restarts}/{pid}/{start_ticks}"
     return "remora://" + hashlib.sha256(run.encode()).hexdigest()
+
+
+def _terminated(exit_code: int | None, reason: str, started: float, finished: float,
+                cid: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"exitCode": exit_code, "reason": reason,
+                           "startedAt": _iso(started) if started else ""}
+    if finished:
+        out["finishedAt"] = _iso(finished)
+    if cid:
+        out["containerID"] = cid
+    return out
+
+
+def last_state(row: ContainerRow) -> dict[str, Any]:
+    """kubelet's lastState: the run that ended, with that run's own container ID — the
+    row itself while it waits to restart (CrashLoopBackOff), else the run before it."""
+    if row.state == "Waiting" and row.exit_code is not None:
+        cid = container_id(row) if row.pid > 0 else ""
+        return {"terminated": _terminated(row.exit_code, "Completed" if row.exit_code == 0
+                                          else "Error", row.started, row.finished, cid)}
+    last = row.last_state
+    if not last:
+        return {}
+    cid = _run_id(row.pod_uid, row.name, int(last.get("restarts") or 0),
+                  int(last.get("pid") or 0), int(last.get("start_ticks") or 0)) \
+        if last.get("pid") else ""
+    return {"terminated": _terminated(last.get("exit_code"), str(last.get("reason") or ""),
+                                      float(last.get("started") or 0),
+                                      float(last.get("finished") or 0), cid)}
 
 
 def _container_status(row: ContainerRow | None, container: dict[str, Any],
@@ -53,19 +86,17 @@ def _container_status(row: ContainerRow | None, container: dict[str, Any],
     if row.state == "Running":
         state: dict[str, Any] = {"running": {"startedAt": started}}
     elif row.state == "Terminated":
-        state = {"terminated": {"exitCode": row.exit_code, "reason": row.reason,
-                                "startedAt": started, "containerID": cid}}
+        state = {"terminated": _terminated(row.exit_code, row.reason, row.started,
+                                           row.finished, cid)}
     else:
         state = {"waiting": {"reason": row.reason}}
     status.update(ready=bool(row.ready) and row.state == "Running",
                   started=row.state == "Running", restartCount=row.restarts, state=state)
     if cid:
         status["containerID"] = cid
-    if row.exit_code is not None and row.state != "Terminated":
-        # the run that ended (a crash-looping container waits with the last one here)
-        status["lastState"] = {"terminated": {
-            "exitCode": row.exit_code, "reason": "Completed" if row.exit_code == 0 else "Error",
-            "startedAt": started, "containerID": cid}}
+    previous = last_state(row)
+    if previous:
+        status["lastState"] = previous
     status["remora"] = {"pid": row.pid if row.state == "Running" else 0}
     return status
 
@@ -88,7 +119,9 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     summary = controller.pod_status(rows, bool(row.deleting), row.phase,
                                     app_count=len(spec.get("containers") or []),
                                     init_count=len(spec.get("initContainers") or []))
-    if row.phase == "Pending" and not row.deleting and row.message:
+    if row.phase == "Pending" and not row.deleting and (row.message or not row.ip):
+        # not started yet (no network: waiting for a start slot, or failing before it):
+        # kubectl prints the phase of a pod without container statuses
         summary["status"] = "Pending"
     elif row.message and not row.deleting and not summary["allReady"]:
         # a container could not be started from its spec (kubelet's reason for it)

@@ -71,3 +71,47 @@ def test_reading_nothing_is_an_error(tmp_path) -> None:  # type: ignore[no-untyp
     (tmp_path / "empty.yaml").write_text("# nothing\n")
     with pytest.raises(RemoraError, match="no objects found"):
         manifests.read([str(tmp_path / "empty.yaml")])
+
+
+def test_a_lone_unknown_kind_is_named_and_the_hint_lists_every_kind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    vs = tmp_path / "vs.yaml"
+    vs.write_text("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+                  "metadata: {name: vs, namespace: demo-to}\n")
+    with pytest.raises(RemoraError) as err:
+        manifests.read([str(vs)])
+    line = err.value.one_line()
+    assert f"no objects found in {vs}: unknown kind networking.istio.io/v1beta1/VirtualService" \
+        in line
+    for kind in ("Namespace", "Deployment", "Service", "Pod", "PeerAuthentication",
+                 "AuthorizationPolicy"):
+        assert kind in (err.value.fix or "")
+
+
+SEED_BATCH = manifests.seed_text("server.yaml") + "---\n" + manifests.seed_text("client.yaml")
+
+
+def test_objects_in_a_missing_namespace_are_refused_with_the_fix() -> None:
+    batch = manifests.from_text(SEED_BATCH, "seed")
+    with pytest.raises(RemoraError) as err:
+        manifests.check_namespaces(batch.objects, existing={"demo-from"})
+    assert err.value.problem == ('namespaces "demo-to" not found (needed by '
+                                 "deployment/simple-server, service/simple-server-svc; "
+                                 "nothing was applied)")
+    assert "`remora create ns demo-to`" in (err.value.fix or "")
+    assert "`remora label ns demo-to istio-injection=enabled`" in (err.value.fix or "")
+    assert "Namespace manifest" in (err.value.fix or "")
+    with pytest.raises(RemoraError, match='namespaces "demo-from", "demo-to" not found'):
+        manifests.check_namespaces(batch.objects, existing=set())
+
+
+def test_namespaces_that_exist_or_come_with_the_batch_are_accepted() -> None:
+    batch = manifests.from_text(SEED_BATCH, "seed")
+    manifests.check_namespaces(batch.objects, existing={"demo-from", "demo-to"})
+    with_ns = [manifests.namespace("demo-to"), manifests.namespace("demo-from"),
+               *batch.objects]
+    manifests.check_namespaces(with_ns, existing=set())
+    # the API server's own namespaces always exist; a Pod without one goes to default
+    manifests.check_namespaces([{"kind": "Pod", "metadata": {"name": "p"}},
+                                {"kind": "Service", "metadata": {"name": "s",
+                                                                 "namespace": "kube-system"}}],
+                               existing=set())

@@ -73,3 +73,20 @@ def test_structured_output_drops_the_node_block() -> None:
 def test_several_kinds_prefix_names_as_kubectl() -> None:
     text = tables.table("Pod", [pod("a", "10.20.0.2", 2, 0)], 10, kind_prefix=True)
     assert text.splitlines()[1].startswith("pod/a   2/2")
+
+
+def test_output_name_and_show_labels_read_like_kubectl() -> None:
+    pod = {"metadata": {"name": "web-1", "namespace": "demo-to",
+                        "labels": {"web": "server", "app": "x"}},
+           "spec": {"containers": [{"name": "demo"}]},
+           "status": {"containerStatuses": []}, "remora": {"status": "Running"}}
+    deploy = {"metadata": {"name": "web", "namespace": "demo-to"}, "spec": {}, "status": {}}
+    assert tables.names("Pod", [pod]) == "pod/web-1\n"
+    assert tables.names("Deployment", [deploy]) == "deployment.apps/web\n"
+    assert tables.names("AuthorizationPolicy", [deploy]) == \
+        "authorizationpolicy.security.istio.io/web\n"
+    lines = tables.table("Pod", [pod], now=0.0, show_labels=True).splitlines()
+    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "LABELS"]
+    assert lines[1].endswith("   app=x,web=server")
+    assert tables.table("Deployment", [deploy], 0.0, show_labels=True).splitlines()[1] \
+        .endswith("   <none>")

@@ -56,7 +56,8 @@ def test_wrappers_are_recognised() -> None:
 
 def test_restart_backoff_doubles_up_to_a_small_cap() -> None:
     waits = [supervisor.restart_backoff(n) for n in range(8)]
-    assert waits[:4] == [0.5, 1.0, 2.0, 4.0]
+    # kubelet restarts the first exit at once, so CrashLoopBackOff follows a counted restart
+    assert waits[:5] == [0.0, 0.5, 1.0, 2.0, 4.0]
     assert max(waits) == supervisor.BACKOFF_CAP == 5.0
 
 
@@ -69,3 +70,9 @@ def test_pod_etc_files(tmp_path: Path) -> None:
     assert "10.20.0.78\tsimple-client-1" in (folder / "hosts").read_text()
     etcfiles.remove("remora-pod-1", root=tmp_path)
     assert not tmp_path.exists()  # the emptied /etc/netns goes too
+
+
+def test_a_signal_is_reported_as_128_plus_its_number() -> None:
+    assert supervisor.exit_code(-9) == 137  # SIGKILL, as kubelet reports it
+    assert supervisor.exit_code(-15) == 143
+    assert supervisor.exit_code(3) == 3 and supervisor.exit_code(0) == 0

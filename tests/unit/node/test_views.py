@@ -98,3 +98,52 @@ def test_describe_shows_the_container_id() -> None:
     text = describe.pod(pod, now=10.0)
     cid = pod["status"]["containerStatuses"][0]["containerID"]
     assert f"  demo:\n    Container ID:   {cid}\n    Image:          vasth/simple-server" in text
+
+
+def test_a_restarted_container_keeps_the_old_run_as_last_state() -> None:
+    """After kill -9 and a restart: lastState.terminated is the old run (exit 137 = 128 +
+    SIGKILL, its own container ID, its start and finish), state is the new run, and
+    kubectl's RESTARTS and describe read it like kubectl."""
+    from remora.lab import describe, tables
+
+    first = running("demo", 50)
+    old_id = views.container_id(first)
+    again = running("demo", 60, restarts=1)
+    again.started = 100.0
+    again.last_state = {"pid": 50, "start_ticks": 1050, "restarts": 0, "exit_code": 137,
+                        "reason": "Error", "started": 2.0, "finished": 99.0}
+    pod = views.pod_object(pod_row("Running"), [init_done(), again,
+                                                running("istio-proxy", 51)], [])
+    demo = pod["status"]["containerStatuses"][0]
+    assert demo["restartCount"] == 1 and demo["containerID"] != old_id
+    assert demo["lastState"] == {"terminated": {
+        "exitCode": 137, "reason": "Error", "startedAt": "1970-01-01T00:00:02Z",
+        "finishedAt": "1970-01-01T00:01:39Z", "containerID": old_id}}
+    assert tables.restarts_column(pod, now=129.0) == "1 (30s ago)"
+    text = describe.pod(pod, now=130.0)
+    assert ("    State:          Running\n"
+            "      Started:      Thu, 01 Jan 1970 00:01:40 +0000\n"
+            "    Last State:     Terminated\n"
+            "      Reason:       Error\n"
+            "      Exit Code:    137\n"
+            "      Started:      Thu, 01 Jan 1970 00:00:02 +0000\n"
+            "      Finished:     Thu, 01 Jan 1970 00:01:39 +0000\n"
+            "    Ready:          True\n"
+            "    Restart Count:  1\n") in text
+
+
+def test_restarts_without_a_last_state_and_init_restarts_count() -> None:
+    from remora.lab import tables
+
+    init = init_done()
+    init.restarts = 2  # kubectl adds init containers' restarts to the pod's
+    pod = views.pod_object(pod_row("Running"), [init, running("demo", 50),
+                                                running("istio-proxy", 51)], [])
+    assert pod["remora"]["restarts"] == 2
+    assert tables.restarts_column(pod, now=10.0) == "2"
+
+
+def test_a_pod_not_started_yet_reads_pending() -> None:
+    waiting = pod_row("Pending")
+    waiting.ip = ""  # no network yet: waiting for its turn to start
+    assert views.pod_object(waiting, [], [])["remora"]["status"] == "Pending"
