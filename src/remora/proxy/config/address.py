@@ -17,6 +17,10 @@ class Address:
     port: int = 0
     pipe: str | None = None  # unix socket path
     pipe_mode: int = 0
+    # SocketAddress.ipv4_compat: an IPv6 socket also takes IPv4 (v4-mapped) connections.
+    # Envoy's default is false, so a ``::`` listener is IPV6_V6ONLY and can sit beside a
+    # ``0.0.0.0`` listener on the same port (Istio's dual-stack additional_addresses).
+    ipv4_compat: bool = False
 
     def __str__(self) -> str:
         return self.pipe if self.pipe is not None else format_address(self.ip, self.port)
@@ -37,7 +41,7 @@ def parse_socket_address(f: Fields) -> Address:
     ip = f.string("address", required=True)
     port = f.integer("port_value", 0)
     f.enum("protocol", ("TCP",), "TCP")
-    f.boolean("ipv4_compat")
+    compat = bool(f.boolean("ipv4_compat", False))
     f.done()
     try:
         ipaddress.ip_address(ip)
@@ -46,7 +50,7 @@ def parse_socket_address(f: Fields) -> Address:
                           "remora resolves no names here; give an IPv4 or IPv6 address") from exc
     if not 0 <= port <= 65535:
         raise ConfigError(f.at("port_value"), f"port {port} out of range")
-    return Address(ip=ip, port=port)
+    return Address(ip=ip, port=port, ipv4_compat=compat and ":" in ip)
 
 
 def parse_address(f: Fields | None, path: str) -> Address:
