@@ -9,6 +9,7 @@ Names are Istio's: ``outbound|PORT||FQDN`` and ``inbound|PORT||``
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from remora.resources.objects import Namespace, Pod, Service, ServicePort
@@ -61,6 +62,16 @@ class Workload:
     pod: Pod
     ip: str
     ready: bool = True
+    # status.podIPs, the primary (``ip``) first; empty means ``ip`` alone. A dual-stack
+    # pod has one IPv4 and one IPv6 address (Kubernetes allows one per family).
+    ips: tuple[str, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.ips or ((self.ip,) if self.ip else ())
+
+    def address_of_family(self, v6: bool) -> str | None:
+        return next((a for a in self.addresses if (":" in a) == v6), None)
 
     @property
     def namespace(self) -> str:
@@ -77,6 +88,20 @@ class Snapshot:
     # Istio security policies (controlplane/authn.py, rbac.py, mtls.py)
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    # Service FQDN -> spec.clusterIPs (dual stack: the primary family first). A service
+    # without an entry has just its clusterIP.
+    cluster_ips: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def service_addresses(self, service: Service) -> tuple[str, ...]:
+        found = self.cluster_ips.get(service.fqdn)
+        if found:
+            return found
+        return (service.clusterIP,) if service.clusterIP else ()
+
+    def workload(self, pod: Pod) -> Workload | None:
+        key = (pod.metadata.namespace, pod.metadata.name)
+        return next((w for w in self.workloads
+                     if (w.pod.metadata.namespace, w.pod.metadata.name) == key), None)
 
 
 def selects(service: Service, pod: Pod) -> bool:
@@ -112,16 +137,25 @@ class Endpoint:
 
 
 def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[Endpoint]:
-    """Ready pods the service selects, at the port's target, sorted by IP."""
+    """Ready pods the service selects, at the port's target, sorted by IP.
+
+    Each pod is reached at its address of the service's primary IP family (the family
+    of its first cluster IP, as Kubernetes' EndpointSlice of ipFamilies[0]); an IPv4
+    service keeps using each pod's ``ip``."""
+    addresses = snapshot.service_addresses(service)
+    v6 = (":" in addresses[0]) if addresses else None  # None: no cluster IP yet
     out = []
     for w in snapshot.workloads:
-        if not w.ready or not w.ip or not selects(service, w.pod):
+        if not w.ready or not selects(service, w.pod):
+            continue
+        ip = w.ip if v6 is None or (":" in w.ip) == v6 else w.address_of_family(v6)
+        if not ip:
             continue
         tp = target_port(port, w.pod)
         if tp is not None:
-            out.append(Endpoint(ip=w.ip, port=tp, pod=w.pod.metadata.name))
-    return sorted(out, key=lambda e: (tuple(int(x) for x in e.ip.split(".")) if "." in e.ip
-                                      else (0,), e.port))
+            out.append(Endpoint(ip=ip, port=tp, pod=w.pod.metadata.name))
+    return sorted(out, key=lambda e: (ipaddress.ip_address(e.ip).version,
+                                      int(ipaddress.ip_address(e.ip)), e.port))
 
 
 @dataclass(frozen=True)
