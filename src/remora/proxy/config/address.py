@@ -27,10 +27,13 @@ class Address:
 
     @property
     def stat_name(self) -> str:
-        """Envoy's listener stat prefix: ``0.0.0.0_15006`` (``[::]_15006`` for IPv6)."""
+        """Envoy's listener stat prefix: the address with every ``:`` made ``_`` (Envoy
+        sanitizes stat names so): ``0.0.0.0_15006``, ``[__]_15006`` for ``[::]:15006``,
+        ``[__1]_19872`` for ``[::1]:19872`` (observed on Envoy 1.40)."""
         if self.pipe is not None:
             return self.pipe
-        return f"[{self.ip}]_{self.port}" if ":" in self.ip else f"{self.ip}_{self.port}"
+        return f"[{self.ip.replace(':', '_')}]_{self.port}" if ":" in self.ip else \
+            f"{self.ip}_{self.port}"
 
     @property
     def family_v6(self) -> bool:
