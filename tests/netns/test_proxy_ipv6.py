@@ -32,7 +32,7 @@ from remora.controlplane.generate import generate, static_bootstrap
 from tests import proxyharness as ph
 from tests.lab import CLIENT_IP, SERVER_IP, Lab, Namespace
 from tests.netns.capture_helpers import injector_config
-from tests.unit.controlplane.test_dual_stack import CLIENT_IP6, SERVER_IP6, dual, v6_only
+from tests.unit.controlplane.seed import CLIENT_IP6, SERVER_IP6, dual, v6_only
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 

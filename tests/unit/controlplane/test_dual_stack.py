@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +21,23 @@ import pytest
 from remora.controlplane.adapters import snapshot_from_dicts
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import SidecarConfig, generate, static_bootstrap
-from remora.controlplane.model import Snapshot, Workload, endpoints
+from remora.controlplane.model import endpoints
 from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.server.runtime import Server
-from tests.unit.controlplane.seed import CLIENT_IP, CLUSTER_IP, SERVER_IP, seed
+from tests.unit.controlplane.seed import (
+    CLIENT_IP,
+    CLIENT_IP6,
+    CLUSTER_IP,
+    CLUSTER_IP6,
+    FQDN,
+    SERVER_IP,
+    SERVER_IP6,
+    dual,
+    seed,
+    v6_only,
+)
 
-SERVER_IP6, CLIENT_IP6, CLUSTER_IP6 = "fd00:10:20::77", "fd00:10:20::78", "fd00:96::1:bc"
-FQDN = "simple-server-svc.demo-to.svc.cluster.local"
 OUTBOUND = f"outbound|18080||{FQDN}"
-
-
-def dual(tproxy: bool = False, v6_primary: bool = False) -> tuple[Snapshot, Any, Any]:
-    snap, server, client = seed(tproxy)
-    svc = snap.services[0]
-    ips = (CLUSTER_IP6, CLUSTER_IP) if v6_primary else (CLUSTER_IP, CLUSTER_IP6)
-    snap = replace(snap, services=(replace(svc, clusterIP=ips[0]),),
-                   workloads=(Workload(server, SERVER_IP, ips=(SERVER_IP, SERVER_IP6)),
-                              Workload(client, CLIENT_IP, ips=(CLIENT_IP, CLIENT_IP6))),
-                   cluster_ips={FQDN: ips})
-    return snap, server, client
-
-
-def v6_only(tproxy: bool = False) -> tuple[Snapshot, Any, Any]:
-    snap, server, client = seed(tproxy)
-    snap = replace(snap, services=(replace(snap.services[0], clusterIP=CLUSTER_IP6),),
-                   workloads=(Workload(server, SERVER_IP6), Workload(client, CLIENT_IP6)))
-    return snap, server, client
-
 
 def listener(cfg: SidecarConfig, name: str) -> dict[str, Any]:
     return next(x for x in cfg.listeners if x["name"] == name)
