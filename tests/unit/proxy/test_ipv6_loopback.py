@@ -315,3 +315,76 @@ def test_rbac_ip_blocks_with_ipv6_cidrs() -> None:
     assert not allowed("fd00:10:21::78", "fd00:10:20::77")
     assert allowed("10.20.0.78", "10.20.0.77")
     assert not allowed("::ffff:10.20.1.78", "10.20.0.77")
+
+
+ALL_ADDRESSES = ("%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% "
+                 "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% "
+                 "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT% "
+                 "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% "
+                 "%UPSTREAM_HOST% %UPSTREAM_REMOTE_ADDRESS% %UPSTREAM_LOCAL_ADDRESS% "
+                 "%UPSTREAM_CLUSTER%\n")
+
+
+@pytest.mark.envoy
+@needs_v6
+def test_ipv6_address_fields_and_listeners_same_as_envoy(tmp_path: Path) -> None:
+    """One bootstrap, run by Envoy 1.40 and by remora in turn: a dual-stack listener
+    (127.0.0.1 + ::1), a cluster binding 127.0.0.1 or ::1 by the upstream's family, an
+    IPv6 and an IPv4 connection. Every address operator and /listeners must read the
+    same (ephemeral ports masked)."""
+    from tests.unit.proxy import loopback_proxies as lp
+
+    import threading
+
+    app = socket.socket(socket.AF_INET6)
+    app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    app.bind(("::1", 0))
+    app.listen(16)
+    app_port = int(app.getsockname()[1])
+
+    def serve() -> None:  # every connection (the start-up probe's too) gets "hi"
+        while True:
+            try:
+                served, _ = app.accept()
+            except OSError:
+                return
+            with served:
+                served.sendall(b"hi")
+
+    threading.Thread(target=serve, daemon=True).start()
+    port, admin = _free_dual_port(), _free_dual_port()
+    results: dict[str, tuple[list[str], str]] = {}
+    try:
+        for kind in ("envoy", "remora"):
+            log = tmp_path / f"{kind}.log"
+            listener = _listener("dual", port, "c", log)
+            listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"][0][
+                "typed_config"]["log_format"]["text_format_source"]["inline_string"] = \
+                ALL_ADDRESSES
+            cluster6 = _cluster("c", "::1", app_port, source_address={
+                "address": "127.0.0.1", "port_value": 0}, extra_source_addresses=[
+                {"address": {"address": "::1", "port_value": 0}}])
+            cfg = tmp_path / f"{kind}.json"
+            cfg.write_text(json.dumps({
+                "admin": {"address": addr("127.0.0.1", admin)},
+                "static_resources": {"listeners": [listener], "clusters": [cluster6]}}))
+            with lp.loopback_proxy(kind, cfg, port):
+                for host, family in (("::1", socket.AF_INET6), ("127.0.0.1", socket.AF_INET)):
+                    with socket.socket(family) as c:
+                        c.settimeout(5)
+                        c.connect((host, port))
+                        assert c.recv(2) == b"hi"
+                # the start-up probe (IPv4), then the IPv6 and the IPv4 connection
+                lines = lp.wait_lines(log, 3)
+                listeners = lp.admin_text(admin, "/listeners")
+            results[kind] = ([re.sub(r"(\]|\d):\d{4,5}\b", r"\1:*", x) for x in lines],
+                             listeners)
+    finally:
+        app.close()
+    envoy_lines, envoy_listeners = results["envoy"]
+    remora_lines, remora_listeners = results["remora"]
+    assert len(envoy_lines) == 3, envoy_lines
+    assert remora_lines == envoy_lines
+    assert sorted(remora_listeners.splitlines()) == sorted(envoy_listeners.splitlines())
+    assert envoy_lines[1] == "[::1]:* ::1 [::1]:* ::1 [::1]:* ::1 [::1]:* [::1]:* [::1]:* c"
+    assert envoy_lines[2].startswith("127.0.0.1:* 127.0.0.1 "), envoy_lines
