@@ -13,18 +13,26 @@ import asyncio
 import json
 import re
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remora.controlplane import rbac
 from remora.proxy.admin.server import Admin
 from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.config.listener import parse_listener
-from remora.proxy.config.strict import ConfigError
+from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.filter_chain_match import parse_match, select
+from remora.proxy.interfaces import ConnectionFacts
+from remora.proxy.rbac_engine import RbacInput, parse_rules
 from remora.proxy.server.runtime import Server
 from remora.proxy.upstream.cluster import bind_source
 from remora.proxy.upstream.config import parse_cluster
+from remora.resources.loader import load_manifests
+from remora.resources.security import AuthorizationPolicy
+from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.proxy_helpers import addr, running, tcp_listener, until, upstream
 from tests.unit.proxy.test_reload_and_admin import http
 
@@ -255,10 +263,6 @@ def test_filter_chain_match_on_ipv6_prefix_ranges() -> None:
     """Istio's dual-stack passthrough chains list 0.0.0.0/0 and ::/0; the most specific
     destination prefix of the connection's family wins, an IPv4 range never matches an
     IPv6 destination (Envoy's per-family LC tries)."""
-    from remora.proxy.config.strict import Fields
-    from remora.proxy.filter_chain_match import parse_match, select
-    from remora.proxy.interfaces import ConnectionFacts
-
     class Chain:
         def __init__(self, name: str, spec: dict[str, Any]) -> None:
             self.name = name
@@ -287,12 +291,6 @@ def test_filter_chain_match_on_ipv6_prefix_ranges() -> None:
 def test_rbac_ip_blocks_with_ipv6_cidrs() -> None:
     """AuthorizationPolicy ipBlocks / remoteIpBlocks with IPv6 CIDRs, compiled by the
     control plane and evaluated by the proxy: families never match each other."""
-    from remora.controlplane import rbac
-    from remora.proxy.config.strict import Fields
-    from remora.proxy.rbac_engine import RbacInput, parse_rules
-    from remora.resources.loader import load_manifests
-    from remora.resources.security import AuthorizationPolicy
-
     text = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
             "metadata: {name: p, namespace: demo-to}\nspec:\n  action: ALLOW\n"
             "  rules:\n  - from:\n    - source:\n"
@@ -332,10 +330,6 @@ def test_ipv6_address_fields_and_listeners_same_as_envoy(tmp_path: Path) -> None
     (127.0.0.1 + ::1), a cluster binding 127.0.0.1 or ::1 by the upstream's family, an
     IPv6 and an IPv4 connection. Every address operator and /listeners must read the
     same (ephemeral ports masked)."""
-    from tests.unit.proxy import loopback_proxies as lp
-
-    import threading
-
     app = socket.socket(socket.AF_INET6)
     app.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     app.bind(("::1", 0))
