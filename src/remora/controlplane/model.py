@@ -90,7 +90,7 @@ class Snapshot:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     # Service FQDN -> spec.clusterIPs (dual stack: the primary family first). A service
     # without an entry has just its clusterIP.
-    cluster_ips: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    cluster_ips: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def service_addresses(self, service: Service) -> tuple[str, ...]:
         found = self.cluster_ips.get(service.fqdn)
