@@ -21,6 +21,7 @@ import pytest
 
 from remora.controlplane import rbac
 from remora.proxy.admin.server import Admin
+from remora.proxy.config.address import Address
 from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.config.listener import parse_listener
 from remora.proxy.config.strict import ConfigError, Fields
@@ -28,6 +29,7 @@ from remora.proxy.filter_chain_match import parse_match, select
 from remora.proxy.interfaces import ConnectionFacts
 from remora.proxy.rbac_engine import RbacInput, parse_rules
 from remora.proxy.server.runtime import Server
+from remora.proxy.stats import stat_name_part
 from remora.proxy.upstream.cluster import bind_source
 from remora.proxy.upstream.config import parse_cluster
 from remora.resources.loader import load_manifests
@@ -382,3 +384,12 @@ def test_ipv6_address_fields_and_listeners_same_as_envoy(tmp_path: Path) -> None
     assert sorted(remora_listeners.splitlines()) == sorted(envoy_listeners.splitlines())
     assert envoy_lines[1] == "[::1]:* ::1 [::1]:* ::1 [::1]:* ::1 [::1]:* [::1]:* [::1]:* c"
     assert envoy_lines[2].startswith("127.0.0.1:* 127.0.0.1 "), envoy_lines
+
+
+def test_stat_names_sanitize_colons_as_envoy() -> None:
+    """Envoy 1.40 stores ``:`` of a stat name as ``_``: listener.[__1]_19872.*,
+    tcp.inbound____18080.* for stat_prefix inbound_::_18080 (an IPv6-only pod's chain)."""
+    assert Address(ip="::1", port=19872).stat_name == "[__1]_19872"
+    assert Address(ip="::", port=15006).stat_name == "[__]_15006"
+    assert Address(ip="0.0.0.0", port=15006).stat_name == "0.0.0.0_15006"
+    assert stat_name_part("inbound_::_18080") == "inbound____18080"

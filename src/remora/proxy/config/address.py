@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.stats import stat_name_part
 from remora.proxy.stream_info import format_address
 
 
@@ -32,7 +33,7 @@ class Address:
         ``[__1]_19872`` for ``[::1]:19872`` (observed on Envoy 1.40)."""
         if self.pipe is not None:
             return self.pipe
-        return f"[{self.ip.replace(':', '_')}]_{self.port}" if ":" in self.ip else \
+        return f"[{stat_name_part(self.ip)}]_{self.port}" if ":" in self.ip else \
             f"{self.ip}_{self.port}"
 
     @property
