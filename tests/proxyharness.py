@@ -379,7 +379,9 @@ def free_port(ns: Namespace, ip: str = "0.0.0.0") -> int:
 
 
 def listen(ns: Namespace, port: int, ip: str = "0.0.0.0") -> socket.socket:
-    sock = Lab.socket(ns)
+    """A listening socket in NS; ``::`` is a dual-stack socket (IPV6_V6ONLY off, the
+    Linux default), so it also takes IPv4 peers (as ``::ffff:a.b.c.d``)."""
+    sock = Lab.socket(ns, socket.AF_INET6 if ":" in ip else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((ip, port))
     sock.listen(128)

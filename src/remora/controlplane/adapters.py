@@ -2,7 +2,8 @@
 
 The node runtime and its PodSetup hooks (remora.node.hooks) pass pods, services and
 namespaces around as the API's JSON, with status filled in (``status.podIP``,
-``status.ready``, ``spec.clusterIP``). These helpers read them leniently, since runtime
+``status.ready``, ``spec.clusterIP``; for dual stack ``status.podIPs`` and
+``spec.clusterIPs``). These helpers read them leniently, since runtime
 bookkeeping fields are not manifest fields and draw no warnings, and give injection
 results back as dicts that keep every field remora does not model.
 """
@@ -62,13 +63,28 @@ def snapshot_from_dicts(namespaces: Iterable[dict[str, Any]],
         status = p.get("status") or {}
         ready = bool(status.get("ready")) and not (p.get("metadata") or {}).get(
             "deletionTimestamp")
-        workloads.append(Workload(pod=pod_from_dict(p), ip=str(status.get("podIP") or ""),
-                                  ready=ready))
+        ip = str(status.get("podIP") or "")
+        # status.podIPs ([{"ip": ...}], the primary first) for dual-stack pods
+        ips = tuple(str(x.get("ip")) for x in status.get("podIPs") or []
+                    if isinstance(x, dict) and x.get("ip"))
+        workloads.append(Workload(pod=pod_from_dict(p), ip=ip or (ips[0] if ips else ""),
+                                  ready=ready, ips=ips if len(ips) > 1 else ()))
+    typed_services = []
+    cluster_ips: dict[str, tuple[str, ...]] = {}
+    for obj in services:
+        svc = service_from_dict(obj)
+        typed_services.append(svc)
+        # spec.clusterIPs (dual stack, the primary family first): the typed Service keeps
+        # only clusterIP, so the control plane's view of the others lives in the snapshot
+        ips = tuple(str(x) for x in (obj.get("spec") or {}).get("clusterIPs") or [] if x)
+        if len(ips) > 1:
+            cluster_ips[svc.fqdn] = ips
     pas, aps = security_from_dicts(policies)
-    return Snapshot(services=tuple(service_from_dict(s) for s in services),
+    return Snapshot(services=tuple(typed_services),
                     workloads=tuple(workloads),
                     namespaces=tuple(namespace_from_dict(n) for n in namespaces),
-                    peer_authentications=pas, authorization_policies=aps)
+                    peer_authentications=pas, authorization_policies=aps,
+                    cluster_ips=cluster_ips)
 
 
 def security_from_dicts(objs: Iterable[dict[str, Any]]

@@ -167,7 +167,8 @@ def istio_metadata(services: list[dict[str, str]]) -> JSON:
 # envoy/config/listener/v3/listener.proto, listener_components.proto, cluster.proto.
 LISTENER_FIELDS = ("name", "address", "filter_chains", "use_original_dst", "listener_filters",
                    "listener_filters_timeout", "continue_on_listener_filters_timeout",
-                   "transparent", "traffic_direction", "bind_to_port")
+                   "transparent", "traffic_direction", "bind_to_port",
+                   "additional_addresses")
 FILTER_CHAIN_FIELDS = ("filter_chain_match", "filters", "transport_socket", "name")
 CLUSTER_FIELDS = ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
                   "load_assignment", "circuit_breakers", "cleanup_interval",

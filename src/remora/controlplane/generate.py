@@ -27,6 +27,7 @@ from remora.controlplane.envoy_common import JSON
 from remora.controlplane.health import static_clusters, static_listeners
 from remora.controlplane.inbound import inbound_clusters, passthrough_clusters, virtual_inbound
 from remora.controlplane.injection import interception_mode, workload_name
+from remora.controlplane.ipfamily import IpFamilies
 from remora.controlplane.model import Snapshot, inbound_ports
 from remora.controlplane.mtls import MeshSecurity
 from remora.controlplane.outbound import (
@@ -111,23 +112,30 @@ def mesh_security(snapshot: Snapshot, pod: Pod, config_dir: str, certs_dir: str
 
 
 def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str,
-             certs_dir: str | None = None) -> SidecarConfig:
+             certs_dir: str | None = None, ips: tuple[str, ...] = ()) -> SidecarConfig:
     """The Envoy config istiod would give the sidecar of ``pod`` (running at ``ip``).
 
     ``config_dir`` is where the files will live (absolute; the bootstrap names it).
     ``certs_dir`` (where the CA writes the pod's cert-chain.pem, key.pem, root-cert.pem)
     turns on auto mTLS, PeerAuthentication and AuthorizationPolicy; without it the
     config is plain text, as a mesh without a CA.
+    ``ips`` are the pod's addresses (status.podIPs; default: the snapshot's workload
+    for the pod, else ``ip``): an IPv6 or a dual-stack pod gets Istio's IPv6 or
+    dual-stack listeners and binds (controlplane/ipfamily.py).
     """
     config_dir = config_dir.rstrip("/") or "/"
+    if not ips:
+        found = snapshot.workload(pod)
+        ips = found.addresses if found is not None and ip in found.addresses else (ip,)
+    fam = IpFamilies.of(ips)
     tproxy = interception_mode(pod) == "TPROXY"
     ports = inbound_ports(snapshot, pod)
     sec = mesh_security(snapshot, pod, config_dir, certs_dir) if certs_dir else None
     listeners = [e.ordered_listener(x) for x in (
-        virtual_outbound(tproxy), virtual_inbound(ports, tproxy, sec),
-        *outbound_listeners(snapshot, pod.metadata.namespace))]
+        virtual_outbound(tproxy, fam), virtual_inbound(ports, tproxy, sec, fam),
+        *outbound_listeners(snapshot, pod.metadata.namespace, fam))]
     clusters = [e.proto_order(c, e.CLUSTER_FIELDS) for c in (
-        *passthrough_clusters(), *inbound_clusters(ports),
+        *passthrough_clusters(), *inbound_clusters(ports, fam),
         *outbound_clusters(snapshot, config_dir, sec))]
     eds = outbound_endpoints(snapshot)
     boot = bootstrap(pod, ip, config_dir)

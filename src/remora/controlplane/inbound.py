@@ -31,6 +31,7 @@ from __future__ import annotations
 from remora.controlplane import envoy_common as e
 from remora.controlplane.authn import DISABLE, PERMISSIVE, STRICT
 from remora.controlplane.envoy_common import JSON
+from remora.controlplane.ipfamily import IpFamilies, additional_addresses, bind_config
 from remora.controlplane.model import (
     AUTO,
     HTTP,
@@ -42,7 +43,7 @@ from remora.controlplane.model import (
 from remora.controlplane.mtls import MTLS_HTTP_ALPNS, MTLS_TCP_ALPNS, MeshSecurity
 
 INBOUND_LISTENER_PORT = 15006
-ALL_V4 = [{"address_prefix": "0.0.0.0", "prefix_len": 0}]
+IPV4_ONLY = IpFamilies()
 
 
 def _inbound_route_config(name: str, vhost: str, cluster: str, operation: str | None) -> JSON:
@@ -110,24 +111,29 @@ def _chain_set(name: str, port_match: JSON, mode: str, sec: MeshSecurity | None,
     return chains
 
 
-def _port_chains(p: InboundPort, sec: MeshSecurity | None = None) -> list[JSON]:
+def _port_chains(p: InboundPort, sec: MeshSecurity | None = None,
+                 fam: IpFamilies = IPV4_ONLY) -> list[JSON]:
     cluster = inbound_cluster_name(p.port)
     svc = p.services[0]
+    bind = fam.wildcards[0]  # chain names follow the primary bind (getListenerName)
     hcm = _with_rbac(e.http_connection_manager(
-        f"inbound_0.0.0.0_{p.port}",
+        f"inbound_{bind}_{p.port}",
         _inbound_route_config(cluster, f"inbound|http|{p.port}", cluster,
                               f"{svc.fqdn}:{p.port}/*"),
         inbound=True), sec)
     mode = sec.authn.port(p.port).mode if sec is not None else DISABLE
     return _chain_set(
-        f"0.0.0.0_{p.port}", {"destination_port": p.port}, mode, sec,
+        f"{bind}_{p.port}", {"destination_port": p.port}, mode, sec,
         hcm if p.protocol in (HTTP, AUTO) else None,
         list(e.PLAINTEXT_HTTP_ALPNS) if p.protocol == AUTO else None,
         _tcp(cluster, sec) if p.protocol in (TCP, AUTO) else None)
 
 
 def virtual_inbound(ports: list[InboundPort], tproxy: bool,
-                    sec: MeshSecurity | None = None) -> JSON:
+                    sec: MeshSecurity | None = None, fam: IpFamilies = IPV4_ONLY) -> JSON:
+    """virtualInbound on the first wildcard of the proxy's families (0.0.0.0, or :: for
+    an IPv6-only pod), the other as ``additional_addresses`` in dual stack; the
+    passthrough chains match every destination of those families."""
     filters = [e.listener_filter(e.ORIGINAL_DST)]
     if tproxy:
         filters.append(e.listener_filter(e.ORIGINAL_SRC, mark=e.TPROXY_MARK))
@@ -135,7 +141,7 @@ def virtual_inbound(ports: list[InboundPort], tproxy: bool,
         filters.append(e.listener_filter(e.TLS_INSPECTOR))
     filters.append(e.listener_filter(e.HTTP_INSPECTOR))
     passthrough_http = _with_rbac(e.http_connection_manager(
-        "inbound_0.0.0.0_0",  # no port: Istio's stat prefix for the passthrough HCM
+        f"inbound_{fam.wildcards[0]}_0",  # no port: Istio's stat prefix for the passthrough HCM
         _inbound_route_config(e.INBOUND_PASSTHROUGH, "inbound|http|0", e.INBOUND_PASSTHROUGH,
                               None),
         inbound=True), sec)
@@ -145,18 +151,18 @@ def virtual_inbound(ports: list[InboundPort], tproxy: bool,
          "filters": [e.tcp_proxy(e.BLACKHOLE, log=False)]},
     ]
     mode = sec.authn.mode if sec is not None else DISABLE
-    all_v4: JSON = {"prefix_ranges": ALL_V4}
-    http_chains = _chain_set("virtualInbound-catchall-http", all_v4, mode, sec,
+    all_dst: JSON = {"prefix_ranges": fam.all_ranges}
+    http_chains = _chain_set("virtualInbound-catchall-http", all_dst, mode, sec,
                              passthrough_http, list(e.PLAINTEXT_HTTP_ALPNS), None)
-    tcp_chains = _chain_set("virtualInbound", all_v4, mode, sec, None, None,
+    tcp_chains = _chain_set("virtualInbound", all_dst, mode, sec, None, None,
                             _tcp(e.INBOUND_PASSTHROUGH, sec))
     # Istio's order: HTTP tls, HTTP raw, TCP tls (ALPN), TCP raw, TCP tls
     chains += http_chains + tcp_chains
     for p in ports:
-        chains += _port_chains(p, sec)
+        chains += _port_chains(p, sec, fam)
     listener: JSON = {
         "name": "virtualInbound",
-        "address": e.socket_address("0.0.0.0", INBOUND_LISTENER_PORT),
+        "address": e.socket_address(fam.wildcards[0], INBOUND_LISTENER_PORT),
         "traffic_direction": "INBOUND",
         "listener_filters": filters,
         # Istio's protocolDetectionTimeout default is 0s (no timeout), and a connection
@@ -167,10 +173,13 @@ def virtual_inbound(ports: list[InboundPort], tproxy: bool,
     }
     if tproxy:
         listener["transparent"] = True
+    if fam.dual:
+        listener["additional_addresses"] = additional_addresses(fam.wildcards,
+                                                                INBOUND_LISTENER_PORT)
     return listener
 
 
-def _original_dst_cluster(name: str, bind: bool) -> JSON:
+def _original_dst_cluster(name: str, bind: bool, fam: IpFamilies = IPV4_ONLY) -> JSON:
     cluster: JSON = {
         "name": name,
         "type": "ORIGINAL_DST",
@@ -182,20 +191,22 @@ def _original_dst_cluster(name: str, bind: bool) -> JSON:
     if bind:
         # cluster_builder.go: "We need to set a local bind address, which we will match in
         # iptables to avoid looping back to ourselves" (ISTIO_OUTPUT -s 127.0.0.6 RETURN).
-        cluster["upstream_bind_config"] = {"source_address": {
-            "address": e.INBOUND_PASSTHROUGH_BIND, "port_value": 0}}
+        # Dual stack: 127.0.0.6 plus ::6 as extra_source_addresses, "since we cannot bind
+        # to IPv4 and send to IPv6 (or the inverse)" (buildInboundPassthroughCluster).
+        cluster["upstream_bind_config"] = bind_config(fam.passthrough_binds)
     return cluster
 
 
-def inbound_clusters(ports: list[InboundPort]) -> list[JSON]:
+def inbound_clusters(ports: list[InboundPort], fam: IpFamilies = IPV4_ONLY) -> list[JSON]:
     """``inbound|PORT||`` per served port (ORIGINAL_DST: inboundTrafficPolicy PASSTHROUGH,
-    the default since 1.10) and InboundPassthroughCluster."""
+    the default since 1.10) and InboundPassthroughCluster -- one cluster for both
+    families, binding 127.0.0.6 and/or ::6 by the proxy's families."""
     out = []
     for p in ports:
-        c = _original_dst_cluster(inbound_cluster_name(p.port), bind=True)
+        c = _original_dst_cluster(inbound_cluster_name(p.port), bind=True, fam=fam)
         c["metadata"] = e.istio_metadata(service_refs(p.services))
         out.append(c)
-    out.append(_original_dst_cluster(e.INBOUND_PASSTHROUGH, bind=True))
+    out.append(_original_dst_cluster(e.INBOUND_PASSTHROUGH, bind=True, fam=fam))
     return out
 
 

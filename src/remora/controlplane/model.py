@@ -62,6 +62,16 @@ class Workload:
     pod: Pod
     ip: str
     ready: bool = True
+    # status.podIPs, the primary (``ip``) first; empty means ``ip`` alone. A dual-stack
+    # pod has one IPv4 and one IPv6 address (Kubernetes allows one per family).
+    ips: tuple[str, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.ips or ((self.ip,) if self.ip else ())
+
+    def address_of_family(self, v6: bool) -> str | None:
+        return next((a for a in self.addresses if (":" in a) == v6), None)
 
     @property
     def namespace(self) -> str:
@@ -78,6 +88,20 @@ class Snapshot:
     # Istio security policies (controlplane/authn.py, rbac.py, mtls.py)
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    # Service FQDN -> spec.clusterIPs (dual stack: the primary family first). A service
+    # without an entry has just its clusterIP.
+    cluster_ips: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+
+    def service_addresses(self, service: Service) -> tuple[str, ...]:
+        found = self.cluster_ips.get(service.fqdn)
+        if found:
+            return found
+        return (service.clusterIP,) if service.clusterIP else ()
+
+    def workload(self, pod: Pod) -> Workload | None:
+        key = (pod.metadata.namespace, pod.metadata.name)
+        return next((w for w in self.workloads
+                     if (w.pod.metadata.namespace, w.pod.metadata.name) == key), None)
 
 
 def selects(service: Service, pod: Pod) -> bool:
@@ -110,11 +134,24 @@ class Endpoint:
 
 def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[Endpoint]:
     """Ready pods the service selects, at the port's target, sorted by IP: exactly what
-    remora.resources.selection.select_endpoints gives the node's kube-proxy."""
+    remora.resources.selection.select_endpoints gives the node's kube-proxy.
+
+    Each pod is reached at its address of the service's primary IP family (the family
+    of its first cluster IP, as Kubernetes' EndpointSlice of ipFamilies[0]); an IPv4
+    service keeps using each pod's ``ip``; a pod without an address of that family is
+    no endpoint."""
+    addresses = snapshot.service_addresses(service)
+    v6 = (":" in addresses[0]) if addresses else None  # None: no cluster IP yet
+
+    def family_ip(w: Workload) -> str:
+        if v6 is None or (":" in w.ip) == v6:
+            return w.ip
+        return w.address_of_family(v6) or ""
+
     chosen = selection.select_endpoints(
         service.metadata.namespace, selection.service_selector(service),
         [selection.port_spec(port)],
-        [selection.candidate(w.pod, w.ip, w.ready) for w in snapshot.workloads])
+        [selection.candidate(w.pod, family_ip(w), w.ready) for w in snapshot.workloads])
     return [Endpoint(ip=e.ip, port=e.port, pod=e.pod) for e in chosen]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from remora.controlplane import envoy_common as e
 from remora.controlplane.authn import DISABLE, workload_authn
 from remora.controlplane.envoy_common import JSON
+from remora.controlplane.ipfamily import IpFamilies, additional_addresses
 from remora.controlplane.model import (
     AUTO,
     HTTP,
@@ -40,12 +41,13 @@ from remora.controlplane.mtls import MeshSecurity, has_sidecar, sni, workload_id
 from remora.resources.objects import Service, ServicePort
 
 OUTBOUND_LISTENER_PORT = 15001
+IPV4_ONLY = IpFamilies()
 
 
-def virtual_outbound(tproxy: bool) -> JSON:
+def virtual_outbound(tproxy: bool, fam: IpFamilies = IPV4_ONLY) -> JSON:
     listener: JSON = {
         "name": "virtualOutbound",
-        "address": e.socket_address("0.0.0.0", OUTBOUND_LISTENER_PORT),
+        "address": e.socket_address(fam.wildcards[0], OUTBOUND_LISTENER_PORT),
         "use_original_dst": True,
         "traffic_direction": "OUTBOUND",
         "filter_chains": [
@@ -58,29 +60,36 @@ def virtual_outbound(tproxy: bool) -> JSON:
     }
     if tproxy:
         listener["transparent"] = True
+    if fam.dual:  # buildVirtualOutboundListener: the other wildcard as additional address
+        listener["additional_addresses"] = additional_addresses(fam.wildcards,
+                                                                OUTBOUND_LISTENER_PORT)
     return listener
 
 
-def domains(svc: Service, port: int, client_namespace: str) -> list[str]:
+def domains(svc: Service, port: int, client_namespace: str,
+            cluster_ips: tuple[str, ...] | None = None) -> list[str]:
     """Host names a request for the service may carry (route.go generateVirtualHostDomains):
-    FQDN, svc.ns.svc, svc.ns, the short name from the same namespace, the ClusterIP;
-    each with and without :port."""
+    FQDN, svc.ns.svc, svc.ns, the short name from the same namespace, each ClusterIP
+    (an IPv6 one in brackets, as a Host header carries it); each with and without
+    :port."""
     name, ns = svc.metadata.name, svc.metadata.namespace
     hosts = [svc.fqdn, f"{name}.{ns}.svc", f"{name}.{ns}"]
     if ns == client_namespace:
         hosts.append(name)
-    if svc.clusterIP:
-        hosts.append(svc.clusterIP)
+    for ip in cluster_ips if cluster_ips is not None else (
+            (svc.clusterIP,) if svc.clusterIP else ()):
+        hosts.append(f"[{ip}]" if ":" in ip else ip)
     out = []
     for h in hosts:
         out += [h, f"{h}:{port}"]
     return out
 
 
-def _vhost(svc: Service, sp: ServicePort, client_namespace: str) -> JSON:
+def _vhost(svc: Service, sp: ServicePort, client_namespace: str,
+           cluster_ips: tuple[str, ...] | None = None) -> JSON:
     cluster = outbound_cluster_name(sp.port, svc.fqdn)
     return {"name": f"{svc.fqdn}:{sp.port}",
-            "domains": domains(svc, sp.port, client_namespace),
+            "domains": domains(svc, sp.port, client_namespace, cluster_ips),
             "routes": [e.route("default", cluster, f"{svc.fqdn}:{sp.port}/*", retries=True)]}
 
 
@@ -89,10 +98,12 @@ def _allow_any() -> JSON:
             "routes": [e.route("allow_any", e.PASSTHROUGH, None, retries=False)]}
 
 
-def _listener(name: str, address: str, port: int, chains: list[JSON],
+def _listener(name: str, addresses: list[str], port: int, chains: list[JSON],
               sniff: bool = False) -> JSON:
-    out: JSON = {"name": name, "address": e.socket_address(address, port),
+    out: JSON = {"name": name, "address": e.socket_address(addresses[0], port),
                  "bind_to_port": False, "traffic_direction": "OUTBOUND"}
+    if len(addresses) > 1:  # buildListenerFromEntry: le.bind.Extra()
+        out["additional_addresses"] = additional_addresses(addresses, port)
     if sniff:
         out["listener_filters"] = [e.listener_filter(e.HTTP_INSPECTOR)]
         out["listener_filters_timeout"] = "0s"
@@ -101,33 +112,41 @@ def _listener(name: str, address: str, port: int, chains: list[JSON],
     return out
 
 
-def outbound_listeners(snapshot: Snapshot, client_namespace: str) -> list[JSON]:
+def outbound_listeners(snapshot: Snapshot, client_namespace: str,
+                       fam: IpFamilies = IPV4_ONLY) -> list[JSON]:
+    """Per-service listeners. A TCP/sniffed port listens on the service's cluster IPs of
+    the proxy's families (the first names it, the others are additional_addresses); the
+    shared HTTP listener on the proxy's wildcards."""
     http_vhosts: dict[int, list[JSON]] = {}
     listeners: list[JSON] = []
     for svc in snapshot.services:
+        all_ips = snapshot.service_addresses(svc)
+        ips = fam.keep(all_ips)
         for sp in svc.ports:
             proto = port_protocol(sp)
             cluster = outbound_cluster_name(sp.port, svc.fqdn)
             if proto == HTTP:
-                http_vhosts.setdefault(sp.port, []).append(_vhost(svc, sp, client_namespace))
-            elif proto in (TCP, AUTO) and svc.clusterIP:
-                name = f"{svc.clusterIP}_{sp.port}"
+                http_vhosts.setdefault(sp.port, []).append(
+                    _vhost(svc, sp, client_namespace, all_ips))
+            elif proto in (TCP, AUTO) and ips:
+                name = f"{ips[0]}_{sp.port}"
                 tcp_chain: JSON = {"filters": [e.tcp_proxy(cluster)]}
                 if proto == TCP:
-                    listeners.append(_listener(name, svc.clusterIP, sp.port, [tcp_chain]))
+                    listeners.append(_listener(name, ips, sp.port, [tcp_chain]))
                     continue
                 routes = {"name": f"{svc.fqdn}:{sp.port}", "validate_clusters": False,
-                          "virtual_hosts": [_vhost(svc, sp, client_namespace), _allow_any()]}
-                listeners.append(_listener(name, svc.clusterIP, sp.port,
+                          "virtual_hosts": [_vhost(svc, sp, client_namespace, all_ips),
+                                            _allow_any()]}
+                listeners.append(_listener(name, ips, sp.port,
                                            [_http_chain(name, routes), tcp_chain], sniff=True))
     for port, vhosts in sorted(http_vhosts.items()):
-        name = f"0.0.0.0_{port}"
+        name = f"{fam.wildcards[0]}_{port}"
         routes = {"name": str(port), "validate_clusters": False,
                   "virtual_hosts": [*vhosts, _allow_any()]}
         # Non-HTTP bytes to this port of an address no service has: pass them through.
         passthrough = {"filters": [e.tcp_proxy(e.PASSTHROUGH)]}
-        listeners.append(_listener(name, "0.0.0.0", port, [_http_chain(name, routes),
-                                                           passthrough], sniff=True))
+        listeners.append(_listener(name, fam.wildcards, port, [_http_chain(name, routes),
+                                                               passthrough], sniff=True))
     return listeners
 
 

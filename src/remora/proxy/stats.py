@@ -174,5 +174,12 @@ def prometheus_name(name: str) -> tuple[str, str]:
     return "envoy_" + _sanitize(name), ""
 
 
+def stat_name_part(text: str) -> str:
+    """A config-given part of a stat name (a stat_prefix, a listener address) as Envoy
+    stores it: every ``:`` becomes ``_`` (Stats::Utility::sanitizeStatsName), so
+    ``inbound_::_18080`` counts under ``tcp.inbound____18080.`` (observed on Envoy 1.40)."""
+    return text.replace(":", "_")
+
+
 def _sanitize(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)

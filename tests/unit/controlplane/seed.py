@@ -38,3 +38,27 @@ def seed(tproxy: bool = False) -> tuple[Snapshot, Pod, Pod]:
                     workloads=(Workload(server, SERVER_IP), Workload(client, CLIENT_IP)),
                     namespaces=(ns("demo-from"), ns("demo-to")))
     return snap, server, client
+
+
+# Dual stack: the seed's pods and service with a ULA IPv6 address each (a /64 on the veth,
+# a service range of its own), as Kubernetes lists them (status.podIPs, spec.clusterIPs).
+SERVER_IP6, CLIENT_IP6, CLUSTER_IP6 = "fd00:10:20::77", "fd00:10:20::78", "fd00:96::1:bc"
+FQDN = "simple-server-svc.demo-to.svc.cluster.local"
+
+
+def dual(tproxy: bool = False, v6_primary: bool = False) -> tuple[Snapshot, Pod, Pod]:
+    snap, server, client = seed(tproxy)
+    svc = snap.services[0]
+    ips = (CLUSTER_IP6, CLUSTER_IP) if v6_primary else (CLUSTER_IP, CLUSTER_IP6)
+    snap = replace(snap, services=(replace(svc, clusterIP=ips[0]),),
+                   workloads=(Workload(server, SERVER_IP, ips=(SERVER_IP, SERVER_IP6)),
+                              Workload(client, CLIENT_IP, ips=(CLIENT_IP, CLIENT_IP6))),
+                   cluster_ips={FQDN: ips})
+    return snap, server, client
+
+
+def v6_only(tproxy: bool = False) -> tuple[Snapshot, Pod, Pod]:
+    snap, server, client = seed(tproxy)
+    snap = replace(snap, services=(replace(snap.services[0], clusterIP=CLUSTER_IP6),),
+                   workloads=(Workload(server, SERVER_IP6), Workload(client, CLIENT_IP6)))
+    return snap, server, client

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from remora import __version__
 from remora.proxy.admin.clusters import clusters_json, clusters_text
 from remora.proxy.admin.config_dump import config_dump
+from remora.proxy.config.address import Address
 from remora.proxy.server.sockets import bind_listener
 from remora.proxy.stats import StatsStore
 
@@ -160,16 +161,26 @@ class Admin:
         }
 
     def _listeners(self, as_json: bool) -> Response:
-        rows = []
-        for name, active in sorted(self.server.listeners.items()):
-            addr = active.config.address
-            sock = ({"pipe": {"path": addr.pipe}} if addr.pipe is not None else
+        """Envoy's admin listeners handler: a ``name::address`` line per listen socket
+        (additional_addresses too); JSON ``local_address`` plus
+        ``additional_local_addresses`` (source/server/admin/listeners_handler.cc)."""
+        def proto(addr: Address) -> dict[str, object]:
+            return ({"pipe": {"path": addr.pipe}} if addr.pipe is not None else
                     {"socket_address": {"address": addr.ip, "port_value": addr.port}})
-            rows.append((name, str(addr), sock))
+
+        statuses: list[dict[str, object]] = []
+        lines: list[str] = []
+        for name, active in sorted(self.server.listeners.items()):
+            addresses = active.config.addresses
+            lines += [f"{name}::{a}\n" for a in addresses]
+            status: dict[str, object] = {"name": name, "local_address": proto(addresses[0])}
+            if len(addresses) > 1:
+                status["additional_local_addresses"] = [proto(a) for a in addresses[1:]]
+            statuses.append(status)
         if as_json:
-            return 200, "application/json", json.dumps({"listener_statuses": [
-                {"name": n, "local_address": s} for n, _, s in rows]}, indent=1)
-        return 200, "text/plain; charset=UTF-8", "".join(f"{n}::{a}\n" for n, a, _ in rows)
+            return 200, "application/json", json.dumps({"listener_statuses": statuses},
+                                                       indent=1)
+        return 200, "text/plain; charset=UTF-8", "".join(lines)
 
     def _clusters(self, as_json: bool) -> Response:
         described = self.server.cluster_manager.describe()

@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.stats import stat_name_part
 from remora.proxy.stream_info import format_address
 
 
@@ -17,16 +18,23 @@ class Address:
     port: int = 0
     pipe: str | None = None  # unix socket path
     pipe_mode: int = 0
+    # SocketAddress.ipv4_compat: an IPv6 socket also takes IPv4 (v4-mapped) connections.
+    # Envoy's default is false, so a ``::`` listener is IPV6_V6ONLY and can sit beside a
+    # ``0.0.0.0`` listener on the same port (Istio's dual-stack additional_addresses).
+    ipv4_compat: bool = False
 
     def __str__(self) -> str:
         return self.pipe if self.pipe is not None else format_address(self.ip, self.port)
 
     @property
     def stat_name(self) -> str:
-        """Envoy's listener stat prefix: ``0.0.0.0_15006`` (``[::]_15006`` for IPv6)."""
+        """Envoy's listener stat prefix: the address with every ``:`` made ``_`` (Envoy
+        sanitizes stat names so): ``0.0.0.0_15006``, ``[__]_15006`` for ``[::]:15006``,
+        ``[__1]_19872`` for ``[::1]:19872`` (observed on Envoy 1.40)."""
         if self.pipe is not None:
             return self.pipe
-        return f"[{self.ip}]_{self.port}" if ":" in self.ip else f"{self.ip}_{self.port}"
+        return f"[{stat_name_part(self.ip)}]_{self.port}" if ":" in self.ip else \
+            f"{self.ip}_{self.port}"
 
     @property
     def family_v6(self) -> bool:
@@ -37,7 +45,7 @@ def parse_socket_address(f: Fields) -> Address:
     ip = f.string("address", required=True)
     port = f.integer("port_value", 0)
     f.enum("protocol", ("TCP",), "TCP")
-    f.boolean("ipv4_compat")
+    compat = bool(f.boolean("ipv4_compat", False))
     f.done()
     try:
         ipaddress.ip_address(ip)
@@ -46,7 +54,7 @@ def parse_socket_address(f: Fields) -> Address:
                           "remora resolves no names here; give an IPv4 or IPv6 address") from exc
     if not 0 <= port <= 65535:
         raise ConfigError(f.at("port_value"), f"port {port} out of range")
-    return Address(ip=ip, port=port)
+    return Address(ip=ip, port=port, ipv4_compat=compat and ":" in ip)
 
 
 def parse_address(f: Fields | None, path: str) -> Address:

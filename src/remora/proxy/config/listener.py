@@ -36,6 +36,9 @@ class ListenerConfig:
     name: str
     address: Address
     raw: dict[str, Any]
+    # Listener.additional_addresses: more sockets for the same listener (Istio's dual
+    # stack: 0.0.0.0:15006 plus [::]:15006). Stats and the admin name use ``address``.
+    additional_addresses: tuple[Address, ...] = ()
     filter_chains: list[FilterChain] = field(default_factory=list)
     default_filter_chain: FilterChain | None = None
     listener_filters: list[Any] = field(default_factory=list)  # ListenerFilter objects
@@ -57,10 +60,15 @@ class ListenerConfig:
         names = self.listener_filter_names
         return self.transparent or "envoy.filters.listener.original_src" in names
 
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """Every address the listener is bound to (or handed connections for)."""
+        return (self.address, *self.additional_addresses)
+
     def same_socket(self, other: ListenerConfig) -> bool:
-        """Whether OTHER can take over this listener's socket (an in-place update)."""
-        return (self.address, self.bind_to_port, self.transparent, self.freebind) == (
-            other.address, other.bind_to_port, other.transparent, other.freebind)
+        """Whether OTHER can take over this listener's sockets (an in-place update)."""
+        return (self.addresses, self.bind_to_port, self.transparent, self.freebind) == (
+            other.addresses, other.bind_to_port, other.transparent, other.freebind)
 
 
 def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
@@ -88,11 +96,30 @@ def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
     return FilterChain(name=name, match=match, filters=filters, transport=tls)
 
 
+def _additional_addresses(f: Fields, primary: Address) -> tuple[Address, ...]:
+    """``additional_addresses``: each an AdditionalAddress {address, socket_options};
+    like Envoy, a listener's addresses are IP addresses and all different
+    (source/common/listener_manager/listener_impl.cc)."""
+    out: list[Address] = []
+    for item in f.each("additional_addresses", "AdditionalAddress"):
+        addr = parse_address(item.fields("address", "Address"), item.at("address"))
+        item.done()  # socket_options (per-address overrides) is not implemented
+        if addr.pipe is not None or primary.pipe is not None:
+            raise ConfigError(item.at("address"), "additional_addresses need IP socket "
+                              "addresses on a listener bound to an IP address")
+        if any((a.ip, a.port) == (addr.ip, addr.port) for a in (primary, *out)):
+            raise ConfigError(item.at("address"), f"duplicate listener address {addr}",
+                              "give each address of a listener once")
+        out.append(addr)
+    return tuple(out)
+
+
 def parse_listener(raw: Any, path: str, context: Any) -> ListenerConfig:
     f = Fields(raw, path, "Listener")
     name = f.string("name", required=True)
     address = parse_address(f.fields("address", "Address"), f.at("address"))
     cfg = ListenerConfig(name=name, address=address, raw=copy.deepcopy(raw))
+    cfg.additional_addresses = _additional_addresses(f, address)
     cfg.use_original_dst = bool(f.boolean("use_original_dst", False))
     cfg.bind_to_port = bool(f.boolean("bind_to_port", True))
     cfg.transparent = bool(f.boolean("transparent", False))

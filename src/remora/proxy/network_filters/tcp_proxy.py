@@ -21,6 +21,7 @@ from typing import Any
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext, UpstreamError
 from remora.proxy.registry import register
+from remora.proxy.stats import stat_name_part
 
 CHUNK = 256 * 1024
 
@@ -63,7 +64,7 @@ class TcpProxy:
                  idle_timeout: float, max_connect_attempts: int,
                  access_loggers: list[AccessLogger]) -> None:
         self.context = context
-        self.prefix = f"tcp.{stat_prefix}."
+        self.prefix = f"tcp.{stat_name_part(stat_prefix)}."
         self.cluster_name = cluster
         self.idle_timeout = idle_timeout
         self.max_connect_attempts = max_connect_attempts

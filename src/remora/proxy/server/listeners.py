@@ -38,8 +38,9 @@ LISTENER_COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "no_filter_
 class ActiveListener:
     def __init__(self, config: ListenerConfig, version: str = "") -> None:
         self.config = config
-        self.sock: socket.socket | None = None
-        self.task: asyncio.Task[None] | None = None
+        # one socket per address (address, then additional_addresses), one accept loop each
+        self.socks: list[socket.socket] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.version_info = version
         self.last_updated = time.time()
 
@@ -50,21 +51,21 @@ class ActiveListener:
     def start(self, server: Server) -> None:
         server.stats.touch(*(self.prefix + n for n in LISTENER_COUNTERS))
         server.stats.gauges[self.prefix + "downstream_cx_active"] += 0
-        if self.sock is not None and self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._accept_loop(server))
+        if self.socks and not self.tasks:
+            loop = asyncio.get_running_loop()
+            self.tasks = [loop.create_task(self._accept_loop(server, sock))
+                          for sock in self.socks]
 
     def stop_accepting(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        for task in self.tasks:
+            task.cancel()
+        self.tasks = []
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
 
-    async def _accept_loop(self, server: Server) -> None:
+    async def _accept_loop(self, server: Server, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        sock = self.sock
-        assert sock is not None
         while True:
             try:
                 conn, _ = await loop.sock_accept(sock)

@@ -113,27 +113,33 @@ class Server:
         try:
             for active in actives:
                 cfg = active.config
-                if cfg.bind_to_port and active.sock is None:
+                if cfg.bind_to_port and not active.socks:
                     reuse = self.concurrency > 1 or bool(cfg.enable_reuse_port)
-                    active.sock = bind_listener(cfg.address, transparent=cfg.transparent,
-                                                freebind=cfg.freebind, reuse_port=reuse)
                     bound.append(active)
+                    for address in cfg.addresses:  # additional_addresses: a socket each
+                        active.socks.append(bind_listener(
+                            address, transparent=cfg.transparent, freebind=cfg.freebind,
+                            reuse_port=reuse))
         except RemoraError:
             for active in bound:
                 active.stop_accepting()
             raise
 
     def listener_for(self, ip: str, port: int) -> ActiveListener | None:
+        """The listener a use_original_dst connection to IP:PORT is handed to: one with
+        exactly that address (additional_addresses count), else the wildcard of IP's
+        family (0.0.0.0 or ::), as Envoy's ConnectionHandlerImpl::getBalancedHandlerByAddress
+        looks them up."""
         wildcard = None
         for active in self.listeners.values():
-            addr = active.config.address
-            if addr.port != port or addr.pipe is not None:
-                continue
-            if addr.ip == ip:
-                return active
-            if addr.ip in ("0.0.0.0", "::") and wildcard is None and \
-                    (addr.ip == "::") == (":" in ip):
-                wildcard = active
+            for addr in active.config.addresses:
+                if addr.port != port or addr.pipe is not None:
+                    continue
+                if addr.ip == ip:
+                    return active
+                if addr.ip in ("0.0.0.0", "::") and wildcard is None and \
+                        (addr.ip == "::") == (":" in ip):
+                    wildcard = active
         return wildcard
 
     def drain_listeners(self, inbound_only: bool = False) -> None:
@@ -270,8 +276,8 @@ class Server:
         old = {n: a for n, a in self.listeners.items() if n not in self.static_listener_names}
         new_names = {c.name for c in configs}
         # A listener that goes away may hand its socket to a new one at the same address.
-        spare = {(a.config.address, a.config.transparent): a for n, a in old.items()
-                 if a.sock is not None and n not in new_names}
+        spare = {(a.config.addresses, a.config.transparent): a for n, a in old.items()
+                 if a.socks and n not in new_names}
         in_place: list[tuple[ActiveListener, ListenerConfig]] = []
         takeovers: list[tuple[ActiveListener, ListenerConfig]] = []
         fresh: list[tuple[ActiveListener, ActiveListener | None]] = []
@@ -281,8 +287,8 @@ class Server:
                 continue
             if prev is not None and prev.config.same_socket(cfg):
                 in_place.append((prev, cfg))
-            elif cfg.bind_to_port and (cfg.address, cfg.transparent) in spare:
-                takeovers.append((spare.pop((cfg.address, cfg.transparent)), cfg))
+            elif cfg.bind_to_port and (cfg.addresses, cfg.transparent) in spare:
+                takeovers.append((spare.pop((cfg.addresses, cfg.transparent)), cfg))
             else:
                 fresh.append((ActiveListener(cfg, version), prev))
         if live:  # may raise: nothing has changed yet

@@ -13,6 +13,7 @@ from remora.proxy.config.address import Address
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
 IP_FREEBIND = 15
+IPV6_FREEBIND = 78  # linux/in6.h
 CAP_NET_ADMIN = 12
 
 
@@ -63,7 +64,13 @@ def bind_listener(address: Address, *, transparent: bool = False, freebind: bool
                 sock.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.SOL_IP,
                                 IPV6_TRANSPARENT if v6 else IP_TRANSPARENT, 1)
             if freebind:
-                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.SOL_IP,
+                                IPV6_FREEBIND if v6 else IP_FREEBIND, 1)
+            if v6:
+                # Envoy binds an IPv6 listener IPV6_V6ONLY unless ipv4_compat is set, so
+                # [::]:15006 and 0.0.0.0:15006 are two sockets, one per family.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                                0 if address.ipv4_compat else 1)
             sock.bind((address.ip, address.port))
         except PermissionError as exc:
             sock.close()

@@ -35,6 +35,20 @@ _GAUGES = {"connections": "cx_open", "pending_requests": "rq_pending_open",
            "requests": "rq_open", "retries": "rq_retry_open"}
 
 
+def bind_source(cfg: ClusterConfig, upstream_ip: str) -> tuple[str, int] | None:
+    """The upstream_bind_config address for a connection to UPSTREAM_IP: the first of
+    source_address / extra_source_addresses of the upstream's IP family, else
+    source_address (Envoy's DefaultUpstreamLocalAddressSelector), so a dual-stack
+    InboundPassthroughCluster binds 127.0.0.6 to IPv4 and ::6 to IPv6 apps."""
+    if cfg.source_address is None:
+        return None
+    v6 = ":" in upstream_ip
+    for addr in (cfg.source_address, *cfg.extra_source_addresses):
+        if addr.family_v6 == v6:
+            return addr.ip, addr.port
+    return cfg.source_address.ip, cfg.source_address.port
+
+
 class ClusterImpl:
     def __init__(self, config: ClusterConfig, stats: StatsStore) -> None:
         self.name = config.name
@@ -136,7 +150,7 @@ class ClusterImpl:
         hstats["rq_pending_active"] += 1  # the stream waits for this connection
         self.stats.inc(self.prefix + "upstream_cx_total")
         cfg = self.config
-        source = (cfg.source_address.ip, cfg.source_address.port) if cfg.source_address else None
+        source = bind_source(cfg, target[0])
         started = time.monotonic()
 
         def lost(rx_bytes: int) -> None:

@@ -47,6 +47,10 @@ class ClusterConfig:
     eds_path: str | None = None
     eds_service_name: str | None = None
     source_address: Address | None = None  # upstream_bind_config.source_address
+    # upstream_bind_config.extra_source_addresses (or the deprecated
+    # additional_source_addresses): at most one, of the other IP family (Istio's dual
+    # stack: 127.0.0.6 plus ::6)
+    extra_source_addresses: tuple[Address, ...] = ()
     thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     # the HIGH priority thresholds: remora routes at default priority, /clusters shows both
     high_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
@@ -170,6 +174,44 @@ def parse_load_assignment(raw: Any, path: str) -> tuple[str, list[Host]]:
     return name, hosts
 
 
+def _bind_config(bind: Fields, cfg: ClusterConfig) -> None:
+    """``upstream_bind_config``: the source address, and one extra address of the other
+    family, checked as Envoy's DefaultUpstreamLocalAddressSelectorFactory::validate does."""
+    src = bind.fields("source_address", "SocketAddress")
+    extras: list[Address] = []
+    for item in bind.each("extra_source_addresses", "ExtraSourceAddress"):
+        addr = item.fields("address", "SocketAddress")
+        item.done()  # socket_options (per-address overrides) is not implemented
+        if addr is None:
+            raise ConfigError(item.at("address"), "required field is missing")
+        extras.append(parse_socket_address(addr))
+    legacy = list(bind.each("additional_source_addresses", "SocketAddress"))
+    if legacy and extras:
+        raise ConfigError(bind.at("additional_source_addresses"),
+                          "both extra_source_addresses and additional_source_addresses",
+                          "use extra_source_addresses only (the other is deprecated)")
+    extras += [parse_socket_address(a) for a in legacy]
+    bind.boolean("freebind")
+    bind.done()
+    if src is None:
+        if extras:
+            raise ConfigError(bind.at("source_address"), "extra source addresses need a "
+                              "source_address")
+        return
+    cfg.source_address = parse_socket_address(src)
+    if len(extras) > 1:
+        raise ConfigError(bind.at("extra_source_addresses"),
+                          f"Cluster {cfg.name}'s upstream binding config has more than one "
+                          "extra/additional source addresses",
+                          "give at most one, of the other IP family")
+    if extras and extras[0].family_v6 == cfg.source_address.family_v6:
+        raise ConfigError(bind.at("extra_source_addresses"),
+                          f"Cluster {cfg.name}'s upstream binding config has two same IP "
+                          "version source addresses",
+                          "the extra source address must be of the other IP family")
+    cfg.extra_source_addresses = tuple(extras)
+
+
 def parse_cluster(raw: Any, path: str) -> ClusterConfig:
     f = Fields(raw, path, "Cluster")
     f.ignore("@type")
@@ -220,11 +262,7 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
         raise ConfigError(f.at("lb_policy"), "an ORIGINAL_DST cluster needs lb_policy "
                                              "CLUSTER_PROVIDED", "set lb_policy: CLUSTER_PROVIDED")
     if bind is not None:
-        src = bind.fields("source_address", "SocketAddress")
-        bind.boolean("freebind")
-        bind.done()
-        if src is not None:
-            cfg.source_address = parse_socket_address(src)
+        _bind_config(bind, cfg)
     if breakers is not None:
         for th in breakers.each("thresholds", "Thresholds"):
             prio = th.enum("priority", ("DEFAULT", "HIGH"), "DEFAULT")
