@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from remora.diagnose.evidence_text import is_prompt
 from remora.errors import RemoraError
 
 JSON = dict[str, Any]
@@ -252,6 +253,12 @@ def add_document(cfg: EnvoyConfig, doc: Any, source: str, relaxed: bool = False)
         items = []
     used = 0
     for item in items:
+        if isinstance(item, dict) and "version_info" in item:
+            # one dynamic_active_* entry of /config_dump pasted alone:
+            # {"version_info": ..., "cluster"|"listener"|"route_config": {...}}
+            inner = next((item[k] for k in ("cluster", "listener", "route_config")
+                          if isinstance(item.get(k), dict)), None)
+            item = inner if inner is not None else item
         kind = _classify(item) if isinstance(item, dict) else None
         if kind == "listener":
             _add_listener(cfg, item)
@@ -278,6 +285,11 @@ def add_document(cfg: EnvoyConfig, doc: Any, source: str, relaxed: bool = False)
 def parse_config_text(cfg: EnvoyConfig, text: str, source: str) -> None:
     if not text.strip():
         raise RemoraError(f"{source} is empty", "give an Envoy config dump (JSON)")
+    # a shell prompt above the JSON (`$ istioctl ...`, `[root@host dir]# istioctl ...`)
+    lines = text.splitlines()
+    while lines and (is_prompt(lines[0]) or not lines[0].strip()):
+        lines = lines[1:]
+    text = "\n".join(lines) if lines else text
     try:
         doc, relaxed = relaxed_json(text)
     except json.JSONDecodeError as exc:

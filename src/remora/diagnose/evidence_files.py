@@ -19,6 +19,13 @@ from pathlib import Path
 from remora.diagnose.access_log import parse_access_log
 from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
 from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.evidence_text import (
+    istio_init,
+    istio_version,
+    looks_like_istio_init,
+    rule_lines,
+    unframe,
+)
 from remora.diagnose.iptables_listing import looks_like_listing, parse_listing
 from remora.diagnose.iptables_model import Ruleset
 from remora.diagnose.iptables_save import looks_like_save, parse_iptables_save
@@ -46,9 +53,11 @@ def read_text(path: Path, what: str) -> str:
 def parse_iptables_text(text: str, name: str) -> Ruleset:
     """iptables-save text or `iptables -L -v` listings; the IPv4 rules when both families."""
     hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
+    text = unframe(text)
     if looks_like_listing(text):
         return parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
     if looks_like_save(text):
+        text, _ = rule_lines(text)
         families = parse_iptables_save(text, origin=f"{name} (iptables-save)", table_hint=hint)
         if families:
             return families[0]
@@ -66,6 +75,32 @@ def add_iptables(pod: PodEvidence, path: Path) -> None:
     else:
         pod.iptables.merge(rs)
     pod.sources.append(f"iptables: {path}")
+
+
+def add_istio_init(pod: PodEvidence, path: Path) -> None:
+    """The istio-init container's log: its variables and the rules it wrote."""
+    init = istio_init(read_text(path, "istio-init log"))
+    pod.declared.update(init.variables)
+    pod.shell_script = pod.shell_script or init.shell_script
+    if init.rules.strip():
+        families = parse_iptables_save(init.rules, origin=f"{path.name} (istio-init log)")
+        if families:
+            if pod.iptables is None:
+                pod.iptables = families[0]
+            else:
+                pod.iptables.merge(families[0])
+    pod.sources.append(f"istio-init log: {path} ({len(init.variables)} variables"
+                       + (", istio-iptables.sh trace" if init.shell_script else "") + ")")
+
+
+def add_version(pod: PodEvidence, path: Path) -> None:
+    text = read_text(path, "version")
+    if istio_version(text) is None:
+        raise RemoraError(f"{path} names no Istio version: expected `istioctl version` output "
+                          "(`data plane version: 1.9.0 ...`)",
+                          "collect it with `istioctl version`, or pass --istio-version X.Y")
+    pod.version_text.append(text)
+    pod.sources.append(f"version: {path}")
 
 
 def add_config(pod: PodEvidence, path: Path) -> None:
@@ -114,13 +149,19 @@ def _kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(".json"):
         return "config"
+    if re.search(r"istio[-_]?init|envoy[-_]init", name):
+        return "istioinit"
+    if re.match(r"(istioctl[-_])?version", name):
+        return "version"
     if re.search(r"ip[-_]?rules?\b|ip[-_]rule|policy[-_]rout", name):
         return "iprules"
     if re.search(r"iptables|nat|mangle|\.rules$|rules\.txt$", name):
         return "iptables"
+    text = read_text(path, "evidence")[:4000]
+    if looks_like_istio_init(text):
+        return "istioinit"
     if name.endswith(".log") or "access" in name or name.startswith("log"):
         return "log"
-    text = read_text(path, "evidence")[:4000]
     stripped = text.lstrip()
     if looks_like_listing(text) or looks_like_save(text):
         return "iptables"
@@ -154,7 +195,8 @@ def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
             pod.sources.append(f"skipped: {path} (not recognised as evidence)")
             continue
         {"config": add_config, "iptables": add_iptables, "log": add_access_log,
-         "iprules": add_ip_rules}[kind](pod, path)
+         "iprules": add_ip_rules, "istioinit": add_istio_init,
+         "version": add_version}[kind](pod, path)
         used += 1
     if not used:
         raise RemoraError(f"--istio-dump {root} has no evidence files",

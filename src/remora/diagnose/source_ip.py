@@ -56,9 +56,21 @@ class Report:
     mode: str  # server interception mode: REDIRECT, TPROXY, none, unknown
     sources: dict[str, list[str]] = field(default_factory=dict)  # what was read, per side
 
+def is_ambient(rules: Ruleset | None) -> bool:
+    """Istio ambient's capture: istio-cni's in-pod ISTIO_PRERT chain (cni/pkg/iptables,
+    TPROXY or REDIRECT to ztunnel's 15006/15008 with marks 0x111/0x539 in 0xfff) or the
+    early node-level ztunnel-* chains (1.16-1.20). Not a sidecar's rules."""
+    if rules is None:
+        return False
+    return any(name == "ISTIO_PRERT" or name.startswith("ztunnel-")
+               for t in rules.tables.values() for name in t.chains)
+
+
 def _mode_of(rules: Ruleset | None) -> str:
     if rules is None:
         return "unknown"
+    if is_ambient(rules):
+        return "ambient"
     mangle = rules.tables.get("mangle")
     if mangle and any(r.target.name == "TPROXY" for c in mangle.chains.values() for r in c.rules):
         return "TPROXY"
@@ -198,7 +210,12 @@ def explain_source_ip(ev: Evidence) -> Report:
     step3 = Step(3, "server pod: PREROUTING", "unknown", "")
     s_capture = "unknown"
     s_port = 15006
-    if ev.server.iptables is None:
+    if mode == "ambient":
+        step3.status = "ok"
+        step3.summary = ("ambient: Istio's in-pod capture for ztunnel (ISTIO_PRERT / ztunnel-* "
+                         "chains), not a sidecar's")
+        s_capture = "ambient"
+    elif ev.server.iptables is None:
         missing.append(Missing("server pod capture rules", _iptables_cmd(ev.server)))
         osrc = _server_has_original_src(ev.server)
         mode = "TPROXY" if osrc else "REDIRECT"
@@ -229,7 +246,11 @@ def explain_source_ip(ev: Evidence) -> Report:
 
     # 4. server sidecar
     step4 = Step(4, "server sidecar", "unknown", "")
-    if s_capture in ("none", "DROP"):
+    if s_capture == "ambient":
+        step4.status = "skipped"
+        step4.summary = ("ambient: no sidecar; ztunnel (inbound port 15006/15008) connects to "
+                         "the app")
+    elif s_capture in ("none", "DROP"):
         step4.status, step4.summary = "skipped", "not captured: the connection goes to the app"
     elif ev.server.config is None:
         step4.summary = "server sidecar config not given"

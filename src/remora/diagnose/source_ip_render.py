@@ -114,14 +114,22 @@ def render_text(r: Report) -> str:
         lines.append("")
     v = r.verdict
     lines.append("5. verdict")
+    label = {"established": "established, from", "inferred": "inferred, assuming",
+             "undecided": "undecided, missing"}.get(v.kind, v.kind)
     if v.failure:
-        lines.append(f"   no verdict: {v.failure}")
+        lines.append(f"   no verdict: {v.failure} ({v.kind})")
     elif v.app_sees is None:
-        lines.append("   cannot tell what the app sees from this evidence")
+        lines.append(f"   cannot tell what the app sees from this evidence ({v.kind})")
     else:
         who = "the client" if v.sees_client else f"not the client {v.client_ip}"
-        lines.append(f"   the app sees {v.app_sees} ({who})")
+        lines.append(f"   the app sees {v.app_sees} ({who}) ({v.kind})")
         lines.append(f"   why: {v.app_sees_why}")
+    lines.append(f"   {label}: {v.basis}")
+    if v.model_note:
+        lines.append(f"   the log wins: {v.model_note}")
+    if v.istio_version:
+        lines.append(f"   Istio version used: {v.istio_version}")
+    if v.app_sees is not None and not v.failure:
         lines.append(f"   confirmed: {v.confirmation}" if v.confirmed else
                      f"   check: {v.confirmation}")
         lines.append(f"   X-Forwarded-For: {v.xff}")
