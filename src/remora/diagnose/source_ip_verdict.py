@@ -373,6 +373,10 @@ def _explain_127(step4: Step) -> list[str]:
     if follow and follow.capture.decided_by is not None:
         d = follow.capture.decided_by
         evidence = f" (in this pod: {d.ref()}{', ' + d.counters if d.counters else ''})"
+    else:
+        # not walked in this pod's rules: say that the quoted rules are Istio's defaults
+        evidence = (" (quoted from Istio's default rules (istio-iptables), not from the "
+                    "evidence)")
     loop = LOOP_RULE
     if follow and follow.packet.uid != 1337 and follow.packet.gid == 1337:
         # a sidecar running as uid 0 / gid 1337 is caught by the --gid-owner twin
