@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remora.diagnose.evidence_text import is_prompt
+from remora.diagnose.proxy_config_dump import snake as struct_aware_snake
 from remora.errors import RemoraError
 
 JSON = dict[str, Any]
@@ -32,16 +33,9 @@ _CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 
 
 def snake(obj: Any) -> Any:
-    """camelCase keys -> snake_case, leaving map keys such as type URLs or ``@type`` alone."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            key = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", k).lower() if _CAMEL.match(k) else k
-            out[key] = snake(v)
-        return out
-    if isinstance(obj, list):
-        return [snake(v) for v in obj]
-    return obj
+    """camelCase keys -> snake_case; map keys (type URLs, ``@type``) and free-form Struct
+    contents (TypedStruct ``value``, v2 ``config``, metadata) keep their keys as written."""
+    return struct_aware_snake(obj)
 
 
 def relaxed_json(text: str) -> tuple[Any, bool]:

@@ -22,9 +22,13 @@ JSON = dict[str, Any]
 
 # snake name -> how its value's keys are treated: "struct" keeps the whole value verbatim,
 # "map" keeps the keys but converts the values (Any messages).
+# Fields whose keys are data, not proto field names: kept as written. TypedStruct.value and
+# the v2 filters' `config` are google.protobuf.Struct (Istio <= 1.6 sent `config` blocks);
+# a transport_socket_matches entry's `match` is a Struct matched against endpoint metadata
+# (`tlsMode`).
 _MAPS = {"filter_metadata": "struct", "typed_filter_metadata": "map",
          "typed_extension_protocol_options": "map", "typed_per_filter_config": "map",
-         "value": "struct"}  # TypedStruct.value is a google.protobuf.Struct
+         "value": "struct", "config": "struct"}
 
 
 def _snake_key(key: str) -> str:
@@ -50,7 +54,12 @@ def _convert(value: Any, to_camel: bool) -> Any:
         snake = _snake_key(key)
         new_key = _camel_key(snake) if to_camel else snake
         mode = _MAPS.get(snake)
-        if mode == "struct" and isinstance(v, dict):
+        if snake == "transport_socket_matches" and isinstance(v, list):
+            out[new_key] = [{**_convert({k: x for k, x in m.items() if k != "match"},
+                                        to_camel),
+                             **({"match": m["match"]} if "match" in m else {})}
+                            if isinstance(m, dict) else m for m in v]
+        elif mode == "struct" and isinstance(v, dict):
             out[new_key] = v
         elif mode == "map" and isinstance(v, dict):
             out[new_key] = {k: _convert(x, to_camel) for k, x in v.items()}

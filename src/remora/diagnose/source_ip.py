@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from remora.diagnose.envoy_sim import Downstream, SidecarTrace, TlsHello, simulate
+from remora.diagnose.envoy_trace import sock
 from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, hostport, is_ip, split_hostport
 from remora.diagnose.iptables_model import Packet, Ruleset
@@ -223,6 +224,11 @@ def explain_source_ip(ev: Evidence) -> Report:
                          f"({'original_src on the inbound listener' if osrc else 'Istio default'})")
         assumptions.append(f"server interception mode {mode} (rules not given)")
         s_capture = mode
+        s_port = _inbound_capture_port(ev.server)
+        if s_port != 15006:
+            assumptions.append(f"inbound is captured to port {s_port}: the config has the "
+                               "15001 `virtual` listener (use_original_dst) and no 15006 "
+                               "virtualInbound (Istio 1.2 and before)")
     else:
         pkt = Packet(ipaddress.ip_address(upstream_src), ipaddress.ip_address(server_ip), port,
                      sport=EPHEMERAL + 1, in_iface="eth0")
@@ -293,6 +299,20 @@ def _policy_routing(pod: PodEvidence, step: Step, mark: int | None,
     check = check_tproxy(pod.policy_routing, PROXY_ID if mark is None else mark)
     step.notes.append(("policy routing: " if check.established else
                        "policy routing NOT in place: ") + check.summary)
+
+
+def _inbound_capture_port(pod: PodEvidence) -> int:
+    """Where REDIRECT delivers inbound when the rules are not given: 15006 (virtualInbound,
+    Istio 1.3+) unless the config only has the old 15001 `virtual` listener, which took
+    inbound too (use_original_dst hands it to the PODIP_PORT listener)."""
+    cfg = pod.config
+    if cfg is None:
+        return 15006
+    ports = {sock(x)[1] for x in cfg.listeners}
+    if 15006 not in ports and any(sock(x)[1] == 15001 and x.get("use_original_dst")
+                                  for x in cfg.listeners):
+        return 15001
+    return 15006
 
 
 def _server_has_original_src(pod: PodEvidence) -> bool:

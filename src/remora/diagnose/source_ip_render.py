@@ -114,8 +114,8 @@ def render_text(r: Report) -> str:
         lines.append("")
     v = r.verdict
     lines.append("5. verdict")
-    label = {"established": "established, from", "inferred": "inferred, assuming",
-             "undecided": "undecided, missing"}.get(v.kind, v.kind)
+    label = {"established": "evidence", "inferred": "assumed",
+             "undecided": "missing"}.get(v.kind, v.kind)
     if v.failure:
         lines.append(f"   no verdict: {v.failure} ({v.kind})")
     elif v.app_sees is None:

@@ -137,14 +137,14 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
     if found:
         name, src, why = found
         v.app_sees, v.kind = src, "inferred"
-        v.basis = (f"assumed: the connection reaches cluster {name} (the listener is not in the "
+        v.basis = (f"the connection reaches cluster {name} (the listener is not in the "
                    f"evidence); {why}")
         v.app_sees_why = f"inferred from cluster {name}: {why}"
         return
     v.kind = "inferred"
     if ver.before_1_10:
         v.app_sees = "127.0.0.1"
-        v.basis = (f"assumed: Istio {ver.label()} ({ver.why}) dials a declared port's app at "
+        v.basis = (f"Istio {ver.label()} ({ver.why}) dials a declared port's app at "
                    "127.0.0.1 from 127.0.0.1, and the port is declared in a Service (an "
                    "undeclared port goes through InboundPassthroughClusterIpv4 from 127.0.0.6)")
     else:
@@ -152,9 +152,9 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
         guess = "" if ver.before_1_10 is False else (
             "; the version is not in the evidence: before 1.10 it would be 127.0.0.1 "
             "(pass --istio-version X.Y)")
-        v.basis = (f"assumed: Istio {ver.label() if ver.version else '1.10 or later'} "
+        v.basis = (f"Istio {ver.label() if ver.version else '1.10 or later'} "
                    "binds inbound connections to 127.0.0.6 (upstream_bind_config)" + guess)
-    v.app_sees_why = "inferred: " + v.basis.removeprefix("assumed: ")
+    v.app_sees_why = "inferred: " + v.basis
 
 
 def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -> Verdict:
@@ -173,10 +173,10 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
     declared = ev.server.declared
     if mode == "ambient":
         v.app_sees, v.kind, v.inferred = v.client_ip, "inferred", True
-        v.basis = ("assumed: ztunnel, which the ambient rules send the connection to, dials the "
+        v.basis = ("ztunnel, which the ambient rules send the connection to, dials the "
                    "app from the client's address (its default inbound spoofing with "
                    "IP_TRANSPARENT); the rules are ambient's, not a sidecar's")
-        v.app_sees_why = "inferred: " + v.basis.removeprefix("assumed: ")
+        v.app_sees_why = "inferred: " + v.basis
     elif step3.status == "not captured" and step3.walk is not None:
         if "mangle" in step3.walk.missing_tables and not _nat_captures_inbound(ev):
             _nat_only(v, ev, step3, port, declared)
@@ -193,16 +193,16 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
                                               + v.app_sees_why)
         else:
             v.kind = "inferred"
-            v.basis = (f"assumed: the server's interception mode is {mode} (its rules are not "
+            v.basis = (f"the server's interception mode is {mode} (its rules are not "
                        f"in the evidence); {v.app_sees_why}")
     elif mode in ("REDIRECT", "TPROXY") and _server_has_evidence(ev):
         v.inferred = True
         if mode == "TPROXY":
             v.app_sees, v.kind = v.client_ip, "inferred"
-            v.basis = ("assumed: in TPROXY mode Istio adds original_src to the inbound listener, "
+            v.basis = ("in TPROXY mode Istio adds original_src to the inbound listener, "
                        "which binds the client's address (the sidecar's config is not in the "
                        "evidence)")
-            v.app_sees_why = "inferred: " + v.basis.removeprefix("assumed: ")
+            v.app_sees_why = "inferred: " + v.basis
         else:
             _by_version(v, ev, port, ver)
     _confirm(ev, v)
@@ -256,12 +256,12 @@ def _nat_only(v: Verdict, ev: Evidence, step3: Step, port: int,
            "or iptables -t mangle -L -v)")
     if mode == "TPROXY":
         v.app_sees, v.kind, v.inferred = v.client_ip, "inferred", True
-        v.basis = ("assumed: istio-init says INBOUND_INTERCEPTION_MODE=TPROXY, so inbound "
+        v.basis = ("istio-init says INBOUND_INTERCEPTION_MODE=TPROXY, so inbound "
                    "capture is in the mangle table (not in the evidence) and Istio's "
                    "original_src binds the client's address")
     elif mode == "REDIRECT" and ports == "":
         v.app_sees, v.kind = v.client_ip, "inferred"
-        v.basis = ("assumed: the rules are what istio-init wrote; it says "
+        v.basis = ("the rules are what istio-init wrote; it says "
                    "INBOUND_INTERCEPTION_MODE=REDIRECT with INBOUND_PORTS_INCLUDE empty, so "
                    "no inbound port is captured (no ISTIO_INBOUND chain) and the app sees the "
                    "client directly")
@@ -278,7 +278,7 @@ def _nat_only(v: Verdict, ev: Evidence, step3: Step, port: int,
                    "TPROXY-mode capture lives, is not in the evidence: it decides")
         v.missing.append(Missing("the server pod's mangle table", cmd))
         return
-    v.app_sees_why = "inferred: " + v.basis.removeprefix("assumed: ")
+    v.app_sees_why = "inferred: " + v.basis
 
 
 def _model_wrong(model: str, why: str, seen: str, client: str) -> str:

@@ -35,6 +35,8 @@ def _run(d: Path) -> tuple[dict[str, Any], Any]:
     ev = load_dump_dir(d)
     if meta.get("target_port"):
         ev.target.port = int(meta["target_port"])
+    if meta.get("server_ip"):
+        ev.server.ip = str(meta["server_ip"])
     if meta.get("istio_version_option"):
         ev.istio_version = str(meta["istio_version_option"])
     return meta, explain_source_ip(ev)
