@@ -177,6 +177,11 @@ def _add_dump_entry(cfg: EnvoyConfig, entry: JSON) -> bool:
         cfg.has_listeners = True
         for item in entry.get("static_listeners", []):
             _add_listener(cfg, item.get("listener", {}))
+        # Envoy <= 1.12 (Istio <= 1.4) listed dynamic_active_listeners with the listener
+        # directly under each entry
+        for item in entry.get("dynamic_active_listeners", []) or []:
+            if isinstance(item.get("listener"), dict):
+                _add_listener(cfg, item["listener"])
         for item in entry.get("dynamic_listeners", []):
             state = item.get("active_state") or item.get("warming_state") or {}
             if state.get("listener"):

@@ -87,6 +87,10 @@ class ConfigDump:
     routes: list[JSON] = field(default_factory=list)  # RouteConfigurations (RDS)
     bootstrap: JSON = field(default_factory=dict)
     has_endpoint_section: bool = False
+    # an Envoy <= 1.12 dump (dynamic_active_listeners, Istio <= 1.4): istioctl of that era
+    # listed its listeners unsorted, in a padding-5 table
+    v2_listeners: bool = False
+    rds: bool = False  # the dump has dynamic_route_configs (an xDS-fed Envoy, as Istio's)
     raw: JSON = field(default_factory=dict)  # the dump as given (for `all -o json`)
 
 
@@ -115,6 +119,10 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
         if kind == "BootstrapConfigDump":
             dump.bootstrap = s.get("bootstrap", {})
         elif kind == "ListenersConfigDump":
+            # Envoy <= 1.12 (Istio <= 1.4): dynamic_active_listeners[].listener
+            dump.listeners += [d["listener"] for d in s.get("dynamic_active_listeners", [])
+                               if "listener" in d]
+            dump.v2_listeners = dump.v2_listeners or "dynamic_active_listeners" in s
             for d in s.get("dynamic_listeners", []):
                 active = d.get("active_state") or {}
                 if "listener" in active:
@@ -130,6 +138,7 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
                 dump.endpoints += [d["endpoint_config"] for d in s.get(key, [])
                                    if "endpoint_config" in d]
         elif kind == "RoutesConfigDump":
+            dump.rds = dump.rds or bool(s.get("dynamic_route_configs"))
             for key in ("dynamic_route_configs", "static_route_configs"):
                 dump.routes += [d["route_config"] for d in s.get(key, [])
                                 if "route_config" in d]
@@ -145,8 +154,12 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
 
 
 def typed_config(filt: JSON) -> JSON:
+    """A filter's config: ``typed_config``, or the v2 Struct ``config`` (Istio <= 1.6)."""
     tc = filt.get("typed_config")
-    return tc if isinstance(tc, dict) else {}
+    if isinstance(tc, dict):
+        return tc
+    conf = filt.get("config")
+    return conf if isinstance(conf, dict) else {}
 
 
 def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
@@ -160,7 +173,8 @@ def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
         for chain in chains:
             for f in chain.get("filters", []):
                 rc = typed_config(f).get("route_config")
-                if f.get("name") == "envoy.filters.network.http_connection_manager" \
+                if f.get("name") in ("envoy.filters.network.http_connection_manager",
+                                     "envoy.http_connection_manager") \
                         and isinstance(rc, dict):
                     seen.setdefault(json.dumps(rc, sort_keys=True), rc)
     return list(seen.values())
