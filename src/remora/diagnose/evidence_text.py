@@ -24,8 +24,28 @@ _RULE = re.compile(r"^\s*(?:\[\d+:\d+\]\s*)?(?:-[AINP]\s|\*\s*\w+|:[\w-]+\s|COMM
 _CMD = re.compile(r"^\s*(?:\+\s+)?(?:sudo\s+)?ip6?tables(?:-nft|-legacy)?\s+.*-[AINP]\s")
 
 
+def _unprefix(text: str) -> str:
+    """`kubectl logs --prefix` / `stern` lines: one leading word ahead of every line
+    (`istio-cni-node-j457b -A PREROUTING ...`, `[pod/x/c] ...`), taken off."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return text
+    first = {ln.split(maxsplit=1)[0] for ln in lines}
+    if len(first) != 1:
+        return text
+    word = first.pop()
+    if (word[0] in "-*:#$[" and not word.startswith("[pod/")) or word in (
+            "iptables", "ip6tables", "iptables-nft", "iptables-legacy", "sudo", "+", "Chain",
+            "COMMIT"):
+        return text
+    return "\n".join(ln.split(maxsplit=1)[1] if ln.strip() and len(ln.split()) > 1 else ""
+                     for ln in text.splitlines())
+
+
 def unframe(text: str) -> str:
-    """Lines framed by a log viewer (``│ -A ... │``) without the frame."""
+    """Lines framed by a log viewer (``│ -A ... │``) or prefixed with the pod's name
+    (`kubectl logs --prefix`), without the frame or the prefix."""
+    text = _unprefix(text)
     lines = text.splitlines()
     framed = [ln for ln in lines if ln.strip()]
     if framed and sum(1 for ln in framed if ln.lstrip().startswith("│")) * 2 >= len(framed):

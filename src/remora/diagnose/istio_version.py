@@ -19,14 +19,28 @@ from remora.diagnose.evidence_text import istio_version
 
 @dataclass(frozen=True)
 class VersionInfo:
-    version: tuple[int, int] | None  # (1, 9); None when only a range is known
-    before_1_10: bool | None  # None: the evidence does not tell
+    version: tuple[int, int] | None  # (1, 9); None when only a bound is known
+    below: tuple[int, int] | None  # an exclusive upper bound the evidence shows
     why: str
+
+    def older_than(self, v: tuple[int, int]) -> bool | None:
+        """True / False when the evidence tells, None when it does not."""
+        if self.version:
+            return self.version < v
+        if self.below and self.below <= v:
+            return True
+        return None
+
+    @property
+    def before_1_10(self) -> bool | None:
+        return self.older_than((1, 10))
 
     def label(self) -> str:
         if self.version:
             return f"{self.version[0]}.{self.version[1]}"
-        return "before 1.10" if self.before_1_10 else "unknown"
+        if self.below:
+            return f"before {self.below[0]}.{self.below[1]}"
+        return "unknown"
 
 
 def parse_option(text: str) -> tuple[int, int] | None:
@@ -34,36 +48,41 @@ def parse_option(text: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _old_shapes(pod: PodEvidence) -> str | None:
-    """A shape only Istio before 1.10 produced, named; None if there is none."""
+def _old_shapes(pod: PodEvidence) -> tuple[tuple[int, int], str] | None:
+    """A shape only old Istio produced: (the version it predates, why); None if none."""
     if pod.shell_script:
-        return "the rules come from istio-iptables.sh (the shell script of Istio 1.4 and before)"
+        return (1, 5), ("the rules come from istio-iptables.sh (the shell script Istio 1.4 and "
+                        "before ran)")
     rs = pod.iptables
     if rs is not None:
-        nat = rs.tables.get("nat")
-        chain = nat.chains.get("ISTIO_IN_REDIRECT") if nat else None
-        if chain and any(r.target.name == "REDIRECT" and "15001" in r.source
-                         for r in chain.rules):
-            return ("inbound is redirected to 15001 (ISTIO_IN_REDIRECT): the layout before the "
-                    "15006 virtualInbound listener (Istio 1.2 and before)")
+        for table in ("nat", "mangle"):
+            t = rs.tables.get(table)
+            for chain in (t.chains.values() if t else []):
+                if chain.name not in ("ISTIO_IN_REDIRECT", "ISTIO_TPROXY"):
+                    continue
+                if any(r.target.name in ("REDIRECT", "TPROXY") and "15001" in r.source
+                       for r in chain.rules):
+                    return (1, 3), (f"inbound is sent to 15001 ({chain.name}): the layout "
+                                    "before the 15006 virtualInbound listener (Istio 1.2 "
+                                    "and before)")
     if pod.declared.get("INBOUND_CAPTURE_PORT") == "15001":
-        return "istio-init's INBOUND_CAPTURE_PORT=15001 (Istio 1.2 and before)"
+        return (1, 3), "istio-init's INBOUND_CAPTURE_PORT=15001 (Istio 1.2 and before)"
     cfg = pod.config
     if cfg is not None:
         if any(lst.get("name") == "virtual" and lst.get("use_original_dst")
                for lst in cfg.listeners):
-            return ("the 15001 `virtual` listener with use_original_dst handles inbound "
-                    "(Istio 1.2 and before)")
+            return (1, 3), ("the 15001 `virtual` listener with use_original_dst handles "
+                            "inbound (Istio 1.2 and before)")
         named = next((n for n in cfg.clusters if re.fullmatch(r"inbound\|\d+\|[^|]+\|[^|]+", n)),
                      None)
         if named:
-            return (f"inbound cluster {named} carries the port name and host (Istio 1.7 and "
-                    "before; 1.8 names it inbound|PORT||)")
+            return (1, 8), (f"inbound cluster {named} carries the port name and host (Istio "
+                            "1.7 and before; 1.8 names it inbound|PORT||)")
     for e in pod.access_log:
         c = e.upstream_cluster or ""
         if re.fullmatch(r"inbound\|\d+\|[^|]+\|[^|]+", c):
-            return (f"access log line {e.line}: inbound cluster {c} carries the port name and "
-                    "host (Istio 1.7 and before)")
+            return (1, 8), (f"access log line {e.line}: inbound cluster {c} carries the port "
+                            "name and host (Istio 1.7 and before)")
     return None
 
 
@@ -71,16 +90,16 @@ def detect(ev: Evidence) -> VersionInfo:
     if ev.istio_version:
         v = parse_option(ev.istio_version)
         if v:
-            return VersionInfo(v, v < (1, 10), f"given: --istio-version {ev.istio_version}")
+            return VersionInfo(v, None, f"given: --istio-version {ev.istio_version}")
     for pod in (ev.server, ev.client):
         for text in pod.version_text:
             found = istio_version(text)
             if found:
-                return VersionInfo(found, found < (1, 10),
+                return VersionInfo(found, None,
                                    f"{pod.role} evidence: `istioctl version` output says "
                                    f"{found[0]}.{found[1]}")
     for pod in (ev.server, ev.client):
-        why = _old_shapes(pod)
-        if why:
-            return VersionInfo(None, True, f"{pod.role} evidence: {why}")
+        old = _old_shapes(pod)
+        if old:
+            return VersionInfo(None, old[0], f"{pod.role} evidence: {old[1]}")
     return VersionInfo(None, None, "no version in the evidence (pass --istio-version X.Y)")

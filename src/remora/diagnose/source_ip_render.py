@@ -123,7 +123,8 @@ def render_text(r: Report) -> str:
     else:
         who = "the client" if v.sees_client else f"not the client {v.client_ip}"
         lines.append(f"   the app sees {v.app_sees} ({who}) ({v.kind})")
-        lines.append(f"   why: {v.app_sees_why}")
+        if v.app_sees_why != f"inferred: {v.basis}":
+            lines.append(f"   why: {v.app_sees_why}")
     lines.append(f"   {label}: {v.basis}")
     if v.model_note:
         lines.append(f"   the log wins: {v.model_note}")

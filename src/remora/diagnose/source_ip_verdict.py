@@ -157,6 +157,48 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
     v.app_sees_why = "inferred: " + v.basis
 
 
+def _tproxy(v: Verdict, ver: VersionInfo, lead: str) -> None:
+    """TPROXY capture without the sidecar's config: original_src by version. Istio adds the
+    original_src listener filter to the inbound listener in TPROXY mode since 1.7
+    (istio/istio#23275, "Preserve source ip in TPROXY mode"); before, the inbound cluster
+    dialled the app at 127.0.0.1 from 127.0.0.1 even under TPROXY."""
+    v.kind, v.inferred = "inferred", True
+    if ver.older_than((1, 7)):
+        v.app_sees = "127.0.0.1"
+        v.basis = (f"{lead}Istio {ver.label()} ({ver.why}) had no original_src in TPROXY mode "
+                   "(added in 1.7, istio/istio#23275): the inbound cluster dialled the app at "
+                   "127.0.0.1 from 127.0.0.1")
+    else:
+        v.app_sees = v.client_ip
+        guess = "" if ver.older_than((1, 7)) is False else (
+            "; the version is not in the evidence: before 1.7 the app saw 127.0.0.1 (pass "
+            "--istio-version X.Y)")
+        v.basis = (f"{lead}in TPROXY mode Istio (1.7 and later) adds original_src to the "
+                   "inbound listener, which binds the client's address (the sidecar's config "
+                   "is not in the evidence)" + guess)
+    v.app_sees_why = "inferred: " + v.basis
+
+
+def _declared_capture(pod: PodEvidence, port: int) -> bool:
+    """istio-init's variables say this port's inbound connections are captured."""
+    include = pod.declared.get("INBOUND_PORTS_INCLUDE")
+    exclude = [p for p in pod.declared.get("INBOUND_PORTS_EXCLUDE", "").split(",") if p]
+    if include is None or str(port) in exclude:
+        return False
+    return include.strip() == "*" or str(port) in [p for p in include.split(",") if p]
+
+
+def _contradiction(ev: Evidence, step3: Step, port: int) -> str | None:
+    """The rules as pasted capture nothing, yet istio-init declares the capture, and the
+    table its mode captures in is there: the paste is cut off. The declared mode, or None."""
+    mode = ev.server.declared.get("INBOUND_INTERCEPTION_MODE", "")
+    walk = step3.walk
+    if walk is None or not mode or not _declared_capture(ev.server, port):
+        return None
+    table = "mangle" if mode == "TPROXY" else "nat"
+    return mode if table not in walk.missing_tables else None
+
+
 def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -> Verdict:
     v = Verdict(client_ip=facts["client_ip"].value)
     ver = detect(ev)
@@ -177,6 +219,25 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
                    "app from the client's address (its default inbound spoofing with "
                    "IP_TRANSPARENT); the rules are ambient's, not a sidecar's")
         v.app_sees_why = "inferred: " + v.basis
+    elif step3.status == "not captured" and _contradiction(ev, step3, port):
+        declared_mode = _contradiction(ev, step3, port)
+        lead = (f"istio-init declares {declared_mode} capture of port {port} "
+                f"(INBOUND_PORTS_INCLUDE={ev.server.declared.get('INBOUND_PORTS_INCLUDE')}) "
+                "while the pasted rules capture nothing: they are cut off, the declaration "
+                "is taken; ")
+        if ver.older_than((1, 10)) is None and declared_mode == "REDIRECT":
+            v.kind = "undecided"
+            v.basis = lead + ("but the Istio version is not in the evidence either (127.0.0.1 "
+                              "before 1.10, 127.0.0.6 after)")
+            v.missing.append(Missing("the server pod's whole rule set and the Istio version",
+                                     f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- "
+                                     "iptables-save; istioctl version"))
+        elif declared_mode == "TPROXY":
+            _tproxy(v, ver, lead)
+        else:
+            _by_version(v, ev, port, ver)
+            v.basis = lead + v.basis
+            v.app_sees_why = "inferred: " + v.basis
     elif step3.status == "not captured" and step3.walk is not None:
         if "mangle" in step3.walk.missing_tables and not _nat_captures_inbound(ev):
             _nat_only(v, ev, step3, port, declared)
@@ -198,11 +259,7 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
     elif mode in ("REDIRECT", "TPROXY") and _server_has_evidence(ev):
         v.inferred = True
         if mode == "TPROXY":
-            v.app_sees, v.kind = v.client_ip, "inferred"
-            v.basis = ("in TPROXY mode Istio adds original_src to the inbound listener, "
-                       "which binds the client's address (the sidecar's config is not in the "
-                       "evidence)")
-            v.app_sees_why = "inferred: " + v.basis
+            _tproxy(v, ver, "")
         else:
             _by_version(v, ev, port, ver)
     _confirm(ev, v)
@@ -255,10 +312,9 @@ def _nat_only(v: Verdict, ev: Evidence, step3: Step, port: int,
     cmd = (f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- iptables-save  (all tables; "
            "or iptables -t mangle -L -v)")
     if mode == "TPROXY":
-        v.app_sees, v.kind, v.inferred = v.client_ip, "inferred", True
-        v.basis = ("istio-init says INBOUND_INTERCEPTION_MODE=TPROXY, so inbound "
-                   "capture is in the mangle table (not in the evidence) and Istio's "
-                   "original_src binds the client's address")
+        _tproxy(v, detect(ev), "istio-init says INBOUND_INTERCEPTION_MODE=TPROXY, so inbound "
+                "capture is in the mangle table (not in the evidence); ")
+        return
     elif mode == "REDIRECT" and ports == "":
         v.app_sees, v.kind = v.client_ip, "inferred"
         v.basis = ("the rules are what istio-init wrote; it says "
@@ -276,6 +332,13 @@ def _nat_only(v: Verdict, ev: Evidence, step3: Step, port: int,
         v.kind = "undecided"
         v.basis = ("the nat table captures nothing inbound, but the mangle table, where "
                    "TPROXY-mode capture lives, is not in the evidence: it decides")
+        rs = ev.server.iptables
+        nat = rs.tables.get("nat") if rs else None
+        empty = [c for c in ("ISTIO_IN_REDIRECT", "ISTIO_REDIRECT")
+                 if nat and c in nat.chains and not nat.chains[c].rules]
+        if empty:
+            v.basis += (f"; and the nat listing looks cut off: {', '.join(empty)} "
+                        "is declared but has no rule")
         v.missing.append(Missing("the server pod's mangle table", cmd))
         return
     v.app_sees_why = "inferred: " + v.basis
