@@ -98,6 +98,7 @@ class EnvoyConfig:
     routes: dict[str, JSON] = field(default_factory=dict)
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
     node_id: str | None = None
+    node_metadata: dict[str, Any] = field(default_factory=dict)  # ISTIO_VERSION, ...
     partial: bool = False
     sources: list[str] = field(default_factory=list)
     has_listeners: bool = False
@@ -160,6 +161,8 @@ def _add_bootstrap(cfg: EnvoyConfig, boot: JSON) -> None:
     node = boot.get("node", {})
     if node.get("id"):
         cfg.node_id = str(node["id"])
+    if isinstance(node.get("metadata"), dict):
+        cfg.node_metadata.update(node["metadata"])
     static = boot.get("static_resources", {})
     for listener in static.get("listeners", []):
         _add_listener(cfg, listener)

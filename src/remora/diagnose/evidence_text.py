@@ -45,7 +45,6 @@ def _unprefix(text: str) -> str:
 def unframe(text: str) -> str:
     """Lines framed by a log viewer (``│ -A ... │``) or prefixed with the pod's name
     (`kubectl logs --prefix`), without the frame or the prefix."""
-    text = _unprefix(text)
     lines = text.splitlines()
     framed = [ln for ln in lines if ln.strip()]
     if framed and sum(1 for ln in framed if ln.lstrip().startswith("│")) * 2 >= len(framed):
@@ -54,7 +53,7 @@ def unframe(text: str) -> str:
             m = _FRAME.match(ln)
             out.append(m.group(1) if m and ln.lstrip().startswith("│") else ln)
         return "\n".join(out)
-    return text
+    return _unprefix(text)
 
 
 def is_prompt(line: str) -> bool:

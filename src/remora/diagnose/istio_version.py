@@ -10,6 +10,7 @@ shapes only old versions produce.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -69,6 +70,11 @@ def _old_shapes(pod: PodEvidence) -> tuple[tuple[int, int], str] | None:
         return (1, 3), "istio-init's INBOUND_CAPTURE_PORT=15001 (Istio 1.2 and before)"
     cfg = pod.config
     if cfg is not None:
+        v2 = re.search(r"type\.googleapis\.com/envoy\.(?:config\.filter\.[\w.]+\.v2|"
+                       r"api\.v2)\.", json.dumps(cfg.listeners))
+        if v2:
+            return (1, 8), (f"the listeners carry Envoy v2 types ({v2.group(0)}...): Istio 1.7 "
+                            "and before")
         if any(lst.get("name") == "virtual" and lst.get("use_original_dst")
                for lst in cfg.listeners):
             return (1, 3), ("the 15001 `virtual` listener with use_original_dst handles "
@@ -92,6 +98,11 @@ def detect(ev: Evidence) -> VersionInfo:
         if v:
             return VersionInfo(v, None, f"given: --istio-version {ev.istio_version}")
     for pod in (ev.server, ev.client):
+        meta = pod.config.node_metadata if pod.config else {}
+        found = istio_version(f"Version:\"{meta.get('ISTIO_VERSION', '')}")
+        if meta.get("ISTIO_VERSION") and found:
+            return VersionInfo(found, None, f"{pod.role} config: the bootstrap's node metadata "
+                                            f"ISTIO_VERSION {meta['ISTIO_VERSION']}")
         for text in pod.version_text:
             found = istio_version(text)
             if found:

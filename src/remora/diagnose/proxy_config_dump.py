@@ -54,7 +54,12 @@ def _convert(value: Any, to_camel: bool) -> Any:
         snake = _snake_key(key)
         new_key = _camel_key(snake) if to_camel else snake
         mode = _MAPS.get(snake)
-        if snake == "transport_socket_matches" and isinstance(v, list):
+        if snake == "node" and isinstance(v, dict):
+            # node.metadata is a Struct of Istio's (ISTIO_VERSION, INTERCEPTION_MODE, ...)
+            out[new_key] = {**_convert({k: x for k, x in v.items() if k != "metadata"},
+                                       to_camel),
+                            **({"metadata": v["metadata"]} if "metadata" in v else {})}
+        elif snake == "transport_socket_matches" and isinstance(v, list):
             out[new_key] = [{**_convert({k: x for k, x in m.items() if k != "match"},
                                         to_camel),
                              **({"match": m["match"]} if "match" in m else {})}

@@ -219,9 +219,13 @@ def explain_source_ip(ev: Evidence) -> Report:
     elif ev.server.iptables is None:
         missing.append(Missing("server pod capture rules", _iptables_cmd(ev.server)))
         osrc = _server_has_original_src(ev.server)
-        mode = "TPROXY" if osrc else "REDIRECT"
-        step3.summary = (f"server pod rules not given; assumed {mode} "
-                         f"({'original_src on the inbound listener' if osrc else 'Istio default'})")
+        declared = (ev.server.config.node_metadata.get("INTERCEPTION_MODE")
+                    if ev.server.config else None) or ev.server.declared.get(
+                        "INBOUND_INTERCEPTION_MODE")
+        mode = "TPROXY" if osrc or declared == "TPROXY" else "REDIRECT"
+        how = ("original_src on the inbound listener" if osrc else
+               f"the sidecar's INTERCEPTION_MODE {declared}" if declared else "Istio default")
+        step3.summary = f"server pod rules not given; assumed {mode} ({how})"
         assumptions.append(f"server interception mode {mode} (rules not given)")
         s_capture = mode
         s_port = _inbound_capture_port(ev.server)

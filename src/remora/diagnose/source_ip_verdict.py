@@ -262,7 +262,7 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
             _tproxy(v, ver, "")
         else:
             _by_version(v, ev, port, ver)
-    _confirm(ev, v)
+    _confirm(ev, v, mode)
     if v.app_sees is None and v.kind == "undecided" and not v.basis:
         v.basis = ("nothing in the evidence decides it: the server pod's rules, its sidecar's "
                    "config or an inbound access-log line is needed")
@@ -359,11 +359,18 @@ def _model_wrong(model: str, why: str, seen: str, client: str) -> str:
     return f"the model said {model} ({why}); the access log shows {seen}: {reason}"
 
 
-def _confirm(ev: Evidence, v: Verdict) -> None:
+def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
     """The server sidecar's access log: its UPSTREAM_LOCAL_ADDRESS is the address the app's
     connection came from, stronger evidence than any model; it wins."""
     inbound = [e for e in ev.server.access_log if e.direction == "inbound"]
-    if not inbound:
+    if not inbound and mode == "ambient":
+        # no sidecar: ztunnel logs each connection (src.addr, dst.addr) on the server's node
+        v.confirmation = "no ztunnel access log given"
+        v.missing.append(Missing("the server node's ztunnel log for a connection",
+                                 "kubectl logs -n istio-system -l app=ztunnel --tail 50  (the "
+                                 "ztunnel on the server pod's node: kubectl get pods -n "
+                                 "istio-system -l app=ztunnel -o wide)"))
+    elif not inbound:
         v.confirmation = "no server access log given"
         v.missing.append(Missing("the server sidecar's access log for a request",
                                  f"kubectl logs {ev.server.pod_ref()} -c istio-proxy --tail 20"))
