@@ -135,7 +135,7 @@ def render_text(r: Report) -> str:
                      f"   check: {v.confirmation}")
         lines.append(f"   X-Forwarded-For: {v.xff}")
     if v.explanation_127:
-        lines.append("   why 127.0.0.6: " + " ".join(v.explanation_127))
+        lines.append(f"   why {v.app_sees}: " + " ".join(v.explanation_127))
     for n, fix in enumerate(v.fixes):
         lines.append(f"   {'fix' if n == 0 else 'or'}: {fix.title}")
         lines.extend(f"     {c}" for c in fix.commands)

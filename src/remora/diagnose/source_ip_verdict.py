@@ -19,6 +19,7 @@ from remora.diagnose.facts import Missing, is_ip, split_hostport
 from remora.diagnose.istio_version import VersionInfo, detect
 
 if TYPE_CHECKING:
+    from remora.diagnose.iptables_model import Rule
     from remora.diagnose.source_ip import Step
     from remora.diagnose.source_ip_facts import Fact
 
@@ -273,9 +274,16 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
         v.sees_client = v.app_sees == v.client_ip
     _xff(ev, steps, v)
     if v.app_sees == "127.0.0.6":
-        v.explanation_127 = _explain_127(step4)
+        v.explanation_127 = _explain_127(step4, ev)
+    elif v.app_sees == "127.0.0.1":
+        v.explanation_127 = explain_127_0_0_1(ver)
     if v.sees_client is False:
-        v.fixes.append(tproxy_fix(ev.server))
+        fix = tproxy_fix(ev.server)
+        if ver.older_than((1, 7)) is not False and v.app_sees == "127.0.0.1":
+            fix.cost.insert(0, "needs Istio 1.7 or later: before, TPROXY mode had no "
+                               "original_src (istio/istio#23275) and the app saw 127.0.0.1 "
+                               "all the same")
+        v.fixes.append(fix)
         http = step4.sidecar is None or step4.sidecar.network_filter != (
             "envoy.filters.network.tcp_proxy") or any(e.protocol for e in ev.server.access_log)
         if http:
@@ -437,25 +445,59 @@ def _xff(ev: Evidence, steps: list[Step], v: Verdict) -> None:
     v.xff = v.xff.lstrip("; ") or "unknown (no HTTP access log, no inbound HTTP config)"
 
 
-def _explain_127(step4: Step) -> list[str]:
-    evidence = ""
+def _explain_127(step4: Step, ev: Evidence) -> list[str]:
+    """Why 127.0.0.6, quoting the rules of the evidence where it has them, and saying so
+    when a rule is quoted from Istio's defaults (istio-iptables) instead."""
     follow = step4.follow_up
-    if follow and follow.capture.decided_by is not None:
-        d = follow.capture.decided_by
-        evidence = f" (in this pod: {d.ref()}{', ' + d.counters if d.counters else ''})"
-    else:
-        # not walked in this pod's rules: say that the quoted rules are Istio's defaults
-        evidence = (" (quoted from Istio's default rules (istio-iptables), not from the "
-                    "evidence)")
     loop = LOOP_RULE
     if follow and follow.packet.uid != 1337 and follow.packet.gid == 1337:
         # a sidecar running as uid 0 / gid 1337 is caught by the --gid-owner twin
         loop = LOOP_RULE.replace("--uid-owner", "--gid-owner")
+    loop_from = " (Istio's default rule, not in the evidence)"
+    bind, bind_from = BIND_RULE, " (Istio's default rule, not in the evidence)"
+    rs = ev.server.iptables
+    nat = rs.tables.get("nat") if rs else None
+    out_chain = nat.chains.get("ISTIO_OUTPUT") if nat else None
+
+    def cite(r: Rule, canonical: str, counters: str | None = None) -> tuple[str, str]:
+        # an iptables-save line is quoted as is; a -L listing line after Istio's form
+        text = r.text()
+        extra = f", {counters}" if counters else ""
+        if text.startswith("-A "):
+            return text, f" (in this pod: nat/ISTIO_OUTPUT #{r.index}{extra})"
+        return canonical, f" (in this pod: nat/ISTIO_OUTPUT #{r.index} `{text}`{extra})"
+
+    for r in (out_chain.rules if out_chain else []):
+        text = r.text()
+        if r.target.name == "ISTIO_IN_REDIRECT" and "lo" in text and (
+                ("gid" in text.lower()) == ("gid" in loop)):
+            # a listing line is quoted alone: Istio's form of this rule changed across
+            # versions (`-p tcp ! --dport 15008` from 1.9), the pod's own line is the truth
+            loop, loop_from = text, f" (in this pod: nat/ISTIO_OUTPUT #{r.index})"
+            break
+    decided = follow.capture.decided_by if follow else None
+    for r in (out_chain.rules if out_chain else []):
+        if r.target.name == "RETURN" and "127.0.0.6" in r.text() and (
+                decided is None or decided.index == r.index):
+            bind, bind_from = cite(r, BIND_RULE, decided.counters if decided else None)
+            break
     return [
         "The server sidecar dials the app at the pod IP over lo as the proxy user, and "
-        f"`{loop}` would send that connection straight back into the sidecar's port "
-        "15006, a loop.",
+        f"`{loop}`{loop_from} would send that connection straight back into the sidecar's "
+        "port 15006, a loop.",
         "So Istio binds its inbound connections to 127.0.0.6 (upstream_bind_config; the 6 as "
-        f"in 15006) and lets exactly them through with `{BIND_RULE}`{evidence}: that source "
-        "is what the app sees.",
+        f"in 15006) and lets exactly them through with `{bind}`{bind_from}: that source is "
+        "what the app sees.",
+    ]
+
+
+def explain_127_0_0_1(ver: VersionInfo) -> list[str]:
+    """Why 127.0.0.1 (Istio before 1.10)."""
+    return [
+        f"Istio {ver.label()} ({ver.why}) forwarded inbound connections to localhost: the "
+        "inbound cluster's endpoint is 127.0.0.1:PORT, and the kernel gives a connection to a "
+        "loopback address the source 127.0.0.1.",
+        "From 1.10 the sidecar forwards to the pod IP from 127.0.0.6 instead (Istio 1.10 "
+        "upgrade notes, \"Inbound Forwarding Configuration\"); in both, only TPROXY "
+        "interception with original_src (Istio 1.7 and later) keeps the client's address.",
     ]

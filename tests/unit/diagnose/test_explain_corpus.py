@@ -59,3 +59,24 @@ def test_verdict_on_real_evidence(d: Path) -> None:
     text = render_text(report)
     assert f"({v.kind})" in text and v.basis in text
     assert to_json(report)["verdict"]["kind"] == v.kind
+
+
+def test_why_127_0_0_6_quotes_the_pods_rules_or_says_they_are_istios_defaults() -> None:
+    _, with_rules = _run(CORPUS / "tongwork-2022-nat-restore")
+    why = " ".join(with_rules.verdict.explanation_127)
+    assert "`-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN` (in this pod: nat/ISTIO_OUTPUT #1)" \
+        in why
+    assert "not in the evidence" not in why
+    _, log_only = _run(CORPUS / "seed-1.11-redirect-log-only")
+    why = " ".join(log_only.verdict.explanation_127)
+    assert why.count("(Istio's default rule, not in the evidence)") == 2
+
+
+def test_the_log_overrides_the_model_and_says_why() -> None:
+    """Istio 1.8's log says 127.0.0.1 where a 1.10+ model would say 127.0.0.6."""
+    _, report = _run(CORPUS / "istioio-8404-log-1.8")
+    v = report.verdict
+    assert (v.app_sees, v.kind) == ("127.0.0.1", "established")
+    assert "UPSTREAM_LOCAL_ADDRESS 127.0.0.1:52328" in v.basis
+    assert v.model_note.startswith("the model said 127.0.0.6")
+    assert "the version assumed was wrong" in v.model_note
