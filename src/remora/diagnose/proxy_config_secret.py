@@ -210,8 +210,10 @@ def secret_items(dump: dict[str, Any] | None, config_dir: str | Path | None = No
                  ) -> list[SecretItem]:
     """What ``proxy-config secret`` shows: the secrets of the sidecar's /config_dump
     (Envoy lists them), else those of the pod's config directory (remora proxy's dump
-    has no secrets yet)."""
-    items = items_from_config_dump(dump) if dump else []
+    has no secrets yet). Live, the workload certificate comes first whatever order the
+    sidecar's dump has (Envoy's secret map is unordered); `--file` keeps the dump's order,
+    as istioctl does."""
+    items = _sorted(items_from_config_dump(dump)) if dump else []
     if not items and config_dir is not None:
         items = items_from_config_dir(config_dir)
     return items
