@@ -460,10 +460,11 @@ def _explain_127(step4: Step, ev: Evidence) -> list[str]:
     out_chain = nat.chains.get("ISTIO_OUTPUT") if nat else None
 
     def cite(r: Rule, canonical: str, counters: str | None = None) -> tuple[str, str]:
-        # an iptables-save line is quoted as is; a -L listing line after Istio's form
+        # Istio's form of the rule, then the pod's own line when it is written otherwise
+        # (a -L listing, or iptables-save's `-s 127.0.0.6/32 -o lo` order)
         text = r.text()
         extra = f", {counters}" if counters else ""
-        if text.startswith("-A "):
+        if text == canonical:
             return text, f" (in this pod: nat/ISTIO_OUTPUT #{r.index}{extra})"
         return canonical, f" (in this pod: nat/ISTIO_OUTPUT #{r.index} `{text}`{extra})"
 
