@@ -141,6 +141,8 @@ def parse_listing(text: str, table: str | None = None,
             for line in lines:
                 if line.startswith(("pkts ", "num ", "target ")):
                     header = line.split()
+                    if "in" not in header:
+                        rs.interfaces_known = False  # `-L` without -v
                     continue
                 chain.rules.append(parse_rule_line(name, chain_name, len(chain.rules) + 1,
                                                    line, header))

@@ -27,6 +27,8 @@ from remora.diagnose.source_ip_facts import Fact, ip_of, resolve_facts
 from remora.diagnose.source_ip_verdict import Verdict, decide
 from remora.errors import RemoraError
 
+_BLIND = ("the listing has no in/out columns (`iptables -L` without -v): Istio's `-o lo` "
+          "conditions on OUTPUT cannot be seen")
 APP_UID = 0  # the seed's apps run as root; anything but 1337 walks the same rules
 PROXY_ID = 1337
 EPHEMERAL = 40000
@@ -143,9 +145,16 @@ def explain_source_ip(ev: Evidence) -> Report:
         w = walk(ev.client.iptables, pkt, "local")
         step1.walk = w
         capture_kind = w.capture.kind
+        if not ev.client.iptables.interfaces_known and capture_kind in ("none", "DROP"):
+            # Istio's OUTPUT rules hinge on `-o lo`, which `iptables -L` without -v hides
+            capture_kind = "unknown"
+            step1.notes.append(_BLIND)
+            missing.append(Missing("client pod rules with interfaces (`iptables -L` without -v "
+                                   "hides `-o lo`)", _iptables_cmd(ev.client)))
         step1.summary = f"{client_ip} -> {hostport(vip, port)}: {w.capture.summary()}"
-        step1.status = "ok" if w.capture.kind == "REDIRECT" else (
-            "failed" if w.capture.kind == "DROP" else "not captured")
+        step1.status = "ok" if capture_kind == "REDIRECT" else (
+            "unknown" if capture_kind == "unknown" else
+            "failed" if capture_kind == "DROP" else "not captured")
         if w.missing_tables:
             step1.notes.append("tables not in the evidence: " + ", ".join(w.missing_tables))
     steps.append(step1)
@@ -190,7 +199,9 @@ def explain_source_ip(ev: Evidence) -> Report:
                     int(t.endpoint.rsplit(":", 1)[1]), sport=EPHEMERAL + 1, out_iface="eth0",
                     uid=uid, gid=gid), "local")
                 step2.follow_up = follow
-                if follow.capture.kind == "REDIRECT":
+                if follow.capture.kind == "REDIRECT" and not ev.client.iptables.interfaces_known:
+                    step2.notes.append(_BLIND + "; the loop check is skipped")
+                elif follow.capture.kind == "REDIRECT":
                     step2.status = "failed"
                     step2.summary = ("loop: the sidecar's own connection to "
                                      f"{t.endpoint} is redirected back to port "
@@ -344,7 +355,9 @@ def _follow_to_app(ev: Evidence, step: Step, t: SidecarTrace, mode: str, server_
                  mark=t.upstream_mark or 0)
     follow = walk(ev.server.iptables, pkt, "local")
     step.follow_up = follow
-    if follow.capture.kind == "REDIRECT":
+    if follow.capture.kind == "REDIRECT" and not ev.server.iptables.interfaces_known:
+        step.notes.append(_BLIND + "; the loop check is skipped")
+    elif follow.capture.kind == "REDIRECT":
         step.status = "failed"
         step.summary = (f"loop: the sidecar's connection from {src} to the app {t.endpoint} "
                         f"is redirected back to port {follow.capture.port}")

@@ -37,3 +37,42 @@ def test_prompt_above_json_is_skipped(prompt: str, tmp_path: Path) -> None:
     parse_config_text(cfg, f"{prompt} istioctl pc cluster srv --fqdn 'inbound|18080||' -o json\n"
                       + body, "clusters.json")
     assert "inbound|18080||" in cfg.clusters
+
+
+NO_V = """$ iptables -t nat -L -n
+Chain OUTPUT (policy ACCEPT)
+target     prot opt source               destination
+ISTIO_OUTPUT  tcp  --  0.0.0.0/0            0.0.0.0/0
+
+Chain ISTIO_OUTPUT (1 references)
+target     prot opt source               destination
+RETURN     all  --  127.0.0.6            0.0.0.0/0
+ISTIO_IN_REDIRECT  all  --  0.0.0.0/0            !127.0.0.1           owner UID match 1337
+RETURN     all  --  0.0.0.0/0            0.0.0.0/0            ! owner UID match 1337
+RETURN     all  --  0.0.0.0/0            0.0.0.0/0            owner UID match 1337
+RETURN     all  --  0.0.0.0/0            127.0.0.1
+ISTIO_REDIRECT  all  --  0.0.0.0/0            0.0.0.0/0
+
+Chain ISTIO_REDIRECT (1 references)
+target     prot opt source               destination
+REDIRECT   tcp  --  0.0.0.0/0            0.0.0.0/0            redir ports 15001
+"""
+
+
+def test_listing_without_v_hides_o_lo_so_output_is_not_decided(tmp_path: Path) -> None:
+    """`iptables -L` without -v has no in/out columns: `-o lo -m owner ! --uid-owner 1337
+    -j RETURN` reads as matching the app's own packet. The client capture is then not
+    decided from it, rather than "not captured"."""
+    from remora.diagnose import evidence_files as ef
+    from remora.diagnose.evidence import Evidence
+    from remora.diagnose.source_ip import explain_source_ip
+
+    (tmp_path / "client-nat.txt").write_text(NO_V)
+    ev = Evidence()
+    ef.add_iptables(ev.client, tmp_path / "client-nat.txt")
+    assert ev.client.iptables is not None and not ev.client.iptables.interfaces_known
+    ev.target.port = 8080
+    report = explain_source_ip(ev)
+    step1 = report.steps[0]
+    assert step1.status == "unknown" and any("without -v" in n for n in step1.notes)
+    assert any("hides `-o lo`" in m.what for m in report.missing)
