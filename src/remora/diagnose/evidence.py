@@ -12,6 +12,7 @@ from remora.diagnose.access_log import AccessLogEntry
 from remora.diagnose.envoy_config import EnvoyConfig
 from remora.diagnose.iptables_model import Ruleset
 from remora.diagnose.policy_routing import PolicyRouting
+from remora.diagnose.ztunnel_log import ZtunnelEntry
 
 
 @dataclass
@@ -36,11 +37,12 @@ class PodEvidence:
     declared: dict[str, str] = field(default_factory=dict)
     shell_script: bool = False  # rules from istio-iptables.sh (Istio 1.4 and before)
     version_text: list[str] = field(default_factory=list)  # `istioctl version`, image tags
+    ztunnel_log: list[ZtunnelEntry] = field(default_factory=list)  # ambient: ztunnel's lines
 
     @property
     def empty(self) -> bool:
         return (self.iptables is None and self.config is None and not self.access_log
-                and not self.version_text and not self.declared)
+                and not self.version_text and not self.declared and not self.ztunnel_log)
 
     def pod_ref(self) -> str:
         """``POD -n NS`` for the commands we suggest (names from the node id if not given)."""

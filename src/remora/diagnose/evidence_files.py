@@ -30,6 +30,7 @@ from remora.diagnose.iptables_listing import looks_like_listing, parse_listing
 from remora.diagnose.iptables_model import Ruleset
 from remora.diagnose.iptables_save import looks_like_save, parse_iptables_save
 from remora.diagnose.policy_routing import parse_policy_text
+from remora.diagnose.ztunnel_log import looks_like_ztunnel, parse_ztunnel_log
 from remora.errors import RemoraError
 
 SIDES = ("client", "server")
@@ -160,6 +161,10 @@ def _kind(path: Path) -> str | None:
     text = read_text(path, "evidence")[:4000]
     if looks_like_istio_init(text):
         return "istioinit"
+    if looks_like_ztunnel(text):
+        return "ztunnel"
+    if name.endswith(".log") and _rule_shaped(text):
+        return "iptables"  # e.g. istio-cni's log, which prints the rules it writes
     if name.endswith(".log") or "access" in name or name.startswith("log"):
         return "log"
     stripped = text.lstrip()
@@ -172,6 +177,18 @@ def _kind(path: Path) -> str | None:
     if re.search(r'^\[\S+\] "', text, re.M) or "upstream_local_address" in text:
         return "log"
     return None
+
+
+def _rule_shaped(text: str) -> bool:
+    """At least two `-A CHAIN ...` rules once a log's line prefixes are taken off."""
+    kept, _ = rule_lines(unframe(text))
+    return sum(1 for line in kept.splitlines() if line.lstrip().startswith("-A ")) >= 2
+
+
+def add_ztunnel_log(pod: PodEvidence, path: Path) -> None:
+    entries = parse_ztunnel_log(read_text(path, "ztunnel log"))
+    pod.ztunnel_log.extend(entries)
+    pod.sources.append(f"ztunnel log: {path} ({len(entries)} entries)")
 
 
 def _side_of(path: Path, root: Path) -> str:
@@ -196,7 +213,7 @@ def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
             continue
         {"config": add_config, "iptables": add_iptables, "log": add_access_log,
          "iprules": add_ip_rules, "istioinit": add_istio_init,
-         "version": add_version}[kind](pod, path)
+         "version": add_version, "ztunnel": add_ztunnel_log}[kind](pod, path)
         used += 1
     if not used:
         raise RemoraError(f"--istio-dump {root} has no evidence files",

@@ -219,6 +219,8 @@ def explain_source_ip(ev: Evidence) -> Report:
 
     # 3. server pod capture
     mode = _mode_of(ev.server.iptables)
+    if mode == "unknown" and any(e.direction == "inbound" for e in ev.server.ztunnel_log):
+        mode = "ambient"  # ztunnel took the connection inbound: the pod is in ambient mode
     step3 = Step(3, "server pod: PREROUTING", "unknown", "")
     s_capture = "unknown"
     s_port = 15006

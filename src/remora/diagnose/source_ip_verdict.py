@@ -214,6 +214,14 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
     step3, step4 = steps[2], steps[3]
     incoming = step3.walk.packet.src if step3.walk else None
     declared = ev.server.declared
+    z_in = [e for e in ev.server.ztunnel_log if e.direction == "inbound"]
+    rejected = next((e for e in z_in if e.error), None)
+    if mode == "ambient" and rejected is not None and len(z_in) == 1:
+        v.failure = (f"ztunnel closed the inbound connection from {rejected.src} to "
+                     f"{rejected.dst} (ztunnel log line {rejected.line}): {rejected.error}")
+        v.kind = "established"
+        v.basis = f"the ztunnel log, line {rejected.line}: error=\"{rejected.error}\""
+        return v
     if mode == "ambient":
         v.app_sees, v.kind, v.inferred = v.client_ip, "inferred", True
         v.basis = ("ztunnel, which the ambient rules send the connection to, dials the "
@@ -371,7 +379,12 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
     """The server sidecar's access log: its UPSTREAM_LOCAL_ADDRESS is the address the app's
     connection came from, stronger evidence than any model; it wins."""
     inbound = [e for e in ev.server.access_log if e.direction == "inbound"]
-    if not inbound and mode == "ambient":
+    z_in = [e for e in ev.server.ztunnel_log if e.direction == "inbound"]
+    if not inbound and mode == "ambient" and z_in:
+        z = z_in[0]
+        v.confirmation = (f"ztunnel log line {z.line}: inbound src.addr {z.src} -> dst.addr "
+                          f"{z.dst} (ztunnel does not log the address it dials the app from)")
+    elif not inbound and mode == "ambient":
         # no sidecar: ztunnel logs each connection (src.addr, dst.addr) on the server's node
         v.confirmation = "no ztunnel access log given"
         v.missing.append(Missing("the server node's ztunnel log for a connection",

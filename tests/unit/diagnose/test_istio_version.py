@@ -127,3 +127,14 @@ def test_istio_1_1_access_log_line_reads_every_field() -> None:
     assert e.upstream_local_address == "127.0.0.1:43756"
     assert e.downstream_remote_address == "10.16.118.1:60630"
     assert e.requested_server_name is None and e.route_name is None
+
+
+def test_ztunnel_access_log_fields() -> None:
+    from remora.diagnose.ztunnel_log import parse_ztunnel_log
+
+    text = data_path("explain", "istio-53696-ztunnel-log-1.24", "server",
+                     "ztunnel.log").read_text()
+    (e,) = parse_ztunnel_log(text)
+    assert (e.src, e.dst, e.direction) == ("192.168.240.64:55909", "192.168.14.30:5050",
+                                           "inbound")
+    assert e.error is not None and e.error.startswith("connection closed due to policy")
