@@ -287,8 +287,9 @@ def add_document(cfg: EnvoyConfig, doc: Any, source: str, relaxed: bool = False)
 def parse_config_text(cfg: EnvoyConfig, text: str, source: str) -> None:
     if not text.strip():
         raise RemoraError(f"{source} is empty", "give an Envoy config dump (JSON)")
-    # a shell prompt above the JSON (`$ istioctl ...`, `[root@host dir]# istioctl ...`)
-    lines = text.splitlines()
+    # a shell prompt above the JSON (`$ istioctl ...`, `[root@host dir]# istioctl ...`),
+    # and a markdown fence around it (```json ... ```) as documents paste it
+    lines = [line for line in text.splitlines() if not re.fullmatch(r"\s*```\w*\s*", line)]
     while lines and (is_prompt(lines[0]) or not lines[0].strip()):
         lines = lines[1:]
     text = "\n".join(lines) if lines else text
