@@ -240,13 +240,14 @@ def route_configs(dump: ConfigDump, name: str | None = None) -> list[JSON]:
     inline = [r for r in inline_route_configs(dump.listeners)
               if json.dumps(r, sort_keys=True) not in seen]
 
-    if dump.rds:
-        # an xDS-fed Envoy's dump (Istio's): dynamic then static, as listed, then
-        # istioctl's sort
-        configs = _go_sort_routes(list(dump.routes) + inline)
+    if dump.route_section:
+        # a proxy's /config_dump: its RoutesConfigDump alone (Envoy does not list the route
+        # configs inline in LDS listeners, and istioctl shows none), dynamic then static
+        # as listed, then istioctl's sort
+        configs = _go_sort_routes(list(dump.routes))
     else:
-        # remora's own sidecar (all inline; its dump and its control-plane files list them
-        # in different orders): numeric names first, then by name and content
+        # the control plane's files (no dump): the listeners' inline route configs,
+        # numeric names first, then by name and content
 
         def key(r: JSON) -> tuple[int, int, str, str]:
             n = str(r.get("name", ""))

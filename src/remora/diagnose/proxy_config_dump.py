@@ -95,7 +95,9 @@ class ConfigDump:
     # an Envoy <= 1.12 dump (dynamic_active_listeners, Istio <= 1.4): istioctl of that era
     # listed its listeners unsorted, in a padding-5 table
     v2_listeners: bool = False
-    rds: bool = False  # the dump has dynamic_route_configs (an xDS-fed Envoy, as Istio's)
+    # the dump has a RoutesConfigDump (a proxy's /config_dump; the control plane's files
+    # have none): its route configs are what istioctl lists
+    route_section: bool = False
     raw: JSON = field(default_factory=dict)  # the dump as given (for `all -o json`)
 
 
@@ -143,7 +145,7 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
                 dump.endpoints += [d["endpoint_config"] for d in s.get(key, [])
                                    if "endpoint_config" in d]
         elif kind == "RoutesConfigDump":
-            dump.rds = dump.rds or bool(s.get("dynamic_route_configs"))
+            dump.route_section = True
             for key in ("dynamic_route_configs", "static_route_configs"):
                 dump.routes += [d["route_config"] for d in s.get(key, [])
                                 if "route_config" in d]

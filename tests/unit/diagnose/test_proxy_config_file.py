@@ -72,6 +72,18 @@ def test_internal_address_endpoints_as_istioctl_all() -> None:
     assert got[1][0] == "envoy://connect_originate/192.168.195.248:800"
 
 
+def test_routes_and_secrets_as_istioctl_all() -> None:
+    """istioctl proxy-config all's route and secret sections: only the RoutesConfigDump's
+    routes (none of the listeners' inline ones)."""
+    summary = (GOLD / "proxyconfig/config_dump_summary.txt").read_text()
+    sections = summary.split("\n\n")
+    dump = str(GOLD / "proxyconfig/config_dump.json")
+    for what, prefix in (("route", "route/"), ("secret", "secret/")):
+        want_text = next(s for s in sections if f"\n{prefix}" in s)
+        want = [[re.sub(f"^{prefix}", "", c) for c in row] for row in _rows(want_text)]
+        assert _rows(_run(what, "--file", dump)) == want, what
+
+
 def test_legacy_filter_names_get_the_type_istioctl_of_their_era_gives(tmp_path: Path) -> None:
     """Istio 1.0's listeners (a user's paste, tests/data/explain/zhaohuabing-*): v2
     `config` blocks and envoy.tcp_proxy. istioctl <= 1.4 typed a listener by its first
