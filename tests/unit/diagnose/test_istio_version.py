@@ -138,3 +138,21 @@ def test_ztunnel_access_log_fields() -> None:
     assert (e.src, e.dst, e.direction) == ("192.168.240.64:55909", "192.168.14.30:5050",
                                            "inbound")
     assert e.error is not None and e.error.startswith("connection closed due to policy")
+
+
+def test_compare_keeps_the_version(tmp_path: Path) -> None:
+    """The what-if rows regenerate the rules, not the version: 1.6 has no original_src
+    in TPROXY mode, 1.9 forwards to 127.0.0.1, 1.12 binds 127.0.0.6."""
+    from remora.diagnose.source_ip_compare import compare_table
+
+    ev = _ev(tmp_path, {"nat.rules": NAT_REDIRECT})
+    seen = {}
+    for version in ("1.6", "1.9", "1.12"):
+        ev.istio_version = version
+        rows = compare_table(ev, explain_source_ip(ev))
+        seen[version] = [(r.mode, r.remote_addr) for r in rows if r.header_option.startswith(
+            "none")]
+    client = "192.0.2.10"
+    assert seen["1.6"] == [("REDIRECT", "127.0.0.1"), ("TPROXY", "127.0.0.1")]
+    assert seen["1.9"] == [("REDIRECT", "127.0.0.1"), ("TPROXY", client)]
+    assert seen["1.12"] == [("REDIRECT", "127.0.0.6"), ("TPROXY", client)]
