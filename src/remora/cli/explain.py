@@ -79,6 +79,9 @@ def _write_diagram(path: Path, svg: str) -> str:
                    f"TPROXY mode]; {_SIDE_HELP}")
 @click.option("--sidecar-gid", multiple=True, metavar="[SIDE=]GID",
               help=f"gid the sidecar runs as [default: 1337]; {_SIDE_HELP}")
+@click.option("--istio-version", metavar="X.Y",
+              help="the sidecars' Istio version (else from the evidence): before 1.10 a "
+                   "declared port's app is dialled from 127.0.0.1, from 1.10 from 127.0.0.6")
 @click.option("--client-ip", metavar="IP", help="client pod IP (else from the evidence)")
 @click.option("--server-ip", metavar="IP", help="server pod IP (else from the evidence)")
 @click.option("--client-pod", metavar="POD[.NS]", help="client pod name, for the commands shown")
@@ -103,7 +106,7 @@ def _write_diagram(path: Path, svg: str) -> str:
 def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
               access_log: tuple[str, ...], ip_rules: tuple[str, ...],
               sidecar_uid: tuple[str, ...], sidecar_gid: tuple[str, ...],
-              client_ip: str | None, server_ip: str | None,
+              istio_version: str | None, client_ip: str | None, server_ip: str | None,
               client_pod: str | None, server_pod: str | None, to: str | None,
               from_: str | None, namespace: str | None, http_path: str, output: str,
               diagram: Path | None, compare: bool, state_dir: str | None) -> None:
@@ -146,6 +149,13 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
             raise UsageError(f"--to {to}: the port is not a number", "use --to HOST:PORT")
         ev.target.host, ev.target.port = host or None, port
     ev.target.path = http_path
+    if istio_version:
+        from remora.diagnose.istio_version import parse_option
+
+        if parse_option(istio_version) is None:
+            raise UsageError(f"--istio-version {istio_version}: expected MAJOR.MINOR",
+                             "e.g. --istio-version 1.9")
+        ev.istio_version = istio_version
     _print(ev, explain_source_ip(ev), output, diagram, compare)
 
 

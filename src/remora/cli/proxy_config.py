@@ -1,4 +1,5 @@
-"""`remora proxy-config listener|cluster|endpoint|route|secret|log|all POD -n NS`:
+"""`remora proxy-config listener|cluster|endpoint|route|secret|log|all POD -n NS`, or
+offline `... --file DUMP` (as `istioctl proxy-config --file`):
 istioctl's proxy-config, from the sidecar's own /config_dump (read through the pod's
 network namespace) rendered by remora.diagnose.proxy_config with istioctl's tables and
 JSON. `secret` lists the SDS certificates (remora.diagnose.proxy_config_secret): from the
@@ -23,22 +24,45 @@ TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints"
 
 @click.command("proxy-config", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("what", type=click.Choice(TYPES))
-@click.argument("pod")
+@click.argument("pod", required=False)
 @click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--file", "dump_file", type=click.Path(path_type=Path), default=None,
+              metavar="DUMP",
+              help="offline: read an Envoy /config_dump (or `istioctl proxy-config all -o "
+                   "json`) instead of a pod, as istioctl proxy-config --file")
 @click.option("--port", type=int, default=None, help="only this port")
-@click.option("--fqdn", default=None, help="only this cluster, e.g. \"inbound|18080||\"")
+@click.option("--fqdn", "--cluster", "fqdn", default=None,
+              help="only this cluster, e.g. \"inbound|18080||\"")
 @click.option("--address", default=None, help="only this listener address / endpoint")
 @click.option("--name", default=None, help="only this route config")
+@click.option("--type", "listener_type", default=None, help="listener: only HTTP, TCP, ...")
+@click.option("--status", default=None, help="endpoint: only this health status")
+@click.option("--verbose", type=click.BOOL, default=True, show_default=True,
+              help="listener: false for istioctl's ADDRESS PORT TYPE table")
 @click.option("-o", "--output", type=click.Choice(["short", "json", "yaml"]), default="short")
 @click.option("--level", default=None, help="log: set the sidecar's log level")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None)
-def proxy_config(what: str, pod: str, namespace: str, port: int | None, fqdn: str | None,
-                 address: str | None, name: str | None, output: str, level: str | None,
-                 state_dir: str | None) -> None:
+def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | None,
+                 port: int | None, fqdn: str | None, address: str | None, name: str | None,
+                 listener_type: str | None, status: str | None, verbose: bool, output: str,
+                 level: str | None, state_dir: str | None) -> None:
     """Show a sidecar's Envoy config as istioctl proxy-config does."""
     from remora.diagnose.proxy_config import render
     from remora.diagnose.proxy_config_dump import parse_config_dump
 
+    fmt = "table" if output == "short" else output
+    if dump_file is not None:
+        if pod:
+            raise RemoraError("give a pod or --file, not both",
+                              f"drop {pod!r} to read {dump_file}, or drop --file")
+        click.echo(_offline(what, dump_file, fmt, port=port, fqdn=fqdn, address=address,
+                            name=name, listener_type=listener_type, status=status,
+                            verbose=verbose), nl=False)
+        return
+    if not pod:
+        raise RemoraError(f"proxy-config {what} needs a pod name or --file DUMP",
+                          f"e.g. remora proxy-config {what} POD -n NS, or --file "
+                          "config_dump.json")
     client = session.connect(session.state_dir(state_dir))
     pod, namespace = split_dotted(pod, namespace)
     pod = resolve_pod(client, namespace, pod)
@@ -62,9 +86,43 @@ def proxy_config(what: str, pod: str, namespace: str, port: int | None, fqdn: st
         return
     dump = parse_config_dump(admin.request(netns, "GET", "/config_dump?include_eds",
                                            where=where))
-    fmt = "table" if output == "short" else output
-    text = render(dump, what, port=port, fqdn=fqdn, address=address, name=name, fmt=fmt)
+    text = render(dump, what, port=port, fqdn=fqdn, address=address, name=name, fmt=fmt,
+                  listener_type=listener_type, status=status, verbose=verbose)
     click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+
+
+def _offline(what: str, path: Path, fmt: str, **filters: Any) -> str:
+    """`--file DUMP`: istioctl's tables from a saved config dump; endpoints from the dump's
+    EndpointsConfigDump (as `istioctl proxy-config all` shows them); secrets from its
+    SecretsConfigDump."""
+    import yaml
+
+    from remora.diagnose import proxy_config_secret as pcs
+    from remora.diagnose.proxy_config import render
+    from remora.diagnose.proxy_config_dump import parse_config_dump
+
+    if what == "log":
+        raise RemoraError("proxy-config log needs a running sidecar, not a file",
+                          "give a pod name instead of --file")
+    try:
+        data = path.read_text()
+    except OSError as exc:
+        raise RemoraError(f"cannot read --file {path}: {exc.strerror}",
+                          "give the path of a saved /config_dump") from exc
+    if what in ("secret", "secrets"):
+        try:
+            raw = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise RemoraError(f"--file {path} is not JSON: {exc.msg}",
+                              "give the output of /config_dump") from exc
+        items = pcs.items_from_config_dump(raw)
+        if fmt == "table":
+            return pcs.secret_table(items)
+        text = pcs.secret_json(items) + "\n"
+        return text if fmt == "json" else str(yaml.safe_dump(json.loads(text), sort_keys=False))
+    dump = parse_config_dump(data)
+    text = render(dump, what, fmt=fmt, endpoint_source="config_dump", **filters)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _config_dir(state_dir: Path, pod: dict[str, Any]) -> Path:

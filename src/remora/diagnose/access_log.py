@@ -84,15 +84,28 @@ def _value(text: object) -> str | None:
     return None if s in ("-", "") else s
 
 
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"'})
+
+
 def parse_text_line(line: str, lineno: int = 0) -> AccessLogEntry | None:
-    """One text-format line; None if the line is not an access-log line."""
+    """One text-format line; None if the line is not an access-log line.
+
+    The fields after the quoted UPSTREAM_HOST are read by position from it, so Istio
+    1.1-1.4's default format (no ROUTE_NAME, a quoted mixer status after the flags) reads
+    as well as 1.9+'s; typographic quotes and inline-code backticks a paste added are
+    undone first."""
+    line = line.translate(_QUOTES).strip().strip("`")
     # `kubectl logs --prefix` / `--timestamps` put text before the entry: start at it
     start = re.search(r'\[\d{4}-\d\d-\d\dT[^\]]*\] "', line)
     s = line[start.start():].strip() if start else line.strip()
     if not s.startswith("[") or '"' not in s:
         return None
     toks = _TOKEN.findall(s)
-    if len(toks) < 17 or not toks[1].startswith('"'):
+    if len(toks) < 16 or not toks[1].startswith('"'):
+        return None
+    quoted = [i for i, t in enumerate(toks) if t.startswith('"')]
+    host_at = quoted[-1]
+    if host_at < 9 or len(toks) - host_at < 5:
         return None
     values: dict[str, str | None] = {"start_time": toks[0].strip("[]")}
     request = (_value(toks[1]) or "").split(" ")
@@ -100,19 +113,21 @@ def parse_text_line(line: str, lineno: int = 0) -> AccessLogEntry | None:
         values["method"], values["path"], values["protocol"] = (_value(x) for x in request)
     values["response_code"] = _value(toks[2])
     values["response_flags"] = _value(toks[3])
-    middle = toks[4:-11]
+    middle = toks[4:host_at - 4]
     if len(middle) >= 7 and not middle[0].startswith('"'):
         values["response_code_details"] = _value(middle[0])
         values["connection_termination_details"] = _value(middle[1])
         middle = middle[2:]
     elif middle and middle[0].startswith('"'):
-        middle = middle[1:]  # pre-1.9: the quoted mixer status
+        middle = middle[1:]  # before 1.9: the quoted mixer status
     if len(middle) >= 5:
         values["upstream_transport_failure_reason"] = _value(middle[0])
+        middle = middle[1:]
+    if len(middle) >= 4:  # 1.1-1.4 have no UPSTREAM_TRANSPORT_FAILURE_REASON
         values["bytes_received"], values["bytes_sent"], values["duration"] = (
-            _value(x) for x in middle[1:4])
-        values["upstream_service_time"] = _value(middle[4])
-    for name, tok in zip(_TAIL, toks[-11:], strict=True):
+            _value(x) for x in middle[:3])
+        values["upstream_service_time"] = _value(middle[3])
+    for name, tok in zip(_TAIL, toks[host_at - 4:], strict=False):
         values[name] = _value(tok)
     if not (values.get("downstream_remote_address") or values.get("upstream_cluster")):
         return None

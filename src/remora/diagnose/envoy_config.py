@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from remora.diagnose.evidence_text import is_prompt
+from remora.diagnose.proxy_config_dump import snake as struct_aware_snake
 from remora.errors import RemoraError
 
 JSON = dict[str, Any]
@@ -31,16 +33,9 @@ _CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 
 
 def snake(obj: Any) -> Any:
-    """camelCase keys -> snake_case, leaving map keys such as type URLs or ``@type`` alone."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            key = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", k).lower() if _CAMEL.match(k) else k
-            out[key] = snake(v)
-        return out
-    if isinstance(obj, list):
-        return [snake(v) for v in obj]
-    return obj
+    """camelCase keys -> snake_case; map keys (type URLs, ``@type``) and free-form Struct
+    contents (TypedStruct ``value``, v2 ``config``, metadata) keep their keys as written."""
+    return struct_aware_snake(obj)
 
 
 def relaxed_json(text: str) -> tuple[Any, bool]:
@@ -103,6 +98,7 @@ class EnvoyConfig:
     routes: dict[str, JSON] = field(default_factory=dict)
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
     node_id: str | None = None
+    node_metadata: dict[str, Any] = field(default_factory=dict)  # ISTIO_VERSION, ...
     partial: bool = False
     sources: list[str] = field(default_factory=list)
     has_listeners: bool = False
@@ -165,6 +161,8 @@ def _add_bootstrap(cfg: EnvoyConfig, boot: JSON) -> None:
     node = boot.get("node", {})
     if node.get("id"):
         cfg.node_id = str(node["id"])
+    if isinstance(node.get("metadata"), dict):
+        cfg.node_metadata.update(node["metadata"])
     static = boot.get("static_resources", {})
     for listener in static.get("listeners", []):
         _add_listener(cfg, listener)
@@ -182,6 +180,11 @@ def _add_dump_entry(cfg: EnvoyConfig, entry: JSON) -> bool:
         cfg.has_listeners = True
         for item in entry.get("static_listeners", []):
             _add_listener(cfg, item.get("listener", {}))
+        # Envoy <= 1.12 (Istio <= 1.4) listed dynamic_active_listeners with the listener
+        # directly under each entry
+        for item in entry.get("dynamic_active_listeners", []) or []:
+            if isinstance(item.get("listener"), dict):
+                _add_listener(cfg, item["listener"])
         for item in entry.get("dynamic_listeners", []):
             state = item.get("active_state") or item.get("warming_state") or {}
             if state.get("listener"):
@@ -252,6 +255,12 @@ def add_document(cfg: EnvoyConfig, doc: Any, source: str, relaxed: bool = False)
         items = []
     used = 0
     for item in items:
+        if isinstance(item, dict) and "version_info" in item:
+            # one dynamic_active_* entry of /config_dump pasted alone:
+            # {"version_info": ..., "cluster"|"listener"|"route_config": {...}}
+            inner = next((item[k] for k in ("cluster", "listener", "route_config")
+                          if isinstance(item.get(k), dict)), None)
+            item = inner if inner is not None else item
         kind = _classify(item) if isinstance(item, dict) else None
         if kind == "listener":
             _add_listener(cfg, item)
@@ -278,6 +287,12 @@ def add_document(cfg: EnvoyConfig, doc: Any, source: str, relaxed: bool = False)
 def parse_config_text(cfg: EnvoyConfig, text: str, source: str) -> None:
     if not text.strip():
         raise RemoraError(f"{source} is empty", "give an Envoy config dump (JSON)")
+    # a shell prompt above the JSON (`$ istioctl ...`, `[root@host dir]# istioctl ...`),
+    # and a markdown fence around it (```json ... ```) as documents paste it
+    lines = [line for line in text.splitlines() if not re.fullmatch(r"\s*```\w*\s*", line)]
+    while lines and (is_prompt(lines[0]) or not lines[0].strip()):
+        lines = lines[1:]
+    text = "\n".join(lines) if lines else text
     try:
         doc, relaxed = relaxed_json(text)
     except json.JSONDecodeError as exc:

@@ -59,11 +59,13 @@ def _istio_alpn(hcm: JSON) -> tuple[str, ...]:
     for f in hcm.get("http_filters", []) or []:
         if f.get("name") != "istio.alpn":
             continue
-        tc = f.get("typed_config") or {}
-        conf = tc.get("value", tc)
-        for entry in conf.get("alpn_override", []) or []:
-            if entry.get("upstream_protocol") == "HTTP11":
-                return tuple(str(x) for x in entry.get("alpn_override", []) or [])
+        conf = typed(f)
+        # a TypedStruct's keys are kept as written: proto JSON (alpnOverride) or snake
+        for entry in conf.get("alpn_override", conf.get("alpnOverride", [])) or []:
+            proto = entry.get("upstream_protocol", entry.get("upstreamProtocol"))
+            if proto == "HTTP11":
+                return tuple(str(x) for x in entry.get("alpn_override",
+                                                       entry.get("alpnOverride", [])) or [])
     return ()
 
 

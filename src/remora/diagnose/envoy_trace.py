@@ -83,8 +83,10 @@ class SidecarTrace:
 
 
 def has_filter(listener: JSON, short: str, type_name: str) -> JSON | None:
+    """A listener filter by name (`envoy.filters.listener.X`, legacy `envoy.listener.X`)
+    or by its config's type."""
     for f in listener.get("listener_filters", []) or []:
-        t = str((f.get("typed_config") or {}).get("@type", ""))
+        t = str(typed(f).get("@type", ""))
         if str(f.get("name", "")).endswith(short) or t.endswith(type_name):
             return dict(f)
     return None
@@ -101,4 +103,12 @@ def fail(trace: SidecarTrace, name: str, detail: str) -> SidecarTrace:
 
 
 def typed(f: JSON) -> JSON:
-    return dict(f.get("typed_config") or {})
+    """A filter's config: ``typed_config`` (a TypedStruct's ``value`` under its
+    ``type_url``), or the Struct ``config`` block of Envoy's v2 API (Istio 1.6 and before)."""
+    tc = f.get("typed_config")
+    if isinstance(tc, dict):
+        if str(tc.get("@type", "")).endswith("TypedStruct") and isinstance(tc.get("value"), dict):
+            return {**tc["value"], "@type": str(tc.get("type_url", ""))}
+        return dict(tc)
+    conf = f.get("config")
+    return dict(conf) if isinstance(conf, dict) else {}

@@ -118,6 +118,14 @@ def _upstream_source(cluster: JSON, listener: JSON, ds: Downstream, t: SidecarTr
         t.upstream_source_why = (f"cluster {t.cluster} upstream_bind_config.source_address "
                                  f"{bind['address']}")
         return
+    if t.endpoint and t.endpoint.startswith("127."):
+        # Istio before 1.10: inbound clusters dialled 127.0.0.1:PORT with no bind config;
+        # the kernel's source for a loopback destination is 127.0.0.1
+        t.upstream_source = "127.0.0.1"
+        t.upstream_source_why = (f"cluster {t.cluster} dials the app at {t.endpoint} with no "
+                                 "upstream_bind_config and no original_src: the kernel picks "
+                                 "127.0.0.1 for a loopback destination")
+        return
     t.upstream_source = pod_ip or "(pod IP)"
     t.upstream_source_why = ("no upstream_bind_config and no original_src: the kernel picks "
                              "the pod's address on the route to the endpoint")

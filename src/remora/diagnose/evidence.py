@@ -12,6 +12,7 @@ from remora.diagnose.access_log import AccessLogEntry
 from remora.diagnose.envoy_config import EnvoyConfig
 from remora.diagnose.iptables_model import Ruleset
 from remora.diagnose.policy_routing import PolicyRouting
+from remora.diagnose.ztunnel_log import ZtunnelEntry
 
 
 @dataclass
@@ -32,10 +33,16 @@ class PodEvidence:
     proxy_gid: int | None = None
     proxy_ids_source: str = ""
     policy_routing: PolicyRouting | None = None  # `ip rule` + the tables it looks up
+    # istio-init's printed settings (INBOUND_INTERCEPTION_MODE, INBOUND_PORTS_INCLUDE, ...)
+    declared: dict[str, str] = field(default_factory=dict)
+    shell_script: bool = False  # rules from istio-iptables.sh (Istio 1.4 and before)
+    version_text: list[str] = field(default_factory=list)  # `istioctl version`, image tags
+    ztunnel_log: list[ZtunnelEntry] = field(default_factory=list)  # ambient: ztunnel's lines
 
     @property
     def empty(self) -> bool:
-        return self.iptables is None and self.config is None and not self.access_log
+        return (self.iptables is None and self.config is None and not self.access_log
+                and not self.version_text and not self.declared and not self.ztunnel_log)
 
     def pod_ref(self) -> str:
         """``POD -n NS`` for the commands we suggest (names from the node id if not given)."""
@@ -69,3 +76,4 @@ class Evidence:
     client: PodEvidence = field(default_factory=lambda: PodEvidence("client"))
     server: PodEvidence = field(default_factory=lambda: PodEvidence("server"))
     target: Target = field(default_factory=Target)
+    istio_version: str | None = None  # `--istio-version`, e.g. "1.9"

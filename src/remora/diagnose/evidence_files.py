@@ -19,10 +19,18 @@ from pathlib import Path
 from remora.diagnose.access_log import parse_access_log
 from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
 from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.evidence_text import (
+    istio_init,
+    istio_version,
+    looks_like_istio_init,
+    rule_lines,
+    unframe,
+)
 from remora.diagnose.iptables_listing import looks_like_listing, parse_listing
 from remora.diagnose.iptables_model import Ruleset
 from remora.diagnose.iptables_save import looks_like_save, parse_iptables_save
 from remora.diagnose.policy_routing import parse_policy_text
+from remora.diagnose.ztunnel_log import looks_like_ztunnel, parse_ztunnel_log
 from remora.errors import RemoraError
 
 SIDES = ("client", "server")
@@ -46,9 +54,11 @@ def read_text(path: Path, what: str) -> str:
 def parse_iptables_text(text: str, name: str) -> Ruleset:
     """iptables-save text or `iptables -L -v` listings; the IPv4 rules when both families."""
     hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
+    text = unframe(text)
     if looks_like_listing(text):
         return parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
     if looks_like_save(text):
+        text, _ = rule_lines(text)
         families = parse_iptables_save(text, origin=f"{name} (iptables-save)", table_hint=hint)
         if families:
             return families[0]
@@ -66,6 +76,32 @@ def add_iptables(pod: PodEvidence, path: Path) -> None:
     else:
         pod.iptables.merge(rs)
     pod.sources.append(f"iptables: {path}")
+
+
+def add_istio_init(pod: PodEvidence, path: Path) -> None:
+    """The istio-init container's log: its variables and the rules it wrote."""
+    init = istio_init(read_text(path, "istio-init log"))
+    pod.declared.update(init.variables)
+    pod.shell_script = pod.shell_script or init.shell_script
+    if init.rules.strip():
+        families = parse_iptables_save(init.rules, origin=f"{path.name} (istio-init log)")
+        if families:
+            if pod.iptables is None:
+                pod.iptables = families[0]
+            else:
+                pod.iptables.merge(families[0])
+    pod.sources.append(f"istio-init log: {path} ({len(init.variables)} variables"
+                       + (", istio-iptables.sh trace" if init.shell_script else "") + ")")
+
+
+def add_version(pod: PodEvidence, path: Path) -> None:
+    text = read_text(path, "version")
+    if istio_version(text) is None:
+        raise RemoraError(f"{path} names no Istio version: expected `istioctl version` output "
+                          "(`data plane version: 1.9.0 ...`)",
+                          "collect it with `istioctl version`, or pass --istio-version X.Y")
+    pod.version_text.append(text)
+    pod.sources.append(f"version: {path}")
 
 
 def add_config(pod: PodEvidence, path: Path) -> None:
@@ -114,13 +150,23 @@ def _kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(".json"):
         return "config"
+    if re.search(r"istio[-_]?init|envoy[-_]init", name):
+        return "istioinit"
+    if re.match(r"(istioctl[-_])?version", name):
+        return "version"
     if re.search(r"ip[-_]?rules?\b|ip[-_]rule|policy[-_]rout", name):
         return "iprules"
     if re.search(r"iptables|nat|mangle|\.rules$|rules\.txt$", name):
         return "iptables"
+    text = read_text(path, "evidence")[:4000]
+    if looks_like_istio_init(text):
+        return "istioinit"
+    if looks_like_ztunnel(text):
+        return "ztunnel"
+    if name.endswith(".log") and _rule_shaped(text):
+        return "iptables"  # e.g. istio-cni's log, which prints the rules it writes
     if name.endswith(".log") or "access" in name or name.startswith("log"):
         return "log"
-    text = read_text(path, "evidence")[:4000]
     stripped = text.lstrip()
     if looks_like_listing(text) or looks_like_save(text):
         return "iptables"
@@ -131,6 +177,18 @@ def _kind(path: Path) -> str | None:
     if re.search(r'^\[\S+\] "', text, re.M) or "upstream_local_address" in text:
         return "log"
     return None
+
+
+def _rule_shaped(text: str) -> bool:
+    """At least two `-A CHAIN ...` rules once a log's line prefixes are taken off."""
+    kept, _ = rule_lines(unframe(text))
+    return sum(1 for line in kept.splitlines() if line.lstrip().startswith("-A ")) >= 2
+
+
+def add_ztunnel_log(pod: PodEvidence, path: Path) -> None:
+    entries = parse_ztunnel_log(read_text(path, "ztunnel log"))
+    pod.ztunnel_log.extend(entries)
+    pod.sources.append(f"ztunnel log: {path} ({len(entries)} entries)")
 
 
 def _side_of(path: Path, root: Path) -> str:
@@ -154,7 +212,8 @@ def load_dump_dir(root: Path, ev: Evidence | None = None) -> Evidence:
             pod.sources.append(f"skipped: {path} (not recognised as evidence)")
             continue
         {"config": add_config, "iptables": add_iptables, "log": add_access_log,
-         "iprules": add_ip_rules}[kind](pod, path)
+         "iprules": add_ip_rules, "istioinit": add_istio_init,
+         "version": add_version, "ztunnel": add_ztunnel_log}[kind](pod, path)
         used += 1
     if not used:
         raise RemoraError(f"--istio-dump {root} has no evidence files",

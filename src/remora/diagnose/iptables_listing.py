@@ -37,7 +37,10 @@ from remora.diagnose.iptables_model import (
 )
 from remora.errors import RemoraError
 
-_COMMAND = re.compile(r"^\s*(?:[$#]\s*)?(?:sudo\s+)?ip6?tables(?:-nft|-legacy)?\s+(.*-L.*)$")
+# the command line above a listing, after a prompt of any common shape (`$ `, `# `,
+# `[root@host dir]# `, `user@host:~$ `, `bash-4.4# `, `~ `) or `kubectl exec ... -- `
+_COMMAND = re.compile(
+    r"^(?:.*?[\s$#>~])?(?:sudo\s+)?ip6?tables(?:-nft|-legacy)?\s+(-.*-L.*)$")
 _CHAIN = re.compile(
     r"^Chain (\S+) \((?:policy (\w+)(?: (\S+) packets, (\S+) bytes)?|(\d+) references)\)")
 _OPTS = {"--", "-f", "!f"}
@@ -138,6 +141,8 @@ def parse_listing(text: str, table: str | None = None,
             for line in lines:
                 if line.startswith(("pkts ", "num ", "target ")):
                     header = line.split()
+                    if "in" not in header:
+                        rs.interfaces_known = False  # `-L` without -v
                     continue
                 chain.rules.append(parse_rule_line(name, chain_name, len(chain.rules) + 1,
                                                    line, header))

@@ -326,6 +326,8 @@ class Ruleset:
     tables: dict[str, Table] = field(default_factory=dict)
     origin: str = ""  # "iptables-save", "iptables -L -v", file names
     family: int = 4
+    # `iptables -L` without -v prints no in/out columns: `-o lo` conditions are invisible
+    interfaces_known: bool = True
 
     def table(self, name: str) -> Table:
         if name not in self.tables:
@@ -338,6 +340,7 @@ class Ruleset:
                 continue  # first evidence for a table wins; a later copy is a duplicate
             self.tables[name] = table
         self.origin = ", ".join(x for x in (self.origin, other.origin) if x)
+        self.interfaces_known = self.interfaces_known and other.interfaces_known
 
     def rule_count(self) -> int:
         return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())

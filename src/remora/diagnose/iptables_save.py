@@ -174,8 +174,12 @@ def parse_iptables_save(text: str, origin: str = "iptables-save",
     families: list[Ruleset] = [Ruleset(origin=origin, family=4)]
     seen: set[str] = set()
     table = ""
-    if not re.search(r"^\s*\*\s*\w+", text, re.M):
+    first_table = re.search(r"^\s*\*\s*\w+", text, re.M)
+    if not first_table:
         table = table_hint or _guess_table(text)  # `iptables -t TABLE -S` output
+    elif re.search(r"^\s*(?:\[\d+:\d+\]\s*)?-A ", text[:first_table.start()], re.M):
+        # rules pasted from the middle of a table, before the next `*table` line
+        table = table_hint or _guess_table(text[:first_table.start()])
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         prompt = _S_PROMPT.match(s)

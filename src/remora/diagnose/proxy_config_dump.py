@@ -22,9 +22,13 @@ JSON = dict[str, Any]
 
 # snake name -> how its value's keys are treated: "struct" keeps the whole value verbatim,
 # "map" keeps the keys but converts the values (Any messages).
+# Fields whose keys are data, not proto field names: kept as written. TypedStruct.value and
+# the v2 filters' `config` are google.protobuf.Struct (Istio <= 1.6 sent `config` blocks);
+# a transport_socket_matches entry's `match` is a Struct matched against endpoint metadata
+# (`tlsMode`).
 _MAPS = {"filter_metadata": "struct", "typed_filter_metadata": "map",
          "typed_extension_protocol_options": "map", "typed_per_filter_config": "map",
-         "value": "struct"}  # TypedStruct.value is a google.protobuf.Struct
+         "value": "struct", "config": "struct"}
 
 
 def _snake_key(key: str) -> str:
@@ -50,7 +54,17 @@ def _convert(value: Any, to_camel: bool) -> Any:
         snake = _snake_key(key)
         new_key = _camel_key(snake) if to_camel else snake
         mode = _MAPS.get(snake)
-        if mode == "struct" and isinstance(v, dict):
+        if snake == "node" and isinstance(v, dict):
+            # node.metadata is a Struct of Istio's (ISTIO_VERSION, INTERCEPTION_MODE, ...)
+            out[new_key] = {**_convert({k: x for k, x in v.items() if k != "metadata"},
+                                       to_camel),
+                            **({"metadata": v["metadata"]} if "metadata" in v else {})}
+        elif snake == "transport_socket_matches" and isinstance(v, list):
+            out[new_key] = [{**_convert({k: x for k, x in m.items() if k != "match"},
+                                        to_camel),
+                             **({"match": m["match"]} if "match" in m else {})}
+                            if isinstance(m, dict) else m for m in v]
+        elif mode == "struct" and isinstance(v, dict):
             out[new_key] = v
         elif mode == "map" and isinstance(v, dict):
             out[new_key] = {k: _convert(x, to_camel) for k, x in v.items()}
@@ -78,6 +92,12 @@ class ConfigDump:
     routes: list[JSON] = field(default_factory=list)  # RouteConfigurations (RDS)
     bootstrap: JSON = field(default_factory=dict)
     has_endpoint_section: bool = False
+    # an Envoy <= 1.12 dump (dynamic_active_listeners, Istio <= 1.4): istioctl of that era
+    # listed its listeners unsorted, in a padding-5 table
+    v2_listeners: bool = False
+    # the dump has a RoutesConfigDump (a proxy's /config_dump; the control plane's files
+    # have none): its route configs are what istioctl lists
+    route_section: bool = False
     raw: JSON = field(default_factory=dict)  # the dump as given (for `all -o json`)
 
 
@@ -106,6 +126,10 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
         if kind == "BootstrapConfigDump":
             dump.bootstrap = s.get("bootstrap", {})
         elif kind == "ListenersConfigDump":
+            # Envoy <= 1.12 (Istio <= 1.4): dynamic_active_listeners[].listener
+            dump.listeners += [d["listener"] for d in s.get("dynamic_active_listeners", [])
+                               if "listener" in d]
+            dump.v2_listeners = dump.v2_listeners or "dynamic_active_listeners" in s
             for d in s.get("dynamic_listeners", []):
                 active = d.get("active_state") or {}
                 if "listener" in active:
@@ -121,6 +145,7 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
                 dump.endpoints += [d["endpoint_config"] for d in s.get(key, [])
                                    if "endpoint_config" in d]
         elif kind == "RoutesConfigDump":
+            dump.route_section = True
             for key in ("dynamic_route_configs", "static_route_configs"):
                 dump.routes += [d["route_config"] for d in s.get(key, [])
                                 if "route_config" in d]
@@ -136,8 +161,12 @@ def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
 
 
 def typed_config(filt: JSON) -> JSON:
+    """A filter's config: ``typed_config``, or the v2 Struct ``config`` (Istio <= 1.6)."""
     tc = filt.get("typed_config")
-    return tc if isinstance(tc, dict) else {}
+    if isinstance(tc, dict):
+        return tc
+    conf = filt.get("config")
+    return conf if isinstance(conf, dict) else {}
 
 
 def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
@@ -151,7 +180,8 @@ def inline_route_configs(listeners: list[JSON]) -> list[JSON]:
         for chain in chains:
             for f in chain.get("filters", []):
                 rc = typed_config(f).get("route_config")
-                if f.get("name") == "envoy.filters.network.http_connection_manager" \
+                if f.get("name") in ("envoy.filters.network.http_connection_manager",
+                                     "envoy.http_connection_manager") \
                         and isinstance(rc, dict):
                     seen.setdefault(json.dumps(rc, sort_keys=True), rc)
     return list(seen.values())

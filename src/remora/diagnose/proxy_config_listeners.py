@@ -16,6 +16,10 @@ from remora.diagnose.proxy_config_table import tabwrite
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
+# the names Istio 1.6 and before gave the same filters (istioctl of those versions
+# compared against them: go-control-plane's wellknown names were these then)
+HCM_NAMES = (HCM, "envoy.http_connection_manager")
+TCP_PROXY_NAMES = (TCP_PROXY, "envoy.tcp_proxy")
 
 # listener.go: ALPN lists istioctl names instead of printing them.
 _PROTOCOL_DESCRIPTIONS = [
@@ -47,13 +51,35 @@ def _is_blackhole_tcp(f: JSON) -> bool:
     return "BlackHoleCluster" in json.dumps(typed_config(f))
 
 
+def _v2_first_match(listener: JSON) -> str | None:
+    """istioctl up to 1.4 (listener.go retrieveListenerType of 2019): the first
+    `envoy.http_connection_manager` or `envoy.tcp_proxy` names the type, BlackHoleCluster
+    included. Used for dumps of that era: legacy names with v2 ``config`` blocks."""
+    filters = [f for c in _chains(listener) for f in c.get("filters", [])]
+    if not any(f.get("name") in ("envoy.http_connection_manager", "envoy.tcp_proxy")
+               and "config" in f and "typed_config" not in f for f in filters):
+        return None
+    for f in filters:
+        if f.get("name") == "envoy.http_connection_manager":
+            return "HTTP"
+        if f.get("name") == "envoy.tcp_proxy":
+            return "TCP"
+    return "UNKNOWN"
+
+
 def listener_type(listener: JSON) -> str:
+    """HTTP | TCP | HTTP+TCP | UNKNOWN as istioctl classifies it (1.5 on: count HCMs and
+    tcp_proxies that do not go to BlackHoleCluster); the legacy names of Istio <= 1.6
+    count too, and a v2 dump (``config`` blocks) is classified as istioctl <= 1.4 did."""
+    legacy = _v2_first_match(listener)
+    if legacy is not None:
+        return legacy
     n_http = n_tcp = 0
     for chain in _chains(listener):
         for f in chain.get("filters", []):
-            if f.get("name") == HCM:
+            if f.get("name") in HCM_NAMES:
                 n_http += 1
-            elif f.get("name") == TCP_PROXY and not _is_blackhole_tcp(f):
+            elif f.get("name") in TCP_PROXY_NAMES and not _is_blackhole_tcp(f):
                 n_tcp += 1
     if n_http:
         return "HTTP" if not n_tcp else "HTTP+TCP"
@@ -84,9 +110,13 @@ def describe_chain_match(m: JSON) -> str:
 
 
 def describe_route_match(m: JSON) -> str:
+    """listener.go describeMatch: prefix*, PathPrefix:P (path_separated_prefix, what the
+    Kubernetes Gateway API's PathPrefix becomes), the exact path, regex R."""
     conds = []
     if m.get("prefix"):
         conds.append(f"{m['prefix']}*")
+    if m.get("path_separated_prefix"):
+        conds.append(f"PathPrefix:{m['path_separated_prefix']}")
     if m.get("path"):
         conds.append(m["path"])
     if m.get("safe_regex"):
@@ -122,13 +152,13 @@ def _describe_route_config(rc: JSON) -> str:
 def _destination(chain: JSON) -> str:
     for f in chain.get("filters", []):
         tc = typed_config(f)
-        if f.get("name") == HCM:
+        if f.get("name") in HCM_NAMES:
             if isinstance(tc.get("route_config"), dict):
                 return _describe_route_config(tc["route_config"])
             if tc.get("rds", {}).get("route_config_name"):
                 return f"Route: {tc['rds']['route_config_name']}"
             return "HTTP"
-        if f.get("name") == TCP_PROXY and not _is_blackhole_tcp(f):
+        if f.get("name") in TCP_PROXY_NAMES and not _is_blackhole_tcp(f):
             return _named_cluster(str(tc.get("cluster", "")))
     return "Non-HTTP/Non-TCP"
 
@@ -145,6 +175,12 @@ def select_listeners(dump: ConfigDump, *, port: int | None = None, address: str 
 def listener_table(dump: ConfigDump, *, port: int | None = None, address: str | None = None,
                    type_: str | None = None, verbose: bool = True) -> str:
     listeners = select_listeners(dump, port=port, address=address, type_=type_)
+    if dump.v2_listeners and not verbose:
+        # istioctl <= 1.4 (listener.go PrintListenerSummary of 2019): dump order
+        # (dynamic_active_listeners, then static), tabwriter padding 5
+        listeners = [lst for lst in dump.listeners if lst in listeners]
+        summary = [f"{_address(lst)}\t{_port(lst)}\t{listener_type(lst)}" for lst in listeners]
+        return tabwrite(["ADDRESS\tPORT\tTYPE", *summary], padding=5)
     lines = ["ADDRESS\tPORT\tMATCH\tDESTINATION" if verbose else "ADDRESS\tPORT\tTYPE"]
     for lst in listeners:
         addr, p = _address(lst), _port(lst)

@@ -31,18 +31,21 @@ SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
 @dataclass(frozen=True)
 class SecretItem:
     name: str
-    type: str  # "Cert Chain" | "CA"
-    state: str  # "ACTIVE" | "WARMING"
+    type: str  # "Cert Chain" | "CA" (the certificate's basic constraints); "" without one
+    state: str  # "ACTIVE" | "WARMING" | "UNINITIALIZED"
     cert: x509.Certificate | None
+    trust_domain: str = ""  # SPIFFE trust domain (validator config, or the URI SAN)
 
-    def row(self, now: dt.datetime) -> str:
+    def row(self, now: dt.datetime, with_trust_domain: bool = False) -> str:
         c = self.cert
+        tail = f"\t{self.trust_domain}" if with_trust_domain else ""
         if c is None:
-            return f"{self.name}\t{self.type}\t{self.state}\tfalse\t\t\t"
-        valid = c.not_valid_before_utc <= now <= c.not_valid_after_utc
+            return f"{self.name}\t{self.type}\t{self.state}\tfalse\t\t\t{tail}"
+        valid = c.not_valid_before_utc < now < c.not_valid_after_utc
+        # sds/util.go secretMetaFromCert: fmt.Sprintf("%032x", cert.SerialNumber)
         return (f"{self.name}\t{self.type}\t{self.state}\t{str(valid).lower()}\t"
-                f"{c.serial_number:x}\t{_rfc3339(c.not_valid_after_utc)}\t"
-                f"{_rfc3339(c.not_valid_before_utc)}")
+                f"{c.serial_number:032x}\t{_rfc3339(c.not_valid_after_utc)}\t"
+                f"{_rfc3339(c.not_valid_before_utc)}{tail}")
 
 
 def _rfc3339(t: dt.datetime) -> str:
@@ -92,19 +95,84 @@ def items_from_config_dir(config_dir: str | Path) -> list[SecretItem]:
     return _sorted(out)
 
 
+SPIFFE_VALIDATOR = ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                    "SPIFFECertValidatorConfig")
+
+
+def _inline(source: dict[str, Any]) -> bytes | None:
+    """istioctl reads only inline bytes from a dump (a file name there is the sidecar's)."""
+    try:
+        if "inline_bytes" in source:
+            return base64.b64decode(source["inline_bytes"])
+        if "inline_string" in source:
+            return str(source["inline_string"]).encode()
+    except ValueError:
+        return None
+    return None
+
+
+def _from_pem(name: str, state: str, data: bytes | None, trust_domain: str = "") -> SecretItem:
+    """sds/util.go secretMetaFromCert: the first PEM block; TYPE from its CA flag; the
+    trust domain from a spiffe:// URI SAN unless the validator named it."""
+    cert = None
+    if data:
+        try:
+            cert = x509.load_pem_x509_certificates(data)[0]
+        except ValueError:
+            cert = None
+    if cert is None:
+        return SecretItem(name, "", state, None, trust_domain)
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not trust_domain:
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+                if uri.startswith("spiffe://"):
+                    trust_domain = uri[len("spiffe://"):].split("/", 1)[0]
+        except x509.ExtensionNotFound:
+            pass
+    return SecretItem(name, "CA" if is_ca else "Cert Chain", state, cert, trust_domain)
+
+
+def _dump_items(name: str, secret: dict[str, Any], state: str) -> list[SecretItem]:
+    """sds/util.go parseDynamicSecret: the certificate chain, else the trusted CA, else one
+    row per trust domain of a SPIFFE validator (SPIRE federation: several ROOTCA rows)."""
+    chain = _inline(secret.get("tls_certificate", {}).get("certificate_chain", {}))
+    vc = secret.get("validation_context", {})
+    ca = _inline(vc.get("trusted_ca", {}))
+    if chain:
+        return [_from_pem(name, state, chain)]
+    if ca:
+        return [_from_pem(name, state, ca)]
+    tc = (vc.get("custom_validator_config") or {}).get("typed_config") or {}
+    if tc.get("@type") == SPIFFE_VALIDATOR:
+        return [_from_pem(name, state, _inline(td.get("trust_bundle", {})),
+                          str(td.get("name", "")))
+                for td in tc.get("trust_domains", []) or []]
+    return [_from_pem(name, state, None)]
+
+
 def items_from_config_dump(dump: dict[str, Any]) -> list[SecretItem]:
-    """Secrets of an Envoy /config_dump (SecretsConfigDump)."""
-    out = []
+    """Secrets of an Envoy /config_dump (SecretsConfigDump) as istioctl lists them
+    (sds/util.go GetEnvoySecrets): the warming ones, then the active ones, in the dump's
+    order; an active secret at version "uninitialized" is UNINITIALIZED."""
+    from remora.diagnose.proxy_config_dump import snake
+
+    out: list[SecretItem] = []
     for conf in dump.get("configs", []):
         if conf.get("@type") != SECRETS_DUMP:
             continue
-        for key, state in (("dynamic_active_secrets", "ACTIVE"),
-                           ("dynamic_warming_secrets", "WARMING"),
-                           ("static_secrets", "ACTIVE")):
-            for entry in conf.get(key, []):
-                item = _item(entry.get("name", ""), entry.get("secret", {}))
-                out.append(SecretItem(item.name, item.type, state, item.cert))
-    return _sorted(out)
+        conf = snake(conf)
+        for entry in conf.get("dynamic_warming_secrets", []):
+            out += _dump_items(entry.get("name", ""), entry.get("secret", {}), "WARMING")
+        for entry in conf.get("dynamic_active_secrets", []):
+            state = "UNINITIALIZED" if entry.get("version_info") == "uninitialized" \
+                else "ACTIVE"
+            out += _dump_items(entry.get("name", ""), entry.get("secret", {}), state)
+    return out
 
 
 def _sorted(items: list[SecretItem]) -> list[SecretItem]:
@@ -113,8 +181,14 @@ def _sorted(items: list[SecretItem]) -> list[SecretItem]:
 
 
 def secret_table(items: list[SecretItem], now: dt.datetime | None = None) -> str:
+    """sds/writer.go printSecretItemsTabular: a TRUST DOMAIN column when every secret has
+    one (trust domain federation)."""
+    if not items:
+        return "No secret items to show.\n"
     now = now or dt.datetime.now(dt.UTC)
-    return tabwrite([HEADER, *(i.row(now) for i in items)], padding=5)
+    with_td = all(i.trust_domain for i in items)
+    header = HEADER + ("\tTRUST DOMAIN" if with_td else "")
+    return tabwrite([header, *(i.row(now, with_td) for i in items)], padding=5)
 
 
 def secret_json(items: list[SecretItem]) -> str:
@@ -136,8 +210,10 @@ def secret_items(dump: dict[str, Any] | None, config_dir: str | Path | None = No
                  ) -> list[SecretItem]:
     """What ``proxy-config secret`` shows: the secrets of the sidecar's /config_dump
     (Envoy lists them), else those of the pod's config directory (remora proxy's dump
-    has no secrets yet)."""
-    items = items_from_config_dump(dump) if dump else []
+    has no secrets yet). Live, the workload certificate comes first whatever order the
+    sidecar's dump has (Envoy's secret map is unordered); `--file` keeps the dump's order,
+    as istioctl does."""
+    items = _sorted(items_from_config_dump(dump)) if dump else []
     if not items and config_dir is not None:
         items = items_from_config_dir(config_dir)
     return items

@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from remora.diagnose.envoy_sim import Downstream, SidecarTrace, TlsHello, simulate
+from remora.diagnose.envoy_trace import sock
 from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, hostport, is_ip, split_hostport
 from remora.diagnose.iptables_model import Packet, Ruleset
@@ -26,6 +27,8 @@ from remora.diagnose.source_ip_facts import Fact, ip_of, resolve_facts
 from remora.diagnose.source_ip_verdict import Verdict, decide
 from remora.errors import RemoraError
 
+_BLIND = ("the listing has no in/out columns (`iptables -L` without -v): Istio's `-o lo` "
+          "conditions on OUTPUT cannot be seen")
 APP_UID = 0  # the seed's apps run as root; anything but 1337 walks the same rules
 PROXY_ID = 1337
 EPHEMERAL = 40000
@@ -56,9 +59,21 @@ class Report:
     mode: str  # server interception mode: REDIRECT, TPROXY, none, unknown
     sources: dict[str, list[str]] = field(default_factory=dict)  # what was read, per side
 
+def is_ambient(rules: Ruleset | None) -> bool:
+    """Istio ambient's capture: istio-cni's in-pod ISTIO_PRERT chain (cni/pkg/iptables,
+    TPROXY or REDIRECT to ztunnel's 15006/15008 with marks 0x111/0x539 in 0xfff) or the
+    early node-level ztunnel-* chains (1.16-1.20). Not a sidecar's rules."""
+    if rules is None:
+        return False
+    return any(name == "ISTIO_PRERT" or name.startswith("ztunnel-")
+               for t in rules.tables.values() for name in t.chains)
+
+
 def _mode_of(rules: Ruleset | None) -> str:
     if rules is None:
         return "unknown"
+    if is_ambient(rules):
+        return "ambient"
     mangle = rules.tables.get("mangle")
     if mangle and any(r.target.name == "TPROXY" for c in mangle.chains.values() for r in c.rules):
         return "TPROXY"
@@ -130,9 +145,16 @@ def explain_source_ip(ev: Evidence) -> Report:
         w = walk(ev.client.iptables, pkt, "local")
         step1.walk = w
         capture_kind = w.capture.kind
+        if not ev.client.iptables.interfaces_known and capture_kind in ("none", "DROP"):
+            # Istio's OUTPUT rules hinge on `-o lo`, which `iptables -L` without -v hides
+            capture_kind = "unknown"
+            step1.notes.append(_BLIND)
+            missing.append(Missing("client pod rules with interfaces (`iptables -L` without -v "
+                                   "hides `-o lo`)", _iptables_cmd(ev.client)))
         step1.summary = f"{client_ip} -> {hostport(vip, port)}: {w.capture.summary()}"
-        step1.status = "ok" if w.capture.kind == "REDIRECT" else (
-            "failed" if w.capture.kind == "DROP" else "not captured")
+        step1.status = "ok" if capture_kind == "REDIRECT" else (
+            "unknown" if capture_kind == "unknown" else
+            "failed" if capture_kind == "DROP" else "not captured")
         if w.missing_tables:
             step1.notes.append("tables not in the evidence: " + ", ".join(w.missing_tables))
     steps.append(step1)
@@ -177,7 +199,9 @@ def explain_source_ip(ev: Evidence) -> Report:
                     int(t.endpoint.rsplit(":", 1)[1]), sport=EPHEMERAL + 1, out_iface="eth0",
                     uid=uid, gid=gid), "local")
                 step2.follow_up = follow
-                if follow.capture.kind == "REDIRECT":
+                if follow.capture.kind == "REDIRECT" and not ev.client.iptables.interfaces_known:
+                    step2.notes.append(_BLIND + "; the loop check is skipped")
+                elif follow.capture.kind == "REDIRECT":
                     step2.status = "failed"
                     step2.summary = ("loop: the sidecar's own connection to "
                                      f"{t.endpoint} is redirected back to port "
@@ -195,17 +219,33 @@ def explain_source_ip(ev: Evidence) -> Report:
 
     # 3. server pod capture
     mode = _mode_of(ev.server.iptables)
+    if mode == "unknown" and any(e.direction == "inbound" for e in ev.server.ztunnel_log):
+        mode = "ambient"  # ztunnel took the connection inbound: the pod is in ambient mode
     step3 = Step(3, "server pod: PREROUTING", "unknown", "")
     s_capture = "unknown"
     s_port = 15006
-    if ev.server.iptables is None:
+    if mode == "ambient":
+        step3.status = "ok"
+        step3.summary = ("ambient: Istio's in-pod capture for ztunnel (ISTIO_PRERT / ztunnel-* "
+                         "chains), not a sidecar's")
+        s_capture = "ambient"
+    elif ev.server.iptables is None:
         missing.append(Missing("server pod capture rules", _iptables_cmd(ev.server)))
         osrc = _server_has_original_src(ev.server)
-        mode = "TPROXY" if osrc else "REDIRECT"
-        step3.summary = (f"server pod rules not given; assumed {mode} "
-                         f"({'original_src on the inbound listener' if osrc else 'Istio default'})")
+        declared = (ev.server.config.node_metadata.get("INTERCEPTION_MODE")
+                    if ev.server.config else None) or ev.server.declared.get(
+                        "INBOUND_INTERCEPTION_MODE")
+        mode = "TPROXY" if osrc or declared == "TPROXY" else "REDIRECT"
+        how = ("original_src on the inbound listener" if osrc else
+               f"the sidecar's INTERCEPTION_MODE {declared}" if declared else "Istio default")
+        step3.summary = f"server pod rules not given; assumed {mode} ({how})"
         assumptions.append(f"server interception mode {mode} (rules not given)")
         s_capture = mode
+        s_port = _inbound_capture_port(ev.server)
+        if s_port != 15006:
+            assumptions.append(f"inbound is captured to port {s_port}: the config has the "
+                               "15001 `virtual` listener (use_original_dst) and no 15006 "
+                               "virtualInbound (Istio 1.2 and before)")
     else:
         pkt = Packet(ipaddress.ip_address(upstream_src), ipaddress.ip_address(server_ip), port,
                      sport=EPHEMERAL + 1, in_iface="eth0")
@@ -229,7 +269,11 @@ def explain_source_ip(ev: Evidence) -> Report:
 
     # 4. server sidecar
     step4 = Step(4, "server sidecar", "unknown", "")
-    if s_capture in ("none", "DROP"):
+    if s_capture == "ambient":
+        step4.status = "skipped"
+        step4.summary = ("ambient: no sidecar; ztunnel (inbound port 15006/15008) connects to "
+                         "the app")
+    elif s_capture in ("none", "DROP"):
         step4.status, step4.summary = "skipped", "not captured: the connection goes to the app"
     elif ev.server.config is None:
         step4.summary = "server sidecar config not given"
@@ -274,6 +318,20 @@ def _policy_routing(pod: PodEvidence, step: Step, mark: int | None,
                        "policy routing NOT in place: ") + check.summary)
 
 
+def _inbound_capture_port(pod: PodEvidence) -> int:
+    """Where REDIRECT delivers inbound when the rules are not given: 15006 (virtualInbound,
+    Istio 1.3+) unless the config only has the old 15001 `virtual` listener, which took
+    inbound too (use_original_dst hands it to the PODIP_PORT listener)."""
+    cfg = pod.config
+    if cfg is None:
+        return 15006
+    ports = {sock(x)[1] for x in cfg.listeners}
+    if 15006 not in ports and any(sock(x)[1] == 15001 and x.get("use_original_dst")
+                                  for x in cfg.listeners):
+        return 15001
+    return 15006
+
+
 def _server_has_original_src(pod: PodEvidence) -> bool:
     cfg = pod.config
     if cfg is None:
@@ -299,7 +357,9 @@ def _follow_to_app(ev: Evidence, step: Step, t: SidecarTrace, mode: str, server_
                  mark=t.upstream_mark or 0)
     follow = walk(ev.server.iptables, pkt, "local")
     step.follow_up = follow
-    if follow.capture.kind == "REDIRECT":
+    if follow.capture.kind == "REDIRECT" and not ev.server.iptables.interfaces_known:
+        step.notes.append(_BLIND + "; the loop check is skipped")
+    elif follow.capture.kind == "REDIRECT":
         step.status = "failed"
         step.summary = (f"loop: the sidecar's connection from {src} to the app {t.endpoint} "
                         f"is redirected back to port {follow.capture.port}")

@@ -23,6 +23,7 @@ from remora.diagnose.envoy_config import EnvoyConfig
 from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.iptables_model import PortMatch, Ruleset
 from remora.diagnose.iptables_save import parse_iptables_save
+from remora.diagnose.istio_version import detect, parse_option
 from remora.diagnose.source_ip import Report, explain_source_ip
 
 ORIGINAL_SRC = {
@@ -81,7 +82,8 @@ def _inbound_listeners(cfg: EnvoyConfig) -> list[dict[str, Any]]:
     return [x for x in cfg.listeners if x.get("name") == "virtualInbound" or port(x) == 15006]
 
 
-def what_if_config(cfg: EnvoyConfig, mode: str, use_remote_address: bool) -> EnvoyConfig:
+def what_if_config(cfg: EnvoyConfig, mode: str, use_remote_address: bool,
+                   original_src: bool = True) -> EnvoyConfig:
     new = copy.deepcopy(cfg)
     for lst in new.listeners:
         # pilot sets `transparent` on both capture listeners in TPROXY mode
@@ -94,11 +96,12 @@ def what_if_config(cfg: EnvoyConfig, mode: str, use_remote_address: bool) -> Env
     for lst in _inbound_listeners(new):
         filters = [f for f in lst.get("listener_filters", []) or []
                    if not str(f.get("name", "")).endswith("original_src")]
-        if mode == "TPROXY":
+        if mode == "TPROXY" and original_src:
             # right after original_dst, before the inspectors (populateListenerFilters)
             at = next((i + 1 for i, f in enumerate(filters)
                        if str(f.get("name", "")).endswith("original_dst")), 0)
             filters.insert(at, copy.deepcopy(ORIGINAL_SRC))
+        if mode == "TPROXY":
             lst["transparent"] = True
         if "listener_filters" in lst or mode == "TPROXY":
             lst["listener_filters"] = filters
@@ -110,14 +113,30 @@ def what_if_config(cfg: EnvoyConfig, mode: str, use_remote_address: bool) -> Env
     return new
 
 
+def _version_of(ev: Evidence) -> str | None:
+    """The version the what-if runs keep (their rules are regenerated, so the old shapes
+    that told it are gone): the detected one, or the newest minor under a known bound."""
+    info = detect(ev)
+    if info.version:
+        return f"{info.version[0]}.{info.version[1]}"
+    if info.below:
+        return f"{info.below[0]}.{info.below[1] - 1}"
+    return None
+
+
 def what_if(ev: Evidence, mode: str, use_remote_address: bool) -> Evidence:
     server = ev.server
+    version = _version_of(ev)
     rules = istio_rules(mode, excluded_inbound_ports(server.iptables))
-    config = what_if_config(server.config, mode, use_remote_address) if server.config else None
+    # Istio adds original_src in TPROXY mode only from 1.7 (istio/istio#23275)
+    with_osrc = not (version and parse_option(version) is not None
+                     and (parse_option(version) or (0, 0)) < (1, 7))
+    config = (what_if_config(server.config, mode, use_remote_address, with_osrc)
+              if server.config else None)
     new_server = PodEvidence("server", rules, config, [], [], server.pod, server.namespace,
                              server.ip, server.sources)
     client = replace(ev.client, access_log=[], app_log=[])
-    return Evidence(client, new_server, ev.target)
+    return Evidence(client, new_server, ev.target, istio_version=version)
 
 
 def compare_table(ev: Evidence, report: Report) -> list[CompareRow]:

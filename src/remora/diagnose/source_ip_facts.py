@@ -50,14 +50,17 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
                 return Fact(value, source)
         return None
 
+    z_in = [e for e in ev.server.ztunnel_log if e.direction == "inbound"]
     client = first(
         (ev.client.ip, "given"),
+        *((ip_of(e.src), f"ztunnel log line {e.line} (src.addr)") for e in z_in),
         *((ip_of(e.downstream_remote_address), f"server access log line {e.line}") for e in s_in),
         (ev.client.config.pod_ip() if ev.client.config else None, "client config node id"),
         *((ip_of(e.downstream_remote_address), f"client access log line {e.line}") for e in c_out),
     )
     server = first(
         (ev.server.ip, "given"),
+        *((ip_of(e.dst), f"ztunnel log line {e.line} (dst.addr)") for e in z_in),
         (ev.server.config.pod_ip() if ev.server.config else None, "server config node id"),
         *((ip_of(e.downstream_local_address), f"server access log line {e.line}") for e in s_in),
         *((ip_of(e.upstream_host), f"client access log line {e.line}") for e in c_out),
@@ -73,6 +76,8 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
         *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
            f"client access log line {e.line}") for e in c_out),
         _inbound_port(ev),
+        *((str(split_hostport(e.dst)[1] or "") or None, f"ztunnel log line {e.line} "
+           "(dst.addr)") for e in z_in),
     )
     if port_fact is None:
         raise RemoraError("cannot tell the destination port from the evidence",

@@ -114,19 +114,28 @@ def render_text(r: Report) -> str:
         lines.append("")
     v = r.verdict
     lines.append("5. verdict")
+    label = {"established": "evidence", "inferred": "assumed",
+             "undecided": "missing"}.get(v.kind, v.kind)
     if v.failure:
-        lines.append(f"   no verdict: {v.failure}")
+        lines.append(f"   no verdict: {v.failure} ({v.kind})")
     elif v.app_sees is None:
-        lines.append("   cannot tell what the app sees from this evidence")
+        lines.append(f"   cannot tell what the app sees from this evidence ({v.kind})")
     else:
         who = "the client" if v.sees_client else f"not the client {v.client_ip}"
-        lines.append(f"   the app sees {v.app_sees} ({who})")
-        lines.append(f"   why: {v.app_sees_why}")
+        lines.append(f"   the app sees {v.app_sees} ({who}) ({v.kind})")
+        if v.app_sees_why != f"inferred: {v.basis}":
+            lines.append(f"   why: {v.app_sees_why}")
+    lines.append(f"   {label}: {v.basis}")
+    if v.model_note:
+        lines.append(f"   the log wins: {v.model_note}")
+    if v.istio_version:
+        lines.append(f"   Istio version used: {v.istio_version}")
+    if v.app_sees is not None and not v.failure:
         lines.append(f"   confirmed: {v.confirmation}" if v.confirmed else
                      f"   check: {v.confirmation}")
         lines.append(f"   X-Forwarded-For: {v.xff}")
     if v.explanation_127:
-        lines.append("   why 127.0.0.6: " + " ".join(v.explanation_127))
+        lines.append(f"   why {v.app_sees}: " + " ".join(v.explanation_127))
     for n, fix in enumerate(v.fixes):
         lines.append(f"   {'fix' if n == 0 else 'or'}: {fix.title}")
         lines.extend(f"     {c}" for c in fix.commands)

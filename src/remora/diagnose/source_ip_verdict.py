@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, is_ip, split_hostport
+from remora.diagnose.istio_version import VersionInfo, detect
 
 if TYPE_CHECKING:
+    from remora.diagnose.iptables_model import Rule
     from remora.diagnose.source_ip import Step
     from remora.diagnose.source_ip_facts import Fact
 
@@ -41,6 +43,12 @@ class Verdict:
     app_sees: str | None = None
     app_sees_why: str = ""
     inferred: bool = False  # from the mode alone, not from the sidecar's config
+    # established (the evidence named in basis), inferred (the assumption named in
+    # basis) or undecided (the missing piece in basis, its command in missing)
+    kind: str = "undecided"
+    basis: str = ""
+    model_note: str = ""  # when the access log overrides the model: why the model was wrong
+    istio_version: str = ""  # the version used, and why
     client_ip: str = ""
     sees_client: bool | None = None
     confirmed: bool | None = None
@@ -96,39 +104,194 @@ def _first_failure(steps: list[Step]) -> Step | None:
     return next((s for s in steps if s.status == "failed"), None)
 
 
+def _server_has_evidence(ev: Evidence) -> bool:
+    pod = ev.server
+    return (pod.iptables is not None or pod.config is not None or bool(pod.version_text)
+            or bool(pod.declared) or ev.istio_version is not None
+            or any(e.direction == "inbound" for e in pod.access_log))
+
+
+def _inbound_cluster(ev: Evidence, port: int) -> tuple[str, str, str] | None:
+    """An inbound cluster for the port in the server config, with the address its
+    connection to the app comes from: (name, source, why). Istio's STATIC inbound clusters
+    (before 1.10) carry the endpoint inline in load_assignment."""
+    cfg = ev.server.config
+    if cfg is None:
+        return None
+    for name, cluster in cfg.clusters.items():
+        if not name.startswith(f"inbound|{port}|"):
+            continue
+        bind = ((cluster.get("upstream_bind_config") or {}).get("source_address") or {})
+        if bind.get("address"):
+            return name, str(bind["address"]), f"its upstream_bind_config {bind['address']}"
+        eps = cfg.endpoints.get(name) or []
+        if eps and eps[0].address.startswith("127."):
+            return name, "127.0.0.1", (f"its endpoint {eps[0].address}:{eps[0].port} (inline "
+                                       "load_assignment) with no upstream_bind_config: the "
+                                       "kernel picks 127.0.0.1 for a loopback destination")
+    return None
+
+
+def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
+    """REDIRECT capture without the sidecar's config: Istio's inbound default by version."""
+    found = _inbound_cluster(ev, port)
+    if found:
+        name, src, why = found
+        v.app_sees, v.kind = src, "inferred"
+        v.basis = (f"the connection reaches cluster {name} (the listener is not in the "
+                   f"evidence); {why}")
+        v.app_sees_why = f"inferred from cluster {name}: {why}"
+        return
+    v.kind = "inferred"
+    if ver.before_1_10:
+        v.app_sees = "127.0.0.1"
+        v.basis = (f"Istio {ver.label()} ({ver.why}) dials a declared port's app at "
+                   "127.0.0.1 from 127.0.0.1, and the port is declared in a Service (an "
+                   "undeclared port goes through InboundPassthroughClusterIpv4 from 127.0.0.6)")
+    else:
+        v.app_sees = "127.0.0.6"
+        guess = "" if ver.before_1_10 is False else (
+            "; the version is not in the evidence: before 1.10 it would be 127.0.0.1 "
+            "(pass --istio-version X.Y)")
+        v.basis = (f"Istio {ver.label() if ver.version else '1.10 or later'} "
+                   "binds inbound connections to 127.0.0.6 (upstream_bind_config)" + guess)
+    v.app_sees_why = "inferred: " + v.basis
+
+
+def _tproxy(v: Verdict, ver: VersionInfo, lead: str) -> None:
+    """TPROXY capture without the sidecar's config: original_src by version. Istio adds the
+    original_src listener filter to the inbound listener in TPROXY mode since 1.7
+    (istio/istio#23275, "Preserve source ip in TPROXY mode"); before, the inbound cluster
+    dialled the app at 127.0.0.1 from 127.0.0.1 even under TPROXY."""
+    v.kind, v.inferred = "inferred", True
+    if ver.older_than((1, 7)):
+        v.app_sees = "127.0.0.1"
+        v.basis = (f"{lead}Istio {ver.label()} ({ver.why}) had no original_src in TPROXY mode "
+                   "(added in 1.7, istio/istio#23275): the inbound cluster dialled the app at "
+                   "127.0.0.1 from 127.0.0.1")
+    else:
+        v.app_sees = v.client_ip
+        guess = "" if ver.older_than((1, 7)) is False else (
+            "; the version is not in the evidence: before 1.7 the app saw 127.0.0.1 (pass "
+            "--istio-version X.Y)")
+        v.basis = (f"{lead}in TPROXY mode Istio (1.7 and later) adds original_src to the "
+                   "inbound listener, which binds the client's address (the sidecar's config "
+                   "is not in the evidence)" + guess)
+    v.app_sees_why = "inferred: " + v.basis
+
+
+def _declared_capture(pod: PodEvidence, port: int) -> bool:
+    """istio-init's variables say this port's inbound connections are captured."""
+    include = pod.declared.get("INBOUND_PORTS_INCLUDE")
+    exclude = [p for p in pod.declared.get("INBOUND_PORTS_EXCLUDE", "").split(",") if p]
+    if include is None or str(port) in exclude:
+        return False
+    return include.strip() == "*" or str(port) in [p for p in include.split(",") if p]
+
+
+def _contradiction(ev: Evidence, step3: Step, port: int) -> str | None:
+    """The rules as pasted capture nothing, yet istio-init declares the capture, and the
+    table its mode captures in is there: the paste is cut off. The declared mode, or None."""
+    mode = ev.server.declared.get("INBOUND_INTERCEPTION_MODE", "")
+    walk = step3.walk
+    if walk is None or not mode or not _declared_capture(ev.server, port):
+        return None
+    table = "mangle" if mode == "TPROXY" else "nat"
+    return mode if table not in walk.missing_tables else None
+
+
 def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -> Verdict:
     v = Verdict(client_ip=facts["client_ip"].value)
+    ver = detect(ev)
+    v.istio_version = f"{ver.label()} ({ver.why})"
+    port = int(facts["port"].value)
     failed = _first_failure(steps)
     if failed is not None:
         v.failure = f"step {failed.number} ({failed.title}) failed: {failed.summary}"
+        v.kind = "established"
+        v.basis = "the step that failed, from the evidence"
         return v
     step3, step4 = steps[2], steps[3]
     incoming = step3.walk.packet.src if step3.walk else None
-    if step3.status == "not captured" and step3.walk is not None:
-        v.app_sees = str(incoming)
-        v.app_sees_why = ("inbound is not captured (" + step3.walk.capture.reason +
-                          "): the connection reaches the app unchanged")
+    declared = ev.server.declared
+    z_in = [e for e in ev.server.ztunnel_log if e.direction == "inbound"]
+    rejected = next((e for e in z_in if e.error), None)
+    if mode == "ambient" and rejected is not None and len(z_in) == 1:
+        v.failure = (f"ztunnel closed the inbound connection from {rejected.src} to "
+                     f"{rejected.dst} (ztunnel log line {rejected.line}): {rejected.error}")
+        v.kind = "established"
+        v.basis = f"the ztunnel log, line {rejected.line}: error=\"{rejected.error}\""
+        return v
+    if mode == "ambient":
+        v.app_sees, v.kind, v.inferred = v.client_ip, "inferred", True
+        v.basis = ("ztunnel, which the ambient rules send the connection to, dials the "
+                   "app from the client's address (its default inbound spoofing with "
+                   "IP_TRANSPARENT); the rules are ambient's, not a sidecar's")
+        v.app_sees_why = "inferred: " + v.basis
+    elif step3.status == "not captured" and _contradiction(ev, step3, port):
+        declared_mode = _contradiction(ev, step3, port)
+        lead = (f"istio-init declares {declared_mode} capture of port {port} "
+                f"(INBOUND_PORTS_INCLUDE={ev.server.declared.get('INBOUND_PORTS_INCLUDE')}) "
+                "while the pasted rules capture nothing: they are cut off, the declaration "
+                "is taken; ")
+        if ver.older_than((1, 10)) is None and declared_mode == "REDIRECT":
+            v.kind = "undecided"
+            v.basis = lead + ("but the Istio version is not in the evidence either (127.0.0.1 "
+                              "before 1.10, 127.0.0.6 after)")
+            v.missing.append(Missing("the server pod's whole rule set and the Istio version",
+                                     f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- "
+                                     "iptables-save; istioctl version"))
+        elif declared_mode == "TPROXY":
+            _tproxy(v, ver, lead)
+        else:
+            _by_version(v, ev, port, ver)
+            v.basis = lead + v.basis
+            v.app_sees_why = "inferred: " + v.basis
+    elif step3.status == "not captured" and step3.walk is not None:
+        if "mangle" in step3.walk.missing_tables and not _nat_captures_inbound(ev):
+            _nat_only(v, ev, step3, port, declared)
+        else:
+            v.app_sees, v.kind = str(incoming), "established"
+            v.basis = "the server pod's rules: " + step3.walk.capture.reason
+            v.app_sees_why = ("inbound is not captured (" + step3.walk.capture.reason +
+                              "): the connection reaches the app unchanged")
     elif step4.sidecar is not None and step4.sidecar.upstream_source:
         v.app_sees = step4.sidecar.upstream_source
         v.app_sees_why = step4.sidecar.upstream_source_why
-    elif mode in ("REDIRECT", "TPROXY"):
-        v.inferred = True
-        if mode == "REDIRECT":
-            v.app_sees = "127.0.0.6"
-            v.app_sees_why = ("inferred: in REDIRECT mode Istio's inbound clusters bind "
-                              "upstream connections to 127.0.0.6 (upstream_bind_config)")
+        if ev.server.iptables is not None:
+            v.kind, v.basis = "established", ("the server pod's rules and its sidecar's config: "
+                                              + v.app_sees_why)
         else:
-            v.app_sees = v.client_ip
-            v.app_sees_why = ("inferred: in TPROXY mode Istio adds original_src to the inbound "
-                              "listener, which binds the client's address")
-    _confirm(ev, v)
+            v.kind = "inferred"
+            v.basis = (f"the server's interception mode is {mode} (its rules are not "
+                       f"in the evidence); {v.app_sees_why}")
+    elif mode in ("REDIRECT", "TPROXY") and _server_has_evidence(ev):
+        v.inferred = True
+        if mode == "TPROXY":
+            _tproxy(v, ver, "")
+        else:
+            _by_version(v, ev, port, ver)
+    _confirm(ev, v, mode)
+    if v.app_sees is None and v.kind == "undecided" and not v.basis:
+        v.basis = ("nothing in the evidence decides it: the server pod's rules, its sidecar's "
+                   "config or an inbound access-log line is needed")
+        v.missing.append(Missing("the server pod's capture rules",
+                                 f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- "
+                                 "iptables-save"))
     if v.app_sees is not None:
         v.sees_client = v.app_sees == v.client_ip
     _xff(ev, steps, v)
     if v.app_sees == "127.0.0.6":
-        v.explanation_127 = _explain_127(step4)
+        v.explanation_127 = _explain_127(step4, ev)
+    elif v.app_sees == "127.0.0.1":
+        v.explanation_127 = explain_127_0_0_1(ver)
     if v.sees_client is False:
-        v.fixes.append(tproxy_fix(ev.server))
+        fix = tproxy_fix(ev.server)
+        if ver.older_than((1, 7)) is not False and v.app_sees == "127.0.0.1":
+            fix.cost.insert(0, "needs Istio 1.7 or later: before, TPROXY mode had no "
+                               "original_src (istio/istio#23275) and the app saw 127.0.0.1 "
+                               "all the same")
+        v.fixes.append(fix)
         http = step4.sidecar is None or step4.sidecar.network_filter != (
             "envoy.filters.network.tcp_proxy") or any(e.protocol for e in ev.server.access_log)
         if http:
@@ -136,20 +299,106 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
     return v
 
 
-def _confirm(ev: Evidence, v: Verdict) -> None:
+def _nat_captures_inbound(ev: Evidence) -> bool:
+    """Does nat PREROUTING lead to a REDIRECT (REDIRECT mode: nat is where inbound capture
+    lives, so a port it lets through is not captured at all)?"""
+    rs = ev.server.iptables
+    nat = rs.tables.get("nat") if rs else None
+    if nat is None:
+        return False
+    seen: set[str] = set()
+    todo = ["PREROUTING"]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in nat.chains:
+            continue
+        seen.add(name)
+        for r in nat.chains[name].rules:
+            if r.target.name == "REDIRECT":
+                return True
+            todo.append(r.target.name)
+    return False
+
+
+def _nat_only(v: Verdict, ev: Evidence, step3: Step, port: int,
+              declared: dict[str, str]) -> None:
+    """nat says "not captured" but mangle, where TPROXY capture lives, is not given."""
+    mode = declared.get("INBOUND_INTERCEPTION_MODE", "")
+    ports = declared.get("INBOUND_PORTS_INCLUDE")
+    cmd = (f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- iptables-save  (all tables; "
+           "or iptables -t mangle -L -v)")
+    if mode == "TPROXY":
+        _tproxy(v, detect(ev), "istio-init says INBOUND_INTERCEPTION_MODE=TPROXY, so inbound "
+                "capture is in the mangle table (not in the evidence); ")
+        return
+    elif mode == "REDIRECT" and ports == "":
+        v.app_sees, v.kind = v.client_ip, "inferred"
+        v.basis = ("the rules are what istio-init wrote; it says "
+                   "INBOUND_INTERCEPTION_MODE=REDIRECT with INBOUND_PORTS_INCLUDE empty, so "
+                   "no inbound port is captured (no ISTIO_INBOUND chain) and the app sees the "
+                   "client directly")
+    elif mode and ports is not None and (ports == "*" or str(port) in ports.split(",")):
+        v.kind = "undecided"
+        v.basis = (f"the rules as given capture nothing inbound, but istio-init says "
+                   f"INBOUND_INTERCEPTION_MODE={mode} with INBOUND_PORTS_INCLUDE={ports}: the "
+                   "pasted rules are cut off")
+        v.missing.append(Missing("the server pod's whole rule set", cmd))
+        return
+    else:
+        v.kind = "undecided"
+        v.basis = ("the nat table captures nothing inbound, but the mangle table, where "
+                   "TPROXY-mode capture lives, is not in the evidence: it decides")
+        rs = ev.server.iptables
+        nat = rs.tables.get("nat") if rs else None
+        empty = [c for c in ("ISTIO_IN_REDIRECT", "ISTIO_REDIRECT")
+                 if nat and c in nat.chains and not nat.chains[c].rules]
+        if empty:
+            v.basis += (f"; and the nat listing looks cut off: {', '.join(empty)} "
+                        "is declared but has no rule")
+        v.missing.append(Missing("the server pod's mangle table", cmd))
+        return
+    v.app_sees_why = "inferred: " + v.basis
+
+
+def _model_wrong(model: str, why: str, seen: str, client: str) -> str:
+    if seen == "127.0.0.1" and model == "127.0.0.6":
+        reason = ("the sidecar forwards to 127.0.0.1 as Istio did before 1.10 (or with "
+                  "PILOT_ENABLE_INBOUND_PASSTHROUGH=false): the version assumed was wrong")
+    elif seen == "127.0.0.6" and model == "127.0.0.1":
+        reason = ("the sidecar binds 127.0.0.6 as Istio 1.10 and later do (or the port is not "
+                  "declared in a Service): the version assumed was wrong")
+    elif seen == client:
+        reason = "the inbound listener keeps the client's address (original_src / TPROXY)"
+    else:
+        reason = ("the rules or config describe another moment or pod than the logged "
+                  "request")
+    return f"the model said {model} ({why}); the access log shows {seen}: {reason}"
+
+
+def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
+    """The server sidecar's access log: its UPSTREAM_LOCAL_ADDRESS is the address the app's
+    connection came from, stronger evidence than any model; it wins."""
     inbound = [e for e in ev.server.access_log if e.direction == "inbound"]
-    if not inbound:
+    z_in = [e for e in ev.server.ztunnel_log if e.direction == "inbound"]
+    if not inbound and mode == "ambient" and z_in:
+        z = z_in[0]
+        v.confirmation = (f"ztunnel log line {z.line}: inbound src.addr {z.src} -> dst.addr "
+                          f"{z.dst} (ztunnel does not log the address it dials the app from)")
+    elif not inbound and mode == "ambient":
+        # no sidecar: ztunnel logs each connection (src.addr, dst.addr) on the server's node
+        v.confirmation = "no ztunnel access log given"
+        v.missing.append(Missing("the server node's ztunnel log for a connection",
+                                 "kubectl logs -n istio-system -l app=ztunnel --tail 50  (the "
+                                 "ztunnel on the server pod's node: kubectl get pods -n "
+                                 "istio-system -l app=ztunnel -o wide)"))
+    elif not inbound:
         v.confirmation = "no server access log given"
         v.missing.append(Missing("the server sidecar's access log for a request",
                                  f"kubectl logs {ev.server.pod_ref()} -c istio-proxy --tail 20"))
     else:
         seen = [(e, split_hostport(e.upstream_local_address or "")[0]) for e in inbound]
-        if v.app_sees is None:
-            e, ip = seen[0]
-            if is_ip(ip):
-                v.app_sees = ip
-                v.app_sees_why = f"from the access log (line {e.line})"
-        agree = [(e, ip) for e, ip in seen if ip == v.app_sees]
+        logged = [(e, ip) for e, ip in seen if is_ip(ip)]
+        agree = [(e, ip) for e, ip in logged if ip == v.app_sees]
         if agree:
             e = agree[0][0]
             v.confirmed = True
@@ -157,12 +406,23 @@ def _confirm(ev: Evidence, v: Verdict) -> None:
                               f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
                               f"{e.upstream_cluster}, DOWNSTREAM_REMOTE_ADDRESS "
                               f"{e.downstream_remote_address})")
+            v.kind, v.inferred = "established", False
+            v.basis = "the server access log: " + v.confirmation
+        elif logged:
+            e, ip = logged[0]
+            if v.app_sees is not None:
+                v.confirmed = False
+                v.model_note = _model_wrong(v.app_sees, v.app_sees_why, ip, v.client_ip)
+            v.confirmation = (f"access log line {e.line}: UPSTREAM_LOCAL_ADDRESS "
+                              f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
+                              f"{e.upstream_cluster})")
+            v.app_sees, v.kind, v.inferred = ip, "established", False
+            v.app_sees_why = f"from the access log (line {e.line})"
+            v.basis = "the server access log: " + v.confirmation
         else:
-            e, ip = seen[0]
-            v.confirmed = False
-            v.confirmation = (f"access log line {e.line} says UPSTREAM_LOCAL_ADDRESS "
-                              f"{e.upstream_local_address}, not {v.app_sees}: the log and the "
-                              "rules/config are probably from different moments or pods")
+            e = inbound[0]
+            v.confirmation = (f"access log line {e.line} does not log UPSTREAM_LOCAL_ADDRESS "
+                              f"(UPSTREAM_HOST {e.upstream_host})")
     for line in ev.server.app_log:
         m = re.search(r"RemoteAddr=(\S+)", line)
         if m:
@@ -198,21 +458,60 @@ def _xff(ev: Evidence, steps: list[Step], v: Verdict) -> None:
     v.xff = v.xff.lstrip("; ") or "unknown (no HTTP access log, no inbound HTTP config)"
 
 
-def _explain_127(step4: Step) -> list[str]:
-    evidence = ""
+def _explain_127(step4: Step, ev: Evidence) -> list[str]:
+    """Why 127.0.0.6, quoting the rules of the evidence where it has them, and saying so
+    when a rule is quoted from Istio's defaults (istio-iptables) instead."""
     follow = step4.follow_up
-    if follow and follow.capture.decided_by is not None:
-        d = follow.capture.decided_by
-        evidence = f" (in this pod: {d.ref()}{', ' + d.counters if d.counters else ''})"
     loop = LOOP_RULE
     if follow and follow.packet.uid != 1337 and follow.packet.gid == 1337:
         # a sidecar running as uid 0 / gid 1337 is caught by the --gid-owner twin
         loop = LOOP_RULE.replace("--uid-owner", "--gid-owner")
+    loop_from = " (Istio's default rule, not in the evidence)"
+    bind, bind_from = BIND_RULE, " (Istio's default rule, not in the evidence)"
+    rs = ev.server.iptables
+    nat = rs.tables.get("nat") if rs else None
+    out_chain = nat.chains.get("ISTIO_OUTPUT") if nat else None
+
+    def cite(r: Rule, canonical: str, counters: str | None = None) -> tuple[str, str]:
+        # Istio's form of the rule, then the pod's own line when it is written otherwise
+        # (a -L listing, or iptables-save's `-s 127.0.0.6/32 -o lo` order)
+        text = r.text()
+        extra = f", {counters}" if counters else ""
+        if text == canonical:
+            return text, f" (in this pod: nat/ISTIO_OUTPUT #{r.index}{extra})"
+        return canonical, f" (in this pod: nat/ISTIO_OUTPUT #{r.index} `{text}`{extra})"
+
+    for r in (out_chain.rules if out_chain else []):
+        text = r.text()
+        if r.target.name == "ISTIO_IN_REDIRECT" and "lo" in text and (
+                ("gid" in text.lower()) == ("gid" in loop)):
+            # a listing line is quoted alone: Istio's form of this rule changed across
+            # versions (`-p tcp ! --dport 15008` from 1.9), the pod's own line is the truth
+            loop, loop_from = text, f" (in this pod: nat/ISTIO_OUTPUT #{r.index})"
+            break
+    decided = follow.capture.decided_by if follow else None
+    for r in (out_chain.rules if out_chain else []):
+        if r.target.name == "RETURN" and "127.0.0.6" in r.text() and (
+                decided is None or decided.index == r.index):
+            bind, bind_from = cite(r, BIND_RULE, decided.counters if decided else None)
+            break
     return [
         "The server sidecar dials the app at the pod IP over lo as the proxy user, and "
-        f"`{loop}` would send that connection straight back into the sidecar's port "
-        "15006, a loop.",
+        f"`{loop}`{loop_from} would send that connection straight back into the sidecar's "
+        "port 15006, a loop.",
         "So Istio binds its inbound connections to 127.0.0.6 (upstream_bind_config; the 6 as "
-        f"in 15006) and lets exactly them through with `{BIND_RULE}`{evidence}: that source "
-        "is what the app sees.",
+        f"in 15006) and lets exactly them through with `{bind}`{bind_from}: that source is "
+        "what the app sees.",
+    ]
+
+
+def explain_127_0_0_1(ver: VersionInfo) -> list[str]:
+    """Why 127.0.0.1 (Istio before 1.10)."""
+    return [
+        f"Istio {ver.label()} ({ver.why}) forwarded inbound connections to localhost: the "
+        "inbound cluster's endpoint is 127.0.0.1:PORT, and the kernel gives a connection to a "
+        "loopback address the source 127.0.0.1.",
+        "From 1.10 the sidecar forwards to the pod IP from 127.0.0.6 instead (Istio 1.10 "
+        "upgrade notes, \"Inbound Forwarding Configuration\"); in both, only TPROXY "
+        "interception with original_src (Istio 1.7 and later) keeps the client's address.",
     ]

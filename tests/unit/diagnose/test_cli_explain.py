@@ -106,3 +106,22 @@ def test_bad_files(tmp_path: Path, name: str, content: str, message: str,
         name.rsplit(".", 1)[1]]
     code, _, err = run([flag, str(path)], capsys)
     assert code != 0 and message in err and err.count("\n") == 1
+
+
+def test_istio_version_option_and_verdict_kind_in_json(
+        tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the seed's nat listing: 127.0.0.1 as Istio 1.9 would, 127.0.0.6 as 1.11."""
+    server = tmp_path / "server"
+    server.mkdir()
+    shutil.copy(data / "seed_redirect_nat.txt", server / "nat.txt")
+    seen = {}
+    for version in ("1.9", "1.11"):
+        code, out, _ = run(["--istio-dump", str(tmp_path), "--to", ":18080",
+                            "--istio-version", version, "-o", "json"], capsys)
+        assert code == 0
+        verdict = json.loads(out)["verdict"]
+        assert verdict["kind"] == "inferred" and "--istio-version" in verdict["istio_version"]
+        seen[version] = verdict["app_sees"]
+    assert seen == {"1.9": "127.0.0.1", "1.11": "127.0.0.6"}
+    code, _, err = run(["--istio-dump", str(tmp_path), "--istio-version", "ten"], capsys)
+    assert code != 0 and "--istio-version ten" in err

@@ -27,6 +27,10 @@ def test_tables_from_remora_proxy_dump_equal_tables_from_files(tmp_path: Path,
     proxy.load()
     live = parse_config_dump(json.dumps(config_dump(proxy, include_eds=True)))
     files = from_xds_files(cfg.files)
-    for what in ("listener", "cluster", "endpoint", "route"):
+    for what in ("listener", "cluster", "endpoint"):
         assert render(live, what) == render(files, what), what
+    # route configs: the dump lists them in the proxy's order (istioctl prints that order),
+    # the files carry them inline in the listeners; the same rows either way
+    live_rows, file_rows = (render(x, "route").splitlines() for x in (live, files))
+    assert live_rows[0] == file_rows[0] and sorted(live_rows) == sorted(file_rows)
     assert "10.20.0.77:18080" in render(live, "endpoint")

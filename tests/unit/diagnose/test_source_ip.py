@@ -146,8 +146,13 @@ def test_log_that_contradicts_the_rules(reference: Path, goldens: Path, data: Pa
     ev = reference_pair(reference, goldens, "TPROXY")
     ef.add_access_log(ev.server, data / "seed_server_access.log")
     r = explain_source_ip(ev)
-    assert r.verdict.app_sees == "10.20.0.78" and r.verdict.confirmed is False
-    assert "127.0.0.6:44213" in r.verdict.confirmation
+    # issue 14: the access log's UPSTREAM_LOCAL_ADDRESS is the strongest evidence; it wins
+    # over the TPROXY model, and the output says what the model said and why it was wrong
+    v = r.verdict
+    assert v.app_sees == "127.0.0.6" and v.kind == "established" and v.confirmed is False
+    assert "127.0.0.6:44213" in v.confirmation
+    assert v.model_note.startswith("the model said 10.20.0.78")
+    assert "the log wins: the model said 10.20.0.78" in render_text(r)
 
 
 def test_renderings(data: Path) -> None:

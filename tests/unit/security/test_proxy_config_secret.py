@@ -34,7 +34,7 @@ def test_table_from_generated_config(tmp_path: Path) -> None:
     assert lines[0].startswith("RESOURCE NAME     TYPE     ")  # tabwriter padding 5
     row = lines[1].split()
     assert row[:5] == ["default", "Cert", "Chain", "ACTIVE", "true"]
-    assert row[5] == f"{leaf.serial_number:x}"
+    assert row[5] == f"{leaf.serial_number:032x}"  # istioctl sds/util.go: "%032x"
     assert row[6] == leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     later = pcs.secret_table(items, now=leaf.not_valid_after_utc + dt.timedelta(seconds=1))
     assert later.splitlines()[1].split()[4] == "false"

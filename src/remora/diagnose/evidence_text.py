@@ -1,0 +1,152 @@
+"""Pasted evidence as users really paste it: prompts, frames, istio-init logs, versions.
+
+Pure text functions used by ``evidence_files`` before the iptables / access-log readers:
+- ``unframe``: a log viewer's box (``│ ... │``, k9s) and `kubectl logs --prefix`-free text;
+- ``istio_init``: the istio-init container's log. Its ``Variables:`` block (istio-iptables
+  prints every setting, tools/istio-iptables/pkg/config) says the interception mode and the
+  captured inbound ports; the rules it wrote follow ``Writing following contents to rules
+  file`` (Go istio-iptables, 1.5+) or come as a ``set -x`` trace ``+ iptables -t nat -A ...``
+  (the istio-iptables.sh shell script of Istio 1.4 and before);
+- ``rule_lines``: of a pasted iptables text, the lines that are rules, so headings and
+  shell prompts (``$ ``, ``# ``, ``[root@host dir]# ``, ``user@host:~# ``, ``~ ``) are
+  skipped as docs/explain.md promises;
+- ``istio_version``: ``istioctl version`` output, or an image tag ``proxyv2:1.6.0``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_FRAME = re.compile(r"^\s*[│|]\s?(.*?)\s*[│|]?\s*$")
+_PROMPT = re.compile(r"^\s*(?:\[[^\]]*\][#$]|[\w.-]+@[\w.-]+:[^#$]*[#$]|[$#~]|>)\s+\S")
+_RULE = re.compile(r"^\s*(?:\[\d+:\d+\]\s*)?(?:-[AINP]\s|\*\s*\w+|:[\w-]+\s|COMMIT\b)")
+_CMD = re.compile(r"^\s*(?:\+\s+)?(?:sudo\s+)?ip6?tables(?:-nft|-legacy)?\s+.*-[AINP]\s")
+
+
+def _unprefix(text: str) -> str:
+    """`kubectl logs --prefix` / `stern` lines: one leading word ahead of every line
+    (`istio-cni-node-j457b -A PREROUTING ...`, `[pod/x/c] ...`), taken off."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return text
+    first = {ln.split(maxsplit=1)[0] for ln in lines}
+    if len(first) != 1:
+        return text
+    word = first.pop()
+    if (word[0] in "-*:#$[" and not word.startswith("[pod/")) or word in (
+            "iptables", "ip6tables", "iptables-nft", "iptables-legacy", "sudo", "+", "Chain",
+            "COMMIT"):
+        return text
+    return "\n".join(ln.split(maxsplit=1)[1] if ln.strip() and len(ln.split()) > 1 else ""
+                     for ln in text.splitlines())
+
+
+def unframe(text: str) -> str:
+    """Lines framed by a log viewer (``│ -A ... │``) or prefixed with the pod's name
+    (`kubectl logs --prefix`), without the frame or the prefix."""
+    lines = text.splitlines()
+    framed = [ln for ln in lines if ln.strip()]
+    if framed and sum(1 for ln in framed if ln.lstrip().startswith("│")) * 2 >= len(framed):
+        out = []
+        for ln in lines:
+            m = _FRAME.match(ln)
+            out.append(m.group(1) if m and ln.lstrip().startswith("│") else ln)
+        return "\n".join(out)
+    return _unprefix(text)
+
+
+def is_prompt(line: str) -> bool:
+    return bool(_PROMPT.match(line))
+
+
+@dataclass
+class IstioInit:
+    """What an istio-init log says: its variables and the rules it wrote."""
+
+    variables: dict[str, str] = field(default_factory=dict)
+    rules: str = ""
+    shell_script: bool = False  # istio-iptables.sh (Istio 1.4 and before)
+
+
+def looks_like_istio_init(text: str) -> bool:
+    return bool(re.search(r"^Variables:\s*$", text, re.M)
+                or "Writing following contents to rules file" in text
+                or re.search(r"^\+ iptables ", text, re.M))
+
+
+def istio_init(text: str) -> IstioInit:
+    out = IstioInit()
+    in_vars = False
+    rules: list[str] = []
+    in_file = False
+    for line in text.splitlines():
+        s = line.strip()
+        if s == "Variables:":
+            in_vars = True
+            continue
+        if in_vars:
+            m = re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", s)
+            if m:
+                out.variables[m.group(1)] = m.group(2)
+                continue
+            if s.startswith("---"):
+                continue
+            in_vars = False
+        if "istio-iptables.sh" in s and "line" in s:
+            out.shell_script = True
+        if "Writing following contents to rules file" in s:
+            in_file = True
+            continue
+        if s.startswith("+ "):
+            out.shell_script = True
+            if _CMD.match(s):
+                rules.append(s[2:])
+            continue
+        if in_file:
+            if _RULE.match(s) or s.startswith("-N "):
+                rules.append(s)
+                continue
+            if s in ("", "```"):
+                continue
+            in_file = False
+        elif _CMD.match(s):
+            rules.append(s)
+    out.rules = "\n".join(rules) + ("\n" if rules else "")
+    return out
+
+
+def rule_lines(text: str) -> tuple[str, int]:
+    """The rule-shaped lines of a pasted iptables-save / -S / restore text, and how many
+    other lines (headings, prompts, notes) were skipped. `iptables -S` prompts are kept:
+    the reader takes their table from them."""
+    keep: list[str] = []
+    skipped = 0
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("COMMIT"):
+            keep.append("COMMIT")  # a viewer's trailing text after it (`COMMIT  ns=...`)
+        elif not s or _RULE.match(s) or _CMD.match(s) or s.startswith("#"):
+            keep.append(line)
+        elif re.search(r"ip6?tables(?:-nft|-legacy)?\s+(?:-t\s*\w+\s+)?-S", s):
+            keep.append("$ " + s[s.index("iptables") - (2 if "ip6tables" in s else 0):]
+                        if "iptables" in s else line)
+        else:
+            skipped += 1
+    return "\n".join(keep) + "\n", skipped
+
+
+_VERSION = re.compile(
+    r"(?:(?:client|control plane|data plane|istiod|pilot|citadel|galley)\s+version:\s*"
+    r"(?:version\.BuildInfo\{Version:\")?|proxyv2:|istio/pilot:|Version:\")"
+    r"v?(\d+)\.(\d+)(?:\.\d+)?")
+
+
+def istio_version(text: str) -> tuple[int, int] | None:
+    """The data plane's Istio version from `istioctl version` output or an image tag:
+    `data plane version` first (the sidecars are what matters), then the others."""
+    data = re.search(r"data plane version:\s*v?(\d+)\.(\d+)", text)
+    if data:
+        return int(data.group(1)), int(data.group(2))
+    m = _VERSION.search(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None

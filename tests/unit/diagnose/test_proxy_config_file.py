@@ -1,0 +1,125 @@
+"""`remora proxy-config ... --file DUMP` against istioctl's own goldens.
+
+tests/data/istioctl-configdump/ holds istioctl's testdata (istioctl/pkg/writer/envoy/
+configdump/testdata and istioctl/pkg/proxyconfig/testdata, Apache-2.0, Istio Authors): a
+config dump and the table istioctl prints for it. The same dump through the CLI's offline
+form must print the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from remora.cli.proxy_config import proxy_config
+from tests.datafiles import data_path
+
+GOLD = data_path("istioctl-configdump")
+
+CASES = [
+    # (what, dump, extra args, istioctl's output)
+    ("route", "routes/k8s-gateway-http-route-path-prefix/configdump.json", [],
+     "routes/k8s-gateway-http-route-path-prefix/output.txt"),
+    ("route", "routes/istio-gateway-http-route-prefix/configdump.json", [],
+     "routes/istio-gateway-http-route-prefix/output.txt"),
+    ("endpoint", "endpoint/configdump.json", [], "endpoint/emptyfilter_output.txt"),
+    ("endpoint", "endpoint/configdump.json", ["--port", "8080"],
+     "endpoint/portfilter_output.txt"),
+    ("endpoint", "endpoint/configdump.json", ["--port", "8080", "-o", "json"],
+     "endpoint/portfilter_output.json"),
+    ("secret", "secret/spire/config_dump.json", [], "secret/spire/output"),
+    ("secret", "secret/istio/config_dump.json", [], "secret/istio/output"),
+]
+
+
+def _run(*args: str) -> str:
+    result = CliRunner().invoke(proxy_config, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(("what", "dump", "extra", "want"), CASES,
+                         ids=[f"{c[0]}:{c[3]}" for c in CASES])
+def test_file_form_equals_istioctl_golden(what: str, dump: str, extra: list[str],
+                                          want: str) -> None:
+    got = _run(what, "--file", str(GOLD / dump), *extra)
+    assert got == (GOLD / want).read_text()
+
+
+def test_spire_federation_has_a_rootca_row_per_trust_domain() -> None:
+    got = _run("secret", "--file", str(GOLD / "secret/spire/config_dump.json"))
+    rows = [line.split() for line in got.splitlines()[1:]]
+    assert [(r[0], r[-1]) for r in rows] == [("default", "east.local"), ("ROOTCA", "east.local"),
+                                             ("ROOTCA", "west.local")]
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+
+
+def test_internal_address_endpoints_as_istioctl_all() -> None:
+    """istioctl proxy-config all's endpoint section (its golden prefixes `endpoint/`)."""
+    summary = (GOLD / "proxyconfig/config_dump_summary.txt").read_text()
+    section = summary[summary.index("NAME                                                       "
+                                    "STATUS"):]
+    want = [[re.sub(r"^endpoint/", "", c) for c in row] for row in _rows(section)]
+    got = _rows(_run("endpoint", "--file", str(GOLD / "proxyconfig/config_dump.json")))
+    assert got == want
+    assert got[1][0] == "envoy://connect_originate/192.168.195.248:800"
+
+
+def test_routes_and_secrets_as_istioctl_all() -> None:
+    """istioctl proxy-config all's route and secret sections: only the RoutesConfigDump's
+    routes (none of the listeners' inline ones)."""
+    summary = (GOLD / "proxyconfig/config_dump_summary.txt").read_text()
+    sections = summary.split("\n\n")
+    dump = str(GOLD / "proxyconfig/config_dump.json")
+    for what, prefix in (("route", "route/"), ("secret", "secret/")):
+        want_text = next(s for s in sections if f"\n{prefix}" in s)
+        want = [[re.sub(f"^{prefix}", "", c) for c in row] for row in _rows(want_text)]
+        assert _rows(_run(what, "--file", dump)) == want, what
+
+
+def test_legacy_filter_names_get_the_type_istioctl_of_their_era_gives(tmp_path: Path) -> None:
+    """Istio 1.0's listeners (a user's paste, tests/data/explain/zhaohuabing-*): v2
+    `config` blocks and envoy.tcp_proxy. istioctl <= 1.4 typed a listener by its first
+    envoy.tcp_proxy / envoy.http_connection_manager filter (BlackHoleCluster included) and
+    listed the listeners in the dump's order, padding 5 (listener.go of 2019)."""
+    entries = json.loads(data_path("explain", "zhaohuabing-1.0-virtual-listener", "server",
+                                   "listeners.json").read_text())
+    dump = {"configs": [{"@type": "type.googleapis.com/envoy.admin.v2alpha.ListenersConfigDump",
+                         "dynamic_active_listeners": entries}]}
+    path = tmp_path / "config_dump.json"
+    path.write_text(json.dumps(dump))
+    got = _run("listener", "--file", str(path), "--verbose", "false")
+    assert got == ("ADDRESS            PORT      TYPE\n"
+                   "0.0.0.0            15001     TCP\n"
+                   "192.168.206.23     9080      TCP\n")
+
+
+def test_legacy_names_with_typed_config_count_as_http(tmp_path: Path) -> None:
+    listener = {"name": "0.0.0.0_9080", "address": {"socket_address": {
+        "address": "0.0.0.0", "port_value": 9080}}, "filter_chains": [{"filters": [{
+            "name": "envoy.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.filter.network."
+                         "http_connection_manager.v2.HttpConnectionManager",
+                "rds": {"route_config_name": "9080"}}}]}]}
+    dump = {"configs": [{"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                         "dynamic_listeners": [{"name": "0.0.0.0_9080",
+                                                "active_state": {"listener": listener}}]}]}
+    path = tmp_path / "config_dump.json"
+    path.write_text(json.dumps(dump))
+    summary = _run("listener", "--file", str(path), "--verbose", "false")
+    assert summary.splitlines()[1].split() == ["0.0.0.0", "9080", "HTTP"]
+    verbose = _run("listener", "--file", str(path))
+    assert verbose.splitlines()[1].split() == ["0.0.0.0", "9080", "ALL", "Route:", "9080"]
+
+
+def test_file_and_pod_do_not_mix() -> None:
+    result = CliRunner().invoke(proxy_config, ["route", "p", "--file",
+                                               str(GOLD / "endpoint/configdump.json")])
+    assert result.exit_code != 0 and "not both" in str(result.exception or result.output)
