@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "rollout": "remora.cli.lab:rollout",
     "proxy-config": "remora.cli.proxy_config:proxy_config",
     "node": "remora.cli.node:node",
+    "kubeconfig": "remora.cli.kubeapi:kubeconfig",
 }
 
 

@@ -23,8 +23,8 @@ from remora.node.config import NodeConfig
 from remora.node.store import Store
 
 STATE_FILES = ("remora.db", "remora.db-wal", "remora.db-shm", "node.sock", "daemon.pid",
-               "daemon.log")
-STATE_DIRS = ("logs", "pods")
+               "daemon.log", "kubeconfig")
+STATE_DIRS = ("logs", "pods", "kubeapi")  # kubeapi: the API's certificate and token
 
 
 def _processes_in(inodes: set[int]) -> list[tuple[int, int]]:

@@ -1,0 +1,21 @@
+"""Starting and stopping the API inside the node daemon (remora.node.daemon calls these):
+credentials from the lab's CA, a free port on 127.0.0.1, the kubeconfig written with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from remora.kubeapi import certs
+from remora.kubeapi.backend import NodeBackend
+from remora.kubeapi.handlers import Handler
+from remora.kubeapi.server import KubeApiServer
+
+
+async def start(node_api: Any, state_dir: Path) -> KubeApiServer:
+    creds = certs.ensure(state_dir)
+    server = KubeApiServer(Handler(NodeBackend(node_api, state_dir), creds.token), creds)
+    port = await server.start("127.0.0.1", 0)
+    certs.write_kubeconfig(state_dir, f"https://127.0.0.1:{port}", creds)
+    return server
