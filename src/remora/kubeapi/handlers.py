@@ -24,7 +24,7 @@ from remora.kubeapi import resources as res
 from remora.kubeapi.backend import Backend
 from remora.kubeapi.messages import ApiError, Request, Response, not_found
 from remora.kubeapi.resources import Resource
-from remora.kubeapi.versions import Key, Versions, key_of, parse_version
+from remora.kubeapi.versions import Key, Pair, Versions, key_of, parse_version
 from remora.lab import selectors
 
 NOT_FOUND = "the server could not find the requested resource"
@@ -278,31 +278,30 @@ class Handler:
                      float(timeout) if timeout.isdigit() else None,
                      table.wants_table(req.headers.get("accept", "")), self._matcher(req))
 
-    def watch_view(self, w: Watch) -> dict[Key, dict[str, Any]]:
-        """The watch's current view: served objects that match, by key."""
+    def watch_view(self, w: Watch) -> dict[Key, Pair]:
+        """The watch's current view: (node, served) objects that match, by key."""
         kind = w.target.resource.kind
-        return {key_of(kind, s): s for _, s in self.view(w.target) if w.matches(s)}
+        return {key_of(kind, s): (o, s) for o, s in self.view(w.target) if w.matches(s)}
 
-    def watch_start(self, w: Watch) -> tuple[dict[Key, dict[str, Any]],
-                                             list[tuple[str, dict[str, Any]]]]:
+    def watch_start(self, w: Watch) -> tuple[dict[Key, Pair], list[tuple[str, Pair]]]:
         """The view a watch starts from and its first events: from a version, what changed
         since (deletions too); without one, every current object as ADDED."""
         current = self.watch_view(w)
         if w.since is None:
-            return current, [("ADDED", o) for o in current.values()]
-        changed = [("MODIFIED", o) for o in current.values()
-                   if int(o["metadata"]["resourceVersion"]) > w.since]
-        gone = [("DELETED", o) for o in self.versions.deleted_since(w.target.resource.kind,
-                                                                    w.since)
+            return current, [("ADDED", p) for p in current.values()]
+        changed = [("MODIFIED", p) for p in current.values()
+                   if int(p[1]["metadata"]["resourceVersion"]) > w.since]
+        gone = [("DELETED", (o, o)) for o in self.versions.deleted_since(
+                    w.target.resource.kind, w.since)
                 if (w.target.namespace is None or
                     o["metadata"].get("namespace") == w.target.namespace) and w.matches(o)]
         return current, changed + gone
 
-    def watch_event(self, w: Watch, kind: str, obj: dict[str, Any], first: bool) -> bytes:
-        body: dict[str, Any] = obj
+    def watch_event(self, w: Watch, kind: str, pair: Pair, first: bool) -> bytes:
+        body: dict[str, Any] = pair[1]
         if w.as_table:
-            body = table.table(w.target.resource.kind, [(obj, obj)], self.clock(),
-                               obj["metadata"].get("resourceVersion", ""), with_columns=first)
+            body = table.table(w.target.resource.kind, [pair], self.clock(),
+                               body["metadata"].get("resourceVersion", ""), with_columns=first)
         return json.dumps({"type": kind, "object": body}).encode() + b"\n"
 
     # -- writing -----------------------------------------------------------------------

@@ -88,15 +88,18 @@ def parse_version(text: str) -> int | None:
         return None
 
 
-def events(before: dict[Key, dict[str, Any]],
-           after: dict[Key, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Watch events from one filtered view of a kind to the next."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for key, obj in after.items():
+Pair = tuple[dict[str, Any], dict[str, Any]]  # (the node's object, the served object)
+
+
+def events(before: dict[Key, Pair], after: dict[Key, Pair]) -> list[tuple[str, Pair]]:
+    """Watch events from one filtered view of a kind to the next (by served version)."""
+    out: list[tuple[str, Pair]] = []
+    for key, pair in after.items():
         old = before.get(key)
         if old is None:
-            out.append(("ADDED", obj))
-        elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-            out.append(("MODIFIED", obj))
-    out += [("DELETED", obj) for key, obj in before.items() if key not in after]
+            out.append(("ADDED", pair))
+        elif old[1]["metadata"].get("resourceVersion") != \
+                pair[1]["metadata"].get("resourceVersion"):
+            out.append(("MODIFIED", pair))
+    out += [("DELETED", pair) for key, pair in before.items() if key not in after]
     return out
