@@ -427,9 +427,12 @@ class Handler:
         if tail and not tail.lstrip("-").isdigit():
             raise ApiError(400, f"tailLines {tail!r} is not a number")
         self._one(Target(t.resource, t.version, t.namespace, t.name, None))
-        got = self.backend.logs(t.namespace or "default", t.name or "",
-                                req.arg("container") or None, req.flag("previous"),
-                                int(tail) if tail else None)
+        try:
+            got = self.backend.logs(t.namespace or "default", t.name or "",
+                                    req.arg("container") or None, req.flag("previous"),
+                                    int(tail) if tail else None)
+        except RemoraError as exc:  # an unknown container: the apiserver's 400
+            raise ApiError(400, exc.problem) from None
         if req.flag("follow"):
             return LogStream(got.path, got.text)
         return Response(200, got.text.encode(), "text/plain")
