@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from remora.errors import RemoraError
+
+if TYPE_CHECKING:
+    from remora.lab.images import ImageMap
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,28 @@ class Backend(Protocol):
         """The argv prefix that runs a command in the pod (`ip netns exec NETNS`)."""
 
 
+def admit(objects: list[dict[str, Any]], namespaces: list[dict[str, Any]],
+          images: ImageMap) -> tuple[list[dict[str, Any]], list[str]]:
+    """The checks of `remora apply` (remora.lab.manifests): the resources layer's
+    validation, then Istio's injection and the image map on the pods it would make.
+    Returns the objects as the resources layer writes them, and its warnings."""
+    from remora.lab import manifests
+    from remora.resources.loader import parse_object
+
+    out, warnings = [], []
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        typed, warned = parse_object(obj, f"{obj.get('kind')}/{meta.get('name')}")
+        if typed is None:
+            raise RemoraError(warned[0] if warned else "unknown kind",
+                              "apply Namespace, Deployment, Service, Pod, "
+                              "PeerAuthentication or AuthorizationPolicy")
+        warnings += warned
+        out.append(typed.to_dict())
+    manifests.admission_check(out, manifests.namespace_objects(out, namespaces), images)
+    return out, warnings
+
+
 class NodeBackend:
     """Backend over the daemon's in-process request handler (the socket API's `handle`)."""
 
@@ -51,27 +76,11 @@ class NodeBackend:
                     ["items"])
 
     def admit(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-        # The checks of `remora apply` (remora.lab.manifests): the resources layer's
-        # validation, then Istio's injection and the image map on the pods it would make.
-        from remora.lab import manifests
         from remora.lab import settings as lab_settings
         from remora.lab.images import ImageMap
-        from remora.resources.loader import parse_object
 
-        out, warnings = [], []
-        for obj in objects:
-            meta = obj.get("metadata") or {}
-            typed, warned = parse_object(obj, f"{obj.get('kind')}/{meta.get('name')}")
-            if typed is None:
-                raise RemoraError(warned[0] if warned else "unknown kind",
-                                  "apply Namespace, Deployment, Service, Pod, "
-                                  "PeerAuthentication or AuthorizationPolicy")
-            warnings += warned
-            out.append(typed.to_dict())
         images = ImageMap.from_file(lab_settings.load(self.state_dir).image_map or None)
-        manifests.admission_check(out, manifests.namespace_objects(
-            out, self.objects("Namespace", None)), images)
-        return out, warnings
+        return admit(objects, self.objects("Namespace", None), images)
 
     def apply(self, objects: list[dict[str, Any]]) -> list[str]:
         return list(self.api.handle({"op": "apply", "objects": objects})["results"])
