@@ -182,6 +182,8 @@ class Handler:
                 raise ApiError(405, f"{req.method} is not supported on pods/exec")
             return self._exec(req, t)
         method = req.method
+        if t.subresource == "scale":
+            return self._scale(req, t)
         if t.name is None:
             if method == "GET" and "list" in verbs:
                 if req.flag("watch"):
@@ -420,6 +422,41 @@ class Handler:
         if kind == "Pod":
             served["metadata"]["deletionTimestamp"] = views.iso(self.clock())
         return Response.of(served)
+
+    def _scale(self, req: Request, t: Target) -> Response:
+        """deployments/scale (autoscaling/v1 Scale), what `kubectl scale` patches."""
+        whole = Target(t.resource, t.version, t.namespace, t.name, None)
+        raw, served = self._one(whole)
+
+        def scale(d: dict[str, Any]) -> dict[str, Any]:
+            return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                    "metadata": {k: d["metadata"][k] for k in (
+                        "name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                        if k in d["metadata"]},
+                    "spec": {"replicas": d["spec"]["replicas"]},
+                    "status": {"replicas": d.get("status", {}).get("replicas", 0),
+                               "selector": ",".join(f"{k}={v}" for k, v in (
+                                   d["spec"].get("selector", {}).get("matchLabels") or {})
+                                   .items())}}
+
+        if req.method == "GET":
+            return Response.of(scale(served))
+        if req.method == "PATCH":
+            wanted = patches.apply_patch(req.headers.get("content-type", ""), scale(served),
+                                         req.body)
+        elif req.method == "PUT":
+            wanted = req.json()
+        else:
+            raise ApiError(405, f"{req.method} is not supported on deployments/scale")
+        replicas = (wanted.get("spec") or {}).get("replicas") if isinstance(wanted, dict) \
+            else None
+        if not isinstance(replicas, int) or replicas < 0:
+            raise ApiError(422, "Scale is invalid: spec.replicas: must be a whole number "
+                           "of 0 or more")
+        obj = self._writable(raw)
+        obj.setdefault("spec", {})["replicas"] = replicas
+        self._store(req, whole, obj, created=False)
+        return Response.of(scale(self._one(whole)[1]))
 
     # -- pods/log and pods/exec --------------------------------------------------------
     def _log(self, req: Request, t: Target) -> Result:

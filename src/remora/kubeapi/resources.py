@@ -68,7 +68,7 @@ RESOURCES: tuple[Resource, ...] = (
 )
 # Istio serves its CRDs at v1 and v1beta1 (the same objects); v1 is preferred.
 SERVED_VERSIONS = {ISTIO_SECURITY: ("v1", "v1beta1")}
-SUBRESOURCES = {"pods": ("status", "log", "exec"), "deployments": ("status",),
+SUBRESOURCES = {"pods": ("status", "log", "exec"), "deployments": ("status", "scale"),
                 "services": ("status",)}
 
 
