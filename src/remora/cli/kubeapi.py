@@ -21,7 +21,7 @@ def kubeconfig(state_dir: str | None) -> None:
     session.connect(directory)  # a clear error when no lab runs there
     path = certs.kubeconfig_path(directory)
     if not path.exists():
-        raise RemoraError(f"the lab at {directory} has no kubeconfig (its daemon predates "
-                          "the Kubernetes API)", "restart the lab: `remora down` then "
-                          "`remora up`")
+        raise RemoraError(f"the lab at {directory} serves no Kubernetes API (no "
+                          f"{path.name})", f"see {directory / 'daemon.log'} for why it did "
+                          "not start; `remora down` then `remora up` starts it again")
     click.echo(str(path))

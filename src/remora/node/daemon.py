@@ -77,7 +77,7 @@ class Daemon:
         server = await api.serve(self.config.socket_path)
         from remora.kubeapi import daemon_hook  # the lab's Kubernetes API (docs/kubeapi.md)
 
-        kubeapi = await daemon_hook.start(api, self.config.state_dir)
+        kubeapi = await daemon_hook.start(api, self.config.state_dir)  # None if it cannot
         self.config.pid_path.write_text(f"{os.getpid()}\n")
         self._thread = threading.Thread(target=self._loop, args=(rt,), name="reconciler",
                                         daemon=True)
@@ -87,7 +87,8 @@ class Daemon:
             await done.wait()
         finally:
             server.close()
-            kubeapi.close()
+            if kubeapi is not None:
+                kubeapi.close()
             dns.close()
             await asyncio.to_thread(self.stop_reconciler)
             with contextlib.suppress(FileNotFoundError):

@@ -24,7 +24,7 @@ from remora.node.store import Store
 
 STATE_FILES = ("remora.db", "remora.db-wal", "remora.db-shm", "node.sock", "daemon.pid",
                "daemon.log", "kubeconfig")
-STATE_DIRS = ("logs", "pods", "kubeapi")  # kubeapi: the API's certificate and token
+STATE_DIRS = ("logs", "pods", "kubeapi", "ca")  # the API's certificate and token; the CA
 
 
 def _processes_in(inodes: set[int]) -> list[tuple[int, int]]:
