@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "proxy-config": "remora.cli.proxy_config:proxy_config",
     "node": "remora.cli.node:node",
     "kubeconfig": "remora.cli.kubeapi:kubeconfig",
+    "kube-inject": "remora.cli.kube_inject:kube_inject",
 }
 
 
