@@ -103,11 +103,17 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         assert lab.leftovers() == []
 
 
+def server_pods(kube: Kube) -> list[str]:
+    """The server's pods that are not terminating."""
+    items = json.loads(kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server",
+                                    "-o", "json").stdout)["items"]
+    return [p["metadata"]["name"] for p in items if "deletionTimestamp" not in p["metadata"]]
+
+
 def server_pod(kube: Kube) -> str:
-    names = kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server",
-                         "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
-    assert len(names) == 1, names
-    return names[0]
+    names = eventually(lambda: (n := server_pods(kube)) and len(n) == 1 and n)
+    assert names and len(names) == 1, server_pods(kube)
+    return str(names[0])
 
 
 def eventually(fn: Any, timeout: float = 20) -> Any:
@@ -204,14 +210,30 @@ def test_exec_iptables_and_exit_code(kube: Kube) -> None:
 
 def test_patch_tproxy_rollout_and_the_app_sees_the_client(kube: Kube) -> None:
     before = server_pod(kube)
-    out = kube.kubectl("patch", "deployment", "-n", "demo-to", "simple-server", "-p",
-                       TPROXY).stdout
-    assert "deployment.apps/simple-server patched" in out
-    rollout = kube.kubectl("rollout", "status", "-n", "demo-to", "deployment/simple-server",
-                           "--timeout", "60s", timeout=90).stdout
-    assert 'deployment "simple-server" successfully rolled out' in rollout
-    after = eventually(lambda: (p := server_pod(kube)) != before and p)
-    assert after and after != before
+    assert KUBECTL is not None
+    watch = subprocess.Popen([KUBECTL, "get", "pods", "-n", "demo-to", "-l", "web=server",
+                              "-w", "--output-watch-events"], stdout=subprocess.PIPE,
+                             text=True, env=kube.env)
+    try:
+        out = kube.kubectl("patch", "deployment", "-n", "demo-to", "simple-server", "-p",
+                           TPROXY).stdout
+        assert "deployment.apps/simple-server patched" in out
+        rollout = kube.kubectl("rollout", "status", "-n", "demo-to",
+                               "deployment/simple-server", "--timeout", "60s",
+                               timeout=90).stdout
+        assert 'deployment "simple-server" successfully rolled out' in rollout
+        after = eventually(lambda: (p := server_pod(kube)) != before and p)
+        assert after and after != before
+        time.sleep(1.5)  # the watch reads the store every 0.5 s
+    finally:
+        watch.terminate()
+        seen, _ = watch.communicate(timeout=10)
+    # kubectl get -w: Table rows with the event type, the old pod deleted, the new Running
+    events = [line.split() for line in seen.splitlines()[1:]]
+    assert ["ADDED", before] == events[0][:2], seen
+    assert any(e[:2] == ["DELETED", before] for e in events), seen
+    assert any(e[:2] == ["MODIFIED", after] and e[3] == "Running" and e[2] == "2/2"
+               for e in events), seen
     # the remora CLI sees the patched template in the same store
     mine = json.loads(kube.lab.remora("get", "deploy", "simple-server", "-n", "demo-to",
                                       "-o", "json").stdout)
@@ -342,6 +364,12 @@ def test_errors_are_kubernetes_status_objects(kube: Kube) -> None:
 
 
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
+    # a Deployment's pod deleted is replaced, as on a cluster
+    doomed = server_pod(kube)
+    assert f'pod "{doomed}" deleted' in kube.kubectl("delete", "pod", "-n", "demo-to", doomed,
+                                                     timeout=90).stdout
+    replaced = eventually(lambda: (p := server_pod(kube)) != doomed and p)
+    assert replaced and replaced != doomed
     out = kube.kubectl("delete", "-f", str(data_path("resources", "server.yaml")),
                        timeout=90).stdout
     assert 'deployment.apps "simple-server" deleted' in out
