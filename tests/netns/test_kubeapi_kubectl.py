@@ -293,6 +293,22 @@ def test_python_client_list_and_watch(kube: Kube, tmp_path: Path) -> None:
     assert ("ADDED", "extra") in seen and ("DELETED", "extra") in seen, seen
     assert ("ADDED", "simple-server-svc") not in seen  # the watch started after the list
 
+    # the client's own exec (WebSocket, v4.channel.k8s.io) and log reads
+    from kubernetes.stream import stream
+
+    pod = server_pod(kube)
+    out = stream(core.connect_get_namespaced_pod_exec, pod, "demo-to",
+                 command=["sh", "-c", "echo hi; echo err >&2"], stderr=True, stdin=False,
+                 stdout=True, tty=False)
+    assert out == "hi\nerr\n"
+    failing = stream(core.connect_get_namespaced_pod_exec, pod, "demo-to",
+                     command=["sh", "-c", "exit 4"], stderr=True, stdin=False, stdout=True,
+                     tty=False, _preload_content=False)
+    failing.run_forever(timeout=10)
+    assert failing.returncode == 4
+    log = core.read_namespaced_pod_log(pod, "demo-to", tail_lines=2)
+    assert len(log.splitlines()) == 2 and "RemoteAddr=" in log
+
 
 def test_istio_policies_as_crds_server_side_apply_and_scale(kube: Kube, tmp_path: Path) -> None:
     policy = tmp_path / "ap.yaml"
