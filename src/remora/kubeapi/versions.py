@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 Key = tuple[str, str, str]  # kind, namespace, name
+MAX_TOMBSTONES = 2000  # deletions a late watch can still be told about
 
 
 def key_of(kind: str, obj: dict[str, Any]) -> Key:
@@ -69,6 +70,10 @@ class Versions:
                     last["metadata"] = {**last["metadata"], "resourceVersion":
                                         str(self._counter)}
                     self._gone[key] = (self._counter, last)
+                if len(self._gone) > MAX_TOMBSTONES:  # forget the oldest deletions
+                    for old in sorted(self._gone, key=lambda k: self._gone[k][0])[
+                            :len(self._gone) - MAX_TOMBSTONES]:
+                        del self._gone[old]
             return self._counter
 
     def deleted_since(self, kind: str, version: int) -> list[dict[str, Any]]:

@@ -90,6 +90,19 @@ def test_versions_change_only_with_content_and_remember_deletions() -> None:
     assert (parse_version(""), parse_version("0"), parse_version("17")) == (None, None, 17)
 
 
+def test_tombstones_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remora.kubeapi import versions
+
+    monkeypatch.setattr(versions, "MAX_TOMBSTONES", 3)
+    v = Versions(start=0)
+    for i in range(6):
+        v.stamp("Pod", [{"metadata": {"name": f"p{i}", "namespace": "n"}}], complete=True)
+    v.stamp("Pod", [], complete=True)
+    # p0..p4 went one by one, p5 last: the three most recent deletions are kept
+    assert sorted(o["metadata"]["name"] for o in v.deleted_since("Pod", 0)) == [
+        "p3", "p4", "p5"]
+
+
 def test_watch_events_between_two_views() -> None:
     def obj(name: str, rv: str) -> tuple[dict[str, object], dict[str, object]]:
         o = {"metadata": {"name": name, "namespace": "n", "resourceVersion": rv}}
