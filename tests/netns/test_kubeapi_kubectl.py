@@ -311,6 +311,10 @@ def test_python_client_list_and_watch(kube: Kube, tmp_path: Path) -> None:
 
 
 def test_istio_policies_as_crds_server_side_apply_and_scale(kube: Kube, tmp_path: Path) -> None:
+    crds = kube.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert sorted(crds) == [
+        "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.security.istio.io",
+        "customresourcedefinition.apiextensions.k8s.io/peerauthentications.security.istio.io"]
     policy = tmp_path / "ap.yaml"
     policy.write_text("""\
 apiVersion: security.istio.io/v1

@@ -102,6 +102,7 @@ class Handler:
         self.token = token
         self.clock = clock
         self.versions = Versions()
+        self.started = clock()
 
     # -- entry -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -223,6 +224,11 @@ class Handler:
                 raw = [{"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": "default"}}, *raw]
             pairs = [(o, views.api_object(kind, gv, o)) for o in raw]
+        elif kind == "CustomResourceDefinition":
+            # installed with the lab: created when this API started
+            served = [views.api_object(kind, gv, {**o, "metadata": {
+                **o["metadata"], "creationTimestamp": self.started}}) for o in res.crds()]
+            pairs = [(o, o) for o in served]
         else:
             pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
             if kind == "ReplicaSet":

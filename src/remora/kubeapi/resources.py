@@ -59,6 +59,9 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",),
              categories=("all",), verbs=RO),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", verbs=RO),
+    Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+             "CustomResourceDefinition", namespaced=False, short_names=("crd", "crds"),
+             verbs=RO, categories=("api-extensions",)),
     Resource(ISTIO_SECURITY, "v1", "peerauthentications", "PeerAuthentication",
              short_names=("pa",), categories=("istio-io", "security-istio-io"),
              store_kind="PeerAuthentication"),
@@ -70,6 +73,43 @@ RESOURCES: tuple[Resource, ...] = (
 SERVED_VERSIONS = {ISTIO_SECURITY: ("v1", "v1beta1")}
 SUBRESOURCES = {"pods": ("status", "log", "exec"), "deployments": ("status", "scale"),
                 "services": ("status",)}
+
+
+def crds() -> list[dict[str, Any]]:
+    """The CustomResourceDefinitions of the custom kinds served (Istio's, as its chart
+    installs them: both versions served, v1 stored, their printer columns), read-only."""
+    columns = {"PeerAuthentication": [
+        {"name": "Mode", "type": "string", "jsonPath": ".spec.mtls.mode",
+         "description": "Defines the mTLS mode used for peer authentication."}],
+        "AuthorizationPolicy": [
+        {"name": "Action", "type": "string", "jsonPath": ".spec.action",
+         "description": "The operation to take."}]}
+    out = []
+    for r in RESOURCES:
+        if r.group != ISTIO_SECURITY:
+            continue
+        printer = [*columns.get(r.kind, []),
+                   {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+        out.append({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{r.plural}.{r.group}",
+                         "labels": {"app": "istio-pilot", "chart": "istio"}},
+            "spec": {"group": r.group, "scope": "Namespaced",
+                     "names": {"plural": r.plural, "singular": r.singular, "kind": r.kind,
+                               "listKind": f"{r.kind}List", "shortNames": list(r.short_names),
+                               "categories": list(r.categories)},
+                     "versions": [{"name": v, "served": True, "storage": v == "v1",
+                                   "subresources": {"status": {}},
+                                   "additionalPrinterColumns": printer,
+                                   "schema": {"openAPIV3Schema": {
+                                       "type": "object",
+                                       "x-kubernetes-preserve-unknown-fields": True}}}
+                                  for v in versions(r.group)]},
+            "status": {"acceptedNames": {"plural": r.plural, "kind": r.kind},
+                       "storedVersions": ["v1"],
+                       "conditions": [{"type": "Established", "status": "True",
+                                       "reason": "InitialNamesAccepted"}]}})
+    return out
 
 
 def groups() -> list[str]:

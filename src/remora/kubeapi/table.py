@@ -41,7 +41,12 @@ def _slice_row(o: dict[str, Any], now: float) -> list[str]:
             ",".join(addrs) or "<unset>", tables.age(o, now)]
 
 
+def _crd_row(o: dict[str, Any], now: float) -> list[str]:
+    return [o["metadata"]["name"], str(o["metadata"].get("creationTimestamp") or "")]
+
+
 DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
+    "CustomResourceDefinition": (["Name", "Created At"], [], _crd_row),
     "Endpoints": (["Name", "Endpoints", "Age"], [], _ep_row),
     "ReplicaSet": (["Name", "Desired", "Current", "Ready", "Age"],
                    ["Containers", "Images", "Selector"], _rs_row),

@@ -86,7 +86,8 @@ def call(api: Handler, method: str, target: str, body: Any = None,
 def test_discovery_documents(api: Handler) -> None:
     assert call(api, "GET", "/api").json()["versions"] == ["v1"]
     groups = {g["name"]: g for g in call(api, "GET", "/apis").json()["groups"]}
-    assert set(groups) == {"apps", "discovery.k8s.io", "security.istio.io"}
+    assert set(groups) == {"apps", "discovery.k8s.io", "apiextensions.k8s.io",
+                           "security.istio.io"}
     assert groups["security.istio.io"]["preferredVersion"]["version"] == "v1"
     core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}
     assert core["pods"]["shortNames"] == ["po"] and core["pods"]["namespaced"]
@@ -96,6 +97,23 @@ def test_discovery_documents(api: Handler) -> None:
     assert {r["name"]: r["shortNames"] for r in istio} == {
         "peerauthentications": ["pa"], "authorizationpolicies": ["ap"]}
     assert call(api, "GET", "/version").json()["minor"] == "32"
+
+
+def test_istio_kinds_are_listed_as_crds(api: Handler) -> None:
+    crds = call(api, "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()
+    by_name = {c["metadata"]["name"]: c for c in crds["items"]}
+    assert set(by_name) == {"peerauthentications.security.istio.io",
+                            "authorizationpolicies.security.istio.io"}
+    ap = by_name["authorizationpolicies.security.istio.io"]
+    assert ap["spec"]["names"]["shortNames"] == ["ap"]
+    assert [(v["name"], v["served"], v["storage"]) for v in ap["spec"]["versions"]] == [
+        ("v1", True, True), ("v1beta1", True, False)]
+    assert ap["metadata"]["uid"] and ap["metadata"]["creationTimestamp"]
+    one = call(api, "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+               "peerauthentications.security.istio.io")
+    assert one.status == 200 and one.json()["spec"]["names"]["kind"] == "PeerAuthentication"
+    assert call(api, "DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                "peerauthentications.security.istio.io").status == 405
 
 
 def test_openapi_v3_declares_server_side_field_validation(api: Handler) -> None:
