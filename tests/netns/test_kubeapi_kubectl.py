@@ -386,8 +386,17 @@ def test_errors_are_kubernetes_status_objects(kube: Kube) -> None:
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)
-    assert f'pod "{doomed}" deleted' in kube.kubectl("delete", "pod", "-n", "demo-to", doomed,
-                                                     timeout=90).stdout
+    assert KUBECTL is not None
+    following = subprocess.Popen([KUBECTL, "logs", "-f", "-n", "demo-to", doomed],
+                                 stdout=subprocess.DEVNULL, env=kube.env)
+    try:
+        assert f'pod "{doomed}" deleted' in kube.kubectl("delete", "pod", "-n", "demo-to",
+                                                         doomed, timeout=90).stdout
+        # the followed log ends with its pod, as kubelet ends it
+        assert following.wait(timeout=15) == 0
+    finally:
+        following.kill()
+        following.wait()
     replaced = eventually(lambda: (p := server_pod(kube)) != doomed and p)
     assert replaced and replaced != doomed
     out = kube.kubectl("delete", "-f", str(data_path("resources", "server.yaml")),

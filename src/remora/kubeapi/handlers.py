@@ -58,6 +58,9 @@ class Watch:
 class LogStream:
     path: Path
     text: str  # what is there now (tailLines applied); then appended bytes follow
+    namespace: str = "default"
+    pod: str = ""
+    uid: str = ""  # the followed pod's uid: a new pod of the same name ends the stream too
 
 
 @dataclass
@@ -465,11 +468,19 @@ class Handler:
         return Response.of(scale(self._one(whole)[1]))
 
     # -- pods/log and pods/exec --------------------------------------------------------
+    def pod_alive(self, stream: LogStream) -> bool:
+        """Is the pod a followed log belongs to still there? (kubelet ends `logs -f` when
+        the pod goes; a new pod of the same name is another pod.)"""
+        return any(p["metadata"]["name"] == stream.pod and
+                   p["metadata"].get("uid") == stream.uid and
+                   not p["metadata"].get("deletionTimestamp")
+                   for p in self.backend.objects("Pod", stream.namespace))
+
     def _log(self, req: Request, t: Target) -> Result:
         tail = req.arg("tailLines")
         if tail and not tail.lstrip("-").isdigit():
             raise ApiError(400, f"tailLines {tail!r} is not a number")
-        self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        _, served = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
         try:
             got = self.backend.logs(t.namespace or "default", t.name or "",
                                     req.arg("container") or None, req.flag("previous"),
@@ -477,7 +488,8 @@ class Handler:
         except RemoraError as exc:  # an unknown container: the apiserver's 400
             raise ApiError(400, exc.problem) from None
         if req.flag("follow"):
-            return LogStream(got.path, got.text)
+            return LogStream(got.path, got.text, t.namespace or "default", t.name or "",
+                             str(served["metadata"].get("uid", "")))
         return Response(200, got.text.encode(), "text/plain")
 
     def _exec(self, req: Request, t: Target) -> Exec:

@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from remora.kubeapi import websocket as ws
 from remora.kubeapi.certs import Credentials
@@ -29,6 +29,7 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
 WATCH_POLL = 0.5
 LOG_POLL = 0.2
+POD_CHECK = 10  # a followed log checks every 10 polls (2 s) that its pod is still there
 REASON = {200: "OK", 201: "Created", 101: "Switching Protocols", 400: "Bad Request",
           401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
           415: "Unsupported Media Type", 422: "Unprocessable Entity",
@@ -220,10 +221,11 @@ class KubeApiServer:
         await self._stream_head(writer, "text/plain")
         gone = self._gone(reader)
         path: Path = stream.path
+        handle: BinaryIO | None = None
         try:
             writer.write(self._chunk(stream.text.encode()))
             await writer.drain()
-            handle, inode = None, None
+            inode = None
             try:
                 st = path.stat()
                 handle = open(path, "rb")  # noqa: SIM115 - followed across polls
@@ -231,9 +233,18 @@ class KubeApiServer:
                 inode = st.st_ino
             except OSError:
                 pass
+            polls = 0
             while True:
                 done, _ = await asyncio.wait({gone}, timeout=LOG_POLL)
                 if done:
+                    return
+                polls += 1
+                if polls % POD_CHECK == 0 and not await asyncio.to_thread(
+                        self.handler.pod_alive, stream):
+                    if handle is not None:  # the last lines, then the end of the stream
+                        writer.write(self._chunk(handle.read()))
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
                     return
                 try:
                     now_inode: int | None = path.stat().st_ino
@@ -249,6 +260,8 @@ class KubeApiServer:
                     await writer.drain()
         finally:
             gone.cancel()
+            if handle is not None:
+                handle.close()
 
     async def _exec(self, req: Request, ex: Exec, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> None:
