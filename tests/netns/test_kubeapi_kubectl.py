@@ -142,6 +142,18 @@ def test_apply_seed_unchanged_then_get_wide(kube: Kube, tmp_path: Path) -> None:
     again = kube.kubectl("apply", "-f", str(data_path("resources", "server.yaml"))).stdout
     assert "deployment.apps/simple-server unchanged" in again
     assert "service/simple-server-svc unchanged" in again
+    # kubectl diff: a server-side dry run, compared with the live object
+    assert kube.kubectl("diff", "-f", str(data_path("resources", "server.yaml")),
+                        check=False).returncode == 0
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(data_path("resources", "server.yaml").read_text().replace(
+        "  - port: 18080", "  - port: 18081", 1))
+    diff = kube.kubectl("diff", "-f", str(moved), check=False)
+    assert diff.returncode == 1, diff.stderr
+    changed = [line for line in diff.stdout.splitlines()
+               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == ["-  generation: 1", "+  generation: 2", "-  - port: 18080",
+                       "+  - port: 18081"], diff.stdout
 
     table = kube.kubectl("get", "pods", "-A", "-o", "wide").stdout.splitlines()
     assert table[0].split() == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE",

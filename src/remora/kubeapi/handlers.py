@@ -363,11 +363,33 @@ class Handler:
                        meta["name"], None)
             served = self._one(t)[1]
         else:
-            served = normal[0]
+            served = self._dry_run_view(t, normal[0])
         body = json.dumps(served).encode()
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
         return resp
+
+    def _dry_run_view(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
+        """What a write would have stored, as it would be served (`kubectl diff`,
+        `--dry-run=server`): the live object's server-owned fields carried over."""
+        out = views.api_object(t.resource.kind, self._group_version(t), obj)
+        try:
+            _, live = self._one(Target(t.resource, t.version, obj["metadata"].get("namespace"),
+                                       obj["metadata"]["name"], None))
+        except ApiError:
+            return out
+        if t.resource.kind == "Service":
+            for key in ("clusterIP", "clusterIPs", "type"):
+                if key in live.get("spec", {}):
+                    out.setdefault("spec", {}).setdefault(key, live["spec"][key])
+        for key in ("uid", "creationTimestamp", "resourceVersion", "generation"):
+            if key in live["metadata"]:
+                out["metadata"][key] = live["metadata"][key]
+        if "generation" in live["metadata"] and out.get("spec") != live.get("spec"):
+            out["metadata"]["generation"] = live["metadata"]["generation"] + 1
+        if "status" in live:
+            out["status"] = live["status"]
+        return out
 
     def _bare_pod(self, t: Target) -> bool:
         return any(p["metadata"]["name"] == t.name and p["metadata"].get("namespace") ==
