@@ -64,10 +64,16 @@ def admit(objects: list[dict[str, Any]], namespaces: list[dict[str, Any]],
     return out, warnings
 
 
+class NodeRequests(Protocol):
+    """The daemon's socket-API handler (remora.node.api.Api): one op dict in, its result."""
+
+    def handle(self, req: dict[str, Any]) -> Any: ...
+
+
 class NodeBackend:
     """Backend over the daemon's in-process request handler (the socket API's `handle`)."""
 
-    def __init__(self, api: Any, state_dir: Path) -> None:
+    def __init__(self, api: NodeRequests, state_dir: Path) -> None:
         self.api = api
         self.state_dir = state_dir
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from remora.kubeapi import certs
-from remora.kubeapi.backend import NodeBackend
+from remora.kubeapi.backend import NodeBackend, NodeRequests
 from remora.kubeapi.handlers import Handler
 from remora.kubeapi.server import KubeApiServer
 
 log = logging.getLogger("remora.kubeapi")
 
 
-async def start(node_api: Any, state_dir: Path) -> KubeApiServer | None:
+async def start(node_api: NodeRequests, state_dir: Path) -> KubeApiServer | None:
     """The running server, or None (logged) when it cannot start: the lab then works
     without it, and `remora kubeconfig` says there is none."""
     try:
