@@ -54,10 +54,12 @@ TPROXY = ('{"spec":{"template":{"metadata":{"annotations":'
 
 
 class Kube:
-    def __init__(self, lab: TempLab, kubeconfig: Path) -> None:
+    def __init__(self, lab: TempLab, kubeconfig: Path, cache: Path) -> None:
         self.lab = lab
         self.kubeconfig = kubeconfig
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+                    # kubectl's discovery cache, away from the user's ~/.kube/cache
+                    "KUBECACHEDIR": str(cache)}
         self.config = yaml.safe_load(kubeconfig.read_text())
 
     def kubectl(self, *args: str, check: bool = True,
@@ -98,7 +100,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         kubeconfig = Path(path.stdout.strip())
         assert kubeconfig == lab.state_dir / "kubeconfig"
         assert oct(kubeconfig.stat().st_mode & 0o777) == "0o600"  # it holds the token
-        yield Kube(lab, kubeconfig)
+        yield Kube(lab, kubeconfig, tmp_path_factory.mktemp("kube-cache"))
         lab.close()
         assert lab.leftovers() == []
 
