@@ -11,8 +11,11 @@ container with `restartPolicy: Always`, placed right after istio-init; the annot
 `containers`). The lab's own admission (remora.controlplane.injection) is a separate,
 smaller rendering the node runtime runs; this one is for printing.
 
-Not rendered: CNI mode, app probe rewriting (ISTIO_KUBE_APP_PROBERS), custom templates,
-user volumes and the proxy's Prometheus-merge of an app's own scrape annotations.
+The app's own HTTP/TCP/gRPC probes and lifecycle hooks are rewritten to the agent's
+status port, the originals passed in ISTIO_KUBE_APP_PROBERS (pkg/kube/inject/app_probe.go).
+
+Not rendered: CNI mode, custom templates, user volumes, `proxy.istio.io/overrides` and
+the proxy's Prometheus-merge of an app's own scrape annotations.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ DEFAULT_IMAGE = f"{injection.DEFAULT_HUB}/proxyv2:{injection.DEFAULT_TAG}"
 DEFAULT_RESOURCES = {"limits": {"cpu": "2", "memory": "1Gi"},
                      "requests": {"cpu": "100m", "memory": "128Mi"}}
 STATUS_PORT_DEFAULT = "15020"
+_ZERO_SPEC: dict[str, dict[str, Any]] = {
+    "Deployment": {"strategy": {}}, "DaemonSet": {"updateStrategy": {}},
+    "StatefulSet": {"updateStrategy": {}}}
+_ZERO_STATUS: dict[str, dict[str, int]] = {
+    "DaemonSet": {"currentNumberScheduled": 0, "desiredNumberScheduled": 0,
+                  "numberMisscheduled": 0, "numberReady": 0},
+    "StatefulSet": {"availableReplicas": 0, "replicas": 0},
+    "ReplicaSet": {"replicas": 0}, "ReplicationController": {"replicas": 0},
+    "DeploymentConfig": {"availableReplicas": 0, "latestVersion": 0,
+                         "observedGeneration": 0, "replicas": 0, "unavailableReplicas": 0,
+                         "updatedReplicas": 0}}
 TEMPLATE_KINDS = ("Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "Job",
                   "ReplicationController", "DeploymentConfig")
 
@@ -166,6 +180,97 @@ def _resource_field(name: str, resource: str) -> dict[str, Any]:
                                                              "resource": resource}}}
 
 
+_PROBES = (("readinessProbe", "app-health", "readyz"), ("livenessProbe", "app-health", "livez"),
+           ("startupProbe", "app-health", "startupz"))
+_HOOKS = (("preStop", "app-lifecycle", "prestopz"), ("postStart", "app-lifecycle", "poststartz"))
+
+
+def _ordered(action: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A probe action as Go's json.Marshal writes it: struct field order, no empties."""
+    return {k: action[k] for k in keys if action.get(k) not in (None, "", [], {})}
+
+
+def _prober(handler: dict[str, Any] | None, ports: dict[str, int], status_port: int,
+            probe: bool) -> dict[str, Any] | None:
+    """The agent's prober for one probe or hook (DumpAppProbers): named ports resolved;
+    none for exec probes, for an unknown port name, or a probe already on the status port."""
+    if not isinstance(handler, dict):
+        return None
+    timeout = handler.get("timeoutSeconds") if probe else None
+    if isinstance(handler.get("grpc"), dict) and probe and not handler.get("httpGet") \
+            and not handler.get("tcpSocket"):
+        out: dict[str, Any] = {"grpc": _ordered(handler["grpc"], ("port", "service"))}
+    else:
+        kind = "httpGet" if isinstance(handler.get("httpGet"), dict) else \
+            "tcpSocket" if isinstance(handler.get("tcpSocket"), dict) else None
+        if kind is None:
+            return None
+        action = dict(handler[kind])
+        port = action.get("port")
+        if isinstance(port, str) and not port.isdigit():
+            if port not in ports:
+                return None
+            action["port"] = ports[port]
+        elif port is not None and int(port) == status_port:
+            return None
+        keys = ("path", "port", "host", "scheme", "httpHeaders") if kind == "httpGet" else (
+            "port", "host")
+        out = {kind: _ordered(action, keys)}
+    if timeout:
+        out["timeoutSeconds"] = timeout
+    return out
+
+
+def _rewritten(handler: dict[str, Any], url: str, port: int) -> dict[str, Any] | None:
+    """The probe or hook pointed at the agent (convertAppProber*): HTTP GET of URL on the
+    status port, HTTPS downgraded (the agent probes the app itself)."""
+    if isinstance(handler.get("httpGet"), dict):
+        out = copy.deepcopy(handler)
+        out["httpGet"].update(path=url, port=port)
+        if out["httpGet"].get("scheme") == "HTTPS":
+            out["httpGet"]["scheme"] = "HTTP"
+        return out
+    for kind in ("tcpSocket", "grpc"):
+        if isinstance(handler.get(kind), dict):
+            out = {k: copy.deepcopy(v) for k, v in handler.items() if k != kind}
+            out["httpGet"] = {"path": url, "port": port}
+            return out
+    return None
+
+
+def rewrite_app_probes(containers: list[dict[str, Any]], status_port: int,
+                       mesh_status_port: int = 15020) -> str:
+    """Rewrite the probes and hooks of CONTAINERS (in place, the proxy skipped) and return
+    ISTIO_KUBE_APP_PROBERS ("" when there is nothing to probe)."""
+    probers: dict[str, Any] = {}
+    for c in containers:
+        if c.get("name") == "istio-proxy":
+            continue
+        ports = {p["name"]: int(p["containerPort"]) for p in c.get("ports") or []
+                 if p.get("name")}
+        for field_name, prefix, suffix in _PROBES:
+            found = _prober(c.get(field_name), ports, mesh_status_port, probe=True)
+            if found is not None:
+                probers[f"/{prefix}/{c['name']}/{suffix}"] = found
+        for hook, prefix, suffix in _HOOKS:
+            found = _prober((c.get("lifecycle") or {}).get(hook), ports, mesh_status_port,
+                            probe=False)
+            if found is not None:
+                probers[f"/{prefix}/{c['name']}/{suffix}"] = found
+        for field_name, prefix, suffix in _PROBES:
+            if isinstance(c.get(field_name), dict):
+                new = _rewritten(c[field_name], f"/{prefix}/{c['name']}/{suffix}", status_port)
+                if new is not None:
+                    c[field_name] = new
+        for hook, prefix, suffix in _HOOKS:
+            handler = (c.get("lifecycle") or {}).get(hook)
+            if isinstance(handler, dict):
+                new = _rewritten(handler, f"/{prefix}/{c['name']}/{suffix}", status_port)
+                if new is not None:
+                    c["lifecycle"][hook] = new
+    return json.dumps(dict(sorted(probers.items())), separators=(",", ":")) if probers else ""
+
+
 @dataclass(frozen=True)
 class Workload:
     """What the template reads of the object that owns the pod (DeploymentMeta, TypeMeta)."""
@@ -183,6 +288,12 @@ def _init_args(meta: dict[str, Any], mode: str, where: str) -> list[str]:
     args = injection.istio_init_args(pod)
     at = args.index("-d") + 1
     args[at] = args[at].rstrip(",")  # status port 0 and nothing excluded: "15090,15021"
+    # virtual interfaces to reroute (-k) come after -q/-o and before -c in the template
+    virtual = annotations.get("istio.io/reroute-virtual-interfaces") or annotations.get(
+        "traffic.sidecar.istio.io/kubevirtInterfaces")
+    if virtual:
+        at = args.index("-c") if "-c" in args else len(args) - 1
+        args[at:at] = ["-k", virtual]
     return args
 
 
@@ -208,7 +319,7 @@ def inject_pod(meta: dict[str, Any], spec: dict[str, Any], workload: Workload, i
     proxy_image = annotations.get("sidecar.istio.io/proxyImage") or image
 
     init: list[dict[str, Any]] = []
-    if mode != "NONE" or native:
+    if mode != "NONE":
         init_container: dict[str, Any] = {
             "name": "istio-init", "image": proxy_image,
             "args": _init_args(meta, mode, where),
@@ -221,8 +332,7 @@ def inject_pod(meta: dict[str, Any], spec: dict[str, Any], workload: Workload, i
         if metadata:
             init_container["env"] = [{"name": k, "value": str(v)}
                                      for k, v in sorted(metadata.items())]
-        if mode != "NONE":
-            init.append(init_container)
+        init.append(init_container)
 
     env: list[dict[str, Any]] = [
         {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
@@ -325,10 +435,10 @@ def inject_pod(meta: dict[str, Any], spec: dict[str, Any], workload: Workload, i
     out_spec = copy.deepcopy(spec)
     containers = [dict(c) for c in out_spec.get("containers") or []
                   if c.get("name") != "istio-proxy"]
-    for c in containers:
-        c.setdefault("resources", {})  # Go prints the empty struct
-    existing_inits = [c for c in out_spec.get("initContainers") or []
+    existing_inits = [dict(c) for c in out_spec.get("initContainers") or []
                       if c.get("name") not in ("istio-init", "istio-proxy")]
+    for c in containers + existing_inits:
+        c.setdefault("resources", {})  # Go prints the empty struct
     if native:
         # reorderPod: istio-init, then the proxy, then the pod's own init containers
         out_spec["initContainers"] = [*init, proxy, *existing_inits]
@@ -337,11 +447,20 @@ def inject_pod(meta: dict[str, Any], spec: dict[str, Any], workload: Workload, i
         # the proxy last among containers; iptables set up after the pod's init containers
         out_spec["initContainers"] = [*existing_inits, *init]
         out_spec["containers"] = [*containers, proxy]
+    if annotations.get("sidecar.istio.io/rewriteAppHTTPProbers", "true").lower() not in (
+            "false", "0", "f"):
+        # applyRewrite, after the template: every container but the proxy, inits first
+        port = int(status_port) if status_port.isdigit() else 15020
+        everything = [*out_spec["initContainers"], *out_spec["containers"]]
+        probers = rewrite_app_probes(everything, port)
+        if probers:
+            proxy["env"].append({"name": "ISTIO_KUBE_APP_PROBERS", "value": probers})
     if not out_spec["initContainers"]:
         out_spec.pop("initContainers")
+    # the strategic merge of the template puts its volumes first, the pod's after
     names = {v.get("name") for v in volumes}
-    out_spec["volumes"] = [v for v in out_spec.get("volumes") or []
-                           if v.get("name") not in names] + volumes
+    out_spec["volumes"] = volumes + [v for v in out_spec.get("volumes") or []
+                                     if v.get("name") not in names]
 
     out_labels = {**labels,
                   "security.istio.io/tlsMode": labels.get("security.istio.io/tlsMode",
@@ -387,6 +506,11 @@ def inject_object(obj: dict[str, Any], image: str = DEFAULT_IMAGE,
     workload = Workload(str(meta.get("name") or ""), str(meta.get("namespace") or ""),
                         str(obj.get("apiVersion") or ""), kind)
     out = copy.deepcopy(obj)
+    if kind == "List":
+        out["items"] = [inject_object(i, image, mesh) if isinstance(i, dict) else i
+                        for i in out.get("items") or []]
+        out.setdefault("metadata", {})
+        return out
     if kind == "Pod":
         holder: dict[str, Any] = out
     elif kind in TEMPLATE_KINDS:
@@ -398,11 +522,15 @@ def inject_object(obj: dict[str, Any], image: str = DEFAULT_IMAGE,
         return out
     pod_meta, pod_spec = holder.get("metadata") or {}, holder.get("spec") or {}
     if _skip(pod_meta, pod_spec):
-        return out
-    holder["metadata"], holder["spec"] = inject_pod(pod_meta, pod_spec, workload, image, mesh)
-    if kind == "Deployment":
-        out["spec"].setdefault("strategy", {})
-    out.setdefault("status", {})
+        for c in (pod_spec.get("initContainers") or []) + (pod_spec.get("containers") or []):
+            c.setdefault("resources", {})
+    else:
+        holder["metadata"], holder["spec"] = inject_pod(pod_meta, pod_spec, workload, image,
+                                                        mesh)
+    # what Go prints for the kind's zero-valued fields when istioctl writes it back
+    for key, value in _ZERO_SPEC.get(kind, {}).items():
+        out["spec"].setdefault(key, copy.deepcopy(value))
+    out.setdefault("status", dict(_ZERO_STATUS.get(kind, {})))
     return out
 
 
