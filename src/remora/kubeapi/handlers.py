@@ -417,8 +417,25 @@ class Handler:
 
     def _update(self, req: Request, t: Target) -> Response:
         obj = self._body(req, t)
-        existed = self._exists(t)
-        return self._store(req, t, obj, created=not existed)
+        try:
+            _, live = self._one(t)
+        except ApiError:
+            return self._store(req, t, obj, created=True)
+        self._precondition(obj, live, t)
+        return self._store(req, t, obj, created=False)
+
+    @staticmethod
+    def _precondition(obj: dict[str, Any], live: dict[str, Any], t: Target) -> None:
+        """Optimistic concurrency: a write that names a resourceVersion must name the live
+        one (`kubectl replace`/`edit` of a stale copy gets the apiserver's 409)."""
+        given = (obj.get("metadata") or {}).get("resourceVersion")
+        if given and str(given) != live["metadata"].get("resourceVersion"):
+            r = t.resource
+            raise ApiError(409, f'Operation cannot be fulfilled on {r.plural}'
+                           f'{"." + r.group if r.group else ""} "{t.name}": the object has '
+                           "been modified; please apply your changes to the latest version "
+                           "and try again", reason="Conflict",
+                           details={"name": t.name, "group": r.group, "kind": r.plural})
 
     def _writable(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The stored form of an object (what a patch applies to): no status, no fields
@@ -443,6 +460,7 @@ class Handler:
             return self._store(req, t, obj, created=True)
         obj = patches.apply_patch(content_type, self._writable(raw), req.body)
         self._check_identity(obj, t)
+        self._precondition(obj, self._one(t)[1], t)  # a patch may name a version too
         return self._store(req, t, obj, created=False)
 
     def _delete(self, req: Request, t: Target) -> Response:

@@ -231,6 +231,14 @@ def test_patch_kinds_and_delete(api: Handler) -> None:
     scaled = call(api, "PATCH", url, [{"op": "replace", "path": "/spec/replicas", "value": 3}],
                   content_type="application/json-patch+json").json()
     assert scaled["spec"]["replicas"] == 3
+    # a write naming a stale resourceVersion is refused, the current one accepted
+    stale = dict(after, spec={**after["spec"], "replicas": 5})
+    conflict = call(api, "PUT", url, stale)
+    assert conflict.status == 409 and conflict.json()["reason"] == "Conflict"
+    assert "the object has been modified" in conflict.json()["message"]
+    fresh = call(api, "GET", url).json()
+    replaced = call(api, "PUT", url, dict(fresh, spec={**fresh["spec"], "replicas": 5}))
+    assert replaced.status == 200 and replaced.json()["spec"]["replicas"] == 5
     dry = call(api, "DELETE", url + "?dryRun=All")
     assert dry.status == 200 and call(api, "GET", url).status == 200
     gone = call(api, "DELETE", url)
