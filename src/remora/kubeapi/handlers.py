@@ -410,7 +410,7 @@ class Handler:
             raise ApiError(422, f"{t.resource.kind} is invalid: metadata.name: Required value")
         named = Target(t.resource, t.version, obj["metadata"].get("namespace"), name, None)
         if self._exists(named):
-            raise ApiError(409, f'{t.resource.plural}{"." + t.resource.group if t.resource.group else ""} "{name}" already exists',  # noqa: E501
+            raise ApiError(409, f'{t.resource.qualified} "{name}" already exists',
                            details={"name": name, "group": t.resource.group,
                                     "kind": t.resource.plural})
         return self._store(req, named, obj, created=True)
@@ -431,8 +431,8 @@ class Handler:
         given = (obj.get("metadata") or {}).get("resourceVersion")
         if given and str(given) != live["metadata"].get("resourceVersion"):
             r = t.resource
-            raise ApiError(409, f'Operation cannot be fulfilled on {r.plural}'
-                           f'{"." + r.group if r.group else ""} "{t.name}": the object has '
+            raise ApiError(409, f'Operation cannot be fulfilled on {r.qualified} '
+                           f'"{t.name}": the object has '
                            "been modified; please apply your changes to the latest version "
                            "and try again", reason="Conflict",
                            details={"name": t.name, "group": r.group, "kind": r.plural})
