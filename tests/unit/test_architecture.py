@@ -33,13 +33,14 @@ ALLOWED: dict[str, set[str]] = {
     "apps": set(),
     "node": {"errors", "netns", "resources"},
     "lab": {"errors", "netns", "resources", "capture", "controlplane", "node"},
+    "kubeapi": {"errors", "resources", "controlplane", "node", "lab"},
     "cli": {"errors", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
-            "diagnose.live", "apps", "node", "lab"},
+            "diagnose.live", "apps", "node", "lab", "kubeapi"},
     "__main__": {"cli"},
 }
 PURE = ("errors", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
         "apps")
-RUNTIME = ("lab", "node", "cli", "diagnose.live")
+RUNTIME = ("lab", "node", "cli", "diagnose.live", "kubeapi")
 
 
 def group_of(module: str) -> str:

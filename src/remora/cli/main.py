@@ -43,6 +43,8 @@ COMMANDS: dict[str, str] = {
     "rollout": "remora.cli.lab:rollout",
     "proxy-config": "remora.cli.proxy_config:proxy_config",
     "node": "remora.cli.node:node",
+    "kubeconfig": "remora.cli.kubeapi:kubeconfig",
+    "kube-inject": "remora.cli.kube_inject:kube_inject",
 }
 
 

@@ -67,6 +67,8 @@ def cluster_snapshot(cluster: ClusterSnapshot) -> Snapshot:
 
 
 class MeshSetup(PodSetup):
+    daemon_services = ("remora.kubeapi.daemon_hook:start",)  # kubectl's API (docs/kubeapi.md)
+
     def __init__(self) -> None:
         self.snapshot = Snapshot()
         self._ca: CertificateAuthority | None = None

@@ -68,7 +68,8 @@ class Daemon:
         if NodeClient(self.config.state_dir).alive():
             raise RemoraError(f"a node daemon already serves {self.config.state_dir}",
                               "use it, or stop it first (`remora down` removes the lab)")
-        rt = Runtime(self.config, hooks.load(self.pod_setup))
+        setup = hooks.load(self.pod_setup)
+        rt = Runtime(self.config, setup)
         self.runtime = rt
         await asyncio.to_thread(rt.start)  # pyroute2 runs its own loop: not on this one
         done = asyncio.Event()
@@ -92,6 +93,9 @@ class Daemon:
 
         api = Api(rt, on_down)
         server = await api.serve(self.config.socket_path)
+        # e.g. the lab's Kubernetes API (docs/kubeapi.md); None when it cannot start
+        services = [s for name in setup.daemon_services
+                    if (s := await hooks.load_service(name)(api, self.config.state_dir))]
         self.config.pid_path.write_text(f"{os.getpid()}\n")
         self._thread = threading.Thread(target=self._loop, args=(rt,), name="reconciler",
                                         daemon=True)
@@ -101,6 +105,8 @@ class Daemon:
             await done.wait()
         finally:
             server.close()
+            for service in services:
+                service.close()
             await asyncio.to_thread(self.stop_reconciler)
             with contextlib.suppress(FileNotFoundError):
                 if self.config.state_dir.exists():

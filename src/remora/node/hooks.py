@@ -24,9 +24,10 @@ so the lab can plug in without the node runtime importing it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from remora.errors import UsageError
 from remora.node import podspec
@@ -67,8 +68,29 @@ class PodContext:
         return Path("/run/netns") / self.netns
 
 
+class DaemonService(Protocol):
+    """A server the daemon runs beside its socket API until it stops."""
+
+    def close(self) -> None: ...
+
+
+class NodeRequests(Protocol):
+    """The daemon's request handler (remora.node.api.Api): one op dict in, its result."""
+
+    def handle(self, req: dict[str, Any]) -> Any: ...
+
+
+# MODULE:ATTR of `async def start(node_api, state_dir) -> DaemonService | None`
+StartService = Callable[[NodeRequests, Path], Awaitable[DaemonService | None]]
+
+
 class PodSetup:
     """Default setup: no admission changes, containers run their command/args."""
+
+    # Servers the daemon starts beside its socket API, named "module:attribute" like the
+    # PodSetup itself, so the node runtime never imports the layers above it (the lab
+    # names its Kubernetes API here: remora.kubeapi.daemon_hook:start).
+    daemon_services: tuple[str, ...] = ()
 
     def admit(self, pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
         return pod
@@ -101,3 +123,15 @@ def load(target: str | None) -> PodSetup:
         raise UsageError(f"pod setup {target!r} is not a remora.node.hooks.PodSetup",
                          "subclass remora.node.hooks.PodSetup")
     return setup
+
+
+def load_service(target: str) -> StartService:
+    """The start function of a daemon service named "module:attribute"."""
+    module_name, _, attr = target.partition(":")
+    try:
+        start: StartService = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"daemon service {target!r} cannot be loaded ({exc})",
+                         "name an async start(node_api, state_dir) as MODULE:ATTRIBUTE"
+                         ) from None
+    return start

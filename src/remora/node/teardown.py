@@ -23,8 +23,8 @@ from remora.node.config import NodeConfig
 from remora.node.store import Store
 
 STATE_FILES = ("remora.db", "remora.db-wal", "remora.db-shm", "node.sock", "daemon.pid",
-               "daemon.log", "zone.json", "dns.pid", "dns.log")
-STATE_DIRS = ("logs", "pods")
+               "daemon.log", "zone.json", "dns.pid", "dns.log", "kubeconfig")
+STATE_DIRS = ("logs", "pods", "kubeapi", "ca")  # the API's certificate and token; the CA
 
 
 def _processes_in(inodes: set[int]) -> list[tuple[int, int]]:

@@ -1,0 +1,558 @@
+"""The API's request handling, pure over a Backend: a Request in, and out a Response or
+a description of a stream the server edge runs (a watch, a followed log, an exec).
+
+Routes are the apiserver's: /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]] and
+/apis/GROUP/VERSION/...; verbs by method (GET list/get/watch, POST create, PUT update,
+PATCH patch, DELETE delete). Whatever is not served answers with the Status object the
+apiserver would give (404 NotFound for an unknown path or resource, 405 MethodNotAllowed
+for a verb a resource does not support), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from remora.errors import RemoraError
+from remora.kubeapi import openapi, patches, table, views
+from remora.kubeapi import resources as res
+from remora.kubeapi.backend import Backend
+from remora.kubeapi.messages import ApiError, Request, Response, not_found
+from remora.kubeapi.resources import Resource
+from remora.kubeapi.versions import Key, Pair, Versions, key_of, parse_version
+from remora.lab import selectors
+
+NOT_FOUND = "the server could not find the requested resource"
+# what a store object carries that a write must not send back (the apiserver owns it)
+_SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp",
+                  "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds",
+                  "ownerReferences", "selfLink")
+
+
+@dataclass(frozen=True)
+class Target:
+    resource: Resource
+    version: str
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
+@dataclass
+class Watch:
+    """A watch on a list: the server edge polls `Handler.view` and sends `events`."""
+
+    target: Target
+    since: int | None
+    timeout: float | None
+    as_table: bool
+    matches: Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class LogStream:
+    path: Path
+    text: str  # what is there now (tailLines applied); then appended bytes follow
+    namespace: str = "default"
+    pod: str = ""
+    uid: str = ""  # the followed pod's uid: a new pod of the same name ends the stream too
+
+
+@dataclass
+class Exec:
+    argv: list[str]
+    protocol: str
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    tty: bool
+
+
+Result = Response | Watch | LogStream | Exec
+
+
+def _field_selector(text: str) -> Callable[[dict[str, Any]], bool]:
+    reqs: list[tuple[str, str, bool]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        for op, equal in (("!=", False), ("==", True), ("=", True)):
+            if op in part:
+                path, value = part.split(op, 1)
+                reqs.append((path.strip(), value.strip(), equal))
+                break
+        else:
+            raise ApiError(400, f"invalid field selector {text!r}: {part!r} is not "
+                           "FIELD=VALUE or FIELD!=VALUE")
+    return lambda obj: all((views.field_value(obj, p) == v) == eq for p, v, eq in reqs)
+
+
+def _label_selector(text: str) -> Callable[[dict[str, Any]], bool]:
+    try:
+        match = selectors.parse(text)
+    except RemoraError as exc:
+        raise ApiError(400, f"unable to parse requirement: {exc.problem}") from None
+    return lambda obj: match(obj["metadata"].get("labels") or {})
+
+
+class Handler:
+    def __init__(self, backend: Backend, token: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.token = token
+        self.clock = clock
+        self.versions = Versions()
+        self.started = clock()
+
+    # -- entry -------------------------------------------------------------------------
+    def handle(self, req: Request) -> Result:
+        try:
+            self._authenticate(req)
+            return self._route(req)
+        except ApiError as exc:
+            return exc.response()
+        except RemoraError as exc:
+            return ApiError(422, exc.one_line()).response()
+
+    def _authenticate(self, req: Request) -> None:
+        if not self.token:
+            return
+        given = req.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            raise ApiError(401, "Unauthorized")
+
+    def _route(self, req: Request) -> Result:
+        parts = [p for p in req.path.split("/") if p]
+        if req.path in ("/healthz", "/livez", "/readyz"):
+            return Response(200, b"ok", "text/plain")
+        if parts == ["version"]:
+            return Response.of(res.version_info())
+        if parts and parts[0] == "openapi":
+            return openapi.document(parts[1:])
+        discovery = (parts[:1] == ["api"] and len(parts) <= 2) or (
+            parts[:1] == ["apis"] and len(parts) <= 3)
+        if req.method != "GET" and discovery:
+            raise ApiError(405, f"{req.method} is not supported on {req.path}")
+        if parts == ["api"]:
+            return Response.of(res.core_versions())
+        if parts == ["apis"]:
+            return Response.of(res.group_list())
+        if parts == ["api", "v1"]:
+            return Response.of(res.resource_list("", "v1"))
+        if len(parts) == 2 and parts[0] == "apis" and parts[1] in res.groups():
+            return Response.of(res.api_group(parts[1]))
+        if len(parts) == 3 and parts[0] == "apis":
+            found = res.resource_list(parts[1], parts[2])
+            if found is None:
+                raise ApiError(404, NOT_FOUND)
+            return Response.of(found)
+        target = self._target(parts)
+        return self._verb(req, target)
+
+    def _target(self, parts: list[str]) -> Target:
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) > 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise ApiError(404, NOT_FOUND)
+        namespace = None
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise ApiError(404, NOT_FOUND)
+        resource = res.lookup(group, version, rest[0])
+        if resource is None:
+            raise ApiError(404, NOT_FOUND)
+        if namespace is not None and not resource.namespaced:
+            raise ApiError(404, NOT_FOUND)
+        sub = rest[2] if len(rest) == 3 else None
+        if sub is not None and sub not in res.SUBRESOURCES.get(resource.plural, ()):
+            raise ApiError(404, NOT_FOUND)
+        return Target(resource, version, namespace, rest[1] if len(rest) > 1 else None, sub)
+
+    def _verb(self, req: Request, t: Target) -> Result:
+        r = t.resource
+        verbs = set(r.verbs)
+        if t.subresource == "log":
+            if req.method != "GET":
+                raise ApiError(405, f"{req.method} is not supported on pods/log")
+            return self._log(req, t)
+        if t.subresource == "exec":
+            if req.method not in ("GET", "POST"):
+                raise ApiError(405, f"{req.method} is not supported on pods/exec")
+            return self._exec(req, t)
+        method = req.method
+        if t.subresource == "scale":
+            return self._scale(req, t)
+        if t.name is None:
+            if method == "GET" and "list" in verbs:
+                if req.flag("watch"):
+                    return self._watch(req, t)
+                return self._list(req, t)
+            if method == "POST" and "create" in verbs:
+                return self._create(req, t)
+        else:
+            if method == "GET" and "get" in verbs:
+                return self._get(req, t)
+            if t.subresource is not None and method != "GET":
+                raise ApiError(405, f"{method} on {r.plural}/{t.subresource} is not served by "
+                               "the lab (its status is the controllers' own)")
+            if method == "PUT" and "update" in verbs:
+                return self._update(req, t)
+            if method == "PATCH" and "patch" in verbs:
+                return self._patch(req, t)
+            if method == "DELETE" and "delete" in verbs:
+                return self._delete(req, t)
+        raise ApiError(405, f"{method} is not supported on {r.plural}"
+                       f"{' collection' if t.name is None else ''} by the lab "
+                       f"(it serves: {', '.join(sorted(verbs))})")
+
+    # -- reading -----------------------------------------------------------------------
+    def view(self, t: Target) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(node object, served object) pairs of T's resource, stamped with versions.
+
+        Always reads every namespace, so that the version stamps also record deletions;
+        T's namespace is applied after."""
+        r = t.resource
+        kind = r.kind
+        gv = r.group_version if r.group != res.ISTIO_SECURITY else f"{r.group}/{t.version}"
+        if r.store_kind:
+            raw = self.backend.objects(r.store_kind, None)
+            if kind == "Namespace" and not any(n["metadata"]["name"] == "default"
+                                               for n in raw):
+                raw = [{"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "default"}}, *raw]
+            pairs = [(o, views.api_object(kind, gv, o)) for o in raw]
+        elif kind == "CustomResourceDefinition":
+            # installed with the lab: created when this API started
+            served = [views.api_object(kind, gv, {**o, "metadata": {
+                **o["metadata"], "creationTimestamp": self.started}}) for o in res.crds()]
+            pairs = [(o, o) for o in served]
+        else:
+            pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
+            if kind == "ReplicaSet":
+                deployments = [views.api_object("Deployment", "apps/v1", d)
+                               for d in self.backend.objects("Deployment", None)]
+                raw_pods = self.backend.objects("Pod", None)
+                derived = views.replicasets(deployments, raw_pods)
+            else:
+                services = self.backend.objects("Service", None)
+                derived = (views.endpoints(services, pods) if kind == "Endpoints"
+                           else views.endpointslices(services, pods))
+            pairs = [(o, o) for o in derived]
+        self.versions.stamp(kind, [s for _, s in pairs], complete=True)
+        if t.namespace is not None:
+            pairs = [(o, s) for o, s in pairs if s["metadata"].get("namespace") == t.namespace]
+        return pairs
+
+    def _one(self, t: Target) -> tuple[dict[str, Any], dict[str, Any]]:
+        for raw, served in self.view(t):
+            if served["metadata"]["name"] == t.name:
+                return raw, served
+        raise not_found(t.resource.plural, t.name or "", t.resource.group)
+
+    def _matcher(self, req: Request) -> Callable[[dict[str, Any]], bool]:
+        labels = _label_selector(req.arg("labelSelector"))
+        fields = _field_selector(req.arg("fieldSelector"))
+        return lambda obj: labels(obj) and fields(obj)
+
+    def _list(self, req: Request, t: Target) -> Response:
+        match = self._matcher(req)
+        pairs = [(o, s) for o, s in self.view(t) if match(s)]
+        version = str(self.versions.current)
+        if table.wants_table(req.headers.get("accept", "")):
+            return Response.of(table.table(t.resource.kind, pairs, self.clock(), version))
+        return Response.of({"kind": f"{t.resource.kind}List",
+                            "apiVersion": self._group_version(t),
+                            "metadata": {"resourceVersion": version},
+                            "items": [s for _, s in pairs]})
+
+    def _get(self, req: Request, t: Target) -> Response:
+        raw, served = self._one(t)
+        if table.wants_table(req.headers.get("accept", "")):
+            return Response.of(table.table(t.resource.kind, [(raw, served)], self.clock(),
+                                           served["metadata"]["resourceVersion"]))
+        return Response.of(served)
+
+    @staticmethod
+    def _group_version(t: Target) -> str:
+        r = t.resource
+        return f"{r.group}/{t.version}" if r.group else t.version
+
+    def _watch(self, req: Request, t: Target) -> Watch:
+        timeout = req.arg("timeoutSeconds")
+        return Watch(t, parse_version(req.arg("resourceVersion")),
+                     float(timeout) if timeout.isdigit() else None,
+                     table.wants_table(req.headers.get("accept", "")), self._matcher(req))
+
+    def watch_view(self, w: Watch) -> dict[Key, Pair]:
+        """The watch's current view: (node, served) objects that match, by key."""
+        kind = w.target.resource.kind
+        return {key_of(kind, s): (o, s) for o, s in self.view(w.target) if w.matches(s)}
+
+    def watch_start(self, w: Watch) -> tuple[dict[Key, Pair], list[tuple[str, Pair]]]:
+        """The view a watch starts from and its first events: from a version, what changed
+        since (deletions too); without one, every current object as ADDED."""
+        current = self.watch_view(w)
+        if w.since is None:
+            return current, [("ADDED", p) for p in current.values()]
+        changed = [("MODIFIED", p) for p in current.values()
+                   if int(p[1]["metadata"]["resourceVersion"]) > w.since]
+        gone = [("DELETED", (o, o)) for o in self.versions.deleted_since(
+                    w.target.resource.kind, w.since)
+                if (w.target.namespace is None or
+                    o["metadata"].get("namespace") == w.target.namespace) and w.matches(o)]
+        return current, changed + gone
+
+    def watch_event(self, w: Watch, kind: str, pair: Pair, first: bool) -> bytes:
+        body: dict[str, Any] = pair[1]
+        if w.as_table:
+            body = table.table(w.target.resource.kind, [pair], self.clock(),
+                               body["metadata"].get("resourceVersion", ""), with_columns=first)
+        return json.dumps({"type": kind, "object": body}).encode() + b"\n"
+
+    # -- writing -----------------------------------------------------------------------
+    def _body(self, req: Request, t: Target) -> dict[str, Any]:
+        obj = req.json()
+        if not isinstance(obj, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        self._check_identity(obj, t)
+        return obj
+
+    def _check_identity(self, obj: dict[str, Any], t: Target) -> None:
+        r = t.resource
+        if obj.get("kind") != r.kind:
+            raise ApiError(400, f"the object's kind {obj.get('kind')!r} does not match the "
+                           f"resource {r.plural} (kind {r.kind})")
+        gv = self._group_version(t)
+        if obj.get("apiVersion") not in (gv, r.group_version):
+            raise ApiError(400, f"the object's apiVersion {obj.get('apiVersion')!r} does not "
+                           f"match {gv}")
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiError(400, "metadata must be an object")
+        if t.name is not None and meta.get("name", t.name) != t.name:
+            raise ApiError(400, f"the name of the object ({meta.get('name')}) does not match "
+                           f"the name on the URL ({t.name})")
+        if r.namespaced:
+            ns = t.namespace or "default"
+            if meta.get("namespace", ns) != ns:
+                raise ApiError(400, "the namespace of the provided object does not match "
+                               "the namespace sent on the request")
+            meta["namespace"] = ns
+        if not meta.get("name") and meta.get("generateName"):
+            raise ApiError(422, "metadata.generateName is not supported by the lab; "
+                           "give metadata.name")
+
+    def _store(self, req: Request, t: Target, obj: dict[str, Any], created: bool) -> Response:
+        if t.resource.kind == "Pod" and not created and not self._bare_pod(t):
+            raise ApiError(422, f'pod "{t.name}" belongs to a Deployment: change the '
+                           "Deployment's template instead (the lab stores no pod of its own)")
+        meta = obj["metadata"]
+        for f in _SERVER_FIELDS:
+            meta.pop(f, None)
+        obj.pop("status", None)
+        normal, warnings = self.backend.admit([obj])
+        if req.arg("dryRun") != "All":
+            self.backend.apply(normal)
+            t = Target(t.resource, t.version, t.namespace or meta.get("namespace"),
+                       meta["name"], None)
+            served = self._one(t)[1]
+        else:
+            served = self._dry_run_view(t, normal[0])
+        body = json.dumps(served).encode()
+        resp = Response(201 if created else 200, body)
+        resp.warnings = warnings
+        return resp
+
+    def _dry_run_view(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
+        """What a write would have stored, as it would be served (`kubectl diff`,
+        `--dry-run=server`): the live object's server-owned fields carried over."""
+        out = views.api_object(t.resource.kind, self._group_version(t), obj)
+        try:
+            _, live = self._one(Target(t.resource, t.version, obj["metadata"].get("namespace"),
+                                       obj["metadata"]["name"], None))
+        except ApiError:
+            return out
+        if t.resource.kind == "Service":
+            for key in ("clusterIP", "clusterIPs", "type"):
+                if key in live.get("spec", {}):
+                    out.setdefault("spec", {}).setdefault(key, live["spec"][key])
+        for key in ("uid", "creationTimestamp", "resourceVersion", "generation"):
+            if key in live["metadata"]:
+                out["metadata"][key] = live["metadata"][key]
+        if "generation" in live["metadata"] and out.get("spec") != live.get("spec"):
+            out["metadata"]["generation"] = live["metadata"]["generation"] + 1
+        if "status" in live:
+            out["status"] = live["status"]
+        return out
+
+    def _bare_pod(self, t: Target) -> bool:
+        return any(p["metadata"]["name"] == t.name and p["metadata"].get("namespace") ==
+                   t.namespace for p in self.backend.objects("Pod", t.namespace)
+                   if not p["metadata"].get("ownerReferences"))
+
+    def _exists(self, t: Target) -> bool:
+        try:
+            self._one(t)
+        except ApiError:
+            return False
+        return True
+
+    def _create(self, req: Request, t: Target) -> Response:
+        obj = self._body(req, t)
+        name = obj["metadata"].get("name")
+        if not name:
+            raise ApiError(422, f"{t.resource.kind} is invalid: metadata.name: Required value")
+        named = Target(t.resource, t.version, obj["metadata"].get("namespace"), name, None)
+        if self._exists(named):
+            raise ApiError(409, f'{t.resource.qualified} "{name}" already exists',
+                           details={"name": name, "group": t.resource.group,
+                                    "kind": t.resource.plural})
+        return self._store(req, named, obj, created=True)
+
+    def _update(self, req: Request, t: Target) -> Response:
+        obj = self._body(req, t)
+        try:
+            _, live = self._one(t)
+        except ApiError:
+            return self._store(req, t, obj, created=True)
+        self._precondition(obj, live, t)
+        return self._store(req, t, obj, created=False)
+
+    @staticmethod
+    def _precondition(obj: dict[str, Any], live: dict[str, Any], t: Target) -> None:
+        """Optimistic concurrency: a write that names a resourceVersion must name the live
+        one (`kubectl replace`/`edit` of a stale copy gets the apiserver's 409)."""
+        given = (obj.get("metadata") or {}).get("resourceVersion")
+        if given and str(given) != live["metadata"].get("resourceVersion"):
+            r = t.resource
+            raise ApiError(409, f'Operation cannot be fulfilled on {r.qualified} '
+                           f'"{t.name}": the object has '
+                           "been modified; please apply your changes to the latest version "
+                           "and try again", reason="Conflict",
+                           details={"name": t.name, "group": r.group, "kind": r.plural})
+
+    def _writable(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The stored form of an object (what a patch applies to): no status, no fields
+        the server owns, no `remora` block."""
+        obj = {k: v for k, v in raw.items() if k not in ("remora", "status")}
+        obj["metadata"] = {k: v for k, v in raw["metadata"].items() if k not in _SERVER_FIELDS}
+        spec = obj.get("spec")
+        if raw.get("kind") == "Service" and isinstance(spec, dict):
+            obj["spec"] = {k: v for k, v in spec.items() if k != "clusterIPs"}
+        return obj
+
+    def _patch(self, req: Request, t: Target) -> Response:
+        content_type = req.headers.get("content-type", "")
+        try:
+            raw, _ = self._one(t)
+        except ApiError:
+            if not content_type.startswith(patches.APPLY):
+                raise
+            # server-side apply creates what is not there
+            obj = patches.apply_patch(content_type, {}, req.body)
+            self._check_identity(obj, t)
+            return self._store(req, t, obj, created=True)
+        obj = patches.apply_patch(content_type, self._writable(raw), req.body)
+        self._check_identity(obj, t)
+        self._precondition(obj, self._one(t)[1], t)  # a patch may name a version too
+        return self._store(req, t, obj, created=False)
+
+    def _delete(self, req: Request, t: Target) -> Response:
+        _, served = self._one(t)
+        kind = t.resource.store_kind
+        if req.arg("dryRun") != "All":
+            self.backend.delete(kind, t.namespace or "", t.name or "")
+        if kind == "Pod":
+            served["metadata"]["deletionTimestamp"] = views.iso(self.clock())
+        return Response.of(served)
+
+    def _scale(self, req: Request, t: Target) -> Response:
+        """deployments/scale (autoscaling/v1 Scale), what `kubectl scale` patches."""
+        whole = Target(t.resource, t.version, t.namespace, t.name, None)
+        raw, served = self._one(whole)
+
+        def scale(d: dict[str, Any]) -> dict[str, Any]:
+            return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                    "metadata": {k: d["metadata"][k] for k in (
+                        "name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                        if k in d["metadata"]},
+                    "spec": {"replicas": d["spec"]["replicas"]},
+                    "status": {"replicas": d.get("status", {}).get("replicas", 0),
+                               "selector": ",".join(f"{k}={v}" for k, v in (
+                                   d["spec"].get("selector", {}).get("matchLabels") or {})
+                                   .items())}}
+
+        if req.method == "GET":
+            return Response.of(scale(served))
+        if req.method == "PATCH":
+            wanted = patches.apply_patch(req.headers.get("content-type", ""), scale(served),
+                                         req.body)
+        elif req.method == "PUT":
+            wanted = req.json()
+        else:
+            raise ApiError(405, f"{req.method} is not supported on deployments/scale")
+        replicas = (wanted.get("spec") or {}).get("replicas") if isinstance(wanted, dict) \
+            else None
+        if not isinstance(replicas, int) or replicas < 0:
+            raise ApiError(422, "Scale is invalid: spec.replicas: must be a whole number "
+                           "of 0 or more")
+        obj = self._writable(raw)
+        obj.setdefault("spec", {})["replicas"] = replicas
+        self._store(req, whole, obj, created=False)
+        return Response.of(scale(self._one(whole)[1]))
+
+    # -- pods/log and pods/exec --------------------------------------------------------
+    def pod_alive(self, stream: LogStream) -> bool:
+        """Is the pod a followed log belongs to still there? (kubelet ends `logs -f` when
+        the pod goes; a new pod of the same name is another pod.)"""
+        return any(p["metadata"]["name"] == stream.pod and
+                   p["metadata"].get("uid") == stream.uid and
+                   not p["metadata"].get("deletionTimestamp")
+                   for p in self.backend.objects("Pod", stream.namespace))
+
+    def _log(self, req: Request, t: Target) -> Result:
+        tail = req.arg("tailLines")
+        if tail and not tail.lstrip("-").isdigit():
+            raise ApiError(400, f"tailLines {tail!r} is not a number")
+        _, served = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        try:
+            got = self.backend.logs(t.namespace or "default", t.name or "",
+                                    req.arg("container") or None, req.flag("previous"),
+                                    int(tail) if tail else None)
+        except RemoraError as exc:  # an unknown container: the apiserver's 400
+            raise ApiError(400, exc.problem) from None
+        if req.flag("follow"):
+            return LogStream(got.path, got.text, t.namespace or "default", t.name or "",
+                             str(served["metadata"].get("uid", "")))
+        return Response(200, got.text.encode(), "text/plain")
+
+    def _exec(self, req: Request, t: Target) -> Exec:
+        upgrade = req.headers.get("upgrade", "").lower()
+        if upgrade.startswith("spdy"):
+            raise ApiError(400, "exec over SPDY is not served by the lab: use a client that "
+                           "speaks WebSocket v5.channel.k8s.io (kubectl 1.30 or later)")
+        if upgrade != "websocket":
+            raise ApiError(400, "exec needs a WebSocket upgrade (Upgrade: websocket, "
+                           "Sec-WebSocket-Protocol: v5.channel.k8s.io)")
+        offered = [p.strip() for p in req.headers.get("sec-websocket-protocol", "").split(",")]
+        protocol = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io")
+                         if p in offered), None)
+        if protocol is None:
+            raise ApiError(400, "exec: none of the offered WebSocket subprotocols "
+                           f"({', '.join(offered)}) is served; use v5.channel.k8s.io")
+        command = req.query.get("command") or []
+        if not command:
+            raise ApiError(400, "exec: you must specify at least one command for the "
+                           "container")
+        self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        argv = self.backend.exec_argv(t.namespace or "default", t.name or "",
+                                      req.arg("container") or None)
+        return Exec([*argv, *command], protocol, req.flag("stdin"),
+                    req.flag("stdout") or "stdout" not in req.query, req.flag("stderr") or
+                    "stderr" not in req.query, req.flag("tty"))

@@ -1,0 +1,95 @@
+"""Requests, responses and Kubernetes' Status objects (metav1.Status), pure values.
+
+Every error the API returns is a Status with the HTTP code, reason and message the
+apiserver uses (k8s.io/apimachinery/pkg/api/errors): kubectl prints its message as
+`Error from server (NotFound): ...`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+           405: "MethodNotAllowed", 406: "NotAcceptable", 409: "AlreadyExists",
+           415: "UnsupportedMediaType", 422: "Invalid", 500: "InternalError"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+    @classmethod
+    def parse(cls, method: str, target: str, headers: dict[str, str],
+              body: bytes = b"") -> Request:
+        path, _, qs = target.partition("?")
+        return cls(method.upper(), path, parse_qs(qs, keep_blank_values=True), headers, body)
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def flag(self, name: str) -> bool:
+        return self.arg(name).lower() in ("true", "1")
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"the request body is not JSON: {exc}") from None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    warnings: list[str] = field(default_factory=list)  # sent as `Warning: 299 - "..."`
+
+    @classmethod
+    def of(cls, obj: Any, status: int = 200) -> Response:
+        return cls(status, json.dumps(obj).encode())
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class ApiError(Exception):
+    """An error answered as a Status object."""
+
+    def __init__(self, code: int, message: str, reason: str = "",
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason or REASONS.get(code, "Unknown")
+        self.details = details
+
+    def status(self) -> dict[str, Any]:
+        return status_object(self.code, self.message, self.reason, self.details)
+
+    def response(self) -> Response:
+        return Response.of(self.status(), self.code)
+
+
+def status_object(code: int, message: str, reason: str = "",
+                  details: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Success" if code < 400 else "Failure",
+                           "message": message, "reason": reason or REASONS.get(code, ""),
+                           "code": code}
+    if details:
+        out["details"] = details
+    return out
+
+
+def not_found(resource: str, name: str, group: str = "") -> ApiError:
+    what = f"{resource}.{group}" if group else resource
+    return ApiError(404, f'{what} "{name}" not found',
+                    details={"name": name, "group": group, "kind": resource})

@@ -1,0 +1,344 @@
+"""The API's I/O edge: HTTPS on loopback, HTTP/1.1 (keep-alive, chunked streams), and the
+streams the handlers describe — watches (polling the store), followed logs and WebSocket
+exec. Everything else is remora.kubeapi.handlers, run in a worker thread per request (the
+store's reads are SQLite, one connection per thread).
+
+ALPN offers only http/1.1: Go's client then speaks HTTP/1.1, which exec's WebSocket
+upgrade needs anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from remora.kubeapi import websocket as ws
+from remora.kubeapi.certs import Credentials
+from remora.kubeapi.handlers import Exec, Handler, LogStream, Watch
+from remora.kubeapi.messages import ApiError, Request, Response, status_object
+from remora.kubeapi.versions import events
+
+log = logging.getLogger("remora.kubeapi")
+MAX_HEAD = 64 * 1024
+MAX_BODY = 16 * 1024 * 1024
+WATCH_POLL = 0.5
+LOG_POLL = 0.2
+POD_CHECK = 10  # a followed log checks every 10 polls (2 s) that its pod is still there
+REASON = {200: "OK", 201: "Created", 101: "Switching Protocols", 400: "Bad Request",
+          401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+          415: "Unsupported Media Type", 422: "Unprocessable Entity",
+          500: "Internal Server Error"}
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    except asyncio.LimitOverrunError:
+        raise ApiError(400, "request head too large") from None
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        method, target, _ = lines[0].split(" ", 2)
+    except ValueError:
+        raise ApiError(400, f"bad request line {lines[0]!r}") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            name = name.strip().lower()
+            headers[name] = f"{headers[name]}, {value.strip()}" if name in headers \
+                else value.strip()
+    body = b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            body += await reader.readexactly(size + 2)
+            body = body[:-2]
+            if len(body) > MAX_BODY:
+                raise ApiError(400, "request body too large")
+    elif headers.get("content-length"):
+        length = int(headers["content-length"])
+        if length > MAX_BODY:
+            raise ApiError(400, "request body too large")
+        body = await reader.readexactly(length)
+    return Request.parse(method, target, headers, body)
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASON.get(status, 'Status')}"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class KubeApiServer:
+    def __init__(self, handler: Handler, creds: Credentials) -> None:
+        self.handler = handler
+        self.creds = creds
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.port = 0
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.creds.cert), str(self.creds.key))
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._connection, host, port,
+                                                  ssl=self._ssl(), limit=MAX_HEAD)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            while True:
+                try:
+                    req = await _read_request(reader)
+                except ApiError as exc:
+                    await self._respond(writer, exc.response(), close=True)
+                    return
+                if req is None:
+                    return
+                keep = await self._serve(req, reader, writer)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ClientGone, ssl.SSLError):
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("kubeapi connection failed")
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve(self, req: Request, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> bool:
+        try:
+            result = await asyncio.to_thread(self.handler.handle, req)
+        except Exception as exc:  # a bug must still answer as the apiserver would
+            log.exception("kubeapi handler failed on %s %s", req.method, req.path)
+            result = Response.of(status_object(500, f"internal error: {exc!r}"), 500)
+        close = req.headers.get("connection", "").lower() == "close"
+        if isinstance(result, Response):
+            await self._respond(writer, result, close)
+            return not close
+        if isinstance(result, Watch):
+            await self._watch(result, reader, writer)
+        elif isinstance(result, LogStream):
+            await self._follow(result, reader, writer)
+        else:
+            await self._exec(req, result, reader, writer)
+        return False
+
+    async def _respond(self, writer: asyncio.StreamWriter, resp: Response,
+                       close: bool) -> None:
+        headers = [("Content-Type", resp.content_type),
+                   ("Content-Length", str(len(resp.body))),
+                   ("Cache-Control", "no-cache, private")]
+        headers += [("Warning", '299 - "' + w.replace('"', "'") + '"') for w in resp.warnings]
+        if close:
+            headers.append(("Connection", "close"))
+        writer.write(_head(resp.status, headers) + resp.body)
+        await writer.drain()
+
+    @staticmethod
+    def _chunk(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n" if data else b""
+
+    async def _stream_head(self, writer: asyncio.StreamWriter, content_type: str) -> None:
+        writer.write(_head(200, [("Content-Type", content_type),
+                                 ("Transfer-Encoding", "chunked"),
+                                 ("Cache-Control", "no-cache, private")]))
+        await writer.drain()
+
+    @staticmethod
+    def _gone(reader: asyncio.StreamReader) -> asyncio.Task[bytes]:
+        # a streaming client sends nothing more: EOF means it went away
+        return asyncio.ensure_future(reader.read(1))
+
+    async def _watch(self, w: Watch, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        view, first = await asyncio.to_thread(self.handler.watch_start, w)
+        await self._stream_head(writer, "application/json")
+        gone = self._gone(reader)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + w.timeout if w.timeout else None
+        sent = 0
+        try:
+            pending = first
+            while True:
+                for kind, obj in pending:
+                    writer.write(self._chunk(self.handler.watch_event(w, kind, obj,
+                                                                      sent == 0)))
+                    sent += 1
+                await writer.drain()
+                wait = WATCH_POLL if deadline is None else min(WATCH_POLL,
+                                                               deadline - loop.time())
+                if wait <= 0:
+                    break
+                done, _ = await asyncio.wait({gone}, timeout=wait)
+                if done:
+                    return
+                current = await asyncio.to_thread(self.handler.watch_view, w)
+                pending = events(view, current)
+                view = current
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            gone.cancel()
+
+    async def _follow(self, stream: LogStream, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await self._stream_head(writer, "text/plain")
+        gone = self._gone(reader)
+        path: Path = stream.path
+        handle: BinaryIO | None = None
+        try:
+            writer.write(self._chunk(stream.text.encode()))
+            await writer.drain()
+            inode = None
+            try:
+                st = path.stat()
+                handle = open(path, "rb")  # noqa: SIM115 - followed across polls
+                handle.seek(0, os.SEEK_END)
+                inode = st.st_ino
+            except OSError:
+                pass
+            polls = 0
+            while True:
+                done, _ = await asyncio.wait({gone}, timeout=LOG_POLL)
+                if done:
+                    return
+                polls += 1
+                if polls % POD_CHECK == 0 and not await asyncio.to_thread(
+                        self.handler.pod_alive, stream):
+                    if handle is not None:  # the last lines, then the end of the stream
+                        writer.write(self._chunk(handle.read()))
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    return
+                try:
+                    now_inode: int | None = path.stat().st_ino
+                except OSError:
+                    now_inode = None
+                if now_inode is not None and now_inode != inode:  # a restart replaced the file
+                    if handle is not None:
+                        writer.write(self._chunk(handle.read()))
+                        handle.close()
+                    handle, inode = open(path, "rb"), now_inode  # noqa: SIM115
+                if handle is not None:
+                    writer.write(self._chunk(handle.read()))
+                    await writer.drain()
+        finally:
+            gone.cancel()
+            if handle is not None:
+                handle.close()
+
+    async def _exec(self, req: Request, ex: Exec, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
+        key = req.headers.get("sec-websocket-key", "")
+        writer.write(_head(101, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                 ("Sec-WebSocket-Accept", ws.accept_key(key)),
+                                 ("Sec-WebSocket-Protocol", ex.protocol)]))
+        await writer.drain()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *ex.argv, stdin=asyncio.subprocess.PIPE if ex.stdin else
+                asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT if ex.tty else asyncio.subprocess.PIPE,
+                start_new_session=True)
+        except OSError as exc:
+            writer.write(ws.channel(ws.ERROR, json.dumps(status_object(
+                500, f"exec: cannot start {ex.argv[-1]!r}: {exc.strerror}")).encode()))
+            writer.write(ws.close_frame())
+            await writer.drain()
+            return
+        lock = asyncio.Lock()
+
+        async def send(data: bytes) -> None:
+            async with lock:
+                writer.write(data)
+                await writer.drain()
+
+        async def pump(stream: asyncio.StreamReader | None, channel: int, wanted: bool) -> None:
+            if stream is None:
+                return
+            while chunk := await stream.read(32 * 1024):
+                if wanted:
+                    await send(ws.channel(channel, chunk))
+
+        async def client() -> None:
+            buffer = b""
+            while True:
+                data = await reader.read(64 * 1024)
+                if not data:
+                    if proc.returncode is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(proc.pid, 15)
+                    return
+                buffer += data
+                while True:
+                    frame, used = ws.parse(buffer)
+                    if frame is None:
+                        break
+                    buffer = buffer[used:]
+                    if frame.opcode == ws.OP_PING:
+                        await send(ws.frame(ws.OP_PONG, frame.payload))
+                    elif frame.opcode == ws.OP_CLOSE:
+                        if proc.returncode is None:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.killpg(proc.pid, 15)
+                        return
+                    elif frame.opcode in (ws.OP_BINARY, ws.OP_CONT) and frame.payload:
+                        stream, payload = frame.payload[0], frame.payload[1:]
+                        if stream == ws.STDIN and proc.stdin is not None:
+                            proc.stdin.write(payload)
+                            await proc.stdin.drain()
+                        elif stream == ws.CLOSE and payload[:1] == bytes([ws.STDIN]) and \
+                                proc.stdin is not None:
+                            proc.stdin.close()
+
+        reading = asyncio.ensure_future(client())
+        try:
+            await asyncio.gather(pump(proc.stdout, ws.STDOUT, ex.stdout),
+                                 pump(proc.stderr, ws.STDERR, ex.stderr))
+            code = await proc.wait()
+            await send(ws.channel(ws.ERROR, json.dumps(ws.exit_status(code)).encode()))
+            await send(ws.close_frame())
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                await asyncio.wait_for(asyncio.shield(reading), 2)
+        finally:
+            reading.cancel()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                await proc.wait()

@@ -1,0 +1,97 @@
+"""Server-side printing: meta.k8s.io/v1 Table for `kubectl get`, which asks for it with
+`Accept: application/json;as=Table;v=v1;g=meta.k8s.io` and prints the cells as given
+(columns with priority > 0 only with `-o wide`; NAMESPACE is added by kubectl for -A).
+
+The cells are those of `remora get` (remora.lab.tables, kubectl's own columns), so both
+print the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from remora.lab import tables
+
+Row = Callable[[dict[str, Any], float], list[str]]
+
+
+def _ep_row(o: dict[str, Any], now: float) -> list[str]:
+    eps = [f"{a['ip']}:{p['port']}" for s in o.get("subsets") or []
+           for a in s.get("addresses") or [] for p in s.get("ports") or []]
+    shown = ",".join(eps[:3]) + (f" + {len(eps) - 3} more..." if len(eps) > 3 else "")
+    return [o["metadata"]["name"], shown or "<none>", tables.age(o, now)]
+
+
+def _rs_row(o: dict[str, Any], now: float) -> list[str]:
+    st, spec = o.get("status") or {}, o.get("spec") or {}
+    containers = (spec.get("template") or {}).get("spec", {}).get("containers") or []
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    return [o["metadata"]["name"], str(spec.get("replicas", 0)), str(st.get("replicas", 0)),
+            str(st.get("readyReplicas", 0)), tables.age(o, now),
+            ",".join(c["name"] for c in containers),
+            ",".join(str(c.get("image", "")) for c in containers),
+            ",".join(f"{k}={v}" for k, v in selector.items())]
+
+
+def _slice_row(o: dict[str, Any], now: float) -> list[str]:
+    ports = ",".join(str(p["port"]) for p in o.get("ports") or []) or "<unset>"
+    addrs = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
+    return [o["metadata"]["name"], o.get("addressType", "IPv4"), ports,
+            ",".join(addrs) or "<unset>", tables.age(o, now)]
+
+
+def _crd_row(o: dict[str, Any], now: float) -> list[str]:
+    return [o["metadata"]["name"], str(o["metadata"].get("creationTimestamp") or "")]
+
+
+DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
+    "CustomResourceDefinition": (["Name", "Created At"], [], _crd_row),
+    "Endpoints": (["Name", "Endpoints", "Age"], [], _ep_row),
+    "ReplicaSet": (["Name", "Desired", "Current", "Ready", "Age"],
+                   ["Containers", "Images", "Selector"], _rs_row),
+    "EndpointSlice": (["Name", "AddressType", "Ports", "Endpoints", "Age"], [], _slice_row),
+}
+
+
+def _title(header: str) -> str:
+    return "-".join(w.capitalize() for w in header.split("-")) if header.isupper() else header
+
+
+def columns(kind: str) -> list[dict[str, Any]]:
+    if kind in tables.HEADERS:
+        head, extra, _ = tables.HEADERS[kind]
+    else:
+        head, extra, _ = DERIVED[kind]
+    out = []
+    for i, name in enumerate([*head, *extra]):
+        out.append({"name": _title(name), "type": "string",
+                    "format": "name" if i == 0 else "", "description": "",
+                    "priority": 0 if i < len(head) else 1})
+    return out
+
+
+def cells(kind: str, obj: dict[str, Any], now: float) -> list[str]:
+    if kind in tables.HEADERS:
+        return tables.HEADERS[kind][2](obj, now, True)
+    return DERIVED[kind][2](obj, now)
+
+
+def partial(obj: dict[str, Any]) -> dict[str, Any]:
+    """The row's object: PartialObjectMetadata, kubectl's default includeObject."""
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj["metadata"]}
+
+
+def table(kind: str, rows: list[tuple[dict[str, Any], dict[str, Any]]], now: float,
+          resource_version: str, with_columns: bool = True) -> dict[str, Any]:
+    """ROWS: (the node's object, for the cells; the served object, for metadata)."""
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": resource_version},
+            "columnDefinitions": columns(kind) if with_columns else [],
+            "rows": [{"cells": cells(kind, raw, now), "object": partial(served)}
+                     for raw, served in rows]}
+
+
+def wants_table(accept: str) -> bool:
+    return "as=Table" in accept

@@ -1,0 +1,228 @@
+"""The store's objects as the API serves them (pure): metadata the apiserver would add
+(uid, creationTimestamp, resourceVersion), defaults it would apply (Deployment replicas
+and conditions, Pod conditions, Namespace phase), and the kinds derived from the store
+rather than stored: Endpoints, EndpointSlices and ReplicaSets.
+
+The node's objects carry a top-level `remora` block for the remora CLI's columns; the
+API drops it (tables are rendered before it goes). Container statuses keep their
+`remora.pid`, as `remora get -o json` shows it.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import uuid
+from typing import Any
+
+from remora.node import controller
+
+_UID_NAMESPACE = uuid.UUID("5f1d3a0e-6b7c-4c8e-9a51-72656d6f7261")
+
+
+def iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stable_uid(kind: str, namespace: str, name: str, created: Any) -> str:
+    """A uid for a stored object: the same on every read, a new one when the object is
+    deleted and created again (its creation time differs), as an apiserver's uid."""
+    return str(uuid.uuid5(_UID_NAMESPACE, f"{kind}/{namespace}/{name}/{created}"))
+
+
+def _meta(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    meta = dict(obj.get("metadata") or {})
+    created = meta.get("creationTimestamp")
+    meta.setdefault("uid", stable_uid(kind, meta.get("namespace", ""), meta.get("name", ""),
+                                      created))
+    if isinstance(created, (int, float)):
+        meta["creationTimestamp"] = iso(float(created))
+    elif created is None:
+        meta["creationTimestamp"] = None
+    return meta
+
+
+def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """One store object (from the node's `get`) as the API shows it."""
+    out = {k: copy.deepcopy(v) for k, v in obj.items() if k != "remora"}
+    out["apiVersion"] = out.get("apiVersion") or group_version
+    out["kind"] = kind
+    out["metadata"] = _meta(out, kind)
+    if kind == "Namespace":
+        out["status"] = {"phase": "Active"}
+    elif kind == "Deployment":
+        _deployment(out)
+    elif kind == "Pod":
+        _pod(out)
+    return out
+
+
+def _deployment(d: dict[str, Any]) -> None:
+    spec = d.setdefault("spec", {})
+    spec.setdefault("replicas", 1)  # the apiserver's default (apps/v1 SetDefaults_Deployment)
+    spec.setdefault("strategy", {"type": "RollingUpdate",
+                                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    status = d.setdefault("status", {})
+    available = status.get("availableReplicas", 0) >= spec["replicas"]
+    now = d["metadata"].get("creationTimestamp")
+    status["conditions"] = [
+        {"type": "Available", "status": "True" if available else "False",
+         "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+         "message": "Deployment has minimum availability." if available else
+         "Deployment does not have minimum availability.",
+         "lastUpdateTime": now, "lastTransitionTime": now},
+        {"type": "Progressing", "status": "True",
+         "reason": "NewReplicaSetAvailable" if status.get("updatedReplicas", 0) ==
+         spec["replicas"] and available else "ReplicaSetUpdated",
+         "message": f'ReplicaSet "{replicaset_name(d)}" is progressing.',
+         "lastUpdateTime": now, "lastTransitionTime": now},
+    ]
+
+
+def replicaset_name(d: dict[str, Any]) -> str:
+    return f"{d['metadata']['name']}-{controller.template_hash(d)}"
+
+
+def _pod(p: dict[str, Any]) -> None:
+    status = p.setdefault("status", {})
+    start = status.get("startTime")
+    inits = status.get("initContainerStatuses") or []
+    initialized = all((c.get("state") or {}).get("terminated", {}).get("exitCode") == 0
+                      for c in inits)
+    ready = bool(status.get("ready"))
+
+    def cond(kind: str, ok: bool) -> dict[str, Any]:
+        return {"type": kind, "status": "True" if ok else "False", "lastProbeTime": None,
+                "lastTransitionTime": start}
+
+    status["conditions"] = [cond("PodScheduled", True), cond("Initialized", initialized),
+                            cond("ContainersReady", ready), cond("Ready", ready)]
+    status.setdefault("qosClass", "BestEffort")
+    owners = p["metadata"].get("ownerReferences") or []
+    labels = p["metadata"].get("labels") or {}
+    if owners and owners[0].get("kind") == "Deployment" and \
+            controller.TEMPLATE_HASH_LABEL in labels:
+        # a Deployment's pods belong to its ReplicaSet, as on a cluster
+        p["metadata"]["ownerReferences"] = [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "name": f"{owners[0]['name']}-{labels[controller.TEMPLATE_HASH_LABEL]}",
+            "controller": True, "blockOwnerDeletion": True,
+            "uid": stable_uid("ReplicaSet", p["metadata"].get("namespace", ""),
+                              f"{owners[0]['name']}-{labels[controller.TEMPLATE_HASH_LABEL]}",
+                              "")}]
+
+
+def replicasets(deployments: list[dict[str, Any]],
+                pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ReplicaSet per Deployment template in use: the current one (even with no pod)
+    and each older template that still has pods, named <deployment>-<pod-template-hash>."""
+    out = []
+    for d in deployments:
+        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        current = controller.template_hash(d)
+        owned = [p for p in pods if p["metadata"].get("namespace") == ns and
+                 (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name and
+                 (p["metadata"].get("ownerReferences") or [{}])[0].get("kind") == "Deployment"]
+        older = {(p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, "")
+                 for p in owned} - {current, ""}
+        hashes = [current, *sorted(older)]
+        for h in hashes:
+            mine = [p for p in owned if (p["metadata"].get("labels") or {}).get(
+                controller.TEMPLATE_HASH_LABEL) == h and not p["metadata"].get(
+                "deletionTimestamp")]
+            want = controller.replicas(d) if h == current else 0
+            template = copy.deepcopy(d.get("spec", {}).get("template") or {})
+            if h != current and mine:
+                template = {"metadata": {"labels": mine[0]["metadata"].get("labels") or {}},
+                            "spec": mine[0].get("spec") or {}}
+            labels = {**((template.get("metadata") or {}).get("labels") or {}),
+                      controller.TEMPLATE_HASH_LABEL: h}
+            template.setdefault("metadata", {})["labels"] = labels
+            ready = sum(1 for p in mine if p["status"].get("ready"))
+            selector = copy.deepcopy(d.get("spec", {}).get("selector") or {})
+            selector.setdefault("matchLabels", {})[controller.TEMPLATE_HASH_LABEL] = h
+            rs_name = f"{name}-{h}"
+            out.append({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
+                             "uid": stable_uid("ReplicaSet", ns, rs_name, ""),
+                             "creationTimestamp": d["metadata"].get("creationTimestamp"),
+                             "annotations": {"deployment.kubernetes.io/desired-replicas":
+                                             str(controller.replicas(d))},
+                             "ownerReferences": [{
+                                 "apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                                 "uid": d["metadata"].get("uid", ""), "controller": True,
+                                 "blockOwnerDeletion": True}]},
+                "spec": {"replicas": want, "selector": selector, "template": template},
+                "status": {"replicas": len(mine), "readyReplicas": ready,
+                           "availableReplicas": ready, "fullyLabeledReplicas": len(mine),
+                           "observedGeneration": 1}})
+    return out
+
+
+def endpoints(services: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """core/v1 Endpoints of each Service: its Ready pods (the controllers' own choice)."""
+    out = []
+    for s in services:
+        meta = s["metadata"]
+        eps = controller.endpoints(s, pods)
+        subsets = []
+        if eps:
+            addresses: dict[str, dict[str, Any]] = {}
+            ports: dict[tuple[str, int], dict[str, Any]] = {}
+            for e in eps:
+                addresses[e["ip"]] = {"ip": e["ip"], "targetRef": {
+                    "kind": "Pod", "namespace": meta["namespace"], "name": e["pod"]}}
+                port = {"port": e["port"], "protocol": e["protocol"]}
+                if e["name"]:
+                    port["name"] = e["name"]
+                ports[(e["name"], e["port"])] = port
+            subsets.append({"addresses": [addresses[k] for k in sorted(addresses)],
+                            "ports": list(ports.values())})
+        out.append({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                                 "labels": dict(meta.get("labels") or {}),
+                                 "uid": stable_uid("Endpoints", meta["namespace"],
+                                                   meta["name"], meta.get("creationTimestamp")),
+                                 "creationTimestamp": meta.get("creationTimestamp")},
+                    "subsets": subsets})
+    return out
+
+
+def endpointslices(services: list[dict[str, Any]],
+                   pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """discovery.k8s.io/v1 EndpointSlices: one per Service, named <service>-remora, with
+    the `kubernetes.io/service-name` label clients select them by."""
+    out = []
+    for s in services:
+        meta = s["metadata"]
+        eps = controller.endpoints(s, pods)
+        by_ip: dict[str, str] = {e["ip"]: e["pod"] for e in eps}
+        ports = {(e["name"], e["port"], e["protocol"]) for e in eps}
+        name = f"{meta['name']}-remora"
+        out.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": meta["namespace"],
+                         "labels": {"kubernetes.io/service-name": meta["name"],
+                                    "endpointslice.kubernetes.io/managed-by": "remora"},
+                         "uid": stable_uid("EndpointSlice", meta["namespace"], name,
+                                           meta.get("creationTimestamp")),
+                         "creationTimestamp": meta.get("creationTimestamp")},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True,
+                                                            "terminating": False},
+                           "targetRef": {"kind": "Pod", "namespace": meta["namespace"],
+                                         "name": by_ip[ip]}} for ip in sorted(by_ip)],
+            "ports": [{"name": n, "port": p, "protocol": proto}
+                      for n, p, proto in sorted(ports)]})
+    return out
+
+
+def field_value(obj: dict[str, Any], path: str) -> str:
+    """The value of a field selector's field (metadata.name, status.phase, ...)."""
+    cur: Any = obj
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return "" if cur is None else str(cur)

@@ -1,0 +1,426 @@
+"""The lab's Kubernetes API judged by clients no one here wrote: the machine's `kubectl`
+(1.32) and the official `kubernetes` Python client, against one real lab (one daemon for
+the whole module, its own state dir and prefix).
+
+The seed's story the kubectl way: apply the seed's manifests unchanged, get -A -o wide,
+logs -l / -c istio-proxy / -f, exec iptables, patch to TPROXY and rollout status, the
+app then sees the client's address, delete. The remora CLI reads the same store
+throughout. Errors come back as Kubernetes' Status objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from remora.lab.testing import TempLab
+from tests.datafiles import data_path
+
+pytestmark = pytest.mark.netns
+
+KUBECTL = shutil.which("kubectl")
+NAMESPACES = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo-to
+  labels:
+    istio-injection: enabled
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo-from
+  labels:
+    istio-injection: enabled
+"""
+TPROXY = ('{"spec":{"template":{"metadata":{"annotations":'
+          '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')
+
+
+class Kube:
+    def __init__(self, lab: TempLab, kubeconfig: Path, cache: Path) -> None:
+        self.lab = lab
+        self.kubeconfig = kubeconfig
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+                    # kubectl's discovery cache, away from the user's ~/.kube/cache
+                    "KUBECACHEDIR": str(cache)}
+        self.config = yaml.safe_load(kubeconfig.read_text())
+
+    def kubectl(self, *args: str, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        assert KUBECTL is not None
+        proc = subprocess.run([KUBECTL, *args], capture_output=True, text=True, env=self.env,
+                              timeout=timeout, check=False)
+        if check:
+            assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+        return proc
+
+    def raw(self, method: str, path: str, headers: dict[str, str] | None = None,
+            token: bool = True) -> tuple[int, dict[str, Any]]:
+        """A request of our own, for what kubectl does not send (bad paths, SPDY)."""
+        cluster = self.config["clusters"][0]["cluster"]
+        ctx = ssl.create_default_context(cadata=base64.b64decode(
+            cluster["certificate-authority-data"]).decode())
+        req = urllib.request.Request(cluster["server"] + path, method=method,
+                                     headers=dict(headers or {}))
+        if token:
+            req.add_header("Authorization", f"Bearer {self.config['users'][0]['user']['token']}")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    if KUBECTL is None:
+        pytest.skip("needs kubectl on PATH")
+    with TempLab() as lab:
+        up = lab.remora(*lab.up_args())
+        assert up.returncode == 0, up.stderr
+        path = lab.remora("kubeconfig")
+        assert path.returncode == 0, path.stderr
+        kubeconfig = Path(path.stdout.strip())
+        assert kubeconfig == lab.state_dir / "kubeconfig"
+        assert oct(kubeconfig.stat().st_mode & 0o777) == "0o600"  # it holds the token
+        yield Kube(lab, kubeconfig, tmp_path_factory.mktemp("kube-cache"))
+        lab.close()
+        assert lab.leftovers() == []
+
+
+def server_pods(kube: Kube) -> list[str]:
+    """The server's pods that are not terminating."""
+    items = json.loads(kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server",
+                                    "-o", "json").stdout)["items"]
+    return [p["metadata"]["name"] for p in items if "deletionTimestamp" not in p["metadata"]]
+
+
+def server_pod(kube: Kube) -> str:
+    names = eventually(lambda: (n := server_pods(kube)) and len(n) == 1 and n)
+    assert names and len(names) == 1, server_pods(kube)
+    return str(names[0])
+
+
+def eventually(fn: Any, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.3)
+
+
+def test_apply_seed_unchanged_then_get_wide(kube: Kube, tmp_path: Path) -> None:
+    (tmp_path / "ns.yaml").write_text(NAMESPACES)
+    out = kube.kubectl("apply", "-f", str(tmp_path / "ns.yaml")).stdout
+    assert "namespace/demo-to created" in out and "namespace/demo-from created" in out
+    out = kube.kubectl("apply", "-f", str(data_path("resources", "server.yaml")),
+                       "-f", str(data_path("resources", "client.yaml"))).stdout
+    assert "deployment.apps/simple-server created" in out
+    assert "service/simple-server-svc created" in out
+    assert "deployment.apps/simple-client created" in out
+    for ns, name in (("demo-to", "simple-server"), ("demo-from", "simple-client")):
+        rollout = kube.kubectl("rollout", "status", "-n", ns, f"deployment/{name}",
+                               "--timeout", "60s", timeout=90).stdout
+        assert f'deployment "{name}" successfully rolled out' in rollout
+    # applying the same files again changes nothing (client-side apply's 3-way patch)
+    again = kube.kubectl("apply", "-f", str(data_path("resources", "server.yaml"))).stdout
+    assert "deployment.apps/simple-server unchanged" in again
+    assert "service/simple-server-svc unchanged" in again
+    # kubectl diff: a server-side dry run, compared with the live object
+    assert kube.kubectl("diff", "-f", str(data_path("resources", "server.yaml")),
+                        check=False).returncode == 0
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(data_path("resources", "server.yaml").read_text().replace(
+        "  - port: 18080", "  - port: 18081", 1))
+    diff = kube.kubectl("diff", "-f", str(moved), check=False)
+    assert diff.returncode == 1, diff.stderr
+    changed = [line for line in diff.stdout.splitlines()
+               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == ["-  generation: 1", "+  generation: 2", "-  - port: 18080",
+                       "+  - port: 18081"], diff.stdout
+
+    table = kube.kubectl("get", "pods", "-A", "-o", "wide").stdout.splitlines()
+    assert table[0].split() == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE",
+                                "IP", "NODE"]
+    rows = {r.split()[1]: r.split() for r in table[1:]}
+    # the remora CLI reads the same store: the same pods, addresses and nodes
+    mine = kube.lab.remora("get", "pods", "-A", "-o", "wide").stdout.splitlines()[1:]
+    assert {r.split()[1]: (r.split()[0], r.split()[6], r.split()[7]) for r in mine} == {
+        name: (r[0], r[6], r[7]) for name, r in rows.items()}
+    assert all(r[2] == "2/2" and r[3] == "Running" for r in rows.values()), rows
+    svc = kube.kubectl("get", "svc", "-n", "demo-to").stdout.splitlines()
+    assert svc[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert re.match(r"simple-server-svc\s+ClusterIP\s+172\.16\.\d+\.\d+\s+<none>\s+18080/TCP",
+                    svc[1])
+    deploy = kube.kubectl("get", "deploy", "-n", "demo-to", "-o", "json").stdout
+    spec = json.loads(deploy)["items"][0]
+    assert "kubectl.kubernetes.io/last-applied-configuration" in spec["metadata"]["annotations"]
+    ep = kube.kubectl("get", "endpoints", "simple-server-svc", "-n", "demo-to",
+                      "-o", "jsonpath={.subsets[0].addresses[0].ip}").stdout
+    assert ep == rows[server_pod(kube)][6]
+    rs = kube.kubectl("get", "rs", "-n", "demo-to").stdout.splitlines()
+    assert re.match(r"simple-server-[0-9a-f]+\s+1\s+1\s+1\s", rs[1]), rs
+
+
+def test_logs_by_label_sidecar_and_follow(kube: Kube) -> None:
+    app = eventually(lambda: kube.kubectl("logs", "-n", "demo-to", "-l", "web=server").stdout)
+    assert re.search(r"RemoteAddr=127\.0\.0\.6:\d+", app), app
+    assert len(app.splitlines()) <= 10  # -l means --tail=10, as on a cluster
+    proxy = eventually(lambda: "inbound|18080||" in kube.kubectl(
+        "logs", "-n", "demo-to", "-l", "web=server", "-c", "istio-proxy").stdout)
+    assert proxy
+    one = kube.kubectl("logs", "-n", "demo-to", server_pod(kube), "--tail", "1").stdout
+    assert len(one.splitlines()) == 1
+    # -f streams lines written after it started (the client calls once a second)
+    assert KUBECTL is not None
+    follow = subprocess.Popen([KUBECTL, "logs", "-f", "--tail", "0", "-n", "demo-to",
+                               server_pod(kube)], stdout=subprocess.PIPE, text=True,
+                              env=kube.env)
+    try:
+        assert follow.stdout is not None
+        line = follow.stdout.readline()
+        assert "RemoteAddr=" in line
+    finally:
+        follow.kill()
+        follow.wait()
+    code, status = kube.raw("GET", f"/api/v1/namespaces/demo-to/pods/{server_pod(kube)}"
+                            "/log?container=nope")
+    assert code == 400 and "container 'nope' is not valid" in status["message"]
+
+
+def test_exec_iptables_and_exit_code(kube: Kube) -> None:
+    pod = server_pod(kube)
+    nat = kube.kubectl("exec", "-n", "demo-to", pod, "--", "iptables", "-t", "nat", "-L",
+                       "-v").stdout
+    assert "Chain ISTIO_INBOUND" in nat and "REDIRECT" in nat
+    assert re.search(r"ISTIO_IN_REDIRECT\s+tcp\s+--\s+any\s+any\s+anywhere\s+anywhere", nat)
+    failed = kube.kubectl("exec", "-n", "demo-to", pod, "-c", "istio-proxy", "--", "sh", "-c",
+                          "echo out; echo err >&2; exit 3", check=False)
+    assert failed.returncode == 3
+    assert failed.stdout == "out\n" and "err" in failed.stderr
+    piped = subprocess.run([str(KUBECTL), "exec", "-i", "-n", "demo-to", pod, "--", "cat"],
+                           input="through stdin\n", capture_output=True, text=True,
+                           env=kube.env, timeout=30, check=False)
+    assert piped.returncode == 0 and piped.stdout == "through stdin\n", piped.stderr
+
+
+def test_patch_tproxy_rollout_and_the_app_sees_the_client(kube: Kube) -> None:
+    before = server_pod(kube)
+    assert KUBECTL is not None
+    watch = subprocess.Popen([KUBECTL, "get", "pods", "-n", "demo-to", "-l", "web=server",
+                              "-w", "--output-watch-events"], stdout=subprocess.PIPE,
+                             text=True, env=kube.env)
+    try:
+        out = kube.kubectl("patch", "deployment", "-n", "demo-to", "simple-server", "-p",
+                           TPROXY).stdout
+        assert "deployment.apps/simple-server patched" in out
+        rollout = kube.kubectl("rollout", "status", "-n", "demo-to",
+                               "deployment/simple-server", "--timeout", "60s",
+                               timeout=90).stdout
+        assert 'deployment "simple-server" successfully rolled out' in rollout
+        after = eventually(lambda: (p := server_pod(kube)) != before and p)
+        assert after and after != before
+        time.sleep(1.5)  # the watch reads the store every 0.5 s
+    finally:
+        watch.terminate()
+        seen, _ = watch.communicate(timeout=10)
+    # kubectl get -w: Table rows with the event type, the old pod deleted, the new Running
+    events = [line.split() for line in seen.splitlines()[1:]]
+    assert ["ADDED", before] == events[0][:2], seen
+    assert any(e[:2] == ["DELETED", before] for e in events), seen
+    assert any(e[:2] == ["MODIFIED", after] and e[3] == "Running" and e[2] == "2/2"
+               for e in events), seen
+    # the remora CLI sees the patched template in the same store
+    mine = json.loads(kube.lab.remora("get", "deploy", "simple-server", "-n", "demo-to",
+                                      "-o", "json").stdout)
+    annotations = mine["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["sidecar.istio.io/interceptionMode"] == "TPROXY"
+    client_ip = kube.kubectl("get", "pods", "-n", "demo-from", "-o",
+                             "jsonpath={.items[0].status.podIP}").stdout
+    seen = eventually(lambda: re.search(rf"RemoteAddr={re.escape(client_ip)}:\d+",
+                                        kube.kubectl("logs", "-n", "demo-to", after).stdout))
+    assert seen, kube.kubectl("logs", "-n", "demo-to", after).stdout
+    mangle = kube.kubectl("exec", "-n", "demo-to", after, "--", "iptables", "-t", "mangle",
+                          "-L", "-v").stdout
+    assert "ISTIO_TPROXY" in mangle and "TPROXY" in mangle
+    # a JSON patch, as `kubectl patch --type json` sends it
+    kube.kubectl("patch", "deployment", "-n", "demo-to", "simple-server", "--type", "json",
+                 "-p", '[{"op":"add","path":"/metadata/labels","value":{"team":"mesh"}}]')
+    got = kube.kubectl("get", "deploy", "-n", "demo-to", "-l", "team=mesh",
+                       "-o", "name").stdout
+    assert got.strip() == "deployment.apps/simple-server"
+
+
+def test_python_client_list_and_watch(kube: Kube, tmp_path: Path) -> None:
+    kubernetes = pytest.importorskip("kubernetes")
+    api_client = kubernetes.config.new_client_from_config(str(kube.kubeconfig))
+    core = kubernetes.client.CoreV1Api(api_client)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    pods = core.list_pod_for_all_namespaces(label_selector="web=server")
+    assert [p.metadata.namespace for p in pods.items] == ["demo-to"]
+    assert pods.items[0].status.pod_ip.startswith("10.20.")
+    by_field = core.list_namespaced_pod("demo-from", field_selector="status.phase=Running")
+    assert [p.metadata.labels["web"] for p in by_field.items] == ["client"]
+    assert [d.metadata.name for d in apps.list_namespaced_deployment("demo-to").items] == [
+        "simple-server"]
+    start = core.list_namespaced_service("demo-to").metadata.resource_version
+
+    seen: list[tuple[str, str]] = []
+
+    def watch() -> None:
+        w = kubernetes.watch.Watch()
+        for event in w.stream(core.list_namespaced_service, "demo-to",
+                              resource_version=start, timeout_seconds=20):
+            seen.append((event["type"], event["object"].metadata.name))
+            if event["type"] == "DELETED":
+                w.stop()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: extra\n"
+                     "  namespace: demo-to\nspec:\n  selector:\n    web: server\n"
+                     "  ports:\n  - port: 9999\n")
+    time.sleep(1)
+    kube.kubectl("apply", "-f", str(extra))
+    eventually(lambda: ("ADDED", "extra") in seen, 10)
+    kube.kubectl("delete", "-f", str(extra))
+    thread.join(30)
+    assert ("ADDED", "extra") in seen and ("DELETED", "extra") in seen, seen
+    assert ("ADDED", "simple-server-svc") not in seen  # the watch started after the list
+
+    # the client's own exec (WebSocket, v4.channel.k8s.io) and log reads
+    from kubernetes.stream import stream
+
+    pod = server_pod(kube)
+    out = stream(core.connect_get_namespaced_pod_exec, pod, "demo-to",
+                 command=["sh", "-c", "echo hi; echo err >&2"], stderr=True, stdin=False,
+                 stdout=True, tty=False)
+    assert out == "hi\nerr\n"
+    failing = stream(core.connect_get_namespaced_pod_exec, pod, "demo-to",
+                     command=["sh", "-c", "exit 4"], stderr=True, stdin=False, stdout=True,
+                     tty=False, _preload_content=False)
+    failing.run_forever(timeout=10)
+    assert failing.returncode == 4
+    log = core.read_namespaced_pod_log(pod, "demo-to", tail_lines=2)
+    assert len(log.splitlines()) == 2 and "RemoteAddr=" in log
+
+
+def test_istio_policies_as_crds_server_side_apply_and_scale(kube: Kube, tmp_path: Path) -> None:
+    crds = kube.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert sorted(crds) == [
+        "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.security.istio.io",
+        "customresourcedefinition.apiextensions.k8s.io/peerauthentications.security.istio.io"]
+    policy = tmp_path / "ap.yaml"
+    policy.write_text("""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-all-in-lab
+  namespace: demo-to
+spec:
+  selector:
+    matchLabels:
+      web: server
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        ipBlocks: ["10.20.0.0/16"]
+""")
+    assert "authorizationpolicy.security.istio.io/allow-all-in-lab created" in kube.kubectl(
+        "apply", "-f", str(policy)).stdout
+    table = kube.kubectl("get", "ap", "-n", "demo-to").stdout.splitlines()
+    assert table[0].split() == ["NAME", "ACTION", "AGE"]
+    assert table[1].split()[:2] == ["allow-all-in-lab", "ALLOW"]
+    # the remora CLI and the control plane see the same object
+    assert "allow-all-in-lab" in kube.lab.remora("get", "ap", "-n", "demo-to").stdout
+    # a policy the resources layer refuses is refused by the API, with its fix
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(policy.read_text().replace("10.20.0.0/16", "10.20.0.300/32"))
+    refused = kube.kubectl("apply", "-f", str(bad), check=False)
+    assert refused.returncode != 0 and "invalid IP address or CIDR" in refused.stderr
+    kube.kubectl("delete", "-f", str(policy))
+    assert "allow-all-in-lab" not in kube.lab.remora("get", "ap", "-n", "demo-to").stdout
+
+    ssa = kube.kubectl("apply", "--server-side", "-f",
+                       str(data_path("resources", "server.yaml"))).stdout
+    assert "deployment.apps/simple-server serverside-applied" in ssa
+    kube.kubectl("scale", "-n", "demo-to", "deployment/simple-server", "--replicas=2")
+    kube.kubectl("rollout", "status", "-n", "demo-to", "deployment/simple-server",
+                 "--timeout", "60s", timeout=90)
+    assert len(kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server",
+                            "-o", "name").stdout.split()) == 2
+    kube.kubectl("scale", "-n", "demo-to", "deployment/simple-server", "--replicas=1")
+    assert eventually(lambda: len(kube.kubectl("get", "pods", "-n", "demo-to", "-l",
+                                               "web=server", "-o", "name").stdout.split())
+                      == 1, 30)
+
+
+def test_errors_are_kubernetes_status_objects(kube: Kube) -> None:
+    unknown = kube.kubectl("get", "configmaps", check=False)
+    assert unknown.returncode != 0
+    assert 'the server doesn\'t have a resource type "configmaps"' in unknown.stderr
+    code, status = kube.raw("GET", "/api/v1/namespaces/demo-to/configmaps")
+    assert code == 404 and status["kind"] == "Status" and status["reason"] == "NotFound"
+    code, status = kube.raw("GET", "/api/v1/namespaces/demo-to/pods/nope")
+    assert (code, status["reason"], status["message"]) == (404, "NotFound",
+                                                           'pods "nope" not found')
+    code, status = kube.raw("DELETE", "/apis/apps/v1/namespaces/demo-to/replicasets/x")
+    assert code == 405 and status["reason"] == "MethodNotAllowed"
+    code, status = kube.raw("GET", "/api/v1/pods", token=False)
+    assert code == 401 and status["reason"] == "Unauthorized"
+    pod = server_pod(kube)
+    code, status = kube.raw("POST", f"/api/v1/namespaces/demo-to/pods/{pod}/exec?command=ls",
+                            {"Upgrade": "SPDY/3.1", "Connection": "Upgrade"})
+    assert code == 400 and "SPDY" in status["message"] and "v5.channel.k8s.io" in \
+        status["message"]
+    bad = kube.kubectl("rollout", "restart", "deployment/nope", "-n", "demo-to", check=False)
+    assert bad.returncode != 0 and "NotFound" in bad.stderr
+
+
+def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
+    # a Deployment's pod deleted is replaced, as on a cluster
+    doomed = server_pod(kube)
+    assert KUBECTL is not None
+    following = subprocess.Popen([KUBECTL, "logs", "-f", "-n", "demo-to", doomed],
+                                 stdout=subprocess.DEVNULL, env=kube.env)
+    try:
+        assert f'pod "{doomed}" deleted' in kube.kubectl("delete", "pod", "-n", "demo-to",
+                                                         doomed, timeout=90).stdout
+        # the followed log ends with its pod, as kubelet ends it
+        assert following.wait(timeout=15) == 0
+    finally:
+        following.kill()
+        following.wait()
+    replaced = eventually(lambda: (p := server_pod(kube)) != doomed and p)
+    assert replaced and replaced != doomed
+    out = kube.kubectl("delete", "-f", str(data_path("resources", "server.yaml")),
+                       timeout=90).stdout
+    assert 'deployment.apps "simple-server" deleted' in out
+    assert 'service "simple-server-svc" deleted' in out
+    gone = eventually(lambda: not kube.kubectl("get", "pods", "-n", "demo-to",
+                                               "-o", "name").stdout.strip(), 30)
+    assert gone
+    assert kube.lab.remora("get", "deploy", "-n", "demo-to").stderr.startswith(
+        "No resources found")
+    kube.kubectl("delete", "namespace", "demo-from", timeout=90)
+    assert "demo-from" not in kube.kubectl("get", "ns", "-o", "name").stdout

@@ -1,0 +1,288 @@
+"""The API's request handling over a real node store (desired.apply/delete, the same
+code the daemon's socket API runs), without a daemon: discovery, OpenAPI, create/get/
+list with selectors, Table output, patch, delete, and Kubernetes' Status objects for
+everything refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remora.errors import RemoraError
+from remora.kubeapi.backend import LogRef, admit
+from remora.kubeapi.handlers import Handler, Watch
+from remora.kubeapi.messages import Request, Response
+from remora.lab.images import ImageMap
+from remora.node import desired, views
+from remora.node.ipam import AddressPlan
+from remora.node.store import Store
+
+PLAN = AddressPlan.build()
+NAMESPACE = {"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": "demo-to", "labels": {"istio-injection": "enabled"}}}
+TOKEN = "t0ken"
+SERVER = {"apiVersion": "apps/v1", "kind": "Deployment",
+          "metadata": {"name": "simple-server", "namespace": "demo-to"},
+          "spec": {"selector": {"matchLabels": {"web": "server"}},
+                   "template": {"metadata": {"labels": {"web": "server"}},
+                                "spec": {"containers": [{"name": "demo",
+                                                         "image": "vasth/simple-server"}]}}}}
+SVC = {"apiVersion": "v1", "kind": "Service",
+       "metadata": {"name": "simple-server-svc", "namespace": "demo-to",
+                    "labels": {"app": "web"}},
+       "spec": {"selector": {"web": "server"}, "ports": [{"port": 18080}]}}
+
+
+class StoreBackend:
+    """The Backend over a node store, as the daemon's Api does it for these kinds."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        items = (views.services(self.store, PLAN) if kind == "Service"
+                 else [] if kind == "Pod" else self.store.list_objects(kind))
+        return [o for o in items if namespace is None or
+                o["metadata"].get("namespace") == namespace]
+
+    def admit(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        return admit(objects, self.objects("Namespace", None), ImageMap())
+
+    def apply(self, objects: list[dict[str, Any]]) -> list[str]:
+        return desired.apply(self.store, PLAN, objects)
+
+    def delete(self, kind: str, namespace: str, name: str) -> list[str]:
+        return desired.delete(self.store, kind, namespace, name)
+
+    def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
+             tail: int | None) -> LogRef:
+        raise RemoraError(f"container {container!r} is not valid for pod {pod}", "")
+
+    def exec_argv(self, namespace: str, pod: str, container: str | None) -> list[str]:
+        return ["ip", "netns", "exec", f"pod-{pod}"]
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Handler:
+    handler = Handler(StoreBackend(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    assert call(handler, "POST", "/api/v1/namespaces", NAMESPACE).status == 201
+    return handler
+
+
+def call(api: Handler, method: str, target: str, body: Any = None,
+         **headers: str) -> Response:
+    hdrs = {"authorization": f"Bearer {TOKEN}", **{k.replace("_", "-"): v
+                                                   for k, v in headers.items()}}
+    data = body if isinstance(body, bytes) else b"" if body is None else json.dumps(
+        body).encode()
+    result = api.handle(Request.parse(method, target, hdrs, data))
+    assert isinstance(result, Response), result
+    return result
+
+
+def test_discovery_documents(api: Handler) -> None:
+    assert call(api, "GET", "/api").json()["versions"] == ["v1"]
+    groups = {g["name"]: g for g in call(api, "GET", "/apis").json()["groups"]}
+    assert set(groups) == {"apps", "discovery.k8s.io", "apiextensions.k8s.io",
+                           "security.istio.io"}
+    assert groups["security.istio.io"]["preferredVersion"]["version"] == "v1"
+    core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}
+    assert core["pods"]["shortNames"] == ["po"] and core["pods"]["namespaced"]
+    assert {"pods/log", "pods/exec", "pods/status"} <= set(core)
+    assert core["endpoints"]["verbs"] == ["get", "list", "watch"]
+    istio = call(api, "GET", "/apis/security.istio.io/v1beta1").json()["resources"]
+    assert {r["name"]: r["shortNames"] for r in istio} == {
+        "peerauthentications": ["pa"], "authorizationpolicies": ["ap"]}
+    assert call(api, "GET", "/version").json()["minor"] == "32"
+
+
+def test_istio_kinds_are_listed_as_crds(api: Handler) -> None:
+    crds = call(api, "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions").json()
+    by_name = {c["metadata"]["name"]: c for c in crds["items"]}
+    assert set(by_name) == {"peerauthentications.security.istio.io",
+                            "authorizationpolicies.security.istio.io"}
+    ap = by_name["authorizationpolicies.security.istio.io"]
+    assert ap["spec"]["names"]["shortNames"] == ["ap"]
+    assert [(v["name"], v["served"], v["storage"]) for v in ap["spec"]["versions"]] == [
+        ("v1", True, True), ("v1beta1", True, False)]
+    assert ap["metadata"]["uid"] and ap["metadata"]["creationTimestamp"]
+    one = call(api, "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+               "peerauthentications.security.istio.io")
+    assert one.status == 200 and one.json()["spec"]["names"]["kind"] == "PeerAuthentication"
+    assert call(api, "DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                "peerauthentications.security.istio.io").status == 405
+
+
+def test_openapi_v3_declares_server_side_field_validation(api: Handler) -> None:
+    index = call(api, "GET", "/openapi/v3").json()["paths"]
+    assert {"api/v1", "apis/apps/v1", "apis/security.istio.io/v1"} <= set(index)
+    url = index["apis/apps/v1"]["serverRelativeURL"]
+    doc = call(api, "GET", url).json()
+    patch = doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]
+    assert patch["x-kubernetes-group-version-kind"] == {"group": "apps", "version": "v1",
+                                                        "kind": "Deployment"}
+    assert {"name": "fieldValidation", "in": "query"}.items() <= patch["parameters"][2].items()
+    assert call(api, "GET", "/openapi/v2").status == 404
+
+
+@pytest.mark.parametrize(("method", "path", "code", "reason"), [
+    ("GET", "/api/v1/namespaces/demo/configmaps", 404, "NotFound"),
+    ("GET", "/apis/batch/v1/jobs", 404, "NotFound"),
+    ("GET", "/api/v1/namespaces/demo/pods/x/attach", 404, "NotFound"),
+    ("GET", "/api/v1/namespaces/demo/namespaces", 404, "NotFound"),
+    ("GET", "/nothing/here", 404, "NotFound"),
+    ("DELETE", "/apis/apps/v1/namespaces/demo/replicasets/x", 405, "MethodNotAllowed"),
+    ("POST", "/api/v1/namespaces/demo/endpoints", 405, "MethodNotAllowed"),
+    ("DELETE", "/api/v1/namespaces/demo/pods", 405, "MethodNotAllowed"),
+    ("PUT", "/apis/apps/v1/namespaces/demo/deployments/x/status", 405, "MethodNotAllowed"),
+    ("POST", "/api", 405, "MethodNotAllowed"),
+    ("GET", "/api/v1/namespaces/demo/pods/nope", 404, "NotFound"),
+])
+def test_refusals_are_status_objects(api: Handler, method: str, path: str, code: int,
+                                     reason: str) -> None:
+    resp = call(api, method, path)
+    status = resp.json()
+    assert resp.status == code
+    assert (status["kind"], status["apiVersion"], status["status"], status["code"],
+            status["reason"]) == ("Status", "v1", "Failure", code, reason)
+    assert status["message"]
+
+
+def test_token_is_required(api: Handler) -> None:
+    for auth in ({}, {"authorization": "Bearer wrong"}):
+        resp = api.handle(Request.parse("GET", "/api/v1/pods", auth))
+        assert isinstance(resp, Response) and resp.status == 401
+        assert resp.json()["reason"] == "Unauthorized"
+
+
+def test_create_get_conflict_list_with_selectors(api: Handler) -> None:
+    made = call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    assert made.status == 201
+    body = made.json()
+    assert body["metadata"]["uid"] and body["metadata"]["resourceVersion"]
+    assert body["spec"]["replicas"] == 1  # the apiserver's default
+    again = call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    assert again.status == 409 and again.json()["reason"] == "AlreadyExists"
+    assert call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC).status == 201
+    svc = call(api, "GET", "/api/v1/namespaces/demo-to/services/simple-server-svc").json()
+    assert svc["spec"]["clusterIP"].startswith("172.16.")
+    listed = call(api, "GET", "/api/v1/services?labelSelector=app%3Dweb").json()
+    assert listed["kind"] == "ServiceList" and len(listed["items"]) == 1
+    assert call(api, "GET", "/api/v1/services?labelSelector=app%3Ddb").json()["items"] == []
+    by_name = call(api, "GET", "/apis/apps/v1/deployments?fieldSelector=metadata.name%3D"
+                   "simple-server").json()["items"]
+    assert [d["metadata"]["name"] for d in by_name] == ["simple-server"]
+    assert call(api, "GET", "/apis/apps/v1/deployments?fieldSelector=metadata.namespace"
+                "%21%3Ddemo-to").json()["items"] == []
+    assert call(api, "GET", "/api/v1/pods?labelSelector=a+in+(").status == 400
+    names = [n["metadata"]["name"] for n in call(api, "GET", "/api/v1/namespaces").json()
+             ["items"]]
+    assert names == ["default", "demo-to"]
+
+
+def test_an_invalid_object_is_refused_with_the_fix(api: Handler) -> None:
+    bad = json.loads(json.dumps(SVC))
+    bad["spec"]["ports"][0]["port"] = 99999
+    resp = call(api, "POST", "/api/v1/namespaces/demo-to/services", bad)
+    assert resp.status == 422 and resp.json()["reason"] == "Invalid"
+    assert "out of range" in resp.json()["message"] and "fix:" in resp.json()["message"]
+    assert call(api, "GET", "/api/v1/services").json()["items"] == []
+    wrong_ns = call(api, "POST", "/api/v1/namespaces/other/services", SVC)
+    assert wrong_ns.status == 400 and "namespace" in wrong_ns.json()["message"]
+
+
+def test_table_output_as_kubectl_asks_for_it(api: Handler) -> None:
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    t = call(api, "GET", "/api/v1/namespaces/demo-to/services", accept=accept).json()
+    assert t["kind"] == "Table" and t["apiVersion"] == "meta.k8s.io/v1"
+    assert [c["name"].upper() for c in t["columnDefinitions"]] == [
+        "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]
+    assert [c["priority"] for c in t["columnDefinitions"]][-1] == 1  # -o wide only
+    cells = t["rows"][0]["cells"]
+    assert cells[0] == "simple-server-svc" and cells[4] == "18080/TCP"
+    assert t["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    assert t["rows"][0]["object"]["metadata"]["namespace"] == "demo-to"
+
+
+def test_patch_kinds_and_delete(api: Handler) -> None:
+    call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    url = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    before = call(api, "GET", url).json()
+    patch = {"spec": {"template": {"metadata": {"annotations": {
+        "sidecar.istio.io/interceptionMode": "TPROXY"}}}}}
+    resp = call(api, "PATCH", url, patch,
+                content_type="application/strategic-merge-patch+json")
+    assert resp.status == 200
+    after = resp.json()
+    assert after["spec"]["template"]["metadata"]["annotations"] == {
+        "sidecar.istio.io/interceptionMode": "TPROXY"}
+    assert after["spec"]["template"]["spec"]["containers"][0]["name"] == "demo"
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    assert int(after["metadata"]["resourceVersion"]) > int(
+        before["metadata"]["resourceVersion"])
+    bad = call(api, "PATCH", url, {"spec": {"template": {"metadata": {"annotations": {
+        "sidecar.istio.io/interceptionMode": "BOGUS"}}}}},
+        content_type="application/merge-patch+json")
+    assert bad.status == 422 and "interceptionMode" in bad.json()["message"]
+    scaled = call(api, "PATCH", url, [{"op": "replace", "path": "/spec/replicas", "value": 3}],
+                  content_type="application/json-patch+json").json()
+    assert scaled["spec"]["replicas"] == 3
+    # a write naming a stale resourceVersion is refused, the current one accepted
+    stale = dict(after, spec={**after["spec"], "replicas": 5})
+    conflict = call(api, "PUT", url, stale)
+    assert conflict.status == 409 and conflict.json()["reason"] == "Conflict"
+    assert "the object has been modified" in conflict.json()["message"]
+    fresh = call(api, "GET", url).json()
+    replaced = call(api, "PUT", url, dict(fresh, spec={**fresh["spec"], "replicas": 5}))
+    assert replaced.status == 200 and replaced.json()["spec"]["replicas"] == 5
+    dry = call(api, "DELETE", url + "?dryRun=All")
+    assert dry.status == 200 and call(api, "GET", url).status == 200
+    gone = call(api, "DELETE", url)
+    assert gone.status == 200 and gone.json()["metadata"]["name"] == "simple-server"
+    assert call(api, "GET", url).status == 404
+    # server-side apply creates what is not there
+    applied = call(api, "PATCH", url + "?fieldManager=kubectl", SERVER,
+                   content_type="application/apply-patch+yaml")
+    assert applied.status == 201
+
+
+def test_watch_log_and_exec_requests_become_streams(api: Handler) -> None:
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    watch = api.handle(Request.parse("GET", "/api/v1/namespaces/demo-to/services?watch=1&"
+                                     "timeoutSeconds=5",
+                                     {"authorization": f"Bearer {TOKEN}"}))
+    assert isinstance(watch, Watch) and watch.timeout == 5.0
+    _, first = api.watch_start(watch)
+    assert [(k, p[1]["metadata"]["name"]) for k, p in first] == [("ADDED",
+                                                                  "simple-server-svc")]
+    line = json.loads(api.watch_event(watch, "ADDED", first[0][1], True))
+    assert line["type"] == "ADDED" and line["object"]["kind"] == "Service"
+    since = int(first[0][1][1]["metadata"]["resourceVersion"])
+    call(api, "DELETE", "/api/v1/namespaces/demo-to/services/simple-server-svc")
+    later = api.handle(Request.parse(
+        "GET", f"/api/v1/namespaces/demo-to/services?watch=true&resourceVersion={since}",
+        {"authorization": f"Bearer {TOKEN}"}))
+    assert isinstance(later, Watch)
+    _, replay = api.watch_start(later)
+    assert [(k, p[1]["metadata"]["name"]) for k, p in replay] == [("DELETED",
+                                                                   "simple-server-svc")]
+    missing = call(api, "GET", "/api/v1/namespaces/demo-to/pods/p/log?follow=true")
+    assert missing.status == 404 and missing.json()["message"] == 'pods "p" not found'
+
+
+def test_exec_needs_websocket_and_refuses_spdy(api: Handler) -> None:
+    url = "/api/v1/namespaces/demo-to/pods/p/exec?command=ls&stdout=true"
+    spdy = call(api, "POST", url, upgrade="SPDY/3.1", connection="Upgrade")
+    assert spdy.status == 400 and "v5.channel.k8s.io" in spdy.json()["message"]
+    plain = call(api, "POST", url)
+    assert plain.status == 400 and "WebSocket" in plain.json()["message"]
+    old = call(api, "GET", url, upgrade="websocket",
+               sec_websocket_protocol="channel.k8s.io")
+    assert old.status == 400 and "v5.channel.k8s.io" in old.json()["message"]
+    missing = call(api, "GET", url, upgrade="websocket",
+                   sec_websocket_protocol="v5.channel.k8s.io, v4.channel.k8s.io")
+    assert missing.status == 404  # a valid upgrade, but no such pod

@@ -1,0 +1,132 @@
+"""The API's HTTPS edge without a lab (no root): the server on 127.0.0.1 over a real node
+store, its kubeconfig, and real clients — the `kubernetes` Python client and, when the
+machine has it, `kubectl` — for TLS with the lab's CA, the token, keep-alive, Table
+output and a chunked watch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remora.kubeapi import certs
+from remora.kubeapi.handlers import Handler
+from remora.kubeapi.server import KubeApiServer
+from remora.node.store import Store
+from tests.unit.kubeapi.test_handlers import StoreBackend
+
+SERVICE = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo-to
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo-to
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 8080
+"""
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Iterator[Path]:
+    creds = certs.ensure(tmp_path)
+    server = KubeApiServer(Handler(StoreBackend(Store(tmp_path / "remora.db")), creds.token),
+                           creds)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+        yield certs.write_kubeconfig(tmp_path, f"https://127.0.0.1:{port}", creds)
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def test_credentials_are_kept_and_private(tmp_path: Path) -> None:
+    first = certs.ensure(tmp_path)
+    again = certs.ensure(tmp_path)
+    assert first.token == again.token and first.cert.read_bytes() == again.cert.read_bytes()
+    assert oct(first.key.stat().st_mode & 0o777) == "0o600"
+    assert oct((certs.directory(tmp_path) / "token").stat().st_mode & 0o777) == "0o600"
+    assert first.ca_pem == (tmp_path / "ca" / "root-cert.pem").read_bytes()
+
+
+def test_python_client_create_list_watch(kubeconfig: Path) -> None:
+    kubernetes = pytest.importorskip("kubernetes")
+    api_client = kubernetes.config.new_client_from_config(str(kubeconfig))
+    core = kubernetes.client.CoreV1Api(api_client)
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                           "metadata": {"name": "demo-to"}})
+    assert [n.metadata.name for n in core.list_namespace().items] == ["default", "demo-to"]
+    start = core.list_namespaced_service("demo-to").metadata.resource_version
+    seen: list[tuple[str, str]] = []
+
+    def watch() -> None:
+        w = kubernetes.watch.Watch()
+        for event in w.stream(core.list_namespaced_service, "demo-to",
+                              resource_version=start, timeout_seconds=10):
+            seen.append((event["type"], event["object"].metadata.name))
+            w.stop()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    core.create_namespaced_service("demo-to", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080}]}})
+    thread.join(15)
+    assert seen == [("ADDED", "web")]
+    with pytest.raises(kubernetes.client.ApiException) as missing:
+        core.read_namespaced_service("nope", "demo-to")
+    assert missing.value.status == 404
+    no_token = kubernetes.client.Configuration(host=api_client.configuration.host)
+    no_token.ssl_ca_cert = api_client.configuration.ssl_ca_cert
+    bad = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(no_token))
+    with pytest.raises(kubernetes.client.ApiException) as unauthorized:
+        bad.list_namespace()
+    assert unauthorized.value.status == 401
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
+def test_kubectl_apply_get_and_refusals(kubeconfig: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(tmp_path / "kube-cache")}  # not the user's ~/.kube/cache
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+
+    manifest = tmp_path / "svc.yaml"
+    manifest.write_text(SERVICE)
+    applied = kubectl("apply", "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.split("\n")[:2] == ["namespace/demo-to created",
+                                              "service/web created"]
+    assert "service/web unchanged" in kubectl("apply", "-f", str(manifest)).stdout
+    table = kubectl("get", "svc", "-A").stdout.splitlines()
+    assert table[0].split() == ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP",
+                                "PORT(S)", "AGE"]
+    assert table[1].split()[:3] == ["demo-to", "web", "ClusterIP"]
+    assert table[1].split()[5] == "8080/TCP"
+    unknown = kubectl("get", "configmaps")
+    assert unknown.returncode != 0 and 'resource type "configmaps"' in unknown.stderr
+    deleted = kubectl("delete", "service", "web", "-n", "demo-to")
+    assert deleted.returncode == 0, deleted.stderr
+    assert 'service "web" deleted' in deleted.stdout
+    # a Namespace takes its objects with it at once (the lab has no Terminating phase)
+    assert kubectl("delete", "namespace", "demo-to").returncode == 0
+    assert kubectl("get", "ns", "-o", "name").stdout.split() == ["namespace/default"]
