@@ -31,7 +31,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,53 @@ def exchange(port: int, request: bytes, wait: float = 2.0, head: bool = False,
     finally:
         s.close()
     return Answer(out, closed, time.monotonic() - started, parse_responses(out, head))
+
+
+# -- a proxy in front of its own recording backend ---------------------------------------
+@dataclass
+class Target:
+    """One proxy (``kind``) on 127.0.0.1:``port`` in front of ``backend``."""
+
+    kind: str
+    port: int
+    admin: int
+    backend: RecordingBackend
+    proc: Any
+
+    def counter(self, name: str) -> int:
+        """A counter from the admin /stats text (0 when absent)."""
+        from tests.unit.proxy import loopback_proxies as lp
+
+        for line in lp.admin_text(self.admin, "/stats").splitlines():
+            n, sep, v = line.partition(": ")
+            if sep and n == name:
+                return int(v)
+        return 0
+
+    def wait_counter(self, name: str, at_least: int, timeout: float = 3.0) -> int:
+        deadline = time.monotonic() + timeout
+        while (value := self.counter(name)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return value
+
+    def alive(self) -> bool:
+        return bool(self.proc.poll() is None)
+
+
+@contextmanager
+def proxy_target(kind: str, workdir: Path) -> Iterator[Target]:
+    """KIND ("remora" or "envoy") running ``bootstrap`` in front of a new backend."""
+    from tests.unit.proxy import loopback_proxies as lp
+    from tests.unit.proxy.proxy_helpers import free_port
+
+    backend = RecordingBackend()
+    try:
+        port, admin = free_port(), free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = workdir / f"{kind}.json"
+        cfg.write_text(json.dumps(bootstrap(port, admin, backend.port,
+                                            workdir / f"{kind}.log")))
+        with lp.loopback_proxy(kind, cfg, port) as proc:
+            yield Target(kind, port, admin, backend, proc)
+    finally:
+        backend.close()
