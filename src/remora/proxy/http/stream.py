@@ -115,6 +115,10 @@ class ActiveStream:
             return self.local_reply(400, b"", "path_normalization_failed", None, True)
         if absolute and not url.startswith("/"):
             return self.local_reply(404, b"", "absolute_path_rejected")
+        if cfg.normalize_path and "%00" in url.partition("?")[0]:
+            # an encoded NUL cannot be normalized: Envoy refuses it like a fragment (400,
+            # no body, connection closed; checked against Envoy 1.40)
+            return self.local_reply(400, b"", "path_normalization_failed", None, True)
         if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
             normalized = normalize_path(url, cfg.merge_slashes)
             if normalized is None:

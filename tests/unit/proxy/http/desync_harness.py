@@ -10,12 +10,14 @@ answers according to the request path:
 ``/extra-late`` a complete response, and an unsolicited second one 0.2 s later
 ``/204-body``   a 204 followed by bytes in the same write (a 304 for ``/304-body``)
 ``/head-late``  (HEAD) content-length 8, then those 8 body bytes 0.2 s later
+``/head-body``  (HEAD) content-length 8 and those 8 body bytes in the same write
 ``/101``        an unrequested ``101 Switching Protocols``, then silence
 ``/ws``         ``101`` to a websocket upgrade; then records the tunnel
 ``/xchunked``   ``transfer-encoding: xchunked`` with a chunked-looking body
 ``/status099``  status line ``HTTP/1.1 099 Odd``
 ``/bighdr``     a 100 KB response header
 ``/garbage``    bytes that are not HTTP
+``/fuzzresp/K`` the bytes ``scripted[K]``, as they are (the response-side fuzz)
 The misbehaving answers all carry POISON somewhere, so a client that receives someone else's
 leftovers shows it.
 
@@ -139,7 +141,9 @@ class _Conn:
             while True:
                 try:
                     req = self.request()
-                except ValueError:
+                except ValueError as e:
+                    with self.backend.lock:
+                        self.backend.errors.append((self.num, str(e)))
                     s.sendall(_response("400 Bad Request", b"backend: bad request"))
                     return
                 if req is None:
@@ -167,6 +171,8 @@ class _Conn:
             s.sendall(b"HTTP/1.1 204 No Content\r\n\r\n" + late)
         elif path.startswith("/304-body"):
             s.sendall(b"HTTP/1.1 304 Not Modified\r\n\r\n" + late)
+        elif path.startswith("/head-body"):
+            s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n" + POISON)
         elif path.startswith("/head-late"):
             s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
             time.sleep(0.2)
@@ -191,6 +197,8 @@ class _Conn:
         elif path.startswith("/bighdr"):
             s.sendall(b"HTTP/1.1 200 OK\r\nx-big: " + b"p" * 100_000
                       + b"\r\ncontent-length: 8\r\n\r\n" + POISON)
+        elif path.startswith("/fuzzresp/"):
+            s.sendall(self.backend.scripted.get(path.split("/")[2], b""))
         elif path.startswith("/garbage"):
             s.sendall(b"this is not http " + POISON + b"\r\n\r\n")
         else:
@@ -205,6 +213,8 @@ class RecordingBackend:
         self.lock = threading.Lock()
         self.seen: list[Seen] = []
         self.raw: dict[int, bytes] = {}
+        self.errors: list[tuple[int, str]] = []  # what the proxy sent that is not HTTP/1.1
+        self.scripted: dict[str, bytes] = {}  # /fuzzresp/<key>: these bytes, as they are
         self.connections = 0
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -307,6 +317,9 @@ def parse_responses(data: bytes, head: bool = False) -> list[tuple[int, bytes]]:
 
         def on_message_complete(self) -> None:
             st = parser.get_status_code()
+            if st == 101:  # relayed without its upgrade header: llhttp ends it here
+                out.append((st, b""))
+                raise EOFError  # HTTP ends with a 101
             if st >= 200 and not head:
                 out.append((st, b"".join(body)))
 
