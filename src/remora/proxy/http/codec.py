@@ -50,11 +50,13 @@ class CodecError(Exception):
     """A downstream protocol error: Envoy answers ``status`` with ``body``, flag DPE,
     RESPONSE_CODE_DETAILS ``details``, and closes the connection."""
 
-    def __init__(self, status: int, details: str) -> None:
+    def __init__(self, status: int, details: str, body: str | None = None,
+                 flag: str | None = "DPE") -> None:
         super().__init__(details)
         self.status = status
         self.details = details
-        self.body = _REASONS.get(status, "Unknown")
+        self.body = _REASONS.get(status, "Unknown") if body is None else body
+        self.flag = flag
 
 
 # RFC 3986 authority characters as Envoy's HeaderUtility::authorityIsValid accepts them
@@ -182,6 +184,11 @@ class RequestDecoder:
         except httptools.HttpParserError as e:
             self.error = _request_parser_error(str(e))
             raise self.error from None
+
+    @property
+    def head_in_progress(self) -> bool:
+        """A request has begun (its first byte arrived) and its headers are not complete."""
+        return self.current is not None and not self._in_body
 
     def _check_http09(self, data: bytes) -> None:
         """An HTTP/0.9 request line (no version: ``GET /`` and a line end) is complete

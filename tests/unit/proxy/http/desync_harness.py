@@ -257,9 +257,11 @@ class RecordingBackend:
 
 
 # -- the proxy under test ------------------------------------------------------------------
-def bootstrap(port: int, admin: int, backend: int, log: Path) -> dict[str, Any]:
+def bootstrap(port: int, admin: int, backend: int, log: Path,
+              hcm_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The reference sidecar's inbound HTTP connection manager (Istio's, unchanged but for
-    its access-log path), one listener on 127.0.0.1:PORT, everything routed to BACKEND."""
+    its access-log path and HCM_EXTRA), one listener on 127.0.0.1:PORT, everything routed
+    to BACKEND."""
     ref = json.loads(data_path("reference", "envoy-sidecar", "server-redirect.json")
                      .read_text())
     hcm = copy.deepcopy(ref["static_resources"]["listeners"][0]["filter_chains"][1]
@@ -267,6 +269,7 @@ def bootstrap(port: int, admin: int, backend: int, log: Path) -> dict[str, Any]:
     tc = hcm["typed_config"]
     tc["access_log"][0]["typed_config"]["path"] = str(log)
     tc["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "backend"
+    tc.update(hcm_extra or {})
 
     def sock(p: int) -> dict[str, Any]:
         return {"socket_address": {"address": "127.0.0.1", "port_value": p}}
@@ -396,7 +399,8 @@ class Target:
 
 
 @contextmanager
-def proxy_target(kind: str, workdir: Path) -> Iterator[Target]:
+def proxy_target(kind: str, workdir: Path,
+                 hcm_extra: dict[str, Any] | None = None) -> Iterator[Target]:
     """KIND ("remora" or "envoy") running ``bootstrap`` in front of a new backend."""
     from tests.unit.proxy import loopback_proxies as lp
     from tests.unit.proxy.proxy_helpers import free_port
@@ -407,7 +411,7 @@ def proxy_target(kind: str, workdir: Path) -> Iterator[Target]:
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / f"{kind}.json"
         cfg.write_text(json.dumps(bootstrap(port, admin, backend.port,
-                                            workdir / f"{kind}.log")))
+                                            workdir / f"{kind}.log", hcm_extra)))
         with lp.loopback_proxy(kind, cfg, port) as proc:
             yield Target(kind, port, admin, backend, proc)
     finally:

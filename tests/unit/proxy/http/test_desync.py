@@ -192,6 +192,23 @@ def test_bad_request_line_is_answered_and_closed(target: dh.Target, request_byte
     assert a.status == status and a.closed and a.seconds < 1.5, a.data[:200]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_incomplete_request_is_answered_within_request_headers_timeout(
+        kind: str, tmp_path: Path) -> None:
+    """An incomplete request line or head is answered 408 and closed when
+    request_headers_timeout passes (Envoy: ``request header timeout``), never held for
+    the idle timeout."""
+    with dh.proxy_target(kind, tmp_path, {"request_headers_timeout": "0.4s"}) as t:
+        for partial in (b"G", b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1"):
+            a = dh.exchange(t.port, partial, wait=4.0)
+            assert a.status == 408 and a.closed, a.data[:200]
+            assert a.responses[0][1] == b"request header timeout"
+            assert 0.3 < a.seconds < 2.5  # Envoy closes after its delayed_close_timeout
+        ok = dh.exchange(t.port, b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n", wait=2.0,
+                         until_responses=1)
+        assert ok.responses == [(200, dh.ok_body("/ok"))]
+
+
 # -- 7: request trailers never become request headers --------------------------------------
 def test_request_trailers_never_reach_the_head(target: dh.Target) -> None:
     target.backend.reset()
