@@ -325,7 +325,8 @@ class ResponseDecoder:
     and nothing of it reaches any client), as Envoy closes an upstream connection that
     sends anything outside an active request."""
 
-    __slots__ = ("_head_bytes", "_head_only", "_max_header_bytes", "_parser", "chunked",
+    __slots__ = ("_head_bytes", "_head_only", "_head_raw", "_max_header_bytes", "_parser",
+                 "chunked",
                  "complete", "content_length", "headers", "headers_done", "keep_alive",
                  "on_data", "on_headers", "status", "trailing", "upgrade_tail")
 
@@ -334,7 +335,8 @@ class ResponseDecoder:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_request
         self._max_header_bytes = max_header_bytes  # Envoy's max_response_headers_kb: 60
-        self._head_bytes = 0
+        self._head_bytes = 0  # header names and values decoded so far
+        self._head_raw = 0  # bytes received while the head is incomplete
         self.on_headers = on_headers
         self.on_data = on_data
         self.status = 0
@@ -370,9 +372,11 @@ class ResponseDecoder:
                 return
             raise ResponseError(str(e)) from None
         if not self.headers_done:
-            # bytes of a head that has not ended: Envoy's limit counts what was received
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_header_bytes + 4096:
+            # bytes of a head that has not ended: the limit applies to what was received,
+            # also to a header line that never ends (4 KiB for the status line and the
+            # separators the decoded count leaves out)
+            self._head_raw += len(data)
+            if self._head_raw > self._max_header_bytes + 4096:
                 raise ResponseError("response headers too large")
 
     def eof_completes(self) -> bool:

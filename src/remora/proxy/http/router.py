@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from remora.proxy import registry
@@ -219,8 +220,10 @@ class _Forward:
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                pc = PooledConnection(key, up, limits_of(cluster), cluster,
-                                      self._count_protocol_error)
+                # the pool counts stray bytes on it; bound to the stats only, so a pooled
+                # connection keeps nothing of this request alive
+                pc = PooledConnection(key, up, limits_of(cluster), cluster, partial(
+                    router.stats.inc, self.stat + "upstream_cx_protocol_error"))
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address
