@@ -336,6 +336,29 @@ def parse_responses(data: bytes, head: bool = False) -> list[tuple[int, bytes]]:
     return out
 
 
+def response_starts(data: bytes) -> int:
+    """How many responses DATA begins (llhttp's message starts; a body that merely contains
+    HTTP text is not one); -1 when what follows a response is not HTTP at all."""
+    import httptools
+
+    starts = 0
+
+    class Cb:
+        def on_message_begin(self) -> None:
+            nonlocal starts
+            starts += 1
+
+    parser = httptools.HttpResponseParser(Cb())
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as e:
+        if "Upgrade" not in str(e):  # llhttp pauses after a 101: HTTP ends there
+            return -1
+    return starts
+
+
 def exchange(port: int, request: bytes, wait: float = 2.0, head: bool = False,
              until_responses: int = 0) -> Answer:
     """Send REQUEST on a new connection; read until the proxy closes or WAIT passes (or,
