@@ -263,7 +263,9 @@ class RequestDecoder:
         if framing is not None:
             raise framing
         host = req.hmap.get("host")
-        if host is not None and not authority_is_valid(host):
+        # an absolute-form target's own authority replaces Host (and is checked then)
+        if host is not None and not authority_is_valid(host) and (
+                req.url.startswith("/") or "://" not in req.url):
             raise CodecError(400, "http.invalid_authority")
         if req.upgrade:
             # An Upgrade (or CONNECT) request has no body on this hop: what follows its
@@ -401,8 +403,8 @@ class ResponseDecoder:
             return
         p = self._parser
         self.status = status = p.get_status_code()
-        if status < 100:
-            raise ResponseError(f"status {status}")  # Envoy: protocol error (099 -> 502)
+        if not 100 <= status <= 999:  # three digits, 1xx and up (Envoy: 099 -> 502)
+            raise ResponseError(f"status {status}")
         if 100 <= status < 200 and status != 101:
             # 100 Continue and friends: drop them, the final response follows
             self.headers = []

@@ -22,6 +22,7 @@ from remora.proxy.http.headers import (
     escaped_slashes,
     mutate_request,
     normalize_path,
+    split_absolute,
     unescape_slashes,
 )
 from remora.proxy.http.route_config import Route
@@ -85,19 +86,17 @@ class ActiveStream:
         if "host" in nominated:
             authority = None  # Envoy removes it like any nominated header: 400 below
         absolute = False
-        if not url.startswith("/"):
+        if "://" in url and not url.startswith("/"):
             # absolute-form (a proxy request): its authority replaces Host. The authority
             # ends at the first "/", "?" or "#" (RFC 3986 3.2); the rest is the path,
             # which Envoy then refuses unless it starts with "/" (404
             # absolute_path_rejected: ``http://b.example?x=/y`` is not ``/y`` at
             # ``b.example?x=``)
-            scheme_sep = url.find("://")
-            if scheme_sep > 0 and url[:scheme_sep].lower() in ("http", "https"):
-                rest = url[scheme_sep + 3:]
-                end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0),
-                          default=len(rest))
-                authority, url = rest[:end], rest[end:] or "/"
-                absolute = True
+            split = split_absolute(url)
+            if split is None:
+                return self.local_reply(400, b"Bad Request", "http1.invalid_url", "DPE", True)
+            authority, url = split
+            absolute = True
         self.authority = authority or ""
         info = self.info
         hdrs = dict(req.hmap)

@@ -301,6 +301,14 @@ def test_header_limit_is_envoys(target: dh.Target, size: int, status: int) -> No
                     b"5\r\nhello\r\n0\r\n\r\n", 501, True),
     ("te-gzip-chunked", b"POST /ok HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked"
                         b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 501, True),
+    ("percent-00", b"GET /%00ok HTTP/1.1\r\nHost: a\r\n\r\n", 400, True),
+    ("absolute-tilde", b"GET http://~.example/ok HTTP/1.1\r\nHost: a\r\n\r\n", 400, True),
+    ("absolute-empty-port", b"GET http://b:/ok HTTP/1.1\r\nHost: a\r\n\r\n", 400, True),
+    ("absolute-two-authorities", b"GET http://b://b.example/ok HTTP/1.1\r\nHost: a\r\n\r\n",
+     400, True),
+    ("absolute-underscore", b"GET http://b_c/ok HTTP/1.1\r\nHost: a\r\n\r\n", 400, True),
+    ("absolute-ftp", b"GET ftp://b/ok HTTP/1.1\r\nHost: a\r\n\r\n", 400, True),
+    ("absolute-no-host", b"GET http:///ok HTTP/1.1\r\nHost: a\r\n\r\n", 400, True),
 ])
 def test_refused_as_envoy_refuses(target: dh.Target, name: str, request_bytes: bytes,
                                   status: int, closed: bool) -> None:
@@ -318,6 +326,18 @@ def test_refused_as_envoy_refuses(target: dh.Target, name: str, request_bytes: b
     ("two-hosts", b"GET /ok HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "/ok", "a,b"),
     ("te-case", b"POST /ok HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"
                 b"5\r\nhello\r\n0\r\n\r\n", "/ok", "a"),
+    # the target's authority replaces Host, which is then not checked
+    ("absolute-bad-host-header", b"GET http://b.example/okabs HTTP/1.1\r\nHost: a b\r\n\r\n",
+     "/okabs", "b.example"),
+    ("absolute-userinfo", b"GET http://u@b:80/okabs HTTP/1.1\r\nHost: a\r\n\r\n", "/okabs",
+     "b:80"),
+    ("absolute-ipv6", b"GET http://[::1]:80/okabs HTTP/1.1\r\nHost: a\r\n\r\n", "/okabs",
+     "[::1]:80"),
+    # normalize_path: what Envoy's canonicalizer escapes, and what it keeps
+    ("path-escapes", b'GET /ok^{}"<>`|\'[];! HTTP/1.1\r\nHost: a\r\n\r\n',
+     "/ok%5E%7B%7D%22%3C%3E%60%7C'[];!", "a"),
+    ("path-percent-case", b"GET /ok%7c%2a%7e?q=|%7c HTTP/1.1\r\nHost: a\r\n\r\n",
+     "/ok%7c%2a~?q=|%7c", "a"),
 ])
 def test_accepted_as_envoy_accepts(target: dh.Target, name: str, request_bytes: bytes,
                                    target_seen: str, host: str) -> None:
