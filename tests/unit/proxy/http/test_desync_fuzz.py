@@ -156,11 +156,23 @@ def test_fuzzed_requests_remora_forwards_nothing_envoy_refuses() -> None:
 
 
 # -- backend side ---------------------------------------------------------------------------
+def envoy_known_defect(response: bytes) -> bool:
+    """Responses Envoy 1.40 is known to get wrong, left out of its run (remora's run keeps
+    them): an unrequested 101 leaves the next request on that connection unanswered (issue
+    15 item 3, test_desync.py); a status code that is not three digits (``2000``, ``1``)
+    is relayed as ``HTTP/1.1 2000 Unknown``, and after ``1`` whatever follows is relayed
+    as its body. remora answers 502 to both."""
+    for line in response.split(b"\r\n"):
+        if line.startswith(b"HTTP/1.1 "):
+            code = line[9:].split(b" ")[0]
+            if code == b"101" or not (len(code) == 3 and code.isdigit()):
+                return True
+    return False
+
+
 def test_fuzzed_responses_never_reach_another_client(target: dh.Target) -> None:
     responses = [r for r in cases("responses", RESPONSE_SEEDS)
-                 # Envoy 1.40 leaves the next request unanswered after an unrequested 101
-                 # (issue 15 item 3, test_desync.py): not a fuzz finding
-                 if not (target.kind == "envoy" and r.startswith(b"HTTP/1.1 101"))]
+                 if not (target.kind == "envoy" and envoy_known_defect(r))]
     for i, r in enumerate(responses):
         target.backend.scripted[str(i)] = r
     bad: list[str] = []
