@@ -163,7 +163,7 @@ def envoy_known_defect(response: bytes) -> bool:
     is relayed as ``HTTP/1.1 2000 Unknown``, and after ``1`` whatever follows is relayed
     as its body. remora answers 502 to both."""
     for line in response.split(b"\r\n"):
-        if line.startswith(b"HTTP/1.1 "):
+        if line[:7] == b"HTTP/1." and line[8:9] == b" ":
             code = line[9:].split(b" ")[0]
             if code == b"101" or not (len(code) == 3 and code.isdigit()):
                 return True
