@@ -15,6 +15,8 @@ from typing import Protocol
 
 import httptools
 
+from remora.proxy.http.headers import split_absolute
+
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
 # its own phrase for every response, also for upstream ones, and "Unknown" otherwise.
 _REASONS = {
@@ -262,10 +264,17 @@ class RequestDecoder:
         framing = request_framing(req.method, req.hmap)
         if framing is not None:
             raise framing
+        absolute = not req.url.startswith("/") and "://" in req.url
+        if absolute:
+            # Envoy's codec parses an absolute-form target and refuses what its URL
+            # parser does not take (checked against Envoy 1.40)
+            if req.url.partition("://")[0].lower() not in ("http", "https"):
+                raise CodecError(400, "http1.invalid_scheme")
+            if split_absolute(req.url) is None:
+                raise CodecError(400, "http1.invalid_url")
         host = req.hmap.get("host")
-        # an absolute-form target's own authority replaces Host (and is checked then)
-        if host is not None and not authority_is_valid(host) and (
-                req.url.startswith("/") or "://" not in req.url):
+        # an absolute-form target's own authority replaces Host, which is not checked then
+        if host is not None and not absolute and not authority_is_valid(host):
             raise CodecError(400, "http.invalid_authority")
         if req.upgrade:
             # An Upgrade (or CONNECT) request has no body on this hop: what follows its

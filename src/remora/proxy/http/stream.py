@@ -93,8 +93,7 @@ class ActiveStream:
             # absolute_path_rejected: ``http://b.example?x=/y`` is not ``/y`` at
             # ``b.example?x=``)
             split = split_absolute(url)
-            if split is None:
-                return self.local_reply(400, b"Bad Request", "http1.invalid_url", "DPE", True)
+            assert split is not None  # the decoder refused it otherwise
             authority, url = split
             absolute = True
         self.authority = authority or ""

@@ -157,3 +157,17 @@ def test_unrequested_101_ends_http() -> None:
     dec, _ = respond(False, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: foo\r\n"
                             b"connection: upgrade\r\n\r\ntunnel")
     assert dec.complete and dec.status == 101 and dec.upgrade_tail == b"tunnel"
+
+
+@pytest.mark.parametrize("target,details", [
+    (b"ftp://b/x", "http1.invalid_scheme"), (b"http://~.example/x", "http1.invalid_url"),
+    (b"http://b:/x", "http1.invalid_url"), (b"http:///x", "http1.invalid_url"),
+    (b"http://b://c/x", "http1.invalid_url"),
+])
+def test_absolute_form_targets_envoy_refuses(target: bytes, details: str) -> None:
+    assert refused(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n") == (400, details)
+
+
+def test_absolute_form_host_header_is_not_checked() -> None:
+    (req,), _ = decode(b"GET http://u@b:80/x HTTP/1.1\r\nHost: a b\r\n\r\n")
+    assert req.url == "http://u@b:80/x"
