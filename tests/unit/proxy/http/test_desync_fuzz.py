@@ -14,7 +14,7 @@ backend: desync_harness).
 * Randomized shared pool: many clients, each request randomly well-formed or answered by
   a misbehaving backend; every client must receive exactly the response to its own request.
 
-Bounded: REMORA_DESYNC_FUZZ (default 150) mutations per side, seeded by
+Bounded: REMORA_DESYNC_FUZZ (default 200) mutations per side, seeded by
 REMORA_DESYNC_SEED (default 15), so a failure can be replayed; a few seconds per proxy.
 """
 
@@ -30,7 +30,7 @@ import pytest
 
 from tests.unit.proxy.http import desync_harness as dh
 
-COUNT = int(os.environ.get("REMORA_DESYNC_FUZZ", "150"))
+COUNT = int(os.environ.get("REMORA_DESYNC_FUZZ", "200"))
 SEED = int(os.environ.get("REMORA_DESYNC_SEED", "15"))
 WORKERS = 6
 KINDS = [pytest.param("remora"), pytest.param("envoy", marks=pytest.mark.envoy)]
