@@ -15,6 +15,8 @@ from typing import Protocol
 
 import httptools
 
+from remora.proxy.http.headers import split_absolute
+
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
 # its own phrase for every response, also for upstream ones, and "Unknown" otherwise.
 _REASONS = {
@@ -50,11 +52,44 @@ class CodecError(Exception):
     """A downstream protocol error: Envoy answers ``status`` with ``body``, flag DPE,
     RESPONSE_CODE_DETAILS ``details``, and closes the connection."""
 
-    def __init__(self, status: int, details: str) -> None:
+    def __init__(self, status: int, details: str, body: str | None = None,
+                 flag: str | None = "DPE") -> None:
         super().__init__(details)
         self.status = status
         self.details = details
-        self.body = _REASONS.get(status, "Unknown")
+        self.body = _REASONS.get(status, "Unknown") if body is None else body
+        self.flag = flag
+
+
+# RFC 3986 authority characters as Envoy's HeaderUtility::authorityIsValid accepts them
+# (nghttp2's check_authority): unreserved, sub-delims, ":", "[", "]", "@" and "%".
+_AUTHORITY_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:[]@%")
+
+
+def authority_is_valid(value: str) -> bool:
+    """Envoy refuses a Host such as ``a b``, ``a, evil`` or ``"a`` (400
+    http.invalid_authority, checked against Envoy 1.40)."""
+    return all(c in _AUTHORITY_CHARS for c in value)
+
+
+def request_framing(method: str, hmap: dict[str, str]) -> CodecError | None:
+    """Envoy's codec accepts only ``transfer-encoding: chunked`` (any case) and none on a
+    CONNECT: anything else is 501 http1.invalid_transfer_encoding (codec_impl.cc, checked
+    against Envoy 1.40: ``xchunked`` and ``gzip, chunked`` are both refused)."""
+    te = hmap.get("transfer-encoding")
+    if te is not None and (te.strip().lower() != "chunked" or method == "CONNECT"):
+        return CodecError(501, "http1.invalid_transfer_encoding")
+    return None
+
+
+def _request_parser_error(message: str) -> CodecError:
+    """llhttp's error text -> Envoy's answer."""
+    if "can't be present with" in message:
+        return CodecError(400, "http1.content_length_and_chunked_not_allowed")
+    if "Transfer-Encoding" in message:
+        return CodecError(501, "http1.invalid_transfer_encoding")
+    return CodecError(400, "http1.codec_error")
 
 
 class Sink(Protocol):
@@ -109,13 +144,36 @@ class RequestDecoder:
         self.error: CodecError | None = None
         self._header_bytes = 0
         self._url = b""
+        self._url_piece: bytes | None = None  # the URL bytes llhttp gave in this feed
+        self._url_at_end = False  # the last feed ended right after URL bytes
+        # Bytes received while a request head is incomplete (the request line and headers,
+        # complete or not): the size limit applies to these, so a header value that never
+        # ends is refused at the limit instead of being buffered (llhttp hands a value over
+        # only once its line is complete).
+        self._head_received = 0
+        self._in_body = False  # the current message's head is complete
+        self._head_done_in_feed = False
+        # raw head bytes allowed beyond max_header_bytes: the request line and the
+        # ": "/CRLF separators, which the precise per-header count leaves out
+        self._head_slack = 4096 + 4 * max_headers
         self.upgraded = False  # an Upgrade request was decoded: stop parsing HTTP
         self.upgrade_tail = b""
 
     def feed(self, data: bytes) -> None:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
+        self._head_done_in_feed = False
+        self._url_piece = None
         try:
             self._parser.feed_data(data)
+            if not self._in_body and not self._head_done_in_feed:
+                self._head_received += len(data)
+                if self._head_received > self.max_header_bytes + self._head_slack:
+                    raise CodecError(431, "http1.headers_too_large")
+                if self.current is not None:
+                    self._check_http09(data)
+        except CodecError as e:
+            self.error = e
+            raise
         except httptools.HttpParserUpgrade as e:
             # the Upgrade request is complete; the bytes after it belong to the tunnel
             self.upgraded = True
@@ -126,26 +184,55 @@ class RequestDecoder:
                 400, "http1.codec_error")
             raise self.error from None
         except httptools.HttpParserError as e:
-            # Envoy names this one case; every other framing error is http1.codec_error
-            details = ("http1.content_length_and_chunked_not_allowed"
-                       if "can't be present with" in str(e) else "http1.codec_error")
-            self.error = CodecError(400, details)
+            self.error = _request_parser_error(str(e))
             raise self.error from None
+
+    @property
+    def head_in_progress(self) -> bool:
+        """A request has begun (its first byte arrived) and its headers are not complete."""
+        return self.current is not None and not self._in_body
+
+    def _check_http09(self, data: bytes) -> None:
+        """An HTTP/0.9 request line (no version: ``GET /`` and a line end) is complete
+        when its line ends, but llhttp reports nothing until an empty line follows. Envoy
+        answers it at once (426, accept_http_10 is off); so do we. llhttp leaves the
+        version at 0.0 until a version is parsed, so a line end right after the URL while
+        the version is still 0.0 is such a line."""
+        if self._parser.get_http_version() != "0.0":
+            return
+        piece = self._url_piece
+        if piece is None:  # no URL byte in DATA: did the URL end with the previous read?
+            if self._url_at_end and data[:1] in (b"\r", b"\n"):
+                raise CodecError(426, "low_version")
+            return
+        end = data.rfind(piece) + len(piece)
+        if data[end:end + 1] in (b"\r", b"\n"):
+            raise CodecError(426, "low_version")
+        self._url_at_end = end == len(data)
 
     # -- llhttp callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.current = Request()
         self._header_bytes = 0
         self._url = b""
+        self._url_at_end = False
+        self._head_received = 0
+        self._in_body = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if url:
+            self._url_piece = url
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.current
         assert req is not None
         self._count(len(name) + len(value))
+        if self._in_body:
+            # a trailer of a chunked body: never merged into the head that routing, RBAC
+            # and the upstream see (Envoy drops request trailers on HTTP/1.1)
+            return
         if len(req.headers) >= self.max_headers:
             raise CodecError(431, "http1.too_many_headers")
         n = name.decode("latin-1").lower()
@@ -164,6 +251,9 @@ class RequestDecoder:
     def on_headers_complete(self) -> None:
         req = self.current
         assert req is not None
+        self._in_body = True
+        self._head_done_in_feed = True
+        self._head_received = 0
         p = self._parser
         if p.get_http_version() != "1.1":
             raise CodecError(426, "low_version")  # accept_http_10 defaults to false
@@ -171,11 +261,34 @@ class RequestDecoder:
         req.url = self._url.decode("latin-1")
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
-        te = req.hmap.get("transfer-encoding")
-        req.chunked = te is not None and "chunked" in te.lower()
-        cl = req.hmap.get("content-length")
-        if cl is not None and not req.chunked:
-            req.content_length = int(cl)  # llhttp already rejected a malformed one
+        framing = request_framing(req.method, req.hmap)
+        if framing is not None:
+            raise framing
+        absolute = not req.url.startswith("/") and "://" in req.url
+        if absolute:
+            # Envoy's codec parses an absolute-form target and refuses what its URL
+            # parser does not take (checked against Envoy 1.40)
+            if req.url.partition("://")[0].lower() not in ("http", "https"):
+                raise CodecError(400, "http1.invalid_scheme")
+            if split_absolute(req.url) is None:
+                raise CodecError(400, "http1.invalid_url")
+        host = req.hmap.get("host")
+        # an absolute-form target's own authority replaces Host, which is not checked then
+        if host is not None and not absolute and not authority_is_valid(host):
+            raise CodecError(400, "http.invalid_authority")
+        if req.upgrade:
+            # An Upgrade (or CONNECT) request has no body on this hop: what follows its
+            # head is the tunnel's payload, held until the upstream switches protocols
+            # (httptools stops right after the head; Envoy forwards the head only, without
+            # content-length or transfer-encoding).
+            req.chunked = False
+            req.content_length = None
+        else:
+            te = req.hmap.get("transfer-encoding")
+            req.chunked = te is not None
+            cl = req.hmap.get("content-length")
+            if cl is not None and not req.chunked:
+                req.content_length = int(cl)  # llhttp already rejected a malformed one
         self.ready.append(req)
 
     def on_body(self, data: bytes) -> None:
@@ -201,69 +314,135 @@ class RequestDecoder:
         assert req is not None
         req.complete = True
         self.current = None
+        self._in_body = False
+        self._head_received = 0
+        self._head_done_in_feed = True  # a boundary: what follows in this read is not
+        # counted (one read at most)
         if req.sink is not None:
             req.sink.end()
 
 
-class ResponseDecoder:
-    """One upstream response. ``on_headers(decoder)`` runs when its headers are complete;
-    body bytes go to ``on_data``; ``complete`` is set at the end of the message."""
+class ResponseError(Exception):
+    """The upstream's response is malformed (Envoy: protocol error, 502 UPE before the
+    response started, upstream_cx_protocol_error)."""
 
-    __slots__ = ("_head_only", "_parser", "chunked", "complete", "content_length", "headers",
-                 "headers_done", "keep_alive", "on_data", "on_headers", "status", "upgrade_tail")
+
+class ResponseDecoder:
+    """One upstream response, framed by RFC 9112 section 6.3: no body after HEAD, 1xx,
+    204 and 304; otherwise chunked, content-length or the connection's close.
+    ``on_headers(decoder)`` runs when its headers are complete; body bytes go to
+    ``on_data``; ``complete`` is set at the end of the message. Whatever arrives after the
+    message is never decoded: it sets ``trailing`` (the connection must not be reused,
+    and nothing of it reaches any client), as Envoy closes an upstream connection that
+    sends anything outside an active request."""
+
+    __slots__ = ("_head_bytes", "_head_only", "_head_raw", "_max_header_bytes", "_parser",
+                 "chunked",
+                 "complete", "content_length", "headers", "headers_done", "keep_alive",
+                 "on_data", "on_headers", "status", "trailing", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
-                 on_data: Callable[[bytes], None]) -> None:
+                 on_data: Callable[[bytes], None], max_header_bytes: int = 60 * 1024) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_request
+        self._max_header_bytes = max_header_bytes  # Envoy's max_response_headers_kb: 60
+        self._head_bytes = 0  # header names and values decoded so far
+        self._head_raw = 0  # bytes received while the head is incomplete
         self.on_headers = on_headers
         self.on_data = on_data
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.headers_done = False
         self.complete = False
+        self.trailing = False
         self.keep_alive = True
         self.chunked = False
         self.content_length: int | None = None
         self.upgrade_tail = b""
 
     def feed(self, data: bytes) -> None:
-        """Raises httptools.HttpParserError on a malformed response."""
+        """Raises ResponseError on a malformed response (before it completed)."""
+        if self.complete:
+            self.trailing = True
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:  # 101: the rest is the tunnel's
+        except httptools.HttpParserUpgrade as e:  # a 101 (or CONNECT 2xx): end of HTTP
             self.upgrade_tail = bytes(data[e.args[0]:])
             self.complete = True
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _Stop):
+                return  # the response ended and more followed: trailing is set
+            if self.complete:
+                self.trailing = True
+                return
+            raise ResponseError(str(e.__context__ or e)) from None
+        except httptools.HttpParserError as e:
+            if self.complete:
+                self.trailing = True  # garbage after a complete response
+                return
+            raise ResponseError(str(e)) from None
+        if not self.headers_done:
+            # bytes of a head that has not ended: the limit applies to what was received,
+            # also to a header line that never ends (4 KiB for the status line and the
+            # separators the decoded count leaves out)
+            self._head_raw += len(data)
+            if self._head_raw > self._max_header_bytes + 4096:
+                raise ResponseError("response headers too large")
 
     def eof_completes(self) -> bool:
         """At upstream EOF: a response framed by connection close is complete now."""
         return self.headers_done and not self.chunked and self.content_length is None
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.trailing = True  # a second, unsolicited response
+            raise _Stop
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > self._max_header_bytes:
+            raise ResponseError("response headers too large")
         self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         p = self._parser
-        self.status = p.get_status_code()
-        if 100 <= self.status < 200 and self.status != 101:
+        self.status = status = p.get_status_code()
+        if not 100 <= status <= 999:  # three digits, 1xx and up (Envoy: 099 -> 502)
+            raise ResponseError(f"status {status}")
+        if 100 <= status < 200 and status != 101:
             # 100 Continue and friends: drop them, the final response follows
             self.headers = []
+            self._head_bytes = 0
             return
         self.keep_alive = p.should_keep_alive()
         for n, v in self.headers:
-            if n == "transfer-encoding" and "chunked" in v.lower():
+            if n == "transfer-encoding":
+                # as for requests, Envoy understands exactly "chunked" and nothing else
+                if v.strip().lower() != "chunked" or self.chunked:
+                    raise ResponseError(f"transfer-encoding {v!r}")
                 self.chunked = True
             elif n == "content-length":
                 self.content_length = int(v)
         self.headers_done = True
         self.on_headers(self)
-        if self._head_only or self.status in (204, 304):
+        if self._head_only or status in (204, 304):
             self.complete = True
 
     def on_body(self, data: bytes) -> None:
-        if not self.complete:
-            self.on_data(data)
+        if self.complete:
+            self.trailing = True  # e.g. a body after a HEAD response
+            raise _Stop
+        self.on_data(data)
 
     def on_message_complete(self) -> None:
         if self.headers_done:
             self.complete = True
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop decoding after the response ended."""

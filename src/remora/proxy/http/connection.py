@@ -83,6 +83,7 @@ class Http1Connection:
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
+        self._headers_timer: asyncio.TimerHandle | None = None  # request_headers_timeout
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -129,6 +130,8 @@ class Http1Connection:
             self._pause_reading()
             self._on_codec_error()
             return
+        if self.cfg.request_headers_timeout > 0:
+            self._arm_headers_timer()
         if not dec.upgraded:
             # flow control: stop reading while requests pile up unserved, while a body has
             # nowhere to go yet (the router attaches a sink once connected), or while the
@@ -140,6 +143,26 @@ class Http1Connection:
             elif cur is not None and cur.sink is not None and cur.sink.congested():
                 self.hold_reading_until(cur.sink.wait())
         self._wake()
+
+    def _arm_headers_timer(self) -> None:
+        """request_headers_timeout runs from a request's first byte to its last header."""
+        timer = self._headers_timer
+        if self.decoder.head_in_progress:
+            if timer is None:
+                self._headers_timer = self._loop.call_later(
+                    self.cfg.request_headers_timeout, self._headers_timeout)
+        elif timer is not None:
+            timer.cancel()
+            self._headers_timer = None
+
+    def _headers_timeout(self) -> None:
+        self._headers_timer = None
+        dec = self.decoder
+        if dec.error is None and dec.head_in_progress:
+            dec.error = CodecError(408, "request_header_timeout", "request header timeout",
+                                   None)
+            self._pause_reading()
+            self._on_codec_error()
 
     def _pause_reading(self) -> None:
         if not self._read_paused:
@@ -221,6 +244,8 @@ class Http1Connection:
         try:
             await self._serve()
         finally:
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -315,7 +340,7 @@ class Http1Connection:
         from remora.proxy.http.codec import Request
         stream = ActiveStream(self, Request())
         stream.info = info
-        stream.local_reply(err.status, err.body.encode(), err.details, "DPE", close=True)
+        stream.local_reply(err.status, err.body.encode(), err.details, err.flag, close=True)
         self.hcm.complete(stream)
 
     async def _flush(self) -> None:

@@ -42,6 +42,7 @@ class HcmConfig:
     max_request_headers_kb: int = 60
     stream_idle_timeout: float = 300.0
     request_timeout: float = 0.0
+    request_headers_timeout: float = 0.0  # 0: disabled (Envoy's default)
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
 
@@ -74,6 +75,9 @@ def parse_hcm(f: Fields, ctx: Any) -> HcmConfig:
     cfg.max_request_headers_kb = f.integer("max_request_headers_kb", 60)
     cfg.stream_idle_timeout = f.duration("stream_idle_timeout", 300.0)
     cfg.request_timeout = f.duration("request_timeout", 0.0)
+    # from a request's first byte until its headers are complete; Envoy answers 408
+    # "request header timeout" (request_header_timeout, no flag) and closes
+    cfg.request_headers_timeout = f.duration("request_headers_timeout", 0.0)
     if cfg.request_timeout:
         raise ConfigError(f.at("request_timeout"), "a non-zero request_timeout is not "
                           "implemented by remora", "remove it or set \"0s\" (disabled, "

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from remora.proxy.interfaces import ConnectionFacts, Upstream
+from remora.proxy.upstream.connect import TrackedProtocol
 
 PoolKey = tuple[str, str, int, str | None]
 MAX_IDLE_PER_KEY = 256
@@ -57,16 +59,21 @@ def limits_of(cluster: Any) -> PoolLimits:
 
 
 class PooledConnection:
-    __slots__ = ("created", "idle_since", "key", "limits", "owner", "requests", "upstream")
+    __slots__ = ("created", "idle_since", "key", "limits", "on_stray", "owner", "requests",
+                 "upstream")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
-                 limits: PoolLimits = DEFAULT_LIMITS, owner: object = None) -> None:
+                 limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
+                 on_stray: Callable[[], None] | None = None) -> None:
         self.key = key
         self.upstream = upstream
         self.limits = limits
         self.owner = owner  # the cluster object that opened it (a CDS update replaces it)
         self.created = self.idle_since = time.monotonic()
         self.requests = 0
+        # counts a protocol error (upstream_cx_protocol_error) when the upstream sent
+        # bytes while the connection was idle
+        self.on_stray = on_stray
 
     def expired(self, now: float) -> bool:
         lim = self.limits
@@ -83,6 +90,22 @@ class PooledConnection:
     def usable(self) -> bool:
         up = self.upstream
         return not up.writer.transport.is_closing() and not up.reader.at_eof()
+
+    def stray_bytes(self) -> bool:
+        """The upstream sent something that no request asked for (StreamReader keeps
+        what it buffered in ``_buffer``; CPython's asyncio and uvloop alike)."""
+        return bool(getattr(self.upstream.reader, "_buffer", b""))
+
+    def stray(self) -> None:
+        """Bytes arrived while idle: close, and count it as Envoy does."""
+        if self.on_stray is not None:
+            cb, self.on_stray = self.on_stray, None
+            cb()
+        self.close()
+
+    def _protocol(self) -> TrackedProtocol | None:
+        proto = self.upstream.writer.transport.get_protocol()
+        return proto if isinstance(proto, TrackedProtocol) else None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -104,6 +127,10 @@ class ConnectionPool:
         now = time.monotonic()
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
+            if conn.stray_bytes():
+                del idle[i]
+                conn.stray()
+                continue
             if not conn.usable() or conn.expired(now) or conn.owner is not owner:
                 del idle[i]
                 conn.close()
@@ -111,12 +138,21 @@ class ConnectionPool:
             if conn.host in exclude:
                 continue
             del idle[i]
+            proto = conn._protocol()
+            if proto is not None:
+                proto.on_idle_data = None
             return conn
         return None
 
     def release(self, conn: PooledConnection) -> None:
+        """Keep CONN for reuse. The caller vouches that its last response was complete and
+        nothing followed it in what was read; bytes already buffered or arriving later
+        close it (never handed to the next request)."""
         conn.requests += 1
         conn.idle_since = now = time.monotonic()
+        if conn.stray_bytes():
+            conn.stray()
+            return
         if not conn.usable() or conn.expired(now):
             conn.close()
             return
@@ -125,6 +161,15 @@ class ConnectionPool:
             conn.close()
             return
         idle.append(conn)
+        proto = conn._protocol()
+        if proto is not None:
+            proto.on_idle_data = lambda: self._stray(conn)
+
+    def _stray(self, conn: PooledConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+        conn.stray()
 
     def idle_count(self, key: PoolKey | None = None) -> int:
         if key is not None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
-
-import httptools
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
-from remora.proxy.http.codec import ResponseDecoder
+from remora.proxy.http.codec import ResponseDecoder, ResponseError
 from remora.proxy.http.connection import BUFFER_LIMIT, READ_SIZE
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
@@ -221,7 +220,10 @@ class _Forward:
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                pc = PooledConnection(key, up, limits_of(cluster), cluster)
+                # the pool counts stray bytes on it; bound to the stats only, so a pooled
+                # connection keeps nothing of this request alive
+                pc = PooledConnection(key, up, limits_of(cluster), cluster, partial(
+                    router.stats.inc, self.stat + "upstream_cx_protocol_error"))
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address
@@ -271,12 +273,13 @@ class _Forward:
                     if values:
                         hdrs[name] = ",".join(values)
         w.write(encode_request_head(stream.method, stream.path, headers, extra))
-        sink = BodySink(w, req.chunked)
+        # the body is framed as the forwarded head says (stream.upstream_chunked), which
+        # is not always how the client framed it (a nominated content-length)
+        sink = BodySink(w, stream.upstream_chunked)
         for chunk in req.body:
             sink.data(chunk)
         if req.complete:
-            if req.chunked:
-                sink.end()
+            sink.end()
         else:
             # without a retry policy nothing is ever resent: keep no copy of the body
             req.attach(sink, BUFFER_LIMIT if self.policy is not None else -1)
@@ -302,15 +305,17 @@ class _Forward:
                 raise _Failure("truncated" if dec.headers_done else "reset")
             try:
                 dec.feed(data)
-            except httptools.HttpParserError:
+            except ResponseError:
                 stream.flush()
+                self._count_protocol_error()
                 raise _Failure("truncated" if dec.headers_done else "protocol") from None
             if self.retry_status:
                 raise _Failure("status")
             stream.flush()
             if conn.write_paused:
                 await conn.drain()
-        if dec.status == 101 and stream.req.upgrade:
+        req = stream.req
+        if dec.status == 101 and req.upgrade:
             self._count_response(101)
             self.current = None  # the tunnel owns and closes it
             await tunnel(stream, pc, dec)
@@ -318,8 +323,17 @@ class _Forward:
         stream.encode_end()
         self._count_response(dec.status)
         self.current = None
-        req = stream.req
-        if dec.keep_alive and req.complete:
+        if dec.trailing:
+            # bytes after the response: a protocol error for this connection, never data
+            # for anyone (Envoy closes it and counts upstream_cx_protocol_error)
+            self._count_protocol_error()
+        if dec.status == 101:
+            # a 101 nobody asked for: the connection left HTTP, so it is closed, and so is
+            # the client's (Envoy 1.40 relays the 101 and keeps both, so the next request
+            # on that upstream connection is not answered; a fresh one serves it here)
+            stream.closing = True
+            pc.close()
+        elif dec.keep_alive and req.complete and not dec.trailing and not req.upgrade:
             req.sink = None
             self.router.pool.release(pc)
         else:
@@ -340,7 +354,10 @@ class _Forward:
         stream = self.stream
         stream.info.response_code_details = "via_upstream"
         framed = dec.chunked or dec.content_length is not None
-        chunked = dec.chunked or (not framed and status not in (204, 304) and not stream.head)
+        # a response that may have a body but no framing of its own (read until close)
+        # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none
+        chunked = dec.chunked or (not framed and status >= 200 and status not in (204, 304)
+                                  and not stream.head)
         ms = int((time.monotonic() - self.started) * 1000)
         stream.encode_headers(status, dec.headers, chunked=chunked,
                               mutations=self.route.response_mutations,
@@ -355,6 +372,9 @@ class _Forward:
         stats.observe(self.stat + "upstream_rq_time", (time.monotonic() - self.started) * 1000)
         if self.stream.info.upstream_request_attempt_count > 1 and status < 500:
             inc(self.stat + "upstream_rq_retry_success")
+
+    def _count_protocol_error(self) -> None:
+        self.router.stats.inc(self.stat + "upstream_cx_protocol_error")
 
     def _charge(self, stat: str) -> None:
         if self.host is not None:

@@ -22,6 +22,7 @@ from remora.proxy.http.headers import (
     escaped_slashes,
     mutate_request,
     normalize_path,
+    split_absolute,
     unescape_slashes,
 )
 from remora.proxy.http.route_config import Route
@@ -45,7 +46,8 @@ def http_date() -> bytes:
 class ActiveStream:
     __slots__ = ("authority", "closing", "conn", "cors_origin", "head", "idle_timer", "info",
                  "method", "out", "path", "req", "resp_chunked",
-                 "response_complete", "response_started", "route", "upstream_headers")
+                 "response_complete", "response_started", "route", "upstream_chunked",
+                 "upstream_headers")
 
     def __init__(self, conn: Http1Connection, req: Request) -> None:
         self.conn = conn
@@ -65,6 +67,7 @@ class ActiveStream:
         self.authority = ""
         self.route: Route | None = None
         self.upstream_headers: list[tuple[str, str]] = []
+        self.upstream_chunked = False  # the forwarded head says transfer-encoding: chunked
         self.response_started = False
         self.response_complete = False
         self.resp_chunked = False
@@ -79,13 +82,20 @@ class ActiveStream:
         req, cfg = self.req, self.conn.cfg
         url = req.url
         authority = req.hmap.get("host")
-        if not url.startswith("/"):
-            # absolute-form (a proxy request): its authority replaces Host
-            scheme_sep = url.find("://")
-            if scheme_sep > 0 and url[:scheme_sep].lower() in ("http", "https"):
-                rest = url[scheme_sep + 3:]
-                slash = rest.find("/")
-                authority, url = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        nominated = connection_nominated(req.hmap.get("connection"))
+        if "host" in nominated:
+            authority = None  # Envoy removes it like any nominated header: 400 below
+        absolute = False
+        if "://" in url and not url.startswith("/"):
+            # absolute-form (a proxy request): its authority replaces Host. The authority
+            # ends at the first "/", "?" or "#" (RFC 3986 3.2); the rest is the path,
+            # which Envoy then refuses unless it starts with "/" (404
+            # absolute_path_rejected: ``http://b.example?x=/y`` is not ``/y`` at
+            # ``b.example?x=``)
+            split = split_absolute(url)
+            assert split is not None  # the decoder refused it otherwise
+            authority, url = split
+            absolute = True
         self.authority = authority or ""
         info = self.info
         hdrs = dict(req.hmap)
@@ -97,6 +107,16 @@ class ActiveStream:
         info.request_headers = hdrs
         if authority is None:
             return self.local_reply(400, b"", "missing_host_header", None, True)
+        if "#" in url:
+            # a fragment is never sent in a request target: Envoy refuses it (400
+            # path_normalization_failed, checked against Envoy 1.40)
+            return self.local_reply(400, b"", "path_normalization_failed", None, True)
+        if absolute and not url.startswith("/"):
+            return self.local_reply(404, b"", "absolute_path_rejected")
+        if cfg.normalize_path and "%00" in url.partition("?")[0]:
+            # an encoded NUL cannot be normalized: Envoy refuses it like a fragment (400,
+            # no body, connection closed; checked against Envoy 1.40)
+            return self.local_reply(400, b"", "path_normalization_failed", None, True)
         if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
             normalized = normalize_path(url, cfg.merge_slashes)
             if normalized is None:
@@ -126,13 +146,12 @@ class ActiveStream:
             info.downstream_remote_address = format_address(mut.final_remote_ip, 0)
         sets = dict(mut.set)
         remove = mut.remove
-        nominated = connection_nominated(req.hmap.get("connection"))
         if nominated:
             remove = remove | nominated
         placed: set[str] = set()
         out = [("host", self.authority)]
         for n, v in req.headers:
-            if n in HOP_BY_HOP or n in remove:
+            if n in HOP_BY_HOP or n in remove or (n == "content-length" and req.upgrade):
                 if (n == "upgrade" and req.upgrade and cfg.websocket) or (
                         n == "te" and v.strip().lower() == "trailers"):
                     out.append((n, v))
@@ -151,7 +170,13 @@ class ActiveStream:
             hdrs.pop(n, None)
         if req.upgrade and cfg.websocket:
             out.append(("connection", "upgrade"))
-        elif req.chunked:
+        # The body is always framed on the way up, and exactly as the forwarded head says:
+        # chunked when the client sent it chunked, or when its content-length was removed
+        # (nominated in Connection: Envoy then sends it chunked); an Upgrade request has
+        # no body on this hop (the decoder leaves both unset).
+        self.upstream_chunked = req.chunked or (
+            req.content_length is not None and "content-length" in nominated)
+        if self.upstream_chunked:
             out.append(("transfer-encoding", "chunked"))
         self.upstream_headers = out
 
@@ -185,8 +210,9 @@ class ActiveStream:
         server_seen = transformation == "PASS_THROUGH"  # never added then
         svc = None if service_time_ms is None else str(service_time_ms)
         hl: list[tuple[str, str]] = []
+        unrequested_101 = status == 101 and not self.req.upgrade
         for n, v in headers:
-            if n in _RESPONSE_HOP:
+            if n in _RESPONSE_HOP or (unrequested_101 and n == "upgrade"):
                 continue
             if n == "content-length" and status == 204:
                 continue  # RFC 9110 8.6: never on a 204
@@ -219,7 +245,7 @@ class ActiveStream:
         if not server_seen:
             resp["server"] = cfg.server_name
             parts.append(b"server: %s\r\n" % cfg.server_name.encode("latin-1"))
-        if status == 101:
+        if status == 101 and self.req.upgrade:
             parts.append(b"connection: upgrade\r\n")
         elif self.closing or self.conn.draining:
             self.closing = True

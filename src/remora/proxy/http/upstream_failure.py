@@ -39,9 +39,11 @@ def failure_answer(kind: str, err: UpstreamError | None, retried: bool) -> Local
             reason, flag = "remote connection failure", err.flag
             detail = "remote_connection_failure|" + err.reason.replace(" ", "_")
     elif kind == "protocol":
+        # Envoy 1.40 answers an upstream protocol error with 502 (checked side by side)
         reason, detail, flag = "protocol error", "protocol_error", "UPE"
     else:
         reason, detail, flag = "connection termination", "connection_termination", "UC"
+    status = 502 if kind == "protocol" else 503
     prefix = "retried and the latest " if retried else ""
-    return LocalAnswer(503, f"{_RESET_BODY}{prefix}reset reason: {reason}".encode(),
+    return LocalAnswer(status, f"{_RESET_BODY}{prefix}reset reason: {reason}".encode(),
                        f"upstream_reset_before_response_started{{{detail}}}", flag)

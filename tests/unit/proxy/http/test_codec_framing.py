@@ -1,0 +1,173 @@
+"""The HTTP/1.1 codec's framing decisions without sockets (issue 15): bytes in, requests,
+responses and errors out. The behaviour each test pins is Envoy 1.40's, as observed side by
+side in test_desync.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from remora.proxy.http.codec import (
+    CodecError,
+    Request,
+    RequestDecoder,
+    ResponseDecoder,
+    ResponseError,
+)
+
+
+def decode(*chunks: bytes) -> tuple[list[Request], RequestDecoder]:
+    dec = RequestDecoder(60 * 1024, 100, 1 << 20)
+    for c in chunks:
+        dec.feed(c)
+    return list(dec.ready), dec
+
+
+def refused(*chunks: bytes) -> tuple[int, str]:
+    with pytest.raises(CodecError) as e:
+        decode(*chunks)
+    return e.value.status, e.value.details
+
+
+def test_trailers_never_join_the_head() -> None:
+    (req,), _ = decode(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"5\r\nhello\r\n0\r\nX-User: admin\r\nHost: evil\r\n\r\n")
+    assert req.headers == [("host", "a"), ("transfer-encoding", "chunked")]
+    assert req.hmap["host"] == "a" and b"".join(req.body) == b"hello" and req.complete
+
+
+@pytest.mark.parametrize("chunks", [(b"GET /\r\n",), (b"GET /", b"\r\n"), (b"GET /a", b"b\n"),
+                                    (b"G", b"ET /x\r\n")])
+def test_http09_line_is_answered_at_its_line_end(chunks: tuple[bytes, ...]) -> None:
+    assert refused(*chunks) == (426, "low_version")
+
+
+@pytest.mark.parametrize("chunks", [(b"GET / HTTP/1.1",), (b"GET /a HTTP/1.1\r\nX: /a\r\n",),
+                                    (b"G", b"ET /a HT")])
+def test_incomplete_request_lines_wait(chunks: tuple[bytes, ...]) -> None:
+    ready, dec = decode(*chunks)
+    assert ready == [] and dec.head_in_progress and dec.error is None
+
+
+def test_header_value_that_never_ends_is_refused_on_bytes_received() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: "
+    assert refused(head + b"a" * 70_000) == (431, "http1.headers_too_large")
+    assert refused(head, *[b"a" * 1000] * 70) == (431, "http1.headers_too_large")
+
+
+def test_a_big_body_after_a_head_is_not_counted_as_head() -> None:
+    big = b"x" * 300_000
+    ready, dec = decode(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n"
+                        + big[:60_000], big[60_000:200_000], big[200_000:] + b"GET /n")
+    assert [r.url for r in ready] == ["/"] and ready[0].complete
+    assert dec.head_in_progress  # the pipelined next request has begun
+
+
+@pytest.mark.parametrize("te", [b"xchunked", b"gzip, chunked", b"chunked, chunked",
+                                b"identity"])
+def test_only_chunked_transfer_encoding(te: bytes) -> None:
+    assert refused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: " + te
+                   + b"\r\n\r\n") == (501, "http1.invalid_transfer_encoding")
+
+
+def test_chunked_in_any_case_is_chunked() -> None:
+    (req,), _ = decode(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                       b"2\r\nok\r\n0\r\n\r\n")
+    assert req.chunked and b"".join(req.body) == b"ok"
+
+
+@pytest.mark.parametrize("host", [b"a b", b"a, evil", b'"a', b"a\\b"])
+def test_host_must_be_an_authority(host: bytes) -> None:
+    assert refused(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") == (
+        400, "http.invalid_authority")
+
+
+def test_upgrade_request_has_no_body_on_this_hop() -> None:
+    tail = b"5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    (req,), dec = decode(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n" + tail)
+    assert req.upgrade and not req.chunked and req.content_length is None
+    assert req.body == [] and dec.upgraded and dec.upgrade_tail == tail
+
+
+# -- responses -----------------------------------------------------------------------------
+def respond(head_request: bool, *chunks: bytes) -> tuple[ResponseDecoder, bytes]:
+    body: list[bytes] = []
+    dec = ResponseDecoder(head_request, lambda d: None, body.append)
+    for c in chunks:
+        dec.feed(c)
+    return dec, b"".join(body)
+
+
+POISON = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nPOISONED"
+
+
+@pytest.mark.parametrize("head_request,data,body", [
+    (False, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" + POISON, b"ok"),
+    (False, b"HTTP/1.1 204 No Content\r\n\r\n" + POISON, b""),
+    (False, b"HTTP/1.1 304 Not Modified\r\n\r\nPOISONED", b""),
+    (True, b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nPOISONED", b""),
+    (False, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            b"garbage", b"ok"),
+])
+def test_one_response_then_anything_is_trailing(head_request: bool, data: bytes,
+                                                body: bytes) -> None:
+    dec, got = respond(head_request, data)
+    assert dec.complete and dec.trailing and got == body
+    assert len(dec.headers) <= 1  # never a second response's headers merged in
+
+
+def test_a_clean_response_is_not_trailing() -> None:
+    dec, got = respond(False, b"HTTP/1.1 100 Continue\r\n\r\n",
+                       b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert dec.complete and not dec.trailing and dec.status == 200 and got == b"ok"
+    dec, _ = respond(True, b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
+    assert dec.complete and not dec.trailing
+
+
+def test_bytes_fed_after_completion_are_trailing() -> None:
+    dec, _ = respond(False, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", b"x")
+    assert dec.trailing
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 099 Odd\r\ncontent-length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: xchunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nx-big: " + b"p" * 100_000 + b"\r\n\r\n",
+    b"not http\r\n\r\n",
+])
+def test_malformed_responses(data: bytes) -> None:
+    with pytest.raises(ResponseError):
+        respond(False, data)
+
+
+def test_response_header_line_that_never_ends() -> None:
+    with pytest.raises(ResponseError):
+        respond(False, b"HTTP/1.1 200 OK\r\nx-big: ", *[b"p" * 1000] * 100)
+
+
+def test_a_40k_head_over_several_reads_is_fine() -> None:
+    head = (b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 400)
+                                             for i in range(100))
+            + b"content-length: 2\r\n\r\nok")
+    dec, got = respond(False, *[head[i:i + 8000] for i in range(0, len(head), 8000)])
+    assert dec.complete and got == b"ok"
+
+
+def test_unrequested_101_ends_http() -> None:
+    dec, _ = respond(False, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: foo\r\n"
+                            b"connection: upgrade\r\n\r\ntunnel")
+    assert dec.complete and dec.status == 101 and dec.upgrade_tail == b"tunnel"
+
+
+@pytest.mark.parametrize("target,details", [
+    (b"ftp://b/x", "http1.invalid_scheme"), (b"http://~.example/x", "http1.invalid_url"),
+    (b"http://b:/x", "http1.invalid_url"), (b"http:///x", "http1.invalid_url"),
+    (b"http://b://c/x", "http1.invalid_url"),
+])
+def test_absolute_form_targets_envoy_refuses(target: bytes, details: str) -> None:
+    assert refused(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n") == (400, details)
+
+
+def test_absolute_form_host_header_is_not_checked() -> None:
+    (req,), _ = decode(b"GET http://u@b:80/x HTTP/1.1\r\nHost: a b\r\n\r\n")
+    assert req.url == "http://u@b:80/x"
