@@ -2,7 +2,7 @@
 
 Offline it reads what a user collects from a real cluster (docs/explain.md); the live form
 (`--from POD -n NS --to SERVICE[:PORT]|POD[:PORT]`) collects the same evidence from the
-running remora lab and sends a probe request (remora.diagnose.live).
+running remora lab and sends a probe request (remora.diagnose.evidence.lab).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from remora.diagnose import evidence_files as files
-from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.evidence import files
 from remora.diagnose.facts import split_hostport
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 from remora.errors import RemoraError, UsageError
 
 if TYPE_CHECKING:
-    from remora.diagnose.live import LiveRun
-    from remora.diagnose.source_ip import Report
+    from remora.diagnose.evidence.lab import LiveRun
+    from remora.diagnose.source_ip.explain import Report
 
 _SIDE_HELP = "repeatable; prefix client= or server= (default server)"
 
@@ -127,7 +127,7 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
         raise UsageError("no evidence given",
                          "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "
                          "files (see `remora explain source-ip --help`)")
-    from remora.diagnose.source_ip import explain_source_ip
+    from remora.diagnose.source_ip.explain import explain_source_ip
 
     ev = Evidence()
     if istio_dump:
@@ -150,7 +150,7 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
         ev.target.host, ev.target.port = host or None, port
     ev.target.path = http_path
     if istio_version:
-        from remora.diagnose.istio_version import parse_option
+        from remora.diagnose.source_ip.istio_version import parse_option
 
         if parse_option(istio_version) is None:
             raise UsageError(f"--istio-version {istio_version}: expected MAJOR.MINOR",
@@ -161,7 +161,7 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
 
 def _live(from_: str, namespace: str, to: str, http_path: str, output: str,
           diagram: Path | None, compare: bool, state_dir: str | None) -> None:
-    from remora.diagnose import live
+    from remora.diagnose.evidence import lab as live
     from remora.lab import session
 
     run = live.collect(session.state_dir(state_dir), from_, namespace, to, http_path)
@@ -173,10 +173,10 @@ def _print(ev: Evidence, report: Report, output: str, diagram: Path | None, comp
     """The same output offline and live; live adds the probe, its pods and counters."""
     import json
 
-    from remora.diagnose import live_render
-    from remora.diagnose.source_ip_compare import compare_table, render_compare
-    from remora.diagnose.source_ip_render import render_json, render_text, to_json
-    from remora.diagnose.source_ip_svg import render_svg
+    from remora.diagnose.evidence import lab_render as live_render
+    from remora.diagnose.source_ip.compare import compare_table, render_compare
+    from remora.diagnose.source_ip.render import render_json, render_text, to_json
+    from remora.diagnose.source_ip.svg import render_svg
 
     if compare:
         table = compare_table(ev, report)

@@ -1,8 +1,8 @@
 """`remora proxy-config listener|cluster|endpoint|route|secret|log|all POD -n NS`, or
 offline `... --file DUMP` (as `istioctl proxy-config --file`):
 istioctl's proxy-config, from the sidecar's own /config_dump (read through the pod's
-network namespace) rendered by remora.diagnose.proxy_config with istioctl's tables and
-JSON. `secret` lists the SDS certificates (remora.diagnose.proxy_config_secret): from the
+network namespace) rendered by remora.diagnose.proxy_config.render with istioctl's tables and
+JSON. `secret` lists the SDS certificates (remora.diagnose.proxy_config.secret): from the
 dump's SecretsConfigDump (Envoy), else from the SDS files the lab wrote into the pod's
 config directory (`remora proxy` has no SecretsConfigDump)."""
 
@@ -47,8 +47,8 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
                  listener_type: str | None, status: str | None, verbose: bool, output: str,
                  level: str | None, state_dir: str | None) -> None:
     """Show a sidecar's Envoy config as istioctl proxy-config does."""
-    from remora.diagnose.proxy_config import render
-    from remora.diagnose.proxy_config_dump import parse_config_dump
+    from remora.diagnose.proxy_config.dump import parse_config_dump
+    from remora.diagnose.proxy_config.render import render
 
     fmt = "table" if output == "short" else output
     if dump_file is not None:
@@ -97,9 +97,9 @@ def _offline(what: str, path: Path, fmt: str, **filters: Any) -> str:
     SecretsConfigDump."""
     import yaml
 
-    from remora.diagnose import proxy_config_secret as pcs
-    from remora.diagnose.proxy_config import render
-    from remora.diagnose.proxy_config_dump import parse_config_dump
+    from remora.diagnose.proxy_config import secret as pcs
+    from remora.diagnose.proxy_config.dump import parse_config_dump
+    from remora.diagnose.proxy_config.render import render
 
     if what == "log":
         raise RemoraError("proxy-config log needs a running sidecar, not a file",
@@ -139,7 +139,7 @@ def _config_dir(state_dir: Path, pod: dict[str, Any]) -> Path:
 def _secrets(netns: str, where: str, config_dir: Path, output: str) -> str:
     import yaml
 
-    from remora.diagnose import proxy_config_secret as pcs
+    from remora.diagnose.proxy_config import secret as pcs
 
     dump = json.loads(admin.request(netns, "GET", "/config_dump", where=where))
     items = pcs.secret_items(dump, config_dir)

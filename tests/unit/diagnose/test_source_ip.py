@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from remora.diagnose import evidence_files as ef
-from remora.diagnose.evidence import Evidence
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.source_ip import explain_source_ip
-from remora.diagnose.source_ip_compare import compare_table
-from remora.diagnose.source_ip_render import render_json, render_text
-from remora.diagnose.source_ip_svg import path_hops, render_svg
+from remora.diagnose.evidence import files as ef
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.source_ip.compare import compare_table
+from remora.diagnose.source_ip.evidence import Evidence
+from remora.diagnose.source_ip.explain import explain_source_ip
+from remora.diagnose.source_ip.render import render_json, render_text
+from remora.diagnose.source_ip.svg import path_hops, render_svg
 from remora.errors import RemoraError
 
 PATCH = ('\'{"spec":{"template":{"metadata":{"annotations":'
@@ -253,8 +253,8 @@ def test_istio_config_dump_without_endpoints(data: Path, goldens: Path) -> None:
 def test_what_if_tproxy_config_is_the_tproxy_reference(reference: Path) -> None:
     """The compare table's TPROXY transformation of the REDIRECT reference config gives
     exactly the TPROXY reference config that a real Envoy runs."""
-    from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
-    from remora.diagnose.source_ip_compare import what_if_config
+    from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
+    from remora.diagnose.source_ip.compare import what_if_config
 
     def load(name: str) -> EnvoyConfig:
         cfg = EnvoyConfig()

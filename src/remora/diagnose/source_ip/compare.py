@@ -19,12 +19,12 @@ from typing import Any
 from remora.capture.argv import parse_args
 from remora.capture.model import build
 from remora.capture.render import restore
-from remora.diagnose.envoy_config import EnvoyConfig
-from remora.diagnose.evidence import Evidence, PodEvidence
-from remora.diagnose.iptables_model import PortMatch, Ruleset
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.istio_version import detect, parse_option
-from remora.diagnose.source_ip import Report, explain_source_ip
+from remora.diagnose.envoy.config import EnvoyConfig
+from remora.diagnose.iptables.model import PortMatch, Ruleset
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.explain import Report, explain_source_ip
+from remora.diagnose.source_ip.istio_version import detect, parse_option
 
 ORIGINAL_SRC = {
     "name": "envoy.filters.listener.original_src",

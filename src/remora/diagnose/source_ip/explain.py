@@ -16,15 +16,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from remora.diagnose.envoy_sim import Downstream, SidecarTrace, TlsHello, simulate
-from remora.diagnose.envoy_trace import sock
-from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.envoy.sim import Downstream, SidecarTrace, TlsHello, simulate
+from remora.diagnose.envoy.trace import sock
 from remora.diagnose.facts import Missing, hostport, is_ip, split_hostport
-from remora.diagnose.iptables_model import Packet, Ruleset
-from remora.diagnose.iptables_walk import WalkResult, walk
-from remora.diagnose.policy_routing import check_tproxy
-from remora.diagnose.source_ip_facts import Fact, ip_of, resolve_facts
-from remora.diagnose.source_ip_verdict import Verdict, decide
+from remora.diagnose.iptables.model import Packet, Ruleset
+from remora.diagnose.iptables.policy_routing import check_tproxy
+from remora.diagnose.iptables.walk import WalkResult, walk
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.facts import Fact, ip_of, resolve_facts
+from remora.diagnose.source_ip.verdict import Verdict, decide
 from remora.errors import RemoraError
 
 _BLIND = ("the listing has no in/out columns (`iptables -L` without -v): Istio's `-o lo` "

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
-from remora.diagnose.envoy_config import relaxed_json
+from remora.diagnose.envoy.config import relaxed_json
 from remora.errors import RemoraError
 
 _TOKEN = re.compile(r'\[[^\]]*\]|"(?:[^"\\]|\\.)*"|\S+')

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from remora import netns
-from remora.diagnose.access_log import AccessLogEntry, parse_access_log
+from remora.diagnose.envoy.access_log import AccessLogEntry, parse_access_log
 
 USER_AGENT = "remora-explain-probe"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from remora.diagnose.facts import hostport, split_hostport
-from remora.diagnose.source_ip import Report
+from remora.diagnose.source_ip.explain import Report
 
 
 @dataclass(frozen=True)

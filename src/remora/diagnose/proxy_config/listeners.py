@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from remora.diagnose.proxy_config_dump import JSON, ConfigDump, typed_config
-from remora.diagnose.proxy_config_table import tabwrite
+from remora.diagnose.proxy_config.dump import JSON, ConfigDump, typed_config
+from remora.diagnose.proxy_config.table import tabwrite
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"

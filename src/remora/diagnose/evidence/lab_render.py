@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from remora.diagnose.live import LiveRun
+from remora.diagnose.evidence.lab import LiveRun
 
 
 def header_lines(run: LiveRun) -> list[str]:

@@ -14,8 +14,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from remora.diagnose.evidence import Evidence, PodEvidence
-from remora.diagnose.evidence_text import istio_version
+from remora.diagnose.pasted import istio_version
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@
   ``--gid-owner 1337`` rules are the ones that recognise it.
 - TPROXY's policy routing: ``ip -4 rule show`` and ``ip -4 route show table N`` for the
   tables the fwmark rules look up, run inside the pod's namespace through the node
-  daemon's exec argv (remora.diagnose.policy_routing reads them).
+  daemon's exec argv (remora.diagnose.iptables.policy_routing reads them).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from remora.diagnose.evidence import PodEvidence
-from remora.diagnose.live_target import SIDECAR, LabPod
-from remora.diagnose.policy_routing import PolicyRouting, marked_tables, parse_policy_text
+from remora.diagnose.evidence.target import SIDECAR, LabPod
+from remora.diagnose.iptables.policy_routing import PolicyRouting, marked_tables, parse_policy_text
+from remora.diagnose.source_ip.evidence import PodEvidence
 from remora.errors import RemoraError
 from remora.netns import resolve
 from remora.node.client import NodeClient

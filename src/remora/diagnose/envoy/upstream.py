@@ -10,8 +10,8 @@ cluster's bind address).
 
 from __future__ import annotations
 
-from remora.diagnose.envoy_config import JSON, Endpoint, EnvoyConfig
-from remora.diagnose.envoy_trace import (
+from remora.diagnose.envoy.config import JSON, Endpoint, EnvoyConfig
+from remora.diagnose.envoy.trace import (
     Downstream,
     SidecarTrace,
     UpstreamTls,

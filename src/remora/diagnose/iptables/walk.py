@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from remora.diagnose.iptables_model import (
+from remora.diagnose.iptables.model import (
     AddrMatch,
     IfaceMatch,
     MarkMatch,

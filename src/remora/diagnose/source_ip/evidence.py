@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from remora.diagnose.access_log import AccessLogEntry
-from remora.diagnose.envoy_config import EnvoyConfig
-from remora.diagnose.iptables_model import Ruleset
-from remora.diagnose.policy_routing import PolicyRouting
-from remora.diagnose.ztunnel_log import ZtunnelEntry
+from remora.diagnose.envoy.access_log import AccessLogEntry
+from remora.diagnose.envoy.config import EnvoyConfig
+from remora.diagnose.iptables.model import Ruleset
+from remora.diagnose.iptables.policy_routing import PolicyRouting
+from remora.diagnose.source_ip.ztunnel_log import ZtunnelEntry
 
 
 @dataclass

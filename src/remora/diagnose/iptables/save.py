@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from remora.diagnose.iptables_model import (
+from remora.diagnose.iptables.model import (
     AddrMatch,
     Counters,
     IfaceMatch,

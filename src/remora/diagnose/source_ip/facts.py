@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from remora.diagnose.evidence import Evidence
 from remora.diagnose.facts import is_ip, split_hostport
+from remora.diagnose.source_ip.evidence import Evidence
 from remora.errors import RemoraError
 
 PLACEHOLDER_CLIENT = "192.0.2.10"

@@ -16,21 +16,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from remora.diagnose.access_log import parse_access_log
-from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
-from remora.diagnose.evidence import Evidence, PodEvidence
-from remora.diagnose.evidence_text import (
+from remora.diagnose.envoy.access_log import parse_access_log
+from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
+from remora.diagnose.iptables.listing import looks_like_listing, parse_listing
+from remora.diagnose.iptables.model import Ruleset
+from remora.diagnose.iptables.policy_routing import parse_policy_text
+from remora.diagnose.iptables.save import looks_like_save, parse_iptables_save
+from remora.diagnose.pasted import (
     istio_init,
     istio_version,
     looks_like_istio_init,
     rule_lines,
     unframe,
 )
-from remora.diagnose.iptables_listing import looks_like_listing, parse_listing
-from remora.diagnose.iptables_model import Ruleset
-from remora.diagnose.iptables_save import looks_like_save, parse_iptables_save
-from remora.diagnose.policy_routing import parse_policy_text
-from remora.diagnose.ztunnel_log import looks_like_ztunnel, parse_ztunnel_log
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.ztunnel_log import looks_like_ztunnel, parse_ztunnel_log
 from remora.errors import RemoraError
 
 SIDES = ("client", "server")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from remora.diagnose.iptables_model import Counters, Ruleset
+from remora.diagnose.iptables.model import Counters, Ruleset
 
 # A namespace where a table was never used has no `*nat` in iptables-save: the kernel
 # then has just the builtin chains with policy ACCEPT, which is what we put in its place
@@ -51,7 +51,7 @@ class MovedRule:
 
 def complete_tables(rules: Ruleset) -> Ruleset:
     """Give absent nat/mangle tables their empty builtin chains (policy ACCEPT)."""
-    from remora.diagnose.iptables_model import BUILTIN_CHAINS
+    from remora.diagnose.iptables.model import BUILTIN_CHAINS
 
     for name in LIVE_TABLES:
         if name not in rules.tables:

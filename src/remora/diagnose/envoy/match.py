@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from remora.diagnose.proxy_config_listeners import describe_chain_match
+from remora.diagnose.proxy_config.listeners import describe_chain_match
 from remora.errors import RemoraError
 from remora.proxy.config.strict import ConfigError, Fields, snake
 from remora.proxy.filter_chain_match import (

@@ -9,9 +9,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from remora.diagnose.envoy_sim import SidecarTrace
-from remora.diagnose.iptables_walk import RuleStep, WalkResult
-from remora.diagnose.source_ip import Report, Step
+from remora.diagnose.envoy.sim import SidecarTrace
+from remora.diagnose.iptables.walk import RuleStep, WalkResult
+from remora.diagnose.source_ip.explain import Report, Step
 
 STATUS = {"ok": "ok", "failed": "FAILED", "unknown": "unknown", "not captured": "not captured",
           "skipped": "skipped"}

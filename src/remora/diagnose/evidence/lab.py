@@ -1,18 +1,18 @@
 """`remora explain source-ip --from POD -n NS --to SERVICE[:PORT]|POD[:PORT]`: the live form.
 
 It collects, from the running lab, the same evidence a user collects by hand from a real
-cluster, and hands it to the same pure core (remora.diagnose.source_ip):
+cluster, and hands it to the same pure core (remora.diagnose.source_ip.explain):
 - each pod's ``iptables-save -c`` from inside its network namespace (the node daemon's
   exec argv), just before and just after the probe, so the trace shows the counters the
-  probe moved (remora.diagnose.live_counters);
+  probe moved (remora.diagnose.evidence.lab_counters);
 - each sidecar's ``/config_dump?include_eds`` from its admin port 127.0.0.1:15000, over a
   socket made in the pod's namespace (remora.lab.admin, as `remora proxy-config` does);
-- one real HTTP request from the client pod (remora.diagnose.live_probe) and the lines it
+- one real HTTP request from the client pod (remora.diagnose.evidence.lab_probe) and the lines it
   left in the client's and the server's istio-proxy access logs, found by its
   x-request-id: the server's UPSTREAM_LOCAL_ADDRESS is the confirmation of the verdict;
 - the server app's own log line for that connection (``RemoteAddr=``), when it prints one;
 - each sidecar process's uid/gid and the server pod's TPROXY policy routing
-  (remora.diagnose.live_pod_facts).
+  (remora.diagnose.evidence.lab_pod_facts).
 The lab's objects come from the node daemon (remora.node.client via remora.lab.session).
 """
 
@@ -25,17 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remora.diagnose import live_pod_facts, live_probe
-from remora.diagnose.access_log import AccessLogEntry
-from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
-from remora.diagnose.evidence import Evidence, PodEvidence
+from remora.diagnose.envoy.access_log import AccessLogEntry
+from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
+from remora.diagnose.evidence import lab_pod_facts as live_pod_facts
+from remora.diagnose.evidence import lab_probe as live_probe
+from remora.diagnose.evidence.lab_counters import MovedRule, annotate, complete_tables
+from remora.diagnose.evidence.lab_probe import ProbeResult
+from remora.diagnose.evidence.target import Destination, LabPod, find_pod, resolve_destination
 from remora.diagnose.facts import split_hostport
-from remora.diagnose.iptables_model import Ruleset
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.live_counters import MovedRule, annotate, complete_tables
-from remora.diagnose.live_probe import ProbeResult
-from remora.diagnose.live_target import Destination, LabPod, find_pod, resolve_destination
-from remora.diagnose.source_ip import Report, explain_source_ip
+from remora.diagnose.iptables.model import Ruleset
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.explain import Report, explain_source_ip
 from remora.errors import RemoraError
 from remora.lab import admin, session
 from remora.node.client import NodeClient

@@ -14,10 +14,10 @@ client's address first (envoy source/common/network/connection_impl.cc prefers t
 socket's already-set local address over the cluster's bind address).
 """
 
-from remora.diagnose.envoy_config import JSON, EnvoyConfig
-from remora.diagnose.envoy_match import ConnInfo, describe_match, select_filter_chain
-from remora.diagnose.envoy_route import network_filters
-from remora.diagnose.envoy_trace import (
+from remora.diagnose.envoy.config import JSON, EnvoyConfig
+from remora.diagnose.envoy.match import ConnInfo, describe_match, select_filter_chain
+from remora.diagnose.envoy.route import network_filters
+from remora.diagnose.envoy.trace import (
     Downstream,
     SidecarTrace,
     TlsHello,
@@ -26,7 +26,7 @@ from remora.diagnose.envoy_trace import (
     has_filter,
     sock,
 )
-from remora.diagnose.envoy_upstream import cluster_step
+from remora.diagnose.envoy.upstream import cluster_step
 from remora.diagnose.facts import Missing, hostport
 
 __all__ = ["Downstream", "SidecarTrace", "TlsHello", "UpstreamTls", "simulate"]

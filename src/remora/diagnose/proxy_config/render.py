@@ -16,15 +16,15 @@ from typing import Any
 
 import yaml
 
-from remora.diagnose.proxy_config_dump import JSON, ConfigDump, camel, inline_route_configs
-from remora.diagnose.proxy_config_listeners import (
+from remora.diagnose.proxy_config.dump import JSON, ConfigDump, camel, inline_route_configs
+from remora.diagnose.proxy_config.listeners import (
     cluster_of,
     describe_route_match,
     listener_table,
     listener_type,
     select_listeners,
 )
-from remora.diagnose.proxy_config_table import tabwrite
+from remora.diagnose.proxy_config.table import tabwrite
 from remora.errors import RemoraError
 
 __all__ = ["cluster_table", "describe_route_domains", "endpoint_rows", "endpoint_summary_table",

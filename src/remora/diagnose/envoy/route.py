@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from remora.diagnose.envoy_config import JSON, EnvoyConfig
-from remora.diagnose.envoy_trace import (
+from remora.diagnose.envoy.config import JSON, EnvoyConfig
+from remora.diagnose.envoy.trace import (
     HCM,
     TCP_PROXY,
     Downstream,

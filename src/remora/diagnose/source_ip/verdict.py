@@ -14,14 +14,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from remora.diagnose.evidence import Evidence, PodEvidence
 from remora.diagnose.facts import Missing, is_ip, split_hostport
-from remora.diagnose.istio_version import VersionInfo, detect
+from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.istio_version import VersionInfo, detect
 
 if TYPE_CHECKING:
-    from remora.diagnose.iptables_model import Rule
-    from remora.diagnose.source_ip import Step
-    from remora.diagnose.source_ip_facts import Fact
+    from remora.diagnose.iptables.model import Rule
+    from remora.diagnose.source_ip.explain import Step
+    from remora.diagnose.source_ip.facts import Fact
 
 TPROXY_PATCH = {"spec": {"template": {"metadata": {"annotations": {
     "sidecar.istio.io/interceptionMode": "TPROXY"}}}}}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from remora.diagnose.iptables_model import (
+from remora.diagnose.iptables.model import (
     AddrMatch,
     Counters,
     IfaceMatch,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from remora.diagnose.envoy_config import JSON
+from remora.diagnose.envoy.config import JSON
 from remora.diagnose.facts import Missing
 
 TCP_PROXY = ("envoy.filters.network.tcp_proxy", "envoy.tcp_proxy")

@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from remora.diagnose.evidence_text import is_prompt
-from remora.diagnose.proxy_config_dump import snake as struct_aware_snake
+from remora.diagnose.pasted import is_prompt
+from remora.diagnose.proxy_config.dump import snake as struct_aware_snake
 from remora.errors import RemoraError
 
 JSON = dict[str, Any]

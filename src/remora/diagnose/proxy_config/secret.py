@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography import x509
 
-from remora.diagnose.proxy_config_table import tabwrite
+from remora.diagnose.proxy_config.table import tabwrite
 from remora.errors import RemoraError
 
 HEADER = "RESOURCE NAME\tTYPE\tSTATUS\tVALID CERT\tSERIAL NUMBER\tNOT AFTER\tNOT BEFORE"
@@ -159,7 +159,7 @@ def items_from_config_dump(dump: dict[str, Any]) -> list[SecretItem]:
     """Secrets of an Envoy /config_dump (SecretsConfigDump) as istioctl lists them
     (sds/util.go GetEnvoySecrets): the warming ones, then the active ones, in the dump's
     order; an active secret at version "uninitialized" is UNINITIALIZED."""
-    from remora.diagnose.proxy_config_dump import snake
+    from remora.diagnose.proxy_config.dump import snake
 
     out: list[SecretItem] = []
     for conf in dump.get("configs", []):
