@@ -196,6 +196,24 @@ def test_no_evidence_and_unknown_port() -> None:
         explain_source_ip(ev)
 
 
+def test_port_from_the_inbound_cluster_name(data: Path) -> None:
+    """The seed's nat listing and its `inbound|18080||` cluster JSON alone: the port is
+    in the cluster's name, so explain infers instead of asking for --to (issue 13)."""
+    ev = Evidence()
+    ef.add_iptables(ev.server, data / "seed_redirect_nat.txt")
+    ef.add_config(ev.server, data / "seed_inbound_cluster.json")
+    report = explain_source_ip(ev)
+    assert report.facts["port"].value == "18080"
+    assert "inbound|18080||" in report.facts["port"].source
+    assert report.verdict.app_sees == "127.0.0.6"
+    assert report.verdict.kind == "inferred"
+    # two inbound ports named: no single answer, so it still asks
+    ev.server.config.clusters["inbound|9090||"] = dict(ev.server.config.clusters[
+        "inbound|18080||"], name="inbound|9090||")
+    with pytest.raises(RemoraError, match="destination port"):
+        explain_source_ip(ev)
+
+
 def istio_dumps(data: Path, goldens: Path) -> Evidence:
     """istioctl-style config dumps (camelCase, mTLS, EDS, istio.alpn) for the seed's pods."""
     ev = Evidence()

@@ -76,6 +76,7 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
         *((str(split_hostport(e.downstream_local_address or "")[1] or "") or None,
            f"client access log line {e.line}") for e in c_out),
         _inbound_port(ev),
+        _inbound_cluster_port(ev),
         *((str(split_hostport(e.dst)[1] or "") or None, f"ztunnel log line {e.line} "
            "(dst.addr)") for e in z_in),
     )
@@ -114,6 +115,27 @@ def _inbound_port(ev: Evidence) -> tuple[str | None, str]:
                 ports.add(int(port))
     only = str(ports.pop()) if len(ports) == 1 else None
     return only, "the server's only inbound port (virtualInbound chains)"
+
+
+def _inbound_cluster_port(ev: Evidence) -> tuple[str | None, str]:
+    """The port in the server's inbound cluster names, if they name just one.
+
+    Istio names a sidecar's inbound clusters ``inbound|PORT|PORTNAME|HOST`` (before 1.10
+    ``inbound|9080|http|productpage.default.svc.cluster.local``, from 1.10
+    ``inbound|18080||``): the port is the service's target port, the one the client's
+    connection reaches the server pod on. InboundPassthroughCluster names none."""
+    cfg = ev.server.config
+    ports: set[int] = set()
+    names: list[str] = []
+    for name in cfg.clusters if cfg else {}:
+        kind, _, rest = str(name).partition("|")
+        port = rest.partition("|")[0]
+        if kind == "inbound" and port.isdigit() and int(port) not in (15006, 15001, 15008):
+            ports.add(int(port))
+            names.append(str(name))
+    if len(ports) != 1:
+        return None, ""
+    return str(ports.pop()), f"the server's inbound cluster name {names[0]}"
 
 
 def _vip_from_routes(ev: Evidence, host: str | None) -> Fact | None:
