@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from remora.diagnose.evidence import files
+from remora.diagnose.evidence.sources import Collected, FileSource, KubeSource, LabSource
 from remora.diagnose.facts import split_hostport
-from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.evidence import PodEvidence
 from remora.errors import RemoraError, UsageError
 
 if TYPE_CHECKING:
-    from remora.diagnose.evidence.lab import LiveRun
     from remora.diagnose.source_ip.explain import Report
 
 _SIDE_HELP = "repeatable; prefix client= or server= (default server)"
@@ -103,14 +102,25 @@ def _write_diagram(path: Path, svg: str) -> str:
               help="table: what the app sees under REDIRECT/TPROXY and each header option")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None, metavar="DIR",
               help="live: the lab's state directory [default: /var/lib/remora]")
+@click.option("--kube", is_flag=True,
+              help="with --from/--to: collect the evidence from a cluster through the "
+                   "Kubernetes API (the kubeconfig's current context; the lab too)")
+@click.option("--context", metavar="NAME", help="--kube: the kubeconfig context to use")
+@click.option("--kubeconfig", metavar="FILE", envvar="KUBECONFIG",
+              help="--kube: the kubeconfig [default: $KUBECONFIG or ~/.kube/config]")
 def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
               access_log: tuple[str, ...], ip_rules: tuple[str, ...],
               sidecar_uid: tuple[str, ...], sidecar_gid: tuple[str, ...],
               istio_version: str | None, client_ip: str | None, server_ip: str | None,
               client_pod: str | None, server_pod: str | None, to: str | None,
               from_: str | None, namespace: str | None, http_path: str, output: str,
-              diagram: Path | None, compare: bool, state_dir: str | None) -> None:
+              diagram: Path | None, compare: bool, state_dir: str | None, kube: bool,
+              context: str | None, kubeconfig: str | None) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
+    if (kube or context) and not from_:
+        raise UsageError("--kube needs --from POD and --to SERVICE[:PORT]",
+                         "e.g. --kube --from deploy/simple-client -n demo-from "
+                         "--to simple-server-svc.demo-to:18080")
     if from_:
         if istio_dump or config_dump or iptables or access_log or ip_rules or sidecar_uid \
                 or sidecar_gid:
@@ -120,27 +130,23 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
             raise UsageError("--from needs --to: the service or pod the client connects to",
                              "e.g. --from deploy/simple-client -n demo-from "
                              "--to simple-server-svc.demo-to:18080")
-        _live(from_, namespace or "default", to, http_path, output, diagram, compare,
-              state_dir)
+        if kube or context:
+            got: Collected = KubeSource(from_, namespace or "default", to, http_path,
+                                        kubeconfig, context).collect()
+        else:
+            from remora.lab import session
+
+            got = LabSource(session.state_dir(state_dir), from_, namespace or "default", to,
+                            http_path).collect()
+        _print(got, got.explain(), output, diagram, compare)
         return
     if not (istio_dump or config_dump or iptables or access_log):
         raise UsageError("no evidence given",
                          "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "
                          "files (see `remora explain source-ip --help`)")
-    from remora.diagnose.source_ip.explain import explain_source_ip
-
-    ev = Evidence()
-    if istio_dump:
-        files.load_dump_dir(istio_dump, ev)
-    for values, add in ((config_dump, files.add_config), (iptables, files.add_iptables),
-                        (access_log, files.add_access_log), (ip_rules, files.add_ip_rules)):
-        for value in values:
-            side, path = files.split_side(value)
-            add(ev.client if side == "client" else ev.server, path)
-    for values, which in ((sidecar_uid, "uid"), (sidecar_gid, "gid")):
-        for value in values:
-            side, number = files.split_side_text(value)
-            files.set_proxy_id(ev.client if side == "client" else ev.server, which, number)
+    got = FileSource(istio_dump, list(config_dump), list(iptables), list(access_log),
+                     list(ip_rules), list(sidecar_uid), list(sidecar_gid)).collect()
+    ev = got.evidence
     _pod(ev.client, client_pod, client_ip, namespace)
     _pod(ev.server, server_pod, server_ip, namespace)
     if to:
@@ -156,45 +162,34 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
             raise UsageError(f"--istio-version {istio_version}: expected MAJOR.MINOR",
                              "e.g. --istio-version 1.9")
         ev.istio_version = istio_version
-    _print(ev, explain_source_ip(ev), output, diagram, compare)
+    _print(got, got.explain(), output, diagram, compare)
 
 
-def _live(from_: str, namespace: str, to: str, http_path: str, output: str,
-          diagram: Path | None, compare: bool, state_dir: str | None) -> None:
-    from remora.diagnose.evidence import lab as live
-    from remora.lab import session
-
-    run = live.collect(session.state_dir(state_dir), from_, namespace, to, http_path)
-    _print(run.evidence, live.explain(run), output, diagram, compare, run)
-
-
-def _print(ev: Evidence, report: Report, output: str, diagram: Path | None, compare: bool,
-           run: LiveRun | None = None) -> None:
-    """The same output offline and live; live adds the probe, its pods and counters."""
+def _print(got: Collected, report: Report, output: str, diagram: Path | None,
+           compare: bool) -> None:
+    """The same output from every source; the lab adds the probe, its pods and counters,
+    a cluster the steps it collected and could not."""
     import json
 
-    from remora.diagnose.evidence import lab_render as live_render
     from remora.diagnose.source_ip.compare import compare_table, render_compare
     from remora.diagnose.source_ip.render import render_json, render_text, to_json
     from remora.diagnose.source_ip.svg import render_svg
 
+    extra = got.json_extra()
     if compare:
-        table = compare_table(ev, report)
+        table = compare_table(got.evidence, report)
         if output == "json":
             click.echo(json.dumps([row.__dict__ for row in table], indent=2))
         else:
-            if run is not None:
-                click.echo("\n".join(live_render.header_lines(run)) + "\n")
+            if header := got.header_lines():
+                click.echo("\n".join(header) + "\n")
             click.echo(render_compare(table), nl=False)
     elif output == "json":
-        if run is None:
+        if extra is None:
             click.echo(render_json(report), nl=False)
         else:
-            click.echo(json.dumps({**to_json(report), "live": live_render.to_json(run)},
-                                  indent=2))
-    elif run is None:
-        click.echo(render_text(report), nl=False)
+            click.echo(json.dumps({**to_json(report), extra[0]: extra[1]}, indent=2))
     else:
-        click.echo(live_render.text(run, render_text(report)), nl=False)
+        click.echo(got.text(render_text(report)), nl=False)
     if diagram is not None:
         click.echo(_write_diagram(diagram, render_svg(report)), err=True)

@@ -31,6 +31,7 @@ from remora.diagnose.evidence import lab_pod_facts as live_pod_facts
 from remora.diagnose.evidence import lab_probe as live_probe
 from remora.diagnose.evidence.lab_counters import MovedRule, annotate, complete_tables
 from remora.diagnose.evidence.lab_probe import ProbeResult
+from remora.diagnose.evidence.review import review
 from remora.diagnose.evidence.target import Destination, LabPod, find_pod, resolve_destination
 from remora.diagnose.facts import split_hostport
 from remora.diagnose.iptables.model import Ruleset
@@ -251,19 +252,5 @@ def _notes(notes: list[str], src: LabPod, server: LabPod, probe: ProbeResult,
 
 def explain(run: LiveRun) -> Report:
     """The core's report for the live evidence, with what only the live run knows."""
-    report = explain_source_ip(run.evidence)
-    # A side without a sidecar has no sidecar evidence to collect: not a gap.
-    no_sidecar = [role for role, pod in (("client", run.client), ("server", run.server))
-                  if not pod.has_sidecar]
-    report.missing = [m for m in report.missing
-                      if not any(f"{role} sidecar" in m.what for role in no_sidecar)
-                      and not (not run.server.has_sidecar and "access log" in m.what)]
-    if not run.server.has_sidecar:
-        report.mode = "none (no sidecar)"  # the core reads "no TPROXY rule" as REDIRECT
-    v = report.verdict
-    if not v.confirmed and run.app_line and v.app_sees and f"RemoteAddr={v.app_sees}:" in \
-            run.app_line:
-        v.confirmed = True
-        v.confirmation = (f"the server app logged `{run.app_line}` for the probe's "
-                          "connection")
-    return report
+    return review(explain_source_ip(run.evidence), run.client, run.server, run.app_line,
+                  "the probe's connection")

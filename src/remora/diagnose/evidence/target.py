@@ -62,15 +62,29 @@ def lab_pod(pod: dict[str, Any]) -> LabPod:
                   str(remora.get("status") or ""), pod)
 
 
-def _running(pod: LabPod, role: str) -> LabPod:
-    if not pod.netns or not pod.ip:
+def _running(pod: LabPod, role: str, netns: bool = True) -> LabPod:
+    """The pod if it runs. The lab's pods also need their network namespace (NETNS); a
+    cluster's pods through the API have none to show, their IP is enough."""
+    if (netns and not pod.netns) or not pod.ip:
         raise RemoraError(f"{role} pod {pod.ref} is not running yet (status "
                           f"{pod.status or 'unknown'}): it has no network namespace or IP",
                           f"wait until `remora get pods -n {pod.namespace}` shows it Running")
     return pod
 
 
-def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "client") -> LabPod:
+def _owned_by(pod: dict[str, Any], deployment: str) -> bool:
+    """Owned by the Deployment: directly (the lab's store) or through its ReplicaSet
+    ``NAME-<pod-template-hash>``, as on a cluster (and the lab's API)."""
+    owner = (pod["metadata"].get("ownerReferences") or [{}])[0]
+    name = owner.get("name")
+    if name == deployment:
+        return True
+    hash_ = (pod["metadata"].get("labels") or {}).get("pod-template-hash")
+    return owner.get("kind") == "ReplicaSet" and bool(hash_) and name == f"{deployment}-{hash_}"
+
+
+def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "client",
+             netns: bool = True) -> LabPod:
     """``POD``, ``POD.NS`` or ``deploy/NAME`` (its first live pod) in NAMESPACE."""
     name = ref
     if "/" in ref:
@@ -82,11 +96,11 @@ def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "
         else:
             owned = [p for p in pods if _alive(p)
                      and p["metadata"].get("namespace") == namespace
-                     and (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name]
+                     and _owned_by(p, name)]
             if not owned:
                 raise RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
                                   f"see `remora get deploy,pods -n {namespace}`")
-            return _running(lab_pod(owned[0]), role)
+            return _running(lab_pod(owned[0]), role, netns)
     found = [p for p in pods if p["metadata"]["name"] == name
              and p["metadata"].get("namespace") == namespace]
     if not found and "." in name:
@@ -97,7 +111,7 @@ def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "
         raise RemoraError(f"{role} pod {name!r} not found in namespace {namespace!r}: expected "
                           "a pod name as `remora get pods` lists it, or deploy/NAME",
                           f"list them with `remora get pods -n {namespace}` (or -A)")
-    return _running(lab_pod(found[0]), role)
+    return _running(lab_pod(found[0]), role, netns)
 
 
 def split_to(to: str) -> tuple[str, int | None]:
@@ -173,7 +187,7 @@ def _pod_port(pod: dict[str, Any], services: list[dict[str, Any]]) -> int | None
 
 
 def resolve_destination(to: str, namespace: str, services: list[dict[str, Any]],
-                        pods: list[dict[str, Any]]) -> Destination:
+                        pods: list[dict[str, Any]], netns: bool = True) -> Destination:
     host, port = split_to(to)
     live = [p for p in pods if _alive(p)]
     if is_ip(host):
@@ -184,7 +198,7 @@ def resolve_destination(to: str, namespace: str, services: list[dict[str, Any]],
         if not by_ip:
             raise RemoraError(f"--to {to}: no service ClusterIP or pod IP {host} in the lab",
                               "see `remora get svc,pods -A -o wide`")
-        return _pod_dest(by_ip[0], port, services, to)
+        return _pod_dest(by_ip[0], port, services, to, netns)
     name = host
     for suffix in CLUSTER_SUFFIXES:
         if name.endswith(suffix):
@@ -199,15 +213,15 @@ def resolve_destination(to: str, namespace: str, services: list[dict[str, Any]],
     pod = [p for p in live if p["metadata"]["name"] == name
            and p["metadata"].get("namespace") == ns]
     if pod:
-        return _pod_dest(pod[0], port, services, to)
+        return _pod_dest(pod[0], port, services, to, netns)
     raise RemoraError(f"--to {to}: no service or pod named {name!r} in namespace {ns!r}: "
                       "expected SERVICE[.NS][:PORT] or POD[.NS][:PORT]",
                       f"list them with `remora get svc,pods -n {ns}`")
 
 
 def _pod_dest(pod: dict[str, Any], port: int | None, services: list[dict[str, Any]],
-              to: str) -> Destination:
-    server = _running(lab_pod(pod), "server")
+              to: str, netns: bool = True) -> Destination:
+    server = _running(lab_pod(pod), "server", netns)
     port = port or _pod_port(pod, services)
     if port is None:
         raise UsageError(f"--to {to}: pod {server.ref} declares no port and no service "
