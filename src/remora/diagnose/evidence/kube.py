@@ -142,11 +142,38 @@ def _kubectl(pod: LabPod, container: str, cmd: str) -> str:
     return f"kubectl exec {pod.name} -n {pod.namespace} -c {container} -- {cmd}"
 
 
-def _config(cluster: Cluster, pod: LabPod, run: KubeRun, role: str) -> EnvoyConfig | None:
+def fetch_config_dump(cluster: Cluster, pod: LabPod) -> tuple[ExecResult | None,
+                                                             list[ExecResult]]:
+    """The sidecar's ``/config_dump?include_eds`` through pods/exec: pilot-agent (Istio's
+    proxy image), else curl or wget of the admin port (images without pilot-agent)."""
     tries = [["pilot-agent", "request", "GET", CONFIG_PATH],
              ["curl", "-s", "--max-time", "10", ADMIN + CONFIG_PATH],
              ["wget", "-q", "-O", "-", ADMIN + CONFIG_PATH]]
-    ok, failed = _exec_first(cluster, pod, SIDECAR, tries)
+    return _exec_first(cluster, pod, SIDECAR, tries)
+
+
+def find_sidecar_pod(cluster: Cluster, name: str, namespace: str) -> LabPod:
+    """POD in NAMESPACE, with an istio-proxy container (for proxy-config --kube)."""
+    pods = [as_candidate(p) for p in cluster.pods([namespace])]
+    pod = find_pod(pods, name, namespace, "the", netns=False)
+    if not pod.has_sidecar:
+        raise RemoraError(f"pod {pod.ref} has no sidecar (istio-proxy)",
+                          "label its namespace istio-injection=enabled and re-create the pod")
+    return pod
+
+
+def config_dump_text(cluster: Cluster, pod: LabPod) -> str:
+    """The config dump's text, or a RemoraError naming each try's failure."""
+    ok, failed = fetch_config_dump(cluster, pod)
+    if ok is None:
+        raise RemoraError(f"cannot read the config dump of {pod.ref}: {_why(failed)}",
+                          f"istioctl proxy-config all {pod.name} -n {pod.namespace} -o json "
+                          "> dump.json, then --file dump.json")
+    return ok.stdout
+
+
+def _config(cluster: Cluster, pod: LabPod, run: KubeRun, role: str) -> EnvoyConfig | None:
+    ok, failed = fetch_config_dump(cluster, pod)
     if ok is None:
         run.gaps.append(Gap(f"{role} sidecar config dump", _why(failed),
                             f"istioctl proxy-config all {pod.name} -n {pod.namespace} -o json "
@@ -154,7 +181,7 @@ def _config(cluster: Cluster, pod: LabPod, run: KubeRun, role: str) -> EnvoyConf
                             "--config-dump"))
         return None
     cfg = EnvoyConfig()
-    where = f"`{' '.join(ok.argv[:4])}` in {pod.ref} -c {SIDECAR}"
+    where = f"`{' '.join(ok.argv)}` in {pod.ref} -c {SIDECAR}"
     try:
         parse_config_text(cfg, ok.stdout, where)
     except RemoraError as exc:
@@ -162,7 +189,8 @@ def _config(cluster: Cluster, pod: LabPod, run: KubeRun, role: str) -> EnvoyConf
                             f"({exc.problem})", f"istioctl proxy-config all {pod.name} -n "
                             f"{pod.namespace} -o json"))
         return None
-    run.collected.append(f"{role} config dump: {where}")
+    tried = f" (tried first: {_why(failed)})" if failed else ""
+    run.collected.append(f"{role} config dump: {where}{tried}")
     return cfg
 
 
