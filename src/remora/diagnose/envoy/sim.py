@@ -25,6 +25,7 @@ from remora.diagnose.envoy.trace import (
     fail,
     has_filter,
     sock,
+    socks,
 )
 from remora.diagnose.envoy.upstream import cluster_step
 from remora.diagnose.facts import Missing, hostport
@@ -117,18 +118,21 @@ def simulate(cfg: EnvoyConfig, ds: Downstream, role: str, pod_ip: str | None = N
 
 
 def _handoff_target(cfg: EnvoyConfig, ds: Downstream, virtual: JSON) -> JSON | None:
-    """The listener for the original destination: exact address, then 0.0.0.0/[::]."""
+    """The listener for the original destination: exact address, then the wildcard of its
+    family, 0.0.0.0 or [::] (Envoy's ConnectionHandlerImpl::findActiveListenerByAddress),
+    among each listener's address and additional_addresses."""
     exact = wildcard = None
+    want = "::" if ":" in ds.orig_dst_ip else "0.0.0.0"
     for x in cfg.listeners:
         if x is virtual:
             continue
-        addr, port = sock(x)
-        if port != ds.orig_dst_port:
-            continue
-        if addr == ds.orig_dst_ip:
-            exact = x
-        elif addr in ("0.0.0.0", "::"):
-            wildcard = x
+        for addr, port in socks(x):
+            if port != ds.orig_dst_port:
+                continue
+            if addr == ds.orig_dst_ip:
+                exact = exact or x
+            elif addr == want:
+                wildcard = wildcard or x
     return exact or wildcard
 
 

@@ -97,6 +97,16 @@ def sock(listener: JSON) -> tuple[str, int]:
     return str(sa.get("address", "")), int(sa.get("port_value", 0) or 0)
 
 
+def socks(listener: JSON) -> list[tuple[str, int]]:
+    """The listener's address and its ``additional_addresses`` (Istio's dual stack: the
+    other family's wildcard, ``[::]`` beside ``0.0.0.0``)."""
+    out = [sock(listener)]
+    for extra in listener.get("additional_addresses", []) or []:
+        sa = ((extra or {}).get("address") or {}).get("socket_address") or {}
+        out.append((str(sa.get("address", "")), int(sa.get("port_value", 0) or 0)))
+    return out
+
+
 def fail(trace: SidecarTrace, name: str, detail: str) -> SidecarTrace:
     trace.failure, trace.failure_detail = name, detail
     return trace

@@ -96,6 +96,24 @@ def _cluster_tls(cluster: JSON, ep: Endpoint, t: SidecarTrace) -> UpstreamTls:
     return UpstreamTls("plaintext", how="no transport_socket")
 
 
+def _bind_address(cluster: JSON, endpoint: str) -> tuple[str, str]:
+    """The bind address of the upstream's family: ``source_address``, or the first of
+    ``extra_source_addresses`` of the endpoint's family (Envoy's
+    upstream_bind_config: "the one whose IP family matches the upstream's"; Istio puts
+    127.0.0.6 in source_address and ::6 in extra_source_addresses in dual stack, "since
+    we cannot bind to IPv4 and send to IPv6")."""
+    bind = cluster.get("upstream_bind_config") or {}
+    main = str((bind.get("source_address") or {}).get("address") or "")
+    want_v6 = endpoint.startswith("[") or endpoint.count(":") > 1
+    if (":" in main) == want_v6 or not endpoint:
+        return main, "source_address"
+    for extra in bind.get("extra_source_addresses", []) or []:
+        addr = str(((extra or {}).get("address") or {}).get("address") or "")
+        if addr and (":" in addr) == want_v6:
+            return addr, "extra_source_addresses"
+    return main, "source_address"
+
+
 def _upstream_source(cluster: JSON, listener: JSON, ds: Downstream, t: SidecarTrace,
                      pod_ip: str | None) -> None:
     osrc = has_filter(listener, "original_src", "OriginalSrc")
@@ -114,9 +132,9 @@ def _upstream_source(cluster: JSON, listener: JSON, ds: Downstream, t: SidecarTr
                            f"{ds.src_ip} are routed out of the pod, not back to the sidecar")
         return
     if bind.get("address"):
-        t.upstream_source = str(bind["address"])
-        t.upstream_source_why = (f"cluster {t.cluster} upstream_bind_config.source_address "
-                                 f"{bind['address']}")
+        address, why = _bind_address(cluster, t.endpoint or "")
+        t.upstream_source = address
+        t.upstream_source_why = f"cluster {t.cluster} upstream_bind_config.{why} {address}"
         return
     if t.endpoint and t.endpoint.startswith("127."):
         # Istio before 1.10: inbound clusters dialled 127.0.0.1:PORT with no bind config;

@@ -53,15 +53,46 @@ def read_text(path: Path, what: str) -> str:
 
 def parse_iptables_text(text: str, name: str) -> Ruleset:
     """iptables-save text or `iptables -L -v` listings; the IPv4 rules when both families."""
+    return parse_iptables_families(text, name)[0]
+
+
+def family_of(rs: Ruleset, text: str, name: str) -> int:
+    """6 for ip6tables evidence: an IPv6 address in a rule (Istio's ``::6``, ``::1``,
+    ``:::15006``), ``ip6tables`` in a prompt or header, or ``ip6``/``ipv6`` in the
+    file name."""
+    if rs.family == 6 or re.search(r"ip6tables", text) or re.search(r"ip6|ipv6|v6\b",
+                                                                       name.lower()):
+        return 6
+    for table in rs.tables.values():
+        for chain in table.chains.values():
+            for rule in chain.rules:
+                if any(getattr(m, "net", None) is not None and m.net.version == 6  # type: ignore[attr-defined]
+                       for m in rule.matches):
+                    return 6
+                if rule.target.name == "TPROXY" and ":::" in rule.source:
+                    return 6
+    return 4
+
+
+def parse_iptables_families(text: str, name: str) -> list[Ruleset]:
+    """Every address family in iptables-save text (or a golden with both blocks) or in
+    `iptables -L -v` / `ip6tables -L -v` listings, IPv4 first."""
     hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
     text = unframe(text)
     if looks_like_listing(text):
-        return parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
+        rs = parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
+        rs.family = family_of(rs, text, name)
+        if rs.family == 6:
+            rs.origin = rs.origin.replace("(iptables -L -v)", "(ip6tables -L -v)")
+        return [rs]
     if looks_like_save(text):
         text, _ = rule_lines(text)
         families = parse_iptables_save(text, origin=f"{name} (iptables-save)", table_hint=hint)
+        if len(families) == 1 and family_of(families[0], text, name) == 6:
+            families[0].family = 6
+            families[0].origin = f"{name} (ip6tables-save)"
         if families:
-            return families[0]
+            return families
     raise RemoraError(
         f"{name} is not an iptables listing: expected `iptables-save` output (`*nat`, "
         "`-A CHAIN ...` lines) or `iptables -t nat -L -v` output (`Chain NAME (policy ...)`)",
@@ -70,11 +101,8 @@ def parse_iptables_text(text: str, name: str) -> Ruleset:
 
 
 def add_iptables(pod: PodEvidence, path: Path) -> None:
-    rs = parse_iptables_text(read_text(path, "iptables"), path.name)
-    if pod.iptables is None:
-        pod.iptables = rs
-    else:
-        pod.iptables.merge(rs)
+    for rs in parse_iptables_families(read_text(path, "iptables"), path.name):
+        pod.add_rules(rs)
     pod.sources.append(f"iptables: {path}")
 
 

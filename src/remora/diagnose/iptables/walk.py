@@ -249,8 +249,9 @@ def _reason(step: RuleStep | None, st: _State) -> str:
             return f"excluded port {port} ({rule_text})"
         if isinstance(rule_match, AddrMatch) and not rule_match.negated:
             if rule_match.which == "src":
-                if rule_match.raw.startswith("127.0.0.6") or rule_match.raw.startswith("::6"):
-                    return f"source is 127.0.0.6, the inbound sidecar's bind address ({rule_text})"
+                if rule_match.raw.startswith(("127.0.0.6", "::6")):
+                    bound = "::6" if rule_match.raw.startswith("::6") else "127.0.0.6"
+                    return f"source is {bound}, the inbound sidecar's bind address ({rule_text})"
                 return f"excluded source {rule_match.raw} ({rule_text})"
             if rule_match.net is not None and rule_match.net.is_loopback:
                 return f"destination is localhost ({rule_text})"

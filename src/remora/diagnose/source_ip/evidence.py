@@ -38,11 +38,28 @@ class PodEvidence:
     shell_script: bool = False  # rules from istio-iptables.sh (Istio 1.4 and before)
     version_text: list[str] = field(default_factory=list)  # `istioctl version`, image tags
     ztunnel_log: list[ZtunnelEntry] = field(default_factory=list)  # ambient: ztunnel's lines
+    # the IPv6 rules (ip6tables-save, `ip6tables -L -v`, the IPv6 block of a golden):
+    # walked instead of ``iptables`` when the connection is IPv6 (source_ip.explain)
+    iptables6: Ruleset | None = None
+    walk_family: int = 4  # the family whose rules ``iptables`` holds for this diagnosis
 
     @property
     def empty(self) -> bool:
-        return (self.iptables is None and self.config is None and not self.access_log
+        return (self.iptables is None and self.iptables6 is None and self.config is None
+                and not self.access_log
                 and not self.version_text and not self.declared and not self.ztunnel_log)
+
+    def add_rules(self, rs: Ruleset) -> None:
+        """Rules of either family, merged into what this pod already has of it."""
+        if rs.family == 6:
+            if self.iptables6 is None:
+                self.iptables6 = rs
+            else:
+                self.iptables6.merge(rs)
+        elif self.iptables is None:
+            self.iptables = rs
+        else:
+            self.iptables.merge(rs)
 
     def pod_ref(self) -> str:
         """``POD -n NS`` for the commands we suggest (names from the node id if not given)."""

@@ -14,7 +14,7 @@ Unknown facts are listed with the command that would collect them; assumptions a
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from remora.diagnose.envoy.sim import Downstream, SidecarTrace, TlsHello, simulate
 from remora.diagnose.envoy.trace import sock
@@ -23,7 +23,7 @@ from remora.diagnose.iptables.model import Packet, Ruleset
 from remora.diagnose.iptables.policy_routing import check_tproxy
 from remora.diagnose.iptables.walk import WalkResult, walk
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
-from remora.diagnose.source_ip.facts import Fact, ip_of, resolve_facts
+from remora.diagnose.source_ip.facts import Fact, family_of, ip_of, resolve_facts
 from remora.diagnose.source_ip.verdict import Verdict, decide
 from remora.errors import RemoraError
 
@@ -104,8 +104,18 @@ def _proxy_ids(pod: PodEvidence, mode: str, assumptions: list[str]) -> tuple[int
 
 
 def _iptables_cmd(pod: PodEvidence) -> str:
-    return (f"kubectl exec {pod.pod_ref()} -c istio-proxy -- iptables-save  (or on its node: "
-            "nsenter --target <container pid> --net iptables-save)")
+    save = "ip6tables-save" if pod.walk_family == 6 else "iptables-save"
+    return (f"kubectl exec {pod.pod_ref()} -c istio-proxy -- {save}  (or on its node: "
+            f"nsenter --target <container pid> --net {save})")
+
+
+def for_family(ev: Evidence, family: int) -> Evidence:
+    """EV with the rules of FAMILY in ``iptables``: an IPv6 connection goes through the
+    ip6tables rules (Istio repeats its capture there with ::1 and ::6), never IPv4's."""
+    if family == 4:
+        return ev
+    return replace(ev, client=replace(ev.client, iptables=ev.client.iptables6, walk_family=6),
+                   server=replace(ev.server, iptables=ev.server.iptables6, walk_family=6))
 
 
 def _config_cmd(pod: PodEvidence) -> str:
@@ -118,6 +128,7 @@ def explain_source_ip(ev: Evidence) -> Report:
         raise RemoraError("no evidence given", "pass --istio-dump DIR, or --config-dump / "
                           "--iptables / --access-log files for the client and/or server pod")
     facts = resolve_facts(ev)
+    ev = for_family(ev, family_of(ev, facts))
     missing: list[Missing] = []
     assumptions: list[str] = [f"{name} = {f.value} ({f.source})" for name, f in facts.items()
                               if not f.known]

@@ -19,6 +19,9 @@ from remora.errors import RemoraError
 PLACEHOLDER_CLIENT = "192.0.2.10"
 PLACEHOLDER_SERVER = "192.0.2.20"
 PLACEHOLDER_VIP = "198.51.100.10"
+# IPv6: the documentation prefix (RFC 3849)
+PLACEHOLDERS_V6 = {PLACEHOLDER_CLIENT: "2001:db8::10", PLACEHOLDER_SERVER: "2001:db8::20",
+                   PLACEHOLDER_VIP: "2001:db8:96::10"}
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,25 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
     )
     if authority:
         facts["authority"] = authority
+    if family_of(ev, facts) == 6:
+        for name in ("client_ip", "server_ip", "service_ip"):
+            f = facts[name]
+            if not f.known:
+                facts[name] = Fact(PLACEHOLDERS_V6[f.value], f.source.replace(
+                    "placeholder", "placeholder, IPv6", 1))
     return facts
+
+
+def family_of(ev: Evidence, facts: dict[str, Fact]) -> int:
+    """The connection's address family: that of the known addresses (an IPv6 client,
+    pod or service address: the IPv6 rules and ``::6`` decide), else IPv6 when the rules
+    given are IPv6 only (ip6tables)."""
+    known = [f.value for name, f in facts.items()
+             if name in ("client_ip", "server_ip", "service_ip") and f.known and is_ip(f.value)]
+    if known:
+        return 6 if ":" in known[0] else 4
+    v6_only = any(p.iptables6 is not None and p.iptables is None for p in (ev.client, ev.server))
+    return 6 if v6_only else 4
 
 
 def _inbound_port(ev: Evidence) -> tuple[str | None, str]:

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from remora.diagnose.envoy.sim import SidecarTrace
+from remora.diagnose.facts import hostport
 from remora.diagnose.iptables.walk import RuleStep, WalkResult
 from remora.diagnose.source_ip.explain import Report, Step
 
@@ -94,8 +95,9 @@ def _step_lines(s: Step) -> list[str]:
     if s.follow_up is not None:
         f = s.follow_up
         p = f.packet
-        out.append(f"   then the sidecar's own connection {p.src} -> {p.dst}:{p.dport} "
-                   f"(out {p.out_iface}, uid {p.uid}, gid {p.gid}): {f.capture.summary()}")
+        out.append(f"   then the sidecar's own connection {p.src} -> "
+                   f"{hostport(str(p.dst), p.dport)} (out {p.out_iface}, uid {p.uid}, "
+                   f"gid {p.gid}): {f.capture.summary()}")
         out.extend(_rule_lines(f, "     "))
     out.extend(f"   note: {n}" for n in s.notes)
     return out

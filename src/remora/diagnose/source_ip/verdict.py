@@ -9,6 +9,7 @@ with ``use_remote_address: true``; X-Envoy-External-Address at a gateway, truste
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ TPROXY_PATCH = {"spec": {"template": {"metadata": {"annotations": {
 BIND_RULE = "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN"
 LOOP_RULE = ("-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 "
              "-m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT")
+# istio-iptables repeats them in ip6tables with ::6 and ::1 (tools/istio-iptables
+# capture: PLACEHOLDER_IP_VERSION_SPECIFIC; the ipv6-*.golden files)
+BIND_RULE6 = "-A ISTIO_OUTPUT -o lo -s ::6/128 -j RETURN"
+LOOP_RULE6 = LOOP_RULE.replace("127.0.0.1/32", "::1/128")
 
 
 @dataclass
@@ -281,8 +286,8 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
     if v.app_sees is not None:
         v.sees_client = v.app_sees == v.client_ip
     _xff(ev, steps, v)
-    if v.app_sees == "127.0.0.6":
-        v.explanation_127 = _explain_127(step4, ev)
+    if v.app_sees in ("127.0.0.6", "::6"):
+        v.explanation_127 = _explain_127(step4, ev, v.app_sees)
     elif v.app_sees == "127.0.0.1":
         v.explanation_127 = explain_127_0_0_1(ver)
     if v.sees_client is False:
@@ -458,16 +463,19 @@ def _xff(ev: Evidence, steps: list[Step], v: Verdict) -> None:
     v.xff = v.xff.lstrip("; ") or "unknown (no HTTP access log, no inbound HTTP config)"
 
 
-def _explain_127(step4: Step, ev: Evidence) -> list[str]:
-    """Why 127.0.0.6, quoting the rules of the evidence where it has them, and saying so
-    when a rule is quoted from Istio's defaults (istio-iptables) instead."""
+def _explain_127(step4: Step, ev: Evidence, bound: str = "127.0.0.6") -> list[str]:
+    """Why 127.0.0.6 (or IPv6's ::6, in the same two sentences), quoting the rules of the
+    evidence where it has them, and saying so when a rule is quoted from Istio's defaults
+    (istio-iptables) instead."""
     follow = step4.follow_up
-    loop = LOOP_RULE
+    v6 = bound == "::6"
+    loop = LOOP_RULE6 if v6 else LOOP_RULE
     if follow and follow.packet.uid != 1337 and follow.packet.gid == 1337:
         # a sidecar running as uid 0 / gid 1337 is caught by the --gid-owner twin
         loop = LOOP_RULE.replace("--uid-owner", "--gid-owner")
     loop_from = " (Istio's default rule, not in the evidence)"
-    bind, bind_from = BIND_RULE, " (Istio's default rule, not in the evidence)"
+    canonical_bind = BIND_RULE6 if v6 else BIND_RULE
+    bind, bind_from = canonical_bind, " (Istio's default rule, not in the evidence)"
     rs = ev.server.iptables
     nat = rs.tables.get("nat") if rs else None
     out_chain = nat.chains.get("ISTIO_OUTPUT") if nat else None
@@ -491,18 +499,28 @@ def _explain_127(step4: Step, ev: Evidence) -> list[str]:
             break
     decided = follow.capture.decided_by if follow else None
     for r in (out_chain.rules if out_chain else []):
-        if r.target.name == "RETURN" and "127.0.0.6" in r.text() and (
+        if r.target.name == "RETURN" and _binds(r, bound) and (
                 decided is None or decided.index == r.index):
-            bind, bind_from = cite(r, BIND_RULE, decided.counters if decided else None)
+            bind, bind_from = cite(r, canonical_bind, decided.counters if decided else None)
             break
     return [
         "The server sidecar dials the app at the pod IP over lo as the proxy user, and "
         f"`{loop}`{loop_from} would send that connection straight back into the sidecar's "
         "port 15006, a loop.",
-        "So Istio binds its inbound connections to 127.0.0.6 (upstream_bind_config; the 6 as "
-        f"in 15006) and lets exactly them through with `{bind}`{bind_from}: that source is "
-        "what the app sees.",
+        f"So Istio binds its inbound connections to {bound} (upstream_bind_config"
+        + ("'s extra_source_addresses for IPv6, 127.0.0.6's twin" if v6 else "")
+        + f"; the 6 as in 15006) and lets exactly them through with `{bind}`{bind_from}: "
+        "that source is what the app sees.",
     ]
+
+
+def _binds(r: Rule, bound: str) -> bool:
+    """The rule lets the bind address out: ``-s 127.0.0.6/32`` (``-s ::6/128``), or a
+    listing's ``127.0.0.6`` / ``::6`` source column."""
+    return any(getattr(m, "which", None) == "src" and getattr(m, "net", None) is not None
+               and ipaddress.ip_address(bound) in m.net  # type: ignore[attr-defined]
+               and m.net.prefixlen == m.net.max_prefixlen  # type: ignore[attr-defined]
+               for m in r.matches)
 
 
 def explain_127_0_0_1(ver: VersionInfo) -> list[str]:
