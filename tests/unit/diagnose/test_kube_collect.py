@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,25 @@ def test_an_exec_refused_by_rbac_is_not_retried() -> None:
     with pytest.raises(RemoraError, match=r"cannot read the config dump of demo-to/"
                        r"simple-server-7c8b-fghij: `pilot-agent request GET`: forbidden"):
         kube.config_dump_text(cluster, pod)
+
+
+def test_an_ipv6_pod_gives_its_ip6tables_rules_too(data_dir: Path) -> None:
+    """A dual-stack server (status.podIPs with an IPv6 address): ip6tables-save is run in
+    its istio-proxy as well, and the rules are kept as the IPv6 family's."""
+    save6 = (data_dir / "diagnose" / "seed_ipv6_redirect.ip6tables-save").read_text()
+    server = json.loads(json.dumps(SERVER))
+    server["status"]["podIPs"] = [{"ip": "10.0.0.7"}, {"ip": "fd00:10:20::77"}]
+    cluster = Cluster({"ip6tables-save": ExecResult((), 0, save6, "")})
+    pod = find_pod([kube.as_candidate(server)], SERVER["metadata"]["name"], "demo-to",
+                   netns=False)
+    run = kube.KubeRun(kube.Evidence(), pod, pod, None)  # type: ignore[arg-type]
+    rules = kube._rules6(cluster, pod, "istio-proxy", run, "server")
+    assert rules is not None and rules.family == 6
+    assert "ISTIO_OUTPUT" in rules.tables["nat"].chains
+    assert run.collected == [f"server IPv6 capture rules: ip6tables-save in {pod.ref} "
+                             "-c istio-proxy"]
+    # an IPv4-only pod: not asked
+    ipv4 = find_pod([kube.as_candidate(SERVER)], SERVER["metadata"]["name"], "demo-to",
+                    netns=False)
+    assert kube._rules6(cluster, ipv4, "istio-proxy", run, "server") is None
+    assert cluster.calls == ["ip6tables-save"]

@@ -12,7 +12,8 @@ cluster:
   pilot-agent, such as the lab's, where exec runs in the pod's network namespace);
 - the capture rules: `iptables-save`, else `iptables -t nat|mangle -L -v`, in the
   istio-proxy container (Istio's proxy image ships iptables; it needs root or
-  CAP_NET_ADMIN, which istio-proxy has only in TPROXY mode);
+  CAP_NET_ADMIN, which istio-proxy has only in TPROXY mode), and `ip6tables-save` for a
+  pod with an IPv6 address;
 - the recent access log (`kubectl logs -c istio-proxy --tail`), the server app's own
   recent `RemoteAddr=` lines;
 - for the server, `ip rule show` and the tables its fwmark rules look up (TPROXY);
@@ -219,6 +220,28 @@ def _rules(cluster: Cluster, pod: LabPod, container: str, run: KubeRun,
     return None
 
 
+def _rules6(cluster: Cluster, pod: LabPod, container: str, run: KubeRun,
+            role: str) -> Ruleset | None:
+    """A pod with an IPv6 address (status.podIPs): its ip6tables rules too, walked when
+    the connection is IPv6 (Istio repeats its capture there with ::1 and ::6)."""
+    ips = [str(a.get("ip", "")) for a in (pod.obj.get("status") or {}).get("podIPs") or []]
+    if not any(":" in ip for ip in ips):
+        return None
+    ok, failed = _exec_first(cluster, pod, container, [["ip6tables-save"]])
+    if ok is None:
+        run.gaps.append(Gap(f"{role} IPv6 capture rules", _why(failed),
+                            _kubectl(pod, container, "ip6tables-save") + " > ip6tables.txt, "
+                            "then --iptables"))
+        return None
+    where = f"in {pod.ref} -c {container}"
+    families = parse_iptables_save(ok.stdout, origin=f"ip6tables-save {where}")
+    if not families:
+        return None
+    families[0].family = 6
+    run.collected.append(f"{role} IPv6 capture rules: ip6tables-save {where}")
+    return families[0]
+
+
 def _policy_routing(cluster: Cluster, pod: LabPod, pe: PodEvidence, run: KubeRun) -> None:
     ok, failed = _exec_first(cluster, pod, SIDECAR, [["ip", "-4", "rule", "show"]])
     if ok is None:
@@ -298,6 +321,9 @@ def _pod_evidence(cluster: Cluster, pe: PodEvidence, pod: LabPod, run: KubeRun, 
     pe.iptables = _rules(cluster, pod, container, run, role)
     if pe.iptables is not None:
         pe.sources.append(f"iptables: {run.collected[-1].split(': ', 1)[1]} (pods/exec)")
+    pe.iptables6 = _rules6(cluster, pod, container, run, role)
+    if pe.iptables6 is not None:
+        pe.sources.append(f"ip6tables: {run.collected[-1].split(': ', 1)[1]} (pods/exec)")
     if not pod.has_sidecar:
         pe.sources.append(f"no sidecar (istio-proxy) in {pod.ref}")
         return

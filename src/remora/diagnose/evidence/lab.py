@@ -72,6 +72,24 @@ def _iptables(node: NodeClient, pod: LabPod) -> Ruleset:
     return complete_tables(families[0] if families else Ruleset(origin="iptables-save -c"))
 
 
+def _ip6tables(node: NodeClient, pod: LabPod) -> Ruleset | None:
+    """A pod with an IPv6 address (status.podIPs, a dual-stack or IPv6 lab): its
+    ``ip6tables-save`` too, the rules an IPv6 connection is walked through."""
+    ips = [str(a.get("ip", "")) for a in (pod.obj.get("status") or {}).get("podIPs") or []]
+    if not any(":" in ip for ip in ips):
+        return None
+    argv = [*node.exec_argv(pod.namespace, pod.name), "ip6tables-save", "-c"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    families = parse_iptables_save(done.stdout, origin=f"ip6tables-save -c in pod {pod.ref}")
+    if done.returncode != 0 or not families:
+        return None
+    families[0].family = 6
+    return families[0]
+
+
 def _config(pod: LabPod) -> EnvoyConfig:
     body = admin.request(pod.netns, "GET", "/config_dump?include_eds", where=pod.ref)
     cfg = EnvoyConfig()
@@ -166,10 +184,14 @@ def _app_line(node: NodeClient, pod: LabPod, addresses: list[str]) -> str:
 
 
 def _pod_evidence(pe: PodEvidence, pod: LabPod, rules: Ruleset, cfg: EnvoyConfig | None,
-                  entries: list[AccessLogEntry], rid: str) -> None:
+                  entries: list[AccessLogEntry], rid: str,
+                  rules6: Ruleset | None = None) -> None:
     pe.pod, pe.namespace, pe.ip = pod.name, pod.namespace, pod.ip
     pe.iptables, pe.config, pe.access_log = rules, cfg, entries
     pe.sources.append(f"iptables-save -c in pod {pod.ref} (before and after the probe)")
+    if rules6 is not None:
+        pe.iptables6 = rules6
+        pe.sources.append(f"ip6tables-save -c in pod {pod.ref}")
     if cfg is not None:
         pe.sources.append(f"config: /config_dump?include_eds from {pod.ref}'s sidecar "
                           "(127.0.0.1:15000 in its network namespace)")
@@ -206,9 +228,10 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
         server, s_entries = pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)
     ev = Evidence()
     _pod_evidence(ev.client, src, after[src.ref], _config(src) if src.has_sidecar else None,
-                  c_entries, rid)
+                  c_entries, rid, _ip6tables(node, src))
     _pod_evidence(ev.server, server, after[server.ref],
-                  _config(server) if server.has_sidecar else None, s_entries, rid)
+                  _config(server) if server.has_sidecar else None, s_entries, rid,
+                  _ip6tables(node, server))
     live_pod_facts.fill(ev.client, node, src, routing=False)
     live_pod_facts.fill(ev.server, node, server, routing=True)
     ev.target.host, ev.target.port, ev.target.path = dest.host, dest.port, path
