@@ -150,3 +150,46 @@ def test_real_ip6tables_listings(data: Path) -> None:
     assert step3.walk is not None and step3.walk.capture.kind == "TPROXY"
     assert step3.walk.capture.port == 15006
     assert "ip6tables-save" in "\n".join(m.command for m in r.missing)
+
+
+@pytest.mark.parametrize("tproxy", [False, True])
+@pytest.mark.parametrize("family", [4, 6])
+def test_native_nftables_rules_both_families(data: Path, tproxy: bool, family: int) -> None:
+    """Istio's native nftables mode: `nft list ruleset` as the real nft 1.0 prints the
+    tables remora's istio-iptables writes for the seed's dual-stack server (inet tables,
+    one rule per family where an address is matched). The same answers as iptables."""
+    ev = evidence(tproxy, v6_primary=family == 6)
+    ev.server.iptables = ev.server.iptables6 = None
+    name = f"seed_nft_{'tproxy' if tproxy else 'redirect'}_ruleset.txt"
+    ef.add_iptables(ev.server, data / name)
+    assert ev.server.iptables is not None and ev.server.iptables6 is not None
+    assert ev.server.iptables.family == 4 and ev.server.iptables6.family == 6
+    host, server_ip, client_ip = ((CLUSTER_IP6, SERVER_IP6, CLIENT_IP6) if family == 6
+                                  else (CLUSTER_IP, SERVER_IP, CLIENT_IP))
+    ev.target.host, ev.target.port = host, 18080
+    ev.server.ip, ev.client.ip = server_ip, client_ip
+    r = explain_source_ip(ev)
+    assert [s.status for s in r.steps] == ["ok"] * 4, [s.summary for s in r.steps]
+    assert r.mode == ("TPROXY" if tproxy else "REDIRECT")
+    step3 = r.steps[2]
+    assert step3.walk is not None
+    assert step3.walk.capture.kind == ("TPROXY" if tproxy else "REDIRECT")
+    assert step3.walk.capture.port == 15006
+    bound = "::6" if family == 6 else "127.0.0.6"
+    assert r.verdict.app_sees == (client_ip if tproxy else bound)
+    if not tproxy:
+        assert f"-A ISTIO_OUTPUT -o lo -s {bound}" in " ".join(r.verdict.explanation_127)
+
+
+def test_nft_golden_script_form(goldens: Path) -> None:
+    """The `add rule inet ...` script istio-iptables applies with `nft -f` (Istio's nft
+    golden for TPROXY mode) reads the same way."""
+    ev = Evidence()
+    ef.add_iptables(ev.server, goldens.parent / "istio-nftables" / "tproxy.golden")
+    assert ev.server.iptables is not None and ev.server.iptables6 is not None
+    mangle = ev.server.iptables6.tables["mangle"].chains["ISTIO_TPROXY"].rules
+    assert [r.target.name for r in mangle] == ["TPROXY"]
+    assert mangle[0].target.to_port == 15006
+    inbound = ev.server.iptables.tables["mangle"].chains["ISTIO_INBOUND"].rules
+    assert any("127.0.0.6" in r.text() for r in inbound)
+    assert not any("::6" in r.text() for r in inbound)

@@ -20,6 +20,7 @@ from remora.diagnose.envoy.access_log import parse_access_log
 from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
 from remora.diagnose.iptables.listing import looks_like_listing, parse_listing
 from remora.diagnose.iptables.model import Ruleset
+from remora.diagnose.iptables.nft import looks_like_nft, parse_nft
 from remora.diagnose.iptables.policy_routing import parse_policy_text
 from remora.diagnose.iptables.save import looks_like_save, parse_iptables_save
 from remora.diagnose.pasted import (
@@ -79,6 +80,8 @@ def parse_iptables_families(text: str, name: str) -> list[Ruleset]:
     `iptables -L -v` / `ip6tables -L -v` listings, IPv4 first."""
     hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
     text = unframe(text)
+    if looks_like_nft(text):
+        return parse_nft(text, origin=name)
     if looks_like_listing(text):
         rs = parse_listing(text, table=hint, origin=f"{name} (iptables -L -v)")
         rs.family = family_of(rs, text, name)
