@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from remora.diagnose.evidence.sources import Collected, FileSource, KubeSource, LabSource
-from remora.diagnose.facts import split_hostport
+from remora.diagnose.facts import is_ip, split_hostport
 from remora.diagnose.source_ip.evidence import PodEvidence
 from remora.errors import RemoraError, UsageError
 
@@ -67,7 +67,8 @@ def _write_diagram(path: Path, svg: str) -> str:
               help="istioctl proxy-config all -o json, /config_dump, or listener/cluster "
                    f"JSON; {_SIDE_HELP}")
 @click.option("--iptables", multiple=True, metavar="[SIDE=]FILE",
-              help=f"iptables-save output or `iptables -t nat|mangle -L -v`; {_SIDE_HELP}")
+              help="iptables-save or ip6tables-save output, `iptables -t nat|mangle -L -v` "
+                   f"(ip6tables too), or `nft list ruleset`; {_SIDE_HELP}")
 @click.option("--access-log", multiple=True, metavar="[SIDE=]FILE",
               help=f"istio-proxy access log (text or JSON); {_SIDE_HELP}")
 @click.option("--ip-rules", multiple=True, metavar="[SIDE=]FILE",
@@ -150,8 +151,8 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
     _pod(ev.client, client_pod, client_ip, namespace)
     _pod(ev.server, server_pod, server_ip, namespace)
     if to:
-        host, port = split_hostport(to)
-        if port is None and to.rsplit(":", 1)[-1].isdigit() is False and ":" in to:
+        host, port = (to, None) if is_ip(to) else split_hostport(to)  # a bare IPv6 address
+        if port is None and not is_ip(host) and ":" in to:
             raise UsageError(f"--to {to}: the port is not a number", "use --to HOST:PORT")
         ev.target.host, ev.target.port = host or None, port
     ev.target.path = http_path

@@ -96,7 +96,7 @@ def _cluster_tls(cluster: JSON, ep: Endpoint, t: SidecarTrace) -> UpstreamTls:
     return UpstreamTls("plaintext", how="no transport_socket")
 
 
-def _bind_address(cluster: JSON, endpoint: str) -> tuple[str, str]:
+def bind_address(cluster: JSON, endpoint: str) -> tuple[str, str]:
     """The bind address of the upstream's family: ``source_address``, or the first of
     ``extra_source_addresses`` of the endpoint's family (Envoy's
     upstream_bind_config: "the one whose IP family matches the upstream's"; Istio puts
@@ -132,7 +132,7 @@ def _upstream_source(cluster: JSON, listener: JSON, ds: Downstream, t: SidecarTr
                            f"{ds.src_ip} are routed out of the pod, not back to the sidecar")
         return
     if bind.get("address"):
-        address, why = _bind_address(cluster, t.endpoint or "")
+        address, why = bind_address(cluster, t.endpoint or "")
         t.upstream_source = address
         t.upstream_source_why = f"cluster {t.cluster} upstream_bind_config.{why} {address}"
         return

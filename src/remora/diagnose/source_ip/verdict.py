@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from remora.diagnose.envoy.upstream import bind_address
 from remora.diagnose.facts import Missing, is_ip, split_hostport
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 from remora.diagnose.source_ip.istio_version import VersionInfo, detect
@@ -128,7 +129,15 @@ def _inbound_cluster(ev: Evidence, port: int) -> tuple[str, str, str] | None:
             continue
         bind = ((cluster.get("upstream_bind_config") or {}).get("source_address") or {})
         if bind.get("address"):
-            return name, str(bind["address"]), f"its upstream_bind_config {bind['address']}"
+            # the bind address of the connection's family (dual stack: ::6 is in
+            # extra_source_addresses); an IPv4-only bind for an IPv6 connection is said
+            address, field_ = bind_address(cluster, "[::1]:0" if ev.server.walk_family == 6
+                                           else "127.0.0.1:0")
+            why = f"its upstream_bind_config.{field_} {address}"
+            if ev.server.walk_family == 6 and ":" not in address:
+                why += (" (no IPv6 bind address in the cluster: Envoy cannot bind it for an "
+                        "IPv6 upstream; is this the config of an IPv6 pod?)")
+            return name, address, why
         eps = cfg.endpoints.get(name) or []
         if eps and eps[0].address.startswith("127."):
             return name, "127.0.0.1", (f"its endpoint {eps[0].address}:{eps[0].port} (inline "
