@@ -189,3 +189,11 @@ def test_an_ipv6_pod_gives_its_ip6tables_rules_too(data_dir: Path) -> None:
                     netns=False)
     assert kube._rules6(cluster, ipv4, "istio-proxy", run, "server") is None
     assert cluster.calls == ["ip6tables-save"]
+
+
+def test_a_missing_pod_names_kubectl() -> None:
+    cluster = Cluster({})
+    with pytest.raises(RemoraError) as info:
+        kube.collect(cluster, "nope", "demo-from", "simple-server-svc.demo-to:18080")
+    assert "client pod 'nope' not found in namespace 'demo-from'" in info.value.problem
+    assert info.value.fix == "list them with `kubectl get pods -n demo-from` (or -A)"

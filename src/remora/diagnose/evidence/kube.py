@@ -362,8 +362,14 @@ def collect(cluster: Cluster, from_pod: str, namespace: str, to: str, path: str 
     """Everything `explain source-ip --kube` needs, through the cluster's API."""
     pods, services, note = _objects(cluster, namespace, to)
     pods = [as_candidate(p) for p in pods]
-    src = find_pod(pods, from_pod, namespace, "client", netns=False)
-    dest = resolve_destination(to, src.namespace, services, pods, netns=False)
+    try:
+        src = find_pod(pods, from_pod, namespace, "client", netns=False)
+        dest = resolve_destination(to, src.namespace, services, pods, netns=False)
+    except RemoraError as exc:  # the same checks as the lab's; a cluster's user has kubectl
+        exc.problem = exc.problem.replace("`remora get", "`kubectl get")
+        exc.fix = (exc.fix or "").replace("remora get", "kubectl get").replace(
+            "remora describe", "kubectl describe") or None
+        raise
     run = KubeRun(Evidence(), src, dest.candidates[0], dest, server_url, context)
     if note:
         run.notes.append(note)
