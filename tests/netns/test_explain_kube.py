@@ -165,6 +165,64 @@ def test_bad_credentials_and_missing_pod_are_one_line_errors(kube: KubeLab,
     assert done.returncode == 1 and "'nope' not found in namespace 'demo-to'" in done.stderr
 
 
+PLAIN = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: plain
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: plain-server
+  namespace: plain
+spec:
+  selector:
+    matchLabels:
+      web: plain
+  template:
+    metadata:
+      labels:
+        web: plain
+    spec:
+      containers:
+      - name: demo
+        image: vasth/simple-server
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: plain-svc
+  namespace: plain
+spec:
+  selector:
+    web: plain
+  ports:
+  - port: 18080
+"""
+
+
+def test_pods_without_sidecar_as_the_live_form(kube: KubeLab) -> None:
+    """A server without a sidecar is not a gap: nothing to collect from a sidecar, the app
+    sees the client; a client without one sends uncaptured. Same as the live form."""
+    done = kube.lab.remora("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN)
+    assert done.returncode == 0, done.stderr
+    args = ("--to", "plain-svc.plain:18080")
+    doc, live = kube.explain("--kube", *args), kube.explain(*args)
+    assert doc["verdict"]["app_sees"] == live["verdict"]["app_sees"] == CLIENT_IP
+    assert doc["mode"] == live["mode"] == "none (no sidecar)"
+    assert [s["status"] for s in doc["steps"]] == [s["status"] for s in live["steps"]]
+    assert not any("server sidecar" in m["what"] for m in doc["missing"])
+    assert doc["kube"]["server_pod"]["sidecar"] is False and doc["kube"]["not_collected"] == []
+    # the other way round: the plain pod as the client
+    out = kube.ok("explain", "source-ip", "--kube", "--from", "deploy/plain-server", "-n",
+                  "plain", "--to", TO, "-o", "json")
+    doc = json.loads(out)
+    assert [s["status"] for s in doc["steps"]] == ["not captured", "skipped", "ok", "ok"]
+    assert doc["verdict"]["app_sees"] == "127.0.0.6"
+    assert not any("client sidecar" in m["what"] for m in doc["missing"])
+
+
 def test_tproxy_patched_through_the_api_same_verdict(kube: KubeLab) -> None:
     kubernetes = pytest.importorskip("kubernetes")
     api = kubernetes.config.new_client_from_config(str(kube.kubeconfig))
