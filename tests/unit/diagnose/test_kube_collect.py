@@ -197,3 +197,20 @@ def test_a_missing_pod_names_kubectl() -> None:
         kube.collect(cluster, "nope", "demo-from", "simple-server-svc.demo-to:18080")
     assert "client pod 'nope' not found in namespace 'demo-from'" in info.value.problem
     assert info.value.fix == "list them with `kubectl get pods -n demo-from` (or -A)"
+
+
+def test_native_nftables_when_iptables_holds_no_istio_chain(data_dir: Path) -> None:
+    """Istio's native nftables mode: iptables-save shows no ISTIO chain, so `nft list
+    ruleset` is read (the real nft's listing of the seed server's tables), both families."""
+    ruleset = (data_dir / "diagnose" / "seed_nft_redirect_ruleset.txt").read_text()
+    empty = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    cluster = Cluster({"iptables-save": ExecResult((), 0, empty, ""),
+                       "nft": ExecResult((), 0, ruleset, "")})
+    run = kube.collect(cluster, "deploy/simple-client", "demo-from",
+                       "simple-server-svc.demo-to:18080")
+    server = run.evidence.server
+    assert server.iptables is not None and server.iptables6 is not None
+    assert "ISTIO_IN_REDIRECT" in server.iptables.tables["nat"].chains
+    assert any(c.startswith("server capture rules: nft list ruleset in demo-to/")
+               for c in run.collected)
+    assert "nft list" in cluster.calls

@@ -37,6 +37,7 @@ from remora.diagnose.evidence.target import Destination, LabPod, find_pod, resol
 from remora.diagnose.facts import split_hostport
 from remora.diagnose.iptables.listing import parse_listing
 from remora.diagnose.iptables.model import Ruleset
+from remora.diagnose.iptables.nft import looks_like_nft, parse_nft
 from remora.diagnose.iptables.policy_routing import marked_tables, parse_policy_text
 from remora.diagnose.iptables.save import parse_iptables_save
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
@@ -220,6 +221,25 @@ def _rules(cluster: Cluster, pod: LabPod, container: str, run: KubeRun,
     return None
 
 
+def _istio_chains(rs: Ruleset | None) -> bool:
+    return rs is not None and any(name.startswith("ISTIO") for table in rs.tables.values()
+                                  for name in table.chains)
+
+
+def _nft(cluster: Cluster, pod: LabPod, container: str, run: KubeRun,
+         role: str) -> list[Ruleset]:
+    """Istio's native nftables mode (its inet ``istio-proxy-*`` tables): ``nft list
+    ruleset``, both families, when the iptables rules hold no Istio chain."""
+    got, _ = _exec_first(cluster, pod, container, [["nft", "list", "ruleset"]])
+    if got is None or not looks_like_nft(got.stdout) or "istio-proxy-" not in got.stdout:
+        return []
+    where = f"in {pod.ref} -c {container}"
+    found = parse_nft(got.stdout, origin=f"nft list ruleset {where}")
+    run.collected.append(f"{role} capture rules: nft list ruleset {where} (Istio's native "
+                         "nftables tables)")
+    return found
+
+
 def _rules6(cluster: Cluster, pod: LabPod, container: str, run: KubeRun,
             role: str) -> Ruleset | None:
     """A pod with an IPv6 address (status.podIPs): its ip6tables rules too, walked when
@@ -324,6 +344,15 @@ def _pod_evidence(cluster: Cluster, pe: PodEvidence, pod: LabPod, run: KubeRun, 
     pe.iptables6 = _rules6(cluster, pod, container, run, role)
     if pe.iptables6 is not None:
         pe.sources.append(f"ip6tables: {run.collected[-1].split(': ', 1)[1]} (pods/exec)")
+    if pod.has_sidecar and not _istio_chains(pe.iptables) and not _istio_chains(pe.iptables6):
+        found = _nft(cluster, pod, container, run, role)
+        if found:
+            pe.iptables = pe.iptables6 = None
+            run.gaps = [g for g in run.gaps if g.step not in (f"{role} capture rules",
+                                                              f"{role} IPv6 capture rules")]
+            for rs in found:
+                pe.add_rules(rs)
+            pe.sources.append(f"nft: {run.collected[-1].split(': ', 1)[1]} (pods/exec)")
     if not pod.has_sidecar:
         pe.sources.append(f"no sidecar (istio-proxy) in {pod.ref}")
         return
