@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "remora"
 
 # package -> the packages it may import ("remora" itself, i.e. __version__, is always
-# allowed). `diagnose.live` is explain's I/O edge: the diagnose modules named live*.
+# allowed). `diagnose.evidence` is diagnose's I/O edge: the subpackage
+# remora.diagnose.evidence, the evidence sources (files, the lab, a cluster's API).
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "netns": {"errors"},
@@ -28,28 +29,28 @@ ALLOWED: dict[str, set[str]] = {
     "proxy": {"errors"},
     "controlplane": {"errors", "resources"},
     "diagnose": {"errors", "resources", "capture", "proxy"},
-    "diagnose.live": {"errors", "resources", "capture", "proxy", "netns", "diagnose",
-                      "node", "lab"},
+    "diagnose.evidence": {"errors", "resources", "capture", "proxy", "netns", "diagnose",
+                          "node", "lab"},
     "apps": set(),
     "node": {"errors", "netns", "resources"},
     "lab": {"errors", "netns", "resources", "capture", "controlplane", "node"},
     "kubeapi": {"errors", "resources", "controlplane", "node", "lab"},
     "cli": {"errors", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
-            "diagnose.live", "apps", "node", "lab", "kubeapi"},
+            "diagnose.evidence", "apps", "node", "lab", "kubeapi"},
     "__main__": {"cli"},
 }
 PURE = ("errors", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
         "apps")
-RUNTIME = ("lab", "node", "cli", "diagnose.live", "kubeapi")
+RUNTIME = ("lab", "node", "cli", "diagnose.evidence", "kubeapi")
 
 
 def group_of(module: str) -> str:
-    """remora.diagnose.live_probe -> diagnose.live; remora.node.store -> node."""
+    """remora.diagnose.evidence.lab -> diagnose.evidence; remora.node.store -> node."""
     parts = module.split(".")
     if len(parts) < 2:
         return "remora"
-    if parts[1] == "diagnose" and len(parts) > 2 and parts[2].startswith("live"):
-        return "diagnose.live"
+    if parts[1] == "diagnose" and len(parts) > 2 and parts[2] == "evidence":
+        return "diagnose.evidence"
     return parts[1]
 
 
@@ -144,7 +145,9 @@ def test_the_table_is_the_one_in_the_docs() -> None:
     ("remora.controlplane.bad", "import remora.node.store"),
     ("remora.proxy.bad", "def f():\n    from remora.node.client import NodeClient"),
     ("remora.resources.bad", "from remora import lab"),
-    ("remora.diagnose.source_ip_bad", "from remora.diagnose.live import LiveRun"),
+    ("remora.diagnose.source_ip.bad", "from remora.diagnose.evidence.lab import LiveRun"),
+    ("remora.diagnose.source_ip.bad", "from ..evidence import kube"),
+    ("remora.diagnose.envoy.bad", "from remora.kubeapi import server"),
     ("remora.diagnose.bad", "importlib.import_module('remora.lab.session')"),
     ("remora.node.bad", "from remora.lab.setup import MeshSetup"),
     ("remora.capture.bad", "from ..node import netlink"),
@@ -155,7 +158,8 @@ def test_the_check_finds_a_forbidden_import(module: str, code: str) -> None:
 
 @pytest.mark.parametrize(("module", "code"), [
     ("remora.controlplane.ok", "from remora.resources import selection"),
-    ("remora.diagnose.live_ok", "from remora.node.client import NodeClient"),
+    ("remora.diagnose.evidence.ok", "from remora.node.client import NodeClient"),
+    ("remora.diagnose.evidence.ok", "from remora.diagnose.source_ip.evidence import Evidence"),
     ("remora.capture.ok", "from . import model\nfrom remora import __version__"),
     ("remora.lab.ok", "from remora.controlplane.generate import generate"),
 ])

@@ -2,7 +2,7 @@
 
 Offline it reads what a user collects from a real cluster (docs/explain.md); the live form
 (`--from POD -n NS --to SERVICE[:PORT]|POD[:PORT]`) collects the same evidence from the
-running remora lab and sends a probe request (remora.diagnose.live).
+running remora lab and sends a probe request (remora.diagnose.evidence.lab).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from remora.diagnose import evidence_files as files
-from remora.diagnose.evidence import Evidence, PodEvidence
-from remora.diagnose.facts import split_hostport
+from remora.diagnose.evidence.sources import Collected, FileSource, KubeSource, LabSource
+from remora.diagnose.facts import is_ip, split_hostport
+from remora.diagnose.source_ip.evidence import PodEvidence
 from remora.errors import RemoraError, UsageError
 
 if TYPE_CHECKING:
-    from remora.diagnose.live import LiveRun
-    from remora.diagnose.source_ip import Report
+    from remora.diagnose.source_ip.explain import Report
 
 _SIDE_HELP = "repeatable; prefix client= or server= (default server)"
 
@@ -68,7 +67,8 @@ def _write_diagram(path: Path, svg: str) -> str:
               help="istioctl proxy-config all -o json, /config_dump, or listener/cluster "
                    f"JSON; {_SIDE_HELP}")
 @click.option("--iptables", multiple=True, metavar="[SIDE=]FILE",
-              help=f"iptables-save output or `iptables -t nat|mangle -L -v`; {_SIDE_HELP}")
+              help="iptables-save or ip6tables-save output, `iptables -t nat|mangle -L -v` "
+                   f"(ip6tables too), or `nft list ruleset`; {_SIDE_HELP}")
 @click.option("--access-log", multiple=True, metavar="[SIDE=]FILE",
               help=f"istio-proxy access log (text or JSON); {_SIDE_HELP}")
 @click.option("--ip-rules", multiple=True, metavar="[SIDE=]FILE",
@@ -103,14 +103,25 @@ def _write_diagram(path: Path, svg: str) -> str:
               help="table: what the app sees under REDIRECT/TPROXY and each header option")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None, metavar="DIR",
               help="live: the lab's state directory [default: /var/lib/remora]")
+@click.option("--kube", is_flag=True,
+              help="with --from/--to: collect the evidence from a cluster through the "
+                   "Kubernetes API (the kubeconfig's current context; the lab too)")
+@click.option("--context", metavar="NAME", help="--kube: the kubeconfig context to use")
+@click.option("--kubeconfig", metavar="FILE", envvar="KUBECONFIG",
+              help="--kube: the kubeconfig [default: $KUBECONFIG or ~/.kube/config]")
 def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: tuple[str, ...],
               access_log: tuple[str, ...], ip_rules: tuple[str, ...],
               sidecar_uid: tuple[str, ...], sidecar_gid: tuple[str, ...],
               istio_version: str | None, client_ip: str | None, server_ip: str | None,
               client_pod: str | None, server_pod: str | None, to: str | None,
               from_: str | None, namespace: str | None, http_path: str, output: str,
-              diagram: Path | None, compare: bool, state_dir: str | None) -> None:
+              diagram: Path | None, compare: bool, state_dir: str | None, kube: bool,
+              context: str | None, kubeconfig: str | None) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
+    if (kube or context) and not from_:
+        raise UsageError("--kube needs --from POD and --to SERVICE[:PORT]",
+                         "e.g. --kube --from deploy/simple-client -n demo-from "
+                         "--to simple-server-svc.demo-to:18080")
     if from_:
         if istio_dump or config_dump or iptables or access_log or ip_rules or sidecar_uid \
                 or sidecar_gid:
@@ -120,81 +131,66 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
             raise UsageError("--from needs --to: the service or pod the client connects to",
                              "e.g. --from deploy/simple-client -n demo-from "
                              "--to simple-server-svc.demo-to:18080")
-        _live(from_, namespace or "default", to, http_path, output, diagram, compare,
-              state_dir)
+        if kube or context:
+            got: Collected = KubeSource(from_, namespace or "default", to, http_path,
+                                        kubeconfig, context).collect()
+        else:
+            from remora.lab import session
+
+            got = LabSource(session.state_dir(state_dir), from_, namespace or "default", to,
+                            http_path).collect()
+        _print(got, got.explain(), output, diagram, compare)
         return
     if not (istio_dump or config_dump or iptables or access_log):
         raise UsageError("no evidence given",
                          "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "
                          "files (see `remora explain source-ip --help`)")
-    from remora.diagnose.source_ip import explain_source_ip
-
-    ev = Evidence()
-    if istio_dump:
-        files.load_dump_dir(istio_dump, ev)
-    for values, add in ((config_dump, files.add_config), (iptables, files.add_iptables),
-                        (access_log, files.add_access_log), (ip_rules, files.add_ip_rules)):
-        for value in values:
-            side, path = files.split_side(value)
-            add(ev.client if side == "client" else ev.server, path)
-    for values, which in ((sidecar_uid, "uid"), (sidecar_gid, "gid")):
-        for value in values:
-            side, number = files.split_side_text(value)
-            files.set_proxy_id(ev.client if side == "client" else ev.server, which, number)
+    got = FileSource(istio_dump, list(config_dump), list(iptables), list(access_log),
+                     list(ip_rules), list(sidecar_uid), list(sidecar_gid)).collect()
+    ev = got.evidence
     _pod(ev.client, client_pod, client_ip, namespace)
     _pod(ev.server, server_pod, server_ip, namespace)
     if to:
-        host, port = split_hostport(to)
-        if port is None and to.rsplit(":", 1)[-1].isdigit() is False and ":" in to:
+        host, port = (to, None) if is_ip(to) else split_hostport(to)  # a bare IPv6 address
+        if port is None and not is_ip(host) and ":" in to:
             raise UsageError(f"--to {to}: the port is not a number", "use --to HOST:PORT")
         ev.target.host, ev.target.port = host or None, port
     ev.target.path = http_path
     if istio_version:
-        from remora.diagnose.istio_version import parse_option
+        from remora.diagnose.source_ip.istio_version import parse_option
 
         if parse_option(istio_version) is None:
             raise UsageError(f"--istio-version {istio_version}: expected MAJOR.MINOR",
                              "e.g. --istio-version 1.9")
         ev.istio_version = istio_version
-    _print(ev, explain_source_ip(ev), output, diagram, compare)
+    _print(got, got.explain(), output, diagram, compare)
 
 
-def _live(from_: str, namespace: str, to: str, http_path: str, output: str,
-          diagram: Path | None, compare: bool, state_dir: str | None) -> None:
-    from remora.diagnose import live
-    from remora.lab import session
-
-    run = live.collect(session.state_dir(state_dir), from_, namespace, to, http_path)
-    _print(run.evidence, live.explain(run), output, diagram, compare, run)
-
-
-def _print(ev: Evidence, report: Report, output: str, diagram: Path | None, compare: bool,
-           run: LiveRun | None = None) -> None:
-    """The same output offline and live; live adds the probe, its pods and counters."""
+def _print(got: Collected, report: Report, output: str, diagram: Path | None,
+           compare: bool) -> None:
+    """The same output from every source; the lab adds the probe, its pods and counters,
+    a cluster the steps it collected and could not."""
     import json
 
-    from remora.diagnose import live_render
-    from remora.diagnose.source_ip_compare import compare_table, render_compare
-    from remora.diagnose.source_ip_render import render_json, render_text, to_json
-    from remora.diagnose.source_ip_svg import render_svg
+    from remora.diagnose.source_ip.compare import compare_table, render_compare
+    from remora.diagnose.source_ip.render import render_json, render_text, to_json
+    from remora.diagnose.source_ip.svg import render_svg
 
+    extra = got.json_extra()
     if compare:
-        table = compare_table(ev, report)
+        table = compare_table(got.evidence, report)
         if output == "json":
             click.echo(json.dumps([row.__dict__ for row in table], indent=2))
         else:
-            if run is not None:
-                click.echo("\n".join(live_render.header_lines(run)) + "\n")
+            if header := got.header_lines():
+                click.echo("\n".join(header) + "\n")
             click.echo(render_compare(table), nl=False)
     elif output == "json":
-        if run is None:
+        if extra is None:
             click.echo(render_json(report), nl=False)
         else:
-            click.echo(json.dumps({**to_json(report), "live": live_render.to_json(run)},
-                                  indent=2))
-    elif run is None:
-        click.echo(render_text(report), nl=False)
+            click.echo(json.dumps({**to_json(report), extra[0]: extra[1]}, indent=2))
     else:
-        click.echo(live_render.text(run, render_text(report)), nl=False)
+        click.echo(got.text(render_text(report)), nl=False)
     if diagram is not None:
         click.echo(_write_diagram(diagram, render_svg(report)), err=True)

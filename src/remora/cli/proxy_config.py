@@ -1,8 +1,8 @@
 """`remora proxy-config listener|cluster|endpoint|route|secret|log|all POD -n NS`, or
 offline `... --file DUMP` (as `istioctl proxy-config --file`):
 istioctl's proxy-config, from the sidecar's own /config_dump (read through the pod's
-network namespace) rendered by remora.diagnose.proxy_config with istioctl's tables and
-JSON. `secret` lists the SDS certificates (remora.diagnose.proxy_config_secret): from the
+network namespace) rendered by remora.diagnose.proxy_config.render with istioctl's tables and
+JSON. `secret` lists the SDS certificates (remora.diagnose.proxy_config.secret): from the
 dump's SecretsConfigDump (Envoy), else from the SDS files the lab wrote into the pod's
 config directory (`remora proxy` has no SecretsConfigDump)."""
 
@@ -42,13 +42,20 @@ TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints"
 @click.option("-o", "--output", type=click.Choice(["short", "json", "yaml"]), default="short")
 @click.option("--level", default=None, help="log: set the sidecar's log level")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None)
+@click.option("--kube", is_flag=True,
+              help="read the pod's config dump through the Kubernetes API (pods/exec in "
+                   "istio-proxy) of the kubeconfig's cluster, the lab's or a real one")
+@click.option("--context", metavar="NAME", help="--kube: the kubeconfig context to use")
+@click.option("--kubeconfig", metavar="FILE", envvar="KUBECONFIG",
+              help="--kube: the kubeconfig [default: $KUBECONFIG or ~/.kube/config]")
 def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | None,
                  port: int | None, fqdn: str | None, address: str | None, name: str | None,
                  listener_type: str | None, status: str | None, verbose: bool, output: str,
-                 level: str | None, state_dir: str | None) -> None:
+                 level: str | None, state_dir: str | None, kube: bool, context: str | None,
+                 kubeconfig: str | None) -> None:
     """Show a sidecar's Envoy config as istioctl proxy-config does."""
-    from remora.diagnose.proxy_config import render
-    from remora.diagnose.proxy_config_dump import parse_config_dump
+    from remora.diagnose.proxy_config.dump import parse_config_dump
+    from remora.diagnose.proxy_config.render import render
 
     fmt = "table" if output == "short" else output
     if dump_file is not None:
@@ -63,6 +70,11 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
         raise RemoraError(f"proxy-config {what} needs a pod name or --file DUMP",
                           f"e.g. remora proxy-config {what} POD -n NS, or --file "
                           "config_dump.json")
+    if kube or context:
+        click.echo(_kube(what, pod, namespace, kubeconfig, context, fmt, port=port,
+                         fqdn=fqdn, address=address, name=name, listener_type=listener_type,
+                         status=status, verbose=verbose), nl=False)
+        return
     client = session.connect(session.state_dir(state_dir))
     pod, namespace = split_dotted(pod, namespace)
     pod = resolve_pod(client, namespace, pod)
@@ -91,16 +103,52 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
     click.echo(text if text.endswith("\n") else text + "\n", nl=False)
 
 
+def _kube(what: str, pod: str, namespace: str, kubeconfig: str | None, context: str | None,
+          fmt: str, **filters: Any) -> str:
+    """`--kube`: the sidecar's /config_dump?include_eds through the Kubernetes API (as
+    remora.diagnose.evidence.kube collects it for explain), rendered as the lab form
+    renders its own; secrets from the dump's SecretsConfigDump, as --file."""
+    from remora.diagnose.evidence import kube
+    from remora.diagnose.evidence.kube_client import KubeCluster
+
+    if what == "log":
+        raise RemoraError("proxy-config log is not served with --kube",
+                          f"kubectl exec {pod} -n {namespace} -c istio-proxy -- pilot-agent "
+                          "request POST logging")
+    pod, namespace = split_dotted(pod, namespace)
+    cluster = KubeCluster(kubeconfig, context)
+    text = kube.config_dump_text(cluster, kube.find_sidecar_pod(cluster, pod, namespace))
+    return _render_text(what, text, fmt, "clusters", **filters)
+
+
+def _render_text(what: str, data: str, fmt: str, endpoint_source: str,
+                 **filters: Any) -> str:
+    import yaml
+
+    from remora.diagnose.proxy_config import secret as pcs
+    from remora.diagnose.proxy_config.dump import parse_config_dump
+    from remora.diagnose.proxy_config.render import render
+
+    if what in ("secret", "secrets"):
+        try:
+            raw = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise RemoraError(f"the config dump is not JSON: {exc.msg}",
+                              "give the output of /config_dump") from exc
+        items = pcs.items_from_config_dump(raw)
+        if fmt == "table":
+            return pcs.secret_table(items)
+        text = pcs.secret_json(items) + "\n"
+        return text if fmt == "json" else str(yaml.safe_dump(json.loads(text), sort_keys=False))
+    dump = parse_config_dump(data)
+    text = render(dump, what, fmt=fmt, endpoint_source=endpoint_source, **filters)
+    return text if text.endswith("\n") else text + "\n"
+
+
 def _offline(what: str, path: Path, fmt: str, **filters: Any) -> str:
     """`--file DUMP`: istioctl's tables from a saved config dump; endpoints from the dump's
     EndpointsConfigDump (as `istioctl proxy-config all` shows them); secrets from its
     SecretsConfigDump."""
-    import yaml
-
-    from remora.diagnose import proxy_config_secret as pcs
-    from remora.diagnose.proxy_config import render
-    from remora.diagnose.proxy_config_dump import parse_config_dump
-
     if what == "log":
         raise RemoraError("proxy-config log needs a running sidecar, not a file",
                           "give a pod name instead of --file")
@@ -109,20 +157,13 @@ def _offline(what: str, path: Path, fmt: str, **filters: Any) -> str:
     except OSError as exc:
         raise RemoraError(f"cannot read --file {path}: {exc.strerror}",
                           "give the path of a saved /config_dump") from exc
-    if what in ("secret", "secrets"):
-        try:
-            raw = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise RemoraError(f"--file {path} is not JSON: {exc.msg}",
+    try:
+        return _render_text(what, data, fmt, "config_dump", **filters)
+    except RemoraError as exc:
+        if exc.problem.startswith("the config dump is not JSON"):
+            raise RemoraError(f"--file {path} is not JSON: {exc.problem.split(': ', 1)[1]}",
                               "give the output of /config_dump") from exc
-        items = pcs.items_from_config_dump(raw)
-        if fmt == "table":
-            return pcs.secret_table(items)
-        text = pcs.secret_json(items) + "\n"
-        return text if fmt == "json" else str(yaml.safe_dump(json.loads(text), sort_keys=False))
-    dump = parse_config_dump(data)
-    text = render(dump, what, fmt=fmt, endpoint_source="config_dump", **filters)
-    return text if text.endswith("\n") else text + "\n"
+        raise
 
 
 def _config_dir(state_dir: Path, pod: dict[str, Any]) -> Path:
@@ -139,7 +180,7 @@ def _config_dir(state_dir: Path, pod: dict[str, Any]) -> Path:
 def _secrets(netns: str, where: str, config_dir: Path, output: str) -> str:
     import yaml
 
-    from remora.diagnose import proxy_config_secret as pcs
+    from remora.diagnose.proxy_config import secret as pcs
 
     dump = json.loads(admin.request(netns, "GET", "/config_dump", where=where))
     items = pcs.secret_items(dump, config_dir)

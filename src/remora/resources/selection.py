@@ -4,7 +4,7 @@ Kubernetes' EndpointSlice controller decides which pods back a Service; kube-pro
 programs those, and istiod sends the same set to Envoy by EDS. Here one pure function,
 ``select_endpoints``, makes that decision, and every caller adapts its own shape to it:
 remora.controlplane.model (typed objects -> EDS), remora.node.controller (store dicts ->
-kube-proxy rules) and remora.diagnose.live_target (`explain`'s candidate server pods).
+kube-proxy rules) and remora.diagnose.evidence.target (`explain`'s candidate server pods).
 
 The rules, as Kubernetes defines them:
 - label selectors: ``matchLabels`` (every key equal) and ``matchExpressions`` with

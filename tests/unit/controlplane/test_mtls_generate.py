@@ -166,8 +166,8 @@ def test_istioctl_listener_table_matches_the_seed(data_dir: Path) -> None:
     """The MATCH column of `proxy-config listener` for 15006 is the seed's, line for line
     (seed lines 464-473; the seed's Istio names the passthrough cluster ...Ipv4)."""
     from remora.controlplane.generate import LISTENER_TYPE
-    from remora.diagnose.proxy_config import render
-    from remora.diagnose.proxy_config_dump import parse_config_dump
+    from remora.diagnose.proxy_config.dump import parse_config_dump
+    from remora.diagnose.proxy_config.render import render
 
     snap, server, _ = seed()
     cfg = generate(snap, server, SERVER_IP, "/cfg", certs_dir="/certs")

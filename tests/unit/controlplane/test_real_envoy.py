@@ -22,8 +22,8 @@ import pytest
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import LISTENER_TYPE, SidecarConfig, discovery_response, generate
 from remora.controlplane.model import Snapshot
-from remora.diagnose.proxy_config import endpoint_rows, render
-from remora.diagnose.proxy_config_dump import parse_config_dump
+from remora.diagnose.proxy_config.dump import parse_config_dump
+from remora.diagnose.proxy_config.render import endpoint_rows, render
 from tests.unit.controlplane.seed import CLIENT_IP, seed
 
 pytestmark = pytest.mark.envoy

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from remora.diagnose.access_log import parse_access_log, parse_text_line
+from remora.diagnose.envoy.access_log import parse_access_log, parse_text_line
 from remora.errors import RemoraError
 
 

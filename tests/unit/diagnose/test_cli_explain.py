@@ -125,3 +125,23 @@ def test_istio_version_option_and_verdict_kind_in_json(
     assert seen == {"1.9": "127.0.0.1", "1.11": "127.0.0.6"}
     code, _, err = run(["--istio-dump", str(tmp_path), "--istio-version", "ten"], capsys)
     assert code != 0 and "--istio-version ten" in err
+
+
+def test_ipv6_listing_and_an_ipv6_destination(data: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--iptables` of a real `ip6tables -t nat -L -v` listing and `--to [IPv6]:PORT`:
+    the IPv6 walk; the seed's IPv4-only inbound cluster has no IPv6 bind address, and the
+    output says so instead of pretending."""
+    code, out, err = run(["--iptables", str(data / "seed_ipv6_redirect_nat.txt"),
+                          "--config-dump", str(data / "seed_inbound_cluster.json"),
+                          "--to", "[fd00:96::1:bc]:18080", "--server-ip", "fd00:10:20::77"],
+                         capsys)
+    assert code == 0, err
+    assert "fd00:10:20::77" in out and "REDIRECT to port 15006" in out
+    assert "no IPv6 bind address in the cluster" in out
+    code, out, err = run(["--iptables", str(data / "seed_ipv6_redirect_nat.txt"),
+                          "--to", "fd00:96::1:bc"], capsys)
+    assert "the port is not a number" not in err
+    code, out, err = run(["--iptables", str(data / "seed_ipv6_redirect_nat.txt"),
+                          "--to", "svc:http"], capsys)
+    assert code == 2 and "--to svc:http: the port is not a number" in err

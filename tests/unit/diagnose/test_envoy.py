@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from remora.diagnose.envoy_config import EnvoyConfig, add_document, parse_config_text
-from remora.diagnose.envoy_match import ConnInfo, select_filter_chain
-from remora.diagnose.envoy_sim import Downstream, TlsHello, simulate
+from remora.diagnose.envoy.config import EnvoyConfig, add_document, parse_config_text
+from remora.diagnose.envoy.match import ConnInfo, select_filter_chain
+from remora.diagnose.envoy.sim import Downstream, TlsHello, simulate
 from remora.errors import RemoraError
 
 SEED_HOST = "simple-server-svc.demo-to:18080"

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from remora.diagnose.evidence_files import load_dump_dir
-from remora.diagnose.source_ip import explain_source_ip
-from remora.diagnose.source_ip_render import render_text, to_json
+from remora.diagnose.evidence.files import load_dump_dir
+from remora.diagnose.source_ip.explain import explain_source_ip
+from remora.diagnose.source_ip.render import render_text, to_json
 from tests.datafiles import data_path
 
 CORPUS = data_path("explain")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from remora.diagnose.evidence_files import parse_iptables_text
-from remora.diagnose.iptables_listing import parse_listing
-from remora.diagnose.iptables_model import (
+from remora.diagnose.evidence.files import parse_iptables_text
+from remora.diagnose.iptables.listing import parse_listing
+from remora.diagnose.iptables.model import (
     AddrMatch,
     IfaceMatch,
     MarkMatch,
@@ -17,7 +17,7 @@ from remora.diagnose.iptables_model import (
     PortMatch,
     StateMatch,
 )
-from remora.diagnose.iptables_save import parse_iptables_save
+from remora.diagnose.iptables.save import parse_iptables_save
 from remora.errors import RemoraError
 
 

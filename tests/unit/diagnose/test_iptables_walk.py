@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from remora.diagnose.iptables_listing import parse_listing
-from remora.diagnose.iptables_model import Packet, Ruleset
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.iptables_walk import walk
+from remora.diagnose.iptables.listing import parse_listing
+from remora.diagnose.iptables.model import Packet, Ruleset
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.iptables.walk import walk
 
 IP = ipaddress.ip_address
 CLIENT, SERVER, VIP = IP("10.20.0.78"), IP("10.20.0.77"), IP("172.16.234.188")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from remora.diagnose import evidence_files as ef
-from remora.diagnose.access_log import parse_text_line
-from remora.diagnose.evidence import Evidence
-from remora.diagnose.evidence_text import istio_init, istio_version, rule_lines, unframe
-from remora.diagnose.istio_version import detect
-from remora.diagnose.source_ip import explain_source_ip
+from remora.diagnose.envoy.access_log import parse_text_line
+from remora.diagnose.evidence import files as ef
+from remora.diagnose.pasted import istio_init, istio_version, rule_lines, unframe
+from remora.diagnose.source_ip.evidence import Evidence
+from remora.diagnose.source_ip.explain import explain_source_ip
+from remora.diagnose.source_ip.istio_version import detect
 from tests.datafiles import data_path
 
 NAT_REDIRECT = """*nat
@@ -130,7 +130,7 @@ def test_istio_1_1_access_log_line_reads_every_field() -> None:
 
 
 def test_ztunnel_access_log_fields() -> None:
-    from remora.diagnose.ztunnel_log import parse_ztunnel_log
+    from remora.diagnose.source_ip.ztunnel_log import parse_ztunnel_log
 
     text = data_path("explain", "istio-53696-ztunnel-log-1.24", "server",
                      "ztunnel.log").read_text()
@@ -143,7 +143,7 @@ def test_ztunnel_access_log_fields() -> None:
 def test_compare_keeps_the_version(tmp_path: Path) -> None:
     """The what-if rows regenerate the rules, not the version: 1.6 has no original_src
     in TPROXY mode, 1.9 forwards to 127.0.0.1, 1.12 binds 127.0.0.6."""
-    from remora.diagnose.source_ip_compare import compare_table
+    from remora.diagnose.source_ip.compare import compare_table
 
     ev = _ev(tmp_path, {"nat.rules": NAT_REDIRECT})
     seen = {}

@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from remora.diagnose import live
-from remora.diagnose.access_log import parse_access_log
-from remora.diagnose.evidence import Evidence
-from remora.diagnose.evidence_files import add_iptables
-from remora.diagnose.iptables_model import Ruleset
-from remora.diagnose.live import LiveRun, pick_server
-from remora.diagnose.live_counters import complete_tables
-from remora.diagnose.live_probe import ProbeResult
-from remora.diagnose.live_target import Destination, LabPod
+from remora.diagnose.envoy.access_log import parse_access_log
+from remora.diagnose.evidence import lab as live
+from remora.diagnose.evidence.files import add_iptables
+from remora.diagnose.evidence.lab import LiveRun, pick_server
+from remora.diagnose.evidence.lab_counters import complete_tables
+from remora.diagnose.evidence.lab_probe import ProbeResult
+from remora.diagnose.evidence.target import Destination, LabPod
+from remora.diagnose.iptables.model import Ruleset
+from remora.diagnose.source_ip.evidence import Evidence
 
 RID = "4acb991e-9d9e-47f5-b2dc-6860b9aa4598"
 

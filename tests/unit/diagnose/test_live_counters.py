@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from remora.diagnose.iptables_model import Packet, Ruleset
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.iptables_walk import walk
-from remora.diagnose.live_counters import LiveCounters, annotate, complete_tables
-from remora.diagnose.live_probe import parse_response_head, probe_entries, request_bytes
+from remora.diagnose.evidence.lab_counters import LiveCounters, annotate, complete_tables
+from remora.diagnose.evidence.lab_probe import parse_response_head, probe_entries, request_bytes
+from remora.diagnose.iptables.model import Packet, Ruleset
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.iptables.walk import walk
 
 NAT = """*nat
 :PREROUTING ACCEPT [{p}:0]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from remora.diagnose.live_target import find_pod, resolve_destination, split_to
+from remora.diagnose.evidence.target import find_pod, resolve_destination, split_to
 from remora.errors import RemoraError, UsageError
 
 

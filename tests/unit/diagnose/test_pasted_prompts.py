@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
-from remora.diagnose.evidence_files import parse_iptables_text
+from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
+from remora.diagnose.evidence.files import parse_iptables_text
 from tests.datafiles import data_path
 
 PROMPTS = ["$", "#", "[root@master ~]#", "root@node-1:~#", "bash-4.4#", "sh-5.1$", "~", ">",
@@ -63,9 +63,9 @@ def test_listing_without_v_hides_o_lo_so_output_is_not_decided(tmp_path: Path) -
     """`iptables -L` without -v has no in/out columns: `-o lo -m owner ! --uid-owner 1337
     -j RETURN` reads as matching the app's own packet. The client capture is then not
     decided from it, rather than "not captured"."""
-    from remora.diagnose import evidence_files as ef
-    from remora.diagnose.evidence import Evidence
-    from remora.diagnose.source_ip import explain_source_ip
+    from remora.diagnose.evidence import files as ef
+    from remora.diagnose.source_ip.evidence import Evidence
+    from remora.diagnose.source_ip.explain import explain_source_ip
 
     (tmp_path / "client-nat.txt").write_text(NO_V)
     ev = Evidence()

@@ -6,7 +6,13 @@ from typing import Any
 import pytest
 
 from remora.controlplane.generate import generate, static_bootstrap
-from remora.diagnose.proxy_config import (
+from remora.diagnose.proxy_config.dump import (
+    camel,
+    from_xds_files,
+    parse_config_dump,
+    snake,
+)
+from remora.diagnose.proxy_config.render import (
     cluster_table,
     describe_route_domains,
     endpoint_table,
@@ -14,13 +20,7 @@ from remora.diagnose.proxy_config import (
     render,
     route_table,
 )
-from remora.diagnose.proxy_config_dump import (
-    camel,
-    from_xds_files,
-    parse_config_dump,
-    snake,
-)
-from remora.diagnose.proxy_config_table import tabwrite
+from remora.diagnose.proxy_config.table import tabwrite
 from tests.unit.controlplane.seed import CLIENT_IP, SERVER_IP, seed
 
 ADMIN = "type.googleapis.com/envoy.admin.v3."

@@ -7,8 +7,8 @@ import pytest
 
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate
-from remora.diagnose.proxy_config import render
-from remora.diagnose.proxy_config_dump import from_xds_files, parse_config_dump
+from remora.diagnose.proxy_config.dump import from_xds_files, parse_config_dump
+from remora.diagnose.proxy_config.render import render
 from remora.proxy.admin.config_dump import config_dump
 from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.server.runtime import Server

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from remora.cli.main import main
-from remora.diagnose import evidence_files as ef
-from remora.diagnose.evidence import Evidence
-from remora.diagnose.iptables_walk import WalkResult
-from remora.diagnose.live_pod_facts import parse_status_ids, sidecar_ids, sidecar_pid
-from remora.diagnose.live_target import LabPod
-from remora.diagnose.policy_routing import check_tproxy, parse_policy_text
-from remora.diagnose.source_ip import explain_source_ip
+from remora.diagnose.evidence import files as ef
+from remora.diagnose.evidence.lab_pod_facts import parse_status_ids, sidecar_ids, sidecar_pid
+from remora.diagnose.evidence.target import LabPod
+from remora.diagnose.iptables.policy_routing import check_tproxy, parse_policy_text
+from remora.diagnose.iptables.walk import WalkResult
+from remora.diagnose.source_ip.evidence import Evidence
+from remora.diagnose.source_ip.explain import explain_source_ip
 from remora.errors import RemoraError
 
 REDIRECT_RULES = "DERIVED-default-injection-redirect.txt.notgolden"

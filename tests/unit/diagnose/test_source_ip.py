@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from remora.diagnose import evidence_files as ef
-from remora.diagnose.evidence import Evidence
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.source_ip import explain_source_ip
-from remora.diagnose.source_ip_compare import compare_table
-from remora.diagnose.source_ip_render import render_json, render_text
-from remora.diagnose.source_ip_svg import path_hops, render_svg
+from remora.diagnose.evidence import files as ef
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.source_ip.compare import compare_table
+from remora.diagnose.source_ip.evidence import Evidence
+from remora.diagnose.source_ip.explain import explain_source_ip
+from remora.diagnose.source_ip.render import render_json, render_text
+from remora.diagnose.source_ip.svg import path_hops, render_svg
 from remora.errors import RemoraError
 
 PATCH = ('\'{"spec":{"template":{"metadata":{"annotations":'
@@ -196,6 +196,24 @@ def test_no_evidence_and_unknown_port() -> None:
         explain_source_ip(ev)
 
 
+def test_port_from_the_inbound_cluster_name(data: Path) -> None:
+    """The seed's nat listing and its `inbound|18080||` cluster JSON alone: the port is
+    in the cluster's name, so explain infers instead of asking for --to (issue 13)."""
+    ev = Evidence()
+    ef.add_iptables(ev.server, data / "seed_redirect_nat.txt")
+    ef.add_config(ev.server, data / "seed_inbound_cluster.json")
+    report = explain_source_ip(ev)
+    assert report.facts["port"].value == "18080"
+    assert "inbound|18080||" in report.facts["port"].source
+    assert report.verdict.app_sees == "127.0.0.6"
+    assert report.verdict.kind == "inferred"
+    # two inbound ports named: no single answer, so it still asks
+    ev.server.config.clusters["inbound|9090||"] = dict(ev.server.config.clusters[
+        "inbound|18080||"], name="inbound|9090||")
+    with pytest.raises(RemoraError, match="destination port"):
+        explain_source_ip(ev)
+
+
 def istio_dumps(data: Path, goldens: Path) -> Evidence:
     """istioctl-style config dumps (camelCase, mTLS, EDS, istio.alpn) for the seed's pods."""
     ev = Evidence()
@@ -253,8 +271,8 @@ def test_istio_config_dump_without_endpoints(data: Path, goldens: Path) -> None:
 def test_what_if_tproxy_config_is_the_tproxy_reference(reference: Path) -> None:
     """The compare table's TPROXY transformation of the REDIRECT reference config gives
     exactly the TPROXY reference config that a real Envoy runs."""
-    from remora.diagnose.envoy_config import EnvoyConfig, parse_config_text
-    from remora.diagnose.source_ip_compare import what_if_config
+    from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
+    from remora.diagnose.source_ip.compare import what_if_config
 
     def load(name: str) -> EnvoyConfig:
         cfg = EnvoyConfig()

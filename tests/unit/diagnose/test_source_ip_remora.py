@@ -10,10 +10,10 @@ from remora.capture.argv import parse_args
 from remora.capture.model import build
 from remora.capture.render import restore
 from remora.controlplane.generate import generate, static_bootstrap
-from remora.diagnose.envoy_config import EnvoyConfig, add_document
-from remora.diagnose.evidence import Evidence
-from remora.diagnose.iptables_save import parse_iptables_save
-from remora.diagnose.source_ip import explain_source_ip
+from remora.diagnose.envoy.config import EnvoyConfig, add_document
+from remora.diagnose.iptables.save import parse_iptables_save
+from remora.diagnose.source_ip.evidence import Evidence
+from remora.diagnose.source_ip.explain import explain_source_ip
 from remora.resources.objects import Pod
 from tests.unit.controlplane.seed import CLIENT_IP, CLUSTER_IP, SERVER_IP, seed
 

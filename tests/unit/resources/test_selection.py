@@ -10,7 +10,7 @@ import pytest
 
 from remora.controlplane import model
 from remora.controlplane.adapters import snapshot_from_dicts
-from remora.diagnose.live_target import resolve_destination
+from remora.diagnose.evidence.target import resolve_destination
 from remora.errors import RemoraError
 from remora.node import controller
 from remora.resources import selection

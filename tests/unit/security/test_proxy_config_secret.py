@@ -11,7 +11,7 @@ import pytest
 from remora.controlplane.ca import CertificateAuthority
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate
-from remora.diagnose import proxy_config_secret as pcs
+from remora.diagnose.proxy_config import secret as pcs
 from remora.errors import RemoraError
 from tests.unit.controlplane.seed import SERVER_IP, seed
 

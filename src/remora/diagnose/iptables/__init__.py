@@ -1,0 +1,1 @@
+"""Capture rules as evidence: parsed listings, the packet walk, TPROXY policy routing."""

@@ -1,0 +1,1 @@
+"""`proxy-config`: istioctl's listener/cluster/route/endpoint/secret tables from a dump."""
