@@ -61,6 +61,8 @@ class PodContext:
     # The cluster as of the last reconcile pass (services with ClusterIPs, pods, endpoints),
     # so prepare() can write a sidecar's full config before it starts.
     cluster: ClusterSnapshot = field(default_factory=lambda: ClusterSnapshot())
+    # every address of the pod (status.podIPs), the primary (ip) first
+    ips: tuple[str, ...] = ()
 
     @property
     def netns_path(self) -> Path:
@@ -69,6 +71,10 @@ class PodContext:
 
 class PodSetup:
     """Default setup: no admission changes, containers run their command/args."""
+
+    # the cluster's IP families, the primary first ("IPv4", "IPv6"); the runtime sets it
+    # from its address plan before any hook runs (an injector needs it: dual stack)
+    ip_families: tuple[str, ...] = ("IPv4",)
 
     def admit(self, pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
         return pod
