@@ -71,7 +71,8 @@ def apply(store: Store, plan: AddressPlan, objects: list[dict[str, Any]]) -> lis
                 continue
             owner = _owner(obj)
             spec = obj.get("spec") or {}
-            families[owner] = ipam.service_families(plan, spec, owner)[0]
+            families[owner] = ipam.service_families(
+                plan, spec, f"Service/{obj['metadata']['namespace']}/{obj['metadata']['name']}")[0]
             requested = _requested_ips(spec)
             for ip in requested:
                 ipam.check_cluster_ip(plan, ip, owner, {**used, **{
