@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -121,7 +122,6 @@ def assert_lab_ipv6_services(lab: TempLab, r: DemoResult) -> None:
     assert "nameserver fd00:96::a\n" in conf and "nameserver 172.16.0.10" not in conf
     lookup = ("import socket;print(sorted({a[4][0] for a in socket.getaddrinfo("
               "'simple-server-svc.demo-to', 18080, type=socket.SOCK_STREAM)}))")
-    import sys
     answer = ok("exec", "-n", "demo-from", pod, "--", sys.executable, "-c", lookup)
     assert answer.strip() == repr([spec["clusterIP"]])  # AAAA only: no A record
     # the pod's record by its IPv6 address (`:` as `-`)

@@ -208,6 +208,15 @@ def attach_pod(node: NodeNet, pod_netns: str, veth: str, ips: str | list[str]) -
         for address in addresses:
             _ensure_addr(ipr, naming.POD_IFNAME, address, 128 if ":" in address else 32)
         _up(ipr, naming.POD_IFNAME)
+    if any(":" in address for address in addresses):
+        # IPv6 has no send_redirects switch for the node: the node, forwarding between two
+        # pods on its bridge, sends an ICMPv6 redirect, and a pod that followed it would
+        # answer a ClusterIP client directly, around the node's conntrack (its reply is
+        # not un-DNATed and the client resets it). The pod ignores redirects instead.
+        for key in ("all", "default", naming.POD_IFNAME):
+            netlink.sysctl(pod_netns, f"net.ipv6.conf.{key}.accept_redirects", "0")
+    with netlink.rtnl(pod_netns) as ipr:
+        idx = netlink.link_index(ipr, naming.POD_IFNAME)
         for address in addresses:
             if ":" in address:
                 gateway6 = str(node.subnet.gateway6)
