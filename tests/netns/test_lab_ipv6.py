@@ -8,7 +8,10 @@ IPv6), the server sidecar's access log `inbound|18080|| [::6]:PORT [fd00:10:20::
 TPROXY fix makes the server log the client pod's own IPv6 address. In the same lab:
 cluster DNS answers AAAA (and no A) for the IPv6-only service, the pod's resolv.conf
 names the IPv6 DNS address, and a pod without a sidecar reaches the service's IPv6
-ClusterIP through the node's ip6tables (kube-proxy) rules.
+ClusterIP through the node's ip6tables (kube-proxy) rules (the server sidecar sees it by
+its own IPv6 address and, the policy below allowing only the client, refuses it). With `--authz`, an
+AuthorizationPolicy whose ipBlocks hold the client's /128 is enforced by the server
+sidecar over IPv6 in both modes.
 """
 
 from __future__ import annotations
@@ -48,11 +51,24 @@ spec:
 """
 
 
-def run(lab: TempLab, sidecar: str) -> tuple[DemoResult, list[str]]:
+def run(lab: TempLab, sidecar: str, authz: bool = False) -> tuple[DemoResult, list[str]]:
     lines: list[str] = []
     result = demo.run(lab.state_dir, LabSettings(sidecar=sidecar, ip_family="ipv6"),
-                      prefix=lab.prefix, timeout=40, echo=lines.append)
+                      prefix=lab.prefix, timeout=40, echo=lines.append, authz=authz)
     return result, lines
+
+
+def assert_ipv6_authz(r: DemoResult, lines: list[str]) -> None:
+    """`--authz` over IPv6: ipBlocks [client/128] let the client in and refuse the
+    intruder, at the server sidecar, in REDIRECT and in TPROXY."""
+    assert "$ remora apply -f allow-simple-client.yaml  # ipBlocks: [fd00:10:20::78/128]" in lines
+    assert ":" in r.intruder_ip and r.intruder_ip != CLIENT6
+    for key in ("authz-access-log", "authz-tproxy-access-log"):
+        log = r.outputs[key]
+        assert re.search(r'" 200 .* inbound\|18080\|\| \S+ \S+ \[fd00:10:20::78\]:\d+ ', log), log
+        assert re.search(r'" 403 - rbac_access_denied_matched_policy\[none\] .* '
+                         rf"\[{r.intruder_ip}\]:\d+ ", log), log
+    assert "RBAC: access denied" in r.outputs["intruder-log"]
 
 
 def assert_ipv6_story(r: DemoResult, lines: list[str]) -> None:
@@ -132,10 +148,20 @@ def assert_lab_ipv6_services(lab: TempLab, r: DemoResult) -> None:
     ok("apply", "-f", "-", "--wait", "--timeout", "30", stdin=PLAIN)
     body = ok("exec", "-n", "plain", "toolbox", "--", "curl", "-sS", "-g", "--max-time", "5",
               f"http://[{spec['clusterIP']}]:18080/common/sauth")
-    assert body == '{"code": 0, "status": "fail", "user": {"id": "test_common"}}'
+    # the demo's --authz policy allows only the client's /128: the server sidecar (TPROXY
+    # by now) sees the toolbox's own IPv6 address and refuses it
+    assert body == "RBAC: access denied"
     toolbox = json.loads(ok("get", "po", "-n", "plain", "toolbox", "-o", "json"))
     assert toolbox["status"]["podIPs"] == [{"ip": toolbox["status"]["podIP"]}]
     assert ":" in toolbox["status"]["podIP"]
+    denied = ""
+    for _ in range(30):  # the access log is written as the request ends
+        denied = ok("logs", "-n", "demo-to", r.tproxy_pod, "-c", "istio-proxy")
+        if f"[{toolbox['status']['podIP']}]:" in denied:
+            break
+        subprocess.run(["sleep", "0.3"], check=True)
+    assert re.search(r'" 403 - rbac_access_denied_matched_policy\[none\] .* '
+                     rf"\[{toolbox['status']['podIP']}\]:\d+ ", denied), denied
     described = ok("describe", "pod", "-n", "plain", "toolbox")
     assert re.search(rf"^IPs:\n  IP:\s+{re.escape(toolbox['status']['podIP'])}$", described,
                      re.M), described
@@ -149,9 +175,10 @@ def assert_lab_ipv6_services(lab: TempLab, r: DemoResult) -> None:
 
 def test_ipv6_demo_with_remora_proxy() -> None:
     with TempLab() as lab:
-        result, lines = run(lab, "remora")
+        result, lines = run(lab, "remora", authz=True)
         assert lines[0].endswith("sidecar: remora proxy, IPv6")
         assert_ipv6_story(result, lines)
+        assert_ipv6_authz(result, lines)
         assert_lab_ipv6_services(lab, result)
         lab.close()
         assert lab.leftovers() == []
