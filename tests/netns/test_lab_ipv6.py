@@ -132,6 +132,9 @@ def assert_lab_ipv6_services(lab: TempLab, r: DemoResult) -> None:
     assert (spec["ipFamilies"], spec["ipFamilyPolicy"]) == (["IPv6"], "SingleStack")
     assert SERVICE_CIDR6.fullmatch(spec["clusterIP"]) and spec["clusterIPs"] == [
         spec["clusterIP"]]
+    described = ok("describe", "svc", "-n", "demo-to", "simple-server-svc")
+    assert "IP Family Policy: SingleStack\nIP Families:      IPv6\n" in described, described
+    assert f"Endpoints:        [{r.tproxy_ip}]:18080\n" in described, described
     pod = r.client_pod
     # the pod's resolv.conf: the IPv6 DNS address, reachable from an IPv6-only pod
     conf = ok("exec", "-n", "demo-from", pod, "--", "cat", "/etc/resolv.conf")

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from remora.cli.main import cli
-from remora.errors import UsageError
-from remora.lab import describe
+from remora.errors import RemoraError, UsageError
+from remora.lab import describe, session
+from remora.lab import settings as lab_settings
 from remora.lab.settings import LabSettings
 from remora.lab.setup import MeshSetup
 from remora.node.hooks import PodContext
@@ -89,3 +90,18 @@ def test_settings_and_cli_refuse_an_unknown_family() -> None:
         result.output
     result = CliRunner().invoke(cli, ["demo", "--help"])
     assert "--ip-family [ipv4|ipv6|dual]" in result.output
+
+
+def test_a_lab_of_another_family_is_refused_not_reused(tmp_path: Path) -> None:
+    lab_settings.save(tmp_path, LabSettings())  # an IPv4 lab whose daemon is not answering
+    (tmp_path / "remora.db").write_text("")
+    with pytest.raises(RemoraError) as caught:
+        session.refuse_differences(tmp_path, LabSettings(ip_family="ipv6"), {"ip_family"},
+                                   "remora demo")
+    assert caught.value.problem == (f"the lab at {tmp_path} runs with IP family ipv4 (not "
+                                    "ipv6); settings apply only when a lab starts")
+    # not asked for explicitly: the running lab is used as it is
+    session.refuse_differences(tmp_path, LabSettings(ip_family="ipv6"), set(), "remora demo")
+    assert lab_settings.load(tmp_path).ip_family == "ipv4"
+    lab_settings.save(tmp_path, LabSettings(ip_family="dual"))
+    assert lab_settings.load(tmp_path).ip_family == "dual"
