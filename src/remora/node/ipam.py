@@ -329,7 +329,7 @@ def check_cluster_ip(plan: AddressPlan, ip: str, owner: str, used: dict[str, str
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        raise UsageError(f"{owner}: spec.clusterIP {ip!r} is not an IPv4 address",
+        raise UsageError(f"{owner}: spec.clusterIP {ip!r} is not an IP address",
                          "remove spec.clusterIP or give an address") from None
     cidr = plan.service_cidr_of(family_of(ip))
     if addr not in cidr or ip in plan.reserved_service_ips():
