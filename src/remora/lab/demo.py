@@ -58,6 +58,21 @@ metadata:
 TPROXY_PATCH = ('{"spec":{"template":{"metadata":{"annotations":'
                 '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')
 POLICY_NAME = "allow-simple-client"
+# In a dual-stack lab: the seed's service is SingleStack (no ipFamilyPolicy, as Kubernetes
+# defaults it), so the demo adds a service for both families beside it.
+DUAL_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: simple-server-dual
+  namespace: demo-to
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector:
+    web: server
+  ports:
+  - port: 18080
+"""
 INTRUDER = "intruder"
 
 
@@ -356,6 +371,38 @@ def _story(d: Demo, authz: bool = False) -> None:
              "mangle", "-L", "-v")
     if authz:
         _authz_tproxy(d)
+    if f.name == "dual":
+        _dual_stack(d)
+
+
+def _dual_stack(d: Demo) -> None:
+    r = d.result
+    d.step("Dual stack: a PreferDualStack service gets a ClusterIP of each family (the seed's "
+           "service, without ipFamilyPolicy, is SingleStack IPv4).")
+    d.remora("dual-service", "apply", "-f", "-", stdin=DUAL_SERVICE,
+             show="apply -f simple-server-dual.yaml  # ipFamilyPolicy: PreferDualStack")
+    svc = json.loads(d.remora("dual-json", "get", "svc", "-n", "demo-to", "simple-server-dual",
+                              "-o", "json", quiet=True))
+    d.remora("dual-describe", "describe", "svc", "-n", "demo-to", "simple-server-dual")
+    d.step("The client pod calls the service on each ClusterIP: its sidecar takes both "
+           "families, and the server answers both.")
+    for ip in reversed(svc["spec"]["clusterIPs"]):
+        host = f"[{ip}]" if ":" in ip else ip
+        d.remora(f"dual-curl-{'ipv6' if ':' in ip else 'ipv4'}", "exec", "-n", "demo-from",
+                 r.client_pod, "--", "curl", "-sS", "-g", "--max-time", "5",
+                 f"http://{host}:18080/common/sauth")
+    pattern = r"outbound\|18080\|\|simple-server-dual\.demo-to\.svc\.cluster\.local"
+    d.wait_log("demo-from", r.client_pod, "istio-proxy", pattern, count=2)
+    d.step("The client sidecar's access log names the ClusterIP the app dialled "
+           "(DOWNSTREAM_LOCAL_ADDRESS), one line per family.")
+    # the client app's own requests (to the seed's service) interleave: keep ours, as grep
+    text = d.remora("dual-client-access", "logs", "-n", "demo-from", r.client_pod, "-c",
+                    "istio-proxy", quiet=True)
+    mine = [line for line in text.splitlines() if "simple-server-dual" in line]
+    d.echo(f"$ remora logs -n demo-from {r.client_pod} -c istio-proxy | grep simple-server-dual")
+    for line in mine:
+        d.echo(line)
+    r.outputs["dual-access-log"] = "".join(line + "\n" for line in mine)
 
 
 def _access_200(d: Demo) -> str:
