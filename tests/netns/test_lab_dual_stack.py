@@ -3,8 +3,8 @@ cluster's primary family, exactly as in an IPv4 lab (the seed's own service is
 SingleStack, as Kubernetes defaults it), and a PreferDualStack service answers on both of
 its ClusterIPs (the demo's last steps): from the meshed client through its sidecar, and
 from a pod without a sidecar through kube-proxy's iptables and ip6tables rules, where the
-TPROXY server sees the caller's address of the family it used. A and AAAA records, describe's IPs, the
-injected ISTIO_DUAL_STACK and istio-init's ip6tables rules in the pod.
+TPROXY server sees the caller's address of the family it used. A and AAAA records,
+describe's IPs, the injected ISTIO_DUAL_STACK and istio-init's ip6tables rules in the pod.
 """
 
 from __future__ import annotations

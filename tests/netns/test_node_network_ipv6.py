@@ -78,6 +78,10 @@ def test_pods_get_both_families_from_their_nodes_ranges(dual: TempNode) -> None:
         assert ipaddress.ip_address(v4) in ipaddress.ip_network(net4)
         assert ipaddress.ip_address(v6) in ipaddress.ip_network(net6)
         assert v6.rsplit(":", 1)[1] == v4.rsplit(".", 1)[1]  # ::N beside .N
+    nodes = dual.client.nodes()
+    assert [(n["subnet6"], n["gateway6"], n["nodeIP6"]) for n in nodes] == [
+        ("fd00:10:20::/64", "fd00:10:20::1", "fd00:192:168::1"),
+        ("fd00:10:20:1::/64", "fd00:10:20:1::1", "fd00:192:168::2")]
 
 
 def test_both_families_on_one_node_and_across_nodes_without_nat(dual: TempNode) -> None:

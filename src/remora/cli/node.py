@@ -63,6 +63,9 @@ def status(state_dir: str | None, output: str) -> None:
     for n in nodes:
         click.echo(f"node {n['name']}  {n['subnet']}  gateway {n['gateway']}  "
                    f"node IP {n['nodeIP']}")
+        if n.get("subnet6"):
+            click.echo(f"     {n['name']}  {n['subnet6']}  gateway {n['gateway6']}  "
+                       f"node IP {n['nodeIP6']}")
     for p in pods:
         r = p["remora"]
         click.echo(f"pod {p['metadata']['namespace']}/{p['metadata']['name']}  {r['ready']}  "
