@@ -44,11 +44,16 @@ spec:
 
 
 def test_dual_stack_lab() -> None:
+    check_dual_stack_lab("remora")
+
+
+def check_dual_stack_lab(sidecar: str) -> None:
     lines: list[str] = []
     with TempLab() as lab:
-        r = demo.run(lab.state_dir, LabSettings(ip_family="dual"), prefix=lab.prefix,
-                     timeout=40, echo=lines.append)
-        assert lines[0].endswith("sidecar: remora proxy, dual stack")
+        r = demo.run(lab.state_dir, LabSettings(ip_family="dual", sidecar=sidecar),
+                     prefix=lab.prefix, timeout=40, echo=lines.append)
+        name = "real Envoy" if sidecar == "envoy" else "remora proxy"
+        assert lines[0].endswith(f"sidecar: {name}, dual stack")
         assert_seed_observations(r, lines)  # IPv4 first: the seed's story as it was
 
         def ok(*args: str, stdin: str | None = None) -> str:
