@@ -24,13 +24,17 @@ from remora.node import naming
               help="prefix of every namespace the lab creates")
 @click.option("--pod-ip-start", default=77, show_default=True,
               help="first pod address (77: the seed's 10.20.0.77 server, .78 client)")
+@click.option("--ip-family", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
+              show_default=True,
+              help="run the story over IPv6 (the app sees [::6]) or in a dual-stack lab")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
               help="the lab's state directory [default: /var/lib/remora]")
 def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, timeout: float, prefix: str,
-         pod_ip_start: int, state_dir: str | None) -> None:
+         pod_ip_start: int, ip_family: str, state_dir: str | None) -> None:
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
-    lab_demo.run(session.state_dir(state_dir), lab_settings.LabSettings(sidecar=sidecar, mtls=mtls),
+    lab_demo.run(session.state_dir(state_dir),
+                 lab_settings.LabSettings(sidecar=sidecar, mtls=mtls, ip_family=ip_family),
                  prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
                  echo=click.echo, authz=authz, given=frozenset(
-                     n for n in ("sidecar", "mtls") if click.get_current_context()
+                     n for n in ("sidecar", "mtls", "ip_family") if click.get_current_context()
                      .get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE))

@@ -72,24 +72,29 @@ def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
               help="prefix of every namespace the lab creates")
 @click.option("--pod-ip-start", default=2, show_default=True,
               help="first host address given to pods in each node's /24")
+@click.option("--ip-family", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
+              show_default=True,
+              help="pod and service addresses: IPv4, IPv6 (fd00:10:20::/48) or dual stack")
 @_state_option
 def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_map: str | None,
-       mtls: bool, nodes: int, prefix: str, pod_ip_start: int, state_dir: str | None) -> None:
+       mtls: bool, nodes: int, prefix: str, pod_ip_start: int, ip_family: str,
+       state_dir: str | None) -> None:
     """Start the lab (node daemon) if it is not running, then apply manifests."""
     batch = manifests.read(list(files)) if files else None  # bad input fails before start
     settings = lab_settings.LabSettings(sidecar=sidecar,
                                         image_map=str(Path(image_map).resolve())
-                                        if image_map else "", mtls=mtls)
+                                        if image_map else "", mtls=mtls, ip_family=ip_family)
     images = ImageMap.from_file(settings.image_map or None)
     directory = session.state_dir(state_dir)
-    session.refuse_differences(directory, settings, _given(("sidecar", "mtls", "image_map")),
+    session.refuse_differences(directory, settings,
+                               _given(("sidecar", "mtls", "image_map", "ip_family")),
                                "remora up")
     if batch is not None:  # injection and images too, before a daemon is started for it
         ops.admission_check_offline(batch, images)
         if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
             manifests.check_namespaces(batch.objects, set())
             plan = NodeConfig(state_dir=directory, nodes=nodes,
-                              pod_ip_start=pod_ip_start).plan()
+                              pod_ip_start=pod_ip_start, ip_family=ip_family).plan()
             manifests.check_capacity(batch.objects, [], manifests.Capacity(
                 nodes, ipam.pods_per_node(plan), plan.max_nodes))
     adopting = not session.fresh(directory) and not NodeClient(directory).alive()
@@ -99,9 +104,11 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     running = lab_settings.load(directory)
     how = ("started, adopting the pods still running" if adopting else "started") \
         if started else "already running"
+    family = "" if running.ip_family == "ipv4" else \
+        f", {'dual stack' if running.ip_family == 'dual' else 'IPv6'}"
     click.echo(f"lab {how}: daemon pid {info['pid']}, "
                f"{info['nodes']} node(s), state {info['state_dir']}, sidecar "
-               f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}")
+               f"{running.sidecar}, mTLS {'on' if running.mtls else 'off'}{family}")
     if batch is None:
         return
     _warn(batch.warnings)

@@ -32,14 +32,16 @@ def node() -> None:
               help="first host offset handed out in each node's /24")
 @click.option("--pod-setup", envvar="REMORA_POD_SETUP", default=None,
               help="MODULE:ATTR of a remora.node.hooks.PodSetup (sidecar injection etc.)")
+@click.option("--ip-family", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
+              show_default=True, help="pod and service addresses: IPv4, IPv6 or both")
 def daemon(state_dir: str | None, prefix: str, nodes: int, pod_cidr: str, service_cidr: str,
-           pod_ip_start: int, pod_setup: str | None) -> None:
+           pod_ip_start: int, pod_setup: str | None, ip_family: str) -> None:
     """Run the node daemon in the foreground (`remora up` starts it in the background)."""
     from remora.node import daemon as node_daemon
 
     config = NodeConfig(state_dir=_state_dir(state_dir), prefix=naming.check_prefix(prefix),
                         nodes=nodes, pod_cidr=pod_cidr, service_cidr=service_cidr,
-                        pod_ip_start=pod_ip_start)
+                        pod_ip_start=pod_ip_start, ip_family=ip_family)
     node_daemon.run(config, pod_setup)
 
 
@@ -61,6 +63,9 @@ def status(state_dir: str | None, output: str) -> None:
     for n in nodes:
         click.echo(f"node {n['name']}  {n['subnet']}  gateway {n['gateway']}  "
                    f"node IP {n['nodeIP']}")
+        if n.get("subnet6"):
+            click.echo(f"     {n['name']}  {n['subnet6']}  gateway {n['gateway6']}  "
+                       f"node IP {n['nodeIP6']}")
     for p in pods:
         r = p["remora"]
         click.echo(f"pod {p['metadata']['namespace']}/{p['metadata']['name']}  {r['ready']}  "

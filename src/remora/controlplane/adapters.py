@@ -101,12 +101,14 @@ def security_from_dicts(objs: Iterable[dict[str, Any]]
     return tuple(pas), tuple(aps)
 
 
-def inject_dict(pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
+def inject_dict(pod: dict[str, Any], namespace: dict[str, Any] | None,
+                proxy_metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Admission: the pod dict with Istio's sidecar injected (unchanged when not injected);
-    fields remora does not model (volumes, status, ...) are kept."""
+    fields remora does not model (volumes, status, ...) are kept. PROXY_METADATA: the
+    mesh's proxyMetadata (env of istio-init and istio-proxy)."""
     typed = pod_from_dict(pod)
     ns = namespace_from_dict(namespace) if namespace else None
-    injected = inject(typed, ns)
+    injected = inject(typed, ns, proxy_metadata=proxy_metadata)
     if injected is typed:
         return pod
     body = injected.to_dict()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 
 from remora.errors import RemoraError
@@ -163,9 +164,22 @@ def istio_init_args(pod: Pod) -> list[str]:
     return args
 
 
-def _init_container(pod: Pod, image: str) -> Container:
+# meshConfig.defaultConfig.proxyMetadata that Istio's dual-stack install sets (and an
+# IPv6 or dual-stack lab passes to inject): istio-iptables reads ISTIO_DUAL_STACK
+# (tools/istio-iptables/pkg/cmd/root.go, the --dual-stack flag's env), pilot-agent too.
+DUAL_STACK_METADATA = {"ISTIO_DUAL_STACK": "true"}
+
+
+def _metadata_env(proxy_metadata: Mapping[str, str] | None) -> tuple[EnvVar, ...]:
+    """The injection template's `range $key, $value := .ProxyConfig.ProxyMetadata` env."""
+    return tuple(EnvVar(name=k, value=str(v)) for k, v in sorted((proxy_metadata or {}).items()))
+
+
+def _init_container(pod: Pod, image: str,
+                    proxy_metadata: Mapping[str, str] | None = None) -> Container:
     return Container(
         name="istio-init", image=image, args=tuple(istio_init_args(pod)),
+        env=_metadata_env(proxy_metadata),
         imagePullPolicy="Always",
         securityContext={
             "allowPrivilegeEscalation": False,
@@ -182,7 +196,8 @@ def _field_env(name: str, path: str) -> EnvVar:
     return EnvVar(name=name, valueFrom={"fieldRef": {"fieldPath": path}})
 
 
-def _proxy_container(pod: Pod, image: str, mode: str, workload: str) -> Container:
+def _proxy_container(pod: Pod, image: str, mode: str, workload: str,
+                     proxy_metadata: Mapping[str, str] | None = None) -> Container:
     tproxy = mode == "TPROXY"
     caps: dict[str, list[str]] = {"drop": ["ALL"]}
     if tproxy:
@@ -205,6 +220,7 @@ def _proxy_container(pod: Pod, image: str, mode: str, workload: str) -> Containe
         EnvVar(name="ISTIO_META_WORKLOAD_NAME", value=workload),
         EnvVar(name="ISTIO_META_MESH_ID", value="cluster.local"),
         EnvVar(name="TRUST_DOMAIN", value="cluster.local"),
+        *_metadata_env(proxy_metadata),
     )
     return Container(
         name="istio-proxy", image=image,
@@ -239,14 +255,17 @@ def workload_name(pod: Pod) -> str:
 
 
 def inject(pod: Pod, namespace: Namespace | None = None, *, hub: str = DEFAULT_HUB,
-           tag: str = DEFAULT_TAG, force: bool = False) -> Pod:
-    """The pod as the injector returns it: unchanged when injection does not apply."""
+           tag: str = DEFAULT_TAG, force: bool = False,
+           proxy_metadata: Mapping[str, str] | None = None) -> Pod:
+    """The pod as the injector returns it: unchanged when injection does not apply.
+    PROXY_METADATA (the mesh's proxyMetadata, e.g. DUAL_STACK_METADATA) becomes env of
+    istio-init and istio-proxy, as in Istio's injection template."""
     if not force and not injection_decision(pod, namespace)[0]:
         return pod
     mode = interception_mode(pod)
     image = f"{hub}/proxyv2:{tag}"
     workload = workload_name(pod)
-    inits = (_init_container(pod, image),) if mode != "NONE" else ()
+    inits = (_init_container(pod, image, proxy_metadata),) if mode != "NONE" else ()
     app = pod.spec.containers
     status = {"initContainers": [c.name for c in inits], "containers": ["istio-proxy"],
               "volumes": ["istio-envoy", "istio-data", "istio-podinfo", "istio-token",
@@ -269,5 +288,6 @@ def inject(pod: Pod, namespace: Namespace | None = None, *, hub: str = DEFAULT_H
     meta = ObjectMeta(name=pod.metadata.name, namespace=pod.metadata.namespace,
                       labels=labels, annotations=annotations)
     spec = replace(pod.spec, initContainers=pod.spec.initContainers + inits,
-                   containers=(*app, _proxy_container(pod, image, mode, workload)))
+                   containers=(*app, _proxy_container(pod, image, mode, workload,
+                                                      proxy_metadata)))
     return Pod(metadata=meta, spec=spec)

@@ -58,12 +58,28 @@ metadata:
 TPROXY_PATCH = ('{"spec":{"template":{"metadata":{"annotations":'
                 '{"sidecar.istio.io/interceptionMode":"TPROXY"}}}}}')
 POLICY_NAME = "allow-simple-client"
+# In a dual-stack lab: the seed's service is SingleStack (no ipFamilyPolicy, as Kubernetes
+# defaults it), so the demo adds a service for both families beside it.
+DUAL_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: simple-server-dual
+  namespace: demo-to
+spec:
+  ipFamilyPolicy: PreferDualStack
+  selector:
+    web: server
+  ports:
+  - port: 18080
+"""
 INTRUDER = "intruder"
 
 
 def allow_policy(client_ip: str) -> str:
     """ALLOW only the client pod's address at the server (the TCP peer the server
-    sidecar sees: ipBlocks -> Envoy's direct_remote_ip)."""
+    sidecar sees: ipBlocks -> Envoy's direct_remote_ip); /128 for an IPv6 client."""
+    host = "/128" if ":" in client_ip else "/32"
     return f"""\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -78,7 +94,7 @@ spec:
   rules:
   - from:
     - source:
-        ipBlocks: ["{client_ip}/32"]
+        ipBlocks: ["{client_ip}{host}"]
 """
 
 
@@ -98,6 +114,25 @@ spec:
 """
 
 
+@dataclass(frozen=True)
+class Family:
+    """What the story says and looks for in one IP family: the address the inbound
+    sidecar binds (Istio's "6 is the magical number": 127.0.0.6, ::6), the rules' tool."""
+
+    name: str  # ipv4 | ipv6 | dual (the story runs over the primary family, IPv4, in dual)
+    passthrough: str
+    iptables: str
+
+    def address(self, ip: str) -> str:
+        """IP as an access log or Go's RemoteAddr prints it before :PORT."""
+        return f"[{ip}]" if ":" in ip else ip
+
+
+FAMILIES = {"ipv4": Family("ipv4", "127.0.0.6", "iptables"),
+            "ipv6": Family("ipv6", "::6", "ip6tables"),
+            "dual": Family("dual", "127.0.0.6", "iptables")}
+
+
 @dataclass
 class DemoResult:
     server_pod: str = ""
@@ -108,6 +143,7 @@ class DemoResult:
     tproxy_pod: str = ""
     tproxy_ip: str = ""
     intruder_ip: str = ""
+    ip_family: str = "ipv4"
 
 
 @contextlib.contextmanager
@@ -126,6 +162,7 @@ class Demo:
         self.result = DemoResult()
         self.env = {**os.environ, "REMORA_STATE_DIR": str(state_dir)}
         self.step_no = 0
+        self.family = FAMILIES["ipv4"]
 
     # -- output ------------------------------------------------------------------------------
     def step(self, sentence: str) -> None:
@@ -217,13 +254,16 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     session.refuse_differences(state_dir, settings, set(given), "remora demo")
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
+    stack = {"ipv4": "", "ipv6": ", IPv6", "dual": ", dual stack"}[running.ip_family]
     echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "
-         f"sidecar: {'real Envoy' if running.sidecar == 'envoy' else 'remora proxy'}")
+         f"sidecar: {'real Envoy' if running.sidecar == 'envoy' else 'remora proxy'}{stack}")
     if authz and not running.mtls:
         raise RemoraError("--authz needs the lab's mTLS (AuthorizationPolicy is compiled into "
                           "the sidecars only with workload certificates)",
                           "`remora down`, then run the demo without --no-mtls")
     demo = Demo(state_dir, echo, timeout)
+    demo.family = FAMILIES[running.ip_family]
+    demo.result.ip_family = running.ip_family
     try:
         if not fresh:
             demo.reset()
@@ -251,7 +291,8 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
 
 
 def _story(d: Demo, authz: bool = False) -> None:
-    r = d.result
+    r, f = d.result, d.family
+    bind = f.passthrough
     d.step("Create demo-from and demo-to with sidecar injection enabled "
            "(kubectl create ns + label istio-injection=enabled).")
     d.remora("namespaces", "apply", "-f", "-", stdin=NAMESPACES)
@@ -280,25 +321,28 @@ def _story(d: Demo, authz: bool = False) -> None:
                 **{k: v for k, v in init.items() if k not in first}}
         for line in json.dumps(init, indent=2).splitlines():
             d.echo(line)
-    d.wait_log("demo-to", r.server_pod, None, r"RemoteAddr=127\.0\.0\.6:\d+")
-    d.step(f"The problem: the server logs RemoteAddr=127.0.0.6, not the client's "
+    d.wait_log("demo-to", r.server_pod, None, rf"RemoteAddr={re.escape(f.address(bind))}:\d+")
+    d.step(f"The problem: the server logs RemoteAddr={f.address(bind)}, not the client's "
            f"{r.client_ip}.")
     d.remora("server-log", "logs", "-n", "demo-to", "-l", "web=server", "--tail", "5")
     d.wait_log("demo-to", r.server_pod, "istio-proxy", r"inbound\|18080\|\|")
     d.step("The server sidecar's access log: the request came from the client pod "
-           "(DOWNSTREAM_REMOTE_ADDRESS) and went to the app from 127.0.0.6 "
+           f"(DOWNSTREAM_REMOTE_ADDRESS) and went to the app from {bind} "
            "(UPSTREAM_LOCAL_ADDRESS).")
     d.remora("access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c", "istio-proxy",
              "--tail", "3")
-    d.step("The nat table istio-init wrote (REDIRECT mode): inbound TCP goes to 15006, and "
-           "`-o lo -s 127.0.0.6 RETURN` lets the sidecar's own connection to the app through.")
-    d.remora("nat", "exec", "-n", "demo-to", r.server_pod, "--", "iptables", "-t", "nat", "-L",
+    host = "/128" if ":" in bind else ""
+    d.step(f"The nat table istio-init wrote{' in ip6tables' if f.name == 'ipv6' else ''} "
+           "(REDIRECT mode): inbound TCP goes to 15006, and "
+           f"`-o lo -s {bind}{host} RETURN` lets the sidecar's own connection to the app "
+           "through.")
+    d.remora("nat", "exec", "-n", "demo-to", r.server_pod, "--", f.iptables, "-t", "nat", "-L",
              "-v")
     d.step("The sidecar's virtualInbound listener (15006) sends port 18080 to the cluster "
            "inbound|18080||.")
     d.remora("listeners", "proxy-config", "listener", "-n", "demo-to", r.server_pod,
              "--port", "15006")
-    d.step("inbound|18080|| is ORIGINAL_DST with upstreamBindConfig 127.0.0.6: the address "
+    d.step(f"inbound|18080|| is ORIGINAL_DST with upstreamBindConfig {bind}: the address "
            "the server sees.")
     d.remora("clusters", "proxy-config", "cluster", "-n", "demo-to", r.server_pod, "--fqdn",
              "inbound|18080||")
@@ -314,7 +358,7 @@ def _story(d: Demo, authz: bool = False) -> None:
              "--timeout", f"{d.timeout:g}")
     r.tproxy_pod, r.tproxy_ip = d.pod("demo-to", "server")
     d.wait_log("demo-to", r.tproxy_pod, None,
-               rf"RemoteAddr={re.escape(r.client_ip)}:\d+")
+               rf"RemoteAddr={re.escape(f.address(r.client_ip))}:\d+")
     d.step(f"After the fix the server logs the client pod's own address, {r.client_ip}.")
     d.remora("tproxy-pods", "get", "po", "-n", "demo-to", "-o", "wide")
     d.remora("tproxy-log", "logs", "-n", "demo-to", "-l", "web=server", "--tail", "5")
@@ -323,39 +367,73 @@ def _story(d: Demo, authz: bool = False) -> None:
              "istio-proxy", "--tail", "2")
     d.step("TPROXY captures inbound traffic in the mangle table: ISTIO_TPROXY hands it to "
            "15006 with mark 0x539, and original_src connects to the app as the client.")
-    d.remora("mangle", "exec", "-n", "demo-to", r.tproxy_pod, "--", "iptables", "-t",
+    d.remora("mangle", "exec", "-n", "demo-to", r.tproxy_pod, "--", f.iptables, "-t",
              "mangle", "-L", "-v")
     if authz:
         _authz_tproxy(d)
+    if f.name == "dual":
+        _dual_stack(d)
+
+
+def _dual_stack(d: Demo) -> None:
+    r = d.result
+    d.step("Dual stack: a PreferDualStack service gets a ClusterIP of each family (the seed's "
+           "service, without ipFamilyPolicy, is SingleStack IPv4).")
+    d.remora("dual-service", "apply", "-f", "-", stdin=DUAL_SERVICE,
+             show="apply -f simple-server-dual.yaml  # ipFamilyPolicy: PreferDualStack")
+    svc = json.loads(d.remora("dual-json", "get", "svc", "-n", "demo-to", "simple-server-dual",
+                              "-o", "json", quiet=True))
+    d.remora("dual-describe", "describe", "svc", "-n", "demo-to", "simple-server-dual")
+    d.step("The client pod calls the service on each ClusterIP: its sidecar takes both "
+           "families, and the server answers both.")
+    for ip in reversed(svc["spec"]["clusterIPs"]):
+        host = f"[{ip}]" if ":" in ip else ip
+        d.remora(f"dual-curl-{'ipv6' if ':' in ip else 'ipv4'}", "exec", "-n", "demo-from",
+                 r.client_pod, "--", "curl", "-sS", "-g", "--max-time", "5",
+                 f"http://{host}:18080/common/sauth")
+    pattern = r"outbound\|18080\|\|simple-server-dual\.demo-to\.svc\.cluster\.local"
+    d.wait_log("demo-from", r.client_pod, "istio-proxy", pattern, count=2)
+    d.step("The client sidecar's access log names the ClusterIP the app dialled "
+           "(DOWNSTREAM_LOCAL_ADDRESS), one line per family.")
+    # the client app's own requests (to the seed's service) interleave: keep ours, as grep
+    text = d.remora("dual-client-access", "logs", "-n", "demo-from", r.client_pod, "-c",
+                    "istio-proxy", quiet=True)
+    mine = [line for line in text.splitlines() if "simple-server-dual" in line]
+    d.echo(f"$ remora logs -n demo-from {r.client_pod} -c istio-proxy | grep simple-server-dual")
+    for line in mine:
+        d.echo(line)
+    r.outputs["dual-access-log"] = "".join(line + "\n" for line in mine)
 
 
 def _access_200(d: Demo) -> str:
     """A server sidecar access log line of a request from the client pod, let in (its
     DOWNSTREAM_REMOTE_ADDRESS is the client's in both modes)."""
     return (r'" 200 .* inbound\|18080\|\| \S+ \S+ '
-            rf"{re.escape(d.result.client_ip)}:\d+ ")
+            rf"{re.escape(d.family.address(d.result.client_ip))}:\d+ ")
 
 
 def _access_403(d: Demo) -> str:
     """A server sidecar access log line of a denied intruder request (no ALLOW policy
     matched: Envoy names none)."""
     return (r'" 403 \S+ rbac_access_denied_matched_policy\[none\] .* '
-            rf"{re.escape(d.result.intruder_ip)}:\d+ ")
+            rf"{re.escape(d.family.address(d.result.intruder_ip))}:\d+ ")
 
 
 def _authz_redirect(d: Demo) -> None:
     r = d.result
     d.step(f"Authorization by source IP: allow only the client pod ({r.client_ip}) to call "
            "the server, and start a second caller, intruder, with another address.")
+    host = "/128" if ":" in r.client_ip else "/32"
     d.remora("policy", "apply", "-f", "-", stdin=allow_policy(r.client_ip),
-             show=f"apply -f allow-simple-client.yaml  # ipBlocks: [{r.client_ip}/32]")
+             show=f"apply -f allow-simple-client.yaml  # ipBlocks: [{r.client_ip}{host}]")
     d.remora("intruder", "apply", "-f", "-", "--wait", "--timeout", f"{d.timeout:g}",
              stdin=INTRUDER_POD, show="apply -f intruder.yaml --wait")
     _, r.intruder_ip = d.pod("demo-from", "intruder")
     d.wait_log("demo-from", INTRUDER, None, r"RBAC: access denied", count=1)
     d.wait_log("demo-to", r.server_pod, "istio-proxy", _access_403(d), count=1, tail=4,
                also=(_access_200(d),))
-    d.step("Even in REDIRECT mode, where the app sees 127.0.0.6 for every caller, the server "
+    d.step(f"Even in REDIRECT mode, where the app sees {d.family.passthrough} for every "
+           "caller, the server "
            f"sidecar sees the real peer: 200 for {r.client_ip}, 403 `RBAC: access denied` "
            f"for the intruder's {r.intruder_ip}.")
     d.remora("authz-access-log", "logs", "-n", "demo-to", "-l", "web=server", "-c",

@@ -99,6 +99,19 @@ def _containers(title: str, specs: list[dict[str, Any]],
     return out
 
 
+def _has_ipv6(ips: list[str]) -> bool:
+    return len(ips) > 1 or any(":" in ip for ip in ips)
+
+
+def _pod_ips(status: dict[str, Any]) -> list[str]:
+    """kubectl's describePodIPs: `IPs:` and an `  IP:` line per status.podIPs entry. An
+    IPv4-only pod's description is left as remora has always printed it (without them)."""
+    ips = [str(x.get("ip")) for x in status.get("podIPs") or [] if x.get("ip")]
+    if not _has_ipv6(ips):
+        return []
+    return ["IPs:", *(_line("  IP", ip, 16) for ip in ips)]
+
+
 def pod(p: dict[str, Any], now: float) -> str:
     meta, spec, status = p["metadata"], p.get("spec", {}), p.get("status", {})
     r = p.get("remora", {})
@@ -111,6 +124,7 @@ def pod(p: dict[str, Any], now: float) -> str:
         _line("Annotations", _kv(meta.get("annotations"), 18)),
         _line("Status", r.get("status", status.get("phase", ""))),
         _line("IP", status.get("podIP") or ""),
+        *_pod_ips(status),
         _line("Controlled By", f"{owner['kind']}/{owner['name']}" if owner else "<none>"),
         _line("Network NS", r.get("netns", "")),
         _line("Age", age(p, now)),
@@ -157,8 +171,15 @@ def service(s: dict[str, Any], endpoints: list[str], now: float) -> str:
     lines = [_line("Name", meta["name"]), _line("Namespace", meta.get("namespace")),
              _line("Labels", _kv(meta.get("labels"), 18)),
              _line("Selector", _kv(spec.get("selector"), 18)),
-             _line("Type", spec.get("type", "ClusterIP")),
-             _line("IP", spec.get("clusterIP", ""))]
+             _line("Type", spec.get("type", "ClusterIP"))]
+    ips = [str(ip) for ip in spec.get("clusterIPs") or []]
+    if _has_ipv6(ips) or "ipFamilies" in spec:
+        # kubectl describe service's family lines (an IPv4 lab's output is unchanged)
+        lines += [_line("IP Family Policy", spec.get("ipFamilyPolicy", "SingleStack")),
+                  _line("IP Families", ",".join(spec.get("ipFamilies") or []) or "<none>")]
+    lines.append(_line("IP", spec.get("clusterIP", "")))
+    if _has_ipv6(ips) or "ipFamilies" in spec:
+        lines.append(_line("IPs", ",".join(ips) or "<none>"))
     for p in spec.get("ports") or []:
         lines += [_line("Port", f"{p.get('name') or '<unset>'}  {p['port']}/"
                                 f"{p.get('protocol', 'TCP')}"),

@@ -98,7 +98,9 @@ def endpoints_of(client: NodeClient, svc: dict[str, Any]) -> list[str]:
     from remora.node.controller import endpoints
 
     pods = client.get("Pod", svc["metadata"]["namespace"])
-    return [f"{e['ip']}:{e['port']}" for e in endpoints(svc, pods)]
+    # net.JoinHostPort, as kubectl prints them: an IPv6 endpoint in brackets
+    return [f"[{e['ip']}]:{e['port']}" if ":" in e["ip"] else f"{e['ip']}:{e['port']}"
+            for e in endpoints(svc, pods)]
 
 
 # -- logs / exec ----------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_P
     settings = settings.check()
     lab_settings.save(directory, settings)
     config = NodeConfig(state_dir=directory, prefix=naming.check_prefix(prefix), nodes=nodes,
-                        pod_ip_start=pod_ip_start)
+                        pod_ip_start=pod_ip_start, ip_family=settings.ip_family)
     try:
         return ensure_daemon(config, POD_SETUP), True
     except RemoraError:
@@ -85,13 +85,15 @@ def differences(wanted: LabSettings, running: LabSettings, given: set[str]) -> l
         out.append(f"mTLS {'on' if running.mtls else 'off'}")
     if "image_map" in given and wanted.image_map != running.image_map:
         out.append(f"image map {running.image_map or 'built-in'}")
+    if "ip_family" in given and wanted.ip_family != running.ip_family:
+        out.append(f"IP family {running.ip_family} (not {wanted.ip_family})")
     return out
 
 
 def refuse_differences(directory: Path, wanted: LabSettings, given: set[str],
                        command: str) -> None:
     """Refuse, before anything starts or changes, a command that explicitly asks (GIVEN)
-    for a sidecar, mTLS or image map other than the existing lab's: settings take effect
+    for a sidecar, mTLS, image map or IP family other than the existing lab's: settings take effect
     only when a lab starts, and running the story on another sidecar than the one asked
     for would show the wrong proxy's behaviour under the right proxy's name."""
     if fresh(directory) or not lab_settings.path(directory).exists():

@@ -11,12 +11,13 @@ import importlib
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from remora.controlplane.ca import parse_ttl
 from remora.errors import RemoraError, UsageError
+from remora.node.ipam import check_ip_family
 
 SIDECARS = ("remora", "envoy")
 FILE_NAME = "lab.json"
@@ -31,6 +32,7 @@ class LabSettings:
     envoy_binary: str = ""  # resolved when the envoy sidecar is selected
     mtls: bool = True  # Istio's auto mTLS between sidecars, certificates from the lab's CA
     cert_ttl: str = ""  # workload certificate lifetime ("90m", "30s"); "" = 24h as Istio
+    ip_family: str = "ipv4"  # ipv4 | ipv6 | dual: the pods' and services' address families
 
     def check(self) -> LabSettings:
         if self.sidecar not in SIDECARS:
@@ -40,9 +42,9 @@ class LabSettings:
             raise UsageError(f"image map {self.image_map} does not exist",
                              "give a YAML file mapping image names to commands "
                              "(see docs/lab.md)")
+        check_ip_family(self.ip_family)
         if self.sidecar == "envoy" and not self.envoy_binary:
-            return LabSettings(self.sidecar, self.image_map, find_envoy(), self.mtls,
-                               self.cert_ttl).check()
+            return replace(self, envoy_binary=find_envoy()).check()
         if self.cert_ttl:
             parse_ttl(self.cert_ttl)  # a clear error now, not in the daemon
         return self
@@ -92,7 +94,8 @@ def load(state_dir: Path) -> LabSettings:
                        image_map=str(data.get("image_map", "")),
                        envoy_binary=str(data.get("envoy_binary", "")),
                        mtls=bool(data.get("mtls", True)),
-                       cert_ttl=str(data.get("cert_ttl", "")))
+                       cert_ttl=str(data.get("cert_ttl", "")),
+                       ip_family=str(data.get("ip_family", "ipv4")))
 
 
 def remove(state_dir: Path) -> list[str]:

@@ -32,6 +32,7 @@ from remora.controlplane.adapters import inject_dict, pod_from_dict, snapshot_fr
 from remora.controlplane.ca import DEFAULT_TTL, CertificateAuthority, parse_ttl
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate
+from remora.controlplane.injection import DUAL_STACK_METADATA
 from remora.controlplane.model import Snapshot
 from remora.errors import RemoraError
 from remora.lab import settings as lab_settings
@@ -84,7 +85,11 @@ class MeshSetup(PodSetup):
 
     # -- the hooks ---------------------------------------------------------------------------
     def admit(self, pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
-        return inject_dict(pod, namespace)
+        # a dual-stack cluster's mesh sets proxyMetadata ISTIO_DUAL_STACK=true, which the
+        # injector hands to istio-init (ip6tables rules too) and istio-proxy; an IPv6-only
+        # pod needs no flag: istio-iptables sees its first address is IPv6
+        metadata = DUAL_STACK_METADATA if len(self.ip_families) > 1 else None
+        return inject_dict(pod, namespace, metadata)
 
     def prepare(self, ctx: PodContext) -> None:
         if is_meshed(ctx.pod):
@@ -195,8 +200,10 @@ class MeshSetup(PodSetup):
 
     def _write(self, ctx: PodContext) -> list[str]:
         directory = ctx.pod_dir / CONFIG_DIR
+        # the pod's own addresses (status.podIPs) decide its IP families: in prepare() the
+        # pass's snapshot does not hold this pod's addresses yet
         config = generate(self.snapshot, pod_from_dict(ctx.pod), ctx.ip, str(directory),
-                          certs_dir=self._certs(ctx))
+                          certs_dir=self._certs(ctx), ips=ctx.ips)
         changed = write_config(config)
         if changed:
             log.info("%s: sidecar config %s", pod_ref(ctx.pod), " ".join(changed))

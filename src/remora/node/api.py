@@ -89,9 +89,18 @@ class Api:
             self._container(row.body, req.get("container"))
             return {"argv": ["ip", "netns", "exec", row.netns], "netns": row.netns}
         if op == "nodes":
-            return {"items": [{"name": n.netns, "index": n.index, "subnet": str(n.subnet.subnet),
-                               "gateway": str(n.subnet.gateway),
-                               "nodeIP": str(n.subnet.node_ip)} for n in rt.nodes]}
+            items: list[dict[str, Any]] = []
+            for n in rt.nodes:
+                item: dict[str, Any] = {"name": n.netns, "index": n.index,
+                                        "subnet": str(n.subnet.subnet),
+                                        "gateway": str(n.subnet.gateway),
+                                        "nodeIP": str(n.subnet.node_ip)}
+                if rt.plan.ipv6:  # the node's IPv6 /64, gateway and fabric address
+                    item.update(subnet6=str(n.subnet.subnet6),
+                                gateway6=str(n.subnet.gateway6),
+                                nodeIP6=str(n.subnet.node_ip6))
+                items.append(item)
+            return {"items": items}
         raise UsageError(f"unknown op {op!r}", "see docs/node.md for the protocol")
 
     def _delete(self, kind: str, namespace: str, name: str) -> list[str]:

@@ -132,6 +132,8 @@ def daemon_argv(config: NodeConfig, pod_setup: str | None = None) -> list[str]:
             str(config.state_dir), "--prefix", config.prefix, "--nodes", str(config.nodes),
             "--pod-cidr", config.pod_cidr, "--service-cidr", config.service_cidr,
             "--pod-ip-start", str(config.pod_ip_start)]
+    if config.ip_family != "ipv4":
+        argv += ["--ip-family", config.ip_family]
     if pod_setup:
         argv += ["--pod-setup", pod_setup]
     return argv

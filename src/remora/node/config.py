@@ -36,10 +36,11 @@ class NodeConfig:
     domain: str = "cluster.local"
     etc_netns: Path = ETC_NETNS
     stop_grace: float = 2.0
+    ip_family: str = "ipv4"  # ipv4 | ipv6 | dual (remora.node.ipam.IP_FAMILIES)
 
     def plan(self) -> AddressPlan:
         return AddressPlan.build(self.pod_cidr, self.service_cidr, self.node_cidr, self.dns_ip,
-                                 self.pod_ip_start)
+                                 self.pod_ip_start, self.ip_family)
 
     # -- state directory layout -----------------------------------------------------------
     @property

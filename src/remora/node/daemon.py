@@ -36,7 +36,7 @@ class Daemon:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.runtime: Runtime | None = None
-        self._resolver_args: tuple[Path, str, list[str]] | None = None
+        self._resolver_args: tuple[Path, list[str], list[str]] | None = None
 
     def _loop(self, rt: Runtime) -> None:
         woken = True
@@ -78,7 +78,9 @@ class Daemon:
             loop.add_signal_handler(sig, done.set)
         # cluster DNS runs as its own process (remora.node.resolver): it keeps answering
         # while this daemon is down, and is adopted like the pods when it comes back
-        resolver_args = (self.config.state_dir, str(rt.plan.dns_ip),
+        # (the IPv6 DNS address too when the lab has IPv6)
+        resolver_args = (self.config.state_dir,
+                         sorted(set(rt.plan.dns_ips()) | {str(rt.plan.dns_ip)}),
                          [node.netns for node in rt.nodes])
         pid, adopted = await asyncio.to_thread(resolver.ensure, *resolver_args)
         log.info("cluster DNS %d %s", pid, "adopted" if adopted else "started")

@@ -46,21 +46,38 @@ def _owner(obj: dict[str, Any]) -> str:
     return f"svc:{obj['metadata']['namespace']}/{obj['metadata']['name']}"
 
 
+def _requested_ips(spec: dict[str, Any]) -> list[str]:
+    """spec.clusterIPs, else spec.clusterIP (the API server keeps them in step)."""
+    ips = [str(ip) for ip in spec.get("clusterIPs") or [] if ip]
+    if not ips and spec.get("clusterIP"):
+        ips = [str(spec["clusterIP"])]
+    return [ip for ip in ips if ip != "None"]
+
+
 def apply(store: Store, plan: AddressPlan, objects: list[dict[str, Any]]) -> list[str]:
-    """Store OBJECTS; return kubectl-style lines ("service/x created")."""
+    """Store OBJECTS; return kubectl-style lines ("service/x created").
+
+    A Service gets a ClusterIP of each of its IP families (ipam.service_families decides
+    them from ipFamilies / ipFamilyPolicy and the cluster's families, as the API server
+    does), the primary first; a requested clusterIP / clusterIPs is checked first."""
     normal = [normalise(o) for o in objects]
     results = []
     with store.tx():
         used = store.used_ips("svc")
-        wanted: dict[str, str] = {}
+        wanted: dict[str, list[str]] = {}
+        families: dict[str, tuple[str, ...]] = {}
         for obj in normal:
             if obj["kind"] != "Service":
                 continue
             owner = _owner(obj)
-            requested = (obj.get("spec") or {}).get("clusterIP")
-            if requested and requested != "None":
-                ipam.check_cluster_ip(plan, requested, owner, {**used, **{
-                    ip: o for o, ip in wanted.items()}})
+            spec = obj.get("spec") or {}
+            families[owner] = ipam.service_families(
+                plan, spec, f"Service/{obj['metadata']['namespace']}/{obj['metadata']['name']}")[0]
+            requested = _requested_ips(spec)
+            for ip in requested:
+                ipam.check_cluster_ip(plan, ip, owner, {**used, **{
+                    w: o for o, ips in wanted.items() for w in ips}})
+            if requested:
                 wanted[owner] = requested
         for obj in normal:
             existed = store.get_object(obj["kind"], obj["metadata"].get("namespace", ""),
@@ -69,14 +86,19 @@ def apply(store: Store, plan: AddressPlan, objects: list[dict[str, Any]]) -> lis
             if obj["kind"] == "Service":
                 owner = _owner(obj)
                 held = [ip for ip, o in store.used_ips("svc").items() if o == owner]
-                ip = wanted.get(owner) or (held[0] if held else None)
-                if (obj.get("spec") or {}).get("clusterIP") == "None":
-                    ip = None
-                if ip is None and (obj.get("spec") or {}).get("clusterIP") != "None":
-                    ip = ipam.allocate_cluster_ip(plan, obj["metadata"]["namespace"],
-                                                  obj["metadata"]["name"], store.used_ips("svc"))
+                ips: list[str] = []
+                if (obj.get("spec") or {}).get("clusterIP") != "None":
+                    for i, family in enumerate(families[owner]):
+                        asked = wanted.get(owner, [])
+                        mine = [ip for ip in held if ipam.family_of(ip) == family]
+                        ip = asked[i] if i < len(asked) else (mine[0] if mine else "")
+                        if not ip:
+                            ip = ipam.allocate_cluster_ip(
+                                plan, obj["metadata"]["namespace"], obj["metadata"]["name"],
+                                store.used_ips("svc"), family)
+                        ips.append(ip)
                 store.release_ips(owner)
-                if ip:
+                for ip in ips:
                     store.hold_ip("svc", ip, owner)
             verb = "unchanged" if not changed else "configured" if existed else "created"
             results.append(f"{obj['kind'].lower()}/{obj['metadata']['name']} {verb}")

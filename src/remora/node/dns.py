@@ -2,8 +2,10 @@
 
 Answers what CoreDNS's kubernetes plugin answers for ClusterIP services and pods
 (https://github.com/kubernetes/dns/blob/master/docs/specification.md):
-``<service>.<ns>.svc.cluster.local`` -> the ClusterIP, ``<a-b-c-d>.<ns>.pod.cluster.local``
--> that pod address; an existing name asked for another type gets NOERROR with no answer
+``<service>.<ns>.svc.cluster.local`` -> the ClusterIP (A for the IPv4 one, AAAA for the
+IPv6 one of a dual-stack or IPv6 service), ``<a-b-c-d>.<ns>.pod.cluster.local`` -> that pod
+address (an IPv6 pod: its address with `-` for `:`, `fd00-10-20--77`); an existing
+name asked for another type gets NOERROR with no answer
 (so glibc's parallel A+AAAA lookup succeeds with the A record); anything else NXDOMAIN.
 The short forms `svc`, `svc.ns`, `svc.ns.svc` are the resolver's job: the pod's
 resolv.conf has Kubernetes' search list and ndots:5. Responses are authoritative with RA
@@ -97,9 +99,11 @@ def build_response(q: Question, rcode: int, addresses: list[str], ttl: int = TTL
     # QR=1, opcode copied, AA=1, RD copied, RA=1
     flags = 0x8000 | (q.flags & 0x7800) | 0x0400 | (q.flags & 0x0100) | 0x0080 | rcode
     header = struct.pack("!HHHHHH", q.id, flags, 1, len(addresses), 0, 0)
-    answers = b"".join(
-        b"\xc0\x0c" + struct.pack("!HHIH", TYPE_A, CLASS_IN, ttl, 4)
-        + ipaddress.IPv4Address(a).packed for a in addresses)
+    answers = b""
+    for a in addresses:
+        packed = ipaddress.ip_address(a).packed
+        rtype = TYPE_AAAA if len(packed) == 16 else TYPE_A
+        answers += b"\xc0\x0c" + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(packed)) + packed
     return header + q.wire + answers
 
 
@@ -116,7 +120,8 @@ def build_query(qid: int, name: str, qtype: int = TYPE_A) -> bytes:
 
 
 def parse_response(data: bytes) -> tuple[int, int, list[str]]:
-    """(id, rcode, A addresses) of a response (tests and `remora node status` use it)."""
+    """(id, rcode, A and AAAA addresses) of a response (tests and `remora node status`
+    use it)."""
     qid, flags, qd, an = struct.unpack("!HHHH", data[:8])
     offset = 12
     for _ in range(qd):
@@ -129,6 +134,8 @@ def parse_response(data: bytes) -> tuple[int, int, list[str]]:
         offset += 10
         if rtype == TYPE_A and length == 4:
             found.append(str(ipaddress.IPv4Address(data[offset:offset + 4])))
+        elif rtype == TYPE_AAAA and length == 16:
+            found.append(str(ipaddress.IPv6Address(data[offset:offset + 16])))
         offset += length
     return qid, flags & 0x000F, found
 
@@ -138,24 +145,29 @@ class Zone:
     """The cluster's names: services and pods by namespace."""
 
     domain: str = "cluster.local"
-    services: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> IP
-    pods: dict[str, str] = field(default_factory=dict)  # pod IP -> namespace
+    services: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> IPv4
+    pods: dict[str, str] = field(default_factory=dict)  # pod IP (either family) -> namespace
+    services6: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> IPv6
 
-    def lookup(self, name: str) -> tuple[int, list[str]]:
-        """(rcode, A addresses) for a fully qualified NAME."""
+    def lookup(self, name: str, qtype: int = TYPE_A) -> tuple[int, list[str]]:
+        """(rcode, addresses of QTYPE: A or AAAA) for a fully qualified NAME; a name that
+        exists with only the other type answers NOERROR with no address."""
         name = name.lower().rstrip(".")
         suffix = "." + self.domain
         if not name.endswith(suffix):
             return RCODE_NXDOMAIN, []
         labels = name[: -len(suffix)].split(".")
         if len(labels) == 3 and labels[2] == "svc":
-            ip = self.services.get((labels[1], labels[0]))
-            if ip:
-                return RCODE_OK, [ip]
+            key = (labels[1], labels[0])
+            v4, v6 = self.services.get(key), self.services6.get(key)
+            if v4 or v6:
+                found = v4 if qtype == TYPE_A else v6 if qtype == TYPE_AAAA else None
+                return RCODE_OK, [found] if found else []
         if len(labels) == 3 and labels[2] == "pod":
-            ip = labels[0].replace("-", ".")
-            if self.pods.get(ip) == labels[1]:
-                return RCODE_OK, [ip]
+            ip = _pod_address(labels[0])
+            if ip and self.pods.get(ip) == labels[1]:
+                wanted = TYPE_AAAA if ":" in ip else TYPE_A
+                return RCODE_OK, [ip] if qtype == wanted else []
         return RCODE_NXDOMAIN, []
 
     def answer(self, data: bytes) -> bytes | None:
@@ -165,5 +177,16 @@ class Zone:
             return error_response(data, RCODE_FORMERR)
         if q.qclass != CLASS_IN:
             return build_response(q, RCODE_NOTIMP, [])
-        rcode, addresses = self.lookup(q.name)
-        return build_response(q, rcode, addresses if q.qtype == TYPE_A else [])
+        rcode, addresses = self.lookup(q.name, q.qtype)
+        return build_response(q, rcode, addresses)
+
+
+def _pod_address(label: str) -> str:
+    """The address a pod record's first label names: `10-20-0-77` (IPv4) or
+    `fd00-10-20--77` (IPv6, `:` written `-`), normalised; "" if it is neither."""
+    for text in (label.replace("-", "."), label.replace("-", ":")):
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            continue
+    return ""

@@ -42,11 +42,12 @@ class DnsServer:
     async def listen(self, netns_name: str, address: str, port: int = PORT) -> None:
         loop = asyncio.get_running_loop()
         path = netns.resolve(netns_name)
-        udp = netns.socket_in(path, socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        udp = netns.socket_in(path, family, socket.SOCK_DGRAM)
         udp.bind((address, port))
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self.zone), sock=udp)
         self._closers.append(transport.close)
-        tcp = netns.socket_in(path, socket.AF_INET, socket.SOCK_STREAM)
+        tcp = netns.socket_in(path, family, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.bind((address, port))
         server = await asyncio.start_server(self._tcp, sock=tcp)

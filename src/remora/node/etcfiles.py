@@ -16,21 +16,25 @@ from pathlib import Path
 ETC_NETNS = Path("/etc/netns")
 
 
-def resolv_conf(namespace: str, dns_ip: str, domain: str = "cluster.local") -> str:
+def resolv_conf(namespace: str, dns_ip: str | list[str], domain: str = "cluster.local") -> str:
+    # kubelet writes one nameserver line per --cluster-dns address (an IPv6-only pod
+    # reaches only the IPv6 one)
+    servers = [dns_ip] if isinstance(dns_ip, str) else dns_ip
     return (f"search {namespace}.svc.{domain} svc.{domain} {domain}\n"
-            f"nameserver {dns_ip}\n"
-            "options ndots:5\n")
+            + "".join(f"nameserver {ip}\n" for ip in servers)
+            + "options ndots:5\n")
 
 
-def hosts(pod_ip: str, hostname: str) -> str:
-    # kubelet's managed /etc/hosts
+def hosts(pod_ip: str | list[str], hostname: str) -> str:
+    # kubelet's managed /etc/hosts: a line per pod IP (status.podIPs)
+    ips = [pod_ip] if isinstance(pod_ip, str) else pod_ip
     return ("# Kubernetes-managed hosts file (remora).\n"
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"{pod_ip}\t{hostname}\n")
+            + "".join(f"{ip}\t{hostname}\n" for ip in ips))
 
 
-def write(netns_name: str, namespace: str, dns_ip: str, pod_ip: str, hostname: str,
-          domain: str = "cluster.local", root: Path = ETC_NETNS) -> Path:
+def write(netns_name: str, namespace: str, dns_ip: str | list[str], pod_ip: str | list[str],
+          hostname: str, domain: str = "cluster.local", root: Path = ETC_NETNS) -> Path:
     folder = root / netns_name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "resolv.conf").write_text(resolv_conf(namespace, dns_ip, domain))

@@ -62,6 +62,8 @@ class PodContext:
     # The cluster as of the last reconcile pass (services with ClusterIPs, pods, endpoints),
     # so prepare() can write a sidecar's full config before it starts.
     cluster: ClusterSnapshot = field(default_factory=lambda: ClusterSnapshot())
+    # every address of the pod (status.podIPs), the primary (ip) first
+    ips: tuple[str, ...] = ()
 
     @property
     def netns_path(self) -> Path:
@@ -91,6 +93,10 @@ class PodSetup:
     # PodSetup itself, so the node runtime never imports the layers above it (the lab
     # names its Kubernetes API here: remora.kubeapi.daemon_hook:start).
     daemon_services: tuple[str, ...] = ()
+
+    # the cluster's IP families, the primary first ("IPv4", "IPv6"); the runtime sets it
+    # from its address plan before any hook runs (an injector needs it: dual stack)
+    ip_families: tuple[str, ...] = ("IPv4",)
 
     def admit(self, pod: dict[str, Any], namespace: dict[str, Any] | None) -> dict[str, Any]:
         return pod

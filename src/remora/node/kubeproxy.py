@@ -12,6 +12,10 @@ whole). Chains mirror kube-proxy's (pkg/proxy/iptables/proxier.go) under remora'
   filter INPUT/FORWARD/OUTPUT -> REMORA-SERVICES: a service port with no endpoints REJECTs
       (the client sees "connection refused" at once, as on a cluster)
 
+With IPv6 (`--ip-family ipv6|dual`) the IPv6 ClusterIPs get the same chains in
+ip6tables, as kube-proxy runs one proxier per family: `/128` matches,
+`DNAT --to-destination [ADDR]:PORT`, `REJECT --reject-with icmp6-port-unreachable`.
+
 Pods with a sidecar never get here for ClusterIP traffic: their own capture rules send it
 to the sidecar first, which connects to an endpoint's pod IP directly.
 """
@@ -51,8 +55,11 @@ def sep_chain(sp: ServicePort, ip: str, port: int) -> str:
     return "REMORA-SEP-" + chain_hash(sp.key, sp.protocol.lower(), f"{ip}:{port}")
 
 
-def render(ports: list[ServicePort]) -> str:
-    """The nat and filter tables of a node namespace for these service ports."""
+def render(ports: list[ServicePort], ipv6: bool = False) -> str:
+    """The nat and filter tables of a node namespace for these service ports (the
+    ip6tables-restore text for the IPv6 ones with IPV6)."""
+    host = "/128" if ipv6 else "/32"
+    unreachable = "icmp6-port-unreachable" if ipv6 else "icmp-port-unreachable"
     ordered = sorted(ports, key=lambda p: (p.namespace, p.name, p.port_name, p.port))
     chains = ["REMORA-SERVICES", "REMORA-MARK-MASQ", "REMORA-POSTROUTING"]
     rules = [
@@ -67,11 +74,11 @@ def render(ports: list[ServicePort]) -> str:
     reject = []
     for sp in ordered:
         proto = sp.protocol.lower()
-        match = f"-d {sp.cluster_ip}/32 -p {proto} -m {proto} --dport {sp.port}"
+        match = f"-d {sp.cluster_ip}{host} -p {proto} -m {proto} --dport {sp.port}"
         if not sp.endpoints:
             reject.append(f'-A REMORA-SERVICES {match} -m comment --comment '
                           f'"{sp.key} has no endpoints" -j REJECT --reject-with '
-                          "icmp-port-unreachable")
+                          f"{unreachable}")
             continue
         svc = svc_chain(sp)
         chains.append(svc)
@@ -85,8 +92,9 @@ def render(ports: list[ServicePort]) -> str:
             if i < n - 1:
                 pick += f" -m statistic --mode random --probability {1 / (n - i):.11f}"
             rules.append(f"{pick} -j {sep}")
-            rules.append(f"-A {sep} -s {ip}/32 -j REMORA-MARK-MASQ")
-            rules.append(f"-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {ip}:{port}")
+            rules.append(f"-A {sep} -s {ip}{host} -j REMORA-MARK-MASQ")
+            to = f"[{ip}]:{port}" if ipv6 else f"{ip}:{port}"
+            rules.append(f"-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {to}")
     nat = ["*nat", *(f":{c} ACCEPT [0:0]" for c in
                      ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")),
            *(f":{c} - [0:0]" for c in chains), *rules, "COMMIT"]
@@ -98,12 +106,13 @@ def render(ports: list[ServicePort]) -> str:
     return "\n".join(nat + filt) + "\n"
 
 
-def apply(node_netns: str, text: str) -> None:
-    argv = netns.command(netns.resolve(node_netns), ["iptables-restore", "-w", "5"])
+def apply(node_netns: str, text: str, ipv6: bool = False) -> None:
+    tool = "ip6tables-restore" if ipv6 else "iptables-restore"
+    argv = netns.command(netns.resolve(node_netns), [tool, "-w", "5"])
     result = subprocess.run(argv, input=text.encode(), capture_output=True, check=False)
     if result.returncode != 0:
         raise RemoraError(
-            f"iptables-restore in {node_netns} failed: "
+            f"{tool} in {node_netns} failed: "
             f"{result.stderr.decode(errors='replace').strip()}",
             "check that iptables (nft backend) is installed; `remora node status` shows the "
             "rules remora tried to load")

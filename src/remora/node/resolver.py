@@ -37,16 +37,22 @@ LOG_FILE = "dns.log"
 
 # -- the zone on disk (pure) --------------------------------------------------------------
 def zone_to_json(zone: Zone) -> dict[str, Any]:
-    return {"domain": zone.domain,
-            "services": sorted([ns, name, ip] for (ns, name), ip in zone.services.items()),
-            "pods": dict(sorted(zone.pods.items()))}
+    out: dict[str, Any] = {
+        "domain": zone.domain,
+        "services": sorted([ns, name, ip] for (ns, name), ip in zone.services.items()),
+        "pods": dict(sorted(zone.pods.items()))}
+    if zone.services6:  # AAAA records (an IPv4 lab's file stays as it was)
+        out["services6"] = sorted([ns, name, ip] for (ns, name), ip in zone.services6.items())
+    return out
 
 
 def zone_from_json(data: dict[str, Any]) -> Zone:
     return Zone(domain=str(data.get("domain") or "cluster.local"),
                 services={(str(ns), str(name)): str(ip)
                           for ns, name, ip in data.get("services") or []},
-                pods={str(ip): str(ns) for ip, ns in (data.get("pods") or {}).items()})
+                pods={str(ip): str(ns) for ip, ns in (data.get("pods") or {}).items()},
+                services6={(str(ns), str(name)): str(ip)
+                           for ns, name, ip in data.get("services6") or []})
 
 
 def write_zone(state_dir: Path, zone: Zone) -> None:
@@ -91,16 +97,19 @@ def recorded(state_dir: Path) -> tuple[int, int] | None:
     return (pid, ticks) if process.is_alive(pid, ticks) else None
 
 
-def ensure(state_dir: Path, address: str, node_netns: list[str],
+def ensure(state_dir: Path, address: str | list[str], node_netns: list[str],
            timeout: float = 10.0) -> tuple[int, bool]:
     """The lab's resolver: (pid, adopted). Adopts a running one, else starts one in the
-    first node's namespace and waits until it serves (it writes dns.pid once bound)."""
+    first node's namespace and waits until it serves (it writes dns.pid once bound).
+    ADDRESS: the DNS address, or one per cluster family (IPv4 and IPv6)."""
     running = recorded(state_dir)
     if running is not None:
         return running[0], True
     (state_dir / PID_FILE).unlink(missing_ok=True)
+    addresses = [address] if isinstance(address, str) else address
     argv = ["ip", "netns", "exec", node_netns[0], sys.executable, "-m", "remora.node.resolver",
-            "--state-dir", str(state_dir), "--address", address, *node_netns]
+            "--state-dir", str(state_dir),
+            *(arg for a in addresses for arg in ("--address", a)), *node_netns]
     with open(state_dir / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -122,12 +131,14 @@ def ensure(state_dir: Path, address: str, node_netns: list[str],
 
 
 # -- the resolver process -----------------------------------------------------------------
-async def serve(state_dir: Path, address: str, node_netns: list[str]) -> None:
+async def serve(state_dir: Path, address: str | list[str], node_netns: list[str]) -> None:
     from remora.node.dnsserver import DnsServer
 
+    addresses = [address] if isinstance(address, str) else address
     server = DnsServer(ZoneFile(state_dir / ZONE_FILE))
     for name in node_netns:
-        await server.listen(name, address)
+        for one in addresses:
+            await server.listen(name, one)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,8 +148,8 @@ async def serve(state_dir: Path, address: str, node_netns: list[str]) -> None:
     tmp = pid_file.with_name(f".{PID_FILE}.{os.getpid()}")
     tmp.write_text(json.dumps({"pid": os.getpid(), "start_ticks": ticks}))
     tmp.replace(pid_file)
-    print(f"cluster DNS {os.getpid()} serving {address}:53 in {' '.join(node_netns)}",
-          flush=True)
+    where = ", ".join(f"[{a}]:53" if ":" in a else f"{a}:53" for a in addresses)
+    print(f"cluster DNS {os.getpid()} serving {where} in {' '.join(node_netns)}", flush=True)
     try:
         await done.wait()
     finally:
@@ -148,7 +159,8 @@ async def serve(state_dir: Path, address: str, node_netns: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="remora.node.resolver")
     parser.add_argument("--state-dir", required=True, type=Path)
-    parser.add_argument("--address", required=True)
+    parser.add_argument("--address", required=True, action="append",
+                        help="the DNS address (repeat it for each IP family)")
     parser.add_argument("netns", nargs="+")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):

@@ -65,6 +65,7 @@ class Runtime:
             raise RemoraError(f"{config.nodes} nodes do not fit the address plan",
                               f"use 1 to {self.plan.max_nodes} nodes")
         self.setup = setup or PodSetup()
+        self.setup.ip_families = self.plan.families
         self.store = Store(config.db_path)
         self.supervisor = Supervisor(self.store, config.log_root)
         self.nodes = topology.node_nets(config.prefix, self.plan, config.nodes)
@@ -139,7 +140,7 @@ class Runtime:
     def context(self, row: PodRow) -> PodContext:
         return PodContext(row.namespace, row.name, row.uid, row.netns, row.ip, row.node,
                           self.node_net(row.node).netns, row.body, self.pod_dir(row),
-                          self.config.state_dir, self.snapshot)
+                          self.config.state_dir, self.snapshot, tuple(row.addresses))
 
     def pod_ref(self, row: PodRow) -> PodRef:
         policy = row.body.get("spec", {}).get("restartPolicy") or "Always"
@@ -284,12 +285,16 @@ class Runtime:
     def _network(self, row: PodRow) -> PodRow:
         if not row.ip:
             used = self.store.used_ips("pod")
-            row.ip = ipam.allocate_pod_ip(self.plan, row.node, used)
-            self.store.hold_ip("pod", row.ip, f"pod:{row.uid}")
-            self.store.update_pod(row.uid, ip=row.ip)
+            ips = ipam.allocate_pod_ips(self.plan, row.node, used)
+            for ip in ips:
+                self.store.hold_ip("pod", ip, f"pod:{row.uid}")
+            row.ip = ips[0]
+            # a single-stack IPv4 pod keeps the store as before (ip alone)
+            row.ips = ips if len(ips) > 1 or self.plan.ipv6 else []
+            self.store.update_pod(row.uid, ip=row.ip, ips=row.ips)
         node = self.node_net(row.node)
-        topology.attach_pod(node, row.netns, naming.pod_veth(row.uid), row.ip)
-        etcfiles.write(row.netns, row.namespace, str(self.plan.dns_ip), row.ip, row.name,
+        topology.attach_pod(node, row.netns, naming.pod_veth(row.uid), row.addresses)
+        etcfiles.write(row.netns, row.namespace, self.plan.dns_ips(), row.addresses, row.name,
                        self.config.domain, self.config.etc_netns)
         self.pod_dir(row).mkdir(parents=True, exist_ok=True)
         return row
@@ -336,7 +341,7 @@ class Runtime:
             except Exception:
                 log.exception("cleanup of pod %s/%s", row.namespace, row.name)
         topology.detach_pod(self.node_net(row.node).netns, row.netns, naming.pod_veth(row.uid),
-                            row.ip)
+                            row.addresses)
         etcfiles.remove(row.netns, self.config.etc_netns)
         shutil.rmtree(self.pod_dir(row), ignore_errors=True)
         shutil.rmtree(self.config.log_root / self.pod_ref(row).log_dir_name, ignore_errors=True)
@@ -362,9 +367,14 @@ class Runtime:
         # DNS first: it must not wait for a rules reload that may fail and be retried.
         self.zone = views.zone(self.config.domain, services, pods)
         resolver.write_zone(self.config.state_dir, self.zone)  # the resolver process reads it
-        rules = kubeproxy.render(views.service_ports(services, snapshot.endpoints))
+        ports = views.service_ports(services, snapshot.endpoints, pods)
+        rules = kubeproxy.render([p for p in ports if ":" not in p.cluster_ip])
+        rules6 = kubeproxy.render([p for p in ports if ":" in p.cluster_ip], ipv6=True) \
+            if self.plan.ipv6 else None
         for node in self.nodes:
             kubeproxy.apply(node.netns, rules)
+            if rules6 is not None:
+                kubeproxy.apply(node.netns, rules6, ipv6=True)
         contexts = [self.context(r) for r in self.store.list_pods() if r.ip and not r.deleting]
         try:
             self.setup.cluster_changed(snapshot, contexts)

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS ips (ip TEXT PRIMARY KEY, pool TEXT NOT NULL, owner T
 # Columns added after a store's table was first made (a lab started by an older remora is
 # adopted: its table gets them with their defaults).
 ADDED_COLUMNS = {"containers": [("finished", "REAL NOT NULL DEFAULT 0"),
-                                ("last_state", "TEXT NOT NULL DEFAULT '{}'")]}
+                                ("last_state", "TEXT NOT NULL DEFAULT '{}'")],
+                 "pods": [("ips", "TEXT NOT NULL DEFAULT '[]'")]}
 
 
 @dataclass
@@ -66,6 +67,12 @@ class PodRow:
     message: str = ""
     deleting: int = 0
     created: float = field(default_factory=time.time)
+    # every address of the pod, the primary (ip) first: status.podIPs (dual stack)
+    ips: list[str] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self.ips) if self.ips else ([self.ip] if self.ip else [])
 
 
 @dataclass
@@ -88,7 +95,7 @@ class ContainerRow:
     last_state: dict[str, Any] = field(default_factory=dict)
 
 
-_JSON_COLUMNS = {"body", "cmdline", "last_state"}
+_JSON_COLUMNS = {"body", "cmdline", "last_state", "ips"}
 
 
 def _row(cls: type[Any], row: sqlite3.Row) -> Any:
@@ -215,6 +222,8 @@ class Store:
     def update_pod(self, uid: str, **changes: Any) -> None:
         if "body" in changes:
             changes["body"] = json.dumps(changes["body"], sort_keys=True)
+        if "ips" in changes:
+            changes["ips"] = json.dumps(changes["ips"])
         with self.tx() as db:
             db.execute(f"UPDATE pods SET {', '.join(f'{k}=?' for k in changes)} WHERE uid=?",
                        [*changes.values(), uid])

@@ -34,12 +34,13 @@ _counter = itertools.count()
 
 class TempNode:
     def __init__(self, nodes: int = 1, pod_setup: str | None = None, prefix: str | None = None,
-                 pod_ip_start: int = 2) -> None:
+                 pod_ip_start: int = 2, ip_family: str = "ipv4") -> None:
         self.prefix = prefix or f"rn{os.getpid() % 100000}x{next(_counter)}-"
         self._tmp = Path(tempfile.mkdtemp(prefix="remora-node-test-"))
         self.state_dir = self._tmp / "state"
         self.config = NodeConfig(state_dir=self.state_dir, prefix=self.prefix, nodes=nodes,
-                                 pod_ip_start=pod_ip_start, stop_grace=1.0)
+                                 pod_ip_start=pod_ip_start, stop_grace=1.0,
+                                 ip_family=ip_family)
         self.pod_setup = pod_setup
         self.client = NodeClient(self.state_dir)
         self._daemons: list[tuple[int, int]] = []  # (PID, start ticks) of daemons started

@@ -13,6 +13,14 @@ endpoint share a bridge, without br_netfilter (a host module remora must not dep
 The node sends no ICMP redirects for the same reason. Pods on different nodes are routed
 through the fabric by plain per-node routes: no NAT, the pod source address arrives as is.
 Nothing here runs in the host's namespace: links are created inside lab namespaces.
+
+With IPv6 (`--ip-family ipv6|dual`) the same scheme is repeated for the other family: the
+bridge also holds the node's /64 gateway (fd00:10:20::1/64), a pod's eth0 an address/128
+with a link route to that gateway and a default route through it, the node forwards
+IPv6 (net.ipv6.conf.all.forwarding, set in the lab's namespaces only), the IPv6 service
+range is local on the node with the IPv6 DNS address on lo, and the fabric carries a
+route per node /64. Addresses are added without duplicate address detection (IFA_F_NODAD):
+they are the lab's own, and a tentative address could not be bound for a second or two.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +44,13 @@ NODE_SYSCTLS = {
     "net.ipv4.conf.default.send_redirects": "0",
 }
 
+NODE_SYSCTLS6 = {
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.ipv6.conf.default.forwarding": "1",
+}
+
 NUD_PERMANENT = 0x80  # linux/neighbour.h: the bridge's own (local) fdb entries
+IFA_F_NODAD = 0x02  # linux/if_addr.h
 
 BRIDGE_NF_SYSCTLS = (
     "net.bridge.bridge-nf-call-iptables",
@@ -64,7 +79,11 @@ def _ensure_addr(ipr: object, ifname: str, address: str, prefixlen: int) -> None
     idx = netlink.link_index(ipr, ifname)
     have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx)}  # type: ignore[attr-defined]
     if address not in have:
-        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)  # type: ignore[attr-defined]
+        if ":" in address:
+            ipr.addr("add", index=idx, address=address, prefixlen=prefixlen,  # type: ignore[attr-defined]
+                     family=socket.AF_INET6, flags=IFA_F_NODAD)
+        else:
+            ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)  # type: ignore[attr-defined]
 
 
 def ensure_nodes(prefix: str, plan: AddressPlan, count: int) -> list[NodeNet]:
@@ -81,14 +100,14 @@ def ensure_nodes(prefix: str, plan: AddressPlan, count: int) -> list[NodeNet]:
     for node in nodes:
         _ensure_node(prefix, plan, node, fabric)
     for node in nodes:
-        _ensure_routes(node, nodes)
+        _ensure_routes(node, nodes, plan.ipv6)
     return nodes
 
 
 def _ensure_node(prefix: str, plan: AddressPlan, node: NodeNet, fabric: str) -> None:
     if not netlink.exists(node.netns):
         netlink.create(node.netns)
-    for key, value in NODE_SYSCTLS.items():
+    for key, value in {**NODE_SYSCTLS, **(NODE_SYSCTLS6 if plan.ipv6 else {})}.items():
         netlink.sysctl(node.netns, key, value)
     # If the host has br_netfilter loaded, bridged frames would also traverse iptables in
     # this namespace (the per-netns default is on) and a DNAT back to the sending pod would
@@ -126,14 +145,26 @@ def _ensure_node(prefix: str, plan: AddressPlan, node: NodeNet, fabric: str) -> 
         _ensure_addr(ipr, naming.NODE_UPLINK, str(node.subnet.node_ip),
                      plan.node_cidr.prefixlen)
         _up(ipr, naming.NODE_UPLINK)
+        if plan.ipv6:
+            lo = netlink.link_index(ipr, "lo")
+            _ensure_addr(ipr, "lo", str(plan.dns_ip6), 128)
+            ipr.route("replace", dst=str(plan.service_cidr6), type="local", table=255,
+                      scope=254, oif=lo, family=socket.AF_INET6)
+            _ensure_addr(ipr, naming.BRIDGE, str(node.subnet.gateway6),
+                         node.subnet.subnet6.prefixlen)
+            _ensure_addr(ipr, naming.NODE_UPLINK, str(node.subnet.node_ip6),
+                         plan.node_cidr6.prefixlen)
 
 
-def _ensure_routes(node: NodeNet, nodes: list[NodeNet]) -> None:
+def _ensure_routes(node: NodeNet, nodes: list[NodeNet], ipv6: bool = False) -> None:
     with netlink.rtnl(node.netns) as ipr:
         for other in nodes:
             if other.index == node.index:
                 continue
             ipr.route("replace", dst=str(other.subnet.subnet), gateway=str(other.subnet.node_ip))
+            if ipv6:
+                ipr.route("replace", dst=str(other.subnet.subnet6),
+                          gateway=str(other.subnet.node_ip6), family=socket.AF_INET6)
 
 
 def pod_mac(ip: str) -> str:
@@ -145,15 +176,19 @@ def pod_mac(ip: str) -> str:
     MAC nobody has, and the new pod is unreachable until it expires (15-45 s).
     https://github.com/moby/moby/blob/v20.10.0/libnetwork/netutils/utils.go (GenerateMACFromIP)
     """
-    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+    # an IPv6-only pod: the last four bytes of its address
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(ip).packed[-4:])
 
 
-def attach_pod(node: NodeNet, pod_netns: str, veth: str, ip: str) -> None:
-    """Create the pod namespace and plug it into the node's bridge with address IP/32."""
+def attach_pod(node: NodeNet, pod_netns: str, veth: str, ips: str | list[str]) -> None:
+    """Create the pod namespace and plug it into the node's bridge with address IP/32 (and
+    /128 for an IPv6 address), a link route to the gateway of each family and a default
+    route through it. IPS: the pod's addresses, the primary first."""
+    addresses = [ips] if isinstance(ips, str) else list(ips)
+    ip = addresses[0]
     if not netlink.exists(pod_netns):
         netlink.create(pod_netns)
     pod_path = str(NETNS_RUN_DIR / pod_netns)
-    gateway = str(node.subnet.gateway)
     mac = pod_mac(ip)
     with netlink.rtnl(node.netns) as ipr:
         if not ipr.link_lookup(ifname=veth):
@@ -162,17 +197,37 @@ def attach_pod(node: NodeNet, pod_netns: str, veth: str, ip: str) -> None:
         bridge = netlink.link_index(ipr, naming.BRIDGE)
         port = netlink.link_index(ipr, veth)
         ipr.link("set", index=port, master=bridge, state="up")
-        _forget_neighbour(ipr, bridge, ip, mac, keep_port=port)
+        for address in addresses:
+            _forget_neighbour(ipr, bridge, address, mac, keep_port=port)
     with netlink.rtnl(pod_netns) as ipr:
         _up(ipr, "lo")
         idx = netlink.link_index(ipr, naming.POD_IFNAME)
         # a veth left by an interrupted attach (or an older remora) may have another MAC
         if ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS") != mac:
             ipr.link("set", index=idx, address=mac)
-        _ensure_addr(ipr, naming.POD_IFNAME, ip, 32)
+        for address in addresses:
+            _ensure_addr(ipr, naming.POD_IFNAME, address, 128 if ":" in address else 32)
         _up(ipr, naming.POD_IFNAME)
-        ipr.route("replace", dst=f"{gateway}/32", oif=idx, scope=253)  # RT_SCOPE_LINK
-        ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+    if any(":" in address for address in addresses):
+        # IPv6 has no send_redirects switch for the node: the node, forwarding between two
+        # pods on its bridge, sends an ICMPv6 redirect, and a pod that followed it would
+        # answer a ClusterIP client directly, around the node's conntrack (its reply is
+        # not un-DNATed and the client resets it). The pod ignores redirects instead.
+        for key in ("all", "default", naming.POD_IFNAME):
+            netlink.sysctl(pod_netns, f"net.ipv6.conf.{key}.accept_redirects", "0")
+    with netlink.rtnl(pod_netns) as ipr:
+        idx = netlink.link_index(ipr, naming.POD_IFNAME)
+        for address in addresses:
+            if ":" in address:
+                gateway6 = str(node.subnet.gateway6)
+                ipr.route("replace", dst=f"{gateway6}/128", oif=idx, scope=253,
+                          family=socket.AF_INET6)
+                ipr.route("replace", dst="::/0", gateway=gateway6, oif=idx,
+                          family=socket.AF_INET6)
+            else:
+                gateway = str(node.subnet.gateway)
+                ipr.route("replace", dst=f"{gateway}/32", oif=idx, scope=253)  # RT_SCOPE_LINK
+                ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
 
 
 def _forget_neighbour(ipr: Any, bridge: int, ip: str, mac: str, keep_port: int = 0) -> None:
@@ -184,7 +239,10 @@ def _forget_neighbour(ipr: Any, bridge: int, ip: str, mac: str, keep_port: int =
     the node ask afresh (ARP) instead of trusting a REACHABLE entry for a pod that is gone.
     """
     try:
-        ipr.neigh("del", dst=ip, ifindex=bridge)
+        if ":" in ip:
+            ipr.neigh("del", dst=ip, ifindex=bridge, family=socket.AF_INET6)
+        else:
+            ipr.neigh("del", dst=ip, ifindex=bridge)
     except NetlinkError as exc:
         if exc.code != errno.ENOENT:
             raise
@@ -196,16 +254,21 @@ def _forget_neighbour(ipr: Any, bridge: int, ip: str, mac: str, keep_port: int =
                 ipr.fdb("del", ifindex=entry["ifindex"], lladdr=mac, master=bridge)
 
 
-def detach_pod(node_netns: str, pod_netns: str, veth: str, ip: str = "") -> None:
+def detach_pod(node_netns: str, pod_netns: str, veth: str,
+               ip: str | list[str] = "") -> None:
     """Remove the pod's veth (both ends go) and its namespace; missing parts are fine.
-    With IP, the node's neighbour entry for it is flushed too (see _forget_neighbour)."""
+    With IP (or the pod's IPs), the node's neighbour entries for them are flushed too (see
+    _forget_neighbour)."""
+    addresses = ([ip] if ip else []) if isinstance(ip, str) else list(ip)
     if netlink.exists(node_netns):
         with netlink.rtnl(node_netns) as ipr:
             for idx in ipr.link_lookup(ifname=veth):
                 ipr.link("del", index=idx)
             bridges = ipr.link_lookup(ifname=naming.BRIDGE)
-            if ip and bridges:
-                _forget_neighbour(ipr, int(bridges[0]), ip, pod_mac(ip))
+            if addresses and bridges:
+                mac = pod_mac(addresses[0])
+                for address in addresses:
+                    _forget_neighbour(ipr, int(bridges[0]), address, mac)
     netlink.delete(pod_netns)
 
 

@@ -8,7 +8,8 @@ import datetime
 import hashlib
 from typing import Any
 
-from remora.node import controller, desired, topology
+from remora.errors import UsageError
+from remora.node import controller, desired, ipam, topology
 from remora.node.dns import Zone
 from remora.node.hooks import ClusterSnapshot
 from remora.node.ipam import AddressPlan
@@ -132,7 +133,8 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     pod["status"] = {
         "phase": "Running" if row.phase in ("Running",) else "Pending",
         "podIP": row.ip, "hostIP": host_ip,
-        "podIPs": [{"ip": row.ip}] if row.ip else [],
+        # every address, the primary first (dual stack: one per family)
+        "podIPs": [{"ip": ip} for ip in row.addresses],
         "hostIPs": [{"ip": host_ip}] if host_ip else [],
         "startTime": _iso(row.created),
         "ready": summary["allReady"] and not row.deleting,
@@ -170,16 +172,28 @@ def ready_by_uid(store: Store) -> dict[str, bool]:
 
 
 def services(store: Store, plan: AddressPlan) -> list[dict[str, Any]]:
-    """Service objects with spec.clusterIP as allocated."""
-    held = {owner: ip for ip, owner in store.used_ips("svc").items()}
+    """Service objects with spec.clusterIP(s) as allocated, the primary family first; in a
+    lab with IPv6, with ipFamilies and ipFamilyPolicy as the API server defaulted them."""
+    held: dict[str, list[str]] = {}
+    for ip, owner in store.used_ips("svc").items():
+        held.setdefault(owner, []).append(ip)
     out = []
     for svc in store.list_objects("Service"):
         meta = svc["metadata"]
+        owner = f"svc:{meta.get('namespace', 'default')}/{meta['name']}"
         spec = dict(svc.get("spec") or {})
-        ip = held.get(f"svc:{meta.get('namespace', 'default')}/{meta['name']}")
-        if ip:
-            spec["clusterIP"] = ip
-            spec["clusterIPs"] = [ip]
+        try:
+            families, policy = ipam.service_families(plan, spec, owner)
+        except UsageError:  # checked at apply; a store from another plan keeps its order
+            families, policy = plan.families, "SingleStack"
+        ips = sorted(held.get(owner, []), key=lambda ip: (
+            families.index(ipam.family_of(ip)) if ipam.family_of(ip) in families else 9, ip))
+        if ips:
+            spec["clusterIP"] = ips[0]
+            spec["clusterIPs"] = ips
+        if plan.ipv6:
+            spec["ipFamilies"] = list(families)
+            spec["ipFamilyPolicy"] = policy
         spec.setdefault("type", "ClusterIP")
         out.append({**svc, "spec": spec})
     return out
@@ -195,28 +209,55 @@ def snapshot(store: Store, svcs: list[dict[str, Any]],
 
 
 def service_ports(svcs: list[dict[str, Any]],
-                  endpoints: dict[tuple[str, str], list[dict[str, Any]]]) -> list[ServicePort]:
+                  endpoints: dict[tuple[str, str], list[dict[str, Any]]],
+                  pods: list[dict[str, Any]] | None = None) -> list[ServicePort]:
+    """One ServicePort per cluster IP and port. A dual-stack service's other family gets
+    its endpoints' addresses of that family (from PODS' status.podIPs), as kube-proxy's
+    per-family EndpointSlices give them."""
+    addresses: dict[tuple[str, str], list[str]] = {}
+    for p in pods or []:
+        addresses[(p["metadata"]["namespace"], p["metadata"]["name"])] = [
+            str(x.get("ip")) for x in p["status"].get("podIPs") or [] if x.get("ip")]
     out = []
     for s in svcs:
         ip = s["spec"].get("clusterIP")
         if not ip or ip == "None":
             continue
         key = (s["metadata"].get("namespace", "default"), s["metadata"]["name"])
-        for sp in s["spec"].get("ports") or []:
-            eps = tuple((e["ip"], int(e["port"])) for e in endpoints.get(key, [])
-                        if e["servicePort"] == sp.get("port"))
-            out.append(ServicePort(key[0], key[1], sp.get("name", ""), sp.get("protocol", "TCP"),
-                                   ip, int(sp["port"]), eps))
+        for cluster_ip in s["spec"].get("clusterIPs") or [ip]:
+            family = ipam.family_of(cluster_ip)
+            for sp in s["spec"].get("ports") or []:
+                eps = []
+                for e in endpoints.get(key, []):
+                    if e["servicePort"] != sp.get("port"):
+                        continue
+                    same = [a for a in addresses.get((key[0], e["pod"]), [e["ip"]])
+                            if ipam.family_of(a) == family]
+                    if ipam.family_of(e["ip"]) == family:
+                        eps.append((e["ip"], int(e["port"])))
+                    elif same:
+                        eps.append((same[0], int(e["port"])))
+                out.append(ServicePort(key[0], key[1], sp.get("name", ""),
+                                       sp.get("protocol", "TCP"), cluster_ip, int(sp["port"]),
+                                       tuple(eps)))
     return out
 
 
 def zone(domain: str, svcs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Zone:
+    """Services' A (IPv4 cluster IP) and AAAA (IPv6) records, and the pods' addresses."""
     z = Zone(domain=domain)
     for s in svcs:
         ip = s["spec"].get("clusterIP")
-        if ip and ip != "None":
-            z.services[(s["metadata"].get("namespace", "default"), s["metadata"]["name"])] = ip
+        if not ip or ip == "None":
+            continue
+        key = (s["metadata"].get("namespace", "default"), s["metadata"]["name"])
+        for cluster_ip in s["spec"].get("clusterIPs") or [ip]:
+            if ipam.family_of(cluster_ip) == ipam.IPV6:
+                z.services6[key] = cluster_ip
+            else:
+                z.services[key] = cluster_ip
     for p in pods:
-        if p["status"].get("podIP"):
-            z.pods[p["status"]["podIP"]] = p["metadata"]["namespace"]
+        for address in p["status"].get("podIPs") or (
+                [{"ip": p["status"]["podIP"]}] if p["status"].get("podIP") else []):
+            z.pods[address["ip"]] = p["metadata"]["namespace"]
     return z

@@ -257,9 +257,8 @@ def _container(parent: Node, path: str, value: Any) -> Container:
 
 def _service(root: Node) -> Service:
     meta = _meta(root)
-    spec = root.node("spec", required=True, ignore=("sessionAffinity", "ipFamilies",
-                                                    "ipFamilyPolicy", "internalTrafficPolicy",
-                                                    "clusterIPs"))
+    spec = root.node("spec", required=True, ignore=("sessionAffinity",
+                                                    "internalTrafficPolicy"))
     assert spec is not None
     svc_type = spec.string("type", "ClusterIP")
     if svc_type != "ClusterIP":
@@ -304,7 +303,12 @@ def _service(root: Node) -> Service:
     if len(ports) > 1 and "" in names:
         raise spec.ctx.error(spec.sub("ports"), "every port needs a name when there are several",
                              "name each port, e.g. http-web")
+    # dual stack: kept as given; the node runtime defaults and checks them against the
+    # cluster's families (remora.node.ipam.service_families), as the API server does
     out = Service(metadata=meta, selector=spec.string_map("selector", labels=True),
-                  ports=tuple(ports), clusterIP=cluster_ip, type=svc_type)
+                  ports=tuple(ports), clusterIP=cluster_ip, type=svc_type,
+                  ipFamilies=spec.strings("ipFamilies"),
+                  ipFamilyPolicy=spec.string("ipFamilyPolicy"),
+                  clusterIPs=spec.strings("clusterIPs"))
     spec.done()
     return out

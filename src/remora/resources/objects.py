@@ -188,6 +188,11 @@ class Service:
     clusterIP: str = ""  # "" until the node runtime allocates one
     type: str = "ClusterIP"
     kind: str = "Service"
+    # dual stack, as given (the node runtime defaults and checks them as the API server
+    # does: remora.node.ipam.service_families); empty when not given
+    ipFamilies: tuple[str, ...] = ()
+    ipFamilyPolicy: str = ""
+    clusterIPs: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:
@@ -197,6 +202,12 @@ class Service:
         spec: dict[str, Any] = {"type": self.type}
         if self.clusterIP:
             spec["clusterIP"] = self.clusterIP
+        if self.clusterIPs:
+            spec["clusterIPs"] = list(self.clusterIPs)
+        if self.ipFamilies:
+            spec["ipFamilies"] = list(self.ipFamilies)
+        if self.ipFamilyPolicy:
+            spec["ipFamilyPolicy"] = self.ipFamilyPolicy
         if self.selector:
             spec["selector"] = dict(self.selector)
         spec["ports"] = [p.to_dict() for p in self.ports]
