@@ -17,8 +17,13 @@ pod's resolv.conf applies.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+
+# grpcio's default resolver is c-ares; "native" is getaddrinfo, as the seed's Go client
+# resolves (the pod's /etc/hosts and resolv.conf). Read when gRPC starts: set it first.
+os.environ.setdefault("GRPC_DNS_RESOLVER", "native")
 
 import grpc
 
@@ -50,8 +55,7 @@ def call(stub: grpc.UnaryUnaryMultiCallable[bytes, bytes], timeout: float) -> st
 
 def channel(target: str) -> grpc.Channel:
     # grpc.enable_http_proxy 0: an http_proxy variable must not reroute the call; the
-    # sidecar captures it. "dns:///" would bypass /etc/hosts on some builds; the default
-    # resolver uses getaddrinfo.
+    # sidecar captures it.
     return grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
 
 
