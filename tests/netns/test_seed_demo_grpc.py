@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from importlib import resources as package_files
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_grpc_demo_with_real_envoy() -> None:
     assert "status=OK code=0" in out["tproxy-client-log"]
 
 
-def test_grpc_demo_on_remora_proxy_refuses_at_once(tmp_path: object) -> None:
+def test_grpc_demo_on_remora_proxy_refuses_at_once() -> None:
     with TempLab() as lab:
         proc = subprocess.run([sys.executable, "-m", "remora", "demo", "--grpc",
                                "--sidecar", "remora", "--state-dir", str(lab.state_dir),
@@ -96,4 +97,27 @@ def test_grpc_demo_on_remora_proxy_refuses_at_once(tmp_path: object) -> None:
                     "HTTP/2 yet, and the gRPC story needs it on both sidecars; nothing was "
                     "started (fix: `sudo remora demo --grpc --sidecar envoy` (a real Envoy "
                     "1.40 as every sidecar))")
+    assert left == []
+
+
+def test_remora_lab_refuses_a_grpc_service_at_apply() -> None:
+    """A running remora-proxy lab refuses the gRPC Service before anything is applied
+    (every sidecar would get an HTTP/2 cluster it refuses), with the fix."""
+    root = package_files.files("remora.lab") / "grpc"
+    with TempLab() as lab, package_files.as_file(root / "grpc-server.yaml") as server:
+        assert lab.remora(*lab.up_args()).returncode == 0
+        ns = lab.remora("create", "ns", "demo-to")
+        assert ns.returncode == 0, ns.stderr
+        refused = lab.remora("apply", "-f", str(server))
+        svcs = lab.remora("get", "svc", "-n", "demo-to")
+        deps = lab.remora("get", "deploy", "-n", "demo-to")
+        lab.close()
+        left = lab.leftovers()
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("remora: error: Service/demo-to/simple-grpc-server-svc port 18080 "
+                           "(grpc) is GRPC: every sidecar would speak HTTP/2 to it, and remora "
+                           "proxy does not implement HTTP/2 yet; nothing was applied (fix: "
+                           "run the lab with a real Envoy as the sidecar"), line
+    assert "simple-grpc-server" not in svcs.stdout + deps.stdout
     assert left == []

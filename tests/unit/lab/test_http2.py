@@ -5,6 +5,8 @@ takes both."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,29 @@ def test_envoy_sidecar_gets_the_http2_config(tmp_path: Path) -> None:
     options = inbound["typed_extension_protocol_options"]
     assert options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "explicit_http_config"] == {"http2_protocol_options": {}}
+
+
+def remora(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "remora", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_refuses_before_anything_starts(tmp_path: Path) -> None:
+    """No lab, no root needed: `demo --grpc` on remora proxy and `up -f` of the gRPC
+    Service with the remora sidecar stop with one line and the fix; nothing is created."""
+    state = tmp_path / "state"
+    demo = remora("demo", "--grpc", "--state-dir", str(state))
+    assert demo.returncode == 1
+    assert demo.stderr.strip().splitlines() == [
+        "remora: error: remora demo --grpc: remora proxy does not implement HTTP/2 yet, and "
+        "the gRPC story needs it on both sidecars; nothing was started (fix: `sudo remora "
+        "demo --grpc --sidecar envoy` (a real Envoy 1.40 as every sidecar))"]
+    both = remora("demo", "--grpc", "--authz", "--sidecar", "envoy", "--state-dir", str(state))
+    assert both.returncode == 2 and "--authz is not part of the gRPC story" in both.stderr
+    with package_files.as_file(package_files.files("remora.lab") / "grpc") as manifests:
+        up = remora("up", "-f", str(manifests), "--state-dir", str(state))
+    assert up.returncode == 1
+    (line,) = up.stderr.strip().splitlines()
+    assert "is GRPC: every sidecar would speak HTTP/2 to it" in line
+    assert "(fix: run the lab with a real Envoy as the sidecar" in line
+    assert not state.exists()
