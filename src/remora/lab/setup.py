@@ -197,8 +197,14 @@ class MeshSetup(PodSetup):
         directory = ctx.pod_dir / CONFIG_DIR
         config = generate(self.snapshot, pod_from_dict(ctx.pod), ctx.ip, str(directory),
                           certs_dir=self._certs(ctx))
-        if refuse_http2:  # a remora sidecar is not started on a config it would refuse
+        try:  # a remora sidecar is not started on a config it would refuse
             http2.refuse_pod(config, pod_ref(ctx.pod), self.settings(ctx).sidecar)
+        except RemoraError as exc:
+            if refuse_http2:
+                raise
+            # a running one gets it (its EDS files still apply) and rejects the CDS/LDS
+            # update; apply refuses such Services, so this is a Service from elsewhere
+            log.error("%s", exc.one_line())
         changed = write_config(config)
         if changed:
             log.info("%s: sidecar config %s", pod_ref(ctx.pod), " ".join(changed))

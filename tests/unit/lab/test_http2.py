@@ -117,3 +117,23 @@ def test_cli_refuses_before_anything_starts(tmp_path: Path) -> None:
     assert "is GRPC: every sidecar would speak HTTP/2 to it" in line
     assert "(fix: run the lab with a real Envoy as the sidecar" in line
     assert not state.exists()
+
+
+class _NoNamespaces:
+    """The daemon's request handler as NodeBackend uses it for admission: no objects."""
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"items": []}
+
+
+def test_kubernetes_api_admission_refuses_it_too(tmp_path: Path) -> None:
+    from remora.kubeapi.backend import NodeBackend
+
+    objects = [namespace("demo-to", {}), *grpc_objects()]
+    lab_settings.save(tmp_path, LabSettings(sidecar="remora"))
+    backend = NodeBackend(_NoNamespaces(), tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(RemoraError, match=r"is GRPC: every sidecar would speak HTTP/2"):
+        backend.admit(objects)
+    lab_settings.save(tmp_path, LabSettings(sidecar="envoy", envoy_binary="/opt/envoy"))
+    admitted, _ = backend.admit(objects)
+    assert [o["kind"] for o in admitted] == ["Namespace", "Deployment", "Service"]
