@@ -10,12 +10,13 @@ half-failure in every pod of the lab.
 
 So the lab decides before anything changes (docs/lab.md): in a remora-proxy lab,
 
-- ``apply`` / ``up -f`` / ``patch`` refuse a batch holding such a Service, nothing
-  applied, with the fix (a real Envoy as the sidecar: ``--sidecar envoy``);
-- a pod whose generated sidecar config still needs HTTP/2 (the Service came another way,
-  e.g. through the Kubernetes API) is held Pending by MeshSetup.prepare with that same
-  one-line reason as its status message (``remora get/describe pod``, ``--wait``), and
-  its sidecar never starts on a config it would reject.
+- ``apply`` / ``up -f`` / ``patch`` and the Kubernetes API's admission refuse a batch
+  holding such a Service, nothing applied, with the fix (a real Envoy as the sidecar:
+  ``--sidecar envoy``);
+- should a pod's generated sidecar config still need HTTP/2 (a store written before this
+  check), MeshSetup.prepare holds it Pending with that same one-line reason as its status
+  message (``remora get/describe pod``, ``--wait``): its sidecar never starts on a config
+  it would reject.
 
 A lab with ``--sidecar envoy`` runs all of it: Envoy implements HTTP/2.
 """
