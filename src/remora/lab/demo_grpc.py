@@ -81,7 +81,7 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     try:
         if not fresh:
             demo.reset()
-        _story(demo)
+        _story(demo, lab_settings.load(state_dir).mtls)
     except BaseException:
         if cleanup:
             session.down(state_dir)
@@ -106,7 +106,7 @@ def _access_line(client_ip: str) -> str:
             rf"{re.escape(client_ip)}:\d+ ")
 
 
-def _story(d: Demo) -> None:
+def _story(d: Demo, mtls: bool = True) -> None:
     r = d.result
     d.step("Create demo-from and demo-to with sidecar injection enabled.")
     d.remora("namespaces", "apply", "-f", "-", stdin=NAMESPACES)
@@ -135,9 +135,11 @@ def _story(d: Demo) -> None:
     d.remora("client-log", "logs", "-n", "demo-from", "-l", "web=grpc-client", "--tail", "3")
     d.wait_log("demo-to", r.server_pod, "istio-proxy", _access_line(r.client_ip), count=1,
                tail=3)
+    how = "over mTLS (SNI outbound_.18080_._.simple-grpc-server-svc...)" if mtls else \
+        "in plain text (--no-mtls: h2c between the sidecars, no SNI)"
     d.step("The server sidecar's access log: HTTP/2, 200, from the client pod "
            "(DOWNSTREAM_REMOTE_ADDRESS) to the app from 127.0.0.6 (UPSTREAM_LOCAL_ADDRESS), "
-           "over mTLS (SNI outbound_.18080_._.simple-grpc-server-svc...).")
+           f"{how}.")
     d.remora("access-log", "logs", "-n", "demo-to", "-l", "web=grpc-server", "-c",
              "istio-proxy", "--tail", "3")
     d.step("virtualInbound sends port 18080 to inbound|18080||: HTTP chains for mTLS "
