@@ -126,8 +126,14 @@ def h2_protocol_options() -> JSON:
     }}
 
 
+GRPC_WEB_FILTER: JSON = {
+    "name": "envoy.filters.http.grpc_web",
+    "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
+}
+
+
 def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool,
-                            http2: bool = False) -> JSON:
+                            http2: bool = False, grpc_web: bool = False) -> JSON:
     """The sidecar HCM: inline routes (remora's stand-in for RDS), Istio's defaults.
 
     ``use_remote_address: false`` on sidecars is why the seed's server sees an empty
@@ -137,6 +143,9 @@ def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool,
     HTTP/2 by the ALPN ``h2`` or the h2c preface, else HTTP/1.1. ``http2`` adds an empty
     ``http2_protocol_options``, as Istio does on the inbound HCM of an HTTP/2 port
     (listener_inbound.go buildSidecarInboundHTTPOpts: ``if cc.port.Protocol.IsHTTP2()``).
+    ``grpc_web`` puts Envoy's grpc_web filter first, as Istio does for a GRPC-Web port
+    (listener_builder.go buildHTTPConnectionManager; remora does it on the inbound HCM,
+    whose port is one, not on the outbound HTTP listener several services share).
     """
     typed: JSON = {
         "@type": TYPE + "envoy.extensions.filters.network.http_connection_manager.v3"
@@ -144,6 +153,7 @@ def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool,
         "stat_prefix": stat_prefix,
         "route_config": route_config,
         "http_filters": [
+            *([GRPC_WEB_FILTER] if grpc_web else []),
             {"name": "envoy.filters.http.fault",
              "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"}},
             {"name": "envoy.filters.http.cors",

@@ -45,7 +45,7 @@ from remora.controlplane.model import (
     service_refs,
 )
 from remora.controlplane.mtls import MTLS_HTTP_ALPNS, MTLS_TCP_ALPNS, MeshSecurity
-from remora.controlplane.protocol import is_http, is_http2, is_sniffed, is_tcp
+from remora.controlplane.protocol import GRPC_WEB, is_http, is_http2, is_sniffed, is_tcp
 
 INBOUND_LISTENER_PORT = 15006
 IPV4_ONLY = IpFamilies()
@@ -125,7 +125,7 @@ def _port_chains(p: InboundPort, sec: MeshSecurity | None = None,
         f"inbound_{bind}_{p.port}",
         _inbound_route_config(cluster, f"inbound|http|{p.port}", cluster,
                               f"{svc.fqdn}:{p.port}/*"),
-        inbound=True, http2=is_http2(p.protocol)), sec)
+        inbound=True, http2=is_http2(p.protocol), grpc_web=p.protocol == GRPC_WEB), sec)
     mode = sec.authn.port(p.port).mode if sec is not None else DISABLE
     sniffed = is_sniffed(p.protocol)
     return _chain_set(

@@ -144,6 +144,11 @@ def test_h2_port_gets_http2_on_both_sides(name: str, app: str) -> None:
         assert "codec_type" not in hcm(c)
     assert chains[0]["transport_socket"]["typed_config"]["common_tls_context"][
         "alpn_protocols"] == ["h2", "http/1.1"]
+    # a grpc-web port also gets Envoy's grpc_web filter, first (listener_builder.go)
+    filters = [f["name"] for f in hcm(chains[0])["http_filters"]]
+    web = ["envoy.filters.http.grpc_web"] if name == "grpc-web" else []
+    assert filters == [*web, "envoy.filters.http.fault", "envoy.filters.http.cors",
+                       "envoy.filters.http.router"]
 
 
 def test_http1_and_sniffed_ports_stay_http1() -> None:
@@ -175,7 +180,7 @@ def test_udp_port_gets_nothing() -> None:
 @pytest.mark.envoy
 @pytest.mark.parametrize("mtls", [True, False])
 def test_real_envoy_validates_h2_config(tmp_path: Path, mtls: bool) -> None:
-    snap, server, client = grpc_seed("grpc")
+    snap, server, client = grpc_seed("grpc-web")  # HTTP/2 and the grpc_web filter
     for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):
         d = tmp_path / pod.metadata.name
         certs = tmp_path / "certs" / pod.metadata.name
