@@ -55,13 +55,14 @@ def refuse_remora_sidecar(state_dir: Path, settings: LabSettings, given: frozens
     """The story needs HTTP/2 on both sidecars: say so at once on the remora sidecar
     (the one asked for, or the running lab's when none is asked for)."""
     running = not session.fresh(state_dir) and lab_settings.path(state_dir).exists()
-    sidecar = settings.sidecar if "sidecar" in given or not running \
-        else lab_settings.load(state_dir).sidecar
+    lab_sidecar = lab_settings.load(state_dir).sidecar if running else None
+    sidecar = settings.sidecar if "sidecar" in given or not running else lab_sidecar
     if sidecar != "remora":
         return
     lab = " (the running lab's sidecar)" if running and "sidecar" not in given else ""
-    fix = "`sudo remora down`, then `sudo remora demo --grpc --sidecar envoy`" if running \
-        else "`sudo remora demo --grpc --sidecar envoy` (a real Envoy 1.40 as every sidecar)"
+    fix = "`sudo remora down`, then `sudo remora demo --grpc --sidecar envoy`" \
+        if lab_sidecar == "remora" else \
+        "`sudo remora demo --grpc --sidecar envoy` (a real Envoy 1.40 as every sidecar)"
     raise RemoraError(f"remora demo --grpc: remora proxy{lab} does not implement HTTP/2 yet, "
                       "and the gRPC story needs it on both sidecars; nothing was started",
                       fix)

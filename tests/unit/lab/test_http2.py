@@ -137,3 +137,23 @@ def test_kubernetes_api_admission_refuses_it_too(tmp_path: Path) -> None:
     lab_settings.save(tmp_path, LabSettings(sidecar="envoy", envoy_binary="/opt/envoy"))
     admitted, _ = backend.admit(objects)
     assert [o["kind"] for o in admitted] == ["Namespace", "Deployment", "Service"]
+
+
+def test_demo_grpc_follows_the_running_labs_sidecar(tmp_path: Path) -> None:
+    from remora.lab import demo_grpc
+
+    (tmp_path / "remora.db").write_text("")  # a lab is there (its daemon is not asked)
+    lab_settings.save(tmp_path, LabSettings(sidecar="remora"))
+    with pytest.raises(RemoraError) as err:
+        demo_grpc.refuse_remora_sidecar(tmp_path, LabSettings(sidecar="envoy"), frozenset())
+    assert err.value.one_line() == (
+        "remora demo --grpc: remora proxy (the running lab's sidecar) does not implement "
+        "HTTP/2 yet, and the gRPC story needs it on both sidecars; nothing was started "
+        "(fix: `sudo remora down`, then `sudo remora demo --grpc --sidecar envoy`)")
+    lab_settings.save(tmp_path, LabSettings(sidecar="envoy", envoy_binary="/opt/envoy"))
+    demo_grpc.refuse_remora_sidecar(tmp_path, LabSettings(), frozenset())  # Envoy's lab: fine
+    with pytest.raises(RemoraError) as err:  # remora asked for explicitly on Envoy's lab
+        demo_grpc.refuse_remora_sidecar(tmp_path, LabSettings(), frozenset({"sidecar"}))
+    assert err.value.one_line().endswith("nothing was started (fix: `sudo remora demo --grpc "
+                                         "--sidecar envoy` (a real Envoy 1.40 as every "
+                                         "sidecar))")
