@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from remora.errors import UsageError
 from remora.lab import demo as lab_demo
 from remora.lab import session
 from remora.lab import settings as lab_settings
@@ -19,6 +20,8 @@ from remora.node import naming
 @click.option("--authz", is_flag=True,
               help="also show an AuthorizationPolicy allowing only the client's IP, enforced "
                    "by the server sidecar in REDIRECT and TPROXY mode")
+@click.option("--grpc", is_flag=True,
+              help="tell the story over gRPC (HTTP/2; needs --sidecar envoy for now)")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds each wait may take")
 @click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
               help="prefix of every namespace the lab creates")
@@ -29,12 +32,27 @@ from remora.node import naming
               help="run the story over IPv6 (the app sees [::6]) or in a dual-stack lab")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
               help="the lab's state directory [default: /var/lib/remora]")
-def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, timeout: float, prefix: str,
-         pod_ip_start: int, ip_family: str, state_dir: str | None) -> None:
+def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, grpc: bool, timeout: float,
+         prefix: str, pod_ip_start: int, ip_family: str, state_dir: str | None) -> None:
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
+    given = frozenset(n for n in ("sidecar", "mtls", "ip_family") if click.get_current_context()
+                      .get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE)
+    if grpc:
+        from remora.lab import demo_grpc
+
+        if authz:
+            raise UsageError("--authz is not part of the gRPC story yet",
+                             "run `remora demo --authz` and `remora demo --grpc` apart")
+        if ip_family != "ipv4":
+            raise UsageError("--grpc tells the story over IPv4 only for now",
+                             "run `remora demo --grpc` and `remora demo --ip-family "
+                             f"{ip_family}` apart")
+        demo_grpc.run(session.state_dir(state_dir),
+                      lab_settings.LabSettings(sidecar=sidecar, mtls=mtls), prefix=prefix,
+                      pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
+                      echo=click.echo, given=given)
+        return
     lab_demo.run(session.state_dir(state_dir),
                  lab_settings.LabSettings(sidecar=sidecar, mtls=mtls, ip_family=ip_family),
                  prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
-                 echo=click.echo, authz=authz, given=frozenset(
-                     n for n in ("sidecar", "mtls", "ip_family") if click.get_current_context()
-                     .get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE))
+                 echo=click.echo, authz=authz, given=given)

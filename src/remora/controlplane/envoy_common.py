@@ -111,13 +111,41 @@ def route(name: str, cluster: str, operation: str | None, retries: bool) -> JSON
     return out
 
 
-def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool) -> JSON:
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def h2_protocol_options() -> JSON:
+    """A cluster's typed_extension_protocol_options for an HTTP/2 upstream: Istio's
+    setH2Options (pilot/pkg/networking/core/cluster_builder.go), for ports whose protocol
+    IsHTTP2 (http2, grpc, grpc-web, appProtocol kubernetes.io/h2c), inbound and outbound;
+    ``http2ProtocolOptions()`` is an empty message in current Istio (1.11 set
+    max_concurrent_streams 1073741824)."""
+    return {HTTP_PROTOCOL_OPTIONS: {
+        "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }}
+
+
+GRPC_WEB_FILTER: JSON = {
+    "name": "envoy.filters.http.grpc_web",
+    "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
+}
+
+
+def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool,
+                            http2: bool = False, grpc_web: bool = False) -> JSON:
     """The sidecar HCM: inline routes (remora's stand-in for RDS), Istio's defaults.
 
     ``use_remote_address: false`` on sidecars is why the seed's server sees an empty
     X-Forwarded-For (listener_inbound.go); ``forward_client_cert_details`` and
     ``set_current_client_cert_details`` are Istio's inbound values and matter once mTLS
-    exists.
+    exists. ``codec_type`` is left at its default, AUTO (Istio sets AUTO): Envoy picks
+    HTTP/2 by the ALPN ``h2`` or the h2c preface, else HTTP/1.1. ``http2`` adds an empty
+    ``http2_protocol_options``, as Istio does on the inbound HCM of an HTTP/2 port
+    (listener_inbound.go buildSidecarInboundHTTPOpts: ``if cc.port.Protocol.IsHTTP2()``).
+    ``grpc_web`` puts Envoy's grpc_web filter first, as Istio does for a GRPC-Web port
+    (listener_builder.go buildHTTPConnectionManager; remora does it on the inbound HCM,
+    whose port is one, not on the outbound HTTP listener several services share).
     """
     typed: JSON = {
         "@type": TYPE + "envoy.extensions.filters.network.http_connection_manager.v3"
@@ -125,6 +153,7 @@ def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool)
         "stat_prefix": stat_prefix,
         "route_config": route_config,
         "http_filters": [
+            *([GRPC_WEB_FILTER] if grpc_web else []),
             {"name": "envoy.filters.http.fault",
              "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"}},
             {"name": "envoy.filters.http.cors",
@@ -132,9 +161,13 @@ def http_connection_manager(stat_prefix: str, route_config: JSON, inbound: bool)
             {"name": "envoy.filters.http.router",
              "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"}},
         ],
+    }
+    if http2:
+        typed["http2_protocol_options"] = {}
+    typed.update({
         "server_name": "istio-envoy",
         "use_remote_address": False,
-    }
+    })
     if inbound:
         typed["forward_client_cert_details"] = "APPEND_FORWARD"
         typed["set_current_client_cert_details"] = {"subject": True, "dns": True, "uri": True}
@@ -171,7 +204,8 @@ LISTENER_FIELDS = ("name", "address", "filter_chains", "use_original_dst", "list
                    "additional_addresses")
 FILTER_CHAIN_FIELDS = ("filter_chain_match", "filters", "transport_socket", "name")
 CLUSTER_FIELDS = ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
-                  "load_assignment", "circuit_breakers", "cleanup_interval",
+                  "load_assignment", "circuit_breakers", "typed_extension_protocol_options",
+                  "cleanup_interval",
                   "upstream_bind_config", "transport_socket", "metadata")
 
 

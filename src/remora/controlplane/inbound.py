@@ -24,6 +24,13 @@ without ALPN (an app's own TLS, passed through). PERMISSIVE keeps all of them, S
 only the terminating ones (its TCP ``tls`` chain terminates whatever the ALPN), DISABLE
 only raw_buffer. AuthorizationPolicy RBAC filters go first in every HCM and before
 every tcp_proxy.
+
+HTTP/2: the HTTP chains match ALPN ``istio-h2`` over mTLS (the DownstreamTlsContext offers
+h2, http/1.1) and any plain text, h2c included; the HCM's codec is AUTO (Envoy chooses
+HTTP/2 by ALPN or the h2c preface). A port whose protocol IsHTTP2 (grpc, http2, ...)
+also gets ``http2_protocol_options`` on its HCM (listener_inbound.go
+buildSidecarInboundHTTPOpts) and an HTTP/2 ``inbound|PORT||`` cluster, so the app is
+called over h2c.
 """
 
 from __future__ import annotations
@@ -33,14 +40,12 @@ from remora.controlplane.authn import DISABLE, PERMISSIVE, STRICT
 from remora.controlplane.envoy_common import JSON
 from remora.controlplane.ipfamily import IpFamilies, additional_addresses, bind_config
 from remora.controlplane.model import (
-    AUTO,
-    HTTP,
-    TCP,
     InboundPort,
     inbound_cluster_name,
     service_refs,
 )
 from remora.controlplane.mtls import MTLS_HTTP_ALPNS, MTLS_TCP_ALPNS, MeshSecurity
+from remora.controlplane.protocol import GRPC_WEB, is_http, is_http2, is_sniffed, is_tcp
 
 INBOUND_LISTENER_PORT = 15006
 IPV4_ONLY = IpFamilies()
@@ -120,13 +125,14 @@ def _port_chains(p: InboundPort, sec: MeshSecurity | None = None,
         f"inbound_{bind}_{p.port}",
         _inbound_route_config(cluster, f"inbound|http|{p.port}", cluster,
                               f"{svc.fqdn}:{p.port}/*"),
-        inbound=True), sec)
+        inbound=True, http2=is_http2(p.protocol), grpc_web=p.protocol == GRPC_WEB), sec)
     mode = sec.authn.port(p.port).mode if sec is not None else DISABLE
+    sniffed = is_sniffed(p.protocol)
     return _chain_set(
         f"{bind}_{p.port}", {"destination_port": p.port}, mode, sec,
-        hcm if p.protocol in (HTTP, AUTO) else None,
-        list(e.PLAINTEXT_HTTP_ALPNS) if p.protocol == AUTO else None,
-        _tcp(cluster, sec) if p.protocol in (TCP, AUTO) else None)
+        hcm if is_http(p.protocol) or sniffed else None,
+        list(e.PLAINTEXT_HTTP_ALPNS) if sniffed else None,
+        _tcp(cluster, sec) if is_tcp(p.protocol) or sniffed else None)
 
 
 def virtual_inbound(ports: list[InboundPort], tproxy: bool,
@@ -205,6 +211,8 @@ def inbound_clusters(ports: list[InboundPort], fam: IpFamilies = IPV4_ONLY) -> l
     for p in ports:
         c = _original_dst_cluster(inbound_cluster_name(p.port), bind=True, fam=fam)
         c["metadata"] = e.istio_metadata(service_refs(p.services))
+        if is_http2(p.protocol):  # buildInboundCluster -> buildCluster -> setUpstreamProtocol
+            c["typed_extension_protocol_options"] = e.h2_protocol_options()
         out.append(c)
     out.append(_original_dst_cluster(e.INBOUND_PASSTHROUGH, bind=True, fam=fam))
     return out

@@ -11,48 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from remora.controlplane.protocol import (
+    HTTP,
+    TCP,
+    UDP,
+    UNSUPPORTED,
+    port_protocol,
+)
 from remora.resources import selection
 from remora.resources.objects import Namespace, Pod, Service, ServicePort
 from remora.resources.security import AuthorizationPolicy, PeerAuthentication
 
-# Protocol classes the sidecar config distinguishes (pilot/pkg/networking/core uses
-# protocol.Instance: IsHTTP, IsTCP, Unsupported -> sniffing).
-HTTP = "HTTP"
-TCP = "TCP"
-AUTO = "AUTO"  # not declared: Istio sniffs with http_inspector (protocol detection)
-UDP = "UDP"
-
-# pkg/config/protocol/instance.go: names and appProtocol values Istio understands.
-_HTTP_NAMES = {"http", "http2", "grpc", "grpc-web", "http_proxy", "h2c"}
-_TCP_NAMES = {"tcp", "https", "tls", "mongo", "mysql", "redis", "thrift", "kafka"}
-_APP_PROTOCOLS = {"kubernetes.io/h2c": HTTP, "kubernetes.io/ws": HTTP,
-                  "kubernetes.io/wss": TCP}
-
-
-def port_protocol(port: ServicePort) -> str:
-    """Istio's protocol selection: appProtocol, else the port name prefix, else sniffing.
-
-    https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/
-    (kube.ConvertProtocol in pkg/config/kube/conversion.go).
-    """
-    if port.protocol == "UDP":
-        return UDP
-    if port.protocol == "SCTP":
-        return TCP
-    if port.appProtocol:
-        app = port.appProtocol.lower()
-        if app in _APP_PROTOCOLS:
-            return _APP_PROTOCOLS[app]
-        if app in _HTTP_NAMES:
-            return HTTP
-        if app in _TCP_NAMES:
-            return TCP
-    prefix = port.name.lower().split("-", 1)[0]
-    if prefix in _HTTP_NAMES:
-        return HTTP
-    if prefix in _TCP_NAMES:
-        return TCP
-    return AUTO
+# Istio's protocol selection lives in controlplane/protocol.py; AUTO is its
+# UnsupportedProtocol (not declared: the sidecar sniffs it).
+AUTO = UNSUPPORTED
+__all__ = ["AUTO", "HTTP", "TCP", "UDP", "port_protocol"]  # re-exported for callers
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ SECRET_TYPE = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
 MTLS_HTTP_ALPNS = ["istio-http/1.0", "istio-http/1.1", "istio-h2"]
 MTLS_TCP_ALPNS = ["istio-peer-exchange", "istio"]
 CLIENT_HTTP_ALPNS = ["istio-http/1.1", "istio", "http/1.1"]
+# An HTTP/2 cluster (grpc, http2): what istio.alpn sets for an HTTP/2 upstream, "istio-h2",
+# then cluster_tls.go's ALPNInMeshH2 ("istio", "h2"): the server's chain matches istio-h2
+# (listener.go mtlsHTTPALPNs) and its DownstreamTlsContext negotiates h2.
+CLIENT_H2_ALPNS = ["istio-h2", "istio", "h2"]
 SERVER_HTTP_ALPNS = ["h2", "http/1.1"]
 TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2",
               "tls_maximum_protocol_version": "TLSv1_3"}
@@ -73,14 +77,14 @@ class MeshSecurity:
             "common_tls_context": self._common(SERVER_HTTP_ALPNS if http else [], trust),
             "require_client_certificate": True}}
 
-    def upstream(self, sni: str, http: bool, identities: list[str]) -> JSON:
+    def upstream(self, sni: str, http: bool, identities: list[str], h2: bool = False) -> JSON:
         """The transport_socket of an outbound cluster to a meshed destination."""
         sans = {"match_typed_subject_alt_names": [
             {"san_type": "URI", "matcher": {"exact": i}} for i in identities]}
         return {"name": TLS, "typed_config": {
             "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": self._common(CLIENT_HTTP_ALPNS if http else MTLS_TCP_ALPNS,
-                                               sans),
+            "common_tls_context": self._common(
+                CLIENT_H2_ALPNS if h2 else CLIENT_HTTP_ALPNS if http else MTLS_TCP_ALPNS, sans),
             "sni": sni}}
 
     def sds_files(self, version: str = "1") -> dict[str, JSON]:

@@ -18,6 +18,13 @@ listener_builder.go; names from pilot/pkg/model/listener.go):
 
 Clusters are ``outbound|PORT||FQDN`` of type EDS; their endpoints are written to one file
 per cluster (Envoy's EDS accepts exactly one ClusterLoadAssignment per update).
+
+The port's protocol is Istio's (controlplane/protocol.py): HTTP, HTTP2, GRPC, GRPC-Web
+share the HTTP listener; an HTTP/2 one (http2, grpc, grpc-web, appProtocol
+kubernetes.io/h2c) also gets an HTTP/2 cluster (``typed_extension_protocol_options``
+explicit http2, cluster_builder.go setUpstreamProtocol) whose mTLS ALPN starts with
+``istio-h2``; TCP, HTTPS, TLS, Mongo, Redis, MySQL get tcp_proxy (Istio's mongo_proxy
+filter in front of a Mongo port is not generated); UDP ports get nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +34,6 @@ from remora.controlplane.authn import DISABLE, workload_authn
 from remora.controlplane.envoy_common import JSON
 from remora.controlplane.ipfamily import IpFamilies, additional_addresses
 from remora.controlplane.model import (
-    AUTO,
-    HTTP,
-    TCP,
     Endpoint,
     Snapshot,
     endpoints,
@@ -38,6 +42,7 @@ from remora.controlplane.model import (
     service_refs,
 )
 from remora.controlplane.mtls import MeshSecurity, has_sidecar, sni, workload_identity
+from remora.controlplane.protocol import UDP, is_http, is_http2, is_sniffed, is_tcp
 from remora.resources.objects import Service, ServicePort
 
 OUTBOUND_LISTENER_PORT = 15001
@@ -125,13 +130,13 @@ def outbound_listeners(snapshot: Snapshot, client_namespace: str,
         for sp in svc.ports:
             proto = port_protocol(sp)
             cluster = outbound_cluster_name(sp.port, svc.fqdn)
-            if proto == HTTP:
+            if is_http(proto):  # HTTP, HTTP2, GRPC, GRPC-Web, HTTP_PROXY
                 http_vhosts.setdefault(sp.port, []).append(
                     _vhost(svc, sp, client_namespace, all_ips))
-            elif proto in (TCP, AUTO) and ips:
+            elif (is_tcp(proto) or is_sniffed(proto)) and ips:
                 name = f"{ips[0]}_{sp.port}"
                 tcp_chain: JSON = {"filters": [e.tcp_proxy(cluster)]}
-                if proto == TCP:
+                if is_tcp(proto):
                     listeners.append(_listener(name, ips, sp.port, [tcp_chain]))
                     continue
                 routes = {"name": f"{svc.fqdn}:{sp.port}", "validate_clusters": False,
@@ -198,8 +203,9 @@ def _upstream_tls(snapshot: Snapshot, svc: Service, sp: ServicePort,
     # A sniffed port (AUTO) gets the HTTP ALPNs: Istio's istio.alpn HTTP filter (not in
     # upstream Envoy) sets them per request; this way the seed's sniffed HTTP lands on the
     # server's istio-http chain, at the cost of raw TCP over mTLS on such a port.
-    return sec.upstream(sni(sp.port, svc.fqdn), port_protocol(sp) in (HTTP, AUTO),
-                        sorted(identities))
+    proto = port_protocol(sp)
+    return sec.upstream(sni(sp.port, svc.fqdn), is_http(proto) or is_sniffed(proto),
+                        sorted(identities), h2=is_http2(proto))
 
 
 def outbound_clusters(snapshot: Snapshot, config_dir: str,
@@ -207,10 +213,13 @@ def outbound_clusters(snapshot: Snapshot, config_dir: str,
     out = []
     for svc in snapshot.services:
         for sp in svc.ports:
-            if port_protocol(sp) not in (HTTP, TCP, AUTO):
+            proto = port_protocol(sp)
+            if proto == UDP:
                 continue
             name = outbound_cluster_name(sp.port, svc.fqdn)
             cluster = _eds_cluster(name, config_dir, svc)
+            if is_http2(proto):
+                cluster["typed_extension_protocol_options"] = e.h2_protocol_options()
             tls = _upstream_tls(snapshot, svc, sp, sec) if sec is not None else None
             if tls is not None:
                 cluster["transport_socket"] = tls
@@ -229,7 +238,7 @@ def outbound_endpoints(snapshot: Snapshot) -> dict[str, JSON]:
     out = {}
     for svc in snapshot.services:
         for sp in svc.ports:
-            if port_protocol(sp) not in (HTTP, TCP, AUTO):
+            if port_protocol(sp) == UDP:
                 continue
             name = outbound_cluster_name(sp.port, svc.fqdn)
             out[name] = load_assignment(name, endpoints(snapshot, svc, sp))

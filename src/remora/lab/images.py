@@ -3,8 +3,9 @@
 Kubelet would pull the image and run its entrypoint; the lab has no images, so a
 container without `command` runs the local command its image maps to, with the
 container's `args` appended (as Kubernetes appends args to the entrypoint). Built in:
-the seed's two Go programs, as remora's own demo apps. A user extends or overrides the
-map with a YAML file (`remora up --image-map FILE`):
+the seed's two Go programs, as remora's own demo apps, and their gRPC versions
+(`vasth/simple-grpc-server`, `vasth/simple-grpc-client`: remora.apps.grpc_*). A user
+extends or overrides the map with a YAML file (`remora up --image-map FILE`):
 
     images:
       vasth/simple-server: [python3, -m, remora.apps.simple_server]
@@ -31,6 +32,9 @@ def builtin() -> dict[str, list[str]]:
     return {
         "vasth/simple-server": [python, "-m", "remora.apps.simple_server"],
         "vasth/simple-client": [python, "-m", "remora.apps.simple_client"],
+        # the seed's pair told over gRPC (remora demo --grpc; names of our own)
+        "vasth/simple-grpc-server": [python, "-m", "remora.apps.grpc_server"],
+        "vasth/simple-grpc-client": [python, "-m", "remora.apps.grpc_client"],
     }
 
 

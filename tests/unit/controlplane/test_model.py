@@ -1,6 +1,7 @@
 import pytest
 
 from remora.controlplane.model import AUTO, HTTP, TCP, UDP, port_protocol
+from remora.controlplane.protocol import GRPC, HTTP2, HTTPS, MYSQL
 from remora.resources.objects import ServicePort
 
 
@@ -8,14 +9,14 @@ from remora.resources.objects import ServicePort
     ("", "", "TCP", AUTO),            # the seed's unnamed 18080: sniffed
     ("http", "", "TCP", HTTP),
     ("http-web", "", "TCP", HTTP),
-    ("http2", "", "TCP", HTTP),
-    ("grpc-api", "", "TCP", HTTP),
+    ("http2", "", "TCP", HTTP2),
+    ("grpc-api", "", "TCP", GRPC),
     ("tcp-db", "", "TCP", TCP),
-    ("mysql", "", "TCP", TCP),
-    ("https", "", "TCP", TCP),
+    ("mysql", "", "TCP", MYSQL),
+    ("https", "", "TCP", HTTPS),
     ("web", "", "TCP", AUTO),
     ("tcp", "http", "TCP", HTTP),     # appProtocol wins over the name
-    ("", "kubernetes.io/h2c", "TCP", HTTP),
+    ("", "kubernetes.io/h2c", "TCP", HTTP2),
     ("dns", "", "UDP", UDP),
 ])
 def test_protocol_selection_like_istio(name: str, app: str, proto: str, expected: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remora.proxy.config.address import Address, parse_address, parse_socket_address
-from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.config.strict import ConfigError, Fields, not_implemented_yet
 from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -102,6 +102,10 @@ def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
         h1 = sub.fields("http_protocol_options", "Http1ProtocolOptions")
         h2 = sub.fields("http2_protocol_options", "Http2ProtocolOptions")
         sub.done()
+        if h2 is not None and sub is explicit:
+            # an HTTP/2 upstream (Istio's grpc/http2 ports); use_downstream_protocol_config
+            # stays accepted: remora's downstream is HTTP/1.1, so its upstream is too
+            raise not_implemented_yet(h2.path, "http2_protocol_options")
         for opts in (h1, h2):
             if opts is not None:
                 opts.integer("max_concurrent_streams")  # only read for h2 by Envoy
