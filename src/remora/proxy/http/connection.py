@@ -79,7 +79,7 @@ class Http1Connection:
         self.write_paused = False
         self.tunnel: Callable[[bytes], None] | None = None  # after a 101: raw bytes go here
         self._task: asyncio.Task[Any] | None = None
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
@@ -113,7 +113,7 @@ class Http1Connection:
             w.set_result(None)
 
     def on_data(self, data: bytes) -> None:
-        self.last_activity = self._loop.time()
+        self.last_activity = self.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel(data)
@@ -149,7 +149,7 @@ class Http1Connection:
         timer = self._headers_timer
         if self.decoder.head_in_progress:
             if timer is None:
-                self._headers_timer = self._loop.call_later(
+                self._headers_timer = self.loop.call_later(
                     self.cfg.request_headers_timeout, self._headers_timeout)
         elif timer is not None:
             timer.cancel()
@@ -184,7 +184,7 @@ class Http1Connection:
             with contextlib.suppress(Exception):
                 await ready
             self.resume_reading()
-        self._loop.create_task(wait())
+        self.loop.create_task(wait())
 
     def on_writable(self, closed: bool = False) -> None:
         self.write_paused = False
@@ -196,7 +196,7 @@ class Http1Connection:
     async def drain(self) -> None:
         """Wait while the downstream transport is above its high-water mark."""
         if self.write_paused and not self.transport.is_closing():
-            fut = self._loop.create_future()
+            fut = self.loop.create_future()
             self._drain_waiters.append(fut)
             await fut
 
@@ -210,7 +210,7 @@ class Http1Connection:
         act = self.active
         if act is None or act.response_complete:
             return
-        loop = self._loop
+        loop = self.loop
         left = self.last_activity + self.cfg.stream_idle_timeout - loop.time()
         if left > 0:
             act.idle_timer = loop.call_later(left, self._stream_idle_check)
@@ -251,7 +251,7 @@ class Http1Connection:
 
     async def _serve(self) -> None:
         dec = self.decoder
-        loop = self._loop
+        loop = self.loop
         while True:
             try:
                 while not dec.ready:

@@ -105,7 +105,7 @@ class _Forward:
     async def run(self) -> None:
         stream = self.stream
         conn = stream.conn
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         timeout = self.route.timeout
         timer = loop.call_later(timeout, conn.cancel_active, "timeout") if timeout > 0 else None
         exclude: frozenset[str] = frozenset()
@@ -290,7 +290,7 @@ class _Forward:
         reader = pc.upstream.reader
         dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
         conn = stream.conn
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         while not dec.complete:
             try:
                 data = await reader.read(READ_SIZE)
