@@ -84,6 +84,8 @@ class Http1Connection:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
         self._headers_timer: asyncio.TimerHandle | None = None  # request_headers_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None  # idle_timeout, lazily re-armed
+        self._idle_since = 0.0
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -200,7 +202,14 @@ class Http1Connection:
             self._drain_waiters.append(fut)
             await fut
 
-    def _idle_expired(self) -> None:
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._waiter is None:
+            return  # a stream is active; the next wait for a request re-arms the timer
+        left = self._idle_since + self.cfg.idle_timeout - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._idle_check)
+            return
         self.idle = True
         self._wake()
 
@@ -246,6 +255,8 @@ class Http1Connection:
         finally:
             if self._headers_timer is not None:
                 self._headers_timer.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -262,15 +273,17 @@ class Http1Connection:
                         return
                     self._waiter = loop.create_future()
                     # common_http_protocol_options.idle_timeout: no stream for that long
-                    # closes the connection (Envoy's downstream_cx_idle_timeout)
-                    idle = self.cfg.idle_timeout
-                    timer = loop.call_later(idle, self._idle_expired) if idle > 0 else None
+                    # closes the connection (Envoy's downstream_cx_idle_timeout). One timer
+                    # per connection, re-armed lazily when it fires, not one per wait.
+                    if self.cfg.idle_timeout > 0:
+                        self._idle_since = loop.time()
+                        if self._idle_timer is None:
+                            self._idle_timer = loop.call_later(self.cfg.idle_timeout,
+                                                               self._idle_check)
                     try:
                         await self._waiter
                     finally:
                         self._waiter = None
-                        if timer is not None:
-                            timer.cancel()
                     if self.idle and not dec.ready:
                         self.hcm.stats.inc(self.hcm.idle_timeout_stat)
                         return
