@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.interfaces import (
@@ -201,7 +200,7 @@ class TcpProxy:
 
 @register("network", "envoy.filters.network.tcp_proxy",
           "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
-def _factory(typed: Fields, context: Any) -> TcpProxy:
+def _factory(typed: Fields, context: FactoryContext) -> TcpProxy:
     stat_prefix = typed.string("stat_prefix", required=True)
     cluster = typed.string("cluster")
     idle = typed.duration("idle_timeout", 3600.0)
@@ -213,5 +212,5 @@ def _factory(typed: Fields, context: Any) -> TcpProxy:
                           "remora's tcp_proxy needs `cluster` (weighted_clusters is not supported)")
     if attempts is not None and attempts < 1:
         raise ConfigError(typed.at("max_connect_attempts"), "must be at least 1")
-    loggers = context.access_loggers(logs, typed.at("access_log")) if context else []
+    loggers = context.access_loggers(logs, typed.at("access_log"))
     return TcpProxy(context, stat_prefix, cluster, idle, attempts or 1, loggers)
