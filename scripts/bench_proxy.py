@@ -16,7 +16,7 @@ ratios from one run. Recorded figures live in docs/benchmarks.md.
 
     sudo python3 scripts/bench_proxy.py [--duration 5] [--connections 1,16]
         [--proxies direct,envoy,remora] [--mode redirect|tproxy] [--backend simple|nginx]
-        [--hops 1|2] [--repeat N]
+        [--hops 1|2] [--repeat N] [--concurrency N] [--lab-mtls] [--bulk-mib N]
 """
 
 from __future__ import annotations
@@ -80,10 +80,11 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(lab: Lab, client: Namespace, connections: int, duration: float) -> dict[str, str]:
+def run_wrk(lab: Lab, client: Namespace, connections: int, duration: float,
+            url: str = URL) -> dict[str, str]:
     seconds = max(1, round(duration))  # wrk takes whole seconds
     out = lab.run(client, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                           "--timeout", "5s", URL], timeout=duration + 60).stdout.decode()
+                           "--timeout", "5s", url], timeout=duration + 60).stdout.decode()
     parsed = {"rps": re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)}  # type: ignore[union-attr]
     for pct in ("50", "99"):
         parsed[pct] = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
@@ -152,11 +153,23 @@ def bulk_gbits(client: Namespace, mib: int) -> float:
 def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Result]:
     results: list[Result] = []
     with Lab(prefix="rbp") as lab:
-        client, server = lab.pair()
-        start_backend(lab, server, args.backend, workdir)
-        sink = ph.PeerServer(server, BULK_PORT, _sink)
+        url = URL
+        sink = None
         sidecars: list[ph.Sidecar] = []
-        if path != "direct":
+        if args.lab_mtls:
+            # the lab's real path: client pod -> ClusterIP -> server pod, both sidecars
+            # running the control plane's generated config with mutual TLS between them
+            from tests.netns.mtls_mesh import URL as MTLS_URL
+            from tests.netns.mtls_mesh import mesh
+            m = mesh(lab, workdir, path, path, mode=args.mode)
+            client = m.client
+            sidecars = [m.server_sidecar, *([m.client_sidecar] if m.client_sidecar else [])]
+            url = MTLS_URL
+        else:
+            client, server = lab.pair()
+            start_backend(lab, server, args.backend, workdir)
+            sink = ph.PeerServer(server, BULK_PORT, _sink)
+        if path != "direct" and not args.lab_mtls:
             ph.apply_capture(lab, server, args.mode)
             config = ph.REFERENCE / f"server-{args.mode}.json"
             sidecars.append(ph.start_sidecar(lab, server, path, config, workdir / path,
@@ -168,12 +181,12 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
                                                  workdir / path,
                                                  concurrency=args.concurrency))
         sidecar = sidecars[0] if sidecars else None
-        run_wrk(lab, client, 16, 1.0)  # warm-up: connection pools, page-in
+        run_wrk(lab, client, 16, 1.0, url)  # warm-up: connection pools, page-in
         for conns in args.connections:
             runs = []
             for _ in range(args.repeat):
                 cpu0 = sum(cpu_seconds(x.proc.pid) for x in sidecars)
-                out = run_wrk(lab, client, conns, args.duration)
+                out = run_wrk(lab, client, conns, args.duration, url)
                 cpu = sum(cpu_seconds(x.proc.pid) for x in sidecars) - cpu0
                 rps = float(out["rps"])
                 runs.append((rps, _ms(out["50"]), _ms(out["99"]),
@@ -184,12 +197,13 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
             rss = sum(x.rss_kib() for x in sidecars) / 1024 if sidecar else None
             results.append(Result(path, conns, rps, p50, p99, cpu_us, rss, errors))
             print(_row(results[-1]), flush=True)
-        if args.bulk_mib:
+        if args.bulk_mib and sink is not None:
             gbits = sorted(bulk_gbits(client, args.bulk_mib) for _ in range(args.repeat))
             BULK[path] = gbits[len(gbits) // 2]
             print(f"{path:<8} bulk TCP upload {args.bulk_mib} MiB: {BULK[path]:.2f} Gbit/s",
                   flush=True)
-        sink.close()
+        if sink is not None:
+            sink.close()
     return results
 
 
@@ -220,7 +234,13 @@ def main() -> int:
     parser.add_argument("--hops", type=int, choices=[1, 2], default=1,
                         help="2: a client sidecar (client-redirect.json) in front as well; "
                              "CPU and RSS are then the sum over both sidecars")
+    parser.add_argument("--lab-mtls", action="store_true",
+                        help="the lab's real path: two sidecars on the control plane's "
+                             "generated config with mutual TLS (client pod -> ClusterIP -> "
+                             "server pod); no direct path, no bulk upload")
     args = parser.parse_args()
+    if args.lab_mtls:
+        args.proxies = [p for p in args.proxies if p != "direct"]
     if os.geteuid() != 0:
         print("bench_proxy: needs root (creates network namespaces)", file=sys.stderr)
         return 2
@@ -232,7 +252,8 @@ def main() -> int:
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}  {os.uname().nodename}  "
           f"{os.cpu_count()} CPUs  mode={args.mode} backend={args.backend} "
           f"duration={args.duration}s repeat={args.repeat} hops={args.hops} "
-          f"concurrency={args.concurrency}")
+          f"concurrency={args.concurrency}"
+          f"{' lab-mtls (generated config, two sidecars)' if args.lab_mtls else ''}")
     print(f"{'path':<8} {'conns':>5} {'req/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
           f"{'cpu us/rq':>8} {'RSS MiB':>7}")
     results: list[Result] = []
@@ -258,6 +279,9 @@ def main() -> int:
         if ours and theirs:
             print(f"remora/envoy c{conns}: req/s x{ours.rps / theirs.rps:.2f}, "
                   f"p50 x{ours.p50_ms / theirs.p50_ms:.2f}, p99 x{ours.p99_ms / theirs.p99_ms:.2f}")
+        if ours and theirs and ours.cpu_us_per_rq and theirs.cpu_us_per_rq:
+            print(f"cpu/rq remora/envoy c{conns}: x{ours.cpu_us_per_rq / theirs.cpu_us_per_rq:.2f} "
+                  f"({ours.cpu_us_per_rq:.1f} / {theirs.cpu_us_per_rq:.1f} us)")
     if "envoy" in BULK and "remora" in BULK:
         print(f"bulk TCP remora/envoy: x{BULK['remora'] / BULK['envoy']:.2f}")
     if by.get(("envoy", 16)) and by.get(("remora", 16)):

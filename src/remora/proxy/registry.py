@@ -84,6 +84,27 @@ def names(kind: Kind) -> list[str]:
 _loaded = False
 
 
+# The modules that register the built-in extensions, named one by one (not found by a
+# package scan): a module that fails to import is an error at startup, never a filter
+# that silently does not exist.
+BUILTIN_MODULES = (
+    "remora.proxy.listener_filters.http_inspector",
+    "remora.proxy.listener_filters.original_dst",
+    "remora.proxy.listener_filters.original_src",
+    "remora.proxy.listener_filters.tls_inspector",
+    "remora.proxy.network_filters.rbac",
+    "remora.proxy.network_filters.tcp_proxy",
+    "remora.proxy.http.hcm",
+    "remora.proxy.http.router",
+    "remora.proxy.http.cors",
+    "remora.proxy.http.fault",
+    "remora.proxy.http.rbac",
+    "remora.proxy.http.istio_filters",
+    "remora.proxy.access_log.file",
+    "remora.proxy.access_log.stdout",
+)
+
+
 def _load_builtin() -> None:
     """Import the modules that register the built-in extensions (once, lazily, so that
     importing the registry never drags in every filter)."""
@@ -92,15 +113,6 @@ def _load_builtin() -> None:
         return
     _loaded = True
     import importlib
-    import pkgutil
 
-    import remora.proxy as proxy_pkg
-
-    for pkg_name in ("listener_filters", "network_filters", "http", "access_log", "transport"):
-        full = f"{proxy_pkg.__name__}.{pkg_name}"
-        try:
-            pkg = importlib.import_module(full)
-        except ModuleNotFoundError:
-            continue
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{full}.{mod.name}")
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)

@@ -49,9 +49,15 @@ def _without_port(addr: str | None) -> str | None:
 
 def _start_time(fmt: str | None) -> Op:
     if not fmt:
+        second = [-1, ""]  # the last whole second formatted: most lines share it
+
         def default(info: StreamInfo) -> Value:
             t = info.start_time
-            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+            whole = int(t)
+            if whole != second[0]:
+                second[0] = whole
+                second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            return f"{second[1]}.{int(t % 1 * 1000):03d}Z"
         return default
     def custom(info: StreamInfo) -> Value:
         t = info.start_time
@@ -190,6 +196,28 @@ def render_text(parts: list[str | Op], info: StreamInfo) -> str:
     return "".join(out)
 
 
+def compile_renderer(parts: list[str | Op]) -> Callable[[StreamInfo], str]:
+    """PARTS as one function with the literals and operator calls inlined, built when the
+    listener loads (the same output as render_text, without its per-part dispatch)."""
+    env: dict[str, Any] = {"str": str}
+    lines = ["def render(info):"]
+    pieces = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            env[f"lit{i}"] = part
+            pieces.append(f"lit{i}")
+        else:
+            env[f"op{i}"] = part
+            lines.append(f"    v{i} = op{i}(info)")
+            lines.append(f"    v{i} = '-' if v{i} is None or v{i} == '' else "
+                         f"(v{i} if v{i}.__class__ is str else str(v{i}))")
+            pieces.append(f"v{i}")
+    lines.append(f"    return ''.join(({', '.join(pieces)}{',' if len(pieces) == 1 else ''}))")
+    exec("\n".join(lines), env)  # the source is built above from the parsed format only
+    render: Callable[[StreamInfo], str] = env["render"]
+    return render
+
+
 class JsonFormat:
     """``json_format``: a Struct whose string values are format strings."""
 
@@ -236,9 +264,7 @@ class JsonFormat:
 class TextFormat:
     def __init__(self, fmt: str, path: str, omit_empty: bool = False) -> None:
         self.parts = compile_text(fmt, path)
-
-    def render(self, info: StreamInfo) -> str:
-        return render_text(self.parts, info)
+        self.render: Callable[[StreamInfo], str] = compile_renderer(self.parts)
 
 
 Formatter = TextFormat | JsonFormat

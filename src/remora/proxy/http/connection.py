@@ -79,11 +79,13 @@ class Http1Connection:
         self.write_paused = False
         self.tunnel: Callable[[bytes], None] | None = None  # after a 101: raw bytes go here
         self._task: asyncio.Task[Any] | None = None
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
         self._headers_timer: asyncio.TimerHandle | None = None  # request_headers_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None  # idle_timeout, lazily re-armed
+        self._idle_since = 0.0
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -113,7 +115,7 @@ class Http1Connection:
             w.set_result(None)
 
     def on_data(self, data: bytes) -> None:
-        self.last_activity = self._loop.time()
+        self.last_activity = self.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel(data)
@@ -149,7 +151,7 @@ class Http1Connection:
         timer = self._headers_timer
         if self.decoder.head_in_progress:
             if timer is None:
-                self._headers_timer = self._loop.call_later(
+                self._headers_timer = self.loop.call_later(
                     self.cfg.request_headers_timeout, self._headers_timeout)
         elif timer is not None:
             timer.cancel()
@@ -184,7 +186,7 @@ class Http1Connection:
             with contextlib.suppress(Exception):
                 await ready
             self.resume_reading()
-        self._loop.create_task(wait())
+        self.loop.create_task(wait())
 
     def on_writable(self, closed: bool = False) -> None:
         self.write_paused = False
@@ -196,11 +198,18 @@ class Http1Connection:
     async def drain(self) -> None:
         """Wait while the downstream transport is above its high-water mark."""
         if self.write_paused and not self.transport.is_closing():
-            fut = self._loop.create_future()
+            fut = self.loop.create_future()
             self._drain_waiters.append(fut)
             await fut
 
-    def _idle_expired(self) -> None:
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._waiter is None:
+            return  # a stream is active; the next wait for a request re-arms the timer
+        left = self._idle_since + self.cfg.idle_timeout - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._idle_check)
+            return
         self.idle = True
         self._wake()
 
@@ -210,7 +219,7 @@ class Http1Connection:
         act = self.active
         if act is None or act.response_complete:
             return
-        loop = self._loop
+        loop = self.loop
         left = self.last_activity + self.cfg.stream_idle_timeout - loop.time()
         if left > 0:
             act.idle_timer = loop.call_later(left, self._stream_idle_check)
@@ -246,12 +255,14 @@ class Http1Connection:
         finally:
             if self._headers_timer is not None:
                 self._headers_timer.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 
     async def _serve(self) -> None:
         dec = self.decoder
-        loop = self._loop
+        loop = self.loop
         while True:
             try:
                 while not dec.ready:
@@ -262,15 +273,17 @@ class Http1Connection:
                         return
                     self._waiter = loop.create_future()
                     # common_http_protocol_options.idle_timeout: no stream for that long
-                    # closes the connection (Envoy's downstream_cx_idle_timeout)
-                    idle = self.cfg.idle_timeout
-                    timer = loop.call_later(idle, self._idle_expired) if idle > 0 else None
+                    # closes the connection (Envoy's downstream_cx_idle_timeout). One timer
+                    # per connection, re-armed lazily when it fires, not one per wait.
+                    if self.cfg.idle_timeout > 0:
+                        self._idle_since = loop.time()
+                        if self._idle_timer is None:
+                            self._idle_timer = loop.call_later(self.cfg.idle_timeout,
+                                                               self._idle_check)
                     try:
                         await self._waiter
                     finally:
                         self._waiter = None
-                        if timer is not None:
-                            timer.cancel()
                     if self.idle and not dec.ready:
                         self.hcm.stats.inc(self.hcm.idle_timeout_stat)
                         return

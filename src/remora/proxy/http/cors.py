@@ -17,6 +17,7 @@ from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.per_filter import register_per_route
 from remora.proxy.http.route_config import _string_matcher
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.interfaces import FactoryContext
 
 CORS_NAME = "envoy.filters.http.cors"
 CORS_TYPE = "envoy.extensions.filters.http.cors.v3.Cors"
@@ -92,7 +93,7 @@ def _per_route(f: Fields) -> CorsPolicy:
 
 
 @registry.register("http", CORS_NAME, CORS_TYPE)
-def _factory(f: Fields, ctx: Any) -> CorsFilter:
+def _factory(f: Fields, ctx: FactoryContext) -> CorsFilter:
     f.done()
     return CorsFilter()
 

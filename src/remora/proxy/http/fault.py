@@ -22,6 +22,7 @@ from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.per_filter import register_per_route
 from remora.proxy.http.route_config import HeaderMatcher, _header_matcher
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.interfaces import FactoryContext
 
 FAULT_NAME = "envoy.filters.http.fault"
 FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
@@ -102,7 +103,7 @@ def _per_route(f: Fields) -> FaultConfig:
 
 
 @registry.register("http", FAULT_NAME, FAULT_TYPE)
-def _factory(f: Fields, ctx: Any) -> FaultFilter:
+def _factory(f: Fields, ctx: FactoryContext) -> FaultFilter:
     cfg = parse_fault(f)
     f.done()
     return FaultFilter(cfg)

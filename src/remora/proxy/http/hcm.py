@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import socket
 import struct
-from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
@@ -20,11 +19,11 @@ from remora.proxy.http import fault as _fault  # noqa: F401
 from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
 from remora.proxy.http.stream import ActiveStream
-from remora.proxy.interfaces import AccessLogger, Downstream
+from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
-def _factory(f: Fields, ctx: Any) -> HttpConnectionManager:
+def _factory(f: Fields, ctx: FactoryContext) -> HttpConnectionManager:
     cfg = parse_hcm(f, ctx)
     loggers = ctx.access_loggers(cfg.access_log, f.at("access_log")) if cfg.access_log else []
     return HttpConnectionManager(cfg, ctx, loggers)
@@ -33,7 +32,7 @@ def _factory(f: Fields, ctx: Any) -> HttpConnectionManager:
 class HttpConnectionManager:
     """interfaces.NetworkFilter; one per filter chain, shared by its connections."""
 
-    def __init__(self, cfg: HcmConfig, ctx: Any, loggers: list[AccessLogger]) -> None:
+    def __init__(self, cfg: HcmConfig, ctx: FactoryContext, loggers: list[AccessLogger]) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.stats = ctx.stats

@@ -13,6 +13,7 @@ from typing import Any
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
+from remora.proxy.interfaces import FactoryContext
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -47,7 +48,7 @@ class HcmConfig:
     forward_client_cert_details: str = "SANITIZE"
 
 
-def parse_hcm(f: Fields, ctx: Any) -> HcmConfig:
+def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
     rc = f.fields("route_config", "RouteConfiguration")
     if rc is None:
         raise ConfigError(f.at("route_config"), "required field is missing",
@@ -150,7 +151,7 @@ def _upgrade_configs(f: Fields, cfg: HcmConfig) -> None:
         u.done()
 
 
-def _http_filters(f: Fields, ctx: Any) -> list[Any]:
+def _http_filters(f: Fields, ctx: FactoryContext) -> list[Any]:
     out: list[Any] = []
     entries = list(f.each("http_filters", "HttpFilter"))
     for i, hf in enumerate(entries):

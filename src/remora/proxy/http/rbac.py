@@ -11,12 +11,10 @@ where routes are parsed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.stream import ActiveStream
-from remora.proxy.interfaces import Stats
+from remora.proxy.interfaces import FactoryContext, Stats
 from remora.proxy.network_filters.rbac import connection_input
 from remora.proxy.rbac_engine import Rbac, parse_rules
 
@@ -57,7 +55,7 @@ class HttpRbacFilter:
 
 
 @registry.register("http", NAME, TYPE_URL)
-def _factory(typed: Fields, context: Any) -> HttpRbacFilter:
+def _factory(typed: Fields, context: FactoryContext) -> HttpRbacFilter:
     rules = parse_rules(typed.fields("rules", "RBAC"))
     for unsupported in ("shadow_rules", "matcher", "shadow_matcher", "shadow_rules_stat_prefix",
                         "rules_stat_prefix", "track_per_rule_stats"):

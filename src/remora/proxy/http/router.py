@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
@@ -27,7 +26,7 @@ from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import BodySink, encode_request_head
-from remora.proxy.interfaces import Cluster, UpstreamError
+from remora.proxy.interfaces import Cluster, FactoryContext, UpstreamError
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -48,7 +47,7 @@ class _Failure(Exception):
 
 
 @registry.register("http", ROUTER_NAME, ROUTER_TYPE)
-def _factory(f: Fields, ctx: Any) -> Router:
+def _factory(f: Fields, ctx: FactoryContext) -> Router:
     suppress = bool(f.boolean("suppress_envoy_headers", False))
     # start_child_span only shapes tracing spans; dynamic_stats only per-route stat names
     f.ignore("start_child_span", "dynamic_stats")
@@ -59,7 +58,7 @@ def _factory(f: Fields, ctx: Any) -> Router:
 class Router:
     terminal = True
 
-    def __init__(self, ctx: Any, suppress_envoy_headers: bool = False) -> None:
+    def __init__(self, ctx: FactoryContext, suppress_envoy_headers: bool = False) -> None:
         self.cluster_manager = ctx.cluster_manager
         self.stats = ctx.stats
         self.suppress = suppress_envoy_headers
@@ -105,7 +104,7 @@ class _Forward:
     async def run(self) -> None:
         stream = self.stream
         conn = stream.conn
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         timeout = self.route.timeout
         timer = loop.call_later(timeout, conn.cancel_active, "timeout") if timeout > 0 else None
         exclude: frozenset[str] = frozenset()
@@ -290,7 +289,7 @@ class _Forward:
         reader = pc.upstream.reader
         dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
         conn = stream.conn
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         while not dec.complete:
             try:
                 data = await reader.read(READ_SIZE)

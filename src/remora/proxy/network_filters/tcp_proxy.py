@@ -16,10 +16,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
-from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext, UpstreamError
+from remora.proxy.interfaces import (
+    AccessLogger,
+    Downstream,
+    FactoryContext,
+    Upstream,
+    UpstreamError,
+)
+from remora.proxy.network_filters import splice_relay
 from remora.proxy.registry import register
 from remora.proxy.stats import stat_name_part
 
@@ -122,10 +128,43 @@ class TcpProxy:
         host = upstream.host
         cluster.host_stat(host, "rq_total")
         cluster.host_stat(host, "rq_active")
-        relay = _Relay()
+        down_fd = splice_relay.plain_socket_fd(downstream.writer)
+        up_fd = splice_relay.plain_socket_fd(upstream.writer)
+        relay: _Relay | splice_relay.SpliceRelay
+        try:
+            if splice_relay.AVAILABLE and down_fd is not None and up_fd is not None:
+                # no TLS on either side: splice(2) moves the bytes inside the kernel
+                relay = splice_relay.SpliceRelay(down_fd, up_fd)
+                cancel_timer = self._arm_idle(relay, relay.stop)
+                try:
+                    await relay.run(downstream.reader, downstream.writer,
+                                    upstream.reader, upstream.writer)
+                finally:
+                    cancel_timer()
+            else:
+                relay = _Relay()
+                await self._stream_relay(downstream, upstream, relay)
+        finally:
+            upstream.writer.close()
+            cluster.host_stat(host, "rq_active", -1)
+            info.bytes_received += relay.rx
+            info.bytes_sent += relay.tx
+            stats.inc(self.prefix + "downstream_cx_rx_bytes_total", relay.rx)
+            stats.inc(self.prefix + "downstream_cx_tx_bytes_total", relay.tx)
+            stats.inc(cprefix + "upstream_cx_tx_bytes_total", relay.rx)
+            if relay.timed_out:
+                stats.inc(self.prefix + "idle_timeout")
+
+    async def _stream_relay(self, downstream: Downstream, upstream: Upstream,
+                            relay: _Relay) -> None:
+        """The relay through asyncio streams (a TLS transport on either side)."""
         up = asyncio.ensure_future(_pipe(downstream.reader, upstream.writer, relay, True))
         down = asyncio.ensure_future(_pipe(upstream.reader, downstream.writer, relay, False))
-        cancel_timer = self._arm_idle(relay, up, down)
+
+        def stop() -> None:
+            up.cancel()
+            down.cancel()
+        cancel_timer = self._arm_idle(relay, stop)
         try:
             done, pending = await asyncio.wait((up, down), return_when=asyncio.FIRST_EXCEPTION)
             for task in pending:  # one side failed (reset): stop the other
@@ -137,18 +176,9 @@ class TcpProxy:
             cancel_timer()
             up.cancel()
             down.cancel()
-            upstream.writer.close()
-            cluster.host_stat(host, "rq_active", -1)
-            info.bytes_received += relay.rx
-            info.bytes_sent += relay.tx
-            stats.inc(self.prefix + "downstream_cx_rx_bytes_total", relay.rx)
-            stats.inc(self.prefix + "downstream_cx_tx_bytes_total", relay.tx)
-            stats.inc(cprefix + "upstream_cx_tx_bytes_total", relay.rx)
-            if relay.timed_out:
-                stats.inc(self.prefix + "idle_timeout")
 
-    def _arm_idle(self, relay: _Relay, up: asyncio.Future[None],
-                  down: asyncio.Future[None]) -> Callable[[], None]:
+    def _arm_idle(self, relay: _Relay | splice_relay.SpliceRelay,
+                  stop: Callable[[], None]) -> Callable[[], None]:
         """One timer per connection, re-armed only when it fires (no per-read cost);
         returns the function that cancels whichever timer is current."""
         if self.idle_timeout <= 0:
@@ -162,8 +192,7 @@ class TcpProxy:
                 holder[0] = loop.call_later(remaining, check)
                 return
             relay.timed_out = True
-            up.cancel()
-            down.cancel()
+            stop()
 
         holder.append(loop.call_later(self.idle_timeout, check))
         return lambda: holder[0].cancel()
@@ -171,7 +200,7 @@ class TcpProxy:
 
 @register("network", "envoy.filters.network.tcp_proxy",
           "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
-def _factory(typed: Fields, context: Any) -> TcpProxy:
+def _factory(typed: Fields, context: FactoryContext) -> TcpProxy:
     stat_prefix = typed.string("stat_prefix", required=True)
     cluster = typed.string("cluster")
     idle = typed.duration("idle_timeout", 3600.0)
@@ -183,5 +212,5 @@ def _factory(typed: Fields, context: Any) -> TcpProxy:
                           "remora's tcp_proxy needs `cluster` (weighted_clusters is not supported)")
     if attempts is not None and attempts < 1:
         raise ConfigError(typed.at("max_connect_attempts"), "must be at least 1")
-    loggers = context.access_loggers(logs, typed.at("access_log")) if context else []
+    loggers = context.access_loggers(logs, typed.at("access_log"))
     return TcpProxy(context, stat_prefix, cluster, idle, attempts or 1, loggers)

@@ -61,6 +61,18 @@ class ClusterImpl:
         self._rr = 0
         self.active = {"connections": 0, "pending_requests": 0, "requests": 0, "retries": 0}
         self.host_stats: dict[str, dict[str, int]] = {}
+        # what the circuit-breaker gauges of each resource need, computed once (the config
+        # of a cluster object never changes: a CDS update replaces the object)
+        base = f"{self.prefix}circuit_breakers.default."
+        remaining = {"connections": "remaining_cx", "pending_requests": "remaining_pending",
+                     "requests": "remaining_rq", "retries": "remaining_retries"}
+        self._cb: dict[str, tuple[int, str, str | None]] = {
+            resource: (
+                config.thresholds["max_connections" if resource == "connections"
+                                  else _RESOURCES[resource][0]],
+                base + _GAUGES[resource],
+                base + remaining[resource] if config.track_remaining else None)
+            for resource in self.active}
         stats.touch(*(self.prefix + n for n in (
             "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
             "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_rq_pending_overflow",
@@ -126,8 +138,11 @@ class ClusterImpl:
         """The router's and TCP proxy's share of HOST's stats: rq_total/rq_active when a
         request is attached to a connection (Envoy's ConnPoolImplBase), rq_success/rq_error
         as the router charges response codes, rq_timeout on its timeouts."""
-        hstats = self._host(host)
-        hstats[stat] = max(hstats[stat] + delta, 0)
+        hstats = self.host_stats.get(host)
+        if hstats is None:
+            hstats = self._host(host)
+        value = hstats[stat] + delta
+        hstats[stat] = value if value > 0 else 0
 
     # -- interfaces.Cluster ------------------------------------------------------------
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
@@ -203,14 +218,12 @@ class ClusterImpl:
             self._cb_gauges(resource)
 
     def _cb_gauges(self, resource: str) -> None:
-        threshold = ("max_connections" if resource == "connections" else _RESOURCES[resource][0])
-        limit = self.config.thresholds[threshold]
-        base = f"{self.prefix}circuit_breakers.default."
-        self.stats.gauge_set(base + _GAUGES[resource], int(self.active[resource] >= limit))
-        if self.config.track_remaining:
-            remaining = {"connections": "remaining_cx", "pending_requests": "remaining_pending",
-                         "requests": "remaining_rq", "retries": "remaining_retries"}[resource]
-            self.stats.gauge_set(base + remaining, max(limit - self.active[resource], 0))
+        limit, open_gauge, remaining = self._cb[resource]
+        active = self.active[resource]
+        gauges = self.stats.gauges
+        gauges[open_gauge] = int(active >= limit)
+        if remaining is not None:
+            gauges[remaining] = max(limit - active, 0)
 
 
 class ClusterManagerImpl:
