@@ -133,5 +133,25 @@ def check_dual_stack_lab(sidecar: str) -> None:
                     break
                 subprocess.run(["sleep", "0.3"], check=True)
             assert re.search(rf"RemoteAddr={re.escape(caller)}:\d+$", log, re.M), log
+        # explain, live, for each family of the dual-stack service's ClusterIPs
+        for to, fam in ((f"[{v6}]:18080", []), ("simple-server-dual.demo-to:18080",
+                                                ["--family", "ipv6"]),
+                        (f"{v4}:18080", [])):
+            doc = json.loads(ok("explain", "source-ip", "--from", "deploy/simple-client",
+                                "-n", "demo-from", "--to", to, *fam, "--path",
+                                "/common/sauth", "-o", "json"))
+            live = doc["live"]
+            v6_dialled = ":" in live["destination"]["host"]
+            assert live["destination"]["host"] == (v6 if v6_dialled else v4)
+            assert live["probe"]["status"] == 200, live["probe"]
+            assert live["client_pod"]["ip"] == ("fd00:10:20::78" if v6_dialled else client_ip4)
+            [c_line] = live["client_access_log"]
+            assert c_line["upstream_host"] == f"{server_ip4}:18080"  # IPv4 either way
+            crossed = [n for n in live["notes"] if "Happy Eyeballs fallback" in n]
+            assert bool(crossed) == v6_dialled, live["notes"]
+            [s_line] = live["server_access_log"]
+            assert s_line["upstream_local_address"].startswith(f"{client_ip4}:")
+            assert doc["verdict"]["confirmed"] is True, doc["verdict"]
+            assert doc["verdict"]["app_sees"] == client_ip4, doc["verdict"]
         lab.close()
         assert lab.leftovers() == []

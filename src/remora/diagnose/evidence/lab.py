@@ -39,7 +39,7 @@ from remora.diagnose.evidence.target import (
     find_pod,
     resolve_destination,
 )
-from remora.diagnose.facts import split_hostport
+from remora.diagnose.facts import is_ip, split_hostport
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.save import parse_iptables_save
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
@@ -268,6 +268,7 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     if app_line:
         ev.server.app_log.append(app_line)
     _notes(notes, src, server, result, c_entries, s_entries)
+    _crossed(notes, dest, c_entries)
     pooled = [e.upstream_local_address for e in c_entries if e.upstream_local_address]
     if server.has_sidecar and not moved[server.ref] and pooled and result.status is not None:
         notes.append(f"no rule counter moved in {server.ref}: the client sidecar sent the "
@@ -275,6 +276,26 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
                      "the nat table sees only a connection's first packet")
     return LiveRun(ev, src, server, dest, result,
                    {"client": moved[src.ref], "server": moved[server.ref]}, notes, app_line)
+
+
+def _crossed(notes: list[str], dest: Destination, c_entries: list[AccessLogEntry]) -> None:
+    """A dual-stack service dialled on its ClusterIP of the other family than its pods'
+    primary one: the client sidecar still reaches the server at the endpoint's
+    ``address`` (istiod's EDS with ISTIO_DUAL_STACK: the pod's primary address, the other
+    family in ``additional_addresses`` for Happy Eyeballs only), so the two sides of the
+    connection are of different families. The diagnosis walks one family; say so."""
+    fam = family_of_ip(dest.host)
+    for e in c_entries:
+        host = split_hostport(e.upstream_host or "")[0]
+        if host and is_ip(host) and family_of_ip(host) != fam:
+            notes.append(
+                f"the app dialled IPv{fam} ({dest.host}) but its sidecar reached the server "
+                f"at {e.upstream_host} (IPv{family_of_ip(host)}, client access log line "
+                f"{e.line}): Istio's EDS lists a dual-stack pod at its primary address and "
+                "the other family only as additional_addresses, a Happy Eyeballs fallback; "
+                f"the steps below walk IPv{fam} on both sides, the server's access log line "
+                "is what really happened there")
+            return
 
 
 def _notes(notes: list[str], src: LabPod, server: LabPod, probe: ProbeResult,
