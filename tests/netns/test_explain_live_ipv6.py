@@ -1,6 +1,7 @@
 """`remora explain source-ip --from POD --to SERVICE` live in an IPv6 lab (issue 12).
 
-One IPv6 lab (`remora up --ip-family ipv6`) with remora proxy, the seed's unchanged
+One IPv6 lab (`remora up --ip-family ipv6`) per sidecar (remora proxy; a real Envoy
+under the `envoy` marker), the seed's unchanged
 manifests (pods fd00:10:20::77 and ::78, an IPv6 ClusterIP from fd00:96::/108): REDIRECT
 first, where the probe goes over IPv6 through the client's ip6tables rules and the app
 sees ``::6`` (explained in the same two sentences as 127.0.0.6, confirmed by the probe's
@@ -27,6 +28,8 @@ from remora.lab.testing import TempLab
 pytestmark = pytest.mark.netns
 
 SERVER_IP, CLIENT_IP = "fd00:10:20::77", "fd00:10:20::78"
+SIDECARS = [pytest.param("remora", id="remora"),
+            pytest.param("envoy", id="envoy", marks=pytest.mark.envoy)]
 
 
 @dataclass
@@ -67,11 +70,12 @@ class Lab6:
             time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
-def lab6() -> Iterator[Lab6]:
+@pytest.fixture(scope="module", params=SIDECARS)
+def lab6(request: pytest.FixtureRequest) -> Iterator[Lab6]:
     with TempLab() as lab:
         s = Lab6(lab)
-        s.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--ip-family", "ipv6")
+        s.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--ip-family", "ipv6",
+             "--sidecar", request.param)
         s.ok("apply", "-f", "-", stdin=demo.NAMESPACES)
         with demo.seed_paths() as (server_yaml, client_yaml):
             s.ok("apply", "-f", str(server_yaml), "--wait", "--timeout", "40")
