@@ -158,6 +158,28 @@ def test_ipv6_pod_target_and_bad_family(lab6: Lab6) -> None:
     assert done.stderr.count("\n") == 1
 
 
+def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: Lab6) -> None:
+    """`--kube` against the IPv6 lab through its Kubernetes API: ip6tables-save by
+    pods/exec, no probe; the same verdict as the live form (REDIRECT, ::6)."""
+    path = lab6.ok("kubeconfig").strip()
+    lab6.lab.env["KUBECONFIG"] = path
+    try:
+        done = lab6.lab.remora("explain", "source-ip", "--kube", "--from",
+                               "deploy/simple-client", "-n", "demo-from", "--to",
+                               "simple-server-svc.demo-to:18080", "--path", "/common/sauth",
+                               "-o", "json")
+    finally:
+        del lab6.lab.env["KUBECONFIG"]
+    assert done.returncode == 0, done.stderr
+    kube = json.loads(done.stdout)
+    live = lab6.explain_json()
+    assert kube["verdict"]["app_sees"] == live["verdict"]["app_sees"] == "::6"
+    assert kube["mode"] == live["mode"] == "REDIRECT"
+    assert [s["status"] for s in kube["steps"]] == [s["status"] for s in live["steps"]]
+    assert any("ip6tables-save" in c for c in kube["kube"]["collected"]), kube["kube"]
+    assert kube["verdict"]["confirmed"] is True
+
+
 def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: Lab6) -> None:
     """Last: the seed's own fix, then a rollout."""
     lab6.ok("patch", "deployment", "simple-server", "-n", "demo-to", "-p", demo.TPROXY_PATCH)
