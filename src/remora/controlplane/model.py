@@ -134,7 +134,7 @@ def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[E
     # ISTIO_DUAL_STACK (every dual-stack lab) makes one endpoint per pod from the pod's
     # status.podIPs in their order, primary first, and skips the IPv6 EndpointSlice
     # (pilot/pkg/serviceregistry/kube/controller/endpointslice.go
-    # updateEndpointCacheForSlice, Istio 1.23+); EDS then carries the first as
+    # updateEndpointCacheForSlice, Istio 1.24+); EDS then carries the first as
     # `address` and the rest as `additional_addresses` (endpoint_builder.go
     # buildEnvoyLbEndpoint), which Envoy connects to by Happy Eyeballs, the first one
     # first. So the family the app dialled (either ClusterIP) does not choose the
