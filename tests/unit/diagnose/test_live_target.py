@@ -138,6 +138,8 @@ def test_a_dual_stack_service_by_either_cluster_ip_or_family() -> None:
     pods, services = _dual_objects()
     assert resolve_destination("[fd00:96::5]:18080", "demo-to", services, pods).host == \
         "fd00:96::5"
+    assert resolve_destination("[FD00:96:0::5]:18080", "demo-to", services, pods).host == \
+        "fd00:96::5"
     assert resolve_destination("172.16.0.5:18080", "demo-to", services, pods).host == \
         "172.16.0.5"
     d = resolve_destination("dual:18080", "demo-to", services, pods, family=6)

@@ -11,6 +11,7 @@ says which one served it.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,7 @@ def resolve_destination(to: str, namespace: str, services: list[dict[str, Any]],
     host, port = split_to(to)
     live = [p for p in pods if _alive(p)]
     if is_ip(host):
+        host = str(ipaddress.ip_address(host))  # as the API prints it: FD00:96:0::5 -> fd00:96::5
         if family is not None and family_of_ip(host) != family:
             raise UsageError(f"--to {to} is an IPv{family_of_ip(host)} address and --family "
                              f"asks for IPv{family}", "drop --family: the address decides it")
