@@ -102,6 +102,22 @@ def check_dual_stack_lab(sidecar: str) -> None:
                              rf"cluster\.local \S+ {host}:18080 ", access), access
         assert any(line.startswith("$ remora logs -n demo-from ") and
                    line.endswith("-c istio-proxy | grep simple-server-dual") for line in lines)
+        # Istio's dual stack (ISTIO_DUAL_STACK): one EDS endpoint per pod at its primary
+        # address, the IPv6 one as additional_addresses (Happy Eyeballs fallback). Both
+        # requests go to the server over IPv4 (UPSTREAM_HOST), whichever ClusterIP the
+        # app dialled, and the TPROXY server sees the client's IPv4 address for both.
+        server_ip4, client_ip4 = r.tproxy_ip, "10.20.0.78"  # the TPROXY pod by now
+        assert ":" not in server_ip4
+        for line in access.splitlines():
+            assert re.search(rf' "{re.escape(server_ip4)}:18080" outbound\|18080\|\|', line), line
+        server = r.outputs["dual-server-access-log"]
+        assert len(server.splitlines()) == 2, server
+        for line in server.splitlines():
+            # DOWNSTREAM_LOCAL_ADDRESS and DOWNSTREAM_REMOTE_ADDRESS are IPv4; with TPROXY
+            # the sidecar dials the app from the client's own address (original_src)
+            assert re.search(rf" inbound\|18080\|\| {re.escape(client_ip4)}:\d+ "
+                             rf"{re.escape(server_ip4)}:18080 {re.escape(client_ip4)}:\d+ ",
+                             line), line
         # a pod without a sidecar over each family (kube-proxy: iptables and ip6tables);
         # the server runs TPROXY now, so it logs the caller's address of that family
         toolbox = json.loads(ok("get", "po", "-n", "plain", "toolbox", "-o", "json"))
@@ -117,5 +133,25 @@ def check_dual_stack_lab(sidecar: str) -> None:
                     break
                 subprocess.run(["sleep", "0.3"], check=True)
             assert re.search(rf"RemoteAddr={re.escape(caller)}:\d+$", log, re.M), log
+        # explain, live, for each family of the dual-stack service's ClusterIPs
+        for to, fam in ((f"[{v6}]:18080", []), ("simple-server-dual.demo-to:18080",
+                                                ["--family", "ipv6"]),
+                        (f"{v4}:18080", [])):
+            doc = json.loads(ok("explain", "source-ip", "--from", "deploy/simple-client",
+                                "-n", "demo-from", "--to", to, *fam, "--path",
+                                "/common/sauth", "-o", "json"))
+            live = doc["live"]
+            v6_dialled = ":" in live["destination"]["host"]
+            assert live["destination"]["host"] == (v6 if v6_dialled else v4)
+            assert live["probe"]["status"] == 200, live["probe"]
+            assert live["client_pod"]["ip"] == ("fd00:10:20::78" if v6_dialled else client_ip4)
+            [c_line] = live["client_access_log"]
+            assert c_line["upstream_host"] == f"{server_ip4}:18080"  # IPv4 either way
+            crossed = [n for n in live["notes"] if "Happy Eyeballs fallback" in n]
+            assert bool(crossed) == v6_dialled, live["notes"]
+            [s_line] = live["server_access_log"]
+            assert s_line["upstream_local_address"].startswith(f"{client_ip4}:")
+            assert doc["verdict"]["confirmed"] is True, doc["verdict"]
+            assert doc["verdict"]["app_sees"] == client_ip4, doc["verdict"]
         lab.close()
         assert lab.leftovers() == []

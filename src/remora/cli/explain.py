@@ -93,6 +93,9 @@ def _write_diagram(path: Path, svg: str) -> str:
 @click.option("--from", "from_", metavar="POD",
               help="live: the client pod in the remora lab (POD, POD.NS or deploy/NAME)")
 @click.option("-n", "--namespace", metavar="NS", help="namespace of the pods")
+@click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default=None,
+              help="live: reach a named dual-stack service or pod over this family (its "
+                   "ClusterIP or pod IP of it); an address in --to decides by itself")
 @click.option("--path", "http_path", default="/", show_default=True,
               help="HTTP path, for route matching (live: the probe request's path)")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
@@ -114,7 +117,8 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
               sidecar_uid: tuple[str, ...], sidecar_gid: tuple[str, ...],
               istio_version: str | None, client_ip: str | None, server_ip: str | None,
               client_pod: str | None, server_pod: str | None, to: str | None,
-              from_: str | None, namespace: str | None, http_path: str, output: str,
+              from_: str | None, namespace: str | None, family: str | None,
+              http_path: str, output: str,
               diagram: Path | None, compare: bool, state_dir: str | None, kube: bool,
               context: str | None, kubeconfig: str | None) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
@@ -122,6 +126,9 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
         raise UsageError("--kube needs --from POD and --to SERVICE[:PORT]",
                          "e.g. --kube --from deploy/simple-client -n demo-from "
                          "--to simple-server-svc.demo-to:18080")
+    if family and (not from_ or kube or context):
+        raise UsageError("--family is for the live form (--from ... --to SERVICE in the lab)",
+                         "offline, the addresses in the evidence or --to decide the family")
     if from_:
         if istio_dump or config_dump or iptables or access_log or ip_rules or sidecar_uid \
                 or sidecar_gid:
@@ -138,7 +145,7 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
             from remora.lab import session
 
             got = LabSource(session.state_dir(state_dir), from_, namespace or "default", to,
-                            http_path).collect()
+                            http_path, {"ipv4": 4, "ipv6": 6}.get(family or "")).collect()
         _print(got, got.explain(), output, diagram, compare)
         return
     if not (istio_dump or config_dump or iptables or access_log):

@@ -103,6 +103,8 @@ class Endpoint:
     ip: str
     port: int
     pod: str
+    # Envoy's Endpoint.additional_addresses: the pod's other addresses (dual stack)
+    additional: tuple[str, ...] = ()
 
 
 def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[Endpoint]:
@@ -112,7 +114,8 @@ def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[E
     Each pod is reached at its address of the service's primary IP family (the family
     of its first cluster IP, as Kubernetes' EndpointSlice of ipFamilies[0]); an IPv4
     service keeps using each pod's ``ip``; a pod without an address of that family is
-    no endpoint."""
+    no endpoint. A dual-stack service's dual-stack pods are each one endpoint at their
+    own addresses, primary first (below)."""
     addresses = snapshot.service_addresses(service)
     v6 = (":" in addresses[0]) if addresses else None  # None: no cluster IP yet
 
@@ -125,7 +128,28 @@ def endpoints(snapshot: Snapshot, service: Service, port: ServicePort) -> list[E
         service.metadata.namespace, selection.service_selector(service),
         [selection.port_spec(port)],
         [selection.candidate(w.pod, family_ip(w), w.ready) for w in snapshot.workloads])
-    return [Endpoint(ip=e.ip, port=e.port, pod=e.pod) for e in chosen]
+    if len(addresses) < 2:
+        return [Endpoint(ip=e.ip, port=e.port, pod=e.pod) for e in chosen]
+    # A dual-stack service (two ClusterIPs) and dual-stack pods: istiod with
+    # ISTIO_DUAL_STACK (every dual-stack lab) makes one endpoint per pod from the pod's
+    # status.podIPs in their order, primary first, and skips the IPv6 EndpointSlice
+    # (pilot/pkg/serviceregistry/kube/controller/endpointslice.go
+    # updateEndpointCacheForSlice, Istio 1.24+); EDS then carries the first as
+    # `address` and the rest as `additional_addresses` (endpoint_builder.go
+    # buildEnvoyLbEndpoint), which Envoy connects to by Happy Eyeballs, the first one
+    # first. So the family the app dialled (either ClusterIP) does not choose the
+    # family the sidecars use: the pod's primary family does.
+    by_pod = {w.pod.metadata.name: w for w in snapshot.workloads
+              if w.namespace == service.metadata.namespace}
+    out = []
+    for e in chosen:
+        w = by_pod.get(e.pod)
+        ips = w.addresses if w is not None else ()
+        if len(ips) > 1:
+            out.append(Endpoint(ip=ips[0], port=e.port, pod=e.pod, additional=tuple(ips[1:])))
+        else:
+            out.append(Endpoint(ip=e.ip, port=e.port, pod=e.pod))
+    return out
 
 
 @dataclass(frozen=True)

@@ -229,8 +229,18 @@ def outbound_clusters(snapshot: Snapshot, config_dir: str,
 
 def load_assignment(name: str, eps: list[Endpoint]) -> JSON:
     """The ClusterLoadAssignment of one cluster."""
-    lb = [{"endpoint": {"address": e.socket_address(ep.ip, ep.port)}} for ep in eps]
+    lb = [{"endpoint": _endpoint(ep)} for ep in eps]
     return {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []}
+
+
+def _endpoint(ep: Endpoint) -> JSON:
+    """Envoy's Endpoint; a dual-stack pod's other addresses as ``additional_addresses``
+    (Endpoint.AdditionalAddress), as istiod's buildEnvoyLbEndpoint writes them."""
+    out: JSON = {"address": e.socket_address(ep.ip, ep.port)}
+    if ep.additional:
+        out["additional_addresses"] = [{"address": e.socket_address(ip, ep.port)}
+                                       for ip in ep.additional]
+    return out
 
 
 def outbound_endpoints(snapshot: Snapshot) -> dict[str, JSON]:

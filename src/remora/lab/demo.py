@@ -403,6 +403,21 @@ def _dual_stack(d: Demo) -> None:
     for line in mine:
         d.echo(line)
     r.outputs["dual-access-log"] = "".join(line + "\n" for line in mine)
+    d.step("What the server sees for each: as istiod with ISTIO_DUAL_STACK, the client "
+           "sidecar's EDS lists the server pod once, at its primary address (IPv4) with "
+           "the IPv6 one in additional_addresses, tried only if the first fails (Happy "
+           "Eyeballs). So both requests reach the server over IPv4, and the TPROXY server "
+           "sees the client's IPv4 address for both: the ClusterIP dialled does not choose "
+           "the family between the sidecars.")
+    inbound = r'"curl/[^"]*" .* inbound\|18080\|\| '
+    d.wait_log("demo-to", r.tproxy_pod, "istio-proxy", inbound, count=2)
+    text = d.remora("dual-server-access", "logs", "-n", "demo-to", r.tproxy_pod, "-c",
+                    "istio-proxy", quiet=True)
+    theirs = [line for line in text.splitlines() if re.search(inbound, line)][-2:]
+    d.echo(f"$ remora logs -n demo-to {r.tproxy_pod} -c istio-proxy | grep curl | tail -2")
+    for line in theirs:
+        d.echo(line)
+    r.outputs["dual-server-access-log"] = "".join(line + "\n" for line in theirs)
 
 
 def _access_200(d: Demo) -> str:

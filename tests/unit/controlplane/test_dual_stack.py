@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +96,36 @@ def test_dual_stack_client_outbound() -> None:
     assert f"[{CLUSTER_IP6}]" in vhost["domains"]
     assert f"[{CLUSTER_IP6}]:18080" in vhost["domains"]
     assert CLUSTER_IP in vhost["domains"]
-    # an IPv4-primary service's endpoints are the pods' IPv4 addresses
+    # a dual-stack service's dual-stack pod is one endpoint at its status.podIPs, the
+    # primary as `address`, the other as `additional_addresses` (istiod with
+    # ISTIO_DUAL_STACK: endpointslice.go overrideAddresses, buildEnvoyLbEndpoint)
     cla = cfg.endpoints[OUTBOUND]
-    addrs = [e["endpoint"]["address"] for e in cla["endpoints"][0]["lb_endpoints"]]
-    assert addrs == [sa(SERVER_IP, 18080)]
+    assert [e["endpoint"] for e in cla["endpoints"][0]["lb_endpoints"]] == [
+        {"address": sa(SERVER_IP, 18080),
+         "additional_addresses": [{"address": sa(SERVER_IP6, 18080)}]}]
 
 
-def test_ipv6_primary_service_has_ipv6_endpoints() -> None:
+def test_ipv6_primary_dual_stack_service_endpoints_follow_the_pod_ips() -> None:
+    """ipFamilies [IPv6, IPv4] in an IPv4-first cluster: istiod skips the IPv6
+    EndpointSlice and takes the pod's IPs in status.podIPs order, so `address` is still
+    the pod's IPv4 one; only the listener's address follows the service's order."""
     snap, _, client = dual(v6_primary=True)
     svc = snap.services[0]
-    assert [e.ip for e in endpoints(snap, svc, svc.ports[0])] == [SERVER_IP6]
+    [ep] = endpoints(snap, svc, svc.ports[0])
+    assert (ep.ip, ep.additional) == (SERVER_IP, (SERVER_IP6,))
     cfg = generate(snap, client, CLIENT_IP, "/d")
     lst = listener(cfg, f"{CLUSTER_IP6}_18080")
     assert lst["additional_addresses"] == [{"address": sa(CLUSTER_IP, 18080)}]
+
+
+def test_single_stack_services_in_a_dual_stack_cluster_keep_their_family() -> None:
+    """One ClusterIP: the EndpointSlice of that family alone, no additional address."""
+    snap, _, _ = dual()
+    svc = snap.services[0]
+    for vip, want in ((CLUSTER_IP, SERVER_IP), (CLUSTER_IP6, SERVER_IP6)):
+        one = replace(snap, services=(replace(svc, clusterIP=vip),), cluster_ips={FQDN: (vip,)})
+        [ep] = endpoints(one, one.services[0], svc.ports[0])
+        assert (ep.ip, ep.additional) == (want, ())
 
 
 def test_ipv6_only_pod() -> None:

@@ -85,3 +85,20 @@ def test_kubectl_prefix_and_timestamps(data: Path) -> None:
         e = parse_text_line(prefixed)
         assert e is not None and e.upstream_local_address == "127.0.0.6:44213"
         assert e.start_time == "2022-12-17T09:30:39.883Z"
+
+
+def test_ipv6_addresses_in_the_text_format_are_one_field_each() -> None:
+    """Envoy prints an IPv6 address with its port as ``[::6]:41234``, one field: the
+    bracket must not end the token (a line `remora proxy` and Envoy 1.40 write over IPv6)."""
+    line = ('[2026-12-04T15:46:38.123Z] "GET /common/sauth HTTP/1.1" 200 - via_upstream - "-" '
+            '0 40 1 1 "-" "curl/8" "rid" "simple-server-svc.demo-to:18080" '
+            '"[fd00:10:20::77]:18080" inbound|18080|| [::6]:41234 [fd00:10:20::77]:18080 '
+            '[fd00:10:20::78]:5555 outbound_.18080_._.simple-server-svc.demo-to.svc.cluster.local '
+            'default')
+    e = parse_text_line(line)
+    assert e is not None and e.start_time == "2026-12-04T15:46:38.123Z"
+    assert e.upstream_host == "[fd00:10:20::77]:18080" and e.upstream_cluster == "inbound|18080||"
+    assert e.upstream_local_address == "[::6]:41234"
+    assert e.downstream_local_address == "[fd00:10:20::77]:18080"
+    assert e.downstream_remote_address == "[fd00:10:20::78]:5555"
+    assert e.requested_server_name.startswith("outbound_.18080_") and e.route_name == "default"

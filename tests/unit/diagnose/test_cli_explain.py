@@ -82,6 +82,9 @@ def test_compare_and_diagram(seed_dump: Path, tmp_path: Path,
     ([], "no evidence given"),
     (["--config-dump", "/nonexistent/config_dump.json"], "does not exist"),
     (["--istio-dump", "/nonexistent-dir"], "is not a directory"),
+    (["--iptables", "x.txt", "--family", "ipv6"], "--family is for the live form"),
+    (["--from", "c", "--to", "s:1", "--kube", "--family", "ipv4"],
+     "--family is for the live form"),
 ])
 def test_errors_are_one_line(argv: list[str], message: str,
                              capsys: pytest.CaptureFixture[str]) -> None:

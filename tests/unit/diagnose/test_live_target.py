@@ -118,3 +118,45 @@ def test_split_to() -> None:
     assert split_to("svc.ns") == ("svc.ns", None)
     assert split_to("fd00::1") == ("fd00::1", None)
     assert split_to("[fd00::1]:80") == ("fd00::1", 80)
+
+
+def _dual_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    pod = {"metadata": {"name": "srv", "namespace": "demo-to", "labels": {"web": "server"}},
+           "spec": {"containers": [{"name": "demo", "ports": [{"containerPort": 18080}]},
+                                   {"name": "istio-proxy"}]},
+           "status": {"podIP": "10.20.0.77", "ready": True,
+                      "podIPs": [{"ip": "10.20.0.77"}, {"ip": "fd00:10:20::77"}]},
+           "remora": {"netns": "ns-srv"}}
+    svc = {"metadata": {"name": "dual", "namespace": "demo-to"},
+           "spec": {"selector": {"web": "server"}, "clusterIP": "172.16.0.5",
+                    "clusterIPs": ["172.16.0.5", "fd00:96::5"],
+                    "ports": [{"port": 18080}]}}
+    return [pod], [svc]
+
+
+def test_a_dual_stack_service_by_either_cluster_ip_or_family() -> None:
+    pods, services = _dual_objects()
+    assert resolve_destination("[fd00:96::5]:18080", "demo-to", services, pods).host == \
+        "fd00:96::5"
+    assert resolve_destination("[FD00:96:0::5]:18080", "demo-to", services, pods).host == \
+        "fd00:96::5"
+    assert resolve_destination("172.16.0.5:18080", "demo-to", services, pods).host == \
+        "172.16.0.5"
+    d = resolve_destination("dual:18080", "demo-to", services, pods, family=6)
+    assert (d.kind, d.host, d.authority) == ("service", "fd00:96::5", "dual.demo-to:18080")
+    assert d.candidates[0].ips == ["10.20.0.77", "fd00:10:20::77"]
+    assert d.candidates[0].ip_of(6) == "fd00:10:20::77"
+    pod = resolve_destination("[fd00:10:20::77]:18080", "demo-to", services, pods)
+    assert (pod.kind, pod.host, pod.authority) == ("pod", "fd00:10:20::77",
+                                                   "[fd00:10:20::77]:18080")
+    pod = resolve_destination("srv", "demo-to", services, pods, family=6)
+    assert (pod.host, pod.port) == ("fd00:10:20::77", 18080)
+
+
+def test_a_family_the_service_has_not_is_one_line() -> None:
+    pods, services = _dual_objects()
+    services[0]["spec"]["clusterIPs"] = ["172.16.0.5"]
+    with pytest.raises(RemoraError, match="has no IPv6 ClusterIP"):
+        resolve_destination("dual", "demo-to", services, pods, family=6)
+    with pytest.raises(UsageError, match="is an IPv4 address and --family asks for IPv6"):
+        resolve_destination("172.16.0.5:18080", "demo-to", services, pods, family=6)

@@ -33,6 +33,7 @@ from tests.unit.controlplane.seed import (
     CLIENT_IP6,
     CLUSTER_IP,
     CLUSTER_IP6,
+    FQDN,
     SERVER_IP,
     SERVER_IP6,
     dual,
@@ -55,6 +56,11 @@ def config_of(snapshot: object, pod: Pod, ip: str) -> EnvoyConfig:
 
 def evidence(tproxy: bool, v6only: bool = False, v6_primary: bool = False) -> Evidence:
     snapshot, server, client = v6_only(tproxy) if v6only else dual(tproxy, v6_primary)
+    if v6_primary:
+        # a SingleStack IPv6 service in the dual-stack cluster: its EDS endpoints are the
+        # pods' IPv6 addresses (a dual-stack service's are each pod's primary address,
+        # IPv4 here, with the IPv6 one as additional_addresses, as istiod sends them)
+        snapshot = dataclasses.replace(snapshot, cluster_ips={FQDN: (CLUSTER_IP6,)})
     ev = Evidence()
     for pe, pod, ip in ((ev.server, server, SERVER_IP6 if v6only else SERVER_IP),
                         (ev.client, client, CLIENT_IP6 if v6only else CLIENT_IP)):
@@ -78,8 +84,8 @@ def test_dual_stack_each_family_gets_its_answer(tproxy: bool) -> None:
     r4 = explain_source_ip(ev)
     assert [s.status for s in r4.steps] == ["ok"] * 4, [s.summary for s in r4.steps]
     assert r4.verdict.app_sees == (CLIENT_IP if tproxy else "127.0.0.6")
-    # over IPv6 (a service whose primary family is IPv6, so its EDS endpoints are the pods'
-    # IPv6 addresses): the connection to its IPv6 ClusterIP walks ip6tables and the
+    # over IPv6 (an IPv6 service, so its EDS endpoints are the pods' IPv6 addresses): the
+    # connection to its IPv6 ClusterIP walks ip6tables and the
     # sidecar binds ::6 (extra_source_addresses), or keeps the client's IPv6 address
     ev = evidence(tproxy, v6_primary=True)
     ev.target.host, ev.target.port = CLUSTER_IP6, 18080

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from remora.diagnose.envoy.config import relaxed_json
 from remora.errors import RemoraError
 
-_TOKEN = re.compile(r'\[[^\]]*\]|"(?:[^"\\]|\\.)*"|\S+')
+_TOKEN = re.compile(r'\[[^\]]*\](?::\d+)?|"(?:[^"\\]|\\.)*"|\S+')  # [::6]:41234 is one token
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,19 @@ evidence, its latest access-log lines the confirmation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from remora.diagnose.envoy.access_log import AccessLogEntry, parse_access_log
 from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
 from remora.diagnose.evidence.kube_client import ExecResult
-from remora.diagnose.evidence.target import Destination, LabPod, find_pod, resolve_destination
+from remora.diagnose.evidence.target import (
+    Destination,
+    LabPod,
+    family_of_ip,
+    find_pod,
+    resolve_destination,
+)
 from remora.diagnose.facts import split_hostport
 from remora.diagnose.iptables.listing import parse_listing
 from remora.diagnose.iptables.model import Ruleset
@@ -262,22 +268,26 @@ def _rules6(cluster: Cluster, pod: LabPod, container: str, run: KubeRun,
     return families[0]
 
 
-def _policy_routing(cluster: Cluster, pod: LabPod, pe: PodEvidence, run: KubeRun) -> None:
-    ok, failed = _exec_first(cluster, pod, SIDECAR, [["ip", "-4", "rule", "show"]])
+def _policy_routing(cluster: Cluster, pod: LabPod, pe: PodEvidence, run: KubeRun,
+                    family: int = 4) -> None:
+    """`ip rule show` and its fwmark tables, of the connection's FAMILY (Istio adds the
+    same rule and local route with `ip -6` for IPv6)."""
+    v = f"-{family}"
+    ok, failed = _exec_first(cluster, pod, SIDECAR, [["ip", v, "rule", "show"]])
     if ok is None:
         run.gaps.append(Gap("server policy routing (TPROXY)", _why(failed),
                             _kubectl(pod, SIDECAR, "sh -c 'ip rule show; ip route show table "
                                      "133'") + " > ip-rules.txt, then --ip-rules"))
         return
-    pr = parse_policy_text(ok.stdout, f"ip -4 rule show in {pod.ref}")
+    pr = parse_policy_text(ok.stdout, f"ip {v} rule show in {pod.ref}")
     for table in marked_tables(pr):
         got = cluster.exec(pod.namespace, pod.name, SIDECAR,
-                           ["ip", "-4", "route", "show", "table", table])
+                           ["ip", v, "route", "show", "table", table])
         pr.tables[table] = [line.strip() for line in got.stdout.splitlines() if line.strip()]
     pe.policy_routing = pr
-    tables = "".join(f"; ip -4 route show table {t}" for t in pr.tables)
-    run.collected.append(f"server policy routing: ip -4 rule show{tables} in {pod.ref}")
-    pe.sources.append(f"policy routing: ip -4 rule show{tables} in pod {pod.ref} "
+    tables = "".join(f"; ip {v} route show table {t}" for t in pr.tables)
+    run.collected.append(f"server policy routing: ip {v} rule show{tables} in {pod.ref}")
+    pe.sources.append(f"policy routing: ip {v} rule show{tables} in pod {pod.ref} "
                       "(pods/exec)")
 
 
@@ -379,7 +389,7 @@ def _pick_server(cluster: Cluster, client: LabPod, dest: Destination,
                for e in parse_access_log(text, "client log") if e.upstream_host]
         for ip in reversed(ups):
             for pod in dest.candidates:
-                if pod.ip == ip:
+                if ip in pod.ips:
                     return pod
     run.notes.append(f"{len(dest.candidates)} endpoints can serve it; showing "
                      f"{dest.candidates[0].ref}")
@@ -399,6 +409,11 @@ def collect(cluster: Cluster, from_pod: str, namespace: str, to: str, path: str 
         exc.fix = (exc.fix or "").replace("remora get", "kubectl get").replace(
             "remora describe", "kubectl describe") or None
         raise
+    # the connection's family is the destination address's (an IPv6 ClusterIP: ip6tables,
+    # ::6, `ip -6 rule`); each pod is named by its address of that family
+    fam = family_of_ip(dest.host)
+    src = replace(src, ip=src.ip_of(fam))
+    dest.candidates = [replace(p, ip=p.ip_of(fam)) for p in dest.candidates]
     run = KubeRun(Evidence(), src, dest.candidates[0], dest, server_url, context)
     if note:
         run.notes.append(note)
@@ -409,7 +424,7 @@ def collect(cluster: Cluster, from_pod: str, namespace: str, to: str, path: str 
     if server.ref != src.ref:
         _pod_evidence(cluster, ev.server, server, run, "server", dest, server.ip)
     if server.has_sidecar:
-        _policy_routing(cluster, server, ev.server, run)
+        _policy_routing(cluster, server, ev.server, run, fam)
     ev.target.host, ev.target.port, ev.target.path = dest.host, dest.port, path
     run.app_line = _app_line(cluster, server, ev.server.access_log)
     if run.app_line:

@@ -22,7 +22,7 @@ import contextlib
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from remora.diagnose.envoy.access_log import AccessLogEntry
@@ -32,8 +32,14 @@ from remora.diagnose.evidence import lab_probe as live_probe
 from remora.diagnose.evidence.lab_counters import MovedRule, annotate, complete_tables
 from remora.diagnose.evidence.lab_probe import ProbeResult
 from remora.diagnose.evidence.review import review
-from remora.diagnose.evidence.target import Destination, LabPod, find_pod, resolve_destination
-from remora.diagnose.facts import split_hostport
+from remora.diagnose.evidence.target import (
+    Destination,
+    LabPod,
+    family_of_ip,
+    find_pod,
+    resolve_destination,
+)
+from remora.diagnose.facts import is_ip, split_hostport
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.save import parse_iptables_save
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
@@ -57,37 +63,39 @@ class LiveRun:
     app_line: str = ""  # the server app's log line for the probe's connection
 
 
-def _iptables(node: NodeClient, pod: LabPod) -> Ruleset:
-    argv = [*node.exec_argv(pod.namespace, pod.name), "iptables-save", "-c"]
+def _save(node: NodeClient, pod: LabPod, family: int) -> Ruleset:
+    """``iptables-save -c`` (FAMILY 6: ``ip6tables-save -c``, the rules Istio repeats for
+    IPv6 with ``::1`` and ``::6``) in POD's network namespace."""
+    save = "ip6tables-save" if family == 6 else "iptables-save"
+    argv = [*node.exec_argv(pod.namespace, pod.name), save, "-c"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RemoraError(f"cannot run iptables-save in pod {pod.ref}: {exc}",
+        raise RemoraError(f"cannot run {save} in pod {pod.ref}: {exc}",
                           "is iptables (iptables-nft) installed on this host?") from None
     if done.returncode != 0:
-        raise RemoraError(f"iptables-save -c in pod {pod.ref} failed: "
+        raise RemoraError(f"{save} -c in pod {pod.ref} failed: "
                           f"{(done.stderr or done.stdout).strip()[:200]}",
-                          f"try `remora exec -n {pod.namespace} {pod.name} -- iptables-save`")
-    families = parse_iptables_save(done.stdout, origin=f"iptables-save -c in pod {pod.ref}")
-    return complete_tables(families[0] if families else Ruleset(origin="iptables-save -c"))
+                          f"try `remora exec -n {pod.namespace} {pod.name} -- {save}`")
+    families = parse_iptables_save(done.stdout, origin=f"{save} -c in pod {pod.ref}")
+    rules = complete_tables(families[0] if families else Ruleset(origin=f"{save} -c"))
+    rules.family = family
+    return rules
+
+
+def _iptables(node: NodeClient, pod: LabPod) -> Ruleset:
+    return _save(node, pod, 4)
 
 
 def _ip6tables(node: NodeClient, pod: LabPod) -> Ruleset | None:
     """A pod with an IPv6 address (status.podIPs, a dual-stack or IPv6 lab): its
     ``ip6tables-save`` too, the rules an IPv6 connection is walked through."""
-    ips = [str(a.get("ip", "")) for a in (pod.obj.get("status") or {}).get("podIPs") or []]
-    if not any(":" in ip for ip in ips):
+    if not any(":" in ip for ip in pod.ips):
         return None
-    argv = [*node.exec_argv(pod.namespace, pod.name), "ip6tables-save", "-c"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        return _save(node, pod, 6)
+    except RemoraError:
         return None
-    families = parse_iptables_save(done.stdout, origin=f"ip6tables-save -c in pod {pod.ref}")
-    if done.returncode != 0 or not families:
-        return None
-    families[0].family = 6
-    return families[0]
 
 
 def _config(pod: LabPod) -> EnvoyConfig:
@@ -156,7 +164,7 @@ def pick_server(node: NodeClient, dest: Destination, c_entries: list[AccessLogEn
     candidate whose sidecar logged it, else the only (or first) candidate."""
     ups = [split_hostport(e.upstream_host or "")[0] for e in c_entries if e.upstream_host]
     for pod in dest.candidates:
-        if pod.ip in ups:
+        if set(pod.ips) & set(ups):
             return pod, _entries(node, pod, rid, timeout)
     if len(dest.candidates) > 1:
         for pod in dest.candidates:
@@ -183,15 +191,19 @@ def _app_line(node: NodeClient, pod: LabPod, addresses: list[str]) -> str:
     return ""
 
 
-def _pod_evidence(pe: PodEvidence, pod: LabPod, rules: Ruleset, cfg: EnvoyConfig | None,
-                  entries: list[AccessLogEntry], rid: str,
-                  rules6: Ruleset | None = None) -> None:
+def _pod_evidence(pe: PodEvidence, pod: LabPod, rules: Ruleset | None,
+                  cfg: EnvoyConfig | None, entries: list[AccessLogEntry], rid: str,
+                  rules6: Ruleset | None = None, family: int = 4) -> None:
+    """RULES / RULES6: the pod's IPv4 / IPv6 rules; those of the connection's FAMILY were
+    read before and after the probe (their counters say what it moved)."""
     pe.pod, pe.namespace, pe.ip = pod.name, pod.namespace, pod.ip
     pe.iptables, pe.config, pe.access_log = rules, cfg, entries
-    pe.sources.append(f"iptables-save -c in pod {pod.ref} (before and after the probe)")
+    timing = " (before and after the probe)"
+    if rules is not None:
+        pe.sources.append(f"iptables-save -c in pod {pod.ref}{timing if family == 4 else ''}")
     if rules6 is not None:
         pe.iptables6 = rules6
-        pe.sources.append(f"ip6tables-save -c in pod {pod.ref}")
+        pe.sources.append(f"ip6tables-save -c in pod {pod.ref}{timing if family == 6 else ''}")
     if cfg is not None:
         pe.sources.append(f"config: /config_dump?include_eds from {pod.ref}'s sidecar "
                           "(127.0.0.1:15000 in its network namespace)")
@@ -203,20 +215,26 @@ def _pod_evidence(pe: PodEvidence, pod: LabPod, rules: Ruleset, cfg: EnvoyConfig
 
 
 def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str = "/",
-            timeout: float = 5.0) -> LiveRun:
+            timeout: float = 5.0, family: int | None = None) -> LiveRun:
     """Everything the live form needs, from the running lab; raises RemoraError with a
     one-line problem and fix when the lab, a pod or a service is not what was expected."""
     node = session.connect(state_dir)
     pods, services = node.get("Pod"), node.get("Service")
     src = find_pod(pods, from_pod, namespace, "client")
-    dest = resolve_destination(to, src.namespace, services, pods)
+    dest = resolve_destination(to, src.namespace, services, pods, family=family)
+    # The connection's family is the destination address's: an IPv6 ClusterIP or pod IP
+    # is walked through ip6tables, probed over IPv6, and each pod is named by its address
+    # of that family (a dual-stack pod has one of each, status.podIPs).
+    fam = family_of_ip(dest.host)
+    src = replace(src, ip=src.ip_of(fam))
+    dest.candidates = [replace(p, ip=p.ip_of(fam)) for p in dest.candidates]
     notes: list[str] = []
     watched = [src, *[p for p in dest.candidates if p.name != src.name]]
-    before = {p.ref: _iptables(node, p) for p in watched}
+    before = {p.ref: _save(node, p, fam) for p in watched}
     rid = live_probe.new_request_id()
     result = live_probe.probe(src.netns, dest.host, dest.port, dest.authority, path, rid,
                               timeout)
-    after = {p.ref: _iptables(node, p) for p in watched}
+    after = {p.ref: _save(node, p, fam) for p in watched}
     for p in watched:
         _flush_access_log(p)
     moved = {p.ref: annotate(before[p.ref], after[p.ref]) for p in watched}
@@ -227,13 +245,18 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
         c_entries = _entries(node, src, rid, min(timeout, 3.0))
         server, s_entries = pick_server(node, dest, c_entries, rid, min(timeout, 3.0), notes)
     ev = Evidence()
-    _pod_evidence(ev.client, src, after[src.ref], _config(src) if src.has_sidecar else None,
-                  c_entries, rid, _ip6tables(node, src))
-    _pod_evidence(ev.server, server, after[server.ref],
-                  _config(server) if server.has_sidecar else None, s_entries, rid,
-                  _ip6tables(node, server))
-    live_pod_facts.fill(ev.client, node, src, routing=False)
-    live_pod_facts.fill(ev.server, node, server, routing=True)
+    for pe, pod, entries in ((ev.client, src, c_entries), (ev.server, server, s_entries)):
+        rules: Ruleset | None
+        rules6: Ruleset | None
+        if fam == 6:
+            v4 = _iptables(node, pod) if any(":" not in ip for ip in pod.ips) else None
+            rules, rules6 = v4, after[pod.ref]
+        else:
+            rules, rules6 = after[pod.ref], _ip6tables(node, pod)
+        _pod_evidence(pe, pod, rules, _config(pod) if pod.has_sidecar else None, entries,
+                      rid, rules6, fam)
+    live_pod_facts.fill(ev.client, node, src, routing=False, family=fam)
+    live_pod_facts.fill(ev.server, node, server, routing=True, family=fam)
     ev.target.host, ev.target.port, ev.target.path = dest.host, dest.port, path
     # What the server's app saw for this connection, from the address the last hop used.
     seen = [e.upstream_local_address for e in s_entries if e.upstream_local_address]
@@ -245,6 +268,7 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     if app_line:
         ev.server.app_log.append(app_line)
     _notes(notes, src, server, result, c_entries, s_entries)
+    _crossed(notes, dest, c_entries)
     pooled = [e.upstream_local_address for e in c_entries if e.upstream_local_address]
     if server.has_sidecar and not moved[server.ref] and pooled and result.status is not None:
         notes.append(f"no rule counter moved in {server.ref}: the client sidecar sent the "
@@ -252,6 +276,26 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
                      "the nat table sees only a connection's first packet")
     return LiveRun(ev, src, server, dest, result,
                    {"client": moved[src.ref], "server": moved[server.ref]}, notes, app_line)
+
+
+def _crossed(notes: list[str], dest: Destination, c_entries: list[AccessLogEntry]) -> None:
+    """A dual-stack service dialled on its ClusterIP of the other family than its pods'
+    primary one: the client sidecar still reaches the server at the endpoint's
+    ``address`` (istiod's EDS with ISTIO_DUAL_STACK: the pod's primary address, the other
+    family in ``additional_addresses`` for Happy Eyeballs only), so the two sides of the
+    connection are of different families. The diagnosis walks one family; say so."""
+    fam = family_of_ip(dest.host)
+    for e in c_entries:
+        host = split_hostport(e.upstream_host or "")[0]
+        if host and is_ip(host) and family_of_ip(host) != fam:
+            notes.append(
+                f"the app dialled IPv{fam} ({dest.host}) but its sidecar reached the server "
+                f"at {e.upstream_host} (IPv{family_of_ip(host)}, client access log line "
+                f"{e.line}): Istio's EDS lists a dual-stack pod at its primary address and "
+                "the other family only as additional_addresses, a Happy Eyeballs fallback; "
+                f"the steps below walk IPv{fam} on both sides, the server's access log line "
+                "is what really happened there")
+            return
 
 
 def _notes(notes: list[str], src: LabPod, server: LabPod, probe: ProbeResult,

@@ -74,8 +74,8 @@ def sidecar_ids(pod: LabPod, proc: str = "/proc") -> ProcessIds | None:
     return ProcessIds(ids[0], ids[1], f"/proc/{pid}/status of {pod.ref}'s istio-proxy process")
 
 
-def _ip(node: NodeClient, pod: LabPod, args: list[str]) -> str | None:
-    argv = [*node.exec_argv(pod.namespace, pod.name), "ip", "-4", *args]
+def _ip(node: NodeClient, pod: LabPod, args: list[str], family: int = 4) -> str | None:
+    argv = [*node.exec_argv(pod.namespace, pod.name), "ip", f"-{family}", *args]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -84,27 +84,30 @@ def _ip(node: NodeClient, pod: LabPod, args: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else ("" if args[0] == "route" else None)
 
 
-def policy_routing(node: NodeClient, pod: LabPod) -> PolicyRouting | None:
-    """`ip rule show` and the tables its fwmark rules look up, in POD's namespace."""
-    rules = _ip(node, pod, ["rule", "show"])
+def policy_routing(node: NodeClient, pod: LabPod, family: int = 4) -> PolicyRouting | None:
+    """`ip rule show` and the tables its fwmark rules look up, in POD's namespace, for
+    FAMILY (Istio adds the same fwmark rule and local route with `ip -6` for IPv6)."""
+    rules = _ip(node, pod, ["rule", "show"], family)
     if rules is None:
         return None
-    pr = parse_policy_text(rules, f"ip rule show in pod {pod.ref}")
+    pr = parse_policy_text(rules, f"ip -{family} rule show in pod {pod.ref}")
     for table in marked_tables(pr):
-        routes = _ip(node, pod, ["route", "show", "table", table]) or ""
+        routes = _ip(node, pod, ["route", "show", "table", table], family) or ""
         pr.tables[table] = [line.strip() for line in routes.splitlines() if line.strip()]
     return pr
 
 
-def fill(pe: PodEvidence, node: NodeClient, pod: LabPod, routing: bool) -> None:
+def fill(pe: PodEvidence, node: NodeClient, pod: LabPod, routing: bool,
+         family: int = 4) -> None:
     """Add the sidecar's uid/gid (and with ROUTING the policy routing) to POD's evidence."""
     ids = sidecar_ids(pod)
     if ids is not None:
         pe.proxy_uid, pe.proxy_gid, pe.proxy_ids_source = ids.uid, ids.gid, ids.source
         pe.sources.append(f"sidecar process: uid {ids.uid} / gid {ids.gid} ({ids.source})")
     if routing and pod.has_sidecar:
-        pr = policy_routing(node, pod)
+        pr = policy_routing(node, pod, family)
         if pr is not None:
             pe.policy_routing = pr
-            tables = "".join(f"; ip -4 route show table {t}" for t in pr.tables)
-            pe.sources.append(f"policy routing: ip -4 rule show{tables} in pod {pod.ref}")
+            tables = "".join(f"; ip -{family} route show table {t}" for t in pr.tables)
+            pe.sources.append(f"policy routing: ip -{family} rule show{tables} in pod "
+                              f"{pod.ref}")

@@ -76,15 +76,21 @@ def probe(netns_name: str, host: str, port: int, authority: str, path: str,
           request_id: str | None = None, timeout: float = 5.0) -> ProbeResult:
     """One GET from inside the pod's namespace; failures are recorded, not raised."""
     rid = request_id or new_request_id()
-    result = ProbeResult(rid, f"http://{authority}{path}", f"{host}:{port}")
-    sock = netns.socket_in(netns.resolve(netns_name), socket.AF_INET, socket.SOCK_STREAM)
+    result = ProbeResult(rid, f"http://{authority}{path}",
+                         f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    # the socket of the destination's family: an IPv6 ClusterIP or pod IP is reached over
+    # IPv6, through the pod's ip6tables rules
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = netns.socket_in(netns.resolve(netns_name), af, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     start = time.monotonic()
     raw = b""
     try:
         sock.connect((host, port))
         local = sock.getsockname()
-        result.local_address = f"{local[0]}:{local[1]}"
+        # as Envoy and the access log print addresses: [fd00::1]:PORT for IPv6
+        result.local_address = (f"[{local[0]}]:{local[1]}" if af == socket.AF_INET6
+                                else f"{local[0]}:{local[1]}")
         sock.sendall(request_bytes(path, authority, rid))
         while True:
             chunk = sock.recv(1 << 16)

@@ -125,12 +125,13 @@ class LabSource:
     namespace: str
     to: str
     path: str = "/"
+    family: int | None = None  # --family: reach a named service or pod over IPv4 or IPv6
 
     def collect(self) -> FromLab:
         from remora.diagnose.evidence import lab
 
         return FromLab(lab.collect(self.state_dir, self.from_pod, self.namespace, self.to,
-                                   self.path))
+                                   self.path, family=self.family))
 
 
 @dataclass

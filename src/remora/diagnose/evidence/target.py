@@ -11,6 +11,7 @@ says which one served it.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,29 @@ class LabPod:
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def ips(self) -> list[str]:
+        """Every address of the pod (``status.podIPs``, the primary first)."""
+        listed = [str(a.get("ip") or "") for a in
+                  (self.obj.get("status") or {}).get("podIPs") or []]
+        return [ip for ip in listed if ip] or ([self.ip] if self.ip else [])
+
+    def ip_of(self, family: int) -> str:
+        """The pod's address of FAMILY (4 or 6), else its primary address: a single-stack
+        pod reached over the other family has none (the connection cannot be that)."""
+        return next((ip for ip in self.ips if family_of_ip(ip) == family), self.ip)
+
+
+def family_of_ip(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+def cluster_ips(svc: dict[str, Any]) -> list[str]:
+    """A Service's ClusterIPs, the primary first (``spec.clusterIPs``, else ``clusterIP``)."""
+    spec = svc.get("spec") or {}
+    ips = [str(ip) for ip in spec.get("clusterIPs") or [] if ip]
+    return ips or ([str(spec["clusterIP"])] if spec.get("clusterIP") else [])
 
 
 @dataclass
@@ -142,11 +166,22 @@ def _service_port(svc: dict[str, Any], port: int | None) -> dict[str, Any]:
                       f"{ports[0]['port']}")
 
 
-def _service_dest(svc: dict[str, Any], port: int | None,
-                  pods: list[dict[str, Any]]) -> Destination:
+def _service_dest(svc: dict[str, Any], port: int | None, pods: list[dict[str, Any]],
+                  host: str | None = None, family: int | None = None) -> Destination:
+    """HOST: the ClusterIP the user named; FAMILY: the ClusterIP of that family (a
+    dual-stack service has one of each, ``spec.clusterIPs``); else the primary one."""
     meta = svc["metadata"]
     sp = _service_port(svc, port)
-    ip = svc.get("spec", {}).get("clusterIP") or ""
+    ips = cluster_ips(svc)
+    ip = host or (ips[0] if ips else "")
+    if family is not None and host is None:
+        of_family = [a for a in ips if family_of_ip(a) == family]
+        if not of_family:
+            raise RemoraError(f"service {meta['namespace']}/{meta['name']} has no IPv{family} "
+                              f"ClusterIP (its ClusterIPs: {', '.join(ips) or 'none'})",
+                              "drop --family, or give the service ipFamilyPolicy "
+                              "PreferDualStack in a dual-stack lab")
+        ip = of_family[0]
     if not is_ip(ip):
         raise RemoraError(f"service {meta['namespace']}/{meta['name']} has no ClusterIP "
                           f"({ip or 'none'})", "explain works on ClusterIP services")
@@ -187,18 +222,25 @@ def _pod_port(pod: dict[str, Any], services: list[dict[str, Any]]) -> int | None
 
 
 def resolve_destination(to: str, namespace: str, services: list[dict[str, Any]],
-                        pods: list[dict[str, Any]], netns: bool = True) -> Destination:
+                        pods: list[dict[str, Any]], netns: bool = True,
+                        family: int | None = None) -> Destination:
+    """FAMILY (4 or 6): reach a named service or pod over that family (its ClusterIP or
+    pod IP of that family); an address in TO decides the family by itself."""
     host, port = split_to(to)
     live = [p for p in pods if _alive(p)]
     if is_ip(host):
-        svc = [s for s in services if s.get("spec", {}).get("clusterIP") == host]
+        host = str(ipaddress.ip_address(host))  # as the API prints it: FD00:96:0::5 -> fd00:96::5
+        if family is not None and family_of_ip(host) != family:
+            raise UsageError(f"--to {to} is an IPv{family_of_ip(host)} address and --family "
+                             f"asks for IPv{family}", "drop --family: the address decides it")
+        svc = [s for s in services if host in cluster_ips(s)]
         if svc:
-            return _service_dest(svc[0], port, live)
-        by_ip = [p for p in live if (p.get("status") or {}).get("podIP") == host]
+            return _service_dest(svc[0], port, live, host=host)
+        by_ip = [p for p in live if host in lab_pod(p).ips]
         if not by_ip:
             raise RemoraError(f"--to {to}: no service ClusterIP or pod IP {host} in the lab",
                               "see `remora get svc,pods -A -o wide`")
-        return _pod_dest(by_ip[0], port, services, to, netns)
+        return _pod_dest(by_ip[0], port, services, to, netns, host=host)
     name = host
     for suffix in CLUSTER_SUFFIXES:
         if name.endswith(suffix):
@@ -209,22 +251,30 @@ def resolve_destination(to: str, namespace: str, services: list[dict[str, Any]],
     svc = [s for s in services if s["metadata"]["name"] == name
            and s["metadata"].get("namespace") == ns]
     if svc:
-        return _service_dest(svc[0], port, live)
+        return _service_dest(svc[0], port, live, family=family)
     pod = [p for p in live if p["metadata"]["name"] == name
            and p["metadata"].get("namespace") == ns]
     if pod:
-        return _pod_dest(pod[0], port, services, to, netns)
+        return _pod_dest(pod[0], port, services, to, netns, family=family)
     raise RemoraError(f"--to {to}: no service or pod named {name!r} in namespace {ns!r}: "
                       "expected SERVICE[.NS][:PORT] or POD[.NS][:PORT]",
                       f"list them with `remora get svc,pods -n {ns}`")
 
 
 def _pod_dest(pod: dict[str, Any], port: int | None, services: list[dict[str, Any]],
-              to: str, netns: bool = True) -> Destination:
+              to: str, netns: bool = True, host: str | None = None,
+              family: int | None = None) -> Destination:
     server = _running(lab_pod(pod), "server", netns)
+    if host is None and family is not None:
+        if not any(family_of_ip(ip) == family for ip in server.ips):
+            raise RemoraError(f"pod {server.ref} has no IPv{family} address (its addresses: "
+                              f"{', '.join(server.ips)})", "drop --family")
+        host = server.ip_of(family)
+    server.ip = host or server.ip
     port = port or _pod_port(pod, services)
     if port is None:
         raise UsageError(f"--to {to}: pod {server.ref} declares no port and no service "
                          "selects it", f"give the port: --to {server.name}.{server.namespace}:PORT")
-    return Destination("pod", server.name, server.namespace, server.ip, port,
-                       f"{server.ip}:{port}", [server])
+    authority = f"[{server.ip}]:{port}" if ":" in server.ip else f"{server.ip}:{port}"
+    return Destination("pod", server.name, server.namespace, server.ip, port, authority,
+                       [server])

@@ -46,9 +46,14 @@ def _inline_routes(listener_raw: dict[str, Any]) -> list[dict[str, Any]]:
 def _hosts_cla(name: str, hosts: list[Any]) -> dict[str, Any]:
     by_prio: dict[int, list[dict[str, Any]]] = {}
     for h in hosts:
+        endpoint: dict[str, Any] = {"address": {"socket_address": {
+            "address": h.address.ip, "port_value": h.address.port}}}
+        if h.additional:  # a dual-stack endpoint's other addresses, as Envoy dumps them
+            endpoint["additional_addresses"] = [
+                {"address": {"socket_address": {"address": a.ip, "port_value": a.port}}}
+                for a in h.additional]
         by_prio.setdefault(h.priority, []).append({
-            "endpoint": {"address": {"socket_address": {"address": h.address.ip,
-                                                        "port_value": h.address.port}}},
+            "endpoint": endpoint,
             "health_status": "HEALTHY" if h.healthy else "UNHEALTHY",
             "load_balancing_weight": h.weight,
         })

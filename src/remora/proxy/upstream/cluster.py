@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from remora.proxy.interfaces import ConnectionFacts, Upstream, UpstreamError
@@ -19,6 +20,7 @@ from remora.proxy.stats import StatsStore
 from remora.proxy.stream_info import StreamInfo, format_address
 from remora.proxy.upstream.config import ClusterConfig, Host
 from remora.proxy.upstream.connect import is_timeout, open_upstream
+from remora.proxy.upstream.happy_eyeballs import interleave, race
 
 _RESOURCES = {
     # resource -> (threshold, overflow counter)
@@ -179,10 +181,14 @@ class ClusterImpl:
                                (time.monotonic() - started) * 1000)
 
         try:
-            upstream, connect_ms = await open_upstream(
-                target[0], target[1], timeout=cfg.connect_timeout, source=source,
-                original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
-                tls=cfg.transport)
+            extra = self._additional(target)
+            if extra:
+                upstream, connect_ms = await self._happy_eyeballs(target, extra, facts, lost)
+            else:
+                upstream, connect_ms = await open_upstream(
+                    target[0], target[1], timeout=cfg.connect_timeout, source=source,
+                    original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
+                    tls=cfg.transport)
         except UpstreamError as err:
             hstats["rq_pending_active"] -= 1
             self.active["connections"] -= 1
@@ -202,6 +208,47 @@ class ClusterImpl:
         self.stats.observe(self.prefix + "upstream_cx_connect_ms", connect_ms)
         info.upstream_local_address = upstream.local_address
         return upstream
+
+    def _additional(self, target: tuple[str, int]) -> tuple[tuple[str, int], ...]:
+        """The chosen host's Endpoint.additional_addresses (none for ORIGINAL_DST)."""
+        if self.config.type == "ORIGINAL_DST":
+            return ()
+        for h in self.hosts:
+            if h.additional and (h.address.ip, h.address.port) == target:
+                return tuple((a.ip, a.port) for a in h.additional)
+        return ()
+
+    async def _happy_eyeballs(self, target: tuple[str, int], extra: tuple[tuple[str, int], ...],
+                              facts: ConnectionFacts,
+                              lost: Callable[[int], None]) -> tuple[Upstream, float]:
+        """Envoy's Happy Eyeballs over the host's addresses (happy_eyeballs.py): the
+        winner's connection is this one; a loser that connected too is closed unseen."""
+        cfg = self.config
+        chosen: list[int] = []
+        early: dict[int, int] = {}  # lost before the race returned (rx bytes)
+
+        def on_lost(i: int) -> Callable[[int], None]:
+            def report(rx: int) -> None:
+                if chosen and chosen[0] == i:
+                    lost(rx)
+                elif not chosen:
+                    early[i] = rx
+            return report
+
+        async def attempt(i: int, addr: tuple[str, int]) -> tuple[Upstream, float]:
+            return await open_upstream(
+                addr[0], addr[1], timeout=cfg.connect_timeout, source=bind_source(cfg, addr[0]),
+                original_src=facts.original_src, on_lost=on_lost(i), keepalive=cfg.keepalive,
+                tls=cfg.transport)
+
+        def discard(result: tuple[Upstream, float]) -> None:
+            result[0].writer.close()
+
+        index, result = await race(interleave([target, *extra]), attempt, discard)
+        chosen.append(index)
+        if index in early:
+            lost(early[index])
+        return result
 
     def try_acquire(self, resource: str) -> bool:
         threshold, overflow = _RESOURCES[resource]

@@ -30,6 +30,10 @@ class Host:
     healthy: bool = True
     hostname: str = ""  # Endpoint.hostname, shown by /clusters
     locality: tuple[str, str, str] = ("", "", "")  # region, zone, sub_zone (for /clusters)
+    # Endpoint.additional_addresses: the same host's other addresses (a dual-stack pod's
+    # address of the other family, as istiod sends with ISTIO_DUAL_STACK); connecting to
+    # such a host races them by Happy Eyeballs (remora.proxy.upstream.happy_eyeballs)
+    additional: tuple[Address, ...] = ()
 
     @property
     def key(self) -> str:
@@ -170,9 +174,19 @@ def parse_load_assignment(raw: Any, path: str) -> tuple[str, list[Host]]:
                 raise ConfigError(lb.at("endpoint"), "required field is missing")
             addr = parse_address(ep.fields("address", "Address"), ep.at("address"))
             hostname = ep.string("hostname", "")
+            extra: list[Address] = []
+            for item in ep.each("additional_addresses", "AdditionalAddress"):
+                extra.append(parse_address(item.fields("address", "Address"),
+                                           item.at("address")))
+                item.done()
             ep.done()
+            if any(a.pipe is not None for a in (addr, *extra)) and extra:
+                raise ConfigError(ep.at("additional_addresses"),
+                                  "additional_addresses need IP socket addresses",
+                                  "give socket_address entries, as Envoy requires")
             hosts.append(Host(addr, weight or 1, priority or 0,
-                              status in ("UNKNOWN", "HEALTHY", "DEGRADED"), hostname, locality))
+                              status in ("UNKNOWN", "HEALTHY", "DEGRADED"), hostname, locality,
+                              tuple(extra)))
         loc.done()
     f.done()
     return name, hosts

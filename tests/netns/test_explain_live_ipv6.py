@@ -1,0 +1,208 @@
+"""`remora explain source-ip --from POD --to SERVICE` live in an IPv6 lab (issue 12).
+
+One IPv6 lab (`remora up --ip-family ipv6`) per sidecar (remora proxy; a real Envoy
+under the `envoy` marker), the seed's unchanged
+manifests (pods fd00:10:20::77 and ::78, an IPv6 ClusterIP from fd00:96::/108): REDIRECT
+first, where the probe goes over IPv6 through the client's ip6tables rules and the app
+sees ``::6`` (explained in the same two sentences as 127.0.0.6, confirmed by the probe's
+own access-log line and the app's ``RemoteAddr=[::6]:PORT``), then the seed's TPROXY
+patch, where the app sees the client pod's IPv6 address and the policy routing is read
+with ``ip -6``. Every answer comes from the real pods: the probe is a real request, the
+counters are the kernel's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from remora.lab import demo, session
+from remora.lab.testing import TempLab
+
+pytestmark = pytest.mark.netns
+
+SERVER_IP, CLIENT_IP = "fd00:10:20::77", "fd00:10:20::78"
+SIDECARS = [pytest.param("remora", id="remora"),
+            pytest.param("envoy", id="envoy", marks=pytest.mark.envoy)]
+
+
+@dataclass
+class Lab6:
+    lab: TempLab
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        done = self.lab.remora(*args, stdin=stdin)
+        assert done.returncode == 0, f"remora {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def explain(self, *args: str) -> str:
+        return self.ok("explain", "source-ip", "--from", "deploy/simple-client",
+                       "-n", "demo-from", "--path", "/common/sauth", *args)
+
+    def explain_json(self, to: str = "simple-server-svc.demo-to:18080") -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.explain("--to", to, "-o", "json"))
+        return doc
+
+    def server_pod(self) -> tuple[str, str]:
+        pods = [p for p in session.connect(self.lab.state_dir).get("Pod", "demo-to")
+                if "deletionTimestamp" not in p["metadata"]
+                and p["metadata"]["labels"].get("web") == "server"]
+        assert len(pods) == 1, pods
+        return pods[0]["metadata"]["name"], pods[0]["status"]["podIP"]
+
+    def cluster_ip(self) -> str:
+        [svc] = [s for s in session.connect(self.lab.state_dir).get("Service", "demo-to")
+                 if s["metadata"]["name"] == "simple-server-svc"]
+        ip: str = svc["spec"]["clusterIP"]
+        return ip
+
+    def wait_app_log(self, pod: str, pattern: str, timeout: float = 30) -> None:
+        client = session.connect(self.lab.state_dir)
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, client.logs("demo-to", pod, "demo")["text"]):
+            assert time.monotonic() < deadline, f"demo-to/{pod} never logged {pattern}"
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module", params=SIDECARS)
+def lab6(request: pytest.FixtureRequest) -> Iterator[Lab6]:
+    with TempLab() as lab:
+        s = Lab6(lab)
+        s.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--ip-family", "ipv6",
+             "--sidecar", request.param)
+        s.ok("apply", "-f", "-", stdin=demo.NAMESPACES)
+        with demo.seed_paths() as (server_yaml, client_yaml):
+            s.ok("apply", "-f", str(server_yaml), "--wait", "--timeout", "40")
+            s.ok("apply", "-f", str(client_yaml), "--wait", "--timeout", "40")
+        name, ip = s.server_pod()
+        assert ip == SERVER_IP
+        s.wait_app_log(name, r"RemoteAddr=\[::6\]:\d+")
+        yield s
+        lab.close()
+        assert lab.leftovers() == []
+
+
+def _step(doc: dict[str, Any], n: int) -> dict[str, Any]:
+    step: dict[str, Any] = doc["steps"][n - 1]
+    return step
+
+
+def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: Lab6) -> None:
+    vip = lab6.cluster_ip()
+    assert vip.startswith("fd00:96::")
+    doc = lab6.explain_json()
+    live, verdict = doc["live"], doc["verdict"]
+    assert live["client_pod"]["ip"] == CLIENT_IP and live["server_pod"]["ip"] == SERVER_IP
+    assert live["destination"]["host"] == vip
+    # the probe went over IPv6, from the client pod's own address
+    assert live["probe"]["status"] == 200, live["probe"]
+    assert live["probe"]["connected_to"] == f"[{vip}]:18080"
+    assert live["probe"]["local_address"].startswith(f"[{CLIENT_IP}]:")
+    assert doc["mode"] == "REDIRECT"
+    assert [s["status"] for s in doc["steps"]] == ["ok", "ok", "ok", "ok"]
+    [line] = live["server_access_log"]
+    assert line["request_id"] == live["probe"]["request_id"]
+    assert line["upstream_cluster"] == "inbound|18080||"
+    assert line["upstream_local_address"].startswith("[::6]:")
+    assert line["downstream_remote_address"].startswith(f"[{CLIENT_IP}]:")
+    assert line["downstream_local_address"] == f"[{SERVER_IP}]:18080"
+    assert verdict["app_sees"] == "::6" and verdict["sees_client"] is False
+    assert verdict["confirmed"] is True
+    assert f"UPSTREAM_LOCAL_ADDRESS {line['upstream_local_address']}" in verdict["confirmation"]
+    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
+    # the client's ip6tables nat OUTPUT, read before and after: the probe moved REDIRECT
+    redirect = [r for r in _step(doc, 1)["iptables"]["rules"]
+                if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
+    assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
+    moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
+    assert ("ISTIO_REDIRECT", 1) in moved
+    assert any(e.startswith("ip6tables-save -c in pod demo-from/") and
+               e.endswith("(before and after the probe)") for e in doc["evidence"]["client"])
+    assert _step(doc, 4)["sidecar"]["upstream_source"] == "::6"
+    # the sidecar's own connection to the app: let out by ip6tables' ::6 rule
+    decided = _step(doc, 4)["follow_up"]["capture"]["decided_by"]
+    assert decided.startswith("nat/ISTIO_OUTPUT #"), decided
+
+
+def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: Lab6) -> None:
+    out = lab6.explain("--to", "simple-server-svc.demo-to:18080")
+    assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
+                    r"demo-to/simple-server-svc \(fd00:96::[0-9a-f:]+:18080\), served by pod "
+                    rf"demo-to/simple-server-\S+ \({SERVER_IP}\)", out)
+    assert f"the app sees ::6 (not the client {CLIENT_IP})" in out
+    assert "So Istio binds its inbound connections to ::6 (upstream_bind_config" in out
+    assert "`-A ISTIO_OUTPUT -o lo -s ::6/128 -j RETURN`" in out
+    assert re.search(r"confirmed: access log line \d+: UPSTREAM_LOCAL_ADDRESS \[::6\]:\d+", out)
+    assert "rule counters that moved during the probe" in out
+
+
+def test_ipv6_pod_target_and_bad_family(lab6: Lab6) -> None:
+    name, _ = lab6.server_pod()
+    doc = lab6.explain_json(f"[{SERVER_IP}]:18080")
+    assert doc["live"]["destination"]["kind"] == "pod"
+    assert doc["live"]["destination"]["name"] == name
+    assert doc["live"]["destination"]["authority"] == f"[{SERVER_IP}]:18080"
+    assert doc["live"]["probe"]["status"] == 200
+    assert doc["verdict"]["app_sees"] == "::6" and doc["verdict"]["confirmed"] is True
+    done = lab6.lab.remora("explain", "source-ip", "--from", "deploy/simple-client", "-n",
+                           "demo-from", "--to", "simple-server-svc.demo-to:18080",
+                           "--family", "ipv4")
+    assert done.returncode != 0 and done.stdout == ""
+    assert "service demo-to/simple-server-svc has no IPv4 ClusterIP" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: Lab6) -> None:
+    """`--kube` against the IPv6 lab through its Kubernetes API: ip6tables-save by
+    pods/exec, no probe; the same verdict as the live form (REDIRECT, ::6)."""
+    path = lab6.ok("kubeconfig").strip()
+    lab6.lab.env["KUBECONFIG"] = path
+    try:
+        done = lab6.lab.remora("explain", "source-ip", "--kube", "--from",
+                               "deploy/simple-client", "-n", "demo-from", "--to",
+                               "simple-server-svc.demo-to:18080", "--path", "/common/sauth",
+                               "-o", "json")
+    finally:
+        del lab6.lab.env["KUBECONFIG"]
+    assert done.returncode == 0, done.stderr
+    kube = json.loads(done.stdout)
+    live = lab6.explain_json()
+    assert kube["verdict"]["app_sees"] == live["verdict"]["app_sees"] == "::6"
+    assert kube["mode"] == live["mode"] == "REDIRECT"
+    assert [s["status"] for s in kube["steps"]] == [s["status"] for s in live["steps"]]
+    assert any("ip6tables-save" in c for c in kube["kube"]["collected"]), kube["kube"]
+    assert kube["verdict"]["confirmed"] is True
+
+
+def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: Lab6) -> None:
+    """Last: the seed's own fix, then a rollout."""
+    lab6.ok("patch", "deployment", "simple-server", "-n", "demo-to", "-p", demo.TPROXY_PATCH)
+    lab6.ok("rollout", "status", "deployment/simple-server", "-n", "demo-to", "--timeout", "40")
+    name, ip = lab6.server_pod()
+    lab6.wait_app_log(name, rf"RemoteAddr=\[{re.escape(CLIENT_IP)}\]:\d+", timeout=60)
+    doc = lab6.explain_json()
+    live, verdict = doc["live"], doc["verdict"]
+    assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
+    assert doc["mode"] == "TPROXY"
+    tproxy = _step(doc, 3)["iptables"]["capture"]
+    assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
+    [line] = live["server_access_log"]
+    assert line["upstream_local_address"].startswith(f"[{CLIENT_IP}]:")
+    assert verdict["app_sees"] == CLIENT_IP and verdict["sees_client"] is True
+    assert verdict["confirmed"] is True and verdict["fixes"] == []
+    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
+    moved = {m["chain"] for m in live["counters_moved"]["server"]}
+    assert "ISTIO_INBOUND" in moved  # mangle counts every packet of the probe's connection
+    # TPROXY's IPv6 policy routing, read in the server pod with ip -6
+    assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
+    routing = [n for n in _step(doc, 3)["notes"] if n.startswith("policy routing: ")]
+    assert routing and "fwmark 0x539 lookup 133" in routing[0], _step(doc, 3)["notes"]
+    assert any(e.startswith("policy routing: ip -6 rule show; ip -6 route show table 133")
+               for e in doc["evidence"]["server"])
+    assert ip == live["server_pod"]["ip"]  # the new pod's address
