@@ -24,6 +24,7 @@ import yaml
 
 from remora.lab import demo, session
 from remora.lab.testing import TempLab
+from tests.netns.manifests import PLAIN_SERVER
 
 pytestmark = pytest.mark.netns
 
@@ -165,47 +166,12 @@ def test_bad_credentials_and_missing_pod_are_one_line_errors(kube: KubeLab,
     assert done.returncode == 1 and "'nope' not found in namespace 'demo-to'" in done.stderr
 
 
-PLAIN = """\
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: plain
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: plain-server
-  namespace: plain
-spec:
-  selector:
-    matchLabels:
-      web: plain
-  template:
-    metadata:
-      labels:
-        web: plain
-    spec:
-      containers:
-      - name: demo
-        image: vasth/simple-server
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: plain-svc
-  namespace: plain
-spec:
-  selector:
-    web: plain
-  ports:
-  - port: 18080
-"""
 
 
 def test_pods_without_sidecar_as_the_live_form(kube: KubeLab) -> None:
     """A server without a sidecar is not a gap: nothing to collect from a sidecar, the app
     sees the client; a client without one sends uncaptured. Same as the live form."""
-    done = kube.lab.remora("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN)
+    done = kube.lab.remora("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN_SERVER)
     assert done.returncode == 0, done.stderr
     args = ("--to", "plain-svc.plain:18080")
     doc, live = kube.explain("--kube", *args), kube.explain(*args)

@@ -21,47 +21,13 @@ import pytest
 
 from remora.lab import demo, session
 from remora.lab.testing import TempLab
+from tests.netns.manifests import PLAIN_SERVER
 
 pytestmark = pytest.mark.netns
 
 SERVER_IP, CLIENT_IP = "10.20.0.77", "10.20.0.78"
 SIDECARS = [pytest.param("remora", id="remora"),
             pytest.param("envoy", id="envoy", marks=pytest.mark.envoy)]
-PLAIN = """\
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: plain
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: plain-server
-  namespace: plain
-spec:
-  selector:
-    matchLabels:
-      web: plain
-  template:
-    metadata:
-      labels:
-        web: plain
-    spec:
-      containers:
-      - name: demo
-        image: vasth/simple-server
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: plain-svc
-  namespace: plain
-spec:
-  selector:
-    web: plain
-  ports:
-  - port: 18080
-"""
 
 
 @dataclass
@@ -205,7 +171,7 @@ def test_pod_target(seed: SeedLab) -> None:
 def test_pods_without_sidecar(seed: SeedLab) -> None:
     # The plain namespace stays until the lab goes (its pod's IP is not reused by the
     # TPROXY pod below; tests/netns/test_node_ip_reuse.py covers reuse).
-    seed.ok("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN)
+    seed.ok("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN_SERVER)
     doc = seed.explain_json("plain-svc.plain:18080")
     live = doc["live"]
     assert live["server_pod"]["sidecar"] is False and live["probe"]["status"] == 200

@@ -19,28 +19,12 @@ import pytest
 from remora.lab import demo
 from remora.lab.settings import LabSettings
 from remora.lab.testing import TempLab
+from tests.netns.manifests import TOOLBOX
 from tests.netns.test_seed_demo import assert_seed_observations
 
 pytestmark = pytest.mark.netns
 
 BODY = '{"code": 0, "status": "fail", "user": {"id": "test_common"}}'
-EXTRA = """\
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: plain
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: toolbox
-  namespace: plain
-spec:
-  containers:
-  - name: sleep
-    image: busybox
-    command: ["sleep", "3600"]
-"""
 
 
 def test_dual_stack_lab() -> None:
@@ -74,7 +58,7 @@ def check_dual_stack_lab(sidecar: str) -> None:
         seed = json.loads(ok("get", "svc", "-n", "demo-to", "simple-server-svc", "-o", "json"))
         assert (seed["spec"]["ipFamilies"], seed["spec"]["ipFamilyPolicy"]) == (
             ["IPv4"], "SingleStack")
-        ok("apply", "-f", "-", "--wait", "--timeout", "30", stdin=EXTRA)  # the plain pod
+        ok("apply", "-f", "-", "--wait", "--timeout", "30", stdin=TOOLBOX)  # the plain pod
         dual = json.loads(ok("get", "svc", "-n", "demo-to", "simple-server-dual", "-o", "json"))
         v4, v6 = dual["spec"]["clusterIPs"]
         assert dual["spec"]["ipFamilies"] == ["IPv4", "IPv6"]

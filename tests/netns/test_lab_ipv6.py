@@ -27,28 +27,12 @@ from remora.lab import demo
 from remora.lab.demo import DemoResult
 from remora.lab.settings import LabSettings
 from remora.lab.testing import TempLab
+from tests.netns.manifests import TOOLBOX
 
 pytestmark = pytest.mark.netns
 
 SERVER6, CLIENT6 = "fd00:10:20::77", "fd00:10:20::78"
 SERVICE_CIDR6 = re.compile(r"fd00:96::[0-9a-f:]+")
-PLAIN = """\
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: plain
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: toolbox
-  namespace: plain
-spec:
-  containers:
-  - name: sleep
-    image: busybox
-    command: ["sleep", "3600"]
-"""
 
 
 def run(lab: TempLab, sidecar: str, authz: bool = False) -> tuple[DemoResult, list[str]]:
@@ -148,7 +132,7 @@ def assert_lab_ipv6_services(lab: TempLab, r: DemoResult) -> None:
     found = ok("exec", "-n", "demo-from", pod, "--", "getent", "ahostsv6", pod_name)
     assert found.split()[0] == CLIENT6
     # a pod without a sidecar: kube-proxy's ip6tables rules DNAT the ClusterIP
-    ok("apply", "-f", "-", "--wait", "--timeout", "30", stdin=PLAIN)
+    ok("apply", "-f", "-", "--wait", "--timeout", "30", stdin=TOOLBOX)
     body = ok("exec", "-n", "plain", "toolbox", "--", "curl", "-sS", "-g", "--max-time", "5",
               f"http://[{spec['clusterIP']}]:18080/common/sauth")
     # the demo's --authz policy allows only the client's /128: the server sidecar (TPROXY
