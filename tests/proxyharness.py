@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import httptools
 
@@ -432,3 +433,28 @@ def recv_all(sock: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+T = TypeVar("T")
+
+
+class OncePerSession(Generic[T]):
+    """One run per (proxy kind, scenario) for the whole session, shared by every check that
+    reads it; a failed run fails each of those checks with the original error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[tuple[str, str], T | BaseException] = {}
+
+    def get(self, kind: str, scenario: str, run: Callable[[], T]) -> T:
+        with self._lock:
+            key = (kind, scenario)
+            if key not in self._done:
+                try:
+                    self._done[key] = run()
+                except Exception as exc:
+                    self._done[key] = exc
+            found = self._done[key]
+        if isinstance(found, BaseException):
+            raise AssertionError(f"{kind} run of {scenario} failed: {found}") from found
+        return found

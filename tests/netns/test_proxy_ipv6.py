@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,22 +167,12 @@ def observe(kind: str, sc: Scenario, workdir: Path) -> Observation:
     )
 
 
-_observed: dict[tuple[str, str], Observation | BaseException] = {}
-_lock = threading.Lock()
+_observed: ph.OncePerSession[Observation] = ph.OncePerSession()
 
 
 def observation(kind: str, sc: Scenario, factory: pytest.TempPathFactory) -> Observation:
-    with _lock:
-        key = (kind, sc.name)
-        if key not in _observed:
-            try:
-                _observed[key] = observe(kind, sc, factory.mktemp(f"{kind}-{sc.name}"))
-            except Exception as exc:
-                _observed[key] = exc
-        found = _observed[key]
-    if isinstance(found, BaseException):
-        raise AssertionError(f"{kind} run of {sc.name} failed: {found}") from found
-    return found
+    return _observed.get(kind, sc.name,
+                         lambda: observe(kind, sc, factory.mktemp(f"{kind}-{sc.name}")))
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

@@ -25,7 +25,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,24 +253,12 @@ def check_seed_facts(obs: Observation, sc: Scenario) -> None:
         assert {x["upstream_local_address"] for x in obs.client_access_log} == {f"{CLIENT_IP}:*"}
 
 
-_observed: dict[tuple[str, str], Observation | BaseException] = {}
-_observed_lock = threading.Lock()
+_observed: ph.OncePerSession[Observation] = ph.OncePerSession()
 
 
 def observation(kind: str, sc: Scenario, factory: pytest.TempPathFactory) -> Observation:
-    """One run per (proxy, scenario) for the whole session; a failed run fails every
-    check that needs it, with the original error."""
-    with _observed_lock:
-        key = (kind, sc.name)
-        if key not in _observed:
-            try:
-                _observed[key] = observe(kind, sc, factory.mktemp(f"{kind}-{sc.name}"))
-            except Exception as exc:
-                _observed[key] = exc
-        found = _observed[key]
-    if isinstance(found, BaseException):
-        raise AssertionError(f"{kind} run of {sc.name} failed: {found}") from found
-    return found
+    return _observed.get(kind, sc.name,
+                         lambda: observe(kind, sc, factory.mktemp(f"{kind}-{sc.name}")))
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -566,11 +553,10 @@ def test_http_edge_cases_same_as_envoy(probe: str,
                                        tmp_path_factory: pytest.TempPathFactory) -> None:
     """HTTP/1.0, HEAD, path normalisation, absolute-form, Expect: 100-continue, XFF and
     TE, a missing Host: the response, what reaches the app and the log line."""
-    with _observed_lock:
-        for kind in ph.KINDS:
-            if ("edges", kind) not in _edges:
-                _edges[("edges", kind)] = observe_edges(kind, tmp_path_factory.mktemp(kind))
-    ours, theirs = _edges[("edges", "remora")][probe], _edges[("edges", "envoy")][probe]
+    runs = {kind: _edges.get(kind, "edges",
+                             lambda k=kind: observe_edges(k, tmp_path_factory.mktemp(k)))
+            for kind in ph.KINDS}
+    ours, theirs = runs["remora"][probe], runs["envoy"][probe]
     assert ours[0] == theirs[0], f"response:\nremora: {ours[0]!r}\nenvoy:  {theirs[0]!r}"
     assert ours[1] == theirs[1], f"request at the app:\nremora: {ours[1]!r}\nenvoy:  {theirs[1]!r}"
     assert (ours[2] is None) == (theirs[2] is None), (ours[2], theirs[2])
@@ -580,4 +566,5 @@ def test_http_edge_cases_same_as_envoy(probe: str,
         assert not differing, f"access-log field: (remora, envoy): {differing}"
 
 
-_edges: dict[tuple[str, str], dict[str, tuple[bytes, list[bytes], dict[str, str] | None]]] = {}
+_edges: ph.OncePerSession[dict[str, tuple[bytes, list[bytes], dict[str, str] | None]]] = (
+    ph.OncePerSession())
