@@ -1,0 +1,114 @@
+"""scripts/bench_h2_codec.py compares like with like: the `h2` server and the libnghttp2
+server (scripts/nghttp2_ctypes.py, ctypes) parse the same requests and send the same
+responses, as an `h2` client decodes their bytes (headers, body, trailers, END_STREAM).
+
+Skipped only when libnghttp2 cannot be loaded (Debian package libnghttp2-14)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("bench_h2_codec")
+ng = bench.ng
+
+try:
+    ng.library()
+    NG_MISSING = ""
+except ng.Nghttp2Missing as exc:
+    NG_MISSING = str(exc)
+
+pytestmark = pytest.mark.skipif(bool(NG_MISSING), reason=f"libnghttp2 absent: {NG_MISSING}")
+
+
+def _expected() -> object:
+    return bench.Response(bench.RESPONSE_HEADERS, bench.RESPONSE_BODY, bench.TRAILERS, True)
+
+
+@pytest.mark.parametrize(("requests", "concurrency"), [(7, 1), (25, 10)])
+def test_both_codecs_do_the_same_work(requests: int, concurrency: int) -> None:
+    work = bench.make_workload(requests, concurrency)
+    assert sum(work.per_round) == requests
+    decoded = {}
+    for kind in ("h2", "h2-noval", "nghttp2"):
+        _, outputs, parsed = bench.serve(kind, work)
+        assert parsed == [(bench.REQUEST_HEADERS, bench.REQUEST_BODY)] * requests, kind
+        decoded[kind] = bench.decode(work, outputs)
+        assert sorted(decoded[kind]) == list(range(1, 2 * requests, 2)), kind
+        assert all(r == _expected() for r in decoded[kind].values()), kind
+    assert decoded["h2"] == decoded["nghttp2"] == decoded["h2-noval"]
+    bench.check(work)  # the script's own pre-timing check agrees
+
+
+class _WrongTrailers(bench.NgServer):
+    def _on_request(self, server: Any, req: Any) -> None:
+        self.parsed.append((req.headers, b"".join(req.body)))
+        server.respond(req.stream_id, bench.RESPONSE_HEADERS,
+                       bench.RESPONSE_BODY, [(b"grpc-status", b"13")])
+
+
+class _DropsAHeader(bench.NgServer):
+    def _on_request(self, server: Any, req: Any) -> None:
+        self.parsed.append((req.headers[:-1], b"".join(req.body)))
+        server.respond(req.stream_id, bench.RESPONSE_HEADERS,
+                       bench.RESPONSE_BODY, bench.TRAILERS)
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    (_WrongTrailers, "nghttp2: stream 1 answered"),
+    (_DropsAHeader, "nghttp2: parsed requests differ"),
+])
+def test_check_catches_a_codec_doing_different_work(
+        monkeypatch: pytest.MonkeyPatch, server: type, message: str) -> None:
+    work = bench.make_workload(3, 1)
+    bench.check(work)
+    monkeypatch.setitem(bench.SERVERS, "nghttp2", server)
+    with pytest.raises(RuntimeError, match=message):
+        bench.check(work)
+
+
+def test_binding_splits_a_large_body_and_ends_without_trailers() -> None:
+    """The data provider's read callback is called once per DATA frame (16 KiB frames):
+    a 40,000-byte body arrives whole; without trailers END_STREAM is on the last DATA."""
+    body = bytes(range(256)) * 156 + b"tail"
+    parsed: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
+
+    def on_request(server: Any, req: Any) -> None:
+        parsed.append((req.headers, b"".join(req.body)))
+        server.respond(req.stream_id, [(b":status", b"404")], body, [])
+
+    work = bench.make_workload(2, 2)
+    with ng.Nghttp2Server(on_request, connection_window_size=bench.SERVER_WINDOW) as server:
+        outputs = []
+        for chunk in work.chunks:
+            server.receive(chunk)
+            outputs.append(server.data_to_send())
+    responses = bench.decode(work, outputs)
+    assert [len(p[1]) for p in parsed] == [len(bench.REQUEST_BODY)] * 2
+    assert sorted(responses) == [1, 3]
+    for r in responses.values():
+        assert (r.headers, r.body, r.trailers, r.ended) == ([(b":status", b"404")], body, [],
+                                                           True)
+
+
+def test_binding_reports_a_protocol_error_as_an_exception() -> None:
+    with ng.Nghttp2Server(lambda *_: None) as server, pytest.raises(RuntimeError,
+                                                                    match="mem_recv"):
+        server.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not the HTTP/2 preface
