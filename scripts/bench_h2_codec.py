@@ -13,6 +13,9 @@ serialises the answer:
            DataReceived + acknowledge_received_data, StreamEnded), send_headers /
            send_data / send_headers(end_stream=True) -> data_to_send();
 - h2-noval: the same with h2's header validation and normalisation turned off;
+- ngh2:    only if importable: ngh2 (PyPI, alpha), a C extension over a vendored
+           nghttp2 with an h2-like event API: receive_data + events(), send_response /
+           send_data / send_trailers, data_to_send(); not a dependency of remora.
 - nghttp2: libnghttp2 through scripts/nghttp2_ctypes.py: nghttp2_session_mem_recv with
            the on_begin_headers/on_header/on_data_chunk_recv/on_frame_recv callbacks,
            nghttp2_submit_response with a data provider + nghttp2_submit_trailer,
@@ -64,6 +67,11 @@ from h2.settings import SettingCodes, Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nghttp2_ctypes as ng
+
+try:  # optional: ngh2 (PyPI, alpha), a compiled sans-IO binding of a vendored nghttp2
+    import ngh2
+except ImportError:
+    ngh2 = None
 
 Header = tuple[bytes, bytes]
 
@@ -197,8 +205,48 @@ class NgServer:
         self.ng.close()
 
 
+class Ngh2Server:
+    """The server side of one connection on ngh2 (only when it is importable): nghttp2's
+    state machine in a C extension, with an h2-like event API (no Python callbacks)."""
+
+    def __init__(self) -> None:
+        assert ngh2 is not None
+        self.parsed: list[Parsed] = []
+        self.conn = ngh2.Connection(ngh2.Role.SERVER)
+        # MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE, INITIAL_WINDOW_SIZE as above
+        self.conn.initiate_connection({0x3: 100, 0x6: 65536, 0x4: SERVER_WINDOW})
+        self.conn.set_local_window_size(SERVER_WINDOW)
+        self._streams: dict[int, tuple[list[Header], list[bytes]]] = {}
+
+    def receive(self, data: bytes) -> None:
+        conn = self.conn
+        streams = self._streams
+        conn.receive_data(data)
+        for ev in conn.events():
+            if isinstance(ev, ngh2.RequestReceived):
+                streams[ev.stream_id] = (list(ev.headers), [])
+            elif isinstance(ev, ngh2.DataReceived):
+                streams[ev.stream_id][1].append(ev.data)
+            else:
+                continue
+            if ev.end_stream:  # automatic WINDOW_UPDATEs (Configuration default)
+                sid = ev.stream_id
+                headers, body = streams.pop(sid)
+                self.parsed.append((headers, b"".join(body)))
+                conn.send_response(sid, RESPONSE_HEADERS)
+                conn.send_data(sid, RESPONSE_BODY)
+                conn.send_trailers(sid, TRAILERS)
+
+    def data_to_send(self) -> bytes:
+        return bytes(self.conn.data_to_send())
+
+    def close(self) -> None:
+        pass
+
+
 SERVERS: dict[str, Callable[[], Server]] = {
-    "h2": H2Server, "h2-noval": lambda: H2Server(validate=False), "nghttp2": NgServer}
+    "h2": H2Server, "h2-noval": lambda: H2Server(validate=False), "nghttp2": NgServer,
+    **({"ngh2": Ngh2Server} if ngh2 is not None else {})}
 
 
 def _client() -> H2Connection:
@@ -311,7 +359,7 @@ def callgrind(work: Workload) -> dict[str, float]:
         workfile = Path(tmp) / "work.pickle"
         workfile.write_bytes(pickle.dumps(work))
         per: dict[str, float] = {}
-        for kind in ("h2", "nghttp2"):
+        for kind in [k for k in SERVERS if k != "h2-noval"]:
             first = _callgrind_ir(kind, workfile, 1)
             whole = _callgrind_ir(kind, workfile, len(work.chunks))
             per[kind] = (whole - first) / (work.requests - work.per_round[0])
@@ -349,7 +397,8 @@ def main() -> int:
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')}  {os.uname().nodename}  "
           f"{os.cpu_count()} CPUs  load {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
           f"Python {sys.version.split()[0]}  h2 {h2.__version__}  "
-          f"libnghttp2 {ng.version()}  requests={args.requests} repeat={args.repeat}")
+          f"libnghttp2 {ng.version()}  ngh2 {ngh2.__version__ if ngh2 else '-'}  "
+          f"requests={args.requests} repeat={args.repeat}")
     print(f"{'codec':<9} {'streams':>7} {'best us/rq':>10} {'median us/rq':>12}")
     summary: list[str] = []
     for conc in args.concurrency:
@@ -363,6 +412,9 @@ def main() -> int:
                   flush=True)
         summary.append(f"cpu/rq h2/nghttp2 c{conc}: x{best['h2'] / best['nghttp2']:.2f} "
                        f"({best['h2']:.1f} / {best['nghttp2']:.1f} us)")
+        if "ngh2" in best:
+            summary.append(f"cpu/rq h2/ngh2 c{conc}: x{best['h2'] / best['ngh2']:.2f} "
+                           f"({best['h2']:.1f} / {best['ngh2']:.1f} us)")
         if args.callgrind:
             if shutil.which("valgrind") is None:
                 summary.append("callgrind: valgrind not found (apt-get install valgrind)")
@@ -370,6 +422,9 @@ def main() -> int:
                 ir = callgrind(make_workload(args.callgrind_requests, conc))
                 summary.append(f"Ir/rq h2/nghttp2 c{conc}: x{ir['h2'] / ir['nghttp2']:.2f} "
                                f"({ir['h2']:,.0f} / {ir['nghttp2']:,.0f} instructions)")
+                if "ngh2" in ir:
+                    summary.append(f"Ir/rq h2/ngh2 c{conc}: x{ir['h2'] / ir['ngh2']:.2f} "
+                                   f"({ir['h2']:,.0f} / {ir['ngh2']:,.0f} instructions)")
     print("\n".join(summary))
     return 0
 
