@@ -85,15 +85,17 @@ def test_check_catches_a_codec_doing_different_work(
         bench.check(work)
 
 
-def test_binding_splits_a_large_body_and_ends_without_trailers() -> None:
+@pytest.mark.parametrize("trailers", [[], [(b"grpc-status", b"0"), (b"x-t", b"1")]])
+def test_binding_splits_a_large_body(trailers: list[tuple[bytes, bytes]]) -> None:
     """The data provider's read callback is called once per DATA frame (16 KiB frames):
-    a 40,000-byte body arrives whole; without trailers END_STREAM is on the last DATA."""
+    a 40,000-byte body arrives whole, then the trailers (END_STREAM on their HEADERS) or,
+    without trailers, END_STREAM on the last DATA frame."""
     body = bytes(range(256)) * 156 + b"tail"
     parsed: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
 
     def on_request(server: Any, req: Any) -> None:
         parsed.append((req.headers, b"".join(req.body)))
-        server.respond(req.stream_id, [(b":status", b"404")], body, [])
+        server.respond(req.stream_id, [(b":status", b"404")], body, trailers)
 
     work = bench.make_workload(2, 2)
     with ng.Nghttp2Server(on_request, connection_window_size=bench.SERVER_WINDOW) as server:
@@ -105,8 +107,8 @@ def test_binding_splits_a_large_body_and_ends_without_trailers() -> None:
     assert [len(p[1]) for p in parsed] == [len(bench.REQUEST_BODY)] * 2
     assert sorted(responses) == [1, 3]
     for r in responses.values():
-        assert (r.headers, r.body, r.trailers, r.ended) == ([(b":status", b"404")], body, [],
-                                                           True)
+        assert (r.headers, r.body, r.trailers, r.ended) == ([(b":status", b"404")], body,
+                                                           trailers, True)
 
 
 def test_binding_reports_a_protocol_error_as_an_exception() -> None:
