@@ -31,7 +31,12 @@ flight per connection (c1) and ten (c10, h2load -m 10); --callgrind adds valgrin
 instruction count per request (the difference between a run of all rounds and a run of
 the first round only, so interpreter start-up and imports cancel out).
 
+--shape get replaces the gRPC exchange by what `bench_proxy.py --protocol h2` sends through
+a sidecar: h2load's GET (5 headers, no body) and Envoy's reply to it for the seed's demo
+server (6 headers, a 60-byte body, no trailers).
+
     python3 scripts/bench_h2_codec.py [--requests 5000] [--repeat 5] [--callgrind]
+        [--concurrency 1,10] [--shape grpc,get]
 
 No root, no network. Figures and the choice they led to: docs/proxy-http2.md.
 """
@@ -96,6 +101,36 @@ RESPONSE_HEADERS: list[Header] = [
 RESPONSE_BODY = b"\x00\x00\x00\x00\x5f" + b"\x0a\x5d" + b"s" * 93
 TRAILERS: list[Header] = [(b"grpc-status", b"0"), (b"grpc-message", b"OK")]
 
+
+@dataclass(frozen=True)
+class Shape:
+    """One request/response exchange. No request body: HEADERS carries END_STREAM; no
+    trailers: END_STREAM on the last DATA frame."""
+
+    name: str
+    request_headers: list[Header]
+    request_body: bytes
+    response_headers: list[Header]
+    response_body: bytes
+    trailers: list[Header]
+
+
+GRPC = Shape("grpc", REQUEST_HEADERS, REQUEST_BODY, RESPONSE_HEADERS, RESPONSE_BODY, TRAILERS)
+# What scripts/bench_proxy.py --protocol h2 sends through a sidecar: h2load's GET and the
+# reply Envoy gives for the seed's demo server (60-byte body, no trailers).
+GET = Shape(
+    "get",
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"10.20.0.77:18080"),
+     (b":path", b"/common/sauth"), (b"user-agent", b"h2load nghttp2/1.52.0")],
+    b"",
+    [(b":status", b"200"), (b"content-type", b"text/plain; charset=utf-8"),
+     (b"content-length", b"60"), (b"date", b"Fri, 04 Dec 2026 17:30:00 GMT"),
+     (b"x-envoy-upstream-service-time", b"0"), (b"server", b"istio-envoy")],
+    b'{"code": 0, "status": "fail", "user": {"id": "test_common"}}',
+    [],
+)
+SHAPES = {shape.name: shape for shape in (GRPC, GET)}
+
 SERVER_WINDOW = 256 * 1024 * 1024  # Envoy's initial_stream/connection_window_size defaults
 CLIENT_WINDOW = 2**30 - 1  # h2load's -w 30 / -W 30 defaults
 DEFAULT_WINDOW = 65535
@@ -108,6 +143,7 @@ class Workload:
 
     requests: int
     concurrency: int
+    shape: Shape = GRPC
     chunks: list[bytes] = field(default_factory=list)
     per_round: list[int] = field(default_factory=list)
 
@@ -140,7 +176,8 @@ class H2Server:
     validation and normalisation both ways (the cheapest h2 can be; a proxy would need
     the checks done elsewhere)."""
 
-    def __init__(self, validate: bool = True) -> None:
+    def __init__(self, shape: Shape, validate: bool = True) -> None:
+        self.shape = shape
         self.parsed: list[Parsed] = []
         self.conn = H2Connection(H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=validate,
@@ -170,9 +207,14 @@ class H2Server:
                 headers, body = streams.pop(ev.stream_id)
                 self.parsed.append((headers, b"".join(body)))
                 sid = ev.stream_id
-                conn.send_headers(sid, RESPONSE_HEADERS)
-                conn.send_data(sid, RESPONSE_BODY)
-                conn.send_headers(sid, TRAILERS, end_stream=True)
+                shape = self.shape
+                trailers, answer = shape.trailers, shape.response_body
+                conn.send_headers(sid, shape.response_headers,
+                                  end_stream=not answer and not trailers)
+                if answer:
+                    conn.send_data(sid, answer, end_stream=not trailers)
+                if trailers:
+                    conn.send_headers(sid, trailers, end_stream=True)
             elif isinstance(ev, StreamReset):
                 streams.pop(ev.stream_id, None)
 
@@ -186,14 +228,17 @@ class H2Server:
 class NgServer:
     """The server side of one connection on libnghttp2 (scripts/nghttp2_ctypes.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
         self.parsed: list[Parsed] = []
         self.ng = ng.Nghttp2Server(self._on_request, initial_window_size=SERVER_WINDOW,
                                    connection_window_size=SERVER_WINDOW)
 
     def _on_request(self, server: ng.Nghttp2Server, req: ng.Request) -> None:
         self.parsed.append((req.headers, b"".join(req.body)))
-        server.respond(req.stream_id, RESPONSE_HEADERS, RESPONSE_BODY, TRAILERS)
+        shape = self.shape
+        server.respond(req.stream_id, shape.response_headers, shape.response_body,
+                       shape.trailers)
 
     def receive(self, data: bytes) -> None:
         self.ng.receive(data)
@@ -209,8 +254,9 @@ class Ngh2Server:
     """The server side of one connection on ngh2 (only when it is importable): nghttp2's
     state machine in a C extension, with an h2-like event API (no Python callbacks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: Shape) -> None:
         assert ngh2 is not None
+        self.shape = shape
         self.parsed: list[Parsed] = []
         self.conn = ngh2.Connection(ngh2.Role.SERVER)
         # MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE, INITIAL_WINDOW_SIZE as above
@@ -233,9 +279,14 @@ class Ngh2Server:
                 sid = ev.stream_id
                 headers, body = streams.pop(sid)
                 self.parsed.append((headers, b"".join(body)))
-                conn.send_response(sid, RESPONSE_HEADERS)
-                conn.send_data(sid, RESPONSE_BODY)
-                conn.send_trailers(sid, TRAILERS)
+                shape = self.shape
+                trailers, answer = shape.trailers, shape.response_body
+                conn.send_response(sid, shape.response_headers,
+                                   end_stream=not answer and not trailers)
+                if answer:
+                    conn.send_data(sid, answer, end_stream=not trailers)
+                if trailers:
+                    conn.send_trailers(sid, trailers)
 
     def data_to_send(self) -> bytes:
         return bytes(self.conn.data_to_send())
@@ -244,8 +295,9 @@ class Ngh2Server:
         pass
 
 
-SERVERS: dict[str, Callable[[], Server]] = {
-    "h2": H2Server, "h2-noval": lambda: H2Server(validate=False), "nghttp2": NgServer,
+SERVERS: dict[str, Callable[[Shape], Server]] = {
+    "h2": H2Server, "h2-noval": lambda shape: H2Server(shape, validate=False),
+    "nghttp2": NgServer,
     **({"ngh2": Ngh2Server} if ngh2 is not None else {})}
 
 
@@ -258,23 +310,24 @@ def _client() -> H2Connection:
     return client
 
 
-def _send_requests(client: H2Connection, count: int) -> None:
+def _send_requests(client: H2Connection, count: int, shape: Shape) -> None:
     for _ in range(count):
         sid = client.get_next_available_stream_id()
-        client.send_headers(sid, REQUEST_HEADERS)
-        client.send_data(sid, REQUEST_BODY, end_stream=True)
+        client.send_headers(sid, shape.request_headers, end_stream=not shape.request_body)
+        if shape.request_body:
+            client.send_data(sid, shape.request_body, end_stream=True)
 
 
-def make_workload(requests: int, concurrency: int) -> Workload:
+def make_workload(requests: int, concurrency: int, shape: Shape = GRPC) -> Workload:
     """Record the client's bytes of a conversation with an `h2` server: each round sends
     ``concurrency`` requests (with whatever the client owes, e.g. its SETTINGS ACK) and the
     server answers all of them before the next."""
-    work = Workload(requests, concurrency)
-    client, server = _client(), H2Server()
+    work = Workload(requests, concurrency, shape)
+    client, server = _client(), H2Server(shape)
     done = 0
     while done < requests:
         k = min(concurrency, requests - done)
-        _send_requests(client, k)
+        _send_requests(client, k, shape)
         work.chunks.append(client.data_to_send())
         work.per_round.append(k)
         server.receive(work.chunks[-1])
@@ -292,7 +345,7 @@ def decode(work: Workload, outputs: list[bytes]) -> dict[int, Response]:
     client = _client()
     responses: dict[int, Response] = {}
     for k, out in zip(work.per_round, outputs, strict=True):
-        _send_requests(client, k)
+        _send_requests(client, k, work.shape)
         client.data_to_send()
         for ev in client.receive_data(out):
             if isinstance(ev, ResponseReceived):
@@ -311,7 +364,7 @@ def decode(work: Workload, outputs: list[bytes]) -> dict[int, Response]:
 
 def serve(kind: str, work: Workload) -> tuple[float, list[bytes], list[Parsed]]:
     """Replay the workload to a fresh server: (CPU seconds, output per round, requests)."""
-    server = SERVERS[kind]()
+    server = SERVERS[kind](work.shape)
     try:
         outputs: list[bytes] = []
         receive, send, append = server.receive, server.data_to_send, outputs.append
@@ -327,8 +380,9 @@ def serve(kind: str, work: Workload) -> tuple[float, list[bytes], list[Parsed]]:
 def check(work: Workload) -> None:
     """Both servers parse the same requests and answer with the same responses (headers,
     body, trailers, END_STREAM), as an `h2` client decodes them: the same work measured."""
-    expected_request = (REQUEST_HEADERS, REQUEST_BODY)
-    expected = Response(RESPONSE_HEADERS, RESPONSE_BODY, TRAILERS, True)
+    shape = work.shape
+    expected_request = (shape.request_headers, shape.request_body)
+    expected = Response(shape.response_headers, shape.response_body, shape.trailers, True)
     for kind in SERVERS:
         _, outputs, parsed = serve(kind, work)
         responses = decode(work, outputs)
@@ -372,6 +426,34 @@ def _callgrind_child(kind: str, workfile: str, rounds: int) -> None:
     serve(kind, work)
 
 
+def _measure(args: argparse.Namespace, shape: Shape, conc: int) -> list[str]:
+    """Print one row per codec for SHAPE at CONC streams in flight; return summary lines
+    (labelled cN for the gRPC shape, as before shapes existed, else "SHAPE cN")."""
+    label = f"c{conc}" if shape is GRPC else f"{shape.name} c{conc}"
+    work = make_workload(args.requests, conc, shape)
+    check(work)
+    best: dict[str, float] = {}
+    for kind in SERVERS:
+        times = [serve(kind, work)[0] / args.requests * 1e6 for _ in range(args.repeat)]
+        best[kind] = min(times)
+        print(f"{kind:<9} {shape.name:<5} {conc:>7} {best[kind]:>10.1f} "
+              f"{statistics.median(times):>12.1f}", flush=True)
+    summary = []
+    for other in ("nghttp2", "ngh2"):
+        if other in best:
+            summary.append(f"cpu/rq h2/{other} {label}: x{best['h2'] / best[other]:.2f} "
+                           f"({best['h2']:.1f} / {best[other]:.1f} us)")
+    if args.callgrind and shutil.which("valgrind") is None:
+        summary.append("callgrind: valgrind not found (apt-get install valgrind)")
+    elif args.callgrind:
+        ir = callgrind(make_workload(args.callgrind_requests, conc, shape))
+        for other in ("nghttp2", "ngh2"):
+            if other in ir:
+                summary.append(f"Ir/rq h2/{other} {label}: x{ir['h2'] / ir[other]:.2f} "
+                               f"({ir['h2']:,.0f} / {ir[other]:,.0f} instructions)")
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000, help="requests per run")
@@ -379,11 +461,16 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,10",
                         type=lambda s: [int(x) for x in s.split(",")],
                         help="streams in flight per connection (h2load -m)")
+    parser.add_argument("--shape", default="grpc", type=lambda s: s.split(","),
+                        help="grpc (unary gRPC call with trailers) and/or get (h2load's GET "
+                             "and the sidecar's 60-byte reply, as bench_proxy --protocol h2)")
     parser.add_argument("--callgrind", action="store_true",
                         help="also count instructions per request under valgrind")
     parser.add_argument("--callgrind-requests", type=int, default=500)
     parser.add_argument("--callgrind-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if unknown := [x for x in args.shape if x not in SHAPES]:
+        parser.error(f"--shape {unknown[0]}: one of {', '.join(SHAPES)}")
     if args.callgrind_child:
         kind, workfile, rounds = args.callgrind_child
         _callgrind_child(kind, workfile, int(rounds))
@@ -399,32 +486,11 @@ def main() -> int:
           f"Python {sys.version.split()[0]}  h2 {h2.__version__}  "
           f"libnghttp2 {ng.version()}  ngh2 {ngh2.__version__ if ngh2 else '-'}  "
           f"requests={args.requests} repeat={args.repeat}")
-    print(f"{'codec':<9} {'streams':>7} {'best us/rq':>10} {'median us/rq':>12}")
+    print(f"{'codec':<9} {'shape':<5} {'streams':>7} {'best us/rq':>10} {'median us/rq':>12}")
     summary: list[str] = []
-    for conc in args.concurrency:
-        work = make_workload(args.requests, conc)
-        check(work)
-        best: dict[str, float] = {}
-        for kind in SERVERS:
-            times = [serve(kind, work)[0] / args.requests * 1e6 for _ in range(args.repeat)]
-            best[kind] = min(times)
-            print(f"{kind:<9} {conc:>7} {best[kind]:>10.1f} {statistics.median(times):>12.1f}",
-                  flush=True)
-        summary.append(f"cpu/rq h2/nghttp2 c{conc}: x{best['h2'] / best['nghttp2']:.2f} "
-                       f"({best['h2']:.1f} / {best['nghttp2']:.1f} us)")
-        if "ngh2" in best:
-            summary.append(f"cpu/rq h2/ngh2 c{conc}: x{best['h2'] / best['ngh2']:.2f} "
-                           f"({best['h2']:.1f} / {best['ngh2']:.1f} us)")
-        if args.callgrind:
-            if shutil.which("valgrind") is None:
-                summary.append("callgrind: valgrind not found (apt-get install valgrind)")
-            else:
-                ir = callgrind(make_workload(args.callgrind_requests, conc))
-                summary.append(f"Ir/rq h2/nghttp2 c{conc}: x{ir['h2'] / ir['nghttp2']:.2f} "
-                               f"({ir['h2']:,.0f} / {ir['nghttp2']:,.0f} instructions)")
-                if "ngh2" in ir:
-                    summary.append(f"Ir/rq h2/ngh2 c{conc}: x{ir['h2'] / ir['ngh2']:.2f} "
-                                   f"({ir['h2']:,.0f} / {ir['ngh2']:,.0f} instructions)")
+    for shape in args.shape:
+        for conc in args.concurrency:
+            summary += _measure(args, SHAPES[shape], conc)
     print("\n".join(summary))
     return 0
 

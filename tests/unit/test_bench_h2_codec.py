@@ -38,21 +38,20 @@ except ng.Nghttp2Missing as exc:
 pytestmark = pytest.mark.skipif(bool(NG_MISSING), reason=f"libnghttp2 absent: {NG_MISSING}")
 
 
-def _expected() -> object:
-    return bench.Response(bench.RESPONSE_HEADERS, bench.RESPONSE_BODY, bench.TRAILERS, True)
-
-
+@pytest.mark.parametrize("shape", ["grpc", "get"])
 @pytest.mark.parametrize(("requests", "concurrency"), [(7, 1), (25, 10)])
-def test_both_codecs_do_the_same_work(requests: int, concurrency: int) -> None:
-    work = bench.make_workload(requests, concurrency)
+def test_both_codecs_do_the_same_work(requests: int, concurrency: int, shape: str) -> None:
+    spec = bench.SHAPES[shape]
+    work = bench.make_workload(requests, concurrency, spec)
     assert sum(work.per_round) == requests
+    expected = bench.Response(spec.response_headers, spec.response_body, spec.trailers, True)
     decoded = {}
     for kind in bench.SERVERS:  # h2, h2-noval, nghttp2 (+ ngh2 when importable)
         _, outputs, parsed = bench.serve(kind, work)
-        assert parsed == [(bench.REQUEST_HEADERS, bench.REQUEST_BODY)] * requests, kind
+        assert parsed == [(spec.request_headers, spec.request_body)] * requests, kind
         decoded[kind] = bench.decode(work, outputs)
         assert sorted(decoded[kind]) == list(range(1, 2 * requests, 2)), kind
-        assert all(r == _expected() for r in decoded[kind].values()), kind
+        assert all(r == expected for r in decoded[kind].values()), kind
     assert all(d == decoded["h2"] for d in decoded.values())
     assert "nghttp2" in decoded
     bench.check(work)  # the script's own pre-timing check agrees
@@ -61,15 +60,15 @@ def test_both_codecs_do_the_same_work(requests: int, concurrency: int) -> None:
 class _WrongTrailers(bench.NgServer):
     def _on_request(self, server: Any, req: Any) -> None:
         self.parsed.append((req.headers, b"".join(req.body)))
-        server.respond(req.stream_id, bench.RESPONSE_HEADERS,
-                       bench.RESPONSE_BODY, [(b"grpc-status", b"13")])
+        server.respond(req.stream_id, bench.GRPC.response_headers,
+                       bench.GRPC.response_body, [(b"grpc-status", b"13")])
 
 
 class _DropsAHeader(bench.NgServer):
     def _on_request(self, server: Any, req: Any) -> None:
         self.parsed.append((req.headers[:-1], b"".join(req.body)))
-        server.respond(req.stream_id, bench.RESPONSE_HEADERS,
-                       bench.RESPONSE_BODY, bench.TRAILERS)
+        server.respond(req.stream_id, bench.GRPC.response_headers,
+                       bench.GRPC.response_body, bench.GRPC.trailers)
 
 
 @pytest.mark.parametrize(("server", "message"), [
@@ -104,7 +103,7 @@ def test_binding_splits_a_large_body(trailers: list[tuple[bytes, bytes]]) -> Non
             server.receive(chunk)
             outputs.append(server.data_to_send())
     responses = bench.decode(work, outputs)
-    assert [len(p[1]) for p in parsed] == [len(bench.REQUEST_BODY)] * 2
+    assert [len(p[1]) for p in parsed] == [len(bench.GRPC.request_body)] * 2
     assert sorted(responses) == [1, 3]
     for r in responses.values():
         assert (r.headers, r.body, r.trailers, r.ended) == ([(b":status", b"404")], body,
