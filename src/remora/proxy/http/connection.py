@@ -82,6 +82,7 @@ class Http1Connection:
         self.loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._writable_callbacks: list[Callable[[], None]] = []
         self._read_paused = False
         self._headers_timer: asyncio.TimerHandle | None = None  # request_headers_timeout
         self._idle_timer: asyncio.TimerHandle | None = None  # idle_timeout, lazily re-armed
@@ -194,6 +195,20 @@ class Http1Connection:
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        if self._writable_callbacks:
+            callbacks, self._writable_callbacks = self._writable_callbacks, []
+            for cb in callbacks:
+                cb()
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """filter.StreamCallbacks: CALLBACK once the downstream drained (or closed)."""
+        if not self.write_paused or self.transport.is_closing():
+            callback()
+        else:
+            self._writable_callbacks.append(callback)
+
+    def body_error(self) -> bool:
+        return self.decoder.error is not None
 
     async def drain(self) -> None:
         """Wait while the downstream transport is above its high-water mark."""
@@ -242,6 +257,11 @@ class Http1Connection:
         self._wake()
 
     def cancel_active(self, reason: str) -> None:
+        act = self.active
+        if act is not None and act.response_complete:
+            # the router completes a response from the upstream's read callback, before
+            # its task wakes: a timer firing in between interrupts nothing
+            return
         if self.cancel_reason is None and self._task is not None:
             self.cancel_reason = reason
             self._task.cancel()
@@ -288,7 +308,7 @@ class Http1Connection:
                         self.hcm.stats.inc(self.hcm.idle_timeout_stat)
                         return
             except asyncio.CancelledError:
-                if self._take_cancel() is None:
+                if self.take_cancel() is None:
                     raise
                 continue
             req = dec.ready.popleft()
@@ -302,7 +322,7 @@ class Http1Connection:
             try:
                 await self.hcm.serve(stream)
             except asyncio.CancelledError:
-                if self._take_cancel() is None:
+                if self.take_cancel() is None:
                     raise
             finally:
                 self.active = None
@@ -318,7 +338,7 @@ class Http1Connection:
                 try:
                     await self.drain()
                 except asyncio.CancelledError:
-                    if self._take_cancel() is None:
+                    if self.take_cancel() is None:
                         raise
                     return
 
@@ -326,7 +346,7 @@ class Http1Connection:
     def _loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    def _take_cancel(self) -> str | None:
+    def take_cancel(self) -> str | None:
         """After a CancelledError: the reason if the connection caused it (and the task's
         cancellation undone), None for a real cancellation from outside."""
         reason = self.cancel_reason
@@ -337,6 +357,8 @@ class Http1Connection:
         if task is not None:
             task.uncancel()
         return reason
+
+    _take_cancel = take_cancel  # the name callers on other branches still use
 
     def _codec_error_reply(self, err: CodecError) -> None:
         """A request that never became a stream (bad request line, bad header, oversize
@@ -362,5 +384,5 @@ class Http1Connection:
         except (TimeoutError, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
-            if self._take_cancel() is None:
+            if self.take_cancel() is None:
                 raise
