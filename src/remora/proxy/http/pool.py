@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, Upstream
 from remora.proxy.upstream.connect import TrackedProtocol
 
@@ -77,7 +78,7 @@ class PooledConnection(asyncio.Protocol):
 
     __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
                  "created", "handler", "idle_since", "key", "limits", "on_stray", "owner",
-                 "pool", "requests", "transport", "upstream", "write_paused")
+                 "pool", "requests", "state", "transport", "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -92,6 +93,10 @@ class PooledConnection(asyncio.Protocol):
         # bytes while the connection was idle
         self.on_stray = on_stray
         self.transport: asyncio.Transport | None = None  # once taken over
+        # where the request/response cycle on it is (codec_state.py); the router moves
+        # the CLIENT side, the response decoder the SERVER side, and only a connection
+        # whose both sides are DONE starts a next cycle and goes back to the pool
+        self.state = ConnectionState()
         self.handler: ResponseHandler | None = None
         self.pool: ConnectionPool | None = None  # while idle in that pool
         self.write_paused = False

@@ -16,6 +16,13 @@ import time
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
 from remora.proxy.http.codec import ResponseDecoder, ResponseError
+from remora.proxy.http.codec_state import (
+    CLIENT,
+    END_OF_MESSAGE,
+    REQUEST,
+    SWITCH_UPGRADE,
+    SWITCHED_PROTOCOL,
+)
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.header_mutation import apply as apply_mutations
@@ -301,7 +308,8 @@ class _Forward:
             self._send_request(pc)
             # the response is decoded in pc's read callbacks (upstream_data/upstream_eof);
             # this task waits once for its outcome
-            self.dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
+            self.dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data,
+                                       state=pc.state)
             done = self.done = self.conn.loop.create_future()
             pc.attach(self)
             outcome = await done
@@ -339,9 +347,17 @@ class _Forward:
                     values = [v for n, v in headers if n == name]
                     if values:
                         hdrs[name] = ",".join(values)
+        state = pc.state
+        if req.upgrade:
+            # the upstream may switch protocols; either way no next request follows
+            state.process_event(CLIENT, REQUEST, SWITCH_UPGRADE)
+            state.process_keep_alive_disabled()
+        else:
+            state.process_event(CLIENT, REQUEST)
         head = encode_request_head(stream.method, stream.path, headers, extra)
         if req.complete and not req.body:
             pc.write(head)  # the common case: one write, no body sink
+            state.process_event(CLIENT, END_OF_MESSAGE)
             return
         pc.write(head)
         # the body is framed as the forwarded head says (stream.upstream_chunked), which
@@ -391,7 +407,7 @@ class _Forward:
         dec = self.dec
         assert dec is not None
         if dec.eof_completes():
-            dec.keep_alive = False
+            dec.end_at_eof()
             self._complete(dec)
             return
         self.stream.flush()
@@ -416,7 +432,8 @@ class _Forward:
         assert pc is not None
         pc.handler = None
         status = dec.status
-        if status == 101 and req.upgrade:
+        state = pc.state
+        if state.server == SWITCHED_PROTOCOL:  # a 101 to the Upgrade request
             self._count_response(101)
             self._finish("upgrade")
             return
@@ -433,7 +450,10 @@ class _Forward:
             # on that upstream connection is not answered; a fresh one serves it here)
             stream.closing = True
             pc.close()
-        elif dec.keep_alive and req.complete and not dec.trailing and not req.upgrade:
+        elif state.reusable:
+            # both sides DONE: the response kept the connection alive, the request ended,
+            # nothing followed the response and no upgrade was proposed
+            state.start_next_cycle()
             req.sink = None
             self.router.pool.release(pc)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from remora.proxy.http.codec_state import CLIENT, END_OF_MESSAGE, SEND_BODY
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.pool import PooledConnection
 
@@ -38,6 +39,9 @@ class BodySink:
     def end(self) -> None:
         if self.chunked:
             self.conn.write(b"0\r\n\r\n")
+        state = self.conn.state
+        if state.client == SEND_BODY:  # not after the exchange failed or switched
+            state.process_event(CLIENT, END_OF_MESSAGE)
 
     def congested(self) -> bool:
         return self.conn.congested(BUFFER_LIMIT)
