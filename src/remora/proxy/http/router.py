@@ -355,8 +355,10 @@ class _Forward:
         else:
             state.process_event(CLIENT, REQUEST)
         head = encode_request_head(stream.method, stream.path, headers, extra)
-        if req.complete and not req.body:
-            pc.write(head)  # the common case: one write, no body sink
+        if req.complete and not stream.upstream_chunked:
+            # the common case: the whole request in one write, no body sink
+            body = req.body
+            pc.write(head + b"".join(body) if body else head)
             state.process_event(CLIENT, END_OF_MESSAGE)
             return
         pc.write(head)

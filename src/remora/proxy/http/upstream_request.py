@@ -11,13 +11,13 @@ from remora.proxy.http.pool import PooledConnection
 
 def encode_request_head(method: str, path: str, headers: list[tuple[str, str]],
                         extra: tuple[str, str] | None) -> bytes:
-    parts = [f"{method} {path} HTTP/1.1\r\n"]
-    for n, v in headers:
-        parts.append(f"{n}: {v}\r\n")
+    # one C-level join over the (name, value) pairs instead of an f-string per header
+    lines = "\r\n".join(map(": ".join, headers))
     if extra is not None:
-        parts.append(f"{extra[0]}: {extra[1]}\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode("latin-1")
+        lines = f"{lines}\r\n{extra[0]}: {extra[1]}" if lines else f"{extra[0]}: {extra[1]}"
+    if lines:
+        return f"{method} {path} HTTP/1.1\r\n{lines}\r\n\r\n".encode("latin-1")
+    return f"{method} {path} HTTP/1.1\r\n\r\n".encode("latin-1")
 
 
 class BodySink:
