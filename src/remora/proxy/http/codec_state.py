@@ -82,6 +82,13 @@ TRANSITIONS: Final[dict[str, dict[str, dict[str | tuple[str, str], str]]]] = {
 }
 
 
+# the same table flattened per role, for one dict lookup per event
+_CLIENT_MOVES: Final = {(state, event): new for state, moves in TRANSITIONS[CLIENT].items()
+                        for event, new in moves.items()}
+_SERVER_MOVES: Final = {(state, event): new for state, moves in TRANSITIONS[SERVER].items()
+                        for event, new in moves.items()}
+
+
 class IllegalTransition(Exception):
     """ROLE cannot take EVENT in its current state (a protocol error)."""
 
@@ -121,28 +128,33 @@ class ConnectionState:
     def process_event(self, role: str, event: str, switch: str | None = None) -> None:
         """Move ROLE by EVENT. SWITCH: on a CLIENT REQUEST, the switch it proposes
         (an Upgrade request, a CONNECT); on a SERVER event, the proposal it accepts.
-        Raises IllegalTransition for an event the table does not allow."""
-        if role == SERVER and switch is not None and (
-                switch != self.pending_switch or self.client != MIGHT_SWITCH_PROTOCOL):
-            # only a proposed switch can be accepted, once the proposal was sent whole
-            raise IllegalTransition(role, self.server, f"{event} accepting {switch}")
-        state = self.client if role == CLIENT else self.server
-        table = TRANSITIONS[role][state]
-        key: str | tuple[str, str] = (event, switch) if role == SERVER and switch else event
-        new = table.get(key)
-        if new is None:
-            raise IllegalTransition(role, state, event)
+        Raises IllegalTransition for an event the table does not allow (and changes
+        nothing then)."""
         if role == CLIENT:
+            new = _CLIENT_MOVES.get((self.client, event))
+            if new is None:
+                raise IllegalTransition(role, self.client, event)
             self.client = new
             if event == REQUEST:
                 self.pending_switch = switch
                 if self.server == IDLE:
                     self.server = SEND_RESPONSE  # the request head starts the response
         else:
+            if switch is not None:
+                if switch != self.pending_switch or self.client != MIGHT_SWITCH_PROTOCOL:
+                    # only a proposed switch can be accepted, once it was sent whole
+                    raise IllegalTransition(role, self.server, f"{event} accepting {switch}")
+                new = _SERVER_MOVES.get((self.server, (event, switch)))
+            else:
+                new = _SERVER_MOVES.get((self.server, event))
+            if new is None:
+                raise IllegalTransition(role, self.server, event)
             self.server = new
             if event == RESPONSE and new != SWITCHED_PROTOCOL:
                 self.pending_switch = None  # a final response declines the proposal
-        self._fire_state_triggered()
+        if (self.pending_switch is not None or not self.keep_alive
+                or self.client == MIGHT_SWITCH_PROTOCOL or new == SWITCHED_PROTOCOL):
+            self._fire_state_triggered()
 
     def _fire_state_triggered(self) -> None:
         # a proposal holds the client after its message until the server answers it

@@ -183,7 +183,11 @@ class PooledConnection(asyncio.Protocol):
             handler.upstream_eof()
 
     def write(self, data: bytes) -> None:
-        self.upstream.writer.write(data)
+        t = self.transport
+        if t is not None:
+            t.write(data)  # straight to the transport, no StreamWriter frame
+        else:
+            self.upstream.writer.write(data)
 
     def congested(self, limit: int) -> bool:
         return self.upstream.writer.transport.get_write_buffer_size() > limit
