@@ -9,7 +9,13 @@ measured requests divided by their count, in µs: the Python work per request th
 #10 is about, without netns or wrk. The machine's other load makes it rough; compare runs
 made one after the other.
 
+With ``--callgrind`` the proxy runs under ``valgrind --tool=callgrind`` and the figure is
+the instructions it executed per measured request (the counters are zeroed after the
+warm-up and dumped after the run with callgrind_control): slow, but the same on a busy
+and a quiet machine, so two versions of the code can be compared exactly.
+
     python3 scripts/bench_http_cpu.py --requests 20000 --connections 4 [--proxy envoy]
+    python3 scripts/bench_http_cpu.py --requests 1000 --callgrind
 """
 
 from __future__ import annotations
@@ -82,8 +88,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"process exited {proc.returncode}")
@@ -127,11 +133,28 @@ def run_clients(port: int, total: int, connections: int) -> float:
     return time.monotonic() - started
 
 
+def _callgrind_total(folder: Path) -> int:
+    """The instructions in the dumps written after zeroing (callgrind_control -d)."""
+    total = 0
+    for dump in folder.glob("callgrind.out*"):
+        if dump.name == "callgrind.out":
+            continue  # the final dump at exit, written after the process ends
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total += int(line.split()[1])
+                break
+    if not total:
+        raise SystemExit("no callgrind dump found")
+    return total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--proxy", choices=("remora", "envoy"), default="remora")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="count the proxy's instructions per request under valgrind")
     args = ap.parse_args()
     listen, backend, admin = free_port(), free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,14 +167,26 @@ def main() -> int:
         else:
             argv = ["envoy", "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
                     "--log-level", "warning"]
-        px = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        out = Path(tmp) / "callgrind.out"
+        if args.callgrind:
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
+        px = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL if args.callgrind else None)
         try:
             wait_listening(backend, be)
-            wait_listening(listen, px)
-            run_clients(listen, 500 * args.connections, args.connections)  # warm-up
+            wait_listening(listen, px, 600 if args.callgrind else 20)
+            warm = 100 if args.callgrind else 500
+            run_clients(listen, warm * args.connections, args.connections)  # warm-up
+            if args.callgrind:
+                subprocess.run(["callgrind_control", "-z", str(px.pid)], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = cpu_seconds(px.pid)
             wall = run_clients(listen, args.requests, args.connections)
             used = cpu_seconds(px.pid) - before
+            if args.callgrind:
+                subprocess.run(["callgrind_control", "-d", str(px.pid)], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                instructions = _callgrind_total(Path(tmp))
         finally:
             for p in (px, be):
                 p.terminate()
@@ -161,6 +196,10 @@ def main() -> int:
                     p.kill()
                     p.wait()
     n = (args.requests // args.connections) * args.connections
+    if args.callgrind:
+        print(f"{args.proxy}: {n} requests, c{args.connections}: "
+              f"{instructions / n / 1000:.1f} k instructions per request (callgrind)")
+        return 0
     print(f"{args.proxy}: {n} requests, c{args.connections}: "
           f"{used * 1e6 / n:.1f} µs CPU per request, {n / wall:.0f} req/s")
     return 0

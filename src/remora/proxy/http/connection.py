@@ -86,6 +86,8 @@ class Http1Connection:
         self._read_paused = False
         self._headers_timer: asyncio.TimerHandle | None = None  # request_headers_timeout
         self._idle_timer: asyncio.TimerHandle | None = None  # idle_timeout, lazily re-armed
+        # stream_idle_timeout of the active stream, lazily re-armed (_stream_idle_check)
+        self._stream_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
 
     def node_ip(self) -> str | None:
@@ -230,14 +232,18 @@ class Http1Connection:
 
     def _stream_idle_check(self) -> None:
         """stream_idle_timeout: fires when neither side of the active stream moved a byte
-        for that long (activity stamps are cheap; the timer is re-armed lazily)."""
+        for that long. One timer per connection, not per stream: activity stamps are
+        cheap, and the timer is re-armed lazily from the last one while a stream is
+        active (a stream that starts sets the stamp, so a timer armed for an earlier
+        stream only fires early and re-arms)."""
+        self._stream_timer = None
         act = self.active
         if act is None or act.response_complete:
-            return
+            return  # the next stream arms it again
         loop = self.loop
         left = self.last_activity + self.cfg.stream_idle_timeout - loop.time()
         if left > 0:
-            act.idle_timer = loop.call_later(left, self._stream_idle_check)
+            self._stream_timer = loop.call_later(left, self._stream_idle_check)
         else:
             self.cancel_active("stream_idle")
 
@@ -277,6 +283,8 @@ class Http1Connection:
                 self._headers_timer.cancel()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
+            if self._stream_timer is not None:
+                self._stream_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -318,7 +326,8 @@ class Http1Connection:
             sit = self.cfg.stream_idle_timeout
             if sit > 0:
                 self.last_activity = loop.time()
-                stream.idle_timer = loop.call_later(sit, self._stream_idle_check)
+                if self._stream_timer is None:
+                    self._stream_timer = loop.call_later(sit, self._stream_idle_check)
             try:
                 await self.hcm.serve(stream)
             except asyncio.CancelledError:
@@ -326,8 +335,6 @@ class Http1Connection:
                     raise
             finally:
                 self.active = None
-                if stream.idle_timer is not None:
-                    stream.idle_timer.cancel()
             self.hcm.complete(stream)
             if stream.closing or not stream.response_complete or not req.complete:
                 await self._flush()

@@ -227,14 +227,20 @@ class PooledConnection(asyncio.Protocol):
         return self.upstream.host
 
     def usable(self) -> bool:
+        if self._eof:
+            return False
+        t = self.transport
+        if t is not None:  # taken over: the StreamReader sees nothing any more
+            return not t.is_closing()
         up = self.upstream
-        return (not self._eof and not up.writer.transport.is_closing()
-                and not up.reader.at_eof())
+        return not up.writer.transport.is_closing() and not up.reader.at_eof()
 
     def stray_bytes(self) -> bool:
         """The upstream sent something that no request asked for: held by this protocol,
         or still in the StreamReader's buffer before a take-over."""
-        return bool(self._pending) or bool(getattr(self.upstream.reader, "_buffer", b""))
+        if self._pending:
+            return True
+        return self.transport is None and bool(getattr(self.upstream.reader, "_buffer", b""))
 
     def stray(self) -> None:
         """Bytes arrived while idle: close, and count it as Envoy does."""
