@@ -16,6 +16,20 @@ from typing import Protocol
 
 import httptools
 
+from remora.proxy.http.codec_state import (
+    CLIENT,
+    DONE,
+    END_OF_MESSAGE,
+    INFORMATIONAL,
+    MUST_CLOSE,
+    REQUEST,
+    RESPONSE,
+    SEND_BODY,
+    SERVER,
+    SWITCH_UPGRADE,
+    SWITCHED_PROTOCOL,
+    ConnectionState,
+)
 from remora.proxy.http.headers import split_absolute
 
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
@@ -332,60 +346,90 @@ class ResponseError(Exception):
     response started, upstream_cx_protocol_error)."""
 
 
+_ENDED = frozenset({DONE, MUST_CLOSE, SWITCHED_PROTOCOL})
+
+
 class ResponseDecoder:
     """One upstream response, framed by RFC 9112 section 6.3: no body after HEAD, 1xx,
     204 and 304; otherwise chunked, content-length or the connection's close.
     ``on_headers(decoder)`` runs when its headers are complete; body bytes go to
-    ``on_data``; ``complete`` is set at the end of the message. Whatever arrives after the
-    message is never decoded: it sets ``trailing`` (the connection must not be reused,
-    and nothing of it reaches any client), as Envoy closes an upstream connection that
-    sends anything outside an active request."""
+    ``on_data``. The SERVER side of the connection's ``ConnectionState`` (codec_state.py)
+    says where the response is: the head and each end of message are events on it, an
+    event the table refuses is a protocol error, and ``complete`` means the server role
+    reached DONE, MUST_CLOSE or SWITCHED_PROTOCOL. Whatever arrives after the message is
+    never decoded: it sets ``trailing`` and disables keep-alive (the connection must not be
+    reused, and nothing of it reaches any client), as Envoy closes an upstream connection
+    that sends anything outside an active request."""
 
     __slots__ = ("_head_bytes", "_head_only", "_head_raw", "_max_header_bytes", "_parser",
-                 "chunked",
-                 "complete", "content_length", "headers", "headers_done", "keep_alive",
-                 "on_data", "on_headers", "status", "trailing", "upgrade_tail")
+                 "chunked", "content_length", "headers", "headers_done", "on_data",
+                 "on_headers", "state", "status", "trailing", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
-                 on_data: Callable[[bytes], None], max_header_bytes: int = 60 * 1024) -> None:
+                 on_data: Callable[[bytes], None], max_header_bytes: int = 60 * 1024,
+                 state: ConnectionState | None = None) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_request
         self._max_header_bytes = max_header_bytes  # Envoy's max_response_headers_kb: 60
         self._head_bytes = 0  # header names and values decoded so far
         self._head_raw = 0  # bytes received while the head is incomplete
+        if state is None:
+            # decoding on its own: the request it answers was sent whole
+            state = ConnectionState()
+            state.process_event(CLIENT, REQUEST)
+            state.process_event(CLIENT, END_OF_MESSAGE)
+        self.state = state
         self.on_headers = on_headers
         self.on_data = on_data
         self.status = 0
         self.headers: list[tuple[str, str]] = []
-        self.headers_done = False
-        self.complete = False
+        self.headers_done = False  # the final response's head was decoded
         self.trailing = False
-        self.keep_alive = True
         self.chunked = False
         self.content_length: int | None = None
         self.upgrade_tail = b""
 
+    @property
+    def complete(self) -> bool:
+        return self.state.server in _ENDED
+
+    @property
+    def keep_alive(self) -> bool:
+        return self.state.keep_alive
+
+    def _trailing(self) -> None:
+        self.trailing = True
+        self.state.process_keep_alive_disabled()
+
     def feed(self, data: bytes) -> None:
         """Raises ResponseError on a malformed response (before it completed)."""
-        if self.complete:
-            self.trailing = True
+        state = self.state
+        if state.server in _ENDED:
+            self._trailing()
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:  # a 101 (or CONNECT 2xx): end of HTTP
             self.upgrade_tail = bytes(data[e.args[0]:])
-            self.complete = True
+            # llhttp ended the message already (on_message_complete); a 101 nobody
+            # proposed leaves HTTP too, and the connection can carry nothing else
+            if state.server == SEND_BODY:
+                state.process_event(SERVER, END_OF_MESSAGE)
+            if state.server != SWITCHED_PROTOCOL:
+                state.process_keep_alive_disabled()
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _Stop):
                 return  # the response ended and more followed: trailing is set
-            if self.complete:
-                self.trailing = True
+            if state.server in _ENDED:
+                self._trailing()
                 return
+            state.process_error(SERVER)
             raise ResponseError(str(e.__context__ or e)) from None
         except httptools.HttpParserError as e:
-            if self.complete:
-                self.trailing = True  # garbage after a complete response
+            if state.server in _ENDED:
+                self._trailing()  # garbage after a complete response
                 return
+            state.process_error(SERVER)
             raise ResponseError(str(e)) from None
         if not self.headers_done:
             # bytes of a head that has not ended: the limit applies to what was received,
@@ -393,19 +437,26 @@ class ResponseDecoder:
             # separators the decoded count leaves out)
             self._head_raw += len(data)
             if self._head_raw > self._max_header_bytes + 4096:
+                state.process_error(SERVER)
                 raise ResponseError("response headers too large")
 
     def eof_completes(self) -> bool:
         """At upstream EOF: a response framed by connection close is complete now."""
         return self.headers_done and not self.chunked and self.content_length is None
 
+    def end_at_eof(self) -> None:
+        """The upstream closed after a response framed by its close: it is complete."""
+        state = self.state
+        state.process_event(SERVER, END_OF_MESSAGE)
+        state.process_keep_alive_disabled()
+
     def on_message_begin(self) -> None:
-        if self.complete:
-            self.trailing = True  # a second, unsolicited response
+        if self.state.server in _ENDED:
+            self._trailing()  # a second, unsolicited response
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:
+        if self.state.server in _ENDED:
             return
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self._max_header_bytes:
@@ -413,7 +464,8 @@ class ResponseDecoder:
         self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        if self.complete:
+        state = self.state
+        if state.server in _ENDED:
             return
         p = self._parser
         self.status = status = p.get_status_code()
@@ -421,10 +473,10 @@ class ResponseDecoder:
             raise ResponseError(f"status {status}")
         if 100 <= status < 200 and status != 101:
             # 100 Continue and friends: drop them, the final response follows
+            state.process_event(SERVER, INFORMATIONAL)
             self.headers = []
             self._head_bytes = 0
             return
-        self.keep_alive = p.should_keep_alive()
         for n, v in self.headers:
             if n == "transfer-encoding":
                 # as for requests, Envoy understands exactly "chunked" and nothing else
@@ -433,20 +485,27 @@ class ResponseDecoder:
                 self.chunked = True
             elif n == "content-length":
                 self.content_length = int(v)
+        if status == 101 and state.pending_switch == SWITCH_UPGRADE:
+            state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
+        else:
+            state.process_event(SERVER, RESPONSE)
+        if not p.should_keep_alive():
+            state.process_keep_alive_disabled()
         self.headers_done = True
         self.on_headers(self)
-        if self._head_only or status in (204, 304):
-            self.complete = True
+        if (self._head_only or status in (204, 304)) and state.server == SEND_BODY:
+            state.process_event(SERVER, END_OF_MESSAGE)
 
     def on_body(self, data: bytes) -> None:
-        if self.complete:
-            self.trailing = True  # e.g. a body after a HEAD response
+        if self.state.server in _ENDED:
+            self._trailing()  # e.g. a body after a HEAD response
             raise _Stop
         self.on_data(data)
 
     def on_message_complete(self) -> None:
-        if self.headers_done:
-            self.complete = True
+        state = self.state
+        if self.headers_done and state.server == SEND_BODY:
+            state.process_event(SERVER, END_OF_MESSAGE)
 
 
 class _Stop(Exception):

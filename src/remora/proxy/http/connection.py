@@ -82,9 +82,12 @@ class Http1Connection:
         self.loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._writable_callbacks: list[Callable[[], None]] = []
         self._read_paused = False
         self._headers_timer: asyncio.TimerHandle | None = None  # request_headers_timeout
         self._idle_timer: asyncio.TimerHandle | None = None  # idle_timeout, lazily re-armed
+        # stream_idle_timeout of the active stream, lazily re-armed (_stream_idle_check)
+        self._stream_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
 
     def node_ip(self) -> str | None:
@@ -194,6 +197,20 @@ class Http1Connection:
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        if self._writable_callbacks:
+            callbacks, self._writable_callbacks = self._writable_callbacks, []
+            for cb in callbacks:
+                cb()
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """filter.StreamCallbacks: CALLBACK once the downstream drained (or closed)."""
+        if not self.write_paused or self.transport.is_closing():
+            callback()
+        else:
+            self._writable_callbacks.append(callback)
+
+    def body_error(self) -> bool:
+        return self.decoder.error is not None
 
     async def drain(self) -> None:
         """Wait while the downstream transport is above its high-water mark."""
@@ -215,14 +232,18 @@ class Http1Connection:
 
     def _stream_idle_check(self) -> None:
         """stream_idle_timeout: fires when neither side of the active stream moved a byte
-        for that long (activity stamps are cheap; the timer is re-armed lazily)."""
+        for that long. One timer per connection, not per stream: activity stamps are
+        cheap, and the timer is re-armed lazily from the last one while a stream is
+        active (a stream that starts sets the stamp, so a timer armed for an earlier
+        stream only fires early and re-arms)."""
+        self._stream_timer = None
         act = self.active
         if act is None or act.response_complete:
-            return
+            return  # the next stream arms it again
         loop = self.loop
         left = self.last_activity + self.cfg.stream_idle_timeout - loop.time()
         if left > 0:
-            act.idle_timer = loop.call_later(left, self._stream_idle_check)
+            self._stream_timer = loop.call_later(left, self._stream_idle_check)
         else:
             self.cancel_active("stream_idle")
 
@@ -242,6 +263,11 @@ class Http1Connection:
         self._wake()
 
     def cancel_active(self, reason: str) -> None:
+        act = self.active
+        if act is not None and act.response_complete:
+            # the router completes a response from the upstream's read callback, before
+            # its task wakes: a timer firing in between interrupts nothing
+            return
         if self.cancel_reason is None and self._task is not None:
             self.cancel_reason = reason
             self._task.cancel()
@@ -257,6 +283,8 @@ class Http1Connection:
                 self._headers_timer.cancel()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
+            if self._stream_timer is not None:
+                self._stream_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -288,7 +316,7 @@ class Http1Connection:
                         self.hcm.stats.inc(self.hcm.idle_timeout_stat)
                         return
             except asyncio.CancelledError:
-                if self._take_cancel() is None:
+                if self.take_cancel() is None:
                     raise
                 continue
             req = dec.ready.popleft()
@@ -298,16 +326,15 @@ class Http1Connection:
             sit = self.cfg.stream_idle_timeout
             if sit > 0:
                 self.last_activity = loop.time()
-                stream.idle_timer = loop.call_later(sit, self._stream_idle_check)
+                if self._stream_timer is None:
+                    self._stream_timer = loop.call_later(sit, self._stream_idle_check)
             try:
                 await self.hcm.serve(stream)
             except asyncio.CancelledError:
-                if self._take_cancel() is None:
+                if self.take_cancel() is None:
                     raise
             finally:
                 self.active = None
-                if stream.idle_timer is not None:
-                    stream.idle_timer.cancel()
             self.hcm.complete(stream)
             if stream.closing or not stream.response_complete or not req.complete:
                 await self._flush()
@@ -318,7 +345,7 @@ class Http1Connection:
                 try:
                     await self.drain()
                 except asyncio.CancelledError:
-                    if self._take_cancel() is None:
+                    if self.take_cancel() is None:
                         raise
                     return
 
@@ -326,7 +353,7 @@ class Http1Connection:
     def _loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    def _take_cancel(self) -> str | None:
+    def take_cancel(self) -> str | None:
         """After a CancelledError: the reason if the connection caused it (and the task's
         cancellation undone), None for a real cancellation from outside."""
         reason = self.cancel_reason
@@ -337,6 +364,8 @@ class Http1Connection:
         if task is not None:
             task.uncancel()
         return reason
+
+    _take_cancel = take_cancel  # the name callers on other branches still use
 
     def _codec_error_reply(self, err: CodecError) -> None:
         """A request that never became a stream (bad request line, bad header, oversize
@@ -362,5 +391,5 @@ class Http1Connection:
         except (TimeoutError, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
-            if self._take_cancel() is None:
+            if self.take_cancel() is None:
                 raise

@@ -19,9 +19,9 @@ from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http.filter import HttpStream
 from remora.proxy.http.per_filter import register_per_route
 from remora.proxy.http.route_config import HeaderMatcher, _header_matcher
-from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import FactoryContext
 
 FAULT_NAME = "envoy.filters.http.fault"
@@ -109,7 +109,7 @@ def _factory(f: Fields, ctx: FactoryContext) -> FaultFilter:
     return FaultFilter(cfg)
 
 
-def _header_int(stream: ActiveStream, name: str) -> int | None:
+def _header_int(stream: HttpStream, name: str) -> int | None:
     v = stream.req.hmap.get(name)
     if v is None or not v.isdigit():
         return None
@@ -123,7 +123,7 @@ class FaultFilter:
         self.cfg = cfg
         self.active = 0
 
-    async def decode_headers(self, stream: ActiveStream) -> bool:
+    async def decode_headers(self, stream: HttpStream) -> bool:
         route = stream.route
         cfg = self.cfg
         if route is not None:

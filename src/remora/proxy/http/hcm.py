@@ -79,7 +79,7 @@ class HttpConnectionManager:
                 if not await f.decode_headers(stream):
                     return
         except asyncio.CancelledError:
-            reason = stream.conn._take_cancel()
+            reason = stream.conn.take_cancel()
             if reason is None:
                 raise
             stream.interrupted(reason)

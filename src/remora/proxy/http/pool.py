@@ -14,13 +14,15 @@ connections are taken most-recent first and must not point at an excluded host (
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
+from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, Upstream
 from remora.proxy.upstream.connect import TrackedProtocol
 
@@ -58,9 +60,25 @@ def limits_of(cluster: Any) -> PoolLimits:
                       getattr(opts, "max_connection_duration", None) or 0.0)
 
 
-class PooledConnection:
-    __slots__ = ("created", "idle_since", "key", "limits", "on_stray", "owner", "requests",
-                 "upstream")
+class ResponseHandler(Protocol):
+    """Who reads an active upstream connection: the router's attempt (a response being
+    decoded) or a websocket tunnel."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_eof(self) -> None: ...
+
+
+class PooledConnection(asyncio.Protocol):
+    """One upstream HTTP/1.1 connection, and the asyncio Protocol that reads it once
+    ``take_over`` switched its transport from the core's StreamReader (as the downstream
+    side does in connection.py): every read goes straight to the attached
+    ``ResponseHandler`` (no reader task, no future per read). Bytes that arrive while no
+    handler is attached are held (a handler attached next reads them first), and while the
+    connection sits idle in the pool they close it as a protocol error."""
+
+    __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
+                 "created", "handler", "idle_since", "key", "limits", "on_stray", "owner",
+                 "pool", "requests", "state", "transport", "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -74,7 +92,128 @@ class PooledConnection:
         # counts a protocol error (upstream_cx_protocol_error) when the upstream sent
         # bytes while the connection was idle
         self.on_stray = on_stray
+        self.transport: asyncio.Transport | None = None  # once taken over
+        # where the request/response cycle on it is (codec_state.py); the router moves
+        # the CLIENT side, the response decoder the SERVER side, and only a connection
+        # whose both sides are DONE starts a next cycle and goes back to the pool
+        self.state = ConnectionState()
+        self.handler: ResponseHandler | None = None
+        self.pool: ConnectionPool | None = None  # while idle in that pool
+        self.write_paused = False
+        self._tracked: TrackedProtocol | None = None
+        self._pending = b""  # read while no handler was attached
+        self._eof = False
+        self._rx = 0
+        self._read_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
 
+    def take_over(self) -> None:
+        """Read the transport with this protocol from now on; what the StreamReader
+        already buffered (``_buffer``/``_eof``: CPython's asyncio and uvloop alike) is
+        kept for the first handler."""
+        reader = self.upstream.reader
+        transport = cast(asyncio.Transport, self.upstream.writer.transport)
+        old = transport.get_protocol()
+        self._tracked = old if isinstance(old, TrackedProtocol) else None
+        buf = getattr(reader, "_buffer", None)
+        if buf:
+            self._pending = bytes(buf)
+            buf.clear()
+        self._eof = bool(getattr(reader, "_eof", False))
+        transport.set_protocol(self)
+        self.transport = transport
+        with contextlib.suppress(Exception):
+            if not transport.is_reading():
+                transport.resume_reading()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._rx += len(data)
+        h = self.handler
+        if h is not None:
+            h.upstream_data(data)
+            return
+        pool = self.pool
+        if pool is not None:
+            pool._stray(self)  # idle in the pool: no request asked for these bytes
+            return
+        self._pending += data
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        h = self.handler
+        if h is not None:
+            h.upstream_eof()
+        return None  # close: an HTTP/1 upstream's FIN ends the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        h = self.handler
+        if h is not None:
+            h.upstream_eof()
+        self._wake_writers()
+        tracked = self._tracked
+        if tracked is not None:  # the core's accounting: cx_active, rx bytes
+            self._tracked = None
+            tracked.rx_bytes += self._rx
+            tracked.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        self.write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    # -- the router's and the tunnel's side ---------------------------------------------
+    def attach(self, handler: ResponseHandler) -> None:
+        """HANDLER reads from now on, first what was held, then the end if it came."""
+        self.handler = handler
+        pending = self._pending
+        if pending:
+            self._pending = b""
+            handler.upstream_data(pending)
+        if self._eof and self.handler is handler:
+            handler.upstream_eof()
+
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None:
+            t.write(data)  # straight to the transport, no StreamWriter frame
+        else:
+            self.upstream.writer.write(data)
+
+    def congested(self, limit: int) -> bool:
+        return self.upstream.writer.transport.get_write_buffer_size() > limit
+
+    async def drain(self) -> None:
+        """Until the transport is below its low-water mark (or closed)."""
+        if self.write_paused and not self._eof:
+            fut = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def pause_reading(self) -> None:
+        t = self.transport
+        if t is not None and not self._read_paused:
+            self._read_paused = True
+            with contextlib.suppress(Exception):
+                t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.transport
+        if t is not None and self._read_paused:
+            self._read_paused = False
+            with contextlib.suppress(Exception):
+                t.resume_reading()
+
+    # -- the pool's side ----------------------------------------------------------------
     def expired(self, now: float) -> bool:
         lim = self.limits
         return ((lim.idle_timeout > 0 and now - self.idle_since >= lim.idle_timeout)
@@ -88,13 +227,20 @@ class PooledConnection:
         return self.upstream.host
 
     def usable(self) -> bool:
+        if self._eof:
+            return False
+        t = self.transport
+        if t is not None:  # taken over: the StreamReader sees nothing any more
+            return not t.is_closing()
         up = self.upstream
         return not up.writer.transport.is_closing() and not up.reader.at_eof()
 
     def stray_bytes(self) -> bool:
-        """The upstream sent something that no request asked for (StreamReader keeps
-        what it buffered in ``_buffer``; CPython's asyncio and uvloop alike)."""
-        return bool(getattr(self.upstream.reader, "_buffer", b""))
+        """The upstream sent something that no request asked for: held by this protocol,
+        or still in the StreamReader's buffer before a take-over."""
+        if self._pending:
+            return True
+        return self.transport is None and bool(getattr(self.upstream.reader, "_buffer", b""))
 
     def stray(self) -> None:
         """Bytes arrived while idle: close, and count it as Envoy does."""
@@ -103,11 +249,9 @@ class PooledConnection:
             cb()
         self.close()
 
-    def _protocol(self) -> TrackedProtocol | None:
-        proto = self.upstream.writer.transport.get_protocol()
-        return proto if isinstance(proto, TrackedProtocol) else None
-
     def close(self) -> None:
+        self.handler = None
+        self.pool = None
         with contextlib.suppress(Exception):
             self.upstream.writer.close()
 
@@ -138,9 +282,7 @@ class ConnectionPool:
             if conn.host in exclude:
                 continue
             del idle[i]
-            proto = conn._protocol()
-            if proto is not None:
-                proto.on_idle_data = None
+            conn.pool = None
             return conn
         return None
 
@@ -161,9 +303,7 @@ class ConnectionPool:
             conn.close()
             return
         idle.append(conn)
-        proto = conn._protocol()
-        if proto is not None:
-            proto.on_idle_data = lambda: self._stray(conn)
+        conn.pool = self  # bytes arriving now call _stray
 
     def _stray(self, conn: PooledConnection) -> None:
         idle = self._idle.get(conn.key)

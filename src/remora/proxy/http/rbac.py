@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields
-from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http.filter import HttpStream
 from remora.proxy.interfaces import FactoryContext, Stats
 from remora.proxy.network_filters.rbac import connection_input
 from remora.proxy.rbac_engine import Rbac, parse_rules
@@ -36,11 +36,20 @@ class HttpRbacFilter:
     def __init__(self, stats: Stats, rules: Rbac | None) -> None:
         self.stats = stats
         self.rules = rules
+        # (allowed, denied) stat names per connection manager stat_prefix, built once
+        self._names: dict[str, tuple[str, str]] = {}
 
-    async def decode_headers(self, stream: ActiveStream) -> bool:
-        prefix = f"http.{stream.conn.cfg.stat_prefix}.rbac."
+    def _stat_names(self, stat_prefix: str) -> tuple[str, str]:
+        names = self._names.get(stat_prefix)
+        if names is None:
+            p = f"http.{stat_prefix}.rbac."
+            names = self._names[stat_prefix] = (p + "allowed", p + "denied")
+        return names
+
+    async def decode_headers(self, stream: HttpStream) -> bool:
+        allowed, denied = self._stat_names(stream.conn.cfg.stat_prefix)
         if self.rules is None:
-            self.stats.inc(prefix + "allowed")
+            self.stats.inc(allowed)
             return True
         info = stream.info
         headers = dict(info.request_headers or {})
@@ -48,9 +57,9 @@ class HttpRbacFilter:
                                    remote_ip=_ip(info.downstream_remote_address))
         decision = self.rules.evaluate(request)
         if decision.allowed:
-            self.stats.inc(prefix + "allowed")
+            self.stats.inc(allowed)
             return True
-        self.stats.inc(prefix + "denied")
+        self.stats.inc(denied)
         return stream.local_reply(403, DENIED_BODY, decision.details)
 
 

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
 from remora.proxy.http.codec import ResponseDecoder, ResponseError
-from remora.proxy.http.connection import BUFFER_LIMIT, READ_SIZE
+from remora.proxy.http.codec_state import (
+    CLIENT,
+    END_OF_MESSAGE,
+    REQUEST,
+    SWITCH_UPGRADE,
+    SWITCHED_PROTOCOL,
+)
+from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
 from remora.proxy.http.retry import RetryPolicy
@@ -26,7 +33,7 @@ from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import BodySink, encode_request_head
-from remora.proxy.interfaces import Cluster, FactoryContext, UpstreamError
+from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -55,6 +62,39 @@ def _factory(f: Fields, ctx: FactoryContext) -> Router:
     return Router(ctx, suppress)
 
 
+class ClusterStats:
+    """A cluster's router stat names, built once per cluster name (not per request)."""
+
+    __slots__ = ("by_status", "prefix", "protocol_error", "rq_completed", "rq_per_try_timeout",
+                 "rq_retry", "rq_retry_success", "rq_time", "rq_timeout", "rq_total", "stats")
+
+    def __init__(self, stats: Stats, cluster_name: str) -> None:
+        p = self.prefix = f"cluster.{cluster_name}."
+        self.stats = stats
+        self.rq_total = p + "upstream_rq_total"
+        self.rq_retry = p + "upstream_rq_retry"
+        self.rq_retry_success = p + "upstream_rq_retry_success"
+        self.rq_completed = p + "upstream_rq_completed"
+        self.rq_time = p + "upstream_rq_time"
+        self.rq_timeout = p + "upstream_rq_timeout"
+        self.rq_per_try_timeout = p + "upstream_rq_per_try_timeout"
+        self.protocol_error = p + "upstream_cx_protocol_error"
+        # status -> (upstream_rq_Nxx, upstream_rq_NNN), filled as statuses are seen
+        self.by_status: dict[int, tuple[str, str]] = {}
+
+    def status(self, status: int) -> tuple[str, str]:
+        names = self.by_status.get(status)
+        if names is None:
+            p = self.prefix
+            names = self.by_status[status] = (f"{p}upstream_rq_{status // 100}xx",
+                                              f"{p}upstream_rq_{status}")
+        return names
+
+    def count_protocol_error(self) -> None:
+        """A pooled connection's stray bytes (bound per connection, not per request)."""
+        self.stats.inc(self.protocol_error)
+
+
 class Router:
     terminal = True
 
@@ -63,8 +103,15 @@ class Router:
         self.stats = ctx.stats
         self.suppress = suppress_envoy_headers
         self.pool = pool_for(self.cluster_manager)
+        self._cluster_stats: dict[str, ClusterStats] = {}
 
-    async def decode_headers(self, stream: ActiveStream) -> bool:
+    def cluster_stats(self, name: str) -> ClusterStats:
+        cs = self._cluster_stats.get(name)
+        if cs is None:
+            cs = self._cluster_stats[name] = ClusterStats(self.stats, name)
+        return cs
+
+    async def decode_headers(self, stream: HttpStream) -> bool:
         route = stream.route
         if route is None:
             return stream.local_reply(404, b"", "route_not_found", "NR")
@@ -80,12 +127,21 @@ class Router:
 
 
 class _Forward:
-    """One request's trip upstream: attempts, retries, and the final outcome."""
+    """One request's trip upstream: attempts, retries, and the final outcome. While an
+    attempt waits for its response, this object is the upstream connection's
+    ``ResponseHandler``: each read is decoded and relayed downstream in the read callback
+    (one flush per read), and the attempt's task awaits one future, resolved when the
+    response is complete or the attempt failed."""
 
-    def __init__(self, router: Router, stream: ActiveStream, route: Route,
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "host", "policy",
+                 "reselections", "retries_left", "retry_slots", "retry_status", "route",
+                 "router", "started", "stats", "stream", "tried")
+
+    def __init__(self, router: Router, stream: HttpStream, route: Route,
                  cluster: Cluster) -> None:
         self.router = router
         self.stream = stream
+        self.conn: StreamCallbacks = stream.conn
         self.route = route
         self.cluster = cluster
         self.policy: RetryPolicy | None = route.retry_policy
@@ -98,12 +154,14 @@ class _Forward:
         self.host: str | None = None  # the current (or last) attempt's host, for its stats
         self.retry_status = 0
         self.started = time.monotonic()
-        self.stat = f"cluster.{cluster.name}."
+        self.cs = router.cluster_stats(cluster.name)
+        self.stats = router.stats
+        self.dec: ResponseDecoder | None = None
+        self.done: asyncio.Future[_Failure | str | None] | None = None
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        stream = self.stream
-        conn = stream.conn
+        conn = self.conn
         loop = conn.loop
         timeout = self.route.timeout
         timer = loop.call_later(timeout, conn.cancel_active, "timeout") if timeout > 0 else None
@@ -120,10 +178,13 @@ class _Forward:
                 except _Failure as f:
                     failure = f
                 except asyncio.CancelledError:
-                    reason = conn.cancel_reason
-                    if reason != "per_try":
+                    reason = conn.take_cancel()
+                    if reason is None:
                         raise
-                    conn._take_cancel()
+                    if reason != "per_try":
+                        self._drop_current()
+                        self._interrupted(reason)
+                        return
                     failure = _Failure("per_try")
                 finally:
                     if try_timer is not None:
@@ -137,7 +198,7 @@ class _Forward:
                 if failure.kind == "status" or self._may_retry(failure.kind):
                     if failure.kind != "status":  # a retried status was charged already
                         self._charge("rq_error")  # as Envoy's Filter::maybeRetryReset
-                    self.router.stats.inc(self.stat + "upstream_rq_retry")
+                    self.stats.inc(self.cs.rq_retry)
                     if self.policy is not None and self.policy.previous_hosts:
                         exclude = frozenset(self.tried)
                     n = (self.policy.num_retries if self.policy else 1) - self.retries_left
@@ -146,7 +207,7 @@ class _Forward:
                 self._fail(failure)
                 return
         except asyncio.CancelledError:
-            reason = conn._take_cancel()
+            reason = conn.take_cancel()
             if reason is None:
                 raise
             self._drop_current()
@@ -197,7 +258,7 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
-            facts = stream.conn.downstream.facts
+            facts = self.conn.downstream.facts
             key = pool_key(cluster.name, facts)
             pc = router.pool.acquire(key, exclude, cluster)
             fresh = pc is None
@@ -219,22 +280,24 @@ class _Forward:
                     raise _Failure("connect", err) from None
                 finally:
                     cluster.release("pending_requests")
-                # the pool counts stray bytes on it; bound to the stats only, so a pooled
-                # connection keeps nothing of this request alive
-                pc = PooledConnection(key, up, limits_of(cluster), cluster, partial(
-                    router.stats.inc, self.stat + "upstream_cx_protocol_error"))
+                # the pool counts stray bytes on it; bound to the cluster's stats only, so
+                # a pooled connection keeps nothing of this request alive
+                pc = PooledConnection(key, up, limits_of(cluster), cluster,
+                                      self.cs.count_protocol_error)
+                pc.take_over()
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address
             info.upstream_cluster = cluster.name
             self.current = pc
-            self.tried.add(pc.host)
-            router.stats.inc(self.stat + "upstream_rq_total")
-            self.host = pc.host
-            cluster.host_stat(pc.host, "rq_total")
-            cluster.host_stat(pc.host, "rq_active")
-            attached = pc.host
-            if stream.conn.decoder.error is not None and not stream.req.complete:
+            host = pc.host
+            self.tried.add(host)
+            self.stats.inc(self.cs.rq_total)
+            self.host = host
+            cluster.host_stat(host, "rq_total")
+            cluster.host_stat(host, "rq_active")
+            attached = host
+            if self.conn.body_error() and not stream.req.complete:
                 # The body was malformed in the same read as its headers: Envoy answers 400
                 # DPE. It has picked the host by then; a pooled connection is attached at
                 # once, a new one is still connecting, so UPSTREAM_LOCAL_ADDRESS is logged
@@ -243,15 +306,28 @@ class _Forward:
                     info.upstream_local_address = None
                 raise _Failure("codec")
             self._send_request(pc)
-            await self._relay_response(pc)
+            # the response is decoded in pc's read callbacks (upstream_data/upstream_eof);
+            # this task waits once for its outcome
+            self.dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data,
+                                       state=pc.state)
+            done = self.done = self.conn.loop.create_future()
+            pc.attach(self)
+            outcome = await done
+            if outcome is not None:
+                if isinstance(outcome, _Failure):
+                    raise outcome
+                self.current = None  # "upgrade": the tunnel owns and closes it
+                assert isinstance(stream, ActiveStream)  # only HTTP/1.1 upgrades
+                await tunnel(stream, pc, self.dec)
         finally:
+            self.dec = None
+            self.done = None
             cluster.release("requests")
             if attached is not None:
                 cluster.host_stat(attached, "rq_active", -1)
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
-        w = pc.upstream.writer
         extra = None
         if not self.router.suppress and self.route.timeout > 0:
             remaining = self.route.timeout - (time.monotonic() - self.started)
@@ -271,10 +347,24 @@ class _Forward:
                     values = [v for n, v in headers if n == name]
                     if values:
                         hdrs[name] = ",".join(values)
-        w.write(encode_request_head(stream.method, stream.path, headers, extra))
+        state = pc.state
+        if req.upgrade:
+            # the upstream may switch protocols; either way no next request follows
+            state.process_event(CLIENT, REQUEST, SWITCH_UPGRADE)
+            state.process_keep_alive_disabled()
+        else:
+            state.process_event(CLIENT, REQUEST)
+        head = encode_request_head(stream.method, stream.path, headers, extra)
+        if req.complete and not stream.upstream_chunked:
+            # the common case: the whole request in one write, no body sink
+            body = req.body
+            pc.write(head + b"".join(body) if body else head)
+            state.process_event(CLIENT, END_OF_MESSAGE)
+            return
+        pc.write(head)
         # the body is framed as the forwarded head says (stream.upstream_chunked), which
         # is not always how the client framed it (a nominated content-length)
-        sink = BodySink(w, stream.upstream_chunked)
+        sink = BodySink(pc, stream.upstream_chunked)
         for chunk in req.body:
             sink.data(chunk)
         if req.complete:
@@ -282,61 +372,95 @@ class _Forward:
         else:
             # without a retry policy nothing is ever resent: keep no copy of the body
             req.attach(sink, BUFFER_LIMIT if self.policy is not None else -1)
-            stream.conn.resume_reading()
+            self.conn.resume_reading()
 
-    async def _relay_response(self, pc: PooledConnection) -> None:
+    # -- the upstream connection's reads (pool.ResponseHandler) -----------------------------
+    def upstream_data(self, data: bytes) -> None:
+        conn = self.conn
+        conn.last_activity = conn.loop.time()
+        dec = self.dec
+        assert dec is not None
         stream = self.stream
-        reader = pc.upstream.reader
-        dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data)
-        conn = stream.conn
-        loop = conn.loop
-        while not dec.complete:
-            try:
-                data = await reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            conn.last_activity = loop.time()
-            if not data:
-                if dec.eof_completes():
-                    dec.keep_alive = False
-                    break
-                stream.flush()
-                raise _Failure("truncated" if dec.headers_done else "reset")
-            try:
-                dec.feed(data)
-            except ResponseError:
-                stream.flush()
-                self._count_protocol_error()
-                raise _Failure("truncated" if dec.headers_done else "protocol") from None
-            if self.retry_status:
-                raise _Failure("status")
+        try:
+            dec.feed(data)
+        except ResponseError:
             stream.flush()
-            if conn.write_paused:
-                await conn.drain()
+            self.stats.inc(self.cs.protocol_error)
+            self._finish(_Failure("truncated" if dec.headers_done else "protocol"))
+            return
+        if self.retry_status:
+            self._finish(_Failure("status"))
+            return
+        if dec.complete:
+            self._complete(dec)
+            return
+        stream.flush()
+        if conn.write_paused:
+            # the client reads slower than the upstream sends: stop reading the upstream
+            # until the downstream drained (Envoy's watermark-based flow control)
+            pc = self.current
+            if pc is not None:
+                pc.pause_reading()
+                conn.when_writable(pc.resume_reading)
+
+    def upstream_eof(self) -> None:
+        conn = self.conn
+        conn.last_activity = conn.loop.time()
+        dec = self.dec
+        assert dec is not None
+        if dec.eof_completes():
+            dec.end_at_eof()
+            self._complete(dec)
+            return
+        self.stream.flush()
+        self._finish(_Failure("truncated" if dec.headers_done else "reset"))
+
+    def _finish(self, outcome: _Failure | str | None) -> None:
+        """The attempt's outcome is known: detach from the connection, wake the task."""
+        pc = self.current
+        if pc is not None:
+            pc.handler = None
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(outcome)
+
+    def _complete(self, dec: ResponseDecoder) -> None:
+        """The response is complete: end it downstream (one write with the last bytes),
+        count it, and return the connection to the pool while still in the read
+        callback, so nothing the upstream sends later is read as this response's."""
+        stream = self.stream
         req = stream.req
-        if dec.status == 101 and req.upgrade:
+        pc = self.current
+        assert pc is not None
+        pc.handler = None
+        status = dec.status
+        state = pc.state
+        if state.server == SWITCHED_PROTOCOL:  # a 101 to the Upgrade request
             self._count_response(101)
-            self.current = None  # the tunnel owns and closes it
-            await tunnel(stream, pc, dec)
+            self._finish("upgrade")
             return
         stream.encode_end()
-        self._count_response(dec.status)
+        self._count_response(status)
         self.current = None
         if dec.trailing:
             # bytes after the response: a protocol error for this connection, never data
             # for anyone (Envoy closes it and counts upstream_cx_protocol_error)
-            self._count_protocol_error()
-        if dec.status == 101:
+            self.stats.inc(self.cs.protocol_error)
+        if status == 101:
             # a 101 nobody asked for: the connection left HTTP, so it is closed, and so is
             # the client's (Envoy 1.40 relays the 101 and keeps both, so the next request
             # on that upstream connection is not answered; a fresh one serves it here)
             stream.closing = True
             pc.close()
-        elif dec.keep_alive and req.complete and not dec.trailing and not req.upgrade:
+        elif state.reusable:
+            # both sides DONE: the response kept the connection alive, the request ended,
+            # nothing followed the response and no upgrade was proposed
+            state.start_next_cycle()
             req.sink = None
             self.router.pool.release(pc)
         else:
             pc.close()
+        self._finish(None)
 
     def _on_headers(self, dec: ResponseDecoder) -> None:
         status = dec.status
@@ -357,23 +481,21 @@ class _Forward:
         # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none
         chunked = dec.chunked or (not framed and status >= 200 and status not in (204, 304)
                                   and not stream.head)
-        ms = int((time.monotonic() - self.started) * 1000)
-        stream.encode_headers(status, dec.headers, chunked=chunked,
-                              mutations=self.route.response_mutations,
-                              service_time_ms=None if self.router.suppress else ms)
+        stream.encode_headers(
+            status, dec.headers, chunked=chunked, mutations=self.route.response_mutations,
+            service_time_ms=None if self.router.suppress
+            else int((time.monotonic() - self.started) * 1000))
 
     def _count_response(self, status: int) -> None:
-        stats = self.router.stats
-        inc = stats.inc
-        inc(f"{self.stat}upstream_rq_{status // 100}xx")
-        inc(f"{self.stat}upstream_rq_{status}")
-        inc(self.stat + "upstream_rq_completed")
-        stats.observe(self.stat + "upstream_rq_time", (time.monotonic() - self.started) * 1000)
+        cs = self.cs
+        inc = self.stats.inc
+        xx, code = cs.status(status)
+        inc(xx)
+        inc(code)
+        inc(cs.rq_completed)
+        self.stats.observe(cs.rq_time, (time.monotonic() - self.started) * 1000)
         if self.stream.info.upstream_request_attempt_count > 1 and status < 500:
-            inc(self.stat + "upstream_rq_retry_success")
-
-    def _count_protocol_error(self) -> None:
-        self.router.stats.inc(self.stat + "upstream_cx_protocol_error")
+            inc(cs.rq_retry_success)
 
     def _charge(self, stat: str) -> None:
         if self.host is not None:
@@ -404,7 +526,7 @@ class _Forward:
             return
         if f.kind == "per_try":
             self._charge("rq_error")
-            self.router.stats.inc(self.stat + "upstream_rq_per_try_timeout")
+            self.stats.inc(self.cs.rq_per_try_timeout)
             stream.local_reply(504, b"upstream request timeout", "upstream_per_try_timeout",
                                "UT")
             return
@@ -418,5 +540,5 @@ class _Forward:
             self._charge("rq_timeout")
             if not self.stream.response_started:
                 self._charge("rq_error")  # the 504 is charged to the host
-            self.router.stats.inc(self.stat + "upstream_rq_timeout")
+            self.stats.inc(self.cs.rq_timeout)
         self.stream.interrupted(reason)

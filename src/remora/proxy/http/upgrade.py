@@ -3,7 +3,10 @@ websocket): raw bytes both ways until either side closes.
 
 Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/upgrades
 The tunnel's bytes count as body bytes in the access log (BYTES_RECEIVED / BYTES_SENT), and
-the upstream connection is never pooled again.
+the upstream connection is never pooled again. Both directions are read callbacks: the
+downstream's bytes go to the upstream from Http1Connection.on_data (``conn.tunnel``), the
+upstream's to the downstream from the pooled connection's protocol (``_Tunnel`` is its
+ResponseHandler); each side stops reading while the other is above its high-water mark.
 """
 
 from __future__ import annotations
@@ -11,22 +14,48 @@ from __future__ import annotations
 import asyncio
 
 from remora.proxy.http.codec import ResponseDecoder
-from remora.proxy.http.connection import BUFFER_LIMIT, READ_SIZE
+from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.pool import PooledConnection
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.stream_info import StreamInfo
+
+
+class _Tunnel:
+    """pool.ResponseHandler for the upstream half, and the downstream half's sink."""
+
+    __slots__ = ("closed", "conn", "info", "pc")
+
+    def __init__(self, conn: Http1Connection, pc: PooledConnection, info: StreamInfo) -> None:
+        self.conn = conn
+        self.pc = pc
+        self.info = info
+        self.closed = False
+
+    def upstream_data(self, data: bytes) -> None:
+        conn = self.conn
+        conn.transport.write(data)
+        self.info.bytes_sent += len(data)
+        if conn.write_paused:
+            pc = self.pc
+            pc.pause_reading()
+            conn.when_writable(pc.resume_reading)
+
+    def upstream_eof(self) -> None:
+        self.closed = True
+        self.pc.handler = None
+        self.conn._wake()
 
 
 async def tunnel(stream: ActiveStream, pc: PooledConnection, dec: ResponseDecoder) -> None:
     stream.flush()  # the 101 head
     conn, req, info = stream.conn, stream.req, stream.info
-    up_w = pc.upstream.writer
-    loop = asyncio.get_running_loop()
+    loop = conn.loop
 
     def to_upstream(data: bytes) -> None:
-        up_w.write(data)
+        pc.write(data)
         req.body_bytes += len(data)
-        if up_w.transport.get_write_buffer_size() > BUFFER_LIMIT:
-            conn.hold_reading_until(up_w.drain())
+        if pc.congested(BUFFER_LIMIT):
+            conn.hold_reading_until(pc.drain())
 
     if conn.decoder.upgrade_tail:  # sent right behind the Upgrade request
         to_upstream(conn.decoder.upgrade_tail)
@@ -35,28 +64,18 @@ async def tunnel(stream: ActiveStream, pc: PooledConnection, dec: ResponseDecode
         info.bytes_sent += len(dec.upgrade_tail)
     conn.tunnel = to_upstream  # downstream bytes now bypass the HTTP decoder
     conn.resume_reading()
-
-    async def from_upstream() -> None:
-        reader = pc.upstream.reader
-        while data := await reader.read(READ_SIZE):
-            conn.transport.write(data)
-            info.bytes_sent += len(data)
-            await conn.drain()
-
-    upstream_done = loop.create_task(from_upstream())
-    upstream_done.add_done_callback(lambda _t: conn._wake())
+    up = _Tunnel(conn, pc, info)
+    pc.attach(up)  # what the upstream sent since the 101 first
     try:
-        while not conn.eof and not upstream_done.done():
+        while not conn.eof and not up.closed:
             conn._waiter = loop.create_future()  # woken by either side's end
             await conn._waiter
     except asyncio.CancelledError:
         if conn.cancel_reason != "dc":
             raise
-        conn._take_cancel()
+        conn.take_cancel()
     finally:
         conn._waiter = None
-        upstream_done.cancel()
-        await asyncio.gather(upstream_done, return_exceptions=True)
         pc.close()
         stream.response_complete = True
         stream.closing = True

@@ -2,47 +2,51 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
+from remora.proxy.http.codec_state import CLIENT, END_OF_MESSAGE, SEND_BODY
 from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.pool import PooledConnection
 
 
 def encode_request_head(method: str, path: str, headers: list[tuple[str, str]],
                         extra: tuple[str, str] | None) -> bytes:
-    parts = [f"{method} {path} HTTP/1.1\r\n"]
-    for n, v in headers:
-        parts.append(f"{n}: {v}\r\n")
+    # one C-level join over the (name, value) pairs instead of an f-string per header
+    lines = "\r\n".join(map(": ".join, headers))
     if extra is not None:
-        parts.append(f"{extra[0]}: {extra[1]}\r\n")
-    parts.append("\r\n")
-    return "".join(parts).encode("latin-1")
+        lines = f"{lines}\r\n{extra[0]}: {extra[1]}" if lines else f"{extra[0]}: {extra[1]}"
+    if lines:
+        return f"{method} {path} HTTP/1.1\r\n{lines}\r\n\r\n".encode("latin-1")
+    return f"{method} {path} HTTP/1.1\r\n\r\n".encode("latin-1")
 
 
 class BodySink:
-    """Forwards a request body to the upstream writer, re-framed as chunks when the
+    """Forwards a request body to the upstream connection, re-framed as chunks when the
     downstream sent it chunked (Envoy re-encodes; trailers are dropped)."""
 
-    __slots__ = ("chunked", "writer")
+    __slots__ = ("chunked", "conn")
 
-    def __init__(self, writer: asyncio.StreamWriter, chunked: bool) -> None:
-        self.writer = writer
+    def __init__(self, conn: PooledConnection, chunked: bool) -> None:
+        self.conn = conn
         self.chunked = chunked
 
     def data(self, chunk: bytes) -> None:
         if self.chunked:
-            self.writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
-            self.writer.write(chunk)
+            self.conn.write(chunk)
 
     def end(self) -> None:
         if self.chunked:
-            self.writer.write(b"0\r\n\r\n")
+            self.conn.write(b"0\r\n\r\n")
+        state = self.conn.state
+        if state.client == SEND_BODY:  # not after the exchange failed or switched
+            state.process_event(CLIENT, END_OF_MESSAGE)
 
     def congested(self) -> bool:
-        return self.writer.transport.get_write_buffer_size() > BUFFER_LIMIT
+        return self.conn.congested(BUFFER_LIMIT)
 
     async def wait(self) -> None:
         """Until the upstream took the body written so far (its drain)."""
         with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.drain()
+            await self.conn.drain()

@@ -33,18 +33,12 @@ class TrackedProtocol(asyncio.StreamReaderProtocol):
     def __init__(self, reader: asyncio.StreamReader, on_lost: Callable[[int], None]) -> None:
         super().__init__(reader)
         self._on_lost: Callable[[int], None] | None = on_lost
+        # bytes read while this protocol reads; an HTTP codec that takes the transport
+        # over (http/pool.py PooledConnection) adds its own before connection_lost
         self.rx_bytes = 0
-        # set by the HTTP pool while the connection is idle: bytes then are a protocol
-        # error (no request asked for them) and are dropped, never read by a request
-        self.on_idle_data: Callable[[], None] | None = None
 
     def data_received(self, data: bytes) -> None:
         self.rx_bytes += len(data)
-        hook = self.on_idle_data
-        if hook is not None:
-            self.on_idle_data = None
-            hook()
-            return
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
