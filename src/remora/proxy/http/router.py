@@ -26,6 +26,7 @@ from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import BodySink, encode_request_head
+from remora.proxy.http2.upstream import forward_h2, http2_upstream
 from remora.proxy.interfaces import Cluster, FactoryContext, UpstreamError
 
 ROUTER_NAME = "envoy.filters.http.router"
@@ -197,6 +198,9 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
+            if http2_upstream(cluster, info.protocol):  # the HTTP/2 pool (proxy/http2)
+                await forward_h2(self, exclude, _Failure)
+                return
             facts = stream.conn.downstream.facts
             key = pool_key(cluster.name, facts)
             pc = router.pool.acquire(key, exclude, cluster)

@@ -1,0 +1,151 @@
+"""An HTTP/2 (h2c, prior knowledge) backend for the upstream HTTP/2 tests, built on the h2
+library's server side and run as its own process: ``python3 upstream_backend.py PORT``.
+
+Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
+request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
+grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers);
+``/reset`` RST_STREAM(INTERNAL_ERROR) before answering; ``/refuse`` RST_STREAM
+(REFUSED_STREAM) the first time per connection for each path, then answers;
+``/slow`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes.
+``/conns`` answers the number of connections accepted so far (the multiplexing check).
+Every response carries ``x-conn`` (the connection's number) and ``x-stream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+
+ACCEPTED = 0
+
+
+def body_of(n: int) -> bytes:
+    pattern = bytes(range(256))
+    return (pattern * (n // 256 + 1))[:n]
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 number: int) -> None:
+        self.r, self.w, self.number = reader, writer, number
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8"))
+        self.bodies: dict[int, bytearray] = {}
+        self.paths: dict[int, str] = {}
+        self.refused: set[str] = set()
+        self.window = asyncio.Event()
+
+    def flush(self) -> None:
+        self.w.write(self.h2.data_to_send())
+
+    async def send_body(self, sid: int, data: bytes, end: bool = True) -> None:
+        if not data and end:
+            self.h2.end_stream(sid)
+            self.flush()
+        while data:
+            n = min(len(data), self.h2.local_flow_control_window(sid),
+                    self.h2.max_outbound_frame_size)
+            if n <= 0:
+                self.window.clear()
+                await self.window.wait()
+                continue
+            data, last = data[n:], data[:n]
+            # the last frame carries END_STREAM, as servers usually send it
+            self.h2.send_data(sid, last, end_stream=end and not data)
+            self.flush()
+            await self.w.drain()
+
+    async def answer(self, sid: int) -> None:
+        path = self.paths[sid]
+        body = bytes(self.bodies.pop(sid, b""))
+        base = [("x-conn", str(self.number)), ("x-stream", str(sid))]
+        if path == "/reset":
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.flush()
+            return
+        if path.startswith("/refuse") and path not in self.refused:
+            self.refused.add(path)
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.flush()
+            return
+        if path.startswith("/slow"):
+            await asyncio.sleep(0.3)
+        if path == "/grpc":
+            msg = b"\x00" + (4).to_bytes(4, "big") + b"pong"
+            self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
+                                       *base])
+            await self.send_body(sid, msg, end=False)
+            self.h2.send_headers(sid, [("grpc-status", "0"), ("grpc-message", "")],
+                                 end_stream=True)
+            self.flush()
+            return
+        if path == "/grpc-fail":
+            self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
+                                       ("grpc-status", "5"), ("grpc-message", "nope"), *base],
+                                 end_stream=True)
+            self.flush()
+            return
+        if path.startswith("/size/"):
+            out = body_of(int(path.split("/")[2]))
+        elif path == "/conns":
+            out = str(ACCEPTED).encode()
+        else:
+            out = body
+        headers = [(":status", "200"), ("content-length", str(len(out))), *base]
+        if path.startswith("/size/0"):
+            self.h2.send_headers(sid, headers, end_stream=True)
+            self.flush()
+        else:
+            self.h2.send_headers(sid, headers)
+            await self.send_body(sid, out)
+        if path == "/goaway":
+            self.h2.close_connection()
+            self.flush()
+            await self.w.drain()
+            self.w.close()
+
+    async def run(self) -> None:
+        self.h2.initiate_connection()
+        self.flush()
+        tasks = set()
+        try:
+            while data := await self.r.read(65536):
+                for ev in self.h2.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        hs = dict(ev.headers)
+                        self.paths[ev.stream_id] = hs[":path"]
+                        self.bodies[ev.stream_id] = bytearray()
+                    elif isinstance(ev, h2.events.DataReceived):
+                        self.bodies[ev.stream_id] += ev.data
+                        self.h2.acknowledge_received_data(ev.flow_controlled_length,
+                                                          ev.stream_id)
+                    elif isinstance(ev, h2.events.WindowUpdated):
+                        self.window.set()
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in self.paths:
+                        t = asyncio.ensure_future(self.answer(ev.stream_id))
+                        tasks.add(t)
+                        t.add_done_callback(tasks.discard)
+                self.flush()
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        self.w.close()
+
+
+async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    global ACCEPTED
+    ACCEPTED += 1
+    await Conn(r, w, ACCEPTED).run()
+
+
+async def main() -> None:
+    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await srv.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
