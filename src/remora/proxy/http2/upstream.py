@@ -669,6 +669,9 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
                 r.code == REFUSED_STREAM and "refused-stream" in p.retry_on)) \
                 and fw._take_retry():
             raise failure("status", None) from None
+        # Envoy's chargeUpstreamAbort: the 503 is charged to the cluster like a response
+        for name in ("upstream_rq_5xx", "upstream_rq_503", "upstream_rq_completed"):
+            router.stats.inc(fw.stat + name)
         retried = "retried and the latest " if info.upstream_request_attempt_count > 1 else ""
         stream.local_reply(503, f"{_RESET_BODY}{retried}reset reason: {r.reason}".encode(),
                            f"upstream_reset_before_response_started{{{r.detail}}}", "UR")

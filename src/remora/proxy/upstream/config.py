@@ -302,14 +302,12 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
         cfg.http_protocol_options = parse_http_protocol_options(Fields(value, where))
     cfg.typed_extension_protocol_options = opts
     if legacy_h2 is not None:
-        # the deprecated cluster-level field: HTTP/2 upstream with these options. Envoy
-        # refuses it next to the typed extension ("cannot specify both ...")
-        if HTTP_OPTIONS in opts:
-            raise ConfigError(legacy_h2.path, "http2_protocol_options next to "
-                              f"typed_extension_protocol_options {HTTP_OPTIONS}",
-                              "move it into explicit_http_config.http2_protocol_options")
-        cfg.http_protocol_options = HttpProtocolOptions(
-            protocol="http2", http2=parse_http2_options(legacy_h2))
+        # the deprecated cluster-level field: HTTP/2 upstream with these options, unless
+        # the typed extension is there too: then Envoy's createOptions uses the typed one
+        # and ignores the legacy field (observed on Envoy 1.40: explicit HTTP/1.1 wins)
+        legacy = parse_http2_options(legacy_h2)
+        if HTTP_OPTIONS not in opts:
+            cfg.http_protocol_options = HttpProtocolOptions(protocol="http2", http2=legacy)
 
     cla = f.raw("load_assignment")
     eds = f.fields("eds_cluster_config", "EdsClusterConfig")

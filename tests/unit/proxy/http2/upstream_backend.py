@@ -6,7 +6,8 @@ request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then 
 grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers);
 ``/reset`` RST_STREAM(INTERNAL_ERROR) before answering; ``/refuse`` RST_STREAM
 (REFUSED_STREAM) the first time per connection for each path, then answers;
-``/slow`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes.
+``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
+request gets the headers only.
 ``/conns`` answers the number of connections accepted so far (the multiplexing check).
 Every response carries ``x-conn`` (the connection's number) and ``x-stream``.
 """
@@ -37,6 +38,7 @@ class Conn:
             client_side=False, header_encoding="utf-8"))
         self.bodies: dict[int, bytearray] = {}
         self.paths: dict[int, str] = {}
+        self.methods: dict[int, str] = {}
         self.refused: set[str] = set()
         self.window = asyncio.Event()
 
@@ -80,8 +82,7 @@ class Conn:
             self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
                                        *base])
             await self.send_body(sid, msg, end=False)
-            self.h2.send_headers(sid, [("grpc-status", "0"), ("grpc-message", "")],
-                                 end_stream=True)
+            self.h2.send_headers(sid, [("grpc-status", "0")], end_stream=True)
             self.flush()
             return
         if path == "/grpc-fail":
@@ -97,17 +98,19 @@ class Conn:
         else:
             out = body
         headers = [(":status", "200"), ("content-length", str(len(out))), *base]
-        if path.startswith("/size/0"):
+        if path == "/goaway":
+            # the response, GOAWAY and the close in one write
+            self.h2.send_headers(sid, headers)
+            self.h2.send_data(sid, out, end_stream=True)
+            self.h2.close_connection()
+            self.flush()
+            self.w.close()
+        elif path.startswith("/size/0") or self.methods[sid] == "HEAD":
             self.h2.send_headers(sid, headers, end_stream=True)
             self.flush()
         else:
             self.h2.send_headers(sid, headers)
             await self.send_body(sid, out)
-        if path == "/goaway":
-            self.h2.close_connection()
-            self.flush()
-            await self.w.drain()
-            self.w.close()
 
     async def run(self) -> None:
         self.h2.initiate_connection()
@@ -119,6 +122,7 @@ class Conn:
                     if isinstance(ev, h2.events.RequestReceived):
                         hs = dict(ev.headers)
                         self.paths[ev.stream_id] = hs[":path"]
+                        self.methods[ev.stream_id] = hs[":method"]
                         self.bodies[ev.stream_id] = bytearray()
                     elif isinstance(ev, h2.events.DataReceived):
                         self.bodies[ev.stream_id] += ev.data

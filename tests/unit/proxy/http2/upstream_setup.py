@@ -21,7 +21,7 @@ HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 BACKEND = Path(__file__).with_name("upstream_backend.py")
 LOG_FORMAT = ("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %PROTOCOL% "
               "%UPSTREAM_PROTOCOL% %GRPC_STATUS% %GRPC_STATUS(NUMBER)% %BYTES_RECEIVED% "
-              "%BYTES_SENT% %UPSTREAM_CLUSTER% %TRAILER(GRPC-MESSAGE)%\n")
+              "%BYTES_SENT% %UPSTREAM_CLUSTER%\n")
 
 
 def _addr(port: int) -> dict[str, Any]:
