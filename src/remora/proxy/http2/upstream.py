@@ -114,6 +114,8 @@ class H2Stream:
         self.id = 0
         self.events: deque[tuple[Any, ...]] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.headers: list[tuple[str, str]] = []  # the request head, until it is sent
+        self.end_on_headers = False
         self.pending = bytearray()  # request body not yet within the flow-control window
         self.end_pending = False
         self.ended = False  # END_STREAM sent
@@ -197,11 +199,15 @@ class H2Client:
         self.ready.add_done_callback(_consume)
         self.error: UpstreamError | None = None
         self.streams: dict[int, H2Stream] = {}
+        # streams admitted before the peer's SETTINGS lowered the limit: sent once an open
+        # stream ends (nghttp2 queues such requests in Envoy the same way)
+        self.waiting: deque[H2Stream] = deque()
         self.reserved = 0  # streams admitted (waiting for the connection or open)
         self.total = 0  # streams ever admitted (max_requests_per_connection)
         self.goaway = False  # no new streams (GOAWAY received, or draining)
         self.closed = False
         self.write_paused = False
+        self.settings_received = False  # the peer's first SETTINGS frame arrived
         self._idle_timer: asyncio.TimerHandle | None = None
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config=config)
@@ -316,7 +322,8 @@ class H2Client:
             self._idle_timer.cancel()
             self._idle_timer = None
         streams, self.streams = self.streams, {}
-        for st in streams.values():
+        waiting, self.waiting = list(self.waiting), deque()
+        for st in [*streams.values(), *waiting]:
             st.closed = True
             st.wake_writer()
             st.push("lost", "reset")
@@ -339,7 +346,8 @@ class H2Client:
             self.stats.inc(self.stat + "upstream_cx_protocol_error")
             self.flush()
             streams, self.streams = self.streams, {}
-            for st in streams.values():
+            waiting, self.waiting = list(self.waiting), deque()
+            for st in [*streams.values(), *waiting]:
                 st.closed = True
                 st.wake_writer()
                 st.push("lost", "protocol")
@@ -347,6 +355,7 @@ class H2Client:
             return
         for ev in events:
             self._event(ev)
+        self._start_waiting()
         self.flush()
 
     def _event(self, ev: h2.events.Event) -> None:
@@ -386,11 +395,15 @@ class H2Client:
             self.goaway = True
             self.on_idle(self)
             last = ev.last_stream_id or 0
-            for sid in [s for s in self.streams if s > last]:
-                st = self.streams.pop(sid)
+            refused = [self.streams.pop(s) for s in list(self.streams) if s > last]
+            refused += self.waiting  # never sent: refused as well
+            self.waiting = deque()
+            for st in refused:
                 st.closed = True
                 st.wake_writer()
                 st.push("reset", REFUSED_STREAM)
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self.settings_received = True  # _start_waiting after this batch
         elif isinstance(ev, h2.events.WindowUpdated):
             for st in list(self.streams.values()):
                 if st.pending or st.end_pending:
@@ -404,13 +417,40 @@ class H2Client:
     # -- streams -------------------------------------------------------------------------
     def open_stream(self, st: H2Stream, headers: list[tuple[str, str]],
                     end_stream: bool) -> None:
+        st.headers = headers
+        st.end_on_headers = end_stream
+        if self.waiting or not self._room():
+            self.waiting.append(st)
+            return
+        self._send_headers(st)
+
+    def _room(self) -> bool:
+        """Whether one more stream may be opened now. Until the peer's SETTINGS arrived
+        only one stream is sent: its limit is unknown (unlimited per RFC 9113 6.5.2), and
+        a peer that enforces a lower one strictly (h2's server: a connection error)
+        would take every stream of a burst down with the connection. Envoy 1.40 sends
+        them all and loses them (503 UC); the first stream costs no round trip here."""
+        conn = self.conn
+        limit = conn.remote_settings.max_concurrent_streams if self.settings_received else 1
+        return conn.open_outbound_streams < limit
+
+    def _send_headers(self, st: H2Stream) -> None:
         sid = self.conn.get_next_available_stream_id()
         st.id = sid
         self.streams[sid] = st
-        self.conn.send_headers(sid, headers, end_stream=end_stream)
-        if end_stream:
+        self.conn.send_headers(sid, st.headers, end_stream=st.end_on_headers)
+        st.headers = []
+        if st.end_on_headers:
             st.ended = True
         self.flush()
+        if st.pending or st.end_pending:
+            self.pump(st)
+
+    def _start_waiting(self) -> None:
+        while self.waiting and not self.closed and self._room():
+            st = self.waiting.popleft()
+            if not st.closed:
+                self._send_headers(st)
 
     def pump(self, st: H2Stream) -> None:
         """Send what the flow-control windows allow of ST's pending body, then END_STREAM
@@ -449,14 +489,18 @@ class H2Client:
             st.reset(h2.errors.ErrorCodes.NO_ERROR)
         st.closed = True
         self.streams.pop(st.id, None)
+        self._start_waiting()
 
     def reset_stream(self, st: H2Stream, code: int) -> None:
         self.streams.pop(st.id, None)
+        if st in self.waiting:
+            self.waiting.remove(st)
         if st.id and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError,
                                      h2.exceptions.StreamClosedError, KeyError):
                 self.conn.reset_stream(st.id, code)
             self.flush()
+            self._start_waiting()
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

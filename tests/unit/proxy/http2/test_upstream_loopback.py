@@ -49,11 +49,13 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("h2up")
-    port, admin, backend, grpc, refused = (free_port() for _ in range(5))
+    port, admin, backend, grpc, refused, limited = (free_port() for _ in range(6))
     log = tmp / "access.log"
     cfg = tmp / "remora.json"
-    cfg.write_text(json.dumps(us.bootstrap(port, admin, log, backend, grpc, refused)))
-    with us.backend(backend), us.grpc_server(grpc), lp.loopback_proxy("remora", cfg, port):
+    cfg.write_text(json.dumps(us.bootstrap(port, admin, log, backend, grpc, refused,
+                                               limited)))
+    with us.backend(backend), us.backend(limited, 2), us.grpc_server(grpc), \
+                lp.loopback_proxy("remora", cfg, port):
         yield Rig(port, admin, log)
 
 
@@ -100,6 +102,32 @@ def test_concurrent_requests_share_one_upstream_connection(rig: Rig) -> None:
     assert len({r[1]["x-stream"] for r in results}) == 8
     assert int(rig.get("/conns")[2]) == before
     rig.new_log_lines(9)
+
+
+def test_peer_stream_limit_is_respected(rig: Rig) -> None:
+    """The backend advertises SETTINGS_MAX_CONCURRENT_STREAMS 2 and treats a third open
+    stream as a connection error (h2's server): five concurrent requests all succeed, so
+    none was ever sent beyond the peer's limit (remora queues them, as nghttp2 does)."""
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(
+            lambda _: rig.get("/slow", headers={"x-cluster": "h2-peer-limit"}), range(5)))
+    assert [r[0] for r in results] == [200] * 5
+    assert len({r[1]["x-conn"] for r in results}) <= 3
+    # warm now: the next burst opens no connection beyond what 2 streams each need
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(
+            lambda _: rig.get("/slow", headers={"x-cluster": "h2-peer-limit"}), range(4)))
+    assert [r[0] for r in results] == [200] * 4
+    rig.new_log_lines(9)
+
+
+def test_cluster_max_concurrent_streams_opens_connections(rig: Rig) -> None:
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(
+            lambda _: rig.get("/slow", headers={"x-cluster": "h2-one"}), range(3)))
+    assert [r[0] for r in results] == [200] * 3
+    assert len({r[1]["x-conn"] for r in results}) == 3
+    rig.new_log_lines(3)
 
 
 def test_grpc_unary_through_an_http11_client(rig: Rig) -> None:

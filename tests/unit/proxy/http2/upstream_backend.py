@@ -1,5 +1,6 @@
 """An HTTP/2 (h2c, prior knowledge) backend for the upstream HTTP/2 tests, built on the h2
-library's server side and run as its own process: ``python3 upstream_backend.py PORT``.
+library's server side and run as its own process:
+``python3 upstream_backend.py PORT [MAX_STREAMS]``.
 
 Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
@@ -21,8 +22,11 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
+import h2.settings
 
 ACCEPTED = 0
+MAX_STREAMS = 0  # SETTINGS_MAX_CONCURRENT_STREAMS to advertise (argv[2]; 0: h2's default)
 
 
 def body_of(n: int) -> bytes:
@@ -36,6 +40,9 @@ class Conn:
         self.r, self.w, self.number = reader, writer, number
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8"))
+        if MAX_STREAMS:
+            self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
         self.bodies: dict[int, bytearray] = {}
         self.paths: dict[int, str] = {}
         self.methods: dict[int, str] = {}
@@ -147,6 +154,8 @@ async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
 
 
 async def main() -> None:
+    global MAX_STREAMS
+    MAX_STREAMS = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
     await srv.serve_forever()
 

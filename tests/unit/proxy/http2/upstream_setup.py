@@ -40,7 +40,9 @@ def cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
 
 
 def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
-              refused: int) -> dict[str, Any]:
+              refused: int, limited: int) -> dict[str, Any]:
+    """LIMITED: a backend that advertises SETTINGS_MAX_CONCURRENT_STREAMS 2 (cluster
+    h2-peer-limit); cluster h2-one allows itself one stream per connection."""
     routes = [
         {"match": {"prefix": "/refuse-retry"}, "route": {
             "cluster": "h2", "retry_policy": {"retry_on": "refused-stream",
@@ -51,7 +53,8 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
         # x-cluster: chooses the other HTTP/2 clusters for the same backend paths
         *({"match": {"prefix": "/", "headers": [{"name": "x-cluster",
                                                 "string_match": {"exact": name}}]},
-           "route": {"cluster": name}} for name in ("h2-legacy", "h2-downstream", "refused")),
+           "route": {"cluster": name}}
+          for name in ("h2-legacy", "h2-downstream", "refused", "h2-peer-limit", "h2-one")),
         {"match": {"prefix": "/remora.demo.Simple/"}, "route": {"cluster": "grpc"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "10s"}},
     ]
@@ -80,12 +83,16 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
                 cluster("grpc", grpc, typed_extension_protocol_options=h2_options(
                     max_concurrent_streams=100)),
                 cluster("refused", refused, typed_extension_protocol_options=h2_options()),
+                cluster("h2-peer-limit", limited,
+                        typed_extension_protocol_options=h2_options()),
+                cluster("h2-one", backend, typed_extension_protocol_options=h2_options(
+                    max_concurrent_streams=1)),
             ]}}
 
 
 @contextmanager
-def backend(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, str(BACKEND), str(port)])
+def backend(port: int, max_streams: int = 0) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, str(BACKEND), str(port), str(max_streams)])
     try:
         lp.wait_listening(port, proc, "h2 backend")
         yield proc
