@@ -363,4 +363,10 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
             ka.done()
             cfg.keepalive = True
     cfg.transport = parse_transport_socket(transport, server=False)
+    if (cfg.transport is not None and not cfg.transport.alpn
+            and cfg.http_protocol_options.protocol == "http2"):
+        # an UpstreamTlsContext without alpn_protocols: Envoy's HTTP/2 pool offers "h2"
+        # (its ALPN fallback for the pool's protocol; observed on Envoy 1.40 against a
+        # server that logs the negotiated protocol). gRPC servers refuse TLS without it.
+        cfg.transport.alpn = ("h2",)
     return cfg

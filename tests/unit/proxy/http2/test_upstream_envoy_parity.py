@@ -55,6 +55,7 @@ CASES: dict[str, bytes] = {
     "after-timeout": b"GET /size/2 HTTP/1.1\r\nHost: a\r\n\r\n",
     "legacy-cluster": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-legacy\r\n\r\n",
     "connect-refused": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: refused\r\n\r\n",
+    "tls-alpn-h2": b"GET /size/5 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-tls\r\n\r\n",
     "goaway": b"GET /goaway HTTP/1.1\r\nHost: a\r\n\r\n",
     "after-goaway": b"GET /size/4 HTTP/1.1\r\nHost: a\r\n\r\n",
 }
@@ -125,14 +126,16 @@ def _stats(admin: int) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("h2up-parity")
+    certs = us.server_certificate(tmp)
     found: dict[str, dict[str, Any]] = {}
     for kind in ph.KINDS:
-        port, admin, backend, grpc, refused, limited = (free_port() for _ in range(6))
+        port, admin, backend, grpc, refused, limited, tls = (free_port() for _ in range(7))
         log = tmp / f"{kind}.log"
         cfg = tmp / f"{kind}.json"
         cfg.write_text(json.dumps(us.bootstrap(port, admin, log, backend, grpc, refused,
-                                               limited)))
-        with us.backend(backend), us.backend(limited, 2), us.grpc_server(grpc), \
+                                               limited, tls)))
+        with us.backend(backend), us.backend(limited, 2), us.backend(tls, 0, certs), \
+                us.grpc_server(grpc), \
                 lp.loopback_proxy(kind, cfg, port):
             responses = {name: _exchange(port, req) for name, req in CASES.items()}
             concurrent = {name: _concurrent(port, cluster, n)

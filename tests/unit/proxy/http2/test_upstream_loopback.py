@@ -49,12 +49,14 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("h2up")
-    port, admin, backend, grpc, refused, limited = (free_port() for _ in range(6))
+    certs = us.server_certificate(tmp)
+    port, admin, backend, grpc, refused, limited, tls = (free_port() for _ in range(7))
     log = tmp / "access.log"
     cfg = tmp / "remora.json"
     cfg.write_text(json.dumps(us.bootstrap(port, admin, log, backend, grpc, refused,
-                                               limited)))
-    with us.backend(backend), us.backend(limited, 2), us.grpc_server(grpc), \
+                                               limited, tls)))
+    with us.backend(backend), us.backend(limited, 2), us.backend(tls, 0, certs), \
+                us.grpc_server(grpc), \
                 lp.loopback_proxy("remora", cfg, port):
         yield Rig(port, admin, log)
 
@@ -205,6 +207,15 @@ def test_connect_failure_is_uf(rig: Rig) -> None:
     (line,) = rig.new_log_lines(1)
     assert line.split()[1] == "UF"
     assert line.split()[4] == "-"  # no upstream request was made: no UPSTREAM_PROTOCOL
+
+
+def test_tls_upstream_offers_alpn_h2(rig: Rig) -> None:
+    """The cluster's UpstreamTlsContext names no alpn_protocols: the HTTP/2 pool offers
+    h2 (Envoy's fallback), which the TLS backend, offering h2 only, selects."""
+    status, headers, body = rig.get("/size/5", headers={"x-cluster": "h2-tls"})
+    assert (status, headers["x-alpn"], body) == (200, "h2", body_of(5))
+    (line,) = rig.new_log_lines(1)
+    assert line.split()[4] == "HTTP/2"
 
 
 def test_legacy_and_downstream_protocol_clusters(rig: Rig) -> None:

@@ -1,6 +1,7 @@
 """An HTTP/2 (h2c, prior knowledge) backend for the upstream HTTP/2 tests, built on the h2
 library's server side and run as its own process:
-``python3 upstream_backend.py PORT [MAX_STREAMS]``.
+``python3 upstream_backend.py PORT [MAX_STREAMS [CERT KEY]]`` (with CERT and KEY it
+speaks TLS, offers ALPN h2 only and tells the negotiated protocol in ``x-alpn``).
 
 Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
@@ -16,6 +17,7 @@ Every response carries ``x-conn`` (the connection's number) and ``x-stream``.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 
 import h2.config
@@ -73,6 +75,9 @@ class Conn:
         path = self.paths[sid]
         body = bytes(self.bodies.pop(sid, b""))
         base = [("x-conn", str(self.number)), ("x-stream", str(sid))]
+        ssl_object = self.w.get_extra_info("ssl_object")
+        if ssl_object is not None:  # what the client's ALPN led to
+            base.append(("x-alpn", str(ssl_object.selected_alpn_protocol())))
         if path == "/reset":
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.flush()
@@ -156,7 +161,12 @@ async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
 async def main() -> None:
     global MAX_STREAMS
     MAX_STREAMS = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    ctx = None
+    if len(sys.argv) > 4:  # CERT KEY: TLS, offering ALPN h2 only
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+        ctx.set_alpn_protocols(["h2"])
+    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), ssl=ctx)
     await srv.serve_forever()
 
 

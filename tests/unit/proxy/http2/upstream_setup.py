@@ -18,6 +18,8 @@ from tests.unit.proxy import loopback_proxies as lp
 HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
        "HttpConnectionManager")
+UPSTREAM_TLS = ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                "UpstreamTlsContext")
 BACKEND = Path(__file__).with_name("upstream_backend.py")
 LOG_FORMAT = ("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %PROTOCOL% "
               "%UPSTREAM_PROTOCOL% %GRPC_STATUS% %GRPC_STATUS(NUMBER)% %BYTES_RECEIVED% "
@@ -40,9 +42,10 @@ def cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
 
 
 def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
-              refused: int, limited: int) -> dict[str, Any]:
+              refused: int, limited: int, tls: int = 0) -> dict[str, Any]:
     """LIMITED: a backend that advertises SETTINGS_MAX_CONCURRENT_STREAMS 2 (cluster
-    h2-peer-limit); cluster h2-one allows itself one stream per connection."""
+    h2-peer-limit); cluster h2-one allows itself one stream per connection; TLS: a TLS
+    backend (cluster h2-tls, an UpstreamTlsContext without alpn_protocols)."""
     routes = [
         {"match": {"prefix": "/refuse-retry"}, "route": {
             "cluster": "h2", "retry_policy": {"retry_on": "refused-stream",
@@ -54,7 +57,8 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
         *({"match": {"prefix": "/", "headers": [{"name": "x-cluster",
                                                 "string_match": {"exact": name}}]},
            "route": {"cluster": name}}
-          for name in ("h2-legacy", "h2-downstream", "refused", "h2-peer-limit", "h2-one")),
+          for name in ("h2-legacy", "h2-downstream", "refused", "h2-peer-limit", "h2-one",
+                       "h2-tls")),
         {"match": {"prefix": "/remora.demo.Simple/"}, "route": {"cluster": "grpc"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "10s"}},
     ]
@@ -87,12 +91,20 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
                         typed_extension_protocol_options=h2_options()),
                 cluster("h2-one", backend, typed_extension_protocol_options=h2_options(
                     max_concurrent_streams=1)),
+                cluster("h2-tls", tls, typed_extension_protocol_options=h2_options(),
+                        transport_socket={"name": "envoy.transport_sockets.tls",
+                                          "typed_config": {"@type": UPSTREAM_TLS,
+                                                           "common_tls_context": {}}}),
             ]}}
 
 
 @contextmanager
-def backend(port: int, max_streams: int = 0) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, str(BACKEND), str(port), str(max_streams)])
+def backend(port: int, max_streams: int = 0,
+            tls: tuple[Path, Path] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """The h2 backend on PORT; TLS: (certificate chain, key) to serve TLS with."""
+    extra = [str(p) for p in tls] if tls is not None else []
+    proc = subprocess.Popen([sys.executable, str(BACKEND), str(port), str(max_streams),
+                             *extra])
     try:
         lp.wait_listening(port, proc, "h2 backend")
         yield proc
@@ -123,6 +135,15 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
+
+
+def server_certificate(directory: Path) -> tuple[Path, Path]:
+    """A workload certificate from a throwaway mesh CA (remora.controlplane.ca), for the
+    TLS backend: (certificate chain, key)."""
+    from remora.controlplane import ca
+    authority = ca.CertificateAuthority(directory / "ca")
+    authority.ensure_workload(directory / "server", "demo")
+    return directory / "server" / ca.CERT_CHAIN, directory / "server" / ca.KEY
 
 
 def grpc_frame(message: bytes) -> bytes:
