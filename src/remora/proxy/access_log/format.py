@@ -123,14 +123,18 @@ _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 5
 def grpc_status(info: StreamInfo) -> int | None:
     """The response's gRPC status as Envoy's Grpc::Common::getGrpcStatus finds it: the
     trailers' grpc-status, else the headers' (a trailers-only response), else the HTTP
-    status mapped; None for a request that is not gRPC (content-type application/grpc*)."""
+    status mapped; None for a request that is not gRPC (Envoy's hasGrpcContentType:
+    application/grpc, or application/grpc+...; not grpc-web, not with ";" parameters,
+    observed on Envoy 1.40). A value
+    that is no number is -1, Envoy's InvalidCode (observed on Envoy 1.40)."""
     req = info.request_headers
-    if req is None or not req.get("content-type", "").startswith("application/grpc"):
+    ct = req.get("content-type", "") if req is not None else ""
+    if not (ct.startswith("application/grpc") and (len(ct) == 16 or ct[16] == "+")):
         return None
     for hs in (info.response_trailers, info.response_headers):
         value = hs.get("grpc-status") if hs is not None else None
         if value is not None:
-            return int(value) if value.isdigit() else None
+            return int(value) if value.isdigit() else -1
     code = info.response_code
     if not code:
         return None
@@ -148,7 +152,7 @@ def _grpc_status_op(form: str | None, path: str) -> Op:
         code = grpc_status(info)
         if code is None:
             return None
-        if form == "NUMBER" or code >= len(names):
+        if form == "NUMBER" or not 0 <= code < len(names):
             return code
         return names[code]
     return op
@@ -242,7 +246,7 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
     if op is None or arg is not None:
         raise ConfigError(path, f"unsupported access log command operator %{name}"
                                 f"{'(' + arg + ')' if arg is not None else ''}%",
-                          f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, "
+                          f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, GRPC_STATUS(), "
                           f"DYNAMIC_METADATA(), {', '.join(sorted(SIMPLE))}")
     return op
 

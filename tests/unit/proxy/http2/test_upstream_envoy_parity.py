@@ -47,6 +47,11 @@ CASES: dict[str, bytes] = {
                       + b"Content-Length: 0\r\n\r\n",
     "grpcio-unary": b"POST /remora.demo.Simple/Sauth HTTP/1.1\r\nHost: a\r\n" + GRPC
                     + b"Content-Length: 7\r\n\r\n" + us.grpc_frame(b"hi"),
+    **{f"grpc-status-{code}-{ct.decode()}": b"POST /grpc-status/%s HTTP/1.1\r\nHost: a\r\n"
+       b"Content-Type: %s\r\nContent-Length: 0\r\n\r\n" % (code.encode(), ct)
+       for code, ct in (("1", b"application/grpc"), ("16", b"application/grpc+proto"),
+                        ("17", b"application/grpc"), ("abc", b"application/grpc;x=1"),
+                        ("3", b"application/grpcx"), ("3", b"application/grpc-web"))},
     "reset": b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n",
     "refused": b"GET /refuse-me HTTP/1.1\r\nHost: a\r\n\r\n",
     "refused-retried": b"GET /refuse-retry HTTP/1.1\r\nHost: a\r\n\r\n",

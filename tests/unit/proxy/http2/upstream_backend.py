@@ -5,7 +5,8 @@ speaks TLS, offers ALPN h2 only and tells the negotiated protocol in ``x-alpn``)
 
 Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
-grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers);
+grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers;
+``/grpc-status/N`` the same with status N);
 ``/reset`` RST_STREAM(INTERNAL_ERROR) before answering; ``/refuse`` RST_STREAM
 (REFUSED_STREAM) the first time per connection for each path, then answers;
 ``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
@@ -97,9 +98,10 @@ class Conn:
             self.h2.send_headers(sid, [("grpc-status", "0")], end_stream=True)
             self.flush()
             return
-        if path == "/grpc-fail":
+        if path == "/grpc-fail" or path.startswith("/grpc-status/"):
+            code = path.rsplit("/", 1)[1] if path.startswith("/grpc-status/") else "5"
             self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
-                                       ("grpc-status", "5"), ("grpc-message", "nope"), *base],
+                                       ("grpc-status", code), ("grpc-message", "nope"), *base],
                                  end_stream=True)
             self.flush()
             return

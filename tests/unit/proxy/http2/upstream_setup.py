@@ -23,7 +23,7 @@ UPSTREAM_TLS = ("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 BACKEND = Path(__file__).with_name("upstream_backend.py")
 LOG_FORMAT = ("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %PROTOCOL% "
               "%UPSTREAM_PROTOCOL% %GRPC_STATUS% %GRPC_STATUS(NUMBER)% %BYTES_RECEIVED% "
-              "%BYTES_SENT% %UPSTREAM_CLUSTER%\n")
+              "%BYTES_SENT% %UPSTREAM_CLUSTER% %GRPC_STATUS(SNAKE_STRING)%\n")
 
 
 def _addr(port: int) -> dict[str, Any]:
