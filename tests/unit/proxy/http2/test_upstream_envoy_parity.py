@@ -61,6 +61,9 @@ CASES: dict[str, bytes] = {
     "legacy-cluster": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-legacy\r\n\r\n",
     "connect-refused": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: refused\r\n\r\n",
     "tls-alpn-h2": b"GET /size/5 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-tls\r\n\r\n",
+    # max_requests_per_connection 2: the third request opens a new connection
+    **{f"max-requests-{i}": b"GET /size/6 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-short\r\n\r\n"
+       for i in (1, 2, 3)},
     "goaway": b"GET /goaway HTTP/1.1\r\nHost: a\r\n\r\n",
     "after-goaway": b"GET /size/4 HTTP/1.1\r\nHost: a\r\n\r\n",
 }

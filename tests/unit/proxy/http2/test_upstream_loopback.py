@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -216,6 +217,30 @@ def test_tls_upstream_offers_alpn_h2(rig: Rig) -> None:
     assert (status, headers["x-alpn"], body) == (200, "h2", body_of(5))
     (line,) = rig.new_log_lines(1)
     assert line.split()[4] == "HTTP/2"
+
+
+def test_client_gone_resets_the_stream_only(rig: Rig) -> None:
+    """A client that leaves mid-request: its stream is reset (RST_STREAM CANCEL), logged
+    DC, and the connection keeps serving."""
+    _, before, _ = rig.get("/size/1")
+    s = socket.create_connection(("127.0.0.1", rig.port), timeout=5)
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.1)
+    s.close()
+    time.sleep(0.4)  # the backend answers /slow after 0.3 s, on a stream reset by then
+    _, after, _ = rig.get("/size/1")
+    assert after["x-conn"] == before["x-conn"]
+    lines = rig.new_log_lines(3)
+    assert lines[1].split()[:3] == ["0", "DC", "downstream_remote_disconnect"]
+
+
+def test_idle_timeout_and_max_requests_per_connection(rig: Rig) -> None:
+    short = {"x-cluster": "h2-short"}
+    conns = [rig.get("/size/1", headers=short)[1]["x-conn"] for _ in range(3)]
+    assert conns[0] == conns[1] != conns[2]  # two streams per connection
+    time.sleep(0.6)  # idle_timeout 0.3 s: the connection is closed, the next opens anew
+    assert rig.get("/size/1", headers=short)[1]["x-conn"] not in conns
+    rig.new_log_lines(4)
 
 
 def test_legacy_and_downstream_protocol_clusters(rig: Rig) -> None:

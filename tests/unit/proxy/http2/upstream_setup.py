@@ -58,7 +58,7 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
                                                 "string_match": {"exact": name}}]},
            "route": {"cluster": name}}
           for name in ("h2-legacy", "h2-downstream", "refused", "h2-peer-limit", "h2-one",
-                       "h2-tls")),
+                       "h2-tls", "h2-short")),
         {"match": {"prefix": "/remora.demo.Simple/"}, "route": {"cluster": "grpc"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "10s"}},
     ]
@@ -91,6 +91,10 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
                         typed_extension_protocol_options=h2_options()),
                 cluster("h2-one", backend, typed_extension_protocol_options=h2_options(
                     max_concurrent_streams=1)),
+                # two streams per connection, and an idle timeout of 0.3 s
+                cluster("h2-short", backend, typed_extension_protocol_options={HPO: {
+                    **h2_options()[HPO], "common_http_protocol_options": {
+                        "idle_timeout": "0.3s", "max_requests_per_connection": 2}}}),
                 cluster("h2-tls", tls, typed_extension_protocol_options=h2_options(),
                         transport_socket={"name": "envoy.transport_sockets.tls",
                                           "typed_config": {"@type": UPSTREAM_TLS,
