@@ -116,6 +116,7 @@ class H2Stream:
         self._waiter: asyncio.Future[None] | None = None
         self.headers: list[tuple[str, str]] = []  # the request head, until it is sent
         self.end_on_headers = False
+        self.unacked = 0  # response bytes received, not yet given back to the windows
         self.pending = bytearray()  # request body not yet within the flow-control window
         self.end_pending = False
         self.ended = False  # END_STREAM sent
@@ -209,7 +210,9 @@ class H2Client:
         self.write_paused = False
         self.settings_received = False  # the peer's first SETTINGS frame arrived
         self._idle_timer: asyncio.TimerHandle | None = None
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
+        # what a client sent reaches the upstream byte for byte (as through Envoy)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
 
     @property
@@ -362,12 +365,13 @@ class H2Client:
         if isinstance(ev, h2.events.ResponseReceived):
             st = self.streams.get(ev.stream_id or 0)
             if st is not None:
-                st.push("headers", ev.headers, ev.stream_ended is not None)
+                st.push("headers", _text(ev.headers), ev.stream_ended is not None)
                 if ev.stream_ended is not None:
                     self._ended(st)
         elif isinstance(ev, h2.events.DataReceived):
             st = self.streams.get(ev.stream_id or 0)
             if st is not None:
+                st.unacked += ev.flow_controlled_length or 0
                 st.push("data", ev.data, ev.flow_controlled_length)
                 if ev.stream_ended is not None:
                     self._ended(st)
@@ -378,7 +382,7 @@ class H2Client:
         elif isinstance(ev, h2.events.TrailersReceived):
             st = self.streams.get(ev.stream_id or 0)
             if st is not None:
-                st.push("trailers", ev.headers)
+                st.push("trailers", _text(ev.headers))
                 if ev.stream_ended is not None:
                     self._ended(st)
         elif isinstance(ev, h2.events.StreamEnded):
@@ -402,6 +406,8 @@ class H2Client:
                 st.closed = True
                 st.wake_writer()
                 st.push("reset", REFUSED_STREAM)
+            if not self.streams and self.reserved == 0:
+                self.close()  # nothing left to finish on it
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
             self.settings_received = True  # _start_waiting after this batch
         elif isinstance(ev, h2.events.WindowUpdated):
@@ -438,7 +444,9 @@ class H2Client:
         sid = self.conn.get_next_available_stream_id()
         st.id = sid
         self.streams[sid] = st
-        self.conn.send_headers(sid, st.headers, end_stream=st.end_on_headers)
+        self.conn.send_headers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
+                                     for n, v in st.headers],
+                               end_stream=st.end_on_headers)
         st.headers = []
         if st.end_on_headers:
             st.ended = True
@@ -473,10 +481,11 @@ class H2Client:
             st.pending.clear()
             st.closed = True
         self.flush()
-        if not st.pending:
+        if not st.congested():
             st.wake_writer()
 
     def acknowledge(self, st: H2Stream, n: int) -> None:
+        st.unacked -= n
         if n and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
                 self.conn.acknowledge_received_data(n, st.id)
@@ -487,6 +496,13 @@ class H2Client:
         before the request body) becomes RST_STREAM(NO_ERROR) as RFC 9113 8.1 allows."""
         if not st.ended and not st.closed and st.id:
             st.reset(h2.errors.ErrorCodes.NO_ERROR)
+        if st.unacked > 0 and not self.closed:
+            # bytes never relayed (the exchange was abandoned): the connection window
+            # still counts them, so it gets them back
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.acknowledge_received_data(st.unacked, st.id)
+            st.unacked = 0
+            self.flush()
         st.closed = True
         self.streams.pop(st.id, None)
         self._start_waiting()
@@ -501,6 +517,10 @@ class H2Client:
                 self.conn.reset_stream(st.id, code)
             self.flush()
             self._start_waiting()
+
+
+def _text(headers: Any) -> list[tuple[str, str]]:
+    return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers]
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
@@ -774,11 +794,17 @@ def _request_headers(fw: Forward) -> list[tuple[str, str]]:
     extra = None
     route = fw.route
     if not fw.router.suppress and route.timeout > 0:
-        remaining = route.timeout - (time.monotonic() - fw.started)
-        per_try = fw.policy.per_try_timeout if fw.policy is not None else 0.0
+        # Envoy's FilterUtility::setTimeoutHeaders: the whole route timeout on the first
+        # attempt, minus the whole milliseconds elapsed on a retry, or the per-try
+        # timeout when that is shorter (10000 for a 10 s route, checked side by side)
+        elapsed = 0
+        if stream.info.upstream_request_attempt_count > 1:
+            elapsed = int((time.monotonic() - fw.started) * 1000)
+        remaining = int(route.timeout * 1000) - elapsed
+        per_try = int((fw.policy.per_try_timeout if fw.policy is not None else 0.0) * 1000)
         if 0 < per_try < remaining:
             remaining = per_try
-        extra = ("x-envoy-expected-rq-timeout-ms", str(max(int(remaining * 1000), 0)))
+        extra = ("x-envoy-expected-rq-timeout-ms", str(max(remaining, 0)))
     headers = stream.upstream_headers
     mutations = route.request_mutations
     if mutations:

@@ -37,9 +37,12 @@ def request_headers(method: str, scheme: str, path: str,
             rest.append((n, v))
     if extra is not None:
         rest.append(extra)
-    out = [(":method", method), (":scheme", scheme), (":authority", authority)]
+    # pseudo headers in the order Envoy's HTTP/1 codec creates them and its HTTP/2 codec
+    # sends them (observed on Envoy 1.40: :authority :path :method :scheme)
+    out = [(":authority", authority)]
     if method != "CONNECT":
         out.append((":path", path))
+    out += [(":method", method), (":scheme", scheme)]
     out.extend(rest)
     return out
 

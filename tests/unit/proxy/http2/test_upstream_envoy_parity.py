@@ -37,6 +37,13 @@ CASES: dict[str, bytes] = {
                     b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
     "big-echo": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n"
                 + body_of(300000),
+    # what reaches the upstream: pseudo headers, the forwarded ones, non-ASCII bytes
+    "request-headers": b"POST /headers?q=1 HTTP/1.1\r\nHost: a.example:81\r\n"
+                       b"User-Agent: UA\r\nX-Bytes: caf\xe9\r\nTE: trailers\r\n"
+                       b"Keep-Alive: 5\r\nConnection: x-foo\r\nx-foo: 1\r\n"
+                       b"Content-Length: 2\r\n\r\nhi",
+    "request-headers-chunked": b"POST /headers HTTP/1.1\r\nHost: a\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     "hop-by-hop": b"GET /size/1 HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
                   b"Connection: x-foo\r\nx-foo: 1\r\n\r\n",
     "grpc-trailers": b"POST /grpc HTTP/1.1\r\nHost: a\r\n" + GRPC
@@ -70,6 +77,7 @@ CASES: dict[str, bytes] = {
 CONCURRENT = 6
 _MASKS = [
     (rb"date: [^\r]*", b"date: D"),
+    (rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", b"UUID"),
     (rb"x-envoy-upstream-service-time: \d+", b"x-envoy-upstream-service-time: N"),
 ]
 STATS = ("upstream_cx_total", "upstream_rq_total", "upstream_cx_http2_total",

@@ -11,7 +11,9 @@ grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the head
 (REFUSED_STREAM) the first time per connection for each path, then answers;
 ``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
 request gets the headers only.
-``/conns`` answers the number of connections accepted so far (the multiplexing check).
+``/headers`` answers the request's header block as it arrived (one ``name: value`` a
+line, in order). ``/conns`` answers the number of connections accepted so far (the
+multiplexing check).
 Every response carries ``x-conn`` (the connection's number) and ``x-stream``.
 """
 
@@ -42,13 +44,14 @@ class Conn:
                  number: int) -> None:
         self.r, self.w, self.number = reader, writer, number
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding="utf-8"))
+            client_side=False, header_encoding=None))
         if MAX_STREAMS:
             self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
         self.bodies: dict[int, bytearray] = {}
         self.paths: dict[int, str] = {}
         self.methods: dict[int, str] = {}
+        self.heads: dict[int, bytes] = {}
         self.refused: set[str] = set()
         self.window = asyncio.Event()
 
@@ -107,6 +110,8 @@ class Conn:
             return
         if path.startswith("/size/"):
             out = body_of(int(path.split("/")[2]))
+        elif path.startswith("/headers"):
+            out = self.heads[sid]  # the request's header block as received, in order
         elif path == "/conns":
             out = str(ACCEPTED).encode()
         else:
@@ -134,9 +139,12 @@ class Conn:
             while data := await self.r.read(65536):
                 for ev in self.h2.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
-                        hs = dict(ev.headers)
+                        hs = {bytes(n).decode("latin-1"): bytes(v).decode("latin-1")
+                              for n, v in ev.headers}
                         self.paths[ev.stream_id] = hs[":path"]
                         self.methods[ev.stream_id] = hs[":method"]
+                        self.heads[ev.stream_id] = b"".join(
+                            bytes(n) + b": " + bytes(v) + b"\n" for n, v in ev.headers)
                         self.bodies[ev.stream_id] = bytearray()
                     elif isinstance(ev, h2.events.DataReceived):
                         self.bodies[ev.stream_id] += ev.data
