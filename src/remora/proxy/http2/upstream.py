@@ -49,6 +49,7 @@ from remora.proxy.http.pool import PoolKey, limits_of, pool_key
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
     request_headers,
@@ -652,7 +653,6 @@ class Forward(Protocol):
 
     def _take_retry(self) -> bool: ...
     def _charge(self, stat: str) -> None: ...
-    def _count_response(self, status: int) -> None: ...
 
 
 FailureFactory = Callable[[str, UpstreamError | None], Exception]
@@ -716,6 +716,7 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             raise
         finally:
             cluster.release("pending_requests")
+    p = fw.policy
     try:
         if client.closed or client.upstream is None:
             # it went away between its SETTINGS and this stream: a connection failure
@@ -726,21 +727,32 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     except _Retry:
         raise failure("status", None) from None  # decided and charged here
     except _Lost as lost:
-        raise failure(lost.kind, None) from None
+        retried = info.upstream_request_attempt_count > 1
+        _abort(fw, failure, p is not None and p.retry_on_reset(True),
+               failure_answer(lost.kind, None, retried))
     except _Reset as r:
-        p = fw.policy
-        if p is not None and (p.retry_on_reset(True) or (
-                r.code == REFUSED_STREAM and "refused-stream" in p.retry_on)) \
-                and fw._take_retry():
-            raise failure("status", None) from None
-        # Envoy's chargeUpstreamAbort: the 503 is charged to the cluster like a response
-        for name in ("upstream_rq_5xx", "upstream_rq_503", "upstream_rq_completed"):
-            router.stats.inc(fw.stat + name)
-        retried = "retried and the latest " if info.upstream_request_attempt_count > 1 else ""
-        stream.local_reply(503, f"{_RESET_BODY}{retried}reset reason: {r.reason}".encode(),
-                           f"upstream_reset_before_response_started{{{r.detail}}}", "UR")
+        again = "retried and the latest " if info.upstream_request_attempt_count > 1 else ""
+        _abort(fw, failure, p is not None and (p.retry_on_reset(True) or (
+                   r.code == REFUSED_STREAM and "refused-stream" in p.retry_on)),
+               LocalAnswer(503, f"{_RESET_BODY}{again}reset reason: {r.reason}".encode(),
+                           f"upstream_reset_before_response_started{{{r.detail}}}", "UR"))
     finally:
         client.release()
+
+
+def _abort(fw: Forward, failure: FailureFactory, retriable: bool,
+           answer: LocalAnswer) -> None:
+    """The stream failed before its response started: retried when the policy says so
+    (and a retry is left), else answered locally and charged to the cluster like a
+    response (Envoy's Filter::onUpstreamReset -> chargeUpstreamAbort)."""
+    fw._charge("rq_error")
+    if retriable and fw._take_retry():
+        raise failure("status", None)  # charged here already, retried by the router
+    stats, stat = fw.router.stats, fw.stat
+    stats.inc(f"{stat}upstream_rq_{answer.status // 100}xx")
+    stats.inc(f"{stat}upstream_rq_{answer.status}")
+    stats.inc(stat + "upstream_rq_completed")
+    fw.stream.local_reply(answer.status, answer.body, answer.details, answer.flag)
 
 
 async def _exchange(fw: Forward, client: H2Client) -> None:
@@ -852,7 +864,8 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
                     stream.encode_trailers(trailers)
                 else:
                     stream.encode_end()
-                fw._count_response(status)
+                fw.router.stats.observe(fw.stat + "upstream_rq_time",
+                                        (time.monotonic() - fw.started) * 1000)
                 return
             elif kind == "reset":
                 stream.flush()
@@ -882,6 +895,14 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
             fw._charge("rq_error")
             return False
     fw._charge("rq_error" if status >= 500 else "rq_success")
+    # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
+    # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
+    stats, stat = fw.router.stats, fw.stat
+    stats.inc(f"{stat}upstream_rq_{status // 100}xx")
+    stats.inc(f"{stat}upstream_rq_{status}")
+    stats.inc(stat + "upstream_rq_completed")
+    if stream.info.upstream_request_attempt_count > 1 and status < 500:
+        stats.inc(stat + "upstream_rq_retry_success")
     stream.info.response_code_details = "via_upstream"
     has_length = any(n == "content-length" for n, _ in headers)
     may_have_body = status >= 200 and status not in (204, 304) and not stream.head
@@ -909,7 +930,6 @@ def _reset(fw: Forward, code: int) -> None:
         info.response_code_details = f"upstream_reset_after_response_started{{{detail}}}"
         stream.closing = True
         return
-    fw._charge("rq_error")
     raise _Reset(code, reason, detail)
 
 

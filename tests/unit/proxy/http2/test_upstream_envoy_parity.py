@@ -59,6 +59,14 @@ CASES: dict[str, bytes] = {
        for code, ct in (("1", b"application/grpc"), ("16", b"application/grpc+proto"),
                         ("17", b"application/grpc"), ("abc", b"application/grpc;x=1"),
                         ("3", b"application/grpcx"), ("3", b"application/grpc-web"))},
+    "reset-mid-response": b"GET /reset-mid HTTP/1.1\r\nHost: a\r\n\r\n",
+    "connection-closed": b"GET /close HTTP/1.1\r\nHost: a\r\n\r\n",
+    "after-close": b"GET /size/7 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "protocol-error": b"GET /garbage HTTP/1.1\r\nHost: a\r\n\r\n",
+    "after-protocol-error": b"GET /size/8 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "status-204": b"GET /status/204 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "status-304": b"GET /status/304 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "status-404": b"GET /status/404 HTTP/1.1\r\nHost: a\r\n\r\n",
     "reset": b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n",
     "refused": b"GET /refuse-me HTTP/1.1\r\nHost: a\r\n\r\n",
     "refused-retried": b"GET /refuse-retry HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -82,7 +90,8 @@ _MASKS = [
 ]
 STATS = ("upstream_cx_total", "upstream_rq_total", "upstream_cx_http2_total",
          "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_200",
-         "upstream_rq_503", "upstream_rq_timeout", "upstream_cx_destroy",
+         "upstream_rq_503", "upstream_rq_502", "upstream_rq_404", "upstream_rq_204",
+         "upstream_rq_timeout", "upstream_cx_destroy",
          "upstream_cx_protocol_error", "upstream_cx_connect_fail")
 # Not compared: upstream_rq_5xx / upstream_rq_504 / upstream_rq_completed, because Envoy
 # charges the route timeout's 504 to the cluster (Filter::onResponseTimeout ->

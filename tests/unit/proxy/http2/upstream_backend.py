@@ -7,7 +7,9 @@ Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/ec
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
 grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers;
 ``/grpc-status/N`` the same with status N);
-``/reset`` RST_STREAM(INTERNAL_ERROR) before answering; ``/refuse`` RST_STREAM
+``/reset`` RST_STREAM(INTERNAL_ERROR) before answering, ``/reset-mid`` after 7 bytes of
+body; ``/close`` closes the connection; ``/garbage`` sends a DATA frame on stream 0;
+``/status/N`` answers status N with headers only; ``/refuse`` RST_STREAM
 (REFUSED_STREAM) the first time per connection for each path, then answers;
 ``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
 request gets the headers only.
@@ -82,6 +84,23 @@ class Conn:
         ssl_object = self.w.get_extra_info("ssl_object")
         if ssl_object is not None:  # what the client's ALPN led to
             base.append(("x-alpn", str(ssl_object.selected_alpn_protocol())))
+        if path == "/reset-mid":  # a response started, then RST_STREAM
+            self.h2.send_headers(sid, [(":status", "200"), *base])
+            self.h2.send_data(sid, b"partial")
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.flush()
+            return
+        if path == "/close":  # the connection closed under the stream
+            self.w.close()
+            return
+        if path == "/garbage":  # a DATA frame on stream 0: a connection error
+            self.w.write(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
+            return
+        if path.startswith("/status/"):  # that status, headers only
+            self.h2.send_headers(sid, [(":status", path.split("/")[2]), *base],
+                                 end_stream=True)
+            self.flush()
+            return
         if path == "/reset":
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.flush()
