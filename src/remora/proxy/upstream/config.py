@@ -363,10 +363,12 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
             ka.done()
             cfg.keepalive = True
     cfg.transport = parse_transport_socket(transport, server=False)
-    if (cfg.transport is not None and not cfg.transport.alpn
-            and cfg.http_protocol_options.protocol == "http2"):
-        # an UpstreamTlsContext without alpn_protocols: Envoy's HTTP/2 pool offers "h2"
-        # (its ALPN fallback for the pool's protocol; observed on Envoy 1.40 against a
-        # server that logs the negotiated protocol). gRPC servers refuse TLS without it.
-        cfg.transport.alpn = ("h2",)
+    protocol = cfg.http_protocol_options.protocol
+    if cfg.transport is not None and not cfg.transport.alpn and protocol != "downstream":
+        # an UpstreamTlsContext without alpn_protocols: Envoy's connection pool offers its
+        # own protocol, "h2" or "http/1.1" (the ALPN fallback; observed on Envoy 1.40
+        # against a server that logs the negotiated protocol). gRPC servers refuse TLS
+        # without h2. (use_downstream_protocol_config picks the pool per request; one TLS
+        # context per cluster here, so nothing is offered then.)
+        cfg.transport.alpn = ("h2",) if protocol == "http2" else ("http/1.1",)
     return cfg

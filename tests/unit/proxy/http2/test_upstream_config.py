@@ -84,6 +84,23 @@ def test_typed_options_win_over_the_legacy_field() -> None:
     assert not opts.upstream_http2("HTTP/1.1")
 
 
+def test_tls_alpn_offered_as_the_pool_speaks() -> None:
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": us.UPSTREAM_TLS, "common_tls_context": {}}}
+    configured = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": us.UPSTREAM_TLS, "common_tls_context": {"alpn_protocols": ["istio-h2"]}}}
+    downstream = _typed(use_downstream_protocol_config={"http2_protocol_options": {}})
+    cases = [({"typed_extension_protocol_options": us.h2_options()}, tls, ("h2",)),
+             ({}, tls, ("http/1.1",)),
+             ({"typed_extension_protocol_options": downstream}, tls, ()),
+             ({"typed_extension_protocol_options": us.h2_options()}, configured,
+              ("istio-h2",))]
+    for extra, socket, alpn in cases:
+        cfg = parse_cluster(us.cluster("c", 1, transport_socket=socket, **extra), "c")
+        assert cfg.transport is not None
+        assert cfg.transport.alpn == alpn
+
+
 PREFIX = (f"c.typed_extension_protocol_options.{HTTP_OPTIONS}.explicit_http_config."
           "http2_protocol_options")
 
