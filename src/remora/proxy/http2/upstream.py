@@ -910,7 +910,8 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     # with its headers (gRPC trailers-only) gets content-length: 0 last, as Envoy's
     # HTTP/1 encoder writes it (observed on Envoy 1.40)
     tail: tuple[tuple[str, str], ...] = ()
-    if ended and not has_length and may_have_body:
+    # (an HTTP/2 client gets the headers as they came: END_STREAM says it all)
+    if ended and not has_length and may_have_body and stream.info.protocol != "HTTP/2":
         tail = (("content-length", "0"),)
     chunked = not has_length and may_have_body and not ended
     ms = int((time.monotonic() - fw.started) * 1000)
