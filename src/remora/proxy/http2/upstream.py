@@ -186,12 +186,16 @@ class H2Client:
 
     def __init__(self, key: PoolKey, owner: object, options: Http2Options,
                  max_requests: int, idle_timeout: float, stats: Stats, stat: str,
-                 on_idle: Callable[[H2Client], None]) -> None:
+                 on_idle: Callable[[H2Client], None], max_duration: float = 0.0) -> None:
         self.key = key
         self.owner = owner
         self.options = options
         self.max_requests = max_requests  # max_requests_per_connection (0: unlimited)
         self.idle_timeout = idle_timeout
+        # common_http_protocol_options.max_connection_duration: then drained, as Envoy
+        # drains a connection past it (no new streams, closed once the last one ends)
+        self.max_duration = max_duration
+        self.created = time.monotonic()
         self.stats = stats
         self.stat = stat
         self.on_idle = on_idle
@@ -230,6 +234,11 @@ class H2Client:
         if self.closed or self.goaway or self.error is not None:
             return False
         if self.max_requests and self.total >= self.max_requests:
+            return False
+        if self.max_duration > 0 and time.monotonic() - self.created >= self.max_duration:
+            self.goaway = True
+            if self.reserved == 0:
+                self.close()
             return False
         return self.reserved < self.limit()
 
@@ -676,7 +685,8 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             raise failure("connect", UpstreamError("UO", ""))
         limits = limits_of(cluster)
         client = H2Client(key, cluster, h2opts, limits.max_requests_per_connection,
-                          limits.idle_timeout, router.stats, fw.stat, pool.forget)
+                          limits.idle_timeout, router.stats, fw.stat, pool.forget,
+                          limits.max_connection_duration)
         pool.open(client)
         try:
             up = await cluster.connect(facts, info, exclude,
