@@ -759,6 +759,7 @@ def _abort(fw: Forward, failure: FailureFactory, retriable: bool,
     if retriable and fw._take_retry():
         raise failure("status", None)  # charged here already, retried by the router
     stats, stat = fw.router.stats, fw.stat
+    _retry_success(fw, retriable)
     stats.inc(f"{stat}upstream_rq_{answer.status // 100}xx")
     stats.inc(f"{stat}upstream_rq_{answer.status}")
     stats.inc(stat + "upstream_rq_completed")
@@ -899,9 +900,11 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     be retried instead (then nothing was sent downstream and the stream is reset)."""
     stream = fw.stream
     p = fw.policy
+    wanted = False
     if p is not None and not stream.response_started:
         grpc = next((v for n, v in headers if n == "grpc-status"), None)
-        if p.retry_on_status(status, grpc) and fw._take_retry():
+        wanted = p.retry_on_status(status, grpc)
+        if wanted and fw._take_retry():
             fw._charge("rq_error")
             return False
     fw._charge("rq_error" if status >= 500 else "rq_success")
@@ -911,8 +914,7 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     stats.inc(f"{stat}upstream_rq_{status // 100}xx")
     stats.inc(f"{stat}upstream_rq_{status}")
     stats.inc(stat + "upstream_rq_completed")
-    if stream.info.upstream_request_attempt_count > 1 and status < 500:
-        stats.inc(stat + "upstream_rq_retry_success")
+    _retry_success(fw, wanted)
     stream.info.response_code_details = "via_upstream"
     has_length = any(n == "content-length" for n, _ in headers)
     may_have_body = status >= 200 and status not in (204, 304) and not stream.head
@@ -929,6 +931,15 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
                           mutations=fw.route.response_mutations,
                           service_time_ms=None if fw.router.suppress else ms)
     return True
+
+
+def _retry_success(fw: Forward, wanted: bool) -> None:
+    """Envoy's RetryStateImpl::shouldRetry counts upstream_rq_retry_success when a request
+    that was retried ends an attempt with an outcome its policy would not retry, whatever
+    that outcome is (a refused-stream policy whose retry meets a closed connection counts;
+    running out of retries does not). Checked side by side with Envoy 1.40."""
+    if fw.stream.info.upstream_request_attempt_count > 1 and not wanted:
+        fw.router.stats.inc(fw.stat + "upstream_rq_retry_success")
 
 
 def _reset(fw: Forward, code: int) -> None:

@@ -8,7 +8,8 @@ request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then 
 grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers;
 ``/grpc-status/N`` the same with status N);
 ``/reset`` RST_STREAM(INTERNAL_ERROR) before answering, ``/reset-mid`` after 7 bytes of
-body; ``/close`` closes the connection; ``/garbage`` sends a DATA frame on stream 0;
+body; ``/close`` closes the connection; ``/goaway-early*`` sends a GOAWAY whose last stream
+id is below the request's, then closes; ``/garbage`` sends a DATA frame on stream 0;
 ``/status/N`` answers status N with headers only; ``/refuse`` RST_STREAM
 (REFUSED_STREAM) the first time per connection for each path, then answers;
 ``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
@@ -89,6 +90,12 @@ class Conn:
             self.h2.send_data(sid, b"partial")
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.flush()
+            return
+        if path.startswith("/goaway-early"):  # GOAWAY that leaves this stream out
+            self.h2.close_connection(last_stream_id=sid - 2)
+            self.flush()
+            await asyncio.sleep(0.2)
+            self.w.close()
             return
         if path == "/close":  # the connection closed under the stream
             self.w.close()

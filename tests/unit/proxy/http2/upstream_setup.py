@@ -50,6 +50,9 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
         {"match": {"prefix": "/refuse-retry"}, "route": {
             "cluster": "h2", "retry_policy": {"retry_on": "refused-stream",
                                               "num_retries": 1}}},
+        {"match": {"prefix": "/goaway-early-retry"}, "route": {
+            "cluster": "h2", "retry_policy": {"retry_on": "refused-stream",
+                                              "num_retries": 1}}},
         {"match": {"prefix": "/reset-retry"}, "route": {
             "cluster": "h2", "retry_policy": {"retry_on": "reset", "num_retries": 1}}},
         {"match": {"prefix": "/slow-timeout"}, "route": {"cluster": "h2", "timeout": "0.1s"}},
