@@ -73,11 +73,14 @@ class ClusterConfig:
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-# Http2ProtocolOptions defaults and bounds (config/core/v3/protocol.proto): Envoy allows
-# 2^31 - 1 streams and 256 MiB windows unless told otherwise, and refuses values outside
-# the ranges below at load time (proto validation).
-H2_MAX_CONCURRENT_STREAMS = 2147483647
-H2_INITIAL_WINDOW = 268435456
+# Http2ProtocolOptions defaults and bounds (config/core/v3/protocol.proto). Envoy 1.40's
+# defaults as its upstream connections show them on the wire (SETTINGS
+# MAX_CONCURRENT_STREAMS 1024, INITIAL_WINDOW_SIZE 16 MiB, a WINDOW_UPDATE to a 24 MiB
+# connection window; older docs give 2^31 - 1 and 256 MiB); values outside the ranges
+# below are refused at load time (proto validation).
+H2_MAX_CONCURRENT_STREAMS = 1024
+H2_INITIAL_WINDOW = 16 * 1024 * 1024
+H2_INITIAL_CONNECTION_WINDOW = 24 * 1024 * 1024
 _H2_BOUNDS = {"max_concurrent_streams": (1, 2147483647),
               "initial_stream_window_size": (65535, 2147483647),
               "initial_connection_window_size": (65535, 2147483647)}
@@ -91,7 +94,7 @@ class Http2Options:
 
     max_concurrent_streams: int = H2_MAX_CONCURRENT_STREAMS
     initial_stream_window_size: int = H2_INITIAL_WINDOW
-    initial_connection_window_size: int = H2_INITIAL_WINDOW
+    initial_connection_window_size: int = H2_INITIAL_CONNECTION_WINDOW
 
 
 DEFAULT_H2 = Http2Options()

@@ -17,6 +17,7 @@ import pytest
 
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.upstream.config import (
+    H2_INITIAL_CONNECTION_WINDOW,
     H2_INITIAL_WINDOW,
     H2_MAX_CONCURRENT_STREAMS,
     HTTP_OPTIONS,
@@ -37,8 +38,8 @@ def test_explicit_http2_with_envoy_defaults() -> None:
     assert opts.upstream_http2("HTTP/1.1") and opts.upstream_http2("HTTP/2")
     assert (opts.http2.max_concurrent_streams, opts.http2.initial_stream_window_size,
             opts.http2.initial_connection_window_size) == (
-        H2_MAX_CONCURRENT_STREAMS, H2_INITIAL_WINDOW, H2_INITIAL_WINDOW) == (
-        2147483647, 268435456, 268435456)
+        H2_MAX_CONCURRENT_STREAMS, H2_INITIAL_WINDOW, H2_INITIAL_CONNECTION_WINDOW) == (
+        1024, 16 * 1024 * 1024, 24 * 1024 * 1024)
 
 
 def test_explicit_http2_values() -> None:

@@ -57,6 +57,8 @@ class Conn:
         self.heads: dict[int, bytes] = {}
         self.refused: set[str] = set()
         self.window = asyncio.Event()
+        self.client_settings: dict[int, int] = {}  # what the client's SETTINGS said
+        self.client_window = 65535  # the client's connection window (WINDOW_UPDATE 0)
 
     def flush(self) -> None:
         self.w.write(self.h2.data_to_send())
@@ -138,6 +140,9 @@ class Conn:
             out = body_of(int(path.split("/")[2]))
         elif path.startswith("/headers"):
             out = self.heads[sid]  # the request's header block as received, in order
+        elif path == "/client-settings":  # the client's SETTINGS and connection window
+            out = (" ".join(f"{c}={v}" for c, v in sorted(self.client_settings.items()))
+                   + f" window={self.client_window}").encode()
         elif path == "/conns":
             out = str(ACCEPTED).encode()
         else:
@@ -177,7 +182,12 @@ class Conn:
                         self.h2.acknowledge_received_data(ev.flow_controlled_length,
                                                           ev.stream_id)
                     elif isinstance(ev, h2.events.WindowUpdated):
+                        if not ev.stream_id:
+                            self.client_window += ev.delta or 0
                         self.window.set()
+                    elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                        for code, change in ev.changed_settings.items():
+                            self.client_settings[int(code)] = change.new_value
                     elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in self.paths:
                         t = asyncio.ensure_future(self.answer(ev.stream_id))
                         tasks.add(t)
