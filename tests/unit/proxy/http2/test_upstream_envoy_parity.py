@@ -79,6 +79,10 @@ CASES: dict[str, bytes] = {
     "route-timeout": b"GET /slow-timeout HTTP/1.1\r\nHost: a\r\n\r\n",
     "after-timeout": b"GET /size/2 HTTP/1.1\r\nHost: a\r\n\r\n",
     "legacy-cluster": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-legacy\r\n\r\n",
+    # use_downstream_protocol_config: an HTTP/1.1 client's request goes upstream as
+    # HTTP/1.1, which the h2-only backend cannot answer
+    "downstream-protocol": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-downstream\r\n"
+                           b"\r\n",
     "connect-refused": b"GET /size/3 HTTP/1.1\r\nHost: a\r\nx-cluster: refused\r\n\r\n",
     "tls-alpn-h2": b"GET /size/5 HTTP/1.1\r\nHost: a\r\nx-cluster: h2-tls\r\n\r\n",
     # max_requests_per_connection 2: the third request opens a new connection
