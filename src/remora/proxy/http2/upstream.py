@@ -18,12 +18,20 @@ SETTINGS, is fed first), and the core's ``TrackedProtocol`` is still told when t
 connection ends (its cx_active / rx bytes accounting).
 
 Failures map to Envoy's answers (router.cc, checked against Envoy 1.40 in
-tests/unit/proxy/http2/test_upstream_envoy_parity.py): a RST_STREAM before the response
-is 503 UR ``upstream_reset_before_response_started{remote_reset}`` (REFUSED_STREAM:
-``remote_refused_stream_reset``, retriable by ``retry_on: refused-stream`` as well as
-``reset``), the connection closing under a stream is UC ``connection_termination``, a
-connection-level protocol error 502 UPE; after the response started the downstream
-connection is closed with the flag and ``upstream_reset_after_response_started{...}``.
+tests/unit/proxy/http2/test_upstream_envoy_parity.py), retried or answered here
+(``_abort``) and charged to the cluster as Envoy's chargeUpstreamAbort does: a RST_STREAM
+before the response is 503 UR ``upstream_reset_before_response_started{remote_reset}``
+(REFUSED_STREAM: ``remote_refused_stream_reset``, retriable by ``retry_on:
+refused-stream`` as well as ``reset``), the connection closing under a stream is 503 UC
+``connection_termination``, a protocol error 502 UPE; after the response started the
+downstream connection is closed with the flag and
+``upstream_reset_after_response_started{...}``. h2 treats every protocol error it detects
+(a malformed header, a body longer or shorter than its content-length) as a connection
+error, so all streams of that connection fail with it, where Envoy (nghttp2) resets only
+the offending stream.
+
+The router's side of the contract (``Forward``) is what router.py's ``_Forward`` has; its
+one dispatch hunk in ``_attempt`` calls ``forward_h2`` with its failure class.
 """
 
 from __future__ import annotations
