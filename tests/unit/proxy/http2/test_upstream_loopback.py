@@ -119,6 +119,37 @@ def test_concurrent_bodies_both_ways_stay_apart(rig: Rig) -> None:
     rig.new_log_lines(8)
 
 
+def test_upstream_that_does_not_read_holds_the_client(rig: Rig) -> None:
+    """The backend never opens its windows for a 20 MiB request body: the proxy keeps
+    what the windows and its 1 MiB buffer allow and stops reading the client until the
+    route timeout (2 s) answers 504. What it took in is the access log's BYTES_RECEIVED
+    (the client's send stalls later than that: the kernel's socket buffers on loopback
+    hold several MiB more)."""
+    total = 20 * 1024 * 1024
+    s = socket.create_connection(("127.0.0.1", rig.port), timeout=5)
+    s.sendall(b"POST /no-ack HTTP/1.1\r\nHost: a\r\nx-cluster: h2-one\r\n"
+              b"Content-Length: %d\r\n\r\n" % total)
+    s.setblocking(False)
+    sent, chunk, deadline = 0, b"x" * 65536, time.monotonic() + 1.5
+    while time.monotonic() < deadline and sent < total:
+        try:
+            sent += s.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.02)
+    s.setblocking(True)
+    answer = s.recv(65536)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 504 Gateway Timeout"), answer
+    assert sent >= 2 * 1024 * 1024  # more than the proxy may take in was offered
+    status, _, _ = rig.get("/size/3")
+    assert status == 200  # the proxy serves on
+    stalled, _ = rig.new_log_lines(2)
+    assert stalled.split()[:3] == ["504", "UT", "response_timeout"]
+    # 64 KiB of windows, 1 MiB buffered, and the reads in flight when the buffer filled
+    # (up to 256 KiB each): bounded, whatever the client offers
+    assert int(stalled.split()[7]) < 2 * 1024 * 1024, stalled
+
+
 def test_peer_stream_limit_is_respected(rig: Rig) -> None:
     """The backend advertises SETTINGS_MAX_CONCURRENT_STREAMS 2 and treats a third open
     stream as a connection error (h2's server): five concurrent requests all succeed, so

@@ -15,8 +15,9 @@ id is below the request's, then closes; ``/garbage`` sends a DATA frame on strea
 ``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
 request gets the headers only.
 ``/headers`` answers the request's header block as it arrived (one ``name: value`` a
-line, in order). ``/conns`` answers the number of connections accepted so far (the
-multiplexing check).
+line, in order). ``/no-ack`` never acknowledges the request body (its windows stay shut;
+the connection is closed when the stream is reset). ``/conns`` answers the number of
+connections accepted so far (the multiplexing check).
 Every response carries ``x-conn`` (the connection's number) and ``x-stream``.
 """
 
@@ -59,6 +60,7 @@ class Conn:
         self.window = asyncio.Event()
         self.client_settings: dict[int, int] = {}  # what the client's SETTINGS said
         self.client_window = 65535  # the client's connection window (WINDOW_UPDATE 0)
+        self.stalled = False  # a /no-ack request came: its body is never acknowledged
 
     def flush(self) -> None:
         self.w.write(self.h2.data_to_send())
@@ -174,13 +176,19 @@ class Conn:
                               for n, v in ev.headers}
                         self.paths[ev.stream_id] = hs[":path"]
                         self.methods[ev.stream_id] = hs[":method"]
+                        if hs[":path"].startswith("/no-ack"):
+                            self.stalled = True
                         self.heads[ev.stream_id] = b"".join(
                             bytes(n) + b": " + bytes(v) + b"\n" for n, v in ev.headers)
                         self.bodies[ev.stream_id] = bytearray()
                     elif isinstance(ev, h2.events.DataReceived):
                         self.bodies[ev.stream_id] += ev.data
-                        self.h2.acknowledge_received_data(ev.flow_controlled_length,
-                                                          ev.stream_id)
+                        if not self.stalled:
+                            self.h2.acknowledge_received_data(ev.flow_controlled_length,
+                                                              ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamReset) and self.stalled:
+                        self.w.close()  # its windows are spent: no use to anyone
+                        return
                     elif isinstance(ev, h2.events.WindowUpdated):
                         if not ev.stream_id:
                             self.client_window += ev.delta or 0

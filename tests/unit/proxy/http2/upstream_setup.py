@@ -59,7 +59,7 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
         # x-cluster: chooses the other HTTP/2 clusters for the same backend paths
         *({"match": {"prefix": "/", "headers": [{"name": "x-cluster",
                                                 "string_match": {"exact": name}}]},
-           "route": {"cluster": name}}
+           "route": {"cluster": name, "timeout": "2s"}}
           for name in ("h2-legacy", "h2-downstream", "refused", "h2-peer-limit", "h2-one",
                        "h2-tls", "h2-short")),
         {"match": {"prefix": "/remora.demo.Simple/"}, "route": {"cluster": "grpc"}},
