@@ -65,6 +65,9 @@ class StreamInfo:
     upstream_local_address: str | None = None
     upstream_transport_failure_reason: str | None = None
     upstream_request_attempt_count: int = 0
+    # the protocol the upstream request went out with (%UPSTREAM_PROTOCOL%); the HTTP/2
+    # pool sets "HTTP/2", None on an HTTP request that reached an upstream means HTTP/1.1
+    upstream_protocol: str | None = None
 
     # per-filter facts (e.g. RBAC's policy decision) for DYNAMIC_METADATA and diagnosis
     dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)

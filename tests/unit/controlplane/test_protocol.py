@@ -204,11 +204,17 @@ def remora_validate(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_remora_proxy_refuses_h2_config_naming_the_field(tmp_path: Path) -> None:
-    """Until remora proxy has HTTP/2 (issue 11, after the data-path rebuild) it refuses
-    every HTTP/2 field by path, in one line with the fix, instead of serving HTTP/1.1."""
+    """Until remora proxy has downstream HTTP/2 (issue 11) it refuses the inbound HCM's
+    HTTP/2 fields by path, in one line with the fix, instead of serving HTTP/1.1. The
+    client's outbound HTTP/2 cluster (explicit http2_protocol_options) is served by the
+    upstream HTTP/2 pool, so its config validates."""
     snap, server, client = grpc_seed("grpc")
-    for pod, ip, where in ((client, CLIENT_IP, "static_resources.clusters["),
-                           (server, SERVER_IP, "static_resources.")):
+    static = tmp_path / f"{client.metadata.name}.json"
+    static.write_text(json.dumps(static_bootstrap(generate(snap, client, CLIENT_IP,
+                                                           str(tmp_path)))))
+    out = remora_validate(static)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for pod, ip, where in ((server, SERVER_IP, "static_resources."),):
         static = tmp_path / f"{pod.metadata.name}.json"
         static.write_text(json.dumps(static_bootstrap(generate(snap, pod, ip, str(tmp_path)))))
         out = remora_validate(static)

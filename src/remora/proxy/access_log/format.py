@@ -105,6 +105,68 @@ def _dynamic_metadata(spec: str, max_len: int | None) -> Op:
 
 _HOSTNAME = socket.gethostname()
 
+# gRPC status names as Envoy's %GRPC_STATUS% prints them by default (CAMEL_STRING;
+# SNAKE_STRING and NUMBER on request): source/common/grpc/status.cc and
+# source/common/formatter/stream_info_formatter.cc GrpcStatusFormatter.
+GRPC_CAMEL = ("OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+              "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+              "Aborted", "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss",
+              "Unauthenticated")
+GRPC_SNAKE = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+              "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+              "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+              "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+# Grpc::Utility::httpToGrpcStatus: what a response without grpc-status means
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_status(info: StreamInfo) -> int | None:
+    """The response's gRPC status as Envoy's Grpc::Common::getGrpcStatus finds it: the
+    trailers' grpc-status, else the headers' (a trailers-only response), else the HTTP
+    status mapped; None for a request that is not gRPC (Envoy's hasGrpcContentType:
+    application/grpc, or application/grpc+...; not grpc-web, not with ";" parameters,
+    observed on Envoy 1.40). A value
+    that is no number is -1, Envoy's InvalidCode (observed on Envoy 1.40)."""
+    req = info.request_headers
+    ct = req.get("content-type", "") if req is not None else ""
+    if not (ct.startswith("application/grpc") and (len(ct) == 16 or ct[16] == "+")):
+        return None
+    for hs in (info.response_trailers, info.response_headers):
+        value = hs.get("grpc-status") if hs is not None else None
+        if value is not None:
+            return int(value) if value.isdigit() else -1
+    code = info.response_code
+    if not code:
+        return None
+    return _HTTP_TO_GRPC.get(code, 2)
+
+
+def _grpc_status_op(form: str | None, path: str) -> Op:
+    form = form or "CAMEL_STRING"
+    if form not in ("CAMEL_STRING", "SNAKE_STRING", "NUMBER"):
+        raise ConfigError(path, f"invalid GRPC_STATUS argument {form!r}",
+                          "use CAMEL_STRING, SNAKE_STRING or NUMBER")
+    names = GRPC_CAMEL if form == "CAMEL_STRING" else GRPC_SNAKE
+
+    def op(info: StreamInfo) -> Any:
+        code = grpc_status(info)
+        if code is None:
+            return None
+        if form == "NUMBER" or not 0 <= code < len(names):
+            return code
+        return names[code]
+    return op
+
+
+def _upstream_protocol(info: StreamInfo) -> str | None:
+    """HTTP/2 when the HTTP/2 pool carried the request; HTTP/1.1 for an HTTP request that
+    reached an upstream connection otherwise; nothing when none was reached."""
+    if info.upstream_protocol is not None:
+        return info.upstream_protocol
+    if info.protocol is not None and info.upstream_local_address is not None:
+        return "HTTP/1.1"
+    return None
+
 # Operators without arguments.
 SIMPLE: dict[str, Op] = {
     "PROTOCOL": lambda i: i.protocol,
@@ -133,6 +195,8 @@ SIMPLE: dict[str, Op] = {
     "ROUTE_NAME": lambda i: i.route_name,
     "FILTER_CHAIN_NAME": lambda i: i.filter_chain_name,
     "HOSTNAME": lambda i: _HOSTNAME,
+    "UPSTREAM_PROTOCOL": _upstream_protocol,
+    "GRPC_STATUS_NUMBER": grpc_status,
 }
 
 _TOKEN = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
@@ -176,11 +240,13 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
         return _start_time(arg)
     if name == "DYNAMIC_METADATA" and arg:
         return _dynamic_metadata(arg, max_len)
+    if name == "GRPC_STATUS":
+        return _grpc_status_op(arg, path)
     op = SIMPLE.get(name)
     if op is None or arg is not None:
         raise ConfigError(path, f"unsupported access log command operator %{name}"
                                 f"{'(' + arg + ')' if arg is not None else ''}%",
-                          f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, "
+                          f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, GRPC_STATUS(), "
                           f"DYNAMIC_METADATA(), {', '.join(sorted(SIMPLE))}")
     return op
 

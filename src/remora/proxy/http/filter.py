@@ -99,6 +99,10 @@ class HttpStream(Protocol):
 
     def encode_end(self) -> None: ...
 
+    def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:
+        """End the response with TRAILERS (an HTTP/1.1 downstream drops them)."""
+        ...
+
     def flush(self) -> None: ...
 
     def local_reply(self, status: int, body: bytes, details: str, flag: str | None = None,

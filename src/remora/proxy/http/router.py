@@ -33,6 +33,7 @@ from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import BodySink, encode_request_head
+from remora.proxy.http2.upstream import forward_h2, http2_upstream
 from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
 
 ROUTER_NAME = "envoy.filters.http.router"
@@ -258,6 +259,9 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
+            if http2_upstream(cluster, info.protocol):  # the HTTP/2 pool (proxy/http2)
+                await forward_h2(self, exclude, _Failure)
+                return
             facts = self.conn.downstream.facts
             key = pool_key(cluster.name, facts)
             pc = router.pool.acquire(key, exclude, cluster)
@@ -496,6 +500,11 @@ class _Forward:
         self.stats.observe(cs.rq_time, (time.monotonic() - self.started) * 1000)
         if self.stream.info.upstream_request_attempt_count > 1 and status < 500:
             inc(cs.rq_retry_success)
+
+    @property
+    def stat(self) -> str:
+        """The cluster's stat prefix (``cluster.NAME.``), for the HTTP/2 attempt."""
+        return self.cs.prefix
 
     def _charge(self, stat: str) -> None:
         if self.host is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remora.proxy.config.address import Address, parse_address, parse_socket_address
-from remora.proxy.config.strict import ConfigError, Fields, not_implemented_yet
+from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -73,6 +73,46 @@ class ClusterConfig:
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
+# Http2ProtocolOptions defaults and bounds (config/core/v3/protocol.proto). Envoy 1.40's
+# defaults as its upstream connections show them on the wire (SETTINGS
+# MAX_CONCURRENT_STREAMS 1024, INITIAL_WINDOW_SIZE 16 MiB, a WINDOW_UPDATE to a 24 MiB
+# connection window; older docs give 2^31 - 1 and 256 MiB); values outside the ranges
+# below are refused at load time (proto validation).
+H2_MAX_CONCURRENT_STREAMS = 1024
+H2_INITIAL_WINDOW = 16 * 1024 * 1024
+H2_INITIAL_CONNECTION_WINDOW = 24 * 1024 * 1024
+_H2_BOUNDS = {"max_concurrent_streams": (1, 2147483647),
+              "initial_stream_window_size": (65535, 2147483647),
+              "initial_connection_window_size": (65535, 2147483647)}
+
+
+@dataclass(frozen=True)
+class Http2Options:
+    """``envoy.config.core.v3.Http2ProtocolOptions`` as the upstream HTTP/2 pool uses it
+    (proxy/http2/upstream.py): the stream limit per connection and the windows it
+    advertises. Other fields are refused by path."""
+
+    max_concurrent_streams: int = H2_MAX_CONCURRENT_STREAMS
+    initial_stream_window_size: int = H2_INITIAL_WINDOW
+    initial_connection_window_size: int = H2_INITIAL_CONNECTION_WINDOW
+
+
+DEFAULT_H2 = Http2Options()
+
+
+def parse_http2_options(f: Fields) -> Http2Options:
+    values: dict[str, int] = {}
+    for name, (low, high) in _H2_BOUNDS.items():
+        v = f.integer(name)
+        if v is None:
+            continue
+        if not low <= v <= high:
+            raise ConfigError(f.at(name), f"value {v} out of range",
+                              f"give a value in [{low}, {high}] (Envoy's proto validation)")
+        values[name] = v
+    f.done()
+    return Http2Options(**values)
+
 
 @dataclass(frozen=True)
 class HttpProtocolOptions:
@@ -83,7 +123,20 @@ class HttpProtocolOptions:
     idle_timeout: float | None = None  # common_http_protocol_options.idle_timeout (Envoy: 1h)
     max_requests_per_connection: int | None = None
     max_connection_duration: float | None = None
-    protocol: str = "http1"  # explicit_http_config: "http1" | "http2"; or "downstream"
+    # explicit_http_config: "http1" | "http2"; use_downstream_protocol_config: "downstream"
+    protocol: str = "http1"
+    # the HTTP/2 options an HTTP/2 upstream uses (explicit http2, or the downstream's
+    # protocol when that is HTTP/2: Envoy then applies the config's http2_protocol_options,
+    # its defaults when absent)
+    http2: Http2Options = DEFAULT_H2
+
+    def upstream_http2(self, downstream_protocol: str | None) -> bool:
+        """Whether a request that came as DOWNSTREAM_PROTOCOL goes upstream as HTTP/2
+        (Envoy's ClusterInfoImpl::upstreamHttpProtocol: USE_DOWNSTREAM_PROTOCOL follows
+        the downstream, else HTTP2 when http2_protocol_options is set)."""
+        if self.protocol == "downstream":
+            return downstream_protocol == "HTTP/2"
+        return self.protocol == "http2"
 
 
 def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
@@ -96,6 +149,7 @@ def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
         duration = common.duration("max_connection_duration")
         common.done()
     protocol = "http1"
+    h2_options = DEFAULT_H2
     explicit = f.fields("explicit_http_config", "ExplicitHttpConfig")
     downstream = f.fields("use_downstream_protocol_config", "UseDownstreamHttpConfig")
     upstream_opts = f.fields("upstream_http_protocol_options", "UpstreamHttpProtocolOptions")
@@ -106,20 +160,16 @@ def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
         h1 = sub.fields("http_protocol_options", "Http1ProtocolOptions")
         h2 = sub.fields("http2_protocol_options", "Http2ProtocolOptions")
         sub.done()
-        if h2 is not None and sub is explicit:
-            # an HTTP/2 upstream (Istio's grpc/http2 ports); use_downstream_protocol_config
-            # stays accepted: remora's downstream is HTTP/1.1, so its upstream is too
-            raise not_implemented_yet(h2.path, "http2_protocol_options")
-        for opts in (h1, h2):
-            if opts is not None:
-                opts.integer("max_concurrent_streams")  # only read for h2 by Envoy
-                opts.done()
+        if h1 is not None:
+            h1.done()  # an empty Http1ProtocolOptions: its fields are refused by path
+        if h2 is not None:
+            h2_options = parse_http2_options(h2)
         protocol = "downstream" if sub is downstream else ("http2" if h2 is not None else "http1")
     if upstream_opts is not None:
         upstream_opts.boolean("auto_sni")
         upstream_opts.boolean("auto_san_validation")
         upstream_opts.done()
-    return HttpProtocolOptions(idle, max_requests, duration, protocol)
+    return HttpProtocolOptions(idle, max_requests, duration, protocol, h2_options)
 
 
 def config_source_path(f: Fields) -> str:
@@ -243,6 +293,7 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
     f.duration("cleanup_interval")  # ORIGINAL_DST host cleanup: remora keeps no host set
     f.integer("per_connection_buffer_limit_bytes")
     cfg.metadata = f.raw("metadata", {}) or {}
+    legacy_h2 = f.fields("http2_protocol_options", "Http2ProtocolOptions")
     opts = f.raw("typed_extension_protocol_options", {}) or {}
     if not isinstance(opts, dict):
         raise ConfigError(f.at("typed_extension_protocol_options"), "expected a map")
@@ -253,6 +304,13 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
                               f"remora reads {HTTP_OPTIONS} only")
         cfg.http_protocol_options = parse_http_protocol_options(Fields(value, where))
     cfg.typed_extension_protocol_options = opts
+    if legacy_h2 is not None:
+        # the deprecated cluster-level field: HTTP/2 upstream with these options, unless
+        # the typed extension is there too: then Envoy's createOptions uses the typed one
+        # and ignores the legacy field (observed on Envoy 1.40: explicit HTTP/1.1 wins)
+        legacy = parse_http2_options(legacy_h2)
+        if HTTP_OPTIONS not in opts:
+            cfg.http_protocol_options = HttpProtocolOptions(protocol="http2", http2=legacy)
 
     cla = f.raw("load_assignment")
     eds = f.fields("eds_cluster_config", "EdsClusterConfig")
@@ -308,4 +366,12 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
             ka.done()
             cfg.keepalive = True
     cfg.transport = parse_transport_socket(transport, server=False)
+    protocol = cfg.http_protocol_options.protocol
+    if cfg.transport is not None and not cfg.transport.alpn and protocol != "downstream":
+        # an UpstreamTlsContext without alpn_protocols: Envoy's connection pool offers its
+        # own protocol, "h2" or "http/1.1" (the ALPN fallback; observed on Envoy 1.40
+        # against a server that logs the negotiated protocol). gRPC servers refuse TLS
+        # without h2. (use_downstream_protocol_config picks the pool per request; one TLS
+        # context per cluster here, so nothing is offered then.)
+        cfg.transport.alpn = ("h2",) if protocol == "http2" else ("http/1.1",)
     return cfg

@@ -1,0 +1,977 @@
+"""Upstream HTTP/2: a multiplexed connection pool and the router's attempt on it.
+
+A cluster whose protocol options resolve to HTTP/2 (upstream/config.py
+``HttpProtocolOptions.upstream_http2``: explicit ``http2_protocol_options``, the legacy
+cluster field, or ``use_downstream_protocol_config`` for an HTTP/2 downstream) sends its
+requests here instead of the HTTP/1.1 pool. As Envoy's HTTP/2 connection pool
+(source/common/http/http2/conn_pool.cc) does, one connection per pool key carries streams
+up to the smaller of the cluster's ``max_concurrent_streams`` and the peer's SETTINGS; a new
+connection is opened only when every connection of the key is full, draining (GOAWAY) or
+gone. Streams that arrive while a connection is still connecting wait for it, as Envoy
+attaches pending requests to a connecting client.
+
+The HTTP/2 framing, HPACK and flow-control bookkeeping are the ``h2`` library's
+(python-hyper, sans-IO): this module feeds it the bytes the transport delivers and writes
+what it has to send. The transport ``Cluster.connect`` opened is taken over with
+``set_protocol`` (what the core's StreamReader already buffered, such as the server's
+SETTINGS, is fed first), and the core's ``TrackedProtocol`` is still told when the
+connection ends (its cx_active / rx bytes accounting).
+
+Failures map to Envoy's answers (router.cc, checked against Envoy 1.40 in
+tests/unit/proxy/http2/test_upstream_envoy_parity.py), retried or answered here
+(``_abort``) and charged to the cluster as Envoy's chargeUpstreamAbort does: a RST_STREAM
+before the response is 503 UR ``upstream_reset_before_response_started{remote_reset}``
+(REFUSED_STREAM: ``remote_refused_stream_reset``, retriable by ``retry_on:
+refused-stream`` as well as ``reset``), the connection closing under a stream is 503 UC
+``connection_termination``, a protocol error 502 UPE; after the response started the
+downstream connection is closed with the flag and
+``upstream_reset_after_response_started{...}``. h2 treats every protocol error it detects
+(a malformed header, a body longer or shorter than its content-length) as a connection
+error, so all streams of that connection fail with it, where Envoy (nghttp2) resets only
+the offending stream.
+
+The router's side of the contract (``Forward``) is what router.py's ``_Forward`` has; its
+one dispatch hunk in ``_attempt`` calls ``forward_h2`` with its failure class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.filter import HttpStream
+from remora.proxy.http.header_mutation import apply as apply_mutations
+from remora.proxy.http.pool import PoolKey, limits_of, pool_key
+from remora.proxy.http.retry import RetryPolicy
+from remora.proxy.http.route_config import Route
+from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
+from remora.proxy.http2.upstream_messages import (
+    REFUSED_STREAM,
+    request_headers,
+    reset_reason,
+    response_head,
+    trailer_fields,
+)
+from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
+from remora.proxy.upstream.config import DEFAULT_H2, Http2Options, HttpProtocolOptions
+
+PROTOCOL = "HTTP/2"
+_RESET_BODY = "upstream connect error or disconnect/reset before headers. "
+
+
+def protocol_options(cluster: object) -> HttpProtocolOptions | None:
+    opts = getattr(getattr(cluster, "config", None), "http_protocol_options", None)
+    return opts if isinstance(opts, HttpProtocolOptions) else None
+
+
+def http2_upstream(cluster: object, downstream_protocol: str | None) -> bool:
+    """Whether the router sends this request over HTTP/2 (the dispatch in router.py)."""
+    opts = protocol_options(cluster)
+    return opts is not None and opts.upstream_http2(downstream_protocol)
+
+
+# -- one connection -----------------------------------------------------------------------
+class _Protocol(asyncio.Protocol):
+    """The transport's protocol once the HTTP/2 client owns it. PREVIOUS (the core's
+    TrackedProtocol) still hears of the bytes received and of the end."""
+
+    def __init__(self, client: H2Client, previous: asyncio.BaseProtocol) -> None:
+        self.client = client
+        self.previous = previous
+
+    def data_received(self, data: bytes) -> None:
+        rx = getattr(self.previous, "rx_bytes", None)
+        if isinstance(rx, int):
+            self.previous.rx_bytes = rx + len(data)  # type: ignore[attr-defined]
+        self.client.on_data(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close: HTTP/2 has no half-closed connections
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.on_lost()
+        with contextlib.suppress(Exception):
+            self.previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.client.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.client.on_writable()
+
+
+class H2Stream:
+    """One request/response exchange on an H2Client; also the request body's
+    ``codec.Sink``. Events from the connection are queued for the router's attempt,
+    which handles them in order (so it can wait for the downstream between them)."""
+
+    def __init__(self, client: H2Client) -> None:
+        self.client = client
+        self.id = 0
+        self.events: deque[tuple[Any, ...]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.headers: list[tuple[str, str]] = []  # the request head, until it is sent
+        self.end_on_headers = False
+        self.unacked = 0  # response bytes received, not yet given back to the windows
+        self.pending = bytearray()  # request body not yet within the flow-control window
+        self.end_pending = False
+        self.ended = False  # END_STREAM sent
+        self.closed = False  # reset or complete: nothing more is sent
+        self._drain: asyncio.Future[None] | None = None
+
+    # events, from the connection
+    def push(self, *event: Any) -> None:
+        self.events.append(event)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next_events(self) -> list[tuple[Any, ...]]:
+        while not self.events:
+            self._waiter = self.client.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        out = list(self.events)
+        self.events.clear()
+        return out
+
+    # codec.Sink: the request body
+    def data(self, chunk: bytes) -> None:
+        if self.closed or not chunk:
+            return
+        self.pending += chunk
+        self.client.pump(self)
+
+    def end(self) -> None:
+        if self.closed:
+            return
+        self.end_pending = True
+        self.client.pump(self)
+
+    def congested(self) -> bool:
+        return len(self.pending) > BUFFER_LIMIT or self.client.write_paused
+
+    async def wait(self) -> None:
+        """Until the body queued so far fits the window again and the socket drained."""
+        while not self.closed and self.congested():
+            self._drain = self.client.loop.create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+
+    def wake_writer(self) -> None:
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def reset(self, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        """Abandon the exchange (timeout, retry, downstream gone): RST_STREAM."""
+        if self.closed:
+            return
+        self.closed = True
+        self.wake_writer()
+        self.client.reset_stream(self, code)
+
+
+class H2Client:
+    """One upstream HTTP/2 connection and its streams."""
+
+    def __init__(self, key: PoolKey, owner: object, options: Http2Options,
+                 max_requests: int, idle_timeout: float, stats: Stats, stat: str,
+                 on_idle: Callable[[H2Client], None], max_duration: float = 0.0) -> None:
+        self.key = key
+        self.owner = owner
+        self.options = options
+        self.max_requests = max_requests  # max_requests_per_connection (0: unlimited)
+        self.idle_timeout = idle_timeout
+        # common_http_protocol_options.max_connection_duration: then drained, as Envoy
+        # drains a connection past it (no new streams, closed once the last one ends)
+        self.max_duration = max_duration
+        self.created = time.monotonic()
+        self.stats = stats
+        self.stat = stat
+        self.on_idle = on_idle
+        self.loop = asyncio.get_running_loop()
+        self.upstream: Upstream | None = None
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.ready.add_done_callback(_consume)
+        self.error: UpstreamError | None = None
+        self.streams: dict[int, H2Stream] = {}
+        # streams admitted before the peer's SETTINGS lowered the limit: sent once an open
+        # stream ends (nghttp2 queues such requests in Envoy the same way)
+        self.waiting: deque[H2Stream] = deque()
+        self.reserved = 0  # streams admitted (waiting for the connection or open)
+        self.total = 0  # streams ever admitted (max_requests_per_connection)
+        self.goaway = False  # no new streams (GOAWAY received, or draining)
+        self.closed = False
+        self.write_paused = False
+        self.settings_received = False  # the peer's first SETTINGS frame arrived
+        self._idle_timer: asyncio.TimerHandle | None = None
+        # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
+        # what a client sent reaches the upstream byte for byte (as through Envoy)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config=config)
+
+    @property
+    def host(self) -> str:
+        return self.upstream.host if self.upstream is not None else ""
+
+    def limit(self) -> int:
+        """Streams this connection may carry at once: the cluster's max_concurrent_streams,
+        lowered by the peer's SETTINGS_MAX_CONCURRENT_STREAMS once it arrived."""
+        return min(self.options.max_concurrent_streams,
+                   self.conn.remote_settings.max_concurrent_streams)
+
+    def has_capacity(self) -> bool:
+        if self.closed or self.goaway or self.error is not None:
+            return False
+        if self.max_requests and self.total >= self.max_requests:
+            return False
+        if self.max_duration > 0 and time.monotonic() - self.created >= self.max_duration:
+            self.goaway = True
+            if self.reserved == 0:
+                self.close()
+            return False
+        return self.reserved < self.limit()
+
+    def admit(self) -> None:
+        self.reserved += 1
+        self.total += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def release(self) -> None:
+        self.reserved -= 1
+        if self.reserved <= 0:
+            self.reserved = 0
+            if self.goaway or (self.max_requests and self.total >= self.max_requests):
+                self.close()
+            elif self.idle_timeout > 0 and not self.closed:
+                self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_close)
+
+    def _idle_close(self) -> None:
+        self._idle_timer = None
+        if self.reserved == 0:
+            self.close()
+
+    # -- connection ----------------------------------------------------------------------
+    def start(self, upstream: Upstream) -> None:
+        """Take UPSTREAM's transport over and send the connection preface with Envoy's
+        settings: its stream window, push disabled, and a WINDOW_UPDATE that opens the
+        connection window to initial_connection_window_size."""
+        self.upstream = upstream
+        opts = self.options
+        conn = self.conn
+        conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: min(
+                opts.max_concurrent_streams, 2**31 - 1),
+        })
+        conn.initiate_connection()
+        extra = opts.initial_connection_window_size - 65535
+        if extra > 0:
+            conn.increment_flow_control_window(extra)
+        transport = upstream.writer.transport
+        reader = upstream.reader
+        buffered = bytes(getattr(reader, "_buffer", b""))
+        with contextlib.suppress(AttributeError):
+            reader._buffer.clear()  # type: ignore[attr-defined]
+        at_eof = bool(getattr(reader, "_eof", False))
+        transport.set_protocol(_Protocol(self, transport.get_protocol()))
+        with contextlib.suppress(Exception):
+            if not transport.is_reading():  # type: ignore[attr-defined]
+                transport.resume_reading()  # type: ignore[attr-defined]
+        self.stats.inc(self.stat + "upstream_cx_http2_total")
+        self.flush()
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if buffered:
+            self.on_data(buffered)
+        if at_eof or transport.is_closing():
+            self.on_lost()
+
+    def fail(self, err: UpstreamError) -> None:
+        """Connecting failed: every stream waiting for this connection fails alike."""
+        self.error = err
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(err)
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.upstream is not None and not self.closed:
+            self.upstream.writer.transport.write(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        with contextlib.suppress(Exception):
+            self.conn.close_connection()
+            self.flush()
+        self.closed = True
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                self.upstream.writer.close()
+        self.on_idle(self)
+
+    def on_lost(self) -> None:
+        """The connection ended: streams still open see a connection termination."""
+        was_closed = self.closed
+        self.closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        streams, self.streams = self.streams, {}
+        waiting, self.waiting = list(self.waiting), deque()
+        for st in [*streams.values(), *waiting]:
+            st.closed = True
+            st.wake_writer()
+            st.push("lost", "reset")
+        if not was_closed:
+            self.on_idle(self)
+
+    def on_writable(self) -> None:
+        self.write_paused = False
+        for st in self.streams.values():
+            st.wake_writer()
+
+    def on_data(self, data: bytes) -> None:
+        if self.closed and not self.streams:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            # a connection error (RFC 9113 5.4.1): h2 queued the GOAWAY; every stream
+            # fails as a protocol error (Envoy: upstream_cx_protocol_error)
+            self.stats.inc(self.stat + "upstream_cx_protocol_error")
+            self.flush()
+            streams, self.streams = self.streams, {}
+            waiting, self.waiting = list(self.waiting), deque()
+            for st in [*streams.values(), *waiting]:
+                st.closed = True
+                st.wake_writer()
+                st.push("lost", "protocol")
+            self.close()
+            return
+        for ev in events:
+            self._event(ev)
+        self._start_waiting()
+        self.flush()
+
+    def _event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.ResponseReceived):
+            st = self.streams.get(ev.stream_id or 0)
+            if st is not None:
+                st.push("headers", _text(ev.headers), ev.stream_ended is not None)
+                if ev.stream_ended is not None:
+                    self._ended(st)
+        elif isinstance(ev, h2.events.DataReceived):
+            st = self.streams.get(ev.stream_id or 0)
+            if st is not None:
+                st.unacked += ev.flow_controlled_length or 0
+                st.push("data", ev.data, ev.flow_controlled_length)
+                if ev.stream_ended is not None:
+                    self._ended(st)
+            elif ev.flow_controlled_length:
+                # data for a stream we gave up: the connection window still counts it
+                self.conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                    ev.stream_id or 0)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            st = self.streams.get(ev.stream_id or 0)
+            if st is not None:
+                st.push("trailers", _text(ev.headers))
+                if ev.stream_ended is not None:
+                    self._ended(st)
+        elif isinstance(ev, h2.events.StreamEnded):
+            pass  # reported with the frame that carried END_STREAM above
+        elif isinstance(ev, h2.events.StreamReset):
+            st = self.streams.pop(ev.stream_id or 0, None)
+            if st is not None:
+                st.closed = True
+                st.wake_writer()
+                st.push("reset", int(ev.error_code or 0))
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            # GOAWAY: no new streams here; streams above last_stream_id were never
+            # processed (refused, retriable), the others may still complete
+            self.goaway = True
+            self.on_idle(self)
+            last = ev.last_stream_id or 0
+            refused = [self.streams.pop(s) for s in list(self.streams) if s > last]
+            refused += self.waiting  # never sent: refused as well
+            self.waiting = deque()
+            for st in refused:
+                st.closed = True
+                st.wake_writer()
+                st.push("reset", REFUSED_STREAM)
+            if not self.streams and self.reserved == 0:
+                self.close()  # nothing left to finish on it
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self.settings_received = True  # _start_waiting after this batch
+        elif isinstance(ev, h2.events.WindowUpdated):
+            for st in list(self.streams.values()):
+                if st.pending or st.end_pending:
+                    self.pump(st)
+
+    def _ended(self, st: H2Stream) -> None:
+        st.push("end")
+        if st.ended or st.closed:
+            self.streams.pop(st.id, None)
+
+    # -- streams -------------------------------------------------------------------------
+    def open_stream(self, st: H2Stream, headers: list[tuple[str, str]],
+                    end_stream: bool) -> None:
+        st.headers = headers
+        st.end_on_headers = end_stream
+        if self.waiting or not self._room():
+            self.waiting.append(st)
+            return
+        self._send_headers(st)
+
+    def _room(self) -> bool:
+        """Whether one more stream may be opened now. Until the peer's SETTINGS arrived
+        only one stream is sent: its limit is unknown (unlimited per RFC 9113 6.5.2), and
+        a peer that enforces a lower one strictly (h2's server: a connection error)
+        would take every stream of a burst down with the connection. Envoy 1.40 sends
+        them all and loses them (503 UC); the first stream costs no round trip here."""
+        conn = self.conn
+        limit = conn.remote_settings.max_concurrent_streams if self.settings_received else 1
+        return conn.open_outbound_streams < limit
+
+    def _send_headers(self, st: H2Stream) -> None:
+        sid = self.conn.get_next_available_stream_id()
+        st.id = sid
+        self.streams[sid] = st
+        self.conn.send_headers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
+                                     for n, v in st.headers],
+                               end_stream=st.end_on_headers)
+        st.headers = []
+        if st.end_on_headers:
+            st.ended = True
+        self.flush()
+        if st.pending or st.end_pending:
+            self.pump(st)
+
+    def _start_waiting(self) -> None:
+        while self.waiting and not self.closed and self._room():
+            st = self.waiting.popleft()
+            if not st.closed:
+                self._send_headers(st)
+
+    def pump(self, st: H2Stream) -> None:
+        """Send what the flow-control windows allow of ST's pending body, then END_STREAM
+        once the body is complete."""
+        if st.closed or st.id == 0 or self.closed:
+            return
+        conn = self.conn
+        try:
+            while st.pending:
+                window = conn.local_flow_control_window(st.id)
+                n = min(len(st.pending), window, conn.max_outbound_frame_size)
+                if n <= 0:
+                    break
+                conn.send_data(st.id, bytes(st.pending[:n]))
+                del st.pending[:n]
+            if not st.pending and st.end_pending and not st.ended:
+                conn.end_stream(st.id)
+                st.ended = True
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            st.pending.clear()
+            st.closed = True
+        self.flush()
+        if not st.congested():
+            st.wake_writer()
+
+    def acknowledge(self, st: H2Stream, n: int) -> None:
+        st.unacked -= n
+        if n and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.acknowledge_received_data(n, st.id)
+            self.flush()
+
+    def finish(self, st: H2Stream) -> None:
+        """The exchange is over: an END_STREAM we have not sent (the response ended
+        before the request body) becomes RST_STREAM(NO_ERROR) as RFC 9113 8.1 allows."""
+        if not st.ended and not st.closed and st.id:
+            st.reset(h2.errors.ErrorCodes.NO_ERROR)
+        if st.unacked > 0 and not self.closed:
+            # bytes never relayed (the exchange was abandoned): the connection window
+            # still counts them, so it gets them back
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                self.conn.acknowledge_received_data(st.unacked, st.id)
+            st.unacked = 0
+            self.flush()
+        st.closed = True
+        self.streams.pop(st.id, None)
+        self._start_waiting()
+
+    def reset_stream(self, st: H2Stream, code: int) -> None:
+        self.streams.pop(st.id, None)
+        if st in self.waiting:
+            self.waiting.remove(st)
+        if st.id and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError,
+                                     h2.exceptions.StreamClosedError, KeyError):
+                self.conn.reset_stream(st.id, code)
+            self.flush()
+            self._start_waiting()
+
+
+def _text(headers: Any) -> list[tuple[str, str]]:
+    return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers]
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a failed connect nobody waited for is not an error
+
+
+# -- the pool -------------------------------------------------------------------------------
+class H2Pool:
+    """Per pool key (http/pool.py ``pool_key``: cluster, original destination,
+    original_src) the HTTP/2 connections, newest last."""
+
+    def __init__(self) -> None:
+        self._clients: dict[PoolKey, list[H2Client]] = {}
+
+    def acquire(self, key: PoolKey, exclude: frozenset[str],
+                owner: object) -> H2Client | None:
+        """A connection of KEY with room for one more stream (connecting or connected),
+        not to an EXCLUDEd host; None when a new connection is needed. Connections of an
+        older version of the cluster (OWNER differs) take no new streams."""
+        clients = self._clients.get(key)
+        if not clients:
+            return None
+        for client in clients:
+            if client.owner is not owner and not client.goaway:
+                client.goaway = True
+                if client.reserved == 0:
+                    client.close()
+        for client in clients:
+            if not client.has_capacity():
+                continue
+            if exclude and (client.upstream is None or client.host in exclude):
+                continue
+            client.admit()
+            return client
+        return None
+
+    def open(self, client: H2Client) -> None:
+        client.admit()
+        self._clients.setdefault(client.key, []).append(client)
+
+    def forget(self, client: H2Client) -> None:
+        clients = self._clients.get(client.key)
+        if clients is not None and client in clients and (client.closed or client.goaway):
+            clients.remove(client)
+            if not clients:
+                del self._clients[client.key]
+
+    def connections(self, key: PoolKey | None = None) -> list[H2Client]:
+        if key is not None:
+            return list(self._clients.get(key, ()))
+        return [c for cs in self._clients.values() for c in cs]
+
+    def close_all(self) -> None:
+        for clients in list(self._clients.values()):
+            for c in list(clients):
+                c.close()
+        self._clients.clear()
+
+
+_POOLS: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
+
+
+def h2_pool_for(cluster_manager: Any) -> H2Pool:
+    """One HTTP/2 pool per cluster manager, like http/pool.py ``pool_for``."""
+    try:
+        pool = _POOLS.get(cluster_manager)
+        if pool is None:
+            pool = _POOLS[cluster_manager] = H2Pool()
+        return pool
+    except TypeError:
+        return H2Pool()
+
+
+class _CodecFailure(Exception):
+    """The request body was malformed as it arrived (400 DPE from the router)."""
+
+
+class _Retry(Exception):
+    """A retriable response status: withheld, the attempt is retried."""
+
+
+class _Lost(Exception):
+    """The connection ended under the stream: KIND "reset" (UC) or "protocol" (UPE)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class _Reset(Exception):
+    """RST_STREAM from the upstream before the response started."""
+
+    def __init__(self, code: int, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.detail = detail
+
+
+# -- the router's attempt -------------------------------------------------------------------
+class _Router(Protocol):
+    cluster_manager: Any
+    stats: Stats
+    suppress: bool
+
+
+class Forward(Protocol):
+    """What the router's per-request state (router.py ``_Forward``) gives an attempt."""
+
+    @property
+    def router(self) -> _Router: ...
+    @property
+    def stream(self) -> HttpStream: ...
+    @property
+    def route(self) -> Route: ...
+    @property
+    def cluster(self) -> Cluster: ...
+    @property
+    def policy(self) -> RetryPolicy | None: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def stat(self) -> str: ...
+    @property
+    def reselections(self) -> int: ...
+    tried: set[str]
+    host: str | None
+
+    def _take_retry(self) -> bool: ...
+    def _charge(self, stat: str) -> None: ...
+
+
+FailureFactory = Callable[[str, UpstreamError | None], Exception]
+
+
+async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFactory) -> None:
+    """One attempt of FW's request over HTTP/2. Raises FAILURE(kind, err) for what the
+    router's loop handles as for HTTP/1.1 (connect, reset, protocol, truncated, and
+    "status" for an outcome this function already decided to retry); answers the
+    HTTP/2-only outcomes (stream resets) itself."""
+    stream, cluster, router = fw.stream, fw.cluster, fw.router
+    info = stream.info
+    opts = protocol_options(cluster)
+    h2opts = opts.http2 if opts is not None else DEFAULT_H2
+    facts = stream.conn.downstream.facts
+    key = pool_key(cluster.name, facts)
+    pool = h2_pool_for(router.cluster_manager)
+    client = pool.acquire(key, exclude, cluster)
+    if client is None:
+        if not cluster.try_acquire("pending_requests"):
+            raise failure("connect", UpstreamError("UO", ""))
+        limits = limits_of(cluster)
+        client = H2Client(key, cluster, h2opts, limits.max_requests_per_connection,
+                          limits.idle_timeout, router.stats, fw.stat, pool.forget,
+                          limits.max_connection_duration)
+        pool.open(client)
+        try:
+            up = await cluster.connect(facts, info, exclude,
+                                       host_selection_retry_max_attempts=fw.reselections)
+        except UpstreamError as err:
+            client.fail(err)
+            pool.forget(client)
+            if err.host:
+                fw.tried.add(err.host)
+                fw.host = err.host
+            raise failure("connect", err) from None
+        except BaseException:
+            client.fail(UpstreamError("UF", ""))
+            pool.forget(client)
+            raise
+        finally:
+            cluster.release("pending_requests")
+        client.start(up)
+    elif not client.ready.done():
+        # a connection still connecting: wait for it, as a pending request
+        if not cluster.try_acquire("pending_requests"):
+            client.release()
+            raise failure("connect", UpstreamError("UO", ""))
+        try:
+            await asyncio.shield(client.ready)
+        except UpstreamError as err:
+            client.release()
+            info.upstream_cluster = cluster.name
+            info.upstream_host = err.host
+            info.upstream_transport_failure_reason = err.reason or None
+            if err.host:
+                fw.tried.add(err.host)
+                fw.host = err.host
+            raise failure("connect", err) from None
+        except BaseException:
+            client.release()
+            raise
+        finally:
+            cluster.release("pending_requests")
+    p = fw.policy
+    try:
+        if client.closed or client.upstream is None:
+            # it went away between its SETTINGS and this stream: a connection failure
+            raise failure("reset", None)
+        await _exchange(fw, client)
+    except _CodecFailure:
+        raise failure("codec", None) from None
+    except _Retry:
+        raise failure("status", None) from None  # decided and charged here
+    except _Lost as lost:
+        retried = info.upstream_request_attempt_count > 1
+        _abort(fw, failure, p is not None and p.retry_on_reset(True),
+               failure_answer(lost.kind, None, retried))
+    except _Reset as r:
+        again = "retried and the latest " if info.upstream_request_attempt_count > 1 else ""
+        _abort(fw, failure, p is not None and (p.retry_on_reset(True) or (
+                   r.code == REFUSED_STREAM and "refused-stream" in p.retry_on)),
+               LocalAnswer(503, f"{_RESET_BODY}{again}reset reason: {r.reason}".encode(),
+                           f"upstream_reset_before_response_started{{{r.detail}}}", "UR"))
+    finally:
+        client.release()
+
+
+def _abort(fw: Forward, failure: FailureFactory, retriable: bool,
+           answer: LocalAnswer) -> None:
+    """The stream failed before its response started: retried when the policy says so
+    (and a retry is left), else answered locally and charged to the cluster like a
+    response (Envoy's Filter::onUpstreamReset -> chargeUpstreamAbort)."""
+    fw._charge("rq_error")
+    if retriable and fw._take_retry():
+        raise failure("status", None)  # charged here already, retried by the router
+    stats, stat = fw.router.stats, fw.stat
+    _retry_success(fw, retriable)
+    stats.inc(f"{stat}upstream_rq_{answer.status // 100}xx")
+    stats.inc(f"{stat}upstream_rq_{answer.status}")
+    stats.inc(stat + "upstream_rq_completed")
+    fw.stream.local_reply(answer.status, answer.body, answer.details, answer.flag)
+
+
+async def _exchange(fw: Forward, client: H2Client) -> None:
+    stream, cluster, router = fw.stream, fw.cluster, fw.router
+    info = stream.info
+    up = client.upstream
+    assert up is not None
+    info.upstream_cluster = cluster.name
+    info.upstream_host = up.host
+    info.upstream_local_address = up.local_address
+    info.upstream_protocol = PROTOCOL
+    host = up.host
+    fw.tried.add(host)
+    fw.host = host
+    router.stats.inc(fw.stat + "upstream_rq_total")
+    cluster.host_stat(host, "rq_total")
+    cluster.host_stat(host, "rq_active")
+    st = H2Stream(client)
+    req = stream.req
+    try:
+        if stream.conn.body_error() and not req.complete:
+            raise _CodecFailure()
+        headers = _request_headers(fw)
+        body_now = not req.complete or any(req.body)
+        client.open_stream(st, headers, end_stream=not body_now)
+        if body_now:
+            for chunk in req.body:
+                st.data(chunk)
+            if req.complete:
+                st.end()
+            else:
+                req.attach(st, BUFFER_LIMIT if fw.policy is not None else -1)
+                stream.conn.resume_reading()
+        await _relay(fw, st)
+    except BaseException:
+        # timeouts, retries and a downstream gone cancel the attempt: the stream is reset
+        # (RST_STREAM CANCEL, as Envoy's UpstreamRequest::resetStream), the connection stays
+        st.reset()
+        raise
+    finally:
+        client.finish(st)
+        cluster.host_stat(host, "rq_active", -1)
+        if req.sink is st and req.complete:
+            req.sink = None
+
+
+def _request_headers(fw: Forward) -> list[tuple[str, str]]:
+    """The forwarded request as HTTP/2 headers: the same header list and additions the
+    HTTP/1.1 path writes (route request mutations, x-envoy-expected-rq-timeout-ms)."""
+    stream = fw.stream
+    extra = None
+    route = fw.route
+    if not fw.router.suppress and route.timeout > 0:
+        # Envoy's FilterUtility::setTimeoutHeaders: the whole route timeout on the first
+        # attempt, minus the whole milliseconds elapsed on a retry, or the per-try
+        # timeout when that is shorter (10000 for a 10 s route, checked side by side)
+        elapsed = 0
+        if stream.info.upstream_request_attempt_count > 1:
+            elapsed = int((time.monotonic() - fw.started) * 1000)
+        remaining = int(route.timeout * 1000) - elapsed
+        per_try = int((fw.policy.per_try_timeout if fw.policy is not None else 0.0) * 1000)
+        if 0 < per_try < remaining:
+            remaining = per_try
+        extra = ("x-envoy-expected-rq-timeout-ms", str(max(remaining, 0)))
+    headers = stream.upstream_headers
+    mutations = route.request_mutations
+    if mutations:
+        headers = apply_mutations(headers, mutations)
+        hdrs = stream.info.request_headers
+        if hdrs is not None:
+            for name in mutations.remove:
+                hdrs.pop(name, None)
+            for name, _, _ in mutations.add:
+                values = [v for n, v in headers if n == name]
+                if values:
+                    hdrs[name] = ",".join(values)
+    scheme = (stream.info.request_headers or {}).get(":scheme", "http")
+    return request_headers(stream.method, scheme, stream.path, headers, extra)
+
+
+async def _relay(fw: Forward, st: H2Stream) -> None:
+    stream = fw.stream
+    conn = stream.conn
+    loop = conn.loop
+    client = st.client
+    status = 0
+    trailers: list[tuple[str, str]] | None = None
+    while True:
+        events = await st.next_events()
+        conn.last_activity = loop.time()
+        acked = 0
+        for ev in events:
+            kind = ev[0]
+            if kind == "headers":
+                s, hs = response_head(ev[1])
+                if 100 <= s < 200:
+                    continue  # 1xx: an HTTP/1.1 client gets only the final response
+                status = s
+                if not _on_headers(fw, status, hs, bool(ev[2])):
+                    raise _Retry()
+            elif kind == "data":
+                stream.encode_data(ev[1])
+                acked += ev[2]
+            elif kind == "trailers":
+                trailers = trailer_fields(ev[1])
+                stream.info.response_trailers = dict(trailers)
+            elif kind == "end":
+                if trailers is not None:
+                    stream.encode_trailers(trailers)
+                else:
+                    stream.encode_end()
+                fw.router.stats.observe(fw.stat + "upstream_rq_time",
+                                        (time.monotonic() - fw.started) * 1000)
+                return
+            elif kind == "reset":
+                stream.flush()
+                _reset(fw, int(ev[1]))
+                return
+            else:  # "lost": the connection went away ("reset") or broke ("protocol")
+                stream.flush()
+                _lost(fw, str(ev[1]))
+                return
+        stream.flush()
+        if conn.write_paused:
+            await conn.drain()
+        if acked:
+            # the window opens again only once the downstream took the bytes
+            client.acknowledge(st, acked)
+
+
+def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
+                ended: bool) -> bool:
+    """Relay the response head (ENDED: it ended the stream); False when the status is to
+    be retried instead (then nothing was sent downstream and the stream is reset)."""
+    stream = fw.stream
+    p = fw.policy
+    wanted = False
+    if p is not None and not stream.response_started:
+        grpc = next((v for n, v in headers if n == "grpc-status"), None)
+        wanted = p.retry_on_status(status, grpc)
+        if wanted and fw._take_retry():
+            fw._charge("rq_error")
+            return False
+    fw._charge("rq_error" if status >= 500 else "rq_success")
+    # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
+    # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
+    stats, stat = fw.router.stats, fw.stat
+    stats.inc(f"{stat}upstream_rq_{status // 100}xx")
+    stats.inc(f"{stat}upstream_rq_{status}")
+    stats.inc(stat + "upstream_rq_completed")
+    _retry_success(fw, wanted)
+    stream.info.response_code_details = "via_upstream"
+    has_length = any(n == "content-length" for n, _ in headers)
+    may_have_body = status >= 200 and status not in (204, 304) and not stream.head
+    # a body of unknown length is chunked for an HTTP/1.1 client; a response that ended
+    # with its headers (gRPC trailers-only) gets content-length: 0 last, as Envoy's
+    # HTTP/1 encoder writes it (observed on Envoy 1.40)
+    tail: tuple[tuple[str, str], ...] = ()
+    # (an HTTP/2 client gets the headers as they came: END_STREAM says it all)
+    if ended and not has_length and may_have_body and stream.info.protocol != "HTTP/2":
+        tail = (("content-length", "0"),)
+    chunked = not has_length and may_have_body and not ended
+    ms = int((time.monotonic() - fw.started) * 1000)
+    stream.encode_headers(status, headers, chunked=chunked, tail=tail,
+                          mutations=fw.route.response_mutations,
+                          service_time_ms=None if fw.router.suppress else ms)
+    return True
+
+
+def _retry_success(fw: Forward, wanted: bool) -> None:
+    """Envoy's RetryStateImpl::shouldRetry counts upstream_rq_retry_success when a request
+    that was retried ends an attempt with an outcome its policy would not retry, whatever
+    that outcome is (a refused-stream policy whose retry meets a closed connection counts;
+    running out of retries does not). Checked side by side with Envoy 1.40."""
+    if fw.stream.info.upstream_request_attempt_count > 1 and not wanted:
+        fw.router.stats.inc(fw.stat + "upstream_rq_retry_success")
+
+
+def _reset(fw: Forward, code: int) -> None:
+    """RST_STREAM (or a GOAWAY that refused the stream) from the upstream."""
+    stream = fw.stream
+    reason, detail = reset_reason(code)
+    info = stream.info
+    if stream.response_started:
+        info.set_flag("UR")
+        info.response_code_details = f"upstream_reset_after_response_started{{{detail}}}"
+        stream.closing = True
+        return
+    raise _Reset(code, reason, detail)
+
+
+def _lost(fw: Forward, kind: str) -> None:
+    """The connection ended (or broke) under the stream."""
+    stream = fw.stream
+    if not stream.response_started:
+        raise _Lost(kind)
+    # after the response started: the downstream is closed with the reason, as Envoy's
+    # upstream_reset_after_response_started (UC for a closed connection, UPE broken)
+    detail, flag = (("protocol_error", "UPE") if kind == "protocol"
+                    else ("connection_termination", "UC"))
+    stream.info.set_flag(flag)
+    stream.info.response_code_details = f"upstream_reset_after_response_started{{{detail}}}"
+    stream.closing = True
