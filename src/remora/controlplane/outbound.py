@@ -218,8 +218,9 @@ def outbound_clusters(snapshot: Snapshot, config_dir: str,
                 continue
             name = outbound_cluster_name(sp.port, svc.fqdn)
             cluster = _eds_cluster(name, config_dir, svc)
-            if is_http2(proto):
-                cluster["typed_extension_protocol_options"] = e.h2_protocol_options()
+            options = e.upstream_protocol_options(proto)  # setUpstreamProtocol
+            if options is not None:
+                cluster["typed_extension_protocol_options"] = options
             tls = _upstream_tls(snapshot, svc, sp, sec) if sec is not None else None
             if tls is not None:
                 cluster["transport_socket"] = tls
