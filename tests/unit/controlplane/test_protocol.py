@@ -179,15 +179,22 @@ def test_http1_tcp_and_sniffed_ports_get_no_explicit_http2() -> None:
             # Istio's passthroughHttpProtocolOptions, whatever the ports
             for c in (e.PASSTHROUGH, e.INBOUND_PASSTHROUGH):
                 assert cluster(cfg, c)["typed_extension_protocol_options"] == DOWNSTREAM
-    # the seed itself: its sniffed port keeps the HTTP/1.1 ALPNs, and its inbound cluster
-    # has the block the seed's own `istioctl proxy-config cluster` shows (Istio 1.11.3,
-    # whose HTTP/2 options also held max_concurrent_streams: 1073741824)
+    # the seed itself: its sniffed port's inbound cluster has the block the seed's own
+    # `istioctl proxy-config cluster` shows (Istio 1.11.3, whose HTTP/2 options also held
+    # max_concurrent_streams: 1073741824); over mTLS its cluster offers the HTTP chain's
+    # istio-http/1.1 but no plain http/1.1 or h2, so the server negotiates no codec and
+    # tells HTTP/1.1 from h2c by the preface (a named http port keeps http/1.1)
     snap, server, client = seed()
     oc = cluster(generate(snap, client, CLIENT_IP, "/c", certs_dir="/certs"),
                  f"outbound|18080||{FQDN}")
     assert oc["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] \
-        == ["istio-http/1.1", "istio", "http/1.1"]
+        == ["istio-http/1.1", "istio"]
     assert oc["typed_extension_protocol_options"] == DOWNSTREAM
+    snap, server, client = grpc_seed("http")
+    oc = cluster(generate(snap, client, CLIENT_IP, "/c", certs_dir="/certs"),
+                 f"outbound|18080||{FQDN}")
+    assert oc["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] \
+        == ["istio-http/1.1", "istio", "http/1.1"]
 
 
 def test_udp_port_gets_nothing() -> None:
