@@ -164,7 +164,11 @@ def test_pod_target(seed: SeedLab) -> None:
     doc = seed.explain_json(f"{name}.demo-to:18080")
     assert doc["live"]["destination"] == {"kind": "pod", "name": name, "namespace": "demo-to",
                                           "host": SERVER_IP, "port": 18080,
-                                          "authority": f"{SERVER_IP}:18080"}
+                                          "authority": f"{SERVER_IP}:18080",
+                                          # the seed's unnamed Service port: sniffed, so
+                                          # the probe stays HTTP/1.1
+                                          "protocol": "UnsupportedProtocol"}
+    assert doc["live"]["probe"]["protocol"] == "HTTP/1.1"
     assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
 
 

@@ -29,8 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "proxy": {"errors"},
     "controlplane": {"errors", "resources"},
     "diagnose": {"errors", "resources", "capture", "proxy"},
+    # controlplane: the live probe speaks the protocol Istio gives the port (protocol.py)
     "diagnose.evidence": {"errors", "resources", "capture", "proxy", "netns", "diagnose",
-                          "node", "lab"},
+                          "node", "lab", "controlplane"},
     "apps": set(),
     "node": {"errors", "netns", "resources"},
     "lab": {"errors", "netns", "resources", "capture", "controlplane", "node"},

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from remora.controlplane.protocol import is_http2, is_sniffed
+
 JSON = dict[str, Any]
 
 TYPE = "type.googleapis.com/"
@@ -124,6 +126,34 @@ def h2_protocol_options() -> JSON:
         "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
         "explicit_http_config": {"http2_protocol_options": {}},
     }}
+
+
+def downstream_protocol_options() -> JSON:
+    """A cluster's typed_extension_protocol_options that follow the downstream: HTTP/1.1
+    upstream for an HTTP/1.1 request, HTTP/2 for an HTTP/2 one. Istio's
+    setUseDownstreamProtocol (cluster_builder.go setUpstreamProtocol: a sidecar's cluster of
+    a port whose protocol IsUnsupported, i.e. sniffed, inbound and outbound) and its
+    passthroughHttpProtocolOptions (PassthroughCluster, InboundPassthroughCluster), in
+    1.11 (the seed's clusters show it) as now. The HTTP/2 options are empty as in current
+    Istio, like h2_protocol_options (1.11: max_concurrent_streams 1073741824); current
+    Istio's 5-minute idle_timeout on the passthrough clusters, absent from the seed's 1.11
+    ones, is left out."""
+    return {HTTP_PROTOCOL_OPTIONS: {
+        "@type": TYPE + HTTP_PROTOCOL_OPTIONS,
+        "use_downstream_protocol_config": {"http_protocol_options": {},
+                                           "http2_protocol_options": {}},
+    }}
+
+
+def upstream_protocol_options(protocol: str) -> JSON | None:
+    """Istio's setUpstreamProtocol for a sidecar's cluster of a port with PROTOCOL:
+    explicit HTTP/2 when it IsHTTP2, the downstream's protocol when it is sniffed
+    (IsUnsupported), else no options (HTTP/1.1, Envoy's default; TCP never uses them)."""
+    if is_http2(protocol):
+        return h2_protocol_options()
+    if is_sniffed(protocol):
+        return downstream_protocol_options()
+    return None
 
 
 GRPC_WEB_FILTER: JSON = {

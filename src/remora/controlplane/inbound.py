@@ -193,6 +193,9 @@ def _original_dst_cluster(name: str, bind: bool, fam: IpFamilies = IPV4_ONLY) ->
         "lb_policy": "CLUSTER_PROVIDED",
         "cleanup_interval": "60s",
         "circuit_breakers": e.circuit_breakers(),
+        # Istio's passthroughHttpProtocolOptions / setUseDownstreamProtocol: the upstream
+        # speaks what the downstream spoke (h2c in, h2c out); an HTTP/2 port replaces it
+        "typed_extension_protocol_options": e.downstream_protocol_options(),
     }
     if bind:
         # cluster_builder.go: "We need to set a local bind address, which we will match in
@@ -211,8 +214,13 @@ def inbound_clusters(ports: list[InboundPort], fam: IpFamilies = IPV4_ONLY) -> l
     for p in ports:
         c = _original_dst_cluster(inbound_cluster_name(p.port), bind=True, fam=fam)
         c["metadata"] = e.istio_metadata(service_refs(p.services))
-        if is_http2(p.protocol):  # buildInboundCluster -> buildCluster -> setUpstreamProtocol
-            c["typed_extension_protocol_options"] = e.h2_protocol_options()
+        # buildInboundCluster -> buildCluster -> setUpstreamProtocol: explicit HTTP/2 for an
+        # HTTP/2 port, the downstream's protocol for a sniffed one, none otherwise
+        options = e.upstream_protocol_options(p.protocol)
+        if options is None:
+            del c["typed_extension_protocol_options"]
+        else:
+            c["typed_extension_protocol_options"] = options
         out.append(c)
     out.append(_original_dst_cluster(e.INBOUND_PASSTHROUGH, bind=True, fam=fam))
     return out

@@ -8,7 +8,9 @@
 - Client side (cluster_builder.go buildAutoMtlsSettings / applyUpstreamTLSSettings): to a
   destination whose endpoints all run a sidecar, an UpstreamTlsContext with SNI
   ``outbound_.PORT_._.FQDN``, ALPN ``istio-http/1.1, istio, http/1.1`` for HTTP
-  (what the istio.alpn filter sets) or ``istio-peer-exchange, istio`` for TCP, and the
+  (what the istio.alpn filter sets), ``istio-h2, istio, h2`` for HTTP/2, ``istio-http/1.1,
+  istio`` for a sniffed port (CLIENT_SNIFFED_ALPNS) or ``istio-peer-exchange, istio`` for
+  TCP, and the
   endpoints' SPIFFE identities as the accepted SANs; otherwise plain text. (Istio marks
   endpoints with ``tlsMode: istio`` and uses transport_socket_matches so one cluster can
   mix both; remora decides per cluster: TLS only when every endpoint is meshed.)
@@ -36,6 +38,14 @@ CLIENT_HTTP_ALPNS = ["istio-http/1.1", "istio", "http/1.1"]
 # (listener.go mtlsHTTPALPNs) and its DownstreamTlsContext negotiates h2.
 CLIENT_H2_ALPNS = ["istio-h2", "istio", "h2"]
 SERVER_HTTP_ALPNS = ["h2", "http/1.1"]
+# A sniffed port's cluster follows the downstream (use_downstream_protocol_config): Istio's
+# istio.alpn filter offers istio-http/1.1,istio,http/1.1 for an HTTP/1.1 request and
+# istio-h2,istio,h2 for an HTTP/2 one, so the server negotiates the codec the client's pool
+# speaks. Upstream Envoy has no per-request ALPN, and one list cannot name both codecs;
+# offering no plain one (http/1.1, h2) means the server negotiates none, and its HCM
+# (codec AUTO) picks HTTP/2 or HTTP/1.1 by the h2 preface, as Envoy does without ALPN.
+# The chain still matches on istio-http/1.1 (the server's HTTP chain).
+CLIENT_SNIFFED_ALPNS = ["istio-http/1.1", "istio"]
 TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2",
               "tls_maximum_protocol_version": "TLSv1_3"}
 
@@ -77,14 +87,17 @@ class MeshSecurity:
             "common_tls_context": self._common(SERVER_HTTP_ALPNS if http else [], trust),
             "require_client_certificate": True}}
 
-    def upstream(self, sni: str, http: bool, identities: list[str], h2: bool = False) -> JSON:
-        """The transport_socket of an outbound cluster to a meshed destination."""
+    def upstream(self, sni: str, http: bool, identities: list[str], h2: bool = False,
+                 sniffed: bool = False) -> JSON:
+        """The transport_socket of an outbound cluster to a meshed destination (SNIFFED: a
+        port whose protocol is detected, its cluster following the downstream's)."""
         sans = {"match_typed_subject_alt_names": [
             {"san_type": "URI", "matcher": {"exact": i}} for i in identities]}
+        alpn = (CLIENT_H2_ALPNS if h2 else CLIENT_SNIFFED_ALPNS if sniffed
+                else CLIENT_HTTP_ALPNS if http else MTLS_TCP_ALPNS)
         return {"name": TLS, "typed_config": {
             "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": self._common(
-                CLIENT_H2_ALPNS if h2 else CLIENT_HTTP_ALPNS if http else MTLS_TCP_ALPNS, sans),
+            "common_tls_context": self._common(alpn, sans),
             "sni": sni}}
 
     def sds_files(self, version: str = "1") -> dict[str, JSON]:

@@ -200,12 +200,15 @@ def _upstream_tls(snapshot: Snapshot, svc: Service, sp: ServicePort,
         identities.add(workload_identity(pod))
     if not identities:
         return None
-    # A sniffed port (AUTO) gets the HTTP ALPNs: Istio's istio.alpn HTTP filter (not in
+    # A sniffed port (AUTO) gets HTTP ALPNs: Istio's istio.alpn HTTP filter (not in
     # upstream Envoy) sets them per request; this way the seed's sniffed HTTP lands on the
-    # server's istio-http chain, at the cost of raw TCP over mTLS on such a port.
+    # server's istio-http chain, at the cost of raw TCP over mTLS on such a port. Without
+    # a plain http/1.1 or h2 (mtls.CLIENT_SNIFFED_ALPNS) the server negotiates no codec and
+    # tells HTTP/1.1 from HTTP/2 by the preface, so either pool of the cluster's
+    # use_downstream_protocol_config works.
     proto = port_protocol(sp)
     return sec.upstream(sni(sp.port, svc.fqdn), is_http(proto) or is_sniffed(proto),
-                        sorted(identities), h2=is_http2(proto))
+                        sorted(identities), h2=is_http2(proto), sniffed=is_sniffed(proto))
 
 
 def outbound_clusters(snapshot: Snapshot, config_dir: str,
@@ -218,8 +221,9 @@ def outbound_clusters(snapshot: Snapshot, config_dir: str,
                 continue
             name = outbound_cluster_name(sp.port, svc.fqdn)
             cluster = _eds_cluster(name, config_dir, svc)
-            if is_http2(proto):
-                cluster["typed_extension_protocol_options"] = e.h2_protocol_options()
+            options = e.upstream_protocol_options(proto)  # setUpstreamProtocol
+            if options is not None:
+                cluster["typed_extension_protocol_options"] = options
             tls = _upstream_tls(snapshot, svc, sp, sec) if sec is not None else None
             if tls is not None:
                 cluster["transport_socket"] = tls

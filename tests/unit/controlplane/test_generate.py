@@ -183,7 +183,13 @@ def test_only_fields_of_the_proxy_subset(data_dir: Path) -> None:
     allowed |= {"dynamic_resources", "lds_config", "cds_config", "path_config_source", "path",
                 "resource_api_version", "eds_cluster_config", "service_name", "eds_config",
                 "version_info", "resources", "metadata", "filter_metadata",
-                "transport_protocol", "application_protocols", "direct_response", "status"}
+                "transport_protocol", "application_protocols", "direct_response", "status",
+                # a sniffed port's clusters follow the downstream protocol (Istio's
+                # setUseDownstreamProtocol; remora proxy reads the block)
+                "typed_extension_protocol_options",
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "use_downstream_protocol_config", "http_protocol_options",
+                "http2_protocol_options"}
     for tproxy in (False, True):
         snap, server, client = seed(tproxy)
         for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):

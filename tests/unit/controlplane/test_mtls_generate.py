@@ -93,8 +93,9 @@ def test_client_cluster_uses_mtls_to_a_meshed_server_only() -> None:
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["sni"] == SNI
     common = tls["common_tls_context"]
-    # the seed's port sniffs: HTTP ALPNs, as Istio's istio.alpn filter sets them for HTTP
-    assert common["alpn_protocols"] == ["istio-http/1.1", "istio", "http/1.1"]
+    # the seed's port sniffs: the HTTP chain's ALPN, as Istio's istio.alpn filter sets it
+    # for HTTP, without a plain codec name (its cluster follows the downstream's protocol)
+    assert common["alpn_protocols"] == ["istio-http/1.1", "istio"]
     assert common["combined_validation_context"]["default_validation_context"] == {
         "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {
             "exact": "spiffe://cluster.local/ns/demo-to/sa/default"}}]}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from remora.controlplane import envoy_common as e
 from remora.controlplane import protocol as p
 from remora.controlplane.ca import CertificateAuthority
 from remora.controlplane.files import write_config
@@ -151,16 +152,45 @@ def test_h2_port_gets_http2_on_both_sides(name: str, app: str) -> None:
                        "envoy.filters.http.router"]
 
 
-def test_http1_and_sniffed_ports_stay_http1() -> None:
-    for name in ("http", "", "tcp"):
+DOWNSTREAM = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "use_downstream_protocol_config": {"http_protocol_options": {},
+                                       "http2_protocol_options": {}}}}
+
+
+def test_http1_tcp_and_sniffed_ports_get_no_explicit_http2() -> None:
+    """http and tcp ports: clusters without protocol options (HTTP/1.1); a sniffed port:
+    clusters that follow the downstream (Istio's setUseDownstreamProtocol), so an h2c
+    client of an unnamed port goes on as HTTP/2. No port of these gets explicit HTTP/2,
+    http2_protocol_options on an HCM, or the istio-h2 ALPN first."""
+    for name, want in (("http", None), ("", DOWNSTREAM), ("tcp", None)):
         snap, server, client = grpc_seed(name)
-        for cfg in (generate(snap, client, CLIENT_IP, "/c", certs_dir="/certs"),
-                    generate(snap, server, SERVER_IP, "/s", certs_dir="/certs")):
+        out = generate(snap, client, CLIENT_IP, "/c", certs_dir="/certs")
+        inc = generate(snap, server, SERVER_IP, "/s", certs_dir="/certs")
+        assert cluster(out, f"outbound|18080||{FQDN}").get(
+            "typed_extension_protocol_options") == want
+        assert cluster(inc, "inbound|18080||").get("typed_extension_protocol_options") == want
+        for cfg in (out, inc):
             text = json.dumps(cfg.files)
-            assert "http2_protocol_options" not in text and "istio-h2\", \"istio\"" not in text
-    # the seed itself: byte for byte what it was (the other controlplane tests hold the
-    # rest); its sniffed port keeps the HTTP/1.1 ALPNs and no protocol options
+            assert "explicit_http_config" not in text and "istio-h2\", \"istio\"" not in text
+            for x in cfg.listeners:
+                for chain in x.get("filter_chains", []):
+                    assert "http2_protocol_options" not in json.dumps(chain["filters"])
+            # Istio's passthroughHttpProtocolOptions, whatever the ports
+            for c in (e.PASSTHROUGH, e.INBOUND_PASSTHROUGH):
+                assert cluster(cfg, c)["typed_extension_protocol_options"] == DOWNSTREAM
+    # the seed itself: its sniffed port's inbound cluster has the block the seed's own
+    # `istioctl proxy-config cluster` shows (Istio 1.11.3, whose HTTP/2 options also held
+    # max_concurrent_streams: 1073741824); over mTLS its cluster offers the HTTP chain's
+    # istio-http/1.1 but no plain http/1.1 or h2, so the server negotiates no codec and
+    # tells HTTP/1.1 from h2c by the preface (a named http port keeps http/1.1)
     snap, server, client = seed()
+    oc = cluster(generate(snap, client, CLIENT_IP, "/c", certs_dir="/certs"),
+                 f"outbound|18080||{FQDN}")
+    assert oc["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] \
+        == ["istio-http/1.1", "istio"]
+    assert oc["typed_extension_protocol_options"] == DOWNSTREAM
+    snap, server, client = grpc_seed("http")
     oc = cluster(generate(snap, client, CLIENT_IP, "/c", certs_dir="/certs"),
                  f"outbound|18080||{FQDN}")
     assert oc["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"] \

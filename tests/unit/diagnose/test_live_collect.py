@@ -97,3 +97,15 @@ def test_an_app_line_for_another_address_confirms_nothing(data: Path) -> None:
     run = _run(data, False, "X-Forwarded-For=, RemoteAddr=127.0.0.6:45808")
     v = live.explain(run).verdict
     assert v.app_sees == "10.20.0.78" and not v.confirmed
+
+
+def test_a_grpc_servers_peer_line_confirms_like_remoteaddr(data: Path) -> None:
+    """grpcio's context.peer() (remora's gRPC demo server prints it) is the app's line of a
+    gRPC server: the same confirmation as the seed's RemoteAddr=, another address none."""
+    run = _run(data, False, "Method=/remora.demo.Simple/Sauth, Peer=ipv4:10.20.0.78:45808")
+    v = live.explain(run).verdict
+    assert (v.app_sees, v.confirmed) == ("10.20.0.78", True)
+    assert v.confirmation == ("the server app logged `Method=/remora.demo.Simple/Sauth, "
+                              "Peer=ipv4:10.20.0.78:45808` for the probe's connection")
+    other = _run(data, False, "Method=/remora.demo.Simple/Sauth, Peer=ipv4:127.0.0.6:45808")
+    assert not live.explain(other).verdict.confirmed

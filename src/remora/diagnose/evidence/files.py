@@ -18,6 +18,7 @@ from pathlib import Path
 
 from remora.diagnose.envoy.access_log import parse_access_log
 from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
+from remora.diagnose.facts import app_peer
 from remora.diagnose.iptables.listing import looks_like_listing, parse_listing
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.nft import looks_like_nft, parse_nft
@@ -145,7 +146,7 @@ def add_config(pod: PodEvidence, path: Path) -> None:
 def add_access_log(pod: PodEvidence, path: Path) -> None:
     text = read_text(path, "access log")
     entries = parse_access_log(text, str(path))
-    app = [line.strip() for line in text.splitlines() if "RemoteAddr=" in line]
+    app = [line.strip() for line in text.splitlines() if app_peer(line) is not None]
     if not entries and not app:
         raise RemoraError(f"{path} has no access-log lines: expected Istio's default text "
                           "format (`[START_TIME] \"GET /path HTTP/1.1\" 200 ...`) or JSON lines",

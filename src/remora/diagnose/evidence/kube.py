@@ -40,7 +40,7 @@ from remora.diagnose.evidence.target import (
     find_pod,
     resolve_destination,
 )
-from remora.diagnose.facts import split_hostport
+from remora.diagnose.facts import app_peer, split_hostport
 from remora.diagnose.iptables.listing import parse_listing
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.nft import looks_like_nft, parse_nft
@@ -332,15 +332,17 @@ def _relevant(entries: list[AccessLogEntry], role: str, dest: Destination,
 
 
 def _app_line(cluster: Cluster, pod: LabPod, entries: list[AccessLogEntry]) -> str:
-    """The server app's latest ``RemoteAddr=`` line, when it prints one (the seed's does)."""
+    """The server app's latest ``RemoteAddr=`` (or gRPC ``Peer=``) line, when it prints
+    one (the seed's servers do)."""
     if not pod.app_container:
         return ""
     text, refusal = cluster.logs(pod.namespace, pod.name, pod.app_container, 50)
     if refusal:
         return ""
     seen = {e.upstream_local_address for e in entries if e.upstream_local_address}
-    lines = [line.strip() for line in text.splitlines() if "RemoteAddr=" in line]
-    matching = [line for line in lines if any(f"RemoteAddr={a}" in line for a in seen)]
+    peers = [(line.strip(), app_peer(line)) for line in text.splitlines()]
+    lines = [line for line, peer in peers if peer is not None]
+    matching = [line for line, peer in peers if peer is not None and peer[1] in seen]
     return (matching or lines or [""])[-1]
 
 

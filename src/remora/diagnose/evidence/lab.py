@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from remora.controlplane.protocol import GRPC, is_http2
 from remora.diagnose.envoy.access_log import AccessLogEntry
 from remora.diagnose.envoy.config import EnvoyConfig, parse_config_text
 from remora.diagnose.evidence import lab_pod_facts as live_pod_facts
@@ -39,7 +40,7 @@ from remora.diagnose.evidence.target import (
     find_pod,
     resolve_destination,
 )
-from remora.diagnose.facts import is_ip, split_hostport
+from remora.diagnose.facts import app_peer, is_ip, split_hostport
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.save import parse_iptables_save
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
@@ -178,7 +179,8 @@ def pick_server(node: NodeClient, dest: Destination, c_entries: list[AccessLogEn
 
 
 def _app_line(node: NodeClient, pod: LabPod, addresses: list[str]) -> str:
-    """The server app's own log line for the probe's connection (``RemoteAddr=IP:PORT``)."""
+    """The server app's own log line for the probe's connection (``RemoteAddr=IP:PORT``,
+    or a gRPC server's ``Peer=ipv4:IP:PORT``: remora.diagnose.facts.app_peer)."""
     if not pod.app_container or not addresses:
         return ""
     try:
@@ -186,7 +188,8 @@ def _app_line(node: NodeClient, pod: LabPod, addresses: list[str]) -> str:
     except RemoraError:
         return ""
     for line in reversed(text.splitlines()):
-        if any(f"RemoteAddr={a}" in line for a in addresses):
+        peer = app_peer(line)
+        if peer is not None and peer[1] in addresses:
             return line.strip()
     return ""
 
@@ -232,8 +235,12 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     watched = [src, *[p for p in dest.candidates if p.name != src.name]]
     before = {p.ref: _save(node, p, fam) for p in watched}
     rid = live_probe.new_request_id()
-    result = live_probe.probe(src.netns, dest.host, dest.port, dest.authority, path, rid,
-                              timeout)
+    if is_http2(dest.protocol):  # the port's protocol: what its clients speak
+        result = live_probe.probe_h2(src.netns, dest.host, dest.port, dest.authority, path,
+                                     rid, timeout, grpc=dest.protocol == GRPC)
+    else:
+        result = live_probe.probe(src.netns, dest.host, dest.port, dest.authority, path,
+                                  rid, timeout)
     after = {p.ref: _save(node, p, fam) for p in watched}
     for p in watched:
         _flush_access_log(p)
@@ -268,6 +275,7 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     if app_line:
         ev.server.app_log.append(app_line)
     _notes(notes, src, server, result, c_entries, s_entries)
+    _http2_note(notes, dest, result, s_entries)
     _crossed(notes, dest, c_entries)
     pooled = [e.upstream_local_address for e in c_entries if e.upstream_local_address]
     if server.has_sidecar and not moved[server.ref] and pooled and result.status is not None:
@@ -315,6 +323,24 @@ def _notes(notes: list[str], src: LabPod, server: LabPod, probe: ProbeResult,
     elif not s_entries:
         notes.append(f"the probe left no line in {server.ref}'s istio-proxy access log, so "
                      "the verdict is not confirmed by it")
+
+
+def _http2_note(notes: list[str], dest: Destination, probe: ProbeResult,
+                s_entries: list[AccessLogEntry]) -> None:
+    """An HTTP/2 port: why the probe spoke HTTP/2, and that it changes nothing about the
+    address the app sees (HTTP/2 streams ride the sidecars' TCP connections; the server
+    sidecar's own connection to the app carries them as h2c)."""
+    if probe.protocol != "HTTP/2":
+        return
+    what = "a gRPC call" if probe.grpc else "an HTTP/2 request"
+    logged = next((e for e in s_entries if e.protocol), None)
+    seen = (f"; the server sidecar logged it as {logged.protocol} (access log line "
+            f"{logged.line})" if logged is not None else "")
+    notes.append(f"the port's protocol is {dest.protocol} (Istio's protocol selection: the "
+                 f"Service port's name or appProtocol), so the probe was {what} over HTTP/2 "
+                 f"(h2c, prior knowledge) as the port's clients send it{seen}; HTTP/2 rides "
+                 "the same TCP connections, so the address the app sees is decided the same "
+                 "way: by the server sidecar's own connection to the app")
 
 
 def explain(run: LiveRun) -> Report:

@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from remora.controlplane.protocol import convert_protocol
 from remora.diagnose.facts import is_ip
 from remora.errors import RemoraError, UsageError
 from remora.resources import selection
@@ -71,6 +72,9 @@ class Destination:
     port: int
     authority: str  # Host header: the service's short FQDN as Istio names it, or IP:PORT
     candidates: list[LabPod]  # server pods that may serve the connection
+    # Istio's protocol of the Service port (remora.controlplane.protocol: appProtocol, the
+    # port name, sniffing); for a pod, that of a Service port targeting it; "" if none
+    protocol: str = ""
 
 
 def _alive(pod: dict[str, Any]) -> bool:
@@ -197,13 +201,21 @@ def _service_dest(svc: dict[str, Any], port: int | None, pods: list[dict[str, An
                           "and `remora get pods`")
     port_no = int(sp["port"])
     return Destination("service", meta["name"], meta["namespace"], ip, port_no,
-                       f"{meta['name']}.{meta['namespace']}:{port_no}", candidates)
+                       f"{meta['name']}.{meta['namespace']}:{port_no}", candidates,
+                       _port_protocol(sp))
 
 
-def _pod_port(pod: dict[str, Any], services: list[dict[str, Any]]) -> int | None:
-    """A pod given without a port: the target port of a service selecting it, or its
-    first containerPort."""
+def _port_protocol(sp: dict[str, Any]) -> str:
+    """Istio's protocol of a Service port as the API returns it (kube.ConvertProtocol)."""
+    return convert_protocol(int(sp["port"]), str(sp.get("name") or ""),
+                            str(sp.get("protocol") or "TCP"), sp.get("appProtocol") or None)
+
+
+def _selecting_ports(pod: dict[str, Any], services: list[dict[str, Any]],
+                     ) -> list[tuple[dict[str, Any], int]]:
+    """(Service port, the pod's port it targets) for every Service selecting POD."""
     labels = pod["metadata"].get("labels") or {}
+    found = []
     for svc in services:
         if svc["metadata"].get("namespace") != pod["metadata"].get("namespace"):
             continue
@@ -213,7 +225,15 @@ def _pod_port(pod: dict[str, Any], services: list[dict[str, Any]]) -> int | None
             port = selection.target_port(selection.port_spec_from_dict(sp),
                                          selection.candidate_from_dict(pod).container_ports)
             if port is not None:
-                return int(port)
+                found.append((dict(sp), int(port)))
+    return found
+
+
+def _pod_port(pod: dict[str, Any], services: list[dict[str, Any]]) -> int | None:
+    """A pod given without a port: the target port of a service selecting it, or its
+    first containerPort."""
+    for _, port in _selecting_ports(pod, services):
+        return port
     for c in pod.get("spec", {}).get("containers") or []:
         if c["name"] != SIDECAR:
             for p in c.get("ports") or []:
@@ -276,5 +296,9 @@ def _pod_dest(pod: dict[str, Any], port: int | None, services: list[dict[str, An
         raise UsageError(f"--to {to}: pod {server.ref} declares no port and no service "
                          "selects it", f"give the port: --to {server.name}.{server.namespace}:PORT")
     authority = f"[{server.ip}]:{port}" if ":" in server.ip else f"{server.ip}:{port}"
+    # the sidecar serves the pod's port with the protocol of the Service port targeting it
+    # (Istio's inbound listener is built from the service targets)
+    protocol = next((_port_protocol(sp) for sp, target in _selecting_ports(pod, services)
+                     if target == port), "")
     return Destination("pod", server.name, server.namespace, server.ip, port, authority,
-                       [server])
+                       [server], protocol)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from remora.diagnose.envoy.upstream import bind_address
-from remora.diagnose.facts import Missing, is_ip, split_hostport
+from remora.diagnose.facts import Missing, app_peer, is_ip, split_hostport
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 from remora.diagnose.source_ip.istio_version import VersionInfo, detect
 
 if TYPE_CHECKING:
+    from remora.diagnose.envoy.access_log import AccessLogEntry
     from remora.diagnose.iptables.model import Rule
     from remora.diagnose.source_ip.explain import Step
     from remora.diagnose.source_ip.facts import Fact
@@ -416,7 +417,7 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
         if agree:
             e = agree[0][0]
             v.confirmed = True
-            v.confirmation = (f"access log line {e.line}: UPSTREAM_LOCAL_ADDRESS "
+            v.confirmation = (f"access log line {e.line}{_http2(e)}: UPSTREAM_LOCAL_ADDRESS "
                               f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
                               f"{e.upstream_cluster}, DOWNSTREAM_REMOTE_ADDRESS "
                               f"{e.downstream_remote_address})")
@@ -427,7 +428,7 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
             if v.app_sees is not None:
                 v.confirmed = False
                 v.model_note = _model_wrong(v.app_sees, v.app_sees_why, ip, v.client_ip)
-            v.confirmation = (f"access log line {e.line}: UPSTREAM_LOCAL_ADDRESS "
+            v.confirmation = (f"access log line {e.line}{_http2(e)}: UPSTREAM_LOCAL_ADDRESS "
                               f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
                               f"{e.upstream_cluster})")
             v.app_sees, v.kind, v.inferred = ip, "established", False
@@ -438,13 +439,18 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
             v.confirmation = (f"access log line {e.line} does not log UPSTREAM_LOCAL_ADDRESS "
                               f"(UPSTREAM_HOST {e.upstream_host})")
     for line in ev.server.app_log:
-        m = re.search(r"RemoteAddr=(\S+)", line)
-        if m:
-            ip = split_hostport(m.group(1).rstrip(","))[0]
-            agree_app = ip == v.app_sees
-            v.confirmation += (f"; the app's own log prints RemoteAddr={m.group(1)}"
+        peer = app_peer(line)
+        if peer:
+            agree_app = split_hostport(peer[1])[0] == v.app_sees
+            v.confirmation += (f"; the app's own log prints {peer[0]}"
                                + ("" if agree_app else " (differs!)"))
             break
+
+
+def _http2(e: AccessLogEntry) -> str:
+    """" (HTTP/2)" for a line whose %PROTOCOL% says so: the request crossed the sidecar as
+    HTTP/2 (a gRPC or h2c port), which the verdict names; HTTP/1.1 stays unsaid."""
+    return " (HTTP/2)" if (e.protocol or "").startswith("HTTP/2") else ""
 
 
 def _xff(ev: Evidence, steps: list[Step], v: Verdict) -> None:
