@@ -131,7 +131,7 @@ def _exchange(port: int, request: bytes) -> bytes:
 # peer's SETTINGS arrive, and a strict peer (h2's server) kills the connection, so Envoy
 # answers UC to all but two; remora queues the streams beyond the peer's limit, see
 # test_upstream_loopback.py.)
-BURSTS = {"shared": ("h2", CONCURRENT), "one-stream-per-connection": ("h2-one", 3)}
+BURSTS = {"multiplexed": ("h2", CONCURRENT), "one-stream-per-connection": ("h2-one", 3)}
 
 
 def _concurrent(port: int, cluster: str, n: int) -> list[bytes]:
@@ -210,7 +210,7 @@ def test_same_access_log_line(outcomes: dict[str, dict[str, Any]], case: str) ->
 
 
 @pytest.mark.parametrize(("burst", "connections"), [
-    ("shared", 1), ("one-stream-per-connection", 3)])
+    ("multiplexed", 1), ("one-stream-per-connection", 3)])
 def test_concurrent_requests_multiplexed_alike(outcomes: dict[str, dict[str, Any]],
                                                burst: str, connections: int) -> None:
     """All on one connection; with the cluster's max_concurrent_streams 1, one
