@@ -41,10 +41,7 @@ class HttpConnectionManager:
         self.decoders = [f for f in cfg.http_filters if hasattr(f, "decode_headers")]
         # encoders run in reverse filter order, as Envoy's encoder filter chain does
         self.encoders = [f for f in reversed(cfg.http_filters) if hasattr(f, "encode_headers")]
-        # x-forwarded-client-cert from a connection without a client certificate is removed
-        # unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader). remora's HTTP
-        # downstreams carry no peer certificate, so that is every mode but that one.
-        self.sanitize_xfcc = cfg.forward_client_cert_details != "ALWAYS_FORWARD_ONLY"
+        self.sanitize_xfcc = cfg.sanitize_xfcc
         p = f"http.{cfg.stat_prefix}."
         self._rq_total = p + "downstream_rq_total"
         self._rq_active = p + "downstream_rq_active"

@@ -8,10 +8,12 @@ effect on an HTTP/1.1 plaintext sidecar; anything else is rejected with its path
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.http.headers import RequestPolicy
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
 from remora.proxy.interfaces import FactoryContext
 
@@ -46,6 +48,35 @@ class HcmConfig:
     request_headers_timeout: float = 0.0  # 0: disabled (Envoy's default)
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
+
+    # What every request of this connection manager needs that the config alone decides,
+    # computed on first use (the config does not change once parse_hcm returns it).
+    @cached_property
+    def sanitize_xfcc(self) -> bool:
+        """x-forwarded-client-cert from a connection without a client certificate is
+        removed unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader). remora's HTTP
+        downstreams carry no peer certificate, so that is every mode but that one."""
+        return self.forward_client_cert_details != "ALWAYS_FORWARD_ONLY"
+
+    @cached_property
+    def request_policy(self) -> RequestPolicy:
+        return RequestPolicy(
+            use_remote_address=self.use_remote_address,
+            xff_num_trusted_hops=self.xff_num_trusted_hops,
+            skip_xff_append=self.skip_xff_append, generate_request_id=self.generate_request_id,
+            preserve_external_request_id=self.preserve_external_request_id,
+            sanitize_xfcc=self.sanitize_xfcc)
+
+    @cached_property
+    def rewrites_path(self) -> bool:
+        """normalize_path, merge_slashes or an escaped-slashes action: the path is checked."""
+        return (self.normalize_path or self.merge_slashes
+                or self.escaped_slashes != "KEEP_UNCHANGED")
+
+    @cached_property
+    def server_line(self) -> str:
+        """The server header as added to responses (OVERWRITE, APPEND_IF_ABSENT)."""
+        return f"server: {self.server_name}\r\n"
 
 
 def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
