@@ -20,6 +20,7 @@ from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
+from remora.proxy.stats import Counter, counter, histogram
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
@@ -42,24 +43,24 @@ class HttpConnectionManager:
         # encoders run in reverse filter order, as Envoy's encoder filter chain does
         self.encoders = [f for f in reversed(cfg.http_filters) if hasattr(f, "encode_headers")]
         self.sanitize_xfcc = cfg.sanitize_xfcc
+        # Envoy declares its counters up front, so /stats lists them at 0 before any
+        # request; each stat's name is resolved to a handle once, here
         p = f"http.{cfg.stat_prefix}."
-        self._rq_total = p + "downstream_rq_total"
-        self._rq_active = p + "downstream_rq_active"
-        self._rq_xx = {c: f"{p}downstream_rq_{c}xx" for c in range(1, 6)}
-        self._rq_completed = p + "downstream_rq_completed"
-        self._rq_time = p + "downstream_rq_time"  # histogram, ms
-        self._cx_total = p + "downstream_cx_total"
+        stats = self.stats
+        self._rq_total = counter(stats, p + "downstream_rq_total", declared=True)
+        self._cx_total = counter(stats, p + "downstream_cx_total", declared=True)
+        self._rq_completed = counter(stats, p + "downstream_rq_completed", declared=True)
+        self._rq_xx: tuple[Counter, ...] = tuple(  # 1xx..5xx
+            counter(stats, f"{p}downstream_rq_{c}xx", declared=True) for c in range(1, 6))
+        self._rq_time = histogram(stats, p + "downstream_rq_time")  # ms
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
+        self._rq_active = p + "downstream_rq_active"
         self._cx_active = p + "downstream_cx_active"
         self._node_ip: str | bool | None = False
-        # Envoy declares its counters up front, so /stats lists them at 0 before any request
-        for name in (self._rq_total, self._cx_total, p + "downstream_rq_completed",
-                     *self._rq_xx.values()):
-            self.stats.inc(name, 0)
 
     async def on_connection(self, downstream: Downstream) -> None:
         stats = self.stats
-        stats.inc(self._cx_total)
+        self._cx_total.inc()
         stats.gauge_add(self._cx_active, 1)
         try:
             await Http1Connection(self, downstream).run()
@@ -67,7 +68,7 @@ class HttpConnectionManager:
             stats.gauge_add(self._cx_active, -1)
 
     async def serve(self, stream: ActiveStream) -> None:
-        self.stats.inc(self._rq_total)
+        self._rq_total.inc()
         self.stats.gauge_add(self._rq_active, 1)
         try:
             if not stream.prepare():
@@ -84,18 +85,18 @@ class HttpConnectionManager:
     def complete(self, stream: ActiveStream) -> None:
         """The stream is over (answered, failed or abandoned): log it."""
         info = stream.info
-        if stream.req.method:  # a stream that never decoded a request was not counted
+        req = stream.req
+        if req.method:  # a stream that never decoded a request was not counted
             self.stats.gauge_add(self._rq_active, -1)
-        info.bytes_received = stream.req.body_bytes
-        if info.response_code is None:
-            info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
+        info.bytes_received = req.body_bytes
+        code = info.response_code
+        if code is None:
+            code = info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
         info.finish()
-        self.stats.inc(self._rq_completed)
-        self.stats.observe(self._rq_time,
-                           ((info.end_monotonic or 0) - info.start_monotonic) * 1000)
-        code = info.response_code // 100
-        if code in self._rq_xx:
-            self.stats.inc(self._rq_xx[code])
+        self._rq_completed.inc()
+        self._rq_time.observe(((info.end_monotonic or 0) - info.start_monotonic) * 1000)
+        if 100 <= code < 600:
+            self._rq_xx[code // 100 - 1].inc()
         for logger in self.loggers:
             logger.log(info)
 
