@@ -47,17 +47,22 @@ def _without_port(addr: str | None) -> str | None:
     return host[1:-1] if host.startswith("[") else host
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # START_TIME's fraction and zone
+
+
 def _start_time(fmt: str | None) -> Op:
     if not fmt:
-        second = [-1, ""]  # the last whole second formatted: most lines share it
+        # the last whole second formatted: most lines share it
+        last: dict[int, str] = {}
 
         def default(info: StreamInfo) -> Value:
             t = info.start_time
             whole = int(t)
-            if whole != second[0]:
-                second[0] = whole
-                second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-            return f"{second[1]}.{int(t % 1 * 1000):03d}Z"
+            text = last.get(whole)
+            if text is None:
+                last.clear()
+                text = last[whole] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            return text + _MILLIS[int((t - whole) * 1000)]
         return default
     def custom(info: StreamInfo) -> Value:
         t = info.start_time

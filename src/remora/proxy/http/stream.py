@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 _NONE: frozenset[str] = frozenset()
 _RESPONSE_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding"})
+# response headers encode_headers looks at; any other is passed on as it is
+_RESPONSE_SPECIAL = _RESPONSE_HOP | {"upgrade", "content-length", "server",
+                                     "x-envoy-upstream-service-time"}
 _date_cache: tuple[int, str] = (0, "")
 
 
@@ -180,7 +183,10 @@ class ActiveStream:
             removed, dropped = removed | extra, dropped | extra
         upgrade = req.upgrade
         out = [("host", self.authority)]
-        if upgrade or "te" in hmap or (sets and not hmap.keys().isdisjoint(dict(sets))):
+        # only an edge request (use_remote_address) has set headers that may already be
+        # there (x-forwarded-for, ...); otherwise they are set because they are absent
+        if upgrade or "te" in hmap or (policy.use_remote_address and sets
+                                       and not hmap.keys().isdisjoint(dict(sets))):
             _forward_headers(req.headers, dropped, sets, upgrade and cfg.websocket, upgrade, out)
         else:
             # the usual request: nothing kept by exception, every set header appended
@@ -237,7 +243,12 @@ class ActiveStream:
         svc = None if service_time_ms is None else str(service_time_ms)
         hl: list[tuple[str, str]] = []
         unrequested_101 = status == 101 and not self.req.upgrade
-        for n, v in headers:
+        for h in headers:
+            n = h[0]
+            if n not in _RESPONSE_SPECIAL:
+                hl.append(h)
+                continue
+            v = h[1]
             if n in _RESPONSE_HOP or (unrequested_101 and n == "upgrade"):
                 continue
             if n == "content-length" and status == 204:
