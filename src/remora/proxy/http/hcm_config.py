@@ -15,7 +15,7 @@ from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.http.headers import RequestPolicy
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
-from remora.proxy.interfaces import FactoryContext
+from remora.proxy.interfaces import FactoryContext, JsonValue
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -29,7 +29,7 @@ class HcmConfig:
     stat_prefix: str
     route_table: RouteTable
     http_filters: list[Any] = field(default_factory=list)  # runtime filter objects, in order
-    access_log: list[Any] = field(default_factory=list)  # raw configs for ctx.access_loggers
+    access_log: list[JsonValue] = field(default_factory=list)  # for ctx.access_loggers
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
     skip_xff_append: bool = False
