@@ -19,9 +19,11 @@ class FileAccessLog:
     def __init__(self, sink: Sink, formatter: Formatter) -> None:
         self.sink = sink
         self.formatter = formatter
+        self._write = sink.write  # bound once: one line per request
+        self._render = formatter.render
 
     def log(self, info: StreamInfo) -> None:
-        self.sink.write(self.formatter.render(info))
+        self._write(self._render(info))
 
 
 @register("access_logger", "envoy.access_loggers.file", TYPE_URL)

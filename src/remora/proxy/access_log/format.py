@@ -250,6 +250,9 @@ def _text_expr(token: Token) -> str | None:
             return "str(info.response_code or 0)"
         if name == "RESPONSE_FLAGS":
             return "(','.join(info.response_flags) or '-')"
+        if name == "DURATION":  # StreamInfo.duration_ms
+            return ("('-' if info.end_monotonic is None else "
+                    "str(int((info.end_monotonic - info.start_monotonic) * 1000)))")
     if name in _HEADER_FIELDS and arg:
         local = _HEADER_LOCALS[_HEADER_FIELDS[name]]
         main, _, alt = arg.partition("?")

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import socket
 import struct
+import time
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
@@ -92,9 +93,11 @@ class HttpConnectionManager:
         code = info.response_code
         if code is None:
             code = info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
-        info.finish()
+        end = info.end_monotonic
+        if end is None:
+            end = info.end_monotonic = time.monotonic()  # StreamInfo.finish
         self._rq_completed.inc()
-        self._rq_time.observe(((info.end_monotonic or 0) - info.start_monotonic) * 1000)
+        self._rq_time.observe((end - info.start_monotonic) * 1000)
         if 100 <= code < 600:
             self._rq_xx[code // 100 - 1].inc()
         for logger in self.loggers:
