@@ -74,3 +74,63 @@ def test_without_a_loop_a_line_is_written_at_once(pipe_sink) -> None:  # type: i
     s, r, _ = pipe_sink
     s.write("config check\n")
     assert _read(r) == b"config check\n"
+
+
+def _fill(fd: int) -> bytes:
+    """Write to non-blocking FD until the pipe is full; returns what was written."""
+    chunk = b"x" * 4096
+    written = bytearray()
+    while True:
+        try:
+            n = os.write(fd, chunk)
+        except BlockingIOError:
+            return bytes(written)
+        written += chunk[:n]
+
+
+def _drain(fd: int) -> bytes:
+    out = bytearray()
+    while data := _read(fd):
+        out += data
+    return bytes(out)
+
+
+def test_a_full_pipe_keeps_lines_in_order_without_blocking_the_loop(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, _ = pipe_sink
+    os.set_blocking(s.fd, False)  # stdout piped to a slow reader, non-blocking
+
+    async def main() -> None:
+        filler = _fill(s.fd)
+        for i in range(200):
+            s.write(f"line {i:03d}\n")
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # turns go on while the pipe is full
+        assert _drain(r) == filler  # the reader catches up
+        got = b""
+        for _ in range(100):
+            await asyncio.sleep(sink_mod.RETRY_DELAY)
+            got += _drain(r)
+            if got.count(b"\n") == 200:
+                break
+        assert got == b"".join(b"line %03d\n" % i for i in range(200))
+    asyncio.run(main())
+
+
+def test_flush_all_writes_what_a_full_pipe_held(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, _ = pipe_sink
+    os.set_blocking(s.fd, False)
+    loop = asyncio.new_event_loop()
+    filler = b""
+
+    def log_while_full() -> None:
+        nonlocal filler
+        filler = _fill(s.fd)
+        s.write("held line\n")
+        s.flush()  # cannot write: held for a retry that never runs
+        loop.stop()
+    loop.call_soon(log_while_full)
+    loop.run_forever()
+    loop.close()
+    assert _drain(r) == filler
+    sink_mod.flush_all()  # the pipe has room again: written on the way out
+    assert _drain(r) == b"held line\n"
