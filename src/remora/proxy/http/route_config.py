@@ -23,11 +23,14 @@ from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
 DEFAULT_ROUTE_TIMEOUT = 15.0  # RouteAction.timeout default
 
 
+MatchValue = str | bool | re.Pattern[str]
+
+
 @dataclass(frozen=True)
 class HeaderMatcher:
     name: str  # lower-case; pseudo headers such as ":method" allowed
     kind: str  # exact | prefix | suffix | contains | regex | present
-    value: Any
+    value: MatchValue  # str; a compiled regex for "regex"; whether it must be there for "present"
     invert: bool = False
     ignore_case: bool = False
 
@@ -42,6 +45,13 @@ class HeaderMatcher:
         if kind == "present":
             want = bool(value) != invert
             return lambda headers: (name in headers) == want
+        if isinstance(value, re.Pattern):
+            # a regex sees the value as sent, ignore_case or not
+            fullmatch = value.fullmatch
+            return lambda headers: (
+                (got := headers.get(name)) is not None
+                and (fullmatch(got) is not None)) != invert
+        assert isinstance(value, str), (kind, value)
         test: Callable[[str], bool]
         if kind == "exact":
             test = value.__eq__
@@ -49,13 +59,9 @@ class HeaderMatcher:
             test = lambda got: got.startswith(value)  # noqa: E731
         elif kind == "suffix":
             test = lambda got: got.endswith(value)  # noqa: E731
-        elif kind == "contains":
-            test = lambda got: value in got  # noqa: E731
         else:
-            # a regex sees the value as sent, ignore_case or not
-            return lambda headers: (
-                (got := headers.get(name)) is not None
-                and (value.fullmatch(got) is not None)) != invert
+            assert kind == "contains", kind
+            test = lambda got: value in got  # noqa: E731
         lower = self.ignore_case
 
         def matches(headers: dict[str, str]) -> bool:
@@ -191,7 +197,7 @@ class RouteTable:
 
 
 # -- parsing ---------------------------------------------------------------------------
-def _string_matcher(f: Fields) -> tuple[str, Any, bool]:
+def _string_matcher(f: Fields) -> tuple[str, MatchValue, bool]:
     """type.matcher.v3.StringMatcher -> (kind, value, ignore_case)."""
     ignore_case = bool(f.boolean("ignore_case", False))
     for kind in ("exact", "prefix", "suffix", "contains"):
