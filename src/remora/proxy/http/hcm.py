@@ -12,6 +12,7 @@ import fcntl
 import socket
 import struct
 import time
+from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
@@ -19,6 +20,7 @@ from remora.proxy.http import cors as _cors  # noqa: F401 - registers per-route 
 from remora.proxy.http import fault as _fault  # noqa: F401
 from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
+from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
 from remora.proxy.stats import Counter, counter, histogram
@@ -43,6 +45,9 @@ class HttpConnectionManager:
         self.decoders = [f for f in cfg.http_filters if hasattr(f, "decode_headers")]
         # encoders run in reverse filter order, as Envoy's encoder filter chain does
         self.encoders = [f for f in reversed(cfg.http_filters) if hasattr(f, "encode_headers")]
+        # per route (by id: routes live as long as this config): the filters that act on
+        # its requests, worked out on its first request
+        self._route_chains: dict[int, tuple[list[Any], list[Any]]] = {}
         self.sanitize_xfcc = cfg.sanitize_xfcc
         # Envoy declares its counters up front, so /stats lists them at 0 before any
         # request; each stat's name is resolved to a handle once, here
@@ -74,7 +79,15 @@ class HttpConnectionManager:
         try:
             if not stream.prepare():
                 return
-            for f in self.decoders:
+            route = stream.route
+            if route is None:
+                decoders = self.decoders
+            else:
+                chain = self._route_chains.get(id(route))
+                if chain is None:
+                    chain = self._route_chain(route)
+                decoders, stream.encoders = chain
+            for f in decoders:
                 if not await f.decode_headers(stream):
                     return
         except asyncio.CancelledError:
@@ -82,6 +95,17 @@ class HttpConnectionManager:
             if reason is None:
                 raise
             stream.interrupted(reason)
+
+    def _route_chain(self, route: Route) -> tuple[list[Any], list[Any]]:
+        """ROUTE's decoder and encoder filters: all of them but those that say they are
+        inert there (``inert_for(route)``: fault without a fault configured, cors without
+        an enabled policy); config alone decides that, so it is asked once per route."""
+        inert = {id(f) for f in self.filters
+                 if hasattr(f, "inert_for") and f.inert_for(route)}
+        chain = ([f for f in self.decoders if id(f) not in inert],
+                 [f for f in self.encoders if id(f) not in inert])
+        self._route_chains[id(route)] = chain
+        return chain
 
     def complete(self, stream: ActiveStream) -> None:
         """The stream is over (answered, failed or abandoned): log it."""

@@ -28,6 +28,7 @@ from remora.proxy.stream_info import StreamInfo, format_address
 
 if TYPE_CHECKING:
     from remora.proxy.http.connection import Http1Connection
+    from remora.proxy.http.filter import EncoderFilter
 
 _NONE: frozenset[str] = frozenset()
 _RESPONSE_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding"})
@@ -73,7 +74,8 @@ def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
 
 
 class ActiveStream:
-    __slots__ = ("authority", "closing", "conn", "cors_origin", "head", "idle_timer", "info",
+    __slots__ = ("authority", "closing", "conn", "cors_origin", "encoders", "head", "idle_timer",
+                 "info",
                  "method", "out", "path", "req", "resp_chunked",
                  "response_complete", "response_started", "route", "upstream_chunked",
                  "upstream_headers")
@@ -104,6 +106,9 @@ class ActiveStream:
         self.cors_origin: tuple[str, object] | None = None  # set by the cors filter
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
         self.idle_timer: asyncio.TimerHandle | None = None  # stream_idle_timeout
+        # the encoder filters that act on this stream (the connection manager narrows them
+        # to its route's chain once routed)
+        self.encoders: list[EncoderFilter] = conn.encoders
 
     # -- request side ---------------------------------------------------------------------
     def prepare(self) -> bool:
@@ -264,9 +269,10 @@ class ActiveStream:
             hl.append((n, v))
         if svc is not None:
             hl.append(("x-envoy-upstream-service-time", svc))
-        if mutations:  # the route's response_headers_to_add/remove, after the service time
+        if mutations is not None and (mutations.add or mutations.remove):
+            # the route's response_headers_to_add/remove, after the service time
             hl = apply_mutations(hl, mutations)
-        for f in conn.encoders:
+        for f in self.encoders:
             f.encode_headers(self, status, hl)
         resp = dict(hl)
         # one str for the whole head, encoded once
