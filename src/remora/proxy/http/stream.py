@@ -75,10 +75,8 @@ def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
 
 class ActiveStream:
     __slots__ = ("authority", "closing", "conn", "cors_origin", "encoders", "head", "idle_timer",
-                 "info",
-                 "method", "out", "path", "req", "resp_chunked",
-                 "response_complete", "response_started", "route", "upstream_chunked",
-                 "upstream_headers")
+                 "info", "method", "out", "path", "req", "resp_chunked", "response_complete",
+                 "response_started", "route", "upstream_chunked", "upstream_headers")
 
     def __init__(self, conn: Http1Connection, req: Request) -> None:
         self.conn = conn
