@@ -98,6 +98,40 @@ class _StatsHistogram(Histogram):
         self.stats.observe(self.name, value)
 
 
+class Gauge:
+    """A handle on one gauge: ``add`` changes the store's entry in place (gauges stay plain
+    dict entries, which the core's circuit breakers also write directly)."""
+
+    __slots__ = ("name", "values")
+
+    def __init__(self, values: dict[str, int], name: str) -> None:
+        self.values = values
+        self.name = name
+
+    def add(self, delta: int) -> None:
+        self.values[self.name] += delta
+
+
+class _StatsGauge(Gauge):
+    """A gauge handle over any ``interfaces.Stats``: each change goes to ``gauge_add``."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: Stats, name: str) -> None:
+        super().__init__({}, name)
+        self.stats = stats
+
+    def add(self, delta: int) -> None:
+        self.stats.gauge_add(self.name, delta)
+
+
+def gauge(stats: Stats, name: str) -> Gauge:
+    """The handle of gauge NAME in STATS (listed from its first change)."""
+    if isinstance(stats, StatsStore):
+        return Gauge(stats.gauges, name)
+    return _StatsGauge(stats, name)
+
+
 def counter(stats: Stats, name: str, *, declared: bool = False) -> Counter:
     """The handle of counter NAME in STATS; DECLARED lists it at 0 at once (as Envoy
     lists every counter a component declares), otherwise from its first increment."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 
-from remora.proxy.stats import StatsStore, counter, histogram
+from remora.proxy.stats import StatsStore, counter, gauge, histogram
 
 
 def test_counter_handle_folds_into_every_view() -> None:
@@ -29,6 +29,17 @@ def test_counter_handle_folds_into_every_view() -> None:
     assert counter(s, "http.p.downstream_rq_total") is rq  # one handle per name
 
 
+def test_gauge_handle_changes_the_entry_in_place() -> None:
+    s = StatsStore()
+    active = gauge(s, "http.p.downstream_rq_active")
+    assert "http.p.downstream_rq_active" not in s.gauges  # listed from its first change
+    active.add(1)
+    s.gauge_add("http.p.downstream_rq_active", 1)
+    assert "http.p.downstream_rq_active: 2\n" in s.render_text()
+    active.add(-2)
+    assert s.gauges["http.p.downstream_rq_active"] == 0
+
+
 def test_histogram_handle_listed_from_its_first_value() -> None:
     s = StatsStore()
     h = histogram(s, "http.p.downstream_rq_time")
@@ -45,12 +56,13 @@ class _ByName:
     def __init__(self) -> None:
         self.counters: Tally[str] = Tally()
         self.observed: list[tuple[str, float]] = []
+        self.gauges: list[tuple[str, int]] = []
 
     def inc(self, name: str, value: int = 1) -> None:
         self.counters[name] += value
 
     def gauge_add(self, name: str, delta: int) -> None:
-        pass
+        self.gauges.append((name, delta))
 
     def observe(self, name: str, value_ms: float) -> None:
         self.observed.append((name, value_ms))
@@ -63,5 +75,7 @@ def test_handles_over_another_stats_forward_by_name() -> None:
     c.inc()
     c.inc(4)
     histogram(other, "t").observe(1.5)
+    gauge(other, "g").add(1)
     assert other.counters["a"] == 5
+    assert other.gauges == [("g", 1)]
     assert other.observed == [("t", 1.5)]

@@ -23,7 +23,7 @@ from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hc
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
-from remora.proxy.stats import Counter, counter, histogram
+from remora.proxy.stats import Counter, counter, gauge, histogram
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
@@ -60,22 +60,21 @@ class HttpConnectionManager:
             counter(stats, f"{p}downstream_rq_{c}xx", declared=True) for c in range(1, 6))
         self._rq_time = histogram(stats, p + "downstream_rq_time")  # ms
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
-        self._rq_active = p + "downstream_rq_active"
-        self._cx_active = p + "downstream_cx_active"
+        self._rq_active = gauge(stats, p + "downstream_rq_active")
+        self._cx_active = gauge(stats, p + "downstream_cx_active")
         self._node_ip: str | bool | None = False
 
     async def on_connection(self, downstream: Downstream) -> None:
-        stats = self.stats
         self._cx_total.inc()
-        stats.gauge_add(self._cx_active, 1)
+        self._cx_active.add(1)
         try:
             await Http1Connection(self, downstream).run()
         finally:
-            stats.gauge_add(self._cx_active, -1)
+            self._cx_active.add(-1)
 
     async def serve(self, stream: ActiveStream) -> None:
         self._rq_total.inc()
-        self.stats.gauge_add(self._rq_active, 1)
+        self._rq_active.add(1)
         try:
             if not stream.prepare():
                 return
@@ -112,7 +111,7 @@ class HttpConnectionManager:
         info = stream.info
         req = stream.req
         if req.method:  # a stream that never decoded a request was not counted
-            self.stats.gauge_add(self._rq_active, -1)
+            self._rq_active.add(-1)
         info.bytes_received = req.body_bytes
         code = info.response_code
         if code is None:
