@@ -168,10 +168,11 @@ class RouteTable:
         self._prefix.sort(key=lambda x: -len(x[0]))
 
     def virtual_host(self, authority: str) -> VirtualHost | None:
-        host = authority.lower()
-        cached = self._cache.get(host, False)
+        # cached by the Host header as sent: the usual request pays one dict lookup
+        cached = self._cache.get(authority, False)
         if cached is not False:
             return cached  # type: ignore[return-value]
+        host = authority.lower()
         vh = self._exact.get(host)
         if vh is None:
             vh = next((v for s, v in self._suffix if host.endswith(s) and len(host) > len(s)),
@@ -182,7 +183,7 @@ class RouteTable:
         if vh is None:
             vh = self._default
         if len(self._cache) < 1024:  # bounded: hosts come from clients
-            self._cache[host] = vh
+            self._cache[authority] = vh
         return vh
 
     def route(self, authority: str, path: str, headers: dict[str, str]) -> Route | None:
