@@ -73,11 +73,6 @@ class HcmConfig:
         return (self.normalize_path or self.merge_slashes
                 or self.escaped_slashes != "KEEP_UNCHANGED")
 
-    @cached_property
-    def server_line(self) -> str:
-        """The server header as added to responses (OVERWRITE, APPEND_IF_ABSENT)."""
-        return f"server: {self.server_name}\r\n"
-
 
 def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
     rc = f.fields("route_config", "RouteConfiguration")

@@ -273,30 +273,28 @@ class ActiveStream:
         for f in self.encoders:
             f.encode_headers(self, status, hl)
         resp = dict(hl)
-        # one str for the whole head, encoded once
-        text = "\r\n".join(map(": ".join, hl))
-        if hl:
-            text += "\r\n"
         if "date" not in resp:
             resp["date"] = date = http_date_text()
-            text += f"date: {date}\r\n"
+            hl.append(("date", date))
         if not server_seen:
             resp["server"] = cfg.server_name
-            text += cfg.server_line
+            hl.append(("server", cfg.server_name))
         if status == 101 and self.req.upgrade:
-            text += "connection: upgrade\r\n"
+            hl.append(("connection", "upgrade"))
         elif self.closing or conn.draining:
             self.closing = True
-            text += "connection: close\r\n"
+            hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
         self.resp_chunked = chunked and not self.head and status not in (204, 304)
         if self.resp_chunked:
-            text += "transfer-encoding: chunked\r\n"
-        for n, v in tail:
-            resp[n] = v
-            text += f"{n}: {v}\r\n"
+            hl.append(("transfer-encoding", "chunked"))
+        for h in tail:
+            resp[h[0]] = h[1]
+            hl.append(h)
         info.response_headers = resp
-        self.out.append(status_line(status) + text.encode("latin-1") + b"\r\n")
+        # one str for the whole head, encoded once
+        text = "\r\n".join(map(": ".join, hl)) + "\r\n\r\n" if hl else "\r\n"
+        self.out.append(status_line(status) + text.encode("latin-1"))
 
     def flush(self) -> None:
         """Write what encode_* queued in one send (head and body of a small response
