@@ -10,10 +10,15 @@ each side may rely on; the concrete classes live in the core modules.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias
 
 from remora.proxy.stream_info import StreamInfo
+
+# A config value as parsed from Envoy's JSON/YAML (what a ``Fields`` reader wraps).
+JsonValue: TypeAlias = (
+    "str | int | float | bool | list[JsonValue] | dict[str, JsonValue] | None")
 
 
 @dataclass(frozen=True)
@@ -126,11 +131,16 @@ class AccessLogger(Protocol):
 class FactoryContext(Protocol):
     """What a filter factory and its runtime object may use."""
 
-    cluster_manager: ClusterManager
-    stats: Stats
+    # read-only for filters, so a context may hold more specific implementations
+    @property
+    def cluster_manager(self) -> ClusterManager: ...
 
-    def access_loggers(self, configs: list[Any], path: str) -> list[AccessLogger]:
-        """Build loggers from an ``access_log`` list (listener, tcp_proxy or HCM)."""
+    @property
+    def stats(self) -> Stats: ...
+
+    def access_loggers(self, configs: Sequence[JsonValue], path: str) -> list[AccessLogger]:
+        """Build loggers from an ``access_log`` list (listener, tcp_proxy or HCM) found at
+        config path PATH."""
         ...
 
 

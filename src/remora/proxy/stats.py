@@ -14,6 +14,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from remora.proxy.interfaces import Stats
+
 # Envoy's default histogram bucket bounds (source/common/stats/histogram_impl.h).
 BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
@@ -52,16 +54,148 @@ class Histogram:
         return BUCKETS[-1]
 
 
+class Counter:
+    """A handle on one counter, resolved once from its name (``StatsStore.counter``): an
+    increment is an attribute add on the handle, no name built and no dict touched per
+    event. The store folds what a handle counted into its totals whenever they are read."""
+
+    __slots__ = ("name", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pending = 0  # counted since the store last folded this handle
+
+    def inc(self, value: int = 1) -> None:
+        self.pending += value
+
+
+class _StatsCounter(Counter):
+    """A handle over any ``interfaces.Stats`` (one that hands out no handles of its own):
+    each increment goes to ``stats.inc``."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: Stats, name: str) -> None:
+        super().__init__(name)
+        self.stats = stats
+
+    def inc(self, value: int = 1) -> None:
+        self.stats.inc(self.name, value)
+
+
+class _StatsHistogram(Histogram):
+    """A histogram handle over any ``interfaces.Stats``: each value goes to
+    ``stats.observe``."""
+
+    __slots__ = ("name", "stats")
+
+    def __init__(self, stats: Stats, name: str) -> None:
+        super().__init__()
+        self.stats = stats
+        self.name = name
+
+    def observe(self, value: float) -> None:
+        self.stats.observe(self.name, value)
+
+
+class Gauge:
+    """A handle on one gauge: ``add`` changes the store's entry in place (gauges stay plain
+    dict entries, which the core's circuit breakers also write directly)."""
+
+    __slots__ = ("name", "values")
+
+    def __init__(self, values: dict[str, int], name: str) -> None:
+        self.values = values
+        self.name = name
+
+    def add(self, delta: int) -> None:
+        self.values[self.name] += delta
+
+
+class _StatsGauge(Gauge):
+    """A gauge handle over any ``interfaces.Stats``: each change goes to ``gauge_add``."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: Stats, name: str) -> None:
+        super().__init__({}, name)
+        self.stats = stats
+
+    def add(self, delta: int) -> None:
+        self.stats.gauge_add(self.name, delta)
+
+
+def gauge(stats: Stats, name: str) -> Gauge:
+    """The handle of gauge NAME in STATS (listed from its first change)."""
+    if isinstance(stats, StatsStore):
+        return Gauge(stats.gauges, name)
+    return _StatsGauge(stats, name)
+
+
+def counter(stats: Stats, name: str, *, declared: bool = False) -> Counter:
+    """The handle of counter NAME in STATS; DECLARED lists it at 0 at once (as Envoy
+    lists every counter a component declares), otherwise from its first increment."""
+    if isinstance(stats, StatsStore):
+        return stats.counter(name, declared=declared)
+    if declared:
+        stats.inc(name, 0)
+    return _StatsCounter(stats, name)
+
+
+def histogram(stats: Stats, name: str) -> Histogram:
+    """The handle of histogram NAME in STATS (listed from its first value)."""
+    if isinstance(stats, StatsStore):
+        return stats.histogram(name)
+    return _StatsHistogram(stats, name)
+
+
 class StatsStore:
-    """The ``interfaces.Stats`` implementation. Plain dicts: an increment is one dict op."""
+    """The ``interfaces.Stats`` implementation. Plain dicts: an increment by name is one
+    dict op; hot paths resolve a name once to a handle (``counter``, ``histogram``).
+    Gauges stay plain dict entries (the core's circuit breakers write them directly)."""
 
     def __init__(self) -> None:
-        self.counters: defaultdict[str, int] = defaultdict(int)
+        self._counters: defaultdict[str, int] = defaultdict(int)
         self.gauges: defaultdict[str, int] = defaultdict(int)
-        self.histograms: dict[str, Histogram] = {}
+        self._histograms: dict[str, Histogram] = {}
+        self._counter_handles: dict[str, Counter] = {}
+        self._unlisted: dict[str, Histogram] = {}  # histogram handles with no value yet
+
+    @property
+    def counters(self) -> defaultdict[str, int]:
+        """Every counter's total (what the handles counted folded in first)."""
+        totals = self._counters
+        for handle in self._counter_handles.values():
+            if handle.pending:
+                totals[handle.name] += handle.pending
+                handle.pending = 0
+        return totals
+
+    @property
+    def histograms(self) -> dict[str, Histogram]:
+        """Every histogram that has a value (a handle's from its first one)."""
+        unlisted = self._unlisted
+        if unlisted:
+            for name in [n for n, h in unlisted.items() if h.count]:
+                self._histograms[name] = unlisted.pop(name)
+        return self._histograms
+
+    def counter(self, name: str, *, declared: bool = False) -> Counter:
+        handle = self._counter_handles.get(name)
+        if handle is None:
+            handle = self._counter_handles[name] = Counter(name)
+        if declared:
+            self._counters[name] += 0
+        return handle
+
+    def histogram(self, name: str) -> Histogram:
+        hist = self._histograms.get(name) or self._unlisted.get(name)
+        if hist is None:
+            hist = self._unlisted[name] = Histogram()
+        return hist
 
     def inc(self, name: str, value: int = 1) -> None:
-        self.counters[name] += value
+        self._counters[name] += value
 
     def gauge_add(self, name: str, delta: int) -> None:
         self.gauges[name] += delta
@@ -70,16 +204,18 @@ class StatsStore:
         self.gauges[name] = value
 
     def observe(self, name: str, value_ms: float) -> None:
-        hist = self.histograms.get(name)
+        hist = self._histograms.get(name)
         if hist is None:
-            hist = self.histograms[name] = Histogram()
+            # a handle of this name, not yet listed, is the same histogram
+            hist = self._unlisted.pop(name) if name in self._unlisted else Histogram()
+            self._histograms[name] = hist
         hist.observe(value_ms)
 
     def touch(self, *counters: str) -> None:
         """Make counters exist at 0 so /stats lists them before the first event (as Envoy
         does for every stat a component declares)."""
         for name in counters:
-            self.counters[name] += 0
+            self._counters[name] += 0
 
     # -- cross-process merge (--concurrency workers send snapshots to the main process) --
     def snapshot(self) -> dict[str, Any]:

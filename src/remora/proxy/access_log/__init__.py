@@ -7,7 +7,7 @@ https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/accesslog/v3/accesslog
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from remora.proxy import registry
 from remora.proxy.access_log.format import (
@@ -17,7 +17,7 @@ from remora.proxy.access_log.format import (
     TextFormat,
 )
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
-from remora.proxy.interfaces import AccessLogger
+from remora.proxy.interfaces import AccessLogger, FactoryContext, JsonValue
 from remora.proxy.stream_info import RESPONSE_FLAG_ORDER, StreamInfo
 
 
@@ -59,7 +59,8 @@ class FilteredLogger:
             self.inner.log(info)
 
 
-def build(configs: list[Any], path: str, context: Any = None) -> list[AccessLogger]:
+def build(configs: Sequence[JsonValue], path: str,
+          context: FactoryContext | None = None) -> list[AccessLogger]:
     loggers: list[AccessLogger] = []
     for i, raw in enumerate(configs):
         entry = Fields(raw, f"{path}[{i}]", "AccessLog")

@@ -4,12 +4,11 @@ https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/access_loggers/fil
 
 from __future__ import annotations
 
-from typing import Any
-
 from remora.proxy.access_log import substitution_format
 from remora.proxy.access_log.format import Formatter, JsonFormat, TextFormat
 from remora.proxy.access_log.sink import Sink, open_sink
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.interfaces import FactoryContext
 from remora.proxy.registry import register
 from remora.proxy.stream_info import StreamInfo
 
@@ -20,13 +19,15 @@ class FileAccessLog:
     def __init__(self, sink: Sink, formatter: Formatter) -> None:
         self.sink = sink
         self.formatter = formatter
+        self._write = sink.write  # bound once: one line per request
+        self._render = formatter.render
 
     def log(self, info: StreamInfo) -> None:
-        self.sink.write(self.formatter.render(info))
+        self._write(self._render(info))
 
 
 @register("access_logger", "envoy.access_loggers.file", TYPE_URL)
-def _factory(typed: Fields, _context: Any) -> FileAccessLog:
+def _factory(typed: Fields, _context: FactoryContext | None) -> FileAccessLog:
     path = typed.string("path", required=True)
     legacy_text = typed.string("format")  # deprecated `format` field
     legacy_json = typed.raw("json_format")

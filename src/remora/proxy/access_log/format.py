@@ -47,17 +47,22 @@ def _without_port(addr: str | None) -> str | None:
     return host[1:-1] if host.startswith("[") else host
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # START_TIME's fraction and zone
+
+
 def _start_time(fmt: str | None) -> Op:
     if not fmt:
-        second = [-1, ""]  # the last whole second formatted: most lines share it
+        # the last whole second formatted: most lines share it
+        last: dict[int, str] = {}
 
         def default(info: StreamInfo) -> Value:
             t = info.start_time
             whole = int(t)
-            if whole != second[0]:
-                second[0] = whole
-                second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-            return f"{second[1]}.{int(t % 1 * 1000):03d}Z"
+            text = last.get(whole)
+            if text is None:
+                last.clear()
+                text = last[whole] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            return text + _MILLIS[int((t - whole) * 1000)]
         return default
     def custom(info: StreamInfo) -> Value:
         t = info.start_time
@@ -201,10 +206,12 @@ SIMPLE: dict[str, Op] = {
 
 _TOKEN = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
 
+Token = tuple[str, str | None, str | None]  # (operator name, argument, max length)
 
-def compile_text(fmt: str, path: str) -> list[str | Op]:
-    """Split FMT into literals and operators; an unknown operator is a ConfigError."""
-    parts: list[str | Op] = []
+
+def scan(fmt: str, path: str) -> list[str | Token]:
+    """Split FMT into literals and operator tokens (``%%`` is a literal ``%``)."""
+    parts: list[str | Token] = []
     pos = 0
     literal: list[str] = []
     while pos < len(fmt):
@@ -223,19 +230,26 @@ def compile_text(fmt: str, path: str) -> list[str | Op]:
         if literal:
             parts.append("".join(literal))
             literal = []
-        parts.append(_operator(match.group(1), match.group(2), match.group(3), path))
+        parts.append((match.group(1), match.group(2), match.group(3)))
         pos = match.end()
     if literal:
         parts.append("".join(literal))
     return parts
 
 
+def compile_text(fmt: str, path: str) -> list[str | Op]:
+    """Split FMT into literals and operators; an unknown operator is a ConfigError."""
+    return [p if isinstance(p, str) else _operator(*p, path) for p in scan(fmt, path)]
+
+
+_HEADER_FIELDS = {"REQ": "request_headers", "RESP": "response_headers",
+                  "TRAILER": "response_trailers"}
+
+
 def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
     max_len = int(length) if length else None
-    if name in ("REQ", "RESP", "TRAILER") and arg:
-        which = {"REQ": "request_headers", "RESP": "response_headers",
-                 "TRAILER": "response_trailers"}[name]
-        return _headers(which, arg, max_len)
+    if name in _HEADER_FIELDS and arg:
+        return _headers(_HEADER_FIELDS[name], arg, max_len)
     if name == "START_TIME":
         return _start_time(arg)
     if name == "DYNAMIC_METADATA" and arg:
@@ -262,22 +276,90 @@ def render_text(parts: list[str | Op], info: StreamInfo) -> str:
     return "".join(out)
 
 
-def compile_renderer(parts: list[str | Op]) -> Callable[[StreamInfo], str]:
-    """PARTS as one function with the literals and operator calls inlined, built when the
-    listener loads (the same output as render_text, without its per-part dispatch)."""
-    env: dict[str, Any] = {"str": str}
+# Text-format operators whose printed value is one expression over ``info`` (and the
+# header maps ``rq``/``rs``/``tr``, bound once per line): the compiled renderer inlines them
+# instead of calling the operator and converting its value. Same text as render_text.
+_STR_FIELDS = {  # str or None, printed as is ("-" when None or empty)
+    "PROTOCOL": "protocol", "UPSTREAM_HOST": "upstream_host",
+    "UPSTREAM_CLUSTER": "upstream_cluster", "UPSTREAM_CLUSTER_RAW": "upstream_cluster",
+    "UPSTREAM_LOCAL_ADDRESS": "upstream_local_address",
+    "UPSTREAM_REMOTE_ADDRESS": "upstream_host",
+    "DOWNSTREAM_LOCAL_ADDRESS": "downstream_local_address",
+    "DOWNSTREAM_REMOTE_ADDRESS": "downstream_remote_address",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": "downstream_direct_remote_address",
+    "REQUESTED_SERVER_NAME": "requested_server_name", "ROUTE_NAME": "route_name",
+    "FILTER_CHAIN_NAME": "filter_chain_name",
+}
+_NO_SPACES_FIELDS = {  # str or None, spaces replaced (_no_spaces)
+    "RESPONSE_CODE_DETAILS": "response_code_details",
+    "CONNECTION_TERMINATION_DETAILS": "connection_termination_details",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": "upstream_transport_failure_reason",
+}
+_INT_FIELDS = {  # int, never None
+    "BYTES_RECEIVED": "bytes_received", "BYTES_SENT": "bytes_sent",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT": "upstream_request_attempt_count",
+}
+_HEADER_LOCALS = {"request_headers": "rq", "response_headers": "rs",
+                  "response_trailers": "tr"}
+
+
+def _text_expr(token: Token) -> str | None:
+    name, arg, length = token
+    if arg is None and length is None:
+        if name in _STR_FIELDS:
+            return f"(info.{_STR_FIELDS[name]} or '-')"
+        if name in _NO_SPACES_FIELDS:
+            return f"(info.{_NO_SPACES_FIELDS[name]} or '-').replace(' ', '_')"
+        if name in _INT_FIELDS:
+            return f"str(info.{_INT_FIELDS[name]})"
+        if name == "RESPONSE_CODE":
+            return "str(info.response_code or 0)"
+        if name == "RESPONSE_FLAGS":
+            return "(','.join(info.response_flags) or '-')"
+        if name == "DURATION":  # StreamInfo.duration_ms
+            return ("('-' if info.end_monotonic is None else "
+                    "str(int((info.end_monotonic - info.start_monotonic) * 1000)))")
+    if name in _HEADER_FIELDS and arg:
+        local = _HEADER_LOCALS[_HEADER_FIELDS[name]]
+        main, _, alt = arg.partition("?")
+        main, alt = main.lower(), alt.lower()
+        value = (f"({local}[{main!r}] if {main!r} in {local} else {local}.get({alt!r}))"
+                 if alt else f"{local}.get({main!r})")
+        if length:
+            return f"(({value} or '')[:{int(length)}] or '-')"
+        return f"({value} or '-')"
+    return None
+
+
+def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
+                     ) -> Callable[[StreamInfo], str]:
+    """PARTS (compiled from TOKENS) as one function with the literals and operators
+    inlined, built when the listener loads: the same output as render_text, without its
+    per-part dispatch."""
+    env: dict[str, Any] = {"str": str, "_EMPTY": {}}
     lines = ["def render(info):"]
     pieces = []
-    for i, part in enumerate(parts):
+    used_locals: set[str] = set()
+    for i, (token, part) in enumerate(zip(tokens, parts, strict=True)):
         if isinstance(part, str):
             env[f"lit{i}"] = part
             pieces.append(f"lit{i}")
-        else:
-            env[f"op{i}"] = part
-            lines.append(f"    v{i} = op{i}(info)")
-            lines.append(f"    v{i} = '-' if v{i} is None or v{i} == '' else "
-                         f"(v{i} if v{i}.__class__ is str else str(v{i}))")
-            pieces.append(f"v{i}")
+            continue
+        assert not isinstance(token, str)
+        expr = _text_expr(token)
+        if expr is not None:
+            used_locals.update(v for v in _HEADER_LOCALS.values() if f"{v}." in expr
+                               or f"in {v}" in expr)
+            pieces.append(expr)
+            continue
+        env[f"op{i}"] = part
+        lines.append(f"    v{i} = op{i}(info)")
+        lines.append(f"    v{i} = '-' if v{i} is None or v{i} == '' else "
+                     f"(v{i} if v{i}.__class__ is str else str(v{i}))")
+        pieces.append(f"v{i}")
+    for field_name, local in _HEADER_LOCALS.items():
+        if local in used_locals:
+            lines.insert(1, f"    {local} = info.{field_name} or _EMPTY")
     lines.append(f"    return ''.join(({', '.join(pieces)}{',' if len(pieces) == 1 else ''}))")
     exec("\n".join(lines), env)  # the source is built above from the parsed format only
     render: Callable[[StreamInfo], str] = env["render"]
@@ -329,8 +411,9 @@ class JsonFormat:
 
 class TextFormat:
     def __init__(self, fmt: str, path: str, omit_empty: bool = False) -> None:
-        self.parts = compile_text(fmt, path)
-        self.render: Callable[[StreamInfo], str] = compile_renderer(self.parts)
+        tokens = scan(fmt, path)
+        self.parts = [p if isinstance(p, str) else _operator(*p, path) for p in tokens]
+        self.render: Callable[[StreamInfo], str] = compile_renderer(tokens, self.parts)
 
 
 Formatter = TextFormat | JsonFormat

@@ -3,7 +3,10 @@
 Envoy opens the configured path itself, ``/dev/stdout`` included (it reopens it by path,
 so the sidecar's stdout redirection decides where lines land). Lines logged during one
 event-loop turn are written with one ``write(2)``; without a running loop a line is
-written at once. Every logger of one path shares one sink so lines never interleave.
+written at once; what a full non-blocking fd does not take is kept in order and retried
+shortly (the event loop never waits on it), and ``flush_all`` (the process on its way out,
+SIGTERM included) writes everything still held. Every logger of one path shares one sink
+so lines never interleave.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 
 from remora.errors import RemoraError
+
+RETRY_DELAY = 0.01  # a full non-blocking pipe (stdout to a slow reader): retry after
+EXIT_WAIT = 5.0  # without a loop (flush_all on the way out): wait this long at most
 
 
 class Sink:
@@ -20,6 +27,7 @@ class Sink:
         self.fd = fd
         self.name = name
         self._pending: list[str] = []
+        self._held = b""  # bytes a full non-blocking fd did not take yet
         self._scheduled = False
 
     def write(self, line: str) -> None:
@@ -36,19 +44,37 @@ class Sink:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._pending:
-            return
-        data = "".join(self._pending).encode()
-        self._pending.clear()
-        view = memoryview(data)
-        while view:
+        data = self._held
+        if self._pending:
+            data += "".join(self._pending).encode()
+            self._pending.clear()
+        self._held = b""
+        while data:
             try:
-                n = os.write(self.fd, view)
+                n = os.write(self.fd, data)
             except BlockingIOError:
+                # a non-blocking fd that is full (stdout piped to a slow reader): keep the
+                # rest, in order, and never spin the event loop waiting for it
+                if not self._wait_writable():
+                    self._held = data
+                    return
                 continue
             except OSError:
                 return  # a closed stdout must not take the proxy down
-            view = view[n:]
+            data = data[n:]
+
+    def _wait_writable(self) -> bool:
+        """In the event loop: retry in RETRY_DELAY (False). Without one (the process is
+        on its way out): wait until the fd takes bytes again, EXIT_WAIT at most."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _, writable, _ = select.select([], [self.fd], [], EXIT_WAIT)
+            return bool(writable)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_later(RETRY_DELAY, self.flush)
+        return False
 
 
 _SINKS: dict[str, Sink] = {}

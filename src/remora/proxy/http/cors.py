@@ -15,7 +15,7 @@ from typing import Any
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.per_filter import register_per_route
-from remora.proxy.http.route_config import _string_matcher
+from remora.proxy.http.route_config import Route, _string_matcher
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import FactoryContext
 
@@ -100,6 +100,12 @@ def _factory(f: Fields, ctx: FactoryContext) -> CorsFilter:
 
 class CorsFilter:
     terminal = False
+
+    def inert_for(self, route: Route) -> bool:
+        """No enabled CORS policy for ROUTE: the filter neither answers nor adds headers
+        there, so the connection manager leaves it out of the chain of its requests."""
+        policy = route.filter_config(CORS_NAME)
+        return policy is None or not policy.enabled
 
     async def decode_headers(self, stream: ActiveStream) -> bool:
         route = stream.route

@@ -21,7 +21,7 @@ from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.filter import HttpStream
 from remora.proxy.http.per_filter import register_per_route
-from remora.proxy.http.route_config import HeaderMatcher, _header_matcher
+from remora.proxy.http.route_config import HeaderMatcher, Route, _header_matcher
 from remora.proxy.interfaces import FactoryContext
 
 FAULT_NAME = "envoy.filters.http.fault"
@@ -122,6 +122,11 @@ class FaultFilter:
     def __init__(self, cfg: FaultConfig) -> None:
         self.cfg = cfg
         self.active = 0
+
+    def inert_for(self, route: Route) -> bool:
+        """No fault configured for ROUTE (nor on the filter): requests on it pass as they
+        are, so the connection manager leaves the filter out of their chain."""
+        return (route.filter_config(FAULT_NAME) or self.cfg).empty
 
     async def decode_headers(self, stream: HttpStream) -> bool:
         route = stream.route

@@ -75,7 +75,11 @@ class StreamCallbacks(Protocol):
 class HttpStream(Protocol):
     """One request/response exchange as the filters and the router see it."""
 
-    conn: StreamCallbacks
+    @property
+    def conn(self) -> StreamCallbacks:
+        """The stream's connection (read-only, so each codec's own connection class fits)."""
+        ...
+
     req: Request
     info: StreamInfo
     route: Route | None

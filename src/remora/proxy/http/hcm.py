@@ -11,6 +11,8 @@ import contextlib
 import fcntl
 import socket
 import struct
+import time
+from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
@@ -18,8 +20,10 @@ from remora.proxy.http import cors as _cors  # noqa: F401 - registers per-route 
 from remora.proxy.http import fault as _fault  # noqa: F401
 from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
+from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
+from remora.proxy.stats import Counter, counter, gauge, histogram
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
@@ -41,41 +45,48 @@ class HttpConnectionManager:
         self.decoders = [f for f in cfg.http_filters if hasattr(f, "decode_headers")]
         # encoders run in reverse filter order, as Envoy's encoder filter chain does
         self.encoders = [f for f in reversed(cfg.http_filters) if hasattr(f, "encode_headers")]
-        # x-forwarded-client-cert from a connection without a client certificate is removed
-        # unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader). remora's HTTP
-        # downstreams carry no peer certificate, so that is every mode but that one.
-        self.sanitize_xfcc = cfg.forward_client_cert_details != "ALWAYS_FORWARD_ONLY"
+        # per route (by id: routes live as long as this config): the filters that act on
+        # its requests, worked out on its first request
+        self._route_chains: dict[int, tuple[list[Any], list[Any]]] = {}
+        self.sanitize_xfcc = cfg.sanitize_xfcc
+        # Envoy declares its counters up front, so /stats lists them at 0 before any
+        # request; each stat's name is resolved to a handle once, here
         p = f"http.{cfg.stat_prefix}."
-        self._rq_total = p + "downstream_rq_total"
-        self._rq_active = p + "downstream_rq_active"
-        self._rq_xx = {c: f"{p}downstream_rq_{c}xx" for c in range(1, 6)}
-        self._rq_completed = p + "downstream_rq_completed"
-        self._rq_time = p + "downstream_rq_time"  # histogram, ms
-        self._cx_total = p + "downstream_cx_total"
+        stats = self.stats
+        self._rq_total = counter(stats, p + "downstream_rq_total", declared=True)
+        self._cx_total = counter(stats, p + "downstream_cx_total", declared=True)
+        self._rq_completed = counter(stats, p + "downstream_rq_completed", declared=True)
+        self._rq_xx: tuple[Counter, ...] = tuple(  # 1xx..5xx
+            counter(stats, f"{p}downstream_rq_{c}xx", declared=True) for c in range(1, 6))
+        self._rq_time = histogram(stats, p + "downstream_rq_time")  # ms
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
-        self._cx_active = p + "downstream_cx_active"
+        self._rq_active = gauge(stats, p + "downstream_rq_active")
+        self._cx_active = gauge(stats, p + "downstream_cx_active")
         self._node_ip: str | bool | None = False
-        # Envoy declares its counters up front, so /stats lists them at 0 before any request
-        for name in (self._rq_total, self._cx_total, p + "downstream_rq_completed",
-                     *self._rq_xx.values()):
-            self.stats.inc(name, 0)
 
     async def on_connection(self, downstream: Downstream) -> None:
-        stats = self.stats
-        stats.inc(self._cx_total)
-        stats.gauge_add(self._cx_active, 1)
+        self._cx_total.inc()
+        self._cx_active.add(1)
         try:
             await Http1Connection(self, downstream).run()
         finally:
-            stats.gauge_add(self._cx_active, -1)
+            self._cx_active.add(-1)
 
     async def serve(self, stream: ActiveStream) -> None:
-        self.stats.inc(self._rq_total)
-        self.stats.gauge_add(self._rq_active, 1)
+        self._rq_total.inc()
+        self._rq_active.add(1)
         try:
             if not stream.prepare():
                 return
-            for f in self.decoders:
+            route = stream.route
+            if route is None:
+                decoders = self.decoders
+            else:
+                chain = self._route_chains.get(id(route))
+                if chain is None:
+                    chain = self._route_chain(route)
+                decoders, stream.encoders = chain
+            for f in decoders:
                 if not await f.decode_headers(stream):
                     return
         except asyncio.CancelledError:
@@ -84,21 +95,34 @@ class HttpConnectionManager:
                 raise
             stream.interrupted(reason)
 
+    def _route_chain(self, route: Route) -> tuple[list[Any], list[Any]]:
+        """ROUTE's decoder and encoder filters: all of them but those that say they are
+        inert there (``inert_for(route)``: fault without a fault configured, cors without
+        an enabled policy); config alone decides that, so it is asked once per route."""
+        inert = {id(f) for f in self.filters
+                 if hasattr(f, "inert_for") and f.inert_for(route)}
+        chain = ([f for f in self.decoders if id(f) not in inert],
+                 [f for f in self.encoders if id(f) not in inert])
+        self._route_chains[id(route)] = chain
+        return chain
+
     def complete(self, stream: ActiveStream) -> None:
         """The stream is over (answered, failed or abandoned): log it."""
         info = stream.info
-        if stream.req.method:  # a stream that never decoded a request was not counted
-            self.stats.gauge_add(self._rq_active, -1)
-        info.bytes_received = stream.req.body_bytes
-        if info.response_code is None:
-            info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
-        info.finish()
-        self.stats.inc(self._rq_completed)
-        self.stats.observe(self._rq_time,
-                           ((info.end_monotonic or 0) - info.start_monotonic) * 1000)
-        code = info.response_code // 100
-        if code in self._rq_xx:
-            self.stats.inc(self._rq_xx[code])
+        req = stream.req
+        if req.method:  # a stream that never decoded a request was not counted
+            self._rq_active.add(-1)
+        info.bytes_received = req.body_bytes
+        code = info.response_code
+        if code is None:
+            code = info.response_code = 0  # Envoy prints 0 when nothing was sent downstream
+        end = info.end_monotonic
+        if end is None:
+            end = info.end_monotonic = time.monotonic()  # StreamInfo.finish
+        self._rq_completed.inc()
+        self._rq_time.observe((end - info.start_monotonic) * 1000)
+        if 100 <= code < 600:
+            self._rq_xx[code // 100 - 1].inc()
         for logger in self.loggers:
             logger.log(info)
 

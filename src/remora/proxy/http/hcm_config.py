@@ -8,12 +8,14 @@ effect on an HTTP/1.1 plaintext sidecar; anything else is rejected with its path
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.http.headers import RequestPolicy
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
-from remora.proxy.interfaces import FactoryContext
+from remora.proxy.interfaces import FactoryContext, JsonValue
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -27,7 +29,7 @@ class HcmConfig:
     stat_prefix: str
     route_table: RouteTable
     http_filters: list[Any] = field(default_factory=list)  # runtime filter objects, in order
-    access_log: list[Any] = field(default_factory=list)  # raw configs for ctx.access_loggers
+    access_log: list[JsonValue] = field(default_factory=list)  # for ctx.access_loggers
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
     skip_xff_append: bool = False
@@ -46,6 +48,30 @@ class HcmConfig:
     request_headers_timeout: float = 0.0  # 0: disabled (Envoy's default)
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
+
+    # What every request of this connection manager needs that the config alone decides,
+    # computed on first use (the config does not change once parse_hcm returns it).
+    @cached_property
+    def sanitize_xfcc(self) -> bool:
+        """x-forwarded-client-cert from a connection without a client certificate is
+        removed unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader). remora's HTTP
+        downstreams carry no peer certificate, so that is every mode but that one."""
+        return self.forward_client_cert_details != "ALWAYS_FORWARD_ONLY"
+
+    @cached_property
+    def request_policy(self) -> RequestPolicy:
+        return RequestPolicy(
+            use_remote_address=self.use_remote_address,
+            xff_num_trusted_hops=self.xff_num_trusted_hops,
+            skip_xff_append=self.skip_xff_append, generate_request_id=self.generate_request_id,
+            preserve_external_request_id=self.preserve_external_request_id,
+            sanitize_xfcc=self.sanitize_xfcc)
+
+    @cached_property
+    def rewrites_path(self) -> bool:
+        """normalize_path, merge_slashes or an escaped-slashes action: the path is checked."""
+        return (self.normalize_path or self.merge_slashes
+                or self.escaped_slashes != "KEEP_UNCHANGED")
 
 
 def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:

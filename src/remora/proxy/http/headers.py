@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 
 # hop-by-hop headers never forwarded (RFC 9110 7.6.1); transfer-encoding is re-framed
 # (te is kept when it is exactly "trailers", as Envoy does; see stream.py)
@@ -45,15 +46,20 @@ os.register_at_fork(after_in_child=_random_hex.clear)
 
 
 def uuid4() -> str:
-    """A random (version 4) UUID as text, like str(uuid.uuid4()) at less than half the
+    """A random (version 4) UUID as text, like str(uuid.uuid4()) at a fraction of the
     cost (one per request). The random bytes come from the kernel's CSPRNG 256 UUIDs at a
     time, one getrandom(2) per batch, as Envoy's RandomGeneratorImpl::uuid() draws from a
-    per-thread buffer of BoringSSL's RAND_bytes."""
+    per-thread buffer of BoringSSL's RAND_bytes; the batch is formatted at once too."""
     if not _random_hex:
         raw = os.urandom(16 * _UUID_BATCH).hex()
-        _random_hex.extend(raw[i:i + 32] for i in range(0, len(raw), 32))
-    h = _random_hex.pop()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+        _random_hex.extend(
+            f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+            for h in (raw[i:i + 32] for i in range(0, len(raw), 32)))
+    return _random_hex.pop()
+
+
+# RFC 4122 variant bits (10xx) on the 17th hex digit
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def xff_client(xff: str, trusted_hops: int) -> str | None:
@@ -77,17 +83,6 @@ def is_loopback(ip: str) -> bool:
         return False
 
 
-class Mutation:
-    """What mutate_request decided; the caller applies it to its header list."""
-
-    __slots__ = ("final_remote_ip", "remove", "set")
-
-    def __init__(self) -> None:
-        self.final_remote_ip: str | None = None  # None: the connection's peer stays
-        self.set: list[tuple[str, str]] = []  # replace-or-append, in this order
-        self.remove: set[str] = set()
-
-
 def connection_nominated(value: str | None) -> frozenset[str]:
     """Header names listed in Connection (RFC 9110 7.6.1) are hop-by-hop too."""
     if not value:
@@ -96,39 +91,62 @@ def connection_nominated(value: str | None) -> frozenset[str]:
                                                                      "upgrade", ""}
 
 
-def mutate_request(hmap: dict[str, str], remote_ip: str, *, use_remote_address: bool,
-                   xff_num_trusted_hops: int, skip_xff_append: bool, generate_request_id: bool,
-                   preserve_external_request_id: bool, scheme: str, node_ip: str | None,
-                   sanitize_xfcc: bool) -> Mutation:
-    """``set`` entries replace a header in place or are appended in Envoy's order
-    (x-forwarded-for, x-forwarded-proto, x-envoy-external-address, x-request-id)."""
-    m = Mutation()
-    xff = hmap.get("x-forwarded-for")
-    regenerate_id = False
-    if use_remote_address:
-        if xff_num_trusted_hops > 0 and xff is not None:
-            m.final_remote_ip = xff_client(xff, xff_num_trusted_hops - 1)
-        if not skip_xff_append:
-            appended = node_ip if (is_loopback(remote_ip) and node_ip) else remote_ip
-            m.set.append(("x-forwarded-for", f"{xff},{appended}" if xff else appended))
-        m.remove |= _EDGE_ONLY_CLEANED
-        m.set.append(("x-forwarded-proto", scheme))
-        m.set.append(("x-envoy-external-address", m.final_remote_ip or remote_ip))
-        regenerate_id = not preserve_external_request_id and "x-request-id" in hmap
-    else:
-        if xff is not None:
-            m.final_remote_ip = xff_client(xff, xff_num_trusted_hops)
-        if "x-forwarded-proto" not in hmap:
-            m.set.append(("x-forwarded-proto", scheme))
-    # no address is internal (Envoy 1.40's default internal_address_config is empty)
-    m.remove |= _EXTERNAL_CLEANED
-    if sanitize_xfcc:
-        m.remove.add("x-forwarded-client-cert")
-    if generate_request_id and ("x-request-id" not in hmap or regenerate_id):
-        m.set.append(("x-request-id", uuid4()))
-    elif regenerate_id:
-        m.remove.add("x-request-id")
-    return m
+class RequestPolicy:
+    """ConnectionManagerUtility::mutateRequestHeaders compiled from the connection manager's
+    config once, when the listener loads: what a request loses whatever it carries
+    (``removed``; with the hop-by-hop headers, ``dropped``) is fixed by the config, so a
+    request only pays for the decisions that depend on its own headers (``mutate``)."""
+
+    __slots__ = ("dropped", "generate_request_id", "preserve_external_request_id", "removed",
+                 "skip_xff_append", "use_remote_address", "xff_num_trusted_hops")
+
+    def __init__(self, *, use_remote_address: bool, xff_num_trusted_hops: int,
+                 skip_xff_append: bool, generate_request_id: bool,
+                 preserve_external_request_id: bool, sanitize_xfcc: bool) -> None:
+        self.use_remote_address = use_remote_address
+        self.xff_num_trusted_hops = xff_num_trusted_hops
+        self.skip_xff_append = skip_xff_append
+        self.generate_request_id = generate_request_id
+        self.preserve_external_request_id = preserve_external_request_id
+        # no address is internal (Envoy 1.40's default internal_address_config is empty)
+        removed = set(_EXTERNAL_CLEANED)
+        if use_remote_address:
+            removed |= _EDGE_ONLY_CLEANED
+        if sanitize_xfcc:
+            removed.add("x-forwarded-client-cert")
+        self.removed = frozenset(removed)
+        self.dropped = HOP_BY_HOP | self.removed
+
+    def mutate(self, hmap: dict[str, str], remote_ip: str, scheme: str,
+               node_ip: Callable[[], str | None]) -> tuple[str | None, list[tuple[str, str]],
+                                                          bool]:
+        """(final remote IP or None when the connection's peer stays, headers to set,
+        whether x-request-id is removed besides ``removed``). ``set`` entries replace a
+        header in place or are appended in Envoy's order (x-forwarded-for,
+        x-forwarded-proto, x-envoy-external-address, x-request-id)."""
+        sets: list[tuple[str, str]] = []
+        final_remote_ip: str | None = None
+        xff = hmap.get("x-forwarded-for")
+        regenerate_id = False
+        if self.use_remote_address:
+            if self.xff_num_trusted_hops > 0 and xff is not None:
+                final_remote_ip = xff_client(xff, self.xff_num_trusted_hops - 1)
+            if not self.skip_xff_append:
+                node = node_ip() if is_loopback(remote_ip) else None
+                appended = node or remote_ip
+                sets.append(("x-forwarded-for", f"{xff},{appended}" if xff else appended))
+            sets.append(("x-forwarded-proto", scheme))
+            sets.append(("x-envoy-external-address", final_remote_ip or remote_ip))
+            regenerate_id = not self.preserve_external_request_id and "x-request-id" in hmap
+        else:
+            if xff is not None:
+                final_remote_ip = xff_client(xff, self.xff_num_trusted_hops)
+            if "x-forwarded-proto" not in hmap:
+                sets.append(("x-forwarded-proto", scheme))
+        if self.generate_request_id and (regenerate_id or "x-request-id" not in hmap):
+            sets.append(("x-request-id", uuid4()))
+            regenerate_id = False
+        return final_remote_ip, sets, regenerate_id
 
 
 # -- path normalization -----------------------------------------------------------------
@@ -140,6 +158,10 @@ _ESCAPED_SLASH = re.compile(r"%2[Ff]|%5[Cc]")
 # characters Envoy's path canonicalizer (Chromium's) percent-encodes in the path (not the
 # query); checked against Envoy 1.40: ' [ ] ; ! stay as they are
 _PATH_ESCAPES = str.maketrans({c: f"%{ord(c):02X}" for c in '^{}"<>`|'})
+
+
+# what normalize_path changes: an escape, a character it escapes, a backslash, a dot segment
+_NEEDS_NORMALIZING = re.compile(r'[%\\^{}"<>`|]|/\.')
 
 
 def _pct(match: re.Match[str]) -> str:
@@ -156,6 +178,8 @@ def normalize_path(path: str, merge_slashes: bool = False) -> str | None:
     raw, sep, query = path.partition("?")
     if not raw.startswith("/"):
         return None
+    if _NEEDS_NORMALIZING.search(raw) is None and not (merge_slashes and "//" in raw):
+        return path  # the usual path: nothing to decode, escape or remove
     if "%" in raw:
         raw = _UNRESERVED_PCT.sub(_pct, raw)
     raw = raw.translate(_PATH_ESCAPES)

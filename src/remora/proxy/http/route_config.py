@@ -10,7 +10,9 @@ whole Host header, port included, is matched, which is why Istio lists ``svc`` a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
@@ -21,33 +23,53 @@ from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
 DEFAULT_ROUTE_TIMEOUT = 15.0  # RouteAction.timeout default
 
 
+MatchValue = str | bool | re.Pattern[str]
+
+
 @dataclass(frozen=True)
 class HeaderMatcher:
     name: str  # lower-case; pseudo headers such as ":method" allowed
     kind: str  # exact | prefix | suffix | contains | regex | present
-    value: Any
+    value: MatchValue  # str; a compiled regex for "regex"; whether it must be there for "present"
     invert: bool = False
     ignore_case: bool = False
 
     def matches(self, headers: dict[str, str]) -> bool:
-        got = headers.get(self.name)
-        if self.kind == "present":
-            ok = (got is not None) == bool(self.value)
-        elif got is None:
-            ok = False
+        return self.test(headers)
+
+    @cached_property
+    def test(self) -> Callable[[dict[str, str]], bool]:
+        """This matcher as one function of the headers, built on first use (once per
+        route table: the config never changes under it)."""
+        name, kind, value, invert = self.name, self.kind, self.value, self.invert
+        if kind == "present":
+            want = bool(value) != invert
+            return lambda headers: (name in headers) == want
+        if isinstance(value, re.Pattern):
+            # a regex sees the value as sent, ignore_case or not
+            fullmatch = value.fullmatch
+            return lambda headers: (
+                (got := headers.get(name)) is not None
+                and (fullmatch(got) is not None)) != invert
+        assert isinstance(value, str), (kind, value)
+        test: Callable[[str], bool]
+        if kind == "exact":
+            test = value.__eq__
+        elif kind == "prefix":
+            test = lambda got: got.startswith(value)  # noqa: E731
+        elif kind == "suffix":
+            test = lambda got: got.endswith(value)  # noqa: E731
         else:
-            subject = got.lower() if self.ignore_case else got
-            if self.kind == "exact":
-                ok = subject == self.value
-            elif self.kind == "prefix":
-                ok = subject.startswith(self.value)
-            elif self.kind == "suffix":
-                ok = subject.endswith(self.value)
-            elif self.kind == "contains":
-                ok = self.value in subject
-            else:
-                ok = self.value.fullmatch(got) is not None
-        return ok != self.invert
+            assert kind == "contains", kind
+            test = lambda got: value in got  # noqa: E731
+        lower = self.ignore_case
+
+        def matches(headers: dict[str, str]) -> bool:
+            got = headers.get(name)
+            if got is None:
+                return invert
+            return test(got.lower() if lower else got) != invert
+        return matches
 
 
 @dataclass
@@ -71,19 +93,28 @@ class Route:
     response_mutations: HeaderMutations = field(default_factory=HeaderMutations)
 
     def matches(self, path: str, headers: dict[str, str]) -> bool:
+        return self.path_matches(path) and (not self.headers or all(
+            m.test(headers) for m in self.headers))
+
+    @cached_property
+    def path_matches(self) -> Callable[[str], bool]:
+        """The path part of the match as one function, built on first use (once per route
+        table); path and regex ignore the query string, a prefix does not."""
         if self.prefix is not None:
-            ok = (path.startswith(self.prefix) if self.case_sensitive
-                  else path.lower().startswith(self.prefix.lower()))
-        else:
-            bare = path.split("?", 1)[0]  # path and regex ignore the query string
-            if self.path is not None:
-                ok = bare == self.path if self.case_sensitive else bare.lower() == self.path.lower()
-            else:
-                assert self.regex is not None
-                ok = self.regex.fullmatch(bare) is not None
-        if ok and self.headers:
-            ok = all(m.matches(headers) for m in self.headers)
-        return ok
+            prefix = self.prefix
+            if self.case_sensitive:
+                return lambda path: path.startswith(prefix)
+            low_prefix = prefix.lower()
+            return lambda path: path.lower().startswith(low_prefix)
+        if self.path is not None:
+            exact = self.path
+            if self.case_sensitive:
+                return lambda path: path.partition("?")[0] == exact
+            low_exact = exact.lower()
+            return lambda path: path.partition("?")[0].lower() == low_exact
+        assert self.regex is not None
+        fullmatch = self.regex.fullmatch
+        return lambda path: fullmatch(path.partition("?")[0]) is not None
 
     def filter_config(self, name: str) -> Any:
         """Most specific per-filter config: route, then virtual host, then route config."""
@@ -137,10 +168,11 @@ class RouteTable:
         self._prefix.sort(key=lambda x: -len(x[0]))
 
     def virtual_host(self, authority: str) -> VirtualHost | None:
-        host = authority.lower()
-        cached = self._cache.get(host, False)
+        # cached by the Host header as sent: the usual request pays one dict lookup
+        cached = self._cache.get(authority, False)
         if cached is not False:
             return cached  # type: ignore[return-value]
+        host = authority.lower()
         vh = self._exact.get(host)
         if vh is None:
             vh = next((v for s, v in self._suffix if host.endswith(s) and len(host) > len(s)),
@@ -151,7 +183,7 @@ class RouteTable:
         if vh is None:
             vh = self._default
         if len(self._cache) < 1024:  # bounded: hosts come from clients
-            self._cache[host] = vh
+            self._cache[authority] = vh
         return vh
 
     def route(self, authority: str, path: str, headers: dict[str, str]) -> Route | None:
@@ -159,13 +191,14 @@ class RouteTable:
         if vh is None:
             return None
         for r in vh.routes:
-            if r.matches(path, headers):
+            if r.path_matches(path) and (not r.headers or all(
+                    m.test(headers) for m in r.headers)):
                 return r
         return None
 
 
 # -- parsing ---------------------------------------------------------------------------
-def _string_matcher(f: Fields) -> tuple[str, Any, bool]:
+def _string_matcher(f: Fields) -> tuple[str, MatchValue, bool]:
     """type.matcher.v3.StringMatcher -> (kind, value, ignore_case)."""
     ignore_case = bool(f.boolean("ignore_case", False))
     for kind in ("exact", "prefix", "suffix", "contains"):

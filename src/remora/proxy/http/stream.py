@@ -17,10 +17,8 @@ from remora.proxy.http.codec import Request, status_line
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.headers import (
-    HOP_BY_HOP,
     connection_nominated,
     escaped_slashes,
-    mutate_request,
     normalize_path,
     split_absolute,
     unescape_slashes,
@@ -30,24 +28,55 @@ from remora.proxy.stream_info import StreamInfo, format_address
 
 if TYPE_CHECKING:
     from remora.proxy.http.connection import Http1Connection
+    from remora.proxy.http.filter import EncoderFilter
 
+_NONE: frozenset[str] = frozenset()
 _RESPONSE_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding"})
-_date_cache: tuple[int, bytes] = (0, b"")
+# response headers encode_headers looks at; any other is passed on as it is
+_RESPONSE_SPECIAL = _RESPONSE_HOP | {"upgrade", "content-length", "server",
+                                     "x-envoy-upstream-service-time"}
+_date_cache: tuple[int, str] = (0, "")
 
 
-def http_date() -> bytes:
+def http_date_text() -> str:
+    """The date header's value, formatted once a second."""
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode())
+        _date_cache = (now, formatdate(now, usegmt=True))
     return _date_cache[1]
 
 
+def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
+                     sets: list[tuple[str, str]], websocket: bool, upgrade: bool,
+                     out: list[tuple[str, str]]) -> None:
+    """The client's headers as forwarded, onto OUT: DROPPED ones left out except an
+    Upgrade that goes on (WEBSOCKET) and ``te: trailers``; the content-length of an
+    Upgrade request left out; a header in SETS replaced in place (sent once), the others
+    of SETS appended."""
+    setmap = dict(sets)
+    placed: set[str] = set()
+    for n, v in headers:
+        if n in dropped or (upgrade and n == "content-length"):
+            if (n == "upgrade" and websocket) or (
+                    n == "te" and v.strip().lower() == "trailers"):
+                out.append((n, v))
+            continue
+        if n in setmap:
+            if n in placed:
+                continue  # a repeated header that was set is sent once
+            v = setmap[n]
+            placed.add(n)
+        out.append((n, v))
+    for n, v in sets:
+        if n not in placed:
+            out.append((n, v))
+
+
 class ActiveStream:
-    __slots__ = ("authority", "closing", "conn", "cors_origin", "head", "idle_timer", "info",
-                 "method", "out", "path", "req", "resp_chunked",
-                 "response_complete", "response_started", "route", "upstream_chunked",
-                 "upstream_headers")
+    __slots__ = ("authority", "closing", "conn", "cors_origin", "encoders", "head", "idle_timer",
+                 "info", "method", "out", "path", "req", "resp_chunked", "response_complete",
+                 "response_started", "route", "upstream_chunked", "upstream_headers")
 
     def __init__(self, conn: Http1Connection, req: Request) -> None:
         self.conn = conn
@@ -75,14 +104,20 @@ class ActiveStream:
         self.cors_origin: tuple[str, object] | None = None  # set by the cors filter
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
         self.idle_timer: asyncio.TimerHandle | None = None  # stream_idle_timeout
+        # the encoder filters that act on this stream (the connection manager narrows them
+        # to its route's chain once routed)
+        self.encoders: list[EncoderFilter] = conn.encoders
 
     # -- request side ---------------------------------------------------------------------
     def prepare(self) -> bool:
         """Decode-side work of the connection manager; False once a local reply was sent."""
-        req, cfg = self.req, self.conn.cfg
+        req, conn = self.req, self.conn
+        cfg = conn.cfg
         url = req.url
-        authority = req.hmap.get("host")
-        nominated = connection_nominated(req.hmap.get("connection"))
+        hmap = req.hmap
+        authority = hmap.get("host")
+        connection = hmap.get("connection")
+        nominated = connection_nominated(connection) if connection else _NONE
         if "host" in nominated:
             authority = None  # Envoy removes it like any nominated header: 400 below
         absolute = False
@@ -98,10 +133,10 @@ class ActiveStream:
             absolute = True
         self.authority = authority or ""
         info = self.info
-        hdrs = dict(req.hmap)
+        hdrs = dict(hmap)
         hdrs[":method"] = req.method
         hdrs[":path"] = url
-        hdrs[":scheme"] = self.conn.scheme
+        hdrs[":scheme"] = conn.scheme
         if authority is not None:
             hdrs[":authority"] = authority
         info.request_headers = hdrs
@@ -113,62 +148,62 @@ class ActiveStream:
             return self.local_reply(400, b"", "path_normalization_failed", None, True)
         if absolute and not url.startswith("/"):
             return self.local_reply(404, b"", "absolute_path_rejected")
-        if cfg.normalize_path and "%00" in url.partition("?")[0]:
-            # an encoded NUL cannot be normalized: Envoy refuses it like a fragment (400,
-            # no body, connection closed; checked against Envoy 1.40)
-            return self.local_reply(400, b"", "path_normalization_failed", None, True)
-        if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
-            normalized = normalize_path(url, cfg.merge_slashes)
-            if normalized is None:
-                return self.local_reply(400, b"Bad Request", "path_normalization_failed",
-                                        "DPE", True)
-            url = normalized
-        if cfg.escaped_slashes != "KEEP_UNCHANGED" and escaped_slashes(url):
-            if cfg.escaped_slashes == "REJECT_REQUEST":
-                return self.local_reply(400, b"Bad Request", "path_normalization_failed",
-                                        "DPE", True)
-            url = unescape_slashes(url)
+        if cfg.rewrites_path:
+            if cfg.normalize_path and "%00" in url.partition("?")[0]:
+                # an encoded NUL cannot be normalized: Envoy refuses it like a fragment
+                # (400, no body, connection closed; checked against Envoy 1.40)
+                return self.local_reply(400, b"", "path_normalization_failed", None, True)
+            if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
+                normalized = normalize_path(url, cfg.merge_slashes)
+                if normalized is None:
+                    return self.local_reply(400, b"Bad Request", "path_normalization_failed",
+                                            "DPE", True)
+                url = normalized
+            if cfg.escaped_slashes != "KEEP_UNCHANGED" and escaped_slashes(url):
+                if cfg.escaped_slashes == "REJECT_REQUEST":
+                    return self.local_reply(400, b"Bad Request", "path_normalization_failed",
+                                            "DPE", True)
+                url = unescape_slashes(url)
         self.path = hdrs[":path"] = url
 
-        if req.hmap.get("expect", "").lower() == "100-continue":
+        expect = hmap.get("expect")
+        if expect is not None and expect.lower() == "100-continue":
             # Envoy answers 100-continue itself (proxy_100_continue false) and strips Expect
-            self.conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-        ds = self.conn.downstream
-        mut = mutate_request(
-            req.hmap, ds.facts.remote_ip, use_remote_address=cfg.use_remote_address,
-            xff_num_trusted_hops=cfg.xff_num_trusted_hops, skip_xff_append=cfg.skip_xff_append,
-            generate_request_id=cfg.generate_request_id,
-            preserve_external_request_id=cfg.preserve_external_request_id, scheme=self.conn.scheme,
-            node_ip=self.conn.node_ip(), sanitize_xfcc=self.conn.sanitize_xfcc)
-        if mut.final_remote_ip is not None:
+        policy = cfg.request_policy
+        final_remote_ip, sets, drop_request_id = policy.mutate(
+            hmap, conn.downstream.facts.remote_ip, conn.scheme, conn.node_ip)
+        if final_remote_ip is not None:
             # Envoy's downstream remote address becomes the trusted XFF client (port 0)
-            info.downstream_remote_address = format_address(mut.final_remote_ip, 0)
-        sets = dict(mut.set)
-        remove = mut.remove
-        if nominated:
-            remove = remove | nominated
-        placed: set[str] = set()
+            info.downstream_remote_address = format_address(final_remote_ip, 0)
+        # removed: what the connection manager takes out of the request (also out of the
+        # headers the access log and route matching see); dropped: besides, the hop-by-hop
+        # headers, which are not forwarded but stay visible to both
+        removed, dropped = policy.removed, policy.dropped
+        if nominated or drop_request_id:
+            extra = nominated | {"x-request-id"} if drop_request_id else nominated
+            removed, dropped = removed | extra, dropped | extra
+        upgrade = req.upgrade
         out = [("host", self.authority)]
-        for n, v in req.headers:
-            if n in HOP_BY_HOP or n in remove or (n == "content-length" and req.upgrade):
-                if (n == "upgrade" and req.upgrade and cfg.websocket) or (
-                        n == "te" and v.strip().lower() == "trailers"):
-                    out.append((n, v))
-                continue
-            if n in sets:
-                if n in placed:
-                    continue  # a repeated header that was set is sent once
-                v = sets[n]
-                placed.add(n)
-            out.append((n, v))
-        for n, v in mut.set:
-            if n not in placed:
-                out.append((n, v))
-            hdrs[n] = v
-        for n in remove:
-            hdrs.pop(n, None)
-        if req.upgrade and cfg.websocket:
+        # only an edge request (use_remote_address) has set headers that may already be
+        # there (x-forwarded-for, ...); otherwise they are set because they are absent
+        if upgrade or "te" in hmap or (policy.use_remote_address and sets
+                                       and not hmap.keys().isdisjoint(dict(sets))):
+            _forward_headers(req.headers, dropped, sets, upgrade and cfg.websocket, upgrade, out)
+        else:
+            # the usual request: nothing kept by exception, every set header appended
+            out += [h for h in req.headers if h[0] not in dropped]
+            out += sets
+        hdrs.update(sets)
+        if removed is policy.removed:
+            if not removed.isdisjoint(hmap):  # the fixed names hold no pseudo or set header
+                for n in removed.intersection(hmap):
+                    del hdrs[n]
+        else:
+            for n in removed.intersection(hdrs):
+                del hdrs[n]
+        if upgrade and cfg.websocket:
             out.append(("connection", "upgrade"))
         # The body is always framed on the way up, and exactly as the forwarded head says:
         # chunked when the client sent it chunked, or when its content-length was removed
@@ -184,11 +219,11 @@ class ActiveStream:
         if route is not None:
             info.route_name = route.name
             info.upstream_cluster = route.cluster
-        if req.upgrade:
+        if upgrade:
             # Only websocket upgrades are configurable (upgrade_configs); anything else, or
             # websocket without the config, is refused after routing, as Envoy does.
             self.closing = True  # after the exchange (tunnel or not) no more HTTP here
-            if not (cfg.websocket and req.hmap.get("upgrade", "").lower() == "websocket"):
+            if not (cfg.websocket and hmap.get("upgrade", "").lower() == "websocket"):
                 return self.local_reply(403, b"", "upgrade_failed")
         return True
 
@@ -198,68 +233,68 @@ class ActiveStream:
                        tail: tuple[tuple[str, str], ...] = (),
                        mutations: HeaderMutations | None = None) -> None:
         """Write the response head downstream; CHUNKED: body is re-framed as chunks."""
-        cfg = self.conn.cfg
+        conn = self.conn
+        cfg = conn.cfg
         self.response_started = True
         info = self.info
         info.response_code = status
-        parts = [status_line(status)]
-        resp: dict[str, str] = {}
         # Envoy sets x-envoy-upstream-service-time and (OVERWRITE) server in place when the
         # upstream sent them (another sidecar did), else appends them; date only if absent.
         transformation = cfg.server_header_transformation
+        overwrite = transformation == "OVERWRITE"
         server_seen = transformation == "PASS_THROUGH"  # never added then
         svc = None if service_time_ms is None else str(service_time_ms)
         hl: list[tuple[str, str]] = []
         unrequested_101 = status == 101 and not self.req.upgrade
-        for n, v in headers:
+        for h in headers:
+            n = h[0]
+            if n not in _RESPONSE_SPECIAL:
+                hl.append(h)
+                continue
+            v = h[1]
             if n in _RESPONSE_HOP or (unrequested_101 and n == "upgrade"):
                 continue
             if n == "content-length" and status == 204:
                 continue  # RFC 9110 8.6: never on a 204
             if n == "server":
-                if server_seen and transformation == "OVERWRITE":
+                if server_seen and overwrite:
                     continue
                 server_seen = True
-                if transformation == "OVERWRITE":
+                if overwrite:
                     v = cfg.server_name
             elif n == "x-envoy-upstream-service-time" and svc is not None:
                 v, svc = svc, None
             hl.append((n, v))
         if svc is not None:
             hl.append(("x-envoy-upstream-service-time", svc))
-        if mutations:  # the route's response_headers_to_add/remove, after the service time
+        if mutations is not None and (mutations.add or mutations.remove):
+            # the route's response_headers_to_add/remove, after the service time
             hl = apply_mutations(hl, mutations)
-        for n, v in hl:
-            resp[n] = v
-            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
-        extra: list[tuple[str, str]] = []
-        for f in self.conn.encoders:
-            f.encode_headers(self, status, extra)
-        for n, v in extra:
-            resp[n] = v
-            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
+        for f in self.encoders:
+            f.encode_headers(self, status, hl)
+        resp = dict(hl)
         if "date" not in resp:
-            date = http_date()
-            resp["date"] = date.decode()
-            parts.append(b"date: " + date + b"\r\n")
+            resp["date"] = date = http_date_text()
+            hl.append(("date", date))
         if not server_seen:
             resp["server"] = cfg.server_name
-            parts.append(b"server: %s\r\n" % cfg.server_name.encode("latin-1"))
+            hl.append(("server", cfg.server_name))
         if status == 101 and self.req.upgrade:
-            parts.append(b"connection: upgrade\r\n")
-        elif self.closing or self.conn.draining:
+            hl.append(("connection", "upgrade"))
+        elif self.closing or conn.draining:
             self.closing = True
-            parts.append(b"connection: close\r\n")
+            hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
         self.resp_chunked = chunked and not self.head and status not in (204, 304)
         if self.resp_chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        for n, v in tail:
-            resp[n] = v
-            parts.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
-        parts.append(b"\r\n")
+            hl.append(("transfer-encoding", "chunked"))
+        for h in tail:
+            resp[h[0]] = h[1]
+            hl.append(h)
         info.response_headers = resp
-        self.out.append(b"".join(parts))
+        # one str for the whole head, encoded once
+        text = "\r\n".join(map(": ".join, hl)) + "\r\n\r\n" if hl else "\r\n"
+        self.out.append(status_line(status) + text.encode("latin-1"))
 
     def flush(self) -> None:
         """Write what encode_* queued in one send (head and body of a small response

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from remora.proxy import access_log
-from remora.proxy.interfaces import AccessLogger
+from remora.proxy.interfaces import AccessLogger, JsonValue
 from remora.proxy.stats import StatsStore
 from remora.proxy.upstream.cluster import ClusterManagerImpl
 
@@ -20,5 +20,5 @@ class ProxyContext:
         self.cluster_manager = cluster_manager
         self.node_id = node_id
 
-    def access_loggers(self, configs: list[Any], path: str) -> list[AccessLogger]:
+    def access_loggers(self, configs: Sequence[JsonValue], path: str) -> list[AccessLogger]:
         return access_log.build(configs, path, self)

@@ -1,0 +1,136 @@
+"""Access-log lines are batched: the lines of one event-loop turn leave in one write(2),
+at the end of that turn; lines still pending when the loop stops (SIGTERM: the server
+stops and the process runs flush_all before exiting) are written then, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from remora.proxy.access_log import sink as sink_mod
+
+
+@pytest.fixture
+def pipe_sink(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes | memoryview) -> int:
+        if fd == w:
+            writes.append(len(data))
+        return real_write(fd, data)
+    monkeypatch.setattr(sink_mod.os, "write", counting_write)
+    s = sink_mod.fd_sink(w, "test-pipe")
+    yield s, r, writes
+    sink_mod._SINKS.pop(f"<fd{w}>", None)
+    os.close(r)
+    os.close(w)
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
+def test_lines_of_one_loop_turn_leave_in_one_write(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, writes = pipe_sink
+
+    async def main() -> None:
+        for i in range(3):
+            s.write(f"line {i}\n")
+        assert _read(r) == b""  # not before the turn ends
+        await asyncio.sleep(0)
+        assert _read(r) == b"line 0\nline 1\nline 2\n"
+        assert writes == [21]
+        s.write("line 3\n")
+        await asyncio.sleep(0)
+        assert _read(r) == b"line 3\n"
+        assert len(writes) == 2
+    asyncio.run(main())
+
+
+def test_lines_pending_when_the_loop_stops_are_written_by_flush_all(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, _ = pipe_sink
+    loop = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        s.write("last words\n")  # its flush is scheduled for a turn that never runs
+        loop.stop()
+    loop.call_soon(log_and_stop)
+    loop.run_forever()
+    loop.close()
+    assert _read(r) == b""
+    sink_mod.flush_all()  # what remora proxy's process does on the way out
+    assert _read(r) == b"last words\n"
+
+
+def test_without_a_loop_a_line_is_written_at_once(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, _ = pipe_sink
+    s.write("config check\n")
+    assert _read(r) == b"config check\n"
+
+
+def _fill(fd: int) -> bytes:
+    """Write to non-blocking FD until the pipe is full; returns what was written."""
+    chunk = b"x" * 4096
+    written = bytearray()
+    while True:
+        try:
+            n = os.write(fd, chunk)
+        except BlockingIOError:
+            return bytes(written)
+        written += chunk[:n]
+
+
+def _drain(fd: int) -> bytes:
+    out = bytearray()
+    while data := _read(fd):
+        out += data
+    return bytes(out)
+
+
+def test_a_full_pipe_keeps_lines_in_order_without_blocking_the_loop(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, _ = pipe_sink
+    os.set_blocking(s.fd, False)  # stdout piped to a slow reader, non-blocking
+
+    async def main() -> None:
+        filler = _fill(s.fd)
+        for i in range(200):
+            s.write(f"line {i:03d}\n")
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # turns go on while the pipe is full
+        assert _drain(r) == filler  # the reader catches up
+        got = b""
+        for _ in range(100):
+            await asyncio.sleep(sink_mod.RETRY_DELAY)
+            got += _drain(r)
+            if got.count(b"\n") == 200:
+                break
+        assert got == b"".join(b"line %03d\n" % i for i in range(200))
+    asyncio.run(main())
+
+
+def test_flush_all_writes_what_a_full_pipe_held(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, _ = pipe_sink
+    os.set_blocking(s.fd, False)
+    loop = asyncio.new_event_loop()
+    filler = b""
+
+    def log_while_full() -> None:
+        nonlocal filler
+        filler = _fill(s.fd)
+        s.write("held line\n")
+        s.flush()  # cannot write: held for a retry that never runs
+        loop.stop()
+    loop.call_soon(log_while_full)
+    loop.run_forever()
+    loop.close()
+    assert _drain(r) == filler
+    sink_mod.flush_all()  # the pipe has room again: written on the way out
+    assert _drain(r) == b"held line\n"

@@ -1,0 +1,81 @@
+"""Stat handles (a name resolved once): what a handle counts shows in every view of the
+store (counters, /stats text, Prometheus, the workers' snapshot), a handle lists its stat
+exactly when counting by name would, and over another Stats it forwards by name."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from remora.proxy.stats import StatsStore, counter, gauge, histogram
+
+
+def test_counter_handle_folds_into_every_view() -> None:
+    s = StatsStore()
+    rq = counter(s, "http.p.downstream_rq_total", declared=True)
+    quiet = counter(s, "http.p.downstream_cx_idle_timeout")
+    assert s.counters["http.p.downstream_rq_total"] == 0  # declared: listed at 0
+    assert "http.p.downstream_cx_idle_timeout" not in s.render_text()  # not before counting
+    rq.inc()
+    rq.inc(2)
+    s.inc("http.p.downstream_rq_total")  # by name too: both add up
+    assert "http.p.downstream_rq_total: 4\n" in s.render_text()
+    assert 'envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix="p"} 4' in \
+        s.render_prometheus()
+    rq.inc()
+    assert s.snapshot()["counters"]["http.p.downstream_rq_total"] == 5
+    assert s.merged([]).counters["http.p.downstream_rq_total"] == 5
+    quiet.inc()
+    assert s.counters["http.p.downstream_cx_idle_timeout"] == 1
+    assert counter(s, "http.p.downstream_rq_total") is rq  # one handle per name
+
+
+def test_gauge_handle_changes_the_entry_in_place() -> None:
+    s = StatsStore()
+    active = gauge(s, "http.p.downstream_rq_active")
+    assert "http.p.downstream_rq_active" not in s.gauges  # listed from its first change
+    active.add(1)
+    s.gauge_add("http.p.downstream_rq_active", 1)
+    assert "http.p.downstream_rq_active: 2\n" in s.render_text()
+    active.add(-2)
+    assert s.gauges["http.p.downstream_rq_active"] == 0
+
+
+def test_histogram_handle_listed_from_its_first_value() -> None:
+    s = StatsStore()
+    h = histogram(s, "http.p.downstream_rq_time")
+    assert "downstream_rq_time" not in s.render_text()
+    assert histogram(s, "http.p.downstream_rq_time") is h
+    h.observe(3)
+    s.observe("http.p.downstream_rq_time", 7)  # by name: the same histogram
+    assert s.histograms["http.p.downstream_rq_time"].count == 2
+    assert "http.p.downstream_rq_time: P0(5,5)" in s.render_text()
+    assert histogram(s, "http.p.downstream_rq_time") is h
+
+
+class _ByName:
+    def __init__(self) -> None:
+        self.counters: Tally[str] = Tally()
+        self.observed: list[tuple[str, float]] = []
+        self.gauges: list[tuple[str, int]] = []
+
+    def inc(self, name: str, value: int = 1) -> None:
+        self.counters[name] += value
+
+    def gauge_add(self, name: str, delta: int) -> None:
+        self.gauges.append((name, delta))
+
+    def observe(self, name: str, value_ms: float) -> None:
+        self.observed.append((name, value_ms))
+
+
+def test_handles_over_another_stats_forward_by_name() -> None:
+    other = _ByName()
+    c = counter(other, "a", declared=True)
+    assert "a" in other.counters
+    c.inc()
+    c.inc(4)
+    histogram(other, "t").observe(1.5)
+    gauge(other, "g").add(1)
+    assert other.counters["a"] == 5
+    assert other.gauges == [("g", 1)]
+    assert other.observed == [("t", 1.5)]
