@@ -1,5 +1,6 @@
 """``envoy.filters.network.http_connection_manager``: the network filter that speaks HTTP/1.1
-on a downstream connection, runs the HTTP filter chain per request and logs each request.
+or HTTP/2 (proxy/http2/) on a downstream connection, runs the HTTP filter chain per request
+and logs each request.
 
 Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/http_conn_man
 """
@@ -19,6 +20,7 @@ from remora.proxy.http import fault as _fault  # noqa: F401
 from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http2.downstream import Http2Connection, choose_http2
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
 
 
@@ -65,7 +67,11 @@ class HttpConnectionManager:
         stats.inc(self._cx_total)
         stats.gauge_add(self._cx_active, 1)
         try:
-            await Http1Connection(self, downstream).run()
+            # codec_type AUTO: HTTP/2 by ALPN h2 or the client preface (http2/downstream.py)
+            if await choose_http2(downstream, self.cfg.codec_type, self.cfg.idle_timeout):
+                await Http2Connection(self, downstream).run()
+            else:
+                await Http1Connection(self, downstream).run()
         finally:
             stats.gauge_add(self._cx_active, -1)
 

@@ -13,6 +13,7 @@ from typing import Any
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
+from remora.proxy.http2.options import Http2Options, parse_http2_options
 from remora.proxy.interfaces import FactoryContext
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -46,6 +47,8 @@ class HcmConfig:
     request_headers_timeout: float = 0.0  # 0: disabled (Envoy's default)
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
+    codec_type: str = "AUTO"  # AUTO (ALPN h2 or the h2 preface), HTTP1 or HTTP2
+    http2: Http2Options = field(default_factory=lambda: Http2Options())
 
 
 def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
@@ -55,7 +58,7 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
                           "remora needs an inline route_config (rds is not implemented)")
     cfg = HcmConfig(stat_prefix=f.string("stat_prefix", required=True),
                     route_table=parse_route_configuration(rc))
-    f.enum("codec_type", ("AUTO", "HTTP1"), "AUTO")
+    cfg.codec_type = f.enum("codec_type", ("AUTO", "HTTP1", "HTTP2"), "AUTO")
     cfg.use_remote_address = bool(f.boolean("use_remote_address", False))
     cfg.xff_num_trusted_hops = f.integer("xff_num_trusted_hops", 0)
     cfg.skip_xff_append = bool(f.boolean("skip_xff_append", False))
@@ -94,6 +97,7 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
     _request_id_extension(f)
     _common_options(f, cfg)
     _http1_options(f)
+    cfg.http2 = parse_http2_options(f.fields("http2_protocol_options", "Http2ProtocolOptions"))
     _upgrade_configs(f, cfg)
     tracing = f.fields("tracing", "Tracing")
     if tracing is not None and tracing.obj:

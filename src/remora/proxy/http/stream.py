@@ -284,6 +284,11 @@ class ActiveStream:
         self.response_complete = True
         self.flush()
 
+    def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:
+        """End the response; HTTP/1.1 downstream drops TRAILERS and ends the chunked body,
+        as Envoy's HTTP/1 codec does without http_protocol_options.enable_trailers."""
+        self.encode_end()
+
     def local_reply(self, status: int, body: bytes, details: str, flag: str | None = None,
                     close: bool = False, headers: list[tuple[str, str]] | None = None) -> bool:
         """Envoy's sendLocalReply: a text/plain answer from the proxy itself. Returns False
