@@ -530,13 +530,23 @@ class Http2Connection:
     # -- one stream -----------------------------------------------------------------------
     async def _serve(self, stream: Http2Stream) -> None:
         scon = stream.scon
+        scon.started = True
         hcm = self.hcm
         sit = self.cfg.stream_idle_timeout
         if sit > 0:
             stream.idle_timer = self.loop.call_later(sit, self._stream_idle, stream)
         try:
             try:
-                await hcm.serve(stream)
+                if scon.cancel_reason is not None:
+                    # reset (or the connection gone) before the task started: the
+                    # request is taken up and cancelled at its first wait, like any other
+                    # (counted and logged with what it asked for)
+                    assert scon.task is not None
+                    scon.task.cancel()
+                    await hcm.serve(stream)
+                    await asyncio.sleep(0)  # serve never waited: the cancellation lands
+                else:
+                    await hcm.serve(stream)
             except asyncio.CancelledError:
                 if scon._take_cancel() is None:
                     raise

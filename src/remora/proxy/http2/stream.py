@@ -65,6 +65,7 @@ class StreamConn:
         self.cancel_reason: str | None = None
         self.last_activity = h2c.loop.time()
         self.task: asyncio.Task[Any] | None = None
+        self.started = False
         self.stream: Http2Stream | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
 
@@ -75,7 +76,11 @@ class StreamConn:
     def cancel_active(self, reason: str) -> None:
         if self.cancel_reason is None and self.task is not None and not self.task.done():
             self.cancel_reason = reason
-            self.task.cancel()
+            # a task cancelled before its first step never runs its body (nor its
+            # finally: the stream would never be logged or forgotten); it finds the
+            # reason when it starts instead
+            if self.started:
+                self.task.cancel()
 
     def _take_cancel(self) -> str | None:
         reason = self.cancel_reason
