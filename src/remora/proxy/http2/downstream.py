@@ -86,7 +86,10 @@ async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> 
         if timeout is not None and timeout <= 0:
             return False
         try:
-            await asyncio.wait_for(waiter("choose_http2"), timeout)
+            # awaited in this task (not wrapped in one by wait_for: bytes arriving before
+            # a wrapping task first ran would find no waiter to wake)
+            async with asyncio.timeout(timeout):
+                await waiter("choose_http2")
         except TimeoutError:
             return False
 

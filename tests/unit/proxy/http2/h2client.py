@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -47,8 +48,16 @@ class H2Client:
 
     @classmethod
     async def connect(cls, addr: tuple[str, int], *, ssl_ctx: ssl.SSLContext | None = None,
-                      window: int | None = None, auto_ack: bool = True) -> H2Client:
-        reader, writer = await asyncio.open_connection(addr[0], addr[1], ssl=ssl_ctx)
+                      window: int | None = None, auto_ack: bool = True,
+                      rcvbuf: int | None = None) -> H2Client:
+        if rcvbuf is not None:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, addr)
+            reader, writer = await asyncio.open_connection(sock=sock, ssl=ssl_ctx)
+        else:
+            reader, writer = await asyncio.open_connection(addr[0], addr[1], ssl=ssl_ctx)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding="utf-8"))
         if window is not None:
