@@ -266,7 +266,9 @@ class Http2Stream(ActiveStream):
 
     def interrupted(self, reason: str) -> None:
         """As HTTP/1.1's, except for a stream the client reset (RST_STREAM): Envoy 1.40
-        logs it with neither flag nor details (response code 0 before the response)."""
+        logs flag DR (downstream remote reset), details http2.remote_reset."""
         if reason == "dc" and self.reset_by_peer:
+            self.info.set_flag("DR")
+            self.info.response_code_details = "http2.remote_reset"
             return
         super().interrupted(reason)
