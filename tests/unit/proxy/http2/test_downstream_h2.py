@@ -418,3 +418,104 @@ def test_real_clients_curl_and_nghttp() -> None:
         assert app.connections >= 1
         await app.stop()
     run(body)
+
+
+def _h2_connections() -> list[Any]:
+    """The proxy's live HTTP/2 connections (to look at what they hold)."""
+    import gc
+
+    from remora.proxy.http2.downstream import Http2Connection
+    return [o for o in gc.get_objects() if isinstance(o, Http2Connection) and not o.closed]
+
+
+def test_a_client_that_does_not_open_its_window_holds_the_upstream_not_memory() -> None:
+    """8 MB from the app to a client whose window stays shut: the proxy queues at most
+    its per-stream high-water mark (and one upstream read) and stops reading the app."""
+    async def body() -> None:
+        hcm, app, _ctx = await setup()
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr, auto_ack=False)
+            sid = c.start("POST", "/big", body=b"z" * 8_000_000)
+            r = c.responses[sid]
+            for _ in range(200):  # the app answers once it has the 8 MB
+                if len(r.body) >= 65535:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # the relay has had time to fill what it may
+            assert len(r.body) == 65535 and not r.ended
+            (conn,) = _h2_connections()
+            (stream,) = conn.streams.values()
+            from remora.proxy.http.connection import READ_SIZE
+            from remora.proxy.http2.stream import STREAM_HIGH_WATER
+            assert stream.out_bytes <= STREAM_HIGH_WATER + READ_SIZE
+            assert conn.transport.get_write_buffer_size() < 1024 * 1024
+            c.auto_ack = True
+            c.conn.acknowledge_received_data(len(r.body), sid)
+            c.flush()
+            await asyncio.wait_for(r.done.wait(), 10)
+            assert r.ended and len(json.loads(r.body)["body"]) == 8_000_000
+            await c.close()
+        await app.stop()
+    run(body)
+
+
+def test_an_upstream_that_does_not_read_holds_the_upload_not_memory() -> None:
+    """A 40 MB upload to an app that never reads it: the proxy stops acknowledging and then
+    reading, so the client is held by flow control and the proxy keeps a few MB."""
+    async def body() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+            await asyncio.sleep(30)
+
+        srv = await asyncio.start_server(deaf, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        ctx = FakeContext(FakeClusterManager(FakeCluster("app", [("127.0.0.1", port)])))
+        hcm = build_hcm(hcm_config(), ctx)
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            sid = c.start("POST", "/upload", end=False)
+            chunk = b"u" * 16384
+            sent = 0
+            for _ in range(2500):  # 40 MB, as far as the windows let it
+                if min(c.conn.local_flow_control_window(sid),
+                       c.conn.max_outbound_frame_size) < len(chunk):
+                    break
+                c.conn.send_data(sid, chunk)
+                sent += len(chunk)
+                c.flush()
+                if c.writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            (conn,) = _h2_connections()
+            # not acknowledged: the client's window (16 MiB) is the most it could send
+            assert sent <= 16 * 1024 * 1024
+            assert c.conn.local_flow_control_window(sid) < 65536
+            from remora.proxy.http2.downstream import CONNECTION_HIGH_WATER
+            # what the proxy took from the socket and holds: at most the read-pause mark
+            # and one socket read over it (the rest waits in the kernel or the client)
+            assert conn.unacked_total <= CONNECTION_HIGH_WATER + 262144
+            assert conn.read_paused
+            c.conn.reset_stream(sid)
+            c.flush()
+            await c.close()
+        srv.close()
+        for w in accepted:
+            w.close()
+    run(body)
+
+
+def test_idle_connection_gets_goaway() -> None:
+    async def body() -> None:
+        hcm, app, ctx = await setup(common_http_protocol_options={"idle_timeout": "0.3s"})
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            assert (await c.request("GET", "/")).status == 200
+            await asyncio.wait_for(c.closed.wait(), 3)
+            assert c.goaway is not None and c.goaway.error_code == ErrorCodes.NO_ERROR
+            assert ctx.stats.counters[
+                "http.inbound_0.0.0.0_18080.downstream_cx_idle_timeout"] == 1
+            await c.close()
+        await app.stop()
+    run(body)
