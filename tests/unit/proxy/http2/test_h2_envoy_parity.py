@@ -76,7 +76,7 @@ def _outcome(c: H2Client, sid: int) -> dict[str, Any]:
     headers = [_mask(f"{n}: {v}".encode()).decode() for n, v in r.headers
                if n != "content-length"]
     return {"status": r.status, "headers": headers, "body": body, "reset": r.reset,
-            "trailers": r.trailers}
+            "trailers": r.trailers, "informational": r.informational}
 
 
 async def _cases(port: int) -> dict[str, Any]:
@@ -105,6 +105,17 @@ async def _cases(port: int) -> dict[str, Any]:
               headers=[(f"x-big-{i}", "a" * 8000) for i in range(9)])
     await one("too-many-headers", "GET", "/many", authority="a",
               headers=[(f"x-h{i}", "1") for i in range(101)])
+
+    await one("expect-100", "POST", "/expect", authority="a",
+              headers=[("expect", "100-continue"), ("content-length", "2")], body=b"hi")
+
+    # the client closes the connection while a stream waits for its answer
+    c = await H2Client.connect(target)
+    c.start("GET", "/slow-closed", authority="a")
+    await asyncio.sleep(0.2)
+    c.writer.close()
+    await asyncio.sleep(0.5)
+    await c.close()
 
     # the client resets its stream before the answer (logged with code 0)
     c = await H2Client.connect(target)
@@ -148,7 +159,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
             cfg.write_text(json.dumps(_config(port, admin, log, echo)))
             with lp.loopback_proxy(kind, cfg, port):
                 results = asyncio.run(_cases(port))
-                lines = lp.wait_lines(log, 15)
+                lines = lp.wait_lines(log, 17)
             found[kind] = {"results": results, "log": lines}
         yield found
     finally:
@@ -157,7 +168,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
 
 CASES = ["get", "post-length", "post-no-length", "head", "route-timeout", "no-route",
          "truncated", "upstream-reset", "chunked-response", "te-trailers", "header-overflow",
-         "too-many-headers", "client-reset", "invalid-header", "curl"]
+         "too-many-headers", "expect-100", "client-reset", "invalid-header", "curl"]
 
 
 KNOWN = {
@@ -177,5 +188,5 @@ def test_exchange_same_as_envoy(outcomes: dict[str, dict[str, Any]], case: str) 
 def test_access_log_lines_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
     ours = sorted(_mask(line.encode()).decode() for line in outcomes["remora"]["log"])
     theirs = sorted(_mask(line.encode()).decode() for line in outcomes["envoy"]["log"])
-    assert len(theirs) == 15
+    assert len(theirs) == 17
     assert ours == theirs
