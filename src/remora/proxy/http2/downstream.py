@@ -486,12 +486,10 @@ class Http2Connection:
                      headers: list[tuple[str, str]]) -> None:
         if s.reset or self.closed:
             return
-        block = [(b":status", str(status).encode())] + [
+        # sent by the next pump (the stream's flush), with END_STREAM when the response
+        # has no body by then (a local reply without body: one HEADERS frame, as Envoy)
+        s.head_block = [(b":status", str(status).encode())] + [
             (n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
-        try:
-            self.h2.send_headers(s.sid, block)
-        except (h2.exceptions.ProtocolError, KeyError):
-            s.reset = True
 
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""
@@ -500,6 +498,13 @@ class Http2Connection:
             return
         conn = self.h2
         try:
+            block = s.head_block
+            if block is not None:
+                s.head_block = None
+                end = not s.out and s.end_queued and not s.trailers
+                conn.send_headers(s.sid, block, end_stream=end)
+                if end:
+                    s.ended = True
             while s.out:
                 window = min(conn.local_flow_control_window(s.sid),
                              conn.max_outbound_frame_size)
@@ -519,6 +524,7 @@ class Http2Connection:
                 if last:
                     s.ended = True
             if not s.out and s.end_queued and not s.ended:
+                # (headers, when still pending, went out above)
                 if s.trailers:
                     conn.send_headers(s.sid, [(n.encode("latin-1"), v.encode("latin-1"))
                                               for n, v in s.trailers], end_stream=True)

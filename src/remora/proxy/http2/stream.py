@@ -124,8 +124,8 @@ class Http2Stream(ActiveStream):
     the router and prepare() use of an Http1Connection (the typed stream-connection
     Protocol replaces the cast once it exists)."""
 
-    __slots__ = ("end_queued", "ended", "h2c", "out", "out_bytes", "reset", "reset_by_peer",
-                 "scon", "sid", "started_at", "trailers", "unacked")
+    __slots__ = ("end_queued", "ended", "h2c", "head_block", "out", "out_bytes", "reset",
+                 "reset_by_peer", "scon", "sid", "started_at", "trailers", "unacked")
 
     def __init__(self, scon: StreamConn, req: Request) -> None:
         super().__init__(cast("Http1Connection", scon), req)
@@ -134,6 +134,7 @@ class Http2Stream(ActiveStream):
         self.sid = scon.stream_id
         self.info.protocol = "HTTP/2"
         self.closing = False
+        self.head_block: list[tuple[bytes, bytes]] | None = None  # HEADERS not yet sent
         self.out: list[bytes] = []  # DATA payloads waiting for the peer's window
         self.out_bytes = 0
         self.end_queued = False  # END_STREAM (or trailers) follows the queued data
