@@ -268,6 +268,10 @@ class Http2Connection:
             self.hcm.stats.inc(self._stat + "downstream_cx_protocol_error")
             if "header" in str(exc).lower():
                 self._log_refused("http2.invalid.header.field", "DPE")
+            for stream in list(self.streams.values()):
+                # Envoy logs the streams under way on a connection its codec refused as
+                # codec errors (DPE), not as disconnects
+                stream.scon.cancel_active("h2_codec")
             self.goaway_sent = True
             self._write()
             with contextlib.suppress(Exception):

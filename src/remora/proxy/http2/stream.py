@@ -272,4 +272,10 @@ class Http2Stream(ActiveStream):
             self.info.set_flag("DR")
             self.info.response_code_details = "http2.remote_reset"
             return
+        if reason == "h2_codec":
+            # the connection ended in a protocol error (e.g. more streams than
+            # max_concurrent_streams): Envoy 1.40 (nghttp2) logs its streams so
+            self.info.set_flag("DPE")
+            self.info.response_code_details = "codec_error:The_user_callback_function_failed"
+            return
         super().interrupted(reason)

@@ -519,3 +519,29 @@ def test_idle_connection_gets_goaway() -> None:
             await c.close()
         await app.stop()
     run(body)
+
+
+def test_more_streams_than_max_concurrent_streams_is_a_connection_error() -> None:
+    """As Envoy 1.40: the connection goes (GOAWAY PROTOCOL_ERROR here) and the stream
+    under way is logged as a codec error (DPE), not as a disconnect."""
+    async def body() -> None:
+        import collections
+        hcm, app, ctx = await setup(http2_protocol_options={"max_concurrent_streams": 1})
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            assert c.settings[0x3] == 1
+            first = c.start("GET", "/slow/2000")
+            await asyncio.sleep(0.2)
+            # past the client library's own check of the server's limit
+            c.conn.remote_settings._settings[0x3] = collections.deque([100])
+            c.start("GET", "/second")
+            await asyncio.wait_for(c.closed.wait(), 5)
+            assert c.goaway is not None
+            assert c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+            assert c.goaway.last_stream_id == first
+            await c.close()
+        (info,) = await logged(ctx, 1)
+        assert (info.response_code, info.flags_string(), info.response_code_details) == (
+            0, "DPE", "codec_error:The_user_callback_function_failed")
+        await app.stop()
+    run(body)
