@@ -20,10 +20,11 @@ Abuse, as Envoy's codec and connection manager bound it: malformed frames and he
 end the connection with GOAWAY (h2's checks; Envoy's default without
 override_stream_error_on_invalid_http_message); a header list beyond
 max_request_headers_kb / max_headers_count resets the stream; many streams reset by the
-client early (rapid reset: Envoy's premature_reset_total_stream_count, 500, with half of
-the closed streams premature) and control-frame floods (max_outbound_control_frames while
-the client does not read; max_consecutive_inbound_frames_with_empty_payload) close the
-connection after GOAWAY. Shutdown and idle_timeout send GOAWAY too.
+client early (rapid reset: Envoy's premature_reset_total_stream_count, 500: 250 premature
+resets, or half of the closed streams once 500 closed) and control-frame floods
+(max_outbound_control_frames while the client does not read;
+max_consecutive_inbound_frames_with_empty_payload) close the connection after GOAWAY.
+Shutdown and idle_timeout send GOAWAY too.
 """
 
 from __future__ import annotations
@@ -603,8 +604,13 @@ class Http2Connection:
         if stream.reset_by_peer and (self.loop.time() - stream.started_at
                                      < PREMATURE_RESET_LIFETIME):
             self._premature_resets += 1
-        if (self._closed_streams >= PREMATURE_RESET_TOTAL
-                and self._premature_resets * 2 >= self._closed_streams and not self.closed):
+        # Envoy's ConnectionManagerImpl::maybeDrainDueToPrematureResets: below the total,
+        # half the total in premature resets is enough; from there on, half of all
+        # closed streams (observed on Envoy 1.40: closed after 250 resets)
+        closed = self._closed_streams
+        premature = self._premature_resets * 2
+        if not self.closed and (premature >= PREMATURE_RESET_TOTAL if closed <
+                                PREMATURE_RESET_TOTAL else premature >= closed):
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM,
                         "downstream_rq_too_many_premature_resets")
             return

@@ -148,3 +148,32 @@ def test_http2_protocol_options_read_strictly() -> None:
     with pytest.raises(ConfigError) as err:
         parse_http2_options(Fields({"max_concurrent_streams": 0}, "h"))
     assert err.value.path == "h.max_concurrent_streams"
+
+
+def test_streams_reset_while_connecting_give_their_connection_slot_back(
+        tmp_path: Path) -> None:
+    """Each stream reset before its upstream connect finished abandons that connect; the
+    cluster's max_connections slot comes back (before: kept for good, so after as many
+    resets as max_connections every request got 503 UO)."""
+    async def body() -> None:
+        srv, app_port = await upstream(app)
+        port = free_port()
+        boot = bootstrap(port, app_port, None, [])
+        boot["static_resources"]["clusters"][0]["circuit_breakers"] = {
+            "thresholds": [{"max_connections": 10}]}
+        async with running(boot, tmp_path) as server:
+            c = await H2Client.connect(("127.0.0.1", port))
+            for _ in range(40):
+                sid = c.start("GET", "/reset-me")
+                c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+            c.flush()
+            await asyncio.sleep(0.5)
+            r = await c.request("GET", "/after")
+            assert r.status == 200, r.body
+            await c.close()
+            await asyncio.sleep(0.2)
+            # (streams started together overflow while ten connects are under way; what
+            # matters is that every slot came back)
+            assert server.stats.gauges["cluster.app.circuit_breakers.default.cx_open"] == 0
+        srv.close()
+    asyncio.run(asyncio.wait_for(body(), 30))
