@@ -12,9 +12,11 @@ and the chain's DownstreamTlsContext (``h2, http/1.1``) negotiates ``h2``.
 Flow control: the SETTINGS Envoy sends (http2_protocol_options: max_concurrent_streams,
 initial_stream_window_size, initial_connection_window_size; Envoy 1.40's defaults 1024,
 16 MiB, 24 MiB). A request body is acknowledged (WINDOW_UPDATE) as the upstream accepts
-it; a response body is queued per stream and sent as the peer's windows allow, the router
-stopping its upstream reads above STREAM_HIGH_WATER. Reading from the client stops while
-more than CONNECTION_HIGH_WATER of request body is unacknowledged across its streams.
+it, so what the proxy holds of request bodies is bounded by the connection window (a
+client sending beyond it is a flow-control connection error); reading from the client is
+never paused for it (the client's WINDOW_UPDATEs and RST_STREAMs must still arrive). A
+response body is queued per stream and sent as the peer's windows allow, the router
+stopping its upstream reads above STREAM_HIGH_WATER.
 
 Abuse, as Envoy's codec and connection manager bound it: malformed frames and headers
 end the connection with GOAWAY (h2's checks; Envoy's default without
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
     from remora.proxy.http.hcm import HttpConnectionManager
 
 PREFACE_PREFIX = b"PRI * HTTP/2"  # Envoy's Http2::CLIENT_MAGIC_PREFIX
-CONNECTION_HIGH_WATER = 4 * BUFFER_LIMIT
 # Envoy's connection manager: overload.premature_reset_total_stream_count and
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
@@ -138,7 +139,6 @@ class Http2Connection:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.write_paused = False
         self.unacked_total = 0
-        self.read_paused = False
         self.closed = False
         self.goaway_sent = False
         self.goaway_received = False
@@ -284,7 +284,6 @@ class Http2Connection:
             if self.closed:
                 return
         self._write()
-        self._check_read_pressure()
 
     def _dispatch(self, ev: h2.events.Event) -> None:
         if isinstance(ev, h2.events.DataReceived):
@@ -334,7 +333,7 @@ class Http2Connection:
         else:
             self._empty_frames = 0
         s = self.streams.get(sid)
-        if s is None or s.reset or (s.response_complete and s.sent_all):
+        if s is None or s.reset or s.response_complete:
             # nobody takes it any more: give the window back at once
             with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
                 self.h2.acknowledge_received_data(flow, sid)
@@ -442,13 +441,14 @@ class Http2Connection:
 
     # -- request body flow control --------------------------------------------------------
     def acknowledge(self, s: Http2Stream) -> None:
+        """Give the client back the window of what the stream's body sink took (or of
+        what nobody will take any more: a closed stream credits the connection)."""
         n, s.unacked = s.unacked, 0
         self.unacked_total -= n
-        if n and not s.reset:
+        if n and not self.closed:
             with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
                 self.h2.acknowledge_received_data(n, s.sid)
             self._write()
-        self._check_read_pressure()
 
     def ack_when_drained(self, s: Http2Stream, ready: Awaitable[None]) -> None:
         async def wait() -> None:
@@ -460,20 +460,9 @@ class Http2Connection:
         task.add_done_callback(self.tasks.discard)
 
     def _release(self, s: Http2Stream) -> None:
-        """The stream takes no more body: its unacknowledged bytes no longer count."""
-        self.unacked_total -= s.unacked
-        s.unacked = 0
-        self._check_read_pressure()
-
-    def _check_read_pressure(self) -> None:
-        over = self.unacked_total > CONNECTION_HIGH_WATER
-        if over != self.read_paused:
-            self.read_paused = over
-            with contextlib.suppress(Exception):
-                if over:
-                    self.transport.pause_reading()  # type: ignore[attr-defined]
-                else:
-                    self.transport.resume_reading()  # type: ignore[attr-defined]
+        """The stream takes no more body: its unacknowledged bytes are given back (the
+        connection's window would shrink for good otherwise)."""
+        self.acknowledge(s)
 
     # -- writing --------------------------------------------------------------------------
     def _write(self) -> None:

@@ -465,8 +465,8 @@ def test_a_client_that_does_not_open_its_window_holds_the_upstream_not_memory() 
 
 
 def test_an_upstream_that_does_not_read_holds_the_upload_not_memory() -> None:
-    """A 40 MB upload to an app that never reads it: the proxy stops acknowledging and then
-    reading, so the client is held by flow control and the proxy keeps a few MB."""
+    """A 40 MB upload to an app that never reads it: the proxy stops acknowledging, so the
+    client is held by flow control and the proxy keeps at most a window of it."""
     async def body() -> None:
         accepted: list[asyncio.StreamWriter] = []
 
@@ -497,11 +497,9 @@ def test_an_upstream_that_does_not_read_holds_the_upload_not_memory() -> None:
             # not acknowledged: the client's window (16 MiB) is the most it could send
             assert sent <= 16 * 1024 * 1024
             assert c.conn.local_flow_control_window(sid) < 65536
-            from remora.proxy.http2.downstream import CONNECTION_HIGH_WATER
-            # what the proxy took from the socket and holds: at most the read-pause mark
-            # and one socket read over it (the rest waits in the kernel or the client)
-            assert conn.unacked_total <= CONNECTION_HIGH_WATER + 262144
-            assert conn.read_paused
+            # what the proxy holds of it is what it did not acknowledge: at most the
+            # stream's window
+            assert 0 < conn.unacked_total <= 16 * 1024 * 1024
             c.conn.reset_stream(sid)
             c.flush()
             await c.close()
@@ -548,5 +546,53 @@ def test_more_streams_than_max_concurrent_streams_is_a_connection_error() -> Non
         (info,) = await logged(ctx, 1)
         assert (info.response_code, info.flags_string(), info.response_code_details) == (
             0, "DPE", "codec_error:The_user_callback_function_failed")
+        await app.stop()
+    run(body)
+
+
+def test_a_reset_stream_gives_its_unacknowledged_body_back_to_the_connection() -> None:
+    """Body bytes held for a stream whose upstream is still connecting are unacknowledged;
+    when the client resets that stream they are credited to the connection window, or the
+    connection would stall for every later stream."""
+    async def body() -> None:
+        class SlowCluster(FakeCluster):
+            async def connect(self, *a: Any, **kw: Any) -> Any:
+                await asyncio.sleep(0.5)
+                return await super().connect(*a, **kw)
+
+        app = await App().start()
+        ctx = FakeContext(FakeClusterManager(SlowCluster("app", [app.addr])))
+        hcm = build_hcm(hcm_config(http2_protocol_options={
+            "initial_stream_window_size": 65535,
+            "initial_connection_window_size": 65535}), ctx)
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            a = c.start("POST", "/a", end=False)
+            c.send_body(a, b"a" * 60000, end=False)
+            await asyncio.sleep(0.1)
+            c.conn.reset_stream(a, ErrorCodes.CANCEL)
+            c.flush()
+            await asyncio.sleep(0.3)
+            assert c.conn.outbound_flow_control_window >= 60000  # credited back
+            payload = b"b" * 200_000
+            sid = c.start("POST", "/b", end=False,
+                          headers=[("content-length", str(len(payload)))])
+            sent = 0
+            for _ in range(500):
+                if sent == len(payload):
+                    break
+                window = min(c.conn.local_flow_control_window(sid),
+                             c.conn.max_outbound_frame_size)
+                if window <= 0:
+                    await asyncio.sleep(0.01)
+                    continue
+                chunk = payload[sent:sent + window]
+                sent += len(chunk)
+                c.conn.send_data(sid, chunk, end_stream=sent == len(payload))
+                c.flush()
+            r = c.responses[sid]
+            await asyncio.wait_for(r.done.wait(), 10)
+            assert r.status == 200 and app.seen[-1].body == payload
+            await c.close()
         await app.stop()
     run(body)
