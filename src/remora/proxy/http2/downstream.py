@@ -454,7 +454,11 @@ class Http2Connection:
         async def wait() -> None:
             with contextlib.suppress(Exception):
                 await ready
-            self.acknowledge(s)
+            s.ack_waiting = False
+            if s.req.sink is None or s.reset:
+                self.acknowledge(s)  # nobody takes more: give it all back
+            else:
+                s.body_accepted()  # still congested: wait again, else acknowledge
         task = self.loop.create_task(wait())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

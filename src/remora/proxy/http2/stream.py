@@ -124,8 +124,9 @@ class Http2Stream(ActiveStream):
     the router and prepare() use of an Http1Connection (the typed stream-connection
     Protocol replaces the cast once it exists)."""
 
-    __slots__ = ("end_queued", "ended", "h2c", "head_block", "out", "out_bytes", "reset",
-                 "reset_by_peer", "scon", "sid", "started_at", "trailers", "unacked")
+    __slots__ = ("ack_waiting", "end_queued", "ended", "h2c", "head_block", "out",
+                 "out_bytes", "reset", "reset_by_peer", "scon", "sid", "started_at",
+                 "trailers", "unacked")
 
     def __init__(self, scon: StreamConn, req: Request) -> None:
         super().__init__(cast("Http1Connection", scon), req)
@@ -143,6 +144,7 @@ class Http2Stream(ActiveStream):
         self.reset = False  # RST_STREAM sent or received
         self.reset_by_peer = False
         self.unacked = 0  # request body bytes not yet acknowledged (WINDOW_UPDATE)
+        self.ack_waiting = False  # a wait for the sink to drain is under way
         self.started_at = scon.loop.time()
         scon.stream = self
 
@@ -183,7 +185,9 @@ class Http2Stream(ActiveStream):
         if sink is None or not self.unacked:
             return
         if sink.congested():
-            self.h2c.ack_when_drained(self, sink.wait())
+            if not self.ack_waiting:  # one wait per stream, however many frames arrive
+                self.ack_waiting = True
+                self.h2c.ack_when_drained(self, sink.wait())
         else:
             self.h2c.acknowledge(self)
 
