@@ -138,6 +138,7 @@ class Http2Connection:
         self.streams: dict[int, Http2Stream] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.write_paused = False
+        self._write_scheduled = False
         self.unacked_total = 0
         self.closed = False
         self.goaway_sent = False
@@ -223,7 +224,7 @@ class Http2Connection:
         self.goaway_sent = True
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(error_code=code)
-        self._write()
+        self._write_now()  # the connection may close right after
 
     def _abort(self, code: ErrorCodes, stat: str) -> None:
         """An abuse bound was crossed: GOAWAY, then the connection is closed."""
@@ -274,7 +275,7 @@ class Http2Connection:
                 # codec errors (DPE), not as disconnects
                 stream.scon.cancel_active("h2_codec")
             self.goaway_sent = True
-            self._write()
+            self._write_now()
             with contextlib.suppress(Exception):
                 self.transport.close()
             self.on_lost()
@@ -470,6 +471,15 @@ class Http2Connection:
 
     # -- writing --------------------------------------------------------------------------
     def _write(self) -> None:
+        """Send what h2 queued, once per loop iteration: the frames of all streams that
+        moved in this iteration (HEADERS, DATA, END_STREAM, WINDOW_UPDATEs) go out in one
+        write instead of one per frame group."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_scheduled = False
         out = self.h2.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
