@@ -68,7 +68,10 @@ class HttpConnectionManager:
         stats.gauge_add(self._cx_active, 1)
         try:
             # codec_type AUTO: HTTP/2 by ALPN h2 or the client preface (http2/downstream.py)
-            if await choose_http2(downstream, self.cfg.codec_type, self.cfg.idle_timeout):
+            h2 = await choose_http2(downstream, self.cfg.codec_type, self.cfg.idle_timeout)
+            if h2 is None:  # not a byte within idle_timeout
+                stats.inc(self.idle_timeout_stat)
+            elif h2:
                 await Http2Connection(self, downstream).run()
             else:
                 await Http1Connection(self, downstream).run()

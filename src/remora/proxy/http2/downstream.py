@@ -59,9 +59,10 @@ PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
 
 
-async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> bool:
+async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> bool | None:
     """Whether this connection speaks HTTP/2 (codec_type AUTO decides by ALPN, then by
-    the first bytes, which stay in the reader for whichever codec takes over)."""
+    the first bytes, which stay in the reader for whichever codec takes over); None when
+    nothing came for WAIT seconds (the idle_timeout: the connection is closed as idle)."""
     if codec_type == "HTTP2":
         return True
     if codec_type == "HTTP1":
@@ -86,14 +87,14 @@ async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> 
             return False
         timeout = None if deadline is None else deadline - loop.time()
         if timeout is not None and timeout <= 0:
-            return False
+            return None
         try:
             # awaited in this task (not wrapped in one by wait_for: bytes arriving before
             # a wrapping task first ran would find no waiter to wake)
             async with asyncio.timeout(timeout):
                 await waiter("choose_http2")
         except TimeoutError:
-            return False
+            return None
 
 
 class _Protocol(asyncio.Protocol):

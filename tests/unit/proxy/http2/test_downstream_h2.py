@@ -596,3 +596,22 @@ def test_a_reset_stream_gives_its_unacknowledged_body_back_to_the_connection() -
             await c.close()
         await app.stop()
     run(body)
+
+
+def test_a_silent_connection_is_closed_after_one_idle_timeout() -> None:
+    """codec_type AUTO waits for the first bytes to choose the codec; a client that sends
+    none is closed after idle_timeout (counted downstream_cx_idle_timeout), not after one
+    wait for the codec plus another for a request."""
+    async def body() -> None:
+        hcm, app, ctx = await setup(common_http_protocol_options={"idle_timeout": "0.4s"})
+        async with proxy(hcm) as addr:
+            r, w = await asyncio.open_connection(*addr)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await asyncio.wait_for(r.read(), 3) == b""
+            assert 0.3 < loop.time() - started < 0.7
+            assert ctx.stats.counters[
+                "http.inbound_0.0.0.0_18080.downstream_cx_idle_timeout"] == 1
+            w.close()
+        await app.stop()
+    run(body)
