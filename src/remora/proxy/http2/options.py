@@ -13,7 +13,7 @@ from remora.proxy.config.strict import ConfigError, Fields
 
 # Envoy 1.40's defaults, as its SETTINGS and first WINDOW_UPDATE show on the wire (checked
 # with an h2 client: MAX_CONCURRENT_STREAMS 1024, INITIAL_WINDOW_SIZE 16 MiB, connection
-# window 24 MiB; older docs give 2^31-1 and 256 MiB, the values before Envoy 1.31)
+# window 24 MiB; 2^31-1 and 256 MiB, which some API docs give, are older defaults)
 MAX_CONCURRENT_STREAMS = 1024
 INITIAL_STREAM_WINDOW = 16 * 1024 * 1024
 INITIAL_CONNECTION_WINDOW = 24 * 1024 * 1024
