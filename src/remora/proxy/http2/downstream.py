@@ -228,8 +228,10 @@ class Http2Connection:
         self._write_now()  # the connection may close right after
 
     def _abort(self, code: ErrorCodes, stat: str) -> None:
-        """An abuse bound was crossed: GOAWAY, then the connection is closed."""
-        self.hcm.stats.inc(self._stat + stat)
+        """An abuse bound was crossed: GOAWAY, then the connection is closed. STAT is
+        Envoy's name: the codec's floods are rooted at ``http2.``, the connection
+        manager's under ``http.<stat_prefix>.``."""
+        self.hcm.stats.inc(stat if stat.startswith("http2.") else self._stat + stat)
         self.goaway(code)
         with contextlib.suppress(Exception):
             self.transport.close()
@@ -375,7 +377,7 @@ class Http2Connection:
         if size > cfg.max_request_headers_kb * 1024 or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows
             # a request that never started, flag DR (checked against Envoy 1.40)
-            self.hcm.stats.inc(self._stat + "http2.header_overflow")
+            self.hcm.stats.inc("http2.header_overflow")  # Envoy's codec stat root
             self._reset(sid, ErrorCodes.INTERNAL_ERROR)
             self._log_refused("http2.header_list_size_too_large"
                               if size > cfg.max_request_headers_kb * 1024

@@ -255,6 +255,7 @@ def test_oversized_and_too_many_headers_reset_the_stream_and_are_logged() -> Non
         # as Envoy 1.40 logs them: no request, code 0, flag DR
         assert refused == [(0, "DR", "http2.header_list_size_too_large"),
                            (0, "DR", "http2.too_many_headers")]
+        assert ctx.stats.counters["http2.header_overflow"] == 2
         assert not app.seen or all(s.path == "/" for s in app.seen)
         assert len(app.seen) == 1
         await app.stop()
@@ -313,7 +314,7 @@ def test_rapid_reset_closes_the_connection_and_the_proxy_serves_on() -> None:
 
 def test_empty_data_frame_flood_closes_the_connection() -> None:
     async def body() -> None:
-        hcm, app, _ctx = await setup()
+        hcm, app, ctx = await setup()
         async with proxy(hcm) as addr:
             c = await H2Client.connect(addr)
             sid = c.start("POST", "/slow/2000", end=False)
@@ -323,6 +324,7 @@ def test_empty_data_frame_flood_closes_the_connection() -> None:
             await asyncio.wait_for(c.closed.wait(), 5)
             assert c.goaway is not None
             assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+            assert ctx.stats.counters["http2.inbound_empty_frames_flood"] == 1
             await c.close()
         await app.stop()
     run(body)
@@ -342,7 +344,7 @@ def test_ping_flood_from_a_client_that_does_not_read_is_cut() -> None:
             c._task.cancel()  # never read: the response backs up into the proxy
             c.start("POST", "/big", body=b"y" * 8_000_000)
             ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
-            key = "http.inbound_0.0.0.0_18080.http2.outbound_control_flood"
+            key = "http2.outbound_control_flood"  # Envoy's codec stats root
             for _ in range(250):  # up to 5 s on a busy machine
                 if c.writer.is_closing():
                     break
