@@ -14,6 +14,7 @@ its bytes are acknowledged to the client with WINDOW_UPDATE).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from remora.proxy.http.codec import CodecError, Request
@@ -68,6 +69,7 @@ class StreamConn:
         self.started = False
         self.stream: Http2Stream | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._writable_callbacks: list[Callable[[], None]] = []
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -82,7 +84,9 @@ class StreamConn:
             if self.started:
                 self.task.cancel()
 
-    def _take_cancel(self) -> str | None:
+    def take_cancel(self) -> str | None:
+        """After a CancelledError: the reason if the connection caused it (and the task's
+        cancellation undone), None for a real cancellation from outside."""
         reason = self.cancel_reason
         if reason is None:
             return None
@@ -90,6 +94,13 @@ class StreamConn:
         if self.task is not None:
             self.task.uncancel()
         return reason
+
+    _take_cancel = take_cancel  # the name the HTTP/1.1 core's callers use
+
+    def body_error(self) -> bool:
+        """The typed stream callbacks' question: was the body malformed in the codec?
+        An HTTP/2 frame error resets the stream or the connection instead."""
+        return False
 
     # -- request body flow control --------------------------------------------------------
     def resume_reading(self) -> None:
@@ -112,11 +123,23 @@ class StreamConn:
             self._drain_waiters.append(fut)
             await fut
 
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """CALLBACK once the stream's queued response is below the high-water mark again
+        (the client opened its window) or the stream is gone."""
+        if not self.write_paused:
+            callback()
+        else:
+            self._writable_callbacks.append(callback)
+
     def wake(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+        if self._writable_callbacks and not self.write_paused:
+            callbacks, self._writable_callbacks = self._writable_callbacks, []
+            for cb in callbacks:
+                cb()
 
 
 class Http2Stream(ActiveStream):

@@ -456,11 +456,16 @@ def test_a_client_that_does_not_open_its_window_holds_the_upstream_not_memory() 
             from remora.proxy.http2.stream import STREAM_HIGH_WATER
             assert stream.out_bytes <= STREAM_HIGH_WATER + READ_SIZE
             assert conn.transport.get_write_buffer_size() < 1024 * 1024
+            # the typed stream callbacks' when_writable: called once the window opened
+            woken: list[bool] = []
+            stream.scon.when_writable(lambda: woken.append(True))
+            assert stream.scon.write_paused and woken == []
             c.auto_ack = True
             c.conn.acknowledge_received_data(len(r.body), sid)
             c.flush()
             await asyncio.wait_for(r.done.wait(), 10)
             assert r.ended and len(json.loads(r.body)["body"]) == 8_000_000
+            assert woken == [True]
             await c.close()
         await app.stop()
     run(body)
