@@ -30,26 +30,6 @@ class ConfigError(RemoraError):
         self.message = message
 
 
-# Envoy fields remora proxy knows but does not implement yet: refused with a reason and
-# the fix instead of the generic "unknown field" (docs/proxy-http.md). HTTP/2 (issue 11)
-# waits for the data-path rebuild; a real Envoy runs the same config meanwhile.
-HTTP2_NOT_YET = "HTTP/2 is not implemented by remora proxy yet"
-HTTP2_FIX = ("--sidecar envoy (a real Envoy runs the same config); or give the service "
-             "port an HTTP/1.1 protocol (name `http`, or leave it unnamed)")
-NOT_IMPLEMENTED_YET: dict[str, tuple[str, str]] = {
-    "http2_protocol_options": (HTTP2_NOT_YET, HTTP2_FIX),
-}
-NOT_IMPLEMENTED_VALUES: dict[tuple[str, str], tuple[str, str]] = {
-    ("codec_type", "HTTP2"): (HTTP2_NOT_YET, HTTP2_FIX),
-}
-
-
-def not_implemented_yet(path: str, name: str) -> ConfigError:
-    """The refusal of a field of NOT_IMPLEMENTED_YET at PATH."""
-    message, fix = NOT_IMPLEMENTED_YET[name]
-    return ConfigError(path, message, fix)
-
-
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
@@ -146,9 +126,6 @@ class Fields:
         value = self.raw(name)
         if value is None:
             return default
-        if (name, value) in NOT_IMPLEMENTED_VALUES:
-            message, fix = NOT_IMPLEMENTED_VALUES[(name, value)]
-            raise ConfigError(self.at(name), f"{value}: {message}", fix)
         if value not in allowed:
             raise ConfigError(self.at(name), f"unsupported value {value!r} "
                                              f"(remora supports {', '.join(allowed)})")
@@ -180,8 +157,6 @@ class Fields:
         unknown = [k for k in self.obj if k not in self._seen]
         if unknown:
             name = unknown[0]
-            if snake(name) in NOT_IMPLEMENTED_YET:
-                raise not_implemented_yet(self.at(snake(name)), snake(name))
             what = f" in {self.message}" if self.message else ""
             raise ConfigError(
                 self.at(snake(name) if not name.startswith("@") else name),

@@ -1,5 +1,6 @@
 """``envoy.filters.network.http_connection_manager``: the network filter that speaks HTTP/1.1
-on a downstream connection, runs the HTTP filter chain per request and logs each request.
+or HTTP/2 (proxy/http2/) on a downstream connection, runs the HTTP filter chain per request
+and logs each request.
 
 Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/http_conn_man
 """
@@ -22,6 +23,7 @@ from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http2.downstream import Http2Connection, choose_http2
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
 from remora.proxy.stats import Counter, counter, gauge, histogram
 
@@ -68,7 +70,14 @@ class HttpConnectionManager:
         self._cx_total.inc()
         self._cx_active.add(1)
         try:
-            await Http1Connection(self, downstream).run()
+            # codec_type AUTO: HTTP/2 by ALPN h2 or the client preface (http2/downstream.py)
+            h2 = await choose_http2(downstream, self.cfg.codec_type, self.cfg.idle_timeout)
+            if h2 is None:  # not a byte within idle_timeout
+                self.stats.inc(self.idle_timeout_stat)
+            elif h2:
+                await Http2Connection(self, downstream).run()
+            else:
+                await Http1Connection(self, downstream).run()
         finally:
             self._cx_active.add(-1)
 

@@ -15,6 +15,7 @@ from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.http.headers import RequestPolicy
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
+from remora.proxy.http2.options import Http2Options, parse_http2_options
 from remora.proxy.interfaces import FactoryContext, JsonValue
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -48,6 +49,8 @@ class HcmConfig:
     request_headers_timeout: float = 0.0  # 0: disabled (Envoy's default)
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
+    codec_type: str = "AUTO"  # AUTO (ALPN h2 or the h2 preface), HTTP1 or HTTP2
+    http2: Http2Options = field(default_factory=lambda: Http2Options())
 
     # What every request of this connection manager needs that the config alone decides,
     # computed on first use (the config does not change once parse_hcm returns it).
@@ -81,7 +84,7 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
                           "remora needs an inline route_config (rds is not implemented)")
     cfg = HcmConfig(stat_prefix=f.string("stat_prefix", required=True),
                     route_table=parse_route_configuration(rc))
-    f.enum("codec_type", ("AUTO", "HTTP1"), "AUTO")
+    cfg.codec_type = f.enum("codec_type", ("AUTO", "HTTP1", "HTTP2"), "AUTO")
     cfg.use_remote_address = bool(f.boolean("use_remote_address", False))
     cfg.xff_num_trusted_hops = f.integer("xff_num_trusted_hops", 0)
     cfg.skip_xff_append = bool(f.boolean("skip_xff_append", False))
@@ -120,6 +123,7 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
     _request_id_extension(f)
     _common_options(f, cfg)
     _http1_options(f)
+    cfg.http2 = parse_http2_options(f.fields("http2_protocol_options", "Http2ProtocolOptions"))
     _upgrade_configs(f, cfg)
     tracing = f.fields("tracing", "Tracing")
     if tracing is not None and tracing.obj:

@@ -320,10 +320,8 @@ class ActiveStream:
         self.flush()
 
     def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:
-        """End the response with TRAILERS (an HTTP/2 upstream's). An HTTP/1.1 client gets
-        none: Envoy's HTTP/1 codec drops them unless enable_trailers is set, and ends the
-        chunked body. (A minimal version for the upstream HTTP/2 side; the downstream
-        HTTP/2 side owns the full one.)"""
+        """End the response; HTTP/1.1 downstream drops TRAILERS and ends the chunked body,
+        as Envoy's HTTP/1 codec does without http_protocol_options.enable_trailers."""
         self.encode_end()
 
     def local_reply(self, status: int, body: bytes, details: str, flag: str | None = None,

@@ -1,5 +1,7 @@
 """HTTP/2 in ``remora proxy``, built on the ``h2`` library (sans-IO framing and HPACK).
 
-upstream.py: the upstream side (one multiplexed HTTP/2 connection pool per pool key, the
-router's attempt on it); upstream_messages.py: its HTTP/1.1 <-> HTTP/2 translation.
+downstream.py: an HTTP/2 downstream connection (h2c prior knowledge, h2 by TLS ALPN);
+stream.py: one HTTP/2 stream served by the same HTTP filter chain and router as HTTP/1.1;
+options.py: ``Http2ProtocolOptions``; upstream.py (+ upstream_messages.py): the
+multiplexed upstream HTTP/2 pool and the router's HTTP/2 attempt.
 """

@@ -170,9 +170,28 @@ class ClusterImpl:
         source = bind_source(cfg, target[0])
         started = time.monotonic()
 
+        # The connection slot is given back once: by the failure below, by a
+        # cancellation while connecting (the stream went away: an HTTP/2 client's
+        # RST_STREAM, rapid reset) or when the connection is lost, whichever comes first;
+        # a slot kept by a cancelled connect would hold the circuit breaker open for good.
+        slot = [True]  # still held
+        connected = [False]
+        lost_early: list[int] = []  # lost before connect() returned (rx bytes)
+
+        def release_slot() -> None:
+            if slot[0]:
+                slot[0] = False
+                self.active["connections"] -= 1
+                self._cb_gauges("connections")
+
         def lost(rx_bytes: int) -> None:
-            self.active["connections"] -= 1
-            self._cb_gauges("connections")
+            if not connected[0]:
+                # before connect() counted it active: a cancelled connect's socket, or a
+                # Happy Eyeballs winner lost at once (counted below once it returns)
+                release_slot()
+                lost_early.append(rx_bytes)
+                return
+            release_slot()
             hstats["cx_active"] -= 1
             self.stats.gauge_add(self.prefix + "upstream_cx_active", -1)
             self.stats.inc(self.prefix + "upstream_cx_destroy")
@@ -191,8 +210,7 @@ class ClusterImpl:
                     tls=cfg.transport)
         except UpstreamError as err:
             hstats["rq_pending_active"] -= 1
-            self.active["connections"] -= 1
-            self._cb_gauges("connections")
+            release_slot()
             hstats["cx_connect_fail"] += 1
             self.stats.inc(self.prefix + "upstream_cx_connect_fail")
             if is_timeout(err):
@@ -201,12 +219,16 @@ class ClusterImpl:
             raise
         except BaseException:
             hstats["rq_pending_active"] -= 1
+            release_slot()
             raise
+        connected[0] = True
         hstats["rq_pending_active"] -= 1
         hstats["cx_active"] += 1
         self.stats.gauge_add(self.prefix + "upstream_cx_active", 1)
         self.stats.observe(self.prefix + "upstream_cx_connect_ms", connect_ms)
         info.upstream_local_address = upstream.local_address
+        if lost_early:
+            lost(lost_early[0])
         return upstream
 
     def _additional(self, target: tuple[str, int]) -> tuple[tuple[str, int], ...]:

@@ -34,10 +34,7 @@ pytestmark = [pytest.mark.envoy, pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("nghttp") is None,
     reason="needs curl and nghttp (apt-get install curl nghttp2-client)")]
 
-REMORA_PENDING = pytest.mark.xfail(
-    strict=True, reason="remora proxy HTTP/2 lands with branches h2down/h2up")
-KINDS = [pytest.param("envoy", id="envoy"),
-         pytest.param("remora", id="remora", marks=REMORA_PENDING)]
+KINDS = [pytest.param("envoy", id="envoy"), pytest.param("remora", id="remora")]
 CASES = [*gc.GRPC_CASES, *gc.CLI_CASES]
 
 # What Envoy 1.40 logs per case, field by field (None: depends on timing, not compared).

@@ -1,0 +1,308 @@
+"""One HTTP/2 stream on a downstream connection, served by the same connection manager,
+HTTP filters and router as an HTTP/1.1 request.
+
+``Http2Stream`` is an ``ActiveStream`` whose decode side (prepare: routing, XFF, request
+id, header sanitizing) is HTTP/1.1's, fed a ``Request`` built from the stream's pseudo
+headers as Envoy maps them (``:authority`` becomes ``host``, the first header upstream);
+its encode side writes HEADERS/DATA/trailers through the connection's flow control
+instead of HTTP/1.1 bytes. ``StreamConn`` is the per-stream ``conn`` the router drives:
+cancellation with a reason (route timeout, downstream reset), write back-pressure
+(``write_paused``/``drain``), and ``resume_reading`` (the upstream accepted the body so far:
+its bytes are acknowledged to the client with WINDOW_UPDATE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from remora.proxy.http.codec import CodecError, Request
+from remora.proxy.http.header_mutation import HeaderMutations
+from remora.proxy.http.header_mutation import apply as apply_mutations
+from remora.proxy.http.stream import ActiveStream, http_date_text
+
+if TYPE_CHECKING:
+    from remora.proxy.http.connection import Http1Connection
+    from remora.proxy.http.hcm import HttpConnectionManager
+    from remora.proxy.http2.downstream import Http2Connection
+
+# RFC 9113 8.2.2: connection-specific header fields never appear in HTTP/2; Envoy's codec
+# drops them from a response converted from HTTP/1.1
+CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
+                                 "transfer-encoding", "upgrade"})
+# a stream's response bytes queued beyond the peer's window before the router stops
+# reading its upstream (Envoy's per-stream buffer high watermark, 1 MiB by default:
+# per_connection_buffer_limit_bytes)
+STREAM_HIGH_WATER = 1024 * 1024
+
+
+class _NoDecoderError:
+    """The router asks ``conn.decoder.error`` whether the body turned out malformed in
+    the same read as its headers (HTTP/1.1); an HTTP/2 frame error resets the stream or
+    the connection instead, so there never is one."""
+
+    error: CodecError | None = None
+
+
+class StreamConn:
+    """What the router, the filters and ``ActiveStream.prepare`` use of ``stream.conn``,
+    for one HTTP/2 stream. Shared facts come from the connection; cancellation, activity
+    and back-pressure are the stream's own (streams are multiplexed)."""
+
+    def __init__(self, h2c: Http2Connection, stream_id: int) -> None:
+        self.h2c = h2c
+        self.stream_id = stream_id
+        hcm = h2c.hcm
+        self.hcm: HttpConnectionManager = hcm
+        self.cfg = hcm.cfg
+        self.encoders = hcm.encoders
+        self.sanitize_xfcc = hcm.sanitize_xfcc
+        self.downstream = h2c.downstream
+        self.scheme = h2c.scheme
+        self.loop = h2c.loop
+        self.decoder = _NoDecoderError()
+        self.draining = False
+        self.cancel_reason: str | None = None
+        self.last_activity = h2c.loop.time()
+        self.task: asyncio.Task[Any] | None = None
+        self.started = False
+        self.stream: Http2Stream | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._writable_callbacks: list[Callable[[], None]] = []
+
+    def node_ip(self) -> str | None:
+        return self.hcm.node_ip()
+
+    # -- cancellation (the router's and hcm.serve's contract) -----------------------------
+    def cancel_active(self, reason: str) -> None:
+        if self.cancel_reason is None and self.task is not None and not self.task.done():
+            self.cancel_reason = reason
+            # a task cancelled before its first step never runs its body (nor its
+            # finally: the stream would never be logged or forgotten); it finds the
+            # reason when it starts instead
+            if self.started:
+                self.task.cancel()
+
+    def take_cancel(self) -> str | None:
+        """After a CancelledError: the reason if the connection caused it (and the task's
+        cancellation undone), None for a real cancellation from outside."""
+        reason = self.cancel_reason
+        if reason is None:
+            return None
+        self.cancel_reason = None
+        if self.task is not None:
+            self.task.uncancel()
+        return reason
+
+    _take_cancel = take_cancel  # the name the HTTP/1.1 core's callers use
+
+    def body_error(self) -> bool:
+        """The typed stream callbacks' question: was the body malformed in the codec?
+        An HTTP/2 frame error resets the stream or the connection instead."""
+        return False
+
+    # -- request body flow control --------------------------------------------------------
+    def resume_reading(self) -> None:
+        """The router attached its sink and sent what was buffered: acknowledge it."""
+        if self.stream is not None:
+            self.stream.body_accepted()
+
+    # -- response back-pressure -----------------------------------------------------------
+    @property
+    def write_paused(self) -> bool:
+        s = self.stream
+        return s is not None and not s.reset and (
+            s.out_bytes > STREAM_HIGH_WATER or self.h2c.write_paused)
+
+    async def drain(self) -> None:
+        """Until the stream's queued response fits the high-water mark again (the client
+        opened its window) or the stream is gone."""
+        while self.write_paused:
+            fut = self.loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """CALLBACK once the stream's queued response is below the high-water mark again
+        (the client opened its window) or the stream is gone."""
+        if not self.write_paused:
+            callback()
+        else:
+            self._writable_callbacks.append(callback)
+
+    def wake(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        if self._writable_callbacks and not self.write_paused:
+            callbacks, self._writable_callbacks = self._writable_callbacks, []
+            for cb in callbacks:
+                cb()
+
+
+class Http2Stream(ActiveStream):
+    """ActiveStream with an HTTP/2 encode side. ``conn`` is a StreamConn: it offers what
+    the router and prepare() use of an Http1Connection (the typed stream-connection
+    Protocol replaces the cast once it exists)."""
+
+    __slots__ = ("ack_waiting", "end_queued", "ended", "h2c", "head_block", "out",
+                 "out_bytes", "reset", "reset_by_peer", "scon", "sid", "started_at",
+                 "trailers", "unacked")
+
+    def __init__(self, scon: StreamConn, req: Request) -> None:
+        super().__init__(cast("Http1Connection", scon), req)
+        self.scon = scon
+        self.h2c = scon.h2c
+        self.sid = scon.stream_id
+        self.info.protocol = "HTTP/2"
+        self.closing = False
+        self.head_block: list[tuple[bytes, bytes]] | None = None  # HEADERS not yet sent
+        self.out: list[bytes] = []  # DATA payloads waiting for the peer's window
+        self.out_bytes = 0
+        self.end_queued = False  # END_STREAM (or trailers) follows the queued data
+        self.trailers: list[tuple[str, str]] | None = None
+        self.ended = False  # END_STREAM sent
+        self.reset = False  # RST_STREAM sent or received
+        self.reset_by_peer = False
+        self.unacked = 0  # request body bytes not yet acknowledged (WINDOW_UPDATE)
+        self.ack_waiting = False  # a wait for the sink to drain is under way
+        self.started_at = scon.loop.time()
+        scon.stream = self
+
+    # -- request body ---------------------------------------------------------------------
+    def on_body(self, data: bytes, flow_len: int) -> None:
+        """DATA from the client: to the router's sink, or held until it attaches one.
+        Acknowledged only once the upstream took it, so the client's window is what
+        bounds an upload the upstream is slow to take."""
+        req = self.req
+        req.body_bytes += len(data)
+        self.unacked += flow_len
+        self.h2c.unacked_total += flow_len
+        self.scon.last_activity = self.scon.loop.time()
+        sink = req.sink
+        if sink is None:
+            if data:
+                req.body.append(data)
+            return
+        if data:
+            sink.data(data)
+            if req.retain:
+                if req.body_bytes <= self.h2c.buffer_limit:
+                    req.body.append(data)
+                else:
+                    req.retain = False
+                    req.body = []
+        self.body_accepted()
+
+    def on_request_end(self) -> None:
+        req = self.req
+        req.complete = True
+        if req.sink is not None:
+            req.sink.end()
+
+    def body_accepted(self) -> None:
+        """Acknowledge what the sink holds, at once or once the upstream drained it."""
+        sink = self.req.sink
+        if sink is None or not self.unacked:
+            return
+        if sink.congested():
+            if not self.ack_waiting:  # one wait per stream, however many frames arrive
+                self.ack_waiting = True
+                self.h2c.ack_when_drained(self, sink.wait())
+        else:
+            self.h2c.acknowledge(self)
+
+    # -- response side --------------------------------------------------------------------
+    def encode_headers(self, status: int, headers: list[tuple[str, str]], *, chunked: bool,
+                       service_time_ms: int | None = None,
+                       tail: tuple[tuple[str, str], ...] = (),
+                       mutations: HeaderMutations | None = None) -> None:
+        """The response head as HEADERS: the same header rules as HTTP/1.1's encode
+        (server, x-envoy-upstream-service-time, the route's mutations, the encoder
+        filters, date), minus connection-specific fields; ``chunked`` means nothing here
+        (DATA frames carry the body)."""
+        cfg = self.scon.cfg
+        self.response_started = True
+        info = self.info
+        info.response_code = status
+        transformation = cfg.server_header_transformation
+        server_seen = transformation == "PASS_THROUGH"
+        svc = None if service_time_ms is None else str(service_time_ms)
+        hl: list[tuple[str, str]] = []
+        for n, v in headers:
+            if n in CONNECTION_SPECIFIC or n.startswith(":") or (
+                    n == "te" and v.strip().lower() != "trailers"):
+                continue
+            if n == "content-length" and status == 204:
+                continue
+            if n == "server":
+                if server_seen and transformation == "OVERWRITE":
+                    continue
+                server_seen = True
+                if transformation == "OVERWRITE":
+                    v = cfg.server_name
+            elif n == "x-envoy-upstream-service-time" and svc is not None:
+                v, svc = svc, None
+            hl.append((n, v))
+        if svc is not None:
+            hl.append(("x-envoy-upstream-service-time", svc))
+        if mutations:
+            hl = apply_mutations(hl, mutations)
+        extra: list[tuple[str, str]] = []
+        for f in self.encoders:
+            f.encode_headers(self, status, extra)
+        hl += extra
+        resp = dict(hl)
+        if "date" not in resp:
+            resp["date"] = http_date_text()
+            hl.append(("date", resp["date"]))
+        if not server_seen:
+            resp["server"] = cfg.server_name
+            hl.append(("server", cfg.server_name))
+        hl += [(n, v) for n, v in tail if n not in CONNECTION_SPECIFIC]
+        for n, v in tail:
+            resp[n] = v
+        info.response_headers = resp
+        self.h2c.send_headers(self, status, hl)
+
+    def encode_data(self, data: bytes) -> None:
+        if not data or self.head or self.reset:
+            return
+        self.info.bytes_sent += len(data)
+        self.scon.last_activity = self.scon.loop.time()
+        self.out.append(data)
+        self.out_bytes += len(data)
+
+    def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:
+        """End the response with a trailing HEADERS frame (gRPC's grpc-status)."""
+        self.trailers = [(n, v) for n, v in trailers if n not in CONNECTION_SPECIFIC]
+        self.encode_end()
+
+    def encode_end(self) -> None:
+        self.end_queued = True
+        self.response_complete = True
+        self.flush()
+
+    def flush(self) -> None:
+        self.h2c.pump(self)
+
+    @property
+    def sent_all(self) -> bool:
+        return self.ended or self.reset
+
+    def interrupted(self, reason: str) -> None:
+        """As HTTP/1.1's, except for a stream the client reset (RST_STREAM): Envoy 1.40
+        logs flag DR (downstream remote reset), details http2.remote_reset."""
+        if reason == "dc" and self.reset_by_peer:
+            self.info.set_flag("DR")
+            self.info.response_code_details = "http2.remote_reset"
+            return
+        if reason == "h2_codec":
+            # the connection ended in a protocol error (e.g. more streams than
+            # max_concurrent_streams): Envoy 1.40 (nghttp2) logs its streams so
+            self.info.set_flag("DPE")
+            self.info.response_code_details = "codec_error:The_user_callback_function_failed"
+            return
+        super().interrupted(reason)
