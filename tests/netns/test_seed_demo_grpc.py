@@ -1,14 +1,11 @@
-"""`remora demo --grpc --sidecar envoy` in an isolated lab: the seed's story over gRPC
-(HTTP/2 through both sidecars), every observation asserted; and `--sidecar remora` says
-at once that remora proxy has no HTTP/2 yet, before anything starts."""
+"""`remora demo --grpc` in an isolated lab, with remora proxy and with a real Envoy as the
+sidecars: the seed's story over gRPC (HTTP/2 through both sidecars), every observation
+asserted, the same assertions for both."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from importlib import resources as package_files
 
 import pytest
 
@@ -34,18 +31,20 @@ def access_line(local: str, sni: str = SNI) -> str:
 
 
 @pytest.mark.parametrize("mtls", [True, False], ids=["mtls", "plaintext"])
-def test_grpc_demo_with_real_envoy(mtls: bool) -> None:
+@pytest.mark.parametrize("sidecar", ["remora", "envoy"])
+def test_grpc_demo(sidecar: str, mtls: bool) -> None:
     """With mTLS (ALPN istio-h2 between the sidecars) and without (h2c prior knowledge)."""
     lines: list[str] = []
     sni = SNI if mtls else "-"
     with TempLab() as lab:
-        r = demo_grpc.run(lab.state_dir, LabSettings(sidecar="envoy", mtls=mtls),
+        r = demo_grpc.run(lab.state_dir, LabSettings(sidecar=sidecar, mtls=mtls),
                           prefix=lab.prefix, timeout=40, echo=lines.append)
         lab.close()
         left = lab.leftovers()
     assert left == []
     out = r.outputs
-    assert lines[0].endswith("sidecar: real Envoy")
+    assert lines[0].endswith("sidecar: " + ("real Envoy" if sidecar == "envoy"
+                                            else "remora proxy"))
     assert (r.server_ip, r.client_ip) == (SERVER_IP, CLIENT_IP)
     assert re.search(r"simple-grpc-server-svc\s+ClusterIP\s+172\.16\.\d+\.\d+\s+<none>\s+"
                      r"18080/TCP", out["services"])
@@ -85,44 +84,3 @@ def test_grpc_demo_with_real_envoy(mtls: bool) -> None:
     assert re.search(access_line(re.escape(CLIENT_IP), sni), out["tproxy-access-log"], re.M), \
         out["tproxy-access-log"]
     assert "status=OK code=0" in out["tproxy-client-log"]
-
-
-def test_grpc_demo_on_remora_proxy_refuses_at_once() -> None:
-    with TempLab() as lab:
-        proc = subprocess.run([sys.executable, "-m", "remora", "demo", "--grpc",
-                               "--sidecar", "remora", "--state-dir", str(lab.state_dir),
-                               "--prefix", lab.prefix], capture_output=True, text=True,
-                              timeout=60)
-        lab.close()
-        left = lab.leftovers()
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    (line,) = proc.stderr.strip().splitlines()
-    assert line == ("remora: error: remora demo --grpc: remora proxy does not implement "
-                    "HTTP/2 yet, and the gRPC story needs it on both sidecars; nothing was "
-                    "started (fix: `sudo remora demo --grpc --sidecar envoy` (a real Envoy "
-                    "1.40 as every sidecar))")
-    assert left == []
-
-
-def test_remora_lab_refuses_a_grpc_service_at_apply() -> None:
-    """A running remora-proxy lab refuses the gRPC Service before anything is applied
-    (every sidecar would get an HTTP/2 cluster it refuses), with the fix."""
-    root = package_files.files("remora.lab") / "grpc"
-    with TempLab() as lab, package_files.as_file(root / "grpc-server.yaml") as server:
-        assert lab.remora(*lab.up_args()).returncode == 0
-        ns = lab.remora("create", "ns", "demo-to")
-        assert ns.returncode == 0, ns.stderr
-        refused = lab.remora("apply", "-f", str(server))
-        svcs = lab.remora("get", "svc", "-n", "demo-to")
-        deps = lab.remora("get", "deploy", "-n", "demo-to")
-        lab.close()
-        left = lab.leftovers()
-    assert refused.returncode == 1
-    (line,) = refused.stderr.strip().splitlines()
-    assert line.startswith("remora: error: Service/demo-to/simple-grpc-server-svc port 18080 "
-                           "(grpc) is GRPC: every sidecar would speak HTTP/2 to it, and remora "
-                           "proxy does not implement HTTP/2 yet; nothing was applied (fix: "
-                           "run the lab with a real Envoy as the sidecar"), line
-    assert "simple-grpc-server" not in svcs.stdout + deps.stdout
-    assert left == []

@@ -21,7 +21,7 @@ from remora.node import naming
               help="also show an AuthorizationPolicy allowing only the client's IP, enforced "
                    "by the server sidecar in REDIRECT and TPROXY mode")
 @click.option("--grpc", is_flag=True,
-              help="tell the story over gRPC (HTTP/2; needs --sidecar envoy for now)")
+              help="tell the story over gRPC (HTTP/2 through both sidecars)")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds each wait may take")
 @click.option("--prefix", default=naming.DEFAULT_PREFIX, show_default=True,
               help="prefix of every namespace the lab creates")

@@ -14,7 +14,7 @@ import click
 
 from remora.errors import RemoraError, UsageError
 from remora.lab import describe as describe_text
-from remora.lab import http2, manifests, ops, progress, session, tables
+from remora.lab import manifests, ops, progress, session, tables
 from remora.lab import settings as lab_settings
 from remora.lab.images import ImageMap
 from remora.node import ipam, naming
@@ -91,8 +91,6 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
                                "remora up")
     if batch is not None:  # injection and images too, before a daemon is started for it
         ops.admission_check_offline(batch, images)
-        http2.refuse_for_remora(batch.objects, settings.sidecar if session.fresh(directory)
-                                else lab_settings.load(directory).sidecar)
         if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
             manifests.check_namespaces(batch.objects, set())
             plan = NodeConfig(state_dir=directory, nodes=nodes,

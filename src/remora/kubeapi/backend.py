@@ -79,16 +79,12 @@ class NodeBackend:
                     ["items"])
 
     def admit(self, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-        from remora.lab import http2
         from remora.lab import settings as lab_settings
         from remora.lab.images import ImageMap
 
         settings = lab_settings.load(self.state_dir)
         images = ImageMap.from_file(settings.image_map or None)
-        admitted = admit(objects, self.objects("Namespace", None), images)
-        # an HTTP/2 Service in a remora-proxy lab, refused as `remora apply` does
-        http2.refuse_for_remora(admitted[0], settings.sidecar)
-        return admitted
+        return admit(objects, self.objects("Namespace", None), images)
 
     def apply(self, objects: list[dict[str, Any]]) -> list[str]:
         return list(self.api.handle({"op": "apply", "objects": objects})["results"])

@@ -1,4 +1,4 @@
-"""`remora demo --grpc`: the seed's story told over gRPC (HTTP/2), on the Envoy sidecar.
+"""`remora demo --grpc`: the seed's story told over gRPC (HTTP/2), on either sidecar.
 
 The same investigation as remora.lab.demo, with the gRPC versions of the seed's apps
 (remora.apps.grpc_server / grpc_client, images ``vasth/simple-grpc-server`` and
@@ -17,9 +17,8 @@ The observations:
   ``upstreamBindConfig`` 127.0.0.6;
 - after the seed's TPROXY patch the server logs ``Peer=ipv4:<client pod IP>:PORT``.
 
-`remora proxy` has no HTTP/2 yet (issue 11 puts it on the rebuilt data path), so with the
-remora sidecar the demo stops before anything starts or changes, with the fix
-(``--sidecar envoy``); tests/netns/test_seed_demo_grpc.py runs the story on Envoy.
+Both sidecars tell it (`remora proxy`'s HTTP/2 is in remora.proxy.http2);
+tests/netns/test_seed_demo_grpc.py runs the story on each, with and without mTLS.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from collections.abc import Iterator
 from importlib import resources as package_files
 from pathlib import Path
 
-from remora.errors import RemoraError
 from remora.lab import session
 from remora.lab import settings as lab_settings
 from remora.lab.demo import NAMESPACES, TPROXY_PATCH, Demo, DemoResult, Echo
@@ -50,39 +48,22 @@ def grpc_paths() -> Iterator[tuple[Path, Path]]:
         yield Path(server), Path(client)
 
 
-def refuse_remora_sidecar(state_dir: Path, settings: LabSettings, given: frozenset[str]
-                          ) -> None:
-    """The story needs HTTP/2 on both sidecars: say so at once on the remora sidecar
-    (the one asked for, or the running lab's when none is asked for)."""
-    running = not session.fresh(state_dir) and lab_settings.path(state_dir).exists()
-    lab_sidecar = lab_settings.load(state_dir).sidecar if running else None
-    sidecar = settings.sidecar if "sidecar" in given or not running else lab_sidecar
-    if sidecar != "remora":
-        return
-    lab = " (the running lab's sidecar)" if running and "sidecar" not in given else ""
-    fix = "`sudo remora down`, then `sudo remora demo --grpc --sidecar envoy`" \
-        if lab_sidecar == "remora" else \
-        "`sudo remora demo --grpc --sidecar envoy` (a real Envoy 1.40 as every sidecar)"
-    raise RemoraError(f"remora demo --grpc: remora proxy{lab} does not implement HTTP/2 yet, "
-                      "and the gRPC story needs it on both sidecars; nothing was started",
-                      fix)
-
-
 def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: int = 77,
         cleanup: bool = False, timeout: float = 60.0, echo: Echo = print,
         given: frozenset[str] = frozenset({"sidecar", "mtls"})) -> DemoResult:
     """Tell the seed's story over gRPC; returns what each step showed."""
     started = time.monotonic()
-    refuse_remora_sidecar(state_dir, settings, given)
     session.refuse_differences(state_dir, settings, set(given), "remora demo --grpc")
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
+    running = lab_settings.load(state_dir)
     echo(f"remora demo --grpc: lab at {state_dir} "
-         f"({'started' if fresh else 'already running'}), sidecar: real Envoy")
+         f"({'started' if fresh else 'already running'}), "
+         f"sidecar: {'real Envoy' if running.sidecar == 'envoy' else 'remora proxy'}")
     demo = Demo(state_dir, echo, timeout)
     try:
         if not fresh:
             demo.reset()
-        _story(demo, lab_settings.load(state_dir).mtls)
+        _story(demo, running.mtls)
     except BaseException:
         if cleanup:
             session.down(state_dir)

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.errors import RemoraError, UsageError
-from remora.lab import http2, labels, manifests, selectors, tables
-from remora.lab import settings as lab_settings
+from remora.lab import labels, manifests, selectors, tables
 from remora.lab.images import ImageMap
 from remora.lab.pods import resolve_pod
 from remora.node.client import NodeClient, follow
@@ -36,7 +35,6 @@ def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) ->
             int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])))
     namespaces = manifests.namespace_objects(batch.objects, existing)
     manifests.admission_check(batch.objects, namespaces, images)
-    http2.refuse_for_remora(batch.objects, lab_settings.load(client.state_dir).sidecar)
     return client.apply(batch.objects)
 
 

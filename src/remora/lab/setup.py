@@ -35,8 +35,8 @@ from remora.controlplane.generate import generate
 from remora.controlplane.injection import DUAL_STACK_METADATA
 from remora.controlplane.model import Snapshot
 from remora.errors import RemoraError
-from remora.lab import http2, sidecar
 from remora.lab import settings as lab_settings
+from remora.lab import sidecar
 from remora.lab.images import ImageMap
 from remora.lab.settings import LabSettings
 from remora.node import podspec
@@ -96,7 +96,7 @@ class MeshSetup(PodSetup):
             if ctx.cluster.pods or ctx.cluster.services or ctx.cluster.policies:
                 # the runtime's snapshot of this pass: the policies applied with the pod
                 self.snapshot = cluster_snapshot(ctx.cluster)
-            self._write(ctx, refuse_http2=True)
+            self._write(ctx)
             self._track([ctx], replace=False)
 
     def process(self, ctx: PodContext, container: dict[str, Any], init: bool) -> ProcessSpec:
@@ -198,20 +198,12 @@ class MeshSetup(PodSetup):
             except Exception:
                 log.exception("certificate rotation of %s", pod_ref(ctx.pod))
 
-    def _write(self, ctx: PodContext, refuse_http2: bool = False) -> list[str]:
+    def _write(self, ctx: PodContext) -> list[str]:
         directory = ctx.pod_dir / CONFIG_DIR
         # the pod's own addresses (status.podIPs) decide its IP families: in prepare() the
         # pass's snapshot does not hold this pod's addresses yet
         config = generate(self.snapshot, pod_from_dict(ctx.pod), ctx.ip, str(directory),
                           certs_dir=self._certs(ctx), ips=ctx.ips)
-        try:  # a remora sidecar is not started on a config it would refuse
-            http2.refuse_pod(config, pod_ref(ctx.pod), self.settings(ctx).sidecar)
-        except RemoraError as exc:
-            if refuse_http2:
-                raise
-            # a running one gets it (its EDS files still apply) and rejects the CDS/LDS
-            # update; apply refuses such Services, so this is a Service from elsewhere
-            log.error("%s", exc.one_line())
         changed = write_config(config)
         if changed:
             log.info("%s: sidecar config %s", pod_ref(ctx.pod), " ".join(changed))
