@@ -138,7 +138,8 @@ class Http2Connection:
             max_outbound_ack=1_000_000))
         self._pending_out = b""  # serialised ahead of the loop's write (on_data)
         self._requested: set[int] = set()  # streams whose HEADERS became a request
-        self._reset_ids: set[int] = set()  # streams reset by either side (not by nghttp2)
+        # streams the client reset (its StreamClosed follows in the same batch)
+        self._reset_ids: set[int] = set()
         self.streams: dict[int, Http2Stream] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.write_paused = False
@@ -501,7 +502,8 @@ class Http2Connection:
             s.scon.cancel_active("dc")
 
     def _reset(self, sid: int, code: ErrorCodes) -> None:
-        self._reset_ids.add(sid)
+        # (remora's own codes are never PROTOCOL_ERROR or FLOW_CONTROL_ERROR, so its
+        # resets are not taken for nghttp2's in _on_closed)
         with contextlib.suppress(ngh2.NGH2Error):
             self.h2.reset_stream(sid, code)
         s = self.streams.get(sid)
