@@ -1,5 +1,5 @@
-"""A downstream HTTP/2 connection: one asyncio.Protocol feeding ``h2``'s
-H2Connection(client_side=False); each stream is served in its own task by the
+"""A downstream HTTP/2 connection: one asyncio.Protocol feeding an ``ngh2``
+Connection (libnghttp2, Role.SERVER); each stream is served in its own task by the
 connection manager (hcm.serve), so streams are multiplexed and cancelled one by one.
 
 Codec choice (``choose_http2``) follows Envoy's AUTO codec
@@ -19,8 +19,9 @@ response body is queued per stream and sent as the peer's windows allow, the rou
 stopping its upstream reads above STREAM_HIGH_WATER.
 
 Abuse, as Envoy's codec and connection manager bound it: malformed frames and headers
-end the connection with GOAWAY (h2's checks; Envoy's default without
-override_stream_error_on_invalid_http_message); a header list beyond
+end the connection with GOAWAY (nghttp2's checks, as in Envoy; nghttp2 alone would
+reset just the stream, Envoy's default without override_stream_error_on_invalid_http_message
+makes it a connection error, and so does ``_on_closed`` here); a header list beyond
 max_request_headers_kb / max_headers_count resets the stream; many streams reset by the
 client early (rapid reset: Envoy's premature_reset_total_stream_count, 500: 250 premature
 resets, or half of the closed streams once 500 closed) and control-frame floods
@@ -36,13 +37,9 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from h2.settings import SettingCodes
+import ngh2
+from ngh2 import ErrorCode as ErrorCodes
+from ngh2 import Setting as SettingCodes
 
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
@@ -129,13 +126,20 @@ class Http2Connection:
         self.scheme = "https" if downstream.writer.get_extra_info("ssl_object") else "http"
         self.loop = asyncio.get_running_loop()
         self.buffer_limit = BUFFER_LIMIT
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True,
-            normalize_inbound_headers=True, validate_outbound_headers=False))
-        # hpack's own ceiling on a decoded header list: beyond the configured limit (which
-        # resets just the stream) by a margin, so only a grossly oversized block is a
-        # connection error (COMPRESSION_ERROR)
-        self.h2.decoder.max_header_list_size = cfg.max_request_headers_kb * 1024 + 65536
+        # the codec's own ceilings on a decoded header list sit beyond the configured
+        # limits (which reset just the stream, below) by a margin, so only a grossly
+        # oversized block ends the connection; window updates are sent as the upstream
+        # takes the body (acknowledge); PING/SETTINGS answers are bounded by
+        # max_outbound_control_frames here (_control_frame), not by nghttp2's own count
+        self.h2 = ngh2.Connection(ngh2.Role.SERVER, ngh2.Configuration(
+            auto_window_update=False,
+            max_inbound_header_list_size=cfg.max_request_headers_kb * 1024 + 65536,
+            max_inbound_header_count=cfg.max_headers_count + 1024,
+            max_outbound_ack=1_000_000))
+        self._pending_out = b""  # serialised ahead of the loop's write (on_data)
+        self._requested: set[int] = set()  # streams whose HEADERS became a request
+        # streams the client reset (its StreamClosed follows in the same batch)
+        self._reset_ids: set[int] = set()
         self.streams: dict[int, Http2Stream] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.write_paused = False
@@ -160,15 +164,13 @@ class Http2Connection:
         stats.inc(self._stat + "downstream_cx_http2_total")
         stats.gauge_add(self._stat + "downstream_cx_http2_active", 1)
         opts = self.opts
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
+        self.h2.initiate_connection({
+            SettingCodes.MAX_CONCURRENT_STREAMS: min(opts.max_concurrent_streams, 2**31 - 1),
             SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
             SettingCodes.HEADER_TABLE_SIZE: opts.hpack_table_size,
         })
-        self.h2.initiate_connection()
-        extra = opts.initial_connection_window_size - 65535
-        if extra > 0:
-            self.h2.increment_flow_control_window(extra)
+        if opts.initial_connection_window_size > 65535:
+            self.h2.set_local_window_size(opts.initial_connection_window_size)
         self._take_over()
         self._write()
         self._arm_idle()
@@ -223,8 +225,9 @@ class Http2Connection:
         if self.goaway_sent or self.closed:
             return
         self.goaway_sent = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(error_code=code)
+        # (the codec may be terminating already: it queued its own GOAWAY)
+        with contextlib.suppress(ngh2.NGH2Error):
+            self.h2.terminate_connection(code)
         self._write_now()  # the connection may close right after
 
     def _abort(self, code: ErrorCodes, stat: str) -> None:
@@ -265,58 +268,112 @@ class Http2Connection:
     def on_data(self, data: bytes) -> None:
         if self.closed:
             return
+        conn = self.h2
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 queued GOAWAY with the error (RFC 9113 connection error); Envoy counts it,
-            # and logs a malformed header block as a request that never started
-            self.hcm.stats.inc(self._stat + "downstream_cx_protocol_error")
-            if "header" in str(exc).lower():
-                self._log_refused("http2.invalid.header.field", "DPE")
-            for stream in list(self.streams.values()):
-                # Envoy logs the streams under way on a connection its codec refused as
-                # codec errors (DPE), not as disconnects
-                stream.scon.cancel_active("h2_codec")
-            self.goaway_sent = True
-            self._write_now()
-            with contextlib.suppress(Exception):
-                self.transport.close()
-            self.on_lost()
+            conn.receive_data(data)
+            events = conn.events()
+        except ngh2.NGH2Error as exc:
+            # a fatal input error (one of the codec's own resource bounds, e.g. a header
+            # block far beyond max_request_headers_kb): the codec is unusable
+            self._codec_error(header=False, fatal=exc)
             return
+        for ev in events:
+            self._dispatch(ev)
+            if self.closed:
+                return
+        # serialised now rather than at the loop's write: what nghttp2 decided on its own
+        # (RST_STREAM of a malformed stream, GOAWAY of a connection error) surfaces as
+        # events (StreamClosed, ConnectionClosed) only once its frames are serialised
+        try:
+            self._pending_out += conn.data_to_send()
+            events = conn.events()
+        except ngh2.NGH2Error:
+            events = []
         for ev in events:
             self._dispatch(ev)
             if self.closed:
                 return
         self._write()
 
-    def _dispatch(self, ev: h2.events.Event) -> None:
-        if isinstance(ev, h2.events.DataReceived):
+    def _codec_error(self, header: bool, fatal: Exception | None = None) -> None:
+        """A connection error (RFC 9113 5.4.1): GOAWAY, the streams under way end as codec
+        errors, the connection is closed. Envoy counts it, and logs a malformed header
+        block as a request that never started."""
+        self.hcm.stats.inc(self._stat + "downstream_cx_protocol_error")
+        if header:
+            self._log_refused("http2.invalid.header.field", "DPE")
+        for stream in list(self.streams.values()):
+            # Envoy logs the streams under way on a connection its codec refused as
+            # codec errors (DPE), not as disconnects
+            stream.scon.cancel_active("h2_codec")
+        if fatal is not None:
+            # the codec can serialise nothing more: its GOAWAY is written here (RFC 9113
+            # 6.8: last stream id, error code), ENHANCE_YOUR_CALM for a resource bound
+            code = (ErrorCodes.ENHANCE_YOUR_CALM if isinstance(fatal, ngh2.DenialOfServiceError)
+                    else ErrorCodes.PROTOCOL_ERROR)
+            last = max(self._requested, default=0)
+            self._pending_out += (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+                                  + last.to_bytes(4, "big") + int(code).to_bytes(4, "big"))
+        elif not self.goaway_sent:
+            with contextlib.suppress(ngh2.NGH2Error):
+                self.h2.terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+        self.goaway_sent = True
+        self._write_now()
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        self.on_lost()
+
+    def _dispatch(self, ev: ngh2.Event) -> None:
+        if isinstance(ev, ngh2.DataReceived):
             self._on_data_frame(ev)
-        elif isinstance(ev, h2.events.RequestReceived):
+        elif isinstance(ev, ngh2.RequestReceived):
             self._on_request(ev)
-        elif isinstance(ev, h2.events.StreamEnded):
-            s = self.streams.get(ev.stream_id or 0)
+        elif isinstance(ev, ngh2.StreamClosed):
+            self._on_closed(ev)
+        elif isinstance(ev, ngh2.TrailersReceived):
+            # trailers end the request; they are dropped on an HTTP/1.1 upstream, as
+            # Envoy does
+            s = self.streams.get(ev.stream_id)
             if s is not None:
                 s.on_request_end()
-        elif isinstance(ev, h2.events.StreamReset):
+        elif isinstance(ev, ngh2.StreamReset):
             self._on_reset(ev)
-        elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            if isinstance(ev, h2.events.RemoteSettingsChanged):
+        elif isinstance(ev, (ngh2.WindowUpdated, ngh2.SettingsReceived)):
+            if isinstance(ev, ngh2.SettingsReceived):
                 self._control_frame()
             for s in list(self.streams.values()):
                 self.pump(s)
-        elif isinstance(ev, h2.events.PingReceived):
+        elif isinstance(ev, ngh2.PingReceived):
             self._control_frame()
-        elif isinstance(ev, h2.events.ConnectionTerminated):
+        elif isinstance(ev, ngh2.GoAwayReceived):
             # the client sends no new stream; the ones under way finish
             self.goaway_received = True
             if not self.streams:
                 self._finish()
-        elif isinstance(ev, h2.events.TrailersReceived):
-            pass  # request trailers are dropped on an HTTP/1.1 upstream, as Envoy does
+        elif isinstance(ev, ngh2.ConnectionClosed) and ev.error_code and not self.closed:
+            # nghttp2 found a connection error (e.g. more streams than
+            # max_concurrent_streams) and queued its GOAWAY
+            self.goaway_sent = True
+            self._codec_error(header=False)
+
+    def _on_closed(self, ev: ngh2.StreamClosed) -> None:
+        """nghttp2 resets a malformed stream itself (PROTOCOL_ERROR: an invalid header
+        field, a body that contradicts its content-length); Envoy's codec makes that a
+        connection error (its default without override_stream_error_on_invalid_http_message),
+        and so does this. A header block that never became a request is logged as
+        Envoy logs it (DPE, http2.invalid.header.field)."""
+        sid = ev.stream_id
+        requested = sid in self._requested
+        self._requested.discard(sid)
+        if sid in self._reset_ids:
+            self._reset_ids.discard(sid)
+            return
+        if ev.error_code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.FLOW_CONTROL_ERROR) \
+                and not self.closed:
+            self._codec_error(header=not requested)
 
     def _control_frame(self) -> None:
-        """h2 answers PING and SETTINGS itself; while the client does not read, those
+        """nghttp2 answers PING and SETTINGS itself; while the client does not read, those
         answers pile up: Envoy's max_outbound_control_frames bounds them."""
         if not self.write_paused:
             self._control_frames = 0
@@ -325,11 +382,14 @@ class Http2Connection:
         if self._control_frames > self.opts.max_outbound_control_frames:
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM, "http2.outbound_control_flood")
 
-    def _on_data_frame(self, ev: h2.events.DataReceived) -> None:
-        sid = ev.stream_id or 0
-        data = ev.data or b""
-        flow = ev.flow_controlled_length or 0
-        if not data and not ev.stream_ended:
+    def _on_data_frame(self, ev: ngh2.DataReceived) -> None:
+        sid = ev.stream_id
+        data = ev.data
+        # what the client's window is given back: the payload (nghttp2 accounts for
+        # padding itself)
+        flow = len(data)
+        end = ev.end_stream
+        if not data and not end:
             self._empty_frames += 1
             if self._empty_frames > self.opts.max_consecutive_inbound_frames_with_empty_payload:
                 self._abort(ErrorCodes.ENHANCE_YOUR_CALM, "http2.inbound_empty_frames_flood")
@@ -339,14 +399,20 @@ class Http2Connection:
         s = self.streams.get(sid)
         if s is None or s.reset or s.response_complete:
             # nobody takes it any more: give the window back at once
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-                self.h2.acknowledge_received_data(flow, sid)
+            if flow:
+                with contextlib.suppress(ngh2.NGH2Error, ValueError):
+                    self.h2.acknowledge_received_data(flow, sid)
+            if s is not None and end:
+                s.on_request_end()
             return
         s.on_body(data, flow)
+        if end:
+            s.on_request_end()
 
-    def _on_request(self, ev: h2.events.RequestReceived) -> None:
-        sid = ev.stream_id or 0
-        raw = ev.headers or []
+    def _on_request(self, ev: ngh2.RequestReceived) -> None:
+        sid = ev.stream_id
+        raw = ev.headers
+        self._requested.add(sid)
         if self.goaway_sent:
             self._reset(sid, ErrorCodes.REFUSED_STREAM)
             return
@@ -356,8 +422,8 @@ class Http2Connection:
         host: str | None = None
         cookies: list[str] = []
         for name_b, value_b in raw:
-            name = bytes(name_b).decode("latin-1")
-            value = bytes(value_b).decode("latin-1")
+            name = name_b.decode("latin-1")
+            value = value_b.decode("latin-1")
             size += len(name) + len(value)
             if name == ":method":
                 req.method = value
@@ -394,7 +460,7 @@ class Http2Connection:
         if req.method == "CONNECT":
             req.upgrade = True  # refused by prepare (no CONNECT support): 403
         cl = req.hmap.get("content-length")
-        if ev.stream_ended:
+        if ev.end_stream:
             req.complete = True
         elif cl is not None and cl.isdigit():
             req.content_length = int(cl)
@@ -408,7 +474,7 @@ class Http2Connection:
         if req.hmap.get("expect", "").lower() == "100-continue":
             # the connection manager answers 100-continue itself and strips Expect
             del req.hmap["expect"]
-            self.h2.send_headers(sid, [(b":status", b"100")])
+            self.h2.send_informational_response(sid, [(b":status", b"100")])
         task = self.loop.create_task(self._serve(stream))
         scon.task = task
         self.tasks.add(task)
@@ -423,8 +489,9 @@ class Http2Connection:
         stream.info.response_code_details = details
         self.hcm.complete(stream)
 
-    def _on_reset(self, ev: h2.events.StreamReset) -> None:
-        s = self.streams.get(ev.stream_id or 0)
+    def _on_reset(self, ev: ngh2.StreamReset) -> None:
+        self._reset_ids.add(ev.stream_id)
+        s = self.streams.get(ev.stream_id)
         if s is None:
             return
         s.reset = True
@@ -435,8 +502,10 @@ class Http2Connection:
             s.scon.cancel_active("dc")
 
     def _reset(self, sid: int, code: ErrorCodes) -> None:
-        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-            self.h2.reset_stream(sid, error_code=code)
+        # (remora's own codes are never PROTOCOL_ERROR or FLOW_CONTROL_ERROR, so its
+        # resets are not taken for nghttp2's in _on_closed)
+        with contextlib.suppress(ngh2.NGH2Error):
+            self.h2.reset_stream(sid, code)
         s = self.streams.get(sid)
         if s is not None:
             s.reset = True
@@ -450,7 +519,7 @@ class Http2Connection:
         n, s.unacked = s.unacked, 0
         self.unacked_total -= n
         if n and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            with contextlib.suppress(ngh2.NGH2Error, ValueError):
                 self.h2.acknowledge_received_data(n, s.sid)
             self._write()
 
@@ -483,7 +552,9 @@ class Http2Connection:
 
     def _write_now(self) -> None:
         self._write_scheduled = False
-        out = self.h2.data_to_send()
+        out, self._pending_out = self._pending_out, b""
+        with contextlib.suppress(ngh2.NGH2Error):
+            out += self.h2.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
 
@@ -508,41 +579,44 @@ class Http2Connection:
             self._write()
             return
         conn = self.h2
+        sid = s.sid
         try:
             block = s.head_block
             if block is not None:
                 s.head_block = None
                 end = not s.out and s.end_queued and not s.trailers
-                conn.send_headers(s.sid, block, end_stream=end)
+                conn.send_response(sid, block, end_stream=end)
                 if end:
                     s.ended = True
-            while s.out:
-                window = min(conn.local_flow_control_window(s.sid),
-                             conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = s.out[0]
-                if len(chunk) <= window:
-                    s.out.pop(0)
-                else:
-                    s.out[0] = chunk[window:]
-                    chunk = chunk[:window]
-                s.out_bytes -= len(chunk)
-                # the last DATA carries END_STREAM when the end is known by then (a local
-                # reply), as Envoy sends it
-                last = not s.out and s.end_queued and not s.trailers
-                conn.send_data(s.sid, chunk, end_stream=last)
-                if last:
-                    s.ended = True
+            if s.out:
+                # what the peer's windows take now, less what the codec holds already
+                # (its windows shrink only as it serialises the DATA)
+                window = min(conn.stream_remote_window_size(sid) - conn.queued_body_size(sid),
+                             conn.remote_window_size - conn.queued_body_size())
+                while s.out and window > 0:
+                    chunk = s.out[0]
+                    if len(chunk) <= window:
+                        s.out.pop(0)
+                    else:
+                        s.out[0] = chunk[window:]
+                        chunk = chunk[:window]
+                    window -= len(chunk)
+                    s.out_bytes -= len(chunk)
+                    # the last DATA carries END_STREAM when the end is known by then (a
+                    # local reply), as Envoy sends it
+                    last = not s.out and s.end_queued and not s.trailers
+                    conn.send_data(sid, chunk, end_stream=last)
+                    if last:
+                        s.ended = True
             if not s.out and s.end_queued and not s.ended:
                 # (headers, when still pending, went out above)
                 if s.trailers:
-                    conn.send_headers(s.sid, [(n.encode("latin-1"), v.encode("latin-1"))
-                                              for n, v in s.trailers], end_stream=True)
+                    conn.send_trailers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
+                                             for n, v in s.trailers])
                 else:
-                    conn.send_data(s.sid, b"", end_stream=True)
+                    conn.end_stream(sid)
                 s.ended = True
-        except (h2.exceptions.ProtocolError, KeyError):
+        except (ngh2.NGH2Error, ValueError):
             s.reset = True
         self._write()
         s.scon.wake()  # drain() and the end-of-stream wait re-check their condition

@@ -10,9 +10,9 @@ connection is opened only when every connection of the key is full, draining (GO
 gone. Streams that arrive while a connection is still connecting wait for it, as Envoy
 attaches pending requests to a connecting client.
 
-The HTTP/2 framing, HPACK and flow-control bookkeeping are the ``h2`` library's
-(python-hyper, sans-IO): this module feeds it the bytes the transport delivers and writes
-what it has to send. The transport ``Cluster.connect`` opened is taken over with
+The HTTP/2 framing, HPACK and flow-control bookkeeping are libnghttp2's, through the
+``ngh2`` binding (sans-IO, Role.CLIENT): this module feeds it the bytes the transport
+delivers and writes what it has to send. The transport ``Cluster.connect`` opened is taken over with
 ``set_protocol`` (what the core's StreamReader already buffered, such as the server's
 SETTINGS, is fed first), and the core's ``TrackedProtocol`` is still told when the
 connection ends (its cx_active / rx bytes accounting).
@@ -25,10 +25,10 @@ before the response is 503 UR ``upstream_reset_before_response_started{remote_re
 refused-stream`` as well as ``reset``), the connection closing under a stream is 503 UC
 ``connection_termination``, a protocol error 502 UPE; after the response started the
 downstream connection is closed with the flag and
-``upstream_reset_after_response_started{...}``. h2 treats every protocol error it detects
-(a malformed header, a body longer or shorter than its content-length) as a connection
-error, so all streams of that connection fail with it, where Envoy (nghttp2) resets only
-the offending stream.
+``upstream_reset_after_response_started{...}``. nghttp2 resets a malformed response (a
+malformed header, a body longer or shorter than its content-length) as a stream error:
+that stream fails as a protocol error (502 UPE), the others of the connection go on;
+a connection error (GOAWAY from nghttp2) fails all of them alike.
 
 The router's side of the contract (``Forward``) is what router.py's ``_Forward`` has; its
 one dispatch hunk in ``_attempt`` calls ``forward_h2`` with its failure class.
@@ -44,12 +44,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
+import ngh2
+from ngh2 import ErrorCode, Setting
 
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.filter import HttpStream
@@ -180,7 +176,7 @@ class H2Stream:
         if d is not None and not d.done():
             d.set_result(None)
 
-    def reset(self, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    def reset(self, code: int = ErrorCode.CANCEL) -> None:
         """Abandon the exchange (timeout, retry, downstream gone): RST_STREAM."""
         if self.closed:
             return
@@ -222,11 +218,15 @@ class H2Client:
         self.closed = False
         self.write_paused = False
         self.settings_received = False  # the peer's first SETTINGS frame arrived
+        # the peer's SETTINGS_MAX_CONCURRENT_STREAMS; until it arrives, nghttp2's
+        # assumption (peer_max_concurrent_streams: 100, RFC 9113's recommended minimum)
+        self.peer_max_streams = 100
         self._idle_timer: asyncio.TimerHandle | None = None
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
         # what a client sent reaches the upstream byte for byte (as through Envoy)
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.conn = h2.connection.H2Connection(config=config)
+        # window updates follow what the downstream took (acknowledge)
+        self.conn = ngh2.Connection(ngh2.Role.CLIENT,
+                                    ngh2.Configuration(auto_window_update=False))
 
     @property
     def host(self) -> str:
@@ -235,8 +235,7 @@ class H2Client:
     def limit(self) -> int:
         """Streams this connection may carry at once: the cluster's max_concurrent_streams,
         lowered by the peer's SETTINGS_MAX_CONCURRENT_STREAMS once it arrived."""
-        return min(self.options.max_concurrent_streams,
-                   self.conn.remote_settings.max_concurrent_streams)
+        return min(self.options.max_concurrent_streams, self.peer_max_streams)
 
     def has_capacity(self) -> bool:
         if self.closed or self.goaway or self.error is not None:
@@ -279,16 +278,18 @@ class H2Client:
         self.upstream = upstream
         opts = self.options
         conn = self.conn
-        conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: min(
-                opts.max_concurrent_streams, 2**31 - 1),
+        # the SETTINGS Envoy 1.40's client sends (checked side by side in
+        # test_upstream_envoy_parity's client-settings case): the HPACK table and
+        # extended CONNECT at their defaults stated, push off, its window and limit
+        conn.initiate_connection({
+            Setting.HEADER_TABLE_SIZE: 4096,
+            Setting.ENABLE_PUSH: 0,
+            Setting.MAX_CONCURRENT_STREAMS: min(opts.max_concurrent_streams, 2**31 - 1),
+            Setting.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
+            Setting.ENABLE_CONNECT_PROTOCOL: 0,
         })
-        conn.initiate_connection()
-        extra = opts.initial_connection_window_size - 65535
-        if extra > 0:
-            conn.increment_flow_control_window(extra)
+        if opts.initial_connection_window_size > 65535:
+            conn.set_local_window_size(opts.initial_connection_window_size)
         transport = upstream.writer.transport
         reader = upstream.reader
         buffered = bytes(getattr(reader, "_buffer", b""))
@@ -316,7 +317,10 @@ class H2Client:
             self.ready.set_exception(err)
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
+        try:
+            data = self.conn.data_to_send()
+        except ngh2.NGH2Error:
+            return  # the codec is closed or unusable: nothing more to send
         if data and self.upstream is not None and not self.closed:
             self.upstream.writer.transport.write(data)
 
@@ -327,7 +331,7 @@ class H2Client:
             self._idle_timer.cancel()
             self._idle_timer = None
         with contextlib.suppress(Exception):
-            self.conn.close_connection()
+            self.conn.terminate_connection(ErrorCode.NO_ERROR)
             self.flush()
         self.closed = True
         if self.upstream is not None:
@@ -359,64 +363,96 @@ class H2Client:
     def on_data(self, data: bytes) -> None:
         if self.closed and not self.streams:
             return
+        conn = self.conn
         try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            # a connection error (RFC 9113 5.4.1): h2 queued the GOAWAY; every stream
-            # fails as a protocol error (Envoy: upstream_cx_protocol_error)
-            self.stats.inc(self.stat + "upstream_cx_protocol_error")
-            self.flush()
-            streams, self.streams = self.streams, {}
-            waiting, self.waiting = list(self.waiting), deque()
-            for st in [*streams.values(), *waiting]:
-                st.closed = True
-                st.wake_writer()
-                st.push("lost", "protocol")
-            self.close()
+            conn.receive_data(data)
+            events = conn.events()
+        except ngh2.NGH2Error:
+            # a fatal input error (one of the codec's resource bounds): the codec is
+            # unusable
+            self._protocol_error()
             return
         for ev in events:
             self._event(ev)
+            if self.closed and not self.streams:
+                return
+        self._start_waiting()
+        self.flush()
+        # what nghttp2 decided itself (RST_STREAM of a malformed response, GOAWAY of a
+        # connection error) surfaces once its frames are serialised
+        try:
+            events = conn.events()
+        except ngh2.NGH2Error:
+            events = []
+        for ev in events:
+            self._event(ev)
+            if self.closed and not self.streams:
+                return
         self._start_waiting()
         self.flush()
 
-    def _event(self, ev: h2.events.Event) -> None:
-        if isinstance(ev, h2.events.ResponseReceived):
-            st = self.streams.get(ev.stream_id or 0)
+    def _protocol_error(self) -> None:
+        """A connection error (RFC 9113 5.4.1; nghttp2 queued the GOAWAY): every stream
+        fails as a protocol error (Envoy: upstream_cx_protocol_error)."""
+        self.stats.inc(self.stat + "upstream_cx_protocol_error")
+        self.flush()
+        streams, self.streams = self.streams, {}
+        waiting, self.waiting = list(self.waiting), deque()
+        for st in [*streams.values(), *waiting]:
+            st.closed = True
+            st.wake_writer()
+            st.push("lost", "protocol")
+        self.close()
+
+    def _event(self, ev: ngh2.Event) -> None:
+        if isinstance(ev, ngh2.DataReceived):
+            sid = ev.stream_id
+            flow = len(ev.data)  # nghttp2 accounts for padding itself
+            st = self.streams.get(sid)
             if st is not None:
-                st.push("headers", _text(ev.headers), ev.stream_ended is not None)
-                if ev.stream_ended is not None:
+                st.unacked += flow
+                st.push("data", ev.data, flow)
+                if ev.end_stream:
                     self._ended(st)
-        elif isinstance(ev, h2.events.DataReceived):
-            st = self.streams.get(ev.stream_id or 0)
-            if st is not None:
-                st.unacked += ev.flow_controlled_length or 0
-                st.push("data", ev.data, ev.flow_controlled_length)
-                if ev.stream_ended is not None:
-                    self._ended(st)
-            elif ev.flow_controlled_length:
+            elif flow:
                 # data for a stream we gave up: the connection window still counts it
-                self.conn.acknowledge_received_data(ev.flow_controlled_length,
-                                                    ev.stream_id or 0)
-        elif isinstance(ev, h2.events.TrailersReceived):
-            st = self.streams.get(ev.stream_id or 0)
+                with contextlib.suppress(ngh2.NGH2Error, ValueError):
+                    self.conn.acknowledge_received_data(flow, sid)
+        elif isinstance(ev, ngh2.ResponseReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.push("headers", _text(ev.headers), ev.end_stream)
+                if ev.end_stream:
+                    self._ended(st)
+        elif isinstance(ev, ngh2.TrailersReceived):
+            st = self.streams.get(ev.stream_id)
             if st is not None:
                 st.push("trailers", _text(ev.headers))
-                if ev.stream_ended is not None:
-                    self._ended(st)
-        elif isinstance(ev, h2.events.StreamEnded):
-            pass  # reported with the frame that carried END_STREAM above
-        elif isinstance(ev, h2.events.StreamReset):
-            st = self.streams.pop(ev.stream_id or 0, None)
+                self._ended(st)  # trailers end the stream
+        elif isinstance(ev, ngh2.StreamClosed):
+            st = self.streams.get(ev.stream_id)
+            if st is not None and ev.error_code:
+                # nghttp2 reset it (no RST_STREAM came from the peer: that one popped it):
+                # a malformed response is a protocol error of this stream
+                self.streams.pop(ev.stream_id, None)
+                st.closed = True
+                st.wake_writer()
+                if ev.error_code in (ErrorCode.PROTOCOL_ERROR, ErrorCode.FLOW_CONTROL_ERROR):
+                    st.push("lost", "protocol")
+                else:
+                    st.push("reset", int(ev.error_code))
+        elif isinstance(ev, ngh2.StreamReset):
+            st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.closed = True
                 st.wake_writer()
-                st.push("reset", int(ev.error_code or 0))
-        elif isinstance(ev, h2.events.ConnectionTerminated):
+                st.push("reset", int(ev.error_code))
+        elif isinstance(ev, ngh2.GoAwayReceived):
             # GOAWAY: no new streams here; streams above last_stream_id were never
             # processed (refused, retriable), the others may still complete
             self.goaway = True
             self.on_idle(self)
-            last = ev.last_stream_id or 0
+            last = ev.last_stream_id
             refused = [self.streams.pop(s) for s in list(self.streams) if s > last]
             refused += self.waiting  # never sent: refused as well
             self.waiting = deque()
@@ -426,9 +462,15 @@ class H2Client:
                 st.push("reset", REFUSED_STREAM)
             if not self.streams and self.reserved == 0:
                 self.close()  # nothing left to finish on it
-        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+        elif isinstance(ev, ngh2.ConnectionClosed):
+            if ev.error_code and not self.closed:
+                self._protocol_error()
+        elif isinstance(ev, ngh2.SettingsReceived):
             self.settings_received = True  # _start_waiting after this batch
-        elif isinstance(ev, h2.events.WindowUpdated):
+            limit = ev.settings.get(Setting.MAX_CONCURRENT_STREAMS)
+            if limit is not None:
+                self.peer_max_streams = limit
+        elif isinstance(ev, ngh2.WindowUpdated):
             for st in list(self.streams.values()):
                 if st.pending or st.end_pending:
                     self.pump(st)
@@ -454,17 +496,22 @@ class H2Client:
         a peer that enforces a lower one strictly (h2's server: a connection error)
         would take every stream of a burst down with the connection. Envoy 1.40 sends
         them all and loses them (503 UC); the first stream costs no round trip here."""
-        conn = self.conn
-        limit = conn.remote_settings.max_concurrent_streams if self.settings_received else 1
-        return conn.open_outbound_streams < limit
+        limit = self.peer_max_streams if self.settings_received else 1
+        return len(self.streams) < limit
 
     def _send_headers(self, st: H2Stream) -> None:
-        sid = self.conn.get_next_available_stream_id()
+        try:
+            sid = self.conn.send_request([(n.encode("latin-1"), v.encode("latin-1"))
+                                          for n, v in st.headers],
+                                         end_stream=st.end_on_headers)
+        except (ngh2.NGH2Error, ValueError):
+            # the connection is going away under it (GOAWAY, no stream ids left)
+            st.closed = True
+            st.wake_writer()
+            st.push("lost", "reset")
+            return
         st.id = sid
         self.streams[sid] = st
-        self.conn.send_headers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
-                                     for n, v in st.headers],
-                               end_stream=st.end_on_headers)
         st.headers = []
         if st.end_on_headers:
             st.ended = True
@@ -485,17 +532,20 @@ class H2Client:
             return
         conn = self.conn
         try:
-            while st.pending:
-                window = conn.local_flow_control_window(st.id)
-                n = min(len(st.pending), window, conn.max_outbound_frame_size)
-                if n <= 0:
-                    break
-                conn.send_data(st.id, bytes(st.pending[:n]))
-                del st.pending[:n]
+            if st.pending:
+                # what the peer's windows take now, less what the codec holds already
+                # (its windows shrink only as it serialises the DATA)
+                sid = st.id
+                n = min(len(st.pending),
+                        conn.stream_remote_window_size(sid) - conn.queued_body_size(sid),
+                        conn.remote_window_size - conn.queued_body_size())
+                if n > 0:
+                    conn.send_data(sid, bytes(st.pending[:n]))
+                    del st.pending[:n]
             if not st.pending and st.end_pending and not st.ended:
                 conn.end_stream(st.id)
                 st.ended = True
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except (ngh2.NGH2Error, ValueError):
             st.pending.clear()
             st.closed = True
         self.flush()
@@ -505,7 +555,7 @@ class H2Client:
     def acknowledge(self, st: H2Stream, n: int) -> None:
         st.unacked -= n
         if n and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            with contextlib.suppress(ngh2.NGH2Error, ValueError):
                 self.conn.acknowledge_received_data(n, st.id)
             self.flush()
 
@@ -513,11 +563,11 @@ class H2Client:
         """The exchange is over: an END_STREAM we have not sent (the response ended
         before the request body) becomes RST_STREAM(NO_ERROR) as RFC 9113 8.1 allows."""
         if not st.ended and not st.closed and st.id:
-            st.reset(h2.errors.ErrorCodes.NO_ERROR)
+            st.reset(ErrorCode.NO_ERROR)
         if st.unacked > 0 and not self.closed:
             # bytes never relayed (the exchange was abandoned): the connection window
             # still counts them, so it gets them back
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            with contextlib.suppress(ngh2.NGH2Error, ValueError):
                 self.conn.acknowledge_received_data(st.unacked, st.id)
             st.unacked = 0
             self.flush()
@@ -530,15 +580,14 @@ class H2Client:
         if st in self.waiting:
             self.waiting.remove(st)
         if st.id and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError,
-                                     h2.exceptions.StreamClosedError, KeyError):
+            with contextlib.suppress(ngh2.NGH2Error, ValueError):
                 self.conn.reset_stream(st.id, code)
             self.flush()
             self._start_waiting()
 
 
-def _text(headers: Any) -> list[tuple[str, str]]:
-    return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers]
+def _text(headers: tuple[ngh2.Header, ...]) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

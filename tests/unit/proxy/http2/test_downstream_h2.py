@@ -622,3 +622,48 @@ def test_a_silent_connection_is_closed_after_one_idle_timeout() -> None:
             w.close()
         await app.stop()
     run(body)
+
+
+def test_body_contradicting_content_length_is_a_connection_error() -> None:
+    """nghttp2 alone would reset just the stream (PROTOCOL_ERROR); Envoy's codec, without
+    override_stream_error_on_invalid_http_message, ends the connection: so does remora."""
+    async def body() -> None:
+        hcm, app, ctx = await setup()
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            c.conn.config.validate_outbound_headers = False
+            sid = c.start("POST", "/slow/2000", headers=[("content-length", "10")], end=False)
+            c.conn.send_data(sid, b"abc", end_stream=True)
+            c.flush()
+            await asyncio.wait_for(c.closed.wait(), 5)
+            assert c.goaway is not None and c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+            assert ctx.stats.counters[
+                "http.inbound_0.0.0.0_18080.downstream_cx_protocol_error"] == 1
+            await c.close()
+            c2 = await H2Client.connect(addr)  # the proxy serves on
+            assert (await c2.request("GET", "/")).status == 200
+            await c2.close()
+        await app.stop()
+    run(body)
+
+
+def test_header_block_far_past_the_limit_ends_the_connection() -> None:
+    """Past max_request_headers_kb the stream is reset (above); 64 KiB beyond it the
+    codec's own bound ends the connection with GOAWAY, and the proxy serves on."""
+    async def body() -> None:
+        hcm, app, ctx = await setup(max_request_headers_kb=8)
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            c.start("GET", "/", headers=[(f"x-big-{i}", "a" * 8000) for i in range(12)])
+            await asyncio.wait_for(c.closed.wait(), 5)
+            assert c.goaway is not None
+            assert c.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+            assert ctx.stats.counters[
+                "http.inbound_0.0.0.0_18080.downstream_cx_protocol_error"] == 1
+            await c.close()
+            c2 = await H2Client.connect(addr)
+            assert (await c2.request("GET", "/after")).status == 200
+            await c2.close()
+        assert [seen.path for seen in app.seen] == ["/after"]
+        await app.stop()
+    run(body)
