@@ -106,6 +106,8 @@ def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
          "direct_response": {"status": 403, "body": {"inline_string": "nope"}}},
         {"match": {"prefix": "/special"},
          "direct_response": {"status": 401, "body": {"inline_string": SPECIAL_BODY}}},
+        {"match": {"prefix": "/slowtry"}, "route": {"cluster": "backend", "retry_policy": {
+            "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"}}},
         {"match": {"prefix": "/slow"}, "route": {"cluster": "backend", "timeout": "0.3s"}},
         {"match": {"prefix": "/flaky"}, "route": {"cluster": "backend", "retry_policy": {
             "retry_on": "retriable-status-codes", "retriable_status_codes": [503],
@@ -203,6 +205,8 @@ H1_CASES = {
                        b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     "h1-echo-length": b"POST /echo HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc",
     "h1-flaky-retried": b"GET /flaky HTTP/1.1\r\nHost: a\r\n\r\n",
+    "h1-per-try-retried-grpc": b"POST /slowtry HTTP/1.1\r\nHost: a\r\n"
+                               b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
 }
 _MASKS = [
     (rb"date: [^\r]*", b"date: D"),
@@ -341,4 +345,7 @@ def test_cluster_stats_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> Non
     # retried 503 that ended in a 500 counts as a retry success
     assert theirs["refused.upstream_rq_503"] > 0 and theirs["refused.upstream_rq_total"] == 0
     assert theirs["backend.upstream_rq_retry_success"] == 1
-    assert theirs["backend.upstream_rq_504"] == 2 and theirs["grpc.upstream_rq_504"] == 1
+    # a route timeout each for h1-timeout-grpc and h1-timeout-plain, and the per-try
+    # timeouts (both counted, the last one's 504 charged)
+    assert theirs["backend.upstream_rq_504"] == 3 and theirs["grpc.upstream_rq_504"] == 1
+    assert theirs["backend.upstream_rq_per_try_timeout"] == 2
