@@ -9,8 +9,9 @@ front of a grpcio service, an HTTP/1.1 backend and a closed port) run by `envoy`
   percent-encoded body; application/grpc-web is not gRPC;
 - the request the HTTP/1.1 upstream gets: x-envoy-expected-rq-timeout-ms 10000 for a 10 s
   route, before the transfer-encoding the codec adds;
-- the clusters' upstream_rq_* counters after refused connections, timeouts, a retry that
-  ends in a status its policy does not retry;
+- the clusters' upstream_rq_* counters and their hosts' rq_* counters (/clusters) after
+  refused connections, route and per-try timeouts, a retry that ends in a status its
+  policy does not retry;
 - access-log lines: %RESPONSE_CODE% 200 for a gRPC local reply, a header present but
   empty printed empty (text and json), an absent one ``-`` / null.
 
@@ -90,6 +91,7 @@ STATS = ["upstream_rq_total", "upstream_rq_completed", "upstream_rq_2xx", "upstr
          "upstream_rq_timeout", "upstream_rq_per_try_timeout", "upstream_rq_retry",
          "upstream_rq_retry_success"]
 CLUSTERS = ["grpc", "backend", "refused"]
+HOST_STATS = ["rq_total", "rq_success", "rq_error", "rq_timeout", "rq_active"]
 
 
 def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
@@ -243,7 +245,13 @@ def _stats(admin: int) -> dict[str, int]:
         name, _, value = line.partition(": ")
         if value.isdigit():
             found[name] = int(value)
-    return {f"{c}.{s}": found.get(f"cluster.{c}.{s}", 0) for c in CLUSTERS for s in STATS}
+    counters = {f"{c}.{s}": found.get(f"cluster.{c}.{s}", 0) for c in CLUSTERS for s in STATS}
+    # the hosts' counters from /clusters (CLUSTER::HOST:PORT::NAME::VALUE), port masked
+    for line in lp.admin_text(admin, "/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[2] in HOST_STATS:
+            counters[f"{parts[0]}::host::{parts[2]}"] = int(parts[3])
+    return counters
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +357,5 @@ def test_cluster_stats_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> Non
     # timeouts (both counted, the last one's 504 charged)
     assert theirs["backend.upstream_rq_504"] == 3 and theirs["grpc.upstream_rq_504"] == 1
     assert theirs["backend.upstream_rq_per_try_timeout"] == 2
+    # per host: the route and per-try timeouts, the refused connections as errors
+    assert theirs["backend::host::rq_timeout"] == 4 and theirs["refused::host::rq_error"] > 0
