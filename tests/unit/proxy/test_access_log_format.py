@@ -12,7 +12,7 @@ import pytest
 
 from remora.controlplane.envoy_common import ACCESS_LOG_FORMAT
 from remora.proxy import access_log
-from remora.proxy.access_log.format import JsonFormat, TextFormat
+from remora.proxy.access_log.format import JsonFormat, TextFormat, render_text
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.stream_info import StreamInfo
 from tests.unit.proxy.proxy_helpers import FILE_LOG
@@ -139,3 +139,22 @@ def test_file_logger_writes_lines_and_response_flag_filter(tmp_path: Path) -> No
     logger.log(ok)
     logger.log(bad)
     assert path.read_text() == "b UF\n"
+
+
+def test_header_present_but_empty_prints_empty_absent_prints_dash() -> None:
+    """Envoy 1.40 prints a request/response header that is present with an empty value
+    as the empty string (text and json_format), an absent one as ``-`` / null; other
+    operators still print ``-`` for an empty value (tests/unit/proxy/
+    test_local_reply_envoy_parity.py checks the same lines against Envoy)."""
+    info = StreamInfo(request_headers={"x-empty": "", ":path": "/p"},
+                      response_headers={"x-r": ""}, route_name="")
+    fmt = '"%REQ(X-EMPTY)%" "%REQ(X-EMPTY):3%" "%REQ(X-ABSENT)%" "%RESP(X-R)%" ' \
+          '"%REQ(X-EMPTY?:PATH)%" "%REQ(X-ABSENT?:PATH)%" "%ROUTE_NAME%"'
+    want = '"" "" "-" "" "" "/p" "-"'
+    text = TextFormat(fmt, "f")
+    assert text.render(info) == want
+    assert render_text(text.parts, info) == want
+    out = JsonFormat({"e": "%REQ(X-EMPTY)%", "a": "%REQ(X-ABSENT)%", "r": "%RESP(X-R)%",
+                      "mix": "[%REQ(X-EMPTY)%]", "route": "%ROUTE_NAME%"},
+                     "json_format").render(info)
+    assert json.loads(out) == {"e": "", "a": None, "r": "", "mix": "[]", "route": None}

@@ -75,21 +75,38 @@ def _start_time(fmt: str | None) -> Op:
     return custom
 
 
-def _headers(which: str, spec: str, max_len: int | None) -> Op:
-    main, _, alt = spec.partition("?")
-    main, alt = main.lower(), alt.lower()
+class HeaderOp:
+    """``%REQ(X?Y):N%``, ``%RESP()%``, ``%TRAILER()%``: the header's value, None when it is
+    absent. A header that is present but empty prints as the empty string, not ``-``
+    (Envoy's HeaderFormatter returns the value whatever it is; checked against Envoy 1.40,
+    text and json_format); the renderers tell it from other operators by its class."""
 
-    def op(info: StreamInfo) -> Value:
-        headers: dict[str, str] | None = getattr(info, which)
+    __slots__ = ("alt", "main", "max_len", "which")
+
+    def __init__(self, which: str, spec: str, max_len: int | None) -> None:
+        main, _, alt = spec.partition("?")
+        self.which, self.main, self.alt, self.max_len = which, main.lower(), alt.lower(), max_len
+
+    def __call__(self, info: StreamInfo) -> Value:
+        headers: dict[str, str] | None = getattr(info, self.which)
         if not headers:
             return None
-        value = headers.get(main)
-        if value is None and alt:
-            value = headers.get(alt)
+        value = headers.get(self.main)
+        if value is None and self.alt:
+            value = headers.get(self.alt)
         if value is None:
             return None
-        return value[:max_len] if max_len is not None else value
-    return op
+        return value[:self.max_len] if self.max_len is not None else value
+
+
+def _headers(which: str, spec: str, max_len: int | None) -> Op:
+    return HeaderOp(which, spec, max_len)
+
+
+def _missing(op: Op, value: Value) -> bool:
+    """Whether VALUE (what OP gave) prints as ``-`` / null: None, or an empty string from
+    any operator but a header's."""
+    return value is None or (value == "" and not isinstance(op, HeaderOp))
 
 
 def _dynamic_metadata(spec: str, max_len: int | None) -> Op:
@@ -272,7 +289,7 @@ def render_text(parts: list[str | Op], info: StreamInfo) -> str:
             out.append(part)
         else:
             value = part(info)
-            out.append("-" if value is None or value == "" else str(value))
+            out.append("-" if _missing(part, value) else str(value))
     return "".join(out)
 
 
@@ -303,7 +320,7 @@ _HEADER_LOCALS = {"request_headers": "rq", "response_headers": "rs",
                   "response_trailers": "tr"}
 
 
-def _text_expr(token: Token) -> str | None:
+def _text_expr(token: Token, i: int) -> str | None:
     name, arg, length = token
     if arg is None and length is None:
         if name in _STR_FIELDS:
@@ -325,9 +342,10 @@ def _text_expr(token: Token) -> str | None:
         main, alt = main.lower(), alt.lower()
         value = (f"({local}[{main!r}] if {main!r} in {local} else {local}.get({alt!r}))"
                  if alt else f"{local}.get({main!r})")
+        # present but empty prints empty (HeaderOp); absent prints "-"
         if length:
-            return f"(({value} or '')[:{int(length)}] or '-')"
-        return f"({value} or '-')"
+            return f"('-' if (h{i} := {value}) is None else h{i}[:{int(length)}])"
+        return f"('-' if (h{i} := {value}) is None else h{i})"
     return None
 
 
@@ -346,7 +364,7 @@ def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
             pieces.append(f"lit{i}")
             continue
         assert not isinstance(token, str)
-        expr = _text_expr(token)
+        expr = _text_expr(token, i)
         if expr is not None:
             used_locals.update(v for v in _HEADER_LOCALS.values() if f"{v}." in expr
                                or f"in {v}" in expr)
@@ -354,7 +372,8 @@ def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
             continue
         env[f"op{i}"] = part
         lines.append(f"    v{i} = op{i}(info)")
-        lines.append(f"    v{i} = '-' if v{i} is None or v{i} == '' else "
+        empty = "" if isinstance(part, HeaderOp) else f" or v{i} == ''"
+        lines.append(f"    v{i} = '-' if v{i} is None{empty} else "
                      f"(v{i} if v{i}.__class__ is str else str(v{i}))")
         pieces.append(f"v{i}")
     for field_name, local in _HEADER_LOCALS.items():
@@ -398,7 +417,7 @@ class JsonFormat:
         kind, payload = node
         if kind == "typed":
             value = payload(info)
-            return None if value == "" else value
+            return None if _missing(payload, value) else value
         if kind == "text":
             return render_text(payload, info)
         return payload

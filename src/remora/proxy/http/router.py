@@ -44,6 +44,19 @@ def _discard(data: bytes) -> None:
     pass
 
 
+def expected_timeout_ms(route_timeout: float, per_try_timeout: float, elapsed_ms: int) -> int:
+    """The x-envoy-expected-rq-timeout-ms value, 0 for none: Envoy's
+    FilterUtility::setTimeoutHeaders. The per-try timeout, else the route's; capped by what
+    is left of the route's timeout (ELAPSED_MS is 0 on the first attempt, the time since
+    the request started on a retry; 1 once it is all spent). 10000 for a 10 s route on
+    its first attempt, checked side by side with Envoy 1.40."""
+    global_ms = round(route_timeout * 1000)
+    expected = round(per_try_timeout * 1000) or global_ms
+    if expected > 0 and global_ms > 0:
+        expected = 1 if elapsed_ms >= global_ms else min(expected, global_ms - elapsed_ms)
+    return max(expected, 0)
+
+
 class _Failure(Exception):
     """One attempt failed. KIND: connect, overflow, reset, protocol, status, per_try,
     truncated (after the response started)."""
@@ -184,7 +197,7 @@ class _Forward:
                         raise
                     if reason != "per_try":
                         self._drop_current()
-                        self._interrupted(reason)
+                        self._interrupted(reason, in_flight=True)
                         return
                     failure = _Failure("per_try")
                 finally:
@@ -195,7 +208,9 @@ class _Forward:
                         self.cluster.release("retries")
                     self.retry_slots -= slots
                 if failure.kind == "per_try":
+                    # every per-try timeout, retried or not (Envoy's onPerTryTimeoutCommon)
                     self._charge("rq_timeout")
+                    self.stats.inc(self.cs.rq_per_try_timeout)
                 if failure.kind == "status" or self._may_retry(failure.kind):
                     if failure.kind != "status":  # a retried status was charged already
                         self._charge("rq_error")  # as Envoy's Filter::maybeRetryReset
@@ -205,6 +220,11 @@ class _Forward:
                     n = (self.policy.num_retries if self.policy else 1) - self.retries_left
                     await asyncio.sleep(self.policy.backoff(n) if self.policy else 0)
                     continue
+                if failure.kind in ("connect", "reset", "protocol", "per_try") and not (
+                        failure.err is not None and failure.err.flag == "UH"):
+                    # the attempt's outcome went through Envoy's shouldRetryReset (a host
+                    # that could not be picked does not: sendNoHealthyUpstreamResponse)
+                    self._retry_success(self._wants(failure.kind))
                 self._fail(failure)
                 return
         except asyncio.CancelledError:
@@ -212,7 +232,7 @@ class _Forward:
             if reason is None:
                 raise
             self._drop_current()
-            self._interrupted(reason)
+            self._interrupted(reason, in_flight=False)  # between attempts (backoff)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -220,20 +240,41 @@ class _Forward:
                 self.cluster.release("retries")
             self.retry_slots = 0
 
-    def _may_retry(self, kind: str) -> bool:
-        """Whether the policy retries KIND now; takes a "retries" circuit-breaker slot."""
+    def _wants(self, kind: str) -> bool:
+        """Whether the policy would retry an attempt that failed with KIND."""
         p = self.policy
         if p is None or self.stream.response_started:
             return False
         if kind == "connect":
-            wanted = p.retry_on_connect_failure()
-        elif kind in ("reset", "protocol"):
-            wanted = p.retry_on_reset(True)
-        elif kind == "per_try":
-            wanted = "5xx" in p.retry_on or "gateway-error" in p.retry_on
-        else:
-            wanted = False
-        return wanted and self._take_retry()
+            return p.retry_on_connect_failure()
+        if kind in ("reset", "protocol"):
+            return p.retry_on_reset(True)
+        if kind == "per_try":
+            return "5xx" in p.retry_on or "gateway-error" in p.retry_on
+        return False
+
+    def _may_retry(self, kind: str) -> bool:
+        """Whether the policy retries KIND now; takes a "retries" circuit-breaker slot."""
+        return self._wants(kind) and self._take_retry()
+
+    def _retry_success(self, wanted: bool) -> None:
+        """Envoy's RetryStateImpl::shouldRetry counts upstream_rq_retry_success when a
+        request that was retried ends an attempt with an outcome its policy would not
+        retry (WANTED false), whatever that outcome is: a 500 after a retried 503 under
+        retriable-status-codes 503 counts, running out of retries does not (the rule
+        http2/upstream.py follows, checked side by side with Envoy 1.40)."""
+        if self.stream.info.upstream_request_attempt_count > 1 and not wanted:
+            self.stats.inc(self.cs.rq_retry_success)
+
+    def _count_abort(self, status: int) -> None:
+        """A local reply in place of the upstream's response, charged to the cluster like
+        one (Envoy's chargeUpstreamAbort -> chargeUpstreamCode: upstream_rq_NNN, _Nxx and
+        _completed; no upstream_rq_time)."""
+        xx, code = self.cs.status(status)
+        inc = self.stats.inc
+        inc(xx)
+        inc(code)
+        inc(self.cs.rq_completed)
 
     def _take_retry(self) -> bool:
         if self.retries_left <= 0:
@@ -332,13 +373,15 @@ class _Forward:
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
-        extra = None
-        if not self.router.suppress and self.route.timeout > 0:
-            remaining = self.route.timeout - (time.monotonic() - self.started)
+        extra: tuple[str, str] | None = None
+        if not self.router.suppress:
+            elapsed = 0
+            if stream.info.upstream_request_attempt_count > 1:
+                elapsed = int((time.monotonic() - self.started) * 1000)
             per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
-            if 0 < per_try < remaining:
-                remaining = per_try
-            extra = ("x-envoy-expected-rq-timeout-ms", str(max(int(remaining * 1000), 0)))
+            expected = expected_timeout_ms(self.route.timeout, per_try, elapsed)
+            if expected:
+                extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
         headers = stream.upstream_headers
         mutations = self.route.request_mutations
         if mutations:
@@ -358,6 +401,12 @@ class _Forward:
             state.process_keep_alive_disabled()
         else:
             state.process_event(CLIENT, REQUEST)
+        if stream.upstream_chunked:
+            # the codec's framing goes after the router's own header, as Envoy's HTTP/1
+            # codec writes it when it encodes the request (observed on Envoy 1.40)
+            if extra is not None:
+                headers = [*headers, extra]
+            extra = ("transfer-encoding", "chunked")
         head = encode_request_head(stream.method, stream.path, headers, extra)
         if req.complete and not stream.upstream_chunked:
             # the common case: the whole request in one write, no body sink
@@ -469,13 +518,16 @@ class _Forward:
     def _on_headers(self, dec: ResponseDecoder) -> None:
         status = dec.status
         p = self.policy
+        wanted = False
         if p is not None and not self.stream.response_started:
             grpc = next((v for n, v in dec.headers if n == "grpc-status"), None)
-            if p.retry_on_status(status, grpc) and self._take_retry():
+            wanted = p.retry_on_status(status, grpc)
+            if wanted and self._take_retry():
                 self.retry_status = status  # withheld; the attempt ends and is retried
                 dec.on_data = _discard
                 self._charge("rq_error")
                 return
+        self._retry_success(wanted)
         # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders
         self._charge("rq_error" if status >= 500 else "rq_success")
         stream = self.stream
@@ -498,8 +550,6 @@ class _Forward:
         inc(code)
         inc(cs.rq_completed)
         self.stats.observe(cs.rq_time, (time.monotonic() - self.started) * 1000)
-        if self.stream.info.upstream_request_attempt_count > 1 and status < 500:
-            inc(cs.rq_retry_success)
 
     @property
     def stat(self) -> str:
@@ -535,19 +585,29 @@ class _Forward:
             return
         if f.kind == "per_try":
             self._charge("rq_error")
-            self.stats.inc(self.cs.rq_per_try_timeout)
+            self._count_abort(504)
             stream.local_reply(504, b"upstream request timeout", "upstream_per_try_timeout",
                                "UT")
             return
         answer = failure_answer(f.kind, f.err, stream.info.upstream_request_attempt_count > 1)
         if answer.status >= 500:
             self._charge("rq_error")  # Envoy's chargeUpstreamAbort
+        # charged to the cluster as its status, a refused connection too (upstream_rq_503
+        # with upstream_rq_total 0 on Envoy 1.40)
+        self._count_abort(answer.status)
         stream.local_reply(answer.status, answer.body, answer.details, answer.flag)
 
-    def _interrupted(self, reason: str) -> None:
-        if reason == "timeout":
+    def _interrupted(self, reason: str, in_flight: bool) -> None:
+        """The connection cancelled the request (REASON); IN_FLIGHT: an attempt was under
+        way (not between attempts)."""
+        if reason == "timeout" and in_flight:
+            # Envoy's onResponseTimeout, per upstream request still in flight: the
+            # cluster's and host's upstream_rq_timeout, and when it still awaited its
+            # headers the 504 charged like a response (chargeUpstreamAbort: upstream_rq_504,
+            # _5xx, _completed, the host's rq_error). Between attempts none is in flight.
             self._charge("rq_timeout")
-            if not self.stream.response_started:
-                self._charge("rq_error")  # the 504 is charged to the host
             self.stats.inc(self.cs.rq_timeout)
+            if not self.stream.response_started:
+                self._charge("rq_error")
+                self._count_abort(504)
         self.stream.interrupted(reason)

@@ -73,7 +73,41 @@ def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
             out.append((n, v))
 
 
+def is_grpc_content_type(content_type: str | None) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: exactly ``application/grpc`` or
+    ``application/grpc+...`` (``application/grpc-web`` is not gRPC)."""
+    return content_type is not None and content_type.startswith("application/grpc") and (
+        len(content_type) == 16 or content_type[16] == "+")
+
+
+def http_to_grpc_status(status: int) -> int:
+    """Envoy's Grpc::Utility::httpToGrpcStatus (after gRPC's http-grpc-status-mapping)."""
+    if status == 400:
+        return 13  # INTERNAL
+    if status == 401:
+        return 16  # UNAUTHENTICATED
+    if status == 403:
+        return 7  # PERMISSION_DENIED
+    if status == 404:
+        return 12  # UNIMPLEMENTED
+    if status in (429, 502, 503, 504):
+        return 14  # UNAVAILABLE
+    return 2  # UNKNOWN
+
+
+def grpc_message(body: bytes) -> str:
+    """A local reply's body as grpc-message, percent-encoded as Envoy's
+    Http::Utility::PercentEncoding::encode does: bytes below space, from ``~`` up, and
+    ``%`` as ``%XX`` in upper-case hex, a trailing newline included (``caf%C3%A9 %7E
+    100%25%0A``, observed on Envoy 1.40)."""
+    return "".join(f"%{b:02X}" if b < 0x20 or b >= 0x7E or b == 0x25 else chr(b)
+                   for b in body)
+
+
 class ActiveStream:
+    # what a bodiless local reply ends its head with: Envoy's HTTP/1 codec writes
+    # content-length: 0 last when the headers end the response (its HTTP/2 codec does not)
+    BODILESS_TAIL: tuple[tuple[str, str], ...] = (("content-length", "0"),)
     __slots__ = ("authority", "closing", "conn", "cors_origin", "encoders", "head", "idle_timer",
                  "info", "method", "out", "path", "req", "resp_chunked", "response_complete",
                  "response_started", "route", "upstream_chunked", "upstream_headers")
@@ -209,10 +243,11 @@ class ActiveStream:
         # chunked when the client sent it chunked, or when its content-length was removed
         # (nominated in Connection: Envoy then sends it chunked); an Upgrade request has
         # no body on this hop (the decoder leaves both unset).
+        # The router writes that transfer-encoding itself, last: Envoy's HTTP/1 codec adds
+        # it when it encodes the request, after the router's x-envoy-expected-rq-timeout-ms
+        # and the route's request_headers_to_add (observed on Envoy 1.40).
         self.upstream_chunked = req.chunked or (
             req.content_length is not None and "content-length" in nominated)
-        if self.upstream_chunked:
-            out.append(("transfer-encoding", "chunked"))
         self.upstream_headers = out
 
         route = self.route = cfg.route_table.route(self.authority, url, hdrs)
@@ -339,12 +374,24 @@ class ActiveStream:
             self.closing = True
             return False
         hs = list(headers or ())
+        if is_grpc_content_type(self.req.hmap.get("content-type")):
+            # Envoy's Utility::encodeLocalReply for a gRPC request: a trailers-only
+            # response, 200 with the status mapped to grpc-status and the body as
+            # grpc-message (none for HEAD); the access log sees 200 (checked against
+            # Envoy 1.40 over HTTP/1.1 and HTTP/2: tests/unit/proxy/
+            # test_local_reply_envoy_parity.py)
+            hs += [("content-type", "application/grpc"),
+                   ("grpc-status", str(http_to_grpc_status(status)))]
+            if body and not self.head:
+                hs.append(("grpc-message", grpc_message(body)))
+            self.encode_headers(200, hs, chunked=False, tail=self.BODILESS_TAIL)
+            self.encode_end()
+            return False
         if body:
             hs += [("content-length", str(len(body))), ("content-type", "text/plain")]
             self.encode_headers(status, hs, chunked=False)
         else:
-            # Envoy puts content-length: 0 last on bodiless local replies
-            self.encode_headers(status, hs, chunked=False, tail=(("content-length", "0"),))
+            self.encode_headers(status, hs, chunked=False, tail=self.BODILESS_TAIL)
         self.encode_data(body)
         self.encode_end()
         return False

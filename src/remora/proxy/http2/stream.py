@@ -147,6 +147,9 @@ class Http2Stream(ActiveStream):
     the router and prepare() use of an Http1Connection (the typed stream-connection
     Protocol replaces the cast once it exists)."""
 
+    # a bodiless local reply (gRPC's trailers-only one too) is one HEADERS frame with
+    # END_STREAM and no content-length, as Envoy 1.40's HTTP/2 codec sends it
+    BODILESS_TAIL: tuple[tuple[str, str], ...] = ()
     __slots__ = ("ack_waiting", "end_queued", "ended", "h2c", "head_block", "out",
                  "out_bytes", "reset", "reset_by_peer", "scon", "sid", "started_at",
                  "trailers", "unacked")

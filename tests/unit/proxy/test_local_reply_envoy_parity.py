@@ -1,0 +1,363 @@
+"""Local replies, the router's cluster stats and the access log's empty header values held
+to a real Envoy 1.40 on loopback (no root): one bootstrap (an HCM with codec_type AUTO in
+front of a grpcio service, an HTTP/1.1 backend and a closed port) run by `envoy` and by
+`remora proxy`, the same requests sent to both, and compared:
+
+- gRPC requests the proxy answers itself (no route, refused upstream, route timeout,
+  direct response) over HTTP/2 (grpcio's client and a raw h2 client) and HTTP/1.1: a
+  trailers-only 200 with grpc-status mapped from the HTTP status and grpc-message the
+  percent-encoded body; application/grpc-web is not gRPC;
+- the request the HTTP/1.1 upstream gets: x-envoy-expected-rq-timeout-ms 10000 for a 10 s
+  route, before the transfer-encoding the codec adds;
+- the clusters' upstream_rq_* counters and their hosts' rq_* counters (/clusters) after
+  refused connections, route and per-try timeouts, a retry that ends in a status its
+  policy does not retry;
+- access-log lines: %RESPONSE_CODE% 200 for a gRPC local reply, a header present but
+  empty printed empty (text and json), an absent one ``-`` / null.
+
+Dates, request ids and durations are masked. Needs the envoy binary (marker `envoy`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests import proxyharness as ph
+from tests.unit.proxy import loopback_proxies as lp
+from tests.unit.proxy.http2 import grpc_harness as gh
+from tests.unit.proxy.http2.h2client import H2Client
+from tests.unit.proxy.proxy_helpers import free_port, static_cluster
+
+pytestmark = pytest.mark.envoy
+
+# an HTTP/1.1 backend: /slow answers after 1 s, /flaky answers 503 then 500 alternately
+# (one retry per proxy: Envoy gets 503 then 500, remora the same), anything else echoes
+# the request head and body it received
+BACKEND = r"""
+import asyncio, sys
+hits = {"flaky": 0}
+async def handle(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            path = head.split(b" ")[1]
+            hm = {l.split(b":")[0].lower(): l.split(b":", 1)[1].strip()
+                  for l in head.split(b"\r\n")[1:] if b":" in l}
+            body = await r.readexactly(int(hm.get(b"content-length", 0)))
+            if hm.get(b"transfer-encoding") == b"chunked":
+                while size := int((await r.readuntil(b"\r\n")).strip(), 16):
+                    body += (await r.readexactly(size + 2))[:-2]
+                await r.readuntil(b"\r\n")
+            if path.startswith(b"/slow"):
+                await asyncio.sleep(1)
+            status = b"200 OK"
+            if path.startswith(b"/flaky"):
+                hits["flaky"] += 1
+                status = b"503 Unavailable" if hits["flaky"] % 2 else b"500 Oops"
+            out = head + body
+            w.write(b"HTTP/1.1 " + status + b"\r\nx-empty-up: \r\ncontent-length: %d\r\n\r\n"
+                    % len(out) + out)
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    w.close()
+async def main():
+    s = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await s.serve_forever()
+asyncio.run(main())
+"""
+
+SPECIAL_BODY = "caf\u00e9 ~ 100% }\ttab\x7f {|}\n"
+TEXT_FORMAT = ("%REQ(X-CASE)% code=%RESPONSE_CODE% grpc=%GRPC_STATUS% "
+               "details=%RESPONSE_CODE_DETAILS% flags=%RESPONSE_FLAGS% "
+               "attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% sent=%BYTES_SENT% "
+               'empty="%REQ(X-EMPTY)%" empty3="%REQ(X-EMPTY):3%" absent="%REQ(X-ABSENT)%" '
+               'resp_empty="%RESP(X-EMPTY-RESP)%" up_empty="%RESP(X-EMPTY-UP)%"\n')
+JSON_FORMAT = {"case": "%REQ(X-CASE)%", "code": "%RESPONSE_CODE%", "empty": "%REQ(X-EMPTY)%",
+               "absent": "%REQ(X-ABSENT)%", "resp_empty": "%RESP(X-EMPTY-RESP)%",
+               "mixed": "[%REQ(X-EMPTY)%]"}
+STATS = ["upstream_rq_total", "upstream_rq_completed", "upstream_rq_2xx", "upstream_rq_200",
+         "upstream_rq_5xx", "upstream_rq_500", "upstream_rq_503", "upstream_rq_504",
+         "upstream_rq_timeout", "upstream_rq_per_try_timeout", "upstream_rq_retry",
+         "upstream_rq_retry_success"]
+CLUSTERS = ["grpc", "backend", "refused"]
+HOST_STATS = ["rq_total", "rq_success", "rq_error", "rq_timeout", "rq_active"]
+
+
+def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
+            refused: int) -> dict[str, Any]:
+    def file_log(path: Path, fmt: dict[str, Any]) -> dict[str, Any]:
+        return {"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": gh.FILE_LOG, "path": str(path), "log_format": fmt}}
+    svc = gh.SERVICE
+    routes = [
+        {"match": {"prefix": f"/{svc}/Sleep"}, "route": {"cluster": "grpc", "timeout": "0.3s"}},
+        {"match": {"prefix": f"/{svc}/"}, "route": {"cluster": "grpc", "timeout": "0s"}},
+        {"match": {"prefix": "/refused"}, "route": {"cluster": "refused"}},
+        {"match": {"prefix": "/direct"},
+         "direct_response": {"status": 403, "body": {"inline_string": "nope"}}},
+        {"match": {"prefix": "/special"},
+         "direct_response": {"status": 401, "body": {"inline_string": SPECIAL_BODY}}},
+        {"match": {"prefix": "/slowtry"}, "route": {"cluster": "backend", "retry_policy": {
+            "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"}}},
+        {"match": {"prefix": "/slow"}, "route": {"cluster": "backend", "timeout": "0.3s"}},
+        {"match": {"prefix": "/flaky"}, "route": {"cluster": "backend", "retry_policy": {
+            "retry_on": "retriable-status-codes", "retriable_status_codes": [503],
+            "num_retries": 2}}},
+        {"match": {"prefix": "/echo"}, "route": {"cluster": "backend", "timeout": "10s"},
+         "response_headers_to_add": [{"header": {"key": "x-empty-resp", "value": ""},
+                                      "keep_empty_value": True}]},
+    ]
+    hcm = {"@type": gh.HCM, "stat_prefix": "lr", "codec_type": "AUTO",
+           "http2_protocol_options": {},
+           "access_log": [
+               file_log(log, {"text_format_source": {"inline_string": TEXT_FORMAT}}),
+               file_log(log.with_suffix(".jsonl"), {"json_format": JSON_FORMAT})],
+           "route_config": {"name": "local", "virtual_hosts": [
+               {"name": "nr", "domains": ["nr.example"],
+                "routes": [{"match": {"path": "/only"}, "route": {"cluster": "backend"}}]},
+               {"name": "all", "domains": ["*"], "routes": routes}]},
+           "http_filters": [{"name": "envoy.filters.http.router",
+                             "typed_config": {"@type": gh.ROUTER}}]}
+    explicit_h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": gh.HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                     "port_value": admin}}},
+            "static_resources": {
+                "listeners": [{"name": "lr", "address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm}]}]}],
+                "clusters": [
+                    static_cluster("grpc", grpc_port,
+                                   typed_extension_protocol_options=explicit_h2),
+                    static_cluster("backend", backend), static_cluster("refused", refused)]}}
+
+
+# -- the clients -------------------------------------------------------------------------
+GRPC_CASES = {"g-refused": "/refused.Svc/M", "g-noroute": "/nothing.Svc/M",
+              "g-timeout": f"/{gh.SERVICE}/Sleep", "g-direct": "/direct.Svc/M",
+              "g-special": "/special.Svc/M"}
+
+
+def _grpc_outcomes(port: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        for case, method in GRPC_CASES.items():
+            try:
+                ch.unary_unary(method)(b"hi", metadata=(("x-case", case), ("x-empty", "")),
+                                       timeout=5)
+                out[case] = "OK"
+            except grpc.RpcError as e:
+                out[case] = (e.code(), e.details(),  # type: ignore[attr-defined]
+                             [(m.key, m.value) for m in e.trailing_metadata()  # type: ignore[attr-defined]
+                              if m.key != "date"])
+    return out
+
+
+H2_CASES: dict[str, tuple[str, str, str, str]] = {  # method, path, authority, content-type
+    "h2-noroute-grpc": ("POST", "/x", "nr.example", "application/grpc"),
+    "h2-noroute-plain": ("GET", "/x", "nr.example", "text/plain"),
+    "h2-refused-grpc": ("POST", "/refused", "a", "application/grpc+proto"),
+    "h2-special-grpc": ("POST", "/special", "a", "application/grpc"),
+    "h2-head-special-grpc": ("HEAD", "/special", "a", "application/grpc"),
+    "h2-refused-grpcweb": ("POST", "/refused", "a", "application/grpc-web"),
+}
+
+
+async def _h2_outcomes(port: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for case, (method, path, authority, ctype) in H2_CASES.items():
+        c = await H2Client.connect(("127.0.0.1", port))
+        try:
+            r = await c.request(method, path, authority=authority,
+                                headers=[("content-type", ctype), ("x-case", case)])
+            out[case] = {"status": r.status, "body": r.body, "ended": r.ended,
+                         "trailers": r.trailers,
+                         "headers": [(n, "D" if n == "date" else v) for n, v in r.headers]}
+        finally:
+            await c.close()
+    return out
+
+
+H1_CASES = {
+    "h1-refused-grpc": b"POST /refused/x HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc"
+                       b"\r\ncontent-length: 0\r\n\r\n",
+    "h1-noroute-grpc": b"POST /x HTTP/1.1\r\nHost: nr.example\r\n"
+                       b"content-type: application/grpc+proto\r\ncontent-length: 0\r\n\r\n",
+    "h1-direct-grpc": b"POST /direct HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\n"
+                      b"content-length: 0\r\n\r\n",
+    "h1-timeout-grpc": b"POST /slow HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\n"
+                       b"content-length: 0\r\n\r\n",
+    "h1-refused-grpcweb": b"POST /refused/x HTTP/1.1\r\nHost: a\r\n"
+                          b"content-type: application/grpc-web\r\ncontent-length: 0\r\n\r\n",
+    "h1-timeout-plain": b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n",
+    "h1-echo-chunked": b"POST /echo HTTP/1.1\r\nHost: a\r\nx-empty: \r\n"
+                       b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "h1-echo-length": b"POST /echo HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n\r\nabc",
+    "h1-flaky-retried": b"GET /flaky HTTP/1.1\r\nHost: a\r\n\r\n",
+    "h1-per-try-retried-grpc": b"POST /slowtry HTTP/1.1\r\nHost: a\r\n"
+                               b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+}
+_MASKS = [
+    (rb"date: [^\r]*", b"date: D"),
+    (rb"x-envoy-upstream-service-time: \d+", b"x-envoy-upstream-service-time: N"),
+    (rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", b"UUID"),
+    # the retry's expected timeout is the 15 s default minus the (jittered) time spent
+    # (15000 after a backoff under 1 ms); the first attempt's value (10000 for the 10 s
+    # route) is compared exactly
+    (rb"x-envoy-expected-rq-timeout-ms: (?:14\d\d\d|15000)\r",
+     b"x-envoy-expected-rq-timeout-ms: RETRY\r"),
+]
+
+
+def _h1(port: int, case: str, request: bytes) -> bytes:
+    line, _, rest = request.partition(b"\r\n")
+    request = line + b"\r\nConnection: close\r\nx-case: " + case.encode() + b"\r\n" + rest
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(5)
+    out = b""
+    try:
+        s.sendall(request)
+        while chunk := s.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    for pattern, repl in _MASKS:
+        out = re.sub(pattern, repl, out)
+    return out
+
+
+def _stats(admin: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for line in lp.admin_text(admin, "/stats").splitlines():
+        name, _, value = line.partition(": ")
+        if value.isdigit():
+            found[name] = int(value)
+    counters = {f"{c}.{s}": found.get(f"cluster.{c}.{s}", 0) for c in CLUSTERS for s in STATS}
+    # the hosts' counters from /clusters (CLUSTER::HOST:PORT::NAME::VALUE), port masked
+    for line in lp.admin_text(admin, "/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[2] in HOST_STATS:
+            counters[f"{parts[0]}::host::{parts[2]}"] = int(parts[3])
+    return counters
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
+    tmp = tmp_path_factory.mktemp("localreply")
+    backend, refused = free_port(), free_port()
+    server = subprocess.Popen([sys.executable, "-c", BACKEND, str(backend)])
+    try:
+        lp.wait_listening(backend, server, "HTTP/1.1 backend")
+        with gh.grpc_service() as (grpc_port, _):
+            found: dict[str, dict[str, Any]] = {}
+            for kind in ph.KINDS:
+                port, admin = free_port(), free_port()
+                log = tmp / f"{kind}.log"
+                cfg = tmp / f"{kind}.json"
+                cfg.write_text(json.dumps(_config(port, admin, log, grpc_port, backend,
+                                                  refused)))
+                with lp.loopback_proxy(kind, cfg, port):
+                    result: dict[str, Any] = {
+                        "grpc": _grpc_outcomes(port),
+                        "h2": asyncio.run(_h2_outcomes(port)),
+                        "h1": {case: _h1(port, case, req) for case, req in H1_CASES.items()}}
+                    total = len(GRPC_CASES) + len(H2_CASES) + len(H1_CASES)
+                    result["log"] = lp.wait_lines(log, total)
+                    result["json"] = lp.wait_lines(log.with_suffix(".jsonl"), total)
+                    result["stats"] = _stats(admin)
+                found[kind] = result
+            yield found
+    finally:
+        lp.stop(server)
+
+
+# -- the comparisons ---------------------------------------------------------------------
+@pytest.mark.parametrize("case", list(GRPC_CASES))
+def test_grpc_client_sees_what_envoy_gives(outcomes: dict[str, dict[str, Any]],
+                                           case: str) -> None:
+    theirs = outcomes["envoy"]["grpc"][case]
+    assert outcomes["remora"]["grpc"][case] == theirs
+    # the proxy's own status and message, not grpcio's "Received http2 header with status"
+    assert "http2 header" not in theirs[1]
+
+
+def test_grpc_status_mapping(outcomes: dict[str, dict[str, Any]]) -> None:
+    codes = {case: out[0] for case, out in outcomes["remora"]["grpc"].items()}
+    assert codes == {"g-refused": grpc.StatusCode.UNAVAILABLE,
+                     "g-noroute": grpc.StatusCode.UNIMPLEMENTED,
+                     "g-timeout": grpc.StatusCode.UNAVAILABLE,
+                     "g-direct": grpc.StatusCode.PERMISSION_DENIED,
+                     "g-special": grpc.StatusCode.UNAUTHENTICATED}
+    assert outcomes["remora"]["grpc"]["g-timeout"][1] == "upstream request timeout"
+
+
+@pytest.mark.parametrize("case", list(H2_CASES))
+def test_http2_exchange_same_as_envoy(outcomes: dict[str, dict[str, Any]], case: str) -> None:
+    assert outcomes["remora"]["h2"][case] == outcomes["envoy"]["h2"][case]
+
+
+def test_http2_grpc_local_reply_is_trailers_only(outcomes: dict[str, dict[str, Any]]) -> None:
+    r = outcomes["remora"]["h2"]["h2-special-grpc"]
+    assert (r["status"], r["body"], r["ended"], r["trailers"]) == (200, b"", True, [])
+    assert dict(r["headers"])["grpc-message"] == "caf%C3%A9 %7E 100%25 }%09tab%7F {|}%0A"
+    assert "grpc-message" not in dict(outcomes["remora"]["h2"]["h2-head-special-grpc"]
+                                      ["headers"])
+
+
+@pytest.mark.parametrize("case", list(H1_CASES))
+def test_http1_exchange_same_as_envoy(outcomes: dict[str, dict[str, Any]], case: str) -> None:
+    assert outcomes["remora"]["h1"][case] == outcomes["envoy"]["h1"][case]
+
+
+def test_http1_upstream_timeout_header_before_framing(
+        outcomes: dict[str, dict[str, Any]]) -> None:
+    echoed = outcomes["remora"]["h1"]["h1-echo-chunked"]
+    assert b"x-envoy-expected-rq-timeout-ms: 10000\r\ntransfer-encoding: chunked\r\n" in echoed
+    assert b"x-envoy-expected-rq-timeout-ms: 10000\r\n\r\nabc" in \
+        outcomes["remora"]["h1"]["h1-echo-length"]
+
+
+def test_access_log_lines_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
+    theirs = sorted(outcomes["envoy"]["log"])
+    assert len(theirs) == len(GRPC_CASES) + len(H2_CASES) + len(H1_CASES)
+    assert sorted(outcomes["remora"]["log"]) == theirs
+    assert any(line.startswith("g-refused code=200 grpc=Unavailable") for line in theirs)
+    assert any(line.startswith("h1-echo-chunked ") and 'empty=""' in line
+               and 'absent="-"' in line for line in theirs)
+
+
+def test_json_access_log_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
+    theirs = sorted(outcomes["envoy"]["json"])
+    assert sorted(outcomes["remora"]["json"]) == theirs
+    assert {"absent": None, "case": "h1-echo-chunked", "code": 200, "empty": "",
+            "mixed": "[]", "resp_empty": ""} in [json.loads(line) for line in theirs]
+
+
+def test_cluster_stats_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
+    theirs = outcomes["envoy"]["stats"]
+    assert outcomes["remora"]["stats"] == theirs
+    # the refused connections are charged as 503s though no request reached a host, the
+    # retried 503 that ended in a 500 counts as a retry success
+    assert theirs["refused.upstream_rq_503"] > 0 and theirs["refused.upstream_rq_total"] == 0
+    assert theirs["backend.upstream_rq_retry_success"] == 1
+    # a route timeout each for h1-timeout-grpc and h1-timeout-plain, and the per-try
+    # timeouts (both counted, the last one's 504 charged)
+    assert theirs["backend.upstream_rq_504"] == 3 and theirs["grpc.upstream_rq_504"] == 1
+    assert theirs["backend.upstream_rq_per_try_timeout"] == 2
+    # per host: the route and per-try timeouts, the refused connections as errors
+    assert theirs["backend::host::rq_timeout"] == 4 and theirs["refused::host::rq_error"] > 0
