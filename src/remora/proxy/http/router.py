@@ -32,7 +32,11 @@ from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
-from remora.proxy.http.upstream_request import BodySink, encode_request_head
+from remora.proxy.http.upstream_request import (
+    BodySink,
+    encode_request_head,
+    expected_timeout_ms,
+)
 from remora.proxy.http2.upstream import forward_h2, http2_upstream
 from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
 
@@ -42,19 +46,6 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 
 def _discard(data: bytes) -> None:
     pass
-
-
-def expected_timeout_ms(route_timeout: float, per_try_timeout: float, elapsed_ms: int) -> int:
-    """The x-envoy-expected-rq-timeout-ms value, 0 for none: Envoy's
-    FilterUtility::setTimeoutHeaders. The per-try timeout, else the route's; capped by what
-    is left of the route's timeout (ELAPSED_MS is 0 on the first attempt, the time since
-    the request started on a retry; 1 once it is all spent). 10000 for a 10 s route on
-    its first attempt, checked side by side with Envoy 1.40."""
-    global_ms = round(route_timeout * 1000)
-    expected = round(per_try_timeout * 1000) or global_ms
-    if expected > 0 and global_ms > 0:
-        expected = 1 if elapsed_ms >= global_ms else min(expected, global_ms - elapsed_ms)
-    return max(expected, 0)
 
 
 class _Failure(Exception):

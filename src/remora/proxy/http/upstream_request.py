@@ -50,3 +50,16 @@ class BodySink:
         """Until the upstream took the body written so far (its drain)."""
         with contextlib.suppress(ConnectionError, OSError):
             await self.conn.drain()
+
+
+def expected_timeout_ms(route_timeout: float, per_try_timeout: float, elapsed_ms: int) -> int:
+    """The x-envoy-expected-rq-timeout-ms value, 0 for none: Envoy's
+    FilterUtility::setTimeoutHeaders. The per-try timeout, else the route's; capped by what
+    is left of the route's timeout (ELAPSED_MS is 0 on the first attempt, the time since
+    the request started on a retry; 1 once it is all spent). 10000 for a 10 s route on
+    its first attempt, checked side by side with Envoy 1.40."""
+    global_ms = round(route_timeout * 1000)
+    expected = round(per_try_timeout * 1000) or global_ms
+    if expected > 0 and global_ms > 0:
+        expected = 1 if elapsed_ms >= global_ms else min(expected, global_ms - elapsed_ms)
+    return max(expected, 0)

@@ -54,6 +54,7 @@ from remora.proxy.http.pool import PoolKey, limits_of, pool_key
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
+from remora.proxy.http.upstream_request import expected_timeout_ms
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
     request_headers,
@@ -873,18 +874,15 @@ def _request_headers(fw: Forward) -> list[tuple[str, str]]:
     stream = fw.stream
     extra = None
     route = fw.route
-    if not fw.router.suppress and route.timeout > 0:
-        # Envoy's FilterUtility::setTimeoutHeaders: the whole route timeout on the first
-        # attempt, minus the whole milliseconds elapsed on a retry, or the per-try
-        # timeout when that is shorter (10000 for a 10 s route, checked side by side)
+    if not fw.router.suppress:
+        # Envoy's FilterUtility::setTimeoutHeaders, as the HTTP/1.1 path sends it
         elapsed = 0
         if stream.info.upstream_request_attempt_count > 1:
             elapsed = int((time.monotonic() - fw.started) * 1000)
-        remaining = int(route.timeout * 1000) - elapsed
-        per_try = int((fw.policy.per_try_timeout if fw.policy is not None else 0.0) * 1000)
-        if 0 < per_try < remaining:
-            remaining = per_try
-        extra = ("x-envoy-expected-rq-timeout-ms", str(max(remaining, 0)))
+        per_try = fw.policy.per_try_timeout if fw.policy is not None else 0.0
+        expected = expected_timeout_ms(route.timeout, per_try, elapsed)
+        if expected:
+            extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
     headers = stream.upstream_headers
     mutations = route.request_mutations
     if mutations:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from remora.proxy.http.router import expected_timeout_ms
 from remora.proxy.http.stream import grpc_message, http_to_grpc_status, is_grpc_content_type
+from remora.proxy.http.upstream_request import expected_timeout_ms
 
 
 @pytest.mark.parametrize(("status", "code"), [
