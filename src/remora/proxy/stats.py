@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from remora.proxy.interfaces import Stats
@@ -128,7 +129,7 @@ class _StatsGauge(Gauge):
 def gauge(stats: Stats, name: str) -> Gauge:
     """The handle of gauge NAME in STATS (listed from its first change)."""
     if isinstance(stats, StatsStore):
-        return Gauge(stats.gauges, name)
+        return Gauge(stats.gauge_values, name)
     return _StatsGauge(stats, name)
 
 
@@ -152,14 +153,32 @@ def histogram(stats: Stats, name: str) -> Histogram:
 class StatsStore:
     """The ``interfaces.Stats`` implementation. Plain dicts: an increment by name is one
     dict op; hot paths resolve a name once to a handle (``counter``, ``histogram``).
-    Gauges stay plain dict entries (the core's circuit breakers write them directly)."""
+    Gauges stay plain dict entries (the core's circuit breakers write them directly);
+    a gauge that would change on every request is kept by its owner in a plain int and
+    written here by a gauge source only when the gauges are read (``gauge_source``)."""
 
     def __init__(self) -> None:
         self._counters: defaultdict[str, int] = defaultdict(int)
-        self.gauges: defaultdict[str, int] = defaultdict(int)
+        # the gauges as written; ``gauges`` (on read) adds what the gauge sources hold
+        self.gauge_values: defaultdict[str, int] = defaultdict(int)
         self._histograms: dict[str, Histogram] = {}
         self._counter_handles: dict[str, Counter] = {}
         self._unlisted: dict[str, Histogram] = {}  # histogram handles with no value yet
+        self._gauge_sources: dict[str, Callable[[dict[str, int]], None]] = {}
+
+    @property
+    def gauges(self) -> defaultdict[str, int]:
+        """Every gauge's value (what the gauge sources hold written in first)."""
+        values = self.gauge_values
+        for source in self._gauge_sources.values():
+            source(values)
+        return values
+
+    def gauge_source(self, key: str, source: Callable[[dict[str, int]], None]) -> None:
+        """SOURCE writes its gauges into the dict it is given whenever the gauges are read.
+        One source per KEY: a component that replaces another (a cluster updated by CDS)
+        registers under the same key and takes over its gauges."""
+        self._gauge_sources[key] = source
 
     @property
     def counters(self) -> defaultdict[str, int]:
@@ -198,10 +217,10 @@ class StatsStore:
         self._counters[name] += value
 
     def gauge_add(self, name: str, delta: int) -> None:
-        self.gauges[name] += delta
+        self.gauge_values[name] += delta
 
     def gauge_set(self, name: str, value: int) -> None:
-        self.gauges[name] = value
+        self.gauge_values[name] = value
 
     def observe(self, name: str, value_ms: float) -> None:
         hist = self._histograms.get(name)

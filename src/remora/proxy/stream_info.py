@@ -24,6 +24,11 @@ RESPONSE_FLAG_ORDER: tuple[str, ...] = (
 )
 
 
+_new = object.__new__
+_wall = time.time
+_monotonic = time.monotonic
+
+
 def format_address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
@@ -71,6 +76,46 @@ class StreamInfo:
 
     # per-filter facts (e.g. RBAC's policy decision) for DYNAMIC_METADATA and diagnosis
     dynamic_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def for_request(cls, conn: StreamInfo, protocol: str) -> StreamInfo:
+        """A request's StreamInfo on the downstream connection whose facts are CONN: the
+        connection's addresses, SNI, ALPN, listener and filter chain, its dynamic metadata
+        (copied: a request's filters add their own), PROTOCOL, and the start times. Built
+        on every request: the fields are set directly, in the constructor's order (so
+        every instance shares one key layout), without its keyword parsing and default
+        factories."""
+        info = _new(cls)
+        info.start_time = _wall()
+        info.start_monotonic = _monotonic()
+        info.end_monotonic = None
+        info.downstream_local_address = conn.downstream_local_address
+        info.downstream_remote_address = conn.downstream_remote_address
+        info.downstream_direct_remote_address = conn.downstream_direct_remote_address
+        info.requested_server_name = conn.requested_server_name
+        info.downstream_alpn = conn.downstream_alpn
+        info.listener_name = conn.listener_name
+        info.filter_chain_name = conn.filter_chain_name
+        info.protocol = protocol
+        info.request_headers = None
+        info.response_headers = None
+        info.response_trailers = None
+        info.response_code = None
+        info.response_code_details = None
+        info.route_name = None
+        info.response_flags = {}
+        info.connection_termination_details = None
+        info.bytes_received = 0
+        info.bytes_sent = 0
+        info.upstream_cluster = None
+        info.upstream_host = None
+        info.upstream_local_address = None
+        info.upstream_transport_failure_reason = None
+        info.upstream_request_attempt_count = 0
+        info.upstream_protocol = None
+        metadata = conn.dynamic_metadata
+        info.dynamic_metadata = dict(metadata) if metadata else {}
+        return info
 
     def finish(self) -> None:
         if self.end_monotonic is None:

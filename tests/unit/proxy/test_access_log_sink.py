@@ -134,3 +134,29 @@ def test_flush_all_writes_what_a_full_pipe_held(pipe_sink) -> None:  # type: ign
     assert _drain(r) == filler
     sink_mod.flush_all()  # the pipe has room again: written on the way out
     assert _drain(r) == b"held line\n"
+
+
+def test_each_loop_in_turn_and_no_loop_between_get_their_lines(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    """The sink remembers the loop it last scheduled a flush on (asking asyncio costs a
+    getpid(2) on CPython 3.11): a loop that ended, no loop at all, and a second loop in
+    a thread each still get their lines written, one write per turn."""
+    import threading
+    s, r, writes = pipe_sink
+
+    async def turn(tag: str) -> None:
+        s.write(f"{tag}1\n")
+        s.write(f"{tag}2\n")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        s.write(f"{tag}3\n")  # a later turn of the same loop
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(turn("a"))
+    s.write("none\n")  # between loops: written at once
+    asyncio.run(turn("b"))
+    worker = threading.Thread(target=lambda: asyncio.run(turn("c")))
+    worker.start()
+    worker.join()
+    assert _read(r) == b"a1\na2\na3\nnone\nb1\nb2\nb3\nc1\nc2\nc3\n"
+    assert writes == [6, 3, 5, 6, 3, 6, 3]

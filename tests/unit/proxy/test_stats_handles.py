@@ -79,3 +79,41 @@ def test_handles_over_another_stats_forward_by_name() -> None:
     assert other.counters["a"] == 5
     assert other.gauges == [("g", 1)]
     assert other.observed == [("t", 1.5)]
+
+
+def test_requests_breaker_gauges_are_computed_when_read() -> None:
+    """The "requests" circuit breaker is taken and given back by every request: its count
+    is a plain int and rq_open / remaining_rq are written when the gauges are read, with
+    the values (and the listing from the first request) that writing them on every change
+    gave; a cluster replaced by CDS takes the gauges over."""
+    from remora.proxy.upstream.cluster import ClusterImpl
+    from remora.proxy.upstream.config import parse_cluster
+    from tests.unit.proxy.proxy_helpers import static_cluster
+
+    def make(s: StatsStore, limit: int) -> ClusterImpl:
+        raw = static_cluster("c", 1, circuit_breakers={"thresholds": [
+            {"max_requests": limit, "track_remaining": True}]})
+        return ClusterImpl(parse_cluster(raw, "clusters[0]"), s)
+
+    s = StatsStore()
+    c = make(s, 2)
+    rq_open = "cluster.c.circuit_breakers.default.rq_open"
+    remaining = "cluster.c.circuit_breakers.default.remaining_rq"
+    assert rq_open not in s.gauges and remaining not in s.render_text()
+    assert c.try_acquire("requests")
+    assert (s.gauges[rq_open], s.gauges[remaining]) == (0, 1)
+    assert c.try_acquire("requests")
+    assert f"{rq_open}: 1\n" in s.render_text() and f"{remaining}: 0\n" in s.render_text()
+    assert not c.try_acquire("requests")  # over the limit: counted as an overflow
+    assert s.counters["cluster.c.upstream_rq_pending_overflow"] == 1
+    assert s.snapshot()["gauges"][remaining] == 0
+    c.release("requests")
+    assert (s.gauges[rq_open], s.gauges[remaining]) == (0, 1)
+    # a CDS update keeps the breaker counts; the new object's limit applies once it serves
+    new = make(s, 5)
+    new.active = c.active
+    assert new.try_acquire("requests")
+    assert (s.gauges[rq_open], s.gauges[remaining]) == (0, 3)
+    new.release("requests")
+    c.release("requests")
+    assert (s.gauges[rq_open], s.gauges[remaining]) == (0, 5)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import select
+import threading
 
 from remora.errors import RemoraError
 
@@ -29,16 +30,25 @@ class Sink:
         self._pending: list[str] = []
         self._held = b""  # bytes a full non-blocking fd did not take yet
         self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # see write
+        self._thread = 0
 
     def write(self, line: str) -> None:
         self._pending.append(line)
         if self._scheduled:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
+        # The loop the last flush was scheduled on, while it still runs in this thread, is
+        # the running loop: asking asyncio for it costs a getpid(2) per call on CPython
+        # 3.11 (its fork check), once per loop turn that logs (forked workers forget it).
+        loop = self._loop
+        if loop is None or not loop.is_running() or self._thread != threading.get_ident():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._loop = loop
+            self._thread = threading.get_ident()
         self._scheduled = True
         loop.call_soon(self.flush)
 
@@ -98,6 +108,15 @@ def fd_sink(fd: int, name: str) -> Sink:
     if sink is None:
         sink = _SINKS[key] = Sink(fd, name)
     return sink
+
+
+def _forget_loops() -> None:
+    """In a forked child: the parent's loop is not this process's running loop."""
+    for sink in _SINKS.values():
+        sink._loop = None
+
+
+os.register_at_fork(after_in_child=_forget_loops)
 
 
 def flush_all() -> None:

@@ -147,7 +147,9 @@ class Http1Connection:
                 self._pause_reading()
             elif cur is not None and cur.sink is not None and cur.sink.congested():
                 self.hold_reading_until(cur.sink.wait())
-        self._wake()
+        w = self._waiter  # _wake, inlined: once per read
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _arm_headers_timer(self) -> None:
         """request_headers_timeout runs from a request's first byte to its last header."""
@@ -320,7 +322,8 @@ class Http1Connection:
                     raise
                 continue
             req = dec.ready.popleft()
-            self.resume_reading()
+            if self._read_paused:
+                self.resume_reading()
             stream = ActiveStream(self, req)
             self.active = stream
             sit = self.cfg.stream_idle_timeout

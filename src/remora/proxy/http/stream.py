@@ -115,15 +115,7 @@ class ActiveStream:
     def __init__(self, conn: Http1Connection, req: Request) -> None:
         self.conn = conn
         self.req = req
-        ci = conn.downstream.info
-        self.info = info = StreamInfo(
-            downstream_local_address=ci.downstream_local_address,
-            downstream_remote_address=ci.downstream_remote_address,
-            downstream_direct_remote_address=ci.downstream_direct_remote_address,
-            requested_server_name=ci.requested_server_name, downstream_alpn=ci.downstream_alpn,
-            listener_name=ci.listener_name, filter_chain_name=ci.filter_chain_name,
-            protocol="HTTP/1.1")
-        info.dynamic_metadata.update(ci.dynamic_metadata)
+        self.info = StreamInfo.for_request(conn.downstream.info, "HTTP/1.1")
         self.method = req.method
         self.head = req.method == "HEAD"
         self.path = ""

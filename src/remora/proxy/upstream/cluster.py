@@ -75,12 +75,17 @@ class ClusterImpl:
                 base + _GAUGES[resource],
                 base + remaining[resource] if config.track_remaining else None)
             for resource in self.active}
+        # "requests" is taken and given back by every request: its gauges are computed
+        # when the stats are read (_requests_gauges), listed from the first request
+        self._rq_limit = config.thresholds["max_requests"]
+        self._rq_overflow = self.prefix + _RESOURCES["requests"][1]
+        self._rq_listed = False
         stats.touch(*(self.prefix + n for n in (
             "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
             "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_rq_pending_overflow",
             "upstream_rq_retry_overflow", "upstream_cx_destroy", "upstream_rq_total",
             "upstream_rq_pending_total")))
-        stats.gauges[self.prefix + "upstream_cx_active"] += 0
+        stats.gauge_values[self.prefix + "upstream_cx_active"] += 0
         stats.gauge_set(self.prefix + "membership_total", len(self.hosts))
         stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in self.hosts))
 
@@ -273,26 +278,47 @@ class ClusterImpl:
         return result
 
     def try_acquire(self, resource: str) -> bool:
+        active = self.active
+        n = active[resource]
+        if resource == "requests":  # every request: a plain count, gauges on read
+            if n >= self._rq_limit:
+                self.stats.inc(self._rq_overflow)
+                return False
+            active["requests"] = n + 1
+            if not self._rq_listed:
+                self._rq_listed = True
+                self.stats.gauge_source(self.prefix + "circuit_breakers.requests",
+                                        self._requests_gauges)
+            return True
         threshold, overflow = _RESOURCES[resource]
-        if self.active[resource] >= self.config.thresholds[threshold]:
+        if n >= self.config.thresholds[threshold]:
             self.stats.inc(self.prefix + overflow)
             return False
-        self.active[resource] += 1
+        active[resource] = n + 1
         self._cb_gauges(resource)
         return True
 
     def release(self, resource: str) -> None:
-        if self.active[resource] > 0:
-            self.active[resource] -= 1
-            self._cb_gauges(resource)
+        active = self.active
+        n = active[resource]
+        if n > 0:
+            active[resource] = n - 1
+            if resource != "requests":
+                self._cb_gauges(resource)
 
-    def _cb_gauges(self, resource: str) -> None:
+    def _cb_gauges(self, resource: str, gauges: dict[str, int] | None = None) -> None:
+        """RESOURCE's circuit-breaker gauges (open, remaining) from its active count."""
         limit, open_gauge, remaining = self._cb[resource]
         active = self.active[resource]
-        gauges = self.stats.gauges
+        if gauges is None:
+            gauges = self.stats.gauge_values
         gauges[open_gauge] = int(active >= limit)
         if remaining is not None:
             gauges[remaining] = max(limit - active, 0)
+
+    def _requests_gauges(self, gauges: dict[str, int]) -> None:
+        """StatsStore gauge source: the "requests" breaker's gauges when they are read."""
+        self._cb_gauges("requests", gauges)
 
 
 class ClusterManagerImpl:
