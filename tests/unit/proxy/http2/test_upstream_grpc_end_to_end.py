@@ -97,9 +97,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
             boot = us.bootstrap(port, admin, log, free_port(), grpc_port, free_port(),
                                 free_port())
             hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            # a route timeout far above any call's run time: the 10,000-message stream
+            # must not turn into a speed test on a loaded machine (the deadline case is
+            # the client's 0.2 s, forwarded as grpc-timeout)
             hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"].insert(
                 0, {"match": {"prefix": "/t.S/"}, "route": {"cluster": "grpc",
-                                                           "timeout": "5s"}})
+                                                           "timeout": "120s"}})
             cfg = tmp / f"{kind}.json"
             cfg.write_text(json.dumps(boot))
             with lp.loopback_proxy(kind, cfg, port):
