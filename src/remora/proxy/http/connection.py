@@ -19,6 +19,7 @@ from remora.proxy.http.codec import CodecError, RequestDecoder
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import Downstream
 from remora.proxy.stream_info import StreamInfo
+from remora.proxy.takeover import take_over
 
 if TYPE_CHECKING:
     from remora.proxy.http.hcm import HttpConnectionManager
@@ -97,15 +98,8 @@ class Http1Connection:
         """Switch the transport to our protocol; what the core's StreamReader already
         buffered (it starts reading at accept) is decoded first. StreamReader keeps that
         buffer in ``_buffer``/``_eof`` (CPython's asyncio; uvloop uses the same class)."""
-        reader = self.downstream.reader
-        buffered = bytes(getattr(reader, "_buffer", b""))
-        with contextlib.suppress(AttributeError):
-            reader._buffer.clear()  # type: ignore[attr-defined]
-        at_eof = bool(getattr(reader, "_eof", False))
-        self.transport.set_protocol(_DownstreamProtocol(self))
-        with contextlib.suppress(Exception):
-            if not self.transport.is_reading():  # type: ignore[attr-defined]
-                self.transport.resume_reading()  # type: ignore[attr-defined]
+        buffered, at_eof = take_over(self.downstream.reader, self.transport,
+                                     _DownstreamProtocol(self))
         if buffered:
             self.on_data(buffered)
         if at_eof:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, cast
 
 from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, Upstream
+from remora.proxy.takeover import take_over
 from remora.proxy.upstream.connect import TrackedProtocol
 
 PoolKey = tuple[str, str, int, str | None]
@@ -115,16 +116,10 @@ class PooledConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, self.upstream.writer.transport)
         old = transport.get_protocol()
         self._tracked = old if isinstance(old, TrackedProtocol) else None
-        buf = getattr(reader, "_buffer", None)
-        if buf:
-            self._pending = bytes(buf)
-            buf.clear()
-        self._eof = bool(getattr(reader, "_eof", False))
-        transport.set_protocol(self)
+        buffered, self._eof = take_over(reader, transport, self)
+        if buffered:
+            self._pending = buffered
         self.transport = transport
-        with contextlib.suppress(Exception):
-            if not transport.is_reading():
-                transport.resume_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

@@ -45,6 +45,7 @@ from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
+from remora.proxy.takeover import take_over
 
 if TYPE_CHECKING:
     from remora.proxy.http.hcm import HttpConnectionManager
@@ -195,15 +196,7 @@ class Http2Connection:
                 self.writer.close()
 
     def _take_over(self) -> None:
-        reader = self.downstream.reader
-        buffered = bytes(getattr(reader, "_buffer", b""))
-        with contextlib.suppress(AttributeError):
-            reader._buffer.clear()  # type: ignore[attr-defined]
-        at_eof = bool(getattr(reader, "_eof", False))
-        self.transport.set_protocol(_Protocol(self))
-        with contextlib.suppress(Exception):
-            if not self.transport.is_reading():  # type: ignore[attr-defined]
-                self.transport.resume_reading()  # type: ignore[attr-defined]
+        buffered, at_eof = take_over(self.downstream.reader, self.transport, _Protocol(self))
         if buffered:
             self.on_data(buffered)
         if at_eof:

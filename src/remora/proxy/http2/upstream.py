@@ -63,6 +63,7 @@ from remora.proxy.http2.upstream_messages import (
     trailer_fields,
 )
 from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
+from remora.proxy.takeover import take_over
 from remora.proxy.upstream.config import DEFAULT_H2, Http2Options, HttpProtocolOptions
 
 PROTOCOL = "HTTP/2"
@@ -292,15 +293,8 @@ class H2Client:
         if opts.initial_connection_window_size > 65535:
             conn.set_local_window_size(opts.initial_connection_window_size)
         transport = upstream.writer.transport
-        reader = upstream.reader
-        buffered = bytes(getattr(reader, "_buffer", b""))
-        with contextlib.suppress(AttributeError):
-            reader._buffer.clear()  # type: ignore[attr-defined]
-        at_eof = bool(getattr(reader, "_eof", False))
-        transport.set_protocol(_Protocol(self, transport.get_protocol()))
-        with contextlib.suppress(Exception):
-            if not transport.is_reading():  # type: ignore[attr-defined]
-                transport.resume_reading()  # type: ignore[attr-defined]
+        buffered, at_eof = take_over(upstream.reader, transport,
+                                     _Protocol(self, transport.get_protocol()))
         self.stats.inc(self.stat + "upstream_cx_http2_total")
         self.flush()
         if not self.ready.done():

@@ -25,6 +25,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from remora.proxy.takeover import take_buffered
+
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 PIPE_SIZE = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size
 AVAILABLE = hasattr(os, "splice")
@@ -45,16 +47,6 @@ def plain_socket_fd(writer: asyncio.StreamWriter) -> int | None:
     except (OSError, ValueError):
         return None
     return fd if fd >= 0 else None
-
-
-def take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """What READER already holds and whether it saw EOF. StreamReader keeps them in
-    ``_buffer``/``_eof`` (CPython's asyncio; uvloop uses the same class), which is the
-    only way to hand a connection from a StreamReader to another reader without loss."""
-    buffered = bytes(getattr(reader, "_buffer", b""))
-    with contextlib.suppress(AttributeError):
-        reader._buffer.clear()  # type: ignore[attr-defined]
-    return buffered, bool(getattr(reader, "_eof", False))
 
 
 class _Direction:
