@@ -9,11 +9,12 @@ stopped by its PID however the test ends.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,3 +75,28 @@ def admin_text(port: int, path: str) -> str:
     """GET PATH from the admin listener on 127.0.0.1:PORT."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         return str(r.read().decode())
+
+
+def exchange_closed(port: int, request: bytes, masks: Sequence[tuple[bytes, bytes]] = (),
+                    timeout: float = 5.0, add_headers: bytes = b"") -> bytes:
+    """Send REQUEST (an HTTP/1.1 one gets ``Connection: close`` and ADD_HEADERS after its
+    request line) to 127.0.0.1:PORT and read until the proxy closes; a reset or a quiet
+    TIMEOUT ends the read too. Each (pattern, replacement) of MASKS is then applied, so
+    two proxies' answers compare without their dates and timings."""
+    line, sep, rest = request.partition(b"\r\n")
+    if sep and b"HTTP/1.1" in line:
+        request = line + b"\r\nConnection: close\r\n" + add_headers + rest
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(timeout)
+    out = b""
+    try:
+        s.sendall(request)
+        while chunk := s.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    for pattern, repl in masks:
+        out = re.sub(pattern, repl, out)
+    return out

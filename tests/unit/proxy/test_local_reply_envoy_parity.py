@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -223,22 +221,8 @@ _MASKS = [
 
 
 def _h1(port: int, case: str, request: bytes) -> bytes:
-    line, _, rest = request.partition(b"\r\n")
-    request = line + b"\r\nConnection: close\r\nx-case: " + case.encode() + b"\r\n" + rest
-    s = socket.create_connection(("127.0.0.1", port))
-    s.settimeout(5)
-    out = b""
-    try:
-        s.sendall(request)
-        while chunk := s.recv(65536):
-            out += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    finally:
-        s.close()
-    for pattern, repl in _MASKS:
-        out = re.sub(pattern, repl, out)
-    return out
+    return lp.exchange_closed(port, request, _MASKS, add_headers=b"x-case: " + case.encode()
+                              + b"\r\n")
 
 
 def _stats(admin: int) -> dict[str, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -159,23 +158,7 @@ def _config(template: dict[str, Any], port: int, admin: int, log: Path, echo: in
 
 def _exchange(port: int, request: bytes) -> bytes:
     """Send REQUEST with Connection: close added; read until the proxy closes."""
-    line, sep, rest = request.partition(b"\r\n")
-    if sep and b"HTTP/1.1" in line:
-        request = line + b"\r\nConnection: close\r\n" + rest
-    s = socket.create_connection(("127.0.0.1", port))
-    s.settimeout(5)
-    s.sendall(request)
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    finally:
-        s.close()
-    for pattern, repl in _MASKS:
-        out = re.sub(pattern, repl, out)
-    return out
+    return lp.exchange_closed(port, request, _MASKS)
 
 
 @pytest.fixture(scope="module")

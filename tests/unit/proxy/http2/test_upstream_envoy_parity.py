@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -108,21 +107,7 @@ STATS = ("upstream_cx_total", "upstream_rq_total", "upstream_cx_http2_total",
 
 
 def _exchange(port: int, request: bytes) -> bytes:
-    line, _, rest = request.partition(b"\r\n")
-    s = socket.create_connection(("127.0.0.1", port))
-    s.settimeout(10)
-    s.sendall(line + b"\r\nConnection: close\r\n" + rest)
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    finally:
-        s.close()
-    for pattern, repl in _MASKS:
-        out = re.sub(pattern, repl, out)
-    return out
+    return lp.exchange_closed(port, request, _MASKS, timeout=10)
 
 
 # concurrent /slow requests: (cluster chosen by x-cluster, how many)
