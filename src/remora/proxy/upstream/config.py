@@ -11,6 +11,11 @@ from typing import Any
 
 from remora.proxy.config.address import Address, parse_address, parse_socket_address
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http2.options import (
+    INITIAL_CONNECTION_WINDOW,
+    INITIAL_STREAM_WINDOW,
+    MAX_CONCURRENT_STREAMS,
+)
 from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -74,13 +79,13 @@ class ClusterConfig:
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 # Http2ProtocolOptions defaults and bounds (config/core/v3/protocol.proto). Envoy 1.40's
-# defaults as its upstream connections show them on the wire (SETTINGS
+# defaults are the same on its upstream connections as downstream (SETTINGS
 # MAX_CONCURRENT_STREAMS 1024, INITIAL_WINDOW_SIZE 16 MiB, a WINDOW_UPDATE to a 24 MiB
-# connection window; older docs give 2^31 - 1 and 256 MiB); values outside the ranges
-# below are refused at load time (proto validation).
-H2_MAX_CONCURRENT_STREAMS = 1024
-H2_INITIAL_WINDOW = 16 * 1024 * 1024
-H2_INITIAL_CONNECTION_WINDOW = 24 * 1024 * 1024
+# connection window): one definition, in proxy/http2/options.py; values outside the
+# ranges below are refused at load time (proto validation).
+H2_MAX_CONCURRENT_STREAMS = MAX_CONCURRENT_STREAMS
+H2_INITIAL_WINDOW = INITIAL_STREAM_WINDOW
+H2_INITIAL_CONNECTION_WINDOW = INITIAL_CONNECTION_WINDOW
 _H2_BOUNDS = {"max_concurrent_streams": (1, 2147483647),
               "initial_stream_window_size": (65535, 2147483647),
               "initial_connection_window_size": (65535, 2147483647)}
