@@ -1,6 +1,8 @@
-"""``envoy.config.core.v3.Http2ProtocolOptions`` as the HTTP connection manager reads it,
-strictly: the fields remora implements, each with Envoy's default and range; any other
-field is refused by its path (strict.Fields.done).
+"""``envoy.config.core.v3.Http2ProtocolOptions``, strictly: the fields remora implements,
+each with Envoy's default and range; any other field is refused by its path
+(strict.Fields.done). One parser for both places the message appears: the HTTP connection
+manager's (every field below) and a cluster's (the upstream HTTP/2 pool implements only the
+stream limit and the windows: UPSTREAM_FIELDS, the rest refused).
 
 Envoy reference: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/protocol.proto#config-core-v3-http2protocoloptions
 """
@@ -21,10 +23,36 @@ MAX_OUTBOUND_CONTROL_FRAMES = 1000
 MAX_EMPTY_FRAMES = 1
 HPACK_TABLE_SIZE = 4096
 _WINDOW_MIN, _WINDOW_MAX = 65535, 2147483647
+_UINT32_MAX = 2**32 - 1
+
+# Envoy's range for each field (protocol.proto's validate rules; the stream and window
+# bounds are checked against Envoy 1.40's `--mode validate` by
+# tests/unit/proxy/http2/test_upstream_config.py), in the order they are read: of several
+# bad fields, the first one here is reported
+_RANGES: dict[str, tuple[int, int]] = {
+    "max_concurrent_streams": (1, 2147483647),
+    "initial_stream_window_size": (_WINDOW_MIN, _WINDOW_MAX),
+    "initial_connection_window_size": (_WINDOW_MIN, _WINDOW_MAX),
+    "hpack_table_size": (0, _UINT32_MAX),
+    "max_outbound_control_frames": (1, _UINT32_MAX),
+    "max_consecutive_inbound_frames_with_empty_payload": (0, _UINT32_MAX),
+}
+# which HTTP/2 codec library Envoy links (nghttp2 or oghttp2): changes nothing in remora
+_CODEC_CHOICE = "use_oghttp2_codec"
+
+# the HTTP connection manager's http2_protocol_options: every field above
+DOWNSTREAM_FIELDS = frozenset((*_RANGES, _CODEC_CHOICE))
+# a cluster's (explicit_http_config, use_downstream_protocol_config or the legacy
+# cluster-level field): the upstream pool (proxy/http2/upstream.py) implements the stream
+# limit per connection and the windows it advertises, nothing else
+UPSTREAM_FIELDS = frozenset(("max_concurrent_streams", "initial_stream_window_size",
+                             "initial_connection_window_size"))
 
 
 @dataclass(frozen=True)
 class Http2Options:
+    """The parsed options; a field the caller does not accept keeps Envoy's default."""
+
     max_concurrent_streams: int = MAX_CONCURRENT_STREAMS
     initial_stream_window_size: int = INITIAL_STREAM_WINDOW
     initial_connection_window_size: int = INITIAL_CONNECTION_WINDOW
@@ -35,34 +63,27 @@ class Http2Options:
     max_consecutive_inbound_frames_with_empty_payload: int = MAX_EMPTY_FRAMES
 
 
-def _bounded(f: Fields, name: str, default: int, low: int, high: int) -> int:
-    value = int(f.integer(name, default))
-    if not low <= value <= high:
-        raise ConfigError(f.at(name), f"{value} is out of range",
-                          f"give a value from {low} to {high} (Envoy's bounds)")
-    return value
+DEFAULT_H2 = Http2Options()  # Envoy's defaults
 
 
-def parse_http2_options(f: Fields | None) -> Http2Options:
-    """The options block at F (None: absent, Envoy's defaults)."""
+def parse_http2_options(f: Fields | None,
+                        accepted: frozenset[str] = DOWNSTREAM_FIELDS) -> Http2Options:
+    """The options block at F (None: absent, Envoy's defaults), reading the ACCEPTED
+    fields (DOWNSTREAM_FIELDS or UPSTREAM_FIELDS) and refusing any other by its path."""
     if f is None:
-        return Http2Options()
-    opts = Http2Options(
-        max_concurrent_streams=_bounded(f, "max_concurrent_streams", MAX_CONCURRENT_STREAMS,
-                                        1, 2147483647),
-        initial_stream_window_size=_bounded(f, "initial_stream_window_size",
-                                            INITIAL_STREAM_WINDOW, _WINDOW_MIN, _WINDOW_MAX),
-        initial_connection_window_size=_bounded(f, "initial_connection_window_size",
-                                                INITIAL_CONNECTION_WINDOW, _WINDOW_MIN,
-                                                _WINDOW_MAX),
-        hpack_table_size=_bounded(f, "hpack_table_size", HPACK_TABLE_SIZE, 0, 2**32 - 1),
-        max_outbound_control_frames=_bounded(f, "max_outbound_control_frames",
-                                             MAX_OUTBOUND_CONTROL_FRAMES, 1, 2**32 - 1),
-        max_consecutive_inbound_frames_with_empty_payload=_bounded(
-            f, "max_consecutive_inbound_frames_with_empty_payload", MAX_EMPTY_FRAMES, 0,
-            2**32 - 1),
-    )
-    # which HTTP/2 codec library Envoy links (nghttp2 or oghttp2) changes nothing here
-    f.ignore("use_oghttp2_codec")
+        return DEFAULT_H2
+    values: dict[str, int] = {}
+    for name, (low, high) in _RANGES.items():
+        if name not in accepted:
+            continue
+        value = f.integer(name)
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise ConfigError(f.at(name), f"{value} is out of range",
+                              f"give a value from {low} to {high} (Envoy's bounds)")
+        values[name] = int(value)
+    if _CODEC_CHOICE in accepted:
+        f.ignore(_CODEC_CHOICE)
     f.done()
-    return opts
+    return Http2Options(**values)

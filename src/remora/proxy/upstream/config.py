@@ -11,11 +11,15 @@ from typing import Any
 
 from remora.proxy.config.address import Address, parse_address, parse_socket_address
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http2.options import DEFAULT_H2 as DEFAULT_H2  # re-exported: the
 from remora.proxy.http2.options import (
     INITIAL_CONNECTION_WINDOW,
     INITIAL_STREAM_WINDOW,
     MAX_CONCURRENT_STREAMS,
+    UPSTREAM_FIELDS,
+    parse_http2_options,
 )
+from remora.proxy.http2.options import Http2Options as Http2Options  # upstream pool's
 from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -78,45 +82,14 @@ class ClusterConfig:
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-# Http2ProtocolOptions defaults and bounds (config/core/v3/protocol.proto). Envoy 1.40's
-# defaults are the same on its upstream connections as downstream (SETTINGS
-# MAX_CONCURRENT_STREAMS 1024, INITIAL_WINDOW_SIZE 16 MiB, a WINDOW_UPDATE to a 24 MiB
-# connection window): one definition, in proxy/http2/options.py; values outside the
-# ranges below are refused at load time (proto validation).
+# Http2ProtocolOptions (config/core/v3/protocol.proto) on a cluster: Envoy 1.40's defaults
+# are the same on its upstream connections as downstream (SETTINGS MAX_CONCURRENT_STREAMS
+# 1024, INITIAL_WINDOW_SIZE 16 MiB, a WINDOW_UPDATE to a 24 MiB connection window); one
+# definition of them, their ranges and the parser, in proxy/http2/options.py. A cluster
+# accepts UPSTREAM_FIELDS only (what the upstream HTTP/2 pool implements).
 H2_MAX_CONCURRENT_STREAMS = MAX_CONCURRENT_STREAMS
 H2_INITIAL_WINDOW = INITIAL_STREAM_WINDOW
 H2_INITIAL_CONNECTION_WINDOW = INITIAL_CONNECTION_WINDOW
-_H2_BOUNDS = {"max_concurrent_streams": (1, 2147483647),
-              "initial_stream_window_size": (65535, 2147483647),
-              "initial_connection_window_size": (65535, 2147483647)}
-
-
-@dataclass(frozen=True)
-class Http2Options:
-    """``envoy.config.core.v3.Http2ProtocolOptions`` as the upstream HTTP/2 pool uses it
-    (proxy/http2/upstream.py): the stream limit per connection and the windows it
-    advertises. Other fields are refused by path."""
-
-    max_concurrent_streams: int = H2_MAX_CONCURRENT_STREAMS
-    initial_stream_window_size: int = H2_INITIAL_WINDOW
-    initial_connection_window_size: int = H2_INITIAL_CONNECTION_WINDOW
-
-
-DEFAULT_H2 = Http2Options()
-
-
-def parse_http2_options(f: Fields) -> Http2Options:
-    values: dict[str, int] = {}
-    for name, (low, high) in _H2_BOUNDS.items():
-        v = f.integer(name)
-        if v is None:
-            continue
-        if not low <= v <= high:
-            raise ConfigError(f.at(name), f"value {v} out of range",
-                              f"give a value in [{low}, {high}] (Envoy's proto validation)")
-        values[name] = v
-    f.done()
-    return Http2Options(**values)
 
 
 @dataclass(frozen=True)
@@ -168,7 +141,7 @@ def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
         if h1 is not None:
             h1.done()  # an empty Http1ProtocolOptions: its fields are refused by path
         if h2 is not None:
-            h2_options = parse_http2_options(h2)
+            h2_options = parse_http2_options(h2, UPSTREAM_FIELDS)
         protocol = "downstream" if sub is downstream else ("http2" if h2 is not None else "http1")
     if upstream_opts is not None:
         upstream_opts.boolean("auto_sni")
@@ -313,7 +286,7 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
         # the deprecated cluster-level field: HTTP/2 upstream with these options, unless
         # the typed extension is there too: then Envoy's createOptions uses the typed one
         # and ignores the legacy field (observed on Envoy 1.40: explicit HTTP/1.1 wins)
-        legacy = parse_http2_options(legacy_h2)
+        legacy = parse_http2_options(legacy_h2, UPSTREAM_FIELDS)
         if HTTP_OPTIONS not in opts:
             cfg.http_protocol_options = HttpProtocolOptions(protocol="http2", http2=legacy)
 
