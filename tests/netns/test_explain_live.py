@@ -12,78 +12,24 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from remora.lab import demo, session
 from remora.lab.testing import TempLab
+from tests.netns.explain_live_lab import SIDECARS, SeedLab, seed_lab, step
 from tests.netns.manifests import PLAIN_SERVER
 
 pytestmark = pytest.mark.netns
 
 SERVER_IP, CLIENT_IP = "10.20.0.77", "10.20.0.78"
-SIDECARS = [pytest.param("remora", id="remora"),
-            pytest.param("envoy", id="envoy", marks=pytest.mark.envoy)]
-
-
-@dataclass
-class SeedLab:
-    lab: TempLab
-    sidecar: str
-
-    def ok(self, *args: str, stdin: str | None = None) -> str:
-        done = self.lab.remora(*args, stdin=stdin)
-        assert done.returncode == 0, f"remora {' '.join(args)}: {done.stderr}"
-        return done.stdout
-
-    def explain(self, *args: str) -> str:
-        return self.ok("explain", "source-ip", "--from", "deploy/simple-client",
-                       "-n", "demo-from", "--path", "/common/sauth", *args)
-
-    def explain_json(self, to: str = "simple-server-svc.demo-to:18080") -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.explain("--to", to, "-o", "json"))
-        return doc
-
-    def server_pod(self, namespace: str = "demo-to", label: str = "server") -> tuple[str, str]:
-        pods = [p for p in session.connect(self.lab.state_dir).get("Pod", namespace)
-                if "deletionTimestamp" not in p["metadata"]
-                and p["metadata"]["labels"].get("web") == label]
-        assert len(pods) == 1, pods
-        return pods[0]["metadata"]["name"], pods[0]["status"]["podIP"]
-
-    def wait_app_log(self, namespace: str, pod: str, pattern: str, timeout: float = 30) -> None:
-        """The seed client calls once a second: wait until the path really works."""
-        client = session.connect(self.lab.state_dir)
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, client.logs(namespace, pod, "demo")["text"]):
-            assert time.monotonic() < deadline, f"{namespace}/{pod} never logged {pattern}"
-            time.sleep(0.3)
 
 
 @pytest.fixture(scope="module", params=SIDECARS)
 def seed(request: pytest.FixtureRequest) -> Iterator[SeedLab]:
-    with TempLab() as lab:
-        s = SeedLab(lab, request.param)
-        s.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--sidecar", request.param)
-        s.ok("apply", "-f", "-", stdin=demo.NAMESPACES)
-        with demo.seed_paths() as (server_yaml, client_yaml):
-            s.ok("apply", "-f", str(server_yaml), "--wait", "--timeout", "40")
-            s.ok("apply", "-f", str(client_yaml), "--wait", "--timeout", "40")
-        name, ip = s.server_pod()
-        assert ip == SERVER_IP
-        s.wait_app_log("demo-to", name, r"RemoteAddr=127\.0\.0\.6:\d+")
+    with seed_lab(request.param, r"RemoteAddr=127\.0\.0\.6:\d+") as s:
         yield s
-        lab.close()
-        assert lab.leftovers() == []
-
-
-def _step(doc: dict[str, Any], n: int) -> dict[str, Any]:
-    step: dict[str, Any] = doc["steps"][n - 1]
-    return step
 
 
 def _decided_rule(walk: dict[str, Any]) -> dict[str, Any]:
@@ -114,18 +60,18 @@ def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: SeedLab) -
     # the app's own log line for that connection, found by the address the sidecar used
     assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
     # the client's nat OUTPUT: the probe itself moved the REDIRECT rule's counter
-    redirect = [r for r in _step(doc, 1)["iptables"]["rules"]
+    redirect = [r for r in step(doc, 1)["iptables"]["rules"]
                 if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
     assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
     moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
     assert ("ISTIO_REDIRECT", 1) in moved
-    assert _step(doc, 4)["sidecar"]["upstream_source"] == "127.0.0.6"
+    assert step(doc, 4)["sidecar"]["upstream_source"] == "127.0.0.6"
     # the client sidecar's own upstream connection: the lab runs it as uid 0 / gid 1337
     # (read from its process), so the --gid-owner rule lets it out, not --uid-owner
-    decided = _decided_rule(_step(doc, 2)["follow_up"])
+    decided = _decided_rule(step(doc, 2)["follow_up"])
     assert (decided["table"], decided["chain"]) == ("nat", "ISTIO_OUTPUT")
     assert "-m owner --gid-owner 1337 -j RETURN" in decided["rule"], decided
-    packet = _step(doc, 2)["follow_up"]["packet"]
+    packet = step(doc, 2)["follow_up"]["packet"]
     assert (packet["uid"], packet["gid"]) == (0, 1337)
     assert any(e.startswith("sidecar process: uid 0 / gid 1337 (/proc/")
                for e in doc["evidence"]["client"])
@@ -133,7 +79,7 @@ def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: SeedLab) -
 
 
 def test_redirect_text_output(seed: SeedLab) -> None:
-    out = seed.explain("--to", "simple-server-svc.demo-to:18080")
+    out = seed.explain()
     assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
                     r"demo-to/simple-server-svc \(172\.16\.\d+\.\d+:18080\), served by pod "
                     rf"demo-to/simple-server-\S+ \({SERVER_IP}\)", out)
@@ -151,8 +97,7 @@ def test_redirect_text_output(seed: SeedLab) -> None:
 
 def test_compare_and_diagram_as_offline(seed: SeedLab, tmp_path: Any) -> None:
     svg = tmp_path / "path.svg"
-    out = seed.explain("--to", "simple-server-svc.demo-to:18080", "--compare",
-                       "--diagram", str(svg))
+    out = seed.explain("--compare", "--diagram", str(svg))
     rows = [line for line in out.splitlines() if line.startswith(("REDIRECT", "TPROXY"))]
     assert rows[0].startswith("REDIRECT (now)") and "127.0.0.6" in rows[0]
     assert any(r.startswith("TPROXY") and CLIENT_IP in r for r in rows)
@@ -161,7 +106,7 @@ def test_compare_and_diagram_as_offline(seed: SeedLab, tmp_path: Any) -> None:
 
 def test_pod_target(seed: SeedLab) -> None:
     name, _ = seed.server_pod()
-    doc = seed.explain_json(f"{name}.demo-to:18080")
+    doc = seed.explain_json(to=f"{name}.demo-to:18080")
     assert doc["live"]["destination"] == {"kind": "pod", "name": name, "namespace": "demo-to",
                                           "host": SERVER_IP, "port": 18080,
                                           "authority": f"{SERVER_IP}:18080",
@@ -176,13 +121,13 @@ def test_pods_without_sidecar(seed: SeedLab) -> None:
     # The plain namespace stays until the lab goes (its pod's IP is not reused by the
     # TPROXY pod below; tests/netns/test_node_ip_reuse.py covers reuse).
     seed.ok("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN_SERVER)
-    doc = seed.explain_json("plain-svc.plain:18080")
+    doc = seed.explain_json(to="plain-svc.plain:18080")
     live = doc["live"]
     assert live["server_pod"]["sidecar"] is False and live["probe"]["status"] == 200
     assert any("has no sidecar (istio-proxy): no mesh on its side" in n
                for n in live["notes"])
     assert doc["mode"] == "none (no sidecar)"
-    assert _step(doc, 3)["status"] == "not captured"
+    assert step(doc, 3)["status"] == "not captured"
     assert doc["verdict"]["app_sees"] == CLIENT_IP and doc["verdict"]["sees_client"]
     # no sidecar log to confirm by: the app's own line for the connection does
     assert live["app_log_line"].startswith("X-Forwarded-For=, RemoteAddr=10.20.0.78:")
@@ -234,16 +179,13 @@ def test_no_lab_running(tmp_path: Any) -> None:
 
 def test_tproxy_patch_the_app_sees_the_client(seed: SeedLab) -> None:
     """Last: it changes the lab (the seed's own fix, then a rollout)."""
-    seed.ok("patch", "deployment", "simple-server", "-n", "demo-to", "-p", demo.TPROXY_PATCH)
-    seed.ok("rollout", "status", "deployment/simple-server", "-n", "demo-to", "--timeout", "40")
-    name, ip = seed.server_pod()
     # The seed client's own calls say when the new pod's path works.
-    seed.wait_app_log("demo-to", name, rf"RemoteAddr={re.escape(CLIENT_IP)}:\d+", timeout=60)
+    name, ip = seed.tproxy_patch(rf"RemoteAddr={re.escape(CLIENT_IP)}:\d+")
     doc = seed.explain_json()
     live, verdict = doc["live"], doc["verdict"]
     assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
     assert doc["mode"] == "TPROXY"
-    tproxy = _step(doc, 3)["iptables"]["capture"]
+    tproxy = step(doc, 3)["iptables"]["capture"]
     assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
     [line] = live["server_access_log"]
     assert line["upstream_local_address"].startswith(f"{CLIENT_IP}:")
@@ -254,11 +196,11 @@ def test_tproxy_patch_the_app_sees_the_client(seed: SeedLab) -> None:
     assert "ISTIO_INBOUND" in moved
     # TPROXY's policy routing, read in the server pod: established, not listed as unknown
     assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
-    routing = [n for n in _step(doc, 3)["notes"] if n.startswith("policy routing: ")]
-    assert routing and "fwmark 0x539 lookup 133" in routing[0], _step(doc, 3)["notes"]
+    routing = [n for n in step(doc, 3)["notes"] if n.startswith("policy routing: ")]
+    assert routing and "fwmark 0x539 lookup 133" in routing[0], step(doc, 3)["notes"]
     assert "`local default dev lo" in routing[0]
     # the server sidecar's connection to the app (from the client's address) is let out
     # by its gid, as the kernel does for a uid 0 / gid 1337 process
-    follow = _step(doc, 4)["follow_up"]
+    follow = step(doc, 4)["follow_up"]
     assert (follow["packet"]["uid"], follow["packet"]["gid"]) == (0, 1337)
     assert ip == live["server_pod"]["ip"]

@@ -11,71 +11,24 @@ the seed's TPROXY patch, the client pod's address, the same way.
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from remora.lab import demo, demo_grpc, session
-from remora.lab.testing import TempLab
+from remora.lab import demo_grpc
+from tests.netns.explain_live_lab import GRPC, SeedLab, seed_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
-SERVER_IP, CLIENT_IP = "10.20.0.77", "10.20.0.78"
-TO = "simple-grpc-server-svc.demo-to:18080"
-
-
-@dataclass
-class GrpcLab:
-    lab: TempLab
-
-    def ok(self, *args: str, stdin: str | None = None) -> str:
-        done = self.lab.remora(*args, stdin=stdin)
-        assert done.returncode == 0, f"remora {' '.join(args)}: {done.stderr}"
-        return done.stdout
-
-    def explain(self, *args: str) -> str:
-        return self.ok("explain", "source-ip", "--from", "deploy/simple-grpc-client",
-                       "-n", "demo-from", "--to", TO, *args)
-
-    def explain_json(self, *args: str) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.explain("-o", "json", *args))
-        return doc
-
-    def server_pod(self) -> tuple[str, str]:
-        pods = [p for p in session.connect(self.lab.state_dir).get("Pod", "demo-to")
-                if "deletionTimestamp" not in p["metadata"]]
-        assert len(pods) == 1, pods
-        return pods[0]["metadata"]["name"], pods[0]["status"]["podIP"]
-
-    def wait_app_log(self, pod: str, pattern: str, timeout: float = 30) -> None:
-        """The gRPC client calls once a second: wait until the path really works."""
-        node = session.connect(self.lab.state_dir)
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, node.logs("demo-to", pod, "demo")["text"]):
-            assert time.monotonic() < deadline, f"{pod} never logged {pattern}"
-            time.sleep(0.3)
+CLIENT_IP = "10.20.0.78"
 
 
 @pytest.fixture(scope="module")
-def grpc_lab() -> Iterator[GrpcLab]:
-    with TempLab() as lab:
-        g = GrpcLab(lab)
-        g.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--sidecar", "envoy")
-        g.ok("apply", "-f", "-", stdin=demo.NAMESPACES)
-        with demo_grpc.grpc_paths() as (server_yaml, client_yaml):
-            g.ok("apply", "-f", str(server_yaml), "--wait", "--timeout", "40")
-            g.ok("apply", "-f", str(client_yaml), "--wait", "--timeout", "40")
-        name, ip = g.server_pod()
-        assert ip == SERVER_IP
-        g.wait_app_log(name, r"Peer=ipv4:127\.0\.0\.6:\d+")
+def grpc_lab() -> Iterator[SeedLab]:
+    with seed_lab("envoy", r"Peer=ipv4:127\.0\.0\.6:\d+", seed=GRPC) as g:
         yield g
-        lab.close()
-        assert lab.leftovers() == []
 
 
 def _probe_checks(doc: dict[str, Any], app_sees: str) -> None:
@@ -105,7 +58,7 @@ def _probe_checks(doc: dict[str, Any], app_sees: str) -> None:
                for n in live["notes"]), live["notes"]
 
 
-def test_redirect_grpc_probe_the_app_sees_127_0_0_6(grpc_lab: GrpcLab) -> None:
+def test_redirect_grpc_probe_the_app_sees_127_0_0_6(grpc_lab: SeedLab) -> None:
     doc = grpc_lab.explain_json("--path", demo_grpc.METHOD)
     assert doc["mode"] == "REDIRECT"
     assert doc["live"]["client_pod"]["ip"] == CLIENT_IP
@@ -113,7 +66,7 @@ def test_redirect_grpc_probe_the_app_sees_127_0_0_6(grpc_lab: GrpcLab) -> None:
     assert doc["verdict"]["sees_client"] is False
 
 
-def test_grpc_text_output_and_health_check_default(grpc_lab: GrpcLab) -> None:
+def test_grpc_text_output_and_health_check_default(grpc_lab: SeedLab) -> None:
     out = grpc_lab.explain("--path", demo_grpc.METHOD)
     assert re.search(r"probe: POST http://simple-grpc-server-svc\.demo-to:18080/remora\.demo"
                      r"\.Simple/Sauth \(gRPC over HTTP/2, h2c\) -> HTTP/2 200, grpc-status 0 "
@@ -133,14 +86,9 @@ def test_grpc_text_output_and_health_check_default(grpc_lab: GrpcLab) -> None:
     assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
 
 
-def test_tproxy_patch_grpc_probe_the_app_sees_the_client(grpc_lab: GrpcLab) -> None:
+def test_tproxy_patch_grpc_probe_the_app_sees_the_client(grpc_lab: SeedLab) -> None:
     """Last: it changes the lab (the seed's own fix, then a rollout)."""
-    grpc_lab.ok("patch", "deployment", "simple-grpc-server", "-n", "demo-to", "-p",
-                demo.TPROXY_PATCH)
-    grpc_lab.ok("rollout", "status", "deployment/simple-grpc-server", "-n", "demo-to",
-                "--timeout", "40")
-    name, _ = grpc_lab.server_pod()
-    grpc_lab.wait_app_log(name, rf"Peer=ipv4:{re.escape(CLIENT_IP)}:\d+", timeout=60)
+    grpc_lab.tproxy_patch(rf"Peer=ipv4:{re.escape(CLIENT_IP)}:\d+")
     doc = grpc_lab.explain_json("--path", demo_grpc.METHOD)
     assert doc["mode"] == "TPROXY"
     _probe_checks(doc, CLIENT_IP)

@@ -15,85 +15,24 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from remora.lab import demo, session
-from remora.lab.testing import TempLab
+from tests.netns.explain_live_lab import SIDECARS, SeedLab, seed_lab, step
 
 pytestmark = pytest.mark.netns
 
 SERVER_IP, CLIENT_IP = "fd00:10:20::77", "fd00:10:20::78"
-SIDECARS = [pytest.param("remora", id="remora"),
-            pytest.param("envoy", id="envoy", marks=pytest.mark.envoy)]
-
-
-@dataclass
-class Lab6:
-    lab: TempLab
-
-    def ok(self, *args: str, stdin: str | None = None) -> str:
-        done = self.lab.remora(*args, stdin=stdin)
-        assert done.returncode == 0, f"remora {' '.join(args)}: {done.stderr}"
-        return done.stdout
-
-    def explain(self, *args: str) -> str:
-        return self.ok("explain", "source-ip", "--from", "deploy/simple-client",
-                       "-n", "demo-from", "--path", "/common/sauth", *args)
-
-    def explain_json(self, to: str = "simple-server-svc.demo-to:18080") -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.explain("--to", to, "-o", "json"))
-        return doc
-
-    def server_pod(self) -> tuple[str, str]:
-        pods = [p for p in session.connect(self.lab.state_dir).get("Pod", "demo-to")
-                if "deletionTimestamp" not in p["metadata"]
-                and p["metadata"]["labels"].get("web") == "server"]
-        assert len(pods) == 1, pods
-        return pods[0]["metadata"]["name"], pods[0]["status"]["podIP"]
-
-    def cluster_ip(self) -> str:
-        [svc] = [s for s in session.connect(self.lab.state_dir).get("Service", "demo-to")
-                 if s["metadata"]["name"] == "simple-server-svc"]
-        ip: str = svc["spec"]["clusterIP"]
-        return ip
-
-    def wait_app_log(self, pod: str, pattern: str, timeout: float = 30) -> None:
-        client = session.connect(self.lab.state_dir)
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, client.logs("demo-to", pod, "demo")["text"]):
-            assert time.monotonic() < deadline, f"demo-to/{pod} never logged {pattern}"
-            time.sleep(0.3)
 
 
 @pytest.fixture(scope="module", params=SIDECARS)
-def lab6(request: pytest.FixtureRequest) -> Iterator[Lab6]:
-    with TempLab() as lab:
-        s = Lab6(lab)
-        s.ok("up", "--prefix", lab.prefix, "--pod-ip-start", "77", "--ip-family", "ipv6",
-             "--sidecar", request.param)
-        s.ok("apply", "-f", "-", stdin=demo.NAMESPACES)
-        with demo.seed_paths() as (server_yaml, client_yaml):
-            s.ok("apply", "-f", str(server_yaml), "--wait", "--timeout", "40")
-            s.ok("apply", "-f", str(client_yaml), "--wait", "--timeout", "40")
-        name, ip = s.server_pod()
-        assert ip == SERVER_IP
-        s.wait_app_log(name, r"RemoteAddr=\[::6\]:\d+")
+def lab6(request: pytest.FixtureRequest) -> Iterator[SeedLab]:
+    with seed_lab(request.param, r"RemoteAddr=\[::6\]:\d+", ip_family="ipv6") as s:
         yield s
-        lab.close()
-        assert lab.leftovers() == []
 
 
-def _step(doc: dict[str, Any], n: int) -> dict[str, Any]:
-    step: dict[str, Any] = doc["steps"][n - 1]
-    return step
-
-
-def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: Lab6) -> None:
+def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: SeedLab) -> None:
     vip = lab6.cluster_ip()
     assert vip.startswith("fd00:96::")
     doc = lab6.explain_json()
@@ -117,21 +56,21 @@ def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: Lab6) -> None:
     assert f"UPSTREAM_LOCAL_ADDRESS {line['upstream_local_address']}" in verdict["confirmation"]
     assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
     # the client's ip6tables nat OUTPUT, read before and after: the probe moved REDIRECT
-    redirect = [r for r in _step(doc, 1)["iptables"]["rules"]
+    redirect = [r for r in step(doc, 1)["iptables"]["rules"]
                 if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
     assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
     moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
     assert ("ISTIO_REDIRECT", 1) in moved
     assert any(e.startswith("ip6tables-save -c in pod demo-from/") and
                e.endswith("(before and after the probe)") for e in doc["evidence"]["client"])
-    assert _step(doc, 4)["sidecar"]["upstream_source"] == "::6"
+    assert step(doc, 4)["sidecar"]["upstream_source"] == "::6"
     # the sidecar's own connection to the app: let out by ip6tables' ::6 rule
-    decided = _step(doc, 4)["follow_up"]["capture"]["decided_by"]
+    decided = step(doc, 4)["follow_up"]["capture"]["decided_by"]
     assert decided.startswith("nat/ISTIO_OUTPUT #"), decided
 
 
-def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: Lab6) -> None:
-    out = lab6.explain("--to", "simple-server-svc.demo-to:18080")
+def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: SeedLab) -> None:
+    out = lab6.explain()
     assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
                     r"demo-to/simple-server-svc \(fd00:96::[0-9a-f:]+:18080\), served by pod "
                     rf"demo-to/simple-server-\S+ \({SERVER_IP}\)", out)
@@ -142,9 +81,9 @@ def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: Lab6) ->
     assert "rule counters that moved during the probe" in out
 
 
-def test_ipv6_pod_target_and_bad_family(lab6: Lab6) -> None:
+def test_ipv6_pod_target_and_bad_family(lab6: SeedLab) -> None:
     name, _ = lab6.server_pod()
-    doc = lab6.explain_json(f"[{SERVER_IP}]:18080")
+    doc = lab6.explain_json(to=f"[{SERVER_IP}]:18080")
     assert doc["live"]["destination"]["kind"] == "pod"
     assert doc["live"]["destination"]["name"] == name
     assert doc["live"]["destination"]["authority"] == f"[{SERVER_IP}]:18080"
@@ -158,7 +97,7 @@ def test_ipv6_pod_target_and_bad_family(lab6: Lab6) -> None:
     assert done.stderr.count("\n") == 1
 
 
-def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: Lab6) -> None:
+def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: SeedLab) -> None:
     """`--kube` against the IPv6 lab through its Kubernetes API: ip6tables-save by
     pods/exec, no probe; the same verdict as the live form (REDIRECT, ::6)."""
     path = lab6.ok("kubeconfig").strip()
@@ -180,17 +119,14 @@ def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: Lab6) -> None:
     assert kube["verdict"]["confirmed"] is True
 
 
-def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: Lab6) -> None:
+def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: SeedLab) -> None:
     """Last: the seed's own fix, then a rollout."""
-    lab6.ok("patch", "deployment", "simple-server", "-n", "demo-to", "-p", demo.TPROXY_PATCH)
-    lab6.ok("rollout", "status", "deployment/simple-server", "-n", "demo-to", "--timeout", "40")
-    name, ip = lab6.server_pod()
-    lab6.wait_app_log(name, rf"RemoteAddr=\[{re.escape(CLIENT_IP)}\]:\d+", timeout=60)
+    name, ip = lab6.tproxy_patch(rf"RemoteAddr=\[{re.escape(CLIENT_IP)}\]:\d+")
     doc = lab6.explain_json()
     live, verdict = doc["live"], doc["verdict"]
     assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
     assert doc["mode"] == "TPROXY"
-    tproxy = _step(doc, 3)["iptables"]["capture"]
+    tproxy = step(doc, 3)["iptables"]["capture"]
     assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
     [line] = live["server_access_log"]
     assert line["upstream_local_address"].startswith(f"[{CLIENT_IP}]:")
@@ -201,8 +137,8 @@ def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: Lab6) -> None:
     assert "ISTIO_INBOUND" in moved  # mangle counts every packet of the probe's connection
     # TPROXY's IPv6 policy routing, read in the server pod with ip -6
     assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
-    routing = [n for n in _step(doc, 3)["notes"] if n.startswith("policy routing: ")]
-    assert routing and "fwmark 0x539 lookup 133" in routing[0], _step(doc, 3)["notes"]
+    routing = [n for n in step(doc, 3)["notes"] if n.startswith("policy routing: ")]
+    assert routing and "fwmark 0x539 lookup 133" in routing[0], step(doc, 3)["notes"]
     assert any(e.startswith("policy routing: ip -6 rule show; ip -6 route show table 133")
                for e in doc["evidence"]["server"])
     assert ip == live["server_pod"]["ip"]  # the new pod's address
