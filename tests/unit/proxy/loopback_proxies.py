@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests import proxyharness as ph
+from tests.unit.proxy.proxy_helpers import free_port
+
+# the parity tests' HTTP/1.1 backend (echo_backend.py says what each path does), as source
+# for ``python3 -c ECHO PORT [--empty-header]``
+ECHO = Path(__file__).with_name("echo_backend.py").read_text()
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str,
@@ -57,6 +63,19 @@ def loopback_proxy(kind: str, config: Path,
     try:
         wait_listening(listening, proc, kind)
         yield proc
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def echo_backend(*flags: str) -> Iterator[int]:
+    """The HTTP/1.1 echo backend (echo_backend.py) with FLAGS on a free loopback port,
+    once it accepts: its port; stopped on leaving."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", ECHO, str(port), *flags])
+    try:
+        wait_listening(port, proc, "echo backend")
+        yield port
     finally:
         stop(proc)
 

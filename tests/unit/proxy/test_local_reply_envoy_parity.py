@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,43 +35,6 @@ from tests.unit.proxy.http2.h2client import H2Client
 from tests.unit.proxy.proxy_helpers import free_port, static_cluster
 
 pytestmark = pytest.mark.envoy
-
-# an HTTP/1.1 backend: /slow answers after 1 s, /flaky answers 503 then 500 alternately
-# (one retry per proxy: Envoy gets 503 then 500, remora the same), anything else echoes
-# the request head and body it received
-BACKEND = r"""
-import asyncio, sys
-hits = {"flaky": 0}
-async def handle(r, w):
-    try:
-        while True:
-            head = await r.readuntil(b"\r\n\r\n")
-            path = head.split(b" ")[1]
-            hm = {l.split(b":")[0].lower(): l.split(b":", 1)[1].strip()
-                  for l in head.split(b"\r\n")[1:] if b":" in l}
-            body = await r.readexactly(int(hm.get(b"content-length", 0)))
-            if hm.get(b"transfer-encoding") == b"chunked":
-                while size := int((await r.readuntil(b"\r\n")).strip(), 16):
-                    body += (await r.readexactly(size + 2))[:-2]
-                await r.readuntil(b"\r\n")
-            if path.startswith(b"/slow"):
-                await asyncio.sleep(1)
-            status = b"200 OK"
-            if path.startswith(b"/flaky"):
-                hits["flaky"] += 1
-                status = b"503 Unavailable" if hits["flaky"] % 2 else b"500 Oops"
-            out = head + body
-            w.write(b"HTTP/1.1 " + status + b"\r\nx-empty-up: \r\ncontent-length: %d\r\n\r\n"
-                    % len(out) + out)
-            await w.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    w.close()
-async def main():
-    s = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    await s.serve_forever()
-asyncio.run(main())
-"""
 
 SPECIAL_BODY = "caf\u00e9 ~ 100% }\ttab\x7f {|}\n"
 TEXT_FORMAT = ("%REQ(X-CASE)% code=%RESPONSE_CODE% grpc=%GRPC_STATUS% "
@@ -243,31 +204,29 @@ def _stats(admin: int) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("localreply")
-    backend, refused = free_port(), free_port()
-    server = subprocess.Popen([sys.executable, "-c", BACKEND, str(backend)])
-    try:
-        lp.wait_listening(backend, server, "HTTP/1.1 backend")
-        with gh.grpc_service() as (grpc_port, _):
-            found: dict[str, dict[str, Any]] = {}
-            for kind in ph.KINDS:
-                port, admin = free_port(), free_port()
-                log = tmp / f"{kind}.log"
-                cfg = tmp / f"{kind}.json"
-                cfg.write_text(json.dumps(_config(port, admin, log, grpc_port, backend,
-                                                  refused)))
-                with lp.loopback_proxy(kind, cfg, port):
-                    result: dict[str, Any] = {
-                        "grpc": _grpc_outcomes(port),
-                        "h2": asyncio.run(_h2_outcomes(port)),
-                        "h1": {case: _h1(port, case, req) for case, req in H1_CASES.items()}}
-                    total = len(GRPC_CASES) + len(H2_CASES) + len(H1_CASES)
-                    result["log"] = lp.wait_lines(log, total)
-                    result["json"] = lp.wait_lines(log.with_suffix(".jsonl"), total)
-                    result["stats"] = _stats(admin)
-                found[kind] = result
-            yield found
-    finally:
-        lp.stop(server)
+    refused = free_port()
+    # the HTTP/1.1 backend (echo_backend.py): /slow answers after 1 s, /flaky 503 then 500
+    # (one retry per proxy: Envoy gets 503 then 500, remora the same), anything else echoes
+    # the request head and body it received, with an empty x-empty-up header
+    with lp.echo_backend("--empty-header") as backend, gh.grpc_service() as (grpc_port, _):
+        found: dict[str, dict[str, Any]] = {}
+        for kind in ph.KINDS:
+            port, admin = free_port(), free_port()
+            log = tmp / f"{kind}.log"
+            cfg = tmp / f"{kind}.json"
+            cfg.write_text(json.dumps(_config(port, admin, log, grpc_port, backend,
+                                              refused)))
+            with lp.loopback_proxy(kind, cfg, port):
+                result: dict[str, Any] = {
+                    "grpc": _grpc_outcomes(port),
+                    "h2": asyncio.run(_h2_outcomes(port)),
+                    "h1": {case: _h1(port, case, req) for case, req in H1_CASES.items()}}
+                total = len(GRPC_CASES) + len(H2_CASES) + len(H1_CASES)
+                result["log"] = lp.wait_lines(log, total)
+                result["json"] = lp.wait_lines(log.with_suffix(".jsonl"), total)
+                result["stats"] = _stats(admin)
+            found[kind] = result
+        yield found
 
 
 # -- the comparisons ---------------------------------------------------------------------

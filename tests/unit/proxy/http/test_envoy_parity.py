@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,41 +21,9 @@ from tests.unit.proxy.proxy_helpers import free_port
 
 pytestmark = pytest.mark.envoy
 
-ECHO = r"""
-import asyncio, sys
-async def handle(r, w):
-    try:
-        while True:
-            head = await r.readuntil(b"\r\n\r\n")
-            path = head.split(b" ")[1]
-            hm = {l.split(b":")[0].lower(): l.split(b":", 1)[1].strip()
-                  for l in head.split(b"\r\n")[1:] if b":" in l}
-            body = await r.readexactly(int(hm.get(b"content-length", 0)))
-            if hm.get(b"transfer-encoding") == b"chunked":
-                while size := int((await r.readuntil(b"\r\n")).strip(), 16):
-                    body += (await r.readexactly(size + 2))[:-2]
-                await r.readuntil(b"\r\n")
-            if path.startswith(b"/slow"):
-                await asyncio.sleep(1)
-            if path.startswith(b"/reset"):
-                break
-            if path.startswith(b"/half"):
-                w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc"); break
-            if path.startswith(b"/chunked"):
-                w.write(b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nserver: app\r\n"
-                        b"\r\n3\r\nabc\r\n0\r\n\r\n"); continue
-            status = b"503 Unavailable" if path.startswith(b"/r503") else b"200 OK"
-            out = head + body
-            w.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: %d\r\n\r\n" % len(out) + out)
-            await w.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    w.close()
-async def main():
-    s = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    await s.serve_forever()
-asyncio.run(main())
-"""
+# the HTTP/1.1 backend (tests/unit/proxy/echo_backend.py), as http2/test_h2_envoy_parity.py
+# imports it from here
+ECHO = lp.ECHO
 
 CASES = {
     "plain": b"GET /hello HTTP/1.1\r\nHost: a\r\nUser-Agent: UA\r\n\r\n",
@@ -167,10 +133,8 @@ def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     ref = json.loads((data_dir / "reference/envoy-sidecar/server-redirect.json").read_text())
     template = ref["static_resources"]["listeners"][0]["filter_chains"][1]["filters"][0]
     tmp = tmp_path_factory.mktemp("parity")
-    echo, refused = free_port(), free_port()
-    server = subprocess.Popen([sys.executable, "-c", ECHO, str(echo)])
-    try:
-        lp.wait_listening(echo, server, "echo server")
+    refused = free_port()
+    with lp.echo_backend() as echo:
         found: dict[str, dict[str, Any]] = {}
         for kind in ph.KINDS:
             port, admin = free_port(), free_port()
@@ -181,8 +145,6 @@ def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
                 responses = {name: _exchange(port, req) for name, req in CASES.items()}
                 found[kind] = {"responses": responses, "log": lp.wait_lines(log, len(CASES))}
         yield found
-    finally:
-        lp.stop(server)
 
 
 @pytest.mark.parametrize("case", list(CASES))
