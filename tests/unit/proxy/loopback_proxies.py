@@ -13,9 +13,10 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,6 +79,29 @@ def echo_backend(*flags: str) -> Iterator[int]:
         yield port
     finally:
         stop(proc)
+
+
+def thread_server(handle: Callable[[socket.socket], None],
+                  family: socket.AddressFamily = socket.AF_INET,
+                  host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on HOST, on a port the kernel picks, whose connections a daemon
+    thread accepts one at a time and passes to HANDLE (closed after it returns): a small
+    upstream for a parity test. Closing the socket ends the thread."""
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.bind((host, 0))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                handle(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
 
 
 def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:

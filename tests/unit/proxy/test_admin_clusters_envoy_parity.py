@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,25 +27,14 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 def _answering(status: bytes) -> socket.socket:
     """An HTTP/1.1 upstream answering every request with STATUS, then closing."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
+    def answer(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+            data += chunk
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n"
+                     b"connection: close\r\n\r\nok")
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
-                    data += chunk
-                conn.sendall(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n"
-                             b"connection: close\r\n\r\nok")
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
+    return lp.thread_server(answer)
 
 
 def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:

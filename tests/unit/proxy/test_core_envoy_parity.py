@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,27 +146,17 @@ def _stats(admin: int) -> dict[str, str]:
 
 
 def _echo_upstream() -> tuple[socket.socket, list[int]]:
-    """Echoes what it reads; counts accepted connections."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
+    """Echoes what it reads (once the client half-closes); counts accepted connections."""
     accepted: list[int] = []
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            accepted.append(1)
-            with conn:
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                conn.sendall(data)
+    def echo(conn: socket.socket) -> None:
+        accepted.append(1)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.sendall(data)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return srv, accepted
+    return lp.thread_server(echo), accepted
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,22 +28,11 @@ pytestmark = pytest.mark.envoy
 
 
 def _echo(family: socket.AddressFamily, host: str) -> socket.socket:
-    srv = socket.socket(family, socket.SOCK_STREAM)
-    srv.bind((host, 0))
-    srv.listen(16)
+    def echo(conn: socket.socket) -> None:
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                while chunk := conn.recv(65536):
-                    conn.sendall(chunk)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
+    return lp.thread_server(echo, family, host)
 
 
 def _bootstrap(ports: dict[str, int], log: Path) -> dict[str, Any]:
