@@ -5,7 +5,9 @@ directory and namespace prefix) with pods from .77 (10.20.0.77, or fd00:10:20::7
 ``ip_family="ipv6"``), applies the seed's unchanged manifests (or, with ``seed=GRPC``,
 those of `remora demo --grpc`), waits until the server app's own log matches READY (the
 seed client calls once a second, so the path really works), yields a ``SeedLab`` and, when
-the block ends, closes the lab and asserts it left nothing behind.
+the block ends, closes the lab and asserts it left nothing behind. ``check_redirect`` and
+``check_tproxy`` hold what every live answer of the seed shows before and after its TPROXY
+patch, in either IP family; each test adds what is its own.
 
     @pytest.fixture(scope="module", params=SIDECARS)
     def seed(request: pytest.FixtureRequest) -> Iterator[SeedLab]:
@@ -139,3 +141,64 @@ def step(doc: dict[str, Any], n: int) -> dict[str, Any]:
     """Step N (from 1) of an explain JSON answer."""
     found: dict[str, Any] = doc["steps"][n - 1]
     return found
+
+
+def _hostport(ip: str) -> str:
+    """IP as it stands before ``:PORT`` in an access log (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def check_redirect(doc: dict[str, Any], client_ip: str, server_ip: str,
+                   app_sees: str) -> dict[str, Any]:
+    """What every live REDIRECT answer of the seed shows, in either IP family: the probe
+    answered, its own line in the server sidecar's log (found by its x-request-id) with
+    the inbound sidecar's source APP_SEES, the app's own line for that connection, and the
+    probe itself moving the client's ISTIO_REDIRECT counter. The access-log line."""
+    live, verdict = doc["live"], doc["verdict"]
+    assert live["client_pod"]["ip"] == client_ip and live["server_pod"]["ip"] == server_ip
+    assert live["probe"]["status"] == 200, live["probe"]
+    assert doc["mode"] == "REDIRECT"
+    assert [s["status"] for s in doc["steps"]] == ["ok", "ok", "ok", "ok"]
+    [line] = live["server_access_log"]
+    assert line["request_id"] == live["probe"]["request_id"]
+    assert line["upstream_cluster"] == "inbound|18080||"
+    assert line["upstream_local_address"].startswith(f"{_hostport(app_sees)}:")
+    assert line["downstream_remote_address"].startswith(f"{_hostport(client_ip)}:")
+    assert verdict["app_sees"] == app_sees and verdict["sees_client"] is False
+    assert verdict["confirmed"] is True
+    assert f"UPSTREAM_LOCAL_ADDRESS {line['upstream_local_address']}" in verdict["confirmation"]
+    # the app's own log line for that connection, found by the address the sidecar used
+    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
+    # the client's nat OUTPUT, read before and after: the probe moved the REDIRECT rule
+    redirect = [r for r in step(doc, 1)["iptables"]["rules"]
+                if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
+    assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
+    moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
+    assert ("ISTIO_REDIRECT", 1) in moved
+    assert step(doc, 4)["sidecar"]["upstream_source"] == app_sees
+    line_found: dict[str, Any] = line
+    return line_found
+
+
+def check_tproxy(doc: dict[str, Any], name: str, ip: str, client_ip: str) -> None:
+    """What every live answer after the seed's TPROXY patch shows, in either IP family:
+    the new server pod NAME (IP) answered, the server sidecar's connection to the app came
+    from the client's address (access log, verdict and the app's own line), the probe's
+    connection moved the server's mangle ISTIO_INBOUND, and TPROXY's policy routing was
+    read in the server pod (fwmark 0x539 lookup 133), not listed as unknown."""
+    live, verdict = doc["live"], doc["verdict"]
+    assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
+    assert ip == live["server_pod"]["ip"]  # the new pod's address
+    assert doc["mode"] == "TPROXY"
+    tproxy = step(doc, 3)["iptables"]["capture"]
+    assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
+    [line] = live["server_access_log"]
+    assert line["upstream_local_address"].startswith(f"{_hostport(client_ip)}:")
+    assert verdict["app_sees"] == client_ip and verdict["sees_client"] is True
+    assert verdict["confirmed"] is True and verdict["fixes"] == []
+    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
+    moved = {m["chain"] for m in live["counters_moved"]["server"]}
+    assert "ISTIO_INBOUND" in moved  # mangle counts every packet of the probe's connection
+    assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
+    routing = [n for n in step(doc, 3)["notes"] if n.startswith("policy routing: ")]
+    assert routing and "fwmark 0x539 lookup 133" in routing[0], step(doc, 3)["notes"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from remora.lab.testing import TempLab
-from tests.netns.explain_live_lab import SIDECARS, SeedLab, seed_lab, step
+from tests.netns import explain_live_lab as xl
 from tests.netns.manifests import PLAIN_SERVER
 
 pytestmark = pytest.mark.netns
@@ -26,9 +26,9 @@ pytestmark = pytest.mark.netns
 SERVER_IP, CLIENT_IP = "10.20.0.77", "10.20.0.78"
 
 
-@pytest.fixture(scope="module", params=SIDECARS)
-def seed(request: pytest.FixtureRequest) -> Iterator[SeedLab]:
-    with seed_lab(request.param, r"RemoteAddr=127\.0\.0\.6:\d+") as s:
+@pytest.fixture(scope="module", params=xl.SIDECARS)
+def seed(request: pytest.FixtureRequest) -> Iterator[xl.SeedLab]:
+    with xl.seed_lab(request.param, r"RemoteAddr=127\.0\.0\.6:\d+") as s:
         yield s
 
 
@@ -38,47 +38,26 @@ def _decided_rule(walk: dict[str, Any]) -> dict[str, Any]:
     table, _, chain = table_chain.partition("/")
     [rule] = [r for r in walk["rules"] if (r["table"], r["chain"], r["index"])
               == (table, chain, int(index))]
-    return rule
+    found: dict[str, Any] = rule
+    return found
 
 
-def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: SeedLab) -> None:
+def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: xl.SeedLab) -> None:
     doc = seed.explain_json()
-    live, verdict = doc["live"], doc["verdict"]
-    assert live["client_pod"]["ip"] == CLIENT_IP and live["server_pod"]["ip"] == SERVER_IP
-    assert live["probe"]["status"] == 200, live["probe"]
-    assert doc["mode"] == "REDIRECT"
-    assert [s["status"] for s in doc["steps"]] == ["ok", "ok", "ok", "ok"]
-    # the probe's own line in the server sidecar's log, found by its x-request-id
-    [line] = live["server_access_log"]
-    assert line["request_id"] == live["probe"]["request_id"]
-    assert line["upstream_cluster"] == "inbound|18080||"
-    assert line["upstream_local_address"].startswith("127.0.0.6:")
-    assert line["downstream_remote_address"].startswith(f"{CLIENT_IP}:")
-    assert verdict["app_sees"] == "127.0.0.6" and verdict["sees_client"] is False
-    assert verdict["confirmed"] is True
-    assert f"UPSTREAM_LOCAL_ADDRESS {line['upstream_local_address']}" in verdict["confirmation"]
-    # the app's own log line for that connection, found by the address the sidecar used
-    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
-    # the client's nat OUTPUT: the probe itself moved the REDIRECT rule's counter
-    redirect = [r for r in step(doc, 1)["iptables"]["rules"]
-                if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
-    assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
-    moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
-    assert ("ISTIO_REDIRECT", 1) in moved
-    assert step(doc, 4)["sidecar"]["upstream_source"] == "127.0.0.6"
+    xl.check_redirect(doc, CLIENT_IP, SERVER_IP, "127.0.0.6")
     # the client sidecar's own upstream connection: the lab runs it as uid 0 / gid 1337
     # (read from its process), so the --gid-owner rule lets it out, not --uid-owner
-    decided = _decided_rule(step(doc, 2)["follow_up"])
+    decided = _decided_rule(xl.step(doc, 2)["follow_up"])
     assert (decided["table"], decided["chain"]) == ("nat", "ISTIO_OUTPUT")
     assert "-m owner --gid-owner 1337 -j RETURN" in decided["rule"], decided
-    packet = step(doc, 2)["follow_up"]["packet"]
+    packet = xl.step(doc, 2)["follow_up"]["packet"]
     assert (packet["uid"], packet["gid"]) == (0, 1337)
     assert any(e.startswith("sidecar process: uid 0 / gid 1337 (/proc/")
                for e in doc["evidence"]["client"])
     assert not any("sidecar runs as" in a for a in doc["assumptions"])
 
 
-def test_redirect_text_output(seed: SeedLab) -> None:
+def test_redirect_text_output(seed: xl.SeedLab) -> None:
     out = seed.explain()
     assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
                     r"demo-to/simple-server-svc \(172\.16\.\d+\.\d+:18080\), served by pod "
@@ -95,7 +74,7 @@ def test_redirect_text_output(seed: SeedLab) -> None:
     assert "rule counters that moved during the probe" in out
 
 
-def test_compare_and_diagram_as_offline(seed: SeedLab, tmp_path: Any) -> None:
+def test_compare_and_diagram_as_offline(seed: xl.SeedLab, tmp_path: Any) -> None:
     svg = tmp_path / "path.svg"
     out = seed.explain("--compare", "--diagram", str(svg))
     rows = [line for line in out.splitlines() if line.startswith(("REDIRECT", "TPROXY"))]
@@ -104,7 +83,7 @@ def test_compare_and_diagram_as_offline(seed: SeedLab, tmp_path: Any) -> None:
     assert svg.read_text().startswith("<svg")
 
 
-def test_pod_target(seed: SeedLab) -> None:
+def test_pod_target(seed: xl.SeedLab) -> None:
     name, _ = seed.server_pod()
     doc = seed.explain_json(to=f"{name}.demo-to:18080")
     assert doc["live"]["destination"] == {"kind": "pod", "name": name, "namespace": "demo-to",
@@ -117,7 +96,7 @@ def test_pod_target(seed: SeedLab) -> None:
     assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
 
 
-def test_pods_without_sidecar(seed: SeedLab) -> None:
+def test_pods_without_sidecar(seed: xl.SeedLab) -> None:
     # The plain namespace stays until the lab goes (its pod's IP is not reused by the
     # TPROXY pod below; tests/netns/test_node_ip_reuse.py covers reuse).
     seed.ok("apply", "-f", "-", "--wait", "--timeout", "40", stdin=PLAIN_SERVER)
@@ -127,7 +106,7 @@ def test_pods_without_sidecar(seed: SeedLab) -> None:
     assert any("has no sidecar (istio-proxy): no mesh on its side" in n
                for n in live["notes"])
     assert doc["mode"] == "none (no sidecar)"
-    assert step(doc, 3)["status"] == "not captured"
+    assert xl.step(doc, 3)["status"] == "not captured"
     assert doc["verdict"]["app_sees"] == CLIENT_IP and doc["verdict"]["sees_client"]
     # no sidecar log to confirm by: the app's own line for the connection does
     assert live["app_log_line"].startswith("X-Forwarded-For=, RemoteAddr=10.20.0.78:")
@@ -158,7 +137,7 @@ def test_pods_without_sidecar(seed: SeedLab) -> None:
     (["--from", "deploy/simple-client", "-n", "demo-from", "--to",
       "simple-server-svc.demo-to:81"], "has no port 81 (its ports: 18080)"),
 ])
-def test_bad_pods_are_one_line_errors(seed: SeedLab, args: list[str], message: str) -> None:
+def test_bad_pods_are_one_line_errors(seed: xl.SeedLab, args: list[str], message: str) -> None:
     done = seed.lab.remora("explain", "source-ip", *args)
     assert done.returncode != 0 and done.stdout == ""
     assert done.stderr.startswith("remora: error: ") and message in done.stderr
@@ -177,30 +156,15 @@ def test_no_lab_running(tmp_path: Any) -> None:
         lab.close()
 
 
-def test_tproxy_patch_the_app_sees_the_client(seed: SeedLab) -> None:
+def test_tproxy_patch_the_app_sees_the_client(seed: xl.SeedLab) -> None:
     """Last: it changes the lab (the seed's own fix, then a rollout)."""
     # The seed client's own calls say when the new pod's path works.
     name, ip = seed.tproxy_patch(rf"RemoteAddr={re.escape(CLIENT_IP)}:\d+")
     doc = seed.explain_json()
-    live, verdict = doc["live"], doc["verdict"]
-    assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
-    assert doc["mode"] == "TPROXY"
-    tproxy = step(doc, 3)["iptables"]["capture"]
-    assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
-    [line] = live["server_access_log"]
-    assert line["upstream_local_address"].startswith(f"{CLIENT_IP}:")
-    assert verdict["app_sees"] == CLIENT_IP and verdict["sees_client"] is True
-    assert verdict["confirmed"] is True and verdict["fixes"] == []
-    # mangle counts every packet: the probe's connection moved the server's TPROXY path
-    moved = {m["chain"] for m in live["counters_moved"]["server"]}
-    assert "ISTIO_INBOUND" in moved
-    # TPROXY's policy routing, read in the server pod: established, not listed as unknown
-    assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
-    routing = [n for n in step(doc, 3)["notes"] if n.startswith("policy routing: ")]
-    assert routing and "fwmark 0x539 lookup 133" in routing[0], step(doc, 3)["notes"]
+    xl.check_tproxy(doc, name, ip, CLIENT_IP)
+    routing = [n for n in xl.step(doc, 3)["notes"] if n.startswith("policy routing: ")]
     assert "`local default dev lo" in routing[0]
     # the server sidecar's connection to the app (from the client's address) is let out
     # by its gid, as the kernel does for a uid 0 / gid 1337 process
-    follow = step(doc, 4)["follow_up"]
+    follow = xl.step(doc, 4)["follow_up"]
     assert (follow["packet"]["uid"], follow["packet"]["gid"]) == (0, 1337)
-    assert ip == live["server_pod"]["ip"]

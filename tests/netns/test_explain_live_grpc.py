@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from remora.lab import demo_grpc
-from tests.netns.explain_live_lab import GRPC, SeedLab, seed_lab
+from tests.netns import explain_live_lab as xl
 
 pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 
@@ -26,8 +26,8 @@ CLIENT_IP = "10.20.0.78"
 
 
 @pytest.fixture(scope="module")
-def grpc_lab() -> Iterator[SeedLab]:
-    with seed_lab("envoy", r"Peer=ipv4:127\.0\.0\.6:\d+", seed=GRPC) as g:
+def grpc_lab() -> Iterator[xl.SeedLab]:
+    with xl.seed_lab("envoy", r"Peer=ipv4:127\.0\.0\.6:\d+", seed=xl.GRPC) as g:
         yield g
 
 
@@ -58,7 +58,7 @@ def _probe_checks(doc: dict[str, Any], app_sees: str) -> None:
                for n in live["notes"]), live["notes"]
 
 
-def test_redirect_grpc_probe_the_app_sees_127_0_0_6(grpc_lab: SeedLab) -> None:
+def test_redirect_grpc_probe_the_app_sees_127_0_0_6(grpc_lab: xl.SeedLab) -> None:
     doc = grpc_lab.explain_json("--path", demo_grpc.METHOD)
     assert doc["mode"] == "REDIRECT"
     assert doc["live"]["client_pod"]["ip"] == CLIENT_IP
@@ -66,7 +66,7 @@ def test_redirect_grpc_probe_the_app_sees_127_0_0_6(grpc_lab: SeedLab) -> None:
     assert doc["verdict"]["sees_client"] is False
 
 
-def test_grpc_text_output_and_health_check_default(grpc_lab: SeedLab) -> None:
+def test_grpc_text_output_and_health_check_default(grpc_lab: xl.SeedLab) -> None:
     out = grpc_lab.explain("--path", demo_grpc.METHOD)
     assert re.search(r"probe: POST http://simple-grpc-server-svc\.demo-to:18080/remora\.demo"
                      r"\.Simple/Sauth \(gRPC over HTTP/2, h2c\) -> HTTP/2 200, grpc-status 0 "
@@ -86,7 +86,7 @@ def test_grpc_text_output_and_health_check_default(grpc_lab: SeedLab) -> None:
     assert doc["verdict"]["app_sees"] == "127.0.0.6" and doc["verdict"]["confirmed"] is True
 
 
-def test_tproxy_patch_grpc_probe_the_app_sees_the_client(grpc_lab: SeedLab) -> None:
+def test_tproxy_patch_grpc_probe_the_app_sees_the_client(grpc_lab: xl.SeedLab) -> None:
     """Last: it changes the lab (the seed's own fix, then a rollout)."""
     grpc_lab.tproxy_patch(rf"Peer=ipv4:{re.escape(CLIENT_IP)}:\d+")
     doc = grpc_lab.explain_json("--path", demo_grpc.METHOD)

@@ -19,57 +19,39 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.explain_live_lab import SIDECARS, SeedLab, seed_lab, step
+from tests.netns import explain_live_lab as xl
 
 pytestmark = pytest.mark.netns
 
 SERVER_IP, CLIENT_IP = "fd00:10:20::77", "fd00:10:20::78"
 
 
-@pytest.fixture(scope="module", params=SIDECARS)
-def lab6(request: pytest.FixtureRequest) -> Iterator[SeedLab]:
-    with seed_lab(request.param, r"RemoteAddr=\[::6\]:\d+", ip_family="ipv6") as s:
+@pytest.fixture(scope="module", params=xl.SIDECARS)
+def lab6(request: pytest.FixtureRequest) -> Iterator[xl.SeedLab]:
+    with xl.seed_lab(request.param, r"RemoteAddr=\[::6\]:\d+", ip_family="ipv6") as s:
         yield s
 
 
-def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: SeedLab) -> None:
+def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: xl.SeedLab) -> None:
     vip = lab6.cluster_ip()
     assert vip.startswith("fd00:96::")
     doc = lab6.explain_json()
-    live, verdict = doc["live"], doc["verdict"]
-    assert live["client_pod"]["ip"] == CLIENT_IP and live["server_pod"]["ip"] == SERVER_IP
+    line = xl.check_redirect(doc, CLIENT_IP, SERVER_IP, "::6")
+    live = doc["live"]
     assert live["destination"]["host"] == vip
     # the probe went over IPv6, from the client pod's own address
-    assert live["probe"]["status"] == 200, live["probe"]
     assert live["probe"]["connected_to"] == f"[{vip}]:18080"
     assert live["probe"]["local_address"].startswith(f"[{CLIENT_IP}]:")
-    assert doc["mode"] == "REDIRECT"
-    assert [s["status"] for s in doc["steps"]] == ["ok", "ok", "ok", "ok"]
-    [line] = live["server_access_log"]
-    assert line["request_id"] == live["probe"]["request_id"]
-    assert line["upstream_cluster"] == "inbound|18080||"
-    assert line["upstream_local_address"].startswith("[::6]:")
-    assert line["downstream_remote_address"].startswith(f"[{CLIENT_IP}]:")
     assert line["downstream_local_address"] == f"[{SERVER_IP}]:18080"
-    assert verdict["app_sees"] == "::6" and verdict["sees_client"] is False
-    assert verdict["confirmed"] is True
-    assert f"UPSTREAM_LOCAL_ADDRESS {line['upstream_local_address']}" in verdict["confirmation"]
-    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
-    # the client's ip6tables nat OUTPUT, read before and after: the probe moved REDIRECT
-    redirect = [r for r in step(doc, 1)["iptables"]["rules"]
-                if r["chain"] == "ISTIO_REDIRECT" and r["matched"]]
-    assert redirect and re.fullmatch(r"\d+ pkts, \+\d+ during the probe", redirect[0]["counters"])
-    moved = {(m["chain"], m["index"]) for m in live["counters_moved"]["client"]}
-    assert ("ISTIO_REDIRECT", 1) in moved
+    # the client's ip6tables nat OUTPUT was read before and after the probe
     assert any(e.startswith("ip6tables-save -c in pod demo-from/") and
                e.endswith("(before and after the probe)") for e in doc["evidence"]["client"])
-    assert step(doc, 4)["sidecar"]["upstream_source"] == "::6"
     # the sidecar's own connection to the app: let out by ip6tables' ::6 rule
-    decided = step(doc, 4)["follow_up"]["capture"]["decided_by"]
+    decided = xl.step(doc, 4)["follow_up"]["capture"]["decided_by"]
     assert decided.startswith("nat/ISTIO_OUTPUT #"), decided
 
 
-def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: SeedLab) -> None:
+def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: xl.SeedLab) -> None:
     out = lab6.explain()
     assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
                     r"demo-to/simple-server-svc \(fd00:96::[0-9a-f:]+:18080\), served by pod "
@@ -81,7 +63,7 @@ def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: SeedLab)
     assert "rule counters that moved during the probe" in out
 
 
-def test_ipv6_pod_target_and_bad_family(lab6: SeedLab) -> None:
+def test_ipv6_pod_target_and_bad_family(lab6: xl.SeedLab) -> None:
     name, _ = lab6.server_pod()
     doc = lab6.explain_json(to=f"[{SERVER_IP}]:18080")
     assert doc["live"]["destination"]["kind"] == "pod"
@@ -97,7 +79,7 @@ def test_ipv6_pod_target_and_bad_family(lab6: SeedLab) -> None:
     assert done.stderr.count("\n") == 1
 
 
-def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: SeedLab) -> None:
+def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: xl.SeedLab) -> None:
     """`--kube` against the IPv6 lab through its Kubernetes API: ip6tables-save by
     pods/exec, no probe; the same verdict as the live form (REDIRECT, ::6)."""
     path = lab6.ok("kubeconfig").strip()
@@ -119,26 +101,11 @@ def test_kube_over_ipv6_same_verdict_as_the_live_form(lab6: SeedLab) -> None:
     assert kube["verdict"]["confirmed"] is True
 
 
-def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: SeedLab) -> None:
+def test_tproxy_over_ipv6_the_app_sees_the_client(lab6: xl.SeedLab) -> None:
     """Last: the seed's own fix, then a rollout."""
     name, ip = lab6.tproxy_patch(rf"RemoteAddr=\[{re.escape(CLIENT_IP)}\]:\d+")
     doc = lab6.explain_json()
-    live, verdict = doc["live"], doc["verdict"]
-    assert live["server_pod"]["name"] == name and live["probe"]["status"] == 200
-    assert doc["mode"] == "TPROXY"
-    tproxy = step(doc, 3)["iptables"]["capture"]
-    assert (tproxy["kind"], tproxy["port"], tproxy["mark"]) == ("TPROXY", 15006, 0x539)
-    [line] = live["server_access_log"]
-    assert line["upstream_local_address"].startswith(f"[{CLIENT_IP}]:")
-    assert verdict["app_sees"] == CLIENT_IP and verdict["sees_client"] is True
-    assert verdict["confirmed"] is True and verdict["fixes"] == []
-    assert live["app_log_line"].endswith(f"RemoteAddr={line['upstream_local_address']}")
-    moved = {m["chain"] for m in live["counters_moved"]["server"]}
-    assert "ISTIO_INBOUND" in moved  # mangle counts every packet of the probe's connection
+    xl.check_tproxy(doc, name, ip, CLIENT_IP)
     # TPROXY's IPv6 policy routing, read in the server pod with ip -6
-    assert not any("policy routing" in m["what"] for m in doc["missing"]), doc["missing"]
-    routing = [n for n in step(doc, 3)["notes"] if n.startswith("policy routing: ")]
-    assert routing and "fwmark 0x539 lookup 133" in routing[0], step(doc, 3)["notes"]
     assert any(e.startswith("policy routing: ip -6 rule show; ip -6 route show table 133")
                for e in doc["evidence"]["server"])
-    assert ip == live["server_pod"]["ip"]  # the new pod's address
