@@ -2,10 +2,16 @@
 both places Envoy reads the message: the HTTP connection manager accepts every field remora
 implements, a cluster only what the upstream HTTP/2 pool implements (the stream limit and
 the windows); either refuses the rest by path, and a value out of Envoy's range gets the
-same one-line error with the range to use from both."""
+same one-line error with the range to use from both. The HCM's bounds of every field are
+held to Envoy 1.40's `--mode validate` (the cluster's are, in
+tests/unit/proxy/http2/test_upstream_config.py)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +25,11 @@ from remora.proxy.http2.options import (
     parse_http2_options,
 )
 from remora.proxy.upstream.config import parse_cluster
+from tests.unit.proxy.proxy_helpers import addr
+
+HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+       "HttpConnectionManager")
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 def _cluster(http2: dict[str, Any]) -> dict[str, Any]:
@@ -72,3 +83,41 @@ def test_values_and_defaults() -> None:
     # what a cluster does not accept keeps Envoy's default
     assert cluster.http2 == Http2Options(**windows)
     assert cluster.http2.hpack_table_size == DEFAULT_H2.hpack_table_size == 4096
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(shutil.which("envoy") is None, reason="needs envoy")
+def test_envoy_agrees_on_the_hcm_ranges(tmp_path: Path) -> None:
+    """Each field's bounds on the HCM: what remora accepts Envoy 1.40 accepts, what
+    remora refuses as out of range Envoy's proto validation refuses too."""
+    cases = [({"max_concurrent_streams": 2147483647, "initial_stream_window_size": 65535,
+               "initial_connection_window_size": 2147483647, "hpack_table_size": 0,
+               "max_outbound_control_frames": 1,
+               "max_consecutive_inbound_frames_with_empty_payload": 0}, True),
+             ({"hpack_table_size": 4294967295,
+               "max_consecutive_inbound_frames_with_empty_payload": 4294967295}, True),
+             ({"max_concurrent_streams": 0}, False),
+             ({"max_concurrent_streams": 2147483648}, False),
+             ({"initial_stream_window_size": 65534}, False),
+             ({"initial_connection_window_size": 2147483648}, False),
+             ({"max_outbound_control_frames": 0}, False)]
+    for http2, ok in cases:
+        try:
+            parse_http2_options(Fields(http2, "h"))
+            remora_ok = True
+        except ConfigError:
+            remora_ok = False
+        hcm = {"@type": HCM, "stat_prefix": "x", "http2_protocol_options": http2,
+               "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                   {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+               "http_filters": [{"name": "envoy.filters.http.router",
+                                 "typed_config": {"@type": ROUTER}}]}
+        listener = {"name": "l", "address": addr("127.0.0.1", 10000), "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": hcm}]}]}
+        path = tmp_path / "b.json"
+        path.write_text(json.dumps({"static_resources": {"listeners": [listener]}}))
+        out = subprocess.run(["envoy", "--mode", "validate", "-c", str(path),
+                              "--disable-hot-restart", "-l", "critical"],
+                             capture_output=True, text=True, timeout=60)
+        assert (remora_ok, out.returncode == 0) == (ok, ok), (http2, out.stdout + out.stderr)
