@@ -9,6 +9,7 @@ stopped by its PID however the test ends.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests import proxyharness as ph
 from tests.unit.proxy.proxy_helpers import free_port
@@ -102,6 +104,16 @@ def thread_server(handle: Callable[[socket.socket], None],
 
     threading.Thread(target=serve, daemon=True).start()
     return srv
+
+
+def envoy_validates(bootstrap: dict[str, Any], path: Path) -> tuple[bool, str]:
+    """Whether the real Envoy accepts BOOTSTRAP (written to PATH), by `envoy --mode
+    validate` (its proto validation and config checks, nothing started), and what it said."""
+    path.write_text(json.dumps(bootstrap))
+    out = subprocess.run([ph.envoy_binary(), "--mode", "validate", "-c", str(path),
+                          "--disable-hot-restart", "-l", "critical"],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode == 0, out.stdout + out.stderr
 
 
 def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
