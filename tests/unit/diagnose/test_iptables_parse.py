@@ -181,3 +181,24 @@ def test_listing_without_counters() -> None:
             "REDIRECT   tcp  --  anywhere             anywhere             redir ports 15001\n")
     rule = parse_listing(text).tables["nat"].chains["ISTIO_REDIRECT"].rules[0]
     assert rule.counters is None and rule.target.to_port == 15001
+
+
+@pytest.mark.parametrize(("spec", "ports"), [
+    ("1024:", ((1024, 65535),)), (":1024", ((0, 1024),)), ("80:90", ((80, 90),)),
+    ("15008", ((15008, 15008),))])
+def test_open_ended_port_ranges_read_as_iptables_means_them(
+        spec: str, ports: tuple[tuple[int, int], ...]) -> None:
+    # iptables(8): "--dport 1024:" is 1024-65535 and ":1024" is 0-1024, in both the save
+    # form and a hand-typed listing
+    text = f"*nat\n-A ISTIO_INBOUND -p tcp -m tcp --dport {spec} -j RETURN\nCOMMIT\n"
+    [rs] = parse_iptables_save(text)
+    [match] = [m for m in rs.tables["nat"].chains["ISTIO_INBOUND"].rules[0].matches
+               if isinstance(m, PortMatch)]
+    assert match.ports == ports
+    listing = ("Chain ISTIO_INBOUND (1 references)\n"
+               "target     prot opt source               destination\n"
+               f"RETURN     tcp  --  0.0.0.0/0            0.0.0.0/0            tcp dpts:{spec}\n")
+    rs = parse_listing(listing, "nat")
+    [match] = [m for m in rs.tables["nat"].chains["ISTIO_INBOUND"].rules[0].matches
+               if isinstance(m, PortMatch)]
+    assert match.ports == ports

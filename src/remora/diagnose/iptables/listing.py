@@ -311,9 +311,10 @@ def _starts_known(toks: list[str], i: int) -> bool:
 def _ranges(text: str) -> tuple[tuple[int, int], ...] | None:
     out: list[tuple[int, int]] = []
     for part in text.split(","):
-        lo_text, _, hi_text = part.partition(":")
-        lo = parse_port(lo_text)
-        hi = parse_port(hi_text) if hi_text else lo
+        lo_text, sep, hi_text = part.partition(":")
+        # as iptables(8) reads a range: an omitted first port is 0, an omitted last 65535
+        lo = parse_port(lo_text) if lo_text or not sep else 0
+        hi = parse_port(hi_text) if hi_text else (65535 if sep else lo)
         if lo is None or hi is None:
             return None
         out.append((lo, hi))

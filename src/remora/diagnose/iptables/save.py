@@ -38,9 +38,10 @@ from remora.errors import RemoraError
 def _port_ranges(text: str) -> tuple[tuple[int, int], ...] | None:
     out: list[tuple[int, int]] = []
     for part in text.split(","):
-        lo_text, _, hi_text = part.replace("-", ":").partition(":")
+        lo_text, sep, hi_text = part.replace("-", ":").partition(":")
+        # iptables(8) tcp --dport: an omitted first port is 0, an omitted last one 65535
         lo = parse_port(lo_text) if lo_text else 0
-        hi = parse_port(hi_text) if hi_text else lo
+        hi = parse_port(hi_text) if hi_text else (65535 if sep else lo)
         if lo is None or hi is None:
             return None
         out.append((lo, hi))
