@@ -258,3 +258,56 @@ def test_a_port_taken_stops_the_proxy_before_it_forks(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"remora: error: cannot bind 127.0.0.1:{port}: Address already in use (fix: stop "
         "whatever listens there or change the port)"]
+
+
+def test_listeners_lds_adds_after_the_fork_are_bound_by_every_worker(tmp_path: Path) -> None:
+    """An LDS update reaches every worker (each watches the file): each binds its own
+    SO_REUSEPORT socket of the new listener (each of Envoy's workers gets its socket of a
+    new listener), a unix-socket listener is bound by worker 0 alone, and a listener
+    whose address is unchanged keeps each worker's socket (in-place update)."""
+    from remora.proxy.config.listener import LISTENER_TYPE
+    from tests.unit.proxy.proxy_helpers import write_atomic
+
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(64)
+    first, second, aport = free_port(), free_port(), free_port()
+    path = str(tmp_path / "dyn.sock")
+    lds_path = tmp_path / "lds.json"
+
+    def lds(version: str, *listeners: dict[str, Any]) -> dict[str, Any]:
+        return {"version_info": version,
+                "resources": [{"@type": LISTENER_TYPE, **x} for x in listeners]}
+
+    pipe = tcp_listener("p", 0, "c")
+    pipe["address"] = {"pipe": {"path": path}}
+    write_atomic(lds_path, lds("1", tcp_listener("a", first, "c")))
+    doc = {"admin": {"address": addr("127.0.0.1", aport)},
+           "static_resources": {"clusters": [static_cluster("c", upstream.getsockname()[1])]},
+           "dynamic_resources": {"lds_config": {"path_config_source": {"path": str(lds_path)}}}}
+    try:
+        with _proxy(doc, tmp_path, concurrency=2) as proc:
+            workers = [proc.pid, *_children(proc.pid)]
+            before = [_tcp_sockets(pid, first, TCP_LISTEN) for pid in workers]
+            assert [len(x) for x in before] == [1, 1] and before[0] != before[1]
+            # a: same address, other cluster settings (in place); b: new; p: a pipe
+            changed = tcp_listener("a", first, "c", idle_timeout="7s")
+            write_atomic(lds_path, lds("2", changed, tcp_listener("b", second, "c"), pipe))
+            deadline = time.monotonic() + 10
+            while not all(_tcp_sockets(pid, second, TCP_LISTEN) for pid in workers):
+                assert time.monotonic() < deadline, "a worker did not bind listener b"
+                time.sleep(0.05)
+            after = [_tcp_sockets(pid, second, TCP_LISTEN) for pid in workers]
+            assert [len(x) for x in after] == [1, 1] and after[0] != after[1]
+            assert [_tcp_sockets(pid, first, TCP_LISTEN) for pid in workers] == before
+            unix = [int(line.split()[6]) for line in
+                    Path("/proc/net/unix").read_text().splitlines()[1:]
+                    if line.split()[-1] == path]
+            assert len(unix) == 1
+            assert [unix[0] in _socket_inodes(pid) for pid in workers] == [True, False]
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(path)
+                upstream.settimeout(5)
+                upstream.accept()[0].close()
+    finally:
+        upstream.close()
