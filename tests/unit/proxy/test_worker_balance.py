@@ -189,13 +189,17 @@ def test_unix_socket_listener_is_one_socket_every_worker_accepts_from(tmp_path: 
 def test_sockets_per_worker_are_bound_before_the_fork(tmp_path: Path) -> None:
     """Server.bind_workers (before the fork) binds one SO_REUSEPORT socket per worker per
     address; keep_worker(i) (after it) keeps worker i's and closes the others' here.
-    A listener that does not bind (bind_to_port: false) gets none."""
+    A listener that does not bind (bind_to_port: false) gets none; one that says
+    enable_reuse_port: false gets one socket, without SO_REUSEPORT, that every worker
+    shares (Envoy: "all worker threads share one socket")."""
     port, extra = free_port(), free_port()
     listener = tcp_listener("l", port, "c")
     listener["additional_addresses"] = [{"address": addr("127.0.0.1", extra)}]
     virtual = tcp_listener("v", free_port(), "c")
     virtual["bind_to_port"] = False
-    doc = {"static_resources": {"listeners": [listener, virtual],
+    shared = tcp_listener("s", free_port(), "c")
+    shared["enable_reuse_port"] = False
+    doc = {"static_resources": {"listeners": [listener, virtual, shared],
                                 "clusters": [static_cluster("c", 1)]}}
     server = Server(parse_bootstrap(doc, str(tmp_path / "b.json")), concurrency=3)
     server.load()
@@ -208,12 +212,17 @@ def test_sockets_per_worker_are_bound_before_the_fork(tmp_path: Path) -> None:
         [[port, extra]] * 3
     assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1 for s in every)
     assert server.listeners["v"].socks == [] and server.listeners["v"].worker_socks == []
+    [one] = {id(x[0]): x[0] for x in server.listeners["s"].worker_socks}.values()
+    assert len(server.listeners["s"].worker_socks) == 3
+    assert one.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
     mine = active.worker_socks[1]
     server.keep_worker(1)
     assert server.worker_index == 1
     assert active.socks == mine and active.worker_socks == []
     assert [s.fileno() == -1 for s in every] == [True, True, False, False, True, True]
-    active.stop_accepting()
+    assert server.listeners["s"].socks == [one] and one.fileno() != -1
+    for name in ("l", "s"):
+        server.listeners[name].stop_accepting()
 
 
 def test_one_worker_binds_as_before_without_reuse_port(tmp_path: Path) -> None:

@@ -56,17 +56,21 @@ class ActiveListener:
         SO_REUSEPORT socket per address per worker, as Envoy's listeners do by default on
         Linux (enable_reuse_port: one socket per worker thread; the kernel hashes each new
         connection to one of them, and the worker that accepts it owns it for its life);
-        a pipe address is one unix socket every worker accepts from (a path names one
-        socket). PIPES false: leave pipe addresses to worker 0 (an LDS listener added
-        after the fork: a second bind would unlink the first worker's socket)."""
+        a pipe address, and any address when REUSE_PORT is false (`enable_reuse_port:
+        false`: "all worker threads share one socket"), is one socket every worker
+        accepts from (a path names one socket). PIPES false: leave pipe addresses to
+        worker 0 (an LDS listener added after the fork: a second bind would unlink the
+        first worker's socket)."""
         self.worker_socks = [[] for _ in range(workers)]
         try:
             for address in self.config.addresses:
-                if address.pipe is not None:
-                    if pipes:
-                        shared = bind_listener(address)
-                        for own in self.worker_socks:
-                            own.append(shared)
+                if address.pipe is not None and not pipes:
+                    continue
+                if address.pipe is not None or (workers > 1 and not reuse_port):
+                    shared = bind_listener(address, transparent=self.config.transparent,
+                                           freebind=self.config.freebind)
+                    for own in self.worker_socks:
+                        own.append(shared)
                     continue
                 for own in self.worker_socks:
                     own.append(bind_listener(address, transparent=self.config.transparent,

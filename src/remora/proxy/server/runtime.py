@@ -125,17 +125,24 @@ class Server:
             active.keep_worker(index)
 
     def _bind_all(self, actives: list[ActiveListener], workers: int = 1) -> None:
-        """Bind what is not bound yet. In a --concurrency worker after the fork (an LDS
-        update), each worker binds its own SO_REUSEPORT socket, as each of Envoy's workers
-        gets its own socket of a new listener; a unix socket only in worker 0."""
+        """Bind what is not bound yet. With --concurrency N, SO_REUSEPORT unless the
+        listener says `enable_reuse_port: false` (Envoy's default is true on Linux), which
+        before the fork means one socket all workers share. In a worker after the fork (an
+        LDS update) each worker binds its own SO_REUSEPORT socket, as each of Envoy's
+        workers gets its socket of a new listener (a process cannot share a socket it
+        binds now; `enable_reuse_port: false` included), and a unix socket only worker 0.
+        --concurrency 1: SO_REUSEPORT only when the listener asks for it."""
         bound: list[ActiveListener] = []
         try:
             for active in actives:
                 cfg = active.config
                 if cfg.bind_to_port and not active.socks:
                     bound.append(active)
-                    active.bind(workers=workers,
-                                reuse_port=self.concurrency > 1 or bool(cfg.enable_reuse_port),
+                    if self.concurrency == 1:
+                        reuse = bool(cfg.enable_reuse_port)
+                    else:
+                        reuse = workers == 1 or cfg.enable_reuse_port is not False
+                    active.bind(workers=workers, reuse_port=reuse,
                                 pipes=self.worker_index == 0)
         except RemoraError:
             for active in bound:
