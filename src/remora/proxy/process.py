@@ -3,9 +3,11 @@
 Workers are processes, because one Python process runs one core. As Envoy's listeners do
 by default on Linux (enable_reuse_port), every listener has one SO_REUSEPORT socket per
 worker, all bound before the fork: the kernel hashes each new connection to one worker,
-which owns it for its life. Worker 0 is the main process: it also serves the admin API and
-shows stats merged from every worker (each sends a snapshot twice a second), among them
-Envoy's per-worker listener.<prefix>.worker_<i>.downstream_cx_{total,active}.
+which owns it for its life (a unix socket, or `enable_reuse_port: false`: one socket all
+workers accept from; docs/proxy.md "Workers"). Worker 0 is the main process: it also
+serves the admin API and shows stats merged from every worker (each sends a snapshot
+twice a second), among them Envoy's per-worker
+listener.<prefix>.worker_<i>.downstream_cx_{total,active}.
 """
 
 from __future__ import annotations

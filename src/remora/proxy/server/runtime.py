@@ -130,8 +130,8 @@ class Server:
         before the fork means one socket all workers share. In a worker after the fork (an
         LDS update) each worker binds its own SO_REUSEPORT socket, as each of Envoy's
         workers gets its socket of a new listener (a process cannot share a socket it
-        binds now; `enable_reuse_port: false` included), and a unix socket only worker 0.
-        --concurrency 1: SO_REUSEPORT only when the listener asks for it."""
+        binds now; `enable_reuse_port: false` included); a unix socket is bound by worker
+        0 alone. --concurrency 1: SO_REUSEPORT only when the listener asks for it."""
         bound: list[ActiveListener] = []
         try:
             for active in actives:
