@@ -5,8 +5,10 @@ For each path — direct (no capture, no sidecar), the real Envoy, and `remora p
 on the unchanged reference server-side bootstrap with `--concurrency 1` behind the
 reference REDIRECT (or TPROXY) capture rules — it runs wrk from the client namespace
 against http://10.20.0.77:18080/common/sauth at 1 and 16 connections and prints req/s,
-p50 and p99 latency, the sidecar's CPU per request and its RSS, and a bulk TCP upload
-through the tcp_proxy chain in Gbit/s, then the remora/Envoy ratios. The backend is the
+p50 and p99 latency, the sidecar's CPU per request, its RSS and its PSS (both summed over
+the sidecar's process tree; PSS divides the pages that forked workers share, so it is the
+honest figure for `--concurrency N`), and a bulk TCP upload through the tcp_proxy chain in
+Gbit/s, then the remora/Envoy ratios. The backend is the
 seed's demo server (remora.apps.simple_server, asyncio + httptools; --backend nginx for
 nginx returning the same 60 bytes).
 
@@ -81,6 +83,7 @@ class Result:
     cpu_us_per_rq: float | None
     rss_mib: float | None
     errors: str
+    pss_mib: float | None = None
 
 
 @dataclass
@@ -95,6 +98,7 @@ class H2Result:
     cpu_us_per_rq: float | None
     rss_mib: float | None
     errors: str
+    pss_mib: float | None = None
 
 
 class H2NotServed(Exception):
@@ -181,6 +185,7 @@ def bench_h2(path: str, args: argparse.Namespace, lab: Lab, client: Namespace,
             runs.sort(key=lambda r: r.rps)
             median = runs[len(runs) // 2]
             median.rss_mib = sum(x.rss_kib() for x in sidecars) / 1024 if sidecars else None
+            median.pss_mib = sidecars_pss_mib(sidecars) if sidecars else None
             results.append(median)
             print(_h2_row(median), flush=True)
     except H2NotServed as exc:
@@ -191,8 +196,9 @@ def bench_h2(path: str, args: argparse.Namespace, lab: Lab, client: Namespace,
 def _h2_row(r: H2Result) -> str:
     cpu = f"{r.cpu_us_per_rq:8.1f}" if r.cpu_us_per_rq is not None else f"{'-':>8}"
     rss = f"{r.rss_mib:7.1f}" if r.rss_mib is not None else f"{'-':>7}"
+    pss = f"{r.pss_mib:7.1f}" if r.pss_mib is not None else f"{'-':>7}"
     return (f"{r.path:<8} {r.connections:>5} {r.streams:>7} {r.rps:>11,.0f} {r.mean_ms:>9.3f} "
-            f"{r.sd_ms:>9.3f} {r.max_ms:>9.3f} {cpu} {rss}  {r.errors}")
+            f"{r.sd_ms:>9.3f} {r.max_ms:>9.3f} {cpu} {rss} {pss}  {r.errors}")
 
 
 H2_RESULTS: list[H2Result] = []
@@ -208,6 +214,42 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return total
+
+
+def tree_rss_kib(pids: list[int]) -> int:
+    """VmRSS summed over PIDS: a page shared copy-on-write by forked workers counts once
+    per process that maps it, so for --concurrency N this overstates the memory."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def pss_kib(pids: list[int]) -> int:
+    """Proportional set size summed over PIDS (/proc/PID/smaps_rollup `Pss:`): each page
+    is divided among the processes that share it, so the sum over a proxy's process tree
+    is what the sidecar costs, for remora's forked workers and Envoy's threads alike."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def sidecars_pss_mib(sidecars: list[ph.Sidecar]) -> float:
+    return sum(pss_kib(ph._process_tree(x.proc.pid)) for x in sidecars) / 1024
 
 
 def start_backend(lab: Lab, server: Namespace, backend: str, workdir: Path) -> None:
@@ -305,7 +347,8 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
             runs.sort(key=lambda r: r[0])
             rps, p50, p99, cpu_us, errors = runs[len(runs) // 2]  # the median run
             rss = sum(x.rss_kib() for x in sidecars) / 1024 if sidecar else None
-            results.append(Result(path, conns, rps, p50, p99, cpu_us, rss, errors))
+            pss = sidecars_pss_mib(sidecars) if sidecar else None
+            results.append(Result(path, conns, rps, p50, p99, cpu_us, rss, errors, pss))
             print(_row(results[-1]), flush=True)
         if args.bulk_mib and sink is not None:
             gbits = sorted(bulk_gbits(client, args.bulk_mib) for _ in range(args.repeat))
@@ -320,11 +363,20 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
 BULK: dict[str, float] = {}
 
 
+def _pss_line(ours: float | None, theirs: float | None) -> str:
+    """PSS summed over each proxy's process tree (the honest "memory per sidecar" with
+    forked workers: RSS counts their shared copy-on-write pages once per process)."""
+    if not ours or not theirs:
+        return "PSS remora/envoy: not measured (no /proc/PID/smaps_rollup)"
+    return f"PSS remora/envoy: x{ours / theirs:.2f} ({ours:.1f} / {theirs:.1f} MiB)"
+
+
 def _row(r: Result) -> str:
     cpu = f"{r.cpu_us_per_rq:8.1f}" if r.cpu_us_per_rq is not None else f"{'-':>8}"
     rss = f"{r.rss_mib:7.1f}" if r.rss_mib is not None else f"{'-':>7}"
+    pss = f"{r.pss_mib:7.1f}" if r.pss_mib is not None else f"{'-':>7}"
     return (f"{r.path:<8} {r.connections:>5} {r.rps:>11,.0f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} "
-            f"{cpu} {rss}  {r.errors}")
+            f"{cpu} {rss} {pss}  {r.errors}")
 
 
 def main() -> int:
@@ -381,10 +433,10 @@ def main() -> int:
           f"{h2_note}")
     if args.protocol == "h2":
         print(f"{'path':<8} {'conns':>5} {'streams':>7} {'req/s':>11} {'mean ms':>9} "
-              f"{'sd ms':>9} {'max ms':>9} {'cpu us/rq':>8} {'RSS MiB':>7}")
+              f"{'sd ms':>9} {'max ms':>9} {'cpu us/rq':>8} {'RSS MiB':>7} {'PSS MiB':>7}")
     else:
         print(f"{'path':<8} {'conns':>5} {'req/s':>11} {'p50 ms':>9} {'p99 ms':>9} "
-              f"{'cpu us/rq':>8} {'RSS MiB':>7}")
+              f"{'cpu us/rq':>8} {'RSS MiB':>7} {'PSS MiB':>7}")
     results: list[Result] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
@@ -425,6 +477,9 @@ def main() -> int:
     if by.get(("envoy", 16)) and by.get(("remora", 16)):
         print(f"RSS remora/envoy: {by[('remora', 16)].rss_mib:.1f} / "
               f"{by[('envoy', 16)].rss_mib:.1f} MiB")
+        print(_pss_line(by[("remora", 16)].pss_mib, by[("envoy", 16)].pss_mib))
+    elif h2_by.get(("envoy", 16)) and h2_by.get(("remora", 16)):
+        print(_pss_line(h2_by[("remora", 16)].pss_mib, h2_by[("envoy", 16)].pss_mib))
     return 0
 
 

@@ -1,8 +1,13 @@
 """Running the proxy: load, drop privileges, fork ``--concurrency`` workers, serve.
 
-Workers are processes (SO_REUSEPORT listeners: the kernel spreads connections), because
-one Python process runs one core. Worker 0 is the main process: it also serves the admin
-API and shows stats merged from every worker (each sends a snapshot twice a second).
+Workers are processes, because one Python process runs one core. As Envoy's listeners do
+by default on Linux (enable_reuse_port), every listener has one SO_REUSEPORT socket per
+worker, all bound before the fork: the kernel hashes each new connection to one worker,
+which owns it for its life (a unix socket, or `enable_reuse_port: false`: one socket all
+workers accept from; docs/proxy.md "Workers"). Worker 0 is the main process: it also
+serves the admin API and shows stats merged from every worker (each sends a snapshot
+twice a second), among them Envoy's per-worker
+listener.<prefix>.worker_<i>.downstream_cx_{total,active}.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import encodings.idna  # noqa: F401  (imported before the fork: see _share_with_workers)
+import gc
 import json
 import logging
 import os
@@ -62,15 +69,39 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _share_with_workers() -> None:
+    """Keep the loaded config's pages shared copy-on-write with the forked workers.
+    CPython's gc would otherwise write into the header of every object it traverses in a
+    full collection, in each process, and so copy every page of the parent's objects into
+    each worker: gc.freeze() moves everything loaded so far to a permanent generation that
+    collections skip, as the gc module's documentation recommends right before fork().
+    What would be imported lazily after the fork is imported before it instead (the idna
+    codec: the first upstream connect by host name imports it). Measured with
+    scripts/proxy_memory.py (two workers, 20,000 requests): PSS 35.7 -> 29.1 MiB, RSS
+    60.9 -> 57.6 MiB."""
+    gc.collect()
+    # hand the heap that loading freed back to the kernel (glibc), so no worker inherits
+    # it: -2.5 MiB RSS for two workers here
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None).malloc_trim(0)
+    gc.freeze()
+
+
 def run(server: Server, options: dict[str, Any]) -> int:
     _use_uvloop()
     readers: list[int] = []
     children: list[int] = []
-    for _ in range(1, server.concurrency):
+    if server.concurrency > 1:
+        server.bind_workers()  # a bind error here is fatal, before anything forks
+        _share_with_workers()
+    for index in range(1, server.concurrency):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # worker
             os.close(r)
+            for fd in readers:  # the earlier workers' pipes are the main process's
+                os.close(fd)
+            server.keep_worker(index)
             with contextlib.suppress(Exception):
                 ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
             code = 0
@@ -83,6 +114,7 @@ def run(server: Server, options: dict[str, Any]) -> int:
         os.close(w)
         readers.append(r)
         children.append(pid)
+    server.keep_worker(0)
     try:
         server.on_drain = lambda inbound_only: _signal(
             children, signal.SIGUSR2 if inbound_only else signal.SIGUSR1)

@@ -322,8 +322,11 @@ def prometheus_name(name: str) -> tuple[str, str]:
             # the tag value may itself contain dots (listener 0.0.0.0_15006): the stat's
             # own name is the last segment(s) that Envoy defines; we take the last one.
             value, _, stat = rest.rpartition(".")
-            if prefix == "listener." and value.endswith(".worker_0"):
-                value = value[: -len(".worker_0")]
+            listener, _, worker = value.rpartition(".worker_")
+            if prefix == "listener." and listener and worker.isdigit():
+                # per-worker listener stats: Envoy's envoy.worker_id tag, its label first
+                return (f"envoy_listener_worker_{_sanitize(stat)}",
+                        f'{{envoy_worker_id="{worker}",{tag}="{listener}"}}')
             metric = "envoy_" + _sanitize(prefix + stat)
             return metric, f'{{{tag}="{value}"}}'
     return "envoy_" + _sanitize(name), ""

@@ -61,7 +61,7 @@ def test_concurrency_workers_merged_stats_drain_and_quit(tmp_path: Path) -> None
                 pass
             assert time.monotonic() < deadline, "proxy did not become ready"
             time.sleep(0.05)
-        time.sleep(0.3)  # the second worker binds its SO_REUSEPORT socket
+        # no pause: both workers' SO_REUSEPORT sockets are bound before the fork
         for _ in range(12):
             s = socket.create_connection(("127.0.0.1", lport))
             conn, _ = upstream.accept()

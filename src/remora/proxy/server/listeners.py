@@ -21,6 +21,7 @@ from remora.proxy.config.listener import ListenerConfig
 from remora.proxy.interfaces import ConnectionFacts
 from remora.proxy.listener_filters import AcceptedSocket
 from remora.proxy.server.downstream import DownstreamConnection
+from remora.proxy.server.sockets import bind_listener
 from remora.proxy.stream_info import StreamInfo, format_address
 from remora.proxy.transport import tls
 
@@ -40,6 +41,8 @@ class ActiveListener:
         self.config = config
         # one socket per address (address, then additional_addresses), one accept loop each
         self.socks: list[socket.socket] = []
+        # bound before --concurrency forks: worker i's sockets, until keep_worker(i)
+        self.worker_socks: list[list[socket.socket]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.version_info = version
         self.last_updated = time.time()
@@ -48,9 +51,60 @@ class ActiveListener:
     def prefix(self) -> str:
         return f"listener.{self.config.stat_prefix or self.config.address.stat_name}."
 
+    def bind(self, *, workers: int = 1, reuse_port: bool = False, pipes: bool = True) -> None:
+        """Bind every address. WORKERS > 1 (before the fork of --concurrency workers): one
+        SO_REUSEPORT socket per address per worker, as Envoy's listeners do by default on
+        Linux (enable_reuse_port: one socket per worker thread; the kernel hashes each new
+        connection to one of them, and the worker that accepts it owns it for its life);
+        a pipe address, and any address when REUSE_PORT is false (`enable_reuse_port:
+        false`: "all worker threads share one socket"), is one socket every worker
+        accepts from (a path names one socket). PIPES false: leave pipe addresses to
+        worker 0 (an LDS listener added after the fork: a second bind would unlink the
+        first worker's socket)."""
+        self.worker_socks = [[] for _ in range(workers)]
+        try:
+            for address in self.config.addresses:
+                if address.pipe is not None and not pipes:
+                    continue
+                if address.pipe is not None or (workers > 1 and not reuse_port):
+                    shared = bind_listener(address, transparent=self.config.transparent,
+                                           freebind=self.config.freebind)
+                    for own in self.worker_socks:
+                        own.append(shared)
+                    continue
+                for own in self.worker_socks:
+                    own.append(bind_listener(address, transparent=self.config.transparent,
+                                             freebind=self.config.freebind,
+                                             reuse_port=reuse_port))
+        except BaseException:
+            self.stop_accepting()
+            raise
+        self.socks = self.worker_socks[0]
+        if workers == 1:
+            self.worker_socks = []
+
+    def keep_worker(self, index: int) -> None:
+        """After the fork, in worker INDEX: keep its own sockets and close the other
+        workers' copies here, so a worker that exits takes its sockets (and the
+        connections the kernel queued on them) out of the SO_REUSEPORT group."""
+        if not self.worker_socks:
+            return
+        mine = self.worker_socks[index]
+        keep = {id(sock) for sock in mine}
+        for own in self.worker_socks:
+            for sock in own:
+                if id(sock) not in keep:
+                    sock.close()
+        self.socks = mine
+        self.worker_socks = []
+
     def start(self, server: Server) -> None:
         server.stats.touch(*(self.prefix + n for n in LISTENER_COUNTERS))
         server.stats.gauges[self.prefix + "downstream_cx_active"] += 0
+        # Envoy's per-handler listener stats: listener.<prefix>.worker_<i>.*
+        worker = f"{self.prefix}worker_{server.worker_index}."
+        server.stats.touch(worker + "downstream_cx_total")
+        server.stats.gauges[worker + "downstream_cx_active"] += 0
         if self.socks and not self.tasks:
             loop = asyncio.get_running_loop()
             self.tasks = [loop.create_task(self._accept_loop(server, sock))
@@ -62,7 +116,11 @@ class ActiveListener:
         self.tasks = []
         for sock in self.socks:
             sock.close()
+        for own in self.worker_socks:
+            for sock in own:
+                sock.close()
         self.socks = []
+        self.worker_socks = []
 
     async def _accept_loop(self, server: Server, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -153,6 +211,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
     downstream: DownstreamConnection | None = None
     info: StreamInfo | None = None
     counted: ActiveListener | None = None
+    worker = ""  # the per-handler stats of the listener that counted the connection
     started = time.monotonic()
     try:
         conn.setblocking(False)
@@ -171,8 +230,11 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
                     return
         cfg = listener.config
         counted = listener
+        worker = f"{listener.prefix}worker_{server.worker_index}."
         stats.inc(listener.prefix + "downstream_cx_total")
         stats.gauge_add(listener.prefix + "downstream_cx_active", 1)
+        stats.inc(worker + "downstream_cx_total")
+        stats.gauge_add(worker + "downstream_cx_active", 1)
         info = _connection_info(facts, cfg)
         if facts.transport_protocol == "tls" and facts.application_protocols:
             info.downstream_alpn = facts.application_protocols[0]
@@ -215,6 +277,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
                 conn.close()
         if counted is not None:
             stats.gauge_add(counted.prefix + "downstream_cx_active", -1)
+            stats.gauge_add(worker + "downstream_cx_active", -1)
             stats.inc(counted.prefix + "downstream_cx_destroy")
             stats.observe(counted.prefix + "downstream_cx_length_ms",
                           (time.monotonic() - started) * 1000)

@@ -24,7 +24,7 @@ from remora.proxy.config.listener import LISTENER_TYPE, ListenerConfig, parse_li
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.server.context import ProxyContext
 from remora.proxy.server.listeners import ActiveListener
-from remora.proxy.server.sockets import bind_listener, has_net_admin, require_net_admin
+from remora.proxy.server.sockets import has_net_admin, require_net_admin
 from remora.proxy.stats import StatsStore
 from remora.proxy.upstream.cluster import ClusterManagerImpl
 from remora.proxy.upstream.config import (
@@ -51,6 +51,9 @@ class Server:
     def __init__(self, bootstrap: Bootstrap, concurrency: int = 1) -> None:
         self.bootstrap = bootstrap
         self.concurrency = concurrency
+        # which of the --concurrency workers this process is (0: the main process); it
+        # names Envoy's per-handler stats listener.<prefix>.worker_<i>.*
+        self.worker_index = 0
         self.stats = StatsStore()
         self.cluster_manager = ClusterManagerImpl(self.stats)
         self.context = ProxyContext(self.stats, self.cluster_manager, bootstrap.node_id)
@@ -108,18 +111,39 @@ class Server:
         self.state = "LIVE"
         self._listener_gauges()
 
-    def _bind_all(self, actives: list[ActiveListener]) -> None:
+    def bind_workers(self) -> None:
+        """Before forking --concurrency workers: bind every listener once per worker (see
+        ActiveListener.bind), so the SO_REUSEPORT group is complete before any worker
+        accepts -- a connection hashed to a worker still starting waits in that worker's
+        backlog -- and a bind error stops the proxy before anything forks."""
+        self._bind_all(list(self.listeners.values()), workers=self.concurrency)
+
+    def keep_worker(self, index: int) -> None:
+        """After the fork, in worker INDEX (0: the main process): keep its sockets only."""
+        self.worker_index = index
+        for active in self.listeners.values():
+            active.keep_worker(index)
+
+    def _bind_all(self, actives: list[ActiveListener], workers: int = 1) -> None:
+        """Bind what is not bound yet. With --concurrency N, SO_REUSEPORT unless the
+        listener says `enable_reuse_port: false` (Envoy's default is true on Linux), which
+        before the fork means one socket all workers share. In a worker after the fork (an
+        LDS update) each worker binds its own SO_REUSEPORT socket, as each of Envoy's
+        workers gets its socket of a new listener (a process cannot share a socket it
+        binds now; `enable_reuse_port: false` included); a unix socket is bound by worker
+        0 alone. --concurrency 1: SO_REUSEPORT only when the listener asks for it."""
         bound: list[ActiveListener] = []
         try:
             for active in actives:
                 cfg = active.config
                 if cfg.bind_to_port and not active.socks:
-                    reuse = self.concurrency > 1 or bool(cfg.enable_reuse_port)
                     bound.append(active)
-                    for address in cfg.addresses:  # additional_addresses: a socket each
-                        active.socks.append(bind_listener(
-                            address, transparent=cfg.transparent, freebind=cfg.freebind,
-                            reuse_port=reuse))
+                    if self.concurrency == 1:
+                        reuse = bool(cfg.enable_reuse_port)
+                    else:
+                        reuse = workers == 1 or cfg.enable_reuse_port is not False
+                    active.bind(workers=workers, reuse_port=reuse,
+                                pipes=self.worker_index == 0)
         except RemoraError:
             for active in bound:
                 active.stop_accepting()
