@@ -1,12 +1,12 @@
 """`remora explain source-ip` on a gRPC port: the live probe speaks HTTP/2.
 
-A throwaway lab with the Envoy sidecar (remora proxy has no HTTP/2 yet) running the gRPC
-version of the seed (remora demo --grpc's manifests: a Service port named `grpc`, so
-Istio's protocol is GRPC). explain's probe is then a gRPC call over h2c from the client
-pod, through both sidecars (HTTP/2 over mTLS between them); the verdict is the seed's
-(REDIRECT: the app sees 127.0.0.6), confirmed by the probe's own HTTP/2 access-log line
-and by the server app's own `Peer=ipv4:127.0.0.6:PORT` line for that connection; after
-the seed's TPROXY patch, the client pod's address, the same way.
+A throwaway lab per sidecar (the real Envoy and remora proxy, which both speak HTTP/2)
+running the gRPC version of the seed (remora demo --grpc's manifests: a Service port
+named `grpc`, so Istio's protocol is GRPC). explain's probe is then a gRPC call over h2c
+from the client pod, through both sidecars (HTTP/2 over mTLS between them); the verdict
+is the seed's (REDIRECT: the app sees 127.0.0.6), confirmed by the probe's own HTTP/2
+access-log line and by the server app's own `Peer=ipv4:127.0.0.6:PORT` line for that
+connection; after the seed's TPROXY patch, the client pod's address, the same way.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.envoy]
 CLIENT_IP = "10.20.0.78"
 
 
-@pytest.fixture(scope="module")
-def grpc_lab() -> Iterator[xl.SeedLab]:
-    with xl.seed_lab("envoy", r"Peer=ipv4:127\.0\.0\.6:\d+", seed=xl.GRPC) as g:
+@pytest.fixture(scope="module", params=["envoy", "remora"])
+def grpc_lab(request: pytest.FixtureRequest) -> Iterator[xl.SeedLab]:
+    with xl.seed_lab(request.param, r"Peer=ipv4:127\.0\.0\.6:\d+", seed=xl.GRPC) as g:
         yield g
 
 

@@ -667,7 +667,12 @@ class Http2Connection:
             self._write()
         elif not stream.req.complete and not stream.reset and not self.closed:
             # RFC 9113 8.1: a complete response before the whole request; the rest of
-            # the request is not wanted
+            # the request is not wanted. nghttp2 sends a RST_STREAM ahead of the stream's
+            # frames still queued in it and then drops them, so the response is
+            # serialised first: Envoy's codec defers this reset until the frame with
+            # END_STREAM went out (codec_impl.cc StreamImpl::resetStream, deferred_reset_)
+            with contextlib.suppress(ngh2.NGH2Error):
+                self._pending_out += self.h2.data_to_send()
             self._reset(sid, ErrorCodes.NO_ERROR)
             self._write()
         self._release(stream)
