@@ -224,6 +224,8 @@ class H2Client:
         # assumption (peer_max_concurrent_streams: 100, RFC 9113's recommended minimum)
         self.peer_max_streams = 100
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._pending_out = b""  # serialised, written by the next flush (_flush_now)
+        self._flush_scheduled = False
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
         # what a client sent reaches the upstream byte for byte (as through Envoy)
         # window updates follow what the downstream took (acknowledge)
@@ -312,12 +314,29 @@ class H2Client:
             self.ready.set_exception(err)
 
     def flush(self) -> None:
+        """Send what the codec queued, once per loop iteration: the frames of every stream
+        that moved in this iteration (the HEADERS of a burst of requests, their
+        WINDOW_UPDATEs) go out in one write instead of one per stream, as Envoy's codec
+        writes once per dispatch."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_now)
+
+    def _serialise(self) -> None:
+        """Serialise now what the codec queued (written by the next flush): what nghttp2
+        decided on its own surfaces as events only once its frames are serialised."""
         try:
-            data = self.conn.data_to_send()
+            self._pending_out += self.conn.data_to_send()
         except ngh2.NGH2Error:
-            return  # the codec is closed or unusable: nothing more to send
-        if data and self.upstream is not None and not self.closed:
-            self.upstream.writer.transport.write(data)
+            pass  # the codec is closed or unusable: nothing more to send
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        out, self._pending_out = self._pending_out, b""
+        with contextlib.suppress(ngh2.NGH2Error):
+            out += self.conn.data_to_send()
+        if out and self.upstream is not None and not self.closed:
+            self.upstream.writer.transport.write(out)
 
     def close(self) -> None:
         if self.closed:
@@ -327,7 +346,8 @@ class H2Client:
             self._idle_timer = None
         with contextlib.suppress(Exception):
             self.conn.terminate_connection(ErrorCode.NO_ERROR)
-            self.flush()
+        with contextlib.suppress(Exception):
+            self._flush_now()  # the GOAWAY (and anything queued) before the close
         self.closed = True
         if self.upstream is not None:
             with contextlib.suppress(Exception):
@@ -372,9 +392,9 @@ class H2Client:
             if self.closed and not self.streams:
                 return
         self._start_waiting()
-        self.flush()
         # what nghttp2 decided itself (RST_STREAM of a malformed response, GOAWAY of a
         # connection error) surfaces once its frames are serialised
+        self._serialise()
         try:
             events = conn.events()
         except ngh2.NGH2Error:
@@ -390,7 +410,7 @@ class H2Client:
         """A connection error (RFC 9113 5.4.1; nghttp2 queued the GOAWAY): every stream
         fails as a protocol error (Envoy: upstream_cx_protocol_error)."""
         self.stats.inc(self.stat + "upstream_cx_protocol_error")
-        self.flush()
+        self._flush_now()
         streams, self.streams = self.streams, {}
         waiting, self.waiting = list(self.waiting), deque()
         for st in [*streams.values(), *waiting]:
@@ -510,6 +530,11 @@ class H2Client:
         st.headers = []
         if st.end_on_headers:
             st.ended = True
+            self.flush()
+            return
+        # a body follows: nghttp2 opens the stream (its windows, which pump reads) only
+        # once its HEADERS are serialised
+        self._serialise()
         self.flush()
         if st.pending or st.end_pending:
             self.pump(st)
