@@ -198,6 +198,8 @@ def main() -> int:
     ap.add_argument("--proxy", choices=("remora", "envoy"), default="remora")
     ap.add_argument("--callgrind", action="store_true",
                     help="count the proxy's instructions per request under valgrind")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="--callgrind: copy the measured dump here (for callgrind_annotate)")
     args = ap.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("bench_h2_cpu: h2load not found (apt-get install nghttp2-client)")
@@ -238,6 +240,9 @@ def main() -> int:
                 subprocess.run(["callgrind_control", "-d", str(px.pid)], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 instructions = _callgrind_total(Path(tmp))
+                if args.keep is not None:
+                    for dump in Path(tmp).glob("callgrind.out.*"):
+                        shutil.copy(dump, args.keep)
         finally:
             for p in (px, be):
                 p.terminate()

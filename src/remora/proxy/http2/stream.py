@@ -45,6 +45,9 @@ class _NoDecoderError:
     error: CodecError | None = None
 
 
+_NO_DECODER = _NoDecoderError()  # shared: it holds nothing
+
+
 class StreamConn:
     """What the router, the filters and ``ActiveStream.prepare`` use of ``stream.conn``,
     for one HTTP/2 stream. Shared facts come from the connection; cancellation, activity
@@ -61,7 +64,7 @@ class StreamConn:
         self.downstream = h2c.downstream
         self.scheme = h2c.scheme
         self.loop = h2c.loop
-        self.decoder = _NoDecoderError()
+        self.decoder = _NO_DECODER
         self.draining = False
         self.cancel_reason: str | None = None
         self.last_activity = h2c.loop.time()
