@@ -43,6 +43,7 @@ from ngh2 import Setting as SettingCodes
 
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
 from remora.proxy.stats import counter
@@ -56,16 +57,7 @@ PREFACE_PREFIX = b"PRI * HTTP/2"  # Envoy's Http2::CLIENT_MAGIC_PREFIX
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
-# the request header names HPACK delivers most, as bytes -> str once (a name not here is
-# decoded per field)
-_NAMES: dict[bytes, str] = {n.encode(): n for n in (
-    ":method", ":path", ":scheme", ":authority", ":protocol", "user-agent", "accept",
-    "accept-encoding", "accept-language", "content-type", "content-length", "te",
-    "grpc-timeout", "grpc-accept-encoding", "grpc-encoding", "authorization", "cookie",
-    "host", "x-request-id", "x-forwarded-for", "x-forwarded-proto", "x-b3-traceid",
-    "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "traceparent", "tracestate",
-    "cache-control", "if-none-match", "if-modified-since", "origin", "referer",
-    "expect", "range")}
+_STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
 
 
 async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> bool | None:
@@ -432,15 +424,13 @@ class Http2Connection:
         authority: str | None = None
         host: str | None = None
         cookies: list[str] | None = None
-        names = _NAMES
+        to_str = TO_STR
         # one pass: nghttp2 has checked the block (RFC 9113 8.2: lower-case names, no
         # connection-specific field, pseudo headers first and well-formed), so names are
         # taken as they are; values and names as latin-1, as the HTTP/1.1 side reads them
         for name_b, value_b in raw:
             size += len(name_b) + len(value_b)
-            name = names.get(name_b)
-            if name is None:
-                name = name_b.decode("latin-1")
+            name = to_str.get(name_b) or learn_str(name_b)
             value = value_b.decode("latin-1")
             if name.startswith(":"):
                 if name == ":method":
@@ -600,8 +590,10 @@ class Http2Connection:
             return
         # sent by the next pump (the stream's flush), with END_STREAM when the response
         # has no body by then (a local reply without body: one HEADERS frame, as Envoy)
-        s.head_block = [(b":status", str(status).encode())] + [
-            (n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        code = _STATUS.get(status)
+        if code is None:
+            code = str(status).encode()
+        s.head_block = [(b":status", code), *encode_fields(headers)]
 
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""
@@ -641,8 +633,7 @@ class Http2Connection:
             if not s.out and s.end_queued and not s.ended:
                 # (headers, when still pending, went out above)
                 if s.trailers:
-                    conn.send_trailers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
-                                             for n, v in s.trailers])
+                    conn.send_trailers(sid, encode_fields(s.trailers))
                 else:
                     conn.end_stream(sid)
                 s.ended = True
@@ -689,7 +680,8 @@ class Http2Connection:
                     stream.interrupted(reason)
                     break
         finally:
-            self.tasks.discard(scon.task)  # type: ignore[arg-type]
+            if scon.task is not None:
+                self.tasks.discard(scon.task)
             self._end_stream(stream)
             hcm.complete(stream)
             # the stream and its StreamConn refer to each other: unlinked, the stream's

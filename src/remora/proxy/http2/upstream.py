@@ -55,6 +55,7 @@ from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
+from remora.proxy.http2.header_names import decode_fields, encode_fields
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
     request_headers,
@@ -325,10 +326,8 @@ class H2Client:
     def _serialise(self) -> None:
         """Serialise now what the codec queued (written by the next flush): what nghttp2
         decided on its own surfaces as events only once its frames are serialised."""
-        try:
+        with contextlib.suppress(ngh2.NGH2Error):  # (closed or unusable: nothing more)
             self._pending_out += self.conn.data_to_send()
-        except ngh2.NGH2Error:
-            pass  # the codec is closed or unusable: nothing more to send
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
@@ -516,8 +515,7 @@ class H2Client:
 
     def _send_headers(self, st: H2Stream) -> None:
         try:
-            sid = self.conn.send_request([(n.encode("latin-1"), v.encode("latin-1"))
-                                          for n, v in st.headers],
+            sid = self.conn.send_request(encode_fields(st.headers),
                                          end_stream=st.end_on_headers)
         except (ngh2.NGH2Error, ValueError):
             # the connection is going away under it (GOAWAY, no stream ids left)
@@ -607,7 +605,7 @@ class H2Client:
 
 
 def _text(headers: tuple[ngh2.Header, ...]) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+    return decode_fields(headers)
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
