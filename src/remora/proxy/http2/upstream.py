@@ -435,13 +435,13 @@ class H2Client:
         elif isinstance(ev, ngh2.ResponseReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
-                st.push("headers", _text(ev.headers), ev.end_stream)
+                st.push("headers", ev.headers, ev.end_stream)
                 if ev.end_stream:
                     self._ended(st)
         elif isinstance(ev, ngh2.TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
-                st.push("trailers", _text(ev.headers))
+                st.push("trailers", ev.headers)
                 self._ended(st)  # trailers end the stream
         elif isinstance(ev, ngh2.StreamClosed):
             st = self.streams.get(ev.stream_id)
@@ -604,10 +604,6 @@ class H2Client:
             self._start_waiting()
 
 
-def _text(headers: tuple[ngh2.Header, ...]) -> list[tuple[str, str]]:
-    return decode_fields(headers)
-
-
 def _consume(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()  # retrieved: a failed connect nobody waited for is not an error
@@ -713,6 +709,16 @@ class _Router(Protocol):
     suppress: bool
 
 
+class _ClusterStats(Protocol):
+    """The cluster's router stat names, built once (router.py ``ClusterStats``)."""
+
+    rq_total: str
+    rq_completed: str
+    rq_time: str
+
+    def status(self, status: int) -> tuple[str, str]: ...
+
+
 class Forward(Protocol):
     """What the router's per-request state (router.py ``_Forward``) gives an attempt."""
 
@@ -730,6 +736,8 @@ class Forward(Protocol):
     def started(self) -> float: ...
     @property
     def stat(self) -> str: ...
+    @property
+    def cs(self) -> _ClusterStats: ...
     @property
     def reselections(self) -> int: ...
     tried: set[str]
@@ -853,7 +861,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     host = up.host
     fw.tried.add(host)
     fw.host = host
-    router.stats.inc(fw.stat + "upstream_rq_total")
+    router.stats.inc(fw.cs.rq_total)
     cluster.host_stat(host, "rq_total")
     cluster.host_stat(host, "rq_active")
     st = H2Stream(client)
@@ -930,7 +938,7 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
         for ev in events:
             kind = ev[0]
             if kind == "headers":
-                s, hs = response_head(ev[1])
+                s, hs = response_head(decode_fields(ev[1]))
                 if 100 <= s < 200:
                     continue  # 1xx: an HTTP/1.1 client gets only the final response
                 status = s
@@ -940,14 +948,14 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
                 stream.encode_data(ev[1])
                 acked += ev[2]
             elif kind == "trailers":
-                trailers = trailer_fields(ev[1])
+                trailers = trailer_fields(decode_fields(ev[1]))
                 stream.info.response_trailers = dict(trailers)
             elif kind == "end":
                 if trailers is not None:
                     stream.encode_trailers(trailers)
                 else:
                     stream.encode_end()
-                fw.router.stats.observe(fw.stat + "upstream_rq_time",
+                fw.router.stats.observe(fw.cs.rq_time,
                                         (time.monotonic() - fw.started) * 1000)
                 return
             elif kind == "reset":
@@ -982,13 +990,18 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     fw._charge("rq_error" if status >= 500 else "rq_success")
     # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
-    stats, stat = fw.router.stats, fw.stat
-    stats.inc(f"{stat}upstream_rq_{status // 100}xx")
-    stats.inc(f"{stat}upstream_rq_{status}")
-    stats.inc(stat + "upstream_rq_completed")
+    stats, cs = fw.router.stats, fw.cs
+    xx, code = cs.status(status)
+    stats.inc(xx)
+    stats.inc(code)
+    stats.inc(cs.rq_completed)
     _retry_success(fw, wanted)
     stream.info.response_code_details = "via_upstream"
-    has_length = any(n == "content-length" for n, _ in headers)
+    has_length = False
+    for h in headers:
+        if h[0] == "content-length":
+            has_length = True
+            break
     may_have_body = status >= 200 and status not in (204, 304) and not stream.head
     # a body of unknown length is chunked for an HTTP/1.1 client; a response that ended
     # with its headers (gRPC trailers-only) gets content-length: 0 last, as Envoy's
