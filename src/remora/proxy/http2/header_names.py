@@ -5,14 +5,15 @@ ngh2 hands header blocks over as bytes and takes them as bytes; the connection m
 router and access log work on str (latin-1, byte for byte, as the HTTP/1.1 side reads
 them). Values differ per request and are converted each time; names repeat, so each
 direction keeps a table filled as names are met. The tables are bounded (names from the
-wire are the peer's choice): past ``MAX_NAMES`` a new name is converted per field, as
-without the table. Field names in HTTP/2 are lower case (RFC 9113 8.2.1, checked by
-nghttp2 on receipt), so a name's bytes map to one str and back.
+wire are the peer's choice): past ``MAX_NAMES`` names, or for a name longer than
+``MAX_NAME_LENGTH``, a name is converted per field, as without the table (at most about
+64 KiB per table).
 """
 
 from __future__ import annotations
 
 MAX_NAMES = 1024
+MAX_NAME_LENGTH = 64
 
 # bytes -> str and str -> bytes; the names of every request and response seed them
 TO_STR: dict[bytes, str] = {}
@@ -22,7 +23,7 @@ TO_BYTES: dict[str, bytes] = {}
 def learn_str(name: bytes) -> str:
     """NAME as str, remembered while the table has room (the miss path of ``TO_STR``)."""
     text = name.decode("latin-1")
-    if len(TO_STR) < MAX_NAMES:
+    if len(TO_STR) < MAX_NAMES and len(name) <= MAX_NAME_LENGTH:
         TO_STR[name] = text
     return text
 
@@ -31,7 +32,7 @@ def learn_bytes(name: str) -> bytes:
     """NAME as bytes, remembered while the table has room (the miss path of
     ``TO_BYTES``)."""
     raw = name.encode("latin-1")
-    if len(TO_BYTES) < MAX_NAMES:
+    if len(TO_BYTES) < MAX_NAMES and len(raw) <= MAX_NAME_LENGTH:
         TO_BYTES[name] = raw
     return raw
 
