@@ -201,6 +201,10 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None,
                     help="--callgrind: copy the measured dump here (for callgrind_annotate)")
     args = ap.parse_args()
+    if args.callgrind and args.proxy == "envoy":
+        # tried: Envoy's worker threads leave no dump callgrind_control can take here
+        raise SystemExit("bench_h2_cpu: --callgrind counts remora only; compare Envoy by "
+                         "CPU per request (drop --callgrind)")
     if shutil.which("h2load") is None:
         raise SystemExit("bench_h2_cpu: h2load not found (apt-get install nghttp2-client)")
     listen, backend, admin = free_port(), free_port(), free_port()
