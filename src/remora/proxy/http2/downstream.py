@@ -43,8 +43,10 @@ from ngh2 import Setting as SettingCodes
 
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
+from remora.proxy.stats import counter
 from remora.proxy.takeover import take_over
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ PREFACE_PREFIX = b"PRI * HTTP/2"  # Envoy's Http2::CLIENT_MAGIC_PREFIX
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
+_STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
 
 
 async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> bool | None:
@@ -155,9 +158,11 @@ class Http2Connection:
         self._closed_streams = 0
         self._premature_resets = 0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._stream_timer: asyncio.TimerHandle | None = None  # stream_idle_timeout
         self._idle_since = self.loop.time()
         p = f"http.{cfg.stat_prefix}."
         self._stat = p
+        self._rq_http2_total = counter(hcm.stats, p + "downstream_rq_http2_total")
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -185,6 +190,8 @@ class Http2Connection:
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
+            if self._stream_timer is not None:
+                self._stream_timer.cancel()
             for stream in list(self.streams.values()):
                 if not stream.response_complete:
                     stream.scon.cancel_active("dc")
@@ -411,27 +418,40 @@ class Http2Connection:
             return
         size = 0
         req = Request()
+        headers = req.headers
+        hmap: dict[str, str] = {}
+        method = url = ""
         authority: str | None = None
         host: str | None = None
-        cookies: list[str] = []
+        cookies: list[str] | None = None
+        to_str = TO_STR
+        # one pass: nghttp2 has checked the block (RFC 9113 8.2: lower-case names, no
+        # connection-specific field, pseudo headers first and well-formed), so names are
+        # taken as they are; values and names as latin-1, as the HTTP/1.1 side reads them
         for name_b, value_b in raw:
-            name = name_b.decode("latin-1")
+            size += len(name_b) + len(value_b)
+            name = to_str.get(name_b) or learn_str(name_b)
             value = value_b.decode("latin-1")
-            size += len(name) + len(value)
-            if name == ":method":
-                req.method = value
-            elif name == ":path":
-                req.url = value
-            elif name == ":authority":
-                authority = value
-            elif name.startswith(":"):
-                continue  # :scheme (the connection's decides), :protocol
+            if name.startswith(":"):
+                if name == ":method":
+                    method = value
+                elif name == ":path":
+                    url = value
+                elif name == ":authority":
+                    authority = value
+                # else :scheme (the connection's decides), :protocol
             elif name == "cookie":
-                cookies.append(value)  # RFC 9113 8.2.3: joined for HTTP/1.1
+                # RFC 9113 8.2.3: joined for HTTP/1.1, last
+                if cookies is None:
+                    cookies = [value]
+                else:
+                    cookies.append(value)
             elif name == "host":
                 host = value
             else:
-                req.headers.append((name, value))
+                headers.append((name, value))
+                prev = hmap.get(name)
+                hmap[name] = value if prev is None else f"{prev},{value}"
         cfg = self.cfg
         if size > cfg.max_request_headers_kb * 1024 or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows
@@ -442,36 +462,43 @@ class Http2Connection:
                               if size > cfg.max_request_headers_kb * 1024
                               else "http2.too_many_headers", "DR")
             return
-        authority = authority if authority is not None else host
-        if cookies:
-            req.headers.append(("cookie", "; ".join(cookies)))
+        req.method = method
+        req.url = url
+        if authority is None:
+            authority = host
         if authority is not None:
-            req.hmap["host"] = authority
-        for n, v in req.headers:
-            prev = req.hmap.get(n)
-            req.hmap[n] = v if prev is None else f"{prev},{v}"
-        if req.method == "CONNECT":
+            # the Host first, as Envoy's HTTP/1 codec writes it
+            req.hmap = {"host": authority}
+            req.hmap.update(hmap)
+            hmap = req.hmap
+        else:
+            req.hmap = hmap
+        if cookies is not None:
+            cookie = "; ".join(cookies)
+            headers.append(("cookie", cookie))
+            hmap["cookie"] = cookie
+        if method == "CONNECT":
             req.upgrade = True  # refused by prepare (no CONNECT support): 403
-        cl = req.hmap.get("content-length")
         if ev.end_stream:
             req.complete = True
-        elif cl is not None and cl.isdigit():
-            req.content_length = int(cl)
         else:
-            # a body of unknown length goes to the HTTP/1.1 upstream chunked (Envoy)
-            req.chunked = True
+            cl = hmap.get("content-length")
+            if cl is not None and cl.isdigit():
+                req.content_length = int(cl)
+            else:
+                # a body of unknown length goes to the HTTP/1.1 upstream chunked (Envoy)
+                req.chunked = True
         scon = StreamConn(self, sid)
         stream = Http2Stream(scon, req)
         self.streams[sid] = stream
-        self.hcm.stats.inc(self._stat + "downstream_rq_http2_total")
-        if req.hmap.get("expect", "").lower() == "100-continue":
+        self._rq_http2_total.inc()
+        if "expect" in hmap and hmap["expect"].lower() == "100-continue":
             # the connection manager answers 100-continue itself and strips Expect
-            del req.hmap["expect"]
+            del hmap["expect"]
             self.h2.send_informational_response(sid, [(b":status", b"100")])
         task = self.loop.create_task(self._serve(stream))
         scon.task = task
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)  # forgotten by _serve itself when it ends
 
     def _log_refused(self, details: str, flag: str) -> None:
         """An access-log line for a header block refused before it became a request
@@ -563,8 +590,10 @@ class Http2Connection:
             return
         # sent by the next pump (the stream's flush), with END_STREAM when the response
         # has no body by then (a local reply without body: one HEADERS frame, as Envoy)
-        s.head_block = [(b":status", str(status).encode())] + [
-            (n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        code = _STATUS.get(status)
+        if code is None:
+            code = str(status).encode()
+        s.head_block = [(b":status", code), *encode_fields(headers)]
 
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""
@@ -604,8 +633,7 @@ class Http2Connection:
             if not s.out and s.end_queued and not s.ended:
                 # (headers, when still pending, went out above)
                 if s.trailers:
-                    conn.send_trailers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
-                                             for n, v in s.trailers])
+                    conn.send_trailers(sid, encode_fields(s.trailers))
                 else:
                     conn.end_stream(sid)
                 s.ended = True
@@ -619,9 +647,10 @@ class Http2Connection:
         scon = stream.scon
         scon.started = True
         hcm = self.hcm
-        sit = self.cfg.stream_idle_timeout
-        if sit > 0:
-            stream.idle_timer = self.loop.call_later(sit, self._stream_idle, stream)
+        if self._stream_timer is None:
+            sit = self.cfg.stream_idle_timeout
+            if sit > 0:
+                self._stream_timer = self.loop.call_later(sit, self._stream_idle_check)
         try:
             try:
                 if scon.cancel_reason is not None:
@@ -651,10 +680,14 @@ class Http2Connection:
                     stream.interrupted(reason)
                     break
         finally:
-            if stream.idle_timer is not None:
-                stream.idle_timer.cancel()
+            if scon.task is not None:
+                self.tasks.discard(scon.task)
             self._end_stream(stream)
             hcm.complete(stream)
+            # the stream and its StreamConn refer to each other: unlinked, the stream's
+            # objects (request, StreamInfo, task) go by reference counting now instead
+            # of piling up for the cyclic GC (whose passes cost every request)
+            scon.stream = None
 
     def _end_stream(self, stream: Http2Stream) -> None:
         """After the exchange: reset what did not end cleanly, count premature resets
@@ -695,12 +728,27 @@ class Http2Connection:
         if self.goaway_received and not self.streams:
             self._finish()
 
-    def _stream_idle(self, stream: Http2Stream) -> None:
-        if stream.response_complete or stream.reset:
+    def _stream_idle_check(self) -> None:
+        """stream_idle_timeout: a stream neither side moved a byte of for that long is
+        cancelled (Envoy: 408 SI, or the reset once its response started). One timer per
+        connection, not per stream: activity stamps are cheap, and the timer is re-armed
+        for the earliest deadline of the streams still in progress (a stream that starts
+        later has a later deadline, so it is never missed). A stream whose response is
+        complete and only waits for the client's window is not timed out (as before)."""
+        self._stream_timer = None
+        if self.closed:
             return
-        scon = stream.scon
-        left = scon.last_activity + self.cfg.stream_idle_timeout - self.loop.time()
-        if left > 0:
-            stream.idle_timer = self.loop.call_later(left, self._stream_idle, stream)
-        else:
-            scon.cancel_active("stream_idle")
+        sit = self.cfg.stream_idle_timeout
+        now = self.loop.time()
+        earliest: float | None = None
+        for stream in list(self.streams.values()):
+            if stream.response_complete or stream.reset:
+                continue
+            scon = stream.scon
+            left = scon.last_activity + sit - now
+            if left <= 0:
+                scon.cancel_active("stream_idle")
+            elif earliest is None or left < earliest:
+                earliest = left
+        if earliest is not None:
+            self._stream_timer = self.loop.call_later(earliest, self._stream_idle_check)

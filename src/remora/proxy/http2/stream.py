@@ -35,6 +35,10 @@ CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
 # reading its upstream (Envoy's per-stream buffer high watermark, 1 MiB by default:
 # per_connection_buffer_limit_bytes)
 STREAM_HIGH_WATER = 1024 * 1024
+# response headers encode_headers looks at (besides pseudo headers); any other is passed
+# on as it is
+_RESPONSE_SPECIAL = CONNECTION_SPECIFIC | {"te", "content-length", "server",
+                                           "x-envoy-upstream-service-time"}
 
 
 class _NoDecoderError:
@@ -43,6 +47,9 @@ class _NoDecoderError:
     the connection instead, so there never is one."""
 
     error: CodecError | None = None
+
+
+_NO_DECODER = _NoDecoderError()  # shared: it holds nothing
 
 
 class StreamConn:
@@ -61,7 +68,7 @@ class StreamConn:
         self.downstream = h2c.downstream
         self.scheme = h2c.scheme
         self.loop = h2c.loop
-        self.decoder = _NoDecoderError()
+        self.decoder = _NO_DECODER
         self.draining = False
         self.cancel_reason: str | None = None
         self.last_activity = h2c.loop.time()
@@ -234,9 +241,14 @@ class Http2Stream(ActiveStream):
         server_seen = transformation == "PASS_THROUGH"
         svc = None if service_time_ms is None else str(service_time_ms)
         hl: list[tuple[str, str]] = []
-        for n, v in headers:
-            if n in CONNECTION_SPECIFIC or n.startswith(":") or (
-                    n == "te" and v.strip().lower() != "trailers"):
+        for h in headers:
+            n = h[0]
+            if n not in _RESPONSE_SPECIAL:
+                if not n.startswith(":"):
+                    hl.append(h)  # the usual header: passed on as it is
+                continue
+            v = h[1]
+            if n in CONNECTION_SPECIFIC or (n == "te" and v.strip().lower() != "trailers"):
                 continue
             if n == "content-length" and status == 204:
                 continue
@@ -264,9 +276,10 @@ class Http2Stream(ActiveStream):
         if not server_seen:
             resp["server"] = cfg.server_name
             hl.append(("server", cfg.server_name))
-        hl += [(n, v) for n, v in tail if n not in CONNECTION_SPECIFIC]
-        for n, v in tail:
-            resp[n] = v
+        if tail:
+            hl += [(n, v) for n, v in tail if n not in CONNECTION_SPECIFIC]
+            for n, v in tail:
+                resp[n] = v
         info.response_headers = resp
         self.h2c.send_headers(self, status, hl)
 

@@ -55,6 +55,7 @@ from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
+from remora.proxy.http2.header_names import decode_fields, encode_fields
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
     request_headers,
@@ -224,6 +225,8 @@ class H2Client:
         # assumption (peer_max_concurrent_streams: 100, RFC 9113's recommended minimum)
         self.peer_max_streams = 100
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._pending_out = b""  # serialised, written by the next flush (_flush_now)
+        self._flush_scheduled = False
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
         # what a client sent reaches the upstream byte for byte (as through Envoy)
         # window updates follow what the downstream took (acknowledge)
@@ -312,12 +315,27 @@ class H2Client:
             self.ready.set_exception(err)
 
     def flush(self) -> None:
-        try:
-            data = self.conn.data_to_send()
-        except ngh2.NGH2Error:
-            return  # the codec is closed or unusable: nothing more to send
-        if data and self.upstream is not None and not self.closed:
-            self.upstream.writer.transport.write(data)
+        """Send what the codec queued, once per loop iteration: the frames of every stream
+        that moved in this iteration (the HEADERS of a burst of requests, their
+        WINDOW_UPDATEs) go out in one write instead of one per stream, as Envoy's codec
+        writes once per dispatch."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_now)
+
+    def _serialise(self) -> None:
+        """Serialise now what the codec queued (written by the next flush): what nghttp2
+        decided on its own surfaces as events only once its frames are serialised."""
+        with contextlib.suppress(ngh2.NGH2Error):  # (closed or unusable: nothing more)
+            self._pending_out += self.conn.data_to_send()
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        out, self._pending_out = self._pending_out, b""
+        with contextlib.suppress(ngh2.NGH2Error):
+            out += self.conn.data_to_send()
+        if out and self.upstream is not None and not self.closed:
+            self.upstream.writer.transport.write(out)
 
     def close(self) -> None:
         if self.closed:
@@ -327,7 +345,8 @@ class H2Client:
             self._idle_timer = None
         with contextlib.suppress(Exception):
             self.conn.terminate_connection(ErrorCode.NO_ERROR)
-            self.flush()
+        with contextlib.suppress(Exception):
+            self._flush_now()  # the GOAWAY (and anything queued) before the close
         self.closed = True
         if self.upstream is not None:
             with contextlib.suppress(Exception):
@@ -372,9 +391,9 @@ class H2Client:
             if self.closed and not self.streams:
                 return
         self._start_waiting()
-        self.flush()
         # what nghttp2 decided itself (RST_STREAM of a malformed response, GOAWAY of a
         # connection error) surfaces once its frames are serialised
+        self._serialise()
         try:
             events = conn.events()
         except ngh2.NGH2Error:
@@ -390,7 +409,7 @@ class H2Client:
         """A connection error (RFC 9113 5.4.1; nghttp2 queued the GOAWAY): every stream
         fails as a protocol error (Envoy: upstream_cx_protocol_error)."""
         self.stats.inc(self.stat + "upstream_cx_protocol_error")
-        self.flush()
+        self._flush_now()
         streams, self.streams = self.streams, {}
         waiting, self.waiting = list(self.waiting), deque()
         for st in [*streams.values(), *waiting]:
@@ -416,13 +435,13 @@ class H2Client:
         elif isinstance(ev, ngh2.ResponseReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
-                st.push("headers", _text(ev.headers), ev.end_stream)
+                st.push("headers", ev.headers, ev.end_stream)
                 if ev.end_stream:
                     self._ended(st)
         elif isinstance(ev, ngh2.TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
-                st.push("trailers", _text(ev.headers))
+                st.push("trailers", ev.headers)
                 self._ended(st)  # trailers end the stream
         elif isinstance(ev, ngh2.StreamClosed):
             st = self.streams.get(ev.stream_id)
@@ -496,8 +515,7 @@ class H2Client:
 
     def _send_headers(self, st: H2Stream) -> None:
         try:
-            sid = self.conn.send_request([(n.encode("latin-1"), v.encode("latin-1"))
-                                          for n, v in st.headers],
+            sid = self.conn.send_request(encode_fields(st.headers),
                                          end_stream=st.end_on_headers)
         except (ngh2.NGH2Error, ValueError):
             # the connection is going away under it (GOAWAY, no stream ids left)
@@ -510,6 +528,11 @@ class H2Client:
         st.headers = []
         if st.end_on_headers:
             st.ended = True
+            self.flush()
+            return
+        # a body follows: nghttp2 opens the stream (its windows, which pump reads) only
+        # once its HEADERS are serialised
+        self._serialise()
         self.flush()
         if st.pending or st.end_pending:
             self.pump(st)
@@ -579,10 +602,6 @@ class H2Client:
                 self.conn.reset_stream(st.id, code)
             self.flush()
             self._start_waiting()
-
-
-def _text(headers: tuple[ngh2.Header, ...]) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
@@ -690,6 +709,16 @@ class _Router(Protocol):
     suppress: bool
 
 
+class _ClusterStats(Protocol):
+    """The cluster's router stat names, built once (router.py ``ClusterStats``)."""
+
+    rq_total: str
+    rq_completed: str
+    rq_time: str
+
+    def status(self, status: int) -> tuple[str, str]: ...
+
+
 class Forward(Protocol):
     """What the router's per-request state (router.py ``_Forward``) gives an attempt."""
 
@@ -707,6 +736,8 @@ class Forward(Protocol):
     def started(self) -> float: ...
     @property
     def stat(self) -> str: ...
+    @property
+    def cs(self) -> _ClusterStats: ...
     @property
     def reselections(self) -> int: ...
     tried: set[str]
@@ -830,7 +861,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     host = up.host
     fw.tried.add(host)
     fw.host = host
-    router.stats.inc(fw.stat + "upstream_rq_total")
+    router.stats.inc(fw.cs.rq_total)
     cluster.host_stat(host, "rq_total")
     cluster.host_stat(host, "rq_active")
     st = H2Stream(client)
@@ -907,7 +938,7 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
         for ev in events:
             kind = ev[0]
             if kind == "headers":
-                s, hs = response_head(ev[1])
+                s, hs = response_head(decode_fields(ev[1]))
                 if 100 <= s < 200:
                     continue  # 1xx: an HTTP/1.1 client gets only the final response
                 status = s
@@ -917,14 +948,14 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
                 stream.encode_data(ev[1])
                 acked += ev[2]
             elif kind == "trailers":
-                trailers = trailer_fields(ev[1])
+                trailers = trailer_fields(decode_fields(ev[1]))
                 stream.info.response_trailers = dict(trailers)
             elif kind == "end":
                 if trailers is not None:
                     stream.encode_trailers(trailers)
                 else:
                     stream.encode_end()
-                fw.router.stats.observe(fw.stat + "upstream_rq_time",
+                fw.router.stats.observe(fw.cs.rq_time,
                                         (time.monotonic() - fw.started) * 1000)
                 return
             elif kind == "reset":
@@ -959,13 +990,18 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     fw._charge("rq_error" if status >= 500 else "rq_success")
     # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
-    stats, stat = fw.router.stats, fw.stat
-    stats.inc(f"{stat}upstream_rq_{status // 100}xx")
-    stats.inc(f"{stat}upstream_rq_{status}")
-    stats.inc(stat + "upstream_rq_completed")
+    stats, cs = fw.router.stats, fw.cs
+    xx, code = cs.status(status)
+    stats.inc(xx)
+    stats.inc(code)
+    stats.inc(cs.rq_completed)
     _retry_success(fw, wanted)
     stream.info.response_code_details = "via_upstream"
-    has_length = any(n == "content-length" for n, _ in headers)
+    has_length = False
+    for h in headers:
+        if h[0] == "content-length":
+            has_length = True
+            break
     may_have_body = status >= 200 and status not in (204, 304) and not stream.head
     # a body of unknown length is chunked for an HTTP/1.1 client; a response that ended
     # with its headers (gRPC trailers-only) gets content-length: 0 last, as Envoy's

@@ -396,6 +396,41 @@ def test_local_replies_route_timeout_and_no_route() -> None:
     run(body)
 
 
+def test_stream_idle_timeout_per_stream() -> None:
+    """stream_idle_timeout runs per stream from its own last activity (one timer per
+    connection serves them all): a stream started later times out later, a stream that
+    answers in time is not touched, and the connection serves on."""
+    async def body() -> None:
+        hcm, app, ctx = await setup(stream_idle_timeout="0.4s")
+        loop = asyncio.get_running_loop()
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            first = c.start("GET", "/slow/3000")
+            t0 = loop.time()
+            await asyncio.sleep(0.25)
+            second = c.start("GET", "/slow/3000")
+            t1 = loop.time()
+            fast = await c.request("GET", "/fast")
+            assert fast.status == 200
+            ends = {}
+            for sid, started in ((first, t0), (second, t1)):
+                r = c.responses[sid]
+                await asyncio.wait_for(r.done.wait(), 5)
+                ends[sid] = loop.time() - started
+                assert (r.status, r.body, r.ended) == (408, b"stream timeout", True)
+            # each after its own 0.4 s (not the first's deadline for the second)
+            assert 0.35 <= ends[first] < 1.5 and 0.35 <= ends[second] < 1.5
+            assert (await c.request("GET", "/after")).status == 200
+            await c.close()
+        infos = await logged(ctx, 4)
+        timed_out = [i for i in infos if i.response_code == 408]
+        assert len(timed_out) == 2
+        assert {(i.flags_string(), i.response_code_details) for i in timed_out} == {
+            ("SI", "stream_idle_timeout")}
+        await app.stop()
+    run(body)
+
+
 @pytest.mark.skipif(shutil.which("curl") is None or shutil.which("nghttp") is None,
                     reason="curl and nghttp (nghttp2-client) are needed")
 def test_real_clients_curl_and_nghttp() -> None:
