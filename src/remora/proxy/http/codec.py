@@ -363,7 +363,7 @@ class ResponseDecoder:
 
     __slots__ = ("_head_bytes", "_head_only", "_head_raw", "_max_header_bytes", "_parser",
                  "chunked", "content_length", "headers", "headers_done", "on_data",
-                 "on_headers", "state", "status", "trailing", "upgrade_tail")
+                 "on_headers", "parser_idle", "state", "status", "trailing", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
                  on_data: Callable[[bytes], None], max_header_bytes: int = 60 * 1024,
@@ -388,6 +388,34 @@ class ResponseDecoder:
         self.chunked = False
         self.content_length: int | None = None
         self.upgrade_tail = b""
+        # llhttp ended its last message (on_message_complete) and stands at the start of
+        # the next: the parser may decode the connection's next response (reset)
+        self.parser_idle = True
+
+    def reset(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
+              on_data: Callable[[bytes], None]) -> None:
+        """Decode the next response of the same pooled connection (its state back at IDLE
+        for a new cycle) with this decoder and its parser, instead of a new pair per
+        request. Only when ``parser_idle``: a parser that ended its message where llhttp
+        sees one end (not at a HEAD response's head, whose declared body llhttp would
+        still wait for) reads the next one from its first byte."""
+        assert self.parser_idle
+        self._head_only = head_request
+        self._head_bytes = 0
+        self._head_raw = 0
+        self.on_headers = on_headers
+        self.on_data = on_data
+        self.status = 0
+        self.headers = []
+        self.headers_done = False
+        self.chunked = False
+        self.content_length = None
+
+    def detach(self) -> None:
+        """Forget the callbacks of the request it decoded (while idle in the pool, the
+        connection keeps nothing of that request alive)."""
+        self.on_headers = _no_headers
+        self.on_data = _no_data
 
     @property
     def complete(self) -> bool:
@@ -451,6 +479,7 @@ class ResponseDecoder:
         state.process_keep_alive_disabled()
 
     def on_message_begin(self) -> None:
+        self.parser_idle = False
         if self.state.server in _ENDED:
             self._trailing()  # a second, unsolicited response
             raise _Stop
@@ -504,8 +533,18 @@ class ResponseDecoder:
 
     def on_message_complete(self) -> None:
         state = self.state
-        if self.headers_done and state.server == SEND_BODY:
-            state.process_event(SERVER, END_OF_MESSAGE)
+        if self.headers_done:
+            self.parser_idle = True  # not after an interim 1xx: the final response follows
+            if state.server == SEND_BODY:
+                state.process_event(SERVER, END_OF_MESSAGE)
+
+
+def _no_headers(decoder: ResponseDecoder) -> None:
+    pass
+
+
+def _no_data(data: bytes) -> None:
+    pass
 
 
 class _Stop(Exception):

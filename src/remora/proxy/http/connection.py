@@ -90,6 +90,12 @@ class Http1Connection:
         # stream_idle_timeout of the active stream, lazily re-armed (_stream_idle_check)
         self._stream_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        # the route timeout of the active stream (the router's, Envoy's response
+        # timeout): its loop-time deadline, 0 when none runs, and one timer per connection
+        # that is re-armed lazily (arm_route_timeout), not a timer per request
+        self.route_deadline = 0.0
+        self._route_timer: asyncio.TimerHandle | None = None
+        self._route_timer_at = 0.0
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -243,6 +249,32 @@ class Http1Connection:
         else:
             self.cancel_active("stream_idle")
 
+    def arm_route_timeout(self, timeout: float) -> None:
+        """The active stream's route timeout: cancel it with "timeout" TIMEOUT seconds
+        from now unless the router clears ``route_deadline`` first. The connection's timer
+        stays armed across streams; it is moved only when it would fire after the new
+        deadline, and when it fires early (for an earlier stream) it re-arms itself."""
+        loop = self.loop
+        deadline = self.route_deadline = loop.time() + timeout
+        timer = self._route_timer
+        if timer is None or self._route_timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._route_timer_at = deadline
+            self._route_timer = loop.call_at(deadline, self._route_check)
+
+    def _route_check(self) -> None:
+        self._route_timer = None
+        deadline = self.route_deadline
+        if not deadline:
+            return  # no stream is waiting on its route timeout; the next one re-arms
+        if self.loop.time() < deadline:
+            self._route_timer_at = deadline
+            self._route_timer = self.loop.call_at(deadline, self._route_check)
+            return
+        self.route_deadline = 0.0
+        self.cancel_active("timeout")
+
     def on_eof(self) -> None:
         if self.eof:
             return
@@ -281,6 +313,8 @@ class Http1Connection:
                 self._idle_timer.cancel()
             if self._stream_timer is not None:
                 self._stream_timer.cancel()
+            if self._route_timer is not None:
+                self._route_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, Upstream
 from remora.proxy.takeover import take_over
@@ -78,8 +79,8 @@ class PooledConnection(asyncio.Protocol):
     connection sits idle in the pool they close it as a protocol error."""
 
     __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
-                 "created", "handler", "idle_since", "key", "limits", "on_stray", "owner",
-                 "pool", "requests", "state", "transport", "upstream", "write_paused")
+                 "created", "decoder", "handler", "idle_since", "key", "limits", "on_stray",
+                 "owner", "pool", "requests", "state", "transport", "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -99,6 +100,8 @@ class PooledConnection(asyncio.Protocol):
         # whose both sides are DONE starts a next cycle and goes back to the pool
         self.state = ConnectionState()
         self.handler: ResponseHandler | None = None
+        # the response decoder, kept from one request to the next (ResponseDecoder.reset)
+        self.decoder: ResponseDecoder | None = None
         self.pool: ConnectionPool | None = None  # while idle in that pool
         self.write_paused = False
         self._tracked: TrackedProtocol | None = None

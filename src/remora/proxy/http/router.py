@@ -23,7 +23,7 @@ from remora.proxy.http.codec_state import (
     SWITCH_UPGRADE,
     SWITCHED_PROTOCOL,
 )
-from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
@@ -37,8 +37,10 @@ from remora.proxy.http.upstream_request import (
     encode_request_head,
     expected_timeout_ms,
 )
-from remora.proxy.http2.upstream import forward_h2, http2_upstream
+from remora.proxy.http2.upstream import forward_h2, protocol_options
 from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
+from remora.proxy.stats import Counter, counter, histogram
+from remora.proxy.upstream.config import HttpProtocolOptions
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -68,7 +70,8 @@ def _factory(f: Fields, ctx: FactoryContext) -> Router:
 
 
 class ClusterStats:
-    """A cluster's router stat names, built once per cluster name (not per request)."""
+    """A cluster's router stats, resolved to handles once per cluster name (not per
+    request): an increment is an attribute add on the handle, no name looked up."""
 
     __slots__ = ("by_status", "prefix", "protocol_error", "rq_completed", "rq_per_try_timeout",
                  "rq_retry", "rq_retry_success", "rq_time", "rq_timeout", "rq_total", "stats")
@@ -76,28 +79,29 @@ class ClusterStats:
     def __init__(self, stats: Stats, cluster_name: str) -> None:
         p = self.prefix = f"cluster.{cluster_name}."
         self.stats = stats
-        self.rq_total = p + "upstream_rq_total"
-        self.rq_retry = p + "upstream_rq_retry"
-        self.rq_retry_success = p + "upstream_rq_retry_success"
-        self.rq_completed = p + "upstream_rq_completed"
-        self.rq_time = p + "upstream_rq_time"
-        self.rq_timeout = p + "upstream_rq_timeout"
-        self.rq_per_try_timeout = p + "upstream_rq_per_try_timeout"
-        self.protocol_error = p + "upstream_cx_protocol_error"
+        self.rq_total = counter(stats, p + "upstream_rq_total")
+        self.rq_retry = counter(stats, p + "upstream_rq_retry")
+        self.rq_retry_success = counter(stats, p + "upstream_rq_retry_success")
+        self.rq_completed = counter(stats, p + "upstream_rq_completed")
+        self.rq_time = histogram(stats, p + "upstream_rq_time")
+        self.rq_timeout = counter(stats, p + "upstream_rq_timeout")
+        self.rq_per_try_timeout = counter(stats, p + "upstream_rq_per_try_timeout")
+        self.protocol_error = counter(stats, p + "upstream_cx_protocol_error")
         # status -> (upstream_rq_Nxx, upstream_rq_NNN), filled as statuses are seen
-        self.by_status: dict[int, tuple[str, str]] = {}
+        self.by_status: dict[int, tuple[Counter, Counter]] = {}
 
-    def status(self, status: int) -> tuple[str, str]:
-        names = self.by_status.get(status)
-        if names is None:
+    def status(self, status: int) -> tuple[Counter, Counter]:
+        handles = self.by_status.get(status)
+        if handles is None:
             p = self.prefix
-            names = self.by_status[status] = (f"{p}upstream_rq_{status // 100}xx",
-                                              f"{p}upstream_rq_{status}")
-        return names
+            handles = self.by_status[status] = (
+                counter(self.stats, f"{p}upstream_rq_{status // 100}xx"),
+                counter(self.stats, f"{p}upstream_rq_{status}"))
+        return handles
 
     def count_protocol_error(self) -> None:
         """A pooled connection's stray bytes (bound per connection, not per request)."""
-        self.stats.inc(self.protocol_error)
+        self.protocol_error.inc()
 
 
 class Router:
@@ -109,6 +113,15 @@ class Router:
         self.suppress = suppress_envoy_headers
         self.pool = pool_for(self.cluster_manager)
         self._cluster_stats: dict[str, ClusterStats] = {}
+        self._options: dict[str, tuple[Cluster, HttpProtocolOptions | None]] = {}
+
+    def protocol_options(self, cluster: Cluster) -> HttpProtocolOptions | None:
+        """CLUSTER's HTTP protocol options, looked up once per cluster object (a CDS update
+        replaces the object, and with it the entry)."""
+        entry = self._options.get(cluster.name)
+        if entry is None or entry[0] is not cluster:
+            entry = self._options[cluster.name] = (cluster, protocol_options(cluster))
+        return entry[1]
 
     def cluster_stats(self, name: str) -> ClusterStats:
         cs = self._cluster_stats.get(name)
@@ -169,7 +182,16 @@ class _Forward:
         conn = self.conn
         loop = conn.loop
         timeout = self.route.timeout
-        timer = loop.call_later(timeout, conn.cancel_active, "timeout") if timeout > 0 else None
+        # the route timeout (Envoy's response timeout) runs from here to the end of the
+        # last attempt; an HTTP/1.1 connection keeps one lazily re-armed deadline timer for
+        # its streams (they are served one at a time) instead of a timer per request
+        timer: asyncio.TimerHandle | None = None
+        h1 = isinstance(conn, Http1Connection)
+        if timeout > 0:
+            if h1:
+                conn.arm_route_timeout(timeout)  # type: ignore[attr-defined]
+            else:
+                timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude: frozenset[str] = frozenset()
         try:
             while True:
@@ -201,11 +223,11 @@ class _Forward:
                 if failure.kind == "per_try":
                     # every per-try timeout, retried or not (Envoy's onPerTryTimeoutCommon)
                     self._charge("rq_timeout")
-                    self.stats.inc(self.cs.rq_per_try_timeout)
+                    self.cs.rq_per_try_timeout.inc()
                 if failure.kind == "status" or self._may_retry(failure.kind):
                     if failure.kind != "status":  # a retried status was charged already
                         self._charge("rq_error")  # as Envoy's Filter::maybeRetryReset
-                    self.stats.inc(self.cs.rq_retry)
+                    self.cs.rq_retry.inc()
                     if self.policy is not None and self.policy.previous_hosts:
                         exclude = frozenset(self.tried)
                     n = (self.policy.num_retries if self.policy else 1) - self.retries_left
@@ -227,6 +249,8 @@ class _Forward:
         finally:
             if timer is not None:
                 timer.cancel()
+            elif h1:
+                conn.route_deadline = 0.0  # type: ignore[attr-defined]
             for _ in range(self.retry_slots):
                 self.cluster.release("retries")
             self.retry_slots = 0
@@ -255,17 +279,17 @@ class _Forward:
         retriable-status-codes 503 counts, running out of retries does not (the rule
         http2/upstream.py follows, checked side by side with Envoy 1.40)."""
         if self.stream.info.upstream_request_attempt_count > 1 and not wanted:
-            self.stats.inc(self.cs.rq_retry_success)
+            self.cs.rq_retry_success.inc()
 
     def _count_abort(self, status: int) -> None:
         """A local reply in place of the upstream's response, charged to the cluster like
         one (Envoy's chargeUpstreamAbort -> chargeUpstreamCode: upstream_rq_NNN, _Nxx and
         _completed; no upstream_rq_time)."""
-        xx, code = self.cs.status(status)
-        inc = self.stats.inc
-        inc(xx)
-        inc(code)
-        inc(self.cs.rq_completed)
+        cs = self.cs
+        xx, code = cs.status(status)
+        xx.inc()
+        code.inc()
+        cs.rq_completed.inc()
 
     def _take_retry(self) -> bool:
         if self.retries_left <= 0:
@@ -291,7 +315,8 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
-            if http2_upstream(cluster, info.protocol):  # the HTTP/2 pool (proxy/http2)
+            opts = router.protocol_options(cluster)
+            if opts is not None and opts.upstream_http2(info.protocol):  # proxy/http2's pool
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts
@@ -328,7 +353,7 @@ class _Forward:
             self.current = pc
             host = pc.host
             self.tried.add(host)
-            self.stats.inc(self.cs.rq_total)
+            self.cs.rq_total.inc()
             self.host = host
             cluster.host_stat(host, "rq_total")
             cluster.host_stat(host, "rq_active")
@@ -344,8 +369,14 @@ class _Forward:
             self._send_request(pc)
             # the response is decoded in pc's read callbacks (upstream_data/upstream_eof);
             # this task waits once for its outcome
-            self.dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data,
-                                       state=pc.state)
+            # one decoder per pooled connection, reset for each response it carries
+            dec = pc.decoder
+            if dec is not None and dec.parser_idle:
+                dec.reset(stream.head, self._on_headers, stream.encode_data)
+            else:
+                dec = pc.decoder = ResponseDecoder(stream.head, self._on_headers,
+                                                   stream.encode_data, state=pc.state)
+            self.dec = dec
             done = self.done = self.conn.loop.create_future()
             pc.attach(self)
             outcome = await done
@@ -429,7 +460,7 @@ class _Forward:
             dec.feed(data)
         except ResponseError:
             stream.flush()
-            self.stats.inc(self.cs.protocol_error)
+            self.cs.protocol_error.inc()
             self._finish(_Failure("truncated" if dec.headers_done else "protocol"))
             return
         if self.retry_status:
@@ -489,7 +520,7 @@ class _Forward:
         if dec.trailing:
             # bytes after the response: a protocol error for this connection, never data
             # for anyone (Envoy closes it and counts upstream_cx_protocol_error)
-            self.stats.inc(self.cs.protocol_error)
+            self.cs.protocol_error.inc()
         if status == 101:
             # a 101 nobody asked for: the connection left HTTP, so it is closed, and so is
             # the client's (Envoy 1.40 relays the 101 and keeps both, so the next request
@@ -501,6 +532,7 @@ class _Forward:
             # nothing followed the response and no upgrade was proposed
             state.start_next_cycle()
             req.sink = None
+            dec.detach()
             self.router.pool.release(pc)
         else:
             pc.close()
@@ -535,12 +567,11 @@ class _Forward:
 
     def _count_response(self, status: int) -> None:
         cs = self.cs
-        inc = self.stats.inc
         xx, code = cs.status(status)
-        inc(xx)
-        inc(code)
-        inc(cs.rq_completed)
-        self.stats.observe(cs.rq_time, (time.monotonic() - self.started) * 1000)
+        xx.inc()
+        code.inc()
+        cs.rq_completed.inc()
+        cs.rq_time.observe((time.monotonic() - self.started) * 1000)
 
     @property
     def stat(self) -> str:
@@ -597,7 +628,7 @@ class _Forward:
             # headers the 504 charged like a response (chargeUpstreamAbort: upstream_rq_504,
             # _5xx, _completed, the host's rq_error). Between attempts none is in flight.
             self._charge("rq_timeout")
-            self.stats.inc(self.cs.rq_timeout)
+            self.cs.rq_timeout.inc()
             if not self.stream.response_started:
                 self._charge("rq_error")
                 self._count_abort(504)
