@@ -151,7 +151,7 @@ class _Forward:
     (one flush per read), and the attempt's task awaits one future, resolved when the
     response is complete or the attempt failed."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "host", "policy",
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "policy",
                  "reselections", "retries_left", "retry_slots", "retry_status", "route",
                  "router", "started", "stats", "stream", "tried")
 
@@ -160,6 +160,10 @@ class _Forward:
         self.router = router
         self.stream = stream
         self.conn: StreamCallbacks = stream.conn
+        # an HTTP/1.1 connection drives the stream from its callbacks (connection.py):
+        # the response wait is announced to it, and resumed by it
+        conn = stream.conn
+        self.h1: Http1Connection | None = conn if isinstance(conn, Http1Connection) else None
         self.route = route
         self.cluster = cluster
         self.policy: RetryPolicy | None = route.retry_policy
@@ -186,10 +190,10 @@ class _Forward:
         # last attempt; an HTTP/1.1 connection keeps one lazily re-armed deadline timer for
         # its streams (they are served one at a time) instead of a timer per request
         timer: asyncio.TimerHandle | None = None
-        h1 = isinstance(conn, Http1Connection)
+        h1 = self.h1
         if timeout > 0:
-            if h1:
-                conn.arm_route_timeout(timeout)  # type: ignore[attr-defined]
+            if h1 is not None:
+                h1.arm_route_timeout(timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude: frozenset[str] = frozenset()
@@ -249,8 +253,8 @@ class _Forward:
         finally:
             if timer is not None:
                 timer.cancel()
-            elif h1:
-                conn.route_deadline = 0.0  # type: ignore[attr-defined]
+            elif h1 is not None:
+                h1.route_deadline = 0.0
             for _ in range(self.retry_slots):
                 self.cluster.release("retries")
             self.retry_slots = 0
@@ -317,6 +321,8 @@ class _Forward:
         try:
             opts = router.protocol_options(cluster)
             if opts is not None and opts.upstream_http2(info.protocol):  # proxy/http2's pool
+                if self.h1 is not None:
+                    await self.h1.in_task()
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts
@@ -326,6 +332,8 @@ class _Forward:
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
                     raise _Failure("connect", UpstreamError("UO", ""))
+                if self.h1 is not None:  # connecting needs the task (asyncio.timeout)
+                    await self.h1.in_task()
                 try:
                     # previous_hosts: the cluster re-picks an excluded host up to
                     # host_selection_retry_max_attempts times, then uses its last pick, so
@@ -378,6 +386,9 @@ class _Forward:
                                                    stream.encode_data, state=pc.state)
             self.dec = dec
             done = self.done = self.conn.loop.create_future()
+            h1 = self.h1
+            if h1 is not None:
+                h1.response_wait = done
             pc.attach(self)
             outcome = await done
             if outcome is not None:
@@ -385,7 +396,9 @@ class _Forward:
                     raise outcome
                 self.current = None  # "upgrade": the tunnel owns and closes it
                 assert isinstance(stream, ActiveStream)  # only HTTP/1.1 upgrades
-                await tunnel(stream, pc, self.dec)
+                if h1 is not None:
+                    await h1.in_task()
+                await tunnel(stream, pc, dec)
         finally:
             self.dec = None
             self.done = None
@@ -498,6 +511,9 @@ class _Forward:
         done = self.done
         if done is not None and not done.done():
             done.set_result(outcome)
+            h1 = self.h1
+            if h1 is not None:  # the attempt goes on now, in this callback
+                h1.resume(done)
 
     def _complete(self, dec: ResponseDecoder) -> None:
         """The response is complete: end it downstream (one write with the last bytes),
