@@ -23,7 +23,6 @@ from remora.proxy.http.codec_state import (
     INFORMATIONAL,
     MUST_CLOSE,
     REQUEST,
-    RESPONSE,
     SEND_BODY,
     SERVER,
     SWITCH_UPGRADE,
@@ -517,13 +516,13 @@ class ResponseDecoder:
         if status == 101 and state.pending_switch == SWITCH_UPGRADE:
             state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
         else:
-            state.process_event(SERVER, RESPONSE)
+            state.process_response_head()  # process_event(SERVER, RESPONSE)
         if not p.should_keep_alive():
             state.process_keep_alive_disabled()
         self.headers_done = True
         self.on_headers(self)
         if (self._head_only or status in (204, 304)) and state.server == SEND_BODY:
-            state.process_event(SERVER, END_OF_MESSAGE)
+            state.process_response_end()  # process_event(SERVER, END_OF_MESSAGE)
 
     def on_body(self, data: bytes) -> None:
         if self.state.server in _ENDED:
@@ -536,7 +535,7 @@ class ResponseDecoder:
         if self.headers_done:
             self.parser_idle = True  # not after an interim 1xx: the final response follows
             if state.server == SEND_BODY:
-                state.process_event(SERVER, END_OF_MESSAGE)
+                state.process_response_end()  # process_event(SERVER, END_OF_MESSAGE)
 
 
 def _no_headers(decoder: ResponseDecoder) -> None:

@@ -79,14 +79,16 @@ class PooledConnection(asyncio.Protocol):
     connection sits idle in the pool they close it as a protocol error."""
 
     __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
-                 "created", "decoder", "handler", "idle_since", "key", "limits", "on_stray",
-                 "owner", "pool", "requests", "state", "transport", "upstream", "write_paused")
+                 "created", "decoder", "handler", "host", "idle_since", "key", "limits",
+                 "on_stray", "owner", "pool", "requests", "state", "transport", "upstream",
+                 "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
                  on_stray: Callable[[], None] | None = None) -> None:
         self.key = key
         self.upstream = upstream
+        self.host: str = upstream.host  # fixed for the connection's life
         self.limits = limits
         self.owner = owner  # the cluster object that opened it (a CDS update replaces it)
         self.created = self.idle_since = time.monotonic()
@@ -220,10 +222,6 @@ class PooledConnection(asyncio.Protocol):
                 or (lim.max_requests_per_connection > 0
                     and self.requests >= lim.max_requests_per_connection))
 
-    @property
-    def host(self) -> str:
-        return self.upstream.host
-
     def usable(self) -> bool:
         if self._eof:
             return False
@@ -267,6 +265,15 @@ class ConnectionPool:
         if not idle:
             return None
         now = time.monotonic()
+        conn = idle[-1]
+        if (not conn._pending and conn.owner is owner and conn.host not in exclude
+                and conn.transport is not None and not conn._eof
+                and not conn.transport.is_closing() and not conn.expired(now)):
+            # the usual case: the most recent idle connection is fine (the checks of the
+            # loop below, in one condition)
+            idle.pop()
+            conn.pool = None
+            return conn
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
             if conn.stray_bytes():

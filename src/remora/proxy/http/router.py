@@ -409,17 +409,19 @@ class _Forward:
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
         extra: tuple[str, str] | None = None
+        route = self.route
         if not self.router.suppress:
-            elapsed = 0
             if stream.info.upstream_request_attempt_count > 1:
                 elapsed = int((time.monotonic() - self.started) * 1000)
-            per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
-            expected = expected_timeout_ms(self.route.timeout, per_try, elapsed)
-            if expected:
-                extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+                per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+                expected = expected_timeout_ms(route.timeout, per_try, elapsed)
+                if expected:
+                    extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+            else:  # the first attempt's value depends on the route alone
+                extra = route.expected_timeout_header
         headers = stream.upstream_headers
-        mutations = self.route.request_mutations
-        if mutations:
+        mutations = route.request_mutations
+        if mutations.add or mutations.remove:
             headers = apply_mutations(headers, mutations)
             hdrs = stream.info.request_headers
             if hdrs is not None:  # REQ() in the access log sees the mutated request
@@ -430,10 +432,15 @@ class _Forward:
                     if values:
                         hdrs[name] = ",".join(values)
         state = pc.state
+        whole = req.complete and not stream.upstream_chunked
         if req.upgrade:
             # the upstream may switch protocols; either way no next request follows
             state.process_event(CLIENT, REQUEST, SWITCH_UPGRADE)
             state.process_keep_alive_disabled()
+            if whole:
+                state.process_event(CLIENT, END_OF_MESSAGE)
+        elif whole:
+            state.process_whole_request()  # REQUEST and END_OF_MESSAGE, written at once
         else:
             state.process_event(CLIENT, REQUEST)
         if stream.upstream_chunked:
@@ -443,11 +450,10 @@ class _Forward:
                 headers = [*headers, extra]
             extra = ("transfer-encoding", "chunked")
         head = encode_request_head(stream.method, stream.path, headers, extra)
-        if req.complete and not stream.upstream_chunked:
+        if whole:
             # the common case: the whole request in one write, no body sink
             body = req.body
             pc.write(head + b"".join(body) if body else head)
-            state.process_event(CLIENT, END_OF_MESSAGE)
             return
         pc.write(head)
         # the body is framed as the forwarded head says (stream.upstream_chunked), which
