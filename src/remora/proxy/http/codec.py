@@ -241,12 +241,16 @@ class RequestDecoder:
         self._url += url
         if url:
             self._url_piece = url
-        self._count(len(url))
+        self._header_bytes += len(url)  # _count, inlined
+        if self._header_bytes > self.max_header_bytes:
+            raise CodecError(431, "http1.headers_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.current
         assert req is not None
-        self._count(len(name) + len(value))
+        self._header_bytes += len(name) + len(value)  # _count, inlined: once per header
+        if self._header_bytes > self.max_header_bytes:
+            raise CodecError(431, "http1.headers_too_large")
         if self._in_body:
             # a trailer of a chunked body: never merged into the head that routing, RBAC
             # and the upstream see (Envoy drops request trailers on HTTP/1.1)
@@ -256,10 +260,10 @@ class RequestDecoder:
         n = name.decode("latin-1").lower()
         v = value.decode("latin-1")
         req.headers.append((n, v))
-        prev = req.hmap.get(n)
+        hmap = req.hmap
         # Repeated headers fold into one comma-joined value, as Envoy's header map does
         # for lookups (REQ() in the access log prints the joined value).
-        req.hmap[n] = v if prev is None else f"{prev},{v}"
+        hmap[n] = f"{hmap[n]},{v}" if n in hmap else v
 
     def _count(self, n: int) -> None:
         self._header_bytes += n

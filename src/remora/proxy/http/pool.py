@@ -297,6 +297,18 @@ class ConnectionPool:
         close it (never handed to the next request)."""
         conn.requests += 1
         conn.idle_since = now = time.monotonic()
+        t = conn.transport
+        if (t is not None and not conn._pending and not conn._eof and not t.is_closing()
+                and not conn.expired(now)):
+            # the usual case (taken over, nothing stray, open, not expired: the checks
+            # below in one condition)
+            idle = self._idle.get(conn.key)
+            if idle is None:
+                idle = self._idle[conn.key] = []
+            if len(idle) < MAX_IDLE_PER_KEY:
+                idle.append(conn)
+                conn.pool = self  # bytes arriving now call _stray
+                return
         if conn.stray_bytes():
             conn.stray()
             return

@@ -589,7 +589,7 @@ class _Forward:
 
     def _count_response(self, status: int) -> None:
         cs = self.cs
-        xx, code = cs.status(status)
+        xx, code = cs.by_status.get(status) or cs.status(status)
         xx.inc()
         code.inc()
         cs.rq_completed.inc()
