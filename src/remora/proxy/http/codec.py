@@ -91,6 +91,10 @@ def authority_is_valid(value: str) -> bool:
     return _AUTHORITY_RE.fullmatch(value) is not None
 
 
+# Host values authority_is_valid accepted (most connections send one host over and over)
+_VALID_HOSTS: set[str] = set()
+
+
 def request_framing(method: str, hmap: dict[str, str]) -> CodecError | None:
     """Envoy's codec accepts only ``transfer-encoding: chunked`` (any case) and none on a
     CONNECT: anything else is 501 http1.invalid_transfer_encoding (codec_impl.cc, checked
@@ -283,9 +287,12 @@ class RequestDecoder:
         req.url = self._url.decode("latin-1")
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
-        framing = request_framing(req.method, req.hmap)
-        if framing is not None:
-            raise framing
+        hmap = req.hmap
+        te = hmap.get("transfer-encoding")
+        if te is not None:  # request_framing refuses only what has a transfer-encoding
+            framing = request_framing(req.method, hmap)
+            if framing is not None:
+                raise framing
         absolute = not req.url.startswith("/") and "://" in req.url
         if absolute:
             # Envoy's codec parses an absolute-form target and refuses what its URL
@@ -294,10 +301,13 @@ class RequestDecoder:
                 raise CodecError(400, "http1.invalid_scheme")
             if split_absolute(req.url) is None:
                 raise CodecError(400, "http1.invalid_url")
-        host = req.hmap.get("host")
+        host = hmap.get("host")
         # an absolute-form target's own authority replaces Host, which is not checked then
-        if host is not None and not absolute and not authority_is_valid(host):
-            raise CodecError(400, "http.invalid_authority")
+        if host is not None and not absolute and host not in _VALID_HOSTS:
+            if not authority_is_valid(host):
+                raise CodecError(400, "http.invalid_authority")
+            if len(_VALID_HOSTS) < 1024:  # bounded: hosts come from clients
+                _VALID_HOSTS.add(host)
         if req.upgrade:
             # An Upgrade (or CONNECT) request has no body on this hop: what follows its
             # head is the tunnel's payload, held until the upstream switches protocols
@@ -306,9 +316,8 @@ class RequestDecoder:
             req.chunked = False
             req.content_length = None
         else:
-            te = req.hmap.get("transfer-encoding")
             req.chunked = te is not None
-            cl = req.hmap.get("content-length")
+            cl = hmap.get("content-length")
             if cl is not None and not req.chunked:
                 req.content_length = int(cl)  # llhttp already rejected a malformed one
         self.ready.append(req)

@@ -45,6 +45,9 @@ class _DownstreamProtocol(asyncio.Protocol):
 
     def __init__(self, conn: Http1Connection) -> None:
         self.conn = conn
+        # the transport calls the connection's on_data itself (no frame in between): an
+        # instance attribute, looked up when the transport takes this protocol
+        self.data_received = conn.on_data  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         self.conn.on_data(data)
@@ -369,7 +372,8 @@ class Http1Connection:
         if coro is not None and wait is self.response_wait:
             self._coro = None
             self._drive(coro, None)
-            self._serve_ready()
+            if self.decoder.ready:
+                self._serve_ready()
 
     @types.coroutine
     def in_task(self) -> Generator[None, None, None]:
