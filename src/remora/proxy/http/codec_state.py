@@ -209,6 +209,14 @@ class ConnectionState:
         """Both messages ended cleanly and nothing forbids another cycle."""
         return self.client == DONE and self.server == DONE
 
+    def next_cycle(self) -> bool:
+        """start_next_cycle if the connection is ``reusable`` (True), else nothing
+        (False): the pool's question and its consequence in one call."""
+        if self.client == DONE and self.server == DONE:
+            self.client = self.server = IDLE
+            return True
+        return False
+
     def start_next_cycle(self) -> None:
         """Both DONE: back to IDLE for the next request (raises otherwise)."""
         if not self.reusable:

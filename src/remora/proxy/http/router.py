@@ -558,10 +558,9 @@ class _Forward:
             # on that upstream connection is not answered; a fresh one serves it here)
             stream.closing = True
             pc.close()
-        elif state.reusable:
-            # both sides DONE: the response kept the connection alive, the request ended,
-            # nothing followed the response and no upgrade was proposed
-            state.start_next_cycle()
+        elif state.next_cycle():
+            # both sides were DONE: the response kept the connection alive, the request
+            # ended, nothing followed the response and no upgrade was proposed
             req.sink = None
             dec.detach()
             self.router.pool.release(pc)
@@ -581,11 +580,14 @@ class _Forward:
                 dec.on_data = _discard
                 self._charge("rq_error")
                 return
-        self._retry_success(wanted)
-        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders
-        self._charge("rq_error" if status >= 500 else "rq_success")
         stream = self.stream
-        stream.info.response_code_details = "via_upstream"
+        info = stream.info
+        if info.upstream_request_attempt_count > 1:
+            self._retry_success(wanted)  # counts only for a retried request
+        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders (_charge)
+        if self.host is not None:
+            self.cluster.host_stat(self.host, "rq_error" if status >= 500 else "rq_success")
+        info.response_code_details = "via_upstream"
         framed = dec.chunked or dec.content_length is not None
         # a response that may have a body but no framing of its own (read until close)
         # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none
