@@ -123,6 +123,7 @@ class Http1Connection:
         self._tail: ActiveStream | None = None
         self._error: BaseException | None = None
         self._cancel_by_task = False
+        self._taking_over = False  # _take_over decodes what the StreamReader held
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -133,10 +134,17 @@ class Http1Connection:
         buffer in ``_buffer``/``_eof`` (CPython's asyncio; uvloop uses the same class)."""
         buffered, at_eof = take_over(self.downstream.reader, self.transport,
                                      _DownstreamProtocol(self))
-        if buffered:
-            self.on_data(buffered)
-        if at_eof:
-            self.on_eof()
+        # what was buffered is decoded, not served yet: the task serves it once the
+        # end that came with it is known too (a request and its FIN read before the
+        # take-over are served, then the connection closes)
+        self._taking_over = True
+        try:
+            if buffered:
+                self.on_data(buffered)
+            if at_eof:
+                self.on_eof()
+        finally:
+            self._taking_over = False
 
     # -- reading --------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -174,7 +182,7 @@ class Http1Connection:
                 self._pause_reading()
             elif cur is not None and cur.sink is not None and cur.sink.congested():
                 self.hold_reading_until(cur.sink.wait())
-        if dec.ready and self.active is None:
+        if dec.ready and self.active is None and not self._taking_over:
             self._serve_ready()
 
     def _arm_headers_timer(self) -> None:
