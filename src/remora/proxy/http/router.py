@@ -155,8 +155,9 @@ class _Forward:
     """One request's trip upstream: attempts, retries, and the final outcome. While an
     attempt waits for its response, this object is the upstream connection's
     ``ResponseHandler``: each read is decoded and relayed downstream in the read callback
-    (one flush per read), and the attempt's task awaits one future, resolved when the
-    response is complete or the attempt failed."""
+    (one flush per read), and the attempt awaits one future, resolved when the response
+    is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
+    the attempt right there, connection.py)."""
 
     __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "policy",
                  "reselections", "retries_left", "retry_slots", "retry_status", "route",
@@ -385,8 +386,8 @@ class _Forward:
                 raise _Failure("codec")
             self._send_request(pc)
             # the response is decoded in pc's read callbacks (upstream_data/upstream_eof);
-            # this task waits once for its outcome
-            # one decoder per pooled connection, reset for each response it carries
+            # the attempt waits once for its outcome. One decoder per pooled connection,
+            # reset for each response it carries
             dec = pc.decoder
             if dec is not None and dec.parser_idle:
                 dec.reset(stream.head, self._on_headers, stream.encode_data)
