@@ -89,21 +89,46 @@ class ClusterStats:
         self.rq_timeout = counter(stats, p + "upstream_rq_timeout")
         self.rq_per_try_timeout = counter(stats, p + "upstream_rq_per_try_timeout")
         self.protocol_error = counter(stats, p + "upstream_cx_protocol_error")
-        # status -> (upstream_rq_Nxx, upstream_rq_NNN), filled as statuses are seen
-        self.by_status: dict[int, tuple[Counter, Counter]] = {}
+        # status -> its upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed,
+        # filled as statuses are seen
+        self.by_status: dict[int, _StatusCounters] = {}
 
-    def status(self, status: int) -> tuple[Counter, Counter]:
+    def status(self, status: int) -> _StatusCounters:
         handles = self.by_status.get(status)
         if handles is None:
             p = self.prefix
-            handles = self.by_status[status] = (
+            handles = self.by_status[status] = _StatusCounters(
                 counter(self.stats, f"{p}upstream_rq_{status // 100}xx"),
-                counter(self.stats, f"{p}upstream_rq_{status}"))
+                counter(self.stats, f"{p}upstream_rq_{status}"), self.rq_completed)
         return handles
 
     def count_protocol_error(self) -> None:
         """A pooled connection's stray bytes (bound per connection, not per request)."""
         self.protocol_error.inc()
+
+
+class _StatusCounters:
+    """The three counters a response (or an abort charged like one) increments, as one
+    call: Envoy's chargeUpstreamCode counts upstream_rq_Nxx, upstream_rq_NNN and
+    upstream_rq_completed together."""
+
+    __slots__ = ("_plain", "code", "completed", "xx")
+
+    def __init__(self, xx: Counter, code: Counter, completed: Counter) -> None:
+        self.xx, self.code, self.completed = xx, code, completed
+        # StatsStore's own handles are counted in place (what Counter.inc does)
+        self._plain = type(xx) is Counter and type(code) is Counter \
+            and type(completed) is Counter
+
+    def inc(self) -> None:
+        if self._plain:
+            self.xx.pending += 1
+            self.code.pending += 1
+            self.completed.pending += 1
+        else:
+            self.xx.inc()
+            self.code.inc()
+            self.completed.inc()
 
 
 class Router:
@@ -161,7 +186,7 @@ class _Forward:
 
     __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "policy",
                  "reselections", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stats", "stream", "tried")
+                 "router", "started", "stream", "tried")
 
     def __init__(self, router: Router, stream: HttpStream, route: Route,
                  cluster: Cluster) -> None:
@@ -185,7 +210,6 @@ class _Forward:
         self.retry_status = 0
         self.started = time.monotonic()
         self.cs = router.cluster_stats(cluster.name)
-        self.stats = router.stats
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
 
@@ -299,11 +323,7 @@ class _Forward:
         """A local reply in place of the upstream's response, charged to the cluster like
         one (Envoy's chargeUpstreamAbort -> chargeUpstreamCode: upstream_rq_NNN, _Nxx and
         _completed; no upstream_rq_time)."""
-        cs = self.cs
-        xx, code = cs.status(status)
-        xx.inc()
-        code.inc()
-        cs.rq_completed.inc()
+        self.cs.status(status).inc()
 
     def _take_retry(self) -> bool:
         if self.retries_left <= 0:
@@ -376,7 +396,7 @@ class _Forward:
             cluster.host_stat(host, "rq_total")
             cluster.host_stat(host, "rq_active")
             attached = host
-            if self.conn.body_error() and not stream.req.complete:
+            if not stream.req.complete and self.conn.body_error():
                 # The body was malformed in the same read as its headers: Envoy answers 400
                 # DPE. It has picked the host by then; a pooled connection is attached at
                 # once, a new one is still connecting, so UPSTREAM_LOCAL_ADDRESS is logged
@@ -601,10 +621,7 @@ class _Forward:
 
     def _count_response(self, status: int) -> None:
         cs = self.cs
-        xx, code = cs.by_status.get(status) or cs.status(status)
-        xx.inc()
-        code.inc()
-        cs.rq_completed.inc()
+        (cs.by_status.get(status) or cs.status(status)).inc()
         cs.rq_time.observe((time.monotonic() - self.started) * 1000)
 
     @property
