@@ -23,7 +23,6 @@ from remora.proxy.http.codec_state import (
     INFORMATIONAL,
     MUST_CLOSE,
     REQUEST,
-    RESPONSE,
     SEND_BODY,
     SERVER,
     SWITCH_UPGRADE,
@@ -90,6 +89,10 @@ def authority_is_valid(value: str) -> bool:
     """Envoy refuses a Host such as ``a b``, ``a, evil`` or ``"a`` (400
     http.invalid_authority, checked against Envoy 1.40)."""
     return _AUTHORITY_RE.fullmatch(value) is not None
+
+
+# Host values authority_is_valid accepted (most connections send one host over and over)
+_VALID_HOSTS: set[str] = set()
 
 
 def request_framing(method: str, hmap: dict[str, str]) -> CodecError | None:
@@ -242,12 +245,16 @@ class RequestDecoder:
         self._url += url
         if url:
             self._url_piece = url
-        self._count(len(url))
+        self._header_bytes += len(url)  # _count, inlined
+        if self._header_bytes > self.max_header_bytes:
+            raise CodecError(431, "http1.headers_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.current
         assert req is not None
-        self._count(len(name) + len(value))
+        self._header_bytes += len(name) + len(value)  # _count, inlined: once per header
+        if self._header_bytes > self.max_header_bytes:
+            raise CodecError(431, "http1.headers_too_large")
         if self._in_body:
             # a trailer of a chunked body: never merged into the head that routing, RBAC
             # and the upstream see (Envoy drops request trailers on HTTP/1.1)
@@ -257,10 +264,10 @@ class RequestDecoder:
         n = name.decode("latin-1").lower()
         v = value.decode("latin-1")
         req.headers.append((n, v))
-        prev = req.hmap.get(n)
+        hmap = req.hmap
         # Repeated headers fold into one comma-joined value, as Envoy's header map does
         # for lookups (REQ() in the access log prints the joined value).
-        req.hmap[n] = v if prev is None else f"{prev},{v}"
+        hmap[n] = f"{hmap[n]},{v}" if n in hmap else v
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -280,9 +287,12 @@ class RequestDecoder:
         req.url = self._url.decode("latin-1")
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
-        framing = request_framing(req.method, req.hmap)
-        if framing is not None:
-            raise framing
+        hmap = req.hmap
+        te = hmap.get("transfer-encoding")
+        if te is not None:  # request_framing refuses only what has a transfer-encoding
+            framing = request_framing(req.method, hmap)
+            if framing is not None:
+                raise framing
         absolute = not req.url.startswith("/") and "://" in req.url
         if absolute:
             # Envoy's codec parses an absolute-form target and refuses what its URL
@@ -291,10 +301,13 @@ class RequestDecoder:
                 raise CodecError(400, "http1.invalid_scheme")
             if split_absolute(req.url) is None:
                 raise CodecError(400, "http1.invalid_url")
-        host = req.hmap.get("host")
+        host = hmap.get("host")
         # an absolute-form target's own authority replaces Host, which is not checked then
-        if host is not None and not absolute and not authority_is_valid(host):
-            raise CodecError(400, "http.invalid_authority")
+        if host is not None and not absolute and host not in _VALID_HOSTS:
+            if not authority_is_valid(host):
+                raise CodecError(400, "http.invalid_authority")
+            if len(_VALID_HOSTS) < 1024:  # bounded: hosts come from clients
+                _VALID_HOSTS.add(host)
         if req.upgrade:
             # An Upgrade (or CONNECT) request has no body on this hop: what follows its
             # head is the tunnel's payload, held until the upstream switches protocols
@@ -303,9 +316,8 @@ class RequestDecoder:
             req.chunked = False
             req.content_length = None
         else:
-            te = req.hmap.get("transfer-encoding")
             req.chunked = te is not None
-            cl = req.hmap.get("content-length")
+            cl = hmap.get("content-length")
             if cl is not None and not req.chunked:
                 req.content_length = int(cl)  # llhttp already rejected a malformed one
         self.ready.append(req)
@@ -363,7 +375,7 @@ class ResponseDecoder:
 
     __slots__ = ("_head_bytes", "_head_only", "_head_raw", "_max_header_bytes", "_parser",
                  "chunked", "content_length", "headers", "headers_done", "on_data",
-                 "on_headers", "state", "status", "trailing", "upgrade_tail")
+                 "on_headers", "parser_idle", "state", "status", "trailing", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
                  on_data: Callable[[bytes], None], max_header_bytes: int = 60 * 1024,
@@ -388,6 +400,34 @@ class ResponseDecoder:
         self.chunked = False
         self.content_length: int | None = None
         self.upgrade_tail = b""
+        # llhttp ended its last message (on_message_complete) and stands at the start of
+        # the next: the parser may decode the connection's next response (reset)
+        self.parser_idle = True
+
+    def reset(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
+              on_data: Callable[[bytes], None]) -> None:
+        """Decode the next response of the same pooled connection (its state back at IDLE
+        for a new cycle) with this decoder and its parser, instead of a new pair per
+        request. Only when ``parser_idle``: a parser that ended its message where llhttp
+        sees one end (not at a HEAD response's head, whose declared body llhttp would
+        still wait for) reads the next one from its first byte."""
+        assert self.parser_idle
+        self._head_only = head_request
+        self._head_bytes = 0
+        self._head_raw = 0
+        self.on_headers = on_headers
+        self.on_data = on_data
+        self.status = 0
+        self.headers = []
+        self.headers_done = False
+        self.chunked = False
+        self.content_length = None
+
+    def detach(self) -> None:
+        """Forget the callbacks of the request it decoded (while idle in the pool, the
+        connection keeps nothing of that request alive)."""
+        self.on_headers = _no_headers
+        self.on_data = _no_data
 
     @property
     def complete(self) -> bool:
@@ -451,6 +491,7 @@ class ResponseDecoder:
         state.process_keep_alive_disabled()
 
     def on_message_begin(self) -> None:
+        self.parser_idle = False
         if self.state.server in _ENDED:
             self._trailing()  # a second, unsolicited response
             raise _Stop
@@ -488,13 +529,13 @@ class ResponseDecoder:
         if status == 101 and state.pending_switch == SWITCH_UPGRADE:
             state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
         else:
-            state.process_event(SERVER, RESPONSE)
+            state.process_response_head()  # process_event(SERVER, RESPONSE)
         if not p.should_keep_alive():
             state.process_keep_alive_disabled()
         self.headers_done = True
         self.on_headers(self)
         if (self._head_only or status in (204, 304)) and state.server == SEND_BODY:
-            state.process_event(SERVER, END_OF_MESSAGE)
+            state.process_response_end()  # process_event(SERVER, END_OF_MESSAGE)
 
     def on_body(self, data: bytes) -> None:
         if self.state.server in _ENDED:
@@ -504,8 +545,18 @@ class ResponseDecoder:
 
     def on_message_complete(self) -> None:
         state = self.state
-        if self.headers_done and state.server == SEND_BODY:
-            state.process_event(SERVER, END_OF_MESSAGE)
+        if self.headers_done:
+            self.parser_idle = True  # not after an interim 1xx: the final response follows
+            if state.server == SEND_BODY:
+                state.process_response_end()  # process_event(SERVER, END_OF_MESSAGE)
+
+
+def _no_headers(decoder: ResponseDecoder) -> None:
+    pass
+
+
+def _no_data(data: bytes) -> None:
+    pass
 
 
 class _Stop(Exception):

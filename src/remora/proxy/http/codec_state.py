@@ -156,6 +156,39 @@ class ConnectionState:
                 or self.client == MIGHT_SWITCH_PROTOCOL or new == SWITCHED_PROTOCOL):
             self._fire_state_triggered()
 
+    def process_whole_request(self) -> None:
+        """CLIENT REQUEST then END_OF_MESSAGE, no switch proposed: a request sent whole
+        in one write (the router's usual request). The table's two moves in one call when
+        nothing else applies (both roles IDLE, keep-alive), else the two events."""
+        if self.client == IDLE and self.server == IDLE and self.keep_alive:
+            # IDLE -REQUEST-> SEND_BODY -END_OF_MESSAGE-> DONE; the head starts the
+            # server's response; no proposal, so no state-triggered move
+            self.client = DONE
+            self.server = SEND_RESPONSE
+            self.pending_switch = None
+            return
+        self.process_event(CLIENT, REQUEST)
+        self.process_event(CLIENT, END_OF_MESSAGE)
+
+    def process_response_head(self) -> None:
+        """SERVER RESPONSE (a final response's head, accepting no switch): the table's
+        move SEND_RESPONSE -> SEND_BODY when nothing state-triggered can follow, else
+        process_event."""
+        if (self.server == SEND_RESPONSE and self.pending_switch is None and self.keep_alive
+                and self.client != MIGHT_SWITCH_PROTOCOL):
+            self.server = SEND_BODY
+            return
+        self.process_event(SERVER, RESPONSE)
+
+    def process_response_end(self) -> None:
+        """SERVER END_OF_MESSAGE from SEND_BODY (the response ended): DONE, or through
+        process_event when a state-triggered move may follow."""
+        if (self.server == SEND_BODY and self.pending_switch is None and self.keep_alive
+                and self.client != MIGHT_SWITCH_PROTOCOL):
+            self.server = DONE
+            return
+        self.process_event(SERVER, END_OF_MESSAGE)
+
     def _fire_state_triggered(self) -> None:
         # a proposal holds the client after its message until the server answers it
         if self.pending_switch is not None and self.client == DONE:
@@ -175,6 +208,14 @@ class ConnectionState:
     def reusable(self) -> bool:
         """Both messages ended cleanly and nothing forbids another cycle."""
         return self.client == DONE and self.server == DONE
+
+    def next_cycle(self) -> bool:
+        """start_next_cycle if the connection is ``reusable`` (True), else nothing
+        (False): the pool's question and its consequence in one call."""
+        if self.client == DONE and self.server == DONE:
+            self.client = self.server = IDLE
+            return True
+        return False
 
     def start_next_cycle(self) -> None:
         """Both DONE: back to IDLE for the next request (raises otherwise)."""

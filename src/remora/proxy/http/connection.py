@@ -1,18 +1,28 @@
 """One downstream HTTP/1.1 connection: bytes are decoded into requests as they arrive
-(protocol callbacks, no reader task), and the connection's own task serves the requests
-one after another (pipelining keeps order).
+(protocol callbacks, no reader task), and requests are served one after another
+(pipelining keeps order).
+
+A request is served in the callback that completed it: its stream's coroutine
+(``hcm.serve``) is driven from the callbacks (``_drive``) while it only waits for its
+upstream response (the router's ``response_wait``), which the upstream connection's read
+callback resolves and resumes at once; the next request starts in the same callback. No
+task wakes up for a request on that path. Anything else the coroutine waits for (a new
+upstream connection, a retry's backoff, a fault's delay, a tunnel) hands it over to the
+connection's task, which drives it from there as an ordinary coroutine.
 
 Cancellation is how the connection interrupts the request being served: a downstream
 disconnect (Envoy: DC), a body that turns out malformed (DPE), the route timeout (UT), a
-per-try or stream idle timeout cancel the serving task with a reason, and the router turns
-that reason into Envoy's response and flags. No per-request task is created.
+per-try or stream idle timeout cancel it with a reason (thrown into the coroutine where it
+waits, or the task cancelled), and the router turns that reason into Envoy's response and
+flags. No per-request task is created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import CodecError, RequestDecoder
@@ -35,6 +45,9 @@ class _DownstreamProtocol(asyncio.Protocol):
 
     def __init__(self, conn: Http1Connection) -> None:
         self.conn = conn
+        # the transport calls the connection's on_data itself (no frame in between): an
+        # instance attribute, looked up when the transport takes this protocol
+        self.data_received = conn.on_data  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         self.conn.on_data(data)
@@ -90,6 +103,27 @@ class Http1Connection:
         # stream_idle_timeout of the active stream, lazily re-armed (_stream_idle_check)
         self._stream_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
+        # the route timeout of the active stream (the router's, Envoy's response
+        # timeout): its loop-time deadline, 0 when none runs, and one timer per connection
+        # that is re-armed lazily (arm_route_timeout), not a timer per request
+        self.route_deadline = 0.0
+        self._route_timer: asyncio.TimerHandle | None = None
+        self._route_timer_at = 0.0
+        # the stream coroutine driven from callbacks (see the module's docstring): the one
+        # suspended on the router's ``response_wait``, whether _drive runs it right now,
+        # a cancellation that arrived while it ran, one handed over to the task (with the
+        # reason to throw in first, if any), and a finished stream whose connection needs
+        # the task (close after flushing, drain, end)
+        self.response_wait: asyncio.Future[Any] | None = None
+        self._coro: Coroutine[Any, Any, None] | None = None
+        self._running = False
+        self._pending_cancel = False
+        self._handoff: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._handoff_cancel = False
+        self._tail: ActiveStream | None = None
+        self._error: BaseException | None = None
+        self._cancel_by_task = False
+        self._taking_over = False  # _take_over decodes what the StreamReader held
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -100,10 +134,17 @@ class Http1Connection:
         buffer in ``_buffer``/``_eof`` (CPython's asyncio; uvloop uses the same class)."""
         buffered, at_eof = take_over(self.downstream.reader, self.transport,
                                      _DownstreamProtocol(self))
-        if buffered:
-            self.on_data(buffered)
-        if at_eof:
-            self.on_eof()
+        # what was buffered is decoded, not served yet: the task serves it once the
+        # end that came with it is known too (a request and its FIN read before the
+        # take-over are served, then the connection closes)
+        self._taking_over = True
+        try:
+            if buffered:
+                self.on_data(buffered)
+            if at_eof:
+                self.on_eof()
+        finally:
+            self._taking_over = False
 
     # -- reading --------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -141,9 +182,8 @@ class Http1Connection:
                 self._pause_reading()
             elif cur is not None and cur.sink is not None and cur.sink.congested():
                 self.hold_reading_until(cur.sink.wait())
-        w = self._waiter  # _wake, inlined: once per read
-        if w is not None and not w.done():
-            w.set_result(None)
+        if dec.ready and self.active is None and not self._taking_over:
+            self._serve_ready()
 
     def _arm_headers_timer(self) -> None:
         """request_headers_timeout runs from a request's first byte to its last header."""
@@ -217,8 +257,8 @@ class Http1Connection:
 
     def _idle_check(self) -> None:
         self._idle_timer = None
-        if self._waiter is None:
-            return  # a stream is active; the next wait for a request re-arms the timer
+        if self._waiter is None or self.active is not None:
+            return  # a stream is active; the connection going idle re-arms the timer
         left = self._idle_since + self.cfg.idle_timeout - self.loop.time()
         if left > 0:
             self._idle_timer = self.loop.call_later(left, self._idle_check)
@@ -243,6 +283,32 @@ class Http1Connection:
         else:
             self.cancel_active("stream_idle")
 
+    def arm_route_timeout(self, timeout: float) -> None:
+        """The active stream's route timeout: cancel it with "timeout" TIMEOUT seconds
+        from now unless the router clears ``route_deadline`` first. The connection's timer
+        stays armed across streams; it is moved only when it would fire after the new
+        deadline, and when it fires early (for an earlier stream) it re-arms itself."""
+        loop = self.loop
+        deadline = self.route_deadline = loop.time() + timeout
+        timer = self._route_timer
+        if timer is None or self._route_timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._route_timer_at = deadline
+            self._route_timer = loop.call_at(deadline, self._route_check)
+
+    def _route_check(self) -> None:
+        self._route_timer = None
+        deadline = self.route_deadline
+        if not deadline:
+            return  # no stream is waiting on its route timeout; the next one re-arms
+        if self.loop.time() < deadline:
+            self._route_timer_at = deadline
+            self._route_timer = self.loop.call_at(deadline, self._route_check)
+            return
+        self.route_deadline = 0.0
+        self.cancel_active("timeout")
+
     def on_eof(self) -> None:
         if self.eof:
             return
@@ -262,59 +328,39 @@ class Http1Connection:
         act = self.active
         if act is not None and act.response_complete:
             # the router completes a response from the upstream's read callback, before
-            # its task wakes: a timer firing in between interrupts nothing
+            # the stream ends: a timer firing in between interrupts nothing
             return
-        if self.cancel_reason is None and self._task is not None:
+        if self.cancel_reason is not None:
+            return
+        coro = self._coro
+        if coro is not None:
+            # suspended on the router's response wait: as Task.cancel, the awaited future
+            # is cancelled and CancelledError thrown in where the coroutine waits
             self.cancel_reason = reason
+            self._coro = None
+            wait = self.response_wait
+            if wait is not None:
+                wait.cancel()
+            self._drive(coro, asyncio.CancelledError())
+            self._serve_ready()
+        elif self._running:
+            self.cancel_reason = reason  # thrown in where it suspends next
+            self._pending_cancel = True
+        elif self._handoff is not None:
+            self.cancel_reason = reason  # thrown in first when the task takes it over
+            self._handoff_cancel = True
+        elif self._task is not None:
+            self.cancel_reason = reason
+            self._cancel_by_task = True
             self._task.cancel()
 
     # -- serving --------------------------------------------------------------------------
-    async def run(self) -> None:
-        self._task = asyncio.current_task()
-        self._take_over()
-        try:
-            await self._serve()
-        finally:
-            if self._headers_timer is not None:
-                self._headers_timer.cancel()
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            if self._stream_timer is not None:
-                self._stream_timer.cancel()
-            with contextlib.suppress(Exception):
-                self.writer.close()
-
-    async def _serve(self) -> None:
+    def _serve_ready(self) -> None:
+        """Serve the decoded requests, one after another, from this callback: each one's
+        coroutine runs until it ends or waits; the next starts only once one ended."""
         dec = self.decoder
-        loop = self.loop
-        while True:
-            try:
-                while not dec.ready:
-                    if dec.error is not None:
-                        self._codec_error_reply(dec.error)
-                        return
-                    if self.eof:
-                        return
-                    self._waiter = loop.create_future()
-                    # common_http_protocol_options.idle_timeout: no stream for that long
-                    # closes the connection (Envoy's downstream_cx_idle_timeout). One timer
-                    # per connection, re-armed lazily when it fires, not one per wait.
-                    if self.cfg.idle_timeout > 0:
-                        self._idle_since = loop.time()
-                        if self._idle_timer is None:
-                            self._idle_timer = loop.call_later(self.cfg.idle_timeout,
-                                                               self._idle_check)
-                    try:
-                        await self._waiter
-                    finally:
-                        self._waiter = None
-                    if self.idle and not dec.ready:
-                        self.hcm.stats.inc(self.hcm.idle_timeout_stat)
-                        return
-            except asyncio.CancelledError:
-                if self.take_cancel() is None:
-                    raise
-                continue
+        while (dec.ready and self.active is None and not self._running
+               and self._handoff is None and self._tail is None and self._error is None):
             req = dec.ready.popleft()
             if self._read_paused:
                 self.resume_reading()
@@ -322,29 +368,187 @@ class Http1Connection:
             self.active = stream
             sit = self.cfg.stream_idle_timeout
             if sit > 0:
-                self.last_activity = loop.time()
+                self.last_activity = self.loop.time()
                 if self._stream_timer is None:
-                    self._stream_timer = loop.call_later(sit, self._stream_idle_check)
-            try:
-                await self.hcm.serve(stream)
-            except asyncio.CancelledError:
-                if self.take_cancel() is None:
-                    raise
-            finally:
-                self.active = None
-            self.hcm.complete(stream)
-            if stream.closing or not stream.response_complete or not req.complete:
-                await self._flush()
-                return
-            if dec.upgraded:
-                return
-            if self.write_paused:
+                    self._stream_timer = self.loop.call_later(sit, self._stream_idle_check)
+            self._drive(self.hcm.serve(stream), None)
+
+    def resume(self, wait: asyncio.Future[Any]) -> None:
+        """The router resolved WAIT (its response wait): a coroutine suspended on it here
+        goes on at once, in the caller's callback, and then the next request."""
+        coro = self._coro
+        if coro is not None and wait is self.response_wait:
+            self._coro = None
+            self._drive(coro, None)
+            if self.decoder.ready:
+                self._serve_ready()
+
+    @types.coroutine
+    def in_task(self) -> Generator[None, None, None]:
+        """Awaited by the router before what needs the connection's task (a new upstream
+        connection's asyncio.timeout, the HTTP/2 pool, a tunnel): a coroutine driven
+        from a callback is handed over to the task there (one bare yield); under the task
+        it goes straight on."""
+        if self._running:
+            yield None
+
+    def _drive(self, coro: Coroutine[Any, Any, None], exc: BaseException | None) -> None:
+        """Run the stream's coroutine from a callback until it ends or suspends: on the
+        router's response wait it stays here (``_coro``); on anything else it goes to the
+        connection's task (``_handoff``)."""
+        self._running = True
+        try:
+            while True:
                 try:
-                    await self.drain()
+                    yielded = coro.send(None) if exc is None else coro.throw(exc)
+                except StopIteration:
+                    self._stream_ended()
+                    return
+                except asyncio.CancelledError:
+                    if self.take_cancel() is not None:
+                        self._stream_ended()  # the stream handled what interrupted it
+                        return
+                    raise
+                if self._pending_cancel:
+                    self._pending_cancel = False
+                    if isinstance(yielded, asyncio.Future):
+                        yielded.cancel()
+                    exc = asyncio.CancelledError()
+                    continue
+                break
+        except BaseException as err:  # the task raises it, as if it ran the stream
+            self._error = err
+            self._wake()
+            return
+        finally:
+            self._running = False
+        wait = self.response_wait
+        if wait is not None and yielded is wait:
+            self._coro = coro
+            return
+        self._handoff = (coro, yielded)
+        self._wake()
+
+    def _stream_ended(self) -> None:
+        """The active stream is over: log it; the task takes over when the connection
+        must close, drain or end, otherwise the next request may start."""
+        stream = self.active
+        assert stream is not None
+        self.active = None
+        self.response_wait = None
+        if self._pending_cancel:  # it ended before it could be interrupted
+            self._pending_cancel = False
+            self.cancel_reason = None
+        self.hcm.complete(stream)
+        if (stream.closing or not stream.response_complete or not stream.req.complete
+                or self.decoder.upgraded or self.write_paused):
+            self._tail = stream
+            self._wake()
+            return
+        if self.cfg.idle_timeout > 0:
+            self._went_idle()
+        if self.eof or self.decoder.error is not None:
+            self._wake()
+
+    def _went_idle(self) -> None:
+        """common_http_protocol_options.idle_timeout: no stream for that long closes the
+        connection (Envoy's downstream_cx_idle_timeout). One timer per connection,
+        re-armed lazily when it fires, not one per request."""
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.cfg.idle_timeout, self._idle_check)
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        self._take_over()
+        try:
+            await self._serve()
+        finally:
+            for coro in (self._coro, self._handoff[0] if self._handoff else None):
+                if coro is not None:  # the connection's end ends the stream's coroutine too
+                    if self.response_wait is not None:
+                        self.response_wait.cancel()
+                    coro.close()
+            self._coro = self._handoff = None
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            if self._stream_timer is not None:
+                self._stream_timer.cancel()
+            if self._route_timer is not None:
+                self._route_timer.cancel()
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
+    async def _serve(self) -> None:
+        dec = self.decoder
+        loop = self.loop
+        while True:
+            err = self._error
+            if err is not None:
+                self._error = None
+                raise err
+            handoff = self._handoff
+            if handoff is not None:
+                self._handoff = None
+                coro, yielded = handoff
+                first: BaseException | None = None
+                if self._handoff_cancel:
+                    self._handoff_cancel = False
+                    if isinstance(yielded, asyncio.Future):
+                        yielded.cancel()
+                    first = asyncio.CancelledError()
+                try:
+                    await _resume(coro, yielded, first)
                 except asyncio.CancelledError:
                     if self.take_cancel() is None:
                         raise
+                self._stream_ended()
+                continue
+            stream = self._tail
+            if stream is not None:
+                self._tail = None
+                if stream.closing or not stream.response_complete or not stream.req.complete:
+                    await self._flush()
                     return
+                if dec.upgraded:
+                    return
+                if self.write_paused:
+                    try:
+                        await self.drain()
+                    except asyncio.CancelledError:
+                        if self.take_cancel() is None:
+                            raise
+                        return
+                if self.cfg.idle_timeout > 0:
+                    self._went_idle()
+                self._serve_ready()
+                continue
+            if self.active is None:
+                if dec.ready:
+                    self._serve_ready()
+                    continue
+                if dec.error is not None:
+                    self._codec_error_reply(dec.error)
+                    return
+                if self.eof:
+                    return
+            try:
+                self._waiter = loop.create_future()
+                if self.active is None and self.cfg.idle_timeout > 0:
+                    self._went_idle()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            except asyncio.CancelledError:
+                if self.take_cancel() is None:
+                    raise
+                continue
+            if self.idle and self.active is None and not dec.ready:
+                self.hcm.stats.inc(self.hcm.idle_timeout_stat)
+                return
 
     @staticmethod
     def _loop_time() -> float:
@@ -357,9 +561,11 @@ class Http1Connection:
         if reason is None:
             return None
         self.cancel_reason = None
-        task = self._task
-        if task is not None:
-            task.uncancel()
+        if self._cancel_by_task:
+            self._cancel_by_task = False
+            task = self._task
+            if task is not None:
+                task.uncancel()
         return reason
 
     _take_cancel = take_cancel  # the name callers on other branches still use
@@ -390,3 +596,23 @@ class Http1Connection:
         except asyncio.CancelledError:
             if self.take_cancel() is None:
                 raise
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], yielded: Any,
+            first: BaseException | None) -> Generator[Any, Any, None]:
+    """Go on with CORO, suspended where it yielded YIELDED (FIRST: thrown in at once), as
+    ``yield from`` would have from there: under the awaiting task, which sees what CORO
+    yields and sends or throws back what it gets."""
+    try:
+        if first is not None:
+            yielded = coro.throw(first)
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as exc:  # the task's cancellation, GeneratorExit
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(value)
+    except StopIteration:
+        return

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, Upstream
 from remora.proxy.takeover import take_over
@@ -78,14 +79,16 @@ class PooledConnection(asyncio.Protocol):
     connection sits idle in the pool they close it as a protocol error."""
 
     __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
-                 "created", "handler", "idle_since", "key", "limits", "on_stray", "owner",
-                 "pool", "requests", "state", "transport", "upstream", "write_paused")
+                 "created", "decoder", "handler", "host", "idle_since", "key", "limits",
+                 "on_stray", "owner", "pool", "requests", "state", "transport", "upstream",
+                 "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
                  on_stray: Callable[[], None] | None = None) -> None:
         self.key = key
         self.upstream = upstream
+        self.host: str = upstream.host  # fixed for the connection's life
         self.limits = limits
         self.owner = owner  # the cluster object that opened it (a CDS update replaces it)
         self.created = self.idle_since = time.monotonic()
@@ -99,6 +102,8 @@ class PooledConnection(asyncio.Protocol):
         # whose both sides are DONE starts a next cycle and goes back to the pool
         self.state = ConnectionState()
         self.handler: ResponseHandler | None = None
+        # the response decoder, kept from one request to the next (ResponseDecoder.reset)
+        self.decoder: ResponseDecoder | None = None
         self.pool: ConnectionPool | None = None  # while idle in that pool
         self.write_paused = False
         self._tracked: TrackedProtocol | None = None
@@ -217,10 +222,6 @@ class PooledConnection(asyncio.Protocol):
                 or (lim.max_requests_per_connection > 0
                     and self.requests >= lim.max_requests_per_connection))
 
-    @property
-    def host(self) -> str:
-        return self.upstream.host
-
     def usable(self) -> bool:
         if self._eof:
             return False
@@ -264,6 +265,15 @@ class ConnectionPool:
         if not idle:
             return None
         now = time.monotonic()
+        conn = idle[-1]
+        if (not conn._pending and conn.owner is owner and conn.host not in exclude
+                and conn.transport is not None and not conn._eof
+                and not conn.transport.is_closing() and not conn.expired(now)):
+            # the usual case: the most recent idle connection is fine (the checks of the
+            # loop below, in one condition)
+            idle.pop()
+            conn.pool = None
+            return conn
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
             if conn.stray_bytes():
@@ -287,6 +297,18 @@ class ConnectionPool:
         close it (never handed to the next request)."""
         conn.requests += 1
         conn.idle_since = now = time.monotonic()
+        t = conn.transport
+        if (t is not None and not conn._pending and not conn._eof and not t.is_closing()
+                and not conn.expired(now)):
+            # the usual case (taken over, nothing stray, open, not expired: the checks
+            # below in one condition)
+            idle = self._idle.get(conn.key)
+            if idle is None:
+                idle = self._idle[conn.key] = []
+            if len(idle) < MAX_IDLE_PER_KEY:
+                idle.append(conn)
+                conn.pool = self  # bytes arriving now call _stray
+                return
         if conn.stray_bytes():
             conn.stray()
             return

@@ -92,6 +92,16 @@ class Route:
     request_mutations: HeaderMutations = field(default_factory=HeaderMutations)
     response_mutations: HeaderMutations = field(default_factory=HeaderMutations)
 
+    @cached_property
+    def expected_timeout_header(self) -> tuple[str, str] | None:
+        """x-envoy-expected-rq-timeout-ms on a first attempt (Envoy's
+        FilterUtility::setTimeoutHeaders: the per-try timeout, else the route's), worked
+        out once per route: it depends on the route's config alone."""
+        from remora.proxy.http.upstream_request import expected_timeout_ms
+        per_try = self.retry_policy.per_try_timeout if self.retry_policy is not None else 0.0
+        expected = expected_timeout_ms(self.timeout, per_try, 0)
+        return ("x-envoy-expected-rq-timeout-ms", str(expected)) if expected else None
+
     def matches(self, path: str, headers: dict[str, str]) -> bool:
         return self.path_matches(path) and (not self.headers or all(
             m.test(headers) for m in self.headers))

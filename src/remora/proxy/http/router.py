@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
@@ -23,7 +25,7 @@ from remora.proxy.http.codec_state import (
     SWITCH_UPGRADE,
     SWITCHED_PROTOCOL,
 )
-from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
@@ -37,8 +39,10 @@ from remora.proxy.http.upstream_request import (
     encode_request_head,
     expected_timeout_ms,
 )
-from remora.proxy.http2.upstream import forward_h2, http2_upstream
+from remora.proxy.http2.upstream import forward_h2, protocol_options
 from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
+from remora.proxy.stats import Counter, counter, histogram
+from remora.proxy.upstream.config import HttpProtocolOptions
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -68,7 +72,8 @@ def _factory(f: Fields, ctx: FactoryContext) -> Router:
 
 
 class ClusterStats:
-    """A cluster's router stat names, built once per cluster name (not per request)."""
+    """A cluster's router stats, resolved to handles once per cluster name (not per
+    request): an increment is an attribute add on the handle, no name looked up."""
 
     __slots__ = ("by_status", "prefix", "protocol_error", "rq_completed", "rq_per_try_timeout",
                  "rq_retry", "rq_retry_success", "rq_time", "rq_timeout", "rq_total", "stats")
@@ -76,28 +81,54 @@ class ClusterStats:
     def __init__(self, stats: Stats, cluster_name: str) -> None:
         p = self.prefix = f"cluster.{cluster_name}."
         self.stats = stats
-        self.rq_total = p + "upstream_rq_total"
-        self.rq_retry = p + "upstream_rq_retry"
-        self.rq_retry_success = p + "upstream_rq_retry_success"
-        self.rq_completed = p + "upstream_rq_completed"
-        self.rq_time = p + "upstream_rq_time"
-        self.rq_timeout = p + "upstream_rq_timeout"
-        self.rq_per_try_timeout = p + "upstream_rq_per_try_timeout"
-        self.protocol_error = p + "upstream_cx_protocol_error"
-        # status -> (upstream_rq_Nxx, upstream_rq_NNN), filled as statuses are seen
-        self.by_status: dict[int, tuple[str, str]] = {}
+        self.rq_total = counter(stats, p + "upstream_rq_total")
+        self.rq_retry = counter(stats, p + "upstream_rq_retry")
+        self.rq_retry_success = counter(stats, p + "upstream_rq_retry_success")
+        self.rq_completed = counter(stats, p + "upstream_rq_completed")
+        self.rq_time = histogram(stats, p + "upstream_rq_time")
+        self.rq_timeout = counter(stats, p + "upstream_rq_timeout")
+        self.rq_per_try_timeout = counter(stats, p + "upstream_rq_per_try_timeout")
+        self.protocol_error = counter(stats, p + "upstream_cx_protocol_error")
+        # status -> its upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed,
+        # filled as statuses are seen
+        self.by_status: dict[int, _StatusCounters] = {}
 
-    def status(self, status: int) -> tuple[str, str]:
-        names = self.by_status.get(status)
-        if names is None:
+    def status(self, status: int) -> _StatusCounters:
+        handles = self.by_status.get(status)
+        if handles is None:
             p = self.prefix
-            names = self.by_status[status] = (f"{p}upstream_rq_{status // 100}xx",
-                                              f"{p}upstream_rq_{status}")
-        return names
+            handles = self.by_status[status] = _StatusCounters(
+                counter(self.stats, f"{p}upstream_rq_{status // 100}xx"),
+                counter(self.stats, f"{p}upstream_rq_{status}"), self.rq_completed)
+        return handles
 
     def count_protocol_error(self) -> None:
         """A pooled connection's stray bytes (bound per connection, not per request)."""
-        self.stats.inc(self.protocol_error)
+        self.protocol_error.inc()
+
+
+class _StatusCounters:
+    """The three counters a response (or an abort charged like one) increments, as one
+    call: Envoy's chargeUpstreamCode counts upstream_rq_Nxx, upstream_rq_NNN and
+    upstream_rq_completed together."""
+
+    __slots__ = ("_plain", "code", "completed", "xx")
+
+    def __init__(self, xx: Counter, code: Counter, completed: Counter) -> None:
+        self.xx, self.code, self.completed = xx, code, completed
+        # StatsStore's own handles are counted in place (what Counter.inc does)
+        self._plain = type(xx) is Counter and type(code) is Counter \
+            and type(completed) is Counter
+
+    def inc(self) -> None:
+        if self._plain:
+            self.xx.pending += 1
+            self.code.pending += 1
+            self.completed.pending += 1
+        else:
+            self.xx.inc()
+            self.code.inc()
+            self.completed.inc()
 
 
 class Router:
@@ -109,6 +140,15 @@ class Router:
         self.suppress = suppress_envoy_headers
         self.pool = pool_for(self.cluster_manager)
         self._cluster_stats: dict[str, ClusterStats] = {}
+        self._options: dict[str, tuple[Cluster, HttpProtocolOptions | None]] = {}
+
+    def protocol_options(self, cluster: Cluster) -> HttpProtocolOptions | None:
+        """CLUSTER's HTTP protocol options, looked up once per cluster object (a CDS update
+        replaces the object, and with it the entry)."""
+        entry = self._options.get(cluster.name)
+        if entry is None or entry[0] is not cluster:
+            entry = self._options[cluster.name] = (cluster, protocol_options(cluster))
+        return entry[1]
 
     def cluster_stats(self, name: str) -> ClusterStats:
         cs = self._cluster_stats.get(name)
@@ -116,37 +156,47 @@ class Router:
             cs = self._cluster_stats[name] = ClusterStats(self.stats, name)
         return cs
 
-    async def decode_headers(self, stream: HttpStream) -> bool:
+    def decode_headers(self, stream: HttpStream) -> Coroutine[Any, Any, bool]:
+        """The filter's decode_headers (HttpFilter): a coroutine, the request's
+        ``_Forward.run`` itself when it goes upstream (one coroutine less per request)."""
         route = stream.route
         if route is None:
-            return stream.local_reply(404, b"", "route_not_found", "NR")
+            return _answered(stream.local_reply(404, b"", "route_not_found", "NR"))
         if route.direct_response is not None:
             status, body = route.direct_response
-            return stream.local_reply(status, body, "direct_response")
+            return _answered(stream.local_reply(status, body, "direct_response"))
         assert route.cluster is not None
         cluster = self.cluster_manager.get(route.cluster)
         if cluster is None:
-            return stream.local_reply(503, b"", "cluster_not_found", "NC")
-        await _Forward(self, stream, route, cluster).run()
-        return False
+            return _answered(stream.local_reply(503, b"", "cluster_not_found", "NC"))
+        return _Forward(self, stream, route, cluster).run()
+
+
+async def _answered(result: bool) -> bool:
+    return result
 
 
 class _Forward:
     """One request's trip upstream: attempts, retries, and the final outcome. While an
     attempt waits for its response, this object is the upstream connection's
     ``ResponseHandler``: each read is decoded and relayed downstream in the read callback
-    (one flush per read), and the attempt's task awaits one future, resolved when the
-    response is complete or the attempt failed."""
+    (one flush per read), and the attempt awaits one future, resolved when the response
+    is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
+    the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "host", "policy",
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "policy",
                  "reselections", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stats", "stream", "tried")
+                 "router", "started", "stream", "tried")
 
     def __init__(self, router: Router, stream: HttpStream, route: Route,
                  cluster: Cluster) -> None:
         self.router = router
         self.stream = stream
         self.conn: StreamCallbacks = stream.conn
+        # an HTTP/1.1 connection drives the stream from its callbacks (connection.py):
+        # the response wait is announced to it, and resumed by it
+        conn = stream.conn
+        self.h1: Http1Connection | None = conn if isinstance(conn, Http1Connection) else None
         self.route = route
         self.cluster = cluster
         self.policy: RetryPolicy | None = route.retry_policy
@@ -160,16 +210,25 @@ class _Forward:
         self.retry_status = 0
         self.started = time.monotonic()
         self.cs = router.cluster_stats(cluster.name)
-        self.stats = router.stats
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
 
     # -- the loop -------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Forward the request; False, as a filter that answered (the router always does)."""
         conn = self.conn
         loop = conn.loop
         timeout = self.route.timeout
-        timer = loop.call_later(timeout, conn.cancel_active, "timeout") if timeout > 0 else None
+        # the route timeout (Envoy's response timeout) runs from here to the end of the
+        # last attempt; an HTTP/1.1 connection keeps one lazily re-armed deadline timer for
+        # its streams (they are served one at a time) instead of a timer per request
+        timer: asyncio.TimerHandle | None = None
+        h1 = self.h1
+        if timeout > 0:
+            if h1 is not None:
+                h1.arm_route_timeout(timeout)
+            else:
+                timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude: frozenset[str] = frozenset()
         try:
             while True:
@@ -179,7 +238,7 @@ class _Forward:
                              if per_try > 0 else None)
                 try:
                     await self._attempt(exclude)
-                    return
+                    return False
                 except _Failure as f:
                     failure = f
                 except asyncio.CancelledError:
@@ -189,7 +248,7 @@ class _Forward:
                     if reason != "per_try":
                         self._drop_current()
                         self._interrupted(reason, in_flight=True)
-                        return
+                        return False
                     failure = _Failure("per_try")
                 finally:
                     if try_timer is not None:
@@ -201,11 +260,11 @@ class _Forward:
                 if failure.kind == "per_try":
                     # every per-try timeout, retried or not (Envoy's onPerTryTimeoutCommon)
                     self._charge("rq_timeout")
-                    self.stats.inc(self.cs.rq_per_try_timeout)
+                    self.cs.rq_per_try_timeout.inc()
                 if failure.kind == "status" or self._may_retry(failure.kind):
                     if failure.kind != "status":  # a retried status was charged already
                         self._charge("rq_error")  # as Envoy's Filter::maybeRetryReset
-                    self.stats.inc(self.cs.rq_retry)
+                    self.cs.rq_retry.inc()
                     if self.policy is not None and self.policy.previous_hosts:
                         exclude = frozenset(self.tried)
                     n = (self.policy.num_retries if self.policy else 1) - self.retries_left
@@ -217,16 +276,19 @@ class _Forward:
                     # that could not be picked does not: sendNoHealthyUpstreamResponse)
                     self._retry_success(self._wants(failure.kind))
                 self._fail(failure)
-                return
+                return False
         except asyncio.CancelledError:
             reason = conn.take_cancel()
             if reason is None:
                 raise
             self._drop_current()
             self._interrupted(reason, in_flight=False)  # between attempts (backoff)
+            return False
         finally:
             if timer is not None:
                 timer.cancel()
+            elif h1 is not None:
+                h1.route_deadline = 0.0
             for _ in range(self.retry_slots):
                 self.cluster.release("retries")
             self.retry_slots = 0
@@ -255,17 +317,13 @@ class _Forward:
         retriable-status-codes 503 counts, running out of retries does not (the rule
         http2/upstream.py follows, checked side by side with Envoy 1.40)."""
         if self.stream.info.upstream_request_attempt_count > 1 and not wanted:
-            self.stats.inc(self.cs.rq_retry_success)
+            self.cs.rq_retry_success.inc()
 
     def _count_abort(self, status: int) -> None:
         """A local reply in place of the upstream's response, charged to the cluster like
         one (Envoy's chargeUpstreamAbort -> chargeUpstreamCode: upstream_rq_NNN, _Nxx and
         _completed; no upstream_rq_time)."""
-        xx, code = self.cs.status(status)
-        inc = self.stats.inc
-        inc(xx)
-        inc(code)
-        inc(self.cs.rq_completed)
+        self.cs.status(status).inc()
 
     def _take_retry(self) -> bool:
         if self.retries_left <= 0:
@@ -291,7 +349,10 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
-            if http2_upstream(cluster, info.protocol):  # the HTTP/2 pool (proxy/http2)
+            opts = router.protocol_options(cluster)
+            if opts is not None and opts.upstream_http2(info.protocol):  # proxy/http2's pool
+                if self.h1 is not None:
+                    await self.h1.in_task()
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts
@@ -301,6 +362,8 @@ class _Forward:
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
                     raise _Failure("connect", UpstreamError("UO", ""))
+                if self.h1 is not None:  # connecting needs the task (asyncio.timeout)
+                    await self.h1.in_task()
                 try:
                     # previous_hosts: the cluster re-picks an excluded host up to
                     # host_selection_retry_max_attempts times, then uses its last pick, so
@@ -328,12 +391,12 @@ class _Forward:
             self.current = pc
             host = pc.host
             self.tried.add(host)
-            self.stats.inc(self.cs.rq_total)
+            self.cs.rq_total.inc()
             self.host = host
             cluster.host_stat(host, "rq_total")
             cluster.host_stat(host, "rq_active")
             attached = host
-            if self.conn.body_error() and not stream.req.complete:
+            if not stream.req.complete and self.conn.body_error():
                 # The body was malformed in the same read as its headers: Envoy answers 400
                 # DPE. It has picked the host by then; a pooled connection is attached at
                 # once, a new one is still connecting, so UPSTREAM_LOCAL_ADDRESS is logged
@@ -343,10 +406,19 @@ class _Forward:
                 raise _Failure("codec")
             self._send_request(pc)
             # the response is decoded in pc's read callbacks (upstream_data/upstream_eof);
-            # this task waits once for its outcome
-            self.dec = ResponseDecoder(stream.head, self._on_headers, stream.encode_data,
-                                       state=pc.state)
+            # the attempt waits once for its outcome. One decoder per pooled connection,
+            # reset for each response it carries
+            dec = pc.decoder
+            if dec is not None and dec.parser_idle:
+                dec.reset(stream.head, self._on_headers, stream.encode_data)
+            else:
+                dec = pc.decoder = ResponseDecoder(stream.head, self._on_headers,
+                                                   stream.encode_data, state=pc.state)
+            self.dec = dec
             done = self.done = self.conn.loop.create_future()
+            h1 = self.h1
+            if h1 is not None:
+                h1.response_wait = done
             pc.attach(self)
             outcome = await done
             if outcome is not None:
@@ -354,7 +426,9 @@ class _Forward:
                     raise outcome
                 self.current = None  # "upgrade": the tunnel owns and closes it
                 assert isinstance(stream, ActiveStream)  # only HTTP/1.1 upgrades
-                await tunnel(stream, pc, self.dec)
+                if h1 is not None:
+                    await h1.in_task()
+                await tunnel(stream, pc, dec)
         finally:
             self.dec = None
             self.done = None
@@ -365,17 +439,19 @@ class _Forward:
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
         extra: tuple[str, str] | None = None
+        route = self.route
         if not self.router.suppress:
-            elapsed = 0
             if stream.info.upstream_request_attempt_count > 1:
                 elapsed = int((time.monotonic() - self.started) * 1000)
-            per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
-            expected = expected_timeout_ms(self.route.timeout, per_try, elapsed)
-            if expected:
-                extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+                per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
+                expected = expected_timeout_ms(route.timeout, per_try, elapsed)
+                if expected:
+                    extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+            else:  # the first attempt's value depends on the route alone
+                extra = route.expected_timeout_header
         headers = stream.upstream_headers
-        mutations = self.route.request_mutations
-        if mutations:
+        mutations = route.request_mutations
+        if mutations.add or mutations.remove:
             headers = apply_mutations(headers, mutations)
             hdrs = stream.info.request_headers
             if hdrs is not None:  # REQ() in the access log sees the mutated request
@@ -386,10 +462,15 @@ class _Forward:
                     if values:
                         hdrs[name] = ",".join(values)
         state = pc.state
+        whole = req.complete and not stream.upstream_chunked
         if req.upgrade:
             # the upstream may switch protocols; either way no next request follows
             state.process_event(CLIENT, REQUEST, SWITCH_UPGRADE)
             state.process_keep_alive_disabled()
+            if whole:
+                state.process_event(CLIENT, END_OF_MESSAGE)
+        elif whole:
+            state.process_whole_request()  # REQUEST and END_OF_MESSAGE, written at once
         else:
             state.process_event(CLIENT, REQUEST)
         if stream.upstream_chunked:
@@ -399,11 +480,10 @@ class _Forward:
                 headers = [*headers, extra]
             extra = ("transfer-encoding", "chunked")
         head = encode_request_head(stream.method, stream.path, headers, extra)
-        if req.complete and not stream.upstream_chunked:
+        if whole:
             # the common case: the whole request in one write, no body sink
             body = req.body
             pc.write(head + b"".join(body) if body else head)
-            state.process_event(CLIENT, END_OF_MESSAGE)
             return
         pc.write(head)
         # the body is framed as the forwarded head says (stream.upstream_chunked), which
@@ -429,7 +509,7 @@ class _Forward:
             dec.feed(data)
         except ResponseError:
             stream.flush()
-            self.stats.inc(self.cs.protocol_error)
+            self.cs.protocol_error.inc()
             self._finish(_Failure("truncated" if dec.headers_done else "protocol"))
             return
         if self.retry_status:
@@ -467,6 +547,9 @@ class _Forward:
         done = self.done
         if done is not None and not done.done():
             done.set_result(outcome)
+            h1 = self.h1
+            if h1 is not None:  # the attempt goes on now, in this callback
+                h1.resume(done)
 
     def _complete(self, dec: ResponseDecoder) -> None:
         """The response is complete: end it downstream (one write with the last bytes),
@@ -489,18 +572,18 @@ class _Forward:
         if dec.trailing:
             # bytes after the response: a protocol error for this connection, never data
             # for anyone (Envoy closes it and counts upstream_cx_protocol_error)
-            self.stats.inc(self.cs.protocol_error)
+            self.cs.protocol_error.inc()
         if status == 101:
             # a 101 nobody asked for: the connection left HTTP, so it is closed, and so is
             # the client's (Envoy 1.40 relays the 101 and keeps both, so the next request
             # on that upstream connection is not answered; a fresh one serves it here)
             stream.closing = True
             pc.close()
-        elif state.reusable:
-            # both sides DONE: the response kept the connection alive, the request ended,
-            # nothing followed the response and no upgrade was proposed
-            state.start_next_cycle()
+        elif state.next_cycle():
+            # both sides were DONE: the response kept the connection alive, the request
+            # ended, nothing followed the response and no upgrade was proposed
             req.sink = None
+            dec.detach()
             self.router.pool.release(pc)
         else:
             pc.close()
@@ -518,11 +601,14 @@ class _Forward:
                 dec.on_data = _discard
                 self._charge("rq_error")
                 return
-        self._retry_success(wanted)
-        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders
-        self._charge("rq_error" if status >= 500 else "rq_success")
         stream = self.stream
-        stream.info.response_code_details = "via_upstream"
+        info = stream.info
+        if info.upstream_request_attempt_count > 1:
+            self._retry_success(wanted)  # counts only for a retried request
+        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders (_charge)
+        if self.host is not None:
+            self.cluster.host_stat(self.host, "rq_error" if status >= 500 else "rq_success")
+        info.response_code_details = "via_upstream"
         framed = dec.chunked or dec.content_length is not None
         # a response that may have a body but no framing of its own (read until close)
         # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none
@@ -535,12 +621,8 @@ class _Forward:
 
     def _count_response(self, status: int) -> None:
         cs = self.cs
-        inc = self.stats.inc
-        xx, code = cs.status(status)
-        inc(xx)
-        inc(code)
-        inc(cs.rq_completed)
-        self.stats.observe(cs.rq_time, (time.monotonic() - self.started) * 1000)
+        (cs.by_status.get(status) or cs.status(status)).inc()
+        cs.rq_time.observe((time.monotonic() - self.started) * 1000)
 
     @property
     def stat(self) -> str:
@@ -597,7 +679,7 @@ class _Forward:
             # headers the 504 charged like a response (chargeUpstreamAbort: upstream_rq_504,
             # _5xx, _completed, the host's rq_error). Between attempts none is in flight.
             self._charge("rq_timeout")
-            self.stats.inc(self.cs.rq_timeout)
+            self.cs.rq_timeout.inc()
             if not self.stream.response_started:
                 self._charge("rq_error")
                 self._count_abort(504)
