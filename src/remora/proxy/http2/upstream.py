@@ -64,6 +64,7 @@ from remora.proxy.http2.upstream_messages import (
     trailer_fields,
 )
 from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
+from remora.proxy.stats import Counter, Histogram
 from remora.proxy.takeover import take_over
 from remora.proxy.upstream.config import DEFAULT_H2, Http2Options, HttpProtocolOptions
 
@@ -709,14 +710,19 @@ class _Router(Protocol):
     suppress: bool
 
 
+class _StatusCounters(Protocol):
+    def inc(self) -> None: ...
+
+
 class _ClusterStats(Protocol):
-    """The cluster's router stat names, built once (router.py ``ClusterStats``)."""
+    """The cluster's router stats, resolved to handles once (router.py ``ClusterStats``)."""
 
-    rq_total: str
-    rq_completed: str
-    rq_time: str
+    @property
+    def rq_total(self) -> Counter: ...
+    @property
+    def rq_time(self) -> Histogram: ...
 
-    def status(self, status: int) -> tuple[str, str]: ...
+    def status(self, status: int) -> _StatusCounters: ...
 
 
 class Forward(Protocol):
@@ -850,7 +856,7 @@ def _abort(fw: Forward, failure: FailureFactory, retriable: bool,
 
 
 async def _exchange(fw: Forward, client: H2Client) -> None:
-    stream, cluster, router = fw.stream, fw.cluster, fw.router
+    stream, cluster = fw.stream, fw.cluster
     info = stream.info
     up = client.upstream
     assert up is not None
@@ -861,7 +867,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     host = up.host
     fw.tried.add(host)
     fw.host = host
-    router.stats.inc(fw.cs.rq_total)
+    fw.cs.rq_total.inc()
     cluster.host_stat(host, "rq_total")
     cluster.host_stat(host, "rq_active")
     st = H2Stream(client)
@@ -955,8 +961,7 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
                     stream.encode_trailers(trailers)
                 else:
                     stream.encode_end()
-                fw.router.stats.observe(fw.cs.rq_time,
-                                        (time.monotonic() - fw.started) * 1000)
+                fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
                 return
             elif kind == "reset":
                 stream.flush()
@@ -990,11 +995,8 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     fw._charge("rq_error" if status >= 500 else "rq_success")
     # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
-    stats, cs = fw.router.stats, fw.cs
-    xx, code = cs.status(status)
-    stats.inc(xx)
-    stats.inc(code)
-    stats.inc(cs.rq_completed)
+    # upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed, as one call
+    fw.cs.status(status).inc()
     _retry_success(fw, wanted)
     stream.info.response_code_details = "via_upstream"
     has_length = False
