@@ -6,10 +6,13 @@ that exchange; the lanes run side by side, and one case goes to both proxies' la
 
 An exchange ends on evidence, never after a fixed sleep:
 
-* the proxy closed the client connection (FIN or reset), and the lane's backend is settled:
-  every upstream connection is closed or stands at a request boundary with no byte of a
-  next request buffered (a proxy writes to its upstream before it closes the client, and
-  loopback delivers a write at once, so nothing can still be on its way);
+* the proxy closed the client connection (FIN or reset), or sent a complete response with
+  ``connection: close`` (it reads nothing more; Envoy then waits up to its
+  delayed_close_timeout, 1 s, for the client to close first, so the client does), and
+  the lane's backend is settled: every upstream connection is closed or stands at a
+  request boundary with nothing of a next request read or waiting in its receive queue,
+  and no connection waits to be accepted (a proxy writes to its upstream before it
+  answers the client, and loopback delivers a write at once);
 * or the connection stays open and nothing at all happens for QUIET seconds, neither on
   the client connection nor at the backend (every byte the backend reads and every
   connection it accepts or loses wakes the client's select). This is the one way to see
@@ -36,6 +39,7 @@ import socket
 import termios
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -425,12 +429,21 @@ class _Run:
         return 0.01  # settling: a closed upstream connection is seen by its thread
 
 
+LATE: Counter[str] = Counter()  # per proxy kind: records that arrived after their exchange
+_late_lock = threading.Lock()
+
+
 def exchange_all(jobs: list[tuple[str, int, LaneBackend]], request: bytes,
                  quiet: float = QUIET) -> list[Outcome]:
     """REQUEST on a new connection to each (kind, port, backend) of JOBS at once; one
     Outcome each once every exchange has ended (see the module's docstring)."""
-    for _, _, b in jobs:  # anything left from a previous exchange is not this one's
-        b.take()
+    for kind, _, b in jobs:
+        # what arrived after the previous exchange settled is not this one's; counted, as
+        # it means an end was judged too early (the replay of a flagged case shows whose)
+        late, errors = b.take()
+        if late or errors:
+            with _late_lock:
+                LATE[kind] += len(late) + len(errors)
     runs = [_Run(k, p, b, request, quiet) for k, p, b in jobs]
     while active := [r for r in runs if r.phase != "done"]:
         now = time.monotonic()

@@ -1,13 +1,14 @@
-"""Issue 15: mutation fuzz of both sides of the proxy, and a randomized shared-pool test,
-each against `remora proxy` and the real Envoy 1.40 (same bootstrap, same recording
-backend: desync_harness).
+"""Issues 15 and 10: mutation fuzz of both sides of the proxy, and a randomized shared-pool
+test, each against `remora proxy` and the real Envoy 1.40 (same bootstrap, recording
+backends: desync_harness, desync_lanes).
 
-* Client side: well-formed seed requests (bodies that carry a request of their own, upgrade
-  requests with bodies, hop-by-hop nominations) mutated byte- and token-wise. What the
-  backend receives through each proxy must always be well-formed HTTP/1.1 whose framing
-  matches its head (the backend parses every byte), and remora must forward nothing that
-  Envoy does not: each request (method, target, body) the backend sees through remora it
-  also sees through Envoy.
+* Client side (issue 10, "Held to Envoy"): well-formed seed requests (bodies that carry a
+  request of their own, upgrade requests with bodies, hop-by-hop nominations) mutated
+  byte- and token-wise, each sent to one Envoy and one remora at once (desync_lanes).
+  What the backend receives through each proxy must be well-formed HTTP/1.1 whose
+  framing matches its head (the backend parses every byte), and for each case it must
+  receive through remora what it receives through Envoy (count of requests, each one's
+  method, target, headers, body), or less for a reason ``stricter_reason`` documents.
 * Backend side: seed responses mutated the same way (extra responses, bodies after
   204/304, broken framing). After each, a new client's request must get its own response,
   promptly, never a byte of the mutated one.
@@ -15,7 +16,10 @@ backend: desync_harness).
   a misbehaving backend; every client must receive exactly the response to its own request.
 
 Bounded: REMORA_DESYNC_FUZZ (default 200) mutations per side, seeded by
-REMORA_DESYNC_SEED (default 15), so a failure can be replayed; a few seconds per proxy.
+REMORA_DESYNC_SEED (default 15), so a failure can be replayed (it names the seed, the
+case's bytes and both proxies' outcomes); a few seconds per proxy at 200. The request side
+runs REMORA_DESYNC_LANES (default 12) exchanges at once; REMORA_DESYNC_QUIET and
+REMORA_DESYNC_HANG tune desync_lanes' quiet window and hang limit.
 """
 
 from __future__ import annotations
@@ -193,11 +197,19 @@ def stricter_reason(request: bytes, missing: Counter[Key], remora: dl.Outcome) -
     * ``no HTTP version``: the request line has no version (``GET http://b.examplHTTP/1.1``).
       Envoy 1.40 forwards it as HTTP/1.1 (target ``/1.1`` there); remora answers 426, as it
       does every pre-1.1 request (accept_http_10 is false).
-    * ``Host with trailing OWS`` (a remora defect, reported, not a desync): ``Host: a `` is
-      valid (RFC 9112 section 5: OWS around a field value is not part of it) and Envoy
-      forwards ``host: a``; remora's codec validates the value with its trailing
-      whitespace and answers 400 http.invalid_authority. Refusing never desyncs, so the
-      fuzz lets it pass and names it.
+    * ``request-line whitespace``: a request line with HTAB or a trailing SP (RFC 9112
+      section 3: ``method SP request-target SP HTTP-version``; a recipient MAY split on
+      other whitespace, remora (llhttp) does not). Envoy 1.40 accepts both.
+    * ``chunk-size whitespace``: whitespace after a chunk size (``23\t``, ``2 ;x``). RFC
+      9112 section 7.1.1 allows BWS only before a chunk extension's ``;``, so ``2 ;x`` is
+      valid and refused by remora (llhttp) too, ``23\t`` is not; Envoy 1.40 takes both.
+    * ``trailing OWS in Host/Transfer-Encoding`` (remora defects, reported, no desync):
+      ``Host: a `` and ``Transfer-Encoding: chunked<HTAB>`` are valid (RFC 9112 section
+      5: OWS around a field value is not part of it) and Envoy forwards ``host: a`` and
+      a chunked request; remora's codec validates the Host value with its trailing
+      whitespace (400 http.invalid_authority) and llhttp does not take ``chunked``
+      followed by HTAB (400). Refusing never desyncs, so the fuzz lets them pass and
+      names them.
     * ``framing field in trailers``: the trailer section of a chunked request carries
       content-length or transfer-encoding. RFC 9110 section 6.5.1: a sender MUST NOT
       put framing fields there; remora (llhttp) answers 400, Envoy 1.40 drops the
@@ -216,8 +228,12 @@ def stricter_reason(request: bytes, missing: Counter[Key], remora: dl.Outcome) -
         return "obs-fold"
     if not VERSIONED.match(request):
         return "no HTTP version"
-    if HOST_OWS.search(request):
-        return "Host with trailing OWS"
+    if request_line_whitespace(request):
+        return "request-line whitespace"
+    if CHUNK_WS.search(request):
+        return "chunk-size whitespace"
+    if FRAMING_OWS.search(request):
+        return "trailing OWS in Host/Transfer-Encoding"
     if TRAILER_FRAMING.search(request):
         return "framing field in trailers"
     return ""
@@ -225,7 +241,16 @@ def stricter_reason(request: bytes, missing: Counter[Key], remora: dl.Outcome) -
 
 OBS_FOLD = re.compile(rb"\r\n[ \t]")
 VERSIONED = re.compile(rb"[^ \r\n]+ [^ \r\n]+ HTTP/\d\.\d\r\n")
-HOST_OWS = re.compile(rb"(?im)^host:[^\r\n]*[ \t]\r$")
+FRAMING_OWS = re.compile(rb"(?im)^(?:host|transfer-encoding):[^\r\n]*[ \t]\r$")
+CHUNK_WS = re.compile(rb"\r\n[0-9a-fA-F]+[ \t]+(?:;[^\r\n]*)?\r\n")
+
+
+def request_line_whitespace(data: bytes) -> bool:
+    """A line of DATA that reads as a request line (``... HTTP/1.x`` not at its start)
+    has an HTAB or ends in SP."""
+    return any((b"\t" in line or line.endswith(b" "))
+               for line in data.split(b"\r\n")
+               if b"HTTP/1." in line and not line.startswith(b"HTTP/"))
 TRAILER_FRAMING = re.compile(
     rb"(?i)\r\n0\r\n(?:[^\r\n]+\r\n)*(?:content-length|transfer-encoding):")
 
@@ -381,7 +406,8 @@ def test_fuzzed_requests_remora_forwards_nothing_envoy_refuses(
     ends = Counter(f"envoy {oe.ended} / remora {orr.ended}" for oe, orr in outcomes)
     print(f"\ndifferential: {len(requests)} mutated requests, seed {SEED}, {LANES} lanes, "
           f"{seconds:.0f}s; {dict(summary)}; ends {dict(ends)}; "
-          f"{len(first)} flagged, {len(confirmed)} confirmed on replay")
+          f"{len(first)} flagged, {len(confirmed)} confirmed on replay; "
+          f"late backend records {dict(dl.LATE)}")
     for v in first[:20]:
         print(v.describe())
     assert alive == (True, True), f"alive (envoy, remora): {alive}"
