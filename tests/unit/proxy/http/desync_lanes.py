@@ -276,6 +276,15 @@ class LaneBackend:
             return all(not c.closed and not c.buf and c.head is None and not c.tunnel
                        and _unread(c.sock) == 0 for c in self.conns)
 
+    def unsettled(self) -> str:
+        """What keeps the backend from being settled, for a hang's report."""
+        with self.lock:
+            return "; ".join(
+                f"connection {'in a tunnel' if c.tunnel else 'open'} with head "
+                f"{c.head[:2] if c.head else None} and {len(c.buf)} bytes read "
+                f"({c.buf[:60]!r}), {_unread(c.sock)} unread"
+                for c in self.conns) or "a connection waiting to be accepted"
+
     def take(self) -> tuple[list[Framed], list[str]]:
         with self.lock:
             out, errs = self.framed, self.errors
@@ -346,10 +355,11 @@ def said_close(data: bytes) -> bool:
 
 class _Run:
     def __init__(self, kind: str, port: int, backend: LaneBackend, request: bytes,
-                 quiet: float) -> None:
+                 quiet: float, hang: float) -> None:
         self.out = Outcome(kind)
         self.backend = backend
         self.quiet = quiet
+        self.hang = hang
         self.started = time.monotonic()
         self.last = self.started
         self.sock: socket.socket | None = socket.create_connection(("127.0.0.1", port))
@@ -412,9 +422,11 @@ class _Run:
                 self._close_client()
         if self.phase == "settle" and self.backend.settled():
             self.phase = "done"
-        if self.phase != "done" and now - self.started > HANG:
-            self.out.hang = (f"no end within {HANG}s (phase {self.phase}, "
-                             f"backend settled: {self.backend.settled()})")
+        if self.phase != "done" and now - self.started > self.hang:
+            self.out.hang = (f"no end within {self.hang}s ("
+                             + ("client still open" if self.phase == "talk" else
+                                "client gone, backend not settled: "
+                                + self.backend.unsettled()) + ")")
             if self.sock is not None:
                 self.sock.close()
                 self.sock = None
@@ -434,7 +446,7 @@ _late_lock = threading.Lock()
 
 
 def exchange_all(jobs: list[tuple[str, int, LaneBackend]], request: bytes,
-                 quiet: float = QUIET) -> list[Outcome]:
+                 quiet: float = QUIET, hang: float = HANG) -> list[Outcome]:
     """REQUEST on a new connection to each (kind, port, backend) of JOBS at once; one
     Outcome each once every exchange has ended (see the module's docstring)."""
     for kind, _, b in jobs:
@@ -444,7 +456,7 @@ def exchange_all(jobs: list[tuple[str, int, LaneBackend]], request: bytes,
         if late or errors:
             with _late_lock:
                 LATE[kind] += len(late) + len(errors)
-    runs = [_Run(k, p, b, request, quiet) for k, p, b in jobs]
+    runs = [_Run(k, p, b, request, quiet, hang) for k, p, b in jobs]
     while active := [r for r in runs if r.phase != "done"]:
         now = time.monotonic()
         rs: list[Any] = []
@@ -493,12 +505,17 @@ class LaneProxy:
         return bool(self.proc.poll() is None)
 
     def tracebacks(self) -> list[str]:
-        """Lines of the proxy's stderr that show an exception escaped: Python's
-        traceback header and asyncio's unhandled-exception reports."""
+        """``escaped_exceptions`` of the proxy's stderr so far."""
         text = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
-        marks = ("Traceback (most recent call last)", "Exception in callback",
-                 "exception was never retrieved", "Unhandled exception")
-        return [line for line in text.splitlines() if any(m in line for m in marks)]
+        return escaped_exceptions(text)
+
+
+def escaped_exceptions(stderr: str) -> list[str]:
+    """Lines of a proxy's STDERR that show an exception escaped: Python's traceback header
+    and asyncio's unhandled-exception reports."""
+    marks = ("Traceback (most recent call last)", "Exception in callback",
+             "exception was never retrieved", "Unhandled exception")
+    return [line for line in stderr.splitlines() if any(m in line for m in marks)]
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -118,9 +119,13 @@ def cases(kind: str, seeds: list[bytes]) -> list[bytes]:
 def target(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dh.Target]:
     kind = str(request.param)
-    with dh.proxy_target(kind, tmp_path_factory.mktemp(f"fuzz-{kind}")) as t:
+    work = tmp_path_factory.mktemp(f"fuzz-{kind}")
+    with dh.proxy_target(kind, work) as t:
         yield t
         assert t.alive(), f"{kind} exited during the fuzz"
+    if kind == "remora":  # loopback_proxy's stderr file: no exception escaped
+        err = (work / f"{kind}.err").read_text(errors="replace")
+        assert dl.escaped_exceptions(err) == [], err[-2000:]
 
 
 def _parallel(jobs: list[Callable[[], None]]) -> None:
@@ -360,6 +365,61 @@ def replay(envoy: dl.LaneProxy, remora: dl.LaneProxy, verdict: Verdict) -> Verdi
                                   verdict.request, quiet=QUIET_REPLAY)
         again.append(compare(verdict.index, verdict.request, oe, orr))
     return again[0] if all(v.problem() for v in again) else again[-1]
+
+
+def _relay(close_upstream: bool) -> tuple[int, dl.LaneBackend, threading.Event]:
+    """A one-connection stand-in for a proxy: it forwards what the client sends in its
+    first read to a new LaneBackend, waits for the client to leave, and then closes its
+    upstream connection (CLOSE_UPSTREAM) or keeps it open until the event is set."""
+    backend, release = dl.LaneBackend(), threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        client, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", backend.port))
+        upstream.sendall(client.recv(65536))
+        while client.recv(65536):
+            pass
+        client.close()
+        if not close_upstream:
+            release.wait(30)
+        upstream.close()
+        listener.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return int(listener.getsockname()[1]), backend, release
+
+
+PARTIAL = b"POST /partial HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab"
+
+
+def test_lanes_end_an_exchange_on_a_settled_backend() -> None:
+    """The harness itself: a stand-in that forwards a request short of its body and drops
+    its upstream once the client is gone. The exchange ends by the quiet window (the
+    stand-in waits for the rest) and then on the backend's evidence, with the head that
+    never got its body recorded as such."""
+    port, backend, _ = _relay(close_upstream=True)
+    try:
+        (o,) = dl.exchange_all([("relay", port, backend)], PARTIAL, quiet=0.1, hang=5.0)
+    finally:
+        backend.close()
+    assert (o.ended, o.hang) == ("quiet", ""), o.brief()
+    assert [(k, m, t, b) for k, m, t, _, b in o.framed] == [("head", "POST", "/partial", b"ab")]
+    assert o.seconds < 2.0, o.brief()
+
+
+def test_lanes_report_a_hang_with_what_the_backend_holds() -> None:
+    """The hang detector: a stand-in that keeps its upstream connection, a request short of
+    its body on it, after the client left, never lets the backend settle; the exchange is
+    reported as a hang within its limit, naming what the backend holds."""
+    port, backend, release = _relay(close_upstream=False)
+    try:
+        (o,) = dl.exchange_all([("relay", port, backend)], PARTIAL, quiet=0.1, hang=1.0)
+    finally:
+        release.set()
+        backend.close()
+    assert "backend not settled" in o.hang and "/partial" in o.hang, o.brief()
+    assert 1.0 <= o.seconds < 3.0, o.brief()
 
 
 def test_fuzzed_requests_reach_the_backend_well_framed(
