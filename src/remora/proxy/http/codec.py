@@ -30,7 +30,7 @@ from remora.proxy.http.codec_state import (
     SWITCHED_PROTOCOL,
     ConnectionState,
 )
-from remora.proxy.http.headers import split_absolute
+from remora.proxy.http.headers import connection_header_rejected, split_absolute
 
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
 # its own phrase for every response, also for upstream ones, and "Unknown" otherwise.
@@ -283,6 +283,10 @@ class RequestDecoder:
         framing = request_framing(req.method, req.hmap)
         if framing is not None:
             raise framing
+        connection = req.hmap.get("connection")
+        if (connection is not None and not req.upgrade
+                and connection_header_rejected(connection, req.hmap.get("te"))):
+            raise CodecError(400, "http1.connection_header_rejected")
         absolute = not req.url.startswith("/") and "://" in req.url
         if absolute:
             # Envoy's codec parses an absolute-form target and refuses what its URL
