@@ -260,7 +260,16 @@ class RequestDecoder:
         prev = req.hmap.get(n)
         # Repeated headers fold into one comma-joined value, as Envoy's header map does
         # for lookups (REQ() in the access log prints the joined value).
-        req.hmap[n] = v if prev is None else f"{prev},{v}"
+        if prev is None:
+            req.hmap[n] = v
+        elif n != "host" or (prev and v):
+            req.hmap[n] = f"{prev},{v}"
+        elif v:
+            # Host is Envoy's inline :authority, appended to in place
+            # (HeaderMapImpl::appendToHeader): an empty value adds nothing, and the first
+            # value after an empty one comes without a delimiter (``Host: `` then
+            # ``Host: a`` is ``a``, not ``,a``; checked against Envoy 1.40)
+            req.hmap[n] = v
 
     def _count(self, n: int) -> None:
         self._header_bytes += n

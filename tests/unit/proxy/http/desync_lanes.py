@@ -48,7 +48,7 @@ from typing import Any
 
 from tests.unit.proxy.http import desync_harness as dh
 
-QUIET = float(os.environ.get("REMORA_DESYNC_QUIET", "0.25"))
+QUIET = float(os.environ.get("REMORA_DESYNC_QUIET", "0.5"))
 HANG = float(os.environ.get("REMORA_DESYNC_HANG", "15"))
 
 # A request as the backend framed it: (kind, method, target, headers, body). kind is

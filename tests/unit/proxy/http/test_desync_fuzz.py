@@ -512,6 +512,33 @@ def test_connection_nominations_refused_as_envoy_refuses_them(
     assert bad == [], "\n".join(bad)
 
 
+HOST_LINES = [
+    b"Host: \r\nHost: a\r\n",  # the 10,000-case run's finding (seed 15, case 1282)
+    b"Host: a\r\nHost: \r\n", b"Host: a\r\nHost: b\r\n", b"Host: \r\nHost: \r\n",
+    b"Host: a\r\nHost: \r\nHost: b\r\n", b"Host: \r\n",
+]
+
+
+@pytest.mark.envoy
+def test_repeated_host_forwarded_as_envoy_joins_it(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What the differential run found (``Host: `` then ``Host: a`` reached the backend as
+    ``host: ,a`` through remora, ``host: a`` through Envoy), held for each repetition."""
+    work = tmp_path_factory.mktemp("fuzz-host")
+    bad = []
+    with dl.lane_proxy("envoy", 1, work / "envoy") as envoy, \
+            dl.lane_proxy("remora", 1, work / "remora") as remora:
+        for lines in HOST_LINES:
+            request = b"GET /hosts HTTP/1.1\r\n" + lines + b"\r\n"
+            oe, orr = dl.exchange_all([("envoy", envoy.ports[0], envoy.backends[0]),
+                                       ("remora", remora.ports[0], remora.backends[0])],
+                                      request)
+            v = compare(0, request, oe, orr)
+            if v.category != "same":
+                bad.append(v.describe())
+    assert bad == [], "\n".join(bad)
+
+
 # -- backend side ---------------------------------------------------------------------------
 def envoy_known_defect(response: bytes) -> bool:
     """Responses Envoy 1.40 is known to get wrong, left out of its run (remora's run keeps
