@@ -216,8 +216,12 @@ class RequestDecoder:
         when its line ends, but llhttp reports nothing until an empty line follows. Envoy
         answers it at once (426, accept_http_10 is off); so do we. llhttp leaves the
         version at 0.0 until a version is parsed, so a line end right after the URL while
-        the version is still 0.0 is such a line."""
-        if self._parser.get_http_version() != "0.0":
+        the version is still 0.0 is such a line. Once llhttp has read on past that line
+        end (a header line in the same read) it says 0.9 itself."""
+        version = self._parser.get_http_version()
+        if version == "0.9":
+            raise CodecError(426, "low_version")
+        if version != "0.0":
             return
         piece = self._url_piece
         if piece is None:  # no URL byte in DATA: did the URL end with the previous read?

@@ -540,6 +540,32 @@ def test_repeated_host_forwarded_as_envoy_joins_it(
     assert bad == [], "\n".join(bad)
 
 
+HTTP09_HEADS = [
+    b"GET /\r\n", b"GET /\r\nHost: a\r\n", b"GET http://b/x\r\nHost: \r\n",
+    # the 10,000-case run's finding (seed 17, case 8265): Envoy answers 426 at once,
+    # remora waited for the rest of the head
+    b"GET http://b.examle/ok-/1.1\r\nHost: \r\n",
+]
+
+
+@pytest.mark.envoy
+def test_http09_line_answered_at_once_as_by_envoy(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An HTTP/0.9 request line (no version) gets Envoy's 426 and the connection's end
+    without waiting for the rest of the head, also when a header line came with it."""
+    work = tmp_path_factory.mktemp("fuzz-09")
+    bad = []
+    with dl.lane_proxy("envoy", 1, work / "envoy") as envoy, \
+            dl.lane_proxy("remora", 1, work / "remora") as remora:
+        for request in HTTP09_HEADS:
+            oe, orr = dl.exchange_all([("envoy", envoy.ports[0], envoy.backends[0]),
+                                       ("remora", remora.ports[0], remora.backends[0])],
+                                      request)
+            if not (oe.statuses == orr.statuses == [426] and orr.ended != "quiet"):
+                bad.append(compare(0, request, oe, orr).describe())
+    assert bad == [], "\n".join(bad)
+
+
 # -- backend side ---------------------------------------------------------------------------
 def envoy_known_defect(response: bytes) -> bool:
     """Responses Envoy 1.40 is known to get wrong, left out of its run (remora's run keeps
