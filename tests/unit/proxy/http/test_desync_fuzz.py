@@ -219,8 +219,13 @@ def stricter_reason(request: bytes, missing: Counter[Key], remora: dl.Outcome) -
       content-length or transfer-encoding. RFC 9110 section 6.5.1: a sender MUST NOT
       put framing fields there; remora (llhttp) answers 400, Envoy 1.40 drops the
       trailers and forwards the request.
-    remora must also refuse visibly: a 400 or 426, or closing the connection."""
-    refused = remora.ended == "closed" or bool({400, 426} & set(remora.statuses))
+    * ``empty Transfer-Encoding line``: ``Transfer-Encoding:`` with nothing, and another
+      Transfer-Encoding line. Envoy 1.40 joins them as its inline header (the empty one
+      adds nothing, as for Host) and frames the request chunked; remora joins them as
+      ``,chunked`` and answers 501 http1.invalid_transfer_encoding.
+    remora must also refuse visibly: a local reply of 400 or more (the backend here
+    answers only 200 and 101), or closing the connection."""
+    refused = remora.ended == "closed" or any(s >= 400 for s in remora.statuses)
     if not refused:
         return ""
     if all(k[0] in ("head", "fragment") for k in missing):
@@ -241,6 +246,8 @@ def stricter_reason(request: bytes, missing: Counter[Key], remora: dl.Outcome) -
         return "trailing OWS in Host/Transfer-Encoding"
     if TRAILER_FRAMING.search(request):
         return "framing field in trailers"
+    if EMPTY_TE.search(request) and len(ANY_TE.findall(request)) > 1:
+        return "empty Transfer-Encoding line"
     return ""
 
 
@@ -256,6 +263,8 @@ def request_line_whitespace(data: bytes) -> bool:
     return any((b"\t" in line or line.endswith(b" "))
                for line in data.split(b"\r\n")
                if b"HTTP/1." in line and not line.startswith(b"HTTP/"))
+EMPTY_TE = re.compile(rb"(?im)^transfer-encoding:[ \t]*\r$")
+ANY_TE = re.compile(rb"(?im)^transfer-encoding:")
 TRAILER_FRAMING = re.compile(
     rb"(?i)\r\n0\r\n(?:[^\r\n]+\r\n)*(?:content-length|transfer-encoding):")
 
