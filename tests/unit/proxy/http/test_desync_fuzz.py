@@ -485,6 +485,17 @@ def test_fuzzed_requests_remora_forwards_nothing_envoy_refuses(
                              + "\n".join(v.describe() for v in confirmed[:5]))
 
 
+def both(work: pytest.TempPathFactory, requests: list[bytes],
+         name: str) -> list[tuple[bytes, dl.Outcome, dl.Outcome]]:
+    """REQUESTS through a fresh Envoy and remora, side by side on a lane each."""
+    base = work.mktemp(name)
+    lanes = min(LANES, len(requests))
+    with dl.lane_proxy("envoy", lanes, base / "envoy") as envoy, \
+            dl.lane_proxy("remora", lanes, base / "remora") as remora:
+        outcomes = run_cases([envoy, remora], requests)
+    return [(r, oe, orr) for r, (oe, orr) in zip(requests, outcomes, strict=True)]
+
+
 CONNECTION_VALUES = [
     # Envoy's sanitizeConnectionHeader refuses these (400 http1.connection_header_rejected);
     # the first is the 10,000-case run's finding (seed 16, case 3611)
@@ -504,21 +515,14 @@ def test_connection_nominations_refused_as_envoy_refuses_them(
     Envoy answers 400), held case by case: each Connection value, on a plain request and
     on a websocket upgrade (Envoy's codec skips the check while handling an upgrade),
     reaches the backend through remora exactly as through Envoy, or through neither."""
-    work = tmp_path_factory.mktemp("fuzz-conn")
     extra = b"Upgrade: websocket\r\n" if upgrade else b""
-    bad = []
-    with dl.lane_proxy("envoy", 1, work / "envoy") as envoy, \
-            dl.lane_proxy("remora", 1, work / "remora") as remora:
-        for value in CONNECTION_VALUES:
-            token = b"upgrade, " if upgrade and value != b": Upgrade" else b""
-            request = (b"GET /ws-conn HTTP/1.1\r\nHost: a\r\nConnection: " + token + value
-                       + b"\r\n" + extra + b"x-a: 1\r\n\r\n")
-            oe, orr = dl.exchange_all([("envoy", envoy.ports[0], envoy.backends[0]),
-                                       ("remora", remora.ports[0], remora.backends[0])],
-                                      request)
-            v = compare(0, request, oe, orr)
-            if v.category != "same" or oe.statuses[:1] != orr.statuses[:1]:
-                bad.append(v.describe())
+    requests = [b"GET /ws-conn HTTP/1.1\r\nHost: a\r\nConnection: "
+                + (b"upgrade, " if upgrade and value != b": Upgrade" else b"") + value
+                + b"\r\n" + extra + b"x-a: 1\r\n\r\n" for value in CONNECTION_VALUES]
+    bad = [compare(0, r, oe, orr).describe()
+           for r, oe, orr in both(tmp_path_factory, requests, "fuzz-conn")
+           if compare(0, r, oe, orr).category != "same"
+           or oe.statuses[:1] != orr.statuses[:1]]
     assert bad == [], "\n".join(bad)
 
 
@@ -534,18 +538,10 @@ def test_repeated_host_forwarded_as_envoy_joins_it(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """What the differential run found (``Host: `` then ``Host: a`` reached the backend as
     ``host: ,a`` through remora, ``host: a`` through Envoy), held for each repetition."""
-    work = tmp_path_factory.mktemp("fuzz-host")
-    bad = []
-    with dl.lane_proxy("envoy", 1, work / "envoy") as envoy, \
-            dl.lane_proxy("remora", 1, work / "remora") as remora:
-        for lines in HOST_LINES:
-            request = b"GET /hosts HTTP/1.1\r\n" + lines + b"\r\n"
-            oe, orr = dl.exchange_all([("envoy", envoy.ports[0], envoy.backends[0]),
-                                       ("remora", remora.ports[0], remora.backends[0])],
-                                      request)
-            v = compare(0, request, oe, orr)
-            if v.category != "same":
-                bad.append(v.describe())
+    requests = [b"GET /hosts HTTP/1.1\r\n" + lines + b"\r\n" for lines in HOST_LINES]
+    bad = [compare(0, r, oe, orr).describe()
+           for r, oe, orr in both(tmp_path_factory, requests, "fuzz-host")
+           if compare(0, r, oe, orr).category != "same"]
     assert bad == [], "\n".join(bad)
 
 
@@ -562,16 +558,9 @@ def test_http09_line_answered_at_once_as_by_envoy(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """An HTTP/0.9 request line (no version) gets Envoy's 426 and the connection's end
     without waiting for the rest of the head, also when a header line came with it."""
-    work = tmp_path_factory.mktemp("fuzz-09")
-    bad = []
-    with dl.lane_proxy("envoy", 1, work / "envoy") as envoy, \
-            dl.lane_proxy("remora", 1, work / "remora") as remora:
-        for request in HTTP09_HEADS:
-            oe, orr = dl.exchange_all([("envoy", envoy.ports[0], envoy.backends[0]),
-                                       ("remora", remora.ports[0], remora.backends[0])],
-                                      request)
-            if not (oe.statuses == orr.statuses == [426] and orr.ended != "quiet"):
-                bad.append(compare(0, request, oe, orr).describe())
+    bad = [compare(0, r, oe, orr).describe()
+           for r, oe, orr in both(tmp_path_factory, HTTP09_HEADS, "fuzz-09")
+           if not (oe.statuses == orr.statuses == [426] and orr.ended != "quiet")]
     assert bad == [], "\n".join(bad)
 
 
