@@ -297,7 +297,8 @@ class RequestDecoder:
         if framing is not None:
             raise framing
         connection = req.hmap.get("connection")
-        if connection is not None and connection_header_rejected(
+        # Envoy's codec skips the check while handling an upgrade, and a CONNECT is one
+        if connection is not None and req.method != "CONNECT" and connection_header_rejected(
                 connection, req.hmap.get("te"), "upgrade" in req.hmap):
             raise CodecError(400, "http1.connection_header_rejected")
         absolute = not req.url.startswith("/") and "://" in req.url
