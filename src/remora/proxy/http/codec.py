@@ -29,7 +29,7 @@ from remora.proxy.http.codec_state import (
     SWITCHED_PROTOCOL,
     ConnectionState,
 )
-from remora.proxy.http.headers import split_absolute
+from remora.proxy.http.headers import connection_header_rejected, split_absolute
 
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
 # its own phrase for every response, also for upstream ones, and "Unknown" otherwise.
@@ -219,8 +219,12 @@ class RequestDecoder:
         when its line ends, but llhttp reports nothing until an empty line follows. Envoy
         answers it at once (426, accept_http_10 is off); so do we. llhttp leaves the
         version at 0.0 until a version is parsed, so a line end right after the URL while
-        the version is still 0.0 is such a line."""
-        if self._parser.get_http_version() != "0.0":
+        the version is still 0.0 is such a line. Once llhttp has read on past that line
+        end (a header line in the same read) it says 0.9 itself."""
+        version = self._parser.get_http_version()
+        if version == "0.9":
+            raise CodecError(426, "low_version")
+        if version != "0.0":
             return
         piece = self._url_piece
         if piece is None:  # no URL byte in DATA: did the URL end with the previous read?
@@ -267,7 +271,17 @@ class RequestDecoder:
         hmap = req.hmap
         # Repeated headers fold into one comma-joined value, as Envoy's header map does
         # for lookups (REQ() in the access log prints the joined value).
-        hmap[n] = f"{hmap[n]},{v}" if n in hmap else v
+        prev = hmap.get(n)
+        if prev is None:
+            hmap[n] = v
+        elif n != "host" or (prev and v):
+            hmap[n] = f"{prev},{v}"
+        elif v:
+            # Host is Envoy's inline :authority, appended to in place
+            # (HeaderMapImpl::appendToHeader): an empty value adds nothing, and the first
+            # value after an empty one comes without a delimiter (``Host: `` then
+            # ``Host: a`` is ``a``, not ``,a``; checked against Envoy 1.40)
+            hmap[n] = v
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -293,6 +307,11 @@ class RequestDecoder:
             framing = request_framing(req.method, hmap)
             if framing is not None:
                 raise framing
+        connection = hmap.get("connection")
+        # Envoy's codec skips the check while handling an upgrade, and a CONNECT is one
+        if connection is not None and req.method != "CONNECT" and connection_header_rejected(
+                connection, hmap.get("te"), "upgrade" in hmap):
+            raise CodecError(400, "http1.connection_header_rejected")
         absolute = not req.url.startswith("/") and "://" in req.url
         if absolute:
             # Envoy's codec parses an absolute-form target and refuses what its URL

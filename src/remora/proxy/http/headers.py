@@ -83,6 +83,32 @@ def is_loopback(ip: str) -> bool:
         return False
 
 
+_NOMINATION_REFUSED = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
+
+
+def connection_header_rejected(value: str, te: str | None, upgrade: bool) -> bool:
+    """Envoy's Utility::sanitizeConnectionHeader refuses the request (its HTTP/1 codec
+    answers 400 http1.connection_header_rejected) when Connection lists 10 or more
+    non-empty tokens, nominates x-forwarded-for/-host/-proto (removing them could mask
+    where a request came from) or a pseudo-header (a token starting with ``:``), or
+    nominates a TE of 256 bytes or more. Not checked on an upgrade, which Envoy's codec
+    tells (Utility::isUpgrade) by an Upgrade header (UPGRADE) and a Connection token that
+    is exactly ``upgrade`` (``: Upgrade`` is not one: refused). Checked against Envoy 1.40
+    (the differential desync fuzz, issue 10)."""
+    tokens = [t for t in value.split(",") if t]
+    names = [t.strip(" \t").lower() for t in tokens]
+    if upgrade and "upgrade" in names:
+        return False
+    if len(tokens) >= 10:
+        return True
+    for name in names:
+        if name in _NOMINATION_REFUSED or name.startswith(":"):
+            return True
+        if name == "te" and te is not None and len(te) >= 256:
+            return True
+    return False
+
+
 def connection_nominated(value: str | None) -> frozenset[str]:
     """Header names listed in Connection (RFC 9110 7.6.1) are hop-by-hop too."""
     if not value:
