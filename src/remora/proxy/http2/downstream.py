@@ -52,6 +52,7 @@ from ngh2 import Setting as SettingCodes
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
+from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
 from remora.proxy.stats import counter
@@ -163,6 +164,7 @@ class Http2Connection:
         self._drain = downstream.drain
         self.draining = False  # the drain sequence started (its first GOAWAY is out)
         self._drain_timer: asyncio.TimerHandle | None = None  # drain_timeout
+        self._keepalive: Keepalive | None = None  # connection_keepalive
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._control_frames = 0  # control frames answered while the client does not read
         self._empty_frames = 0
@@ -191,6 +193,11 @@ class Http2Connection:
         self._take_over()
         self._write()
         self._arm_idle()
+        if opts.keepalive_timeout > 0 and not self.closed:
+            self._keepalive = Keepalive(opts.keepalive_interval, opts.keepalive_timeout,
+                                        opts.keepalive_jitter, self._ping,
+                                        self._keepalive_timeout)
+            self._keepalive.start()
         try:
             await self._done
         except asyncio.CancelledError:
@@ -205,6 +212,8 @@ class Http2Connection:
                 self._stream_timer.cancel()
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
+            if self._keepalive is not None:
+                self._keepalive.stop()
             for stream in list(self.streams.values()):
                 if not stream.response_complete:
                     stream.scon.cancel_active("dc")
@@ -269,6 +278,24 @@ class Http2Connection:
         if not self.streams:
             self._close_drained()
 
+    # -- connection_keepalive ---------------------------------------------------------
+    def _ping(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(ngh2.NGH2Error):
+                self.h2.ping(PING_DATA)
+            self._write()
+
+    def _keepalive_timeout(self) -> None:
+        """No PING ACK within the timeout: Envoy's onKeepaliveResponseTimeout counts
+        http2.keepalive_timeout and closes without flushing; the streams under way end
+        as disconnects."""
+        if self.closed:
+            return
+        self.hcm.stats.inc("http2.keepalive_timeout")
+        with contextlib.suppress(Exception):
+            self.transport.abort()
+        self.on_lost()
+
     def _close_drained(self) -> None:
         self._write_now()  # the last stream's frames, then the FIN
         with contextlib.suppress(Exception):
@@ -313,6 +340,9 @@ class Http2Connection:
     def on_data(self, data: bytes) -> None:
         if self.closed:
             return
+        ka = self._keepalive
+        if ka is not None and ka.waiting:
+            ka.on_frame()
         conn = self.h2
         try:
             conn.receive_data(data)
@@ -390,6 +420,9 @@ class Http2Connection:
                 self.pump(s)
         elif isinstance(ev, ngh2.PingReceived):
             self._control_frame()
+        elif isinstance(ev, ngh2.PingAcknowledged):
+            if self._keepalive is not None:
+                self._keepalive.on_ack()
         elif isinstance(ev, ngh2.GoAwayReceived):
             # the client sends no new stream; the ones under way finish
             self.goaway_received = True
