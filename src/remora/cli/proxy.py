@@ -25,8 +25,17 @@ from remora.errors import UsageError
               help="Accepted for Envoy command-line compatibility; unused.")
 @click.option("--mode", type=click.Choice(["serve", "validate"]), default="serve",
               show_default=True, help="validate: load and check the config, then exit.")
+@click.option("--drain-time-s", "drain_time", type=click.IntRange(min=0), default=600,
+              show_default=True,
+              help="Envoy's: how long /drain_listeners?graceful drains before the "
+                   "listeners stop.")
+@click.option("--drain-strategy", type=click.Choice(["gradual", "immediate"]),
+              default="gradual", show_default=True,
+              help="Envoy's: gradual closes more connections as the drain time passes, "
+                   "immediate all at once.")
 def proxy(config_path: str, concurrency: int, group: int | None, user: int | None,
-          log_level: str, base_id: int | None, mode: str) -> None:
+          log_level: str, base_id: int | None, mode: str, drain_time: int,
+          drain_strategy: str) -> None:
     """Run the sidecar proxy on an Envoy v3 bootstrap (static or file-based LDS/CDS/EDS)."""
     from remora.proxy import process
 
@@ -36,6 +45,8 @@ def proxy(config_path: str, concurrency: int, group: int | None, user: int | Non
     process.setup_logging(level)
     process.drop_privileges(group, user)
     server = process.load(config_path, concurrency)
+    server.drain.drain_time = float(drain_time)
+    server.drain.strategy = drain_strategy
     if mode == "validate":
         click.echo(f"configuration '{config_path}' OK")
         return

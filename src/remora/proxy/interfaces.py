@@ -55,6 +55,14 @@ class ConnectionFacts:
     peer_subject: str | None = None
 
 
+class DrainDecision(Protocol):
+    """Envoy's Network::DrainDecision: whether a connection should be drained now. A
+    network filter asks it where closing costs least (the HTTP connection manager: as
+    each response starts); server/drain.py says when it answers yes."""
+
+    def drain_close(self) -> bool: ...
+
+
 class Downstream(Protocol):
     """An accepted downstream connection, given to the filter chain's network filters.
     ``reader`` sees every byte the client sent (listener filters only peek)."""
@@ -63,6 +71,7 @@ class Downstream(Protocol):
     writer: asyncio.StreamWriter
     facts: ConnectionFacts
     info: StreamInfo  # connection-level; HTTP makes one per request from it
+    drain: DrainDecision  # its listener's (server/drain.py)
 
     def close(self) -> None: ...
 

@@ -118,8 +118,8 @@ def run(server: Server, options: dict[str, Any]) -> int:
         children.append(pid)
     server.keep_worker(0)
     try:
-        server.on_drain = lambda inbound_only: _signal(
-            children, signal.SIGUSR2 if inbound_only else signal.SIGUSR1)
+        server.on_drain = lambda inbound_only, graceful: _signal(
+            children, _DRAIN_SIGNALS[graceful, inbound_only])
         return asyncio.run(_main(server, options, readers))
     finally:
         for pid in children:
@@ -129,6 +129,11 @@ def run(server: Server, options: dict[str, Any]) -> int:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         flush_all()
+
+
+# (graceful, inbound_only) -> the signal that relays /drain_listeners to the workers
+_DRAIN_SIGNALS = {(False, False): signal.SIGUSR1, (False, True): signal.SIGUSR2,
+                  (True, False): signal.SIGRTMIN, (True, True): signal.SIGRTMIN + 1}
 
 
 def _signal(pids: list[int], sig: int) -> None:
@@ -147,9 +152,10 @@ async def _worker(server: Server, pipe_fd: int) -> None:
     await server.start()
     _stop_on_signals(server)
     loop = asyncio.get_running_loop()
-    # The main process relays /drain_listeners: SIGUSR1 all, SIGUSR2 inbound only.
-    loop.add_signal_handler(signal.SIGUSR1, server.drain_listeners, False)
-    loop.add_signal_handler(signal.SIGUSR2, server.drain_listeners, True)
+    # The main process relays /drain_listeners: SIGUSR1 all, SIGUSR2 inbound only;
+    # ?graceful: SIGRTMIN all, SIGRTMIN+1 inbound only.
+    for (graceful, inbound_only), sig in _DRAIN_SIGNALS.items():
+        loop.add_signal_handler(sig, server.drain_listeners, inbound_only, graceful)
     os.set_blocking(pipe_fd, False)
     while not server.stopped.is_set():
         with contextlib.suppress(TimeoutError):

@@ -37,7 +37,8 @@ HELP = {
     "/ready": "LIVE when serving (200), else the state (503)",
     "/server_info": "version, state, uptime, command line options",
     "/quitquitquit": "exit the server (POST)",
-    "/drain_listeners": "stop accepting, keep open connections (POST, ?inboundonly)",
+    "/drain_listeners": "stop accepting, keep open connections (POST, ?inboundonly, "
+                        "?graceful: drain them first)",
     "/logging": "view or change the log level (POST ?level=debug|info|warning|error)",
 }
 
@@ -131,7 +132,8 @@ class Admin:
         if path == "/quitquitquit":
             return 200, text, "OK\n"
         if path == "/drain_listeners":
-            self.server.drain_listeners(inbound_only="inboundonly" in q)
+            self.server.drain_listeners(inbound_only="inboundonly" in q,
+                                        graceful="graceful" in q)
             return 200, text, "OK\n"
         if path == "/logging":
             level = q.get("level")

@@ -83,9 +83,7 @@ class Http1Connection:
         self.decoder = RequestDecoder(self.cfg.max_request_headers_kb * 1024,
                                       self.cfg.max_headers_count, BUFFER_LIMIT)
         self.eof = False
-        # Envoy answers with connection: close while its listener drains; nothing sets
-        # this yet (the core's contract has no drain signal for network filters)
-        self.draining = False
+        self._drain = downstream.drain
         self.active: ActiveStream | None = None
         self.cancel_reason: str | None = None
         self.idle = False
@@ -127,6 +125,16 @@ class Http1Connection:
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
+
+    @property
+    def draining(self) -> bool:
+        """Asked as a response starts (stream.py): Envoy answers with connection: close
+        once its listener's drain decision says so (server/drain.py)."""
+        if self._drain.drain_close():
+            # ConnectionManagerImpl counts the connection it drains
+            self.hcm.stats.inc(f"http.{self.cfg.stat_prefix}.downstream_cx_drain_close")
+            return True
+        return False
 
     def _take_over(self) -> None:
         """Switch the transport to our protocol; what the core's StreamReader already

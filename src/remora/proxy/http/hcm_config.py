@@ -47,6 +47,8 @@ class HcmConfig:
     stream_idle_timeout: float = 300.0
     request_timeout: float = 0.0
     request_headers_timeout: float = 0.0  # 0: disabled (Envoy's default)
+    # HTTP/2: from the drain's first GOAWAY to the final one (Envoy's default 5 s)
+    drain_timeout: float = 5.0
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
     codec_type: str = "AUTO"  # AUTO (ALPN h2 or the h2 preface), HTTP1 or HTTP2
@@ -108,6 +110,7 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
     # from a request's first byte until its headers are complete; Envoy answers 408
     # "request header timeout" (request_header_timeout, no flag) and closes
     cfg.request_headers_timeout = f.duration("request_headers_timeout", 0.0)
+    cfg.drain_timeout = f.duration("drain_timeout", 5.0)
     if cfg.request_timeout:
         raise ConfigError(f.at("request_timeout"), "a non-zero request_timeout is not "
                           "implemented by remora", "remove it or set \"0s\" (disabled, "

@@ -28,6 +28,14 @@ resets, or half of the closed streams once 500 closed) and control-frame floods
 (max_outbound_control_frames while the client does not read;
 max_consecutive_inbound_frames_with_empty_payload) close the connection after GOAWAY.
 Shutdown and idle_timeout send GOAWAY too.
+
+Drain (server/drain.py): as a response starts, the listener's drain decision is asked, as
+Envoy's ActiveStream::encodeHeaders asks it; a yes starts the connection's drain sequence
+(ConnectionManagerImpl::startDrainSequence): a GOAWAY with last stream id 2^31-1 (the
+client should open no more streams, those in flight go on), then after the HCM's
+``drain_timeout`` (default 5 s) the final GOAWAY with the last stream taken up
+(onDrainTimeout); streams after it are refused, and the connection closes once the last
+stream ended.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from ngh2 import Setting as SettingCodes
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
+from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
 from remora.proxy.stats import counter
@@ -152,6 +161,10 @@ class Http2Connection:
         self.closed = False
         self.goaway_sent = False
         self.goaway_received = False
+        self._drain = downstream.drain
+        self.draining = False  # the drain sequence started (its first GOAWAY is out)
+        self._drain_timer: asyncio.TimerHandle | None = None  # drain_timeout
+        self._keepalive: Keepalive | None = None  # connection_keepalive
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._control_frames = 0  # control frames answered while the client does not read
         self._empty_frames = 0
@@ -180,6 +193,11 @@ class Http2Connection:
         self._take_over()
         self._write()
         self._arm_idle()
+        if opts.keepalive_timeout > 0 and not self.closed:
+            self._keepalive = Keepalive(opts.keepalive_interval, opts.keepalive_timeout,
+                                        opts.keepalive_jitter, self._ping,
+                                        self._keepalive_timeout)
+            self._keepalive.start()
         try:
             await self._done
         except asyncio.CancelledError:
@@ -192,6 +210,10 @@ class Http2Connection:
                 self._idle_timer.cancel()
             if self._stream_timer is not None:
                 self._stream_timer.cancel()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            if self._keepalive is not None:
+                self._keepalive.stop()
             for stream in list(self.streams.values()):
                 if not stream.response_complete:
                     stream.scon.cancel_active("dc")
@@ -229,6 +251,56 @@ class Http2Connection:
         with contextlib.suppress(ngh2.NGH2Error):
             self.h2.terminate_connection(code)
         self._write_now()  # the connection may close right after
+
+    # -- drain --------------------------------------------------------------------------
+    def start_drain(self) -> None:
+        """Envoy's ConnectionManagerImpl::startDrainSequence: the graceful GOAWAY (last
+        stream id 2^31-1, nghttp2's shutdown notice), the final one drain_timeout later."""
+        if self.draining or self.goaway_sent or self.closed:
+            return
+        self.draining = True
+        self.hcm.stats.inc(self._stat + "downstream_cx_drain_close")
+        with contextlib.suppress(ngh2.NGH2Error):
+            self.h2.send_shutdown_notice()
+        self._write()
+        self._drain_timer = self.loop.call_later(self.cfg.drain_timeout, self._drain_timeout)
+
+    def _drain_timeout(self) -> None:
+        """ConnectionManagerImpl::onDrainTimeout: the final GOAWAY names the last stream
+        taken up; the connection closes once no stream is left."""
+        self._drain_timer = None
+        if self.closed or self.goaway_sent:
+            return
+        self.goaway_sent = True
+        with contextlib.suppress(ngh2.NGH2Error):
+            self.h2.send_goaway(ErrorCodes.NO_ERROR)
+        self._write_now()
+        if not self.streams:
+            self._close_drained()
+
+    # -- connection_keepalive ---------------------------------------------------------
+    def _ping(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(ngh2.NGH2Error):
+                self.h2.ping(PING_DATA)
+            self._write()
+
+    def _keepalive_timeout(self) -> None:
+        """No PING ACK within the timeout: Envoy's onKeepaliveResponseTimeout counts
+        http2.keepalive_timeout and closes without flushing; the streams under way end
+        as disconnects."""
+        if self.closed:
+            return
+        self.hcm.stats.inc("http2.keepalive_timeout")
+        with contextlib.suppress(Exception):
+            self.transport.abort()
+        self.on_lost()
+
+    def _close_drained(self) -> None:
+        self._write_now()  # the last stream's frames, then the FIN
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        self.on_lost()
 
     def _abort(self, code: ErrorCodes, stat: str) -> None:
         """An abuse bound was crossed: GOAWAY, then the connection is closed. STAT is
@@ -268,6 +340,9 @@ class Http2Connection:
     def on_data(self, data: bytes) -> None:
         if self.closed:
             return
+        ka = self._keepalive
+        if ka is not None and ka.waiting:
+            ka.on_frame()
         conn = self.h2
         try:
             conn.receive_data(data)
@@ -345,6 +420,9 @@ class Http2Connection:
                 self.pump(s)
         elif isinstance(ev, ngh2.PingReceived):
             self._control_frame()
+        elif isinstance(ev, ngh2.PingAcknowledged):
+            if self._keepalive is not None:
+                self._keepalive.on_ack()
         elif isinstance(ev, ngh2.GoAwayReceived):
             # the client sends no new stream; the ones under way finish
             self.goaway_received = True
@@ -590,6 +668,8 @@ class Http2Connection:
             return
         # sent by the next pump (the stream's flush), with END_STREAM when the response
         # has no body by then (a local reply without body: one HEADERS frame, as Envoy)
+        if not self.draining and self._drain.drain_close():
+            self.start_drain()
         code = _STATUS.get(status)
         if code is None:
             code = str(status).encode()
@@ -727,6 +807,8 @@ class Http2Connection:
             return
         if self.goaway_received and not self.streams:
             self._finish()
+        elif self.draining and self.goaway_sent and not self.streams:
+            self._close_drained()
 
     def _stream_idle_check(self) -> None:
         """stream_idle_timeout: a stream neither side moved a byte of for that long is

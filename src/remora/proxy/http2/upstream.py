@@ -56,6 +56,7 @@ from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
 from remora.proxy.http2.header_names import decode_fields, encode_fields
+from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
     request_headers,
@@ -226,6 +227,7 @@ class H2Client:
         # assumption (peer_max_concurrent_streams: 100, RFC 9113's recommended minimum)
         self.peer_max_streams = 100
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._keepalive: Keepalive | None = None  # connection_keepalive
         self._pending_out = b""  # serialised, written by the next flush (_flush_now)
         self._flush_scheduled = False
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
@@ -300,6 +302,11 @@ class H2Client:
         buffered, at_eof = take_over(upstream.reader, transport,
                                      _Protocol(self, transport.get_protocol()))
         self.stats.inc(self.stat + "upstream_cx_http2_total")
+        if opts.keepalive_timeout > 0:
+            self._keepalive = Keepalive(opts.keepalive_interval, opts.keepalive_timeout,
+                                        opts.keepalive_jitter, self._ping,
+                                        self._keepalive_timeout)
+            self._keepalive.start()
         self.flush()
         if not self.ready.done():
             self.ready.set_result(None)
@@ -307,6 +314,24 @@ class H2Client:
             self.on_data(buffered)
         if at_eof or transport.is_closing():
             self.on_lost()
+
+    def _ping(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(ngh2.NGH2Error):
+                self.conn.ping(PING_DATA)
+            self.flush()
+
+    def _keepalive_timeout(self) -> None:
+        """No PING ACK within the timeout (http2/keepalive.py): Envoy counts
+        cluster.<name>.http2.keepalive_timeout and closes without flushing; the streams
+        on it end as a connection termination (503 UC before the response started)."""
+        if self.closed:
+            return
+        self.stats.inc(self.stat + "http2.keepalive_timeout")
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                self.upstream.writer.transport.abort()
+        self.on_lost()
 
     def fail(self, err: UpstreamError) -> None:
         """Connecting failed: every stream waiting for this connection fails alike."""
@@ -341,6 +366,8 @@ class H2Client:
     def close(self) -> None:
         if self.closed:
             return
+        if self._keepalive is not None:
+            self._keepalive.stop()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -358,6 +385,8 @@ class H2Client:
         """The connection ended: streams still open see a connection termination."""
         was_closed = self.closed
         self.closed = True
+        if self._keepalive is not None:
+            self._keepalive.stop()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -378,6 +407,9 @@ class H2Client:
     def on_data(self, data: bytes) -> None:
         if self.closed and not self.streams:
             return
+        ka = self._keepalive
+        if ka is not None and ka.waiting:
+            ka.on_frame()
         conn = self.conn
         try:
             conn.receive_data(data)
@@ -462,6 +494,9 @@ class H2Client:
                 st.closed = True
                 st.wake_writer()
                 st.push("reset", int(ev.error_code))
+        elif isinstance(ev, ngh2.PingAcknowledged):
+            if self._keepalive is not None:
+                self._keepalive.on_ack()
         elif isinstance(ev, ngh2.GoAwayReceived):
             # GOAWAY: no new streams here; streams above last_stream_id were never
             # processed (refused, retriable), the others may still complete

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from remora.proxy.interfaces import ConnectionFacts
+from remora.proxy.interfaces import ConnectionFacts, DrainDecision
 from remora.proxy.stream_info import StreamInfo
 
 
 class DownstreamConnection:
-    __slots__ = ("closed", "facts", "info", "reader", "writer")
+    __slots__ = ("closed", "drain", "facts", "info", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 facts: ConnectionFacts, info: StreamInfo) -> None:
+                 facts: ConnectionFacts, info: StreamInfo, drain: DrainDecision) -> None:
+        self.drain = drain
         self.reader = reader
         self.writer = writer
         self.facts = facts

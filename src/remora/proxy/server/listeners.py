@@ -258,7 +258,9 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
             info.downstream_alpn = alpn or info.downstream_alpn
         else:
             reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)
-        downstream = DownstreamConnection(reader, writer, facts, info)
+        downstream = DownstreamConnection(
+            reader, writer, facts, info,
+            server.drain.for_listener(cfg.traffic_direction == "INBOUND"))
         for filt in chain.filters:
             await filt.on_connection(downstream)
             if downstream.closed:

@@ -23,6 +23,7 @@ from remora.proxy.config.bootstrap import Bootstrap, read_discovery_file
 from remora.proxy.config.listener import LISTENER_TYPE, ListenerConfig, parse_listener
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.server.context import ProxyContext
+from remora.proxy.server.drain import DrainManager
 from remora.proxy.server.listeners import ActiveListener
 from remora.proxy.server.sockets import has_net_admin, require_net_admin
 from remora.proxy.stats import StatsStore
@@ -68,8 +69,12 @@ class Server:
         self.versions = {"lds": "", "cds": ""}
         self._watched: dict[str, tuple[tuple[int, int, int, int] | None, Callable[[], None]]] = {}
         self._poll_task: asyncio.Task[None] | None = None
-        # Called by drain_listeners (inbound_only) so --concurrency workers drain too.
-        self.on_drain: Callable[[bool], None] | None = None
+        # Called by drain_listeners (inbound_only, graceful) so --concurrency workers
+        # drain too.
+        self.on_drain: Callable[[bool, bool], None] | None = None
+        # --drain-time-s / --drain-strategy (set by the CLI before the workers fork)
+        self.drain = DrainManager()
+        self._drain_stop: asyncio.TimerHandle | None = None
         self.stopped = asyncio.Event()
         self.stats.touch(*(f"{x}.{y}" for x in ("listener_manager.lds", "cluster_manager.cds")
                            for y in ("update_attempt", "update_success", "update_rejected")))
@@ -166,18 +171,35 @@ class Server:
                     wildcard = active
         return wildcard
 
-    def drain_listeners(self, inbound_only: bool = False) -> None:
+    def drain_listeners(self, inbound_only: bool = False, graceful: bool = False) -> None:
+        """Envoy's /drain_listeners (ListenersHandler::handlerDrainListeners): without
+        GRACEFUL the listeners stop accepting at once and open connections are left as
+        they are; with it the drain sequence starts (server/drain.py: the HTTP connection
+        manager closes or GOAWAYs its connections as their next responses start) and the
+        listeners stop once the drain time is over. A second graceful call while the
+        sequence runs is ignored, as Envoy ignores it."""
+        if self.on_drain is not None:
+            self.on_drain(inbound_only, graceful)
+        if not graceful:
+            self._stop_listeners(inbound_only)
+            return
+        if self.drain.start(inbound_only):
+            self.state = "DRAINING"
+            self._drain_stop = asyncio.get_running_loop().call_later(
+                self.drain.drain_time, self._stop_listeners, inbound_only)
+
+    def _stop_listeners(self, inbound_only: bool) -> None:
         for active in self.listeners.values():
             if inbound_only and active.config.traffic_direction != "INBOUND":
                 continue
             active.stop_accepting()
         self.state = "DRAINING"
-        if self.on_drain is not None:
-            self.on_drain(inbound_only)
 
     async def stop(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
+        if self._drain_stop is not None:
+            self._drain_stop.cancel()
         for active in self.listeners.values():
             active.stop_accepting()
         self.stopped.set()

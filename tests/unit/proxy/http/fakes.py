@@ -19,7 +19,14 @@ import httptools
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
-from remora.proxy.interfaces import ConnectionFacts, OriginalSrc, Upstream, UpstreamError
+from remora.proxy.interfaces import (
+    ConnectionFacts,
+    DrainDecision,
+    OriginalSrc,
+    Upstream,
+    UpstreamError,
+)
+from remora.proxy.server.drain import NEVER_DRAIN
 from remora.proxy.stream_info import StreamInfo, format_address
 
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -142,6 +149,7 @@ class FakeDownstream:
     writer: asyncio.StreamWriter
     facts: ConnectionFacts
     info: StreamInfo
+    drain: DrainDecision = NEVER_DRAIN
 
     def close(self) -> None:
         self.writer.close()

@@ -1,0 +1,84 @@
+"""server/drain.py's decision (Envoy's DrainManagerImpl::drainClose) and the HCM's
+drain_timeout field, without sockets."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from remora.proxy.config.strict import ConfigError
+from remora.proxy.server.drain import NEVER_DRAIN, DrainManager
+from tests.unit.proxy import loopback_proxies as lp
+from tests.unit.proxy.http.fakes import FakeClusterManager, FakeContext, build_hcm, hcm_config
+
+
+def test_not_draining_until_started() -> None:
+    m = DrainManager(strategy="immediate")
+    assert not m.for_listener(True).drain_close()
+    assert m.start(False)
+    assert not m.start(True)  # a second graceful drain is ignored, its scope too
+    assert m.for_listener(True).drain_close() and m.for_listener(False).drain_close()
+    assert not NEVER_DRAIN.drain_close()
+
+
+def test_inbound_only_spares_other_listeners() -> None:
+    m = DrainManager(strategy="immediate")
+    m.start(inbound_only=True)
+    assert m.for_listener(True).drain_close()
+    assert not m.for_listener(False).drain_close()
+
+
+def test_gradual_probability_grows_with_elapsed_time() -> None:
+    random.seed(7)
+    m = DrainManager(drain_time=100.0, strategy="gradual")
+    m.start(False)
+    d = m.for_listener(False)
+    m.started = time.monotonic() - 10  # 10% of the drain time elapsed
+    early = sum(d.drain_close() for _ in range(4000)) / 4000
+    m.started = time.monotonic() - 90
+    late = sum(d.drain_close() for _ in range(4000)) / 4000
+    assert 0.07 < early < 0.13 and 0.87 < late < 0.93
+    m.started = time.monotonic() - 100  # the drain time is over: always
+    assert all(d.drain_close() for _ in range(100))
+
+
+def test_hcm_drain_timeout_parsed() -> None:
+    ctx = FakeContext(FakeClusterManager())
+    assert build_hcm(hcm_config(), ctx).cfg.drain_timeout == 5.0  # Envoy's default
+    assert build_hcm({**hcm_config(), "drain_timeout": "0.25s"}, ctx).cfg.drain_timeout == 0.25
+    with pytest.raises(ConfigError, match="drain_timeout"):
+        build_hcm({**hcm_config(), "drain_timeout": "soon"}, ctx)
+
+
+def test_graceful_drain_reaches_every_worker(tmp_path: Path) -> None:
+    """`remora proxy --concurrency 2`: /drain_listeners?graceful reaches the worker that
+    serves a connection (relayed by signal), so every keep-alive connection, whichever
+    worker accepted it, gets connection: close on its next response."""
+    from tests.unit.proxy import test_drain_envoy_parity as dp
+    with dp._proxy("remora", tmp_path, "--concurrency", "2", "--drain-strategy",
+                   "immediate") as p:
+        conns = [dp._h1(p.inbound) for _ in range(12)]
+        try:
+            for s in conns:
+                s.settimeout(0.1)  # (not closed: the wait for EOF times out)
+                head, closed = dp._h1_exchange(s)
+                assert not dp._has_close(head) and not closed
+                s.settimeout(3)
+            # both workers hold some of them (SO_REUSEPORT hashing: all 12 on one worker
+            # has odds of 1 in 2048)
+            text = lp.admin_text(p.admin, "/stats?filter=worker_")
+            active = {line.split(".worker_")[1].split(".")[0]: int(line.rsplit(": ", 1)[1])
+                      for line in text.splitlines()
+                      if f"_{p.inbound}.worker_" in line and "downstream_cx_active" in line}
+            assert active.get("0", 0) > 0 and active.get("1", 0) > 0, text
+            assert p.post("/drain_listeners?graceful") == 200
+            time.sleep(0.3)  # the signal reaches the worker
+            for s in conns:
+                head, closed = dp._h1_exchange(s)
+                assert dp._has_close(head) and closed
+        finally:
+            for s in conns:
+                s.close()
