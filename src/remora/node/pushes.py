@@ -10,30 +10,35 @@ merges a burst of changes into one push the same way (its debounce, PILOT_DEBOUN
 passes are 0.2 s apart and a user waits on the result.
 
 The rule: a change pushes at once when the last push is at least EVERY old (a lone
-change, e.g. a rollout's new pod, is not delayed); within a burst, it waits for the first
-pass that brings no new change, or until the last push is EVERY old.
+change, e.g. a rollout's new pod, is not delayed); within a burst, it waits until the
+cluster has not changed for QUIET, or until the last push is EVERY old. A Deployment's
+pods turn Ready a few tenths of a second apart, so a pass without a change does not end
+a burst.
 """
 
 from __future__ import annotations
 
 EVERY = 1.0  # seconds: at most one push per second while the cluster keeps changing
+QUIET = 0.5  # seconds without a change that end a burst
 
 
 class PushThrottle:
-    def __init__(self, every: float = EVERY) -> None:
-        self.every = every
+    def __init__(self, every: float = EVERY, quiet: float = QUIET) -> None:
+        self.every, self.quiet = every, quiet
         self.pushed = ""  # the cluster signature the sidecars' config was last made from
         self.pushed_at: float | None = None
         self._seen = ""  # the signature of the previous pass
+        self._changed_at = 0.0  # when a pass last saw a new signature
 
     def due(self, signature: str, now: float) -> bool:
-        """Whether this pass, which sees ``signature``, should push; call pushed() when
+        """Whether this pass, which sees ``signature``, should push; call done() when
         the push succeeded. False while nothing changed since the last push."""
-        quiet = signature == self._seen  # no new change since the previous pass
-        self._seen = signature
+        if signature != self._seen:
+            self._seen, self._changed_at = signature, now
         if signature == self.pushed:
             return False
-        return quiet or self.pushed_at is None or now - self.pushed_at >= self.every
+        return (self.pushed_at is None or now - self.pushed_at >= self.every
+                or now - self._changed_at >= self.quiet)
 
     def pending(self, signature: str) -> bool:
         return signature != self.pushed

@@ -15,25 +15,35 @@ def test_lone_change_pushes_at_once() -> None:
     assert t.due("b", 5.0)  # a change long after the last push: no delay
 
 
-def test_burst_is_merged_then_pushed_when_quiet() -> None:
-    t = PushThrottle(every=1.0)
-    assert t.due("s0", 0.0)
-    t.done("s0", 0.0)
-    # a Deployment's pods turn Ready one per pass, 0.2 s apart
+def _run(t: PushThrottle, passes: list[tuple[float, str]]) -> list[tuple[str, float]]:
     pushes = []
-    for i, now in enumerate([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4], start=1):
-        sig = f"s{i}"
+    for now, sig in passes:
         if t.due(sig, now):
             t.done(sig, now)
             pushes.append((sig, now))
-        else:
-            assert t.pending(sig)
-    assert pushes == [("s5", 1.0)]  # one push in the burst, EVERY after the last
-    # the burst ends: the first pass without a new change pushes the last state
-    assert t.due("s7", 1.6)
-    t.done("s7", 1.6)
+    return pushes
+
+
+def test_burst_is_merged_then_pushed_when_quiet() -> None:
+    t = PushThrottle(every=1.0, quiet=0.5)
+    assert _run(t, [(0.0, "s0")]) == [("s0", 0.0)]
+    # a Deployment's pods turn Ready one per pass, 0.2 s apart: one push in the burst,
+    # EVERY after the last
+    burst = [(round(0.2 * i, 1), f"s{i}") for i in range(1, 8)]
+    assert _run(t, burst) == [("s5", 1.0)]
+    assert t.pending("s7")
+    # the burst ends: the last state is pushed once the cluster has been quiet for QUIET
+    assert _run(t, [(1.6, "s7"), (1.8, "s7")]) == []
+    assert _run(t, [(2.0, "s7"), (2.2, "s7")]) == [("s7", 2.0)]
     assert not t.pending("s7")
-    assert not t.due("s7", 1.8)
+
+
+def test_changes_between_quiet_passes_are_still_one_push_a_second() -> None:
+    # pods turning Ready 0.4 s apart leave a pass without a change between two changes
+    t = PushThrottle(every=1.0, quiet=0.5)
+    passes = [(round(0.2 * i, 1), f"s{i // 2}") for i in range(0, 20)]
+    pushes = _run(t, passes)
+    assert pushes == [("s0", 0.0), ("s2", 1.0), ("s5", 2.0), ("s7", 3.0)]
 
 
 def test_failed_push_is_tried_again_next_pass() -> None:
