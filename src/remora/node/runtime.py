@@ -382,7 +382,7 @@ class Runtime:
             log.exception("pod setup failed to take the new cluster state")
             self._busy = True  # tried again next pass
             return
-        self._pushes.done(signature, now)
+        self._pushes.done(signature, now, time.monotonic() - now)
 
     def _apply_services(self, services: list[dict[str, Any]], snapshot: ClusterSnapshot,
                         pods: list[dict[str, Any]]) -> None:

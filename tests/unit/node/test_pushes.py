@@ -53,3 +53,20 @@ def test_failed_push_is_tried_again_next_pass() -> None:
     assert t.due("a", 0.2)  # the same state on the next pass: tried again
     t.done("a", 0.2)
     assert not t.pending("a")
+
+
+def test_a_slow_push_spaces_the_next_ones() -> None:
+    # one push of many pods took 0.75 s on a loaded host: within a burst the next waits
+    # COST_RATIO times that, not EVERY (each pass would otherwise find it a second old)
+    t = PushThrottle(every=1.0, quiet=0.5, cost_ratio=4.0)
+    assert t.due("s0", 0.0)
+    t.done("s0", 0.0, took=0.75)
+    burst = [(float(i), f"s{i}") for i in range(1, 8)]  # a pass a second, each a change
+    pushes = []
+    for now, sig in burst:
+        if t.due(sig, now):
+            t.done(sig, now, took=0.75)
+            pushes.append((sig, now))
+    assert pushes == [("s3", 3.0), ("s6", 6.0)]
+    # a lone change long after: at once
+    assert t.due("lone", 20.0)
