@@ -8,7 +8,8 @@ only writes desired objects into the store and wakes it. Each pass:
      containers one by one -> app containers; deleting pods are stopped, then removed
   3. the supervisor reaps, restarts with backoff, probes readiness
   4. services: ClusterIPs, endpoints from Ready pods; on change kube-proxy rules in every
-     node, the DNS zone, and PodSetup.cluster_changed (the sidecars' config)
+     node and the DNS zone; PodSetup.cluster_changed (the sidecars' config), at most once
+     a second while the cluster keeps changing (remora.node.pushes)
 
 On start the runtime adopts pods a previous daemon left running (see process.matches).
 """
@@ -42,6 +43,7 @@ from remora.node import (
 from remora.node.config import NodeConfig
 from remora.node.dns import Zone
 from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
+from remora.node.pushes import PushThrottle
 from remora.node.store import PodRow, Store
 from remora.node.supervisor import PodRef, Supervisor
 
@@ -72,7 +74,8 @@ class Runtime:
         self.zone = Zone(domain=config.domain)
         self.wake = threading.Event()
         self._retry: dict[str, float] = {}
-        self._signature = ""
+        self._signature = ""  # the cluster state kube-proxy's rules and DNS were made from
+        self._pushes = PushThrottle()  # the sidecars' config (remora.node.pushes)
         self._stopping: set[str] = set()
         self._admission_errors: set[str] = set()
         self._starting: dict[str, float] = {}  # pod uid -> when it left Pending
@@ -101,7 +104,9 @@ class Runtime:
         ownership.mark(naming.fabric_name(self.config.prefix), lab_id, self.config.state_dir)
         for row in self.store.list_pods():
             self._adopt(row)
+        # the adopted pods' rules, DNS and sidecar configs are made again on the first pass
         self._signature = ""
+        self._pushes = PushThrottle()
 
     def _adopt(self, row: PodRow) -> None:
         if row.phase == "Pending":
@@ -362,8 +367,26 @@ class Runtime:
                                 # policies and namespace labels change the sidecars' config
                                 snapshot.policies, snapshot.namespaces],
                                sort_keys=True, default=str)
-        if signature == self._signature:
+        if signature != self._signature:
+            self._apply_services(services, snapshot, pods)
+            self._signature = signature
+        now = time.monotonic()
+        if not self._pushes.due(signature, now):
+            if self._pushes.pending(signature):
+                self._busy = True  # a deferred push: the next tick must come
             return
+        contexts = [self.context(r) for r in self.store.list_pods() if r.ip and not r.deleting]
+        try:
+            self.setup.cluster_changed(snapshot, contexts)
+        except Exception:
+            log.exception("pod setup failed to take the new cluster state")
+            self._busy = True  # tried again next pass
+            return
+        self._pushes.done(signature, now, time.monotonic() - now)
+
+    def _apply_services(self, services: list[dict[str, Any]], snapshot: ClusterSnapshot,
+                        pods: list[dict[str, Any]]) -> None:
+        """The node's side of a cluster change, at once: the DNS zone and kube-proxy."""
         # DNS first: it must not wait for a rules reload that may fail and be retried.
         self.zone = views.zone(self.config.domain, services, pods)
         resolver.write_zone(self.config.state_dir, self.zone)  # the resolver process reads it
@@ -375,10 +398,3 @@ class Runtime:
             kubeproxy.apply(node.netns, rules)
             if rules6 is not None:
                 kubeproxy.apply(node.netns, rules6, ipv6=True)
-        contexts = [self.context(r) for r in self.store.list_pods() if r.ip and not r.deleting]
-        try:
-            self.setup.cluster_changed(snapshot, contexts)
-        except Exception:
-            log.exception("pod setup failed to take the new cluster state")
-            return
-        self._signature = signature
