@@ -17,10 +17,12 @@ from remora.controlplane.generate import generate
 from tests.unit.controlplane.seed import SERVER_IP, seed
 
 # what `remora proxy` must not import to start: PyYAML (the lab's files are JSON), the
-# lab and node runtime, the control plane, and their clients and kernel libraries
+# lab and node runtime, the control plane, and their clients and kernel libraries; the
+# HTTP/2 stack (ngh2) comes with the first HTTP/2 connection (proxy/http2/codec_choice.py)
 NOT_NEEDED = ("yaml", "grpc", "kubernetes", "cryptography", "pyroute2", "remora.lab",
               "remora.node", "remora.kubeapi", "remora.controlplane", "remora.diagnose",
-              "remora.capture", "remora.resources", "remora.apps")
+              "remora.capture", "remora.resources", "remora.apps", "ngh2",
+              "remora.proxy.http2.downstream", "remora.proxy.http2.upstream")
 
 PROBE = """
 import json, sys

@@ -23,7 +23,7 @@ from remora.proxy.http.connection import Http1Connection
 from remora.proxy.http.hcm_config import HCM_NAME, HCM_TYPE, HcmConfig, parse_hcm
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
-from remora.proxy.http2.downstream import Http2Connection, choose_http2
+from remora.proxy.http2.codec_choice import choose_http2
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
 from remora.proxy.stats import Counter, counter, gauge, histogram
 
@@ -75,6 +75,8 @@ class HttpConnectionManager:
             if h2 is None:  # not a byte within idle_timeout
                 self.stats.inc(self.idle_timeout_stat)
             elif h2:
+                # imported on the first HTTP/2 connection, not at start-up (codec_choice.py)
+                from remora.proxy.http2.downstream import Http2Connection
                 await Http2Connection(self, downstream).run()
             else:
                 await Http1Connection(self, downstream).run()

@@ -39,10 +39,9 @@ from remora.proxy.http.upstream_request import (
     encode_request_head,
     expected_timeout_ms,
 )
-from remora.proxy.http2.upstream import forward_h2, protocol_options
 from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
 from remora.proxy.stats import Counter, counter, histogram
-from remora.proxy.upstream.config import HttpProtocolOptions
+from remora.proxy.upstream.config import HttpProtocolOptions, protocol_options
 
 ROUTER_NAME = "envoy.filters.http.router"
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -353,6 +352,9 @@ class _Forward:
             if opts is not None and opts.upstream_http2(info.protocol):  # proxy/http2's pool
                 if self.h1 is not None:
                     await self.h1.in_task()
+                # the HTTP/2 stack is imported by the first request that needs it, not
+                # at start-up (proxy/http2/codec_choice.py says why)
+                from remora.proxy.http2.upstream import forward_h2
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts

@@ -61,50 +61,11 @@ from remora.proxy.takeover import take_over
 if TYPE_CHECKING:
     from remora.proxy.http.hcm import HttpConnectionManager
 
-PREFACE_PREFIX = b"PRI * HTTP/2"  # Envoy's Http2::CLIENT_MAGIC_PREFIX
 # Envoy's connection manager: overload.premature_reset_total_stream_count and
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
 _STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
-
-
-async def choose_http2(downstream: Downstream, codec_type: str, wait: float) -> bool | None:
-    """Whether this connection speaks HTTP/2 (codec_type AUTO decides by ALPN, then by
-    the first bytes, which stay in the reader for whichever codec takes over); None when
-    nothing came for WAIT seconds (the idle_timeout: the connection is closed as idle)."""
-    if codec_type == "HTTP2":
-        return True
-    if codec_type == "HTTP1":
-        return False
-    alpn = downstream.info.downstream_alpn if downstream.writer.get_extra_info(
-        "ssl_object") is not None else None
-    if alpn:
-        return alpn == "h2"
-    reader = downstream.reader
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait if wait > 0 else None
-    while True:
-        # the bytes the core's StreamReader holds (connection.py's _take_over reads the
-        # same buffer); waiting for more uses its own wait (CPython's and uvloop's class)
-        buffered = bytes(getattr(reader, "_buffer", b""))
-        if len(buffered) >= len(PREFACE_PREFIX) or not PREFACE_PREFIX.startswith(buffered):
-            return buffered.startswith(PREFACE_PREFIX)
-        if reader.at_eof() or reader.exception() is not None:
-            return False
-        waiter: Any = getattr(reader, "_wait_for_data", None)
-        if waiter is None:
-            return False
-        timeout = None if deadline is None else deadline - loop.time()
-        if timeout is not None and timeout <= 0:
-            return None
-        try:
-            # awaited in this task (not wrapped in one by wait_for: bytes arriving before
-            # a wrapping task first ran would find no waiter to wake)
-            async with asyncio.timeout(timeout):
-                await waiter("choose_http2")
-        except TimeoutError:
-            return None
 
 
 class _Protocol(asyncio.Protocol):

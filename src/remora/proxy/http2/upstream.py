@@ -67,15 +67,14 @@ from remora.proxy.http2.upstream_messages import (
 from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
 from remora.proxy.stats import Counter, Histogram
 from remora.proxy.takeover import take_over
-from remora.proxy.upstream.config import DEFAULT_H2, Http2Options, HttpProtocolOptions
+from remora.proxy.upstream.config import (
+    DEFAULT_H2,
+    Http2Options,
+    protocol_options,
+)
 
 PROTOCOL = "HTTP/2"
 _RESET_BODY = "upstream connect error or disconnect/reset before headers. "
-
-
-def protocol_options(cluster: object) -> HttpProtocolOptions | None:
-    opts = getattr(getattr(cluster, "config", None), "http_protocol_options", None)
-    return opts if isinstance(opts, HttpProtocolOptions) else None
 
 
 def http2_upstream(cluster: object, downstream_protocol: str | None) -> bool:

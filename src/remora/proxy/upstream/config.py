@@ -353,3 +353,9 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
         # context per cluster here, so nothing is offered then.)
         cfg.transport.alpn = ("h2",) if protocol == "http2" else ("http/1.1",)
     return cfg
+
+
+def protocol_options(cluster: object) -> HttpProtocolOptions | None:
+    """CLUSTER's typed HttpProtocolOptions (its upstream HTTP protocol), if it has them."""
+    opts = getattr(getattr(cluster, "config", None), "http_protocol_options", None)
+    return opts if isinstance(opts, HttpProtocolOptions) else None
