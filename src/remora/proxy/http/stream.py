@@ -191,6 +191,14 @@ class ActiveStream:
                                             "DPE", True)
                 url = unescape_slashes(url)
         self.path = hdrs[":path"] = url
+        connect = req.method == "CONNECT"
+        if connect:
+            # an HTTP/1.1 CONNECT's target is an authority, not a path: Envoy's codec sets
+            # no :path (the access log prints "-"), and no path or prefix route matches it
+            # (RouteMatch.connect_matcher is the only way, which remora does not take), so
+            # the router answers 404 NR, before any upgrade check (checked against Envoy
+            # 1.40, tests/unit/proxy/http/test_envoy_parity.py "connect")
+            del hdrs[":path"]
 
         expect = hmap.get("expect")
         if expect is not None and expect.lower() == "100-continue":
@@ -242,11 +250,12 @@ class ActiveStream:
             req.content_length is not None and "content-length" in nominated)
         self.upstream_headers = out
 
-        route = self.route = cfg.route_table.route(self.authority, url, hdrs)
+        route = self.route = None if connect else cfg.route_table.route(self.authority, url,
+                                                                          hdrs)
         if route is not None:
             info.route_name = route.name
             info.upstream_cluster = route.cluster
-        if upgrade:
+        if upgrade and not connect:
             # Only websocket upgrades are configurable (upgrade_configs); anything else, or
             # websocket without the config, is refused after routing, as Envoy does.
             self.closing = True  # after the exchange (tunnel or not) no more HTTP here

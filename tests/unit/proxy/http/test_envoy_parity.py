@@ -51,6 +51,9 @@ CASES = {
                       b"Access-Control-Request-Method: GET\r\n\r\n",
     "cors-actual": b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: http://a.example\r\n\r\n",
     "upgrade-refused": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    # HTTP/1.1 CONNECT has no path: no path or prefix route matches it (Envoy's
+    # RouteMatch.connect_matcher is the only way), so it is NR before any upgrade check
+    "connect": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n",
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "bad-request-line": b"GARBAGE\r\n\r\n",
     "cl-and-chunked": b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
