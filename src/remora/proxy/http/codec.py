@@ -267,6 +267,10 @@ class RequestDecoder:
             raise CodecError(431, "http1.too_many_headers")
         n = name.decode("latin-1").lower()
         v = value.decode("latin-1")
+        if v and v[-1] in " \t":
+            # RFC 9110 5.5: OWS around a field value is not part of it; llhttp drops the
+            # leading one, Envoy's codec the trailing one too (``Host: a `` is ``a``)
+            v = v.rstrip(" \t")
         req.headers.append((n, v))
         hmap = req.hmap
         # Repeated headers fold into one comma-joined value, as Envoy's header map does

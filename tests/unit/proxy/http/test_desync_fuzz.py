@@ -211,10 +211,11 @@ def stricter_reason(request: bytes, missing: Counter[Key], remora: dl.Outcome) -
     * ``trailing OWS in Host/Transfer-Encoding`` (remora defects, reported, no desync):
       ``Host: a `` and ``Transfer-Encoding: chunked<HTAB>`` are valid (RFC 9112 section
       5: OWS around a field value is not part of it) and Envoy forwards ``host: a`` and
-      a chunked request; remora's codec validates the Host value with its trailing
-      whitespace (400 http.invalid_authority) and llhttp does not take ``chunked``
-      followed by HTAB (400). Refusing never desyncs, so the fuzz lets them pass and
-      names them.
+      a chunked request; llhttp does not take ``chunked`` followed by HTAB (400).
+      (remora's codec validated the Host value with its trailing whitespace, 400
+      http.invalid_authority, until 2026-12-04: it now strips trailing OWS as Envoy
+      does, test_envoy_parity.py "trailing-ows".) Refusing never desyncs, so the fuzz
+      lets them pass and names them.
     * ``framing field in trailers``: the trailer section of a chunked request carries
       content-length or transfer-encoding. RFC 9110 section 6.5.1: a sender MUST NOT
       put framing fields there; remora (llhttp) answers 400, Envoy 1.40 drops the
