@@ -40,7 +40,7 @@ from remora.proxy.http.upstream_request import (
     expected_timeout_ms,
 )
 from remora.proxy.http2.upstream import forward_h2, protocol_options
-from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
+from remora.proxy.interfaces import Cluster, FactoryContext, HostCounts, Stats, UpstreamError
 from remora.proxy.stats import Counter, counter, histogram
 from remora.proxy.upstream.config import HttpProtocolOptions
 
@@ -184,7 +184,7 @@ class _Forward:
     is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
     the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "policy",
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "hs", "policy",
                  "reselections", "retries_left", "retry_slots", "retry_status", "route",
                  "router", "started", "stream", "tried")
 
@@ -207,6 +207,7 @@ class _Forward:
         self.tried: set[str] = set()
         self.current: PooledConnection | None = None
         self.host: str | None = None  # the current (or last) attempt's host, for its stats
+        self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
         self.started = time.monotonic()
         self.cs = router.cluster_stats(cluster.name)
@@ -345,7 +346,8 @@ class _Forward:
         info.upstream_request_attempt_count += 1
         self.retry_status = 0
         self.host = None
-        attached: str | None = None  # the host whose rq_active this attempt holds
+        self.hs = None
+        attached: HostCounts | None = None  # the host stats whose rq_active this attempt holds
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
@@ -393,9 +395,9 @@ class _Forward:
             self.tried.add(host)
             self.cs.rq_total.inc()
             self.host = host
-            cluster.host_stat(host, "rq_total")
-            cluster.host_stat(host, "rq_active")
-            attached = host
+            hs = self.hs = attached = cluster.host_counts(host)
+            hs.rq_total += 1
+            hs.rq_active += 1
             if not stream.req.complete and self.conn.body_error():
                 # The body was malformed in the same read as its headers: Envoy answers 400
                 # DPE. It has picked the host by then; a pooled connection is attached at
@@ -433,8 +435,8 @@ class _Forward:
             self.dec = None
             self.done = None
             cluster.release("requests")
-            if attached is not None:
-                cluster.host_stat(attached, "rq_active", -1)
+            if attached is not None and attached.rq_active > 0:
+                attached.rq_active -= 1
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
@@ -606,7 +608,13 @@ class _Forward:
         if info.upstream_request_attempt_count > 1:
             self._retry_success(wanted)  # counts only for a retried request
         # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders (_charge)
-        if self.host is not None:
+        hs = self.hs
+        if hs is not None:
+            if status >= 500:
+                hs.rq_error += 1
+            else:
+                hs.rq_success += 1
+        elif self.host is not None:  # an HTTP/2 upstream's attempt (proxy/http2)
             self.cluster.host_stat(self.host, "rq_error" if status >= 500 else "rq_success")
         info.response_code_details = "via_upstream"
         framed = dec.chunked or dec.content_length is not None
