@@ -39,6 +39,7 @@ from remora.proxy.http.upstream_request import (
     encode_request_head,
     expected_timeout_ms,
 )
+from remora.proxy.http2.stream import StreamConn
 from remora.proxy.http2.upstream import forward_h2, protocol_options
 from remora.proxy.interfaces import Cluster, FactoryContext, HostCounts, Stats, UpstreamError
 from remora.proxy.stats import Counter, counter, histogram
@@ -222,12 +223,16 @@ class _Forward:
         timeout = self.route.timeout
         # the route timeout (Envoy's response timeout) runs from here to the end of the
         # last attempt; an HTTP/1.1 connection keeps one lazily re-armed deadline timer for
-        # its streams (they are served one at a time) instead of a timer per request
+        # its streams (they are served one at a time) instead of a timer per request, and an
+        # HTTP/2 connection one for all its streams' deadlines (Http2Connection)
         timer: asyncio.TimerHandle | None = None
         h1 = self.h1
+        h2s = conn if isinstance(conn, StreamConn) else None
         if timeout > 0:
             if h1 is not None:
                 h1.arm_route_timeout(timeout)
+            elif h2s is not None:
+                h2s.h2c.arm_route_timeout(h2s, timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude: frozenset[str] = frozenset()
@@ -290,6 +295,8 @@ class _Forward:
                 timer.cancel()
             elif h1 is not None:
                 h1.route_deadline = 0.0
+            elif h2s is not None:
+                h2s.route_deadline = 0.0
             for _ in range(self.retry_slots):
                 self.cluster.release("retries")
             self.retry_slots = 0
