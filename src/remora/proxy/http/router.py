@@ -227,12 +227,13 @@ class _Forward:
         # HTTP/2 connection one for all its streams' deadlines (Http2Connection)
         timer: asyncio.TimerHandle | None = None
         h1 = self.h1
-        h2s = conn if isinstance(conn, StreamConn) else None
+        h2s: StreamConn | None = None
         if timeout > 0:
             if h1 is not None:
                 h1.arm_route_timeout(timeout)
-            elif h2s is not None:
-                h2s.h2c.arm_route_timeout(h2s, timeout)
+            elif isinstance(conn, StreamConn):
+                h2s = conn
+                conn.h2c.arm_route_timeout(conn, timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude: frozenset[str] = frozenset()
