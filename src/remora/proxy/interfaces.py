@@ -101,6 +101,15 @@ class UpstreamError(Exception):
         self.host = host
 
 
+class HostCounts(Protocol):
+    """One host's request stats, counted by attribute (Envoy's HostStats rq_*)."""
+
+    rq_total: int
+    rq_active: int
+    rq_success: int
+    rq_error: int
+
+
 class Cluster(Protocol):
     name: str
 
@@ -126,6 +135,11 @@ class Cluster(Protocol):
     def host_stat(self, host: str, stat: str, delta: int = 1) -> None:
         """Add DELTA to HOST's rq_total / rq_active / rq_success / rq_error / rq_timeout
         (Envoy's per-host stats, shown by /clusters)."""
+        ...
+
+    def host_counts(self, host: str) -> HostCounts:
+        """HOST's stats as one object, resolved once per attempt so the router's per-request
+        charges are attribute adds (the same stats host_stat changes by name)."""
         ...
 
 

@@ -39,7 +39,8 @@ from remora.proxy.http.upstream_request import (
     encode_request_head,
     expected_timeout_ms,
 )
-from remora.proxy.interfaces import Cluster, FactoryContext, Stats, UpstreamError
+from remora.proxy.http2.stream import StreamConn
+from remora.proxy.interfaces import Cluster, FactoryContext, HostCounts, Stats, UpstreamError
 from remora.proxy.stats import Counter, counter, histogram
 from remora.proxy.upstream.config import HttpProtocolOptions, protocol_options
 
@@ -183,7 +184,7 @@ class _Forward:
     is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
     the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "policy",
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "hs", "policy",
                  "reselections", "retries_left", "retry_slots", "retry_status", "route",
                  "router", "started", "stream", "tried")
 
@@ -206,6 +207,7 @@ class _Forward:
         self.tried: set[str] = set()
         self.current: PooledConnection | None = None
         self.host: str | None = None  # the current (or last) attempt's host, for its stats
+        self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
         self.started = time.monotonic()
         self.cs = router.cluster_stats(cluster.name)
@@ -220,12 +222,17 @@ class _Forward:
         timeout = self.route.timeout
         # the route timeout (Envoy's response timeout) runs from here to the end of the
         # last attempt; an HTTP/1.1 connection keeps one lazily re-armed deadline timer for
-        # its streams (they are served one at a time) instead of a timer per request
+        # its streams (they are served one at a time) instead of a timer per request, and an
+        # HTTP/2 connection one for all its streams' deadlines (Http2Connection)
         timer: asyncio.TimerHandle | None = None
         h1 = self.h1
+        h2s: StreamConn | None = None
         if timeout > 0:
             if h1 is not None:
                 h1.arm_route_timeout(timeout)
+            elif isinstance(conn, StreamConn):
+                h2s = conn
+                conn.h2c.arm_route_timeout(conn, timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude: frozenset[str] = frozenset()
@@ -288,6 +295,8 @@ class _Forward:
                 timer.cancel()
             elif h1 is not None:
                 h1.route_deadline = 0.0
+            elif h2s is not None:
+                h2s.route_deadline = 0.0
             for _ in range(self.retry_slots):
                 self.cluster.release("retries")
             self.retry_slots = 0
@@ -344,7 +353,8 @@ class _Forward:
         info.upstream_request_attempt_count += 1
         self.retry_status = 0
         self.host = None
-        attached: str | None = None  # the host whose rq_active this attempt holds
+        self.hs = None
+        attached: HostCounts | None = None  # the host stats whose rq_active this attempt holds
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
@@ -395,9 +405,9 @@ class _Forward:
             self.tried.add(host)
             self.cs.rq_total.inc()
             self.host = host
-            cluster.host_stat(host, "rq_total")
-            cluster.host_stat(host, "rq_active")
-            attached = host
+            hs = self.hs = attached = cluster.host_counts(host)
+            hs.rq_total += 1
+            hs.rq_active += 1
             if not stream.req.complete and self.conn.body_error():
                 # The body was malformed in the same read as its headers: Envoy answers 400
                 # DPE. It has picked the host by then; a pooled connection is attached at
@@ -435,8 +445,8 @@ class _Forward:
             self.dec = None
             self.done = None
             cluster.release("requests")
-            if attached is not None:
-                cluster.host_stat(attached, "rq_active", -1)
+            if attached is not None and attached.rq_active > 0:
+                attached.rq_active -= 1
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
@@ -608,7 +618,13 @@ class _Forward:
         if info.upstream_request_attempt_count > 1:
             self._retry_success(wanted)  # counts only for a retried request
         # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders (_charge)
-        if self.host is not None:
+        hs = self.hs
+        if hs is not None:
+            if status >= 500:
+                hs.rq_error += 1
+            else:
+                hs.rq_success += 1
+        elif self.host is not None:  # an HTTP/2 upstream's attempt (proxy/http2)
             self.cluster.host_stat(self.host, "rq_error" if status >= 500 else "rq_success")
         info.response_code_details = "via_upstream"
         framed = dec.chunked or dec.content_length is not None

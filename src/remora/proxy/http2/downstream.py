@@ -133,6 +133,8 @@ class Http2Connection:
         self._premature_resets = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stream_timer: asyncio.TimerHandle | None = None  # stream_idle_timeout
+        self._route_timer: asyncio.TimerHandle | None = None  # the streams' route timeouts
+        self._route_timer_at = 0.0
         self._idle_since = self.loop.time()
         p = f"http.{cfg.stat_prefix}."
         self._stat = p
@@ -171,6 +173,8 @@ class Http2Connection:
                 self._idle_timer.cancel()
             if self._stream_timer is not None:
                 self._stream_timer.cancel()
+            if self._route_timer is not None:
+                self._route_timer.cancel()
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
             if self._keepalive is not None:
@@ -770,6 +774,41 @@ class Http2Connection:
             self._finish()
         elif self.draining and self.goaway_sent and not self.streams:
             self._close_drained()
+
+    def arm_route_timeout(self, scon: StreamConn, timeout: float) -> None:
+        """SCON's route timeout: cancel it with "timeout" TIMEOUT seconds from now unless
+        the router clears ``scon.route_deadline`` first. One timer for the connection's
+        streams, as for stream_idle_timeout: it is moved only when it would fire after the
+        new deadline (streams usually share one route timeout, so a later stream's
+        deadline is later), and on firing it re-arms for the earliest deadline left."""
+        loop = self.loop
+        deadline = scon.route_deadline = loop.time() + timeout
+        timer = self._route_timer
+        if timer is None or self._route_timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._route_timer_at = deadline
+            self._route_timer = loop.call_at(deadline, self._route_check)
+
+    def _route_check(self) -> None:
+        self._route_timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        earliest = 0.0
+        for stream in list(self.streams.values()):
+            scon = stream.scon
+            deadline = scon.route_deadline
+            if not deadline:
+                continue
+            if deadline <= now:
+                scon.route_deadline = 0.0
+                scon.cancel_active("timeout")
+            elif not earliest or deadline < earliest:
+                earliest = deadline
+        if earliest:
+            self._route_timer_at = earliest
+            self._route_timer = self.loop.call_at(earliest, self._route_check)
 
     def _stream_idle_check(self) -> None:
         """stream_idle_timeout: a stream neither side moved a byte of for that long is

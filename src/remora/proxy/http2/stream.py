@@ -71,6 +71,9 @@ class StreamConn:
         self.decoder = _NO_DECODER
         self.draining = False
         self.cancel_reason: str | None = None
+        # the router's route timeout (loop time; 0: none running), checked by the
+        # connection's one timer (Http2Connection.arm_route_timeout)
+        self.route_deadline = 0.0
         self.last_activity = h2c.loop.time()
         self.task: asyncio.Task[Any] | None = None
         self.started = False

@@ -902,8 +902,9 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     fw.tried.add(host)
     fw.host = host
     fw.cs.rq_total.inc()
-    cluster.host_stat(host, "rq_total")
-    cluster.host_stat(host, "rq_active")
+    hs = cluster.host_counts(host)
+    hs.rq_total += 1
+    hs.rq_active += 1
     st = H2Stream(client)
     req = stream.req
     try:
@@ -928,7 +929,8 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
         raise
     finally:
         client.finish(st)
-        cluster.host_stat(host, "rq_active", -1)
+        if hs.rq_active > 0:
+            hs.rq_active -= 1
         if req.sink is st and req.complete:
             req.sink = None
 

@@ -33,6 +33,35 @@ _RESOURCES = {
 HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
                  "rq_total")
 HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
+_HOST_STATS = tuple(sorted(HOST_COUNTERS + HOST_GAUGES))
+
+
+class HostStats:
+    """One host's stats (``interfaces.HostCounts``): plain attributes, so the router, which
+    resolves them once per attempt, counts by attribute adds instead of a lookup by name."""
+
+    __slots__ = _HOST_STATS
+
+    def __init__(self) -> None:
+        self.cx_active = 0
+        self.cx_connect_fail = 0
+        self.cx_total = 0
+        self.rq_active = 0
+        self.rq_error = 0
+        self.rq_pending_active = 0
+        self.rq_success = 0
+        self.rq_timeout = 0
+        self.rq_total = 0
+
+    def __getitem__(self, name: str) -> int:
+        value: int = getattr(self, name)
+        return value
+
+    def as_dict(self) -> dict[str, int]:
+        """name -> value, in name order (what /clusters lists)."""
+        return {name: getattr(self, name) for name in _HOST_STATS}
+
+
 _GAUGES = {"connections": "cx_open", "pending_requests": "rq_pending_open",
            "requests": "rq_open", "retries": "rq_retry_open"}
 
@@ -62,7 +91,7 @@ class ClusterImpl:
         self.last_updated = time.time()
         self._rr = 0
         self.active = {"connections": 0, "pending_requests": 0, "requests": 0, "retries": 0}
-        self.host_stats: dict[str, dict[str, int]] = {}
+        self.host_stats: dict[str, HostStats] = {}
         # what the circuit-breaker gauges of each resource need, computed once (the config
         # of a cluster object never changes: a CDS update replaces the object)
         base = f"{self.prefix}circuit_breakers.default."
@@ -133,12 +162,14 @@ class ClusterImpl:
         return healthy[self._rr]
 
     def _load(self, host: Host) -> int:
-        return self.host_stats.get(host.key, {}).get("cx_active", 0)
+        hstats = self.host_stats.get(host.key)
+        return 0 if hstats is None else hstats.cx_active
 
-    def _host(self, host: str) -> dict[str, int]:
+    def host_counts(self, host: str) -> HostStats:
+        """HOST's stats object (created at zero on first use), for counting by attribute."""
         hstats = self.host_stats.get(host)
         if hstats is None:
-            hstats = self.host_stats[host] = dict.fromkeys(sorted(HOST_COUNTERS + HOST_GAUGES), 0)
+            hstats = self.host_stats[host] = HostStats()
         return hstats
 
     def host_stat(self, host: str, stat: str, delta: int = 1) -> None:
@@ -147,9 +178,9 @@ class ClusterImpl:
         as the router charges response codes, rq_timeout on its timeouts."""
         hstats = self.host_stats.get(host)
         if hstats is None:
-            hstats = self._host(host)
-        value = hstats[stat] + delta
-        hstats[stat] = value if value > 0 else 0
+            hstats = self.host_counts(host)
+        value = getattr(hstats, stat) + delta
+        setattr(hstats, stat, value if value > 0 else 0)
 
     # -- interfaces.Cluster ------------------------------------------------------------
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
@@ -167,9 +198,9 @@ class ClusterImpl:
             raise UpstreamError("UO", "", host)
         self.active["connections"] += 1  # counted while connecting, as Envoy does
         self._cb_gauges("connections")
-        hstats = self._host(host)
-        hstats["cx_total"] += 1
-        hstats["rq_pending_active"] += 1  # the stream waits for this connection
+        hstats = self.host_counts(host)
+        hstats.cx_total += 1
+        hstats.rq_pending_active += 1  # the stream waits for this connection
         self.stats.inc(self.prefix + "upstream_cx_total")
         cfg = self.config
         source = bind_source(cfg, target[0])
@@ -197,7 +228,7 @@ class ClusterImpl:
                 lost_early.append(rx_bytes)
                 return
             release_slot()
-            hstats["cx_active"] -= 1
+            hstats.cx_active -= 1
             self.stats.gauge_add(self.prefix + "upstream_cx_active", -1)
             self.stats.inc(self.prefix + "upstream_cx_destroy")
             self.stats.inc(self.prefix + "upstream_cx_rx_bytes_total", rx_bytes)
@@ -214,21 +245,21 @@ class ClusterImpl:
                     original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
                     tls=cfg.transport)
         except UpstreamError as err:
-            hstats["rq_pending_active"] -= 1
+            hstats.rq_pending_active -= 1
             release_slot()
-            hstats["cx_connect_fail"] += 1
+            hstats.cx_connect_fail += 1
             self.stats.inc(self.prefix + "upstream_cx_connect_fail")
             if is_timeout(err):
                 self.stats.inc(self.prefix + "upstream_cx_connect_timeout")
             info.upstream_transport_failure_reason = err.reason or None
             raise
         except BaseException:
-            hstats["rq_pending_active"] -= 1
+            hstats.rq_pending_active -= 1
             release_slot()
             raise
         connected[0] = True
-        hstats["rq_pending_active"] -= 1
-        hstats["cx_active"] += 1
+        hstats.rq_pending_active -= 1
+        hstats.cx_active += 1
         self.stats.gauge_add(self.prefix + "upstream_cx_active", 1)
         self.stats.observe(self.prefix + "upstream_cx_connect_ms", connect_ms)
         info.upstream_local_address = upstream.local_address
@@ -376,6 +407,6 @@ class ClusterManagerImpl:
             out.append({"name": c.name, "thresholds": c.config.thresholds,
                         "high_thresholds": c.config.high_thresholds,
                         "added_via_api": c.name not in self.static_names,
-                        "hosts": [{"address": key, "host": h, "stats": c._host(key)}
+                        "hosts": [{"address": key, "host": h, "stats": c.host_counts(key).as_dict()}
                                   for key, h in hosts.items()]})
         return out

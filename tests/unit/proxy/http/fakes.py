@@ -56,6 +56,13 @@ class RecordingLogger:
         self.infos.append(info)
 
 
+class FakeHostCounts:
+    """interfaces.HostCounts, plus the rq_timeout host_stat charges by name."""
+
+    def __init__(self) -> None:
+        self.rq_total = self.rq_active = self.rq_success = self.rq_error = self.rq_timeout = 0
+
+
 class FakeCluster:
     """STATIC-like cluster over loopback test servers; round robin, exclude_hosts re-picked
     as the core's ClusterImpl does."""
@@ -70,7 +77,7 @@ class FakeCluster:
         self.overflows: Counter[str] = Counter()
         self.connects = 0
         self.connect_sources: list[str] = []
-        self.host_stats: dict[str, Counter[str]] = {}
+        self.host_stats: dict[str, FakeHostCounts] = {}
         self.reselections: list[int] = []  # host_selection_retry_max_attempts per connect
         self._rr = 0
 
@@ -120,7 +127,11 @@ class FakeCluster:
         self.active[resource] -= 1
 
     def host_stat(self, host: str, stat: str, delta: int = 1) -> None:
-        self.host_stats.setdefault(host, Counter())[stat] += delta
+        counts = self.host_counts(host)
+        setattr(counts, stat, getattr(counts, stat) + delta)
+
+    def host_counts(self, host: str) -> FakeHostCounts:
+        return self.host_stats.setdefault(host, FakeHostCounts())
 
 
 class FakeClusterManager:
