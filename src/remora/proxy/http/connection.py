@@ -25,6 +25,7 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
+from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.http.codec import CodecError, RequestDecoder
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import Downstream
@@ -105,8 +106,7 @@ class Http1Connection:
         # timeout): its loop-time deadline, 0 when none runs, and one timer per connection
         # that is re-armed lazily (arm_route_timeout), not a timer per request
         self.route_deadline = 0.0
-        self._route_timer: asyncio.TimerHandle | None = None
-        self._route_timer_at = 0.0
+        self._route_timer = DeadlineTimer(self.loop, self._route_check)
         # the stream coroutine driven from callbacks (see the module's docstring): the one
         # suspended on the router's ``response_wait``, whether _drive runs it right now,
         # a cancellation that arrived while it ran, one handed over to the task (with the
@@ -296,23 +296,15 @@ class Http1Connection:
         from now unless the router clears ``route_deadline`` first. The connection's timer
         stays armed across streams; it is moved only when it would fire after the new
         deadline, and when it fires early (for an earlier stream) it re-arms itself."""
-        loop = self.loop
-        deadline = self.route_deadline = loop.time() + timeout
-        timer = self._route_timer
-        if timer is None or self._route_timer_at > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._route_timer_at = deadline
-            self._route_timer = loop.call_at(deadline, self._route_check)
+        deadline = self.route_deadline = self.loop.time() + timeout
+        self._route_timer.arm(deadline)
 
     def _route_check(self) -> None:
-        self._route_timer = None
         deadline = self.route_deadline
         if not deadline:
             return  # no stream is waiting on its route timeout; the next one re-arms
         if self.loop.time() < deadline:
-            self._route_timer_at = deadline
-            self._route_timer = self.loop.call_at(deadline, self._route_check)
+            self._route_timer.arm(deadline)
             return
         self.route_deadline = 0.0
         self.cancel_active("timeout")
@@ -484,8 +476,7 @@ class Http1Connection:
                 self._idle_timer.cancel()
             if self._stream_timer is not None:
                 self._stream_timer.cancel()
-            if self._route_timer is not None:
-                self._route_timer.cancel()
+            self._route_timer.cancel()
             with contextlib.suppress(Exception):
                 self.writer.close()
 

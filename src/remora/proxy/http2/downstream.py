@@ -49,6 +49,7 @@ import ngh2
 from ngh2 import ErrorCode as ErrorCodes
 from ngh2 import Setting as SettingCodes
 
+from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
@@ -133,8 +134,7 @@ class Http2Connection:
         self._premature_resets = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stream_timer: asyncio.TimerHandle | None = None  # stream_idle_timeout
-        self._route_timer: asyncio.TimerHandle | None = None  # the streams' route timeouts
-        self._route_timer_at = 0.0
+        self._route_timer = DeadlineTimer(self.loop, self._route_check)  # streams' route timeouts
         self._idle_since = self.loop.time()
         p = f"http.{cfg.stat_prefix}."
         self._stat = p
@@ -173,8 +173,7 @@ class Http2Connection:
                 self._idle_timer.cancel()
             if self._stream_timer is not None:
                 self._stream_timer.cancel()
-            if self._route_timer is not None:
-                self._route_timer.cancel()
+            self._route_timer.cancel()
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
             if self._keepalive is not None:
@@ -781,17 +780,10 @@ class Http2Connection:
         streams, as for stream_idle_timeout: it is moved only when it would fire after the
         new deadline (streams usually share one route timeout, so a later stream's
         deadline is later), and on firing it re-arms for the earliest deadline left."""
-        loop = self.loop
-        deadline = scon.route_deadline = loop.time() + timeout
-        timer = self._route_timer
-        if timer is None or self._route_timer_at > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._route_timer_at = deadline
-            self._route_timer = loop.call_at(deadline, self._route_check)
+        deadline = scon.route_deadline = self.loop.time() + timeout
+        self._route_timer.arm(deadline)
 
     def _route_check(self) -> None:
-        self._route_timer = None
         if self.closed:
             return
         now = self.loop.time()
@@ -807,8 +799,7 @@ class Http2Connection:
             elif not earliest or deadline < earliest:
                 earliest = deadline
         if earliest:
-            self._route_timer_at = earliest
-            self._route_timer = self.loop.call_at(earliest, self._route_check)
+            self._route_timer.arm(earliest)
 
     def _stream_idle_check(self) -> None:
         """stream_idle_timeout: a stream neither side moved a byte of for that long is
