@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from remora.proxy.deadline_timer import DeadlineTimer
+from remora.proxy.deferred_write import DeferredOutput, batch_for
 from remora.proxy.http.codec import CodecError, RequestDecoder
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import Downstream
@@ -93,6 +94,9 @@ class Http1Connection:
         self.tunnel: Callable[[bytes], None] | None = None  # after a 101: raw bytes go here
         self._task: asyncio.Task[Any] | None = None
         self.loop = asyncio.get_running_loop()
+        # every write to the downstream goes through here: written at the turn's end, as
+        # Envoy's connection writes (deferred_write.py); flushed before the close
+        self.output = DeferredOutput(self.transport, batch_for(self.loop))
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writable_callbacks: list[Callable[[], None]] = []
@@ -478,6 +482,7 @@ class Http1Connection:
                 self._stream_timer.cancel()
             self._route_timer.cancel()
             with contextlib.suppress(Exception):
+                self.output.flush()
                 self.writer.close()
 
     async def _serve(self) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from remora.proxy.deferred_write import DeferredOutput, batch_for
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, Upstream
@@ -80,8 +81,8 @@ class PooledConnection(asyncio.Protocol):
 
     __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
                  "created", "decoder", "handler", "host", "idle_since", "key", "limits",
-                 "on_stray", "owner", "pool", "requests", "state", "transport", "upstream",
-                 "write_paused")
+                 "on_stray", "output", "owner", "pool", "requests", "state", "transport",
+                 "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -97,6 +98,8 @@ class PooledConnection(asyncio.Protocol):
         # bytes while the connection was idle
         self.on_stray = on_stray
         self.transport: asyncio.Transport | None = None  # once taken over
+        # the request bytes, written at the end of the loop turn (deferred_write.py)
+        self.output: DeferredOutput | None = None
         # where the request/response cycle on it is (codec_state.py); the router moves
         # the CLIENT side, the response decoder the SERVER side, and only a connection
         # whose both sides are DONE starts a next cycle and goes back to the pool
@@ -125,6 +128,7 @@ class PooledConnection(asyncio.Protocol):
         if buffered:
             self._pending = buffered
         self.transport = transport
+        self.output = DeferredOutput(transport, batch_for(asyncio.get_running_loop()))
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -183,9 +187,9 @@ class PooledConnection(asyncio.Protocol):
             handler.upstream_eof()
 
     def write(self, data: bytes) -> None:
-        t = self.transport
-        if t is not None:
-            t.write(data)  # straight to the transport, no StreamWriter frame
+        out = self.output
+        if out is not None:
+            out.write(data)
         else:
             self.upstream.writer.write(data)
 
@@ -249,6 +253,8 @@ class PooledConnection(asyncio.Protocol):
         self.handler = None
         self.pool = None
         with contextlib.suppress(Exception):
+            if self.output is not None:
+                self.output.flush()
             self.upstream.writer.close()
 
 

@@ -203,7 +203,7 @@ class ActiveStream:
         expect = hmap.get("expect")
         if expect is not None and expect.lower() == "100-continue":
             # Envoy answers 100-continue itself (proxy_100_continue false) and strips Expect
-            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.output.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         policy = cfg.request_policy
         final_remote_ip, sets, drop_request_id = policy.mutate(
@@ -337,8 +337,8 @@ class ActiveStream:
         usually arrive in one upstream read: one syscall instead of two)."""
         out = self.out
         if out:
-            # straight to the transport (what StreamWriter.write does, one call less)
-            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            # to the connection's output: written at the end of the loop turn
+            self.conn.output.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def encode_data(self, data: bytes) -> None:

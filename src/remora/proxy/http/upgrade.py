@@ -33,7 +33,7 @@ class _Tunnel:
 
     def upstream_data(self, data: bytes) -> None:
         conn = self.conn
-        conn.transport.write(data)
+        conn.output.write(data)
         self.info.bytes_sent += len(data)
         if conn.write_paused:
             pc = self.pc
@@ -60,7 +60,7 @@ async def tunnel(stream: ActiveStream, pc: PooledConnection, dec: ResponseDecode
     if conn.decoder.upgrade_tail:  # sent right behind the Upgrade request
         to_upstream(conn.decoder.upgrade_tail)
     if dec.upgrade_tail:  # sent right behind the 101
-        conn.transport.write(dec.upgrade_tail)
+        conn.output.write(dec.upgrade_tail)
         info.bytes_sent += len(dec.upgrade_tail)
     conn.tunnel = to_upstream  # downstream bytes now bypass the HTTP decoder
     conn.resume_reading()
