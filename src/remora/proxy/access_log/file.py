@@ -19,11 +19,16 @@ class FileAccessLog:
     def __init__(self, sink: Sink, formatter: Formatter) -> None:
         self.sink = sink
         self.formatter = formatter
-        self._write = sink.write  # bound once: one line per request
+        # bound once: one line per request is appended to the sink's list of this loop
+        # turn (Sink.write inlined), the turn's first line schedules its flush
+        self._lines = sink.pending
         self._render = formatter.render
 
     def log(self, info: StreamInfo) -> None:
-        self._write(self._render(info))
+        self._lines.append(self._render(info))
+        sink = self.sink
+        if not sink.scheduled:
+            sink.schedule()
 
 
 @register("access_logger", "envoy.access_loggers.file", TYPE_URL)

@@ -29,14 +29,18 @@ class Sink:
         self.name = name
         self._pending: list[str] = []
         self._held = b""  # bytes a full non-blocking fd did not take yet
-        self._scheduled = False
+        self.scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None  # see write
         self._thread = 0
 
     def write(self, line: str) -> None:
         self._pending.append(line)
-        if self._scheduled:
-            return
+        if not self.scheduled:
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Flush at the end of this loop turn (at once without a running loop); called
+        once per turn, by the turn's first line (``write``, ``FileAccessLog.log``)."""
         # The loop the last flush was scheduled on, while it still runs in this thread, is
         # the running loop: asking asyncio for it costs a getpid(2) per call on CPython
         # 3.11 (its fork check), once per loop turn that logs (forked workers forget it).
@@ -49,15 +53,25 @@ class Sink:
                 return
             self._loop = loop
             self._thread = threading.get_ident()
-        self._scheduled = True
+        self.scheduled = True
         loop.call_soon(self.flush)
 
+    @property
+    def pending(self) -> list[str]:
+        """The lines of this turn, in order (one list for the sink's life: ``flush``
+        empties it in place, so a logger may hold it and append to it)."""
+        return self._pending
+
     def flush(self) -> None:
-        self._scheduled = False
-        data = self._held
+        self.scheduled = False
+        held = self._held
         if self._pending:
-            data += "".join(self._pending).encode()
+            data = "".join(self._pending).encode()
             self._pending.clear()
+            if held:
+                data = held + data
+        else:
+            data = held
         self._held = b""
         while data:
             try:
@@ -71,6 +85,8 @@ class Sink:
                 continue
             except OSError:
                 return  # a closed stdout must not take the proxy down
+            if n == len(data):
+                return  # all of it (the usual case): no copy of what was written
             data = data[n:]
 
     def _wait_writable(self) -> bool:
@@ -81,8 +97,8 @@ class Sink:
         except RuntimeError:
             _, writable, _ = select.select([], [self.fd], [], EXIT_WAIT)
             return bool(writable)
-        if not self._scheduled:
-            self._scheduled = True
+        if not self.scheduled:
+            self.scheduled = True
             loop.call_later(RETRY_DELAY, self.flush)
         return False
 
