@@ -105,7 +105,9 @@ class Histogram:
 class Counter:
     """A handle on one counter, resolved once from its name (``StatsStore.counter``): an
     increment is an attribute add on the handle, no name built and no dict touched per
-    event. The store folds what a handle counted into its totals whenever they are read."""
+    event. The store folds what a handle counted into its totals whenever they are read.
+    An owner on a hot path may add to ``pending`` itself when ``counter`` gave it this
+    class exactly (the connection manager does, per request)."""
 
     __slots__ = ("name", "pending")
 
