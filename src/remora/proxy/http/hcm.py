@@ -50,6 +50,8 @@ class HttpConnectionManager:
         # per route (by id: routes live as long as this config): the filters that act on
         # its requests, worked out on its first request
         self._route_chains: dict[int, tuple[list[Any], list[Any]]] = {}
+        self._last_route: Route | None = None  # the route of the last request, its chain
+        self._last_chain: tuple[list[Any], list[Any]] = ([], [])
         self.sanitize_xfcc = cfg.sanitize_xfcc
         # Envoy declares its counters up front, so /stats lists them at 0 before any
         # request; each stat's name is resolved to a handle once, here
@@ -103,10 +105,13 @@ class HttpConnectionManager:
             route = stream.route
             if route is None:
                 decoders = self.decoders
+            elif route is self._last_route:  # the usual case: one route takes the traffic
+                decoders, stream.encoders = self._last_chain
             else:
                 chain = self._route_chains.get(id(route))
                 if chain is None:
                     chain = self._route_chain(route)
+                self._last_route, self._last_chain = route, chain
                 decoders, stream.encoders = chain
             for f in decoders:
                 if not await f.decode_headers(stream):
