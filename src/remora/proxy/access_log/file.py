@@ -20,14 +20,14 @@ class FileAccessLog:
         self.sink = sink
         self.formatter = formatter
         # bound once: one line per request is appended to the sink's list of this loop
-        # turn (Sink.write inlined), the turn's first line schedules its flush
+        # flush (Sink.write inlined), the first line after a flush schedules the next
         self._lines = sink.pending
         self._render = formatter.render
 
     def log(self, info: StreamInfo) -> None:
         self._lines.append(self._render(info))
         sink = self.sink
-        if not sink.scheduled:
+        if not sink.scheduled or sink.loop_closed():
             sink.schedule()
 
 
