@@ -25,30 +25,77 @@ BUCKETS: tuple[float, ...] = (
 
 
 class Histogram:
-    __slots__ = ("count", "counts", "total")
+    """Envoy's default buckets, a count and a sum. A value is only appended when observed
+    and sorted into its bucket when the histogram is read (``counts``, ``count``,
+    ``total``) or FOLD_AT values are waiting, as Envoy's histograms record into a
+    thread-local buffer that is merged into the buckets at the stats flush: what every
+    view prints is the same as bucketing each value at once (the sum is added in the
+    order the values came)."""
+
+    __slots__ = ("_count", "_counts", "_total", "pending")
+    FOLD_AT = 512  # values waiting at most (a histogram nobody reads stays small)
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
-        self.count = 0
-        self.total = 0.0
+        self._counts = [0] * (len(BUCKETS) + 1)
+        self._count = 0
+        self._total = 0.0
+        self.pending: list[float] = []  # observed, not yet in the buckets
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
-        self.count += 1
-        self.total += value
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= self.FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Sort the waiting values into the buckets: value v counts in bucket
+        ``bisect_left(BUCKETS, v)`` (the first bound >= v, the last one past them all)."""
+        values = self.pending
+        if not values:
+            return
+        self.pending = []
+        total = self._total
+        for value in values:  # one at a time, in order: the same float sum as before
+            total += value
+        self._total = total
+        self._count += len(values)
+        values.sort()
+        counts = self._counts
+        below = 0  # values <= the previous bound
+        for i, bound in enumerate(BUCKETS):
+            upto = bisect.bisect_right(values, bound)
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += len(values) - below
+
+    @property
+    def counts(self) -> list[int]:
+        self.fold()
+        return self._counts
+
+    @property
+    def count(self) -> int:
+        self.fold()
+        return self._count
+
+    @property
+    def total(self) -> float:
+        self.fold()
+        return self._total
 
     def merge(self, counts: list[int], count: int, total: float) -> None:
-        for i, c in enumerate(counts[: len(self.counts)]):
-            self.counts[i] += c
-        self.count += count
-        self.total += total
+        self.fold()
+        for i, c in enumerate(counts[: len(self._counts)]):
+            self._counts[i] += c
+        self._count += count
+        self._total += total
 
     def quantile(self, q: float) -> float | None:
         if not self.count:
             return None
-        target = q * self.count
+        target = q * self._count
         seen = 0
-        for i, c in enumerate(self.counts):
+        for i, c in enumerate(self._counts):
             seen += c
             if seen >= target and c:
                 return BUCKETS[i] if i < len(BUCKETS) else BUCKETS[-1]
@@ -58,7 +105,9 @@ class Histogram:
 class Counter:
     """A handle on one counter, resolved once from its name (``StatsStore.counter``): an
     increment is an attribute add on the handle, no name built and no dict touched per
-    event. The store folds what a handle counted into its totals whenever they are read."""
+    event. The store folds what a handle counted into its totals whenever they are read.
+    An owner on a hot path may add to ``pending`` itself when ``counter`` gave it this
+    class exactly (the connection manager does, per request)."""
 
     __slots__ = ("name", "pending")
 

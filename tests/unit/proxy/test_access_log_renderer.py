@@ -58,3 +58,25 @@ def test_compiled_renderer_values() -> None:
     # HeaderFormatter falls back only when the first header is absent)
     assert fmt.render(_infos()[1]) == " cur UF,URX upstream_reset_a_b 0 503 default"
     assert fmt.render(_infos()[0]) == "- - - - 0 0 -"
+
+
+def test_compiled_start_time_matches_operator_across_seconds() -> None:
+    """The compiled %START_TIME% keeps the last second's text: lines within that second,
+    in the next one, back in an earlier one and on millisecond edges print what the
+    operator prints."""
+    fmt = TextFormat("[%START_TIME%] %DURATION%\n", "f")
+    base = 1_700_000_000.0
+    times = [base + 0.25, base + 0.999, base + 0.0005, base + 0.9999999, base + 1.0,
+             base + 1.001, base - 0.001, base + 0.5, base + 86_400.123456, base + 2.9995]
+    times += [base + i * 0.0371 for i in range(200)]
+    for t in times:
+        info = StreamInfo(start_time=t)
+        assert fmt.render(info) == render_text(fmt.parts, info), t
+        info.finish()
+        assert fmt.render(info) == render_text(fmt.parts, info), t
+
+
+def test_compiled_renderer_literals_need_no_escaping() -> None:
+    fmt = TextFormat('{x} \\n "q" \'%REQ(:PATH)%\' {{%PROTOCOL%}} 100%%\n', "f")
+    info = StreamInfo(protocol="HTTP/1.1", request_headers={":path": "/{a}"})
+    assert fmt.render(info) == '{x} \\n "q" \'/{a}\' {{HTTP/1.1}} 100%\n'

@@ -1,6 +1,7 @@
-"""Access-log lines are batched: the lines of one event-loop turn leave in one write(2),
-at the end of that turn; lines still pending when the loop stops (SIGTERM: the server
-stops and the process runs flush_all before exiting) are written then, none lost."""
+"""Access-log lines are batched: the lines logged within FLUSH_DELAY leave in one write(2)
+(Envoy flushes its file access logs from a timer too); lines still pending when the loop
+stops (SIGTERM: the server stops and the process runs flush_all before exiting) are
+written then, none lost."""
 
 from __future__ import annotations
 
@@ -38,18 +39,19 @@ def _read(fd: int) -> bytes:
         return b""
 
 
-def test_lines_of_one_loop_turn_leave_in_one_write(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+def test_lines_within_the_flush_delay_leave_in_one_write(pipe_sink) -> None:  # type: ignore[no-untyped-def]
     s, r, writes = pipe_sink
 
     async def main() -> None:
         for i in range(3):
             s.write(f"line {i}\n")
-        assert _read(r) == b""  # not before the turn ends
-        await asyncio.sleep(0)
+            await asyncio.sleep(0)  # later turns of the loop: still held
+        assert _read(r) == b""  # not before the delay is over
+        await asyncio.sleep(sink_mod.FLUSH_DELAY * 3)
         assert _read(r) == b"line 0\nline 1\nline 2\n"
         assert writes == [21]
         s.write("line 3\n")
-        await asyncio.sleep(0)
+        await asyncio.sleep(sink_mod.FLUSH_DELAY * 3)
         assert _read(r) == b"line 3\n"
         assert len(writes) == 2
     asyncio.run(main())
@@ -139,7 +141,7 @@ def test_flush_all_writes_what_a_full_pipe_held(pipe_sink) -> None:  # type: ign
 def test_each_loop_in_turn_and_no_loop_between_get_their_lines(pipe_sink) -> None:  # type: ignore[no-untyped-def]
     """The sink remembers the loop it last scheduled a flush on (asking asyncio costs a
     getpid(2) on CPython 3.11): a loop that ended, no loop at all, and a second loop in
-    a thread each still get their lines written, one write per turn."""
+    a thread each still get their lines written, one write per flush delay."""
     import threading
     s, r, writes = pipe_sink
 
@@ -147,10 +149,8 @@ def test_each_loop_in_turn_and_no_loop_between_get_their_lines(pipe_sink) -> Non
         s.write(f"{tag}1\n")
         s.write(f"{tag}2\n")
         await asyncio.sleep(0)
-        await asyncio.sleep(0)
         s.write(f"{tag}3\n")  # a later turn of the same loop
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await asyncio.sleep(sink_mod.FLUSH_DELAY * 3)
 
     asyncio.run(turn("a"))
     s.write("none\n")  # between loops: written at once
@@ -159,4 +159,29 @@ def test_each_loop_in_turn_and_no_loop_between_get_their_lines(pipe_sink) -> Non
     worker.start()
     worker.join()
     assert _read(r) == b"a1\na2\na3\nnone\nb1\nb2\nb3\nc1\nc2\nc3\n"
-    assert writes == [6, 3, 5, 6, 3, 6, 3]
+    assert writes == [9, 5, 9, 9]
+
+
+def test_lines_held_by_a_loop_that_ended_leave_with_the_next_line(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    """An asyncio.run that ends within the flush delay of its last line leaves that flush
+    unrun: the next line, in a new loop or with none, takes the held lines along, in
+    order."""
+    s, r, writes = pipe_sink
+
+    async def log(tag: str) -> None:
+        s.write(f"{tag}\n")
+
+    asyncio.run(log("a"))  # the loop closes before its flush
+    assert _read(r) == b""
+    asyncio.run(log("b"))  # a new loop: the next line schedules anew
+    assert _read(r) == b""
+
+    async def log_and_wait() -> None:
+        s.write("c\n")
+        await asyncio.sleep(sink_mod.FLUSH_DELAY * 3)
+    asyncio.run(log_and_wait())
+    assert _read(r) == b"a\nb\nc\n"
+    assert writes == [6]
+    asyncio.run(log("d"))
+    s.write("e\n")  # no loop: at once, with what the ended loop held
+    assert _read(r) == b"d\ne\n"

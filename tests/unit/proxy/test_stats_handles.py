@@ -117,3 +117,38 @@ def test_requests_breaker_gauges_are_computed_when_read() -> None:
     new.release("requests")
     c.release("requests")
     assert (s.gauges[rq_open], s.gauges[remaining]) == (0, 5)
+
+
+def test_histogram_buckets_lazily_as_it_would_at_once() -> None:
+    """Values wait unbucketed until the histogram is read or FOLD_AT of them are waiting;
+    the buckets, count and sum every view prints are those of bucketing each value when
+    observed (Envoy's bounds: a value on a bound counts in that bound's bucket)."""
+    import bisect
+    import random
+
+    from remora.proxy.stats import BUCKETS, Histogram
+
+    rng = random.Random(7)
+    values: list[float] = [0, 0.5, 0.50001, 1, 5, 10, 3600000, 3600000.5, 7200000, -1, 3]
+    values += [rng.choice((rng.random() * 2, rng.expovariate(0.01), float(rng.randrange(60))))
+               for _ in range(3 * Histogram.FOLD_AT + 17)]
+    s = StatsStore()
+    h = histogram(s, "http.p.downstream_rq_time")
+    want_counts = [0] * (len(BUCKETS) + 1)
+    want_total = 0.0
+    for i, v in enumerate(values):
+        h.observe(v)
+        want_counts[bisect.bisect_left(BUCKETS, v)] += 1
+        want_total += v
+        assert len(h.pending) < Histogram.FOLD_AT  # bounded between reads
+        if i in (3, 200, 1500):  # a read in between folds what waits
+            assert h.counts == want_counts and h.count == i + 1 and h.total == want_total
+            assert not h.pending
+    assert (h.counts, h.count, h.total) == (want_counts, len(values), want_total)
+    eager = StatsStore()
+    for v in values:
+        eager.observe("http.p.downstream_rq_time", v)
+        eager.histograms["http.p.downstream_rq_time"].fold()  # each value on its own
+    assert s.render_text() == eager.render_text()
+    assert s.render_prometheus() == eager.render_prometheus()
+    assert s.snapshot() == eager.snapshot()

@@ -19,11 +19,16 @@ class FileAccessLog:
     def __init__(self, sink: Sink, formatter: Formatter) -> None:
         self.sink = sink
         self.formatter = formatter
-        self._write = sink.write  # bound once: one line per request
+        # bound once: one line per request is appended to the sink's list of this loop
+        # flush (Sink.write inlined), the first line after a flush schedules the next
+        self._lines = sink.pending
         self._render = formatter.render
 
     def log(self, info: StreamInfo) -> None:
-        self._write(self._render(info))
+        self._lines.append(self._render(info))
+        sink = self.sink
+        if not sink.scheduled or sink.loop_closed():
+            sink.schedule()
 
 
 @register("access_logger", "envoy.access_loggers.file", TYPE_URL)

@@ -9,7 +9,9 @@ log line is then one pass over that list. Missing values print as ``-`` in text 
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import re
 import socket
 import time
@@ -320,32 +322,62 @@ _HEADER_LOCALS = {"request_headers": "rq", "response_headers": "rs",
                   "response_trailers": "tr"}
 
 
+class _SecondCache:
+    """%START_TIME% without an argument, for the compiled renderer: the text of the last
+    whole second formatted (most lines of a second share it, as Envoy's access-log time
+    formatter caches its formatted seconds) and that second as a float, so a line in the
+    same second costs a subtraction and one ``floor``: ``t - second`` is exact there
+    (Sterbenz), so the milliseconds are those of the default START_TIME operator."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -2.0  # no time is in [second, second + 1) yet
+        self.text = ""
+
+    def miss(self, t: float) -> str:
+        whole = int(t)
+        self.second = float(whole)
+        self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        return self.text + _MILLIS[int((t - whole) * 1000)]
+
+
 def _text_expr(token: Token, i: int) -> str | None:
+    """The Python expression that prints TOKEN (its locals suffixed with I), or None."""
     name, arg, length = token
     if arg is None and length is None:
         if name in _STR_FIELDS:
             return f"(info.{_STR_FIELDS[name]} or '-')"
-        if name in _NO_SPACES_FIELDS:
-            return f"(info.{_NO_SPACES_FIELDS[name]} or '-').replace(' ', '_')"
-        if name in _INT_FIELDS:
-            return f"str(info.{_INT_FIELDS[name]})"
+        if name in _NO_SPACES_FIELDS:  # replace() only when there is a space to replace
+            return (f"('-' if not (s{i} := info.{_NO_SPACES_FIELDS[name]}) else "
+                    f"s{i}.replace(' ', '_') if ' ' in s{i} else s{i})")
+        if name in _INT_FIELDS:  # an exact int: the f-string prints it as str() does
+            return f"info.{_INT_FIELDS[name]}"
         if name == "RESPONSE_CODE":
-            return "str(info.response_code or 0)"
+            return "(info.response_code or 0)"
         if name == "RESPONSE_FLAGS":
-            return "(','.join(info.response_flags) or '-')"
-        if name == "DURATION":  # StreamInfo.duration_ms
-            return ("('-' if info.end_monotonic is None else "
-                    "str(int((info.end_monotonic - info.start_monotonic) * 1000)))")
+            return f"(','.join(f{i}) if (f{i} := info.response_flags) else '-')"
+        if name == "DURATION":  # StreamInfo.duration_ms; floor() is int() for d >= 0
+            return (f"('-' if (e{i} := info.end_monotonic) is None else "
+                    f"_floor(d{i}) if (d{i} := (e{i} - info.start_monotonic) * 1000) >= 0 "
+                    f"else int(d{i}))")
+        if name == "START_TIME":  # _start_time(None), through the per-second cache
+            return (f"(_st.text + _MILLIS[_floor(d{i} * 1000)] "
+                    f"if 0.0 <= (d{i} := (t{i} := info.start_time) - _st.second) < 1.0 "
+                    f"else _st.miss(t{i}))")
     if name in _HEADER_FIELDS and arg:
         local = _HEADER_LOCALS[_HEADER_FIELDS[name]]
         main, _, alt = arg.partition("?")
         main, alt = main.lower(), alt.lower()
-        value = (f"({local}[{main!r}] if {main!r} in {local} else {local}.get({alt!r}))"
-                 if alt else f"{local}.get({main!r})")
-        # present but empty prints empty (HeaderOp); absent prints "-"
+        # header values are str, never None: absent prints "-", present but empty prints
+        # empty (HeaderOp)
         if length:
+            value = (f"({local}[{main!r}] if {main!r} in {local} else {local}.get({alt!r}))"
+                     if alt else f"{local}.get({main!r})")
             return f"('-' if (h{i} := {value}) is None else h{i}[:{int(length)}])"
-        return f"('-' if (h{i} := {value}) is None else h{i})"
+        if alt:
+            return f"({local}[{main!r}] if {main!r} in {local} else {local}.get({alt!r}, '-'))"
+        return f"{local}.get({main!r}, '-')"
     return None
 
 
@@ -353,34 +385,42 @@ def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
                      ) -> Callable[[StreamInfo], str]:
     """PARTS (compiled from TOKENS) as one function with the literals and operators
     inlined, built when the listener loads: the same output as render_text, without its
-    per-part dispatch."""
-    env: dict[str, Any] = {"str": str, "_EMPTY": {}}
-    lines = ["def render(info):"]
-    pieces = []
+    per-part dispatch. The line is one f-string (built as a syntax tree, so literals need
+    no escaping): its literals are constants and its values are formatted in place."""
+    env: dict[str, Any] = {"_EMPTY": {}, "_floor": math.floor, "_MILLIS": _MILLIS,
+                           "_st": _SecondCache()}
+    body: list[ast.stmt] = []
+    values: list[ast.expr] = []
     used_locals: set[str] = set()
     for i, (token, part) in enumerate(zip(tokens, parts, strict=True)):
         if isinstance(part, str):
-            env[f"lit{i}"] = part
-            pieces.append(f"lit{i}")
+            values.append(ast.Constant(part))
             continue
         assert not isinstance(token, str)
         expr = _text_expr(token, i)
-        if expr is not None:
+        if expr is None:
+            env[f"op{i}"] = part
+            empty = "" if isinstance(part, HeaderOp) else f" or v{i} == ''"
+            body.extend(ast.parse(
+                f"v{i} = op{i}(info)\n"
+                f"v{i} = '-' if v{i} is None{empty} else "
+                f"(v{i} if v{i}.__class__ is str else str(v{i}))\n").body)
+            expr = f"v{i}"
+        else:
             used_locals.update(v for v in _HEADER_LOCALS.values() if f"{v}." in expr
-                               or f"in {v}" in expr)
-            pieces.append(expr)
-            continue
-        env[f"op{i}"] = part
-        lines.append(f"    v{i} = op{i}(info)")
-        empty = "" if isinstance(part, HeaderOp) else f" or v{i} == ''"
-        lines.append(f"    v{i} = '-' if v{i} is None{empty} else "
-                     f"(v{i} if v{i}.__class__ is str else str(v{i}))")
-        pieces.append(f"v{i}")
-    for field_name, local in _HEADER_LOCALS.items():
-        if local in used_locals:
-            lines.insert(1, f"    {local} = info.{field_name} or _EMPTY")
-    lines.append(f"    return ''.join(({', '.join(pieces)}{',' if len(pieces) == 1 else ''}))")
-    exec("\n".join(lines), env)  # the source is built above from the parsed format only
+                               or f"in {v}" in expr or f"{v}[" in expr)
+        values.append(ast.FormattedValue(ast.parse(expr, mode="eval").body, -1, None))
+    header_binds = [ast.parse(f"{local} = info.{field_name} or _EMPTY").body[0]
+                    for field_name, local in _HEADER_LOCALS.items() if local in used_locals]
+    fn = ast.FunctionDef(
+        name="render",
+        args=ast.arguments(posonlyargs=[], args=[ast.arg("info")], kwonlyargs=[],
+                           kw_defaults=[], defaults=[]),
+        body=[*header_binds, *body, ast.Return(ast.JoinedStr(values))],
+        decorator_list=[])
+    module = ast.fix_missing_locations(ast.Module(body=[fn], type_ignores=[]))
+    # the tree is built above from the parsed format only
+    exec(compile(module, "<access log format>", "exec"), env)
     render: Callable[[StreamInfo], str] = env["render"]
     return render
 

@@ -1,13 +1,15 @@
-"""Where access-log lines go: files opened by path, writes coalesced per loop turn.
+"""Where access-log lines go: files opened by path, writes coalesced over a few milliseconds.
 
 Envoy opens the configured path itself, ``/dev/stdout`` included (it reopens it by path,
-so the sidecar's stdout redirection decides where lines land). Lines logged during one
-event-loop turn are written with one ``write(2)``; without a running loop a line is
-written at once; what a full non-blocking fd does not take is kept in order and retried
-shortly (the event loop never waits on it), and ``flush_all`` (the process on its way out,
-SIGTERM included) writes everything still held. Every logger of one path shares one sink
-so lines never interleave.
-"""
+so the sidecar's stdout redirection decides where lines land). Envoy buffers a file
+access log's lines and writes them from a flush timer (``--file-flush-interval-msec``) or
+once 64 KiB are buffered; remora writes the lines logged within FLUSH_DELAY with one
+``write(2)`` (one per loop turn cost a flush call and a write per request at low
+concurrency); without a running loop a line is written at once; what a full
+non-blocking fd does not take is kept in order and retried shortly (the event loop never
+waits on it), and ``flush_all`` (the process on its way out, SIGTERM included) writes
+everything still held. Every logger of one path shares one sink so lines never
+interleave."""
 
 from __future__ import annotations
 
@@ -16,11 +18,17 @@ import contextlib
 import os
 import select
 import threading
+from collections.abc import Callable
 
 from remora.errors import RemoraError
 
+FLUSH_DELAY = 0.01  # lines leave at most this long after the first of them was logged
 RETRY_DELAY = 0.01  # a full non-blocking pipe (stdout to a slow reader): retry after
 EXIT_WAIT = 5.0  # without a loop (flush_all on the way out): wait this long at most
+
+
+def _true() -> bool:
+    return True
 
 
 class Sink:
@@ -29,17 +37,25 @@ class Sink:
         self.name = name
         self._pending: list[str] = []
         self._held = b""  # bytes a full non-blocking fd did not take yet
-        self._scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None  # see write
+        self.scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # see schedule
         self._thread = 0
+        # whether the loop the pending flush was scheduled on was closed before it ran (an
+        # asyncio.run that ended within FLUSH_DELAY of a line): then the next line
+        # schedules anew and the held lines go with it, in order (that loop's is_closed)
+        self.loop_closed: Callable[[], bool] = _true
 
     def write(self, line: str) -> None:
         self._pending.append(line)
-        if self._scheduled:
-            return
+        if not self.scheduled or self.loop_closed():
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Flush FLUSH_DELAY from now (at once without a running loop); called by the
+        first line after a flush (``write``, ``FileAccessLog.log``)."""
         # The loop the last flush was scheduled on, while it still runs in this thread, is
         # the running loop: asking asyncio for it costs a getpid(2) per call on CPython
-        # 3.11 (its fork check), once per loop turn that logs (forked workers forget it).
+        # 3.11 (its fork check), once per flush (forked workers forget it).
         loop = self._loop
         if loop is None or not loop.is_running() or self._thread != threading.get_ident():
             try:
@@ -49,15 +65,26 @@ class Sink:
                 return
             self._loop = loop
             self._thread = threading.get_ident()
-        self._scheduled = True
-        loop.call_soon(self.flush)
+            self.loop_closed = loop.is_closed
+        self.scheduled = True
+        loop.call_later(FLUSH_DELAY, self.flush)
+
+    @property
+    def pending(self) -> list[str]:
+        """The lines since the last flush, in order (one list for the sink's life: ``flush``
+        empties it in place, so a logger may hold it and append to it)."""
+        return self._pending
 
     def flush(self) -> None:
-        self._scheduled = False
-        data = self._held
+        self.scheduled = False
+        held = self._held
         if self._pending:
-            data += "".join(self._pending).encode()
+            data = "".join(self._pending).encode()
             self._pending.clear()
+            if held:
+                data = held + data
+        else:
+            data = held
         self._held = b""
         while data:
             try:
@@ -71,6 +98,8 @@ class Sink:
                 continue
             except OSError:
                 return  # a closed stdout must not take the proxy down
+            if n == len(data):
+                return  # all of it (the usual case): no copy of what was written
             data = data[n:]
 
     def _wait_writable(self) -> bool:
@@ -81,8 +110,10 @@ class Sink:
         except RuntimeError:
             _, writable, _ = select.select([], [self.fd], [], EXIT_WAIT)
             return bool(writable)
-        if not self._scheduled:
-            self._scheduled = True
+        if not self.scheduled:
+            self.scheduled = True
+            self._loop, self._thread = loop, threading.get_ident()
+            self.loop_closed = loop.is_closed
             loop.call_later(RETRY_DELAY, self.flush)
         return False
 
@@ -111,9 +142,13 @@ def fd_sink(fd: int, name: str) -> Sink:
 
 
 def _forget_loops() -> None:
-    """In a forked child: the parent's loop is not this process's running loop."""
+    """In a forked child: the parent's loop is not this process's running loop, and the
+    lines it holds are the parent's to write."""
     for sink in _SINKS.values():
         sink._loop = None
+        sink.loop_closed = _true
+        sink.scheduled = False
+        sink._pending.clear()
 
 
 os.register_at_fork(after_in_child=_forget_loops)

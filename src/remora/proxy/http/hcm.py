@@ -25,7 +25,7 @@ from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http2.codec_choice import choose_http2
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
-from remora.proxy.stats import Counter, counter, gauge, histogram
+from remora.proxy.stats import Counter, Gauge, counter, gauge, histogram
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
@@ -50,6 +50,8 @@ class HttpConnectionManager:
         # per route (by id: routes live as long as this config): the filters that act on
         # its requests, worked out on its first request
         self._route_chains: dict[int, tuple[list[Any], list[Any]]] = {}
+        self._last_route: Route | None = None  # the route of the last request, its chain
+        self._last_chain: tuple[list[Any], list[Any]] = ([], [])
         self.sanitize_xfcc = cfg.sanitize_xfcc
         # Envoy declares its counters up front, so /stats lists them at 0 before any
         # request; each stat's name is resolved to a handle once, here
@@ -64,6 +66,13 @@ class HttpConnectionManager:
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
         self._rq_active = gauge(stats, p + "downstream_rq_active")
         self._cx_active = gauge(stats, p + "downstream_cx_active")
+        # The store's own handles (StatsStore): a request's counters are added to the
+        # handles' pending counts and its active gauge to the store's entry in place, four
+        # calls fewer per request; over another Stats each change goes through the handle.
+        self._inline = (type(self._rq_total) is Counter and type(self._rq_active) is Gauge
+                        and all(type(c) is Counter for c in (self._rq_completed, *self._rq_xx)))
+        self._gauges = self._rq_active.values
+        self._rq_active_name = self._rq_active.name
         self._node_ip: str | bool | None = False
 
     async def on_connection(self, downstream: Downstream) -> None:
@@ -84,18 +93,25 @@ class HttpConnectionManager:
             self._cx_active.add(-1)
 
     async def serve(self, stream: ActiveStream) -> None:
-        self._rq_total.inc()
-        self._rq_active.add(1)
+        if self._inline:
+            self._rq_total.pending += 1
+            self._gauges[self._rq_active_name] += 1
+        else:
+            self._rq_total.inc()
+            self._rq_active.add(1)
         try:
             if not stream.prepare():
                 return
             route = stream.route
             if route is None:
                 decoders = self.decoders
+            elif route is self._last_route:  # the usual case: one route takes the traffic
+                decoders, stream.encoders = self._last_chain
             else:
                 chain = self._route_chains.get(id(route))
                 if chain is None:
                     chain = self._route_chain(route)
+                self._last_route, self._last_chain = route, chain
                 decoders, stream.encoders = chain
             for f in decoders:
                 if not await f.decode_headers(stream):
@@ -121,8 +137,6 @@ class HttpConnectionManager:
         """The stream is over (answered, failed or abandoned): log it."""
         info = stream.info
         req = stream.req
-        if req.method:  # a stream that never decoded a request was not counted
-            self._rq_active.add(-1)
         info.bytes_received = req.body_bytes
         code = info.response_code
         if code is None:
@@ -130,10 +144,20 @@ class HttpConnectionManager:
         end = info.end_monotonic
         if end is None:
             end = info.end_monotonic = time.monotonic()  # StreamInfo.finish
-        self._rq_completed.inc()
+        # a stream that never decoded a request was not counted active
+        if self._inline:
+            if req.method:
+                self._gauges[self._rq_active_name] -= 1
+            self._rq_completed.pending += 1
+            if 100 <= code < 600:
+                self._rq_xx[code // 100 - 1].pending += 1
+        else:
+            if req.method:
+                self._rq_active.add(-1)
+            self._rq_completed.inc()
+            if 100 <= code < 600:
+                self._rq_xx[code // 100 - 1].inc()
         self._rq_time.observe((end - info.start_monotonic) * 1000)
-        if 100 <= code < 600:
-            self._rq_xx[code // 100 - 1].inc()
         for logger in self.loggers:
             logger.log(info)
 

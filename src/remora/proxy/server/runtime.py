@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from remora.errors import RemoraError
+from remora.proxy.access_log.sink import flush_all
 from remora.proxy.config.bootstrap import Bootstrap, read_discovery_file
 from remora.proxy.config.listener import LISTENER_TYPE, ListenerConfig, parse_listener
 from remora.proxy.config.strict import ConfigError
@@ -202,6 +203,7 @@ class Server:
             self._drain_stop.cancel()
         for active in self.listeners.values():
             active.stop_accepting()
+        flush_all()  # access-log lines still waiting for their flush delay leave now
         self.stopped.set()
 
     def refresh_server_stats(self) -> None:
