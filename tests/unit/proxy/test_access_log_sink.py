@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
+import time
 
 import pytest
 
@@ -185,3 +187,50 @@ def test_lines_held_by_a_loop_that_ended_leave_with_the_next_line(pipe_sink) -> 
     asyncio.run(log("d"))
     s.write("e\n")  # no loop: at once, with what the ended loop held
     assert _read(r) == b"d\ne\n"
+
+
+def test_a_batch_to_a_pipe_leaves_in_whole_lines_of_at_most_pipe_buf(pipe_sink) -> None:  # type: ignore[no-untyped-def]
+    s, r, writes = pipe_sink
+    lines = [f"line {i:04d} " + "x" * 280 + "\n" for i in range(40)]  # ~11.6 KB
+    lines.append("y" * 5000 + "\n")  # one line longer than PIPE_BUF: goes alone
+    s.pending.extend(lines)
+    got = b""
+    s.flush()
+    while chunk := _read(r):
+        got += chunk
+    assert got == "".join(lines).encode()
+    assert len(writes) > 1
+    assert all(n <= select.PIPE_BUF for n in writes[:-1]) and writes[-1] == 5001
+
+
+def test_forked_writers_on_one_pipe_never_split_a_line() -> None:
+    """Two processes (as --concurrency 2's workers) batch lines into one pipe that a slow
+    reader drains: every line arrives whole."""
+    r, w = os.pipe()
+    children = []
+    for tag in "ab":
+        pid = os.fork()
+        if pid == 0:  # a worker: its own sink on the shared pipe
+            try:
+                os.close(r)
+                s = sink_mod.Sink(w, "stdout")
+                for batch in range(30):
+                    s.pending.extend(f"{tag} {batch:02d} {i:03d} " + tag * 200 + "\n"
+                                     for i in range(60))  # ~13 KB per write batch
+                    s.flush()
+            finally:
+                os._exit(0)
+        children.append(pid)
+    os.close(w)
+    data = b""
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while chunk := f.read(1024):  # a slow reader keeps the pipe full
+            data += chunk
+            time.sleep(0.0005)
+    for pid in children:
+        os.waitpid(pid, 0)
+    got = data.decode().splitlines()
+    assert len(got) == 2 * 30 * 60
+    for line in got:
+        tag, _, _, body = line.split(" ")
+        assert body == tag * 200, line[:80]

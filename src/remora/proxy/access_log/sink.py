@@ -9,7 +9,12 @@ concurrency); without a running loop a line is written at once; what a full
 non-blocking fd does not take is kept in order and retried shortly (the event loop never
 waits on it), and ``flush_all`` (the process on its way out, SIGTERM included) writes
 everything still held. Every logger of one path shares one sink so lines never
-interleave."""
+interleave. Forked workers (``--concurrency``) each have their own sink on the same file:
+a regular file opened O_APPEND takes each write whole, but a pipe (``/dev/stdout`` piped
+to a log collector) only keeps writes of up to PIPE_BUF bytes in one piece, so there the
+batch is written in pieces of at most PIPE_BUF that end at a line's end (POSIX write(2):
+writes of at most PIPE_BUF bytes to a pipe are not interleaved with other writers'); a
+single line longer than PIPE_BUF cannot be kept whole and goes alone."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import select
+import stat
 import threading
 from collections.abc import Callable
 
@@ -35,6 +41,8 @@ class Sink:
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
+        # a pipe or socket: write at most this many bytes at a time, cut at a line's end
+        self.atomic_limit = _atomic_limit(fd)
         self._pending: list[str] = []
         self._held = b""  # bytes a full non-blocking fd did not take yet
         self.scheduled = False
@@ -86,6 +94,10 @@ class Sink:
         else:
             data = held
         self._held = b""
+        limit = self.atomic_limit
+        if limit and len(data) > limit:
+            self._write_pieces(data, limit)
+            return
         while data:
             try:
                 n = os.write(self.fd, data)
@@ -102,6 +114,28 @@ class Sink:
                 return  # all of it (the usual case): no copy of what was written
             data = data[n:]
 
+    def _write_pieces(self, data: bytes, limit: int) -> None:
+        """DATA to a pipe in pieces of at most LIMIT bytes, each ending at a line's end,
+        so another process's lines never land inside one of ours."""
+        start, end = 0, len(data)
+        while start < end:
+            stop = start + limit
+            if stop < end:
+                cut = data.rfind(b"\n", start, stop)
+                stop = cut + 1 if cut >= start else data.find(b"\n", stop) + 1 or end
+            else:
+                stop = end
+            try:
+                n = os.write(self.fd, data[start:stop])
+            except BlockingIOError:
+                if not self._wait_writable():
+                    self._held = data[start:]
+                    return
+                continue
+            except OSError:
+                return
+            start += n
+
     def _wait_writable(self) -> bool:
         """In the event loop: retry in RETRY_DELAY (False). Without one (the process is
         on its way out): wait until the fd takes bytes again, EXIT_WAIT at most."""
@@ -116,6 +150,14 @@ class Sink:
             self.loop_closed = loop.is_closed
             loop.call_later(RETRY_DELAY, self.flush)
         return False
+
+
+def _atomic_limit(fd: int) -> int:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return 0
+    return select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 0
 
 
 _SINKS: dict[str, Sink] = {}
