@@ -23,10 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from typing import Protocol
 
 # what one output holds for the turn's end at most; beyond it the bytes are written at once
 # (a small response is one or two hundred bytes; one uvloop read is at most 256 KiB)
 DEFER_LIMIT = 64 * 1024
+
+
+class Flushable(Protocol):
+    """What the batch flushes at the turn's end: a ``DeferredOutput``, or a codec that
+    serialises its frames then (the HTTP/2 connections, ``WriteBatch.defer``)."""
+
+    def flush(self) -> None: ...
 
 
 class WriteBatch:
@@ -41,7 +49,7 @@ class WriteBatch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._call_soon = loop.call_soon
-        self._dirty: list[DeferredOutput] = []
+        self._dirty: list[Flushable] = []
         self._wrote = False  # a write went out in this turn (the end-of-turn call is due)
 
     def eager(self) -> bool:
@@ -52,7 +60,17 @@ class WriteBatch:
         self._call_soon(self._run)
         return True
 
-    def add(self, out: DeferredOutput) -> None:
+    def add(self, out: Flushable) -> None:
+        self._dirty.append(out)
+
+    def defer(self, out: Flushable) -> None:
+        """OUT flushed at the turn's end, never at once: an HTTP/2 connection whose
+        frames of every stream that moved in the turn go out in one write (as Envoy's
+        codec writes once per dispatch). It counts as the turn's write: the turn serves
+        streams, so the HTTP/1.1 writes after it wait for its end too."""
+        if not self._wrote:
+            self._wrote = True
+            self._call_soon(self._run)
         self._dirty.append(out)
 
     def _run(self) -> None:

@@ -128,3 +128,43 @@ async def _real_loop() -> None:
     await asyncio.sleep(0)
     assert order == ["a written", "b queued"]
     assert b.sent == [b"2"]
+
+
+class FrameCodec:
+    """An HTTP/2 connection's part: frames serialised only when the batch flushes it."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
+        self.queued: list[bytes] = []
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.queued:
+            self.transport.write(b"".join(self.queued))
+            self.queued = []
+
+
+def test_a_deferred_codec_is_flushed_at_the_turns_end_and_holds_the_turns_writes() -> None:
+    loop = FakeLoop()
+    batch = WriteBatch(loop)  # type: ignore[arg-type]
+    h2, up = FakeTransport(), FakeTransport()
+    codec = FrameCodec(h2)
+    out = DeferredOutput(up, batch)  # type: ignore[arg-type]
+    codec.queued.append(b"HEADERS")
+    batch.defer(codec)
+    assert h2.sent == [] and len(loop.ready) == 1  # never at once, one end-of-turn call
+    out.write(b"GET / HTTP/1.1\r\n\r\n")  # the turn serves streams: this one waits too
+    assert up.sent == []
+    codec.queued.append(b"DATA")
+    loop.end_turn()
+    assert h2.sent == [b"HEADERSDATA"] and codec.flushes == 1
+    assert up.sent == [b"GET / HTTP/1.1\r\n\r\n"]
+    assert loop.ready == []
+    # the next turn: a write before the codec's defer is eager again, the call is shared
+    out.write(b"next")
+    assert up.sent[-1] == b"next"
+    batch.defer(codec)
+    assert len(loop.ready) == 1
+    loop.end_turn()
+    assert codec.flushes == 2 and loop.ready == []

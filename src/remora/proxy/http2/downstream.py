@@ -50,6 +50,7 @@ from ngh2 import ErrorCode as ErrorCodes
 from ngh2 import Setting as SettingCodes
 
 from remora.proxy.deadline_timer import DeadlineTimer
+from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
@@ -118,7 +119,8 @@ class Http2Connection:
         self.streams: dict[int, Http2Stream] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.write_paused = False
-        self._write_scheduled = False
+        self._write_scheduled = False  # queued in the loop's write batch for this turn
+        self._batch = batch_for(self.loop)
         self.unacked_total = 0
         self.closed = False
         self.goaway_sent = False
@@ -605,18 +607,28 @@ class Http2Connection:
 
     # -- writing --------------------------------------------------------------------------
     def _write(self) -> None:
-        """Send what h2 queued, once per loop iteration: the frames of all streams that
-        moved in this iteration (HEADERS, DATA, END_STREAM, WINDOW_UPDATEs) go out in one
-        write instead of one per frame group."""
+        """Send what the codec queued at the end of the loop turn: the frames of all
+        streams that moved in this turn (HEADERS, DATA, END_STREAM, WINDOW_UPDATEs) go out
+        in one write instead of one per frame group, flushed by the loop's write batch
+        with the turn's HTTP/1.1 writes (proxy/deferred_write.py). Never at once, unlike
+        an HTTP/1.1 turn's first write: a client multiplexing streams keeps this
+        connection busy, and each write is a syscall and a wake-up of the client."""
         if not self._write_scheduled:
             self._write_scheduled = True
-            self.loop.call_soon(self._write_now)
+            self._batch.defer(self)
+
+    def flush(self) -> None:
+        """The write batch's end-of-turn call."""
+        if self._write_scheduled:
+            self._write_now()
 
     def _write_now(self) -> None:
         self._write_scheduled = False
         out, self._pending_out = self._pending_out, b""
-        with contextlib.suppress(ngh2.NGH2Error):
+        try:  # (no contextlib.suppress: this runs every loop turn)
             out += self.h2.data_to_send()
+        except ngh2.NGH2Error:
+            out += b""  # the codec is unusable: what was serialised before still goes
         if out and not self.transport.is_closing():
             self.transport.write(out)
 
