@@ -334,7 +334,8 @@ class Http2Connection:
             self._dispatch(ev)
             if self.closed:
                 return
-        self._write()
+        if self._pending_out or conn.want_write:  # (a read of requests has no answer)
+            self._write()
 
     def _codec_error(self, header: bool, fatal: Exception | None = None) -> None:
         """A connection error (RFC 9113 5.4.1): GOAWAY, the streams under way end as codec
@@ -696,7 +697,9 @@ class Http2Connection:
         except (ngh2.NGH2Error, ValueError):
             s.reset = True
         self._write()
-        s.scon.wake()  # drain() and the end-of-stream wait re-check their condition
+        scon = s.scon
+        if scon._drain_waiters or scon._writable_callbacks:
+            scon.wake()  # drain() and the end-of-stream wait re-check their condition
 
     # -- one stream -----------------------------------------------------------------------
     async def _serve(self, stream: Http2Stream) -> None:
@@ -764,9 +767,12 @@ class Http2Connection:
                 self._pending_out += self.h2.data_to_send()
             self._reset(sid, ErrorCodes.NO_ERROR)
             self._write()
-        self._release(stream)
-        self.streams.pop(sid, None)
-        self._idle_since = self.loop.time()
+        if stream.unacked:
+            self._release(stream)
+        streams = self.streams
+        streams.pop(sid, None)
+        if not streams:  # (while streams are open, _idle_check refreshes it itself)
+            self._idle_since = self.loop.time()
         self._closed_streams += 1
         if stream.reset_by_peer and (self.loop.time() - stream.started_at
                                      < PREMATURE_RESET_LIFETIME):

@@ -142,10 +142,11 @@ class StreamConn:
             self._writable_callbacks.append(callback)
 
     def wake(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        if self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
         if self._writable_callbacks and not self.write_paused:
             callbacks, self._writable_callbacks = self._writable_callbacks, []
             for cb in callbacks:
@@ -170,9 +171,9 @@ class Http2Stream(ActiveStream):
         self.h2c = scon.h2c
         self.sid = scon.stream_id
         self.info.protocol = "HTTP/2"
-        self.closing = False
+        # (closing: False, as a Request is keep-alive; out, ActiveStream's fresh list:
+        # here the DATA payloads waiting for the peer's window)
         self.head_block: list[tuple[bytes, bytes]] | None = None  # HEADERS not yet sent
-        self.out: list[bytes] = []  # DATA payloads waiting for the peer's window
         self.out_bytes = 0
         self.end_queued = False  # END_STREAM (or trailers) follows the queued data
         self.trailers: list[tuple[str, str]] | None = None
