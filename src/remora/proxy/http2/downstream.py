@@ -53,7 +53,7 @@ from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
-from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
+from remora.proxy.http2.header_names import TO_BYTES, TO_STR, encode_fields, learn_bytes, learn_str
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
@@ -477,7 +477,7 @@ class Http2Connection:
             size += len(name_b) + len(value_b)
             name = to_str.get(name_b) or learn_str(name_b)
             value = value_b.decode("latin-1")
-            if name.startswith(":"):
+            if name_b[0] == 58:  # ":", a pseudo header
                 if name == ":method":
                     method = value
                 elif name == ":path":
@@ -495,8 +495,10 @@ class Http2Connection:
                 host = value
             else:
                 headers.append((name, value))
-                prev = hmap.get(name)
-                hmap[name] = value if prev is None else f"{prev},{value}"
+                if name in hmap:
+                    hmap[name] = f"{hmap[name]},{value}"
+                else:
+                    hmap[name] = value
         cfg = self.cfg
         if size > cfg.max_request_headers_kb * 1024 or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows
@@ -650,7 +652,11 @@ class Http2Connection:
         code = _STATUS.get(status)
         if code is None:
             code = str(status).encode()
-        s.head_block = [(b":status", code), *encode_fields(headers)]
+        to_bytes = TO_BYTES  # (encode_fields, inline: once per response)
+        block = [(b":status", code)]
+        for n, v in headers:
+            block.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
+        s.head_block = block
 
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""

@@ -269,10 +269,11 @@ class Http2Stream(ActiveStream):
             hl.append(("x-envoy-upstream-service-time", svc))
         if mutations:
             hl = apply_mutations(hl, mutations)
-        extra: list[tuple[str, str]] = []
-        for f in self.encoders:
-            f.encode_headers(self, status, extra)
-        hl += extra
+        if self.encoders:
+            extra: list[tuple[str, str]] = []
+            for f in self.encoders:
+                f.encode_headers(self, status, extra)
+            hl += extra
         resp = dict(hl)
         if "date" not in resp:
             resp["date"] = http_date_text()
