@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
 _STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
+# the reset codes of nghttp2's own stream errors (_on_closed), as plain ints: an enum
+# member's lookup costs more than the test, once per stream
+_CODEC_RESETS = frozenset({int(ErrorCodes.PROTOCOL_ERROR), int(ErrorCodes.FLOW_CONTROL_ERROR)})
 
 
 class _Protocol(asyncio.Protocol):
@@ -413,8 +416,7 @@ class Http2Connection:
         if sid in self._reset_ids:
             self._reset_ids.discard(sid)
             return
-        if ev.error_code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.FLOW_CONTROL_ERROR) \
-                and not self.closed:
+        if ev.error_code in _CODEC_RESETS and not self.closed:
             self._codec_error(header=not requested)
 
     def _control_frame(self) -> None:
