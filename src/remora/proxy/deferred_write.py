@@ -17,6 +17,9 @@ runs after the I/O callbacks that queued them. Order on a transport is kept beca
 write to it goes through its output; ``flush()`` before closing (or ending) the transport.
 A large write (or a turn's bytes above ``DEFER_LIMIT``) goes out at once, so flow control
 (``pause_writing``) still sees big bodies when they are written, not a turn later.
+The HTTP/2 connections (proxy/http2) join the same batch with ``WriteBatch.defer``: their
+codec serialises the frames of every stream that moved in the turn when the batch flushes
+them, one write per connection, never eagerly.
 """
 
 from __future__ import annotations
