@@ -704,7 +704,9 @@ class Http2Connection:
                 s.ended = True
         except (ngh2.NGH2Error, ValueError):
             s.reset = True
-        self._write()
+        if not self._write_scheduled:  # (_write, inline)
+            self._write_scheduled = True
+            self._batch.defer(self)
         scon = s.scon
         if scon._drain_waiters or scon._writable_callbacks:
             scon.wake()  # drain() and the end-of-stream wait re-check their condition
@@ -735,7 +737,8 @@ class Http2Connection:
                     raise
             # the response is queued: wait until it left (or the stream was reset), so
             # the access log's duration and flags are the stream's
-            while stream.response_complete and not stream.sent_all and not self.closed:
+            while (stream.response_complete and not (stream.ended or stream.reset)
+                   and not self.closed):  # (sent_all, inline)
                 fut = self.loop.create_future()
                 scon._drain_waiters.append(fut)
                 try:
@@ -760,7 +763,7 @@ class Http2Connection:
         """After the exchange: reset what did not end cleanly, count premature resets
         (rapid reset), forget the stream."""
         sid = stream.sid
-        if not stream.sent_all and not self.closed:
+        if not (stream.ended or stream.reset) and not self.closed:  # (not sent_all)
             # the response could not be completed (upstream reset after the headers,
             # a timeout after they were sent): the stream is reset, as Envoy does
             self._reset(sid, ErrorCodes.INTERNAL_ERROR)

@@ -304,7 +304,7 @@ class Http2Stream(ActiveStream):
     def encode_end(self) -> None:
         self.end_queued = True
         self.response_complete = True
-        self.flush()
+        self.h2c.pump(self)  # (flush, one frame less: once per response)
 
     def flush(self) -> None:
         self.h2c.pump(self)
