@@ -48,36 +48,46 @@ class WriteBatch:
     nothing is gained by waiting; a second write in the same turn means several requests
     are being served, and from there on the turn's writes wait for its end."""
 
-    __slots__ = ("__weakref__", "_call_soon", "_dirty", "_wrote")
+    __slots__ = ("__weakref__", "_call_soon", "_dirty", "_due", "_wrote")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._call_soon = loop.call_soon
         self._dirty: list[Flushable] = []
-        self._wrote = False  # a write went out in this turn (the end-of-turn call is due)
+        self._wrote = False  # a write went out in this turn
+        self._due = False  # the end-of-turn call is due
 
     def eager(self) -> bool:
         """Whether this write may go out at once (the turn's first)."""
         if self._wrote:
             return False
         self._wrote = True
-        self._call_soon(self._run)
+        if not self._due:
+            self._due = True
+            self._call_soon(self._run)
         return True
 
     def add(self, out: Flushable) -> None:
         self._dirty.append(out)
 
-    def defer(self, out: Flushable) -> None:
+    def defer(self, out: Flushable, *, hold: bool = False) -> None:
         """OUT flushed at the turn's end, never at once: an HTTP/2 connection whose
         frames of every stream that moved in the turn go out in one write (as Envoy's
-        codec writes once per dispatch). It counts as the turn's write: the turn serves
-        streams, so the HTTP/1.1 writes after it wait for its end too."""
-        if not self._wrote:
+        codec writes once per dispatch). HOLD (a downstream HTTP/2 connection: the turn
+        serves a multiplexing client's streams) makes the turn's HTTP/1.1 writes wait
+        for its end as well, as after a second write: the upstream requests of the
+        streams a read brought go out together, after the streams' first steps. Without
+        it (an HTTP/2 upstream, which defers a WINDOW_UPDATE in the turn its response
+        arrives) the turn's first HTTP/1.1 write, the client's response, still goes out
+        at once."""
+        if hold:
             self._wrote = True
+        if not self._due:
+            self._due = True
             self._call_soon(self._run)
         self._dirty.append(out)
 
     def _run(self) -> None:
-        self._wrote = False
+        self._wrote = self._due = False
         dirty = self._dirty
         if dirty:
             self._dirty = []

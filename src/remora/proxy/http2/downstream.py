@@ -337,8 +337,9 @@ class Http2Connection:
             self._dispatch(ev)
             if self.closed:
                 return
-        if self._pending_out or conn.want_write:  # (a read of requests has no answer)
-            self._write()
+        # also when there is nothing to send yet: the turn holds its HTTP/1.1 writes (the
+        # upstream requests of the streams this read started go out together at its end)
+        self._write()
 
     def _codec_error(self, header: bool, fatal: Exception | None = None) -> None:
         """A connection error (RFC 9113 5.4.1): GOAWAY, the streams under way end as codec
@@ -620,7 +621,7 @@ class Http2Connection:
         connection busy, and each write is a syscall and a wake-up of the client."""
         if not self._write_scheduled:
             self._write_scheduled = True
-            self._batch.defer(self)
+            self._batch.defer(self, hold=True)
 
     def flush(self) -> None:
         """The write batch's end-of-turn call."""
@@ -706,7 +707,7 @@ class Http2Connection:
             s.reset = True
         if not self._write_scheduled:  # (_write, inline)
             self._write_scheduled = True
-            self._batch.defer(self)
+            self._batch.defer(self, hold=True)
         scon = s.scon
         if scon._drain_waiters or scon._writable_callbacks:
             scon.wake()  # drain() and the end-of-stream wait re-check their condition
