@@ -200,7 +200,12 @@ def main() -> int:
                     help="count the proxy's instructions per request under valgrind")
     ap.add_argument("--keep", type=Path, default=None,
                     help="--callgrind: copy the measured dump here (for callgrind_annotate)")
+    ap.add_argument("--cprofile", type=Path, default=None,
+                    help="run the proxy under cProfile, its stats written here at the end "
+                         "(warm-up included; calls per request: ncalls / all requests)")
     args = ap.parse_args()
+    if args.cprofile is not None and (args.callgrind or args.proxy == "envoy"):
+        raise SystemExit("bench_h2_cpu: --cprofile profiles remora alone, without --callgrind")
     if args.callgrind and args.proxy == "envoy":
         # tried: Envoy's worker threads leave no dump callgrind_control can take here
         raise SystemExit("bench_h2_cpu: --callgrind counts remora only; compare Envoy by "
@@ -218,6 +223,8 @@ def main() -> int:
         if args.proxy == "remora":
             argv = [sys.executable, "-m", "remora", "proxy", "-c", str(cfg),
                     "--concurrency", "1"]
+            if args.cprofile is not None:
+                argv[1:1] = ["-m", "cProfile", "-o", str(args.cprofile.resolve())]
         else:
             argv = ["envoy", "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
                     "--log-level", "warning"]

@@ -17,16 +17,27 @@ runs after the I/O callbacks that queued them. Order on a transport is kept beca
 write to it goes through its output; ``flush()`` before closing (or ending) the transport.
 A large write (or a turn's bytes above ``DEFER_LIMIT``) goes out at once, so flow control
 (``pause_writing``) still sees big bodies when they are written, not a turn later.
+The HTTP/2 connections (proxy/http2) join the same batch with ``WriteBatch.defer``: their
+codec serialises the frames of every stream that moved in the turn when the batch flushes
+them, one write per connection, never eagerly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from typing import Protocol
 
 # what one output holds for the turn's end at most; beyond it the bytes are written at once
 # (a small response is one or two hundred bytes; one uvloop read is at most 256 KiB)
 DEFER_LIMIT = 64 * 1024
+
+
+class Flushable(Protocol):
+    """What the batch flushes at the turn's end: a ``DeferredOutput``, or a codec that
+    serialises its frames then (the HTTP/2 connections, ``WriteBatch.defer``)."""
+
+    def flush(self) -> None: ...
 
 
 class WriteBatch:
@@ -37,26 +48,46 @@ class WriteBatch:
     nothing is gained by waiting; a second write in the same turn means several requests
     are being served, and from there on the turn's writes wait for its end."""
 
-    __slots__ = ("__weakref__", "_call_soon", "_dirty", "_wrote")
+    __slots__ = ("__weakref__", "_call_soon", "_dirty", "_due", "_wrote")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._call_soon = loop.call_soon
-        self._dirty: list[DeferredOutput] = []
-        self._wrote = False  # a write went out in this turn (the end-of-turn call is due)
+        self._dirty: list[Flushable] = []
+        self._wrote = False  # a write went out in this turn
+        self._due = False  # the end-of-turn call is due
 
     def eager(self) -> bool:
         """Whether this write may go out at once (the turn's first)."""
         if self._wrote:
             return False
         self._wrote = True
-        self._call_soon(self._run)
+        if not self._due:
+            self._due = True
+            self._call_soon(self._run)
         return True
 
-    def add(self, out: DeferredOutput) -> None:
+    def add(self, out: Flushable) -> None:
+        self._dirty.append(out)
+
+    def defer(self, out: Flushable, *, hold: bool = False) -> None:
+        """OUT flushed at the turn's end, never at once: an HTTP/2 connection whose
+        frames of every stream that moved in the turn go out in one write (as Envoy's
+        codec writes once per dispatch). HOLD (a downstream HTTP/2 connection: the turn
+        serves a multiplexing client's streams) makes the turn's HTTP/1.1 writes wait
+        for its end as well, as after a second write: the upstream requests of the
+        streams a read brought go out together, after the streams' first steps. Without
+        it (an HTTP/2 upstream, which defers a WINDOW_UPDATE in the turn its response
+        arrives) the turn's first HTTP/1.1 write, the client's response, still goes out
+        at once."""
+        if hold:
+            self._wrote = True
+        if not self._due:
+            self._due = True
+            self._call_soon(self._run)
         self._dirty.append(out)
 
     def _run(self) -> None:
-        self._wrote = False
+        self._wrote = self._due = False
         dirty = self._dirty
         if dirty:
             self._dirty = []

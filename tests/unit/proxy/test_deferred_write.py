@@ -128,3 +128,66 @@ async def _real_loop() -> None:
     await asyncio.sleep(0)
     assert order == ["a written", "b queued"]
     assert b.sent == [b"2"]
+
+
+class FrameCodec:
+    """An HTTP/2 connection's part: frames serialised only when the batch flushes it."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
+        self.queued: list[bytes] = []
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.queued:
+            self.transport.write(b"".join(self.queued))
+            self.queued = []
+
+
+def test_a_deferred_codec_is_flushed_at_the_turns_end_and_leaves_the_eager_write() -> None:
+    loop = FakeLoop()
+    batch = WriteBatch(loop)  # type: ignore[arg-type]
+    h2, down = FakeTransport(), FakeTransport()
+    codec = FrameCodec(h2)
+    out = DeferredOutput(down, batch)  # type: ignore[arg-type]
+    codec.queued.append(b"WINDOW_UPDATE")
+    batch.defer(codec)
+    assert h2.sent == [] and len(loop.ready) == 1  # never at once, one end-of-turn call
+    # an HTTP/1.1 client's response in the same turn is still the turn's first write
+    out.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert down.sent == [b"HTTP/1.1 200 OK\r\n\r\n"]
+    assert len(loop.ready) == 1  # the same end-of-turn call
+    out.write(b"second")  # the turn's second write waits
+    assert down.sent == [b"HTTP/1.1 200 OK\r\n\r\n"]
+    codec.queued.append(b"DATA")
+    loop.end_turn()
+    assert h2.sent == [b"WINDOW_UPDATEDATA"] and codec.flushes == 1
+    assert down.sent == [b"HTTP/1.1 200 OK\r\n\r\n", b"second"]
+    assert loop.ready == []
+    # the next turn: a write before the codec's defer is eager again, the call is shared
+    out.write(b"next")
+    assert down.sent[-1] == b"next"
+    batch.defer(codec)
+    assert len(loop.ready) == 1
+    loop.end_turn()
+    assert codec.flushes == 2 and loop.ready == []
+
+
+def test_a_holding_codec_makes_the_turns_writes_wait() -> None:
+    """A downstream HTTP/2 connection's read: the upstream requests of its streams wait
+    for the turn's end together."""
+    loop = FakeLoop()
+    batch = WriteBatch(loop)  # type: ignore[arg-type]
+    h2, up = FakeTransport(), FakeTransport()
+    codec = FrameCodec(h2)
+    out = DeferredOutput(up, batch)  # type: ignore[arg-type]
+    batch.defer(codec, hold=True)
+    out.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert up.sent == [] and len(loop.ready) == 1
+    loop.end_turn()
+    assert up.sent == [b"GET / HTTP/1.1\r\n\r\n"] and codec.flushes == 1
+    out.write(b"next")  # the next turn starts eager again
+    assert up.sent[-1] == b"next"
+    loop.end_turn()
+    assert loop.ready == []

@@ -50,9 +50,10 @@ from ngh2 import ErrorCode as ErrorCodes
 from ngh2 import Setting as SettingCodes
 
 from remora.proxy.deadline_timer import DeadlineTimer
+from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
-from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
+from remora.proxy.http2.header_names import TO_BYTES, TO_STR, encode_fields, learn_bytes, learn_str
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.stream import Http2Stream, StreamConn
 from remora.proxy.interfaces import Downstream
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
 _STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
+# the reset codes of nghttp2's own stream errors (_on_closed), as plain ints: an enum
+# member's lookup costs more than the test, once per stream
+_CODEC_RESETS = frozenset({int(ErrorCodes.PROTOCOL_ERROR), int(ErrorCodes.FLOW_CONTROL_ERROR)})
 
 
 class _Protocol(asyncio.Protocol):
@@ -118,7 +122,8 @@ class Http2Connection:
         self.streams: dict[int, Http2Stream] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.write_paused = False
-        self._write_scheduled = False
+        self._write_scheduled = False  # queued in the loop's write batch for this turn
+        self._batch = batch_for(self.loop)
         self.unacked_total = 0
         self.closed = False
         self.goaway_sent = False
@@ -332,6 +337,8 @@ class Http2Connection:
             self._dispatch(ev)
             if self.closed:
                 return
+        # also when there is nothing to send yet: the turn holds its HTTP/1.1 writes (the
+        # upstream requests of the streams this read started go out together at its end)
         self._write()
 
     def _codec_error(self, header: bool, fatal: Exception | None = None) -> None:
@@ -410,8 +417,7 @@ class Http2Connection:
         if sid in self._reset_ids:
             self._reset_ids.discard(sid)
             return
-        if ev.error_code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.FLOW_CONTROL_ERROR) \
-                and not self.closed:
+        if ev.error_code in _CODEC_RESETS and not self.closed:
             self._codec_error(header=not requested)
 
     def _control_frame(self) -> None:
@@ -474,7 +480,7 @@ class Http2Connection:
             size += len(name_b) + len(value_b)
             name = to_str.get(name_b) or learn_str(name_b)
             value = value_b.decode("latin-1")
-            if name.startswith(":"):
+            if name_b[0] == 58:  # ":", a pseudo header
                 if name == ":method":
                     method = value
                 elif name == ":path":
@@ -492,8 +498,10 @@ class Http2Connection:
                 host = value
             else:
                 headers.append((name, value))
-                prev = hmap.get(name)
-                hmap[name] = value if prev is None else f"{prev},{value}"
+                if name in hmap:
+                    hmap[name] = f"{hmap[name]},{value}"
+                else:
+                    hmap[name] = value
         cfg = self.cfg
         if size > cfg.max_request_headers_kb * 1024 or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows
@@ -605,18 +613,28 @@ class Http2Connection:
 
     # -- writing --------------------------------------------------------------------------
     def _write(self) -> None:
-        """Send what h2 queued, once per loop iteration: the frames of all streams that
-        moved in this iteration (HEADERS, DATA, END_STREAM, WINDOW_UPDATEs) go out in one
-        write instead of one per frame group."""
+        """Send what the codec queued at the end of the loop turn: the frames of all
+        streams that moved in this turn (HEADERS, DATA, END_STREAM, WINDOW_UPDATEs) go out
+        in one write instead of one per frame group, flushed by the loop's write batch
+        with the turn's HTTP/1.1 writes (proxy/deferred_write.py). Never at once, unlike
+        an HTTP/1.1 turn's first write: a client multiplexing streams keeps this
+        connection busy, and each write is a syscall and a wake-up of the client."""
         if not self._write_scheduled:
             self._write_scheduled = True
-            self.loop.call_soon(self._write_now)
+            self._batch.defer(self, hold=True)
+
+    def flush(self) -> None:
+        """The write batch's end-of-turn call."""
+        if self._write_scheduled:
+            self._write_now()
 
     def _write_now(self) -> None:
         self._write_scheduled = False
         out, self._pending_out = self._pending_out, b""
-        with contextlib.suppress(ngh2.NGH2Error):
+        try:  # (no contextlib.suppress: this runs every loop turn)
             out += self.h2.data_to_send()
+        except ngh2.NGH2Error:
+            out += b""  # the codec is unusable: what was serialised before still goes
         if out and not self.transport.is_closing():
             self.transport.write(out)
 
@@ -637,7 +655,11 @@ class Http2Connection:
         code = _STATUS.get(status)
         if code is None:
             code = str(status).encode()
-        s.head_block = [(b":status", code), *encode_fields(headers)]
+        to_bytes = TO_BYTES  # (encode_fields, inline: once per response)
+        block = [(b":status", code)]
+        for n, v in headers:
+            block.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
+        s.head_block = block
 
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""
@@ -683,8 +705,12 @@ class Http2Connection:
                 s.ended = True
         except (ngh2.NGH2Error, ValueError):
             s.reset = True
-        self._write()
-        s.scon.wake()  # drain() and the end-of-stream wait re-check their condition
+        if not self._write_scheduled:  # (_write, inline)
+            self._write_scheduled = True
+            self._batch.defer(self, hold=True)
+        scon = s.scon
+        if scon._drain_waiters or scon._writable_callbacks:
+            scon.wake()  # drain() and the end-of-stream wait re-check their condition
 
     # -- one stream -----------------------------------------------------------------------
     async def _serve(self, stream: Http2Stream) -> None:
@@ -712,7 +738,8 @@ class Http2Connection:
                     raise
             # the response is queued: wait until it left (or the stream was reset), so
             # the access log's duration and flags are the stream's
-            while stream.response_complete and not stream.sent_all and not self.closed:
+            while (stream.response_complete and not (stream.ended or stream.reset)
+                   and not self.closed):  # (sent_all, inline)
                 fut = self.loop.create_future()
                 scon._drain_waiters.append(fut)
                 try:
@@ -737,7 +764,7 @@ class Http2Connection:
         """After the exchange: reset what did not end cleanly, count premature resets
         (rapid reset), forget the stream."""
         sid = stream.sid
-        if not stream.sent_all and not self.closed:
+        if not (stream.ended or stream.reset) and not self.closed:  # (not sent_all)
             # the response could not be completed (upstream reset after the headers,
             # a timeout after they were sent): the stream is reset, as Envoy does
             self._reset(sid, ErrorCodes.INTERNAL_ERROR)
@@ -752,9 +779,12 @@ class Http2Connection:
                 self._pending_out += self.h2.data_to_send()
             self._reset(sid, ErrorCodes.NO_ERROR)
             self._write()
-        self._release(stream)
-        self.streams.pop(sid, None)
-        self._idle_since = self.loop.time()
+        if stream.unacked:
+            self._release(stream)
+        streams = self.streams
+        streams.pop(sid, None)
+        if not streams:  # (while streams are open, _idle_check refreshes it itself)
+            self._idle_since = self.loop.time()
         self._closed_streams += 1
         if stream.reset_by_peer and (self.loop.time() - stream.started_at
                                      < PREMATURE_RESET_LIFETIME):

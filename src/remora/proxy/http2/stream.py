@@ -142,10 +142,11 @@ class StreamConn:
             self._writable_callbacks.append(callback)
 
     def wake(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        if self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
         if self._writable_callbacks and not self.write_paused:
             callbacks, self._writable_callbacks = self._writable_callbacks, []
             for cb in callbacks:
@@ -170,9 +171,9 @@ class Http2Stream(ActiveStream):
         self.h2c = scon.h2c
         self.sid = scon.stream_id
         self.info.protocol = "HTTP/2"
-        self.closing = False
+        # (closing: False, as a Request is keep-alive; out, ActiveStream's fresh list:
+        # here the DATA payloads waiting for the peer's window)
         self.head_block: list[tuple[bytes, bytes]] | None = None  # HEADERS not yet sent
-        self.out: list[bytes] = []  # DATA payloads waiting for the peer's window
         self.out_bytes = 0
         self.end_queued = False  # END_STREAM (or trailers) follows the queued data
         self.trailers: list[tuple[str, str]] | None = None
@@ -268,10 +269,11 @@ class Http2Stream(ActiveStream):
             hl.append(("x-envoy-upstream-service-time", svc))
         if mutations:
             hl = apply_mutations(hl, mutations)
-        extra: list[tuple[str, str]] = []
-        for f in self.encoders:
-            f.encode_headers(self, status, extra)
-        hl += extra
+        if self.encoders:
+            extra: list[tuple[str, str]] = []
+            for f in self.encoders:
+                f.encode_headers(self, status, extra)
+            hl += extra
         resp = dict(hl)
         if "date" not in resp:
             resp["date"] = http_date_text()
@@ -302,7 +304,7 @@ class Http2Stream(ActiveStream):
     def encode_end(self) -> None:
         self.end_queued = True
         self.response_complete = True
-        self.flush()
+        self.h2c.pump(self)  # (flush, one frame less: once per response)
 
     def flush(self) -> None:
         self.h2c.pump(self)

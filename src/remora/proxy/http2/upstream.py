@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import ngh2
 from ngh2 import ErrorCode, Setting
 
+from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.filter import HttpStream
 from remora.proxy.http.header_mutation import apply as apply_mutations
@@ -84,6 +85,16 @@ def http2_upstream(cluster: object, downstream_protocol: str | None) -> bool:
 
 
 # -- one connection -----------------------------------------------------------------------
+
+class _TurnEnd:
+    """What the write batch flushes for an upstream connection at the turn's end (its
+    own ``flush`` schedules that)."""
+
+    __slots__ = ("flush",)
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self.flush = flush
+
 class _Protocol(asyncio.Protocol):
     """The transport's protocol once the HTTP/2 client owns it. PREVIOUS (the core's
     TrackedProtocol) still hears of the bytes received and of the end."""
@@ -229,6 +240,8 @@ class H2Client:
         self._keepalive: Keepalive | None = None  # connection_keepalive
         self._pending_out = b""  # serialised, written by the next flush (_flush_now)
         self._flush_scheduled = False
+        self._batch = batch_for(self.loop)
+        self._turn_end = _TurnEnd(self._flush_turn)  # what the batch flushes
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
         # what a client sent reaches the upstream byte for byte (as through Envoy)
         # window updates follow what the downstream took (acknowledge)
@@ -346,13 +359,19 @@ class H2Client:
         writes once per dispatch."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush_now)
+            # the loop's write batch (proxy/deferred_write.py): one end-of-turn call for
+            # every connection's writes
+            self._batch.defer(self._turn_end)
 
     def _serialise(self) -> None:
         """Serialise now what the codec queued (written by the next flush): what nghttp2
         decided on its own surfaces as events only once its frames are serialised."""
         with contextlib.suppress(ngh2.NGH2Error):  # (closed or unusable: nothing more)
             self._pending_out += self.conn.data_to_send()
+
+    def _flush_turn(self) -> None:
+        if self._flush_scheduled:
+            self._flush_now()
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
