@@ -28,7 +28,7 @@ from remora.proxy.http.codec_state import (
 from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.header_mutation import apply as apply_mutations
-from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
+from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
@@ -131,6 +131,23 @@ class _StatusCounters:
             self.completed.inc()
 
 
+class _ClusterEntry:
+    """One cluster object as the router sees it per request: its stats handles, its HTTP
+    protocol options (whether requests go upstream as HTTP/2: never, always, or when the
+    downstream's was) and its pool limits."""
+
+    __slots__ = ("cluster", "cs", "h2_after_h1", "h2_after_h2", "limits", "opts")
+
+    def __init__(self, cluster: Cluster, cs: ClusterStats) -> None:
+        self.cluster = cluster
+        self.cs = cs
+        opts = self.opts = protocol_options(cluster)
+        # upstream_http2 by downstream protocol: HTTP/2, or anything else
+        self.h2_after_h2 = opts is not None and opts.upstream_http2("HTTP/2")
+        self.h2_after_h1 = opts is not None and opts.upstream_http2("HTTP/1.1")
+        self.limits = limits_of(cluster)
+
+
 class Router:
     terminal = True
 
@@ -140,15 +157,22 @@ class Router:
         self.suppress = suppress_envoy_headers
         self.pool = pool_for(self.cluster_manager)
         self._cluster_stats: dict[str, ClusterStats] = {}
-        self._options: dict[str, tuple[Cluster, HttpProtocolOptions | None]] = {}
+        self._entries: dict[str, _ClusterEntry] = {}
 
     def protocol_options(self, cluster: Cluster) -> HttpProtocolOptions | None:
         """CLUSTER's HTTP protocol options, looked up once per cluster object (a CDS update
         replaces the object, and with it the entry)."""
-        entry = self._options.get(cluster.name)
-        if entry is None or entry[0] is not cluster:
-            entry = self._options[cluster.name] = (cluster, protocol_options(cluster))
-        return entry[1]
+        return self.entry(cluster).opts
+
+    def entry(self, cluster: Cluster) -> _ClusterEntry:
+        """What a request needs of CLUSTER that depends on its config alone, worked out
+        once per cluster object (a CDS update replaces the object, and with it the
+        entry)."""
+        entry = self._entries.get(cluster.name)
+        if entry is None or entry.cluster is not cluster:
+            entry = self._entries[cluster.name] = _ClusterEntry(
+                cluster, self.cluster_stats(cluster.name))
+        return entry
 
     def cluster_stats(self, name: str) -> ClusterStats:
         cs = self._cluster_stats.get(name)
@@ -184,9 +208,9 @@ class _Forward:
     is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
     the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "hs", "policy",
-                 "reselections", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stream", "tried")
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "entry", "h1", "host", "hs",
+                 "policy", "reselections", "retries_left", "retry_slots", "retry_status",
+                 "route", "router", "started", "stream", "tried")
 
     def __init__(self, router: Router, stream: HttpStream, route: Route,
                  cluster: Cluster) -> None:
@@ -210,7 +234,8 @@ class _Forward:
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
         self.started = time.monotonic()
-        self.cs = router.cluster_stats(cluster.name)
+        entry = self.entry = router.entry(cluster)
+        self.cs = entry.cs
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
 
@@ -358,8 +383,9 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
-            opts = router.protocol_options(cluster)
-            if opts is not None and opts.upstream_http2(info.protocol):  # proxy/http2's pool
+            entry = self.entry
+            if entry.h2_after_h2 if info.protocol == "HTTP/2" else entry.h2_after_h1:
+                # proxy/http2's pool
                 if self.h1 is not None:
                     await self.h1.in_task()
                 # the HTTP/2 stack is imported by the first request that needs it, not
@@ -368,8 +394,13 @@ class _Forward:
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts
-            key = pool_key(cluster.name, facts)
-            pc = router.pool.acquire(key, exclude, cluster)
+            src = facts.original_src  # pool.pool_key, inlined
+            key = (cluster.name, facts.local_ip, facts.local_port,
+                   src.ip if src is not None else None)
+            # the first attempt's start is the request's time (one clock read less)
+            pc = router.pool.acquire(key, exclude, cluster,
+                                     self.started if info.upstream_request_attempt_count == 1
+                                     else time.monotonic())
             fresh = pc is None
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
@@ -393,7 +424,7 @@ class _Forward:
                     cluster.release("pending_requests")
                 # the pool counts stray bytes on it; bound to the cluster's stats only, so
                 # a pooled connection keeps nothing of this request alive
-                pc = PooledConnection(key, up, limits_of(cluster), cluster,
+                pc = PooledConnection(key, up, entry.limits, cluster,
                                       self.cs.count_protocol_error)
                 pc.take_over()
             else:
@@ -579,7 +610,10 @@ class _Forward:
             self._finish("upgrade")
             return
         stream.encode_end()
-        self._count_response(status)
+        cs = self.cs  # _count_response, inlined
+        (cs.by_status.get(status) or cs.status(status)).inc()
+        now = time.monotonic()
+        cs.rq_time.observe((now - self.started) * 1000)
         self.current = None
         if dec.trailing:
             # bytes after the response: a protocol error for this connection, never data
@@ -596,7 +630,7 @@ class _Forward:
             # ended, nothing followed the response and no upgrade was proposed
             req.sink = None
             dec.detach()
-            self.router.pool.release(pc)
+            self.router.pool.release(pc, now)
         else:
             pc.close()
         self._finish(None)
