@@ -52,9 +52,9 @@ def uuid4() -> str:
     per-thread buffer of BoringSSL's RAND_bytes; the batch is formatted at once too."""
     if not _random_hex:
         raw = os.urandom(16 * _UUID_BATCH).hex()
-        _random_hex.extend(
+        _random_hex.extend([
             f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-            for h in (raw[i:i + 32] for i in range(0, len(raw), 32)))
+            for i in range(0, len(raw), 32) for h in (raw[i:i + 32],)])
     return _random_hex.pop()
 
 
@@ -170,7 +170,7 @@ class RequestPolicy:
             if "x-forwarded-proto" not in hmap:
                 sets.append(("x-forwarded-proto", scheme))
         if self.generate_request_id and (regenerate_id or "x-request-id" not in hmap):
-            sets.append(("x-request-id", uuid4()))
+            sets.append(("x-request-id", _random_hex.pop() if _random_hex else uuid4()))
             regenerate_id = False
         return final_remote_ip, sets, regenerate_id
 
@@ -188,6 +188,10 @@ _PATH_ESCAPES = str.maketrans({c: f"%{ord(c):02X}" for c in '^{}"<>`|'})
 
 # what normalize_path changes: an escape, a character it escapes, a backslash, a dot segment
 _NEEDS_NORMALIZING = re.compile(r'[%\\^{}"<>`|]|/\.')
+# whether a request target may need normalize_path, merge-free (or the escaped-slashes
+# action: an escape is a "%"), searched in the whole target: what finds nothing in the
+# target finds nothing in its path either
+path_needs_work = _NEEDS_NORMALIZING.search
 
 
 def _pct(match: re.Match[str]) -> str:
