@@ -405,6 +405,7 @@ class ResponseError(Exception):
 
 
 _ENDED = frozenset({DONE, MUST_CLOSE, SWITCHED_PROTOCOL})
+RESPONSE_ENDED = _ENDED  # the SERVER states in which a response is complete
 
 
 class ResponseDecoder:

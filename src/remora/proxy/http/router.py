@@ -17,7 +17,7 @@ from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
-from remora.proxy.http.codec import ResponseDecoder, ResponseError
+from remora.proxy.http.codec import RESPONSE_ENDED, ResponseDecoder, ResponseError
 from remora.proxy.http.codec_state import (
     CLIENT,
     END_OF_MESSAGE,
@@ -50,6 +50,9 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 
 def _discard(data: bytes) -> None:
     pass
+
+
+_NO_HOSTS: frozenset[str] = frozenset()
 
 
 class _Failure(Exception):
@@ -260,7 +263,7 @@ class _Forward:
                 conn.h2c.arm_route_timeout(conn, timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
-        exclude: frozenset[str] = frozenset()
+        exclude = _NO_HOSTS
         try:
             while True:
                 per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
@@ -462,7 +465,10 @@ class _Forward:
             h1 = self.h1
             if h1 is not None:
                 h1.response_wait = done
-            pc.attach(self)
+            if pc._pending or pc._eof:
+                pc.attach(self)  # held bytes or the end are read first
+            else:
+                pc.handler = self  # attach, for a connection with nothing held
             outcome = await done
             if outcome is not None:
                 if isinstance(outcome, _Failure):
@@ -558,7 +564,7 @@ class _Forward:
         if self.retry_status:
             self._finish(_Failure("status"))
             return
-        if dec.complete:
+        if dec.state.server in RESPONSE_ENDED:  # dec.complete, inlined
             self._complete(dec)
             return
         stream.flush()
