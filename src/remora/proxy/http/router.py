@@ -237,7 +237,10 @@ class _Forward:
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
         self.started = time.monotonic()
-        entry = self.entry = router.entry(cluster)
+        entry = router._entries.get(cluster.name)  # router.entry, its usual hit inlined
+        if entry is None or entry.cluster is not cluster:
+            entry = router.entry(cluster)
+        self.entry = entry
         self.cs = entry.cs
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
@@ -532,7 +535,12 @@ class _Forward:
         if whole:
             # the common case: the whole request in one write, no body sink
             body = req.body
-            pc.write(head + b"".join(body) if body else head)
+            out = pc.output  # pc.write, inlined
+            data = head + b"".join(body) if body else head
+            if out is not None:
+                out.write(data)
+            else:
+                pc.write(data)
             return
         pc.write(head)
         # the body is framed as the forwarded head says (stream.upstream_chunked), which
