@@ -290,10 +290,12 @@ class _Forward:
                 finally:
                     if try_timer is not None:
                         try_timer.cancel()
-                    self._drop_current()
-                    for _ in range(slots):
-                        self.cluster.release("retries")
-                    self.retry_slots -= slots
+                    if self.current is not None or self.stream.req.sink is not None:
+                        self._drop_current()  # nothing to drop after a usual response
+                    if slots:
+                        for _ in range(slots):
+                            self.cluster.release("retries")
+                        self.retry_slots -= slots
                 if failure.kind == "per_try":
                     # every per-try timeout, retried or not (Envoy's onPerTryTimeoutCommon)
                     self._charge("rq_timeout")
@@ -328,9 +330,10 @@ class _Forward:
                 h1.route_deadline = 0.0
             elif h2s is not None:
                 h2s.route_deadline = 0.0
-            for _ in range(self.retry_slots):
-                self.cluster.release("retries")
-            self.retry_slots = 0
+            if self.retry_slots:
+                for _ in range(self.retry_slots):
+                    self.cluster.release("retries")
+                self.retry_slots = 0
 
     def _wants(self, kind: str) -> bool:
         """Whether the policy would retry an attempt that failed with KIND."""
