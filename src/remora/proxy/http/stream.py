@@ -358,10 +358,13 @@ class ActiveStream:
             self.out.append(data)
 
     def encode_end(self) -> None:
+        out = self.out
         if self.resp_chunked:
-            self.out.append(b"0\r\n\r\n")
+            out.append(b"0\r\n\r\n")
         self.response_complete = True
-        self.flush()
+        if out:  # flush, inlined
+            self.conn.output.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:
         """End the response; HTTP/1.1 downstream drops TRAILERS and ends the chunked body,
