@@ -114,6 +114,28 @@ def _request_parser_error(message: str) -> CodecError:
     return CodecError(400, "http1.codec_error")
 
 
+# Header names (and methods) as decoded, by their bytes as received: a connection sends the
+# same few names again and again, and a lookup costs less than decoding and lower-casing.
+# Bounded: names come from peers; once full, new names are decoded each time.
+_NAMES: dict[bytes, str] = {}
+_METHODS: dict[bytes, str] = {}
+_CACHE_MAX = 512
+
+
+def _header_name(raw: bytes) -> str:
+    name = raw.decode("latin-1").lower()
+    if len(_NAMES) < _CACHE_MAX:
+        _NAMES[raw] = name
+    return name
+
+
+def _method_name(raw: bytes) -> str:
+    method = raw.decode("latin-1")
+    if len(_METHODS) < _CACHE_MAX:
+        _METHODS[raw] = method
+    return method
+
+
 class Sink(Protocol):
     """Where a request body goes once the router is connected upstream."""
 
@@ -265,7 +287,7 @@ class RequestDecoder:
             return
         if len(req.headers) >= self.max_headers:
             raise CodecError(431, "http1.too_many_headers")
-        n = name.decode("latin-1").lower()
+        n = _NAMES.get(name) or _header_name(name)
         v = value.decode("latin-1")
         if v and v[-1] in " \t":
             # RFC 9110 5.5: OWS around a field value is not part of it; llhttp drops the
@@ -301,7 +323,8 @@ class RequestDecoder:
         p = self._parser
         if p.get_http_version() != "1.1":
             raise CodecError(426, "low_version")  # accept_http_10 defaults to false
-        req.method = p.get_method().decode("latin-1")
+        method = p.get_method()
+        req.method = _METHODS.get(method) or _method_name(method)
         req.url = self._url.decode("latin-1")
         req.keep_alive = p.should_keep_alive()
         req.upgrade = p.should_upgrade()
@@ -382,6 +405,7 @@ class ResponseError(Exception):
 
 
 _ENDED = frozenset({DONE, MUST_CLOSE, SWITCHED_PROTOCOL})
+RESPONSE_ENDED = _ENDED  # the SERVER states in which a response is complete
 
 
 class ResponseDecoder:
@@ -525,7 +549,7 @@ class ResponseDecoder:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self._max_header_bytes:
             raise ResponseError("response headers too large")
-        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self.headers.append((_NAMES.get(name) or _header_name(name), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         state = self.state

@@ -449,8 +449,10 @@ class Http1Connection:
             self._tail = stream
             self._wake()
             return
-        if self.cfg.idle_timeout > 0:
-            self._went_idle()
+        if self.cfg.idle_timeout > 0:  # _went_idle, inlined
+            self._idle_since = self.loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(self.cfg.idle_timeout, self._idle_check)
         if self.eof or self.decoder.error is not None:
             self._wake()
 

@@ -79,10 +79,10 @@ class PooledConnection(asyncio.Protocol):
     handler is attached are held (a handler attached next reads them first), and while the
     connection sits idle in the pool they close it as a protocol error."""
 
-    __slots__ = ("_drain_waiters", "_eof", "_pending", "_read_paused", "_rx", "_tracked",
-                 "created", "decoder", "handler", "host", "idle_since", "key", "limits",
-                 "on_stray", "output", "owner", "pool", "requests", "state", "transport",
-                 "upstream", "write_paused")
+    __slots__ = ("_drain_waiters", "_eof", "_max_age", "_max_idle", "_max_requests", "_pending",
+                 "_read_paused", "_rx", "_tracked", "created", "decoder", "handler", "host",
+                 "idle_since", "key", "limits", "on_stray", "output", "owner", "pool",
+                 "requests", "state", "transport", "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -91,6 +91,14 @@ class PooledConnection(asyncio.Protocol):
         self.upstream = upstream
         self.host: str = upstream.host  # fixed for the connection's life
         self.limits = limits
+        # the limits as bounds that are never reached when unset (0), for the pool's
+        # one-condition checks (``expired`` is the readable form)
+        inf = float("inf")
+        self._max_idle = limits.idle_timeout if limits.idle_timeout > 0 else inf
+        self._max_age = (limits.max_connection_duration if limits.max_connection_duration > 0
+                         else inf)
+        self._max_requests = (limits.max_requests_per_connection
+                              if limits.max_requests_per_connection > 0 else inf)
         self.owner = owner  # the cluster object that opened it (a CDS update replaces it)
         self.created = self.idle_since = time.monotonic()
         self.requests = 0
@@ -262,21 +270,26 @@ class ConnectionPool:
     def __init__(self) -> None:
         self._idle: dict[PoolKey, list[PooledConnection]] = {}
 
-    def acquire(self, key: PoolKey, exclude: frozenset[str],
-                owner: object = None) -> PooledConnection | None:
+    def acquire(self, key: PoolKey, exclude: frozenset[str], owner: object = None,
+                now: float | None = None) -> PooledConnection | None:
         """An idle connection for KEY not to an EXCLUDEd host. Connections opened by
         another version of the cluster (OWNER differs: the cluster was updated) are closed,
-        as Envoy drains a cluster's pools when it changes."""
+        as Envoy drains a cluster's pools when it changes. NOW: the caller's
+        time.monotonic() when it has one."""
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         conn = idle[-1]
+        t = conn.transport
         if (not conn._pending and conn.owner is owner and conn.host not in exclude
-                and conn.transport is not None and not conn._eof
-                and not conn.transport.is_closing() and not conn.expired(now)):
+                and t is not None and not conn._eof and not t.is_closing()
+                and now - conn.idle_since < conn._max_idle
+                and now - conn.created < conn._max_age
+                and conn.requests < conn._max_requests):
             # the usual case: the most recent idle connection is fine (the checks of the
-            # loop below, in one condition)
+            # loop below, ``expired`` included, in one condition)
             idle.pop()
             conn.pool = None
             return conn
@@ -297,17 +310,20 @@ class ConnectionPool:
             return conn
         return None
 
-    def release(self, conn: PooledConnection) -> None:
+    def release(self, conn: PooledConnection, now: float | None = None) -> None:
         """Keep CONN for reuse. The caller vouches that its last response was complete and
         nothing followed it in what was read; bytes already buffered or arriving later
-        close it (never handed to the next request)."""
-        conn.requests += 1
-        conn.idle_since = now = time.monotonic()
+        close it (never handed to the next request). NOW: the caller's time.monotonic()
+        when it has one."""
+        requests = conn.requests = conn.requests + 1
+        if now is None:
+            now = time.monotonic()
+        conn.idle_since = now
         t = conn.transport
         if (t is not None and not conn._pending and not conn._eof and not t.is_closing()
-                and not conn.expired(now)):
+                and now - conn.created < conn._max_age and requests < conn._max_requests):
             # the usual case (taken over, nothing stray, open, not expired: the checks
-            # below in one condition)
+            # below in one condition; idle since now, so not past its idle timeout)
             idle = self._idle.get(conn.key)
             if idle is None:
                 idle = self._idle[conn.key] = []

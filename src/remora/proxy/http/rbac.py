@@ -17,6 +17,7 @@ from remora.proxy.http.filter import HttpStream
 from remora.proxy.interfaces import FactoryContext, Stats
 from remora.proxy.network_filters.rbac import connection_input
 from remora.proxy.rbac_engine import Rbac, parse_rules
+from remora.proxy.stats import Counter, counter
 
 NAME = "envoy.filters.http.rbac"
 TYPE_URL = "envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -36,30 +37,33 @@ class HttpRbacFilter:
     def __init__(self, stats: Stats, rules: Rbac | None) -> None:
         self.stats = stats
         self.rules = rules
-        # (allowed, denied) stat names per connection manager stat_prefix, built once
-        self._names: dict[str, tuple[str, str]] = {}
+        # (allowed, denied) counter handles per connection manager stat_prefix, resolved
+        # once (each listed from its first increment, as counted by name before)
+        self._counters: dict[str, tuple[Counter, Counter]] = {}
 
-    def _stat_names(self, stat_prefix: str) -> tuple[str, str]:
-        names = self._names.get(stat_prefix)
-        if names is None:
+    def _stat_counters(self, stat_prefix: str) -> tuple[Counter, Counter]:
+        handles = self._counters.get(stat_prefix)
+        if handles is None:
             p = f"http.{stat_prefix}.rbac."
-            names = self._names[stat_prefix] = (p + "allowed", p + "denied")
-        return names
+            handles = self._counters[stat_prefix] = (counter(self.stats, p + "allowed"),
+                                                     counter(self.stats, p + "denied"))
+        return handles
 
     async def decode_headers(self, stream: HttpStream) -> bool:
-        allowed, denied = self._stat_names(stream.conn.cfg.stat_prefix)
+        conn = stream.conn
+        allowed, denied = self._stat_counters(conn.cfg.stat_prefix)
         if self.rules is None:
-            self.stats.inc(allowed)
+            allowed.inc()
             return True
         info = stream.info
-        headers = dict(info.request_headers or {})
-        request = connection_input(stream.conn.downstream, headers,
+        # the engine only reads the headers: the request's own map, not a copy
+        request = connection_input(conn.downstream, info.request_headers or {},
                                    remote_ip=_ip(info.downstream_remote_address))
         decision = self.rules.evaluate(request)
         if decision.allowed:
-            self.stats.inc(allowed)
+            allowed.inc()
             return True
-        self.stats.inc(denied)
+        denied.inc()
         return stream.local_reply(403, DENIED_BODY, decision.details)
 
 

@@ -197,7 +197,9 @@ class RouteTable:
         return vh
 
     def route(self, authority: str, path: str, headers: dict[str, str]) -> Route | None:
-        vh = self.virtual_host(authority)
+        cached = self._cache.get(authority, False)  # virtual_host's cache, inlined
+        vh: VirtualHost | None = (self.virtual_host(authority) if cached is False
+                                  else cached)  # type: ignore[assignment]
         if vh is None:
             return None
         for r in vh.routes:

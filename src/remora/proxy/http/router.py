@@ -17,7 +17,7 @@ from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import Fields
-from remora.proxy.http.codec import ResponseDecoder, ResponseError
+from remora.proxy.http.codec import RESPONSE_ENDED, ResponseDecoder, ResponseError
 from remora.proxy.http.codec_state import (
     CLIENT,
     END_OF_MESSAGE,
@@ -28,7 +28,7 @@ from remora.proxy.http.codec_state import (
 from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.header_mutation import apply as apply_mutations
-from remora.proxy.http.pool import PooledConnection, limits_of, pool_for, pool_key
+from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
@@ -50,6 +50,9 @@ ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 
 def _discard(data: bytes) -> None:
     pass
+
+
+_NO_HOSTS: frozenset[str] = frozenset()
 
 
 class _Failure(Exception):
@@ -131,6 +134,23 @@ class _StatusCounters:
             self.completed.inc()
 
 
+class _ClusterEntry:
+    """One cluster object as the router sees it per request: its stats handles, its HTTP
+    protocol options (whether requests go upstream as HTTP/2: never, always, or when the
+    downstream's was) and its pool limits."""
+
+    __slots__ = ("cluster", "cs", "h2_after_h1", "h2_after_h2", "limits", "opts")
+
+    def __init__(self, cluster: Cluster, cs: ClusterStats) -> None:
+        self.cluster = cluster
+        self.cs = cs
+        opts = self.opts = protocol_options(cluster)
+        # upstream_http2 by downstream protocol: HTTP/2, or anything else
+        self.h2_after_h2 = opts is not None and opts.upstream_http2("HTTP/2")
+        self.h2_after_h1 = opts is not None and opts.upstream_http2("HTTP/1.1")
+        self.limits = limits_of(cluster)
+
+
 class Router:
     terminal = True
 
@@ -140,15 +160,22 @@ class Router:
         self.suppress = suppress_envoy_headers
         self.pool = pool_for(self.cluster_manager)
         self._cluster_stats: dict[str, ClusterStats] = {}
-        self._options: dict[str, tuple[Cluster, HttpProtocolOptions | None]] = {}
+        self._entries: dict[str, _ClusterEntry] = {}
 
     def protocol_options(self, cluster: Cluster) -> HttpProtocolOptions | None:
         """CLUSTER's HTTP protocol options, looked up once per cluster object (a CDS update
         replaces the object, and with it the entry)."""
-        entry = self._options.get(cluster.name)
-        if entry is None or entry[0] is not cluster:
-            entry = self._options[cluster.name] = (cluster, protocol_options(cluster))
-        return entry[1]
+        return self.entry(cluster).opts
+
+    def entry(self, cluster: Cluster) -> _ClusterEntry:
+        """What a request needs of CLUSTER that depends on its config alone, worked out
+        once per cluster object (a CDS update replaces the object, and with it the
+        entry)."""
+        entry = self._entries.get(cluster.name)
+        if entry is None or entry.cluster is not cluster:
+            entry = self._entries[cluster.name] = _ClusterEntry(
+                cluster, self.cluster_stats(cluster.name))
+        return entry
 
     def cluster_stats(self, name: str) -> ClusterStats:
         cs = self._cluster_stats.get(name)
@@ -184,9 +211,9 @@ class _Forward:
     is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
     the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "h1", "host", "hs", "policy",
-                 "reselections", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stream", "tried")
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "entry", "h1", "host", "hs",
+                 "policy", "reselections", "retries_left", "retry_slots", "retry_status",
+                 "route", "router", "started", "stream", "tried")
 
     def __init__(self, router: Router, stream: HttpStream, route: Route,
                  cluster: Cluster) -> None:
@@ -210,7 +237,11 @@ class _Forward:
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
         self.started = time.monotonic()
-        self.cs = router.cluster_stats(cluster.name)
+        entry = router._entries.get(cluster.name)  # router.entry, its usual hit inlined
+        if entry is None or entry.cluster is not cluster:
+            entry = router.entry(cluster)
+        self.entry = entry
+        self.cs = entry.cs
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
 
@@ -235,7 +266,7 @@ class _Forward:
                 conn.h2c.arm_route_timeout(conn, timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
-        exclude: frozenset[str] = frozenset()
+        exclude = _NO_HOSTS
         try:
             while True:
                 per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
@@ -259,10 +290,12 @@ class _Forward:
                 finally:
                     if try_timer is not None:
                         try_timer.cancel()
-                    self._drop_current()
-                    for _ in range(slots):
-                        self.cluster.release("retries")
-                    self.retry_slots -= slots
+                    if self.current is not None or self.stream.req.sink is not None:
+                        self._drop_current()  # nothing to drop after a usual response
+                    if slots:
+                        for _ in range(slots):
+                            self.cluster.release("retries")
+                        self.retry_slots -= slots
                 if failure.kind == "per_try":
                     # every per-try timeout, retried or not (Envoy's onPerTryTimeoutCommon)
                     self._charge("rq_timeout")
@@ -297,9 +330,10 @@ class _Forward:
                 h1.route_deadline = 0.0
             elif h2s is not None:
                 h2s.route_deadline = 0.0
-            for _ in range(self.retry_slots):
-                self.cluster.release("retries")
-            self.retry_slots = 0
+            if self.retry_slots:
+                for _ in range(self.retry_slots):
+                    self.cluster.release("retries")
+                self.retry_slots = 0
 
     def _wants(self, kind: str) -> bool:
         """Whether the policy would retry an attempt that failed with KIND."""
@@ -358,8 +392,9 @@ class _Forward:
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
-            opts = router.protocol_options(cluster)
-            if opts is not None and opts.upstream_http2(info.protocol):  # proxy/http2's pool
+            entry = self.entry
+            if entry.h2_after_h2 if info.protocol == "HTTP/2" else entry.h2_after_h1:
+                # proxy/http2's pool
                 if self.h1 is not None:
                     await self.h1.in_task()
                 # the HTTP/2 stack is imported by the first request that needs it, not
@@ -368,8 +403,13 @@ class _Forward:
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts
-            key = pool_key(cluster.name, facts)
-            pc = router.pool.acquire(key, exclude, cluster)
+            src = facts.original_src  # pool.pool_key, inlined
+            key = (cluster.name, facts.local_ip, facts.local_port,
+                   src.ip if src is not None else None)
+            # the first attempt's start is the request's time (one clock read less)
+            pc = router.pool.acquire(key, exclude, cluster,
+                                     self.started if info.upstream_request_attempt_count == 1
+                                     else time.monotonic())
             fresh = pc is None
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
@@ -393,7 +433,7 @@ class _Forward:
                     cluster.release("pending_requests")
                 # the pool counts stray bytes on it; bound to the cluster's stats only, so
                 # a pooled connection keeps nothing of this request alive
-                pc = PooledConnection(key, up, limits_of(cluster), cluster,
+                pc = PooledConnection(key, up, entry.limits, cluster,
                                       self.cs.count_protocol_error)
                 pc.take_over()
             else:
@@ -431,7 +471,10 @@ class _Forward:
             h1 = self.h1
             if h1 is not None:
                 h1.response_wait = done
-            pc.attach(self)
+            if pc._pending or pc._eof:
+                pc.attach(self)  # held bytes or the end are read first
+            else:
+                pc.handler = self  # attach, for a connection with nothing held
             outcome = await done
             if outcome is not None:
                 if isinstance(outcome, _Failure):
@@ -495,7 +538,12 @@ class _Forward:
         if whole:
             # the common case: the whole request in one write, no body sink
             body = req.body
-            pc.write(head + b"".join(body) if body else head)
+            out = pc.output  # pc.write, inlined
+            data = head + b"".join(body) if body else head
+            if out is not None:
+                out.write(data)
+            else:
+                pc.write(data)
             return
         pc.write(head)
         # the body is framed as the forwarded head says (stream.upstream_chunked), which
@@ -527,7 +575,7 @@ class _Forward:
         if self.retry_status:
             self._finish(_Failure("status"))
             return
-        if dec.complete:
+        if dec.state.server in RESPONSE_ENDED:  # dec.complete, inlined
             self._complete(dec)
             return
         stream.flush()
@@ -579,7 +627,10 @@ class _Forward:
             self._finish("upgrade")
             return
         stream.encode_end()
-        self._count_response(status)
+        cs = self.cs  # _count_response, inlined
+        (cs.by_status.get(status) or cs.status(status)).inc()
+        now = time.monotonic()
+        cs.rq_time.observe((now - self.started) * 1000)
         self.current = None
         if dec.trailing:
             # bytes after the response: a protocol error for this connection, never data
@@ -596,7 +647,7 @@ class _Forward:
             # ended, nothing followed the response and no upgrade was proposed
             req.sink = None
             dec.detach()
-            self.router.pool.release(pc)
+            self.router.pool.release(pc, now)
         else:
             pc.close()
         self._finish(None)

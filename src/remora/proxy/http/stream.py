@@ -20,6 +20,7 @@ from remora.proxy.http.headers import (
     connection_nominated,
     escaped_slashes,
     normalize_path,
+    path_needs_work,
     split_absolute,
     unescape_slashes,
 )
@@ -174,7 +175,11 @@ class ActiveStream:
             return self.local_reply(400, b"", "path_normalization_failed", None, True)
         if absolute and not url.startswith("/"):
             return self.local_reply(404, b"", "absolute_path_rejected")
-        if cfg.rewrites_path:
+        # the path is looked at only when it holds something normalization acts on (an
+        # escape, a character Envoy escapes, a backslash, a dot segment, "//" to merge):
+        # the usual path goes on as it is without a split or a call
+        if cfg.rewrites_path and (path_needs_work(url) is not None
+                                  or (cfg.merge_slashes and "//" in url)):
             if cfg.normalize_path and "%00" in url.partition("?")[0]:
                 # an encoded NUL cannot be normalized: Envoy refuses it like a fragment
                 # (400, no body, connection closed; checked against Envoy 1.40)
@@ -227,7 +232,9 @@ class ActiveStream:
             _forward_headers(req.headers, dropped, sets, upgrade and cfg.websocket, upgrade, out)
         else:
             # the usual request: nothing kept by exception, every set header appended
-            out += [h for h in req.headers if h[0] not in dropped]
+            for h in req.headers:
+                if h[0] not in dropped:
+                    out.append(h)
             out += sets
         hdrs.update(sets)
         if removed is policy.removed:
@@ -351,10 +358,13 @@ class ActiveStream:
             self.out.append(data)
 
     def encode_end(self) -> None:
+        out = self.out
         if self.resp_chunked:
-            self.out.append(b"0\r\n\r\n")
+            out.append(b"0\r\n\r\n")
         self.response_complete = True
-        self.flush()
+        if out:  # flush, inlined
+            self.conn.output.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:
         """End the response; HTTP/1.1 downstream drops TRAILERS and ends the chunked body,
