@@ -29,38 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-       "HttpConnectionManager")
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
-BACKEND_HTTP1 = r"""
-import asyncio, sys
-RESP = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
-class P(asyncio.Protocol):
-    def connection_made(self, t): self.t = t; self.buf = b""
-    def data_received(self, d):
-        self.buf += d
-        n = self.buf.count(b"\r\n\r\n")
-        if n:
-            self.buf = self.buf[self.buf.rfind(b"\r\n\r\n") + 4:]
-            self.t.write(RESP * n)
-async def main():
-    srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]))
-    await srv.serve_forever()
-asyncio.run(main())
-"""
+from proxy_cpu_harness import BACKEND_HTTP1, bootstrap, free_port, measure, proxy_argv
 
 # h2c prior knowledge through ngh2 (the proxy's own codec, compiled): the backend's cost
 # stays small beside the proxy's
@@ -96,63 +73,6 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def addr(port: int) -> dict[str, object]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-
-
-def bootstrap(listen: int, backend: int, admin: int, log: str, codec: str,
-              upstream: str) -> dict[str, object]:
-    hcm: dict[str, object] = {
-        "@type": HCM, "stat_prefix": "bench",
-        "route_config": {"name": "r", "virtual_hosts": [{
-            "name": "v", "domains": ["*"],
-            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
-        "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": ROUTER}}],
-        "access_log": [{"name": "envoy.access_loggers.file",
-                        "typed_config": {"@type": FILE_LOG, "path": log}}]}
-    if codec != "AUTO":
-        hcm["codec_type"] = codec
-    cluster: dict[str, object] = {
-        "name": "backend", "type": "STATIC", "connect_timeout": "10s",
-        "load_assignment": {"cluster_name": "backend", "endpoints": [{
-            "lb_endpoints": [{"endpoint": {"address": addr(backend)}}]}]}}
-    if upstream == "h2":
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}}}}
-    return {"admin": {"address": addr(admin)}, "static_resources": {
-        "listeners": [{"name": "web", "address": addr(listen), "filter_chains": [{
-            "filters": [{"name": "envoy.filters.network.http_connection_manager",
-                         "typed_config": hcm}]}]}],
-        "clusters": [cluster]}}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"process exited {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
 def h2load(port: int, requests: int, connections: int, streams: int,
            timeout: float) -> float:
     """h2load's run of REQUESTS GETs; the wall time. Stops on any non-2xx response."""
@@ -169,21 +89,6 @@ def h2load(port: int, requests: int, connections: int, streams: int,
         tail = " ".join(r.stdout.split("\n")[-8:])[-400:]
         raise SystemExit(f"h2load: not every request got a 2xx (rc {r.returncode}): {tail}")
     return wall
-
-
-def _callgrind_total(folder: Path) -> int:
-    """The instructions in the dumps written after zeroing (callgrind_control -d)."""
-    total = 0
-    for dump in folder.glob("callgrind.out*"):
-        if dump.name == "callgrind.out":
-            continue  # the final dump at exit, written after the process ends
-        for line in dump.read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                total += int(line.split()[1])
-                break
-    if not total:
-        raise SystemExit("no callgrind dump found")
-    return total
 
 
 def main() -> int:
@@ -213,62 +118,31 @@ def main() -> int:
     if shutil.which("h2load") is None:
         raise SystemExit("bench_h2_cpu: h2load not found (apt-get install nghttp2-client)")
     listen, backend, admin = free_port(), free_port(), free_port()
+    slow = 50.0 if args.callgrind else 1.0  # valgrind's slowdown, for the timeouts
+    warm = max(200 if args.callgrind else 2000, args.connections * args.streams * 2)
+    argv_extra: list[str] = []
+    if args.cprofile is not None:
+        argv_extra = ["-m", "cProfile", "-o", str(args.cprofile.resolve())]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bootstrap.json"
         cfg.write_text(json.dumps(bootstrap(listen, backend, admin, str(Path(tmp) / "a.log"),
-                                            args.codec, args.upstream)))
-        be = subprocess.Popen([sys.executable, "-c",
-                               BACKEND_H2 if args.upstream == "h2" else BACKEND_HTTP1,
-                               str(backend)])
-        if args.proxy == "remora":
-            argv = [sys.executable, "-m", "remora", "proxy", "-c", str(cfg),
-                    "--concurrency", "1"]
-            if args.cprofile is not None:
-                argv[1:1] = ["-m", "cProfile", "-o", str(args.cprofile.resolve())]
-        else:
-            argv = ["envoy", "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                    "--log-level", "warning"]
-        out = Path(tmp) / "callgrind.out"
-        if args.callgrind:
-            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
-        px = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL if args.callgrind else None)
-        slow = 50.0 if args.callgrind else 1.0  # valgrind's slowdown, for the timeouts
-        try:
-            wait_listening(backend, be)
-            wait_listening(listen, px, 600 if args.callgrind else 20)
-            warm = 200 if args.callgrind else 2000
-            warm = max(warm, args.connections * args.streams * 2)
-            h2load(listen, warm, args.connections, args.streams, 60 * slow)  # warm-up
-            if args.callgrind:
-                subprocess.run(["callgrind_control", "-z", str(px.pid)], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            before = cpu_seconds(px.pid)
-            wall = h2load(listen, args.requests, args.connections, args.streams,
-                          max(120.0, args.requests / 500) * slow)
-            used = cpu_seconds(px.pid) - before
-            if args.callgrind:
-                subprocess.run(["callgrind_control", "-d", str(px.pid)], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                instructions = _callgrind_total(Path(tmp))
-                if args.keep is not None:
-                    for dump in Path(tmp).glob("callgrind.out.*"):
-                        shutil.copy(dump, args.keep)
-        finally:
-            for p in (px, be):
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                                            codec=args.codec, upstream=args.upstream,
+                                            connect_timeout="10s")))
+        argv = proxy_argv(args.proxy, cfg)
+        argv[1:1] = argv_extra
+        m = measure(Path(tmp), argv, BACKEND_H2 if args.upstream == "h2" else BACKEND_HTTP1,
+                    backend, listen, callgrind=args.callgrind, keep=args.keep,
+                    warm_up=lambda: h2load(listen, warm, args.connections, args.streams,
+                                           60 * slow),
+                    run=lambda: h2load(listen, args.requests, args.connections, args.streams,
+                                       max(120.0, args.requests / 500) * slow))
     n = args.requests
     what = (f"{args.proxy}: {n} requests, h2 c{args.connections} m{args.streams}, "
             f"upstream {args.upstream}")
     if args.callgrind:
-        print(f"{what}: {instructions / n / 1000:.1f} k instructions per request (callgrind)")
+        print(f"{what}: {m.instructions / n / 1000:.1f} k instructions per request (callgrind)")
         return 0
-    print(f"{what}: {used * 1e6 / n:.1f} µs CPU per request, {n / wall:.0f} req/s")
+    print(f"{what}: {m.cpu * 1e6 / n:.1f} µs CPU per request, {n / m.wall:.0f} req/s")
     return 0
 
 
