@@ -175,6 +175,20 @@ def build_hcm(typed_config: dict[str, Any], ctx: FakeContext) -> Any:
     return ext.factory(f, ctx)
 
 
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+
+def app_route(name: str, prefix: str,
+              per_filter: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A prefix route to the cluster "app" without a route timeout, with the filters'
+    per-route configs PER_FILTER (typed_per_filter_config) if given."""
+    r: dict[str, Any] = {"name": name, "match": {"prefix": prefix},
+                         "route": {"cluster": "app", "timeout": "0s"}}
+    if per_filter:
+        r["typed_per_filter_config"] = per_filter
+    return r
+
+
 def hcm_config(routes: list[dict[str, Any]] | None = None, *, domains: list[str] | None = None,
                http_filters: list[dict[str, Any]] | None = None, vhost_extra: dict[str, Any]
                | None = None, **extra: Any) -> dict[str, Any]:

@@ -5,38 +5,30 @@ filter aborts only on the route that configures it)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from tests.unit.proxy.http.fakes import (
+    FAULT_TYPE,
     App,
     Client,
     FakeCluster,
     FakeClusterManager,
     FakeContext,
+    app_route,
     build_hcm,
     hcm_config,
     proxy,
 )
 
-FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-ABORT = {"@type": FAULT, "abort": {"http_status": 418, "percentage": {"numerator": 100}}}
-
-
-def _route(name: str, prefix: str, per_filter: dict[str, Any] | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"name": name, "match": {"prefix": prefix},
-                         "route": {"cluster": "app", "timeout": "0s"}}
-    if per_filter:
-        r["typed_per_filter_config"] = per_filter
-    return r
+ABORT = {"@type": FAULT_TYPE, "abort": {"http_status": 418, "percentage": {"numerator": 100}}}
 
 
 def test_alternating_routes_each_run_their_own_chain() -> None:
     async def body() -> None:
         app = await App().start()
         ctx = FakeContext(FakeClusterManager(FakeCluster("app", [app.addr])))
-        hcm = build_hcm(hcm_config([_route("fault", "/fault",
+        hcm = build_hcm(hcm_config([app_route("fault", "/fault",
                                            {"envoy.filters.http.fault": ABORT}),
-                                    _route("plain", "/")]), ctx)
+                                    app_route("plain", "/")]), ctx)
         try:
             async with proxy(hcm) as addr:
                 c = await Client.connect(addr)

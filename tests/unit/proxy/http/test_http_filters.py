@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from tests.unit.proxy.http.fakes import Client, hcm_config, proxy
+from tests.unit.proxy.http.fakes import FAULT_TYPE, Client, app_route, hcm_config, proxy
 from tests.unit.proxy.http.test_hcm_basic import UUID, run, setup
 
-FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-
-
-def _route(name: str, prefix: str, per_filter: dict[str, Any] | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"name": name, "match": {"prefix": prefix},
-                         "route": {"cluster": "app", "timeout": "0s"}}
-    if per_filter:
-        r["typed_per_filter_config"] = per_filter
-    return r
 
 
 def test_fault_abort_and_delay_per_route() -> None:
     async def body() -> None:
         cfg = hcm_config([
-            _route("abort", "/abort", {"envoy.filters.http.fault": {
-                "@type": FAULT, "abort": {"http_status": 418,
+            app_route("abort", "/abort", {"envoy.filters.http.fault": {
+                "@type": FAULT_TYPE, "abort": {"http_status": 418,
                                           "percentage": {"numerator": 100}}}}),
-            _route("never", "/never", {"envoy.filters.http.fault": {
-                "@type": FAULT, "abort": {"http_status": 500,
+            app_route("never", "/never", {"envoy.filters.http.fault": {
+                "@type": FAULT_TYPE, "abort": {"http_status": 500,
                                           "percentage": {"numerator": 0}}}}),
-            _route("delay", "/delay", {"envoy.filters.http.fault": {
-                "@type": FAULT, "delay": {"fixed_delay": "0.2s",
+            app_route("delay", "/delay", {"envoy.filters.http.fault": {
+                "@type": FAULT_TYPE, "delay": {"fixed_delay": "0.2s",
                                           "percentage": {"numerator": 100}}}}),
-            _route("default", "/"),
+            app_route("default", "/"),
         ])
         hcm, (app,), _, ctx = await setup(cfg)
         async with proxy(hcm) as addr:
@@ -55,7 +45,7 @@ def test_fault_from_headers_and_filter_level_config() -> None:
     async def body() -> None:
         filters = [
             {"name": "envoy.filters.http.fault", "typed_config": {
-                "@type": FAULT, "abort": {"header_abort": {},
+                "@type": FAULT_TYPE, "abort": {"header_abort": {},
                                           "percentage": {"numerator": 100}}}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},

@@ -9,19 +9,17 @@ from typing import Any
 from remora.proxy.http.cors import CorsFilter
 from remora.proxy.http.fault import FaultFilter
 from remora.proxy.http.router import Router
-from tests.unit.proxy.http.fakes import FakeClusterManager, FakeContext, build_hcm, hcm_config
+from tests.unit.proxy.http.fakes import (
+    FAULT_TYPE,
+    FakeClusterManager,
+    FakeContext,
+    app_route,
+    build_hcm,
+    hcm_config,
+)
 
-FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-ABORT = {"@type": FAULT, "abort": {"http_status": 418, "percentage": {"numerator": 100}}}
-
-
-def _route(name: str, prefix: str, per_filter: dict[str, Any] | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"name": name, "match": {"prefix": prefix},
-                         "route": {"cluster": "app", "timeout": "0s"}}
-    if per_filter:
-        r["typed_per_filter_config"] = per_filter
-    return r
+ABORT = {"@type": FAULT_TYPE, "abort": {"http_status": 418, "percentage": {"numerator": 100}}}
 
 
 def _kinds(filters: list[Any]) -> list[type]:
@@ -32,10 +30,10 @@ def test_filters_inert_on_a_route_leave_its_chain() -> None:
     cors_on = {"@type": CORS_POLICY, "allow_origin_string_match": [{"exact": "http://a"}]}
     cors_off = {**cors_on, "filter_enabled": {"default_value": {"numerator": 0}}}
     cfg = hcm_config([
-        _route("fault", "/fault", {"envoy.filters.http.fault": ABORT}),
-        _route("cors", "/cors", {"envoy.filters.http.cors": cors_on}),
-        _route("cors-off", "/off", {"envoy.filters.http.cors": cors_off}),
-        _route("plain", "/"),
+        app_route("fault", "/fault", {"envoy.filters.http.fault": ABORT}),
+        app_route("cors", "/cors", {"envoy.filters.http.cors": cors_on}),
+        app_route("cors-off", "/off", {"envoy.filters.http.cors": cors_off}),
+        app_route("plain", "/"),
     ])
     hcm = build_hcm(cfg, FakeContext(FakeClusterManager()))
     routes = {r.name: r for r in hcm.cfg.route_table.vhosts[0].routes}
@@ -49,7 +47,7 @@ def test_filters_inert_on_a_route_leave_its_chain() -> None:
 
 
 def test_a_fault_on_the_filter_itself_applies_to_every_route() -> None:
-    cfg = hcm_config([_route("plain", "/")], http_filters=[
+    cfg = hcm_config([app_route("plain", "/")], http_filters=[
         {"name": "envoy.filters.http.fault", "typed_config": ABORT},
         {"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}])
