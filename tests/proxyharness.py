@@ -63,6 +63,22 @@ def envoy_binary() -> str:
         return found
 
 
+def envoy_validate(path: Path, level: str = "error") -> tuple[bool, str]:
+    """Whether the real Envoy accepts the bootstrap at PATH by `envoy --mode validate`
+    (its proto validation and config checks, nothing started), and what it said."""
+    out = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path),
+                          "--disable-hot-restart", "-l", level],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode == 0, out.stdout + out.stderr
+
+
+def assert_envoy_accepts(*paths: Path) -> None:
+    """Each bootstrap in PATHS passes `envoy --mode validate` (Envoy prints "OK")."""
+    for path in paths:
+        ok, said = envoy_validate(path)
+        assert ok and "OK" in said, f"{path}: {said}"
+
+
 @cache
 def remora_proxy_problem() -> str | None:
     """None when `remora proxy` can be started; else why not, in the CLI's own words."""

@@ -8,6 +8,7 @@ import pytest
 from remora.controlplane.files import write_config
 from remora.controlplane.generate import generate, static_bootstrap
 from remora.controlplane.model import Workload
+from tests import proxyharness as ph
 from tests.unit.controlplane.seed import CLIENT_IP, CLUSTER_IP, SERVER_IP, seed
 
 FQDN = "simple-server-svc.demo-to.svc.cluster.local"
@@ -203,7 +204,6 @@ def test_only_fields_of_the_proxy_subset(data_dir: Path) -> None:
 @pytest.mark.envoy
 @pytest.mark.parametrize("tproxy", [False, True])
 def test_real_envoy_validates_generated_config(tmp_path: Path, tproxy: bool) -> None:
-    import subprocess
     snap, server, client = seed(tproxy)
     for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):
         d = tmp_path / pod.metadata.name
@@ -211,12 +211,7 @@ def test_real_envoy_validates_generated_config(tmp_path: Path, tproxy: bool) -> 
         write_config(cfg)
         static = tmp_path / f"{pod.metadata.name}-static.json"
         static.write_text(json.dumps(static_bootstrap(cfg)))
-        for path in (static, d / "bootstrap.json"):
-            out = subprocess.run(["envoy", "--mode", "validate", "-c", str(path),
-                                  "--disable-hot-restart", "-l", "error"],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stdout + out.stderr
-            assert "OK" in out.stdout
+        ph.assert_envoy_accepts(static, d / "bootstrap.json")
 
 
 def test_bootstrap_has_istio_health_and_stats_listeners() -> None:
@@ -285,12 +280,9 @@ def test_rich_snapshot_shapes() -> None:
 
 @pytest.mark.envoy
 def test_real_envoy_validates_rich_config(tmp_path: Path) -> None:
-    import subprocess
     snap, server, client = rich_snapshot()
     for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):
         path = tmp_path / f"{pod.metadata.name}.json"
         path.write_text(json.dumps(static_bootstrap(generate(snap, pod, ip, str(tmp_path)))))
-        out = subprocess.run(["envoy", "--mode", "validate", "-c", str(path),
-                              "--disable-hot-restart", "-l", "error"],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stdout + out.stderr
+        ok, said = ph.envoy_validate(path)
+        assert ok, said

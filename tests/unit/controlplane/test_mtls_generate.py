@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.server.runtime import Server
 from remora.resources.loader import load_manifests
 from remora.resources.security import AuthorizationPolicy, PeerAuthentication
+from tests import proxyharness as ph
 from tests.unit.controlplane.seed import CLIENT_IP, SERVER_IP, seed
 
 OUTBOUND = "outbound|18080||simple-server-svc.demo-to.svc.cluster.local"
@@ -157,10 +157,8 @@ def test_real_envoy_validates_mtls_config(tmp_path: Path, mode: str) -> None:
     snap = with_policies(snap, mode_policy(mode) + "---\n" + POLICIES)
     for pod, ip in ((server, SERVER_IP), (client, CLIENT_IP)):
         for path in _write(tmp_path, snap, pod, ip):
-            out = subprocess.run(["envoy", "--mode", "validate", "-c", str(path),
-                                  "--disable-hot-restart", "-l", "error"],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stdout + out.stderr
+            ok, said = ph.envoy_validate(path)
+            assert ok, said
 
 
 def test_istioctl_listener_table_matches_the_seed(data_dir: Path) -> None:

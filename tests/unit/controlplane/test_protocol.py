@@ -24,6 +24,7 @@ from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.server.runtime import Server
 from remora.resources.objects import Pod, ServicePort
+from tests import proxyharness as ph
 from tests.datafiles import data_path
 from tests.unit.controlplane.seed import CLIENT_IP, SERVER_IP, seed
 
@@ -220,12 +221,7 @@ def test_real_envoy_validates_h2_config(tmp_path: Path, mtls: bool) -> None:
         write_config(cfg)
         static = tmp_path / f"{pod.metadata.name}-static.json"
         static.write_text(json.dumps(static_bootstrap(cfg)))
-        for path in (static, d / "bootstrap.json"):
-            out = subprocess.run(["envoy", "--mode", "validate", "-c", str(path),
-                                  "--disable-hot-restart", "-l", "error"],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stdout + out.stderr
-            assert "OK" in out.stdout
+        ph.assert_envoy_accepts(static, d / "bootstrap.json")
 
 
 def remora_validate(path: Path) -> subprocess.CompletedProcess[str]:

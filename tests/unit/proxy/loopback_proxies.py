@@ -110,10 +110,7 @@ def envoy_validates(bootstrap: dict[str, Any], path: Path) -> tuple[bool, str]:
     """Whether the real Envoy accepts BOOTSTRAP (written to PATH), by `envoy --mode
     validate` (its proto validation and config checks, nothing started), and what it said."""
     path.write_text(json.dumps(bootstrap))
-    out = subprocess.run([ph.envoy_binary(), "--mode", "validate", "-c", str(path),
-                          "--disable-hot-restart", "-l", "critical"],
-                         capture_output=True, text=True, timeout=60)
-    return out.returncode == 0, out.stdout + out.stderr
+    return ph.envoy_validate(path, level="critical")
 
 
 def wait_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
