@@ -9,12 +9,27 @@ instead of HTTP/1.1 bytes. ``StreamConn`` is the per-stream ``conn`` the router 
 cancellation with a reason (route timeout, downstream reset), write back-pressure
 (``write_paused``/``drain``), and ``resume_reading`` (the upstream accepted the body so far:
 its bytes are acknowledged to the client with WINDOW_UPDATE).
+
+A stream is served without a task of its own, as an HTTP/1.1 request is (http/connection.py):
+its coroutine (``hcm.serve``) is driven from the read callback that completed the request
+block (``StreamConn.start``), and while it waits only for its upstream response (the
+router's ``response_wait``) it stays on the StreamConn, resumed by the router in the
+upstream's read callback (``resume``). Anything else it waits for (a new upstream
+connection with its timeout, the HTTP/2 pool, a retry's backoff, a fault's delay, a body
+sink's drain) hands it over to a task created only then, which drives it from there as an
+ordinary coroutine. Cancellation (client reset, route or stream idle timeout, the
+connection's end, a codec error) lands where the coroutine waits one loop iteration later,
+as a task's cancellation would: the awaited future is cancelled at once and
+CancelledError thrown in from a ``call_soon``. Once the response is queued, the wait until
+it left the proxy (the stream's access-log line is written then) is a callback on the
+StreamConn (``tail``), not a future.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from remora.proxy.http.codec import CodecError, Request
@@ -51,6 +66,13 @@ class _NoDecoderError:
 
 _NO_DECODER = _NoDecoderError()  # shared: it holds nothing
 
+# StreamConn.state: who drives the stream's coroutine
+PENDING = 0  # created by the read callback, not started yet
+DRIVEN = 1  # driven from callbacks (running now, or suspended on the response wait)
+TASK = 2  # handed over to a task (``task``)
+TAIL = 3  # the coroutine ended; the response is queued and waits to leave (``tail``)
+DONE = 4  # over: logged and forgotten
+
 
 class StreamConn:
     """What the router, the filters and ``ActiveStream.prepare`` use of ``stream.conn``,
@@ -76,23 +98,64 @@ class StreamConn:
         self.route_deadline = 0.0
         self.last_activity = h2c.loop.time()
         self.task: asyncio.Task[Any] | None = None
-        self.started = False
+        self.state = PENDING
         self.stream: Http2Stream | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writable_callbacks: list[Callable[[], None]] = []
+        # the driven coroutine (module docstring): the router's response wait, the
+        # coroutine suspended on it, whether _drive runs it right now, a cancellation that
+        # came while it ran; the task it was handed to has not stepped yet (and a
+        # cancellation to throw in first); the task was cancelled (uncancel on take);
+        # the response waits to leave, and its check is scheduled
+        self.response_wait: asyncio.Future[Any] | None = None
+        self._coro: Coroutine[Any, Any, None] | None = None
+        self._running = False
+        self._pending_cancel = False
+        self._handoff_pending = False
+        self._handoff_cancel = False
+        self._cancel_by_task = False
+        self.tail = False
+        self._tail_scheduled = False
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
 
     # -- cancellation (the router's and hcm.serve's contract) -----------------------------
     def cancel_active(self, reason: str) -> None:
-        if self.cancel_reason is None and self.task is not None and not self.task.done():
+        """Interrupt the stream's coroutine with REASON where it waits, one loop iteration
+        from now (as the stream's task was cancelled before); nothing once it is over."""
+        if self.cancel_reason is not None:
+            return
+        state = self.state
+        if state == DRIVEN:
             self.cancel_reason = reason
-            # a task cancelled before its first step never runs its body (nor its
-            # finally: the stream would never be logged or forgotten); it finds the
-            # reason when it starts instead
-            if self.started:
-                self.task.cancel()
+            if self._running:
+                self._pending_cancel = True  # thrown in where it suspends next
+                return
+            if self._coro is not None:
+                # suspended on the router's response wait: as Task.cancel, the awaited
+                # future is cancelled now and CancelledError thrown in at the next turn
+                wait = self.response_wait
+                if wait is not None and not wait.done():
+                    wait.cancel()
+                self.loop.call_soon(self._deliver_cancel)
+        elif state == TASK:
+            self.cancel_reason = reason
+            task = self.task
+            if self._handoff_pending:
+                self._handoff_cancel = True  # thrown in first when the task takes it over
+            elif task is not None and not task.done():
+                self._cancel_by_task = True
+                task.cancel()
+        elif state == TAIL:
+            self.cancel_reason = reason
+            if not self._tail_scheduled:
+                self._tail_scheduled = True
+                self.loop.call_soon(self._tail_check)
+        elif state == PENDING:
+            # not started yet: the request is taken up and cancelled at its first wait
+            # when it starts (Http2Connection._start)
+            self.cancel_reason = reason
 
     def take_cancel(self) -> str | None:
         """After a CancelledError: the reason if the connection caused it (and the task's
@@ -101,8 +164,11 @@ class StreamConn:
         if reason is None:
             return None
         self.cancel_reason = None
-        if self.task is not None:
-            self.task.uncancel()
+        if self._cancel_by_task:
+            self._cancel_by_task = False
+            task = self.task
+            if task is not None:
+                task.uncancel()
         return reason
 
     _take_cancel = take_cancel  # the name the HTTP/1.1 core's callers use
@@ -151,6 +217,107 @@ class StreamConn:
             callbacks, self._writable_callbacks = self._writable_callbacks, []
             for cb in callbacks:
                 cb()
+        if self.tail and not self._tail_scheduled:
+            # the end-of-stream wait re-checks at the next turn, as the task it replaces
+            # woke from its future then
+            self._tail_scheduled = True
+            self.loop.call_soon(self._tail_check)
+
+    # -- driving the stream's coroutine (module docstring) ---------------------------------
+    def arm_route_timeout(self, timeout: float) -> None:
+        """The router's route timeout for this stream (one timer per connection)."""
+        self.h2c.arm_route_timeout(self, timeout)
+
+    def start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run the stream's coroutine from the read callback until it ends or waits."""
+        self.state = DRIVEN
+        self._drive(coro, None)
+
+    def resume(self, wait: asyncio.Future[Any]) -> None:
+        """The router resolved WAIT (its response wait): a coroutine suspended on it here
+        goes on at once, in the upstream's read callback."""
+        coro = self._coro
+        if coro is not None and wait is self.response_wait:
+            self._coro = None
+            self._drive(coro, None)
+
+    @types.coroutine
+    def in_task(self) -> Generator[None, None, None]:
+        """Awaited by the router before what needs a task (a new upstream connection's
+        asyncio.timeout, the HTTP/2 pool): a coroutine driven from a callback is handed
+        over to a task there (one bare yield); under a task it goes straight on."""
+        if self._running:
+            yield None
+
+    def _deliver_cancel(self) -> None:
+        coro = self._coro
+        if coro is not None:
+            self._coro = None
+            self._drive(coro, asyncio.CancelledError())
+
+    def _drive(self, coro: Coroutine[Any, Any, None], exc: BaseException | None) -> None:
+        """Run the coroutine until it ends or suspends: on the router's response wait it
+        stays here (``_coro``); on anything else it goes to a task."""
+        self._running = True
+        try:
+            yielded = coro.send(None) if exc is None else coro.throw(exc)
+        except StopIteration:
+            self._running = False
+            self.h2c.served(self, True, None)
+            return
+        except asyncio.CancelledError:
+            # (hcm.serve handles a cancellation with a reason itself) as the task did:
+            # with a reason the response may still be leaving, without one it is over
+            self._running = False
+            self.h2c.served(self, self.take_cancel() is not None, None)
+            return
+        except BaseException as err:  # a failure, as the stream's task raised it
+            self._running = False
+            self.h2c.served(self, False, err)
+            return
+        self._running = False
+        wait = self.response_wait
+        if self._pending_cancel:
+            # cancelled while it ran: as a task, the future it waits for is cancelled and
+            # CancelledError thrown in where it waits, at the next turn
+            self._pending_cancel = False
+            if wait is not None and yielded is wait:
+                self._coro = coro
+                wait.cancel()
+                self.loop.call_soon(self._deliver_cancel)
+            else:
+                self._hand_over(coro, yielded, True)
+            return
+        if wait is not None and yielded is wait:
+            self._coro = coro
+            return
+        self._hand_over(coro, yielded, False)
+
+    def _hand_over(self, coro: Coroutine[Any, Any, None], yielded: Any, cancel: bool) -> None:
+        """The coroutine waits for something else than its response: a task goes on
+        with it (its first step at the next turn)."""
+        self.state = TASK
+        self._handoff_pending = True
+        self._handoff_cancel = cancel
+        h2c = self.h2c
+        task = self.loop.create_task(h2c.serve_handed(self, coro, yielded))
+        self.task = task
+        h2c.tasks.add(task)
+
+    def _tail_check(self) -> None:
+        """The end-of-stream wait (``tail``): over once the response left (or the stream
+        was reset, or the connection is gone), or interrupted with a reason."""
+        self._tail_scheduled = False
+        stream = self.stream
+        if self.state != TAIL or stream is None:
+            return
+        reason = self.take_cancel()
+        if reason is not None:
+            stream.interrupted(reason)
+        elif (stream.response_complete and not (stream.ended or stream.reset)
+              and not self.h2c.closed):
+            return  # still queued: the next wake checks again
+        self.h2c.stream_done(stream)
 
 
 class Http2Stream(ActiveStream):
@@ -327,3 +494,23 @@ class Http2Stream(ActiveStream):
             self.info.response_code_details = "codec_error:The_user_callback_function_failed"
             return
         super().interrupted(reason)
+
+
+@types.coroutine
+def resume_in_task(coro: Coroutine[Any, Any, None], yielded: Any,
+                   first: BaseException | None) -> Generator[Any, Any, None]:
+    """Go on with CORO, suspended where it yielded YIELDED (FIRST: thrown in at once), as
+    ``yield from`` would have from there: under the awaiting task, which sees what CORO
+    yields and sends or throws back what it gets."""
+    try:
+        if first is not None:
+            yielded = coro.throw(first)
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as exc:  # the task's cancellation, GeneratorExit
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(value)
+    except StopIteration:
+        return
