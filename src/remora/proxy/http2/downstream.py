@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import ngh2
@@ -148,6 +148,11 @@ class Http2Connection:
         self._idle_since = self.loop.time()
         p = f"http.{cfg.stat_prefix}."
         self._stat = p
+        # the events of every stream, by their exact class (ngh2 makes no subclasses): one
+        # lookup instead of _dispatch's isinstance chain; any other event goes there
+        self._handlers: dict[type[ngh2.Event], Callable[[Any], None]] = {
+            ngh2.DataReceived: self._on_data_frame, ngh2.RequestReceived: self._on_request,
+            ngh2.StreamClosed: self._on_closed}
         self._rq_http2_total = counter(hcm.stats, p + "downstream_rq_http2_total")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -341,8 +346,13 @@ class Http2Connection:
             # block far beyond max_request_headers_kb): the codec is unusable
             self._codec_error(header=False, fatal=exc)
             return
+        handlers = self._handlers
         for ev in events:
-            self._dispatch(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._dispatch(ev)
+            else:
+                handler(ev)
             if self.closed:
                 return
         # serialised now rather than at the loop's write: what nghttp2 decided on its own
@@ -354,7 +364,11 @@ class Http2Connection:
         except ngh2.NGH2Error:
             events = []
         for ev in events:
-            self._dispatch(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._dispatch(ev)
+            else:
+                handler(ev)
             if self.closed:
                 return
         # also when there is nothing to send yet: the turn holds its HTTP/1.1 writes (the

@@ -225,8 +225,10 @@ class StreamConn:
 
     # -- driving the stream's coroutine (module docstring) ---------------------------------
     def arm_route_timeout(self, timeout: float) -> None:
-        """The router's route timeout for this stream (one timer per connection)."""
-        self.h2c.arm_route_timeout(self, timeout)
+        """The router's route timeout for this stream: one timer per connection
+        (Http2Connection.arm_route_timeout, inline: once per stream)."""
+        deadline = self.route_deadline = self.loop.time() + timeout
+        self.h2c._route_timer.arm(deadline)
 
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run the stream's coroutine from the read callback until it ends or waits."""
@@ -434,7 +436,7 @@ class Http2Stream(ActiveStream):
             hl.append((n, v))
         if svc is not None:
             hl.append(("x-envoy-upstream-service-time", svc))
-        if mutations:
+        if mutations is not None and (mutations.add or mutations.remove):  # (its __bool__)
             hl = apply_mutations(hl, mutations)
         if self.encoders:
             extra: list[tuple[str, str]] = []
