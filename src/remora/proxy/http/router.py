@@ -390,9 +390,7 @@ class _Forward:
         try:
             entry = self.entry
             if entry.h2_after_h2 if info.protocol == "HTTP/2" else entry.h2_after_h1:
-                # proxy/http2's pool
-                if self.h1 is not None:
-                    await self.h1.in_task()
+                # proxy/http2's pool (which asks for the task itself to connect)
                 # the HTTP/2 stack is imported by the first request that needs it, not
                 # at start-up (proxy/http2/codec_choice.py says why)
                 from remora.proxy.http2.upstream import forward_h2

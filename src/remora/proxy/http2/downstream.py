@@ -97,6 +97,17 @@ class _Protocol(asyncio.Protocol):
 
 
 class Http2Connection:
+    # slots: its 40 attributes are past what CPython 3.11 keeps in a shared-key dict, and
+    # the per-stream paths read them all the time
+    __slots__ = ("_batch", "_closed_streams", "_control_frames", "_done", "_drain",
+                 "_drain_timer", "_empty_frames", "_handlers", "_idle_since", "_idle_timer",
+                 "_keepalive", "_pending_out", "_premature_resets", "_requested", "_reset_ids",
+                 "_route_timer", "_rq_http2_total", "_starting", "_stat", "_stream_timer",
+                 "_streams_gone", "_write_scheduled", "buffer_limit", "cfg", "closed",
+                 "downstream", "draining", "goaway_received", "goaway_sent", "h2", "hcm", "loop",
+                 "opts", "scheme", "streams", "tasks", "transport", "unacked_total",
+                 "write_paused", "writer")
+
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
         self.cfg = cfg = hcm.cfg

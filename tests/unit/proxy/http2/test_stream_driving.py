@@ -1,10 +1,11 @@
 """How an HTTP/2 stream's coroutine is driven (proxy/http2/stream.py): from the read
 callback that completed its request block and, while it waits for its upstream response,
-resumed by the router in the upstream's read callback, with no task of its own; handed
-over to a task only when it waits for something else (here: a new upstream connection);
-cancelled where it waits (client reset, route timeout, the connection's end) with the
-same response, flags and details as a task's cancellation; its access-log line written
-once the response left, whether the response waits for the client's window or not.
+resumed by the router in the upstream's read callback, with no task of its own; resumed
+by the done callback of any other future it waits for (here: a fault's delay); handed over
+to a task only when what follows needs one (a new upstream connection); cancelled where
+it waits (client reset, route timeout, the connection's end) with the same response,
+flags and details as a task's cancellation; its access-log line written once the
+response left, whether the response waits for the client's window or not.
 
 Real loopback sockets: the connection manager with its HTTP/2 codec in front of the test
 App (HTTP/1.1), the ``h2`` library as the client. Which tasks the proxy creates is
@@ -19,7 +20,7 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
-from tests.unit.proxy.http.fakes import proxy
+from tests.unit.proxy.http.fakes import FAULT_TYPE, app_route, proxy
 from tests.unit.proxy.http2.h2client import H2Client, H2Response
 from tests.unit.proxy.http2.test_downstream_h2 import logged, setup
 
@@ -247,6 +248,59 @@ def test_a_reset_while_the_response_waits_for_the_window_ends_the_stream() -> No
             assert stream_tasks(created) == []
             c.conn.increment_flow_control_window(10_000_000)  # for the next response
             c.flush()
+            assert (await c.request("GET", "/after")).status == 200
+            await c.close()
+        await app.stop()
+    run(body)
+
+
+def _delay_routes() -> list[dict[str, Any]]:
+    return [app_route("delay", "/delay", {"envoy.filters.http.fault": {
+                "@type": FAULT_TYPE, "delay": {"fixed_delay": "0.3s",
+                                          "percentage": {"numerator": 100}}}}),
+            app_route("default", "/")]
+
+
+def test_a_wait_for_another_future_resumes_the_stream_from_its_callback() -> None:
+    """A fault's delay (a future the router's response wait is not): the stream goes on
+    from that future's done callback, still without a task."""
+    async def body(created: list[str]) -> None:
+        hcm, app, ctx = await setup(routes=_delay_routes())
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            await _pooled(c)
+            del created[:]
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            r = await c.request("GET", "/delay")
+            assert r.status == 200 and json.loads(r.body)["path"] == "/delay"
+            assert loop.time() - t0 >= 0.29
+            assert stream_tasks(created) == []
+            await c.close()
+        infos = await logged(ctx, 2)
+        assert [(i.response_code, i.flags_string(), i.response_code_details)
+                for i in infos] == [(200, "-", "via_upstream"), (200, "DI", "via_upstream")]
+        await app.stop()
+    run(body)
+
+
+def test_a_reset_while_waiting_for_another_future_cancels_the_stream() -> None:
+    async def body(created: list[str]) -> None:
+        hcm, app, ctx = await setup(routes=_delay_routes())
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            await _pooled(c)
+            del created[:]
+            sid = c.start("GET", "/delay")
+            await asyncio.sleep(0.1)
+            c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+            c.flush()
+            infos = await logged(ctx, 2)
+            assert [(i.response_code, i.flags_string(), i.response_code_details)
+                    for i in infos][-1] == (0, "DI,DR", "http2.remote_reset")
+            assert stream_tasks(created) == []
+            await asyncio.sleep(0.4)  # the delay's end finds nothing to resume
+            assert [s.path for s in app.seen] == ["/warm"]
             assert (await c.request("GET", "/after")).status == 200
             await c.close()
         await app.stop()
