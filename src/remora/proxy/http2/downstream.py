@@ -59,7 +59,7 @@ from remora.proxy.http2.header_names import TO_BYTES, TO_STR, encode_fields, lea
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.stream import DONE, TAIL, TASK, Http2Stream, StreamConn, resume_in_task
 from remora.proxy.interfaces import Downstream
-from remora.proxy.stats import counter
+from remora.proxy.stats import Counter, counter
 from remora.proxy.takeover import take_over
 
 if TYPE_CHECKING:
@@ -586,7 +586,11 @@ class Http2Connection:
         scon = StreamConn(self, sid)
         stream = Http2Stream(scon, req)
         self.streams[sid] = stream
-        self._rq_http2_total.inc()
+        total = self._rq_http2_total  # (Counter.inc inline on the store's own handle)
+        if type(total) is Counter:
+            total.pending += 1
+        else:
+            total.inc()
         if "expect" in hmap and hmap["expect"].lower() == "100-continue":
             # the connection manager answers 100-continue itself and strips Expect
             del hmap["expect"]
@@ -838,7 +842,9 @@ class Http2Connection:
         is over."""
         stream = scon.stream
         assert stream is not None
-        pending, scon._pending_cancel = scon._pending_cancel, False
+        pending = scon._pending_cancel
+        if pending:
+            scon._pending_cancel = False
         if (tail and stream.response_complete and not (stream.ended or stream.reset)
                 and not self.closed):  # (sent_all, inline)
             scon.state = TAIL
@@ -848,7 +854,15 @@ class Http2Connection:
                 scon._tail_scheduled = True
                 self.loop.call_soon(scon._tail_check)
             return
-        self.stream_done(stream)
+        # (stream_done, inline: the usual end of a stream)
+        scon.state = DONE
+        scon.tail = False
+        task = scon.task
+        if task is not None:
+            self.tasks.discard(task)
+        self._end_stream(stream)
+        self.hcm.complete(stream)
+        scon.stream = None
         if err is not None:
             self.loop.call_exception_handler({
                 "message": "HTTP/2 stream failed", "exception": err})
@@ -902,11 +916,13 @@ class Http2Connection:
             self._premature_resets += 1
         # Envoy's ConnectionManagerImpl::maybeDrainDueToPrematureResets: below the total,
         # half the total in premature resets is enough; from there on, half of all
-        # closed streams (observed on Envoy 1.40: closed after 250 resets)
+        # closed streams (observed on Envoy 1.40: closed after 250 resets); none yet
+        # (the usual case) is never enough
         closed = self._closed_streams
         premature = self._premature_resets * 2
-        if not self.closed and (premature >= PREMATURE_RESET_TOTAL if closed <
-                                PREMATURE_RESET_TOTAL else premature >= closed):
+        if premature and not self.closed and (
+                premature >= PREMATURE_RESET_TOTAL if closed < PREMATURE_RESET_TOTAL
+                else premature >= closed):
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM,
                         "downstream_rq_too_many_premature_resets")
             return

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import CodecError, Request
 from remora.proxy.http.header_mutation import HeaderMutations
@@ -40,7 +40,6 @@ from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.stream import ActiveStream, http_date_text
 
 if TYPE_CHECKING:
-    from remora.proxy.http.connection import Http1Connection
     from remora.proxy.http.hcm import HttpConnectionManager
     from remora.proxy.http2.downstream import Http2Connection
 
@@ -376,7 +375,7 @@ class StreamConn:
 class Http2Stream(ActiveStream):
     """ActiveStream with an HTTP/2 encode side. ``conn`` is a StreamConn: it offers what
     the router and prepare() use of an Http1Connection (the typed stream-connection
-    Protocol replaces the cast once it exists)."""
+    Protocol replaces the type: ignore once it exists)."""
 
     # a bodiless local reply (gRPC's trailers-only one too) is one HEADERS frame with
     # END_STREAM and no content-length, as Envoy 1.40's HTTP/2 codec sends it
@@ -386,7 +385,9 @@ class Http2Stream(ActiveStream):
                  "trailers", "unacked")
 
     def __init__(self, scon: StreamConn, req: Request) -> None:
-        super().__init__(cast("Http1Connection", scon), req)
+        # (ActiveStream's __init__ called directly: no super() object, no typing.cast
+        # call, once per stream)
+        ActiveStream.__init__(self, scon, req)  # type: ignore[arg-type]
         self.scon = scon
         self.h2c = scon.h2c
         self.sid = scon.stream_id
