@@ -55,9 +55,17 @@ from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
-from remora.proxy.http2.header_names import TO_BYTES, TO_STR, encode_fields, learn_bytes, learn_str
+from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
-from remora.proxy.http2.stream import DONE, TAIL, TASK, Http2Stream, StreamConn, resume_in_task
+from remora.proxy.http2.stream import (
+    DONE,
+    DRIVEN,
+    TAIL,
+    TASK,
+    Http2Stream,
+    StreamConn,
+    resume_in_task,
+)
 from remora.proxy.interfaces import Downstream
 from remora.proxy.stats import Counter, counter
 from remora.proxy.takeover import take_over
@@ -69,7 +77,6 @@ if TYPE_CHECKING:
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
-_STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
 # the reset codes of nghttp2's own stream errors (_on_closed), as plain ints: an enum
 # member's lookup costs more than the test, once per stream
 _CODEC_RESETS = frozenset({int(ErrorCodes.PROTOCOL_ERROR), int(ErrorCodes.FLOW_CONTROL_ERROR)})
@@ -691,23 +698,6 @@ class Http2Connection:
         for s in list(self.streams.values()):
             s.scon.wake()
 
-    def send_headers(self, s: Http2Stream, status: int,
-                     headers: list[tuple[str, str]]) -> None:
-        if s.reset or self.closed:
-            return
-        # sent by the next pump (the stream's flush), with END_STREAM when the response
-        # has no body by then (a local reply without body: one HEADERS frame, as Envoy)
-        if not self.draining and self._drain.drain_close():
-            self.start_drain()
-        code = _STATUS.get(status)
-        if code is None:
-            code = str(status).encode()
-        to_bytes = TO_BYTES  # (encode_fields, inline: once per response)
-        block = [(b":status", code)]
-        for n, v in headers:
-            block.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
-        s.head_block = block
-
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""
         if s.reset or s.ended or self.closed:
@@ -770,7 +760,8 @@ class Http2Connection:
             scon = stream.scon
             if scon.cancel_reason is None:
                 # driven from here while it only waits for its response (stream.py)
-                scon.start(serve(stream))
+                scon.state = DRIVEN  # (StreamConn.start, inline)
+                scon._drive(serve(stream), None)
             else:
                 # reset (or the connection gone) before it started: the request is taken
                 # up and cancelled at its first wait, like any other (counted and logged

@@ -12,7 +12,7 @@ its bytes are acknowledged to the client with WINDOW_UPDATE).
 
 A stream is served without a task of its own, as an HTTP/1.1 request is (http/connection.py):
 its coroutine (``hcm.serve``) is driven from the read callback that completed the request
-block (``StreamConn.start``). While it waits for its upstream response (the router's
+block (``Http2Connection._start_streams``). While it waits for its upstream response (the router's
 ``response_wait``) it stays on the StreamConn, resumed by the router in the upstream's read
 callback (``resume``); while it waits for any other future (the HTTP/2 pool's events, a
 retry's backoff, a fault's delay, a body sink's drain) it is resumed by that future's done
@@ -38,6 +38,7 @@ from remora.proxy.http.codec import CodecError, Request
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.stream import ActiveStream, http_date_text
+from remora.proxy.http2.header_names import TO_BYTES, learn_bytes
 
 if TYPE_CHECKING:
     from remora.proxy.http.hcm import HttpConnectionManager
@@ -55,6 +56,7 @@ STREAM_HIGH_WATER = 1024 * 1024
 # on as it is
 _RESPONSE_SPECIAL = CONNECTION_SPECIFIC | {"te", "content-length", "server",
                                            "x-envoy-upstream-service-time"}
+_STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
 
 
 class _NoDecoderError:
@@ -247,11 +249,6 @@ class StreamConn:
         (Http2Connection.arm_route_timeout, inline: once per stream)."""
         deadline = self.route_deadline = self.loop.time() + timeout
         self.h2c._route_timer.arm(deadline)
-
-    def start(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run the stream's coroutine from the read callback until it ends or waits."""
-        self.state = DRIVEN
-        self._drive(coro, None)
 
     def resume(self, wait: asyncio.Future[Any]) -> None:
         """The router resolved WAIT (its response wait): a coroutine suspended on it here
@@ -507,7 +504,23 @@ class Http2Stream(ActiveStream):
             for n, v in tail:
                 resp[n] = v
         info.response_headers = resp
-        self.h2c.send_headers(self, status, hl)
+        # the HEADERS block (Http2Connection.send_headers before, inline: once per
+        # response), sent by the next pump (the stream's flush), with END_STREAM when
+        # the response has no body by then (a local reply without body: one HEADERS
+        # frame, as Envoy)
+        h2c = self.h2c
+        if self.reset or h2c.closed:
+            return
+        if not h2c.draining and h2c._drain.drain_close():
+            h2c.start_drain()
+        code = _STATUS.get(status)
+        if code is None:
+            code = str(status).encode()
+        to_bytes = TO_BYTES  # (encode_fields, inline)
+        block = [(b":status", code)]
+        for n, v in hl:
+            block.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
+        self.head_block = block
 
     def encode_data(self, data: bytes) -> None:
         if not data or self.head or self.reset:
