@@ -104,16 +104,16 @@ class _Protocol(asyncio.Protocol):
 
 
 class Http2Connection:
-    # slots: its 40 attributes are past what CPython 3.11 keeps in a shared-key dict, and
+    # slots: its 41 attributes are past what CPython 3.11 keeps in a shared-key dict, and
     # the per-stream paths read them all the time
     __slots__ = ("_batch", "_closed_streams", "_control_frames", "_done", "_drain",
                  "_drain_timer", "_empty_frames", "_handlers", "_idle_since", "_idle_timer",
-                 "_keepalive", "_pending_out", "_premature_resets", "_requested", "_reset_ids",
-                 "_route_timer", "_rq_http2_total", "_starting", "_stat", "_stream_timer",
-                 "_streams_gone", "_write_scheduled", "buffer_limit", "cfg", "closed",
-                 "downstream", "draining", "goaway_received", "goaway_sent", "h2", "hcm", "loop",
-                 "opts", "scheme", "streams", "tasks", "transport", "unacked_total",
-                 "write_paused", "writer")
+                 "_keepalive", "_max_header_bytes", "_pending_out", "_premature_resets",
+                 "_requested", "_reset_ids", "_route_timer", "_rq_http2_total", "_starting",
+                 "_stat", "_stream_timer", "_streams_gone", "_write_scheduled", "buffer_limit",
+                 "cfg", "closed", "downstream", "draining", "goaway_received", "goaway_sent",
+                 "h2", "hcm", "loop", "opts", "scheme", "streams", "tasks", "transport",
+                 "unacked_total", "write_paused", "writer")
 
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
@@ -125,6 +125,7 @@ class Http2Connection:
         self.scheme = "https" if downstream.writer.get_extra_info("ssl_object") else "http"
         self.loop = asyncio.get_running_loop()
         self.buffer_limit = BUFFER_LIMIT
+        self._max_header_bytes = cfg.max_request_headers_kb * 1024
         # the codec's own ceilings on a decoded header list sit beyond the configured
         # limits (which reset just the stream, below) by a margin, so only a grossly
         # oversized block ends the connection; window updates are sent as the upstream
@@ -555,7 +556,7 @@ class Http2Connection:
                 else:
                     hmap[name] = value
         cfg = self.cfg
-        if size > cfg.max_request_headers_kb * 1024 or len(raw) > cfg.max_headers_count:
+        if size > self._max_header_bytes or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows
             # a request that never started, flag DR (checked against Envoy 1.40)
             self.hcm.stats.inc("http2.header_overflow")  # Envoy's codec stat root

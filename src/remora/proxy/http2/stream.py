@@ -305,6 +305,9 @@ class StreamConn:
             self._running = False
             self.h2c.served(self, self.take_cancel() is not None, None)
             return
+        except (KeyboardInterrupt, SystemExit):
+            self._running = False
+            raise  # (a task re-raises them too)
         except BaseException as err:  # a failure, as the stream's task raised it
             self._running = False
             self.h2c.served(self, False, err)
@@ -400,7 +403,7 @@ class Http2Stream(ActiveStream):
         self.reset_by_peer = False
         self.unacked = 0  # request body bytes not yet acknowledged (WINDOW_UPDATE)
         self.ack_waiting = False  # a wait for the sink to drain is under way
-        self.started_at = scon.loop.time()
+        self.started_at = scon.last_activity  # (the loop's time, read once per stream)
         scon.stream = self
 
     # -- request body ---------------------------------------------------------------------
