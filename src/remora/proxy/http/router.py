@@ -220,10 +220,12 @@ class _Forward:
         self.router = router
         self.stream = stream
         self.conn: StreamCallbacks = stream.conn
-        # an HTTP/1.1 connection drives the stream from its callbacks (connection.py):
-        # the response wait is announced to it, and resumed by it
+        # an HTTP/1.1 connection and an HTTP/2 stream drive the stream from their
+        # callbacks (connection.py, http2/stream.py): the response wait is announced to
+        # them, and resumed by them
         conn = stream.conn
-        self.h1: Http1Connection | None = conn if isinstance(conn, Http1Connection) else None
+        self.h1: Http1Connection | StreamConn | None = (
+            conn if isinstance(conn, (Http1Connection, StreamConn)) else None)
         self.route = route
         self.cluster = cluster
         self.policy: RetryPolicy | None = route.retry_policy
@@ -257,13 +259,9 @@ class _Forward:
         # HTTP/2 connection one for all its streams' deadlines (Http2Connection)
         timer: asyncio.TimerHandle | None = None
         h1 = self.h1
-        h2s: StreamConn | None = None
         if timeout > 0:
             if h1 is not None:
                 h1.arm_route_timeout(timeout)
-            elif isinstance(conn, StreamConn):
-                h2s = conn
-                conn.h2c.arm_route_timeout(conn, timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
         exclude = _NO_HOSTS
@@ -328,8 +326,6 @@ class _Forward:
                 timer.cancel()
             elif h1 is not None:
                 h1.route_deadline = 0.0
-            elif h2s is not None:
-                h2s.route_deadline = 0.0
             if self.retry_slots:
                 for _ in range(self.retry_slots):
                     self.cluster.release("retries")
@@ -394,9 +390,7 @@ class _Forward:
         try:
             entry = self.entry
             if entry.h2_after_h2 if info.protocol == "HTTP/2" else entry.h2_after_h1:
-                # proxy/http2's pool
-                if self.h1 is not None:
-                    await self.h1.in_task()
+                # proxy/http2's pool (which asks for the task itself to connect)
                 # the HTTP/2 stack is imported by the first request that needs it, not
                 # at start-up (proxy/http2/codec_choice.py says why)
                 from remora.proxy.http2.upstream import forward_h2

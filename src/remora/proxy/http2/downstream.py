@@ -1,6 +1,8 @@
 """A downstream HTTP/2 connection: one asyncio.Protocol feeding an ``ngh2``
-Connection (libnghttp2, Role.SERVER); each stream is served in its own task by the
-connection manager (hcm.serve), so streams are multiplexed and cancelled one by one.
+Connection (libnghttp2, Role.SERVER); each stream is served by the connection manager
+(hcm.serve), driven from the connection's and its upstream's callbacks and handed to a task
+only when it waits for anything else than its response (stream.py), so streams are
+multiplexed and cancelled one by one.
 
 Codec choice (``choose_http2``) follows Envoy's AUTO codec
 (ConnectionManagerUtility::determineNextProtocol): the TLS ALPN if one was negotiated
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import ngh2
@@ -53,11 +55,19 @@ from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
-from remora.proxy.http2.header_names import TO_BYTES, TO_STR, encode_fields, learn_bytes, learn_str
+from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
-from remora.proxy.http2.stream import Http2Stream, StreamConn
+from remora.proxy.http2.stream import (
+    DONE,
+    DRIVEN,
+    TAIL,
+    TASK,
+    Http2Stream,
+    StreamConn,
+    resume_in_task,
+)
 from remora.proxy.interfaces import Downstream
-from remora.proxy.stats import counter
+from remora.proxy.stats import Counter, counter
 from remora.proxy.takeover import take_over
 
 if TYPE_CHECKING:
@@ -67,7 +77,6 @@ if TYPE_CHECKING:
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
-_STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
 # the reset codes of nghttp2's own stream errors (_on_closed), as plain ints: an enum
 # member's lookup costs more than the test, once per stream
 _CODEC_RESETS = frozenset({int(ErrorCodes.PROTOCOL_ERROR), int(ErrorCodes.FLOW_CONTROL_ERROR)})
@@ -95,6 +104,17 @@ class _Protocol(asyncio.Protocol):
 
 
 class Http2Connection:
+    # slots: its 41 attributes are past what CPython 3.11 keeps in a shared-key dict, and
+    # the per-stream paths read them all the time
+    __slots__ = ("_batch", "_closed_streams", "_control_frames", "_done", "_drain",
+                 "_drain_timer", "_empty_frames", "_handlers", "_idle_since", "_idle_timer",
+                 "_keepalive", "_max_header_bytes", "_pending_out", "_premature_resets",
+                 "_requested", "_reset_ids", "_route_timer", "_rq_http2_total", "_starting",
+                 "_stat", "_stream_timer", "_streams_gone", "_write_scheduled", "buffer_limit",
+                 "cfg", "closed", "downstream", "draining", "goaway_received", "goaway_sent",
+                 "h2", "hcm", "loop", "opts", "scheme", "streams", "tasks", "transport",
+                 "unacked_total", "write_paused", "writer")
+
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
         self.cfg = cfg = hcm.cfg
@@ -105,6 +125,7 @@ class Http2Connection:
         self.scheme = "https" if downstream.writer.get_extra_info("ssl_object") else "http"
         self.loop = asyncio.get_running_loop()
         self.buffer_limit = BUFFER_LIMIT
+        self._max_header_bytes = cfg.max_request_headers_kb * 1024
         # the codec's own ceilings on a decoded header list sit beyond the configured
         # limits (which reset just the stream, below) by a margin, so only a grossly
         # oversized block ends the connection; window updates are sent as the upstream
@@ -120,7 +141,10 @@ class Http2Connection:
         # streams the client reset (its StreamClosed follows in the same batch)
         self._reset_ids: set[int] = set()
         self.streams: dict[int, Http2Stream] = {}
+        # the tasks streams were handed over to (stream.py), and waits for a body sink
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._starting: list[Http2Stream] = []  # request blocks of this read, to serve
+        self._streams_gone: asyncio.Future[None] | None = None  # run's end waits for it
         self.write_paused = False
         self._write_scheduled = False  # queued in the loop's write batch for this turn
         self._batch = batch_for(self.loop)
@@ -143,6 +167,11 @@ class Http2Connection:
         self._idle_since = self.loop.time()
         p = f"http.{cfg.stat_prefix}."
         self._stat = p
+        # the events of every stream, by their exact class (ngh2 makes no subclasses): one
+        # lookup instead of _dispatch's isinstance chain; any other event goes there
+        self._handlers: dict[type[ngh2.Event], Callable[[Any], None]] = {
+            ngh2.DataReceived: self._on_data_frame, ngh2.RequestReceived: self._on_request,
+            ngh2.StreamClosed: self._on_closed}
         self._rq_http2_total = counter(hcm.stats, p + "downstream_rq_http2_total")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -186,6 +215,12 @@ class Http2Connection:
             for stream in list(self.streams.values()):
                 if not stream.response_complete:
                     stream.scon.cancel_active("dc")
+            if self.streams:
+                # streams driven from callbacks end at their cancellation's turn, or when
+                # their response left (stream.py), not in a task the gather below awaits
+                gone = self._streams_gone = self.loop.create_future()
+                with contextlib.suppress(BaseException):
+                    await gone
             if self.tasks:
                 with contextlib.suppress(BaseException):
                     await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -309,6 +344,15 @@ class Http2Connection:
     def on_data(self, data: bytes) -> None:
         if self.closed:
             return
+        try:
+            self._on_read(data)
+        finally:
+            # the streams whose request blocks this read completed start now, once all
+            # its frames are taken in (what a stream's task saw when it started, too)
+            if self._starting:
+                self._start_streams()
+
+    def _on_read(self, data: bytes) -> None:
         ka = self._keepalive
         if ka is not None and ka.waiting:
             ka.on_frame()
@@ -321,8 +365,13 @@ class Http2Connection:
             # block far beyond max_request_headers_kb): the codec is unusable
             self._codec_error(header=False, fatal=exc)
             return
+        handlers = self._handlers
         for ev in events:
-            self._dispatch(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._dispatch(ev)
+            else:
+                handler(ev)
             if self.closed:
                 return
         # serialised now rather than at the loop's write: what nghttp2 decided on its own
@@ -334,7 +383,11 @@ class Http2Connection:
         except ngh2.NGH2Error:
             events = []
         for ev in events:
-            self._dispatch(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._dispatch(ev)
+            else:
+                handler(ev)
             if self.closed:
                 return
         # also when there is nothing to send yet: the turn holds its HTTP/1.1 writes (the
@@ -503,7 +556,7 @@ class Http2Connection:
                 else:
                     hmap[name] = value
         cfg = self.cfg
-        if size > cfg.max_request_headers_kb * 1024 or len(raw) > cfg.max_headers_count:
+        if size > self._max_header_bytes or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows
             # a request that never started, flag DR (checked against Envoy 1.40)
             self.hcm.stats.inc("http2.header_overflow")  # Envoy's codec stat root
@@ -541,14 +594,16 @@ class Http2Connection:
         scon = StreamConn(self, sid)
         stream = Http2Stream(scon, req)
         self.streams[sid] = stream
-        self._rq_http2_total.inc()
+        total = self._rq_http2_total  # (Counter.inc inline on the store's own handle)
+        if type(total) is Counter:
+            total.pending += 1
+        else:
+            total.inc()
         if "expect" in hmap and hmap["expect"].lower() == "100-continue":
             # the connection manager answers 100-continue itself and strips Expect
             del hmap["expect"]
             self.h2.send_informational_response(sid, [(b":status", b"100")])
-        task = self.loop.create_task(self._serve(stream))
-        scon.task = task
-        self.tasks.add(task)  # forgotten by _serve itself when it ends
+        self._starting.append(stream)  # started at the end of the read (on_data)
 
     def _log_refused(self, details: str, flag: str) -> None:
         """An access-log line for a header block refused before it became a request
@@ -644,23 +699,6 @@ class Http2Connection:
         for s in list(self.streams.values()):
             s.scon.wake()
 
-    def send_headers(self, s: Http2Stream, status: int,
-                     headers: list[tuple[str, str]]) -> None:
-        if s.reset or self.closed:
-            return
-        # sent by the next pump (the stream's flush), with END_STREAM when the response
-        # has no body by then (a local reply without body: one HEADERS frame, as Envoy)
-        if not self.draining and self._drain.drain_close():
-            self.start_drain()
-        code = _STATUS.get(status)
-        if code is None:
-            code = str(status).encode()
-        to_bytes = TO_BYTES  # (encode_fields, inline: once per response)
-        block = [(b":status", code)]
-        for n, v in headers:
-            block.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
-        s.head_block = block
-
     def pump(self, s: Http2Stream) -> None:
         """Send the stream's queued DATA as far as the windows allow, then its end."""
         if s.reset or s.ended or self.closed:
@@ -709,56 +747,132 @@ class Http2Connection:
             self._write_scheduled = True
             self._batch.defer(self, hold=True)
         scon = s.scon
-        if scon._drain_waiters or scon._writable_callbacks:
+        if scon._drain_waiters or scon._writable_callbacks or scon.tail:
             scon.wake()  # drain() and the end-of-stream wait re-check their condition
 
     # -- one stream -----------------------------------------------------------------------
-    async def _serve(self, stream: Http2Stream) -> None:
+    def _start_streams(self) -> None:
+        starting, self._starting = self._starting, []
+        sit = self.cfg.stream_idle_timeout
+        if self._stream_timer is None and sit > 0:
+            self._stream_timer = self.loop.call_later(sit, self._stream_idle_check)
+        serve = self.hcm.serve
+        for stream in starting:
+            scon = stream.scon
+            if scon.cancel_reason is None:
+                # driven from here while it only waits for its response (stream.py)
+                scon.state = DRIVEN  # (StreamConn.start, inline)
+                scon._drive(serve(stream), None)
+            else:
+                # reset (or the connection gone) before it started: the request is taken
+                # up and cancelled at its first wait, like any other (counted and logged
+                # with what it asked for), in a task as before
+                scon.state = TASK
+                task = self.loop.create_task(self._serve_cancelled(stream))
+                scon.task = task
+                self.tasks.add(task)
+
+    async def _serve_cancelled(self, stream: Http2Stream) -> None:
         scon = stream.scon
-        scon.started = True
-        hcm = self.hcm
-        if self._stream_timer is None:
-            sit = self.cfg.stream_idle_timeout
-            if sit > 0:
-                self._stream_timer = self.loop.call_later(sit, self._stream_idle_check)
         try:
             try:
-                if scon.cancel_reason is not None:
-                    # reset (or the connection gone) before the task started: the
-                    # request is taken up and cancelled at its first wait, like any other
-                    # (counted and logged with what it asked for)
-                    assert scon.task is not None
-                    scon.task.cancel()
-                    await hcm.serve(stream)
-                    await asyncio.sleep(0)  # serve never waited: the cancellation lands
-                else:
-                    await hcm.serve(stream)
+                assert scon.task is not None
+                scon._cancel_by_task = True
+                scon.task.cancel()
+                await self.hcm.serve(stream)
+                await asyncio.sleep(0)  # serve never waited: the cancellation lands
             except asyncio.CancelledError:
-                if scon._take_cancel() is None:
+                if scon.take_cancel() is None:
                     raise
-            # the response is queued: wait until it left (or the stream was reset), so
-            # the access log's duration and flags are the stream's
-            while (stream.response_complete and not (stream.ended or stream.reset)
-                   and not self.closed):  # (sent_all, inline)
-                fut = self.loop.create_future()
-                scon._drain_waiters.append(fut)
-                try:
-                    await fut
-                except asyncio.CancelledError:
-                    reason = scon._take_cancel()
-                    if reason is None:
-                        raise
-                    stream.interrupted(reason)
-                    break
+            await self._sent(stream)
         finally:
-            if scon.task is not None:
-                self.tasks.discard(scon.task)
-            self._end_stream(stream)
-            hcm.complete(stream)
-            # the stream and its StreamConn refer to each other: unlinked, the stream's
-            # objects (request, StreamInfo, task) go by reference counting now instead
-            # of piling up for the cyclic GC (whose passes cost every request)
-            scon.stream = None
+            self.stream_done(stream)
+
+    async def serve_handed(self, scon: StreamConn, coro: Coroutine[Any, Any, None],
+                           yielded: Any) -> None:
+        """The task a stream's coroutine was handed over to (StreamConn._hand_over): it
+        goes on where it waits (YIELDED), then waits until its response left."""
+        stream = scon.stream
+        assert stream is not None
+        scon._handoff_pending = False
+        first: BaseException | None = None
+        if scon._handoff_cancel:
+            scon._handoff_cancel = False
+            if isinstance(yielded, asyncio.Future):
+                yielded.cancel()
+            first = asyncio.CancelledError()
+        try:
+            try:
+                await resume_in_task(coro, yielded, first)
+            except asyncio.CancelledError:
+                if scon.take_cancel() is None:
+                    raise
+            await self._sent(stream)
+        finally:
+            self.stream_done(stream)
+
+    async def _sent(self, stream: Http2Stream) -> None:
+        """In a stream's task: the response is queued; wait until it left (or the stream
+        was reset), so the access log's duration and flags are the stream's."""
+        scon = stream.scon
+        while (stream.response_complete and not (stream.ended or stream.reset)
+               and not self.closed):  # (sent_all, inline)
+            fut = self.loop.create_future()
+            scon._drain_waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                reason = scon.take_cancel()
+                if reason is None:
+                    raise
+                stream.interrupted(reason)
+                break
+
+    def served(self, scon: StreamConn, tail: bool, err: BaseException | None) -> None:
+        """A stream's coroutine driven from callbacks ended (ERR: it failed). Unless its
+        response is still queued (TAIL: wait until it left, StreamConn.tail), the stream
+        is over."""
+        stream = scon.stream
+        assert stream is not None
+        pending = scon._pending_cancel
+        if pending:
+            scon._pending_cancel = False
+        if (tail and stream.response_complete and not (stream.ended or stream.reset)
+                and not self.closed):  # (sent_all, inline)
+            scon.state = TAIL
+            scon.tail = True
+            if pending and scon.cancel_reason is not None:
+                # cancelled as it ended: lands on the wait, as in the task before
+                scon._tail_scheduled = True
+                self.loop.call_soon(scon._tail_check)
+            return
+        # (stream_done, inline: the usual end of a stream)
+        scon.state = DONE
+        scon.tail = False
+        task = scon.task
+        if task is not None:
+            self.tasks.discard(task)
+        self._end_stream(stream)
+        self.hcm.complete(stream)
+        scon.stream = None
+        if err is not None:
+            self.loop.call_exception_handler({
+                "message": "HTTP/2 stream failed", "exception": err})
+
+    def stream_done(self, stream: Http2Stream) -> None:
+        """The stream is over: reset or counted as its end says, logged, forgotten."""
+        scon = stream.scon
+        scon.state = DONE
+        scon.tail = False
+        task = scon.task
+        if task is not None:
+            self.tasks.discard(task)
+        self._end_stream(stream)
+        self.hcm.complete(stream)
+        # the stream and its StreamConn refer to each other: unlinked, the stream's
+        # objects (request, StreamInfo) go by reference counting now instead of piling
+        # up for the cyclic GC (whose passes cost every request)
+        scon.stream = None
 
     def _end_stream(self, stream: Http2Stream) -> None:
         """After the exchange: reset what did not end cleanly, count premature resets
@@ -785,17 +899,22 @@ class Http2Connection:
         streams.pop(sid, None)
         if not streams:  # (while streams are open, _idle_check refreshes it itself)
             self._idle_since = self.loop.time()
+            gone = self._streams_gone
+            if gone is not None and not gone.done():
+                gone.set_result(None)
         self._closed_streams += 1
         if stream.reset_by_peer and (self.loop.time() - stream.started_at
                                      < PREMATURE_RESET_LIFETIME):
             self._premature_resets += 1
         # Envoy's ConnectionManagerImpl::maybeDrainDueToPrematureResets: below the total,
         # half the total in premature resets is enough; from there on, half of all
-        # closed streams (observed on Envoy 1.40: closed after 250 resets)
+        # closed streams (observed on Envoy 1.40: closed after 250 resets); none yet
+        # (the usual case) is never enough
         closed = self._closed_streams
         premature = self._premature_resets * 2
-        if not self.closed and (premature >= PREMATURE_RESET_TOTAL if closed <
-                                PREMATURE_RESET_TOTAL else premature >= closed):
+        if premature and not self.closed and (
+                premature >= PREMATURE_RESET_TOTAL if closed < PREMATURE_RESET_TOTAL
+                else premature >= closed):
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM,
                         "downstream_rq_too_many_premature_resets")
             return

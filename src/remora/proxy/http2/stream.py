@@ -9,21 +9,38 @@ instead of HTTP/1.1 bytes. ``StreamConn`` is the per-stream ``conn`` the router 
 cancellation with a reason (route timeout, downstream reset), write back-pressure
 (``write_paused``/``drain``), and ``resume_reading`` (the upstream accepted the body so far:
 its bytes are acknowledged to the client with WINDOW_UPDATE).
+
+A stream is served without a task of its own, as an HTTP/1.1 request is (http/connection.py):
+its coroutine (``hcm.serve``) is driven from the read callback that completed the request
+block (``Http2Connection._start_streams``). While it waits for its upstream response (the router's
+``response_wait``) it stays on the StreamConn, resumed by the router in the upstream's read
+callback (``resume``); while it waits for any other future (the HTTP/2 pool's events, a
+retry's backoff, a fault's delay, a body sink's drain) it is resumed by that future's done
+callback, as a task would be woken, but without a task. Only what needs a task (a new
+upstream connection's asyncio.timeout: the router's ``in_task``) hands it over to one,
+created then, which drives it from there as an ordinary coroutine. Cancellation (client
+reset, route or stream idle timeout, the connection's end, a codec error) lands where the
+coroutine waits one loop iteration later, as a task's cancellation would: the awaited
+future is cancelled at once and CancelledError raised where it is awaited at the next
+turn. Once the response is queued, the wait until it left the proxy (the stream's
+access-log line is written then) is a callback on the StreamConn (``tail``), not a
+future.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import CodecError, Request
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.stream import ActiveStream, http_date_text
+from remora.proxy.http2.header_names import TO_BYTES, learn_bytes
 
 if TYPE_CHECKING:
-    from remora.proxy.http.connection import Http1Connection
     from remora.proxy.http.hcm import HttpConnectionManager
     from remora.proxy.http2.downstream import Http2Connection
 
@@ -39,6 +56,7 @@ STREAM_HIGH_WATER = 1024 * 1024
 # on as it is
 _RESPONSE_SPECIAL = CONNECTION_SPECIFIC | {"te", "content-length", "server",
                                            "x-envoy-upstream-service-time"}
+_STATUS = {code: str(code).encode() for code in range(100, 600)}  # :status values
 
 
 class _NoDecoderError:
@@ -51,11 +69,29 @@ class _NoDecoderError:
 
 _NO_DECODER = _NoDecoderError()  # shared: it holds nothing
 
+# StreamConn.state: who drives the stream's coroutine
+PENDING = 0  # created by the read callback, not started yet
+DRIVEN = 1  # driven from callbacks (running now, or suspended on a future)
+TASK = 2  # handed over to a task (``task``)
+TAIL = 3  # the coroutine ended; the response is queued and waits to leave (``tail``)
+DONE = 4  # over: logged and forgotten
+# what StreamConn.in_task yields: hand the coroutine over to a task (never seen by one)
+TO_TASK = object()
+
 
 class StreamConn:
     """What the router, the filters and ``ActiveStream.prepare`` use of ``stream.conn``,
     for one HTTP/2 stream. Shared facts come from the connection; cancellation, activity
     and back-pressure are the stream's own (streams are multiplexed)."""
+
+    # slots: past 30 attributes CPython 3.11 gives instances no shared-key dict, and
+    # every attribute access on them is slower (measured: 5 k instructions per request)
+    __slots__ = ("_cancel_by_task", "_coro", "_drain_waiters", "_handoff_cancel",
+                 "_handoff_pending", "_must_cancel", "_pending_cancel", "_running",
+                 "_tail_scheduled", "_waiting", "_writable_callbacks", "cancel_reason", "cfg",
+                 "decoder", "downstream", "draining", "encoders", "h2c", "hcm",
+                 "last_activity", "loop", "response_wait", "route_deadline",
+                 "sanitize_xfcc", "scheme", "state", "stream", "stream_id", "tail", "task")
 
     def __init__(self, h2c: Http2Connection, stream_id: int) -> None:
         self.h2c = h2c
@@ -76,23 +112,70 @@ class StreamConn:
         self.route_deadline = 0.0
         self.last_activity = h2c.loop.time()
         self.task: asyncio.Task[Any] | None = None
-        self.started = False
+        self.state = PENDING
         self.stream: Http2Stream | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writable_callbacks: list[Callable[[], None]] = []
+        # the driven coroutine (module docstring): the router's response wait, the
+        # coroutine suspended on it or on another future, whether _drive runs it right
+        # now, a cancellation that came while it ran; the task it was handed to has not
+        # stepped yet (and a cancellation to throw in first); the task was cancelled
+        # (uncancel on take); the response waits to leave, and its check is scheduled
+        self.response_wait: asyncio.Future[Any] | None = None
+        self._coro: Coroutine[Any, Any, None] | None = None
+        self._waiting: asyncio.Future[Any] | None = None  # what the suspended coro awaits
+        self._running = False
+        self._pending_cancel = False
+        self._must_cancel = False  # its wake-up throws CancelledError in (Task's same flag)
+        self._handoff_pending = False
+        self._handoff_cancel = False
+        self._cancel_by_task = False
+        self.tail = False
+        self._tail_scheduled = False
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
 
     # -- cancellation (the router's and hcm.serve's contract) -----------------------------
     def cancel_active(self, reason: str) -> None:
-        if self.cancel_reason is None and self.task is not None and not self.task.done():
+        """Interrupt the stream's coroutine with REASON where it waits, one loop iteration
+        from now (as the stream's task was cancelled before); nothing once it is over."""
+        if self.cancel_reason is not None:
+            return
+        state = self.state
+        if state == DRIVEN:
             self.cancel_reason = reason
-            # a task cancelled before its first step never runs its body (nor its
-            # finally: the stream would never be logged or forgotten); it finds the
-            # reason when it starts instead
-            if self.started:
-                self.task.cancel()
+            if self._running:
+                self._pending_cancel = True  # thrown in where it suspends next
+                return
+            if self._coro is not None:
+                # as Task.cancel: the awaited future is cancelled now and CancelledError
+                # lands where the coroutine waits at the next turn
+                waiting = self._waiting
+                if waiting is not None and waiting is self.response_wait:
+                    # (resumed by the router, not by a callback of its own)
+                    if not waiting.done():
+                        waiting.cancel()
+                    self.loop.call_soon(self._deliver_cancel)
+                elif waiting is None or not waiting.cancel():
+                    self._must_cancel = True  # its wake-up is already on its way
+        elif state == TASK:
+            self.cancel_reason = reason
+            task = self.task
+            if self._handoff_pending:
+                self._handoff_cancel = True  # thrown in first when the task takes it over
+            elif task is not None and not task.done():
+                self._cancel_by_task = True
+                task.cancel()
+        elif state == TAIL:
+            self.cancel_reason = reason
+            if not self._tail_scheduled:
+                self._tail_scheduled = True
+                self.loop.call_soon(self._tail_check)
+        elif state == PENDING:
+            # not started yet: the request is taken up and cancelled at its first wait
+            # when it starts (Http2Connection._start)
+            self.cancel_reason = reason
 
     def take_cancel(self) -> str | None:
         """After a CancelledError: the reason if the connection caused it (and the task's
@@ -101,8 +184,11 @@ class StreamConn:
         if reason is None:
             return None
         self.cancel_reason = None
-        if self.task is not None:
-            self.task.uncancel()
+        if self._cancel_by_task:
+            self._cancel_by_task = False
+            task = self.task
+            if task is not None:
+                task.uncancel()
         return reason
 
     _take_cancel = take_cancel  # the name the HTTP/1.1 core's callers use
@@ -151,12 +237,145 @@ class StreamConn:
             callbacks, self._writable_callbacks = self._writable_callbacks, []
             for cb in callbacks:
                 cb()
+        if self.tail and not self._tail_scheduled:
+            # the end-of-stream wait re-checks at the next turn, as the task it replaces
+            # woke from its future then
+            self._tail_scheduled = True
+            self.loop.call_soon(self._tail_check)
+
+    # -- driving the stream's coroutine (module docstring) ---------------------------------
+    def arm_route_timeout(self, timeout: float) -> None:
+        """The router's route timeout for this stream: one timer per connection
+        (Http2Connection.arm_route_timeout, inline: once per stream)."""
+        deadline = self.route_deadline = self.loop.time() + timeout
+        self.h2c._route_timer.arm(deadline)
+
+    def resume(self, wait: asyncio.Future[Any]) -> None:
+        """The router resolved WAIT (its response wait): a coroutine suspended on it here
+        goes on at once, in the upstream's read callback."""
+        coro = self._coro
+        if coro is not None and wait is self._waiting and wait is self.response_wait:
+            self._coro = None
+            self._waiting = None
+            self._drive(coro, None)
+
+    @types.coroutine
+    def in_task(self) -> Generator[Any, None, None]:
+        """Awaited before what needs a task (a new upstream connection's asyncio.timeout):
+        a coroutine driven from callbacks is handed over to a task there (one yield of
+        TO_TASK); under a task it goes straight on."""
+        if self._running:
+            yield TO_TASK
+
+    def _deliver_cancel(self) -> None:
+        coro = self._coro
+        if coro is not None:
+            self._coro = None
+            self._waiting = None
+            self._drive(coro, asyncio.CancelledError())
+
+    def _wakeup(self, fut: asyncio.Future[Any] | None) -> None:
+        """What the coroutine waited for is done (or it yielded bare, as asyncio.sleep(0)
+        does): it goes on, as a task's step would (the future's result or exception is
+        taken by its own ``await``)."""
+        coro = self._coro
+        if coro is None or fut is not self._waiting:
+            return
+        self._coro = None
+        self._waiting = None
+        if self._must_cancel:
+            self._must_cancel = False
+            self._drive(coro, asyncio.CancelledError())
+        else:
+            self._drive(coro, None)
+
+    def _drive(self, coro: Coroutine[Any, Any, None], exc: BaseException | None) -> None:
+        """Run the coroutine until it ends or suspends: on the router's response wait it
+        stays here (``_coro``); on anything else it goes to a task."""
+        self._running = True
+        try:
+            yielded = coro.send(None) if exc is None else coro.throw(exc)
+        except StopIteration:
+            self._running = False
+            self.h2c.served(self, True, None)
+            return
+        except asyncio.CancelledError:
+            # (hcm.serve handles a cancellation with a reason itself) as the task did:
+            # with a reason the response may still be leaving, without one it is over
+            self._running = False
+            self.h2c.served(self, self.take_cancel() is not None, None)
+            return
+        except (KeyboardInterrupt, SystemExit):
+            self._running = False
+            raise  # (a task re-raises them too)
+        except BaseException as err:  # a failure, as the stream's task raised it
+            self._running = False
+            self.h2c.served(self, False, err)
+            return
+        self._running = False
+        wait = self.response_wait
+        if wait is not None and yielded is wait:
+            # the router's response wait: resumed by the router (resume)
+            self._coro = coro
+            self._waiting = wait
+            if self._pending_cancel:
+                # cancelled while it ran: as a task, the future it waits for is cancelled
+                # and CancelledError thrown in where it waits, at the next turn
+                self._pending_cancel = False
+                wait.cancel()
+                self.loop.call_soon(self._deliver_cancel)
+            return
+        if yielded is TO_TASK or not (yielded is None or isinstance(yielded, asyncio.Future)):
+            # in_task: what follows needs a task (or an awaitable a task must judge)
+            pending, self._pending_cancel = self._pending_cancel, False
+            self._hand_over(coro, yielded, pending)
+            return
+        # another future (the HTTP/2 pool's, a backoff, a body sink's drain...): resumed
+        # by its done callback, as a task is woken, without a task
+        self._coro = coro
+        fut: asyncio.Future[Any] | None = yielded
+        self._waiting = fut
+        if fut is None:
+            self.loop.call_soon(self._wakeup, None)  # a bare yield: the next turn
+        else:
+            fut._asyncio_future_blocking = False
+            fut.add_done_callback(self._wakeup)
+        if self._pending_cancel:
+            self._pending_cancel = False
+            if fut is None or not fut.cancel():
+                self._must_cancel = True
+
+    def _hand_over(self, coro: Coroutine[Any, Any, None], yielded: Any, cancel: bool) -> None:
+        """What follows needs a task (in_task): one goes on with the coroutine (its first
+        step at the next turn)."""
+        self.state = TASK
+        self._handoff_pending = True
+        self._handoff_cancel = cancel
+        h2c = self.h2c
+        task = self.loop.create_task(h2c.serve_handed(self, coro, yielded))
+        self.task = task
+        h2c.tasks.add(task)
+
+    def _tail_check(self) -> None:
+        """The end-of-stream wait (``tail``): over once the response left (or the stream
+        was reset, or the connection is gone), or interrupted with a reason."""
+        self._tail_scheduled = False
+        stream = self.stream
+        if self.state != TAIL or stream is None:
+            return
+        reason = self.take_cancel()
+        if reason is not None:
+            stream.interrupted(reason)
+        elif (stream.response_complete and not (stream.ended or stream.reset)
+              and not self.h2c.closed):
+            return  # still queued: the next wake checks again
+        self.h2c.stream_done(stream)
 
 
 class Http2Stream(ActiveStream):
     """ActiveStream with an HTTP/2 encode side. ``conn`` is a StreamConn: it offers what
     the router and prepare() use of an Http1Connection (the typed stream-connection
-    Protocol replaces the cast once it exists)."""
+    Protocol replaces the type: ignore once it exists)."""
 
     # a bodiless local reply (gRPC's trailers-only one too) is one HEADERS frame with
     # END_STREAM and no content-length, as Envoy 1.40's HTTP/2 codec sends it
@@ -166,7 +385,9 @@ class Http2Stream(ActiveStream):
                  "trailers", "unacked")
 
     def __init__(self, scon: StreamConn, req: Request) -> None:
-        super().__init__(cast("Http1Connection", scon), req)
+        # (ActiveStream's __init__ called directly: no super() object, no typing.cast
+        # call, once per stream)
+        ActiveStream.__init__(self, scon, req)  # type: ignore[arg-type]
         self.scon = scon
         self.h2c = scon.h2c
         self.sid = scon.stream_id
@@ -182,7 +403,7 @@ class Http2Stream(ActiveStream):
         self.reset_by_peer = False
         self.unacked = 0  # request body bytes not yet acknowledged (WINDOW_UPDATE)
         self.ack_waiting = False  # a wait for the sink to drain is under way
-        self.started_at = scon.loop.time()
+        self.started_at = scon.last_activity  # (the loop's time, read once per stream)
         scon.stream = self
 
     # -- request body ---------------------------------------------------------------------
@@ -267,7 +488,7 @@ class Http2Stream(ActiveStream):
             hl.append((n, v))
         if svc is not None:
             hl.append(("x-envoy-upstream-service-time", svc))
-        if mutations:
+        if mutations is not None and (mutations.add or mutations.remove):  # (its __bool__)
             hl = apply_mutations(hl, mutations)
         if self.encoders:
             extra: list[tuple[str, str]] = []
@@ -286,7 +507,23 @@ class Http2Stream(ActiveStream):
             for n, v in tail:
                 resp[n] = v
         info.response_headers = resp
-        self.h2c.send_headers(self, status, hl)
+        # the HEADERS block (Http2Connection.send_headers before, inline: once per
+        # response), sent by the next pump (the stream's flush), with END_STREAM when
+        # the response has no body by then (a local reply without body: one HEADERS
+        # frame, as Envoy)
+        h2c = self.h2c
+        if self.reset or h2c.closed:
+            return
+        if not h2c.draining and h2c._drain.drain_close():
+            h2c.start_drain()
+        code = _STATUS.get(status)
+        if code is None:
+            code = str(status).encode()
+        to_bytes = TO_BYTES  # (encode_fields, inline)
+        block = [(b":status", code)]
+        for n, v in hl:
+            block.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
+        self.head_block = block
 
     def encode_data(self, data: bytes) -> None:
         if not data or self.head or self.reset:
@@ -327,3 +564,25 @@ class Http2Stream(ActiveStream):
             self.info.response_code_details = "codec_error:The_user_callback_function_failed"
             return
         super().interrupted(reason)
+
+
+@types.coroutine
+def resume_in_task(coro: Coroutine[Any, Any, None], yielded: Any,
+                   first: BaseException | None) -> Generator[Any, Any, None]:
+    """Go on with CORO, suspended where it yielded YIELDED (FIRST: thrown in at once), as
+    ``yield from`` would have from there: under the awaiting task, which sees what CORO
+    yields and sends or throws back what it gets."""
+    try:
+        if first is not None:
+            yielded = coro.throw(first)
+        elif yielded is TO_TASK:  # (in_task's yield: the task goes on at once)
+            yielded = coro.send(None)
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as exc:  # the task's cancellation, GeneratorExit
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(value)
+    except StopIteration:
+        return

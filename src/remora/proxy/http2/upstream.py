@@ -41,7 +41,7 @@ import contextlib
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import ngh2
@@ -778,6 +778,14 @@ class _ClusterStats(Protocol):
     def status(self, status: int) -> _StatusCounters: ...
 
 
+class _Driver(Protocol):
+    """A connection that drives its streams' coroutines from callbacks (HTTP/1.1's
+    connection, an HTTP/2 stream's StreamConn): awaiting ``in_task`` hands the coroutine
+    over to a task, which asyncio.timeout (connecting) needs."""
+
+    def in_task(self) -> Awaitable[None]: ...
+
+
 class Forward(Protocol):
     """What the router's per-request state (router.py ``_Forward``) gives an attempt."""
 
@@ -799,6 +807,8 @@ class Forward(Protocol):
     def cs(self) -> _ClusterStats: ...
     @property
     def reselections(self) -> int: ...
+    @property
+    def h1(self) -> _Driver | None: ...
     tried: set[str]
     host: str | None
 
@@ -831,6 +841,9 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
                           limits.max_connection_duration)
         pool.open(client)
         try:
+            driver = fw.h1
+            if driver is not None:  # connecting needs a task (asyncio.timeout)
+                await driver.in_task()
             up = await cluster.connect(facts, info, exclude,
                                        host_selection_retry_max_attempts=fw.reselections)
         except UpstreamError as err:
