@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import proxyharness as ph  # noqa: E402
-from tests.lab import Lab, Namespace  # noqa: E402
+from tests.lab import Lab  # noqa: E402
 from tests.netns import mtls_mesh  # noqa: E402
 from tests.unit.controlplane.seed import CLUSTER_IP  # noqa: E402
 
