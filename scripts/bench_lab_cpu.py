@@ -108,12 +108,29 @@ def main() -> int:
     ap.add_argument("--callgrind", action="store_true",
                     help="count each sidecar's instructions per request under valgrind")
     ap.add_argument("--keep", type=Path, help="copy the callgrind dumps into this folder")
+    ap.add_argument("--cprofile", type=Path,
+                    help="run both remora sidecars under cProfile, their stats written into "
+                         "this folder (client.prof, server.prof) when they stop (warm-up "
+                         "included)")
     args = ap.parse_args()
+    if args.cprofile is not None and (args.callgrind or args.proxy == "envoy"):
+        raise SystemExit("bench_lab_cpu: --cprofile profiles remora, without --callgrind")
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces): run it with sudo")
     with tempfile.TemporaryDirectory(prefix="remora-lab-cpu-") as tmp_name:
         tmp = Path(tmp_name)
         dumps = {"client": tmp / "cg-client", "server": tmp / "cg-server"}
+        if args.cprofile is not None:
+            args.cprofile.mkdir(parents=True, exist_ok=True)
+            profiled = iter(("server", "client"))
+            plain = ph.sidecar_argv
+
+            def with_cprofile(kind: str, config: Path, concurrency: int = 1) -> list[str]:
+                argv = plain(kind, config, concurrency)
+                out = args.cprofile.resolve() / f"{next(profiled)}.prof"
+                return [argv[0], "-m", "cProfile", "-o", str(out), *argv[1:]]
+
+            ph.sidecar_argv = with_cprofile  # type: ignore[assignment]
         if args.callgrind:
             for folder in dumps.values():
                 folder.mkdir()

@@ -49,6 +49,24 @@ _VERSIONS = {"TLS_AUTO": None, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
 VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
 
 
+class _DirectSSLObject(ssl.SSLObject):
+    """An ``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are the C methods of
+    the ``_ssl`` object it wraps, bound on the instance. uvloop's SSLProtocol binds these
+    three once per connection (sslproto.pyx: ``_sslobj_read = _sslobj.read``) and calls
+    them for every TLS record; through ``ssl.SSLObject``'s Python methods each call is a
+    Python frame that only forwards its arguments (ssl.py: ``return
+    self._sslobj.write(data)``), three per request on each side. The C methods take the
+    same arguments (``read(len[, buffer])``, ``write(data)``, ``pending()``) and raise the
+    same exceptions, so nothing else changes."""
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> _DirectSSLObject:
+        obj: _DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        obj.__dict__.update(read=inner.read, write=inner.write, pending=inner.pending)
+        return obj
+
+
 class TlsError(Exception):
     """A handshake or verification failure; ``reason`` is Envoy's failure reason text and
     ``stat`` the ssl.* counter it increments."""
@@ -214,6 +232,7 @@ class TlsTransport:
     def _build(self, m: Material) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if self.server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # identities are SPIFFE URIs, checked by SAN matchers
+        ctx.sslobject_class = _DirectSSLObject
         if self.min_version:
             ctx.minimum_version = self.min_version
         if self.max_version:
