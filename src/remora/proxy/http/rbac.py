@@ -40,6 +40,9 @@ class HttpRbacFilter:
         # (allowed, denied) counter handles per connection manager stat_prefix, resolved
         # once (each listed from its first increment, as counted by name before)
         self._counters: dict[str, tuple[Counter, Counter]] = {}
+        # the last downstream address seen and its IP (_ip's answer for it)
+        self._last_address: str | None = None
+        self._last_ip: str | None = None
 
     def _stat_counters(self, stat_prefix: str) -> tuple[Counter, Counter]:
         handles = self._counters.get(stat_prefix)
@@ -51,14 +54,18 @@ class HttpRbacFilter:
 
     async def decode_headers(self, stream: HttpStream) -> bool:
         conn = stream.conn
-        allowed, denied = self._stat_counters(conn.cfg.stat_prefix)
+        handles = self._counters.get(conn.cfg.stat_prefix)
+        allowed, denied = handles or self._stat_counters(conn.cfg.stat_prefix)
         if self.rules is None:
             allowed.inc()
             return True
         info = stream.info
+        address = info.downstream_remote_address
+        if address is not self._last_address:  # the same text on a connection's requests
+            self._last_address, self._last_ip = address, _ip(address)
         # the engine only reads the headers: the request's own map, not a copy
         request = connection_input(conn.downstream, info.request_headers or {},
-                                   remote_ip=_ip(info.downstream_remote_address))
+                                   remote_ip=self._last_ip)
         decision = self.rules.evaluate(request)
         if decision.allowed:
             allowed.inc()
