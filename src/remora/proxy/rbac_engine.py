@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from remora.proxy.config.strict import ConfigError, Fields
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RbacInput:
     direct_remote_ip: str
     remote_ip: str
@@ -60,27 +61,111 @@ class Decision:
 class Rbac:
     action: str  # ALLOW | DENY (LOG is accepted by Envoy but not produced by Istio)
     policies: list[tuple[str, Matcher, Matcher]] = field(default_factory=list)
+    # one Decision per outcome (a policy's name or None), made on first use: a decision
+    # depends on nothing else, and a request's evaluation then allocates none
+    _decisions: dict[str | None, Decision] = field(default_factory=dict, repr=False,
+                                                   compare=False)
 
     def evaluate(self, request: RbacInput) -> Decision:
-        matched = next((name for name, perm, prin in self.policies
-                        if perm(request) and prin(request)), None)
-        if self.action == "ALLOW":
-            return Decision(matched is not None, matched)
-        return Decision(matched is None, matched)
+        matched = None
+        for name, perm, prin in self.policies:
+            if perm(request) and prin(request):
+                matched = name
+                break
+        decision = self._decisions.get(matched)
+        if decision is None:
+            allowed = (matched is not None) if self.action == "ALLOW" else matched is None
+            decision = self._decisions[matched] = Decision(allowed, matched)
+        return decision
+
+
+# -- combinators, built once when the rules load: a request's evaluation is plain calls
+# (no generator per any()/all(); one operand is the operand itself) ----------------------
+def _true(_: RbacInput) -> bool:
+    return True
+
+
+def _false(_: RbacInput) -> bool:
+    return False
+
+
+def any_of(parts: list[Matcher]) -> Matcher:
+    """Matches when one of PARTS does (none: never), trying them in order."""
+    if not parts:
+        return _false
+    if len(parts) == 1:
+        return parts[0]
+    exacts = [_HEADER_EXACT.get(p) for p in parts]
+    names = {e[0] for e in exacts if e is not None}
+    if None not in exacts and len(names) == 1:  # methods: one lookup, one set membership
+        name = names.pop()
+        values = frozenset(e[1] for e in exacts if e is not None)
+
+        def one_of(r: RbacInput) -> bool:
+            headers = r.headers
+            return headers is not None and headers.get(name) in values
+        return one_of
+    if len(parts) == 2:
+        a, b = parts
+        return lambda r: a(r) or b(r)
+    parts = list(parts)
+
+    def match(r: RbacInput) -> bool:
+        for p in parts:  # noqa: SIM110 (any() would build a generator per request)
+            if p(r):
+                return True
+        return False
+    return match
+
+
+def all_of(parts: list[Matcher]) -> Matcher:
+    """Matches when every one of PARTS does (none: always), in order."""
+    if not parts:
+        return _true
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda r: a(r) and b(r)
+    parts = list(parts)
+
+    def match(r: RbacInput) -> bool:
+        for p in parts:  # noqa: SIM110 (all() would build a generator per request)
+            if not p(r):
+                return False
+        return True
+    return match
+
+
+# What some built matchers are, for the matchers over them to inline the usual cases
+# (a request then costs fewer calls): a case-sensitive exact or prefix StringMatcher, as
+# (kind, value); a header matcher that is an exact value, as (header name, value).
+_PLAIN_STRING: weakref.WeakKeyDictionary[Callable[[str], bool], tuple[str, str]] = (
+    weakref.WeakKeyDictionary())
+_HEADER_EXACT: weakref.WeakKeyDictionary[Matcher, tuple[str, str]] = (
+    weakref.WeakKeyDictionary())
 
 
 # -- string matchers ------------------------------------------------------------------
 def string_matcher(f: Fields) -> Callable[[str], bool]:
     ignore_case = bool(f.boolean("ignore_case", False))
-    fold: Callable[[str], str] = str.lower if ignore_case else (lambda s: s)
     result: Callable[[str], bool] | None = None
     kind = next((k for k in ("exact", "prefix", "suffix", "contains") if f.has(k)), None)
     if kind is not None:
-        want = fold(f.string(kind, required=True))
-        ops: dict[str, Callable[[str], bool]] = {
-            "exact": lambda s: fold(s) == want, "prefix": lambda s: fold(s).startswith(want),
-            "suffix": lambda s: fold(s).endswith(want), "contains": lambda s: want in fold(s)}
+        want = f.string(kind, required=True)
+        ops: dict[str, Callable[[str], bool]]
+        if ignore_case:
+            want = want.lower()
+            ops = {"exact": lambda s: s.lower() == want,
+                   "prefix": lambda s: s.lower().startswith(want),
+                   "suffix": lambda s: s.lower().endswith(want),
+                   "contains": lambda s: want in s.lower()}
+        else:  # no folding call per comparison
+            ops = {"exact": lambda s: s == want, "prefix": lambda s: s.startswith(want),
+                   "suffix": lambda s: s.endswith(want), "contains": lambda s: want in s}
         result = ops[kind]
+        if not ignore_case and kind in ("exact", "prefix"):
+            _PLAIN_STRING[result] = (kind, want)
     rx = f.fields("safe_regex", "RegexMatcher")
     if rx is not None:
         pattern = rx.string("regex", required=True)
@@ -98,6 +183,9 @@ def string_matcher(f: Fields) -> Callable[[str], bool]:
     return result
 
 
+_CIDR_MEMORY = 4096  # addresses remembered per CIDR matcher
+
+
 def _cidr(f: Fields) -> Matcher | Callable[[str], bool]:
     prefix = f.string("address_prefix", required=True)
     length = f.integer("prefix_len", 0)
@@ -107,11 +195,22 @@ def _cidr(f: Fields) -> Matcher | Callable[[str], bool]:
     except ValueError as exc:
         raise ConfigError(f.path, f"invalid CIDR {prefix}/{length}: {exc}") from exc
 
+    # the answer per address text, remembered (a peer's address repeats on each of its
+    # requests; parsing it is most of the cost), the memory bounded
+    seen: dict[str, bool] = {}
+
     def contains(ip: str) -> bool:
+        known = seen.get(ip)
+        if known is not None:
+            return known
         try:
-            return ipaddress.ip_address(ip) in net
+            inside = ipaddress.ip_address(ip) in net
         except ValueError:
-            return False
+            inside = False
+        if len(seen) >= _CIDR_MEMORY:
+            seen.clear()
+        seen[ip] = inside
+        return inside
     return contains
 
 
@@ -135,6 +234,25 @@ def _header(f: Fields) -> Matcher:
     else:
         raise ConfigError(f.path, "header matcher needs string_match or present_match")
 
+    if present is None and not invert:  # what Istio writes: a value matcher
+        plain = _PLAIN_STRING.get(check)
+        if plain is not None and plain[0] == "exact":
+            want = plain[1]
+
+            def match_exact(r: RbacInput) -> bool:
+                headers = r.headers
+                return headers is not None and headers.get(name) == want
+            _HEADER_EXACT[match_exact] = (name, want)
+            return match_exact
+
+        def match_value(r: RbacInput) -> bool:
+            headers = r.headers
+            if headers is None:
+                return False
+            value = headers.get(name)
+            return value is not None and check(value)
+        return match_value
+
     def match(r: RbacInput) -> bool:
         if r.headers is None:
             return False
@@ -152,11 +270,28 @@ def _url_path(f: Fields) -> Matcher:
     if path is None:
         raise ConfigError(f.path, "url_path needs path")
     check = string_matcher(path)
+    plain = _PLAIN_STRING.get(check)
+    if plain is not None and plain[0] == "prefix":
+        prefix = plain[1]
+
+        def match_prefix(r: RbacInput) -> bool:
+            headers = r.headers
+            if headers is None:
+                return False
+            value = headers.get(":path")
+            if value is None:
+                return False
+            return (value.partition("?")[0] if "?" in value else value).startswith(prefix)
+        return match_prefix
 
     def match(r: RbacInput) -> bool:
-        if r.headers is None or ":path" not in r.headers:
+        headers = r.headers
+        if headers is None:
             return False
-        return check(r.headers[":path"].split("?", 1)[0])
+        value = headers.get(":path")
+        if value is None:
+            return False
+        return check(value.partition("?")[0] if "?" in value else value)
     return match
 
 
@@ -173,13 +308,11 @@ def permission(f: Fields) -> Matcher:
     m: Matcher | None = None
     if f.has("any"):
         f.boolean("any")
-        m = lambda r: True  # noqa: E731
+        m = _true
     elif f.has("and_rules"):
-        parts = _set(f, "and_rules", "rules", permission)
-        m = lambda r: all(p(r) for p in parts)  # noqa: E731
+        m = all_of(_set(f, "and_rules", "rules", permission))
     elif f.has("or_rules"):
-        parts = _set(f, "or_rules", "rules", permission)
-        m = lambda r: any(p(r) for p in parts)  # noqa: E731
+        m = any_of(_set(f, "or_rules", "rules", permission))
     elif f.has("not_rule"):
         inner = f.fields("not_rule")
         assert inner is not None
@@ -227,12 +360,24 @@ def _authenticated(f: Fields) -> Matcher:
     if pn is None:
         return lambda r: r.authenticated
     check = string_matcher(pn)
+    plain = _PLAIN_STRING.get(check)
+    if plain is not None and plain[0] == "exact":  # Istio's principals: one identity
+        want = plain[1]
+
+        def match_exact(r: RbacInput) -> bool:
+            if not r.authenticated:
+                return False
+            return want in (r.uri_sans or r.dns_sans or ((r.subject,) if r.subject else ()))
+        return match_exact
 
     def match(r: RbacInput) -> bool:
         if not r.authenticated:
             return False
         names = r.uri_sans or r.dns_sans or ((r.subject,) if r.subject else ())
-        return any(check(n) for n in names)
+        for n in names:  # noqa: SIM110 (no generator per request)
+            if check(n):
+                return True
+        return False
     return match
 
 
@@ -240,13 +385,11 @@ def principal(f: Fields) -> Matcher:
     m: Matcher | None = None
     if f.has("any"):
         f.boolean("any")
-        m = lambda r: True  # noqa: E731
+        m = _true
     elif f.has("and_ids"):
-        parts = _set(f, "and_ids", "ids", principal)
-        m = lambda r: all(p(r) for p in parts)  # noqa: E731
+        m = all_of(_set(f, "and_ids", "ids", principal))
     elif f.has("or_ids"):
-        parts = _set(f, "or_ids", "ids", principal)
-        m = lambda r: any(p(r) for p in parts)  # noqa: E731
+        m = any_of(_set(f, "or_ids", "ids", principal))
     elif f.has("not_id"):
         neg = principal(_required(f, "not_id"))
         m = lambda r: not neg(r)  # noqa: E731
@@ -291,8 +434,6 @@ def parse_rules(f: Fields | None) -> Rbac | None:
             if p.has("condition") or p.has("checked_condition"):
                 raise ConfigError(p.at("condition"), "CEL conditions are not implemented")
             p.done()
-            rbac.policies.append((
-                name, lambda r, ps=perms: any(x(r) for x in ps),  # type: ignore[misc]
-                lambda r, ps=prins: any(x(r) for x in ps)))  # type: ignore[misc]
+            rbac.policies.append((name, any_of(perms), any_of(prins)))
         pols.done()
     return rbac

@@ -381,6 +381,21 @@ def _text_expr(token: Token, i: int) -> str | None:
     return None
 
 
+# CPython compiles an f-string of more than 30 parts (its compiler's STACK_USE_GUIDELINE)
+# as a list built by one LIST_APPEND per part and then ''.join(list); up to 30 parts are
+# joined straight from the stack (BUILD_STRING). Istio's default line has 49 parts.
+_STACK_PARTS = 30
+
+
+def _joined(values: list[ast.expr]) -> ast.JoinedStr:
+    """VALUES as one f-string, nested in groups of at most _STACK_PARTS so that every
+    level is a BUILD_STRING (an inner f-string's value is a str, formatted as itself)."""
+    while len(values) > _STACK_PARTS:
+        values = [ast.FormattedValue(ast.JoinedStr(values[i:i + _STACK_PARTS]), -1, None)
+                  for i in range(0, len(values), _STACK_PARTS)]
+    return ast.JoinedStr(values)
+
+
 def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
                      ) -> Callable[[StreamInfo], str]:
     """PARTS (compiled from TOKENS) as one function with the literals and operators
@@ -416,7 +431,7 @@ def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
         name="render",
         args=ast.arguments(posonlyargs=[], args=[ast.arg("info")], kwonlyargs=[],
                            kw_defaults=[], defaults=[]),
-        body=[*header_binds, *body, ast.Return(ast.JoinedStr(values))],
+        body=[*header_binds, *body, ast.Return(_joined(values))],
         decorator_list=[])
     module = ast.fix_missing_locations(ast.Module(body=[fn], type_ignores=[]))
     # the tree is built above from the parsed format only

@@ -30,12 +30,11 @@ TYPE_URL = "envoy.extensions.filters.network.rbac.v3.RBAC"
 def connection_input(downstream: Downstream, headers: dict[str, str] | None = None,
                      remote_ip: str | None = None) -> RbacInput:
     facts = downstream.facts
+    # positional, in RbacInput's field order: a keyword call costs twice as much
     return RbacInput(
-        direct_remote_ip=facts.direct_remote_ip, remote_ip=remote_ip or facts.remote_ip,
-        destination_ip=facts.local_ip, destination_port=facts.local_port,
-        uri_sans=facts.peer_uri_sans, dns_sans=facts.peer_dns_sans, subject=facts.peer_subject,
-        authenticated=facts.peer_certificate_validated,
-        requested_server_name=facts.server_name or "", headers=headers)
+        facts.direct_remote_ip, remote_ip or facts.remote_ip, facts.local_ip,
+        facts.local_port, facts.peer_uri_sans, facts.peer_dns_sans, facts.peer_subject,
+        facts.peer_certificate_validated, facts.server_name or "", headers)
 
 
 class NetworkRbacFilter:

@@ -49,6 +49,43 @@ _VERSIONS = {"TLS_AUTO": None, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
 VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
 
 
+# at most this much plaintext per SSL read: a TLS record holds 16 KiB, and the buffer
+# stays below glibc's default 128 KiB mmap threshold
+READ_CAP = 64 * 1024
+
+
+class _DirectSSLObject(ssl.SSLObject):
+    """An ``ssl.SSLObject`` whose ``write`` and ``pending`` are the C methods of the
+    ``_ssl`` object it wraps, bound on the instance, and ``read`` one call to its C
+    method with the size capped (READ_CAP). uvloop's SSLProtocol binds these
+    three once per connection (sslproto.pyx: ``_sslobj_read = _sslobj.read``) and calls
+    them for every TLS record; through ``ssl.SSLObject``'s Python methods each call is a
+    Python frame that only forwards its arguments (ssl.py: ``return
+    self._sslobj.write(data)``), three per request on each side. The C methods take the
+    same arguments (``read(len[, buffer])``, ``write(data)``, ``pending()``) and raise the
+    same exceptions, so nothing else changes."""
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> _DirectSSLObject:
+        obj: _DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        inner = obj._sslobj  # type: ignore[attr-defined]
+        inner_read = inner.read
+
+        def read(size: int = 1024, buffer: Any = None) -> Any:
+            # uvloop asks for 256 KiB per read (SSL_READ_MAX_SIZE) and _ssl allocates
+            # that much before shrinking the bytes to what one record held: above
+            # glibc's mmap threshold, so an mmap, an mremap and a munmap per record and
+            # two page faults (strace and /proc/<pid>/stat of the server sidecar, one of
+            # each per request). uvloop reads again while bytes are pending, so a smaller
+            # request per call delivers the same data.
+            if buffer is not None:
+                return inner_read(size, buffer)
+            return inner_read(size if size < READ_CAP else READ_CAP)
+
+        obj.__dict__.update(read=read, write=inner.write, pending=inner.pending)
+        return obj
+
+
 class TlsError(Exception):
     """A handshake or verification failure; ``reason`` is Envoy's failure reason text and
     ``stat`` the ssl.* counter it increments."""
@@ -214,6 +251,7 @@ class TlsTransport:
     def _build(self, m: Material) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if self.server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # identities are SPIFFE URIs, checked by SAN matchers
+        ctx.sslobject_class = _DirectSSLObject
         if self.min_version:
             ctx.minimum_version = self.min_version
         if self.max_version:
