@@ -310,6 +310,20 @@ class ConnectionPool:
             return conn
         return None
 
+    def ready(self, key: PoolKey, owner: object, now: float) -> bool:
+        """Whether ``acquire(key, frozenset(), owner, now)`` takes the most recent idle
+        connection as it is (the usual case's condition, nothing closed or changed)."""
+        idle = self._idle.get(key)
+        if not idle:
+            return False
+        conn = idle[-1]
+        t = conn.transport
+        return (not conn._pending and conn.owner is owner and t is not None
+                and not conn._eof and not t.is_closing()
+                and now - conn.idle_since < conn._max_idle
+                and now - conn.created < conn._max_age
+                and conn.requests < conn._max_requests)
+
     def release(self, conn: PooledConnection, now: float | None = None) -> None:
         """Keep CONN for reuse. The caller vouches that its last response was complete and
         nothing followed it in what was read; bytes already buffered or arriving later
