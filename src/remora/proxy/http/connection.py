@@ -126,6 +126,9 @@ class Http1Connection:
         # the task (close after flushing, drain, end)
         self.response_wait: asyncio.Future[Any] | None = None
         self.in_flight: InFlight | None = None  # the active stream, sent without a coroutine
+        # a connection manager whose per-stream entry point was replaced on the instance
+        # (a test's own serve) is served through it, never through hcm.start
+        self._serve_set = "serve" in getattr(hcm, "__dict__", ())
         self._coro: Coroutine[Any, Any, Any] | None = None
         self._running = False
         self._pending_cancel = False
@@ -391,6 +394,9 @@ class Http1Connection:
     def _start(self, stream: ActiveStream) -> None:
         """Serve STREAM (``hcm.start``): ended at once (a local reply), in flight without
         a coroutine (the router's usual request), or a coroutine to drive."""
+        if self._serve_set:
+            self._drive(self.hcm.serve(stream), None)
+            return
         self._running = True
         try:
             coro = self.hcm.start(stream)
