@@ -565,7 +565,8 @@ class _Forward:
         key = (cluster.name, facts.local_ip, facts.local_port,
                src.ip if src is not None else None)
         pool = self.router.pool
-        if not pool.ready(key, cluster, self.started):
+        pc = pool.take_ready(key, cluster, self.started)
+        if pc is None:
             return self.run()
         timeout = self.route.timeout
         if timeout > 0:
@@ -573,9 +574,8 @@ class _Forward:
         info = stream.info
         info.upstream_request_attempt_count = 1
         if not cluster.try_acquire("requests"):
+            pool.put_back(pc)  # acquired after the circuit breaker in _attempt
             return self.run(_OVERFLOW)
-        pc = pool.acquire(key, _NO_HOSTS, cluster, self.started)
-        assert pc is not None
         info.upstream_host = host = pc.host
         info.upstream_local_address = pc.upstream.local_address
         info.upstream_cluster = cluster.name
@@ -595,7 +595,7 @@ class _Forward:
                                                stream.encode_data, state=pc.state)
         self.dec = dec
         h1.in_flight = self
-        pc.handler = self  # ready(): nothing held, no end read
+        pc.handler = self  # take_ready(): nothing held, no end read
         return None
 
     def resumed(self) -> Coroutine[Any, Any, bool]:

@@ -136,3 +136,30 @@ def test_usual_requests_stay_callbacks(resumed: list[str]) -> None:
         assert [i.response_code for i in ctx.logger.infos] == [200] * 5
         assert ctx.stats.counters["cluster.app.upstream_rq_200"] == 5
     run(body)
+
+
+def test_requests_overflow_with_a_pooled_connection_ready_is_503_uo(
+        resumed: list[str]) -> None:
+    async def body() -> None:
+        hcm, _, cluster, ctx = await setup()
+        async with proxy(hcm) as addr:
+            a, b = await Client.connect(addr), await Client.connect(addr)
+            # two upstream connections pooled
+            ra, rb = await asyncio.gather(a.get("/slow/100"), b.get("/slow/100"))
+            assert (ra.status, rb.status) == (200, 200) and cluster.connects == 2
+            cluster.limits["requests"] = 1
+            a.send(b"GET /slow/300 HTTP/1.1\r\nhost: a\r\n\r\n")  # holds the one slot
+            await asyncio.sleep(0.1)
+            r = await b.get("/")
+            assert r.status == 503
+            assert r.body == (RESET + "reset reason: overflow").encode()
+            assert (await a.response()).status == 200
+            # the pooled connection the refused request had taken is idle again
+            assert (await b.get("/")).status == 200
+            assert cluster.connects == 2
+        (info,) = [i for i in ctx.logger.infos if i.response_code == 503]
+        assert (info.flags_string(), info.response_code_details) == (
+            "UO", "upstream_reset_before_response_started{overflow}")
+        assert cluster.overflows["requests"] == 1
+        assert cluster.active["requests"] == 0
+    run(body)
