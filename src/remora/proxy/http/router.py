@@ -236,17 +236,22 @@ class _Forward:
                  cluster: Cluster) -> None:
         self.router = router
         self.stream = stream
-        self.conn: StreamCallbacks = stream.conn
+        conn: StreamCallbacks = stream.conn
+        self.conn = conn
         # an HTTP/1.1 connection drives the stream from its callbacks (connection.py):
         # the response wait is announced to it, and resumed by it
-        conn = stream.conn
-        self.h1: Http1Connection | None = conn if isinstance(conn, Http1Connection) else None
+        self.h1: Http1Connection | None = conn if type(conn) is Http1Connection or isinstance(
+            conn, Http1Connection) else None
         self.route = route
         self.cluster = cluster
-        self.policy: RetryPolicy | None = route.retry_policy
-        self.retries_left = self.policy.num_retries if self.policy is not None else 0
-        self.reselections = (self.policy.host_selection_retry_max_attempts
-                             if self.policy is not None else 1)
+        p: RetryPolicy | None = route.retry_policy
+        self.policy = p
+        if p is None:
+            self.retries_left = 0
+            self.reselections = 1
+        else:
+            self.retries_left = p.num_retries
+            self.reselections = p.host_selection_retry_max_attempts
         self.retry_slots = 0  # "retries" circuit-breaker slots held
         self.tried: set[str] = set()
         self.current: PooledConnection | None = None
@@ -789,6 +794,11 @@ class _Forward:
             self.router.pool.release(pc, now)
         else:
             pc.close()
+        if self.done is None:  # _finish(None), for the request start sent
+            h1 = self.h1
+            if h1 is not None and h1.in_flight is self:
+                self._end_started()
+                return
         self._finish(None)
 
     def _on_headers(self, dec: ResponseDecoder) -> None:
@@ -796,7 +806,11 @@ class _Forward:
         p = self.policy
         wanted = False
         if p is not None and not self.stream.response_started:
-            grpc = next((v for n, v in dec.headers if n == "grpc-status"), None)
+            grpc = None  # the first grpc-status, by a loop (no generator per response)
+            for n, v in dec.headers:
+                if n == "grpc-status":
+                    grpc = v
+                    break
             wanted = p.retry_on_status(status, grpc)
             if wanted and self._take_retry():
                 self.retry_status = status  # withheld; the attempt ends and is retried
