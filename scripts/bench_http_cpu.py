@@ -78,6 +78,10 @@ def main() -> int:
     ap.add_argument("--cprofile", type=Path, default=None,
                     help="run the proxy under cProfile, its stats written here at the end "
                          "(warm-up included; calls per request: ncalls / all requests)")
+    ap.add_argument("--no-access-log", action="store_true",
+                    help="no access log (its flush timer fires every 10 ms of wall time, so "
+                         "under callgrind its share per request follows the machine's load; "
+                         "without it two versions compare within a few hundred instructions)")
     args = ap.parse_args()
     if args.cprofile is not None and (args.callgrind or args.proxy == "envoy"):
         raise SystemExit("bench_http_cpu: --cprofile profiles remora alone, without "
@@ -86,7 +90,8 @@ def main() -> int:
     warm = 100 if args.callgrind else 500
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bootstrap.json"
-        cfg.write_text(json.dumps(bootstrap(listen, backend, admin, str(Path(tmp) / "a.log"))))
+        log = None if args.no_access_log else str(Path(tmp) / "a.log")
+        cfg.write_text(json.dumps(bootstrap(listen, backend, admin, log)))
         argv = proxy_argv(args.proxy, cfg)
         if args.cprofile is not None:
             argv[1:1] = ["-m", "cProfile", "-o", str(args.cprofile.resolve())]
