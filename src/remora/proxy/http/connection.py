@@ -8,7 +8,11 @@ upstream response (the router's ``response_wait``), which the upstream connectio
 callback resolves and resumes at once; the next request starts in the same callback. No
 task wakes up for a request on that path. Anything else the coroutine waits for (a new
 upstream connection, a retry's backoff, a fault's delay, a tunnel) hands it over to the
-connection's task, which drives it from there as an ordinary coroutine.
+connection's task, which drives it from there as an ordinary coroutine. The usual request
+(the router alone, whole, on an idle pooled connection) has no coroutine at all: the
+router begins it and the connection holds it as ``in_flight`` until its response's last
+read ends it; anything else turns it into the router's coroutine at its wait
+(``resume_in_flight``).
 
 Cancellation is how the connection interrupts the request being served: a downstream
 disconnect (Envoy: DC), a body that turns out malformed (DPE), the route timeout (UT), a
