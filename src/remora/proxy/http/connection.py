@@ -83,6 +83,17 @@ class _DownstreamProtocol(asyncio.Protocol):
 
 
 class Http1Connection:
+    # slots: its 42 attributes are more than CPython 3.11 shares in an instance's key
+    # table (30), so without them every attribute would be a dict lookup
+    __slots__ = ("_cancel_by_task", "_coro", "_drain", "_drain_waiters", "_error", "_handoff",
+                 "_handoff_cancel", "_headers_timer", "_idle_since", "_idle_timer",
+                 "_pending_cancel", "_read_paused", "_route_timer", "_running", "_serve_set",
+                 "_stream_timer", "_tail", "_taking_over", "_task", "_waiter",
+                 "_writable_callbacks", "active", "cancel_reason", "cfg", "decoder",
+                 "downstream", "encoders", "eof", "hcm", "idle", "in_flight", "last_activity",
+                 "loop", "output", "response_wait", "route_deadline", "sanitize_xfcc", "scheme",
+                 "transport", "tunnel", "write_paused", "writer")
+
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
         self.cfg = hcm.cfg
