@@ -56,6 +56,11 @@ class HttpConnectionManager:
         # the last route's chain when it is the router alone: its start_http1 (start)
         self._last_start: Callable[[ActiveStream], Coroutine[Any, Any, Any] | None] | None = None
         self.sanitize_xfcc = cfg.sanitize_xfcc
+        # the config's cached_property values as plain attributes: each request reads them
+        # (stream.prepare), and a name that is a descriptor on the config's class is looked
+        # up the slow way on every read
+        self.request_policy = cfg.request_policy
+        self.rewrites_path = cfg.rewrites_path
         # Envoy declares its counters up front, so /stats lists them at 0 before any
         # request; each stat's name is resolved to a handle once, here
         p = f"http.{cfg.stat_prefix}."

@@ -159,6 +159,13 @@ class RouteTable:
     _prefix: list[tuple[str, VirtualHost]] = field(default_factory=list)
     _default: VirtualHost | None = None
     _cache: dict[str, VirtualHost | None] = field(default_factory=dict)
+    # by the Host header as sent: its virtual host's routes as (path test, header tests,
+    # route), the tests read off the routes once (they are cached_property functions,
+    # and an attribute that is a descriptor on the class is looked up the slow way on
+    # every read)
+    _matchers: dict[str, tuple[tuple[Callable[[str], bool],
+                                     tuple[Callable[[dict[str, str]], bool], ...], Route],
+                               ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for vh in self.vhosts:
@@ -197,14 +204,15 @@ class RouteTable:
         return vh
 
     def route(self, authority: str, path: str, headers: dict[str, str]) -> Route | None:
-        cached = self._cache.get(authority, False)  # virtual_host's cache, inlined
-        vh: VirtualHost | None = (self.virtual_host(authority) if cached is False
-                                  else cached)  # type: ignore[assignment]
-        if vh is None:
-            return None
-        for r in vh.routes:
-            if r.path_matches(path) and (not r.headers or all(
-                    m.test(headers) for m in r.headers)):
+        matchers = self._matchers.get(authority)
+        if matchers is None:
+            vh = self.virtual_host(authority)
+            matchers = () if vh is None else tuple(
+                (r.path_matches, tuple(m.test for m in r.headers), r) for r in vh.routes)
+            if len(self._matchers) < 1024:  # bounded: hosts come from clients
+                self._matchers[authority] = matchers
+        for path_matches, tests, r in matchers:
+            if path_matches(path) and (not tests or all(t(headers) for t in tests)):
                 return r
         return None
 
