@@ -163,6 +163,11 @@ class Http1Connection:
     def draining(self) -> bool:
         """Asked as a response starts (stream.py): Envoy answers with connection: close
         once its listener's drain decision says so (server/drain.py)."""
+        return self.drain_close()
+
+    def drain_close(self) -> bool:
+        """``draining`` as a method: what ActiveStream.encode_headers asks per response (a
+        property is looked up the generic way on every read on CPython 3.11)."""
         if self._drain.drain_close():
             # ConnectionManagerImpl counts the connection it drains
             self.hcm.stats.inc(f"http.{self.cfg.stat_prefix}.downstream_cx_drain_close")

@@ -325,7 +325,7 @@ class ActiveStream:
             hl.append(("server", cfg.server_name))
         if status == 101 and self.req.upgrade:
             hl.append(("connection", "upgrade"))
-        elif self.closing or conn.draining:
+        elif self.closing or conn.drain_close():
             self.closing = True
             hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
