@@ -141,11 +141,14 @@ class Http1Connection:
         # the task (close after flushing, drain, end)
         self.response_wait: asyncio.Future[Any] | None = None
         self.in_flight: InFlight | None = None  # the active stream, sent without a coroutine
-        # a connection manager whose per-stream entry point was replaced on the instance
-        # (a test's own serve) is served through it, never through hcm.start; told by the
-        # bound method's function, without touching the instance's __dict__ (asking for it
-        # turns every attribute of the manager into a dict lookup on CPython 3.11)
-        self._serve_set = getattr(hcm.serve, "__func__", None) is not type(hcm).serve
+        # a connection manager whose per-stream entry point is not HttpConnectionManager's
+        # own (a test's serve set on the instance, a subclass's) is served through it,
+        # never through hcm.start; told by the bound method's function, without touching
+        # the instance's __dict__ (asking for it turns every attribute of the manager into
+        # a dict lookup on CPython 3.11)
+        from remora.proxy.http.hcm import HttpConnectionManager  # hcm.py imports this module
+        self._serve_set = (getattr(hcm.serve, "__func__", None)
+                           is not HttpConnectionManager.serve)
         self._coro: Coroutine[Any, Any, Any] | None = None
         self._running = False
         self._pending_cancel = False
