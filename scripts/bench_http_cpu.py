@@ -73,14 +73,30 @@ def main() -> int:
     ap.add_argument("--proxy", choices=("remora", "envoy"), default="remora")
     ap.add_argument("--callgrind", action="store_true",
                     help="count the proxy's instructions per request under valgrind")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="--callgrind: copy the measured dump here (for callgrind_annotate)")
+    ap.add_argument("--cprofile", type=Path, default=None,
+                    help="run the proxy under cProfile, its stats written here at the end "
+                         "(warm-up included; calls per request: ncalls / all requests)")
+    ap.add_argument("--no-access-log", action="store_true",
+                    help="no access log (its flush timer fires every 10 ms of wall time, so "
+                         "under callgrind its share per request follows the machine's load; "
+                         "without it two versions compare within a few hundred instructions)")
     args = ap.parse_args()
+    if args.cprofile is not None and (args.callgrind or args.proxy == "envoy"):
+        raise SystemExit("bench_http_cpu: --cprofile profiles remora alone, without "
+                         "--callgrind")
     listen, backend, admin = free_port(), free_port(), free_port()
     warm = 100 if args.callgrind else 500
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bootstrap.json"
-        cfg.write_text(json.dumps(bootstrap(listen, backend, admin, str(Path(tmp) / "a.log"))))
-        m = measure(Path(tmp), proxy_argv(args.proxy, cfg), BACKEND_HTTP1, backend, listen,
-                    callgrind=args.callgrind,
+        log = None if args.no_access_log else str(Path(tmp) / "a.log")
+        cfg.write_text(json.dumps(bootstrap(listen, backend, admin, log)))
+        argv = proxy_argv(args.proxy, cfg)
+        if args.cprofile is not None:
+            argv[1:1] = ["-m", "cProfile", "-o", str(args.cprofile.resolve())]
+        m = measure(Path(tmp), argv, BACKEND_HTTP1, backend, listen,
+                    callgrind=args.callgrind, keep=args.keep,
                     warm_up=lambda: run_clients(listen, warm * args.connections,
                                                 args.connections),
                     run=lambda: run_clients(listen, args.requests, args.connections))

@@ -50,19 +50,21 @@ def addr(port: int) -> dict[str, object]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def bootstrap(listen: int, backend: int, admin: int, log: str, *, codec: str = "AUTO",
+def bootstrap(listen: int, backend: int, admin: int, log: str | None, *, codec: str = "AUTO",
               upstream: str = "http1", connect_timeout: str = "1s") -> dict[str, object]:
-    """One listener with the HCM (router only, file access log at LOG) to the cluster
-    "backend" on 127.0.0.1:BACKEND; UPSTREAM h2 gives the cluster explicit HTTP/2."""
+    """One listener with the HCM (router only, file access log at LOG, none when LOG is
+    None) to the cluster "backend" on 127.0.0.1:BACKEND; UPSTREAM h2 gives the cluster
+    explicit HTTP/2."""
     hcm: dict[str, object] = {
         "@type": HCM, "stat_prefix": "bench",
         "route_config": {"name": "r", "virtual_hosts": [{
             "name": "v", "domains": ["*"],
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
         "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": ROUTER}}],
-        "access_log": [{"name": "envoy.access_loggers.file",
-                        "typed_config": {"@type": FILE_LOG, "path": log}}]}
+                          "typed_config": {"@type": ROUTER}}]}
+    if log is not None:
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file",
+                              "typed_config": {"@type": FILE_LOG, "path": log}}]
     if codec != "AUTO":
         hcm["codec_type"] = codec
     cluster: dict[str, object] = {

@@ -48,10 +48,11 @@ class WriteBatch:
     nothing is gained by waiting; a second write in the same turn means several requests
     are being served, and from there on the turn's writes wait for its end."""
 
-    __slots__ = ("__weakref__", "_call_soon", "_dirty", "_due", "_wrote")
+    __slots__ = ("__weakref__", "_call_soon", "_dirty", "_due", "_run_bound", "_wrote")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._call_soon = loop.call_soon
+        self._run_bound = self._run  # bound once, not on every turn that writes
         self._dirty: list[Flushable] = []
         self._wrote = False  # a write went out in this turn
         self._due = False  # the end-of-turn call is due
@@ -63,7 +64,7 @@ class WriteBatch:
         self._wrote = True
         if not self._due:
             self._due = True
-            self._call_soon(self._run)
+            self._call_soon(self._run_bound)
         return True
 
     def add(self, out: Flushable) -> None:
@@ -83,7 +84,7 @@ class WriteBatch:
             self._wrote = True
         if not self._due:
             self._due = True
-            self._call_soon(self._run)
+            self._call_soon(self._run_bound)
         self._dirty.append(out)
 
     def _run(self) -> None:

@@ -321,20 +321,25 @@ class RequestDecoder:
         self._head_done_in_feed = True
         self._head_received = 0
         p = self._parser
-        if p.get_http_version() != "1.1":
+        keep_alive = p.should_keep_alive()
+        hmap = req.hmap
+        connection = hmap.get("connection")
+        # llhttp takes the versions 0.9, 1.0, 1.1 and 2.0, and keeps a request without a
+        # Connection header alive only when it is HTTP/1.1 (llhttp_should_keep_alive): the
+        # version's text, which httptools formats for each call (about 2.4 k instructions),
+        # is asked for only otherwise
+        if (not keep_alive or connection is not None) and p.get_http_version() != "1.1":
             raise CodecError(426, "low_version")  # accept_http_10 defaults to false
         method = p.get_method()
         req.method = _METHODS.get(method) or _method_name(method)
         req.url = self._url.decode("latin-1")
-        req.keep_alive = p.should_keep_alive()
+        req.keep_alive = keep_alive
         req.upgrade = p.should_upgrade()
-        hmap = req.hmap
         te = hmap.get("transfer-encoding")
         if te is not None:  # request_framing refuses only what has a transfer-encoding
             framing = request_framing(req.method, hmap)
             if framing is not None:
                 raise framing
-        connection = hmap.get("connection")
         # Envoy's codec skips the check while handling an upgrade, and a CONNECT is one
         if connection is not None and req.method != "CONNECT" and connection_header_rejected(
                 connection, hmap.get("te"), "upgrade" in hmap):

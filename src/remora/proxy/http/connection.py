@@ -8,7 +8,11 @@ upstream response (the router's ``response_wait``), which the upstream connectio
 callback resolves and resumes at once; the next request starts in the same callback. No
 task wakes up for a request on that path. Anything else the coroutine waits for (a new
 upstream connection, a retry's backoff, a fault's delay, a tunnel) hands it over to the
-connection's task, which drives it from there as an ordinary coroutine.
+connection's task, which drives it from there as an ordinary coroutine. The usual request
+(the router alone, whole, on an idle pooled connection) has no coroutine at all: the
+router begins it and the connection holds it as ``in_flight`` until its response's last
+read ends it; anything else turns it into the router's coroutine at its wait
+(``resume_in_flight``).
 
 Cancellation is how the connection interrupts the request being served: a downstream
 disconnect (Envoy: DC), a body that turns out malformed (DPE), the route timeout (UT), a
@@ -23,7 +27,7 @@ import asyncio
 import contextlib
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import DeferredOutput, batch_for
@@ -35,6 +39,14 @@ from remora.proxy.takeover import take_over
 
 if TYPE_CHECKING:
     from remora.proxy.http.hcm import HttpConnectionManager
+
+
+class InFlight(Protocol):
+    """A request the router sent without a coroutine (router.py ``_Forward.start``): its
+    response ends the stream from the upstream's read callback (``in_flight_ended``);
+    anything else makes it a coroutine again, waiting at its attempt's outcome."""
+
+    def resumed(self) -> Coroutine[Any, Any, Any]: ...
 
 READ_SIZE = 65536
 BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
@@ -71,6 +83,17 @@ class _DownstreamProtocol(asyncio.Protocol):
 
 
 class Http1Connection:
+    # slots: its 42 attributes are more than CPython 3.11 shares in an instance's key
+    # table (30), so without them every attribute would be a dict lookup
+    __slots__ = ("_cancel_by_task", "_coro", "_drain", "_drain_waiters", "_error", "_handoff",
+                 "_handoff_cancel", "_headers_timer", "_idle_since", "_idle_timer",
+                 "_pending_cancel", "_read_paused", "_route_timer", "_running", "_serve_set",
+                 "_stream_timer", "_tail", "_taking_over", "_task", "_waiter",
+                 "_writable_callbacks", "active", "cancel_reason", "cfg", "decoder",
+                 "downstream", "encoders", "eof", "hcm", "idle", "in_flight", "last_activity",
+                 "loop", "output", "response_wait", "route_deadline", "sanitize_xfcc", "scheme",
+                 "transport", "tunnel", "write_paused", "writer")
+
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
         self.cfg = hcm.cfg
@@ -117,10 +140,19 @@ class Http1Connection:
         # reason to throw in first, if any), and a finished stream whose connection needs
         # the task (close after flushing, drain, end)
         self.response_wait: asyncio.Future[Any] | None = None
-        self._coro: Coroutine[Any, Any, None] | None = None
+        self.in_flight: InFlight | None = None  # the active stream, sent without a coroutine
+        # a connection manager whose per-stream entry point is not HttpConnectionManager's
+        # own (a test's serve set on the instance, a subclass's) is served through it,
+        # never through hcm.start; told by the bound method's function, without touching
+        # the instance's __dict__ (asking for it turns every attribute of the manager into
+        # a dict lookup on CPython 3.11)
+        from remora.proxy.http.hcm import HttpConnectionManager  # hcm.py imports this module
+        self._serve_set = (getattr(hcm.serve, "__func__", None)
+                           is not HttpConnectionManager.serve)
+        self._coro: Coroutine[Any, Any, Any] | None = None
         self._running = False
         self._pending_cancel = False
-        self._handoff: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._handoff: tuple[Coroutine[Any, Any, Any], Any] | None = None
         self._handoff_cancel = False
         self._tail: ActiveStream | None = None
         self._error: BaseException | None = None
@@ -134,6 +166,11 @@ class Http1Connection:
     def draining(self) -> bool:
         """Asked as a response starts (stream.py): Envoy answers with connection: close
         once its listener's drain decision says so (server/drain.py)."""
+        return self.drain_close()
+
+    def drain_close(self) -> bool:
+        """``draining`` as a method: what ActiveStream.encode_headers asks per response (a
+        property is looked up the generic way on every read on CPython 3.11)."""
         if self._drain.drain_close():
             # ConnectionManagerImpl counts the connection it drains
             self.hcm.stats.inc(f"http.{self.cfg.stat_prefix}.downstream_cx_drain_close")
@@ -336,6 +373,8 @@ class Http1Connection:
             return
         if self.cancel_reason is not None:
             return
+        if self.in_flight is not None:
+            self.resume_in_flight()  # a coroutine again, waiting for its response
         coro = self._coro
         if coro is not None:
             # suspended on the router's response wait: as Task.cancel, the awaited future
@@ -375,7 +414,52 @@ class Http1Connection:
                 self.last_activity = self.loop.time()
                 if self._stream_timer is None:
                     self._stream_timer = self.loop.call_later(sit, self._stream_idle_check)
+            self._start(stream)
+
+    def _start(self, stream: ActiveStream) -> None:
+        """Serve STREAM (``hcm.start``): ended at once (a local reply), in flight without
+        a coroutine (the router's usual request), or a coroutine to drive."""
+        if self._serve_set:
             self._drive(self.hcm.serve(stream), None)
+            return
+        self._running = True
+        try:
+            coro = self.hcm.start(stream)
+        except BaseException as err:  # the task raises it, as if it ran the stream
+            self._running = False
+            self._error = err
+            self._wake()
+            return
+        self._running = False
+        if coro is not None:
+            self._drive(coro, None)
+        elif self.in_flight is None:
+            self._stream_ended()
+        elif self._pending_cancel:  # interrupted while it started: as _drive does
+            self._pending_cancel = False
+            self.resume_in_flight()
+            coro = self._coro
+            wait = self.response_wait
+            if coro is not None:
+                self._coro = None
+                if wait is not None:
+                    wait.cancel()
+                self._drive(coro, asyncio.CancelledError())
+
+    def resume_in_flight(self) -> None:
+        """The request in flight becomes a coroutine, driven to its attempt's wait."""
+        flight = self.in_flight
+        assert flight is not None
+        self.in_flight = None
+        self._drive(flight.resumed(), None)
+
+    def in_flight_ended(self) -> None:
+        """The request in flight got its usual response: the stream ends, as it would
+        when its coroutine returned, and the next request starts."""
+        self.in_flight = None
+        self._stream_ended()
+        if self.decoder.ready:
+            self._serve_ready()
 
     def resume(self, wait: asyncio.Future[Any]) -> None:
         """The router resolved WAIT (its response wait): a coroutine suspended on it here
@@ -396,7 +480,7 @@ class Http1Connection:
         if self._running:
             yield None
 
-    def _drive(self, coro: Coroutine[Any, Any, None], exc: BaseException | None) -> None:
+    def _drive(self, coro: Coroutine[Any, Any, Any], exc: BaseException | None) -> None:
         """Run the stream's coroutine from a callback until it ends or suspends: on the
         router's response wait it stays here (``_coro``); on anything else it goes to the
         connection's task (``_handoff``)."""
@@ -470,6 +554,8 @@ class Http1Connection:
         try:
             await self._serve()
         finally:
+            if self.in_flight is not None:
+                self.resume_in_flight()  # closed below like any stream's coroutine
             for coro in (self._coro, self._handoff[0] if self._handoff else None):
                 if coro is not None:  # the connection's end ends the stream's coroutine too
                     if self.response_wait is not None:
@@ -605,7 +691,7 @@ class Http1Connection:
 
 
 @types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any,
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any,
             first: BaseException | None) -> Generator[Any, Any, None]:
     """Go on with CORO, suspended where it yielded YIELDED (FIRST: thrown in at once), as
     ``yield from`` would have from there: under the awaiting task, which sees what CORO

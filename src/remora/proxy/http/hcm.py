@@ -13,6 +13,7 @@ import fcntl
 import socket
 import struct
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from remora.proxy import registry
@@ -52,7 +53,14 @@ class HttpConnectionManager:
         self._route_chains: dict[int, tuple[list[Any], list[Any]]] = {}
         self._last_route: Route | None = None  # the route of the last request, its chain
         self._last_chain: tuple[list[Any], list[Any]] = ([], [])
+        # the last route's chain when it is the router alone: its start_http1 (start)
+        self._last_start: Callable[[ActiveStream], Coroutine[Any, Any, Any] | None] | None = None
         self.sanitize_xfcc = cfg.sanitize_xfcc
+        # the config's cached_property values as plain attributes: each request reads them
+        # (stream.prepare), and a name that is a descriptor on the config's class is looked
+        # up the slow way on every read
+        self.request_policy = cfg.request_policy
+        self.rewrites_path = cfg.rewrites_path
         # Envoy declares its counters up front, so /stats lists them at 0 before any
         # request; each stat's name is resolved to a handle once, here
         p = f"http.{cfg.stat_prefix}."
@@ -122,6 +130,52 @@ class HttpConnectionManager:
                 raise
             stream.interrupted(reason)
 
+    def start(self, stream: ActiveStream) -> Coroutine[Any, Any, Any] | None:
+        """``serve`` for an HTTP/1.1 stream, from the connection's read callback
+        (connection.py ``_start``): what ``serve`` does, without a coroutine of its own.
+        None when the stream ended here (a local reply) or went upstream without a
+        coroutine (a chain of the router alone: ``Router.start``); otherwise the coroutine
+        that goes on with the filters (or the router's own)."""
+        if self._inline:
+            self._rq_total.pending += 1
+            self._gauges[self._rq_active_name] += 1
+        else:
+            self._rq_total.inc()
+            self._rq_active.add(1)
+        if not stream.prepare():
+            return None
+        route = stream.route
+        if route is None:
+            decoders = self.decoders
+        elif route is self._last_route:  # the usual case: one route takes the traffic
+            decoders, stream.encoders = self._last_chain
+            start = self._last_start
+            if start is not None:
+                return start(stream)
+        else:
+            chain = self._route_chains.get(id(route))
+            if chain is None:
+                chain = self._route_chain(route)
+            self._last_route, self._last_chain = route, chain
+            decoders, stream.encoders = chain
+            self._last_start = _router_start(decoders)
+        start = _router_start(decoders)
+        if start is not None:
+            return start(stream)
+        return self._decode(stream, decoders)
+
+    async def _decode(self, stream: ActiveStream, decoders: list[Any]) -> None:
+        """The rest of ``serve`` after ``prepare``: the decoder filters in order."""
+        try:
+            for f in decoders:
+                if not await f.decode_headers(stream):
+                    return
+        except asyncio.CancelledError:
+            reason = stream.conn.take_cancel()
+            if reason is None:
+                raise
+            stream.interrupted(reason)
+
     def _route_chain(self, route: Route) -> tuple[list[Any], list[Any]]:
         """ROUTE's decoder and encoder filters: all of them but those that say they are
         inert there (``inert_for(route)``: fault without a fault configured, cors without
@@ -168,6 +222,17 @@ class HttpConnectionManager:
         if self._node_ip is False:
             self._node_ip = _first_non_loopback_ipv4()
         return self._node_ip if isinstance(self._node_ip, str) else None
+
+
+def _router_start(decoders: list[Any]) -> Callable[[ActiveStream], Coroutine[Any, Any, Any]
+                                                  | None] | None:
+    """A chain of the router alone: its ``start_http1``, which handles the cancellations
+    it waits through itself (``_Forward.run``), as ``serve`` would around it."""
+    if len(decoders) == 1:
+        start: Callable[[ActiveStream], Coroutine[Any, Any, Any] | None] | None = getattr(
+            decoders[0], "start_http1", None)
+        return start
+    return None
 
 
 def _first_non_loopback_ipv4() -> str | None:

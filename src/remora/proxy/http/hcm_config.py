@@ -8,11 +8,11 @@ effect on an HTTP/1.1 plaintext sidecar; anything else is rejected with its path
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from remora.proxy import registry
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.http.cached import cached_attribute
 from remora.proxy.http.headers import RequestPolicy
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
 from remora.proxy.http2.options import Http2Options, parse_http2_options
@@ -56,14 +56,14 @@ class HcmConfig:
 
     # What every request of this connection manager needs that the config alone decides,
     # computed on first use (the config does not change once parse_hcm returns it).
-    @cached_property
+    @cached_attribute
     def sanitize_xfcc(self) -> bool:
         """x-forwarded-client-cert from a connection without a client certificate is
         removed unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader). remora's HTTP
         downstreams carry no peer certificate, so that is every mode but that one."""
         return self.forward_client_cert_details != "ALWAYS_FORWARD_ONLY"
 
-    @cached_property
+    @cached_attribute
     def request_policy(self) -> RequestPolicy:
         return RequestPolicy(
             use_remote_address=self.use_remote_address,
@@ -72,7 +72,7 @@ class HcmConfig:
             preserve_external_request_id=self.preserve_external_request_id,
             sanitize_xfcc=self.sanitize_xfcc)
 
-    @cached_property
+    @cached_attribute
     def rewrites_path(self) -> bool:
         """normalize_path, merge_slashes or an escaped-slashes action: the path is checked."""
         return (self.normalize_path or self.merge_slashes

@@ -310,6 +310,30 @@ class ConnectionPool:
             return conn
         return None
 
+    def take_ready(self, key: PoolKey, owner: object, now: float) -> PooledConnection | None:
+        """What ``acquire(key, frozenset(), owner, now)`` returns when it takes the most
+        recent idle connection as it is (its usual case); None, with nothing closed or
+        changed, when it would do anything else. ``put_back`` undoes it."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        conn = idle[-1]
+        t = conn.transport
+        if (not conn._pending and conn.owner is owner and t is not None
+                and not conn._eof and not t.is_closing()
+                and now - conn.idle_since < conn._max_idle
+                and now - conn.created < conn._max_age
+                and conn.requests < conn._max_requests):
+            idle.pop()
+            conn.pool = None
+            return conn
+        return None
+
+    def put_back(self, conn: PooledConnection) -> None:
+        """CONN, just taken by ``take_ready``, idle again where it was (the most recent)."""
+        self._idle[conn.key].append(conn)
+        conn.pool = self
+
     def release(self, conn: PooledConnection, now: float | None = None) -> None:
         """Keep CONN for reuse. The caller vouches that its last response was complete and
         nothing followed it in what was read; bytes already buffered or arriving later

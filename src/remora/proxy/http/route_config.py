@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http.cached import cached_attribute
 from remora.proxy.http.header_mutation import HeaderMutations, parse_mutations
 from remora.proxy.http.per_filter import parse_typed_per_filter_config
 from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
@@ -37,7 +37,7 @@ class HeaderMatcher:
     def matches(self, headers: dict[str, str]) -> bool:
         return self.test(headers)
 
-    @cached_property
+    @cached_attribute
     def test(self) -> Callable[[dict[str, str]], bool]:
         """This matcher as one function of the headers, built on first use (once per
         route table: the config never changes under it)."""
@@ -92,7 +92,7 @@ class Route:
     request_mutations: HeaderMutations = field(default_factory=HeaderMutations)
     response_mutations: HeaderMutations = field(default_factory=HeaderMutations)
 
-    @cached_property
+    @cached_attribute
     def expected_timeout_header(self) -> tuple[str, str] | None:
         """x-envoy-expected-rq-timeout-ms on a first attempt (Envoy's
         FilterUtility::setTimeoutHeaders: the per-try timeout, else the route's), worked
@@ -106,7 +106,7 @@ class Route:
         return self.path_matches(path) and (not self.headers or all(
             m.test(headers) for m in self.headers))
 
-    @cached_property
+    @cached_attribute
     def path_matches(self) -> Callable[[str], bool]:
         """The path part of the match as one function, built on first use (once per route
         table); path and regex ignore the query string, a prefix does not."""
@@ -159,6 +159,13 @@ class RouteTable:
     _prefix: list[tuple[str, VirtualHost]] = field(default_factory=list)
     _default: VirtualHost | None = None
     _cache: dict[str, VirtualHost | None] = field(default_factory=dict)
+    # by the Host header as sent: its virtual host's routes as (path test, header tests,
+    # route), the tests read off the routes once (they are cached_attribute functions,
+    # and an attribute that is a descriptor on the class is looked up the slow way on
+    # every read)
+    _matchers: dict[str, tuple[tuple[Callable[[str], bool],
+                                     tuple[Callable[[dict[str, str]], bool], ...], Route],
+                               ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for vh in self.vhosts:
@@ -197,14 +204,15 @@ class RouteTable:
         return vh
 
     def route(self, authority: str, path: str, headers: dict[str, str]) -> Route | None:
-        cached = self._cache.get(authority, False)  # virtual_host's cache, inlined
-        vh: VirtualHost | None = (self.virtual_host(authority) if cached is False
-                                  else cached)  # type: ignore[assignment]
-        if vh is None:
-            return None
-        for r in vh.routes:
-            if r.path_matches(path) and (not r.headers or all(
-                    m.test(headers) for m in r.headers)):
+        matchers = self._matchers.get(authority)
+        if matchers is None:
+            vh = self.virtual_host(authority)
+            matchers = () if vh is None else tuple(
+                (r.path_matches, tuple(m.test for m in r.headers), r) for r in vh.routes)
+            if len(self._matchers) < 1024:  # bounded: hosts come from clients
+                self._matchers[authority] = matchers
+        for path_matches, tests, r in matchers:
+            if path_matches(path) and (not tests or all(t(headers) for t in tests)):
                 return r
         return None
 

@@ -53,6 +53,9 @@ def _discard(data: bytes) -> None:
 
 
 _NO_HOSTS: frozenset[str] = frozenset()
+# how run() starts: fresh, or taking over a first attempt that start() began (its request
+# sent on a pooled connection, or refused by the "requests" circuit breaker)
+_FRESH, _SENT, _OVERFLOW = 0, 1, 2
 
 
 class _Failure(Exception):
@@ -198,6 +201,20 @@ class Router:
             return _answered(stream.local_reply(503, b"", "cluster_not_found", "NC"))
         return _Forward(self, stream, route, cluster).run()
 
+    def start_http1(self, stream: ActiveStream) -> Coroutine[Any, Any, bool] | None:
+        """``decode_headers`` for an HTTP/1.1 stream whose chain is the router alone, from
+        the connection's read callback (hcm.start): the usual request (whole, on a pooled
+        connection) goes upstream without a coroutine and returns None, its response ends
+        the stream from the upstream's read callback (``_Forward.start``); anything else
+        returns the coroutine ``decode_headers`` would."""
+        route = stream.route
+        if route is None or route.direct_response is not None:
+            return self.decode_headers(stream)
+        cluster = self.cluster_manager.get(route.cluster)  # type: ignore[arg-type]
+        if cluster is None:
+            return _answered(stream.local_reply(503, b"", "cluster_not_found", "NC"))
+        return _Forward(self, stream, route, cluster).start()
+
 
 async def _answered(result: bool) -> bool:
     return result
@@ -219,19 +236,24 @@ class _Forward:
                  cluster: Cluster) -> None:
         self.router = router
         self.stream = stream
-        self.conn: StreamCallbacks = stream.conn
+        conn: StreamCallbacks = stream.conn
+        self.conn = conn
         # an HTTP/1.1 connection and an HTTP/2 stream drive the stream from their
         # callbacks (connection.py, http2/stream.py): the response wait is announced to
         # them, and resumed by them
-        conn = stream.conn
         self.h1: Http1Connection | StreamConn | None = (
-            conn if isinstance(conn, (Http1Connection, StreamConn)) else None)
+            conn if type(conn) is Http1Connection
+            or isinstance(conn, (Http1Connection, StreamConn)) else None)
         self.route = route
         self.cluster = cluster
-        self.policy: RetryPolicy | None = route.retry_policy
-        self.retries_left = self.policy.num_retries if self.policy is not None else 0
-        self.reselections = (self.policy.host_selection_retry_max_attempts
-                             if self.policy is not None else 1)
+        p: RetryPolicy | None = route.retry_policy
+        self.policy = p
+        if p is None:
+            self.retries_left = 0
+            self.reselections = 1
+        else:
+            self.retries_left = p.num_retries
+            self.reselections = p.host_selection_retry_max_attempts
         self.retry_slots = 0  # "retries" circuit-breaker slots held
         self.tried: set[str] = set()
         self.current: PooledConnection | None = None
@@ -248,8 +270,11 @@ class _Forward:
         self.done: asyncio.Future[_Failure | str | None] | None = None
 
     # -- the loop -------------------------------------------------------------------------
-    async def run(self) -> bool:
-        """Forward the request; False, as a filter that answered (the router always does)."""
+    async def run(self, resumed: int = _FRESH) -> bool:
+        """Forward the request; False, as a filter that answered (the router always does).
+        RESUMED: the first attempt was begun by ``start`` (its request sent: _SENT, or
+        refused by the "requests" circuit breaker: _OVERFLOW), and this coroutine takes
+        it over where the attempt waits for its outcome."""
         conn = self.conn
         loop = conn.loop
         timeout = self.route.timeout
@@ -259,7 +284,7 @@ class _Forward:
         # HTTP/2 connection one for all its streams' deadlines (Http2Connection)
         timer: asyncio.TimerHandle | None = None
         h1 = self.h1
-        if timeout > 0:
+        if timeout > 0 and not resumed:  # start armed it
             if h1 is not None:
                 h1.arm_route_timeout(timeout)
             else:
@@ -268,11 +293,17 @@ class _Forward:
         try:
             while True:
                 per_try = self.policy.per_try_timeout if self.policy is not None else 0.0
-                slots = self.retry_slots  # held for this attempt; released when it ends
+                # held for this attempt; released when it ends (a resumed first attempt
+                # began holding none: retry slots it took since are the next attempt's)
+                slots = self.retry_slots if not resumed else 0
                 try_timer = (loop.call_later(per_try, conn.cancel_active, "per_try")
-                             if per_try > 0 else None)
+                             if per_try > 0 and not resumed else None)
                 try:
-                    await self._attempt(exclude)
+                    if resumed == _OVERFLOW:
+                        resumed = _FRESH
+                        raise _Failure("connect", UpstreamError("UO", ""))
+                    begun, resumed = resumed, _FRESH
+                    await self._attempt(exclude, begun)
                     return False
                 except _Failure as f:
                     failure = f
@@ -377,14 +408,36 @@ class _Forward:
         return True
 
     # -- one attempt ----------------------------------------------------------------------
-    async def _attempt(self, exclude: frozenset[str]) -> None:
+    async def _attempt(self, exclude: frozenset[str], begun: int = _FRESH) -> None:
         stream, cluster, router = self.stream, self.cluster, self.router
         info = stream.info
+        if begun:  # start sent the request on a pooled connection: wait for its outcome
+            attached = self.hs
+            try:
+                pc = self.current
+                dec = self.dec
+                assert pc is not None and dec is not None
+                done = self.done = self.conn.loop.create_future()
+                h1 = self.h1
+                if h1 is not None:
+                    h1.response_wait = done
+                outcome = await done
+                if outcome is not None:
+                    if isinstance(outcome, _Failure):
+                        raise outcome
+                    raise AssertionError(outcome)  # start sends no upgrade request
+            finally:
+                self.dec = None
+                self.done = None
+                cluster.release("requests")
+                if attached is not None and attached.rq_active > 0:
+                    attached.rq_active -= 1
+            return
         info.upstream_request_attempt_count += 1
         self.retry_status = 0
         self.host = None
         self.hs = None
-        attached: HostCounts | None = None  # the host stats whose rq_active this attempt holds
+        attached = None  # the host stats whose rq_active this attempt holds
         if not cluster.try_acquire("requests"):
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
@@ -484,6 +537,90 @@ class _Forward:
             cluster.release("requests")
             if attached is not None and attached.rq_active > 0:
                 attached.rq_active -= 1
+
+    def start(self) -> Coroutine[Any, Any, bool] | None:
+        """``run`` without a coroutine for the usual HTTP/1.1 request: whole (no body to
+        stream, no upgrade), HTTP/1.1 upstream, no per-try timeout, and an idle pooled
+        connection that ``acquire`` takes as it is. Then the first attempt is begun here
+        exactly as ``run`` and ``_attempt`` begin it (route timeout, attempt count,
+        circuit breaker, host stats, the request written, this object the connection's
+        response handler) and None is returned: the connection holds the stream as in
+        flight (``Http1Connection.in_flight``) and the response's last read ends it
+        (``_end_started``). Whatever else happens to the attempt (a failure, a retried
+        status, a timeout, the client gone) hands it to ``run(resumed)`` where it waits
+        for its outcome, so those paths are the coroutine's own. Otherwise returns
+        ``run()``."""
+        h1 = self.h1
+        stream = self.stream
+        req = stream.req
+        p = self.policy
+        # (an HTTP/2 stream is started by hcm.serve, never here: in flight is HTTP/1.1's)
+        if (type(h1) is not Http1Connection or not req.complete or req.upgrade
+                or stream.upstream_chunked
+                or self.entry.h2_after_h1 or (p is not None and p.per_try_timeout > 0)
+                or stream.info.upstream_request_attempt_count):
+            return self.run()
+        facts = h1.downstream.facts
+        src = facts.original_src  # pool.pool_key, inlined
+        cluster = self.cluster
+        key = (cluster.name, facts.local_ip, facts.local_port,
+               src.ip if src is not None else None)
+        pool = self.router.pool
+        pc = pool.take_ready(key, cluster, self.started)
+        if pc is None:
+            return self.run()
+        timeout = self.route.timeout
+        if timeout > 0:
+            h1.arm_route_timeout(timeout)
+        info = stream.info
+        info.upstream_request_attempt_count = 1
+        if not cluster.try_acquire("requests"):
+            pool.put_back(pc)  # acquired after the circuit breaker in _attempt
+            return self.run(_OVERFLOW)
+        info.upstream_host = host = pc.host
+        info.upstream_local_address = pc.upstream.local_address
+        info.upstream_cluster = cluster.name
+        self.current = pc
+        self.tried.add(host)
+        self.cs.rq_total.inc()
+        self.host = host
+        hs = self.hs = cluster.host_counts(host)
+        hs.rq_total += 1
+        hs.rq_active += 1
+        self._send_request(pc)
+        dec = pc.decoder
+        if dec is not None and dec.parser_idle:
+            dec.reset(stream.head, self._on_headers, stream.encode_data)
+        else:
+            dec = pc.decoder = ResponseDecoder(stream.head, self._on_headers,
+                                               stream.encode_data, state=pc.state)
+        self.dec = dec
+        h1.in_flight = self
+        pc.handler = self  # take_ready(): nothing held, no end read
+        return None
+
+    def resumed(self) -> Coroutine[Any, Any, bool]:
+        """The coroutine that takes over the attempt ``start`` began, at its wait."""
+        return self.run(_SENT)
+
+    def _end_started(self) -> None:
+        """The usual response of a request ``start`` sent is complete: what ``_attempt``
+        and ``run`` do after their wait returned None, then the stream ends."""
+        self.dec = None
+        self.cluster.release("requests")
+        hs = self.hs
+        if hs is not None and hs.rq_active > 0:
+            hs.rq_active -= 1
+        if self.current is not None or self.stream.req.sink is not None:
+            self._drop_current()
+        if self.retry_slots:
+            for _ in range(self.retry_slots):
+                self.cluster.release("retries")
+            self.retry_slots = 0
+        h1 = self.h1
+        assert type(h1) is Http1Connection
+        h1.route_deadline = 0.0
+        h1.in_flight_ended()
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req
@@ -599,6 +736,15 @@ class _Forward:
         if pc is not None:
             pc.handler = None
         done = self.done
+        if done is None:
+            h1 = self.h1
+            if type(h1) is not Http1Connection or h1.in_flight is not self:
+                return
+            if outcome is None:
+                self._end_started()
+                return
+            h1.resume_in_flight()  # run(resumed) now waits on self.done
+            done = self.done
         if done is not None and not done.done():
             done.set_result(outcome)
             h1 = self.h1
@@ -644,6 +790,11 @@ class _Forward:
             self.router.pool.release(pc, now)
         else:
             pc.close()
+        if self.done is None:  # _finish(None), for the request start sent
+            h1 = self.h1
+            if type(h1) is Http1Connection and h1.in_flight is self:
+                self._end_started()
+                return
         self._finish(None)
 
     def _on_headers(self, dec: ResponseDecoder) -> None:
@@ -651,7 +802,11 @@ class _Forward:
         p = self.policy
         wanted = False
         if p is not None and not self.stream.response_started:
-            grpc = next((v for n, v in dec.headers if n == "grpc-status"), None)
+            grpc = None  # the first grpc-status, by a loop (no generator per response)
+            for n, v in dec.headers:
+                if n == "grpc-status":
+                    grpc = v
+                    break
             wanted = p.retry_on_status(status, grpc)
             if wanted and self._take_retry():
                 self.retry_status = status  # withheld; the attempt ends and is retried

@@ -178,7 +178,8 @@ class ActiveStream:
         # the path is looked at only when it holds something normalization acts on (an
         # escape, a character Envoy escapes, a backslash, a dot segment, "//" to merge):
         # the usual path goes on as it is without a split or a call
-        if cfg.rewrites_path and (path_needs_work(url) is not None
+        hcm = conn.hcm
+        if hcm.rewrites_path and (path_needs_work(url) is not None
                                   or (cfg.merge_slashes and "//" in url)):
             if cfg.normalize_path and "%00" in url.partition("?")[0]:
                 # an encoded NUL cannot be normalized: Envoy refuses it like a fragment
@@ -210,7 +211,7 @@ class ActiveStream:
             # Envoy answers 100-continue itself (proxy_100_continue false) and strips Expect
             conn.output.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-        policy = cfg.request_policy
+        policy = hcm.request_policy
         final_remote_ip, sets, drop_request_id = policy.mutate(
             hmap, conn.downstream.facts.remote_ip, conn.scheme, conn.node_ip)
         if final_remote_ip is not None:
@@ -324,7 +325,7 @@ class ActiveStream:
             hl.append(("server", cfg.server_name))
         if status == 101 and self.req.upgrade:
             hl.append(("connection", "upgrade"))
-        elif self.closing or conn.draining:
+        elif self.closing or conn.drain_close():
             self.closing = True
             hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
