@@ -227,9 +227,10 @@ class ActiveStream:
         # x-forwarded-client-cert on mutual TLS (xfcc.py): kept, appended to or set
         xfcc_in_place = False
         tls_peer = conn.downstream.facts.tls_peer
-        if tls_peer is not None and cfg.xfcc is not None:
+        xfcc = cfg.xfcc
+        if xfcc is not None and (tls_peer is not None or xfcc.any_connection):
             removed, dropped, xfcc_in_place = mutate_xfcc(
-                cfg.xfcc, tls_peer, hmap, nominated, sets, removed, dropped)
+                xfcc, tls_peer, hmap, nominated, sets, removed, dropped)
         upgrade = req.upgrade
         out = [("host", self.authority)]
         # only an edge request (use_remote_address) has set headers that may already be

@@ -21,7 +21,9 @@ on the TLS peer) and a request pays for the header alone.
 
 Removal on a plain connection is the RequestPolicy's (headers.py: the header is among the
 names every request loses unless ALWAYS_FORWARD_ONLY); ``mutate_request`` is the hook
-ActiveStream.prepare calls for an mTLS downstream when the mode keeps or sets the header.
+ActiveStream.prepare calls for an mTLS downstream when the mode keeps or sets the header,
+and for ALWAYS_FORWARD_ONLY on any connection (repeated lines of the client's header go
+on as one, joined by ``,``: Envoy's header map holds it as one inline header).
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ class XfccConfig:
 
     mode: str
     details: tuple[str, ...] = ()
+    # the hook runs on every connection, not only for an mTLS peer: ALWAYS_FORWARD_ONLY
+    # forwards the client's header everywhere, its repeated lines joined into one
+    any_connection: bool = False
 
 
 def parse_xfcc(mode: str, scc: Fields | None) -> XfccConfig | None:
-    """The connection manager's config for an mTLS downstream; None when the mode does
-    nothing there that the RequestPolicy does not already do (SANITIZE removes the header
-    as on plain text, ALWAYS_FORWARD_ONLY keeps it). SCC is the
+    """The connection manager's config for the request hook; None for SANITIZE, whose
+    removal is the RequestPolicy's alone. SCC is the
     ``set_current_client_cert_details`` message (``subject`` is a BoolValue, the others
     bools); it is read whatever the mode, as Envoy validates it."""
     details: list[str] = []
@@ -69,6 +73,8 @@ def parse_xfcc(mode: str, scc: Fields | None) -> XfccConfig | None:
             if scc.boolean(name, False):
                 details.append(name)
         scc.done()
+    if mode == "ALWAYS_FORWARD_ONLY":
+        return XfccConfig(mode, tuple(details), any_connection=True)
     if mode not in _MTLS_MODES:
         return None
     return XfccConfig(mode, tuple(details))
@@ -135,19 +141,21 @@ def _without_xfcc(names: frozenset[str]) -> frozenset[str]:
     return kept
 
 
-def mutate_request(cfg: XfccConfig, peer: TlsPeer, hmap: dict[str, str],
+def mutate_request(cfg: XfccConfig, peer: TlsPeer | None, hmap: dict[str, str],
                    nominated: frozenset[str], sets: list[tuple[str, str]],
                    removed: frozenset[str], dropped: frozenset[str],
                    ) -> tuple[frozenset[str], frozenset[str], bool]:
-    """ActiveStream.prepare's hook for a request on an mTLS connection whose peer
-    presented a certificate: the header to send joins SETS (appended last, as Envoy's
+    """ActiveStream.prepare's hook for a request on an mTLS connection whose PEER
+    presented a certificate (on any connection, PEER then None, for ALWAYS_FORWARD_ONLY):
+    the header to send joins SETS (appended last, as Envoy's
     mutateXfccRequestHeader runs after the other request mutations), and comes out of
     REMOVED/DROPPED (the names the request loses, from the RequestPolicy). Returns those
     and whether the client's header is replaced in place (where it stood, as Envoy sets
     an existing header; repeated lines become one). A header nominated in Connection is
     gone before (Envoy's codec removes it first)."""
     existing = hmap.get(XFCC) if XFCC not in nominated else None
-    hop = connection_element(cfg, peer) if cfg.mode != "FORWARD_ONLY" else ""
+    hop = connection_element(cfg, peer) if peer is not None and cfg.mode in (
+        "APPEND_FORWARD", "SANITIZE_SET") else ""
     value = request_value(cfg.mode, existing, hop)
     if value is None:
         return removed, dropped, False
