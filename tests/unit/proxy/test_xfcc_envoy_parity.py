@@ -12,7 +12,6 @@ same hook: one listener is asked over HTTP/2 as well. Needs the envoy binary; no
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import socket
@@ -25,14 +24,13 @@ import h2.connection
 import h2.events
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from remora.controlplane.ca import CertificateAuthority
 from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.proxy_helpers import free_port
+from tests.unit.proxy.xfcc_certs import rich_client
 
 pytestmark = pytest.mark.envoy
 
@@ -61,44 +59,6 @@ REQUESTS = {
     "two": b"X-Forwarded-Client-Cert: By=spiffe://a\r\nx-other: 1\r\n"
            b"x-forwarded-client-cert: By=spiffe://b\r\n",
 }
-
-
-def _rich_client(ca: CertificateAuthority, directory: Path) -> Path:
-    """A client certificate signed by CA's root with a subject RFC 2253 escapes (",", "+",
-    a leading "#", a trailing space, non-ASCII, a multi-valued RDN, emailAddress, an OID
-    BoringSSL has no name for), two URI and two DNS SANs; written with its root."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([
-        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR")]),
-        x509.RelativeDistinguishedName([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme, Inc+Co"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "#ops ")]),
-        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME,
-                                                           'caf\u00e9 "q" <x>;\\')]),
-        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.EMAIL_ADDRESS,
-                                                           "a@b.example")]),
-        x509.RelativeDistinguishedName([x509.NameAttribute(
-            x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), "custom")]),
-    ])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.root.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.UniformResourceIdentifier("spiffe://cluster.local/ns/rich/sa/one"),
-                x509.DNSName("one.example"),
-                x509.UniformResourceIdentifier("spiffe://cluster.local/ns/rich/sa/two"),
-                x509.DNSName("two.example")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca.key, hashes.SHA256()))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "cert-chain.pem").write_bytes(
-        cert.public_bytes(serialization.Encoding.PEM) + ca.root_pem)
-    (directory / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return directory
 
 
 def _listener(name: str, port: int, server_certs: Path) -> dict[str, Any]:
@@ -211,7 +171,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ca.ensure_workload(tmp / "server", "demo-to")
     ca.ensure_workload(tmp / "istio", "demo-from")
     return {"server": tmp / "server", "istio": tmp / "istio",
-            "rich": _rich_client(ca, tmp / "rich")}
+            "rich": rich_client(ca, tmp / "rich")}
 
 
 @pytest.fixture(scope="module")
