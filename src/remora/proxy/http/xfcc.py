@@ -28,8 +28,6 @@ on as one, joined by ``,``: Envoy's header map holds it as one inline header).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from remora.proxy.config.strict import Fields
 from remora.proxy.transport.cert_details import (
     TlsPeer,
@@ -50,16 +48,22 @@ _MTLS_MODES = frozenset({"FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET"})
 _XFCC_ONLY = frozenset({XFCC})
 
 
-@dataclass(frozen=True, eq=False)
 class XfccConfig:
     """forward_client_cert_details and the set_current_client_cert_details that are on,
-    in Envoy's order."""
+    in Envoy's order; compared by identity (each connection manager has its own)."""
 
-    mode: str
-    details: tuple[str, ...] = ()
-    # the hook runs on every connection, not only for an mTLS peer: ALWAYS_FORWARD_ONLY
-    # forwards the client's header everywhere, its repeated lines joined into one
-    any_connection: bool = False
+    __slots__ = ("adds", "any_connection", "details", "mode")
+
+    def __init__(self, mode: str, details: tuple[str, ...] = (),
+                 any_connection: bool = False) -> None:
+        self.mode = mode
+        self.details = details
+        # the hook runs on every connection, not only for an mTLS peer:
+        # ALWAYS_FORWARD_ONLY forwards the client's header everywhere, its repeated lines
+        # joined into one
+        self.any_connection = any_connection
+        # this hop's element goes into the header (an attribute: read per request)
+        self.adds = mode in ("APPEND_FORWARD", "SANITIZE_SET")
 
 
 def parse_xfcc(mode: str, scc: Fields | None) -> XfccConfig | None:
@@ -152,16 +156,25 @@ def mutate_request(cfg: XfccConfig, peer: TlsPeer | None, hmap: dict[str, str],
     REMOVED/DROPPED (the names the request loses, from the RequestPolicy). Returns those
     and whether the client's header is replaced in place (where it stood, as Envoy sets
     an existing header; repeated lines become one). A header nominated in Connection is
-    gone before (Envoy's codec removes it first)."""
+    gone before (Envoy's codec removes it first). The header set stays visible to route
+    matching and the access log (out of REMOVED)."""
+    if peer is not None and cfg.adds:
+        cached = peer.xfcc
+        hop = cached[1] if cached is not None and cached[0] is cfg \
+            else connection_element(cfg, peer)
+        if XFCC not in hmap:
+            # the usual request (Istio's inbound): this hop's element, appended; a call
+            # costs a few thousand instructions here, so nothing else is called
+            sets.append((XFCC, hop))
+            kept = _without_cache.get(removed)
+            return (kept if kept is not None else _without_xfcc(removed)), dropped, False
+    else:
+        hop = ""
     existing = hmap.get(XFCC) if XFCC not in nominated else None
-    hop = connection_element(cfg, peer) if peer is not None and cfg.mode in (
-        "APPEND_FORWARD", "SANITIZE_SET") else ""
     value = request_value(cfg.mode, existing, hop)
     if value is None:
         return removed, dropped, False
     sets.append((XFCC, value))
-    # the header set stays visible to route matching and the access log (out of
-    # REMOVED); the client's line is replaced in place, or dropped when nominated
-    if existing is not None:
+    if existing is not None:  # replaced where it stood
         return _without_xfcc(removed), _without_xfcc(dropped), True
-    return _without_xfcc(removed), dropped, False
+    return _without_xfcc(removed), dropped, False  # a nominated line is dropped
