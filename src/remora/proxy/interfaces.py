@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from remora.proxy.stream_info import StreamInfo
+
+if TYPE_CHECKING:
+    from remora.proxy.transport.cert_details import TlsPeer
 
 # A config value as parsed from Envoy's JSON/YAML (what a ``Fields`` reader wraps).
 JsonValue: TypeAlias = (
@@ -53,6 +56,8 @@ class ConnectionFacts:
     peer_uri_sans: tuple[str, ...] = ()
     peer_dns_sans: tuple[str, ...] = ()
     peer_subject: str | None = None
+    # the peer's certificate when it presented one: x-forwarded-client-cert (http/xfcc.py)
+    tls_peer: TlsPeer | None = None
 
 
 class DrainDecision(Protocol):

@@ -15,6 +15,8 @@ from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.http.cached import cached_attribute
 from remora.proxy.http.headers import RequestPolicy
 from remora.proxy.http.route_config import RouteTable, parse_route_configuration
+from remora.proxy.http.xfcc import MODES as _FCC
+from remora.proxy.http.xfcc import XfccConfig, parse_xfcc
 from remora.proxy.http2.options import Http2Options, parse_http2_options
 from remora.proxy.interfaces import FactoryContext, JsonValue
 
@@ -22,7 +24,6 @@ HCM_NAME = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 UUID_REQUEST_ID = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
 
-_FCC = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class HcmConfig:
     drain_timeout: float = 5.0
     websocket: bool = False
     forward_client_cert_details: str = "SANITIZE"
+    # what an mTLS downstream's requests get (http/xfcc.py); None: as on plain text
+    xfcc: XfccConfig | None = None
     codec_type: str = "AUTO"  # AUTO (ALPN h2 or the h2 preface), HTTP1 or HTTP2
     http2: Http2Options = field(default_factory=lambda: Http2Options())
 
@@ -59,8 +62,8 @@ class HcmConfig:
     @cached_attribute
     def sanitize_xfcc(self) -> bool:
         """x-forwarded-client-cert from a connection without a client certificate is
-        removed unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader). remora's HTTP
-        downstreams carry no peer certificate, so that is every mode but that one."""
+        removed unless ALWAYS_FORWARD_ONLY (Envoy's mutateXfccRequestHeader); on mutual
+        TLS, ActiveStream.prepare's xfcc hook keeps, appends to or sets it (xfcc.py)."""
         return self.forward_client_cert_details != "ALWAYS_FORWARD_ONLY"
 
     @cached_attribute
@@ -116,13 +119,11 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
                           "implemented by remora", "remove it or set \"0s\" (disabled, "
                           "Envoy's default); stream_idle_timeout and route timeouts apply")
     # x-forwarded-client-cert: without a client certificate on the downstream every mode
-    # but ALWAYS_FORWARD_ONLY removes a client-supplied header (hcm.py); appending the
-    # peer's certificate details (set_current_client_cert_details) needs an mTLS peer.
+    # but ALWAYS_FORWARD_ONLY removes a client-supplied header (sanitize_xfcc); on mutual
+    # TLS the mode and set_current_client_cert_details say what is sent (xfcc.py)
     cfg.forward_client_cert_details = f.enum("forward_client_cert_details", _FCC, "SANITIZE")
-    scc = f.fields("set_current_client_cert_details", "SetCurrentClientCertDetails")
-    if scc is not None:
-        scc.ignore("subject", "cert", "chain", "dns", "uri")
-        scc.done()
+    cfg.xfcc = parse_xfcc(cfg.forward_client_cert_details, f.fields(
+        "set_current_client_cert_details", "SetCurrentClientCertDetails"))
     _request_id_extension(f)
     _common_options(f, cfg)
     _http1_options(f)

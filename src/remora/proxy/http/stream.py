@@ -25,6 +25,7 @@ from remora.proxy.http.headers import (
     unescape_slashes,
 )
 from remora.proxy.http.route_config import Route
+from remora.proxy.http.xfcc import mutate_request as mutate_xfcc
 from remora.proxy.stream_info import StreamInfo, format_address
 
 if TYPE_CHECKING:
@@ -224,11 +225,18 @@ class ActiveStream:
         if nominated or drop_request_id:
             extra = nominated | {"x-request-id"} if drop_request_id else nominated
             removed, dropped = removed | extra, dropped | extra
+        # x-forwarded-client-cert on mutual TLS (xfcc.py): kept, appended to or set
+        xfcc_in_place = False
+        tls_peer = conn.downstream.facts.tls_peer
+        xfcc = cfg.xfcc
+        if xfcc is not None and (tls_peer is not None or xfcc.any_connection):
+            removed, dropped, xfcc_in_place = mutate_xfcc(
+                xfcc, tls_peer, hmap, nominated, sets, removed, dropped)
         upgrade = req.upgrade
         out = [("host", self.authority)]
         # only an edge request (use_remote_address) has set headers that may already be
         # there (x-forwarded-for, ...); otherwise they are set because they are absent
-        if upgrade or "te" in hmap or (policy.use_remote_address and sets
+        if upgrade or xfcc_in_place or "te" in hmap or (policy.use_remote_address and sets
                                        and not hmap.keys().isdisjoint(dict(sets))):
             _forward_headers(req.headers, dropped, sets, upgrade and cfg.websocket, upgrade, out)
         else:

@@ -35,6 +35,7 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
+from remora.proxy.transport.cert_details import TlsPeer, pem_uri_sans
 
 log = logging.getLogger("remora.proxy")
 
@@ -214,6 +215,9 @@ class TlsTransport:
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
     sans: list[tuple[str, Callable[[str], bool]]] = field(default_factory=list)
+    # the URI SANs of the current context's certificate (Envoy's uriSanLocalCertificate,
+    # x-forwarded-client-cert's By=), read when the context is (re)built
+    local_uri_sans: tuple[str, ...] = ()
 
     # -- building ---------------------------------------------------------------------
     def _material(self) -> tuple[Material, list[str]]:
@@ -309,6 +313,7 @@ class TlsTransport:
             reason = exc.reason if isinstance(exc, TlsError) else str(exc)
             raise TlsError(f"TLS context unavailable: {reason}") from exc
         self._ctx, self._signature, self.sans = ctx, signature, material.sans
+        self.local_uri_sans = pem_uri_sans(material.chain.read()) if material.chain else ()
         return ctx
 
     # -- after the handshake ------------------------------------------------------------
@@ -342,6 +347,26 @@ class PeerInfo:
     uri_sans: tuple[str, ...] = ()
     dns_sans: tuple[str, ...] = ()
     subject: str | None = None
+    # a downstream peer that presented a certificate: its bytes, for the connection
+    # manager's x-forwarded-client-cert (http/xfcc.py)
+    tls: TlsPeer | None = None
+
+
+_ENCODING_DER = 2  # _ssl.ENCODING_DER: _ssl.Certificate.public_bytes's DER (PEM is 1)
+
+
+def _peer_chain(sslobj: Any) -> tuple[bytes, ...]:
+    """The chain the peer sent, leaf first, as DER (BoringSSL's
+    SSL_get_peer_full_cert_chain). ``ssl`` offers it publicly from Python 3.13
+    (``get_unverified_chain``, DER bytes); before, the ``_ssl`` object has it (3.10+,
+    ``_ssl.Certificate`` objects; on the server side CPython puts the leaf first itself)."""
+    getter = getattr(sslobj, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(sslobj, "_sslobj", None), "get_unverified_chain", None)
+    if getter is None:
+        return ()
+    return tuple(c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER)
+                 for c in getter() or ())
 
 
 def failure_reason(exc: BaseException) -> tuple[str, str]:
@@ -424,6 +449,7 @@ async def accept_downstream(
     protocol = asyncio.StreamReaderProtocol(reader)
     try:
         ctx = transport.context()
+        local_uri_sans = transport.local_uri_sans  # of the certificate this handshake uses
         tr, _ = await loop.connect_accepted_socket(
             lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
@@ -436,6 +462,9 @@ async def accept_downstream(
     except TlsError:
         tr.abort()
         raise
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if der:
+        peer.tls = TlsPeer(der, _peer_chain(sslobj), local_uri_sans)
     alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
     return reader, writer, peer, alpn
 
@@ -446,6 +475,7 @@ def apply_peer(facts: Any, peer: PeerInfo) -> None:
     facts.peer_uri_sans = peer.uri_sans
     facts.peer_dns_sans = peer.dns_sans
     facts.peer_subject = peer.subject
+    facts.tls_peer = peer.tls
 
 
 async def connect_upstream(

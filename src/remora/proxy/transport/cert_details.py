@@ -1,0 +1,200 @@
+"""What Envoy's ``Ssl::ConnectionInfo`` says about a TLS connection's certificates, from
+their DER bytes (source/common/tls/connection_info_impl_base.cc and utility.cc): the
+SHA-256 digest, the subject in RFC 2253 form, the URI and DNS SANs, the URL-encoded PEM of
+the peer's certificate and of the chain it sent. The HTTP connection manager's
+``x-forwarded-client-cert`` is built from these (http/xfcc.py).
+
+Pure functions: the TLS transport (tls.py) hands over the bytes once per connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from dataclasses import dataclass
+
+from cryptography import x509
+
+# -- the peer of one connection -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TlsPeer:
+    """An mTLS downstream whose peer presented a certificate (Envoy's
+    ``peerCertificatePresented``): the peer's certificate and the chain it sent (leaf
+    first, as BoringSSL's SSL_get_peer_full_cert_chain), and the URI SANs of the local
+    certificate the handshake used. ``xfcc`` caches, per connection, what the connection
+    manager built from them (http/xfcc.py; one connection has one connection manager)."""
+
+    der: bytes
+    chain: tuple[bytes, ...]
+    local_uri_sans: tuple[str, ...]
+    xfcc: tuple[object, str] | None = None
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.der)
+
+
+def sha256_hex(der: bytes) -> str:
+    """Utility::getSha256DigestFromCertificate: lower-case hex of SHA-256 over the DER."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def _sans(cert: x509.Certificate, kind: type[x509.GeneralName]) -> tuple[str, ...]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    # in the certificate's order, as Utility::getSubjectAltNames walks them
+    return tuple(str(v) for v in ext.value.get_values_for_type(kind))  # type: ignore[arg-type]
+
+
+def uri_sans(cert: x509.Certificate) -> tuple[str, ...]:
+    return _sans(cert, x509.UniformResourceIdentifier)
+
+
+def dns_sans(cert: x509.Certificate) -> tuple[str, ...]:
+    return _sans(cert, x509.DNSName)
+
+
+def pem_uri_sans(pem: bytes) -> tuple[str, ...]:
+    """URI SANs of the first certificate in a PEM chain (the local certificate: Envoy's
+    ``uriSanLocalCertificate``); () when there is none or it cannot be read."""
+    try:
+        return uri_sans(x509.load_pem_x509_certificate(pem))
+    except ValueError:
+        return ()
+
+
+# Http::Utility::PercentEncoding::urlEncode: every byte but ALPHA, DIGIT and "*-._" as
+# %XX in upper-case hex (space too, "~" too)
+_URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
+_URL_ENCODE = {b: chr(b) if b in _URL_SAFE else f"%{b:02X}" for b in range(256)}
+
+
+def url_encode(data: bytes) -> str:
+    return "".join(_URL_ENCODE[b] for b in data)
+
+
+def url_encoded_pem(der: bytes) -> str:
+    """``urlEncodedPemEncodedPeerCertificate``: PEM_write_bio_X509's text (64-column
+    base64 between the BEGIN/END lines, each line ending in a newline), URL-encoded."""
+    return url_encode(ssl.DER_cert_to_PEM_cert(der).encode())
+
+
+def url_encoded_pem_chain(chain: tuple[bytes, ...]) -> str:
+    """``urlEncodedPemEncodedPeerCertificateChain``: each certificate's, concatenated."""
+    return "".join(url_encoded_pem(der) for der in chain)
+
+
+# -- the subject in RFC 2253 form ----------------------------------------------------------
+# Utility::getSubjectFromCertificate is BoringSSL's X509_NAME_print_ex with XN_FLAG_RFC2253:
+# entries last to first, "," between RDNs and "+" within one, short names (the dotted OID
+# for one BoringSSL does not know, its value then dumped as "#" and the hex of its DER),
+# values converted to UTF-8 and escaped (ESC_2253, ESC_CTRL, ESC_MSB).
+
+# BoringSSL's short names of the attribute types a subject carries (crypto/obj/obj_dat.h)
+_SHORT_NAMES = {
+    "2.5.4.3": "CN", "2.5.4.4": "SN", "2.5.4.5": "serialNumber", "2.5.4.6": "C",
+    "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.9": "street", "2.5.4.10": "O", "2.5.4.11": "OU",
+    "2.5.4.12": "title", "2.5.4.13": "description", "2.5.4.15": "businessCategory",
+    "2.5.4.17": "postalCode", "2.5.4.41": "name", "2.5.4.42": "GN", "2.5.4.43": "initials",
+    "2.5.4.44": "generationQualifier", "2.5.4.45": "x500UniqueIdentifier",
+    "2.5.4.46": "dnQualifier", "2.5.4.65": "pseudonym", "2.5.4.72": "role",
+    "2.5.4.97": "organizationIdentifier",
+    "1.2.840.113549.1.9.1": "emailAddress", "1.2.840.113549.1.9.2": "unstructuredName",
+    "0.9.2342.19200300.100.1.1": "UID", "0.9.2342.19200300.100.1.25": "DC",
+    "1.3.6.1.4.1.311.60.2.1.1": "jurisdictionL", "1.3.6.1.4.1.311.60.2.1.2": "jurisdictionST",
+    "1.3.6.1.4.1.311.60.2.1.3": "jurisdictionC",
+}
+# ASN.1 string tags and how BoringSSL reads their characters (string_type_to_encoding)
+_UTF8, _BMP, _UNIVERSAL = 12, 30, 28
+_LATIN1 = frozenset({18, 19, 20, 22, 23, 24, 26})  # Numeric, Printable, T61, IA5, times, Visible
+_ESCAPED = frozenset(',+<>;')
+
+
+def _der_items(data: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
+    """The DER TLVs in DATA[pos:end]: (tag, start of the TLV, start of the value, end)."""
+    items = []
+    while pos < end:
+        start, tag = pos, data[pos]
+        n = data[pos + 1]
+        pos += 2
+        if n & 0x80:
+            count = n & 0x7F
+            n = int.from_bytes(data[pos:pos + count], "big")
+            pos += count
+        items.append((tag, start, pos, pos + n))
+        pos += n
+    return items
+
+
+def _oid_text(body: bytes) -> str:
+    first = body[0]
+    parts = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
+    value = 0
+    for b in body[1:]:
+        value = (value << 7) | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
+
+
+def _codepoints(tag: int, body: bytes) -> list[int] | None:
+    if tag == _UTF8:
+        return [ord(c) for c in body.decode("utf-8", "replace")]
+    if tag in _LATIN1:
+        return list(body)
+    if tag == _BMP:
+        return [int.from_bytes(body[i:i + 2], "big") for i in range(0, len(body) - 1, 2)]
+    if tag == _UNIVERSAL:
+        return [int.from_bytes(body[i:i + 4], "big") for i in range(0, len(body) - 3, 4)]
+    return None
+
+
+def _escaped(points: list[int]) -> str:
+    """do_buf with UTF-8 conversion: each character's UTF-8 bytes through do_esc_char."""
+    out: list[str] = []
+    last = len(points) - 1
+    for i, cp in enumerate(points):
+        encoded = chr(cp).encode("utf-8", "surrogatepass")
+        for j, b in enumerate(encoded):
+            first_byte = i == 0 and j == 0
+            last_byte = i == last and j == len(encoded) - 1
+            c = chr(b)
+            if b > 0x7F or b < 0x20 or b == 0x7F:
+                out.append(f"\\{b:02X}")
+            elif c in '\\"' or c in _ESCAPED or (first_byte and c in " #") or (
+                    last_byte and c == " "):
+                out.append("\\" + c)
+            else:
+                out.append(c)
+    return "".join(out)
+
+
+def subject_rfc2253(cert: x509.Certificate) -> str:
+    """The certificate's subject as Envoy's ``subjectPeerCertificate`` prints it ("" for
+    an empty subject, as Istio's workload certificates have)."""
+    data = cert.subject.public_bytes()
+    entries: list[tuple[int, str]] = []  # (RDN index, "name=value")
+    (_, _, vstart, vend), = _der_items(data, 0, len(data))
+    for index, (_, _, sstart, send) in enumerate(_der_items(data, vstart, vend)):
+        for _, _, astart, aend in _der_items(data, sstart, send):
+            (_, _, ostart, oend), (tag, tstart, bstart, bend) = _der_items(data, astart, aend)
+            oid = _oid_text(data[ostart:oend])
+            name = _SHORT_NAMES.get(oid)
+            points = _codepoints(tag, data[bstart:bend]) if name is not None else None
+            # an unknown attribute type or string type: its DER, dumped
+            value = "#" + data[tstart:bend].hex().upper() if points is None \
+                else _escaped(points)
+            entries.append((index, f"{name or oid}={value}"))
+    out: list[str] = []
+    prev = -1
+    for index, text in reversed(entries):
+        if prev != -1:
+            out.append("+" if index == prev else ",")
+        out.append(text)
+        prev = index
+    return "".join(out)

@@ -1,0 +1,58 @@
+"""Client certificates for the x-forwarded-client-cert tests (test_xfcc.py and
+test_xfcc_envoy_parity.py), signed by the project's CertificateAuthority."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
+
+from remora.controlplane.ca import CertificateAuthority
+
+RICH_URIS = ("spiffe://cluster.local/ns/rich/sa/one", "spiffe://cluster.local/ns/rich/sa/two")
+RICH_DNS = ("one.example", "two.example")
+
+
+def rich_client(ca: CertificateAuthority, directory: Path) -> Path:
+    """A client certificate signed by CA's root with a subject RFC 2253 escapes (",", "+",
+    a leading "#", a trailing space, non-ASCII in a UTF8String and a BMPString, a
+    multi-valued RDN, emailAddress, an OID BoringSSL has no name for), two URI and two
+    DNS SANs; written with its root."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(
+            NameOID.LOCALITY_NAME, "Z\u00fcrich \u6771", _type=_ASN1Type.BMPString)]),
+        x509.RelativeDistinguishedName([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme, Inc+Co"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "#ops ")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                           'caf\u00e9 "q" <x>;\\')]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.EMAIL_ADDRESS,
+                                                           "a@b.example")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(
+            x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), "custom")]),
+    ])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.root.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.UniformResourceIdentifier(RICH_URIS[0]), x509.DNSName(RICH_DNS[0]),
+                x509.UniformResourceIdentifier(RICH_URIS[1]), x509.DNSName(RICH_DNS[1])]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca.key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cert-chain.pem").write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM) + ca.root_pem)
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return directory
