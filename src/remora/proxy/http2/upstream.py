@@ -127,10 +127,18 @@ class _Protocol(asyncio.Protocol):
 class H2Stream:
     """One request/response exchange on an H2Client; also the request body's
     ``codec.Sink``. Events from the connection are queued for the router's attempt,
-    which handles them in order (so it can wait for the downstream between them)."""
+    which handles them in order (so it can wait for the downstream between them).
 
-    def __init__(self, client: H2Client) -> None:
+    A DRIVER (the downstream's HTTP/1.1 connection or HTTP/2 stream, which drive the
+    attempt's coroutine from their callbacks) is told the attempt waits for these events
+    (its ``response_wait``, as the router's HTTP/1.1 attempt announces its own), and is
+    resumed once the read that brought them has queued them all (``H2Client.on_data``),
+    as the HTTP/1.1 upstream's read callback resumes it: no done callback, no loop
+    iteration in between."""
+
+    def __init__(self, client: H2Client, driver: _Driver | None) -> None:
         self.client = client
+        self.driver = driver
         self.id = 0
         self.events: deque[tuple[Any, ...]] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -149,12 +157,22 @@ class H2Stream:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+            driver = self.driver
+            if driver is not None:
+                client = self.client
+                if client.reading:
+                    client.woken.append((driver, w))  # resumed once the read is taken in
+                else:
+                    client.loop.call_soon(driver.resume, w)  # (as a done callback would)
 
     async def next_events(self) -> list[tuple[Any, ...]]:
         while not self.events:
-            self._waiter = self.client.loop.create_future()
+            w = self._waiter = self.client.loop.create_future()
+            driver = self.driver
+            if driver is not None:
+                driver.response_wait = w  # resumed by push, not by a done callback
             try:
-                await self._waiter
+                await w
             finally:
                 self._waiter = None
         out = list(self.events)
@@ -242,11 +260,20 @@ class H2Client:
         self._flush_scheduled = False
         self._batch = batch_for(self.loop)
         self._turn_end = _TurnEnd(self._flush_turn)  # what the batch flushes
+        # a read's events are being taken in: the streams they woke (driver, wait) are
+        # resumed at its end (H2Stream)
+        self.reading = False
+        self.woken: list[tuple[_Driver, asyncio.Future[None]]] = []
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
         # what a client sent reaches the upstream byte for byte (as through Envoy)
         # window updates follow what the downstream took (acknowledge)
         self.conn = ngh2.Connection(ngh2.Role.CLIENT,
                                     ngh2.Configuration(auto_window_update=False))
+        # the events of every stream, by their exact class (ngh2 makes no subclasses): one
+        # lookup instead of _event's isinstance chain; any other event goes there
+        self._handlers: dict[type[ngh2.Event], Callable[[Any], None]] = {
+            ngh2.DataReceived: self._on_data_frame, ngh2.ResponseReceived: self._on_response,
+            ngh2.StreamClosed: self._on_closed}
 
     @property
     def host(self) -> str:
@@ -366,8 +393,11 @@ class H2Client:
     def _serialise(self) -> None:
         """Serialise now what the codec queued (written by the next flush): what nghttp2
         decided on its own surfaces as events only once its frames are serialised."""
-        with contextlib.suppress(ngh2.NGH2Error):  # (closed or unusable: nothing more)
+        # (closed or unusable: nothing more; no contextlib.suppress: every read)
+        try:  # noqa: SIM105
             self._pending_out += self.conn.data_to_send()
+        except ngh2.NGH2Error:
+            pass
 
     def _flush_turn(self) -> None:
         if self._flush_scheduled:
@@ -376,8 +406,10 @@ class H2Client:
     def _flush_now(self) -> None:
         self._flush_scheduled = False
         out, self._pending_out = self._pending_out, b""
-        with contextlib.suppress(ngh2.NGH2Error):
+        try:  # noqa: SIM105 - no contextlib.suppress: every turn with something to send
             out += self.conn.data_to_send()
+        except ngh2.NGH2Error:
+            pass
         if out and self.upstream is not None and not self.closed:
             self.upstream.writer.transport.write(out)
 
@@ -425,6 +457,20 @@ class H2Client:
     def on_data(self, data: bytes) -> None:
         if self.closed and not self.streams:
             return
+        self.reading = True
+        try:
+            self._on_read(data)
+        finally:
+            self.reading = False
+            woken = self.woken
+            if woken:
+                # the streams whose events this read brought go on now, in the order
+                # they were woken (each one's whole read at once)
+                self.woken = []
+                for driver, wait in woken:
+                    driver.resume(wait)
+
+    def _on_read(self, data: bytes) -> None:
         ka = self._keepalive
         if ka is not None and ka.waiting:
             ka.on_frame()
@@ -437,8 +483,13 @@ class H2Client:
             # unusable
             self._protocol_error()
             return
+        handlers = self._handlers
         for ev in events:
-            self._event(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._event(ev)
+            else:
+                handler(ev)
             if self.closed and not self.streams:
                 return
         self._start_waiting()
@@ -450,7 +501,11 @@ class H2Client:
         except ngh2.NGH2Error:
             events = []
         for ev in events:
-            self._event(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._event(ev)
+            else:
+                handler(ev)
             if self.closed and not self.streams:
                 return
         self._start_waiting()
@@ -469,26 +524,38 @@ class H2Client:
             st.push("lost", "protocol")
         self.close()
 
+    def _on_data_frame(self, ev: ngh2.DataReceived) -> None:
+        sid = ev.stream_id
+        data = ev.data
+        flow = len(data)  # nghttp2 accounts for padding itself
+        st = self.streams.get(sid)
+        if st is not None:
+            st.unacked += flow
+            st.push("data", data, flow)
+            if ev.end_stream:
+                self._ended(st)
+        elif flow:
+            # data for a stream we gave up: the connection window still counts it
+            with contextlib.suppress(ngh2.NGH2Error, ValueError):
+                self.conn.acknowledge_received_data(flow, sid)
+
+    def _on_response(self, ev: ngh2.ResponseReceived) -> None:
+        st = self.streams.get(ev.stream_id)
+        if st is not None:
+            st.push("headers", ev.headers, ev.end_stream)
+            if ev.end_stream:
+                self._ended(st)
+
+    def _on_closed(self, ev: ngh2.StreamClosed) -> None:
+        if ev.error_code:
+            self._event(ev)  # nghttp2 reset it (below); a stream's usual end is nothing here
+
     def _event(self, ev: ngh2.Event) -> None:
+        """Any event (the usual per-stream ones come by their class: _handlers)."""
         if isinstance(ev, ngh2.DataReceived):
-            sid = ev.stream_id
-            flow = len(ev.data)  # nghttp2 accounts for padding itself
-            st = self.streams.get(sid)
-            if st is not None:
-                st.unacked += flow
-                st.push("data", ev.data, flow)
-                if ev.end_stream:
-                    self._ended(st)
-            elif flow:
-                # data for a stream we gave up: the connection window still counts it
-                with contextlib.suppress(ngh2.NGH2Error, ValueError):
-                    self.conn.acknowledge_received_data(flow, sid)
+            self._on_data_frame(ev)
         elif isinstance(ev, ngh2.ResponseReceived):
-            st = self.streams.get(ev.stream_id)
-            if st is not None:
-                st.push("headers", ev.headers, ev.end_stream)
-                if ev.end_stream:
-                    self._ended(st)
+            self._on_response(ev)
         elif isinstance(ev, ngh2.TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
@@ -627,9 +694,13 @@ class H2Client:
     def acknowledge(self, st: H2Stream, n: int) -> None:
         st.unacked -= n
         if n and not self.closed:
-            with contextlib.suppress(ngh2.NGH2Error, ValueError):
+            try:  # noqa: SIM105 - no contextlib.suppress: once per response with a body
                 self.conn.acknowledge_received_data(n, st.id)
-            self.flush()
+            except (ngh2.NGH2Error, ValueError):
+                pass
+            if not self._flush_scheduled:  # (flush, inline)
+                self._flush_scheduled = True
+                self._batch.defer(self._turn_end)
 
     def finish(self, st: H2Stream) -> None:
         """The exchange is over: an END_STREAM we have not sent (the response ended
@@ -717,6 +788,11 @@ class H2Pool:
 
 
 _POOLS: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
+# the last (cluster manager, pool) h2_pool_for answered: a process has one cluster
+# manager, and a WeakKeyDictionary lookup makes a weak reference each time (~1 k
+# instructions per stream); a cluster manager that went away is let go with its pool
+# by the next lookup of another one
+_last_pool: list[Any] = [None, None]
 
 
 def h2_pool_for(cluster_manager: Any) -> H2Pool:
@@ -725,9 +801,11 @@ def h2_pool_for(cluster_manager: Any) -> H2Pool:
         pool = _POOLS.get(cluster_manager)
         if pool is None:
             pool = _POOLS[cluster_manager] = H2Pool()
-        return pool
     except TypeError:
         return H2Pool()
+    _last_pool[0] = cluster_manager
+    _last_pool[1] = pool
+    return pool
 
 
 class _CodecFailure(Exception):
@@ -781,9 +859,14 @@ class _ClusterStats(Protocol):
 class _Driver(Protocol):
     """A connection that drives its streams' coroutines from callbacks (HTTP/1.1's
     connection, an HTTP/2 stream's StreamConn): awaiting ``in_task`` hands the coroutine
-    over to a task, which asyncio.timeout (connecting) needs."""
+    over to a task, which asyncio.timeout (connecting) needs; a coroutine suspended on
+    ``response_wait`` stays with the driver and goes on when ``resume`` is called with
+    that future, done."""
+
+    response_wait: asyncio.Future[Any] | None
 
     def in_task(self) -> Awaitable[None]: ...
+    def resume(self, wait: asyncio.Future[Any]) -> None: ...
 
 
 class Forward(Protocol):
@@ -826,15 +909,16 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     HTTP/2-only outcomes (stream resets) itself."""
     stream, cluster, router = fw.stream, fw.cluster, fw.router
     info = stream.info
-    opts = protocol_options(cluster)
-    h2opts = opts.http2 if opts is not None else DEFAULT_H2
     facts = stream.conn.downstream.facts
     key = pool_key(cluster.name, facts)
-    pool = h2_pool_for(router.cluster_manager)
+    cm = router.cluster_manager
+    pool = _last_pool[1] if _last_pool[0] is cm else h2_pool_for(cm)
     client = pool.acquire(key, exclude, cluster)
     if client is None:
         if not cluster.try_acquire("pending_requests"):
             raise failure("connect", UpstreamError("UO", ""))
+        opts = protocol_options(cluster)
+        h2opts = opts.http2 if opts is not None else DEFAULT_H2
         limits = limits_of(cluster)
         client = H2Client(key, cluster, h2opts, limits.max_requests_per_connection,
                           limits.idle_timeout, router.stats, fw.stat, pool.forget,
@@ -937,7 +1021,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     hs = cluster.host_counts(host)
     hs.rq_total += 1
     hs.rq_active += 1
-    st = H2Stream(client)
+    st = H2Stream(client, fw.h1)
     req = stream.req
     try:
         if stream.conn.body_error() and not req.complete:
