@@ -56,7 +56,6 @@ from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
-from remora.proxy.http2.header_names import decode_fields, encode_fields
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
@@ -142,7 +141,7 @@ class H2Stream:
         self.id = 0
         self.events: deque[tuple[Any, ...]] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self.headers: list[tuple[str, str]] = []  # the request head, until it is sent
+        self.headers: list[tuple[bytes, bytes]] = []  # the request head, until it is sent
         self.end_on_headers = False
         self.unacked = 0  # response bytes received, not yet given back to the windows
         self.pending = bytearray()  # request body not yet within the flow-control window
@@ -616,7 +615,7 @@ class H2Client:
             self.streams.pop(st.id, None)
 
     # -- streams -------------------------------------------------------------------------
-    def open_stream(self, st: H2Stream, headers: list[tuple[str, str]],
+    def open_stream(self, st: H2Stream, headers: list[tuple[bytes, bytes]],
                     end_stream: bool) -> None:
         st.headers = headers
         st.end_on_headers = end_stream
@@ -636,7 +635,7 @@ class H2Client:
 
     def _send_headers(self, st: H2Stream) -> None:
         try:
-            sid = self.conn.send_request(encode_fields(st.headers),
+            sid = self.conn.send_request(st.headers,
                                          end_stream=st.end_on_headers)
         except (ngh2.NGH2Error, ValueError):
             # the connection is going away under it (GOAWAY, no stream ids left)
@@ -1051,7 +1050,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
             req.sink = None
 
 
-def _request_headers(fw: Forward) -> list[tuple[str, str]]:
+def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     """The forwarded request as HTTP/2 headers: the same header list and additions the
     HTTP/1.1 path writes (route request mutations, x-envoy-expected-rq-timeout-ms)."""
     stream = fw.stream
@@ -1096,7 +1095,7 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
         for ev in events:
             kind = ev[0]
             if kind == "headers":
-                s, hs = response_head(decode_fields(ev[1]))
+                s, hs = response_head(ev[1])
                 if 100 <= s < 200:
                     continue  # 1xx: an HTTP/1.1 client gets only the final response
                 status = s
@@ -1106,7 +1105,7 @@ async def _relay(fw: Forward, st: H2Stream) -> None:
                 stream.encode_data(ev[1])
                 acked += ev[2]
             elif kind == "trailers":
-                trailers = trailer_fields(decode_fields(ev[1]))
+                trailers = trailer_fields(ev[1])
                 stream.info.response_trailers = dict(trailers)
             elif kind == "end":
                 if trailers is not None:
