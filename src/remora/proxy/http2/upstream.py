@@ -135,6 +135,9 @@ class H2Stream:
     as the HTTP/1.1 upstream's read callback resumes it: no done callback, no loop
     iteration in between."""
 
+    __slots__ = ("_drain", "_waiter", "client", "closed", "driver", "end_on_headers",
+                 "end_pending", "ended", "events", "headers", "id", "pending", "unacked")
+
     def __init__(self, client: H2Client, driver: _Driver | None) -> None:
         self.client = client
         self.driver = driver
@@ -219,6 +222,15 @@ class H2Stream:
 
 class H2Client:
     """One upstream HTTP/2 connection and its streams."""
+
+    # slots: past 30 attributes CPython 3.11 gives instances no shared-key dict, and every
+    # attribute access on them is slower (as StreamConn, http2/stream.py)
+    __slots__ = ("_batch", "_flush_scheduled", "_handlers", "_idle_timer", "_keepalive",
+                 "_pending_out", "_turn_end", "closed", "conn", "created", "error", "goaway",
+                 "idle_timeout", "key", "loop", "max_duration", "max_requests", "on_idle",
+                 "options", "owner", "peer_max_streams", "reading", "ready", "reserved",
+                 "settings_received", "stat", "stats", "streams", "total", "upstream",
+                 "waiting", "woken", "write_paused")
 
     def __init__(self, key: PoolKey, owner: object, options: Http2Options,
                  max_requests: int, idle_timeout: float, stats: Stats, stat: str,
