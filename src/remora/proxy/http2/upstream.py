@@ -142,7 +142,7 @@ class H2Stream:
         self.client = client
         self.driver = driver
         self.id = 0
-        self.events: deque[tuple[Any, ...]] = deque()
+        self.events: list[tuple[Any, ...]] = []
         self._waiter: asyncio.Future[None] | None = None
         self.headers: list[tuple[bytes, bytes]] = []  # the request head, until it is sent
         self.end_on_headers = False
@@ -177,8 +177,8 @@ class H2Stream:
                 await w
             finally:
                 self._waiter = None
-        out = list(self.events)
-        self.events.clear()
+        out = self.events
+        self.events = []
         return out
 
     # codec.Sink: the request body
@@ -727,7 +727,8 @@ class H2Client:
             self.flush()
         st.closed = True
         self.streams.pop(st.id, None)
-        self._start_waiting()
+        if self.waiting:
+            self._start_waiting()
 
     def reset_stream(self, st: H2Stream, code: int) -> None:
         self.streams.pop(st.id, None)
@@ -1035,7 +1036,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     st = H2Stream(client, fw.h1)
     req = stream.req
     try:
-        if stream.conn.body_error() and not req.complete:
+        if not req.complete and stream.conn.body_error():
             raise _CodecFailure()
         headers = _request_headers(fw)
         body_now = not req.complete or any(req.body)
