@@ -167,20 +167,6 @@ class H2Stream:
                 else:
                     client.loop.call_soon(driver.resume, w)  # (as a done callback would)
 
-    async def next_events(self) -> list[tuple[Any, ...]]:
-        while not self.events:
-            w = self._waiter = self.client.loop.create_future()
-            driver = self.driver
-            if driver is not None:
-                driver.response_wait = w  # resumed by push, not by a done callback
-            try:
-                await w
-            finally:
-                self._waiter = None
-        out = self.events
-        self.events = []
-        return out
-
     # codec.Sink: the request body
     def data(self, chunk: bytes) -> None:
         if self.closed or not chunk:
@@ -1049,7 +1035,63 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
             else:
                 req.attach(st, BUFFER_LIMIT if fw.policy is not None else -1)
                 stream.conn.resume_reading()
-        await _relay(fw, st)
+        # the response, relayed as its events arrive
+        conn = stream.conn
+        loop = conn.loop
+        status = 0
+        trailers: list[tuple[str, str]] | None = None
+        driver = st.driver
+        while True:
+            # the stream's next events (the relay inline here, and the wait for them: no
+            # coroutine frames of their own to resume at each wake-up)
+            while not st.events:
+                w = st._waiter = loop.create_future()
+                if driver is not None:
+                    driver.response_wait = w  # resumed by push, not by a done callback
+                try:
+                    await w
+                finally:
+                    st._waiter = None
+            events = st.events
+            st.events = []
+            conn.last_activity = loop.time()
+            acked = 0
+            for ev in events:
+                kind = ev[0]
+                if kind == "headers":
+                    s, head = response_head(ev[1])
+                    if 100 <= s < 200:
+                        continue  # 1xx: an HTTP/1.1 client gets only the final response
+                    status = s
+                    if not _on_headers(fw, status, head, bool(ev[2])):
+                        raise _Retry()
+                elif kind == "data":
+                    stream.encode_data(ev[1])
+                    acked += ev[2]
+                elif kind == "trailers":
+                    trailers = trailer_fields(ev[1])
+                    stream.info.response_trailers = dict(trailers)
+                elif kind == "end":
+                    if trailers is not None:
+                        stream.encode_trailers(trailers)
+                    else:
+                        stream.encode_end()
+                    fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
+                    return
+                elif kind == "reset":
+                    stream.flush()
+                    _reset(fw, int(ev[1]))
+                    return
+                else:  # "lost": the connection went away ("reset") or broke ("protocol")
+                    stream.flush()
+                    _lost(fw, str(ev[1]))
+                    return
+            stream.flush()
+            if conn.write_paused:
+                await conn.drain()
+            if acked:
+                # the window opens again only once the downstream took the bytes
+                client.acknowledge(st, acked)
     except BaseException:
         # timeouts, retries and a downstream gone cancel the attempt: the stream is reset
         # (RST_STREAM CANCEL, as Envoy's UpstreamRequest::resetStream), the connection stays
@@ -1092,55 +1134,6 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
                     hdrs[name] = ",".join(values)
     scheme = (stream.info.request_headers or {}).get(":scheme", "http")
     return request_headers(stream.method, scheme, stream.path, headers, extra)
-
-
-async def _relay(fw: Forward, st: H2Stream) -> None:
-    stream = fw.stream
-    conn = stream.conn
-    loop = conn.loop
-    client = st.client
-    status = 0
-    trailers: list[tuple[str, str]] | None = None
-    while True:
-        events = await st.next_events()
-        conn.last_activity = loop.time()
-        acked = 0
-        for ev in events:
-            kind = ev[0]
-            if kind == "headers":
-                s, hs = response_head(ev[1])
-                if 100 <= s < 200:
-                    continue  # 1xx: an HTTP/1.1 client gets only the final response
-                status = s
-                if not _on_headers(fw, status, hs, bool(ev[2])):
-                    raise _Retry()
-            elif kind == "data":
-                stream.encode_data(ev[1])
-                acked += ev[2]
-            elif kind == "trailers":
-                trailers = trailer_fields(ev[1])
-                stream.info.response_trailers = dict(trailers)
-            elif kind == "end":
-                if trailers is not None:
-                    stream.encode_trailers(trailers)
-                else:
-                    stream.encode_end()
-                fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
-                return
-            elif kind == "reset":
-                stream.flush()
-                _reset(fw, int(ev[1]))
-                return
-            else:  # "lost": the connection went away ("reset") or broke ("protocol")
-                stream.flush()
-                _lost(fw, str(ev[1]))
-                return
-        stream.flush()
-        if conn.write_paused:
-            await conn.drain()
-        if acked:
-            # the window opens again only once the downstream took the bytes
-            client.acknowledge(st, acked)
 
 
 def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
