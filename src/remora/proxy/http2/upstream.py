@@ -617,7 +617,9 @@ class H2Client:
                     end_stream: bool) -> None:
         st.headers = headers
         st.end_on_headers = end_stream
-        if self.waiting or not self._room():
+        # (_room, inline: once per stream)
+        if self.waiting or len(self.streams) >= (self.peer_max_streams
+                                                 if self.settings_received else 1):
             self.waiting.append(st)
             return
         self._send_headers(st)
@@ -646,7 +648,9 @@ class H2Client:
         st.headers = []
         if st.end_on_headers:
             st.ended = True
-            self.flush()
+            if not self._flush_scheduled:  # (flush, inline: once per stream)
+                self._flush_scheduled = True
+                self._batch.defer(self._turn_end)
             return
         # a body follows: nghttp2 opens the stream (its windows, which pump reads) only
         # once its HEADERS are serialised
@@ -1154,8 +1158,10 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
     # upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed, as one call
     fw.cs.status(status).inc()
-    _retry_success(fw, wanted)
-    stream.info.response_code_details = "via_upstream"
+    info = stream.info
+    if info.upstream_request_attempt_count > 1 and not wanted:  # (_retry_success, inline)
+        fw.router.stats.inc(fw.stat + "upstream_rq_retry_success")
+    info.response_code_details = "via_upstream"
     has_length = False
     for h in headers:
         if h[0] == "content-length":
