@@ -51,7 +51,7 @@ from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.filter import HttpStream
 from remora.proxy.http.header_mutation import apply as apply_mutations
-from remora.proxy.http.pool import PoolKey, limits_of, pool_key
+from remora.proxy.http.pool import PoolKey, limits_of
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
@@ -291,7 +291,8 @@ class H2Client:
             if self.reserved == 0:
                 self.close()
             return False
-        return self.reserved < self.limit()
+        # (limit, inline: asked once per stream)
+        return self.reserved < min(self.options.max_concurrent_streams, self.peer_max_streams)
 
     def admit(self) -> None:
         self.reserved += 1
@@ -912,7 +913,8 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     stream, cluster, router = fw.stream, fw.cluster, fw.router
     info = stream.info
     facts = stream.conn.downstream.facts
-    key = pool_key(cluster.name, facts)
+    src = facts.original_src  # (pool_key, inline: once per stream)
+    key = (cluster.name, facts.local_ip, facts.local_port, src.ip if src is not None else None)
     cm = router.cluster_manager
     pool = _last_pool[1] if _last_pool[0] is cm else h2_pool_for(cm)
     client = pool.acquire(key, exclude, cluster)
