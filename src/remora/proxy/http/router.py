@@ -57,6 +57,11 @@ _NO_HOSTS: frozenset[str] = frozenset()
 # sent on a pooled connection, or refused by the "requests" circuit breaker)
 _FRESH, _SENT, _OVERFLOW = 0, 1, 2
 
+# proxy/http2/upstream.py's forward_h2, imported by the first request that needs it (an
+# import statement per request costs ~7 k instructions in CPython 3.11: the module
+# spec's _initializing probe raises and discards an AttributeError each time)
+_forward_h2: Any = None
+
 
 class _Failure(Exception):
     """One attempt failed. KIND: connect, overflow, reset, protocol, status, per_try,
@@ -446,7 +451,11 @@ class _Forward:
                 # proxy/http2's pool (which asks for the task itself to connect)
                 # the HTTP/2 stack is imported by the first request that needs it, not
                 # at start-up (proxy/http2/codec_choice.py says why)
-                from remora.proxy.http2.upstream import forward_h2
+                global _forward_h2
+                forward_h2 = _forward_h2
+                if forward_h2 is None:
+                    from remora.proxy.http2.upstream import forward_h2
+                    _forward_h2 = forward_h2
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts

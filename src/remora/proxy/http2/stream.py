@@ -13,8 +13,9 @@ its bytes are acknowledged to the client with WINDOW_UPDATE).
 A stream is served without a task of its own, as an HTTP/1.1 request is (http/connection.py):
 its coroutine (``hcm.serve``) is driven from the read callback that completed the request
 block (``Http2Connection._start_streams``). While it waits for its upstream response (the router's
-``response_wait``) it stays on the StreamConn, resumed by the router in the upstream's read
-callback (``resume``); while it waits for any other future (the HTTP/2 pool's events, a
+``response_wait``; on an HTTP/2 upstream, the wait for the stream's events) it stays on the
+StreamConn, resumed by the router (or the HTTP/2 client) in the upstream's read callback
+(``resume``); while it waits for any other future (a connecting HTTP/2 connection, a
 retry's backoff, a fault's delay, a body sink's drain) it is resumed by that future's done
 callback, as a task would be woken, but without a task. Only what needs a task (a new
 upstream connection's asyncio.timeout: the router's ``in_task``) hands it over to one,

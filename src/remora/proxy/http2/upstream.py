@@ -51,12 +51,11 @@ from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.filter import HttpStream
 from remora.proxy.http.header_mutation import apply as apply_mutations
-from remora.proxy.http.pool import PoolKey, limits_of, pool_key
+from remora.proxy.http.pool import PoolKey, limits_of
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
-from remora.proxy.http2.header_names import decode_fields, encode_fields
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.upstream_messages import (
     REFUSED_STREAM,
@@ -127,14 +126,25 @@ class _Protocol(asyncio.Protocol):
 class H2Stream:
     """One request/response exchange on an H2Client; also the request body's
     ``codec.Sink``. Events from the connection are queued for the router's attempt,
-    which handles them in order (so it can wait for the downstream between them)."""
+    which handles them in order (so it can wait for the downstream between them).
 
-    def __init__(self, client: H2Client) -> None:
+    A DRIVER (the downstream's HTTP/1.1 connection or HTTP/2 stream, which drive the
+    attempt's coroutine from their callbacks) is told the attempt waits for these events
+    (its ``response_wait``, as the router's HTTP/1.1 attempt announces its own), and is
+    resumed once the read that brought them has queued them all (``H2Client.on_data``),
+    as the HTTP/1.1 upstream's read callback resumes it: no done callback, no loop
+    iteration in between."""
+
+    __slots__ = ("_drain", "_waiter", "client", "closed", "driver", "end_on_headers",
+                 "end_pending", "ended", "events", "headers", "id", "pending", "unacked")
+
+    def __init__(self, client: H2Client, driver: _Driver | None) -> None:
         self.client = client
+        self.driver = driver
         self.id = 0
-        self.events: deque[tuple[Any, ...]] = deque()
+        self.events: list[tuple[Any, ...]] = []
         self._waiter: asyncio.Future[None] | None = None
-        self.headers: list[tuple[str, str]] = []  # the request head, until it is sent
+        self.headers: list[tuple[bytes, bytes]] = []  # the request head, until it is sent
         self.end_on_headers = False
         self.unacked = 0  # response bytes received, not yet given back to the windows
         self.pending = bytearray()  # request body not yet within the flow-control window
@@ -149,17 +159,13 @@ class H2Stream:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
-
-    async def next_events(self) -> list[tuple[Any, ...]]:
-        while not self.events:
-            self._waiter = self.client.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        out = list(self.events)
-        self.events.clear()
-        return out
+            driver = self.driver
+            if driver is not None:
+                client = self.client
+                if client.reading:
+                    client.woken.append((driver, w))  # resumed once the read is taken in
+                else:
+                    client.loop.call_soon(driver.resume, w)  # (as a done callback would)
 
     # codec.Sink: the request body
     def data(self, chunk: bytes) -> None:
@@ -203,6 +209,15 @@ class H2Stream:
 class H2Client:
     """One upstream HTTP/2 connection and its streams."""
 
+    # slots: past 30 attributes CPython 3.11 gives instances no shared-key dict, and every
+    # attribute access on them is slower (as StreamConn, http2/stream.py)
+    __slots__ = ("_batch", "_flush_scheduled", "_handlers", "_idle_timer", "_keepalive",
+                 "_pending_out", "_turn_end", "closed", "conn", "created", "error", "goaway",
+                 "idle_timeout", "key", "loop", "max_duration", "max_requests", "on_idle",
+                 "options", "owner", "peer_max_streams", "reading", "ready", "reserved",
+                 "settings_received", "stat", "stats", "streams", "total", "upstream",
+                 "waiting", "woken", "write_paused")
+
     def __init__(self, key: PoolKey, owner: object, options: Http2Options,
                  max_requests: int, idle_timeout: float, stats: Stats, stat: str,
                  on_idle: Callable[[H2Client], None], max_duration: float = 0.0) -> None:
@@ -242,11 +257,20 @@ class H2Client:
         self._flush_scheduled = False
         self._batch = batch_for(self.loop)
         self._turn_end = _TurnEnd(self._flush_turn)  # what the batch flushes
+        # a read's events are being taken in: the streams they woke (driver, wait) are
+        # resumed at its end (H2Stream)
+        self.reading = False
+        self.woken: list[tuple[_Driver, asyncio.Future[None]]] = []
         # headers cross as bytes: the HTTP/1.1 side reads and writes them as latin-1, so
         # what a client sent reaches the upstream byte for byte (as through Envoy)
         # window updates follow what the downstream took (acknowledge)
         self.conn = ngh2.Connection(ngh2.Role.CLIENT,
                                     ngh2.Configuration(auto_window_update=False))
+        # the events of every stream, by their exact class (ngh2 makes no subclasses): one
+        # lookup instead of _event's isinstance chain; any other event goes there
+        self._handlers: dict[type[ngh2.Event], Callable[[Any], None]] = {
+            ngh2.DataReceived: self._on_data_frame, ngh2.ResponseReceived: self._on_response,
+            ngh2.StreamClosed: self._on_closed}
 
     @property
     def host(self) -> str:
@@ -267,7 +291,8 @@ class H2Client:
             if self.reserved == 0:
                 self.close()
             return False
-        return self.reserved < self.limit()
+        # (limit, inline: asked once per stream)
+        return self.reserved < min(self.options.max_concurrent_streams, self.peer_max_streams)
 
     def admit(self) -> None:
         self.reserved += 1
@@ -366,8 +391,11 @@ class H2Client:
     def _serialise(self) -> None:
         """Serialise now what the codec queued (written by the next flush): what nghttp2
         decided on its own surfaces as events only once its frames are serialised."""
-        with contextlib.suppress(ngh2.NGH2Error):  # (closed or unusable: nothing more)
+        # (closed or unusable: nothing more; no contextlib.suppress: every read)
+        try:  # noqa: SIM105
             self._pending_out += self.conn.data_to_send()
+        except ngh2.NGH2Error:
+            pass
 
     def _flush_turn(self) -> None:
         if self._flush_scheduled:
@@ -376,8 +404,10 @@ class H2Client:
     def _flush_now(self) -> None:
         self._flush_scheduled = False
         out, self._pending_out = self._pending_out, b""
-        with contextlib.suppress(ngh2.NGH2Error):
+        try:  # noqa: SIM105 - no contextlib.suppress: every turn with something to send
             out += self.conn.data_to_send()
+        except ngh2.NGH2Error:
+            pass
         if out and self.upstream is not None and not self.closed:
             self.upstream.writer.transport.write(out)
 
@@ -425,6 +455,20 @@ class H2Client:
     def on_data(self, data: bytes) -> None:
         if self.closed and not self.streams:
             return
+        self.reading = True
+        try:
+            self._on_read(data)
+        finally:
+            self.reading = False
+            woken = self.woken
+            if woken:
+                # the streams whose events this read brought go on now, in the order
+                # they were woken (each one's whole read at once)
+                self.woken = []
+                for driver, wait in woken:
+                    driver.resume(wait)
+
+    def _on_read(self, data: bytes) -> None:
         ka = self._keepalive
         if ka is not None and ka.waiting:
             ka.on_frame()
@@ -437,8 +481,13 @@ class H2Client:
             # unusable
             self._protocol_error()
             return
+        handlers = self._handlers
         for ev in events:
-            self._event(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._event(ev)
+            else:
+                handler(ev)
             if self.closed and not self.streams:
                 return
         self._start_waiting()
@@ -450,7 +499,11 @@ class H2Client:
         except ngh2.NGH2Error:
             events = []
         for ev in events:
-            self._event(ev)
+            handler = handlers.get(type(ev))
+            if handler is None:
+                self._event(ev)
+            else:
+                handler(ev)
             if self.closed and not self.streams:
                 return
         self._start_waiting()
@@ -469,26 +522,38 @@ class H2Client:
             st.push("lost", "protocol")
         self.close()
 
+    def _on_data_frame(self, ev: ngh2.DataReceived) -> None:
+        sid = ev.stream_id
+        data = ev.data
+        flow = len(data)  # nghttp2 accounts for padding itself
+        st = self.streams.get(sid)
+        if st is not None:
+            st.unacked += flow
+            st.push("data", data, flow)
+            if ev.end_stream:
+                self._ended(st)
+        elif flow:
+            # data for a stream we gave up: the connection window still counts it
+            with contextlib.suppress(ngh2.NGH2Error, ValueError):
+                self.conn.acknowledge_received_data(flow, sid)
+
+    def _on_response(self, ev: ngh2.ResponseReceived) -> None:
+        st = self.streams.get(ev.stream_id)
+        if st is not None:
+            st.push("headers", ev.headers, ev.end_stream)
+            if ev.end_stream:
+                self._ended(st)
+
+    def _on_closed(self, ev: ngh2.StreamClosed) -> None:
+        if ev.error_code:
+            self._event(ev)  # nghttp2 reset it (below); a stream's usual end is nothing here
+
     def _event(self, ev: ngh2.Event) -> None:
+        """Any event (the usual per-stream ones come by their class: _handlers)."""
         if isinstance(ev, ngh2.DataReceived):
-            sid = ev.stream_id
-            flow = len(ev.data)  # nghttp2 accounts for padding itself
-            st = self.streams.get(sid)
-            if st is not None:
-                st.unacked += flow
-                st.push("data", ev.data, flow)
-                if ev.end_stream:
-                    self._ended(st)
-            elif flow:
-                # data for a stream we gave up: the connection window still counts it
-                with contextlib.suppress(ngh2.NGH2Error, ValueError):
-                    self.conn.acknowledge_received_data(flow, sid)
+            self._on_data_frame(ev)
         elif isinstance(ev, ngh2.ResponseReceived):
-            st = self.streams.get(ev.stream_id)
-            if st is not None:
-                st.push("headers", ev.headers, ev.end_stream)
-                if ev.end_stream:
-                    self._ended(st)
+            self._on_response(ev)
         elif isinstance(ev, ngh2.TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
@@ -549,11 +614,13 @@ class H2Client:
             self.streams.pop(st.id, None)
 
     # -- streams -------------------------------------------------------------------------
-    def open_stream(self, st: H2Stream, headers: list[tuple[str, str]],
+    def open_stream(self, st: H2Stream, headers: list[tuple[bytes, bytes]],
                     end_stream: bool) -> None:
         st.headers = headers
         st.end_on_headers = end_stream
-        if self.waiting or not self._room():
+        # (_room, inline: once per stream)
+        if self.waiting or len(self.streams) >= (self.peer_max_streams
+                                                 if self.settings_received else 1):
             self.waiting.append(st)
             return
         self._send_headers(st)
@@ -569,7 +636,7 @@ class H2Client:
 
     def _send_headers(self, st: H2Stream) -> None:
         try:
-            sid = self.conn.send_request(encode_fields(st.headers),
+            sid = self.conn.send_request(st.headers,
                                          end_stream=st.end_on_headers)
         except (ngh2.NGH2Error, ValueError):
             # the connection is going away under it (GOAWAY, no stream ids left)
@@ -582,7 +649,9 @@ class H2Client:
         st.headers = []
         if st.end_on_headers:
             st.ended = True
-            self.flush()
+            if not self._flush_scheduled:  # (flush, inline: once per stream)
+                self._flush_scheduled = True
+                self._batch.defer(self._turn_end)
             return
         # a body follows: nghttp2 opens the stream (its windows, which pump reads) only
         # once its HEADERS are serialised
@@ -627,9 +696,13 @@ class H2Client:
     def acknowledge(self, st: H2Stream, n: int) -> None:
         st.unacked -= n
         if n and not self.closed:
-            with contextlib.suppress(ngh2.NGH2Error, ValueError):
+            try:  # noqa: SIM105 - no contextlib.suppress: once per response with a body
                 self.conn.acknowledge_received_data(n, st.id)
-            self.flush()
+            except (ngh2.NGH2Error, ValueError):
+                pass
+            if not self._flush_scheduled:  # (flush, inline)
+                self._flush_scheduled = True
+                self._batch.defer(self._turn_end)
 
     def finish(self, st: H2Stream) -> None:
         """The exchange is over: an END_STREAM we have not sent (the response ended
@@ -645,7 +718,8 @@ class H2Client:
             self.flush()
         st.closed = True
         self.streams.pop(st.id, None)
-        self._start_waiting()
+        if self.waiting:
+            self._start_waiting()
 
     def reset_stream(self, st: H2Stream, code: int) -> None:
         self.streams.pop(st.id, None)
@@ -717,6 +791,11 @@ class H2Pool:
 
 
 _POOLS: weakref.WeakKeyDictionary[Any, H2Pool] = weakref.WeakKeyDictionary()
+# the last (cluster manager, pool) h2_pool_for answered: a process has one cluster
+# manager, and a WeakKeyDictionary lookup makes a weak reference each time (~1 k
+# instructions per stream); a cluster manager that went away is let go with its pool
+# by the next lookup of another one
+_last_pool: list[Any] = [None, None]
 
 
 def h2_pool_for(cluster_manager: Any) -> H2Pool:
@@ -725,9 +804,11 @@ def h2_pool_for(cluster_manager: Any) -> H2Pool:
         pool = _POOLS.get(cluster_manager)
         if pool is None:
             pool = _POOLS[cluster_manager] = H2Pool()
-        return pool
     except TypeError:
         return H2Pool()
+    _last_pool[0] = cluster_manager
+    _last_pool[1] = pool
+    return pool
 
 
 class _CodecFailure(Exception):
@@ -781,9 +862,14 @@ class _ClusterStats(Protocol):
 class _Driver(Protocol):
     """A connection that drives its streams' coroutines from callbacks (HTTP/1.1's
     connection, an HTTP/2 stream's StreamConn): awaiting ``in_task`` hands the coroutine
-    over to a task, which asyncio.timeout (connecting) needs."""
+    over to a task, which asyncio.timeout (connecting) needs; a coroutine suspended on
+    ``response_wait`` stays with the driver and goes on when ``resume`` is called with
+    that future, done."""
+
+    response_wait: asyncio.Future[Any] | None
 
     def in_task(self) -> Awaitable[None]: ...
+    def resume(self, wait: asyncio.Future[Any]) -> None: ...
 
 
 class Forward(Protocol):
@@ -826,15 +912,17 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     HTTP/2-only outcomes (stream resets) itself."""
     stream, cluster, router = fw.stream, fw.cluster, fw.router
     info = stream.info
-    opts = protocol_options(cluster)
-    h2opts = opts.http2 if opts is not None else DEFAULT_H2
     facts = stream.conn.downstream.facts
-    key = pool_key(cluster.name, facts)
-    pool = h2_pool_for(router.cluster_manager)
+    src = facts.original_src  # (pool_key, inline: once per stream)
+    key = (cluster.name, facts.local_ip, facts.local_port, src.ip if src is not None else None)
+    cm = router.cluster_manager
+    pool = _last_pool[1] if _last_pool[0] is cm else h2_pool_for(cm)
     client = pool.acquire(key, exclude, cluster)
     if client is None:
         if not cluster.try_acquire("pending_requests"):
             raise failure("connect", UpstreamError("UO", ""))
+        opts = protocol_options(cluster)
+        h2opts = opts.http2 if opts is not None else DEFAULT_H2
         limits = limits_of(cluster)
         client = H2Client(key, cluster, h2opts, limits.max_requests_per_connection,
                           limits.idle_timeout, router.stats, fw.stat, pool.forget,
@@ -937,10 +1025,10 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     hs = cluster.host_counts(host)
     hs.rq_total += 1
     hs.rq_active += 1
-    st = H2Stream(client)
+    st = H2Stream(client, fw.h1)
     req = stream.req
     try:
-        if stream.conn.body_error() and not req.complete:
+        if not req.complete and stream.conn.body_error():
             raise _CodecFailure()
         headers = _request_headers(fw)
         body_now = not req.complete or any(req.body)
@@ -953,7 +1041,63 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
             else:
                 req.attach(st, BUFFER_LIMIT if fw.policy is not None else -1)
                 stream.conn.resume_reading()
-        await _relay(fw, st)
+        # the response, relayed as its events arrive
+        conn = stream.conn
+        loop = conn.loop
+        status = 0
+        trailers: list[tuple[str, str]] | None = None
+        driver = st.driver
+        while True:
+            # the stream's next events (the relay inline here, and the wait for them: no
+            # coroutine frames of their own to resume at each wake-up)
+            while not st.events:
+                w = st._waiter = loop.create_future()
+                if driver is not None:
+                    driver.response_wait = w  # resumed by push, not by a done callback
+                try:
+                    await w
+                finally:
+                    st._waiter = None
+            events = st.events
+            st.events = []
+            conn.last_activity = loop.time()
+            acked = 0
+            for ev in events:
+                kind = ev[0]
+                if kind == "headers":
+                    s, head = response_head(ev[1])
+                    if 100 <= s < 200:
+                        continue  # 1xx: an HTTP/1.1 client gets only the final response
+                    status = s
+                    if not _on_headers(fw, status, head, bool(ev[2])):
+                        raise _Retry()
+                elif kind == "data":
+                    stream.encode_data(ev[1])
+                    acked += ev[2]
+                elif kind == "trailers":
+                    trailers = trailer_fields(ev[1])
+                    stream.info.response_trailers = dict(trailers)
+                elif kind == "end":
+                    if trailers is not None:
+                        stream.encode_trailers(trailers)
+                    else:
+                        stream.encode_end()
+                    fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
+                    return
+                elif kind == "reset":
+                    stream.flush()
+                    _reset(fw, int(ev[1]))
+                    return
+                else:  # "lost": the connection went away ("reset") or broke ("protocol")
+                    stream.flush()
+                    _lost(fw, str(ev[1]))
+                    return
+            stream.flush()
+            if conn.write_paused:
+                await conn.drain()
+            if acked:
+                # the window opens again only once the downstream took the bytes
+                client.acknowledge(st, acked)
     except BaseException:
         # timeouts, retries and a downstream gone cancel the attempt: the stream is reset
         # (RST_STREAM CANCEL, as Envoy's UpstreamRequest::resetStream), the connection stays
@@ -967,7 +1111,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
             req.sink = None
 
 
-def _request_headers(fw: Forward) -> list[tuple[str, str]]:
+def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     """The forwarded request as HTTP/2 headers: the same header list and additions the
     HTTP/1.1 path writes (route request mutations, x-envoy-expected-rq-timeout-ms)."""
     stream = fw.stream
@@ -998,55 +1142,6 @@ def _request_headers(fw: Forward) -> list[tuple[str, str]]:
     return request_headers(stream.method, scheme, stream.path, headers, extra)
 
 
-async def _relay(fw: Forward, st: H2Stream) -> None:
-    stream = fw.stream
-    conn = stream.conn
-    loop = conn.loop
-    client = st.client
-    status = 0
-    trailers: list[tuple[str, str]] | None = None
-    while True:
-        events = await st.next_events()
-        conn.last_activity = loop.time()
-        acked = 0
-        for ev in events:
-            kind = ev[0]
-            if kind == "headers":
-                s, hs = response_head(decode_fields(ev[1]))
-                if 100 <= s < 200:
-                    continue  # 1xx: an HTTP/1.1 client gets only the final response
-                status = s
-                if not _on_headers(fw, status, hs, bool(ev[2])):
-                    raise _Retry()
-            elif kind == "data":
-                stream.encode_data(ev[1])
-                acked += ev[2]
-            elif kind == "trailers":
-                trailers = trailer_fields(decode_fields(ev[1]))
-                stream.info.response_trailers = dict(trailers)
-            elif kind == "end":
-                if trailers is not None:
-                    stream.encode_trailers(trailers)
-                else:
-                    stream.encode_end()
-                fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
-                return
-            elif kind == "reset":
-                stream.flush()
-                _reset(fw, int(ev[1]))
-                return
-            else:  # "lost": the connection went away ("reset") or broke ("protocol")
-                stream.flush()
-                _lost(fw, str(ev[1]))
-                return
-        stream.flush()
-        if conn.write_paused:
-            await conn.drain()
-        if acked:
-            # the window opens again only once the downstream took the bytes
-            client.acknowledge(st, acked)
-
-
 def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
                 ended: bool) -> bool:
     """Relay the response head (ENDED: it ended the stream); False when the status is to
@@ -1065,8 +1160,10 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
     # upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed, as one call
     fw.cs.status(status).inc()
-    _retry_success(fw, wanted)
-    stream.info.response_code_details = "via_upstream"
+    info = stream.info
+    if info.upstream_request_attempt_count > 1 and not wanted:  # (_retry_success, inline)
+        fw.router.stats.inc(fw.stat + "upstream_rq_retry_success")
+    info.response_code_details = "via_upstream"
     has_length = False
     for h in headers:
         if h[0] == "content-length":

@@ -9,6 +9,8 @@ and a header list without pseudo headers, ready for the HTTP/1.1 encoder.
 
 from __future__ import annotations
 
+from remora.proxy.http2.header_names import TO_BYTES, TO_STR, learn_bytes, learn_str
+
 # RFC 9113 8.2.2: connection-specific header fields are malformed in HTTP/2
 CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
                                  "transfer-encoding", "upgrade", "host"})
@@ -23,44 +25,53 @@ REMOTE_RESET = ("remote reset", "remote_reset")
 
 def request_headers(method: str, scheme: str, path: str,
                     headers: list[tuple[str, str]],
-                    extra: tuple[str, str] | None) -> list[tuple[str, str]]:
-    """The HTTP/2 header block for a request whose HTTP/1.1 form is HEADERS (the
-    forwarded list, ``host`` first) plus EXTRA."""
-    authority = ""
-    rest: list[tuple[str, str]] = []
-    for n, v in headers:
-        if n == "host":
-            authority = v
-        elif n in CONNECTION_SPECIFIC or (n == "te" and v.strip().lower() != "trailers"):
-            continue
-        else:
-            rest.append((n, v))
-    if extra is not None:
-        rest.append(extra)
+                    extra: tuple[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """The HTTP/2 header block (as the codec takes it: bytes, latin-1 as the HTTP/1.1
+    side reads headers) for a request whose HTTP/1.1 form is HEADERS (the forwarded
+    list, ``host`` first) plus EXTRA."""
     # pseudo headers in the order Envoy's HTTP/1 codec creates them and its HTTP/2 codec
-    # sends them (observed on Envoy 1.40: :authority :path :method :scheme)
-    out = [(":authority", authority)]
+    # sends them (observed on Envoy 1.40: :authority :path :method :scheme); :authority
+    # is the (last) host header's value, filled in below
+    out = [(b":authority", b"")]
     if method != "CONNECT":
-        out.append((":path", path))
-    out += [(":method", method), (":scheme", scheme)]
-    out.extend(rest)
+        out.append((b":path", path.encode("latin-1")))
+    out.append((b":method", method.encode("latin-1")))
+    out.append((b":scheme", scheme.encode("latin-1")))
+    to_bytes = TO_BYTES  # (header_names.encode_fields, inline)
+    for n, v in headers:
+        if n in CONNECTION_SPECIFIC:
+            if n == "host":
+                out[0] = (b":authority", v.encode("latin-1"))
+            continue
+        if n == "te" and v.strip().lower() != "trailers":
+            continue
+        out.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
+    if extra is not None:
+        n, v = extra
+        out.append((to_bytes.get(n) or learn_bytes(n), v.encode("latin-1")))
     return out
 
 
-def response_head(headers: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
-    """(status, headers without pseudo headers) of an HTTP/2 response header block."""
+def response_head(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[int, list[tuple[str, str]]]:
+    """(status, headers without pseudo headers, as str) of an HTTP/2 response header
+    block as the codec hands it over."""
     status = 0
     out: list[tuple[str, str]] = []
+    to_str = TO_STR  # (header_names.decode_fields, inline)
     for n, v in headers:
-        if n == ":status":
-            status = int(v)
-        elif not n.startswith(":"):
-            out.append((n, v))
+        if n[0] == 58:  # ":", a pseudo header
+            if n == b":status":
+                status = int(v)
+        else:
+            out.append((to_str.get(n) or learn_str(n), v.decode("latin-1")))
     return status, out
 
 
-def trailer_fields(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(n, v) for n, v in headers if not n.startswith(":")]
+def trailer_fields(headers: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    """A trailer block as the codec hands it over, as str, without pseudo headers."""
+    to_str = TO_STR
+    return [(to_str.get(n) or learn_str(n), v.decode("latin-1"))
+            for n, v in headers if n[0] != 58]  # (58: ":")
 
 
 def reset_reason(error_code: int) -> tuple[str, str]:
