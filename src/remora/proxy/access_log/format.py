@@ -363,13 +363,15 @@ def _text_expr(token: Token, i: int) -> str | None:
                     f"{len(_DECIMAL)} else n{i})")
         if name == "RESPONSE_FLAGS":
             return f"(','.join(f{i}) if (f{i} := info.response_flags) else '-')"
+        # float constants: float-by-int arithmetic and comparison are not specialized
+        # bytecodes on CPython 3.11 (the int is converted the same way: same values)
         if name == "DURATION":  # StreamInfo.duration_ms; floor() is int() for d >= 0
             return (f"('-' if (e{i} := info.end_monotonic) is None else "
                     f"(_DECIMAL[n{i}] if (n{i} := _floor(d{i})) < {len(_DECIMAL)} else n{i}) "
-                    f"if (d{i} := (e{i} - info.start_monotonic) * 1000) >= 0 "
+                    f"if (d{i} := (e{i} - info.start_monotonic) * 1000.0) >= 0.0 "
                     f"else int(d{i}))")
         if name == "START_TIME":  # _start_time(None), through the per-second cache
-            return (f"(_st.text + _MILLIS[_floor(d{i} * 1000)] "
+            return (f"(_st.text + _MILLIS[_floor(d{i} * 1000.0)] "
                     f"if 0.0 <= (d{i} := (t{i} := info.start_time) - _st.second) < 1.0 "
                     f"else _st.miss(t{i}))")
     if name in _HEADER_FIELDS and arg:
