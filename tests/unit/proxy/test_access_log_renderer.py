@@ -80,3 +80,29 @@ def test_compiled_renderer_literals_need_no_escaping() -> None:
     fmt = TextFormat('{x} \\n "q" \'%REQ(:PATH)%\' {{%PROTOCOL%}} 100%%\n', "f")
     info = StreamInfo(protocol="HTTP/1.1", request_headers={":path": "/{a}"})
     assert fmt.render(info) == '{x} \\n "q" \'/{a}\' {{HTTP/1.1}} 100%\n'
+
+
+@pytest.mark.parametrize("number", [0, 7, 200, 1023, 1024, 65536, 10**12])
+def test_compiled_renderer_integers_small_and_large(number: int) -> None:
+    """Integers below and past the renderer's table of small decimals (status codes, byte
+    counts, attempt counts, durations in ms) print as str() prints them."""
+    fmt = TextFormat("%RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT% "
+                     "%UPSTREAM_REQUEST_ATTEMPT_COUNT% %DURATION%", "f")
+    info = StreamInfo(start_time=1_700_000_000.5, start_monotonic=100.0,
+                      end_monotonic=100.0 + number / 1000 + 0.0004, response_code=number,
+                      bytes_received=number, bytes_sent=number,
+                      upstream_request_attempt_count=number)
+    line = fmt.render(info)
+    assert line == render_text(fmt.parts, info)
+    assert line.split(" ")[:4] == [str(number)] * 4
+
+
+@pytest.mark.parametrize("operators", [14, 15, 29, 30, 31, 45, 70])
+def test_compiled_renderer_long_formats(operators: int) -> None:
+    """Formats of more parts than one BUILD_STRING takes (Envoy's default line has 31,
+    Istio's 49) are joined in nested levels and print every part in order."""
+    fmt = TextFormat(" ".join(f"<{n}>%BYTES_SENT%" for n in range(operators)) + "\n", "f")
+    info = StreamInfo(bytes_sent=5)
+    line = fmt.render(info)
+    assert line == render_text(fmt.parts, info)
+    assert line == " ".join(f"<{n}>5" for n in range(operators)) + "\n"
