@@ -157,10 +157,10 @@ def test_subject_is_rfc2253_as_openssl_prints_it(pki: dict[str, Path]) -> None:
     out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253",
                           "-in", str(path)], capture_output=True, text=True, check=True)
     want = out.stdout.strip().removeprefix("subject=")
-    got = subject_rfc2253(_chain(pki["rich"])[0])
+    got = subject_rfc2253(_der(_chain(pki["rich"])[0]))
     assert got == want
     assert "\\C3\\A9" in got and "O=Acme\\, Inc\\+Co+OU=\\#ops\\ " in got  # not trivial
-    assert subject_rfc2253(_chain(pki["client"])[0]) == ""
+    assert subject_rfc2253(_der(_chain(pki["client"])[0])) == ""
 
 
 # -- config ------------------------------------------------------------------------------
@@ -279,3 +279,25 @@ def test_handshake_gives_chain_leaf_first_and_local_uri_sans(pki: dict[str, Path
     sent = tuple(_der(c) for c in _chain(pki["rich"]))
     assert tls._peer_chain(server) == sent  # leaf then root, as the client sent them
     assert server.getpeercert(binary_form=True) == sent[0]
+
+
+def test_sans_read_from_der_as_cryptography_reads_them(pki: dict[str, Path]) -> None:
+    """cert_details walks the DER itself (no cryptography import in the sidecar): the URI
+    and DNS SANs, in the certificate's order, are those the cryptography package reads,
+    for the rich certificate (several of each) and a workload one (one URI, no DNS)."""
+    from remora.proxy.transport.cert_details import dns_sans, pem_uri_sans, uri_sans
+    for name in ("rich", "client"):
+        leaf = _chain(pki[name])[0]
+        try:
+            ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            want_uri = tuple(ext.get_values_for_type(x509.UniformResourceIdentifier))
+            want_dns = tuple(ext.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            want_uri = want_dns = ()
+        assert uri_sans(_der(leaf)) == want_uri
+        assert dns_sans(_der(leaf)) == want_dns
+        assert pem_uri_sans((pki[name] / "cert-chain.pem").read_bytes()) == want_uri
+    assert uri_sans(_der(_chain(pki["rich"])[0])) == RICH_URIS
+    assert pem_uri_sans(b"not a certificate") == ()
+    with pytest.raises(ValueError):
+        uri_sans(b"\x30\x10\x30")  # truncated

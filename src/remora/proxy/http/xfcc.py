@@ -91,9 +91,6 @@ def element(cfg: XfccConfig, local_uri_sans: tuple[str, ...], der: bytes,
     parts = [f"By={uri}" for uri in local_uri_sans]
     parts.append(f"Hash={sha256_hex(der)}")
     if cfg.details:
-        from cryptography import x509
-
-        cert = x509.load_der_x509_certificate(der)
         for detail in cfg.details:
             if detail == "cert":
                 parts.append(f'Cert="{url_encoded_pem(der)}"')
@@ -102,11 +99,11 @@ def element(cfg: XfccConfig, local_uri_sans: tuple[str, ...], der: bytes,
                 if pem_chain:
                     parts.append(f'Chain="{pem_chain}"')
             elif detail == "subject":
-                parts.append(f'Subject="{subject_rfc2253(cert)}"')
+                parts.append(f'Subject="{subject_rfc2253(der)}"')
             elif detail == "uri":
-                parts += [f"URI={uri}" for uri in uri_sans(cert)] or ["URI="]
+                parts += [f"URI={uri}" for uri in uri_sans(der)] or ["URI="]
             else:  # dns
-                parts += [f"DNS={name}" for name in dns_sans(cert)]
+                parts += [f"DNS={name}" for name in dns_sans(der)]
     return ";".join(parts)
 
 
