@@ -101,34 +101,11 @@ class HttpConnectionManager:
             self._cx_active.add(-1)
 
     async def serve(self, stream: ActiveStream) -> None:
-        if self._inline:
-            self._rq_total.pending += 1
-            self._gauges[self._rq_active_name] += 1
-        else:
-            self._rq_total.inc()
-            self._rq_active.add(1)
-        try:
-            if not stream.prepare():
-                return
-            route = stream.route
-            if route is None:
-                decoders = self.decoders
-            elif route is self._last_route:  # the usual case: one route takes the traffic
-                decoders, stream.encoders = self._last_chain
-            else:
-                chain = self._route_chains.get(id(route))
-                if chain is None:
-                    chain = self._route_chain(route)
-                self._last_route, self._last_chain = route, chain
-                decoders, stream.encoders = chain
-            for f in decoders:
-                if not await f.decode_headers(stream):
-                    return
-        except asyncio.CancelledError:
-            reason = stream.conn.take_cancel()
-            if reason is None:
-                raise
-            stream.interrupted(reason)
+        """STREAM served as one coroutine (an HTTP/2 stream, a connection whose serve is
+        replaced): ``start``, then what it left to wait for."""
+        rest = self.start(stream)
+        if rest is not None:
+            await rest
 
     def start(self, stream: ActiveStream) -> Coroutine[Any, Any, Any] | None:
         """``serve`` for an HTTP/1.1 stream, from the connection's read callback
