@@ -516,13 +516,7 @@ class _Forward:
             # the response is decoded in pc's read callbacks (upstream_data/upstream_eof);
             # the attempt waits once for its outcome. One decoder per pooled connection,
             # reset for each response it carries
-            dec = pc.decoder
-            if dec is not None and dec.parser_idle:
-                dec.reset(stream.head, self._on_headers, stream.encode_data)
-            else:
-                dec = pc.decoder = ResponseDecoder(stream.head, self._on_headers,
-                                                   stream.encode_data, state=pc.state)
-            self.dec = dec
+            dec = self._attach_decoder(pc)
             done = self.done = self.conn.loop.create_future()
             h1 = self.h1
             if h1 is not None:
@@ -597,13 +591,7 @@ class _Forward:
         hs.rq_total += 1
         hs.rq_active += 1
         self._send_request(pc)
-        dec = pc.decoder
-        if dec is not None and dec.parser_idle:
-            dec.reset(stream.head, self._on_headers, stream.encode_data)
-        else:
-            dec = pc.decoder = ResponseDecoder(stream.head, self._on_headers,
-                                               stream.encode_data, state=pc.state)
-        self.dec = dec
+        self._attach_decoder(pc)
         h1.in_flight = self
         pc.handler = self  # take_ready(): nothing held, no end read
         return None
@@ -630,6 +618,19 @@ class _Forward:
         assert type(h1) is Http1Connection
         h1.route_deadline = 0.0
         h1.in_flight_ended()
+
+    def _attach_decoder(self, pc: PooledConnection) -> ResponseDecoder:
+        """PC's response decoder for this request: one per pooled connection, reset for
+        each response it carries (a new one when the last left the parser mid-message)."""
+        stream = self.stream
+        dec = pc.decoder
+        if dec is not None and dec.parser_idle:
+            dec.reset(stream.head, self._on_headers, stream.encode_data)
+        else:
+            dec = pc.decoder = ResponseDecoder(stream.head, self._on_headers,
+                                               stream.encode_data, state=pc.state)
+        self.dec = dec
+        return dec
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req

@@ -846,15 +846,7 @@ class Http2Connection:
                 scon._tail_scheduled = True
                 self.loop.call_soon(scon._tail_check)
             return
-        # (stream_done, inline: the usual end of a stream)
-        scon.state = DONE
-        scon.tail = False
-        task = scon.task
-        if task is not None:
-            self.tasks.discard(task)
-        self._end_stream(stream)
-        self.hcm.complete(stream)
-        scon.stream = None
+        self.stream_done(stream)
         if err is not None:
             self.loop.call_exception_handler({
                 "message": "HTTP/2 stream failed", "exception": err})
