@@ -51,11 +51,12 @@ class ConnectionFacts:
     original_src: OriginalSrc | None = None
     restored_local_address: bool = False  # original_dst changed the local address
     # Set once a tls transport socket completed the handshake (proxy/transport/tls.py);
-    # RBAC's ``authenticated`` reads them.
-    peer_certificate_validated: bool = False
+    # RBAC's ``authenticated`` reads them. The subject is RFC 2253 ("" without a peer
+    # certificate), as Envoy's subjectPeerCertificate.
+    tls_established: bool = False
     peer_uri_sans: tuple[str, ...] = ()
     peer_dns_sans: tuple[str, ...] = ()
-    peer_subject: str | None = None
+    peer_subject: str = ""
     # the peer's certificate when it presented one: x-forwarded-client-cert (http/xfcc.py)
     tls_peer: TlsPeer | None = None
 

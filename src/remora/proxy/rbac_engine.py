@@ -8,9 +8,13 @@ path). Semantics of source/extensions/filters/common/rbac/matchers.cc and engine
   otherwise denied with matched policy ``none``;
 - DENY: denied when some policy matches, otherwise allowed;
 - a policy matches when any of its permissions and any of its principals match;
-- ``authenticated.principal_name`` is tried against the peer certificate's URI SANs,
-  then DNS SANs, then its subject; without a peer certificate it never matches
-  (an empty ``authenticated`` matches any authenticated peer);
+- ``authenticated`` (AuthenticatedMatcher) never matches a connection without TLS; without
+  ``principal_name`` it matches every TLS connection, whether the peer presented a
+  certificate or not (Envoy tests ``connection.ssl()``, nothing more). ``principal_name``
+  is tried against every URI SAN of the peer certificate, then every DNS SAN, then its
+  subject in RFC 2253 form (``subjectPeerCertificate``): the subject is tried even when the
+  certificate has SANs, and it is "" without a peer certificate, so ``exact: ""`` matches
+  a TLS peer without one (and Istio's certificates, whose subject is empty);
 - ``direct_remote_ip`` is the TCP peer, ``remote_ip`` the client address after
   XFF/PROXY protocol (the peer, on a sidecar), ``destination_*`` the original destination;
 - header and url_path matchers never match on a connection without HTTP.
@@ -35,10 +39,10 @@ class RbacInput:
     remote_ip: str
     destination_ip: str
     destination_port: int
-    uri_sans: tuple[str, ...] = ()
+    uri_sans: tuple[str, ...] = ()  # the peer certificate's
     dns_sans: tuple[str, ...] = ()
-    subject: str | None = None
-    authenticated: bool = False  # a verified peer certificate was presented
+    subject: str = ""  # the peer certificate's, RFC 2253 (transport/cert_details.py)
+    tls: bool = False  # a TLS connection (Envoy's connection.ssl()), peer certificate or not
     requested_server_name: str = ""
     headers: dict[str, str] | None = None  # HTTP only; lower-case names, :method, :path...
 
@@ -355,29 +359,31 @@ def _required(f: Fields, key: str) -> Fields:
 
 
 def _authenticated(f: Fields) -> Matcher:
+    """AuthenticatedMatcher::matches (matchers.cc): URI SANs, then DNS SANs, then the
+    subject, each tried (a SAN that does not match does not stop the subject's turn)."""
     pn = f.fields("principal_name", "StringMatcher")
     f.done()
     if pn is None:
-        return lambda r: r.authenticated
+        return lambda r: r.tls
     check = string_matcher(pn)
     plain = _PLAIN_STRING.get(check)
     if plain is not None and plain[0] == "exact":  # Istio's principals: one identity
         want = plain[1]
 
         def match_exact(r: RbacInput) -> bool:
-            if not r.authenticated:
-                return False
-            return want in (r.uri_sans or r.dns_sans or ((r.subject,) if r.subject else ()))
+            return r.tls and (want in r.uri_sans or want in r.dns_sans or want == r.subject)
         return match_exact
 
     def match(r: RbacInput) -> bool:
-        if not r.authenticated:
+        if not r.tls:
             return False
-        names = r.uri_sans or r.dns_sans or ((r.subject,) if r.subject else ())
-        for n in names:  # noqa: SIM110 (no generator per request)
+        for n in r.uri_sans:  # a loop, not any(): no generator per request
             if check(n):
                 return True
-        return False
+        for n in r.dns_sans:
+            if check(n):
+                return True
+        return check(r.subject)
     return match
 
 

@@ -1,5 +1,6 @@
 """Client certificates for the x-forwarded-client-cert tests (test_xfcc.py and
-test_xfcc_envoy_parity.py), signed by the project's CertificateAuthority."""
+test_xfcc_envoy_parity.py) and the RBAC subject tests (test_rbac_subject_envoy_parity.py),
+signed by the project's CertificateAuthority."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ RICH_URIS = ("spiffe://cluster.local/ns/rich/sa/one", "spiffe://cluster.local/ns
 RICH_DNS = ("one.example", "two.example")
 
 
-def rich_client(ca: CertificateAuthority, directory: Path) -> Path:
+def rich_client(ca: CertificateAuthority, directory: Path, sans: bool = True) -> Path:
     """A client certificate signed by CA's root with a subject RFC 2253 escapes (",", "+",
     a leading "#", a trailing space, non-ASCII in a UTF8String and a BMPString, a
     multi-valued RDN, emailAddress, an OID BoringSSL has no name for), two URI and two
-    DNS SANs; written with its root."""
+    DNS SANs (none with SANS false); written with its root."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([
         x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR")]),
@@ -39,16 +40,18 @@ def rich_client(ca: CertificateAuthority, directory: Path) -> Path:
             x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), "custom")]),
     ])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.root.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.UniformResourceIdentifier(RICH_URIS[0]), x509.DNSName(RICH_DNS[0]),
-                x509.UniformResourceIdentifier(RICH_URIS[1]), x509.DNSName(RICH_DNS[1])]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca.key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.root.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=1))
+               .not_valid_after(now + dt.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                              critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName([
+            x509.UniformResourceIdentifier(RICH_URIS[0]), x509.DNSName(RICH_DNS[0]),
+            x509.UniformResourceIdentifier(RICH_URIS[1]), x509.DNSName(RICH_DNS[1])]),
+            critical=False)
+    cert = builder.sign(ca.key, hashes.SHA256())
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "cert-chain.pem").write_bytes(
         cert.public_bytes(serialization.Encoding.PEM) + ca.root_pem)

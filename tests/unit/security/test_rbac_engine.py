@@ -31,7 +31,7 @@ def request(direct: str = "10.20.0.78", remote: str | None = None, port: int = 1
     return RbacInput(direct_remote_ip=direct, remote_ip=remote or direct,
                      destination_ip="10.20.0.77", destination_port=port,
                      uri_sans=(principal,) if principal else (),
-                     authenticated=principal is not None, headers=h if http else None)
+                     tls=principal is not None, headers=h if http else None)
 
 
 def allowed(rules: list[Rbac], r: RbacInput) -> tuple[bool, str | None]:

@@ -73,7 +73,7 @@ def _requests() -> list[RbacInput]:
                                 ("10.20.0.5", None), ("not-an-ip", CLIENT)):
             for http in (True, False):
                 out.append(RbacInput(peer, peer, "10.20.0.77", 18080,
-                                     (principal,) if principal else (), (), None,
+                                     (principal,) if principal else (), (), "",
                                      principal is not None, "", headers if http else None))
     return out
 

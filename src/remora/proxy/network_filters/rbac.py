@@ -34,7 +34,7 @@ def connection_input(downstream: Downstream, headers: dict[str, str] | None = No
     return RbacInput(
         facts.direct_remote_ip, remote_ip or facts.remote_ip, facts.local_ip,
         facts.local_port, facts.peer_uri_sans, facts.peer_dns_sans, facts.peer_subject,
-        facts.peer_certificate_validated, facts.server_name or "", headers)
+        facts.tls_established, facts.server_name or "", headers)
 
 
 class NetworkRbacFilter:

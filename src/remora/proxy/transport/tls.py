@@ -35,7 +35,7 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
-from remora.proxy.transport.cert_details import TlsPeer, pem_uri_sans
+from remora.proxy.transport.cert_details import TlsPeer, pem_uri_sans, subject_rfc2253
 
 log = logging.getLogger("remora.proxy")
 
@@ -328,8 +328,6 @@ class TlsTransport:
             peer.validated = True
             peer.uri_sans = tuple(v for k, v in values if k == "URI")
             peer.dns_sans = tuple(v for k, v in values if k == "DNS")
-            subject = cert.get("subject", ())
-            peer.subject = ",".join(f"{k}={v}" for rdn in subject for k, v in rdn) or None
         if self.sans and cert:
             if not any(k == kind and check(v) for kind, check in self.sans for k, v in values):
                 # Envoy 1.40's wording (observed): the peer's SANs in brackets
@@ -346,7 +344,9 @@ class PeerInfo:
     validated: bool = False
     uri_sans: tuple[str, ...] = ()
     dns_sans: tuple[str, ...] = ()
-    subject: str | None = None
+    # a downstream peer's certificate subject as Envoy's subjectPeerCertificate gives it
+    # (RFC 2253, cert_details.py); "" without a peer certificate, as Envoy's
+    subject: str = ""
     # a downstream peer that presented a certificate: its bytes, for the connection
     # manager's x-forwarded-client-cert (http/xfcc.py)
     tls: TlsPeer | None = None
@@ -465,13 +465,18 @@ async def accept_downstream(
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
     if der:
         peer.tls = TlsPeer(der, _peer_chain(sslobj), local_uri_sans)
+        try:  # once per connection: RBAC's principal_name falls back to it
+            peer.subject = subject_rfc2253(der)
+        except (ValueError, IndexError):  # BoringSSL parsed it; our DER walker could not
+            log.debug("peer certificate subject not read")
     alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
     return reader, writer, peer, alpn
 
 
 def apply_peer(facts: Any, peer: PeerInfo) -> None:
-    """Record the peer certificate in ConnectionFacts (RBAC reads it)."""
-    facts.peer_certificate_validated = peer.validated
+    """Record the TLS connection and its peer certificate in ConnectionFacts (RBAC reads
+    them)."""
+    facts.tls_established = True
     facts.peer_uri_sans = peer.uri_sans
     facts.peer_dns_sans = peer.dns_sans
     facts.peer_subject = peer.subject
