@@ -137,7 +137,7 @@ class Sink:
             self._thread = threading.get_ident()
             self.loop_closed = loop.is_closed
         self.scheduled = True
-        loop.call_later(FLUSH_DELAY, self.flush)
+        loop.call_later(FLUSH_DELAY, self.flush, True)
 
     @property
     def pending(self) -> list[str]:
@@ -145,7 +145,10 @@ class Sink:
         empties it in place, so a logger may hold it and append to it)."""
         return self._pending
 
-    def flush(self) -> None:
+    def flush(self, from_timer: bool = False) -> None:
+        """Write what waits. FROM_TIMER: called by this sink's flush timer, i.e. in the
+        event loop, where a regular file's batch is only handed to the writer thread (so
+        there is no asking asyncio whether a loop runs: a getpid(2) each on 3.11)."""
         self.scheduled = False
         held = self._held
         if self._pending:
@@ -159,7 +162,7 @@ class Sink:
         if self.regular_file:
             if data:
                 _WRITER.submit(self.fd, data)
-            if not _in_loop():
+            if not from_timer and not _in_loop():
                 _WRITER.drain(EXIT_WAIT)  # a line outside a loop, or the process's exit
             return
         limit = self.atomic_limit
