@@ -14,7 +14,17 @@ a regular file opened O_APPEND takes each write whole, but a pipe (``/dev/stdout
 to a log collector) only keeps writes of up to PIPE_BUF bytes in one piece, so there the
 batch is written in pieces of at most PIPE_BUF that end at a line's end (POSIX write(2):
 writes of at most PIPE_BUF bytes to a pipe are not interleaved with other writers'); a
-single line longer than PIPE_BUF cannot be kept whole and goes alone."""
+single line longer than PIPE_BUF cannot be kept whole and goes alone.
+
+A regular file is written by the process's writer thread, never by the event loop: a
+write(2) to a file can block for milliseconds (on this project's VM, appends of a flush's
+size to ext4 take ~50 µs and now and then over 1 ms, the longest seen 4.2 ms), and a loop
+that waits there holds every request in flight (docs/proxy.md, "Performance notes").
+Envoy does the same: a file access log's lines go to a buffer that its flush thread
+writes (source/common/access_log/access_log_manager_impl.cc, AccessLogFileImpl::
+flushThreadFunc). The thread takes the batches in order; without a running loop (a line
+logged outside one, ``flush_all`` on the way out) the caller waits until they are
+written."""
 
 from __future__ import annotations
 
