@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Protocol
 
 import httptools
@@ -29,6 +30,7 @@ from remora.proxy.http.codec_state import (
     SWITCHED_PROTOCOL,
     ConnectionState,
 )
+from remora.proxy.http.header_map import INLINE_REQUEST, INLINE_RESPONSE, join_inline, set_first
 from remora.proxy.http.headers import connection_header_rejected, split_absolute
 
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
@@ -118,6 +120,7 @@ def _request_parser_error(message: str) -> CodecError:
 # same few names again and again, and a lookup costs less than decoding and lower-casing.
 # Bounded: names come from peers; once full, new names are decoded each time.
 _NAMES: dict[bytes, str] = {}
+_NAME_OF = itemgetter(0)  # a (name, value) header's name
 _METHODS: dict[bytes, str] = {}
 _CACHE_MAX = 512
 
@@ -293,21 +296,26 @@ class RequestDecoder:
             # RFC 9110 5.5: OWS around a field value is not part of it; llhttp drops the
             # leading one, Envoy's codec the trailing one too (``Host: a `` is ``a``)
             v = v.rstrip(" \t")
-        req.headers.append((n, v))
         hmap = req.hmap
-        # Repeated headers fold into one comma-joined value, as Envoy's header map does
-        # for lookups (REQ() in the access log prints the joined value).
         prev = hmap.get(n)
         if prev is None:
             hmap[n] = v
-        elif n != "host" or (prev and v):
+            req.headers.append((n, v))
+        elif n in INLINE_REQUEST:
+            # Envoy's header map holds an inline header (user-agent, host as :authority,
+            # x-forwarded-client-cert, ...: header_map.py) once and appends a repeated
+            # one's value to it in place (HeaderMapImpl::appendToHeader: an empty value
+            # adds nothing, none is delimited from an empty one): the upstream gets one
+            # joined line where the first was (checked against Envoy 1.40)
+            if v:
+                v = f"{prev},{v}" if prev else v
+                hmap[n] = v
+                set_first(req.headers, n, v)
+        else:
+            # any other header repeated stays separate lines on the way up; lookups
+            # (REQ() in the access log, matching) see them comma-joined
+            req.headers.append((n, v))
             hmap[n] = f"{prev},{v}"
-        elif v:
-            # Host is Envoy's inline :authority, appended to in place
-            # (HeaderMapImpl::appendToHeader): an empty value adds nothing, and the first
-            # value after an empty one comes without a delimiter (``Host: `` then
-            # ``Host: a`` is ``a``, not ``,a``; checked against Envoy 1.40)
-            hmap[n] = v
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -578,6 +586,13 @@ class ResponseDecoder:
                 self.chunked = True
             elif n == "content-length":
                 self.content_length = int(v)
+        headers = self.headers
+        if len(set(map(_NAME_OF, headers))) < len(headers):
+            # a repeated name: Envoy's response header map joins a repeated inline one
+            # (server, content-type, location, ...: header_map.py) into its first line
+            # and keeps any other (set-cookie) as separate lines (checked against Envoy
+            # 1.40); one C-level set per response finds out whether there is any
+            self.headers = join_inline(headers, INLINE_RESPONSE)
         if status == 101 and state.pending_switch == SWITCH_UPGRADE:
             state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
         else:

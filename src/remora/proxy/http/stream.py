@@ -53,15 +53,26 @@ def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
                      sets: list[tuple[str, str]], websocket: bool, upgrade: bool,
                      out: list[tuple[str, str]]) -> None:
     """The client's headers as forwarded, onto OUT: DROPPED ones left out except an
-    Upgrade that goes on (WEBSOCKET) and ``te: trailers``; the content-length of an
+    Upgrade that goes on (WEBSOCKET), ``te: trailers`` (when TE lists it) and an Expect
+    other than 100-continue; the content-length of an
     Upgrade request left out; a header in SETS replaced in place (sent once), the others
     of SETS appended."""
     setmap = dict(sets)
     placed: set[str] = set()
     for n, v in headers:
         if n in dropped or (upgrade and n == "content-length"):
-            if (n == "upgrade" and websocket) or (
-                    n == "te" and v.strip().lower() == "trailers"):
+            if n == "upgrade" and websocket:
+                out.append((n, v))
+            elif n == "te":
+                # Envoy keeps TE only as "trailers", when that is one of its values
+                # ("gzip, trailers" goes on as "trailers"; "trailers;q=1" and "Trailers"
+                # not at all: the token compares case-sensitively; checked against
+                # Envoy 1.40)
+                if "trailers" in (t.strip() for t in v.split(",")):
+                    out.append((n, "trailers"))
+            elif n == "expect" and v.lower() != "100-continue":
+                # only the 100-continue Envoy answers itself is taken out; any other
+                # expectation (a repeated 100-continue joined is one) goes on
                 out.append((n, v))
             continue
         if n in setmap:
@@ -236,8 +247,8 @@ class ActiveStream:
         out = [("host", self.authority)]
         # only an edge request (use_remote_address) has set headers that may already be
         # there (x-forwarded-for, ...); otherwise they are set because they are absent
-        if upgrade or xfcc_in_place or "te" in hmap or (policy.use_remote_address and sets
-                                       and not hmap.keys().isdisjoint(dict(sets))):
+        if upgrade or xfcc_in_place or "te" in hmap or "expect" in hmap or (
+                policy.use_remote_address and sets and not hmap.keys().isdisjoint(dict(sets))):
             _forward_headers(req.headers, dropped, sets, upgrade and cfg.websocket, upgrade, out)
         else:
             # the usual request: nothing kept by exception, every set header appended

@@ -105,6 +105,15 @@ async def _cases(port: int) -> dict[str, Any]:
     await one("too-many-headers", "GET", "/many", authority="a",
               headers=[(f"x-h{i}", "1") for i in range(101)])
 
+    # repeated fields: Envoy's header map joins an inline one (user-agent, accept,
+    # authorization; an empty value adds nothing) into its first field, keeps others
+    # (x-custom) separate and joins cookie crumbs with "; " (RFC 9113 8.2.3), last; the
+    # echo body shows what the app received (tests/unit/proxy/http/
+    # test_header_join_parity.py has every inline name over HTTP/1.1)
+    await one("repeated-headers", "GET", "/rep", authority="a", headers=[
+        ("user-agent", "u1"), ("cookie", "a=1"), ("x-custom", "c1"), ("accept", "t1"),
+        ("user-agent", "u2"), ("cookie", "b=2"), ("x-custom", "c2"), ("accept", ""),
+        ("authorization", ""), ("authorization", "z"), ("x-last", "l")])
     await one("expect-100", "POST", "/expect", authority="a",
               headers=[("expect", "100-continue"), ("content-length", "2")], body=b"hi")
 
@@ -167,7 +176,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
 
 CASES = ["get", "post-length", "post-no-length", "head", "route-timeout", "no-route",
          "truncated", "upstream-reset", "chunked-response", "te-trailers", "header-overflow",
-         "too-many-headers", "expect-100", "client-reset", "invalid-header", "curl"]
+         "too-many-headers", "repeated-headers", "expect-100", "client-reset",
+         "invalid-header", "curl"]
 
 
 @pytest.mark.parametrize("case", CASES)
