@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Protocol
 
 import httptools
@@ -30,7 +29,7 @@ from remora.proxy.http.codec_state import (
     SWITCHED_PROTOCOL,
     ConnectionState,
 )
-from remora.proxy.http.header_map import INLINE_REQUEST, INLINE_RESPONSE, join_inline, set_first
+from remora.proxy.http.header_map import INLINE_REQUEST, set_first
 from remora.proxy.http.headers import connection_header_rejected, split_absolute
 
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
@@ -120,7 +119,6 @@ def _request_parser_error(message: str) -> CodecError:
 # same few names again and again, and a lookup costs less than decoding and lower-casing.
 # Bounded: names come from peers; once full, new names are decoded each time.
 _NAMES: dict[bytes, str] = {}
-_NAME_OF = itemgetter(0)  # a (name, value) header's name
 _METHODS: dict[bytes, str] = {}
 _CACHE_MAX = 512
 
@@ -586,13 +584,6 @@ class ResponseDecoder:
                 self.chunked = True
             elif n == "content-length":
                 self.content_length = int(v)
-        headers = self.headers
-        if len(set(map(_NAME_OF, headers))) < len(headers):
-            # a repeated name: Envoy's response header map joins a repeated inline one
-            # (server, content-type, location, ...: header_map.py) into its first line
-            # and keeps any other (set-cookie) as separate lines (checked against Envoy
-            # 1.40); one C-level set per response finds out whether there is any
-            self.headers = join_inline(headers, INLINE_RESPONSE)
         if status == 101 and state.pending_switch == SWITCH_UPGRADE:
             state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
         else:

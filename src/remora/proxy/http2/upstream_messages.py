@@ -9,12 +9,7 @@ and a header list without pseudo headers, ready for the HTTP/1.1 encoder.
 
 from __future__ import annotations
 
-from operator import itemgetter
-
-from remora.proxy.http.header_map import INLINE_RESPONSE, join_inline
 from remora.proxy.http2.header_names import TO_BYTES, TO_STR, learn_bytes, learn_str
-
-_NAME_OF = itemgetter(0)  # a (name, value) header's name
 
 # RFC 9113 8.2.2: connection-specific header fields are malformed in HTTP/2
 CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
@@ -69,10 +64,6 @@ def response_head(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[int, list[t
                 status = int(v)
         else:
             out.append((to_str.get(n) or learn_str(n), v.decode("latin-1")))
-    if len(set(map(_NAME_OF, out))) < len(out):
-        # a repeated name: joined as Envoy's response header map joins an inline one
-        # (http/header_map.py), as for an HTTP/1.1 upstream's response
-        out = join_inline(out, INLINE_RESPONSE)
     return status, out
 
 

@@ -167,7 +167,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
             cfg.write_text(json.dumps(_config(port, admin, log, echo)))
             with lp.loopback_proxy(kind, cfg, port):
                 results = asyncio.run(_cases(port))
-                lines = lp.wait_lines(log, 17)
+                lines = lp.wait_lines(log, 18)
             found[kind] = {"results": results, "log": lines}
         yield found
     finally:
@@ -188,5 +188,5 @@ def test_exchange_same_as_envoy(outcomes: dict[str, dict[str, Any]], case: str) 
 def test_access_log_lines_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
     ours = sorted(_mask(line.encode()).decode() for line in outcomes["remora"]["log"])
     theirs = sorted(_mask(line.encode()).decode() for line in outcomes["envoy"]["log"])
-    assert len(theirs) == 17
+    assert len(theirs) == 18
     assert ours == theirs
