@@ -29,6 +29,7 @@ from remora.proxy.http.codec_state import (
     SWITCHED_PROTOCOL,
     ConnectionState,
 )
+from remora.proxy.http.header_map import INLINE_REQUEST, set_first
 from remora.proxy.http.headers import connection_header_rejected, split_absolute
 
 # Envoy's reason phrases (source/common/http/codes.cc CodeUtility::toString); Envoy writes
@@ -293,21 +294,26 @@ class RequestDecoder:
             # RFC 9110 5.5: OWS around a field value is not part of it; llhttp drops the
             # leading one, Envoy's codec the trailing one too (``Host: a `` is ``a``)
             v = v.rstrip(" \t")
-        req.headers.append((n, v))
         hmap = req.hmap
-        # Repeated headers fold into one comma-joined value, as Envoy's header map does
-        # for lookups (REQ() in the access log prints the joined value).
         prev = hmap.get(n)
         if prev is None:
             hmap[n] = v
-        elif n != "host" or (prev and v):
+            req.headers.append((n, v))
+        elif n in INLINE_REQUEST:
+            # Envoy's header map holds an inline header (user-agent, host as :authority,
+            # x-forwarded-client-cert, ...: header_map.py) once and appends a repeated
+            # one's value to it in place (HeaderMapImpl::appendToHeader: an empty value
+            # adds nothing, none is delimited from an empty one): the upstream gets one
+            # joined line where the first was (checked against Envoy 1.40)
+            if v:
+                v = f"{prev},{v}" if prev else v
+                hmap[n] = v
+                set_first(req.headers, n, v)
+        else:
+            # any other header repeated stays separate lines on the way up; lookups
+            # (REQ() in the access log, matching) see them comma-joined
+            req.headers.append((n, v))
             hmap[n] = f"{prev},{v}"
-        elif v:
-            # Host is Envoy's inline :authority, appended to in place
-            # (HeaderMapImpl::appendToHeader): an empty value adds nothing, and the first
-            # value after an empty one comes without a delimiter (``Host: `` then
-            # ``Host: a`` is ``a``, not ``,a``; checked against Envoy 1.40)
-            hmap[n] = v
 
     def _count(self, n: int) -> None:
         self._header_bytes += n

@@ -19,7 +19,8 @@ import re
 from collections.abc import Callable
 
 # hop-by-hop headers never forwarded (RFC 9110 7.6.1); transfer-encoding is re-framed
-# (te is kept when it is exactly "trailers", as Envoy does; see stream.py)
+# (te is kept as "trailers" when it lists trailers, and an expect other than 100-continue
+# goes on, as Envoy does; see stream.py)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "upgrade", "te", "expect", "host"})
 
@@ -39,6 +40,10 @@ _EXTERNAL_CLEANED = frozenset({
     "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal",
 })
 
+# taken out of every request by the router filter once it has read it (Router::Filter::
+# decodeHeaders removes x-envoy-upstream-stream-duration-ms whatever its value; checked
+# against Envoy 1.40): not forwarded, still seen by route matching
+_ROUTER_CONSUMED = frozenset({"x-envoy-upstream-stream-duration-ms"})
 
 _UUID_BATCH = 256
 _random_hex: list[str] = []
@@ -153,7 +158,7 @@ class RequestPolicy:
         if sanitize_xfcc:
             removed.add("x-forwarded-client-cert")
         self.removed = frozenset(removed)
-        self.dropped = HOP_BY_HOP | self.removed
+        self.dropped = HOP_BY_HOP | self.removed | _ROUTER_CONSUMED
 
     def mutate(self, hmap: dict[str, str], remote_ip: str, scheme: str,
                node_ip: Callable[[], str | None]) -> tuple[str | None, list[tuple[str, str]],

@@ -14,6 +14,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from remora.proxy.http.codec import Request, status_line
+from remora.proxy.http.header_map import INLINE_RESPONSE, join_inline
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.headers import (
@@ -53,15 +54,26 @@ def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
                      sets: list[tuple[str, str]], websocket: bool, upgrade: bool,
                      out: list[tuple[str, str]]) -> None:
     """The client's headers as forwarded, onto OUT: DROPPED ones left out except an
-    Upgrade that goes on (WEBSOCKET) and ``te: trailers``; the content-length of an
+    Upgrade that goes on (WEBSOCKET), ``te: trailers`` (when TE lists it) and an Expect
+    other than 100-continue; the content-length of an
     Upgrade request left out; a header in SETS replaced in place (sent once), the others
     of SETS appended."""
     setmap = dict(sets)
     placed: set[str] = set()
     for n, v in headers:
         if n in dropped or (upgrade and n == "content-length"):
-            if (n == "upgrade" and websocket) or (
-                    n == "te" and v.strip().lower() == "trailers"):
+            if n == "upgrade" and websocket:
+                out.append((n, v))
+            elif n == "te":
+                # Envoy keeps TE only as "trailers", when that is one of its values
+                # ("gzip, trailers" goes on as "trailers"; "trailers;q=1" and "Trailers"
+                # not at all: the token compares case-sensitively; checked against
+                # Envoy 1.40)
+                if "trailers" in (t.strip() for t in v.split(",")):
+                    out.append((n, "trailers"))
+            elif n == "expect" and v.lower() != "100-continue":
+                # only the 100-continue Envoy answers itself is taken out; any other
+                # expectation (a repeated 100-continue joined is one) goes on
                 out.append((n, v))
             continue
         if n in setmap:
@@ -236,8 +248,8 @@ class ActiveStream:
         out = [("host", self.authority)]
         # only an edge request (use_remote_address) has set headers that may already be
         # there (x-forwarded-for, ...); otherwise they are set because they are absent
-        if upgrade or xfcc_in_place or "te" in hmap or (policy.use_remote_address and sets
-                                       and not hmap.keys().isdisjoint(dict(sets))):
+        if upgrade or xfcc_in_place or "te" in hmap or "expect" in hmap or (
+                policy.use_remote_address and sets and not hmap.keys().isdisjoint(dict(sets))):
             _forward_headers(req.headers, dropped, sets, upgrade and cfg.websocket, upgrade, out)
         else:
             # the usual request: nothing kept by exception, every set header appended
@@ -283,7 +295,7 @@ class ActiveStream:
     def encode_headers(self, status: int, headers: list[tuple[str, str]], *, chunked: bool,
                        service_time_ms: int | None = None,
                        tail: tuple[tuple[str, str], ...] = (),
-                       mutations: HeaderMutations | None = None) -> None:
+                       mutations: HeaderMutations | None = None, joined: bool = False) -> None:
         """Write the response head downstream; CHUNKED: body is re-framed as chunks."""
         conn = self.conn
         cfg = conn.cfg
@@ -325,6 +337,18 @@ class ActiveStream:
         for f in self.encoders:
             f.encode_headers(self, status, hl)
         resp = dict(hl)
+        if len(resp) < len(hl) and not joined:
+            # A name repeated (the dict built for the access log tells, at no cost to the
+            # usual response). Envoy's response header map joins a repeated inline one
+            # (server, content-type, location, ...: http/header_map.py) into its first
+            # line, with ',', and keeps any other (set-cookie) as separate lines (checked
+            # against Envoy 1.40): the head is made again from the joined headers, before
+            # anything left this method (the encoder filters only append to the list).
+            again = join_inline(headers, INLINE_RESPONSE)
+            if len(again) < len(headers):
+                return self.encode_headers(status, again, chunked=chunked,
+                                           service_time_ms=service_time_ms, tail=tail,
+                                           mutations=mutations, joined=True)
         if "date" not in resp:
             resp["date"] = date = http_date_text()
             hl.append(("date", date))

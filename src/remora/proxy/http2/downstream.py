@@ -55,6 +55,7 @@ from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request
 from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.header_map import INLINE_REQUEST, set_first
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
 from remora.proxy.http2.stream import (
@@ -550,11 +551,20 @@ class Http2Connection:
             elif name == "host":
                 host = value
             else:
-                headers.append((name, value))
-                if name in hmap:
-                    hmap[name] = f"{hmap[name]},{value}"
-                else:
+                prev = hmap.get(name)
+                if prev is None:
                     hmap[name] = value
+                    headers.append((name, value))
+                elif name in INLINE_REQUEST:
+                    # Envoy's header map joins a repeated inline header into its first
+                    # field, as on HTTP/1.1 (proxy/http/codec.py on_header, header_map.py)
+                    if value:
+                        value = f"{prev},{value}" if prev else value
+                        hmap[name] = value
+                        set_first(headers, name, value)
+                else:
+                    headers.append((name, value))
+                    hmap[name] = f"{prev},{value}"
         cfg = self.cfg
         if size > self._max_header_bytes or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows

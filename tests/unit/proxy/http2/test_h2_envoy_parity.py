@@ -105,6 +105,15 @@ async def _cases(port: int) -> dict[str, Any]:
     await one("too-many-headers", "GET", "/many", authority="a",
               headers=[(f"x-h{i}", "1") for i in range(101)])
 
+    # repeated fields: Envoy's header map joins an inline one (user-agent, accept,
+    # authorization; an empty value adds nothing) into its first field, keeps others
+    # (x-custom) separate and joins cookie crumbs with "; " (RFC 9113 8.2.3), last; the
+    # echo body shows what the app received (tests/unit/proxy/http/
+    # test_header_join_parity.py has every inline name over HTTP/1.1)
+    await one("repeated-headers", "GET", "/rep", authority="a", headers=[
+        ("user-agent", "u1"), ("cookie", "a=1"), ("x-custom", "c1"), ("accept", "t1"),
+        ("user-agent", "u2"), ("cookie", "b=2"), ("x-custom", "c2"), ("accept", ""),
+        ("authorization", ""), ("authorization", "z"), ("x-last", "l")])
     await one("expect-100", "POST", "/expect", authority="a",
               headers=[("expect", "100-continue"), ("content-length", "2")], body=b"hi")
 
@@ -158,7 +167,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
             cfg.write_text(json.dumps(_config(port, admin, log, echo)))
             with lp.loopback_proxy(kind, cfg, port):
                 results = asyncio.run(_cases(port))
-                lines = lp.wait_lines(log, 17)
+                lines = lp.wait_lines(log, 18)
             found[kind] = {"results": results, "log": lines}
         yield found
     finally:
@@ -167,7 +176,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
 
 CASES = ["get", "post-length", "post-no-length", "head", "route-timeout", "no-route",
          "truncated", "upstream-reset", "chunked-response", "te-trailers", "header-overflow",
-         "too-many-headers", "expect-100", "client-reset", "invalid-header", "curl"]
+         "too-many-headers", "repeated-headers", "expect-100", "client-reset",
+         "invalid-header", "curl"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -178,5 +188,5 @@ def test_exchange_same_as_envoy(outcomes: dict[str, dict[str, Any]], case: str) 
 def test_access_log_lines_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
     ours = sorted(_mask(line.encode()).decode() for line in outcomes["remora"]["log"])
     theirs = sorted(_mask(line.encode()).decode() for line in outcomes["envoy"]["log"])
-    assert len(theirs) == 17
+    assert len(theirs) == 18
     assert ours == theirs

@@ -45,6 +45,9 @@ CASES: dict[str, bytes] = {
                        b"Content-Length: 2\r\n\r\nhi",
     "request-headers-chunked": b"POST /headers HTTP/1.1\r\nHost: a\r\n"
                                b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    # repeated response fields: Envoy joins the inline ones (server, content-type, vary)
+    # into the first, keeps set-cookie and x-custom separate
+    "repeated-response-headers": b"GET /repeat HTTP/1.1\r\nHost: a\r\n\r\n",
     "hop-by-hop": b"GET /size/1 HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
                   b"Connection: x-foo\r\nx-foo: 1\r\n\r\n",
     "grpc-trailers": b"POST /grpc HTTP/1.1\r\nHost: a\r\n" + GRPC

@@ -10,7 +10,8 @@ grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the head
 ``/reset`` RST_STREAM(INTERNAL_ERROR) before answering, ``/reset-mid`` after 7 bytes of
 body; ``/close`` closes the connection; ``/goaway-early*`` sends a GOAWAY whose last stream
 id is below the request's, then closes; ``/garbage`` sends a DATA frame on stream 0;
-``/status/N`` answers status N with headers only; ``/refuse`` RST_STREAM
+``/status/N`` answers status N with headers only; ``/repeat`` headers only, with
+repeated server, set-cookie, content-type, x-custom and vary fields; ``/refuse`` RST_STREAM
 (REFUSED_STREAM) the first time per connection for each path, then answers;
 ``/slow*`` answers after 0.3 s; ``/goaway`` answers, then GOAWAY and closes. A HEAD
 request gets the headers only.
@@ -106,6 +107,14 @@ class Conn:
             return
         if path == "/garbage":  # a DATA frame on stream 0: a connection error
             self.w.write(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
+            return
+        if path == "/repeat":  # repeated response fields, inline in Envoy's map or not
+            self.h2.send_headers(sid, [
+                (":status", "200"), ("server", "s1"), ("set-cookie", "a=1"),
+                ("content-type", "t1"), ("x-custom", "c1"), ("server", "s2"),
+                ("set-cookie", "b=2"), ("content-type", ""), ("x-custom", "c2"),
+                ("vary", ""), ("vary", "accept"), *base], end_stream=True)
+            self.flush()
             return
         if path.startswith("/status/"):  # that status, headers only
             self.h2.send_headers(sid, [(":status", path.split("/")[2]), *base],
