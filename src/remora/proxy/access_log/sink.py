@@ -14,24 +14,13 @@ a regular file opened O_APPEND takes each write whole, but a pipe (``/dev/stdout
 to a log collector) only keeps writes of up to PIPE_BUF bytes in one piece, so there the
 batch is written in pieces of at most PIPE_BUF that end at a line's end (POSIX write(2):
 writes of at most PIPE_BUF bytes to a pipe are not interleaved with other writers'); a
-single line longer than PIPE_BUF cannot be kept whole and goes alone.
-
-A regular file is written by the process's writer thread, never by the event loop: a
-write(2) to a file can block for milliseconds (on this project's VM, appends of a flush's
-size to ext4 take ~50 µs and now and then over 1 ms, the longest seen 4.2 ms), and a loop
-that waits there holds every request in flight (docs/proxy.md, "Performance notes").
-Envoy does the same: a file access log's lines go to a buffer that its flush thread
-writes (source/common/access_log/access_log_manager_impl.cc, AccessLogFileImpl::
-flushThreadFunc). The thread takes the batches in order; without a running loop (a line
-logged outside one, ``flush_all`` on the way out) the caller waits until they are
-written."""
+single line longer than PIPE_BUF cannot be kept whole and goes alone."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import queue
 import select
 import stat
 import threading
@@ -48,73 +37,12 @@ def _true() -> bool:
     return True
 
 
-class _FileWriter:
-    """The writer thread of one process: the batches of every file sink, in the order
-    they were handed over (one queue, so the lines of one file stay in order). A C
-    SimpleQueue: handing a batch over costs one put, not a Condition's Python code."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, bytes] | threading.Event] = \
-            queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fd: int, data: bytes) -> None:
-        if self._thread is None:  # started by the first batch (forked workers too)
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name="remora-access-log")
-            self._thread.start()
-        self._queue.put((fd, data))
-
-    def drain(self, timeout: float) -> bool:
-        """Wait until every batch handed over so far is written (TIMEOUT at most)."""
-        if self._thread is None:
-            return True
-        written = threading.Event()
-        self._queue.put(written)  # set by the thread once it reaches it: all before are out
-        return written.wait(timeout)
-
-    def _run(self) -> None:
-        get = self._queue.get
-        while True:
-            item = get()
-            if isinstance(item, threading.Event):
-                item.set()
-            else:
-                _write_all(*item)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """All of DATA to the blocking file FD (O_APPEND: each write lands whole)."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except InterruptedError:
-            continue
-        except OSError:
-            return  # a closed or broken log file must not take the proxy down
-        view = view[n:]
-
-
-_WRITER = _FileWriter()
-
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 class Sink:
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
         # a pipe or socket: write at most this many bytes at a time, cut at a line's end
         self.atomic_limit = _atomic_limit(fd)
-        # a regular file: written by the writer thread (see the module's docstring)
-        self.regular_file = _is_regular_file(fd)
         self._pending: list[str] = []
         self._held = b""  # bytes a full non-blocking fd did not take yet
         self.scheduled = False
@@ -147,7 +75,7 @@ class Sink:
             self._thread = threading.get_ident()
             self.loop_closed = loop.is_closed
         self.scheduled = True
-        loop.call_later(FLUSH_DELAY, self.flush, True)
+        loop.call_later(FLUSH_DELAY, self.flush)
 
     @property
     def pending(self) -> list[str]:
@@ -155,10 +83,7 @@ class Sink:
         empties it in place, so a logger may hold it and append to it)."""
         return self._pending
 
-    def flush(self, from_timer: bool = False) -> None:
-        """Write what waits. FROM_TIMER: called by this sink's flush timer, i.e. in the
-        event loop, where a regular file's batch is only handed to the writer thread (so
-        there is no asking asyncio whether a loop runs: a getpid(2) each on 3.11)."""
+    def flush(self) -> None:
         self.scheduled = False
         held = self._held
         if self._pending:
@@ -169,12 +94,6 @@ class Sink:
         else:
             data = held
         self._held = b""
-        if self.regular_file:
-            if data:
-                _WRITER.submit(self.fd, data)
-            if not from_timer and not _in_loop():
-                _WRITER.drain(EXIT_WAIT)  # a line outside a loop, or the process's exit
-            return
         limit = self.atomic_limit
         if limit and len(data) > limit:
             self._write_pieces(data, limit)
@@ -241,13 +160,6 @@ def _atomic_limit(fd: int) -> int:
     return select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 0
 
 
-def _is_regular_file(fd: int) -> bool:
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
 _SINKS: dict[str, Sink] = {}
 
 
@@ -273,10 +185,7 @@ def fd_sink(fd: int, name: str) -> Sink:
 
 def _forget_loops() -> None:
     """In a forked child: the parent's loop is not this process's running loop, and the
-    lines it holds are the parent's to write; so are the batches its writer thread had
-    (the thread did not survive the fork, and its lock may have been held: a new writer)."""
-    global _WRITER
-    _WRITER = _FileWriter()
+    lines it holds are the parent's to write."""
     for sink in _SINKS.values():
         sink._loop = None
         sink.loop_closed = _true
@@ -291,4 +200,3 @@ def flush_all() -> None:
     for sink in _SINKS.values():
         with contextlib.suppress(Exception):
             sink.flush()
-    _WRITER.drain(EXIT_WAIT)  # flush() inside a loop only handed the batch over
