@@ -86,3 +86,17 @@ def join_inline(headers: list[tuple[str, str]],
             at[n] = len(out)
         out.append((n, v))
     return out
+
+
+def response_joined(headers: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """An upstream response's HEADERS with a repeated inline name joined, or None when
+    no inline name repeats (a repeated set-cookie stays as it is).
+
+    The encoders call it only when the dict they build for the access log came out
+    shorter than the header list, i.e. a name repeated: nothing for the usual response.
+    Envoy's response header map joins a repeated inline one (server, content-type,
+    location, ...) into its first line, with ',', and keeps any other as separate lines
+    (checked against Envoy 1.40): the encoder then makes the head again from the joined
+    headers, before anything left it (the encoder filters only append to the list)."""
+    again = join_inline(headers, INLINE_RESPONSE)
+    return again if len(again) < len(headers) else None

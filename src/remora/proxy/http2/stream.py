@@ -36,7 +36,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import CodecError, Request
-from remora.proxy.http.header_map import INLINE_RESPONSE, join_inline
+from remora.proxy.http.header_map import response_joined
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.stream import ActiveStream, http_date_text
@@ -498,18 +498,11 @@ class Http2Stream(ActiveStream):
                 f.encode_headers(self, status, extra)
             hl += extra
         resp = dict(hl)
-        if len(resp) < len(hl) and not joined:
-            # A name repeated (the dict built for the access log tells, at no cost to the
-            # usual response). Envoy's response header map joins a repeated inline one
-            # (server, content-type, location, ...: http/header_map.py) into its first
-            # line, with ',', and keeps any other (set-cookie) as separate lines (checked
-            # against Envoy 1.40): the head is made again from the joined headers, before
-            # anything left this method (the encoder filters only append to the list).
-            again = join_inline(headers, INLINE_RESPONSE)
-            if len(again) < len(headers):
-                return self.encode_headers(status, again, chunked=chunked,
-                                           service_time_ms=service_time_ms, tail=tail,
-                                           mutations=mutations, joined=True)
+        if (len(resp) < len(hl) and not joined  # a name repeated: join as Envoy does
+                and (again := response_joined(headers)) is not None):
+            return self.encode_headers(status, again, chunked=chunked,
+                                       service_time_ms=service_time_ms, tail=tail,
+                                       mutations=mutations, joined=True)
         if "date" not in resp:
             resp["date"] = http_date_text()
             hl.append(("date", resp["date"]))
