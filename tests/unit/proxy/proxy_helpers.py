@@ -38,6 +38,17 @@ def static_cluster(name: str, *ports: int, **extra: Any) -> dict[str, Any]:
                 {"endpoint": {"address": addr("127.0.0.1", p)}} for p in ports]}]}}
 
 
+def hcm_bootstrap(hcm: dict[str, Any], port: int, admin: int,
+                  clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    """A bootstrap with one listener on 127.0.0.1:PORT whose only filter is HCM (a
+    connection manager filter entry), the admin on ADMIN and CLUSTERS."""
+    return {"admin": {"address": addr("127.0.0.1", admin)},
+            "static_resources": {
+                "listeners": [{"name": "l", "address": addr("127.0.0.1", port),
+                               "filter_chains": [{"filters": [hcm]}]}],
+                "clusters": clusters}}
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

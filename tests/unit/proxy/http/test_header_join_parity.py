@@ -31,7 +31,7 @@ import pytest
 from tests import proxyharness as ph
 from tests.datafiles import data_path
 from tests.unit.proxy import loopback_proxies as lp
-from tests.unit.proxy.proxy_helpers import free_port
+from tests.unit.proxy.proxy_helpers import free_port, hcm_bootstrap, static_cluster
 
 pytestmark = pytest.mark.envoy
 
@@ -150,18 +150,8 @@ def _config(template: dict[str, Any], port: int, admin: int, echo: int,
         {"match": {"prefix": "/resp/"}, "route": {"cluster": "repeat", "timeout": "0s"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "echo", "timeout": "0s"}}]
 
-    def static(name: str, p: int) -> dict[str, Any]:
-        return {"name": name, "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": p}}}}]}]}}
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                     "port_value": admin}}},
-            "static_resources": {
-                "listeners": [{"name": "l", "address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [{"filters": [hcm]}]}],
-                "clusters": [static("echo", echo), static("repeat", repeat)]}}
+    return hcm_bootstrap(hcm, port, admin, [static_cluster("echo", echo),
+                                            static_cluster("repeat", repeat)])
 
 
 @pytest.fixture(scope="module")
