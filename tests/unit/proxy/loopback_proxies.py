@@ -129,6 +129,17 @@ def admin_text(port: int, path: str) -> str:
         return str(r.read().decode())
 
 
+# what differs between two proxies' (or two runs') bytes without meaning anything: the
+# date, the upstream service time, generated request ids, ephemeral ports, body lengths
+VOLATILE_MASKS: tuple[tuple[bytes, bytes], ...] = (
+    (rb"date: [^\r]*", b"date: D"),
+    (rb"x-envoy-upstream-service-time: \d+", b"x-envoy-upstream-service-time: N"),
+    (rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", b"UUID"),
+    (rb"127\.0\.0\.1:\d+", b"127.0.0.1:P"),
+    (rb"content-length: \d+", b"content-length: L"),
+)
+
+
 def exchange_closed(port: int, request: bytes, masks: Sequence[tuple[bytes, bytes]] = (),
                     timeout: float = 5.0, add_headers: bytes = b"") -> bytes:
     """Send REQUEST (an HTTP/1.1 one gets ``Connection: close`` and ADD_HEADERS after its

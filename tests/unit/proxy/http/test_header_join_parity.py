@@ -35,13 +35,7 @@ from tests.unit.proxy.proxy_helpers import free_port, hcm_bootstrap, static_clus
 
 pytestmark = pytest.mark.envoy
 
-_MASKS = [
-    (rb"date: [^\r]*", b"date: D"),
-    (rb"x-envoy-upstream-service-time: \d+", b"x-envoy-upstream-service-time: N"),
-    (rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", b"UUID"),
-    (rb"127\.0\.0\.1:\d+", b"127.0.0.1:P"),
-    (rb"content-length: \d+", b"content-length: L"),
-]
+_MASKS = lp.VOLATILE_MASKS
 
 
 def _inline(kind: str) -> list[str]:
