@@ -432,11 +432,7 @@ class _Forward:
                         raise outcome
                     raise AssertionError(outcome)  # start sends no upgrade request
             finally:
-                self.dec = None
-                self.done = None
-                cluster.release("requests")
-                if attached is not None and attached.rq_active > 0:
-                    attached.rq_active -= 1
+                self._attempt_over(attached)
             return
         info.upstream_request_attempt_count += 1
         self.retry_status = 0
@@ -535,11 +531,18 @@ class _Forward:
                     await h1.in_task()
                 await tunnel(stream, pc, dec)
         finally:
-            self.dec = None
-            self.done = None
-            cluster.release("requests")
-            if attached is not None and attached.rq_active > 0:
-                attached.rq_active -= 1
+            self._attempt_over(attached)
+
+    def _attempt_over(self, attached: HostCounts | None) -> None:
+        """An attempt's end, however it ended: its response decoder and wait go, the
+        cluster's request slot goes back, and ATTACHED (the host stats it counted in)
+        one active request less. ``_end_started`` does the same inline for the usual
+        response (no call on that path)."""
+        self.dec = None
+        self.done = None
+        self.cluster.release("requests")
+        if attached is not None and attached.rq_active > 0:
+            attached.rq_active -= 1
 
     def start(self) -> Coroutine[Any, Any, bool] | None:
         """``run`` without a coroutine for the usual HTTP/1.1 request: whole (no body to
