@@ -60,11 +60,17 @@ def loopback_proxy(kind: str, config: Path,
     """KIND ("envoy" or "remora") running CONFIG, once its listener on 127.0.0.1:LISTENING
     accepts; stopped on leaving. Its stderr goes to CONFIG with the suffix .err (the
     place to look when a parity test fails), its stdout nowhere."""
-    with config.with_suffix(".err").open("wb") as err:
+    errors = config.with_suffix(".err")
+    with errors.open("wb") as err:
         proc = subprocess.Popen(ph.sidecar_argv(kind, config), stdout=subprocess.DEVNULL,
                                 stderr=err)
     try:
-        wait_listening(listening, proc, kind)
+        try:
+            wait_listening(listening, proc, kind)
+        except AssertionError as e:  # say why it did not start, not only that
+            tail = errors.read_text(errors="replace").splitlines()[-15:]
+            raise AssertionError(f"{e}; the end of its stderr ({errors}):\n"
+                                 + "\n".join(tail)) from None
         yield proc
     finally:
         stop(proc)

@@ -49,11 +49,31 @@ def hcm_bootstrap(hcm: dict[str, Any], port: int, admin: int,
                 "clusters": clusters}}
 
 
-def free_port() -> int:
+# Ports handed out by free_port: below the kernel's ephemeral range (32768-60999 by
+# default, net.ipv4.ip_local_port_range), so no connect() in the meantime can take one as
+# its source port before the proxy under test binds it, and each one once per test run,
+# so two listeners of one bootstrap never get the same port (bind(0) twice can).  Both
+# happened: Envoy exited 1 at start in a CI run with a port bind(0) had given.
+_PORTS_LOW, _PORTS_HIGH = 20000, 32767
+_next_port = _PORTS_LOW + os.getpid() % (_PORTS_HIGH - _PORTS_LOW)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on HOST that nothing is bound to now and that no other call in this
+    process has returned."""
     import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    global _next_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(_PORTS_HIGH - _PORTS_LOW):
+        port = _next_port
+        _next_port = _PORTS_LOW if port >= _PORTS_HIGH else port + 1
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS_LOW}-{_PORTS_HIGH} on {host}")
 
 
 def write_atomic(path: Path, doc: Any) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -458,7 +457,3 @@ class Client:
         self.writer.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
