@@ -92,19 +92,23 @@ def remora_proxy_problem() -> str | None:
     return f"`remora proxy --help` exits {result.returncode}: {text[-1] if text else ''}"
 
 
+FLUSH_MSEC = "20"  # both proxies' --file-flush-interval-msec
+
+
 def sidecar_argv(kind: str, config: Path, concurrency: int = 1) -> list[str]:
     if kind == "envoy":
         # --disable-hot-restart: no shared memory region, so sidecars in parallel
         # namespaces (and parallel test runs) never collide; --base-id for good measure.
         # --file-flush-interval-msec: Envoy buffers access-log files for up to 10 s by
         # default; tests read the log right after the requests (a CLI flag, the bootstrap
-        # stays unchanged).
+        # stays unchanged). remora gets the same interval (FLUSH_MSEC), so the
+        # benchmarks compare the two with the same access-log writes.
         return [envoy_binary(), "-c", str(config), "--concurrency", str(concurrency),
                 "--disable-hot-restart", "--base-id", str(next(_base_ids)),
-                "--log-level", "warning", "--file-flush-interval-msec", "20"]
+                "--log-level", "warning", "--file-flush-interval-msec", FLUSH_MSEC]
     if kind == "remora":
         return [sys.executable, "-m", "remora", "proxy", "-c", str(config),
-                "--concurrency", str(concurrency)]
+                "--concurrency", str(concurrency), "--file-flush-interval-msec", FLUSH_MSEC]
     raise ValueError(f"unknown sidecar kind {kind!r} (one of {KINDS})")
 
 

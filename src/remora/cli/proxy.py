@@ -33,16 +33,22 @@ from remora.errors import UsageError
               default="gradual", show_default=True,
               help="Envoy's: gradual closes more connections as the drain time passes, "
                    "immediate all at once.")
+@click.option("--file-flush-interval-msec", "flush_ms", type=click.IntRange(min=1),
+              default=10, show_default=True,
+              help="Envoy's: how long access-log lines wait for their write at most "
+                   "(Envoy's default is 10000; remora's shows a line at once).")
 def proxy(config_path: str, concurrency: int, group: int | None, user: int | None,
           log_level: str, base_id: int | None, mode: str, drain_time: int,
-          drain_strategy: str) -> None:
+          drain_strategy: str, flush_ms: int) -> None:
     """Run the sidecar proxy on an Envoy v3 bootstrap (static or file-based LDS/CDS/EDS)."""
     from remora.proxy import process
+    from remora.proxy.access_log.sink import set_flush_interval
 
     if concurrency < 1:
         raise UsageError("--concurrency must be at least 1", "pass --concurrency 1 or more")
     level = {"trace": "debug", "warn": "warning", "off": "critical"}.get(log_level, log_level)
     process.setup_logging(level)
+    set_flush_interval(flush_ms / 1000)
     process.drop_privileges(group, user)
     server = process.load(config_path, concurrency)
     server.drain.drain_time = float(drain_time)
@@ -51,5 +57,6 @@ def proxy(config_path: str, concurrency: int, group: int | None, user: int | Non
         click.echo(f"configuration '{config_path}' OK")
         return
     options = {"config_path": config_path, "concurrency": concurrency, "base_id": str(base_id or 0),
-               "log_level": log_level, "mode": "Serve"}
+               "log_level": log_level, "mode": "Serve",
+               "file_flush_interval": f"{flush_ms / 1000:g}s"}
     raise SystemExit(process.run(server, options))

@@ -234,3 +234,31 @@ def test_forked_writers_on_one_pipe_never_split_a_line() -> None:
     for line in got:
         tag, _, _, body = line.split(" ")
         assert body == tag * 200, line[:80]
+
+
+def test_the_flush_interval_is_the_command_lines(  # type: ignore[no-untyped-def]
+        pipe_sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--file-flush-interval-msec`` (set_flush_interval): lines wait that long, not the
+    default 10 ms; a buffer of FLUSH_LINES lines goes out at once (Envoy: 64 KiB), and
+    the timer then writes the lines after it."""
+    s, r, writes = pipe_sink
+    monkeypatch.setattr(sink_mod, "FLUSH_DELAY", sink_mod.FLUSH_DELAY)  # restored after
+    sink_mod.set_flush_interval(0.2)
+
+    async def main() -> None:
+        s.write("a\n")
+        await asyncio.sleep(0.05)  # five times the default delay: still held
+        assert _read(r) == b""
+        await asyncio.sleep(0.3)
+        assert _read(r) == b"a\n"
+        for i in range(sink_mod.FLUSH_LINES + 1):
+            s.write(f"{i}\n")
+        # the FLUSH_LINES-th line wrote them all, the one after waits for the timer
+        assert _read(r) == b"".join(f"{i}\n".encode() for i in range(sink_mod.FLUSH_LINES))
+        assert len(writes) == 2
+        await asyncio.sleep(0.3)
+        assert _read(r) == f"{sink_mod.FLUSH_LINES}\n".encode()
+        assert len(writes) == 3
+    asyncio.run(main())
+    with pytest.raises(ValueError):
+        sink_mod.set_flush_interval(0)

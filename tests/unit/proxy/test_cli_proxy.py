@@ -88,3 +88,61 @@ def test_concurrency_workers_merged_stats_drain_and_quit(tmp_path: Path) -> None
             proc.kill()
             proc.wait()
         upstream.close()
+
+
+def _wait_ready(aport: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        assert proc.poll() is None, "proxy exited"
+        try:
+            if _get(aport, "/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "proxy did not become ready"
+        time.sleep(0.05)
+
+
+def test_file_flush_interval_msec_holds_access_log_lines_that_long(tmp_path: Path) -> None:
+    """Envoy's --file-flush-interval-msec: a connection's line is written once the
+    interval has passed, not at remora's default 10 ms; /server_info shows the value."""
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(8)
+    lport, aport = free_port(), free_port()
+    log = tmp_path / "access.log"
+    doc = {"admin": {"address": addr("127.0.0.1", aport)},
+           "static_resources": {"listeners": [tcp_listener("l", lport, "c", str(log))],
+                                "clusters": [static_cluster("c", upstream.getsockname()[1])]}}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "remora", "proxy", "-c", str(path),
+                             "--file-flush-interval-msec", "1500"])
+    try:
+        _wait_ready(aport, proc)
+        info = json.loads(_get(aport, "/server_info")[1])
+        assert info["command_line_options"]["file_flush_interval"] == "1.5s"
+        s = socket.create_connection(("127.0.0.1", lport))
+        conn, _ = upstream.accept()
+        s.close()
+        conn.close()
+        closed = time.monotonic()
+        deadline = closed + 10
+        while not log.exists() or not log.read_text():
+            assert time.monotonic() < deadline, "no access-log line"
+            time.sleep(0.02)
+        waited = time.monotonic() - closed
+        assert waited > 1.0, waited  # held for the interval (the default writes in 10 ms)
+        assert log.read_text().count("\n") == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        upstream.close()
+
+
+def test_file_flush_interval_msec_must_be_positive(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "remora", "proxy", "-c", "x.json",
+                             "--file-flush-interval-msec", "0"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--file-flush-interval-msec" in result.stderr

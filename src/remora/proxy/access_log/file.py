@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from remora.proxy.access_log import substitution_format
 from remora.proxy.access_log.format import Formatter, JsonFormat, TextFormat
-from remora.proxy.access_log.sink import Sink, open_sink
+from remora.proxy.access_log.sink import FLUSH_LINES, Sink, open_sink
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.interfaces import FactoryContext
 from remora.proxy.registry import register
@@ -25,10 +25,13 @@ class FileAccessLog:
         self._render = formatter.render
 
     def log(self, info: StreamInfo) -> None:
-        self._lines.append(self._render(info))
+        lines = self._lines
+        lines.append(self._render(info))
         sink = self.sink
         if not sink.scheduled or sink.loop_closed():
             sink.schedule()
+        elif len(lines) >= FLUSH_LINES:
+            sink.write_out()  # as Sink.write: a long interval buffers this much at most
 
 
 @register("access_logger", "envoy.access_loggers.file", TYPE_URL)

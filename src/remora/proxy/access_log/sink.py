@@ -28,7 +28,14 @@ from collections.abc import Callable
 
 from remora.errors import RemoraError
 
-FLUSH_DELAY = 0.01  # lines leave at most this long after the first of them was logged
+# Lines leave at most this long after the first of them was logged: Envoy's
+# --file-flush-interval-msec (`remora proxy` takes the same flag, set_flush_interval).
+# Envoy's default is 10 s; remora's is 10 ms, so a lab user reading a sidecar's log sees a
+# request's line at once. Envoy also flushes once 64 KiB are buffered (its access log
+# file's min_flush_size); remora once FLUSH_LINES lines are (64 KiB of 256-byte lines:
+# a count, not bytes, costs nothing per line), which matters only with a long interval.
+FLUSH_DELAY = 0.01
+FLUSH_LINES = 256
 RETRY_DELAY = 0.01  # a full non-blocking pipe (stdout to a slow reader): retry after
 EXIT_WAIT = 5.0  # without a loop (flush_all on the way out): wait this long at most
 
@@ -54,9 +61,12 @@ class Sink:
         self.loop_closed: Callable[[], bool] = _true
 
     def write(self, line: str) -> None:
-        self._pending.append(line)
+        pending = self._pending
+        pending.append(line)
         if not self.scheduled or self.loop_closed():
             self.schedule()
+        elif len(pending) >= FLUSH_LINES:
+            self.write_out()
 
     def schedule(self) -> None:
         """Flush FLUSH_DELAY from now (at once without a running loop); called by the
@@ -85,6 +95,11 @@ class Sink:
 
     def flush(self) -> None:
         self.scheduled = False
+        self.write_out()
+
+    def write_out(self) -> None:
+        """Write what is pending now; a scheduled flush stays scheduled (it writes the
+        lines logged after these)."""
         held = self._held
         if self._pending:
             data = "".join(self._pending).encode()
@@ -150,6 +165,14 @@ class Sink:
             self.loop_closed = loop.is_closed
             loop.call_later(RETRY_DELAY, self.flush)
         return False
+
+
+def set_flush_interval(seconds: float) -> None:
+    """How long lines wait for their write at most (``--file-flush-interval-msec``)."""
+    if seconds <= 0:
+        raise ValueError("the flush interval must be positive")
+    global FLUSH_DELAY
+    FLUSH_DELAY = seconds
 
 
 def _atomic_limit(fd: int) -> int:
