@@ -35,7 +35,9 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
-from remora.proxy.transport.cert_details import TlsPeer, pem_uri_sans, subject_rfc2253
+from remora.proxy.stream_info import StreamInfo
+from remora.proxy.transport.cert_details import TlsPeer, pem_first_der, subject_rfc2253, uri_sans
+from remora.proxy.transport.connection_info import TlsConnectionInfo
 
 log = logging.getLogger("remora.proxy")
 
@@ -218,6 +220,8 @@ class TlsTransport:
     # the URI SANs of the current context's certificate (Envoy's uriSanLocalCertificate,
     # x-forwarded-client-cert's By=), read when the context is (re)built
     local_uri_sans: tuple[str, ...] = ()
+    # that certificate's DER (the access log's DOWNSTREAM_LOCAL_* operators)
+    local_der: bytes | None = None
 
     # -- building ---------------------------------------------------------------------
     def _material(self) -> tuple[Material, list[str]]:
@@ -313,7 +317,11 @@ class TlsTransport:
             reason = exc.reason if isinstance(exc, TlsError) else str(exc)
             raise TlsError(f"TLS context unavailable: {reason}") from exc
         self._ctx, self._signature, self.sans = ctx, signature, material.sans
-        self.local_uri_sans = pem_uri_sans(material.chain.read()) if material.chain else ()
+        self.local_der = pem_first_der(material.chain.read()) if material.chain else None
+        self.local_uri_sans = ()
+        if self.local_der is not None:
+            with contextlib.suppress(ValueError):
+                self.local_uri_sans = uri_sans(self.local_der)
         return ctx
 
     # -- after the handshake ------------------------------------------------------------
@@ -350,6 +358,8 @@ class PeerInfo:
     # a downstream peer that presented a certificate: its bytes, for the connection
     # manager's x-forwarded-client-cert (http/xfcc.py)
     tls: TlsPeer | None = None
+    # a downstream TLS connection's facts for the access log (connection_info.py)
+    connection: TlsConnectionInfo | None = None
 
 
 _ENCODING_DER = 2  # _ssl.ENCODING_DER: _ssl.Certificate.public_bytes's DER (PEM is 1)
@@ -449,7 +459,8 @@ async def accept_downstream(
     protocol = asyncio.StreamReaderProtocol(reader)
     try:
         ctx = transport.context()
-        local_uri_sans = transport.local_uri_sans  # of the certificate this handshake uses
+        # of the certificate this handshake uses
+        local_uri_sans, local_der = transport.local_uri_sans, transport.local_der
         tr, _ = await loop.connect_accepted_socket(
             lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
@@ -469,13 +480,15 @@ async def accept_downstream(
             peer.subject = subject_rfc2253(der)
         except (ValueError, IndexError):  # BoringSSL parsed it; our DER walker could not
             log.debug("peer certificate subject not read")
+    peer.connection = TlsConnectionInfo(sslobj, peer.tls, local_der)
     alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
     return reader, writer, peer, alpn
 
 
-def apply_peer(facts: Any, peer: PeerInfo) -> None:
+def apply_peer(facts: Any, peer: PeerInfo, info: StreamInfo) -> None:
     """Record the TLS connection and its peer certificate in ConnectionFacts (RBAC reads
-    them)."""
+    them) and in the connection's StreamInfo INFO (the access log's TLS operators)."""
+    info.downstream_tls = peer.connection
     facts.tls_established = True
     facts.peer_uri_sans = peer.uri_sans
     facts.peer_dns_sans = peer.dns_sans
