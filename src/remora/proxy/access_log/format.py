@@ -78,8 +78,10 @@ def _start_time(fmt: str | None) -> Op:
 
 def _strftime(fmt: str, t: float) -> str:
     """T (seconds since the epoch, UTC) in Envoy's DateFormatter FMT: strftime with
-    ``%E3S`` (seconds and milliseconds), ``%3f``/``%6f``/``%9f`` and ``%s``."""
+    ``%E3S`` (seconds and milliseconds), ``%3f``/``%6f``/``%9f`` and ``%s``; ``%Z`` is
+    "UTC" (absl::FormatTime in UTC, observed on Envoy 1.40), not the C library's "GMT"."""
     frac = t % 1
+    fmt = fmt.replace("%Z", "UTC")
     text = fmt.replace("%E3S", time.strftime("%S", time.gmtime(t)) + f".{int(frac * 1e3):03d}")
     text = text.replace("%3f", f"{int(frac * 1e3):03d}")
     text = text.replace("%6f", f"{int(frac * 1e6):06d}")

@@ -31,7 +31,12 @@ from remora.proxy.transport.cert_details import (
 
 
 def _session_id(sslobj: ssl.SSLObject) -> str:
-    # Envoy: Hex::encode(SSL_SESSION_get_id(SSL_get_session(ssl))), lower case
+    # Envoy: Hex::encode(SSL_SESSION_get_id(SSL_get_session(ssl))), lower case. A TLS 1.3
+    # session has no ID in BoringSSL (TLS 1.3 resumes by PSK; the ClientHello's
+    # legacy_session_id is only echoed): Envoy 1.40 prints "-" for every TLS 1.3
+    # connection (observed), where OpenSSL would give 32 random bytes
+    if sslobj.version() == "TLSv1.3":
+        return ""
     session = sslobj.session
     return session.id.hex() if session is not None else ""
 

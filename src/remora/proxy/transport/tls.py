@@ -52,6 +52,19 @@ _VERSIONS = {"TLS_AUTO": None, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
 VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
 
 
+# Envoy's default TLS 1.0-1.2 cipher list for servers (ServerContextConfigImpl::
+# DEFAULT_CIPHER_SUITES, source/common/tls/server_context_config_impl.cc), picked by the
+# server's order as BoringSSL does. BoringSSL's "[A|B]" equal-preference groups (the
+# client's choice between AES128-GCM and CHACHA20-POLY1305) have no OpenSSL form: the
+# group's first member comes first here. Without it ``ssl``'s default list prefers
+# AES256-GCM, so a TLS 1.2 connection Envoy holds with ECDHE-ECDSA-AES128-GCM-SHA256 was
+# one with ECDHE-ECDSA-AES256-GCM-SHA384 (%DOWNSTREAM_TLS_CIPHER%, observed on 1.40). TLS
+# 1.3 suites are not configurable in either proxy.
+SERVER_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+                  "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+                  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
+
+
 # at most this much plaintext per SSL read: a TLS record holds 16 KiB, and the buffer
 # stays below glibc's default 128 KiB mmap threshold
 READ_CAP = 64 * 1024
@@ -213,6 +226,8 @@ class TlsTransport:
     require_client_certificate: bool = False
     min_version: ssl.TLSVersion | None = None
     max_version: ssl.TLSVersion | None = None
+    # tls_params.cipher_suites as an OpenSSL cipher string (None: the default list)
+    ciphers: str | None = None
     _files: tuple[str, ...] = ()
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
@@ -260,6 +275,8 @@ class TlsTransport:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if self.server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # identities are SPIFFE URIs, checked by SAN matchers
         ctx.sslobject_class = _DirectSSLObject
+        if self.ciphers is not None or self.server:
+            ctx.set_ciphers(self.ciphers or SERVER_CIPHERS)
         if self.min_version:
             ctx.minimum_version = self.min_version
         if self.max_version:
@@ -437,6 +454,22 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
                                               "TLS_AUTO")]
         t.max_version = _VERSIONS[params.enum("tls_maximum_protocol_version", tuple(_VERSIONS),
                                               "TLS_AUTO")]
+        suites = params.raw("cipher_suites", [])
+        if suites:
+            if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
+                raise ConfigError(params.at("cipher_suites"), "cipher_suites must be a list "
+                                  "of cipher names", "write e.g. [ECDHE-ECDSA-AES128-GCM-SHA256]")
+            # BoringSSL's "[A|B]" equal-preference groups, flattened in their order
+            names = [name for item in suites for name in item.strip("[]").split("|") if name]
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            for name in names:  # Envoy refuses the config: "Failed to initialize cipher suites"
+                try:
+                    probe.set_ciphers(name)
+                except ssl.SSLError:
+                    raise ConfigError(params.at("cipher_suites"), f"unknown cipher suite {name!r}",
+                                      "use OpenSSL cipher names, e.g. "
+                                      "ECDHE-ECDSA-AES128-GCM-SHA256") from None
+            t.ciphers = ":".join(names)
         params.done()
     # Check every field now (ConfigError names it); a file not written yet (SDS) is
     # read again by the first handshake.
