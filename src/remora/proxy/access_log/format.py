@@ -328,7 +328,8 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
         raise ConfigError(path, f"unsupported access log command operator %{name}"
                                 f"{'(' + arg + ')' if arg is not None else ''}%",
                           f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, GRPC_STATUS(), "
-                          f"DYNAMIC_METADATA(), {', '.join(sorted([*SIMPLE, *_PEER_CERT_TIMES]))}")
+                          f"DYNAMIC_METADATA(), "
+                          f"{', '.join(sorted([*SIMPLE, *(n + '()' for n in _PEER_CERT_TIMES)]))}")
     return op
 
 
