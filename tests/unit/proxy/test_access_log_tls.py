@@ -21,7 +21,7 @@ from remora.controlplane.ca import CertificateAuthority
 from remora.proxy.access_log.format import JsonFormat, TextFormat, render_text
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.stream_info import StreamInfo
-from remora.proxy.transport import tls
+from remora.proxy.transport import cipher_order, tls
 from remora.proxy.transport.cert_details import (
     issuer_rfc2253,
     serial_hex,
@@ -245,3 +245,22 @@ def test_cipher_suites_are_read(pki: dict[str, Path]) -> None:
     assert srv.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
     with pytest.raises(ConfigError, match="unknown cipher suite 'NOT-A-CIPHER'"):
         _transport(pki, {"cipher_suites": ["NOT-A-CIPHER"]})
+
+
+@pytest.mark.parametrize(("body", "tls13"), [
+    (b"\x04\x03\x04\x03\x03", True), (b"\x02\x03\x03", False), (b"", False),
+    (b"\x06\x7a\x7a\x03\x03\x03\x04", True),  # GREASE first
+])
+def test_supported_versions_parsing(body: bytes, tls13: bool) -> None:
+    assert cipher_order.offers_tls13(body) is tls13
+
+
+def test_client_order_callback_only_where_tls13_can_be_negotiated(
+        pki: dict[str, Path]) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert cipher_order.client_order_for_tls13(ctx)
+    capped = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    capped.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert not cipher_order.client_order_for_tls13(capped)
+    # a handshake through the callback: TLS 1.3 negotiated, the server's list kept for 1.2
+    assert _connection(pki).text("TLS_VERSION") == "TLSv1.3"

@@ -126,6 +126,46 @@ def _bootstrap(ports: dict[str, int], admin: int, echo: int, certs: dict[str, Pa
                                                          "port_value": echo}}}}]}]}}]}}
 
 
+# a real Envoy as the TLS client (an Istio sidecar's upstream side: BoringSSL, the Istio
+# certificate): its listener (plain text) -> tcp_proxy -> the listener under test, over
+# TLS with this highest version. BoringSSL offers TLS_AES_128_GCM_SHA256 first, ``ssl``
+# TLS_AES_256_GCM_SHA384: which one the server takes is the server's rule.
+VIA_ENVOY: dict[str, tuple[str, str]] = {
+    "e13-http": ("http-istio", "TLSv1_3"), "e13-tcp": ("tcp-istio", "TLSv1_3"),
+    "e12-tcp": ("tcp-rich", "TLSv1_2"),
+}
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3." \
+               "UpstreamTlsContext"
+
+
+def _client_envoy(via: dict[str, int], ports: dict[str, int], admin: int,
+                  certs: dict[str, Path]) -> dict[str, Any]:
+    listeners, clusters = [], []
+    for name, (target, top) in VIA_ENVOY.items():
+        listeners.append({"name": name, "address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": via[name]}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                            "typed_config": {"@type": TCP_PROXY,
+                                                             "stat_prefix": name,
+                                                             "cluster": name}}]}]})
+        clusters.append({
+            "name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": ports[target]}}}}]}]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": UPSTREAM_TLS, "common_tls_context": {
+                    "tls_params": {"tls_maximum_protocol_version": top},
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": str(certs["istio"] / "cert-chain.pem")},
+                        "private_key": {"filename": str(certs["istio"] / "key.pem")}}],
+                    "validation_context": {"trusted_ca": {
+                        "filename": str(certs["istio"] / "root-cert.pem")}}}}}})
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                     "port_value": admin}}},
+            "static_resources": {"listeners": listeners, "clusters": clusters}}
+
+
 def _context(root: Path, client: Path | None, top: ssl.TLSVersion, alpn: str,
              tickets: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -234,7 +274,11 @@ def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
             cfg = tmp / f"{kind}.json"
             cfg.write_text(json.dumps(_bootstrap(ports, free_port(), echo, certs, logs)))
             got: Lines = {}
-            with lp.loopback_proxy(kind, cfg, ports["http-plain"]):
+            via = {name: free_port() for name in VIA_ENVOY}
+            client_cfg = tmp / f"client-envoy-for-{kind}.json"
+            client_cfg.write_text(json.dumps(_client_envoy(via, ports, free_port(), certs)))
+            with lp.loopback_proxy(kind, cfg, ports["http-plain"]), \
+                    lp.loopback_proxy("envoy", client_cfg, via["e13-http"]):
                 for name, port in ports.items():
                     listener_kind, server = LISTENERS[name]
                     contexts = [None] if server is None else [
@@ -254,6 +298,15 @@ def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
                         _http2(port, _context(root, certs["rich"], ssl.TLSVersion.TLSv1_3,
                                               "h2"))
                         count += 1
+                    for via_name, (target, _) in VIA_ENVOY.items():
+                        if target == name:  # plain text to the client Envoy, TLS beyond
+                            lp.wait_lines(logs / f"{name}.log", count)
+                            if listener_kind == "http":
+                                _http1_twice(via[via_name], None)
+                                count += 2
+                            else:
+                                _tcp(via[via_name], None)
+                                count += 1
                     for suffix in ("log", "json"):
                         got[f"{name}.{suffix}"] = lp.wait_lines(logs / f"{name}.{suffix}",
                                                                 count)
@@ -340,3 +393,15 @@ def test_envoys_values_are_what_the_cases_mean(outcomes: dict[str, Lines],
     plain = json.loads(envoy["http-plain.json"][0])
     assert plain["mixed"] == "v=- uri=-" and plain["k00"] is None
     assert envoy["http-rich.log"][-1].startswith("HTTP/2" + SEP + ",".join(RICH_URIS))
+    # through the client Envoy (BoringSSL offers AES128-GCM first): the client's order
+    # in TLS 1.3, the server's list in TLS 1.2
+    via13 = dict(zip(["PROTOCOL", *OPERATORS], envoy["tcp-istio.log"][-1].split(SEP),
+                     strict=True))
+    assert via13["DOWNSTREAM_TLS_CIPHER"] == "TLS_AES_128_GCM_SHA256"
+    assert via13["DOWNSTREAM_PEER_URI_SAN"] == "spiffe://cluster.local/ns/demo-from/sa/default"
+    via12 = dict(zip(["PROTOCOL", *OPERATORS], envoy["tcp-rich.log"][-1].split(SEP),
+                     strict=True))
+    assert via12["DOWNSTREAM_TLS_VERSION"] == "TLSv1.2"
+    assert via12["DOWNSTREAM_TLS_CIPHER"] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert envoy["http-istio.log"][-2] == envoy["http-istio.log"][-1]
+    assert envoy["http-istio.log"][-1].split(SEP)[9] == "TLS_AES_128_GCM_SHA256"

@@ -36,6 +36,7 @@ from typing import Any
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
 from remora.proxy.stream_info import StreamInfo
+from remora.proxy.transport import cipher_order
 from remora.proxy.transport.cert_details import TlsPeer, pem_first_der, subject_rfc2253, uri_sans
 from remora.proxy.transport.connection_info import TlsConnectionInfo
 
@@ -59,7 +60,8 @@ VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_
 # group's first member comes first here. Without it ``ssl``'s default list prefers
 # AES256-GCM, so a TLS 1.2 connection Envoy holds with ECDHE-ECDSA-AES128-GCM-SHA256 was
 # one with ECDHE-ECDSA-AES256-GCM-SHA384 (%DOWNSTREAM_TLS_CIPHER%, observed on 1.40). TLS
-# 1.3 suites are not configurable in either proxy.
+# 1.3 suites are not configurable in either proxy; the client's order picks one there
+# (cipher_order.py).
 SERVER_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
                   "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
@@ -306,6 +308,8 @@ class TlsTransport:
                 raise TlsError("require_client_certificate needs a validation context")
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
+        if self.server:  # TLS 1.3 by the client's order, as BoringSSL (cipher_order.py)
+            cipher_order.client_order_for_tls13(ctx)
         return ctx
 
     def _stat_files(self) -> tuple[Any, ...]:
