@@ -522,10 +522,11 @@ async def accept_downstream(
     return reader, writer, peer, alpn
 
 
-def apply_peer(facts: Any, peer: PeerInfo, info: StreamInfo) -> None:
+def apply_peer(facts: Any, peer: PeerInfo, info: StreamInfo | None = None) -> None:
     """Record the TLS connection and its peer certificate in ConnectionFacts (RBAC reads
     them) and in the connection's StreamInfo INFO (the access log's TLS operators)."""
-    info.downstream_tls = peer.connection
+    if info is not None:
+        info.downstream_tls = peer.connection
     facts.tls_established = True
     facts.peer_uri_sans = peer.uri_sans
     facts.peer_dns_sans = peer.dns_sans
