@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from remora.proxy.transport.connection_info import TlsConnectionInfo
 
 # Envoy's response flag short strings (source/common/stream_info/utility.h). Since the
 # flags became an extensible vector, Envoy prints them in the order they were set, not in
@@ -47,6 +50,10 @@ class StreamInfo:
     downstream_alpn: str | None = None
     listener_name: str | None = None
     filter_chain_name: str | None = None
+    # the downstream TLS connection (None in plain text), shared by the connection's
+    # requests: the access log's DOWNSTREAM_PEER_*/LOCAL_*/TLS_* operators read it, and
+    # it works each value out when first asked (transport/connection_info.py)
+    downstream_tls: TlsConnectionInfo | None = None
 
     # HTTP request/response (lower-case header names; pseudo headers :method :path
     # :authority :scheme in request_headers). None for plain TCP.
@@ -80,8 +87,9 @@ class StreamInfo:
     @classmethod
     def for_request(cls, conn: StreamInfo, protocol: str) -> StreamInfo:
         """A request's StreamInfo on the downstream connection whose facts are CONN: the
-        connection's addresses, SNI, ALPN, listener and filter chain, its dynamic metadata
-        (copied: a request's filters add their own), PROTOCOL, and the start times. Built
+        connection's addresses, SNI, ALPN, listener, filter chain and TLS connection (one
+        reference), its dynamic metadata (copied: a request's filters add their own),
+        PROTOCOL, and the start times. Built
         on every request: the fields are set directly, in the constructor's order (so
         every instance shares one key layout), without its keyword parsing and default
         factories."""
@@ -96,6 +104,7 @@ class StreamInfo:
         info.downstream_alpn = conn.downstream_alpn
         info.listener_name = conn.listener_name
         info.filter_chain_name = conn.filter_chain_name
+        info.downstream_tls = conn.downstream_tls
         info.protocol = protocol
         info.request_headers = None
         info.response_headers = None

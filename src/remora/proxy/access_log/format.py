@@ -20,6 +20,7 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.stream_info import StreamInfo
+from remora.proxy.transport.connection_info import FIELDS as TLS_FIELDS
 
 Value = str | int | None
 Op = Callable[[StreamInfo], Value]
@@ -71,14 +72,51 @@ def _start_time(fmt: str | None) -> Op:
             return text + _MILLIS[int((t - whole) * 1000)]
         return default
     def custom(info: StreamInfo) -> Value:
-        t = info.start_time
-        frac = t % 1
-        text = fmt.replace("%E3S", time.strftime("%S", time.gmtime(t)) + f".{int(frac * 1e3):03d}")
-        text = text.replace("%3f", f"{int(frac * 1e3):03d}")
-        text = text.replace("%6f", f"{int(frac * 1e6):06d}")
-        text = text.replace("%9f", f"{int(frac * 1e9):09d}").replace("%s", str(int(t)))
-        return time.strftime(text, time.gmtime(t))
+        return _strftime(fmt, info.start_time)
     return custom
+
+
+def _strftime(fmt: str, t: float) -> str:
+    """T (seconds since the epoch, UTC) in Envoy's DateFormatter FMT: strftime with
+    ``%E3S`` (seconds and milliseconds), ``%3f``/``%6f``/``%9f`` and ``%s``; ``%Z`` is
+    "UTC" (absl::FormatTime in UTC, observed on Envoy 1.40), not the C library's "GMT"."""
+    frac = t % 1
+    fmt = fmt.replace("%Z", "UTC")
+    text = fmt.replace("%E3S", time.strftime("%S", time.gmtime(t)) + f".{int(frac * 1e3):03d}")
+    text = text.replace("%3f", f"{int(frac * 1e3):03d}")
+    text = text.replace("%6f", f"{int(frac * 1e6):06d}")
+    text = text.replace("%9f", f"{int(frac * 1e9):09d}").replace("%s", str(int(t)))
+    return time.strftime(text, time.gmtime(t))
+
+
+def _default_time(t: float) -> str:
+    """AccessLogDateTimeFormatter::fromTime: ``%Y-%m-%dT%H:%M:%E3SZ``."""
+    whole = int(t)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            + _MILLIS[int((t - whole) * 1000)])
+
+
+def _tls_op(field_name: str) -> Op:
+    """DOWNSTREAM_<FIELD_NAME>: StreamInfoSslConnectionInfoFormatterProvider, nothing
+    (``-``, null) on a connection without TLS and for an empty value."""
+    def op(info: StreamInfo) -> Value:
+        tls = info.downstream_tls
+        return None if tls is None else tls.text(field_name)
+    return op
+
+
+def _peer_cert_time(end: bool, fmt: str | None) -> Op:
+    """DOWNSTREAM_PEER_CERT_V_START / _V_END (DownstreamPeerCertVStartFormatter, a
+    SystemTimeFormatter): START_TIME's default form or its strftime argument, over the
+    peer certificate's notBefore / notAfter; nothing without a peer certificate."""
+    def op(info: StreamInfo) -> Value:
+        tls = info.downstream_tls
+        valid = tls.peer_validity() if tls is not None else None
+        if valid is None:
+            return None
+        t = valid[1] if end else valid[0]
+        return _strftime(fmt, t) if fmt else _default_time(t)
+    return op
 
 
 class HeaderOp:
@@ -225,7 +263,11 @@ SIMPLE: dict[str, Op] = {
     "HOSTNAME": lambda i: _HOSTNAME,
     "UPSTREAM_PROTOCOL": _upstream_protocol,
     "GRPC_STATUS_NUMBER": grpc_status,
+    # the downstream TLS connection's (transport/connection_info.py)
+    **{f"DOWNSTREAM_{name}": _tls_op(name) for name in sorted(TLS_FIELDS)},
 }
+# Operators with an optional argument besides START_TIME: the peer certificate's validity
+_PEER_CERT_TIMES = {"DOWNSTREAM_PEER_CERT_V_START": False, "DOWNSTREAM_PEER_CERT_V_END": True}
 
 _TOKEN = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
 
@@ -275,6 +317,8 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
         return _headers(_HEADER_FIELDS[name], arg, max_len)
     if name == "START_TIME":
         return _start_time(arg)
+    if name in _PEER_CERT_TIMES:
+        return _peer_cert_time(_PEER_CERT_TIMES[name], arg)
     if name == "DYNAMIC_METADATA" and arg:
         return _dynamic_metadata(arg, max_len)
     if name == "GRPC_STATUS":
@@ -284,7 +328,8 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
         raise ConfigError(path, f"unsupported access log command operator %{name}"
                                 f"{'(' + arg + ')' if arg is not None else ''}%",
                           f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, GRPC_STATUS(), "
-                          f"DYNAMIC_METADATA(), {', '.join(sorted(SIMPLE))}")
+                          f"DYNAMIC_METADATA(), "
+                          f"{', '.join(sorted([*SIMPLE, *(n + '()' for n in _PEER_CERT_TIMES)]))}")
     return op
 
 

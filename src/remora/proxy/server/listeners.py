@@ -254,7 +254,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
                 log.debug("TLS handshake on %s failed: %s", cfg.name, exc.reason)
                 return
             stats.inc(listener.prefix + "ssl.handshake")
-            tls.apply_peer(facts, peer)
+            tls.apply_peer(facts, peer, info)
             info.downstream_alpn = alpn or info.downstream_alpn
         else:
             reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)

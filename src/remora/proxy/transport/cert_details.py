@@ -9,6 +9,7 @@ Pure functions: the TLS transport (tls.py) hands over the bytes once per connect
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import ssl
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ class TlsPeer:
 def sha256_hex(der: bytes) -> str:
     """Utility::getSha256DigestFromCertificate: lower-case hex of SHA-256 over the DER."""
     return hashlib.sha256(der).hexdigest()
+
+
+def sha1_hex(der: bytes) -> str:
+    """Utility::getSha1DigestFromCertificate: lower-case hex of SHA-1 over the DER."""
+    return hashlib.sha1(der, usedforsecurity=False).hexdigest()
 
 
 # RFC 5280 4.1: Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature };
@@ -83,6 +89,44 @@ def _sans(der: bytes, kind: int) -> tuple[str, ...]:
     return ()
 
 
+def serial_hex(der: bytes) -> str:
+    """Utility::getSerialNumberFromCertificate: the serial number through BoringSSL's
+    BN_bn2hex, i.e. the magnitude's bytes without leading zero bytes, in lower-case hex
+    (each byte two digits, so "0a1b", not "a1b"), "-" before a negative one, "0" for 0."""
+    _, _, start, end = _tbs_fields(der)[0]
+    value = int.from_bytes(der[start:end], "big", signed=True)
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    text = magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "big").hex()
+    return "-" + text if value < 0 else text
+
+
+_UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
+
+
+def _asn1_time(tag: int, body: bytes) -> float:
+    """Seconds since the epoch of a UTCTime (RFC 5280 4.1.2.5.1: YY >= 50 is 19YY) or a
+    GeneralizedTime, both in the ``...Z`` form RFC 5280 requires."""
+    text = body.decode("ascii").rstrip("Z")
+    if tag == _UTC_TIME:
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif tag != _GENERALIZED_TIME:
+        raise ValueError("not an ASN.1 time")
+    whole = text.split(".", 1)[0]
+    fields = [int(whole[i:j]) for i, j in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))]
+    return float(calendar.timegm((*fields, 0, 0, 0)))
+
+
+def validity(der: bytes) -> tuple[float, float]:
+    """notBefore and notAfter of the certificate DER, in seconds since the epoch (Envoy's
+    Utility::getValidFrom and getExpirationTime: whole seconds)."""
+    _, _, start, end = _tbs_fields(der)[3]
+    (tag1, _, s1, e1), (tag2, _, s2, e2) = _der_items(der, start, end)
+    return _asn1_time(tag1, der[s1:e1]), _asn1_time(tag2, der[s2:e2])
+
+
 def uri_sans(der: bytes) -> tuple[str, ...]:
     return _sans(der, _URI)
 
@@ -91,17 +135,29 @@ def dns_sans(der: bytes) -> tuple[str, ...]:
     return _sans(der, _DNS_NAME)
 
 
-def pem_uri_sans(pem: bytes) -> tuple[str, ...]:
-    """URI SANs of the first certificate in a PEM chain (the local certificate: Envoy's
-    ``uriSanLocalCertificate``); () when there is none or it cannot be read."""
+def pem_first_der(pem: bytes) -> bytes | None:
+    """The DER of the first certificate in a PEM chain (the local certificate, Envoy's
+    SSL_get_certificate); None when there is none or it cannot be read."""
     begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
     start = pem.find(begin)
     stop = pem.find(end, start)
     if start < 0 or stop < 0:
+        return None
+    try:
+        return ssl.PEM_cert_to_DER_cert(pem[start:stop + len(end)].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def pem_uri_sans(pem: bytes) -> tuple[str, ...]:
+    """URI SANs of the first certificate in a PEM chain (the local certificate: Envoy's
+    ``uriSanLocalCertificate``); () when there is none or it cannot be read."""
+    der = pem_first_der(pem)
+    if der is None:
         return ()
     try:
-        return uri_sans(ssl.PEM_cert_to_DER_cert(pem[start:stop + len(end)].decode("ascii")))
-    except (ValueError, UnicodeDecodeError):
+        return uri_sans(der)
+    except ValueError:
         return ()
 
 
@@ -217,9 +273,20 @@ def _escaped(points: list[int]) -> str:
 def subject_rfc2253(der: bytes) -> str:
     """The subject of the certificate DER as Envoy's ``subjectPeerCertificate`` prints it
     ("" for an empty subject, as Istio's workload certificates have)."""
+    return _name_rfc2253(der, 4)
+
+
+def issuer_rfc2253(der: bytes) -> str:
+    """The issuer of the certificate DER as Envoy's ``issuerPeerCertificate`` prints it
+    (Utility::getIssuerFromCertificate: the same X509_NAME_print_ex, on the issuer)."""
+    return _name_rfc2253(der, 2)
+
+
+def _name_rfc2253(der: bytes, field: int) -> str:
+    """The Name at TBSCertificate item FIELD (the version dropped: 2 issuer, 4 subject)."""
     data = der
     entries: list[tuple[int, str]] = []  # (RDN index, "name=value")
-    _, _, vstart, vend = _tbs_fields(der)[4]
+    _, _, vstart, vend = _tbs_fields(der)[field]
     for index, (_, _, sstart, send) in enumerate(_der_items(data, vstart, vend)):
         for _, _, astart, aend in _der_items(data, sstart, send):
             (_, _, ostart, oend), (tag, tstart, bstart, bend) = _der_items(data, astart, aend)

@@ -35,7 +35,10 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
-from remora.proxy.transport.cert_details import TlsPeer, pem_uri_sans, subject_rfc2253
+from remora.proxy.stream_info import StreamInfo
+from remora.proxy.transport import cipher_order
+from remora.proxy.transport.cert_details import TlsPeer, pem_first_der, subject_rfc2253, uri_sans
+from remora.proxy.transport.connection_info import TlsConnectionInfo
 
 log = logging.getLogger("remora.proxy")
 
@@ -48,6 +51,20 @@ _VERSIONS = {"TLS_AUTO": None, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
              "TLSv1_3": ssl.TLSVersion.TLSv1_3}
 # BoringSSL's packed error codes, as Envoy prints them in transport failure reasons.
 VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
+
+
+# Envoy's default TLS 1.0-1.2 cipher list for servers (ServerContextConfigImpl::
+# DEFAULT_CIPHER_SUITES, source/common/tls/server_context_config_impl.cc), picked by the
+# server's order as BoringSSL does. BoringSSL's "[A|B]" equal-preference groups (the
+# client's choice between AES128-GCM and CHACHA20-POLY1305) have no OpenSSL form: the
+# group's first member comes first here. Without it ``ssl``'s default list prefers
+# AES256-GCM, so a TLS 1.2 connection Envoy holds with ECDHE-ECDSA-AES128-GCM-SHA256 was
+# one with ECDHE-ECDSA-AES256-GCM-SHA384 (%DOWNSTREAM_TLS_CIPHER%, observed on 1.40). TLS
+# 1.3 suites are not configurable in either proxy; the client's order picks one there
+# (cipher_order.py).
+SERVER_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
+                  "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+                  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
 
 
 # at most this much plaintext per SSL read: a TLS record holds 16 KiB, and the buffer
@@ -211,6 +228,8 @@ class TlsTransport:
     require_client_certificate: bool = False
     min_version: ssl.TLSVersion | None = None
     max_version: ssl.TLSVersion | None = None
+    # tls_params.cipher_suites as an OpenSSL cipher string (None: the default list)
+    ciphers: str | None = None
     _files: tuple[str, ...] = ()
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
@@ -218,6 +237,8 @@ class TlsTransport:
     # the URI SANs of the current context's certificate (Envoy's uriSanLocalCertificate,
     # x-forwarded-client-cert's By=), read when the context is (re)built
     local_uri_sans: tuple[str, ...] = ()
+    # that certificate's DER (the access log's DOWNSTREAM_LOCAL_* operators)
+    local_der: bytes | None = None
 
     # -- building ---------------------------------------------------------------------
     def _material(self) -> tuple[Material, list[str]]:
@@ -256,6 +277,8 @@ class TlsTransport:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if self.server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # identities are SPIFFE URIs, checked by SAN matchers
         ctx.sslobject_class = _DirectSSLObject
+        if self.ciphers is not None or self.server:
+            ctx.set_ciphers(self.ciphers or SERVER_CIPHERS)
         if self.min_version:
             ctx.minimum_version = self.min_version
         if self.max_version:
@@ -285,6 +308,8 @@ class TlsTransport:
                 raise TlsError("require_client_certificate needs a validation context")
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
+        if self.server:  # TLS 1.3 by the client's order, as BoringSSL (cipher_order.py)
+            cipher_order.client_order_for_tls13(ctx)
         return ctx
 
     def _stat_files(self) -> tuple[Any, ...]:
@@ -313,7 +338,11 @@ class TlsTransport:
             reason = exc.reason if isinstance(exc, TlsError) else str(exc)
             raise TlsError(f"TLS context unavailable: {reason}") from exc
         self._ctx, self._signature, self.sans = ctx, signature, material.sans
-        self.local_uri_sans = pem_uri_sans(material.chain.read()) if material.chain else ()
+        self.local_der = pem_first_der(material.chain.read()) if material.chain else None
+        self.local_uri_sans = ()
+        if self.local_der is not None:
+            with contextlib.suppress(ValueError):
+                self.local_uri_sans = uri_sans(self.local_der)
         return ctx
 
     # -- after the handshake ------------------------------------------------------------
@@ -350,6 +379,8 @@ class PeerInfo:
     # a downstream peer that presented a certificate: its bytes, for the connection
     # manager's x-forwarded-client-cert (http/xfcc.py)
     tls: TlsPeer | None = None
+    # a downstream TLS connection's facts for the access log (connection_info.py)
+    connection: TlsConnectionInfo | None = None
 
 
 _ENCODING_DER = 2  # _ssl.ENCODING_DER: _ssl.Certificate.public_bytes's DER (PEM is 1)
@@ -427,6 +458,22 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
                                               "TLS_AUTO")]
         t.max_version = _VERSIONS[params.enum("tls_maximum_protocol_version", tuple(_VERSIONS),
                                               "TLS_AUTO")]
+        suites = params.raw("cipher_suites", [])
+        if suites:
+            if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
+                raise ConfigError(params.at("cipher_suites"), "cipher_suites must be a list "
+                                  "of cipher names", "write e.g. [ECDHE-ECDSA-AES128-GCM-SHA256]")
+            # BoringSSL's "[A|B]" equal-preference groups, flattened in their order
+            names = [name for item in suites for name in item.strip("[]").split("|") if name]
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            for name in names:  # Envoy refuses the config: "Failed to initialize cipher suites"
+                try:
+                    probe.set_ciphers(name)
+                except ssl.SSLError:
+                    raise ConfigError(params.at("cipher_suites"), f"unknown cipher suite {name!r}",
+                                      "use OpenSSL cipher names, e.g. "
+                                      "ECDHE-ECDSA-AES128-GCM-SHA256") from None
+            t.ciphers = ":".join(names)
         params.done()
     # Check every field now (ConfigError names it); a file not written yet (SDS) is
     # read again by the first handshake.
@@ -449,7 +496,8 @@ async def accept_downstream(
     protocol = asyncio.StreamReaderProtocol(reader)
     try:
         ctx = transport.context()
-        local_uri_sans = transport.local_uri_sans  # of the certificate this handshake uses
+        # of the certificate this handshake uses
+        local_uri_sans, local_der = transport.local_uri_sans, transport.local_der
         tr, _ = await loop.connect_accepted_socket(
             lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
@@ -469,13 +517,16 @@ async def accept_downstream(
             peer.subject = subject_rfc2253(der)
         except (ValueError, IndexError):  # BoringSSL parsed it; our DER walker could not
             log.debug("peer certificate subject not read")
+    peer.connection = TlsConnectionInfo(sslobj, peer.tls, local_der)
     alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
     return reader, writer, peer, alpn
 
 
-def apply_peer(facts: Any, peer: PeerInfo) -> None:
+def apply_peer(facts: Any, peer: PeerInfo, info: StreamInfo | None = None) -> None:
     """Record the TLS connection and its peer certificate in ConnectionFacts (RBAC reads
-    them)."""
+    them) and in the connection's StreamInfo INFO (the access log's TLS operators)."""
+    if info is not None:
+        info.downstream_tls = peer.connection
     facts.tls_established = True
     facts.peer_uri_sans = peer.uri_sans
     facts.peer_dns_sans = peer.dns_sans
