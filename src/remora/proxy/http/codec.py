@@ -21,9 +21,12 @@ from remora.proxy.http.codec_state import (
     DONE,
     END_OF_MESSAGE,
     INFORMATIONAL,
+    MIGHT_SWITCH_PROTOCOL,
     MUST_CLOSE,
     REQUEST,
+    RESPONSE,
     SEND_BODY,
+    SEND_RESPONSE,
     SERVER,
     SWITCH_UPGRADE,
     SWITCHED_PROTOCOL,
@@ -594,14 +597,15 @@ class ResponseDecoder:
             return
         p = self._parser
         self.status = status = p.get_status_code()
-        if not 100 <= status <= 999:  # three digits, 1xx and up (Envoy: 099 -> 502)
-            raise ResponseError(f"status {status}")
-        if 100 <= status < 200 and status != 101:
-            # 100 Continue and friends: drop them, the final response follows
-            state.process_event(SERVER, INFORMATIONAL)
-            self.headers = []
-            self._head_bytes = 0
-            return
+        if not 200 <= status <= 999:  # one test on the usual response
+            if not 100 <= status <= 999:  # three digits, 1xx and up (Envoy: 099 -> 502)
+                raise ResponseError(f"status {status}")
+            if status != 101:
+                # 100 Continue and friends: drop them, the final response follows
+                state.process_event(SERVER, INFORMATIONAL)
+                self.headers = []
+                self._head_bytes = 0
+                return
         for n, v in self.headers:
             if n == "transfer-encoding":
                 # as for requests, Envoy understands exactly "chunked" and nothing else
@@ -612,8 +616,13 @@ class ResponseDecoder:
                 self.content_length = int(v)
         if status == 101 and state.pending_switch == SWITCH_UPGRADE:
             state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
+        elif (state.server == SEND_RESPONSE and state.pending_switch is None
+              and state.keep_alive and state.client != MIGHT_SWITCH_PROTOCOL):
+            # ConnectionState.process_response_head's one move, inlined (a call costs
+            # about 0.3 k instructions per response, callgrind)
+            state.server = SEND_BODY
         else:
-            state.process_response_head()  # process_event(SERVER, RESPONSE)
+            state.process_event(SERVER, RESPONSE)
         if not p.should_keep_alive():
             state.process_keep_alive_disabled()
         self.headers_done = True
@@ -632,7 +641,12 @@ class ResponseDecoder:
         if self.headers_done:
             self.parser_idle = True  # not after an interim 1xx: the final response follows
             if state.server == SEND_BODY:
-                state.process_response_end()  # process_event(SERVER, END_OF_MESSAGE)
+                if (state.pending_switch is None and state.keep_alive
+                        and state.client != MIGHT_SWITCH_PROTOCOL):
+                    # ConnectionState.process_response_end's one move, inlined (as above)
+                    state.server = DONE
+                else:
+                    state.process_event(SERVER, END_OF_MESSAGE)
 
 
 def _no_headers(decoder: ResponseDecoder) -> None:
