@@ -363,8 +363,10 @@ class RequestDecoder:
         upgrade = "upgrade" in hmap
         req.upgrade = is_upgrade = (
             p.should_upgrade() if upgrade else method == "CONNECT")
-        te = hmap.get("transfer-encoding")
-        if te is not None:  # request_framing refuses only what has a transfer-encoding
+        # (``in`` below: a test for a header the usual request lacks costs less than
+        # dict.get's call)
+        chunked = "transfer-encoding" in hmap
+        if chunked:  # request_framing refuses only what has a transfer-encoding
             framing = request_framing(method, hmap)
             if framing is not None:
                 raise framing
@@ -395,12 +397,11 @@ class RequestDecoder:
         # content-length or transfer-encoding): chunked and content_length keep Request's
         # defaults then, False and None
         if not is_upgrade:
-            if te is not None:
+            if chunked:
                 req.chunked = True
-            else:
-                cl = hmap.get("content-length")
-                if cl is not None:
-                    req.content_length = int(cl)  # llhttp already rejected a malformed one
+            elif "content-length" in hmap:
+                # llhttp already rejected a malformed one
+                req.content_length = int(hmap["content-length"])
         self.ready.append(req)
 
     def on_body(self, data: bytes) -> None:
