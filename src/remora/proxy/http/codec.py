@@ -580,7 +580,12 @@ class ResponseDecoder:
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.state.server in _ENDED:
+        # Lines after the response ended (a HEAD response's trailers, decoded in the same
+        # read) are none of its headers. It can have ended only once its head was decoded
+        # (feed and on_message_begin decode nothing after an end), so the usual header,
+        # one of a head, is told by headers_done alone (0.17 k instructions fewer per
+        # header, callgrind)
+        if self.headers_done and self.state.server in _ENDED:
             return
         size = self._head_bytes + len(name) + len(value)
         self._head_bytes = size

@@ -155,6 +155,16 @@ def test_one_response_then_anything_is_trailing(head_request: bool, data: bytes,
     assert len(dec.headers) <= 1  # never a second response's headers merged in
 
 
+def test_lines_after_a_head_response_never_join_its_headers() -> None:
+    # llhttp does not know the request was a HEAD: it reads on, in the same read, for
+    # the announced chunked body and hands over its trailers; the response ended with its
+    # head, so they are not its headers
+    dec, got = respond(True, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                             b"0\r\nX-Evil: 1\r\nX-More: 2\r\n\r\n")
+    assert dec.complete and got == b""
+    assert dec.headers == [("transfer-encoding", "chunked")]
+
+
 def test_a_clean_response_is_not_trailing() -> None:
     dec, got = respond(False, b"HTTP/1.1 100 Continue\r\n\r\n",
                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
