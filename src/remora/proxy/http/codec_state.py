@@ -173,7 +173,9 @@ class ConnectionState:
     def process_response_head(self) -> None:
         """SERVER RESPONSE (a final response's head, accepting no switch): the table's
         move SEND_RESPONSE -> SEND_BODY when nothing state-triggered can follow, else
-        process_event."""
+        process_event. ResponseDecoder makes the same move inline (as it makes
+        process_response_end's at a response's end: test_fast_paths.py holds the copies
+        to the events)."""
         if (self.server == SEND_RESPONSE and self.pending_switch is None and self.keep_alive
                 and self.client != MIGHT_SWITCH_PROTOCOL):
             self.server = SEND_BODY

@@ -4,6 +4,9 @@ side in test_desync.py."""
 
 from __future__ import annotations
 
+import contextlib
+
+import httptools
 import pytest
 
 from remora.proxy.http.codec import (
@@ -89,6 +92,42 @@ def test_upgrade_request_has_no_body_on_this_hop() -> None:
     assert req.body == [] and dec.upgraded and dec.upgrade_tail == tail
 
 
+class _Flags:
+    """httptools callbacks that note llhttp's own upgrade flag at the head's end."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.upgrade: bool | None = None
+
+    def on_headers_complete(self) -> None:
+        self.upgrade = self.parser.should_upgrade()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nHost: a\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: upgrade\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade:\r\nConnection: upgrade\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: h2c\r\nConnection: keep-alive, Upgrade\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nProxy-Connection: upgrade\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nConnection: close\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Upgrade: ws\r\nConnection: upgrade\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nConnection: upgrade\r\n"
+    b"Content-Length: 2\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nUpgrade: ws\r\n",
+])
+def test_upgrade_is_llhttps_flag(head: bytes) -> None:
+    # the decoder asks httptools for the flag only when an Upgrade header is present and
+    # otherwise takes the method's test (llhttp__before_headers_complete): the same answer
+    flags = _Flags()
+    with contextlib.suppress(httptools.HttpParserUpgrade):
+        flags.parser.feed_data(head + b"\r\n")
+    (req,), _ = decode(head + b"\r\n")
+    assert flags.upgrade is not None and req.upgrade is flags.upgrade
+
+
 # -- responses -----------------------------------------------------------------------------
 def respond(head_request: bool, *chunks: bytes) -> tuple[ResponseDecoder, bytes]:
     body: list[bytes] = []
@@ -114,6 +153,16 @@ def test_one_response_then_anything_is_trailing(head_request: bool, data: bytes,
     dec, got = respond(head_request, data)
     assert dec.complete and dec.trailing and got == body
     assert len(dec.headers) <= 1  # never a second response's headers merged in
+
+
+def test_lines_after_a_head_response_never_join_its_headers() -> None:
+    # llhttp does not know the request was a HEAD: it reads on, in the same read, for
+    # the announced chunked body and hands over its trailers; the response ended with its
+    # head, so they are not its headers
+    dec, got = respond(True, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                             b"0\r\nX-Evil: 1\r\nX-More: 2\r\n\r\n")
+    assert dec.complete and got == b""
+    assert dec.headers == [("transfer-encoding", "chunked")]
 
 
 def test_a_clean_response_is_not_trailing() -> None:

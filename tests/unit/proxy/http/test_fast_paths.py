@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from remora.proxy.http.codec import ResponseDecoder
+from remora.proxy.http.codec import RESPONSE_ENDED, ResponseDecoder, ResponseError
 from remora.proxy.http.codec_state import (
     CLIENT,
     END_OF_MESSAGE,
@@ -72,6 +72,45 @@ def test_shortcut_moves_like_the_events_it_combines(
 
 
 RESPONSE_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def _snapshot(st: ConnectionState) -> tuple[str, str, bool, str | None]:
+    return (st.client, st.server, st.keep_alive, st.pending_switch)
+
+
+def _general_response(st: ConnectionState) -> object:
+    """The states after the head (what the router's on_headers sees) and at the end."""
+    try:
+        st.process_event(SERVER, RESPONSE)
+        head = _snapshot(st)
+        st.process_event(SERVER, END_OF_MESSAGE)
+    except IllegalTransition:
+        st.process_error(SERVER)
+        return "refused"
+    return head
+
+
+def _decoded_response(st: ConnectionState) -> object:
+    heads: list[object] = []
+    dec = ResponseDecoder(False, lambda d: heads.append(_snapshot(d.state)), lambda b: None,
+                          state=st)
+    try:
+        dec.feed(RESPONSE_OK)
+    except ResponseError:
+        return "refused"
+    (head,) = heads
+    return head
+
+
+def test_a_decoded_response_moves_the_state_like_the_events() -> None:
+    # ResponseDecoder makes the state table's usual moves inline (head: SEND_RESPONSE ->
+    # SEND_BODY, end: SEND_BODY -> DONE) and the events otherwise: from every state in
+    # which it decodes a response (not after one ended), the same states as the events
+    decoded = [f for f in _STATES if f[1] not in RESPONSE_ENDED]
+    assert decoded
+    for fields in decoded:
+        assert (_outcome(_state(*fields), _decoded_response)
+                == _outcome(_state(*fields), _general_response)), fields
 
 
 def _exchange(dec: ResponseDecoder | None, state: ConnectionState, data: bytes,
