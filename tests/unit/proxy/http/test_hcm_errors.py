@@ -15,11 +15,11 @@ from tests.unit.proxy.http.fakes import (
     FakeClusterManager,
     FakeContext,
     build_hcm,
-    free_port,
     hcm_config,
     proxy,
 )
 from tests.unit.proxy.http.test_hcm_basic import run, setup
+from tests.unit.proxy.proxy_helpers import free_port
 
 RESET = "upstream connect error or disconnect/reset before headers. "
 

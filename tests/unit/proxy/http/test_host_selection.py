@@ -24,12 +24,12 @@ from tests.unit.proxy.http.fakes import (
     FakeClusterManager,
     FakeContext,
     build_hcm,
-    free_port,
     hcm_config,
     proxy,
 )
 from tests.unit.proxy.http.test_hcm_basic import run
 from tests.unit.proxy.http.test_hcm_errors import PREVIOUS_HOSTS, _retry_route
+from tests.unit.proxy.proxy_helpers import free_port
 
 
 @pytest.mark.parametrize("attempts,status,picked", [(None, 503, "bad"), ("3", 200, "good")])
