@@ -234,8 +234,13 @@ class _Forward:
     the attempt right there, connection.py)."""
 
     __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "entry", "h1", "host", "hs",
-                 "policy", "reselections", "retries_left", "retry_slots", "retry_status",
-                 "route", "router", "started", "stream", "tried")
+                 "policy", "retries_left", "retry_slots", "retry_status", "route", "router",
+                 "started", "stream", "tried")
+
+    # the hosts tried so far (retry previous_hosts): set by ``run``, which every attempt
+    # but the one ``start`` begins goes through (``start`` records its host in ``host``;
+    # one set built and filled less per usual request)
+    tried: set[str]
 
     def __init__(self, router: Router, stream: HttpStream, route: Route,
                  cluster: Cluster) -> None:
@@ -253,14 +258,8 @@ class _Forward:
         self.cluster = cluster
         p: RetryPolicy | None = route.retry_policy
         self.policy = p
-        if p is None:
-            self.retries_left = 0
-            self.reselections = 1
-        else:
-            self.retries_left = p.num_retries
-            self.reselections = p.host_selection_retry_max_attempts
+        self.retries_left = p.num_retries if p is not None else 0
         self.retry_slots = 0  # "retries" circuit-breaker slots held
-        self.tried: set[str] = set()
         self.current: PooledConnection | None = None
         self.host: str | None = None  # the current (or last) attempt's host, for its stats
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
@@ -274,12 +273,20 @@ class _Forward:
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
 
+    @property
+    def reselections(self) -> int:
+        """The policy's host_selection_retry_max_attempts (1 without a policy)."""
+        p = self.policy
+        return p.host_selection_retry_max_attempts if p is not None else 1
+
     # -- the loop -------------------------------------------------------------------------
     async def run(self, resumed: int = _FRESH) -> bool:
         """Forward the request; False, as a filter that answered (the router always does).
         RESUMED: the first attempt was begun by ``start`` (its request sent: _SENT, or
         refused by the "requests" circuit breaker: _OVERFLOW), and this coroutine takes
         it over where the attempt waits for its outcome."""
+        host = self.host
+        self.tried = {host} if resumed == _SENT and host is not None else set()
         conn = self.conn
         loop = conn.loop
         timeout = self.route.timeout
@@ -587,10 +594,12 @@ class _Forward:
         info.upstream_local_address = pc.upstream.local_address
         info.upstream_cluster = cluster.name
         self.current = pc
-        self.tried.add(host)
         self.cs.rq_total.inc()
-        self.host = host
-        hs = self.hs = cluster.host_counts(host)
+        self.host = host  # run(_SENT) starts its tried hosts with it
+        hs = pc.host_counts
+        if hs is None:  # the host's stats, kept on its connection (no call per request)
+            hs = pc.host_counts = cluster.host_counts(host)
+        self.hs = hs
         hs.rq_total += 1
         hs.rq_active += 1
         self._send_request(pc)
