@@ -668,7 +668,8 @@ class _Forward:
 
     def _end_started(self) -> None:
         """The usual response of a request ``start`` sent is complete: what ``_attempt``
-        and ``run`` do after their wait returned None, then the stream ends."""
+        and ``run`` do after their wait returned None, then the stream ends. (``_complete``
+        has its own copy, for the usual response.)"""
         self.dec = None
         self.cluster.release("requests")
         hs = self.hs
@@ -875,7 +876,21 @@ class _Forward:
         if self.done is None:  # _finish(None), for the request start sent
             h1 = self.h1
             if type(h1) is Http1Connection and h1.in_flight is self:
-                self._end_started()
+                # _end_started, inlined (a call less per request, ~0.9 k instructions,
+                # callgrind bench_http_cpu.py); no connection is current any more
+                self.dec = None
+                self.cluster.release("requests")
+                hs = self.hs
+                if hs is not None and hs.rq_active > 0:
+                    hs.rq_active -= 1
+                if stream.req.sink is not None:
+                    self._drop_current()
+                if self.retry_slots:
+                    for _ in range(self.retry_slots):
+                        self.cluster.release("retries")
+                    self.retry_slots = 0
+                h1.route_deadline = 0.0
+                h1.in_flight_ended()
                 return
         self._finish(None)
 
