@@ -35,7 +35,8 @@ class RetryPolicy:
     base_interval: float = 0.025
     max_interval: float = 0.25
     # what retry_on_status asks of retry_on, worked out once (it is asked per response:
-    # a test per condition cost ~0.4 k instructions per request, callgrind bench_lab_cpu)
+    # a test per condition cost ~0.5 k instructions per request on the lab's client
+    # sidecar, whose Istio route retries; callgrind bench_lab_cpu.py)
     _on_5xx: bool = field(init=False, repr=False, compare=False)
     # the statuses retried below 500 and the 5xx ones without "5xx": gateway-error 502-504,
     # retriable-4xx 409, retriable-status-codes, envoy-ratelimited 429
