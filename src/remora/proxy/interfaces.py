@@ -144,8 +144,9 @@ class Cluster(Protocol):
         ...
 
     def host_counts(self, host: str) -> HostCounts:
-        """HOST's stats as one object, resolved once per attempt so the router's per-request
-        charges are attribute adds (the same stats host_stat changes by name)."""
+        """HOST's stats as one object, so the router's per-request charges are attribute
+        adds (the same stats host_stat changes by name). The same object for the cluster
+        object's life: the router keeps it on a pooled connection to HOST."""
         ...
 
 

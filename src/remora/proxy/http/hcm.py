@@ -26,7 +26,7 @@ from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http2.codec_choice import choose_http2
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
-from remora.proxy.stats import Counter, Gauge, counter, gauge, histogram
+from remora.proxy.stats import Counter, Gauge, Histogram, counter, gauge, histogram
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
@@ -75,10 +75,12 @@ class HttpConnectionManager:
         self._rq_active = gauge(stats, p + "downstream_rq_active")
         self._cx_active = gauge(stats, p + "downstream_cx_active")
         # The store's own handles (StatsStore): a request's counters are added to the
-        # handles' pending counts and its active gauge to the store's entry in place, four
-        # calls fewer per request; over another Stats each change goes through the handle.
+        # handles' pending counts, its active gauge to the store's entry and its
+        # downstream_rq_time to the histogram's pending values in place, five calls fewer
+        # per request; over another Stats each change goes through the handle.
         self._inline = (type(self._rq_total) is Counter and type(self._rq_active) is Gauge
-                        and all(type(c) is Counter for c in (self._rq_completed, *self._rq_xx)))
+                        and all(type(c) is Counter for c in (self._rq_completed, *self._rq_xx))
+                        and type(self._rq_time) is Histogram)
         self._gauges = self._rq_active.values
         self._rq_active_name = self._rq_active.name
         self._node_ip: str | bool | None = False
@@ -182,13 +184,17 @@ class HttpConnectionManager:
             self._rq_completed.pending += 1
             if 100 <= code < 600:
                 self._rq_xx[code // 100 - 1].pending += 1
+            pending = self._rq_time.pending  # Histogram.observe
+            pending.append((end - info.start_monotonic) * 1000)
+            if len(pending) >= Histogram.FOLD_AT:
+                self._rq_time.fold()
         else:
             if req.method:
                 self._rq_active.add(-1)
             self._rq_completed.inc()
             if 100 <= code < 600:
                 self._rq_xx[code // 100 - 1].inc()
-        self._rq_time.observe((end - info.start_monotonic) * 1000)
+            self._rq_time.observe((end - info.start_monotonic) * 1000)
         for logger in self.loggers:
             logger.log(info)
 

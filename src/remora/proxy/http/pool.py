@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 from remora.proxy.deferred_write import DeferredOutput, batch_for
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.codec_state import ConnectionState
-from remora.proxy.interfaces import ConnectionFacts, Upstream
+from remora.proxy.interfaces import ConnectionFacts, HostCounts, Upstream
 from remora.proxy.takeover import take_over
 from remora.proxy.upstream.connect import TrackedProtocol
 
@@ -81,8 +81,8 @@ class PooledConnection(asyncio.Protocol):
 
     __slots__ = ("_drain_waiters", "_eof", "_max_age", "_max_idle", "_max_requests", "_pending",
                  "_read_paused", "_rx", "_tracked", "created", "decoder", "handler", "host",
-                 "idle_since", "key", "limits", "on_stray", "output", "owner", "pool",
-                 "requests", "state", "transport", "upstream", "write_paused")
+                 "host_counts", "idle_since", "key", "limits", "on_stray", "output", "owner",
+                 "pool", "requests", "state", "transport", "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -90,6 +90,10 @@ class PooledConnection(asyncio.Protocol):
         self.key = key
         self.upstream = upstream
         self.host: str = upstream.host  # fixed for the connection's life
+        # the owner cluster's stats of that host (Cluster.host_counts: the same object for
+        # the cluster object's life), kept here by the router on the connection's first
+        # request it starts without a coroutine
+        self.host_counts: HostCounts | None = None
         self.limits = limits
         # the limits as bounds that are never reached when unset (0), for the pool's
         # one-condition checks (``expired`` is the readable form)
