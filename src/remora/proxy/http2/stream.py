@@ -158,9 +158,10 @@ class StreamConn:
             return
         state = self.state
         if state == DRIVEN:
-            if self.in_flight is not None:
+            if self.in_flight is not None and not self._running:
                 # a coroutine again, waiting for its response: cancelled there below, as
-                # the coroutine that sent the request would be
+                # the coroutine that sent the request would be (while the stream starts,
+                # ``start`` does that with the pending cancellation once it returned)
                 self.resume_in_flight()
             self.cancel_reason = reason
             if self._running:

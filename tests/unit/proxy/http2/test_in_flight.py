@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -247,5 +248,86 @@ def test_requests_overflow_with_a_pooled_connection_ready_is_503_uo(
             "UO", "upstream_reset_before_response_started{overflow}")
         assert cluster.overflows["requests"] == 1
         assert cluster.active["requests"] == 0
+        await app.stop()
+    run(body)
+
+
+def test_client_goaway_lets_the_stream_in_flight_finish(flights: list[str]) -> None:
+    async def body() -> None:
+        hcm, app, ctx = await setup()
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            assert (await c.request("GET", "/warm")).status == 200
+            sid = c.start("GET", "/slow/300")
+            await asyncio.sleep(0.1)
+            # GOAWAY (NO_ERROR; last stream 0: the server opened none), written raw: the
+            # h2 library's own close_connection would stop its client from reading the
+            # response
+            c.writer.write(struct.pack(">I", 8)[1:] + bytes([7, 0]) + struct.pack(
+                ">III", 0, 0, 0))
+            r = c.responses[sid]
+            await asyncio.wait_for(r.done.wait(), 5)
+            assert (r.status, r.ended) == (200, True)
+            assert json.loads(r.body)["path"] == "/slow/300"
+            # the connection closes once its last stream ended
+            await asyncio.wait_for(c.closed.wait(), 5)
+        assert flights == ["ended"]
+        infos = await logged(ctx, 2)
+        assert [(i.response_code, i.flags_string()) for i in infos] == [(200, "-")] * 2
+        assert _cluster(ctx).active.get("requests", 0) == 0
+        await app.stop()
+    run(body)
+
+
+def test_a_cancellation_while_the_stream_starts_lands_at_its_wait(
+        flights: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted inside ``hcm.start`` (here as the router takes its pooled connection,
+    before the request is in flight): as ``_drive`` does for a coroutine that got to its
+    response wait, the request becomes the router's coroutine once started and the
+    cancellation lands at its wait the next turn: the stream ends as a disconnect (code
+    0, DC), is reset, logged once, its slot is given back, the connection serves on."""
+    from remora.proxy.http.pool import ConnectionPool
+    from remora.proxy.http.router import Router
+    start, take_ready = Router.start_http1, ConnectionPool.take_ready
+    starting: list[Any] = []
+    armed: list[bool] = []
+
+    def start_http1(self: Router, stream: Any) -> Any:
+        starting.append(stream)
+        try:
+            return start(self, stream)
+        finally:
+            starting.pop()
+
+    def take_ready_then_cancel(self: ConnectionPool, *args: Any) -> Any:
+        pc = take_ready(self, *args)
+        if pc is not None and armed and armed.pop():
+            conn = starting[-1].conn
+            assert conn.in_flight is None
+            conn.cancel_active("dc")
+        return pc
+
+    monkeypatch.setattr(Router, "start_http1", start_http1)
+    monkeypatch.setattr(ConnectionPool, "take_ready", take_ready_then_cancel)
+
+    async def body() -> None:
+        hcm, app, ctx = await setup()
+        async with proxy(hcm) as addr:
+            c = await H2Client.connect(addr)
+            assert (await c.request("GET", "/warm")).status == 200
+            armed.append(True)
+            r = await c.request("GET", "/slow/200")
+            assert r.status == 0 and r.reset is not None  # reset, nothing answered
+            assert (await c.request("GET", "/after")).status == 200
+            await c.close()
+        assert flights == ["resumed"]
+        await asyncio.sleep(0.3)
+        infos = ctx.logger.infos
+        assert [(i.request_headers[":path"], i.response_code, i.flags_string(),
+                 i.response_code_details) for i in infos] == [
+            ("/warm", 200, "-", "via_upstream"),
+            ("/slow/200", 0, "DC", "downstream_remote_disconnect"),
+            ("/after", 200, "-", "via_upstream")]
+        assert _cluster(ctx).active.get("requests", 0) == 0
         await app.stop()
     run(body)
