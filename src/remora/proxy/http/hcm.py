@@ -104,14 +104,23 @@ class HttpConnectionManager:
 
     async def serve(self, stream: ActiveStream) -> None:
         """STREAM served as one coroutine (an HTTP/2 stream, a connection whose serve is
-        replaced): ``start``, then what it left to wait for."""
+        replaced): ``start``, then what it left to wait for. A request ``start`` sent
+        without a coroutine (in flight: ``Router.start_http1``) is waited for here as its
+        coroutine, so this returns only once the stream is served."""
         rest = self.start(stream)
+        if rest is None:
+            conn = stream.conn
+            flight = getattr(conn, "in_flight", None)
+            if flight is not None:
+                conn.in_flight = None
+                rest = flight.resumed()
         if rest is not None:
             await rest
 
     def start(self, stream: ActiveStream) -> Coroutine[Any, Any, Any] | None:
-        """``serve`` for an HTTP/1.1 stream, from the connection's read callback
-        (connection.py ``_start``): what ``serve`` does, without a coroutine of its own.
+        """``serve`` for an HTTP/1.1 request or an HTTP/2 stream, from the connection's
+        read callback (connection.py ``_start``, http2/stream.py ``StreamConn.start``):
+        what ``serve`` does, without a coroutine of its own.
         None when the stream ended here (a local reply) or went upstream without a
         coroutine (a chain of the router alone: ``Router.start``); otherwise the coroutine
         that goes on with the filters (or the router's own)."""

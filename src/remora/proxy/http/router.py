@@ -230,11 +230,11 @@ class Router:
         return _Forward(self, stream, route, cluster).run()
 
     def start_http1(self, stream: ActiveStream) -> Coroutine[Any, Any, bool] | None:
-        """``decode_headers`` for an HTTP/1.1 stream whose chain is the router alone, from
-        the connection's read callback (hcm.start): the usual request (whole, on a pooled
-        connection) goes upstream without a coroutine and returns None, its response ends
-        the stream from the upstream's read callback (``_Forward.start``); anything else
-        returns the coroutine ``decode_headers`` would."""
+        """``decode_headers`` for an HTTP/1.1 or HTTP/2 stream whose chain is the router
+        alone, from the connection's read callback (hcm.start): the usual request (whole,
+        on a pooled connection) goes upstream without a coroutine and returns None, its
+        response ends the stream from the upstream's read callback (``_Forward.start``);
+        anything else returns the coroutine ``decode_headers`` would."""
         route = stream.route
         if route is None or route.direct_response is not None:
             return self.decode_headers(stream)
@@ -575,8 +575,9 @@ class _Forward:
             attached.rq_active -= 1
 
     def start(self) -> Coroutine[Any, Any, bool] | None:
-        """``run`` without a coroutine for the usual HTTP/1.1 request: whole (no body to
-        stream, no upgrade), HTTP/1.1 upstream, no per-try timeout, and an idle pooled
+        """``run`` without a coroutine for the usual request (HTTP/1.1, or an HTTP/2
+        stream: ``StreamConn`` holds it in flight too): whole (no body to stream, no
+        upgrade), HTTP/1.1 upstream, no per-try timeout, and an idle pooled
         connection that ``acquire`` takes as it is. Then the first attempt is begun here
         exactly as ``run`` and ``_attempt`` begin it (route timeout, attempt count,
         circuit breaker, host stats, the request written, this object the connection's
@@ -590,10 +591,12 @@ class _Forward:
         stream = self.stream
         req = stream.req
         p = self.policy
-        # (an HTTP/2 stream is started by hcm.serve, never here: in flight is HTTP/1.1's)
-        if (type(h1) is not Http1Connection or not req.complete or req.upgrade
-                or stream.upstream_chunked
-                or self.entry.h2_after_h1 or (p is not None and p.per_try_timeout > 0)
+        # (an HTTP/1.1 connection and an HTTP/2 stream both hold a request in flight:
+        # http/connection.py and http2/stream.py ``in_flight``)
+        if (h1 is None or not req.complete or req.upgrade or stream.upstream_chunked
+                or (self.entry.h2_after_h2 if stream.info.protocol == "HTTP/2"
+                    else self.entry.h2_after_h1)
+                or (p is not None and p.per_try_timeout > 0)
                 or stream.info.upstream_request_attempt_count):
             return self.run()
         facts = h1.downstream.facts
@@ -682,7 +685,7 @@ class _Forward:
                 self.cluster.release("retries")
             self.retry_slots = 0
         h1 = self.h1
-        assert type(h1) is Http1Connection
+        assert h1 is not None
         h1.route_deadline = 0.0
         h1.in_flight_ended()
 
@@ -823,7 +826,7 @@ class _Forward:
         done = self.done
         if done is None:
             h1 = self.h1
-            if type(h1) is not Http1Connection or h1.in_flight is not self:
+            if h1 is None or h1.in_flight is not self:
                 return
             if outcome is None:
                 self._end_started()
@@ -875,7 +878,7 @@ class _Forward:
             pc.close()
         if self.done is None:  # _finish(None), for the request start sent
             h1 = self.h1
-            if type(h1) is Http1Connection and h1.in_flight is self:
+            if h1 is not None and h1.in_flight is self:
                 # _end_started, inlined (a call less per request, ~0.9 k instructions,
                 # callgrind bench_http_cpu.py); no connection is current any more
                 self.dec = None

@@ -26,6 +26,14 @@ future is cancelled at once and CancelledError raised where it is awaited at the
 turn. Once the response is queued, the wait until it left the proxy (the stream's
 access-log line is written then) is a callback on the StreamConn (``tail``), not a
 future.
+
+The usual stream (its request ended with its HEADERS, the router alone, an idle pooled
+HTTP/1.1 upstream connection) has no coroutine at all, as HTTP/1.1's usual request
+(http/connection.py ``in_flight``): ``StreamConn.start`` runs ``hcm.start``, the router
+sends the request and the StreamConn holds it as ``in_flight`` until the response's last
+read ends it (``in_flight_ended``); anything else (a failure, a retried status, a
+cancellation of any kind) first turns it into the router's coroutine suspended at its
+response wait (``resume_in_flight``), so those paths are the coroutine's own.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from remora.proxy.http.stream import ActiveStream, http_date_text
 from remora.proxy.http2.header_names import TO_BYTES, learn_bytes
 
 if TYPE_CHECKING:
+    from remora.proxy.http.connection import InFlight
     from remora.proxy.http.hcm import HttpConnectionManager
     from remora.proxy.http2.downstream import Http2Connection
 
@@ -92,7 +101,7 @@ class StreamConn:
                  "_handoff_pending", "_must_cancel", "_pending_cancel", "_running",
                  "_tail_scheduled", "_waiting", "_writable_callbacks", "cancel_reason", "cfg",
                  "decoder", "downstream", "draining", "encoders", "h2c", "hcm",
-                 "last_activity", "loop", "response_wait", "route_deadline",
+                 "in_flight", "last_activity", "loop", "response_wait", "route_deadline",
                  "sanitize_xfcc", "scheme", "state", "stream", "stream_id", "tail", "task")
 
     def __init__(self, h2c: Http2Connection, stream_id: int) -> None:
@@ -124,6 +133,9 @@ class StreamConn:
         # stepped yet (and a cancellation to throw in first); the task was cancelled
         # (uncancel on take); the response waits to leave, and its check is scheduled
         self.response_wait: asyncio.Future[Any] | None = None
+        # the usual request, sent by the router without a coroutine (router.py
+        # ``_Forward.start``), as on HTTP/1.1 (http/connection.py ``in_flight``)
+        self.in_flight: InFlight | None = None
         self._coro: Coroutine[Any, Any, None] | None = None
         self._waiting: asyncio.Future[Any] | None = None  # what the suspended coro awaits
         self._running = False
@@ -146,6 +158,11 @@ class StreamConn:
             return
         state = self.state
         if state == DRIVEN:
+            if self.in_flight is not None and not self._running:
+                # a coroutine again, waiting for its response: cancelled there below, as
+                # the coroutine that sent the request would be (while the stream starts,
+                # ``start`` does that with the pending cancellation once it returned)
+                self.resume_in_flight()
             self.cancel_reason = reason
             if self._running:
                 self._pending_cancel = True  # thrown in where it suspends next
@@ -251,6 +268,55 @@ class StreamConn:
         (Http2Connection.arm_route_timeout, inline: once per stream)."""
         deadline = self.route_deadline = self.loop.time() + timeout
         self.h2c._route_timer.arm(deadline)
+
+    def start(self, stream: Http2Stream) -> None:
+        """Serve STREAM (``hcm.start``) from the read callback that completed its request
+        block, as http/connection.py ``_start`` serves an HTTP/1.1 request: ended at once
+        (a local reply), in flight without a coroutine (the router's usual request:
+        ``in_flight``), or a coroutine to drive. What ``_drive`` would do with the
+        coroutine ``hcm.serve`` makes of the same start, without that coroutine."""
+        self.state = DRIVEN
+        self._running = True
+        try:
+            coro = self.hcm.start(stream)
+        except asyncio.CancelledError:
+            self._running = False
+            self.h2c.served(self, self.take_cancel() is not None, None)
+            return
+        except (KeyboardInterrupt, SystemExit):
+            self._running = False
+            raise
+        except BaseException as err:  # a failure, as the stream's task raised it
+            self._running = False
+            self.h2c.served(self, False, err)
+            return
+        self._running = False
+        if coro is not None:
+            self._drive(coro, None)
+        elif self.in_flight is None:
+            self.h2c.served(self, True, None)
+        elif self._pending_cancel:
+            # cancelled while it started: as _drive does for a coroutine that got to its
+            # response wait, the wait is cancelled and CancelledError thrown in next turn
+            self._pending_cancel = False
+            self.resume_in_flight()
+            wait = self.response_wait
+            if self._coro is not None and wait is not None and self._waiting is wait:
+                wait.cancel()
+                self.loop.call_soon(self._deliver_cancel)
+
+    def resume_in_flight(self) -> None:
+        """The request in flight becomes a coroutine, driven to its attempt's wait."""
+        flight = self.in_flight
+        assert flight is not None
+        self.in_flight = None
+        self._drive(flight.resumed(), None)
+
+    def in_flight_ended(self) -> None:
+        """The request in flight got its usual response: the stream's coroutine would
+        return now (``_drive``)."""
+        self.in_flight = None
+        self.h2c.served(self, True, None)
 
     def resume(self, wait: asyncio.Future[Any]) -> None:
         """The router resolved WAIT (its response wait): a coroutine suspended on it here
