@@ -88,6 +88,9 @@ class HttpStream(Protocol):
     head: bool  # a HEAD request: the response has no body
     upstream_headers: list[tuple[str, str]]
     upstream_chunked: bool  # the forwarded head says transfer-encoding: chunked
+    # the framing header the HTTP/1.1 upstream codec writes last (transfer-encoding:
+    # chunked, content-length: 0 for a bodiless request whose method may have a body)
+    upstream_framing: tuple[str, str] | None
     response_started: bool
     response_complete: bool
     closing: bool  # the connection closes after this exchange

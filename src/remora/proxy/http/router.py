@@ -645,7 +645,8 @@ class _Forward:
         # the first attempt's x-envoy-expected-rq-timeout-ms depends on the route alone
         head = encode_request_head(stream.method, stream.path, headers,
                                    None if self.router.suppress
-                                   else route.expected_timeout_header)
+                                   else route.expected_timeout_header,
+                                   stream.upstream_framing)
         body = req.body
         data = head + b"".join(body) if body else head
         out = pc.output  # pc.write, inlined
@@ -747,13 +748,10 @@ class _Forward:
             state.process_whole_request()  # REQUEST and END_OF_MESSAGE, written at once
         else:
             state.process_event(CLIENT, REQUEST)
-        if stream.upstream_chunked:
-            # the codec's framing goes after the router's own header, as Envoy's HTTP/1
-            # codec writes it when it encodes the request (observed on Envoy 1.40)
-            if extra is not None:
-                headers = [*headers, extra]
-            extra = ("transfer-encoding", "chunked")
-        head = encode_request_head(stream.method, stream.path, headers, extra)
+        # the codec's framing goes after the router's own header, as Envoy's HTTP/1
+        # codec writes it when it encodes the request (observed on Envoy 1.40)
+        head = encode_request_head(stream.method, stream.path, headers, extra,
+                                   stream.upstream_framing)
         if whole:
             # the common case: the whole request in one write, no body sink
             body = req.body

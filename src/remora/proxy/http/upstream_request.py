@@ -10,11 +10,17 @@ from remora.proxy.http.pool import PooledConnection
 
 
 def encode_request_head(method: str, path: str, headers: list[tuple[str, str]],
-                        extra: tuple[str, str] | None) -> bytes:
+                        extra: tuple[str, str] | None,
+                        framing: tuple[str, str] | None = None) -> bytes:
+    """The request line and HEADERS, then the router's EXTRA header, then the codec's
+    FRAMING (ActiveStream.upstream_framing), in the order Envoy writes them."""
     # one C-level join over the (name, value) pairs instead of an f-string per header
     lines = "\r\n".join(map(": ".join, headers))
     if extra is not None:
         lines = f"{lines}\r\n{extra[0]}: {extra[1]}" if lines else f"{extra[0]}: {extra[1]}"
+    if framing is not None:
+        lines = (f"{lines}\r\n{framing[0]}: {framing[1]}" if lines
+                 else f"{framing[0]}: {framing[1]}")
     if lines:
         return f"{method} {path} HTTP/1.1\r\n{lines}\r\n\r\n".encode("latin-1")
     return f"{method} {path} HTTP/1.1\r\n\r\n".encode("latin-1")

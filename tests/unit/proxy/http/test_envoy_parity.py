@@ -58,6 +58,10 @@ CASES = {
     "chunked-trailing-ows": b"POST /chunked HTTP/1.1\r\nHost: a\r\n"
                             b"Transfer-Encoding: chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     "connect": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n",
+    # a request without a body and without framing: Envoy's HTTP/1 codec writes
+    # content-length: 0 upstream unless the method is one that has no body
+    **{f"bodiless-{m.lower()}": m.encode() + b" /hello HTTP/1.1\r\nHost: a\r\n\r\n"
+       for m in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PURGE")},
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "bad-request-line": b"GARBAGE\r\n\r\n",
     "cl-and-chunked": b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
