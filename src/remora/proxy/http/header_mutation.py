@@ -11,44 +11,101 @@ substitutions Envoy allows there are refused rather than sent verbatim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http.header_map import INLINE_REQUEST, INLINE_RESPONSE, appended
 
 _ACTIONS = ("APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
             "OVERWRITE_IF_EXISTS")
 
 
 @dataclass(frozen=True)
-class HeaderMutations:
-    add: tuple[tuple[str, str, str], ...] = ()  # (lower-case name, value, append_action)
+class MutationLevel:
+    """One level's fields (a route's, its virtual host's or the route configuration's),
+    applied together as Envoy's HeaderParser::evaluateHeaders applies one parser."""
+
+    add: tuple[tuple[str, str, str, bool], ...] = ()  # (name, value, action, keep_empty)
     remove: frozenset[str] = frozenset()
+    # the names the direction's header map holds inline (header_map.py)
+    inline: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class HeaderMutations:
+    """The levels that apply to one route, most specific first (Envoy's order without
+    ``most_specific_header_mutations_wins``: the route's, then the virtual host's, then the
+    route configuration's, each one evaluated on what the one before left)."""
+
+    levels: tuple[MutationLevel, ...] = ()
+    # every level's additions (name, value, append_action) and removals, worked out once:
+    # the response side asks ``mutations.add or mutations.remove`` on every request
+    add: tuple[tuple[str, str, str], ...] = field(init=False, default=())
+    remove: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "add", tuple(
+            (n, v, a) for lv in self.levels for n, v, a, _ in lv.add))
+        object.__setattr__(self, "remove", frozenset().union(
+            *(lv.remove for lv in self.levels)))
 
     def __bool__(self) -> bool:
         return bool(self.add or self.remove)
 
     def then(self, outer: HeaderMutations) -> HeaderMutations:
-        return HeaderMutations(self.add + outer.add, self.remove | outer.remove)
+        return HeaderMutations(self.levels + outer.levels)
 
 
 def apply(headers: list[tuple[str, str]], m: HeaderMutations) -> list[tuple[str, str]]:
-    """HEADERS after M: removals first, then additions in order."""
-    out = [(n, v) for n, v in headers if n not in m.remove] if m.remove else list(headers)
-    for name, value, action in m.add:
-        present = any(n == name for n, _ in out)
-        if action == "APPEND_IF_EXISTS_OR_ADD" or (action == "ADD_IF_ABSENT" and not present):
-            out.append((name, value))
+    """HEADERS after M, level by level."""
+    out = list(headers)
+    for level in m.levels:
+        out = _apply_level(out, level)
+    return out
+
+
+def _apply_level(out: list[tuple[str, str]], level: MutationLevel) -> list[tuple[str, str]]:
+    """Envoy's HeaderParser::evaluateHeaders (source/common/router/header_parser.cc):
+    the removals first; then each addition decided on the headers as they are now (an
+    empty value is skipped unless keep_empty_value; ADD_IF_ABSENT and OVERWRITE_IF_EXISTS
+    look only at what was there before this level); the overwrites set first (old lines
+    removed, the new one at the end), then the additions in order, an inline header that is
+    there getting the value appended in place (HeaderMapImpl::insertByKey, appendToHeader),
+    any other a line of its own. Checked against Envoy 1.40:
+    tests/unit/proxy/http/test_header_join_parity.py "mut-*"."""
+    if level.remove:
+        out = [h for h in out if h[0] not in level.remove]
+    present = {n for n, _ in out}
+    appends: list[tuple[str, str]] = []
+    overwrites: list[tuple[str, str]] = []
+    for name, value, action, keep_empty in level.add:
+        if not value and not keep_empty:
+            continue
+        if action == "APPEND_IF_EXISTS_OR_ADD" or (
+                action == "ADD_IF_ABSENT" and name not in present):
+            appends.append((name, value))
         elif action == "OVERWRITE_IF_EXISTS_OR_ADD" or (
-                action == "OVERWRITE_IF_EXISTS" and present):
-            # Envoy removes the old values and adds the new one at the end (observed)
-            out = [h for h in out if h[0] != name]
+                action == "OVERWRITE_IF_EXISTS" and name in present):
+            overwrites.append((name, value))
+    for name, value in overwrites:
+        out = [h for h in out if h[0] != name]
+        out.append((name, value))
+    for name, value in appends:
+        if name in level.inline:
+            for i, (n, v) in enumerate(out):
+                if n == name:
+                    out[i] = (name, appended(v, value))
+                    break
+            else:
+                out.append((name, value))
+        else:
             out.append((name, value))
     return out
 
 
-def _options(f: Fields, field: str) -> tuple[tuple[str, str, str], ...]:
-    out = []
-    for opt in f.each(field, "HeaderValueOption"):
+def _options(f: Fields, name_of: str) -> tuple[tuple[str, str, str, bool], ...]:
+    out: list[tuple[str, str, str, bool]] = []
+    for opt in f.each(name_of, "HeaderValueOption"):
         hv = opt.fields("header", "HeaderValue")
         if hv is None:
             raise ConfigError(opt.at("header"), "required field is missing")
@@ -67,9 +124,10 @@ def _options(f: Fields, field: str) -> tuple[tuple[str, str, str], ...]:
         if action is None:
             action = ("OVERWRITE_IF_EXISTS_OR_ADD" if legacy is False
                       else "APPEND_IF_EXISTS_OR_ADD")
-        opt.ignore("keep_empty_value")  # empty values are sent either way on HTTP/1.1
+        # an empty value is left out unless keep_empty_value (header_parser.cc)
+        keep_empty = bool(opt.boolean("keep_empty_value"))
         opt.done()
-        out.append((name, value, action))
+        out.append((name, value, action, keep_empty))
     return tuple(out)
 
 
@@ -77,4 +135,7 @@ def parse_mutations(f: Fields, direction: str) -> HeaderMutations:
     """DIRECTION "request" or "response": the two fields of that direction on F."""
     add = _options(f, f"{direction}_headers_to_add")
     remove = frozenset(str(n).lower() for n in f.items(f"{direction}_headers_to_remove"))
-    return HeaderMutations(add, remove)
+    if not add and not remove:
+        return HeaderMutations()
+    return HeaderMutations((MutationLevel(
+        add, remove, INLINE_REQUEST if direction == "request" else INLINE_RESPONSE),))

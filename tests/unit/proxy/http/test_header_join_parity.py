@@ -112,6 +112,27 @@ def _response_names() -> list[str]:
             if n not in ("content-length", "transfer-encoding", "connection", "upgrade")]
 
 
+# A route's headers_to_add (HeaderValueOption, append_action APPEND_IF_EXISTS_OR_ADD by
+# default) go through the same header map: an inline name already there gets the value
+# appended (insertByKey), anything else a line of its own.
+_ADDED = [{"header": {"key": k, "value": v}, **({"append_action": a} if a else {})}
+          for k, v, a in (("user-agent", "added", None), ("cache-control", "added", None),
+                          ("x-custom", "added", None), ("vary", "", None),
+                          ("accept", "", None), ("content-type", "added", "ADD_IF_ABSENT"),
+                          ("x-custom-2", "a2", "OVERWRITE_IF_EXISTS_OR_ADD"),
+                          ("x-gone", "route", None))] + [
+    {"header": {"key": "x-empty-kept", "value": ""}, "keep_empty_value": True}]
+# the virtual host's level runs after the route's: it removes what the route added
+_VHOST_LEVEL = {"request_headers_to_remove": ["x-gone"], "response_headers_to_remove": ["x-gone"],
+                "request_headers_to_add": [{"header": {"key": "x-custom", "value": "vhost"}}]}
+MUTATION_CASES = {
+    "mut-request-absent": b"GET /mut/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    "mut-request-present": b"GET /mut/ HTTP/1.1\r\nHost: a\r\nUser-Agent: ua\r\n"
+                           b"x-custom: c\r\nAccept: t\r\ncache-control: no-cache\r\n"
+                           b"Content-Type: x/y\r\nx-custom-2: old\r\n\r\n",
+    **{f"mut-response-{name}": f"GET /mresp/{name} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+       for name in ("cache-control", "vary", "x-custom", "content-type", "user-agent")},
+}
 REQUEST_CASES = _request_cases()
 RESPONSE_CASES = {f"resp-{name}": f"GET /resp/{name} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
                   for name in _response_names()}
@@ -140,7 +161,12 @@ def _config(template: dict[str, Any], port: int, admin: int, echo: int,
     hcm = copy.deepcopy(template)
     tc = hcm["typed_config"]
     del tc["access_log"]
+    tc["route_config"]["virtual_hosts"][0].update(_VHOST_LEVEL)
     tc["route_config"]["virtual_hosts"][0]["routes"] = [
+        {"match": {"prefix": "/mut/"}, "route": {"cluster": "echo", "timeout": "0s"},
+         "request_headers_to_add": _ADDED, "response_headers_to_add": _ADDED},
+        {"match": {"prefix": "/mresp/"}, "route": {"cluster": "repeat", "timeout": "0s"},
+         "response_headers_to_add": _ADDED},
         {"match": {"prefix": "/resp/"}, "route": {"cluster": "repeat", "timeout": "0s"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "echo", "timeout": "0s"}}]
 
@@ -165,7 +191,8 @@ def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
                                                   repeat.getsockname()[1])))
                 with lp.loopback_proxy(kind, cfg, port):
                     found[kind] = {name: lp.exchange_closed(port, req, _MASKS)
-                                   for name, req in {**REQUEST_CASES, **RESPONSE_CASES}.items()}
+                                   for name, req in {**REQUEST_CASES, **RESPONSE_CASES,
+                                                     **MUTATION_CASES}.items()}
             yield found
     finally:
         repeat.close()
@@ -192,6 +219,13 @@ def test_request_headers_same_as_envoy(outcomes: dict[str, dict[str, bytes]],
 def test_response_headers_same_as_envoy(outcomes: dict[str, dict[str, bytes]],
                                         case: str) -> None:
     # line by line, so a failure shows the lines that differ
+    assert outcomes["remora"][case].split(b"\r\n") == outcomes["envoy"][case].split(b"\r\n")
+
+
+@pytest.mark.parametrize("case", list(MUTATION_CASES))
+def test_added_headers_same_as_envoy(outcomes: dict[str, dict[str, bytes]], case: str) -> None:
+    """request_headers_to_add / response_headers_to_add onto headers the request or the
+    upstream's response already has (inline ones joined, others as lines of their own)."""
     assert outcomes["remora"][case].split(b"\r\n") == outcomes["envoy"][case].split(b"\r\n")
 
 
