@@ -39,6 +39,19 @@ def _get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
+def _wait_ready(aport: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        assert proc.poll() is None, "proxy exited"
+        try:
+            if _get(aport, "/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "proxy did not become ready"
+        time.sleep(0.05)
+
+
 def test_concurrency_workers_merged_stats_drain_and_quit(tmp_path: Path) -> None:
     upstream = socket.socket()
     upstream.bind(("127.0.0.1", 0))
@@ -52,15 +65,7 @@ def test_concurrency_workers_merged_stats_drain_and_quit(tmp_path: Path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "remora", "proxy", "-c", str(path),
                              "--concurrency", "2"], stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if _get(aport, "/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "proxy did not become ready"
-            time.sleep(0.05)
+        _wait_ready(aport, proc)
         # no pause: both workers' SO_REUSEPORT sockets are bound before the fork
         for _ in range(12):
             s = socket.create_connection(("127.0.0.1", lport))
@@ -88,19 +93,6 @@ def test_concurrency_workers_merged_stats_drain_and_quit(tmp_path: Path) -> None
             proc.kill()
             proc.wait()
         upstream.close()
-
-
-def _wait_ready(aport: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        assert proc.poll() is None, "proxy exited"
-        try:
-            if _get(aport, "/ready")[0] == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "proxy did not become ready"
-        time.sleep(0.05)
 
 
 def test_file_flush_interval_msec_holds_access_log_lines_that_long(tmp_path: Path) -> None:

@@ -64,6 +64,22 @@ def apply(headers: list[tuple[str, str]], m: HeaderMutations) -> list[tuple[str,
     return out
 
 
+def apply_to_request(headers: list[tuple[str, str]], m: HeaderMutations,
+                     view: dict[str, str] | None) -> list[tuple[str, str]]:
+    """The request HEADERS after M, and VIEW (the access log's REQ() map, if any) changed
+    the same way: what the mutations removed is gone, what they added reads as its lines
+    joined with ","."""
+    headers = apply(headers, m)
+    if view is not None:
+        for name in m.remove:
+            view.pop(name, None)
+        for name, _, _ in m.add:
+            values = [v for n, v in headers if n == name]
+            if values:
+                view[name] = ",".join(values)
+    return headers
+
+
 def _apply_level(out: list[tuple[str, str]], level: MutationLevel) -> list[tuple[str, str]]:
     """Envoy's HeaderParser::evaluateHeaders (source/common/router/header_parser.cc):
     the removals first; then each addition decided on the headers as they are now (an

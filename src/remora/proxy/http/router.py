@@ -27,7 +27,7 @@ from remora.proxy.http.codec_state import (
 )
 from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
-from remora.proxy.http.header_mutation import apply as apply_mutations
+from remora.proxy.http.header_mutation import apply_to_request
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
@@ -707,17 +707,9 @@ class _Forward:
     def _mutated(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """HEADERS with the route's request_headers_to_add/remove applied, and the
         access log's view of the request (REQ()) changed the same way."""
-        mutations = self.route.request_mutations
-        headers = apply_mutations(headers, mutations)
-        hdrs = self.stream.info.request_headers
-        if hdrs is not None:  # REQ() in the access log sees the mutated request
-            for name in mutations.remove:
-                hdrs.pop(name, None)
-            for name, _, _ in mutations.add:
-                values = [v for n, v in headers if n == name]
-                if values:
-                    hdrs[name] = ",".join(values)
-        return headers
+        # REQ() in the access log sees the mutated request
+        return apply_to_request(headers, self.route.request_mutations,
+                                self.stream.info.request_headers)
 
     def _send_request(self, pc: PooledConnection) -> None:
         stream, req = self.stream, self.stream.req

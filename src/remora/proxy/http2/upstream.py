@@ -50,7 +50,7 @@ from ngh2 import ErrorCode, Setting
 from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.filter import HttpStream
-from remora.proxy.http.header_mutation import apply as apply_mutations
+from remora.proxy.http.header_mutation import apply_to_request
 from remora.proxy.http.pool import PoolKey, limits_of
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
@@ -1129,15 +1129,7 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     headers = stream.upstream_headers
     mutations = route.request_mutations
     if mutations:
-        headers = apply_mutations(headers, mutations)
-        hdrs = stream.info.request_headers
-        if hdrs is not None:
-            for name in mutations.remove:
-                hdrs.pop(name, None)
-            for name, _, _ in mutations.add:
-                values = [v for n, v in headers if n == name]
-                if values:
-                    hdrs[name] = ",".join(values)
+        headers = apply_to_request(headers, mutations, stream.info.request_headers)
     scheme = (stream.info.request_headers or {}).get(":scheme", "http")
     return request_headers(stream.method, scheme, stream.path, headers, extra)
 
