@@ -68,7 +68,7 @@ def _start_time(fmt: str | None) -> Op:
             text = last.get(whole)
             if text is None:
                 last.clear()
-                text = last[whole] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+                text = last[whole] = _utc_second(whole)
             return text + _MILLIS[int((t - whole) * 1000)]
         return default
     def custom(info: StreamInfo) -> Value:
@@ -89,11 +89,16 @@ def _strftime(fmt: str, t: float) -> str:
     return time.strftime(text, time.gmtime(t))
 
 
+def _utc_second(whole: int) -> str:
+    """The whole second WHOLE of Envoy's default time form (``%Y-%m-%dT%H:%M:%S``, UTC);
+    the milliseconds and ``Z`` follow (_MILLIS)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def _default_time(t: float) -> str:
     """AccessLogDateTimeFormatter::fromTime: ``%Y-%m-%dT%H:%M:%E3SZ``."""
     whole = int(t)
-    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-            + _MILLIS[int((t - whole) * 1000)])
+    return _utc_second(whole) + _MILLIS[int((t - whole) * 1000)]
 
 
 def _tls_op(field_name: str) -> Op:
@@ -387,7 +392,7 @@ class _SecondCache:
     def miss(self, t: float) -> str:
         whole = int(t)
         self.second = float(whole)
-        self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        self.text = _utc_second(whole)
         return self.text + _MILLIS[int((t - whole) * 1000)]
 
 
