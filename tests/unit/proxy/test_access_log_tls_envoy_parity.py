@@ -8,8 +8,9 @@ Every listener writes a text and a json_format access log holding every TLS oper
 remora implements. It runs once by `envoy` and once by `remora proxy`; the same clients
 go through every listener (mutual TLS with the rich and the Istio-like certificate, mutual
 TLS 1.2, TLS without a client certificate; plain text on the plain listeners; two HTTP/1.1
-requests per connection and one HTTP/2 request), and the log lines must be the same, byte
-for byte, but for the TLS session id (random per connection: its shape is checked).
+requests per connection, one the HTTP/1.1 codec refuses, and one HTTP/2 request), and the
+log lines must be the same, byte for byte, but for the TLS session id (random per
+connection: its shape is checked).
 Needs the envoy binary; no root."""
 
 from __future__ import annotations
@@ -211,6 +212,28 @@ def _http1_twice(port: int, ctx: ssl.SSLContext | None) -> None:
         sock.close()
 
 
+def _http1_refused(port: int, ctx: ssl.SSLContext | None) -> None:
+    """A request the codec refuses (a header line without a colon): 400, flag DPE, logged
+    with the connection's TLS facts as any other request on it."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock = ctx.wrap_socket(raw) if ctx is not None else raw
+    try:
+        sock.sendall(b"GET /bad HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n")
+        assert _read_response_head(sock).startswith(b"HTTP/1.1 400 ")
+    finally:
+        sock.close()
+
+
+def _read_response_head(sock: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 def _http2(port: int, ctx: ssl.SSLContext) -> None:
     sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
     try:
@@ -290,6 +313,9 @@ def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
                         if listener_kind == "http":
                             _http1_twice(port, ctx)
                             count += 2
+                            lp.wait_lines(logs / f"{name}.log", count)
+                            _http1_refused(port, ctx)
+                            count += 1
                         else:
                             _tcp(port, ctx)
                             count += 1
@@ -357,9 +383,10 @@ def test_envoys_values_are_what_the_cases_mean(outcomes: dict[str, Lines],
     envoy = outcomes["envoy"]
     rich = _der(certs["rich"])
     cert = x509.load_der_x509_certificate(rich)
-    # the HTTP/1.1 lines of the rich client on the rich server: two, the same
-    first, second = envoy["http-rich.log"][0:2]
-    assert first == second
+    # the HTTP/1.1 lines of the rich client on the rich server: two, the same, and the
+    # request the codec refused on a connection of its own (DPE) with the same TLS facts
+    first, second, refused = envoy["http-rich.log"][0:3]
+    assert first == second == refused
     f = dict(zip(["PROTOCOL", *OPERATORS], first.split(SEP), strict=True))
     assert f["DOWNSTREAM_PEER_URI_SAN"] == ",".join(RICH_URIS)
     assert f["DOWNSTREAM_PEER_DNS_SAN"] == ",".join(RICH_DNS)
@@ -374,7 +401,7 @@ def test_envoys_values_are_what_the_cases_mean(outcomes: dict[str, Lines],
     assert f["DOWNSTREAM_PEER_CERT_V_END(%s)"] == str(int(cert.not_valid_after_utc.timestamp()))
     assert f["DOWNSTREAM_PEER_CERT"].startswith("-----BEGIN%20CERTIFICATE-----%0A")
     assert "CN=caf\\C3\\A9" in f["DOWNSTREAM_PEER_SUBJECT"]
-    tls12 = dict(zip(["PROTOCOL", *OPERATORS], envoy["http-rich.log"][4].split(SEP),
+    tls12 = dict(zip(["PROTOCOL", *OPERATORS], envoy["http-rich.log"][6].split(SEP),
                      strict=True))
     assert tls12["DOWNSTREAM_TLS_VERSION"] == "TLSv1.2"
     assert "-" in tls12["DOWNSTREAM_TLS_CIPHER"]  # the OpenSSL-style name in TLS 1.2
@@ -385,10 +412,12 @@ def test_envoys_values_are_what_the_cases_mean(outcomes: dict[str, Lines],
     assert none["DOWNSTREAM_LOCAL_URI_SAN"] == "spiffe://cluster.local/ns/demo-to/sa/default"
     assert none["DOWNSTREAM_LOCAL_SUBJECT"] == "-"  # Istio's certificates: empty subject
     assert envoy["tcp-plain.log"] == ["-" + f"{SEP}-" * len(OPERATORS)]
-    # a session ID only for TLS 1.2 without tickets; the same one on both requests
+    # a session ID only for TLS 1.2 without tickets; the same one on both requests of a
+    # connection (the refused request's connection has its own)
     sessions = [line.split(SEP)[1 + SESSION] for line in envoy["http-istio.log"]]
-    assert sessions[:8] == ["-"] * 8 and sessions[10] == "-"
-    assert SESSION_ID.fullmatch(sessions[8]) and sessions[8] == sessions[9]
+    assert sessions[:12] == ["-"] * 12 and sessions[15] == "-"
+    assert SESSION_ID.fullmatch(sessions[12]) and sessions[12] == sessions[13]
+    assert SESSION_ID.fullmatch(sessions[14]) and sessions[14] != sessions[12]
     assert SESSION_ID.fullmatch(envoy["tcp-istio.log"][4].split(SEP)[1 + SESSION])
     plain = json.loads(envoy["http-plain.json"][0])
     assert plain["mixed"] == "v=- uri=-" and plain["k00"] is None

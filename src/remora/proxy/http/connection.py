@@ -664,15 +664,11 @@ class Http1Connection:
 
     def _codec_error_reply(self, err: CodecError) -> None:
         """A request that never became a stream (bad request line, bad header, oversize
-        headers): Envoy logs it with "- -" for method and path, flag DPE."""
-        ds = self.downstream
-        ci = ds.info
-        info = StreamInfo(
-            downstream_local_address=ci.downstream_local_address,
-            downstream_remote_address=ci.downstream_remote_address,
-            downstream_direct_remote_address=ci.downstream_direct_remote_address,
-            requested_server_name=ci.requested_server_name, listener_name=ci.listener_name,
-            filter_chain_name=ci.filter_chain_name, protocol="HTTP/1.1")
+        headers): Envoy logs it with "- -" for method and path, flag DPE, and with the
+        connection's facts as any request on it (its stream exists from the first byte of
+        the request, ConnectionManagerImpl::newStream): addresses, SNI, ALPN, the TLS
+        connection's certificates and cipher, the connection's dynamic metadata."""
+        info = StreamInfo.for_request(self.downstream.info, "HTTP/1.1")
         info.request_headers = {}
         from remora.proxy.http.codec import Request
         stream = ActiveStream(self, Request())
