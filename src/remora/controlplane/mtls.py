@@ -48,6 +48,15 @@ SERVER_HTTP_ALPNS = ["h2", "http/1.1"]
 CLIENT_SNIFFED_ALPNS = ["istio-http/1.1", "istio"]
 TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2",
               "tls_maximum_protocol_version": "TLSv1_3"}
+# pilot/pkg/security/authn/utils.go SupportedCiphers: what BuildInboundTLS sets as the
+# inbound (server) context's tls_params.cipher_suites when the mesh config names none (the
+# TLS 1.2 suites; TLS 1.3's are not configurable in Envoy). The outbound context keeps
+# Envoy's client defaults, as defaultUpstreamCommonTLSContext does.
+SERVER_CIPHER_SUITES = [
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "AES256-GCM-SHA384", "AES128-GCM-SHA256",
+]
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,11 @@ class MeshSecurity:
                                    "watched_directory": {"path": self.certs_dir}},
             "resource_api_version": "V3"}}
 
-    def _common(self, alpn: list[str], sans: JSON) -> JSON:
-        common: JSON = {"tls_params": dict(TLS_PARAMS)}
+    def _common(self, alpn: list[str], sans: JSON, ciphers: list[str] | None = None) -> JSON:
+        params: JSON = dict(TLS_PARAMS)
+        if ciphers:
+            params["cipher_suites"] = list(ciphers)
+        common: JSON = {"tls_params": params}
         if alpn:
             common["alpn_protocols"] = list(alpn)
         common["tls_certificate_sds_secret_configs"] = [self.sds("default")]
@@ -84,7 +96,8 @@ class MeshSecurity:
             "san_type": "URI", "matcher": {"prefix": f"spiffe://{TRUST_DOMAIN}/"}}]}
         return {"name": TLS, "typed_config": {
             "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "common_tls_context": self._common(SERVER_HTTP_ALPNS if http else [], trust),
+            "common_tls_context": self._common(SERVER_HTTP_ALPNS if http else [], trust,
+                                               SERVER_CIPHER_SUITES),
             "require_client_certificate": True}}
 
     def upstream(self, sni: str, http: bool, identities: list[str], h2: bool = False,

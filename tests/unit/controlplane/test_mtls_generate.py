@@ -71,6 +71,19 @@ def test_permissive_server_has_the_seed_listener_table() -> None:
                      "envoy.filters.listener.http_inspector"]
     ts = vi["filter_chains"][1]["transport_socket"]["typed_config"]
     assert ts["require_client_certificate"] is True
+    # Istio's BuildInboundTLS (pilot/pkg/security/authn/utils.go): TLS 1.2 to 1.3 and
+    # SupportedCiphers, on every inbound chain that terminates mTLS
+    istio_params = {"tls_minimum_protocol_version": "TLSv1_2",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                    "cipher_suites": [
+                        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+                        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+                        "AES256-GCM-SHA384", "AES128-GCM-SHA256"]}
+    terminating = [fc["transport_socket"]["typed_config"] for fc in vi["filter_chains"]
+                   if fc.get("transport_socket", {}).get("name") == "envoy.transport_sockets.tls"
+                   and "require_client_certificate" in fc["transport_socket"]["typed_config"]]
+    assert len(terminating) >= 2
+    assert all(t["common_tls_context"]["tls_params"] == istio_params for t in terminating)
     assert cfg.files["sds/default.json"]["resources"][0]["tls_certificate"][
         "certificate_chain"]["filename"] == "/certs/cert-chain.pem"
 
@@ -93,6 +106,9 @@ def test_client_cluster_uses_mtls_to_a_meshed_server_only() -> None:
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["sni"] == SNI
     common = tls["common_tls_context"]
+    # Istio's defaultUpstreamCommonTLSContext: the versions, Envoy's client cipher list
+    assert common["tls_params"] == {"tls_minimum_protocol_version": "TLSv1_2",
+                                    "tls_maximum_protocol_version": "TLSv1_3"}
     # the seed's port sniffs: the HTTP chain's ALPN, as Istio's istio.alpn filter sets it
     # for HTTP, without a plain codec name (its cluster follows the downstream's protocol)
     assert common["alpn_protocols"] == ["istio-http/1.1", "istio"]
