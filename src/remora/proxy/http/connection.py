@@ -373,8 +373,10 @@ class Http1Connection:
             return
         if self.cancel_reason is not None:
             return
-        if self.in_flight is not None:
-            self.resume_in_flight()  # a coroutine again, waiting for its response
+        if self.in_flight is not None and not self._running:
+            # a coroutine again, waiting for its response (while the stream starts, _start
+            # does that with the pending cancellation once hcm.start returned)
+            self.resume_in_flight()
         coro = self._coro
         if coro is not None:
             # suspended on the router's response wait: as Task.cancel, the awaited future
