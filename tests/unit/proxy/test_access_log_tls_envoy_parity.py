@@ -181,14 +181,20 @@ def _context(root: Path, client: Path | None, top: ssl.TLSVersion, alpn: str,
     return ctx
 
 
-def _read_response(sock: socket.socket, buf: bytes) -> bytes:
-    """One HTTP/1.1 response with a Content-Length from SOCK (BUF: bytes read before);
-    what was read beyond it."""
+def _read_head(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
+    """A response head from SOCK (BUF: bytes read before) and what was read beyond it."""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         assert chunk, buf
         buf += chunk
     head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _read_response(sock: socket.socket, buf: bytes) -> bytes:
+    """One HTTP/1.1 response with a Content-Length from SOCK (BUF: bytes read before);
+    what was read beyond it."""
+    head, rest = _read_head(sock, buf)
     assert head.startswith(b"HTTP/1.1 200"), head
     length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
     while len(rest) < length:
@@ -219,19 +225,10 @@ def _http1_refused(port: int, ctx: ssl.SSLContext | None) -> None:
     sock = ctx.wrap_socket(raw) if ctx is not None else raw
     try:
         sock.sendall(b"GET /bad HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n")
-        assert _read_response_head(sock).startswith(b"HTTP/1.1 400 ")
+        head, _ = _read_head(sock, b"")
+        assert head.startswith(b"HTTP/1.1 400 "), head
     finally:
         sock.close()
-
-
-def _read_response_head(sock: socket.socket) -> bytes:
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        head += chunk
-    return head
 
 
 def _http2(port: int, ctx: ssl.SSLContext) -> None:
