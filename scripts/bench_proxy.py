@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,9 +189,9 @@ def bench_h2(path: str, args: argparse.Namespace, lab: Lab, client: Namespace,
         for conns in args.connections:
             runs = []
             for _ in range(args.repeat):
-                cpu0 = sum(cpu_seconds(x.proc.pid) for x in sidecars)
+                cpu0 = sidecars_cpu_seconds(sidecars)
                 out = run_h2load(lab, client, conns, args.streams, args.duration, url)
-                cpu = sum(cpu_seconds(x.proc.pid) for x in sidecars) - cpu0
+                cpu = sidecars_cpu_seconds(sidecars) - cpu0
                 ok, seconds = float(out["ok"]), float(out["seconds"])
                 runs.append(H2Result(path, conns, args.streams, ok / seconds,
                                      float(out["mean"]), float(out["sd"]), float(out["max"]),
@@ -264,6 +265,17 @@ def pss_kib(pids: list[int]) -> int:
 
 def sidecars_pss_mib(sidecars: list[ph.Sidecar]) -> float:
     return sum(pss_kib(ph._process_tree(x.proc.pid)) for x in sidecars) / 1024
+
+
+def sidecars_cpu_seconds(sidecars: list[ph.Sidecar]) -> float:
+    """User + system CPU seconds so far, summed over the sidecars' process trees."""
+    return sum(cpu_seconds(x.proc.pid) for x in sidecars)
+
+
+def _median(values: Iterable[float]) -> float:
+    """The middle value (the upper one of the two middle values of an even count)."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def start_backend(lab: Lab, server: Namespace, backend: str, workdir: Path) -> None:
@@ -351,21 +363,20 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
         for conns in args.connections:
             runs = []
             for _ in range(args.repeat):
-                cpu0 = sum(cpu_seconds(x.proc.pid) for x in sidecars)
+                cpu0 = sidecars_cpu_seconds(sidecars)
                 out = run_wrk(lab, client, conns, args.duration, url)
-                cpu = sum(cpu_seconds(x.proc.pid) for x in sidecars) - cpu0
+                cpu = sidecars_cpu_seconds(sidecars) - cpu0
                 rps = float(out["rps"])
                 runs.append((rps, _ms(out["50"]), _ms(out["99"]),
                              cpu / (rps * args.duration) * 1e6 if sidecar and rps else None,
                              out["errors"]))
             # each figure's own median over the runs: a p99 taken from the run with the
             # median req/s would be one run's tail, and one VM stall decides it
-            mid = len(runs) // 2
-            rps = sorted(r[0] for r in runs)[mid]
-            p50 = sorted(r[1] for r in runs)[mid]
-            p99 = sorted(r[2] for r in runs)[mid]
-            cpus = sorted(r[3] for r in runs if r[3] is not None)
-            cpu_us = cpus[len(cpus) // 2] if cpus else None
+            rps = _median(r[0] for r in runs)
+            p50 = _median(r[1] for r in runs)
+            p99 = _median(r[2] for r in runs)
+            cpus = [r[3] for r in runs if r[3] is not None]
+            cpu_us = _median(cpus) if cpus else None
             errors = "; ".join(sorted({r[4] for r in runs if r[4]}))
             rss = sum(x.rss_kib() for x in sidecars) / 1024 if sidecar else None
             pss = sidecars_pss_mib(sidecars) if sidecar else None
@@ -378,13 +389,13 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
             bulk_gbits(client, 64)
             gbits, cpu_s = [], []
             for _ in range(max(args.repeat, BULK_RUNS)):
-                cpu0 = sum(cpu_seconds(x.proc.pid) for x in sidecars)
+                cpu0 = sidecars_cpu_seconds(sidecars)
                 gbits.append(bulk_gbits(client, args.bulk_mib))
-                cpu_s.append(sum(cpu_seconds(x.proc.pid) for x in sidecars) - cpu0)
-            BULK[path] = sorted(gbits)[len(gbits) // 2]
+                cpu_s.append(sidecars_cpu_seconds(sidecars) - cpu0)
+            BULK[path] = _median(gbits)
             line = f"{path:<8} bulk TCP upload {args.bulk_mib} MiB: {BULK[path]:.2f} Gbit/s"
             if sidecars:  # the sidecar's CPU seconds per GiB relayed (median over the runs)
-                BULK_CPU[path] = sorted(cpu_s)[len(cpu_s) // 2] * 1024 / args.bulk_mib
+                BULK_CPU[path] = _median(cpu_s) * 1024 / args.bulk_mib
                 line += f", sidecar CPU {BULK_CPU[path]:.2f} s/GiB"
             print(line, flush=True)
         if sink is not None:
