@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import h2.connection
+import h2.events
 
 from remora.proxy.config.bootstrap import parse_bootstrap
 from remora.proxy.server.runtime import Server
@@ -116,3 +121,31 @@ async def until(predicate: Any, timeout: float = 3.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.02)
+
+
+def h2_tls_request(port: int, ctx: ssl.SSLContext, headers: list[tuple[str, str]]) -> bytes:
+    """One HTTP/2 stream over TLS (ALPN h2) to 127.0.0.1:PORT: HEADERS with END_STREAM,
+    then the response body, read until the stream ends or is reset."""
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+    try:
+        assert sock.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, headers, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        body = b""
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "connection closed before the stream ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length,
+                                                   event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    ended = True
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    return body

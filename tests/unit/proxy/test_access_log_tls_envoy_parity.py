@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import h2.connection
-import h2.events
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from remora.controlplane.ca import CertificateAuthority
 from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
-from tests.unit.proxy.proxy_helpers import free_port
+from tests.unit.proxy.proxy_helpers import free_port, h2_tls_request
 from tests.unit.proxy.xfcc_certs import RICH_DNS, RICH_URIS, rich_client
 
 pytestmark = pytest.mark.envoy
@@ -232,27 +230,8 @@ def _http1_refused(port: int, ctx: ssl.SSLContext | None) -> None:
 
 
 def _http2(port: int, ctx: ssl.SSLContext) -> None:
-    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
-    try:
-        assert sock.selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection()
-        conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":path", "/h2"), (":scheme", "https"),
-                              (":authority", "a")], end_stream=True)
-        sock.sendall(conn.data_to_send())
-        ended = False
-        while not ended:
-            data = sock.recv(65536)
-            assert data, "connection closed before the stream ended"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.DataReceived):
-                    conn.acknowledge_received_data(event.flow_controlled_length,
-                                                   event.stream_id)
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    ended = True
-            sock.sendall(conn.data_to_send())
-    finally:
-        sock.close()
+    h2_tls_request(port, ctx, [(":method", "GET"), (":path", "/h2"), (":scheme", "https"),
+                               (":authority", "a")])
 
 
 def _tcp(port: int, ctx: ssl.SSLContext | None) -> None:

@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import h2.connection
-import h2.events
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from remora.controlplane.ca import CertificateAuthority
 from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
-from tests.unit.proxy.proxy_helpers import free_port
+from tests.unit.proxy.proxy_helpers import free_port, h2_tls_request
 from tests.unit.proxy.xfcc_certs import rich_client
 
 pytestmark = pytest.mark.envoy
@@ -133,34 +131,13 @@ def _http1(port: int, ctx: ssl.SSLContext | None, extra: bytes) -> list[str]:
 
 def _http2(port: int, ctx: ssl.SSLContext, extra: bytes) -> list[str]:
     """The same over HTTP/2 (ALPN h2): the echoed body of one stream."""
-    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
-    try:
-        assert sock.selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection()
-        conn.initiate_connection()
-        headers = [(":method", "GET"), (":path", "/xfcc"), (":scheme", "https"),
-                   (":authority", "a")]
-        for line in extra.split(b"\r\n"):
-            if line:
-                name, _, value = line.partition(b":")
-                headers.append((name.decode().lower(), value.strip().decode()))
-        conn.send_headers(1, headers, end_stream=True)
-        sock.sendall(conn.data_to_send())
-        body = b""
-        ended = False
-        while not ended:
-            data = sock.recv(65536)
-            assert data, "connection closed before the stream ended"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length,
-                                                   event.stream_id)
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    ended = True
-            sock.sendall(conn.data_to_send())
-    finally:
-        sock.close()
+    headers = [(":method", "GET"), (":path", "/xfcc"), (":scheme", "https"),
+               (":authority", "a")]
+    for line in extra.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            headers.append((name.decode().lower(), value.strip().decode()))
+    body = h2_tls_request(port, ctx, headers)
     return _xfcc_lines(body)
 
 
