@@ -8,8 +8,14 @@ a Content-Length, on a keep-alive connection, except by path prefix:
 - /reset closes the connection without an answer;
 - /half promises 100 bytes, sends 3 and closes (a truncated response);
 - /chunked answers 201 with a chunked body of its own;
+- /drip answers 200 at once and its chunked body in three parts 80 ms apart (a response
+  that outlasts a per-try timeout after it started);
 - /r503 answers 503 (retries on 5xx or on status 503);
-- /flaky answers 503 and 500 alternately (one retry per proxy: each gets 503, then 500).
+- /flaky answers 503 and 500 alternately (one retry per proxy: each gets 503, then 500);
+- a gRPC request (content-type application/grpc) to any other path gets a trailers-only
+  answer (200, grpc-status 0, no body) that names the grpc-timeout it came with in
+  x-seen-grpc-timeout: a proxy counts a gRPC response without grpc-status as the host's
+  error (Envoy's Router::Filter), so an echo with a body would not do.
 
 With --empty-header every echo also carries ``x-empty-up:`` with an empty value (an
 access log's %RESP(X-EMPTY-UP)% prints it empty, not ``-``).
@@ -44,9 +50,23 @@ async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, empty_header:
             if path.startswith(b"/half"):
                 w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")
                 break
+            if path.startswith(b"/drip"):
+                w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                for part in (b"abc", b"def", b"ghi"):
+                    await w.drain()
+                    await asyncio.sleep(0.08)
+                    w.write(b"%x\r\n%s\r\n" % (len(part), part))
+                w.write(b"0\r\n\r\n")
+                continue
             if path.startswith(b"/chunked"):
                 w.write(b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nserver: app\r\n"
                         b"\r\n3\r\nabc\r\n0\r\n\r\n")
+                continue
+            if hm.get(b"content-type", b"").startswith(b"application/grpc"):
+                w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 0"
+                        b"\r\nx-seen-grpc-timeout: " + hm.get(b"grpc-timeout", b"-")
+                        + b"\r\ncontent-length: 0\r\n\r\n")
+                await w.drain()
                 continue
             status = b"200 OK"
             if path.startswith(b"/r503"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ CLUSTERS = ["grpc", "backend", "refused"]
 HOST_STATS = ["rq_total", "rq_success", "rq_error", "rq_timeout", "rq_active"]
 
 
+ISTIO_MSD = {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}
+
+
 def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
             refused: int) -> dict[str, Any]:
     def file_log(path: Path, fmt: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +71,20 @@ def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
          "direct_response": {"status": 403, "body": {"inline_string": "nope"}}},
         {"match": {"prefix": "/special"},
          "direct_response": {"status": 401, "body": {"inline_string": SPECIAL_BODY}}},
+        # a per-try timeout resets the attempt: retried under retry_on reset too
+        {"match": {"prefix": "/slowreset"}, "route": {"cluster": "backend", "retry_policy": {
+            "retry_on": "reset", "num_retries": 1, "per_try_timeout": "0.1s"}}},
+        # a response that started before the per-try timeout is not cut off by it
+        {"match": {"prefix": "/drip"}, "route": {"cluster": "backend", "retry_policy": {
+            "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"}}},
+        # Istio's max_stream_duration (every route it generates): grpc-timeout is the
+        # stream's max duration, and goes upstream in milliseconds
+        {"match": {"prefix": "/slowmsd"}, "route": {"cluster": "backend", "timeout": "0s",
+                                                     "max_stream_duration": ISTIO_MSD}},
+        {"match": {"prefix": "/echomsd"}, "route": {"cluster": "backend", "timeout": "0s",
+                                                     "max_stream_duration": ISTIO_MSD}},
+        {"match": {"prefix": "/slowdur"}, "route": {
+            "cluster": "backend", "max_stream_duration": {"max_stream_duration": "0.2s"}}},
         {"match": {"prefix": "/slowtry"}, "route": {"cluster": "backend", "retry_policy": {
             "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"}}},
         {"match": {"prefix": "/slow"}, "route": {"cluster": "backend", "timeout": "0.3s"}},
@@ -132,7 +150,11 @@ H2_CASES: dict[str, tuple[str, str, str, str]] = {  # method, path, authority, c
     "h2-special-grpc": ("POST", "/special", "a", "application/grpc"),
     "h2-head-special-grpc": ("HEAD", "/special", "a", "application/grpc"),
     "h2-refused-grpcweb": ("POST", "/refused", "a", "application/grpc-web"),
+    "h2-msd-grpc-timeout": ("POST", "/slowmsd", "a", "application/grpc"),
+    "h2-msd-grpc-capped-by-none": ("POST", "/echomsd", "a", "application/grpc"),
 }
+H2_EXTRA = {"h2-msd-grpc-timeout": [("grpc-timeout", "200000u")],
+            "h2-msd-grpc-capped-by-none": [("grpc-timeout", "2M")]}
 
 
 async def _h2_outcomes(port: int) -> dict[str, Any]:
@@ -141,10 +163,15 @@ async def _h2_outcomes(port: int) -> dict[str, Any]:
         c = await H2Client.connect(("127.0.0.1", port))
         try:
             r = await c.request(method, path, authority=authority,
-                                headers=[("content-type", ctype), ("x-case", case)])
-            out[case] = {"status": r.status, "body": r.body, "ended": r.ended,
+                                headers=[("content-type", ctype), ("x-case", case),
+                                         *H2_EXTRA.get(case, [])])
+            body = r.body
+            for pattern, replacement in _MASKS:  # an echoed request's id and date
+                body = re.sub(pattern, replacement, body)
+            out[case] = {"status": r.status, "body": body, "ended": r.ended,
                          "trailers": r.trailers,
-                         "headers": [(n, "D" if n == "date" else v) for n, v in r.headers]}
+                         "headers": [(n, "D" if n in ("date", "x-envoy-upstream-service-time")
+                                      else v) for n, v in r.headers]}
         finally:
             await c.close()
     return out
@@ -168,6 +195,15 @@ H1_CASES = {
     "h1-flaky-retried": b"GET /flaky HTTP/1.1\r\nHost: a\r\n\r\n",
     "h1-per-try-retried-grpc": b"POST /slowtry HTTP/1.1\r\nHost: a\r\n"
                                b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n",
+    "h1-per-try-reset": b"GET /slowreset HTTP/1.1\r\nHost: a\r\n\r\n",
+    "h1-per-try-started": b"GET /drip HTTP/1.1\r\nHost: a\r\n\r\n",
+    "h1-msd-grpc-timeout": b"POST /slowmsd HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc"
+                           b"\r\ngrpc-timeout: 200m\r\ncontent-length: 0\r\n\r\n",
+    "h1-msd-header-upstream": b"POST /echomsd HTTP/1.1\r\nHost: a\r\n"
+                              b"content-type: application/grpc\r\ngrpc-timeout: 5S\r\n"
+                              b"content-length: 0\r\n\r\n",
+    "h1-msd-plain-no-header": b"GET /echomsd HTTP/1.1\r\nHost: a\r\ngrpc-timeout: 5S\r\n\r\n",
+    "h1-msd-route-duration": b"GET /slowdur HTTP/1.1\r\nHost: a\r\n\r\n",
 }
 _MASKS = [
     (rb"date: [^\r]*", b"date: D"),
@@ -299,8 +335,10 @@ def test_cluster_stats_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> Non
     assert theirs["refused.upstream_rq_503"] > 0 and theirs["refused.upstream_rq_total"] == 0
     assert theirs["backend.upstream_rq_retry_success"] == 1
     # a route timeout each for h1-timeout-grpc and h1-timeout-plain, and the per-try
-    # timeouts (both counted, the last one's 504 charged)
-    assert theirs["backend.upstream_rq_504"] == 3 and theirs["grpc.upstream_rq_504"] == 1
-    assert theirs["backend.upstream_rq_per_try_timeout"] == 2
+    # timeouts of h1-per-try-retried-grpc and h1-per-try-reset (each attempt's counted,
+    # the last one's 504 charged); none for h1-per-try-started, whose response had begun.
+    # The max stream durations are the connection manager's, charged to no cluster
+    assert theirs["backend.upstream_rq_504"] == 4 and theirs["grpc.upstream_rq_504"] == 1
+    assert theirs["backend.upstream_rq_per_try_timeout"] == 4
     # per host: the route and per-try timeouts, the refused connections as errors
-    assert theirs["backend::host::rq_timeout"] == 4 and theirs["refused::host::rq_error"] > 0
+    assert theirs["backend::host::rq_timeout"] == 6 and theirs["refused::host::rq_error"] > 0

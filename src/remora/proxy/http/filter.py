@@ -114,7 +114,8 @@ class HttpStream(Protocol):
 
     def local_reply(self, status: int, body: bytes, details: str, flag: str | None = None,
                     close: bool = False,
-                    headers: list[tuple[str, str]] | None = None) -> bool: ...
+                    headers: list[tuple[str, str]] | None = None,
+                    grpc_status: int | None = None) -> bool: ...
 
     def interrupted(self, reason: str) -> None: ...
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.cached import cached_attribute
+from remora.proxy.http.grpc_timeout import StreamDuration
 from remora.proxy.http.header_mutation import HeaderMutations, parse_mutations
 from remora.proxy.http.per_filter import parse_typed_per_filter_config
 from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
@@ -91,6 +92,8 @@ class Route:
     # route, then vhost, then table
     request_mutations: HeaderMutations = field(default_factory=HeaderMutations)
     response_mutations: HeaderMutations = field(default_factory=HeaderMutations)
+    # RouteAction.max_stream_duration (grpc_timeout.py); None: the field is absent
+    stream_duration: StreamDuration | None = None
 
     @cached_attribute
     def expected_timeout_header(self) -> tuple[str, str] | None:
@@ -305,8 +308,9 @@ def _route(f: Fields, vhost: VirtualHost) -> Route:
         _zero_only(action, "max_grpc_timeout")
         msd = action.fields("max_stream_duration", "MaxStreamDuration")
         if msd is not None:
-            _zero_only(msd, "max_stream_duration")
-            _zero_only(msd, "grpc_timeout_header_max")
+            r.stream_duration = StreamDuration(
+                msd.duration("max_stream_duration"), msd.duration("grpc_timeout_header_max"),
+                msd.duration("grpc_timeout_header_offset"))
             msd.done()
             # With max_stream_duration present Envoy uses its "new timeouts": the route's
             # `timeout` no longer applies (router's FilterUtility::finalTimeout,
@@ -331,7 +335,8 @@ def _route(f: Fields, vhost: VirtualHost) -> Route:
 
 
 def _zero_only(f: Fields, name: str) -> None:
-    """gRPC timeouts: Istio writes them as "0s" (disabled); anything else is unimplemented."""
+    """RouteAction.max_grpc_timeout (deprecated, for routes without max_stream_duration):
+    Istio writes it as "0s" (disabled); anything else is unimplemented."""
     v = f.duration(name)
     if v:
         raise ConfigError(f.at(name), "non-zero value is not implemented by remora",

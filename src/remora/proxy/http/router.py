@@ -27,11 +27,12 @@ from remora.proxy.http.codec_state import (
 )
 from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
+from remora.proxy.http.grpc_timeout import StreamDuration, format_grpc_timeout, stream_timeout_ms
 from remora.proxy.http.header_mutation import apply_to_request
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
-from remora.proxy.http.stream import ActiveStream
+from remora.proxy.http.stream import ActiveStream, is_grpc_content_type
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import (
@@ -256,9 +257,9 @@ class _Forward:
     is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
     the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "entry", "h1", "host", "hs",
-                 "policy", "retries_left", "retry_slots", "retry_status", "route", "router",
-                 "started", "stream", "tried")
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "duration", "entry", "h1",
+                 "host", "hs", "policy", "retries_left", "retry_slots", "retry_status", "route",
+                 "router", "started", "stream", "tried")
 
     # the hosts tried so far (retry previous_hosts): set by ``run``, which every attempt
     # but the one ``start`` begins goes through (``start`` records its host in ``host``;
@@ -295,6 +296,30 @@ class _Forward:
         self.cs = entry.cs
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
+        # the stream's max duration in seconds (None: none): routes with
+        # max_stream_duration only, Istio's on every route it generates
+        self.duration: float | None = (None if route.stream_duration is None
+                                       else self._stream_duration(route.stream_duration))
+
+    def _stream_duration(self, d: StreamDuration) -> float | None:
+        """Envoy's ActiveStream::refreshDurationTimeout for this stream: its max duration
+        (grpc_timeout.stream_timeout_ms), and for a gRPC request with one the grpc-timeout
+        header rewritten to it, as Envoy sends it upstream (``1S`` becomes ``1000m``)."""
+        stream = self.stream
+        hmap = stream.req.hmap
+        ms = stream_timeout_ms(d, hmap.get("grpc-timeout"))
+        if ms is None:
+            return None
+        if is_grpc_content_type(hmap.get("content-type")):
+            value = format_grpc_timeout(ms)
+            headers = stream.upstream_headers
+            for i, (name, _) in enumerate(headers):
+                if name == "grpc-timeout":
+                    headers[i] = (name, value)
+                    break
+            else:
+                headers.append(("grpc-timeout", value))
+        return ms / 1000
 
     @property
     def reselections(self) -> int:
@@ -324,6 +349,9 @@ class _Forward:
                 h1.arm_route_timeout(timeout)
             else:
                 timer = loop.call_later(timeout, conn.cancel_active, "timeout")
+        # the stream's max duration spans every attempt and the back-offs between them
+        dtimer = (loop.call_later(self.duration, conn.cancel_active, "max_duration")
+                  if self.duration is not None else None)
         exclude = _NO_HOSTS
         try:
             while True:
@@ -331,7 +359,7 @@ class _Forward:
                 # held for this attempt; released when it ends (a resumed first attempt
                 # began holding none: retry slots it took since are the next attempt's)
                 slots = self.retry_slots if not resumed else 0
-                try_timer = (loop.call_later(per_try, conn.cancel_active, "per_try")
+                try_timer = (loop.call_later(per_try, self._per_try_expired)
                              if per_try > 0 and not resumed else None)
                 try:
                     if resumed == _OVERFLOW:
@@ -388,6 +416,8 @@ class _Forward:
             self._interrupted(reason, in_flight=False)  # between attempts (backoff)
             return False
         finally:
+            if dtimer is not None:
+                dtimer.cancel()
             if timer is not None:
                 timer.cancel()
             elif h1 is not None:
@@ -396,6 +426,13 @@ class _Forward:
                 for _ in range(self.retry_slots):
                     self.cluster.release("retries")
                 self.retry_slots = 0
+
+    def _per_try_expired(self) -> None:
+        """Envoy's UpstreamRequest::onPerTryTimeout: ignored once the response started
+        downstream (it then goes on up to the route timeout: a gRPC server stream longer
+        than the per-try timeout is not cut off)."""
+        if not self.stream.response_started:
+            self.conn.cancel_active("per_try")
 
     def _wants(self, kind: str) -> bool:
         """Whether the policy would retry an attempt that failed with KIND."""
@@ -407,7 +444,10 @@ class _Forward:
         if kind in ("reset", "protocol"):
             return p.retry_on_reset(True)
         if kind == "per_try":
-            return "5xx" in p.retry_on or "gateway-error" in p.retry_on
+            # a per-try timeout resets the attempt (LocalReset): RetryStateImpl::
+            # wouldRetryFromReset retries it under reset, 5xx and gateway-error
+            on = p.retry_on
+            return "reset" in on or "5xx" in on or "gateway-error" in on
         return False
 
     def _may_retry(self, kind: str) -> bool:
@@ -596,7 +636,7 @@ class _Forward:
         if (h1 is None or not req.complete or req.upgrade or stream.upstream_chunked
                 or (self.entry.h2_after_h2 if stream.info.protocol == "HTTP/2"
                     else self.entry.h2_after_h1)
-                or (p is not None and p.per_try_timeout > 0)
+                or (p is not None and p.per_try_timeout > 0) or self.duration is not None
                 or stream.info.upstream_request_attempt_count):
             return self.run()
         facts = h1.downstream.facts

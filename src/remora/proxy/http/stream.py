@@ -417,10 +417,12 @@ class ActiveStream:
         self.encode_end()
 
     def local_reply(self, status: int, body: bytes, details: str, flag: str | None = None,
-                    close: bool = False, headers: list[tuple[str, str]] | None = None) -> bool:
+                    close: bool = False, headers: list[tuple[str, str]] | None = None,
+                    grpc_status: int | None = None) -> bool:
         """Envoy's sendLocalReply: a text/plain answer from the proxy itself. Returns False
         (the filter chain stops). After the response started only the flag is recorded and
-        the connection is closed, since the response can no longer change."""
+        the connection is closed, since the response can no longer change. GRPC_STATUS: a
+        gRPC request's grpc-status when not the one STATUS maps to."""
         info = self.info
         info.response_code_details = details
         if flag is not None:
@@ -438,7 +440,8 @@ class ActiveStream:
             # Envoy 1.40 over HTTP/1.1 and HTTP/2: tests/unit/proxy/
             # test_local_reply_envoy_parity.py)
             hs += [("content-type", "application/grpc"),
-                   ("grpc-status", str(http_to_grpc_status(status)))]
+                   ("grpc-status", str(http_to_grpc_status(status) if grpc_status is None
+                                       else grpc_status))]
             if body and not self.head:
                 hs.append(("grpc-message", grpc_message(body)))
             self.encode_headers(200, hs, chunked=False, tail=self.BODILESS_TAIL)
@@ -462,6 +465,12 @@ class ActiveStream:
             self.local_reply(408, b"stream timeout", "stream_idle_timeout", "SI", close=True)
         elif reason == "codec":
             self.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
+        elif reason == "max_duration":
+            # Envoy's ActiveStream::onStreamMaxDurationReached: 504 once the request was
+            # all read, else 408 (Utility::maybeRequestTimeoutCode), gRPC DEADLINE_EXCEEDED,
+            # no response flag (observed on Envoy 1.40)
+            self.local_reply(504 if self.req.complete else 408, b"downstream duration timeout",
+                             "max_duration_timeout", grpc_status=4)
         else:  # "dc"; a per-try timeout never leaves the router
             self.info.set_flag("DC")
             self.info.response_code_details = "downstream_remote_disconnect"
