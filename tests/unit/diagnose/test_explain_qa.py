@@ -1,0 +1,65 @@
+"""Defects a QA pass found in reading real clusters' evidence, each on its reproduction
+(tests/data/diagnose/qa/, see its README.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remora.cli.main import main
+from remora.diagnose.evidence.files import parse_iptables_text
+
+
+@pytest.fixture(scope="module")
+def qa(data: Path) -> Path:
+    return data / "qa"
+
+
+def explain(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(["explain", "source-ip", *argv])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def verdict(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    code, out, err = explain([*argv, "-o", "json"], capsys)
+    assert code == 0, err
+    result: dict[str, Any] = json.loads(out)["verdict"]
+    return result
+
+
+# --- 1. nat and mangle pasted as one file --------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tproxy-nat-mangle-S-noprompt.txt",
+                                  "tproxy-nat-mangle-noprompt.txt"])
+def test_nat_and_mangle_in_one_file_are_two_tables(qa: Path, name: str) -> None:
+    rs = parse_iptables_text((qa / name).read_text(), name)
+    assert set(rs.tables) == {"nat", "mangle"}
+    assert rs.tables["mangle"].chains["ISTIO_TPROXY"].rules[0].target.name == "TPROXY"
+    assert rs.tables["nat"].chains["ISTIO_REDIRECT"].rules[0].target.to_port == 15001
+    assert "ISTIO_TPROXY" not in rs.tables["nat"].chains
+
+
+@pytest.mark.parametrize("name", ["tproxy-nat-mangle-S-noprompt.txt",
+                                  "tproxy-nat-mangle-noprompt.txt"])
+def test_tproxy_pod_pasted_as_one_file_keeps_the_client(
+        qa: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--iptables", str(qa / name), "--to", ":18080", "--istio-version", "1.11"],
+                capsys)
+    assert v["app_sees"] == v["client_ip"] and v["sees_client"]
+    assert not any("mangle" in m["what"] for m in v["missing"])
+
+
+def test_S_sections_that_mix_nat_and_mangle_targets_ask_for_the_boundary() -> None:
+    from remora.errors import RemoraError
+    text = ("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
+            "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006 --tproxy-mark 0x539/0xffffffff\n")
+    with pytest.raises(RemoraError, match="mixes nat rules"):
+        parse_iptables_text(text, "rules.txt")
