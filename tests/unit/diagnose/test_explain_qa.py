@@ -63,3 +63,15 @@ def test_S_sections_that_mix_nat_and_mangle_targets_ask_for_the_boundary() -> No
             "-A ISTIO_TPROXY -p tcp -j TPROXY --on-port 15006 --tproxy-mark 0x539/0xffffffff\n")
     with pytest.raises(RemoraError, match="mixes nat rules"):
         parse_iptables_text(text, "rules.txt")
+
+
+# --- 2. iptables-nft's warning that legacy tables exist ------------------------------------
+
+@pytest.mark.parametrize("name", ["legacy-warning-iptables-save.txt",
+                                  "legacy-warning2-iptables-save.txt"])
+def test_legacy_tables_present_is_undecided_and_asks_for_legacy_save(
+        qa: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--iptables", str(qa / name), "--to", ":18080"], capsys)
+    assert v["kind"] == "undecided" and v["app_sees"] is None
+    assert "legacy" in v["basis"]
+    assert any("iptables-legacy-save" in m["command"] for m in v["missing"])

@@ -79,6 +79,19 @@ def family_of(rs: Ruleset, text: str, name: str) -> int:
 def parse_iptables_families(text: str, name: str) -> list[Ruleset]:
     """Every address family in iptables-save text (or a golden with both blocks) or in
     `iptables -L -v` / `ip6tables -L -v` listings, IPv4 first."""
+    families = _parse_iptables_families(text, name)
+    # iptables-nft (iptables/nft.c, nft_rule_list / nft_chain_save) prints "# Warning:
+    # iptables-legacy tables present, use iptables-legacy-save to see them" when the
+    # legacy backend has tables too. istio-iptables picks its backend itself (tools/
+    # istio-iptables/pkg/dependencies: the one whose save output already has rules, else
+    # by the kernel), so Istio's rules may be there and not in this output.
+    if re.search(r"iptables-legacy tables present", text):
+        for rs in families:
+            rs.legacy_hidden = True
+    return families
+
+
+def _parse_iptables_families(text: str, name: str) -> list[Ruleset]:
     hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
     text = unframe(text)
     if looks_like_nft(text):

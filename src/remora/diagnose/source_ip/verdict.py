@@ -243,6 +243,17 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
                    "app from the client's address (its default inbound spoofing with "
                    "IP_TRANSPARENT); the rules are ambient's, not a sidecar's")
         v.app_sees_why = "inferred: " + v.basis
+    elif step3.status == "not captured" and ev.server.iptables is not None and (
+            ev.server.iptables.legacy_hidden):
+        v.kind = "undecided"
+        v.basis = ("the rules given capture nothing inbound, but they are iptables-nft's and "
+                   "it warns that iptables-legacy tables are present: Istio's rules may be in "
+                   "the legacy backend (istio-iptables picks the backend itself), which this "
+                   "output does not show")
+        v.missing.append(Missing("the server pod's iptables-legacy rules",
+                                 f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- "
+                                 "iptables-legacy-save  (or on its node: nsenter --target "
+                                 "<container pid> --net iptables-legacy-save)"))
     elif step3.status == "not captured" and _contradiction(ev, step3, port):
         declared_mode = _contradiction(ev, step3, port)
         lead = (f"istio-init declares {declared_mode} capture of port {port} "
