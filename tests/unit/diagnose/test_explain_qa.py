@@ -75,3 +75,16 @@ def test_legacy_tables_present_is_undecided_and_asks_for_legacy_save(
     assert v["kind"] == "undecided" and v["app_sees"] is None
     assert "legacy" in v["basis"]
     assert any("iptables-legacy-save" in m["command"] for m in v["missing"])
+
+
+# --- 3. a STATIC inbound cluster's inline endpoint in a full config dump -------------------
+
+@pytest.mark.parametrize("name", ["istio19-static-inbound-config_dump.json",
+                                  "sidecar-defaultendpoint-config_dump.json"])
+def test_static_inbound_cluster_in_a_dump_dials_127_0_0_1(
+        qa: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--config-dump", str(qa / name), "--iptables",
+                 str(qa / "redirect-iptables-save.txt"), "--to",
+                 "simple-server-svc.demo-to:18080"], capsys)
+    assert v["failure"] is None
+    assert v["app_sees"] == "127.0.0.1" and v["kind"] == "established"

@@ -129,6 +129,14 @@ def _add_listener(cfg: EnvoyConfig, listener: JSON) -> None:
 def _add_cluster(cfg: EnvoyConfig, cluster: JSON) -> None:
     cfg.has_clusters = True
     cfg.clusters[str(cluster.get("name", ""))] = cluster
+    # A STATIC cluster carries its endpoints inline (load_assignment); Istio's inbound
+    # clusters were STATIC with endpoint 127.0.0.1:PORT before 1.10 (pilot/pkg/networking/
+    # core/v1alpha3 cluster_builder buildInboundClusterForPortOrUDS), and the dump's
+    # EndpointsConfigDump lists only EDS clusters. An EDS entry read first is kept.
+    cla = cluster.get("load_assignment")
+    name = str(cluster.get("name", ""))
+    if isinstance(cla, dict) and name not in cfg.endpoints:
+        _add_cla(cfg, {**cla, "cluster_name": name})
 
 
 def _add_cla(cfg: EnvoyConfig, cla: JSON) -> None:
@@ -168,8 +176,6 @@ def _add_bootstrap(cfg: EnvoyConfig, boot: JSON) -> None:
         _add_listener(cfg, listener)
     for cluster in static.get("clusters", []):
         _add_cluster(cfg, cluster)
-        if "load_assignment" in cluster:
-            _add_cla(cfg, {**cluster["load_assignment"], "cluster_name": cluster.get("name")})
 
 
 def _add_dump_entry(cfg: EnvoyConfig, entry: JSON) -> bool:
