@@ -88,3 +88,30 @@ def test_static_inbound_cluster_in_a_dump_dials_127_0_0_1(
                  "simple-server-svc.demo-to:18080"], capsys)
     assert v["failure"] is None
     assert v["app_sees"] == "127.0.0.1" and v["kind"] == "established"
+
+
+# --- 4. access-log lines for another port ---------------------------------------------------
+
+def test_access_log_of_another_port_neither_confirms_nor_overturns(
+        qa: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--access-log", str(qa / "otherport-access.log"), "--iptables",
+                 str(qa / "redirect-iptables-save.txt"), "--to", ":18080",
+                 "--istio-version", "1.9"], capsys)
+    assert v["app_sees"] == "127.0.0.1" and v["kind"] == "inferred"
+    assert v["confirmed"] is None and not v["model_note"]
+    assert "other ports (8081)" in v["confirmation"]
+    assert v["client_ip"] != "10.20.0.78"  # the scraper is not the client
+    assert "line 1" not in v["xff"]
+
+
+def test_access_log_lines_of_one_port_that_disagree_are_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = ('[2021-03-17T09:30:39.883Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 60 1 1 '
+            '"-" "curl" "id-{n}" "10.20.0.77:18080" "10.20.0.77:18080" inbound|18080|| '
+            '{src}:5132{n} 10.20.0.77:18080 10.20.0.78:4011{n} - default\n')
+    log = tmp_path / "access.log"
+    log.write_text(line.format(n=1, src="127.0.0.6") + line.format(n=2, src="127.0.0.1"))
+    v = verdict(["--access-log", str(log), "--to", ":18080", "--istio-version", "1.11"],
+                capsys)
+    assert v["kind"] == "undecided" and v["app_sees"] is None
+    assert "disagrees" in v["confirmation"] and "line 2" in v["confirmation"]
