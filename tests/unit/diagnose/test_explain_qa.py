@@ -115,3 +115,18 @@ def test_access_log_lines_of_one_port_that_disagree_are_reported(
                 capsys)
     assert v["kind"] == "undecided" and v["app_sees"] is None
     assert "disagrees" in v["confirmation"] and "line 2" in v["confirmation"]
+
+
+# --- 6. an istio-proxy log without access-log lines ----------------------------------------
+
+def test_istio_proxy_log_without_access_lines_does_not_stop_the_dump(
+        qa: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "istio-proxy.log").write_bytes((qa / "noaccesslog" / "istio-proxy.log").read_bytes())
+    (server / "iptables-save.txt").write_bytes((qa / "redirect-iptables-save.txt").read_bytes())
+    v = verdict(["--istio-dump", str(tmp_path), "--to", ":18080", "--istio-version", "1.11"],
+                capsys)
+    assert v["app_sees"] == "127.0.0.6"
+    assert "access logging is off" in v["confirmation"]
+    assert any("meshConfig.accessLogFile" in m["command"] for m in v["missing"])

@@ -160,6 +160,15 @@ def add_access_log(pod: PodEvidence, path: Path) -> None:
     text = read_text(path, "access log")
     entries = parse_access_log(text, str(path))
     app = [line.strip() for line in text.splitlines() if app_peer(line) is not None]
+    if not entries and not app and re.search(
+            r"^\S+\s+(?:info|warn|warning|error)\s", text, re.M):
+        # pilot-agent's own lines and no access-log line: access logging is off, which is
+        # Istio's default profile (no meshConfig.accessLogFile; istio.io "Envoy Access
+        # Logs"). The diagnosis goes on without it and says how to turn it on.
+        pod.access_log_off = str(path)
+        pod.sources.append(f"access log: {path} (istio-proxy's own log, no access-log line: "
+                           "access logging is off)")
+        return
     if not entries and not app:
         raise RemoraError(f"{path} has no access-log lines: expected Istio's default text "
                           "format (`[START_TIME] \"GET /path HTTP/1.1\" 200 ...`) or JSON lines",

@@ -425,6 +425,18 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "", port: int = 0) -> None:
                                  "kubectl logs -n istio-system -l app=ztunnel --tail 50  (the "
                                  "ztunnel on the server pod's node: kubectl get pods -n "
                                  "istio-system -l app=ztunnel -o wide)"))
+    elif not inbound and ev.server.access_log_off and not every:
+        v.confirmation += (f"the server's istio-proxy log ({ev.server.access_log_off}) has no "
+                           "access-log line: access logging is off (Istio's default profile)")
+        v.missing.append(Missing(
+            "the server sidecar's access log: turn access logging on, send a request, then "
+            "kubectl logs " + ev.server.pod_ref() + " -c istio-proxy --tail 20",
+            "istioctl install --set meshConfig.accessLogFile=/dev/stdout  (mesh-wide), or "
+            "(Istio 1.12+) a Telemetry resource: kubectl apply -f - <<< "
+            "'{\"apiVersion\":\"telemetry.istio.io/"
+            "v1alpha1\",\"kind\":\"Telemetry\",\"metadata\":{\"name\":\"mesh-default\","
+            "\"namespace\":\"istio-system\"},\"spec\":{\"accessLogging\":[{\"providers\":"
+            "[{\"name\":\"envoy\"}]}]}}'"))
     elif not inbound:
         v.confirmation += ("no server access log line for this port" if every
                            else "no server access log given")
