@@ -69,20 +69,34 @@ class IstioInit:
     shell_script: bool = False  # istio-iptables.sh (Istio 1.4 and before)
 
 
+# istio-iptables from 1.16 on (tools/istio-iptables/pkg/config Print and pkg/dependencies
+# implementation_linux.go) prints "Istio iptables variables:" above its settings and
+# "Running iptables-restore with the following input:" above the rules, each after a log
+# timestamp and level, and "Running command (with wait lock): iptables-restore --noflush"
+# after them.
+_VARS_HEAD = re.compile(r"(?:^|\s)(?:Istio iptables variables|Variables):\s*$")
+_RULES_HEAD = re.compile(r"Writing following contents to rules file|"
+                         r"Running iptables-restore with the following input:")
+
+
 def looks_like_istio_init(text: str) -> bool:
     return bool(re.search(r"^Variables:\s*$", text, re.M)
-                or "Writing following contents to rules file" in text
-                or re.search(r"^\+ iptables ", text, re.M))
+                or re.search(r"Istio iptables variables:\s*$", text, re.M)
+                or _RULES_HEAD.search(text)
+                or re.search(r"^\+ iptables ", text, re.M)
+                or re.search(r"Running command \(with wait lock\): ip6?tables-restore", text))
 
 
 def istio_init(text: str) -> IstioInit:
     out = IstioInit()
     in_vars = False
     rules: list[str] = []
-    in_file = False
+    # a log cut just below its marker starts with the restore input itself (`* nat`)
+    in_file = bool(re.match(r"\s*\*\s*(?:nat|mangle|raw|filter)\s*$", text.lstrip("\n")
+                            .split("\n", 1)[0]))
     for line in text.splitlines():
         s = line.strip()
-        if s == "Variables:":
+        if _VARS_HEAD.search(s):
             in_vars = True
             continue
         if in_vars:
@@ -95,7 +109,7 @@ def istio_init(text: str) -> IstioInit:
             in_vars = False
         if "istio-iptables.sh" in s and "line" in s:
             out.shell_script = True
-        if "Writing following contents to rules file" in s:
+        if _RULES_HEAD.search(s):
             in_file = True
             continue
         if s.startswith("+ "):

@@ -130,3 +130,31 @@ def test_istio_proxy_log_without_access_lines_does_not_stop_the_dump(
     assert v["app_sees"] == "127.0.0.6"
     assert "access logging is off" in v["confirmation"]
     assert any("meshConfig.accessLogFile" in m["command"] for m in v["missing"])
+
+
+# --- 7. istio-init logs of istio-iptables 1.16 and later ------------------------------------
+
+def test_istio_init_122_tail_is_read_from_a_dump(qa: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "istio-init.log").write_bytes((qa / "init122" / "istio-init.log").read_bytes())
+    v = verdict(["--istio-dump", str(tmp_path), "--to", ":18080", "--istio-version", "1.22"],
+                capsys)
+    assert v["app_sees"] == v["client_ip"]  # TPROXY (mangle) capture, original_src
+
+
+def test_istio_init_current_format_markers() -> None:
+    from remora.diagnose.pasted import istio_init, looks_like_istio_init
+    text = ("2024-06-03T03:25:00.100000Z\tinfo\tIstio iptables variables:\n"
+            "PROXY_PORT=15001\nINBOUND_INTERCEPTION_MODE=REDIRECT\n"
+            "INBOUND_PORTS_INCLUDE=*\n\n"
+            "2024-06-03T03:25:00.110000Z\tinfo\tRunning iptables-restore with the following "
+            "input:\n* nat\n-N ISTIO_IN_REDIRECT\n"
+            "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n"
+            "2024-06-03T03:25:00.121381Z\tinfo\tRunning command (with wait lock): "
+            "iptables-restore --noflush --wait=30\n")
+    assert looks_like_istio_init(text)
+    init = istio_init(text)
+    assert init.variables["INBOUND_INTERCEPTION_MODE"] == "REDIRECT"
+    assert "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in init.rules
