@@ -158,3 +158,13 @@ def test_istio_init_current_format_markers() -> None:
     init = istio_init(text)
     assert init.variables["INBOUND_INTERCEPTION_MODE"] == "REDIRECT"
     assert "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" in init.rules
+
+
+# --- 10. JSON access logs behind kubectl's --timestamps / --prefix --------------------------
+
+@pytest.mark.parametrize("name", ["json-ts-access.log", "json-prefix-access.log"])
+def test_json_access_log_with_kubectl_prefixes(qa: Path, name: str) -> None:
+    from remora.diagnose.envoy.access_log import parse_access_log
+    [entry] = parse_access_log((qa / name).read_text())
+    assert entry.format == "json" and entry.upstream_cluster == "inbound|18080||"
+    assert entry.upstream_local_address == "10.20.0.78:45201"
