@@ -168,3 +168,32 @@ def test_json_access_log_with_kubectl_prefixes(qa: Path, name: str) -> None:
     [entry] = parse_access_log((qa / name).read_text())
     assert entry.format == "json" and entry.upstream_cluster == "inbound|18080||"
     assert entry.upstream_local_address == "10.20.0.78:45201"
+
+
+# --- 11. YAML dumps, nft listings of iptables-nft tables, --to ports ------------------------
+
+def test_yaml_config_dump_is_read(qa: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--config-dump", str(qa / "config_dump.yaml"), "--iptables",
+                 str(qa / "redirect-iptables-save.txt"), "--to", ":18080"], capsys)
+    assert v["app_sees"] == "127.0.0.6" and v["kind"] == "established"
+    assert "upstream_bind_config" in v["basis"]
+
+
+def test_nft_ruleset_of_iptables_nft_tables(qa: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--iptables", str(qa / "nftcompat-redirect-ruleset.txt"), "--to", ":18080",
+                 "--istio-version", "1.20"], capsys)
+    assert v["app_sees"] == "127.0.0.6"
+    # nft cannot print xt TPROXY's port and mark: asked for iptables-save, no verdict
+    code, _, err = explain(["--iptables", str(qa / "nftcompat-tproxy-ruleset.txt"), "--to",
+                            ":18080"], capsys)
+    assert code != 0 and "xt target TPROXY" in err and "iptables-save" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "65536"])
+def test_to_port_outside_the_tcp_range_is_refused(qa: Path, port: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = explain(["--iptables", str(qa / "redirect-iptables-save.txt"), "--to",
+                            f":{port}"], capsys)
+    assert code != 0 and "outside 1-65535" in err

@@ -302,9 +302,28 @@ def parse_config_text(cfg: EnvoyConfig, text: str, source: str) -> None:
     try:
         doc, relaxed = relaxed_json(text)
     except json.JSONDecodeError as exc:
+        yaml_doc = _yaml_document(text)
+        if yaml_doc is not None:
+            add_document(cfg, yaml_doc, source + " (YAML)")
+            return
         raise RemoraError(
             f"{source} is not complete JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
             "expected an Envoy config dump",
             "re-collect it with `istioctl proxy-config all POD -o json > config_dump.json` "
             "(the file may be truncated)") from exc
     add_document(cfg, doc, source, relaxed)
+
+
+def _yaml_document(text: str) -> Any:
+    """`istioctl proxy-config all POD -o yaml` (or a YAML copy of /config_dump): the same
+    document as YAML. None when the text is not a YAML mapping or list."""
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if not re.match(r"\s*(?:-\s|['\"]?[@\w.-]+['\"]?:(?:\s|$))", first):
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return doc if isinstance(doc, (dict, list)) else None

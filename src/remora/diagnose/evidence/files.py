@@ -213,6 +213,9 @@ def _kind(path: Path) -> str | None:
     if re.search(r"iptables|nat|mangle|\.rules$|rules\.txt$", name):
         return "iptables"
     text = read_text(path, "evidence")[:4000]
+    if name.endswith((".yaml", ".yml")) and re.search(
+            r"@type|filterChains|filter_chains|^configs:", text, re.M):
+        return "config"  # `istioctl proxy-config ... -o yaml`
     if looks_like_istio_init(text):
         return "istioinit"
     if looks_like_ztunnel(text):
