@@ -197,3 +197,48 @@ def test_to_port_outside_the_tcp_range_is_refused(qa: Path, port: str,
     code, _, err = explain(["--iptables", str(qa / "redirect-iptables-save.txt"), "--to",
                             f":{port}"], capsys)
     assert code != 0 and "outside 1-65535" in err
+
+
+# --- 9. istioctl version ----------------------------------------------------------------------
+
+def test_istioctl_version_forms(qa: Path) -> None:
+    from remora.diagnose.pasted import istio_version, istio_versions
+    ver = qa / "version"
+    assert istio_version((ver / "ver-client.txt").read_text()) == (1, 9)  # not istioctl's 1.20
+    assert istio_version((ver / "ver-asm.txt").read_text()) == (1, 9)
+    assert istio_versions((ver / "ver-json.txt").read_text()) == ([(1, 9)], "data plane")
+    assert istio_versions((ver / "ver-mixed.txt").read_text()) == ([(1, 9), (1, 10)],
+                                                                   "data plane")
+    assert istio_version((ver / "ver-mixed.txt").read_text()) is None
+    assert istio_versions("client version: 1.20.3\n") == ([(1, 20)], "client")
+
+
+def _version_dump(tmp_path: Path, qa: Path, name: str) -> Path:
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "version.txt").write_bytes((qa / "version" / name).read_bytes())
+    (server / "iptables-save.txt").write_bytes((qa / "redirect-iptables-save.txt").read_bytes())
+    return tmp_path
+
+
+def test_mixed_data_plane_across_1_10_is_undecided(qa: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--istio-dump", str(_version_dump(tmp_path, qa, "ver-mixed.txt")), "--to",
+                 ":18080"], capsys)
+    assert v["kind"] == "undecided" and v["app_sees"] is None
+    assert "mixed data plane (1.9, 1.10)" in v["istio_version"]
+
+
+def test_istioctl_version_json_is_read(qa: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    v = verdict(["--istio-dump", str(_version_dump(tmp_path, qa, "ver-json.txt")), "--to",
+                 ":18080"], capsys)
+    assert v["app_sees"] == "127.0.0.1" and v["istio_version"].startswith("1.9 ")
+
+
+def test_client_only_version_is_refused(tmp_path: Path, qa: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    dump = _version_dump(tmp_path, qa, "ver-client.txt")
+    (dump / "server" / "version.txt").write_text("client version: 1.20.3\n")
+    code, _, err = explain(["--istio-dump", str(dump), "--to", ":18080"], capsys)
+    assert code != 0 and "only istioctl's own version" in err

@@ -26,7 +26,7 @@ from remora.diagnose.iptables.policy_routing import parse_policy_text
 from remora.diagnose.iptables.save import looks_like_save, parse_iptables_save
 from remora.diagnose.pasted import (
     istio_init,
-    istio_version,
+    istio_versions,
     looks_like_istio_init,
     rule_lines,
     unframe,
@@ -141,7 +141,13 @@ def add_istio_init(pod: PodEvidence, path: Path) -> None:
 
 def add_version(pod: PodEvidence, path: Path) -> None:
     text = read_text(path, "version")
-    if istio_version(text) is None:
+    versions, whose = istio_versions(text)
+    if whose == "client":
+        raise RemoraError(f"{path} has only istioctl's own version (client version "
+                          f"{versions[0][0]}.{versions[0][1]}), not the sidecars'",
+                          "run `istioctl version` with access to the cluster (it prints "
+                          "`data plane version: ...`), or pass --istio-version X.Y")
+    if not versions:
         raise RemoraError(f"{path} names no Istio version: expected `istioctl version` output "
                           "(`data plane version: 1.9.0 ...`)",
                           "collect it with `istioctl version`, or pass --istio-version X.Y")

@@ -158,6 +158,15 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
                    f"evidence); {why}")
         v.app_sees_why = f"inferred from cluster {name}: {why}"
         return
+    if ver.mixed and ver.before_1_10 is None and "1.10 or later" not in ver.why:
+        # a data plane of versions on both sides of 1.10: each side gives another answer
+        v.kind = "undecided"
+        v.basis = f"Istio version: {ver.why}"
+        v.missing.append(Missing("the server sidecar's Istio version",
+                                 f"kubectl get pod {ev.server.pod_ref()} -o jsonpath="
+                                 "'{.spec.containers[?(@.name==\"istio-proxy\")].image}'  (or "
+                                 "istioctl proxy-status)"))
+        return
     v.kind = "inferred"
     if ver.before_1_10:
         v.app_sees = "127.0.0.1"
