@@ -242,3 +242,45 @@ def test_client_only_version_is_refused(tmp_path: Path, qa: Path,
     (dump / "server" / "version.txt").write_text("client version: 1.20.3\n")
     code, _, err = explain(["--istio-dump", str(dump), "--to", ":18080"], capsys)
     assert code != 0 and "only istioctl's own version" in err
+
+
+# --- 8. proxy-config --file and explain share one loader -------------------------------------
+
+def proxy_config(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(["proxy-config", *argv])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("name", ["utf16-config_dump.json", "config_dump.json.gz",
+                                  "bom-config_dump.json"])
+def test_saved_dump_encodings_are_read_by_both_commands(
+        qa: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for what in ("listener", "cluster", "secret"):
+        code, out, err = proxy_config([what, "--file", str(qa / name)], capsys)
+        assert code == 0, err
+    code, out, _ = proxy_config(["listener", "--file", str(qa / name)], capsys)
+    assert "virtualInbound" in out or "15006" in out
+    v = verdict(["--config-dump", str(qa / name), "--to", ":18080"], capsys)
+    assert v["app_sees"] == "127.0.0.6"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('[{"name": "inbound|18080||", "type": "ORIGINAL_DST", "connectTimeout": "10s"}]',
+     "is a list of clusters (`istioctl proxy-config cluster POD -o json` output)"),
+    ("null", "it is JSON null"),
+    ('"x"', "it is JSON str"),
+    ("configs:\n- x: 1\n", "it looks like YAML"),
+])
+@pytest.mark.parametrize("what", ["secret", "listener", "cluster"])
+def test_proxy_config_file_that_is_no_dump_is_one_line(
+        tmp_path: Path, content: str, message: str, what: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "dump.json"
+    path.write_text(content)
+    code, _, err = proxy_config([what, "--file", str(path)], capsys)
+    assert code != 0 and message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -33,6 +33,7 @@ from remora.diagnose.pasted import (
 )
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 from remora.diagnose.source_ip.ztunnel_log import looks_like_ztunnel, parse_ztunnel_log
+from remora.diagnose.textdecode import decode_evidence
 from remora.errors import RemoraError
 
 SIDES = ("client", "server")
@@ -50,7 +51,7 @@ def read_text(path: Path, what: str) -> str:
     except OSError as exc:
         raise RemoraError(f"cannot read {what} file {path}: {exc.strerror}",
                           "check the file's permissions") from exc
-    return data.decode("utf-8", errors="replace")
+    return decode_evidence(data, str(path))
 
 
 def parse_iptables_text(text: str, name: str) -> Ruleset:
