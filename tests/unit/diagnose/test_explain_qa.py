@@ -284,3 +284,26 @@ def test_proxy_config_file_that_is_no_dump_is_one_line(
     path.write_text(content)
     code, _, err = proxy_config([what, "--file", str(path)], capsys)
     assert code != 0 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- 5. a gateway's config dump ----------------------------------------------------------------
+
+def test_gateway_as_client_dials_from_its_pod_ip(qa: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config-dump", f"client={qa / 'gateway-config_dump.json'}", "--config-dump",
+            str(qa / "server-config_dump.json"), "--iptables",
+            str(qa / "redirect-iptables-save.txt"), "--to", "simple-server-svc.demo-to:18080"]
+    code, out, _ = explain(argv, capsys)
+    assert code == 0 and "15001" not in out and "Istio gateway" in out
+    v = verdict(argv, capsys)
+    assert v["failure"] is None and v["client_ip"] == "10.20.0.50"
+    assert v["app_sees"] == "127.0.0.6"
+
+
+def test_gateway_as_server_is_set_aside(qa: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--config-dump", str(qa / "gateway-config_dump.json"), "--to", ":18080"]
+    code, out, _ = explain(argv, capsys)
+    assert code == 0 and "15006" not in out.split("5. verdict")[0].split("4. server")[1]
+    assert "Istio gateway's (node type router)" in out
+    v = verdict(argv, capsys)
+    assert v["failure"] is None and v["kind"] == "undecided"

@@ -109,6 +109,13 @@ class EnvoyConfig:
     def listener_named(self, name: str) -> JSON | None:
         return next((lst for lst in self.listeners if lst.get("name") == name), None)
 
+    def node_type(self) -> str | None:
+        """Istio's proxy type, the node id's first field (pilot/pkg/model/context.go
+        NodeType): ``sidecar``, or ``router`` for a gateway."""
+        if self.node_id and self.node_id.count("~") >= 3:
+            return self.node_id.split("~", 1)[0]
+        return None
+
     def pod_ip(self) -> str | None:
         """Istio node ids are ``sidecar~POD_IP~POD.NS~NS.svc.cluster.local``."""
         if self.node_id and self.node_id.count("~") >= 3:
