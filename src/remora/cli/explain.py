@@ -122,6 +122,12 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
               diagram: Path | None, compare: bool, state_dir: str | None, kube: bool,
               context: str | None, kubeconfig: str | None) -> None:
     """Which address the server's app sees for a client, step by step, and the fix."""
+    to_port = None if not to or is_ip(to) else split_hostport(to)[1]
+    if to_port is not None and not 1 <= to_port <= 65535:
+        # a TCP port is 16 bits and 0 is not a destination one can connect to
+        raise UsageError(f"--to {to}: port {to_port} is outside 1-65535",
+                         "use --to HOST:PORT with the service or pod port, e.g. "
+                         "--to simple-server-svc.demo-to:18080")
     if (kube or context) and not from_:
         raise UsageError("--kube needs --from POD and --to SERVICE[:PORT]",
                          "e.g. --kube --from deploy/simple-client -n demo-from "

@@ -130,12 +130,9 @@ def _render_text(what: str, data: str, fmt: str, endpoint_source: str,
     from remora.diagnose.proxy_config.render import render
 
     if what in ("secret", "secrets"):
-        try:
-            raw = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise RemoraError(f"the config dump is not JSON: {exc.msg}",
-                              "give the output of /config_dump") from exc
-        items = pcs.items_from_config_dump(raw)
+        from remora.diagnose.proxy_config.dump import load_config_dump
+
+        items = pcs.items_from_config_dump(load_config_dump(data))
         if fmt == "table":
             return pcs.secret_table(items)
         text = pcs.secret_json(items) + "\n"
@@ -152,17 +149,20 @@ def _offline(what: str, path: Path, fmt: str, **filters: Any) -> str:
     if what == "log":
         raise RemoraError("proxy-config log needs a running sidecar, not a file",
                           "give a pod name instead of --file")
+    from remora.diagnose.textdecode import decode_evidence
+
     try:
-        data = path.read_text()
+        data = decode_evidence(path.read_bytes(), f"--file {path}")
     except OSError as exc:
         raise RemoraError(f"cannot read --file {path}: {exc.strerror}",
                           "give the path of a saved /config_dump") from exc
     try:
         return _render_text(what, data, fmt, "config_dump", **filters)
     except RemoraError as exc:
-        if exc.problem.startswith("the config dump is not JSON"):
-            raise RemoraError(f"--file {path} is not JSON: {exc.problem.split(': ', 1)[1]}",
-                              "give the output of /config_dump") from exc
+        if exc.problem.startswith(("config dump is not JSON", "config dump has no",
+                                   "config dump is a")):
+            raise RemoraError(f"--file {path}{exc.problem[len('config dump'):]}",
+                              exc.fix) from exc
         raise
 
 

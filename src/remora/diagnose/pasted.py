@@ -15,6 +15,7 @@ Pure text functions used by ``evidence_files`` before the iptables / access-log 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -69,20 +70,34 @@ class IstioInit:
     shell_script: bool = False  # istio-iptables.sh (Istio 1.4 and before)
 
 
+# istio-iptables from 1.16 on (tools/istio-iptables/pkg/config Print and pkg/dependencies
+# implementation_linux.go) prints "Istio iptables variables:" above its settings and
+# "Running iptables-restore with the following input:" above the rules, each after a log
+# timestamp and level, and "Running command (with wait lock): iptables-restore --noflush"
+# after them.
+_VARS_HEAD = re.compile(r"(?:^|\s)(?:Istio iptables variables|Variables):\s*$")
+_RULES_HEAD = re.compile(r"Writing following contents to rules file|"
+                         r"Running iptables-restore with the following input:")
+
+
 def looks_like_istio_init(text: str) -> bool:
     return bool(re.search(r"^Variables:\s*$", text, re.M)
-                or "Writing following contents to rules file" in text
-                or re.search(r"^\+ iptables ", text, re.M))
+                or re.search(r"Istio iptables variables:\s*$", text, re.M)
+                or _RULES_HEAD.search(text)
+                or re.search(r"^\+ iptables ", text, re.M)
+                or re.search(r"Running command \(with wait lock\): ip6?tables-restore", text))
 
 
 def istio_init(text: str) -> IstioInit:
     out = IstioInit()
     in_vars = False
     rules: list[str] = []
-    in_file = False
+    # a log cut just below its marker starts with the restore input itself (`* nat`)
+    in_file = bool(re.match(r"\s*\*\s*(?:nat|mangle|raw|filter)\s*$", text.lstrip("\n")
+                            .split("\n", 1)[0]))
     for line in text.splitlines():
         s = line.strip()
-        if s == "Variables:":
+        if _VARS_HEAD.search(s):
             in_vars = True
             continue
         if in_vars:
@@ -95,7 +110,7 @@ def istio_init(text: str) -> IstioInit:
             in_vars = False
         if "istio-iptables.sh" in s and "line" in s:
             out.shell_script = True
-        if "Writing following contents to rules file" in s:
+        if _RULES_HEAD.search(s):
             in_file = True
             continue
         if s.startswith("+ "):
@@ -142,11 +157,66 @@ _VERSION = re.compile(
     r"v?(\d+)\.(\d+)(?:\.\d+)?")
 
 
-def istio_version(text: str) -> tuple[int, int] | None:
-    """The data plane's Istio version from `istioctl version` output or an image tag:
-    `data plane version` first (the sidecars are what matters), then the others."""
-    data = re.search(r"data plane version:\s*v?(\d+)\.(\d+)", text)
-    if data:
-        return int(data.group(1)), int(data.group(2))
-    m = _VERSION.search(text)
+def _minor(text: str) -> tuple[int, int] | None:
+    m = re.match(r"\s*v?(\d+)\.(\d+)", text)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _distinct(found: list[tuple[int, int] | None]) -> list[tuple[int, int]]:
+    return sorted({v for v in found if v is not None})
+
+
+def istio_versions(text: str) -> tuple[list[tuple[int, int]], str]:
+    """The Istio versions `istioctl version` (text or `-o json`) or an image tag names, and
+    whose: "data plane" (the sidecars: what matters), "control plane" (istiod, pilot, an
+    image tag: a hint), "client" (istioctl's own binary: says nothing about the sidecars),
+    or "" when none. The data plane line lists one version per group of proxies
+    (`1.9.5 (2 proxies), 1.10.3 (4 proxies)`, istioctl/pkg/version): all are returned."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(stripped)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            # istioctl version -o json: clientVersion, meshVersion[].Info.version,
+            # dataPlaneVersion[].IstioVersion (istioctl/pkg/version, pkg/version)
+            def items(key: str) -> list[dict[str, object]]:
+                value = doc.get(key)
+                return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+
+            sidecars = _distinct([_minor(str(x.get("IstioVersion", "")))
+                                  for x in items("dataPlaneVersion")])
+            if sidecars:
+                return sidecars, "data plane"
+            infos = [x.get("Info") for x in items("meshVersion")]
+            mesh = _distinct([_minor(str(info.get("version", ""))) for info in infos
+                              if isinstance(info, dict)])
+            if mesh:
+                return mesh, "control plane"
+            binary = doc.get("clientVersion")
+            if isinstance(binary, dict) and _minor(str(binary.get("version", ""))):
+                return _distinct([_minor(str(binary.get("version", "")))]), "client"
+            return [], ""
+    data = re.search(r"data plane version:\s*(.*)", text)
+    if data:
+        found = _distinct([_minor(v) for v in re.findall(
+            r"(?:^|,)\s*(v?\d+\.\d+\S*)", data.group(1))])
+        if found:
+            return found, "data plane"
+    m = _VERSION.search(re.sub(r"(?im)^\s*client version:.*$", "", text))
+    if m:
+        return [(int(m.group(1)), int(m.group(2)))], "control plane"
+    own = re.search(r"client version:\s*(?:version\.BuildInfo\{Version:\")?v?(\d+)\.(\d+)",
+                    text)
+    if own:
+        return [(int(own.group(1)), int(own.group(2)))], "client"
+    return [], ""
+
+
+def istio_version(text: str) -> tuple[int, int] | None:
+    """The one Istio version of the sidecars `istioctl version` output or an image tag
+    names: the data plane's, else the control plane's; None when only istioctl's own
+    (client) version is there, or the data plane is mixed."""
+    found, whose = istio_versions(text)
+    return found[0] if len(found) == 1 and whose in ("data plane", "control plane") else None

@@ -83,7 +83,9 @@ def test_v2_type_urls_bound_the_version(tmp_path: Path) -> None:
 
 
 def test_version_text_forms() -> None:
-    assert istio_version("client version: 1.21.1\nistiod version: 1.19.3") == (1, 21)
+    # istioctl's own (client) version says nothing about the sidecars: istiod's is the hint
+    assert istio_version("client version: 1.21.1\nistiod version: 1.19.3") == (1, 19)
+    assert istio_version("client version: 1.21.1\n") is None
     assert istio_version("data plane version: 1.9.0 (9 proxies)\nclient version: 1.21") == (1, 9)
     assert istio_version('version.BuildInfo{Version:"1.1.1", GitRevision:"2b13"}') == (1, 1)
     assert istio_version("Image: docker.io/istio/proxyv2:1.6.0") == (1, 6)

@@ -159,6 +159,18 @@ def parse_access_log(text: str, source: str = "access log") -> list[AccessLogEnt
                 entries.extend(_json_block("\n".join(block), start, source))
                 block = []
             continue
+        # `kubectl logs --timestamps` (an RFC 3339 time) and `--prefix` (`[pod/NAME/
+        # CONTAINER]`) put one word ahead of a JSON line: the entry starts after it
+        prefixed = re.match(r"(?:\[pod/[^\]]+\]|\d{4}-\d\d-\d\dT\S+)\s+(?:\d{4}-\d\d-\d\dT\S+\s+)?"
+                            r"(\{.*\})\s*$", s)
+        if prefixed:
+            try:
+                obj = json.loads(prefixed.group(1))
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                entries.append(from_json_object(obj, lineno))
+                continue
         if s.startswith("{"):
             try:
                 obj = json.loads(s)

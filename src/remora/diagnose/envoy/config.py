@@ -109,6 +109,13 @@ class EnvoyConfig:
     def listener_named(self, name: str) -> JSON | None:
         return next((lst for lst in self.listeners if lst.get("name") == name), None)
 
+    def node_type(self) -> str | None:
+        """Istio's proxy type, the node id's first field (pilot/pkg/model/context.go
+        NodeType): ``sidecar``, or ``router`` for a gateway."""
+        if self.node_id and self.node_id.count("~") >= 3:
+            return self.node_id.split("~", 1)[0]
+        return None
+
     def pod_ip(self) -> str | None:
         """Istio node ids are ``sidecar~POD_IP~POD.NS~NS.svc.cluster.local``."""
         if self.node_id and self.node_id.count("~") >= 3:
@@ -129,6 +136,14 @@ def _add_listener(cfg: EnvoyConfig, listener: JSON) -> None:
 def _add_cluster(cfg: EnvoyConfig, cluster: JSON) -> None:
     cfg.has_clusters = True
     cfg.clusters[str(cluster.get("name", ""))] = cluster
+    # A STATIC cluster carries its endpoints inline (load_assignment); Istio's inbound
+    # clusters were STATIC with endpoint 127.0.0.1:PORT before 1.10 (pilot/pkg/networking/
+    # core/v1alpha3 cluster_builder buildInboundClusterForPortOrUDS), and the dump's
+    # EndpointsConfigDump lists only EDS clusters. An EDS entry read first is kept.
+    cla = cluster.get("load_assignment")
+    name = str(cluster.get("name", ""))
+    if isinstance(cla, dict) and name not in cfg.endpoints:
+        _add_cla(cfg, {**cla, "cluster_name": name})
 
 
 def _add_cla(cfg: EnvoyConfig, cla: JSON) -> None:
@@ -168,8 +183,6 @@ def _add_bootstrap(cfg: EnvoyConfig, boot: JSON) -> None:
         _add_listener(cfg, listener)
     for cluster in static.get("clusters", []):
         _add_cluster(cfg, cluster)
-        if "load_assignment" in cluster:
-            _add_cla(cfg, {**cluster["load_assignment"], "cluster_name": cluster.get("name")})
 
 
 def _add_dump_entry(cfg: EnvoyConfig, entry: JSON) -> bool:
@@ -296,9 +309,28 @@ def parse_config_text(cfg: EnvoyConfig, text: str, source: str) -> None:
     try:
         doc, relaxed = relaxed_json(text)
     except json.JSONDecodeError as exc:
+        yaml_doc = _yaml_document(text)
+        if yaml_doc is not None:
+            add_document(cfg, yaml_doc, source + " (YAML)")
+            return
         raise RemoraError(
             f"{source} is not complete JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
             "expected an Envoy config dump",
             "re-collect it with `istioctl proxy-config all POD -o json > config_dump.json` "
             "(the file may be truncated)") from exc
     add_document(cfg, doc, source, relaxed)
+
+
+def _yaml_document(text: str) -> Any:
+    """`istioctl proxy-config all POD -o yaml` (or a YAML copy of /config_dump): the same
+    document as YAML. None when the text is not a YAML mapping or list."""
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if not re.match(r"\s*(?:-\s|['\"]?[@\w.-]+['\"]?:(?:\s|$))", first):
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return doc if isinstance(doc, (dict, list)) else None

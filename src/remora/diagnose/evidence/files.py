@@ -26,13 +26,14 @@ from remora.diagnose.iptables.policy_routing import parse_policy_text
 from remora.diagnose.iptables.save import looks_like_save, parse_iptables_save
 from remora.diagnose.pasted import (
     istio_init,
-    istio_version,
+    istio_versions,
     looks_like_istio_init,
     rule_lines,
     unframe,
 )
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 from remora.diagnose.source_ip.ztunnel_log import looks_like_ztunnel, parse_ztunnel_log
+from remora.diagnose.textdecode import decode_evidence
 from remora.errors import RemoraError
 
 SIDES = ("client", "server")
@@ -50,7 +51,7 @@ def read_text(path: Path, what: str) -> str:
     except OSError as exc:
         raise RemoraError(f"cannot read {what} file {path}: {exc.strerror}",
                           "check the file's permissions") from exc
-    return data.decode("utf-8", errors="replace")
+    return decode_evidence(data, str(path))
 
 
 def parse_iptables_text(text: str, name: str) -> Ruleset:
@@ -79,6 +80,19 @@ def family_of(rs: Ruleset, text: str, name: str) -> int:
 def parse_iptables_families(text: str, name: str) -> list[Ruleset]:
     """Every address family in iptables-save text (or a golden with both blocks) or in
     `iptables -L -v` / `ip6tables -L -v` listings, IPv4 first."""
+    families = _parse_iptables_families(text, name)
+    # iptables-nft (iptables/nft.c, nft_rule_list / nft_chain_save) prints "# Warning:
+    # iptables-legacy tables present, use iptables-legacy-save to see them" when the
+    # legacy backend has tables too. istio-iptables picks its backend itself (tools/
+    # istio-iptables/pkg/dependencies: the one whose save output already has rules, else
+    # by the kernel), so Istio's rules may be there and not in this output.
+    if re.search(r"iptables-legacy tables present", text):
+        for rs in families:
+            rs.legacy_hidden = True
+    return families
+
+
+def _parse_iptables_families(text: str, name: str) -> list[Ruleset]:
     hint = "nat" if "nat" in name.lower() else "mangle" if "mangle" in name.lower() else None
     text = unframe(text)
     if looks_like_nft(text):
@@ -128,7 +142,13 @@ def add_istio_init(pod: PodEvidence, path: Path) -> None:
 
 def add_version(pod: PodEvidence, path: Path) -> None:
     text = read_text(path, "version")
-    if istio_version(text) is None:
+    versions, whose = istio_versions(text)
+    if whose == "client":
+        raise RemoraError(f"{path} has only istioctl's own version (client version "
+                          f"{versions[0][0]}.{versions[0][1]}), not the sidecars'",
+                          "run `istioctl version` with access to the cluster (it prints "
+                          "`data plane version: ...`), or pass --istio-version X.Y")
+    if not versions:
         raise RemoraError(f"{path} names no Istio version: expected `istioctl version` output "
                           "(`data plane version: 1.9.0 ...`)",
                           "collect it with `istioctl version`, or pass --istio-version X.Y")
@@ -147,6 +167,15 @@ def add_access_log(pod: PodEvidence, path: Path) -> None:
     text = read_text(path, "access log")
     entries = parse_access_log(text, str(path))
     app = [line.strip() for line in text.splitlines() if app_peer(line) is not None]
+    if not entries and not app and re.search(
+            r"^\S+\s+(?:info|warn|warning|error)\s", text, re.M):
+        # pilot-agent's own lines and no access-log line: access logging is off, which is
+        # Istio's default profile (no meshConfig.accessLogFile; istio.io "Envoy Access
+        # Logs"). The diagnosis goes on without it and says how to turn it on.
+        pod.access_log_off = str(path)
+        pod.sources.append(f"access log: {path} (istio-proxy's own log, no access-log line: "
+                           "access logging is off)")
+        return
     if not entries and not app:
         raise RemoraError(f"{path} has no access-log lines: expected Istio's default text "
                           "format (`[START_TIME] \"GET /path HTTP/1.1\" 200 ...`) or JSON lines",
@@ -191,6 +220,9 @@ def _kind(path: Path) -> str | None:
     if re.search(r"iptables|nat|mangle|\.rules$|rules\.txt$", name):
         return "iptables"
     text = read_text(path, "evidence")[:4000]
+    if name.endswith((".yaml", ".yml")) and re.search(
+            r"@type|filterChains|filter_chains|^configs:", text, re.M):
+        return "config"  # `istioctl proxy-config ... -o yaml`
     if looks_like_istio_init(text):
         return "istioinit"
     if looks_like_ztunnel(text):

@@ -101,7 +101,9 @@ def looks_like_listing(text: str) -> bool:
     return any(_CHAIN.match(line.strip()) for line in text.splitlines())
 
 
-def _infer_table(listing: Listing) -> str | None:
+def _infer_table(listing: Listing, weak: bool = True) -> str | None:
+    """The table a listing's own content names: targets only one table allows, the
+    built-in chains only one table has; with ``weak``, also the INPUT/FORWARD guess."""
     names = set(listing.chains)
     targets = " ".join(" ".join(lines) for _, _, lines in listing.chains.values())
     if re.search(r"\b(TPROXY|MARK|CONNMARK|TOS|TTL)\b", targets) or ("FORWARD" in names and (
@@ -112,7 +114,7 @@ def _infer_table(listing: Listing) -> str | None:
         return "nat"
     if re.search(r"\bCT\b|NOTRACK", targets):
         return "raw"
-    if names & {"INPUT", "FORWARD"}:
+    if weak and names & {"INPUT", "FORWARD"}:
         return "filter"
     return None
 
@@ -127,7 +129,12 @@ def parse_listing(text: str, table: str | None = None,
     rs = Ruleset(origin=origin)
     for listing in listings:
         name = listing.table if listing.table not in (None, "filter") else None
-        name = name or table or _infer_table(listing) or listing.table
+        # Each listing's own content decides before the caller's hint: a file named
+        # nat.txt may hold `iptables -t nat -L -v; iptables -t mangle -L -v` without the
+        # prompts, and the hint (from the file name) can only be right for one of them.
+        hint = table if len(listings) == 1 else None
+        name = (name or _infer_table(listing, weak=False) or hint or _infer_table(listing)
+                or listing.table)
         if name is None:
             raise RemoraError("cannot tell which table an iptables listing is from",
                               "paste the `iptables -t nat -L -v` command line above it, or "

@@ -328,6 +328,9 @@ class Ruleset:
     family: int = 4
     # `iptables -L` without -v prints no in/out columns: `-o lo` conditions are invisible
     interfaces_known: bool = True
+    # iptables-nft printed "# Warning: iptables-legacy tables present": the pod also has
+    # rules in the legacy backend, which this evidence does not show
+    legacy_hidden: bool = False
 
     def table(self, name: str) -> Table:
         if name not in self.tables:
@@ -341,6 +344,7 @@ class Ruleset:
             self.tables[name] = table
         self.origin = ", ".join(x for x in (self.origin, other.origin) if x)
         self.interfaces_known = self.interfaces_known and other.interfaces_known
+        self.legacy_hidden = self.legacy_hidden or other.legacy_hidden
 
     def rule_count(self) -> int:
         return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())

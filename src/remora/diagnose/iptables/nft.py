@@ -27,8 +27,10 @@ _CHAIN = re.compile(r"^\s*chain\s+(\S+)\s*\{")
 
 
 def looks_like_nft(text: str) -> bool:
-    return bool(re.search(r"^\s*(?:add|insert)\s+rule\s+inet\s|^\s*table\s+inet\s+\S+\s*\{",
-                          text, re.M))
+    """Istio's native ``inet`` tables, and ``nft list ruleset`` of the ``ip``/``ip6``
+    tables iptables-nft keeps (``table ip nat { chain ISTIO_INBOUND ...``)."""
+    return bool(re.search(r"^\s*(?:add|insert)\s+rule\s+inet\s|"
+                          r"^\s*table\s+(?:inet|ip|ip6)\s+\S+\s*\{", text, re.M))
 
 
 def _table(name: str) -> str:
@@ -262,6 +264,16 @@ def to_iptables_save(text: str) -> dict[int, str]:
 
 def parse_nft(text: str, origin: str = "nft list ruleset") -> list[Ruleset]:
     """The IPv4 and the IPv6 rules of Istio's nft tables, in that order."""
+    opaque = re.search(r"\bxt (target|match) (\S+)", text)
+    if opaque:
+        # iptables-nft keeps an extension nft has no expression for (TPROXY among them)
+        # as an xtables blob that `nft list ruleset` prints as `xt target TPROXY`, without
+        # its port or mark; walking it as anything would be a guess
+        raise RemoraError(
+            f"{origin}: nft shows the iptables-nft rule `xt {opaque.group(1)} "
+            f"{opaque.group(2)}` without its options (port, mark), so it cannot be walked",
+            "give `iptables-save` (iptables-nft-save) from the same pod's network namespace: "
+            "it prints those rules whole")
     saved = to_iptables_save(text)
     out: list[Ruleset] = []
     for fam in (4, 6):

@@ -169,20 +169,99 @@ def _guess_table(text: str) -> str:
     return ""
 
 
+# The built-in chains `iptables -t TABLE -S` prints a `-P` line for, per table (the
+# kernel's iptable_{nat,mangle,filter,raw}.c hook masks): the set of `-P` lines opening a
+# section says which table it is.
+_BUILTIN = {"mangle": frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}),
+            "nat": frozenset({"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}),
+            "filter": frozenset({"INPUT", "FORWARD", "OUTPUT"}),
+            "raw": frozenset({"PREROUTING", "OUTPUT"})}
+# Chains istio-iptables creates only in the mangle table (tools/istio-iptables/pkg/capture/
+# run.go: ISTIO_DIVERT and ISTIO_TPROXY belong to the TPROXY inbound capture).
+_MANGLE_CHAINS = re.compile(r"^\s*-[AN]\s+(?:ISTIO_DIVERT|ISTIO_TPROXY)\b", re.M)
+_NAT_ONLY = re.compile(r"-j (?:REDIRECT|DNAT|SNAT|MASQUERADE)\b")
+_MANGLE_ONLY = re.compile(r"-j (?:TPROXY|MARK|CONNMARK)\b")
+
+
+def _s_sections(text: str) -> list[tuple[int, str]]:
+    """`iptables -t nat -S; iptables -t mangle -S` pasted as one text without prompts:
+    each table's output starts over with its `-P` lines, then `-N`, then `-A` (iptables'
+    `-S` order), so a `-P` or `-N` after an `-A` starts the next table. Returns (first line
+    number, text) per section."""
+    sections: list[tuple[int, list[str]]] = [(1, [])]
+    seen_rule = False
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = re.sub(r"^\[\d+:\d+\]\s*", "", line.strip())
+        if s.startswith(("-P ", "-N ")) and seen_rule:
+            sections.append((lineno, []))
+            seen_rule = False
+        elif s.startswith(("-A ", "-I ")):
+            seen_rule = True
+        sections[-1][1].append(line)
+    return [(start, "\n".join(lines)) for start, lines in sections if lines]
+
+
+def _section_table(text: str) -> str:
+    """The table of one `-S` section, from the evidence in it: its `-P` chains, then the
+    targets only one table allows (TPROXY/MARK/CONNMARK: mangle; REDIRECT/DNAT: nat), then
+    Istio's mangle-only chains. "" when it cannot tell; "?" when it holds both nat-only
+    and mangle-only targets (two tables run together with no boundary)."""
+    policies = frozenset(re.findall(r"^\s*-P\s+(\w+)", text, re.M))
+    if len(policies) >= 2:
+        for table, builtin in _BUILTIN.items():
+            if policies == builtin:
+                return table
+    nat, mangle = bool(_NAT_ONLY.search(text)), bool(_MANGLE_ONLY.search(text))
+    if nat and mangle:
+        return "?"
+    if mangle or _MANGLE_CHAINS.search(text):
+        return "mangle"
+    if nat:
+        return "nat"
+    return _guess_table(text)
+
+
+def _s_line_tables(text: str, hint: str | None) -> dict[int, str]:
+    """For `-S` text without `*table` lines or prompts: the table of each line."""
+    out: dict[int, str] = {}
+    sections = _s_sections(text)
+    for start, body in sections:
+        table = _section_table(body)
+        if table == "?":
+            raise RemoraError(
+                f"the iptables -S text from line {start} mixes nat rules (REDIRECT) and mangle "
+                "rules (TPROXY/MARK) with no boundary between the tables",
+                "give `iptables-save` output, or paste each table's output under its own "
+                "command line (`$ iptables -t nat -S`, `$ iptables -t mangle -S`)")
+        # a file name's nat/mangle names the table only of a file holding one table
+        table = table or (hint if len(sections) == 1 else "") or ""
+        for k in range(start, start + body.count("\n") + 1):
+            out[k] = table
+    return out
+
+
 def parse_iptables_save(text: str, origin: str = "iptables-save",
                         table_hint: str | None = None) -> list[Ruleset]:
     """All address families found, IPv4 first. Raises RemoraError on a line it cannot read."""
     families: list[Ruleset] = [Ruleset(origin=origin, family=4)]
     seen: set[str] = set()
     table = ""
+    line_tables: dict[int, str] = {}
     first_table = re.search(r"^\s*\*\s*\w+", text, re.M)
-    if not first_table:
-        table = table_hint or _guess_table(text)  # `iptables -t TABLE -S` output
+    if not first_table and not re.search(r"^\s*(?:[$#]\s*)?(?:sudo\s+)?ip6?tables", text,
+                                         re.M):
+        # `iptables -t TABLE -S` output, one table or several run together (no prompt
+        # naming the table, no `iptables -t TABLE -A ...` commands carrying their own)
+        line_tables = _s_line_tables(text, table_hint)
+    elif not first_table:
+        table = table_hint or _guess_table(text)
     elif re.search(r"^\s*(?:\[\d+:\d+\]\s*)?-A ", text[:first_table.start()], re.M):
         # rules pasted from the middle of a table, before the next `*table` line
         table = table_hint or _guess_table(text[:first_table.start()])
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
+        if line_tables:
+            table = line_tables.get(lineno, table)
         prompt = _S_PROMPT.match(s)
         if prompt:
             named = re.search(r"-t\s*(\w+)", prompt.group(1))

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from remora.diagnose.textdecode import decode_evidence
 from remora.errors import RemoraError
 
 JSON = dict[str, Any]
@@ -105,20 +106,59 @@ def _section(kind: str) -> str:
     return kind.rsplit(".", 1)[-1]
 
 
-def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
-    """An Envoy /config_dump or istioctl `proxy-config all -o json` output."""
-    if isinstance(data, (str, bytes)):
+def load_config_dump(data: str | bytes | Any, name: str = "config dump") -> JSON:
+    """The JSON object of a whole /config_dump (or `istioctl proxy-config all -o json`),
+    from text or bytes (BOM, UTF-16, gzip: remora.diagnose.textdecode); a one-line
+    RemoraError saying what it is instead."""
+    if isinstance(data, bytes):
+        data = decode_evidence(data, name)
+    if isinstance(data, str):
+        text = data.lstrip("\ufeff")
         try:
-            raw = json.loads(data)
+            raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise RemoraError(f"config dump is not JSON: {exc}",
-                              "give the output of /config_dump or istioctl -o json") from exc
+            hint = ("it looks like YAML: save it with -o json" if re.match(
+                r"\s*(?:-\s|['\"]?[@\w.-]+['\"]?:(?:\s|$))", text) else
+                "give the output of /config_dump or istioctl proxy-config all -o json")
+            raise RemoraError(f"config dump is not JSON: {exc}", hint) from exc
     else:
         raw = data
+    if isinstance(raw, list):
+        kinds = {_array_kind(x) for x in raw if isinstance(x, dict)} - {""}
+        what = f"a list of {', '.join(k + 's' for k in sorted(kinds))}" if kinds else (
+            "a JSON array")
+        cmd = (f"istioctl proxy-config {sorted(kinds)[0]} POD -o json" if len(kinds) == 1
+               else "istioctl proxy-config TYPE POD -o json")
+        raise RemoraError(f"{name} is {what} (`{cmd}` output), not a whole config dump "
+                          "(no \"configs\" list)",
+                          "save `istioctl proxy-config all POD -n NS -o json` (or the admin "
+                          "/config_dump) and give that")
     if not isinstance(raw, dict) or not isinstance(raw.get("configs"), list):
-        raise RemoraError("config dump has no \"configs\" list",
+        got = "an object" if isinstance(raw, dict) else f"JSON {type(raw).__name__}".replace(
+            "NoneType", "null")
+        raise RemoraError(f"{name} has no \"configs\" list (it is {got})",
                           "give the output of Envoy's /config_dump (or istioctl proxy-config "
                           "all -o json)")
+    return raw
+
+
+def _array_kind(item: JSON) -> str:
+    """What an element of `istioctl proxy-config TYPE -o json` output is (its TYPE)."""
+    if "filterChains" in item or "filter_chains" in item or "listenerFilters" in item:
+        return "listener"
+    if "virtualHosts" in item or "virtual_hosts" in item:
+        return "route"
+    if "hostStatuses" in item or "host_statuses" in item:
+        return "endpoint"
+    if "name" in item and ({"type", "connectTimeout", "connect_timeout", "edsClusterConfig",
+                            "eds_cluster_config", "loadAssignment", "load_assignment"} & set(item)):
+        return "cluster"
+    return ""
+
+
+def parse_config_dump(data: str | bytes | JSON) -> ConfigDump:
+    """An Envoy /config_dump or istioctl `proxy-config all -o json` output."""
+    raw = load_config_dump(data)
     dump = ConfigDump(raw=raw)
     for section in raw["configs"]:
         s = snake(section)

@@ -42,6 +42,9 @@ class PodEvidence:
     # walked instead of ``iptables`` when the connection is IPv6 (source_ip.explain)
     iptables6: Ruleset | None = None
     walk_family: int = 4  # the family whose rules ``iptables`` holds for this diagnosis
+    # an istio-proxy log was given but has no access-log line: access logging is off
+    # (Istio's default profile sets no meshConfig.accessLogFile)
+    access_log_off: str | None = None
 
     @property
     def empty(self) -> bool:

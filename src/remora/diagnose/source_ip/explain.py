@@ -127,8 +127,18 @@ def explain_source_ip(ev: Evidence) -> Report:
     if ev.client.empty and ev.server.empty:
         raise RemoraError("no evidence given", "pass --istio-dump DIR, or --config-dump / "
                           "--iptables / --access-log files for the client and/or server pod")
+    server_cfg = ev.server.config
+    if server_cfg is not None and server_cfg.node_type() == "router":
+        # A gateway (node type router) is no server sidecar: no inbound capture, no
+        # virtualInbound on 15006; its IP and listeners must not stand for the server's.
+        ev.server.config = None
+        ev.server.sources.append(
+            f"set aside: the config dump ({server_cfg.node_id}) is an Istio gateway's (node "
+            "type router), not the server sidecar's; a gateway has no inbound capture and "
+            "dials pods from its own pod IP: give it as the client (--config-dump client=...)")
     facts = resolve_facts(ev)
     ev = for_family(ev, family_of(ev, facts))
+    gateway = ev.client.config is not None and ev.client.config.node_type() == "router"
     missing: list[Missing] = []
     assumptions: list[str] = [f"{name} = {f.value} ({f.source})" for name, f in facts.items()
                               if not f.known]
@@ -147,7 +157,16 @@ def explain_source_ip(ev: Evidence) -> Report:
     c_mode = _mode_of(ev.client.iptables)
     step1 = Step(1, "client pod: nat OUTPUT", "unknown", "")
     capture_kind = "unknown"
-    if ev.client.iptables is None:
+    if gateway and ev.client.iptables is None:
+        # Istio's gateways run Envoy as the pod's main process, with no istio-init and no
+        # capture rules (manifests/charts/gateway): the connection leaves the gateway as is
+        capture_kind = "gateway"
+        step1.status = "skipped"
+        node = ev.client.config.node_id if ev.client.config else ""
+        step1.summary = (f"the client is an Istio gateway ({node}): no capture rules, its "
+                         "Envoy connects to the server pod itself, from its pod IP "
+                         f"{client_ip}")
+    elif ev.client.iptables is None:
         step1.summary = "client pod rules not given"
         missing.append(Missing("client pod capture rules", _iptables_cmd(ev.client)))
     else:
@@ -174,7 +193,16 @@ def explain_source_ip(ev: Evidence) -> Report:
     step2 = Step(2, "client sidecar", "unknown", "")
     tls: TlsHello | None = None
     upstream_src = client_ip
-    if capture_kind in ("none", "DROP"):
+    if capture_kind == "gateway":
+        listeners = sorted({str(lst.get("address", {}).get("socket_address", {})
+                                .get("port_value", "?"))
+                            for lst in (ev.client.config.listeners if ev.client.config else [])})
+        step2.status = "skipped"
+        step2.summary = (f"gateway: its listeners (ports {', '.join(listeners) or 'none'}) "
+                         "route by Gateway and VirtualService and are not simulated; it "
+                         f"dials the server pod from {client_ip}, over Istio mTLS, and the "
+                         "server sidecar sees that address as the downstream")
+    elif capture_kind in ("none", "DROP"):
         step2.status, step2.summary = "skipped", "not captured: the app connects directly"
     elif ev.client.config is None:
         step2.summary = "client sidecar config not given"

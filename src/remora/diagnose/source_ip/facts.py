@@ -10,11 +10,16 @@ service's ClusterIP there). What none of them gives becomes a TEST-NET placehold
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from remora.diagnose.facts import is_ip, split_hostport
 from remora.diagnose.source_ip.evidence import Evidence
 from remora.errors import RemoraError
+
+if TYPE_CHECKING:
+    from remora.diagnose.envoy.access_log import AccessLogEntry
 
 PLACEHOLDER_CLIENT = "192.0.2.10"
 PLACEHOLDER_SERVER = "192.0.2.20"
@@ -41,6 +46,25 @@ def ip_of(addr: str | None) -> str | None:
     return ip if is_ip(ip) else None
 
 
+def log_port(entry: AccessLogEntry) -> int | None:
+    """The destination port an inbound access-log line is for: its DOWNSTREAM_LOCAL_ADDRESS
+    (the original destination the listener restored), else the port Istio names in the
+    inbound cluster (``inbound|18080||``, pilot's BuildSubsetKey); None when neither says."""
+    _, port = split_hostport(entry.downstream_local_address or "")
+    if port:
+        return int(port)
+    m = re.match(r"inbound\|(\d+)\|", entry.upstream_cluster or "")
+    return int(m.group(1)) if m else None
+
+
+def for_port(entries: list[AccessLogEntry], port: int | str | None) -> list[AccessLogEntry]:
+    """The lines of this destination port (all of them when the port is not known):
+    a line for another port of the same pod says nothing about this one."""
+    if not port:
+        return entries
+    return [e for e in entries if log_port(e) == int(port)]
+
+
 def resolve_facts(ev: Evidence) -> dict[str, Fact]:
     """Client IP, server IP, service address and port, each with where it came from."""
     facts: dict[str, Fact] = {}
@@ -57,7 +81,9 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
     client = first(
         (ev.client.ip, "given"),
         *((ip_of(e.src), f"ztunnel log line {e.line} (src.addr)") for e in z_in),
-        *((ip_of(e.downstream_remote_address), f"server access log line {e.line}") for e in s_in),
+        # the client of a line for another port (a metrics scraper) is not this client
+        *((ip_of(e.downstream_remote_address), f"server access log line {e.line}")
+          for e in for_port(s_in, ev.target.port)),
         (ev.client.config.pod_ip() if ev.client.config else None, "client config node id"),
         *((ip_of(e.downstream_remote_address), f"client access log line {e.line}") for e in c_out),
     )
@@ -97,7 +123,8 @@ def resolve_facts(ev: Evidence) -> dict[str, Fact]:
                                           "unknown; assumed outside every excluded CIDR)")
     authority = first(
         (f"{host}:{port_fact.value}" if host and not is_ip(host) else None, "--to"),
-        *((e.authority, f"server access log line {e.line}") for e in s_in),
+        *((e.authority, f"server access log line {e.line}")
+          for e in for_port(s_in, port_fact.value)),
         *((e.authority, f"client access log line {e.line}") for e in c_out),
     )
     if authority:

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from remora.diagnose.pasted import istio_version
+from remora.diagnose.pasted import istio_version, istio_versions
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
 
 
@@ -23,6 +23,7 @@ class VersionInfo:
     version: tuple[int, int] | None  # (1, 9); None when only a bound is known
     below: tuple[int, int] | None  # an exclusive upper bound the evidence shows
     why: str
+    mixed: bool = False  # `istioctl version` lists several data-plane versions
 
     def older_than(self, v: tuple[int, int]) -> bool | None:
         """True / False when the evidence tells, None when it does not."""
@@ -104,11 +105,25 @@ def detect(ev: Evidence) -> VersionInfo:
             return VersionInfo(found, None, f"{pod.role} config: the bootstrap's node metadata "
                                             f"ISTIO_VERSION {meta['ISTIO_VERSION']}")
         for text in pod.version_text:
-            found = istio_version(text)
-            if found:
-                return VersionInfo(found, None,
+            versions, whose = istio_versions(text)
+            if whose == "client" or not versions:
+                continue  # istioctl's own version says nothing about the sidecars
+            labels = ", ".join(f"{a}.{b}" for a, b in versions)
+            if len(versions) == 1:
+                return VersionInfo(versions[0], None,
                                    f"{pod.role} evidence: `istioctl version` output says "
-                                   f"{found[0]}.{found[1]}")
+                                   f"{labels}" + ("" if whose == "data plane"
+                                                  else f" ({whose}; no data plane line)"))
+            # several data-plane versions: which one the server pod runs is not said
+            why = (f"{pod.role} evidence: `istioctl version` shows a mixed data plane "
+                   f"({labels}); which the server pod runs is not in the evidence (its config "
+                   "dump's ISTIO_VERSION, or pass --istio-version X.Y)")
+            if versions[-1] < (1, 10):
+                return VersionInfo(None, (1, 10), why, mixed=True)
+            if versions[0] >= (1, 10):
+                return VersionInfo(None, None, why + "; all are 1.10 or later", mixed=True)
+            return VersionInfo(None, None, why + "; before 1.10 the app saw 127.0.0.1, "
+                                                 "from 1.10 127.0.0.6", mixed=True)
     for pod in (ev.server, ev.client):
         old = _old_shapes(pod)
         if old:

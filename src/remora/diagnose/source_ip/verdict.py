@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from remora.diagnose.envoy.upstream import bind_address
 from remora.diagnose.facts import Missing, app_peer, is_ip, split_hostport
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
+from remora.diagnose.source_ip.facts import for_port, log_port
 from remora.diagnose.source_ip.istio_version import VersionInfo, detect
 
 if TYPE_CHECKING:
@@ -157,6 +158,15 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
                    f"evidence); {why}")
         v.app_sees_why = f"inferred from cluster {name}: {why}"
         return
+    if ver.mixed and ver.before_1_10 is None and "1.10 or later" not in ver.why:
+        # a data plane of versions on both sides of 1.10: each side gives another answer
+        v.kind = "undecided"
+        v.basis = f"Istio version: {ver.why}"
+        v.missing.append(Missing("the server sidecar's Istio version",
+                                 f"kubectl get pod {ev.server.pod_ref()} -o jsonpath="
+                                 "'{.spec.containers[?(@.name==\"istio-proxy\")].image}'  (or "
+                                 "istioctl proxy-status)"))
+        return
     v.kind = "inferred"
     if ver.before_1_10:
         v.app_sees = "127.0.0.1"
@@ -243,6 +253,17 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
                    "app from the client's address (its default inbound spoofing with "
                    "IP_TRANSPARENT); the rules are ambient's, not a sidecar's")
         v.app_sees_why = "inferred: " + v.basis
+    elif step3.status == "not captured" and ev.server.iptables is not None and (
+            ev.server.iptables.legacy_hidden):
+        v.kind = "undecided"
+        v.basis = ("the rules given capture nothing inbound, but they are iptables-nft's and "
+                   "it warns that iptables-legacy tables are present: Istio's rules may be in "
+                   "the legacy backend (istio-iptables picks the backend itself), which this "
+                   "output does not show")
+        v.missing.append(Missing("the server pod's iptables-legacy rules",
+                                 f"kubectl exec {ev.server.pod_ref()} -c istio-proxy -- "
+                                 "iptables-legacy-save  (or on its node: nsenter --target "
+                                 "<container pid> --net iptables-legacy-save)"))
     elif step3.status == "not captured" and _contradiction(ev, step3, port):
         declared_mode = _contradiction(ev, step3, port)
         lead = (f"istio-init declares {declared_mode} capture of port {port} "
@@ -286,7 +307,7 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
             _tproxy(v, ver, "")
         else:
             _by_version(v, ev, port, ver)
-    _confirm(ev, v, mode)
+    _confirm(ev, v, mode, port)
     if v.app_sees is None and v.kind == "undecided" and not v.basis:
         v.basis = ("nothing in the evidence decides it: the server pod's rules, its sidecar's "
                    "config or an inbound access-log line is needed")
@@ -295,7 +316,7 @@ def decide(ev: Evidence, steps: list[Step], facts: dict[str, Fact], mode: str) -
                                  "iptables-save"))
     if v.app_sees is not None:
         v.sees_client = v.app_sees == v.client_ip
-    _xff(ev, steps, v)
+    _xff(ev, steps, v, port)
     if v.app_sees in ("127.0.0.6", "::6"):
         v.explanation_127 = _explain_127(step4, ev, v.app_sees)
     elif v.app_sees == "127.0.0.1":
@@ -390,11 +411,18 @@ def _model_wrong(model: str, why: str, seen: str, client: str) -> str:
     return f"the model said {model} ({why}); the access log shows {seen}: {reason}"
 
 
-def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
+def _confirm(ev: Evidence, v: Verdict, mode: str = "", port: int = 0) -> None:
     """The server sidecar's access log: its UPSTREAM_LOCAL_ADDRESS is the address the app's
     connection came from, stronger evidence than any model; it wins."""
-    inbound = [e for e in ev.server.access_log if e.direction == "inbound"]
+    every = [e for e in ev.server.access_log if e.direction == "inbound"]
+    # only lines for this destination port speak for it: another port may be declared
+    # differently (127.0.0.1 vs 127.0.0.6 before 1.10) or be excluded from capture
+    inbound = for_port(every, port)
+    others = sorted({p for p in (log_port(e) for e in every if e not in inbound) if p})
     z_in = [e for e in ev.server.ztunnel_log if e.direction == "inbound"]
+    if others:
+        v.confirmation = (f"access log lines for other ports ({', '.join(map(str, others))}) "
+                          f"are not evidence for port {port}; ")
     if not inbound and mode == "ambient" and z_in:
         z = z_in[0]
         v.confirmation = (f"ztunnel log line {z.line}: inbound src.addr {z.src} -> dst.addr "
@@ -406,18 +434,53 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
                                  "kubectl logs -n istio-system -l app=ztunnel --tail 50  (the "
                                  "ztunnel on the server pod's node: kubectl get pods -n "
                                  "istio-system -l app=ztunnel -o wide)"))
+    elif not inbound and ev.server.access_log_off and not every:
+        v.confirmation += (f"the server's istio-proxy log ({ev.server.access_log_off}) has no "
+                           "access-log line: access logging is off (Istio's default profile)")
+        v.missing.append(Missing(
+            "the server sidecar's access log: turn access logging on, send a request, then "
+            "kubectl logs " + ev.server.pod_ref() + " -c istio-proxy --tail 20",
+            "istioctl install --set meshConfig.accessLogFile=/dev/stdout  (mesh-wide), or "
+            "(Istio 1.12+) a Telemetry resource: kubectl apply -f - <<< "
+            "'{\"apiVersion\":\"telemetry.istio.io/"
+            "v1alpha1\",\"kind\":\"Telemetry\",\"metadata\":{\"name\":\"mesh-default\","
+            "\"namespace\":\"istio-system\"},\"spec\":{\"accessLogging\":[{\"providers\":"
+            "[{\"name\":\"envoy\"}]}]}}'"))
     elif not inbound:
-        v.confirmation = "no server access log given"
+        v.confirmation += ("no server access log line for this port" if every
+                           else "no server access log given")
         v.missing.append(Missing("the server sidecar's access log for a request",
                                  f"kubectl logs {ev.server.pod_ref()} -c istio-proxy --tail 20"))
     else:
         seen = [(e, split_hostport(e.upstream_local_address or "")[0]) for e in inbound]
         logged = [(e, ip) for e, ip in seen if is_ip(ip)]
         agree = [(e, ip) for e, ip in logged if ip == v.app_sees]
-        if agree:
+
+        def kind_of(e: AccessLogEntry, ip: str) -> str:
+            # under TPROXY each line shows its own client: "the client" is one answer
+            return "client" if ip == split_hostport(e.downstream_remote_address or "")[0] else ip
+
+        first_kind = kind_of(*agree[0]) if agree else ""
+        differ = [(e, ip) for e, ip in logged if agree and kind_of(e, ip) != first_kind]
+        if agree and differ:
+            # lines of one port that disagree: another moment (a restart into another
+            # mode or version) or another pod behind the port; the log does not decide
+            v.confirmed = None
+            lines = "; ".join(f"line {e.line}: UPSTREAM_LOCAL_ADDRESS {e.upstream_local_address}"
+                              for e, _ in [agree[0], *differ[:3]])
+            v.confirmation += (f"the access log disagrees with itself for port {port} "
+                               f"({lines}): other moments or pods")
+            v.kind = "undecided"
+            v.app_sees = None
+            v.basis = ("the server access log's lines for this port show different source "
+                       f"addresses ({lines}); take the lines of one pod after its last restart")
+            v.missing.append(Missing("the server sidecar's access log since its last restart",
+                                     f"kubectl logs {ev.server.pod_ref()} -c istio-proxy "
+                                     "--tail 20"))
+        elif agree:
             e = agree[0][0]
             v.confirmed = True
-            v.confirmation = (f"access log line {e.line}{_http2(e)}: UPSTREAM_LOCAL_ADDRESS "
+            v.confirmation += (f"access log line {e.line}{_http2(e)}: UPSTREAM_LOCAL_ADDRESS "
                               f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
                               f"{e.upstream_cluster}, DOWNSTREAM_REMOTE_ADDRESS "
                               f"{e.downstream_remote_address})")
@@ -428,15 +491,15 @@ def _confirm(ev: Evidence, v: Verdict, mode: str = "") -> None:
             if v.app_sees is not None:
                 v.confirmed = False
                 v.model_note = _model_wrong(v.app_sees, v.app_sees_why, ip, v.client_ip)
-            v.confirmation = (f"access log line {e.line}{_http2(e)}: UPSTREAM_LOCAL_ADDRESS "
-                              f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
-                              f"{e.upstream_cluster})")
+            v.confirmation += (f"access log line {e.line}{_http2(e)}: UPSTREAM_LOCAL_ADDRESS "
+                               f"{e.upstream_local_address} (UPSTREAM_CLUSTER "
+                               f"{e.upstream_cluster})")
             v.app_sees, v.kind, v.inferred = ip, "established", False
             v.app_sees_why = f"from the access log (line {e.line})"
             v.basis = "the server access log: " + v.confirmation
         else:
             e = inbound[0]
-            v.confirmation = (f"access log line {e.line} does not log UPSTREAM_LOCAL_ADDRESS "
+            v.confirmation += (f"access log line {e.line} does not log UPSTREAM_LOCAL_ADDRESS "
                               f"(UPSTREAM_HOST {e.upstream_host})")
     for line in ev.server.app_log:
         peer = app_peer(line)
@@ -453,8 +516,9 @@ def _http2(e: AccessLogEntry) -> str:
     return " (HTTP/2)" if (e.protocol or "").startswith("HTTP/2") else ""
 
 
-def _xff(ev: Evidence, steps: list[Step], v: Verdict) -> None:
-    entries = [e for e in ev.server.access_log if e.direction == "inbound" and e.protocol]
+def _xff(ev: Evidence, steps: list[Step], v: Verdict, port: int = 0) -> None:
+    entries = for_port([e for e in ev.server.access_log
+                        if e.direction == "inbound" and e.protocol], port)
     s4 = steps[3].sidecar
     appends = s4 is not None and s4.use_remote_address is True
     if entries:
