@@ -78,6 +78,9 @@ if TYPE_CHECKING:
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
+# Envoy's HttpConnectionManager delayed_close_timeout default (a connection it closes
+# after a fatal codec error waits this long for the peer to close first)
+DELAYED_CLOSE_S = 1.0
 # the reset codes of nghttp2's own stream errors (_on_closed), as plain ints: an enum
 # member's lookup costs more than the test, once per stream
 _CODEC_RESETS = frozenset({int(ErrorCodes.PROTOCOL_ERROR), int(ErrorCodes.FLOW_CONTROL_ERROR)})
@@ -401,13 +404,22 @@ class Http2Connection:
         # upstream requests of the streams this read started go out together at its end)
         self._write()
 
-    def _codec_error(self, header: bool, fatal: Exception | None = None) -> None:
+    def _codec_error(self, header: bool, fatal: Exception | None = None,
+                     oversized: bool = False) -> None:
         """A connection error (RFC 9113 5.4.1): GOAWAY, the streams under way end as codec
         errors, the connection is closed. Envoy counts it, and logs a malformed header
-        block as a request that never started."""
+        block as a request that never started. OVERSIZED (or FATAL, not a flood): a header
+        block the codec gave up on, far beyond max_request_headers_kb (nghttp2's
+        COMPRESSION_ERROR, or an error out of its input)."""
         self.hcm.stats.inc(self._stat + "downstream_cx_protocol_error")
         if header:
             self._log_refused("http2.invalid.header.field", "DPE")
+        dos = isinstance(fatal, ngh2.DenialOfServiceError)
+        oversized = oversized or (fatal is not None and not dos)
+        if oversized:
+            # Envoy 1.40 logs it as a request that never started (observed with a 140 KB
+            # and a 600 KB block)
+            self._log_refused("codec_error:The_user_callback_function_failed", "DPE")
         for stream in list(self.streams.values()):
             # Envoy logs the streams under way on a connection its codec refused as
             # codec errors (DPE), not as disconnects
@@ -415,8 +427,7 @@ class Http2Connection:
         if fatal is not None:
             # the codec can serialise nothing more: its GOAWAY is written here (RFC 9113
             # 6.8: last stream id, error code), ENHANCE_YOUR_CALM for a resource bound
-            code = (ErrorCodes.ENHANCE_YOUR_CALM if isinstance(fatal, ngh2.DenialOfServiceError)
-                    else ErrorCodes.PROTOCOL_ERROR)
+            code = ErrorCodes.ENHANCE_YOUR_CALM if dos else ErrorCodes.PROTOCOL_ERROR
             last = max(self._requested, default=0)
             self._pending_out += (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
                                   + last.to_bytes(4, "big") + int(code).to_bytes(4, "big"))
@@ -425,6 +436,15 @@ class Http2Connection:
                 self.h2.terminate_connection(ErrorCodes.PROTOCOL_ERROR)
         self.goaway_sent = True
         self._write_now()
+        if oversized:
+            # Envoy's delayed close (delayed_close_timeout, 1 s): the GOAWAY is flushed and
+            # the client gets that long to close first; what it still sends is read and
+            # dropped (on_data: closed), so closing does not turn into a reset that loses
+            # the GOAWAY (a client still sending a 600 KB header block saw ECONNRESET).
+            # Its EOF or the timer ends the connection (on_lost).
+            self.closed = True
+            self.loop.call_later(DELAYED_CLOSE_S, self.on_lost)
+            return
         with contextlib.suppress(Exception):
             self.transport.close()
         self.on_lost()
@@ -463,7 +483,8 @@ class Http2Connection:
             # nghttp2 found a connection error (e.g. more streams than
             # max_concurrent_streams) and queued its GOAWAY
             self.goaway_sent = True
-            self._codec_error(header=False)
+            self._codec_error(header=False,
+                              oversized=ev.error_code == ErrorCodes.COMPRESSION_ERROR)
 
     def _on_closed(self, ev: ngh2.StreamClosed) -> None:
         """nghttp2 resets a malformed stream itself (PROTOCOL_ERROR: an invalid header

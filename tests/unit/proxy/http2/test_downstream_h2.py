@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import hpack
+import hyperframe.frame as hf
 import pytest
 from h2.errors import ErrorCodes
 
@@ -258,6 +261,58 @@ def test_oversized_and_too_many_headers_reset_the_stream_and_are_logged() -> Non
         assert ctx.stats.counters["http2.header_overflow"] == 2
         assert not app.seen or all(s.path == "/" for s in app.seen)
         assert len(app.seen) == 1
+        await app.stop()
+    run(body)
+
+
+def _raw_header_block(size: int) -> bytes:
+    """A POST's HEADERS and CONTINUATION frames (stream 1) with one SIZE-byte header, HPACK
+    without Huffman (the h2 library's client Huffman-codes it, which takes tens of seconds)."""
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/"),
+                                    (":authority", "a"), ("x-big", "v" * size)], huffman=False)
+    step = 16384
+    frames: list[hf.Frame] = []
+    for i in range(0, len(block), step):
+        f = hf.HeadersFrame(1) if i == 0 else hf.ContinuationFrame(1)
+        f.data = block[i:i + step]
+        f.flags = set()
+        if i == 0:
+            f.flags.add("END_STREAM")
+        if i + step >= len(block):
+            f.flags.add("END_HEADERS")
+        frames.append(f)
+    return b"".join(f.serialize() for f in frames)
+
+
+def test_a_header_block_far_over_the_limit_is_logged_and_closed_after_a_delay() -> None:
+    """600 KB of headers (the codec gives up: GOAWAY COMPRESSION_ERROR): as Envoy 1.40, a
+    DPE line for the request that never started, and the connection closed only after its
+    delayed close (1 s), so the client reads the GOAWAY instead of a reset."""
+    async def body() -> None:
+        hcm, app, ctx = await setup()
+        async with proxy(hcm) as addr:
+            r, w = await asyncio.open_connection(*addr)
+            started = time.monotonic()
+            w.write(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+                    + _raw_header_block(600_000))
+            got = b""
+            while chunk := await asyncio.wait_for(r.read(65536), 5):  # a reset raises
+                got += chunk
+            elapsed = time.monotonic() - started
+            w.close()
+            goaways = []
+            while got:
+                frame, length = hf.Frame.parse_frame_header(memoryview(got[:9]))
+                frame.parse_body(memoryview(got[9:9 + length]))
+                got = got[9 + length:]
+                if isinstance(frame, hf.GoAwayFrame):
+                    goaways.append(frame.error_code)
+            assert goaways == [ErrorCodes.COMPRESSION_ERROR]
+            assert 0.8 < elapsed < 3, elapsed
+        (info,) = await logged(ctx, 1)
+        assert (info.response_code, info.flags_string(), info.response_code_details) == (
+            0, "DPE", "codec_error:The_user_callback_function_failed")
+        assert app.seen == []
         await app.stop()
     run(body)
 
