@@ -400,6 +400,27 @@ def test_errors_are_kubernetes_status_objects(kube: Kube) -> None:
     assert bad.returncode != 0 and "NotFound" in bad.stderr
 
 
+def test_delete_dry_run_and_cascade_orphan_change_nothing(kube: Kube) -> None:
+    # kubectl sends dryRun/propagationPolicy in a DeleteOptions body: a server dry run
+    # deletes nothing, --cascade=orphan of a Deployment is refused, not cascaded
+    for what in (["svc", "simple-server-svc"], ["deploy", "simple-server"]):
+        out = kube.kubectl("delete", "-n", "demo-to", *what, "--dry-run=server").stdout
+        assert "(server dry run)" in out
+        kube.kubectl("get", "-n", "demo-to", *what)
+    out = kube.kubectl("delete", "ns", "demo-to", "--dry-run=server").stdout
+    assert "(server dry run)" in out
+    assert kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server", "-o",
+                        "name").stdout.strip()
+    orphan = kube.kubectl("delete", "-n", "demo-to", "deploy", "simple-server",
+                          "--cascade=orphan", check=False)
+    assert orphan.returncode == 1 and "Orphan" in orphan.stderr, orphan.stderr
+    kube.kubectl("get", "-n", "demo-to", "deploy", "simple-server")
+    default = kube.kubectl("delete", "ns", "default", check=False)
+    assert default.returncode == 1
+    assert 'namespaces "default" is forbidden: this namespace may not be deleted' in \
+        default.stderr, default.stderr
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

@@ -98,6 +98,47 @@ def _label_selector(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda obj: match(obj["metadata"].get("labels") or {})
 
 
+# NamespaceLifecycle's immortal namespaces (k8s.io/apiserver
+# pkg/admission/plugin/namespace/lifecycle: default, kube-system, kube-public)
+_UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
+_PROPAGATION = ("Orphan", "Background", "Foreground")
+
+
+def _delete_options(req: Request) -> tuple[bool, str]:
+    """(dry run?, propagationPolicy) of a DELETE. kubectl sends them as a DeleteOptions
+    JSON body (`{"kind":"DeleteOptions","dryRun":["All"],"propagationPolicy":...}`),
+    other clients as query parameters; the apiserver reads both (the body wins)."""
+    opts: dict[str, Any] = {}
+    if req.body.strip():
+        body = req.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "the DeleteOptions body must be a JSON object")
+        opts = body
+    dry = opts.get("dryRun")
+    if dry is None:
+        dry = req.query.get("dryRun") or []
+    if not isinstance(dry, list):
+        raise ApiError(400, f"dryRun must be a list, not {dry!r}")
+    for value in dry:
+        if value != "All":  # apimachinery ValidateDryRun: only "All" is valid
+            raise ApiError(422, f'dryRun: Unsupported value: "{value}": supported values: '
+                           '"All"')
+    policy = opts.get("propagationPolicy") or req.arg("propagationPolicy")
+    orphan = opts.get("orphanDependents")
+    if orphan is None and req.arg("orphanDependents"):
+        orphan = req.flag("orphanDependents")
+    if policy and orphan is not None:
+        raise ApiError(422, "propagationPolicy: Invalid value: the OrphanDependents field "
+                       "and the PropagationPolicy field cannot be both set")
+    if orphan is not None:  # the deprecated form of Orphan / Background
+        policy = "Orphan" if orphan else "Background"
+    policy = policy or "Background"
+    if policy not in _PROPAGATION:
+        raise ApiError(422, f'propagationPolicy: Unsupported value: "{policy}": supported '
+                       'values: "Foreground", "Background", "Orphan"')
+    return bool(dry), str(policy)
+
+
 class Handler:
     def __init__(self, backend: Backend, token: str = "",
                  clock: Callable[[], float] = time.time) -> None:
@@ -464,9 +505,23 @@ class Handler:
         return self._store(req, t, obj, created=False)
 
     def _delete(self, req: Request, t: Target) -> Response:
-        _, served = self._one(t)
+        dry_run, policy = _delete_options(req)
         kind = t.resource.store_kind
-        if req.arg("dryRun") != "All":
+        if kind == "Namespace" and t.name in _UNDELETABLE_NAMESPACES:
+            # NamespaceLifecycle admission refuses these, dry run or not
+            # (plugin/pkg/admission/namespace/lifecycle: "this namespace may not be deleted")
+            raise ApiError(403, f'namespaces "{t.name}" is forbidden: this namespace may not '
+                           "be deleted", details={"name": t.name, "kind": "namespaces"})
+        _, served = self._one(t)
+        if policy == "Orphan" and kind == "Deployment":
+            # Orphan would leave the pods running without an owner; the lab's pods cannot
+            # outlive their Deployment (its controller deletes them with it), so refuse
+            # rather than silently cascade.
+            raise ApiError(422, f'{t.resource.qualified} "{t.name}": propagationPolicy '
+                           '"Orphan" (kubectl delete --cascade=orphan) is not supported by '
+                           "the lab: a Deployment's pods are deleted with it; use "
+                           "--cascade=background or --cascade=foreground")
+        if not dry_run:
             self.backend.delete(kind, t.namespace or "", t.name or "")
         if kind == "Pod":
             served["metadata"]["deletionTimestamp"] = views.iso(self.clock())

@@ -286,3 +286,37 @@ def test_exec_needs_websocket_and_refuses_spdy(api: Handler) -> None:
     missing = call(api, "GET", url, upgrade="websocket",
                    sec_websocket_protocol="v5.channel.k8s.io, v4.channel.k8s.io")
     assert missing.status == 404  # a valid upgrade, but no such pod
+
+
+def test_delete_options_in_the_body_are_honoured(api: Handler) -> None:
+    # kubectl sends dryRun and propagationPolicy as a DeleteOptions body, not the query
+    call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    deploy = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    svc = "/api/v1/namespaces/demo-to/services/simple-server-svc"
+    dry = {"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"],
+           "propagationPolicy": "Background"}
+    for url in (deploy, svc, "/api/v1/namespaces/demo-to"):
+        resp = call(api, "DELETE", url, dry)
+        assert resp.status == 200, resp.json()
+        assert call(api, "GET", url).status == 200  # nothing was deleted
+    assert call(api, "DELETE", svc, {**dry, "dryRun": ["Bogus"]}).status == 422
+    orphan = call(api, "DELETE", deploy, {"kind": "DeleteOptions", "apiVersion": "v1",
+                                          "propagationPolicy": "Orphan"})
+    assert orphan.status == 422 and "Orphan" in orphan.json()["message"]
+    assert call(api, "GET", deploy).status == 200
+    legacy = call(api, "DELETE", deploy + "?orphanDependents=true")
+    assert legacy.status == 422 and call(api, "GET", deploy).status == 200
+    # a Service has no dependents in the lab: Orphan is the same as Background
+    assert call(api, "DELETE", svc, {"propagationPolicy": "Orphan"}).status == 200
+    assert call(api, "GET", svc).status == 404
+    assert call(api, "DELETE", deploy, {"propagationPolicy": "Foreground"}).status == 200
+    assert call(api, "GET", deploy).status == 404
+
+
+def test_the_default_namespace_may_not_be_deleted(api: Handler) -> None:
+    for ns in ("default", "kube-system"):
+        resp = call(api, "DELETE", f"/api/v1/namespaces/{ns}")
+        assert resp.status == 403 and resp.json()["reason"] == "Forbidden"
+        assert resp.json()["message"] == (f'namespaces "{ns}" is forbidden: this namespace '
+                                          "may not be deleted")
