@@ -421,6 +421,16 @@ def test_delete_dry_run_and_cascade_orphan_change_nothing(kube: Kube) -> None:
         default.stderr, default.stderr
 
 
+def test_no_object_in_a_namespace_that_does_not_exist(kube: Kube, tmp_path: Path) -> None:
+    svc = tmp_path / "svc.yaml"
+    svc.write_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: lost\nspec:\n"
+                   "  selector:\n    web: server\n  ports:\n  - port: 9999\n")
+    refused = kube.kubectl("apply", "-n", "nosuchns", "-f", str(svc), check=False)
+    assert refused.returncode == 1
+    assert 'namespaces "nosuchns" not found' in refused.stderr, refused.stderr
+    assert "nosuchns" not in kube.kubectl("get", "ns", "-o", "name").stdout
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

@@ -397,6 +397,8 @@ class Handler:
         for f in _SERVER_FIELDS:
             meta.pop(f, None)
         obj.pop("status", None)
+        if created and t.resource.namespaced:
+            self._namespace_exists(str(meta.get("namespace") or "default"))
         normal, warnings = self.backend.admit([obj])
         if req.arg("dryRun") != "All":
             self.backend.apply(normal)
@@ -409,6 +411,16 @@ class Handler:
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
         return resp
+
+    def _namespace_exists(self, namespace: str) -> None:
+        """NamespaceLifecycle admission: nothing is created in a namespace that does not
+        exist (`namespaces "X" not found`, 404), dry run or not; a namespace made on the
+        fly would lack istio-injection and its pods would run without sidecars."""
+        from remora.lab.manifests import BUILTIN_NAMESPACES  # as `remora apply` checks
+
+        existing = {n["metadata"]["name"] for n in self.backend.objects("Namespace", None)}
+        if namespace not in existing and namespace not in BUILTIN_NAMESPACES:
+            raise not_found("namespaces", namespace)
 
     def _dry_run_view(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
         """What a write would have stored, as it would be served (`kubectl diff`,

@@ -320,3 +320,18 @@ def test_the_default_namespace_may_not_be_deleted(api: Handler) -> None:
         assert resp.status == 403 and resp.json()["reason"] == "Forbidden"
         assert resp.json()["message"] == (f'namespaces "{ns}" is forbidden: this namespace '
                                           "may not be deleted")
+
+
+def test_nothing_is_created_in_a_namespace_that_does_not_exist(api: Handler) -> None:
+    svc = json.loads(json.dumps(SVC))
+    del svc["metadata"]["namespace"]
+    for query in ("", "?dryRun=All"):
+        resp = call(api, "POST", f"/api/v1/namespaces/nosuchns/services{query}", svc)
+        assert resp.status == 404 and resp.json()["reason"] == "NotFound"
+        assert resp.json()["message"] == 'namespaces "nosuchns" not found'
+    put = call(api, "PUT", "/api/v1/namespaces/nosuchns/services/simple-server-svc", svc)
+    assert put.status == 404
+    names = [n["metadata"]["name"] for n in call(api, "GET", "/api/v1/namespaces").json()
+             ["items"]]
+    assert names == ["default", "demo-to"]  # no phantom namespace
+    assert call(api, "POST", "/api/v1/namespaces/default/services", svc).status == 201
