@@ -431,6 +431,29 @@ def test_no_object_in_a_namespace_that_does_not_exist(kube: Kube, tmp_path: Path
     assert "nosuchns" not in kube.kubectl("get", "ns", "-o", "name").stdout
 
 
+def test_bare_pod_run_label_and_refused_image_change(kube: Kube) -> None:
+    run = kube.kubectl("run", "r1", "-n", "demo-to", "--image=vasth/simple-server",
+                       check=False)
+    assert run.returncode == 0 and "pod/r1 created" in run.stdout, run.stderr
+    try:
+        labelled = kube.kubectl("label", "pod", "r1", "-n", "demo-to", "tier=qa")
+        assert "Warning" not in labelled.stderr, labelled.stderr  # no spec.nodeName warning
+        kube.kubectl("annotate", "pod", "r1", "-n", "demo-to", "note=hello")
+        assert kube.kubectl("get", "pods", "-n", "demo-to", "-l", "tier=qa",
+                            "-o", "name").stdout.split() == ["pod/r1"]
+        note = kube.kubectl("get", "pod", "r1", "-n", "demo-to", "-o",
+                            "jsonpath={.metadata.annotations.note}").stdout
+        assert note == "hello"
+        # the remora CLI reads the same pod
+        assert "tier" in kube.lab.remora("get", "pod", "r1", "-n", "demo-to",
+                                         "-o", "json").stdout
+        image = kube.kubectl("set", "image", "pod/r1", "-n", "demo-to", "r1=busybox",
+                             check=False)
+        assert image.returncode == 1 and "image" in image.stderr, image.stderr
+    finally:
+        kube.kubectl("delete", "pod", "r1", "-n", "demo-to", "--wait=false")
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

@@ -10,6 +10,7 @@ for a verb a resource does not support), never with a traceback.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 import time
@@ -147,6 +148,7 @@ class Handler:
         self.clock = clock
         self.versions = Versions()
         self.started = clock()
+        self.pod_wait = 1.0  # seconds a bare pod's create waits for the runtime's pod
 
     # -- entry -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -393,6 +395,8 @@ class Handler:
         if t.resource.kind == "Pod" and not created and not self._bare_pod(t):
             raise ApiError(422, f'pod "{t.name}" belongs to a Deployment: change the '
                            "Deployment's template instead (the lab stores no pod of its own)")
+        if t.resource.kind == "Pod" and not created:
+            return self._update_bare_pod(req, t, obj)
         meta = obj["metadata"]
         for f in _SERVER_FIELDS:
             meta.pop(f, None)
@@ -404,13 +408,83 @@ class Handler:
             self.backend.apply(normal)
             t = Target(t.resource, t.version, t.namespace or meta.get("namespace"),
                        meta["name"], None)
-            served = self._one(t)[1]
+            try:
+                served = self._one(t)[1]
+            except ApiError:
+                if t.resource.kind != "Pod":
+                    raise
+                # a bare pod is made by the runtime's next pass, not by the store write;
+                # the apiserver answers 201 with the object at once (Pending, unscheduled)
+                served = self._pending_pod(t, normal[0])
         else:
             served = self._dry_run_view(t, normal[0])
         body = json.dumps(served).encode()
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
         return resp
+
+    def _pending_pod(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
+        """A bare pod the runtime has not made yet, as the apiserver answers its create:
+        phase Pending, no node, no IP. Waits a little for the runtime first (it wakes on
+        the write) so that the answer usually carries the pod's own uid."""
+        for _ in range(int(self.pod_wait / 0.1)):
+            time.sleep(0.1)
+            try:
+                return self._one(t)[1]
+            except ApiError:
+                continue
+        out = views.api_object("Pod", "v1", {**obj, "metadata": {
+            **obj["metadata"], "creationTimestamp": self.clock()}})
+        out["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        return out
+
+    def _update_bare_pod(self, req: Request, t: Target, obj: dict[str, Any]) -> Response:
+        """An update of a running bare pod. As the apiserver (ValidatePodUpdate), only
+        metadata (labels, annotations) and a few spec fields may change; of those the lab
+        keeps labels and annotations. A container image is mutable on a cluster (kubelet
+        restarts the container), but the lab's runtime cannot restart a container with
+        another image, so that is refused by name rather than answered and ignored."""
+        _, live = self._one(t)
+        wanted = obj.get("spec") or {}
+        have = live.get("spec") or {}
+        if wanted != have:
+            def images(spec: dict[str, Any]) -> dict[str, Any]:
+                out = copy.deepcopy(spec)
+                for key in ("containers", "initContainers"):
+                    for c in out.get(key) or []:
+                        if isinstance(c, dict):
+                            c.pop("image", None)
+                return out
+
+            if images(wanted) == images(have):
+                raise ApiError(422, f'Pod "{t.name}" is invalid: spec.containers[*].image: '
+                               "Forbidden: the lab cannot change the image of a running "
+                               "pod's container (its runtime does not restart a container "
+                               "with another image); delete the pod and create it again, "
+                               "or run it from a Deployment")
+            raise ApiError(422, f'Pod "{t.name}" is invalid: spec: Forbidden: pod updates '
+                           "may not change fields other than `spec.containers[*].image`,"
+                           "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
+                           "`spec.tolerations` (only additions to existing tolerations),"
+                           "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if "
+                           "it was previously negative)")
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        for name, value in (("labels", labels), ("annotations", annotations)):
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ApiError(422, f'Pod "{t.name}" is invalid: metadata.{name}: must be a '
+                               "map of strings to strings")
+        if req.arg("dryRun") == "All":
+            served = copy.deepcopy(live)
+            served["metadata"]["labels"] = labels
+            served["metadata"]["annotations"] = annotations
+        else:
+            self.backend.pod_metadata(t.namespace or "default", t.name or "", labels,
+                                      annotations)
+            served = self._one(t)[1]
+        return Response(200, json.dumps(served).encode())
 
     def _namespace_exists(self, namespace: str) -> None:
         """NamespaceLifecycle admission: nothing is created in a namespace that does not

@@ -57,6 +57,10 @@ class StoreBackend:
     def delete(self, kind: str, namespace: str, name: str) -> list[str]:
         return desired.delete(self.store, kind, namespace, name)
 
+    def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
+                     annotations: dict[str, str]) -> None:
+        raise RemoraError(f"pod {pod!r} not found in namespace {namespace!r}", "")
+
     def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
              tail: int | None) -> LogRef:
         raise RemoraError(f"container {container!r} is not valid for pod {pod}", "")
@@ -335,3 +339,80 @@ def test_nothing_is_created_in_a_namespace_that_does_not_exist(api: Handler) -> 
              ["items"]]
     assert names == ["default", "demo-to"]  # no phantom namespace
     assert call(api, "POST", "/api/v1/namespaces/default/services", svc).status == 201
+
+
+class RunningPods(StoreBackend):
+    """A store whose bare pods the runtime has made (rows with the server's spec.nodeName
+    and an injected sidecar), after RUN_AFTER reads of the pods."""
+
+    def __init__(self, store: Store, run_after: int = 0) -> None:
+        super().__init__(store)
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.run_after = run_after
+
+    def objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        if kind != "Pod":
+            return super().objects(kind, namespace)
+        if self.run_after > 0:
+            self.run_after -= 1
+        else:
+            for p in self.store.list_objects("Pod"):
+                key = (p["metadata"]["namespace"], p["metadata"]["name"])
+                if key not in self.rows:
+                    row = json.loads(json.dumps(p))
+                    row["metadata"].update(uid="u-1", creationTimestamp=2e9)
+                    row["spec"]["nodeName"] = "kf-node1"
+                    row["spec"]["containers"].append({"name": "istio-proxy",
+                                                      "image": "proxy"})
+                    row["status"] = {"phase": "Running", "ready": True}
+                    self.rows[key] = row
+        return [json.loads(json.dumps(r)) for (ns, _), r in self.rows.items()
+                if namespace in (None, ns)]
+
+    def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
+                     annotations: dict[str, str]) -> None:
+        meta = self.rows[(namespace, pod)]["metadata"]
+        meta["labels"], meta["annotations"] = labels, annotations
+
+
+POD = {"apiVersion": "v1", "kind": "Pod",
+       "metadata": {"name": "r1", "namespace": "demo-to", "labels": {"run": "r1"}},
+       "spec": {"containers": [{"name": "r1", "image": "vasth/simple-server"}]}}
+
+
+def test_a_bare_pod_create_answers_201_before_the_runtime_made_it(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db"), run_after=1000), TOKEN,
+                  clock=lambda: 2e9)
+    api.pod_wait = 0
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    made = call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    assert made.status == 201, made.json()
+    body = made.json()
+    assert body["metadata"]["name"] == "r1" and body["status"]["phase"] == "Pending"
+    assert body["metadata"]["creationTimestamp"] == "2033-05-18T03:33:20Z"
+
+
+def test_a_bare_pod_takes_labels_and_refuses_spec_changes(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    assert call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD).status == 201
+    url = "/api/v1/namespaces/demo-to/pods/r1"
+    smp = "application/strategic-merge-patch+json"
+    labelled = call(api, "PATCH", url, {"metadata": {"labels": {"tier": "qa"},
+                                                     "annotations": {"note": "x"}}},
+                    content_type=smp)
+    assert labelled.status == 200, labelled.json()
+    assert labelled.warnings == []  # no "unknown field spec.nodeName" for the server's own
+    got = call(api, "GET", url).json()
+    assert got["metadata"]["labels"] == {"run": "r1", "tier": "qa"}
+    assert got["metadata"]["annotations"] == {"note": "x"}
+    image = call(api, "PATCH", url, {"spec": {"containers": [{"name": "r1",
+                                                              "image": "busybox"}]}},
+                 content_type=smp)
+    assert image.status == 422 and "image" in image.json()["message"]
+    other = call(api, "PATCH", url, [{"op": "add", "path": "/spec/hostname", "value": "h"}],
+                 content_type="application/json-patch+json")
+    assert other.status == 422
+    assert "pod updates may not change fields other than" in other.json()["message"]
+    assert call(api, "GET", url).json()["spec"]["containers"][0]["image"] == \
+        "vasth/simple-server"
