@@ -454,6 +454,19 @@ def test_bare_pod_run_label_and_refused_image_change(kube: Kube) -> None:
         kube.kubectl("delete", "pod", "r1", "-n", "demo-to", "--wait=false")
 
 
+def test_kubectl_create_protobuf_is_refused_with_the_way_out(kube: Kube) -> None:
+    made = kube.kubectl("create", "ns", "qa2", check=False)
+    assert made.returncode == 1 and "UnsupportedMediaType" in made.stderr, made.stderr
+    assert "protobuf" in made.stderr and "kubectl apply -f" in made.stderr
+    # the way out the message names works
+    assert KUBECTL is not None
+    manifest = kube.kubectl("create", "ns", "qa2", "-o", "yaml", "--dry-run=client").stdout
+    applied = subprocess.run([KUBECTL, "apply", "-f", "-"], input=manifest, text=True,
+                             capture_output=True, env=kube.env, timeout=30, check=False)
+    assert "namespace/qa2 created" in applied.stdout, applied.stderr
+    kube.kubectl("delete", "ns", "qa2")
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

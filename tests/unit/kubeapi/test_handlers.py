@@ -416,3 +416,14 @@ def test_a_bare_pod_takes_labels_and_refuses_spec_changes(tmp_path: Path) -> Non
     assert "pod updates may not change fields other than" in other.json()["message"]
     assert call(api, "GET", url).json()["spec"]["containers"][0]["image"] == \
         "vasth/simple-server"
+
+
+def test_a_protobuf_body_is_415_naming_the_way_out(api: Handler) -> None:
+    # what `kubectl create namespace qa2` sends: the protobuf envelope, not JSON
+    body = b"k8s\x00\n\x0f\n\x02v1\x12\tNamespace\x12\x0b\n\t\n\x03qa2"
+    resp = call(api, "POST", "/api/v1/namespaces", body,
+                content_type="application/vnd.kubernetes.protobuf")
+    assert resp.status == 415 and resp.json()["reason"] == "UnsupportedMediaType"
+    message = resp.json()["message"]
+    assert "protobuf" in message and "kubectl apply -f" in message
+    assert "--dry-run=client" in message
