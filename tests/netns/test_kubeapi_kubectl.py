@@ -467,6 +467,16 @@ def test_kubectl_create_protobuf_is_refused_with_the_way_out(kube: Kube) -> None
     kube.kubectl("delete", "ns", "qa2")
 
 
+def test_describe_endpoints_and_service(kube: Kube) -> None:
+    # kubectl describe parses creationTimestamp as metav1.Time: a string, not seconds
+    for what in (["ep", "simple-server-svc"], ["endpointslice", "simple-server-svc-remora"]):
+        described = kube.kubectl("describe", "-n", "demo-to", *what, check=False)
+        assert described.returncode == 0, described.stderr
+        assert re.search(r"10\.20\.\d+\.\d+", described.stdout), described.stdout
+    svc = kube.kubectl("describe", "svc", "-n", "demo-to", "simple-server-svc").stdout
+    assert re.search(r"^Endpoints:\s+10\.20\.\d+\.\d+:18080", svc, re.M), svc
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

@@ -6,6 +6,7 @@ everything refused."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +428,14 @@ def test_a_protobuf_body_is_415_naming_the_way_out(api: Handler) -> None:
     message = resp.json()["message"]
     assert "protobuf" in message and "kubectl apply -f" in message
     assert "--dry-run=client" in message
+
+
+def test_derived_endpoints_carry_rfc3339_timestamps(api: Handler) -> None:
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    svc = call(api, "GET", "/api/v1/namespaces/demo-to/services/simple-server-svc").json()
+    for url in ("/api/v1/namespaces/demo-to/endpoints/simple-server-svc",
+                "/apis/discovery.k8s.io/v1/namespaces/demo-to/endpointslices/"
+                "simple-server-svc-remora"):
+        created = call(api, "GET", url).json()["metadata"]["creationTimestamp"]
+        assert isinstance(created, str) and created == svc["metadata"]["creationTimestamp"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
