@@ -216,6 +216,11 @@ def test_exec_iptables_and_exit_code(kube: Kube) -> None:
                           "echo out; echo err >&2; exit 3", check=False)
     assert failed.returncode == 3
     assert failed.stdout == "out\n" and "err" in failed.stderr
+    # an unknown container: the apiserver's message, on the WebSocket and the SPDY try
+    nope = kube.kubectl("exec", "-n", "demo-to", pod, "-c", "nope", "--", "true", check=False)
+    assert nope.returncode == 1
+    assert f"container nope is not valid for pod {pod}" in nope.stderr, nope.stderr
+    assert "SPDY" not in nope.stderr
     piped = subprocess.run([str(KUBECTL), "exec", "-i", "-n", "demo-to", pod, "--", "cat"],
                            input="through stdin\n", capture_output=True, text=True,
                            env=kube.env, timeout=30, check=False)

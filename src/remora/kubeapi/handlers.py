@@ -674,6 +674,17 @@ class Handler:
         return Response(200, got.text.encode(), "text/plain")
 
     def _exec(self, req: Request, t: Target) -> Exec:
+        # The pod and container first, as the apiserver resolves them (ExecLocation)
+        # before any upgrade: kubectl falls back from WebSocket to SPDY on a failed
+        # upgrade, and both attempts must then say what is wrong, not "SPDY".
+        _, pod = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        container = req.arg("container")
+        spec = pod.get("spec") or {}
+        names = [c.get("name") for key in ("containers", "initContainers", "ephemeralContainers")
+                 for c in spec.get(key) or []]
+        if container and container not in names:
+            # pkg/registry/core/pod/strategy.go: "container %s is not valid for pod %s"
+            raise ApiError(400, f"container {container} is not valid for pod {t.name}")
         upgrade = req.headers.get("upgrade", "").lower()
         if upgrade.startswith("spdy"):
             raise ApiError(400, "exec over SPDY is not served by the lab: use a client that "
@@ -691,7 +702,6 @@ class Handler:
         if not command:
             raise ApiError(400, "exec: you must specify at least one command for the "
                            "container")
-        self._one(Target(t.resource, t.version, t.namespace, t.name, None))
         argv = self.backend.exec_argv(t.namespace or "default", t.name or "",
                                       req.arg("container") or None)
         return Exec([*argv, *command], protocol, req.flag("stdin"),

@@ -279,20 +279,6 @@ def test_watch_log_and_exec_requests_become_streams(api: Handler) -> None:
     assert missing.status == 404 and missing.json()["message"] == 'pods "p" not found'
 
 
-def test_exec_needs_websocket_and_refuses_spdy(api: Handler) -> None:
-    url = "/api/v1/namespaces/demo-to/pods/p/exec?command=ls&stdout=true"
-    spdy = call(api, "POST", url, upgrade="SPDY/3.1", connection="Upgrade")
-    assert spdy.status == 400 and "v5.channel.k8s.io" in spdy.json()["message"]
-    plain = call(api, "POST", url)
-    assert plain.status == 400 and "WebSocket" in plain.json()["message"]
-    old = call(api, "GET", url, upgrade="websocket",
-               sec_websocket_protocol="channel.k8s.io")
-    assert old.status == 400 and "v5.channel.k8s.io" in old.json()["message"]
-    missing = call(api, "GET", url, upgrade="websocket",
-                   sec_websocket_protocol="v5.channel.k8s.io, v4.channel.k8s.io")
-    assert missing.status == 404  # a valid upgrade, but no such pod
-
-
 def test_delete_options_in_the_body_are_honoured(api: Handler) -> None:
     # kubectl sends dryRun and propagationPolicy as a DeleteOptions body, not the query
     call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
@@ -439,3 +425,30 @@ def test_derived_endpoints_carry_rfc3339_timestamps(api: Handler) -> None:
         created = call(api, "GET", url).json()["metadata"]["creationTimestamp"]
         assert isinstance(created, str) and created == svc["metadata"]["creationTimestamp"]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
+
+
+def test_exec_needs_websocket_and_refuses_spdy(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    missing = call(api, "GET", "/api/v1/namespaces/demo-to/pods/p/exec?command=ls",
+                   upgrade="websocket", sec_websocket_protocol="v5.channel.k8s.io")
+    assert missing.status == 404  # a valid upgrade, but no such pod
+    call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    url = "/api/v1/namespaces/demo-to/pods/r1/exec?command=ls&stdout=true"
+    spdy = call(api, "POST", url, upgrade="SPDY/3.1", connection="Upgrade")
+    assert spdy.status == 400 and "v5.channel.k8s.io" in spdy.json()["message"]
+    plain = call(api, "POST", url)
+    assert plain.status == 400 and "WebSocket" in plain.json()["message"]
+    old = call(api, "GET", url, upgrade="websocket",
+               sec_websocket_protocol="channel.k8s.io")
+    assert old.status == 400 and "v5.channel.k8s.io" in old.json()["message"]
+    # an unknown container is named on either upgrade (kubectl tries WebSocket, then SPDY)
+    for headers in ({"upgrade": "websocket", "sec_websocket_protocol": "v5.channel.k8s.io"},
+                    {"upgrade": "SPDY/3.1", "connection": "Upgrade"}):
+        bad = call(api, "POST", url + "&container=nope", **headers)
+        assert bad.status == 400
+        assert bad.json()["message"] == "container nope is not valid for pod r1"
+    ok = api.handle(Request.parse("GET", url + "&container=istio-proxy", {
+        "authorization": f"Bearer {TOKEN}", "upgrade": "websocket",
+        "sec-websocket-protocol": "v5.channel.k8s.io"}))
+    assert not isinstance(ok, Response)
