@@ -482,6 +482,22 @@ def test_describe_endpoints_and_service(kube: Kube) -> None:
     assert re.search(r"^Endpoints:\s+10\.20\.\d+\.\d+:18080", svc, re.M), svc
 
 
+def test_istio_kind_answered_in_the_version_asked(kube: Kube, tmp_path: Path) -> None:
+    pa = tmp_path / "pa.yaml"
+    pa.write_text("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n"
+                  "metadata:\n  name: permissive\n  namespace: demo-to\nspec:\n"
+                  "  mtls:\n    mode: PERMISSIVE\n")
+    kube.kubectl("apply", "-f", str(pa))
+    try:
+        for version in ("v1", "v1beta1"):
+            got = json.loads(kube.kubectl(
+                "get", "--raw", f"/apis/security.istio.io/{version}/namespaces/demo-to/"
+                "peerauthentications/permissive").stdout)
+            assert got["apiVersion"] == f"security.istio.io/{version}"
+    finally:
+        kube.kubectl("delete", "-f", str(pa))
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

@@ -262,14 +262,16 @@ class Handler:
         T's namespace is applied after."""
         r = t.resource
         kind = r.kind
-        gv = r.group_version if r.group != res.ISTIO_SECURITY else f"{r.group}/{t.version}"
+        gv = r.group_version
         if r.store_kind:
             raw = self.backend.objects(r.store_kind, None)
             if kind == "Namespace" and not any(n["metadata"]["name"] == "default"
                                                for n in raw):
                 raw = [{"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": "default"}}, *raw]
-            pairs = [(o, views.api_object(kind, gv, o)) for o in raw]
+            # served (and stamped) in the resource's storage version whatever version
+            # they were applied in, so a v1beta1 apply does not look like a change
+            pairs = [(o, views.api_object(kind, gv, {**o, "apiVersion": gv})) for o in raw]
         elif kind == "CustomResourceDefinition":
             # installed with the lab: created when this API started
             served = [views.api_object(kind, gv, {**o, "metadata": {
@@ -288,6 +290,12 @@ class Handler:
                            else views.endpointslices(services, pods))
             pairs = [(o, o) for o in derived]
         self.versions.stamp(kind, [s for _, s in pairs], complete=True)
+        asked = self._group_version(t)
+        if asked != gv:
+            # the apiserver converts to the version asked for (Istio's CRDs serve v1 and
+            # v1beta1 of the same objects, conversion strategy None: only apiVersion
+            # changes)
+            pairs = [(o, {**s, "apiVersion": asked}) for o, s in pairs]
         if t.namespace is not None:
             pairs = [(o, s) for o, s in pairs if s["metadata"].get("namespace") == t.namespace]
         return pairs
@@ -500,6 +508,7 @@ class Handler:
         """What a write would have stored, as it would be served (`kubectl diff`,
         `--dry-run=server`): the live object's server-owned fields carried over."""
         out = views.api_object(t.resource.kind, self._group_version(t), obj)
+        out["apiVersion"] = self._group_version(t)  # answered in the version asked for
         try:
             _, live = self._one(Target(t.resource, t.version, obj["metadata"].get("namespace"),
                                        obj["metadata"]["name"], None))

@@ -452,3 +452,23 @@ def test_exec_needs_websocket_and_refuses_spdy(tmp_path: Path) -> None:
         "authorization": f"Bearer {TOKEN}", "upgrade": "websocket",
         "sec-websocket-protocol": "v5.channel.k8s.io"}))
     assert not isinstance(ok, Response)
+
+
+def test_istio_objects_are_served_in_the_version_asked_for(api: Handler) -> None:
+    pa = {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+          "metadata": {"name": "strict", "namespace": "demo-to"},
+          "spec": {"mtls": {"mode": "STRICT"}}}
+    made = call(api, "POST", "/apis/security.istio.io/v1beta1/namespaces/demo-to/"
+                "peerauthentications", pa)
+    assert made.status == 201 and made.json()["apiVersion"] == "security.istio.io/v1beta1"
+    got = {}
+    for version in ("v1", "v1beta1"):
+        url = f"/apis/security.istio.io/{version}/namespaces/demo-to/peerauthentications"
+        got[version] = call(api, "GET", url + "/strict").json()
+        assert got[version]["apiVersion"] == f"security.istio.io/{version}"
+        listed = call(api, "GET", url).json()
+        assert listed["apiVersion"] == f"security.istio.io/{version}"
+        assert [i["apiVersion"] for i in listed["items"]] == [f"security.istio.io/{version}"]
+    # one object: reading it in the other version is not a change
+    assert got["v1"]["metadata"]["resourceVersion"] == \
+        got["v1beta1"]["metadata"]["resourceVersion"]
