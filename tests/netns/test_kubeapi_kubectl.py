@@ -498,6 +498,28 @@ def test_istio_kind_answered_in_the_version_asked(kube: Kube, tmp_path: Path) ->
         kube.kubectl("delete", "-f", str(pa))
 
 
+def test_refused_deployment_fields_and_immutable_fields(kube: Kube) -> None:
+    pause = kube.kubectl("rollout", "pause", "-n", "demo-to", "deploy/simple-server",
+                         check=False)
+    assert pause.returncode == 1 and "spec.paused" in pause.stderr, pause.stderr
+    assert kube.kubectl("get", "deploy", "-n", "demo-to", "simple-server", "-o",
+                        "jsonpath={.spec.paused}").stdout == ""
+    recreate = kube.kubectl("patch", "deploy", "-n", "demo-to", "simple-server", "-p",
+                            '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}',
+                            check=False)
+    assert recreate.returncode == 1 and "spec.strategy.type" in recreate.stderr
+    ip = kube.kubectl("get", "svc", "-n", "demo-to", "simple-server-svc", "-o",
+                      "jsonpath={.spec.clusterIP}").stdout
+    moved = kube.kubectl("patch", "svc", "-n", "demo-to", "simple-server-svc", "-p",
+                         '{"spec":{"clusterIP":"172.16.0.250"}}', check=False)
+    assert moved.returncode == 1 and "may not change once set" in moved.stderr, moved.stderr
+    assert kube.kubectl("get", "svc", "-n", "demo-to", "simple-server-svc", "-o",
+                        "jsonpath={.spec.clusterIP}").stdout == ip
+    selector = kube.kubectl("patch", "deploy", "-n", "demo-to", "simple-server", "-p",
+                            '{"spec":{"selector":{"matchLabels":{"web":"x"}}}}', check=False)
+    assert selector.returncode == 1 and "field is immutable" in selector.stderr
+
+
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
     # a Deployment's pod deleted is replaced, as on a cluster
     doomed = server_pod(kube)

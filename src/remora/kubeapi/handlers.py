@@ -140,6 +140,23 @@ def _delete_options(req: Request) -> tuple[bool, str]:
     return bool(dry), str(policy)
 
 
+def _unsupported_deployment_fields(name: str, obj: dict[str, Any]) -> None:
+    """Deployment fields a cluster honours that the lab's controller cannot: refused by
+    name (422) rather than stored and ignored."""
+    spec = obj.get("spec") or {}
+    if spec.get("paused"):
+        # `kubectl rollout pause` sets spec.paused; the lab's rollout cannot be held
+        raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.paused: Unsupported '
+                       "value: true: the lab does not support pausing a Deployment's rollout "
+                       "(its controller rolls every template change out at once)")
+    strategy = spec.get("strategy") or {}
+    kind = strategy.get("type") if isinstance(strategy, dict) else None
+    if kind not in (None, "RollingUpdate"):
+        raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.strategy.type: '
+                       f'Unsupported value: "{kind}": the lab supports only "RollingUpdate" '
+                       "(its controller surges one new pod at a time)")
+
+
 class Handler:
     def __init__(self, backend: Backend, token: str = "",
                  clock: Callable[[], float] = time.time) -> None:
@@ -411,6 +428,10 @@ class Handler:
         obj.pop("status", None)
         if created and t.resource.namespaced:
             self._namespace_exists(str(meta.get("namespace") or "default"))
+        if t.resource.kind == "Deployment":
+            _unsupported_deployment_fields(t.name or str(meta.get("name")), obj)
+        if not created:
+            self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])
         if req.arg("dryRun") != "All":
             self.backend.apply(normal)
@@ -430,6 +451,33 @@ class Handler:
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
         return resp
+
+    def _immutable(self, t: Target, obj: dict[str, Any]) -> None:
+        """Fields the apiserver lets no update change (its 422 Invalid, same message)."""
+        try:
+            _, live = self._one(t)
+        except ApiError:
+            return
+        spec, have = obj.get("spec") or {}, live.get("spec") or {}
+        kind = t.resource.kind
+        if kind == "Service":
+            # ValidateServiceUpdate: "spec.clusterIPs[0]: Invalid value: ...: may not
+            # change once set" (clusterIP and clusterIPs[0] are kept in step)
+            for key in ("clusterIP", "clusterIPs"):
+                wanted = spec.get(key)
+                if key == "clusterIP":
+                    wanted = [wanted] if wanted else None
+                held = have.get("clusterIPs") or ([have["clusterIP"]] if have.get(
+                    "clusterIP") else [])
+                if wanted and held and list(wanted) != held[:len(wanted)]:
+                    raise ApiError(422, f'Service "{t.name}" is invalid: spec.clusterIPs[0]: '
+                                   f'Invalid value: {json.dumps(list(wanted))}: may not '
+                                   "change once set")
+        elif kind == "Deployment" and spec.get("selector") != have.get("selector"):
+            # apps/v1 ValidateDeploymentUpdate: the selector is immutable
+            raise ApiError(422, f'Deployment.apps "{t.name}" is invalid: spec.selector: '
+                           f"Invalid value: {json.dumps(spec.get('selector'))}: field is "
+                           "immutable")
 
     def _pending_pod(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
         """A bare pod the runtime has not made yet, as the apiserver answers its create:

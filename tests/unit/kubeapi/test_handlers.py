@@ -472,3 +472,41 @@ def test_istio_objects_are_served_in_the_version_asked_for(api: Handler) -> None
     # one object: reading it in the other version is not a change
     assert got["v1"]["metadata"]["resourceVersion"] == \
         got["v1beta1"]["metadata"]["resourceVersion"]
+
+
+def test_unsupported_deployment_fields_are_refused_by_name(api: Handler) -> None:
+    url = "/apis/apps/v1/namespaces/demo-to/deployments"
+    recreate = json.loads(json.dumps(SERVER))
+    recreate["spec"]["strategy"] = {"type": "Recreate"}
+    refused = call(api, "POST", url, recreate)
+    assert refused.status == 422 and "spec.strategy.type" in refused.json()["message"]
+    assert call(api, "POST", url, SERVER).status == 201
+    pause = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": True}},
+                 content_type="application/strategic-merge-patch+json")
+    assert pause.status == 422 and "spec.paused" in pause.json()["message"]
+    assert "paused" not in call(api, "GET", url + "/simple-server").json()["spec"]
+    resume = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": None}},
+                  content_type="application/strategic-merge-patch+json")
+    assert resume.status == 200
+
+
+def test_immutable_fields_cannot_change(api: Handler) -> None:
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    svc = "/api/v1/namespaces/demo-to/services/simple-server-svc"
+    ip = call(api, "GET", svc).json()["spec"]["clusterIP"]
+    moved = call(api, "PATCH", svc, {"spec": {"clusterIP": "172.16.0.250"}},
+                 content_type="application/merge-patch+json")
+    assert moved.status == 422
+    assert moved.json()["message"] == ('Service "simple-server-svc" is invalid: '
+                                       'spec.clusterIPs[0]: Invalid value: ["172.16.0.250"]: '
+                                       "may not change once set")
+    assert call(api, "GET", svc).json()["spec"]["clusterIP"] == ip
+    same = call(api, "PATCH", svc, {"spec": {"clusterIP": ip, "ports": [{"port": 18081}]}},
+                content_type="application/merge-patch+json")
+    assert same.status == 200, same.json()
+    call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    deploy = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    selector = call(api, "PATCH", deploy, {"spec": {"selector": {"matchLabels": {
+        "web": "other"}}}}, content_type="application/merge-patch+json")
+    assert selector.status == 422 and "spec.selector" in selector.json()["message"]
+    assert "field is immutable" in selector.json()["message"]
