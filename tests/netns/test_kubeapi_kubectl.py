@@ -189,6 +189,17 @@ def test_logs_by_label_sidecar_and_follow(kube: Kube) -> None:
     assert proxy
     one = kube.kubectl("logs", "-n", "demo-to", server_pod(kube), "--tail", "1").stdout
     assert len(one.splitlines()) == 1
+    five = kube.kubectl("logs", "-n", "demo-to", server_pod(kube), "--limit-bytes=5").stdout
+    whole = kube.kubectl("logs", "-n", "demo-to", server_pod(kube)).stdout
+    assert len(five.encode()) == 5 and whole.startswith(five), (five, whole[:20])
+    previous = kube.kubectl("logs", "-p", "-n", "demo-to", server_pod(kube), "-c",
+                            "demo", check=False)
+    assert previous.returncode == 1
+    assert f'previous terminated container "demo" in pod "{server_pod(kube)}" not found' \
+        in previous.stderr, previous.stderr
+    for flag in ("--since=1m", "--timestamps"):
+        refused = kube.kubectl("logs", flag, "-n", "demo-to", server_pod(kube), check=False)
+        assert refused.returncode == 1 and "not supported by the lab" in refused.stderr
     # -f streams lines written after it started (the client calls once a second)
     assert KUBECTL is not None
     follow = subprocess.Popen([KUBECTL, "logs", "-f", "--tail", "0", "-n", "demo-to",

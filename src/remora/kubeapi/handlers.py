@@ -62,6 +62,7 @@ class LogStream:
     namespace: str = "default"
     pod: str = ""
     uid: str = ""  # the followed pod's uid: a new pod of the same name ends the stream too
+    remaining: int | None = None  # limitBytes left after `text`; the stream ends at 0
 
 
 @dataclass
@@ -718,6 +719,21 @@ class Handler:
         tail = req.arg("tailLines")
         if tail and not tail.lstrip("-").isdigit():
             raise ApiError(400, f"tailLines {tail!r} is not a number")
+        for name in ("sinceSeconds", "sinceTime"):
+            if req.arg(name):
+                raise ApiError(400, f"{name} is not supported by the lab: its container "
+                               "logs carry no timestamps to filter by (use tailLines)")
+        if req.flag("timestamps"):
+            raise ApiError(400, "timestamps is not supported by the lab: its container "
+                           "logs carry no timestamps")
+        limit_text = req.arg("limitBytes")
+        limit = None
+        if limit_text:
+            if not limit_text.isdigit() or int(limit_text) < 1:
+                # ValidatePodLogOptions: "limitBytes: Invalid value: ...: must be > 0"
+                raise ApiError(422, f"PodLogOptions is invalid: limitBytes: Invalid value: "
+                               f"{limit_text}: must be greater than 0")
+            limit = int(limit_text)
         _, served = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
         try:
             got = self.backend.logs(t.namespace or "default", t.name or "",
@@ -725,10 +741,19 @@ class Handler:
                                     int(tail) if tail else None)
         except RemoraError as exc:  # an unknown container: the apiserver's 400
             raise ApiError(400, exc.problem) from None
+        if req.flag("previous") and not got.path.exists():
+            # kubelet: a container that never terminated has no previous log
+            raise ApiError(400, f'previous terminated container "{got.container}" in pod '
+                           f'"{t.name}" not found')
+        text = got.text.encode()
+        if limit is not None:
+            text = text[:limit]  # limitBytes: the first N bytes, as kubelet cuts them
         if req.flag("follow"):
-            return LogStream(got.path, got.text, t.namespace or "default", t.name or "",
-                             str(served["metadata"].get("uid", "")))
-        return Response(200, got.text.encode(), "text/plain")
+            head = text.decode(errors="ignore")  # a character cut by the limit is dropped
+            return LogStream(got.path, head, t.namespace or "default", t.name or "",
+                             str(served["metadata"].get("uid", "")),
+                             None if limit is None else limit - len(head.encode()))
+        return Response(200, text, "text/plain")
 
     def _exec(self, req: Request, t: Target) -> Exec:
         # The pod and container first, as the apiserver resolves them (ExecLocation)

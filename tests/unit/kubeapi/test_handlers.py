@@ -14,7 +14,7 @@ import pytest
 
 from remora.errors import RemoraError
 from remora.kubeapi.backend import LogRef, admit
-from remora.kubeapi.handlers import Handler, Watch
+from remora.kubeapi.handlers import Handler, LogStream, Watch
 from remora.kubeapi.messages import Request, Response
 from remora.lab.images import ImageMap
 from remora.node import desired, views
@@ -356,12 +356,22 @@ class RunningPods(StoreBackend):
         return [json.loads(json.dumps(r)) for (ns, _), r in self.rows.items()
                 if namespace in (None, ns)]
 
+    def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
+             tail: int | None) -> LogRef:
+        """The current log is a file (LOG_TEXT); the container never restarted, so there
+        is no previous log file."""
+        path = self.store.path.parent / ("app.log.1" if previous else "app.log")
+        if not previous:
+            path.write_text(LOG_TEXT)
+        return LogRef(path.read_text() if path.exists() else "", path, container or "r1")
+
     def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
                      annotations: dict[str, str]) -> None:
         meta = self.rows[(namespace, pod)]["metadata"]
         meta["labels"], meta["annotations"] = labels, annotations
 
 
+LOG_TEXT = "first line\nsecond line\n"
 POD = {"apiVersion": "v1", "kind": "Pod",
        "metadata": {"name": "r1", "namespace": "demo-to", "labels": {"run": "r1"}},
        "spec": {"containers": [{"name": "r1", "image": "vasth/simple-server"}]}}
@@ -510,3 +520,25 @@ def test_immutable_fields_cannot_change(api: Handler) -> None:
         "web": "other"}}}}, content_type="application/merge-patch+json")
     assert selector.status == 422 and "spec.selector" in selector.json()["message"]
     assert "field is immutable" in selector.json()["message"]
+
+
+def test_log_options(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    url = "/api/v1/namespaces/demo-to/pods/r1/log"
+    assert call(api, "GET", url).body == LOG_TEXT.encode()
+    assert call(api, "GET", url + "?limitBytes=5").body == b"first"
+    assert call(api, "GET", url + "?limitBytes=0").status == 422
+    followed = api.handle(Request.parse("GET", url + "?follow=true&limitBytes=5",
+                                        {"authorization": f"Bearer {TOKEN}"}))
+    assert isinstance(followed, LogStream)
+    assert (followed.text, followed.remaining) == ("first", 0)
+    for query in ("sinceSeconds=10", "sinceTime=2026-01-01T00:00:00Z", "timestamps=true"):
+        refused = call(api, "GET", f"{url}?{query}")
+        assert refused.status == 400 and "not supported by the lab" in \
+            refused.json()["message"]
+    previous = call(api, "GET", url + "?previous=true")
+    assert previous.status == 400
+    assert previous.json()["message"] == ('previous terminated container "r1" in pod "r1" '
+                                          "not found")
