@@ -189,6 +189,17 @@ def test_logs_by_label_sidecar_and_follow(kube: Kube) -> None:
     assert proxy
     one = kube.kubectl("logs", "-n", "demo-to", server_pod(kube), "--tail", "1").stdout
     assert len(one.splitlines()) == 1
+    five = kube.kubectl("logs", "-n", "demo-to", server_pod(kube), "--limit-bytes=5").stdout
+    whole = kube.kubectl("logs", "-n", "demo-to", server_pod(kube)).stdout
+    assert len(five.encode()) == 5 and whole.startswith(five), (five, whole[:20])
+    previous = kube.kubectl("logs", "-p", "-n", "demo-to", server_pod(kube), "-c",
+                            "demo", check=False)
+    assert previous.returncode == 1
+    assert f'previous terminated container "demo" in pod "{server_pod(kube)}" not found' \
+        in previous.stderr, previous.stderr
+    for flag in ("--since=1m", "--timestamps"):
+        refused = kube.kubectl("logs", flag, "-n", "demo-to", server_pod(kube), check=False)
+        assert refused.returncode == 1 and "not supported by the lab" in refused.stderr
     # -f streams lines written after it started (the client calls once a second)
     assert KUBECTL is not None
     follow = subprocess.Popen([KUBECTL, "logs", "-f", "--tail", "0", "-n", "demo-to",
@@ -216,6 +227,11 @@ def test_exec_iptables_and_exit_code(kube: Kube) -> None:
                           "echo out; echo err >&2; exit 3", check=False)
     assert failed.returncode == 3
     assert failed.stdout == "out\n" and "err" in failed.stderr
+    # an unknown container: the apiserver's message, on the WebSocket and the SPDY try
+    nope = kube.kubectl("exec", "-n", "demo-to", pod, "-c", "nope", "--", "true", check=False)
+    assert nope.returncode == 1
+    assert f"container nope is not valid for pod {pod}" in nope.stderr, nope.stderr
+    assert "SPDY" not in nope.stderr
     piped = subprocess.run([str(KUBECTL), "exec", "-i", "-n", "demo-to", pod, "--", "cat"],
                            input="through stdin\n", capture_output=True, text=True,
                            env=kube.env, timeout=30, check=False)
@@ -398,6 +414,121 @@ def test_errors_are_kubernetes_status_objects(kube: Kube) -> None:
         status["message"]
     bad = kube.kubectl("rollout", "restart", "deployment/nope", "-n", "demo-to", check=False)
     assert bad.returncode != 0 and "NotFound" in bad.stderr
+
+
+def test_delete_dry_run_and_cascade_orphan_change_nothing(kube: Kube) -> None:
+    # kubectl sends dryRun/propagationPolicy in a DeleteOptions body: a server dry run
+    # deletes nothing, --cascade=orphan of a Deployment is refused, not cascaded
+    for what in (["svc", "simple-server-svc"], ["deploy", "simple-server"]):
+        out = kube.kubectl("delete", "-n", "demo-to", *what, "--dry-run=server").stdout
+        assert "(server dry run)" in out
+        kube.kubectl("get", "-n", "demo-to", *what)
+    out = kube.kubectl("delete", "ns", "demo-to", "--dry-run=server").stdout
+    assert "(server dry run)" in out
+    assert kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server", "-o",
+                        "name").stdout.strip()
+    orphan = kube.kubectl("delete", "-n", "demo-to", "deploy", "simple-server",
+                          "--cascade=orphan", check=False)
+    assert orphan.returncode == 1 and "Orphan" in orphan.stderr, orphan.stderr
+    kube.kubectl("get", "-n", "demo-to", "deploy", "simple-server")
+    default = kube.kubectl("delete", "ns", "default", check=False)
+    assert default.returncode == 1
+    assert 'namespaces "default" is forbidden: this namespace may not be deleted' in \
+        default.stderr, default.stderr
+
+
+def test_no_object_in_a_namespace_that_does_not_exist(kube: Kube, tmp_path: Path) -> None:
+    svc = tmp_path / "svc.yaml"
+    svc.write_text("apiVersion: v1\nkind: Service\nmetadata:\n  name: lost\nspec:\n"
+                   "  selector:\n    web: server\n  ports:\n  - port: 9999\n")
+    refused = kube.kubectl("apply", "-n", "nosuchns", "-f", str(svc), check=False)
+    assert refused.returncode == 1
+    assert 'namespaces "nosuchns" not found' in refused.stderr, refused.stderr
+    assert "nosuchns" not in kube.kubectl("get", "ns", "-o", "name").stdout
+
+
+def test_bare_pod_run_label_and_refused_image_change(kube: Kube) -> None:
+    run = kube.kubectl("run", "r1", "-n", "demo-to", "--image=vasth/simple-server",
+                       check=False)
+    assert run.returncode == 0 and "pod/r1 created" in run.stdout, run.stderr
+    try:
+        labelled = kube.kubectl("label", "pod", "r1", "-n", "demo-to", "tier=qa")
+        assert "Warning" not in labelled.stderr, labelled.stderr  # no spec.nodeName warning
+        kube.kubectl("annotate", "pod", "r1", "-n", "demo-to", "note=hello")
+        assert kube.kubectl("get", "pods", "-n", "demo-to", "-l", "tier=qa",
+                            "-o", "name").stdout.split() == ["pod/r1"]
+        note = kube.kubectl("get", "pod", "r1", "-n", "demo-to", "-o",
+                            "jsonpath={.metadata.annotations.note}").stdout
+        assert note == "hello"
+        # the remora CLI reads the same pod
+        assert "tier" in kube.lab.remora("get", "pod", "r1", "-n", "demo-to",
+                                         "-o", "json").stdout
+        image = kube.kubectl("set", "image", "pod/r1", "-n", "demo-to", "r1=busybox",
+                             check=False)
+        assert image.returncode == 1 and "image" in image.stderr, image.stderr
+    finally:
+        kube.kubectl("delete", "pod", "r1", "-n", "demo-to", "--wait=false")
+
+
+def test_kubectl_create_protobuf_is_refused_with_the_way_out(kube: Kube) -> None:
+    made = kube.kubectl("create", "ns", "qa2", check=False)
+    assert made.returncode == 1 and "UnsupportedMediaType" in made.stderr, made.stderr
+    assert "protobuf" in made.stderr and "kubectl apply -f" in made.stderr
+    # the way out the message names works
+    assert KUBECTL is not None
+    manifest = kube.kubectl("create", "ns", "qa2", "-o", "yaml", "--dry-run=client").stdout
+    applied = subprocess.run([KUBECTL, "apply", "-f", "-"], input=manifest, text=True,
+                             capture_output=True, env=kube.env, timeout=30, check=False)
+    assert "namespace/qa2 created" in applied.stdout, applied.stderr
+    kube.kubectl("delete", "ns", "qa2")
+
+
+def test_describe_endpoints_and_service(kube: Kube) -> None:
+    # kubectl describe parses creationTimestamp as metav1.Time: a string, not seconds
+    for what in (["ep", "simple-server-svc"], ["endpointslice", "simple-server-svc-remora"]):
+        described = kube.kubectl("describe", "-n", "demo-to", *what, check=False)
+        assert described.returncode == 0, described.stderr
+        assert re.search(r"10\.20\.\d+\.\d+", described.stdout), described.stdout
+    svc = kube.kubectl("describe", "svc", "-n", "demo-to", "simple-server-svc").stdout
+    assert re.search(r"^Endpoints:\s+10\.20\.\d+\.\d+:18080", svc, re.M), svc
+
+
+def test_istio_kind_answered_in_the_version_asked(kube: Kube, tmp_path: Path) -> None:
+    pa = tmp_path / "pa.yaml"
+    pa.write_text("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n"
+                  "metadata:\n  name: permissive\n  namespace: demo-to\nspec:\n"
+                  "  mtls:\n    mode: PERMISSIVE\n")
+    kube.kubectl("apply", "-f", str(pa))
+    try:
+        for version in ("v1", "v1beta1"):
+            got = json.loads(kube.kubectl(
+                "get", "--raw", f"/apis/security.istio.io/{version}/namespaces/demo-to/"
+                "peerauthentications/permissive").stdout)
+            assert got["apiVersion"] == f"security.istio.io/{version}"
+    finally:
+        kube.kubectl("delete", "-f", str(pa))
+
+
+def test_refused_deployment_fields_and_immutable_fields(kube: Kube) -> None:
+    pause = kube.kubectl("rollout", "pause", "-n", "demo-to", "deploy/simple-server",
+                         check=False)
+    assert pause.returncode == 1 and "spec.paused" in pause.stderr, pause.stderr
+    assert kube.kubectl("get", "deploy", "-n", "demo-to", "simple-server", "-o",
+                        "jsonpath={.spec.paused}").stdout == ""
+    recreate = kube.kubectl("patch", "deploy", "-n", "demo-to", "simple-server", "-p",
+                            '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}',
+                            check=False)
+    assert recreate.returncode == 1 and "spec.strategy.type" in recreate.stderr
+    ip = kube.kubectl("get", "svc", "-n", "demo-to", "simple-server-svc", "-o",
+                      "jsonpath={.spec.clusterIP}").stdout
+    moved = kube.kubectl("patch", "svc", "-n", "demo-to", "simple-server-svc", "-p",
+                         '{"spec":{"clusterIP":"172.16.0.250"}}', check=False)
+    assert moved.returncode == 1 and "may not change once set" in moved.stderr, moved.stderr
+    assert kube.kubectl("get", "svc", "-n", "demo-to", "simple-server-svc", "-o",
+                        "jsonpath={.spec.clusterIP}").stdout == ip
+    selector = kube.kubectl("patch", "deploy", "-n", "demo-to", "simple-server", "-p",
+                            '{"spec":{"selector":{"matchLabels":{"web":"x"}}}}', check=False)
+    assert selector.returncode == 1 and "field is immutable" in selector.stderr
 
 
 def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:

@@ -36,6 +36,10 @@ class Backend(Protocol):
 
     def delete(self, kind: str, namespace: str, name: str) -> list[str]: ...
 
+    def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
+                     annotations: dict[str, str]) -> None:
+        """Set a running pod's labels and annotations (what a pod update may change)."""
+
     def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
              tail: int | None) -> LogRef: ...
 
@@ -92,6 +96,11 @@ class NodeBackend:
     def delete(self, kind: str, namespace: str, name: str) -> list[str]:
         return list(self.api.handle({"op": "delete", "kind": kind, "namespace": namespace,
                                      "name": name})["results"])
+
+    def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
+                     annotations: dict[str, str]) -> None:
+        self.api.handle({"op": "pod_metadata", "namespace": namespace, "pod": pod,
+                         "labels": labels, "annotations": annotations})
 
     def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
              tail: int | None) -> LogRef:

@@ -10,6 +10,7 @@ for a verb a resource does not support), never with a traceback.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 import time
@@ -61,6 +62,7 @@ class LogStream:
     namespace: str = "default"
     pod: str = ""
     uid: str = ""  # the followed pod's uid: a new pod of the same name ends the stream too
+    remaining: int | None = None  # limitBytes left after `text`; the stream ends at 0
 
 
 @dataclass
@@ -98,6 +100,64 @@ def _label_selector(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda obj: match(obj["metadata"].get("labels") or {})
 
 
+# NamespaceLifecycle's immortal namespaces (k8s.io/apiserver
+# pkg/admission/plugin/namespace/lifecycle: default, kube-system, kube-public)
+_UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
+_PROPAGATION = ("Orphan", "Background", "Foreground")
+
+
+def _delete_options(req: Request) -> tuple[bool, str]:
+    """(dry run?, propagationPolicy) of a DELETE. kubectl sends them as a DeleteOptions
+    JSON body (`{"kind":"DeleteOptions","dryRun":["All"],"propagationPolicy":...}`),
+    other clients as query parameters; the apiserver reads both (the body wins)."""
+    opts: dict[str, Any] = {}
+    if req.body.strip():
+        body = req.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "the DeleteOptions body must be a JSON object")
+        opts = body
+    dry = opts.get("dryRun")
+    if dry is None:
+        dry = req.query.get("dryRun") or []
+    if not isinstance(dry, list):
+        raise ApiError(400, f"dryRun must be a list, not {dry!r}")
+    for value in dry:
+        if value != "All":  # apimachinery ValidateDryRun: only "All" is valid
+            raise ApiError(422, f'dryRun: Unsupported value: "{value}": supported values: '
+                           '"All"')
+    policy = opts.get("propagationPolicy") or req.arg("propagationPolicy")
+    orphan = opts.get("orphanDependents")
+    if orphan is None and req.arg("orphanDependents"):
+        orphan = req.flag("orphanDependents")
+    if policy and orphan is not None:
+        raise ApiError(422, "propagationPolicy: Invalid value: the OrphanDependents field "
+                       "and the PropagationPolicy field cannot be both set")
+    if orphan is not None:  # the deprecated form of Orphan / Background
+        policy = "Orphan" if orphan else "Background"
+    policy = policy or "Background"
+    if policy not in _PROPAGATION:
+        raise ApiError(422, f'propagationPolicy: Unsupported value: "{policy}": supported '
+                       'values: "Foreground", "Background", "Orphan"')
+    return bool(dry), str(policy)
+
+
+def _unsupported_deployment_fields(name: str, obj: dict[str, Any]) -> None:
+    """Deployment fields a cluster honours that the lab's controller cannot: refused by
+    name (422) rather than stored and ignored."""
+    spec = obj.get("spec") or {}
+    if spec.get("paused"):
+        # `kubectl rollout pause` sets spec.paused; the lab's rollout cannot be held
+        raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.paused: Unsupported '
+                       "value: true: the lab does not support pausing a Deployment's rollout "
+                       "(its controller rolls every template change out at once)")
+    strategy = spec.get("strategy") or {}
+    kind = strategy.get("type") if isinstance(strategy, dict) else None
+    if kind not in (None, "RollingUpdate"):
+        raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.strategy.type: '
+                       f'Unsupported value: "{kind}": the lab supports only "RollingUpdate" '
+                       "(its controller surges one new pod at a time)")
+
+
 class Handler:
     def __init__(self, backend: Backend, token: str = "",
                  clock: Callable[[], float] = time.time) -> None:
@@ -106,6 +166,7 @@ class Handler:
         self.clock = clock
         self.versions = Versions()
         self.started = clock()
+        self.pod_wait = 1.0  # seconds a bare pod's create waits for the runtime's pod
 
     # -- entry -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -219,14 +280,16 @@ class Handler:
         T's namespace is applied after."""
         r = t.resource
         kind = r.kind
-        gv = r.group_version if r.group != res.ISTIO_SECURITY else f"{r.group}/{t.version}"
+        gv = r.group_version
         if r.store_kind:
             raw = self.backend.objects(r.store_kind, None)
             if kind == "Namespace" and not any(n["metadata"]["name"] == "default"
                                                for n in raw):
                 raw = [{"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": "default"}}, *raw]
-            pairs = [(o, views.api_object(kind, gv, o)) for o in raw]
+            # served (and stamped) in the resource's storage version whatever version
+            # they were applied in, so a v1beta1 apply does not look like a change
+            pairs = [(o, views.api_object(kind, gv, {**o, "apiVersion": gv})) for o in raw]
         elif kind == "CustomResourceDefinition":
             # installed with the lab: created when this API started
             served = [views.api_object(kind, gv, {**o, "metadata": {
@@ -245,6 +308,12 @@ class Handler:
                            else views.endpointslices(services, pods))
             pairs = [(o, o) for o in derived]
         self.versions.stamp(kind, [s for _, s in pairs], complete=True)
+        asked = self._group_version(t)
+        if asked != gv:
+            # the apiserver converts to the version asked for (Istio's CRDs serve v1 and
+            # v1beta1 of the same objects, conversion strategy None: only apiVersion
+            # changes)
+            pairs = [(o, {**s, "apiVersion": asked}) for o, s in pairs]
         if t.namespace is not None:
             pairs = [(o, s) for o, s in pairs if s["metadata"].get("namespace") == t.namespace]
         return pairs
@@ -352,16 +421,31 @@ class Handler:
         if t.resource.kind == "Pod" and not created and not self._bare_pod(t):
             raise ApiError(422, f'pod "{t.name}" belongs to a Deployment: change the '
                            "Deployment's template instead (the lab stores no pod of its own)")
+        if t.resource.kind == "Pod" and not created:
+            return self._update_bare_pod(req, t, obj)
         meta = obj["metadata"]
         for f in _SERVER_FIELDS:
             meta.pop(f, None)
         obj.pop("status", None)
+        if created and t.resource.namespaced:
+            self._namespace_exists(str(meta.get("namespace") or "default"))
+        if t.resource.kind == "Deployment":
+            _unsupported_deployment_fields(t.name or str(meta.get("name")), obj)
+        if not created:
+            self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])
         if req.arg("dryRun") != "All":
             self.backend.apply(normal)
             t = Target(t.resource, t.version, t.namespace or meta.get("namespace"),
                        meta["name"], None)
-            served = self._one(t)[1]
+            try:
+                served = self._one(t)[1]
+            except ApiError:
+                if t.resource.kind != "Pod":
+                    raise
+                # a bare pod is made by the runtime's next pass, not by the store write;
+                # the apiserver answers 201 with the object at once (Pending, unscheduled)
+                served = self._pending_pod(t, normal[0])
         else:
             served = self._dry_run_view(t, normal[0])
         body = json.dumps(served).encode()
@@ -369,10 +453,111 @@ class Handler:
         resp.warnings = warnings
         return resp
 
+    def _immutable(self, t: Target, obj: dict[str, Any]) -> None:
+        """Fields the apiserver lets no update change (its 422 Invalid, same message)."""
+        try:
+            _, live = self._one(t)
+        except ApiError:
+            return
+        spec, have = obj.get("spec") or {}, live.get("spec") or {}
+        kind = t.resource.kind
+        if kind == "Service":
+            # ValidateServiceUpdate: "spec.clusterIPs[0]: Invalid value: ...: may not
+            # change once set" (clusterIP and clusterIPs[0] are kept in step)
+            for key in ("clusterIP", "clusterIPs"):
+                wanted = spec.get(key)
+                if key == "clusterIP":
+                    wanted = [wanted] if wanted else None
+                held = have.get("clusterIPs") or ([have["clusterIP"]] if have.get(
+                    "clusterIP") else [])
+                if wanted and held and list(wanted) != held[:len(wanted)]:
+                    raise ApiError(422, f'Service "{t.name}" is invalid: spec.clusterIPs[0]: '
+                                   f'Invalid value: {json.dumps(list(wanted))}: may not '
+                                   "change once set")
+        elif kind == "Deployment" and spec.get("selector") != have.get("selector"):
+            # apps/v1 ValidateDeploymentUpdate: the selector is immutable
+            raise ApiError(422, f'Deployment.apps "{t.name}" is invalid: spec.selector: '
+                           f"Invalid value: {json.dumps(spec.get('selector'))}: field is "
+                           "immutable")
+
+    def _pending_pod(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
+        """A bare pod the runtime has not made yet, as the apiserver answers its create:
+        phase Pending, no node, no IP. Waits a little for the runtime first (it wakes on
+        the write) so that the answer usually carries the pod's own uid."""
+        for _ in range(int(self.pod_wait / 0.1)):
+            time.sleep(0.1)
+            try:
+                return self._one(t)[1]
+            except ApiError:
+                continue
+        out = views.api_object("Pod", "v1", {**obj, "metadata": {
+            **obj["metadata"], "creationTimestamp": self.clock()}})
+        out["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        return out
+
+    def _update_bare_pod(self, req: Request, t: Target, obj: dict[str, Any]) -> Response:
+        """An update of a running bare pod. As the apiserver (ValidatePodUpdate), only
+        metadata (labels, annotations) and a few spec fields may change; of those the lab
+        keeps labels and annotations. A container image is mutable on a cluster (kubelet
+        restarts the container), but the lab's runtime cannot restart a container with
+        another image, so that is refused by name rather than answered and ignored."""
+        _, live = self._one(t)
+        wanted = obj.get("spec") or {}
+        have = live.get("spec") or {}
+        if wanted != have:
+            def images(spec: dict[str, Any]) -> dict[str, Any]:
+                out = copy.deepcopy(spec)
+                for key in ("containers", "initContainers"):
+                    for c in out.get(key) or []:
+                        if isinstance(c, dict):
+                            c.pop("image", None)
+                return out
+
+            if images(wanted) == images(have):
+                raise ApiError(422, f'Pod "{t.name}" is invalid: spec.containers[*].image: '
+                               "Forbidden: the lab cannot change the image of a running "
+                               "pod's container (its runtime does not restart a container "
+                               "with another image); delete the pod and create it again, "
+                               "or run it from a Deployment")
+            raise ApiError(422, f'Pod "{t.name}" is invalid: spec: Forbidden: pod updates '
+                           "may not change fields other than `spec.containers[*].image`,"
+                           "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
+                           "`spec.tolerations` (only additions to existing tolerations),"
+                           "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if "
+                           "it was previously negative)")
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        for name, value in (("labels", labels), ("annotations", annotations)):
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ApiError(422, f'Pod "{t.name}" is invalid: metadata.{name}: must be a '
+                               "map of strings to strings")
+        if req.arg("dryRun") == "All":
+            served = copy.deepcopy(live)
+            served["metadata"]["labels"] = labels
+            served["metadata"]["annotations"] = annotations
+        else:
+            self.backend.pod_metadata(t.namespace or "default", t.name or "", labels,
+                                      annotations)
+            served = self._one(t)[1]
+        return Response(200, json.dumps(served).encode())
+
+    def _namespace_exists(self, namespace: str) -> None:
+        """NamespaceLifecycle admission: nothing is created in a namespace that does not
+        exist (`namespaces "X" not found`, 404), dry run or not; a namespace made on the
+        fly would lack istio-injection and its pods would run without sidecars."""
+        from remora.lab.manifests import BUILTIN_NAMESPACES  # as `remora apply` checks
+
+        existing = {n["metadata"]["name"] for n in self.backend.objects("Namespace", None)}
+        if namespace not in existing and namespace not in BUILTIN_NAMESPACES:
+            raise not_found("namespaces", namespace)
+
     def _dry_run_view(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
         """What a write would have stored, as it would be served (`kubectl diff`,
         `--dry-run=server`): the live object's server-owned fields carried over."""
         out = views.api_object(t.resource.kind, self._group_version(t), obj)
+        out["apiVersion"] = self._group_version(t)  # answered in the version asked for
         try:
             _, live = self._one(Target(t.resource, t.version, obj["metadata"].get("namespace"),
                                        obj["metadata"]["name"], None))
@@ -464,9 +649,23 @@ class Handler:
         return self._store(req, t, obj, created=False)
 
     def _delete(self, req: Request, t: Target) -> Response:
-        _, served = self._one(t)
+        dry_run, policy = _delete_options(req)
         kind = t.resource.store_kind
-        if req.arg("dryRun") != "All":
+        if kind == "Namespace" and t.name in _UNDELETABLE_NAMESPACES:
+            # NamespaceLifecycle admission refuses these, dry run or not
+            # (plugin/pkg/admission/namespace/lifecycle: "this namespace may not be deleted")
+            raise ApiError(403, f'namespaces "{t.name}" is forbidden: this namespace may not '
+                           "be deleted", details={"name": t.name, "kind": "namespaces"})
+        _, served = self._one(t)
+        if policy == "Orphan" and kind == "Deployment":
+            # Orphan would leave the pods running without an owner; the lab's pods cannot
+            # outlive their Deployment (its controller deletes them with it), so refuse
+            # rather than silently cascade.
+            raise ApiError(422, f'{t.resource.qualified} "{t.name}": propagationPolicy '
+                           '"Orphan" (kubectl delete --cascade=orphan) is not supported by '
+                           "the lab: a Deployment's pods are deleted with it; use "
+                           "--cascade=background or --cascade=foreground")
+        if not dry_run:
             self.backend.delete(kind, t.namespace or "", t.name or "")
         if kind == "Pod":
             served["metadata"]["deletionTimestamp"] = views.iso(self.clock())
@@ -520,6 +719,21 @@ class Handler:
         tail = req.arg("tailLines")
         if tail and not tail.lstrip("-").isdigit():
             raise ApiError(400, f"tailLines {tail!r} is not a number")
+        for name in ("sinceSeconds", "sinceTime"):
+            if req.arg(name):
+                raise ApiError(400, f"{name} is not supported by the lab: its container "
+                               "logs carry no timestamps to filter by (use tailLines)")
+        if req.flag("timestamps"):
+            raise ApiError(400, "timestamps is not supported by the lab: its container "
+                           "logs carry no timestamps")
+        limit_text = req.arg("limitBytes")
+        limit = None
+        if limit_text:
+            if not limit_text.isdigit() or int(limit_text) < 1:
+                # ValidatePodLogOptions: "limitBytes: Invalid value: ...: must be > 0"
+                raise ApiError(422, f"PodLogOptions is invalid: limitBytes: Invalid value: "
+                               f"{limit_text}: must be greater than 0")
+            limit = int(limit_text)
         _, served = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
         try:
             got = self.backend.logs(t.namespace or "default", t.name or "",
@@ -527,12 +741,32 @@ class Handler:
                                     int(tail) if tail else None)
         except RemoraError as exc:  # an unknown container: the apiserver's 400
             raise ApiError(400, exc.problem) from None
+        if req.flag("previous") and not got.path.exists():
+            # kubelet: a container that never terminated has no previous log
+            raise ApiError(400, f'previous terminated container "{got.container}" in pod '
+                           f'"{t.name}" not found')
+        text = got.text.encode()
+        if limit is not None:
+            text = text[:limit]  # limitBytes: the first N bytes, as kubelet cuts them
         if req.flag("follow"):
-            return LogStream(got.path, got.text, t.namespace or "default", t.name or "",
-                             str(served["metadata"].get("uid", "")))
-        return Response(200, got.text.encode(), "text/plain")
+            head = text.decode(errors="ignore")  # a character cut by the limit is dropped
+            return LogStream(got.path, head, t.namespace or "default", t.name or "",
+                             str(served["metadata"].get("uid", "")),
+                             None if limit is None else limit - len(head.encode()))
+        return Response(200, text, "text/plain")
 
     def _exec(self, req: Request, t: Target) -> Exec:
+        # The pod and container first, as the apiserver resolves them (ExecLocation)
+        # before any upgrade: kubectl falls back from WebSocket to SPDY on a failed
+        # upgrade, and both attempts must then say what is wrong, not "SPDY".
+        _, pod = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        container = req.arg("container")
+        spec = pod.get("spec") or {}
+        names = [c.get("name") for key in ("containers", "initContainers", "ephemeralContainers")
+                 for c in spec.get(key) or []]
+        if container and container not in names:
+            # pkg/registry/core/pod/strategy.go: "container %s is not valid for pod %s"
+            raise ApiError(400, f"container {container} is not valid for pod {t.name}")
         upgrade = req.headers.get("upgrade", "").lower()
         if upgrade.startswith("spdy"):
             raise ApiError(400, "exec over SPDY is not served by the lab: use a client that "
@@ -550,7 +784,6 @@ class Handler:
         if not command:
             raise ApiError(400, "exec: you must specify at least one command for the "
                            "container")
-        self._one(Target(t.resource, t.version, t.namespace, t.name, None))
         argv = self.backend.exec_argv(t.namespace or "default", t.name or "",
                                       req.arg("container") or None)
         return Exec([*argv, *command], protocol, req.flag("stdin"),

@@ -17,6 +17,10 @@ REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFo
            415: "UnsupportedMediaType", 422: "Invalid", 500: "InternalError"}
 
 
+PROTOBUF = "application/vnd.kubernetes.protobuf"
+PROTOBUF_MAGIC = b"k8s\x00"  # the envelope every Kubernetes protobuf body starts with
+
+
 @dataclass
 class Request:
     method: str
@@ -39,6 +43,16 @@ class Request:
         return self.arg(name).lower() in ("true", "1")
 
     def json(self) -> Any:
+        content_type = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == PROTOBUF or self.body.startswith(PROTOBUF_MAGIC):
+            # kubectl's typed clients (create namespace/deployment/service, run...) send
+            # built-in kinds as protobuf, with no fallback to JSON (client-go only falls
+            # back from CBOR on a 415); the lab decodes JSON only.
+            raise ApiError(415, "the lab's API does not read protobuf (Content-Type "
+                           f"{PROTOBUF}, which `kubectl create <kind>` sends for built-in "
+                           "kinds): write the object as YAML and `kubectl apply -f` it, "
+                           "e.g. `kubectl create ... -o yaml --dry-run=client | kubectl "
+                           "apply -f -`")
         try:
             return json.loads(self.body or b"null")
         except ValueError as exc:

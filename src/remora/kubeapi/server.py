@@ -222,9 +222,23 @@ class KubeApiServer:
         gone = self._gone(reader)
         path: Path = stream.path
         handle: BinaryIO | None = None
+        remaining = stream.remaining  # limitBytes still to send (None: no limit)
+
+        def limited(data: bytes) -> bytes:
+            nonlocal remaining
+            if remaining is None:
+                return data
+            data = data[:remaining]
+            remaining -= len(data)
+            return data
+
         try:
             writer.write(self._chunk(stream.text.encode()))
             await writer.drain()
+            if remaining == 0:  # limitBytes reached: the stream ends, as kubelet ends it
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return
             inode = None
             try:
                 st = path.stat()
@@ -242,7 +256,7 @@ class KubeApiServer:
                 if polls % POD_CHECK == 0 and not await asyncio.to_thread(
                         self.handler.pod_alive, stream):
                     if handle is not None:  # the last lines, then the end of the stream
-                        writer.write(self._chunk(handle.read()))
+                        writer.write(self._chunk(limited(handle.read())))
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     return
@@ -252,12 +266,16 @@ class KubeApiServer:
                     now_inode = None
                 if now_inode is not None and now_inode != inode:  # a restart replaced the file
                     if handle is not None:
-                        writer.write(self._chunk(handle.read()))
+                        writer.write(self._chunk(limited(handle.read())))
                         handle.close()
                     handle, inode = open(path, "rb"), now_inode  # noqa: SIM115
                 if handle is not None:
-                    writer.write(self._chunk(handle.read()))
+                    writer.write(self._chunk(limited(handle.read())))
                     await writer.drain()
+                if remaining == 0:
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    return
         finally:
             gone.cancel()
             if handle is not None:

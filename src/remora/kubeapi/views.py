@@ -30,6 +30,13 @@ def stable_uid(kind: str, namespace: str, name: str, created: Any) -> str:
     return str(uuid.uuid5(_UID_NAMESPACE, f"{kind}/{namespace}/{name}/{created}"))
 
 
+def _timestamp(meta: dict[str, Any]) -> str | None:
+    """A store object's creation time (seconds) as the RFC 3339 string every served
+    object carries: kubectl's describe parses metav1.Time and fails on a number."""
+    created = meta.get("creationTimestamp")
+    return iso(float(created)) if isinstance(created, (int, float)) else created
+
+
 def _meta(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     meta = dict(obj.get("metadata") or {})
     created = meta.get("creationTimestamp")
@@ -186,7 +193,7 @@ def endpoints(services: list[dict[str, Any]], pods: list[dict[str, Any]]) -> lis
                                  "labels": dict(meta.get("labels") or {}),
                                  "uid": stable_uid("Endpoints", meta["namespace"],
                                                    meta["name"], meta.get("creationTimestamp")),
-                                 "creationTimestamp": meta.get("creationTimestamp")},
+                                 "creationTimestamp": _timestamp(meta)},
                     "subsets": subsets})
     return out
 
@@ -209,7 +216,7 @@ def endpointslices(services: list[dict[str, Any]],
                                     "endpointslice.kubernetes.io/managed-by": "remora"},
                          "uid": stable_uid("EndpointSlice", meta["namespace"], name,
                                            meta.get("creationTimestamp")),
-                         "creationTimestamp": meta.get("creationTimestamp")},
+                         "creationTimestamp": _timestamp(meta)},
             "addressType": "IPv4",
             "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True,
                                                             "terminating": False},

@@ -11,6 +11,7 @@ its arguments; reply: one line, {"ok": true, "result": ...} or {"ok": false, "er
   get     {kind, namespace?}             -> {items: [...]}    (namespace null = all)
   logs    {namespace, pod, container?, previous?, tail?} -> {text, path}
   exec    {namespace, pod, container?}   -> {argv: ["ip", "netns", "exec", NETNS]}
+  pod_metadata {namespace, pod, labels, annotations} -> {labels, annotations}
   nodes                                  -> {items: [{name, index, subnet, gateway, nodeIP}]}
   down                                   -> {removed: [...]}; the daemon then exits
 """
@@ -84,6 +85,8 @@ class Api:
             return {"items": self.get(req["kind"], req.get("namespace"))}
         if op == "logs":
             return self._logs(req)
+        if op == "pod_metadata":
+            return self._pod_metadata(req)
         if op == "exec":
             row = self._pod(req["namespace"], req["pod"])
             self._container(row.body, req.get("container"))
@@ -115,6 +118,30 @@ class Api:
                               "check the name with `remora get`")
         rt.wake.set()
         return results
+
+    def _pod_metadata(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A pod's new labels and annotations (the metadata a pod update may change): on
+        the running pod, which `get` and the control plane read, and on a bare pod's
+        desired object, so both stay in step."""
+        row = self._pod(req["namespace"], req["pod"])
+        body = json.loads(json.dumps(row.body))
+        wanted = body if row.owner_kind else self.rt.store.get_object(
+            "Pod", row.namespace, row.name)
+        for key in ("labels", "annotations"):
+            value = {str(k): str(v) for k, v in dict(req.get(key) or {}).items()}
+            for obj in (body, wanted):
+                if obj is None:
+                    continue
+                if value:
+                    obj["metadata"][key] = value
+                else:
+                    obj["metadata"].pop(key, None)
+        if wanted is not None and wanted is not body:
+            self.rt.store.put_object(desired.normalise(wanted))
+        self.rt.store.update_pod(row.uid, body=body)
+        self.rt.wake.set()
+        return {"labels": body["metadata"].get("labels") or {},
+                "annotations": body["metadata"].get("annotations") or {}}
 
     def get(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
         rt = self.rt

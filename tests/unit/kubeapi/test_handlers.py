@@ -6,6 +6,7 @@ everything refused."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from remora.errors import RemoraError
 from remora.kubeapi.backend import LogRef, admit
-from remora.kubeapi.handlers import Handler, Watch
+from remora.kubeapi.handlers import Handler, LogStream, Watch
 from remora.kubeapi.messages import Request, Response
 from remora.lab.images import ImageMap
 from remora.node import desired, views
@@ -56,6 +57,10 @@ class StoreBackend:
 
     def delete(self, kind: str, namespace: str, name: str) -> list[str]:
         return desired.delete(self.store, kind, namespace, name)
+
+    def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
+                     annotations: dict[str, str]) -> None:
+        raise RemoraError(f"pod {pod!r} not found in namespace {namespace!r}", "")
 
     def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
              tail: int | None) -> LogRef:
@@ -274,8 +279,172 @@ def test_watch_log_and_exec_requests_become_streams(api: Handler) -> None:
     assert missing.status == 404 and missing.json()["message"] == 'pods "p" not found'
 
 
-def test_exec_needs_websocket_and_refuses_spdy(api: Handler) -> None:
-    url = "/api/v1/namespaces/demo-to/pods/p/exec?command=ls&stdout=true"
+def test_delete_options_in_the_body_are_honoured(api: Handler) -> None:
+    # kubectl sends dryRun and propagationPolicy as a DeleteOptions body, not the query
+    call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    deploy = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    svc = "/api/v1/namespaces/demo-to/services/simple-server-svc"
+    dry = {"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"],
+           "propagationPolicy": "Background"}
+    for url in (deploy, svc, "/api/v1/namespaces/demo-to"):
+        resp = call(api, "DELETE", url, dry)
+        assert resp.status == 200, resp.json()
+        assert call(api, "GET", url).status == 200  # nothing was deleted
+    assert call(api, "DELETE", svc, {**dry, "dryRun": ["Bogus"]}).status == 422
+    orphan = call(api, "DELETE", deploy, {"kind": "DeleteOptions", "apiVersion": "v1",
+                                          "propagationPolicy": "Orphan"})
+    assert orphan.status == 422 and "Orphan" in orphan.json()["message"]
+    assert call(api, "GET", deploy).status == 200
+    legacy = call(api, "DELETE", deploy + "?orphanDependents=true")
+    assert legacy.status == 422 and call(api, "GET", deploy).status == 200
+    # a Service has no dependents in the lab: Orphan is the same as Background
+    assert call(api, "DELETE", svc, {"propagationPolicy": "Orphan"}).status == 200
+    assert call(api, "GET", svc).status == 404
+    assert call(api, "DELETE", deploy, {"propagationPolicy": "Foreground"}).status == 200
+    assert call(api, "GET", deploy).status == 404
+
+
+def test_the_default_namespace_may_not_be_deleted(api: Handler) -> None:
+    for ns in ("default", "kube-system"):
+        resp = call(api, "DELETE", f"/api/v1/namespaces/{ns}")
+        assert resp.status == 403 and resp.json()["reason"] == "Forbidden"
+        assert resp.json()["message"] == (f'namespaces "{ns}" is forbidden: this namespace '
+                                          "may not be deleted")
+
+
+def test_nothing_is_created_in_a_namespace_that_does_not_exist(api: Handler) -> None:
+    svc = json.loads(json.dumps(SVC))
+    del svc["metadata"]["namespace"]
+    for query in ("", "?dryRun=All"):
+        resp = call(api, "POST", f"/api/v1/namespaces/nosuchns/services{query}", svc)
+        assert resp.status == 404 and resp.json()["reason"] == "NotFound"
+        assert resp.json()["message"] == 'namespaces "nosuchns" not found'
+    put = call(api, "PUT", "/api/v1/namespaces/nosuchns/services/simple-server-svc", svc)
+    assert put.status == 404
+    names = [n["metadata"]["name"] for n in call(api, "GET", "/api/v1/namespaces").json()
+             ["items"]]
+    assert names == ["default", "demo-to"]  # no phantom namespace
+    assert call(api, "POST", "/api/v1/namespaces/default/services", svc).status == 201
+
+
+class RunningPods(StoreBackend):
+    """A store whose bare pods the runtime has made (rows with the server's spec.nodeName
+    and an injected sidecar), after RUN_AFTER reads of the pods."""
+
+    def __init__(self, store: Store, run_after: int = 0) -> None:
+        super().__init__(store)
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.run_after = run_after
+
+    def objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        if kind != "Pod":
+            return super().objects(kind, namespace)
+        if self.run_after > 0:
+            self.run_after -= 1
+        else:
+            for p in self.store.list_objects("Pod"):
+                key = (p["metadata"]["namespace"], p["metadata"]["name"])
+                if key not in self.rows:
+                    row = json.loads(json.dumps(p))
+                    row["metadata"].update(uid="u-1", creationTimestamp=2e9)
+                    row["spec"]["nodeName"] = "kf-node1"
+                    row["spec"]["containers"].append({"name": "istio-proxy",
+                                                      "image": "proxy"})
+                    row["status"] = {"phase": "Running", "ready": True}
+                    self.rows[key] = row
+        return [json.loads(json.dumps(r)) for (ns, _), r in self.rows.items()
+                if namespace in (None, ns)]
+
+    def logs(self, namespace: str, pod: str, container: str | None, previous: bool,
+             tail: int | None) -> LogRef:
+        """The current log is a file (LOG_TEXT); the container never restarted, so there
+        is no previous log file."""
+        path = self.store.path.parent / ("app.log.1" if previous else "app.log")
+        if not previous:
+            path.write_text(LOG_TEXT)
+        return LogRef(path.read_text() if path.exists() else "", path, container or "r1")
+
+    def pod_metadata(self, namespace: str, pod: str, labels: dict[str, str],
+                     annotations: dict[str, str]) -> None:
+        meta = self.rows[(namespace, pod)]["metadata"]
+        meta["labels"], meta["annotations"] = labels, annotations
+
+
+LOG_TEXT = "first line\nsecond line\n"
+POD = {"apiVersion": "v1", "kind": "Pod",
+       "metadata": {"name": "r1", "namespace": "demo-to", "labels": {"run": "r1"}},
+       "spec": {"containers": [{"name": "r1", "image": "vasth/simple-server"}]}}
+
+
+def test_a_bare_pod_create_answers_201_before_the_runtime_made_it(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db"), run_after=1000), TOKEN,
+                  clock=lambda: 2e9)
+    api.pod_wait = 0
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    made = call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    assert made.status == 201, made.json()
+    body = made.json()
+    assert body["metadata"]["name"] == "r1" and body["status"]["phase"] == "Pending"
+    assert body["metadata"]["creationTimestamp"] == "2033-05-18T03:33:20Z"
+
+
+def test_a_bare_pod_takes_labels_and_refuses_spec_changes(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    assert call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD).status == 201
+    url = "/api/v1/namespaces/demo-to/pods/r1"
+    smp = "application/strategic-merge-patch+json"
+    labelled = call(api, "PATCH", url, {"metadata": {"labels": {"tier": "qa"},
+                                                     "annotations": {"note": "x"}}},
+                    content_type=smp)
+    assert labelled.status == 200, labelled.json()
+    assert labelled.warnings == []  # no "unknown field spec.nodeName" for the server's own
+    got = call(api, "GET", url).json()
+    assert got["metadata"]["labels"] == {"run": "r1", "tier": "qa"}
+    assert got["metadata"]["annotations"] == {"note": "x"}
+    image = call(api, "PATCH", url, {"spec": {"containers": [{"name": "r1",
+                                                              "image": "busybox"}]}},
+                 content_type=smp)
+    assert image.status == 422 and "image" in image.json()["message"]
+    other = call(api, "PATCH", url, [{"op": "add", "path": "/spec/hostname", "value": "h"}],
+                 content_type="application/json-patch+json")
+    assert other.status == 422
+    assert "pod updates may not change fields other than" in other.json()["message"]
+    assert call(api, "GET", url).json()["spec"]["containers"][0]["image"] == \
+        "vasth/simple-server"
+
+
+def test_a_protobuf_body_is_415_naming_the_way_out(api: Handler) -> None:
+    # what `kubectl create namespace qa2` sends: the protobuf envelope, not JSON
+    body = b"k8s\x00\n\x0f\n\x02v1\x12\tNamespace\x12\x0b\n\t\n\x03qa2"
+    resp = call(api, "POST", "/api/v1/namespaces", body,
+                content_type="application/vnd.kubernetes.protobuf")
+    assert resp.status == 415 and resp.json()["reason"] == "UnsupportedMediaType"
+    message = resp.json()["message"]
+    assert "protobuf" in message and "kubectl apply -f" in message
+    assert "--dry-run=client" in message
+
+
+def test_derived_endpoints_carry_rfc3339_timestamps(api: Handler) -> None:
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    svc = call(api, "GET", "/api/v1/namespaces/demo-to/services/simple-server-svc").json()
+    for url in ("/api/v1/namespaces/demo-to/endpoints/simple-server-svc",
+                "/apis/discovery.k8s.io/v1/namespaces/demo-to/endpointslices/"
+                "simple-server-svc-remora"):
+        created = call(api, "GET", url).json()["metadata"]["creationTimestamp"]
+        assert isinstance(created, str) and created == svc["metadata"]["creationTimestamp"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created)
+
+
+def test_exec_needs_websocket_and_refuses_spdy(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    missing = call(api, "GET", "/api/v1/namespaces/demo-to/pods/p/exec?command=ls",
+                   upgrade="websocket", sec_websocket_protocol="v5.channel.k8s.io")
+    assert missing.status == 404  # a valid upgrade, but no such pod
+    call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    url = "/api/v1/namespaces/demo-to/pods/r1/exec?command=ls&stdout=true"
     spdy = call(api, "POST", url, upgrade="SPDY/3.1", connection="Upgrade")
     assert spdy.status == 400 and "v5.channel.k8s.io" in spdy.json()["message"]
     plain = call(api, "POST", url)
@@ -283,6 +452,93 @@ def test_exec_needs_websocket_and_refuses_spdy(api: Handler) -> None:
     old = call(api, "GET", url, upgrade="websocket",
                sec_websocket_protocol="channel.k8s.io")
     assert old.status == 400 and "v5.channel.k8s.io" in old.json()["message"]
-    missing = call(api, "GET", url, upgrade="websocket",
-                   sec_websocket_protocol="v5.channel.k8s.io, v4.channel.k8s.io")
-    assert missing.status == 404  # a valid upgrade, but no such pod
+    # an unknown container is named on either upgrade (kubectl tries WebSocket, then SPDY)
+    for headers in ({"upgrade": "websocket", "sec_websocket_protocol": "v5.channel.k8s.io"},
+                    {"upgrade": "SPDY/3.1", "connection": "Upgrade"}):
+        bad = call(api, "POST", url + "&container=nope", **headers)
+        assert bad.status == 400
+        assert bad.json()["message"] == "container nope is not valid for pod r1"
+    ok = api.handle(Request.parse("GET", url + "&container=istio-proxy", {
+        "authorization": f"Bearer {TOKEN}", "upgrade": "websocket",
+        "sec-websocket-protocol": "v5.channel.k8s.io"}))
+    assert not isinstance(ok, Response)
+
+
+def test_istio_objects_are_served_in_the_version_asked_for(api: Handler) -> None:
+    pa = {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+          "metadata": {"name": "strict", "namespace": "demo-to"},
+          "spec": {"mtls": {"mode": "STRICT"}}}
+    made = call(api, "POST", "/apis/security.istio.io/v1beta1/namespaces/demo-to/"
+                "peerauthentications", pa)
+    assert made.status == 201 and made.json()["apiVersion"] == "security.istio.io/v1beta1"
+    got = {}
+    for version in ("v1", "v1beta1"):
+        url = f"/apis/security.istio.io/{version}/namespaces/demo-to/peerauthentications"
+        got[version] = call(api, "GET", url + "/strict").json()
+        assert got[version]["apiVersion"] == f"security.istio.io/{version}"
+        listed = call(api, "GET", url).json()
+        assert listed["apiVersion"] == f"security.istio.io/{version}"
+        assert [i["apiVersion"] for i in listed["items"]] == [f"security.istio.io/{version}"]
+    # one object: reading it in the other version is not a change
+    assert got["v1"]["metadata"]["resourceVersion"] == \
+        got["v1beta1"]["metadata"]["resourceVersion"]
+
+
+def test_unsupported_deployment_fields_are_refused_by_name(api: Handler) -> None:
+    url = "/apis/apps/v1/namespaces/demo-to/deployments"
+    recreate = json.loads(json.dumps(SERVER))
+    recreate["spec"]["strategy"] = {"type": "Recreate"}
+    refused = call(api, "POST", url, recreate)
+    assert refused.status == 422 and "spec.strategy.type" in refused.json()["message"]
+    assert call(api, "POST", url, SERVER).status == 201
+    pause = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": True}},
+                 content_type="application/strategic-merge-patch+json")
+    assert pause.status == 422 and "spec.paused" in pause.json()["message"]
+    assert "paused" not in call(api, "GET", url + "/simple-server").json()["spec"]
+    resume = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": None}},
+                  content_type="application/strategic-merge-patch+json")
+    assert resume.status == 200
+
+
+def test_immutable_fields_cannot_change(api: Handler) -> None:
+    call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
+    svc = "/api/v1/namespaces/demo-to/services/simple-server-svc"
+    ip = call(api, "GET", svc).json()["spec"]["clusterIP"]
+    moved = call(api, "PATCH", svc, {"spec": {"clusterIP": "172.16.0.250"}},
+                 content_type="application/merge-patch+json")
+    assert moved.status == 422
+    assert moved.json()["message"] == ('Service "simple-server-svc" is invalid: '
+                                       'spec.clusterIPs[0]: Invalid value: ["172.16.0.250"]: '
+                                       "may not change once set")
+    assert call(api, "GET", svc).json()["spec"]["clusterIP"] == ip
+    same = call(api, "PATCH", svc, {"spec": {"clusterIP": ip, "ports": [{"port": 18081}]}},
+                content_type="application/merge-patch+json")
+    assert same.status == 200, same.json()
+    call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments", SERVER)
+    deploy = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    selector = call(api, "PATCH", deploy, {"spec": {"selector": {"matchLabels": {
+        "web": "other"}}}}, content_type="application/merge-patch+json")
+    assert selector.status == 422 and "spec.selector" in selector.json()["message"]
+    assert "field is immutable" in selector.json()["message"]
+
+
+def test_log_options(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    url = "/api/v1/namespaces/demo-to/pods/r1/log"
+    assert call(api, "GET", url).body == LOG_TEXT.encode()
+    assert call(api, "GET", url + "?limitBytes=5").body == b"first"
+    assert call(api, "GET", url + "?limitBytes=0").status == 422
+    followed = api.handle(Request.parse("GET", url + "?follow=true&limitBytes=5",
+                                        {"authorization": f"Bearer {TOKEN}"}))
+    assert isinstance(followed, LogStream)
+    assert (followed.text, followed.remaining) == ("first", 0)
+    for query in ("sinceSeconds=10", "sinceTime=2026-01-01T00:00:00Z", "timestamps=true"):
+        refused = call(api, "GET", f"{url}?{query}")
+        assert refused.status == 400 and "not supported by the lab" in \
+            refused.json()["message"]
+    previous = call(api, "GET", url + "?previous=true")
+    assert previous.status == 400
+    assert previous.json()["message"] == ('previous terminated container "r1" in pod "r1" '
+                                          "not found")
