@@ -297,9 +297,13 @@ class _Forward:
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
         # the stream's max duration in seconds (None: none): routes with
-        # max_stream_duration only, Istio's on every route it generates
-        self.duration: float | None = (None if route.stream_duration is None
-                                       else self._stream_duration(route.stream_duration))
+        # max_stream_duration only. Istio writes it on every route, with no limit of its
+        # own: only a request with grpc-timeout then has one (one membership test)
+        sd = route.stream_duration
+        self.duration: float | None = (
+            None if sd is None or (not sd.max_stream_duration
+                                   and "grpc-timeout" not in stream.req.hmap)
+            else self._stream_duration(sd))
 
     def _stream_duration(self, d: StreamDuration) -> float | None:
         """Envoy's ActiveStream::refreshDurationTimeout for this stream: its max duration
