@@ -101,6 +101,10 @@ def test_up_get_describe_logs_exec_delete(lab: TempLab, tmp_path: Path) -> None:
     assert got["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     assert got["status"]["hostIP"] and got["spec"]["nodeName"] == f"{lab.prefix}node-1"
     pid = statuses["demo"]["remora"]["pid"]
+    # the container's own environment, as kubelet execs: not the CLI's (REMORA_STATE_DIR)
+    env = ok(lab, "exec", "-n", "demo-to", name, "-c", "istio-proxy", "--", "env").splitlines()
+    assert f"HOSTNAME={name}" in env and "POD_NAMESPACE=demo-to" in env
+    assert not [line for line in env if line.startswith("REMORA_STATE_DIR=")]
     pod_netns = ok(lab, "exec", "-n", "demo-to", name, "--", "readlink", "/proc/self/ns/net")
     assert os.readlink(f"/proc/{pid}/ns/net") == pod_netns.strip()
     entered = subprocess.run(["nsenter", "--target", str(pid), "-n", "iptables", "-t", "nat",

@@ -357,6 +357,27 @@ def logs(pod: str | None, namespace: str, selector: str | None, container: str |
         ops.follow_logs(paths, tail)
 
 
+def _exec_options(given: tuple[str, ...], namespace: str,
+                  container: str | None) -> tuple[str, str | None]:
+    """-n/--namespace and -c/--container given after POD (the only options there)."""
+    it = iter(given)
+    for opt in it:
+        key, eq, value = opt.partition("=")
+        if key not in ("-n", "--namespace", "-c", "--container"):
+            raise UsageError(f"unexpected {opt!r} between the pod and `--`",
+                             "only -n/--namespace and -c/--container go there; the command "
+                             "follows `--`")
+        if not eq:
+            value = next(it, "")
+        if not value:
+            raise UsageError(f"{key} needs a value", f"e.g. {key} NAME")
+        if key in ("-n", "--namespace"):
+            namespace = value
+        else:
+            container = value
+    return namespace, container
+
+
 @click.command("exec", context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("-c", "--container", default=None)
@@ -366,11 +387,15 @@ def logs(pod: str | None, namespace: str, selector: str | None, container: str |
 def exec_(namespace: str, container: str | None, state_dir: str | None, pod: str,
           command: tuple[str, ...]) -> None:
     """Run COMMAND inside the pod's namespaces: remora exec -n NS POD -- iptables -t nat -L -v"""
+    if "--" in command:
+        # options between POD and `--` (`remora exec POD -c istio-proxy -- env`, as kubectl
+        # takes them): click stops at POD so that the command's own options stay its own
+        at = command.index("--")
+        namespace, container = _exec_options(command[:at], namespace, container)
+        command = command[at + 1:]
     client = _client(state_dir)
     name = ops.pods_for(client, namespace, pod, None)[0]
     argv = client.exec_argv(namespace, name, container)
-    if command and command[0] == "--":  # kept by click once POD ended the options
-        command = command[1:]
     if not command:
         raise UsageError("no command to run", "e.g. remora exec -n NS POD -- iptables -t nat -L")
     try:

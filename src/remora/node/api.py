@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from remora.errors import RemoraError, UsageError
-from remora.node import controller, desired, ipam, views
+from remora.node import controller, desired, ipam, podspec, views
 from remora.node.runtime import Runtime
+from remora.node.store import PodRow
 
 MAX_REQUEST = 64 * 1024 * 1024
 
@@ -89,8 +90,9 @@ class Api:
             return self._pod_metadata(req)
         if op == "exec":
             row = self._pod(req["namespace"], req["pod"])
-            self._container(row.body, req.get("container"))
-            return {"argv": ["ip", "netns", "exec", row.netns], "netns": row.netns}
+            name = self._container(row.body, req.get("container"))
+            return {"argv": ["ip", "netns", "exec", row.netns, *self._exec_env(row, name)],
+                    "netns": row.netns}
         if op == "nodes":
             items: list[dict[str, Any]] = []
             for n in rt.nodes:
@@ -192,6 +194,19 @@ class Api:
             raise RemoraError(f"pod {name!r} not found in namespace {namespace!r}",
                               "list pods with `remora get pods -n NAMESPACE`")
         return row
+
+    def _exec_env(self, row: PodRow, container: str) -> list[str]:
+        """``env -i`` and the container's own environment, as kubelet execs a command in a
+        container (its env, HOSTNAME the pod's name; podspec.environment, what its process
+        was started with), not the environment of whoever asked (the API server's or the
+        CLI's: REMORA_STATE_DIR and the like)."""
+        spec = row.body.get("spec", {})
+        found = [c for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+                 if c.get("name") == container]
+        node = next((n.netns for n in self.rt.nodes if n.index == row.node), "")
+        pod_ip = str((row.body.get("status") or {}).get("podIP") or "")
+        env = podspec.environment(row.body, found[0] if found else {}, pod_ip, node)
+        return ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
 
     @staticmethod
     def _container(pod: dict[str, Any], name: str | None) -> str:
