@@ -8,8 +8,12 @@ against http://10.20.0.77:18080/common/sauth at 1 and 16 connections and prints 
 p50 and p99 latency, the sidecar's CPU per request, its RSS and its PSS (both summed over
 the sidecar's process tree; PSS divides the pages that forked workers share, so it is the
 honest figure for `--concurrency N`), and a bulk TCP upload through the tcp_proxy chain in
-Gbit/s with the sidecar's CPU seconds per GiB (median of at least 5 uploads after one
-uncounted one), then the remora/Envoy ratios. The backend is the seed's demo server
+Gbit/s with the sidecar's CPU seconds per GiB, then the remora/Envoy ratios. The bulk
+uploads run last, with every path's namespaces up at once and the paths' uploads
+alternated one by one (median of at least 7 each after one uncounted upload per path):
+this VM runs whole sets of uploads in a slow mode (the machine's CPU per GiB ~50 % higher
+for either proxy, docs/benchmarks.md 2026-12-05 13:10), and path after path one proxy could
+draw a slow stretch the other did not. The backend is the seed's demo server
 (remora.apps.simple_server, asyncio + httptools; --backend nginx for
 nginx returning the same 60 bytes).
 
@@ -46,6 +50,7 @@ median of the runs' p99s, not the p99 of the run with the median req/s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -339,20 +344,7 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
             sidecars = [m.server_sidecar, *([m.client_sidecar] if m.client_sidecar else [])]
             url = MTLS_URL
         else:
-            client, server = lab.pair()
-            start_backend(lab, server, args.backend, workdir)
-            sink = ph.PeerServer(server, BULK_PORT, _sink)
-        if path != "direct" and not args.lab_mtls:
-            ph.apply_capture(lab, server, args.mode)
-            config = ph.REFERENCE / f"server-{args.mode}.json"
-            sidecars.append(ph.start_sidecar(lab, server, path, config, workdir / path,
-                                             concurrency=args.concurrency))
-            if args.hops == 2:  # the client pod meshed too: two sidecars per request
-                ph.apply_capture(lab, client, "redirect")
-                sidecars.append(ph.start_sidecar(lab, client, path,
-                                                 ph.REFERENCE / "client-redirect.json",
-                                                 workdir / path,
-                                                 concurrency=args.concurrency))
+            client, sink, sidecars = plain_topology(lab, path, args, workdir)
         sidecar = sidecars[0] if sidecars else None
         if args.protocol == "h2":
             H2_RESULTS.extend(bench_h2(path, args, lab, client, sidecars, url))
@@ -382,30 +374,68 @@ def bench_path(path: str, args: argparse.Namespace, workdir: Path) -> list[Resul
             pss = sidecars_pss_mib(sidecars) if sidecar else None
             results.append(Result(path, conns, rps, p50, p99, cpu_us, rss, errors, pss))
             print(_row(results[-1]), flush=True)
-        if args.bulk_mib and sink is not None:
-            # one upload of 64 MiB first, not counted (the first of a run was up to 20 %
-            # slower for either proxy), then at least BULK_RUNS: one run lasts well under
-            # a second and varies by +-15 % from one to the next on this VM
-            bulk_gbits(client, 64)
-            gbits, cpu_s = [], []
-            for _ in range(max(args.repeat, BULK_RUNS)):
-                cpu0 = sidecars_cpu_seconds(sidecars)
-                gbits.append(bulk_gbits(client, args.bulk_mib))
-                cpu_s.append(sidecars_cpu_seconds(sidecars) - cpu0)
-            BULK[path] = _median(gbits)
-            line = f"{path:<8} bulk TCP upload {args.bulk_mib} MiB: {BULK[path]:.2f} Gbit/s"
-            if sidecars:  # the sidecar's CPU seconds per GiB relayed (median over the runs)
-                BULK_CPU[path] = _median(cpu_s) * 1024 / args.bulk_mib
-                line += f", sidecar CPU {BULK_CPU[path]:.2f} s/GiB"
-            print(line, flush=True)
         if sink is not None:
             sink.close()
     return results
 
 
+def plain_topology(lab: Lab, path: str, args: argparse.Namespace, workdir: Path,
+                   ) -> tuple[Namespace, ph.PeerServer, list[ph.Sidecar]]:
+    """The seed's two namespaces: the backend and the bulk sink in the server's, and for
+    a proxy PATH its sidecar behind the reference capture rules (with --hops 2 a client
+    sidecar as well). Returns the client namespace, the sink and the sidecars."""
+    client, server = lab.pair()
+    start_backend(lab, server, args.backend, workdir)
+    sink = ph.PeerServer(server, BULK_PORT, _sink)
+    sidecars: list[ph.Sidecar] = []
+    if path != "direct":
+        ph.apply_capture(lab, server, args.mode)
+        config = ph.REFERENCE / f"server-{args.mode}.json"
+        sidecars.append(ph.start_sidecar(lab, server, path, config, workdir / path,
+                                         concurrency=args.concurrency))
+        if args.hops == 2:  # the client pod meshed too: two sidecars per request
+            ph.apply_capture(lab, client, "redirect")
+            sidecars.append(ph.start_sidecar(lab, client, path,
+                                             ph.REFERENCE / "client-redirect.json",
+                                             workdir / path, concurrency=args.concurrency))
+    return client, sink, sidecars
+
+
+def bench_bulk(paths: list[str], args: argparse.Namespace, workdir: Path) -> None:
+    """Bulk TCP uploads of --bulk-mib MiB through each path's tcp_proxy chain, every
+    path's namespaces up at once and the paths' uploads alternated one by one, so that the
+    VM's slow stretches (whole sets of uploads at ~50 % more CPU per GiB, for either proxy)
+    fall on each path alike. One 64 MiB upload per path first, not counted (the first of a
+    run was up to 20 % slower), then at least BULK_RUNS each: one upload lasts well under a
+    second and varies by +-15 % from one to the next on this VM. Fills BULK and BULK_CPU."""
+    with contextlib.ExitStack() as stack:
+        ends: dict[str, tuple[Namespace, list[ph.Sidecar]]] = {}
+        for i, path in enumerate(paths):
+            lab = stack.enter_context(Lab(prefix=f"rbk{i}"))
+            client, sink, sidecars = plain_topology(lab, path, args, workdir / f"bulk-{path}")
+            stack.callback(sink.close)
+            bulk_gbits(client, 64)
+            ends[path] = (client, sidecars)
+        gbits: dict[str, list[float]] = {path: [] for path in paths}
+        cpu_s: dict[str, list[float]] = {path: [] for path in paths}
+        for _ in range(max(args.repeat, BULK_RUNS)):
+            for path in paths:
+                client, sidecars = ends[path]
+                cpu0 = sidecars_cpu_seconds(sidecars)
+                gbits[path].append(bulk_gbits(client, args.bulk_mib))
+                cpu_s[path].append(sidecars_cpu_seconds(sidecars) - cpu0)
+        for path in paths:
+            BULK[path] = _median(gbits[path])
+            line = f"{path:<8} bulk TCP upload {args.bulk_mib} MiB: {BULK[path]:.2f} Gbit/s"
+            if ends[path][1]:  # the sidecar's CPU seconds per GiB relayed (median)
+                BULK_CPU[path] = _median(cpu_s[path]) * 1024 / args.bulk_mib
+                line += f", sidecar CPU {BULK_CPU[path]:.2f} s/GiB"
+            print(line, flush=True)
+
+
 BULK: dict[str, float] = {}
 BULK_CPU: dict[str, float] = {}  # sidecar CPU seconds per GiB of the bulk upload
-BULK_RUNS = 5
+BULK_RUNS = 7
 
 
 def _pss_line(ours: float | None, theirs: float | None) -> str:
@@ -495,6 +525,7 @@ def main() -> int:
     results: list[Result] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
+            ran = []
             for path in args.proxies:
                 if path == "remora" and (problem := ph.remora_proxy_problem()):
                     print(f"remora   not run: {problem}")
@@ -506,6 +537,9 @@ def main() -> int:
                         print(f"envoy    not run: {exc}")
                         continue
                 results += bench_path(path, args, Path(tmp) / path)
+                ran.append(path)
+            if args.bulk_mib and ran:
+                bench_bulk(ran, args, Path(tmp))
     except KeyboardInterrupt:
         print("interrupted: namespaces and processes removed", file=sys.stderr)
         return 130
