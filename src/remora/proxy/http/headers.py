@@ -161,12 +161,10 @@ class RequestPolicy:
         self.dropped = HOP_BY_HOP | self.removed | _ROUTER_CONSUMED
 
     def mutate(self, hmap: dict[str, str], remote_ip: str, scheme: str,
-               node_ip: Callable[[], str | None]) -> tuple[str | None, list[tuple[str, str]],
-                                                          bool]:
-        """(final remote IP or None when the connection's peer stays, headers to set,
-        whether x-request-id is removed besides ``removed``). ``set`` entries replace a
-        header in place or are appended in Envoy's order (x-forwarded-for,
-        x-forwarded-proto, x-envoy-external-address, x-request-id)."""
+               node_ip: Callable[[], str | None]) -> tuple[str | None, list[tuple[str, str]]]:
+        """(final remote IP or None when the connection's peer stays, headers to set).
+        ``set`` entries replace a header in place or are appended in Envoy's order
+        (x-forwarded-for, x-forwarded-proto, x-envoy-external-address, x-request-id)."""
         sets: list[tuple[str, str]] = []
         final_remote_ip: str | None = None
         xff = hmap.get("x-forwarded-for")
@@ -186,10 +184,13 @@ class RequestPolicy:
                 final_remote_ip = xff_client(xff, self.xff_num_trusted_hops)
             if "x-forwarded-proto" not in hmap:
                 sets.append(("x-forwarded-proto", scheme))
+        # ConnectionManagerUtility::mutateRequestHeaders: only with generate_request_id is
+        # x-request-id touched at all (set when absent; replaced on an edge request unless
+        # preserve_external_request_id); without it a client's id goes through as it came
+        # (observed on Envoy 1.40 with use_remote_address)
         if self.generate_request_id and (regenerate_id or "x-request-id" not in hmap):
             sets.append(("x-request-id", _random_hex.pop() if _random_hex else uuid4()))
-            regenerate_id = False
-        return final_remote_ip, sets, regenerate_id
+        return final_remote_ip, sets
 
 
 # -- path normalization -----------------------------------------------------------------

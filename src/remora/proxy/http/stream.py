@@ -233,7 +233,7 @@ class ActiveStream:
             conn.output.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         policy = hcm.request_policy
-        final_remote_ip, sets, drop_request_id = policy.mutate(
+        final_remote_ip, sets = policy.mutate(
             hmap, conn.downstream.facts.remote_ip, conn.scheme, conn.node_ip)
         if final_remote_ip is not None:
             # Envoy's downstream remote address becomes the trusted XFF client (port 0)
@@ -242,9 +242,8 @@ class ActiveStream:
         # headers the access log and route matching see); dropped: besides, the hop-by-hop
         # headers, which are not forwarded but stay visible to both
         removed, dropped = policy.removed, policy.dropped
-        if nominated or drop_request_id:
-            extra = nominated | {"x-request-id"} if drop_request_id else nominated
-            removed, dropped = removed | extra, dropped | extra
+        if nominated:
+            removed, dropped = removed | nominated, dropped | nominated
         # x-forwarded-client-cert on mutual TLS (xfcc.py): kept, appended to or set
         xfcc_in_place = False
         tls_peer = conn.downstream.facts.tls_peer

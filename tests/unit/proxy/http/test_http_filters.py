@@ -156,6 +156,20 @@ def test_request_id_not_generated_when_disabled() -> None:
     run(body)
 
 
+def test_a_clients_request_id_goes_through_when_ids_are_not_generated() -> None:
+    """generate_request_id false leaves x-request-id alone, on an edge request too
+    (use_remote_address): Envoy 1.40 forwards the client's value (ConnectionManagerUtility::
+    mutateRequestHeaders touches it only when it generates ids)."""
+    async def body() -> None:
+        hcm, _, _, _ = await setup(hcm_config(generate_request_id=False,
+                                              use_remote_address=True))
+        async with proxy(hcm) as addr:
+            c = await Client.connect(addr)
+            seen = (await c.get("/", headers="x-request-id: abc\r\n")).json()
+        assert dict(seen["headers"])["x-request-id"] == "abc"
+    run(body)
+
+
 def test_upstream_service_time_measures_the_upstream() -> None:
     async def body() -> None:
         hcm, _, _, _ = await setup()
