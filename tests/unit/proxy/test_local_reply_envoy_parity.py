@@ -68,7 +68,8 @@ def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
         {"match": {"prefix": f"/{svc}/"}, "route": {"cluster": "grpc", "timeout": "0s"}},
         {"match": {"prefix": "/refused"}, "route": {"cluster": "refused"}},
         {"match": {"prefix": "/direct"},
-         "direct_response": {"status": 403, "body": {"inline_string": "nope"}}},
+         "direct_response": {"status": 403, "body": {"inline_string": "nope"}},
+         "response_headers_to_add": [{"header": {"key": "x-route-resp", "value": "r"}}]},
         {"match": {"prefix": "/special"},
          "direct_response": {"status": 401, "body": {"inline_string": SPECIAL_BODY}}},
         # a per-try timeout resets the attempt: retried under retry_on reset too
@@ -103,7 +104,10 @@ def _config(port: int, admin: int, log: Path, grpc_port: int, backend: int,
            "route_config": {"name": "local", "virtual_hosts": [
                {"name": "nr", "domains": ["nr.example"],
                 "routes": [{"match": {"path": "/only"}, "route": {"cluster": "backend"}}]},
-               {"name": "all", "domains": ["*"], "routes": routes}]},
+               # the router's own replies (direct_response, upstream failures,
+               # timeouts) carry the route's response mutations, as its upstream's do
+               {"name": "all", "domains": ["*"], "routes": routes,
+                "response_headers_to_add": [{"header": {"key": "x-vhost", "value": "v"}}]}]},
            "http_filters": [{"name": "envoy.filters.http.router",
                              "typed_config": {"@type": gh.ROUTER}}]}
     explicit_h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -421,7 +421,11 @@ class ActiveStream:
         """Envoy's sendLocalReply: a text/plain answer from the proxy itself. Returns False
         (the filter chain stops). After the response started only the flag is recorded and
         the connection is closed, since the response can no longer change. GRPC_STATUS: a
-        gRPC request's grpc-status when not the one STATUS maps to."""
+        gRPC request's grpc-status when not the one STATUS maps to. A stream with a route
+        gets the route's response_headers_to_add/remove on the reply, whoever answers
+        (the router's failures and direct_response, a filter, the connection manager's
+        timeouts: FilterManager::sendLocalReplyViaFilterChain runs the route's
+        finalizeResponseHeaders on every local reply; observed on Envoy 1.40)."""
         info = self.info
         info.response_code_details = details
         if flag is not None:
@@ -432,6 +436,12 @@ class ActiveStream:
             self.closing = True
             return False
         hs = list(headers or ())
+        route = self.route
+        mutations = route.response_mutations if route is not None else None
+        if mutations is not None and (mutations.add or mutations.remove):
+            # Envoy's encodeLocalReply runs modify_headers on the bare :status, before it
+            # sets the reply's own content-length/content-type (or gRPC's headers)
+            hs = apply_mutations(hs, mutations)
         if is_grpc_content_type(self.req.hmap.get("content-type")):
             # Envoy's Utility::encodeLocalReply for a gRPC request: a trailers-only
             # response, 200 with the status mapped to grpc-status and the body as
