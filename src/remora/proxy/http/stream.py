@@ -202,6 +202,14 @@ class ActiveStream:
         hcm = conn.hcm
         if hcm.rewrites_path and (path_needs_work(url) is not None
                                   or (cfg.merge_slashes and "//" in url)):
+            # in Envoy's order (ConnectionManagerUtility::maybeNormalizePath): escaped
+            # slashes first, then normalization, then merging slashes, so that a %2F
+            # unescaped next to a "/" is merged too (/b//c/%2Fd -> /b/c/d)
+            if cfg.escaped_slashes != "KEEP_UNCHANGED" and escaped_slashes(url):
+                if cfg.escaped_slashes == "REJECT_REQUEST":
+                    return self.local_reply(400, b"Bad Request", "path_normalization_failed",
+                                            "DPE", True)
+                url = unescape_slashes(url)
             if cfg.normalize_path and "%00" in url.partition("?")[0]:
                 # an encoded NUL cannot be normalized: Envoy refuses it like a fragment
                 # (400, no body, connection closed; checked against Envoy 1.40)
@@ -212,11 +220,6 @@ class ActiveStream:
                     return self.local_reply(400, b"Bad Request", "path_normalization_failed",
                                             "DPE", True)
                 url = normalized
-            if cfg.escaped_slashes != "KEEP_UNCHANGED" and escaped_slashes(url):
-                if cfg.escaped_slashes == "REJECT_REQUEST":
-                    return self.local_reply(400, b"Bad Request", "path_normalization_failed",
-                                            "DPE", True)
-                url = unescape_slashes(url)
         self.path = hdrs[":path"] = url
         connect = req.method == "CONNECT"
         if connect:
