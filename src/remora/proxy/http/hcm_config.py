@@ -171,7 +171,14 @@ def _http1_options(f: Fields) -> None:
     if h.boolean("accept_http_10", False):
         raise ConfigError(h.at("accept_http_10"), "HTTP/1.0 is not implemented by remora",
                           "remove it (HTTP/1.0 requests get 426 as on Envoy's default)")
-    h.ignore("allow_chunked_length")  # llhttp rejects CL + chunked either way (safe default)
+    if h.boolean("allow_chunked_length", False):
+        # Envoy then accepts a request with both Content-Length and chunked framing by
+        # dropping the Content-Length; remora's codec refuses such a request always (the
+        # classic smuggling shape), so accepting the field would not do what it says
+        raise ConfigError(h.at("allow_chunked_length"),
+                          "allow_chunked_length: true is not implemented by remora",
+                          "remove it (requests with both Content-Length and chunked framing "
+                          "are refused with 400, Envoy's default)")
     h.done()
 
 
