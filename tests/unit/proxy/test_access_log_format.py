@@ -158,3 +158,12 @@ def test_header_present_but_empty_prints_empty_absent_prints_dash() -> None:
                       "mix": "[%REQ(X-EMPTY)%]", "route": "%ROUTE_NAME%"},
                      "json_format").render(info)
     assert json.loads(out) == {"e": "", "a": None, "r": "", "mix": "[]", "route": None}
+
+
+def test_omit_empty_values_prints_nothing_for_absent_values_in_text() -> None:
+    """SubstitutionFormatString.omit_empty_values on a text format: an absent value prints
+    as nothing instead of "-" (observed on Envoy 1.40 with %REQ(X-FOO)% absent)."""
+    fmt = "[%REQ(X-FOO)%] [%REQ(X-BAR)%] [%UPSTREAM_HOST%] [%RESPONSE_CODE%]\n"
+    info = StreamInfo(request_headers={"x-bar": "b"}, response_code=200)
+    assert TextFormat(fmt, "f", omit_empty=True).render(info) == "[] [b] [] [200]\n"
+    assert TextFormat(fmt, "f").render(info) == "[-] [b] [-] [200]\n"

@@ -338,14 +338,14 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
     return op
 
 
-def render_text(parts: list[str | Op], info: StreamInfo) -> str:
+def render_text(parts: list[str | Op], info: StreamInfo, missing: str = "-") -> str:
     out = []
     for part in parts:
         if isinstance(part, str):
             out.append(part)
         else:
             value = part(info)
-            out.append("-" if _missing(part, value) else str(value))
+            out.append(missing if _missing(part, value) else str(value))
     return "".join(out)
 
 
@@ -550,8 +550,14 @@ class JsonFormat:
 class TextFormat:
     def __init__(self, fmt: str, path: str, omit_empty: bool = False) -> None:
         tokens = scan(fmt, path)
-        self.parts = [p if isinstance(p, str) else _operator(*p, path) for p in tokens]
-        self.render: Callable[[StreamInfo], str] = compile_renderer(tokens, self.parts)
+        parts = self.parts = [p if isinstance(p, str) else _operator(*p, path) for p in tokens]
+        self.render: Callable[[StreamInfo], str]
+        if omit_empty:
+            # SubstitutionFormatString.omit_empty_values on a text format: a value that is
+            # absent prints as nothing instead of "-" (observed on Envoy 1.40)
+            self.render = lambda info: render_text(parts, info, "")
+        else:
+            self.render = compile_renderer(tokens, parts)
 
 
 Formatter = TextFormat | JsonFormat
