@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from remora.proxy.config.strict import ConfigError, Fields, parse_duration
@@ -21,3 +23,12 @@ def test_durations_and_64bit_ints() -> None:
     assert f.integer("max_connections") == 4294967295
     with pytest.raises(ConfigError):
         parse_duration("10", "x")
+
+
+def test_a_yaml_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
+    from remora.proxy.config.bootstrap import read_document
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("static_resources:\n  listeners: [\n    a: 1\n")
+    with pytest.raises(ConfigError) as err:
+        read_document(str(bad))
+    assert "is not valid YAML at line 4, column 1" in str(err.value)

@@ -59,7 +59,13 @@ def read_document(path: str) -> Any:
     try:
         return yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError("", f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        # PyYAML's first line says what it was parsing; its marks say where (1-based, as
+        # an editor counts), so the message names the line to look at
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = f"{str(exc).splitlines()[0]}{f' ({problem})' if problem else ''}"
+        raise ConfigError("", f"{path} is not valid YAML{where}: {what}") from exc
 
 
 def read_discovery_file(path: str, type_url: str) -> tuple[str, list[dict[str, Any]]]:
