@@ -18,6 +18,7 @@ from typing import Any
 from remora.proxy.interfaces import ConnectionFacts, Upstream, UpstreamError
 from remora.proxy.stats import StatsStore
 from remora.proxy.stream_info import StreamInfo, format_address
+from remora.proxy.upstream.auto_host import TlsOverride
 from remora.proxy.upstream.config import ClusterConfig, Host
 from remora.proxy.upstream.connect import is_timeout, open_upstream
 from remora.proxy.upstream.happy_eyeballs import interleave, race
@@ -185,7 +186,9 @@ class ClusterImpl:
     # -- interfaces.Cluster ------------------------------------------------------------
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
                       exclude_hosts: frozenset[str] = frozenset(), *,
-                      host_selection_retry_max_attempts: int = 1) -> Upstream:
+                      host_selection_retry_max_attempts: int = 1,
+                      tls_override: TlsOverride | None = None) -> Upstream:
+        """TLS_OVERRIDE: the request's auto_sni / auto_san_validation (auto_host.py)."""
         info.upstream_cluster = self.name
         target = self._choose(facts, exclude_hosts, host_selection_retry_max_attempts)
         if target is None:
@@ -238,12 +241,13 @@ class ClusterImpl:
         try:
             extra = self._additional(target)
             if extra:
-                upstream, connect_ms = await self._happy_eyeballs(target, extra, facts, lost)
+                upstream, connect_ms = await self._happy_eyeballs(target, extra, facts, lost,
+                                                                  tls_override)
             else:
                 upstream, connect_ms = await open_upstream(
                     target[0], target[1], timeout=cfg.connect_timeout, source=source,
                     original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
-                    tls=cfg.transport)
+                    tls=cfg.transport, tls_override=tls_override)
         except UpstreamError as err:
             hstats.rq_pending_active -= 1
             release_slot()
@@ -277,8 +281,9 @@ class ClusterImpl:
         return ()
 
     async def _happy_eyeballs(self, target: tuple[str, int], extra: tuple[tuple[str, int], ...],
-                              facts: ConnectionFacts,
-                              lost: Callable[[int], None]) -> tuple[Upstream, float]:
+                              facts: ConnectionFacts, lost: Callable[[int], None],
+                              tls_override: TlsOverride | None = None,
+                              ) -> tuple[Upstream, float]:
         """Envoy's Happy Eyeballs over the host's addresses (happy_eyeballs.py): the
         winner's connection is this one; a loser that connected too is closed unseen."""
         cfg = self.config
@@ -297,7 +302,7 @@ class ClusterImpl:
             return await open_upstream(
                 addr[0], addr[1], timeout=cfg.connect_timeout, source=bind_source(cfg, addr[0]),
                 original_src=facts.original_src, on_lost=on_lost(i), keepalive=cfg.keepalive,
-                tls=cfg.transport)
+                tls=cfg.transport, tls_override=tls_override)
 
         def discard(result: tuple[Upstream, float]) -> None:
             result[0].writer.close()

@@ -20,6 +20,7 @@ from remora.proxy.interfaces import OriginalSrc, Upstream, UpstreamError
 from remora.proxy.stream_info import format_address
 from remora.proxy.transport.tls import TlsError, TlsTransport
 from remora.proxy.transport.tls import connect_upstream as tls_connect
+from remora.proxy.upstream.auto_host import TlsOverride
 
 IP_TRANSPARENT = 19  # linux/in.h
 IPV6_TRANSPARENT = 75  # linux/in6.h
@@ -56,6 +57,7 @@ async def open_upstream(
     ip: str, port: int, *, timeout: float, source: tuple[str, int] | None,
     original_src: OriginalSrc | None, on_lost: Callable[[int], None], limit: int = 1 << 20,
     keepalive: bool = False, tls: TlsTransport | None = None,
+    tls_override: TlsOverride | None = None,
 ) -> tuple[Upstream, float]:
     """Connect to IP:PORT; returns the Upstream and the connect time in ms.
     Raises UpstreamError("UF", reason) on failure (reason "" for a connect timeout)."""
@@ -110,7 +112,8 @@ async def open_upstream(
     protocol = TrackedProtocol(reader, on_lost)
     try:
         if tls is not None:  # envoy.transport_sockets.tls: handshake, SAN check (UF + reason)
-            transport, _peer, _alpn = await tls_connect(sock, tls, lambda: protocol)
+            transport, _peer, _alpn = await tls_connect(sock, tls, lambda: protocol,
+                                                        tls_override)
         else:
             transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
     except TlsError as exc:
