@@ -68,7 +68,10 @@ class ClusterConfig:
     # the HIGH priority thresholds: remora routes at default priority, /clusters shows both
     high_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     track_remaining: bool = False
-    keepalive: bool = False
+    # upstream_connection_options.tcp_keepalive: (keepalive_time, keepalive_interval,
+    # keepalive_probes), each None when unset (the kernel's default then); None: no
+    # SO_KEEPALIVE (connect.py sets them as Envoy's buildTcpKeepaliveOptions does)
+    keepalive: tuple[int | None, int | None, int | None] | None = None
     # envoy.extensions.upstreams.http.v3.HttpProtocolOptions, parsed for the HTTP side
     # (raw map kept too).
     typed_extension_protocol_options: dict[str, Any] = field(default_factory=dict)
@@ -350,11 +353,11 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
         ka = conn_opts.fields("tcp_keepalive", "TcpKeepalive")
         conn_opts.done()
         if ka is not None:
-            ka.integer("keepalive_probes")
-            ka.integer("keepalive_time")
-            ka.integer("keepalive_interval")
+            probes = ka.integer("keepalive_probes")
+            idle = ka.integer("keepalive_time")
+            interval = ka.integer("keepalive_interval")
             ka.done()
-            cfg.keepalive = True
+            cfg.keepalive = (idle, interval, probes)
     cfg.transport = parse_transport_socket(transport, server=False)
     protocol = cfg.http_protocol_options.protocol
     if cfg.transport is not None and not cfg.transport.alpn and protocol != "downstream":
