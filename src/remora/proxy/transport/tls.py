@@ -366,8 +366,10 @@ class TlsTransport:
             peer.dns_sans = tuple(v for k, v in values if k == "DNS")
         if self.sans and cert:
             if not any(k == kind and check(v) for kind, check in self.sans for k, v in values):
-                # Envoy 1.40's wording (observed): the peer's SANs in brackets
-                listed = ",".join(v for _, v in values)
+                # Envoy 1.40's wording (observed): the peer's SANs in brackets, joined by
+                # ", " (DefaultCertValidator::verifyCertificate's fmt::join; observed with a
+                # certificate of four SANs)
+                listed = ", ".join(v for _, v in values)
                 raise TlsError(f"{VERIFY_FAILED}:verify cert failed: SAN matcher, certificate "
                                f"SANs are [{listed}]:TLS_error_end", "fail_verify_san")
         elif self.sans and not self.server:
