@@ -7,8 +7,11 @@ Each host is queued with deadline ``now + 1 / weight``; a pick takes the earlies
 deadline (ties: the host queued first), moves ``now`` to it and queues the host again
 with its weight at that moment. Over N picks a host of weight w of a total W is picked
 N * w / W times, give or take one. Envoy starts the schedule at a random point
-(EdfScheduler::createWithPicks with a random seed, so that proxies do not all hit the
-same host first); so does this one.
+(EdfScheduler::createWithPicks with a random seed of up to 429496729 picks, computed in
+closed form, so that proxies do not all hit the same host first); this one makes a
+random number of picks below the host count, which varies the first host the same way
+but not the phase of a long schedule (the distribution is the same; the exact sequence
+of one Envoy cannot be reproduced anyway, its seed being random).
 """
 
 from __future__ import annotations
