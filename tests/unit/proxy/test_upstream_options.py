@@ -5,11 +5,13 @@ schedule of weighted round robin, tcp_keepalive's socket options."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections import Counter
 
 from remora.proxy.config.address import parse_socket_address
 from remora.proxy.config.strict import Fields
 from remora.proxy.stats import StatsStore
+from remora.proxy.transport.tls import failure_reason
 from remora.proxy.upstream.auto_host import dns_name_match, parse_authority, tls_override
 from remora.proxy.upstream.cluster import ClusterImpl
 from remora.proxy.upstream.config import Host, HttpProtocolOptions, parse_cluster
@@ -102,3 +104,11 @@ def test_set_keepalive_sets_envoys_options() -> None:
         assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 17
         assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
         assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 2
+
+
+def test_verify_failure_reason_in_boringssl_words() -> None:
+    err = ssl.SSLCertVerificationError()
+    err.verify_message = "self-signed certificate"
+    reason, stat = failure_reason(err)
+    assert "at depth 0: self signed certificate:TLS_error_end" in reason
+    assert stat == "fail_verify_error"

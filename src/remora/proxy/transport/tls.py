@@ -417,6 +417,10 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
         # Envoy 1.40's wording (observed); ssl does not tell the depth, the leaf is the
         # usual culprit
         msg = exc.verify_message or "certificate verify failed"
+        # OpenSSL 3 writes "self-signed"; BoringSSL's X509_verify_cert_error_string, which
+        # Envoy prints, "self signed" (observed on Envoy 1.40: "...at depth 0: self signed
+        # certificate")
+        msg = msg.replace("self-signed", "self signed")
         return (f"{VERIFY_FAILED}:verify cert failed: X509_verify_cert: certificate "
                 f"verification error at depth 0: {msg}:TLS_error_end", "fail_verify_error")
     if isinstance(exc, ssl.SSLError):
