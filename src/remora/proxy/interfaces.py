@@ -18,6 +18,7 @@ from remora.proxy.stream_info import StreamInfo
 
 if TYPE_CHECKING:
     from remora.proxy.transport.cert_details import TlsPeer
+    from remora.proxy.upstream.auto_host import TlsOverride
 
 # A config value as parsed from Envoy's JSON/YAML (what a ``Fields`` reader wraps).
 JsonValue: TypeAlias = (
@@ -121,13 +122,15 @@ class Cluster(Protocol):
 
     async def connect(
         self, facts: ConnectionFacts, info: StreamInfo, exclude_hosts: frozenset[str] = ...,
-        *, host_selection_retry_max_attempts: int = ...,
+        *, host_selection_retry_max_attempts: int = ..., tls_override: TlsOverride | None = ...,
     ) -> Upstream:
         """Choose a host (ORIGINAL_DST: the downstream's original destination; STATIC/EDS:
         the load balancer; a pick in EXCLUDE_HOSTS is re-picked up to
         HOST_SELECTION_RETRY_MAX_ATTEMPTS times (default 1, Envoy's), then used anyway),
         open a connection bound as the cluster and original_src say,
         record upstream_* fields in INFO, count stats, and enforce max_connections.
+        TLS_OVERRIDE: the request's auto_sni server name and auto_san_validation SAN list
+        (upstream/auto_host.py), passed only when the cluster asks for them.
         Raises UpstreamError."""
         ...
 

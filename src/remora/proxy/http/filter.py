@@ -86,6 +86,7 @@ class HttpStream(Protocol):
     method: str
     path: str
     head: bool  # a HEAD request: the response has no body
+    authority: str  # the request's host (Host / :authority), as it goes upstream
     upstream_headers: list[tuple[str, str]]
     upstream_chunked: bool  # the forwarded head says transfer-encoding: chunked
     # the framing header the HTTP/1.1 upstream codec writes last (transfer-encoding:

@@ -43,6 +43,7 @@ from remora.proxy.http.upstream_request import (
 from remora.proxy.http2.stream import StreamConn
 from remora.proxy.interfaces import Cluster, FactoryContext, HostCounts, Stats, UpstreamError
 from remora.proxy.stats import Counter, Histogram, counter, histogram
+from remora.proxy.upstream.auto_host import TlsOverride, tls_override
 from remora.proxy.upstream.config import HttpProtocolOptions, protocol_options
 
 ROUTER_NAME = "envoy.filters.http.router"
@@ -171,7 +172,8 @@ class _ClusterEntry:
     protocol options (whether requests go upstream as HTTP/2: never, always, or when the
     downstream's was) and its pool limits."""
 
-    __slots__ = ("cluster", "cs", "h2_after_h1", "h2_after_h2", "limits", "opts")
+    __slots__ = ("auto_tls", "cluster", "cs", "h2_after_h1", "h2_after_h2", "limits", "opts",
+                 "slow_after_h1", "slow_after_h2")
 
     def __init__(self, cluster: Cluster, cs: ClusterStats) -> None:
         self.cluster = cluster
@@ -181,6 +183,13 @@ class _ClusterEntry:
         self.h2_after_h2 = opts is not None and opts.upstream_http2("HTTP/2")
         self.h2_after_h1 = opts is not None and opts.upstream_http2("HTTP/1.1")
         self.limits = limits_of(cluster)
+        # auto_sni / auto_san_validation: each request's host picks its upstream TLS name
+        # and its connections (upstream/auto_host.py); such a request takes ``run``
+        self.auto_tls = opts if opts is not None and (
+            opts.auto_sni or opts.auto_san_validation) else None
+        # what keeps a request off ``start``'s pooled fast path, by downstream protocol
+        self.slow_after_h2 = self.h2_after_h2 or self.auto_tls is not None
+        self.slow_after_h1 = self.h2_after_h1 or self.auto_tls is not None
 
 
 class Router:
@@ -259,7 +268,7 @@ class _Forward:
 
     __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "duration", "entry", "h1",
                  "host", "hs", "policy", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stream", "tried")
+                 "router", "started", "stream", "tls", "tried")
 
     # the hosts tried so far (retry previous_hosts): set by ``run``, which every attempt
     # but the one ``start`` begins goes through (``start`` records its host in ``host``;
@@ -294,6 +303,8 @@ class _Forward:
             entry = router.entry(cluster)
         self.entry = entry
         self.cs = entry.cs
+        # the request's upstream TLS name (auto_sni / auto_san_validation), per attempt
+        self.tls: TlsOverride | None = None
         self.dec: ResponseDecoder | None = None
         self.done: asyncio.Future[_Failure | str | None] | None = None
         # the stream's max duration in seconds (None: none): routes with
@@ -517,6 +528,12 @@ class _Forward:
             raise _Failure("connect", UpstreamError("UO", ""))
         try:
             entry = self.entry
+            auto = entry.auto_tls
+            ov = None
+            if auto is not None:
+                # Envoy's router: the host as the request goes upstream (router.cc
+                # decodeHeaders), its connections a pool of their own (auto_host.py)
+                ov = self.tls = tls_override(auto, stream.authority, stream.req.hmap)
             if entry.h2_after_h2 if info.protocol == "HTTP/2" else entry.h2_after_h1:
                 # proxy/http2's pool (which asks for the task itself to connect)
                 # the HTTP/2 stack is imported by the first request that needs it, not
@@ -530,8 +547,8 @@ class _Forward:
                 return
             facts = self.conn.downstream.facts
             src = facts.original_src  # pool.pool_key, inlined
-            key = (cluster.name, facts.local_ip, facts.local_port,
-                   src.ip if src is not None else None)
+            key = (cluster.name if ov is None else cluster.name + ov.key, facts.local_ip,
+                   facts.local_port, src.ip if src is not None else None)
             # the first attempt's start is the request's time (one clock read less)
             pc = router.pool.acquire(key, exclude, cluster,
                                      self.started if info.upstream_request_attempt_count == 1
@@ -547,9 +564,13 @@ class _Forward:
                     # host_selection_retry_max_attempts times, then uses its last pick, so
                     # ruling out every host retries one already tried (UH only when no
                     # host is healthy, counted once by the cluster)
-                    up = await cluster.connect(
+                    up = await (cluster.connect(
                         facts, info, exclude,
-                        host_selection_retry_max_attempts=self.reselections)
+                        host_selection_retry_max_attempts=self.reselections) if ov is None
+                        else cluster.connect(
+                            facts, info, exclude,
+                            host_selection_retry_max_attempts=self.reselections,
+                            tls_override=ov))
                 except UpstreamError as err:
                     if err.host:
                         self.tried.add(err.host)
@@ -638,8 +659,8 @@ class _Forward:
         # (an HTTP/1.1 connection and an HTTP/2 stream both hold a request in flight:
         # http/connection.py and http2/stream.py ``in_flight``)
         if (h1 is None or not req.complete or req.upgrade or stream.upstream_chunked
-                or (self.entry.h2_after_h2 if stream.info.protocol == "HTTP/2"
-                    else self.entry.h2_after_h1)
+                or (self.entry.slow_after_h2 if stream.info.protocol == "HTTP/2"
+                    else self.entry.slow_after_h1)
                 or (p is not None and p.per_try_timeout > 0) or self.duration is not None
                 or stream.info.upstream_request_attempt_count):
             return self.run()

@@ -67,6 +67,7 @@ from remora.proxy.http2.upstream_messages import (
 from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
 from remora.proxy.stats import Counter, Histogram
 from remora.proxy.takeover import take_over
+from remora.proxy.upstream.auto_host import TlsOverride
 from remora.proxy.upstream.config import (
     DEFAULT_H2,
     Http2Options,
@@ -897,6 +898,9 @@ class Forward(Protocol):
     def h1(self) -> _Driver | None: ...
     tried: set[str]
     host: str | None
+    # the request's auto_sni / auto_san_validation (upstream/auto_host.py), set by the
+    # router before the attempt
+    tls: TlsOverride | None
 
     def _take_retry(self) -> bool: ...
     def _charge(self, stat: str) -> None: ...
@@ -914,7 +918,9 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     info = stream.info
     facts = stream.conn.downstream.facts
     src = facts.original_src  # (pool_key, inline: once per stream)
-    key = (cluster.name, facts.local_ip, facts.local_port, src.ip if src is not None else None)
+    ov = fw.tls  # auto_sni / auto_san_validation: a pool per host, as Envoy's hash key
+    key = (cluster.name if ov is None else cluster.name + ov.key, facts.local_ip,
+           facts.local_port, src.ip if src is not None else None)
     cm = router.cluster_manager
     pool = _last_pool[1] if _last_pool[0] is cm else h2_pool_for(cm)
     client = pool.acquire(key, exclude, cluster)
@@ -932,8 +938,12 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             driver = fw.h1
             if driver is not None:  # connecting needs a task (asyncio.timeout)
                 await driver.in_task()
-            up = await cluster.connect(facts, info, exclude,
-                                       host_selection_retry_max_attempts=fw.reselections)
+            up = await (cluster.connect(facts, info, exclude,
+                                        host_selection_retry_max_attempts=fw.reselections)
+                        if ov is None else
+                        cluster.connect(facts, info, exclude,
+                                        host_selection_retry_max_attempts=fw.reselections,
+                                        tls_override=ov))
         except UpstreamError as err:
             client.fail(err)
             pool.forget(client)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import ipaddress
 import ssl
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ def sha1_hex(der: bytes) -> str:
 _VERSION, _EXTENSIONS = 0xA0, 0xA3
 _SAN_OID = bytes([0x55, 0x1D, 0x11])  # 2.5.29.17, subjectAltName
 _DNS_NAME, _URI = 0x82, 0x86  # GeneralName [2] dNSName, [6] uniformResourceIdentifier
+_EMAIL, _IP = 0x81, 0x87  # [1] rfc822Name, [7] iPAddress
 
 
 def _tbs_fields(der: bytes) -> list[tuple[int, int, int, int]]:
@@ -69,7 +71,9 @@ def _tbs_fields(der: bytes) -> list[tuple[int, int, int, int]]:
     return fields
 
 
-def _sans(der: bytes, kind: int) -> tuple[str, ...]:
+def _general_names(der: bytes) -> list[tuple[int, bytes]]:
+    """The subjectAltName extension's GeneralNames as (tag, value bytes), in the
+    certificate's order (as Utility::getSubjectAltNames walks them)."""
     for tag, _, start, end in _tbs_fields(der)[6:]:
         if tag != _EXTENSIONS:
             continue
@@ -81,12 +85,26 @@ def _sans(der: bytes, kind: int) -> tuple[str, ...]:
                 continue
             _, _, vstart, vend = parts[-1]
             (_, _, gstart, gend), = _der_items(der, vstart, vend)
-            # in the certificate's order, as Utility::getSubjectAltNames walks them; the
-            # IA5String's bytes as they are (Envoy copies them into its string)
-            return tuple(der[nstart:nend].decode("latin-1")
-                         for ntag, _, nstart, nend in _der_items(der, gstart, gend)
-                         if ntag == kind)
-    return ()
+            return [(ntag, der[nstart:nend])
+                    for ntag, _, nstart, nend in _der_items(der, gstart, gend)]
+    return []
+
+
+def _sans(der: bytes, kind: int) -> tuple[str, ...]:
+    # the IA5String's bytes as they are (Envoy copies them into its string)
+    return tuple(value.decode("latin-1") for tag, value in _general_names(der) if tag == kind)
+
+
+def all_sans(der: bytes) -> tuple[tuple[int, str], ...]:
+    """The certificate's DNS, URI, email and IP SANs as (tag, text), in its order; IP
+    addresses written as Envoy's Utility::generalNameAsString writes them (inet_ntop)."""
+    out: list[tuple[int, str]] = []
+    for tag, value in _general_names(der):
+        if tag in (_DNS_NAME, _URI, _EMAIL):
+            out.append((tag, value.decode("latin-1")))
+        elif tag == _IP and len(value) in (4, 16):
+            out.append((tag, str(ipaddress.ip_address(value))))
+    return tuple(out)
 
 
 def serial_hex(der: bytes) -> str:

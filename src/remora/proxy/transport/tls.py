@@ -37,8 +37,15 @@ from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
 from remora.proxy.stream_info import StreamInfo
 from remora.proxy.transport import cipher_order
-from remora.proxy.transport.cert_details import TlsPeer, pem_first_der, subject_rfc2253, uri_sans
+from remora.proxy.transport.cert_details import (
+    TlsPeer,
+    all_sans,
+    pem_first_der,
+    subject_rfc2253,
+    uri_sans,
+)
 from remora.proxy.transport.connection_info import TlsConnectionInfo
+from remora.proxy.upstream.auto_host import TlsOverride, dns_name_match
 
 log = logging.getLogger("remora.proxy")
 
@@ -359,8 +366,10 @@ class TlsTransport:
             peer.dns_sans = tuple(v for k, v in values if k == "DNS")
         if self.sans and cert:
             if not any(k == kind and check(v) for kind, check in self.sans for k, v in values):
-                # Envoy 1.40's wording (observed): the peer's SANs in brackets
-                listed = ",".join(v for _, v in values)
+                # Envoy 1.40's wording (observed): the peer's SANs in brackets, joined by
+                # ", " (DefaultCertValidator::verifyCertificate's fmt::join; observed with a
+                # certificate of four SANs)
+                listed = ", ".join(v for _, v in values)
                 raise TlsError(f"{VERIFY_FAILED}:verify cert failed: SAN matcher, certificate "
                                f"SANs are [{listed}]:TLS_error_end", "fail_verify_san")
         elif self.sans and not self.server:
@@ -408,6 +417,10 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
         # Envoy 1.40's wording (observed); ssl does not tell the depth, the leaf is the
         # usual culprit
         msg = exc.verify_message or "certificate verify failed"
+        # OpenSSL 3 writes "self-signed"; BoringSSL's X509_verify_cert_error_string, which
+        # Envoy prints, "self signed" (observed on Envoy 1.40: "...at depth 0: self signed
+        # certificate")
+        msg = msg.replace("self-signed", "self signed")
         return (f"{VERIFY_FAILED}:verify cert failed: X509_verify_cert: certificate "
                 f"verification error at depth 0: {msg}:TLS_error_end", "fail_verify_error")
     if isinstance(exc, ssl.SSLError):
@@ -534,17 +547,52 @@ def apply_peer(facts: Any, peer: PeerInfo, info: StreamInfo | None = None) -> No
     facts.tls_peer = peer.tls
 
 
+def verify_san_list(sslobj: ssl.SSLObject | ssl.SSLSocket | None,
+                    expected: tuple[str, ...]) -> None:
+    """A request's SAN list override (auto_san_validation, upstream/auto_host.py): one of
+    the peer certificate's SANs must match one of EXPECTED -- a DNS SAN by Envoy's
+    dnsNameMatch (case-insensitive, ``*.`` wildcards), any other kind exactly
+    (DefaultCertValidator::verifySubjectAltName). Envoy checks it even without a
+    trusted_ca (the override makes it SSL_VERIFY_PEER), so the SANs are read from the
+    certificate's bytes, which ``ssl`` gives unverified too. Raises TlsError with Envoy
+    1.40's reason (observed)."""
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    sans: tuple[tuple[int, str], ...] = ()
+    if der:
+        with contextlib.suppress(ValueError, IndexError):
+            sans = all_sans(der)
+    for tag, value in sans:
+        for want in expected:
+            if dns_name_match(want, value) if tag == _DNS_TAG else want == value:
+                return
+    if not der:
+        raise TlsError(f"{VERIFY_FAILED}:verify cert failed: empty cert chain:TLS_error_end",
+                       "fail_verify_error")
+    raise TlsError(f"{VERIFY_FAILED}:verify cert failed: verify SAN list, expected SANs: "
+                   f"[{', '.join(expected)}], certificate SANs: "
+                   f"[{', '.join(v for _, v in sans)}]:TLS_error_end", "fail_verify_san")
+
+
+_DNS_TAG = 0x82
+
+
 async def connect_upstream(
     sock: socket.socket, transport: TlsTransport,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
+    override: TlsOverride | None = None,
 ) -> tuple[asyncio.Transport, PeerInfo, str | None]:
-    """Client-side handshake on a connected socket: SNI, ALPN, then the SAN check.
+    """Client-side handshake on a connected socket: SNI, ALPN, then the SAN checks (a
+    request's OVERRIDE: its auto_sni server name and auto_san_validation SAN list first,
+    as Envoy's ClientContextImpl::newSsl and DefaultCertValidator apply them).
     Raises TlsError with Envoy's failure reason (the socket is closed)."""
     loop = asyncio.get_running_loop()
+    sni = transport.sni or ""
+    if override is not None and override.sni:
+        sni = override.sni
     try:
         ctx = transport.context()
         tr, _ = await loop.create_connection(
-            protocol_factory, sock=sock, ssl=ctx, server_hostname=transport.sni or "",
+            protocol_factory, sock=sock, ssl=ctx, server_hostname=sni,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
         sock.close()
@@ -552,6 +600,8 @@ async def connect_upstream(
         raise TlsError(reason, stat) from exc
     sslobj = tr.get_extra_info("ssl_object")
     try:
+        if override is not None and override.sans:
+            verify_san_list(sslobj, override.sans)
         peer = transport.verify_peer(sslobj)
     except TlsError:
         tr.abort()

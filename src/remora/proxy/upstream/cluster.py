@@ -18,8 +18,10 @@ from typing import Any
 from remora.proxy.interfaces import ConnectionFacts, Upstream, UpstreamError
 from remora.proxy.stats import StatsStore
 from remora.proxy.stream_info import StreamInfo, format_address
+from remora.proxy.upstream.auto_host import TlsOverride
 from remora.proxy.upstream.config import ClusterConfig, Host
 from remora.proxy.upstream.connect import is_timeout, open_upstream
+from remora.proxy.upstream.edf import EdfScheduler, random_start
 from remora.proxy.upstream.happy_eyeballs import interleave, race
 
 _RESOURCES = {
@@ -80,6 +82,11 @@ def bind_source(cfg: ClusterConfig, upstream_ip: str) -> tuple[str, int] | None:
     return cfg.source_address.ip, cfg.source_address.port
 
 
+def _unequal(hosts: list[Host]) -> bool:
+    """Whether HOSTS' load_balancing_weights differ (Envoy's EDF path then)."""
+    return len({h.weight for h in hosts}) > 1
+
+
 class ClusterImpl:
     def __init__(self, config: ClusterConfig, stats: StatsStore) -> None:
         self.name = config.name
@@ -90,6 +97,12 @@ class ClusterImpl:
         self.version_info = ""
         self.last_updated = time.time()
         self._rr = 0
+        # endpoints of unequal load_balancing_weight: Envoy's EDF weighted round robin
+        # (edf.py), over the healthy hosts it was built for; equal weights keep the plain
+        # rotation (no scheduler: the per-request cost stays one modulo)
+        self._weighted = _unequal(self.hosts)
+        self._edf: EdfScheduler[Host] | None = None
+        self._edf_hosts: list[Host] = []
         self.active = {"connections": 0, "pending_requests": 0, "requests": 0, "retries": 0}
         self.host_stats: dict[str, HostStats] = {}
         # what the circuit-breaker gauges of each resource need, computed once (the config
@@ -121,6 +134,8 @@ class ClusterImpl:
     # -- hosts -----------------------------------------------------------------------
     def set_hosts(self, hosts: list[Host], version: str = "") -> None:
         self.hosts = hosts
+        self._weighted = _unequal(hosts)
+        self._edf = None
         self.version_info = version
         self.last_updated = time.time()
         self.stats.gauge_set(self.prefix + "membership_total", len(hosts))
@@ -154,12 +169,34 @@ class ClusterImpl:
     def _pick(self, healthy: list[Host]) -> Host:
         if self.config.lb_policy == "RANDOM":
             return random.choice(healthy)
+        if self._weighted and len(healthy) > 1 and _unequal(healthy):
+            return self._pick_weighted(healthy)
         if self.config.lb_policy == "LEAST_REQUEST" and len(healthy) > 1:
             # Envoy's P2C: the less loaded of two random choices
             a, b = random.sample(healthy, 2)
             return a if self._load(a) <= self._load(b) else b
         self._rr = (self._rr + 1) % len(healthy)
         return healthy[self._rr]
+
+    def _pick_weighted(self, healthy: list[Host]) -> Host:
+        """Envoy's EdfLoadBalancerBase for unequal weights: ROUND_ROBIN by each host's
+        weight; LEAST_REQUEST by weight / (active requests + 1) (its default
+        active_request_bias 1.0: LeastRequestLoadBalancer::hostWeight), the weight
+        taken when the host is queued again. The schedule is rebuilt when the healthy
+        hosts change (Envoy's refresh on a host set update)."""
+        sched = self._edf
+        if sched is None or self._edf_hosts != healthy:
+            sched = self._edf = random_start(healthy, self._weight)
+            self._edf_hosts = healthy
+        host = sched.pick_and_add(self._weight)
+        assert host is not None  # the healthy list is not empty
+        return host
+
+    def _weight(self, host: Host) -> float:
+        if self.config.lb_policy == "LEAST_REQUEST":
+            hstats = self.host_stats.get(host.key)
+            return host.weight / ((hstats.rq_active if hstats is not None else 0) + 1)
+        return float(host.weight)
 
     def _load(self, host: Host) -> int:
         hstats = self.host_stats.get(host.key)
@@ -185,7 +222,9 @@ class ClusterImpl:
     # -- interfaces.Cluster ------------------------------------------------------------
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
                       exclude_hosts: frozenset[str] = frozenset(), *,
-                      host_selection_retry_max_attempts: int = 1) -> Upstream:
+                      host_selection_retry_max_attempts: int = 1,
+                      tls_override: TlsOverride | None = None) -> Upstream:
+        """TLS_OVERRIDE: the request's auto_sni / auto_san_validation (auto_host.py)."""
         info.upstream_cluster = self.name
         target = self._choose(facts, exclude_hosts, host_selection_retry_max_attempts)
         if target is None:
@@ -238,12 +277,13 @@ class ClusterImpl:
         try:
             extra = self._additional(target)
             if extra:
-                upstream, connect_ms = await self._happy_eyeballs(target, extra, facts, lost)
+                upstream, connect_ms = await self._happy_eyeballs(target, extra, facts, lost,
+                                                                  tls_override)
             else:
                 upstream, connect_ms = await open_upstream(
                     target[0], target[1], timeout=cfg.connect_timeout, source=source,
                     original_src=facts.original_src, on_lost=lost, keepalive=cfg.keepalive,
-                    tls=cfg.transport)
+                    tls=cfg.transport, tls_override=tls_override)
         except UpstreamError as err:
             hstats.rq_pending_active -= 1
             release_slot()
@@ -277,8 +317,9 @@ class ClusterImpl:
         return ()
 
     async def _happy_eyeballs(self, target: tuple[str, int], extra: tuple[tuple[str, int], ...],
-                              facts: ConnectionFacts,
-                              lost: Callable[[int], None]) -> tuple[Upstream, float]:
+                              facts: ConnectionFacts, lost: Callable[[int], None],
+                              tls_override: TlsOverride | None = None,
+                              ) -> tuple[Upstream, float]:
         """Envoy's Happy Eyeballs over the host's addresses (happy_eyeballs.py): the
         winner's connection is this one; a loser that connected too is closed unseen."""
         cfg = self.config
@@ -297,7 +338,7 @@ class ClusterImpl:
             return await open_upstream(
                 addr[0], addr[1], timeout=cfg.connect_timeout, source=bind_source(cfg, addr[0]),
                 original_src=facts.original_src, on_lost=on_lost(i), keepalive=cfg.keepalive,
-                tls=cfg.transport)
+                tls=cfg.transport, tls_override=tls_override)
 
         def discard(result: tuple[Upstream, float]) -> None:
             result[0].writer.close()

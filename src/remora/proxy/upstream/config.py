@@ -68,7 +68,10 @@ class ClusterConfig:
     # the HIGH priority thresholds: remora routes at default priority, /clusters shows both
     high_thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     track_remaining: bool = False
-    keepalive: bool = False
+    # upstream_connection_options.tcp_keepalive: (keepalive_time, keepalive_interval,
+    # keepalive_probes), each None when unset (the kernel's default then); None: no
+    # SO_KEEPALIVE (connect.py sets them as Envoy's buildTcpKeepaliveOptions does)
+    keepalive: tuple[int | None, int | None, int | None] | None = None
     # envoy.extensions.upstreams.http.v3.HttpProtocolOptions, parsed for the HTTP side
     # (raw map kept too).
     typed_extension_protocol_options: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +110,14 @@ class HttpProtocolOptions:
     # protocol when that is HTTP/2: Envoy then applies the config's http2_protocol_options,
     # its defaults when absent)
     http2: Http2Options = DEFAULT_H2
+    # upstream_http_protocol_options (UpstreamHttpProtocolOptions): Envoy's router takes
+    # the request's host (override_auto_sni_header's value when that header is present and
+    # not empty, else Host/:authority) without its port, and sends it as the upstream SNI
+    # (auto_sni; not for an IP address) and/or requires the upstream certificate to carry
+    # it as a SAN (auto_san_validation, IP addresses too): upstream/auto_host.py
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    override_auto_sni_header: str = ""
 
     def upstream_http2(self, downstream_protocol: str | None) -> bool:
         """Whether a request that came as DOWNSTREAM_PROTOCOL goes upstream as HTTP/2
@@ -143,11 +154,15 @@ def parse_http_protocol_options(f: Fields) -> HttpProtocolOptions:
         if h2 is not None:
             h2_options = parse_http2_options(h2, UPSTREAM_FIELDS)
         protocol = "downstream" if sub is downstream else ("http2" if h2 is not None else "http1")
+    auto_sni = auto_san = False
+    override = ""
     if upstream_opts is not None:
-        upstream_opts.boolean("auto_sni")
-        upstream_opts.boolean("auto_san_validation")
+        auto_sni = bool(upstream_opts.boolean("auto_sni", False))
+        auto_san = bool(upstream_opts.boolean("auto_san_validation", False))
+        override = (upstream_opts.string("override_auto_sni_header", "") or "").lower()
         upstream_opts.done()
-    return HttpProtocolOptions(idle, max_requests, duration, protocol, h2_options)
+    return HttpProtocolOptions(idle, max_requests, duration, protocol, h2_options,
+                               auto_sni, auto_san, override)
 
 
 def config_source_path(f: Fields) -> str:
@@ -338,11 +353,11 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
         ka = conn_opts.fields("tcp_keepalive", "TcpKeepalive")
         conn_opts.done()
         if ka is not None:
-            ka.integer("keepalive_probes")
-            ka.integer("keepalive_time")
-            ka.integer("keepalive_interval")
+            probes = ka.integer("keepalive_probes")
+            idle = ka.integer("keepalive_time")
+            interval = ka.integer("keepalive_interval")
             ka.done()
-            cfg.keepalive = True
+            cfg.keepalive = (idle, interval, probes)
     cfg.transport = parse_transport_socket(transport, server=False)
     protocol = cfg.http_protocol_options.protocol
     if cfg.transport is not None and not cfg.transport.alpn and protocol != "downstream":

@@ -20,6 +20,7 @@ from remora.proxy.interfaces import OriginalSrc, Upstream, UpstreamError
 from remora.proxy.stream_info import format_address
 from remora.proxy.transport.tls import TlsError, TlsTransport
 from remora.proxy.transport.tls import connect_upstream as tls_connect
+from remora.proxy.upstream.auto_host import TlsOverride
 
 IP_TRANSPARENT = 19  # linux/in.h
 IPV6_TRANSPARENT = 75  # linux/in6.h
@@ -48,6 +49,22 @@ class TrackedProtocol(asyncio.StreamReaderProtocol):
             cb(self.rx_bytes)
 
 
+def set_keepalive(sock: socket.socket,
+                  keepalive: tuple[int | None, int | None, int | None]) -> None:
+    """TcpKeepalive (keepalive_time, keepalive_interval, keepalive_probes) on SOCK as
+    Envoy's SocketOptionFactory::buildTcpKeepaliveOptions sets them: SO_KEEPALIVE, then
+    TCP_KEEPCNT / TCP_KEEPIDLE / TCP_KEEPINTVL for the fields that are set (an unset one
+    keeps the kernel's default: net.ipv4.tcp_keepalive_*)."""
+    idle, interval, probes = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if probes is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+    if idle is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    if interval is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+
+
 def _strerror(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
@@ -55,7 +72,8 @@ def _strerror(exc: OSError) -> str:
 async def open_upstream(
     ip: str, port: int, *, timeout: float, source: tuple[str, int] | None,
     original_src: OriginalSrc | None, on_lost: Callable[[int], None], limit: int = 1 << 20,
-    keepalive: bool = False, tls: TlsTransport | None = None,
+    keepalive: tuple[int | None, int | None, int | None] | None = None,
+    tls: TlsTransport | None = None, tls_override: TlsOverride | None = None,
 ) -> tuple[Upstream, float]:
     """Connect to IP:PORT; returns the Upstream and the connect time in ms.
     Raises UpstreamError("UF", reason) on failure (reason "" for a connect timeout)."""
@@ -66,8 +84,8 @@ async def open_upstream(
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if keepalive is not None:
+            set_keepalive(sock, keepalive)
         bind_to: tuple[str, int] | None = source
         if original_src is not None and (":" in original_src.ip) == v6:
             if v6:
@@ -110,7 +128,8 @@ async def open_upstream(
     protocol = TrackedProtocol(reader, on_lost)
     try:
         if tls is not None:  # envoy.transport_sockets.tls: handshake, SAN check (UF + reason)
-            transport, _peer, _alpn = await tls_connect(sock, tls, lambda: protocol)
+            transport, _peer, _alpn = await tls_connect(sock, tls, lambda: protocol,
+                                                        tls_override)
         else:
             transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
     except TlsError as exc:
