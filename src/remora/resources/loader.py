@@ -270,6 +270,11 @@ def _service(root: Node) -> Service:
                              "leave clusterIP out to get one allocated")
     ports = []
     names: set[str] = set()
+    # (port, protocol) pairs seen: the API server's ValidateService refuses a second port
+    # with the same number and protocol ("spec.ports[1]: Duplicate value: ..."), whatever
+    # the names; accepting it would give two Envoy clusters and listeners of one name,
+    # which every sidecar would reject (Istio names them outbound|PORT||HOST)
+    seen_ports: dict[tuple[int, str], str] = {}
     for p, item in spec.items("ports"):
         pn = Node(spec.ctx, item, p, ignore=("nodePort",))
         port = pn.port("port")
@@ -286,13 +291,19 @@ def _service(root: Node) -> Service:
         if name:
             check_name(spec.ctx, pn.sub("name"), name, label=True)
         if name in names:
-            raise spec.ctx.error(pn.sub("name"), f"duplicate port name {name!r}",
+            raise spec.ctx.error(pn.sub("name"), f"Duplicate value: {name!r} (duplicate port name)",
                                  "give every port of the service its own name")
         names.add(name)
         protocol = pn.string("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             raise spec.ctx.error(pn.sub("protocol"), f"unsupported protocol {protocol!r}",
                                  "use TCP, UDP or SCTP")
+        if (port, protocol) in seen_ports:
+            raise spec.ctx.error(p, f"Duplicate value: port {port}/{protocol} is already "
+                                    f"{seen_ports[(port, protocol)]}",
+                                 "give every port of the service its own port number (or "
+                                 "protocol); one port can carry one name only")
+        seen_ports[(port, protocol)] = p
         ports.append(ServicePort(port=port, targetPort=target, name=name, protocol=protocol,
                                  appProtocol=pn.string("appProtocol")))
         pn.done()
