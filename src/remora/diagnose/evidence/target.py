@@ -75,6 +75,7 @@ class Destination:
     # Istio's protocol of the Service port (remora.controlplane.protocol: appProtocol, the
     # port name, sniffing); for a pod, that of a Service port targeting it; "" if none
     protocol: str = ""
+    cluster_ips: list[str] = field(default_factory=list)  # a service's, the primary first
 
 
 def _alive(pod: dict[str, Any]) -> bool:
@@ -148,6 +149,12 @@ def split_to(to: str) -> tuple[str, int | None]:
     host, sep, port = to.rpartition(":")
     if not sep:
         return to, None
+    if ":" in host and not host.startswith("["):
+        # `fd00:10:20::79:18080` is ambiguous (an IPv6 address ends in hex groups): like
+        # kubectl and every URL (RFC 3986), an IPv6 address takes its port in brackets
+        raise UsageError(f"--to {to}: an IPv6 address with a port needs brackets",
+                         f"write --to [{host}]:{port}" if is_ip(host) else
+                         "write --to [IPV6]:PORT, e.g. --to [fd00:96::1]:18080")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--to {to}: the port {port!r} is not a port number",
                          "use --to SERVICE[:PORT] or POD[:PORT], e.g. simple-server-svc:18080")
@@ -202,7 +209,7 @@ def _service_dest(svc: dict[str, Any], port: int | None, pods: list[dict[str, An
     port_no = int(sp["port"])
     return Destination("service", meta["name"], meta["namespace"], ip, port_no,
                        f"{meta['name']}.{meta['namespace']}:{port_no}", candidates,
-                       _port_protocol(sp))
+                       _port_protocol(sp), ips)
 
 
 def _port_protocol(sp: dict[str, Any]) -> str:
