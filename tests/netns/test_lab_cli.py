@@ -283,5 +283,6 @@ def test_asking_for_another_sidecar_than_the_running_lab_is_refused(lab: TempLab
         line = proc.stderr.strip()
         assert len(line.splitlines()) == 1
         assert "runs with sidecar remora (not envoy)" in line
-        assert "`sudo remora down` first" in line
+        # no sudo (it resets REMORA_STATE_DIR): the lab's own state dir, named
+        assert f"`remora down --state-dir {lab.state_dir}` first" in line
     assert "demo-to" not in ok(lab, "get", "ns")

@@ -125,7 +125,7 @@ def check_dual_stack_lab(sidecar: str) -> None:
                                 "-n", "demo-from", "--to", to, *fam, "--path",
                                 "/common/sauth", "-o", "json"))
             live = doc["live"]
-            v6_asked = ":" in to or bool(fam)
+            v6_asked = to.startswith("[") or bool(fam)
             # the sidecars reach the server over IPv4 either way (Istio's EDS: the pod's
             # primary address), so the walk and probe take that path, never an IPv6
             # client against an IPv4 server; an IPv6 ask says so

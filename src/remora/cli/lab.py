@@ -96,7 +96,7 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
             plan = NodeConfig(state_dir=directory, nodes=nodes,
                               pod_ip_start=pod_ip_start, ip_family=ip_family).plan()
             manifests.check_capacity(batch.objects, [], manifests.Capacity(
-                nodes, ipam.pods_per_node(plan), plan.max_nodes))
+                nodes, ipam.pods_per_node(plan), plan.max_nodes), directory)
     adopting = not session.fresh(directory) and not NodeClient(directory).alive()
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)

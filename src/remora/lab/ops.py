@@ -32,7 +32,8 @@ def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) ->
         running = client.get("Deployment") + [
             p for p in client.get("Pod") if not p["metadata"].get("ownerReferences")]
         manifests.check_capacity(batch.objects, running, manifests.Capacity(
-            int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])))
+            int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])),
+            client.state_dir)
     namespaces = manifests.namespace_objects(batch.objects, existing)
     manifests.admission_check(batch.objects, namespaces, images)
     return client.apply(batch.objects)

@@ -18,7 +18,7 @@ from remora.lab import settings as lab_settings
 from remora.lab.settings import POD_SETUP, LabSettings
 from remora.node import naming, teardown
 from remora.node.client import NodeClient, ensure_daemon
-from remora.node.config import NodeConfig, default_state_dir
+from remora.node.config import NodeConfig, default_state_dir, lab_command
 
 
 def state_dir(option: str | None) -> Path:
@@ -102,7 +102,8 @@ def refuse_differences(directory: Path, wanted: LabSettings, given: set[str],
     if differ:
         raise RemoraError(f"the lab at {directory} runs with {', '.join(differ)}; settings "
                           "apply only when a lab starts",
-                          f"`sudo remora down` first, then `{command}` again (or drop the "
+                          f"`{lab_command('down', directory)}` first, then `{command}` "
+                          "again (or drop the "
                           "option to use the lab as it is)")
 
 

@@ -59,3 +59,11 @@ def test_unmapped_image_fails_before_the_lab_starts(tmp_path: Path) -> None:
     exc = run("up", "-f", str(bad), "--state-dir", str(tmp_path / "s"))
     assert isinstance(exc, RemoraError) and "image 'acme/thing'" in exc.problem
     assert not (tmp_path / "s").exists()
+
+
+def test_hints_name_the_state_dir_and_no_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sudo resets REMORA_STATE_DIR: a hint must carry --state-dir for a non-default lab
+    from remora.node.config import lab_command
+    monkeypatch.setenv("REMORA_STATE_DIR", "/tmp/x/state")
+    assert lab_command("down", Path("/tmp/x/state")) == "remora down --state-dir /tmp/x/state"
+    assert lab_command("down", Path("/var/lib/remora")) == "remora down"
