@@ -286,3 +286,22 @@ def test_asking_for_another_sidecar_than_the_running_lab_is_refused(lab: TempLab
         # no sudo (it resets REMORA_STATE_DIR): the lab's own state dir, named
         assert f"`remora down --state-dir {lab.state_dir}` first" in line
     assert "demo-to" not in ok(lab, "get", "ns")
+
+
+def test_other_nodes_or_prefix_and_bad_flag_combinations_are_refused_first(
+        lab: TempLab) -> None:
+    """Refused before anything starts: --nodes 0, --no-mtls --authz (no lab, no namespace
+    made); on a running lab, --nodes/--prefix other than its own, as --sidecar is."""
+    for args, rc in ((["up", "--nodes", "0", "--prefix", lab.prefix], 2),
+                     (["demo", "--no-mtls", "--authz", "--prefix", lab.prefix], 2)):
+        proc = lab.remora(*args)
+        assert proc.returncode == rc, proc.stdout + proc.stderr
+        assert not lab.state_dir.exists() and lab.leftovers() == [], args
+    ok(lab, *lab.up_args())
+    for args in ([*lab.up_args(), "--nodes", "3"], ["up", "--prefix", "zz-"],
+                 ["demo", "--prefix", "zz-"]):
+        proc = lab.remora(*args)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "settings apply only when a lab starts" in proc.stderr
+        assert f"`remora down --state-dir {lab.state_dir}` first" in proc.stderr
+    assert "1 node(s)" in ok(lab, *lab.up_args(), "--nodes", "1")  # the same: fine

@@ -86,6 +86,10 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
                                         if image_map else "", mtls=mtls, ip_family=ip_family)
     images = ImageMap.from_file(settings.image_map or None)
     directory = session.state_dir(state_dir)
+    topology = _given(("nodes", "prefix"))
+    session.refuse_topology(directory, "remora up",
+                            nodes=nodes if "nodes" in topology else None,
+                            prefix=prefix if "prefix" in topology else None)
     session.refuse_differences(directory, settings,
                                _given(("sidecar", "mtls", "image_map", "ip_family")),
                                "remora up")

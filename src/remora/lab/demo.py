@@ -254,6 +254,9 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     explicitly (refused when a running lab does otherwise). AUTHZ adds the
     AuthorizationPolicy steps (source IP enforced by the server sidecar)."""
     started = time.monotonic()
+    if authz and not settings.mtls:  # before anything starts (the CLI checks it too)
+        raise RemoraError("--authz needs mTLS, and --no-mtls turns it off",
+                          "drop --no-mtls, or run `remora demo --no-mtls` without --authz")
     session.refuse_differences(state_dir, settings, set(given), "remora demo")
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
