@@ -305,3 +305,29 @@ def test_other_nodes_or_prefix_and_bad_flag_combinations_are_refused_first(
         assert "settings apply only when a lab starts" in proc.stderr
         assert f"`remora down --state-dir {lab.state_dir}` first" in proc.stderr
     assert "1 node(s)" in ok(lab, *lab.up_args(), "--nodes", "1")  # the same: fine
+
+
+TWIN = textwrap.dedent("""\
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: twin, namespace: default}
+    spec:
+      containers:
+      - {name: a, image: python, command: [python3, -m, http.server, "18081"]}
+      - {name: b, image: python, command: [python3, -m, http.server, "18081"]}
+    """)
+
+
+def test_wait_is_about_the_batch_and_a_crashing_twin_is_never_ready(lab: TempLab) -> None:
+    """Two containers on one port: the second dies (EADDRINUSE) at once; --wait reports
+    its error, never "all pods Ready". A crashing pod outside a later batch does not fail
+    that batch's wait (docs/lab.md)."""
+    ok(lab, *lab.up_args())
+    proc = lab.remora("apply", "-f", "-", "--wait", "--timeout", "20", stdin=TWIN)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "all pods Ready" not in proc.stdout
+    assert "keeps failing" in proc.stderr and "Address already in use" in proc.stderr
+    sleeper = TWIN.replace("twin", "sleeper").replace(
+        'python, command: [python3, -m, http.server, "18081"]', 'busybox, command: [sleep, "60"]')
+    out = ok(lab, "apply", "-f", "-", "--wait", "--timeout", "20", stdin=sleeper)
+    assert "all pods Ready" in out and "twin" not in out

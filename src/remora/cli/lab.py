@@ -52,7 +52,8 @@ def _warn(warnings: list[str]) -> None:
 def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
     start = time.monotonic()
     progress.wait(client, manifests.names_namespaces(batch.objects), timeout, echo=click.echo,
-                  expect=manifests.bare_pods(batch.objects))
+                  expect=manifests.bare_pods(batch.objects),
+                  deployments=manifests.deployments(batch.objects))
     click.echo(f"all pods Ready in {time.monotonic() - start:.1f}s")
 
 

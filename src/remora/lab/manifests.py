@@ -194,6 +194,12 @@ def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:
                   {o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"})
 
 
+def deployments(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(namespace, name) of the batch's Deployments, which --wait must see rolled out."""
+    return [(o["metadata"].get("namespace", "default"), o["metadata"]["name"])
+            for o in objects if o.get("kind") == "Deployment"]
+
+
 def bare_pods(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(namespace, name) of the batch's Pod objects, which --wait must see Ready."""
     return [(o["metadata"].get("namespace", "default"), o["metadata"]["name"])
