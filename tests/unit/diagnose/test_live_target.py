@@ -187,3 +187,23 @@ def test_a_dual_stack_service_dialled_over_the_other_family_walks_the_real_path(
     dest = resolve_destination("dual.demo-to:18080", "demo-from", services, pods, family=6)
     _real_family(dest, plain, notes := [])
     assert (dest.host, notes) == ("fd00:96::5", [])
+
+
+def test_a_deployment_or_pod_in_another_namespace_is_named() -> None:
+    # a forgotten -n: not "has no pods", but not found here, and where it is
+    with pytest.raises(RemoraError) as err:
+        find_pod(PODS, "deploy/simple-client", "default")
+    assert err.value.problem == ('deployments.apps "simple-client" not found in namespace '
+                                 "'default' (it is in demo-from)")
+    assert err.value.fix == "did you mean -n demo-from?"
+    deps = [{"metadata": {"name": "simple-client", "namespace": "demo-from"}},
+            {"metadata": {"name": "idle", "namespace": "default"}}]
+    with pytest.raises(RemoraError) as err:
+        find_pod(PODS, "deploy/simple-client", "default", deployments=deps)
+    assert err.value.fix == "did you mean -n demo-from?"
+    with pytest.raises(RemoraError, match="'idle' has no pods in namespace 'default'"):
+        find_pod(PODS, "deploy/idle", "default", deployments=deps)
+    with pytest.raises(RemoraError, match="not found in namespace 'default' \\(it is in "
+                                          "demo-to\\)") as err:
+        find_pod(PODS, "simple-server-def34-uvw56", "default")
+    assert err.value.fix == "did you mean -n demo-to?"

@@ -223,7 +223,7 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     one-line problem and fix when the lab, a pod or a service is not what was expected."""
     node = session.connect(state_dir)
     pods, services = node.get("Pod"), node.get("Service")
-    src = find_pod(pods, from_pod, namespace, "client")
+    src = find_pod(pods, from_pod, namespace, "client", deployments=node.get("Deployment"))
     dest = resolve_destination(to, src.namespace, services, pods, family=family)
     notes: list[str] = []
     _real_family(dest, src, notes)

@@ -113,7 +113,7 @@ def _owned_by(pod: dict[str, Any], deployment: str) -> bool:
 
 
 def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "client",
-             netns: bool = True) -> LabPod:
+             netns: bool = True, deployments: list[dict[str, Any]] | None = None) -> LabPod:
     """``POD``, ``POD.NS`` or ``deploy/NAME`` (its first live pod) in NAMESPACE."""
     name = ref
     if "/" in ref:
@@ -127,8 +127,18 @@ def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "
                      and p["metadata"].get("namespace") == namespace
                      and _owned_by(p, name)]
             if not owned:
-                raise RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
-                                  f"see `remora get deploy,pods -n {namespace}`")
+                from remora.lab.pods import missing_deployment
+                if deployments is None:
+                    # without the Deployments, their pods say where one is (here: none)
+                    owners = [{"metadata": {"name": name, "namespace": ns}} for ns in
+                              {p["metadata"].get("namespace") for p in pods
+                               if _alive(p) and _owned_by(p, name)}]
+                    if not owners:
+                        raise RemoraError(f"deployment {name!r} has no pods in namespace "
+                                          f"{namespace!r}",
+                                          f"see `remora get deploy,pods -n {namespace}`")
+                    deployments = owners
+                raise missing_deployment(name, namespace, deployments)
             return _running(lab_pod(owned[0]), role, netns)
     found = [p for p in pods if p["metadata"]["name"] == name
              and p["metadata"].get("namespace") == namespace]
@@ -137,8 +147,13 @@ def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "
         found = [p for p in pods if p["metadata"]["name"] == name
                  and p["metadata"].get("namespace") == namespace]
     if not found:
-        raise RemoraError(f"{role} pod {name!r} not found in namespace {namespace!r}: expected "
-                          "a pod name as `remora get pods` lists it, or deploy/NAME",
+        elsewhere = sorted({str(p["metadata"].get("namespace")) for p in pods
+                            if p["metadata"]["name"] == name})
+        raise RemoraError(f"{role} pod {name!r} not found in namespace {namespace!r}"
+                          + (f" (it is in {', '.join(elsewhere)})" if elsewhere else
+                             ": expected a pod name as `remora get pods` lists it, or "
+                             "deploy/NAME"),
+                          f"did you mean -n {elsewhere[0]}?" if elsewhere else
                           f"list them with `remora get pods -n {namespace}` (or -A)")
     return _running(lab_pod(found[0]), role, netns)
 
