@@ -298,6 +298,15 @@ def test_other_nodes_or_prefix_and_bad_flag_combinations_are_refused_first(
         assert proc.returncode == rc, proc.stdout + proc.stderr
         assert not lab.state_dir.exists() and lab.leftovers() == [], args
     ok(lab, *lab.up_args())
+    # the namespaces every cluster has (docs/lab.md), with RFC 3339 times, no generation
+    listed = ok(lab, "get", "ns").split()
+    assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= set(listed)
+    default = json.loads(ok(lab, "get", "ns", "default", "-o", "json"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
+                        default["metadata"]["creationTimestamp"])
+    ok(lab, "create", "ns", "lf-made")
+    made = json.loads(ok(lab, "get", "ns", "lf-made", "-o", "json"))["metadata"]
+    assert "generation" not in made and made["creationTimestamp"].endswith("Z")
     for args in ([*lab.up_args(), "--nodes", "3"], ["up", "--prefix", "zz-"],
                  ["demo", "--prefix", "zz-"]):
         proc = lab.remora(*args)

@@ -20,6 +20,7 @@ from typing import Any
 from remora.controlplane.adapters import inject_dict
 from remora.errors import RemoraError
 from remora.lab.images import ImageMap
+from remora.node import desired
 from remora.node.config import DEFAULT_STATE_DIR, lab_command
 from remora.resources.loader import load_file, load_manifests, parse_object
 from remora.resources.naming import pod_from_deployment
@@ -96,8 +97,8 @@ def admission_check(objects: list[dict[str, Any]], namespaces: dict[str, dict[st
                 images.command(container, where)
 
 
-# The namespaces a Kubernetes API server always has (it creates them itself).
-BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# The namespaces a Kubernetes API server always has (remora.node.desired lists them).
+BUILTIN_NAMESPACES = desired.BUILTIN_NAMESPACES
 
 
 def missing_namespaces(objects: list[dict[str, Any]],
