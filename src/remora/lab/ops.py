@@ -91,7 +91,9 @@ def select(client: NodeClient, kind: str, namespace: str | None, name: str | Non
         if not items:
             where = "" if kind == "Namespace" else f" in namespace {namespace!r}"
             raise RemoraError(f'{kind.lower()} "{name}" not found{where}',
-                              f"list them with `remora get {kind.lower()} -n NAMESPACE`")
+                              f"list them with `remora get {kind.lower()}`" if kind == "Namespace"
+                              else f"list them with `remora get {kind.lower()} -n {namespace}` "
+                                   "(or -A)")
     return items
 
 
