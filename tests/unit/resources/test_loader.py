@@ -176,3 +176,13 @@ def test_service_with_one_port_twice_is_refused_as_the_api_server_does() -> None
     assert len(ok.objects) == 1
     with pytest.raises(RemoraError, match=r"spec.ports\[1\].name: Duplicate value: 'a'"):
         load_manifests(DUP_SVC.replace("{port: 80, name: b}", "{port: 81, name: a}"))
+
+
+def test_a_typo_of_containers_is_named_in_the_error() -> None:
+    typo = DEPLOY.replace("containers:", "contianers:")
+    assert "contianers:" in typo
+    with pytest.raises(RemoraError) as err:
+        load_manifests(typo)
+    assert ("spec.template.spec.containers: at least one container is required (unknown "
+            "field spec.template.spec.contianers: a typo of containers?)") in str(err.value)
+    assert err.value.fix == "rename spec.template.spec.contianers to spec.template.spec.containers"
