@@ -340,3 +340,7 @@ def test_wait_is_about_the_batch_and_a_crashing_twin_is_never_ready(lab: TempLab
         'python, command: [python3, -m, http.server, "18081"]', 'busybox, command: [sleep, "60"]')
     out = ok(lab, "apply", "-f", "-", "--wait", "--timeout", "20", stdin=sleeper)
     assert "all pods Ready" in out and "twin" not in out
+    # -p for a container that never restarted: kubectl's error, exit 1 (not empty, 0)
+    proc = lab.remora("logs", "sleeper", "-c", "b", "-p")
+    assert proc.returncode == 1
+    assert 'previous terminated container "b" in pod "sleeper" not found' in proc.stderr

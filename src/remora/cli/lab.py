@@ -355,6 +355,13 @@ def logs(pod: str | None, namespace: str, selector: str | None, container: str |
     paths = []
     for name in names:
         got = client.logs(namespace, name, container, previous, None if follow_ else tail)
+        if previous and not Path(got["path"]).exists():
+            # kubelet: a container that never terminated has no previous log, an error
+            # (kubectl exits 1 with it), not an empty one; the kube API says the same
+            raise RemoraError(f'previous terminated container "{got["container"]}" in pod '
+                              f'"{name}" not found',
+                              f"drop -p: `remora logs {name} -n {namespace}"
+                              + (f" -c {got['container']}" if container else "") + "`")
         if not follow_:
             click.echo(got["text"], nl=False)
         paths.append(Path(got["path"]))
