@@ -31,7 +31,7 @@ from remora.node import naming
               show_default=True,
               help="run the story over IPv6 (the app sees [::6]) or in a dual-stack lab")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
-              help="the lab's state directory [default: /var/lib/remora]")
+              help="the lab's state directory [default: $REMORA_STATE_DIR, else /var/lib/remora]")
 def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, grpc: bool, timeout: float,
          prefix: str, pod_ip_start: int, ip_family: str, state_dir: str | None) -> None:
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""

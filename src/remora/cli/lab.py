@@ -26,7 +26,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 def _state_option(func: Any) -> Any:
     return click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
-                        help="the lab's state directory [default: /var/lib/remora]")(func)
+                        help="the lab's state directory [default: $REMORA_STATE_DIR, "
+                             "else /var/lib/remora]")(func)
 
 
 def _client(state_dir: str | None) -> NodeClient:
@@ -278,7 +279,7 @@ def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
 def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
         selector: str | None, output: str | None, show_labels: bool,
         state_dir: str | None) -> None:
-    """List pods, svc, deploy or ns (or several: pods,svc), with kubectl's columns."""
+    """List pods, svc, deploy, ns, pa or ap (or several: pods,svc), with kubectl's columns."""
     kinds = [tables.kind_of(k) for k in kind.split(",") if k]
     client = _client(state_dir)
     found = [(k, ops.select(client, k, None if all_namespaces else namespace, name, selector))

@@ -184,8 +184,9 @@ class Demo:
         for line in out.rstrip("\n").splitlines() if not quiet or proc.returncode else []:
             self.echo(line)
         if proc.returncode != 0:
+            last = out.strip().splitlines()[-1] if out.strip() else ""
             raise RemoraError(f"`remora {shown}` failed (exit {proc.returncode}): "
-                              f"{out.strip().splitlines()[-1] if out.strip() else ''}",
+                              f"{last.removeprefix('remora: error: ')}",
                               "the lab is left as it is for a look; "
                               f"`{lab_command('down', self.state_dir)}` removes it")
         self.result.outputs[key] = proc.stdout
