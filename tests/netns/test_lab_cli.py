@@ -340,6 +340,12 @@ def test_wait_is_about_the_batch_and_a_crashing_twin_is_never_ready(lab: TempLab
         'python, command: [python3, -m, http.server, "18081"]', 'busybox, command: [sleep, "60"]')
     out = ok(lab, "apply", "-f", "-", "--wait", "--timeout", "20", stdin=sleeper)
     assert "all pods Ready" in out and "twin" not in out
+    # a Service with one port twice: refused as the API server does, nothing applied
+    dup = ("apiVersion: v1\nkind: Service\nmetadata: {name: dup}\nspec:\n  ports: "
+           "[{port: 80, name: a}, {port: 80, name: b}]\n")
+    proc = lab.remora("apply", "-f", "-", stdin=dup)
+    assert proc.returncode == 1 and "spec.ports[1]: Duplicate value" in proc.stderr
+    assert "dup" not in ok(lab, "get", "svc")
     # -p for a container that never restarted: kubectl's error, exit 1 (not empty, 0)
     proc = lab.remora("logs", "sleeper", "-c", "b", "-p")
     assert proc.returncode == 1
