@@ -21,7 +21,13 @@ class RemoraError(Exception):
     def one_line(self) -> str:
         text = self.problem.rstrip(".")
         if self.fix:
-            text += f" (fix: {self.fix.rstrip('.')})"
+            fix = self.fix.rstrip(".")
+            if text.endswith(")") and " (fix: " in text:
+                # a problem quoting another error's line (a failed step's last line)
+                # already ends in its fix: one "(fix: ...)" with both, not two in a row
+                text = f"{text[:-1]}; {fix})"
+            else:
+                text += f" (fix: {fix})"
         return " ".join(text.split())
 
 

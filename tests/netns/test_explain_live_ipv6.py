@@ -54,7 +54,7 @@ def test_redirect_over_ipv6_the_app_sees_colon_colon_6(lab6: xl.SeedLab) -> None
 def test_redirect_over_ipv6_text_names_colon_colon_6_as_127_0_0_6(lab6: xl.SeedLab) -> None:
     out = lab6.explain()
     assert re.match(rf"live: from pod demo-from/simple-client-\S+ \({CLIENT_IP}\) to service "
-                    r"demo-to/simple-server-svc \(fd00:96::[0-9a-f:]+:18080\), served by pod "
+                    r"demo-to/simple-server-svc \(\[fd00:96::[0-9a-f:]+\]:18080\), served by pod "
                     rf"demo-to/simple-server-\S+ \({SERVER_IP}\)", out)
     assert f"the app sees ::6 (not the client {CLIENT_IP})" in out
     assert "So Istio binds its inbound connections to ::6 (upstream_bind_config" in out

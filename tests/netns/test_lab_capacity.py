@@ -48,7 +48,7 @@ def test_500_replicas_are_refused_at_admission_with_the_limit_and_the_fix(
     assert proc.returncode == 1
     assert ("the lab has room for 253 pods (1 node(s) x 253 addresses of its /24) and this "
             "would make 500 (deployment/big replicas: 500); nothing was applied") in proc.stderr
-    assert "`sudo remora up --nodes 2`" in proc.stderr
+    assert "`remora up --nodes 2 --state-dir " in proc.stderr
     assert not (lab.state_dir / "node.sock").exists()  # refused before the lab started
     assert lab.remora(*lab.up_args()).returncode == 0
     proc = lab.remora("apply", "-f", "-", stdin=BIG)

@@ -283,5 +283,70 @@ def test_asking_for_another_sidecar_than_the_running_lab_is_refused(lab: TempLab
         line = proc.stderr.strip()
         assert len(line.splitlines()) == 1
         assert "runs with sidecar remora (not envoy)" in line
-        assert "`sudo remora down` first" in line
+        # no sudo (it resets REMORA_STATE_DIR): the lab's own state dir, named
+        assert f"`remora down --state-dir {lab.state_dir}` first" in line
     assert "demo-to" not in ok(lab, "get", "ns")
+
+
+def test_other_nodes_or_prefix_and_bad_flag_combinations_are_refused_first(
+        lab: TempLab) -> None:
+    """Refused before anything starts: --nodes 0, --no-mtls --authz (no lab, no namespace
+    made); on a running lab, --nodes/--prefix other than its own, as --sidecar is."""
+    for args, rc in ((["up", "--nodes", "0", "--prefix", lab.prefix], 2),
+                     (["demo", "--no-mtls", "--authz", "--prefix", lab.prefix], 2)):
+        proc = lab.remora(*args)
+        assert proc.returncode == rc, proc.stdout + proc.stderr
+        assert not lab.state_dir.exists() and lab.leftovers() == [], args
+    ok(lab, *lab.up_args())
+    # the namespaces every cluster has (docs/lab.md), with RFC 3339 times, no generation
+    listed = ok(lab, "get", "ns").split()
+    assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= set(listed)
+    default = json.loads(ok(lab, "get", "ns", "default", "-o", "json"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
+                        default["metadata"]["creationTimestamp"])
+    ok(lab, "create", "ns", "lf-made")
+    made = json.loads(ok(lab, "get", "ns", "lf-made", "-o", "json"))["metadata"]
+    assert "generation" not in made and made["creationTimestamp"].endswith("Z")
+    for args in ([*lab.up_args(), "--nodes", "3"], ["up", "--prefix", "zz-"],
+                 ["demo", "--prefix", "zz-"]):
+        proc = lab.remora(*args)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "settings apply only when a lab starts" in proc.stderr
+        assert f"`remora down --state-dir {lab.state_dir}` first" in proc.stderr
+    assert "1 node(s)" in ok(lab, *lab.up_args(), "--nodes", "1")  # the same: fine
+
+
+TWIN = textwrap.dedent("""\
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: twin, namespace: default}
+    spec:
+      containers:
+      - {name: a, image: python, command: [python3, -m, http.server, "18081"]}
+      - {name: b, image: python, command: [python3, -m, http.server, "18081"]}
+    """)
+
+
+def test_wait_is_about_the_batch_and_a_crashing_twin_is_never_ready(lab: TempLab) -> None:
+    """Two containers on one port: the second dies (EADDRINUSE) at once; --wait reports
+    its error, never "all pods Ready". A crashing pod outside a later batch does not fail
+    that batch's wait (docs/lab.md)."""
+    ok(lab, *lab.up_args())
+    proc = lab.remora("apply", "-f", "-", "--wait", "--timeout", "20", stdin=TWIN)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "all pods Ready" not in proc.stdout
+    assert "keeps failing" in proc.stderr and "Address already in use" in proc.stderr
+    sleeper = TWIN.replace("twin", "sleeper").replace(
+        'python, command: [python3, -m, http.server, "18081"]', 'busybox, command: [sleep, "60"]')
+    out = ok(lab, "apply", "-f", "-", "--wait", "--timeout", "20", stdin=sleeper)
+    assert "all pods Ready" in out and "twin" not in out
+    # a Service with one port twice: refused as the API server does, nothing applied
+    dup = ("apiVersion: v1\nkind: Service\nmetadata: {name: dup}\nspec:\n  ports: "
+           "[{port: 80, name: a}, {port: 80, name: b}]\n")
+    proc = lab.remora("apply", "-f", "-", stdin=dup)
+    assert proc.returncode == 1 and "spec.ports[1]: Duplicate value" in proc.stderr
+    assert "dup" not in ok(lab, "get", "svc")
+    # -p for a container that never restarted: kubectl's error, exit 1 (not empty, 0)
+    proc = lab.remora("logs", "sleeper", "-c", "b", "-p")
+    assert proc.returncode == 1
+    assert 'previous terminated container "b" in pod "sleeper" not found' in proc.stderr

@@ -125,14 +125,20 @@ def check_dual_stack_lab(sidecar: str) -> None:
                                 "-n", "demo-from", "--to", to, *fam, "--path",
                                 "/common/sauth", "-o", "json"))
             live = doc["live"]
-            v6_dialled = ":" in live["destination"]["host"]
-            assert live["destination"]["host"] == (v6 if v6_dialled else v4)
+            v6_asked = to.startswith("[") or bool(fam)
+            # the sidecars reach the server over IPv4 either way (Istio's EDS: the pod's
+            # primary address), so the walk and probe take that path, never an IPv6
+            # client against an IPv4 server; an IPv6 ask says so
+            assert live["destination"]["host"] == v4
             assert live["probe"]["status"] == 200, live["probe"]
-            assert live["client_pod"]["ip"] == ("fd00:10:20::78" if v6_dialled else client_ip4)
+            assert live["client_pod"]["ip"] == client_ip4
             [c_line] = live["client_access_log"]
             assert c_line["upstream_host"] == f"{server_ip4}:18080"  # IPv4 either way
-            crossed = [n for n in live["notes"] if "Happy Eyeballs fallback" in n]
-            assert bool(crossed) == v6_dialled, live["notes"]
+            real = [n for n in live["notes"] if "IPv6 is not the path the traffic takes" in n]
+            assert bool(real) == v6_asked, live["notes"]
+            if real:
+                assert f"[{v6}]:18080" in real[0] and f"IPv4 ClusterIP {v4}" in real[0]
+            assert doc["verdict"]["fixes"] == [], doc["verdict"]  # TPROXY already applied
             [s_line] = live["server_access_log"]
             assert s_line["upstream_local_address"].startswith(f"{client_ip4}:")
             assert doc["verdict"]["confirmed"] is True, doc["verdict"]

@@ -102,5 +102,5 @@ def assert_seed_observations(r: DemoResult, lines: list[str]) -> None:
 def test_seed_demo_with_remora_proxy() -> None:
     result, lines, left = run_demo("remora")
     assert_seed_observations(result, lines)
-    assert any("remove it all with `sudo remora down" in line for line in lines)
+    assert any("remove it all with `remora down" in line for line in lines)
     assert left == []

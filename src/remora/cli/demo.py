@@ -31,12 +31,18 @@ from remora.node import naming
               show_default=True,
               help="run the story over IPv6 (the app sees [::6]) or in a dual-stack lab")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
-              help="the lab's state directory [default: /var/lib/remora]")
+              help="the lab's state directory [default: $REMORA_STATE_DIR, else /var/lib/remora]")
 def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, grpc: bool, timeout: float,
          prefix: str, pod_ip_start: int, ip_family: str, state_dir: str | None) -> None:
     """Replay the seed: server sees 127.0.0.6, investigate, patch to TPROXY, see the client."""
-    given = frozenset(n for n in ("sidecar", "mtls", "ip_family") if click.get_current_context()
-                      .get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE)
+    given = frozenset(n for n in ("sidecar", "mtls", "ip_family", "prefix")
+                      if click.get_current_context().get_parameter_source(n)
+                      == click.core.ParameterSource.COMMANDLINE)
+    # every combination of flags is checked before anything starts (no lab, no namespace)
+    if authz and not mtls:
+        raise UsageError("--authz needs mTLS (AuthorizationPolicy is compiled into the "
+                         "sidecars only with workload certificates), and --no-mtls turns it off",
+                         "drop --no-mtls, or run `remora demo --no-mtls` without --authz")
     if grpc:
         from remora.lab import demo_grpc
 
@@ -47,11 +53,15 @@ def demo(cleanup: bool, sidecar: str, mtls: bool, authz: bool, grpc: bool, timeo
             raise UsageError("--grpc tells the story over IPv4 only for now",
                              "run `remora demo --grpc` and `remora demo --ip-family "
                              f"{ip_family}` apart")
+        session.refuse_topology(session.state_dir(state_dir), "remora demo --grpc",
+                                prefix=prefix if "prefix" in given else None)
         demo_grpc.run(session.state_dir(state_dir),
                       lab_settings.LabSettings(sidecar=sidecar, mtls=mtls), prefix=prefix,
                       pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,
                       echo=click.echo, given=given)
         return
+    session.refuse_topology(session.state_dir(state_dir), "remora demo",
+                            prefix=prefix if "prefix" in given else None)
     lab_demo.run(session.state_dir(state_dir),
                  lab_settings.LabSettings(sidecar=sidecar, mtls=mtls, ip_family=ip_family),
                  prefix=prefix, pod_ip_start=pod_ip_start, cleanup=cleanup, timeout=timeout,

@@ -105,7 +105,8 @@ def _write_diagram(path: Path, svg: str) -> str:
 @click.option("--compare", is_flag=True,
               help="table: what the app sees under REDIRECT/TPROXY and each header option")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None, metavar="DIR",
-              help="live: the lab's state directory [default: /var/lib/remora]")
+              help="live: the lab's state directory [default: $REMORA_STATE_DIR, else "
+                   "/var/lib/remora]")
 @click.option("--kube", is_flag=True,
               help="with --from/--to: collect the evidence from a cluster through the "
                    "Kubernetes API (the kubeconfig's current context; the lab too)")
@@ -155,9 +156,13 @@ def source_ip(istio_dump: Path | None, config_dump: tuple[str, ...], iptables: t
         _print(got, got.explain(), output, diagram, compare)
         return
     if not (istio_dump or config_dump or iptables or access_log):
+        # the live form first: in the lab it collects everything itself
         raise UsageError("no evidence given",
-                         "pass --istio-dump DIR, or --config-dump / --iptables / --access-log "
-                         "files (see `remora explain source-ip --help`)")
+                         "in the lab: --from POD -n NS --to SERVICE[:PORT] (e.g. --from "
+                         "deploy/simple-client -n demo-from --to simple-server-svc.demo-to:18080"
+                         "); on a cluster add --kube; offline: --istio-dump DIR, or "
+                         "--config-dump / --iptables / --access-log files (see `remora "
+                         "explain source-ip --help`)")
     got = FileSource(istio_dump, list(config_dump), list(iptables), list(access_log),
                      list(ip_rules), list(sidecar_uid), list(sidecar_gid)).collect()
     ev = got.evidence

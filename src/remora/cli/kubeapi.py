@@ -14,7 +14,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 @click.command(context_settings=CONTEXT)
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
-              help="the lab's state directory [default: /var/lib/remora]")
+              help="the lab's state directory [default: $REMORA_STATE_DIR, else /var/lib/remora]")
 def kubeconfig(state_dir: str | None) -> None:
     """Print the path of the kubeconfig for the lab's Kubernetes API."""
     directory = session.state_dir(state_dir)

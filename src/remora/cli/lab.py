@@ -26,7 +26,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 def _state_option(func: Any) -> Any:
     return click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
-                        help="the lab's state directory [default: /var/lib/remora]")(func)
+                        help="the lab's state directory [default: $REMORA_STATE_DIR, "
+                             "else /var/lib/remora]")(func)
 
 
 def _client(state_dir: str | None) -> NodeClient:
@@ -52,7 +53,8 @@ def _warn(warnings: list[str]) -> None:
 def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
     start = time.monotonic()
     progress.wait(client, manifests.names_namespaces(batch.objects), timeout, echo=click.echo,
-                  expect=manifests.bare_pods(batch.objects))
+                  expect=manifests.bare_pods(batch.objects),
+                  deployments=manifests.deployments(batch.objects))
     click.echo(f"all pods Ready in {time.monotonic() - start:.1f}s")
 
 
@@ -86,6 +88,10 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
                                         if image_map else "", mtls=mtls, ip_family=ip_family)
     images = ImageMap.from_file(settings.image_map or None)
     directory = session.state_dir(state_dir)
+    topology = _given(("nodes", "prefix"))
+    session.refuse_topology(directory, "remora up",
+                            nodes=nodes if "nodes" in topology else None,
+                            prefix=prefix if "prefix" in topology else None)
     session.refuse_differences(directory, settings,
                                _given(("sidecar", "mtls", "image_map", "ip_family")),
                                "remora up")
@@ -96,7 +102,7 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
             plan = NodeConfig(state_dir=directory, nodes=nodes,
                               pod_ip_start=pod_ip_start, ip_family=ip_family).plan()
             manifests.check_capacity(batch.objects, [], manifests.Capacity(
-                nodes, ipam.pods_per_node(plan), plan.max_nodes))
+                nodes, ipam.pods_per_node(plan), plan.max_nodes), directory)
     adopting = not session.fresh(directory) and not NodeClient(directory).alive()
     client, started = session.up(directory, settings, prefix=prefix, nodes=nodes,
                                  pod_ip_start=pod_ip_start)
@@ -273,7 +279,7 @@ def rollout_status(kind: str, name: str | None, namespace: str, timeout: float,
 def get(kind: str, name: str | None, namespace: str, all_namespaces: bool,
         selector: str | None, output: str | None, show_labels: bool,
         state_dir: str | None) -> None:
-    """List pods, svc, deploy or ns (or several: pods,svc), with kubectl's columns."""
+    """List pods, svc, deploy, ns, pa or ap (or several: pods,svc), with kubectl's columns."""
     kinds = [tables.kind_of(k) for k in kind.split(",") if k]
     client = _client(state_dir)
     found = [(k, ops.select(client, k, None if all_namespaces else namespace, name, selector))
@@ -350,6 +356,13 @@ def logs(pod: str | None, namespace: str, selector: str | None, container: str |
     paths = []
     for name in names:
         got = client.logs(namespace, name, container, previous, None if follow_ else tail)
+        if previous and not Path(got["path"]).exists():
+            # kubelet: a container that never terminated has no previous log, an error
+            # (kubectl exits 1 with it), not an empty one; the kube API says the same
+            raise RemoraError(f'previous terminated container "{got["container"]}" in pod '
+                              f'"{name}" not found',
+                              f"drop -p: `remora logs {name} -n {namespace}"
+                              + (f" -c {got['container']}" if container else "") + "`")
         if not follow_:
             click.echo(got["text"], nl=False)
         paths.append(Path(got["path"]))

@@ -41,7 +41,8 @@ TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints"
               help="listener: false for istioctl's ADDRESS PORT TYPE table")
 @click.option("-o", "--output", type=click.Choice(["short", "json", "yaml"]), default="short")
 @click.option("--level", default=None, help="log: set the sidecar's log level")
-@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None)
+@click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
+              help="the lab's state directory [default: $REMORA_STATE_DIR, else /var/lib/remora]")
 @click.option("--kube", is_flag=True,
               help="read the pod's config dump through the Kubernetes API (pods/exec in "
                    "istio-proxy) of the kubeconfig's cluster, the lab's or a real one")

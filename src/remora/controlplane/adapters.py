@@ -11,6 +11,7 @@ results back as dicts that keep every field remora does not model.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,12 @@ from remora.resources.objects import Namespace, Pod, Service
 from remora.resources.security import AuthorizationPolicy, PeerAuthentication
 
 _API = {"Pod": "v1", "Service": "v1", "Namespace": "v1"}
+log = logging.getLogger("remora.controlplane")
+
+
+def _ref(obj: dict[str, Any], kind: str) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{kind.lower()}/{meta.get('name', '?')} in namespace {meta.get('namespace', '?')}"
 
 
 def _typed(obj: dict[str, Any], kind: str) -> Any:
@@ -72,7 +79,16 @@ def snapshot_from_dicts(namespaces: Iterable[dict[str, Any]],
     typed_services = []
     cluster_ips: dict[str, tuple[str, ...]] = {}
     for obj in services:
-        svc = service_from_dict(obj)
+        try:
+            svc = service_from_dict(obj)
+        except RemoraError as exc:
+            # One stored object that no longer validates (stored by an older remora, or
+            # through a path that skipped validation) must not stop the config updates of
+            # every sidecar, as istiod keeps pushing when it cannot convert one Service:
+            # leave it out and name it.
+            log.warning("%s left out of the sidecars' config: %s", _ref(obj, "Service"),
+                        exc.one_line())
+            continue
         typed_services.append(svc)
         # spec.clusterIPs (dual stack, the primary family first): the typed Service keeps
         # only clusterIP, so the control plane's view of the others lives in the snapshot

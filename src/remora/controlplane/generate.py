@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 from remora.controlplane import envoy_common as e
@@ -44,6 +45,7 @@ LISTENER_TYPE = e.TYPE + "envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = e.TYPE + "envoy.config.cluster.v3.Cluster"
 CLA_TYPE = e.TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 ADMIN_PORT = 15000
+log = logging.getLogger("remora.controlplane")
 
 
 @dataclass
@@ -60,6 +62,25 @@ class SidecarConfig:
     @property
     def bootstrap_path(self) -> str:
         return f"{self.config_dir}/bootstrap.json"
+
+
+def unique_names(resources: list[JSON], what: str, pod: str) -> list[JSON]:
+    """RESOURCES with the first of each name only. Envoy (and remora proxy) reject a whole
+    LDS/CDS update that holds two resources of one name ("duplicate cluster name"), so one
+    duplicate would freeze every sidecar's config. istiod keeps the first of each name too
+    (pilot/pkg/networking/core/cluster.go normalizeClusters: "for any clusters that share
+    the same name the first cluster is kept and the others are discarded"; listener
+    conflicts likewise keep the first). Logged, naming it."""
+    seen: set[str] = set()
+    out = []
+    for r in resources:
+        name = str(r.get("name"))
+        if name in seen:
+            log.warning("sidecar of %s: second %s named %r left out", pod, what, name)
+            continue
+        seen.add(name)
+        out.append(r)
+    return out
 
 
 def _version(resources: object) -> str:
@@ -131,12 +152,13 @@ def generate(snapshot: Snapshot, pod: Pod, ip: str, config_dir: str,
     tproxy = interception_mode(pod) == "TPROXY"
     ports = inbound_ports(snapshot, pod)
     sec = mesh_security(snapshot, pod, config_dir, certs_dir) if certs_dir else None
-    listeners = [e.ordered_listener(x) for x in (
+    who = f"{pod.metadata.namespace}/{pod.metadata.name}"
+    listeners = unique_names([e.ordered_listener(x) for x in (
         virtual_outbound(tproxy, fam), virtual_inbound(ports, tproxy, sec, fam),
-        *outbound_listeners(snapshot, pod.metadata.namespace, fam))]
-    clusters = [e.proto_order(c, e.CLUSTER_FIELDS) for c in (
+        *outbound_listeners(snapshot, pod.metadata.namespace, fam))], "listener", who)
+    clusters = unique_names([e.proto_order(c, e.CLUSTER_FIELDS) for c in (
         *passthrough_clusters(), *inbound_clusters(ports, fam),
-        *outbound_clusters(snapshot, config_dir, sec))]
+        *outbound_clusters(snapshot, config_dir, sec))], "cluster", who)
     eds = outbound_endpoints(snapshot)
     boot = bootstrap(pod, ip, config_dir)
     files: dict[str, JSON] = {

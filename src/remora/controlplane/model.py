@@ -183,6 +183,23 @@ def inbound_ports(snapshot: Snapshot, pod: Pod) -> list[InboundPort]:
             for p, v in sorted(found.items())]
 
 
+def mesh_ports(service: Service) -> list[ServicePort]:
+    """The service's ports that get outbound config: not UDP (Istio generates nothing for
+    it), and one per port number. Envoy names a port's cluster ``outbound|PORT||FQDN`` and
+    rejects a CDS/LDS update with two resources of one name, so a second port with a
+    number already seen (the API server refuses it, validation.go ValidateService
+    "Duplicate value"; resources/loader.py too) is dropped rather than stalling the
+    update of every sidecar. TCP and UDP 53 side by side are fine: UDP is skipped."""
+    seen: set[int] = set()
+    out = []
+    for sp in service.ports:
+        if port_protocol(sp) == UDP or sp.port in seen:
+            continue
+        seen.add(sp.port)
+        out.append(sp)
+    return out
+
+
 def service_refs(services: tuple[Service, ...] | list[Service]) -> list[dict[str, str]]:
     """The ``istio`` filter metadata entries naming services (seed: cluster -o json)."""
     return [{"host": s.fqdn, "name": s.metadata.name, "namespace": s.metadata.namespace}

@@ -37,12 +37,13 @@ from remora.controlplane.model import (
     Endpoint,
     Snapshot,
     endpoints,
+    mesh_ports,
     outbound_cluster_name,
     port_protocol,
     service_refs,
 )
 from remora.controlplane.mtls import MeshSecurity, has_sidecar, sni, workload_identity
-from remora.controlplane.protocol import UDP, is_http, is_http2, is_sniffed, is_tcp
+from remora.controlplane.protocol import is_http, is_http2, is_sniffed, is_tcp
 from remora.resources.objects import Service, ServicePort
 
 OUTBOUND_LISTENER_PORT = 15001
@@ -127,7 +128,7 @@ def outbound_listeners(snapshot: Snapshot, client_namespace: str,
     for svc in snapshot.services:
         all_ips = snapshot.service_addresses(svc)
         ips = fam.keep(all_ips)
-        for sp in svc.ports:
+        for sp in mesh_ports(svc):
             proto = port_protocol(sp)
             cluster = outbound_cluster_name(sp.port, svc.fqdn)
             if is_http(proto):  # HTTP, HTTP2, GRPC, GRPC-Web, HTTP_PROXY
@@ -215,10 +216,8 @@ def outbound_clusters(snapshot: Snapshot, config_dir: str,
                       sec: MeshSecurity | None = None) -> list[JSON]:
     out = []
     for svc in snapshot.services:
-        for sp in svc.ports:
+        for sp in mesh_ports(svc):
             proto = port_protocol(sp)
-            if proto == UDP:
-                continue
             name = outbound_cluster_name(sp.port, svc.fqdn)
             cluster = _eds_cluster(name, config_dir, svc)
             options = e.upstream_protocol_options(proto)  # setUpstreamProtocol
@@ -251,9 +250,7 @@ def outbound_endpoints(snapshot: Snapshot) -> dict[str, JSON]:
     """cluster name -> ClusterLoadAssignment for every outbound cluster."""
     out = {}
     for svc in snapshot.services:
-        for sp in svc.ports:
-            if port_protocol(sp) == UDP:
-                continue
+        for sp in mesh_ports(svc):
             name = outbound_cluster_name(sp.port, svc.fqdn)
             out[name] = load_assignment(name, endpoints(snapshot, svc, sp))
     return out

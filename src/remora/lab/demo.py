@@ -37,6 +37,7 @@ from remora.lab import session
 from remora.lab import settings as lab_settings
 from remora.lab.settings import LabSettings
 from remora.node.client import NodeClient
+from remora.node.config import DEFAULT_STATE_DIR, lab_command
 
 Echo = Callable[[str], None]
 NAMESPACES = """\
@@ -183,9 +184,11 @@ class Demo:
         for line in out.rstrip("\n").splitlines() if not quiet or proc.returncode else []:
             self.echo(line)
         if proc.returncode != 0:
+            last = out.strip().splitlines()[-1] if out.strip() else ""
             raise RemoraError(f"`remora {shown}` failed (exit {proc.returncode}): "
-                              f"{out.strip().splitlines()[-1] if out.strip() else ''}",
-                              "the lab is left as it is for a look; `remora down` removes it")
+                              f"{last.removeprefix('remora: error: ')}",
+                              "the lab is left as it is for a look; "
+                              f"`{lab_command('down', self.state_dir)}` removes it")
         self.result.outputs[key] = proc.stdout
         return proc.stdout
 
@@ -235,7 +238,8 @@ class Demo:
         deadline = time.monotonic() + self.timeout
         while any(p["metadata"]["namespace"] in mine for p in client.get("Pod")):
             if time.monotonic() > deadline:
-                raise RemoraError("old demo pods did not go away", "run `remora down` first")
+                raise RemoraError("old demo pods did not go away",
+                                  f"run `{lab_command('down', self.state_dir)}` first")
             time.sleep(0.2)
 
 
@@ -251,6 +255,9 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     explicitly (refused when a running lab does otherwise). AUTHZ adds the
     AuthorizationPolicy steps (source IP enforced by the server sidecar)."""
     started = time.monotonic()
+    if authz and not settings.mtls:  # before anything starts (the CLI checks it too)
+        raise RemoraError("--authz needs mTLS, and --no-mtls turns it off",
+                          "drop --no-mtls, or run `remora demo --no-mtls` without --authz")
     session.refuse_differences(state_dir, settings, set(given), "remora demo")
     _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
     running = lab_settings.load(state_dir)
@@ -260,7 +267,8 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     if authz and not running.mtls:
         raise RemoraError("--authz needs the lab's mTLS (AuthorizationPolicy is compiled into "
                           "the sidecars only with workload certificates)",
-                          "`remora down`, then run the demo without --no-mtls")
+                          f"`{lab_command('down', state_dir)}`, then run the demo without "
+                          "--no-mtls")
     demo = Demo(state_dir, echo, timeout)
     demo.family = FAMILIES[running.ip_family]
     demo.result.ip_family = running.ip_family
@@ -278,7 +286,7 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         session.down(state_dir)
         echo("Lab removed (--cleanup).")
     else:
-        where = "" if str(state_dir) == str(session.state_dir(None)) else \
+        where = "" if Path(state_dir) == DEFAULT_STATE_DIR else \
             f" --state-dir {state_dir}"
         echo("The lab is still running: look around with `remora get pods -A`, "
              "`remora logs`, `remora exec` and `remora proxy-config`;")
@@ -286,7 +294,7 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
             r = demo.result
             echo(f"ask why with `remora explain source-ip --from {r.client_pod} -n demo-from "
                  f"--to simple-server-svc.demo-to:18080 --path /common/sauth{where}`;")
-        echo(f"remove it all with `sudo remora down{where}`.")
+        echo(f"remove it all with `{lab_command('down', state_dir)}`.")
     return demo.result
 
 

@@ -34,6 +34,7 @@ from remora.lab import session
 from remora.lab import settings as lab_settings
 from remora.lab.demo import NAMESPACES, TPROXY_PATCH, Demo, DemoResult, Echo
 from remora.lab.settings import LabSettings
+from remora.node.config import lab_command
 
 SERVER, CLIENT = "simple-grpc-server", "simple-grpc-client"
 SERVICE = "simple-grpc-server-svc"
@@ -70,15 +71,13 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         raise
     echo("")
     echo(f"The seed's story over gRPC took {time.monotonic() - started:.1f}s.")
-    where = "" if str(state_dir) == str(session.state_dir(None)) else \
-        f" --state-dir {state_dir}"
     if cleanup:
         session.down(state_dir)
         echo("Lab removed (--cleanup).")
     else:
         echo("The lab is still running: look around with `remora get pods -A`, "
              "`remora logs` and `remora proxy-config`;")
-        echo(f"remove it all with `sudo remora down{where}`.")
+        echo(f"remove it all with `{lab_command('down', state_dir)}`.")
     return demo.result
 
 

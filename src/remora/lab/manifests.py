@@ -20,6 +20,8 @@ from typing import Any
 from remora.controlplane.adapters import inject_dict
 from remora.errors import RemoraError
 from remora.lab.images import ImageMap
+from remora.node import desired
+from remora.node.config import DEFAULT_STATE_DIR, lab_command
 from remora.resources.loader import load_file, load_manifests, parse_object
 from remora.resources.naming import pod_from_deployment
 from remora.resources.objects import Deployment, Object, Pod, ref
@@ -95,8 +97,8 @@ def admission_check(objects: list[dict[str, Any]], namespaces: dict[str, dict[st
                 images.command(container, where)
 
 
-# The namespaces a Kubernetes API server always has (it creates them itself).
-BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# The namespaces a Kubernetes API server always has (remora.node.desired lists them).
+BUILTIN_NAMESPACES = desired.BUILTIN_NAMESPACES
 
 
 def missing_namespaces(objects: list[dict[str, Any]],
@@ -169,15 +171,16 @@ def pods_wanted(objects: list[dict[str, Any]],
 
 
 def check_capacity(objects: list[dict[str, Any]], existing: list[dict[str, Any]],
-                   room: Capacity) -> None:
+                   room: Capacity, state_dir: Path = DEFAULT_STATE_DIR) -> None:
     """Refuse a batch that needs more pod addresses than the lab's nodes have: those pods
     would stay Pending for ever (and starting hundreds at once would swamp the host)."""
     wanted, asking = pods_wanted(objects, existing)
     if wanted <= room.pods:
         return
     need = -(-wanted // room.per_node)
-    fix = (f"start the lab with more nodes: `sudo remora down`, then `sudo remora up --nodes "
-           f"{need}` ({room.per_node} pods each)" if need <= room.max_nodes else
+    fix = (f"start the lab with more nodes: `{lab_command('down', state_dir)}`, then "
+           f"`{lab_command(f'up --nodes {need}', state_dir)}` ({room.per_node} pods each)"
+           if need <= room.max_nodes else
            f"at most {room.max_nodes * room.per_node} pods fit in {room.max_nodes} nodes")
     raise RemoraError(
         f"the lab has room for {room.pods} pods ({room.nodes} node(s) x {room.per_node} "
@@ -190,6 +193,12 @@ def names_namespaces(objects: list[dict[str, Any]]) -> list[str]:
     return sorted({o["metadata"].get("namespace", "default") for o in objects
                    if o.get("kind") != "Namespace"} |
                   {o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"})
+
+
+def deployments(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(namespace, name) of the batch's Deployments, which --wait must see rolled out."""
+    return [(o["metadata"].get("namespace", "default"), o["metadata"]["name"])
+            for o in objects if o.get("kind") == "Deployment"]
 
 
 def bare_pods(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -32,7 +32,8 @@ def apply_batch(client: NodeClient, batch: manifests.Batch, images: ImageMap) ->
         running = client.get("Deployment") + [
             p for p in client.get("Pod") if not p["metadata"].get("ownerReferences")]
         manifests.check_capacity(batch.objects, running, manifests.Capacity(
-            int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])))
+            int(info["nodes"]), int(info["podsPerNode"]), int(info["maxNodes"])),
+            client.state_dir)
     namespaces = manifests.namespace_objects(batch.objects, existing)
     manifests.admission_check(batch.objects, namespaces, images)
     return client.apply(batch.objects)
@@ -90,7 +91,9 @@ def select(client: NodeClient, kind: str, namespace: str | None, name: str | Non
         if not items:
             where = "" if kind == "Namespace" else f" in namespace {namespace!r}"
             raise RemoraError(f'{kind.lower()} "{name}" not found{where}',
-                              f"list them with `remora get {kind.lower()} -n NAMESPACE`")
+                              f"list them with `remora get {kind.lower()}`" if kind == "Namespace"
+                              else f"list them with `remora get {kind.lower()} -n {namespace}` "
+                                   "(or -A)")
     return items
 
 

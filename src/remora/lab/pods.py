@@ -3,6 +3,8 @@ Deployment's first live pod), NAME.NAMESPACE (istioctl's form)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from remora.errors import RemoraError
 from remora.lab import tables
 from remora.node.client import NodeClient
@@ -30,6 +32,27 @@ def resolve_pod(client: NodeClient, namespace: str, ref: str) -> str:
                     and "deletionTimestamp" not in p["metadata"]),
                    key=lambda p: p["metadata"]["name"])
     if not owned:
-        raise RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
-                          f"see `remora get deploy,pods -n {namespace}`")
+        deployments = client.get("Deployment")
+        raise missing_deployment(name, namespace, deployments)
     return str(owned[0]["metadata"]["name"])
+
+
+def missing_deployment(name: str, namespace: str,
+                       deployments: list[dict[str, Any]]) -> RemoraError:
+    """No live pod of deploy/NAME in NAMESPACE: say whether the Deployment is not there
+    (kubectl: `deployments.apps "NAME" not found`) and, when it is in other namespaces,
+    name them: a forgotten -n is the usual cause, and "has no pods" sent people looking
+    for a crash."""
+    here = [d for d in deployments if d["metadata"].get("namespace") == namespace
+            and d["metadata"]["name"] == name]
+    if here:
+        return RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
+                           f"see `remora get deploy,pods -n {namespace}`")
+    elsewhere = sorted({str(d["metadata"].get("namespace")) for d in deployments
+                        if d["metadata"]["name"] == name})
+    if elsewhere:
+        return RemoraError(f'deployments.apps "{name}" not found in namespace {namespace!r} '
+                           f"(it is in {', '.join(elsewhere)})",
+                           f"did you mean -n {elsewhere[0]}?")
+    return RemoraError(f'deployments.apps "{name}" not found in namespace {namespace!r}',
+                       "list them with `remora get deploy -A`")

@@ -52,14 +52,34 @@ def _pod_line(p: dict[str, Any]) -> str:
             f"{ready_column(p)}  {r.get('status', '')}  {ip}")
 
 
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]
+
+
+def _owner(pod: dict[str, Any]) -> str | None:
+    owner = (pod["metadata"].get("ownerReferences") or [{}])[0]
+    return str(owner["name"]) if owner.get("kind") == "Deployment" and "name" in owner \
+        else None
+
+
 def settled(client: NodeClient, namespaces: list[str] | None,
             expect: list[tuple[str, str]] | None = None,
+            deployments: list[tuple[str, str]] | None = None,
             ) -> tuple[bool, list[dict[str, Any]], list[str]]:
+    """DEPLOYMENTS (namespace, name), when given with EXPECT: only those Deployments and
+    their pods, and the pods EXPECT names, are waited on (a batch's own objects: another
+    pod crashing in the same namespace is none of this batch's business, as `kubectl
+    wait` and `rollout status` look only at what they are given)."""
     pods = client.get("Pod")
     deps = client.get("Deployment")
     if namespaces is not None:
         pods = [p for p in pods if p["metadata"]["namespace"] in namespaces]
         deps = [d for d in deps if d["metadata"]["namespace"] in namespaces]
+    if deployments is not None:
+        mine, bare = set(deployments), set(expect or [])
+        deps = [d for d in deps if _key(d) in mine]
+        pods = [p for p in pods if _key(p) in bare
+                or (_key(p)[0], _owner(p)) in mine]
     waiting = [msg for done, msg in map(rollout_message, deps) if not done]
     for p in pods:
         owned = p["metadata"].get("ownerReferences")
@@ -123,14 +143,42 @@ def first_of(lines: list[str], shown: int = 3) -> str:
     return "; ".join(lines[:shown]) + more
 
 
+# How long a settled state must hold before a wait says so. A container without a
+# readiness probe is ready as soon as it runs (as in kubelet), so a container that dies
+# a moment after it starts (a port another container holds: EADDRINUSE) would make the
+# pod Ready for that moment. kubelet would most likely never report it: its PLEG relists
+# containers every second (pkg/kubelet/pleg/generic.go relistPeriod), and the status
+# manager reports what it saw then. So: ready, and still ready with the same restart
+# counts a second later.
+STABLE_FOR = 1.0
+
+
+def _restarts(pods: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    return {_key(p): sum(int(c.get("restartCount") or 0) for c in
+                         (p.get("status", {}).get("containerStatuses") or []))
+            for p in pods}
+
+
 def wait(client: NodeClient, namespaces: list[str] | None, timeout: float,
          echo: Echo | None = None, expect: list[tuple[str, str]] | None = None,
+         deployments: list[tuple[str, str]] | None = None,
          ) -> list[dict[str, Any]]:
-    """Block until the namespaces settle; returns their pods. Raises on timeout."""
+    """Block until the namespaces (or, with DEPLOYMENTS, the batch's objects: see
+    ``settled``) settle and stay so for STABLE_FOR; returns their pods. Raises on
+    timeout."""
     deadline = time.monotonic() + timeout
     shown: dict[str, str] = {}
+    since: tuple[float, dict[tuple[str, str], int]] | None = None
     while True:
-        done, pods, waiting = settled(client, namespaces, expect or [])
+        done, pods, waiting = settled(client, namespaces, expect or [], deployments)
+        if done:
+            counts = _restarts(pods)
+            if since is None or since[1] != counts:
+                since = (time.monotonic(), counts)
+            if time.monotonic() - since[0] < STABLE_FOR:
+                done = False
+        else:
+            since = None
         if echo is not None:
             for p in pods:
                 line = _pod_line(p)

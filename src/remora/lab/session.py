@@ -13,12 +13,12 @@ import contextlib
 import os
 from pathlib import Path
 
-from remora.errors import PrivilegeError, RemoraError
+from remora.errors import PrivilegeError, RemoraError, UsageError
 from remora.lab import settings as lab_settings
 from remora.lab.settings import POD_SETUP, LabSettings
 from remora.node import naming, teardown
 from remora.node.client import NodeClient, ensure_daemon
-from remora.node.config import NodeConfig, default_state_dir
+from remora.node.config import NodeConfig, default_state_dir, lab_command
 
 
 def state_dir(option: str | None) -> Path:
@@ -102,8 +102,37 @@ def refuse_differences(directory: Path, wanted: LabSettings, given: set[str],
     if differ:
         raise RemoraError(f"the lab at {directory} runs with {', '.join(differ)}; settings "
                           "apply only when a lab starts",
-                          f"`sudo remora down` first, then `{command}` again (or drop the "
+                          f"`{lab_command('down', directory)}` first, then `{command}` "
+                          "again (or drop the "
                           "option to use the lab as it is)")
+
+
+def refuse_topology(directory: Path, command: str, *, nodes: int | None = None,
+                    prefix: str | None = None) -> None:
+    """Refuse, before anything starts or changes, a command that explicitly asks for a
+    node count (NODES) or namespace prefix (PREFIX, None: not given) other than the
+    running lab's: like the sidecar or the IP family, they take effect only when a lab
+    starts, and a silent "already running ... 1 node(s)" left the user believing they had
+    3. ``--nodes 0`` is refused whether a lab runs or not."""
+    if nodes is not None and nodes < 1:
+        raise UsageError(f"--nodes {nodes}: a lab needs at least one node",
+                         f"use --nodes 1 or more, e.g. `{command} --nodes 1`")
+    if nodes is None and prefix is None:
+        return
+    client = NodeClient(directory)
+    if not client.alive():
+        return  # a lab whose daemon died: the new daemon checks the prefix (runtime.start)
+    info = client.ping()
+    differ = []
+    if nodes is not None and int(info.get("nodes") or 0) != nodes:
+        differ.append(f"{info.get('nodes')} node(s) (not {nodes})")
+    if prefix is not None and str(info.get("prefix")) != prefix:
+        differ.append(f"prefix {info.get('prefix')!r} (not {prefix!r})")
+    if differ:
+        raise RemoraError(f"the lab at {directory} runs with {', '.join(differ)}; settings "
+                          "apply only when a lab starts",
+                          f"`{lab_command('down', directory)}` first, then `{command}` "
+                          "again (or drop the option to use the lab as it is)")
 
 
 def down(directory: Path) -> list[str]:

@@ -233,8 +233,15 @@ def table(kind: str, items: list[dict[str, Any]], now: float, wide: bool = False
 
 
 def strip_internal(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object as the API shows it: without the node's own `remora` block."""
-    return {k: v for k, v in obj.items() if k != "remora"}
+    """The object as the API shows it: without the node's own `remora` block, and its
+    creationTimestamp as RFC 3339 (metav1.Time; the store keeps seconds), as pods and
+    `kubectl get -o yaml` print it."""
+    out = {k: v for k, v in obj.items() if k != "remora"}
+    created = (out.get("metadata") or {}).get("creationTimestamp")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        out["metadata"] = {**out["metadata"], "creationTimestamp": datetime.datetime.fromtimestamp(
+            float(created), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return out
 
 
 def structured(items: list[dict[str, Any]], fmt: str, single: bool) -> str:

@@ -157,11 +157,21 @@ class Api:
             items = rt.store.list_objects(kind)
         elif kind == "Namespace":
             named = {n["metadata"]["name"]: n for n in rt.store.list_objects("Namespace")}
-            for k in desired.NAMESPACED:
-                for o in rt.store.list_objects(k):
-                    named.setdefault(o["metadata"]["namespace"], {
-                        "apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": o["metadata"]["namespace"]}})
+            for n in named.values():
+                # the apiserver keeps no metadata.generation for a Namespace (its strategy
+                # does not set one); the store counts spec changes for every kind
+                n["metadata"].pop("generation", None)
+            # default, kube-system, kube-public and kube-node-lease always exist in a
+            # cluster (kube-apiserver's system namespaces controller), and the lab's
+            # namespaces of objects with no Namespace object (the store's) too: created
+            # with the lab
+            created = rt.store.get_meta("created")
+            implied = [o["metadata"]["namespace"] for k in desired.NAMESPACED
+                       for o in rt.store.list_objects(k)]
+            for name in [*desired.BUILTIN_NAMESPACES, *implied]:
+                named.setdefault(name, {"apiVersion": "v1", "kind": "Namespace",
+                                        "metadata": {"name": name,
+                                                     "creationTimestamp": created}})
             return [named[k] for k in sorted(named)]
         else:
             raise UsageError(f"kind {kind!r} is not known to the node",

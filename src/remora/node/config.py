@@ -23,6 +23,16 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("REMORA_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
+def lab_command(command: str, state_dir: Path | str) -> str:
+    """``remora COMMAND`` for the lab at STATE_DIR, as a hint to print: with
+    ``--state-dir DIR`` unless it is the default. Compared with /var/lib/remora, not with
+    REMORA_STATE_DIR: the variable does not survive ``sudo`` (env_reset), so a hint that
+    relied on it would act on another lab ("No lab to remove", this one left running).
+    No ``sudo`` in front either: it is often absent, and the lab's commands run as root."""
+    where = "" if Path(state_dir) == DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
+    return f"remora {command}{where}"
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     state_dir: Path

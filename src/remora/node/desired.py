@@ -20,6 +20,8 @@ from remora.node.store import Store
 POLICY_KINDS = ("PeerAuthentication", "AuthorizationPolicy")
 KINDS = ("Namespace", "Deployment", "Service", "Pod", *POLICY_KINDS)
 NAMESPACED = ("Deployment", "Service", "Pod", *POLICY_KINDS)
+# The namespaces a Kubernetes API server always has (it creates them itself).
+BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
 def normalise(obj: dict[str, Any]) -> dict[str, Any]:

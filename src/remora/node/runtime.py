@@ -98,6 +98,8 @@ class Runtime:
                         {p.netns for p in self.store.list_pods()})
         self.store.set_meta("config", self.config.to_json())
         self.store.set_meta("lab_id", lab_id)
+        if self.store.get_meta("created") is None:  # the built-in namespaces' creation
+            self.store.set_meta("created", time.time())
         topology.ensure_nodes(self.config.prefix, self.plan, self.config.nodes)
         for node in self.nodes:
             ownership.mark(node.netns, lab_id, self.config.state_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from remora.errors import RemoraError
 from remora.node import process, resolver
-from remora.node.config import DEFAULT_STATE_DIR
+from remora.node.config import lab_command
 from remora.node.store import Store
 
 
@@ -47,9 +47,8 @@ def inspect(state_dir: Path) -> StoppedLab | None:
 
 def error(state_dir: Path, lab: StoppedLab) -> RemoraError:
     daemon = f"node daemon (pid {lab.daemon_pid})" if lab.daemon_pid else "node daemon"
-    where = "" if state_dir == DEFAULT_STATE_DIR else f" --state-dir {state_dir}"
     return RemoraError(
         f"the lab at {state_dir} is there but its {daemon} is not running: {lab.running} of "
         f"{lab.pods} pods still running, cluster DNS {'answering' if lab.dns else 'down'}",
-        f"`sudo remora up{where}` starts a daemon that adopts the running pods "
-        f"(`sudo remora down{where}` removes them)")
+        f"`{lab_command('up', state_dir)}` starts a daemon that adopts the running pods "
+        f"(`{lab_command('down', state_dir)}` removes them)")

@@ -69,7 +69,7 @@ def last_state(row: ContainerRow) -> dict[str, Any]:
 
 
 def _container_status(row: ContainerRow | None, container: dict[str, Any],
-                      waiting: str = "ContainerCreating") -> dict[str, Any]:
+                      waiting: str = "ContainerCreating", init: bool = False) -> dict[str, Any]:
     """core/v1 ContainerStatus from the store's row, plus a `remora` block with the PID
     (the `docker inspect -f {{.State.Pid}}` of the seed, for `nsenter --target PID -n`).
 
@@ -91,8 +91,14 @@ def _container_status(row: ContainerRow | None, container: dict[str, Any],
                                            row.finished, cid)}
     else:
         state = {"waiting": {"reason": row.reason}}
-    status.update(ready=bool(row.ready) and row.state == "Running",
-                  started=row.state == "Running", restartCount=row.restarts, state=state)
+    ready = bool(row.ready) and row.state == "Running"
+    if init:
+        # kubelet reports an init container that completed (exit 0) as ready: `kubectl
+        # describe pod` shows `Ready: True` under Init Containers (kubernetes.io, "Debug
+        # Init Containers"), and Ready while it runs is not meaningful for it
+        ready = row.state == "Terminated" and row.exit_code == 0
+    status.update(ready=ready, started=row.state == "Running", restartCount=row.restarts,
+                  state=state)
     if cid:
         status["containerID"] = cid
     previous = last_state(row)
@@ -139,8 +145,8 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
         "startTime": _iso(row.created),
         "ready": summary["allReady"] and not row.deleting,
         "message": row.message,
-        "initContainerStatuses": [_container_status(by_name.get(c["name"]), c, waiting)
-                                  for c in inits],
+        "initContainerStatuses": [_container_status(by_name.get(c["name"]), c, waiting,
+                                                    init=True) for c in inits],
         "containerStatuses": [_container_status(by_name.get(c["name"]), c, waiting)
                               for c in spec.get("containers") or []],
     }

@@ -8,6 +8,7 @@ printed here.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ _META_IGNORED = ("creationTimestamp", "uid", "resourceVersion", "generation", "m
 _CONTAINER_IGNORED = ("resources", "terminationMessagePath", "terminationMessagePolicy")
 _POD_SPEC_IGNORED = ("terminationGracePeriodSeconds", "dnsPolicy", "schedulerName",
                      "securityContext", "serviceAccount", "enableServiceLinks")
+# The PodSpec fields _pod_spec reads (the others are _POD_SPEC_IGNORED or unknown).
+_POD_SPEC_KNOWN = ("containers", "initContainers", "restartPolicy", "serviceAccountName",
+                   "serviceAccount")
 _KINDS = {("v1", "Namespace"), ("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Pod")}
 _KINDS |= SECURITY_KINDS  # Istio's PeerAuthentication, AuthorizationPolicy (security_loader)
 
@@ -189,8 +193,17 @@ def _pod_spec(spec: Node | None) -> PodSpec:
     assert spec is not None
     containers = tuple(_container(spec, p, c) for p, c in spec.items("containers"))
     if not containers:
-        raise spec.ctx.error(spec.sub("containers"), "at least one container is required",
-                             "add a container with a name and an image to "
+        # an unknown field would only be warned about after this error, so a typo
+        # (`contianers:`) left the user with "required" and no clue: name it here
+        known = (*_POD_SPEC_KNOWN, *_POD_SPEC_IGNORED)
+        unknown = [k for k in spec.value if k not in known]
+        typo = [k for k in unknown if difflib.get_close_matches(k, ["containers"], 1, 0.7)]
+        hint = (f" (unknown field {spec.sub(typo[0])}: a typo of containers?)" if typo else
+                f" (unknown field{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(spec.sub(k) for k in unknown)})" if unknown else "")
+        raise spec.ctx.error(spec.sub("containers"), "at least one container is required" + hint,
+                             f"rename {spec.sub(typo[0])} to {spec.sub('containers')}" if typo
+                             else "add a container with a name and an image to "
                              f"{spec.sub('containers')}")
     inits = tuple(_container(spec, p, c) for p, c in spec.items("initContainers"))
     seen: set[str] = set()
@@ -270,6 +283,11 @@ def _service(root: Node) -> Service:
                              "leave clusterIP out to get one allocated")
     ports = []
     names: set[str] = set()
+    # (port, protocol) pairs seen: the API server's ValidateService refuses a second port
+    # with the same number and protocol ("spec.ports[1]: Duplicate value: ..."), whatever
+    # the names; accepting it would give two Envoy clusters and listeners of one name,
+    # which every sidecar would reject (Istio names them outbound|PORT||HOST)
+    seen_ports: dict[tuple[int, str], str] = {}
     for p, item in spec.items("ports"):
         pn = Node(spec.ctx, item, p, ignore=("nodePort",))
         port = pn.port("port")
@@ -286,13 +304,19 @@ def _service(root: Node) -> Service:
         if name:
             check_name(spec.ctx, pn.sub("name"), name, label=True)
         if name in names:
-            raise spec.ctx.error(pn.sub("name"), f"duplicate port name {name!r}",
+            raise spec.ctx.error(pn.sub("name"), f"Duplicate value: {name!r} (duplicate port name)",
                                  "give every port of the service its own name")
         names.add(name)
         protocol = pn.string("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             raise spec.ctx.error(pn.sub("protocol"), f"unsupported protocol {protocol!r}",
                                  "use TCP, UDP or SCTP")
+        if (port, protocol) in seen_ports:
+            raise spec.ctx.error(p, f"Duplicate value: port {port}/{protocol} is already "
+                                    f"{seen_ports[(port, protocol)]}",
+                                 "give every port of the service its own port number (or "
+                                 "protocol); one port can carry one name only")
+        seen_ports[(port, protocol)] = p
         ports.append(ServicePort(port=port, targetPort=target, name=name, protocol=protocol,
                                  appProtocol=pn.string("appProtocol")))
         pn.done()

@@ -1,3 +1,5 @@
+import copy
+import logging
 from typing import Any
 
 from remora.controlplane.adapters import inject_dict, snapshot_from_dicts
@@ -49,3 +51,36 @@ def test_snapshot_from_store_dicts_only_ready_pods_are_endpoints() -> None:
     ips = [e["endpoint"]["address"]["socket_address"]["address"]
            for e in cla["endpoints"][0]["lb_endpoints"]]
     assert ips == [SERVER_IP]
+
+
+def test_a_stored_service_that_no_longer_validates_is_left_out_not_fatal(
+        caplog: Any) -> None:
+    # one bad object must not stop every sidecar's config updates (istiod keeps pushing)
+    snap, server, _client = seed()
+    good = snap.services[0].to_dict()
+    bad = copy.deepcopy(good)
+    bad["metadata"]["name"] = "dup"
+    bad["spec"]["ports"] = [{"port": 80, "name": "a"}, {"port": 80, "name": "b"}]
+    pods = [store_pod(server.to_dict(), SERVER_IP, True)]
+    with caplog.at_level(logging.WARNING, logger="remora.controlplane"):
+        snap2 = snapshot_from_dicts([n.to_dict() for n in snap.namespaces], [good, bad], pods)
+    assert [s.metadata.name for s in snap2.services] == ["simple-server-svc"]
+    assert "service/dup in namespace demo-to left out" in caplog.text
+    assert "Duplicate value" in caplog.text
+
+
+def test_generation_never_emits_two_clusters_or_listeners_of_one_name() -> None:
+    from dataclasses import replace
+
+    from remora.resources.objects import ServicePort
+    snap, _server, client = seed()
+    svc = snap.services[0]
+    # a snapshot built without validation: port 80 twice, on a TCP and a sniffed port
+    dup = replace(svc, metadata=replace(svc.metadata, name="dup"), clusterIP="172.16.0.9",
+                  ports=(ServicePort(port=80, targetPort=80, name="a"),
+                         ServicePort(port=80, targetPort=81, name="tcp-b")))
+    cfg = generate(replace(snap, services=(svc, dup)), client, "10.20.0.78", "/d")
+    for items in (cfg.clusters, cfg.listeners):
+        names = [x["name"] for x in items]
+        assert len(names) == len(set(names)), names
+    assert "outbound|80||dup.demo-to.svc.cluster.local" in [c["name"] for c in cfg.clusters]

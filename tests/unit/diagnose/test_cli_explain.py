@@ -148,3 +148,8 @@ def test_ipv6_listing_and_an_ipv6_destination(data: Path,
     code, out, err = run(["--iptables", str(data / "seed_ipv6_redirect_nat.txt"),
                           "--to", "svc:http"], capsys)
     assert code == 2 and "--to svc:http: the port is not a number" in err
+
+
+def test_no_evidence_names_the_live_form_first(capsys: pytest.CaptureFixture[str]) -> None:
+    _code, _out, err = run([], capsys)
+    assert err.index("--from POD") < err.index("--istio-dump"), err

@@ -160,3 +160,50 @@ def test_a_family_the_service_has_not_is_one_line() -> None:
         resolve_destination("dual", "demo-to", services, pods, family=6)
     with pytest.raises(UsageError, match="is an IPv4 address and --family asks for IPv6"):
         resolve_destination("172.16.0.5:18080", "demo-to", services, pods, family=6)
+
+
+def test_an_ipv6_address_with_a_port_needs_brackets() -> None:
+    # `fd00:10:20::79:18080` would silently be address + port: refuse it, as a URL does
+    with pytest.raises(UsageError, match=r"needs brackets") as err:
+        split_to("fd00:10:20::79:18080")
+    assert err.value.fix == "write --to [fd00:10:20::79]:18080"
+
+
+def test_a_dual_stack_service_dialled_over_the_other_family_walks_the_real_path() -> None:
+    from remora.diagnose.evidence.lab import _real_family
+    from remora.diagnose.evidence.target import lab_pod
+    pods, services = _dual_objects()
+    client = lab_pod({**pods[0], "metadata": {"name": "cli", "namespace": "demo-from"}})
+    dest = resolve_destination("dual.demo-to:18080", "demo-from", services, pods, family=6)
+    assert dest.host == "fd00:96::5"
+    notes: list[str] = []
+    _real_family(dest, client, notes)
+    # the sidecars reach the server at its primary (IPv4) address: walk that, say so
+    assert dest.host == "172.16.0.5"
+    assert "IPv6 is not the path the traffic takes" in notes[0]
+    assert "[fd00:96::5]:18080" in notes[0] and "10.20.0.77 over IPv4" in notes[0]
+    # without a client sidecar the app's own IPv6 connection goes to the pod: unchanged
+    plain = lab_pod({**pods[0], "spec": {"containers": [{"name": "demo"}]}})
+    dest = resolve_destination("dual.demo-to:18080", "demo-from", services, pods, family=6)
+    _real_family(dest, plain, notes := [])
+    assert (dest.host, notes) == ("fd00:96::5", [])
+
+
+def test_a_deployment_or_pod_in_another_namespace_is_named() -> None:
+    # a forgotten -n: not "has no pods", but not found here, and where it is
+    with pytest.raises(RemoraError) as err:
+        find_pod(PODS, "deploy/simple-client", "default")
+    assert err.value.problem == ('deployments.apps "simple-client" not found in namespace '
+                                 "'default' (it is in demo-from)")
+    assert err.value.fix == "did you mean -n demo-from?"
+    deps = [{"metadata": {"name": "simple-client", "namespace": "demo-from"}},
+            {"metadata": {"name": "idle", "namespace": "default"}}]
+    with pytest.raises(RemoraError) as err:
+        find_pod(PODS, "deploy/simple-client", "default", deployments=deps)
+    assert err.value.fix == "did you mean -n demo-from?"
+    with pytest.raises(RemoraError, match="'idle' has no pods in namespace 'default'"):
+        find_pod(PODS, "deploy/idle", "default", deployments=deps)
+    with pytest.raises(RemoraError, match="not found in namespace 'default' \\(it is in "
+                                          "demo-to\\)") as err:
+        find_pod(PODS, "simple-server-def34-uvw56", "default")
+    assert err.value.fix == "did you mean -n demo-to?"

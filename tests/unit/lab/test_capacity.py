@@ -38,7 +38,7 @@ def test_500_replicas_are_refused_with_the_limit_and_the_fix() -> None:
     assert err.value.problem == ("the lab has room for 253 pods (1 node(s) x 253 addresses "
                                  "of its /24) and this would make 500 (deployment/big "
                                  "replicas: 500); nothing was applied")
-    assert "`sudo remora up --nodes 2` (253 pods each)" in (err.value.fix or "")
+    assert "`remora up --nodes 2` (253 pods each)" in (err.value.fix or "")
     manifests.check_capacity([deployment("big", 500)], [], room(nodes=2))
 
 

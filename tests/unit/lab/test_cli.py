@@ -59,3 +59,26 @@ def test_unmapped_image_fails_before_the_lab_starts(tmp_path: Path) -> None:
     exc = run("up", "-f", str(bad), "--state-dir", str(tmp_path / "s"))
     assert isinstance(exc, RemoraError) and "image 'acme/thing'" in exc.problem
     assert not (tmp_path / "s").exists()
+
+
+def test_hints_name_the_state_dir_and_no_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sudo resets REMORA_STATE_DIR: a hint must carry --state-dir for a non-default lab
+    from remora.node.config import lab_command
+    monkeypatch.setenv("REMORA_STATE_DIR", "/tmp/x/state")
+    assert lab_command("down", Path("/tmp/x/state")) == "remora down --state-dir /tmp/x/state"
+    assert lab_command("down", Path("/var/lib/remora")) == "remora down"
+
+
+def test_a_quoted_error_line_and_a_fix_make_one_fix() -> None:
+    # a failed step's last line already ends in its fix: never "(fix: ...) (fix: ...)"
+    err = RemoraError("`remora apply` failed (exit 1): no lab (fix: run `remora up`)",
+                      "`remora down` removes it")
+    assert err.one_line() == ("`remora apply` failed (exit 1): no lab (fix: run `remora up`; "
+                              "`remora down` removes it)")
+    assert RemoraError("plain", "do x.").one_line() == "plain (fix: do x)"
+
+
+def test_help_names_pa_ap_and_remora_state_dir() -> None:
+    out = CliRunner().invoke(cli, ["get", "--help"]).output
+    assert "pa or ap" in " ".join(out.split())
+    assert "$REMORA_STATE_DIR" in out

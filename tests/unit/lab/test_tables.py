@@ -90,3 +90,13 @@ def test_output_name_and_show_labels_read_like_kubectl() -> None:
     assert lines[1].endswith("   app=x,web=server")
     assert tables.table("Deployment", [deploy], 0.0, show_labels=True).splitlines()[1] \
         .endswith("   <none>")
+
+
+def test_structured_output_prints_rfc3339_timestamps() -> None:
+    from remora.lab.tables import structured
+    ns = {"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": "x", "creationTimestamp": 1796479324.1457555},
+          "remora": {"created": 1}}
+    out = structured([ns], "yaml", single=True)
+    assert "creationTimestamp: '2026-12-05T14:02:04Z'" in out and "remora" not in out
+    assert ns["metadata"]["creationTimestamp"] == 1796479324.1457555  # not changed in place

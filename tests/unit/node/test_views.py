@@ -65,6 +65,8 @@ def test_container_statuses_carry_ids_states_and_pids_like_kubernetes() -> None:
     assert init["state"]["terminated"]["reason"] == "Completed"
     assert init["state"]["terminated"]["exitCode"] == 0
     assert init["containerID"].startswith("remora://")
+    # kubelet: a completed init container is Ready (kubectl describe: `Ready: True`)
+    assert init["ready"] is True
     assert pod["status"]["podIP"] == "10.20.0.77"
     assert pod["status"]["podIPs"] == [{"ip": "10.20.0.77"}]
     # the ID is stable for one run (the same row read again, e.g. after adoption) ...

@@ -154,3 +154,35 @@ items:
     with pytest.raises(RemoraError) as err:
         load_manifests(text.replace('command: [sleep, "3600"]', "command: [sleep, 3600]"))
     assert "Pod/a/p: spec.containers[0].command[1]: expected a string" in err.value.one_line()
+
+
+DUP_SVC = """
+apiVersion: v1
+kind: Service
+metadata: {name: dup, namespace: shop}
+spec:
+  selector: {app: x}
+  ports: [{port: 80, name: a}, {port: 80, name: b}]
+"""
+
+
+def test_service_with_one_port_twice_is_refused_as_the_api_server_does() -> None:
+    # validation.go ValidateService: spec.ports[1]: Duplicate value (port + protocol)
+    with pytest.raises(RemoraError) as err:
+        load_manifests(DUP_SVC)
+    assert "Service/shop/dup: spec.ports[1]: Duplicate value: port 80/TCP" in str(err.value)
+    # the same number over another protocol is another port (DNS's TCP and UDP 53)
+    ok = load_manifests(DUP_SVC.replace("name: b}", "name: b, protocol: UDP}"))
+    assert len(ok.objects) == 1
+    with pytest.raises(RemoraError, match=r"spec.ports\[1\].name: Duplicate value: 'a'"):
+        load_manifests(DUP_SVC.replace("{port: 80, name: b}", "{port: 81, name: a}"))
+
+
+def test_a_typo_of_containers_is_named_in_the_error() -> None:
+    typo = DEPLOY.replace("containers:", "contianers:")
+    assert "contianers:" in typo
+    with pytest.raises(RemoraError) as err:
+        load_manifests(typo)
+    assert ("spec.template.spec.containers: at least one container is required (unknown "
+            "field spec.template.spec.contianers: a typo of containers?)") in str(err.value)
+    assert err.value.fix == "rename spec.template.spec.contianers to spec.template.spec.containers"

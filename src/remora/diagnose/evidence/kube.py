@@ -40,7 +40,7 @@ from remora.diagnose.evidence.target import (
     find_pod,
     resolve_destination,
 )
-from remora.diagnose.facts import app_peer, split_hostport
+from remora.diagnose.facts import app_peer, hostport, split_hostport
 from remora.diagnose.iptables.listing import parse_listing
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.nft import looks_like_nft, parse_nft
@@ -436,7 +436,7 @@ def collect(cluster: Cluster, from_pod: str, namespace: str, to: str, path: str 
 
 def header_lines(run: KubeRun) -> list[str]:
     d = run.dest
-    what = f"{d.kind} {d.namespace}/{d.name} ({d.host}:{d.port})"
+    what = f"{d.kind} {d.namespace}/{d.name} ({hostport(d.host, d.port)})"
     where = f" (context {run.context})" if run.context else ""
     lines = [f"kube: {run.server_url}{where}: from pod {run.client.ref} ({run.client.ip}) to "
              f"{what}, served by pod {run.server.ref} ({run.server.ip})"]

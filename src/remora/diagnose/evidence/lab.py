@@ -40,7 +40,7 @@ from remora.diagnose.evidence.target import (
     find_pod,
     resolve_destination,
 )
-from remora.diagnose.facts import app_peer, is_ip, split_hostport
+from remora.diagnose.facts import app_peer, hostport, is_ip, split_hostport
 from remora.diagnose.iptables.model import Ruleset
 from remora.diagnose.iptables.save import parse_iptables_save
 from remora.diagnose.source_ip.evidence import Evidence, PodEvidence
@@ -223,15 +223,16 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
     one-line problem and fix when the lab, a pod or a service is not what was expected."""
     node = session.connect(state_dir)
     pods, services = node.get("Pod"), node.get("Service")
-    src = find_pod(pods, from_pod, namespace, "client")
+    src = find_pod(pods, from_pod, namespace, "client", deployments=node.get("Deployment"))
     dest = resolve_destination(to, src.namespace, services, pods, family=family)
+    notes: list[str] = []
+    _real_family(dest, src, notes)
     # The connection's family is the destination address's: an IPv6 ClusterIP or pod IP
     # is walked through ip6tables, probed over IPv6, and each pod is named by its address
     # of that family (a dual-stack pod has one of each, status.podIPs).
     fam = family_of_ip(dest.host)
     src = replace(src, ip=src.ip_of(fam))
     dest.candidates = [replace(p, ip=p.ip_of(fam)) for p in dest.candidates]
-    notes: list[str] = []
     watched = [src, *[p for p in dest.candidates if p.name != src.name]]
     before = {p.ref: _save(node, p, fam) for p in watched}
     rid = live_probe.new_request_id()
@@ -284,6 +285,39 @@ def collect(state_dir: Path, from_pod: str, namespace: str, to: str, path: str =
                      "the nat table sees only a connection's first packet")
     return LiveRun(ev, src, server, dest, result,
                    {"client": moved[src.ref], "server": moved[server.ref]}, notes, app_line)
+
+
+def _real_family(dest: Destination, src: LabPod, notes: list[str]) -> None:
+    """A dual-stack service dialled on its ClusterIP of the other family than its pods'
+    primary one, from a pod with a sidecar: the app's connection ends at its own sidecar,
+    which reaches the server at the endpoint's ``address``, the pod's primary address
+    (istiod with ISTIO_DUAL_STACK: endpoint_builder.go buildEnvoyLbEndpoint, the other
+    family only in ``additional_addresses``, a Happy Eyeballs fallback). So what the
+    server's app sees travels over the primary family, and a walk of the dialled family
+    on both sides would be a connection that never exists (an IPv6 client to an IPv4
+    server). Walk and probe the path the traffic takes past the client sidecar: the
+    ClusterIP of the pods' primary family; say so."""
+    if dest.kind != "service" or not src.has_sidecar or len(dest.cluster_ips) < 2 \
+            or not dest.candidates:
+        return
+    pod_ips = dest.candidates[0].ips
+    if len(pod_ips) < 2:
+        return
+    dialled, primary = family_of_ip(dest.host), family_of_ip(pod_ips[0])
+    real = next((ip for ip in dest.cluster_ips if family_of_ip(ip) == primary), None)
+    if dialled == primary or real is None:
+        return
+    notes.append(
+        f"IPv{dialled} is not the path the traffic takes to the server: the app's "
+        f"connection to {hostport(dest.host, dest.port)} ends at its own sidecar (captured "
+        f"by the IPv{dialled} rules, as the IPv{primary} one would be), and the sidecar "
+        f"reaches {dest.candidates[0].ref} at its primary address {pod_ips[0]} over "
+        f"IPv{primary}: Istio's EDS lists a dual-stack pod at its primary address, the "
+        "other family only as additional_addresses, a Happy Eyeballs fallback. So the "
+        f"server's app sees an IPv{primary} connection; the probe and the steps below "
+        f"use the service's IPv{primary} ClusterIP {real}, the path that decides what the "
+        "app sees")
+    dest.host = real
 
 
 def _crossed(notes: list[str], dest: Destination, c_entries: list[AccessLogEntry]) -> None:

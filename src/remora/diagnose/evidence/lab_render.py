@@ -7,12 +7,13 @@ from dataclasses import asdict
 from typing import Any
 
 from remora.diagnose.evidence.lab import LiveRun
+from remora.diagnose.facts import hostport
 
 
 def header_lines(run: LiveRun) -> list[str]:
     d = run.dest
-    what = f"service {d.namespace}/{d.name} ({d.host}:{d.port})" if d.kind == "service" else \
-        f"pod {d.namespace}/{d.name} ({d.host}:{d.port})"
+    # an IPv6 address with a port in brackets (RFC 3986 / 5952), as the access log prints it
+    what = f"{d.kind} {d.namespace}/{d.name} ({hostport(d.host, d.port)})"
     lines = [f"live: from pod {run.client.ref} ({run.client.ip}) to {what}, served by pod "
              f"{run.server.ref} ({run.server.ip})",
              f"  probe: {run.probe.summary()}"]

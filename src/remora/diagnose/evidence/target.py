@@ -75,6 +75,7 @@ class Destination:
     # Istio's protocol of the Service port (remora.controlplane.protocol: appProtocol, the
     # port name, sniffing); for a pod, that of a Service port targeting it; "" if none
     protocol: str = ""
+    cluster_ips: list[str] = field(default_factory=list)  # a service's, the primary first
 
 
 def _alive(pod: dict[str, Any]) -> bool:
@@ -112,7 +113,7 @@ def _owned_by(pod: dict[str, Any], deployment: str) -> bool:
 
 
 def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "client",
-             netns: bool = True) -> LabPod:
+             netns: bool = True, deployments: list[dict[str, Any]] | None = None) -> LabPod:
     """``POD``, ``POD.NS`` or ``deploy/NAME`` (its first live pod) in NAMESPACE."""
     name = ref
     if "/" in ref:
@@ -126,8 +127,18 @@ def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "
                      and p["metadata"].get("namespace") == namespace
                      and _owned_by(p, name)]
             if not owned:
-                raise RemoraError(f"deployment {name!r} has no pods in namespace {namespace!r}",
-                                  f"see `remora get deploy,pods -n {namespace}`")
+                from remora.lab.pods import missing_deployment
+                if deployments is None:
+                    # without the Deployments, their pods say where one is (here: none)
+                    owners = [{"metadata": {"name": name, "namespace": ns}} for ns in
+                              {p["metadata"].get("namespace") for p in pods
+                               if _alive(p) and _owned_by(p, name)}]
+                    if not owners:
+                        raise RemoraError(f"deployment {name!r} has no pods in namespace "
+                                          f"{namespace!r}",
+                                          f"see `remora get deploy,pods -n {namespace}`")
+                    deployments = owners
+                raise missing_deployment(name, namespace, deployments)
             return _running(lab_pod(owned[0]), role, netns)
     found = [p for p in pods if p["metadata"]["name"] == name
              and p["metadata"].get("namespace") == namespace]
@@ -136,8 +147,13 @@ def find_pod(pods: list[dict[str, Any]], ref: str, namespace: str, role: str = "
         found = [p for p in pods if p["metadata"]["name"] == name
                  and p["metadata"].get("namespace") == namespace]
     if not found:
-        raise RemoraError(f"{role} pod {name!r} not found in namespace {namespace!r}: expected "
-                          "a pod name as `remora get pods` lists it, or deploy/NAME",
+        elsewhere = sorted({str(p["metadata"].get("namespace")) for p in pods
+                            if p["metadata"]["name"] == name})
+        raise RemoraError(f"{role} pod {name!r} not found in namespace {namespace!r}"
+                          + (f" (it is in {', '.join(elsewhere)})" if elsewhere else
+                             ": expected a pod name as `remora get pods` lists it, or "
+                             "deploy/NAME"),
+                          f"did you mean -n {elsewhere[0]}?" if elsewhere else
                           f"list them with `remora get pods -n {namespace}` (or -A)")
     return _running(lab_pod(found[0]), role, netns)
 
@@ -148,6 +164,12 @@ def split_to(to: str) -> tuple[str, int | None]:
     host, sep, port = to.rpartition(":")
     if not sep:
         return to, None
+    if ":" in host and not host.startswith("["):
+        # `fd00:10:20::79:18080` is ambiguous (an IPv6 address ends in hex groups): like
+        # kubectl and every URL (RFC 3986), an IPv6 address takes its port in brackets
+        raise UsageError(f"--to {to}: an IPv6 address with a port needs brackets",
+                         f"write --to [{host}]:{port}" if is_ip(host) else
+                         "write --to [IPV6]:PORT, e.g. --to [fd00:96::1]:18080")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--to {to}: the port {port!r} is not a port number",
                          "use --to SERVICE[:PORT] or POD[:PORT], e.g. simple-server-svc:18080")
@@ -202,7 +224,7 @@ def _service_dest(svc: dict[str, Any], port: int | None, pods: list[dict[str, An
     port_no = int(sp["port"])
     return Destination("service", meta["name"], meta["namespace"], ip, port_no,
                        f"{meta['name']}.{meta['namespace']}:{port_no}", candidates,
-                       _port_protocol(sp))
+                       _port_protocol(sp), ips)
 
 
 def _port_protocol(sp: dict[str, Any]) -> str:
