@@ -10,6 +10,7 @@ code details: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/htt
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -115,6 +116,10 @@ def _request_parser_error(message: str) -> CodecError:
         return CodecError(400, "http1.content_length_and_chunked_not_allowed")
     if "Transfer-Encoding" in message:
         return CodecError(501, "http1.invalid_transfer_encoding")
+    if message == "Invalid HTTP version":
+        # a version of digit.digit other than 1.1 and 1.0 (HTTP/1.2, 1.9, 3.1, 0.5): Envoy
+        # answers any of them 426 low_version as it does 1.0 and 2.0 (observed on 1.40)
+        return CodecError(426, "low_version")
     return CodecError(400, "http1.codec_error")
 
 
@@ -152,8 +157,9 @@ class Sink(Protocol):
 class Request:
     """One downstream request as decoded. Header names lower-case, values as sent."""
 
-    __slots__ = ("body", "body_bytes", "body_limit_hit", "chunked", "complete", "content_length",
-                 "headers", "hmap", "keep_alive", "method", "retain", "sink", "upgrade", "url")
+    __slots__ = ("body", "body_bytes", "body_limit_hit", "chunked", "complete", "completed_at",
+                 "content_length", "headers", "hmap", "keep_alive", "method", "retain", "sink",
+                 "upgrade", "url")
 
     def __init__(self) -> None:
         self.method = ""
@@ -165,6 +171,9 @@ class Request:
         self.chunked = False
         self.content_length: int | None = None
         self.complete = False
+        # when a body streamed upstream ended (time.monotonic(); 0.0: none streamed), where
+        # x-envoy-upstream-service-time counts from
+        self.completed_at = 0.0
         self.body: list[bytes] = []  # every byte until a sink is attached; then for retries
         self.body_bytes = 0
         self.body_limit_hit = False  # more than the buffer limit waits for a sink
@@ -432,6 +441,7 @@ class RequestDecoder:
         self._head_done_in_feed = True  # a boundary: what follows in this read is not
         # counted (one read at most)
         if req.sink is not None:
+            req.completed_at = time.monotonic()
             req.sink.end()
 
 
@@ -442,6 +452,81 @@ class ResponseError(Exception):
 
 _ENDED = frozenset({DONE, MUST_CLOSE, SWITCHED_PROTOCOL})
 RESPONSE_ENDED = _ENDED  # the SERVER states in which a response is complete
+
+# Envoy's HTTP/1 client codec limits (source/common/http/http1/codec_impl.h): response
+# headers up to MAX_RESPONSE_HEADERS_KB = 80 KiB ("the vanilla http_parser behaviour"), and
+# at most the cluster's common_http_protocol_options.max_headers_count (default 100,
+# DEFAULT_MAX_HEADERS_COUNT) header lines; more is a protocol error, 502 UPE (observed on
+# Envoy 1.40: 80 KB of headers relayed, 100 KB and 101 lines refused)
+MAX_RESPONSE_HEADER_BYTES = 80 * 1024
+MAX_RESPONSE_HEADERS = 100
+
+
+def _relaxed_head(buf: bytes) -> bytes | None:
+    """BUF (a response from its first byte) with the line endings and folds Envoy's
+    parser tolerates in a RESPONSE head made strict: a bare LF ends a line as CRLF does,
+    a CR inside a line is dropped, and an obs-fold line (leading SP or HTAB) joins the
+    line before it with one space (``x-a: a`` + `` b`` is ``x-a: a b``, observed on Envoy
+    1.40). Interim 1xx heads are
+    done the same way up to the final one. None while a head is incomplete. Anything
+    else (a NUL or another control character) is left for the strict parser to refuse."""
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        lines: list[bytes] = []
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                return None
+            line = buf[pos:nl]
+            pos = nl + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if b"\r" in line:  # a CR inside a line: Envoy drops it (``a\rb`` is ``ab``)
+                line = line.replace(b"\r", b"")
+            if not line:
+                break
+            if len(lines) > 1 and line[:1] in (b" ", b"\t"):
+                lines[-1] = lines[-1].rstrip(b" \t") + b" " + line.strip(b" \t")
+            else:
+                lines.append(line)
+        out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+        code = lines[0][9:12] if lines else b""
+        if not (code[:1] == b"1" and code != b"101"):
+            return b"".join(out) + buf[pos:]
+
+
+class _RelaxedHead:
+    """Stands in for a response decoder's parser once the strict one refused the head
+    (ResponseDecoder.feed): collects the head's bytes until ``_relaxed_head`` can make
+    it strict, then feeds that to a new strict parser, which takes over. Costs nothing
+    on a response the strict parser decodes."""
+
+    __slots__ = ("buf", "decoder")
+
+    def __init__(self, decoder: ResponseDecoder, buf: bytes) -> None:
+        self.decoder = decoder
+        self.buf = buf
+
+    def feed_data(self, data: bytes) -> None:
+        buf = self.buf = self.buf + data
+        fixed = _relaxed_head(buf)
+        if fixed is None:
+            return  # the head goes on in the next read
+        dec = self.decoder
+        parser = dec._parser = httptools.HttpResponseParser(dec)
+        try:
+            parser.feed_data(fixed)
+        except httptools.HttpParserUpgrade as e:
+            # the tunnel's first bytes as an offset into DATA (they are its last ones)
+            raise httptools.HttpParserUpgrade(
+                max(0, len(data) - (len(fixed) - e.args[0]))) from None
+
+    def get_status_code(self) -> int:
+        return 0
+
+    def should_keep_alive(self) -> bool:
+        return False
 
 
 class ResponseDecoder:
@@ -456,18 +541,23 @@ class ResponseDecoder:
     reused, and nothing of it reaches any client), as Envoy closes an upstream connection
     that sends anything outside an active request."""
 
-    __slots__ = ("_head_bytes", "_head_only", "_head_raw", "_max_header_bytes", "_parser",
-                 "chunked", "content_length", "headers", "headers_done", "on_data",
-                 "on_headers", "parser_idle", "state", "status", "trailing", "upgrade_tail")
+    __slots__ = ("_head_bytes", "_head_only", "_head_pending", "_head_raw", "_max_header_bytes",
+                 "_parser", "_relaxed", "chunked", "content_length", "headers", "headers_done",
+                 "on_data", "on_headers", "parser_idle", "state", "status", "trailing",
+                 "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
-                 on_data: Callable[[bytes], None], max_header_bytes: int = 60 * 1024,
+                 on_data: Callable[[bytes], None],
+                 max_header_bytes: int = MAX_RESPONSE_HEADER_BYTES,
                  state: ConnectionState | None = None) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | _RelaxedHead = (
+            httptools.HttpResponseParser(self))
         self._head_only = head_request
-        self._max_header_bytes = max_header_bytes  # Envoy's max_response_headers_kb: 60
+        self._max_header_bytes = max_header_bytes
         self._head_bytes = 0  # header names and values decoded so far
         self._head_raw = 0  # bytes received while the head is incomplete
+        self._head_pending = b""  # those bytes, for _RelaxedHead
+        self._relaxed = False  # the head was made strict once (_RelaxedHead)
         if state is None:
             # decoding on its own: the request it answers was sent whole
             state = ConnectionState()
@@ -498,6 +588,8 @@ class ResponseDecoder:
         self._head_only = head_request
         self._head_bytes = 0
         self._head_raw = 0
+        self._head_pending = b""
+        self._relaxed = False
         self.on_headers = on_headers
         self.on_data = on_data
         self.status = 0
@@ -552,6 +644,20 @@ class ResponseDecoder:
             if state.server in _ENDED:
                 self._trailing()  # garbage after a complete response
                 return
+            if not self.headers_done and not self._relaxed:
+                # Envoy's parser takes a response head with bare LF line ends or obs-fold
+                # lines (a request's stays refused): the head again, made strict
+                # (_relaxed_head), once its bytes are all there
+                buf = self._head_pending + data
+                fixed = _relaxed_head(buf)
+                if fixed is None or fixed != buf:
+                    self._relaxed = True
+                    self._parser = _RelaxedHead(self, b"")
+                    self._head_pending = b""
+                    self._head_raw = 0  # BUF is counted again
+                    self._head_bytes = 0
+                    self.headers = []  # decoded again
+                    return self.feed(buf)
             state.process_error(SERVER)
             raise ResponseError(str(e)) from None
         if not self.headers_done:
@@ -559,9 +665,15 @@ class ResponseDecoder:
             # also to a header line that never ends (4 KiB for the status line and the
             # separators the decoded count leaves out)
             self._head_raw += len(data)
+            self._head_pending += data
             if self._head_raw > self._max_header_bytes + 4096:
                 state.process_error(SERVER)
                 raise ResponseError("response headers too large")
+
+    @property
+    def head_started(self) -> bool:
+        """Some bytes of the response's head arrived (and the head did not end)."""
+        return self._head_raw > 0
 
     def eof_completes(self) -> bool:
         """At upstream EOF: a response framed by connection close is complete now."""
@@ -603,16 +715,20 @@ class ResponseDecoder:
             return
         p = self._parser
         self.status = status = p.get_status_code()
+        headers = self.headers
+        if len(headers) > MAX_RESPONSE_HEADERS:
+            raise ResponseError("too many response headers")
         if not 200 <= status <= 999:  # one test on the usual response
             if not 100 <= status <= 999:  # three digits, 1xx and up (Envoy: 099 -> 502)
                 raise ResponseError(f"status {status}")
+            _no_body_framing(headers)
             if status != 101:
                 # 100 Continue and friends: drop them, the final response follows
                 state.process_event(SERVER, INFORMATIONAL)
                 self.headers = []
                 self._head_bytes = 0
                 return
-        for n, v in self.headers:
+        for n, v in headers:
             if n == "transfer-encoding":
                 # as for requests, Envoy understands exactly "chunked" and nothing else
                 if v.strip().lower() != "chunked" or self.chunked:
@@ -620,6 +736,8 @@ class ResponseDecoder:
                 self.chunked = True
             elif n == "content-length":
                 self.content_length = int(v)
+        if status == 204:
+            _no_body_framing(headers)
         if status == 101 and state.pending_switch == SWITCH_UPGRADE:
             state.process_event(SERVER, INFORMATIONAL, SWITCH_UPGRADE)  # the tunnel's
         elif (state.server == SEND_RESPONSE and state.pending_switch is None
@@ -653,6 +771,16 @@ class ResponseDecoder:
                     state.server = DONE
                 else:
                     state.process_event(SERVER, END_OF_MESSAGE)
+
+
+def _no_body_framing(headers: list[tuple[str, str]]) -> None:
+    """Envoy's ClientConnectionImpl::onHeadersCompleteBase for a 1xx or 204 response:
+    a transfer-encoding, or a content-length other than 0, is a protocol error (502 UPE
+    upstream_reset_before_response_started{protocol_error}, observed on Envoy 1.40); a
+    zero one is dropped (encode_headers does that)."""
+    for n, v in headers:
+        if n == "transfer-encoding" or (n == "content-length" and v.strip() != "0"):
+            raise ResponseError(f"{n} on a 1xx or 204 response")
 
 
 def _no_headers(decoder: ResponseDecoder) -> None:

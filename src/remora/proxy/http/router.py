@@ -871,7 +871,16 @@ class _Forward:
             self._complete(dec)
             return
         self.stream.flush()
-        self._finish(_Failure("truncated" if dec.headers_done else "reset"))
+        if dec.headers_done:
+            self._finish(_Failure("truncated"))
+        elif dec.head_started:
+            # part of a head, then the end: Envoy's parser fails on it, a protocol error
+            # (502 UPE upstream_reset_before_response_started{protocol_error}, observed on
+            # Envoy 1.40), not the connection's termination
+            self.cs.protocol_error.inc()
+            self._finish(_Failure("protocol"))
+        else:
+            self._finish(_Failure("reset"))
 
     def _finish(self, outcome: _Failure | str | None) -> None:
         """The attempt's outcome is known: detach from the connection, wake the task."""
@@ -983,13 +992,28 @@ class _Forward:
             self.cluster.host_stat(self.host, "rq_error" if status >= 500 else "rq_success")
         info.response_code_details = "via_upstream"
         # a response that may have a body but no framing of its own (read until close)
-        # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none
+        # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none. A HEAD
+        # response's head says so as the GET's would (Envoy 1.40 writes its
+        # transfer-encoding: chunked, and no body)
         chunked = dec.chunked or (dec.content_length is None and status >= 200
-                                  and status not in (204, 304) and not stream.head)
+                                  and status not in (204, 304))
+        req = stream.req
+        if req.complete:
+            # Envoy's x-envoy-upstream-service-time counts from the downstream request's
+            # end (Router::Filter::onUpstreamHeaders, downstream_request_complete_time_):
+            # the router's start for a whole request, the body's end for a streamed one
+            svc: int | None = None if self.router.suppress else int(
+                (time.monotonic() - (req.completed_at or self.started)) * 1000)
+        else:
+            # a final response while the client still uploads (a 413 or 417 before the
+            # body was read): Envoy has no request end to count from, so no service time,
+            # and it closes the connection after it, saying connection: close (observed on
+            # Envoy 1.40)
+            svc = None
+            stream.closing = True
         stream.encode_headers(
             status, dec.headers, chunked=chunked, mutations=self.route.response_mutations,
-            service_time_ms=None if self.router.suppress
-            else int((time.monotonic() - self.started) * 1000))
+            service_time_ms=svc)
 
     def _count_response(self, status: int) -> None:
         cs = self.cs

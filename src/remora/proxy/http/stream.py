@@ -330,14 +330,17 @@ class ActiveStream:
         server_seen = transformation == "PASS_THROUGH"  # never added then
         svc = None if service_time_ms is None else str(service_time_ms)
         hl: list[tuple[str, str]] = []
-        unrequested_101 = status == 101 and not self.req.upgrade
+        # Envoy's mutateResponseHeaders removes upgrade unless request and response are both
+        # upgrades: a 200 with ``Upgrade: h2c`` loses it, an unrequested 101 too (observed
+        # on Envoy 1.40)
+        no_upgrade = not self.req.upgrade
         for h in headers:
             n = h[0]
             if n not in _RESPONSE_SPECIAL:
                 hl.append(h)
                 continue
             v = h[1]
-            if n in _RESPONSE_HOP or (unrequested_101 and n == "upgrade"):
+            if n in _RESPONSE_HOP or (no_upgrade and n == "upgrade"):
                 continue
             if n == "content-length" and status == 204:
                 continue  # RFC 9110 8.6: never on a 204
@@ -375,8 +378,9 @@ class ActiveStream:
             self.closing = True
             hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
-        self.resp_chunked = chunked and not self.head and status not in (204, 304)
-        if self.resp_chunked:
+        if chunked and status not in (204, 304):
+            # a HEAD response says so too, with no body (observed on Envoy 1.40)
+            self.resp_chunked = not self.head
             hl.append(("transfer-encoding", "chunked"))
         for h in tail:
             resp[h[0]] = h[1]
@@ -474,7 +478,13 @@ class ActiveStream:
         if reason == "timeout":
             self.local_reply(504, b"upstream request timeout", "response_timeout", "UT")
         elif reason == "stream_idle":
-            self.local_reply(408, b"stream timeout", "stream_idle_timeout", "SI", close=True)
+            # Envoy's ActiveStream::onIdleTimeout: Utility::maybeRequestTimeoutCode, 504 once
+            # the request was all read (the connection stays open for the next request), else
+            # 408, and the connection closes since the rest of the body will not be read
+            # (observed on Envoy 1.40)
+            done = self.req.complete
+            self.local_reply(504 if done else 408, b"stream timeout", "stream_idle_timeout",
+                             "SI", close=not done)
         elif reason == "codec":
             self.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
         elif reason == "max_duration":
