@@ -466,8 +466,9 @@ def _relaxed_head(buf: bytes) -> bytes | None:
     """BUF (a response from its first byte) with the line endings and folds Envoy's
     parser tolerates in a RESPONSE head made strict: a bare LF ends a line as CRLF does,
     a CR inside a line is dropped, and an obs-fold line (leading SP or HTAB) joins the
-    line before it with one space (``x-a: a`` + `` b`` is ``x-a: a b``, observed on Envoy
-    1.40). Interim 1xx heads are
+    line before it with its own leading whitespace (the line break alone is dropped:
+    ``x-a: a`` + `` b`` is ``x-a: a b``, + ``<HTAB>b`` is ``x-a: a<HTAB>b``, observed on
+    Envoy 1.40 over fresh upstream connections). Interim 1xx heads are
     done the same way up to the final one. None while a head is incomplete. Anything
     else (a NUL or another control character) is left for the strict parser to refuse."""
     out: list[bytes] = []
@@ -487,7 +488,7 @@ def _relaxed_head(buf: bytes) -> bytes | None:
             if not line:
                 break
             if len(lines) > 1 and line[:1] in (b" ", b"\t"):
-                lines[-1] = lines[-1].rstrip(b" \t") + b" " + line.strip(b" \t")
+                lines[-1] += line
             else:
                 lines.append(line)
         out.append(b"\r\n".join(lines) + b"\r\n\r\n")

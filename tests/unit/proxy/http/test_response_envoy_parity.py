@@ -202,7 +202,15 @@ def _config(template: dict[str, Any], port: int, admin: int, log: Path,
     tc["stream_idle_timeout"] = "1s"
     tc["route_config"]["virtual_hosts"][0]["routes"] = [
         {"match": {"prefix": "/"}, "route": {"cluster": "raw", "timeout": "0s"}}]
-    return hcm_bootstrap(hcm, port, admin, [static_cluster("raw", backend)])
+    # one request per upstream connection: the backend closes after each answer, and a
+    # proxy that pooled the connection sent the next case on it before it saw the close
+    # (both answered 503 UC then, agreeing on nothing the case was about)
+    one_request = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": 1},
+        "explicit_http_config": {"http_protocol_options": {}}}}
+    return hcm_bootstrap(hcm, port, admin, [static_cluster(
+        "raw", backend, typed_extension_protocol_options=one_request)])
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +281,7 @@ def test_what_envoy_does(outcomes: dict[str, dict[str, Any]]) -> None:
     for name in ("100-headers", "headers-70k", "bare-lf", "obs-fold"):
         assert envoy[name].startswith(b"HTTP/1.1 200 OK\r\n"), name
     assert b"\r\nx-a: a b\r\n" in envoy["obs-fold"]
+    assert b"\r\nx-a: a\tb\r\n" in envoy["obs-fold-tab"]
     assert b"transfer-encoding: chunked\r\n" in envoy["head-no-length"]
     assert b"upgrade" not in envoy["upgrade-h2c"].lower()
     assert b"connection: close\r\n" in envoy["early-413"]

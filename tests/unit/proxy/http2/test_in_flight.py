@@ -179,14 +179,15 @@ def test_retried_status_in_flight_ends_with_urx(flights: list[str]) -> None:
     run(body)
 
 
-def test_stream_idle_timeout_in_flight_is_408_si(flights: list[str]) -> None:
+def test_stream_idle_timeout_in_flight_is_504_si(flights: list[str]) -> None:
+    # a request read whole: maybeRequestTimeoutCode(remoteDecodeComplete) is 504
     async def body() -> None:
         hcm, app, ctx = await setup(stream_idle_timeout="0.3s")
         async with proxy(hcm) as addr:
             c = await H2Client.connect(addr)
             assert (await c.request("GET", "/warm")).status == 200
             r = await c.request("GET", "/slow/3000")
-            assert (r.status, r.body, r.ended) == (408, b"stream timeout", True)
+            assert (r.status, r.body, r.ended) == (504, b"stream timeout", True)
             await c.close()
         assert flights == ["resumed"]
         infos = await logged(ctx, 2)
