@@ -28,7 +28,8 @@ from remora.errors import UsageError
 @click.option("--drain-time-s", "drain_time", type=click.IntRange(min=0), default=600,
               show_default=True,
               help="Envoy's: how long /drain_listeners?graceful drains before the "
-                   "listeners stop.")
+                   "listeners stop, and how long an LDS update drains the connections of "
+                   "the filter chains or listeners it replaced before closing them.")
 @click.option("--drain-strategy", type=click.Choice(["gradual", "immediate"]),
               default="gradual", show_default=True,
               help="Envoy's: gradual closes more connections as the drain time passes, "

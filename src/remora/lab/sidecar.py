@@ -20,6 +20,14 @@ import remora
 from remora.lab.settings import LabSettings
 
 PROXY_GID = 1337
+# What pilot-agent passes Envoy (istio/istio pkg/envoy/proxy.go, envoy.args): --drain-time-s
+# from ProxyConfig.drainDuration (pkg/config/mesh/mesh.go: 45 s by default) and
+# --drain-strategy immediate ("Clients are notified as soon as the drain process
+# starts"). They bound how long a connection opened before a config update keeps its old
+# filter chain (an AuthorizationPolicy applied meanwhile, say): its next response closes
+# it (HTTP/1.1 connection: close, HTTP/2 GOAWAY), and whatever is still open after 45 s
+# is closed (docs/proxy.md "Draining"). Envoy's own defaults would be 600 s, gradual.
+DRAIN_ARGS = ["--drain-time-s", "45", "--drain-strategy", "immediate"]
 
 
 def argv(settings: LabSettings, bootstrap: Path) -> list[str]:
@@ -27,8 +35,9 @@ def argv(settings: LabSettings, bootstrap: Path) -> list[str]:
         # Hot restart needs shared memory named by --base-id; each pod runs one Envoy that
         # is never hot-restarted, so it is off (no clash between pods on one host).
         return [settings.envoy_binary, "-c", str(bootstrap), "--disable-hot-restart",
-                "--concurrency", "1", "-l", "warning"]
-    return [sys.executable, "-m", "remora", "proxy", "-c", str(bootstrap), "-l", "warning"]
+                "--concurrency", "1", "-l", "warning", *DRAIN_ARGS]
+    return [sys.executable, "-m", "remora", "proxy", "-c", str(bootstrap), "-l", "warning",
+            *DRAIN_ARGS]
 
 
 def _reachable(path: Path, uid: int, gid: int, need: int) -> bool:

@@ -58,8 +58,9 @@ def test_processes_for_istio_init_the_sidecar_and_the_app(tmp_path: Path) -> Non
     assert (init.uid, init.gid) == (0, 0)
     proxy = setup.process(ctx, pod["spec"]["containers"][1], False)
     boot = tmp_path / "pods" / "p1" / "envoy" / "bootstrap.json"
+    # Istio's drain flags (pilot-agent: drainDuration 45 s, immediate)
     assert proxy.argv == [sys.executable, "-m", "remora", "proxy", "-c", str(boot), "-l",
-                          "warning"]
+                          "warning", "--drain-time-s", "45", "--drain-strategy", "immediate"]
     assert proxy.gid == 1337 and proxy.ready_port == 15021
     # a private state dir keeps uid 1337 out: gid 1337 alone still exempts it from capture
     assert proxy.uid == 0
@@ -88,7 +89,8 @@ def test_envoy_sidecar_runs_the_same_files(tmp_path: Path) -> None:
     setup.prepare(ctx)
     proxy = setup.process(ctx, pod["spec"]["containers"][1], False)
     assert proxy.argv == ["/opt/envoy", "-c", str(ctx.pod_dir / "envoy" / "bootstrap.json"),
-                          "--disable-hot-restart", "--concurrency", "1", "-l", "warning"]
+                          "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
+                          "--drain-time-s", "45", "--drain-strategy", "immediate"]
 
 
 def test_cluster_changes_rewrite_the_endpoints(tmp_path: Path) -> None:

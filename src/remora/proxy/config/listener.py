@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remora.proxy import registry
 from remora.proxy.config.address import Address, parse_address
@@ -18,6 +18,9 @@ from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.filter_chain_match import FilterChainMatch, check_unique, parse_match
 from remora.proxy.interfaces import AccessLogger, NetworkFilter
 from remora.proxy.transport.tls import TlsTransport, parse_transport_socket
+
+if TYPE_CHECKING:
+    from remora.proxy.server.drain import ChainDrain
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
@@ -29,6 +32,10 @@ class FilterChain:
     match: FilterChainMatch
     filters: list[NetworkFilter]
     transport: TlsTransport | None = None  # transport_socket tls; None for raw_buffer
+    # its connections' drain decision (server/drain.py ChainDrain), set by the server when
+    # the listener is served; an in-place LDS update hands it on to the same chain in the
+    # new version (Envoy keeps the FilterChainImpl the update did not change)
+    drain: ChainDrain | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -64,6 +71,14 @@ class ListenerConfig:
     def addresses(self) -> tuple[Address, ...]:
         """Every address the listener is bound to (or handed connections for)."""
         return (self.address, *self.additional_addresses)
+
+    def chains(self) -> list[tuple[FilterChain, Any]]:
+        """Every filter chain (the default one last) with its raw config."""
+        raws = self.raw.get("filter_chains") or []
+        out = list(zip(self.filter_chains, raws, strict=True))
+        if self.default_filter_chain is not None:
+            out.append((self.default_filter_chain, self.raw.get("default_filter_chain")))
+        return out
 
     def same_socket(self, other: ListenerConfig) -> bool:
         """Whether OTHER can take over this listener's sockets (an in-place update)."""

@@ -14,10 +14,35 @@ starts its own drain (a GOAWAY with last stream id 2^31-1, then ``drain_timeout`
 final GOAWAY). Idle connections are not told: Envoy 1.40's connection manager asks only
 when a response starts. ``inboundonly`` limits all this to listeners whose
 ``traffic_direction`` is INBOUND.
+
+LDS updates drain too (``ChainDrain``, one per filter chain of a listener version;
+server/runtime.py starts them), as Envoy's ListenerManagerImpl does:
+
+- an in-place update (only ``filter_chains``/``default_filter_chain`` changed:
+  inPlaceFilterChainUpdate) drains the old chains the new listener does not have
+  (drainFilterChains: diffFilterChain, ``filter_chain.startDraining()``); chains the
+  update kept go on untouched;
+- any other update of a listener, or its removal (drainListener), drains all of the old
+  listener's connections (``localDrainManager().startDrainSequence``; ListenerImpl's
+  drainClose is ``local || server``);
+- either way the drained connections' ``drainClose()`` follows --drain-strategy from the
+  update on, as above: always with ``immediate``, elapsed/--drain-time-s with
+  ``gradual``. (Envoy's source has a draining chain answer yes at once --
+  PerFilterChainFactoryContextImpl::drainClose is ``is_draining_ || parent's`` -- but
+  Envoy 1.40 on loopback ramps an in-place update's old chain under ``gradual`` like a
+  drained listener: tests/unit/proxy/test_lds_drain_envoy_parity.py; remora does what
+  1.40 does.)
+- ``--drain-time-s`` after the update (DrainingFilterChainsManager::startDrainSequence
+  with ``server_.options().drainTime()``, resp. the listener's drain manager's timer), the
+  workers close the connections still open on them without flushing
+  (OwnedActiveStreamListenerBase::removeFilterChain, ~ActiveTcpListener:
+  ``connection_->close(NoFlush)``): an idle keep-alive connection, a tcp_proxy
+  connection, anything whose drain decision was never asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -58,22 +83,60 @@ class DrainManager:
         elapsed = time.monotonic() - started
         return elapsed >= self.drain_time or random.random() * self.drain_time < elapsed
 
-    def for_listener(self, inbound: bool) -> ListenerDrain:
-        return ListenerDrain(self, inbound)
+    def for_listener(self, inbound: bool) -> ChainDrain:
+        return ChainDrain(self, inbound)
 
 
-class ListenerDrain:
-    """interfaces.DrainDecision of the connections of one listener."""
+class ChainDrain:
+    """interfaces.DrainDecision of the connections of one filter chain of one listener
+    version (Envoy's PerFilterChainFactoryContextImpl), and those connections, so the end
+    of an LDS drain can close them."""
 
-    __slots__ = ("inbound", "manager")
+    __slots__ = ("connections", "draining", "ended", "inbound", "local", "manager")
 
     def __init__(self, manager: DrainManager, inbound: bool) -> None:
         self.manager = manager
         self.inbound = inbound
+        # an LDS drain of this chain runs: the one attribute the usual path tests on top
+        # of the server's drain (drain_close)
+        self.draining = False
+        self.local: DrainManager | None = None  # the LDS drain's (started at the update)
+        self.ended = False  # the drain time is over: its connections were closed
+        # the tasks serving its connections (server/listeners.py adds and discards them)
+        self.connections: set[asyncio.Task[None]] = set()
 
     def drain_close(self) -> bool:
+        if self.draining:
+            return self._lds_drain_close()
         m = self.manager
         return m.started is not None and m.drain_close(self.inbound)
+
+    def _lds_drain_close(self) -> bool:
+        local = self.local
+        if local is not None and local.drain_close(self.inbound):
+            return True
+        m = self.manager
+        return m.started is not None and m.drain_close(self.inbound)
+
+    def start_drain(self, local: DrainManager) -> None:
+        """An LDS update drains the chain: LOCAL, started at the update (one for all the
+        chains it drains), decides from now on, with the server's."""
+        if not self.draining:
+            self.local = local
+            self.draining = True
+
+    def end(self) -> int:
+        """The drain time is over: close what is still open (Envoy closes without flushing;
+        here each connection's task is cancelled, so its filters end as on shutdown).
+        Returns how many were closed."""
+        self.ended = True
+        tasks, self.connections = self.connections, set()
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+
+ListenerDrain = ChainDrain  # the drain decision of a listener's connections (tests)
 
 
 class NeverDrain:

@@ -258,9 +258,16 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
             info.downstream_alpn = alpn or info.downstream_alpn
         else:
             reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)
-        downstream = DownstreamConnection(
-            reader, writer, facts, info,
-            server.drain.for_listener(cfg.traffic_direction == "INBOUND"))
+        drain = chain.drain
+        if drain is None:  # a listener served without the server's drain state (tests)
+            drain = chain.drain = server.drain.for_listener(cfg.traffic_direction == "INBOUND")
+        if drain.ended:  # its LDS drain ended while the connection was being set up
+            return
+        task = asyncio.current_task()
+        if task is not None:  # closed with the chain when an LDS drain of it ends
+            drain.connections.add(task)
+            task.add_done_callback(drain.connections.discard)
+        downstream = DownstreamConnection(reader, writer, facts, info, drain)
         for filt in chain.filters:
             await filt.on_connection(downstream)
             if downstream.closed:

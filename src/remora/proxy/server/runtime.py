@@ -5,14 +5,18 @@ built, every socket bound) before anything changes; a bad file is refused with a
 the log and Envoy's counter (listener_manager.lds.update_rejected,
 cluster_manager.cds.update_rejected, cluster.<name>.update_rejected) and the last good
 config stays. Established connections keep the filter chains and clusters they started
-with; a listener whose address is unchanged keeps its socket (an in-place update).
+with, until the listener's update drains them (server/drain.py: ``--drain-time-s``, then
+what is still open is closed, as Envoy's ListenerManagerImpl drainFilterChains /
+drainListener); a listener whose address is unchanged keeps its socket.
 https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/lds
+https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/operations/draining
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -24,7 +28,7 @@ from remora.proxy.config.bootstrap import Bootstrap, read_discovery_file
 from remora.proxy.config.listener import LISTENER_TYPE, ListenerConfig, parse_listener
 from remora.proxy.config.strict import ConfigError
 from remora.proxy.server.context import ProxyContext
-from remora.proxy.server.drain import DrainManager
+from remora.proxy.server.drain import ChainDrain, DrainManager
 from remora.proxy.server.listeners import ActiveListener
 from remora.proxy.server.sockets import has_net_admin, require_net_admin
 from remora.proxy.stats import StatsStore
@@ -76,6 +80,9 @@ class Server:
         # --drain-time-s / --drain-strategy (set by the CLI before the workers fork)
         self.drain = DrainManager()
         self._drain_stop: asyncio.TimerHandle | None = None
+        # LDS drains under way (their --drain-time-s timers): old filter chains, old
+        # listeners (Envoy's draining_filter_chains_manager_ / draining_listeners_)
+        self._lds_drains: set[asyncio.TimerHandle] = set()
         self.stopped = asyncio.Event()
         self.stats.touch(*(f"{x}.{y}" for x in ("listener_manager.lds", "cluster_manager.cds")
                            for y in ("update_attempt", "update_success", "update_rejected")))
@@ -94,6 +101,7 @@ class Server:
         _unique([c.name for c in configs], "static_resources.listeners", "listener")
         self._check_privileges(configs)
         for cfg in configs:
+            self._attach_drains(cfg)
             self.listeners[cfg.name] = ActiveListener(cfg)
             self.static_listener_names.add(cfg.name)
         if boot.cds_path:
@@ -201,6 +209,9 @@ class Server:
             self._poll_task.cancel()
         if self._drain_stop is not None:
             self._drain_stop.cancel()
+        for timer in self._lds_drains:
+            timer.cancel()
+        self._lds_drains.clear()
         for active in self.listeners.values():
             active.stop_accepting()
         flush_all()  # access-log lines still waiting for their flush delay leave now
@@ -345,20 +356,32 @@ class Server:
         taken = {id(donor) for donor, _ in takeovers}
         for active, cfg in in_place + takeovers:
             # The accept loop reads active.config per connection; connections already
-            # accepted keep the filter chain they matched.
+            # accepted keep the filter chain they matched, until its drain ends.
             if active.config.name != cfg.name:
                 del self.listeners[active.config.name]
                 self.stats.inc("listener_manager.listener_removed")
                 self.stats.inc("listener_manager.listener_added")
-            else:
+                self._drain_listener(active.config)
+                self._attach_drains(cfg)
+            elif _filter_chain_only_change(active.config, cfg):
                 self.stats.inc("listener_manager.listener_in_place_updated")
+                self._drain_filter_chains(active.config, cfg)
+            else:
+                # Envoy updates it in place only when nothing but its filter chains
+                # changed; else the new version takes over the socket and the old one
+                # drains whole (a full listener update, onListenerWarmed -> drainListener)
+                self.stats.inc("listener_manager.listener_modified")
+                self._drain_listener(active.config)
+                self._attach_drains(cfg)
             active.config = cfg
             active.version_info = version
             active.last_updated = time.time()
             self.listeners[cfg.name] = active
         for active, prev in fresh:
+            self._attach_drains(active.config)
             if prev is not None:
                 prev.stop_accepting()
+                self._drain_listener(prev.config)
                 self.stats.inc("listener_manager.listener_modified")
             else:
                 self.stats.inc("listener_manager.listener_added")
@@ -370,7 +393,77 @@ class Server:
                 prev.stop_accepting()
                 del self.listeners[name]
                 self.stats.inc("listener_manager.listener_removed")
+                self._drain_listener(prev.config)
         self._listener_gauges()
+
+    # -- LDS drains (server/drain.py) ------------------------------------------------------
+    def _attach_drains(self, cfg: ListenerConfig) -> None:
+        """Give each of CFG's chains that has none its drain decision."""
+        inbound = cfg.traffic_direction == "INBOUND"
+        for chain, _ in cfg.chains():
+            if chain.drain is None:
+                chain.drain = self.drain.for_listener(inbound)
+
+    def _drain_filter_chains(self, old: ListenerConfig, new: ListenerConfig) -> None:
+        """Envoy's ListenerManagerImpl::drainFilterChains: a chain of NEW equal to one of
+        OLD (the same config) is the same chain, its connections untouched; OLD's other
+        chains drain (_start_drain)."""
+        kept: dict[str, ChainDrain] = {}
+        for chain, raw in old.chains():
+            if chain.drain is not None:
+                kept[_chain_key(raw)] = chain.drain
+        for chain, raw in new.chains():
+            chain.drain = kept.pop(_chain_key(raw), None)
+        self._attach_drains(new)
+        self._start_drain(list(kept.values()), "listener_manager.total_filter_chains_draining")
+
+    def _drain_listener(self, cfg: ListenerConfig) -> None:
+        """Envoy's ListenerManagerImpl::drainListener: all of the old listener's
+        connections drain, and --drain-time-s later what is still open is closed."""
+        self._start_drain([chain.drain for chain, _ in cfg.chains() if chain.drain is not None],
+                          "listener_manager.total_listeners_draining", 1)
+
+    def _start_drain(self, draining: list[ChainDrain], gauge: str, count: int = 0) -> None:
+        """The drain of DRAINING starts now: their own drain manager, with the server's
+        --drain-time-s and --drain-strategy, decides when each connection is told (as
+        its next response starts, server/drain.py); when the drain time is over, what is
+        still open is closed. GAUGE (Envoy's listener_manager.total_*_draining) counts
+        COUNT (default: one per chain) meanwhile."""
+        if not draining:
+            return
+        local = DrainManager(self.drain.drain_time, self.drain.strategy)
+        local.start(False)
+        for d in draining:
+            d.start_drain(local)
+        self._end_later(draining, gauge, count or len(draining))
+
+    def _end_later(self, draining: list[ChainDrain], gauge: str, count: int) -> None:
+        self.stats.gauge_add(gauge, count)
+        loop = asyncio.get_running_loop()
+
+        def end() -> None:
+            self._lds_drains.discard(timer)
+            closed = sum(d.end() for d in draining)
+            self.stats.gauge_add(gauge, -count)
+            if closed:
+                log.debug("LDS drain over: %d connection(s) closed", closed)
+        timer = loop.call_later(self.drain.drain_time, end)
+        self._lds_drains.add(timer)
+
+
+def _filter_chain_only_change(old: ListenerConfig, new: ListenerConfig) -> bool:
+    """Envoy's ListenerMessageUtil::filterChainOnlyChange: the listeners differ in their
+    filter_chains and default_filter_chain only (then the update is in place)."""
+    def rest(cfg: ListenerConfig) -> dict[str, object]:
+        return {k: v for k, v in cfg.raw.items()
+                if k not in ("filter_chains", "default_filter_chain")}
+    return rest(old) == rest(new)
+
+
+def _chain_key(raw: object) -> str:
+    """A filter chain's identity across versions: its whole config (Envoy keys its filter
+    chains by the FilterChain message)."""
+    return json.dumps(raw, sort_keys=True, default=str)
 
 
 def _unique(names: list[str], path: str, what: str) -> None:
