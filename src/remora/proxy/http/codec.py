@@ -215,6 +215,7 @@ class RequestDecoder:
         self._head_slack = 4096 + 4 * max_headers
         self.upgraded = False  # an Upgrade request was decoded: stop parsing HTTP
         self.upgrade_tail = b""
+        self._h2c_stripped = False  # the current request's h2c upgrade was removed
 
     def feed(self, data: bytes) -> None:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
@@ -232,6 +233,15 @@ class RequestDecoder:
             self.error = e
             raise
         except httptools.HttpParserUpgrade as e:
+            if self._h2c_stripped:
+                # an h2c upgrade served as HTTP/1.1 (on_headers_complete): what follows
+                # it is the next request, for a parser without llhttp's upgrade pause
+                self._h2c_stripped = False
+                self._parser = httptools.HttpRequestParser(self)
+                rest = bytes(data[e.args[0]:])
+                if rest:
+                    self.feed(rest)
+                return
             # the Upgrade request is complete; the bytes after it belong to the tunnel
             self.upgraded = True
             self.upgrade_tail = bytes(data[e.args[0]:])
@@ -370,6 +380,19 @@ class RequestDecoder:
         # a Connection (or Proxy-Connection) token "upgrade": without an Upgrade header
         # it is the method's test, and httptools is asked only otherwise (test_codec_framing)
         upgrade = "upgrade" in hmap
+        if (upgrade and hmap["upgrade"].lower() == "h2c" and "transfer-encoding" not in hmap
+                and hmap.get("content-length", "0") == "0"):
+            # Envoy's HTTP/1 codec takes no h2c upgrade (curl --http2 on an http:// URL
+            # asks for one): it removes Upgrade, HTTP2-Settings and their Connection
+            # tokens and serves the request as HTTP/1.1 (ServerConnectionImpl::
+            # onHeadersCompleteBase, Utility::isH2UpgradeRequest). httptools still ends
+            # the message at its head and pauses as after an upgrade: feed() then goes
+            # on with a fresh parser. Only without a body: httptools has skipped it by
+            # then (an h2c upgrade with a body stays an upgrade, refused with 403)
+            self._h2c_stripped = True
+            _strip_h2c(req)
+            connection = hmap.get("connection")
+            upgrade = False
         req.upgrade = is_upgrade = (
             p.should_upgrade() if upgrade else method == "CONNECT")
         # (``in`` below: a test for a header the usual request lacks costs less than
@@ -460,6 +483,33 @@ RESPONSE_ENDED = _ENDED  # the SERVER states in which a response is complete
 # Envoy 1.40: 80 KB of headers relayed, 100 KB and 101 lines refused)
 MAX_RESPONSE_HEADER_BYTES = 80 * 1024
 MAX_RESPONSE_HEADERS = 100
+
+
+def _strip_h2c(req: Request) -> None:
+    """REQ without its h2c upgrade: no Upgrade or HTTP2-Settings header, and no
+    ``upgrade``/``http2-settings`` token in Connection (the header goes when none is
+    left), as Envoy's Utility::removeConnectionUpgrade leaves it."""
+    hmap = req.hmap
+    gone = ("upgrade", "http2-settings")
+    kept: list[tuple[str, str]] = []
+    connection: list[str] = []
+    for n, v in req.headers:
+        if n in gone:
+            continue
+        if n == "connection":
+            tokens = [t.strip() for t in v.split(",")]
+            v = ", ".join(t for t in tokens if t and t.lower() not in gone)
+            if not v:
+                continue
+            connection.append(v)
+        kept.append((n, v))
+    req.headers[:] = kept
+    for n in gone:
+        hmap.pop(n, None)
+    if connection:
+        hmap["connection"] = ",".join(connection)
+    else:
+        hmap.pop("connection", None)
 
 
 def _relaxed_head(buf: bytes) -> bytes | None:

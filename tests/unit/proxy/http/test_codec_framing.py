@@ -109,7 +109,8 @@ class _Flags:
     b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade:\r\nConnection: upgrade\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: h2c\r\nConnection: keep-alive, Upgrade\r\n",
+    # (h2c is not an upgrade for the decoder: test_an_h2c_upgrade_is_served_as_http11...)
+    b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: foo\r\nConnection: keep-alive, Upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nProxy-Connection: upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nConnection: close\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Upgrade: ws\r\nConnection: upgrade\r\n",
@@ -221,3 +222,21 @@ def test_absolute_form_targets_envoy_refuses(target: bytes, details: str) -> Non
 def test_absolute_form_host_header_is_not_checked() -> None:
     (req,), _ = decode(b"GET http://u@b:80/x HTTP/1.1\r\nHost: a b\r\n\r\n")
     assert req.url == "http://u@b:80/x"
+
+
+def test_an_h2c_upgrade_is_served_as_http11_and_the_next_request_is_decoded() -> None:
+    """curl --http2 on an http:// URL asks for h2c: Envoy's codec removes Upgrade,
+    HTTP2-Settings and their Connection tokens and serves HTTP/1.1
+    (test_envoy_parity.py "h2c-upgrade"); what follows is the next request, also when the
+    bytes arrive split."""
+    data = (b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    for cut in (len(data), 40, 120):
+        dec = RequestDecoder(60 * 1024, 100, 1 << 20)
+        dec.feed(data[:cut])
+        if cut < len(data):
+            dec.feed(data[cut:])
+        assert not dec.upgraded
+        got = [(r.url, r.upgrade, r.headers) for r in dec.ready]
+        assert got == [("/a", False, [("host", "a"), ("connection", "keep-alive")]),
+                       ("/b", False, [("host", "a")])]

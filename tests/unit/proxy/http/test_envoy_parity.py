@@ -62,6 +62,10 @@ CASES = {
     # content-length: 0 upstream unless the method is one that has no body
     **{f"bodiless-{m.lower()}": m.encode() + b" /hello HTTP/1.1\r\nHost: a\r\n\r\n"
        for m in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PURGE")},
+    # curl --http2 on an http:// URL: Envoy takes no h2c upgrade and serves HTTP/1.1,
+    # without Upgrade, HTTP2-Settings and their Connection tokens upstream
+    "h2c-upgrade": b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                   b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "bad-request-line": b"GARBAGE\r\n\r\n",
     "cl-and-chunked": b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
