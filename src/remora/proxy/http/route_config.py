@@ -250,13 +250,37 @@ def _zero_only(f: Fields, name: str) -> None:
                           "remove it or set \"0s\"")
 
 
-def parse_route_configuration(f: Fields) -> RouteTable:
+def _unique_domains(vf: Fields, vh: VirtualHost, seen: dict[str, str], table: str) -> None:
+    """Envoy's RouteMatcher refuses a domain (lower-cased) that a virtual host of the
+    same route config already has, the same one included, and a second "*"."""
+    for j, d in enumerate(vh.domains):
+        low = str(d).lower()
+        other = seen.get(low)
+        if other is not None:
+            what = ("Only a single wildcard domain is permitted" if low == "*" else
+                    f"Only unique values for domains are permitted: duplicate {low!r}")
+            raise ConfigError(f"{vf.at('domains')}[{j}]",
+                              f"{what} in route {table!r} (also in virtual host {other!r}; "
+                              "Envoy refuses it)",
+                              "list each domain in one virtual host only")
+        seen[low] = vh.name
+
+
+def parse_route_configuration(f: Fields,
+                              cluster_known: Callable[[str], object] | None = None,
+                              ) -> RouteTable:
+    """F: an inline RouteConfiguration. CLUSTER_KNOWN (a cluster manager's lookup): each
+    route's cluster must be one it knows unless ``validate_clusters`` is false, as Envoy
+    checks an inline route_config (validate_clusters is true by default there:
+    RouteEntryImplBase::validateClusters, "route: unknown cluster"); a route to an
+    unknown cluster then answers 503 NC at request time."""
     name = f.string("name", "") or ""
-    f.ignore("validate_clusters")  # routes to unknown clusters answer 503 NC at request time
+    validate = f.boolean("validate_clusters", True)
     per_filter = parse_typed_per_filter_config(f)
     table_req = parse_mutations(f, "request")
     table_resp = parse_mutations(f, "response")
     vhosts: list[VirtualHost] = []
+    seen: dict[str, str] = {}  # lower-cased domain: its virtual host
     for vf in f.each("virtual_hosts", "VirtualHost"):
         vh = VirtualHost(name=vf.string("name", required=True),
                          domains=tuple(vf.raw("domains", [])), routes=[])
@@ -275,5 +299,15 @@ def parse_route_configuration(f: Fields) -> RouteTable:
         vh.routes = [_route(rf, vh) for rf in vf.each("routes", "Route")]
         vf.done()
         vhosts.append(vh)
+        _unique_domains(vf, vh, seen, name)
+        if validate and cluster_known is not None:
+            for i, r in enumerate(vh.routes):
+                if r.cluster is not None and not cluster_known(r.cluster):
+                    raise ConfigError(
+                        f"{vf.at('routes')}[{i}].route.cluster",
+                        f"route: unknown cluster {r.cluster!r} (Envoy refuses it: "
+                        "validate_clusters is true by default for an inline route_config)",
+                        "define the cluster, or set validate_clusters: false on the "
+                        "route_config (the route then answers 503 NC)")
     f.done()
     return RouteTable(name=name, vhosts=vhosts, per_filter=per_filter)
