@@ -17,7 +17,8 @@ path). Semantics of source/extensions/filters/common/rbac/matchers.cc and engine
   a TLS peer without one (and Istio's certificates, whose subject is empty);
 - ``direct_remote_ip`` is the TCP peer, ``remote_ip`` the client address after
   XFF/PROXY protocol (the peer, on a sidecar), ``destination_*`` the original destination;
-- header and url_path matchers never match on a connection without HTTP.
+- header matchers are refused by the network filter (as Envoy does); url_path never
+  matches on a connection without HTTP.
 Regexes are RE2 in Envoy; Python's ``re`` full match is used (same for the patterns
 Istio writes: ``.*/ns/NS/.*``, ``.+``).
 """
@@ -29,8 +30,11 @@ import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
+from remora.proxy.http.header_map import INLINE_REQUEST
+from remora.proxy.http.header_matcher import parse_header_matcher
 
 
 @dataclass(slots=True)
@@ -219,52 +223,29 @@ def _cidr(f: Fields) -> Matcher | Callable[[str], bool]:
 
 
 def _header(f: Fields) -> Matcher:
-    name = f.string("name", required=True).lower()
-    invert = bool(f.boolean("invert_match", False))
-    present = f.boolean("present_match")
-    sm = f.fields("string_match", "StringMatcher")
-    legacy = {k: f.string(k) for k in ("exact_match", "prefix_match", "suffix_match",
-                                       "contains_match")}
-    f.done()
-    check: Callable[[str], bool]
-    if sm is not None:
-        check = string_matcher(sm)
-    elif any(v is not None for v in legacy.values()):
-        kind, value = next((k, v) for k, v in legacy.items() if v is not None)
-        check = string_matcher(Fields({kind[:-6]: value}, f.path))
-    elif present is not None:
-        def check(_: str) -> bool:
-            return bool(present)
-    else:
-        raise ConfigError(f.path, "header matcher needs string_match or present_match")
+    """A header permission or principal: config.route.v3.HeaderMatcher, decided as the
+    route matcher is (header_matcher.py: a repeated header value by value, an absent one
+    matched only by present_match or treat_missing_header_as_empty)."""
+    m = parse_header_matcher(f)
+    name = m.name
+    if (m.kind == "exact" and not m.invert and not m.ignore_case and not m.missing_as_empty
+            and isinstance(m.value, str)
+            and (name.startswith(":") or name in INLINE_REQUEST)):
+        # what Istio writes (:method, :authority, ...): a name Envoy holds as one value
+        # whatever was sent, so one lookup decides (and any_of makes a list of them one
+        # set membership)
+        want = m.value
 
-    if present is None and not invert:  # what Istio writes: a value matcher
-        plain = _PLAIN_STRING.get(check)
-        if plain is not None and plain[0] == "exact":
-            want = plain[1]
-
-            def match_exact(r: RbacInput) -> bool:
-                headers = r.headers
-                return headers is not None and headers.get(name) == want
-            _HEADER_EXACT[match_exact] = (name, want)
-            return match_exact
-
-        def match_value(r: RbacInput) -> bool:
+        def match_exact(r: RbacInput) -> bool:
             headers = r.headers
-            if headers is None:
-                return False
-            value = headers.get(name)
-            return value is not None and check(value)
-        return match_value
+            return headers is not None and headers.get(name) == want
+        _HEADER_EXACT[match_exact] = (name, want)
+        return match_exact
+    test = m.test
 
     def match(r: RbacInput) -> bool:
-        if r.headers is None:
-            return False
-        value = r.headers.get(name)
-        ok = value is not None and check(value)
-        if present is False:
-            ok = value is None
-        return ok != invert
+        headers = r.headers
+        return headers is not None and test(headers)
     return match
 
 
@@ -311,7 +292,7 @@ def _set(f: Fields, key: str, inner: str, build: Callable[[Fields], Matcher]) ->
 def permission(f: Fields) -> Matcher:
     m: Matcher | None = None
     if f.has("any"):
-        f.boolean("any")
+        _any_true(f)
         m = _true
     elif f.has("and_rules"):
         m = all_of(_set(f, "and_rules", "rules", permission))
@@ -352,6 +333,15 @@ def permission(f: Fields) -> Matcher:
     return m
 
 
+def _any_true(f: Fields) -> None:
+    """``any`` of a Permission or Principal: Envoy's proto says ``const: true`` (``any:
+    false`` is refused, not a rule that never matches)."""
+    if f.boolean("any") is not True:
+        raise ConfigError(f.at("any"), "must be true (Envoy refuses any: false)",
+                          "set any: true, or for a rule that never matches use "
+                          "not_rule/not_id with any: true")
+
+
 def _required(f: Fields, key: str) -> Fields:
     out = f.fields(key)
     assert out is not None
@@ -390,7 +380,7 @@ def _authenticated(f: Fields) -> Matcher:
 def principal(f: Fields) -> Matcher:
     m: Matcher | None = None
     if f.has("any"):
-        f.boolean("any")
+        _any_true(f)
         m = _true
     elif f.has("and_ids"):
         m = all_of(_set(f, "and_ids", "ids", principal))
@@ -420,10 +410,37 @@ def principal(f: Fields) -> Matcher:
     return m
 
 
-def parse_rules(f: Fields | None) -> Rbac | None:
-    """``rules`` (config.rbac.v3.RBAC); None when absent (the filter then allows all)."""
+def header_rule(obj: Any, path: str) -> str | None:
+    """The path of the first ``header`` permission or principal in OBJ (an RBAC rules
+    message as configured, at PATH), None without one."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            at = f"{path}.{k}"
+            if k == "header":
+                return at
+            found = header_rule(v, at)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = header_rule(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def parse_rules(f: Fields | None, network: bool = False) -> Rbac | None:
+    """``rules`` (config.rbac.v3.RBAC); None when absent (the filter then allows all).
+    NETWORK: the network filter's, where Envoy refuses a header rule at any depth
+    ("Found header(...) rule,not supported by RBAC network filter")."""
     if f is None:
         return None
+    if network:
+        at = header_rule(f.obj.get("policies"), f.at("policies"))
+        if at is not None:
+            raise ConfigError(at, "a header rule is not supported by the network RBAC "
+                                  "filter (Envoy refuses it)",
+                              "match headers in envoy.filters.http.rbac instead")
     action = f.enum("action", ("ALLOW", "DENY", "LOG"), "ALLOW")
     if action == "LOG":
         raise ConfigError(f.at("action"), "action LOG is not implemented by remora",

@@ -42,16 +42,34 @@ def snake(name: str) -> str:
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)s$")
 
 
+# google.protobuf.Duration's largest seconds (10000 years), as Envoy's validateDurations
+_DURATION_MAX = 315_576_000_000
+
+
 def parse_duration(value: Any, path: str) -> float:
-    """A google.protobuf.Duration as JSON ("10s", "0.250s") or {seconds, nanos}: seconds."""
+    """A google.protobuf.Duration as JSON ("10s", "0.250s") or {seconds, nanos}: seconds.
+    A negative one is refused, as Envoy's MessageUtil::validateDurations refuses it in any
+    message of the config ("Invalid duration: Expected positive duration")."""
+    seconds: float | None = None
     if isinstance(value, str):
         match = _DURATION.match(value.strip())
         if match:
-            return float(match.group(1))
+            seconds = float(match.group(1))
     elif isinstance(value, dict) and set(value) <= {"seconds", "nanos"}:
-        return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+        secs, nanos = float(value.get("seconds", 0)), float(value.get("nanos", 0))
+        # a negative part is a negative duration to Envoy, whatever the sum
+        seconds = -1.0 if secs < 0 or nanos < 0 else secs + nanos / 1e9
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        seconds = float(value)
+    if seconds is not None:
+        if seconds < 0:
+            raise ConfigError(path, f"negative duration {value!r} (Envoy refuses it: "
+                                    "\"Expected positive duration\")",
+                              "use 0s or more (0s disables a timeout)")
+        if seconds > _DURATION_MAX:
+            raise ConfigError(path, f"duration {value!r} out of range (Envoy refuses more "
+                                    f"than {_DURATION_MAX}s)")
+        return seconds
     raise ConfigError(path, f"invalid duration {value!r} (expected a string such as \"10s\")")
 
 

@@ -154,11 +154,23 @@ class Sink(Protocol):
     async def wait(self) -> None: ...
 
 
+def note_repeated(req: Request, name: str, prev: str, value: str) -> None:
+    """REQ's non-inline NAME came again with VALUE (PREV: its values so far, joined)."""
+    repeated = req.repeated
+    if repeated is None:
+        req.repeated = {name: [prev, value]}
+    elif name in repeated:
+        repeated[name].append(value)
+    else:
+        repeated[name] = [prev, value]
+
+
 class Request:
     """One downstream request as decoded. Header names lower-case, values as sent."""
 
     __slots__ = ("body", "body_bytes", "body_limit_hit", "chunked", "complete", "completed_at",
-                 "content_length", "headers", "hmap", "keep_alive", "method", "retain", "sink",
+                 "content_length", "headers", "hmap", "keep_alive", "method", "repeated",
+                 "retain", "sink",
                  "upgrade", "url")
 
     def __init__(self) -> None:
@@ -166,6 +178,9 @@ class Request:
         self.url = ""
         self.headers: list[tuple[str, str]] = []
         self.hmap: dict[str, str] = {}
+        # the separate values of each non-inline name sent more than once, which Envoy's
+        # header matchers see one by one (header_matcher.py); None: none repeated
+        self.repeated: dict[str, list[str]] | None = None
         self.keep_alive = True
         self.upgrade = False
         self.chunked = False
@@ -342,9 +357,10 @@ class RequestDecoder:
                 set_first(headers, n, v)
         else:
             # any other header repeated stays separate lines on the way up; lookups
-            # (REQ() in the access log, matching) see them comma-joined
+            # (REQ() in the access log) see them comma-joined, header matchers each value
             headers.append((n, v))
             hmap[n] = f"{prev},{v}"
+            note_repeated(req, n, prev, v)
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -506,6 +522,9 @@ def _strip_h2c(req: Request) -> None:
     req.headers[:] = kept
     for n in gone:
         hmap.pop(n, None)
+    if req.repeated is not None:  # the values matchers see one by one (header_matcher.py)
+        for n in (*gone, "connection"):
+            req.repeated.pop(n, None)
     if connection:
         hmap["connection"] = ",".join(connection)
     else:

@@ -88,7 +88,7 @@ def parse_hcm(f: Fields, ctx: FactoryContext) -> HcmConfig:
         raise ConfigError(f.at("route_config"), "required field is missing",
                           "remora needs an inline route_config (rds is not implemented)")
     cfg = HcmConfig(stat_prefix=f.string("stat_prefix", required=True),
-                    route_table=parse_route_configuration(rc))
+                    route_table=parse_route_configuration(rc, ctx.cluster_manager.get))
     cfg.codec_type = f.enum("codec_type", ("AUTO", "HTTP1", "HTTP2"), "AUTO")
     cfg.use_remote_address = bool(f.boolean("use_remote_address", False))
     cfg.xff_num_trusted_hops = f.integer("xff_num_trusted_hops", 0)
@@ -198,6 +198,13 @@ def _http_filters(f: Fields, ctx: FactoryContext) -> list[Any]:
     for i, hf in enumerate(entries):
         name = hf.string("name", required=True)
         tc = hf.fields("typed_config")
+        if tc is None and not hf.has("config_discovery"):
+            # Envoy finds an HTTP filter by its typed_config's type URL only (no lookup by
+            # name): "Didn't find a registered implementation for NAME with type URL: ''"
+            raise ConfigError(hf.at("typed_config"), f"required for HTTP filter {name!r} "
+                              "(Envoy finds a filter by its typed_config @type, not its name)",
+                              "add typed_config with its @type, e.g. \"@type\": type.googleapis"
+                              ".com/envoy.extensions.filters.http.router.v3.Router")
         url = type_url_of(tc) if tc is not None else None
         ext = registry.lookup("http", name, url, hf.path)
         if hf.boolean("is_optional", False):

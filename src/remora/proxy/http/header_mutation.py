@@ -119,6 +119,12 @@ def _apply_level(out: list[tuple[str, str]], level: MutationLevel) -> list[tuple
     return out
 
 
+def modifiable(name: str) -> bool:
+    """Whether Envoy lets a header mutation add or remove NAME (lower-case):
+    HeaderUtility::isModifiableHeader / isRemovableHeader refuse a pseudo header and host."""
+    return not name.startswith(":") and name != "host"
+
+
 def _options(f: Fields, name_of: str) -> tuple[tuple[str, str, str, bool], ...]:
     out: list[tuple[str, str, str, bool]] = []
     for opt in f.each(name_of, "HeaderValueOption"):
@@ -126,6 +132,12 @@ def _options(f: Fields, name_of: str) -> tuple[tuple[str, str, str, bool], ...]:
         if hv is None:
             raise ConfigError(opt.at("header"), "required field is missing")
         name = hv.string("key", required=True).lower()
+        if not modifiable(name):
+            # HeaderParser::configure: HeaderUtility::isModifiableHeader
+            raise ConfigError(hv.at("key"), f"{name!r}: :-prefixed or host headers may not be "
+                              "modified (Envoy refuses it)",
+                              "remove this entry (a route's host_rewrite_* or the path "
+                              "rewrites change those)")
         value = hv.string("value", "") or ""
         if hv.has("raw_value"):
             raise ConfigError(hv.at("raw_value"), "raw_value is not implemented by remora",
@@ -150,7 +162,13 @@ def _options(f: Fields, name_of: str) -> tuple[tuple[str, str, str, bool], ...]:
 def parse_mutations(f: Fields, direction: str) -> HeaderMutations:
     """DIRECTION "request" or "response": the two fields of that direction on F."""
     add = _options(f, f"{direction}_headers_to_add")
-    remove = frozenset(str(n).lower() for n in f.items(f"{direction}_headers_to_remove"))
+    field = f"{direction}_headers_to_remove"
+    remove = frozenset(str(n).lower() for n in f.items(field))
+    for i, n in enumerate(f.items(field)):
+        if not modifiable(str(n).lower()):
+            # HeaderParser::configure: HeaderUtility::isRemovableHeader
+            raise ConfigError(f"{f.at(field)}[{i}]", f"{n!r}: :-prefixed or host headers may "
+                              "not be removed (Envoy refuses it)", "remove this entry")
     if not add and not remove:
         return HeaderMutations()
     return HeaderMutations((MutationLevel(

@@ -17,60 +17,13 @@ from typing import Any
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.cached import cached_attribute
 from remora.proxy.http.grpc_timeout import StreamDuration
+from remora.proxy.http.header_matcher import HeaderMatcher as HeaderMatcher
+from remora.proxy.http.header_matcher import parse_header_matcher, regex, string_matcher
 from remora.proxy.http.header_mutation import HeaderMutations, parse_mutations
 from remora.proxy.http.per_filter import parse_typed_per_filter_config
 from remora.proxy.http.retry import RetryPolicy, parse_retry_policy
 
 DEFAULT_ROUTE_TIMEOUT = 15.0  # RouteAction.timeout default
-
-
-MatchValue = str | bool | re.Pattern[str]
-
-
-@dataclass(frozen=True)
-class HeaderMatcher:
-    name: str  # lower-case; pseudo headers such as ":method" allowed
-    kind: str  # exact | prefix | suffix | contains | regex | present
-    value: MatchValue  # str; a compiled regex for "regex"; whether it must be there for "present"
-    invert: bool = False
-    ignore_case: bool = False
-
-    def matches(self, headers: dict[str, str]) -> bool:
-        return self.test(headers)
-
-    @cached_attribute
-    def test(self) -> Callable[[dict[str, str]], bool]:
-        """This matcher as one function of the headers, built on first use (once per
-        route table: the config never changes under it)."""
-        name, kind, value, invert = self.name, self.kind, self.value, self.invert
-        if kind == "present":
-            want = bool(value) != invert
-            return lambda headers: (name in headers) == want
-        if isinstance(value, re.Pattern):
-            # a regex sees the value as sent, ignore_case or not
-            fullmatch = value.fullmatch
-            return lambda headers: (
-                (got := headers.get(name)) is not None
-                and (fullmatch(got) is not None)) != invert
-        assert isinstance(value, str), (kind, value)
-        test: Callable[[str], bool]
-        if kind == "exact":
-            test = value.__eq__
-        elif kind == "prefix":
-            test = lambda got: got.startswith(value)  # noqa: E731
-        elif kind == "suffix":
-            test = lambda got: got.endswith(value)  # noqa: E731
-        else:
-            assert kind == "contains", kind
-            test = lambda got: value in got  # noqa: E731
-        lower = self.ignore_case
-
-        def matches(headers: dict[str, str]) -> bool:
-            got = headers.get(name)
-            if got is None:
-                return invert
-            return test(got.lower() if lower else got) != invert
-        return matches
 
 
 @dataclass
@@ -221,55 +174,9 @@ class RouteTable:
 
 
 # -- parsing ---------------------------------------------------------------------------
-def _string_matcher(f: Fields) -> tuple[str, MatchValue, bool]:
-    """type.matcher.v3.StringMatcher -> (kind, value, ignore_case)."""
-    ignore_case = bool(f.boolean("ignore_case", False))
-    for kind in ("exact", "prefix", "suffix", "contains"):
-        v = f.string(kind)
-        if v is not None:
-            return kind, v.lower() if ignore_case else v, ignore_case
-    rx = f.fields("safe_regex", "RegexMatcher")
-    if rx is not None:
-        return "regex", _regex(rx), ignore_case
-    raise ConfigError(f.path, "string matcher needs one of exact, prefix, suffix, contains, "
-                              "safe_regex")
-
-
-def _regex(f: Fields) -> re.Pattern[str]:
-    """type.matcher.v3.RegexMatcher (RE2; Python's re agrees on the common subset)."""
-    f.ignore("google_re2")  # the only engine; its max_program_size is deprecated
-    src = f.string("regex", required=True)
-    f.done()
-    try:
-        return re.compile(src)
-    except re.error as e:
-        raise ConfigError(f.at("regex"), f"invalid regex {src!r}: {e}") from None
-
-
-def _header_matcher(f: Fields) -> HeaderMatcher:
-    name = f.string("name", required=True).lower()
-    invert = bool(f.boolean("invert_match", False))
-    m: HeaderMatcher
-    if f.has("present_match"):
-        m = HeaderMatcher(name, "present", bool(f.boolean("present_match")), invert)
-    elif f.has("exact_match"):
-        m = HeaderMatcher(name, "exact", f.string("exact_match"), invert)
-    elif f.has("prefix_match"):
-        m = HeaderMatcher(name, "prefix", f.string("prefix_match"), invert)
-    elif f.has("suffix_match"):
-        m = HeaderMatcher(name, "suffix", f.string("suffix_match"), invert)
-    elif f.has("safe_regex_match"):
-        m = HeaderMatcher(name, "regex", _regex(f.fields("safe_regex_match") or f), invert)
-    elif f.has("string_match"):
-        sm = f.fields("string_match", "StringMatcher")
-        assert sm is not None
-        kind, value, icase = _string_matcher(sm)
-        sm.done()
-        m = HeaderMatcher(name, kind, value, invert, icase)
-    else:
-        m = HeaderMatcher(name, "present", True, invert)  # no matcher: header must exist
-    f.done()
-    return m
+_regex = regex
+_string_matcher = string_matcher
+_header_matcher = parse_header_matcher
 
 
 def _route(f: Fields, vhost: VirtualHost) -> Route:
@@ -343,13 +250,37 @@ def _zero_only(f: Fields, name: str) -> None:
                           "remove it or set \"0s\"")
 
 
-def parse_route_configuration(f: Fields) -> RouteTable:
+def _unique_domains(vf: Fields, vh: VirtualHost, seen: dict[str, str], table: str) -> None:
+    """Envoy's RouteMatcher refuses a domain (lower-cased) that a virtual host of the
+    same route config already has, the same one included, and a second "*"."""
+    for j, d in enumerate(vh.domains):
+        low = str(d).lower()
+        other = seen.get(low)
+        if other is not None:
+            what = ("Only a single wildcard domain is permitted" if low == "*" else
+                    f"Only unique values for domains are permitted: duplicate {low!r}")
+            raise ConfigError(f"{vf.at('domains')}[{j}]",
+                              f"{what} in route {table!r} (also in virtual host {other!r}; "
+                              "Envoy refuses it)",
+                              "list each domain in one virtual host only")
+        seen[low] = vh.name
+
+
+def parse_route_configuration(f: Fields,
+                              cluster_known: Callable[[str], object] | None = None,
+                              ) -> RouteTable:
+    """F: an inline RouteConfiguration. CLUSTER_KNOWN (a cluster manager's lookup): each
+    route's cluster must be one it knows unless ``validate_clusters`` is false, as Envoy
+    checks an inline route_config (validate_clusters is true by default there:
+    RouteEntryImplBase::validateClusters, "route: unknown cluster"); a route to an
+    unknown cluster then answers 503 NC at request time."""
     name = f.string("name", "") or ""
-    f.ignore("validate_clusters")  # routes to unknown clusters answer 503 NC at request time
+    validate = f.boolean("validate_clusters", True)
     per_filter = parse_typed_per_filter_config(f)
     table_req = parse_mutations(f, "request")
     table_resp = parse_mutations(f, "response")
     vhosts: list[VirtualHost] = []
+    seen: dict[str, str] = {}  # lower-cased domain: its virtual host
     for vf in f.each("virtual_hosts", "VirtualHost"):
         vh = VirtualHost(name=vf.string("name", required=True),
                          domains=tuple(vf.raw("domains", [])), routes=[])
@@ -368,5 +299,15 @@ def parse_route_configuration(f: Fields) -> RouteTable:
         vh.routes = [_route(rf, vh) for rf in vf.each("routes", "Route")]
         vf.done()
         vhosts.append(vh)
+        _unique_domains(vf, vh, seen, name)
+        if validate and cluster_known is not None:
+            for i, r in enumerate(vh.routes):
+                if r.cluster is not None and not cluster_known(r.cluster):
+                    raise ConfigError(
+                        f"{vf.at('routes')}[{i}].route.cluster",
+                        f"route: unknown cluster {r.cluster!r} (Envoy refuses it: "
+                        "validate_clusters is true by default for an inline route_config)",
+                        "define the cluster, or set validate_clusters: false on the "
+                        "route_config (the route then answers 503 NC)")
     f.done()
     return RouteTable(name=name, vhosts=vhosts, per_filter=per_filter)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from remora.proxy.http.codec import Request, status_line
 from remora.proxy.http.header_map import response_joined
+from remora.proxy.http.header_matcher import RepeatedHeaders
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.headers import (
@@ -181,7 +182,9 @@ class ActiveStream:
             absolute = True
         self.authority = authority or ""
         info = self.info
-        hdrs = dict(hmap)
+        # a request repeating a non-inline header keeps its separate values for the
+        # header matchers (Envoy matches them one by one, header_matcher.py)
+        hdrs = dict(hmap) if req.repeated is None else RepeatedHeaders(hmap, req.repeated)
         hdrs[":method"] = req.method
         hdrs[":path"] = url
         hdrs[":scheme"] = conn.scheme

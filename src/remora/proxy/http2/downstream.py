@@ -53,7 +53,7 @@ from ngh2 import Setting as SettingCodes
 
 from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import batch_for
-from remora.proxy.http.codec import Request
+from remora.proxy.http.codec import Request, note_repeated
 from remora.proxy.http.connection import BUFFER_LIMIT
 from remora.proxy.http.header_map import INLINE_REQUEST, set_first
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
@@ -592,6 +592,7 @@ class Http2Connection:
                 else:
                     headers.append((name, value))
                     hmap[name] = f"{prev},{value}"
+                    note_repeated(req, name, prev, value)
         cfg = self.cfg
         if size > self._max_header_bytes or len(raw) > cfg.max_headers_count:
             # Envoy's codec refuses the header block and resets the stream; the log shows

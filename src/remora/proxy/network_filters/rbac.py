@@ -71,7 +71,7 @@ class NetworkRbacFilter:
 @registry.register("network", NAME, TYPE_URL)
 def _factory(typed: Fields, context: Any) -> NetworkRbacFilter:
     stat_prefix = typed.string("stat_prefix", required=True)
-    rules = parse_rules(typed.fields("rules", "RBAC"))
+    rules = parse_rules(typed.fields("rules", "RBAC"), network=True)
     for unsupported in ("shadow_rules", "matcher", "shadow_matcher", "shadow_rules_stat_prefix"):
         if typed.has(unsupported):
             raise ConfigError(typed.at(unsupported), "not implemented by remora",

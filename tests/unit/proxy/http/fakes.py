@@ -204,7 +204,10 @@ def hcm_config(routes: list[dict[str, Any]] | None = None, *, domains: list[str]
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
     ]
     cfg: dict[str, Any] = {"stat_prefix": "inbound_0.0.0.0_18080",
-                           "route_config": {"name": "rc", "virtual_hosts": [vhost]},
+                           # as Istio writes it: the fake cluster managers hold only
+                           # the clusters a test uses (a route to an unknown one: 503 NC)
+                           "route_config": {"name": "rc", "validate_clusters": False,
+                                            "virtual_hosts": [vhost]},
                            "http_filters": filters, "access_log": [{"name": "test"}]}
     cfg.update(extra)
     return cfg
