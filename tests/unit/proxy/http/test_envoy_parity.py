@@ -64,7 +64,7 @@ CASES = {
        for m in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PURGE")},
     # curl --http2 on an http:// URL: Envoy takes no h2c upgrade and serves HTTP/1.1,
     # without Upgrade, HTTP2-Settings and their Connection tokens upstream
-    "h2c-upgrade": b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    "h2c-upgrade": b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
                    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "bad-request-line": b"GARBAGE\r\n\r\n",
