@@ -91,13 +91,19 @@ def echo_backend(*flags: str) -> Iterator[int]:
 
 def thread_server(handle: Callable[[socket.socket], None],
                   family: socket.AddressFamily = socket.AF_INET,
-                  host: str = "127.0.0.1") -> socket.socket:
+                  host: str = "127.0.0.1", threaded: bool = False) -> socket.socket:
     """A listening socket on HOST, on a port the kernel picks, whose connections a daemon
-    thread accepts one at a time and passes to HANDLE (closed after it returns): a small
-    upstream for a parity test. Closing the socket ends the thread."""
+    thread accepts and passes to HANDLE (closed after it returns): a small upstream for a
+    parity test. One connection at a time, or with THREADED each on a thread of its own
+    (for proxies that keep upstream connections open while they open others). Closing the
+    socket ends the thread."""
     srv = socket.socket(family, socket.SOCK_STREAM)
     srv.bind((host, 0))
-    srv.listen(16)
+    srv.listen(64 if threaded else 16)
+
+    def run(conn: socket.socket) -> None:
+        with conn:
+            handle(conn)
 
     def serve() -> None:
         while True:
@@ -105,8 +111,10 @@ def thread_server(handle: Callable[[socket.socket], None],
                 conn, _ = srv.accept()
             except OSError:
                 return
-            with conn:
-                handle(conn)
+            if threaded:
+                threading.Thread(target=run, args=(conn,), daemon=True).start()
+            else:
+                run(conn)
 
     threading.Thread(target=serve, daemon=True).start()
     return srv

@@ -25,7 +25,6 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,27 +103,9 @@ def _tls_server(cert: Path, key: Path) -> socket.socket:
 
 
 def _threaded(handle: Any) -> socket.socket:
-    """lp.thread_server, but each connection on its own thread (pooled connections
-    stay open)."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=lambda c=conn: _closing(handle, c), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv
-
-
-def _closing(handle: Any, conn: socket.socket) -> None:
-    with conn:
-        handle(conn)
+    """lp.thread_server, each connection on its own thread (pooled connections stay
+    open) and closed after HANDLE."""
+    return lp.thread_server(handle, threaded=True)
 
 
 def _named(name: bytes) -> socket.socket:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,24 +107,7 @@ def _serve(conn: socket.socket) -> None:
 def _backend() -> socket.socket:
     """A listening socket whose connections each get a thread running _serve (the proxies
     keep upstream connections open while they open others)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-
-    def run(conn: socket.socket) -> None:
-        with conn:
-            _serve(conn)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=run, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return srv
+    return lp.thread_server(_serve, threaded=True)
 
 
 def _read_all(s: socket.socket, timeout: float) -> bytes:
