@@ -488,8 +488,9 @@ def main() -> int:
         # the backend speaks HTTP/1.1 only: no h2c path without a sidecar
         args.proxies = [p for p in args.proxies if p != "direct"]
         args.bulk_mib = 0
-    if args.lab_mtls:
+    if args.lab_mtls:  # (its upload would be the plain topology's, not the lab's)
         args.proxies = [p for p in args.proxies if p != "direct"]
+        args.bulk_mib = 0
     if os.geteuid() != 0:
         print("bench_proxy: needs root (creates network namespaces)", file=sys.stderr)
         return 2
