@@ -55,18 +55,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def loopback_proxy(kind: str, config: Path,
-                   listening: int) -> Iterator[subprocess.Popen[bytes]]:
-    """KIND ("envoy" or "remora") running CONFIG, once its listener on 127.0.0.1:LISTENING
-    accepts; stopped on leaving. Its stderr goes to CONFIG with the suffix .err (the
-    place to look when a parity test fails), its stdout nowhere."""
+def loopback_proxy(kind: str, config: Path, listening: int, *more_listening: int,
+                   args: Sequence[str] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    """KIND ("envoy" or "remora") running CONFIG (with the extra command-line ARGS), once
+    its listeners on 127.0.0.1:LISTENING (and MORE_LISTENING) accept; stopped on leaving.
+    Its stderr goes to CONFIG with the suffix .err (the place to look when a parity test
+    fails), its stdout nowhere."""
     errors = config.with_suffix(".err")
     with errors.open("wb") as err:
-        proc = subprocess.Popen(ph.sidecar_argv(kind, config), stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen([*ph.sidecar_argv(kind, config), *args],
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         try:
-            wait_listening(listening, proc, kind)
+            for port in (listening, *more_listening):
+                wait_listening(port, proc, kind)
         except AssertionError as e:  # say why it did not start, not only that
             tail = errors.read_text(errors="replace").splitlines()[-15:]
             raise AssertionError(f"{e}; the end of its stderr ({errors}):\n"

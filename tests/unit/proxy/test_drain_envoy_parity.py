@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from typing import Any
 
 import pytest
 
-from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.http2.raw_h2 import RawH2
 from tests.unit.proxy.proxy_helpers import free_port
@@ -86,15 +84,8 @@ def _proxy(kind: str, tmp: Path, *extra: str) -> Iterator[Proxy]:
                                                _listener("out", p.outbound, "OUTBOUND")]}}
     cfg = tmp / f"{kind}.json"
     cfg.write_text(json.dumps(boot))
-    with cfg.with_suffix(".err").open("wb") as err:
-        proc = subprocess.Popen([*ph.sidecar_argv(kind, cfg), *extra],
-                                stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        lp.wait_listening(p.inbound, proc, kind)
-        lp.wait_listening(p.outbound, proc, kind)
+    with lp.loopback_proxy(kind, cfg, p.inbound, p.outbound, args=extra):
         yield p
-    finally:
-        lp.stop(proc)
 
 
 def _h1(port: int) -> socket.socket:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ from typing import Any
 
 import pytest
 
-from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.http2.raw_h2 import RawH2
 from tests.unit.proxy.proxy_helpers import free_port, write_atomic
@@ -131,16 +129,9 @@ def _proxy(kind: str, tmp: Path, *extra: str) -> Iterator[Proxy]:
                                                      "path_config_source": {"path": str(p.lds)}}}}
         cfg = tmp / f"{kind}.json"
         cfg.write_text(json.dumps(boot))
-        with cfg.with_suffix(".err").open("wb") as err:
-            proc = subprocess.Popen([*ph.sidecar_argv(kind, cfg), "--drain-time-s",
-                                     str(DRAIN_TIME_S), *extra],
-                                    stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            lp.wait_listening(p.http, proc, kind)
-            lp.wait_listening(p.tcp, proc, kind)
+        with lp.loopback_proxy(kind, cfg, p.http, p.tcp,
+                               args=["--drain-time-s", str(DRAIN_TIME_S), *extra]):
             yield p
-        finally:
-            lp.stop(proc)
 
 
 def _h1(port: int) -> socket.socket:
