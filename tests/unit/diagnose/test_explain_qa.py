@@ -11,21 +11,12 @@ import pytest
 
 from remora.cli.main import main
 from remora.diagnose.evidence.files import parse_iptables_text
+from tests.unit.diagnose.test_cli_explain import run as explain
 
 
 @pytest.fixture(scope="module")
 def qa(data: Path) -> Path:
     return data / "qa"
-
-
-def explain(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(["explain", "source-ip", *argv])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def verdict(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
