@@ -28,6 +28,7 @@ from remora.proxy.http.codec_state import (
 from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
 from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.grpc_timeout import StreamDuration, format_grpc_timeout, stream_timeout_ms
+from remora.proxy.http.header_map import set_first
 from remora.proxy.http.header_mutation import apply_to_request
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
@@ -327,13 +328,10 @@ class _Forward:
             return None
         if is_grpc_content_type(hmap.get("content-type")):
             value = format_grpc_timeout(ms)
-            headers = stream.upstream_headers
-            for i, (name, _) in enumerate(headers):
-                if name == "grpc-timeout":
-                    headers[i] = (name, value)
-                    break
-            else:
-                headers.append(("grpc-timeout", value))
+            if "grpc-timeout" in hmap:
+                set_first(stream.upstream_headers, "grpc-timeout", value)
+            else:  # the route's own duration: Envoy's toGrpcTimeout sets the header
+                stream.upstream_headers.append(("grpc-timeout", value))
         return ms / 1000
 
     @property
