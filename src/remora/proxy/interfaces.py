@@ -123,15 +123,24 @@ class Cluster(Protocol):
     async def connect(
         self, facts: ConnectionFacts, info: StreamInfo, exclude_hosts: frozenset[str] = ...,
         *, host_selection_retry_max_attempts: int = ..., tls_override: TlsOverride | None = ...,
+        target: tuple[str, int] | None = ...,
     ) -> Upstream:
-        """Choose a host (ORIGINAL_DST: the downstream's original destination; STATIC/EDS:
-        the load balancer; a pick in EXCLUDE_HOSTS is re-picked up to
-        HOST_SELECTION_RETRY_MAX_ATTEMPTS times (default 1, Envoy's), then used anyway),
-        open a connection bound as the cluster and original_src say,
+        """Connect to TARGET, the host ``choose`` picked, or when it is None choose one as
+        ``choose`` does, open a connection bound as the cluster and original_src say,
         record upstream_* fields in INFO, count stats, and enforce max_connections.
         TLS_OVERRIDE: the request's auto_sni server name and auto_san_validation SAN list
         (upstream/auto_host.py), passed only when the cluster asks for them.
         Raises UpstreamError."""
+        ...
+
+    def choose(self, facts: ConnectionFacts, exclude: frozenset[str] = ...,
+               reselections: int = ...) -> tuple[str, int] | None:
+        """The load balancer's host for one request, as Envoy's router asks its cluster
+        for a host per request and then for a connection in that host's pool
+        (ORIGINAL_DST: the downstream's original destination; STATIC/EDS: the load
+        balancer; a pick in EXCLUDE is re-picked up to RESELECTIONS times
+        (host_selection_retry_max_attempts, default 1), then used anyway). None: no
+        healthy host (the caller answers UH)."""
         ...
 
     def try_acquire(self, resource: str) -> bool:

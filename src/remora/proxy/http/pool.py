@@ -1,15 +1,18 @@
 """Upstream HTTP/1.1 connection pool.
 
-Envoy keeps one pool per (cluster, host) and, with ``envoy.filters.listener.original_src``,
-hashes the downstream source address into the pool key so that a connection bound to one
-client's address is never reused for another client (OriginalSrc's "hash key" in
-source/extensions/filters/listener/original_src, the socket option hash). remora's
-``Cluster.connect`` picks the host and connects in one step, so the pool is keyed by what
-determines the host and the binding: the cluster, the downstream's original destination
-(ORIGINAL_DST clusters connect to it) and the original_src address when set. Idle
-connections are taken most-recent first and must not point at an excluded host (retry
-``previous_hosts``). The cluster's HTTP protocol options bound a connection's life
-(idle_timeout, max_requests_per_connection, max_connection_duration).
+Envoy's router asks the cluster's load balancer for a host for every request, then for a
+connection in that host's pool (ClusterManagerImpl::ThreadLocalClusterManagerImpl::
+ClusterEntry::httpConnPoolImpl: chooseHost, then the per-host pool map), so kept-alive
+upstream connections never bypass the rotation or the weights. With
+``envoy.filters.listener.original_src`` it hashes the downstream source address into the
+pool key so that a connection bound to one client's address is never reused for another
+client (OriginalSrc's "hash key" in source/extensions/filters/listener/original_src, the
+socket option hash). remora's pool is keyed the same way: the cluster, the host the
+router's ``Cluster.choose`` picked (for ORIGINAL_DST clusters the downstream's original
+destination) and the original_src address when set. Idle connections are taken most-recent
+first and must not point at an excluded host (retry ``previous_hosts``). The cluster's HTTP
+protocol options bound a connection's life (idle_timeout, max_requests_per_connection,
+max_connection_duration).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ PoolKey = tuple[str, str, int, str | None]
 MAX_IDLE_PER_KEY = 256
 
 
-def pool_key(cluster_name: str, facts: ConnectionFacts) -> PoolKey:
+def pool_key(cluster_name: str, host: tuple[str, int], facts: ConnectionFacts) -> PoolKey:
+    """The pool of HOST (the load balancer's pick) for FACTS' downstream connection."""
     src = facts.original_src.ip if facts.original_src is not None else None
-    return (cluster_name, facts.local_ip, facts.local_port, src)
+    return (cluster_name, host[0], host[1], src)
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,9 @@ class ClusterStats:
     """A cluster's router stats, resolved to handles once per cluster name (not per
     request): an increment is an attribute add on the handle, no name looked up."""
 
-    __slots__ = ("by_status", "plain", "prefix", "protocol_error", "rq_completed",
-                 "rq_per_try_timeout", "rq_retry", "rq_retry_success", "rq_time", "rq_timeout",
-                 "rq_total", "stats")
+    __slots__ = ("by_status", "cx_none_healthy", "plain", "prefix", "protocol_error",
+                 "rq_completed", "rq_per_try_timeout", "rq_retry", "rq_retry_success",
+                 "rq_time", "rq_timeout", "rq_total", "stats")
 
     def __init__(self, stats: Stats, cluster_name: str) -> None:
         p = self.prefix = f"cluster.{cluster_name}."
@@ -104,6 +104,7 @@ class ClusterStats:
         self.rq_timeout = counter(stats, p + "upstream_rq_timeout")
         self.rq_per_try_timeout = counter(stats, p + "upstream_rq_per_try_timeout")
         self.protocol_error = counter(stats, p + "upstream_cx_protocol_error")
+        self.cx_none_healthy = counter(stats, p + "upstream_cx_none_healthy")
         # StatsStore's own handles: the router counts a request's upstream_rq_total and
         # records its upstream_rq_time in place (what Counter.inc and Histogram.observe do)
         self.plain = type(self.rq_total) is Counter and type(self.rq_time) is Histogram
@@ -269,7 +270,7 @@ class _Forward:
 
     __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "duration", "entry", "h1",
                  "host", "hs", "policy", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stream", "tls", "tried")
+                 "router", "started", "stream", "target", "tls", "tried")
 
     # the hosts tried so far (retry previous_hosts): set by ``run``, which every attempt
     # but the one ``start`` begins goes through (``start`` records its host in ``host``;
@@ -296,6 +297,9 @@ class _Forward:
         self.retry_slots = 0  # "retries" circuit-breaker slots held
         self.current: PooledConnection | None = None
         self.host: str | None = None  # the current (or last) attempt's host, for its stats
+        # the load balancer's pick ``start`` made for the first attempt when it found no
+        # idle connection to that host: ``_attempt`` uses it instead of picking again
+        self.target: tuple[str, int] | None = None
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
         self.started = time.monotonic()
@@ -544,9 +548,20 @@ class _Forward:
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts
+            # the host first, then a connection to it (Envoy's router: chooseHost, then that
+            # host's pool), so kept-alive connections do not bypass the load balancer
+            target = self.target
+            if target is None:
+                target = cluster.choose(facts, exclude, self.reselections)
+                if target is None:
+                    self.cs.cx_none_healthy.inc()  # Envoy's router counts it on no host
+                    info.upstream_cluster = cluster.name
+                    raise _Failure("connect", UpstreamError("UH", ""))
+            else:
+                self.target = None  # the first attempt's only
             src = facts.original_src  # pool.pool_key, inlined
-            key = (cluster.name if ov is None else cluster.name + ov.key, facts.local_ip,
-                   facts.local_port, src.ip if src is not None else None)
+            key = (cluster.name if ov is None else cluster.name + ov.key, target[0],
+                   target[1], src.ip if src is not None else None)
             # the first attempt's start is the request's time (one clock read less)
             pc = router.pool.acquire(key, exclude, cluster,
                                      self.started if info.upstream_request_attempt_count == 1
@@ -564,11 +579,12 @@ class _Forward:
                     # host is healthy, counted once by the cluster)
                     up = await (cluster.connect(
                         facts, info, exclude,
-                        host_selection_retry_max_attempts=self.reselections) if ov is None
+                        host_selection_retry_max_attempts=self.reselections,
+                        target=target) if ov is None
                         else cluster.connect(
                             facts, info, exclude,
                             host_selection_retry_max_attempts=self.reselections,
-                            tls_override=ov))
+                            tls_override=ov, target=target))
                 except UpstreamError as err:
                     if err.host:
                         self.tried.add(err.host)
@@ -663,13 +679,20 @@ class _Forward:
                 or stream.info.upstream_request_attempt_count):
             return self.run()
         facts = h1.downstream.facts
-        src = facts.original_src  # pool.pool_key, inlined
         cluster = self.cluster
-        key = (cluster.name, facts.local_ip, facts.local_port,
-               src.ip if src is not None else None)
+        # the load balancer's pick for this request, then an idle connection to that host
+        # (Envoy's router: chooseHost, then the host's pool); a one-host cluster answers
+        # from a field (ClusterImpl.choose)
+        target = cluster.choose(facts, _NO_HOSTS,
+                                p.host_selection_retry_max_attempts if p is not None else 1)
+        if target is None:
+            return self.run()  # no healthy host: _attempt answers UH
+        src = facts.original_src  # pool.pool_key, inlined
+        key = (cluster.name, target[0], target[1], src.ip if src is not None else None)
         pool = self.router.pool
         pc = pool.take_ready(key, cluster, self.started)
         if pc is None:
+            self.target = target  # the first attempt connects to it
             return self.run()
         route = self.route
         timeout = route.timeout

@@ -740,8 +740,8 @@ def _consume(fut: asyncio.Future[None]) -> None:
 
 # -- the pool -------------------------------------------------------------------------------
 class H2Pool:
-    """Per pool key (http/pool.py ``pool_key``: cluster, original destination,
-    original_src) the HTTP/2 connections, newest last."""
+    """Per pool key (http/pool.py ``pool_key``: cluster, the picked host, original_src)
+    the HTTP/2 connections, newest last."""
 
     def __init__(self) -> None:
         self._clients: dict[PoolKey, list[H2Client]] = {}
@@ -856,6 +856,8 @@ class _ClusterStats(Protocol):
     def rq_total(self) -> Counter: ...
     @property
     def rq_time(self) -> Histogram: ...
+    @property
+    def cx_none_healthy(self) -> Counter: ...
 
     def status(self, status: int) -> _StatusCounters: ...
 
@@ -917,10 +919,17 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     stream, cluster, router = fw.stream, fw.cluster, fw.router
     info = stream.info
     facts = stream.conn.downstream.facts
+    # the host first, then a connection to it (Envoy's router: chooseHost, then that
+    # host's pool), so multiplexed connections do not bypass the load balancer
+    target = cluster.choose(facts, exclude, fw.reselections)
+    if target is None:
+        fw.cs.cx_none_healthy.inc()  # Envoy's router counts it on no host
+        info.upstream_cluster = cluster.name
+        raise failure("connect", UpstreamError("UH", ""))
     src = facts.original_src  # (pool_key, inline: once per stream)
     ov = fw.tls  # auto_sni / auto_san_validation: a pool per host, as Envoy's hash key
-    key = (cluster.name if ov is None else cluster.name + ov.key, facts.local_ip,
-           facts.local_port, src.ip if src is not None else None)
+    key = (cluster.name if ov is None else cluster.name + ov.key, target[0], target[1],
+           src.ip if src is not None else None)
     cm = router.cluster_manager
     pool = _last_pool[1] if _last_pool[0] is cm else h2_pool_for(cm)
     client = pool.acquire(key, exclude, cluster)
@@ -939,11 +948,12 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             if driver is not None:  # connecting needs a task (asyncio.timeout)
                 await driver.in_task()
             up = await (cluster.connect(facts, info, exclude,
-                                        host_selection_retry_max_attempts=fw.reselections)
+                                        host_selection_retry_max_attempts=fw.reselections,
+                                        target=target)
                         if ov is None else
                         cluster.connect(facts, info, exclude,
                                         host_selection_retry_max_attempts=fw.reselections,
-                                        tls_override=ov))
+                                        tls_override=ov, target=target))
         except UpstreamError as err:
             client.fail(err)
             pool.forget(client)

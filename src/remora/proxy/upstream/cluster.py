@@ -82,6 +82,21 @@ def bind_source(cfg: ClusterConfig, upstream_ip: str) -> tuple[str, int] | None:
     return cfg.source_address.ip, cfg.source_address.port
 
 
+def _only_host(hosts: list[Host], cluster_type: str) -> tuple[str, int] | None:
+    """The address every load-balancer pick returns: the one healthy host of the lowest
+    priority level that has any (ORIGINAL_DST clusters pick per connection's destination)."""
+    if cluster_type == "ORIGINAL_DST":
+        return None
+    healthy = [h for h in hosts if h.healthy]
+    if not healthy:
+        return None
+    top = min(h.priority for h in healthy)
+    level = [h for h in healthy if h.priority == top]
+    if len(level) != 1:
+        return None
+    return level[0].address.ip, level[0].address.port
+
+
 def _unequal(hosts: list[Host]) -> bool:
     """Whether HOSTS' load_balancing_weights differ (Envoy's EDF path then)."""
     return len({h.weight for h in hosts}) > 1
@@ -97,6 +112,10 @@ class ClusterImpl:
         self.version_info = ""
         self.last_updated = time.time()
         self._rr = 0
+        self._original_dst = config.type == "ORIGINAL_DST"
+        # the host every pick returns while one healthy host is all there is (set_hosts):
+        # the sidecar's usual inbound/outbound cluster, picked per request without a list
+        self._only: tuple[str, int] | None = _only_host(self.hosts, config.type)
         # endpoints of unequal load_balancing_weight: Envoy's EDF weighted round robin
         # (edf.py), over the healthy hosts it was built for; equal weights keep the plain
         # rotation (no scheduler: the per-request cost stays one modulo)
@@ -134,6 +153,7 @@ class ClusterImpl:
     # -- hosts -----------------------------------------------------------------------
     def set_hosts(self, hosts: list[Host], version: str = "") -> None:
         self.hosts = hosts
+        self._only = _only_host(hosts, self.config.type)
         self._weighted = _unequal(hosts)
         self._edf = None
         self.version_info = version
@@ -141,6 +161,17 @@ class ClusterImpl:
         self.stats.gauge_set(self.prefix + "membership_total", len(hosts))
         self.stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in hosts))
         self.stats.inc(self.prefix + "membership_change")
+
+    def choose(self, facts: ConnectionFacts, exclude: frozenset[str] = frozenset(),
+               reselections: int = 1) -> tuple[str, int] | None:
+        """The host for one request (interfaces.Cluster.choose): what ``_choose`` picks,
+        without building the healthy list while one healthy host is all there is."""
+        only = self._only
+        if only is not None:
+            return only  # every pick, reselections included, would return it
+        if self._original_dst:
+            return facts.local_ip, facts.local_port
+        return self._choose(facts, exclude, reselections)
 
     def _choose(self, facts: ConnectionFacts, exclude: frozenset[str],
                 reselections: int = 1) -> tuple[str, int] | None:
@@ -199,8 +230,10 @@ class ClusterImpl:
         return float(host.weight)
 
     def _load(self, host: Host) -> int:
+        # Envoy's LeastRequestLoadBalancer compares active requests (rq_active), not
+        # connections: the router picks per request, pooled connection or not
         hstats = self.host_stats.get(host.key)
-        return 0 if hstats is None else hstats.cx_active
+        return 0 if hstats is None else hstats.rq_active
 
     def host_counts(self, host: str) -> HostStats:
         """HOST's stats object (created at zero on first use), for counting by attribute."""
@@ -223,10 +256,14 @@ class ClusterImpl:
     async def connect(self, facts: ConnectionFacts, info: StreamInfo,
                       exclude_hosts: frozenset[str] = frozenset(), *,
                       host_selection_retry_max_attempts: int = 1,
-                      tls_override: TlsOverride | None = None) -> Upstream:
-        """TLS_OVERRIDE: the request's auto_sni / auto_san_validation (auto_host.py)."""
+                      tls_override: TlsOverride | None = None,
+                      target: tuple[str, int] | None = None) -> Upstream:
+        """TLS_OVERRIDE: the request's auto_sni / auto_san_validation (auto_host.py).
+        TARGET: the host ``choose`` picked for the request (the HTTP router picks before it
+        looks for a pooled connection to it); None: pick here (tcp_proxy, per connection)."""
         info.upstream_cluster = self.name
-        target = self._choose(facts, exclude_hosts, host_selection_retry_max_attempts)
+        if target is None:
+            target = self._choose(facts, exclude_hosts, host_selection_retry_max_attempts)
         if target is None:
             self.stats.inc(self.prefix + "upstream_cx_none_healthy")
             raise UpstreamError("UH", "")

@@ -77,7 +77,7 @@ class FakeCluster:
         self.connects = 0
         self.connect_sources: list[str] = []
         self.host_stats: dict[str, FakeHostCounts] = {}
-        self.reselections: list[int] = []  # host_selection_retry_max_attempts per connect
+        self.reselections: list[int] = []  # host_selection_retry_max_attempts per pick
         self._rr = 0
 
     def _pick(self) -> tuple[str, int]:
@@ -85,20 +85,30 @@ class FakeCluster:
         self._rr += 1
         return picked
 
-    async def connect(self, facts: ConnectionFacts, info: StreamInfo,
-                      exclude_hosts: frozenset[str] = frozenset(), *,
-                      host_selection_retry_max_attempts: int = 1) -> Upstream:
-        info.upstream_cluster = self.name
-        self.reselections.append(host_selection_retry_max_attempts)
-        # like the core's cluster: UH only when there is no host at all; a pick in
-        # EXCLUDE_HOSTS is re-picked up to N times, then the last pick is used
+    def choose(self, facts: ConnectionFacts, exclude: frozenset[str] = frozenset(),
+               reselections: int = 1) -> tuple[str, int] | None:
+        # like the core's cluster: None (UH) only when there is no host at all; a pick in
+        # EXCLUDE is re-picked up to RESELECTIONS times, then the last pick is used
+        self.reselections.append(reselections)
         if not self.hosts:
-            raise UpstreamError("UH", "")
+            return None
         ip, port = self._pick()
-        for _ in range(host_selection_retry_max_attempts if exclude_hosts else 0):
-            if format_address(ip, port) not in exclude_hosts:
+        for _ in range(reselections if exclude else 0):
+            if format_address(ip, port) not in exclude:
                 break
             ip, port = self._pick()
+        return ip, port
+
+    async def connect(self, facts: ConnectionFacts, info: StreamInfo,
+                      exclude_hosts: frozenset[str] = frozenset(), *,
+                      host_selection_retry_max_attempts: int = 1,
+                      target: tuple[str, int] | None = None) -> Upstream:
+        info.upstream_cluster = self.name
+        if target is None:
+            target = self.choose(facts, exclude_hosts, host_selection_retry_max_attempts)
+        if target is None:
+            raise UpstreamError("UH", "")
+        ip, port = target
         host = format_address(ip, port)
         info.upstream_host = host
         self.connects += 1
