@@ -171,6 +171,13 @@ class PooledConnection(asyncio.Protocol):
         h = self.handler
         if h is not None:
             h.upstream_eof()
+        else:
+            pool = self.pool
+            if pool is not None:
+                # closed while idle (the upstream's idle timeout, its pod gone): out of
+                # the pool now, not when its key is next asked for -- since the host is
+                # picked per request, the key of a host that left the cluster never is
+                pool._forget(self)
         self._wake_writers()
         tracked = self._tracked
         if tracked is not None:  # the core's accounting: cx_active, rx bytes
@@ -341,7 +348,7 @@ class ConnectionPool:
 
     def put_back(self, conn: PooledConnection) -> None:
         """CONN, just taken by ``take_ready``, idle again where it was (the most recent)."""
-        self._idle[conn.key].append(conn)
+        self._idle.setdefault(conn.key, []).append(conn)
         conn.pool = self
 
     def release(self, conn: PooledConnection, now: float | None = None) -> None:
@@ -383,6 +390,16 @@ class ConnectionPool:
         if idle is not None and conn in idle:
             idle.remove(conn)
         conn.stray()
+
+    def _forget(self, conn: PooledConnection) -> None:
+        """CONN, idle here, was closed: drop it, and its key's list once empty."""
+        conn.pool = None
+        idle = self._idle.get(conn.key)
+        if idle is not None:
+            if conn in idle:
+                idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
 
     def idle_count(self, key: PoolKey | None = None) -> int:
         if key is not None:

@@ -136,6 +136,20 @@ def test_upstream_closed_while_idle_is_not_reused() -> None:
     assert b.closed and b.strays == 0  # a FIN is no protocol error
 
 
+def test_closed_while_idle_leaves_the_pool_at_once() -> None:
+    """A host is picked per request, so the key of a host that left the cluster is never
+    asked for again: its idle connection, once closed, leaves the pool when the close is
+    seen (connection_lost), not at a next acquire of its key."""
+    pool = ConnectionPool()
+    a, b = _Conn(), _Conn(key=KEY_B)
+    pool.release(a.pc)
+    pool.release(b.pc)
+    a.pc.connection_lost(None)  # the upstream closed it while idle
+    assert pool.idle_count(KEY_A) == 0 and pool.idle_count() == 1
+    assert KEY_A not in pool._idle  # no empty list kept per gone host
+    assert a.pc.pool is None and pool.acquire(KEY_B, frozenset()) is b.pc
+
+
 def test_max_requests_per_connection() -> None:
     pool = ConnectionPool()
     a = _Conn(limits=PoolLimits(max_requests_per_connection=2))
