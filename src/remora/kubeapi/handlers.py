@@ -172,7 +172,10 @@ class Handler:
     def handle(self, req: Request) -> Result:
         try:
             self._authenticate(req)
-            return self._route(req)
+            result = self._route(req)
+            if isinstance(result, Response) and req.warnings:
+                result.warnings = req.warnings + result.warnings
+            return result
         except ApiError as exc:
             return exc.response()
         except RemoraError as exc:
@@ -696,7 +699,10 @@ class Handler:
             wanted = req.json()
         else:
             raise ApiError(405, f"{req.method} is not supported on deployments/scale")
-        replicas = (wanted.get("spec") or {}).get("replicas") if isinstance(wanted, dict) \
+        # autoscaling/v1 ScaleSpec.replicas is an int32 with omitempty: a Scale for 0
+        # replicas comes without it (client-go's JSON and protobuf alike), and the
+        # apiserver reads the missing field as Go's zero
+        replicas = (wanted.get("spec") or {}).get("replicas", 0) if isinstance(wanted, dict) \
             else None
         if not isinstance(replicas, int) or replicas < 0:
             raise ApiError(422, "Scale is invalid: spec.replicas: must be a whole number "

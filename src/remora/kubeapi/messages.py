@@ -28,6 +28,7 @@ class Request:
     query: dict[str, list[str]] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
+    warnings: list[str] = field(default_factory=list)  # from reading the body
 
     @classmethod
     def parse(cls, method: str, target: str, headers: dict[str, str],
@@ -45,14 +46,15 @@ class Request:
     def json(self) -> Any:
         content_type = self.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == PROTOBUF or self.body.startswith(PROTOBUF_MAGIC):
-            # kubectl's typed clients (create namespace/deployment/service, run...) send
-            # built-in kinds as protobuf, with no fallback to JSON (client-go only falls
-            # back from CBOR on a 415); the lab decodes JSON only.
-            raise ApiError(415, "the lab's API does not read protobuf (Content-Type "
-                           f"{PROTOBUF}, which `kubectl create <kind>` sends for built-in "
-                           "kinds): write the object as YAML and `kubectl apply -f` it, "
-                           "e.g. `kubectl create ... -o yaml --dry-run=client | kubectl "
-                           "apply -f -`")
+            # kubectl's typed clients (create namespace|deployment|service, run, expose...)
+            # send built-in kinds as protobuf, with no fallback to JSON (client-go only
+            # falls back from CBOR on a 415): decoded into the JSON client-go would have
+            # sent, so the JSON path below and after is the one path
+            from remora.kubeapi import protobuf  # here: it imports ApiError from this module
+
+            obj, warnings = protobuf.decode(self.body)
+            self.warnings += warnings
+            return obj
         try:
             return json.loads(self.body or b"null")
         except ValueError as exc:

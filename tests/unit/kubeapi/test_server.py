@@ -130,3 +130,73 @@ def test_kubectl_apply_get_and_refusals(kubeconfig: Path, tmp_path: Path) -> Non
     # a Namespace takes its objects with it at once (the lab has no Terminating phase)
     assert kubectl("delete", "namespace", "demo-to").returncode == 0
     assert kubectl("get", "ns", "-o", "name").stdout.split() == ["namespace/default"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
+def test_kubectl_imperative_commands(kubeconfig: Path, tmp_path: Path) -> None:
+    """kubectl's typed `create namespace|deployment|service` send protobuf (client-go's
+    default for built-in kinds, no JSON fallback), and take the lab's JSON answers; the
+    other imperative commands send JSON or patches."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+
+    def kubectl(*args: str, editor: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=60,
+                              env={**env, "EDITOR": editor} if editor else env, check=False)
+
+    def ok(*args: str, editor: str = "") -> str:
+        done = kubectl(*args, editor=editor)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    def get(kind: str, name: str, path: str) -> str:
+        return ok("get", kind, name, "-n", "imp", "-o", f"jsonpath={path}")
+
+    assert ok("create", "namespace", "imp", "-v=8") == "namespace/imp created\n"
+    sent = kubectl("create", "namespace", "imp2", "-v=8")
+    assert "Content-Type: application/vnd.kubernetes.protobuf" in sent.stderr
+    assert sent.stdout == "namespace/imp2 created\n"
+    assert ok("create", "deployment", "web", "-n", "imp", "--image=vasth/simple-server",
+              "--replicas=0", "--port=8080", "--", "/bin/simple-server", "-port", "8080"
+              ) == "deployment.apps/web created\n"
+    assert get("deploy", "web", "{.spec.replicas}") == "0"  # *int32 0, not defaulted to 1
+    assert get("deploy", "web", "{.spec.template.spec.containers[0].command}") == \
+        '["/bin/simple-server","-port","8080"]'
+    assert get("deploy", "web", "{.spec.selector.matchLabels.app}") == "web"
+    assert ok("create", "service", "clusterip", "web", "-n", "imp", "--tcp=80:8080",
+              "--tcp=443:8443") == "service/web created\n"
+    assert get("svc", "web", "{.spec.ports[*].targetPort}") == "8080 8443"
+    assert get("svc", "web", "{.spec.ports[*].name}") == "80-8080 443-8443"
+    # the lab's own validation answers protobuf bodies as it does JSON ones
+    node_port = kubectl("create", "service", "nodeport", "np", "-n", "imp", "--tcp=80:80")
+    assert node_port.returncode == 1 and "NodePort is not supported" in node_port.stderr
+    missing = kubectl("create", "deployment", "d", "-n", "nope", "--image=vasth/simple-server")
+    assert missing.returncode == 1 and 'namespaces "nope" not found' in missing.stderr
+    # run and expose (JSON), scale, set image, label, annotate, edit (patches), replace
+    assert ok("run", "p", "-n", "imp", "--image=vasth/simple-server", "--labels=a=b"
+              ) == "pod/p created\n"
+    assert ok("expose", "deployment", "web", "-n", "imp", "--name=web2", "--port=81",
+              "--target-port=8080") == "service/web2 exposed\n"
+    assert get("svc", "web2", "{.spec.selector.app}") == "web"
+    assert ok("scale", "deployment", "web", "-n", "imp", "--replicas=2") == \
+        "deployment.apps/web scaled\n"
+    assert get("deploy", "web", "{.spec.replicas}") == "2"
+    assert "image updated" in ok("set", "image", "deployment/web", "-n", "imp",
+                                 "simple-server=vasth/simple-server:v2")
+    assert get("deploy", "web", "{.spec.template.spec.containers[0].image}") == \
+        "vasth/simple-server:v2"
+    assert ok("label", "deployment", "web", "-n", "imp", "tier=front") == \
+        "deployment.apps/web labeled\n"
+    assert ok("annotate", "service", "web", "-n", "imp", "note=hi") == \
+        "service/web annotated\n"
+    assert get("svc", "web", "{.metadata.annotations.note}") == "hi"
+    assert ok("edit", "deployment", "web", "-n", "imp",
+              editor="sed -i s/replicas:\\ 2/replicas:\\ 3/") == "deployment.apps/web edited\n"
+    assert get("deploy", "web", "{.spec.replicas}") == "3"
+    live = ok("get", "svc", "web", "-n", "imp", "-o", "yaml")
+    replaced = subprocess.run(["kubectl", "replace", "-f", "-"], capture_output=True,
+                              text=True, env=env, timeout=60, check=False,
+                              input=live.replace("port: 443\n", "port: 4443\n"))
+    assert replaced.stdout == "service/web replaced\n", replaced.stderr
+    assert get("svc", "web", "{.spec.ports[*].port}") == "80 4443"
+    assert ok("delete", "namespace", "imp", "imp2").count("deleted") == 2
