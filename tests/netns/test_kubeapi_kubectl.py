@@ -470,17 +470,31 @@ def test_bare_pod_run_label_and_refused_image_change(kube: Kube) -> None:
         kube.kubectl("delete", "pod", "r1", "-n", "demo-to", "--wait=false")
 
 
-def test_kubectl_create_protobuf_is_refused_with_the_way_out(kube: Kube) -> None:
-    made = kube.kubectl("create", "ns", "qa2", check=False)
-    assert made.returncode == 1 and "UnsupportedMediaType" in made.stderr, made.stderr
-    assert "protobuf" in made.stderr and "kubectl apply -f" in made.stderr
-    # the way out the message names works
-    assert KUBECTL is not None
-    manifest = kube.kubectl("create", "ns", "qa2", "-o", "yaml", "--dry-run=client").stdout
-    applied = subprocess.run([KUBECTL, "apply", "-f", "-"], input=manifest, text=True,
-                             capture_output=True, env=kube.env, timeout=30, check=False)
-    assert "namespace/qa2 created" in applied.stdout, applied.stderr
-    kube.kubectl("delete", "ns", "qa2")
+def test_kubectl_create_namespace_deployment_service_roll_out(kube: Kube) -> None:
+    # kubectl's typed creates send protobuf (client-go's default for built-in kinds)
+    made = kube.kubectl("create", "ns", "qa2", "-v=8")
+    assert "Content-Type: application/vnd.kubernetes.protobuf" in made.stderr
+    assert made.stdout == "namespace/qa2 created\n"
+    try:
+        assert kube.kubectl("create", "deployment", "web", "-n", "qa2", "--replicas=2",
+                            "--image=vasth/simple-server", "--port=8080"
+                            ).stdout == "deployment.apps/web created\n"
+        assert kube.kubectl("create", "service", "clusterip", "web", "-n", "qa2",
+                            "--tcp=80:8080").stdout == "service/web created\n"
+        rollout = kube.kubectl("rollout", "status", "-n", "qa2", "deployment/web",
+                               "--timeout", "60s", timeout=90).stdout
+        assert 'deployment "web" successfully rolled out' in rollout
+        pods = json.loads(kube.kubectl("get", "pods", "-n", "qa2", "-l", "app=web", "-o",
+                                       "json").stdout)["items"]
+        assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
+        ips = eventually(lambda: kube.kubectl(
+            "get", "endpoints", "web", "-n", "qa2",
+            "-o", "jsonpath={.subsets[0].addresses[*].ip}").stdout.split())
+        assert sorted(ips) == sorted(p["status"]["podIP"] for p in pods)
+        # the remora CLI reads the same store
+        assert "web" in kube.lab.remora("get", "deploy", "-n", "qa2").stdout
+    finally:
+        kube.kubectl("delete", "ns", "qa2")
 
 
 def test_describe_endpoints_and_service(kube: Kube) -> None:
