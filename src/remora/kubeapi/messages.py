@@ -46,7 +46,7 @@ class Request:
     def json(self) -> Any:
         content_type = self.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == PROTOBUF or self.body.startswith(PROTOBUF_MAGIC):
-            # kubectl's typed clients (create namespace|deployment|service, run, expose...)
+            # kubectl's typed clients (create namespace|deployment|service)
             # send built-in kinds as protobuf, with no fallback to JSON (client-go only
             # falls back from CBOR on a 415): decoded into the JSON client-go would have
             # sent, so the JSON path below and after is the one path

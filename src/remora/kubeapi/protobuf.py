@@ -2,7 +2,7 @@
 dict out, pure.
 
 client-go's typed clients send built-in kinds as `application/vnd.kubernetes.protobuf`
-(kubectl create namespace|deployment|service, kubectl run...): the magic b"k8s\\x00", then
+(kubectl create namespace|deployment|service): the magic b"k8s\\x00", then
 a runtime.Unknown (typeMeta{apiVersion, kind}, raw, contentEncoding, contentType) whose
 `raw` is the generated message of the kind (k8s.io/apimachinery pkg/runtime/serializer/
 protobuf). The kind's message carries no TypeMeta; it comes from the envelope.
