@@ -52,7 +52,15 @@ def kubeconfig(tmp_path: Path) -> Iterator[Path]:
         port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
         yield certs.write_kubeconfig(tmp_path, f"https://127.0.0.1:{port}", creds)
     finally:
-        loop.call_soon_threadsafe(server.close)
+        async def stop() -> None:
+            # let the cancelled connection tasks finish before the loop stops, else
+            # their kept-alive connections (kubectl's) are "destroyed but pending"
+            server.close()
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others, timeout=5)
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
 
