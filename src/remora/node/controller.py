@@ -1,16 +1,20 @@
 """The controllers' decisions, as pure functions: Deployment -> pods, Service -> endpoints,
 and kubectl's view of a pod (READY, STATUS, RESTARTS).
 
-Deployments roll out the way Kubernetes' default RollingUpdate does with maxUnavailable 0:
+Deployments roll out the way Kubernetes' RollingUpdate does (pkg/controller/deployment/
+rolling.go), with the Deployment's spec.strategy.rollingUpdate maxSurge and maxUnavailable:
 pods of the new template (named <deployment>-<pod-template-hash>-<5 chars>, labelled
-pod-template-hash) are created first, and old pods are removed only as new ones become
-Ready, so the service always has an endpoint.
+pod-template-hash) are created while the pods number at most replicas + maxSurge, and old
+pods are removed while at least replicas - maxUnavailable stay Ready. The lab's defaults
+are maxSurge 1 and maxUnavailable 0 (not the apiserver's 25%/25%), so a service keeps its
+endpoints through a rollout.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +49,46 @@ def replicas(deployment: dict[str, Any]) -> int:
     return 1 if value is None else int(value)
 
 
-def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
+# the lab's RollingUpdate defaults (served as such by the Kubernetes API's view)
+DEFAULT_MAX_SURGE = 1
+DEFAULT_MAX_UNAVAILABLE = 0
+
+
+def rolling_update(deployment: dict[str, Any]) -> dict[str, int | str]:
+    """spec.strategy.rollingUpdate's maxSurge and maxUnavailable, the lab's defaults
+    for those left out."""
+    strategy = deployment.get("spec", {}).get("strategy") or {}
+    given = strategy.get("rollingUpdate") or {}
+    return {"maxUnavailable": given.get("maxUnavailable", DEFAULT_MAX_UNAVAILABLE),
+            "maxSurge": given.get("maxSurge", DEFAULT_MAX_SURGE)}
+
+
+def _scaled(value: int | str, total: int, round_up: bool) -> int:
+    """intstr.GetScaledValueFromIntOrPercent: an int as is, "N%" of TOTAL rounded."""
+    if isinstance(value, int):
+        return value
+    share = int(value.rstrip("%")) * total / 100
+    return math.ceil(share) if round_up else math.floor(share)
+
+
+def fenceposts(deployment: dict[str, Any]) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) as numbers of pods, as deploymentutil.ResolveFenceposts:
+    a surge percentage rounds up, an unavailable one down, and if both come to 0 one pod
+    may be unavailable (else the rollout could never progress)."""
     want = replicas(deployment)
+    limits = rolling_update(deployment)
+    surge = _scaled(limits["maxSurge"], want, round_up=True)
+    unavailable = _scaled(limits["maxUnavailable"], want, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
+
+
+def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
+    """One pass of the rolling update over the Deployment's pods (the lab's pods stand for
+    its ReplicaSets' replicas; terminating pods count for nothing, as for a ReplicaSet)."""
+    want = replicas(deployment)
+    surge, unavailable = fenceposts(deployment)
     current = template_hash(deployment)
     live = [p for p in pods if not p.deleting]
     new = sorted((p for p in live if p.template_hash == current), key=lambda p: p.created)
@@ -57,11 +99,21 @@ def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
         extra = sorted(new, key=lambda p: (p.ready, -p.created))[: len(new) - want]
         delete += [p.name for p in extra]
         new = [p for p in new if p.name not in delete]
-    ready_new = sum(p.ready for p in new)
-    keep_old = max(0, want - ready_new)
-    doomed_old = sorted(old, key=lambda p: (p.ready, p.created))[: max(0, len(old) - keep_old)]
-    delete += [p.name for p in doomed_old]
-    return Plan(create=max(0, want - len(new)), delete=tuple(delete))
+    # reconcileNewReplicaSet: scale up while the pods number at most replicas + maxSurge
+    total = len(new) + len(old)
+    create = max(0, min(want + surge - total, want - len(new)))
+    # reconcileOldReplicaSets: first old pods that are not Ready, as far as keeping
+    # replicas - maxUnavailable available allows (cleanupUnhealthyReplicas), then Ready
+    # ones while the Ready pods stay at least that many (scaleDownOldReplicaSetsFor...)
+    min_available = want - unavailable
+    new_unready = sum(not p.ready for p in new)
+    room = total - min_available - new_unready
+    unready_old = [p for p in old if not p.ready][: max(0, room)]
+    ready_now = sum(p.ready for p in new) + sum(p.ready for p in old)
+    ready_old = [p for p in old if p.ready][: max(0, ready_now - min_available)]
+    if room > 0:
+        delete += [p.name for p in unready_old + ready_old]
+    return Plan(create=create, delete=tuple(delete))
 
 
 def pod_from_template(deployment: dict[str, Any], suffix_seed: str) -> dict[str, Any]:

@@ -153,10 +153,11 @@ def _meta(root: Node, namespaced: bool = True) -> ObjectMeta:
 
 def _deployment(root: Node) -> Deployment:
     meta = _meta(root)
-    spec = root.node("spec", ignore=("strategy", "revisionHistoryLimit", "progressDeadlineSeconds",
+    spec = root.node("spec", ignore=("revisionHistoryLimit", "progressDeadlineSeconds",
                                      "minReadySeconds", "paused"), required=True)
     assert spec is not None
     replicas = spec.integer("replicas", 1, minimum=0, maximum=1000)
+    max_surge, max_unavailable = _rolling_update(spec.node("strategy"))
     sel = spec.node("selector", required=True)
     assert sel is not None
     match = sel.string_map("matchLabels", labels=True)
@@ -186,7 +187,47 @@ def _deployment(root: Node) -> Deployment:
     tmpl.done()
     spec.done()
     return Deployment(metadata=meta, selector=match, replicas=replicas,
-                      template=PodTemplate(labels=labels, annotations=annotations, spec=pod_spec))
+                      template=PodTemplate(labels=labels, annotations=annotations, spec=pod_spec),
+                      max_surge=max_surge, max_unavailable=max_unavailable)
+
+
+def _rolling_update(strategy: Node | None) -> tuple[int | str | None, int | str | None]:
+    """spec.strategy: RollingUpdate's maxSurge and maxUnavailable, checked as the
+    apiserver does (apps/v1 ValidateRollingUpdateDeployment), and honoured by the node's
+    controller. Recreate is refused: the lab's controller only rolls."""
+    if strategy is None:
+        return None, None
+    kind = strategy.string("type", "RollingUpdate")
+    if kind != "RollingUpdate":
+        raise strategy.ctx.error(strategy.sub("type"), f'unsupported value "{kind}"',
+                                 'use "RollingUpdate" (the lab\'s controller has no Recreate)')
+    rolling = strategy.node("rollingUpdate")
+    strategy.done()
+    if rolling is None:
+        return None, None
+    values: dict[str, int | str | None] = {}
+    for key in ("maxSurge", "maxUnavailable"):
+        value = rolling.raw(key)
+        path = rolling.sub(key)
+        if value is None:
+            values[key] = None
+            continue
+        if isinstance(value, str):
+            if not (value.endswith("%") and value[:-1].isdigit()):
+                raise rolling.ctx.error(path, f"invalid value {value!r}: a valid percent "
+                                        "string must be a numeric string followed by an "
+                                        "ending '%'", "use a whole number or e.g. '25%'")
+            if key == "maxUnavailable" and int(value[:-1]) > 100:
+                raise rolling.ctx.error(path, f"invalid value {value!r}: must not be greater "
+                                        "than 100%", "use at most '100%'")
+            values[key] = value
+        else:
+            values[key] = rolling.check_int(value, path, minimum=0)
+    rolling.done()
+    if values["maxSurge"] in (0, "0%") and values["maxUnavailable"] in (0, "0%"):
+        raise rolling.ctx.error(rolling.sub("maxUnavailable"), "may not be 0 when maxSurge "
+                                "is 0", "allow some surge or some unavailable pods")
+    return values["maxSurge"], values["maxUnavailable"]
 
 
 def _pod_spec(spec: Node | None) -> PodSpec:

@@ -145,18 +145,28 @@ class Deployment:
     selector: dict[str, str]
     template: PodTemplate
     replicas: int = 1
+    # spec.strategy.rollingUpdate as given (an int or "N%"), None when left out: the
+    # node's controller applies the lab's defaults (maxSurge 1, maxUnavailable 0)
+    max_surge: int | str | None = None
+    max_unavailable: int | str | None = None
     kind: str = "Deployment"
 
     def to_dict(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "replicas": self.replicas,
+            "selector": {"matchLabels": dict(self.selector)},
+            "template": self.template.to_dict(),
+        }
+        rolling = {k: v for k, v in (("maxSurge", self.max_surge),
+                                     ("maxUnavailable", self.max_unavailable))
+                   if v is not None}
+        if rolling:
+            spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": self.metadata.to_dict(),
-            "spec": {
-                "replicas": self.replicas,
-                "selector": {"matchLabels": dict(self.selector)},
-                "template": self.template.to_dict(),
-            },
+            "spec": spec,
         }
 
 

@@ -524,6 +524,38 @@ def test_unsupported_deployment_fields_are_refused_by_name(api: Handler) -> None
     assert resume.status == 200
 
 
+def test_rolling_update_limits_are_kept_served_and_checked(api: Handler) -> None:
+    url = "/apis/apps/v1/namespaces/demo-to/deployments"
+    # served as 1/0 whatever was given before: now stored, served, and (the node's
+    # controller, tests/unit/node/test_controller.py) honoured
+    surge = json.loads(json.dumps(SERVER))
+    surge["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%"}}
+    made = call(api, "POST", url, surge)
+    assert made.status == 201, made.body
+    assert made.json()["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {
+        "maxSurge": "50%", "maxUnavailable": 0}}  # the lab's default for the one left out
+    patched = call(api, "PATCH", url + "/simple-server", {"spec": {"strategy": {
+        "rollingUpdate": {"maxUnavailable": 2}}}},
+        content_type="application/strategic-merge-patch+json")
+    assert patched.json()["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": "50%", "maxUnavailable": 2}
+    assert call(api, "GET", url + "/simple-server").json()["spec"]["strategy"][
+        "rollingUpdate"] == {"maxSurge": "50%", "maxUnavailable": 2}
+    # values the apiserver refuses (ValidateRollingUpdateDeployment), named
+    for rolling, field, why in (
+            ({"maxSurge": 0, "maxUnavailable": 0}, "maxUnavailable", "may not be 0 when"),
+            ({"maxUnavailable": "120%"}, "maxUnavailable", "greater than 100%"),
+            ({"maxSurge": "lots"}, "maxSurge", "percent string"),
+            ({"maxSurge": -1}, "maxSurge", "out of range")):
+        bad = json.loads(json.dumps(SERVER))
+        bad["metadata"]["name"] = "bad"
+        bad["spec"]["strategy"] = {"rollingUpdate": rolling}
+        refused = call(api, "POST", url, bad)
+        assert refused.status == 422, (rolling, refused.body)
+        message = refused.json()["message"]
+        assert f"spec.strategy.rollingUpdate.{field}" in message and why in message, message
+
+
 def test_immutable_fields_cannot_change(api: Handler) -> None:
     call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
     svc = "/api/v1/namespaces/demo-to/services/simple-server-svc"

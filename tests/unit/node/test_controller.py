@@ -140,3 +140,39 @@ def test_pod_status_through_init_counts_the_spec_containers() -> None:
     # without init containers, a pod whose containers are not started is ContainerCreating
     s = controller.pod_status([], False, "Pending", app_count=1, init_count=0)
     assert (s["ready"], s["status"], s["allReady"]) == ("0/1", "ContainerCreating", False)
+
+
+def with_strategy(replicas: int, **rolling: int | str) -> dict[str, Any]:
+    return {**DEPLOY, "spec": {**DEPLOY["spec"], "replicas": replicas,
+                               "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling}}}
+
+
+def test_rollout_surges_by_max_surge_only() -> None:
+    # the lab's default maxSurge 1 / maxUnavailable 0: one new pod at a time, on 4 replicas
+    four = with_strategy(4)
+    old = [owned(f"o{i}", "h0", created=i) for i in range(4)]
+    assert controller.plan_deployment(four, old) == controller.Plan(1, ())
+    # maxSurge 50% of 4 = 2 new pods at once; an old one goes as each new one is Ready
+    half = with_strategy(4, maxSurge="50%")
+    assert controller.plan_deployment(half, old) == controller.Plan(2, ())
+    current = controller.template_hash(half)
+    one_ready = [*old, owned("n1", current, True, 10), owned("n2", current, False, 11)]
+    assert controller.plan_deployment(half, one_ready) == controller.Plan(0, ("o0",))
+    # a surge percentage rounds up (25% of 3 is 1), as ResolveFenceposts
+    assert controller.fenceposts(with_strategy(3, maxSurge="25%")) == (1, 0)
+
+
+def test_max_unavailable_lets_ready_old_pods_go_before_new_ones_are_ready() -> None:
+    # maxUnavailable 2, maxSurge 0: two old pods go at once, and their replacements come
+    two_down = with_strategy(4, maxSurge=0, maxUnavailable=2)
+    old = [owned(f"o{i}", "h0", created=i) for i in range(4)]
+    assert controller.plan_deployment(two_down, old) == controller.Plan(0, ("o0", "o1"))
+    current = controller.template_hash(two_down)
+    gone = [owned("o0", "h0", created=0, deleting=True), *old[1:]]
+    assert controller.plan_deployment(two_down, gone) == controller.Plan(1, ("o1",))
+    # an unavailable percentage rounds down (25% of 3 is 0); both 0 means 1 unavailable
+    assert controller.fenceposts(with_strategy(3, maxSurge=0, maxUnavailable="25%")) == (0, 1)
+    # old pods that are not Ready go first, within maxUnavailable
+    sick = [owned("o0", "h0", True, 0), owned("o1", "h0", False, 1),
+            owned("n", current, True, 5)]
+    assert controller.plan_deployment(with_strategy(2), sick).delete == ("o1",)
