@@ -497,6 +497,44 @@ def test_kubectl_create_namespace_deployment_service_roll_out(kube: Kube) -> Non
         kube.kubectl("delete", "ns", "qa2")
 
 
+def test_rollout_honours_max_surge(kube: Kube) -> None:
+    """spec.strategy.rollingUpdate.maxSurge bounds the pods a rollout runs at once (the
+    lab used to start every new pod at once, whatever was served)."""
+    kube.kubectl("create", "ns", "qa3")
+    try:
+        kube.kubectl("create", "deployment", "web", "-n", "qa3", "--replicas=3",
+                     "--image=vasth/simple-server")
+        kube.kubectl("patch", "deployment", "web", "-n", "qa3", "-p",
+                     '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":1}}}}')
+        kube.kubectl("rollout", "status", "-n", "qa3", "deployment/web", "--timeout", "60s",
+                     timeout=90)
+        seen: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                items = json.loads(kube.kubectl("get", "pods", "-n", "qa3", "-o", "json"
+                                                ).stdout)["items"]
+                seen.append(sum("deletionTimestamp" not in p["metadata"] for p in items))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            kube.kubectl("rollout", "restart", "-n", "qa3", "deployment/web")
+            rollout = kube.kubectl("rollout", "status", "-n", "qa3", "deployment/web",
+                                   "--timeout", "90s", timeout=120).stdout
+        finally:
+            done.set()
+            sampler.join(30)
+        assert 'deployment "web" successfully rolled out' in rollout
+        # never more than replicas + maxSurge pods, and never fewer than replicas -
+        # maxUnavailable (the lab's default 0) that are not terminating
+        assert seen and max(seen) <= 4 and min(seen) >= 3, seen
+        assert 4 in seen, seen  # it did surge
+    finally:
+        kube.kubectl("delete", "ns", "qa3")
+
+
 def test_describe_endpoints_and_service(kube: Kube) -> None:
     # kubectl describe parses creationTimestamp as metav1.Time: a string, not seconds
     for what in (["ep", "simple-server-svc"], ["endpointslice", "simple-server-svc-remora"]):
