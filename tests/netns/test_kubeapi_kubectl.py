@@ -535,6 +535,36 @@ def test_rollout_honours_max_surge(kube: Kube) -> None:
         kube.kubectl("delete", "ns", "qa3")
 
 
+def test_label_and_annotate_a_deployments_pod(kube: Kube) -> None:
+    kube.kubectl("create", "ns", "qa4")
+    try:
+        kube.kubectl("create", "deployment", "web", "-n", "qa4", "--image=vasth/simple-server")
+        kube.kubectl("rollout", "status", "-n", "qa4", "deployment/web", "--timeout", "60s",
+                     timeout=90)
+        pod = kube.kubectl("get", "pods", "-n", "qa4", "-l", "app=web", "-o",
+                           "jsonpath={.items[0].metadata.name}").stdout
+        assert kube.kubectl("label", "pod", pod, "-n", "qa4", "debug=yes").stdout == \
+            f"pod/{pod} labeled\n"
+        assert kube.kubectl("annotate", "pod", pod, "-n", "qa4", "note=hi").stdout == \
+            f"pod/{pod} annotated\n"
+        got = json.loads(kube.kubectl("get", "pod", pod, "-n", "qa4", "-o", "json").stdout)
+        assert got["metadata"]["labels"]["debug"] == "yes"
+        assert got["metadata"]["annotations"]["note"] == "hi"
+        # still the Deployment's (through its ReplicaSet), and not replaced
+        assert [r["kind"] for r in got["metadata"]["ownerReferences"]] == ["ReplicaSet"]
+        assert kube.kubectl("get", "pods", "-n", "qa4", "-l", "debug=yes", "-o",
+                            "name").stdout == f"pod/{pod}\n"
+        # a label that ties it to the Deployment: refused by name
+        freed = kube.kubectl("label", "pod", pod, "-n", "qa4", "app-", check=False)
+        assert freed.returncode == 1 and "metadata.labels[app]" in freed.stderr, freed.stderr
+        time.sleep(1)  # a pass of the node's controller
+        names = kube.kubectl("get", "pods", "-n", "qa4", "-o", "name").stdout.split()
+        assert names == [f"pod/{pod}"]
+        assert kube.kubectl("label", "pod", pod, "-n", "qa4", "debug-").returncode == 0
+    finally:
+        kube.kubectl("delete", "ns", "qa4")
+
+
 def test_describe_endpoints_and_service(kube: Kube) -> None:
     # kubectl describe parses creationTimestamp as metav1.Time: a string, not seconds
     for what in (["ep", "simple-server-svc"], ["endpointslice", "simple-server-svc-remora"]):

@@ -27,6 +27,7 @@ from remora.kubeapi.messages import ApiError, Request, Response, not_found
 from remora.kubeapi.resources import Resource
 from remora.kubeapi.versions import Key, Pair, Versions, key_of, parse_version
 from remora.lab import selectors
+from remora.node.controller import TEMPLATE_HASH_LABEL
 
 NOT_FOUND = "the server could not find the requested resource"
 # what a store object carries that a write must not send back (the apiserver owns it)
@@ -421,11 +422,8 @@ class Handler:
                            "give metadata.name")
 
     def _store(self, req: Request, t: Target, obj: dict[str, Any], created: bool) -> Response:
-        if t.resource.kind == "Pod" and not created and not self._bare_pod(t):
-            raise ApiError(422, f'pod "{t.name}" belongs to a Deployment: change the '
-                           "Deployment's template instead (the lab stores no pod of its own)")
         if t.resource.kind == "Pod" and not created:
-            return self._update_bare_pod(req, t, obj)
+            return self._update_pod(req, t, obj)
         meta = obj["metadata"]
         for f in _SERVER_FIELDS:
             meta.pop(f, None)
@@ -498,13 +496,15 @@ class Handler:
         out["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         return out
 
-    def _update_bare_pod(self, req: Request, t: Target, obj: dict[str, Any]) -> Response:
-        """An update of a running bare pod. As the apiserver (ValidatePodUpdate), only
-        metadata (labels, annotations) and a few spec fields may change; of those the lab
-        keeps labels and annotations. A container image is mutable on a cluster (kubelet
-        restarts the container), but the lab's runtime cannot restart a container with
-        another image, so that is refused by name rather than answered and ignored."""
+    def _update_pod(self, req: Request, t: Target, obj: dict[str, Any]) -> Response:
+        """An update of a running pod, bare or a Deployment's. As the apiserver
+        (ValidatePodUpdate), only metadata (labels, annotations) and a few spec fields may
+        change; of those the lab keeps labels and annotations. A container image is
+        mutable on a cluster (kubelet restarts the container), but the lab's runtime
+        cannot restart a container with another image, so that is refused by name rather
+        than answered and ignored."""
         _, live = self._one(t)
+        owner = self._pod_deployment(t)
         wanted = obj.get("spec") or {}
         have = live.get("spec") or {}
         if wanted != have:
@@ -520,8 +520,11 @@ class Handler:
                 raise ApiError(422, f'Pod "{t.name}" is invalid: spec.containers[*].image: '
                                "Forbidden: the lab cannot change the image of a running "
                                "pod's container (its runtime does not restart a container "
-                               "with another image); delete the pod and create it again, "
-                               "or run it from a Deployment")
+                               "with another image); " + (
+                                   "change the image in the template of Deployment "
+                                   f'"{owner["metadata"]["name"]}"' if owner is not None else
+                                   "delete the pod and create it again, or run it from a "
+                                   "Deployment"))
             raise ApiError(422, f'Pod "{t.name}" is invalid: spec: Forbidden: pod updates '
                            "may not change fields other than `spec.containers[*].image`,"
                            "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
@@ -536,6 +539,8 @@ class Handler:
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise ApiError(422, f'Pod "{t.name}" is invalid: metadata.{name}: must be a '
                                "map of strings to strings")
+        if owner is not None:
+            self._keep_owned(t, owner, live, labels)
         if req.arg("dryRun") == "All":
             served = copy.deepcopy(live)
             served["metadata"]["labels"] = labels
@@ -579,10 +584,39 @@ class Handler:
             out["status"] = live["status"]
         return out
 
-    def _bare_pod(self, t: Target) -> bool:
-        return any(p["metadata"]["name"] == t.name and p["metadata"].get("namespace") ==
-                   t.namespace for p in self.backend.objects("Pod", t.namespace)
-                   if not p["metadata"].get("ownerReferences"))
+    def _pod_deployment(self, t: Target) -> dict[str, Any] | None:
+        """The Deployment that owns pod T (the node's own pod objects name it), or None
+        for a bare pod."""
+        for p in self.backend.objects("Pod", t.namespace):
+            if p["metadata"]["name"] != t.name:
+                continue
+            for ref in p["metadata"].get("ownerReferences") or []:
+                if ref.get("kind") == "Deployment":
+                    for d in self.backend.objects("Deployment", t.namespace):
+                        if d["metadata"]["name"] == ref.get("name"):
+                            return d
+                    return {"metadata": {"name": ref.get("name")}, "spec": {}}
+        return None
+
+    @staticmethod
+    def _keep_owned(t: Target, owner: dict[str, Any], live: dict[str, Any],
+                    labels: dict[str, str]) -> None:
+        """A Deployment's pod may take any labels (kubectl label pod) except a change to
+        those that tie it to its Deployment: the selector's and pod-template-hash. On a
+        cluster the ReplicaSet would then release the pod (drop its ownerReference) and
+        start another; the lab's pods cannot outlive their Deployment, so such a change
+        is refused by name rather than stored with the ownership silently kept."""
+        held = live["metadata"].get("labels") or {}
+        selector = ((owner.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        for key in sorted({*selector, TEMPLATE_HASH_LABEL}):
+            if key in held and labels.get(key) != held[key]:
+                name = owner["metadata"]["name"]
+                raise ApiError(422, f'Pod "{t.name}" is invalid: metadata.labels[{key}]: '
+                               f"Forbidden: the pod belongs to Deployment \"{name}\" "
+                               "through this label; the lab cannot release a pod from its "
+                               "Deployment (a cluster's ReplicaSet would orphan it and "
+                               "start another): change the other labels, or the "
+                               "Deployment")
 
     def _exists(self, t: Target) -> bool:
         try:
