@@ -96,6 +96,23 @@ def test_invalid_objects_name_object_field_and_problem(old: str, new: str, path:
     assert "Deployment/ns1/" in line and path in line and what in line
 
 
+def test_rolling_update_is_kept_and_recreate_refused() -> None:
+    spec = "spec:\n  selector: {matchLabels: {app: web}}\n"
+    rolling = DEPLOY.replace(spec, spec + "  strategy: {rollingUpdate: {maxSurge: 25%, "
+                             "maxUnavailable: 1}}\n")
+    loaded = load_manifests(rolling)
+    assert loaded.warnings == []
+    dep = loaded.objects[0]
+    assert isinstance(dep, Deployment)
+    assert (dep.max_surge, dep.max_unavailable) == ("25%", 1)
+    assert dep.to_dict()["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}}
+    assert "strategy" not in load_manifests(DEPLOY).objects[0].to_dict()["spec"]
+    with pytest.raises(RemoraError) as recreate:
+        load_manifests(DEPLOY.replace(spec, spec + "  strategy: {type: Recreate}\n"))
+    assert "spec.strategy.type" in recreate.value.one_line()
+
+
 def test_one_bad_object_fails_the_whole_load() -> None:
     bad = DEPLOY.replace("containerPort: 8080", "containerPort: 0")
     with pytest.raises(RemoraError):
