@@ -531,6 +531,31 @@ def test_rollout_honours_max_surge(kube: Kube) -> None:
         # maxUnavailable (the lab's default 0) that are not terminating
         assert seen and max(seen) <= 4 and min(seen) >= 3, seen
         assert 4 in seen, seen  # it did surge
+        # Recreate: every old pod is gone, terminating ones included, before a new one
+        # starts (Kubernetes' rolloutRecreate)
+        kube.kubectl("patch", "deployment", "web", "-n", "qa3", "-p",
+                     '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}')
+        hashes: list[set[str]] = []
+        done.clear()
+
+        def sample_hashes() -> None:
+            while not done.is_set():
+                items = json.loads(kube.kubectl("get", "pods", "-n", "qa3", "-o", "json"
+                                                ).stdout)["items"]
+                hashes.append({p["metadata"]["labels"]["pod-template-hash"] for p in items})
+
+        sampler = threading.Thread(target=sample_hashes)
+        sampler.start()
+        try:
+            kube.kubectl("rollout", "restart", "-n", "qa3", "deployment/web")
+            rollout = kube.kubectl("rollout", "status", "-n", "qa3", "deployment/web",
+                                   "--timeout", "90s", timeout=120).stdout
+        finally:
+            done.set()
+            sampler.join(30)
+        assert 'deployment "web" successfully rolled out' in rollout
+        assert all(len(h) <= 1 for h in hashes), hashes  # never old and new together
+        assert len({h for hs in hashes for h in hs}) == 2, hashes  # it did roll
     finally:
         kube.kubectl("delete", "ns", "qa3")
 
@@ -597,10 +622,10 @@ def test_refused_deployment_fields_and_immutable_fields(kube: Kube) -> None:
     assert pause.returncode == 1 and "spec.paused" in pause.stderr, pause.stderr
     assert kube.kubectl("get", "deploy", "-n", "demo-to", "simple-server", "-o",
                         "jsonpath={.spec.paused}").stdout == ""
-    recreate = kube.kubectl("patch", "deploy", "-n", "demo-to", "simple-server", "-p",
-                            '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}',
-                            check=False)
-    assert recreate.returncode == 1 and "spec.strategy.type" in recreate.stderr
+    other = kube.kubectl("patch", "deploy", "-n", "demo-to", "simple-server", "-p",
+                         '{"spec":{"strategy":{"type":"BlueGreen","rollingUpdate":null}}}',
+                         check=False)
+    assert other.returncode == 1 and "spec.strategy.type" in other.stderr, other.stderr
     ip = kube.kubectl("get", "svc", "-n", "demo-to", "simple-server-svc", "-o",
                       "jsonpath={.spec.clusterIP}").stdout
     moved = kube.kubectl("patch", "svc", "-n", "demo-to", "simple-server-svc", "-p",

@@ -153,10 +153,11 @@ def _unsupported_deployment_fields(name: str, obj: dict[str, Any]) -> None:
                        "(its controller rolls every template change out at once)")
     strategy = spec.get("strategy") or {}
     kind = strategy.get("type") if isinstance(strategy, dict) else None
-    if kind not in (None, "RollingUpdate"):
+    if kind not in (None, "RollingUpdate", "Recreate"):
+        # the apiserver's ValidateDeploymentStrategy message
         raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.strategy.type: '
-                       f'Unsupported value: "{kind}": the lab supports only "RollingUpdate" '
-                       "(its controller surges one new pod at a time)")
+                       f'Unsupported value: "{kind}": supported values: "Recreate", '
+                       '"RollingUpdate"')
 
 
 class Handler:

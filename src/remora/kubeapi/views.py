@@ -67,10 +67,11 @@ def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, 
 def _deployment(d: dict[str, Any]) -> None:
     spec = d.setdefault("spec", {})
     spec.setdefault("replicas", 1)  # the apiserver's default (apps/v1 SetDefaults_Deployment)
-    # the strategy the node's controller follows: what was given, the lab's defaults
-    # (maxSurge 1, maxUnavailable 0) for what was not
-    spec["strategy"] = {"type": "RollingUpdate",
-                        "rollingUpdate": controller.rolling_update(d)}
+    # the strategy the node's controller follows: Recreate, or RollingUpdate with what
+    # was given and the lab's defaults (maxSurge 1, maxUnavailable 0) for what was not
+    spec["strategy"] = (
+        {"type": "Recreate"} if controller.strategy_type(d) == "Recreate" else
+        {"type": "RollingUpdate", "rollingUpdate": controller.rolling_update(d)})
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
     status = d.setdefault("status", {})

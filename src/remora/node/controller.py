@@ -84,12 +84,20 @@ def fenceposts(deployment: dict[str, Any]) -> tuple[int, int]:
     return surge, unavailable
 
 
+def strategy_type(deployment: dict[str, Any]) -> str:
+    """spec.strategy.type: "RollingUpdate" (the default) or "Recreate"."""
+    strategy = deployment.get("spec", {}).get("strategy") or {}
+    return str(strategy.get("type") or "RollingUpdate")
+
+
 def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
-    """One pass of the rolling update over the Deployment's pods (the lab's pods stand for
-    its ReplicaSets' replicas; terminating pods count for nothing, as for a ReplicaSet)."""
+    """One pass of the rollout over the Deployment's pods (the lab's pods stand for its
+    ReplicaSets' replicas; terminating pods count for nothing, as for a ReplicaSet)."""
     want = replicas(deployment)
-    surge, unavailable = fenceposts(deployment)
     current = template_hash(deployment)
+    if strategy_type(deployment) == "Recreate":
+        return _plan_recreate(want, current, pods)
+    surge, unavailable = fenceposts(deployment)
     live = [p for p in pods if not p.deleting]
     new = sorted((p for p in live if p.template_hash == current), key=lambda p: p.created)
     old = sorted((p for p in live if p.template_hash != current), key=lambda p: p.created)
@@ -114,6 +122,22 @@ def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
     if room > 0:
         delete += [p.name for p in unready_old + ready_old]
     return Plan(create=create, delete=tuple(delete))
+
+
+def _plan_recreate(want: int, current: str, pods: list[OwnedPod]) -> Plan:
+    """Kubernetes' rolloutRecreate (pkg/controller/deployment/recreate.go): the old
+    ReplicaSets are scaled to 0, and the new one is scaled up only once none of their
+    pods is left, terminating ones included (oldPodsRunning), so old and new pods never
+    run side by side and the service has no endpoint in between."""
+    live = [p for p in pods if not p.deleting]
+    new = sorted((p for p in live if p.template_hash == current), key=lambda p: p.created)
+    delete = [p.name for p in live if p.template_hash != current]
+    if len(new) > want:
+        extra = sorted(new, key=lambda p: (p.ready, -p.created))[: len(new) - want]
+        delete += [p.name for p in extra]
+        new = [p for p in new if p.name not in delete]
+    old_left = any(p.template_hash != current for p in pods)
+    return Plan(create=0 if old_left else max(0, want - len(new)), delete=tuple(delete))
 
 
 def pod_from_template(deployment: dict[str, Any], suffix_seed: str) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def _deployment(root: Node) -> Deployment:
                                      "minReadySeconds", "paused"), required=True)
     assert spec is not None
     replicas = spec.integer("replicas", 1, minimum=0, maximum=1000)
-    max_surge, max_unavailable = _rolling_update(spec.node("strategy"))
+    strategy, max_surge, max_unavailable = _strategy(spec.node("strategy"))
     sel = spec.node("selector", required=True)
     assert sel is not None
     match = sel.string_map("matchLabels", labels=True)
@@ -188,23 +188,31 @@ def _deployment(root: Node) -> Deployment:
     spec.done()
     return Deployment(metadata=meta, selector=match, replicas=replicas,
                       template=PodTemplate(labels=labels, annotations=annotations, spec=pod_spec),
-                      max_surge=max_surge, max_unavailable=max_unavailable)
+                      strategy=strategy, max_surge=max_surge,
+                      max_unavailable=max_unavailable)
 
 
-def _rolling_update(strategy: Node | None) -> tuple[int | str | None, int | str | None]:
-    """spec.strategy: RollingUpdate's maxSurge and maxUnavailable, checked as the
-    apiserver does (apps/v1 ValidateRollingUpdateDeployment), and honoured by the node's
-    controller. Recreate is refused: the lab's controller only rolls."""
+def _strategy(strategy: Node | None
+              ) -> tuple[str, int | str | None, int | str | None]:
+    """spec.strategy: its type, and RollingUpdate's maxSurge and maxUnavailable, checked
+    as the apiserver does (apps/v1 ValidateDeploymentStrategy and
+    ValidateRollingUpdateDeployment), and honoured by the node's controller."""
     if strategy is None:
-        return None, None
+        return "RollingUpdate", None, None
     kind = strategy.string("type", "RollingUpdate")
-    if kind != "RollingUpdate":
+    if kind not in ("RollingUpdate", "Recreate"):
         raise strategy.ctx.error(strategy.sub("type"), f'unsupported value "{kind}"',
-                                 'use "RollingUpdate" (the lab\'s controller has no Recreate)')
+                                 'use "RollingUpdate" or "Recreate"')
     rolling = strategy.node("rollingUpdate")
     strategy.done()
+    if kind == "Recreate":
+        if rolling is not None:
+            raise strategy.ctx.error(strategy.sub("rollingUpdate"), "may not be specified "
+                                     "when strategy `type` is 'Recreate'",
+                                     "remove rollingUpdate, or use type RollingUpdate")
+        return kind, None, None
     if rolling is None:
-        return None, None
+        return kind, None, None
     values: dict[str, int | str | None] = {}
     for key in ("maxSurge", "maxUnavailable"):
         value = rolling.raw(key)
@@ -227,7 +235,7 @@ def _rolling_update(strategy: Node | None) -> tuple[int | str | None, int | str 
     if values["maxSurge"] in (0, "0%") and values["maxUnavailable"] in (0, "0%"):
         raise rolling.ctx.error(rolling.sub("maxUnavailable"), "may not be 0 when maxSurge "
                                 "is 0", "allow some surge or some unavailable pods")
-    return values["maxSurge"], values["maxUnavailable"]
+    return kind, values["maxSurge"], values["maxUnavailable"]
 
 
 def _pod_spec(spec: Node | None) -> PodSpec:

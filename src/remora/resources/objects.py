@@ -149,6 +149,7 @@ class Deployment:
     # node's controller applies the lab's defaults (maxSurge 1, maxUnavailable 0)
     max_surge: int | str | None = None
     max_unavailable: int | str | None = None
+    strategy: str = "RollingUpdate"  # or "Recreate" (spec.strategy.type)
     kind: str = "Deployment"
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,7 +161,9 @@ class Deployment:
         rolling = {k: v for k, v in (("maxSurge", self.max_surge),
                                      ("maxUnavailable", self.max_unavailable))
                    if v is not None}
-        if rolling:
+        if self.strategy != "RollingUpdate":
+            spec["strategy"] = {"type": self.strategy}
+        elif rolling:
             spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
         return {
             "apiVersion": "apps/v1",

@@ -510,10 +510,11 @@ def test_istio_objects_are_served_in_the_version_asked_for(api: Handler) -> None
 
 def test_unsupported_deployment_fields_are_refused_by_name(api: Handler) -> None:
     url = "/apis/apps/v1/namespaces/demo-to/deployments"
-    recreate = json.loads(json.dumps(SERVER))
-    recreate["spec"]["strategy"] = {"type": "Recreate"}
-    refused = call(api, "POST", url, recreate)
+    other = json.loads(json.dumps(SERVER))
+    other["spec"]["strategy"] = {"type": "BlueGreen"}
+    refused = call(api, "POST", url, other)
     assert refused.status == 422 and "spec.strategy.type" in refused.json()["message"]
+    assert 'supported values: "Recreate", "RollingUpdate"' in refused.json()["message"]
     assert call(api, "POST", url, SERVER).status == 201
     pause = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": True}},
                  content_type="application/strategic-merge-patch+json")
@@ -554,6 +555,30 @@ def test_rolling_update_limits_are_kept_served_and_checked(api: Handler) -> None
         assert refused.status == 422, (rolling, refused.body)
         message = refused.json()["message"]
         assert f"spec.strategy.rollingUpdate.{field}" in message and why in message, message
+
+
+def test_recreate_strategy_is_kept_and_served(api: Handler) -> None:
+    url = "/apis/apps/v1/namespaces/demo-to/deployments"
+    recreate = json.loads(json.dumps(SERVER))
+    recreate["spec"]["strategy"] = {"type": "Recreate"}
+    made = call(api, "POST", url, recreate)
+    assert made.status == 201, made.body
+    assert made.json()["spec"]["strategy"] == {"type": "Recreate"}  # no rollingUpdate
+    # back to RollingUpdate (kubectl patch), and again to Recreate: the lab stores no
+    # defaulted rollingUpdate, so naming the type alone switches it (as `kubectl apply`
+    # does on a cluster through the strategy's retainKeys); clearing the served
+    # rollingUpdate as well (what a plain patch needs on a cluster) works too
+    rolled = call(api, "PATCH", url + "/simple-server", {"spec": {"strategy": {
+        "type": "RollingUpdate"}}}, content_type="application/strategic-merge-patch+json")
+    assert rolled.json()["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    kept = call(api, "PATCH", url + "/simple-server", {"spec": {"strategy": {
+        "type": "Recreate"}}}, content_type="application/strategic-merge-patch+json")
+    back = call(api, "PATCH", url + "/simple-server", {"spec": {"strategy": {
+        "type": "Recreate", "rollingUpdate": None}}},
+        content_type="application/strategic-merge-patch+json")
+    assert back.status == 200 and back.json()["spec"]["strategy"] == {"type": "Recreate"}
+    assert kept.status == 200 and kept.json()["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_immutable_fields_cannot_change(api: Handler) -> None:

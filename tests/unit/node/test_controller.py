@@ -162,6 +162,22 @@ def test_rollout_surges_by_max_surge_only() -> None:
     assert controller.fenceposts(with_strategy(3, maxSurge="25%")) == (1, 0)
 
 
+def test_recreate_removes_every_old_pod_before_the_first_new_one() -> None:
+    recreate = {**DEPLOY, "spec": {**DEPLOY["spec"], "replicas": 2,
+                                   "strategy": {"type": "Recreate"}}}
+    current = controller.template_hash(recreate)
+    old = [owned("o0", "h0", True, 0), owned("o1", "h0", True, 1)]
+    # every old pod goes at once, Ready or not, and nothing new starts yet
+    assert controller.plan_deployment(recreate, old) == controller.Plan(0, ("o0", "o1"))
+    # while an old pod is still terminating, still nothing new (oldPodsRunning)
+    going = [owned("o0", "h0", True, 0, deleting=True)]
+    assert controller.plan_deployment(recreate, going) == controller.Plan(0, ())
+    # once they are gone, the new pods, all at once
+    assert controller.plan_deployment(recreate, []) == controller.Plan(2, ())
+    started = [owned("n0", current, False, 5)]
+    assert controller.plan_deployment(recreate, started) == controller.Plan(1, ())
+
+
 def test_max_unavailable_lets_ready_old_pods_go_before_new_ones_are_ready() -> None:
     # maxUnavailable 2, maxSurge 0: two old pods go at once, and their replacements come
     two_down = with_strategy(4, maxSurge=0, maxUnavailable=2)

@@ -96,7 +96,7 @@ def test_invalid_objects_name_object_field_and_problem(old: str, new: str, path:
     assert "Deployment/ns1/" in line and path in line and what in line
 
 
-def test_rolling_update_is_kept_and_recreate_refused() -> None:
+def test_rolling_update_and_recreate_are_kept() -> None:
     spec = "spec:\n  selector: {matchLabels: {app: web}}\n"
     rolling = DEPLOY.replace(spec, spec + "  strategy: {rollingUpdate: {maxSurge: 25%, "
                              "maxUnavailable: 1}}\n")
@@ -108,9 +108,19 @@ def test_rolling_update_is_kept_and_recreate_refused() -> None:
     assert dep.to_dict()["spec"]["strategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}}
     assert "strategy" not in load_manifests(DEPLOY).objects[0].to_dict()["spec"]
-    with pytest.raises(RemoraError) as recreate:
-        load_manifests(DEPLOY.replace(spec, spec + "  strategy: {type: Recreate}\n"))
-    assert "spec.strategy.type" in recreate.value.one_line()
+    recreate = load_manifests(DEPLOY.replace(spec, spec + "  strategy: {type: Recreate}\n"))
+    dep = recreate.objects[0]
+    assert isinstance(dep, Deployment) and dep.strategy == "Recreate"
+    assert dep.to_dict()["spec"]["strategy"] == {"type": "Recreate"}
+    # as the apiserver's ValidateDeploymentStrategy: no rollingUpdate with Recreate, and
+    # no other type
+    with pytest.raises(RemoraError) as both:
+        load_manifests(DEPLOY.replace(spec, spec + "  strategy: {type: Recreate, "
+                                      "rollingUpdate: {maxSurge: 1}}\n"))
+    assert "spec.strategy.rollingUpdate" in both.value.one_line()
+    with pytest.raises(RemoraError) as other:
+        load_manifests(DEPLOY.replace(spec, spec + "  strategy: {type: BlueGreen}\n"))
+    assert "spec.strategy.type" in other.value.one_line()
 
 
 def test_one_bad_object_fails_the_whole_load() -> None:
