@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -401,6 +402,25 @@ class ConnectionPool:
             if not idle:
                 del self._idle[conn.key]
 
+    def drop_hosts(self, owner: object, hosts: set[tuple[str, int]]) -> int:
+        """Close the idle connections OWNER (a cluster object) keeps to HOSTS, which left
+        it (an EDS update), and return how many: Envoy drains a removed host's connection
+        pools (ClusterManagerImpl's updateClusterMembership -> drainOrCloseConnPools).
+        The host is picked per request, so no request would ask for them again."""
+        closed = 0
+        for key in [k for k in self._idle if (k[1], k[2]) in hosts]:
+            idle = self._idle[key]
+            kept = [c for c in idle if c.owner is not owner]
+            for conn in idle:
+                if conn.owner is owner:
+                    conn.close()
+                    closed += 1
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+        return closed
+
     def idle_count(self, key: PoolKey | None = None) -> int:
         if key is not None:
             return len(self._idle.get(key, ()))
@@ -426,3 +446,20 @@ def pool_for(cluster_manager: Any) -> ConnectionPool:
         return pool
     except TypeError:  # not weak-referenceable: one pool per caller
         return ConnectionPool()
+
+
+def drop_removed_hosts(cluster_manager: object, owner: object,
+                       hosts: set[tuple[str, int]]) -> None:
+    """HOSTS left cluster OWNER (an EDS update): its HTTP/1.1 and HTTP/2 connections to
+    them are drained (ConnectionPool.drop_hosts, H2Pool.drop_hosts)."""
+    try:
+        pool = _POOLS.get(cluster_manager)
+    except TypeError:  # not weakly referenceable: no pool was made for it
+        pool = None
+    if pool is not None:
+        pool.drop_hosts(owner, hosts)
+    # the HTTP/2 stack is imported by the first request that needs it
+    # (proxy/http2/codec_choice.py says why): until then there is no HTTP/2 pool to drain
+    h2 = sys.modules.get("remora.proxy.http2.upstream")
+    if h2 is not None:
+        h2.drop_removed_hosts(cluster_manager, owner, hosts)

@@ -779,6 +779,19 @@ class H2Pool:
             if not clients:
                 del self._clients[client.key]
 
+    def drop_hosts(self, owner: object, hosts: set[tuple[str, int]]) -> None:
+        """OWNER's connections to HOSTS, which left the cluster (an EDS update), take no
+        new stream and close once their streams are done (Envoy drains a removed host's
+        pools); idle ones close now."""
+        for key, clients in list(self._clients.items()):
+            if (key[1], key[2]) not in hosts:
+                continue
+            for client in list(clients):
+                if client.owner is owner and not client.goaway:
+                    client.goaway = True
+                    if client.reserved == 0:
+                        client.close()
+
     def connections(self, key: PoolKey | None = None) -> list[H2Client]:
         if key is not None:
             return list(self._clients.get(key, ()))
@@ -810,6 +823,17 @@ def h2_pool_for(cluster_manager: Any) -> H2Pool:
     _last_pool[0] = cluster_manager
     _last_pool[1] = pool
     return pool
+
+
+def drop_removed_hosts(cluster_manager: Any, owner: object,
+                       hosts: set[tuple[str, int]]) -> None:
+    """http/pool.py ``drop_removed_hosts`` for the HTTP/2 pool."""
+    try:
+        pool = _POOLS.get(cluster_manager)
+    except TypeError:
+        return
+    if pool is not None:
+        pool.drop_hosts(owner, hosts)
 
 
 class _CodecFailure(Exception):

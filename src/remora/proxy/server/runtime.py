@@ -305,7 +305,13 @@ class Server:
             self.stats.inc(f"cluster.{c.name}.update_attempt")
             hosts = parsed.get(c.config.eds_service_name or c.name)
             if hosts is not None:
+                before = {(h.address.ip, h.address.port) for h in c.hosts}
                 c.set_hosts(hosts, version)
+                gone = before - {(h.address.ip, h.address.port) for h in hosts}
+                if gone:  # their pooled connections drained, as Envoy's
+                    # (imported here: a proxy with no HTTP listener never loads the pools)
+                    from remora.proxy.http.pool import drop_removed_hosts
+                    drop_removed_hosts(self.cluster_manager, c, gone)
                 self.stats.inc(f"cluster.{c.name}.update_success")
             else:
                 self.stats.inc(f"cluster.{c.name}.update_empty")

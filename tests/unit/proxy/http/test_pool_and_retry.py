@@ -150,6 +150,25 @@ def test_closed_while_idle_leaves_the_pool_at_once() -> None:
     assert a.pc.pool is None and pool.acquire(KEY_B, frozenset()) is b.pc
 
 
+def test_drop_hosts_closes_the_clusters_idle_connections_to_them() -> None:
+    """An EDS update removed host 10.20.0.77:18080 from cluster OWNER: its idle
+    connections close (Envoy drains a removed host's pools); another cluster's to the same
+    address, and OWNER's to other hosts, stay."""
+    owner, other = object(), object()
+    pool = ConnectionPool()
+    gone = _Conn(owner=owner)
+    elsewhere = _Conn(owner=other)
+    other_host_key: PoolKey = ("inbound|18080||", "10.20.0.9", 18080, None)
+    kept = _Conn(key=other_host_key, owner=owner)
+    for c in (gone, elsewhere, kept):
+        pool.release(c.pc)
+    assert pool.drop_hosts(owner, {("10.20.0.77", 18080)}) == 1
+    assert gone.closed and not elsewhere.closed and not kept.closed
+    assert pool.acquire(KEY_A, frozenset(), other) is elsewhere.pc
+    assert pool.acquire(other_host_key, frozenset(), owner) is kept.pc
+    assert pool.idle_count() == 0
+
+
 def test_max_requests_per_connection() -> None:
     pool = ConnectionPool()
     a = _Conn(limits=PoolLimits(max_requests_per_connection=2))
