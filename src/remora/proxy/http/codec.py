@@ -170,12 +170,15 @@ class Request:
 
     __slots__ = ("body", "body_bytes", "body_limit_hit", "chunked", "complete", "completed_at",
                  "content_length", "headers", "hmap", "keep_alive", "method", "repeated",
-                 "retain", "sink",
+                 "retain", "scheme", "sink",
                  "upgrade", "url")
 
     def __init__(self) -> None:
         self.method = ""
         self.url = ""
+        # an HTTP/2 request's :scheme as the client sent it (None on HTTP/1.1, whose
+        # scheme the connection manager works out: headers.request_scheme)
+        self.scheme: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.hmap: dict[str, str] = {}
         # the separate values of each non-inline name sent more than once, which Envoy's

@@ -16,7 +16,7 @@ import binascii
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 # hop-by-hop headers never forwarded (RFC 9110 7.6.1); transfer-encoding is re-framed
 # (te is kept as "trailers" when it lists trailers, and an expect other than 100-continue
@@ -278,3 +278,38 @@ def escaped_slashes(path: str) -> bool:
 def unescape_slashes(path: str) -> str:
     raw, sep, query = path.partition("?")
     return _ESCAPED_SLASH.sub(lambda m: "/" if m.group(0)[1] == "2" else "\\", raw) + sep + query
+
+
+def request_scheme(req_url: str, client_scheme: str | None, hdrs: Mapping[str, str],
+                   connection_scheme: str) -> str:
+    """The request's scheme as Envoy's :scheme holds it: an HTTP/2 client's own; on
+    HTTP/1.1 an absolute-form target's, else x-forwarded-proto (as the connection manager
+    left it) when it names http or https, else the connection's (Envoy's HTTP/1 codec
+    takes the URL's; ConnectionManagerUtility::mutateRequestHeaders sets the rest by
+    getScheme(x-forwarded-proto, ssl), lower-cased; checked against Envoy 1.40)."""
+    if client_scheme is not None:
+        return client_scheme
+    scheme, sep, _ = req_url.partition("://")
+    if sep and not req_url.startswith("/"):
+        return scheme.lower()
+    xfp = hdrs.get("x-forwarded-proto", "").lower()
+    return xfp if xfp in ("http", "https") else connection_scheme
+
+
+def request_uri(scheme: str, hdrs: Mapping[str, str]) -> str | None:
+    """The request's URL as Envoy's Http::Utility::newUri builds it without a redirect
+    config (what a 201 or 3xx direct_response puts in location): SCHEME://host/path, the
+    host's port dropped only where x-forwarded-proto names another scheme whose default
+    port it is (processRequestHost). None without a :path (a CONNECT)."""
+    path = hdrs.get(":path")
+    if path is None:
+        return None
+    host = hdrs.get(":authority", "")
+    end = host.rfind("]:") + 1 if host.startswith("[") else host.rfind(":")
+    if end > 0:
+        port = host[end:]
+        xfp = hdrs.get("x-forwarded-proto", "")
+        if scheme != xfp and ((xfp.lower() == "https" and port == ":443")
+                              or (xfp.lower() == "http" and port == ":80")):
+            host = host[:end]
+    return f"{scheme}://{host}{path}"

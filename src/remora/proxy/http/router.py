@@ -30,6 +30,7 @@ from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.grpc_timeout import StreamDuration, format_grpc_timeout, stream_timeout_ms
 from remora.proxy.http.header_map import set_first
 from remora.proxy.http.header_mutation import apply_to_request
+from remora.proxy.http.headers import request_scheme, request_uri
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
@@ -234,7 +235,8 @@ class Router:
             return _answered(stream.local_reply(404, b"", "route_not_found", "NR"))
         if route.direct_response is not None:
             status, body = route.direct_response
-            return _answered(stream.local_reply(status, body, "direct_response"))
+            return _answered(stream.local_reply(status, body, "direct_response",
+                                                headers=_direct_location(stream, status)))
         assert route.cluster is not None
         cluster = self.cluster_manager.get(route.cluster)
         if cluster is None:
@@ -258,6 +260,19 @@ class Router:
 
 async def _answered(result: bool) -> bool:
     return result
+
+
+def _direct_location(stream: HttpStream, status: int) -> list[tuple[str, str]] | None:
+    """A 201 or 3xx direct_response's location: the request's own URL (Envoy's router,
+    Filter::decodeHeaders, adds newUri(request) for these, RFC 7231 7.1.2; before the
+    route's response_headers_to_add; checked against Envoy 1.40)."""
+    if status != 201 and not 300 <= status <= 399:
+        return None
+    hdrs = stream.info.request_headers or {}
+    scheme = request_scheme(stream.req.url, stream.req.scheme, hdrs,
+                            hdrs.get(":scheme", "http"))
+    uri = request_uri(scheme, hdrs)
+    return None if uri is None else [("location", uri)]
 
 
 class _Forward:

@@ -568,7 +568,11 @@ class Http2Connection:
                     url = value
                 elif name == ":authority":
                     authority = value
-                # else :scheme (the connection's decides), :protocol
+                elif name == ":scheme":
+                    # kept for what Envoy builds from the request's URL (a direct
+                    # response's location); the rest uses the connection's
+                    req.scheme = value
+                # else :protocol
             elif name == "cookie":
                 # RFC 9113 8.2.3: joined for HTTP/1.1, last
                 if cookies is None:
