@@ -1173,7 +1173,10 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     headers = stream.upstream_headers
     mutations = route.request_mutations
     if mutations:
-        headers = apply_to_request(headers, mutations, stream.info.request_headers)
+        # after the router's timeout header, as on HTTP/1.1 (router.py _mutated)
+        headers = apply_to_request([*headers, extra] if extra is not None else headers,
+                                   mutations, stream.info.request_headers)
+        extra = None
     scheme = (stream.info.request_headers or {}).get(":scheme", "http")
     return request_headers(stream.method, scheme, stream.path, headers, extra)
 

@@ -130,6 +130,14 @@ MUTATION_CASES = {
     "mut-request-present": b"GET /mut/ HTTP/1.1\r\nHost: a\r\nUser-Agent: ua\r\n"
                            b"x-custom: c\r\nAccept: t\r\ncache-control: no-cache\r\n"
                            b"Content-Type: x/y\r\nx-custom-2: old\r\n\r\n",
+    # a route with a timeout: Envoy's router sets x-envoy-expected-rq-timeout-ms before
+    # the route's and virtual host's headers are added, so they come after it upstream;
+    # a route removing it (or overwriting it) acts on the router's value
+    "mut-timeout-request-absent": b"GET /mutt/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    "mut-timeout-request-present": b"GET /mutt/ HTTP/1.1\r\nHost: a\r\nUser-Agent: ua\r\n"
+                                   b"x-custom: c\r\nx-custom-2: old\r\n\r\n",
+    "mut-timeout-removed": b"GET /muttrm/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    "mut-timeout-overwritten": b"GET /muttow/ HTTP/1.1\r\nHost: a\r\n\r\n",
     **{f"mut-response-{name}": f"GET /mresp/{name} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
        for name in ("cache-control", "vary", "x-custom", "content-type", "user-agent")},
 }
@@ -165,6 +173,15 @@ def _config(template: dict[str, Any], port: int, admin: int, echo: int,
     tc["route_config"]["virtual_hosts"][0]["routes"] = [
         {"match": {"prefix": "/mut/"}, "route": {"cluster": "echo", "timeout": "0s"},
          "request_headers_to_add": _ADDED, "response_headers_to_add": _ADDED},
+        {"match": {"prefix": "/mutt/"}, "route": {"cluster": "echo", "timeout": "10s"},
+         "request_headers_to_add": _ADDED},
+        {"match": {"prefix": "/muttrm/"}, "route": {"cluster": "echo", "timeout": "10s"},
+         "request_headers_to_add": _ADDED,
+         "request_headers_to_remove": ["x-envoy-expected-rq-timeout-ms"]},
+        {"match": {"prefix": "/muttow/"}, "route": {"cluster": "echo", "timeout": "10s"},
+         "request_headers_to_add": [*_ADDED, {
+             "header": {"key": "x-envoy-expected-rq-timeout-ms", "value": "7"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]},
         {"match": {"prefix": "/mresp/"}, "route": {"cluster": "repeat", "timeout": "0s"},
          "response_headers_to_add": _ADDED},
         {"match": {"prefix": "/resp/"}, "route": {"cluster": "repeat", "timeout": "0s"}},
@@ -236,3 +253,11 @@ def test_user_agent_joined_and_cookie_not(outcomes: dict[str, dict[str, bytes]])
     seen = outcomes["envoy"]["req-user-agent-three"]
     body = seen.partition(b"\r\n\r\n")[2]
     assert b"user-agent: a,b,c\r\ncookie: c=1\r\ncookie: d=2\r\n" in body.lower()
+
+
+def test_added_after_expected_timeout(outcomes: dict[str, dict[str, bytes]]) -> None:
+    """What the mut-timeout cases are about: on Envoy the route's added headers follow
+    the router's x-envoy-expected-rq-timeout-ms, and the virtual host's come last."""
+    seen = outcomes["envoy"]["mut-timeout-request-absent"].partition(b"\r\n\r\n")[2]
+    timeout = seen.index(b"x-envoy-expected-rq-timeout-ms: 10000\r\n")
+    assert timeout < seen.index(b"user-agent: added\r\n") < seen.index(b"x-custom: vhost\r\n")

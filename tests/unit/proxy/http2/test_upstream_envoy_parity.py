@@ -43,6 +43,7 @@ CASES: dict[str, bytes] = {
                        b"User-Agent: UA\r\nX-Bytes: caf\xe9\r\nTE: trailers\r\n"
                        b"Keep-Alive: 5\r\nConnection: x-foo\r\nx-foo: 1\r\n"
                        b"Content-Length: 2\r\n\r\nhi",
+    "request-headers-added": b"GET /headers-added HTTP/1.1\r\nHost: a\r\nUser-Agent: UA\r\n\r\n",
     "request-headers-chunked": b"POST /headers HTTP/1.1\r\nHost: a\r\n"
                                b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     # repeated response fields: Envoy joins the inline ones (server, content-type, vary)

@@ -62,6 +62,10 @@ def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
            "route": {"cluster": name, "timeout": "2s"}}
           for name in ("h2-legacy", "h2-downstream", "refused", "h2-peer-limit", "h2-one",
                        "h2-tls", "h2-short")),
+        # request_headers_to_add go after the router's x-envoy-expected-rq-timeout-ms
+        {"match": {"prefix": "/headers-added"}, "route": {"cluster": "h2", "timeout": "10s"},
+         "request_headers_to_add": [{"header": {"key": "x-added", "value": "1"}},
+                                    {"header": {"key": "user-agent", "value": "added"}}]},
         {"match": {"prefix": "/remora.demo.Simple/"}, "route": {"cluster": "grpc"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "10s"}},
     ]
