@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from remora.proxy.config.strict import ConfigError
+from remora.proxy.http.header_matcher import RepeatedHeaders
 from remora.proxy.stream_info import StreamInfo
 from remora.proxy.transport.connection_info import FIELDS as TLS_FIELDS
 
@@ -140,6 +141,8 @@ class HeaderOp:
         headers: dict[str, str] | None = getattr(info, self.which)
         if not headers:
             return None
+        if isinstance(headers, RepeatedHeaders):  # a repeated name prints its first value
+            headers = headers.first_view()
         value = headers.get(self.main)
         if value is None and self.alt:
             value = headers.get(self.alt)
@@ -491,6 +494,10 @@ def compile_renderer(tokens: list[str | Token], parts: list[str | Op]
         values.append(ast.FormattedValue(ast.parse(expr, mode="eval").body, -1, None))
     header_binds = [ast.parse(f"{local} = info.{field_name} or _EMPTY").body[0]
                     for field_name, local in _HEADER_LOCALS.items() if local in used_locals]
+    if "rq" in used_locals:
+        # a request repeating a non-inline name (RepeatedHeaders, rare): %REQ()% prints
+        # its first value, as HeaderOp does
+        header_binds += ast.parse("if rq.__class__ is not dict: rq = rq.first_view()").body
     fn = ast.FunctionDef(
         name="render",
         args=ast.arguments(posonlyargs=[], args=[ast.arg("info")], kwonlyargs=[],

@@ -100,3 +100,13 @@ def response_joined(headers: list[tuple[str, str]]) -> list[tuple[str, str]] | N
     headers, before anything left it (the encoder filters only append to the list)."""
     again = join_inline(headers, INLINE_RESPONSE)
     return again if len(again) < len(headers) else None
+
+
+def first_values(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """HEADERS as a map whose repeated names keep their first value (what Envoy's header
+    map get(name)[0] gives for a name held as separate entries)."""
+    out: dict[str, str] = {}
+    for n, v in headers:
+        if n not in out:
+            out[n] = v
+    return out

@@ -51,6 +51,16 @@ class RepeatedHeaders(dict[str, str]):
         super().__init__(headers)
         self.repeated = repeated
 
+    def first_view(self) -> dict[str, str]:
+        """The headers as the access log's %REQ()% reads them: a repeated name still
+        held as separate entries gives its first value (Envoy's HeaderFormatter prints
+        get(name)[0], the first entry; checked against Envoy 1.40)."""
+        out = dict(self)
+        for name, values in self.repeated.items():
+            if out.get(name) == ",".join(values):
+                out[name] = values[0]
+        return out
+
 
 def header_values(headers: dict[str, str], name: str, got: str) -> list[str] | None:
     """NAME's separate values when HEADERS holds it as repeated entries and GOT (its

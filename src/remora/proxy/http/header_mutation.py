@@ -67,16 +67,18 @@ def apply(headers: list[tuple[str, str]], m: HeaderMutations) -> list[tuple[str,
 def apply_to_request(headers: list[tuple[str, str]], m: HeaderMutations,
                      view: dict[str, str] | None) -> list[tuple[str, str]]:
     """The request HEADERS after M, and VIEW (the access log's REQ() map, if any) changed
-    the same way: what the mutations removed is gone, what they added reads as its lines
-    joined with ","."""
+    the same way: what the mutations removed is gone, what they added reads as its first
+    line (an inline name's lines are one, joined; any other's stay separate entries, and
+    Envoy's %REQ()% prints the first: checked against Envoy 1.40)."""
     headers = apply(headers, m)
     if view is not None:
         for name in m.remove:
             view.pop(name, None)
         for name, _, _ in m.add:
-            values = [v for n, v in headers if n == name]
-            if values:
-                view[name] = ",".join(values)
+            for n, v in headers:
+                if n == name:
+                    view[name] = v
+                    break
     return headers
 
 
