@@ -34,7 +34,7 @@ from remora.proxy.http.headers import request_scheme, request_uri
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
-from remora.proxy.http.stream import ActiveStream, is_grpc_content_type
+from remora.proxy.http.stream import ActiveStream, host_outcome, is_grpc_content_type
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import (
@@ -1023,15 +1023,24 @@ class _Forward:
         info = stream.info
         if info.upstream_request_attempt_count > 1:
             self._retry_success(wanted)  # counts only for a retried request
-        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders (_charge)
+        # Envoy's Filter::chargeUpstreamCode / handleNon5xxResponseHeaders (_charge): a
+        # gRPC request's non-5xx response by its grpc-status, from the head when the head
+        # ends the response; else it waits for trailers, which Envoy's HTTP/1 codec drops
+        # (without enable_trailers, as remora's decoder), so it ends as an error
+        # (stream.host_outcome; checked against Envoy 1.40)
+        error = status >= 500
+        if not error and is_grpc_content_type(stream.req.hmap.get("content-type")):
+            ended = stream.head or status in (204, 304) or (
+                dec.content_length == 0 and not dec.chunked)
+            error = host_outcome(status, True, dec.headers, ended) != "rq_success"
         hs = self.hs
         if hs is not None:
-            if status >= 500:
+            if error:
                 hs.rq_error += 1
             else:
                 hs.rq_success += 1
         elif self.host is not None:  # an HTTP/2 upstream's attempt (proxy/http2)
-            self.cluster.host_stat(self.host, "rq_error" if status >= 500 else "rq_success")
+            self.cluster.host_stat(self.host, "rq_error" if error else "rq_success")
         info.response_code_details = "via_upstream"
         # a response that may have a body but no framing of its own (read until close)
         # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none. A HEAD

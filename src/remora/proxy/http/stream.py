@@ -95,6 +95,42 @@ def is_grpc_content_type(content_type: str | None) -> bool:
         len(content_type) == 16 or content_type[16] == "+")
 
 
+# Envoy's Grpc::Utility::grpcToHttpStatus for the codes it maps to 5xx: UNKNOWN,
+# DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS (an invalid or unknown
+# value is InvalidCode, 500 too)
+_GRPC_NOT_5XX = frozenset({0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 16})
+
+
+def grpc_host_outcome(grpc_status: str | None) -> str:
+    """The host stat a gRPC response's grpc-status (None: there was none) charges: Envoy's
+    router counts rq_success only for a grpc-status grpcToHttpStatus maps to no 5xx
+    (Filter::handleNon5xxResponseHeaders, onUpstreamTrailers; checked against Envoy
+    1.40: tests/unit/proxy/http2/test_grpc_host_stats_envoy_parity.py)."""
+    if grpc_status is None:
+        return "rq_error"
+    value = grpc_status.strip()
+    return "rq_success" if value.isdigit() and int(value) in _GRPC_NOT_5XX else "rq_error"
+
+
+def host_outcome(status: int, grpc_request: bool, headers: list[tuple[str, str]],
+                 ended: bool) -> str | None:
+    """The host stat (rq_success / rq_error) a response head of STATUS charges, as Envoy's
+    router does: a 5xx is an error; a gRPC request's other response is charged by its
+    grpc-status, from HEADERS when they ENDED the response (trailers-only), else None:
+    deferred to the trailers (no trailers, or a reset, is an error then); any other
+    request's is a success."""
+    if status >= 500:
+        return "rq_error"
+    if not grpc_request:
+        return "rq_success"
+    if not ended:
+        return None
+    for n, v in headers:
+        if n == "grpc-status":
+            return grpc_host_outcome(v)
+    return "rq_error"
+
+
 def http_to_grpc_status(status: int) -> int:
     """Envoy's Grpc::Utility::httpToGrpcStatus (after gRPC's http-grpc-status-mapping)."""
     if status == 400:

@@ -54,6 +54,7 @@ from remora.proxy.http.header_mutation import apply_to_request
 from remora.proxy.http.pool import PoolKey, limits_of
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
+from remora.proxy.http.stream import grpc_host_outcome, host_outcome, is_grpc_content_type
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
@@ -1089,6 +1090,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
         conn = stream.conn
         loop = conn.loop
         status = 0
+        deferred = False  # a gRPC response's host stat waits for its trailers
         trailers: list[tuple[str, str]] | None = None
         driver = st.driver
         while True:
@@ -1113,15 +1115,24 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                     if 100 <= s < 200:
                         continue  # 1xx: an HTTP/1.1 client gets only the final response
                     status = s
-                    if not _on_headers(fw, status, head, bool(ev[2])):
+                    relayed = _on_headers(fw, status, head, bool(ev[2]))
+                    if relayed == _RETRY:
                         raise _Retry()
+                    deferred = relayed == _DEFERRED
                 elif kind == "data":
                     stream.encode_data(ev[1])
                     acked += ev[2]
                 elif kind == "trailers":
                     trailers = trailer_fields(ev[1])
                     stream.info.response_trailers = dict(trailers)
+                    if deferred:  # Envoy's Filter::onUpstreamTrailers
+                        deferred = False
+                        fw._charge(grpc_host_outcome(
+                            next((v for n, v in trailers if n == "grpc-status"), None)))
                 elif kind == "end":
+                    if deferred:  # a gRPC response without trailers: no grpc-status
+                        deferred = False
+                        fw._charge("rq_error")
                     if trailers is not None:
                         stream.encode_trailers(trailers)
                     else:
@@ -1130,10 +1141,14 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                     return
                 elif kind == "reset":
                     stream.flush()
+                    if deferred:  # Envoy's chargeUpstreamAbort after the response started
+                        fw._charge("rq_error")
                     _reset(fw, int(ev[1]))
                     return
                 else:  # "lost": the connection went away ("reset") or broke ("protocol")
                     stream.flush()
+                    if deferred:
+                        fw._charge("rq_error")
                     _lost(fw, str(ev[1]))
                     return
             stream.flush()
@@ -1181,9 +1196,15 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     return request_headers(stream.method, scheme, stream.path, headers, extra)
 
 
+# what _on_headers did with a response head
+_RETRY = 0  # nothing: the status is to be retried
+_RELAYED = 1
+_DEFERRED = 2  # relayed; a gRPC request's host stat waits for the trailers
+
+
 def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
-                ended: bool) -> bool:
-    """Relay the response head (ENDED: it ended the stream); False when the status is to
+                ended: bool) -> int:
+    """Relay the response head (ENDED: it ended the stream); _RETRY when the status is to
     be retried instead (then nothing was sent downstream and the stream is reset)."""
     stream = fw.stream
     p = fw.policy
@@ -1193,8 +1214,11 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
         wanted = p.retry_on_status(status, grpc)
         if wanted and fw._take_retry():
             fw._charge("rq_error")
-            return False
-    fw._charge("rq_error" if status >= 500 else "rq_success")
+            return _RETRY
+    outcome = host_outcome(status, is_grpc_content_type(stream.req.hmap.get("content-type")),
+                           headers, ended)
+    if outcome is not None:
+        fw._charge(outcome)
     # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
     # upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed, as one call
@@ -1221,7 +1245,7 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
     stream.encode_headers(status, headers, chunked=chunked, tail=tail,
                           mutations=fw.route.response_mutations,
                           service_time_ms=None if fw.router.suppress else ms)
-    return True
+    return _RELAYED if outcome is not None else _DEFERRED
 
 
 def _retry_success(fw: Forward, wanted: bool) -> None:

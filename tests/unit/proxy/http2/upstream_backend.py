@@ -5,8 +5,9 @@ speaks TLS, offers ALPN h2 only and tells the negotiated protocol in ``x-alpn``)
 
 Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
-grpc-status 0); ``/grpc-fail`` a trailers-only answer (grpc-status 5 in the headers;
-``/grpc-status/N`` the same with status N);
+grpc-status 0; ``/grpc-trailer/N`` the same with status N); ``/grpc-fail`` a
+trailers-only answer (grpc-status 5 in the headers; ``/grpc-status/N`` the same with
+status N);
 ``/reset`` RST_STREAM(INTERNAL_ERROR) before answering, ``/reset-mid`` after 7 bytes of
 body; ``/close`` closes the connection; ``/goaway-early*`` sends a GOAWAY whose last stream
 id is below the request's, then closes; ``/garbage`` sends a DATA frame on stream 0;
@@ -132,12 +133,13 @@ class Conn:
             return
         if path.startswith("/slow"):
             await asyncio.sleep(0.3)
-        if path == "/grpc":
+        if path == "/grpc" or path.startswith("/grpc-trailer/"):
+            code = path.rsplit("/", 1)[1] if path.startswith("/grpc-trailer/") else "0"
             msg = b"\x00" + (4).to_bytes(4, "big") + b"pong"
             self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
                                        *base])
             await self.send_body(sid, msg, end=False)
-            self.h2.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+            self.h2.send_headers(sid, [("grpc-status", code)], end_stream=True)
             self.flush()
             return
         if path == "/grpc-fail" or path.startswith("/grpc-status/"):
