@@ -233,6 +233,10 @@ def _stats(admin: int) -> dict[str, int]:
         if value.isdigit():
             found[name] = int(value)
     counters = {f"{c}.{s}": found.get(f"cluster.{c}.{s}", 0) for c in CLUSTERS for s in STATS}
+    # the connection manager's count of streams its max duration ended (-1: not listed;
+    # Envoy declares its counters, so lists it at 0 before any)
+    counters["http.lr.downstream_rq_max_duration_reached"] = found.get(
+        "http.lr.downstream_rq_max_duration_reached", -1)
     # the hosts' counters from /clusters (CLUSTER::HOST:PORT::NAME::VALUE), port masked
     for line in lp.admin_text(admin, "/clusters").splitlines():
         parts = line.split("::")
@@ -344,5 +348,7 @@ def test_cluster_stats_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> Non
     # The max stream durations are the connection manager's, charged to no cluster
     assert theirs["backend.upstream_rq_504"] == 4 and theirs["grpc.upstream_rq_504"] == 1
     assert theirs["backend.upstream_rq_per_try_timeout"] == 4
+    # h1-msd-grpc-timeout, h1-msd-route-duration and h2-msd-grpc-timeout
+    assert theirs["http.lr.downstream_rq_max_duration_reached"] == 3
     # per host: the route and per-try timeouts, the refused connections as errors
     assert theirs["backend::host::rq_timeout"] == 6 and theirs["refused::host::rq_error"] > 0

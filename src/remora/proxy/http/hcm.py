@@ -72,6 +72,10 @@ class HttpConnectionManager:
             counter(stats, f"{p}downstream_rq_{c}xx", declared=True) for c in range(1, 6))
         self._rq_time = histogram(stats, p + "downstream_rq_time")  # ms
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
+        # a stream ended by its max duration (route max_stream_duration / grpc-timeout):
+        # Envoy's ActiveStream::onStreamMaxDurationReached counts it
+        self.max_duration_reached = counter(stats, p + "downstream_rq_max_duration_reached",
+                                            declared=True)
         self._rq_active = gauge(stats, p + "downstream_rq_active")
         self._cx_active = gauge(stats, p + "downstream_cx_active")
         # The store's own handles (StatsStore): a request's counters are added to the

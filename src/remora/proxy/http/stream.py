@@ -531,9 +531,12 @@ class ActiveStream:
         elif reason == "codec":
             self.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
         elif reason == "max_duration":
-            # Envoy's ActiveStream::onStreamMaxDurationReached: 504 once the request was
-            # all read, else 408 (Utility::maybeRequestTimeoutCode), gRPC DEADLINE_EXCEEDED,
-            # no response flag (observed on Envoy 1.40)
+            # Envoy's ActiveStream::onStreamMaxDurationReached: counted in
+            # http.<stat_prefix>.downstream_rq_max_duration_reached (also once the response
+            # started: the stream is reset then), 504 once the request was all read, else
+            # 408 (Utility::maybeRequestTimeoutCode), gRPC DEADLINE_EXCEEDED, no response
+            # flag (observed on Envoy 1.40)
+            self.conn.hcm.max_duration_reached.inc()
             self.local_reply(504 if self.req.complete else 408, b"downstream duration timeout",
                              "max_duration_timeout", grpc_status=4)
         else:  # "dc"; a per-try timeout never leaves the router
