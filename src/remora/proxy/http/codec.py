@@ -421,6 +421,11 @@ class RequestDecoder:
             framing = request_framing(method, hmap)
             if framing is not None:
                 raise framing
+        if method == "CONNECT" and hmap.get("content-length", "0") != "0":
+            # a CONNECT's body is the tunnel: Envoy's codec refuses one announced by a
+            # content-length (onHeadersCompleteBase, 400 http1.body_disallowed; checked
+            # against Envoy 1.40; a chunked one is refused above)
+            raise CodecError(400, "http1.body_disallowed")
         # Envoy's codec skips the check while handling an upgrade, and a CONNECT is one
         if connection is not None and method != "CONNECT" and connection_header_rejected(
                 connection, hmap.get("te"), upgrade):

@@ -268,6 +268,12 @@ class ActiveStream:
             # the router answers 404 NR, before any upgrade check (checked against Envoy
             # 1.40, tests/unit/proxy/http/test_envoy_parity.py "connect")
             del hdrs[":path"]
+            # and the connection closes after the answer, which says connection: close:
+            # the CONNECT's request never ends on this hop (what follows its head is the
+            # tunnel's), and Envoy's connection manager closes an HTTP/1 connection whose
+            # stream is answered before its request ended (remoteDecodeComplete false;
+            # checked against Envoy 1.40, "connect-kept")
+            self.closing = True
 
         expect = hmap.get("expect")
         if expect is not None and expect.lower() == "100-continue":

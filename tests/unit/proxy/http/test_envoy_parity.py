@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,18 @@ CASES = {
                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "http10": b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
 }
+# sent as they are (no Connection: close added), read until the proxy closes (Envoy's
+# delayed close lets the client close first for up to a second)
+KEPT = {
+    # a CONNECT's request never ends on this hop: Envoy answers it 404 NR with
+    # connection: close and closes (a later request on the connection is not read)
+    "connect-kept": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n",
+    "connect-pipelined": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n"
+                         b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
+    # a CONNECT with a content-length: Envoy's codec refuses it (http1.body_disallowed)
+    "connect-with-body": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n"
+                         b"Content-Length: 3\r\n\r\nabc",
+}
 _MASKS = [
     *lp.VOLATILE_MASKS,
     # a retry's expected timeout is the 15 s default minus the (jittered) time spent so far
@@ -128,6 +141,26 @@ def _exchange(port: int, request: bytes) -> bytes:
     return lp.exchange_closed(port, request, _MASKS)
 
 
+def _kept(port: int, request: bytes) -> bytes:
+    """Send REQUEST as it is; what arrives until the proxy closes ("<EOF>"), or within
+    3 s."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(3)
+        s.sendall(request)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+            out += b"<EOF>"
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            out += b"<EOF>"
+    for pattern, repl in _MASKS:
+        out = re.sub(pattern, repl, out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
              ) -> Iterator[dict[str, dict[str, Any]]]:
@@ -144,11 +177,13 @@ def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
             cfg.write_text(json.dumps(_config(template, port, admin, log, echo, refused)))
             with lp.loopback_proxy(kind, cfg, port):
                 responses = {name: _exchange(port, req) for name, req in CASES.items()}
-                found[kind] = {"responses": responses, "log": lp.wait_lines(log, len(CASES))}
+                responses.update({name: _kept(port, req) for name, req in KEPT.items()})
+                found[kind] = {"responses": responses,
+                               "log": lp.wait_lines(log, len(CASES) + len(KEPT))}
         yield found
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, *KEPT])
 def test_response_bytes_same_as_envoy(outcomes: dict[str, dict[str, Any]], case: str) -> None:
     assert outcomes["remora"]["responses"][case] == outcomes["envoy"]["responses"][case]
 
@@ -174,3 +209,12 @@ def test_access_log_lines_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> 
         # flags compare exactly: both print them in the order they were set
         differing = {k: (mine.get(k), v) for k, v in envoys.items() if mine.get(k) != v}
         assert not differing, f"{key}: (remora, envoy): {differing}"
+
+
+def test_what_envoy_does_with_connect(outcomes: dict[str, dict[str, Any]]) -> None:
+    envoy = outcomes["envoy"]["responses"]
+    for name in ("connect-kept", "connect-pipelined"):
+        assert envoy[name].startswith(b"HTTP/1.1 404 Not Found\r\n"), name
+        assert b"\r\nconnection: close\r\n" in envoy[name] and envoy[name].endswith(
+            b"\r\n\r\n<EOF>"), name
+    assert envoy["connect-with-body"].startswith(b"HTTP/1.1 400 Bad Request\r\n")
