@@ -34,7 +34,12 @@ from remora.proxy.http.headers import request_scheme, request_uri
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
-from remora.proxy.http.stream import ActiveStream, host_outcome, is_grpc_content_type
+from remora.proxy.http.stream import (
+    ActiveStream,
+    host_outcome,
+    is_grpc_content_type,
+    is_upgrade_response,
+)
 from remora.proxy.http.upgrade import tunnel
 from remora.proxy.http.upstream_failure import failure_answer
 from remora.proxy.http.upstream_request import (
@@ -955,7 +960,10 @@ class _Forward:
         pc.handler = None
         status = dec.status
         state = pc.state
-        if state.server == SWITCHED_PROTOCOL:  # a 101 to the Upgrade request
+        if state.server == SWITCHED_PROTOCOL and is_upgrade_response(dec.headers):
+            # a 101 to the Upgrade request: the tunnel (one without Connection: upgrade
+            # and Upgrade is relayed without them and both connections close, below, as
+            # Envoy 1.40 does)
             self._count_response(101)
             self._finish("upgrade")
             return
@@ -1049,7 +1057,7 @@ class _Forward:
         chunked = dec.chunked or (dec.content_length is None and status >= 200
                                   and status not in (204, 304))
         req = stream.req
-        if req.complete:
+        if req.complete and not req.upgrade:
             # Envoy's x-envoy-upstream-service-time counts from the downstream request's
             # end (Router::Filter::onUpstreamHeaders, downstream_request_complete_time_):
             # the router's start for a whole request, the body's end for a streamed one
@@ -1057,7 +1065,8 @@ class _Forward:
                 (time.monotonic() - (req.completed_at or self.started)) * 1000)
         else:
             # a final response while the client still uploads (a 413 or 417 before the
-            # body was read): Envoy has no request end to count from, so no service time,
+            # body was read), or any response to an Upgrade request (whose request goes on
+            # as the tunnel): Envoy has no request end to count from, so no service time,
             # and it closes the connection after it, saying connection: close (observed on
             # Envoy 1.40)
             svc = None

@@ -88,6 +88,19 @@ def _forward_headers(headers: list[tuple[str, str]], dropped: frozenset[str],
             out.append((n, v))
 
 
+def is_upgrade_response(headers: list[tuple[str, str]]) -> bool:
+    """Envoy's Http::Utility::isUpgrade on a response: a Connection header naming the
+    token ``upgrade`` (any case) and an Upgrade header."""
+    upgrade = connection = False
+    for n, v in headers:
+        if n == "upgrade":
+            upgrade = True
+        elif n == "connection" and any(
+                t.strip().lower() == "upgrade" for t in v.split(",")):
+            connection = True
+    return upgrade and connection
+
+
 def is_grpc_content_type(content_type: str | None) -> bool:
     """Envoy's Grpc::Common::hasGrpcContentType: exactly ``application/grpc`` or
     ``application/grpc+...`` (``application/grpc-web`` is not gRPC)."""
@@ -377,14 +390,24 @@ class ActiveStream:
         hl: list[tuple[str, str]] = []
         # Envoy's mutateResponseHeaders removes upgrade unless request and response are both
         # upgrades: a 200 with ``Upgrade: h2c`` loses it, an unrequested 101 too (observed
-        # on Envoy 1.40)
+        # on Envoy 1.40). A 101 that is one (Connection naming upgrade, and Upgrade) keeps
+        # both lines as the upstream sent them, in place (``connection: Upgrade``); a 101
+        # to an Upgrade request that is not one loses both, and the connection closes
+        # (the router does not tunnel it: _complete)
         no_upgrade = not self.req.upgrade
+        switched = status == 101 and not no_upgrade and is_upgrade_response(headers)
+        if status == 101 and not switched:
+            no_upgrade = True
+            self.closing = True
         for h in headers:
             n = h[0]
             if n not in _RESPONSE_SPECIAL:
                 hl.append(h)
                 continue
             v = h[1]
+            if n == "connection" and switched:
+                hl.append(h)
+                continue
             if n in _RESPONSE_HOP or (no_upgrade and n == "upgrade"):
                 continue
             if n == "content-length" and status == 204:
@@ -421,8 +444,8 @@ class ActiveStream:
         if not server_seen:
             resp["server"] = cfg.server_name
             hl.append(("server", cfg.server_name))
-        if status == 101 and self.req.upgrade:
-            hl.append(("connection", "upgrade"))
+        if switched:
+            pass  # the upstream's connection: upgrade, kept above
         elif self.closing or conn.drain_close():
             self.closing = True
             hl.append(("connection", "close"))

@@ -74,7 +74,19 @@ async def tunnel(stream: ActiveStream, pc: PooledConnection, dec: ResponseDecode
         if conn.cancel_reason != "dc":
             raise
         conn.take_cancel()
+        up.closed = False  # the client went first
     finally:
+        # which side ended it, as Envoy's access log tells: the client closing is DC
+        # downstream_remote_disconnect, the upstream closing UC
+        # upstream_reset_after_response_started{connection_termination} (checked against
+        # Envoy 1.40: tests/unit/proxy/http/test_websocket_envoy_parity.py)
+        if up.closed:
+            info.set_flag("UC")
+            info.response_code_details = (
+                "upstream_reset_after_response_started{connection_termination}")
+        elif conn.eof or conn.cancel_reason == "dc":
+            info.set_flag("DC")
+            info.response_code_details = "downstream_remote_disconnect"
         conn._waiter = None
         pc.close()
         stream.response_complete = True

@@ -201,7 +201,8 @@ def test_websocket_upgrade_is_tunnelled() -> None:
                    b"upgrade: websocket\r\n\r\nearly ")
             head = await c.reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 101 ")
-            assert b"connection: upgrade\r\n" in head and b"upgrade: websocket\r\n" in head
+            # the app's own connection line, as it wrote it (Envoy keeps it in place)
+            assert b"connection: Upgrade\r\n" in head and b"upgrade: websocket\r\n" in head
             assert await c.reader.readexactly(15) == b"hello from app|"
             c.send(b"frames")
             assert await c.reader.readexactly(12) == b"EARLY FRAMES"
@@ -211,6 +212,8 @@ def test_websocket_upgrade_is_tunnelled() -> None:
         assert seen["upgrade"] == "websocket" and seen["connection"] == "upgrade"
         (info,) = ctx.logger.infos
         assert info.response_code == 101 and info.bytes_received == 12
+        # the client closed the tunnel (Envoy: DC downstream_remote_disconnect)
+        assert list(info.response_flags) == ["DC"]
     run(body)
 
 
