@@ -1037,7 +1037,8 @@ class _Forward:
         # (without enable_trailers, as remora's decoder), so it ends as an error
         # (stream.host_outcome; checked against Envoy 1.40)
         error = status >= 500
-        if not error and is_grpc_content_type(stream.req.hmap.get("content-type")):
+        ct = stream.req.hmap.get("content-type")  # (no call for a request without one)
+        if not error and ct is not None and is_grpc_content_type(ct):
             ended = stream.head or status in (204, 304) or (
                 dec.content_length == 0 and not dec.chunked)
             error = host_outcome(status, True, dec.headers, ended) != "rq_success"

@@ -444,9 +444,8 @@ class ActiveStream:
         if not server_seen:
             resp["server"] = cfg.server_name
             hl.append(("server", cfg.server_name))
-        if switched:
-            pass  # the upstream's connection: upgrade, kept above
-        elif self.closing or conn.drain_close():
+        # (a switched 101 keeps the upstream's connection: upgrade line, above)
+        if not switched and (self.closing or conn.drain_close()):
             self.closing = True
             hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
