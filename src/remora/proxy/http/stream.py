@@ -23,6 +23,7 @@ from remora.proxy.http.headers import (
     escaped_slashes,
     normalize_path,
     path_needs_work,
+    request_scheme,
     split_absolute,
     unescape_slashes,
 )
@@ -326,6 +327,13 @@ class ActiveStream:
                     out.append(h)
             out += sets
         hdrs.update(sets)
+        if absolute or hdrs.get("x-forwarded-proto") != conn.scheme:
+            # :scheme as Envoy's connection manager leaves it (sent to an HTTP/2 upstream,
+            # matched by routes): an absolute-form target's, else x-forwarded-proto as
+            # it now is when it names http or https (any case), else the connection's
+            # (ConnectionManagerUtility::mutateRequestHeaders getScheme; checked against
+            # Envoy 1.40, http2/test_upstream_envoy_parity.py "scheme-*")
+            hdrs[":scheme"] = request_scheme(req.url, None, hdrs, conn.scheme)
         if removed is policy.removed:
             if not removed.isdisjoint(hmap):  # the fixed names hold no pseudo or set header
                 for n in removed.intersection(hmap):

@@ -1193,7 +1193,9 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
                                    mutations, stream.info.request_headers)
         extra = None
     scheme = (stream.info.request_headers or {}).get(":scheme", "http")
-    return request_headers(stream.method, scheme, stream.path, headers, extra)
+    url = stream.req.url  # an HTTP/1.1 absolute-form target (an HTTP/2 one: its path)
+    return request_headers(stream.method, scheme, stream.path, headers, extra,
+                           "://" in url and not url.startswith("/"))
 
 
 # what _on_headers did with a response head

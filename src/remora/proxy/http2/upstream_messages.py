@@ -25,18 +25,24 @@ REMOTE_RESET = ("remote reset", "remote_reset")
 
 def request_headers(method: str, scheme: str, path: str,
                     headers: list[tuple[str, str]],
-                    extra: tuple[str, str] | None) -> list[tuple[bytes, bytes]]:
+                    extra: tuple[str, str] | None,
+                    absolute: bool = False) -> list[tuple[bytes, bytes]]:
     """The HTTP/2 header block (as the codec takes it: bytes, latin-1 as the HTTP/1.1
     side reads headers) for a request whose HTTP/1.1 form is HEADERS (the forwarded
-    list, ``host`` first) plus EXTRA."""
+    list, ``host`` first) plus EXTRA. ABSOLUTE: the HTTP/1.1 request target was in
+    absolute form."""
     # pseudo headers in the order Envoy's HTTP/1 codec creates them and its HTTP/2 codec
-    # sends them (observed on Envoy 1.40: :authority :path :method :scheme); :authority
-    # is the (last) host header's value, filled in below
+    # sends them (observed on Envoy 1.40: :authority :path :method :scheme, and for an
+    # absolute-form target, whose URL the codec parses first, :authority :scheme :path
+    # :method); :authority is the (last) host header's value, filled in below
     out = [(b":authority", b"")]
+    if absolute:
+        out.append((b":scheme", scheme.encode("latin-1")))
     if method != "CONNECT":
         out.append((b":path", path.encode("latin-1")))
     out.append((b":method", method.encode("latin-1")))
-    out.append((b":scheme", scheme.encode("latin-1")))
+    if not absolute:
+        out.append((b":scheme", scheme.encode("latin-1")))
     to_bytes = TO_BYTES  # (header_names.encode_fields, inline)
     for n, v in headers:
         if n in CONNECTION_SPECIFIC:

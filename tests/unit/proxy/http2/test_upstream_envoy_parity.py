@@ -44,6 +44,11 @@ CASES: dict[str, bytes] = {
                        b"Keep-Alive: 5\r\nConnection: x-foo\r\nx-foo: 1\r\n"
                        b"Content-Length: 2\r\n\r\nhi",
     "request-headers-added": b"GET /headers-added HTTP/1.1\r\nHost: a\r\nUser-Agent: UA\r\n\r\n",
+    # the :scheme sent upstream: x-forwarded-proto when it names http or https (any
+    # case), an absolute-form target's scheme, else the connection's
+    "scheme-xfp-https": b"GET /headers HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: HTTPS\r\n\r\n",
+    "scheme-xfp-other": b"GET /headers HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: ftp\r\n\r\n",
+    "scheme-absolute": b"GET https://a/headers HTTP/1.1\r\nHost: a\r\n\r\n",
     "request-headers-chunked": b"POST /headers HTTP/1.1\r\nHost: a\r\n"
                                b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     # repeated response fields: Envoy joins the inline ones (server, content-type, vary)
