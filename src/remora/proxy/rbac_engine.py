@@ -34,7 +34,7 @@ from typing import Any
 
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.header_map import INLINE_REQUEST
-from remora.proxy.http.header_matcher import parse_header_matcher
+from remora.proxy.http.header_matcher import ascii_lower, parse_header_matcher, wire_text
 
 
 @dataclass(slots=True)
@@ -160,14 +160,16 @@ def string_matcher(f: Fields) -> Callable[[str], bool]:
     result: Callable[[str], bool] | None = None
     kind = next((k for k in ("exact", "prefix", "suffix", "contains") if f.has(k)), None)
     if kind is not None:
-        want = f.string(kind, required=True)
+        # as the header matchers (header_matcher.py): the config string's UTF-8 bytes
+        # against the value's, ignore_case folding A-Z only, as Envoy's StringMatcherImpl
+        want = wire_text(f.string(kind, required=True))
         ops: dict[str, Callable[[str], bool]]
         if ignore_case:
-            want = want.lower()
-            ops = {"exact": lambda s: s.lower() == want,
-                   "prefix": lambda s: s.lower().startswith(want),
-                   "suffix": lambda s: s.lower().endswith(want),
-                   "contains": lambda s: want in s.lower()}
+            want = ascii_lower(want)
+            ops = {"exact": lambda s: ascii_lower(s) == want,
+                   "prefix": lambda s: ascii_lower(s).startswith(want),
+                   "suffix": lambda s: ascii_lower(s).endswith(want),
+                   "contains": lambda s: want in ascii_lower(s)}
         else:  # no folding call per comparison
             ops = {"exact": lambda s: s == want, "prefix": lambda s: s.startswith(want),
                    "suffix": lambda s: s.endswith(want), "contains": lambda s: want in s}
@@ -176,11 +178,14 @@ def string_matcher(f: Fields) -> Callable[[str], bool]:
             _PLAIN_STRING[result] = (kind, want)
     rx = f.fields("safe_regex", "RegexMatcher")
     if rx is not None:
-        pattern = rx.string("regex", required=True)
+        pattern = wire_text(rx.string("regex", required=True))
         rx.ignore("google_re2")
         rx.done()
+        if ignore_case:  # Envoy's StringMatcherImpl refuses the config
+            raise ConfigError(f.at("ignore_case"), "ignore_case has no effect for "
+                              "safe_regex", "remove it, or write (?i) in the regex")
         try:
-            compiled = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+            compiled = re.compile(pattern)
         except re.error as exc:
             raise ConfigError(rx.at("regex"), f"invalid regex: {exc}") from exc
         result = lambda s: compiled.fullmatch(s) is not None  # noqa: E731

@@ -162,6 +162,14 @@ CASES: dict[str, tuple[Any, str | None]] = {
     "unknown-cluster": (_unknown_cluster(None), _ROUTE0 + ".route.cluster"),
     "unknown-cluster-validated": (_unknown_cluster(True), _ROUTE0 + ".route.cluster"),
     "unknown-cluster-not-validated": (_unknown_cluster(False), None),
+    # StringMatcher: ignore_case does nothing to safe_regex, and Envoy refuses the pair
+    "icase-regex-header": (_set_route("match", {"prefix": "/", "headers": [
+        {"name": "x-a", "string_match": {"safe_regex": {"regex": "a"}, "ignore_case": True}}]}),
+        ".string_match.ignore_case"),
+    "icase-regex-rbac-path": (_rbac({"any": True}, {"url_path": {"path": {
+        "safe_regex": {"regex": "/a"}, "ignore_case": True}}}), ".path.ignore_case"),
+    "icase-prefix-rbac-path": (_rbac({"any": True}, {"url_path": {"path": {
+        "prefix": "/A", "ignore_case": True}}}), None),
     "router-without-typed-config": (_no_router_config,
                                     HCM_AT + ".http_filters[0].typed_config"),
 }

@@ -51,6 +51,10 @@ CASES: dict[str, dict[str, Any]] = {
     "sm-exact-joined": {"string_match": {"exact": "a,b"}},
     "sm-prefix": {"string_match": {"prefix": "b"}},
     "sm-icase": {"string_match": {"exact": "B", "ignore_case": True}},
+    # bytes beyond ASCII compare as bytes, and ignore_case folds ASCII letters only
+    # (absl's EqualsIgnoreCase)
+    "exact-utf8": {"exact_match": "\u00e9"},
+    "sm-icase-utf8": {"string_match": {"exact": "\u00e9", "ignore_case": True}},
     "range": {"range_match": {"start": 1, "end": 5}},
     "present": {"present_match": True},
     "present-false": {"present_match": False},
@@ -73,6 +77,7 @@ CASES: dict[str, dict[str, Any]] = {
 VALUES: dict[str, list[str]] = {
     "absent": [], "b": ["b"], "a|b": ["a", "b"], "b|a": ["b", "a"], "a,b": ["a,b"],
     "empty": [""], "3|9": ["3", "9"], "empty|b": ["", "b"],
+    "B": ["B"], "e-acute": ["\u00e9"], "E-acute": ["\u00c9"],  # (sent as UTF-8)
 }
 NAMES = ("x-h", "user-agent")  # not inline in Envoy 1.40's request map, inline
 

@@ -33,6 +33,23 @@ from dataclasses import dataclass
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.http.cached import cached_attribute
 
+# Envoy compares a matcher's string with the header's bytes, and its ignore_case folds
+# ASCII letters only (absl::EqualsIgnoreCase, StartsWithIgnoreCase, StrContainsIgnoreCase);
+# remora holds header bytes as latin-1 text (one character per byte), so a config string
+# is held the same way (its UTF-8 bytes) and folded only in A-Z.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def wire_text(text: str) -> str:
+    """TEXT (a config string) as remora holds header bytes: its UTF-8 bytes as latin-1
+    characters (ASCII text unchanged)."""
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
+def ascii_lower(text: str) -> str:
+    """TEXT with A-Z folded and nothing else (str.lower folds every cased character)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
 MatchValue = str | bool | re.Pattern[str] | tuple[int, int]
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -133,7 +150,7 @@ class HeaderMatcher:
             assert kind == "contains", kind
             test = lambda got: value in got  # noqa: E731
         if self.ignore_case:
-            return lambda got: test(got.lower())
+            return lambda got: test(ascii_lower(got))
         return test
 
     @cached_attribute
@@ -193,9 +210,13 @@ def string_matcher(f: Fields) -> tuple[str, MatchValue, bool]:
     for kind in ("exact", "prefix", "suffix", "contains"):
         v = f.string(kind)
         if v is not None:
-            return kind, v.lower() if ignore_case else v, ignore_case
+            v = wire_text(v)
+            return kind, ascii_lower(v) if ignore_case else v, ignore_case
     rx = f.fields("safe_regex", "RegexMatcher")
     if rx is not None:
+        if ignore_case:  # Envoy's StringMatcherImpl refuses the config
+            raise ConfigError(f.at("ignore_case"), "ignore_case has no effect for "
+                              "safe_regex", "remove it, or write (?i) in the regex")
         return "regex", regex(rx), ignore_case
     raise ConfigError(f.path, "string matcher needs one of exact, prefix, suffix, contains, "
                               "safe_regex")
@@ -207,7 +228,7 @@ def regex(f: Fields) -> re.Pattern[str]:
     src = f.string("regex", required=True)
     f.done()
     try:
-        return re.compile(src)
+        return re.compile(wire_text(src))
     except re.error as e:
         raise ConfigError(f.at("regex"), f"invalid regex {src!r}: {e}") from None
 
@@ -222,18 +243,18 @@ def parse_header_matcher(f: Fields) -> HeaderMatcher:
         m = HeaderMatcher(name, "present", bool(f.boolean("present_match")), invert,
                           missing_as_empty=empty)
     elif f.has("exact_match"):
-        exact = f.string("exact_match") or ""
+        exact = wire_text(f.string("exact_match") or "")
         m = HeaderMatcher(name, "exact" if exact else "any", exact, invert,
                           missing_as_empty=empty)
     elif f.has("prefix_match"):
-        m = HeaderMatcher(name, "prefix", f.string("prefix_match") or "", invert,
+        m = HeaderMatcher(name, "prefix", wire_text(f.string("prefix_match") or ""), invert,
                           missing_as_empty=empty)
     elif f.has("suffix_match"):
-        m = HeaderMatcher(name, "suffix", f.string("suffix_match") or "", invert,
+        m = HeaderMatcher(name, "suffix", wire_text(f.string("suffix_match") or ""), invert,
                           missing_as_empty=empty)
     elif f.has("contains_match"):
-        m = HeaderMatcher(name, "contains", f.string("contains_match") or "", invert,
-                          missing_as_empty=empty)
+        m = HeaderMatcher(name, "contains", wire_text(f.string("contains_match") or ""),
+                          invert, missing_as_empty=empty)
     elif f.has("safe_regex_match"):
         m = HeaderMatcher(name, "regex", regex(f.fields("safe_regex_match") or f), invert,
                           missing_as_empty=empty)
