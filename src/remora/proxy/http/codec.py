@@ -206,6 +206,42 @@ class Request:
             self.body = []
 
 
+class _H2cBody:
+    """The callbacks of the parser that reads an h2c upgrade request's body: the head
+    RequestDecoder.feed puts before it (the request's own framing) is not a request, its
+    body and end are the h2c request's; every request after it goes to the decoder as
+    from its own parser."""
+
+    __slots__ = ("dec", "done")
+
+    def __init__(self, dec: RequestDecoder) -> None:
+        self.dec = dec
+        self.done = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.dec.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self.done:
+            self.dec.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            self.dec.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            self.dec.on_headers_complete()
+
+    def on_body(self, data: bytes) -> None:
+        self.dec.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self.dec.on_message_complete()
+
+
 class RequestDecoder:
     """httptools callbacks -> ``Request`` objects in ``ready`` (pipelining-safe)."""
 
@@ -234,6 +270,8 @@ class RequestDecoder:
         self.upgraded = False  # an Upgrade request was decoded: stop parsing HTTP
         self.upgrade_tail = b""
         self._h2c_stripped = False  # the current request's h2c upgrade was removed
+        # such a request's framing header when it has a body (httptools skipped it)
+        self._h2c_framing: bytes | None = None
 
     def feed(self, data: bytes) -> None:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
@@ -255,8 +293,17 @@ class RequestDecoder:
                 # an h2c upgrade served as HTTP/1.1 (on_headers_complete): what follows
                 # it is the next request, for a parser without llhttp's upgrade pause
                 self._h2c_stripped = False
-                self._parser = httptools.HttpRequestParser(self)
                 rest = bytes(data[e.args[0]:])
+                framing = self._h2c_framing
+                if framing is None:
+                    self._parser = httptools.HttpRequestParser(self)
+                else:
+                    # its body: llhttp reads it as the body of a head of our own with the
+                    # request's framing (so chunk sizes, trailers and lengths are checked
+                    # as for any request), whose callbacks _H2cBody keeps from the decoder
+                    self._h2c_framing = None
+                    self._parser = httptools.HttpRequestParser(_H2cBody(self))
+                    rest = b"POST / HTTP/1.1\r\n" + framing + b"\r\n" + rest
                 if rest:
                     self.feed(rest)
                 return
@@ -399,16 +446,21 @@ class RequestDecoder:
         # a Connection (or Proxy-Connection) token "upgrade": without an Upgrade header
         # it is the method's test, and httptools is asked only otherwise (test_codec_framing)
         upgrade = "upgrade" in hmap
-        if (upgrade and hmap["upgrade"].lower() == "h2c" and "transfer-encoding" not in hmap
-                and hmap.get("content-length", "0") == "0"):
+        if upgrade and hmap["upgrade"].lower() == "h2c":
             # Envoy's HTTP/1 codec takes no h2c upgrade (curl --http2 on an http:// URL
-            # asks for one): it removes Upgrade, HTTP2-Settings and their Connection
-            # tokens and serves the request as HTTP/1.1 (ServerConnectionImpl::
-            # onHeadersCompleteBase, Utility::isH2UpgradeRequest). httptools still ends
-            # the message at its head and pauses as after an upgrade: feed() then goes
-            # on with a fresh parser. Only without a body: httptools has skipped it by
-            # then (an h2c upgrade with a body stays an upgrade, refused with 403)
-            self._h2c_stripped = True
+            # asks for one, with -d a body too): it removes Upgrade, HTTP2-Settings and
+            # their Connection tokens and serves the request as HTTP/1.1, body and all
+            # (ServerConnectionImpl::onHeadersCompleteBase, Utility::isH2UpgradeRequest;
+            # checked against Envoy 1.40). httptools still ends the message at its head,
+            # skips any body and pauses as after an upgrade: feed() then goes on with a
+            # fresh parser, which first reads the body (_H2cBody)
+            if p.should_upgrade():  # (llhttp pauses only with a Connection: upgrade)
+                self._h2c_stripped = True
+                if "transfer-encoding" in hmap:
+                    self._h2c_framing = b"Transfer-Encoding: chunked\r\n"
+                elif hmap.get("content-length", "0") != "0":
+                    self._h2c_framing = b"Content-Length: %d\r\n" % int(
+                        hmap["content-length"])
             _strip_h2c(req)
             connection = hmap.get("connection")
             upgrade = False
@@ -479,6 +531,8 @@ class RequestDecoder:
                 req.body = []
 
     def on_message_complete(self) -> None:
+        if self._h2c_framing is not None:
+            return  # httptools skipped the body of an h2c upgrade: _H2cBody reads it
         req = self.current
         assert req is not None
         req.complete = True

@@ -67,6 +67,14 @@ CASES = {
     # without Upgrade, HTTP2-Settings and their Connection tokens upstream
     "h2c-upgrade": b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
                    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    # curl --http2 -d: the same with a body, forwarded as the request's body
+    "h2c-upgrade-body": b"POST /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings"
+                        b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+                        b"Content-Length: 5\r\n\r\nhello",
+    "h2c-upgrade-chunked": b"POST /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, "
+                           b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: "
+                           b"AAMAAABkAAQCAAAAAAIAAAAA\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\r\nhello\r\n0\r\n\r\n",
     "no-host": b"GET / HTTP/1.1\r\n\r\n",
     "bad-request-line": b"GARBAGE\r\n\r\n",
     "cl-and-chunked": b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
@@ -81,6 +89,11 @@ KEPT = {
     "connect-kept": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n",
     "connect-pipelined": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n"
                          b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
+    # the next request starts right after an h2c request's body
+    "h2c-body-pipelined": b"POST /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, "
+                          b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: "
+                          b"AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Length: 5\r\n\r\nhello"
+                          b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     # a CONNECT with a content-length: Envoy's codec refuses it (http1.body_disallowed)
     "connect-with-body": b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n"
                          b"Content-Length: 3\r\n\r\nabc",
