@@ -76,7 +76,19 @@ class Exec:
     tty: bool
 
 
-Result = Response | Watch | LogStream | Exec
+@dataclass
+class PortForward:
+    """A pod's port-forward: SPDY streams tunnelled in a WebSocket, each stream pair a
+    connection to a port on the pod's loopback, as kubelet's runtime dials it."""
+
+    netns: str
+    protocol: str
+    pod: str
+    uid: str
+
+
+Result = Response | Watch | LogStream | Exec | PortForward
+PORTFORWARD_PROTOCOL = "SPDY/3.1+portforward.k8s.io"  # client-go's tunneling_dialer.go
 
 
 def _field_selector(text: str) -> Callable[[dict[str, Any]], bool]:
@@ -251,6 +263,10 @@ class Handler:
             if req.method not in ("GET", "POST"):
                 raise ApiError(405, f"{req.method} is not supported on pods/exec")
             return self._exec(req, t)
+        if t.subresource == "portforward":
+            if req.method not in ("GET", "POST"):
+                raise ApiError(405, f"{req.method} is not supported on pods/portforward")
+            return self._portforward(req, t)
         method = req.method
         if t.subresource == "scale":
             return self._scale(req, t)
@@ -830,3 +846,25 @@ class Handler:
         return Exec([*argv, *command], protocol, req.flag("stdin"),
                     req.flag("stdout") or "stdout" not in req.query, req.flag("stderr") or
                     "stderr" not in req.query, req.flag("tty"))
+
+    def _portforward(self, req: Request, t: Target) -> PortForward:
+        # The pod first (404 if missing), as the apiserver's PortForwardLocation does
+        # before any upgrade. kubectl 1.31+ offers a WebSocket carrying SPDY
+        # (PortForwardWebsockets, on by default) and falls back to plain SPDY when that
+        # upgrade fails; the plain SPDY upgrade is refused with the way out.
+        _, pod = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        if (pod.get("status") or {}).get("phase") != "Running":
+            # the apiserver's pod/strategy.go PortForwardLocation -> kubelet: a pod
+            # that is not running has no network namespace to forward into
+            raise ApiError(400, f"unable to upgrade connection: pod {t.name} is not "
+                           "running")
+        upgrade = req.headers.get("upgrade", "").lower()
+        offered = [p.strip() for p in req.headers.get("sec-websocket-protocol", "").split(",")]
+        if upgrade != "websocket" or PORTFORWARD_PROTOCOL not in offered:
+            raise ApiError(400, "port-forward is served by the lab over a WebSocket with "
+                           f"subprotocol {PORTFORWARD_PROTOCOL} only (kubectl 1.31 or "
+                           "later), not over SPDY")
+        argv = self.backend.exec_argv(t.namespace or "default", t.name or "", None)
+        # exec_argv is ["ip", "netns", "exec", NETNS, ...]: the pod's network namespace
+        return PortForward(argv[3], PORTFORWARD_PROTOCOL, t.name or "",
+                           str(pod["metadata"].get("uid", "")))

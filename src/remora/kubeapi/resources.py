@@ -76,8 +76,8 @@ RESOURCES: tuple[Resource, ...] = (
 )
 # Istio serves its CRDs at v1 and v1beta1 (the same objects); v1 is preferred.
 SERVED_VERSIONS = {ISTIO_SECURITY: ("v1", "v1beta1")}
-SUBRESOURCES = {"pods": ("status", "log", "exec"), "deployments": ("status", "scale"),
-                "services": ("status",)}
+SUBRESOURCES = {"pods": ("status", "log", "exec", "portforward"),
+                "deployments": ("status", "scale"), "services": ("status",)}
 
 
 def crds() -> list[dict[str, Any]]:
@@ -150,11 +150,12 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
     for r in served:
         items.append(r.api_resource())
         for sub in SUBRESOURCES.get(r.plural, ()):
-            verbs = ["get"] if sub in ("log",) else ["create", "get"] if sub == "exec" else [
-                "get", "patch", "update"]
+            verbs = ["get"] if sub in ("log",) else ["create", "get"] if sub in (
+                "exec", "portforward") else ["get", "patch", "update"]
             items.append({"name": f"{r.plural}/{sub}", "singularName": "",
                           "namespaced": r.namespaced,
                           "kind": {"status": r.kind, "log": "Pod", "exec": "PodExecOptions",
+                                   "portforward": "PodPortForwardOptions",
                                    "scale": "Scale"}[sub],
                           "verbs": verbs})
     gv = f"{group}/{version}" if group else version

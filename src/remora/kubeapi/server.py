@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import socket
 import ssl
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from remora.kubeapi import spdy
 from remora.kubeapi import websocket as ws
 from remora.kubeapi.certs import Credentials
-from remora.kubeapi.handlers import Exec, Handler, LogStream, Watch
+from remora.kubeapi.handlers import Exec, Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import ApiError, Request, Response, status_object
 from remora.kubeapi.versions import events
 
@@ -155,6 +159,8 @@ class KubeApiServer:
             await self._watch(result, reader, writer)
         elif isinstance(result, LogStream):
             await self._follow(result, reader, writer)
+        elif isinstance(result, PortForward):
+            await self._portforward(req, result, reader, writer)
         else:
             await self._exec(req, result, reader, writer)
         return False
@@ -360,3 +366,189 @@ class KubeApiServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
                 await proc.wait()
+
+    async def _portforward(self, req: Request, pf: PortForward, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        """kubelet's side of port-forward (pkg/kubelet/cri/streaming/portforward/
+        httpstream.go) over client-go's WebSocket tunnel: the client opens two SPDY
+        streams per local connection, headers streamType error|data, port and
+        requestID; each is answered with SYN_REPLY, and the pair becomes one TCP
+        connection to the port on the pod's loopback. The pod's bytes go back on the
+        data stream; its end is the data stream's FIN, then the error stream's (empty:
+        no error), which is what the client waits for before closing its side."""
+        key = req.headers.get("sec-websocket-key", "")
+        writer.write(_head(101, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                 ("Sec-WebSocket-Accept", ws.accept_key(key)),
+                                 ("Sec-WebSocket-Protocol", pf.protocol)]))
+        await writer.drain()
+        codec = spdy.Codec()
+        lock = asyncio.Lock()
+        kinds: dict[int, tuple[str, str, str]] = {}  # stream -> (type, requestID, port)
+        pairs: dict[str, dict[str, int]] = {}  # requestID -> {"error": id, "data": id}
+        pods: dict[int, asyncio.StreamWriter] = {}  # data stream -> the pod's connection
+        early: dict[int, list[bytes | None]] = {}  # data before the pod's connection (None: FIN)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def send(data: bytes) -> None:
+            async with lock:  # one SPDY frame per WebSocket message, never interleaved
+                writer.write(ws.frame(ws.OP_BINARY, data))
+                await writer.drain()
+
+        async def forward(request: str, port_text: str) -> None:
+            error_id, data_id = pairs[request]["error"], pairs[request]["data"]
+            try:
+                port = int(port_text)
+                if not 0 < port < 65536:
+                    raise ValueError
+            except ValueError:
+                await send(codec.data(error_id, f"invalid port {port_text!r}".encode(), True))
+                await send(codec.data(data_id, b"", True))
+                return
+            try:
+                sock = await _dial_in_netns(pf.netns, port)
+            except OSError as exc:
+                # kubelet: "error forwarding port %d to pod %s, uid %v: %v" around
+                # containerd's "failed to connect to localhost:%d inside namespace %q,
+                # IPv4: %v IPv6 %v"
+                message = (f"error forwarding port {port} to pod {pf.pod}, uid {pf.uid}: "
+                           f"failed to connect to localhost:{port} inside namespace "
+                           f"\"{pf.netns}\", {exc}")
+                await send(codec.data(error_id, message.encode(), True))
+                await send(codec.data(data_id, b"", True))
+                return
+            pod_reader, pod_writer = await asyncio.open_connection(sock=sock)
+            pods[data_id] = pod_writer
+            for chunk in early.pop(data_id, []):
+                if chunk is None:
+                    pod_writer.write_eof()
+                else:
+                    pod_writer.write(chunk)
+            try:
+                while chunk := await pod_reader.read(32 * 1024):
+                    await send(codec.data(data_id, chunk))
+            except ConnectionError:
+                pass
+            await send(codec.data(data_id, b"", True))
+            await send(codec.data(error_id, b"", True))
+            pods.pop(data_id, None)
+            pod_writer.close()
+
+        async def on_frame(frame: spdy.Frame) -> bool:
+            if frame.control and frame.type == spdy.SYN_STREAM:
+                await send(codec.syn_reply(frame.stream))
+                kind = frame.headers.get("streamtype", "")
+                request = frame.headers.get("requestid", "")
+                kinds[frame.stream] = (kind, request, frame.headers.get("port", ""))
+                if kind in ("error", "data"):
+                    pair = pairs.setdefault(request, {})
+                    pair[kind] = frame.stream
+                    if len(pair) == 2:
+                        task = asyncio.ensure_future(
+                            forward(request, kinds[pair["data"]][2]))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                else:
+                    await send(codec.rst(frame.stream, 1))  # PROTOCOL_ERROR
+            elif not frame.control:
+                if kinds.get(frame.stream, ("",))[0] != "data":
+                    return True  # the error stream's FIN: the client writes nothing on it
+                pod = pods.get(frame.stream)
+                if pod is None:
+                    early.setdefault(frame.stream, []).append(frame.data)
+                    if frame.fin:
+                        early[frame.stream].append(None)
+                    return True
+                if frame.data:
+                    pod.write(frame.data)
+                    await pod.drain()
+                if frame.fin and pod.can_write_eof():
+                    pod.write_eof()
+            elif frame.type == spdy.RST_STREAM:
+                pod = pods.pop(frame.stream, None)
+                if pod is not None:
+                    pod.close()
+            elif frame.type == spdy.PING:
+                await send(codec.ping(frame.data))
+            elif frame.type == spdy.GOAWAY:
+                return False
+            return True  # SETTINGS, WINDOW_UPDATE: spdystream does no flow control
+
+        buffer = b""
+        try:
+            while data := await reader.read(64 * 1024):
+                buffer += data
+                while True:
+                    frame, used = ws.parse(buffer)
+                    if frame is None:
+                        break
+                    buffer = buffer[used:]
+                    if frame.opcode == ws.OP_PING:
+                        await _send_raw(writer, lock, ws.frame(ws.OP_PONG, frame.payload))
+                    elif frame.opcode == ws.OP_CLOSE:
+                        await _send_raw(writer, lock, ws.close_frame())
+                        return
+                    elif frame.opcode in (ws.OP_BINARY, ws.OP_CONT):
+                        for spdy_frame in codec.feed(frame.payload):
+                            if not await on_frame(spdy_frame):
+                                return
+        except ValueError as exc:  # not SPDY/3: close, as spdystream would
+            log.warning("port-forward to %s: %s", pf.pod, exc)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            for pod in pods.values():
+                pod.close()
+
+
+async def _send_raw(writer: asyncio.StreamWriter, lock: asyncio.Lock, data: bytes) -> None:
+    async with lock:
+        writer.write(data)
+        await writer.drain()
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _socket_in_netns(netns: str, family: int) -> socket.socket:
+    """A TCP socket made in network namespace NETNS (a socket stays in the namespace it
+    was made in), from a thread of its own: setns(2) changes only the calling thread's
+    namespace, and this thread ends after it."""
+    made: list[socket.socket] = []
+    failed: list[OSError] = []
+
+    def run() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            with open(f"/run/netns/{netns}", "rb") as target:
+                if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            made.append(socket.socket(family, socket.SOCK_STREAM))
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made[0]
+
+
+async def _dial_in_netns(netns: str, port: int) -> socket.socket:
+    """A connection to PORT on the pod's loopback, IPv4 then IPv6, as containerd's
+    PortForward dials localhost inside the sandbox's network namespace."""
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        sock = await asyncio.to_thread(_socket_in_netns, netns, family)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (address, port)), 5)
+            return sock
+        except OSError as exc:  # TimeoutError (wait_for's) is an OSError too
+            sock.close()
+            why = os.strerror(exc.errno).lower() if exc.errno else "timed out"
+            errors.append(f"{'IPv4' if family == socket.AF_INET else 'IPv6'}: dial "
+                          f"{address} port {port}: {why}")
+    raise OSError(", ".join(errors))

@@ -14,7 +14,7 @@ import pytest
 
 from remora.errors import RemoraError
 from remora.kubeapi.backend import LogRef, admit
-from remora.kubeapi.handlers import Handler, LogStream, Watch
+from remora.kubeapi.handlers import Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import Request, Response
 from remora.lab.images import ImageMap
 from remora.node import desired, views
@@ -486,6 +486,25 @@ def test_exec_needs_websocket_and_refuses_spdy(tmp_path: Path) -> None:
         "authorization": f"Bearer {TOKEN}", "upgrade": "websocket",
         "sec-websocket-protocol": "v5.channel.k8s.io"}))
     assert not isinstance(ok, Response)
+
+
+def test_portforward_is_the_websocket_tunnel_and_refuses_spdy(tmp_path: Path) -> None:
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    tunnel = {"upgrade": "websocket", "sec_websocket_protocol": "SPDY/3.1+portforward.k8s.io"}
+    url = "/api/v1/namespaces/demo-to/pods/r1/portforward"
+    assert call(api, "POST", url, **tunnel).status == 404  # no such pod
+    call(api, "POST", "/api/v1/namespaces/demo-to/pods", POD)
+    # kubectl falls back to SPDY when the WebSocket upgrade fails: that is named
+    spdy = call(api, "POST", url, upgrade="SPDY/3.1", connection="Upgrade")
+    assert spdy.status == 400 and "SPDY/3.1+portforward.k8s.io" in spdy.json()["message"]
+    ok = api.handle(Request.parse("POST", url, {
+        "authorization": f"Bearer {TOKEN}", "upgrade": "websocket",
+        "sec-websocket-protocol": "SPDY/3.1+portforward.k8s.io"}))
+    assert isinstance(ok, PortForward) and ok.pod == "r1" and ok.uid == "u-1"
+    # discovery lists it, as kubectl's api-resources and auth checks read it
+    names = [r["name"] for r in call(api, "GET", "/api/v1").json()["resources"]]
+    assert "pods/portforward" in names
 
 
 def test_istio_objects_are_served_in_the_version_asked_for(api: Handler) -> None:

@@ -1,0 +1,98 @@
+"""A developer's everyday kubectl against one lab (its own state dir and prefix): the
+commands beyond apply/get/logs/exec that test_kubeapi_kubectl.py covers — port-forward to
+a pod and to a service, wait, events, debug — judged by the machine's kubectl 1.32.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remora.lab.testing import TempLab
+from tests.datafiles import data_path
+from tests.netns.test_kubeapi_kubectl import KUBECTL, NAMESPACES, Kube
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    if KUBECTL is None:
+        pytest.skip("needs kubectl on PATH")
+    with TempLab() as lab:
+        up = lab.remora(*lab.up_args())
+        assert up.returncode == 0, up.stderr
+        path = lab.remora("kubeconfig")
+        assert path.returncode == 0, path.stderr
+        k = Kube(lab, Path(path.stdout.strip()), tmp_path_factory.mktemp("kube-cache"))
+        manifests = tmp_path_factory.mktemp("manifests") / "ns.yaml"
+        manifests.write_text(NAMESPACES)
+        k.kubectl("apply", "-f", str(manifests), "-f", str(data_path("resources",
+                                                                      "server.yaml")))
+        k.kubectl("rollout", "status", "-n", "demo-to", "deployment/simple-server",
+                  "--timeout", "60s", timeout=90)
+        yield k
+        lab.close()
+        assert lab.leftovers() == []
+
+
+def the_pod(kube: Kube) -> str:
+    return kube.kubectl("get", "pods", "-n", "demo-to", "-l", "web=server", "-o",
+                        "jsonpath={.items[0].metadata.name}").stdout.strip()
+
+
+def forward(kube: Kube, target: str, remote: int) -> tuple[subprocess.Popen[str], int]:
+    """`kubectl port-forward TARGET :REMOTE` (a local port the kernel picks) and that port,
+    from kubectl's own "Forwarding from 127.0.0.1:N -> REMOTE" line."""
+    assert KUBECTL is not None
+    proc = subprocess.Popen([KUBECTL, "port-forward", "-n", "demo-to", target, f":{remote}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=kube.env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # kubectl prints it once it listens (or exits)
+    found = re.match(rf"Forwarding from 127\.0\.0\.1:(\d+) -> {remote}", line)
+    if found is None:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"port-forward {target}: {line!r} {err}")
+    return proc, int(found.group(1))
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_port_forward_to_a_pod_and_a_service(kube: Kube) -> None:
+    # kubectl 1.31+ tunnels SPDY through a WebSocket (SPDY/3.1+portforward.k8s.io); each
+    # local connection is a pair of SPDY streams to the port on the pod's loopback
+    for target in (f"pod/{the_pod(kube)}", "svc/simple-server-svc"):
+        proc, port = forward(kube, target, 18080)
+        try:
+            for _ in range(3):  # several connections over the one tunnel
+                status, body = get(port, "/common/sauth")
+                assert status == 200 and '"id": "test_common"' in body, body
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_port_forward_to_a_closed_port_says_why(kube: Kube) -> None:
+    pod = the_pod(kube)
+    proc, port = forward(kube, f"pod/{pod}", 1234)
+    try:
+        with pytest.raises(OSError):
+            get(port, "/")
+        # kubelet's error comes on the error stream; kubectl 1.32 then gives up
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert f"error forwarding port 1234 to pod {pod}" in err, err
+    assert "failed to connect to localhost:1234" in err and "connection refused" in err, err
+    assert "lost connection to pod" in err, err
