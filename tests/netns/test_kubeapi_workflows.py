@@ -96,3 +96,29 @@ def test_port_forward_to_a_closed_port_says_why(kube: Kube) -> None:
     assert f"error forwarding port 1234 to pod {pod}" in err, err
     assert "failed to connect to localhost:1234" in err and "connection refused" in err, err
     assert "lost connection to pod" in err, err
+
+
+def test_events_in_get_events_and_describe(kube: Kube) -> None:
+    # derived from the pods' status: the scheduler's and kubelet's events of a pod that
+    # started (docs/kubeapi.md); before, `get events` was "doesn't have a resource type"
+    pod = the_pod(kube)
+    table = kube.kubectl("get", "events", "-n", "demo-to").stdout.splitlines()
+    assert table[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    rows = [r for r in table[1:] if f"pod/{pod}" in r]
+    assert any(r.split()[1:3] == ["Normal", "Scheduled"] and
+               f"Successfully assigned demo-to/{pod} to " in r for r in rows), table
+    assert any(r.split()[1:3] == ["Normal", "Started"] and r.endswith("Started container demo")
+               for r in rows), table
+    # describe asks for the pod's events by field selector (involvedObject.name, .uid...)
+    described = kube.kubectl("describe", "pod", "-n", "demo-to", pod).stdout
+    events = described[described.index("\nEvents:") + 1:].splitlines()
+    assert events[1].split() == ["Type", "Reason", "Age", "From", "Message"], described
+    assert any(line.split()[:2] == ["Normal", "Scheduled"] and "default-scheduler" in line
+               for line in events), described
+    assert any(line.split()[:2] == ["Normal", "Started"] and "kubelet" in line and
+               line.endswith("Started container istio-proxy") for line in events), described
+    # `kubectl events` (its own printer) and a field selector on the event's fields
+    assert f"Pod/{pod}" in kube.kubectl("events", "-n", "demo-to").stdout
+    mine = kube.kubectl("get", "events", "-n", "demo-to", "--field-selector",
+                        "reason=Scheduled", "-o", "name").stdout.split()
+    assert len(mine) == 1 and mine[0].startswith(f"event/{pod}."), mine

@@ -318,7 +318,9 @@ class Handler:
             pairs = [(o, o) for o in served]
         else:
             pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
-            if kind == "ReplicaSet":
+            if kind == "Event":
+                derived = views.events(pods)
+            elif kind == "ReplicaSet":
                 deployments = [views.api_object("Deployment", "apps/v1", d)
                                for d in self.backend.objects("Deployment", None)]
                 raw_pods = self.backend.objects("Pod", None)

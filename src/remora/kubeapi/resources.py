@@ -59,6 +59,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "services", "Service", short_names=("svc",), categories=("all",),
              store_kind="Service"),
     Resource("", "v1", "endpoints", "Endpoints", short_names=("ep",), verbs=RO),
+    # derived from the pods' status (views.events); a cluster also takes writes
+    Resource("", "v1", "events", "Event", short_names=("ev",), verbs=RO),
     Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",),
              categories=("all",), store_kind="Deployment"),
     Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",),

@@ -45,12 +45,34 @@ def _crd_row(o: dict[str, Any], now: float) -> list[str]:
     return [o["metadata"]["name"], str(o["metadata"].get("creationTimestamp") or "")]
 
 
+def _event_row(o: dict[str, Any], now: float) -> list[str]:
+    involved = o.get("involvedObject") or {}
+    source = o.get("source") or {}
+
+    def seen(ts: Any) -> str:
+        return tables.age({"metadata": {"creationTimestamp": ts}}, now) if ts else "<unknown>"
+
+    return [seen(o.get("lastTimestamp")), str(o.get("type", "")), str(o.get("reason", "")),
+            f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+            str(involved.get("fieldPath", "")),
+            ", ".join(v for v in (source.get("component"), source.get("host")) if v),
+            str(o.get("message", "")), seen(o.get("firstTimestamp")), str(o.get("count", 1)),
+            o["metadata"]["name"]]
+
+
+# the apiserver's event columns (pkg/printers/internalversion/printers.go), in its order:
+# the wide ones (priority 1) sit between the others
+EVENT_COLUMNS = [("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0),
+                 ("Subobject", 1), ("Source", 1), ("Message", 0), ("First Seen", 1),
+                 ("Count", 1), ("Name", 1)]
+
 DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
     "CustomResourceDefinition": (["Name", "Created At"], [], _crd_row),
     "Endpoints": (["Name", "Endpoints", "Age"], [], _ep_row),
     "ReplicaSet": (["Name", "Desired", "Current", "Ready", "Age"],
                    ["Containers", "Images", "Selector"], _rs_row),
     "EndpointSlice": (["Name", "AddressType", "Ports", "Endpoints", "Age"], [], _slice_row),
+    "Event": ([name for name, _ in EVENT_COLUMNS], [], _event_row),
 }
 
 
@@ -59,6 +81,9 @@ def _title(header: str) -> str:
 
 
 def columns(kind: str) -> list[dict[str, Any]]:
+    if kind == "Event":
+        return [{"name": name, "type": "string", "format": "name" if name == "Name" else "",
+                 "description": "", "priority": priority} for name, priority in EVENT_COLUMNS]
     if kind in tables.HEADERS:
         head, extra, _ = tables.HEADERS[kind]
     else:

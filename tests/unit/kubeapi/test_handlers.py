@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from remora.errors import RemoraError
+from remora.kubeapi import views as api_views
 from remora.kubeapi.backend import LogRef, admit
 from remora.kubeapi.handlers import Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import Request, Response
@@ -642,3 +643,27 @@ def test_log_options(tmp_path: Path) -> None:
     assert previous.status == 400
     assert previous.json()["message"] == ('previous terminated container "r1" in pod "r1" '
                                           "not found")
+
+
+def test_events_follow_restarts_and_crash_loops() -> None:
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u",
+                        "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "img"}]},
+           "status": {"containerStatuses": [{
+               "name": "app", "restartCount": 2,
+               "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+               "lastState": {"terminated": {"startedAt": "2026-01-01T00:00:05Z",
+                                            "finishedAt": "2026-01-01T00:00:06Z"}}}]}}
+    got = {e["reason"]: e for e in api_views.events([pod])}
+    assert set(got) == {"Scheduled", "Pulled", "Created", "Started", "BackOff"}
+    # kubelet's recorder counts repeats: three runs of the container
+    assert got["Started"]["count"] == 3 and got["Started"]["message"] == "Started container app"
+    assert got["Started"]["involvedObject"]["fieldPath"] == "spec.containers{app}"
+    assert got["BackOff"]["type"] == "Warning"
+    assert got["BackOff"]["lastTimestamp"] == "2026-01-01T00:00:06Z"
+    assert got["Scheduled"]["source"] == {"component": "default-scheduler"}
+    # the names are stable from one read to the next (a watch sees no change)
+    assert [e["metadata"]["name"] for e in api_views.events([pod])] == [
+        e["metadata"]["name"] for e in api_views.events([pod])]
+    # an unscheduled pod has none
+    assert api_views.events([{**pod, "spec": {"containers": []}}]) == []
