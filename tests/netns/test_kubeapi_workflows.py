@@ -122,3 +122,19 @@ def test_events_in_get_events_and_describe(kube: Kube) -> None:
     mine = kube.kubectl("get", "events", "-n", "demo-to", "--field-selector",
                         "reason=Scheduled", "-o", "name").stdout.split()
     assert len(mine) == 1 and mine[0].startswith(f"event/{pod}."), mine
+
+
+def test_debug_and_attach_are_refused_by_name(kube: Kube) -> None:
+    pod = the_pod(kube)
+    # kubectl debug patches pods/POD/ephemeralcontainers; the apiserver's NotFound with
+    # empty details is how a cluster without ephemeral containers answers (kubectl
+    # panicked on the lab's details-less 404 before)
+    debug = kube.kubectl("debug", "-n", "demo-to", pod, "--image=busybox",
+                         "--profile=general", check=False)
+    assert debug.returncode == 1 and "panic" not in debug.stderr, debug.stderr
+    assert "ephemeral containers are disabled for this cluster" in debug.stderr
+    assert "use kubectl exec" in debug.stderr
+    attach = kube.kubectl("attach", "-n", "demo-to", pod, check=False)
+    assert attach.returncode == 1 and "attach is not served by the lab" in attach.stderr
+    missing = kube.kubectl("attach", "-n", "demo-to", "nope", check=False)
+    assert 'pods "nope" not found' in missing.stderr

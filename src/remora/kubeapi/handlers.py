@@ -30,6 +30,14 @@ from remora.lab import selectors
 from remora.node.controller import TEMPLATE_HASH_LABEL
 
 NOT_FOUND = "the server could not find the requested resource"
+
+
+def no_such_path(message: str = NOT_FOUND) -> ApiError:
+    """The apiserver's 404 for a path it does not serve: NewNotFound of an empty
+    GroupResource and name, so `details` is there and empty. kubectl reads that: `debug`
+    takes it for "ephemeral containers are disabled" (debug.go), and dereferenced the
+    missing details (a panic) before."""
+    return ApiError(404, message, details={})
 # what a store object carries that a write must not send back (the apiserver owns it)
 _SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp",
                   "managedFields", "deletionTimestamp", "deletionGracePeriodSeconds",
@@ -225,7 +233,7 @@ class Handler:
         if len(parts) == 3 and parts[0] == "apis":
             found = res.resource_list(parts[1], parts[2])
             if found is None:
-                raise ApiError(404, NOT_FOUND)
+                raise no_such_path()
             return Response.of(found)
         target = self._target(parts)
         return self._verb(req, target)
@@ -236,20 +244,27 @@ class Handler:
         elif parts[:1] == ["apis"] and len(parts) > 3:
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
-            raise ApiError(404, NOT_FOUND)
+            raise no_such_path()
         namespace = None
         if rest[:1] == ["namespaces"] and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
-            raise ApiError(404, NOT_FOUND)
+            raise no_such_path()
         resource = res.lookup(group, version, rest[0])
         if resource is None:
-            raise ApiError(404, NOT_FOUND)
+            raise no_such_path()
         if namespace is not None and not resource.namespaced:
-            raise ApiError(404, NOT_FOUND)
+            raise no_such_path()
         sub = rest[2] if len(rest) == 3 else None
-        if sub is not None and sub not in res.SUBRESOURCES.get(resource.plural, ()):
-            raise ApiError(404, NOT_FOUND)
+        if sub == "ephemeralcontainers" and resource.plural == "pods":
+            # as a cluster with EphemeralContainers off answers, so `kubectl debug` says
+            # "ephemeral containers are disabled for this cluster" with this message
+            raise no_such_path("the lab's pods take no ephemeral containers (kubectl "
+                               "debug): use kubectl exec, which runs on the host's "
+                               "filesystem in the pod's network namespace")
+        if sub is not None and sub not in res.SUBRESOURCES.get(resource.plural, ()) and (
+                sub, resource.plural) != ("attach", "pods"):
+            raise no_such_path()
         return Target(resource, version, namespace, rest[1] if len(rest) > 1 else None, sub)
 
     def _verb(self, req: Request, t: Target) -> Result:
@@ -263,6 +278,13 @@ class Handler:
             if req.method not in ("GET", "POST"):
                 raise ApiError(405, f"{req.method} is not supported on pods/exec")
             return self._exec(req, t)
+        if t.subresource == "attach":
+            # refused by name (it was the bare 404 "could not find the requested
+            # resource"), after the pod is found, as the apiserver's AttachLocation
+            self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+            raise ApiError(400, "attach is not served by the lab (its containers' stdin "
+                           "and terminal are not kept): use kubectl logs -f for a "
+                           "container's output, kubectl exec to run a command in it")
         if t.subresource == "portforward":
             if req.method not in ("GET", "POST"):
                 raise ApiError(405, f"{req.method} is not supported on pods/portforward")

@@ -100,7 +100,7 @@ def status_object(code: int, message: str, reason: str = "",
                            "status": "Success" if code < 400 else "Failure",
                            "message": message, "reason": reason or REASONS.get(code, ""),
                            "code": code}
-    if details:
+    if details is not None:
         out["details"] = details
     return out
 

@@ -74,4 +74,4 @@ def document(parts: list[str]) -> Response:
         for g, v in _group_versions():
             if _key(g, v) == wanted:
                 return Response.of(gv_document(g, v))
-    raise ApiError(404, NOT_FOUND)
+    raise ApiError(404, NOT_FOUND, details={})  # the apiserver's empty NotFound details
