@@ -6,6 +6,7 @@ a pod and to a service, wait, events, debug — judged by the machine's kubectl 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -138,3 +139,22 @@ def test_debug_and_attach_are_refused_by_name(kube: Kube) -> None:
     assert attach.returncode == 1 and "attach is not served by the lab" in attach.stderr
     missing = kube.kubectl("attach", "-n", "demo-to", "nope", check=False)
     assert 'pods "nope" not found' in missing.stderr
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a pty")
+def test_exec_it_gives_the_command_a_terminal(kube: Kube) -> None:
+    # kubectl exec -it from a terminal (script(1) gives kubectl one, 33x101): the
+    # command runs on a pty of that size, and an interactive shell reads the user's
+    # lines from it (it was "not a tty", and a shell had no prompt)
+    pod = the_pod(kube)
+    command = (f"stty cols 101 rows 33; {KUBECTL} exec -it -n demo-to {pod} -c demo -- "
+               "sh -c 'tty; stty size; test -t 1 && echo stdout-is-a-tty; exec sh -i'")
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                          text=True, env=kube.env, timeout=60,
+                          input="echo $((6*7))\nexit 3\n")
+    out = done.stdout
+    lines = out.splitlines()  # text mode: the pty's \r\n read as \n
+    assert any(re.fullmatch(r"/dev/pts/\d+", line) for line in lines), out
+    assert "33 101" in lines and "stdout-is-a-tty" in lines, out
+    assert any(re.fullmatch(r"(# )?42", line) for line in lines), out  # after the prompt
+    assert done.returncode == 3, (done.returncode, out, done.stderr)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import logging
 import os
 import socket
 import ssl
+import struct
+import termios
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -294,13 +297,28 @@ class KubeApiServer:
                                  ("Sec-WebSocket-Accept", ws.accept_key(key)),
                                  ("Sec-WebSocket-Protocol", ex.protocol)]))
         await writer.drain()
+        master = -1  # the pty's master side, with tty (kubectl exec -t)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *ex.argv, stdin=asyncio.subprocess.PIPE if ex.stdin else
-                asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT if ex.tty else asyncio.subprocess.PIPE,
-                start_new_session=True)
+            if ex.tty:
+                # a terminal, as the runtime gives a container's exec with tty: the
+                # command's stdin, stdout and stderr are the pty (so its shell prompts,
+                # `tty` names it, isatty is true), its controlling terminal too
+                master, slave = os.openpty()
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *ex.argv, stdin=slave, stdout=slave, stderr=slave,
+                        start_new_session=True, preexec_fn=_controlling_tty)
+                finally:
+                    os.close(slave)
+                os.set_blocking(master, False)
+            else:
+                proc = await asyncio.create_subprocess_exec(
+                    *ex.argv, stdin=asyncio.subprocess.PIPE if ex.stdin else
+                    asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as exc:
+            if master >= 0:
+                os.close(master)
             writer.write(ws.channel(ws.ERROR, json.dumps(status_object(
                 500, f"exec: cannot start {ex.argv[-1]!r}: {exc.strerror}")).encode()))
             writer.write(ws.close_frame())
@@ -319,6 +337,40 @@ class KubeApiServer:
             while chunk := await stream.read(32 * 1024):
                 if wanted:
                     await send(ws.channel(channel, chunk))
+
+        async def pump_pty() -> None:
+            # the pty's output is the stdout channel (a terminal has no separate stderr,
+            # kubelet sends it all on stdout); EIO once every holder of the slave closed
+            loop = asyncio.get_running_loop()
+            ready: asyncio.Queue[bytes] = asyncio.Queue()
+
+            def readable() -> None:
+                try:
+                    data = os.read(master, 32 * 1024)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    loop.remove_reader(master)
+                ready.put_nowait(data)
+
+            loop.add_reader(master, readable)
+            try:
+                while chunk := await ready.get():
+                    await send(ws.channel(ws.STDOUT, chunk))
+            finally:
+                loop.remove_reader(master)
+
+        async def to_stdin(payload: bytes) -> None:
+            view = memoryview(payload)
+            while view and proc.returncode is None:
+                try:  # the pty's input queue is small: a paste may take several writes
+                    view = view[os.write(master, view):]
+                except BlockingIOError:
+                    await asyncio.sleep(0.02)
+                except OSError:
+                    return
 
         async def client() -> None:
             buffer = b""
@@ -344,7 +396,13 @@ class KubeApiServer:
                         return
                     elif frame.opcode in (ws.OP_BINARY, ws.OP_CONT) and frame.payload:
                         stream, payload = frame.payload[0], frame.payload[1:]
-                        if stream == ws.STDIN and proc.stdin is not None:
+                        if master >= 0 and stream == ws.STDIN:
+                            await to_stdin(payload)
+                        elif master >= 0 and stream == ws.RESIZE:
+                            _resize(master, payload)
+                        elif master >= 0 and stream == ws.CLOSE:
+                            pass  # a terminal's end of input is the user's ^D, sent as stdin
+                        elif stream == ws.STDIN and proc.stdin is not None:
                             proc.stdin.write(payload)
                             await proc.stdin.drain()
                         elif stream == ws.CLOSE and payload[:1] == bytes([ws.STDIN]) and \
@@ -353,9 +411,18 @@ class KubeApiServer:
 
         reading = asyncio.ensure_future(client())
         try:
-            await asyncio.gather(pump(proc.stdout, ws.STDOUT, ex.stdout),
-                                 pump(proc.stderr, ws.STDERR, ex.stderr))
-            code = await proc.wait()
+            if master >= 0:
+                output = asyncio.ensure_future(pump_pty())
+                code = await proc.wait()
+                # what it wrote last, until the pty is drained (a background child that
+                # keeps the terminal open does not hold the exec's end)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(output), 0.5)
+                output.cancel()
+            else:
+                await asyncio.gather(pump(proc.stdout, ws.STDOUT, ex.stdout),
+                                     pump(proc.stderr, ws.STDERR, ex.stderr))
+                code = await proc.wait()
             await send(ws.channel(ws.ERROR, json.dumps(ws.exit_status(code)).encode()))
             await send(ws.close_frame())
             with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
@@ -366,6 +433,9 @@ class KubeApiServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
                 await proc.wait()
+            if master >= 0:
+                os.close(master)
+
 
     async def _portforward(self, req: Request, pf: PortForward, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> None:
@@ -552,3 +622,21 @@ async def _dial_in_netns(netns: str, port: int) -> socket.socket:
             errors.append(f"{'IPv4' if family == socket.AF_INET else 'IPv6'}: dial "
                           f"{address} port {port}: {why}")
     raise OSError(", ".join(errors))
+
+
+def _controlling_tty() -> None:
+    """In the exec'd child, after setsid: make its stdin (the pty) the session's
+    controlling terminal, so ^C reaches the foreground job as SIGINT."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _resize(master: int, payload: bytes) -> None:
+    """The resize channel's {"Width": W, "Height": H} (remotecommand's TerminalSize), set
+    on the pty as a runtime sets it (the shell gets SIGWINCH)."""
+    try:
+        size = json.loads(payload)
+        rows, cols = int(size.get("Height", 0)), int(size.get("Width", 0))
+    except (ValueError, AttributeError, TypeError):
+        return
+    if 0 < rows < 65536 and 0 < cols < 65536:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
