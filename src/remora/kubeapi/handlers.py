@@ -23,13 +23,19 @@ from remora.errors import RemoraError
 from remora.kubeapi import openapi, patches, table, views
 from remora.kubeapi import resources as res
 from remora.kubeapi.backend import Backend
-from remora.kubeapi.messages import ApiError, Request, Response, not_found
+from remora.kubeapi.messages import PROTOBUF_MAGIC, ApiError, Request, Response, not_found
 from remora.kubeapi.resources import Resource
 from remora.kubeapi.versions import Key, Pair, Versions, key_of, parse_version
 from remora.lab import selectors
 from remora.node.controller import TEMPLATE_HASH_LABEL
 
 NOT_FOUND = "the server could not find the requested resource"
+
+
+# who the kubeconfig's token is: the lab has one user, allowed everything (no RBAC), as a
+# cluster's admin (system:masters) is
+LAB_USER = {"username": "remora-admin", "groups": ["system:masters", "system:authenticated"]}
+_REVIEWS = ("SelfSubjectAccessReview", "SelfSubjectRulesReview", "SelfSubjectReview")
 
 
 def no_such_path(message: str = NOT_FOUND) -> ApiError:
@@ -290,6 +296,8 @@ class Handler:
                 raise ApiError(405, f"{req.method} is not supported on pods/portforward")
             return self._portforward(req, t)
         method = req.method
+        if r.kind in _REVIEWS and method == "POST" and t.name is None:
+            return self._review(req, t)
         if t.subresource == "scale":
             return self._scale(req, t)
         if t.name is None:
@@ -892,3 +900,31 @@ class Handler:
         # exec_argv is ["ip", "netns", "exec", NETNS, ...]: the pod's network namespace
         return PortForward(argv[3], PORTFORWARD_PROTOCOL, t.name or "",
                            str(pod["metadata"].get("uid", "")))
+
+    def _review(self, req: Request, t: Target) -> Response:
+        """`kubectl auth can-i` (SelfSubjectAccessReview), `auth can-i --list`
+        (SelfSubjectRulesReview) and `auth whoami` (SelfSubjectReview), answered for the
+        lab's one user, who may do everything: allowed, as RBAC allows system:masters.
+        Whether the lab serves the resource asked about is discovery's business (kubectl
+        warns when it does not)."""
+        kind = t.resource.kind
+        spec: Any = {}
+        if req.body and not req.body.startswith(PROTOBUF_MAGIC):
+            spec = self._body(req, t).get("spec") or {}
+        # else kubectl's protobuf body (client-go's typed client): the answer does not
+        # depend on what is asked, so the spec is not decoded and comes back empty
+        out = {"apiVersion": t.resource.group_version, "kind": kind,
+               "metadata": {"creationTimestamp": None}, "spec": spec}
+        if kind == "SelfSubjectAccessReview":
+            out["status"] = {"allowed": True, "reason": "the lab has no RBAC: its token may "
+                             "do everything"}
+        elif kind == "SelfSubjectRulesReview":
+            out["status"] = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"],
+                                                "resources": ["*"]}],
+                             "nonResourceRules": [{"verbs": ["*"],
+                                                   "nonResourceURLs": ["*"]}],
+                             "incomplete": False}
+        else:
+            out.pop("spec")
+            out["status"] = {"userInfo": copy.deepcopy(LAB_USER)}
+        return Response.of(out, 201)

@@ -40,7 +40,7 @@ def gv_document(group: str, version: str) -> dict[str, Any]:
     query = [{"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
              for n in ("dryRun", "fieldManager", "fieldValidation")]
     for r in res.RESOURCES:
-        if r.group != group or version not in res.versions(group):
+        if r.group != group or version not in res.versions(group) or "get" not in r.verbs:
             continue
         prefix = f"/{_key(group, version)}" + ("/namespaces/{namespace}" if r.namespaced
                                                 else "")

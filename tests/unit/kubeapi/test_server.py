@@ -208,3 +208,28 @@ def test_kubectl_imperative_commands(kubeconfig: Path, tmp_path: Path) -> None:
     assert replaced.stdout == "service/web replaced\n", replaced.stderr
     assert get("svc", "web", "{.spec.ports[*].port}") == "80 4443"
     assert ok("delete", "namespace", "imp", "imp2").count("deleted") == 2
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
+def test_kubectl_auth_can_i_and_whoami(kubeconfig: Path, tmp_path: Path) -> None:
+    """The lab's token may do everything (no RBAC): `auth can-i` says yes, as for a
+    cluster's admin, instead of the 404 it was; `--list` and `whoami` say who that is."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+
+    for args in (("create", "pods"), ("delete", "deployments", "-n", "demo-to"),
+                 ("get", "pods/log"), ("create", "pods/portforward")):
+        asked = kubectl("auth", "can-i", *args)
+        assert (asked.returncode, asked.stdout) == (0, "yes\n"), (args, asked.stderr)
+    # a resource the lab does not serve: kubectl warns from discovery, the answer is RBAC's
+    unserved = kubectl("auth", "can-i", "create", "configmaps")
+    assert unserved.stdout == "yes\n"
+    assert "the server doesn't have a resource type 'configmaps'" in unserved.stderr
+    rules = kubectl("auth", "can-i", "--list").stdout.splitlines()
+    assert rules[1].split() == ["*.*", "[]", "[]", "[*]"], rules
+    whoami = kubectl("auth", "whoami").stdout.splitlines()
+    assert whoami[1].split() == ["Username", "remora-admin"], whoami
