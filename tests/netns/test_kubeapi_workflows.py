@@ -158,3 +158,46 @@ def test_exec_it_gives_the_command_a_terminal(kube: Kube) -> None:
     assert "33 101" in lines and "stdout-is-a-tty" in lines, out
     assert any(re.fullmatch(r"(# )?42", line) for line in lines), out  # after the prompt
     assert done.returncode == 3, (done.returncode, out, done.stderr)
+
+
+def test_rollout_history_and_undo(kube: Kube) -> None:
+    # each template a Deployment had is a numbered ReplicaSet, kept scaled to 0 after its
+    # pods are gone (it was: one revision 0, and undo "skipped rollback")
+    deploy, ns = "deployment/simple-server", ("-n", "demo-to")
+
+    def rolled_out() -> None:
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+
+    def env() -> str:
+        return kube.kubectl("get", *ns, deploy, "-o", "jsonpath={.spec.template.spec."
+                            "containers[0].env}").stdout
+
+    def history() -> list[list[str]]:
+        lines = kube.kubectl("rollout", "history", *ns, deploy).stdout.splitlines()
+        return [line.split(None, 1) for line in lines[2:] if line.strip()]
+
+    first = history()
+    assert len(first) == 1 and first[0][0].isdigit() and first[0][0] != "0", first
+    base = int(first[0][0])
+    kube.kubectl("set", "env", *ns, deploy, "-c", "demo", "GREETING=hello")
+    kube.kubectl("annotate", *ns, deploy, "kubernetes.io/change-cause=greet")
+    rolled_out()
+    assert history() == [[str(base), "<none>"], [str(base + 1), "greet"]]
+    rs = kube.kubectl("get", "rs", *ns, "-l", "web=server").stdout.splitlines()[1:]
+    assert sorted(r.split()[1] for r in rs) == ["0", "1"], rs  # the old one kept at 0
+    assert "GREETING" in env()
+    # undo: back to the previous template, which becomes the newest revision
+    assert "rolled back" in kube.kubectl("rollout", "undo", *ns, deploy).stdout
+    rolled_out()
+    assert "GREETING" not in env()
+    assert [r[0] for r in history()] == [str(base + 1), str(base + 2)]
+    revision = kube.kubectl("get", *ns, deploy, "-o", "jsonpath={.metadata.annotations."
+                            "deployment\\.kubernetes\\.io/revision}").stdout
+    assert revision == str(base + 2)
+    # and to a revision by number, whose template rollout history shows
+    kube.kubectl("rollout", "undo", *ns, deploy, f"--to-revision={base + 1}")
+    rolled_out()
+    assert "GREETING" in env()
+    shown = kube.kubectl("rollout", "history", *ns, deploy,
+                         f"--revision={base + 3}").stdout
+    assert "GREETING:\thello" in shown, shown

@@ -351,10 +351,13 @@ class Handler:
             if kind == "Event":
                 derived = views.events(pods)
             elif kind == "ReplicaSet":
+                raw_deployments = self.backend.objects("Deployment", None)
                 deployments = [views.api_object("Deployment", "apps/v1", d)
-                               for d in self.backend.objects("Deployment", None)]
+                               for d in raw_deployments]
                 raw_pods = self.backend.objects("Pod", None)
-                derived = views.replicasets(deployments, raw_pods)
+                derived = views.replicasets(deployments, raw_pods, {
+                    (d["metadata"]["namespace"], d["metadata"]["name"]):
+                    (d.get("remora") or {}).get("revisions") or [] for d in raw_deployments})
             else:
                 services = self.backend.objects("Service", None)
                 derived = (views.endpoints(services, pods) if kind == "Endpoints"
@@ -627,6 +630,11 @@ class Handler:
         for key in ("uid", "creationTimestamp", "resourceVersion", "generation"):
             if key in live["metadata"]:
                 out["metadata"][key] = live["metadata"][key]
+        if t.resource.kind == "Deployment" and views.REVISION in (
+                live["metadata"].get("annotations") or {}):
+            # the controller's annotation, as a dry run (no controller runs) shows it
+            out["metadata"].setdefault("annotations", {})[views.REVISION] = \
+                live["metadata"]["annotations"][views.REVISION]
         if "generation" in live["metadata"] and out.get("spec") != live.get("spec"):
             out["metadata"]["generation"] = live["metadata"]["generation"] + 1
         if "status" in live:

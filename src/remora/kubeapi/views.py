@@ -52,6 +52,7 @@ def _meta(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, Any]:
     """One store object (from the node's `get`) as the API shows it."""
+    revisions = (obj.get("remora") or {}).get("revisions") or []
     out = {k: copy.deepcopy(v) for k, v in obj.items() if k != "remora"}
     out["apiVersion"] = out.get("apiVersion") or group_version
     out["kind"] = kind
@@ -60,9 +61,19 @@ def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, 
         out["status"] = {"phase": "Active"}
     elif kind == "Deployment":
         _deployment(out)
+        current = next((e for e in revisions if e["hash"] == controller.template_hash(out)),
+                       None)
+        if current is not None:
+            # the deployment controller's annotation: the revision of its newest
+            # ReplicaSet (pkg/controller/deployment/util: RevisionAnnotation)
+            out["metadata"].setdefault("annotations", {})[REVISION] = str(current["revision"])
     elif kind == "Pod":
         _pod(out)
     return out
+
+
+REVISION = "deployment.kubernetes.io/revision"
+CHANGE_CAUSE = "kubernetes.io/change-cause"
 
 
 def _deployment(d: dict[str, Any]) -> None:
@@ -125,27 +136,34 @@ def _pod(p: dict[str, Any]) -> None:
                               "")}]
 
 
-def replicasets(deployments: list[dict[str, Any]],
-                pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One ReplicaSet per Deployment template in use: the current one (even with no pod)
-    and each older template that still has pods, named <deployment>-<pod-template-hash>."""
+def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
+                history: dict[tuple[str, str], list[dict[str, Any]]] | None = None,
+                ) -> list[dict[str, Any]]:
+    """One ReplicaSet per Deployment template: the current one (even with no pod), each
+    older template that still has pods, and each one in the Deployment's revision
+    HISTORY (the node's numbered templates: scaled to 0, as a cluster keeps
+    revisionHistoryLimit old ReplicaSets for `kubectl rollout history|undo`), named
+    <deployment>-<pod-template-hash>, annotated with their revision."""
     out = []
     for d in deployments:
         ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
         current = controller.template_hash(d)
+        numbered = {e["hash"]: e for e in (history or {}).get((ns, name), [])}
         owned = [p for p in pods if p["metadata"].get("namespace") == ns and
                  (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name and
                  (p["metadata"].get("ownerReferences") or [{}])[0].get("kind") == "Deployment"]
         older = {(p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, "")
                  for p in owned} - {current, ""}
-        hashes = [current, *sorted(older)]
+        hashes = [current, *sorted(older | set(numbered) - {current})]
         for h in hashes:
             mine = [p for p in owned if (p["metadata"].get("labels") or {}).get(
                 controller.TEMPLATE_HASH_LABEL) == h and not p["metadata"].get(
                 "deletionTimestamp")]
             want = controller.replicas(d) if h == current else 0
             template = copy.deepcopy(d.get("spec", {}).get("template") or {})
-            if h != current and mine:
+            if h != current and h in numbered:  # the template as applied, for undo
+                template = copy.deepcopy(numbered[h]["template"])
+            elif h != current and mine:
                 template = {"metadata": {"labels": mine[0]["metadata"].get("labels") or {}},
                             "spec": mine[0].get("spec") or {}}
             labels = {**((template.get("metadata") or {}).get("labels") or {}),
@@ -160,8 +178,7 @@ def replicasets(deployments: list[dict[str, Any]],
                 "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
                              "uid": stable_uid("ReplicaSet", ns, rs_name, ""),
                              "creationTimestamp": d["metadata"].get("creationTimestamp"),
-                             "annotations": {"deployment.kubernetes.io/desired-replicas":
-                                             str(controller.replicas(d))},
+                             "annotations": _rs_annotations(d, numbered.get(h)),
                              "ownerReferences": [{
                                  "apiVersion": "apps/v1", "kind": "Deployment", "name": name,
                                  "uid": d["metadata"].get("uid", ""), "controller": True,
@@ -170,6 +187,15 @@ def replicasets(deployments: list[dict[str, Any]],
                 "status": {"replicas": len(mine), "readyReplicas": ready,
                            "availableReplicas": ready, "fullyLabeledReplicas": len(mine),
                            "observedGeneration": 1}})
+    return out
+
+
+def _rs_annotations(d: dict[str, Any], entry: dict[str, Any] | None) -> dict[str, str]:
+    out = {"deployment.kubernetes.io/desired-replicas": str(controller.replicas(d))}
+    if entry is not None:
+        out[REVISION] = str(entry["revision"])
+        if entry.get("changeCause"):
+            out[CHANGE_CAUSE] = str(entry["changeCause"])  # rollout history's CHANGE-CAUSE
     return out
 
 

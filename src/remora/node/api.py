@@ -195,6 +195,9 @@ class Api:
                            "replicas": len(owned), "updatedReplicas": len(updated),
                            "readyReplicas": len(ready), "availableReplicas": len(ready),
                            "unavailableReplicas": max(0, len(owned) - len(ready))}
+            # its numbered templates, for the Kubernetes API's ReplicaSets (rollout
+            # history|undo); the node's own block, not served as a field
+            d["remora"] = {"revisions": desired.revisions(rt.store, ns, name)}
             out.append(d)
         return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from remora.errors import UsageError
-from remora.node import ipam
+from remora.node import controller, ipam
 from remora.node.ipam import AddressPlan
 from remora.node.store import Store
 
@@ -85,6 +85,8 @@ def apply(store: Store, plan: AddressPlan, objects: list[dict[str, Any]]) -> lis
             existed = store.get_object(obj["kind"], obj["metadata"].get("namespace", ""),
                                        obj["metadata"]["name"]) is not None
             changed, _ = store.put_object(obj)
+            if obj["kind"] == "Deployment":
+                record_revision(store, obj)
             if obj["kind"] == "Service":
                 owner = _owner(obj)
                 held = [ip for ip, o in store.used_ips("svc").items() if o == owner]
@@ -107,6 +109,48 @@ def apply(store: Store, plan: AddressPlan, objects: list[dict[str, Any]]) -> lis
     return results
 
 
+CHANGE_CAUSE = "kubernetes.io/change-cause"
+
+
+def revisions_key(namespace: str, name: str) -> str:
+    return f"revisions/{namespace}/{name}"
+
+
+def revisions(store: Store, namespace: str, name: str) -> list[dict[str, Any]]:
+    """A Deployment's templates, one per pod-template-hash, each with its revision (the
+    ReplicaSets a cluster keeps scaled to 0 for `kubectl rollout history|undo`)."""
+    return list(store.get_meta(revisions_key(namespace, name)) or [])
+
+
+def record_revision(store: Store, deployment: dict[str, Any]) -> None:
+    """Number DEPLOYMENT's template as the deployment controller numbers its ReplicaSets
+    (pkg/controller/deployment/sync.go getNewReplicaSet): a template not seen before is
+    revision max+1; one seen before (a rollback, `kubectl rollout undo`) becomes max+1
+    again; the current one follows the Deployment's change-cause annotation. Old ones
+    beyond spec.revisionHistoryLimit (default 10) are forgotten, oldest first."""
+    meta = deployment["metadata"]
+    ns, name = meta.get("namespace", ""), meta["name"]
+    history = revisions(store, ns, name)
+    template = (deployment.get("spec") or {}).get("template") or {}
+    h = controller.template_hash(deployment)
+    cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE)
+    top = max((e["revision"] for e in history), default=0)
+    entry = next((e for e in history if e["hash"] == h), None)
+    if entry is None:
+        history.append({"hash": h, "revision": top + 1, "template": template,
+                        "changeCause": cause})
+    else:
+        if entry["revision"] != top:
+            entry["revision"] = top + 1
+        entry["changeCause"] = cause
+    limit = (deployment.get("spec") or {}).get("revisionHistoryLimit")
+    keep = 10 if limit is None else max(0, int(limit))
+    history.sort(key=lambda e: e["revision"])
+    current, old = history[-1], history[:-1]
+    history = [*old[len(old) - keep:], current] if keep else [current]
+    store.set_meta(revisions_key(ns, name), history)
+
+
 def delete(store: Store, kind: str, namespace: str, name: str) -> list[str]:
     """Remove desired objects (a Namespace takes everything in it); pods go by the runtime."""
     if kind not in KINDS:
@@ -117,6 +161,8 @@ def delete(store: Store, kind: str, namespace: str, name: str) -> list[str]:
             for k in NAMESPACED:
                 for obj in store.list_objects(k, name):
                     store.delete_object(k, name, obj["metadata"]["name"])
+                    if k == "Deployment":
+                        store.delete_meta(revisions_key(name, obj["metadata"]["name"]))
                     if k == "Service":
                         store.release_ips(f"svc:{name}/{obj['metadata']['name']}")
                     gone.append(f"{k.lower()}/{obj['metadata']['name']} deleted")
@@ -125,4 +171,6 @@ def delete(store: Store, kind: str, namespace: str, name: str) -> list[str]:
             gone.append(f"{kind.lower()}/{name} deleted")
             if kind == "Service":
                 store.release_ips(f"svc:{namespace}/{name}")
+            if kind == "Deployment":  # a new Deployment of the name starts at revision 1
+                store.delete_meta(revisions_key(namespace, name))
     return gone

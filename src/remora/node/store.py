@@ -165,6 +165,10 @@ class Store:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    def delete_meta(self, key: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM meta WHERE key=?", (key,))
+
     # -- desired objects ----------------------------------------------------------------
     def put_object(self, obj: dict[str, Any]) -> tuple[bool, int]:
         """Store OBJ; return (changed, generation). Generation grows when spec changes."""

@@ -66,3 +66,40 @@ def test_default_namespace_is_filled_in(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     desired.apply(store, PLAN, [{"kind": "Pod", "metadata": {"name": "p"}, "spec": {}}])
     assert store.get_object("Pod", "default", "p") is not None
+
+
+def deploy(env: str, limit: int | None = None, cause: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": {"matchLabels": {"web": "server"}}, "template": {
+        "metadata": {"labels": {"web": "server"}},
+        "spec": {"containers": [{"name": "demo", "image": "vasth/simple-server",
+                                 "env": [{"name": "E", "value": env}]}]}}}
+    if limit is not None:
+        spec["revisionHistoryLimit"] = limit
+    meta: dict[str, Any] = {"name": "d", "namespace": "demo-to"}
+    if cause:
+        meta["annotations"] = {"kubernetes.io/change-cause": cause}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}
+
+
+def test_deployment_templates_are_numbered_as_the_deployment_controller_does(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+
+    def numbered() -> list[tuple[int, str, str | None]]:
+        return [(e["revision"], e["template"]["spec"]["containers"][0]["env"][0]["value"],
+                 e["changeCause"]) for e in desired.revisions(store, "demo-to", "d")]
+
+    desired.apply(store, PLAN, [deploy("a")])
+    desired.apply(store, PLAN, [deploy("b", cause="to b")])
+    desired.apply(store, PLAN, [deploy("b", cause="to b")])  # unchanged: no revision
+    assert numbered() == [(1, "a", None), (2, "b", "to b")]
+    # a template seen before (kubectl rollout undo) becomes the newest revision again
+    desired.apply(store, PLAN, [deploy("a")])
+    assert numbered() == [(2, "b", "to b"), (3, "a", None)]
+    # revisionHistoryLimit old ones are kept besides the current one, the oldest go
+    desired.apply(store, PLAN, [deploy("c", limit=1)])
+    assert numbered() == [(3, "a", None), (4, "c", None)]
+    # a Deployment deleted and made again starts at revision 1
+    desired.delete(store, "Deployment", "demo-to", "d")
+    desired.apply(store, PLAN, [deploy("z")])
+    assert numbered() == [(1, "z", None)]
