@@ -68,6 +68,7 @@ class Watch:
     timeout: float | None
     as_table: bool
     matches: Callable[[dict[str, Any]], bool]
+    include: str = "Metadata"  # a Table row's object: None, Metadata or Object
 
 
 @dataclass
@@ -390,7 +391,8 @@ class Handler:
         pairs = [(o, s) for o, s in self.view(t) if match(s)]
         version = str(self.versions.current)
         if table.wants_table(req.headers.get("accept", "")):
-            return Response.of(table.table(t.resource.kind, pairs, self.clock(), version))
+            return Response.of(table.table(t.resource.kind, pairs, self.clock(), version,
+                                           include=req.arg("includeObject", "Metadata")))
         return Response.of({"kind": f"{t.resource.kind}List",
                             "apiVersion": self._group_version(t),
                             "metadata": {"resourceVersion": version},
@@ -400,7 +402,8 @@ class Handler:
         raw, served = self._one(t)
         if table.wants_table(req.headers.get("accept", "")):
             return Response.of(table.table(t.resource.kind, [(raw, served)], self.clock(),
-                                           served["metadata"]["resourceVersion"]))
+                                           served["metadata"]["resourceVersion"],
+                                           include=req.arg("includeObject", "Metadata")))
         return Response.of(served)
 
     @staticmethod
@@ -412,7 +415,8 @@ class Handler:
         timeout = req.arg("timeoutSeconds")
         return Watch(t, parse_version(req.arg("resourceVersion")),
                      float(timeout) if timeout.isdigit() else None,
-                     table.wants_table(req.headers.get("accept", "")), self._matcher(req))
+                     table.wants_table(req.headers.get("accept", "")), self._matcher(req),
+                     req.arg("includeObject", "Metadata"))
 
     def watch_view(self, w: Watch) -> dict[Key, Pair]:
         """The watch's current view: (node, served) objects that match, by key."""
@@ -437,7 +441,8 @@ class Handler:
         body: dict[str, Any] = pair[1]
         if w.as_table:
             body = table.table(w.target.resource.kind, [pair], self.clock(),
-                               body["metadata"].get("resourceVersion", ""), with_columns=first)
+                               body["metadata"].get("resourceVersion", ""), with_columns=first,
+                               include=w.include)
         return json.dumps({"type": kind, "object": body}).encode() + b"\n"
 
     # -- writing -----------------------------------------------------------------------

@@ -109,13 +109,25 @@ def partial(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(kind: str, rows: list[tuple[dict[str, Any], dict[str, Any]]], now: float,
-          resource_version: str, with_columns: bool = True) -> dict[str, Any]:
-    """ROWS: (the node's object, for the cells; the served object, for metadata)."""
+          resource_version: str, with_columns: bool = True,
+          include: str = "Metadata") -> dict[str, Any]:
+    """ROWS: (the node's object, for the cells; the served object, for metadata).
+
+    INCLUDE is the request's includeObject (meta/v1 TableOptions): each row's object as
+    PartialObjectMetadata (Metadata, the default), the whole served object (Object:
+    what kubectl asks for with --sort-by, which sorts on the objects' fields), or none."""
+    def row(raw: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"cells": cells(kind, raw, now)}
+        if include == "Object":
+            out["object"] = served
+        elif include != "None":
+            out["object"] = partial(served)
+        return out
+
     return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
             "metadata": {"resourceVersion": resource_version},
             "columnDefinitions": columns(kind) if with_columns else [],
-            "rows": [{"cells": cells(kind, raw, now), "object": partial(served)}
-                     for raw, served in rows]}
+            "rows": [row(raw, served) for raw, served in rows]}
 
 
 def wants_table(accept: str) -> bool:

@@ -233,3 +233,32 @@ def test_kubectl_auth_can_i_and_whoami(kubeconfig: Path, tmp_path: Path) -> None
     assert rules[1].split() == ["*.*", "[]", "[]", "[*]"], rules
     whoami = kubectl("auth", "whoami").stdout.splitlines()
     assert whoami[1].split() == ["Username", "remora-admin"], whoami
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
+def test_kubectl_get_sort_by_a_spec_field(kubeconfig: Path, tmp_path: Path) -> None:
+    """--sort-by on a field outside metadata: kubectl asks for Table rows with
+    includeObject=Object and sorts on their objects (it printed "No resources found"
+    when the rows carried only PartialObjectMetadata)."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+        assert done.returncode == 0, (args, done.stderr)
+        return done
+
+    manifest = tmp_path / "svc.yaml"
+    manifest.write_text(SERVICE + "".join(
+        f"---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n"
+        f"  namespace: demo-to\nspec:\n  selector:\n    app: web\n  ports:\n"
+        f"  - port: {port}\n" for name, port in (("a-last", 9090), ("z-first", 7070))))
+    kubectl("apply", "-f", str(manifest))
+    rows = kubectl("get", "svc", "-n", "demo-to", "--sort-by=.spec.ports[0].port")
+    assert [r.split()[0] for r in rows.stdout.splitlines()[1:]] == ["z-first", "web",
+                                                                    "a-last"], rows.stdout
+    names = kubectl("get", "svc", "-n", "demo-to", "--sort-by=.metadata.name", "-o",
+                    "custom-columns=NAME:.metadata.name,PORT:.spec.ports[0].port")
+    assert names.stdout.split() == ["NAME", "PORT", "a-last", "9090", "web", "8080",
+                                    "z-first", "7070"]
