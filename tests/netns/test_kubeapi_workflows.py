@@ -201,3 +201,15 @@ def test_rollout_history_and_undo(kube: Kube) -> None:
     shown = kube.kubectl("rollout", "history", *ns, deploy,
                          f"--revision={base + 3}").stdout
     assert "GREETING:\thello" in shown, shown
+
+
+def test_get_and_describe_nodes(kube: Kube) -> None:
+    # the nodes the pods run on, as Nodes (kubectl's first command on a new cluster)
+    pod = the_pod(kube)
+    node = kube.kubectl("get", "pod", "-n", "demo-to", pod, "-o",
+                        "jsonpath={.spec.nodeName}").stdout
+    rows = [r.split() for r in kube.kubectl("get", "nodes").stdout.splitlines()[1:]]
+    assert [node, "Ready"] in [r[:2] for r in rows], rows
+    described = kube.kubectl("describe", "node", node).stdout
+    # describe finds the node's pods by spec.nodeName
+    assert re.search(rf"demo-to\s+{pod}", described), described

@@ -46,6 +46,9 @@ class Backend(Protocol):
     def exec_argv(self, namespace: str, pod: str, container: str | None) -> list[str]:
         """The argv prefix that runs a command in the pod (`ip netns exec NETNS`)."""
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The lab's nodes: name, index, subnet, gateway, nodeIP (the daemon's `nodes`)."""
+
 
 def admit(objects: list[dict[str, Any]], namespaces: list[dict[str, Any]],
           images: ImageMap) -> tuple[list[dict[str, Any]], list[str]]:
@@ -111,3 +114,6 @@ class NodeBackend:
     def exec_argv(self, namespace: str, pod: str, container: str | None) -> list[str]:
         return list(self.api.handle({"op": "exec", "namespace": namespace, "pod": pod,
                                      "container": container})["argv"])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.api.handle({"op": "nodes"})["items"])

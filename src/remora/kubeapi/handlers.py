@@ -10,9 +10,12 @@ for a verb a resource does not support), never with a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hmac
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +39,28 @@ NOT_FOUND = "the server could not find the requested resource"
 # cluster's admin (system:masters) is
 LAB_USER = {"username": "remora-admin", "groups": ["system:masters", "system:authenticated"]}
 _REVIEWS = ("SelfSubjectAccessReview", "SelfSubjectRulesReview", "SelfSubjectReview")
+
+
+@functools.cache
+def _host_info() -> dict[str, str]:
+    """What a Node's nodeInfo tells of the machine: the lab's nodes are this host's."""
+    import platform
+
+    from remora import __version__
+
+    try:
+        pretty = platform.freedesktop_os_release().get("PRETTY_NAME", "")
+    except OSError:
+        pretty = ""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    memory = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{line.split()[1]}Ki"
+    return {"os": pretty, "kernel": platform.release(), "arch": arch,
+            "runtime": f"remora://{__version__}", "cpu": str(os.cpu_count() or 1),
+            "memory": memory}
 
 
 def no_such_path(message: str = NOT_FOUND) -> ApiError:
@@ -349,7 +374,14 @@ class Handler:
             pairs = [(o, o) for o in served]
         else:
             pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
-            if kind == "Event":
+            if kind == "Node":
+                default = next((n for n in self.backend.objects("Namespace", None)
+                                if n["metadata"]["name"] == "default"), None)
+                created = views.api_object("Namespace", "v1", default)["metadata"][
+                    "creationTimestamp"] if default else views.iso(self.started)
+                derived = views.nodes(self.backend.nodes(), created, _host_info(),
+                                      res.version_info()["gitVersion"])
+            elif kind == "Event":
                 derived = views.events(pods)
             elif kind == "ReplicaSet":
                 raw_deployments = self.backend.objects("Deployment", None)

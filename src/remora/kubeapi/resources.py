@@ -54,6 +54,7 @@ ISTIO_SECURITY = "security.istio.io"
 RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",),
              store_kind="Namespace"),
+    Resource("", "v1", "nodes", "Node", namespaced=False, short_names=("no",), verbs=RO),
     Resource("", "v1", "pods", "Pod", short_names=("po",), categories=("all",),
              store_kind="Pod"),
     Resource("", "v1", "services", "Service", short_names=("svc",), categories=("all",),

@@ -66,6 +66,21 @@ EVENT_COLUMNS = [("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0),
                  ("Subobject", 1), ("Source", 1), ("Message", 0), ("First Seen", 1),
                  ("Count", 1), ("Name", 1)]
 
+def _node_row(o: dict[str, Any], now: float) -> list[str]:
+    status = o.get("status") or {}
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or []
+                                  if c.get("type") == "Ready"), {})
+    roles = sorted(k.split("/", 1)[1] for k in o["metadata"].get("labels") or {}
+                   if k.startswith("node-role.kubernetes.io/"))
+    internal = [a["address"] for a in status.get("addresses") or []
+                if a.get("type") == "InternalIP"]
+    info = status.get("nodeInfo") or {}
+    return [o["metadata"]["name"], "Ready" if ready.get("status") == "True" else "NotReady",
+            ",".join(roles) or "<none>", tables.age(o, now), info.get("kubeletVersion", ""),
+            internal[0] if internal else "<none>", "<none>", info.get("osImage", ""),
+            info.get("kernelVersion", ""), info.get("containerRuntimeVersion", "")]
+
+
 DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
     "CustomResourceDefinition": (["Name", "Created At"], [], _crd_row),
     "Endpoints": (["Name", "Endpoints", "Age"], [], _ep_row),
@@ -73,6 +88,9 @@ DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
                    ["Containers", "Images", "Selector"], _rs_row),
     "EndpointSlice": (["Name", "AddressType", "Ports", "Endpoints", "Age"], [], _slice_row),
     "Event": ([name for name, _ in EVENT_COLUMNS], [], _event_row),
+    "Node": (["Name", "Status", "Roles", "Age", "Version"],
+             ["Internal-IP", "External-IP", "OS-Image", "Kernel-Version", "Container-Runtime"],
+             _node_row),
 }
 
 

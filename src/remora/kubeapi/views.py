@@ -336,6 +336,45 @@ def events(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def nodes(items: list[dict[str, Any]], created: Any, host: dict[str, str],
+          version: str) -> list[dict[str, Any]]:
+    """core/v1 Nodes of the lab's nodes (the daemon's `nodes`): Ready while the daemon
+    answers (it is their kubelet), their pod subnets as podCIDRs, the fabric address as
+    InternalIP, and the host's OS and kernel in nodeInfo (the nodes are network
+    namespaces of this host)."""
+    out = []
+    resources = {k: host[k] for k in ("cpu", "memory") if host.get(k)}
+    for n in items:
+        name = str(n["name"])
+        cidrs = [str(n[k]) for k in ("subnet", "subnet6") if n.get(k)]
+        addresses = [{"type": "InternalIP", "address": str(n[k])}
+                     for k in ("nodeIP", "nodeIP6") if n.get(k)]
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "message": "kubelet is posting ready status",
+                 "lastHeartbeatTime": created, "lastTransitionTime": created}
+        out.append({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": stable_uid("Node", "", name, created),
+                         "creationTimestamp": created,
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                    "kubernetes.io/arch": host.get("arch", ""),
+                                    "beta.kubernetes.io/os": "linux"}},
+            "spec": {"podCIDR": cidrs[0] if cidrs else "", "podCIDRs": cidrs},
+            "status": {
+                # the host's, shared by every node (describe node's percentages need them)
+                "capacity": resources, "allocatable": resources,
+                "conditions": [ready],
+                "addresses": [*addresses, {"type": "Hostname", "address": name}],
+                "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version,
+                             "osImage": host.get("os", ""),
+                             "kernelVersion": host.get("kernel", ""),
+                             "containerRuntimeVersion": host.get("runtime", ""),
+                             "operatingSystem": "linux",
+                             "architecture": host.get("arch", ""),
+                             "machineID": "", "systemUUID": "", "bootID": ""}}})
+    return out
+
+
 def field_value(obj: dict[str, Any], path: str) -> str:
     """The value of a field selector's field (metadata.name, status.phase, ...)."""
     cur: Any = obj

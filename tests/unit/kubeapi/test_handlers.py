@@ -71,6 +71,10 @@ class StoreBackend:
     def exec_argv(self, namespace: str, pod: str, container: str | None) -> list[str]:
         return ["ip", "netns", "exec", f"pod-{pod}"]
 
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"name": "kf-node1", "index": 1, "subnet": "10.20.0.0/24",
+                 "gateway": "10.20.0.1", "nodeIP": "192.168.0.1"}]
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Handler:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -262,3 +263,28 @@ def test_kubectl_get_sort_by_a_spec_field(kubeconfig: Path, tmp_path: Path) -> N
                     "custom-columns=NAME:.metadata.name,PORT:.spec.ports[0].port")
     assert names.stdout.split() == ["NAME", "PORT", "a-last", "9090", "web", "8080",
                                     "z-first", "7070"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
+def test_kubectl_get_nodes(kubeconfig: Path, tmp_path: Path) -> None:
+    """The lab's nodes as core/v1 Nodes (it was "doesn't have a resource type nodes")."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+
+    def kubectl(*args: str) -> str:
+        done = subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    table = kubectl("get", "nodes").splitlines()
+    assert table[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    row = table[1].split()
+    assert row[:3] == ["kf-node1", "Ready", "<none>"] and row[4] == "v1.32.0-remora", table
+    wide = kubectl("get", "no", "-o", "wide").splitlines()
+    assert wide[0].split()[5:7] == ["INTERNAL-IP", "EXTERNAL-IP"]
+    assert wide[1].split()[5] == "192.168.0.1"
+    described = kubectl("describe", "node", "kf-node1")
+    assert re.search(r"Ready\s+True .* KubeletReady\s+kubelet is posting ready status",
+                     described), described
+    assert re.search(r"PodCIDR:\s+10\.20\.0\.0/24", described), described
