@@ -670,5 +670,13 @@ def test_events_follow_restarts_and_crash_loops() -> None:
     # the names are stable from one read to the next (a watch sees no change)
     assert [e["metadata"]["name"] for e in api_views.events([pod])] == [
         e["metadata"]["name"] for e in api_views.events([pod])]
+    # a terminating pod's running containers are being stopped
+    stopping = {**pod, "metadata": {**pod["metadata"],
+                                    "deletionTimestamp": "2026-01-01T00:01:00Z"},
+                "status": {"containerStatuses": [{"name": "app", "restartCount": 0, "state": {
+                    "running": {"startedAt": "2026-01-01T00:00:01Z"}}}]}}
+    killing = [e for e in api_views.events([stopping]) if e["reason"] == "Killing"]
+    assert [(e["message"], e["lastTimestamp"]) for e in killing] == [
+        ("Stopping container app", "2026-01-01T00:01:00Z")]
     # an unscheduled pod has none
     assert api_views.events([{**pod, "spec": {"containers": []}}]) == []
