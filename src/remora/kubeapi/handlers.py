@@ -374,13 +374,15 @@ class Handler:
             pairs = [(o, o) for o in served]
         else:
             pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
-            if kind == "Node":
+            if kind in ("Node", "Lease"):
                 default = next((n for n in self.backend.objects("Namespace", None)
                                 if n["metadata"]["name"] == "default"), None)
                 created = views.api_object("Namespace", "v1", default)["metadata"][
                     "creationTimestamp"] if default else views.iso(self.started)
                 derived = views.nodes(self.backend.nodes(), created, _host_info(),
                                       res.version_info()["gitVersion"])
+                if kind == "Lease":
+                    derived = views.leases(derived, self.clock())
             elif kind == "Event":
                 derived = views.events(pods)
             elif kind == "ReplicaSet":

@@ -67,6 +67,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",),
              categories=("all",), verbs=RO),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", verbs=RO),
+    Resource("coordination.k8s.io", "v1", "leases", "Lease", verbs=RO),
     # reviews: create-only questions about the caller (kubectl auth can-i, auth whoami),
     # answered, never stored
     Resource("authorization.k8s.io", "v1", "selfsubjectaccessreviews",

@@ -88,6 +88,9 @@ DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
                    ["Containers", "Images", "Selector"], _rs_row),
     "EndpointSlice": (["Name", "AddressType", "Ports", "Endpoints", "Age"], [], _slice_row),
     "Event": ([name for name, _ in EVENT_COLUMNS], [], _event_row),
+    "Lease": (["Name", "Holder", "Age"], [], lambda o, now: [
+        o["metadata"]["name"], str((o.get("spec") or {}).get("holderIdentity", "")),
+        tables.age(o, now)]),
     "Node": (["Name", "Status", "Roles", "Age", "Version"],
              ["Internal-IP", "External-IP", "OS-Image", "Kernel-Version", "Container-Runtime"],
              _node_row),

@@ -375,6 +375,28 @@ def nodes(items: list[dict[str, Any]], created: Any, host: dict[str, str],
     return out
 
 
+def leases(nodes: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """The node heartbeats kubelet renews in kube-node-lease (one Lease per node, named
+    as the node, `describe node` reads it): renewed now, as the daemon, the nodes'
+    kubelet, is answering."""
+    renew = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")  # metav1.MicroTime
+    out = []
+    for n in nodes:
+        name = n["metadata"]["name"]
+        out.append({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-node-lease",
+                         "uid": stable_uid("Lease", "kube-node-lease", name,
+                                           n["metadata"].get("creationTimestamp")),
+                         "creationTimestamp": n["metadata"].get("creationTimestamp"),
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
+                                              "name": name, "uid": n["metadata"]["uid"]}]},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                     "renewTime": renew}})
+    return out
+
+
 def field_value(obj: dict[str, Any], path: str) -> str:
     """The value of a field selector's field (metadata.name, status.phase, ...)."""
     cur: Any = obj

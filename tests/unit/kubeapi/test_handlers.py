@@ -99,6 +99,7 @@ def test_discovery_documents(api: Handler) -> None:
     groups = {g["name"]: g for g in call(api, "GET", "/apis").json()["groups"]}
     assert set(groups) == {"apps", "discovery.k8s.io", "apiextensions.k8s.io",
                            "authorization.k8s.io", "authentication.k8s.io",
+                           "coordination.k8s.io",
                            "security.istio.io"}
     assert groups["security.istio.io"]["preferredVersion"]["version"] == "v1"
     core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}

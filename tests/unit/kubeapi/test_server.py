@@ -288,3 +288,6 @@ def test_kubectl_get_nodes(kubeconfig: Path, tmp_path: Path) -> None:
     assert re.search(r"Ready\s+True .* KubeletReady\s+kubelet is posting ready status",
                      described), described
     assert re.search(r"PodCIDR:\s+10\.20\.0\.0/24", described), described
+    # its heartbeat Lease (describe node said "Failed to get lease" without one)
+    assert re.search(r"HolderIdentity:\s+kf-node1", described), described
+    assert "Failed to get lease" not in described
