@@ -284,7 +284,10 @@ class Handler:
             raise no_such_path()
         resource = res.lookup(group, version, rest[0])
         if resource is None:
-            raise no_such_path()
+            # kubectl prints the message as is (`kubectl create configmap`: "failed to
+            # create configmap: ..."): the apiserver's words, then what the lab serves
+            raise no_such_path(f"{NOT_FOUND} ({rest[0]}: the lab does not serve them; "
+                               f"it stores {res.writable_kinds()})")
         if namespace is not None and not resource.namespaced:
             raise no_such_path()
         sub = rest[2] if len(rest) == 3 else None

@@ -129,6 +129,11 @@ def crds() -> list[dict[str, Any]]:
     return out
 
 
+def writable_kinds() -> str:
+    """The kinds a client may create, for the messages that refuse the others."""
+    return ", ".join(r.kind for r in RESOURCES if "create" in r.verbs and r.store_kind)
+
+
 def groups() -> list[str]:
     out: list[str] = []
     for r in RESOURCES:

@@ -291,3 +291,30 @@ def test_kubectl_get_nodes(kubeconfig: Path, tmp_path: Path) -> None:
     # its heartbeat Lease (describe node said "Failed to get lease" without one)
     assert re.search(r"HolderIdentity:\s+kf-node1", described), described
     assert "Failed to get lease" not in described
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
+def test_kubectl_names_what_the_lab_does_not_serve(kubeconfig: Path, tmp_path: Path) -> None:
+    """A ConfigMap or Secret is refused naming what the lab stores (it was the bare
+    "could not find the requested resource")."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+
+    stores = "it stores Namespace, Pod, Service, Deployment, PeerAuthentication, " \
+             "AuthorizationPolicy"
+    for args in (("configmap", "x", "--from-literal=a=b"),
+                 ("secret", "generic", "s", "--from-literal=a=b")):
+        made = kubectl("create", *args)
+        assert made.returncode == 1 and "the lab does not serve them" in made.stderr, made
+        assert stores in made.stderr
+    cm = tmp_path / "cm.yaml"
+    cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n")
+    # `apply` maps the kind from discovery first: kubectl's own "no matches for kind"
+    # (its validation, before that, fails on /openapi/v2 with client-go's generic 404
+    # message; --validate=false skips it)
+    forced = kubectl("apply", "--validate=false", "-f", str(cm))
+    assert forced.returncode == 1 and 'no matches for kind "ConfigMap"' in forced.stderr
