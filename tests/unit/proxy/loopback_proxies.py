@@ -1,5 +1,6 @@
-"""A real Envoy and `remora proxy` run one after the other on loopback, for the unit parity
-tests (no root, no namespaces; the netns suites use tests/proxyharness.py's start_sidecar).
+"""A real Envoy and `remora proxy` run on loopback, one after the other or side by side
+(each_kind), for the unit parity tests (no root, no namespaces; the netns suites use
+tests/proxyharness.py's start_sidecar).
 
 Both get the same bootstrap file and the command line proxyharness.sidecar_argv gives them
 everywhere else, so whatever differs in what they do is the proxy's, not the test's. A
@@ -18,9 +19,10 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests import proxyharness as ph
 from tests.unit.proxy.proxy_helpers import free_port
@@ -28,6 +30,7 @@ from tests.unit.proxy.proxy_helpers import free_port
 # the parity tests' HTTP/1.1 backend (echo_backend.py says what each path does), as source
 # for ``python3 -c ECHO PORT [--empty-header]``
 ECHO = Path(__file__).with_name("echo_backend.py").read_text()
+T = TypeVar("T")
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str,
@@ -76,6 +79,17 @@ def loopback_proxy(kind: str, config: Path, listening: int, *more_listening: int
         yield proc
     finally:
         stop(proc)
+
+
+def each_kind(story: Callable[[str], T], kinds: Sequence[str] = ph.KINDS) -> dict[str, T]:
+    """STORY(kind) for each of KINDS at the same time, each on a thread of its own: what
+    each returned, by kind (the first exception raised is raised here, once every story
+    has ended and cleaned up). For stories that mostly wait on the proxy's timers (drain
+    times, delayed closes, idle timeouts): each proxy is its own process on its own ports,
+    so neither sees the other's connections, and the wall time is one story's, not two."""
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        futures = {kind: pool.submit(story, kind) for kind in kinds}
+        return {kind: future.result() for kind, future in futures.items()}
 
 
 @contextmanager

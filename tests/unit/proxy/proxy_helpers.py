@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -61,17 +62,20 @@ def hcm_bootstrap(hcm: dict[str, Any], port: int, admin: int,
 # happened: Envoy exited 1 at start in a CI run with a port bind(0) had given.
 _PORTS_LOW, _PORTS_HIGH = 20000, 32767
 _next_port = _PORTS_LOW + os.getpid() % (_PORTS_HIGH - _PORTS_LOW)
+# loopback_proxies.each_kind starts both proxies from threads at once
+_port_lock = threading.Lock()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on HOST that nothing is bound to now and that no other call in this
-    process has returned."""
+    process (on any thread) has returned."""
     import socket
     global _next_port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(_PORTS_HIGH - _PORTS_LOW):
-        port = _next_port
-        _next_port = _PORTS_LOW if port >= _PORTS_HIGH else port + 1
+        with _port_lock:
+            port = _next_port
+            _next_port = _PORTS_LOW if port >= _PORTS_HIGH else port + 1
         with socket.socket(family) as s:
             try:
                 s.bind((host, port))

@@ -151,13 +151,14 @@ async def _drain_story(p: Proxy, query: str, port: int) -> dict[str, Any]:
 
 
 def _run_both(tmp: Path, query: str, which: str, *extra: str) -> dict[str, Any]:
-    seen = {}
-    for kind in ("envoy", "remora"):
+    """The story told to Envoy and remora side by side (it is mostly waiting)."""
+    def story(kind: str) -> dict[str, Any]:
         with _proxy(kind, tmp, *extra) as p:
             port = p.inbound if which == "in" else p.outbound
-            seen[kind] = asyncio.run(_drain_story(p, query, port))
-            seen[kind]["accepts_after"] = p.accepts(port)
-    return seen
+            seen = asyncio.run(_drain_story(p, query, port))
+            seen["accepts_after"] = p.accepts(port)
+            return seen
+    return lp.each_kind(story)
 
 
 def test_plain_drain_leaves_open_connections(tmp_path: Path) -> None:
@@ -194,13 +195,14 @@ def test_graceful_immediate_drains_http1_and_h2c(tmp_path: Path) -> None:
 
 
 def test_graceful_listener_stops_after_drain_time(tmp_path: Path) -> None:
-    for kind in ("envoy", "remora"):
+    def story(kind: str) -> None:
         with _proxy(kind, tmp_path, "--drain-strategy", "immediate",
                     "--drain-time-s", "1") as p:
             assert p.post("/drain_listeners?graceful") == 200
             assert p.accepts(p.inbound), kind
             time.sleep(1.8)
             assert not p.accepts(p.inbound) and not p.accepts(p.outbound), kind
+    lp.each_kind(story)
 
 
 @pytest.mark.parametrize("which", ["in", "out"])

@@ -249,11 +249,12 @@ async def _update_story(p: Proxy, update: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_both(tmp: Path, update: Any, *extra: str) -> dict[str, dict[str, Any]]:
-    seen = {}
-    for kind in ("envoy", "remora"):
+    """The story told to Envoy and remora side by side (it is mostly waiting out the
+    drain time)."""
+    def story(kind: str) -> dict[str, Any]:
         with _proxy(kind, tmp, *extra) as p:
-            seen[kind] = asyncio.run(_update_story(p, update(p)))
-    return seen
+            return asyncio.run(_update_story(p, update(p)))
+    return lp.each_kind(story)
 
 
 def test_in_place_update_drains_old_chains(tmp_path: Path) -> None:
@@ -274,7 +275,7 @@ def test_in_place_update_drains_old_chains(tmp_path: Path) -> None:
 def test_unchanged_chain_is_not_drained(tmp_path: Path) -> None:
     """Only the HTTP listener changes: the tcp_proxy connection of the unchanged listener
     outlives the drain time."""
-    for kind in ("envoy", "remora"):
+    def story(kind: str) -> None:
         with _proxy(kind, tmp_path) as p:
             tcp = socket.create_connection(("127.0.0.1", p.tcp))
             tcp.settimeout(3)
@@ -288,6 +289,7 @@ def test_unchanged_chain_is_not_drained(tmp_path: Path) -> None:
             assert _closed_within(tcp, DRAIN_TIME_S + 1.0) is None, kind
             assert _tcp_roundtrip(tcp, b"b") == b"b", kind
             tcp.close()
+    lp.each_kind(story)  # side by side: each waits out the drain time
 
 
 def test_removed_listener_drains_immediate(tmp_path: Path) -> None:
