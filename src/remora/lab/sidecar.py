@@ -28,6 +28,12 @@ PROXY_GID = 1337
 # it (HTTP/1.1 connection: close, HTTP/2 GOAWAY), and whatever is still open after 45 s
 # is closed (docs/proxy.md "Draining"). Envoy's own defaults would be 600 s, gradual.
 DRAIN_ARGS = ["--drain-time-s", "45", "--drain-strategy", "immediate"]
+# pilot-agent also passes Envoy --file-flush-interval-msec 1000 (same file: "Reduce default
+# flush interval from 10s to 1s ... users will now see logs after 1s rather than 10s"):
+# without it a request's access-log line reaches `remora logs -c istio-proxy` up to 10 s
+# after the response. `remora proxy` writes its lines within 10 ms by default (cli/proxy.py)
+# and is left at that.
+ENVOY_FLUSH_ARGS = ["--file-flush-interval-msec", "1000"]
 
 
 def argv(settings: LabSettings, bootstrap: Path) -> list[str]:
@@ -35,7 +41,7 @@ def argv(settings: LabSettings, bootstrap: Path) -> list[str]:
         # Hot restart needs shared memory named by --base-id; each pod runs one Envoy that
         # is never hot-restarted, so it is off (no clash between pods on one host).
         return [settings.envoy_binary, "-c", str(bootstrap), "--disable-hot-restart",
-                "--concurrency", "1", "-l", "warning", *DRAIN_ARGS]
+                "--concurrency", "1", "-l", "warning", *DRAIN_ARGS, *ENVOY_FLUSH_ARGS]
     return [sys.executable, "-m", "remora", "proxy", "-c", str(bootstrap), "-l", "warning",
             *DRAIN_ARGS]
 

@@ -90,7 +90,8 @@ def test_envoy_sidecar_runs_the_same_files(tmp_path: Path) -> None:
     proxy = setup.process(ctx, pod["spec"]["containers"][1], False)
     assert proxy.argv == ["/opt/envoy", "-c", str(ctx.pod_dir / "envoy" / "bootstrap.json"),
                           "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
-                          "--drain-time-s", "45", "--drain-strategy", "immediate"]
+                          "--drain-time-s", "45", "--drain-strategy", "immediate",
+                          "--file-flush-interval-msec", "1000"]
 
 
 def test_cluster_changes_rewrite_the_endpoints(tmp_path: Path) -> None:
