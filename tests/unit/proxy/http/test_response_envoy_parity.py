@@ -203,8 +203,7 @@ def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     tmp = tmp_path_factory.mktemp("responses")
     srv = _backend()
     try:
-        found: dict[str, dict[str, Any]] = {}
-        for kind in ph.KINDS:
+        def run(kind: str) -> dict[str, Any]:
             port, admin = free_port(), free_port()
             log = tmp / f"{kind}.log"
             cfg = tmp / f"{kind}.json"
@@ -219,8 +218,10 @@ def outcomes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory,
                     responses[name] = exchange(port)
                     if name in LOGGED:
                         lines[name] = lp.wait_lines(log, before + 1)[before:]
-                found[kind] = {"responses": responses, "log": lines}
-        yield found
+                return {"responses": responses, "log": lines}
+        # both proxies at once (the cases mostly wait on timeouts and closes); the backend
+        # answers each connection on its own thread and keeps no state between them
+        yield lp.each_kind(run)
     finally:
         srv.close()
 
