@@ -29,7 +29,6 @@ from typing import Any
 import grpc
 import pytest
 
-from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.http2 import grpc_harness as gh
 from tests.unit.proxy.http2.h2client import H2Client
@@ -252,9 +251,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
     # the HTTP/1.1 backend (echo_backend.py): /slow answers after 1 s, /flaky 503 then 500
     # (one retry per proxy: Envoy gets 503 then 500, remora the same), anything else echoes
     # the request head and body it received, with an empty x-empty-up header
-    with lp.echo_backend("--empty-header") as backend, gh.grpc_service() as (grpc_port, _):
-        found: dict[str, dict[str, Any]] = {}
-        for kind in ph.KINDS:
+    # Both proxies at once (the cases mostly wait on timeouts), each with backends of its
+    # own: /flaky keeps state between requests
+    def run(kind: str) -> dict[str, Any]:
+        with lp.echo_backend("--empty-header") as backend, \
+                gh.grpc_service() as (grpc_port, _):
             port, admin = free_port(), free_port()
             log = tmp / f"{kind}.log"
             cfg = tmp / f"{kind}.json"
@@ -269,8 +270,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
                 result["log"] = lp.wait_lines(log, total)
                 result["json"] = lp.wait_lines(log.with_suffix(".jsonl"), total)
                 result["stats"] = _stats(admin)
-            found[kind] = result
-        yield found
+            return result
+    yield lp.each_kind(run)
 
 
 # -- the comparisons ---------------------------------------------------------------------
