@@ -83,10 +83,11 @@ def loopback_proxy(kind: str, config: Path, listening: int, *more_listening: int
 
 def each_kind(story: Callable[[str], T], kinds: Sequence[str] = ph.KINDS) -> dict[str, T]:
     """STORY(kind) for each of KINDS at the same time, each on a thread of its own: what
-    each returned, by kind (the first exception raised is raised here, once every story
-    has ended and cleaned up). For stories that mostly wait on the proxy's timers (drain
-    times, delayed closes, idle timeouts): each proxy is its own process on its own ports,
-    so neither sees the other's connections, and the wall time is one story's, not two."""
+    each returned, by kind (a story's exception is raised here, the first kind's first,
+    once every story has ended and cleaned up). For stories that mostly wait on the
+    proxy's timers (drain times, delayed closes, idle timeouts): each proxy is its own
+    process on its own ports, so neither sees the other's connections, and the wall time
+    is one story's, not two."""
     with ThreadPoolExecutor(len(kinds)) as pool:
         futures = {kind: pool.submit(story, kind) for kind in kinds}
         return {kind: future.result() for kind, future in futures.items()}
