@@ -497,9 +497,34 @@ def test_kubectl_create_namespace_deployment_service_roll_out(kube: Kube) -> Non
         kube.kubectl("delete", "ns", "qa2")
 
 
+def _restart_sampling(kube: Kube, ns: str, name: str) -> tuple[str, list[list[dict[str, Any]]]]:
+    """`kubectl rollout restart` of deployment NAME and its `rollout status`, with the
+    namespace's pods sampled (each sample the pods' objects) until it ends: (what
+    rollout status printed, the samples)."""
+    samples: list[list[dict[str, Any]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(json.loads(kube.kubectl("get", "pods", "-n", ns, "-o", "json"
+                                                   ).stdout)["items"])
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        kube.kubectl("rollout", "restart", "-n", ns, f"deployment/{name}")
+        rollout = kube.kubectl("rollout", "status", "-n", ns, f"deployment/{name}",
+                               "--timeout", "90s", timeout=120).stdout
+    finally:
+        done.set()
+        sampler.join(30)
+    return rollout, samples
+
+
 def test_rollout_honours_max_surge(kube: Kube) -> None:
     """spec.strategy.rollingUpdate.maxSurge bounds the pods a rollout runs at once (the
-    lab used to start every new pod at once, whatever was served)."""
+    lab used to start every new pod at once, whatever was served), and a Recreate
+    rollout has no old and new pods side by side."""
     kube.kubectl("create", "ns", "qa3")
     try:
         kube.kubectl("create", "deployment", "web", "-n", "qa3", "--replicas=3",
@@ -508,52 +533,22 @@ def test_rollout_honours_max_surge(kube: Kube) -> None:
                      '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":1}}}}')
         kube.kubectl("rollout", "status", "-n", "qa3", "deployment/web", "--timeout", "60s",
                      timeout=90)
-        seen: list[int] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                items = json.loads(kube.kubectl("get", "pods", "-n", "qa3", "-o", "json"
-                                                ).stdout)["items"]
-                seen.append(sum("deletionTimestamp" not in p["metadata"] for p in items))
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            kube.kubectl("rollout", "restart", "-n", "qa3", "deployment/web")
-            rollout = kube.kubectl("rollout", "status", "-n", "qa3", "deployment/web",
-                                   "--timeout", "90s", timeout=120).stdout
-        finally:
-            done.set()
-            sampler.join(30)
+        rollout, samples = _restart_sampling(kube, "qa3", "web")
         assert 'deployment "web" successfully rolled out' in rollout
         # never more than replicas + maxSurge pods, and never fewer than replicas -
         # maxUnavailable (the lab's default 0) that are not terminating
+        seen = [sum("deletionTimestamp" not in p["metadata"] for p in pods)
+                for pods in samples]
         assert seen and max(seen) <= 4 and min(seen) >= 3, seen
         assert 4 in seen, seen  # it did surge
         # Recreate: every old pod is gone, terminating ones included, before a new one
         # starts (Kubernetes' rolloutRecreate)
         kube.kubectl("patch", "deployment", "web", "-n", "qa3", "-p",
                      '{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}')
-        hashes: list[set[str]] = []
-        done.clear()
-
-        def sample_hashes() -> None:
-            while not done.is_set():
-                items = json.loads(kube.kubectl("get", "pods", "-n", "qa3", "-o", "json"
-                                                ).stdout)["items"]
-                hashes.append({p["metadata"]["labels"]["pod-template-hash"] for p in items})
-
-        sampler = threading.Thread(target=sample_hashes)
-        sampler.start()
-        try:
-            kube.kubectl("rollout", "restart", "-n", "qa3", "deployment/web")
-            rollout = kube.kubectl("rollout", "status", "-n", "qa3", "deployment/web",
-                                   "--timeout", "90s", timeout=120).stdout
-        finally:
-            done.set()
-            sampler.join(30)
+        rollout, samples = _restart_sampling(kube, "qa3", "web")
         assert 'deployment "web" successfully rolled out' in rollout
+        hashes = [{p["metadata"]["labels"]["pod-template-hash"] for p in pods}
+                  for pods in samples]
         assert all(len(h) <= 1 for h in hashes), hashes  # never old and new together
         assert len({h for hs in hashes for h in hs}) == 2, hashes  # it did roll
     finally:

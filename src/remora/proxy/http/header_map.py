@@ -102,6 +102,18 @@ def response_joined(headers: list[tuple[str, str]]) -> list[tuple[str, str]] | N
     return again if len(again) < len(headers) else None
 
 
+def repeated_response_view(hl: list[tuple[str, str]], headers: list[tuple[str, str]],
+                           joined: bool) -> list[tuple[str, str]] | dict[str, str]:
+    """For a response head HL (as encoded from the upstream's HEADERS) that repeats a
+    name: a list, HEADERS with Envoy's inline names joined, to encode again instead (when
+    not JOINED yet and one was repeated); else the map the access log's %RESP()% reads,
+    each repeated name at its first value (Envoy's HeaderFormatter: get(name)[0];
+    checked against Envoy 1.40). Both streams' encode_headers use it."""
+    if not joined and (again := response_joined(headers)) is not None:
+        return again
+    return first_values(hl)
+
+
 def first_values(headers: list[tuple[str, str]]) -> dict[str, str]:
     """HEADERS as a map whose repeated names keep their first value (what Envoy's header
     map get(name)[0] gives for a name held as separate entries)."""

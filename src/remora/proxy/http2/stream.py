@@ -44,7 +44,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import CodecError, Request
-from remora.proxy.http.header_map import first_values, response_joined
+from remora.proxy.http.header_map import repeated_response_view
 from remora.proxy.http.header_mutation import HeaderMutations
 from remora.proxy.http.header_mutation import apply as apply_mutations
 from remora.proxy.http.stream import ActiveStream, http_date_text
@@ -565,14 +565,12 @@ class Http2Stream(ActiveStream):
             hl += extra
         resp = dict(hl)
         if len(resp) < len(hl):  # a name repeated
-            if not joined and (again := response_joined(headers)) is not None:
-                # an inline name: join as Envoy does
-                return self.encode_headers(status, again, chunked=chunked,
+            view = repeated_response_view(hl, headers, joined)
+            if isinstance(view, list):  # an inline name: joined as Envoy does
+                return self.encode_headers(status, view, chunked=chunked,
                                            service_time_ms=service_time_ms, tail=tail,
                                            mutations=mutations, joined=True)
-            # any other stays separate lines, and the access log's %RESP()% prints the
-            # first (Envoy's HeaderFormatter: get(name)[0]; checked against Envoy 1.40)
-            resp = first_values(hl)
+            resp = view
         if "date" not in resp:
             resp["date"] = http_date_text()
             hl.append(("date", resp["date"]))
