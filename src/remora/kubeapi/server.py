@@ -21,6 +21,7 @@ import ssl
 import struct
 import termios
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -373,41 +374,28 @@ class KubeApiServer:
                     return
 
         async def client() -> None:
-            buffer = b""
-            while True:
-                data = await reader.read(64 * 1024)
-                if not data:
-                    if proc.returncode is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(proc.pid, 15)
-                    return
-                buffer += data
-                while True:
-                    frame, used = ws.parse(buffer)
-                    if frame is None:
-                        break
-                    buffer = buffer[used:]
-                    if frame.opcode == ws.OP_PING:
-                        await send(ws.frame(ws.OP_PONG, frame.payload))
-                    elif frame.opcode == ws.OP_CLOSE:
-                        if proc.returncode is None:
-                            with contextlib.suppress(ProcessLookupError):
-                                os.killpg(proc.pid, 15)
-                        return
-                    elif frame.opcode in (ws.OP_BINARY, ws.OP_CONT) and frame.payload:
-                        stream, payload = frame.payload[0], frame.payload[1:]
-                        if master >= 0 and stream == ws.STDIN:
-                            await to_stdin(payload)
-                        elif master >= 0 and stream == ws.RESIZE:
-                            _resize(master, payload)
-                        elif master >= 0 and stream == ws.CLOSE:
-                            pass  # a terminal's end of input is the user's ^D, sent as stdin
-                        elif stream == ws.STDIN and proc.stdin is not None:
-                            proc.stdin.write(payload)
-                            await proc.stdin.drain()
-                        elif stream == ws.CLOSE and payload[:1] == bytes([ws.STDIN]) and \
-                                proc.stdin is not None:
-                            proc.stdin.close()
+            async for frame in _client_frames(reader, send):
+                if frame.opcode == ws.OP_CLOSE:
+                    break
+                if not frame.payload:
+                    continue
+                stream, payload = frame.payload[0], frame.payload[1:]
+                if master >= 0 and stream == ws.STDIN:
+                    await to_stdin(payload)
+                elif master >= 0 and stream == ws.RESIZE:
+                    _resize(master, payload)
+                elif master >= 0 and stream == ws.CLOSE:
+                    pass  # a terminal's end of input is the user's ^D, sent as stdin
+                elif stream == ws.STDIN and proc.stdin is not None:
+                    proc.stdin.write(payload)
+                    await proc.stdin.drain()
+                elif stream == ws.CLOSE and payload[:1] == bytes([ws.STDIN]) and \
+                        proc.stdin is not None:
+                    proc.stdin.close()
+            # the client went away (its end of the connection, or a close frame)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 15)
 
         reading = asyncio.ensure_future(client())
         try:
@@ -543,24 +531,17 @@ class KubeApiServer:
                 return False
             return True  # SETTINGS, WINDOW_UPDATE: spdystream does no flow control
 
-        buffer = b""
+        async def send_raw(data: bytes) -> None:
+            await _send_raw(writer, lock, data)
+
         try:
-            while data := await reader.read(64 * 1024):
-                buffer += data
-                while True:
-                    frame, used = ws.parse(buffer)
-                    if frame is None:
-                        break
-                    buffer = buffer[used:]
-                    if frame.opcode == ws.OP_PING:
-                        await _send_raw(writer, lock, ws.frame(ws.OP_PONG, frame.payload))
-                    elif frame.opcode == ws.OP_CLOSE:
-                        await _send_raw(writer, lock, ws.close_frame())
+            async for frame in _client_frames(reader, send_raw):
+                if frame.opcode == ws.OP_CLOSE:
+                    await send_raw(ws.close_frame())
+                    return
+                for spdy_frame in codec.feed(frame.payload):
+                    if not await on_frame(spdy_frame):
                         return
-                    elif frame.opcode in (ws.OP_BINARY, ws.OP_CONT):
-                        for spdy_frame in codec.feed(frame.payload):
-                            if not await on_frame(spdy_frame):
-                                return
         except ValueError as exc:  # not SPDY/3: close, as spdystream would
             log.warning("port-forward to %s: %s", pf.pod, exc)
         finally:
@@ -568,6 +549,28 @@ class KubeApiServer:
                 task.cancel()
             for pod in pods.values():
                 pod.close()
+
+
+async def _client_frames(reader: asyncio.StreamReader,
+                         send: Callable[[bytes], Awaitable[None]]) -> AsyncIterator[ws.Frame]:
+    """The frames a WebSocket client sends on READER that its server acts on (binary and
+    continuation frames, and a close frame, after which nothing more is read), until the
+    client's end of the connection; a ping is answered with a pong through SEND."""
+    buffer = b""
+    while data := await reader.read(64 * 1024):
+        buffer += data
+        while True:
+            frame, used = ws.parse(buffer)
+            if frame is None:
+                break
+            buffer = buffer[used:]
+            if frame.opcode == ws.OP_PING:
+                await send(ws.frame(ws.OP_PONG, frame.payload))
+            elif frame.opcode == ws.OP_CLOSE:
+                yield frame
+                return
+            elif frame.opcode in (ws.OP_BINARY, ws.OP_CONT):
+                yield frame
 
 
 async def _send_raw(writer: asyncio.StreamWriter, lock: asyncio.Lock, data: bytes) -> None:
