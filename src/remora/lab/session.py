@@ -16,7 +16,7 @@ from pathlib import Path
 from remora.errors import PrivilegeError, RemoraError, UsageError
 from remora.lab import settings as lab_settings
 from remora.lab.settings import POD_SETUP, LabSettings
-from remora.node import naming, teardown
+from remora.node import naming
 from remora.node.client import NodeClient, ensure_daemon
 from remora.node.config import NodeConfig, default_state_dir, lab_command
 
@@ -139,7 +139,13 @@ def down(directory: Path) -> list[str]:
     """Remove everything the lab made, with its daemon or (if it died) from the store."""
     require_root("remora down")
     client = NodeClient(directory)
-    removed = client.down() if client.alive() else teardown.down(directory)
+    if client.alive():
+        removed = client.down()
+    else:
+        # imported here: the teardown's netlink (pyroute2) costs every other command
+        # ~150 ms of start-up, and only `down` without a daemon needs it
+        from remora.node import teardown
+        removed = teardown.down(directory)
     removed += lab_settings.remove(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()  # the node's teardown left it for lab.json
