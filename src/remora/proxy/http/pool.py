@@ -84,10 +84,11 @@ class PooledConnection(asyncio.Protocol):
     handler is attached are held (a handler attached next reads them first), and while the
     connection sits idle in the pool they close it as a protocol error."""
 
-    __slots__ = ("_drain_waiters", "_eof", "_max_age", "_max_idle", "_max_requests", "_pending",
-                 "_read_paused", "_rx", "_tracked", "created", "decoder", "handler", "host",
-                 "host_counts", "idle_since", "key", "limits", "on_stray", "output", "owner",
-                 "pool", "requests", "state", "transport", "upstream", "write_paused")
+    __slots__ = ("__weakref__", "_drain_waiters", "_eof", "_max_age", "_max_idle",
+                 "_max_requests", "_pending", "_read_paused", "_rx", "_tracked", "created",
+                 "decoder", "handler", "host", "host_counts", "idle_since", "key", "limits",
+                 "on_stray", "output", "owner", "pool", "requests", "state", "transport",
+                 "upstream", "write_paused")
 
     def __init__(self, key: PoolKey, upstream: Upstream,
                  limits: PoolLimits = DEFAULT_LIMITS, owner: object = None,
@@ -243,12 +244,17 @@ class PooledConnection(asyncio.Protocol):
 
     # -- the pool's side ----------------------------------------------------------------
     def expired(self, now: float) -> bool:
-        lim = self.limits
-        return ((lim.idle_timeout > 0 and now - self.idle_since >= lim.idle_timeout)
-                or (lim.max_connection_duration > 0
-                    and now - self.created >= lim.max_connection_duration)
-                or (lim.max_requests_per_connection > 0
-                    and self.requests >= lim.max_requests_per_connection))
+        # the limits as their bounds (never reached when unset), so ``retire`` expires it
+        return (now - self.idle_since >= self._max_idle or now - self.created >= self._max_age
+                or self.requests >= self._max_requests)
+
+    def retire(self) -> None:
+        """Close this connection when its response ends instead of keeping it: its host
+        left the cluster (ConnectionPool.drop_hosts; Envoy drains a removed host's pools,
+        letting requests in flight finish). Its age bound becomes 0, so the pool's
+        checks (acquire's and release's usual-case conditions, ``expired``) all refuse it,
+        at no cost to any other connection."""
+        self._max_age = 0.0
 
     def usable(self) -> bool:
         if self._eof:
@@ -285,6 +291,13 @@ class PooledConnection(asyncio.Protocol):
 class ConnectionPool:
     def __init__(self) -> None:
         self._idle: dict[PoolKey, list[PooledConnection]] = {}
+        # every connection opened for this pool, idle or carrying a request (track), so
+        # drop_hosts reaches the busy ones too
+        self._all: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
+
+    def track(self, conn: PooledConnection) -> None:
+        """CONN, just opened (by the router), belongs to this pool."""
+        self._all.add(conn)
 
     def acquire(self, key: PoolKey, exclude: frozenset[str], owner: object = None,
                 now: float | None = None) -> PooledConnection | None:
@@ -419,6 +432,10 @@ class ConnectionPool:
                 self._idle[key] = kept
             else:
                 del self._idle[key]
+        # those carrying a request finish it, then close (never back to the pool)
+        for conn in list(self._all):
+            if conn.owner is owner and (conn.key[1], conn.key[2]) in hosts:
+                conn.retire()
         return closed
 
     def idle_count(self, key: PoolKey | None = None) -> int:

@@ -617,6 +617,7 @@ class _Forward:
                 pc = PooledConnection(key, up, entry.limits, cluster,
                                       self.cs.count_protocol_error)
                 pc.take_over()
+                router.pool.track(pc)
             else:
                 info.upstream_host = pc.host
                 info.upstream_local_address = pc.upstream.local_address

@@ -169,6 +169,23 @@ def test_drop_hosts_closes_the_clusters_idle_connections_to_them() -> None:
     assert pool.idle_count() == 0
 
 
+def test_drop_hosts_retires_a_busy_connection_to_them() -> None:
+    """A connection carrying a request when its host leaves the cluster finishes that
+    request and then closes instead of going back to the pool (Envoy lets the streams of a
+    drained pool finish)."""
+    owner = object()
+    pool = ConnectionPool()
+    busy, other = _Conn(owner=owner), _Conn(owner=object())
+    pool.track(busy.pc)
+    pool.track(other.pc)
+    pool.drop_hosts(owner, {("10.20.0.77", 18080)})
+    assert not busy.closed  # its request goes on
+    pool.release(busy.pc)  # ... and ends: closed, not kept
+    assert busy.closed and pool.idle_count() == 0
+    pool.release(other.pc)  # another cluster's connection to that address is kept
+    assert not other.closed and pool.idle_count(KEY_A) == 1
+
+
 def test_max_requests_per_connection() -> None:
     pool = ConnectionPool()
     a = _Conn(limits=PoolLimits(max_requests_per_connection=2))
