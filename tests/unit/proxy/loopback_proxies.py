@@ -137,6 +137,24 @@ def thread_server(handle: Callable[[socket.socket], None],
     return srv
 
 
+def request_heads(conn: socket.socket) -> Iterator[bytes]:
+    """The heads of the requests a proxy sends on CONN, a kept-alive upstream connection
+    of a parity test's small backend (requests without a body), one at a time as the
+    backend answers them, until the proxy closes CONN or it fails."""
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            yield head
+    except OSError:
+        return
+
+
 def envoy_validates(bootstrap: dict[str, Any], path: Path) -> tuple[bool, str]:
     """Whether the real Envoy accepts BOOTSTRAP (written to PATH), by `envoy --mode
     validate` (its proto validation and config checks, nothing started), and what it said."""

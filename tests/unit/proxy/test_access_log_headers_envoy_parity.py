@@ -54,20 +54,13 @@ H1_REQUEST = (b"GET /p HTTP/1.1\r\nHost: a\r\n"
 def _serve(conn: socket.socket) -> None:
     """The backend: each request answered with repeated response headers."""
     conn.settimeout(5)
-    buf = b""
-    try:
-        while True:
-            while b"\r\n\r\n" not in buf:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            buf = buf.partition(b"\r\n\r\n")[2]
+    for _ in lp.request_heads(conn):
+        try:
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Custom: c1\r\nVary: v1\r\nX-Custom: c2\r\n"
                          b"Vary: v2\r\nSet-Cookie: s1\r\nSet-Cookie: s2\r\nX-Empty: \r\n"
                          b"X-Empty: e2\r\nX-RAdded: a1\r\nContent-Length: 2\r\n\r\nok")
-    except OSError:
-        return
+        except OSError:
+            return
 
 
 def _h2_request(port: int) -> None:

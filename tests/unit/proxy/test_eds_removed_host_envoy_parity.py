@@ -74,20 +74,10 @@ class _Backend:
 
     def _serve(self, conn: socket.socket) -> None:
         self.accepted += 1
-        buf = b""
-        while True:
-            try:
-                chunk = conn.recv(65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.closed.append(time.monotonic())
-                return
-            buf += chunk
-            while b"\r\n\r\n" in buf:
-                _, buf = buf.split(b"\r\n\r\n", 1)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                             % (len(self.name), self.name))
+        for _ in lp.request_heads(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(self.name), self.name))
+        self.closed.append(time.monotonic())  # the proxy closed it
 
 
 def _get(s: socket.socket) -> bytes:

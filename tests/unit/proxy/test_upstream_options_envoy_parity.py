@@ -71,14 +71,7 @@ def _certificate(directory: Path) -> tuple[Path, Path]:
 
 
 def _http_answer(conn: socket.socket, body: bytes) -> None:
-    buf = b""
-    while True:
-        while b"\r\n\r\n" not in buf:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            buf += chunk
-        _, buf = buf.split(b"\r\n\r\n", 1)
+    for _ in lp.request_heads(conn):
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
 
 

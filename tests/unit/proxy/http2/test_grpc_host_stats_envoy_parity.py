@@ -74,19 +74,12 @@ H1_RESPONSES = {
 
 def _serve_h1(conn: socket.socket) -> None:
     conn.settimeout(5)
-    buf = b""
-    try:
-        while True:
-            while b"\r\n\r\n" not in buf:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            name = head.split(b" ", 2)[1].decode().rsplit("/", 1)[1]
+    for head in lp.request_heads(conn):
+        name = head.split(b" ", 2)[1].decode().rsplit("/", 1)[1]
+        try:
             conn.sendall(H1_RESPONSES[name])
-    except OSError:
-        return
+        except OSError:
+            return
 
 
 def _bootstrap(port: int, admin: int, h2: int, h1: int) -> dict[str, Any]:
