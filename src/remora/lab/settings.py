@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from remora.controlplane.ca import parse_ttl
 from remora.errors import RemoraError, UsageError
 from remora.node.ipam import check_ip_family
 
@@ -46,6 +45,9 @@ class LabSettings:
         if self.sidecar == "envoy" and not self.envoy_binary:
             return replace(self, envoy_binary=find_envoy()).check()
         if self.cert_ttl:
+            # (imported here: the CA module loads cryptography, ~50 ms of every command's
+            # start-up, and only a lab given --cert-ttl needs it at this point)
+            from remora.controlplane.ca import parse_ttl
             parse_ttl(self.cert_ttl)  # a clear error now, not in the daemon
         return self
 
