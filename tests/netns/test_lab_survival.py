@@ -81,9 +81,11 @@ def test_a_killed_container_reads_like_kubernetes(lab: TempLab) -> None:
     os.kill(before["remora"]["pid"], signal.SIGKILL)
 
     def restarted() -> dict[str, Any] | None:
+        # restarted, running, and Ready again (the node reports a restarted container
+        # Ready once it has stayed up a moment, as it does a new one)
         status = pod_json(lab)["status"]["containerStatuses"][0]
         return status if status["restartCount"] == 1 and "running" in status["state"] \
-            else None
+            and status.get("ready") else None
 
     after = wait_for(restarted)
     last = after["lastState"]["terminated"]
