@@ -280,15 +280,13 @@ def unescape_slashes(path: str) -> str:
     return _ESCAPED_SLASH.sub(lambda m: "/" if m.group(0)[1] == "2" else "\\", raw) + sep + query
 
 
-def request_scheme(req_url: str, client_scheme: str | None, hdrs: Mapping[str, str],
-                   connection_scheme: str) -> str:
-    """The request's scheme as Envoy's :scheme holds it: an HTTP/2 client's own; on
-    HTTP/1.1 an absolute-form target's, else x-forwarded-proto (as the connection manager
-    left it) when it names http or https, else the connection's (Envoy's HTTP/1 codec
-    takes the URL's; ConnectionManagerUtility::mutateRequestHeaders sets the rest by
-    getScheme(x-forwarded-proto, ssl), lower-cased; checked against Envoy 1.40)."""
-    if client_scheme is not None:
-        return client_scheme
+def request_scheme(req_url: str, hdrs: Mapping[str, str], connection_scheme: str) -> str:
+    """An HTTP/1.1 request's scheme as Envoy's :scheme holds it: an absolute-form
+    target's, else x-forwarded-proto (as the connection manager left it) when it names
+    http or https, else the connection's (Envoy's HTTP/1 codec takes the URL's;
+    ConnectionManagerUtility::mutateRequestHeaders sets the rest by
+    getScheme(x-forwarded-proto, ssl), lower-cased; checked against Envoy 1.40). The
+    stream keeps it as the request's :scheme (stream.py)."""
     scheme, sep, _ = req_url.partition("://")
     if sep and not req_url.startswith("/"):
         return scheme.lower()

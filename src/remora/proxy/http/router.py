@@ -30,7 +30,7 @@ from remora.proxy.http.filter import HttpStream, StreamCallbacks
 from remora.proxy.http.grpc_timeout import StreamDuration, format_grpc_timeout, stream_timeout_ms
 from remora.proxy.http.header_map import set_first
 from remora.proxy.http.header_mutation import apply_to_request
-from remora.proxy.http.headers import request_scheme, request_uri
+from remora.proxy.http.headers import request_uri
 from remora.proxy.http.pool import PooledConnection, limits_of, pool_for
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
@@ -274,9 +274,9 @@ def _direct_location(stream: HttpStream, status: int) -> list[tuple[str, str]] |
     if status != 201 and not 300 <= status <= 399:
         return None
     hdrs = stream.info.request_headers or {}
-    scheme = request_scheme(stream.req.url, stream.req.scheme, hdrs,
-                            hdrs.get(":scheme", "http"))
-    uri = request_uri(scheme, hdrs)
+    # an HTTP/2 client's own :scheme; an HTTP/1.1 request's, as the stream worked it out
+    # (headers.request_scheme) and keeps it
+    uri = request_uri(stream.req.scheme or hdrs.get(":scheme", "http"), hdrs)
     return None if uri is None else [("location", uri)]
 
 

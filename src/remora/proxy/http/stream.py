@@ -333,7 +333,7 @@ class ActiveStream:
             # it now is when it names http or https (any case), else the connection's
             # (ConnectionManagerUtility::mutateRequestHeaders getScheme; checked against
             # Envoy 1.40, http2/test_upstream_envoy_parity.py "scheme-*")
-            hdrs[":scheme"] = request_scheme(req.url, None, hdrs, conn.scheme)
+            hdrs[":scheme"] = request_scheme(req.url, hdrs, conn.scheme)
         if removed is policy.removed:
             if not removed.isdisjoint(hmap):  # the fixed names hold no pseudo or set header
                 for n in removed.intersection(hmap):

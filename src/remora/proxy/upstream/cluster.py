@@ -82,16 +82,22 @@ def bind_source(cfg: ClusterConfig, upstream_ip: str) -> tuple[str, int] | None:
     return cfg.source_address.ip, cfg.source_address.port
 
 
-def _only_host(hosts: list[Host], cluster_type: str) -> tuple[str, int] | None:
-    """The address every load-balancer pick returns: the one healthy host of the lowest
-    priority level that has any (ORIGINAL_DST clusters pick per connection's destination)."""
-    if cluster_type == "ORIGINAL_DST":
-        return None
+def _candidates(hosts: list[Host]) -> list[Host]:
+    """The hosts a pick is made among: the healthy ones of the lowest priority level that
+    has any (empty when none is healthy)."""
     healthy = [h for h in hosts if h.healthy]
     if not healthy:
-        return None
+        return healthy
     top = min(h.priority for h in healthy)
-    level = [h for h in healthy if h.priority == top]
+    return [h for h in healthy if h.priority == top]
+
+
+def _only_host(hosts: list[Host], cluster_type: str) -> tuple[str, int] | None:
+    """The address every load-balancer pick returns: the one candidate, when there is
+    one (ORIGINAL_DST clusters pick per connection's destination)."""
+    if cluster_type == "ORIGINAL_DST":
+        return None
+    level = _candidates(hosts)
     if len(level) != 1:
         return None
     return level[0].address.ip, level[0].address.port
@@ -185,11 +191,9 @@ class ClusterImpl:
         """
         if self.config.type == "ORIGINAL_DST":
             return facts.local_ip, facts.local_port
-        healthy = [h for h in self.hosts if h.healthy]
+        healthy = _candidates(self.hosts)
         if not healthy:
             return None
-        top = min(h.priority for h in healthy)  # lowest priority level with healthy hosts
-        healthy = [h for h in healthy if h.priority == top]
         host = self._pick(healthy)
         for _ in range(max(reselections, 0) if exclude else 0):
             if host.key not in exclude:
