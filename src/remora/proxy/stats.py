@@ -113,10 +113,14 @@ class Counter:
     An owner on a hot path may add to ``pending`` itself when ``counter`` gave it this
     class exactly (the connection manager does, per request)."""
 
-    __slots__ = ("name", "pending")
+    __slots__ = ("also", "name", "pending")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, also: tuple[str, ...] = ()) -> None:
         self.name = name
+        # more names the same count is folded into, at no cost per event: a connection
+        # manager's listener-scoped copies (listener.<address>.http.<prefix>.*) are the
+        # same increments as its http.<prefix>.* ones
+        self.also = also
         self.pending = 0  # counted since the store last folded this handle
 
     def inc(self, value: int = 1) -> None:
@@ -129,12 +133,14 @@ class _StatsCounter(Counter):
 
     __slots__ = ("stats",)
 
-    def __init__(self, stats: Stats, name: str) -> None:
-        super().__init__(name)
+    def __init__(self, stats: Stats, name: str, also: tuple[str, ...] = ()) -> None:
+        super().__init__(name, also)
         self.stats = stats
 
     def inc(self, value: int = 1) -> None:
         self.stats.inc(self.name, value)
+        for name in self.also:
+            self.stats.inc(name, value)
 
 
 class _StatsHistogram(Histogram):
@@ -186,20 +192,33 @@ def gauge(stats: Stats, name: str) -> Gauge:
     return _StatsGauge(stats, name)
 
 
-def counter(stats: Stats, name: str, *, declared: bool = False) -> Counter:
+def counter(stats: Stats, name: str, *, declared: bool = False,
+            also: tuple[str, ...] = ()) -> Counter:
     """The handle of counter NAME in STATS; DECLARED lists it at 0 at once (as Envoy
-    lists every counter a component declares), otherwise from its first increment."""
+    lists every counter a component declares), otherwise from its first increment.
+    ALSO: more names that count the same increments (a handle of their own, not shared
+    with another caller's handle of NAME alone)."""
     if isinstance(stats, StatsStore):
-        return stats.counter(name, declared=declared)
+        return stats.counter(name, declared=declared, also=also)
     if declared:
+        for each in (name, *also):
+            stats.inc(each, 0)
+    return _StatsCounter(stats, name, also)
+
+
+def declare(stats: Stats, *names: str) -> None:
+    """List the counters NAMES at 0 (Envoy lists every counter a component declares, also
+    those only a feature remora refuses at config load would count): a name, not a
+    handle, so nothing is kept or folded for them."""
+    for name in names:
         stats.inc(name, 0)
-    return _StatsCounter(stats, name)
 
 
-def histogram(stats: Stats, name: str) -> Histogram:
-    """The handle of histogram NAME in STATS (listed from its first value)."""
+def histogram(stats: Stats, name: str, *, declared: bool = False) -> Histogram:
+    """The handle of histogram NAME in STATS, listed from its first value, or at once
+    with DECLARED (Envoy lists a declared histogram as "No recorded values")."""
     if isinstance(stats, StatsStore):
-        return stats.histogram(name)
+        return stats.histogram(name, declared=declared)
     return _StatsHistogram(stats, name)
 
 
@@ -240,6 +259,8 @@ class StatsStore:
         for handle in self._counter_handles.values():
             if handle.pending:
                 totals[handle.name] += handle.pending
+                for name in handle.also:
+                    totals[name] += handle.pending
                 handle.pending = 0
         return totals
 
@@ -252,18 +273,23 @@ class StatsStore:
                 self._histograms[name] = unlisted.pop(name)
         return self._histograms
 
-    def counter(self, name: str, *, declared: bool = False) -> Counter:
-        handle = self._counter_handles.get(name)
+    def counter(self, name: str, *, declared: bool = False,
+                also: tuple[str, ...] = ()) -> Counter:
+        key = "\0".join((name, *also))
+        handle = self._counter_handles.get(key)
         if handle is None:
-            handle = self._counter_handles[name] = Counter(name)
+            handle = self._counter_handles[key] = Counter(name, also)
         if declared:
-            self._counters[name] += 0
+            for each in (name, *also):
+                self._counters[each] += 0
         return handle
 
-    def histogram(self, name: str) -> Histogram:
+    def histogram(self, name: str, *, declared: bool = False) -> Histogram:
         hist = self._histograms.get(name) or self._unlisted.get(name)
         if hist is None:
             hist = self._unlisted[name] = Histogram()
+        if declared and name in self._unlisted:
+            self._histograms[name] = self._unlisted.pop(name)
         return hist
 
     def inc(self, name: str, value: int = 1) -> None:

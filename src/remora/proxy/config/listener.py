@@ -173,6 +173,10 @@ def parse_listener(raw: Any, path: str, context: Any) -> ListenerConfig:
         seen_names.insert(0, ORIGINAL_DST)
     cfg.listener_filter_names = seen_names
 
+    if hasattr(context, "for_listener"):
+        # the filters' listener-scoped stats (listener.<stat_prefix or address>.*)
+        context = context.for_listener(
+            f"listener.{cfg.stat_prefix or cfg.address.stat_name}.")
     for i, chain in enumerate(chains):
         cfg.filter_chains.append(_filter_chain(chain, context, f"{name}-{i}"))
     check_unique([c.match for c in cfg.filter_chains], f.at("filter_chains"))

@@ -83,16 +83,17 @@ class _DownstreamProtocol(asyncio.Protocol):
 
 
 class Http1Connection:
-    # slots: its 42 attributes are more than CPython 3.11 shares in an instance's key
+    # slots: its 44 attributes are more than CPython 3.11 shares in an instance's key
     # table (30), so without them every attribute would be a dict lookup
-    __slots__ = ("_cancel_by_task", "_coro", "_drain", "_drain_waiters", "_error", "_handoff",
+    __slots__ = ("_cancel_by_task", "_coro", "_drain", "_drain_waiters", "_ended", "_error",
+                 "_handoff",
                  "_handoff_cancel", "_headers_timer", "_idle_since", "_idle_timer",
                  "_pending_cancel", "_read_paused", "_route_timer", "_running", "_serve_set",
                  "_stream_timer", "_tail", "_taking_over", "_task", "_waiter",
                  "_writable_callbacks", "active", "cancel_reason", "cfg", "decoder",
                  "downstream", "encoders", "eof", "hcm", "idle", "in_flight", "last_activity",
                  "loop", "output", "response_wait", "route_deadline", "sanitize_xfcc", "scheme",
-                 "transport", "tunnel", "write_paused", "writer")
+                 "transport", "tunnel", "upgrades", "write_paused", "writer")
 
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
@@ -158,6 +159,10 @@ class Http1Connection:
         self._error: BaseException | None = None
         self._cancel_by_task = False
         self._taking_over = False  # _take_over decodes what the StreamReader held
+        # how the connection ended, for the connection manager's downstream_cx_destroy_*
+        # (``ended_by``): whether the client closed first, whether a request was active
+        self._ended = (False, False)
+        self.upgrades = 0  # upgrade requests accepted (downstream_cx_upgrades_active)
 
     def node_ip(self) -> str | None:
         return self.hcm.node_ip()
@@ -251,6 +256,8 @@ class Http1Connection:
         if dec.error is None and dec.head_in_progress:
             dec.error = CodecError(408, "request_header_timeout", "request header timeout",
                                    None)
+            hcm = self.hcm  # ActiveStream::onRequestHeaderTimeout counts it
+            hcm.stats.inc(hcm.stat + "downstream_rq_header_timeout")
             self._pause_reading()
             self._on_codec_error()
 
@@ -411,6 +418,7 @@ class Http1Connection:
                 self.resume_reading()
             stream = ActiveStream(self, req)
             self.active = stream
+            self.hcm.rq_http1_total.inc()  # Envoy's downstream_rq_http1_total
             sit = self.cfg.stream_idle_timeout
             if sit > 0:
                 self.last_activity = self.loop.time()
@@ -556,6 +564,11 @@ class Http1Connection:
         try:
             await self._serve()
         finally:
+            # before the close below (whose connection_lost would set eof too): who ended
+            # it, and whether mid-request (a client gone while its request was active
+            # ended the stream through on_eof's cancel_active("dc"), so it is asked by the
+            # eof a request was still active at)
+            self._ended = (self.eof, self.active is not None)
             if self.in_flight is not None:
                 self.resume_in_flight()  # closed below like any stream's coroutine
             for coro in (self._coro, self._handoff[0] if self._handoff else None):
@@ -574,6 +587,14 @@ class Http1Connection:
             with contextlib.suppress(Exception):
                 self.output.flush()
                 self.writer.close()
+
+    def ended_by(self) -> tuple[str, bool]:
+        """Once ``run`` returned: Envoy's downstream_cx_destroy_remote when the client
+        closed first, else _local (ConnectionManagerImpl::onEvent), and whether a
+        request was active then (the *_active_rq counters)."""
+        remote, active = self._ended
+        return ("downstream_cx_destroy_remote" if remote else "downstream_cx_destroy_local",
+                active)
 
     async def _serve(self) -> None:
         dec = self.decoder
@@ -670,6 +691,10 @@ class Http1Connection:
         connection's facts as any request on it (its stream exists from the first byte of
         the request, ConnectionManagerImpl::newStream): addresses, SNI, ALPN, the TLS
         connection's certificates and cipher, the connection's dynamic metadata."""
+        if err.details != "request_header_timeout":
+            # the codec's protocol error (ConnectionManagerImpl::onData: a codec status
+            # that is not a timeout counts downstream_cx_protocol_error)
+            self.hcm.stats.inc(self.hcm.stat + "downstream_cx_protocol_error")
         info = StreamInfo.for_request(self.downstream.info, "HTTP/1.1")
         info.request_headers = {}
         from remora.proxy.http.codec import Request

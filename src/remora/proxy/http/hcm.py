@@ -26,7 +26,51 @@ from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.http2.codec_choice import choose_http2
 from remora.proxy.interfaces import AccessLogger, Downstream, FactoryContext
-from remora.proxy.stats import Counter, Gauge, Histogram, counter, gauge, histogram
+from remora.proxy.stats import Counter, Gauge, Histogram, counter, declare, gauge, histogram
+
+# http.<stat_prefix>.* that remora counts only when the event happens, listed at 0 from
+# the start as Envoy lists them (ConnectionManagerNamedStats, the router's FilterStats)
+HCM_COUNTED_WHEN_SEEN = (
+    "downstream_cx_drain_close", "downstream_cx_idle_timeout", "downstream_cx_http2_total",
+    "downstream_rq_http2_total", "downstream_cx_protocol_error",
+    "downstream_rq_too_many_premature_resets", "downstream_cx_destroy_local",
+    "downstream_cx_destroy_remote", "downstream_cx_destroy_active_rq",
+    "downstream_cx_destroy_local_active_rq", "downstream_cx_destroy_remote_active_rq",
+    "downstream_rq_idle_timeout", "downstream_rq_header_timeout",
+    "downstream_rq_failed_path_normalization", "downstream_rq_non_relative_path",
+    "downstream_rq_ws_on_non_ws_route", "downstream_cx_upgrades_total",
+    "downstream_cx_delayed_close_timeout",
+    "no_route", "no_cluster", "rq_direct_response", "rq_total",
+)
+# ... and those only a feature remora refuses at config load could count: always 0 here,
+# declared so that a dashboard or an alert on the name sees a series, as on Envoy
+HCM_NEVER_COUNTED = (
+    # HTTP/3 (codec_type HTTP3 and QUIC listeners are refused)
+    "downstream_cx_http3_total", "downstream_rq_http3_total",
+    # common_http_protocol_options max_connection_duration / max_requests_per_connection,
+    # http1_safe_max_connection_duration and request_timeout are refused
+    "downstream_cx_max_duration_reached", "downstream_cx_max_requests_reached",
+    "downstream_cx_http1_soft_drain", "downstream_rq_timeout",
+    # overload manager actions (only the connection-limit resource monitors are accepted)
+    "downstream_cx_overload_disable_keepalive", "downstream_rq_overload_close",
+    "rq_overload_local_reply",
+    # original_ip_detection_extensions, path_with_escaped_slashes_action
+    # UNESCAPE_AND_REDIRECT, redirect routes and internal redirects are refused
+    "downstream_rq_rejected_via_ip_detection", "downstream_rq_redirected_with_normalized_path",
+    "rq_redirect", "passthrough_internal_redirect_bad_location",
+    "passthrough_internal_redirect_no_route", "passthrough_internal_redirect_predicate",
+    "passthrough_internal_redirect_too_many_redirects",
+    "passthrough_internal_redirect_unsafe_scheme",
+    # a request or response over a buffering filter's limit: remora has no filter that
+    # buffers a whole body
+    "downstream_rq_too_large", "rs_too_large",
+    # tracing is refused (an empty tracing block only)
+    "tracing.client_enabled", "tracing.health_check", "tracing.not_traceable",
+    "tracing.random_sampling", "tracing.service_forced",
+)
+HCM_GAUGES = ("downstream_cx_http1_active", "downstream_cx_http2_active",
+              "downstream_cx_http3_active", "downstream_cx_ssl_active",
+              "downstream_cx_upgrades_active")
 
 
 @registry.register("network", HCM_NAME, HCM_TYPE)
@@ -65,11 +109,32 @@ class HttpConnectionManager:
         # request; each stat's name is resolved to a handle once, here
         p = f"http.{cfg.stat_prefix}."
         stats = self.stats
+        # Envoy's listener-scoped copies (ConnectionManagerListenerStats:
+        # listener.<address>.http.<prefix>.downstream_rq_{1..5}xx and _completed): the
+        # same increments folded into a second name, nothing more per request
+        scope = getattr(ctx, "listener_scope", None)
+        lp = f"{scope}{p}" if scope else ""
         self._rq_total = counter(stats, p + "downstream_rq_total", declared=True)
         self._cx_total = counter(stats, p + "downstream_cx_total", declared=True)
-        self._rq_completed = counter(stats, p + "downstream_rq_completed", declared=True)
+        self._rq_completed = counter(stats, p + "downstream_rq_completed", declared=True,
+                                     also=(lp + "downstream_rq_completed",) if lp else ())
         self._rq_xx: tuple[Counter, ...] = tuple(  # 1xx..5xx
-            counter(stats, f"{p}downstream_rq_{c}xx", declared=True) for c in range(1, 6))
+            counter(stats, f"{p}downstream_rq_{c}xx", declared=True,
+                    also=(f"{lp}downstream_rq_{c}xx",) if lp else ()) for c in range(1, 6))
+        self.rq_http1_total = counter(stats, p + "downstream_rq_http1_total", declared=True)
+        # per connection: its codec, TLS, end and length (ConnectionManagerImpl's
+        # constructor, onEvent and the codec's creation count these)
+        self._cx_http1_total = counter(stats, p + "downstream_cx_http1_total", declared=True)
+        self._cx_http1_active = gauge(stats, p + "downstream_cx_http1_active")
+        self._cx_ssl_total = counter(stats, p + "downstream_cx_ssl_total", declared=True)
+        self._cx_ssl_active = gauge(stats, p + "downstream_cx_ssl_active")
+        self._cx_destroy = counter(stats, p + "downstream_cx_destroy", declared=True)
+        self._cx_length = histogram(stats, p + "downstream_cx_length_ms", declared=True)
+        self.stat = p
+        self._router_rq_total = counter(stats, p + "rq_total", declared=True)
+        declare(stats, *(p + n for n in HCM_COUNTED_WHEN_SEEN + HCM_NEVER_COUNTED))
+        for name in HCM_GAUGES:
+            stats.gauge_add(p + name, 0)
         self._rq_time = histogram(stats, p + "downstream_rq_time")  # ms
         self.idle_timeout_stat = p + "downstream_cx_idle_timeout"
         # a stream ended by its max duration (route max_stream_duration / grpc-timeout):
@@ -92,19 +157,58 @@ class HttpConnectionManager:
     async def on_connection(self, downstream: Downstream) -> None:
         self._cx_total.inc()
         self._cx_active.add(1)
+        started = time.monotonic()
+        ssl = downstream.writer.get_extra_info("ssl_object") is not None
+        if ssl:
+            self._cx_ssl_total.inc()
+            self._cx_ssl_active.add(1)
+        end: tuple[str, bool] | None = None  # (downstream_cx_destroy_*, mid-request)
         try:
             # codec_type AUTO: HTTP/2 by ALPN h2 or the client preface (http2/downstream.py)
             h2 = await choose_http2(downstream, self.cfg.codec_type, self.cfg.idle_timeout)
             if h2 is None:  # not a byte within idle_timeout
                 self.stats.inc(self.idle_timeout_stat)
+                end = ("downstream_cx_destroy_local", False)
             elif h2:
                 # imported on the first HTTP/2 connection, not at start-up (codec_choice.py)
                 from remora.proxy.http2.downstream import Http2Connection
-                await Http2Connection(self, downstream).run()
+                h2conn = Http2Connection(self, downstream)
+                try:
+                    await h2conn.run()
+                finally:
+                    end = h2conn.ended_by()
             else:
-                await Http1Connection(self, downstream).run()
+                # Envoy's downstream_cx_http1_* count from the codec's creation, on the
+                # first bytes (ConnectionManagerImpl::onData): a connection closed before
+                # it sent one has no codec (a health check's connect, a port probe)
+                reader = downstream.reader
+                codec = bool(getattr(reader, "_buffer", b"")) or not reader.at_eof()
+                if codec:
+                    self._cx_http1_total.inc()
+                    self._cx_http1_active.add(1)
+                conn = Http1Connection(self, downstream)
+                try:
+                    await conn.run()
+                finally:
+                    if codec:
+                        self._cx_http1_active.add(-1)
+                    end = conn.ended_by()
+                    if conn.upgrades:
+                        self.stats.gauge_add(self.stat + "downstream_cx_upgrades_active",
+                                             -conn.upgrades)
         finally:
             self._cx_active.add(-1)
+            if ssl:
+                self._cx_ssl_active.add(-1)
+            # ConnectionManagerImpl::onEvent: every end, and which side closed first, and
+            # whether a request was still in progress then
+            self._cx_destroy.inc()
+            if end is not None:
+                self.stats.inc(self.stat + end[0])
+                if end[1]:
+                    self.stats.inc(self.stat + "downstream_cx_destroy_active_rq")
+                    self.stats.inc(self.stat + end[0] + "_active_rq")
+            self._cx_length.observe((time.monotonic() - started) * 1000)
 
     async def serve(self, stream: ActiveStream) -> None:
         """STREAM served as one coroutine (an HTTP/2 stream, a connection whose serve is
@@ -143,6 +247,12 @@ class HttpConnectionManager:
             decoders, stream.encoders = self._last_chain
             start = self._last_start
             if start is not None:
+                # the router's rq_total (Router::Filter::decodeHeaders): a request that
+                # reaches it, here the chain's only filter
+                if self._inline:
+                    self._router_rq_total.pending += 1
+                else:
+                    self._router_rq_total.inc()
                 return start(stream)
         else:
             chain = self._route_chains.get(id(route))
@@ -153,6 +263,7 @@ class HttpConnectionManager:
             self._last_start = _router_start(decoders)
         start = _router_start(decoders)
         if start is not None:
+            self._router_rq_total.inc()
             return start(stream)
         return self._decode(stream, decoders)
 
@@ -160,6 +271,8 @@ class HttpConnectionManager:
         """The rest of ``serve`` after ``prepare``: the decoder filters in order."""
         try:
             for f in decoders:
+                if getattr(f, "terminal", False):
+                    self._router_rq_total.inc()  # the router's rq_total: it got the request
                 if not await f.decode_headers(stream):
                     return
         except asyncio.CancelledError:

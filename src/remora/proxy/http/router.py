@@ -236,15 +236,20 @@ class Router:
         """The filter's decode_headers (HttpFilter): a coroutine, the request's
         ``_Forward.run`` itself when it goes upstream (one coroutine less per request)."""
         route = stream.route
+        # the router's no_route, rq_direct_response and no_cluster (Router::Filter::
+        # decodeHeaders), in http.<stat_prefix>.
         if route is None:
+            hcm_count(stream, "no_route")
             return _answered(stream.local_reply(404, b"", "route_not_found", "NR"))
         if route.direct_response is not None:
+            hcm_count(stream, "rq_direct_response")
             status, body = route.direct_response
             return _answered(stream.local_reply(status, body, "direct_response",
                                                 headers=_direct_location(stream, status)))
         assert route.cluster is not None
         cluster = self.cluster_manager.get(route.cluster)
         if cluster is None:
+            hcm_count(stream, "no_cluster")
             return _answered(stream.local_reply(503, b"", "cluster_not_found", "NC"))
         return _Forward(self, stream, route, cluster).run()
 
@@ -259,8 +264,17 @@ class Router:
             return self.decode_headers(stream)
         cluster = self.cluster_manager.get(route.cluster)  # type: ignore[arg-type]
         if cluster is None:
+            hcm_count(stream, "no_cluster")
             return _answered(stream.local_reply(503, b"", "cluster_not_found", "NC"))
         return _Forward(self, stream, route, cluster).start()
+
+
+def hcm_count(stream: HttpStream, name: str) -> None:
+    """Count http.<stat_prefix>.NAME of STREAM's connection manager (the router's
+    no_route, no_cluster, rq_direct_response: rare paths, by name)."""
+    hcm = getattr(stream.conn, "hcm", None)
+    if hcm is not None:
+        hcm.stats.inc(hcm.stat + name)
 
 
 async def _answered(result: bool) -> bool:
@@ -590,6 +604,8 @@ class _Forward:
             if pc is None:
                 if not cluster.try_acquire("pending_requests"):
                     raise _Failure("connect", UpstreamError("UO", ""))
+                # a request that waits for a new connection (the pool's newPendingStream)
+                self.cs.stats.inc(self.cs.prefix + "upstream_rq_pending_total")
                 if self.h1 is not None:  # connecting needs the task (asyncio.timeout)
                     await self.h1.in_task()
                 try:
@@ -614,6 +630,7 @@ class _Forward:
                     cluster.release("pending_requests")
                 # the pool counts stray bytes on it; bound to the cluster's stats only, so
                 # a pooled connection keeps nothing of this request alive
+                self.cs.stats.inc(self.cs.prefix + "upstream_cx_http1_total")
                 pc = PooledConnection(key, up, entry.limits, cluster,
                                       self.cs.count_protocol_error)
                 pc.take_over()

@@ -94,11 +94,11 @@ class _Protocol(asyncio.Protocol):
         self.conn.on_data(data)
 
     def eof_received(self) -> bool | None:
-        self.conn.on_lost()
+        self.conn.on_lost(peer=True)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.on_lost()
+        self.conn.on_lost(peer=True)
 
     def pause_writing(self) -> None:
         self.conn.write_paused = True
@@ -111,7 +111,8 @@ class Http2Connection:
     # slots: its 42 attributes are past what CPython 3.11 keeps in a shared-key dict, and
     # the per-stream paths read them all the time
     __slots__ = ("_batch", "_closed_streams", "_control_frames", "_done", "_drain",
-                 "_drain_timer", "_empty_frames", "_handlers", "_idle_since", "_idle_timer",
+                 "_drain_timer", "_empty_frames", "_ended", "_handlers", "_idle_since",
+                 "_idle_timer",
                  "_keepalive", "_max_header_bytes", "_pending_out", "_premature_resets",
                  "_requested", "_reset_ids", "_route_timer", "_rq_http2_total", "_serve_set",
                  "_starting", "_stat", "_stream_timer", "_streams_gone", "_write_scheduled",
@@ -154,6 +155,9 @@ class Http2Connection:
         self._batch = batch_for(self.loop)
         self.unacked_total = 0
         self.closed = False
+        # how it ended (downstream_cx_destroy_*: ``ended_by``): by the peer first, with
+        # streams still active
+        self._ended: tuple[bool, bool] | None = None
         self.goaway_sent = False
         self.goaway_received = False
         self._drain = downstream.drain
@@ -243,19 +247,39 @@ class Http2Connection:
         if buffered:
             self.on_data(buffered)
         if at_eof:
-            self.on_lost()
+            self.on_lost(peer=True)
 
     def _finish(self) -> None:
         if not self._done.done():
             self._done.set_result(None)
 
-    def on_lost(self) -> None:
+    def on_lost(self, peer: bool = False) -> None:
+        """PEER: the client's EOF or its connection's loss (else remora closed it)."""
+        if self._ended is None:
+            self._ended = (peer and not self.closed, any(
+                not st.response_complete for st in self.streams.values()))
         self.closed = True
         for stream in list(self.streams.values()):
             stream.scon.wake()
             if not stream.response_complete or not stream.sent_all:
                 stream.scon.cancel_active("dc")
         self._finish()
+
+    def _delayed_close_timeout(self) -> None:
+        """The delayed close's timer: the client did not close within it
+        (downstream_cx_delayed_close_timeout, ConnectionImpl's delayed close timer)."""
+        if self._ended is None:
+            self.hcm.stats.inc(self._stat + "downstream_cx_delayed_close_timeout")
+        self.on_lost()
+
+    def ended_by(self) -> tuple[str, bool] | None:
+        """Once ``run`` returned: downstream_cx_destroy_remote when the client closed
+        first, else _local, and whether a stream was active then."""
+        if self._ended is None:
+            return None
+        remote, active = self._ended
+        return ("downstream_cx_destroy_remote" if remote else "downstream_cx_destroy_local",
+                active)
 
     def goaway(self, code: ErrorCodes) -> None:
         if self.goaway_sent or self.closed:
@@ -443,7 +467,7 @@ class Http2Connection:
             # the GOAWAY (a client still sending a 600 KB header block saw ECONNRESET).
             # Its EOF or the timer ends the connection (on_lost).
             self.closed = True
-            self.loop.call_later(DELAYED_CLOSE_S, self.on_lost)
+            self.loop.call_later(DELAYED_CLOSE_S, self._delayed_close_timeout)
             return
         with contextlib.suppress(Exception):
             self.transport.close()

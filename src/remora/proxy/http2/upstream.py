@@ -961,6 +961,8 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     if client is None:
         if not cluster.try_acquire("pending_requests"):
             raise failure("connect", UpstreamError("UO", ""))
+        # a request that waits for a new connection (the pool's newPendingStream)
+        router.stats.inc(fw.stat + "upstream_rq_pending_total")
         opts = protocol_options(cluster)
         h2opts = opts.http2 if opts is not None else DEFAULT_H2
         limits = limits_of(cluster)

@@ -65,6 +65,18 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             writer.write_eof()
 
 
+# tcp.<stat_prefix>.* that only a feature remora refuses at config load could count
+# (TcpProxyStats): always 0 here, listed as Envoy lists them
+TCP_NEVER_COUNTED = (
+    # max_downstream_connection_duration, receive_before_connect / max_early_data_bytes
+    # (early data, a delayed route) and overload actions are refused
+    "max_downstream_connection_duration", "early_data_received_count_total",
+    "route_delayed_total", "downstream_cx_overload_close",
+    # remora's listener drain does not close a tcp_proxy connection before its end
+    "downstream_cx_drain_close",
+)
+
+
 class TcpProxy:
     def __init__(self, context: FactoryContext, stat_prefix: str, cluster: str,
                  idle_timeout: float, max_connect_attempts: int,
@@ -77,7 +89,7 @@ class TcpProxy:
         self.access_loggers = access_loggers
         for name in ("downstream_cx_total", "downstream_cx_no_route",
                      "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
-                     "idle_timeout"):
+                     "idle_timeout", *TCP_NEVER_COUNTED):
             context.stats.inc(self.prefix + name, 0)  # listed at 0, as Envoy does
 
     async def on_connection(self, downstream: Downstream) -> None:
@@ -120,6 +132,7 @@ class TcpProxy:
                     return
                 if attempt == self.max_connect_attempts:
                     info.set_flag("URX")  # connect attempts exhausted
+                    stats.inc(cprefix + "upstream_cx_connect_attempts_exceeded")
                     return
         assert upstream is not None
         info.clear_flag("UF")
@@ -141,6 +154,9 @@ class TcpProxy:
                                     upstream.reader, upstream.writer)
                 finally:
                     cancel_timer()
+                    # what came from the upstream passed no protocol that counts it
+                    # (open_upstream's on_lost counts the bytes a stream reader got)
+                    stats.inc(cprefix + "upstream_cx_rx_bytes_total", relay.tx)
             else:
                 relay = _Relay()
                 await self._stream_relay(downstream, upstream, relay)

@@ -20,5 +20,15 @@ class ProxyContext:
         self.cluster_manager = cluster_manager
         self.node_id = node_id
 
+    # the listener a filter is built for: listener.<stat_prefix or address>. (set on the
+    # copy ``for_listener`` gives; the connection manager's listener-scoped stats)
+    listener_scope: str | None = None
+
+    def for_listener(self, scope: str) -> ProxyContext:
+        """This context for the filters of the listener whose stats are under SCOPE."""
+        ctx = ProxyContext(self.stats, self.cluster_manager, self.node_id)
+        ctx.listener_scope = scope
+        return ctx
+
     def access_loggers(self, configs: Sequence[JsonValue], path: str) -> list[AccessLogger]:
         return access_log.build(configs, path, self)

@@ -33,7 +33,14 @@ log = logging.getLogger("remora.proxy")
 PEEKING_FILTERS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
 LISTENER_COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "no_filter_chain_match",
                      "downstream_pre_cx_timeout", "downstream_global_cx_overflow",
-                     "downstream_listener_filter_error", "downstream_listener_filter_remote_close")
+                     "downstream_listener_filter_error", "downstream_listener_filter_remote_close",
+                     # listed at 0 as Envoy lists them, never counted here: a listener's
+                     # own connection limit and overload actions are not implemented,
+                     # transport_socket_connect_timeout is accepted and has no effect, and
+                     # filters discovered by ECDS (whose config can be missing) are refused
+                     "downstream_cx_overflow", "downstream_cx_overload_reject",
+                     "downstream_cx_transport_socket_connect_timeout",
+                     "extension_config_missing", "network_extension_config_missing")
 
 
 class ActiveListener:
@@ -101,6 +108,7 @@ class ActiveListener:
     def start(self, server: Server) -> None:
         server.stats.touch(*(self.prefix + n for n in LISTENER_COUNTERS))
         server.stats.gauges[self.prefix + "downstream_cx_active"] += 0
+        server.stats.gauges[self.prefix + "downstream_pre_cx_active"] += 0
         # Envoy's per-handler listener stats: listener.<prefix>.worker_<i>.*
         worker = f"{self.prefix}worker_{server.worker_index}."
         server.stats.touch(worker + "downstream_cx_total")
@@ -152,15 +160,21 @@ async def _run_listener_filters(listener: ActiveListener, acc: AcceptedSocket,
                 return False
         return True
 
-    peeks = any(n in PEEKING_FILTERS for n in cfg.listener_filter_names)
-    if not peeks or cfg.listener_filters_timeout <= 0:
-        return await run()
+    # downstream_pre_cx_active: sockets in the listener filters (Envoy's ActiveTcpSocket)
+    pre = listener.prefix + "downstream_pre_cx_active"
+    server.stats.gauge_add(pre, 1)
     try:
-        return await asyncio.wait_for(run(), cfg.listener_filters_timeout)
-    except TimeoutError:
-        # listener_filters_timeout: close, or go on with what was learned so far
-        server.stats.inc(listener.prefix + "downstream_pre_cx_timeout")
-        return cfg.continue_on_listener_filters_timeout
+        peeks = any(n in PEEKING_FILTERS for n in cfg.listener_filter_names)
+        if not peeks or cfg.listener_filters_timeout <= 0:
+            return await run()
+        try:
+            return await asyncio.wait_for(run(), cfg.listener_filters_timeout)
+        except TimeoutError:
+            # listener_filters_timeout: close, or go on with what was learned so far
+            server.stats.inc(listener.prefix + "downstream_pre_cx_timeout")
+            return cfg.continue_on_listener_filters_timeout
+    finally:
+        server.stats.gauge_add(pre, -1)
 
 
 def _peer_closed_early(listener: ActiveListener, acc: AcceptedSocket, server: Server) -> None:

@@ -32,6 +32,54 @@ _RESOURCES = {
 }
 # Envoy's per-host stats (HostStats), as /clusters lists them: counters and gauges in
 # name order. https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters
+# cluster.<name>.* that remora counts when the event happens, listed at 0 from the start
+# as Envoy lists every counter of ClusterTrafficStats / ClusterLbStats / ClusterInfo
+CLUSTER_COUNTED_WHEN_SEEN = (
+    "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_timeout",
+    "upstream_rq_per_try_timeout", "upstream_cx_protocol_error", "upstream_cx_http1_total",
+    "upstream_cx_http2_total", "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
+    "upstream_rq_completed", "upstream_cx_connect_attempts_exceeded", "membership_change",
+    "update_attempt", "update_success", "update_empty",
+)
+# ... and those no code path of remora can produce (a feature refused at config load or
+# not implemented): always 0, declared so that a dashboard on the name sees a series
+CLUSTER_NEVER_COUNTED = (
+    # HTTP/3 and 0-RTT (no QUIC upstreams)
+    "upstream_cx_http3_total", "upstream_cx_connect_with_0_rtt", "upstream_rq_0rtt",
+    "upstream_http3_broken",
+    # zone-aware routing (no local cluster) and the subset load balancer are not
+    # implemented; remora has no panic mode (it never routes to unhealthy hosts)
+    "lb_healthy_panic", "lb_local_cluster_not_ok", "lb_recalculate_zone_structures",
+    "lb_zone_cluster_too_small", "lb_zone_no_capacity_left", "lb_zone_routing_all_directly",
+    "lb_zone_routing_cross_zone", "lb_zone_routing_sampled", "lb_subsets_created",
+    "lb_subsets_fallback", "lb_subsets_fallback_panic", "lb_subsets_removed",
+    "lb_subsets_selected",
+    # internal redirects, runtime maintenance mode, preconnect_policy are not
+    # implemented; rate-limited retry back-off (rate_limited_retry_back_off) neither
+    "upstream_internal_redirect_failed_total", "upstream_internal_redirect_succeeded_total",
+    "upstream_rq_maintenance_mode", "upstream_cx_preconnect_skipped",
+    "upstream_rq_retry_backoff_ratelimited",
+    # EDS leases (stale assignments) and on-demand update failures are not implemented:
+    # an EDS file that does not parse is counted update_rejected
+    "assignment_stale", "assignment_timeout_received", "assignment_use_cached",
+    "update_failure", "update_no_rebuild",
+    # ORIGINAL_DST's use_http_header is read but not acted on (the connection's original
+    # destination is used), so no header is ever found invalid
+    "original_dst_host_invalid",
+)
+CLUSTER_GAUGES_NEVER_SET = (
+    # (a DEGRADED endpoint counts as healthy in remora; no host is excluded by active
+    # health checking, which is not implemented)
+    "lb_subsets_active", "membership_degraded", "membership_excluded",
+    # set by an EDS update (set_hosts); Envoy's STATIC cluster shows 0 too
+    "max_host_weight",
+    # only DEFAULT-priority routing (a HIGH threshold is accepted and never applies);
+    # max_connection_pools is accepted and not enforced
+    "circuit_breakers.high.cx_open", "circuit_breakers.high.cx_pool_open",
+    "circuit_breakers.high.rq_open", "circuit_breakers.high.rq_pending_open",
+    "circuit_breakers.high.rq_retry_open", "circuit_breakers.default.cx_pool_open",
+)
+
 HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
                  "rq_total")
 HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
@@ -151,10 +199,25 @@ class ClusterImpl:
             "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
             "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_rq_pending_overflow",
             "upstream_rq_retry_overflow", "upstream_cx_destroy", "upstream_rq_total",
-            "upstream_rq_pending_total")))
-        stats.gauge_values[self.prefix + "upstream_cx_active"] += 0
+            "upstream_rq_pending_total", *CLUSTER_COUNTED_WHEN_SEEN, *CLUSTER_NEVER_COUNTED)))
+        if config.type == "EDS":
+            stats.touch(*(self.prefix + n for n in ("update_rejected", "init_fetch_timeout")))
+        gauges = stats.gauge_values
+        for name in ("upstream_cx_active", *CLUSTER_GAUGES_NEVER_SET):
+            gauges[self.prefix + name] += 0
+        for resource in ("connections", "pending_requests", "requests", "retries"):
+            self._cb_gauges(resource)
+        # declared histograms: listed as "No recorded values" until their first value
+        for name in ("upstream_cx_connect_ms", "upstream_cx_length_ms"):
+            stats.histogram(self.prefix + name, declared=True)
+        # upstream_rq_active and upstream_rq_pending_active are the circuit breakers'
+        # counts (requests, pending_requests), written when the gauges are read
+        stats.gauge_source(self.prefix + "active", self._active_gauges)
         stats.gauge_set(self.prefix + "membership_total", len(self.hosts))
         stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in self.hosts))
+        if self.hosts:
+            # Envoy counts the initial hosts of a cluster as its first membership change
+            stats.inc(self.prefix + "membership_change")
 
     # -- hosts -----------------------------------------------------------------------
     def set_hosts(self, hosts: list[Host], version: str = "") -> None:
@@ -166,6 +229,8 @@ class ClusterImpl:
         self.last_updated = time.time()
         self.stats.gauge_set(self.prefix + "membership_total", len(hosts))
         self.stats.gauge_set(self.prefix + "membership_healthy", sum(h.healthy for h in hosts))
+        self.stats.gauge_set(self.prefix + "max_host_weight", max((h.weight for h in hosts),
+                                                                  default=0))
         self.stats.inc(self.prefix + "membership_change")
 
     def choose(self, facts: ConnectionFacts, exclude: frozenset[str] = frozenset(),
@@ -428,6 +493,11 @@ class ClusterImpl:
         gauges[open_gauge] = int(active >= limit)
         if remaining is not None:
             gauges[remaining] = max(limit - active, 0)
+
+    def _active_gauges(self, gauges: dict[str, int]) -> None:
+        """StatsStore gauge source: upstream_rq_active and upstream_rq_pending_active."""
+        gauges[self.prefix + "upstream_rq_active"] = self.active["requests"]
+        gauges[self.prefix + "upstream_rq_pending_active"] = self.active["pending_requests"]
 
     def _requests_gauges(self, gauges: dict[str, int]) -> None:
         """StatsStore gauge source: the "requests" breaker's gauges when they are read."""
