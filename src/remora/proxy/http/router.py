@@ -302,9 +302,10 @@ class _Forward:
     is complete or the attempt failed (on an HTTP/1.1 downstream the connection resumes
     the attempt right there, connection.py)."""
 
-    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "duration", "entry", "h1",
-                 "host", "hs", "policy", "retries_left", "retry_slots", "retry_status", "route",
-                 "router", "started", "stream", "target", "tls", "tried")
+    __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "duration", "entry",
+                 "grpc_deferred", "h1", "host", "hs", "policy", "retries_left", "retry_slots",
+                 "retry_status", "route", "router", "started", "status_due", "stream",
+                 "target", "tls", "tried")
 
     # the hosts tried so far (retry previous_hosts): set by ``run``, which every attempt
     # but the one ``start`` begins goes through (``start`` records its host in ``host``;
@@ -336,6 +337,16 @@ class _Forward:
         self.target: tuple[str, int] | None = None
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
+        # an HTTP/1.1 upstream's response relayed downstream whose status counters
+        # (upstream_rq_NNN, _Nxx, _completed) are counted at its end with its
+        # upstream_rq_time (one call): the status, for an end that never comes (a route
+        # timeout, the client gone, a truncated body), which Envoy counted with the
+        # headers (chargeUpstreamCode in onUpstreamHeaders); 0 once none is due
+        self.status_due = 0
+        # a gRPC response whose host stat waits for its end (Envoy's
+        # grpc_rq_success_deferred_): charged rq_error then, as no trailers come over
+        # HTTP/1.1; nothing when the stream is cut short (observed on Envoy 1.40)
+        self.grpc_deferred = False
         self.started = time.monotonic()
         entry = router._entries.get(cluster.name)  # router.entry, its usual hit inlined
         if entry is None or entry.cluster is not cluster:
@@ -990,6 +1001,9 @@ class _Forward:
         now = time.monotonic()
         (cs.by_status.get(status) or cs.status(status)).response((now - self.started) * 1000)
         self.current = None
+        if self.grpc_deferred:  # Envoy's onUpstreamComplete: no grpc-status came
+            self.grpc_deferred = False
+            self._host_error()
         if dec.trailing:
             # bytes after the response: a protocol error for this connection, never data
             # for anyone (Envoy closes it and counts upstream_cx_protocol_error)
@@ -1056,18 +1070,29 @@ class _Forward:
         # (stream.host_outcome; checked against Envoy 1.40)
         error = status >= 500
         ct = stream.req.hmap.get("content-type")  # (no call for a request without one)
+        deferred = False
         if not error and ct is not None and is_grpc_content_type(ct):
             ended = stream.head or status in (204, 304) or (
                 dec.content_length == 0 and not dec.chunked)
-            error = host_outcome(status, True, dec.headers, ended) != "rq_success"
+            if ended:
+                error = host_outcome(status, True, dec.headers, ended) != "rq_success"
+            else:
+                # Envoy's handleNon5xxResponseHeaders: the stat waits for the trailers,
+                # which an HTTP/1.1 upstream's never are (rq_error at the end, _complete);
+                # a stream cut short before it is charged neither way
+                deferred = self.grpc_deferred = True
         hs = self.hs
-        if hs is not None:
+        if deferred:
+            pass
+        elif hs is not None:
             if error:
                 hs.rq_error += 1
             else:
                 hs.rq_success += 1
         elif self.host is not None:  # an HTTP/2 upstream's attempt (proxy/http2)
             self.cluster.host_stat(self.host, "rq_error" if error else "rq_success")
+        if status != 101:
+            self.status_due = status  # counted at the end (_complete) or when cut short
         info.response_code_details = "via_upstream"
         # a response that may have a body but no framing of its own (read until close)
         # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none. A HEAD
@@ -1108,10 +1133,23 @@ class _Forward:
         if self.host is not None:
             self.cluster.host_stat(self.host, stat)
 
+    def _host_error(self) -> None:
+        hs = self.hs
+        if hs is not None:
+            hs.rq_error += 1
+        elif self.host is not None:
+            self.cluster.host_stat(self.host, "rq_error")
+
     def _drop_current(self) -> None:
         pc = self.current
         if pc is not None:
             self.current = None
+            status, self.status_due = self.status_due, 0
+            if status:
+                # a relayed response that did not end (_complete counts the others):
+                # its status counters, without an upstream_rq_time, as Envoy counted
+                # them with its headers
+                self.cs.status(status).inc()
             pc.close()
         req = self.stream.req
         if req.sink is not None and not req.complete:
@@ -1121,6 +1159,10 @@ class _Forward:
     def _fail(self, f: _Failure) -> None:
         stream = self.stream
         if f.kind == "truncated":
+            if self.grpc_deferred:
+                # the upstream's reset after the response started: chargeUpstreamAbort
+                # charges the deferred gRPC stat as an error (unlike a timeout)
+                self._host_error()
             stream.info.set_flag("UPE")
             stream.info.response_code_details = (
                 "upstream_reset_after_response_started{protocol_error}")

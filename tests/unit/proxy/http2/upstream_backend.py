@@ -5,7 +5,8 @@ speaks TLS, offers ALPN h2 only and tells the negotiated protocol in ``x-alpn``)
 
 Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
-grpc-status 0; ``/grpc-trailer/N`` the same with status N); ``/grpc-fail`` a
+grpc-status 0; ``/grpc-trailer/N`` the same with status N; ``/grpc-late/N`` the same
+with its trailers N ms after the message); ``/grpc-fail`` a
 trailers-only answer (grpc-status 5 in the headers; ``/grpc-status/N`` the same with
 status N);
 ``/reset`` RST_STREAM(INTERNAL_ERROR) before answering, ``/reset-mid`` after 7 bytes of
@@ -141,6 +142,18 @@ class Conn:
             await self.send_body(sid, msg, end=False)
             self.h2.send_headers(sid, [("grpc-status", code)], end_stream=True)
             self.flush()
+            return
+        if path.startswith("/grpc-late/"):  # the message at once, the trailers N ms later
+            msg = b"\x00" + (4).to_bytes(4, "big") + b"pong"
+            self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
+                                       *base])
+            await self.send_body(sid, msg, end=False)
+            await asyncio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+            try:  # the proxy may have reset the stream (or closed the connection) by now
+                self.h2.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+                self.flush()
+            except (h2.exceptions.ProtocolError, OSError):
+                pass
             return
         if path == "/grpc-fail" or path.startswith("/grpc-status/"):
             code = path.rsplit("/", 1)[1] if path.startswith("/grpc-status/") else "5"
