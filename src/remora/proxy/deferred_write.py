@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from remora.proxy.stats import Counter
 
 # what one output holds for the turn's end at most; beyond it the bytes are written at once
 # (a small response is one or two hundred bytes; one uvloop read is at most 256 KiB)
@@ -111,15 +114,22 @@ def batch_for(loop: asyncio.AbstractEventLoop) -> WriteBatch:
 class DeferredOutput:
     """One transport's writes of the current turn, in order."""
 
-    __slots__ = ("_batch", "_chunks", "_size", "transport")
+    __slots__ = ("_batch", "_chunks", "_size", "transport", "tx")
 
-    def __init__(self, transport: asyncio.WriteTransport, batch: WriteBatch) -> None:
+    def __init__(self, transport: asyncio.WriteTransport, batch: WriteBatch,
+                 tx: Counter | None = None) -> None:
         self.transport = transport
         self._batch = batch
         self._chunks: list[bytes] | None = None
         self._size = 0
+        # the connection's bytes-sent counter (Envoy's downstream_cx_tx_bytes_total /
+        # upstream_cx_tx_bytes_total), counted as they are written, as Envoy counts them
+        self.tx = tx
 
     def write(self, data: bytes) -> None:
+        tx = self.tx
+        if tx is not None:
+            tx.inc(len(data))
         chunks = self._chunks
         if chunks is None:
             if len(data) > DEFER_LIMIT or self._batch.eager():

@@ -83,17 +83,55 @@ class _DownstreamProtocol(asyncio.Protocol):
 
 
 class Http1Connection:
-    # slots: its 44 attributes are more than CPython 3.11 shares in an instance's key
+    # slots: its 45 attributes are more than CPython 3.11 shares in an instance's key
     # table (30), so without them every attribute would be a dict lookup
-    __slots__ = ("_cancel_by_task", "_coro", "_drain", "_drain_waiters", "_ended", "_error",
-                 "_handoff",
-                 "_handoff_cancel", "_headers_timer", "_idle_since", "_idle_timer",
-                 "_pending_cancel", "_read_paused", "_route_timer", "_running", "_serve_set",
-                 "_stream_timer", "_tail", "_taking_over", "_task", "_waiter",
-                 "_writable_callbacks", "active", "cancel_reason", "cfg", "decoder",
-                 "downstream", "encoders", "eof", "hcm", "idle", "in_flight", "last_activity",
-                 "loop", "output", "response_wait", "route_deadline", "sanitize_xfcc", "scheme",
-                 "transport", "tunnel", "upgrades", "write_paused", "writer")
+    __slots__ = (
+        "_cancel_by_task",
+        "_coro",
+        "_drain",
+        "_drain_waiters",
+        "_ended",
+        "_error",
+        "_handoff",
+        "_handoff_cancel",
+        "_headers_timer",
+        "_idle_since",
+        "_idle_timer",
+        "_pending_cancel",
+        "_read_paused",
+        "_route_timer",
+        "_running",
+        "_serve_set",
+        "_stream_timer",
+        "_tail",
+        "_taking_over",
+        "_task",
+        "_waiter",
+        "_writable_callbacks",
+        "active",
+        "cancel_reason",
+        "cfg",
+        "decoder",
+        "downstream",
+        "encoders",
+        "eof",
+        "hcm",
+        "idle",
+        "in_flight",
+        "last_activity",
+        "loop",
+        "output",
+        "response_wait",
+        "route_deadline",
+        "rx",
+        "sanitize_xfcc",
+        "scheme",
+        "transport",
+        "tunnel",
+        "upgrades",
+        "write_paused",
+        "writer",
+    )
 
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
@@ -120,7 +158,8 @@ class Http1Connection:
         self.loop = asyncio.get_running_loop()
         # every write to the downstream goes through here: written at the turn's end, as
         # Envoy's connection writes (deferred_write.py); flushed before the close
-        self.output = DeferredOutput(self.transport, batch_for(self.loop))
+        self.output = DeferredOutput(self.transport, batch_for(self.loop), hcm.cx_tx_bytes)
+        self.rx = hcm.cx_rx_bytes
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._writable_callbacks: list[Callable[[], None]] = []
@@ -207,6 +246,7 @@ class Http1Connection:
             w.set_result(None)
 
     def on_data(self, data: bytes) -> None:
+        self.rx.inc(len(data))  # downstream_cx_rx_bytes_total
         self.last_activity = self.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:

@@ -130,6 +130,9 @@ class HttpConnectionManager:
         self._cx_ssl_active = gauge(stats, p + "downstream_cx_ssl_active")
         self._cx_destroy = counter(stats, p + "downstream_cx_destroy", declared=True)
         self._cx_length = histogram(stats, p + "downstream_cx_length_ms", declared=True)
+        # the bytes each connection reads and writes, as they move (HTTP/1.1 and HTTP/2)
+        self.cx_rx_bytes = counter(stats, p + "downstream_cx_rx_bytes_total", declared=True)
+        self.cx_tx_bytes = counter(stats, p + "downstream_cx_tx_bytes_total", declared=True)
         self.stat = p
         self._router_rq_total = counter(stats, p + "rq_total", declared=True)
         declare(stats, *(p + n for n in HCM_COUNTED_WHEN_SEEN + HCM_NEVER_COUNTED))

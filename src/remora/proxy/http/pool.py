@@ -30,6 +30,7 @@ from remora.proxy.deferred_write import DeferredOutput, batch_for
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.codec_state import ConnectionState
 from remora.proxy.interfaces import ConnectionFacts, HostCounts, Upstream
+from remora.proxy.stats import Counter
 from remora.proxy.takeover import take_over
 from remora.proxy.upstream.connect import TrackedProtocol
 
@@ -85,7 +86,8 @@ class PooledConnection(asyncio.Protocol):
     connection sits idle in the pool they close it as a protocol error."""
 
     __slots__ = ("__weakref__", "_drain_waiters", "_eof", "_max_age", "_max_idle",
-                 "_max_requests", "_pending", "_read_paused", "_rx", "_tracked", "created",
+                 "_max_requests", "_pending", "_read_paused", "_rx", "_rx_bytes", "_tracked",
+                 "created",
                  "decoder", "handler", "host", "host_counts", "idle_since", "key", "limits",
                  "on_stray", "output", "owner", "pool", "requests", "state", "transport",
                  "upstream", "write_paused")
@@ -130,11 +132,15 @@ class PooledConnection(asyncio.Protocol):
         self._tracked: TrackedProtocol | None = None
         self._pending = b""  # read while no handler was attached
         self._eof = False
-        self._rx = 0
+        # received bytes: counted as they come into the cluster's
+        # upstream_cx_rx_bytes_total once ``take_over`` was given its handle, else added
+        # to the core's count when the connection ends
+        self._rx: Counter | None = None
+        self._rx_bytes = 0
         self._read_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
 
-    def take_over(self) -> None:
+    def take_over(self, tx: Counter | None = None, rx: Counter | None = None) -> None:
         """Read the transport with this protocol from now on; what the StreamReader
         already buffered (``_buffer``/``_eof``: CPython's asyncio and uvloop alike) is
         kept for the first handler."""
@@ -146,11 +152,17 @@ class PooledConnection(asyncio.Protocol):
         if buffered:
             self._pending = buffered
         self.transport = transport
-        self.output = DeferredOutput(transport, batch_for(asyncio.get_running_loop()))
+        # TX, RX: the cluster's upstream_cx_{tx,rx}_bytes_total, counted as bytes move
+        self._rx = rx
+        self.output = DeferredOutput(transport, batch_for(asyncio.get_running_loop()), tx)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self._rx += len(data)
+        rx = self._rx
+        if rx is not None:
+            rx.inc(len(data))
+        else:
+            self._rx_bytes += len(data)
         h = self.handler
         if h is not None:
             h.upstream_data(data)
@@ -184,7 +196,7 @@ class PooledConnection(asyncio.Protocol):
         tracked = self._tracked
         if tracked is not None:  # the core's accounting: cx_active, rx bytes
             self._tracked = None
-            tracked.rx_bytes += self._rx
+            tracked.rx_bytes += self._rx_bytes
             tracked.connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -97,12 +97,14 @@ class ClusterStats:
 
     __slots__ = ("by_status", "cx_none_healthy", "plain", "prefix", "protocol_error",
                  "rq_completed", "rq_per_try_timeout", "rq_retry", "rq_retry_success",
-                 "rq_time", "rq_timeout", "rq_total", "stats")
+                 "rq_time", "rq_timeout", "rq_total", "rx_bytes", "stats", "tx_bytes")
 
     def __init__(self, stats: Stats, cluster_name: str) -> None:
         p = self.prefix = f"cluster.{cluster_name}."
         self.stats = stats
         self.rq_total = counter(stats, p + "upstream_rq_total")
+        self.tx_bytes = counter(stats, p + "upstream_cx_tx_bytes_total")
+        self.rx_bytes = counter(stats, p + "upstream_cx_rx_bytes_total")
         self.rq_retry = counter(stats, p + "upstream_rq_retry")
         self.rq_retry_success = counter(stats, p + "upstream_rq_retry_success")
         self.rq_completed = counter(stats, p + "upstream_rq_completed")
@@ -644,7 +646,7 @@ class _Forward:
                 self.cs.stats.inc(self.cs.prefix + "upstream_cx_http1_total")
                 pc = PooledConnection(key, up, entry.limits, cluster,
                                       self.cs.count_protocol_error)
-                pc.take_over()
+                pc.take_over(self.cs.tx_bytes, self.cs.rx_bytes)
                 router.pool.track(pc)
             else:
                 info.upstream_host = pc.host

@@ -110,15 +110,53 @@ class _Protocol(asyncio.Protocol):
 class Http2Connection:
     # slots: its 42 attributes are past what CPython 3.11 keeps in a shared-key dict, and
     # the per-stream paths read them all the time
-    __slots__ = ("_batch", "_closed_streams", "_control_frames", "_done", "_drain",
-                 "_drain_timer", "_empty_frames", "_ended", "_handlers", "_idle_since",
-                 "_idle_timer",
-                 "_keepalive", "_max_header_bytes", "_pending_out", "_premature_resets",
-                 "_requested", "_reset_ids", "_route_timer", "_rq_http2_total", "_serve_set",
-                 "_starting", "_stat", "_stream_timer", "_streams_gone", "_write_scheduled",
-                 "buffer_limit", "cfg", "closed", "downstream", "draining", "goaway_received",
-                 "goaway_sent", "h2", "hcm", "loop", "opts", "scheme", "streams", "tasks",
-                 "transport", "unacked_total", "write_paused", "writer")
+    __slots__ = (
+        "_batch",
+        "_closed_streams",
+        "_control_frames",
+        "_done",
+        "_drain",
+        "_drain_timer",
+        "_empty_frames",
+        "_ended",
+        "_handlers",
+        "_idle_since",
+        "_idle_timer",
+        "_keepalive",
+        "_max_header_bytes",
+        "_pending_out",
+        "_premature_resets",
+        "_requested",
+        "_reset_ids",
+        "_route_timer",
+        "_rq_http2_total",
+        "_rx",
+        "_serve_set",
+        "_starting",
+        "_stat",
+        "_stream_timer",
+        "_streams_gone",
+        "_tx",
+        "_write_scheduled",
+        "buffer_limit",
+        "cfg",
+        "closed",
+        "downstream",
+        "draining",
+        "goaway_received",
+        "goaway_sent",
+        "h2",
+        "hcm",
+        "loop",
+        "opts",
+        "scheme",
+        "streams",
+        "tasks",
+        "transport",
+        "unacked_total",
+        "write_paused",
+        "writer",
+    )
 
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
@@ -158,6 +196,7 @@ class Http2Connection:
         # how it ended (downstream_cx_destroy_*: ``ended_by``): by the peer first, with
         # streams still active
         self._ended: tuple[bool, bool] | None = None
+        self._rx, self._tx = hcm.cx_rx_bytes, hcm.cx_tx_bytes  # as the bytes move
         self.goaway_sent = False
         self.goaway_received = False
         self._drain = downstream.drain
@@ -376,6 +415,7 @@ class Http2Connection:
 
     # -- reading --------------------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
+        self._rx.inc(len(data))  # downstream_cx_rx_bytes_total
         if self.closed:
             return
         try:
@@ -757,6 +797,7 @@ class Http2Connection:
         except ngh2.NGH2Error:
             out += b""  # the codec is unusable: what was serialised before still goes
         if out and not self.transport.is_closing():
+            self._tx.inc(len(out))  # downstream_cx_tx_bytes_total
             self.transport.write(out)
 
     def on_writable(self) -> None:

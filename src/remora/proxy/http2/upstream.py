@@ -66,7 +66,7 @@ from remora.proxy.http2.upstream_messages import (
     trailer_fields,
 )
 from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
-from remora.proxy.stats import Counter, Histogram
+from remora.proxy.stats import Counter, Histogram, counter
 from remora.proxy.takeover import take_over
 from remora.proxy.upstream.auto_host import TlsOverride
 from remora.proxy.upstream.config import (
@@ -105,9 +105,9 @@ class _Protocol(asyncio.Protocol):
         self.previous = previous
 
     def data_received(self, data: bytes) -> None:
-        rx = getattr(self.previous, "rx_bytes", None)
-        if isinstance(rx, int):
-            self.previous.rx_bytes = rx + len(data)  # type: ignore[attr-defined]
+        # upstream_cx_rx_bytes_total as the bytes come (PREVIOUS adds what it read
+        # before the client took over when the connection ends)
+        self.client.rx.inc(len(data))
         self.client.on_data(data)
 
     def eof_received(self) -> bool | None:
@@ -217,7 +217,7 @@ class H2Client:
                  "_pending_out", "_turn_end", "closed", "conn", "created", "error", "goaway",
                  "idle_timeout", "key", "loop", "max_duration", "max_requests", "on_idle",
                  "options", "owner", "peer_max_streams", "reading", "ready", "reserved",
-                 "settings_received", "stat", "stats", "streams", "total", "upstream",
+                 "rx", "settings_received", "stat", "stats", "streams", "total", "tx", "upstream",
                  "waiting", "woken", "write_paused")
 
     def __init__(self, key: PoolKey, owner: object, options: Http2Options,
@@ -234,6 +234,9 @@ class H2Client:
         self.created = time.monotonic()
         self.stats = stats
         self.stat = stat
+        # upstream_cx_{tx,rx}_bytes_total, as the bytes move (as Envoy counts them)
+        self.tx = counter(stats, stat + "upstream_cx_tx_bytes_total")
+        self.rx = counter(stats, stat + "upstream_cx_rx_bytes_total")
         self.on_idle = on_idle
         self.loop = asyncio.get_running_loop()
         self.upstream: Upstream | None = None
@@ -411,6 +414,7 @@ class H2Client:
         except ngh2.NGH2Error:
             pass
         if out and self.upstream is not None and not self.closed:
+            self.tx.inc(len(out))
             self.upstream.writer.transport.write(out)
 
     def close(self) -> None:
