@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from remora.proxy.stats import Counter
+from remora.proxy.stats import Counter
 
 # what one output holds for the turn's end at most; beyond it the bytes are written at once
 # (a small response is one or two hundred bytes; one uvloop read is at most 256 KiB)
@@ -111,6 +110,9 @@ def batch_for(loop: asyncio.AbstractEventLoop) -> WriteBatch:
     return batch
 
 
+_UNCOUNTED = Counter("")  # the bytes of an output given no counter: never folded, never read
+
+
 class DeferredOutput:
     """One transport's writes of the current turn, in order."""
 
@@ -123,16 +125,16 @@ class DeferredOutput:
         self._chunks: list[bytes] | None = None
         self._size = 0
         # the connection's bytes-sent counter (Envoy's downstream_cx_tx_bytes_total /
-        # upstream_cx_tx_bytes_total), counted as they are written, as Envoy counts them
-        self.tx = tx
+        # upstream_cx_tx_bytes_total), counted as the bytes go to the transport, as Envoy
+        # counts them: once per transport write, not per ``write`` (the queued ones by
+        # their size at the flush); an output without one counts into a handle nobody reads
+        self.tx = tx if tx is not None else _UNCOUNTED
 
     def write(self, data: bytes) -> None:
-        tx = self.tx
-        if tx is not None:
-            tx.inc(len(data))
         chunks = self._chunks
         if chunks is None:
             if len(data) > DEFER_LIMIT or self._batch.eager():
+                self.tx.pending += len(data)  # Counter.inc without the call
                 self.transport.write(data)
                 return
             self._chunks = [data]
@@ -159,4 +161,5 @@ class DeferredOutput:
         self._chunks = None
         t = self.transport
         if not t.is_closing():
+            self.tx.pending += self._size
             t.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))

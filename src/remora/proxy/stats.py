@@ -110,8 +110,8 @@ class Counter:
     """A handle on one counter, resolved once from its name (``StatsStore.counter``): an
     increment is an attribute add on the handle, no name built and no dict touched per
     event. The store folds what a handle counted into its totals whenever they are read.
-    An owner on a hot path may add to ``pending`` itself when ``counter`` gave it this
-    class exactly (the connection manager does, per request)."""
+    An owner on a hot path may add to ``pending`` itself (``handle.pending += n``: no
+    call), on any handle ``counter`` gives."""
 
     __slots__ = ("also", "name", "pending")
 
@@ -129,13 +129,23 @@ class Counter:
 
 class _StatsCounter(Counter):
     """A handle over any ``interfaces.Stats`` (one that hands out no handles of its own):
-    each increment goes to ``stats.inc``."""
+    each increment goes to ``stats.inc``, also one made as ``handle.pending += n`` (what a
+    hot path does on any handle, one attribute add instead of a call)."""
 
     __slots__ = ("stats",)
 
     def __init__(self, stats: Stats, name: str, also: tuple[str, ...] = ()) -> None:
-        super().__init__(name, also)
         self.stats = stats
+        super().__init__(name, also)
+
+    @property
+    def pending(self) -> int:
+        return 0  # nothing is held here: every increment went to the stats already
+
+    @pending.setter
+    def pending(self, value: int) -> None:
+        if value:
+            self.inc(value)
 
     def inc(self, value: int = 1) -> None:
         self.stats.inc(self.name, value)

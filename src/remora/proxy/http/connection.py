@@ -246,7 +246,7 @@ class Http1Connection:
             w.set_result(None)
 
     def on_data(self, data: bytes) -> None:
-        self.rx.inc(len(data))  # downstream_cx_rx_bytes_total
+        self.rx.pending += len(data)  # downstream_cx_rx_bytes_total (Counter.inc, inlined)
         self.last_activity = self.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:
@@ -458,7 +458,7 @@ class Http1Connection:
                 self.resume_reading()
             stream = ActiveStream(self, req)
             self.active = stream
-            self.hcm.rq_http1_total.inc()  # Envoy's downstream_rq_http1_total
+            self.hcm.rq_http1_total.pending += 1  # Envoy's downstream_rq_http1_total
             sit = self.cfg.stream_idle_timeout
             if sit > 0:
                 self.last_activity = self.loop.time()

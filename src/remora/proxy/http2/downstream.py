@@ -415,7 +415,7 @@ class Http2Connection:
 
     # -- reading --------------------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
-        self._rx.inc(len(data))  # downstream_cx_rx_bytes_total
+        self._rx.pending += len(data)  # downstream_cx_rx_bytes_total (Counter.inc)
         if self.closed:
             return
         try:
@@ -797,7 +797,7 @@ class Http2Connection:
         except ngh2.NGH2Error:
             out += b""  # the codec is unusable: what was serialised before still goes
         if out and not self.transport.is_closing():
-            self._tx.inc(len(out))  # downstream_cx_tx_bytes_total
+            self._tx.pending += len(out)  # downstream_cx_tx_bytes_total (Counter.inc)
             self.transport.write(out)
 
     def on_writable(self) -> None:

@@ -107,7 +107,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # upstream_cx_rx_bytes_total as the bytes come (PREVIOUS adds what it read
         # before the client took over when the connection ends)
-        self.client.rx.inc(len(data))
+        self.client.rx.pending += len(data)
         self.client.on_data(data)
 
     def eof_received(self) -> bool | None:
@@ -414,7 +414,7 @@ class H2Client:
         except ngh2.NGH2Error:
             pass
         if out and self.upstream is not None and not self.closed:
-            self.tx.inc(len(out))
+            self.tx.pending += len(out)
             self.upstream.writer.transport.write(out)
 
     def close(self) -> None:
