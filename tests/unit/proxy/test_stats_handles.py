@@ -153,3 +153,23 @@ def test_histogram_buckets_lazily_as_it_would_at_once() -> None:
     assert s.render_text() == eager.render_text()
     assert s.render_prometheus() == eager.render_prometheus()
     assert s.snapshot() == eager.snapshot()
+
+
+def test_pending_add_and_second_names_on_any_handle() -> None:
+    """``handle.pending += n`` (what hot paths do, no call) counts on a store's handle
+    and on one over another Stats alike; ALSO names count the same increments (the
+    connection manager's listener-scoped copies), in a handle of their own."""
+    s = StatsStore()
+    plain = counter(s, "http.p.downstream_rq_2xx", declared=True)
+    scoped = counter(s, "http.p.downstream_rq_2xx", declared=True,
+                     also=("listener.l.http.p.downstream_rq_2xx",))
+    assert plain is not scoped
+    assert s.counters["listener.l.http.p.downstream_rq_2xx"] == 0  # declared: listed at 0
+    plain.pending += 1
+    scoped.pending += 2
+    assert s.counters["http.p.downstream_rq_2xx"] == 3
+    assert s.counters["listener.l.http.p.downstream_rq_2xx"] == 2
+    other = _ByName()
+    c = counter(other, "a", also=("b",))
+    c.pending += 3
+    assert (other.counters["a"], other.counters["b"]) == (3, 3)
