@@ -260,6 +260,25 @@ class PooledConnection(asyncio.Protocol):
         return (now - self.idle_since >= self._max_idle or now - self.created >= self._max_age
                 or self.requests >= self._max_requests)
 
+    def close_expired(self, now: float) -> None:
+        """Close it for the limit it reached, counted as Envoy counts it on the owner
+        cluster (upstream_cx_max_requests, _max_duration_reached, _idle_timeout). The
+        pool finds an idle connection past its idle_timeout when it next looks at the
+        pool (Envoy's timer closes it at the time: the count comes later here)."""
+        if self.requests >= self._max_requests:
+            reason = "upstream_cx_max_requests"
+        elif now - self.created >= self._max_age and self._max_age > 0:
+            reason = "upstream_cx_max_duration_reached"
+        elif now - self.idle_since >= self._max_idle:
+            reason = "upstream_cx_idle_timeout"
+        else:
+            reason = ""
+        stats = getattr(self.owner, "stats", None)
+        prefix = getattr(self.owner, "prefix", None)
+        if reason and stats is not None and isinstance(prefix, str):
+            stats.inc(prefix + reason)
+        self.close()
+
     def retire(self) -> None:
         """Close this connection when its response ends instead of keeping it: its host
         left the cluster (ConnectionPool.drop_hosts; Envoy drains a removed host's pools,
@@ -342,9 +361,13 @@ class ConnectionPool:
                 del idle[i]
                 conn.stray()
                 continue
-            if not conn.usable() or conn.expired(now) or conn.owner is not owner:
+            if not conn.usable() or conn.owner is not owner:
                 del idle[i]
                 conn.close()
+                continue
+            if conn.expired(now):
+                del idle[i]
+                conn.close_expired(now)
                 continue
             if conn.host in exclude:
                 continue
@@ -401,8 +424,11 @@ class ConnectionPool:
         if conn.stray_bytes():
             conn.stray()
             return
-        if not conn.usable() or conn.expired(now):
+        if not conn.usable():
             conn.close()
+            return
+        if conn.expired(now):
+            conn.close_expired(now)
             return
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= MAX_IDLE_PER_KEY:

@@ -292,6 +292,8 @@ class H2Client:
         if self.max_requests and self.total >= self.max_requests:
             return False
         if self.max_duration > 0 and time.monotonic() - self.created >= self.max_duration:
+            if not self.goaway:  # Envoy's max duration timer: drained from now on
+                self.stats.inc(self.stat + "upstream_cx_max_duration_reached")
             self.goaway = True
             if self.reserved == 0:
                 self.close()
@@ -311,6 +313,9 @@ class H2Client:
         if self.reserved <= 0:
             self.reserved = 0
             if self.goaway or (self.max_requests and self.total >= self.max_requests):
+                if not self.goaway and not self.closed:
+                    # the connection served its max_requests_per_connection
+                    self.stats.inc(self.stat + "upstream_cx_max_requests")
                 self.close()
             elif self.idle_timeout > 0 and not self.closed:
                 self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_close)
@@ -318,6 +323,8 @@ class H2Client:
     def _idle_close(self) -> None:
         self._idle_timer = None
         if self.reserved == 0:
+            if not self.closed:
+                self.stats.inc(self.stat + "upstream_cx_idle_timeout")
             self.close()
 
     # -- connection ----------------------------------------------------------------------

@@ -39,6 +39,7 @@ CLUSTER_COUNTED_WHEN_SEEN = (
     "upstream_rq_per_try_timeout", "upstream_cx_protocol_error", "upstream_cx_http1_total",
     "upstream_cx_http2_total", "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
     "upstream_rq_completed", "upstream_cx_connect_attempts_exceeded", "membership_change",
+    "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "update_attempt", "update_success", "update_empty",
 )
 # ... and those no code path of remora can produce (a feature refused at config load or
