@@ -48,7 +48,8 @@ JSON_FORMAT = {"case": "%REQ(X-CASE)%", "code": "%RESPONSE_CODE%", "empty": "%RE
 STATS = ["upstream_rq_total", "upstream_rq_completed", "upstream_rq_2xx", "upstream_rq_200",
          "upstream_rq_5xx", "upstream_rq_500", "upstream_rq_503", "upstream_rq_504",
          "upstream_rq_timeout", "upstream_rq_per_try_timeout", "upstream_rq_retry",
-         "upstream_rq_retry_success"]
+         "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
+         "upstream_rq_retry_backoff_exponential"]
 CLUSTERS = ["grpc", "backend", "refused"]
 HOST_STATS = ["rq_total", "rq_success", "rq_error", "rq_timeout", "rq_active"]
 
@@ -343,6 +344,11 @@ def test_cluster_stats_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> Non
     # retried 503 that ended in a 500 counts as a retry success
     assert theirs["refused.upstream_rq_503"] > 0 and theirs["refused.upstream_rq_total"] == 0
     assert theirs["backend.upstream_rq_retry_success"] == 1
+    # every retry is scheduled by the exponential back-off; the requests that wanted one
+    # more than their num_retries count upstream_rq_retry_limit_exceeded
+    assert theirs["backend.upstream_rq_retry_backoff_exponential"] == theirs[
+        "backend.upstream_rq_retry"] > 0
+    assert theirs["backend.upstream_rq_retry_limit_exceeded"] > 0
     # a route timeout each for h1-timeout-grpc and h1-timeout-plain, and the per-try
     # timeouts of h1-per-try-retried-grpc and h1-per-try-reset (each attempt's counted,
     # the last one's 504 charged); none for h1-per-try-started, whose response had begun.

@@ -56,8 +56,7 @@ _CLUSTER_NOT_YET = {
     "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_close_notify",
     "upstream_rq_cancelled", "upstream_rq_pending_failure_eject", "upstream_rq_rx_reset",
     "upstream_rq_rx_reset_no_error", "upstream_rq_tx_reset", "upstream_rq_max_duration_reached",
-    "upstream_rq_per_try_idle_timeout", "upstream_rq_retry_limit_exceeded",
-    "upstream_rq_retry_backoff_exponential", "upstream_rq_per_cx", "bind_errors",
+    "upstream_rq_per_try_idle_timeout", "upstream_rq_per_cx", "bind_errors",
     "retry_or_shadow_abandoned", "upstream_cx_pool_overflow", "upstream_rq_active_overflow",
     "upstream_queue_overloaded", "warming_state",
 }

@@ -460,6 +460,9 @@ class _Forward:
                     if failure.kind != "status":  # a retried status was charged already
                         self._charge("rq_error")  # as Envoy's Filter::maybeRetryReset
                     self.cs.rq_retry.inc()
+                    # RetryStateImpl::enableBackoffTimer: the exponential back-off (remora
+                    # has no rate-limited one) schedules every retry
+                    self.cs.stats.inc(self.cs.prefix + "upstream_rq_retry_backoff_exponential")
                     if self.policy is not None and self.policy.previous_hosts:
                         exclude = frozenset(self.tried)
                     n = (self.policy.num_retries if self.policy else 1) - self.retries_left
@@ -537,6 +540,9 @@ class _Forward:
         if self.retries_left <= 0:
             if self.policy is not None and self.policy.num_retries > 0:
                 self.stream.info.set_flag("URX")  # the retry limit was reached
+                # RetryStateImpl::shouldRetry's NoRetryLimitExceeded, counted by the router
+                cs = self.cs
+                cs.stats.inc(cs.prefix + "upstream_rq_retry_limit_exceeded")
             return False
         if not self.stream.req.retain:
             return False  # the body outgrew the buffer: nothing to resend
