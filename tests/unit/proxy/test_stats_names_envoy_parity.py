@@ -53,7 +53,7 @@ _HTTP_NOT_YET = {"downstream_rq_rx_reset", "downstream_rq_tx_reset",
 _CLUSTER_NOT_YET = {
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
     "upstream_cx_destroy_with_active_rq", "upstream_cx_destroy_local_with_active_rq",
-    "upstream_cx_destroy_remote_with_active_rq", "upstream_cx_close_notify",
+    "upstream_cx_destroy_remote_with_active_rq",
     "upstream_rq_cancelled", "upstream_rq_pending_failure_eject", "upstream_rq_rx_reset",
     "upstream_rq_rx_reset_no_error", "upstream_rq_tx_reset", "upstream_rq_max_duration_reached",
     "upstream_rq_per_try_idle_timeout", "upstream_rq_per_cx", "bind_errors",

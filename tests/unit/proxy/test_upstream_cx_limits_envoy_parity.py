@@ -1,8 +1,9 @@
 """The cluster counters of an upstream connection closed for a limit of its cluster's
 common_http_protocol_options -- upstream_cx_max_requests (max_requests_per_connection),
 upstream_cx_idle_timeout (idle_timeout), upstream_cx_max_duration_reached
-(max_connection_duration) -- held to a real Envoy 1.40 on loopback, for HTTP/1.1 and
-HTTP/2 upstreams.
+(max_connection_duration) -- and of one the upstream closes with notice,
+upstream_cx_close_notify (an HTTP/1.1 Connection: close, an HTTP/2 GOAWAY), held to a real
+Envoy 1.40 on loopback, for HTTP/1.1 and HTTP/2 upstreams.
 
 One bootstrap (an HTTP/1.1 listener whose x-cluster header picks the cluster; per
 protocol a cluster with each limit), run by `envoy` and by `remora proxy` side by side
@@ -18,6 +19,7 @@ loopback only."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,19 @@ pytestmark = pytest.mark.envoy
 
 LIMITS = {"maxrq": {"max_requests_per_connection": 2},
           "idle": {"idle_timeout": "0.3s"},
-          "age": {"max_connection_duration": "0.3s"}}
+          "age": {"max_connection_duration": "0.3s"},
+          # no limit: the upstream's own close notice (h1-notify answers Connection: close,
+          # h2-notify gets /goaway: an answer, then GOAWAY)
+          "notify": {}}
 STATS = ("upstream_cx_total", "upstream_cx_max_requests", "upstream_cx_idle_timeout",
-         "upstream_cx_max_duration_reached")
+         "upstream_cx_max_duration_reached", "upstream_cx_close_notify")
+
+
+def _serve_close(conn: socket.socket) -> None:
+    conn.settimeout(5)
+    for _ in lp.request_heads(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+        return
 
 
 def _cluster(name: str, port: int, limit: dict[str, Any], h2: bool) -> dict[str, Any]:
@@ -45,7 +57,7 @@ def _cluster(name: str, port: int, limit: dict[str, Any], h2: bool) -> dict[str,
         "@type": "type.googleapis.com/" + us.HPO, **opts}})
 
 
-def _bootstrap(port: int, admin: int, h1: int, h2: int) -> dict[str, Any]:
+def _bootstrap(port: int, admin: int, h1: int, h2: int, close: int) -> dict[str, Any]:
     names = [f"{proto}-{limit}" for proto in ("h1", "h2") for limit in LIMITS]
     routes = [{"match": {"prefix": "/", "headers": [{"name": "x-cluster",
                                                     "string_match": {"exact": n}}]},
@@ -55,8 +67,8 @@ def _bootstrap(port: int, admin: int, h1: int, h2: int) -> dict[str, Any]:
         "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": routes}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
-    clusters = [_cluster(n, h2 if n.startswith("h2") else h1, LIMITS[n.split("-")[1]],
-                         n.startswith("h2")) for n in names]
+    clusters = [_cluster(n, h2 if n.startswith("h2") else close if n == "h1-notify" else h1,
+                         LIMITS[n.split("-")[1]], n.startswith("h2")) for n in names]
     return {"admin": {"address": us._addr(admin)},
             "static_resources": {
                 "listeners": [{"name": "l", "address": us._addr(port),
@@ -64,8 +76,8 @@ def _bootstrap(port: int, admin: int, h1: int, h2: int) -> dict[str, Any]:
                 "clusters": clusters}}
 
 
-def _get(port: int, cluster: str) -> bytes:
-    return lp.exchange_closed(port, f"GET /size/2 HTTP/1.1\r\nHost: a\r\nx-cluster: {cluster}"
+def _get(port: int, cluster: str, path: str = "/size/2") -> bytes:
+    return lp.exchange_closed(port, f"GET {path} HTTP/1.1\r\nHost: a\r\nx-cluster: {cluster}"
                               f"\r\n\r\n".encode()).split(b"\r\n", 1)[0]
 
 
@@ -76,10 +88,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     def story(kind: str) -> dict[str, Any]:
         port, admin, h2 = free_port(), free_port(), free_port()
         cfg = tmp / f"{kind}.json"
+        close = lp.thread_server(_serve_close)
         with lp.echo_backend() as h1, us.backend(h2):
-            cfg.write_text(json.dumps(_bootstrap(port, admin, h1, h2)))
+            cfg.write_text(json.dumps(_bootstrap(port, admin, h1, h2,
+                                                 close.getsockname()[1])))
             with lp.loopback_proxy(kind, cfg, port):
-                heads = []
+                heads = [_get(port, "h1-notify"), _get(port, "h2-notify", "/goaway")]
                 for proto in ("h1", "h2"):
                     heads += [_get(port, f"{proto}-maxrq") for _ in range(3)]
                     for limit in ("idle", "age"):
@@ -95,6 +109,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
                     parts = name.split(".")
                     if len(parts) == 3 and parts[0] == "cluster" and parts[2] in STATS:
                         values[name] = int(value)
+        close.close()
         return {"heads": heads, "stats": values}
 
     return lp.each_kind(story)
@@ -111,3 +126,5 @@ def test_what_envoy_counts(outcomes: dict[str, dict[str, Any]]) -> None:
         assert stats[f"cluster.{proto}-maxrq.upstream_cx_total"] == 2
         assert stats[f"cluster.{proto}-idle.upstream_cx_idle_timeout"] == 1
         assert stats[f"cluster.{proto}-age.upstream_cx_max_duration_reached"] == 1
+        assert stats[f"cluster.{proto}-notify.upstream_cx_close_notify"] == 1
+        assert stats[f"cluster.{proto}-maxrq.upstream_cx_close_notify"] == 0

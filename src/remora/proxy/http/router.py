@@ -1029,6 +1029,10 @@ class _Forward:
             dec.detach()
             self.router.pool.release(pc, now)
         else:
+            if not state.keep_alive and not dec.trailing:
+                # the response said Connection: close (or was HTTP/1.0): the upstream's
+                # close notice (Envoy's CodecClient counts upstream_cx_close_notify)
+                self.cs.stats.inc(self.cs.prefix + "upstream_cx_close_notify")
             pc.close()
         if self.done is None:  # _finish(None), for the request start sent
             h1 = self.h1

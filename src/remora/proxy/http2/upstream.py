@@ -596,6 +596,8 @@ class H2Client:
         elif isinstance(ev, ngh2.GoAwayReceived):
             # GOAWAY: no new streams here; streams above last_stream_id were never
             # processed (refused, retriable), the others may still complete
+            if not self.goaway:  # the peer's close notice (CodecClient's onGoAway)
+                self.stats.inc(self.stat + "upstream_cx_close_notify")
             self.goaway = True
             self.on_idle(self)
             last = ev.last_stream_id

@@ -41,6 +41,7 @@ CLUSTER_COUNTED_WHEN_SEEN = (
     "upstream_rq_completed", "upstream_cx_connect_attempts_exceeded", "membership_change",
     "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_backoff_exponential",
+    "upstream_cx_close_notify",
     "update_attempt", "update_success", "update_empty",
 )
 # ... and those no code path of remora can produce (a feature refused at config load or
