@@ -83,7 +83,7 @@ class _DownstreamProtocol(asyncio.Protocol):
 
 
 class Http1Connection:
-    # slots: its 45 attributes are more than CPython 3.11 shares in an instance's key
+    # slots: its 46 attributes are more than CPython 3.11 shares in an instance's key
     # table (30), so without them every attribute would be a dict lookup
     __slots__ = (
         "_cancel_by_task",
@@ -91,6 +91,7 @@ class Http1Connection:
         "_drain",
         "_drain_waiters",
         "_ended",
+        "_ending",
         "_error",
         "_handoff",
         "_handoff_cancel",
@@ -201,6 +202,7 @@ class Http1Connection:
         # how the connection ended, for the connection manager's downstream_cx_destroy_*
         # (``ended_by``): whether the client closed first, whether a request was active
         self._ended = (False, False)
+        self._ending = False  # run() is closing it: a later EOF is not the client's first
         self.upgrades = 0  # upgrade requests accepted (downstream_cx_upgrades_active)
 
     def node_ip(self) -> str | None:
@@ -402,7 +404,13 @@ class Http1Connection:
             return
         self.eof = True
         act = self.active
+        if not self._ending:
+            # the client closed first (downstream_cx_destroy_remote), mid-request or not
+            self._ended = (True, act is not None and not act.response_complete)
         if act is not None and not act.response_complete:
+            # the stream is reset by the client's close: ActiveStream::onResetStream
+            hcm = self.hcm
+            hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
             self.cancel_active("dc")
         self._wake()
 
@@ -608,7 +616,9 @@ class Http1Connection:
             # it, and whether mid-request (a client gone while its request was active
             # ended the stream through on_eof's cancel_active("dc"), so it is asked by the
             # eof a request was still active at)
-            self._ended = (self.eof, self.active is not None)
+            if not self.eof:  # (on_eof recorded the client's close)
+                self._ended = (False, self.active is not None)
+            self._ending = True
             if self.in_flight is not None:
                 self.resume_in_flight()  # closed below like any stream's coroutine
             for coro in (self._coro, self._handoff[0] if self._handoff else None):
@@ -665,6 +675,14 @@ class Http1Connection:
             if stream is not None:
                 self._tail = None
                 if stream.closing or not stream.response_complete or not stream.req.complete:
+                    if not stream.response_complete and not self.eof:
+                        # a response remora started and ends by closing the connection
+                        # (the upstream's body cut short, a timeout after it began):
+                        # Envoy resets the stream (downstream_rq_tx_reset), and its
+                        # onResetStream counts every reset as downstream_rq_rx_reset too
+                        hcm = self.hcm
+                        hcm.stats.inc(hcm.stat + "downstream_rq_tx_reset")
+                        hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
                     await self._flush()
                     return
                 if dec.upgraded:

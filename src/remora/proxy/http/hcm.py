@@ -39,7 +39,7 @@ HCM_COUNTED_WHEN_SEEN = (
     "downstream_rq_idle_timeout", "downstream_rq_header_timeout",
     "downstream_rq_failed_path_normalization", "downstream_rq_non_relative_path",
     "downstream_rq_ws_on_non_ws_route", "downstream_cx_upgrades_total",
-    "downstream_cx_delayed_close_timeout",
+    "downstream_cx_delayed_close_timeout", "downstream_rq_rx_reset", "downstream_rq_tx_reset",
     "no_route", "no_cluster", "rq_direct_response", "rq_total",
 )
 # ... and those only a feature remora refuses at config load could count: always 0 here,
@@ -310,8 +310,10 @@ class HttpConnectionManager:
         if self._inline:
             if req.method:
                 self._gauges[self._rq_active_name] -= 1
-            self._rq_completed.pending += 1
+            # downstream_rq_completed: a request that got a response (Envoy counts none
+            # for a stream the client reset before anything was sent)
             if 100 <= code < 600:
+                self._rq_completed.pending += 1
                 self._rq_xx[code // 100 - 1].pending += 1
             pending = self._rq_time.pending  # Histogram.observe
             pending.append((end - info.start_monotonic) * 1000)
@@ -320,8 +322,8 @@ class HttpConnectionManager:
         else:
             if req.method:
                 self._rq_active.add(-1)
-            self._rq_completed.inc()
             if 100 <= code < 600:
+                self._rq_completed.inc()
                 self._rq_xx[code // 100 - 1].inc()
             self._rq_time.observe((end - info.start_monotonic) * 1000)
         for logger in self.loggers:

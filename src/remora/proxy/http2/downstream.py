@@ -730,6 +730,8 @@ class Http2Connection:
         self._release(s)
         s.scon.wake()
         if not (s.response_complete and s.sent_all):
+            # the client reset a stream in progress: ActiveStream::onResetStream
+            self.hcm.stats.inc(self._stat + "downstream_rq_rx_reset")
             s.scon.cancel_active("dc")
 
     def _reset(self, sid: int, code: ErrorCodes) -> None:
@@ -739,6 +741,12 @@ class Http2Connection:
             self.h2.reset_stream(sid, code)
         s = self.streams.get(sid)
         if s is not None:
+            if not s.reset:
+                # remora resets a stream in progress (downstream_rq_tx_reset); Envoy's
+                # onResetStream counts every reset as downstream_rq_rx_reset too
+                stats = self.hcm.stats
+                stats.inc(self._stat + "downstream_rq_tx_reset")
+                stats.inc(self._stat + "downstream_rq_rx_reset")
             s.reset = True
             self._release(s)
             s.scon.wake()
