@@ -306,7 +306,7 @@ class _Forward:
 
     __slots__ = ("cluster", "conn", "cs", "current", "dec", "done", "duration", "entry",
                  "grpc_deferred", "h1", "host", "hs", "policy", "retries_left", "retry_slots",
-                 "retry_status", "route", "router", "started", "status_due", "stream",
+                 "retry_status", "route", "router", "started", "stream",
                  "target", "tls", "tried")
 
     # the hosts tried so far (retry previous_hosts): set by ``run``, which every attempt
@@ -339,12 +339,6 @@ class _Forward:
         self.target: tuple[str, int] | None = None
         self.hs: HostCounts | None = None  # its stats, once a request is attached to it
         self.retry_status = 0
-        # an HTTP/1.1 upstream's response relayed downstream whose status counters
-        # (upstream_rq_NNN, _Nxx, _completed) are counted at its end with its
-        # upstream_rq_time (one call): the status, for an end that never comes (a route
-        # timeout, the client gone, a truncated body), which Envoy counted with the
-        # headers (chargeUpstreamCode in onUpstreamHeaders); 0 once none is due
-        self.status_due = 0
         # a gRPC response whose host stat waits for its end (Envoy's
         # grpc_rq_success_deferred_): charged rq_error then, as no trailers come over
         # HTTP/1.1; nothing when the stream is cut short (observed on Envoy 1.40)
@@ -1103,8 +1097,7 @@ class _Forward:
                 hs.rq_success += 1
         elif self.host is not None:  # an HTTP/2 upstream's attempt (proxy/http2)
             self.cluster.host_stat(self.host, "rq_error" if error else "rq_success")
-        if status != 101:
-            self.status_due = status  # counted at the end (_complete) or when cut short
+
         info.response_code_details = "via_upstream"
         # a response that may have a body but no framing of its own (read until close)
         # is relayed chunked; 1xx (an unrequested 101), 204 and 304 have none. A HEAD
@@ -1156,12 +1149,17 @@ class _Forward:
         pc = self.current
         if pc is not None:
             self.current = None
-            status, self.status_due = self.status_due, 0
-            if status:
-                # a relayed response that did not end (_complete counts the others):
-                # its status counters, without an upstream_rq_time, as Envoy counted
-                # them with its headers
-                self.cs.status(status).inc()
+            stream = self.stream
+            if stream.response_started:
+                # an HTTP/1.1 upstream's response relayed downstream is counted at its end
+                # (_complete, which lets the connection go first: upstream_rq_NNN, _Nxx,
+                # _completed with its upstream_rq_time, one call); one whose end never
+                # came (a route timeout, the client gone, a truncated body) is counted
+                # here, without a time, as Envoy counted it with its headers
+                # (chargeUpstreamCode in onUpstreamHeaders). A 101 was counted at once.
+                status = stream.info.response_code
+                if status and status != 101:
+                    self.cs.status(status).inc()
             pc.close()
         req = self.stream.req
         if req.sink is not None and not req.complete:
