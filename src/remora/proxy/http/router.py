@@ -36,6 +36,7 @@ from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
 from remora.proxy.http.stream import (
     ActiveStream,
+    hcm_count,
     host_outcome,
     is_grpc_content_type,
     is_upgrade_response,
@@ -269,14 +270,6 @@ class Router:
             hcm_count(stream, "no_cluster")
             return _answered(stream.local_reply(503, b"", "cluster_not_found", "NC"))
         return _Forward(self, stream, route, cluster).start()
-
-
-def hcm_count(stream: HttpStream, name: str) -> None:
-    """Count http.<stat_prefix>.NAME of STREAM's connection manager (the router's
-    no_route, no_cluster, rq_direct_response: rare paths, by name)."""
-    hcm = getattr(stream.conn, "hcm", None)
-    if hcm is not None:
-        hcm.stats.inc(hcm.stat + name)
 
 
 async def _answered(result: bool) -> bool:
@@ -1171,8 +1164,10 @@ class _Forward:
         if f.kind == "truncated":
             if self.grpc_deferred:
                 # the upstream's reset after the response started: chargeUpstreamAbort
-                # charges the deferred gRPC stat as an error (unlike a timeout)
+                # charges the deferred gRPC stat as an error (unlike a timeout) and counts
+                # the router's rq_reset_after_downstream_response_started
                 self._host_error()
+                hcm_count(stream, "rq_reset_after_downstream_response_started")
             stream.info.set_flag("UPE")
             stream.info.response_code_details = (
                 "upstream_reset_after_response_started{protocol_error}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remora.proxy.http.codec import Request, status_line
 from remora.proxy.http.header_map import repeated_response_view
@@ -593,3 +593,12 @@ class ActiveStream:
             self.info.set_flag("DC")
             self.info.response_code_details = "downstream_remote_disconnect"
             self.closing = True
+
+
+def hcm_count(stream: Any, name: str) -> None:
+    """Count http.<stat_prefix>.NAME of STREAM's connection manager (the router's
+    no_route, no_cluster, rq_direct_response, rq_reset_after_downstream_response_started:
+    rare paths, by name)."""
+    hcm = getattr(stream.conn, "hcm", None)
+    if hcm is not None:
+        hcm.stats.inc(hcm.stat + name)

@@ -54,7 +54,12 @@ from remora.proxy.http.header_mutation import apply_to_request
 from remora.proxy.http.pool import PoolKey, limits_of
 from remora.proxy.http.retry import RetryPolicy
 from remora.proxy.http.route_config import Route
-from remora.proxy.http.stream import grpc_host_outcome, host_outcome, is_grpc_content_type
+from remora.proxy.http.stream import (
+    grpc_host_outcome,
+    hcm_count,
+    host_outcome,
+    is_grpc_content_type,
+)
 from remora.proxy.http.upstream_failure import LocalAnswer, failure_answer
 from remora.proxy.http.upstream_request import expected_timeout_ms
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
@@ -1158,12 +1163,14 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                     stream.flush()
                     if deferred:  # Envoy's chargeUpstreamAbort after the response started
                         fw._charge("rq_error")
+                        hcm_count(stream, "rq_reset_after_downstream_response_started")
                     _reset(fw, int(ev[1]))
                     return
                 else:  # "lost": the connection went away ("reset") or broke ("protocol")
                     stream.flush()
                     if deferred:
                         fw._charge("rq_error")
+                        hcm_count(stream, "rq_reset_after_downstream_response_started")
                     _lost(fw, str(ev[1]))
                     return
             stream.flush()
