@@ -49,14 +49,19 @@ _BUFFERS = {"downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered"
 # remora has the behaviour but does not count it yet (a known gap: see docs/proxy.md)
 _HTTP_NOT_YET = {"downstream_rq_response_before_rq_complete"}
 _CLUSTER_NOT_YET = {
+    # which side closed an upstream connection, and with a request on it
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
     "upstream_cx_destroy_with_active_rq", "upstream_cx_destroy_local_with_active_rq",
     "upstream_cx_destroy_remote_with_active_rq",
+    # a request given up while it waited for a connection, or failed with it; an HTTP/2
+    # upstream stream's resets; requests per connection; a failed upstream_bind_config
     "upstream_rq_cancelled", "upstream_rq_pending_failure_eject", "upstream_rq_rx_reset",
-    "upstream_rq_rx_reset_no_error", "upstream_rq_tx_reset", "upstream_rq_max_duration_reached",
-    "upstream_rq_per_try_idle_timeout", "upstream_rq_per_cx", "bind_errors",
-    "retry_or_shadow_abandoned", "upstream_cx_pool_overflow", "upstream_rq_active_overflow",
-    "upstream_queue_overloaded", "warming_state",
+    "upstream_rq_rx_reset_no_error", "upstream_rq_tx_reset", "upstream_rq_per_cx", "bind_errors",
+    # a retry given up because the request body outgrew its buffer (remora has the
+    # behaviour: Request.retain); the cluster's warming state
+    "retry_or_shadow_abandoned", "warming_state",
+    # new in Envoy's cluster stats, their meaning not checked against Envoy yet
+    "upstream_rq_active_overflow", "upstream_queue_overloaded",
 }
 
 # The names Envoy lists that remora does not, by scope; a cluster's by the part after

@@ -62,6 +62,10 @@ CLUSTER_NEVER_COUNTED = (
     "upstream_internal_redirect_failed_total", "upstream_internal_redirect_succeeded_total",
     "upstream_rq_maintenance_mode", "upstream_cx_preconnect_skipped",
     "upstream_rq_retry_backoff_ratelimited",
+    # a cluster's common_http_protocol_options.max_stream_duration and a retry policy's
+    # per_try_idle_timeout are refused; max_connection_pools is accepted, not enforced
+    "upstream_rq_max_duration_reached", "upstream_rq_per_try_idle_timeout",
+    "upstream_cx_pool_overflow",
     # EDS leases (stale assignments) and on-demand update failures are not implemented:
     # an EDS file that does not parse is counted update_rejected
     "assignment_stale", "assignment_timeout_received", "assignment_use_cached",
