@@ -8,7 +8,9 @@ and ends a connection with an active request (downstream_cx_destroy_remote_activ
 response the proxy started and cannot finish (the upstream's body cut short, the route
 timeout firing after the response began) is reset by the proxy (downstream_rq_tx_reset),
 and ActiveStream::onResetStream counts that reset as downstream_rq_rx_reset too; an
-upstream that fails before answering gets a local 503 and no reset. Over HTTP/2 the
+upstream that fails before answering gets a local 503 and no reset; a response sent
+before the request was all read counts downstream_rq_response_before_rq_complete, and
+the stream whose request never ended is reset (rx). Over HTTP/2 the
 same by RST_STREAM: the client's counts rx, the proxy's tx and rx.
 
 One bootstrap (an HTTP/1.1 listener, a cluster on the echo backend of echo_backend.py),
@@ -37,12 +39,15 @@ from tests.unit.proxy.proxy_helpers import free_port
 pytestmark = pytest.mark.envoy
 
 NAMES = ("downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_completed",
+         "downstream_rq_response_before_rq_complete",
          "downstream_cx_destroy_active_rq", "downstream_cx_destroy_remote_active_rq",
          "downstream_cx_destroy_local_active_rq", "downstream_rq_5xx")
 
 
 def _bootstrap(port: int, admin: int, echo: int) -> dict[str, Any]:
     routes = [{"match": {"prefix": "/drip"}, "route": {"cluster": "web", "timeout": "0.1s"}},
+              {"match": {"prefix": "/direct"},
+               "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               {"match": {"prefix": "/"}, "route": {"cluster": "web"}}]
     hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": us.HCM, "stat_prefix": "in",
@@ -88,6 +93,9 @@ CASES: dict[str, Callable[[int], Any]] = {
         lambda p: lp.exchange_closed(p, b"GET /half HTTP/1.1\r\nHost: a\r\n\r\n"),
     "route-timeout-after-response-started":
         lambda p: lp.exchange_closed(p, b"GET /drip HTTP/1.1\r\nHost: a\r\n\r\n"),
+    # answered (a direct_response) while the request body is still to come
+    "response-before-request-complete":
+        lambda p: _gone(p, b"POST /direct HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"),
     "upstream-gone-before-response":
         lambda p: lp.exchange_closed(p, b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n"),
     # HTTP/2 downstream (prior knowledge): the client's RST_STREAM while it awaits the
@@ -143,5 +151,8 @@ def test_what_envoy_counts(outcomes: dict[str, dict[str, Any]]) -> None:
     for case in ("upstream-body-cut-short", "route-timeout-after-response-started"):
         assert envoy[case]["downstream_rq_tx_reset"] == envoy[case]["downstream_rq_rx_reset"] == 1
     assert "downstream_rq_rx_reset" not in envoy["upstream-gone-before-response"]
+    early = envoy["response-before-request-complete"]
+    assert early["downstream_rq_response_before_rq_complete"] == 1
+    assert early["downstream_rq_rx_reset"] == 1
     assert envoy["h2-client-reset-awaiting-response"]["downstream_rq_rx_reset"] == 1
     assert envoy["h2-upstream-body-cut-short"]["downstream_rq_tx_reset"] == 1

@@ -683,6 +683,13 @@ class Http1Connection:
                         hcm = self.hcm
                         hcm.stats.inc(hcm.stat + "downstream_rq_tx_reset")
                         hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
+                    elif not (stream.req.complete or stream.req.upgrade or self.eof):
+                        # answered before the request was all read (a local reply, an
+                        # early upstream answer): ConnectionManagerImpl::doEndStream
+                        # counts it, and resets the stream whose request never ended
+                        hcm = self.hcm
+                        hcm.stats.inc(hcm.stat + "downstream_rq_response_before_rq_complete")
+                        hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
                     await self._flush()
                     return
                 if dec.upgraded:

@@ -40,7 +40,7 @@ HCM_COUNTED_WHEN_SEEN = (
     "downstream_rq_failed_path_normalization", "downstream_rq_non_relative_path",
     "downstream_rq_ws_on_non_ws_route", "downstream_cx_upgrades_total",
     "downstream_cx_delayed_close_timeout", "downstream_rq_rx_reset", "downstream_rq_tx_reset",
-    "rq_reset_after_downstream_response_started",
+    "rq_reset_after_downstream_response_started", "downstream_rq_response_before_rq_complete",
     "no_route", "no_cluster", "rq_direct_response", "rq_total",
 )
 # ... and those only a feature remora refuses at config load could count: always 0 here,
