@@ -46,8 +46,7 @@ FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAcce
 _BUFFERS = {"downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered",
             "downstream_flow_control_paused_reading_total",
             "downstream_flow_control_resumed_reading_total"}
-# remora has the behaviour but does not count it yet (a known gap: see docs/proxy.md)
-_HTTP_NOT_YET: set[str] = set()
+# remora has the behaviour but does not count it yet (known gaps: see docs/proxy.md)
 _CLUSTER_NOT_YET = {
     # which side closed an upstream connection, and with a request on it
     "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
@@ -67,7 +66,7 @@ _CLUSTER_NOT_YET = {
 # The names Envoy lists that remora does not, by scope; a cluster's by the part after
 # ``cluster.<name>.`` ("cluster." holds what every cluster may miss).
 ALLOWED_MISSING: dict[str, set[str]] = {
-    "http.in.": _BUFFERS | _HTTP_NOT_YET,
+    "http.in.": _BUFFERS,
     # the accept loop's batch sizes (a histogram of Envoy's libevent accept callback)
     "listener.<http>.": {"connections_accepted_per_socket_event"},
     "listener.<tcp>.": {"connections_accepted_per_socket_event"},
