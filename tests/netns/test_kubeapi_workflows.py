@@ -5,9 +5,12 @@ a pod and to a service, wait, events, debug — judged by the machine's kubectl 
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +216,82 @@ def test_get_and_describe_nodes(kube: Kube) -> None:
     described = kube.kubectl("describe", "node", node).stdout
     # describe finds the node's pods by spec.nodeName
     assert re.search(rf"demo-to\s+{pod}", described), described
+
+
+def test_controller_events_outlive_their_objects(kube: Kube) -> None:
+    """The deployment and replicaset controllers' events, recorded when they act (it
+    was: events derived from the pods' status, none for a Deployment or ReplicaSet, and
+    a pod's gone with it); `get events -w` streams them."""
+    ns, deploy = ("-n", "demo-to"), "deployment/simple-server"
+    current = [r.split()[0] for r in kube.kubectl("get", "rs", *ns, "-l", "web=server")
+               .stdout.splitlines()[1:] if r.split()[1] == "1"]
+    assert len(current) == 1, current
+    rs = current[0]
+    assert KUBECTL is not None
+    watch = subprocess.Popen([KUBECTL, "get", "events", *ns, "--watch-only"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=kube.env)
+    try:
+        time.sleep(2)  # the watch is open before the scale
+        kube.kubectl("scale", *ns, deploy, "--replicas=2")
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        seen = _lines_until(watch, f"Scaled up replica set {rs} to 2 from 1", 30)
+        assert any("ScalingReplicaSet" in line and "deployment/simple-server" in line
+                   for line in seen), seen
+    finally:
+        watch.kill()
+        watch.communicate(timeout=10)
+    # describe deployment: the deployment controller's events
+    described = kube.kubectl("describe", *ns, deploy).stdout
+    lines = described[described.index("\nEvents:") + 1:].splitlines()
+    assert any(line.split()[:2] == ["Normal", "ScalingReplicaSet"] and
+               "deployment-controller" in line and
+               line.endswith(f"Scaled up replica set {rs} to 2 from 1")
+               for line in lines), described
+    # describe rs: the replicaset controller's, one per pod it made
+    pods = kube.kubectl("get", "pods", *ns, "-l", "web=server", "-o",
+                        "jsonpath={.items[*].metadata.name}").stdout.split()
+    assert len(pods) == 2, pods
+    described = kube.kubectl("describe", *ns, "rs", rs).stdout
+    made = [line for line in described[described.index("\nEvents:"):].splitlines()
+            if "SuccessfulCreate" in line and "replicaset-controller" in line]
+    assert any(line.endswith(f"Created pod: {p}") for p in pods for line in made), described
+    # scale down: the newest pod goes; its events stay after it is gone
+    kube.kubectl("scale", *ns, deploy, "--replicas=1")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = kube.kubectl("get", "pods", *ns, "-l", "web=server", "-o",
+                            "jsonpath={.items[*].metadata.name}").stdout.split()
+        if len(left) == 1:
+            break
+        time.sleep(1)
+    assert len(left) == 1, left
+    gone = next(p for p in pods if p not in left)
+    table = kube.kubectl("get", "events", *ns, "--field-selector",
+                         f"involvedObject.name={gone}").stdout
+    for reason in ("Scheduled", "Started", "Killing"):
+        assert re.search(rf"\b{reason}\b", table), table
+    everything = kube.kubectl("get", "events", *ns).stdout
+    assert f"Scaled down replica set {rs} to 1 from 2" in everything, everything
+    assert f"Deleted pod: {gone}" in everything, everything
+
+
+def _lines_until(proc: subprocess.Popen[str], wanted: str, timeout: float) -> list[str]:
+    """PROC's output lines up to the one that holds WANTED (or fail at TIMEOUT)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen: list[str] = []
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        chunk = os.read(fd, 65536) if ready else b""
+        if ready and not chunk:
+            break  # kubectl ended
+        buffer += chunk
+        *done, rest = buffer.split(b"\n")
+        buffer = rest
+        seen += [line.decode() for line in done]
+        if any(wanted in line for line in seen):
+            return seen
+    raise AssertionError(f"no {wanted!r} in {seen} {buffer!r}")

@@ -376,7 +376,6 @@ class Handler:
                 **o["metadata"], "creationTimestamp": self.started}}) for o in res.crds()]
             pairs = [(o, o) for o in served]
         else:
-            pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
             if kind in ("Node", "Lease"):
                 default = next((n for n in self.backend.objects("Namespace", None)
                                 if n["metadata"]["name"] == "default"), None)
@@ -387,7 +386,7 @@ class Handler:
                 if kind == "Lease":
                     derived = views.leases(derived, self.clock())
             elif kind == "Event":
-                derived = views.events(pods)
+                derived = self.backend.events()
             elif kind == "ReplicaSet":
                 raw_deployments = self.backend.objects("Deployment", None)
                 deployments = [views.api_object("Deployment", "apps/v1", d)
@@ -397,6 +396,8 @@ class Handler:
                     (d["metadata"]["namespace"], d["metadata"]["name"]):
                     (d.get("remora") or {}).get("revisions") or [] for d in raw_deployments})
             else:
+                pods = [views.api_object("Pod", "v1", p)
+                        for p in self.backend.objects("Pod", None)]
                 services = self.backend.objects("Service", None)
                 derived = (views.endpoints(services, pods) if kind == "Endpoints"
                            else views.endpointslices(services, pods))

@@ -60,7 +60,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "services", "Service", short_names=("svc",), categories=("all",),
              store_kind="Service"),
     Resource("", "v1", "endpoints", "Endpoints", short_names=("ep",), verbs=RO),
-    # derived from the pods' status (views.events); a cluster also takes writes
+    # recorded by the lab's controllers and kubelet (remora.node.events); a cluster
+    # also takes writes from any client
     Resource("", "v1", "events", "Event", short_names=("ev",), verbs=RO),
     Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",),
              categories=("all",), store_kind="Deployment"),

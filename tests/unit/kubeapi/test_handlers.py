@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from remora.errors import RemoraError
-from remora.kubeapi import views as api_views
 from remora.kubeapi.backend import LogRef, admit
 from remora.kubeapi.handlers import Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import Request, Response
 from remora.lab.images import ImageMap
 from remora.node import desired, views
+from remora.node.events import EventRecorder, Involved
 from remora.node.ipam import AddressPlan
 from remora.node.store import Store
 from tests.unit.kubeapi import test_protobuf as pb
@@ -74,6 +74,9 @@ class StoreBackend:
     def nodes(self) -> list[dict[str, Any]]:
         return [{"name": "kf-node1", "index": 1, "subnet": "10.20.0.0/24",
                  "gateway": "10.20.0.1", "nodeIP": "192.168.0.1"}]
+
+    def events(self) -> list[dict[str, Any]]:
+        return EventRecorder(self.store).list()
 
 
 @pytest.fixture
@@ -651,33 +654,26 @@ def test_log_options(tmp_path: Path) -> None:
                                           "not found")
 
 
-def test_events_follow_restarts_and_crash_loops() -> None:
-    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u",
-                        "creationTimestamp": "2026-01-01T00:00:00Z"},
-           "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "img"}]},
-           "status": {"containerStatuses": [{
-               "name": "app", "restartCount": 2,
-               "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-               "lastState": {"terminated": {"startedAt": "2026-01-01T00:00:05Z",
-                                            "finishedAt": "2026-01-01T00:00:06Z"}}}]}}
-    got = {e["reason"]: e for e in api_views.events([pod])}
-    assert set(got) == {"Scheduled", "Pulled", "Created", "Started", "BackOff"}
-    # kubelet's recorder counts repeats: three runs of the container
-    assert got["Started"]["count"] == 3 and got["Started"]["message"] == "Started container app"
-    assert got["Started"]["involvedObject"]["fieldPath"] == "spec.containers{app}"
-    assert got["BackOff"]["type"] == "Warning"
-    assert got["BackOff"]["lastTimestamp"] == "2026-01-01T00:00:06Z"
-    assert got["Scheduled"]["source"] == {"component": "default-scheduler"}
-    # the names are stable from one read to the next (a watch sees no change)
-    assert [e["metadata"]["name"] for e in api_views.events([pod])] == [
-        e["metadata"]["name"] for e in api_views.events([pod])]
-    # a terminating pod's running containers are being stopped
-    stopping = {**pod, "metadata": {**pod["metadata"],
-                                    "deletionTimestamp": "2026-01-01T00:01:00Z"},
-                "status": {"containerStatuses": [{"name": "app", "restartCount": 0, "state": {
-                    "running": {"startedAt": "2026-01-01T00:00:01Z"}}}]}}
-    killing = [e for e in api_views.events([stopping]) if e["reason"] == "Killing"]
-    assert [(e["message"], e["lastTimestamp"]) for e in killing] == [
-        ("Stopping container app", "2026-01-01T00:01:00Z")]
-    # an unscheduled pod has none
-    assert api_views.events([{**pod, "spec": {"containers": []}}]) == []
+def test_events_are_the_recorded_ones(api: Handler) -> None:
+    """The served Events are the node's records (remora.node.events), selected by the
+    fields `kubectl describe` asks for; one of a pod that is gone is still there."""
+    store = api.backend.store  # type: ignore[attr-defined]
+    recorder = EventRecorder(store)
+    pod = Involved("Pod", "demo-to", "gone-1", "u-1", field_path="spec.containers{app}")
+    deploy = Involved("Deployment", "demo-to", "web", "u-2", "apps/v1")
+    recorder.record(pod, "Started", "Started container app", component="kubelet",
+                    host="kf-node1")
+    recorder.record(deploy, "ScalingReplicaSet", "Scaled up replica set web-abc to 3",
+                    component="deployment-controller")
+    listed = call(api, "GET", "/api/v1/namespaces/demo-to/events").json()["items"]
+    assert [e["reason"] for e in listed] == ["Started", "ScalingReplicaSet"]
+    selector = ("involvedObject.name=web,involvedObject.namespace=demo-to,"
+                "involvedObject.kind=Deployment,involvedObject.uid=u-2")
+    mine = call(api, "GET", f"/api/v1/namespaces/demo-to/events?fieldSelector={selector}")
+    assert [e["message"] for e in mine.json()["items"]] == [
+        "Scaled up replica set web-abc to 3"]
+    assert call(api, "GET", "/api/v1/namespaces/other/events").json()["items"] == []
+    name = listed[0]["metadata"]["name"]
+    one = call(api, "GET", f"/api/v1/namespaces/demo-to/events/{name}")
+    assert one.status == 200
+    assert one.json()["source"] == {"component": "kubelet", "host": "kf-node1"}
