@@ -103,7 +103,9 @@ def test_discovery_documents(api: Handler) -> None:
     assert set(groups) == {"apps", "discovery.k8s.io", "apiextensions.k8s.io",
                            "authorization.k8s.io", "authentication.k8s.io",
                            "coordination.k8s.io",
-                           "security.istio.io"}
+                           "security.istio.io",
+                           # the groups of kubectl's prune allowlist (listed empty)
+                           "batch", "networking.k8s.io"}
     assert groups["security.istio.io"]["preferredVersion"]["version"] == "v1"
     core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}
     assert core["pods"]["shortNames"] == ["po"] and core["pods"]["namespaced"]
@@ -145,8 +147,11 @@ def test_openapi_v3_declares_server_side_field_validation(api: Handler) -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "code", "reason"), [
-    ("GET", "/api/v1/namespaces/demo/configmaps", 404, "NotFound"),
-    ("GET", "/apis/batch/v1/jobs", 404, "NotFound"),
+    ("GET", "/api/v1/namespaces/demo/serviceaccounts", 404, "NotFound"),
+    ("GET", "/apis/policy/v1/poddisruptionbudgets", 404, "NotFound"),
+    ("GET", "/api/v1/namespaces/demo/configmaps/x", 404, "NotFound"),
+    ("POST", "/api/v1/namespaces/demo/configmaps", 404, "NotFound"),
+    ("DELETE", "/apis/batch/v1/namespaces/demo/jobs/x", 404, "NotFound"),
     ("GET", "/api/v1/namespaces/demo/pods/x/attach", 404, "NotFound"),
     ("GET", "/api/v1/namespaces/demo/namespaces", 404, "NotFound"),
     ("GET", "/nothing/here", 404, "NotFound"),
@@ -165,6 +170,34 @@ def test_refusals_are_status_objects(api: Handler, method: str, path: str, code:
     assert (status["kind"], status["apiVersion"], status["status"], status["code"],
             status["reason"]) == ("Status", "v1", "Failure", code, reason)
     assert status["message"]
+
+
+def test_prune_allowlist_kinds_list_empty_and_nothing_else(api: Handler) -> None:
+    """kubectl apply --prune maps every kind of its default allowlist through discovery
+    and lists each by label: the kinds the lab does not store are there, list and watch
+    only, listed empty; any other request is the 404 that names what is stored."""
+    core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}
+    assert core["configmaps"]["verbs"] == ["list", "watch"]
+    assert core["persistentvolumes"]["namespaced"] is False
+    assert "batch" in [g["name"] for g in call(api, "GET", "/apis").json()["groups"]]
+    for path in ("/api/v1/namespaces/demo/configmaps?labelSelector=app%3Dx",
+                 "/apis/batch/v1/namespaces/demo/cronjobs", "/api/v1/persistentvolumes",
+                 "/apis/networking.k8s.io/v1/ingresses", "/apis/apps/v1/statefulsets"):
+        listed = call(api, "GET", path)
+        assert listed.status == 200 and listed.json()["items"] == [], path
+        assert listed.warnings == []  # a client's (kubectl prune's) list: no noise
+    # a person's `kubectl get configmaps` (a Table) is told why it is empty
+    shown = call(api, "GET", "/api/v1/namespaces/demo/configmaps",
+                 accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    assert shown.json()["rows"] == []
+    assert [c["name"] for c in shown.json()["columnDefinitions"]] == ["Name", "Created At"]
+    assert shown.warnings and "the lab does not store them" in shown.warnings[0]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    made = call(api, "POST", "/api/v1/namespaces/demo/configmaps", cm)
+    assert made.status == 404
+    assert "configmaps: the lab does not serve them; it stores Namespace, Pod" in \
+        made.json()["message"]
+    assert call(api, "GET", "/api/v1/namespaces/demo/configmaps").json()["items"] == []
 
 
 def test_token_is_required(api: Handler) -> None:
