@@ -341,3 +341,33 @@ def test_apply_prune_with_kubectls_default_allowlist(kube: Kube, tmp_path: Path)
                         check=False)
     assert made.returncode == 1 and "the lab does not serve them" in made.stderr
     kube.kubectl("delete", "-n", "demo-to", "service", "prune-a")
+
+
+def test_a_crash_loop_counts_on_one_event_each(kube: Kube) -> None:
+    """kubelet's recorder: each restart bumps the count of the one Started event (and of
+    BackOff, a Warning), as `describe pod` shows "(xN over ...)"; the pod's events stay
+    once it is deleted."""
+    kube.kubectl("run", "crash", "-n", "demo-to", "--image=busybox", "--command", "--",
+                 "sh", "-c", "sleep 0.3; exit 3")
+    try:
+        deadline = time.monotonic() + 60
+        described = ""
+        while time.monotonic() < deadline:
+            described = kube.kubectl("describe", "pod", "-n", "demo-to", "crash").stdout
+            if re.search(r"Started\s+\S+ \(x[3-9] over .*Started container crash",
+                         described) and "BackOff" in described:
+                break
+            time.sleep(1)
+        events = described[described.index("\nEvents:"):].splitlines()
+        started = [line for line in events if line.endswith("Started container crash")]
+        assert len(started) == 1 and re.search(r"\(x[3-9] over", started[0]), described
+        assert any(line.split()[:2] == ["Warning", "BackOff"] and
+                   "Back-off restarting failed container crash in pod crash_demo-to(" in line
+                   for line in events), described
+    finally:
+        kube.kubectl("delete", "pod", "-n", "demo-to", "crash", "--wait=true")
+    left = kube.kubectl("get", "events", "-n", "demo-to", "--field-selector",
+                        "involvedObject.name=crash,reason=Started", "-o",
+                        "jsonpath={range .items[*]}{.message}={.count}{'\\n'}{end}").stdout
+    counts = dict(line.rsplit("=", 1) for line in left.splitlines() if line)
+    assert int(counts.get("Started container crash", 0)) >= 3, left
