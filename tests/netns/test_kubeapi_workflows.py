@@ -364,6 +364,23 @@ def test_a_crash_loop_counts_on_one_event_each(kube: Kube) -> None:
         assert any(line.split()[:2] == ["Warning", "BackOff"] and
                    "Back-off restarting failed container crash in pod crash_demo-to(" in line
                    for line in events), described
+        # `remora describe pod` prints the same Events section as kubectl's (the ages
+        # aside: the two commands run a moment apart, and a repeat's count can move)
+        ours = kube.lab.remora("describe", "pod", "crash", "-n", "demo-to")
+        assert ours.returncode == 0, ours.stderr
+        theirs = kube.kubectl("describe", "pod", "-n", "demo-to", "crash").stdout
+
+        def rows(text: str) -> list[tuple[str, ...]]:
+            section = text[text.index("\nEvents:") + 1:].splitlines()
+            assert [h.split() for h in section[1:3]] == [
+                ["Type", "Reason", "Age", "From", "Message"],
+                ["----", "------", "----", "----", "-------"]], text
+            cells = [re.split(r"\s{2,}", line.strip(), maxsplit=4) for line in section[3:]]
+            assert all(len(c) == 5 for c in cells), text
+            # by last time seen: a repeat between the two commands can reorder them
+            return sorted((c[0], c[1], c[3], c[4]) for c in cells)
+
+        assert rows(ours.stdout) == rows(theirs), (ours.stdout, theirs)
     finally:
         kube.kubectl("delete", "pod", "-n", "demo-to", "crash", "--wait=true")
     left = kube.kubectl("get", "events", "-n", "demo-to", "--field-selector",
