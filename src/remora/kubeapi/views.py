@@ -16,10 +16,9 @@ import datetime
 from typing import Any
 
 from remora.node import controller, naming
+from remora.resources.rfc3339 import format_time
 
-
-def iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+iso = format_time
 
 
 def stable_uid(kind: str, namespace: str, name: str, created: Any) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from remora.lab.tables import age, human_duration, tabwrite
 from remora.node import naming
+from remora.resources.rfc3339 import parse_time
 
 
 def _kv(d: dict[str, str] | None, indent: int) -> str:
@@ -24,23 +25,16 @@ def _line(label: str, value: Any, width: int = 18) -> str:
 
 def rfc1123z(stamp: Any) -> str:
     """Go's time.RFC1123Z, the format kubectl describe prints times in."""
-    try:
-        when = dt.datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
+    t = parse_time(stamp)
+    if t is None:
         return str(stamp or "")
-    return when.strftime("%a, %d %b %Y %H:%M:%S +0000")
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
 
 
-def _seconds(stamp: Any) -> float | None:
-    try:
-        return dt.datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        return None
 
 
 def _since(stamp: Any, now: float) -> str:
-    t = _seconds(stamp)
+    t = parse_time(stamp)
     return "<unknown>" if t is None else human_duration(now - t)
 
 
@@ -55,7 +49,7 @@ def events(items: list[dict[str, Any]], kind: str, namespace: str, name: str, ui
                                                                    or {})]
     if not mine:
         return ["Events:  <none>"]
-    mine.sort(key=lambda e: _seconds(e.get("lastTimestamp")) or 0.0)
+    mine.sort(key=lambda e: parse_time(e.get("lastTimestamp")) or 0.0)
     rows = [["Type", "Reason", "Age", "From", "Message"],
             ["----", "------", "----", "----", "-------"]]
     for e in mine:

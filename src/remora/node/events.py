@@ -27,7 +27,6 @@ client's recorder.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import threading
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remora.node.store import Store
+from remora.resources.rfc3339 import format_time, parse_time
 
 TTL = 3600.0  # kube-apiserver --event-ttl's default
 MAX_EVENTS = 2000
@@ -65,8 +65,6 @@ class Involved:
         return out
 
 
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -96,16 +94,17 @@ class EventRecorder:
             body = self.store.event_by_key(key)
             if body is not None and _seen(body) >= now - self.ttl:
                 body["count"] = int(body.get("count") or 1) + 1
-                body["lastTimestamp"] = _iso(now)
+                body["lastTimestamp"] = format_time(now)
             else:
                 name = f"{involved.name}.{time.time_ns():x}"
                 body = {"apiVersion": "v1", "kind": "Event",
                         "metadata": {"name": name, "namespace": involved.namespace or
-                                     "default", "creationTimestamp": _iso(now),
+                                     "default", "creationTimestamp": format_time(now),
                                      "uid": str(uuid.uuid4())},
                         "involvedObject": involved.reference(), "reason": reason,
                         "message": message, "source": source, "type": type_,
-                        "firstTimestamp": _iso(now), "lastTimestamp": _iso(now), "count": 1,
+                        "firstTimestamp": format_time(now),
+                        "lastTimestamp": format_time(now), "count": 1,
                         "eventTime": None, "reportingComponent": component,
                         "reportingInstance": host}
             self.store.put_event(key, body, now)
@@ -132,9 +131,4 @@ class EventRecorder:
 
 
 def _seen(body: dict[str, Any]) -> float:
-    text = str(body.get("lastTimestamp") or "")
-    try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.UTC).timestamp()
-    except ValueError:
-        return 0.0
+    return parse_time(body.get("lastTimestamp") or "") or 0.0
