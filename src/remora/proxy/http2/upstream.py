@@ -41,7 +41,7 @@ import contextlib
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import ngh2
@@ -65,7 +65,7 @@ from remora.proxy.http2.upstream_messages import (
     response_head,
     trailer_fields,
 )
-from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
+from remora.proxy.interfaces import Cluster, HostCounts, Stats, Upstream, UpstreamError
 from remora.proxy.stats import Counter, Histogram
 from remora.proxy.takeover import take_over
 from remora.proxy.upstream.auto_host import TlsOverride
@@ -712,12 +712,17 @@ class H2Client:
         if not st.ended and not st.closed and st.id:
             st.reset(ErrorCode.NO_ERROR)
         if st.unacked > 0 and not self.closed:
-            # bytes never relayed (the exchange was abandoned): the connection window
-            # still counts them, so it gets them back
-            with contextlib.suppress(ngh2.NGH2Error, ValueError):
+            # bytes not acknowledged yet: the usual response's DATA (its "end" event ends
+            # _exchange before its acknowledge), or bytes never relayed (the exchange was
+            # abandoned); the connection window still counts them, so it gets them back
+            try:  # noqa: SIM105 - no contextlib.suppress: once per response with a body
                 self.conn.acknowledge_received_data(st.unacked, st.id)
+            except (ngh2.NGH2Error, ValueError):
+                pass
             st.unacked = 0
-            self.flush()
+            if not self._flush_scheduled:  # (flush, inline)
+                self._flush_scheduled = True
+                self._batch.defer(self._turn_end)
         st.closed = True
         self.streams.pop(st.id, None)
         if self.waiting:
@@ -883,6 +888,8 @@ class _ClusterStats(Protocol):
     def rq_time(self) -> Histogram: ...
     @property
     def cx_none_healthy(self) -> Counter: ...
+    @property
+    def by_status(self) -> Mapping[int, _StatusCounters]: ...
 
     def status(self, status: int) -> _StatusCounters: ...
 
@@ -946,7 +953,10 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     facts = stream.conn.downstream.facts
     # the host first, then a connection to it (Envoy's router: chooseHost, then that
     # host's pool), so multiplexed connections do not bypass the load balancer
-    target = cluster.choose(facts, exclude, fw.reselections)
+    p = fw.policy
+    # (fw.reselections, inline: once per attempt)
+    reselections = p.host_selection_retry_max_attempts if p is not None else 1
+    target = cluster.choose(facts, exclude, reselections)
     if target is None:
         fw.cs.cx_none_healthy.inc()  # Envoy's router counts it on no host
         info.upstream_cluster = cluster.name
@@ -973,11 +983,11 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             if driver is not None:  # connecting needs a task (asyncio.timeout)
                 await driver.in_task()
             up = await (cluster.connect(facts, info, exclude,
-                                        host_selection_retry_max_attempts=fw.reselections,
+                                        host_selection_retry_max_attempts=reselections,
                                         target=target)
                         if ov is None else
                         cluster.connect(facts, info, exclude,
-                                        host_selection_retry_max_attempts=fw.reselections,
+                                        host_selection_retry_max_attempts=reselections,
                                         tls_override=ov, target=target))
         except UpstreamError as err:
             client.fail(err)
@@ -1014,7 +1024,6 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             raise
         finally:
             cluster.release("pending_requests")
-    p = fw.policy
     try:
         if client.closed or client.upstream is None:
             # it went away between its SETTINGS and this stream: a connection failure
@@ -1115,7 +1124,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                     if 100 <= s < 200:
                         continue  # 1xx: an HTTP/1.1 client gets only the final response
                     status = s
-                    relayed = _on_headers(fw, status, head, bool(ev[2]))
+                    relayed = _on_headers(fw, status, head, bool(ev[2]), hs)
                     if relayed == _RETRY:
                         raise _Retry()
                     deferred = relayed == _DEFERRED
@@ -1178,16 +1187,17 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     route = fw.route
     if not fw.router.suppress:
         # Envoy's FilterUtility::setTimeoutHeaders, as the HTTP/1.1 path sends it
-        elapsed = 0
         if stream.info.upstream_request_attempt_count > 1:
             elapsed = int((time.monotonic() - fw.started) * 1000)
-        per_try = fw.policy.per_try_timeout if fw.policy is not None else 0.0
-        expected = expected_timeout_ms(route.timeout, per_try, elapsed)
-        if expected:
-            extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+            per_try = fw.policy.per_try_timeout if fw.policy is not None else 0.0
+            expected = expected_timeout_ms(route.timeout, per_try, elapsed)
+            if expected:
+                extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+        else:  # the first attempt's value depends on the route alone (as router.py's)
+            extra = route.expected_timeout_header
     headers = stream.upstream_headers
     mutations = route.request_mutations
-    if mutations:
+    if mutations.add or mutations.remove:  # (its __bool__, inline)
         # after the router's timeout header, as on HTTP/1.1 (router.py _mutated)
         headers = apply_to_request([*headers, extra] if extra is not None else headers,
                                    mutations, stream.info.request_headers)
@@ -1205,9 +1215,10 @@ _DEFERRED = 2  # relayed; a gRPC request's host stat waits for the trailers
 
 
 def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
-                ended: bool) -> int:
+                ended: bool, hs: HostCounts) -> int:
     """Relay the response head (ENDED: it ended the stream); _RETRY when the status is to
-    be retried instead (then nothing was sent downstream and the stream is reset)."""
+    be retried instead (then nothing was sent downstream and the stream is reset). HS:
+    the attempt's host stats (fw.host's), charged with the outcome."""
     stream = fw.stream
     p = fw.policy
     wanted = False
@@ -1217,14 +1228,21 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
         if wanted and fw._take_retry():
             fw._charge("rq_error")
             return _RETRY
-    outcome = host_outcome(status, is_grpc_content_type(stream.req.hmap.get("content-type")),
-                           headers, ended)
-    if outcome is not None:
-        fw._charge(outcome)
+    ct = stream.req.hmap.get("content-type")  # (no call for a request without one)
+    if ct is not None and is_grpc_content_type(ct):
+        outcome = host_outcome(status, True, headers, ended)
+    else:  # (host_outcome of any other request, inline)
+        outcome = "rq_error" if status >= 500 else "rq_success"
+    # (fw._charge, inline: HS is fw.host's, counted as Cluster.host_stat counts it)
+    if outcome == "rq_success":
+        hs.rq_success += 1
+    elif outcome is not None:
+        hs.rq_error += 1
     # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
     # upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed, as one call
-    fw.cs.status(status).inc()
+    cs = fw.cs
+    (cs.by_status.get(status) or cs.status(status)).inc()
     info = stream.info
     if info.upstream_request_attempt_count > 1 and not wanted:  # (_retry_success, inline)
         fw.router.stats.inc(fw.stat + "upstream_rq_retry_success")
