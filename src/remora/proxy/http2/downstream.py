@@ -567,7 +567,11 @@ class Http2Connection:
                 elif name == ":path":
                     url = value
                 elif name == ":authority":
+                    # the Host first, as Envoy's HTTP/1 codec writes it: pseudo headers
+                    # come before any other (nghttp2 refuses the block otherwise), so the
+                    # map is still empty here
                     authority = value
+                    hmap["host"] = value
                 elif name == ":scheme":
                     # kept for what Envoy builds from the request's URL (a direct
                     # response's location); the rest uses the connection's
@@ -609,15 +613,10 @@ class Http2Connection:
             return
         req.method = method
         req.url = url
-        if authority is None:
-            authority = host
-        if authority is not None:
-            # the Host first, as Envoy's HTTP/1 codec writes it
-            req.hmap = {"host": authority}
-            req.hmap.update(hmap)
-            hmap = req.hmap
-        else:
-            req.hmap = hmap
+        if authority is None and host is not None:
+            # no :authority: the host header is the Host, first as well
+            hmap = {"host": host, **hmap}
+        req.hmap = hmap
         if cookies is not None:
             cookie = "; ".join(cookies)
             headers.append(("cookie", cookie))
