@@ -215,7 +215,8 @@ class H2Client:
     # attribute access on them is slower (as StreamConn, http2/stream.py)
     __slots__ = ("_batch", "_flush_scheduled", "_handlers", "_idle_timer", "_keepalive",
                  "_pending_out", "_turn_end", "closed", "conn", "created", "error", "goaway",
-                 "idle_timeout", "key", "loop", "max_duration", "max_requests", "on_idle",
+                 "host_counts", "idle_timeout", "key", "loop", "max_duration", "max_requests",
+                 "on_idle",
                  "options", "owner", "peer_max_streams", "reading", "ready", "reserved",
                  "settings_received", "stat", "stats", "streams", "total", "upstream",
                  "waiting", "woken", "write_paused")
@@ -237,6 +238,9 @@ class H2Client:
         self.on_idle = on_idle
         self.loop = asyncio.get_running_loop()
         self.upstream: Upstream | None = None
+        # the host's stats (OWNER's host_counts of the upstream's host), once a stream
+        # asked for them: kept here as on an HTTP/1.1 pooled connection (no call per stream)
+        self.host_counts: HostCounts | None = None
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ready.add_done_callback(_consume)
         self.error: UpstreamError | None = None
@@ -770,7 +774,11 @@ class H2Pool:
                 continue
             if exclude and (client.upstream is None or client.host in exclude):
                 continue
-            client.admit()
+            client.reserved += 1  # (admit, inline: once per stream)
+            client.total += 1
+            if client._idle_timer is not None:
+                client._idle_timer.cancel()
+                client._idle_timer = None
             return client
         return None
 
@@ -890,6 +898,8 @@ class _ClusterStats(Protocol):
     def cx_none_healthy(self) -> Counter: ...
     @property
     def by_status(self) -> Mapping[int, _StatusCounters]: ...
+    @property
+    def plain(self) -> bool: ...
 
     def status(self, status: int) -> _StatusCounters: ...
 
@@ -1075,8 +1085,15 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     host = up.host
     fw.tried.add(host)
     fw.host = host
-    fw.cs.rq_total.inc()
-    hs = cluster.host_counts(host)
+    cs = fw.cs
+    if cs.plain:  # Counter.inc, inline (as the router counts it)
+        cs.rq_total.pending += 1
+    else:
+        cs.rq_total.inc()
+    # (the connection's owner is this cluster: H2Pool.acquire hands out no other's)
+    hs = client.host_counts
+    if hs is None:
+        hs = client.host_counts = cluster.host_counts(host)
     hs.rq_total += 1
     hs.rq_active += 1
     st = H2Stream(client, fw.h1)
@@ -1085,7 +1102,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
         if not req.complete and stream.conn.body_error():
             raise _CodecFailure()
         headers = _request_headers(fw)
-        body_now = not req.complete or any(req.body)
+        body_now = not req.complete or (any(req.body) if req.body else False)
         client.open_stream(st, headers, end_stream=not body_now)
         if body_now:
             for chunk in req.body:
@@ -1146,7 +1163,14 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                         stream.encode_trailers(trailers)
                     else:
                         stream.encode_end()
-                    fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
+                    ms = (time.monotonic() - fw.started) * 1000
+                    if cs.plain:  # Histogram.observe, inline (as the router records it)
+                        pending = cs.rq_time.pending
+                        pending.append(ms)
+                        if len(pending) >= Histogram.FOLD_AT:
+                            cs.rq_time.fold()
+                    else:
+                        cs.rq_time.observe(ms)
                     return
                 elif kind == "reset":
                     stream.flush()
