@@ -898,23 +898,15 @@ class Http2Connection:
                 "message": "HTTP/2 stream failed", "exception": err})
 
     def stream_done(self, stream: Http2Stream) -> None:
-        """The stream is over: reset or counted as its end says, logged, forgotten."""
+        """The stream is over: reset what did not end cleanly, count premature resets
+        (rapid reset), forget the stream; then it is logged."""
         scon = stream.scon
         scon.state = DONE
         scon.tail = False
         task = scon.task
         if task is not None:
             self.tasks.discard(task)
-        self._end_stream(stream)
-        self.hcm.complete(stream)
-        # the stream and its StreamConn refer to each other: unlinked, the stream's
-        # objects (request, StreamInfo) go by reference counting now instead of piling
-        # up for the cyclic GC (whose passes cost every request)
-        scon.stream = None
-
-    def _end_stream(self, stream: Http2Stream) -> None:
-        """After the exchange: reset what did not end cleanly, count premature resets
-        (rapid reset), forget the stream."""
+        # (what a method of its own did before the log: once per stream)
         sid = stream.sid
         if not (stream.ended or stream.reset) and not self.closed:  # (not sent_all)
             # the response could not be completed (upstream reset after the headers,
@@ -955,11 +947,15 @@ class Http2Connection:
                 else premature >= closed):
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM,
                         "downstream_rq_too_many_premature_resets")
-            return
-        if self.goaway_received and not self.streams:
+        elif self.goaway_received and not self.streams:
             self._finish()
         elif self.draining and self.goaway_sent and not self.streams:
             self._close_drained()
+        self.hcm.complete(stream)
+        # the stream and its StreamConn refer to each other: unlinked, the stream's
+        # objects (request, StreamInfo) go by reference counting now instead of piling
+        # up for the cyclic GC (whose passes cost every request)
+        scon.stream = None
 
     def arm_route_timeout(self, scon: StreamConn, timeout: float) -> None:
         """SCON's route timeout: cancel it with "timeout" TIMEOUT seconds from now unless
