@@ -8,8 +8,10 @@ but for three things this module deals with:
 - **Equal-preference groups**, ``[A|B]``: BoringSSL lets the client's order choose among
   a group's members (Envoy's own default server list is written with two of them).
   OpenSSL has no such groups, so a group is flattened into its members, in the order
-  written: the first member wins where BoringSSL would let the client choose, and a
-  client offering only one member gets that one from both. BoringSSL refuses an operator
+  written, and ``equal_preference_groups`` tells cipher_order.py which ciphers of the
+  list form one: a server context reorders each group by the client's preference for
+  each connection (BoringSSL's ssl_choose_cipher under server preference). Where that
+  cannot be installed the first member written wins. BoringSSL refuses an operator
   (``-``, ``+``, ``!``, ``@``) inside a group, before one, or anywhere after the first
   group, an unclosed group and ``|`` outside one (observed on Envoy 1.40): so does
   ``parse``.
@@ -99,9 +101,15 @@ def parse(text: str) -> list[str]:
     """TEXT (a joined cipher_suites) as BoringSSL's strict parser reads it, as OpenSSL
     cipher-string items in order (groups flattened, TLS 1.3 names dropped); raises
     ValueError where BoringSSL refuses the syntax or a name."""
-    items: list[str] = []
+    return [item for item, _ in _parse(text)]
+
+
+def _parse(text: str) -> list[tuple[str, int | None]]:
+    """parse's items, each with the number of the [A|B] group it came from (None: none)."""
+    items: list[tuple[str, int | None]] = []
     i, n = 0, len(text)
     has_group = False
+    groups = 0
     while i < n:
         ch = text[i]
         if ch == ":":
@@ -109,10 +117,11 @@ def parse(text: str) -> list[str]:
             continue
         if ch == "[":
             has_group = True
+            groups += 1
             i += 1
             while True:
                 words, i = _rule(text, i)
-                items.append("+".join(words))
+                items.append(("+".join(words), groups))
                 if i < n and text[i] == "|":
                     i += 1
                     continue
@@ -130,14 +139,14 @@ def parse(text: str) -> list[str]:
                 m = _WORD.match(text, i)
                 if m is None or m.group() != "STRENGTH":
                     raise ValueError("unknown special")
-                items.append("@STRENGTH")
+                items.append(("@STRENGTH", None))
                 i = m.end()
                 continue
         words, i = _rule(text, i)
         if i < n and text[i] != ":":
             raise ValueError(f"unexpected {text[i]!r}")
-        items.append(op + "+".join(words))
-    return [item for item in items if item.lstrip("-+!") not in TLS13_CIPHERS]
+        items.append((op + "+".join(words), None))
+    return [(item, g) for item, g in items if item.lstrip("-+!") not in TLS13_CIPHERS]
 
 
 def _openssl(items: list[str]) -> str:
@@ -181,6 +190,33 @@ def openssl_ciphers(suites: list[str]) -> str | None:
                 bad.append(piece)
     raise CipherListError(f"Failed to initialize cipher suites {joined}. The following "
                           f"ciphers were rejected when tried individually: {', '.join(bad)}")
+
+
+def equal_preference_groups(suites: list[str]) -> list[list[str]]:
+    """The ciphers of each [A|B] group of an accepted cipher_suites list (aliases
+    expanded, narrowed to BoringSSL's ciphers, a cipher in the first group naming it),
+    groups of one left out; [] for an empty list: Envoy's default server list then."""
+    joined = ":".join(suites) or ENVOY_SERVER_DEFAULT
+    try:
+        items = _parse(joined)
+    except ValueError:
+        return []
+    by_group: dict[int, list[str]] = {}
+    taken: set[str] = set()
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for item, group in items:
+        if group is None:
+            continue
+        try:
+            probe.set_ciphers(item)
+        except ssl.SSLError:
+            continue
+        for c in probe.get_ciphers():
+            name = c["name"]
+            if name in BORINGSSL_CIPHERS and name not in taken:
+                taken.add(name)
+                by_group.setdefault(group, []).append(name)
+    return [names for _, names in sorted(by_group.items()) if len(names) > 1]
 
 
 def fix_hint(suites: list[str]) -> str:
