@@ -33,7 +33,7 @@ HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_man
        "HttpConnectionManager")
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-DRAIN_TIME_S = 6  # the dumps during the drain come within its first half, even when loaded
+DRAIN_TIME_S = 10  # the dumps during the drain come within its first half, even when loaded
 
 
 def _listener(name: str, port: int, body: str, **extra: Any) -> dict[str, Any]:
