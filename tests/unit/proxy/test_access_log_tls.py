@@ -255,6 +255,14 @@ def test_cipher_suites_are_read(pki: dict[str, Path]) -> None:
         _transport(pki, {"cipher_suites": ["NOT-A-CIPHER"]})
 
 
+def test_iana_names_are_read_as_openssl_names(pki: dict[str, Path]) -> None:
+    names = cipher_order.standard_names()
+    assert names["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    transport = _transport(pki, {"cipher_suites": [
+        "[TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256|ECDHE-ECDSA-AES128-GCM-SHA256]"]})
+    assert transport.ciphers == "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
 def test_group_order_follows_the_client_within_each_group() -> None:
     rule = cipher_order._Rule(False, ("A", "B", "C", "D", "E"), (0, 0, None, 1, 1),
                               (1, 2, 3, 4, 5))

@@ -5,7 +5,7 @@
   "rejected when tried individually" (Envoy's ContextImpl message). Among them Envoy's
   own default server list (ServerContextConfigImpl::DEFAULT_CIPHER_SUITES, with its
   ``[A|B]`` equal-preference groups and trailing ``:``) pasted as one string, and
-  BoringSSL's refusals of operators next to groups.
+  BoringSSL's refusals of operators next to groups, and IANA names (read by both).
 - What a client gets: one bootstrap with a TLS tcp_proxy listener per cipher list, run by
   `envoy` and by `remora proxy`; TLS 1.2 clients offering one cipher (each member of a
   group), a whole group in the list's order, or a cipher outside the list, must see the
@@ -29,7 +29,7 @@ import pytest
 from remora.controlplane.ca import CertificateAuthority
 from remora.errors import RemoraError
 from remora.proxy import process
-from remora.proxy.transport import cipher_list
+from remora.proxy.transport import cipher_list, cipher_order
 from tests import proxyharness as ph
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.proxy_helpers import addr, free_port
@@ -93,6 +93,14 @@ LOADS: dict[str, list[str]] = {
     "bar-outside-group": [f"{A128}|{CHACHA}"],
     "spaces-in-group": [f"[{A128} | {CHACHA}]"],
     "comma-separated": [f"{A128},{CHACHA}"],
+    # IANA names, which BoringSSL reads too: every one of BoringSSL's ciphers (libssl's
+    # table gives them), then one BoringSSL does not have
+    "iana-names": [":".join(sorted(
+        std for std, name in cipher_order.standard_names().items()
+        if name in cipher_list.BORINGSSL_CIPHERS))],
+    "iana-group": ["[TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256|"
+                   "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]"],
+    "iana-openssl-only": ["TLS_DHE_RSA_WITH_AES_128_GCM_SHA256"],
 }
 _REJECTED = re.compile(r"Failed to initialize cipher suites (.*)\. The following ciphers were "
                        r"rejected when tried individually: (.*)$", re.M)
@@ -118,24 +126,14 @@ def test_loads_where_envoy_loads(case: str, pki: Path, tmp_path: Path) -> None:
         assert "cipher_suites" in remora_said  # the field is named
 
 
-def test_iana_names_are_refused_with_the_openssl_name_to_use(pki: Path,
-                                                              tmp_path: Path) -> None:
-    # BoringSSL reads IANA names too; OpenSSL 3.0's cipher strings do not (a documented
-    # difference): refused, saying what to write instead
-    bootstrap = _bootstrap([_listener("l", 10000, pki, [
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"])], 10001)
-    path = tmp_path / "bootstrap.json"
-    assert lp.envoy_validates(bootstrap, path)[0]
-    with pytest.raises(RemoraError) as err:
-        process.load(str(path), 1)
-    assert "not IANA" in (err.value.fix or "")
-
-
 # -- what a client gets -------------------------------------------------------------------
 SERVES: dict[str, list[str] | None] = {
     "default": None,
     "envoy-default-pasted": [ENVOY_DEFAULT],
     "custom-group": [f"[{CHACHA}|{A256}]", A128],
+    "iana-custom-group": ["[TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256|"
+                          "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]",
+                          "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"],
 }
 # client: the TLS 1.2 ciphers it offers, in its order of preference
 OFFERS: dict[str, list[str]] = {
@@ -215,5 +213,7 @@ def test_envoys_outcomes_are_what_the_cases_mean(
     assert envoy[("envoy-default-pasted", "chacha-aes128")] == CHACHA
     assert envoy[("custom-group", "aes256-chacha")] == A256
     assert envoy[("custom-group", "aes128-chacha")] == CHACHA  # the group before A128
+    for client in OFFERS:  # IANA names: the same list
+        assert envoy[("iana-custom-group", client)] == envoy[("custom-group", client)]
     assert envoy[("custom-group", "aes256")] == A256
     assert envoy[("custom-group", "aes256-aes128")] == A256  # the group before A128

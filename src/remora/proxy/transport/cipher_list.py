@@ -28,8 +28,9 @@ but for three things this module deals with:
   both refuse.
 
 IANA standard names (``TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256``), which BoringSSL also
-accepts, are not: OpenSSL 3.0's cipher strings do not read them, and they are refused
-naming the OpenSSL form to use.
+reads, are turned into OpenSSL's (libssl's own SSL_CIPHER_standard_name table,
+cipher_order.standard_names): OpenSSL 3.0's cipher strings do not read them. Where that
+table cannot be had they are refused, naming the OpenSSL form to use.
 
 A refused list gets Envoy's message (ContextImpl: "Failed to initialize cipher suites
 <list>. The following ciphers were rejected when tried individually: <names>"): the list
@@ -70,6 +71,22 @@ _WORD = re.compile(r"[A-Za-z0-9._=-]+")
 _IANA = re.compile(r"TLS_[A-Z0-9_]+_WITH_[A-Z0-9_]+")
 
 
+_standard: dict[str, str] | None = None
+
+
+def _openssl_name(word: str) -> str:
+    """WORD, or the OpenSSL name of the BoringSSL cipher whose IANA name it is."""
+    global _standard
+    if not word.startswith("TLS_"):
+        return word
+    if _standard is None:
+        from remora.proxy.transport import cipher_order
+
+        _standard = {std: name for std, name in cipher_order.standard_names().items()
+                     if name in BORINGSSL_CIPHERS}
+    return _standard.get(word, word)
+
+
 class CipherListError(ValueError):
     """A cipher list BoringSSL refuses; the text is Envoy's message."""
 
@@ -82,7 +99,7 @@ def _rule(text: str, i: int) -> tuple[list[str], int]:
         m = _WORD.match(text, i)
         if m is None:
             raise ValueError("empty rule")
-        words.append(m.group())
+        words.append(_openssl_name(m.group()))
         i = m.end()
         if i < len(text) and text[i] == "+":
             i += 1

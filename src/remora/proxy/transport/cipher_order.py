@@ -166,6 +166,59 @@ def _on_client_hello(ssl_ptr: int | None, _alert: Any, _arg: int | None) -> int:
 _callback = _CALLBACK(_on_client_hello)  # kept alive: OpenSSL holds the pointer
 
 
+def _ctx_pointer(ctx: ssl.SSLContext, lib: _LibSsl) -> int | None:
+    """CTX's SSL_CTX address (CPython's PySSLContext starts with it), once
+    SSL_CTX_get_options through it returns CTX's own options; None otherwise."""
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or lib.ctx_get_options(ptr) != ctx.options:
+        log.debug("SSLContext layout not recognised")
+        return None
+    return int(ptr)
+
+
+def standard_names() -> dict[str, str]:
+    """IANA (RFC) cipher suite name -> OpenSSL name, for every cipher this libssl has
+    (SSL_CIPHER_standard_name); {} when libssl cannot be reached that way."""
+    lib = _libssl()
+    if lib is None:
+        return {}
+    try:
+        import _ssl
+
+        raw = ctypes.CDLL(_ssl.__file__)
+        get_ciphers = raw.SSL_CTX_get_ciphers
+        get_ciphers.restype = ctypes.c_void_p
+        get_ciphers.argtypes = [ctypes.c_void_p]
+        sk_num = raw.OPENSSL_sk_num
+        sk_num.restype = ctypes.c_int
+        sk_num.argtypes = [ctypes.c_void_p]
+        sk_value = raw.OPENSSL_sk_value
+        sk_value.restype = ctypes.c_void_p
+        sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        std_name = raw.SSL_CIPHER_standard_name
+        std_name.restype = ctypes.c_char_p
+        std_name.argtypes = [ctypes.c_void_p]
+        get_name = raw.SSL_CIPHER_get_name
+        get_name.restype = ctypes.c_char_p
+        get_name.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError) as exc:
+        log.debug("libssl cipher names unavailable: %s", exc)
+        return {}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    ptr = _ctx_pointer(ctx, lib)
+    stack = get_ciphers(ptr) if ptr is not None else None
+    if not stack:
+        return {}
+    names: dict[str, str] = {}
+    for i in range(sk_num(stack)):
+        cipher = sk_value(stack, i)
+        std, name = std_name(cipher), get_name(cipher)
+        if std and name:
+            names[std.decode()] = name.decode()
+    return names
+
+
 def client_order_for_tls13(ctx: ssl.SSLContext) -> bool:
     """Give the server context CTX BoringSSL's TLS 1.3 rule (above); whether it was
     installed."""
@@ -185,9 +238,8 @@ def install(ctx: ssl.SSLContext, groups: Sequence[Sequence[str]]) -> bool:
     lib = _libssl()
     if lib is None:
         return False
-    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not ptr or lib.ctx_get_options(ptr) != ctx.options:
-        log.debug("SSLContext layout not recognised: the server's cipher order stays")
+    ptr = _ctx_pointer(ctx, lib)
+    if ptr is None:  # the server's cipher order stays
         return False
     rule = _Rule(tls13)
     if grouped:
