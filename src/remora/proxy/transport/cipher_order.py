@@ -153,6 +153,9 @@ def _on_client_hello(ssl_ptr: int | None, _alert: Any, _arg: int | None) -> int:
             body = ctypes.string_at(out, size.value)
             if offers_tls13(body):
                 lib.clear_options(ssl_ptr, ssl.OP_CIPHER_SERVER_PREFERENCE)
+                # TLS 1.3 it is (the context allows it): its suites are not the list's,
+                # so the TLS 1.2 groups need no order (every sidecar-to-sidecar handshake)
+                return _SUCCESS
         if rule is not None and rule.names:
             count = lib.get0_ciphers(ssl_ptr, ctypes.byref(out))
             order = group_order(rule, ctypes.string_at(out, count) if count else b"")
