@@ -395,10 +395,10 @@ spec:
 
 
 def test_errors_are_kubernetes_status_objects(kube: Kube) -> None:
-    unknown = kube.kubectl("get", "configmaps", check=False)
+    unknown = kube.kubectl("get", "serviceaccounts", check=False)
     assert unknown.returncode != 0
-    assert 'the server doesn\'t have a resource type "configmaps"' in unknown.stderr
-    code, status = kube.raw("GET", "/api/v1/namespaces/demo-to/configmaps")
+    assert 'the server doesn\'t have a resource type "serviceaccounts"' in unknown.stderr
+    code, status = kube.raw("GET", "/api/v1/namespaces/demo-to/serviceaccounts")
     assert code == 404 and status["kind"] == "Status" and status["reason"] == "NotFound"
     code, status = kube.raw("GET", "/api/v1/namespaces/demo-to/pods/nope")
     assert (code, status["reason"], status["message"]) == (404, "NotFound",

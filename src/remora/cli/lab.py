@@ -319,14 +319,16 @@ def describe(kind: str, name: str | None, namespace: str, selector: str | None,
     items = ops.select(client, k, namespace, name, selector)
     now = time.time()
     texts = []
+    recorded: list[dict[str, Any]] = (list(client.call("events")["items"])
+                                      if items and k in ("Pod", "Deployment") else [])
     for obj in items:
         if k == "Pod":
-            texts.append(describe_text.pod(obj, now))
+            texts.append(describe_text.pod(obj, now, recorded))
         elif k == "Deployment":
             pods = [p for p in client.get("Pod", namespace)
                     if (p["metadata"].get("ownerReferences") or [{}])[0].get("name")
                     == obj["metadata"]["name"]]
-            texts.append(describe_text.deployment(obj, pods, now))
+            texts.append(describe_text.deployment(obj, pods, now, recorded))
         elif k == "Service":
             texts.append(describe_text.service(obj, ops.endpoints_of(client, obj), now))
         elif k in ("PeerAuthentication", "AuthorizationPolicy"):

@@ -214,6 +214,23 @@ def istio_versions(text: str) -> tuple[list[tuple[int, int]], str]:
     return [], ""
 
 
+# pilot-agent's first lines in `kubectl logs POD -c istio-proxy`: it logs its own build
+# (`log.Infof("Version %s", version.Info.String())` in pilot/cmd/pilot-agent/app/cmd.go,
+# BuildInfo.String() is VERSION-GITREVISION-STATUS), e.g.
+# `2022-12-17T09:20:01.121035Z	info	Version 1.11.4-9f6f0327...-Clean`. The timestamp is
+# optional (`kubectl logs --timestamps` adds another one in front, `--prefix` a pod tag).
+_AGENT_VERSION = re.compile(r"^(?:.*\s)?info\s+Version\s+v?(\d+)\.(\d+)[\w.+-]*\s*$", re.M)
+
+
+def agent_version(text: str) -> tuple[tuple[int, int], str] | None:
+    """The Istio version pilot-agent logged at start in an istio-proxy log, and that line;
+    None when the log does not reach back to the sidecar's start."""
+    m = _AGENT_VERSION.search(text)
+    if not m:
+        return None
+    return (int(m.group(1)), int(m.group(2))), m.group(0).strip()
+
+
 def istio_version(text: str) -> tuple[int, int] | None:
     """The one Istio version of the sidecars `istioctl version` output or an image tag
     names: the data plane's, else the control plane's; None when only istioctl's own

@@ -49,6 +49,10 @@ class Backend(Protocol):
     def nodes(self) -> list[dict[str, Any]]:
         """The lab's nodes: name, index, subnet, gateway, nodeIP (the daemon's `nodes`)."""
 
+    def events(self) -> list[dict[str, Any]]:
+        """The core/v1 Events the lab's controllers and kubelet recorded (remora.node.events),
+        oldest first."""
+
 
 def admit(objects: list[dict[str, Any]], namespaces: list[dict[str, Any]],
           images: ImageMap) -> tuple[list[dict[str, Any]], list[str]]:
@@ -117,3 +121,6 @@ class NodeBackend:
 
     def nodes(self) -> list[dict[str, Any]]:
         return list(self.api.handle({"op": "nodes"})["items"])
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.api.handle({"op": "events"})["items"])

@@ -75,6 +75,19 @@ _SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp",
                   "ownerReferences", "selfLink")
 
 
+def _unserved(plural: str) -> ApiError:
+    # kubectl prints the message as is (`kubectl create configmap`: "failed to create
+    # configmap: ..."): the apiserver's words, then what the lab serves
+    return no_such_path(f"{NOT_FOUND} ({plural}: the lab does not serve them; it stores "
+                        f"{res.writable_kinds()})")
+
+
+def _unstored_warning(plural: str) -> str:
+    return (f"{plural}: the lab does not store them (it stores {res.writable_kinds()}); "
+            "their lists are always empty, served so that kubectl apply --prune's default "
+            "allowlist resolves")
+
+
 @dataclass(frozen=True)
 class Target:
     resource: Resource
@@ -284,10 +297,7 @@ class Handler:
             raise no_such_path()
         resource = res.lookup(group, version, rest[0])
         if resource is None:
-            # kubectl prints the message as is (`kubectl create configmap`: "failed to
-            # create configmap: ..."): the apiserver's words, then what the lab serves
-            raise no_such_path(f"{NOT_FOUND} ({rest[0]}: the lab does not serve them; "
-                               f"it stores {res.writable_kinds()})")
+            raise _unserved(rest[0])
         if namespace is not None and not resource.namespaced:
             raise no_such_path()
         sub = rest[2] if len(rest) == 3 else None
@@ -305,6 +315,8 @@ class Handler:
     def _verb(self, req: Request, t: Target) -> Result:
         r = t.resource
         verbs = set(r.verbs)
+        if r.unstored and not (req.method == "GET" and t.name is None):
+            raise _unserved(r.plural)  # only its (empty) list is served
         if t.subresource == "log":
             if req.method != "GET":
                 raise ApiError(405, f"{req.method} is not supported on pods/log")
@@ -370,13 +382,14 @@ class Handler:
             # served (and stamped) in the resource's storage version whatever version
             # they were applied in, so a v1beta1 apply does not look like a change
             pairs = [(o, views.api_object(kind, gv, {**o, "apiVersion": gv})) for o in raw]
+        elif r.unstored:
+            pairs = []  # the lab holds none (resources.UNSTORED)
         elif kind == "CustomResourceDefinition":
             # installed with the lab: created when this API started
             served = [views.api_object(kind, gv, {**o, "metadata": {
                 **o["metadata"], "creationTimestamp": self.started}}) for o in res.crds()]
             pairs = [(o, o) for o in served]
         else:
-            pods = [views.api_object("Pod", "v1", p) for p in self.backend.objects("Pod", None)]
             if kind in ("Node", "Lease"):
                 default = next((n for n in self.backend.objects("Namespace", None)
                                 if n["metadata"]["name"] == "default"), None)
@@ -387,7 +400,7 @@ class Handler:
                 if kind == "Lease":
                     derived = views.leases(derived, self.clock())
             elif kind == "Event":
-                derived = views.events(pods)
+                derived = self.backend.events()
             elif kind == "ReplicaSet":
                 raw_deployments = self.backend.objects("Deployment", None)
                 deployments = [views.api_object("Deployment", "apps/v1", d)
@@ -397,6 +410,8 @@ class Handler:
                     (d["metadata"]["namespace"], d["metadata"]["name"]):
                     (d.get("remora") or {}).get("revisions") or [] for d in raw_deployments})
             else:
+                pods = [views.api_object("Pod", "v1", p)
+                        for p in self.backend.objects("Pod", None)]
                 services = self.backend.objects("Service", None)
                 derived = (views.endpoints(services, pods) if kind == "Endpoints"
                            else views.endpointslices(services, pods))
@@ -428,6 +443,10 @@ class Handler:
         pairs = [(o, s) for o, s in self.view(t) if match(s)]
         version = str(self.versions.current)
         if table.wants_table(req.headers.get("accept", "")):
+            if t.resource.unstored:
+                # a person's `kubectl get configmaps` (it asks for a Table; kubectl's
+                # prune and other clients ask for the list itself) is told why it is empty
+                req.warnings.append(_unstored_warning(t.resource.plural))
             return Response.of(table.table(t.resource.kind, pairs, self.clock(), version,
                                            include=req.arg("includeObject", "Metadata")))
         return Response.of({"kind": f"{t.resource.kind}List",

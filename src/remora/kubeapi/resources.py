@@ -25,6 +25,9 @@ class Resource:
     verbs: tuple[str, ...] = RW
     categories: tuple[str, ...] = ()
     store_kind: str = ""  # the node store's kind; "" = derived, read-only
+    # a kind the lab does not store, in discovery only so that kubectl can map it (see
+    # UNSTORED): its lists are empty, every other request is refused naming what is stored
+    unstored: bool = False
 
     @property
     def group_version(self) -> str:
@@ -60,7 +63,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "services", "Service", short_names=("svc",), categories=("all",),
              store_kind="Service"),
     Resource("", "v1", "endpoints", "Endpoints", short_names=("ep",), verbs=RO),
-    # derived from the pods' status (views.events); a cluster also takes writes
+    # recorded by the lab's controllers and kubelet (remora.node.events); a cluster
+    # also takes writes from any client
     Resource("", "v1", "events", "Event", short_names=("ev",), verbs=RO),
     Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",),
              categories=("all",), store_kind="Deployment"),
@@ -86,6 +90,31 @@ RESOURCES: tuple[Resource, ...] = (
              short_names=("ap",), categories=("istio-io", "security-istio-io"),
              store_kind="AuthorizationPolicy"),
 )
+# The kinds of kubectl's default `apply --prune` allowlist (kubectl 1.32,
+# staging/src/k8s.io/kubectl/pkg/cmd/apply/prune.go: defaultNamespacedPruneResources and,
+# without --namespace, defaultNonNamespacedPruneResources) that the lab does not store.
+# kubectl maps every kind of the list through discovery before it prunes, and one missing
+# kind fails the whole apply ("error retrieving RESTMappings to prune: ... no matches for
+# kind ConfigMap"). So they are in discovery with the verbs list and watch only, and their
+# lists are empty, which is true: the lab holds none and refuses to make one. Anything
+# else (get by name, create, apply, delete) is the 404 that names what the lab stores, as
+# for a kind it does not know at all; `kubectl get` of one says so in a Warning.
+_LIST_ONLY = ("list", "watch")
+UNSTORED: tuple[Resource, ...] = tuple(
+    Resource(group, "v1", plural, kind, namespaced=namespaced, short_names=short,
+             verbs=_LIST_ONLY, unstored=True)
+    for group, plural, kind, namespaced, short in (
+        ("", "configmaps", "ConfigMap", True, ("cm",)),
+        ("", "secrets", "Secret", True, ()),
+        ("", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",)),
+        ("", "persistentvolumes", "PersistentVolume", False, ("pv",)),
+        ("", "replicationcontrollers", "ReplicationController", True, ("rc",)),
+        ("apps", "daemonsets", "DaemonSet", True, ("ds",)),
+        ("apps", "statefulsets", "StatefulSet", True, ("sts",)),
+        ("batch", "jobs", "Job", True, ()),
+        ("batch", "cronjobs", "CronJob", True, ("cj",)),
+        ("networking.k8s.io", "ingresses", "Ingress", True, ("ing",))))
+RESOURCES += UNSTORED
 # Istio serves its CRDs at v1 and v1beta1 (the same objects); v1 is preferred.
 SERVED_VERSIONS = {ISTIO_SECURITY: ("v1", "v1beta1")}
 SUBRESOURCES = {"pods": ("status", "log", "exec", "portforward"),

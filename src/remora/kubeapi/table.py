@@ -96,6 +96,13 @@ DERIVED: dict[str, tuple[list[str], list[str], Row]] = {
              _node_row),
 }
 
+# the apiserver's table for a kind without printer columns (apimachinery's
+# DefaultTableConvertor: name, creation time), here the kinds listed empty
+# (resources.UNSTORED)
+_DEFAULT: tuple[list[str], list[str], Row] = (
+    ["Name", "Created At"], [], lambda o, now: [
+        o["metadata"]["name"], str(o["metadata"].get("creationTimestamp") or "")])
+
 
 def _title(header: str) -> str:
     return "-".join(w.capitalize() for w in header.split("-")) if header.isupper() else header
@@ -108,7 +115,7 @@ def columns(kind: str) -> list[dict[str, Any]]:
     if kind in tables.HEADERS:
         head, extra, _ = tables.HEADERS[kind]
     else:
-        head, extra, _ = DERIVED[kind]
+        head, extra, _ = DERIVED.get(kind, _DEFAULT)
     out = []
     for i, name in enumerate([*head, *extra]):
         out.append({"name": _title(name), "type": "string",
@@ -120,7 +127,7 @@ def columns(kind: str) -> list[dict[str, Any]]:
 def cells(kind: str, obj: dict[str, Any], now: float) -> list[str]:
     if kind in tables.HEADERS:
         return tables.HEADERS[kind][2](obj, now, True)
-    return DERIVED[kind][2](obj, now)
+    return DERIVED.get(kind, _DEFAULT)[2](obj, now)
 
 
 def partial(obj: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The store's objects as the API serves them (pure): metadata the apiserver would add
 (uid, creationTimestamp, resourceVersion), defaults it would apply (Deployment replicas
 and conditions, Pod conditions, Namespace phase), and the kinds derived from the store
-rather than stored: Endpoints, EndpointSlices and ReplicaSets.
+rather than stored: Endpoints, EndpointSlices and ReplicaSets. (Events are not derived:
+the node records them, remora.node.events.)
 
 The node's objects carry a top-level `remora` block for the remora CLI's columns; the
 API drops it (tables are rendered before it goes). Container statuses keep their
@@ -12,23 +13,18 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
-import uuid
 from typing import Any
 
-from remora.node import controller
+from remora.node import controller, naming
+from remora.resources.rfc3339 import format_time
 
-_UID_NAMESPACE = uuid.UUID("5f1d3a0e-6b7c-4c8e-9a51-72656d6f7261")
-
-
-def iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+iso = format_time
 
 
 def stable_uid(kind: str, namespace: str, name: str, created: Any) -> str:
     """A uid for a stored object: the same on every read, a new one when the object is
     deleted and created again (its creation time differs), as an apiserver's uid."""
-    return str(uuid.uuid5(_UID_NAMESPACE, f"{kind}/{namespace}/{name}/{created}"))
+    return naming.object_uid(kind, namespace, name, created)
 
 
 def _timestamp(meta: dict[str, Any]) -> str | None:
@@ -254,85 +250,6 @@ def endpointslices(services: list[dict[str, Any]],
                                          "name": by_ip[ip]}} for ip in sorted(by_ip)],
             "ports": [{"name": n, "port": p, "protocol": proto}
                       for n, p, proto in sorted(ports)]})
-    return out
-
-
-def _event(pod: dict[str, Any], reason: str, message: str, at: Any, *, kind: str = "Normal",
-           component: str = "kubelet", field_path: str = "", count: int = 1,
-           first: Any = None) -> dict[str, Any]:
-    meta = pod["metadata"]
-    ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
-    node = str((pod.get("spec") or {}).get("nodeName") or "")
-    # named <object>.<16 hex digits>, as client-go's recorder names them; stable per
-    # pod incarnation, reason and container so a watch sees the same event again
-    digest = hashlib.sha256(f"{uid}/{reason}/{field_path}".encode()).hexdigest()[:16]
-    event_name = f"{name}.{digest}"
-    source: dict[str, str] = {"component": component}
-    if component == "kubelet":
-        source["host"] = node
-    involved = {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid}
-    if field_path:
-        involved["fieldPath"] = field_path
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": event_name, "namespace": ns,
-                         "uid": stable_uid("Event", ns, event_name, meta.get("uid")),
-                         "creationTimestamp": first or at},
-            "involvedObject": involved, "reason": reason, "message": message,
-            "source": source, "firstTimestamp": first or at, "lastTimestamp": at,
-            "count": count, "type": kind, "eventTime": None,
-            "reportingComponent": component, "reportingInstance": source.get("host", "")}
-
-
-def events(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """core/v1 Events of each pod, derived from what its status shows happened (the lab
-    keeps no event log): the scheduler's Scheduled, and kubelet's Pulled, Created and
-    Started for each container that ran (count: its runs, as kubelet's recorder counts
-    repeats), BackOff for one in CrashLoopBackOff, Killing for each container of a
-    terminating pod. Messages are kubelet's and the scheduler's (pkg/kubelet/events,
-    kuberuntime_container.go; schedule_one.go). An event leaves with its pod (a
-    cluster keeps them for an hour)."""
-    out = []
-    for p in pods:
-        meta, spec, status = p["metadata"], p.get("spec") or {}, p.get("status") or {}
-        ns, name = meta.get("namespace", ""), meta.get("name", "")
-        created = meta.get("creationTimestamp")
-        node = spec.get("nodeName")
-        if not node:
-            continue  # not scheduled yet: nothing has happened to it
-        out.append(_event(p, "Scheduled", f"Successfully assigned {ns}/{name} to {node}",
-                          created, component="default-scheduler"))
-        images = {c.get("name"): c.get("image", "") for key in ("initContainers", "containers")
-                  for c in spec.get(key) or []}
-        for key, field in (("initContainerStatuses", "initContainers"),
-                           ("containerStatuses", "containers")):
-            for c in status.get(key) or []:
-                cname = c.get("name", "")
-                path = f"spec.{field}{{{cname}}}"
-                state = c.get("state") or {}
-                ran = state.get("running") or state.get("terminated") or {}
-                last = (c.get("lastState") or {}).get("terminated") or {}
-                started = ran.get("startedAt") or last.get("startedAt")
-                if started:
-                    runs = int(c.get("restartCount") or 0) + 1
-                    first = last.get("startedAt") if runs > 1 else None
-                    image = images.get(cname) or c.get("image", "")
-                    out.append(_event(p, "Pulled", f'Container image "{image}" already '
-                                      "present on machine", started, field_path=path,
-                                      count=runs, first=first))
-                    out.append(_event(p, "Created", f"Created container: {cname}", started,
-                                      field_path=path, count=runs, first=first))
-                    out.append(_event(p, "Started", f"Started container {cname}", started,
-                                      field_path=path, count=runs, first=first))
-                waiting = state.get("waiting") or {}
-                if waiting.get("reason") == "CrashLoopBackOff":
-                    out.append(_event(p, "BackOff", "Back-off restarting failed container "
-                                      f"{cname} in pod {name}_{ns}({meta.get('uid', '')})",
-                                      last.get("finishedAt") or started, kind="Warning",
-                                      field_path=path))
-                if meta.get("deletionTimestamp") and key == "containerStatuses" and \
-                        state.get("running"):
-                    out.append(_event(p, "Killing", f"Stopping container {cname}",
-                                      meta["deletionTimestamp"], field_path=path))
     return out
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from remora.lab.tables import age
+from remora.lab.tables import age, human_duration, tabwrite
+from remora.node import naming
+from remora.resources.rfc3339 import parse_time
 
 
 def _kv(d: dict[str, str] | None, indent: int) -> str:
@@ -23,11 +25,43 @@ def _line(label: str, value: Any, width: int = 18) -> str:
 
 def rfc1123z(stamp: Any) -> str:
     """Go's time.RFC1123Z, the format kubectl describe prints times in."""
-    try:
-        when = dt.datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except ValueError:
+    t = parse_time(stamp)
+    if t is None:
         return str(stamp or "")
-    return when.strftime("%a, %d %b %Y %H:%M:%S +0000")
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+
+
+def _since(stamp: Any, now: float) -> str:
+    t = parse_time(stamp)
+    return "<unknown>" if t is None else human_duration(now - t)
+
+
+def events(items: list[dict[str, Any]], kind: str, namespace: str, name: str, uid: str,
+           now: float) -> list[str]:
+    """kubectl describe's Events section (describe.go DescribeEvents) for one object: the
+    node's recorded events whose involvedObject is it (kubectl selects them by kind,
+    namespace, name and uid), by last time seen; a repeat's age reads `4s (x3 over 2m)`."""
+    mine = [e for e in items if (lambda o: o.get("kind") == kind and o.get("name") == name
+                                 and o.get("namespace") == namespace
+                                 and o.get("uid") in (uid, None))(e.get("involvedObject")
+                                                                   or {})]
+    if not mine:
+        return ["Events:  <none>"]
+    mine.sort(key=lambda e: parse_time(e.get("lastTimestamp")) or 0.0)
+    rows = [["Type", "Reason", "Age", "From", "Message"],
+            ["----", "------", "----", "----", "-------"]]
+    for e in mine:
+        count = int(e.get("count") or 1)
+        seen = _since(e.get("lastTimestamp"), now)
+        if count > 1:
+            seen += f" (x{count} over {_since(e.get('firstTimestamp'), now)})"
+        source = e.get("source") or {}
+        rows.append([str(e.get("type") or ""), str(e.get("reason") or ""), seen,
+                     str(source.get("component") or e.get("reportingComponent")
+                         or "<unknown>"), " ".join(str(e.get("message") or "").split())])
+    return ["Events:", *("  " + line for line in tabwrite(rows, 2).splitlines())]
 
 
 def _status(label: str, state: dict[str, Any]) -> list[str]:
@@ -112,7 +146,7 @@ def _pod_ips(status: dict[str, Any]) -> list[str]:
     return ["IPs:", *(_line("  IP", ip, 16) for ip in ips)]
 
 
-def pod(p: dict[str, Any], now: float) -> str:
+def pod(p: dict[str, Any], now: float, recorded: list[dict[str, Any]] | None = None) -> str:
     meta, spec, status = p["metadata"], p.get("spec", {}), p.get("status", {})
     r = p.get("remora", {})
     owner = (meta.get("ownerReferences") or [{}])[0]
@@ -137,10 +171,14 @@ def pod(p: dict[str, Any], now: float) -> str:
                          status.get("containerStatuses") or [])
     lines += ["Conditions:", "  Type              Status",
               f"  Ready             {'True' if status.get('ready') else 'False'}"]
+    if recorded is not None:
+        lines += events(recorded, "Pod", meta.get("namespace", "default"), meta["name"],
+                        str(meta.get("uid") or ""), now)
     return "\n".join(lines) + "\n"
 
 
-def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float) -> str:
+def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float,
+               recorded: list[dict[str, Any]] | None = None) -> str:
     meta, spec, st = d["metadata"], d.get("spec", {}), d.get("status", {})
     want = spec.get("replicas")
     want = 1 if want is None else want
@@ -151,7 +189,7 @@ def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float) -> str
         _line("Replicas", f"{want} desired | {st.get('updatedReplicas', 0)} updated | "
               f"{st.get('replicas', 0)} total | {st.get('availableReplicas', 0)} available | "
               f"{st.get('unavailableReplicas', 0)} unavailable", 24),
-        _line("StrategyType", "RollingUpdate", 24),
+        _line("StrategyType", (spec.get("strategy") or {}).get("type") or "RollingUpdate", 24),
         _line("Age", age(d, now), 24),
         "Pod Template:",
         f"  Labels:       {_kv(tmeta.get('labels'), 16)}",
@@ -163,6 +201,11 @@ def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float) -> str
     lines.append("Pods:")
     lines += [f"  {p['metadata']['name']}  {p.get('remora', {}).get('status', '')}  "
               f"{p.get('status', {}).get('podIP') or ''}" for p in pods] or ["  <none>"]
+    if recorded is not None:
+        ns = meta.get("namespace") or "default"
+        # the uid the recorder and the Kubernetes API give a Deployment (naming.object_uid)
+        lines += events(recorded, "Deployment", ns, meta["name"], naming.object_uid(
+            "Deployment", ns, meta["name"], meta.get("creationTimestamp")), now)
     return "\n".join(lines) + "\n"
 
 

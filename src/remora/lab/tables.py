@@ -7,13 +7,13 @@ like kubectl's tabwriter: columns padded to the widest cell plus three spaces.
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import Any
 
 import yaml
 
 from remora.errors import UsageError
+from remora.resources.rfc3339 import format_time, parse_time
 
 KINDS = {
     "pods": "Pod", "pod": "Pod", "po": "Pod",
@@ -74,11 +74,7 @@ def created(obj: dict[str, Any]) -> float | None:
     if isinstance(ts, (int, float)):
         return float(ts)
     if isinstance(ts, str):
-        try:
-            return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(
-                tzinfo=datetime.UTC).timestamp()
-        except ValueError:
-            return None
+        return parse_time(ts)
     return None
 
 
@@ -111,12 +107,6 @@ def ready_column(p: dict[str, Any]) -> str:
     return f"{ready}/{len(p.get('spec', {}).get('containers') or [])}"
 
 
-def _timestamp(text: Any) -> float | None:
-    try:
-        return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.UTC).timestamp()
-    except ValueError:
-        return None
 
 
 def restarts_column(p: dict[str, Any], now: float) -> str:
@@ -126,7 +116,7 @@ def restarts_column(p: dict[str, Any], now: float) -> str:
     status = p.get("status", {})
     finished = [t for c in (status.get("initContainerStatuses") or [])
                 + (status.get("containerStatuses") or [])
-                if (t := _timestamp(((c.get("lastState") or {}).get("terminated") or {})
+                if (t := parse_time(((c.get("lastState") or {}).get("terminated") or {})
                                     .get("finishedAt"))) is not None]
     if count and finished:
         return f"{count} ({human_duration(now - max(finished))} ago)"
@@ -239,8 +229,8 @@ def strip_internal(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k != "remora"}
     created = (out.get("metadata") or {}).get("creationTimestamp")
     if isinstance(created, (int, float)) and not isinstance(created, bool):
-        out["metadata"] = {**out["metadata"], "creationTimestamp": datetime.datetime.fromtimestamp(
-            float(created), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        out["metadata"] = {**out["metadata"], "creationTimestamp": format_time(
+            float(created))}
     return out
 
 

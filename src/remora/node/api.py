@@ -13,6 +13,7 @@ its arguments; reply: one line, {"ok": true, "result": ...} or {"ok": false, "er
   exec    {namespace, pod, container?}   -> {argv: ["ip", "netns", "exec", NETNS]}
   pod_metadata {namespace, pod, labels, annotations} -> {labels, annotations}
   nodes                                  -> {items: [{name, index, subnet, gateway, nodeIP}]}
+  events                                 -> {items: [core/v1 Event, ...]} (within their TTL)
   down                                   -> {removed: [...]}; the daemon then exits
 """
 
@@ -93,6 +94,8 @@ class Api:
             name = self._container(row.body, req.get("container"))
             return {"argv": ["ip", "netns", "exec", row.netns, *self._exec_env(row, name)],
                     "netns": row.netns}
+        if op == "events":
+            return {"items": rt.events.list()}
         if op == "nodes":
             items: list[dict[str, Any]] = []
             for n in rt.nodes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 
 DEFAULT_PREFIX = "remora-"
 IFNAMSIZ = 15
@@ -92,3 +93,16 @@ def chain_hash(*parts: str) -> str:
 
     digest = hashlib.sha256("/".join(parts).encode()).digest()
     return base64.b32encode(digest).decode()[:16]
+
+
+_UID_NAMESPACE = uuid.UUID("5f1d3a0e-6b7c-4c8e-9a51-72656d6f7261")
+
+
+def object_uid(kind: str, namespace: str, name: str, created: object) -> str:
+    """The uid the Kubernetes API serves for a stored object that has none of its own (a
+    Deployment, a Service, the derived ReplicaSets): the same on every read, a new one
+    when the object is deleted and created again (its creation time differs), as an
+    apiserver's uid. Here so that the node's event recorder names the same uid in an
+    event's involvedObject as the API shows on the object (kubectl describe selects the
+    events by it)."""
+    return str(uuid.uuid5(_UID_NAMESPACE, f"{kind}/{namespace}/{name}/{created}"))

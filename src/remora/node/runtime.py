@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from remora.node import (
 )
 from remora.node.config import NodeConfig
 from remora.node.dns import Zone
+from remora.node.events import EventRecorder, Involved
 from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
 from remora.node.pushes import PushThrottle
 from remora.node.store import PodRow, Store
@@ -69,7 +71,11 @@ class Runtime:
         self.setup = setup or PodSetup()
         self.setup.ip_families = self.plan.families
         self.store = Store(config.db_path)
-        self.supervisor = Supervisor(self.store, config.log_root)
+        self.events = EventRecorder(self.store)
+        self.supervisor = Supervisor(self.store, config.log_root, self._container_event)
+        # each Deployment's ReplicaSets' sizes as its controller last set them
+        # ((namespace, deployment, pod-template-hash) -> replicas), for ScalingReplicaSet
+        self._rs_sizes: dict[tuple[str, str, str], int] = {}
         self.nodes = topology.node_nets(config.prefix, self.plan, config.nodes)
         self.zone = Zone(domain=config.domain)
         self.wake = threading.Event()
@@ -106,6 +112,10 @@ class Runtime:
         ownership.mark(naming.fabric_name(self.config.prefix), lab_id, self.config.state_dir)
         for row in self.store.list_pods():
             self._adopt(row)
+            if row.owner_kind == "Deployment" and not row.deleting:
+                # the sizes the previous daemon left: adopting them is no scaling
+                key = (row.namespace, row.owner_name, row.template_hash)
+                self._rs_sizes[key] = self._rs_sizes.get(key, 0) + 1
         # the adopted pods' rules, DNS and sidecar configs are made again on the first pass
         self._signature = ""
         self._pushes = PushThrottle()
@@ -217,11 +227,18 @@ class Runtime:
             plan = controller.plan_deployment(deployment, [
                 controller.OwnedPod(p.name, p.template_hash, ready.get(p.uid, False),
                                     bool(p.deleting), p.created) for p in owned])
+            current = controller.template_hash(deployment)
+            self._scaling_events(deployment, owned, plan, current)
             for _ in range(plan.create):
                 pod = controller.pod_from_template(deployment, uuid.uuid4().hex)
-                self._create_pod(pod, "Deployment", name, controller.template_hash(deployment))
+                self._create_pod(pod, "Deployment", name, current)
             for doomed in plan.delete:
-                self.mark_deleting(ns, doomed)
+                if self.mark_deleting(ns, doomed):
+                    thash = next((p.template_hash for p in owned if p.name == doomed), "")
+                    self._record(self._replicaset(ns, name, thash), "SuccessfulDelete",
+                                 f"Deleted pod: {doomed}", component="replicaset-controller")
+        for sized in [k for k in self._rs_sizes if k[:2] not in deployments]:
+            del self._rs_sizes[sized]  # a Deployment deleted: its ReplicaSets went with it
         bare = {(p["metadata"].get("namespace", "default"), p["metadata"]["name"]): p
                 for p in self.store.list_objects("Pod")}
         for key, pod in bare.items():
@@ -240,6 +257,9 @@ class Runtime:
         pod["metadata"]["namespace"] = ns
         uid = str(uuid.uuid4())
         pod["metadata"]["uid"] = uid
+        # a Deployment's pods are its ReplicaSet's to create (controller_utils.go
+        # CreatePods records SuccessfulCreate / FailedCreate on the ReplicaSet)
+        rs = self._replicaset(ns, owner, thash) if owner_kind == "Deployment" else None
         try:
             admitted = self.setup.admit(pod, self.store.get_object("Namespace", "", ns))
         except Exception as exc:
@@ -248,12 +268,108 @@ class Runtime:
             if key not in self._admission_errors:  # once, not on every pass
                 self._admission_errors.add(key)
                 log.error("admission of pod %s failed", key)
+            if rs is not None:  # counted on every pass, as the ReplicaSet's retries are
+                self._record(rs, "FailedCreate", f"Error creating: {text}",
+                             type_="Warning", component="replicaset-controller")
             return
         node = self._pick_node(admitted)
+        name = admitted["metadata"]["name"]
         self.store.insert_pod(PodRow(
-            uid=uid, namespace=ns, name=admitted["metadata"]["name"], node=node,
+            uid=uid, namespace=ns, name=name, node=node,
             netns=naming.pod_netns(self.config.prefix, uid), body=admitted,
             owner_kind=owner_kind, owner_name=owner, template_hash=thash))
+        if rs is not None:
+            self._record(rs, "SuccessfulCreate", f"Created pod: {name}",
+                         component="replicaset-controller")
+        # the scheduler's binding (schedule_one.go: "Successfully assigned %v/%v to %v")
+        self._record(Involved("Pod", ns, name, uid), "Scheduled",
+                     f"Successfully assigned {ns}/{name} to {self.node_net(node).netns}",
+                     component="default-scheduler")
+
+    # -- events -----------------------------------------------------------------------------
+    def _record(self, involved: Involved, reason: str, message: str, *,
+                type_: str = "Normal", component: str, host: str = "") -> None:
+        try:
+            self.events.record(involved, reason, message, type_=type_, component=component,
+                               host=host)
+        except Exception:  # an event is worth less than the pass that records it
+            log.exception("recording event %s of %s/%s", reason, involved.namespace,
+                          involved.name)
+
+    @staticmethod
+    def _replicaset(namespace: str, deployment: str, thash: str) -> Involved:
+        # the ReplicaSet the Kubernetes API serves for this template, with its uid
+        # (remora.kubeapi.views.replicasets)
+        name = f"{deployment}-{thash}"
+        return Involved("ReplicaSet", namespace, name,
+                        naming.object_uid("ReplicaSet", namespace, name, ""), "apps/v1")
+
+    def _scaling_events(self, deployment: dict[str, Any], owned: list[PodRow],
+                        plan: controller.Plan, current: str) -> None:
+        """The deployment controller's ScalingReplicaSet for what this pass does: the lab
+        creates and deletes a Deployment's pods itself, so each ReplicaSet's size is the
+        number of its pods that are not terminating once the pass is done, and an event
+        is recorded when that differs from the size last set (sync.go scaleReplicaSet:
+        "Scaled up|down replica set X to N from M"; a new one, "Scaled up replica set X
+        to N"). A pod deleted by a user and replaced leaves the size as it was, as on a
+        cluster, where only the ReplicaSet controller acts on it."""
+        meta = deployment["metadata"]
+        ns, name = meta.get("namespace", "default"), meta["name"]
+        sizes = Counter(p.template_hash for p in owned if not p.deleting)
+        sizes[current] += plan.create
+        for doomed in plan.delete:
+            thash = next((p.template_hash for p in owned if p.name == doomed), None)
+            if thash is not None:
+                sizes[thash] -= 1
+        known = {k[2] for k in self._rs_sizes if k[:2] == (ns, name)}
+        involved = Involved("Deployment", ns, name, naming.object_uid(
+            "Deployment", ns, name, meta.get("creationTimestamp")), "apps/v1")
+        # the old ReplicaSets first, then the new one
+        for thash in sorted(known | set(sizes), key=lambda h: (h == current, h)):
+            before, after = self._rs_sizes.get((ns, name, thash)), max(0, sizes[thash])
+            if after == (before or 0):
+                if before is None and thash == current:
+                    self._rs_sizes[(ns, name, thash)] = after
+                continue
+            rs = f"{name}-{thash}"
+            message = (f"Scaled up replica set {rs} to {after}" if before is None else
+                       f"Scaled {'up' if after > before else 'down'} replica set {rs} to "
+                       f"{after} from {before}")
+            self._record(involved, "ScalingReplicaSet", message,
+                         component="deployment-controller")
+            self._rs_sizes[(ns, name, thash)] = after
+
+    def _container_event(self, pod: PodRef, container: str, init: bool, reason: str,
+                         detail: str) -> None:
+        """kubelet's events for what the supervisor did to a container (pkg/kubelet/
+        events; the messages of kuberuntime_container.go and kuberuntime_manager.go)."""
+        row = self.store.get_pod(pod.namespace, pod.name)
+        if row is None or row.uid != pod.uid:
+            return
+        host = self.node_net(row.node).netns
+        field = f"spec.{'initContainers' if init else 'containers'}{{{container}}}"
+        involved = Involved("Pod", pod.namespace, pod.name, pod.uid, field_path=field)
+        spec = row.body.get("spec") or {}
+        image = next((str(c.get("image") or "") for key in ("initContainers", "containers")
+                      for c in spec.get(key) or [] if c.get("name") == container), "")
+        if reason == "Started":
+            # the lab's images are on the machine already: kubelet's Pulled for an image
+            # present (IfNotPresent), then Created and Started, each counted per run
+            for why, message in (
+                    ("Pulled", f'Container image "{image}" already present on machine'),
+                    ("Created", f"Created container: {container}"),
+                    ("Started", f"Started container {container}")):
+                self._record(involved, why, message, component="kubelet", host=host)
+        elif reason == "Failed":
+            self._record(involved, "Failed", f"Error: {detail}", type_="Warning",
+                         component="kubelet", host=host)
+        elif reason == "BackOff":
+            self._record(involved, "BackOff", f"Back-off restarting failed container "
+                         f"{container} in pod {pod.name}_{pod.namespace}({pod.uid})",
+                         type_="Warning", component="kubelet", host=host)
+        elif reason == "Killing":
+            self._record(involved, "Killing", f"Stopping container {container}",
+                         component="kubelet", host=host)
 
     def _pick_node(self, pod: dict[str, Any]) -> int:
         wanted = pod.get("spec", {}).get("nodeName")
@@ -265,11 +381,13 @@ class Runtime:
             counts[p.node] = counts.get(p.node, 0) + 1
         return min(counts, key=lambda i: (counts[i], i))
 
-    def mark_deleting(self, namespace: str, name: str) -> None:
+    def mark_deleting(self, namespace: str, name: str) -> bool:
         row = self.store.get_pod(namespace, name)
         if row is not None and not row.deleting:
             self.store.update_pod(row.uid, deleting=1)
             self.wake.set()
+            return True
+        return False
 
     # -- pod lifecycle ----------------------------------------------------------------------
     def _pod(self, row: PodRow) -> None:

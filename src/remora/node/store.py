@@ -1,5 +1,9 @@
 """The node's embedded store: desired and observed state in one SQLite file.
 
+Events (core/v1 Event objects the controllers and kubelet record, remora.node.events)
+are kept here too, as kube-apiserver keeps them in etcd beside the objects they are
+about: they outlive those objects and a restart of the daemon, for their TTL.
+
 Desired state is the objects users applied (Namespace, Deployment, Service, bare Pod) as
 their Kubernetes JSON. Observed state is what the daemon made of them: pods (with the
 spec after admission, node, IP and namespace), their containers (PID, start time, restart
@@ -43,6 +47,10 @@ CREATE TABLE IF NOT EXISTS containers (
   finished REAL NOT NULL DEFAULT 0, last_state TEXT NOT NULL DEFAULT '{}',
   PRIMARY KEY (pod_uid, name));
 CREATE TABLE IF NOT EXISTS ips (ip TEXT PRIMARY KEY, pool TEXT NOT NULL, owner TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  namespace TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
+  last REAL NOT NULL, PRIMARY KEY (namespace, name));
+CREATE INDEX IF NOT EXISTS events_by_key ON events (key);
 """
 # Columns added after a store's table was first made (a lab started by an older remora is
 # adopted: its table gets them with their defaults).
@@ -262,6 +270,39 @@ class Store:
             sql, args = sql + " WHERE pod_uid=?", [pod_uid]
         rows = self._db().execute(sql + " ORDER BY pod_uid, init DESC, rowid", args).fetchall()
         return [_row(ContainerRow, r) for r in rows]
+
+    # -- events ---------------------------------------------------------------------------
+    def event_by_key(self, key: str) -> dict[str, Any] | None:
+        row = self._db().execute("SELECT body FROM events WHERE key=? ORDER BY rowid DESC "
+                                 "LIMIT 1", (key,)).fetchone()
+        return None if row is None else dict(json.loads(row["body"]))
+
+    def put_event(self, key: str, body: dict[str, Any], last: float) -> None:
+        """Insert an event, or update the one of the same namespace and name in place
+        (its rowid, so the listing order, kept: a repeat only counts)."""
+        meta = body["metadata"]
+        names = (meta["namespace"], meta["name"])
+        text = json.dumps(body, sort_keys=True)
+        with self.tx() as db:
+            updated = db.execute("UPDATE events SET key=?, body=?, last=? WHERE namespace=? "
+                                 "AND name=?", (key, text, last, *names)).rowcount
+            if not updated:
+                db.execute("INSERT INTO events (namespace, name, key, body, last) VALUES "
+                           "(?, ?, ?, ?, ?)", (*names, key, text, last))
+
+    def prune_events(self, before: float, keep: int) -> int:
+        """Forget the events last seen before BEFORE (their TTL ran out), then all but
+        the KEEP most recently seen. Returns how many went."""
+        with self.tx() as db:
+            gone = db.execute("DELETE FROM events WHERE last < ?", (before,)).rowcount
+            gone += db.execute("DELETE FROM events WHERE rowid NOT IN (SELECT rowid FROM "
+                               "events ORDER BY last DESC, rowid DESC LIMIT ?)",
+                               (keep,)).rowcount
+            return int(gone)
+
+    def list_events(self) -> list[dict[str, Any]]:
+        rows = self._db().execute("SELECT body FROM events ORDER BY rowid").fetchall()
+        return [dict(json.loads(r["body"])) for r in rows]
 
     # -- addresses ----------------------------------------------------------------------
     def used_ips(self, pool: str) -> dict[str, str]:

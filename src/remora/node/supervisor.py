@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,10 @@ from remora.node.store import ContainerRow, Store
 BACKOFF_START = 0.5
 BACKOFF_CAP = 5.0
 BACKOFF_RESET_AFTER = 10.0
+# what happened to a container, for the node's event recorder: (pod, container, init,
+# reason, detail) with reason one of Started, Failed (detail: why), BackOff, Killing, at
+# the moments kubelet records them (kuberuntime_container.go, kubelet_pods.go)
+ContainerEvent = Callable[["PodRef", str, bool, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,16 @@ class _Container:
 
 
 class Supervisor:
-    def __init__(self, store: Store, log_root: Path) -> None:
+    def __init__(self, store: Store, log_root: Path,
+                 on_event: ContainerEvent | None = None) -> None:
         self.store = store
         self.log_root = log_root
+        self.on_event = on_event
         self._containers: dict[tuple[str, str], _Container] = {}
+
+    def _event(self, entry: _Container, reason: str, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(entry.pod, entry.row.name, bool(entry.row.init), reason, detail)
 
     # -- paths ------------------------------------------------------------------------
     def log_path(self, pod: PodRef, container: str, previous: bool = False) -> Path:
@@ -110,6 +120,7 @@ class Supervisor:
             entry.log.parent.mkdir(parents=True, exist_ok=True)
             with open(entry.log, "a") as log:
                 log.write(f"remora: cannot start {entry.spec.argv[:1]}: {exc}\n")
+            self._event(entry, "Failed", str(exc))
             self._exited(entry, 128, time.monotonic())
             return
         pid = entry.popen.pid
@@ -120,6 +131,7 @@ class Supervisor:
         entry.row.state, entry.row.reason, entry.row.ready = "Running", "", 0
         entry.row.started = time.time()
         self.store.put_container(entry.row)
+        self._event(entry, "Started")
 
     # -- the periodic step ------------------------------------------------------------
     def tick(self) -> bool:
@@ -178,6 +190,7 @@ class Supervisor:
             entry.next_start = now + entry.backoff
             if entry.backoff:
                 row.state, row.reason = "Waiting", "CrashLoopBackOff"
+                self._event(entry, "BackOff")
             entry.backoff = min(entry.backoff * 2, BACKOFF_CAP) or BACKOFF_START
         self.store.put_container(row)
 
@@ -215,6 +228,7 @@ class Supervisor:
         entry.wanted = False
         entry.next_start = 0.0
         if entry.row.state == "Running":
+            self._event(entry, "Killing")
             process.terminate(entry.row.pid, entry.row.start_ticks)
             entry.kill_at = time.monotonic() + grace
         else:

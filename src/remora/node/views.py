@@ -4,7 +4,6 @@ cluster snapshot a control plane consumes, the DNS zone and kube-proxy's service
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 from typing import Any
 
@@ -15,6 +14,7 @@ from remora.node.hooks import ClusterSnapshot
 from remora.node.ipam import AddressPlan
 from remora.node.kubeproxy import ServicePort
 from remora.node.store import ContainerRow, PodRow, Store
+from remora.resources.rfc3339 import format_time
 
 
 def containers_of(pod: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
@@ -23,8 +23,6 @@ def containers_of(pod: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
         (c, False) for c in spec.get("containers") or []]
 
 
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def container_id(row: ContainerRow) -> str:
@@ -42,9 +40,9 @@ def _run_id(pod_uid: str, name: str, restarts: int, pid: int, start_ticks: int) 
 def _terminated(exit_code: int | None, reason: str, started: float, finished: float,
                 cid: str) -> dict[str, Any]:
     out: dict[str, Any] = {"exitCode": exit_code, "reason": reason,
-                           "startedAt": _iso(started) if started else ""}
+                           "startedAt": format_time(started) if started else ""}
     if finished:
-        out["finishedAt"] = _iso(finished)
+        out["finishedAt"] = format_time(finished)
     if cid:
         out["containerID"] = cid
     return out
@@ -83,7 +81,7 @@ def _container_status(row: ContainerRow | None, container: dict[str, Any],
                       state={"waiting": {"reason": waiting}})
         return status
     cid = container_id(row) if row.pid > 0 else ""
-    started = _iso(row.started) if row.started else ""
+    started = format_time(row.started) if row.started else ""
     if row.state == "Running":
         state: dict[str, Any] = {"running": {"startedAt": started}}
     elif row.state == "Terminated":
@@ -114,9 +112,9 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
     by_name = {c.name: c for c in containers}
     pod = dict(row.body)
     meta = dict(pod.get("metadata", {}))
-    meta.update(uid=row.uid, namespace=row.namespace, creationTimestamp=_iso(row.created))
+    meta.update(uid=row.uid, namespace=row.namespace, creationTimestamp=format_time(row.created))
     if row.deleting:
-        meta["deletionTimestamp"] = _iso(row.created)
+        meta["deletionTimestamp"] = format_time(row.created)
     pod["metadata"] = meta
     node = nodes[row.node - 1] if 0 < row.node <= len(nodes) else None
     spec = dict(pod.get("spec", {}))
@@ -142,7 +140,7 @@ def pod_object(row: PodRow, containers: list[ContainerRow],
         # every address, the primary first (dual stack: one per family)
         "podIPs": [{"ip": ip} for ip in row.addresses],
         "hostIPs": [{"ip": host_ip}] if host_ip else [],
-        "startTime": _iso(row.created),
+        "startTime": format_time(row.created),
         "ready": summary["allReady"] and not row.deleting,
         "message": row.message,
         "initContainerStatuses": [_container_status(by_name.get(c["name"]), c, waiting,

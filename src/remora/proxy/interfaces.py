@@ -10,7 +10,7 @@ each side may rely on; the concrete classes live in the core modules.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -68,6 +68,12 @@ class DrainDecision(Protocol):
     each response starts); server/drain.py says when it answers yes."""
 
     def drain_close(self) -> bool: ...
+
+    def add_on_drain(self, cb: Callable[[float], None]) -> Callable[[], None]:
+        """Envoy's addOnDrainCloseCb: CB is told, once, when a drain that concerns the
+        connection starts, the delay (seconds) after which to start draining unasked;
+        returns what unregisters it (server/drain.py)."""
+        ...
 
 
 class Downstream(Protocol):

@@ -220,6 +220,43 @@ def test_mixed_data_plane_across_1_10_is_undecided(qa: Path, tmp_path: Path,
     assert "mixed data plane (1.9, 1.10)" in v["istio_version"]
 
 
+def test_mixed_data_plane_all_1_10_or_later_is_not_a_guess(qa: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    # 1.10.3 and 1.12.1 sidecars: whichever the server runs, it binds 127.0.0.6, so the
+    # report must not add "before 1.10 it would be 127.0.0.1 (pass --istio-version)"
+    dump = _version_dump(tmp_path, qa, "ver-mixed.txt")
+    (dump / "server" / "version.txt").write_text(
+        "client version: 1.12.1\ncontrol plane version: 1.12.1\n"
+        "data plane version: 1.10.3 (2 proxies), 1.12.1 (4 proxies)\n")
+    v = verdict(["--istio-dump", str(dump), "--to", ":18080"], capsys)
+    assert v["app_sees"] == "127.0.0.6" and v["kind"] == "inferred"
+    assert v["istio_version"].startswith("1.10 or later (")
+    assert "not in the evidence: before 1.10" not in v["basis"]
+
+
+@pytest.mark.parametrize(("build", "app_sees"), [("1.11.4", "127.0.0.6"), ("1.9.5", "127.0.0.1")])
+def test_pilot_agent_version_line_names_the_sidecars_version(
+        qa: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], build: str,
+        app_sees: str) -> None:
+    # `kubectl logs POD -c istio-proxy` from the sidecar's start: pilot-agent logs
+    # `Version 1.11.4-<git sha>-Clean` (pilot/cmd/pilot-agent/app/cmd.go); with the REDIRECT
+    # rules and no config dump the version decides between 127.0.0.1 and 127.0.0.6
+    server = tmp_path / "server"
+    server.mkdir()
+    log = (qa / "noaccesslog" / "istio-proxy.log").read_text()
+    assert "Version 1.11.4-" in log
+    (server / "istio-proxy.log").write_text(log.replace("Version 1.11.4-", f"Version {build}-"))
+    (server / "iptables-save.txt").write_bytes((qa / "redirect-iptables-save.txt").read_bytes())
+    v = verdict(["--istio-dump", str(tmp_path), "--to", ":18080"], capsys)
+    assert v["app_sees"] == app_sees
+    minor = ".".join(build.split(".")[:2])
+    assert v["istio_version"].startswith(f"{minor} (server evidence: pilot-agent's start-up "
+                                         "line, ")
+    assert f"istio-proxy.log line 3: 2022-12-17T09:20:01.121035Z info Version {build}-" in (
+        v["istio_version"])
+
+
 def test_istioctl_version_json_is_read(qa: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     v = verdict(["--istio-dump", str(_version_dump(tmp_path, qa, "ver-json.txt")), "--to",

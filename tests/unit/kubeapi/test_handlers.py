@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from remora.errors import RemoraError
-from remora.kubeapi import views as api_views
 from remora.kubeapi.backend import LogRef, admit
 from remora.kubeapi.handlers import Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import Request, Response
 from remora.lab.images import ImageMap
 from remora.node import desired, views
+from remora.node.events import EventRecorder, Involved
 from remora.node.ipam import AddressPlan
 from remora.node.store import Store
 from tests.unit.kubeapi import test_protobuf as pb
@@ -75,6 +75,9 @@ class StoreBackend:
         return [{"name": "kf-node1", "index": 1, "subnet": "10.20.0.0/24",
                  "gateway": "10.20.0.1", "nodeIP": "192.168.0.1"}]
 
+    def events(self) -> list[dict[str, Any]]:
+        return EventRecorder(self.store).list()
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Handler:
@@ -100,7 +103,9 @@ def test_discovery_documents(api: Handler) -> None:
     assert set(groups) == {"apps", "discovery.k8s.io", "apiextensions.k8s.io",
                            "authorization.k8s.io", "authentication.k8s.io",
                            "coordination.k8s.io",
-                           "security.istio.io"}
+                           "security.istio.io",
+                           # the groups of kubectl's prune allowlist (listed empty)
+                           "batch", "networking.k8s.io"}
     assert groups["security.istio.io"]["preferredVersion"]["version"] == "v1"
     core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}
     assert core["pods"]["shortNames"] == ["po"] and core["pods"]["namespaced"]
@@ -142,8 +147,11 @@ def test_openapi_v3_declares_server_side_field_validation(api: Handler) -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "code", "reason"), [
-    ("GET", "/api/v1/namespaces/demo/configmaps", 404, "NotFound"),
-    ("GET", "/apis/batch/v1/jobs", 404, "NotFound"),
+    ("GET", "/api/v1/namespaces/demo/serviceaccounts", 404, "NotFound"),
+    ("GET", "/apis/policy/v1/poddisruptionbudgets", 404, "NotFound"),
+    ("GET", "/api/v1/namespaces/demo/configmaps/x", 404, "NotFound"),
+    ("POST", "/api/v1/namespaces/demo/configmaps", 404, "NotFound"),
+    ("DELETE", "/apis/batch/v1/namespaces/demo/jobs/x", 404, "NotFound"),
     ("GET", "/api/v1/namespaces/demo/pods/x/attach", 404, "NotFound"),
     ("GET", "/api/v1/namespaces/demo/namespaces", 404, "NotFound"),
     ("GET", "/nothing/here", 404, "NotFound"),
@@ -162,6 +170,34 @@ def test_refusals_are_status_objects(api: Handler, method: str, path: str, code:
     assert (status["kind"], status["apiVersion"], status["status"], status["code"],
             status["reason"]) == ("Status", "v1", "Failure", code, reason)
     assert status["message"]
+
+
+def test_prune_allowlist_kinds_list_empty_and_nothing_else(api: Handler) -> None:
+    """kubectl apply --prune maps every kind of its default allowlist through discovery
+    and lists each by label: the kinds the lab does not store are there, list and watch
+    only, listed empty; any other request is the 404 that names what is stored."""
+    core = {r["name"]: r for r in call(api, "GET", "/api/v1").json()["resources"]}
+    assert core["configmaps"]["verbs"] == ["list", "watch"]
+    assert core["persistentvolumes"]["namespaced"] is False
+    assert "batch" in [g["name"] for g in call(api, "GET", "/apis").json()["groups"]]
+    for path in ("/api/v1/namespaces/demo/configmaps?labelSelector=app%3Dx",
+                 "/apis/batch/v1/namespaces/demo/cronjobs", "/api/v1/persistentvolumes",
+                 "/apis/networking.k8s.io/v1/ingresses", "/apis/apps/v1/statefulsets"):
+        listed = call(api, "GET", path)
+        assert listed.status == 200 and listed.json()["items"] == [], path
+        assert listed.warnings == []  # a client's (kubectl prune's) list: no noise
+    # a person's `kubectl get configmaps` (a Table) is told why it is empty
+    shown = call(api, "GET", "/api/v1/namespaces/demo/configmaps",
+                 accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    assert shown.json()["rows"] == []
+    assert [c["name"] for c in shown.json()["columnDefinitions"]] == ["Name", "Created At"]
+    assert shown.warnings and "the lab does not store them" in shown.warnings[0]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    made = call(api, "POST", "/api/v1/namespaces/demo/configmaps", cm)
+    assert made.status == 404
+    assert "configmaps: the lab does not serve them; it stores Namespace, Pod" in \
+        made.json()["message"]
+    assert call(api, "GET", "/api/v1/namespaces/demo/configmaps").json()["items"] == []
 
 
 def test_token_is_required(api: Handler) -> None:
@@ -651,33 +687,26 @@ def test_log_options(tmp_path: Path) -> None:
                                           "not found")
 
 
-def test_events_follow_restarts_and_crash_loops() -> None:
-    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u",
-                        "creationTimestamp": "2026-01-01T00:00:00Z"},
-           "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "img"}]},
-           "status": {"containerStatuses": [{
-               "name": "app", "restartCount": 2,
-               "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-               "lastState": {"terminated": {"startedAt": "2026-01-01T00:00:05Z",
-                                            "finishedAt": "2026-01-01T00:00:06Z"}}}]}}
-    got = {e["reason"]: e for e in api_views.events([pod])}
-    assert set(got) == {"Scheduled", "Pulled", "Created", "Started", "BackOff"}
-    # kubelet's recorder counts repeats: three runs of the container
-    assert got["Started"]["count"] == 3 and got["Started"]["message"] == "Started container app"
-    assert got["Started"]["involvedObject"]["fieldPath"] == "spec.containers{app}"
-    assert got["BackOff"]["type"] == "Warning"
-    assert got["BackOff"]["lastTimestamp"] == "2026-01-01T00:00:06Z"
-    assert got["Scheduled"]["source"] == {"component": "default-scheduler"}
-    # the names are stable from one read to the next (a watch sees no change)
-    assert [e["metadata"]["name"] for e in api_views.events([pod])] == [
-        e["metadata"]["name"] for e in api_views.events([pod])]
-    # a terminating pod's running containers are being stopped
-    stopping = {**pod, "metadata": {**pod["metadata"],
-                                    "deletionTimestamp": "2026-01-01T00:01:00Z"},
-                "status": {"containerStatuses": [{"name": "app", "restartCount": 0, "state": {
-                    "running": {"startedAt": "2026-01-01T00:00:01Z"}}}]}}
-    killing = [e for e in api_views.events([stopping]) if e["reason"] == "Killing"]
-    assert [(e["message"], e["lastTimestamp"]) for e in killing] == [
-        ("Stopping container app", "2026-01-01T00:01:00Z")]
-    # an unscheduled pod has none
-    assert api_views.events([{**pod, "spec": {"containers": []}}]) == []
+def test_events_are_the_recorded_ones(api: Handler) -> None:
+    """The served Events are the node's records (remora.node.events), selected by the
+    fields `kubectl describe` asks for; one of a pod that is gone is still there."""
+    store = api.backend.store  # type: ignore[attr-defined]
+    recorder = EventRecorder(store)
+    pod = Involved("Pod", "demo-to", "gone-1", "u-1", field_path="spec.containers{app}")
+    deploy = Involved("Deployment", "demo-to", "web", "u-2", "apps/v1")
+    recorder.record(pod, "Started", "Started container app", component="kubelet",
+                    host="kf-node1")
+    recorder.record(deploy, "ScalingReplicaSet", "Scaled up replica set web-abc to 3",
+                    component="deployment-controller")
+    listed = call(api, "GET", "/api/v1/namespaces/demo-to/events").json()["items"]
+    assert [e["reason"] for e in listed] == ["Started", "ScalingReplicaSet"]
+    selector = ("involvedObject.name=web,involvedObject.namespace=demo-to,"
+                "involvedObject.kind=Deployment,involvedObject.uid=u-2")
+    mine = call(api, "GET", f"/api/v1/namespaces/demo-to/events?fieldSelector={selector}")
+    assert [e["message"] for e in mine.json()["items"]] == [
+        "Scaled up replica set web-abc to 3"]
+    assert call(api, "GET", "/api/v1/namespaces/other/events").json()["items"] == []
+    name = listed[0]["metadata"]["name"]
+    one = call(api, "GET", f"/api/v1/namespaces/demo-to/events/{name}")
+    assert one.status == 200
+    assert one.json()["source"] == {"component": "kubelet", "host": "kf-node1"}

@@ -131,8 +131,8 @@ def test_kubectl_apply_get_and_refusals(kubeconfig: Path, tmp_path: Path) -> Non
                                 "PORT(S)", "AGE"]
     assert table[1].split()[:3] == ["demo-to", "web", "ClusterIP"]
     assert table[1].split()[5] == "8080/TCP"
-    unknown = kubectl("get", "configmaps")
-    assert unknown.returncode != 0 and 'resource type "configmaps"' in unknown.stderr
+    unknown = kubectl("get", "serviceaccounts")
+    assert unknown.returncode != 0 and 'resource type "serviceaccounts"' in unknown.stderr
     deleted = kubectl("delete", "service", "web", "-n", "demo-to")
     assert deleted.returncode == 0, deleted.stderr
     assert 'service "web" deleted' in deleted.stdout
@@ -227,9 +227,9 @@ def test_kubectl_auth_can_i_and_whoami(kubeconfig: Path, tmp_path: Path) -> None
         asked = kubectl("auth", "can-i", *args)
         assert (asked.returncode, asked.stdout) == (0, "yes\n"), (args, asked.stderr)
     # a resource the lab does not serve: kubectl warns from discovery, the answer is RBAC's
-    unserved = kubectl("auth", "can-i", "create", "configmaps")
+    unserved = kubectl("auth", "can-i", "create", "serviceaccounts")
     assert unserved.stdout == "yes\n"
-    assert "the server doesn't have a resource type 'configmaps'" in unserved.stderr
+    assert "the server doesn't have a resource type 'serviceaccounts'" in unserved.stderr
     rules = kubectl("auth", "can-i", "--list").stdout.splitlines()
     assert rules[1].split() == ["*.*", "[]", "[]", "[*]"], rules
     whoami = kubectl("auth", "whoami").stdout.splitlines()
@@ -313,8 +313,15 @@ def test_kubectl_names_what_the_lab_does_not_serve(kubeconfig: Path, tmp_path: P
         assert stores in made.stderr
     cm = tmp_path / "cm.yaml"
     cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n")
-    # `apply` maps the kind from discovery first: kubectl's own "no matches for kind"
-    # (its validation, before that, fails on /openapi/v2 with client-go's generic 404
-    # message; --validate=false skips it)
+    # `apply` maps the kind from discovery (listed for kubectl's prune allowlist), finds
+    # no object, and its create is refused naming what is stored (its validation, before
+    # that, fails on /openapi/v2 with client-go's generic 404 message; --validate=false
+    # skips it)
     forced = kubectl("apply", "--validate=false", "-f", str(cm))
-    assert forced.returncode == 1 and 'no matches for kind "ConfigMap"' in forced.stderr
+    assert forced.returncode == 1 and "the lab does not serve them" in forced.stderr
+    assert stores in forced.stderr
+    # `get` lists none, and says why
+    listed = kubectl("get", "configmaps")
+    assert listed.returncode == 0 and listed.stdout == ""
+    assert "No resources found" in listed.stderr
+    assert "Warning: configmaps: the lab does not store them" in listed.stderr

@@ -237,14 +237,38 @@ def test_unsupported_tls_operators_are_refused_by_name(fmt: str) -> None:
 
 
 def test_cipher_suites_are_read(pki: dict[str, Path]) -> None:
+    chacha, aes128 = "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-ECDSA-AES128-GCM-SHA256"
     transport = _transport(pki, {"cipher_suites": [
-        "[ECDHE-ECDSA-CHACHA20-POLY1305|ECDHE-ECDSA-AES128-GCM-SHA256]"]})
-    assert transport.ciphers == "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
-    srv, _ = _handshake(transport.context(),
-                        _client(pki, True, ssl.TLSVersion.TLSv1_2))
-    assert srv.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
-    with pytest.raises(ConfigError, match="unknown cipher suite 'NOT-A-CIPHER'"):
+        f"[{chacha}|{aes128}]", "ECDHE-ECDSA-AES256-GCM-SHA384"]})
+    assert transport.ciphers == f"{chacha}:{aes128}:ECDHE-ECDSA-AES256-GCM-SHA384"
+    assert transport.cipher_groups == ((chacha, aes128),)
+    # an equal-preference group: the client's order decides within it (BoringSSL),
+    # the server's across groups
+    for offer, got in ((f"{aes128}:{chacha}", aes128), (f"{chacha}:{aes128}", chacha),
+                       (f"ECDHE-ECDSA-AES256-GCM-SHA384:{aes128}", aes128),
+                       ("ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384")):
+        client = _client(pki, True, ssl.TLSVersion.TLSv1_2)
+        client.set_ciphers(offer)
+        srv, _ = _handshake(transport.context(), client)
+        assert srv.cipher()[0] == got, offer
+    with pytest.raises(ConfigError, match="rejected when tried individually: NOT-A-CIPHER"):
         _transport(pki, {"cipher_suites": ["NOT-A-CIPHER"]})
+
+
+def test_iana_names_are_read_as_openssl_names(pki: dict[str, Path]) -> None:
+    names = cipher_order.standard_names()
+    assert names["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    transport = _transport(pki, {"cipher_suites": [
+        "[TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256|ECDHE-ECDSA-AES128-GCM-SHA256]"]})
+    assert transport.ciphers == "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
+
+
+def test_group_order_follows_the_client_within_each_group() -> None:
+    rule = cipher_order._Rule(False, ("A", "B", "C", "D", "E"), (0, 0, None, 1, 1),
+                              (1, 2, 3, 4, 5))
+    offered = b"".join(n.to_bytes(2, "big") for n in (5, 2, 3, 1))
+    assert cipher_order.group_order(rule, offered) == ["B", "A", "C", "E", "D"]
+    assert cipher_order.group_order(rule, b"") == ["A", "B", "C", "D", "E"]
 
 
 @pytest.mark.parametrize(("body", "tls13"), [

@@ -45,6 +45,38 @@ def test_gradual_probability_grows_with_elapsed_time() -> None:
     assert all(d.drain_close() for _ in range(100))
 
 
+def test_connections_are_told_in_the_last_third_of_the_drain() -> None:
+    """add_on_drain (Envoy's addOnDrainCloseCb): told once when the drain that concerns
+    them starts, the delay a moment between 2/3 and 9/10 of the drain time; unregistered
+    callbacks and other listeners' (inboundonly) are not told; one registered during the
+    drain is told at once."""
+    m = DrainManager(drain_time=30.0, strategy="immediate")
+    told: dict[str, list[float]] = {"in": [], "out": [], "gone": []}
+    m.for_listener(True).add_on_drain(told["in"].append)
+    m.for_listener(False).add_on_drain(told["out"].append)
+    m.for_listener(True).add_on_drain(told["gone"].append)()  # unregistered at once
+    m.start(inbound_only=True)
+    assert told["out"] == [] and told["gone"] == []
+    assert len(told["in"]) == 1 and 20.0 - 0.1 <= told["in"][0] <= 27.0
+    late: list[float] = []
+    m.for_listener(True).add_on_drain(late.append)
+    assert len(late) == 1 and 19.0 < late[0] <= 27.0
+    assert NEVER_DRAIN.add_on_drain(late.append)() is None and len(late) == 1
+
+
+def test_lds_drain_tells_its_chains_connections() -> None:
+    m = DrainManager(drain_time=10.0)
+    chain, other = m.for_listener(False), m.for_listener(False)
+    told: list[float] = []
+    untouched: list[float] = []
+    chain.add_on_drain(told.append)
+    other.add_on_drain(untouched.append)
+    local = DrainManager(10.0)
+    local.start(False)
+    chain.start_drain(local)
+    assert len(told) == 1 and 6.0 < told[0] <= 9.0 and untouched == []
+
+
 def test_hcm_drain_timeout_parsed() -> None:
     ctx = FakeContext(FakeClusterManager())
     assert build_hcm(hcm_config(), ctx).cfg.drain_timeout == 5.0  # Envoy's default

@@ -25,6 +25,7 @@ from remora.diagnose.iptables.nft import looks_like_nft, parse_nft
 from remora.diagnose.iptables.policy_routing import parse_policy_text
 from remora.diagnose.iptables.save import looks_like_save, parse_iptables_save
 from remora.diagnose.pasted import (
+    agent_version,
     istio_init,
     istio_versions,
     looks_like_istio_init,
@@ -165,6 +166,10 @@ def add_config(pod: PodEvidence, path: Path) -> None:
 
 def add_access_log(pod: PodEvidence, path: Path) -> None:
     text = read_text(path, "access log")
+    found = agent_version(text)
+    if found:
+        line = text[:text.find(found[1])].count("\n") + 1
+        pod.agent_version = found[0], f"{path} line {line}: {' '.join(found[1].split())}"
     entries = parse_access_log(text, str(path))
     app = [line.strip() for line in text.splitlines() if app_peer(line) is not None]
     if not entries and not app and re.search(

@@ -37,6 +37,9 @@ class PodEvidence:
     declared: dict[str, str] = field(default_factory=dict)
     shell_script: bool = False  # rules from istio-iptables.sh (Istio 1.4 and before)
     version_text: list[str] = field(default_factory=list)  # `istioctl version`, image tags
+    # the version this pod's own pilot-agent logged at start (its istio-proxy log), and
+    # where: ((1, 11), "istio-proxy.log line 3: ...Version 1.11.4-...-Clean")
+    agent_version: tuple[tuple[int, int], str] | None = None
     ztunnel_log: list[ZtunnelEntry] = field(default_factory=list)  # ambient: ztunnel's lines
     # the IPv6 rules (ip6tables-save, `ip6tables -L -v`, the IPv6 block of a golden):
     # walked instead of ``iptables`` when the connection is IPv6 (source_ip.explain)

@@ -4,8 +4,9 @@ What the app sees depends on it: before 1.10 the inbound cluster of a declared p
 dialled the app at 127.0.0.1 (from 127.0.0.1); from 1.10 on the sidecar forwards to the
 pod IP and binds 127.0.0.6 (Istio 1.10 upgrade notes, "Inbound Forwarding Configuration";
 PILOT_ENABLE_INBOUND_PASSTHROUGH=false restores the old way). Read, in this order: the
-`--istio-version` option, `istioctl version` output or image tags in the evidence, then
-shapes only old versions produce.
+`--istio-version` option, the sidecar's own (its config dump's ISTIO_VERSION, the
+`Version` line pilot-agent logs at start), `istioctl version` output or image tags in the
+evidence, then shapes only old versions produce.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class VersionInfo:
     below: tuple[int, int] | None  # an exclusive upper bound the evidence shows
     why: str
     mixed: bool = False  # `istioctl version` lists several data-plane versions
+    at_least: tuple[int, int] | None = None  # an inclusive lower bound the evidence shows
 
     def older_than(self, v: tuple[int, int]) -> bool | None:
         """True / False when the evidence tells, None when it does not."""
@@ -31,6 +33,8 @@ class VersionInfo:
             return self.version < v
         if self.below and self.below <= v:
             return True
+        if self.at_least and self.at_least >= v:
+            return False
         return None
 
     @property
@@ -42,6 +46,8 @@ class VersionInfo:
             return f"{self.version[0]}.{self.version[1]}"
         if self.below:
             return f"before {self.below[0]}.{self.below[1]}"
+        if self.at_least:
+            return f"{self.at_least[0]}.{self.at_least[1]} or later"
         return "unknown"
 
 
@@ -104,6 +110,12 @@ def detect(ev: Evidence) -> VersionInfo:
         if meta.get("ISTIO_VERSION") and found:
             return VersionInfo(found, None, f"{pod.role} config: the bootstrap's node metadata "
                                             f"ISTIO_VERSION {meta['ISTIO_VERSION']}")
+        if pod.agent_version:
+            # this pod's own sidecar says which build it is: better than `istioctl version`,
+            # which lists the whole mesh's data plane
+            return VersionInfo(pod.agent_version[0], None,
+                               f"{pod.role} evidence: pilot-agent's start-up line, "
+                               f"{pod.agent_version[1]}")
         for text in pod.version_text:
             versions, whose = istio_versions(text)
             if whose == "client" or not versions:
@@ -121,7 +133,9 @@ def detect(ev: Evidence) -> VersionInfo:
             if versions[-1] < (1, 10):
                 return VersionInfo(None, (1, 10), why, mixed=True)
             if versions[0] >= (1, 10):
-                return VersionInfo(None, None, why + "; all are 1.10 or later", mixed=True)
+                # every sidecar binds 127.0.0.6, whichever the server runs
+                return VersionInfo(None, None, why + "; all are 1.10 or later", mixed=True,
+                                   at_least=versions[0])
             return VersionInfo(None, None, why + "; before 1.10 the app saw 127.0.0.1, "
                                                  "from 1.10 127.0.0.6", mixed=True)
     for pod in (ev.server, ev.client):

@@ -158,7 +158,7 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
                    f"evidence); {why}")
         v.app_sees_why = f"inferred from cluster {name}: {why}"
         return
-    if ver.mixed and ver.before_1_10 is None and "1.10 or later" not in ver.why:
+    if ver.mixed and ver.before_1_10 is None:
         # a data plane of versions on both sides of 1.10: each side gives another answer
         v.kind = "undecided"
         v.basis = f"Istio version: {ver.why}"
@@ -178,7 +178,7 @@ def _by_version(v: Verdict, ev: Evidence, port: int, ver: VersionInfo) -> None:
         guess = "" if ver.before_1_10 is False else (
             "; the version is not in the evidence: before 1.10 it would be 127.0.0.1 "
             "(pass --istio-version X.Y)")
-        v.basis = (f"Istio {ver.label() if ver.version else '1.10 or later'} "
+        v.basis = (f"Istio {ver.label() if ver.version or ver.at_least else '1.10 or later'} "
                    "binds inbound connections to 127.0.0.6 (upstream_bind_config)" + guess)
     v.app_sees_why = "inferred: " + v.basis
 

@@ -12,7 +12,7 @@ from remora.proxy.config.listener import LISTENER_TYPE
 from remora.proxy.upstream.config import CLA_TYPE, CLUSTER_TYPE
 
 if TYPE_CHECKING:
-    from remora.proxy.server.runtime import Server
+    from remora.proxy.server.runtime import DrainingListener, Server
 
 ADMIN = "type.googleapis.com/envoy.admin.v3."
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -26,6 +26,13 @@ def timestamp(t: float) -> str:
 
 def _typed(type_url: str, raw: dict[str, Any]) -> dict[str, Any]:
     return {"@type": type_url, **{k: v for k, v in raw.items() if k != "@type"}}
+
+
+def _draining_state(old: DrainingListener) -> dict[str, Any]:
+    """A ListenersConfigDump.DynamicListenerState of a draining version (the version,
+    config and update time it had while active, as Envoy 1.40 shows them)."""
+    return {"version_info": old.version_info, "listener": _typed(LISTENER_TYPE, old.raw),
+            "last_updated": timestamp(old.last_updated)}
 
 
 def _inline_routes(listener_raw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -116,15 +123,25 @@ def config_dump(server: Server, include_eds: bool = False) -> dict[str, Any]:
     static_l = []
     dynamic_l = []
     routes = []
+    # a drained listener version's draining_state (Envoy's draining_listeners_, the newest
+    # of a name), next to the active_state of the version that replaced it, or alone for
+    # a removed listener: after the active ones, as Envoy fills the list
+    draining = {d.name: d for d in server.draining_listeners}
     for name, active in sorted(server.listeners.items()):
         raw = active.config.raw
         routes.extend(_inline_routes(raw))
         if name in server.static_listener_names:
             static_l.append({"listener": _typed(LISTENER_TYPE, raw), "last_updated": boot_ts})
         else:
-            dynamic_l.append({"name": name, "active_state": {
+            entry: dict[str, Any] = {"name": name, "active_state": {
                 "version_info": active.version_info, "listener": _typed(LISTENER_TYPE, raw),
-                "last_updated": timestamp(active.last_updated)}})
+                "last_updated": timestamp(active.last_updated)}}
+            old = draining.pop(name, None)
+            if old is not None:
+                entry["draining_state"] = _draining_state(old)
+            dynamic_l.append(entry)
+    for name, old in sorted(draining.items()):
+        dynamic_l.append({"name": name, "draining_state": _draining_state(old)})
     if static_l:
         listeners["static_listeners"] = static_l
     if dynamic_l:

@@ -29,7 +29,7 @@ client early (rapid reset: Envoy's premature_reset_total_stream_count, 500: 250 
 resets, or half of the closed streams once 500 closed) and control-frame floods
 (max_outbound_control_frames while the client does not read;
 max_consecutive_inbound_frames_with_empty_payload) close the connection after GOAWAY.
-Shutdown and idle_timeout send GOAWAY too.
+idle_timeout sends GOAWAY too; the proxy stopping closes without one, as Envoy does.
 
 Drain (server/drain.py): as a response starts, the listener's drain decision is asked, as
 Envoy's ActiveStream::encodeHeaders asks it; a yes starts the connection's drain sequence
@@ -108,55 +108,17 @@ class _Protocol(asyncio.Protocol):
 
 
 class Http2Connection:
-    # slots: its 42 attributes are past what CPython 3.11 keeps in a shared-key dict, and
+    # slots: its 48 attributes are past what CPython 3.11 keeps in a shared-key dict, and
     # the per-stream paths read them all the time
-    __slots__ = (
-        "_batch",
-        "_closed_streams",
-        "_control_frames",
-        "_done",
-        "_drain",
-        "_drain_timer",
-        "_empty_frames",
-        "_ended",
-        "_handlers",
-        "_idle_since",
-        "_idle_timer",
-        "_keepalive",
-        "_max_header_bytes",
-        "_pending_out",
-        "_premature_resets",
-        "_requested",
-        "_reset_ids",
-        "_route_timer",
-        "_rq_http2_total",
-        "_rx",
-        "_serve_set",
-        "_starting",
-        "_stat",
-        "_stream_timer",
-        "_streams_gone",
-        "_tx",
-        "_write_scheduled",
-        "buffer_limit",
-        "cfg",
-        "closed",
-        "downstream",
-        "draining",
-        "goaway_received",
-        "goaway_sent",
-        "h2",
-        "hcm",
-        "loop",
-        "opts",
-        "scheme",
-        "streams",
-        "tasks",
-        "transport",
-        "unacked_total",
-        "write_paused",
-        "writer",
-    )
+    __slots__ = ("_batch", "_closed_streams", "_control_frames", "_done", "_drain", "_drain_notice",
+                 "_drain_off", "_drain_timer", "_empty_frames", "_ended", "_handlers",
+                 "_idle_since", "_idle_timer", "_keepalive", "_max_header_bytes", "_pending_out",
+                 "_premature_resets", "_requested", "_reset_ids", "_route_timer", "_rq_http2_total",
+                 "_rx", "_serve_set", "_silenced", "_starting", "_stat", "_stream_timer",
+                 "_streams_gone", "_tx", "_write_scheduled", "buffer_limit", "cfg", "closed",
+                 "downstream", "draining", "goaway_received", "goaway_sent", "h2", "hcm", "loop",
+                 "opts", "scheme", "streams", "tasks", "transport", "unacked_total", "write_paused",
+                 "writer")
 
     def __init__(self, hcm: HttpConnectionManager, downstream: Downstream) -> None:
         self.hcm = hcm
@@ -202,6 +164,10 @@ class Http2Connection:
         self._drain = downstream.drain
         self.draining = False  # the drain sequence started (its first GOAWAY is out)
         self._drain_timer: asyncio.TimerHandle | None = None  # drain_timeout
+        # a drain told of unasked (server/drain.py add_on_drain): when it starts ours
+        self._drain_notice: asyncio.TimerHandle | None = None
+        self._drain_off: Callable[[], None] | None = None
+        self._silenced = False  # closing without flushing: nothing more is written
         self._keepalive: Keepalive | None = None  # connection_keepalive
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._control_frames = 0  # control frames answered while the client does not read
@@ -243,19 +209,29 @@ class Http2Connection:
         self._take_over()
         self._write()
         self._arm_idle()
+        if not self.closed:
+            self._drain_off = self._drain.add_on_drain(self._on_drain_notice)
         if opts.keepalive_timeout > 0 and not self.closed:
             self._keepalive = Keepalive(opts.keepalive_interval, opts.keepalive_timeout,
                                         opts.keepalive_jitter, self._ping,
                                         self._keepalive_timeout)
             self._keepalive.start()
         try:
+            # cancelled when the proxy stops or an LDS drain time is over: closed without
+            # a last GOAWAY, as Envoy 1.40 closes then (NoFlush; observed on SIGTERM and at
+            # a drain's end: test_h2_drain_envoy_parity.py); the drain's GOAWAYs came
+            # earlier (_on_drain_notice)
             await self._done
         except asyncio.CancelledError:
-            # the proxy is stopping (or draining the listener): tell the client which
-            # streams were taken up, as Envoy's drain does, then close
-            self.goaway(ErrorCodes.NO_ERROR)
+            # Envoy's close(NoFlush): neither a GOAWAY nor the resets of the streams
+            # cancelled below go out
+            self.closed = self._silenced = True
             raise
         finally:
+            if self._drain_off is not None:
+                self._drain_off()
+            if self._drain_notice is not None:
+                self._drain_notice.cancel()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             if self._stream_timer is not None:
@@ -341,6 +317,19 @@ class Http2Connection:
             self.h2.send_shutdown_notice()
         self._write()
         self._drain_timer = self.loop.call_later(self.cfg.drain_timeout, self._drain_timeout)
+
+    def _on_drain_notice(self, delay: float) -> None:
+        """A drain concerning this connection started (Envoy's drain-close callback):
+        start our drain sequence DELAY seconds from now, whether or not a response
+        starts meanwhile (server/drain.py says when Envoy 1.40 does)."""
+        if self.closed or self.draining or self.goaway_sent:
+            return
+        when = self.loop.time() + delay
+        if self._drain_notice is not None:
+            if self._drain_notice.when() <= when:
+                return
+            self._drain_notice.cancel()
+        self._drain_notice = self.loop.call_at(when, self.start_drain)
 
     def _drain_timeout(self) -> None:
         """ConnectionManagerImpl::onDrainTimeout: the final GOAWAY names the last stream
@@ -631,7 +620,11 @@ class Http2Connection:
                 elif name == ":path":
                     url = value
                 elif name == ":authority":
+                    # the Host first, as Envoy's HTTP/1 codec writes it: pseudo headers
+                    # come before any other (nghttp2 refuses the block otherwise), so the
+                    # map is still empty here
                     authority = value
+                    hmap["host"] = value
                 elif name == ":scheme":
                     # kept for what Envoy builds from the request's URL (a direct
                     # response's location); the rest uses the connection's
@@ -673,15 +666,10 @@ class Http2Connection:
             return
         req.method = method
         req.url = url
-        if authority is None:
-            authority = host
-        if authority is not None:
-            # the Host first, as Envoy's HTTP/1 codec writes it
-            req.hmap = {"host": authority}
-            req.hmap.update(hmap)
-            hmap = req.hmap
-        else:
-            req.hmap = hmap
+        if authority is None and host is not None:
+            # no :authority: the host header is the Host, first as well
+            hmap = {"host": host, **hmap}
+        req.hmap = hmap
         if cookies is not None:
             cookie = "; ".join(cookies)
             headers.append(("cookie", cookie))
@@ -804,7 +792,7 @@ class Http2Connection:
             out += self.h2.data_to_send()
         except ngh2.NGH2Error:
             out += b""  # the codec is unusable: what was serialised before still goes
-        if out and not self.transport.is_closing():
+        if out and not self._silenced and not self.transport.is_closing():
             self._tx.pending += len(out)  # downstream_cx_tx_bytes_total (Counter.inc)
             self.transport.write(out)
 
@@ -972,23 +960,15 @@ class Http2Connection:
                 "message": "HTTP/2 stream failed", "exception": err})
 
     def stream_done(self, stream: Http2Stream) -> None:
-        """The stream is over: reset or counted as its end says, logged, forgotten."""
+        """The stream is over: reset what did not end cleanly, count premature resets
+        (rapid reset), forget the stream; then it is logged."""
         scon = stream.scon
         scon.state = DONE
         scon.tail = False
         task = scon.task
         if task is not None:
             self.tasks.discard(task)
-        self._end_stream(stream)
-        self.hcm.complete(stream)
-        # the stream and its StreamConn refer to each other: unlinked, the stream's
-        # objects (request, StreamInfo) go by reference counting now instead of piling
-        # up for the cyclic GC (whose passes cost every request)
-        scon.stream = None
-
-    def _end_stream(self, stream: Http2Stream) -> None:
-        """After the exchange: reset what did not end cleanly, count premature resets
-        (rapid reset), forget the stream."""
+        # (what a method of its own did before the log: once per stream)
         sid = stream.sid
         if not (stream.ended or stream.reset) and not self.closed:  # (not sent_all)
             # the response could not be completed (upstream reset after the headers,
@@ -1029,11 +1009,15 @@ class Http2Connection:
                 else premature >= closed):
             self._abort(ErrorCodes.ENHANCE_YOUR_CALM,
                         "downstream_rq_too_many_premature_resets")
-            return
-        if self.goaway_received and not self.streams:
+        elif self.goaway_received and not self.streams:
             self._finish()
         elif self.draining and self.goaway_sent and not self.streams:
             self._close_drained()
+        self.hcm.complete(stream)
+        # the stream and its StreamConn refer to each other: unlinked, the stream's
+        # objects (request, StreamInfo) go by reference counting now instead of piling
+        # up for the cyclic GC (whose passes cost every request)
+        scon.stream = None
 
     def arm_route_timeout(self, scon: StreamConn, timeout: float) -> None:
         """SCON's route timeout: cancel it with "timeout" TIMEOUT seconds from now unless

@@ -316,7 +316,13 @@ class StreamConn:
         """The request in flight got its usual response: the stream's coroutine would
         return now (``_drive``)."""
         self.in_flight = None
-        self.h2c.served(self, True, None)
+        stream = self.stream
+        if stream is not None and (stream.ended or stream.reset):
+            # its response left: over now (Http2Connection.served, inline: once per stream)
+            self._pending_cancel = False
+            self.h2c.stream_done(stream)
+        else:
+            self.h2c.served(self, True, None)
 
     def resume(self, wait: asyncio.Future[Any]) -> None:
         """The router resolved WAIT (its response wait): a coroutine suspended on it here
@@ -365,7 +371,13 @@ class StreamConn:
             yielded = coro.send(None) if exc is None else coro.throw(exc)
         except StopIteration:
             self._running = False
-            self.h2c.served(self, True, None)
+            stream = self.stream
+            if stream is not None and (stream.ended or stream.reset):
+                # its response left: over now (Http2Connection.served, inline)
+                self._pending_cancel = False
+                self.h2c.stream_done(stream)
+            else:
+                self.h2c.served(self, True, None)
             return
         except asyncio.CancelledError:
             # (hcm.serve handles a cancellation with a reason itself) as the task did:

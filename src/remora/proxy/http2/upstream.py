@@ -41,7 +41,7 @@ import contextlib
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import ngh2
@@ -70,7 +70,7 @@ from remora.proxy.http2.upstream_messages import (
     response_head,
     trailer_fields,
 )
-from remora.proxy.interfaces import Cluster, Stats, Upstream, UpstreamError
+from remora.proxy.interfaces import Cluster, HostCounts, Stats, Upstream, UpstreamError
 from remora.proxy.stats import Counter, Histogram, counter
 from remora.proxy.takeover import take_over
 from remora.proxy.upstream.auto_host import TlsOverride
@@ -220,7 +220,8 @@ class H2Client:
     # attribute access on them is slower (as StreamConn, http2/stream.py)
     __slots__ = ("_batch", "_flush_scheduled", "_handlers", "_idle_timer", "_keepalive",
                  "_pending_out", "_turn_end", "closed", "conn", "created", "error", "goaway",
-                 "idle_timeout", "key", "loop", "max_duration", "max_requests", "on_idle",
+                 "host_counts", "idle_timeout", "key", "loop", "max_duration", "max_requests",
+                 "on_idle",
                  "options", "owner", "peer_max_streams", "reading", "ready", "reserved",
                  "rx", "settings_received", "stat", "stats", "streams", "total", "tx", "upstream",
                  "waiting", "woken", "write_paused")
@@ -245,6 +246,9 @@ class H2Client:
         self.on_idle = on_idle
         self.loop = asyncio.get_running_loop()
         self.upstream: Upstream | None = None
+        # the host's stats (OWNER's host_counts of the upstream's host), once a stream
+        # asked for them: kept here as on an HTTP/1.1 pooled connection (no call per stream)
+        self.host_counts: HostCounts | None = None
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ready.add_done_callback(_consume)
         self.error: UpstreamError | None = None
@@ -730,12 +734,17 @@ class H2Client:
         if not st.ended and not st.closed and st.id:
             st.reset(ErrorCode.NO_ERROR)
         if st.unacked > 0 and not self.closed:
-            # bytes never relayed (the exchange was abandoned): the connection window
-            # still counts them, so it gets them back
-            with contextlib.suppress(ngh2.NGH2Error, ValueError):
+            # bytes not acknowledged yet: the usual response's DATA (its "end" event ends
+            # _exchange before its acknowledge), or bytes never relayed (the exchange was
+            # abandoned); the connection window still counts them, so it gets them back
+            try:  # noqa: SIM105 - no contextlib.suppress: once per response with a body
                 self.conn.acknowledge_received_data(st.unacked, st.id)
+            except (ngh2.NGH2Error, ValueError):
+                pass
             st.unacked = 0
-            self.flush()
+            if not self._flush_scheduled:  # (flush, inline)
+                self._flush_scheduled = True
+                self._batch.defer(self._turn_end)
         st.closed = True
         self.streams.pop(st.id, None)
         if self.waiting:
@@ -783,7 +792,11 @@ class H2Pool:
                 continue
             if exclude and (client.upstream is None or client.host in exclude):
                 continue
-            client.admit()
+            client.reserved += 1  # (admit, inline: once per stream)
+            client.total += 1
+            if client._idle_timer is not None:
+                client._idle_timer.cancel()
+                client._idle_timer = None
             return client
         return None
 
@@ -901,6 +914,10 @@ class _ClusterStats(Protocol):
     def rq_time(self) -> Histogram: ...
     @property
     def cx_none_healthy(self) -> Counter: ...
+    @property
+    def by_status(self) -> Mapping[int, _StatusCounters]: ...
+    @property
+    def plain(self) -> bool: ...
 
     def status(self, status: int) -> _StatusCounters: ...
 
@@ -964,7 +981,10 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
     facts = stream.conn.downstream.facts
     # the host first, then a connection to it (Envoy's router: chooseHost, then that
     # host's pool), so multiplexed connections do not bypass the load balancer
-    target = cluster.choose(facts, exclude, fw.reselections)
+    p = fw.policy
+    # (fw.reselections, inline: once per attempt)
+    reselections = p.host_selection_retry_max_attempts if p is not None else 1
+    target = cluster.choose(facts, exclude, reselections)
     if target is None:
         fw.cs.cx_none_healthy.inc()  # Envoy's router counts it on no host
         info.upstream_cluster = cluster.name
@@ -993,11 +1013,11 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             if driver is not None:  # connecting needs a task (asyncio.timeout)
                 await driver.in_task()
             up = await (cluster.connect(facts, info, exclude,
-                                        host_selection_retry_max_attempts=fw.reselections,
+                                        host_selection_retry_max_attempts=reselections,
                                         target=target)
                         if ov is None else
                         cluster.connect(facts, info, exclude,
-                                        host_selection_retry_max_attempts=fw.reselections,
+                                        host_selection_retry_max_attempts=reselections,
                                         tls_override=ov, target=target))
         except UpstreamError as err:
             client.fail(err)
@@ -1034,7 +1054,6 @@ async def forward_h2(fw: Forward, exclude: frozenset[str], failure: FailureFacto
             raise
         finally:
             cluster.release("pending_requests")
-    p = fw.policy
     try:
         if client.closed or client.upstream is None:
             # it went away between its SETTINGS and this stream: a connection failure
@@ -1086,8 +1105,15 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     host = up.host
     fw.tried.add(host)
     fw.host = host
-    fw.cs.rq_total.inc()
-    hs = cluster.host_counts(host)
+    cs = fw.cs
+    if cs.plain:  # Counter.inc, inline (as the router counts it)
+        cs.rq_total.pending += 1
+    else:
+        cs.rq_total.inc()
+    # (the connection's owner is this cluster: H2Pool.acquire hands out no other's)
+    hs = client.host_counts
+    if hs is None:
+        hs = client.host_counts = cluster.host_counts(host)
     hs.rq_total += 1
     hs.rq_active += 1
     st = H2Stream(client, fw.h1)
@@ -1096,7 +1122,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
         if not req.complete and stream.conn.body_error():
             raise _CodecFailure()
         headers = _request_headers(fw)
-        body_now = not req.complete or any(req.body)
+        body_now = not req.complete or (any(req.body) if req.body else False)
         client.open_stream(st, headers, end_stream=not body_now)
         if body_now:
             for chunk in req.body:
@@ -1135,7 +1161,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                     if 100 <= s < 200:
                         continue  # 1xx: an HTTP/1.1 client gets only the final response
                     status = s
-                    relayed = _on_headers(fw, status, head, bool(ev[2]))
+                    relayed = _on_headers(fw, status, head, bool(ev[2]), hs)
                     if relayed == _RETRY:
                         raise _Retry()
                     deferred = relayed == _DEFERRED
@@ -1157,7 +1183,14 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
                         stream.encode_trailers(trailers)
                     else:
                         stream.encode_end()
-                    fw.cs.rq_time.observe((time.monotonic() - fw.started) * 1000)
+                    ms = (time.monotonic() - fw.started) * 1000
+                    if cs.plain:  # Histogram.observe, inline (as the router records it)
+                        pending = cs.rq_time.pending
+                        pending.append(ms)
+                        if len(pending) >= Histogram.FOLD_AT:
+                            cs.rq_time.fold()
+                    else:
+                        cs.rq_time.observe(ms)
                     return
                 elif kind == "reset":
                     stream.flush()
@@ -1200,16 +1233,17 @@ def _request_headers(fw: Forward) -> list[tuple[bytes, bytes]]:
     route = fw.route
     if not fw.router.suppress:
         # Envoy's FilterUtility::setTimeoutHeaders, as the HTTP/1.1 path sends it
-        elapsed = 0
         if stream.info.upstream_request_attempt_count > 1:
             elapsed = int((time.monotonic() - fw.started) * 1000)
-        per_try = fw.policy.per_try_timeout if fw.policy is not None else 0.0
-        expected = expected_timeout_ms(route.timeout, per_try, elapsed)
-        if expected:
-            extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+            per_try = fw.policy.per_try_timeout if fw.policy is not None else 0.0
+            expected = expected_timeout_ms(route.timeout, per_try, elapsed)
+            if expected:
+                extra = ("x-envoy-expected-rq-timeout-ms", str(expected))
+        else:  # the first attempt's value depends on the route alone (as router.py's)
+            extra = route.expected_timeout_header
     headers = stream.upstream_headers
     mutations = route.request_mutations
-    if mutations:
+    if mutations.add or mutations.remove:  # (its __bool__, inline)
         # after the router's timeout header, as on HTTP/1.1 (router.py _mutated)
         headers = apply_to_request([*headers, extra] if extra is not None else headers,
                                    mutations, stream.info.request_headers)
@@ -1227,9 +1261,10 @@ _DEFERRED = 2  # relayed; a gRPC request's host stat waits for the trailers
 
 
 def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
-                ended: bool) -> int:
+                ended: bool, hs: HostCounts) -> int:
     """Relay the response head (ENDED: it ended the stream); _RETRY when the status is to
-    be retried instead (then nothing was sent downstream and the stream is reset)."""
+    be retried instead (then nothing was sent downstream and the stream is reset). HS:
+    the attempt's host stats (fw.host's), charged with the outcome."""
     stream = fw.stream
     p = fw.policy
     wanted = False
@@ -1239,14 +1274,21 @@ def _on_headers(fw: Forward, status: int, headers: list[tuple[str, str]],
         if wanted and fw._take_retry():
             fw._charge("rq_error")
             return _RETRY
-    outcome = host_outcome(status, is_grpc_content_type(stream.req.hmap.get("content-type")),
-                           headers, ended)
-    if outcome is not None:
-        fw._charge(outcome)
+    ct = stream.req.hmap.get("content-type")  # (no call for a request without one)
+    if ct is not None and is_grpc_content_type(ct):
+        outcome = host_outcome(status, True, headers, ended)
+    else:  # (host_outcome of any other request, inline)
+        outcome = "rq_error" if status >= 500 else "rq_success"
+    # (fw._charge, inline: HS is fw.host's, counted as Cluster.host_stat counts it)
+    if outcome == "rq_success":
+        hs.rq_success += 1
+    elif outcome is not None:
+        hs.rq_error += 1
     # the response code is charged when the headers arrive (Envoy's chargeUpstreamCode
     # in onUpstreamHeaders), so a stream reset mid-body still counts its 200
     # upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed, as one call
-    fw.cs.status(status).inc()
+    cs = fw.cs
+    (cs.by_status.get(status) or cs.status(status)).inc()
     info = stream.info
     if info.upstream_request_attempt_count > 1 and not wanted:  # (_retry_success, inline)
         fw.router.stats.inc(fw.stat + "upstream_rq_retry_success")

@@ -11,9 +11,9 @@ always with ``--drain-strategy immediate``, with the probability elapsed/``--dra
 with ``gradual`` (the default); the listeners keep accepting and stop once the drain time
 is over. A yes gives an HTTP/1.1 response ``connection: close``; an HTTP/2 connection
 starts its own drain (a GOAWAY with last stream id 2^31-1, then ``drain_timeout`` later the
-final GOAWAY). Idle connections are not told: Envoy 1.40's connection manager asks only
-when a response starts. ``inboundonly`` limits all this to listeners whose
-``traffic_direction`` is INBOUND.
+final GOAWAY). That decision is asked only when a response starts; HTTP/2 connections are
+also told unasked late in the drain window (below). ``inboundonly`` limits all this to
+listeners whose ``traffic_direction`` is INBOUND.
 
 LDS updates drain too (``ChainDrain``, one per filter chain of a listener version;
 server/runtime.py starts them), as Envoy's ListenerManagerImpl does:
@@ -37,7 +37,21 @@ server/runtime.py starts them), as Envoy's ListenerManagerImpl does:
   workers close the connections still open on them without flushing
   (OwnedActiveStreamListenerBase::removeFilterChain, ~ActiveTcpListener:
   ``connection_->close(NoFlush)``): an idle keep-alive connection, a tcp_proxy
-  connection, anything whose drain decision was never asked.
+  connection, anything whose drain decision was never asked. Nothing is sent first: an
+  HTTP/2 connection still open then gets no last GOAWAY (observed on 1.40, as on SIGTERM).
+
+HTTP/2 connections are also told without a response starting (Envoy's push-based drain,
+DrainDecision::addOnDrainCloseCb, which the connection manager registers): on Envoy 1.40
+every HTTP/2 downstream connection of a draining listener or chain -- idle, or with a
+stream still waiting on its upstream -- starts its drain sequence (GOAWAY 2^31-1, the
+final GOAWAY ``drain_timeout`` later, then the close) at a random moment in the last
+third of the drain window, with either --drain-strategy: between 2/3 and 9/10 of
+--drain-time-s after the drain started (measured with 30 idle connections at a time for
+--drain-time-s 2, 4, 6 and 8, /drain_listeners?graceful and LDS removal alike; the
+drain manager's own callback delays, spread over the first quarter or zero, are not what
+decides it). ``add_on_drain`` is that registration; the callback gets the delay, from
+now, after which the connection should start its drain sequence
+(http2/downstream.py). HTTP/1.1 connections are not told this way.
 """
 
 from __future__ import annotations
@@ -45,20 +59,33 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 DRAIN_STRATEGIES = ("gradual", "immediate")
+# when an HTTP/2 connection is told of a drain unasked, as fractions of --drain-time-s
+# after the drain started (observed on Envoy 1.40, see above)
+NOTICE_FROM, NOTICE_TO = 2 / 3, 0.9
+
+OnDrain = Callable[[float], None]  # told the delay (s) after which to start draining
+
+
+def _nothing() -> None:
+    return None
 
 
 class DrainManager:
     """One per process (each --concurrency worker gets the same signal relayed)."""
 
-    __slots__ = ("drain_time", "inbound_only", "started", "strategy")
+    __slots__ = ("_on_drain", "drain_time", "inbound_only", "started", "strategy")
 
     def __init__(self, drain_time: float = 600.0, strategy: str = "gradual") -> None:
         self.drain_time = drain_time  # Envoy's --drain-time-s (default 600)
         self.strategy = strategy  # Envoy's --drain-strategy (default gradual)
         self.started: float | None = None  # monotonic time the sequence started
         self.inbound_only = False
+        # the connections to tell when the sequence starts: callback -> of an INBOUND
+        # listener (addOnDrainCloseCb's registrations)
+        self._on_drain: dict[OnDrain, bool] = {}
 
     @property
     def draining(self) -> bool:
@@ -71,7 +98,31 @@ class DrainManager:
             return False
         self.started = time.monotonic()
         self.inbound_only = inbound_only
+        for cb, inbound in list(self._on_drain.items()):
+            if inbound or not inbound_only:
+                del self._on_drain[cb]
+                cb(self.notice_delay())
         return True
+
+    def notice_delay(self) -> float:
+        """Seconds from now until a connection told of this (started) drain starts its
+        drain sequence: a random moment between NOTICE_FROM and NOTICE_TO of the drain
+        time after the start, or now if that is past."""
+        started = self.started if self.started is not None else time.monotonic()
+        at = started + random.uniform(NOTICE_FROM, NOTICE_TO) * self.drain_time
+        return max(0.0, at - time.monotonic())
+
+    def add_on_drain(self, inbound: bool, cb: OnDrain) -> Callable[[], None]:
+        """Tell CB (a connection of an INBOUND or other listener) when the drain starts,
+        or now if it has started and concerns it; returns what unregisters it."""
+        if self.started is not None and (inbound or not self.inbound_only):
+            cb(self.notice_delay())
+            return _nothing
+        self._on_drain[cb] = inbound
+
+        def off() -> None:
+            self._on_drain.pop(cb, None)
+        return off
 
     def drain_close(self, inbound: bool) -> bool:
         """DrainManagerImpl::drainClose for a connection of an INBOUND (or other) listener."""
@@ -92,7 +143,8 @@ class ChainDrain:
     version (Envoy's PerFilterChainFactoryContextImpl), and those connections, so the end
     of an LDS drain can close them."""
 
-    __slots__ = ("connections", "draining", "ended", "inbound", "local", "manager")
+    __slots__ = ("_on_drain", "connections", "draining", "ended", "inbound", "local",
+                 "manager")
 
     def __init__(self, manager: DrainManager, inbound: bool) -> None:
         self.manager = manager
@@ -104,6 +156,7 @@ class ChainDrain:
         self.ended = False  # the drain time is over: its connections were closed
         # the tasks serving its connections (server/listeners.py adds and discards them)
         self.connections: set[asyncio.Task[None]] = set()
+        self._on_drain: set[OnDrain] = set()  # to tell when an LDS drain starts
 
     def drain_close(self) -> bool:
         if self.draining:
@@ -124,6 +177,23 @@ class ChainDrain:
         if not self.draining:
             self.local = local
             self.draining = True
+            told, self._on_drain = self._on_drain, set()
+            for cb in told:
+                cb(local.notice_delay())
+
+    def add_on_drain(self, cb: OnDrain) -> Callable[[], None]:
+        """Envoy's addOnDrainCloseCb: tell CB when the server's drain or an LDS drain of
+        this chain starts (at once if one has); returns what unregisters it."""
+        if self.draining and self.local is not None:
+            cb(self.local.notice_delay())
+            return self.manager.add_on_drain(self.inbound, cb)
+        self._on_drain.add(cb)
+        off_server = self.manager.add_on_drain(self.inbound, cb)
+
+        def off() -> None:
+            self._on_drain.discard(cb)
+            off_server()
+        return off
 
     def end(self) -> int:
         """The drain time is over: close what is still open (Envoy closes without flushing;
@@ -146,6 +216,9 @@ class NeverDrain:
 
     def drain_close(self) -> bool:
         return False
+
+    def add_on_drain(self, cb: OnDrain) -> Callable[[], None]:
+        return _nothing
 
 
 NEVER_DRAIN = NeverDrain()

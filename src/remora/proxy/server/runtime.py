@@ -21,6 +21,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from remora.errors import RemoraError
 from remora.proxy.access_log.sink import flush_all
@@ -83,6 +85,9 @@ class Server:
         # LDS drains under way (their --drain-time-s timers): old filter chains, old
         # listeners (Envoy's draining_filter_chains_manager_ / draining_listeners_)
         self._lds_drains: set[asyncio.TimerHandle] = set()
+        # the listener versions a drain holds (Envoy's draining_listeners_), newest last,
+        # until its --drain-time-s is over: the config dump's draining_state
+        self.draining_listeners: list[DrainingListener] = []
         self.stopped = asyncio.Event()
         self.stats.touch(*(f"{x}.{y}" for x in ("listener_manager.lds", "cluster_manager.cds")
                            for y in ("update_attempt", "update_success", "update_rejected")))
@@ -372,13 +377,15 @@ class Server:
         for active, cfg in in_place + takeovers:
             # The accept loop reads active.config per connection; connections already
             # accepted keep the filter chain they matched, until its drain ends.
+            chains_only = active.config.name == cfg.name and \
+                _filter_chain_only_change(active.config, cfg)
             if active.config.name != cfg.name:
                 del self.listeners[active.config.name]
                 self.stats.inc("listener_manager.listener_removed")
                 self.stats.inc("listener_manager.listener_added")
-                self._drain_listener(active.config)
+                self._drain_listener(active)
                 self._attach_drains(cfg)
-            elif _filter_chain_only_change(active.config, cfg):
+            elif chains_only:
                 self.stats.inc("listener_manager.listener_in_place_updated")
                 self._drain_filter_chains(active.config, cfg)
             else:
@@ -386,17 +393,21 @@ class Server:
                 # changed; else the new version takes over the socket and the old one
                 # drains whole (a full listener update, onListenerWarmed -> drainListener)
                 self.stats.inc("listener_manager.listener_modified")
-                self._drain_listener(active.config)
+                self._drain_listener(active)
                 self._attach_drains(cfg)
             active.config = cfg
-            active.version_info = version
+            if not chains_only:
+                # Envoy 1.40's config dump keeps the version an in-place update started
+                # from (its last_updated and listener are the new ones: observed,
+                # test_listener_dump_envoy_parity.py)
+                active.version_info = version
             active.last_updated = time.time()
             self.listeners[cfg.name] = active
         for active, prev in fresh:
             self._attach_drains(active.config)
             if prev is not None:
                 prev.stop_accepting()
-                self._drain_listener(prev.config)
+                self._drain_listener(prev)
                 self.stats.inc("listener_manager.listener_modified")
             else:
                 self.stats.inc("listener_manager.listener_added")
@@ -408,7 +419,7 @@ class Server:
                 prev.stop_accepting()
                 del self.listeners[name]
                 self.stats.inc("listener_manager.listener_removed")
-                self._drain_listener(prev.config)
+                self._drain_listener(prev)
         self._listener_gauges()
 
     # -- LDS drains (server/drain.py) ------------------------------------------------------
@@ -432,9 +443,23 @@ class Server:
         self._attach_drains(new)
         self._start_drain(list(kept.values()), "listener_manager.total_filter_chains_draining")
 
-    def _drain_listener(self, cfg: ListenerConfig) -> None:
+    def _drain_listener(self, old: ActiveListener) -> None:
         """Envoy's ListenerManagerImpl::drainListener: all of the old listener's
-        connections drain, and --drain-time-s later what is still open is closed."""
+        connections drain, and --drain-time-s later what is still open is closed. Called
+        before OLD takes its new version (if any): the version that drains is shown as
+        the config dump's draining_state until then, with or without connections (as
+        Envoy 1.40; an in-place filter-chain update shows none)."""
+        cfg = old.config
+        entry = DrainingListener(cfg.name, old.version_info, cfg.raw, old.last_updated)
+        self.draining_listeners.append(entry)
+        loop = asyncio.get_running_loop()
+
+        def over() -> None:
+            self._lds_drains.discard(timer)
+            with contextlib.suppress(ValueError):
+                self.draining_listeners.remove(entry)
+        timer = loop.call_later(self.drain.drain_time, over)
+        self._lds_drains.add(timer)
         self._start_drain([chain.drain for chain, _ in cfg.chains() if chain.drain is not None],
                           "listener_manager.total_listeners_draining", 1)
 
@@ -464,6 +489,16 @@ class Server:
                 log.debug("LDS drain over: %d connection(s) closed", closed)
         timer = loop.call_later(self.drain.drain_time, end)
         self._lds_drains.add(timer)
+
+
+@dataclass(frozen=True, eq=False)
+class DrainingListener:
+    """A listener version that drains: what the config dump shows as its draining_state."""
+
+    name: str
+    version_info: str
+    raw: dict[str, Any]
+    last_updated: float
 
 
 def _filter_chain_only_change(old: ListenerConfig, new: ListenerConfig) -> bool:

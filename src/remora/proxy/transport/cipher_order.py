@@ -16,6 +16,17 @@ The SSL_CTX pointer is read from the SSLContext object (CPython's PySSLContext s
 with it) and used only after SSL_CTX_get_options through it returns the context's own
 options; anything unexpected leaves the context as it was (the server's order for both
 versions, the behaviour before).
+
+The same callback gives TLS 1.2 BoringSSL's equal-preference groups (``[A|B]`` in
+tls_params.cipher_suites and in Envoy's default server list; cipher_list.py): under
+server preference BoringSSL's ssl_choose_cipher takes, from the first group holding a
+cipher the client offers, the one the client lists first. OpenSSL has no groups, so for a
+context with groups the callback reads the client's cipher list
+(SSL_client_hello_get0_ciphers) and gives the connection its own list
+(SSL_set_cipher_list) with each group's ciphers in the client's order; the server's order
+then picks as BoringSSL does (observed on Envoy 1.40: a client listing CHACHA20-POLY1305
+before AES128-GCM gets CHACHA20-POLY1305 from the default list,
+test_cipher_suites_envoy_parity.py).
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import ssl
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("remora.proxy")
@@ -56,6 +70,29 @@ class _LibSsl:
         self.clear_options = lib.SSL_clear_options
         self.clear_options.restype = ctypes.c_uint64
         self.clear_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+        self.get_ssl_ctx = lib.SSL_get_SSL_CTX
+        self.get_ssl_ctx.restype = ctypes.c_void_p
+        self.get_ssl_ctx.argtypes = [ctypes.c_void_p]
+        self.get0_ciphers = lib.SSL_client_hello_get0_ciphers
+        self.get0_ciphers.restype = ctypes.c_size_t
+        self.get0_ciphers.argtypes = [ctypes.c_void_p,
+                                      ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))]
+        self.set_cipher_list = lib.SSL_set_cipher_list
+        self.set_cipher_list.restype = ctypes.c_int
+        self.set_cipher_list.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What the callback does for the connections of one context."""
+
+    tls13: bool  # the client's order when it offers TLS 1.3
+    names: tuple[str, ...] = ()  # the context's TLS 1.2 ciphers, in its order
+    group_of: tuple[int | None, ...] = ()  # each one's equal-preference group
+    ids: tuple[int, ...] = ()  # each one's IANA number
+
+
+_rules: dict[int, _Rule] = {}  # SSL_CTX address -> its rule (while the context lives)
 
 
 _lib: _LibSsl | None = None
@@ -81,17 +118,49 @@ def offers_tls13(supported_versions: bytes) -> bool:
     return any(versions[i:i + 2] == _TLS13 for i in range(0, len(versions) - 1, 2))
 
 
+def group_order(rule: _Rule, offered: bytes) -> list[str]:
+    """RULE's cipher list with each equal-preference group in the order of OFFERED (the
+    ClientHello's cipher_suites, two bytes each); ciphers it does not offer keep their
+    place after those it does."""
+    rank: dict[int, int] = {}
+    for i in range(0, len(offered) - 1, 2):
+        rank.setdefault(int.from_bytes(offered[i:i + 2], "big"), i)
+    out: list[str] = []
+    names, groups, ids = rule.names, rule.group_of, rule.ids
+    i, n = 0, len(names)
+    while i < n:
+        group = groups[i]
+        j = i + 1
+        if group is not None:
+            while j < n and groups[j] == group:
+                j += 1
+        run = sorted(range(i, j), key=lambda k: rank.get(ids[k], len(offered) + k))
+        out.extend(names[k] for k in run)
+        i = j
+    return out
+
+
 def _on_client_hello(ssl_ptr: int | None, _alert: Any, _arg: int | None) -> int:
     lib = _lib
     if lib is None or not ssl_ptr:
         return _SUCCESS
     try:
+        rule = _rules.get(lib.get_ssl_ctx(ssl_ptr) or 0)
         out = ctypes.POINTER(ctypes.c_ubyte)()
         size = ctypes.c_size_t()
-        if lib.get0_ext(ssl_ptr, _SUPPORTED_VERSIONS, ctypes.byref(out), ctypes.byref(size)):
+        if (rule is None or rule.tls13) and lib.get0_ext(
+                ssl_ptr, _SUPPORTED_VERSIONS, ctypes.byref(out), ctypes.byref(size)):
             body = ctypes.string_at(out, size.value)
             if offers_tls13(body):
                 lib.clear_options(ssl_ptr, ssl.OP_CIPHER_SERVER_PREFERENCE)
+                # TLS 1.3 it is (the context allows it): its suites are not the list's,
+                # so the TLS 1.2 groups need no order (every sidecar-to-sidecar handshake)
+                return _SUCCESS
+        if rule is not None and rule.names:
+            count = lib.get0_ciphers(ssl_ptr, ctypes.byref(out))
+            order = group_order(rule, ctypes.string_at(out, count) if count else b"")
+            if tuple(order) != rule.names:
+                lib.set_cipher_list(ssl_ptr, ":".join(order).encode())
     except Exception:  # a callback must not raise into OpenSSL; the server's order stays
         log.debug("client-hello callback failed", exc_info=True)
     return _SUCCESS
@@ -100,16 +169,87 @@ def _on_client_hello(ssl_ptr: int | None, _alert: Any, _arg: int | None) -> int:
 _callback = _CALLBACK(_on_client_hello)  # kept alive: OpenSSL holds the pointer
 
 
+def _ctx_pointer(ctx: ssl.SSLContext, lib: _LibSsl) -> int | None:
+    """CTX's SSL_CTX address (CPython's PySSLContext starts with it), once
+    SSL_CTX_get_options through it returns CTX's own options; None otherwise."""
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or lib.ctx_get_options(ptr) != ctx.options:
+        log.debug("SSLContext layout not recognised")
+        return None
+    return int(ptr)
+
+
+def standard_names() -> dict[str, str]:
+    """IANA (RFC) cipher suite name -> OpenSSL name, for every cipher this libssl has
+    (SSL_CIPHER_standard_name); {} when libssl cannot be reached that way."""
+    lib = _libssl()
+    if lib is None:
+        return {}
+    try:
+        import _ssl
+
+        raw = ctypes.CDLL(_ssl.__file__)
+        get_ciphers = raw.SSL_CTX_get_ciphers
+        get_ciphers.restype = ctypes.c_void_p
+        get_ciphers.argtypes = [ctypes.c_void_p]
+        sk_num = raw.OPENSSL_sk_num
+        sk_num.restype = ctypes.c_int
+        sk_num.argtypes = [ctypes.c_void_p]
+        sk_value = raw.OPENSSL_sk_value
+        sk_value.restype = ctypes.c_void_p
+        sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        std_name = raw.SSL_CIPHER_standard_name
+        std_name.restype = ctypes.c_char_p
+        std_name.argtypes = [ctypes.c_void_p]
+        get_name = raw.SSL_CIPHER_get_name
+        get_name.restype = ctypes.c_char_p
+        get_name.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError) as exc:
+        log.debug("libssl cipher names unavailable: %s", exc)
+        return {}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    ptr = _ctx_pointer(ctx, lib)
+    stack = get_ciphers(ptr) if ptr is not None else None
+    if not stack:
+        return {}
+    names: dict[str, str] = {}
+    for i in range(sk_num(stack)):
+        cipher = sk_value(stack, i)
+        std, name = std_name(cipher), get_name(cipher)
+        if std and name:
+            names[std.decode()] = name.decode()
+    return names
+
+
 def client_order_for_tls13(ctx: ssl.SSLContext) -> bool:
-    """Give the server context CTX BoringSSL's rule (above); whether it was installed."""
-    if ctx.maximum_version not in (ssl.TLSVersion.MAXIMUM_SUPPORTED, ssl.TLSVersion.TLSv1_3):
-        return False  # no TLS 1.3: the server's order is the whole rule
+    """Give the server context CTX BoringSSL's TLS 1.3 rule (above); whether it was
+    installed."""
+    return install(ctx, ())
+
+
+def install(ctx: ssl.SSLContext, groups: Sequence[Sequence[str]]) -> bool:
+    """Give the server context CTX (its ciphers set) BoringSSL's rules: the client's order
+    for TLS 1.3, and GROUPS (cipher names) as equal-preference groups for TLS 1.2;
+    whether the callback was installed (not needed: no TLS 1.3 and no group)."""
+    tls13 = ctx.maximum_version in (ssl.TLSVersion.MAXIMUM_SUPPORTED, ssl.TLSVersion.TLSv1_3)
+    group_of = {name: i for i, group in enumerate(groups) for name in group}
+    listed = [c for c in ctx.get_ciphers() if c.get("protocol") != "TLSv1.3"]
+    grouped = sum(c["name"] in group_of for c in listed) > 1
+    if not tls13 and not grouped:
+        return False  # the server's order is the whole rule
     lib = _libssl()
     if lib is None:
         return False
-    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not ptr or lib.ctx_get_options(ptr) != ctx.options:
-        log.debug("SSLContext layout not recognised: the server's cipher order stays")
+    ptr = _ctx_pointer(ctx, lib)
+    if ptr is None:  # the server's cipher order stays
         return False
+    rule = _Rule(tls13)
+    if grouped:
+        rule = _Rule(tls13, tuple(c["name"] for c in listed),
+                     tuple(group_of.get(c["name"]) for c in listed),
+                     tuple(int(c["id"]) & 0xFFFF for c in listed))
+    _rules[ptr] = rule
+    weakref.finalize(ctx, _rules.pop, ptr, None)  # before OpenSSL frees the SSL_CTX
     lib.set_client_hello_cb(ptr, _callback, None)
     return True

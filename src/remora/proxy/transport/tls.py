@@ -36,7 +36,7 @@ from typing import Any
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
 from remora.proxy.stream_info import StreamInfo
-from remora.proxy.transport import cipher_order
+from remora.proxy.transport import cipher_list, cipher_order
 from remora.proxy.transport.cert_details import (
     TlsPeer,
     all_sans,
@@ -62,16 +62,16 @@ VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_
 
 # Envoy's default TLS 1.0-1.2 cipher list for servers (ServerContextConfigImpl::
 # DEFAULT_CIPHER_SUITES, source/common/tls/server_context_config_impl.cc), picked by the
-# server's order as BoringSSL does. BoringSSL's "[A|B]" equal-preference groups (the
-# client's choice between AES128-GCM and CHACHA20-POLY1305) have no OpenSSL form: the
-# group's first member comes first here. Without it ``ssl``'s default list prefers
-# AES256-GCM, so a TLS 1.2 connection Envoy holds with ECDHE-ECDSA-AES128-GCM-SHA256 was
-# one with ECDHE-ECDSA-AES256-GCM-SHA384 (%DOWNSTREAM_TLS_CIPHER%, observed on 1.40). TLS
-# 1.3 suites are not configurable in either proxy; the client's order picks one there
-# (cipher_order.py).
-SERVER_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
-                  "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
-                  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
+# server's order as BoringSSL does, read as tls_params.cipher_suites is (cipher_list.py:
+# its "[A|B]" equal-preference groups, where BoringSSL lets the client choose between
+# AES128-GCM and CHACHA20-POLY1305, flattened, each reordered per connection by the
+# client's preference: SERVER_GROUPS, cipher_order.py). Without
+# it ``ssl``'s default list prefers AES256-GCM, so a TLS 1.2 connection Envoy holds with
+# ECDHE-ECDSA-AES128-GCM-SHA256 was one with ECDHE-ECDSA-AES256-GCM-SHA384
+# (%DOWNSTREAM_TLS_CIPHER%, observed on 1.40). TLS 1.3 suites are not configurable in
+# either proxy; the client's order picks one there (cipher_order.py).
+SERVER_CIPHERS = cipher_list.openssl_ciphers([cipher_list.ENVOY_SERVER_DEFAULT]) or ""
+SERVER_GROUPS = tuple(tuple(g) for g in cipher_list.equal_preference_groups([]))
 
 
 # at most this much plaintext per SSL read: a TLS record holds 16 KiB, and the buffer
@@ -235,8 +235,10 @@ class TlsTransport:
     require_client_certificate: bool = False
     min_version: ssl.TLSVersion | None = None
     max_version: ssl.TLSVersion | None = None
-    # tls_params.cipher_suites as an OpenSSL cipher string (None: the default list)
+    # tls_params.cipher_suites as an OpenSSL cipher string (None: the default list), and
+    # its [A|B] equal-preference groups (a server context's; cipher_order.py)
     ciphers: str | None = None
+    cipher_groups: tuple[tuple[str, ...], ...] = ()
     _files: tuple[str, ...] = ()
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
@@ -315,8 +317,10 @@ class TlsTransport:
                 raise TlsError("require_client_certificate needs a validation context")
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
-        if self.server:  # TLS 1.3 by the client's order, as BoringSSL (cipher_order.py)
-            cipher_order.client_order_for_tls13(ctx)
+        if self.server:  # TLS 1.3 by the client's order, TLS 1.2's groups by it too, as
+            # BoringSSL (cipher_order.py); Envoy's default list has two groups
+            cipher_order.install(ctx, self.cipher_groups if self.ciphers is not None
+                                 else SERVER_GROUPS)
         return ctx
 
     def _stat_files(self) -> tuple[Any, ...]:
@@ -476,17 +480,16 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
             if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
                 raise ConfigError(params.at("cipher_suites"), "cipher_suites must be a list "
                                   "of cipher names", "write e.g. [ECDHE-ECDSA-AES128-GCM-SHA256]")
-            # BoringSSL's "[A|B]" equal-preference groups, flattened in their order
-            names = [name for item in suites for name in item.strip("[]").split("|") if name]
-            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            for name in names:  # Envoy refuses the config: "Failed to initialize cipher suites"
-                try:
-                    probe.set_ciphers(name)
-                except ssl.SSLError:
-                    raise ConfigError(params.at("cipher_suites"), f"unknown cipher suite {name!r}",
-                                      "use OpenSSL cipher names, e.g. "
-                                      "ECDHE-ECDSA-AES128-GCM-SHA256") from None
-            t.ciphers = ":".join(names)
+            # joined with ":" and read with BoringSSL's rules, as Envoy (cipher_list.py);
+            # refused where Envoy refuses the config, with its message
+            try:
+                t.ciphers = cipher_list.openssl_ciphers(suites)
+            except cipher_list.CipherListError as e:
+                raise ConfigError(params.at("cipher_suites"), str(e),
+                                  cipher_list.fix_hint(suites)) from None
+            if server and t.ciphers is not None:
+                t.cipher_groups = tuple(
+                    tuple(g) for g in cipher_list.equal_preference_groups(suites))
         params.done()
     # Check every field now (ConfigError names it); a file not written yet (SDS) is
     # read again by the first handshake.

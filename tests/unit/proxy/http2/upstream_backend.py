@@ -1,7 +1,8 @@
 """An HTTP/2 (h2c, prior knowledge) backend for the upstream HTTP/2 tests, built on the h2
 library's server side and run as its own process:
 ``python3 upstream_backend.py PORT [MAX_STREAMS [CERT KEY]]`` (with CERT and KEY it
-speaks TLS, offers ALPN h2 only and tells the negotiated protocol in ``x-alpn``).
+speaks TLS, offers ALPN h2 only and tells the negotiated protocol in ``x-alpn`` and the
+server name the client sent in ``x-sni``, ``-`` for none).
 
 Paths: ``/size/N`` answers N bytes (a repeating pattern, see ``body_of``); ``/echo`` the
 request body; ``/grpc`` a gRPC-shaped unary answer (5-byte framed message, then trailers
@@ -90,8 +91,9 @@ class Conn:
         body = bytes(self.bodies.pop(sid, b""))
         base = [("x-conn", str(self.number)), ("x-stream", str(sid))]
         ssl_object = self.w.get_extra_info("ssl_object")
-        if ssl_object is not None:  # what the client's ALPN led to
+        if ssl_object is not None:  # what the client's ALPN led to, and its SNI
             base.append(("x-alpn", str(ssl_object.selected_alpn_protocol())))
+            base.append(("x-sni", getattr(ssl_object, "sni_seen", None) or "-"))
         if path == "/reset-mid":  # a response started, then RST_STREAM
             self.h2.send_headers(sid, [(":status", "200"), *base])
             self.h2.send_data(sid, b"partial")
@@ -236,6 +238,12 @@ async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     await Conn(r, w, ACCEPTED).run()
 
 
+def _remember_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    """The ClientHello's server name, kept on the connection's SSLObject (the one
+    get_extra_info("ssl_object") gives) for x-sni."""
+    sslobj.sni_seen = name  # type: ignore[attr-defined]
+
+
 async def main() -> None:
     global MAX_STREAMS
     MAX_STREAMS = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -244,6 +252,7 @@ async def main() -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[3], sys.argv[4])
         ctx.set_alpn_protocols(["h2"])
+        ctx.sni_callback = _remember_sni  # type: ignore[assignment]
     srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), ssl=ctx)
     await srv.serve_forever()
 
