@@ -125,11 +125,13 @@ def _after(h2: RawH2, t0: float) -> list[tuple[Any, ...]]:
 
 
 async def _served(port: int) -> RawH2:
-    """An h2c connection whose stream 1 (GET /) was answered: idle now."""
+    """An h2c connection whose stream 1 (GET /) was answered, to its END_STREAM: idle
+    now (the status alone could leave its DATA frame to arrive at the SIGTERM's time)."""
     h2 = await RawH2.connect(port)
     h2.request(1)
     for _ in range(100):
-        if 1 in h2.statuses:
+        if any(getattr(f, "stream_id", 0) == 1 and "END_STREAM" in f.flags
+               for _, f in h2.frames):
             break
         await asyncio.sleep(0.02)
     assert h2.statuses.get(1) == "200"
