@@ -125,6 +125,24 @@ def test_semantic_errors() -> None:
     assert error_path(doc) == "static_resources.listeners[0].address.socket_address.address"
 
 
+def test_original_dst_use_http_header_is_refused_not_ignored() -> None:
+    # Envoy would connect where the request's x-envoy-original-dst-host says; remora only
+    # to the connection's original destination, so the option is an error, by its path
+    od = {"name": "od", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+          "original_dst_lb_config": {"use_http_header": True}}
+    doc = base()
+    doc["static_resources"]["clusters"].append(od)
+    with pytest.raises(ConfigError) as err:
+        load(doc)
+    assert err.value.path == "static_resources.clusters[1].original_dst_lb_config.use_http_header"
+    assert "not implemented" in str(err.value)
+    doc = base()
+    doc["static_resources"]["clusters"].append(
+        {**od, "original_dst_lb_config": {"use_http_header": False,
+                                          "http_header_name": "x-dst"}})
+    load(doc)  # false (Envoy's default) loads, with or without a header name
+
+
 def test_dynamic_resources_from_files(tmp_path: Path) -> None:
     lds = tmp_path / "lds.yaml"
     cds = tmp_path / "cds.json"

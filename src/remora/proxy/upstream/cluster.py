@@ -70,7 +70,7 @@ CLUSTER_NEVER_COUNTED = (
     # an EDS file that does not parse is counted update_rejected
     "assignment_stale", "assignment_timeout_received", "assignment_use_cached",
     "update_failure", "update_no_rebuild",
-    # ORIGINAL_DST's use_http_header is read but not acted on (the connection's original
+    # ORIGINAL_DST's use_http_header is refused at load (the connection's original
     # destination is used), so no header is ever found invalid
     "original_dst_host_invalid",
 )

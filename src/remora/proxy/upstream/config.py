@@ -78,9 +78,7 @@ class ClusterConfig:
     http_protocol_options: HttpProtocolOptions = field(
         default_factory=lambda: HttpProtocolOptions())
     metadata: dict[str, Any] = field(default_factory=dict)
-    use_http_header: bool = False  # original_dst_lb_config
     transport: TlsTransport | None = None  # transport_socket tls (proxy/transport/tls.py)
-    http_header_name: str = "x-envoy-original-dst-host"
 
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -346,8 +344,17 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
                 cfg.high_thresholds.update({k: v for k, v in values.items() if v is not None})
         breakers.done()
     if odc is not None:
-        cfg.use_http_header = bool(odc.boolean("use_http_header", False))
-        cfg.http_header_name = odc.string("http_header_name", cfg.http_header_name)
+        if odc.boolean("use_http_header", False):
+            # Envoy would take the upstream address from the request's
+            # x-envoy-original-dst-host (or http_header_name); remora always connects to
+            # the downstream connection's original destination, so the option is refused
+            # rather than silently ignored (the header would have routed elsewhere)
+            raise ConfigError(odc.at("use_http_header"),
+                              "use_http_header is not implemented by remora (an ORIGINAL_DST "
+                              "cluster connects to the connection's original destination)",
+                              "remove original_dst_lb_config.use_http_header, or run this "
+                              "cluster on Envoy")
+        odc.string("http_header_name")  # read only with use_http_header
         odc.done()
     if conn_opts is not None:
         ka = conn_opts.fields("tcp_keepalive", "TcpKeepalive")
