@@ -49,16 +49,7 @@ def _bootstrap(port: int, admin: int, echo: int) -> dict[str, Any]:
               {"match": {"prefix": "/direct"},
                "direct_response": {"status": 200, "body": {"inline_string": "hi"}}},
               {"match": {"prefix": "/"}, "route": {"cluster": "web"}}]
-    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": us.HCM, "stat_prefix": "in",
-        "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": routes}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
-    return {"admin": {"address": us._addr(admin)},
-            "static_resources": {
-                "listeners": [{"name": "l", "address": us._addr(port),
-                               "filter_chains": [{"filters": [hcm]}]}],
-                "clusters": [us.cluster("web", echo)]}}
+    return us.router_bootstrap(port, admin, routes, [us.cluster("web", echo)])
 
 
 def _gone(port: int, request: bytes) -> None:

@@ -90,18 +90,9 @@ def _bootstrap(port: int, admin: int, h2: int, h1: int) -> dict[str, Any]:
                "route": {"cluster": "h1", "timeout": "0.3s"}},
               {"match": {"prefix": "/h1/"}, "route": {"cluster": "h1", "timeout": "5s"}},
               {"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "5s"}}]
-    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": us.HCM, "stat_prefix": "in",
-        "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": routes}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
-    return {"admin": {"address": us._addr(admin)},
-            "static_resources": {
-                "listeners": [{"name": "l", "address": us._addr(port),
-                               "filter_chains": [{"filters": [hcm]}]}],
-                "clusters": [us.cluster("h2", h2, typed_extension_protocol_options=
-                                        us.h2_options()),
-                             us.cluster("h1", h1)]}}
+    return us.router_bootstrap(port, admin, routes, [
+        us.cluster("h2", h2, typed_extension_protocol_options=us.h2_options()),
+        us.cluster("h1", h1)])
 
 
 def _counts(admin: int, cluster: str) -> dict[str, int]:

@@ -85,18 +85,9 @@ def _serve_h1(conn: socket.socket) -> None:
 def _bootstrap(port: int, admin: int, h2: int, h1: int) -> dict[str, Any]:
     routes = [{"match": {"prefix": "/h1/"}, "route": {"cluster": "h1", "timeout": "5s"}},
               {"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "5s"}}]
-    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": us.HCM, "stat_prefix": "in",
-        "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": routes}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
-    return {"admin": {"address": us._addr(admin)},
-            "static_resources": {
-                "listeners": [{"name": "l", "address": us._addr(port),
-                               "filter_chains": [{"filters": [hcm]}]}],
-                "clusters": [us.cluster("h2", h2, typed_extension_protocol_options=
-                                        us.h2_options()),
-                             us.cluster("h1", h1)]}}
+    return us.router_bootstrap(port, admin, routes, [
+        us.cluster("h2", h2, typed_extension_protocol_options=us.h2_options()),
+        us.cluster("h1", h1)])
 
 
 def _host_counts(admin: int, cluster: str) -> tuple[int, int]:

@@ -41,6 +41,23 @@ def cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
                 {"endpoint": {"address": _addr(port)}}]}]}}
 
 
+def router_bootstrap(port: int, admin: int, routes: list[dict[str, Any]],
+                     clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    """An admin address, one HTTP listener on PORT (connection manager stat_prefix `in`,
+    one virtual host with ROUTES, the router alone) and CLUSTERS: the bootstrap the
+    counter parity tests run on both proxies."""
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": HCM, "stat_prefix": "in",
+        "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    return {"admin": {"address": _addr(admin)},
+            "static_resources": {
+                "listeners": [{"name": "l", "address": _addr(port),
+                               "filter_chains": [{"filters": [hcm]}]}],
+                "clusters": clusters}}
+
+
 def bootstrap(port: int, admin: int, log: Path, backend: int, grpc: int,
               refused: int, limited: int, tls: int = 0) -> dict[str, Any]:
     """LIMITED: a backend that advertises SETTINGS_MAX_CONCURRENT_STREAMS 2 (cluster
