@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from remora.lab.tables import age, human_duration, tabwrite
-from remora.node import naming
+from remora.node import controller, naming
 from remora.resources.rfc3339 import parse_time
 
 
@@ -19,13 +19,23 @@ def _kv(d: dict[str, str] | None, indent: int) -> str:
     return ("\n" + pad).join(f"{k}={v}" for k, v in items)
 
 
+def _annotations(d: dict[str, str] | None, indent: int) -> str:
+    """Annotations as kubectl describe prints them: `key: value`, one per line (labels are
+    `key=value`)."""
+    if not d:
+        return "<none>"
+    return ("\n" + " " * indent).join(f"{k}: {v}" for k, v in sorted(d.items()))
+
+
 def _line(label: str, value: Any, width: int = 18) -> str:
     return f"{label + ':':<{width}}{value}"
 
 
 def rfc1123z(stamp: Any) -> str:
     """Go's time.RFC1123Z, the format kubectl describe prints times in."""
-    t = parse_time(stamp)
+    # the node's own objects keep seconds since the epoch; the API's RFC 3339
+    t = (float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool)
+         else parse_time(stamp))
     if t is None:
         return str(stamp or "")
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
@@ -153,7 +163,7 @@ def pod(p: dict[str, Any], now: float, recorded: list[dict[str, Any]] | None = N
     lines = [
         _line("Name", meta["name"]), _line("Namespace", meta.get("namespace", "default")),
         _line("Node", f"{spec.get('nodeName', '')}/{status.get('hostIP', '')}"),
-        _line("Start Time", meta.get("creationTimestamp", "")),
+        _line("Start Time", rfc1123z(meta.get("creationTimestamp", ""))),
         _line("Labels", _kv(meta.get("labels"), 18)),
         _line("Annotations", _kv(meta.get("annotations"), 18)),
         _line("Status", r.get("status", status.get("phase", ""))),
@@ -183,17 +193,30 @@ def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float,
     want = spec.get("replicas")
     want = 1 if want is None else want
     tmeta = spec.get("template", {}).get("metadata", {})
+    strategy = (spec.get("strategy") or {}).get("type") or "RollingUpdate"
     lines = [
         _line("Name", meta["name"], 24), _line("Namespace", meta.get("namespace"), 24),
+        _line("CreationTimestamp", rfc1123z(meta.get("creationTimestamp")), 24),
+        _line("Labels", _kv(meta.get("labels"), 24), 24),
+        _line("Annotations", _annotations(meta.get("annotations"), 24), 24),
         _line("Selector", _kv(spec.get("selector", {}).get("matchLabels"), 24), 24),
         _line("Replicas", f"{want} desired | {st.get('updatedReplicas', 0)} updated | "
               f"{st.get('replicas', 0)} total | {st.get('availableReplicas', 0)} available | "
               f"{st.get('unavailableReplicas', 0)} unavailable", 24),
-        _line("StrategyType", (spec.get("strategy") or {}).get("type") or "RollingUpdate", 24),
+        _line("StrategyType", strategy, 24),
+        _line("MinReadySeconds", spec.get("minReadySeconds") or 0, 24),
+    ]
+    if strategy == "RollingUpdate":
+        # kubectl: "%s max unavailable, %s max surge", the values the rollout uses (the
+        # lab's defaults for those left out: controller.rolling_update)
+        limits = controller.rolling_update(d)
+        lines.append(_line("RollingUpdateStrategy", f"{limits['maxUnavailable']} max "
+                           f"unavailable, {limits['maxSurge']} max surge", 24))
+    lines += [
         _line("Age", age(d, now), 24),
         "Pod Template:",
         f"  Labels:       {_kv(tmeta.get('labels'), 16)}",
-        f"  Annotations:  {_kv(tmeta.get('annotations'), 16)}",
+        f"  Annotations:  {_annotations(tmeta.get('annotations'), 16)}",
         "  Containers:",
     ]
     for c in spec.get("template", {}).get("spec", {}).get("containers") or []:

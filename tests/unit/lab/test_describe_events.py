@@ -1,6 +1,6 @@
-"""`remora describe`'s Events section and strategy line, as kubectl describe prints them
-(describe.go DescribeEvents; the live comparison with kubectl is in
-tests/netns/test_kubeapi_workflows.py)."""
+"""`remora describe`'s Events section, a deployment's head and a pod's start time, as
+kubectl describe prints them (describe.go DescribeEvents, DescribeDeployment; the live
+comparison of the Events with kubectl's is in tests/netns/test_kubeapi_workflows.py)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,35 @@ def test_describe_pod_and_deployment_end_with_their_events() -> None:
            "spec": {}, "status": {}}
     assert describe.pod(pod, NOW, []).endswith("Events:  <none>\n")
     assert "Events" not in describe.pod(pod, NOW)  # no events asked for: no section
+
+
+def test_describe_deployment_head_reads_as_kubectls() -> None:
+    # kubectl describe deployment's head (describe.go DescribeDeployment): creation time in
+    # RFC 1123Z (the node's objects keep seconds), annotations as `key: value`,
+    # MinReadySeconds, and RollingUpdateStrategy with the values the rollout uses
+    created = NOW - 60
+    dep = {"metadata": {"name": "web", "namespace": "demo-to", "creationTimestamp": created,
+                        "labels": {"app": "web"}, "annotations": {"team": "a", "z": "b"}},
+           "spec": {"replicas": 2, "minReadySeconds": 5,
+                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%"}},
+                    "template": {"metadata": {"annotations": {
+                        "sidecar.istio.io/interceptionMode": "TPROXY"}}}},
+           "status": {}}
+    lines = describe.deployment(dep, [], NOW).splitlines()
+    assert lines[2:5] == ["CreationTimestamp:      Sat, 05 Dec 2026 11:59:00 +0000",
+                          "Labels:                 app=web",
+                          "Annotations:            team: a"]
+    assert lines[5] == " " * 24 + "z: b"
+    assert "MinReadySeconds:        5" in lines
+    # maxUnavailable left out: the lab's default 0 (node/controller.py), not the apiserver's
+    assert "RollingUpdateStrategy:  0 max unavailable, 50% max surge" in lines
+    assert "  Annotations:  sidecar.istio.io/interceptionMode: TPROXY" in lines
+    dep["spec"]["strategy"] = {"type": "Recreate"}
+    text = describe.deployment(dep, [], NOW)
+    assert "StrategyType:           Recreate\n" in text and "RollingUpdateStrategy" not in text
+
+
+def test_describe_pod_start_time_in_rfc1123z() -> None:
+    pod = {"metadata": {"name": "p", "namespace": "demo-to",
+                        "creationTimestamp": "2026-12-05T11:58:00Z"}, "spec": {}, "status": {}}
+    assert "Start Time:       Sat, 05 Dec 2026 11:58:00 +0000\n" in describe.pod(pod, NOW)
