@@ -219,7 +219,7 @@ class Http1Connection:
         property is looked up the generic way on every read on CPython 3.11)."""
         if self._drain.drain_close():
             # ConnectionManagerImpl counts the connection it drains
-            self.hcm.stats.inc(f"http.{self.cfg.stat_prefix}.downstream_cx_drain_close")
+            self.hcm.count("downstream_cx_drain_close")
             return True
         return False
 
@@ -298,8 +298,7 @@ class Http1Connection:
         if dec.error is None and dec.head_in_progress:
             dec.error = CodecError(408, "request_header_timeout", "request header timeout",
                                    None)
-            hcm = self.hcm  # ActiveStream::onRequestHeaderTimeout counts it
-            hcm.stats.inc(hcm.stat + "downstream_rq_header_timeout")
+            self.hcm.count("downstream_rq_header_timeout")  # ActiveStream::onRequestHeaderTimeout
             self._pause_reading()
             self._on_codec_error()
 
@@ -409,8 +408,7 @@ class Http1Connection:
             self._ended = (True, act is not None and not act.response_complete)
         if act is not None and not act.response_complete:
             # the stream is reset by the client's close: ActiveStream::onResetStream
-            hcm = self.hcm
-            hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
+            self.hcm.count("downstream_rq_rx_reset")
             self.cancel_active("dc")
         self._wake()
 
@@ -680,16 +678,14 @@ class Http1Connection:
                         # (the upstream's body cut short, a timeout after it began):
                         # Envoy resets the stream (downstream_rq_tx_reset), and its
                         # onResetStream counts every reset as downstream_rq_rx_reset too
-                        hcm = self.hcm
-                        hcm.stats.inc(hcm.stat + "downstream_rq_tx_reset")
-                        hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
+                        self.hcm.count("downstream_rq_tx_reset")
+                        self.hcm.count("downstream_rq_rx_reset")
                     elif not (stream.req.complete or stream.req.upgrade or self.eof):
                         # answered before the request was all read (a local reply, an
                         # early upstream answer): ConnectionManagerImpl::doEndStream
                         # counts it, and resets the stream whose request never ended
-                        hcm = self.hcm
-                        hcm.stats.inc(hcm.stat + "downstream_rq_response_before_rq_complete")
-                        hcm.stats.inc(hcm.stat + "downstream_rq_rx_reset")
+                        self.hcm.count("downstream_rq_response_before_rq_complete")
+                        self.hcm.count("downstream_rq_rx_reset")
                     await self._flush()
                     return
                 if dec.upgraded:
@@ -759,7 +755,7 @@ class Http1Connection:
         if err.details != "request_header_timeout":
             # the codec's protocol error (ConnectionManagerImpl::onData: a codec status
             # that is not a timeout counts downstream_cx_protocol_error)
-            self.hcm.stats.inc(self.hcm.stat + "downstream_cx_protocol_error")
+            self.hcm.count("downstream_cx_protocol_error")
         info = StreamInfo.for_request(self.downstream.info, "HTTP/1.1")
         info.request_headers = {}
         from remora.proxy.http.codec import Request

@@ -158,6 +158,11 @@ class HttpConnectionManager:
         self._rq_active_name = self._rq_active.name
         self._node_ip: str | bool | None = False
 
+    def count(self, name: str) -> None:
+        """Count http.<stat_prefix>.NAME: the connection manager's counters of rare events
+        (resets, timeouts, refused paths, the router's no_route), by name."""
+        self.stats.inc(self.stat + name)
+
     async def on_connection(self, downstream: Downstream) -> None:
         self._cx_total.inc()
         self._cx_active.add(1)
@@ -185,8 +190,8 @@ class HttpConnectionManager:
                 # Envoy's downstream_cx_http1_* count from the codec's creation, on the
                 # first bytes (ConnectionManagerImpl::onData): a connection closed before
                 # it sent one has no codec (a health check's connect, a port probe)
-                reader = downstream.reader
-                codec = bool(getattr(reader, "_buffer", b"")) or not reader.at_eof()
+                # (at_eof: the client's FIN came and nothing it sent is left unread)
+                codec = not downstream.reader.at_eof()
                 if codec:
                     self._cx_http1_total.inc()
                     self._cx_http1_active.add(1)
@@ -208,10 +213,10 @@ class HttpConnectionManager:
             # whether a request was still in progress then
             self._cx_destroy.inc()
             if end is not None:
-                self.stats.inc(self.stat + end[0])
+                self.count(end[0])
                 if end[1]:
-                    self.stats.inc(self.stat + "downstream_cx_destroy_active_rq")
-                    self.stats.inc(self.stat + end[0] + "_active_rq")
+                    self.count("downstream_cx_destroy_active_rq")
+                    self.count(end[0] + "_active_rq")
             self._cx_length.observe((time.monotonic() - started) * 1000)
 
     async def serve(self, stream: ActiveStream) -> None:
@@ -253,10 +258,7 @@ class HttpConnectionManager:
             if start is not None:
                 # the router's rq_total (Router::Filter::decodeHeaders): a request that
                 # reaches it, here the chain's only filter
-                if self._inline:
-                    self._router_rq_total.pending += 1
-                else:
-                    self._router_rq_total.inc()
+                self._router_rq_total.pending += 1  # (any handle takes it: no call)
                 return start(stream)
         else:
             chain = self._route_chains.get(id(route))

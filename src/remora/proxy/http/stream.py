@@ -248,8 +248,8 @@ class ActiveStream:
             # path_normalization_failed, checked against Envoy 1.40)
             return self.local_reply(400, b"", "path_normalization_failed", None, True)
         if absolute and not url.startswith("/"):
-            hcm = conn.hcm  # ActiveStream::decodeHeaders: not a relative path
-            hcm.stats.inc(hcm.stat + "downstream_rq_non_relative_path")
+            # ActiveStream::decodeHeaders: not a relative path
+            conn.hcm.count("downstream_rq_non_relative_path")
             return self.local_reply(404, b"", "absolute_path_rejected")
         # the path is looked at only when it holds something normalization acts on (an
         # escape, a character Envoy escapes, a backslash, a dot segment, "//" to merge):
@@ -263,14 +263,14 @@ class ActiveStream:
             if cfg.escaped_slashes != "KEEP_UNCHANGED" and escaped_slashes(url):
                 if cfg.escaped_slashes == "REJECT_REQUEST":
                     # ConnectionManagerUtility::maybeNormalizePath rejected it
-                    hcm.stats.inc(hcm.stat + "downstream_rq_failed_path_normalization")
+                    hcm.count("downstream_rq_failed_path_normalization")
                     return self.local_reply(400, b"Bad Request", "path_normalization_failed",
                                             "DPE", True)
                 url = unescape_slashes(url)
             if cfg.normalize_path and "%00" in url.partition("?")[0]:
                 # an encoded NUL cannot be normalized: Envoy refuses it like a fragment
                 # (400, no body, connection closed; checked against Envoy 1.40)
-                hcm.stats.inc(hcm.stat + "downstream_rq_failed_path_normalization")
+                hcm.count("downstream_rq_failed_path_normalization")
                 return self.local_reply(400, b"", "path_normalization_failed", None, True)
             if (cfg.normalize_path or cfg.merge_slashes) and url.startswith("/"):
                 normalized = normalize_path(url, cfg.merge_slashes)
@@ -381,11 +381,11 @@ class ActiveStream:
             self.closing = True  # after the exchange (tunnel or not) no more HTTP here
             hcm = conn.hcm
             if not (cfg.websocket and hmap.get("upgrade", "").lower() == "websocket"):
-                hcm.stats.inc(hcm.stat + "downstream_rq_ws_on_non_ws_route")
+                hcm.count("downstream_rq_ws_on_non_ws_route")
                 return self.local_reply(403, b"", "upgrade_failed")
             # an accepted upgrade (ConnectionManagerImpl: the upgrade filter chain was
             # created), active until its connection ends (no HTTP follows it there)
-            hcm.stats.inc(hcm.stat + "downstream_cx_upgrades_total")
+            hcm.count("downstream_cx_upgrades_total")
             hcm.stats.gauge_add(hcm.stat + "downstream_cx_upgrades_active", 1)
             conn.upgrades += 1
         return True
@@ -567,8 +567,7 @@ class ActiveStream:
         if reason == "timeout":
             self.local_reply(504, b"upstream request timeout", "response_timeout", "UT")
         elif reason == "stream_idle":
-            hcm = self.conn.hcm  # ActiveStream::onIdleTimeout
-            hcm.stats.inc(hcm.stat + "downstream_rq_idle_timeout")
+            self.conn.hcm.count("downstream_rq_idle_timeout")  # ActiveStream::onIdleTimeout
             # Envoy's ActiveStream::onIdleTimeout: Utility::maybeRequestTimeoutCode, 504 once
             # the request was all read (the connection stays open for the next request), else
             # 408, and the connection closes since the rest of the body will not be read
@@ -577,8 +576,8 @@ class ActiveStream:
             self.local_reply(504 if done else 408, b"stream timeout", "stream_idle_timeout",
                              "SI", close=not done)
         elif reason == "codec":
-            hcm = self.conn.hcm  # a codec error in the body: ConnectionManagerImpl::onData
-            hcm.stats.inc(hcm.stat + "downstream_cx_protocol_error")
+            # a codec error in the body: ConnectionManagerImpl::onData
+            self.conn.hcm.count("downstream_cx_protocol_error")
             self.local_reply(400, b"Bad Request", "http1.codec_error", "DPE", close=True)
         elif reason == "max_duration":
             # Envoy's ActiveStream::onStreamMaxDurationReached: counted in
@@ -601,4 +600,4 @@ def hcm_count(stream: Any, name: str) -> None:
     rare paths, by name)."""
     hcm = getattr(stream.conn, "hcm", None)
     if hcm is not None:
-        hcm.stats.inc(hcm.stat + name)
+        hcm.count(name)

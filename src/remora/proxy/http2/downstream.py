@@ -284,7 +284,7 @@ class Http2Connection:
         """The delayed close's timer: the client did not close within it
         (downstream_cx_delayed_close_timeout, ConnectionImpl's delayed close timer)."""
         if self._ended is None:
-            self.hcm.stats.inc(self._stat + "downstream_cx_delayed_close_timeout")
+            self.hcm.count("downstream_cx_delayed_close_timeout")
         self.on_lost()
 
     def ended_by(self) -> tuple[str, bool] | None:
@@ -312,7 +312,7 @@ class Http2Connection:
         if self.draining or self.goaway_sent or self.closed:
             return
         self.draining = True
-        self.hcm.stats.inc(self._stat + "downstream_cx_drain_close")
+        self.hcm.count("downstream_cx_drain_close")
         with contextlib.suppress(ngh2.NGH2Error):
             self.h2.send_shutdown_notice()
         self._write()
@@ -464,7 +464,7 @@ class Http2Connection:
         block as a request that never started. OVERSIZED (or FATAL, not a flood): a header
         block the codec gave up on, far beyond max_request_headers_kb (nghttp2's
         COMPRESSION_ERROR, or an error out of its input)."""
-        self.hcm.stats.inc(self._stat + "downstream_cx_protocol_error")
+        self.hcm.count("downstream_cx_protocol_error")
         if header:
             self._log_refused("http2.invalid.header.field", "DPE")
         dos = isinstance(fatal, ngh2.DenialOfServiceError)
@@ -719,7 +719,7 @@ class Http2Connection:
         s.scon.wake()
         if not (s.response_complete and s.sent_all):
             # the client reset a stream in progress: ActiveStream::onResetStream
-            self.hcm.stats.inc(self._stat + "downstream_rq_rx_reset")
+            self.hcm.count("downstream_rq_rx_reset")
             s.scon.cancel_active("dc")
 
     def _reset(self, sid: int, code: ErrorCodes) -> None:
