@@ -114,9 +114,9 @@ class ClusterStats:
         self.rq_per_try_timeout = counter(stats, p + "upstream_rq_per_try_timeout")
         self.protocol_error = counter(stats, p + "upstream_cx_protocol_error")
         self.cx_none_healthy = counter(stats, p + "upstream_cx_none_healthy")
-        # StatsStore's own handles: the router counts a request's upstream_rq_total and
-        # records its upstream_rq_time in place (what Counter.inc and Histogram.observe do)
-        self.plain = type(self.rq_total) is Counter and type(self.rq_time) is Histogram
+        # StatsStore's own histogram: a request's upstream_rq_time is recorded in place
+        # (what Histogram.observe does); counters take ``pending += n`` on any handle
+        self.plain = type(self.rq_time) is Histogram
         # status -> its upstream_rq_Nxx, upstream_rq_NNN and upstream_rq_completed,
         # filled as statuses are seen
         self.by_status: dict[int, _StatusCounters] = {}
@@ -147,35 +147,28 @@ class _StatusCounters:
                  rq_time: Histogram) -> None:
         self.xx, self.code, self.completed = xx, code, completed
         self.rq_time = rq_time
-        # StatsStore's own handles are counted in place (what Counter.inc and
-        # Histogram.observe do)
-        self._plain = type(xx) is Counter and type(code) is Counter \
-            and type(completed) is Counter and type(rq_time) is Histogram
+        # StatsStore's own histogram is recorded in place (what Histogram.observe does);
+        # a counter handle of any kind takes ``pending += n`` (stats.Counter)
+        self._plain = type(rq_time) is Histogram
 
     def response(self, ms: float) -> None:
         """``inc``, and the response's upstream_rq_time (MS), in one call (one call less
         per request than inc and observe)."""
+        self.xx.pending += 1
+        self.code.pending += 1
+        self.completed.pending += 1
         if self._plain:
-            self.xx.pending += 1
-            self.code.pending += 1
-            self.completed.pending += 1
             pending = self.rq_time.pending  # Histogram.observe, inlined
             pending.append(ms)
             if len(pending) >= Histogram.FOLD_AT:
                 self.rq_time.fold()
         else:
-            self.inc()
             self.rq_time.observe(ms)
 
     def inc(self) -> None:
-        if self._plain:
-            self.xx.pending += 1
-            self.code.pending += 1
-            self.completed.pending += 1
-        else:
-            self.xx.inc()
-            self.code.inc()
-            self.completed.inc()
+        self.xx.pending += 1
+        self.code.pending += 1
+        self.completed.pending += 1
 
 
 class _ClusterEntry:
@@ -752,10 +745,7 @@ class _Forward:
         info.upstream_cluster = cluster.name
         self.current = pc
         cs = self.cs
-        if cs.plain:  # Counter.inc, inlined (a call less per request)
-            cs.rq_total.pending += 1
-        else:
-            cs.rq_total.inc()
+        cs.rq_total.pending += 1  # Counter.inc without the call (any handle takes it)
         self.host = host  # run(_SENT) starts its tried hosts with it
         hs = pc.host_counts
         if hs is None:  # the host's stats, kept on its connection (no call per request)

@@ -1106,10 +1106,7 @@ async def _exchange(fw: Forward, client: H2Client) -> None:
     fw.tried.add(host)
     fw.host = host
     cs = fw.cs
-    if cs.plain:  # Counter.inc, inline (as the router counts it)
-        cs.rq_total.pending += 1
-    else:
-        cs.rq_total.inc()
+    cs.rq_total.pending += 1  # Counter.inc without the call, as the router counts it
     # (the connection's owner is this cluster: H2Pool.acquire hands out no other's)
     hs = client.host_counts
     if hs is None:

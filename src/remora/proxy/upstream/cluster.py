@@ -30,8 +30,6 @@ _RESOURCES = {
     "requests": ("max_requests", "upstream_rq_pending_overflow"),
     "retries": ("max_retries", "upstream_rq_retry_overflow"),
 }
-# Envoy's per-host stats (HostStats), as /clusters lists them: counters and gauges in
-# name order. https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters
 # cluster.<name>.* that remora counts when the event happens, listed at 0 from the start
 # as Envoy lists every counter of ClusterTrafficStats / ClusterLbStats / ClusterInfo
 CLUSTER_COUNTED_WHEN_SEEN = (
@@ -87,6 +85,8 @@ CLUSTER_GAUGES_NEVER_SET = (
     "circuit_breakers.high.rq_retry_open", "circuit_breakers.default.cx_pool_open",
 )
 
+# Envoy's per-host stats (HostStats), as /clusters lists them: counters and gauges in
+# name order. https://www.envoyproxy.io/docs/envoy/latest/operations/admin#get--clusters
 HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout",
                  "rq_total")
 HOST_GAUGES = ("cx_active", "rq_active", "rq_pending_active")
