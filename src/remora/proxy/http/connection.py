@@ -636,13 +636,10 @@ class Http1Connection:
                 self.output.flush()
                 self.writer.close()
 
-    def ended_by(self) -> tuple[str, bool]:
-        """Once ``run`` returned: Envoy's downstream_cx_destroy_remote when the client
-        closed first, else _local (ConnectionManagerImpl::onEvent), and whether a
-        request was active then (the *_active_rq counters)."""
-        remote, active = self._ended
-        return ("downstream_cx_destroy_remote" if remote else "downstream_cx_destroy_local",
-                active)
+    def ended_by(self) -> tuple[bool, bool]:
+        """Once ``run`` returned: (whether the client closed first, whether a request was
+        active then), the connection manager's downstream_cx_destroy_* (hcm.py)."""
+        return self._ended
 
     async def _serve(self) -> None:
         dec = self.decoder

@@ -171,13 +171,13 @@ class HttpConnectionManager:
         if ssl:
             self._cx_ssl_total.inc()
             self._cx_ssl_active.add(1)
-        end: tuple[str, bool] | None = None  # (downstream_cx_destroy_*, mid-request)
+        end: tuple[bool, bool] | None = None  # (the client closed first, mid-request)
         try:
             # codec_type AUTO: HTTP/2 by ALPN h2 or the client preface (http2/downstream.py)
             h2 = await choose_http2(downstream, self.cfg.codec_type, self.cfg.idle_timeout)
             if h2 is None:  # not a byte within idle_timeout
                 self.stats.inc(self.idle_timeout_stat)
-                end = ("downstream_cx_destroy_local", False)
+                end = (False, False)
             elif h2:
                 # imported on the first HTTP/2 connection, not at start-up (codec_choice.py)
                 from remora.proxy.http2.downstream import Http2Connection
@@ -213,10 +213,13 @@ class HttpConnectionManager:
             # whether a request was still in progress then
             self._cx_destroy.inc()
             if end is not None:
-                self.count(end[0])
+                # (Envoy's downstream_cx_destroy_remote when the client closed first, else
+                # _local, and their *_active_rq when a request was in progress)
+                side = "downstream_cx_destroy_" + ("remote" if end[0] else "local")
+                self.count(side)
                 if end[1]:
                     self.count("downstream_cx_destroy_active_rq")
-                    self.count(end[0] + "_active_rq")
+                    self.count(side + "_active_rq")
             self._cx_length.observe((time.monotonic() - started) * 1000)
 
     async def serve(self, stream: ActiveStream) -> None:

@@ -287,14 +287,10 @@ class Http2Connection:
             self.hcm.count("downstream_cx_delayed_close_timeout")
         self.on_lost()
 
-    def ended_by(self) -> tuple[str, bool] | None:
-        """Once ``run`` returned: downstream_cx_destroy_remote when the client closed
-        first, else _local, and whether a stream was active then."""
-        if self._ended is None:
-            return None
-        remote, active = self._ended
-        return ("downstream_cx_destroy_remote" if remote else "downstream_cx_destroy_local",
-                active)
+    def ended_by(self) -> tuple[bool, bool] | None:
+        """Once ``run`` returned: (whether the client closed first, whether a stream was
+        active then), the connection manager's downstream_cx_destroy_* (hcm.py)."""
+        return self._ended
 
     def goaway(self, code: ErrorCodes) -> None:
         if self.goaway_sent or self.closed:
@@ -732,9 +728,8 @@ class Http2Connection:
             if not s.reset:
                 # remora resets a stream in progress (downstream_rq_tx_reset); Envoy's
                 # onResetStream counts every reset as downstream_rq_rx_reset too
-                stats = self.hcm.stats
-                stats.inc(self._stat + "downstream_rq_tx_reset")
-                stats.inc(self._stat + "downstream_rq_rx_reset")
+                self.hcm.count("downstream_rq_tx_reset")
+                self.hcm.count("downstream_rq_rx_reset")
             s.reset = True
             self._release(s)
             s.scon.wake()
