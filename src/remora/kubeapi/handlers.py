@@ -262,7 +262,7 @@ class Handler:
         if parts == ["version"]:
             return Response.of(res.version_info())
         if parts and parts[0] == "openapi":
-            return openapi.document(parts[1:])
+            return openapi.document(parts[1:], req)
         discovery = (parts[:1] == ["api"] and len(parts) <= 2) or (
             parts[:1] == ["apis"] and len(parts) <= 3)
         if req.method != "GET" and discovery:

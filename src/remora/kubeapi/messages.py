@@ -67,6 +67,7 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     warnings: list[str] = field(default_factory=list)  # sent as `Warning: 299 - "..."`
+    headers: list[tuple[str, str]] = field(default_factory=list)  # any others (ETag ...)
 
     @classmethod
     def of(cls, obj: Any, status: int = 200) -> Response:

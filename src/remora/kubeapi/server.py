@@ -171,9 +171,11 @@ class KubeApiServer:
 
     async def _respond(self, writer: asyncio.StreamWriter, resp: Response,
                        close: bool) -> None:
+        own = {name.lower() for name, _ in resp.headers}
         headers = [("Content-Type", resp.content_type),
                    ("Content-Length", str(len(resp.body))),
-                   ("Cache-Control", "no-cache, private")]
+                   *(() if "cache-control" in own else (("Cache-Control", "no-cache, private"),)),
+                   *resp.headers]
         headers += [("Warning", '299 - "' + w.replace('"', "'") + '"') for w in resp.warnings]
         if close:
             headers.append(("Connection", "close"))

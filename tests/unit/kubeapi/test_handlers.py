@@ -5,6 +5,7 @@ everything refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -143,7 +144,82 @@ def test_openapi_v3_declares_server_side_field_validation(api: Handler) -> None:
     assert patch["x-kubernetes-group-version-kind"] == {"group": "apps", "version": "v1",
                                                         "kind": "Deployment"}
     assert {"name": "fieldValidation", "in": "query"}.items() <= patch["parameters"][2].items()
+    # kubectl's patcher computes a strategic-merge patch from the schema only when the
+    # operation lists that body type (gvkSupportsPatchOpenAPIV3); a CRD's does not
+    assert "application/strategic-merge-patch+json" in patch["requestBody"]["content"]
+    pa = call(api, "GET", index["apis/security.istio.io/v1"]["serverRelativeURL"]).json()
+    assert "application/strategic-merge-patch+json" not in pa["paths"][
+        "/apis/security.istio.io/v1/namespaces/{namespace}/peerauthentications/{name}"][
+        "patch"]["requestBody"]["content"]
+    # not served: client-go reads /openapi/v2 only as gnostic protobuf
     assert call(api, "GET", "/openapi/v2").status == 404
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, list):
+        return set().union(*map(_refs, node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    out = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+    return out.union(*map(_refs, node.values()))
+
+
+def test_openapi_v3_documents_carry_kubernetes_schemas(api: Handler) -> None:
+    """Kubernetes 1.32's own schemas, in the v3 form the apiserver serves: kubectl explain
+    reads them, and client-side apply takes its patch metadata from them."""
+    index = call(api, "GET", "/openapi/v3").json()["paths"]
+    docs = {gv: call(api, "GET", entry["serverRelativeURL"]).json()
+            for gv, entry in index.items()}
+    for gv, doc in docs.items():
+        schemas = doc["components"]["schemas"]
+        # every reference resolves inside the same document, as kubectl explain follows it
+        targets = {r.removeprefix("#/components/schemas/") for r in _refs(doc)}
+        assert targets <= set(schemas), (gv, targets - set(schemas))
+        assert not any(r.startswith("#/definitions/") for r in _refs(doc)), gv
+    apps = docs["apis/apps/v1"]["components"]["schemas"]
+    deployment = apps["io.k8s.api.apps.v1.Deployment"]
+    assert deployment["x-kubernetes-group-version-kind"] == [
+        {"group": "apps", "kind": "Deployment", "version": "v1"}]
+    # a $ref with a description beside it is wrapped in allOf (kube-openapi's WrapRefs)
+    strategy = apps["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["strategy"]
+    assert strategy["allOf"] == [{"$ref": "#/components/schemas/"
+                                          "io.k8s.api.apps.v1.DeploymentStrategy"}]
+    assert strategy["x-kubernetes-patch-strategy"] == "retainKeys"
+    containers = apps["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+    assert {k: v for k, v in containers.items() if k.startswith("x-")} == {
+        "x-kubernetes-list-map-keys": ["name"], "x-kubernetes-list-type": "map",
+        "x-kubernetes-patch-merge-key": "name", "x-kubernetes-patch-strategy": "merge"}
+    ports = apps["io.k8s.api.core.v1.Container"]["properties"]["ports"]
+    assert ports["x-kubernetes-list-map-keys"] == ["containerPort", "protocol"]
+    assert ports["x-kubernetes-patch-merge-key"] == "containerPort"
+    assert apps["io.k8s.apimachinery.pkg.util.intstr.IntOrString"]["format"] == "int-or-string"
+    core = docs["api/v1"]["components"]["schemas"]
+    kinds = {g["kind"] for s in core.values() for g in s.get("x-kubernetes-group-version-kind",
+                                                              []) if g["group"] == ""}
+    assert {"Pod", "PodList", "Service", "Namespace", "Endpoints", "Event", "Node",
+            "ConfigMap", "Secret"} <= kinds
+    assert "io.k8s.api.apps.v1.Deployment" not in core  # each document its own closure
+    # the Istio kinds keep no schema: their CRDs carry no structural one
+    istio = docs["apis/security.istio.io/v1"]["components"]["schemas"]
+    assert not any(g["group"] == "security.istio.io" for s in istio.values()
+                   for g in s.get("x-kubernetes-group-version-kind", []))
+
+
+def test_openapi_v3_hash_and_etag(api: Handler) -> None:
+    """handler3's caching: the index names each document by the SHA-512 of its bytes, the
+    document answers it as its ETag, immutable when asked by that hash, 304 when the
+    client has it."""
+    url = call(api, "GET", "/openapi/v3").json()["paths"]["api/v1"]["serverRelativeURL"]
+    digest = url.partition("?hash=")[2]
+    got = call(api, "GET", url)
+    assert hashlib.sha512(got.body).hexdigest().upper() == digest
+    assert ("Etag", f'"{digest}"') in got.headers
+    assert ("Cache-Control", "public, immutable") in got.headers
+    plain = call(api, "GET", "/openapi/v3/api/v1")
+    assert plain.body == got.body and ("Etag", f'"{digest}"') in plain.headers
+    assert all(name != "Cache-Control" for name, _ in plain.headers)
+    again = call(api, "GET", url, if_none_match=f'"{digest}"')
+    assert again.status == 304 and again.body == b""
 
 
 @pytest.mark.parametrize(("method", "path", "code", "reason"), [
