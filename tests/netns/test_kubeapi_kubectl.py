@@ -180,6 +180,82 @@ def test_apply_seed_unchanged_then_get_wide(kube: Kube, tmp_path: Path) -> None:
     assert re.match(r"simple-server-[0-9a-f]+\s+1\s+1\s+1\s", rs[1]), rs
 
 
+EDITED = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: kexplain
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: kexplain
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: server
+        image: vasth/simple-server
+        env: [{name: ONE, value: "1"}, {name: TWO, value: "2"}]
+        ports: [{containerPort: 18080}, {containerPort: 9090}]
+      - name: client
+        image: vasth/simple-client
+"""
+
+
+def test_explain_and_apply_edits_from_the_served_schemas(kube: Kube, tmp_path: Path) -> None:
+    """kubectl explain reads Kubernetes' schemas from the lab's /openapi/v3, and client-side
+    apply computes its patch from their patch metadata: a container removed, an env var
+    added and one removed, a port removed, and the lab rolls out what was meant."""
+    containers = kube.kubectl("explain", "pod.spec.containers").stdout
+    assert "FIELD: containers <[]Container>" in containers
+    assert re.search(r"^  ports\t<\[\]ContainerPort>$", containers, re.M), containers
+    strategy = kube.kubectl("explain", "deployment.spec.strategy", "--recursive").stdout
+    assert strategy.split("FIELDS:")[1].split() == [
+        "rollingUpdate", "<RollingUpdateDeployment>", "maxSurge", "<string>",
+        "maxUnavailable", "<string>", "type", "<string>"], strategy
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(EDITED)
+    kube.kubectl("apply", "-f", str(manifest))
+    manifest.write_text(EDITED.split("      - name: client")[0].replace(
+        '{name: ONE, value: "1"}, {name: TWO, value: "2"}',
+        '{name: TWO, value: "2"}, {name: THREE, value: "3"}').replace(
+        ", {containerPort: 9090}", ""))
+    applied = kube.kubectl("apply", "-f", str(manifest), "-v=5")
+    assert "deployment.apps/web configured" in applied.stdout
+    # kubectl's patcher found the strategic body type and the schema (before, it logged
+    # this and took its built-in types)
+    assert "does not support strategic merge patch" not in applied.stderr
+    rollout = kube.kubectl("rollout", "status", "-n", "kexplain", "deployment/web",
+                           "--timeout", "60s", timeout=90).stdout
+    assert 'deployment "web" successfully rolled out' in rollout
+    deploy = json.loads(kube.kubectl("get", "deploy", "-n", "kexplain", "web", "-o",
+                                     "json").stdout)
+    spec = deploy["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["server"]
+    assert spec["containers"][0]["env"] == [{"name": "TWO", "value": "2"},
+                                            {"name": "THREE", "value": "3"}]
+    assert spec["containers"][0]["ports"] == [{"containerPort": 18080, "protocol": "TCP"}]
+    pods = eventually(lambda: [p for p in json.loads(kube.kubectl(
+        "get", "pods", "-n", "kexplain", "-o", "json").stdout)["items"]
+        if "deletionTimestamp" not in p["metadata"]] or None)
+    assert pods and len(pods) == 1, pods
+    assert [(c["name"], c.get("env")) for c in pods[0]["spec"]["containers"]] == [
+        ("server", [{"name": "TWO", "value": "2"}, {"name": "THREE", "value": "3"}])]
+    assert "unchanged" in kube.kubectl("apply", "-f", str(manifest)).stdout
+    # validation stays the server's: kubectl sends fieldValidation=Strict, the lab answers
+    manifest.write_text(manifest.read_text().replace("ports:", "bogus: 1\n        ports:"))
+    strict = kube.kubectl("apply", "--validate=strict", "-f", str(manifest), "-v=6")
+    assert "fieldValidation=Strict" in strict.stderr
+    assert "unknown field spec.template.spec.containers[0].bogus" in strict.stderr
+    kube.kubectl("delete", "namespace", "kexplain", timeout=90)
+
+
 def test_logs_by_label_sidecar_and_follow(kube: Kube) -> None:
     app = eventually(lambda: kube.kubectl("logs", "-n", "demo-to", "-l", "web=server").stdout)
     assert re.search(r"RemoteAddr=127\.0\.0\.6:\d+", app), app
