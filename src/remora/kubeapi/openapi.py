@@ -174,23 +174,40 @@ def gv_document(group: str, version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     query = [{"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
              for n in ("dryRun", "fieldManager", "fieldValidation")]
+    ok = {"200": {"description": "OK"}}
     for r in res.RESOURCES:
-        if r.group != group or version not in res.versions(group) or "get" not in r.verbs:
+        if r.group != group or version not in res.versions(group):
             continue
         prefix = f"/{_key(group, version)}" + ("/namespaces/{namespace}" if r.namespaced
                                                 else "")
         gvk = {"group": group, "version": version, "kind": r.kind}
+        # The collection's operations too: kubectl explain finds a resource's kind from
+        # the x-kubernetes-group-version-kind of an operation on its collection or item
+        # path (explain/v2/templates/plaintext.tmpl), so a kind the lab only lists
+        # (configmaps) or only creates (selfsubjectaccessreviews) needs them.
+        collection: dict[str, Any] = {}
+        if "list" in r.verbs:
+            collection["get"] = {"operationId": f"list{r.kind}", "x-kubernetes-action": "list",
+                                 "x-kubernetes-group-version-kind": gvk, "responses": ok}
+        if "create" in r.verbs:
+            collection["post"] = {"operationId": f"create{r.kind}",
+                                  "x-kubernetes-action": "post",
+                                  "x-kubernetes-group-version-kind": gvk, "responses": ok}
+        if collection:
+            paths[f"{prefix}/{r.plural}"] = collection
+        if "get" not in r.verbs:
+            continue
         item: dict[str, Any] = {"get": {"operationId": f"read{r.kind}",
                                         "x-kubernetes-action": "get",
                                         "x-kubernetes-group-version-kind": gvk,
-                                        "responses": {"200": {"description": "OK"}}}}
+                                        "responses": ok}}
         if "patch" in r.verbs:
             item["patch"] = {"operationId": f"patch{r.kind}", "x-kubernetes-action": "patch",
                              "x-kubernetes-group-version-kind": gvk, "parameters": query,
                              "requestBody": {"content": {
                                  t: {"schema": {"$ref": V3_PREFIX + META + "Patch"}}
                                  for t in _patch_types(group)}, "required": True},
-                             "responses": {"200": {"description": "OK"}}}
+                             "responses": ok}
         paths[f"{prefix}/{r.plural}/{{name}}"] = item
     schemas = _v3_schemas()
     names = closure(definitions(), roots(definitions(), group, version))

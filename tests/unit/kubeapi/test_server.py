@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from remora.kubeapi import certs
+from remora.kubeapi import resources as res
 from remora.kubeapi.handlers import Handler
 from remora.kubeapi.server import KubeApiServer
 from remora.node.store import Store
@@ -392,6 +393,13 @@ def test_kubectl_explain_reads_the_kubernetes_schemas(kubeconfig: Path, tmp_path
     # an Istio kind has no schema, as a CRD without a structural one
     policy = kubectl("explain", "peerauthentication")
     assert policy.returncode == 1 and "not found in OpenAPI schema" in policy.stderr
+    # every other kind in discovery, also those only listed (configmaps) or only created
+    # (the reviews): explain finds the kind from an operation on its collection path
+    for r in res.RESOURCES:
+        if r.group != res.ISTIO_SECURITY:
+            explained = kubectl("explain", f"{r.plural}.{r.group}".rstrip("."))
+            assert explained.returncode == 0, (r.plural, explained.stderr)
+            assert f"KIND:       {r.kind}\n" in explained.stdout
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl on PATH")
