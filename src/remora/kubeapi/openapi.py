@@ -1,29 +1,34 @@
-"""/openapi/v3: the group-version documents kubectl reads, with Kubernetes' own schemas (pure).
+"""/openapi/v3 and /openapi/v2: the documents kubectl reads, with Kubernetes' own schemas
+(pure).
 
-Three kubectl features read these documents:
+Three kubectl features read the v3 group-version documents:
 - `kubectl explain` (k8s.io/kubectl/pkg/explain/v2, the default `--output plaintext`)
-  fetches /openapi/v3, then the group-version's document, finds the schema whose
-  `x-kubernetes-group-version-kind` names the kind, and follows its `$ref`s inside that
-  same document — so each document carries every schema its kinds reference, as the
-  apiserver's do.
+  fetches /openapi/v3, then the group-version's document, takes the resource's kind from
+  an operation on its path, finds the schema whose `x-kubernetes-group-version-kind`
+  names it, and follows its `$ref`s inside that same document — so each document
+  carries every schema its kinds reference, as the apiserver's do.
 - Client-side `kubectl apply` computes its strategic-merge patch from the served schema's
   patch metadata (x-kubernetes-patch-strategy/-patch-merge-key; kubectl's patcher,
-  buildStrategicMergePatchFromOpenAPIV3, when the kind has a schema in the v3 document);
-  for a kind without one (the Istio CRDs) it falls back to /openapi/v2, which the lab does
-  not serve (client-go reads it only as protobuf), then to JSON merge patch, as for a
+  buildStrategicMergePatchFromOpenAPIV3) when the kind's PATCH operation lists the
+  strategic body type; a CRD's does not, and for the Istio kinds (no schema) it goes on
+  to /openapi/v2, finds none there either, and sends a JSON merge patch, as for a
   cluster's CRD without a structural schema.
 - queryParamVerifierV3 (k8s.io/cli-runtime/pkg/resource/query_param_verifier_v3.go) looks
   for a PATCH operation tagged with the kind's GVK that takes `fieldValidation`; with it
   kubectl sends `?fieldValidation=Strict` and leaves validation to the server (the lab
-  validates as `remora apply` does).
+  validates as `remora apply` does); without (a kind the lab only lists) it validates
+  client-side from /openapi/v2.
+
+/openapi/v2 is all of it in one swagger 2.0 document, as JSON or (what client-go asks
+for, and reads only) gnostic's protobuf (gnostic.py).
 
 The schemas are Kubernetes 1.32's v2 definitions (openapi_v2.json.gz, the served kinds'
 closure, made by scripts/gen_kube_openapi_subset.py; its docstring names the origin),
-converted as kube-openapi's openapiconv.ConvertV2ToV3 does: `#/definitions/` refs become
-`#/components/schemas/`, and a `$ref` with siblings (a field's description) is wrapped in
-`allOf` (builder3/util.WrapRefs: OpenAPI v3 ignores a $ref's siblings). They are read on
-the first /openapi request, not at the API server's start, and each document is encoded
-once: its hash (in the index's serverRelativeURL) and ETag name those bytes.
+converted for v3 as kube-openapi's openapiconv.ConvertV2ToV3 does: `#/definitions/` refs
+become `#/components/schemas/`, and a `$ref` with siblings (a field's description) is
+wrapped in `allOf` (builder3/util.WrapRefs: OpenAPI v3 ignores a $ref's siblings). They
+are read on the first /openapi request, not at the API server's start, and each document
+is encoded once: its hash (in the v3 index's serverRelativeURL) and ETag name those bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import importlib.resources
 import json
 from typing import Any
 
+from remora.kubeapi import gnostic
 from remora.kubeapi import resources as res
 from remora.kubeapi.messages import ApiError, Request, Response
 
@@ -223,7 +229,52 @@ def _encoded(group: str, version: str) -> tuple[bytes, str]:
     return body, hashlib.sha512(body).hexdigest().upper()
 
 
+def _v2_operation(op: dict[str, Any]) -> dict[str, Any]:
+    """A v3 operation of ours back in v2 form: query parameters with their type inline,
+    the body types as `consumes`."""
+    out = {k: v for k, v in op.items() if k not in ("parameters", "requestBody")}
+    if "parameters" in op:
+        out["parameters"] = [{"name": p["name"], "in": p["in"], **p["schema"]}
+                             for p in op["parameters"]]
+    if "requestBody" in op:
+        out["consumes"] = sorted(op["requestBody"]["content"])
+    return out
+
+
+def v2_document() -> dict[str, Any]:
+    """/openapi/v2: every served path and every definition, in one swagger 2.0 document."""
+    paths = {path: {method: _v2_operation(op) for method, op in item.items()}
+             for g, v in _group_versions() for path, item in gv_document(g, v)["paths"].items()}
+    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
+            "paths": paths, "definitions": definitions()}
+
+
+PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2"
+
+
+@functools.cache
+def _v2_encoded(protobuf: bool) -> tuple[bytes, str]:
+    doc = v2_document()
+    body = gnostic.document(doc) if protobuf else json.dumps(doc, separators=(",", ":")).encode()
+    return body, hashlib.sha512(body).hexdigest().upper()
+
+
+def _cached(body: bytes, digest: str, req: Request | None, content_type: str) -> Response:
+    headers = [("Etag", f'"{digest}"')]
+    if req is not None and req.arg("hash") == digest:
+        headers.append(("Cache-Control", "public, immutable"))
+    if req is not None and req.headers.get("if-none-match") == f'"{digest}"':
+        return Response(304, b"", content_type, headers=headers)
+    return Response(200, body, content_type, headers=headers)
+
+
 def document(parts: list[str], req: Request | None = None) -> Response:
+    if parts == ["v2"]:
+        # the apiserver's v2 handler answers JSON, or gnostic's protobuf when the client
+        # asks for it (client-go does, and reads nothing else)
+        protobuf = req is not None and PROTOBUF_V2 in req.headers.get("accept", "")
+        return _cached(*_v2_encoded(protobuf), req,
+                       PROTOBUF_V2 + ".v1.0+protobuf" if protobuf else "application/json")
     if parts == ["v3"]:
         return Response.of({"paths": {
             _key(g, v): {"serverRelativeURL": f"/openapi/v3/{_key(g, v)}?hash="
@@ -233,13 +284,7 @@ def document(parts: list[str], req: Request | None = None) -> Response:
         wanted = "/".join(parts[1:])
         for g, v in _group_versions():
             if _key(g, v) == wanted:
-                body, digest = _encoded(g, v)
                 # handler3: the ETag is the hash; a request naming the current hash may
                 # be cached for good (the URL changes with the content)
-                headers = [("Etag", f'"{digest}"')]
-                if req is not None and req.arg("hash") == digest:
-                    headers.append(("Cache-Control", "public, immutable"))
-                if req is not None and req.headers.get("if-none-match") == f'"{digest}"':
-                    return Response(304, b"", headers=headers)
-                return Response(200, body, headers=headers)
+                return _cached(*_encoded(g, v), req, "application/json")
     raise ApiError(404, NOT_FOUND, details={})  # the apiserver's empty NotFound details

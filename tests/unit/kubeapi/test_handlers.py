@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from remora.errors import RemoraError
+from remora.kubeapi import gnostic
 from remora.kubeapi.backend import LogRef, admit
 from remora.kubeapi.handlers import Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import Request, Response
@@ -151,8 +152,6 @@ def test_openapi_v3_declares_server_side_field_validation(api: Handler) -> None:
     assert "application/strategic-merge-patch+json" not in pa["paths"][
         "/apis/security.istio.io/v1/namespaces/{namespace}/peerauthentications/{name}"][
         "patch"]["requestBody"]["content"]
-    # not served: client-go reads /openapi/v2 only as gnostic protobuf
-    assert call(api, "GET", "/openapi/v2").status == 404
 
 
 def _refs(node: Any) -> set[str]:
@@ -203,6 +202,35 @@ def test_openapi_v3_documents_carry_kubernetes_schemas(api: Handler) -> None:
     istio = docs["apis/security.istio.io/v1"]["components"]["schemas"]
     assert not any(g["group"] == "security.istio.io" for s in istio.values()
                    for g in s.get("x-kubernetes-group-version-kind", []))
+
+
+def test_openapi_v2_as_json_or_gnostic_protobuf(api: Handler) -> None:
+    """/openapi/v2: one swagger 2.0 document with every served path and definition, as
+    JSON, or as gnostic's protobuf Document when asked for it (client-go asks for nothing
+    else); kubectl's reading of it is judged in test_server.py."""
+    doc = call(api, "GET", "/openapi/v2")
+    assert doc.status == 200 and doc.content_type == "application/json"
+    swagger = doc.json()
+    assert swagger["swagger"] == "2.0"
+    assert swagger["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"][
+        "items"] == {"$ref": "#/definitions/io.k8s.api.core.v1.Container"}
+    patch = swagger["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"][
+        "patch"]
+    assert {"name": "fieldValidation", "in": "query", "type": "string",
+            "uniqueItems": True} in patch["parameters"]
+    assert "application/strategic-merge-patch+json" in patch["consumes"]
+    pb = call(api, "GET", "/openapi/v2",
+              accept="application/com.github.proto-openapi.spec.v2@v1.0+protobuf")
+    assert pb.status == 200
+    assert pb.content_type == "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+    assert pb.body.startswith(b"\n\x032.0\x12")  # Document{swagger = 1: "2.0", info = 2}
+    etag = dict(pb.headers)["Etag"]
+    assert etag == f'"{hashlib.sha512(pb.body).hexdigest().upper()}"'
+    assert call(api, "GET", "/openapi/v2", if_none_match=etag,
+                accept="application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+                ).status == 304
+    with pytest.raises(ValueError, match="patternProperties"):
+        gnostic.schema({"type": "object", "patternProperties": {}})
 
 
 def test_openapi_v3_hash_and_etag(api: Handler) -> None:

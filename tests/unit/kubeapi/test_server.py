@@ -316,12 +316,17 @@ def test_kubectl_names_what_the_lab_does_not_serve(kubeconfig: Path, tmp_path: P
     cm = tmp_path / "cm.yaml"
     cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n")
     # `apply` maps the kind from discovery (listed for kubectl's prune allowlist), finds
-    # no object, and its create is refused naming what is stored (its validation, before
-    # that, fails on /openapi/v2 with client-go's generic 404 message; --validate=false
-    # skips it)
-    forced = kubectl("apply", "--validate=false", "-f", str(cm))
-    assert forced.returncode == 1 and "the lab does not serve them" in forced.stderr
-    assert stores in forced.stderr
+    # no object, and its create is refused naming what is stored; with and without its
+    # client-side validation, which (no v3 PATCH taking fieldValidation for the kind)
+    # reads /openapi/v2's ConfigMap schema: it failed on that 404 when v2 was not served
+    for validate in ("--validate=false", "--validate=strict"):
+        forced = kubectl("apply", validate, "-f", str(cm))
+        assert forced.returncode == 1 and "the lab does not serve them" in forced.stderr
+        assert stores in forced.stderr
+    cm.write_text(cm.read_text() + "bogus: 1\n")
+    checked = kubectl("apply", "-f", str(cm))
+    assert checked.returncode == 1 and 'unknown field "bogus" in io.k8s.api.core.v1.' \
+                                       'ConfigMap' in checked.stderr, checked.stderr
     # `get` lists none, and says why
     listed = kubectl("get", "configmaps")
     assert listed.returncode == 0 and listed.stdout == ""
@@ -393,6 +398,12 @@ def test_kubectl_explain_reads_the_kubernetes_schemas(kubeconfig: Path, tmp_path
     # an Istio kind has no schema, as a CRD without a structural one
     policy = kubectl("explain", "peerauthentication")
     assert policy.returncode == 1 and "not found in OpenAPI schema" in policy.stderr
+    # kubectl's older explain, from /openapi/v2 (gnostic protobuf)
+    v2 = kubectl("explain", "pods.spec.containers.ports", "--output=plaintext-openapiv2")
+    assert v2.returncode == 0, v2.stderr
+    assert "RESOURCE: ports <[]Object>" in v2.stdout
+    assert re.search(r"^   containerPort\t<integer> -required-$", v2.stdout, re.M), v2.stdout
+    assert "ContainerPort represents a network port in a single container." in v2.stdout
     # every other kind in discovery, also those only listed (configmaps) or only created
     # (the reviews): explain finds the kind from an operation on its collection path
     for r in res.RESOURCES:
@@ -452,7 +463,9 @@ def test_kubectl_apply_patches_from_the_served_schemas(kubeconfig: Path,
     policy.write_text(POLICY.replace("MODE", "STRICT"))
     kubectl("apply", "-f", str(policy))
     policy.write_text(POLICY.replace("MODE", "PERMISSIVE"))
-    again = kubectl("apply", "-f", str(policy), "-v=5")
+    again = kubectl("apply", "-f", str(policy), "-v=6")
     assert unsupported in again.stderr and "kind PeerAuthentication" in again.stderr
+    # then /openapi/v2 (no schema for the kind there either), then JSON merge patch
+    assert re.search(r"GET https://\S+/openapi/v2\?\S+ 200 OK", again.stderr), again.stderr
     assert kubectl("get", "pa", "-n", "edit", "pa", "-o",
                    "jsonpath={.spec.mtls.mode}").stdout == "PERMISSIVE"
