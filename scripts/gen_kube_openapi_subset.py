@@ -80,7 +80,7 @@ def subset(defs: dict[str, Any]) -> dict[str, Any]:
     """The definitions of every group-version document the lab serves (openapi.roots, the
     served kinds by their x-kubernetes-group-version-kind) and all they reference."""
     start: set[str] = set()
-    for group, version in openapi._group_versions():
+    for group, version in openapi.group_versions():
         start |= openapi.roots(defs, group, version)
     found = {(g["group"], g["version"], g["kind"]) for name in start
              for g in defs[name].get("x-kubernetes-group-version-kind", [])}

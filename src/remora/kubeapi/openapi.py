@@ -56,7 +56,7 @@ COMMON = (META + "Status", META + "DeleteOptions", META + "WatchEvent", META + "
 EXTRA = {("apps", "v1"): ("io.k8s.api.autoscaling.v1.Scale",)}
 
 
-def _group_versions() -> list[tuple[str, str]]:
+def group_versions() -> list[tuple[str, str]]:
     out = [("", "v1")]
     for g in res.groups():
         out += [(g, v) for v in res.versions(g)]
@@ -78,7 +78,7 @@ def served_kinds(group: str, version: str) -> set[str]:
 
 def wanted_kinds() -> set[tuple[str, str, str]]:
     """The kinds that must have a schema (the review kinds have no list kind)."""
-    return {(g, v, k) for g, v in _group_versions() for k in served_kinds(g, v)
+    return {(g, v, k) for g, v in group_versions() for k in served_kinds(g, v)
             if not k.endswith("List")}
 
 
@@ -244,7 +244,7 @@ def _v2_operation(op: dict[str, Any]) -> dict[str, Any]:
 def v2_document() -> dict[str, Any]:
     """/openapi/v2: every served path and every definition, in one swagger 2.0 document."""
     paths = {path: {method: _v2_operation(op) for method, op in item.items()}
-             for g, v in _group_versions() for path, item in gv_document(g, v)["paths"].items()}
+             for g, v in group_versions() for path, item in gv_document(g, v)["paths"].items()}
     return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
             "paths": paths, "definitions": definitions()}
 
@@ -279,10 +279,10 @@ def document(parts: list[str], req: Request | None = None) -> Response:
         return Response.of({"paths": {
             _key(g, v): {"serverRelativeURL": f"/openapi/v3/{_key(g, v)}?hash="
                                               f"{_encoded(g, v)[1]}"}
-            for g, v in _group_versions()}})
+            for g, v in group_versions()}})
     if parts[:1] == ["v3"]:
         wanted = "/".join(parts[1:])
-        for g, v in _group_versions():
+        for g, v in group_versions():
             if _key(g, v) == wanted:
                 # handler3: the ETag is the hash; a request naming the current hash may
                 # be cached for good (the URL changes with the content)
