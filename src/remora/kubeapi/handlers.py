@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from remora.errors import RemoraError
+from remora.kubeapi import field_validation as fv
 from remora.kubeapi import openapi, patches, table, views
 from remora.kubeapi import resources as res
 from remora.kubeapi.backend import Backend
@@ -535,6 +538,7 @@ class Handler:
                            "give metadata.name")
 
     def _store(self, req: Request, t: Target, obj: dict[str, Any], created: bool) -> Response:
+        unknown = self._unknown_fields(req, t, obj)
         if t.resource.kind == "Pod" and not created:
             return self._update_pod(req, t, obj)
         meta = obj["metadata"]
@@ -548,6 +552,10 @@ class Handler:
         if not created:
             self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])
+        # the resources layer's "(ignored)" warning for a field Kubernetes does not know
+        # either is the one above (or none, under Ignore), as the apiserver says it
+        warnings = [w for w in warnings
+                    if not any(w.endswith(f": unknown field {p} (ignored)") for p in unknown)]
         if req.arg("dryRun") != "All":
             self.backend.apply(normal)
             t = Target(t.resource, t.version, t.namespace or meta.get("namespace"),
@@ -742,6 +750,27 @@ class Handler:
         except ApiError:
             return False
         return True
+
+    def _unknown_fields(self, req: Request, t: Target, obj: dict[str, Any]) -> list[str]:
+        """OBJ's fields Kubernetes' schema of the kind lacks, by the request's
+        fieldValidation (field_validation.py): Strict refuses them (a PATCH: the patched
+        object's, the error quoting the patch), Warn answers a warning per field, Ignore
+        says nothing. Server-side apply's patches are left to the lab's own reading."""
+        directive = fv.directive(req.arg("fieldValidation"))
+        content_type = req.headers.get("content-type", "")
+        if req.method == "PATCH" and content_type.startswith(patches.APPLY):
+            return []
+        r = t.resource
+        unknown = fv.unknown_fields(r.group, t.version, r.kind, obj)
+        if not unknown or directive == fv.IGNORE:
+            return unknown
+        if directive == fv.WARN:
+            req.warnings += fv.warnings(unknown)
+        elif req.method == "PATCH":
+            raise fv.patch_error(yaml.safe_load(req.body.decode()), unknown)
+        else:
+            raise fv.decode_error(r.kind, t.version, unknown)
+        return unknown
 
     def _create(self, req: Request, t: Target) -> Response:
         obj = self._body(req, t)

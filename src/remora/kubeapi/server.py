@@ -176,7 +176,10 @@ class KubeApiServer:
                    ("Content-Length", str(len(resp.body))),
                    *(() if "cache-control" in own else (("Cache-Control", "no-cache, private"),)),
                    *resp.headers]
-        headers += [("Warning", '299 - "' + w.replace('"', "'") + '"') for w in resp.warnings]
+        # apimachinery's NewWarningHeader: a quoted-string, `"` and `\` escaped (client-go
+        # unquotes it, so kubectl prints `unknown field "spec.x"` as from an apiserver)
+        headers += [("Warning", '299 - "' + w.replace("\\", "\\\\").replace('"', '\\"') + '"')
+                    for w in resp.warnings]
         if close:
             headers.append(("Connection", "close"))
         writer.write(_head(resp.status, headers) + resp.body)
