@@ -388,3 +388,101 @@ def test_a_crash_loop_counts_on_one_event_each(kube: Kube) -> None:
                         "jsonpath={range .items[*]}{.message}={.count}{'\\n'}{end}").stdout
     counts = dict(line.rsplit("=", 1) for line in left.splitlines() if line)
     assert int(counts.get("Started container crash", 0)) >= 3, left
+
+
+# a readiness probe on a port nothing listens on: the new pod never gets Ready, so the
+# rollout stops half way (old pod kept, maxUnavailable 0) and passes its deadline
+STUCK = ('{"spec":{"progressDeadlineSeconds":6,"template":{"spec":{"containers":[{"name":'
+         '"demo","readinessProbe":{"tcpSocket":{"port":1},"periodSeconds":1}}]}}}}')
+
+
+def test_describe_deployment_conditions_and_replica_sets_as_kubectls(kube: Kube) -> None:
+    """The deployment controller's status.conditions (Available, Progressing with its
+    reasons, kept from pass to pass) and kubectl describe's OldReplicaSets/NewReplicaSet:
+    `remora describe deploy` prints the same section as kubectl, settled, stuck past the
+    progress deadline (which `kubectl rollout status` reports) and rolled back. It was:
+    conditions made up on each read (Progressing always "is progressing", both times
+    the creation time), no OldReplicaSets/NewReplicaSet in remora's describe, and old
+    ReplicaSets served at 0 while their pods still ran."""
+    ns, deploy = ("-n", "demo-to"), "deployment/simple-server"
+
+    def section(text: str) -> str:
+        return text[text.index("\nConditions:") + 1:text.index("\nEvents:") + 1]
+
+    def compared() -> list[str]:
+        theirs = kube.kubectl("describe", *ns, deploy).stdout
+        ours = kube.lab.remora("describe", "deploy", "simple-server", *ns)
+        assert ours.returncode == 0, ours.stderr
+        assert section(ours.stdout) == section(theirs), (ours.stdout, theirs)
+        return section(theirs).splitlines()
+
+    def live_rs() -> list[str]:
+        """The ReplicaSets not scaled to 0 (NAME, DESIRED, CURRENT, READY, AGE)."""
+        rows = kube.kubectl("get", "rs", *ns, "-l", "web=server").stdout.splitlines()[1:]
+        return sorted(" ".join(r.split()[:4]) for r in rows if r.split()[1] != "0")
+
+    def current_rs() -> str:
+        live = live_rs()
+        assert len(live) == 1, live
+        return live[0].split()[0]
+
+    def conditions() -> dict[str, dict[str, str]]:
+        out = kube.kubectl("get", *ns, deploy, "-o", "jsonpath={range .status.conditions[*]}"
+                           "{.type}|{.status}|{.reason}|{.message}|{.lastUpdateTime}|"
+                           "{.lastTransitionTime}{'\\n'}{end}").stdout
+        return {c[0]: dict(zip(("status", "reason", "message", "updated", "since"), c[1:],
+                               strict=True))
+                for c in (line.split("|") for line in out.splitlines() if line)}
+
+    rs = current_rs()
+    settled_text = compared()
+    assert settled_text[:3] == [
+        "Conditions:", "  Type           Status  Reason", "  ----           ------  ------"]
+    # in the order last set (a scale by an earlier test moves Available to the end)
+    assert sorted(settled_text[3:5]) == [
+        "  Available      True    MinimumReplicasAvailable",
+        "  Progressing    True    NewReplicaSetAvailable"], settled_text
+    # every older ReplicaSet (at 0 after earlier rollouts) is listed by kubectl 1.32
+    assert settled_text[5].startswith("OldReplicaSets:  ") and \
+        f"{rs} (" not in settled_text[5], settled_text
+    assert settled_text[6:] == [f"NewReplicaSet:   {rs} (1/1 replicas created)"]
+    settled = conditions()
+    assert settled["Progressing"]["message"] == f'ReplicaSet "{rs}" has successfully progressed.'
+    assert settled["Available"]["message"] == "Deployment has minimum availability."
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", c[k])
+               for c in settled.values() for k in ("updated", "since")), settled
+    try:
+        kube.kubectl("patch", *ns, deploy, "-p", STUCK)
+        waited = kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s",
+                              check=False, timeout=90)
+        assert waited.returncode == 1, (waited.stdout, waited.stderr)
+        assert 'deployment "simple-server" exceeded its progress deadline' in waited.stderr
+        ours = kube.lab.remora("rollout", "status", "deployment/simple-server", *ns,
+                               "--timeout", "30")
+        assert ours.returncode == 1, (ours.stdout, ours.stderr)
+        assert 'deployment "simple-server" exceeded its progress deadline' in ours.stderr
+        # the old ReplicaSet keeps its pod (maxUnavailable 0): both are at 1
+        live = live_rs()
+        new = next(r.split()[0] for r in live if not r.startswith(rs))
+        assert live == sorted([f"{rs} 1 1 1", f"{new} 1 1 0"]), live
+        stuck = compared()
+        assert stuck[3:5] == ["  Available      True    MinimumReplicasAvailable",
+                              "  Progressing    False   ProgressDeadlineExceeded"], stuck
+        assert f"{rs} (1/1 replicas created)" in stuck[5], stuck
+        assert stuck[6:] == [f"NewReplicaSet:   {new} (1/1 replicas created)"], stuck
+        assert conditions()["Progressing"]["message"] == \
+            f'ReplicaSet "{new}" has timed out progressing.'
+        described = kube.kubectl("describe", "rs", *ns, rs).stdout
+        assert re.search(r"Replicas:\s+1 current / 1 desired", described), described
+    finally:
+        kube.kubectl("rollout", "undo", *ns, deploy)
+        kube.kubectl("patch", *ns, deploy, "-p", '{"spec":{"progressDeadlineSeconds":600}}')
+    kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+    assert current_rs() == rs
+    back = compared()
+    assert back[3:5] == ["  Available      True    MinimumReplicasAvailable",
+                         "  Progressing    True    NewReplicaSetAvailable"], back
+    assert f"{new} (0/0 replicas created)" in back[5], back
+    assert back[6:] == [f"NewReplicaSet:   {rs} (1/1 replicas created)"], back
+    again = conditions()["Progressing"]
+    assert again["message"] == f'ReplicaSet "{rs}" has successfully progressed.'

@@ -15,7 +15,7 @@ import copy
 import datetime
 from typing import Any
 
-from remora.node import controller, naming
+from remora.node import controller, naming, rollout
 from remora.resources.rfc3339 import format_time
 
 iso = format_time
@@ -82,21 +82,10 @@ def _deployment(d: dict[str, Any]) -> None:
         {"type": "RollingUpdate", "rollingUpdate": controller.rolling_update(d)})
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
-    status = d.setdefault("status", {})
-    available = status.get("availableReplicas", 0) >= spec["replicas"]
-    now = d["metadata"].get("creationTimestamp")
-    status["conditions"] = [
-        {"type": "Available", "status": "True" if available else "False",
-         "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-         "message": "Deployment has minimum availability." if available else
-         "Deployment does not have minimum availability.",
-         "lastUpdateTime": now, "lastTransitionTime": now},
-        {"type": "Progressing", "status": "True",
-         "reason": "NewReplicaSetAvailable" if status.get("updatedReplicas", 0) ==
-         spec["replicas"] and available else "ReplicaSetUpdated",
-         "message": f'ReplicaSet "{replicaset_name(d)}" is progressing.',
-         "lastUpdateTime": now, "lastTransitionTime": now},
-    ]
+    # status.conditions are the node's deployment controller's (remora.node.rollout),
+    # kept from pass to pass as the real controller keeps them in the object; a
+    # Deployment it has not synced yet has none, as on a cluster
+    d.setdefault("status", {})
 
 
 def replicaset_name(d: dict[str, Any]) -> str:
@@ -151,11 +140,16 @@ def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
         older = {(p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, "")
                  for p in owned} - {current, ""}
         hashes = [current, *sorted(older | set(numbered) - {current})]
+        sizes = rollout.replicaset_sizes(d, [
+            ((p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, ""),
+             bool(p["metadata"].get("deletionTimestamp"))) for p in owned])
         for h in hashes:
             mine = [p for p in owned if (p["metadata"].get("labels") or {}).get(
                 controller.TEMPLATE_HASH_LABEL) == h and not p["metadata"].get(
                 "deletionTimestamp")]
-            want = controller.replicas(d) if h == current else 0
+            # an old ReplicaSet is at the size the rollout left it (its live pods), as
+            # `kubectl describe deploy` lists it under OldReplicaSets until it is at 0
+            want = sizes.get(h, (0, 0))[0]
             template = copy.deepcopy(d.get("spec", {}).get("template") or {})
             if h != current and h in numbered:  # the template as applied, for undo
                 template = copy.deepcopy(numbered[h]["template"])

@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from remora.lab.tables import age, human_duration, tabwrite
-from remora.node import controller, naming
+from remora.node import controller, naming, rollout
 from remora.resources.rfc3339 import parse_time
 
 
@@ -224,12 +224,52 @@ def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float,
     lines.append("Pods:")
     lines += [f"  {p['metadata']['name']}  {p.get('remora', {}).get('status', '')}  "
               f"{p.get('status', {}).get('podIP') or ''}" for p in pods] or ["  <none>"]
+    tail, width = _rollout(d, pods)
+    lines += tail
     if recorded is not None:
         ns = meta.get("namespace") or "default"
         # the uid the recorder and the Kubernetes API give a Deployment (naming.object_uid)
-        lines += events(recorded, "Deployment", ns, meta["name"], naming.object_uid(
+        found = events(recorded, "Deployment", ns, meta["name"], naming.object_uid(
             "Deployment", ns, meta["name"], meta.get("creationTimestamp")), now)
+        # "Events:\t<none>" is a cell of the same tabwriter block as NewReplicaSet's
+        lines += [_line("Events", "<none>", width)] if found == ["Events:  <none>"] else found
     return "\n".join(lines) + "\n"
+
+
+def _rollout(d: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """kubectl's describeDeployment after the pod template: the Conditions table (Type,
+    Status, Reason, in the order the controller last set them), then OldReplicaSets
+    (every older ReplicaSet, those at 0 too, as kubectl lists them since
+    kubernetes/kubernetes#113083: allOldRSs) and NewReplicaSet, each
+    `name (status/spec replicas created)` (printReplicaSetsByLabels), with the sizes and
+    in the order the Kubernetes API serves them (remora.node.rollout.replicaset_sizes).
+    Also the width of their first column, which the lines share in kubectl's tabwriter
+    (padding 2): the table's rows and the two `...ReplicaSet(s):` lines are one block
+    of cells."""
+    name = d["metadata"]["name"]
+    history = [str(e["hash"]) for e in (d.get("remora") or {}).get("revisions") or []]
+    sizes = rollout.replicaset_sizes(d, [
+        ((p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, ""),
+         bool(p["metadata"].get("deletionTimestamp"))) for p in pods], history)
+    current = controller.template_hash(d)
+
+    def created(h: str) -> str:
+        return f"{name}-{h} ({sizes[h][1]}/{sizes[h][0]} replicas created)"
+
+    old = [created(h) for h in sizes if h != current]
+    tail = [["OldReplicaSets:", ", ".join(old) or "<none>"],
+            ["NewReplicaSet:", created(current)]]
+    conditions = (d.get("status") or {}).get("conditions") or []
+    # kubectl writes each condition as "%v \t%v\t%v": the type cell ends in a space
+    table = [["  Type", "Status", "Reason"], ["  ----", "------", "------"],
+             *([f"  {c.get('type')} ", str(c.get("status")), str(c.get("reason"))]
+               for c in conditions)] if conditions else []
+    first = max(len(r[0]) for r in table + tail) + 2
+    second = max((len(r[1]) for r in table), default=0) + 2
+    out = ["Conditions:"] if table else []
+    out += [f"{r[0]:<{first}}{r[1]:<{second}}{r[2]}" for r in table]
+    out += [f"{r[0]:<{first}}{r[1]}" for r in tail]
+    return out, first
 
 
 def service(s: dict[str, Any], endpoints: list[str], now: float) -> str:

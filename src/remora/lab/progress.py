@@ -45,6 +45,14 @@ def rollout_message(d: dict[str, Any]) -> tuple[bool, str]:
     return True, f'deployment "{name}" successfully rolled out'
 
 
+def progress_deadline_exceeded(d: dict[str, Any]) -> bool:
+    """The Progressing condition the deployment controller sets False when a rollout
+    made no progress for progressDeadlineSeconds (remora.node.rollout), which kubectl
+    rollout status reports as an error before anything else."""
+    return any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+               for c in (d.get("status") or {}).get("conditions") or [])
+
+
 def _pod_line(p: dict[str, Any]) -> str:
     r = p.get("remora", {})
     ip = p.get("status", {}).get("podIP") or "-"
@@ -219,6 +227,11 @@ def rollout(client: NodeClient, namespace: str, name: str, timeout: float,
         if not found:
             raise RemoraError(f'deployment "{name}" not found in namespace {namespace!r}',
                               f"list them with `remora get deploy -n {namespace}`")
+        if progress_deadline_exceeded(found[0]):
+            # kubectl's first check: `error: deployment "x" exceeded its progress deadline`
+            raise RemoraError(f'deployment "{name}" exceeded its progress deadline',
+                              f"see `remora describe deploy {name} -n {namespace}` (its "
+                              f"Conditions) and `remora get pods -n {namespace}`")
         done, message = rollout_message(found[0])
         terminating = [p for p in client.get("Pod", namespace)
                        if "deletionTimestamp" in p["metadata"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.errors import RemoraError, UsageError
-from remora.node import controller, desired, ipam, podspec, views
+from remora.node import controller, desired, ipam, naming, podspec, rollout, views
 from remora.node.runtime import Runtime
 from remora.node.store import PodRow
 
@@ -191,13 +191,16 @@ class Api:
             current = controller.template_hash(d)
             owned = [p for p in pods if (r := rows.get((ns, p["metadata"]["name"])))
                      and r.owner_kind == "Deployment" and r.owner_name == name and not r.deleting]
-            updated = [p for p in owned if rows[(ns, p["metadata"]["name"])].template_hash
-                       == current]
-            ready = [p for p in owned if p["status"]["ready"]]
             d["status"] = {"observedGeneration": d["metadata"]["generation"],
-                           "replicas": len(owned), "updatedReplicas": len(updated),
-                           "readyReplicas": len(ready), "availableReplicas": len(ready),
-                           "unavailableReplicas": max(0, len(owned) - len(ready))}
+                           **rollout.counts([(rows[(ns, p["metadata"]["name"])].template_hash,
+                                              bool(p["status"]["ready"])) for p in owned],
+                                            current)}
+            # the conditions as the node's deployment controller last set them
+            kept = rt.store.get_meta(desired.rollout_key(ns, name))
+            uid = naming.object_uid("Deployment", ns, name, d["metadata"].get(
+                "creationTimestamp"))
+            if isinstance(kept, dict) and kept.get("uid") == uid:
+                d["status"]["conditions"] = rollout.served(kept.get("status") or {})
             # its numbered templates, for the Kubernetes API's ReplicaSets (rollout
             # history|undo); the node's own block, not served as a field
             d["remora"] = {"revisions": desired.revisions(rt.store, ns, name)}

@@ -116,6 +116,12 @@ def revisions_key(namespace: str, name: str) -> str:
     return f"revisions/{namespace}/{name}"
 
 
+def rollout_key(namespace: str, name: str) -> str:
+    """Where the node keeps a Deployment's status as its controller last wrote it
+    (remora.node.rollout)."""
+    return f"rollout/{namespace}/{name}"
+
+
 def revisions(store: Store, namespace: str, name: str) -> list[dict[str, Any]]:
     """A Deployment's templates, one per pod-template-hash, each with its revision (the
     ReplicaSets a cluster keeps scaled to 0 for `kubectl rollout history|undo`)."""
@@ -163,6 +169,7 @@ def delete(store: Store, kind: str, namespace: str, name: str) -> list[str]:
                     store.delete_object(k, name, obj["metadata"]["name"])
                     if k == "Deployment":
                         store.delete_meta(revisions_key(name, obj["metadata"]["name"]))
+                        store.delete_meta(rollout_key(name, obj["metadata"]["name"]))
                     if k == "Service":
                         store.release_ips(f"svc:{name}/{obj['metadata']['name']}")
                     gone.append(f"{k.lower()}/{obj['metadata']['name']} deleted")
@@ -173,4 +180,5 @@ def delete(store: Store, kind: str, namespace: str, name: str) -> list[str]:
                 store.release_ips(f"svc:{namespace}/{name}")
             if kind == "Deployment":  # a new Deployment of the name starts at revision 1
                 store.delete_meta(revisions_key(namespace, name))
+                store.delete_meta(rollout_key(namespace, name))
     return gone

@@ -38,10 +38,13 @@ from remora.node import (
     ownership,
     process,
     resolver,
+    rollout,
     topology,
     views,
 )
 from remora.node.config import NodeConfig
+from remora.node.desired import revisions as desired_revisions
+from remora.node.desired import rollout_key
 from remora.node.dns import Zone
 from remora.node.events import EventRecorder, Involved
 from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
@@ -228,6 +231,7 @@ class Runtime:
                 controller.OwnedPod(p.name, p.template_hash, ready.get(p.uid, False),
                                     bool(p.deleting), p.created) for p in owned])
             current = controller.template_hash(deployment)
+            self._rollout_status(deployment, owned, ready, current)
             self._scaling_events(deployment, owned, plan, current)
             for _ in range(plan.create):
                 pod = controller.pod_from_template(deployment, uuid.uuid4().hex)
@@ -303,6 +307,33 @@ class Runtime:
         name = f"{deployment}-{thash}"
         return Involved("ReplicaSet", namespace, name,
                         naming.object_uid("ReplicaSet", namespace, name, ""), "apps/v1")
+
+    def _rollout_status(self, deployment: dict[str, Any], owned: list[PodRow],
+                        ready: dict[str, bool], current: str) -> None:
+        """The deployment controller's status.conditions (remora.node.rollout), kept in
+        the store as the controller keeps them in the object (they outlive a restart of
+        the daemon), for the Deployment as it is now: its uid tells a Deployment deleted
+        and made again from the one the status was kept for."""
+        meta = deployment["metadata"]
+        ns, name = meta.get("namespace", "default"), meta["name"]
+        key = rollout_key(ns, name)
+        uid = naming.object_uid("Deployment", ns, name, meta.get("creationTimestamp"))
+        state = self.store.get_meta(key)
+        mine = state if isinstance(state, dict) and state.get("uid") == uid else None
+        # the ReplicaSets the controller has seen; a lab that kept none (made before this
+        # was kept) had those of the revision history but the current template's
+        history = {e["hash"] for e in desired_revisions(self.store, ns, name)}
+        known = set(mine["replicaSets"]) if mine is not None and "replicaSets" in mine \
+            else history - {current}
+        # the ReplicaSet of this template existed before this pass if the controller
+        # saw it already, or it has pods (a lab that kept no status: "Found")
+        existed = current in known or any(p.template_hash == current for p in owned)
+        live = [(p.template_hash, ready.get(p.uid, False)) for p in owned if not p.deleting]
+        status = rollout.sync(deployment, (mine or {}).get("status"),
+                              rollout.counts(live, current), existed, time.time())
+        fresh = {"uid": uid, "status": status, "replicaSets": sorted(known | {current})}
+        if fresh != state:
+            self.store.set_meta(key, fresh)
 
     def _scaling_events(self, deployment: dict[str, Any], owned: list[PodRow],
                         plan: controller.Plan, current: str) -> None:

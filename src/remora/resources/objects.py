@@ -150,6 +150,8 @@ class Deployment:
     max_surge: int | str | None = None
     max_unavailable: int | str | None = None
     strategy: str = "RollingUpdate"  # or "Recreate" (spec.strategy.type)
+    # spec.progressDeadlineSeconds as given (None: the apiserver's default, 600)
+    progress_deadline: int | None = None
     kind: str = "Deployment"
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +167,8 @@ class Deployment:
             spec["strategy"] = {"type": self.strategy}
         elif rolling:
             spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
+        if self.progress_deadline is not None:
+            spec["progressDeadlineSeconds"] = self.progress_deadline
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remora.lab.progress import crashing, rollout_message
+from remora.lab.progress import crashing, progress_deadline_exceeded, rollout_message
 
 
 def dep(want: int | None, **status: int) -> dict[str, Any]:
@@ -22,6 +22,16 @@ def test_rollout_messages_follow_kubectl() -> None:
         .endswith("1 of 2 updated replicas are available...")
     assert rollout_message(dep(1, updatedReplicas=1, replicas=1, availableReplicas=1)) == (
         True, 'deployment "simple-server" successfully rolled out')
+
+
+def test_a_rollout_past_its_progress_deadline_is_reported() -> None:
+    # kubectl rollout status looks at the Progressing condition first
+    stuck = dep(1, updatedReplicas=1, replicas=2, availableReplicas=1)
+    assert not progress_deadline_exceeded(stuck)
+    stuck["status"]["conditions"] = [
+        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]
+    assert progress_deadline_exceeded(stuck)
 
 
 def pod(*statuses: dict[str, Any], init: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""A Deployment's status.conditions as the deployment controller keeps them
+(remora.node.rollout: sync.go, progress.go, deployment_util.go), pass by pass; the live
+comparison of `kubectl describe deploy` with `remora describe deploy` is in
+tests/netns/test_kubeapi_workflows.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remora.lab import describe
+from remora.node import controller, rollout
+from remora.resources.rfc3339 import format_time
+
+T0 = 1_800_000_000.0
+
+
+def _deployment(replicas: int = 1, image: str = "a", **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "web", "namespace": "demo-to"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": image}]}},
+                     **spec}}
+
+
+def _table(status: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(c["type"], c["status"], c["reason"]) for c in status["conditions"]]
+
+
+def test_a_new_deployment_goes_created_updated_available() -> None:
+    d = _deployment()
+    rs = f"web-{controller.template_hash(d)}"
+    h = controller.template_hash(d)
+    # the first pass creates the ReplicaSet: no pod yet
+    first = rollout.sync(d, None, rollout.counts([], h), False, T0)
+    assert _table(first) == [("Progressing", "True", "NewReplicaSetCreated"),
+                             ("Available", "False", "MinimumReplicasUnavailable")]
+    assert first["conditions"][0]["message"] == f'Created new replica set "{rs}"'
+    # its pod exists, not ready: progress (more updated replicas), reason ReplicaSetUpdated
+    second = rollout.sync(d, first, rollout.counts([(h, False)], h), True, T0 + 1)
+    assert _table(second) == [("Available", "False", "MinimumReplicasUnavailable"),
+                              ("Progressing", "True", "ReplicaSetUpdated")]
+    progressing = second["conditions"][1]
+    assert progressing["message"] == f'ReplicaSet "{rs}" is progressing.'
+    assert progressing["lastUpdateTime"] == format_time(T0 + 1)
+    assert progressing["lastTransitionTime"] == format_time(T0)  # True all along
+    # ready: Available, then the rollout is complete; the order kubectl prints
+    third = rollout.sync(d, second, rollout.counts([(h, True)], h), True, T0 + 5)
+    assert _table(third) == [("Available", "True", "MinimumReplicasAvailable"),
+                             ("Progressing", "True", "NewReplicaSetAvailable")]
+    assert third["conditions"][0]["lastTransitionTime"] == format_time(T0 + 5)
+    assert third["conditions"][1]["message"] == f'ReplicaSet "{rs}" has successfully progressed.'
+    assert third["conditions"][1]["lastTransitionTime"] == format_time(T0)
+    # nothing changes on a quiet pass: the times stay
+    assert rollout.sync(d, third, rollout.counts([(h, True)], h), True, T0 + 60) == third
+
+
+def test_a_stuck_rollout_times_out_and_a_scale_keeps_progressing() -> None:
+    d = _deployment(progressDeadlineSeconds=10)
+    old_hash = controller.template_hash(d)
+    done = rollout.sync(d, None, rollout.counts([(old_hash, True)], old_hash), True, T0)
+    # a Deployment the controller kept no status for, its ReplicaSet there already:
+    # FoundNewReplicaSet, then at once complete
+    assert _table(done) == [("Available", "True", "MinimumReplicasAvailable"),
+                            ("Progressing", "True", "NewReplicaSetAvailable")]
+    # a new template whose pod never gets ready (old one kept: maxUnavailable 0)
+    new = _deployment(image="b", progressDeadlineSeconds=10)
+    h = controller.template_hash(new)
+    pods = [(old_hash, True), (h, False)]
+    rolling = rollout.sync(new, done, rollout.counts([(old_hash, True)], h), False, T0 + 1)
+    assert ("Progressing", "True", "NewReplicaSetCreated") in _table(rolling)
+    rolling = rollout.sync(new, rolling, rollout.counts(pods, h), True, T0 + 2)
+    assert _table(rolling) == [("Available", "True", "MinimumReplicasAvailable"),
+                               ("Progressing", "True", "ReplicaSetUpdated")]
+    assert rollout.sync(new, rolling, rollout.counts(pods, h), True, T0 + 11) == rolling
+    stuck = rollout.sync(new, rolling, rollout.counts(pods, h), True, T0 + 13)
+    assert _table(stuck)[-1] == ("Progressing", "False", "ProgressDeadlineExceeded")
+    assert stuck["conditions"][-1]["message"] == \
+        f'ReplicaSet "web-{h}" has timed out progressing.'
+    # scaling a complete Deployment is a scaling event: Progressing stays as it was
+    d3 = _deployment(replicas=3)
+    h3 = controller.template_hash(d3)
+    scaled = rollout.sync(d3, done, rollout.counts([(h3, True)], h3), True, T0 + 20)
+    assert _table(scaled) == [("Progressing", "True", "NewReplicaSetAvailable"),
+                              ("Available", "False", "MinimumReplicasUnavailable")]
+    assert scaled["conditions"][0] == done["conditions"][1]
+
+
+def test_without_a_progress_deadline_there_is_no_progressing_condition() -> None:
+    d = _deployment(progressDeadlineSeconds=2**31 - 1)
+    h = controller.template_hash(d)
+    status = rollout.sync(d, None, rollout.counts([(h, True)], h), False, T0)
+    assert _table(status) == [("Available", "True", "MinimumReplicasAvailable")]
+
+
+def test_describe_deployment_prints_conditions_and_replica_sets_as_kubectl() -> None:
+    old = _deployment()
+    new = _deployment(image="b")
+    oh, nh = controller.template_hash(old), controller.template_hash(new)
+    new["status"] = {"conditions": [
+        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+        {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]}
+
+    def pod(h: str, gone: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": f"web-{h}-x", "labels": {"pod-template-hash": h}}
+        if gone:
+            meta["deletionTimestamp"] = "2027-01-15T08:00:00Z"
+        return {"metadata": meta, "status": {}}
+
+    text = describe.deployment(new, [pod(oh), pod(nh), pod(nh, gone=True)], T0)
+    tail = text[text.index("Conditions:"):].splitlines()
+    # kubectl's tabwriter block: the table's first column and the two ReplicaSet lines
+    assert tail == [
+        "Conditions:",
+        "  Type           Status  Reason",
+        "  ----           ------  ------",
+        "  Available      True    MinimumReplicasAvailable",
+        "  Progressing    True    ReplicaSetUpdated",
+        f"OldReplicaSets:  web-{oh} (1/1 replicas created)",
+        f"NewReplicaSet:   web-{nh} (1/1 replicas created)",
+    ]
+    # once the old pods are gone, the old ReplicaSet is at 0, listed while the revision
+    # history keeps it (kubectl lists every old one: kubernetes/kubernetes#113083)
+    new["status"] = {}
+    text = describe.deployment(new, [pod(nh)], T0)
+    assert text.splitlines()[-2:] == ["OldReplicaSets:  <none>",
+                                      f"NewReplicaSet:   web-{nh} (1/1 replicas created)"]
+    new["remora"] = {"revisions": [{"hash": oh, "revision": 1}, {"hash": nh, "revision": 2}]}
+    text = describe.deployment(new, [pod(nh)], T0)
+    assert text.splitlines()[-2:] == [f"OldReplicaSets:  web-{oh} (0/0 replicas created)",
+                                      f"NewReplicaSet:   web-{nh} (1/1 replicas created)"]
