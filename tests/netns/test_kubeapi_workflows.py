@@ -5,11 +5,16 @@ a pod and to a service, wait, events, debug — judged by the machine's kubectl 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import select
 import shutil
+import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -486,3 +491,91 @@ def test_describe_deployment_conditions_and_replica_sets_as_kubectls(kube: Kube)
     assert back[6:] == [f"NewReplicaSet:   {rs} (1/1 replicas created)"], back
     again = conditions()["Progressing"]
     assert again["message"] == f'ReplicaSet "{rs}" has successfully progressed.'
+
+
+# a pod with a server that accepts and never reads (7001, a small receive buffer so the
+# kernel holds little of what is sent) and one that counts what it reads (7002)
+SINK = """\
+import socket, threading
+def listen(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+def hold(s):
+    held = []
+    while True:
+        held.append(s.accept()[0])
+def count(s):
+    while True:
+        c = s.accept()[0]
+        n = 0
+        while d := c.recv(65536):
+            n += len(d)
+        c.sendall(str(n).encode())
+        c.close()
+held, counted = listen(7001), listen(7002)
+threading.Thread(target=hold, args=(held,), daemon=True).start()
+count(counted)
+"""
+
+
+def test_port_forward_a_stalled_connection_holds_back_only_its_own_stream(
+        kube: Kube, tmp_path: Path) -> None:
+    """Two connections through one `kubectl port-forward` tunnel: one to a pod server
+    that never reads, sent 8 MiB (more than the kernel's buffers take), and one that
+    sends 1 MiB and reads the count back. Each stream writes to its pod connection on
+    its own (remora.kubeapi.streams); it was: the tunnel's frame loop waited for each
+    write to the pod to drain, so the stalled connection stopped the other one too."""
+    manifest = tmp_path / "sink.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "sink", "namespace": "demo-to",
+                     "annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": {"containers": [{
+            "name": "sink", "image": "python", "command": [sys.executable, "-c", SINK],
+            "readinessProbe": {"tcpSocket": {"port": 7002}}}]}}))
+    kube.kubectl("apply", "-f", str(manifest))
+    assert KUBECTL is not None
+    proc: subprocess.Popen[str] | None = None
+    stalled = socket.socket()
+    try:
+        kube.kubectl("wait", "-n", "demo-to", "--for=condition=Ready", "pod/sink",
+                     "--timeout=60s", timeout=90)
+        proc = subprocess.Popen([KUBECTL, "port-forward", "-n", "demo-to", "pod/sink",
+                                 ":7001", ":7002"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=kube.env)
+        assert proc.stdout is not None
+        local: dict[int, int] = {}
+        while len(local) < 2:
+            line = proc.stdout.readline()
+            found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
+            assert line, proc.stderr.read() if proc.stderr else ""
+            if found:
+                local[int(found.group(2))] = int(found.group(1))
+        stalled.connect(("127.0.0.1", local[7001]))
+        pushing = threading.Thread(target=_send_all, args=(stalled, 8 << 20), daemon=True)
+        pushing.start()
+        time.sleep(3)  # the tunnel takes what it can of the 8 MiB
+        with socket.create_connection(("127.0.0.1", local[7002]), timeout=20) as moving:
+            moving.sendall(b"y" * (1 << 20))
+            moving.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := moving.recv(100):
+                reply += chunk
+        assert reply == str(1 << 20).encode()
+    finally:
+        with contextlib.suppress(OSError):
+            stalled.shutdown(socket.SHUT_RDWR)
+        stalled.close()
+        if proc is not None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        kube.kubectl("delete", "pod", "-n", "demo-to", "sink", "--wait=true", timeout=90)
+
+
+def _send_all(sock: socket.socket, size: int) -> None:
+    with contextlib.suppress(OSError):  # the test's end shuts it down
+        sock.sendall(b"x" * size)

@@ -30,6 +30,7 @@ from remora.kubeapi import websocket as ws
 from remora.kubeapi.certs import Credentials
 from remora.kubeapi.handlers import Exec, Handler, LogStream, PortForward, Watch
 from remora.kubeapi.messages import ApiError, Request, Response, status_object
+from remora.kubeapi.streams import PodStream
 from remora.kubeapi.versions import events
 
 log = logging.getLogger("remora.kubeapi")
@@ -438,7 +439,9 @@ class KubeApiServer:
         requestID; each is answered with SYN_REPLY, and the pair becomes one TCP
         connection to the port on the pod's loopback. The pod's bytes go back on the
         data stream; its end is the data stream's FIN, then the error stream's (empty:
-        no error), which is what the client waits for before closing its side."""
+        no error), which is what the client waits for before closing its side. The
+        client's bytes reach the pod through each data stream's own PodStream, so a pod
+        connection that does not read holds back its own stream only."""
         key = req.headers.get("sec-websocket-key", "")
         writer.write(_head(101, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                                  ("Sec-WebSocket-Accept", ws.accept_key(key)),
@@ -449,13 +452,20 @@ class KubeApiServer:
         kinds: dict[int, tuple[str, str, str]] = {}  # stream -> (type, requestID, port)
         pairs: dict[str, dict[str, int]] = {}  # requestID -> {"error": id, "data": id}
         pods: dict[int, asyncio.StreamWriter] = {}  # data stream -> the pod's connection
-        early: dict[int, list[bytes | None]] = {}  # data before the pod's connection (None: FIN)
+        # data stream -> its way to the pod: the frame loop never waits on a pod's
+        # connection, each stream writes on its own (remora.kubeapi.streams)
+        streams: dict[int, PodStream] = {}
         tasks: set[asyncio.Task[None]] = set()
 
         async def send(data: bytes) -> None:
             async with lock:  # one SPDY frame per WebSocket message, never interleaved
                 writer.write(ws.frame(ws.OP_BINARY, data))
                 await writer.drain()
+
+        def drop(data_id: int) -> None:
+            stream = streams.pop(data_id, None)
+            if stream is not None:
+                stream.close()
 
         async def forward(request: str, port_text: str) -> None:
             error_id, data_id = pairs[request]["error"], pairs[request]["data"]
@@ -464,6 +474,7 @@ class KubeApiServer:
                 if not 0 < port < 65536:
                     raise ValueError
             except ValueError:
+                drop(data_id)
                 await send(codec.data(error_id, f"invalid port {port_text!r}".encode(), True))
                 await send(codec.data(data_id, b"", True))
                 return
@@ -476,16 +487,17 @@ class KubeApiServer:
                 message = (f"error forwarding port {port} to pod {pf.pod}, uid {pf.uid}: "
                            f"failed to connect to localhost:{port} inside namespace "
                            f"\"{pf.netns}\", {exc}")
+                drop(data_id)
                 await send(codec.data(error_id, message.encode(), True))
                 await send(codec.data(data_id, b"", True))
                 return
             pod_reader, pod_writer = await asyncio.open_connection(sock=sock)
             pods[data_id] = pod_writer
-            for chunk in early.pop(data_id, []):
-                if chunk is None:
-                    pod_writer.write_eof()
-                else:
-                    pod_writer.write(chunk)
+            stream = streams.get(data_id)
+            if stream is None:  # reset before the pod answered
+                pod_writer.close()
+                return
+            stream.attach(pod_writer)  # what came before the connection goes first
             try:
                 while chunk := await pod_reader.read(32 * 1024):
                     await send(codec.data(data_id, chunk))
@@ -494,6 +506,7 @@ class KubeApiServer:
             await send(codec.data(data_id, b"", True))
             await send(codec.data(error_id, b"", True))
             pods.pop(data_id, None)
+            drop(data_id)
             pod_writer.close()
 
         async def on_frame(frame: spdy.Frame) -> bool:
@@ -503,6 +516,8 @@ class KubeApiServer:
                 request = frame.headers.get("requestid", "")
                 kinds[frame.stream] = (kind, request, frame.headers.get("port", ""))
                 if kind in ("error", "data"):
+                    if kind == "data":
+                        streams[frame.stream] = PodStream()
                     pair = pairs.setdefault(request, {})
                     pair[kind] = frame.stream
                     if len(pair) == 2:
@@ -515,18 +530,15 @@ class KubeApiServer:
             elif not frame.control:
                 if kinds.get(frame.stream, ("",))[0] != "data":
                     return True  # the error stream's FIN: the client writes nothing on it
-                pod = pods.get(frame.stream)
-                if pod is None:
-                    early.setdefault(frame.stream, []).append(frame.data)
-                    if frame.fin:
-                        early[frame.stream].append(None)
-                    return True
-                if frame.data:
-                    pod.write(frame.data)
-                    await pod.drain()
-                if frame.fin and pod.can_write_eof():
-                    pod.write_eof()
+                stream = streams.get(frame.stream)
+                if stream is None:
+                    return True  # its pod connection is gone (or never came)
+                # waits only while this stream holds its whole buffer (streams.py)
+                await stream.put(frame.data)
+                if frame.fin:
+                    stream.end()
             elif frame.type == spdy.RST_STREAM:
+                drop(frame.stream)
                 pod = pods.pop(frame.stream, None)
                 if pod is not None:
                     pod.close()
@@ -552,6 +564,8 @@ class KubeApiServer:
         finally:
             for task in list(tasks):
                 task.cancel()
+            for stream in streams.values():
+                stream.close()
             for pod in pods.values():
                 pod.close()
 
