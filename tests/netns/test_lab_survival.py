@@ -162,3 +162,54 @@ def test_pods_and_dns_outlive_a_killed_daemon_and_up_adopts_them(lab: TempLab) -
     ok(lab, "down")
     assert not Path(f"/proc/{dns_pid}").exists() or \
         Path(f"/proc/{dns_pid}/stat").read_text().split()[2] == "Z"
+
+
+DEPLOYMENT = textwrap.dedent("""\
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+    spec:
+      replicas: 1
+      selector: {matchLabels: {app: web}}
+      template:
+        metadata: {labels: {app: web}, annotations: {version: "1"}}
+        spec:
+          containers:
+          - name: main
+            image: local/sleep
+            command: [sleep, "600"]
+    """)
+
+
+def _version(lab: TempLab, version: str) -> str:
+    """Patch the template's annotation to VERSION, wait for the rollout; the new
+    ReplicaSet's name."""
+    patch = {"spec": {"template": {"metadata": {"annotations": {"version": version}}}}}
+    ok(lab, "patch", "deployment", "web", "-p", json.dumps(patch))
+    ok(lab, "rollout", "status", "deployment/web", "--timeout", "30")
+    pods = json.loads(ok(lab, "get", "po", "-o", "json"))["items"]
+    assert len(pods) == 1, pods
+    return "web-" + pods[0]["metadata"]["labels"]["pod-template-hash"]
+
+
+def test_a_replica_set_at_zero_scales_from_zero_after_a_daemon_restart(lab: TempLab) -> None:
+    """The deployment controller's ScalingReplicaSet after the node daemon restarted: an
+    old ReplicaSet it had scaled to 0 is scaled up again "to 1 from 0" when its template
+    comes back (it was "to 1", the message of a new ReplicaSet: the restarted daemon knew
+    only the sizes of the pods it adopted)."""
+    ok(lab, *lab.up_args(), "-f", "-", "--wait", "--timeout", "30", stdin=DEPLOYMENT)
+    first = _version(lab, "1")
+    second = _version(lab, "2")
+    assert first != second
+    daemon = int((lab.state_dir / "daemon.pid").read_text())
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{daemon}").exists() or
+             Path(f"/proc/{daemon}/stat").read_text().split()[2] == "Z", timeout=10)
+    assert "adopting the pods still running" in ok(lab, *lab.up_args())
+    assert _version(lab, "1") == first
+    events = ok(lab, "describe", "deploy", "web").split("\nEvents:")[1].splitlines()
+    scaled = [re.split(r"\s{2,}", line.strip())[-1] for line in events
+              if "ScalingReplicaSet" in line]
+    assert scaled[-2:] == [f"Scaled up replica set {first} to 1 from 0",
+                           f"Scaled down replica set {second} to 0 from 1"], events

@@ -119,6 +119,13 @@ class Runtime:
                 # the sizes the previous daemon left: adopting them is no scaling
                 key = (row.namespace, row.owner_name, row.template_hash)
                 self._rs_sizes[key] = self._rs_sizes.get(key, 0) + 1
+        for d in self.store.list_objects("Deployment"):
+            # and the ReplicaSets it had scaled to 0 (kept for rollout history|undo):
+            # scaling one up again is "to N from 0", as the deployment controller, which
+            # reads the ReplicaSets' sizes from the apiserver, says after its own restart
+            ns, name = d["metadata"].get("namespace", "default"), d["metadata"]["name"]
+            for thash in self._replicasets_seen(d):
+                self._rs_sizes.setdefault((ns, name, thash), 0)
         # the adopted pods' rules, DNS and sidecar configs are made again on the first pass
         self._signature = ""
         self._pushes = PushThrottle()
@@ -308,6 +315,19 @@ class Runtime:
         return Involved("ReplicaSet", namespace, name,
                         naming.object_uid("ReplicaSet", namespace, name, ""), "apps/v1")
 
+    def _replicasets_seen(self, deployment: dict[str, Any]) -> set[str]:
+        """The pod-template-hashes of the ReplicaSets DEPLOYMENT's controller has made:
+        those its kept status names (remora.node.rollout), else (a lab that kept none)
+        its revision history but the current template, which may be new."""
+        meta = deployment["metadata"]
+        ns, name = meta.get("namespace", "default"), meta["name"]
+        state = self.store.get_meta(rollout_key(ns, name))
+        uid = naming.object_uid("Deployment", ns, name, meta.get("creationTimestamp"))
+        if isinstance(state, dict) and state.get("uid") == uid and "replicaSets" in state:
+            return set(state["replicaSets"])
+        history = {e["hash"] for e in desired_revisions(self.store, ns, name)}
+        return history - {controller.template_hash(deployment)}
+
     def _rollout_status(self, deployment: dict[str, Any], owned: list[PodRow],
                         ready: dict[str, bool], current: str) -> None:
         """The deployment controller's status.conditions (remora.node.rollout), kept in
@@ -320,11 +340,7 @@ class Runtime:
         uid = naming.object_uid("Deployment", ns, name, meta.get("creationTimestamp"))
         state = self.store.get_meta(key)
         mine = state if isinstance(state, dict) and state.get("uid") == uid else None
-        # the ReplicaSets the controller has seen; a lab that kept none (made before this
-        # was kept) had those of the revision history but the current template's
-        history = {e["hash"] for e in desired_revisions(self.store, ns, name)}
-        known = set(mine["replicaSets"]) if mine is not None and "replicaSets" in mine \
-            else history - {current}
+        known = self._replicasets_seen(deployment)
         # the ReplicaSet of this template existed before this pass if the controller
         # saw it already, or it has pods (a lab that kept no status: "Found")
         existed = current in known or any(p.template_hash == current for p in owned)
