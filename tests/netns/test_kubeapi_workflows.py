@@ -579,3 +579,50 @@ def test_port_forward_a_stalled_connection_holds_back_only_its_own_stream(
 def _send_all(sock: socket.socket, size: int) -> None:
     with contextlib.suppress(OSError):  # the test's end shuts it down
         sock.sendall(b"x" * size)
+
+
+def test_a_failing_readiness_probe_is_a_counted_unhealthy_event(
+        kube: Kube, tmp_path: Path) -> None:
+    """kubelet's `Warning Unhealthy` for each failed readiness probe, once per period
+    and counted on repeat, with prober.go's message around Go's dial error (it was: the
+    lab's readiness check retried silently); `remora describe pod` shows the same."""
+    manifest = tmp_path / "unready.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "unready", "namespace": "demo-to",
+                     "annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": {"containers": [{
+            "name": "main", "image": "local/sleep", "command": ["sleep", "600"],
+            "readinessProbe": {"tcpSocket": {"port": 1}, "periodSeconds": 1}}]}}))
+    kube.kubectl("apply", "-f", str(manifest))
+    try:
+        ip = ""
+        described = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ip = kube.kubectl("get", "pod", "-n", "demo-to", "unready", "-o",
+                              "jsonpath={.status.podIP}").stdout
+            described = kube.kubectl("describe", "pod", "-n", "demo-to", "unready").stdout
+            if re.search(r"Unhealthy\s+\S+ \(x[3-9] over", described):
+                break
+            time.sleep(1)
+        events = described[described.index("\nEvents:"):].splitlines()
+        unhealthy = [line for line in events if "Unhealthy" in line]
+        assert len(unhealthy) == 1, described
+        assert unhealthy[0].split()[:2] == ["Warning", "Unhealthy"], described
+        assert re.search(r"\(x[3-9] over \d+s\)\s+kubelet\s+Readiness probe failed: "
+                         rf"dial tcp {re.escape(ip)}:1: connect: connection refused$",
+                         unhealthy[0]), described
+        # not Ready, and the same rows in remora's describe (ages and counts aside)
+        assert re.search(r"Ready\s+False", described), described
+
+        def rows(text: str) -> list[tuple[str, ...]]:
+            section = text[text.index("\nEvents:") + 1:].splitlines()[3:]
+            return sorted((c[0], c[1], c[-1]) for c in
+                          (re.split(r"\s{2,}", line.strip()) for line in section))
+
+        ours = kube.lab.remora("describe", "pod", "unready", "-n", "demo-to")
+        assert ours.returncode == 0, ours.stderr
+        assert rows(ours.stdout) == rows(described), (ours.stdout, described)
+    finally:
+        kube.kubectl("delete", "pod", "-n", "demo-to", "unready", "--wait=true", timeout=90)

@@ -22,6 +22,7 @@ The node runtime (remora.node.hooks) calls it at each step of a pod's life:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -215,9 +216,7 @@ class MeshSetup(PodSetup):
         if uid not in (None, 0) and not sidecar.can_run_as(uid, gid, spec.argv[0],
                                                             ctx.pod_dir / CONFIG_DIR):
             uid = 0  # see remora.lab.sidecar: gid 1337 alone keeps capture correct
-        return ProcessSpec(argv=spec.argv, env=spec.env, uid=uid, gid=gid, caps=spec.caps,
-                           cwd=spec.cwd, ready_port=spec.ready_port,
-                           ready_host=spec.ready_host)
+        return dataclasses.replace(spec, uid=uid, gid=gid)
 
 
 def cert_ttl(settings: LabSettings) -> dt.timedelta:

@@ -4,7 +4,8 @@ Command and args (no image entrypoint exists here: a container without a command
 PodSetup that maps its image), env with `value` and the downward API `fieldRef`s Istio's
 injected sidecar uses, securityContext runAsUser/runAsGroup/capabilities (the sidecar's
 1337, or 0 + NET_ADMIN in TPROXY mode), workingDir, and readiness from a tcpSocket or
-httpGet readinessProbe port (a TCP accept; remora does not speak the probe's HTTP).
+httpGet readinessProbe port (a TCP accept; remora does not speak the probe's HTTP), with
+the text kubelet's `Unhealthy` event gives a connection that fails.
 """
 
 from __future__ import annotations
@@ -88,6 +89,26 @@ def ready_port(container: dict[str, Any]) -> int | None:
     return None
 
 
+def probe_target(container: dict[str, Any], pod_ip: str) -> str:
+    """The start of kubelet's prober's failure text for the container's readinessProbe
+    when its connection fails: Go's `dial tcp HOST:PORT` (the probe's host, else the
+    pod's IP: pkg/kubelet/prober/prober.go runProbe), after `Get "URL": ` for httpGet
+    (net/http's client error around the dial, the URL as formatURL makes it); "" when
+    there is no probe remora checks."""
+    probe = container.get("readinessProbe") or {}
+    port = ready_port(container)
+    if port is None:
+        return ""
+    action = probe.get("httpGet") or probe.get("tcpSocket") or {}
+    host = str(action.get("host") or pod_ip)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # net.JoinHostPort
+    dial = f"dial tcp {address}"
+    if "httpGet" in probe:
+        scheme = str(action.get("scheme") or "HTTP").lower()
+        return f'Get "{scheme}://{address}{action.get("path") or ""}": {dial}'
+    return dial
+
+
 def process_spec(pod: dict[str, Any], container: dict[str, Any], pod_ip: str,
                  node_name: str = "") -> ProcessSpec:
     argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
@@ -106,4 +127,9 @@ def process_spec(pod: dict[str, Any], container: dict[str, Any], pod_ip: str,
         caps=tuple(str(c).lower().removeprefix("cap_") for c in caps),
         cwd=container.get("workingDir") or "/",
         ready_port=ready_port(container),
+        ready_target=probe_target(container, pod_ip),
+        ready_period=float((container.get("readinessProbe") or {}).get("periodSeconds")
+                           or 10),
+        ready_delay=float((container.get("readinessProbe") or {}).get("initialDelaySeconds")
+                          or 0),
     )

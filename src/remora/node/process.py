@@ -40,6 +40,13 @@ class ProcessSpec:
     # means "ready while running" (a container without a readiness probe).
     ready_port: int | None = None
     ready_host: str = "127.0.0.1"
+    # What kubelet's prober would dial, for the `Readiness probe failed: ...` event of a
+    # check that fails (podspec.probe_target): "dial tcp IP:PORT" for tcpSocket, with
+    # `Get "URL": ` before it for httpGet; the probe's periodSeconds and
+    # initialDelaySeconds say when such an event is due (kubelet probes once a period).
+    ready_target: str = ""
+    ready_period: float = 10.0
+    ready_delay: float = 0.0
 
 
 def wrapped_argv(netns_name: str, spec: ProcessSpec) -> list[str]:

@@ -414,6 +414,9 @@ class Runtime:
             self._record(involved, "BackOff", f"Back-off restarting failed container "
                          f"{container} in pod {pod.name}_{pod.namespace}({pod.uid})",
                          type_="Warning", component="kubelet", host=host)
+        elif reason == "Unhealthy":  # prober.go's recordContainerEvent, a Warning
+            self._record(involved, "Unhealthy", detail, type_="Warning", component="kubelet",
+                         host=host)
         elif reason == "Killing":
             self._record(involved, "Killing", f"Stopping container {container}",
                          component="kubelet", host=host)

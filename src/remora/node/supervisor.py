@@ -16,6 +16,8 @@ Only the reconciler thread calls into a Supervisor.
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +33,9 @@ BACKOFF_START = 0.5
 BACKOFF_CAP = 5.0
 BACKOFF_RESET_AFTER = 10.0
 # what happened to a container, for the node's event recorder: (pod, container, init,
-# reason, detail) with reason one of Started, Failed (detail: why), BackOff, Killing, at
-# the moments kubelet records them (kuberuntime_container.go, kubelet_pods.go)
+# reason, detail) with reason one of Started, Failed (detail: why), BackOff, Killing,
+# Unhealthy (detail: the message), at the moments kubelet records them
+# (kuberuntime_container.go, kubelet_pods.go, prober/prober.go)
 ContainerEvent = Callable[["PodRef", str, bool, str, str], None]
 
 
@@ -62,6 +65,7 @@ class _Container:
     wanted: bool = True
     kill_at: float | None = None
     cmdline_seen: bool = False
+    probe_at: float = 0.0  # when a failing readiness check is next reported (monotonic)
 
 
 class Supervisor:
@@ -96,6 +100,7 @@ class Supervisor:
         alive = row.state == "Running" and process.matches(
             row.pid, row.start_ticks, _netns_ino(pod.netns))
         if alive:
+            entry.probe_at = time.monotonic() + spec.ready_period
             return True
         if row.init and row.state == "Terminated" and row.exit_code == 0:
             return True  # a completed init container stays completed
@@ -130,6 +135,7 @@ class Supervisor:
         entry.cmdline_seen = False
         entry.row.state, entry.row.reason, entry.row.ready = "Running", "", 0
         entry.row.started = time.time()
+        entry.probe_at = time.monotonic() + _first_probe(entry.spec)
         self.store.put_container(entry.row)
         self._event(entry, "Started")
 
@@ -209,11 +215,29 @@ class Supervisor:
         if row.ready:
             return False
         port = entry.spec.ready_port
-        if port is not None and not _accepts(entry.pod.netns, entry.spec.ready_host, port):
-            return False
+        if port is not None:
+            failed = _connect_error(entry.pod.netns, entry.spec.ready_host, port)
+            if failed is not None:
+                self._probe_failed(entry, failed)
+                return False
         row.ready = 1
         self.store.put_container(row)
         return True
+
+    def _probe_failed(self, entry: _Container, error: str) -> None:
+        """kubelet's `Unhealthy` event for a readiness probe that fails: the lab checks
+        more often than kubelet probes (a pod is Ready as soon as it accepts), so a
+        failure is reported once per probe period, from the first moment kubelet's
+        prober would have probed (initialDelaySeconds, and a period after the start:
+        its worker's first tick finds the container not yet running), with kubelet's
+        message (prober.go: "%s probe failed: %s"); repeats are counted by the
+        recorder, as kubelet's are."""
+        now = time.monotonic()
+        if not entry.spec.ready_target or now < entry.probe_at:
+            return
+        entry.probe_at = now + entry.spec.ready_period
+        self._event(entry, "Unhealthy",
+                    f"Readiness probe failed: {entry.spec.ready_target}: {error}")
 
     # -- stopping ---------------------------------------------------------------------
     def stop_pod(self, pod_uid: str, grace: float = 2.0) -> None:
@@ -281,18 +305,32 @@ def _netns_ino(name: str) -> int | None:
         return None
 
 
-def _accepts(netns_name: str, host: str, port: int) -> bool:
+def _first_probe(spec: ProcessSpec) -> float:
+    """Seconds from a container's start to kubelet's first probe of it, at the latest."""
+    return max(spec.ready_delay, spec.ready_period)
+
+
+def _connect_error(netns_name: str, host: str, port: int) -> str | None:
+    """None if HOST:PORT in the pod accepts a connection, else why not as Go's dialer
+    says it after `dial tcp ADDR: ` (`connect: connection refused`, `i/o timeout`)."""
     try:
         sock = netns.socket_in(netns.resolve(netns_name))
-    except Exception:
-        return False
+    except Exception as exc:
+        return f"connect: {exc}"
     sock.settimeout(0.1)
     try:
-        return sock.connect_ex((host, port)) == 0
-    except OSError:
-        return False
+        code = sock.connect_ex((host, port))
+    except TimeoutError:
+        return "i/o timeout"
+    except OSError as exc:
+        code = exc.errno or errno.EIO
     finally:
         sock.close()
+    if code == 0:
+        return None
+    if code in (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT):
+        return "i/o timeout"
+    return f"connect: {os.strerror(code)[:1].lower()}{os.strerror(code)[1:]}"
 
 
 def restart_backoff(restarts: int) -> float:

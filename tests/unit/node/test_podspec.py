@@ -50,3 +50,22 @@ def test_container_without_command_names_the_image_and_the_fix() -> None:
         podspec.process_spec(POD, {"name": "demo", "image": "vasth/simple-server"}, "10.20.0.77")
     assert "pod demo-to/p-1" in info.value.problem
     assert info.value.fix and "map its image" in info.value.fix
+
+
+def test_probe_target_is_what_kubelets_prober_dials() -> None:
+    # the start of prober.go's "Readiness probe failed: ..." when the connection fails:
+    # Go's dial error, inside net/http's `Get "URL": ...` for httpGet
+    tcp = {"readinessProbe": {"tcpSocket": {"port": 8080}}}
+    assert podspec.probe_target(tcp, "10.20.0.3") == "dial tcp 10.20.0.3:8080"
+    assert podspec.probe_target(tcp, "fd00:10:20::3") == "dial tcp [fd00:10:20::3]:8080"
+    http = {"ports": [{"name": "web", "containerPort": 9000}],
+            "readinessProbe": {"httpGet": {"port": "web", "path": "/healthz"}}}
+    assert podspec.probe_target(http, "10.20.0.3") == \
+        'Get "http://10.20.0.3:9000/healthz": dial tcp 10.20.0.3:9000'
+    other = {"readinessProbe": {"httpGet": {"port": 15021, "host": "127.0.0.1",
+                                            "scheme": "HTTPS"}}}
+    assert podspec.probe_target(other, "10.20.0.3") == \
+        'Get "https://127.0.0.1:15021": dial tcp 127.0.0.1:15021'
+    exec_probe = {"readinessProbe": {"exec": {"command": ["true"]}}}
+    assert podspec.probe_target(exec_probe, "10.20.0.3") == ""
+    assert podspec.probe_target({}, "10.20.0.3") == ""
