@@ -626,3 +626,47 @@ def test_a_failing_readiness_probe_is_a_counted_unhealthy_event(
         assert rows(ours.stdout) == rows(described), (ours.stdout, described)
     finally:
         kube.kubectl("delete", "pod", "-n", "demo-to", "unready", "--wait=true", timeout=90)
+
+
+def test_a_failing_liveness_probe_kills_and_restarts_the_container(
+        kube: Kube, tmp_path: Path) -> None:
+    """kubelet's liveness probe: each failure a Warning `Unhealthy` "Liveness probe
+    failed: ...", and at failureThreshold the container is killed ("Container main
+    failed liveness probe, will be restarted") and restarted (it was: livenessProbe
+    dropped with an unknown-field warning, never probed)."""
+    manifest = tmp_path / "unlive.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "unlive", "namespace": "demo-to",
+                     "annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": {"containers": [{
+            "name": "main", "image": "local/sleep", "command": ["sleep", "600"],
+            "livenessProbe": {"tcpSocket": {"port": 1}, "periodSeconds": 1,
+                              "failureThreshold": 2}}]}}))
+    applied = kube.kubectl("apply", "-f", str(manifest))
+    assert "unknown field" not in applied.stderr, applied.stderr
+    try:
+        ip = ""
+        described = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ip = kube.kubectl("get", "pod", "-n", "demo-to", "unlive", "-o",
+                              "jsonpath={.status.podIP}").stdout
+            described = kube.kubectl("describe", "pod", "-n", "demo-to", "unlive").stdout
+            if re.search(r"Restart Count:\s+[2-9]", described) and \
+                    re.search(r"Killing\s+\S+ \(x[2-9] over", described):
+                break
+            time.sleep(1)
+        events = described[described.index("\nEvents:"):].splitlines()
+        unhealthy = [line for line in events if "Unhealthy" in line]
+        assert len(unhealthy) == 1 and unhealthy[0].split()[:2] == ["Warning", "Unhealthy"]
+        assert re.search(r"\(x[3-9] over \d+s\)\s+kubelet\s+Liveness probe failed: "
+                         rf"dial tcp {re.escape(ip)}:1: connect: connection refused$",
+                         unhealthy[0]), described
+        killing = [line for line in events if "Killing" in line]
+        assert len(killing) == 1 and killing[0].split()[:2] == ["Normal", "Killing"]
+        assert killing[0].endswith("Container main failed liveness probe, will be restarted")
+        assert re.search(r"Restart Count:\s+[2-9]", described), described
+        assert re.search(r"Last State:\s+Terminated", described), described
+    finally:
+        kube.kubectl("delete", "pod", "-n", "demo-to", "unlive", "--wait=true", timeout=90)

@@ -73,8 +73,9 @@ def _security(pod: dict[str, Any], container: dict[str, Any], key: str) -> Any:
     return (pod.get("spec", {}).get("securityContext") or {}).get(key)
 
 
-def ready_port(container: dict[str, Any]) -> int | None:
-    probe = container.get("readinessProbe") or {}
+def ready_port(container: dict[str, Any], kind: str = "readinessProbe") -> int | None:
+    """The port of the container's KIND probe (tcpSocket or httpGet), None without one."""
+    probe = container.get(kind) or {}
     action = probe.get("tcpSocket") or probe.get("httpGet")
     if not action or "port" not in action:
         return None
@@ -89,14 +90,14 @@ def ready_port(container: dict[str, Any]) -> int | None:
     return None
 
 
-def probe_target(container: dict[str, Any], pod_ip: str) -> str:
-    """The start of kubelet's prober's failure text for the container's readinessProbe
-    when its connection fails: Go's `dial tcp HOST:PORT` (the probe's host, else the
-    pod's IP: pkg/kubelet/prober/prober.go runProbe), after `Get "URL": ` for httpGet
-    (net/http's client error around the dial, the URL as formatURL makes it); "" when
-    there is no probe remora checks."""
-    probe = container.get("readinessProbe") or {}
-    port = ready_port(container)
+def probe_target(container: dict[str, Any], pod_ip: str, kind: str = "readinessProbe") -> str:
+    """The start of kubelet's prober's failure text for the container's KIND probe
+    (readinessProbe, livenessProbe) when its connection fails: Go's `dial tcp
+    HOST:PORT` (the probe's host, else the pod's IP: pkg/kubelet/prober/prober.go
+    runProbe), after `Get "URL": ` for httpGet (net/http's client error around the dial,
+    the URL as formatURL makes it); "" when there is no probe remora checks."""
+    probe = container.get(kind) or {}
+    port = ready_port(container, kind)
     if port is None:
         return ""
     action = probe.get("httpGet") or probe.get("tcpSocket") or {}
@@ -119,6 +120,7 @@ def process_spec(pod: dict[str, Any], container: dict[str, Any], pod_ip: str,
             "give the container a command, or map its image to a local command")
     caps = ((container.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
     uid, gid = _security(pod, container, "runAsUser"), _security(pod, container, "runAsGroup")
+    live = container.get("livenessProbe") or {}
     return ProcessSpec(
         argv=argv,
         env=environment(pod, container, pod_ip, node_name),
@@ -132,4 +134,10 @@ def process_spec(pod: dict[str, Any], container: dict[str, Any], pod_ip: str,
                            or 10),
         ready_delay=float((container.get("readinessProbe") or {}).get("initialDelaySeconds")
                           or 0),
+        live_port=ready_port(container, "livenessProbe"),
+        live_target=probe_target(container, pod_ip, "livenessProbe"),
+        # the apiserver's defaults: periodSeconds 10, failureThreshold 3
+        live_period=float(live.get("periodSeconds") or 10),
+        live_delay=float(live.get("initialDelaySeconds") or 0),
+        live_failures=int(live.get("failureThreshold") or 3),
     )

@@ -47,6 +47,15 @@ class ProcessSpec:
     ready_target: str = ""
     ready_period: float = 10.0
     ready_delay: float = 0.0
+    # Liveness: the same connect to ready_host:live_port, once per live_period from
+    # max(live_delay, live_period) after the start; live_failures failures in a row and
+    # the container is killed (and restarted by the pod's restartPolicy), as kubelet
+    # does with a livenessProbe's failureThreshold. None: no liveness probe.
+    live_port: int | None = None
+    live_target: str = ""
+    live_period: float = 10.0
+    live_delay: float = 0.0
+    live_failures: int = 3
 
 
 def wrapped_argv(netns_name: str, spec: ProcessSpec) -> list[str]:

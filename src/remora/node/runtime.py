@@ -417,8 +417,8 @@ class Runtime:
         elif reason == "Unhealthy":  # prober.go's recordContainerEvent, a Warning
             self._record(involved, "Unhealthy", detail, type_="Warning", component="kubelet",
                          host=host)
-        elif reason == "Killing":
-            self._record(involved, "Killing", f"Stopping container {container}",
+        elif reason == "Killing":  # killContainer: the reason given, else "Stopping ..."
+            self._record(involved, "Killing", detail or f"Stopping container {container}",
                          component="kubelet", host=host)
 
     def _pick_node(self, pod: dict[str, Any]) -> int:

@@ -32,6 +32,7 @@ from remora.node.store import ContainerRow, Store
 BACKOFF_START = 0.5
 BACKOFF_CAP = 5.0
 BACKOFF_RESET_AFTER = 10.0
+LIVENESS_GRACE = 2.0  # SIGTERM to SIGKILL for a container that failed its liveness probe
 # what happened to a container, for the node's event recorder: (pod, container, init,
 # reason, detail) with reason one of Started, Failed (detail: why), BackOff, Killing,
 # Unhealthy (detail: the message), at the moments kubelet records them
@@ -66,6 +67,8 @@ class _Container:
     kill_at: float | None = None
     cmdline_seen: bool = False
     probe_at: float = 0.0  # when a failing readiness check is next reported (monotonic)
+    live_at: float = 0.0  # when the liveness probe is next due (monotonic)
+    live_failed: int = 0  # liveness failures in a row
 
 
 class Supervisor:
@@ -101,6 +104,7 @@ class Supervisor:
             row.pid, row.start_ticks, _netns_ino(pod.netns))
         if alive:
             entry.probe_at = time.monotonic() + spec.ready_period
+            entry.live_at = time.monotonic() + spec.live_period
             return True
         if row.init and row.state == "Terminated" and row.exit_code == 0:
             return True  # a completed init container stays completed
@@ -118,6 +122,7 @@ class Supervisor:
             entry.row.restarts += 1
             if entry.log.exists():
                 entry.log.replace(entry.log.with_name(entry.log.name[:-4] + ".previous.log"))
+        entry.kill_at = None  # a liveness kill's grace was for the run before
         try:
             entry.popen = process.spawn(entry.pod.netns, entry.spec, entry.log)
         except OSError as exc:
@@ -136,6 +141,8 @@ class Supervisor:
         entry.row.state, entry.row.reason, entry.row.ready = "Running", "", 0
         entry.row.started = time.time()
         entry.probe_at = time.monotonic() + _first_probe(entry.spec)
+        entry.live_at = time.monotonic() + max(entry.spec.live_delay, entry.spec.live_period)
+        entry.live_failed = 0
         self.store.put_container(entry.row)
         self._event(entry, "Started")
 
@@ -155,11 +162,12 @@ class Supervisor:
             if code is not False:
                 self._exited(entry, code, now)
                 return True
+            if entry.kill_at is not None and now >= entry.kill_at:
+                process.kill(row.pid, row.start_ticks)  # the grace period is over
+                entry.kill_at = None
             if not entry.wanted:
-                if entry.kill_at is not None and now >= entry.kill_at:
-                    process.kill(row.pid, row.start_ticks)
-                    entry.kill_at = None
                 return False
+            self._liveness(entry, now)
             return self._probe(entry)
         if entry.wanted and row.state != "Running" and entry.next_start and \
                 now >= entry.next_start:
@@ -238,6 +246,32 @@ class Supervisor:
         entry.probe_at = now + entry.spec.ready_period
         self._event(entry, "Unhealthy",
                     f"Readiness probe failed: {entry.spec.ready_target}: {error}")
+
+    def _liveness(self, entry: _Container, now: float) -> None:
+        """kubelet's liveness probe (prober/worker.go, kuberuntime_manager.go): once a
+        period, a failure is the Warning `Unhealthy` "Liveness probe failed: ..."; at
+        failureThreshold failures in a row the container is killed, `Killing` "Container
+        C failed liveness probe, will be restarted" (without the restart part under
+        restartPolicy Never), SIGTERM then SIGKILL after LIVENESS_GRACE; its exit is
+        then a restart like any other (counted, backed off)."""
+        spec = entry.spec
+        if spec.live_port is None or entry.kill_at is not None or now < entry.live_at:
+            return
+        entry.live_at = now + spec.live_period
+        failed = _connect_error(entry.pod.netns, spec.ready_host, spec.live_port)
+        if failed is None:
+            entry.live_failed = 0
+            return
+        entry.live_failed += 1
+        self._event(entry, "Unhealthy", f"Liveness probe failed: {spec.live_target}: {failed}")
+        if entry.live_failed < spec.live_failures:
+            return
+        entry.live_failed = 0
+        restart = entry.pod.restart_policy != "Never"
+        self._event(entry, "Killing", f"Container {entry.row.name} failed liveness probe"
+                    + (", will be restarted" if restart else ""))
+        process.terminate(entry.row.pid, entry.row.start_ticks)
+        entry.kill_at = now + LIVENESS_GRACE
 
     # -- stopping ---------------------------------------------------------------------
     def stop_pod(self, pod_uid: str, grace: float = 2.0) -> None:

@@ -312,13 +312,18 @@ def _container(parent: Node, path: str, value: Any) -> Container:
     if sc is not None and not isinstance(sc, dict):
         raise n.ctx.error(n.sub("securityContext"), "expected an object",
                           "write it as a mapping, e.g. securityContext: {runAsUser: 1000}")
-    probe = n.raw("readinessProbe")
-    if probe is not None and not isinstance(probe, dict):
-        raise n.ctx.error(n.sub("readinessProbe"), "expected an object",
-                          "write it as a mapping, e.g. readinessProbe: {tcpSocket: {port: 8080}}")
+    probes = {}
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = n.raw(kind)
+        if probe is not None and not isinstance(probe, dict):
+            raise n.ctx.error(n.sub(kind), "expected an object",
+                              f"write it as a mapping, e.g. {kind}: {{tcpSocket: {{port: 8080}}}}")
+        probes[kind] = probe
     out = Container(name=name, image=image, command=n.strings("command"), args=n.strings("args"),
                     env=tuple(env), ports=tuple(ports), imagePullPolicy=policy,
-                    workingDir=n.string("workingDir"), securityContext=sc, readinessProbe=probe)
+                    workingDir=n.string("workingDir"), securityContext=sc,
+                    readinessProbe=probes["readinessProbe"],
+                    livenessProbe=probes["livenessProbe"])
     n.done()
     return out
 

@@ -73,8 +73,10 @@ class Container:
     # Kept verbatim: the injector writes Istio's securityContext, the runtime reads
     # runAsUser/runAsGroup/capabilities from it.
     securityContext: dict[str, Any] | None = None
-    # Kept verbatim: the node runtime probes readinessProbe's port (tcpSocket/httpGet).
+    # Kept verbatim: the node runtime probes readinessProbe's and livenessProbe's port
+    # (tcpSocket/httpGet).
     readinessProbe: dict[str, Any] | None = None
+    livenessProbe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "image": self.image}
@@ -94,6 +96,8 @@ class Container:
             out["securityContext"] = self.securityContext
         if self.readinessProbe is not None:
             out["readinessProbe"] = self.readinessProbe
+        if self.livenessProbe is not None:
+            out["livenessProbe"] = self.livenessProbe
         return out
 
 
