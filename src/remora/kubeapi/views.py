@@ -88,10 +88,6 @@ def _deployment(d: dict[str, Any]) -> None:
     d.setdefault("status", {})
 
 
-def replicaset_name(d: dict[str, Any]) -> str:
-    return f"{d['metadata']['name']}-{controller.template_hash(d)}"
-
-
 def _pod(p: dict[str, Any]) -> None:
     status = p.setdefault("status", {})
     start = status.get("startTime")
