@@ -670,3 +670,31 @@ def test_a_failing_liveness_probe_kills_and_restarts_the_container(
         assert re.search(r"Last State:\s+Terminated", described), described
     finally:
         kube.kubectl("delete", "pod", "-n", "demo-to", "unlive", "--wait=true", timeout=90)
+
+
+def test_revision_history_limit_is_kept_and_honoured(kube: Kube, tmp_path: Path) -> None:
+    """spec.revisionHistoryLimit as given: served, and the old ReplicaSets beyond it
+    forgotten (it was dropped by the resources layer: always 10)."""
+    manifest = tmp_path / "hist.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "hist", "namespace": "demo-from"},
+        "spec": {"revisionHistoryLimit": 1, "selector": {"matchLabels": {"app": "hist"}},
+                 "template": {"metadata": {"labels": {"app": "hist"}, "annotations": {
+                     "sidecar.istio.io/inject": "false"}},
+                              "spec": {"containers": [{"name": "main", "image": "local/sleep",
+                                                       "command": ["sleep", "600"]}]}}}}))
+    ns, deploy = ("-n", "demo-from"), "deployment/hist"
+    kube.kubectl("apply", "-f", str(manifest))
+    try:
+        assert kube.kubectl("get", *ns, deploy, "-o",
+                            "jsonpath={.spec.revisionHistoryLimit}").stdout == "1"
+        for value in ("a", "b"):
+            kube.kubectl("set", "env", *ns, deploy, f"V={value}")
+            kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        lines = kube.kubectl("rollout", "history", *ns, deploy).stdout.splitlines()
+        assert [line.split()[0] for line in lines[2:] if line.strip()] == ["2", "3"], lines
+        rs = kube.kubectl("get", "rs", *ns, "-l", "app=hist", "-o", "name").stdout.split()
+        assert len(rs) == 2, rs
+    finally:
+        kube.kubectl("delete", *ns, deploy, "--wait=true", timeout=90)

@@ -153,8 +153,7 @@ def _meta(root: Node, namespaced: bool = True) -> ObjectMeta:
 
 def _deployment(root: Node) -> Deployment:
     meta = _meta(root)
-    spec = root.node("spec", ignore=("revisionHistoryLimit", "minReadySeconds", "paused"),
-                     required=True)
+    spec = root.node("spec", ignore=("minReadySeconds", "paused"), required=True)
     assert spec is not None
     replicas = spec.integer("replicas", 1, minimum=0, maximum=1000)
     # kept for the node's deployment controller (remora.node.rollout: the Progressing
@@ -163,6 +162,10 @@ def _deployment(root: Node) -> Deployment:
     deadline = spec.raw("progressDeadlineSeconds")
     if deadline is not None:
         deadline = spec.check_int(deadline, spec.sub("progressDeadlineSeconds"), 1, 2**31 - 1)
+    # kept for the node's revision history (remora.node.desired.record_revision)
+    history = spec.raw("revisionHistoryLimit")
+    if history is not None:
+        history = spec.check_int(history, spec.sub("revisionHistoryLimit"), 0, 2**31 - 1)
     strategy, max_surge, max_unavailable = _strategy(spec.node("strategy"))
     sel = spec.node("selector", required=True)
     assert sel is not None
@@ -195,7 +198,8 @@ def _deployment(root: Node) -> Deployment:
     return Deployment(metadata=meta, selector=match, replicas=replicas,
                       template=PodTemplate(labels=labels, annotations=annotations, spec=pod_spec),
                       strategy=strategy, max_surge=max_surge,
-                      max_unavailable=max_unavailable, progress_deadline=deadline)
+                      max_unavailable=max_unavailable, progress_deadline=deadline,
+                      revision_history=history)
 
 
 def _strategy(strategy: Node | None

@@ -156,6 +156,8 @@ class Deployment:
     strategy: str = "RollingUpdate"  # or "Recreate" (spec.strategy.type)
     # spec.progressDeadlineSeconds as given (None: the apiserver's default, 600)
     progress_deadline: int | None = None
+    # spec.revisionHistoryLimit as given (None: the apiserver's default, 10)
+    revision_history: int | None = None
     kind: str = "Deployment"
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +175,8 @@ class Deployment:
             spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
         if self.progress_deadline is not None:
             spec["progressDeadlineSeconds"] = self.progress_deadline
+        if self.revision_history is not None:
+            spec["revisionHistoryLimit"] = self.revision_history
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
