@@ -238,7 +238,10 @@ class Runtime:
                 controller.OwnedPod(p.name, p.template_hash, ready.get(p.uid, False),
                                     bool(p.deleting), p.created) for p in owned])
             current = controller.template_hash(deployment)
-            self._rollout_status(deployment, owned, ready, current)
+            try:
+                self._rollout_status(deployment, owned, ready, current)
+            except Exception:  # the status is worth less than the pods of this pass
+                log.exception("status of deployment %s/%s", ns, name)
             self._scaling_events(deployment, owned, plan, current)
             for _ in range(plan.create):
                 pod = controller.pod_from_template(deployment, uuid.uuid4().hex)
