@@ -258,7 +258,10 @@ class Supervisor:
         if spec.live_port is None or entry.kill_at is not None or now < entry.live_at:
             return
         entry.live_at = now + spec.live_period
-        failed = _connect_error(entry.pod.netns, spec.ready_host, spec.live_port)
+        # a longer wait than readiness's (which tries again on the next tick): a failure
+        # here counts towards a kill (kubelet waits timeoutSeconds, 1 s by default; the
+        # reconciler thread is not held that long)
+        failed = _connect_error(entry.pod.netns, spec.ready_host, spec.live_port, 0.5)
         if failed is None:
             entry.live_failed = 0
             return
@@ -344,14 +347,16 @@ def _first_probe(spec: ProcessSpec) -> float:
     return max(spec.ready_delay, spec.ready_period)
 
 
-def _connect_error(netns_name: str, host: str, port: int) -> str | None:
-    """None if HOST:PORT in the pod accepts a connection, else why not as Go's dialer
-    says it after `dial tcp ADDR: ` (`connect: connection refused`, `i/o timeout`)."""
+def _connect_error(netns_name: str, host: str, port: int,
+                   timeout: float = 0.1) -> str | None:
+    """None if HOST:PORT in the pod accepts a connection within TIMEOUT, else why not as
+    Go's dialer says it after `dial tcp ADDR: ` (`connect: connection refused`, `i/o
+    timeout`)."""
     try:
         sock = netns.socket_in(netns.resolve(netns_name))
     except Exception as exc:
         return f"connect: {exc}"
-    sock.settimeout(0.1)
+    sock.settimeout(timeout)
     try:
         code = sock.connect_ex((host, port))
     except TimeoutError:
