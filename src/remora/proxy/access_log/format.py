@@ -22,6 +22,7 @@ from remora.proxy.config.strict import ConfigError
 from remora.proxy.http.header_matcher import RepeatedHeaders
 from remora.proxy.stream_info import StreamInfo
 from remora.proxy.transport.connection_info import FIELDS as TLS_FIELDS
+from remora.proxy.transport.connection_info import UPSTREAM_FIELDS as UPSTREAM_TLS_FIELDS
 
 Value = str | int | None
 Op = Callable[[StreamInfo], Value]
@@ -111,12 +112,23 @@ def _tls_op(field_name: str) -> Op:
     return op
 
 
-def _peer_cert_time(end: bool, fmt: str | None) -> Op:
-    """DOWNSTREAM_PEER_CERT_V_START / _V_END (DownstreamPeerCertVStartFormatter, a
-    SystemTimeFormatter): START_TIME's default form or its strftime argument, over the
-    peer certificate's notBefore / notAfter; nothing without a peer certificate."""
+def _upstream_tls_op(field_name: str) -> Op:
+    """UPSTREAM_<FIELD_NAME>: the same provider over upstreamInfo's
+    upstreamSslConnection, nothing before an upstream connection was given to the
+    request, and on one without TLS."""
     def op(info: StreamInfo) -> Value:
-        tls = info.downstream_tls
+        tls = info.upstream_tls
+        return None if tls is None else tls.text(field_name)
+    return op
+
+
+def _peer_cert_time(end: bool, upstream: bool, fmt: str | None) -> Op:
+    """DOWNSTREAM_PEER_CERT_V_START / _V_END (DownstreamPeerCertVStartFormatter, a
+    SystemTimeFormatter), and UPSTREAM_'s on the upstream connection: START_TIME's
+    default form or its strftime argument, over the peer certificate's notBefore /
+    notAfter; nothing without a peer certificate."""
+    def op(info: StreamInfo) -> Value:
+        tls = info.upstream_tls if upstream else info.downstream_tls
         valid = tls.peer_validity() if tls is not None else None
         if valid is None:
             return None
@@ -271,11 +283,16 @@ SIMPLE: dict[str, Op] = {
     "HOSTNAME": lambda i: _HOSTNAME,
     "UPSTREAM_PROTOCOL": _upstream_protocol,
     "GRPC_STATUS_NUMBER": grpc_status,
-    # the downstream TLS connection's (transport/connection_info.py)
+    # the downstream and upstream TLS connections' (transport/connection_info.py)
     **{f"DOWNSTREAM_{name}": _tls_op(name) for name in sorted(TLS_FIELDS)},
+    **{f"UPSTREAM_{name}": _upstream_tls_op(name) for name in sorted(UPSTREAM_TLS_FIELDS)},
 }
 # Operators with an optional argument besides START_TIME: the peer certificate's validity
-_PEER_CERT_TIMES = {"DOWNSTREAM_PEER_CERT_V_START": False, "DOWNSTREAM_PEER_CERT_V_END": True}
+# (end, upstream)
+_PEER_CERT_TIMES = {"DOWNSTREAM_PEER_CERT_V_START": (False, False),
+                    "DOWNSTREAM_PEER_CERT_V_END": (True, False),
+                    "UPSTREAM_PEER_CERT_V_START": (False, True),
+                    "UPSTREAM_PEER_CERT_V_END": (True, True)}
 
 _TOKEN = re.compile(r"%([A-Z_0-9]+)(?:\(([^)]*)\))?(?::(\d+))?%")
 
@@ -326,19 +343,30 @@ def _operator(name: str, arg: str | None, length: str | None, path: str) -> Op:
     if name == "START_TIME":
         return _start_time(arg)
     if name in _PEER_CERT_TIMES:
-        return _peer_cert_time(_PEER_CERT_TIMES[name], arg)
+        return _peer_cert_time(*_PEER_CERT_TIMES[name], arg)
     if name == "DYNAMIC_METADATA" and arg:
         return _dynamic_metadata(arg, max_len)
     if name == "GRPC_STATUS":
         return _grpc_status_op(arg, path)
     op = SIMPLE.get(name)
-    if op is None or arg is not None:
-        raise ConfigError(path, f"unsupported access log command operator %{name}"
-                                f"{'(' + arg + ')' if arg is not None else ''}%",
-                          f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, GRPC_STATUS(), "
-                          f"DYNAMIC_METADATA(), "
-                          f"{', '.join(sorted([*SIMPLE, *(n + '()' for n in _PEER_CERT_TIMES)]))}")
+    supported = (f"remora supports: REQ(), RESP(), TRAILER(), START_TIME, GRPC_STATUS(), "
+                 f"DYNAMIC_METADATA(), "
+                 f"{', '.join(sorted([*SIMPLE, *(n + '()' for n in _PEER_CERT_TIMES)]))}")
+    if op is None:
+        # Envoy's words for an operator it does not know (SubstitutionFormatParser,
+        # observed on 1.40: "Not supported field in StreamInfo: UPSTREAM_PEER_EMAIL_SAN")
+        raise ConfigError(path, f"Not supported field in StreamInfo: {name}", supported)
+    if arg is not None or (length and name in _NO_LENGTH):
+        # a COMMAND_ONLY operator (CommandSyntaxChecker) given an argument or a length:
+        # Envoy's words (observed on 1.40)
+        raise ConfigError(path, f"{name} does not take any parameters or length",
+                          f"write %{name}%")
     return op
+
+
+# the TLS operators take neither an argument nor a length in Envoy (COMMAND_ONLY)
+_NO_LENGTH = frozenset({*(f"DOWNSTREAM_{n}" for n in TLS_FIELDS),
+                        *(f"UPSTREAM_{n}" for n in UPSTREAM_TLS_FIELDS)})
 
 
 def render_text(parts: list[str | Op], info: StreamInfo, missing: str = "-") -> str:

@@ -95,16 +95,84 @@ def _sans(der: bytes, kind: int) -> tuple[str, ...]:
     return tuple(value.decode("latin-1") for tag, value in _general_names(der) if tag == kind)
 
 
+def _ip_text(value: bytes) -> str:
+    """An iPAddress SAN as Envoy's generalNameAsString writes it: an Ipv4Instance's or
+    Ipv6Instance's addressAsString (inet_ntop: an IPv4-mapped IPv6 address keeps its
+    dotted tail, "::ffff:10.1.2.3", where ``ipaddress`` writes "::ffff:a01:203"); ""
+    for another length (Envoy assigns nothing then)."""
+    if len(value) == 4:
+        return str(ipaddress.IPv4Address(value))
+    if len(value) == 16:
+        addr = ipaddress.IPv6Address(value)
+        mapped = addr.ipv4_mapped
+        return f"::ffff:{mapped}" if mapped is not None else str(addr)
+    return ""
+
+
+# ASN.1 universal tags an otherName's value may carry (generalNameAsString's cases)
+_BOOLEAN, _INTEGER, _BIT_STRING, _OCTET_STRING, _NULL, _OID = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+_ENUMERATED, _SEQUENCE, _SET = 0x0A, 0x30, 0x31
+_OTHER_NAME = 0xA0  # GeneralName [0] otherName: SEQUENCE { type-id OID, [0] EXPLICIT value }
+# the string and time types whose bytes Envoy copies as they are
+_RAW_STRINGS = frozenset({_OCTET_STRING, 0x0C, 0x13, 0x14, 0x16, 0x1B, 0x17, 0x18, 0x1A})
+
+
+def _other_name(value: bytes) -> tuple[str, str]:
+    """An otherName's (type-id as a dotted OID, value as Envoy's generalNameAsString
+    writes it): a BOOLEAN "true"/"false", an INTEGER or ENUMERATED in decimal, an OBJECT
+    IDENTIFIER dotted, BMP and Universal strings converted to UTF-8, a SEQUENCE or SET
+    its whole encoding, the other string and time types their bytes, and "" for NULL or
+    a type it has no case for."""
+    (_, _, ostart, oend), (_, _, vstart, vend) = _der_items(value, 0, len(value))[:2]
+    oid = _oid_text(value[ostart:oend])
+    (tag, tstart, start, end), = _der_items(value, vstart, vend)
+    body = value[start:end]
+    if tag == _BOOLEAN:
+        return oid, "true" if any(body) else "false"
+    if tag in (_INTEGER, _ENUMERATED):
+        return oid, str(int.from_bytes(body, "big", signed=True))
+    if tag == _OID:
+        return oid, _oid_text(body)
+    if tag == _BIT_STRING:  # ASN1_STRING_data: the bits, without the unused-bits octet
+        return oid, body[1:].decode("utf-8", "replace")
+    if tag in (_BMP, _UNIVERSAL):
+        points = _codepoints(tag, body) or []
+        return oid, "".join(map(chr, points))
+    if tag in (_SEQUENCE, _SET):
+        return oid, value[tstart:end].decode("utf-8", "replace")
+    if tag in _RAW_STRINGS:
+        return oid, body.decode("utf-8", "replace")
+    return oid, ""
+
+
 def all_sans(der: bytes) -> tuple[tuple[int, str], ...]:
-    """The certificate's DNS, URI, email and IP SANs as (tag, text), in its order; IP
-    addresses written as Envoy's Utility::generalNameAsString writes them (inet_ntop)."""
+    """The certificate's SANs of the kinds Envoy reads (DNS, URI, email, IP and
+    otherName) as (tag, text), in its order, written as Envoy's
+    Utility::generalNameAsString writes them."""
     out: list[tuple[int, str]] = []
     for tag, value in _general_names(der):
         if tag in (_DNS_NAME, _URI, _EMAIL):
             out.append((tag, value.decode("latin-1")))
-        elif tag == _IP and len(value) in (4, 16):
-            out.append((tag, str(ipaddress.ip_address(value))))
+        elif tag == _IP:
+            out.append((tag, _ip_text(value)))
+        elif tag == _OTHER_NAME:
+            out.append((tag, _other_name(value)[1]))
     return tuple(out)
+
+
+def other_names(der: bytes) -> tuple[tuple[str, str], ...]:
+    """The certificate's otherName SANs as (type-id OID, text), in its order (an
+    OTHER_NAME SAN matcher compares the type-id first: StringSanMatcher)."""
+    return tuple(_other_name(value) for tag, value in _general_names(der)
+                 if tag == _OTHER_NAME)
+
+
+def sans_of(der: bytes, kind: int) -> tuple[str, ...]:
+    """Utility::getSubjectAltNames(cert, KIND): the SANs of one GeneralName tag as text."""
+    return tuple(text for tag, text in all_sans(der) if tag == kind)
+
+
+DNS, URI, EMAIL, IP, OTHER_NAME = _DNS_NAME, _URI, _EMAIL, _IP, _OTHER_NAME
 
 
 def serial_hex(der: bytes) -> str:

@@ -1,10 +1,13 @@
-"""What Envoy's ``Ssl::ConnectionInfo`` tells the access log about one downstream TLS
-connection (source/common/tls/connection_info_impl_base.cc): the ``DOWNSTREAM_*`` TLS
-command operators of source/common/formatter/stream_info_formatter.cc.
+"""What Envoy's ``Ssl::ConnectionInfo`` tells the access log about one TLS connection
+(source/common/tls/connection_info_impl_base.cc): the ``DOWNSTREAM_*`` TLS command
+operators of source/common/formatter/stream_info_formatter.cc on a downstream connection,
+its ``UPSTREAM_*`` ones on an upstream connection (the StreamInfo's upstream TLS
+connection, set when a request or tcp_proxy session is given that connection).
 
 One ``TlsConnectionInfo`` is made per TLS connection, when its handshake completes
 (tls.py), and the connection's StreamInfo references it (``downstream_tls``; each request's
-StreamInfo copies the reference). Nothing is read or computed then: each value is worked
+StreamInfo copies the reference; ``upstream_tls`` for the upstream connection a request
+went out on). Nothing is read or computed then: each value is worked
 out the first time a format asks for it and kept for the connection's other requests, as
 Envoy's ConnectionInfoImplBase caches its values per connection. A connection whose
 format has no TLS operator pays for the object alone.
@@ -17,9 +20,13 @@ import ssl
 from collections.abc import Callable
 
 from remora.proxy.transport.cert_details import (
+    EMAIL,
+    IP,
+    OTHER_NAME,
     TlsPeer,
     dns_sans,
     issuer_rfc2253,
+    sans_of,
     serial_hex,
     sha1_hex,
     sha256_hex,
@@ -49,12 +56,26 @@ def _cipher(sslobj: ssl.SSLObject) -> str:
     return cipher[0] if cipher else ""
 
 
+def _joined(kind: int) -> Callable[[bytes], str]:
+    return lambda der: ",".join(sans_of(der, kind))
+
+
+def _each(of: Callable[[bytes], str]) -> Callable[[tuple[bytes, ...]], str]:
+    # the *_CHAIN_* operators: one value per certificate the peer sent (leaf first,
+    # SSL_get_peer_full_cert_chain), joined with ","
+    return lambda chain: ",".join(of(der) for der in chain)
+
+
 # The text each operator prints, by its name without DOWNSTREAM_ ("" prints as "-"): Envoy
 # joins several SANs with ",", prints names in RFC 2253 form and digests and the serial in
 # lower-case hex, and has an empty value for what a connection lacks (no peer certificate).
+# SANs are written as Utility::generalNameAsString writes them (cert_details.all_sans).
 _PEER: dict[str, Callable[[bytes], str]] = {
     "PEER_URI_SAN": lambda der: ",".join(uri_sans(der)),
     "PEER_DNS_SAN": lambda der: ",".join(dns_sans(der)),
+    "PEER_IP_SAN": _joined(IP),
+    "PEER_EMAIL_SAN": _joined(EMAIL),
+    "PEER_OTHERNAME_SAN": _joined(OTHER_NAME),
     "PEER_SUBJECT": subject_rfc2253,
     "PEER_ISSUER": issuer_rfc2253,
     "PEER_FINGERPRINT_256": sha256_hex,
@@ -62,9 +83,17 @@ _PEER: dict[str, Callable[[bytes], str]] = {
     "PEER_SERIAL": serial_hex,
     "PEER_CERT": url_encoded_pem,  # urlEncodedPemEncodedPeerCertificate
 }
+_CHAIN: dict[str, Callable[[tuple[bytes, ...]], str]] = {
+    "PEER_CHAIN_FINGERPRINTS_256": _each(sha256_hex),
+    "PEER_CHAIN_FINGERPRINTS_1": _each(sha1_hex),
+    "PEER_CHAIN_SERIALS": _each(serial_hex),
+}
 _LOCAL: dict[str, Callable[[bytes], str]] = {
     "LOCAL_URI_SAN": lambda der: ",".join(uri_sans(der)),
     "LOCAL_DNS_SAN": lambda der: ",".join(dns_sans(der)),
+    "LOCAL_IP_SAN": _joined(IP),
+    "LOCAL_EMAIL_SAN": _joined(EMAIL),
+    "LOCAL_OTHERNAME_SAN": _joined(OTHER_NAME),
     "LOCAL_SUBJECT": subject_rfc2253,
 }
 _SESSION: dict[str, Callable[[ssl.SSLObject], str]] = {
@@ -73,13 +102,22 @@ _SESSION: dict[str, Callable[[ssl.SSLObject], str]] = {
     "TLS_SESSION_ID": _session_id,
 }
 _UNREAD = object()
-FIELDS: frozenset[str] = frozenset({*_PEER, *_LOCAL, *_SESSION})
+# DOWNSTREAM_<name>: every one (source/common/formatter/stream_info_formatter.cc)
+FIELDS: frozenset[str] = frozenset({*_PEER, *_CHAIN, *_LOCAL, *_SESSION})
+# UPSTREAM_<name>: the ones Envoy 1.40 registers for the upstream connection; it refuses
+# the others ("Not supported field in StreamInfo: UPSTREAM_PEER_EMAIL_SAN", observed by
+# `envoy --mode validate`): no EMAIL/OTHERNAME SANs, no digests, serials or chains, no
+# UPSTREAM_LOCAL_SUBJECT
+UPSTREAM_FIELDS: frozenset[str] = frozenset({
+    "PEER_URI_SAN", "PEER_DNS_SAN", "PEER_IP_SAN", "PEER_SUBJECT", "PEER_ISSUER", "PEER_CERT",
+    "LOCAL_URI_SAN", "LOCAL_DNS_SAN", "LOCAL_IP_SAN", *_SESSION})
 
 
 class TlsConnectionInfo:
-    """One downstream TLS connection: its ``ssl`` object (read for the version, cipher and
-    session), the peer's certificate when it presented one, and the DER of the local
-    certificate the handshake used (None when it could not be read)."""
+    """One TLS connection (downstream or upstream): its ``ssl`` object (read for the
+    version, cipher and session), the peer's certificate and chain when it presented one,
+    and the DER of the local certificate the handshake used (None when it could not be
+    read)."""
 
     __slots__ = ("_cache", "_sslobj", "_validity", "local_der", "peer")
 
@@ -92,7 +130,8 @@ class TlsConnectionInfo:
         self._validity: tuple[float, float] | object | None = _UNREAD
 
     def text(self, name: str) -> str:
-        """The value of the operator DOWNSTREAM_<NAME> (a key of FIELDS); "" for none."""
+        """The value of the operator DOWNSTREAM_<NAME> (a key of FIELDS) or UPSTREAM_<NAME>
+        (of UPSTREAM_FIELDS); "" for none."""
         cache = self._cache
         if cache is None:
             cache = self._cache = {}
@@ -105,6 +144,8 @@ class TlsConnectionInfo:
         try:
             if name in _PEER:
                 return _PEER[name](self.peer.der) if self.peer is not None else ""
+            if name in _CHAIN:
+                return _CHAIN[name](self.peer.chain) if self.peer is not None else ""
             if name in _LOCAL:
                 return _LOCAL[name](self.local_der) if self.local_der is not None else ""
             return _SESSION[name](self._sslobj) if self._sslobj is not None else ""
@@ -113,8 +154,8 @@ class TlsConnectionInfo:
             return ""
 
     def peer_validity(self) -> tuple[float, float] | None:
-        """notBefore and notAfter of the peer's certificate (DOWNSTREAM_PEER_CERT_V_START
-        and _V_END), None without one."""
+        """notBefore and notAfter of the peer's certificate (DOWNSTREAM_/UPSTREAM_
+        PEER_CERT_V_START and _V_END), None without one."""
         known = self._validity
         if known is _UNREAD:
             known = None

@@ -594,6 +594,7 @@ async def connect_upstream(
         sni = override.sni
     try:
         ctx = transport.context()
+        local_der = transport.local_der  # of the certificate this handshake uses
         tr, _ = await loop.create_connection(
             protocol_factory, sock=sock, ssl=ctx, server_hostname=sni,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
@@ -609,5 +610,10 @@ async def connect_upstream(
     except TlsError:
         tr.abort()
         raise
+    # the access log's UPSTREAM_* TLS operators: the server's certificate and the chain
+    # it sent, and the local (client) certificate of the context the handshake used
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    peer.connection = TlsConnectionInfo(
+        sslobj, TlsPeer(der, _peer_chain(sslobj), ()) if der else None, local_der)
     alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
     return tr, peer, alpn

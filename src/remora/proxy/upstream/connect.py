@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from remora.proxy.interfaces import OriginalSrc, Upstream, UpstreamError
-from remora.proxy.stream_info import format_address
+from remora.proxy.stream_info import UpstreamAddress, format_address
 from remora.proxy.transport.tls import TlsError, TlsTransport
 from remora.proxy.transport.tls import connect_upstream as tls_connect
 from remora.proxy.upstream.auto_host import TlsOverride
@@ -128,9 +128,11 @@ async def open_upstream(
     protocol = TrackedProtocol(reader, on_lost)
     try:
         if tls is not None:  # envoy.transport_sockets.tls: handshake, SAN check (UF + reason)
-            transport, _peer, _alpn = await tls_connect(sock, tls, lambda: protocol,
-                                                        tls_override)
+            transport, peer, _alpn = await tls_connect(sock, tls, lambda: protocol,
+                                                       tls_override)
+            tls_info = peer.connection
         else:
+            tls_info = None
             transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
     except TlsError as exc:
         raise UpstreamError("UF", exc.reason, host) from exc
@@ -138,7 +140,10 @@ async def open_upstream(
         sock.close()
         raise UpstreamError("UF", f"delayed connect error: {_strerror(exc)}", host) from exc
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return Upstream(reader, writer, host, format_address(local[0], local[1])), connect_ms
+    address = UpstreamAddress(format_address(local[0], local[1]))
+    if tls_info is not None:  # the access log's UPSTREAM_* TLS operators read it
+        address.tls = tls_info
+    return Upstream(reader, writer, host, address), connect_ms
 
 
 def is_timeout(err: UpstreamError) -> bool:
