@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -36,7 +37,7 @@ from typing import Any
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
 from remora.proxy.stream_info import StreamInfo
-from remora.proxy.transport import cipher_list, cipher_order
+from remora.proxy.transport import cert_details, cipher_list, cipher_order
 from remora.proxy.transport.cert_details import (
     TlsPeer,
     all_sans,
@@ -156,7 +157,7 @@ class Material:
     chain: DataSource | None = None
     key: DataSource | None = None
     trusted_ca: DataSource | None = None
-    sans: list[tuple[str, Callable[[str], bool]]] = field(default_factory=list)
+    sans: list[SanMatcher] = field(default_factory=list)
 
 
 def _sds_path(f: Fields) -> tuple[str, str]:
@@ -209,18 +210,75 @@ def _sds_secret(config: Fields, kind: str, message: str, files: list[str]) -> Fi
     return part
 
 
+# SubjectAltNameMatcher.san_type: the GeneralName tag it compares (cert_details)
+_SAN_TAGS = {"DNS": cert_details.DNS, "URI": cert_details.URI, "EMAIL": cert_details.EMAIL,
+             "IP_ADDRESS": cert_details.IP, "OTHER_NAME": cert_details.OTHER_NAME}
+
+
+@dataclass(frozen=True)
+class SanMatcher:
+    """One match_typed_subject_alt_names entry (Envoy's StringSanMatcher): the SAN kind
+    (a GeneralName tag), for OTHER_NAME the type-id OID it requires, and the test of the
+    SAN's text as Utility::generalNameAsString writes it."""
+
+    tag: int
+    oid: str | None
+    check: Callable[[str], bool]
+
+
+_DOTTED_OID = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
+
+
+def _san_matcher(item: Fields) -> SanMatcher:
+    # san_type is required and must be defined (SubjectAltNameMatcher's PGV rule
+    # enum.defined_only, not_in [0]); Envoy's refusal names the field
+    san_type = item.enum("san_type", ("SAN_TYPE_UNSPECIFIED", *_SAN_TAGS), "SAN_TYPE_UNSPECIFIED")
+    if san_type == "SAN_TYPE_UNSPECIFIED":
+        raise ConfigError(item.at("san_type"), "value must not be in list [SAN_TYPE_UNSPECIFIED]",
+                          f"give one of {', '.join(_SAN_TAGS)}")
+    oid = item.string("oid") or None
+    matcher = item.fields("matcher", "StringMatcher")
+    item.done()
+    if matcher is None:
+        raise ConfigError(item.at("matcher"), "required field is missing")
+    if san_type == "OTHER_NAME" and not _DOTTED_OID.fullmatch(oid or ""):
+        # createStringSanMatcher: an otherName is compared by its type-id first, read with
+        # OBJ_txt2obj(oid, 1) (dotted numbers only); Envoy's words (observed on 1.40)
+        raise ConfigError(item.at("oid"), f"Failed to create SAN matcher for OTHER_NAME "
+                                          f"with OID: {oid or ''}",
+                          "give the otherName's type-id, e.g. 1.3.6.1.4.1.311.20.2.3")
+    exact = matcher.obj.get("exact") if isinstance(matcher.obj, dict) else None
+    check = string_matcher(matcher)
+    if san_type == "DNS" and isinstance(exact, str):
+        # DnsExactStringSanMatcher: an exact DNS matcher follows DNS matching, a "*."
+        # wildcard in the certificate's SAN and case-insensitivity (Utility::dnsNameMatch)
+        want = exact
+        check = lambda san: dns_name_match(want, san)  # noqa: E731
+    return SanMatcher(_SAN_TAGS[san_type], oid if san_type == "OTHER_NAME" else None, check)
+
+
 def _validation(f: Fields, m: Material) -> None:
     m.trusted_ca = _data_source(f.fields("trusted_ca", "DataSource"), f.at("trusted_ca")) \
         or m.trusted_ca
     for item in f.each("match_typed_subject_alt_names", "SubjectAltNameMatcher"):
-        san_type = item.enum("san_type", ("URI", "DNS", "EMAIL", "IP_ADDRESS"), "URI")
-        matcher = item.fields("matcher", "StringMatcher")
-        item.done()
-        if matcher is None:
-            raise ConfigError(item.at("matcher"), "required field is missing")
-        m.sans.append(({"IP_ADDRESS": "IP Address", "EMAIL": "email"}.get(san_type, san_type),
-                       string_matcher(matcher)))
+        m.sans.append(_san_matcher(item))
     f.done()
+
+
+def san_matches(der: bytes, matchers: list[SanMatcher]) -> bool:
+    """Whether one of the certificate DER's SANs satisfies one of MATCHERS
+    (DefaultCertValidator::matchSubjectAltName: any matcher, any SAN of its kind)."""
+    sans = cert_details.all_sans(der)
+    others: tuple[tuple[str, str], ...] | None = None
+    for matcher in matchers:
+        if matcher.tag == cert_details.OTHER_NAME:
+            if others is None:
+                others = cert_details.other_names(der)
+            if any(oid == matcher.oid and matcher.check(text) for oid, text in others):
+                return True
+        elif any(tag == matcher.tag and matcher.check(text) for tag, text in sans):
+            return True
+    return False
 
 
 @dataclass
@@ -242,7 +300,7 @@ class TlsTransport:
     _files: tuple[str, ...] = ()
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
-    sans: list[tuple[str, Callable[[str], bool]]] = field(default_factory=list)
+    sans: list[SanMatcher] = field(default_factory=list)
     # the URI SANs of the current context's certificate (Envoy's uriSanLocalCertificate,
     # x-forwarded-client-cert's By=), read when the context is (re)built
     local_uri_sans: tuple[str, ...] = ()
@@ -369,11 +427,17 @@ class TlsTransport:
             peer.uri_sans = tuple(v for k, v in values if k == "URI")
             peer.dns_sans = tuple(v for k, v in values if k == "DNS")
         if self.sans and cert:
-            if not any(k == kind and check(v) for kind, check in self.sans for k, v in values):
+            der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+            try:
+                matched = der is not None and san_matches(der, self.sans)
+                listed_sans = cert_details.all_sans(der) if der else ()
+            except (ValueError, IndexError, UnicodeDecodeError):
+                matched, listed_sans = False, ()
+            if not matched:
                 # Envoy 1.40's wording (observed): the peer's SANs in brackets, joined by
                 # ", " (DefaultCertValidator::verifyCertificate's fmt::join; observed with a
-                # certificate of four SANs)
-                listed = ", ".join(v for _, v in values)
+                # certificate of four SANs), each as generalNameAsString writes it
+                listed = ", ".join(v for _, v in listed_sans)
                 raise TlsError(f"{VERIFY_FAILED}:verify cert failed: SAN matcher, certificate "
                                f"SANs are [{listed}]:TLS_error_end", "fail_verify_san")
         elif self.sans and not self.server:
