@@ -346,10 +346,14 @@ class TlsTransport:
         ctx.sslobject_class = _DirectSSLObject
         if self.ciphers is not None or self.server:
             ctx.set_ciphers(self.ciphers or SERVER_CIPHERS)
-        if self.min_version:
-            ctx.minimum_version = self.min_version
-        if self.max_version:
-            ctx.maximum_version = self.max_version
+        # TLS_AUTO: Envoy's defaults, TLS 1.2 to 1.2 for a client (ClientContextConfigImpl
+        # DEFAULT_MAX_VERSION: an UpstreamTlsContext without tls_params speaks TLS 1.2,
+        # observed on 1.40 against a TLS 1.3 server) and 1.2 to 1.3 for a server. A
+        # client's minimum TLSv1_3 alone leaves no version, and every handshake fails
+        # (NO_SUPPORTED_VERSIONS_ENABLED, observed on 1.40; failure_reason)
+        ctx.minimum_version = self.min_version or ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = self.max_version or (
+            ssl.TLSVersion.TLSv1_3 if self.server else ssl.TLSVersion.TLSv1_2)
         if m.chain is not None and m.key is not None:
             with tempfile.TemporaryDirectory(prefix="remora-tls-") as tmp:
                 paths = []
@@ -496,6 +500,10 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
         if "CERTIFICATE_REQUIRED" in reason or "PEER DID NOT RETURN A CERTIFICATE" in reason:
             return ("TLS_error:|268435576:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_"
                     "CERTIFICATE:TLS_error_end", "no_certificate")
+        if "NO_PROTOCOLS_AVAILABLE" in reason or "NO PROTOCOLS AVAILABLE" in reason:
+            # a minimum version above the maximum: OpenSSL's name for BoringSSL's error
+            return ("TLS_error:|268435736:SSL routines:OPENSSL_internal:NO_SUPPORTED_"
+                    "VERSIONS_ENABLED:TLS_error_end", "connection_error")
         return f"TLS_error:|{exc.library or 'SSL routines'}:{reason}:TLS_error_end", \
             "connection_error"
     if isinstance(exc, TimeoutError):
