@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -92,10 +93,15 @@ class _DirectSSLObject(ssl.SSLObject):
     same exceptions, so nothing else changes."""
 
     @classmethod
-    def _create(cls, *args: Any, **kwargs: Any) -> _DirectSSLObject:
-        obj: _DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any,
+                **kwargs: Any) -> _DirectSSLObject:
+        obj: _DirectSSLObject = super()._create(  # type: ignore[misc]
+            incoming, outgoing, *args, **kwargs)
         inner = obj._sslobj  # type: ignore[attr-defined]
         inner_read = inner.read
+        fd = _HANDSHAKE_FD.get()
+        if fd >= 0 and obj.server_side:
+            obj.__dict__["do_handshake"] = _alerting_handshake(inner.do_handshake, outgoing, fd)
 
         def read(size: int = 1024, buffer: Any = None) -> Any:
             # uvloop asks for 256 KiB per read (SSL_READ_MAX_SIZE) and _ssl allocates
@@ -110,6 +116,39 @@ class _DirectSSLObject(ssl.SSLObject):
 
         obj.__dict__.update(read=read, write=inner.write, pending=inner.pending)
         return obj
+
+
+# The socket of the downstream handshake this task is doing (accept_downstream sets it;
+# uvloop creates the connection's SSLObject in a callback that runs in a copy of the
+# task's context, so each connection's object reads its own).
+_HANDSHAKE_FD: contextvars.ContextVar[int] = contextvars.ContextVar("remora_tls_fd",
+                                                                    default=-1)
+
+
+def _alerting_handshake(handshake: Callable[[], None], outgoing: ssl.MemoryBIO,
+                        fd: int) -> Callable[[], None]:
+    """The server side's do_handshake, sending the alert a failed handshake leaves in
+    the outgoing BIO before raising. OpenSSL writes the alert (handshake_failure for no
+    shared cipher, bad_certificate / unknown_ca / certificate_required for a refused
+    client certificate) there as BoringSSL does in Envoy, which sends it; uvloop's
+    SSLProtocol closes the transport on the error without flushing that BIO, so the
+    client only saw the connection close ("EOF occurred in violation of protocol" where
+    Envoy's client reads "sslv3 alert handshake failure"). Written straight to the
+    socket: the earlier handshake flights went out as uvloop wrote them (a fresh
+    connection's send buffer takes them at once), and uvloop closes the socket right
+    after."""
+    def do_handshake() -> None:
+        try:
+            handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError:
+            alert = outgoing.read()
+            if alert:
+                with contextlib.suppress(OSError):
+                    os.write(fd, alert)
+            raise
+    return do_handshake
 
 
 class TlsError(Exception):
@@ -582,6 +621,7 @@ async def accept_downstream(
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     protocol = asyncio.StreamReaderProtocol(reader)
+    token = _HANDSHAKE_FD.set(conn.fileno())  # the handshake's alerts (_alerting_handshake)
     try:
         ctx = transport.context()
         # of the certificate this handshake uses
@@ -591,6 +631,8 @@ async def accept_downstream(
     except (OSError, TlsError, TimeoutError) as exc:
         reason, stat = failure_reason(exc)
         raise TlsError(reason, stat) from exc
+    finally:
+        _HANDSHAKE_FD.reset(token)
     writer = asyncio.StreamWriter(tr, protocol, reader, loop)
     sslobj = tr.get_extra_info("ssl_object")
     try:
