@@ -473,10 +473,12 @@ class TlsTransport:
             der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
             try:
                 matched = der is not None and san_matches(der, self.sans)
-                listed_sans = cert_details.all_sans(der) if der else ()
             except (ValueError, IndexError, UnicodeDecodeError):
-                matched, listed_sans = False, ()
+                matched = False
             if not matched:
+                listed_sans: tuple[tuple[int, str], ...] = ()
+                with contextlib.suppress(ValueError, IndexError, UnicodeDecodeError):
+                    listed_sans = cert_details.all_sans(der) if der else ()
                 # Envoy 1.40's wording (observed): the peer's SANs in brackets, joined by
                 # ", " (DefaultCertValidator::verifyCertificate's fmt::join; observed with a
                 # certificate of four SANs), each as generalNameAsString writes it
