@@ -248,9 +248,11 @@ def _bootstrap(ports: dict[str, int], admin: int, backend: int, echo: int,
             "static_resources": {"listeners": listeners, "clusters": clusters}}
 
 
-def _backend(certs: dict[str, Path]) -> socket.socket:
+def _backend(certs: dict[str, Path], refusals: list[str]) -> socket.socket:
     """A TLS HTTP/1.1 backend with the backend certificate that requires a client
-    certificate of the test's root and answers each request head with 200 "ok"."""
+    certificate of the test's root and answers each request head with 200 "ok"; how each
+    handshake that failed ended joins REFUSALS (the alert the proxy sent, as ``ssl``
+    names it, or the error)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(certs["backend"] / "cert-chain.pem", certs["backend"] / "key.pem")
     ctx.load_verify_locations(certs["backend"] / "root-cert.pem")
@@ -259,7 +261,11 @@ def _backend(certs: dict[str, Path]) -> socket.socket:
     def handle(conn: socket.socket) -> None:
         try:
             tls = ctx.wrap_socket(conn, server_side=True)
-        except (OSError, ssl.SSLError):
+        except ssl.SSLError as e:
+            refusals.append(str(e.reason))
+            return
+        except OSError as e:
+            refusals.append(type(e).__name__)
             return
         with tls:
             for head in lp.request_heads(tls):
@@ -369,7 +375,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
              ) -> Iterator[dict[str, tuple[Lines, dict[str, str]]]]:
     tmp = tmp_path_factory.mktemp("tls-ops")
-    backend = _backend(certs)
+    refusals: list[str] = []
+    backend = _backend(certs, refusals)
     try:
         with lp.echo_backend() as echo:
             found: dict[str, tuple[Lines, dict[str, str]]] = {}
@@ -383,6 +390,7 @@ def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
                                                      backend.getsockname()[1], echo, certs,
                                                      logs)))
                 handshakes: dict[str, str] = {}
+                seen = len(refusals)
                 with lp.loopback_proxy(kind, cfg, ports["plain"]):
                     ctx13 = _client_context(certs)
                     # two requests on one connection: the second goes out on the pooled
@@ -411,6 +419,8 @@ def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
                     for client in (None, "stranger"):  # refused: which alert says so
                         handshakes[f"refused-{client}"] = _refusal(ports["http"], certs,
                                                                    client)
+                    handshakes["refused-san"] = _refusal(ports["dsan-email-miss"], certs,
+                                                         "client")
                     counts = {"http": 6 + len(SAN_CASES), "plain": 2, "tcp13": 1, "tcp12": 1}
                     got: Lines = {}
                     for name, count in counts.items():
@@ -418,6 +428,8 @@ def outcomes(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
                             got[f"{name}.{suffix}"] = lp.wait_lines(logs / f"{name}.{suffix}",
                                                                     count)
                             assert len(got[f"{name}.{suffix}"]) == count, (kind, name, got)
+                # what the backend read from the proxy refusing its certificate
+                handshakes["upstream-refusals"] = ",".join(sorted(refusals[seen:]))
                 found[kind] = (got, handshakes)
             yield found
     finally:
@@ -467,14 +479,27 @@ def test_refused_client_certificates_get_envoys_alert(
         outcomes: dict[str, tuple[Lines, dict[str, str]]]) -> None:
     """A handshake refused for the client's certificate ends with the alert OpenSSL
     wrote, sent before the close as Envoy sends BoringSSL's (no certificate:
-    handshake_failure; a certificate whose signature fails: decrypt_error), not with a
-    bare close (uvloop drops the alert; tls._alerting_handshake sends it)."""
+    handshake_failure; a certificate whose signature fails: decrypt_error; one no SAN
+    matcher accepts: certificate_unknown, the SAN matchers running in the handshake),
+    not with a bare close (uvloop drops the alert; handshake.alerting sends it) or, for
+    the SANs, a completed handshake and a close (transport/handshake.py)."""
     envoy, remora = outcomes["envoy"][1], outcomes["remora"][1]
     refused = [k for k in envoy if k.startswith("refused-")]
     assert {k: envoy[k] for k in refused} == {
         "refused-None": "alert SSLV3_ALERT_HANDSHAKE_FAILURE",
-        "refused-stranger": "alert TLSV1_ALERT_DECRYPT_ERROR"}
+        "refused-stranger": "alert TLSV1_ALERT_DECRYPT_ERROR",
+        "refused-san": "alert SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
     assert {k: remora[k] for k in refused} == {k: envoy[k] for k in refused}
+
+
+def test_upstream_san_refusals_send_envoys_alert(
+        outcomes: dict[str, tuple[Lines, dict[str, str]]]) -> None:
+    """The proxy as client refuses the backend's certificate in the handshake (the SAN
+    matcher clusters, TLS 1.2): the backend reads certificate_unknown, as from Envoy."""
+    envoy = outcomes["envoy"][1]["upstream-refusals"]
+    refused = sum(not ok for _, ok in SAN_CASES.values())
+    assert envoy.count("SSLV3_ALERT_CERTIFICATE_UNKNOWN") == refused, envoy
+    assert outcomes["remora"][1]["upstream-refusals"] == envoy
 
 
 def _der(directory: Path) -> bytes:

@@ -14,8 +14,10 @@ The subset Istio's sidecars use:
 Certificates are read again when a file they come from changes (checked per handshake,
 by stat), so a rotated workload certificate is used by the next connection while open
 ones keep theirs. A file that cannot be loaded leaves the previous context in use.
-SAN matching happens right after the handshake (``ssl`` has no verify callback); the
-connection is closed on mismatch with Envoy's failure reason text.
+SAN matching happens in the handshake, from OpenSSL's verify callback (handshake.py), so
+a refused certificate fails it with Envoy's alert and failure reason; where that callback
+cannot be installed, and for a request's SAN list override, right after the handshake
+(the connection is then closed with Envoy's failure reason text).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from typing import Any
 from remora.proxy.config.strict import ConfigError, Fields, type_url_of
 from remora.proxy.rbac_engine import string_matcher
 from remora.proxy.stream_info import StreamInfo
-from remora.proxy.transport import cert_details, cipher_list, cipher_order
+from remora.proxy.transport import cert_details, cipher_list, cipher_order, handshake
 from remora.proxy.transport.cert_details import (
     TlsPeer,
     all_sans,
@@ -99,9 +100,10 @@ class _DirectSSLObject(ssl.SSLObject):
             incoming, outgoing, *args, **kwargs)
         inner = obj._sslobj  # type: ignore[attr-defined]
         inner_read = inner.read
-        fd = _HANDSHAKE_FD.get()
-        if fd >= 0 and obj.server_side:
-            obj.__dict__["do_handshake"] = _alerting_handshake(inner.do_handshake, outgoing, fd)
+        hs = handshake.HANDSHAKE.get()
+        if hs is not None:  # a failed handshake's alert is sent (handshake.py)
+            obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, outgoing,
+                                                              hs.fd)
 
         def read(size: int = 1024, buffer: Any = None) -> Any:
             # uvloop asks for 256 KiB per read (SSL_READ_MAX_SIZE) and _ssl allocates
@@ -116,39 +118,6 @@ class _DirectSSLObject(ssl.SSLObject):
 
         obj.__dict__.update(read=read, write=inner.write, pending=inner.pending)
         return obj
-
-
-# The socket of the downstream handshake this task is doing (accept_downstream sets it;
-# uvloop creates the connection's SSLObject in a callback that runs in a copy of the
-# task's context, so each connection's object reads its own).
-_HANDSHAKE_FD: contextvars.ContextVar[int] = contextvars.ContextVar("remora_tls_fd",
-                                                                    default=-1)
-
-
-def _alerting_handshake(handshake: Callable[[], None], outgoing: ssl.MemoryBIO,
-                        fd: int) -> Callable[[], None]:
-    """The server side's do_handshake, sending the alert a failed handshake leaves in
-    the outgoing BIO before raising. OpenSSL writes the alert (handshake_failure for no
-    shared cipher, bad_certificate / unknown_ca / certificate_required for a refused
-    client certificate) there as BoringSSL does in Envoy, which sends it; uvloop's
-    SSLProtocol closes the transport on the error without flushing that BIO, so the
-    client only saw the connection close ("EOF occurred in violation of protocol" where
-    Envoy's client reads "sslv3 alert handshake failure"). Written straight to the
-    socket: the earlier handshake flights went out as uvloop wrote them (a fresh
-    connection's send buffer takes them at once), and uvloop closes the socket right
-    after."""
-    def do_handshake() -> None:
-        try:
-            handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError:
-            alert = outgoing.read()
-            if alert:
-                with contextlib.suppress(OSError):
-                    os.write(fd, alert)
-            raise
-    return do_handshake
 
 
 class TlsError(Exception):
@@ -296,6 +265,19 @@ def _san_matcher(item: Fields) -> SanMatcher:
     return SanMatcher(_SAN_TAGS[san_type], oid if san_type == "OTHER_NAME" else None, check)
 
 
+def san_failure(der: bytes | None) -> str:
+    """Envoy 1.40's failure reason for a certificate no SAN matcher accepted (observed):
+    the peer's SANs in brackets, joined by ", " (DefaultCertValidator::verifyCertificate's
+    fmt::join; observed with a certificate of four SANs), each as generalNameAsString
+    writes it."""
+    listed_sans: tuple[tuple[int, str], ...] = ()
+    with contextlib.suppress(ValueError, IndexError, UnicodeDecodeError):
+        listed_sans = cert_details.all_sans(der) if der else ()
+    listed = ", ".join(v for _, v in listed_sans)
+    return (f"{VERIFY_FAILED}:verify cert failed: SAN matcher, certificate SANs are "
+            f"[{listed}]:TLS_error_end")
+
+
 def _validation(f: Fields, m: Material) -> None:
     m.trusted_ca = _data_source(f.fields("trusted_ca", "DataSource"), f.at("trusted_ca")) \
         or m.trusted_ca
@@ -416,6 +398,10 @@ class TlsTransport:
             ctx.verify_mode = ssl.CERT_NONE
             if self.server and self.require_client_certificate:
                 raise TlsError("require_client_certificate needs a validation context")
+        # the SAN matchers in the handshake, as Envoy's validator runs from BoringSSL's
+        # verify callback (a refusal is then the handshake's, with its alert)
+        if m.sans and ctx.verify_mode != ssl.CERT_NONE:
+            handshake.install_verify(ctx)
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
         if self.server:  # TLS 1.3 by the client's order, TLS 1.2's groups by it too, as
@@ -458,9 +444,28 @@ class TlsTransport:
         return ctx
 
     # -- after the handshake ------------------------------------------------------------
-    def verify_peer(self, sslobj: ssl.SSLObject | ssl.SSLSocket | None) -> PeerInfo:
+    def san_check(self, ctx: ssl.SSLContext) -> Callable[[bytes], str | None] | None:
+        """The SAN matchers of CTX, the current context, as a check of a peer's leaf DER
+        (None when it passes, else Envoy's failure reason), run in the handshake by the
+        verify callback (handshake.py); None without matchers or callback."""
+        sans = self.sans
+        if not sans or not handshake.verifies(ctx):
+            return None
+
+        def check(der: bytes) -> str | None:
+            try:
+                if san_matches(der, sans):
+                    return None
+            except (ValueError, IndexError, UnicodeDecodeError):
+                pass
+            return san_failure(der)
+        return check
+
+    def verify_peer(self, sslobj: ssl.SSLObject | ssl.SSLSocket | None,
+                    sans_checked: bool = False) -> PeerInfo:
         """Peer identity facts; raises TlsError when a SAN matcher is configured and the
-        peer's certificate (if any was verified) matches none."""
+        peer's certificate (if any was verified) matches none (unless SANS_CHECKED: the
+        verify callback passed it in the handshake)."""
         peer = PeerInfo()
         cert: dict[str, Any] = dict(sslobj.getpeercert() or {}) if sslobj is not None else {}
         values: list[tuple[str, str]] = [(str(k), str(v))
@@ -470,21 +475,15 @@ class TlsTransport:
             peer.uri_sans = tuple(v for k, v in values if k == "URI")
             peer.dns_sans = tuple(v for k, v in values if k == "DNS")
         if self.sans and cert:
+            if sans_checked:
+                return peer
             der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
             try:
                 matched = der is not None and san_matches(der, self.sans)
             except (ValueError, IndexError, UnicodeDecodeError):
                 matched = False
             if not matched:
-                listed_sans: tuple[tuple[int, str], ...] = ()
-                with contextlib.suppress(ValueError, IndexError, UnicodeDecodeError):
-                    listed_sans = cert_details.all_sans(der) if der else ()
-                # Envoy 1.40's wording (observed): the peer's SANs in brackets, joined by
-                # ", " (DefaultCertValidator::verifyCertificate's fmt::join; observed with a
-                # certificate of four SANs), each as generalNameAsString writes it
-                listed = ", ".join(v for _, v in listed_sans)
-                raise TlsError(f"{VERIFY_FAILED}:verify cert failed: SAN matcher, certificate "
-                               f"SANs are [{listed}]:TLS_error_end", "fail_verify_san")
+                raise TlsError(san_failure(der), "fail_verify_san")
         elif self.sans and not self.server:
             raise TlsError(f"{VERIFY_FAILED}:TLS_error_end", "fail_verify_error")
         return peer
@@ -623,22 +622,27 @@ async def accept_downstream(
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     protocol = asyncio.StreamReaderProtocol(reader)
-    token = _HANDSHAKE_FD.set(conn.fileno())  # the handshake's alerts (_alerting_handshake)
+    # the handshake's alert and SAN check inside OpenSSL (handshake.py)
+    hs = handshake.Handshake(conn.fileno())
+    token = handshake.HANDSHAKE.set(hs)
     try:
         ctx = transport.context()
+        hs.check = transport.san_check(ctx)
         # of the certificate this handshake uses
         local_uri_sans, local_der = transport.local_uri_sans, transport.local_der
         tr, _ = await loop.connect_accepted_socket(
             lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
+        if hs.failure is not None:
+            raise TlsError(hs.failure, "fail_verify_san") from exc
         reason, stat = failure_reason(exc)
         raise TlsError(reason, stat) from exc
     finally:
-        _HANDSHAKE_FD.reset(token)
+        handshake.HANDSHAKE.reset(token)
     writer = asyncio.StreamWriter(tr, protocol, reader, loop)
     sslobj = tr.get_extra_info("ssl_object")
     try:
-        peer = transport.verify_peer(sslobj)
+        peer = transport.verify_peer(sslobj, hs.checked)
     except TlsError:
         tr.abort()
         raise
@@ -708,21 +712,31 @@ async def connect_upstream(
     sni = transport.sni or ""
     if override is not None and override.sni:
         sni = override.sni
+    # the handshake's alert and SAN check inside OpenSSL (handshake.py); a request's SAN
+    # list override is checked after the handshake, before the configured matchers
+    hs = handshake.Handshake(sock.fileno())
+    token = handshake.HANDSHAKE.set(hs)
     try:
         ctx = transport.context()
+        if override is None or not override.sans:
+            hs.check = transport.san_check(ctx)
         local_der = transport.local_der  # of the certificate this handshake uses
         tr, _ = await loop.create_connection(
             protocol_factory, sock=sock, ssl=ctx, server_hostname=sni,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
         sock.close()
+        if hs.failure is not None:
+            raise TlsError(hs.failure, "fail_verify_san") from exc
         reason, stat = failure_reason(exc)
         raise TlsError(reason, stat) from exc
+    finally:
+        handshake.HANDSHAKE.reset(token)
     sslobj = tr.get_extra_info("ssl_object")
     try:
         if override is not None and override.sans:
             verify_san_list(sslobj, override.sans)
-        peer = transport.verify_peer(sslobj)
+        peer = transport.verify_peer(sslobj, hs.checked)
     except TlsError:
         tr.abort()
         raise

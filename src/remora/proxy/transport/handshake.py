@@ -1,0 +1,189 @@
+"""What one TLS handshake needs from its connection inside OpenSSL: the socket to send a
+failing handshake's alert on, and the SAN check to run while the peer's certificate is
+verified, as BoringSSL runs Envoy's (DefaultCertValidator, from its verify callback).
+
+uvloop's SSLProtocol drives the handshake on its own memory BIOs and, when the handshake
+fails, closes the transport without flushing the alert OpenSSL wrote to the outgoing BIO,
+so the peer saw a bare close where Envoy's peer reads the alert. And ``ssl`` has no verify
+callback, so the SAN matchers ran after the handshake had completed: a refused
+certificate cost the peer a completed handshake and a close instead of Envoy's
+certificate_unknown alert.
+
+The TLS transport (tls.py) sets ``HANDSHAKE`` to a ``Handshake`` for the connection
+before it starts the handshake; uvloop runs the connection's callbacks (and so OpenSSL's
+calls into the SSLObject and the verify callback) in a copy of the task's context, so
+each handshake reads its own. The verify callback is OpenSSL's (SSL_CTX_set_verify,
+through ctypes on the libssl ``_ssl`` links, as cipher_order.py installs the client-hello
+callback): at depth 0, once OpenSSL's own checks passed, the leaf's DER goes to the
+handshake's check; a refusal fails the verification with an X509 error ssl_x509err2alert
+has no entry for, so OpenSSL sends certificate_unknown, the alert BoringSSL sends for
+Envoy's failed SAN match. Where the callback cannot be installed, tls.py checks the SANs
+after the handshake, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import logging
+import os
+import ssl
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remora.proxy.transport import cipher_order
+
+log = logging.getLogger("remora.proxy")
+
+
+@dataclass(slots=True)
+class Handshake:
+    """One connection's handshake: its socket's fd, the SAN check of the peer's leaf
+    certificate (DER -> None when it passes, else the failure reason), and what the check
+    concluded (``checked``: it ran in the handshake; ``failure``: its reason)."""
+
+    fd: int
+    check: Callable[[bytes], str | None] | None = None
+    checked: bool = False
+    failure: str | None = None
+
+
+HANDSHAKE: contextvars.ContextVar[Handshake | None] = contextvars.ContextVar(
+    "remora_tls_handshake", default=None)
+
+
+def alerting(handshake: Callable[[], None], outgoing: ssl.MemoryBIO,
+             fd: int) -> Callable[[], None]:
+    """An SSLObject's do_handshake that sends the alert a failed handshake leaves in the
+    outgoing BIO before raising (handshake_failure for no shared cipher,
+    certificate_required, decrypt_error, certificate_unknown for a refused SAN...), as
+    BoringSSL's is sent in Envoy. Written straight to the socket: the earlier flights
+    went out as uvloop wrote them (a fresh connection's send buffer takes them at once),
+    and uvloop closes the socket right after."""
+    def do_handshake() -> None:
+        try:
+            handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            alert = outgoing.read()
+            # a client without a usable version fails before its ClientHello: BoringSSL
+            # sends nothing then, where OpenSSL writes an alert (the server would read an
+            # unexpected message instead of Envoy's bare close)
+            if alert and exc.reason != "NO_PROTOCOLS_AVAILABLE":
+                with contextlib.suppress(OSError):
+                    os.write(fd, alert)
+            raise
+    return do_handshake
+
+
+# -- the verify callback ------------------------------------------------------------------
+_VERIFY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_X509_V_ERR_PERMITTED_VIOLATION = 47  # x509_vfy.h
+
+
+class _Lib:
+    def __init__(self) -> None:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        self.get_verify_mode = lib.SSL_CTX_get_verify_mode
+        self.get_verify_mode.restype = ctypes.c_int
+        self.get_verify_mode.argtypes = [ctypes.c_void_p]
+        self.set_verify = lib.SSL_CTX_set_verify
+        self.set_verify.restype = None
+        self.set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY]
+        self.depth = lib.X509_STORE_CTX_get_error_depth
+        self.depth.restype = ctypes.c_int
+        self.depth.argtypes = [ctypes.c_void_p]
+        self.current_cert = lib.X509_STORE_CTX_get_current_cert
+        self.current_cert.restype = ctypes.c_void_p
+        self.current_cert.argtypes = [ctypes.c_void_p]
+        self.set_error = lib.X509_STORE_CTX_set_error
+        self.set_error.restype = None
+        self.set_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.i2d = lib.i2d_X509
+        self.i2d.restype = ctypes.c_int
+        self.i2d.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))]
+
+
+_lib: _Lib | None = None
+_lib_failed = False
+
+
+def _libssl() -> _Lib | None:
+    global _lib, _lib_failed
+    if _lib is None and not _lib_failed:
+        try:
+            _lib = _Lib()
+        except (OSError, AttributeError) as exc:
+            _lib_failed = True
+            log.debug("libssl verify callback unavailable: %s", exc)
+    return _lib
+
+
+def _leaf_der(lib: _Lib, store: int) -> bytes | None:
+    cert = lib.current_cert(store)
+    if not cert:
+        return None
+    size = lib.i2d(cert, None)
+    if size <= 0:
+        return None
+    buf = (ctypes.c_ubyte * size)()
+    out = ctypes.cast(buf, ctypes.POINTER(ctypes.c_ubyte))
+    if lib.i2d(cert, ctypes.byref(out)) != size:
+        return None
+    return bytes(buf)
+
+
+def _on_verify(ok: int, store: int | None) -> int:
+    # OpenSSL's verdict stands where it refused (its X509 error gives the alert and the
+    # failure reason) and above the leaf; at the leaf, the handshake's SAN check
+    if not ok or not store:
+        return ok
+    hs = HANDSHAKE.get()
+    lib = _lib
+    if hs is None or hs.check is None or lib is None or lib.depth(store) != 0:
+        return ok
+    try:
+        der = _leaf_der(lib, store)
+        if der is None:
+            return ok  # checked after the handshake instead (checked stays False)
+        hs.failure = hs.check(der)
+        hs.checked = True
+    except Exception:  # never into OpenSSL: the check after the handshake decides
+        log.debug("verify callback failed", exc_info=True)
+        return ok
+    if hs.failure is None:
+        return 1
+    # an X509 error OpenSSL has no alert for (ssl_x509err2alert), so it sends
+    # certificate_unknown, as BoringSSL does for Envoy's failed SAN match (observed on
+    # 1.40); without an error OpenSSL 3 reports X509_V_ERR_UNSPECIFIED, internal_error.
+    # "permitted subtree violation": a name outside what the matchers permit
+    lib.set_error(store, _X509_V_ERR_PERMITTED_VIOLATION)
+    return 0
+
+
+_callback = _VERIFY(_on_verify)  # kept alive: OpenSSL holds the pointer
+_installed: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+
+
+def verifies(ctx: ssl.SSLContext) -> bool:
+    """Whether CTX has the verify callback (install_verify)."""
+    return ctx in _installed
+
+
+def install_verify(ctx: ssl.SSLContext) -> bool:
+    """Give CTX (its verify_mode set) the verify callback; whether it was installed."""
+    lib = _libssl()
+    order = cipher_order._libssl()
+    if lib is None or order is None:
+        return False
+    ptr = cipher_order._ctx_pointer(ctx, order)
+    if ptr is None:
+        return False
+    lib.set_verify(ptr, lib.get_verify_mode(ptr), _callback)
+    _installed.add(ctx)
+    return True
