@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from remora.controlplane import ca
 from remora.proxy.config.strict import ConfigError, Fields
@@ -182,3 +183,18 @@ def test_bad_contexts_are_config_errors(pki: dict[str, Any]) -> None:
         tls.parse_transport_socket(Fields(wrong_side, "ts"), server=True)
     raw_buffer = {"name": "envoy.transport_sockets.raw_buffer"}
     assert tls.parse_transport_socket(Fields(raw_buffer, "ts"), server=True) is None
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_san_refusal_is_the_handshakes_with_an_alert(pki: dict[str, Any], loop: str) -> None:
+    """The client's SAN matcher refuses the server's certificate inside the handshake
+    (transport/handshake.py's verify callback), so the server's handshake fails on the
+    certificate_unknown alert the client sends, as Envoy's does, instead of completing."""
+    client_t = upstream(pki["client_sds"], "spiffe://cluster.local/ns/demo-to/sa/other")
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    sres, cres = run(handshake(downstream(pki["server_sds"]), client_t))
+    assert isinstance(cres, tls.TlsError) and cres.stat == "fail_verify_san"
+    assert "SAN matcher, certificate SANs are [spiffe://cluster.local/ns/demo-to/sa/default]" \
+        in cres.reason
+    assert isinstance(sres, tls.TlsError), sres
+    assert "ALERT_CERTIFICATE_UNKNOWN" in sres.reason
