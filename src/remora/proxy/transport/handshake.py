@@ -1,6 +1,7 @@
 """What one TLS handshake needs from its connection inside OpenSSL: the socket to send a
-failing handshake's alert on, and the SAN check to run while the peer's certificate is
-verified, as BoringSSL runs Envoy's (DefaultCertValidator, from its verify callback).
+failing handshake's alert on, the SAN check to run while the peer's certificate is
+verified, as BoringSSL runs Envoy's (DefaultCertValidator, from its verify callback), and
+a client's session to resume (uvloop's SSLProtocol creates the SSLObject without one).
 
 uvloop's SSLProtocol drives the handshake on its own memory BIOs and, when the handshake
 fails, closes the transport without flushing the alert OpenSSL wrote to the outgoing BIO,
@@ -48,6 +49,8 @@ class Handshake:
     check: Callable[[bytes], str | None] | None = None
     checked: bool = False
     failure: str | None = None
+    # a client's session to resume (the context's last one: tls.TlsTransport.session)
+    session: ssl.SSLSession | None = None
 
 
 HANDSHAKE: contextvars.ContextVar[Handshake | None] = contextvars.ContextVar(

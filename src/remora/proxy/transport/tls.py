@@ -96,11 +96,19 @@ class _DirectSSLObject(ssl.SSLObject):
     @classmethod
     def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any,
                 **kwargs: Any) -> _DirectSSLObject:
-        obj: _DirectSSLObject = super()._create(  # type: ignore[misc]
-            incoming, outgoing, *args, **kwargs)
+        hs = handshake.HANDSHAKE.get()
+        create: Callable[..., _DirectSSLObject] = super()._create  # type: ignore[misc]
+        obj = None
+        if hs is not None and hs.session is not None and not kwargs.get("server_side"):
+            # resume the cluster's last session, as Envoy's ClientContextImpl::newSsl
+            # sets one from its session cache; one of a context replaced since (a
+            # rotated certificate) is refused, and the handshake is a full one
+            with contextlib.suppress(ValueError):
+                obj = create(incoming, outgoing, *args, **{**kwargs, "session": hs.session})
+        if obj is None:
+            obj = create(incoming, outgoing, *args, **kwargs)
         inner = obj._sslobj  # type: ignore[attr-defined]
         inner_read = inner.read
-        hs = handshake.HANDSHAKE.get()
         if hs is not None:  # a failed handshake's alert is sent (handshake.py)
             obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, outgoing,
                                                               hs.fd)
@@ -322,6 +330,11 @@ class TlsTransport:
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
     sans: list[SanMatcher] = field(default_factory=list)
+    # UpstreamTlsContext.max_session_keys (default 1; 0: no resumption) and the SSLObject
+    # of the last handshake, whose session (TLS 1.3's arrives after the handshake, in a
+    # NewSessionTicket) the next connection resumes
+    max_session_keys: int = 1
+    _resume_from: tuple[str, ssl.SSLObject] | None = None  # (its SNI, the SSLObject)
     # the URI SANs of the current context's certificate (Envoy's uriSanLocalCertificate,
     # x-forwarded-client-cert's By=), read when the context is (re)built
     local_uri_sans: tuple[str, ...] = ()
@@ -442,6 +455,28 @@ class TlsTransport:
             with contextlib.suppress(ValueError):
                 self.local_uri_sans = uri_sans(self.local_der)
         return ctx
+
+    # -- client sessions -----------------------------------------------------------------
+    def session(self, sni: str) -> ssl.SSLSession | None:
+        """The session a client handshake with server name SNI offers: the last
+        handshake's, once it is resumable (a TLS 1.2 session ID or ticket; a TLS 1.3
+        ticket), as BoringSSL's client session cache of max_session_keys (Envoy keeps the
+        newest first). Only to the same server name: an OpenSSL server resuming a TLS 1.2
+        session reports the session's server name, not the one sent (observed with
+        auto_sni, test_auto_sni_h2_envoy_parity.py, where Envoy's next name gets a full
+        handshake)."""
+        last = self._resume_from
+        if last is None or last[0] != sni or not self.max_session_keys:
+            return None
+        session = last[1].session
+        if session is None or not (session.has_ticket or session.id):
+            return None
+        return session
+
+    def handshake_done(self, sni: str, sslobj: ssl.SSLObject | None) -> None:
+        """Keep SSLOBJ (a client connection's, to server name SNI) for its session."""
+        if self.max_session_keys and sslobj is not None:
+            self._resume_from = (sni, sslobj)
 
     # -- after the handshake ------------------------------------------------------------
     def san_check(self, ctx: ssl.SSLContext) -> Callable[[bytes], str | None] | None:
@@ -575,6 +610,8 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
         typed.ignore("disable_stateless_session_resumption", "disable_stateful_session_resumption")
     else:
         t.sni = typed.string("sni") or None
+        keys = typed.integer("max_session_keys")
+        t.max_session_keys = 1 if keys is None else int(keys)
     common = typed.fields("common_tls_context", "CommonTlsContext")
     typed.done()
     if common is None:
@@ -720,6 +757,7 @@ async def connect_upstream(
         ctx = transport.context()
         if override is None or not override.sans:
             hs.check = transport.san_check(ctx)
+        hs.session = transport.session(sni)
         local_der = transport.local_der  # of the certificate this handshake uses
         tr, _ = await loop.create_connection(
             protocol_factory, sock=sock, ssl=ctx, server_hostname=sni,
@@ -740,6 +778,7 @@ async def connect_upstream(
     except TlsError:
         tr.abort()
         raise
+    transport.handshake_done(sni, sslobj)
     # the access log's UPSTREAM_* TLS operators: the server's certificate and the chain
     # it sent, and the local (client) certificate of the context the handshake used
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
