@@ -198,3 +198,54 @@ def test_san_refusal_is_the_handshakes_with_an_alert(pki: dict[str, Any], loop: 
         in cres.reason
     assert isinstance(sres, tls.TlsError), sres
     assert "ALERT_CERTIFICATE_UNKNOWN" in sres.reason
+
+
+@pytest.mark.parametrize("keys", [None, 0])
+def test_client_resumes_its_last_session(pki: dict[str, Any], keys: int | None) -> None:
+    """An UpstreamTlsContext's next handshake resumes the last one's session (Envoy's
+    client session cache, max_session_keys 1 by default; 0 turns it off), TLS 1.3 too
+    (its ticket arrives after the handshake, read by the time of the next connection)."""
+    raw = {"name": tls.TLS_NAME, "typed_config": {
+        "@type": TYPE + tls.UPSTREAM, "common_tls_context": context(
+            pki["client_sds"], SERVER_ID, [])}}
+    if keys is not None:
+        raw["typed_config"]["max_session_keys"] = keys
+    client_t = tls.parse_transport_socket(Fields(raw, "ts"), server=False)
+    assert client_t is not None
+    server_t = downstream(pki["server_sds"])
+
+    async def twice() -> list[bool]:
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        lsock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        reused = []
+        try:
+            for _ in range(2):
+                async def serve() -> None:
+                    conn, _ = await loop.sock_accept(lsock)
+                    _r, w, _p, _a = await tls.accept_downstream(conn, server_t, 1 << 16)
+                    w.write(b"hi")
+                    await w.drain()
+                    await asyncio.sleep(0.05)
+                    w.close()
+
+                async def connect() -> bool:
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, lsock.getsockname())
+                    reader = asyncio.StreamReader()
+                    tr, _peer, _alpn = await tls.connect_upstream(
+                        sock, client_t, lambda: asyncio.StreamReaderProtocol(reader))
+                    assert await reader.readexactly(2) == b"hi"  # the ticket came first
+                    was = bool(tr.get_extra_info("ssl_object").session_reused)
+                    tr.close()
+                    return was
+                _, was = await asyncio.gather(serve(), connect())
+                reused.append(was)
+        finally:
+            lsock.close()
+        return reused
+
+    assert uvloop.run(twice()) == [False, keys is None]
