@@ -581,6 +581,21 @@ def _send_all(sock: socket.socket, size: int) -> None:
         sock.sendall(b"x" * size)
 
 
+def _described_once(kube: Kube, pod: str, pattern: str) -> tuple[str, str]:
+    """POD's (in demo-to) IP and `kubectl describe`, polled once a second until the
+    description matches PATTERN (60 s at most; the last one then)."""
+    ip = described = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ip = kube.kubectl("get", "pod", "-n", "demo-to", pod, "-o",
+                          "jsonpath={.status.podIP}").stdout
+        described = kube.kubectl("describe", "pod", "-n", "demo-to", pod).stdout
+        if re.search(pattern, described):
+            break
+        time.sleep(1)
+    return ip, described
+
+
 def test_a_failing_readiness_probe_is_a_counted_unhealthy_event(
         kube: Kube, tmp_path: Path) -> None:
     """kubelet's `Warning Unhealthy` for each failed readiness probe, once per period
@@ -596,16 +611,8 @@ def test_a_failing_readiness_probe_is_a_counted_unhealthy_event(
             "readinessProbe": {"tcpSocket": {"port": 1}, "periodSeconds": 1}}]}}))
     kube.kubectl("apply", "-f", str(manifest))
     try:
-        ip = ""
-        described = ""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ip = kube.kubectl("get", "pod", "-n", "demo-to", "unready", "-o",
-                              "jsonpath={.status.podIP}").stdout
-            described = kube.kubectl("describe", "pod", "-n", "demo-to", "unready").stdout
-            if re.search(r"Unhealthy\s+\S+ \(x[3-9] over", described):
-                break
-            time.sleep(1)
+        ip, described = _described_once(kube, "unready",
+                                        r"Unhealthy\s+\S+ \(x[3-9] over")
         events = described[described.index("\nEvents:"):].splitlines()
         unhealthy = [line for line in events if "Unhealthy" in line]
         assert len(unhealthy) == 1, described
@@ -646,17 +653,8 @@ def test_a_failing_liveness_probe_kills_and_restarts_the_container(
     applied = kube.kubectl("apply", "-f", str(manifest))
     assert "unknown field" not in applied.stderr, applied.stderr
     try:
-        ip = ""
-        described = ""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ip = kube.kubectl("get", "pod", "-n", "demo-to", "unlive", "-o",
-                              "jsonpath={.status.podIP}").stdout
-            described = kube.kubectl("describe", "pod", "-n", "demo-to", "unlive").stdout
-            if re.search(r"Restart Count:\s+[2-9]", described) and \
-                    re.search(r"Killing\s+\S+ \(x[2-9] over", described):
-                break
-            time.sleep(1)
+        ip, described = _described_once(
+            kube, "unlive", r"Restart Count:\s+[2-9](?s:.*)Killing\s+\S+ \(x[2-9] over")
         events = described[described.index("\nEvents:"):].splitlines()
         unhealthy = [line for line in events if "Unhealthy" in line]
         assert len(unhealthy) == 1 and unhealthy[0].split()[:2] == ["Warning", "Unhealthy"]
