@@ -69,10 +69,11 @@ class DrainDecision(Protocol):
 
     def drain_close(self) -> bool: ...
 
-    def add_on_drain(self, cb: Callable[[float], None]) -> Callable[[], None]:
+    def add_on_drain(self, cb: Callable[[float, float], None]) -> Callable[[], None]:
         """Envoy's addOnDrainCloseCb: CB is told, once, when a drain that concerns the
-        connection starts, the delay (seconds) after which to start draining unasked;
-        returns what unregisters it (server/drain.py)."""
+        connection starts, the seconds to its 2/3 mark and from there to its end, from
+        which it picks when to start draining unasked (server/drain.py start_delay);
+        returns what unregisters it."""
         ...
 
 

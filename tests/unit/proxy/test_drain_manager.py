@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from remora.proxy.config.strict import ConfigError
-from remora.proxy.server.drain import NEVER_DRAIN, DrainManager
+from remora.proxy.server.drain import NEVER_DRAIN, DrainManager, start_delay
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy.http.fakes import FakeClusterManager, FakeContext, build_hcm, hcm_config
 
@@ -45,36 +46,57 @@ def test_gradual_probability_grows_with_elapsed_time() -> None:
     assert all(d.drain_close() for _ in range(100))
 
 
-def test_connections_are_told_in_the_last_third_of_the_drain() -> None:
+def test_connections_are_told_of_the_drains_last_third() -> None:
     """add_on_drain (Envoy's addOnDrainCloseCb): told once when the drain that concerns
-    them starts, the delay a moment between 2/3 and 9/10 of the drain time; unregistered
+    them starts, the seconds to its 2/3 mark and from there to its end; unregistered
     callbacks and other listeners' (inboundonly) are not told; one registered during the
-    drain is told at once."""
+    drain is told at once, before the 2/3 mark, and never after it (as Envoy 1.40 tells
+    a connection accepted then: server/drain.py)."""
     m = DrainManager(drain_time=30.0, strategy="immediate")
-    told: dict[str, list[float]] = {"in": [], "out": [], "gone": []}
-    m.for_listener(True).add_on_drain(told["in"].append)
-    m.for_listener(False).add_on_drain(told["out"].append)
-    m.for_listener(True).add_on_drain(told["gone"].append)()  # unregistered at once
+    told: dict[str, list[tuple[float, float]]] = {"in": [], "out": [], "gone": []}
+
+    def to(name: str) -> Callable[[float, float], None]:
+        return lambda until, left: told[name].append((until, left))
+    m.for_listener(True).add_on_drain(to("in"))
+    m.for_listener(False).add_on_drain(to("out"))
+    m.for_listener(True).add_on_drain(to("gone"))()  # unregistered at once
     m.start(inbound_only=True)
     assert told["out"] == [] and told["gone"] == []
-    assert len(told["in"]) == 1 and 20.0 - 0.1 <= told["in"][0] <= 27.0
-    late: list[float] = []
-    m.for_listener(True).add_on_drain(late.append)
-    assert len(late) == 1 and 19.0 < late[0] <= 27.0
-    assert NEVER_DRAIN.add_on_drain(late.append)() is None and len(late) == 1
+    assert len(told["in"]) == 1 and 19.9 <= told["in"][0][0] <= 20.0
+    assert told["in"][0][1] == pytest.approx(10.0)
+    late: list[tuple[float, float]] = []
+    m.for_listener(True).add_on_drain(lambda until, left: late.append((until, left)))
+    assert len(late) == 1 and 19.0 < late[0][0] <= 20.0
+    m.started = time.monotonic() - 21  # past the 2/3 mark: not told
+    m.for_listener(True).add_on_drain(lambda until, left: late.append((until, left)))
+    assert len(late) == 1
+    assert NEVER_DRAIN.add_on_drain(lambda until, left: None)() is None
+
+
+def test_start_delay_ends_the_sequence_by_the_drains_end() -> None:
+    """start_delay: a moment from the 2/3 mark to drain_timeout before the end (Envoy
+    1.40's HCM), never when drain_timeout does not fit in the last third."""
+    random.seed(3)
+    delays = [start_delay(20.0, 10.0, 4.0) for _ in range(2000)]
+    assert all(d is not None and 20.0 <= d <= 26.0 for d in delays)
+    assert min(d for d in delays if d is not None) < 20.5
+    assert max(d for d in delays if d is not None) > 25.5
+    assert start_delay(20.0, 10.0, 10.5) is None
+    assert start_delay(0.0, 2.0, 0.2) is not None
 
 
 def test_lds_drain_tells_its_chains_connections() -> None:
     m = DrainManager(drain_time=10.0)
     chain, other = m.for_listener(False), m.for_listener(False)
-    told: list[float] = []
-    untouched: list[float] = []
-    chain.add_on_drain(told.append)
-    other.add_on_drain(untouched.append)
+    told: list[tuple[float, float]] = []
+    untouched: list[tuple[float, float]] = []
+    chain.add_on_drain(lambda until, left: told.append((until, left)))
+    other.add_on_drain(lambda until, left: untouched.append((until, left)))
     local = DrainManager(10.0)
     local.start(False)
     chain.start_drain(local)
-    assert len(told) == 1 and 6.0 < told[0] <= 9.0 and untouched == []
+    assert len(told) == 1 and 6.5 < told[0][0] <= 10 * 2 / 3 and untouched == []
+    assert told[0][1] == pytest.approx(10 / 3)
 
 
 def test_hcm_drain_timeout_parsed() -> None:

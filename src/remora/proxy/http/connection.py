@@ -19,6 +19,17 @@ disconnect (Envoy: DC), a body that turns out malformed (DPE), the route timeout
 per-try or stream idle timeout cancel it with a reason (thrown into the coroutine where it
 waits, or the task cancelled), and the router turns that reason into Envoy's response and
 flags. No per-request task is created.
+
+Drain (server/drain.py): as a response starts, the listener's drain decision is asked
+(Envoy's ActiveStream::encodeHeaders); a yes, or a drain this connection was told of
+unasked, gives the response ``connection: close``. Told of a drain (add_on_drain), the
+connection starts its drain sequence at the moment server/drain.py's start_delay picks
+(Envoy's "drain deadline approaching": ConnectionManagerImpl::startDrainSequence, counted
+as downstream_cx_drain_close); the HCM's ``drain_timeout`` later (onDrainTimeout) an idle
+connection is closed after Envoy's delayed close (FlushWriteAndDelay: the client gets
+delayed_close_timeout, 1 s, to close first; what it sends meanwhile is dropped), and a
+request in flight then is finished with ``connection: close`` before the connection
+closes. Measured on Envoy 1.40: tests/unit/proxy/test_h1_drain_envoy_parity.py.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from remora.proxy.deferred_write import DeferredOutput, batch_for
 from remora.proxy.http.codec import CodecError, RequestDecoder
 from remora.proxy.http.stream import ActiveStream
 from remora.proxy.interfaces import Downstream
+from remora.proxy.server.drain import start_delay
 from remora.proxy.stream_info import StreamInfo
 from remora.proxy.takeover import take_over
 
@@ -51,6 +63,12 @@ class InFlight(Protocol):
 READ_SIZE = 65536
 BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default
 MAX_PIPELINED = 16
+# Envoy's HttpConnectionManager delayed_close_timeout default (a connection it closes
+# after a fatal codec error, or at a drain's drain_timeout, waits this long for the peer
+# to close first)
+DELAYED_CLOSE_S = 1.0
+# the connection's drain state (Envoy's ConnectionManagerImpl::DrainState)
+_NOT_DRAINING, _DRAINING, _CLOSING = 0, 1, 2
 
 
 class _DownstreamProtocol(asyncio.Protocol):
@@ -83,12 +101,16 @@ class _DownstreamProtocol(asyncio.Protocol):
 
 
 class Http1Connection:
-    # slots: its 46 attributes are more than CPython 3.11 shares in an instance's key
+    # slots: its 50 attributes are more than CPython 3.11 shares in an instance's key
     # table (30), so without them every attribute would be a dict lookup
     __slots__ = (
         "_cancel_by_task",
         "_coro",
         "_drain",
+        "_drain_notice",
+        "_drain_off",
+        "_drain_state",
+        "_drain_timer",
         "_drain_waiters",
         "_ended",
         "_ending",
@@ -149,6 +171,12 @@ class Http1Connection:
                                       self.cfg.max_headers_count, BUFFER_LIMIT)
         self.eof = False
         self._drain = downstream.drain
+        self._drain_state = _NOT_DRAINING
+        # a drain told of unasked (add_on_drain): when our drain sequence starts, and
+        # the drain_timeout after it
+        self._drain_notice: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._drain_off: Callable[[], None] | None = None
         self.active: ActiveStream | None = None
         self.cancel_reason: str | None = None
         self.idle = False
@@ -217,11 +245,58 @@ class Http1Connection:
     def drain_close(self) -> bool:
         """``draining`` as a method: what ActiveStream.encode_headers asks per response (a
         property is looked up the generic way on every read on CPython 3.11)."""
+        if self._drain_state:
+            # draining already (told of the drain): Envoy's encodeHeaders gives every
+            # HTTP/1.1 response connection: close once drain_state_ != NotDraining
+            return True
         if self._drain.drain_close():
             # ConnectionManagerImpl counts the connection it drains
             self.hcm.count("downstream_cx_drain_close")
+            self._drain_state = _DRAINING
             return True
         return False
+
+    def _on_drain_notice(self, until: float, left: float) -> None:
+        """A drain concerning this connection started (Envoy's drain-close callback):
+        start our drain sequence at the moment start_delay picks, whether or not a
+        request comes meanwhile (server/drain.py says when Envoy 1.40 does)."""
+        if self.eof or self._drain_state:
+            return
+        delay = start_delay(until, left, self.cfg.drain_timeout)
+        if delay is None:
+            return
+        when = self.loop.time() + delay
+        notice = self._drain_notice
+        if notice is not None:
+            if notice.when() <= when:
+                return
+            notice.cancel()
+        self._drain_notice = self.loop.call_at(when, self._start_drain)
+
+    def _start_drain(self) -> None:
+        """ConnectionManagerImpl::startDrainSequence, unasked ("drain deadline
+        approaching"): from now on each response says connection: close; the idle
+        connection is closed drain_timeout later (_drain_timeout)."""
+        self._drain_notice = None
+        if self.eof or self._drain_state or self._ending:
+            return
+        self.hcm.count("downstream_cx_drain_close")
+        self._drain_state = _DRAINING
+        self._drain_timer = self.loop.call_later(self.cfg.drain_timeout, self._drain_timeout)
+
+    def _drain_timeout(self) -> None:
+        """ConnectionManagerImpl::onDrainTimeout: the connection closes once no stream is
+        left (checkForDeferredClose): at once when idle, else after the stream in
+        flight, which ends with connection: close if its response has not started."""
+        self._drain_timer = None
+        if self.eof or self._ending:
+            return
+        self._drain_state = _CLOSING
+        act = self.active
+        if act is not None:
+            act.closing = True  # _stream_ended hands it to the task, which closes
+        else:
+            self._wake()
 
     def _take_over(self) -> None:
         """Switch the transport to our protocol; what the core's StreamReader already
@@ -607,9 +682,17 @@ class Http1Connection:
     async def run(self) -> None:
         self._task = asyncio.current_task()
         self._take_over()
+        if not self.eof:
+            self._drain_off = self._drain.add_on_drain(self._on_drain_notice)
         try:
             await self._serve()
         finally:
+            if self._drain_off is not None:
+                self._drain_off()
+            if self._drain_notice is not None:
+                self._drain_notice.cancel()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
             # before the close below (whose connection_lost would set eof too): who ended
             # it, and whether mid-request (a client gone while its request was active
             # ended the stream through on_eof's cancel_active("dc"), so it is asked by the
@@ -684,6 +767,11 @@ class Http1Connection:
                         self.hcm.count("downstream_rq_response_before_rq_complete")
                         self.hcm.count("downstream_rq_rx_reset")
                     await self._flush()
+                    if (self._drain_state == _CLOSING and stream.response_complete
+                            and not self.eof):
+                        # the stream a drain's drain_timeout waited for: Envoy's
+                        # checkForDeferredClose closes with FlushWriteAndDelay
+                        await self._delayed_close()
                     return
                 if dec.upgraded:
                     return
@@ -722,6 +810,31 @@ class Http1Connection:
             if self.idle and self.active is None and not dec.ready:
                 self.hcm.stats.inc(self.hcm.idle_timeout_stat)
                 return
+            if self._drain_state == _CLOSING and self.active is None:
+                await self._delayed_close()
+                return
+
+    async def _delayed_close(self) -> None:
+        """Envoy's close(FlushWriteAndDelay) with nothing left to write (a drained idle
+        connection): the client gets delayed_close_timeout to close first; what it sends
+        meanwhile is not read as requests (Envoy reads no more). Closed by the caller
+        (run) once the client closed or the timer fired, counted then as
+        downstream_cx_delayed_close_timeout as Envoy's ConnectionImpl counts it."""
+        self._ending = True  # remora closes first, whatever the client does meanwhile
+        self.tunnel = _dropped
+        deadline = self.loop.time() + DELAYED_CLOSE_S
+        while not self.eof:
+            left = deadline - self.loop.time()
+            if left <= 0:
+                self.hcm.count("downstream_cx_delayed_close_timeout")
+                return
+            self._waiter = self.loop.create_future()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self._waiter
+            finally:
+                self._waiter = None
 
     @staticmethod
     def _loop_time() -> float:
@@ -769,6 +882,10 @@ class Http1Connection:
         except asyncio.CancelledError:
             if self.take_cancel() is None:
                 raise
+
+
+def _dropped(data: bytes) -> None:
+    """Where the bytes a client sends during a delayed close go (nowhere)."""
 
 
 @types.coroutine

@@ -54,7 +54,7 @@ from ngh2 import Setting as SettingCodes
 from remora.proxy.deadline_timer import DeadlineTimer
 from remora.proxy.deferred_write import batch_for
 from remora.proxy.http.codec import Request, note_repeated
-from remora.proxy.http.connection import BUFFER_LIMIT
+from remora.proxy.http.connection import BUFFER_LIMIT, DELAYED_CLOSE_S
 from remora.proxy.http.header_map import INLINE_REQUEST, set_first
 from remora.proxy.http2.header_names import TO_STR, encode_fields, learn_str
 from remora.proxy.http2.keepalive import PING_DATA, Keepalive
@@ -68,6 +68,7 @@ from remora.proxy.http2.stream import (
     resume_in_task,
 )
 from remora.proxy.interfaces import Downstream
+from remora.proxy.server.drain import start_delay
 from remora.proxy.stats import Counter, counter
 from remora.proxy.takeover import take_over
 
@@ -78,9 +79,6 @@ if TYPE_CHECKING:
 # overload.premature_reset_min_stream_lifetime_seconds (runtime defaults)
 PREMATURE_RESET_TOTAL = 500
 PREMATURE_RESET_LIFETIME = 1.0
-# Envoy's HttpConnectionManager delayed_close_timeout default (a connection it closes
-# after a fatal codec error waits this long for the peer to close first)
-DELAYED_CLOSE_S = 1.0
 # the reset codes of nghttp2's own stream errors (_on_closed), as plain ints: an enum
 # member's lookup costs more than the test, once per stream
 _CODEC_RESETS = frozenset({int(ErrorCodes.PROTOCOL_ERROR), int(ErrorCodes.FLOW_CONTROL_ERROR)})
@@ -314,11 +312,14 @@ class Http2Connection:
         self._write()
         self._drain_timer = self.loop.call_later(self.cfg.drain_timeout, self._drain_timeout)
 
-    def _on_drain_notice(self, delay: float) -> None:
+    def _on_drain_notice(self, until: float, left: float) -> None:
         """A drain concerning this connection started (Envoy's drain-close callback):
-        start our drain sequence DELAY seconds from now, whether or not a response
+        start our drain sequence at a moment start_delay picks, whether or not a response
         starts meanwhile (server/drain.py says when Envoy 1.40 does)."""
         if self.closed or self.draining or self.goaway_sent:
+            return
+        delay = start_delay(until, left, self.cfg.drain_timeout)
+        if delay is None:
             return
         when = self.loop.time() + delay
         if self._drain_notice is not None:

@@ -11,7 +11,7 @@ always with ``--drain-strategy immediate``, with the probability elapsed/``--dra
 with ``gradual`` (the default); the listeners keep accepting and stop once the drain time
 is over. A yes gives an HTTP/1.1 response ``connection: close``; an HTTP/2 connection
 starts its own drain (a GOAWAY with last stream id 2^31-1, then ``drain_timeout`` later the
-final GOAWAY). That decision is asked only when a response starts; HTTP/2 connections are
+final GOAWAY). That decision is asked only when a response starts; HTTP connections are
 also told unasked late in the drain window (below). ``inboundonly`` limits all this to
 listeners whose ``traffic_direction`` is INBOUND.
 
@@ -40,18 +40,27 @@ server/runtime.py starts them), as Envoy's ListenerManagerImpl does:
   connection, anything whose drain decision was never asked. Nothing is sent first: an
   HTTP/2 connection still open then gets no last GOAWAY (observed on 1.40, as on SIGTERM).
 
-HTTP/2 connections are also told without a response starting (Envoy's push-based drain,
-DrainDecision::addOnDrainCloseCb, which the connection manager registers): on Envoy 1.40
-every HTTP/2 downstream connection of a draining listener or chain -- idle, or with a
-stream still waiting on its upstream -- starts its drain sequence (GOAWAY 2^31-1, the
-final GOAWAY ``drain_timeout`` later, then the close) at a random moment in the last
-third of the drain window, with either --drain-strategy: between 2/3 and 9/10 of
---drain-time-s after the drain started (measured with 30 idle connections at a time for
---drain-time-s 2, 4, 6 and 8, /drain_listeners?graceful and LDS removal alike; the
-drain manager's own callback delays, spread over the first quarter or zero, are not what
-decides it). ``add_on_drain`` is that registration; the callback gets the delay, from
-now, after which the connection should start its drain sequence
-(http2/downstream.py). HTTP/1.1 connections are not told this way.
+HTTP connections are also told without a response starting (Envoy's push-based drain,
+DrainDecision::addOnDrainCloseCb, which the connection manager registers). Envoy 1.40,
+measured on loopback (tests/unit/proxy/test_h2_drain_envoy_parity.py,
+test_h1_drain_envoy_parity.py; its debug log says "drain deadline approaching, draining
+connection"): every HTTP connection of a draining listener or chain accepted before 2/3 of
+--drain-time-s had passed since the drain started -- idle, or with a stream still waiting
+on its upstream; HTTP/1.1 or HTTP/2 alike, with either --drain-strategy,
+/drain_listeners?graceful and LDS removal alike -- starts its drain sequence at a random
+moment between 2/3 of the drain time and the HCM's ``drain_timeout`` before the drain's
+end, so that the sequence (``drain_timeout`` long) is over by then. Measured with 12-30
+idle connections at a time: --drain-time-s 6 with drain_timeout 0.2/1/1.9 s started
+between 4.0 and 5.8/5.0/4.1 s; 8 s with 0.2 s between 5.3 and 7.8 s; 12 s with 3 s between
+8 and 9 s. A connection whose drain_timeout is longer than a third of the drain time (6 s
+with 2.1, 3 or 5 s) is never told, nor is one accepted after the 2/3 mark (accepted at
+4.2 s of 6: never; at 3.9 s: told like the others; measured on HTTP/1.1 connections
+that had sent nothing yet, which Envoy then closes at once). (The drain manager's own callback
+delays, spread over the first quarter of the drain or zero in Envoy's source, are not
+what decides it.) ``add_on_drain`` is that registration; the callback gets
+(``until``, ``left``): the seconds from now to the 2/3 mark and from that mark to the
+drain's end, and ``start_delay`` picks the moment (http/connection.py,
+http2/downstream.py).
 """
 
 from __future__ import annotations
@@ -62,11 +71,24 @@ import time
 from collections.abc import Callable
 
 DRAIN_STRATEGIES = ("gradual", "immediate")
-# when an HTTP/2 connection is told of a drain unasked, as fractions of --drain-time-s
-# after the drain started (observed on Envoy 1.40, see above)
-NOTICE_FROM, NOTICE_TO = 2 / 3, 0.9
+# from when on an HTTP connection is told of a drain unasked, as a fraction of
+# --drain-time-s after the drain started (observed on Envoy 1.40, see above)
+APPROACH = 2 / 3
 
-OnDrain = Callable[[float], None]  # told the delay (s) after which to start draining
+# told (until, left): the seconds from now to the drain's 2/3 mark, and from that mark to
+# its end (start_delay says what a connection makes of them)
+OnDrain = Callable[[float, float], None]
+
+
+def start_delay(until: float, left: float, drain_timeout: float) -> float | None:
+    """Seconds from now after which a connection told (UNTIL, LEFT) of a drain starts its
+    drain sequence (Envoy's HCM: "drain deadline approaching"): a random moment from the
+    drain's 2/3 mark to DRAIN_TIMEOUT before its end, so the sequence is over by then;
+    None when DRAIN_TIMEOUT does not fit in what is left (Envoy 1.40 then never starts it:
+    the connection is left to the drain's end, see above)."""
+    if drain_timeout > left:
+        return None
+    return until + random.uniform(0.0, left - drain_timeout)
 
 
 def _nothing() -> None:
@@ -101,22 +123,23 @@ class DrainManager:
         for cb, inbound in list(self._on_drain.items()):
             if inbound or not inbound_only:
                 del self._on_drain[cb]
-                cb(self.notice_delay())
+                self.tell(cb)
         return True
 
-    def notice_delay(self) -> float:
-        """Seconds from now until a connection told of this (started) drain starts its
-        drain sequence: a random moment between NOTICE_FROM and NOTICE_TO of the drain
-        time after the start, or now if that is past."""
+    def tell(self, cb: OnDrain) -> None:
+        """Tell CB of this (started) drain: (until, left) as OnDrain says; not at all once
+        its 2/3 mark has passed (Envoy 1.40 does not tell a connection accepted after it,
+        see above)."""
         started = self.started if self.started is not None else time.monotonic()
-        at = started + random.uniform(NOTICE_FROM, NOTICE_TO) * self.drain_time
-        return max(0.0, at - time.monotonic())
+        until = started + APPROACH * self.drain_time - time.monotonic()
+        if until >= 0:
+            cb(until, (1 - APPROACH) * self.drain_time)
 
     def add_on_drain(self, inbound: bool, cb: OnDrain) -> Callable[[], None]:
         """Tell CB (a connection of an INBOUND or other listener) when the drain starts,
         or now if it has started and concerns it; returns what unregisters it."""
         if self.started is not None and (inbound or not self.inbound_only):
-            cb(self.notice_delay())
+            self.tell(cb)
             return _nothing
         self._on_drain[cb] = inbound
 
@@ -179,13 +202,13 @@ class ChainDrain:
             self.draining = True
             told, self._on_drain = self._on_drain, set()
             for cb in told:
-                cb(local.notice_delay())
+                local.tell(cb)
 
     def add_on_drain(self, cb: OnDrain) -> Callable[[], None]:
         """Envoy's addOnDrainCloseCb: tell CB when the server's drain or an LDS drain of
         this chain starts (at once if one has); returns what unregisters it."""
         if self.draining and self.local is not None:
-            cb(self.local.notice_delay())
+            self.local.tell(cb)
             return self.manager.add_on_drain(self.inbound, cb)
         self._on_drain.add(cb)
         off_server = self.manager.add_on_drain(self.inbound, cb)
