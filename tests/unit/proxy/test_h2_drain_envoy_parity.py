@@ -112,9 +112,9 @@ def _after(h2: RawH2, t0: float) -> list[tuple[Any, ...]]:
     (seconds after T0, type, GOAWAY's last stream and code), then ("closed", seconds)."""
     out: list[tuple[Any, ...]] = []
     for t, f in h2.frames:
+        if h2.t0 + t < t0 or isinstance(f, (hf.SettingsFrame, hf.WindowUpdateFrame)):
+            continue  # (compared unrounded: a frame 4 ms before T0 rounds to -0.0)
         at = round(h2.t0 + t - t0, 2)
-        if at < 0 or isinstance(f, (hf.SettingsFrame, hf.WindowUpdateFrame)):
-            continue
         if isinstance(f, hf.GoAwayFrame):
             out.append((at, "GOAWAY", f.last_stream_id, f.error_code))
         else:
