@@ -242,11 +242,46 @@ class _H2cBody:
         self.dec.on_message_complete()
 
 
+def _request_parser(protocol: object) -> httptools.HttpRequestParser:
+    """llhttp for a request, as lax as Envoy 1.40's HTTP/1 codec (BalsaParser by default)
+    where that changes nothing of the framing: whitespace (SP, HTAB) after a
+    chunk size, before its extension or line end (``2 ;x``, ``2\t;x``, ``0 ``), is
+    accepted, the size being the hex digits before it (observed on loopback: Envoy
+    forwards such a body re-chunked as ``2\r\nok``:
+    tests/unit/proxy/http/test_chunk_whitespace_envoy_parity.py). llhttp's default
+    answers 400 (``Invalid character in chunk size``). A vertical tab there stays refused
+    by both. (Envoy takes more still, which llhttp has no leniency for: whitespace or
+    control characters inside an extension, ``2; x=y``, and anything after the size's
+    whitespace, ``2 x``; remora refuses those, 400.)"""
+    parser = httptools.HttpRequestParser(protocol)
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    return parser
+
+
+def _strip_header_htab(data: bytes) -> bytes:
+    """DATA, which begins a request, with the OWS that ends its header lines dropped when
+    a header line ends in HTAB (``Transfer-Encoding: chunked<HTAB>``): RFC 9110 5.5 OWS,
+    which Envoy 1.40 drops from any value (observed: ``chunked<HTAB>`` is chunked,
+    forwarded as ``transfer-encoding: chunked``), but llhttp takes as part of a
+    Transfer-Encoding value and refuses (``Request has invalid Transfer-Encoding``; other
+    headers' trailing OWS it keeps, and on_header strips). Only a head that is whole in
+    DATA is touched, so that no body byte is (a head split across reads stays refused)."""
+    end = data.find(b"\r\n\r\n")
+    start = data.find(b"\r\n") + 2  # the header lines, after the request line
+    if end < 0 or _HTAB_OWS.search(data, start, end + 2) is None:
+        return data
+    return data[:start] + _TRAILING_OWS.sub(b"\r\n", data[start:end + 2]) + data[end + 2:]
+
+
+_HTAB_OWS = re.compile(rb"\t[ \t]*\r\n")  # trailing OWS with an HTAB in it
+_TRAILING_OWS = re.compile(rb"[ \t]+\r\n")
+
+
 class RequestDecoder:
     """httptools callbacks -> ``Request`` objects in ``ready`` (pipelining-safe)."""
 
     def __init__(self, max_header_bytes: int, max_headers: int, buffer_limit: int) -> None:
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _request_parser(self)
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.buffer_limit = buffer_limit
@@ -277,6 +312,8 @@ class RequestDecoder:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
         self._head_done_in_feed = False
         self._url_piece = None
+        if self.current is None and b"\t" in data:
+            data = _strip_header_htab(data)
         try:
             self._parser.feed_data(data)
             if not self._in_body and not self._head_done_in_feed:
@@ -296,13 +333,13 @@ class RequestDecoder:
                 rest = bytes(data[e.args[0]:])
                 framing = self._h2c_framing
                 if framing is None:
-                    self._parser = httptools.HttpRequestParser(self)
+                    self._parser = _request_parser(self)
                 else:
                     # its body: llhttp reads it as the body of a head of our own with the
                     # request's framing (so chunk sizes, trailers and lengths are checked
                     # as for any request), whose callbacks _H2cBody keeps from the decoder
                     self._h2c_framing = None
-                    self._parser = httptools.HttpRequestParser(_H2cBody(self))
+                    self._parser = _request_parser(_H2cBody(self))
                     rest = b"POST / HTTP/1.1\r\n" + framing + b"\r\n" + rest
                 if rest:
                     self.feed(rest)
