@@ -312,7 +312,7 @@ class RequestDecoder:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
         self._head_done_in_feed = False
         self._url_piece = None
-        if self.current is None and b"\t" in data:
+        if self.current is None and 9 in data:  # an HTAB (an int's test: a memchr)
             data = _strip_header_htab(data)
         try:
             self._parser.feed_data(data)
