@@ -6,8 +6,9 @@ it is; test_h2_drain_envoy_parity.py is the HTTP/2 side).
 - ``/drain_listeners?graceful`` (either --drain-strategy): an idle connection is closed
   unasked -- nothing sent, the EOF at a random moment in the last third of
   --drain-time-s plus the HCM's ``drain_timeout`` plus Envoy's delayed close (1 s), and
-  counted as downstream_cx_drain_close and downstream_cx_delayed_close_timeout; a request
-  in flight meanwhile is finished with ``connection: close``, then the connection closes;
+  counted as downstream_cx_drain_close and downstream_cx_delayed_close_timeout; one that
+  never sent a byte is closed at that random moment itself; a request in flight meanwhile
+  is finished with ``connection: close``, then the connection closes;
   an HCM whose ``drain_timeout`` is longer than a third of the drain time leaves its idle
   connections open (Envoy never tells them);
 - the listener removed by LDS: its idle connections are closed the same way, or at the
@@ -17,6 +18,7 @@ Needs the envoy binary (marker `envoy`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -44,6 +46,7 @@ SLOW = 1.3  # the "slow" one's: longer than a third of the drain time
 DELAYED_CLOSE = 1.0  # Envoy's delayed_close_timeout default
 ANSWER_AFTER = 3.4  # the slow upstream's answer, after the request: past the drain time
 IDLE = 4  # idle connections per listener
+SILENT = 2  # connections that sent nothing
 
 
 def _listener(name: str, port: int, drain_timeout: float) -> dict[str, Any]:
@@ -168,14 +171,18 @@ def _graceful(kind: str, tmp: Path, strategy: str) -> dict[str, Any]:
     with _proxy(kind, tmp, "--drain-strategy", strategy) as p:
         idle = [_served(p.quick) for _ in range(IDLE)]
         kept = [_served(p.slow) for _ in range(IDLE)]
+        # connections that send nothing (Envoy has no codec for them yet)
+        silent = [socket.create_connection(("127.0.0.1", p.quick)) for _ in range(SILENT)]
+        kept.append(socket.create_connection(("127.0.0.1", p.slow)))
         busy = _served(p.quick)
         busy.sendall(b"GET /slow HTTP/1.1\r\nhost: app.test\r\n\r\n")
         time.sleep(0.2)  # the request is at the upstream, unanswered
         p.post("/drain_listeners?graceful")
         t0 = time.monotonic()
-        socks = [*idle, busy, *kept]
+        socks = [*idle, busy, *silent, *kept]
         seen = _watch(socks, t0, t0 + DRAIN_TIME_S + QUICK + DELAYED_CLOSE + 1.5)
-        out = {"idle": seen[:IDLE], "busy": seen[IDLE], "kept": seen[IDLE + 1:],
+        out = {"idle": seen[:IDLE], "busy": seen[IDLE], "silent": seen[IDLE + 1:IDLE + 1 + SILENT],
+               "kept": seen[IDLE + 1 + SILENT:],
                "quick": p.stats("quick"), "slow": p.stats("slow")}
         for s in socks:
             s.close()
@@ -201,12 +208,17 @@ def test_graceful_drain_closes_idle_http1_connections(tmp_path: Path, strategy: 
         event, at, data = s["busy"]
         assert event == "eof" and data.startswith(b"HTTP/1.1 200"), (kind, s)
         assert b"\r\nconnection: close\r\n" in data and data.endswith(b"slow"), (kind, s)
+        # one that never sent a byte: closed at once when told (no drain_timeout, no
+        # delayed close)
+        for event, at, data in s["silent"]:
+            assert event == "eof" and data == b"", (kind, s)
+            assert DRAIN_TIME_S * 2 / 3 - 0.3 < at < DRAIN_TIME_S - QUICK + 0.5, (kind, s)
         # the HCM whose drain_timeout does not fit in the last third: never told
-        assert [e[:2] for e in s["kept"]] == [("open", None)] * IDLE, (kind, s)
+        assert [e[:2] for e in s["kept"]] == [("open", None)] * (IDLE + 1), (kind, s)
     for name in ("quick", "slow"):
         assert seen["remora"][name] == seen["envoy"][name], seen
     # one drain close per connection, the idle ones through the delayed close's timeout
-    assert seen["envoy"]["quick"]["downstream_cx_drain_close"] == IDLE + 1, seen
+    assert seen["envoy"]["quick"]["downstream_cx_drain_close"] == IDLE + 1 + SILENT, seen
     assert seen["envoy"]["slow"]["downstream_cx_drain_close"] == 0, seen
 
 
@@ -217,13 +229,20 @@ def test_lds_removal_closes_idle_http1_connections(tmp_path: Path) -> None:
             idle = [_served(p.quick) for _ in range(IDLE)]
             write_atomic(p.lds, _lds("2", _listener("slow", p.slow, SLOW)))
             t0 = time.monotonic()
-            # the removed listener's stats go with it at the drain's end: read before
-            # (every drain sequence started by then: drain_timeout before the end)
-            seen = _watch(idle, t0, t0 + DRAIN_TIME_S - 0.1)
-            drained = p.stats("quick")["downstream_cx_drain_close"]
-            rest = [i for i, e in enumerate(seen) if e[0] == "open"]
-            later = iter(_watch([idle[i] for i in rest], t0, t0 + DRAIN_TIME_S + 2))
-            seen = [next(later) if i in rest else e for i, e in enumerate(seen)]
+            # the removed listener's stats go with it at the drain's end (Envoy): read
+            # as the connections are watched, the last count read before is what counts
+            # (each proxy's drain starts when it read the file: remora up to ~0.3 s late)
+            seen: list[tuple[Any, ...]] = [("open", None, b"")] * IDLE
+            drained = 0
+            while time.monotonic() < t0 + DRAIN_TIME_S + 2:
+                rest = [i for i, e in enumerate(seen) if e[0] == "open"]
+                if not rest:
+                    break
+                later = _watch([idle[i] for i in rest], t0, time.monotonic() + 0.1)
+                for i, e in zip(rest, later, strict=True):
+                    seen[i] = e
+                with contextlib.suppress(KeyError, OSError):  # (gone with the listener)
+                    drained = max(drained, p.stats("quick")["downstream_cx_drain_close"])
             for s in idle:
                 s.close()
             return seen, drained

@@ -281,6 +281,12 @@ class Http1Connection:
         if self.eof or self._drain_state or self._ending:
             return
         self.hcm.count("downstream_cx_drain_close")
+        if not self.last_activity:
+            # not a byte yet (Envoy: no codec): closed now, without drain_timeout or a
+            # delayed close, as hcm.py's _codecless does before the codec is chosen
+            self._drain_state = _CLOSING
+            self._wake()
+            return
         self._drain_state = _DRAINING
         self._drain_timer = self.loop.call_later(self.cfg.drain_timeout, self._drain_timeout)
 
@@ -811,7 +817,8 @@ class Http1Connection:
                 self.hcm.stats.inc(self.hcm.idle_timeout_stat)
                 return
             if self._drain_state == _CLOSING and self.active is None:
-                await self._delayed_close()
+                if self.last_activity:  # (one that never sent a byte: closed at once)
+                    await self._delayed_close()
                 return
 
     async def _delayed_close(self) -> None:

@@ -54,8 +54,9 @@ idle connections at a time: --drain-time-s 6 with drain_timeout 0.2/1/1.9 s star
 between 4.0 and 5.8/5.0/4.1 s; 8 s with 0.2 s between 5.3 and 7.8 s; 12 s with 3 s between
 8 and 9 s. A connection whose drain_timeout is longer than a third of the drain time (6 s
 with 2.1, 3 or 5 s) is never told, nor is one accepted after the 2/3 mark (accepted at
-4.2 s of 6: never; at 3.9 s: told like the others; measured on HTTP/1.1 connections
-that had sent nothing yet, which Envoy then closes at once). (The drain manager's own callback
+4.2 or 4.8 s of 6: never; at 3.9 s: told like the others; measured on HTTP/1.1
+connections that had sent nothing yet, which Envoy then closes at once, and on idle h2c
+connections). (The drain manager's own callback
 delays, spread over the first quarter of the drain or zero in Envoy's source, are not
 what decides it.) ``add_on_drain`` is that registration; the callback gets
 (``until``, ``left``): the seconds from now to the 2/3 mark and from that mark to the
