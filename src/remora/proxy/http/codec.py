@@ -258,13 +258,23 @@ def _request_parser(protocol: object) -> httptools.HttpRequestParser:
     return parser
 
 
+def _response_parser(protocol: object) -> httptools.HttpResponseParser:
+    """llhttp for an upstream response, taking whitespace after a chunk size as Envoy
+    1.40's codec does (``_request_parser``; observed: Envoy relays ``2 ;x``, ``2<HTAB>;x``
+    and ``2 `` as ``2\r\nok``, where llhttp's default fails the response midway)."""
+    parser = httptools.HttpResponseParser(protocol)
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    return parser
+
+
 def _strip_header_htab(data: bytes) -> bytes:
-    """DATA, which begins a request, with the OWS that ends its header lines dropped when
-    a header line ends in HTAB (``Transfer-Encoding: chunked<HTAB>``): RFC 9110 5.5 OWS,
-    which Envoy 1.40 drops from any value (observed: ``chunked<HTAB>`` is chunked,
-    forwarded as ``transfer-encoding: chunked``), but llhttp takes as part of a
-    Transfer-Encoding value and refuses (``Request has invalid Transfer-Encoding``; other
-    headers' trailing OWS it keeps, and on_header strips). Only a head that is whole in
+    """DATA, which begins a request (or a response), with the OWS that ends its header
+    lines dropped when a header line ends in HTAB (``Transfer-Encoding: chunked<HTAB>``):
+    RFC 9110 5.5 OWS, which Envoy 1.40 drops from any value (observed: ``chunked<HTAB>``
+    is chunked, forwarded as ``transfer-encoding: chunked``), but llhttp takes as part of
+    a Transfer-Encoding value (a request's it refuses, ``Request has invalid
+    Transfer-Encoding``; a response's body it reads to the close; other headers' trailing
+    OWS it keeps, and on_header strips). Only a head that is whole in
     DATA is touched, so that no body byte is (a head split across reads stays refused)."""
     end = data.find(b"\r\n\r\n")
     start = data.find(b"\r\n") + 2  # the header lines, after the request line
@@ -683,7 +693,7 @@ class _RelaxedHead:
         if fixed is None:
             return  # the head goes on in the next read
         dec = self.decoder
-        parser = dec._parser = httptools.HttpResponseParser(dec)
+        parser = dec._parser = _response_parser(dec)
         try:
             parser.feed_data(fixed)
         except httptools.HttpParserUpgrade as e:
@@ -719,8 +729,7 @@ class ResponseDecoder:
                  on_data: Callable[[bytes], None],
                  max_header_bytes: int = MAX_RESPONSE_HEADER_BYTES,
                  state: ConnectionState | None = None) -> None:
-        self._parser: httptools.HttpResponseParser | _RelaxedHead = (
-            httptools.HttpResponseParser(self))
+        self._parser: httptools.HttpResponseParser | _RelaxedHead = _response_parser(self)
         self._head_only = head_request
         self._max_header_bytes = max_header_bytes
         self._head_bytes = 0  # header names and values decoded so far
@@ -791,6 +800,10 @@ class ResponseDecoder:
         if state.server in _ENDED:
             self._trailing()
             return
+        if not self._head_raw and not self.headers_done and 9 in data:
+            # a head's first read with an HTAB: llhttp takes ``transfer-encoding:
+            # chunked<HTAB>`` for a body read to the close (no error), Envoy for chunked
+            data = _strip_header_htab(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:  # a 101 (or CONNECT 2xx): end of HTTP

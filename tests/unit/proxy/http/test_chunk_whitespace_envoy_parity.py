@@ -161,3 +161,57 @@ def test_what_envoy_accepts(outcomes: dict[str, Any]) -> None:
     assert envoy["chunk-size-ws-pipelined"][1][1].startswith(b"GET /next HTTP/1.1\r\n")
     for case in ENVOY_LAXER:
         assert envoy[case][1] == [FORWARDED], (case, envoy[case])
+
+
+# -- the same whitespace in an upstream response ----------------------------------------
+CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+RESPONSES = {
+    "resp-chunk-size-ws-sp-ext": CHUNKED + b"2 ;x\r\nok\r\n0\r\n\r\n",
+    "resp-chunk-size-ws-htab-ext": CHUNKED + b"2\t;x\r\nok\r\n0\r\n\r\n",
+    "resp-chunk-size-ws-sp": CHUNKED + b"2 \r\nok\r\n0\r\n\r\n",
+    # llhttp reads this one's body to the close (no error), Envoy as chunked
+    "resp-te-chunked-htab": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\t\r\n\r\n"
+                            b"2\r\nok\r\n0\r\n\r\n",
+}
+RESP_LAXER = {"resp-chunk-ext-ws": CHUNKED + b"2; x=y\r\nok\r\n0\r\n\r\n"}
+
+
+def _canned(conn: socket.socket) -> None:
+    """The upstream: answers GET /NAME with RESPONSES[NAME] (or RESP_LAXER's), keeping
+    the connection open (the response's framing alone ends it)."""
+    for head in lp.request_heads(conn):
+        name = head.split(b" ")[1][1:].decode()
+        conn.sendall({**RESPONSES, **RESP_LAXER}[name])
+
+
+def _response_story(kind: str, tmp: Path) -> dict[str, bytes]:
+    upstream = lp.thread_server(_canned, threaded=True)
+    try:
+        port, admin = free_port(), free_port()
+        cfg = tmp / f"{kind}-responses.json"
+        cfg.write_text(json.dumps(dh.bootstrap(port, admin, upstream.getsockname()[1],
+                                               tmp / f"{kind}-responses.log")))
+        with lp.loopback_proxy(kind, cfg, port):
+            return {name: _mask(lp.exchange_closed(
+                port, f"GET /{name} HTTP/1.1\r\nHost: a\r\n\r\n".encode(), timeout=3))
+                for name in {**RESPONSES, **RESP_LAXER}}
+    finally:
+        upstream.close()
+
+
+@pytest.fixture(scope="module")
+def relayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("chunk-ws-responses")
+    return lp.each_kind(lambda kind: _response_story(kind, tmp))
+
+
+@pytest.mark.parametrize("case", [
+    *RESPONSES, *(pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=LAXER))
+                  for c in RESP_LAXER)])
+def test_response_relayed_as_envoy_relays_it(relayed: dict[str, Any], case: str) -> None:
+    """Envoy relays each body re-chunked as ``2\\r\\nok\\r\\n0\\r\\n\\r\\n``; remora did not:
+    it cut the body at the chunk size (llhttp's error, the client's response ending
+    short), and relayed ``chunked<HTAB>``'s chunks as the bytes of a body read to the
+    upstream's close."""
+    assert relayed["envoy"][case].endswith(b"\r\n\r\n2\r\nok\r\n0\r\n\r\n"), relayed
+    assert relayed["remora"][case] == relayed["envoy"][case], relayed
