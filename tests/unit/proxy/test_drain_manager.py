@@ -136,3 +136,21 @@ def test_graceful_drain_reaches_every_worker(tmp_path: Path) -> None:
         finally:
             for s in conns:
                 s.close()
+
+
+def test_graceful_drain_closes_idle_http1_connections_remora_alone(tmp_path: Path) -> None:
+    """test_h1_drain_envoy_parity's graceful story told to remora alone (no envoy binary
+    needed): the idle HTTP/1.1 connections and those that sent nothing are closed unasked
+    in the drain's last third, the one in flight ends with connection: close, the HCM
+    whose drain_timeout does not fit in the last third keeps its connections."""
+    from tests.unit.proxy import test_h1_drain_envoy_parity as h1
+    s = h1._graceful("remora", tmp_path, "immediate")
+    assert all(e[0] == "eof" and e[2] == b"" for e in s["idle"] + s["silent"]), s
+    assert all(h1.DRAIN_TIME_S * 2 / 3 - 0.3 < e[1] < h1.DRAIN_TIME_S + h1.DELAYED_CLOSE + 0.6
+               for e in s["idle"] + s["silent"]), s
+    assert b"\r\nconnection: close\r\n" in s["busy"][2] and s["busy"][0] == "eof", s
+    assert [e[0] for e in s["kept"]] == ["open"] * len(s["kept"]), s
+    assert s["quick"]["downstream_cx_drain_close"] == h1.IDLE + 1 + h1.SILENT, s
+    # (the one in flight too: closed after its response, the client did not close)
+    assert s["quick"]["downstream_cx_delayed_close_timeout"] == h1.IDLE + 1, s
+    assert s["slow"]["downstream_cx_drain_close"] == 0, s
