@@ -243,6 +243,8 @@ class HttpConnectionManager:
 
         def close() -> None:
             nonlocal drained
+            if getattr(downstream.reader, "_buffer", b""):
+                return  # its first bytes came as the timer fired: a codec's now
             drained = True
             self.count("downstream_cx_drain_close")
             downstream.close()  # the reader's EOF ends choose_http2
