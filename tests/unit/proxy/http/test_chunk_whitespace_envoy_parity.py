@@ -174,6 +174,9 @@ RESPONSES = {
                             b"2\r\nok\r\n0\r\n\r\n",
 }
 RESP_LAXER = {"resp-chunk-ext-ws": CHUNKED + b"2; x=y\r\nok\r\n0\r\n\r\n"}
+RESP_REASON = ("Envoy 1.40 relays a response whose chunk extension has whitespace in it; "
+               "llhttp refuses it, and remora's response to the client ends short after its "
+               "head")
 
 
 def _canned(conn: socket.socket) -> None:
@@ -206,7 +209,7 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", [
-    *RESPONSES, *(pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=LAXER))
+    *RESPONSES, *(pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=RESP_REASON))
                   for c in RESP_LAXER)])
 def test_response_relayed_as_envoy_relays_it(relayed: dict[str, Any], case: str) -> None:
     """Envoy relays each body re-chunked as ``2\\r\\nok\\r\\n0\\r\\n\\r\\n``; remora did not:
