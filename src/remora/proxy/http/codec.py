@@ -284,7 +284,10 @@ def _strip_header_htab(data: bytes) -> bytes:
 
 
 _HTAB_OWS = re.compile(rb"\t[ \t]*\r\n")  # trailing OWS with an HTAB in it
-_TRAILING_OWS = re.compile(rb"[ \t]+\r\n")
+# trailing OWS after a line's content only: a line of whitespace alone (obs-fold of
+# nothing) is left to llhttp, which refuses it; stripped, it would become the empty line
+# that ends the head, and the header lines after it the next request's
+_TRAILING_OWS = re.compile(rb"(?<=[^ \t\r\n])[ \t]+\r\n")
 
 
 class RequestDecoder:

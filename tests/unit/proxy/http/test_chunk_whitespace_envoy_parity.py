@@ -49,13 +49,23 @@ CASES = {
     "chunk-size-ws-last": TE + b"2\r\nok\r\n0 ;x\r\n\r\n",
     "chunk-size-vt": TE + b"2\x0b\r\nok\r\n0\r\n\r\n",
     "chunk-size-leading-sp": TE + b" 2\r\nok\r\n0\r\n\r\n",
+    # a header line of whitespace alone (with an HTAB) stays a line, never the head's end
+    # (the Transfer-Encoding after it must not become a request of its own); after the
+    # request line both refuse it (after a header, ENVOY_LAXER)
+    "ws-only-line-htab-first": b"POST /p HTTP/1.1\r\n\t\r\nHost: a\r\n"
+                               b"Transfer-Encoding: chunked\t\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     # the next request right after such a body: two requests upstream, two answers
     "chunk-size-ws-pipelined": TE + b"2 ;x\r\nok\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
 }
 LAXER = ("Envoy 1.40 (BalsaParser) takes anything after a chunk size's whitespace or ';' up "
-         "to the line end as an extension; llhttp refuses whitespace and control characters "
-         "inside one, and remora answers 400 (a refusal, the framing never differs)")
+         "to the line end as an extension, and a header line of whitespace alone as an "
+         "obs-fold of the header before; llhttp refuses whitespace and control characters "
+         "inside an extension and obs-fold, and remora answers 400 (a refusal, the framing "
+         "never differs)")
 ENVOY_LAXER = {
+    # stripped of its OWS, this line would have ended the head (codec._TRAILING_OWS)
+    "ws-only-line-htab": HEAD + b" \t\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+                         b"2\r\nok\r\n0\r\n\r\n",
     "chunk-ext-ws-after-semicolon": TE + b"2; x=y\r\nok\r\n0\r\n\r\n",
     "chunk-ext-ws-in-name": TE + b"2;x =y\r\nok\r\n0\r\n\r\n",
     "chunk-ext-control": TE + b"2;x\x01\r\nok\r\n0\r\n\r\n",
