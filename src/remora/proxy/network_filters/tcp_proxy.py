@@ -2,7 +2,10 @@
 
 https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto
 - Half-close is honoured both ways: a FIN from one side is passed on with shutdown(SHUT_WR)
-  and the other direction keeps flowing until it ends too.
+  and the other direction keeps flowing until it ends too. Over TLS the end of stream is
+  a close_notify, received and sent as Envoy's SslSocket does (tls._HalfClose): a TLS
+  downstream's close_notify is a FIN to a plain upstream, a plain downstream's FIN a
+  close_notify to a TLS upstream, and the answer still comes back.
 - ``idle_timeout`` (default 1h, 0 disables) closes both sides when no byte moved for that long.
 - A refused upstream gives flags UF,URX and the transport failure reason, as Envoy 1.40
   logs it (``"delayed_connect_error:_Connection_refused"``); no host gives UH; a circuit
@@ -28,6 +31,7 @@ from remora.proxy.interfaces import (
 from remora.proxy.network_filters import splice_relay
 from remora.proxy.registry import register
 from remora.proxy.stats import stat_name_part
+from remora.proxy.transport import handshake, tls
 
 CHUNK = 256 * 1024
 
@@ -60,9 +64,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         else:
             relay.tx += len(data)
         await drain()
-    if not writer.is_closing() and writer.can_write_eof():
+    if writer.is_closing():
+        return
+    if writer.can_write_eof():
         with contextlib.suppress(OSError, RuntimeError):
             writer.write_eof()
+    else:
+        # a TLS connection: its close_notify, after what was relayed (tls.write_eof)
+        tls.write_eof(writer.transport)
 
 
 # tcp.<stat_prefix>.* that only a feature remora refuses at config load could count
@@ -78,6 +87,11 @@ TCP_NEVER_COUNTED = (
 
 
 class TcpProxy:
+    # Envoy's TcpProxy::Filter enables half-close on the downstream connection
+    # (initializeReadFilterCallbacks) and on the upstream one: the listener sets up a TLS
+    # downstream for it before the handshake (tls.accept_downstream)
+    half_close = True
+
     def __init__(self, context: FactoryContext, stat_prefix: str, cluster: str,
                  idle_timeout: float, max_connect_attempts: int,
                  access_loggers: list[AccessLogger]) -> None:
@@ -119,6 +133,7 @@ class TcpProxy:
             # Envoy's TCP pool counts each attempt as a pending request and a connection
             # handed to the filter as a request (cluster upstream_rq_total).
             stats.inc(cprefix + "upstream_rq_pending_total")
+            token = handshake.HALF_CLOSE.set(True)  # a TLS upstream half-closes
             try:
                 upstream = await cluster.connect(downstream.facts, info)
                 stats.inc(cprefix + "upstream_rq_total")
@@ -134,6 +149,8 @@ class TcpProxy:
                     info.set_flag("URX")  # connect attempts exhausted
                     stats.inc(cprefix + "upstream_cx_connect_attempts_exceeded")
                     return
+            finally:
+                handshake.HALF_CLOSE.reset(token)
         assert upstream is not None
         info.clear_flag("UF")
         # the host's side of upstream_rq_total: the connection is the request, active
@@ -143,6 +160,10 @@ class TcpProxy:
         cluster.host_stat(host, "rq_active")
         down_fd = splice_relay.plain_socket_fd(downstream.writer)
         up_fd = splice_relay.plain_socket_fd(upstream.writer)
+        # a TLS side's close_notify reaches _pipe as an end of stream (a plain one's FIN
+        # does already)
+        tls.half_close(downstream.writer.transport)
+        tls.half_close(upstream.writer.transport)
         relay: _Relay | splice_relay.SpliceRelay
         try:
             if splice_relay.AVAILABLE and down_fd is not None and up_fd is not None:

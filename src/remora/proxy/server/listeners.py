@@ -261,8 +261,11 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
         info.filter_chain_name = chain.name
         if chain.transport is not None:  # terminate TLS now that the chain is chosen
             try:
+                # a chain with a half-closing filter (tcp_proxy) reads the client's
+                # close_notify as an end of stream (tls._HalfClose)
+                half = any(getattr(f, "half_close", False) for f in chain.filters)
                 reader, writer, peer, alpn = await tls.accept_downstream(
-                    conn, chain.transport, cfg.buffer_limit)
+                    conn, chain.transport, cfg.buffer_limit, half)
             except tls.TlsError as exc:
                 stats.inc(listener.prefix + "ssl." + exc.stat)
                 log.debug("TLS handshake on %s failed: %s", cfg.name, exc.reason)

@@ -51,10 +51,17 @@ class Handshake:
     failure: str | None = None
     # a client's session to resume (the context's last one: tls.TlsTransport.session)
     session: ssl.SSLSession | None = None
+    # the connection serves a filter that half-closes (tcp_proxy): a close_notify is
+    # passed on as an end of stream, and the connection can send its own (tls.py)
+    half_close: bool = False
 
 
 HANDSHAKE: contextvars.ContextVar[Handshake | None] = contextvars.ContextVar(
     "remora_tls_handshake", default=None)
+# set by tcp_proxy around its upstream connect: the upstream TLS connection it opens
+# half-closes (Handshake.half_close), as Envoy's tcp_proxy enables half-close on both
+HALF_CLOSE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "remora_tls_half_close", default=False)
 
 
 def alerting(handshake: Callable[[], None], outgoing: ssl.MemoryBIO,
@@ -190,3 +197,65 @@ def install_verify(ctx: ssl.SSLContext) -> bool:
     lib.set_verify(ptr, lib.get_verify_mode(ptr), _callback)
     _installed.add(ctx)
     return True
+
+
+# -- close_notify -------------------------------------------------------------------------
+class _Shutdown:
+    def __init__(self) -> None:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        self.shutdown = lib.SSL_shutdown
+        self.shutdown.restype = ctypes.c_int
+        self.shutdown.argtypes = [ctypes.c_void_p]
+        self.get_ssl_ctx = lib.SSL_get_SSL_CTX
+        self.get_ssl_ctx.restype = ctypes.c_void_p
+        self.get_ssl_ctx.argtypes = [ctypes.c_void_p]
+        self.clear_errors = lib.ERR_clear_error
+        self.clear_errors.restype = None
+        self.clear_errors.argtypes = []
+
+
+_shutdown: _Shutdown | None = None
+_shutdown_failed = False
+
+
+def _ssl_pointer(obj: ssl.SSLObject, lib: _Shutdown) -> int | None:
+    """The SSL address of OBJ's ``_ssl._SSLSocket`` (CPython's PySSLSocket: the object
+    header, the socket weakref, then the SSL pointer), once SSL_get_SSL_CTX through it
+    gives OBJ's context's SSL_CTX; None otherwise."""
+    order = cipher_order._libssl()
+    inner = getattr(obj, "_sslobj", None)
+    if order is None or inner is None:
+        return None
+    ctx_ptr = cipher_order._ctx_pointer(obj.context, order)
+    ptr = ctypes.c_void_p.from_address(
+        id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value
+    if not ptr or ctx_ptr is None or lib.get_ssl_ctx(ptr) != ctx_ptr:
+        log.debug("SSLObject layout not recognised")
+        return None
+    return int(ptr)
+
+
+def send_close_notify(obj: ssl.SSLObject) -> None:
+    """Write OBJ's close_notify to its outgoing BIO and leave the read side open: one
+    SSL_shutdown, as BoringSSL's in Envoy's SslSocket::shutdownSsl. ``SSLObject.unwrap``
+    calls SSL_shutdown a second time when the first returns 0 (close_notify sent, the
+    peer's not yet read), and that call reads from the incoming BIO for the peer's,
+    where OpenSSL discards application data once it has sent its close_notify
+    (ssl3_read_bytes); it is the fallback where libssl cannot be reached that way."""
+    global _shutdown, _shutdown_failed
+    if _shutdown is None and not _shutdown_failed:
+        try:
+            _shutdown = _Shutdown()
+        except (OSError, AttributeError) as exc:
+            _shutdown_failed = True
+            log.debug("libssl SSL_shutdown unavailable: %s", exc)
+    lib = _shutdown
+    ptr = _ssl_pointer(obj, lib) if lib is not None else None
+    if lib is None or ptr is None:
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            obj.unwrap()
+        return
+    if lib.shutdown(ptr) < 0:  # nothing was sent (a fatal alert went out before)
+        lib.clear_errors()  # not left for the next _ssl call to report

@@ -32,6 +32,7 @@ import re
 import socket
 import ssl
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,8 @@ class _DirectSSLObject(ssl.SSLObject):
             obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, outgoing,
                                                               hs.fd)
 
+        half = _HalfClose(obj) if hs is not None and hs.half_close else None
+
         def read(size: int = 1024, buffer: Any = None) -> Any:
             # uvloop asks for 256 KiB per read (SSL_READ_MAX_SIZE) and _ssl allocates
             # that much before shrinking the bytes to what one record held: above
@@ -120,12 +123,116 @@ class _DirectSSLObject(ssl.SSLObject):
             # two page faults (strace and /proc/<pid>/stat of the server sidecar, one of
             # each per request). uvloop reads again while bytes are pending, so a smaller
             # request per call delivers the same data.
-            if buffer is not None:
-                return inner_read(size, buffer)
-            return inner_read(size if size < READ_CAP else READ_CAP)
+            try:
+                if buffer is not None:
+                    got = inner_read(size, buffer)
+                else:
+                    got = inner_read(size if size < READ_CAP else READ_CAP)
+            except ssl.SSLZeroReturnError:
+                # the peer's close_notify after ours: _ssl returns the end of stream
+                # only while the connection has not sent one (SSL_get_shutdown ==
+                # SSL_RECEIVED_SHUTDOWN) and raises otherwise, which uvloop takes for
+                # a fatal error, dropping what it read before in the same call
+                got = b"" if buffer is None else 0
+            if got or half is None:
+                return got
+            return half.peer_closed(got)
 
         obj.__dict__.update(read=read, write=inner.write, pending=inner.pending)
+        if half is not None:
+            inner_write = inner.write
+
+            def write(data: Any) -> int:
+                # the close_notify marker (write_eof) comes through the transport's
+                # write backlog, so it follows every byte written before it
+                if data.__class__ is _CloseNotify:
+                    half.send()
+                    return len(data)
+                return int(inner_write(data))
+            obj.__dict__.update(write=write, remora_half_close=half)
         return obj
+
+
+class _CloseNotify(bytes):
+    """What write_eof writes through the TLS transport: the SSLObject's write sends a
+    close_notify for it instead of its one byte."""
+
+
+_CLOSE_NOTIFY = _CloseNotify(b"\0")
+
+
+class _HalfClose:
+    """TLS half-close for one connection of a half-closing filter (tcp_proxy), as Envoy's
+    SslSocket does it: the peer's close_notify is an end of stream for the application
+    while the connection stays open for writing (uvloop's and asyncio's SSLProtocol shut
+    the connection down on it: "SSL doesn't support half-closes"), and write_eof sends
+    the connection's close_notify once what was written before has been encrypted, and
+    reading goes on (Envoy's SslSocket::doWrite(end_stream) -> shutdownSsl). TLS 1.2 and
+    1.3 both let a side send data after it received a close_notify and read after it sent
+    one; OpenSSL keeps writing after SSL_RECEIVED_SHUTDOWN and reading after
+    SSL_SENT_SHUTDOWN."""
+
+    __slots__ = ("eof", "obj", "on_eof", "sent")
+
+    def __init__(self, obj: ssl.SSLObject) -> None:
+        # weak: the SSLObject holds this in its __dict__ (no cycle for the gc to find)
+        self.obj = weakref.ref(obj)
+        self.sent = False  # our close_notify went into the outgoing BIO
+        self.eof = False  # the peer's close_notify was read
+        self.on_eof: Callable[[], object] | None = None  # the application's eof_received
+
+    def peer_closed(self, got: Any) -> Any:
+        """A read found the peer's close_notify: GOT (the end of stream, for the
+        SSLProtocol to shut the connection down) once ours was sent too; before, the
+        application's eof_received, on the next loop iteration (after the SSLProtocol
+        has passed on the data it read in this call), and the read finds nothing."""
+        if self.sent:
+            return got
+        if not self.eof:
+            self.eof = True
+            if self.on_eof is not None:
+                asyncio.get_running_loop().call_soon(self.on_eof)
+        raise ssl.SSLWantReadError("close_notify received; the connection stays open")
+
+    def send(self) -> None:
+        obj = self.obj()
+        if not self.sent and obj is not None:
+            self.sent = True
+            handshake.send_close_notify(obj)
+
+
+def half_close(transport: asyncio.BaseTransport) -> bool:
+    """Let TRANSPORT's application (its protocol) read the peer's close_notify as an end
+    of stream while the connection stays open (one already read is passed on now);
+    whether TRANSPORT is a TLS connection set up for half-close (Handshake.half_close).
+    A plain transport half-closes without help."""
+    half = _half_of(transport)
+    if half is None:
+        return False
+    eof_received = getattr(transport.get_protocol(), "eof_received", None)
+    if eof_received is None:  # not a streaming protocol: nothing to tell
+        return False
+    half.on_eof = eof_received
+    if half.eof:
+        asyncio.get_running_loop().call_soon(half.on_eof)
+    return True
+
+
+def write_eof(transport: asyncio.WriteTransport) -> bool:
+    """Send TRANSPORT's close_notify after what was written before it, as Envoy's
+    SslSocket sends one on the end of stream (shutdownSsl), and go on reading; whether
+    it was written (a TLS connection set up for half-close, not closing). No TCP FIN
+    follows: Envoy's SslSocket does not shut the socket down either."""
+    if _half_of(transport) is None or transport.is_closing():
+        return False
+    transport.write(_CLOSE_NOTIFY)
+    return True
+
+
+def _half_of(transport: asyncio.BaseTransport) -> _HalfClose | None:
+    obj = transport.get_extra_info("ssl_object")
+    half = getattr(obj, "__dict__", {}).get("remora_half_close")
+    return half if isinstance(half, _HalfClose) else None
 
 
 class TlsError(Exception):
@@ -651,16 +758,18 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 async def accept_downstream(
-    conn: socket.socket, transport: TlsTransport, limit: int,
+    conn: socket.socket, transport: TlsTransport, limit: int, half_close: bool = False,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerInfo, str | None]:
     """Server-side handshake on an accepted socket (tls_inspector only peeked, so the
     ClientHello is still there). Returns the streams, the peer and the negotiated ALPN.
+    HALF_CLOSE: for a chain with tcp_proxy (_HalfClose), set before the handshake, so a
+    close_notify that comes before the filter starts is kept for it.
     Raises TlsError with Envoy's failure reason."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     protocol = asyncio.StreamReaderProtocol(reader)
     # the handshake's alert and SAN check inside OpenSSL (handshake.py)
-    hs = handshake.Handshake(conn.fileno())
+    hs = handshake.Handshake(conn.fileno(), half_close=half_close)
     token = handshake.HANDSHAKE.set(hs)
     try:
         ctx = transport.context()
@@ -751,7 +860,7 @@ async def connect_upstream(
         sni = override.sni
     # the handshake's alert and SAN check inside OpenSSL (handshake.py); a request's SAN
     # list override is checked after the handshake, before the configured matchers
-    hs = handshake.Handshake(sock.fileno())
+    hs = handshake.Handshake(sock.fileno(), half_close=handshake.HALF_CLOSE.get())
     token = handshake.HANDSHAKE.set(hs)
     try:
         ctx = transport.context()
