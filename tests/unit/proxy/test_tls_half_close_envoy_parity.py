@@ -1,0 +1,159 @@
+"""tcp_proxy's half-close over TLS held to a real Envoy 1.40 on loopback.
+
+One bootstrap, run once by `envoy` and once by `remora proxy`:
+- ``to-tls``: a plain listener whose tcp_proxy goes to a TLS backend (an UpstreamTlsContext
+  cluster): the client sends its request and a FIN; Envoy sends the backend a close_notify
+  (SslSocket::doWrite(end_stream) -> shutdownSsl) and relays the backend's answer back.
+- ``from-tls``: a TLS listener (mTLS) whose tcp_proxy goes to a plain backend: the client
+  sends its request and a close_notify (no FIN); the backend gets a FIN and its answer
+  reaches the client, followed by the listener's close_notify.
+- ``mesh``: the mesh's real path, a plain listener whose tcp_proxy goes over mTLS to the
+  proxy's own ``from-tls`` listener (client sidecar -> server sidecar), then to the plain
+  backend.
+Each backend reads until its input ends, then answers and closes; the answers, how each
+input ended, the access log lines and the tcp/cluster byte counters must be the same in
+both. Before remora half-closed over TLS, its backend never saw an end of input (the
+"timeout" its read gives up with) and the client got no answer.
+Needs the envoy binary; no root."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remora.controlplane.ca import CertificateAuthority
+from tests.unit.proxy import loopback_proxies as lp
+from tests.unit.proxy import tls_half_close as th
+from tests.unit.proxy.proxy_helpers import FILE_LOG, TCP_PROXY, addr, free_port, static_cluster
+
+pytestmark = pytest.mark.envoy
+
+PREFIX = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+LOG = ("%BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% "
+       "%DOWNSTREAM_TLS_VERSION% %CONNECTION_TERMINATION_DETAILS%\n")
+PAYLOAD = b"request " * 5000  # 40000 bytes: several TLS records
+
+
+def _common(certs: Path) -> dict[str, Any]:
+    return {"tls_certificates": [{
+        "certificate_chain": {"filename": str(certs / "cert-chain.pem")},
+        "private_key": {"filename": str(certs / "key.pem")}}],
+        "validation_context": {"trusted_ca": {"filename": str(certs / "root-cert.pem")}}}
+
+
+def _upstream_tls(certs: Path) -> dict[str, Any]:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": PREFIX + "UpstreamTlsContext", "common_tls_context": _common(certs)}}
+
+
+def _listener(name: str, port: int, cluster: str, logs: Path,
+              tls: Path | None = None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                          "typed_config": {
+        "@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster,
+        "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": FILE_LOG, "path": str(logs / f"{name}.log"),
+            "log_format": {"text_format_source": {"inline_string": LOG}}}}]}}]}
+    if tls is not None:
+        chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": PREFIX + "DownstreamTlsContext", "require_client_certificate": True,
+            "common_tls_context": _common(tls)}}
+    return {"name": name, "address": addr("127.0.0.1", port), "filter_chains": [chain]}
+
+
+def _bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend: int,
+               certs: Path, logs: Path) -> dict[str, Any]:
+    return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
+        "listeners": [
+            _listener("to-tls", ports["to-tls"], "tls-backend", logs),
+            _listener("from-tls", ports["from-tls"], "plain-backend", logs, tls=certs),
+            _listener("mesh", ports["mesh"], "mesh", logs)],
+        "clusters": [
+            static_cluster("tls-backend", tls_backend, transport_socket=_upstream_tls(certs)),
+            static_cluster("plain-backend", plain_backend),
+            static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs))]}}
+
+
+# the byte counters of both ends of each tcp_proxy, and its idle timeouts (none). Not the
+# connection counts: loopback_proxy's plain probe of the TLS listener is a connection
+# Envoy's tcp_proxy takes before the handshake fails (it connects upstream on accept),
+# remora's only after a handshake
+COUNTERS = re.compile(r"^(tcp\.[a-z-]+\.(downstream_cx_(rx|tx)_bytes_total|idle_timeout)|"
+                      r"cluster\.[a-z-]+\.upstream_cx_(tx|rx)_bytes_total): \d+$")
+
+
+def _ends(ends: list[tuple[int, str]]) -> list[str]:
+    return [end for size, end in ends if size == len(PAYLOAD)]
+
+
+def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
+    logs = tmp / kind
+    logs.mkdir()
+    tls_ends: list[tuple[int, str]] = []
+    plain_ends: list[tuple[int, str]] = []
+    tls_srv = th.tls_backend(th.server_context(certs), tls_ends)
+    plain_srv = th.plain_backend(plain_ends)
+    ports = {name: free_port() for name in ("to-tls", "from-tls", "mesh")}
+    admin = free_port()
+    config = tmp / f"{kind}.json"
+    config.write_text(json.dumps(_bootstrap(ports, admin, tls_srv.getsockname()[1],
+                                            plain_srv.getsockname()[1], certs, logs)))
+    out: dict[str, Any] = {}
+    try:
+        with lp.loopback_proxy(kind, config, *ports.values(), admin):
+            # the backends' ends of the clients' connections (loopback_proxy's probes
+            # of the listeners went through too, without a byte)
+            out["to-tls"] = (*th.plain_client(ports["to-tls"], PAYLOAD), _ends(tls_ends))
+            out["from-tls"] = (*th.tls_client(ports["from-tls"], th.client_context(certs),
+                                              PAYLOAD), _ends(plain_ends))
+            plain_ends.clear()
+            out["mesh"] = (*th.plain_client(ports["mesh"], PAYLOAD), _ends(plain_ends))
+            lines = lp.wait_lines(logs / "from-tls.log", 3) + lp.wait_lines(
+                logs / "to-tls.log", 1) + lp.wait_lines(logs / "mesh.log", 1)
+            # the clients' lines (and the mesh client's second hop, the from-tls line of
+            # TLS 1.2, Envoy's default highest for a client), not the probes'
+            out["log"] = sorted(line for line in lines if line.startswith(f"{len(PAYLOAD)} "))
+            stats = lp.admin_text(admin, "/stats")
+            out["stats"] = sorted(m.group(0) for line in stats.splitlines()
+                                  if (m := COUNTERS.match(line)))
+    finally:
+        tls_srv.close()
+        plain_srv.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("tls-half-close")
+    certs = tmp / "certs"
+    CertificateAuthority(tmp / "ca").ensure_workload(certs, "demo")
+    return lp.each_kind(lambda kind: _story(kind, certs, tmp))
+
+
+ANSWER = th.answer(PAYLOAD)
+
+
+@pytest.mark.parametrize("path, end, backend_end", [
+    ("to-tls", "fin", "close_notify"),
+    ("from-tls", "close_notify", "fin"),
+    ("mesh", "fin", "fin"),
+])
+def test_half_close_passes_through_tls_as_envoy(outcomes: dict[str, dict[str, Any]], path: str,
+                                                 end: str, backend_end: str) -> None:
+    envoy, remora = outcomes["envoy"][path], outcomes["remora"][path]
+    # what Envoy does (observed on 1.40): the backend's input ends, its answer comes back
+    assert envoy == (ANSWER, end, [backend_end]), envoy
+    assert remora == envoy
+
+
+def test_access_log_and_counters_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
+    assert outcomes["envoy"]["log"] == [
+        f"{len(PAYLOAD)} {len(ANSWER)} - {cluster} {version} -" for cluster, version in (
+            ("mesh", "-"), ("plain-backend", "TLSv1.2"), ("plain-backend", "TLSv1.3"),
+            ("tls-backend", "-"))]
+    assert outcomes["remora"]["log"] == outcomes["envoy"]["log"]
+    assert outcomes["remora"]["stats"] == outcomes["envoy"]["stats"]

@@ -1,0 +1,171 @@
+"""The peers of the TLS half-close tests (test_tls_half_close*.py): backends that read to
+the end of their input and only then answer, and clients that end their input and read the
+answer, over TLS with close_notify as the end, as Envoy's SslSocket sends it, or plain
+with a FIN. Each tells how the other side's input ended."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+
+TIMEOUT = 3.0  # what a side waits for the end of its input before giving up ("timeout")
+
+
+def server_context(certs: Path, client_certs: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs / "cert-chain.pem", certs / "key.pem")
+    if client_certs:
+        ctx.load_verify_locations(certs / "root-cert.pem")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(certs: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(certs / "root-cert.pem")
+    ctx.load_cert_chain(certs / "cert-chain.pem", certs / "key.pem")
+    return ctx
+
+
+def answer(data: bytes) -> bytes:
+    return b"answer to %d bytes: " % len(data) + data[::-1]
+
+
+class TlsHalfClose:
+    """A TLS client or server side over a blocking socket through memory BIOs, so it can
+    send its close_notify and go on reading (``ssl.SSLSocket.unwrap`` waits for the
+    peer's)."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server: bool) -> None:
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server,
+                                server_hostname=None if server else "backend")
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    raise ConnectionError("EOF in the handshake") from None
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+        return bool(data)
+
+    def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        self._flush()
+
+    def close_notify(self) -> None:
+        """Our close_notify, the socket left open both ways (nothing is waiting in the
+        incoming BIO, so unwrap's second SSL_shutdown only finds it empty)."""
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.obj.unwrap()
+        self._flush()
+
+    def read_to_end(self) -> tuple[bytes, str]:
+        """Everything until the peer's end: (data, "close_notify" / "fin" (a TCP EOF
+        without one) / "timeout" / "reset")."""
+        got = b""
+        try:
+            while True:
+                try:
+                    chunk = self.obj.read(65536)
+                except ssl.SSLWantReadError:
+                    self._flush()
+                    if not self._fill():
+                        return got, "fin"
+                    continue
+                except ssl.SSLZeroReturnError:
+                    return got, "close_notify"
+                except ssl.SSLEOFError:
+                    return got, "fin"
+                if not chunk:
+                    return got, "close_notify"
+                got += chunk
+        except TimeoutError:
+            return got, "timeout"
+        except ConnectionResetError:
+            return got, "reset"
+
+
+def read_plain(sock: socket.socket) -> tuple[bytes, str]:
+    got = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return got, "fin"
+            got += chunk
+    except TimeoutError:
+        return got, "timeout"
+    except ConnectionResetError:
+        return got, "reset"
+
+
+def tls_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]]) -> socket.socket:
+    """A listening TLS backend: reads until its input ends (ENDS gets how many bytes came
+    and how it ended), answers, sends its close_notify and closes."""
+    from tests.unit.proxy.loopback_proxies import thread_server
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT)
+        try:
+            side = TlsHalfClose(conn, ctx, server=True)
+            data, end = side.read_to_end()
+            ends.append((len(data), end))
+            if end in ("close_notify", "fin"):
+                side.send(answer(data))
+                side.close_notify()
+        except (OSError, ssl.SSLError) as exc:
+            ends.append((-1, f"error {exc!r}"))
+
+    return thread_server(handle, threaded=True)
+
+
+def plain_backend(ends: list[tuple[int, str]]) -> socket.socket:
+    """A listening plain backend: reads to its FIN (ENDS gets how many bytes came and how
+    its input ended), answers and closes."""
+    from tests.unit.proxy.loopback_proxies import thread_server
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT)
+        data, end = read_plain(conn)
+        ends.append((len(data), end))
+        if end == "fin":
+            conn.sendall(answer(data))
+
+    return thread_server(handle, threaded=True)
+
+
+def plain_client(port: int, payload: bytes) -> tuple[bytes, str]:
+    """PAYLOAD, then shutdown(SHUT_WR); (the answer, how it ended)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT + 2) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return read_plain(sock)
+
+
+def tls_client(port: int, ctx: ssl.SSLContext, payload: bytes) -> tuple[bytes, str]:
+    """PAYLOAD over TLS, then a close_notify (no FIN, as Envoy's SslSocket); (the answer,
+    how it ended)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT + 2) as sock:
+        side = TlsHalfClose(sock, ctx, server=False)
+        side.send(payload)
+        side.close_notify()
+        return side.read_to_end()
