@@ -28,55 +28,11 @@ import pytest
 from remora.controlplane.ca import CertificateAuthority
 from tests.unit.proxy import loopback_proxies as lp
 from tests.unit.proxy import tls_half_close as th
-from tests.unit.proxy.proxy_helpers import FILE_LOG, TCP_PROXY, addr, free_port, static_cluster
+from tests.unit.proxy.proxy_helpers import free_port
 
 pytestmark = pytest.mark.envoy
 
-PREFIX = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-LOG = ("%BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% "
-       "%DOWNSTREAM_TLS_VERSION% %CONNECTION_TERMINATION_DETAILS%\n")
 PAYLOAD = b"request " * 5000  # 40000 bytes: several TLS records
-
-
-def _common(certs: Path) -> dict[str, Any]:
-    return {"tls_certificates": [{
-        "certificate_chain": {"filename": str(certs / "cert-chain.pem")},
-        "private_key": {"filename": str(certs / "key.pem")}}],
-        "validation_context": {"trusted_ca": {"filename": str(certs / "root-cert.pem")}}}
-
-
-def _upstream_tls(certs: Path) -> dict[str, Any]:
-    return {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": PREFIX + "UpstreamTlsContext", "common_tls_context": _common(certs)}}
-
-
-def _listener(name: str, port: int, cluster: str, logs: Path,
-              tls: Path | None = None) -> dict[str, Any]:
-    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.tcp_proxy",
-                                          "typed_config": {
-        "@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster,
-        "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
-            "@type": FILE_LOG, "path": str(logs / f"{name}.log"),
-            "log_format": {"text_format_source": {"inline_string": LOG}}}}]}}]}
-    if tls is not None:
-        chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
-            "@type": PREFIX + "DownstreamTlsContext", "require_client_certificate": True,
-            "common_tls_context": _common(tls)}}
-    return {"name": name, "address": addr("127.0.0.1", port), "filter_chains": [chain]}
-
-
-def _bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend: int,
-               certs: Path, logs: Path) -> dict[str, Any]:
-    return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
-        "listeners": [
-            _listener("to-tls", ports["to-tls"], "tls-backend", logs),
-            _listener("from-tls", ports["from-tls"], "plain-backend", logs, tls=certs),
-            _listener("mesh", ports["mesh"], "mesh", logs)],
-        "clusters": [
-            static_cluster("tls-backend", tls_backend, transport_socket=_upstream_tls(certs)),
-            static_cluster("plain-backend", plain_backend),
-            static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs))]}}
-
 
 # the byte counters of both ends of each tcp_proxy, and its idle timeouts (none). Not the
 # connection counts: loopback_proxy's plain probe of the TLS listener is a connection
@@ -100,7 +56,7 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
     ports = {name: free_port() for name in ("to-tls", "from-tls", "mesh")}
     admin = free_port()
     config = tmp / f"{kind}.json"
-    config.write_text(json.dumps(_bootstrap(ports, admin, tls_srv.getsockname()[1],
+    config.write_text(json.dumps(th.bootstrap(ports, admin, tls_srv.getsockname()[1],
                                             plain_srv.getsockname()[1], certs, logs)))
     out: dict[str, Any] = {}
     try:

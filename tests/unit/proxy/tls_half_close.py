@@ -9,6 +9,9 @@ import contextlib
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
+
+from tests.unit.proxy.proxy_helpers import FILE_LOG, TCP_PROXY, addr, static_cluster
 
 TIMEOUT = 3.0  # what a side waits for the end of its input before giving up ("timeout")
 
@@ -169,3 +172,54 @@ def tls_client(port: int, ctx: ssl.SSLContext, payload: bytes) -> tuple[bytes, s
         side.send(payload)
         side.close_notify()
         return side.read_to_end()
+
+
+# -- the bootstrap ------------------------------------------------------------------------
+PREFIX = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+LOG = ("%BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% "
+       "%DOWNSTREAM_TLS_VERSION% %CONNECTION_TERMINATION_DETAILS%\n")
+
+
+def _common(certs: Path) -> dict[str, Any]:
+    return {"tls_certificates": [{
+        "certificate_chain": {"filename": str(certs / "cert-chain.pem")},
+        "private_key": {"filename": str(certs / "key.pem")}}],
+        "validation_context": {"trusted_ca": {"filename": str(certs / "root-cert.pem")}}}
+
+
+def _upstream_tls(certs: Path) -> dict[str, Any]:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": PREFIX + "UpstreamTlsContext", "common_tls_context": _common(certs)}}
+
+
+def _listener(name: str, port: int, cluster: str, logs: Path,
+              tls: Path | None = None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                          "typed_config": {
+        "@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster,
+        "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": FILE_LOG, "path": str(logs / f"{name}.log"),
+            "log_format": {"text_format_source": {"inline_string": LOG}}}}]}}]}
+    if tls is not None:
+        chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": PREFIX + "DownstreamTlsContext", "require_client_certificate": True,
+            "common_tls_context": _common(tls)}}
+    return {"name": name, "address": addr("127.0.0.1", port), "filter_chains": [chain]}
+
+
+def bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend: int,
+              certs: Path, logs: Path) -> dict[str, Any]:
+    """``to-tls``: plain listener -> TLS backend; ``from-tls``: mTLS listener -> plain
+    backend; ``mesh``: plain listener -> mTLS to from-tls (client sidecar to server
+    sidecar); each tcp_proxy with an access log LOG in LOGS/<listener>.log."""
+    return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
+        "listeners": [
+            _listener("to-tls", ports["to-tls"], "tls-backend", logs),
+            _listener("from-tls", ports["from-tls"], "plain-backend", logs, tls=certs),
+            _listener("mesh", ports["mesh"], "mesh", logs)],
+        "clusters": [
+            static_cluster("tls-backend", tls_backend, transport_socket=_upstream_tls(certs)),
+            static_cluster("plain-backend", plain_backend),
+            static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs))]}}
+
+

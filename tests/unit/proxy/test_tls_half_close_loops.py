@@ -1,0 +1,105 @@
+"""tcp_proxy's half-close over TLS (transport/tls.py _HalfClose) in-process, under uvloop
+(what `remora proxy` runs) and plain asyncio (what it runs without uvloop): the bootstrap
+of test_tls_half_close_envoy_parity (a plain client to a TLS backend, a TLS client to a
+plain backend, and both chained over mTLS), with 3 MiB each way, so the end of stream is
+passed on while uvloop's and the socket's write buffers still hold what came before it:
+the close_notify must follow every byte, and the answer come back whole.
+
+The SSLObject's close_notify is one SSL_shutdown through ctypes (handshake.py); the
+last test checks the pointer is found on this CPython, so the unwrap fallback is not what
+the others exercised."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from remora.controlplane.ca import CertificateAuthority
+from remora.proxy.transport import handshake
+from tests.unit.proxy import tls_half_close as th
+from tests.unit.proxy.proxy_helpers import free_port, running
+from tests.unit.proxy.test_tls_sslobject import _transport
+
+PAYLOAD = bytes(range(256)) * (3 * 4096)  # 3 MiB
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def _run(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
+    certs = tmp_path / "certs"
+    CertificateAuthority(tmp_path / "ca").ensure_workload(certs, "demo")
+    tls_ends: list[tuple[int, str]] = []
+    plain_ends: list[tuple[int, str]] = []
+    tls_srv = th.tls_backend(th.server_context(certs), tls_ends)
+    plain_srv = th.plain_backend(plain_ends)
+    ports = {name: free_port() for name in ("to-tls", "from-tls", "mesh")}
+    doc = th.bootstrap(ports, free_port(), tls_srv.getsockname()[1],
+                       plain_srv.getsockname()[1], certs, tmp_path)
+    out: dict[str, tuple[bytes, str]] = {}
+
+    async def main() -> None:
+        async with running(doc, tmp_path):
+            out["to-tls"] = await asyncio.to_thread(th.plain_client, ports["to-tls"], PAYLOAD)
+            out["from-tls"] = await asyncio.to_thread(
+                th.tls_client, ports["from-tls"], th.client_context(certs), PAYLOAD)
+            out["mesh"] = await asyncio.to_thread(th.plain_client, ports["mesh"], PAYLOAD)
+
+    try:
+        _run(loop, main)
+    finally:
+        tls_srv.close()
+        plain_srv.close()
+    answer = th.answer(PAYLOAD)
+    # each end as Envoy passes it on (test_tls_half_close_envoy_parity)
+    assert out["to-tls"] == (answer, "fin")
+    assert out["from-tls"] == (answer, "close_notify")
+    assert out["mesh"] == (answer, "fin")
+    assert tls_ends == [(len(PAYLOAD), "close_notify")]
+    assert plain_ends == [(len(PAYLOAD), "fin")] * 2
+
+
+def test_close_notify_goes_through_ssl_shutdown(tmp_path: Path) -> None:
+    """The SSL pointer of an SSLObject of remora's context is found (CPython's
+    PySSLSocket layout), so send_close_notify calls SSL_shutdown once, and the peer reads
+    the close_notify while the sender can still read what the peer sends after it."""
+    certs = tmp_path / "certs"
+    CertificateAuthority(tmp_path / "ca").ensure_workload(certs, "demo")
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = _transport(certs, False).context().wrap_bio(c_in, c_out, server_hostname="x")
+    server = _transport(certs, True).context().wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        done = 0
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if done == 2:
+            break
+    handshake.send_close_notify(client)
+    lib = handshake._shutdown
+    assert lib is not None and handshake._ssl_pointer(client, lib) is not None
+    s_in.write(c_out.read())
+    assert server.read(1024) == b""  # the end of stream (it has not sent its own)
+    server.write(b"answer after close_notify")
+    c_in.write(s_out.read())  # after the server's TLS 1.3 session tickets
+    got = b""
+    with pytest.raises(ssl.SSLWantReadError):
+        while True:
+            got += client.read(1024)
+    assert got == b"answer after close_notify"
