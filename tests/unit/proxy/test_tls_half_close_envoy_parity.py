@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,18 @@ def _ends(ends: list[tuple[int, str]]) -> list[str]:
     return [end for size, end in ends if size == len(PAYLOAD)]
 
 
+def _client_lines(path: Path, count: int, timeout: float = 5.0) -> list[str]:
+    """PATH's lines of the clients' connections, once there are COUNT (a proxy writes
+    them a little after the connection ends), or those there after TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        lines = [line for line in text.splitlines() if line.startswith(f"{len(PAYLOAD)} ")]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
     logs = tmp / kind
     logs.mkdir()
@@ -68,11 +81,11 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
                                               PAYLOAD), _ends(plain_ends))
             plain_ends.clear()
             out["mesh"] = (*th.plain_client(ports["mesh"], PAYLOAD), _ends(plain_ends))
-            lines = lp.wait_lines(logs / "from-tls.log", 3) + lp.wait_lines(
-                logs / "to-tls.log", 1) + lp.wait_lines(logs / "mesh.log", 1)
-            # the clients' lines (and the mesh client's second hop, the from-tls line of
+            # the clients' lines (the mesh client's second hop is the from-tls line of
             # TLS 1.2, Envoy's default highest for a client), not the probes'
-            out["log"] = sorted(line for line in lines if line.startswith(f"{len(PAYLOAD)} "))
+            out["log"] = sorted(
+                line for name, count in (("from-tls", 2), ("to-tls", 1), ("mesh", 1))
+                for line in _client_lines(logs / f"{name}.log", count))
             stats = lp.admin_text(admin, "/stats")
             out["stats"] = sorted(m.group(0) for line in stats.splitlines()
                                   if (m := COUNTERS.match(line)))
