@@ -10,6 +10,9 @@ One bootstrap, run once by `envoy` and once by `remora proxy`:
 - ``mesh``: the mesh's real path, a plain listener whose tcp_proxy goes over mTLS to the
   proxy's own ``from-tls`` listener (client sidecar -> server sidecar), then to the plain
   backend.
+- ``to-tls13`` and ``mesh13``: those two with TLS 1.3 toward the backend (a client's
+  default highest version is TLS 1.2), whose server's session tickets can come after the
+  client's close_notify.
 Each backend reads until its input ends, then answers and closes; the answers, how each
 input ended, the access log lines and the tcp/cluster byte counters must be the same in
 both. Before remora half-closed over TLS, its backend never saw an end of input (the
@@ -66,7 +69,7 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
     plain_ends: list[tuple[int, str]] = []
     tls_srv = th.tls_backend(th.server_context(certs), tls_ends)
     plain_srv = th.plain_backend(plain_ends)
-    ports = {name: free_port() for name in ("to-tls", "from-tls", "mesh")}
+    ports = {name: free_port() for name in th.PATHS}
     admin = free_port()
     config = tmp / f"{kind}.json"
     config.write_text(json.dumps(th.bootstrap(ports, admin, tls_srv.getsockname()[1],
@@ -76,15 +79,21 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
         with lp.loopback_proxy(kind, config, *ports.values(), admin):
             # the backends' ends of the clients' connections (loopback_proxy's probes
             # of the listeners went through too, without a byte)
-            out["to-tls"] = (*th.plain_client(ports["to-tls"], PAYLOAD), _ends(tls_ends))
+            for name in ("to-tls", "to-tls13"):
+                tls_ends.clear()
+                out[name] = (*th.plain_client(ports[name], PAYLOAD), _ends(tls_ends))
+            plain_ends.clear()
             out["from-tls"] = (*th.tls_client(ports["from-tls"], th.client_context(certs),
                                               PAYLOAD), _ends(plain_ends))
-            plain_ends.clear()
-            out["mesh"] = (*th.plain_client(ports["mesh"], PAYLOAD), _ends(plain_ends))
-            # the clients' lines (the mesh client's second hop is the from-tls line of
-            # TLS 1.2, Envoy's default highest for a client), not the probes'
+            for name in ("mesh", "mesh13"):
+                plain_ends.clear()
+                out[name] = (*th.plain_client(ports[name], PAYLOAD), _ends(plain_ends))
+            # the clients' lines (the mesh clients' second hops are from-tls lines, of
+            # TLS 1.2, Envoy's default highest for a client, and of TLS 1.3), not the
+            # probes'
             out["log"] = sorted(
-                line for name, count in (("from-tls", 2), ("to-tls", 1), ("mesh", 1))
+                line for name, count in (("from-tls", 3), ("to-tls", 1), ("to-tls13", 1),
+                                         ("mesh", 1), ("mesh13", 1))
                 for line in _client_lines(logs / f"{name}.log", count))
             stats = lp.admin_text(admin, "/stats")
             out["stats"] = sorted(m.group(0) for line in stats.splitlines()
@@ -108,8 +117,10 @@ ANSWER = th.answer(PAYLOAD)
 
 @pytest.mark.parametrize("path, end, backend_end", [
     ("to-tls", "fin", "close_notify"),
+    ("to-tls13", "fin", "close_notify"),
     ("from-tls", "close_notify", "fin"),
     ("mesh", "fin", "fin"),
+    ("mesh13", "fin", "fin"),
 ])
 def test_half_close_passes_through_tls_as_envoy(outcomes: dict[str, dict[str, Any]], path: str,
                                                  end: str, backend_end: str) -> None:
@@ -122,7 +133,8 @@ def test_half_close_passes_through_tls_as_envoy(outcomes: dict[str, dict[str, An
 def test_access_log_and_counters_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
     assert outcomes["envoy"]["log"] == [
         f"{len(PAYLOAD)} {len(ANSWER)} - {cluster} {version} -" for cluster, version in (
-            ("mesh", "-"), ("plain-backend", "TLSv1.2"), ("plain-backend", "TLSv1.3"),
-            ("tls-backend", "-"))]
+            ("mesh", "-"), ("mesh-13", "-"), ("plain-backend", "TLSv1.2"),
+            ("plain-backend", "TLSv1.3"), ("plain-backend", "TLSv1.3"), ("tls-backend", "-"),
+            ("tls-backend-13", "-"))]
     assert outcomes["remora"]["log"] == outcomes["envoy"]["log"]
     assert outcomes["remora"]["stats"] == outcomes["envoy"]["stats"]

@@ -1,9 +1,10 @@
 """tcp_proxy's half-close over TLS (transport/tls.py _HalfClose) in-process, under uvloop
 (what `remora proxy` runs) and plain asyncio (what it runs without uvloop): the bootstrap
 of test_tls_half_close_envoy_parity (a plain client to a TLS backend, a TLS client to a
-plain backend, and both chained over mTLS), with 3 MiB each way, so the end of stream is
-passed on while uvloop's and the socket's write buffers still hold what came before it:
-the close_notify must follow every byte, and the answer come back whole.
+plain backend, and both chained over mTLS; TLS 1.2 and 1.3 toward the backend), with
+3 MiB each way, so the end of stream is passed on while uvloop's and the socket's write
+buffers still hold what came before it: the close_notify must follow every byte, and the
+answer come back whole.
 
 The SSLObject's close_notify is one SSL_shutdown through ctypes (handshake.py); the
 last test checks the pointer is found on this CPython, so the unwrap fallback is not what
@@ -44,17 +45,18 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
     plain_ends: list[tuple[int, str]] = []
     tls_srv = th.tls_backend(th.server_context(certs), tls_ends)
     plain_srv = th.plain_backend(plain_ends)
-    ports = {name: free_port() for name in ("to-tls", "from-tls", "mesh")}
+    ports = {name: free_port() for name in th.PATHS}
     doc = th.bootstrap(ports, free_port(), tls_srv.getsockname()[1],
                        plain_srv.getsockname()[1], certs, tmp_path)
     out: dict[str, tuple[bytes, str]] = {}
 
     async def main() -> None:
         async with running(doc, tmp_path):
-            out["to-tls"] = await asyncio.to_thread(th.plain_client, ports["to-tls"], PAYLOAD)
-            out["from-tls"] = await asyncio.to_thread(
-                th.tls_client, ports["from-tls"], th.client_context(certs), PAYLOAD)
-            out["mesh"] = await asyncio.to_thread(th.plain_client, ports["mesh"], PAYLOAD)
+            for name in th.PATHS:
+                out[name] = await asyncio.to_thread(
+                    th.tls_client, ports[name], th.client_context(certs), PAYLOAD
+                ) if name == "from-tls" else await asyncio.to_thread(
+                    th.plain_client, ports[name], PAYLOAD)
 
     try:
         _run(loop, main)
@@ -63,11 +65,10 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
         plain_srv.close()
     answer = th.answer(PAYLOAD)
     # each end as Envoy passes it on (test_tls_half_close_envoy_parity)
-    assert out["to-tls"] == (answer, "fin")
-    assert out["from-tls"] == (answer, "close_notify")
-    assert out["mesh"] == (answer, "fin")
-    assert tls_ends == [(len(PAYLOAD), "close_notify")]
-    assert plain_ends == [(len(PAYLOAD), "fin")] * 2
+    assert out == {name: (answer, "close_notify" if name == "from-tls" else "fin")
+                   for name in th.PATHS}
+    assert tls_ends == [(len(PAYLOAD), "close_notify")] * 2  # to-tls, to-tls13
+    assert plain_ends == [(len(PAYLOAD), "fin")] * 3  # from-tls, mesh, mesh13
 
 
 def test_close_notify_goes_through_ssl_shutdown(tmp_path: Path) -> None:

@@ -187,9 +187,17 @@ def _common(certs: Path) -> dict[str, Any]:
         "validation_context": {"trusted_ca": {"filename": str(certs / "root-cert.pem")}}}
 
 
-def _upstream_tls(certs: Path) -> dict[str, Any]:
+def _upstream_tls(certs: Path, tls13: bool = False) -> dict[str, Any]:
+    common = _common(certs)
+    if tls13:  # a client's default highest version is TLS 1.2 in Envoy (and remora)
+        common["tls_params"] = {"tls_maximum_protocol_version": "TLSv1_3"}
     return {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": PREFIX + "UpstreamTlsContext", "common_tls_context": _common(certs)}}
+        "@type": PREFIX + "UpstreamTlsContext", "common_tls_context": common}}
+
+
+# the listeners, each a client's way in: (cluster, from here over TLS 1.3)
+PATHS = {"to-tls": "tls-backend", "to-tls13": "tls-backend-13", "from-tls": "plain-backend",
+         "mesh": "mesh", "mesh13": "mesh-13"}
 
 
 def _listener(name: str, port: int, cluster: str, logs: Path,
@@ -211,15 +219,18 @@ def bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend
               certs: Path, logs: Path) -> dict[str, Any]:
     """``to-tls``: plain listener -> TLS backend; ``from-tls``: mTLS listener -> plain
     backend; ``mesh``: plain listener -> mTLS to from-tls (client sidecar to server
-    sidecar); each tcp_proxy with an access log LOG in LOGS/<listener>.log."""
+    sidecar); ``to-tls13`` and ``mesh13`` as those with TLS 1.3 toward the backend (a
+    TLS 1.2 one by default); each tcp_proxy with an access log LOG in
+    LOGS/<listener>.log. PORTS: each listener's (PATHS)."""
     return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
-        "listeners": [
-            _listener("to-tls", ports["to-tls"], "tls-backend", logs),
-            _listener("from-tls", ports["from-tls"], "plain-backend", logs, tls=certs),
-            _listener("mesh", ports["mesh"], "mesh", logs)],
+        "listeners": [_listener(name, ports[name], cluster, logs,
+                                tls=certs if name == "from-tls" else None)
+                      for name, cluster in PATHS.items()],
         "clusters": [
             static_cluster("tls-backend", tls_backend, transport_socket=_upstream_tls(certs)),
+            static_cluster("tls-backend-13", tls_backend,
+                           transport_socket=_upstream_tls(certs, tls13=True)),
             static_cluster("plain-backend", plain_backend),
-            static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs))]}}
-
-
+            static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs)),
+            static_cluster("mesh-13", ports["from-tls"],
+                           transport_socket=_upstream_tls(certs, tls13=True))]}}
