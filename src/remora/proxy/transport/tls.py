@@ -18,6 +18,9 @@ SAN matching happens in the handshake, from OpenSSL's verify callback (handshake
 a refused certificate fails it with Envoy's alert and failure reason; where that callback
 cannot be installed, and for a request's SAN list override, right after the handshake
 (the connection is then closed with Envoy's failure reason text).
+A tcp_proxy connection half-closes over TLS as Envoy's SslSocket (_HalfClose): the
+peer's close_notify is an end of stream with the connection left open for writing, and
+write_eof sends a close_notify after what was written and goes on reading.
 """
 
 from __future__ import annotations
