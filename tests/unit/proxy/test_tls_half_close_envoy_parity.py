@@ -69,11 +69,14 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
     plain_ends: list[tuple[int, str]] = []
     tls_srv = th.tls_backend(th.server_context(certs), tls_ends)
     plain_srv = th.plain_backend(plain_ends)
+    greeted_ends: list[tuple[int, str]] = []
+    greeter = th.greeting_backend(th.server_context(certs), greeted_ends)
     ports = {name: free_port() for name in th.PATHS}
     admin = free_port()
     config = tmp / f"{kind}.json"
-    config.write_text(json.dumps(th.bootstrap(ports, admin, tls_srv.getsockname()[1],
-                                            plain_srv.getsockname()[1], certs, logs)))
+    config.write_text(json.dumps(th.bootstrap(
+        ports, admin, tls_srv.getsockname()[1], plain_srv.getsockname()[1], certs, logs,
+        greeter.getsockname()[1])))
     out: dict[str, Any] = {}
     try:
         with lp.loopback_proxy(kind, config, *ports.values(), admin):
@@ -88,12 +91,14 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
             for name in ("mesh", "mesh13"):
                 plain_ends.clear()
                 out[name] = (*th.plain_client(ports[name], PAYLOAD), _ends(plain_ends))
+            out["greeted"] = (*th.plain_client_greeted(ports["greeted"], PAYLOAD),
+                              th.backend_ends(greeted_ends, len(PAYLOAD)))
             # the clients' lines (the mesh clients' second hops are from-tls lines, of
             # TLS 1.2, Envoy's default highest for a client, and of TLS 1.3), not the
             # probes'
             out["log"] = sorted(
                 line for name, count in (("from-tls", 3), ("to-tls", 1), ("to-tls13", 1),
-                                         ("mesh", 1), ("mesh13", 1))
+                                         ("mesh", 1), ("mesh13", 1), ("greeted", 1))
                 for line in _client_lines(logs / f"{name}.log", count))
             stats = lp.admin_text(admin, "/stats")
             out["stats"] = sorted(m.group(0) for line in stats.splitlines()
@@ -101,6 +106,7 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
     finally:
         tls_srv.close()
         plain_srv.close()
+        greeter.close()
     return out
 
 
@@ -113,6 +119,14 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
 
 
 ANSWER = th.answer(PAYLOAD)
+
+
+def test_a_backend_that_half_closes_first_still_gets_the_input_as_on_envoy(
+        outcomes: dict[str, dict[str, Any]]) -> None:
+    """The backend's greeting and close_notify reach the client as the greeting and a
+    FIN; the client's input after it still reaches the backend, ended by a close_notify."""
+    assert outcomes["envoy"]["greeted"] == (th.GREETING, "fin", ["close_notify"])
+    assert outcomes["remora"]["greeted"] == outcomes["envoy"]["greeted"]
 
 
 @pytest.mark.parametrize("path, end, backend_end", [
@@ -131,10 +145,10 @@ def test_half_close_passes_through_tls_as_envoy(outcomes: dict[str, dict[str, An
 
 
 def test_access_log_and_counters_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
-    assert outcomes["envoy"]["log"] == [
+    assert outcomes["envoy"]["log"] == sorted([
         f"{len(PAYLOAD)} {len(ANSWER)} - {cluster} {version} -" for cluster, version in (
             ("mesh", "-"), ("mesh-13", "-"), ("plain-backend", "TLSv1.2"),
             ("plain-backend", "TLSv1.3"), ("plain-backend", "TLSv1.3"), ("tls-backend", "-"),
-            ("tls-backend-13", "-"))]
+            ("tls-backend-13", "-"))] + [f"{len(PAYLOAD)} {len(th.GREETING)} - greeter - -"])
     assert outcomes["remora"]["log"] == outcomes["envoy"]["log"]
     assert outcomes["remora"]["stats"] == outcomes["envoy"]["stats"]

@@ -2,9 +2,9 @@
 (what `remora proxy` runs) and plain asyncio (what it runs without uvloop): the bootstrap
 of test_tls_half_close_envoy_parity (a plain client to a TLS backend, a TLS client to a
 plain backend, and both chained over mTLS; TLS 1.2 and 1.3 toward the backend), with
-3 MiB each way, so the end of stream is passed on while uvloop's and the socket's write
-buffers still hold what came before it: the close_notify must follow every byte, and the
-answer come back whole.
+3 MiB each way (and a TLS backend that half-closes first), so the end of stream is
+passed on while uvloop's and the socket's write buffers still hold what came before it:
+the close_notify must follow every byte, and the answer come back whole.
 
 The SSLObject's close_notify is one SSL_shutdown through ctypes (handshake.py); the
 last test checks the pointer is found on this CPython, so the unwrap fallback is not what
@@ -13,6 +13,7 @@ the others exercised."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -32,6 +33,10 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
+def tls_client(port: int, payload: bytes, ctx: ssl.SSLContext) -> tuple[bytes, str]:
+    return th.tls_client(port, ctx, payload)
+
+
 def _run(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(main())
@@ -45,28 +50,41 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
     plain_ends: list[tuple[int, str]] = []
     tls_srv = th.tls_backend(th.server_context(certs), tls_ends)
     plain_srv = th.plain_backend(plain_ends)
+    greeted_ends: list[tuple[int, str]] = []
+    greeter = th.greeting_backend(th.server_context(certs), greeted_ends)
     ports = {name: free_port() for name in th.PATHS}
     doc = th.bootstrap(ports, free_port(), tls_srv.getsockname()[1],
-                       plain_srv.getsockname()[1], certs, tmp_path)
+                       plain_srv.getsockname()[1], certs, tmp_path, greeter.getsockname()[1])
     out: dict[str, tuple[bytes, str]] = {}
+    greeted: list[str] = []
 
     async def main() -> None:
         async with running(doc, tmp_path):
             for name in th.PATHS:
-                out[name] = await asyncio.to_thread(
-                    th.tls_client, ports[name], th.client_context(certs), PAYLOAD
-                ) if name == "from-tls" else await asyncio.to_thread(
-                    th.plain_client, ports[name], PAYLOAD)
+                client: Callable[[int, bytes], tuple[bytes, str]]
+                if name == "from-tls":
+                    client = functools.partial(tls_client, ctx=th.client_context(certs))
+                elif name == "greeted":
+                    client = th.plain_client_greeted
+                else:
+                    client = th.plain_client
+                out[name] = await asyncio.to_thread(client, ports[name], PAYLOAD)
+            # (the proxy still relaying the client's input to it)
+            greeted.extend(await asyncio.to_thread(th.backend_ends, greeted_ends, len(PAYLOAD)))
 
     try:
         _run(loop, main)
     finally:
         tls_srv.close()
         plain_srv.close()
+        greeter.close()
     answer = th.answer(PAYLOAD)
     # each end as Envoy passes it on (test_tls_half_close_envoy_parity)
-    assert out == {name: (answer, "close_notify" if name == "from-tls" else "fin")
+    assert out == {name: (th.GREETING if name == "greeted" else answer,
+                          "close_notify" if name == "from-tls" else "fin")
                    for name in th.PATHS}
+    # the backend that half-closed first still got the client's input, and its end
+    assert greeted == ["close_notify"], greeted_ends
     assert tls_ends == [(len(PAYLOAD), "close_notify")] * 2  # to-tls, to-tls13
     assert plain_ends == [(len(PAYLOAD), "fin")] * 3  # from-tls, mesh, mesh13
 

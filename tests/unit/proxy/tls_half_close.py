@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,49 @@ def tls_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]]) -> socket.sock
     return thread_server(handle, threaded=True)
 
 
+GREETING = b"greeting first"
+
+
+def greeting_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]]) -> socket.socket:
+    """A listening TLS backend that half-closes first: a greeting and its close_notify
+    right after the handshake, then it reads until its input ends (ENDS gets how many
+    bytes came and how it ended) and closes."""
+    from tests.unit.proxy.loopback_proxies import thread_server
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT)
+        try:
+            side = TlsHalfClose(conn, ctx, server=True)
+            side.send(GREETING)
+            side.close_notify()
+            data, end = side.read_to_end()
+            ends.append((len(data), end))
+        except (OSError, ssl.SSLError) as exc:
+            ends.append((-1, f"error {exc!r}"))
+
+    return thread_server(handle, threaded=True)
+
+
+def backend_ends(ends: list[tuple[int, str]], size: int,
+                 timeout: float = TIMEOUT + 2) -> list[str]:
+    """How the inputs of SIZE bytes in ENDS ended, once there is one (a proxy can close
+    the client's connection while the backend is still reading), or none after TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while not any(n == size for n, _ in ends) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [end for n, end in ends if n == size]
+
+
+def plain_client_greeted(port: int, payload: bytes) -> tuple[bytes, str]:
+    """Reads to the end of the greeting, then sends PAYLOAD and a FIN; (the greeting, how
+    it ended). What reached the backend is in its ENDS (backend_ends)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT + 2) as sock:
+        got = read_plain(sock)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return got
+
+
 def plain_backend(ends: list[tuple[int, str]]) -> socket.socket:
     """A listening plain backend: reads to its FIN (ENDS gets how many bytes came and how
     its input ended), answers and closes."""
@@ -197,7 +241,7 @@ def _upstream_tls(certs: Path, tls13: bool = False) -> dict[str, Any]:
 
 # the listeners, each a client's way in: (cluster, from here over TLS 1.3)
 PATHS = {"to-tls": "tls-backend", "to-tls13": "tls-backend-13", "from-tls": "plain-backend",
-         "mesh": "mesh", "mesh13": "mesh-13"}
+         "mesh": "mesh", "mesh13": "mesh-13", "greeted": "greeter"}
 
 
 def _listener(name: str, port: int, cluster: str, logs: Path,
@@ -216,11 +260,12 @@ def _listener(name: str, port: int, cluster: str, logs: Path,
 
 
 def bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend: int,
-              certs: Path, logs: Path) -> dict[str, Any]:
+              certs: Path, logs: Path, greeter: int) -> dict[str, Any]:
     """``to-tls``: plain listener -> TLS backend; ``from-tls``: mTLS listener -> plain
     backend; ``mesh``: plain listener -> mTLS to from-tls (client sidecar to server
     sidecar); ``to-tls13`` and ``mesh13`` as those with TLS 1.3 toward the backend (a
-    TLS 1.2 one by default); each tcp_proxy with an access log LOG in
+    TLS 1.2 one by default); ``greeted``: plain listener -> a TLS backend that
+    half-closes first (greeting_backend on GREETER); each tcp_proxy with an access log LOG in
     LOGS/<listener>.log. PORTS: each listener's (PATHS)."""
     return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
         "listeners": [_listener(name, ports[name], cluster, logs,
@@ -231,6 +276,7 @@ def bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend
             static_cluster("tls-backend-13", tls_backend,
                            transport_socket=_upstream_tls(certs, tls13=True)),
             static_cluster("plain-backend", plain_backend),
+            static_cluster("greeter", greeter, transport_socket=_upstream_tls(certs)),
             static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs)),
             static_cluster("mesh-13", ports["from-tls"],
                            transport_socket=_upstream_tls(certs, tls13=True))]}}
