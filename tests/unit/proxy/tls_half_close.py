@@ -208,13 +208,16 @@ def plain_client(port: int, payload: bytes) -> tuple[bytes, str]:
         return read_plain(sock)
 
 
-def tls_client(port: int, ctx: ssl.SSLContext, payload: bytes) -> tuple[bytes, str]:
-    """PAYLOAD over TLS, then a close_notify (no FIN, as Envoy's SslSocket); (the answer,
-    how it ended)."""
+def tls_client(port: int, ctx: ssl.SSLContext, payload: bytes,
+               fin: bool = False) -> tuple[bytes, str]:
+    """PAYLOAD over TLS, then a close_notify (no FIN, as Envoy's SslSocket; with FIN a
+    shutdown(SHUT_WR) after it); (the answer, how it ended)."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT + 2) as sock:
         side = TlsHalfClose(sock, ctx, server=False)
         side.send(payload)
         side.close_notify()
+        if fin:
+            sock.shutdown(socket.SHUT_WR)
         return side.read_to_end()
 
 
