@@ -16,6 +16,7 @@ import pytest
 from remora.errors import RemoraError
 from remora.node import naming, netlink, process
 from remora.node.hooks import ClusterSnapshot, PodContext, PodSetup
+from remora.node.probes import Probe
 from remora.node.process import ProcessSpec
 from remora.node.testing import TempNode
 
@@ -175,7 +176,7 @@ class RecordingSetup(PodSetup):
         code = ("import socket,time;time.sleep(0.5);s=socket.socket();"
                 "s.bind(('127.0.0.1',15021));s.listen();time.sleep(300)")
         return ProcessSpec([sys.executable, "-c", code], env=dict(os.environ), gid=1337,
-                           ready_port=15021)
+                           readiness=Probe("tcpSocket", port=15021, period=1))
 
     def cluster_changed(self, snapshot: ClusterSnapshot, pods: list[PodContext]) -> None:
         record = {f"{ns}/{svc}": sorted(e["ip"] for e in eps)

@@ -3,9 +3,8 @@
 Command and args (no image entrypoint exists here: a container without a command needs a
 PodSetup that maps its image), env with `value` and the downward API `fieldRef`s Istio's
 injected sidecar uses, securityContext runAsUser/runAsGroup/capabilities (the sidecar's
-1337, or 0 + NET_ADMIN in TPROXY mode), workingDir, and readiness from a tcpSocket or
-httpGet readinessProbe port (a TCP accept; remora does not speak the probe's HTTP), with
-the text kubelet's `Unhealthy` event gives a connection that fails.
+1337, or 0 + NET_ADMIN in TPROXY mode), workingDir, and the readiness, liveness and
+startup probes (tcpSocket, httpGet, exec) that remora.node.probes runs as kubelet does.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import os
 from typing import Any
 
 from remora.errors import RemoraError
+from remora.node.probes import Probe
 from remora.node.process import ProcessSpec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -90,24 +90,46 @@ def ready_port(container: dict[str, Any], kind: str = "readinessProbe") -> int |
     return None
 
 
-def probe_target(container: dict[str, Any], pod_ip: str, kind: str = "readinessProbe") -> str:
-    """The start of kubelet's prober's failure text for the container's KIND probe
-    (readinessProbe, livenessProbe) when its connection fails: Go's `dial tcp
-    HOST:PORT` (the probe's host, else the pod's IP: pkg/kubelet/prober/prober.go
-    runProbe), after `Get "URL": ` for httpGet (net/http's client error around the dial,
-    the URL as formatURL makes it); "" when there is no probe remora checks."""
-    probe = container.get(kind) or {}
+def probe(container: dict[str, Any], pod_ip: str, kind: str = "readinessProbe",
+          env: dict[str, str] | None = None) -> Probe | None:
+    """The container's KIND probe (readinessProbe, livenessProbe, startupProbe) with the
+    apiserver's defaults (periodSeconds 10, timeoutSeconds 1, successThreshold 1,
+    failureThreshold 3); None without one, or with a port that names no container port
+    (kubelet fails such a probe; the lab leaves it out). ENV is the container's
+    environment, an exec probe's (kubelet execs it in the container)."""
+    spec = container.get(kind) or {}
+    timing = {"period": float(spec.get("periodSeconds") or 10),
+              "delay": float(spec.get("initialDelaySeconds") or 0),
+              "timeout": float(spec.get("timeoutSeconds") or 1),
+              "success": int(spec.get("successThreshold") or 1),
+              "failure": int(spec.get("failureThreshold") or 3)}
+    if "exec" in spec:
+        command = tuple(str(c) for c in (spec["exec"] or {}).get("command") or [])
+        return Probe("exec", command=command, env=dict(env or {}), **timing)  # type: ignore[arg-type]
     port = ready_port(container, kind)
     if port is None:
-        return ""
-    action = probe.get("httpGet") or probe.get("tcpSocket") or {}
-    host = str(action.get("host") or pod_ip)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # net.JoinHostPort
-    dial = f"dial tcp {address}"
-    if "httpGet" in probe:
-        scheme = str(action.get("scheme") or "HTTP").lower()
-        return f'Get "{scheme}://{address}{action.get("path") or ""}": {dial}'
-    return dial
+        return None
+    if "httpGet" in spec:
+        action = spec["httpGet"] or {}
+        headers = tuple((str(h.get("name", "")), str(h.get("value", "")))
+                        for h in action.get("httpHeaders") or [] if h.get("name"))
+        return Probe("httpGet", port=port, host=str(action.get("host") or ""), pod_ip=pod_ip,
+                     path=str(action.get("path") or ""),
+                     scheme=str(action.get("scheme") or "HTTP"), headers=headers,
+                     **timing)  # type: ignore[arg-type]
+    action = spec.get("tcpSocket") or {}
+    return Probe("tcpSocket", port=port, host=str(action.get("host") or ""), pod_ip=pod_ip,
+                 **timing)  # type: ignore[arg-type]
+
+
+def probe_target(container: dict[str, Any], pod_ip: str, kind: str = "readinessProbe") -> str:
+    """The start of kubelet's prober's failure text for the container's KIND probe when
+    its connection fails: Go's `dial tcp HOST:PORT` (the probe's host, else the pod's IP:
+    pkg/kubelet/prober/prober.go runProbe), after `Get "URL": ` for httpGet (net/http's
+    client error around the dial, the URL as formatURL makes it); "" for exec or no
+    probe."""
+    found = probe(container, pod_ip, kind)
+    return "" if found is None else found.target
 
 
 def process_spec(pod: dict[str, Any], container: dict[str, Any], pod_ip: str,
@@ -120,24 +142,15 @@ def process_spec(pod: dict[str, Any], container: dict[str, Any], pod_ip: str,
             "give the container a command, or map its image to a local command")
     caps = ((container.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
     uid, gid = _security(pod, container, "runAsUser"), _security(pod, container, "runAsGroup")
-    live = container.get("livenessProbe") or {}
+    env = environment(pod, container, pod_ip, node_name)
     return ProcessSpec(
         argv=argv,
-        env=environment(pod, container, pod_ip, node_name),
+        env=env,
         uid=None if uid is None else int(uid),
         gid=None if gid is None else int(gid),
         caps=tuple(str(c).lower().removeprefix("cap_") for c in caps),
         cwd=container.get("workingDir") or "/",
-        ready_port=ready_port(container),
-        ready_target=probe_target(container, pod_ip),
-        ready_period=float((container.get("readinessProbe") or {}).get("periodSeconds")
-                           or 10),
-        ready_delay=float((container.get("readinessProbe") or {}).get("initialDelaySeconds")
-                          or 0),
-        live_port=ready_port(container, "livenessProbe"),
-        live_target=probe_target(container, pod_ip, "livenessProbe"),
-        # the apiserver's defaults: periodSeconds 10, failureThreshold 3
-        live_period=float(live.get("periodSeconds") or 10),
-        live_delay=float(live.get("initialDelaySeconds") or 0),
-        live_failures=int(live.get("failureThreshold") or 3),
+        readiness=probe(container, pod_ip, "readinessProbe", env),
+        liveness=probe(container, pod_ip, "livenessProbe", env),
+        startup=probe(container, pod_ip, "startupProbe", env),
     )

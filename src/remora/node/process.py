@@ -23,6 +23,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remora.node.probes import Probe
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -36,26 +38,17 @@ class ProcessSpec:
     gid: int | None = None
     caps: tuple[str, ...] = ()  # capability names without CAP_, e.g. ("net_admin",)
     cwd: str = "/"
-    # Readiness: a TCP connect to ready_host:ready_port inside the pod must succeed; None
-    # means "ready while running" (a container without a readiness probe).
-    ready_port: int | None = None
-    ready_host: str = "127.0.0.1"
-    # What kubelet's prober would dial, for the `Readiness probe failed: ...` event of a
-    # check that fails (podspec.probe_target): "dial tcp IP:PORT" for tcpSocket, with
-    # `Get "URL": ` before it for httpGet; the probe's periodSeconds and
-    # initialDelaySeconds say when such an event is due (kubelet probes once a period).
-    ready_target: str = ""
-    ready_period: float = 10.0
-    ready_delay: float = 0.0
-    # Liveness: the same connect to ready_host:live_port, once per live_period from
-    # max(live_delay, live_period) after the start; live_failures failures in a row and
-    # the container is killed (and restarted by the pod's restartPolicy), as kubelet
-    # does with a livenessProbe's failureThreshold. None: no liveness probe.
-    live_port: int | None = None
-    live_target: str = ""
-    live_period: float = 10.0
-    live_delay: float = 0.0
-    live_failures: int = 3
+    # The container's probes (podspec.probe), run by the supervisor as kubelet's prober
+    # runs them (remora.node.probes); None: no such probe (a container without a
+    # readinessProbe is ready while running, as in kubelet).
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    startup: Probe | None = None
+
+    @property
+    def ready_port(self) -> int | None:
+        """The readiness probe's port (None without one, or for an exec probe)."""
+        return None if self.readiness is None else self.readiness.port
 
 
 def wrapped_argv(netns_name: str, spec: ProcessSpec) -> list[str]:

@@ -420,6 +420,9 @@ class Runtime:
         elif reason == "Unhealthy":  # prober.go's recordContainerEvent, a Warning
             self._record(involved, "Unhealthy", detail, type_="Warning", component="kubelet",
                          host=host)
+        elif reason == "ProbeWarning":  # prober.go: a probe that succeeded with a warning
+            self._record(involved, "ProbeWarning", detail, type_="Warning",
+                         component="kubelet", host=host)
         elif reason == "Killing":  # killContainer: the reason given, else "Stopping ..."
             self._record(involved, "Killing", detail or f"Stopping container {container}",
                          component="kubelet", host=host)

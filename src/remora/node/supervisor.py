@@ -16,16 +16,15 @@ Only the reconciler thread calls into a Supervisor.
 
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from remora import netns
-from remora.node import process
+from remora.node import probes, process
 from remora.node.process import ProcessSpec
 from remora.node.store import ContainerRow, Store
 
@@ -33,9 +32,17 @@ BACKOFF_START = 0.5
 BACKOFF_CAP = 5.0
 BACKOFF_RESET_AFTER = 10.0
 LIVENESS_GRACE = 2.0  # SIGTERM to SIGKILL for a container that failed its liveness probe
+# Probes run off the reconciler thread (each blocks up to its timeoutSeconds): a small
+# pool, the reconciler submits due probes and takes the results on a later tick.
+PROBE_WORKERS = 4
+# While a container is not ready, a failed readiness probe is tried again this soon:
+# kubelet's prober manager triggers a readiness run on each pod status update of an
+# unready container (prober_manager.go UpdatePodStatus, manualTriggerCh), so a pod turns
+# Ready soon after it can; its Unhealthy events still come once a period.
+UNREADY_RETRY = 0.2
 # what happened to a container, for the node's event recorder: (pod, container, init,
 # reason, detail) with reason one of Started, Failed (detail: why), BackOff, Killing,
-# Unhealthy (detail: the message), at the moments kubelet records them
+# Unhealthy and ProbeWarning (detail: the message), at the moments kubelet records them
 # (kuberuntime_container.go, kubelet_pods.go, prober/prober.go)
 ContainerEvent = Callable[["PodRef", str, bool, str, str], None]
 
@@ -66,9 +73,25 @@ class _Container:
     wanted: bool = True
     kill_at: float | None = None
     cmdline_seen: bool = False
-    probe_at: float = 0.0  # when a failing readiness check is next reported (monotonic)
-    live_at: float = 0.0  # when the liveness probe is next due (monotonic)
-    live_failed: int = 0  # liveness failures in a row
+    ready_probe: _ProbeState = field(default_factory=lambda: _ProbeState())
+    live_probe: _ProbeState = field(default_factory=lambda: _ProbeState())
+    startup_probe: _ProbeState = field(default_factory=lambda: _ProbeState())
+    started_ok: bool = True  # the startup probe succeeded (or there is none)
+    unhealthy_at: float = 0.0  # when a failing unready readiness probe is next reported
+
+
+@dataclass
+class _ProbeState:
+    """kubelet's prober worker for one probe of one container run (prober/worker.go):
+    when it is next due, the last result and how many times in a row it came, and the
+    run in flight on the probe pool (with the PID it was started for: a result that
+    comes back after a restart is dropped)."""
+
+    due: float = 0.0
+    last: bool | None = None
+    run: int = 0
+    pending: Future[probes.Result] | None = None
+    pending_pid: int = 0
 
 
 class Supervisor:
@@ -78,6 +101,7 @@ class Supervisor:
         self.log_root = log_root
         self.on_event = on_event
         self._containers: dict[tuple[str, str], _Container] = {}
+        self._pool = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe")
 
     def _event(self, entry: _Container, reason: str, detail: str = "") -> None:
         if self.on_event is not None:
@@ -103,8 +127,10 @@ class Supervisor:
         alive = row.state == "Running" and process.matches(
             row.pid, row.start_ticks, _netns_ino(pod.netns))
         if alive:
-            entry.probe_at = time.monotonic() + spec.ready_period
-            entry.live_at = time.monotonic() + spec.live_period
+            # a new prober for a running container: kubelet's readiness starts from
+            # Failure and its startup from Unknown, so a startup-probed container is
+            # probed again before liveness and readiness resume
+            self._reset_probes(entry, time.monotonic(), ran=True)
             return True
         if row.init and row.state == "Terminated" and row.exit_code == 0:
             return True  # a completed init container stays completed
@@ -140,9 +166,7 @@ class Supervisor:
         entry.cmdline_seen = False
         entry.row.state, entry.row.reason, entry.row.ready = "Running", "", 0
         entry.row.started = time.time()
-        entry.probe_at = time.monotonic() + _first_probe(entry.spec)
-        entry.live_at = time.monotonic() + max(entry.spec.live_delay, entry.spec.live_period)
-        entry.live_failed = 0
+        self._reset_probes(entry, time.monotonic())
         self.store.put_container(entry.row)
         self._event(entry, "Started")
 
@@ -167,8 +191,7 @@ class Supervisor:
                 entry.kill_at = None
             if not entry.wanted:
                 return False
-            self._liveness(entry, now)
-            return self._probe(entry)
+            return self._probes(entry, now)
         if entry.wanted and row.state != "Running" and entry.next_start and \
                 now >= entry.next_start:
             entry.next_start = 0.0
@@ -208,7 +231,73 @@ class Supervisor:
             entry.backoff = min(entry.backoff * 2, BACKOFF_CAP) or BACKOFF_START
         self.store.put_container(row)
 
-    def _probe(self, entry: _Container) -> bool:
+    def _reset_probes(self, entry: _Container, now: float, ran: bool = False) -> None:
+        """Fresh prober workers for a new run of the container (kubelet keys results by
+        container ID): each first due after initialDelaySeconds (liveness a period after
+        the start at the earliest, as the lab always did: its worker's first tick finds
+        the container not yet running). RAN: an adopted container, running already."""
+        spec = entry.spec
+        ready, live, startup = spec.readiness, spec.liveness, spec.startup
+        entry.ready_probe = _ProbeState(due=now + (ready.delay if ready and not ran else 0.0))
+        entry.live_probe = _ProbeState(due=now + (max(live.delay, live.period) if live else 0.0))
+        entry.startup_probe = _ProbeState(due=now + (startup.delay if startup else 0.0))
+        entry.started_ok = startup is None
+        entry.unhealthy_at = now + (ready.period if ran and ready else _first_probe(spec))
+
+    def _result(self, entry: _Container, state: _ProbeState, probe: probes.Probe,
+                now: float) -> probes.Result | None:
+        """The result of STATE's probe if one came back by this tick; submits the next
+        run when it is due (never two at once)."""
+        if state.pending is not None:
+            if not state.pending.done():
+                return None
+            future, pid = state.pending, state.pending_pid
+            state.pending = None
+            if pid != entry.row.pid:
+                return None  # a run of the container before this one
+            return future.result()
+        if now >= state.due:
+            state.pending = self._pool.submit(probes.run, probe, entry.pod.netns)
+            state.pending_pid = entry.row.pid
+        return None
+
+    @staticmethod
+    def _count(state: _ProbeState, ok: bool, probe: probes.Probe) -> bool | None:
+        """worker.go doProbe: the same result RUN times in a row; the result becomes the
+        container's only at successThreshold successes or failureThreshold failures
+        (None: below threshold, nothing changes)."""
+        if state.last == ok:
+            state.run += 1
+        else:
+            state.last, state.run = ok, 1
+        if state.run < (probe.success if ok else probe.failure):
+            return None
+        return ok
+
+    def _probes(self, entry: _Container, now: float) -> bool:
+        """kubelet's three probers for a running container (prober/worker.go and
+        prober_manager.go): the startup probe first, liveness and readiness only once it
+        succeeded; a container without a readiness probe is ready while running (and
+        started). Returns True when the container's readiness changed."""
+        self._note_cmdline(entry)
+        spec, row = entry.spec, entry.row
+        if not entry.started_ok:
+            assert spec.startup is not None
+            if entry.kill_at is None:
+                self._startup(entry, spec.startup, now)
+            if not entry.started_ok:
+                return False
+        if spec.liveness is not None and entry.kill_at is None:
+            self._liveness(entry, spec.liveness, now)
+        if spec.readiness is None:
+            if row.ready:
+                return False
+            row.ready = 1
+            self.store.put_container(row)
+            return True
+        return self._readiness(entry, spec.readiness, now)
+
+    def _note_cmdline(self, entry: _Container) -> None:
         row = entry.row
         if not entry.cmdline_seen:
             # record the command line the program itself shows, once it is past the
@@ -220,58 +309,83 @@ class Supervisor:
                 if seen != row.cmdline:
                     row.cmdline = seen
                     self.store.put_container(row)
-        if row.ready:
+
+    def _readiness(self, entry: _Container, probe: probes.Probe, now: float) -> bool:
+        """The readiness probe for the container's whole life: once a period while ready,
+        failureThreshold failures in a row make it unready (the pod's Ready condition and
+        its Service endpoints follow), successThreshold successes in a row ready again.
+        While unready a failure is tried again after UNREADY_RETRY (kubelet's manual
+        triggers), a success towards successThreshold after a period."""
+        state, row = entry.ready_probe, entry.row
+        result = self._result(entry, state, probe, now)
+        if result is None:
             return False
-        port = entry.spec.ready_port
-        if port is not None:
-            failed = _connect_error(entry.pod.netns, entry.spec.ready_host, port)
-            if failed is not None:
-                self._probe_failed(entry, failed)
-                return False
-        row.ready = 1
+        verdict = self._count(state, result.ok, probe)
+        state.due = now + (probe.period if row.ready or result.ok else UNREADY_RETRY)
+        if result.outcome is probes.Outcome.WARNING:
+            self._event(entry, "ProbeWarning", f"Readiness probe warning: {result.message}")
+        if not result.ok and (row.ready or now >= entry.unhealthy_at):
+            # every probe kubelet runs that fails is an Unhealthy event; the lab's quick
+            # retries while unready are reported once a period, as kubelet would probe
+            entry.unhealthy_at = now + probe.period
+            self._event(entry, "Unhealthy", f"Readiness probe failed: {result.message}")
+        if verdict is None or bool(row.ready) == verdict:
+            return False
+        row.ready = int(verdict)
         self.store.put_container(row)
         return True
 
-    def _probe_failed(self, entry: _Container, error: str) -> None:
-        """kubelet's `Unhealthy` event for a readiness probe that fails: the lab checks
-        more often than kubelet probes (a pod is Ready as soon as it accepts), so a
-        failure is reported once per probe period, from the first moment kubelet's
-        prober would have probed (initialDelaySeconds, and a period after the start:
-        its worker's first tick finds the container not yet running), with kubelet's
-        message (prober.go: "%s probe failed: %s"); repeats are counted by the
-        recorder, as kubelet's are."""
-        now = time.monotonic()
-        if not entry.spec.ready_target or now < entry.probe_at:
+    def _startup(self, entry: _Container, probe: probes.Probe, now: float) -> None:
+        """kubelet's startup probe: once a period from initialDelaySeconds until it
+        succeeds (liveness and readiness wait for it); failureThreshold failures in a row
+        and the container is killed: `Killing` "Container C failed startup probe, will be
+        restarted" (kuberuntime_manager.go computePodActions)."""
+        state = entry.startup_probe
+        result = self._result(entry, state, probe, now)
+        if result is None:
             return
-        entry.probe_at = now + entry.spec.ready_period
-        self._event(entry, "Unhealthy",
-                    f"Readiness probe failed: {entry.spec.ready_target}: {error}")
+        state.due = now + probe.period
+        verdict = self._count(state, result.ok, probe)
+        if result.outcome is probes.Outcome.WARNING:
+            self._event(entry, "ProbeWarning", f"Startup probe warning: {result.message}")
+        if not result.ok:
+            self._event(entry, "Unhealthy", f"Startup probe failed: {result.message}")
+        if verdict is None:
+            return
+        if verdict:
+            entry.started_ok = True
+            # liveness and readiness start now, at their workers' next tick
+            entry.live_probe.due = now + (entry.spec.liveness.period
+                                          if entry.spec.liveness else 0.0)
+            entry.ready_probe.due = now
+            return
+        state.run = 0  # worker.go: on hold until the new container, the run reset
+        self._kill(entry, "startup", now)
 
-    def _liveness(self, entry: _Container, now: float) -> None:
+    def _liveness(self, entry: _Container, probe: probes.Probe, now: float) -> None:
         """kubelet's liveness probe (prober/worker.go, kuberuntime_manager.go): once a
         period, a failure is the Warning `Unhealthy` "Liveness probe failed: ..."; at
         failureThreshold failures in a row the container is killed, `Killing` "Container
         C failed liveness probe, will be restarted" (without the restart part under
         restartPolicy Never), SIGTERM then SIGKILL after LIVENESS_GRACE; its exit is
         then a restart like any other (counted, backed off)."""
-        spec = entry.spec
-        if spec.live_port is None or entry.kill_at is not None or now < entry.live_at:
+        state = entry.live_probe
+        result = self._result(entry, state, probe, now)
+        if result is None:
             return
-        entry.live_at = now + spec.live_period
-        # a longer wait than readiness's (which tries again on the next tick): a failure
-        # here counts towards a kill (kubelet waits timeoutSeconds, 1 s by default; the
-        # reconciler thread is not held that long)
-        failed = _connect_error(entry.pod.netns, spec.ready_host, spec.live_port, 0.5)
-        if failed is None:
-            entry.live_failed = 0
-            return
-        entry.live_failed += 1
-        self._event(entry, "Unhealthy", f"Liveness probe failed: {spec.live_target}: {failed}")
-        if entry.live_failed < spec.live_failures:
-            return
-        entry.live_failed = 0
+        state.due = now + probe.period
+        verdict = self._count(state, result.ok, probe)
+        if result.outcome is probes.Outcome.WARNING:
+            self._event(entry, "ProbeWarning", f"Liveness probe warning: {result.message}")
+        if not result.ok:
+            self._event(entry, "Unhealthy", f"Liveness probe failed: {result.message}")
+        if verdict is False:
+            state.run = 0
+            self._kill(entry, "liveness", now)
+
+    def _kill(self, entry: _Container, which: str, now: float) -> None:
         restart = entry.pod.restart_policy != "Never"
-        self._event(entry, "Killing", f"Container {entry.row.name} failed liveness probe"
+        self._event(entry, "Killing", f"Container {entry.row.name} failed {which} probe"
                     + (", will be restarted" if restart else ""))
         process.terminate(entry.row.pid, entry.row.start_ticks)
         entry.kill_at = now + LIVENESS_GRACE
@@ -343,33 +457,11 @@ def _netns_ino(name: str) -> int | None:
 
 
 def _first_probe(spec: ProcessSpec) -> float:
-    """Seconds from a container's start to kubelet's first probe of it, at the latest."""
-    return max(spec.ready_delay, spec.ready_period)
-
-
-def _connect_error(netns_name: str, host: str, port: int,
-                   timeout: float = 0.1) -> str | None:
-    """None if HOST:PORT in the pod accepts a connection within TIMEOUT, else why not as
-    Go's dialer says it after `dial tcp ADDR: ` (`connect: connection refused`, `i/o
-    timeout`)."""
-    try:
-        sock = netns.socket_in(netns.resolve(netns_name))
-    except Exception as exc:
-        return f"connect: {exc}"
-    sock.settimeout(timeout)
-    try:
-        code = sock.connect_ex((host, port))
-    except TimeoutError:
-        return "i/o timeout"
-    except OSError as exc:
-        code = exc.errno or errno.EIO
-    finally:
-        sock.close()
-    if code == 0:
-        return None
-    if code in (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT):
-        return "i/o timeout"
-    return f"connect: {os.strerror(code)[:1].lower()}{os.strerror(code)[1:]}"
+    """Seconds from a container's start to kubelet's first readiness probe of it, at the
+    latest (when the first Unhealthy event of a failing one is due)."""
+    if spec.readiness is None:
+        return 0.0
+    return max(spec.readiness.delay, spec.readiness.period)
 
 
 def restart_backoff(restarts: int) -> float:
