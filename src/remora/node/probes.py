@@ -175,6 +175,7 @@ def _http(probe: Probe, netns_name: str | None) -> Result:
     dial_host, dial_port = _dial_host(probe), probe.port
     given_host = next((v for k, v in probe.headers if k.lower() == "host"), "")
     host_header = given_host or probe.address
+    referer = ""
     for hop in range(MAX_REDIRECTS):
         where = urllib.parse.urlunsplit(url)
         target = url.path or "/"
@@ -197,6 +198,8 @@ def _http(probe: Probe, netns_name: str | None) -> Result:
                 ctx.verify_mode = ssl.CERT_NONE
                 sock = ctx.wrap_socket(sock, server_hostname=url.hostname)
             headers = _request_headers(probe, host_header)
+            if referer:
+                headers.insert(-1, ("Referer", referer))
             status, location, body = _exchange(sock, target, headers, deadline)
         except TimeoutError:
             return Result(Outcome.FAILURE, f'Get "{where}": context deadline exceeded '
@@ -209,12 +212,14 @@ def _http(probe: Probe, netns_name: str | None) -> Result:
             nxt = urllib.parse.urlsplit(urllib.parse.urljoin(where, location))
             if nxt.hostname == first_host and nxt.scheme in ("http", "https"):
                 if hop + 1 >= MAX_REDIRECTS:  # Go's checker: len(via) >= 10
-                    return Result(Outcome.FAILURE, f'Get "{urllib.parse.urlunsplit(nxt)}": '
-                                                   "stopped after 10 redirects")
+                    # net/http Client.do puts the Location as given into the url.Error
+                    return Result(Outcome.FAILURE,
+                                  f'Get "{location}": stopped after 10 redirects')
                 # Go keeps a Host header the caller set only through a relative redirect
                 if urllib.parse.urlsplit(location).netloc or not given_host:
                     host_header = nxt.netloc
                 dial_port = nxt.port or (443 if nxt.scheme == "https" else 80)
+                referer = where  # Go's Client adds Referer to a redirect's request
                 url = nxt
                 continue
         if 200 <= status < 400:
