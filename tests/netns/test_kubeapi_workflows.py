@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -696,3 +696,104 @@ def test_revision_history_limit_is_kept_and_honoured(kube: Kube, tmp_path: Path)
         assert len(rs) == 2, rs
     finally:
         kube.kubectl("delete", *ns, deploy, "--wait=true", timeout=90)
+
+
+# a pod whose readiness endpoint (an HTTP server on 18091) is up exactly while FLAG exists,
+# its service port 18090 always
+FLAPPY = r"""
+import http.server, os, sys, threading, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+def serve(port):
+    s = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    return s
+serve(18090)
+ready = None
+while True:
+    if os.path.exists(sys.argv[1]) and ready is None:
+        ready = serve(18091)
+    elif not os.path.exists(sys.argv[1]) and ready is not None:
+        ready.shutdown(); ready.server_close(); ready = None
+    time.sleep(0.1)
+"""
+
+
+def test_readiness_is_probed_for_the_pods_life_and_endpoints_follow(
+        kube: Kube, tmp_path: Path) -> None:
+    """kubelet probes readiness every periodSeconds for the container's whole life: when
+    the pod's readiness port closes, failureThreshold failures make it NotReady, it leaves
+    the Service's Endpoints (kubectl: notReadyAddresses) and the client sidecar's EDS
+    (`remora proxy-config endpoint`), and a success brings it back to both (it was: the
+    first success made the pod Ready for ever, and httpGet was a bare connect)."""
+    flag = tmp_path / "ready"
+    flag.touch()
+    manifest = tmp_path / "flappy.yaml"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "flappy", "namespace": "demo-to", "labels": {"app": "flappy"},
+                      "annotations": {"sidecar.istio.io/inject": "false"}},
+         "spec": {"containers": [{
+             "name": "main", "image": "local/flappy",
+             "command": [sys.executable, "-c", FLAPPY, str(flag)],
+             "ports": [{"containerPort": 18090}, {"name": "health", "containerPort": 18091}],
+             "readinessProbe": {"httpGet": {"path": "/ready", "port": "health"},
+                                "periodSeconds": 1, "failureThreshold": 2}}]}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "flappy", "namespace": "demo-to"},
+         "spec": {"selector": {"app": "flappy"},
+                  "ports": [{"name": "http", "port": 18090, "targetPort": 18090}]}}]}))
+    kube.kubectl("apply", "-f", str(manifest))
+    client = the_pod(kube)  # simple-server's pod: its sidecar is the client here
+    cluster = "outbound|18090||flappy.demo-to.svc.cluster.local"
+
+    def endpoints() -> tuple[str, str]:
+        return (kube.kubectl("get", "endpoints", "flappy", "-n", "demo-to", "-o",
+                             "jsonpath={.subsets[*].addresses[*].ip}").stdout.strip(),
+                kube.kubectl("get", "endpoints", "flappy", "-n", "demo-to", "-o",
+                             "jsonpath={.subsets[*].notReadyAddresses[*].ip}").stdout.strip())
+
+    def sidecar_view() -> str:
+        shown = kube.lab.remora("proxy-config", "endpoint", client, "-n", "demo-to",
+                                "--cluster", cluster)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
+    def until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, (what, endpoints(), sidecar_view(),
+                                                 kube.kubectl("describe", "pod", "flappy",
+                                                              "-n", "demo-to").stdout)
+            time.sleep(0.5)
+
+    try:
+        kube.kubectl("wait", "-n", "demo-to", "pod/flappy", "--for=condition=Ready",
+                     "--timeout=60s", timeout=90)
+        ip = kube.kubectl("get", "pod", "flappy", "-n", "demo-to", "-o",
+                          "jsonpath={.status.podIP}").stdout.strip()
+        until("ready pod in endpoints", lambda: endpoints() == (ip, ""))
+        until("ready pod in the client's EDS", lambda: f"{ip}:18090" in sidecar_view())
+
+        flag.unlink()  # the readiness port closes; the process keeps running
+        until("unready pod out of endpoints", lambda: endpoints() == ("", ip))
+        status = json.loads(kube.kubectl("get", "pod", "flappy", "-n", "demo-to", "-o",
+                                         "json").stdout)["status"]
+        assert status["containerStatuses"][0]["ready"] is False
+        assert status["containerStatuses"][0]["restartCount"] == 0
+        assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+        until("unready pod out of the client's EDS", lambda: ip not in sidecar_view())
+        described = kube.kubectl("describe", "pod", "flappy", "-n", "demo-to").stdout
+        assert re.search(r"Readiness probe failed: Get \"http://" + re.escape(ip)
+                         + r":18091/ready\": dial tcp " + re.escape(ip)
+                         + r":18091: connect: connection refused", described), described
+
+        flag.touch()  # and opens again: one success (successThreshold 1) is enough
+        until("ready again in endpoints", lambda: endpoints() == (ip, ""))
+        until("ready again in the client's EDS", lambda: f"{ip}:18090" in sidecar_view())
+    finally:
+        kube.kubectl("delete", "-f", str(manifest), "--wait=true", timeout=90)

@@ -185,12 +185,24 @@ def _rs_annotations(d: dict[str, Any], entry: dict[str, Any] | None) -> dict[str
     return out
 
 
+def _all_endpoints(service: dict[str, Any], pods: list[dict[str, Any]]
+                   ) -> tuple[list[dict[str, Any]], set[str]]:
+    """SERVICE's endpoints among PODS, ready or not (terminating pods left out, as the
+    endpoints controller does without publishNotReadyAddresses), and the IPs of the
+    ready ones (the controllers' own choice: controller.endpoints)."""
+    ready = {e["ip"] for e in controller.endpoints(service, pods)}
+    anyway = [{**p, "status": {**(p.get("status") or {}), "ready": True}} for p in pods]
+    return controller.endpoints(service, anyway), ready
+
+
 def endpoints(services: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """core/v1 Endpoints of each Service: its Ready pods (the controllers' own choice)."""
+    """core/v1 Endpoints of each Service: its Ready pods in addresses, the others in
+    notReadyAddresses (pkg/controller/endpoint: a pod whose readiness probe fails moves
+    there; kube-proxy and the sidecars' EDS use only the ready ones)."""
     out = []
     for s in services:
         meta = s["metadata"]
-        eps = controller.endpoints(s, pods)
+        eps, ready = _all_endpoints(s, pods)
         subsets = []
         if eps:
             addresses: dict[str, dict[str, Any]] = {}
@@ -202,8 +214,15 @@ def endpoints(services: list[dict[str, Any]], pods: list[dict[str, Any]]) -> lis
                 if e["name"]:
                     port["name"] = e["name"]
                 ports[(e["name"], e["port"])] = port
-            subsets.append({"addresses": [addresses[k] for k in sorted(addresses)],
-                            "ports": list(ports.values())})
+            subset: dict[str, Any] = {}
+            up = [addresses[k] for k in sorted(addresses) if k in ready]
+            down = [addresses[k] for k in sorted(addresses) if k not in ready]
+            if up:
+                subset["addresses"] = up
+            if down:
+                subset["notReadyAddresses"] = down
+            subset["ports"] = list(ports.values())
+            subsets.append(subset)
         out.append({"apiVersion": "v1", "kind": "Endpoints",
                     "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                                  "labels": dict(meta.get("labels") or {}),
@@ -217,11 +236,13 @@ def endpoints(services: list[dict[str, Any]], pods: list[dict[str, Any]]) -> lis
 def endpointslices(services: list[dict[str, Any]],
                    pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """discovery.k8s.io/v1 EndpointSlices: one per Service, named <service>-remora, with
-    the `kubernetes.io/service-name` label clients select them by."""
+    the `kubernetes.io/service-name` label clients select them by; a pod that is not
+    ready is listed with ready and serving false (the EndpointSlice controller's
+    conditions for a pod that is not terminating)."""
     out = []
     for s in services:
         meta = s["metadata"]
-        eps = controller.endpoints(s, pods)
+        eps, ready = _all_endpoints(s, pods)
         by_ip: dict[str, str] = {e["ip"]: e["pod"] for e in eps}
         ports = {(e["name"], e["port"], e["protocol"]) for e in eps}
         name = f"{meta['name']}-remora"
@@ -234,7 +255,8 @@ def endpointslices(services: list[dict[str, Any]],
                                            meta.get("creationTimestamp")),
                          "creationTimestamp": _timestamp(meta)},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True,
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": ip in ready,
+                                                            "serving": ip in ready,
                                                             "terminating": False},
                            "targetRef": {"kind": "Pod", "namespace": meta["namespace"],
                                          "name": by_ip[ip]}} for ip in sorted(by_ip)],
