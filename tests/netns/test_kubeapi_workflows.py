@@ -797,3 +797,45 @@ def test_readiness_is_probed_for_the_pods_life_and_endpoints_follow(
         until("ready again in the client's EDS", lambda: f"{ip}:18090" in sidecar_view())
     finally:
         kube.kubectl("delete", "-f", str(manifest), "--wait=true", timeout=90)
+
+
+def test_startup_probe_gates_readiness_and_kills_at_failure_threshold(
+        kube: Kube, tmp_path: Path) -> None:
+    """kubelet's startupProbe (an exec probe here, run as the lab's kubectl exec runs a
+    command): while it fails the container is not Ready though its readiness probe would
+    pass, each failure a Warning `Unhealthy` "Startup probe failed: <the command's
+    output>", and at failureThreshold it is killed ("Container main failed startup probe,
+    will be restarted") and restarted; once it succeeds, readiness takes over (it was:
+    startupProbe not read, exec probes ignored, the pod Ready at once)."""
+    flag = tmp_path / "started"
+    manifest = tmp_path / "slowstart.yaml"
+    manifest.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "slowstart", "namespace": "demo-to",
+                     "annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": {"containers": [{
+            "name": "main", "image": "local/sleep", "command": ["sleep", "600"],
+            "startupProbe": {"exec": {"command": ["cat", str(flag)]}, "periodSeconds": 1,
+                             "failureThreshold": 2},
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}}]}}))
+    applied = kube.kubectl("apply", "-f", str(manifest))
+    assert "unknown field" not in applied.stderr, applied.stderr
+    try:
+        _, described = _described_once(
+            kube, "slowstart", r"Restart Count:\s+[1-9](?s:.*)Killing\s+")
+        events = described[described.index("\nEvents:"):].splitlines()
+        unhealthy = [line for line in events if "Unhealthy" in line]
+        assert len(unhealthy) == 1 and unhealthy[0].split()[:2] == ["Warning", "Unhealthy"]
+        assert re.search(rf"kubelet\s+Startup probe failed: cat: {re.escape(str(flag))}: No "
+                         r"such file or directory$", unhealthy[0]), described
+        killing = [line for line in events if "Killing" in line]
+        assert len(killing) == 1 and killing[0].split()[:2] == ["Normal", "Killing"]
+        assert killing[0].endswith("Container main failed startup probe, will be restarted")
+        assert re.search(r"\n\s+Ready:\s+False", described), described
+        assert re.search(r"\n\s+Ready\s+False", described), described  # the condition
+
+        flag.touch()  # the next run's startup probe succeeds: readiness (exec true) follows
+        kube.kubectl("wait", "-n", "demo-to", "pod/slowstart", "--for=condition=Ready",
+                     "--timeout=60s", timeout=90)
+    finally:
+        kube.kubectl("delete", "pod", "-n", "demo-to", "slowstart", "--wait=true", timeout=90)

@@ -317,7 +317,7 @@ def _container(parent: Node, path: str, value: Any) -> Container:
         raise n.ctx.error(n.sub("securityContext"), "expected an object",
                           "write it as a mapping, e.g. securityContext: {runAsUser: 1000}")
     probes = {}
-    for kind in ("readinessProbe", "livenessProbe"):
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
         probe = n.raw(kind)
         if probe is not None and not isinstance(probe, dict):
             raise n.ctx.error(n.sub(kind), "expected an object",
@@ -327,7 +327,8 @@ def _container(parent: Node, path: str, value: Any) -> Container:
                     env=tuple(env), ports=tuple(ports), imagePullPolicy=policy,
                     workingDir=n.string("workingDir"), securityContext=sc,
                     readinessProbe=probes["readinessProbe"],
-                    livenessProbe=probes["livenessProbe"])
+                    livenessProbe=probes["livenessProbe"],
+                    startupProbe=probes["startupProbe"])
     n.done()
     return out
 

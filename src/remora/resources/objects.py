@@ -73,10 +73,11 @@ class Container:
     # Kept verbatim: the injector writes Istio's securityContext, the runtime reads
     # runAsUser/runAsGroup/capabilities from it.
     securityContext: dict[str, Any] | None = None
-    # Kept verbatim: the node runtime probes readinessProbe's and livenessProbe's port
-    # (tcpSocket/httpGet).
+    # Kept verbatim: the node runtime runs the readiness, liveness and startup probes
+    # (tcpSocket, httpGet, exec: remora.node.probes).
     readinessProbe: dict[str, Any] | None = None
     livenessProbe: dict[str, Any] | None = None
+    startupProbe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "image": self.image}
@@ -98,6 +99,8 @@ class Container:
             out["readinessProbe"] = self.readinessProbe
         if self.livenessProbe is not None:
             out["livenessProbe"] = self.livenessProbe
+        if self.startupProbe is not None:
+            out["startupProbe"] = self.startupProbe
         return out
 
 
