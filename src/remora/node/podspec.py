@@ -98,28 +98,26 @@ def probe(container: dict[str, Any], pod_ip: str, kind: str = "readinessProbe",
     (kubelet fails such a probe; the lab leaves it out). ENV is the container's
     environment, an exec probe's (kubelet execs it in the container)."""
     spec = container.get(kind) or {}
-    timing = {"period": float(spec.get("periodSeconds") or 10),
-              "delay": float(spec.get("initialDelaySeconds") or 0),
-              "timeout": float(spec.get("timeoutSeconds") or 1),
-              "success": int(spec.get("successThreshold") or 1),
-              "failure": int(spec.get("failureThreshold") or 3)}
+    period, delay = float(spec.get("periodSeconds") or 10), \
+        float(spec.get("initialDelaySeconds") or 0)
+    timeout = float(spec.get("timeoutSeconds") or 1)
+    success, failure = int(spec.get("successThreshold") or 1), \
+        int(spec.get("failureThreshold") or 3)
     if "exec" in spec:
         command = tuple(str(c) for c in (spec["exec"] or {}).get("command") or [])
-        return Probe("exec", command=command, env=dict(env or {}), **timing)  # type: ignore[arg-type]
+        return Probe("exec", command=command, env=dict(env or {}), period=period, delay=delay,
+                     timeout=timeout, success=success, failure=failure)
     port = ready_port(container, kind)
     if port is None:
         return None
-    if "httpGet" in spec:
-        action = spec["httpGet"] or {}
-        headers = tuple((str(h.get("name", "")), str(h.get("value", "")))
-                        for h in action.get("httpHeaders") or [] if h.get("name"))
-        return Probe("httpGet", port=port, host=str(action.get("host") or ""), pod_ip=pod_ip,
-                     path=str(action.get("path") or ""),
-                     scheme=str(action.get("scheme") or "HTTP"), headers=headers,
-                     **timing)  # type: ignore[arg-type]
-    action = spec.get("tcpSocket") or {}
-    return Probe("tcpSocket", port=port, host=str(action.get("host") or ""), pod_ip=pod_ip,
-                 **timing)  # type: ignore[arg-type]
+    action = spec.get("httpGet") or spec.get("tcpSocket") or {}
+    headers = tuple((str(h.get("name", "")), str(h.get("value", "")))
+                    for h in action.get("httpHeaders") or [] if h.get("name"))
+    return Probe("httpGet" if "httpGet" in spec else "tcpSocket", port=port,
+                 host=str(action.get("host") or ""), pod_ip=pod_ip,
+                 path=str(action.get("path") or ""), scheme=str(action.get("scheme") or "HTTP"),
+                 headers=headers, period=period, delay=delay, timeout=timeout, success=success,
+                 failure=failure)
 
 
 def probe_target(container: dict[str, Any], pod_ip: str, kind: str = "readinessProbe") -> str:
