@@ -166,3 +166,16 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_thresholds_count_results_in_a_row_as_kubelets_worker() -> None:
+    """worker.go doProbe: a result becomes the container's only after successThreshold
+    successes or failureThreshold failures in a row; a different result restarts the
+    count."""
+    from remora.node.supervisor import Supervisor, _ProbeState
+
+    probe = Probe("tcpSocket", port=1, success=2, failure=3)
+    state = _ProbeState()
+    seen = [Supervisor._count(state, ok, probe)
+            for ok in (True, True, False, False, True, False, False, False, False, True, True)]
+    assert seen == [None, True, None, None, None, None, None, False, False, None, True]
