@@ -834,8 +834,16 @@ def test_startup_probe_gates_readiness_and_kills_at_failure_threshold(
         assert re.search(r"\n\s+Ready:\s+False", described), described
         assert re.search(r"\n\s+Ready\s+False", described), described  # the condition
 
+        def started() -> bool | None:
+            pod = json.loads(kube.kubectl("get", "pod", "slowstart", "-n", "demo-to", "-o",
+                                          "json").stdout)
+            return (pod["status"].get("containerStatuses") or [{}])[0].get("started")
+
+        assert started() is False  # containerStatuses[].started: not past its startupProbe
+
         flag.touch()  # the next run's startup probe succeeds: readiness (exec true) follows
         kube.kubectl("wait", "-n", "demo-to", "pod/slowstart", "--for=condition=Ready",
                      "--timeout=60s", timeout=90)
+        assert started() is True
     finally:
         kube.kubectl("delete", "pod", "-n", "demo-to", "slowstart", "--wait=true", timeout=90)

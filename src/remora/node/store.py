@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS containers (
   state TEXT NOT NULL DEFAULT 'Waiting', reason TEXT NOT NULL DEFAULT 'ContainerCreating',
   exit_code INTEGER, started REAL NOT NULL DEFAULT 0, ready INTEGER NOT NULL DEFAULT 0,
   finished REAL NOT NULL DEFAULT 0, last_state TEXT NOT NULL DEFAULT '{}',
-  PRIMARY KEY (pod_uid, name));
+  startup_done INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (pod_uid, name));
 CREATE TABLE IF NOT EXISTS ips (ip TEXT PRIMARY KEY, pool TEXT NOT NULL, owner TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
   namespace TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
@@ -55,7 +55,8 @@ CREATE INDEX IF NOT EXISTS events_by_key ON events (key);
 # Columns added after a store's table was first made (a lab started by an older remora is
 # adopted: its table gets them with their defaults).
 ADDED_COLUMNS = {"containers": [("finished", "REAL NOT NULL DEFAULT 0"),
-                                ("last_state", "TEXT NOT NULL DEFAULT '{}'")],
+                                ("last_state", "TEXT NOT NULL DEFAULT '{}'"),
+                                ("startup_done", "INTEGER NOT NULL DEFAULT 1")],
                  "pods": [("ips", "TEXT NOT NULL DEFAULT '[]'")]}
 
 
@@ -101,6 +102,8 @@ class ContainerRow:
     # the run before this one, once restarted: {pid, start_ticks, restarts, exit_code,
     # reason, started, finished} (kubelet's lastState, with the old container's ID)
     last_state: dict[str, Any] = field(default_factory=dict)
+    # the run's startupProbe succeeded, or it has none (kubelet's containerStatuses[].started)
+    startup_done: int = 1
 
 
 _JSON_COLUMNS = {"body", "cmdline", "last_state", "ips"}

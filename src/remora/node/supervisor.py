@@ -241,7 +241,9 @@ class Supervisor:
         entry.ready_probe = _ProbeState(due=now + (ready.delay if ready and not ran else 0.0))
         entry.live_probe = _ProbeState(due=now + (max(live.delay, live.period) if live else 0.0))
         entry.startup_probe = _ProbeState(due=now + (startup.delay if startup else 0.0))
-        entry.started_ok = startup is None
+        # a daemon that adopts a running container keeps what its startup probe decided
+        entry.started_ok = startup is None or bool(ran and entry.row.startup_done)
+        entry.row.startup_done = int(entry.started_ok)
         entry.unhealthy_at = now + (ready.period if ran and ready else _first_probe(spec))
 
     def _result(self, entry: _Container, state: _ProbeState, probe: probes.Probe,
@@ -354,6 +356,8 @@ class Supervisor:
             return
         if verdict:
             entry.started_ok = True
+            entry.row.startup_done = 1
+            self.store.put_container(entry.row)
             # liveness and readiness start now, at their workers' next tick
             entry.live_probe.due = now + (entry.spec.liveness.period
                                           if entry.spec.liveness else 0.0)

@@ -95,7 +95,9 @@ def _container_status(row: ContainerRow | None, container: dict[str, Any],
         # describe pod` shows `Ready: True` under Init Containers (kubernetes.io, "Debug
         # Init Containers"), and Ready while it runs is not meaningful for it
         ready = row.state == "Terminated" and row.exit_code == 0
-    status.update(ready=ready, started=row.state == "Running", restartCount=row.restarts,
+    # started: running and past its startupProbe (kubelet's prober_manager UpdatePodStatus)
+    status.update(ready=ready, started=row.state == "Running" and bool(row.startup_done),
+                  restartCount=row.restarts,
                   state=state)
     if cid:
         status["containerID"] = cid
