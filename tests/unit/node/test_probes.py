@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,28 @@ def test_thresholds_count_results_in_a_row_as_kubelets_worker() -> None:
     seen = [Supervisor._count(state, ok, probe)
             for ok in (True, True, False, False, True, False, False, False, False, True, True)]
     assert seen == [None, True, None, None, None, None, None, False, False, None, True]
+
+
+def test_https_probe_skips_certificate_verification(tmp_path: Path) -> None:
+    """scheme HTTPS: kubelet's probe transport has InsecureSkipVerify, so a certificate
+    from a CA nobody trusts still answers the probe."""
+    import ssl
+
+    from remora.kubeapi import certs
+
+    creds = certs.ensure(tmp_path)  # a serving certificate of a private CA
+    server = Server(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(creds.cert, creds.key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = int(server.server_address[1])
+        assert probes.run(http(port, "/ok", scheme="HTTPS"), None) == probes.Result(
+            Outcome.SUCCESS, "ok")
+        assert probes.run(http(port, "/status/500", scheme="HTTPS"), None) == probes.Result(
+            Outcome.FAILURE, "HTTP probe failed with statuscode: 500")
+    finally:
+        server.shutdown()
+        server.server_close()
