@@ -323,7 +323,9 @@ class Supervisor:
         if result is None:
             return False
         verdict = self._count(state, result.ok, probe)
-        state.due = now + (probe.period if row.ready or result.ok else UNREADY_RETRY)
+        # an exec probe is a process: quick retries of many unready pods would load the host
+        retry = UNREADY_RETRY if probe.action != "exec" else min(probe.period, 1.0)
+        state.due = now + (probe.period if row.ready or result.ok else retry)
         if result.outcome is probes.Outcome.WARNING:
             self._event(entry, "ProbeWarning", f"Readiness probe warning: {result.message}")
         if not result.ok and (row.ready or now >= entry.unhealthy_at):
