@@ -153,15 +153,32 @@ def _meta(root: Node, namespaced: bool = True) -> ObjectMeta:
 
 def _deployment(root: Node) -> Deployment:
     meta = _meta(root)
-    spec = root.node("spec", ignore=("minReadySeconds", "paused"), required=True)
+    spec = root.node("spec", required=True)
     assert spec is not None
     replicas = spec.integer("replicas", 1, minimum=0, maximum=1000)
+    # kept for the node's deployment controller (remora.node.rollout: a pod is available
+    # minReadySeconds after it became Ready); an int32 at least 0 (apps/v1
+    # ValidateDeploymentSpec: ValidateNonnegativeField)
+    min_ready = spec.raw("minReadySeconds")
+    min_ready = 0 if min_ready is None else spec.check_int(
+        min_ready, spec.sub("minReadySeconds"), 0, 2**31 - 1)
+    paused = spec.raw("paused")
+    if paused is not None and not isinstance(paused, bool):
+        raise spec.ctx.error(spec.sub("paused"), f"must be true or false, not {paused!r}",
+                             "write paused: true or paused: false")
     # kept for the node's deployment controller (remora.node.rollout: the Progressing
-    # condition's ProgressDeadlineExceeded); the apiserver wants it above
-    # minReadySeconds (0 here) and an int32 (apps/v1 ValidateDeploymentSpec)
+    # condition's ProgressDeadlineExceeded); the apiserver wants it an int32 above
+    # minReadySeconds (apps/v1 ValidateDeploymentSpec: "must be greater than
+    # minReadySeconds")
     deadline = spec.raw("progressDeadlineSeconds")
     if deadline is not None:
         deadline = spec.check_int(deadline, spec.sub("progressDeadlineSeconds"), 1, 2**31 - 1)
+    # the apiserver defaults it (600) before it validates, so the default counts too
+    effective = 600 if deadline is None else deadline
+    if effective <= min_ready:
+        raise spec.ctx.error(spec.sub("progressDeadlineSeconds"),
+                             f"invalid value {effective}: must be greater than "
+                             "minReadySeconds", "raise it above minReadySeconds")
     # kept for the node's revision history (remora.node.desired.record_revision)
     history = spec.raw("revisionHistoryLimit")
     if history is not None:
@@ -199,7 +216,7 @@ def _deployment(root: Node) -> Deployment:
                       template=PodTemplate(labels=labels, annotations=annotations, spec=pod_spec),
                       strategy=strategy, max_surge=max_surge,
                       max_unavailable=max_unavailable, progress_deadline=deadline,
-                      revision_history=history)
+                      revision_history=history, min_ready=min_ready, paused=bool(paused))
 
 
 def _strategy(strategy: Node | None

@@ -161,6 +161,12 @@ class Deployment:
     progress_deadline: int | None = None
     # spec.revisionHistoryLimit as given (None: the apiserver's default, 10)
     revision_history: int | None = None
+    # spec.minReadySeconds: how long a pod stays Ready before it counts as available
+    # (the node's controller: remora.node.rollout), 0 by default as the apiserver's
+    min_ready: int = 0
+    # spec.paused: the controller rolls no template change out while it is set
+    # (`kubectl rollout pause|resume`; remora.node.controller.rolled_out)
+    paused: bool = False
     kind: str = "Deployment"
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +186,10 @@ class Deployment:
             spec["progressDeadlineSeconds"] = self.progress_deadline
         if self.revision_history is not None:
             spec["revisionHistoryLimit"] = self.revision_history
+        if self.min_ready:
+            spec["minReadySeconds"] = self.min_ready
+        if self.paused:
+            spec["paused"] = True
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

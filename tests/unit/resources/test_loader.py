@@ -213,3 +213,28 @@ def test_a_typo_of_containers_is_named_in_the_error() -> None:
     assert ("spec.template.spec.containers: at least one container is required (unknown "
             "field spec.template.spec.contianers: a typo of containers?)") in str(err.value)
     assert err.value.fix == "rename spec.template.spec.contianers to spec.template.spec.containers"
+
+
+def test_min_ready_seconds_and_paused_are_kept_and_checked() -> None:
+    """Kept for the node's controller (no longer "(ignored)"), checked as apps/v1
+    ValidateDeploymentSpec: minReadySeconds at least 0 and below progressDeadlineSeconds
+    (600 when left out, the apiserver defaults it before it validates)."""
+    spec = "spec:\n  selector: {matchLabels: {app: web}}\n"
+    loaded = load_manifests(DEPLOY.replace(spec, spec + "  minReadySeconds: 5\n"
+                                           "  paused: true\n"))
+    assert loaded.warnings == []
+    dep = loaded.objects[0]
+    assert isinstance(dep, Deployment) and (dep.min_ready, dep.paused) == (5, True)
+    assert (dep.to_dict()["spec"]["minReadySeconds"], dep.to_dict()["spec"]["paused"]) == \
+        (5, True)
+    plain = load_manifests(DEPLOY).objects[0]
+    assert isinstance(plain, Deployment)
+    assert {"minReadySeconds", "paused"}.isdisjoint(plain.to_dict()["spec"])
+    for extra, what in (("  minReadySeconds: -1\n", "minReadySeconds"),
+                        ("  minReadySeconds: 600\n", "must be greater than minReadySeconds"),
+                        ("  minReadySeconds: 10\n  progressDeadlineSeconds: 10\n",
+                         "must be greater than minReadySeconds"),
+                        ("  paused: 'yes'\n", "paused")):
+        with pytest.raises(RemoraError) as err:
+            load_manifests(DEPLOY.replace(spec, spec + extra))
+        assert what in err.value.one_line()
