@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,18 @@ class Api:
             current = controller.template_hash(d)
             owned = [p for p in pods if (r := rows.get((ns, p["metadata"]["name"])))
                      and r.owner_kind == "Deployment" and r.owner_name == name and not r.deleting]
+            # a pod is available once Ready for minReadySeconds, from when the runtime's
+            # controller saw it become Ready (podutil.IsPodAvailable)
+            min_ready = controller.min_ready_seconds(d)
+            since = rt.ready_times()
+            now = time.time()
+            n_available = sum(1 for p in owned if p["status"]["ready"] and (
+                min_ready == 0 or controller.available(
+                    since.get(p["metadata"]["uid"]), min_ready, now)))
             d["status"] = {"observedGeneration": d["metadata"]["generation"],
                            **rollout.counts([(rows[(ns, p["metadata"]["name"])].template_hash,
                                               bool(p["status"]["ready"])) for p in owned],
-                                            current)}
+                                            current, n_available)}
             # the conditions as the node's deployment controller last set them
             kept = rt.store.get_meta(desired.rollout_key(ns, name))
             uid = naming.object_uid("Deployment", ns, name, d["metadata"].get(

@@ -84,6 +84,43 @@ def fenceposts(deployment: dict[str, Any]) -> tuple[int, int]:
     return surge, unavailable
 
 
+def paused(deployment: dict[str, Any]) -> bool:
+    return bool((deployment.get("spec") or {}).get("paused"))
+
+
+def min_ready_seconds(deployment: dict[str, Any]) -> int:
+    return int((deployment.get("spec") or {}).get("minReadySeconds") or 0)
+
+
+def available(ready_since: float | None, min_ready: int, now: float) -> bool:
+    """podutil.IsPodAvailable: a pod is available once it has been Ready for
+    minReadySeconds (at once when that is 0); READY_SINCE is when it became Ready (None:
+    it is not)."""
+    if ready_since is None:
+        return False
+    return min_ready == 0 or ready_since + min_ready <= now
+
+
+def rolled_out(deployment: dict[str, Any], history: list[dict[str, Any]]
+               ) -> dict[str, Any] | None:
+    """DEPLOYMENT as its controller acts on it, HISTORY its numbered templates
+    (remora.node.desired.revisions). While spec.paused, a template change is not rolled
+    out: the controller only sync()s (sync.go syncDeployment: getAllReplicaSetsAndSync
+    Revision with createIfNotExisted false, then scale), so the pods keep the template of
+    the newest ReplicaSet it made (the newest revision) and only the replicas apply. A
+    Deployment created paused has no ReplicaSet at all: None (no pods)."""
+    if not paused(deployment):
+        return deployment
+    if not history:
+        return None
+    newest = max(history, key=lambda e: int(e["revision"]))
+    if newest["hash"] == template_hash(deployment):
+        return deployment
+    out = copy.deepcopy(deployment)
+    out.setdefault("spec", {})["template"] = copy.deepcopy(newest["template"])
+    return out
+
+
 def strategy_type(deployment: dict[str, Any]) -> str:
     """spec.strategy.type: "RollingUpdate" (the default) or "Recreate"."""
     strategy = deployment.get("spec", {}).get("strategy") or {}
@@ -92,7 +129,10 @@ def strategy_type(deployment: dict[str, Any]) -> str:
 
 def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
     """One pass of the rollout over the Deployment's pods (the lab's pods stand for its
-    ReplicaSets' replicas; terminating pods count for nothing, as for a ReplicaSet)."""
+    ReplicaSets' replicas; terminating pods count for nothing, as for a ReplicaSet).
+    A pod's `ready` is its availability (ready for spec.minReadySeconds): the rolling
+    update counts available pods, not Ready ones (rolling.go reconcileOldReplicaSets
+    and cleanupUnhealthyReplicas use the ReplicaSets' availableReplicas)."""
     want = replicas(deployment)
     current = template_hash(deployment)
     if strategy_type(deployment) == "Recreate":

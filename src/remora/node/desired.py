@@ -136,6 +136,11 @@ def record_revision(store: Store, deployment: dict[str, Any]) -> None:
     beyond spec.revisionHistoryLimit (default 10) are forgotten, oldest first."""
     meta = deployment["metadata"]
     ns, name = meta.get("namespace", ""), meta["name"]
+    if (deployment.get("spec") or {}).get("paused"):
+        # a paused Deployment's template change makes no ReplicaSet, so no revision
+        # (sync.go: a paused Deployment is only sync()ed, createIfNotExisted false); it
+        # is numbered when the Deployment is resumed
+        return
     history = revisions(store, ns, name)
     template = (deployment.get("spec") or {}).get("template") or {}
     h = controller.template_hash(deployment)

@@ -29,22 +29,32 @@ NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
 TIMED_OUT = "ProgressDeadlineExceeded"
 MIN_AVAILABLE = "MinimumReplicasAvailable"
 MIN_UNAVAILABLE = "MinimumReplicasUnavailable"
+PAUSED = "DeploymentPaused"
+RESUMED = "DeploymentResumed"
 NO_DEADLINE = 2**31 - 1  # math.MaxInt32: progressDeadlineSeconds that means "none"
 
 
-def counts(pods: list[tuple[str, bool]], current: str) -> dict[str, int]:
+def counts(pods: list[tuple[str, bool]], current: str,
+           available: int | None = None) -> dict[str, int]:
     """The status counts of a Deployment whose live (not terminating) pods are PODS, each
-    (pod-template-hash, ready): every pod stands for a replica of its ReplicaSet."""
+    (pod-template-hash, ready): every pod stands for a replica of its ReplicaSet.
+    AVAILABLE is how many of them have been Ready for spec.minReadySeconds (None: all the
+    Ready ones, minReadySeconds 0); unavailableReplicas is replicas - availableReplicas
+    (sync.go calculateStatus)."""
     total = len(pods)
     ready = sum(1 for _, r in pods if r)
+    avail = ready if available is None else available
     return {"replicas": total, "updatedReplicas": sum(1 for h, _ in pods if h == current),
-            "readyReplicas": ready, "availableReplicas": ready,
-            "unavailableReplicas": max(0, total - ready)}
+            "readyReplicas": ready, "availableReplicas": avail,
+            "unavailableReplicas": max(0, total - avail)}
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, now: float) -> dict[str, Any]:
+def _condition(kind: str, ok: bool | None, reason: str, message: str,
+               now: float) -> dict[str, Any]:
+    """A condition whose status is True, False, or Unknown (OK None)."""
     stamp = format_time(now)
-    return {"type": kind, "status": "True" if ok else "False", "lastUpdateTime": stamp,
+    status = "Unknown" if ok is None else "True" if ok else "False"
+    return {"type": kind, "status": status, "lastUpdateTime": stamp,
             "lastTransitionTime": stamp, "reason": reason, "message": message}
 
 
@@ -89,9 +99,26 @@ def sync(deployment: dict[str, Any], kept: dict[str, Any] | None, now_counts: di
     name = deployment["metadata"]["name"]
     rs = f"{name}-{controller.template_hash(deployment)}"
     deadline = _has_deadline(deployment)
+    paused = controller.paused(deployment)
+    if deadline:
+        # checkPausedConditions (sync.go): pausing and resuming are told by the
+        # Progressing condition, Unknown, unless it reports the deadline exceeded
+        cond = _get(conditions, PROGRESSING)
+        was_paused = cond is not None and cond["reason"] == PAUSED
+        if cond is not None and cond["reason"] == TIMED_OUT:
+            pass
+        elif paused and not was_paused:
+            conditions = _set(conditions, _condition(
+                PROGRESSING, None, PAUSED, "Deployment is paused", now))
+        elif not paused and was_paused:
+            conditions = _set(conditions, _condition(
+                PROGRESSING, None, RESUMED, "Deployment is resumed", now))
     # getNewReplicaSet: a new ReplicaSet is announced by the Progressing condition; an
-    # existing one only when the Deployment has no such condition yet
-    if deadline and not new_rs_existed:
+    # existing one only when the Deployment has no such condition yet. A paused
+    # Deployment is only sync()ed: no new ReplicaSet and no rollout status
+    if paused:
+        pass
+    elif deadline and not new_rs_existed:
         conditions = _set(conditions, _condition(
             PROGRESSING, True, NEW_RS_CREATED, f'Created new replica set "{rs}"', now))
     elif deadline and _get(conditions, PROGRESSING) is None:
@@ -115,7 +142,7 @@ def sync(deployment: dict[str, Any], kept: dict[str, Any] | None, now_counts: di
                 current is not None and current["reason"] == NEW_RS_AVAILABLE)
     if not deadline:
         conditions = [c for c in conditions if c.get("type") != PROGRESSING]
-    elif not scaling and not complete:
+    elif not scaling and not complete and not paused:
         if (now_counts["updatedReplicas"] == want and now_counts["replicas"] == want
                 and now_counts["availableReplicas"] == want):  # DeploymentComplete
             conditions = _set(conditions, _condition(

@@ -88,6 +88,11 @@ class Runtime:
         self._stopping: set[str] = set()
         self._admission_errors: set[str] = set()
         self._starting: dict[str, float] = {}  # pod uid -> when it left Pending
+        # pod uid -> when it became Ready (wall clock), for spec.minReadySeconds: the
+        # Ready condition's lastTransitionTime that podutil.IsPodAvailable reads
+        self._ready_since: dict[str, float] = {}
+        self._awaiting_available = False  # a pod is Ready, not yet available
+        self._looked = False  # ready_since has looked once
         self.snapshot = ClusterSnapshot()
         self._busy = True
         self._last_full = 0.0
@@ -185,8 +190,8 @@ class Runtime:
         self._last_full = now
         self._controllers()
         rows = self.store.list_pods()
-        self._busy = any(r.phase != "Running" or r.deleting or r.uid in self._retry
-                         for r in rows)
+        self._busy = self._awaiting_available or any(
+            r.phase != "Running" or r.deleting or r.uid in self._retry for r in rows)
         if any(r.phase == "Pending" and not r.deleting for r in rows):
             # prepare() gets the cluster as it is now, services applied with the pod included
             services = views.services(self.store, self.plan)
@@ -226,20 +231,56 @@ class Runtime:
         limit = int(os.environ.get("REMORA_MAX_STARTING") or MAX_STARTING)
         return max(1, limit) - len(self._starting)
 
+    def ready_times(self) -> dict[str, float]:
+        """ready_since as the controller's last pass left it (for readers on other
+        threads: the API's view)."""
+        return dict(self._ready_since)
+
+    def ready_since(self) -> dict[str, float]:
+        """Pod uid -> when it became Ready, for the pods Ready now. A pod already Ready
+        when this runtime first looks (the daemon restarted) counts from its app
+        containers' last start, the closest the store knows."""
+        ready = views.ready_by_uid(self.store)
+        now = time.time()
+        started: dict[str, float] = {}
+        for c in self.store.containers():
+            if not c.init and ready.get(c.pod_uid) and c.pod_uid not in self._ready_since:
+                started[c.pod_uid] = max(started.get(c.pod_uid, 0.0), c.started or now)
+        first, self._looked = not self._looked, True
+        self._ready_since = {uid: self._ready_since.get(uid) or (
+            min(started.get(uid, now), now) if first else now)
+            for uid, ok in ready.items() if ok}
+        return dict(self._ready_since)
+
     def _controllers(self) -> None:
         pods = self.store.list_pods()
         ready = views.ready_by_uid(self.store)
+        since = self.ready_since()
+        now = time.time()
+        awaiting = False
         deployments = {(d["metadata"].get("namespace", "default"), d["metadata"]["name"]): d
                        for d in self.store.list_objects("Deployment")}
-        for (ns, name), deployment in deployments.items():
+        for (ns, name), spec_deployment in deployments.items():
             owned = [p for p in pods if p.owner_kind == "Deployment" and p.namespace == ns
                      and p.owner_name == name]
+            # what the controller acts on: a paused Deployment's pods keep the template
+            # rolled out last (controller.rolled_out); one created paused has none
+            acting = controller.rolled_out(spec_deployment,
+                                           desired_revisions(self.store, ns, name))
+            deployment = acting or spec_deployment
+            min_ready = controller.min_ready_seconds(spec_deployment)
+            available = {p.uid: controller.available(since.get(p.uid), min_ready, now)
+                         for p in owned}
+            awaiting = awaiting or any(ready.get(u) and not a for u, a in available.items())
             plan = controller.plan_deployment(deployment, [
-                controller.OwnedPod(p.name, p.template_hash, ready.get(p.uid, False),
+                controller.OwnedPod(p.name, p.template_hash, available[p.uid],
                                     bool(p.deleting), p.created) for p in owned])
+            if acting is None:
+                plan = controller.Plan(create=0, delete=())
             current = controller.template_hash(deployment)
             try:
-                self._rollout_status(deployment, owned, ready, current)
+                self._rollout_status(deployment, owned, ready, current, available,
+                                     controller.template_hash(spec_deployment))
             except Exception:  # the status is worth less than the pods of this pass
                 log.exception("status of deployment %s/%s", ns, name)
             self._scaling_events(deployment, owned, plan, current)
@@ -264,6 +305,7 @@ class Runtime:
                                             not in bare)
             if gone and not p.deleting:
                 self.mark_deleting(p.namespace, p.name)
+        self._awaiting_available = awaiting  # the passes keep coming until it is
 
     def _create_pod(self, pod: dict[str, Any], owner_kind: str, owner: str, thash: str) -> None:
         ns = pod["metadata"].get("namespace", "default")
@@ -332,11 +374,14 @@ class Runtime:
         return history - {controller.template_hash(deployment)}
 
     def _rollout_status(self, deployment: dict[str, Any], owned: list[PodRow],
-                        ready: dict[str, bool], current: str) -> None:
+                        ready: dict[str, bool], current: str, available: dict[str, bool],
+                        updated: str) -> None:
         """The deployment controller's status.conditions (remora.node.rollout), kept in
         the store as the controller keeps them in the object (they outlive a restart of
         the daemon), for the Deployment as it is now: its uid tells a Deployment deleted
-        and made again from the one the status was kept for."""
+        and made again from the one the status was kept for. AVAILABLE tells which pods
+        have been Ready for minReadySeconds; UPDATED is the pod-template-hash of the
+        spec's template (updatedReplicas: 0 while a paused Deployment's change waits)."""
         meta = deployment["metadata"]
         ns, name = meta.get("namespace", "default"), meta["name"]
         key = rollout_key(ns, name)
@@ -348,8 +393,10 @@ class Runtime:
         # saw it already, or it has pods (a lab that kept no status: "Found")
         existed = current in known or any(p.template_hash == current for p in owned)
         live = [(p.template_hash, ready.get(p.uid, False)) for p in owned if not p.deleting]
+        n_available = sum(1 for p in owned if not p.deleting and available.get(p.uid))
         status = rollout.sync(deployment, (mine or {}).get("status"),
-                              rollout.counts(live, current), existed, time.time())
+                              rollout.counts(live, updated, n_available), existed,
+                              time.time())
         fresh = {"uid": uid, "status": status, "replicaSets": sorted(known | {current})}
         if fresh != state:
             self.store.set_meta(key, fresh)

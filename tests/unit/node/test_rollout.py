@@ -128,3 +128,96 @@ def test_describe_deployment_prints_conditions_and_replica_sets_as_kubectl() -> 
     text = describe.deployment(new, [pod(nh)], T0)
     assert text.splitlines()[-2:] == [f"OldReplicaSets:  web-{oh} (0/0 replicas created)",
                                       f"NewReplicaSet:   web-{nh} (1/1 replicas created)"]
+
+
+def test_pausing_holds_the_template_and_resuming_rolls_it_out() -> None:
+    """sync.go checkPausedConditions and the paused sync() path: Unknown DeploymentPaused
+    while paused (no new ReplicaSet, no rollout status), Unknown DeploymentResumed once
+    resumed, then the rollout's own reasons take over."""
+    d = _deployment(replicas=2)
+    old = controller.template_hash(d)
+    history = [{"hash": old, "revision": 1, "template": d["spec"]["template"]}]
+    done = rollout.sync(d, None, rollout.counts([(old, True)] * 2, old), True, T0)
+    assert _table(done)[-1] == ("Progressing", "True", "NewReplicaSetAvailable")
+    # paused, then the image changed: the controller acts on the old template
+    changed = _deployment(replicas=2, image="b", paused=True)
+    new = controller.template_hash(changed)
+    acting = controller.rolled_out(changed, history)
+    assert acting is not None and controller.template_hash(acting) == old
+    assert acting["spec"]["replicas"] == 2 and acting["spec"]["paused"] is True
+    paused = rollout.sync(acting, done, rollout.counts([(old, True)] * 2, new), True, T0 + 1)
+    assert _table(paused) == [("Available", "True", "MinimumReplicasAvailable"),
+                              ("Progressing", "Unknown", "DeploymentPaused")]
+    assert paused["conditions"][1]["message"] == "Deployment is paused"
+    assert paused["updatedReplicas"] == 0  # no ReplicaSet of the new template
+    # nothing progresses or times out while paused, however long
+    assert rollout.sync(acting, paused, rollout.counts([(old, True)] * 2, new), True,
+                        T0 + 10_000) == paused
+    # scaling applies to the old template's ReplicaSet: three pods of it
+    scaled = controller.rolled_out(_deployment(replicas=3, image="b", paused=True), history)
+    assert scaled is not None
+    pods = [controller.OwnedPod(f"p{i}", old, True, False, float(i)) for i in range(2)]
+    assert controller.plan_deployment(scaled, pods) == controller.Plan(create=1, delete=())
+    # resumed with the same pods and no progress: Unknown DeploymentResumed
+    resumed_d = _deployment(replicas=2, image="b")
+    assert controller.rolled_out(resumed_d, history) is resumed_d
+    stuck = rollout.sync(resumed_d, paused, rollout.counts([(old, True)] * 2, new), True,
+                         T0 + 20)
+    assert _table(stuck)[-1] == ("Progressing", "Unknown", "DeploymentResumed")
+    assert stuck["conditions"][-1]["message"] == "Deployment is resumed"
+    # the paused -> resumed change keeps the transition time (Unknown both)
+    assert stuck["conditions"][-1]["lastTransitionTime"] == format_time(T0 + 1)
+    # the ReplicaSet of the new template is created on resume: its reason replaces it
+    rolled = rollout.sync(resumed_d, paused, rollout.counts([(old, True)] * 2, new), False,
+                          T0 + 20)
+    assert _table(rolled)[-1] == ("Progressing", "True", "NewReplicaSetCreated")
+    assert rolled["conditions"][-1]["message"] == f'Created new replica set "web-{new}"'
+
+
+def test_a_paused_deployment_that_timed_out_keeps_saying_so() -> None:
+    d = _deployment(progressDeadlineSeconds=10)
+    h = controller.template_hash(d)
+    first = rollout.sync(d, None, rollout.counts([(h, False)], h), False, T0)
+    timed_out = rollout.sync(d, first, rollout.counts([(h, False)], h), True, T0 + 30)
+    assert _table(timed_out)[-1] == ("Progressing", "False", "ProgressDeadlineExceeded")
+    p = _deployment(progressDeadlineSeconds=10, paused=True)
+    assert _table(rollout.sync(p, timed_out, rollout.counts([(h, False)], h), True,
+                               T0 + 40))[-1] == ("Progressing", "False",
+                                                 "ProgressDeadlineExceeded")
+
+
+def test_a_deployment_created_paused_has_no_replica_set() -> None:
+    assert controller.rolled_out(_deployment(paused=True), []) is None
+
+
+def test_min_ready_seconds_counts_availability_not_readiness() -> None:
+    """podutil.IsPodAvailable: Ready for minReadySeconds; calculateStatus counts
+    availableReplicas so, and the Available condition and DeploymentComplete follow."""
+    assert controller.available(T0, 0, T0) is True
+    assert controller.available(None, 0, T0) is False
+    assert controller.available(T0, 5, T0 + 4.9) is False
+    assert controller.available(T0, 5, T0 + 5) is True
+    d = _deployment(replicas=1, minReadySeconds=5)
+    h = controller.template_hash(d)
+    first = rollout.sync(d, None, rollout.counts([(h, True)], h, 0), False, T0)
+    assert (first["readyReplicas"], first["availableReplicas"],
+            first["unavailableReplicas"]) == (1, 0, 1)
+    # Ready, not yet available: not Available and not complete (progressing only)
+    assert _table(first) == [("Available", "False", "MinimumReplicasUnavailable"),
+                             ("Progressing", "True", "ReplicaSetUpdated")]
+    later = rollout.sync(d, first, rollout.counts([(h, True)], h, 1), True, T0 + 5)
+    assert _table(later) == [("Available", "True", "MinimumReplicasAvailable"),
+                             ("Progressing", "True", "NewReplicaSetAvailable")]
+
+
+def test_the_rolling_update_waits_for_availability() -> None:
+    """The old pod stays until the new one is available (maxUnavailable 0): the runtime
+    gives plan_deployment a pod's availability, so a Ready pod inside minReadySeconds
+    holds the old one."""
+    d = _deployment(replicas=1, image="b", minReadySeconds=5)
+    new = controller.template_hash(d)
+    old = controller.OwnedPod("old", "oldhash", True, False, 0.0)
+    waiting = controller.OwnedPod("new", new, controller.available(T0, 5, T0 + 2), False, 1.0)
+    assert controller.plan_deployment(d, [old, waiting]) == controller.Plan(0, ())
+    there = controller.OwnedPod("new", new, controller.available(T0, 5, T0 + 5), False, 1.0)
+    assert controller.plan_deployment(d, [old, there]) == controller.Plan(0, ("old",))
