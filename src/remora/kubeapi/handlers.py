@@ -214,11 +214,7 @@ def _unsupported_deployment_fields(name: str, obj: dict[str, Any]) -> None:
     """Deployment fields a cluster honours that the lab's controller cannot: refused by
     name (422) rather than stored and ignored."""
     spec = obj.get("spec") or {}
-    if spec.get("paused"):
-        # `kubectl rollout pause` sets spec.paused; the lab's rollout cannot be held
-        raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.paused: Unsupported '
-                       "value: true: the lab does not support pausing a Deployment's rollout "
-                       "(its controller rolls every template change out at once)")
+    # spec.paused (`kubectl rollout pause`) is honoured: remora.node.controller.rolled_out
     strategy = spec.get("strategy") or {}
     kind = strategy.get("type") if isinstance(strategy, dict) else None
     if kind not in (None, "RollingUpdate", "Recreate"):

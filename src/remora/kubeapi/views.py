@@ -57,7 +57,10 @@ def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, 
         out["status"] = {"phase": "Active"}
     elif kind == "Deployment":
         _deployment(out)
-        current = next((e for e in revisions if e["hash"] == controller.template_hash(out)),
+        # a paused Deployment's template change has no ReplicaSet yet: the revision
+        # stays the one rolled out last (controller.rolled_out)
+        acting = controller.rolled_out(out, revisions) or out
+        current = next((e for e in revisions if e["hash"] == controller.template_hash(acting)),
                        None)
         if current is not None:
             # the deployment controller's annotation: the revision of its newest
@@ -126,8 +129,13 @@ def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
     revisionHistoryLimit old ReplicaSets for `kubectl rollout history|undo`), named
     <deployment>-<pod-template-hash>, annotated with their revision."""
     out = []
-    for d in deployments:
-        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+    for spec_d in deployments:
+        ns, name = spec_d["metadata"]["namespace"], spec_d["metadata"]["name"]
+        # while paused, the ReplicaSets are those of the template rolled out last; one
+        # created paused has none (controller.rolled_out)
+        d = controller.rolled_out(spec_d, (history or {}).get((ns, name), []))
+        if d is None:
+            continue
         current = controller.template_hash(d)
         numbered = {e["hash"]: e for e in (history or {}).get((ns, name), [])}
         owned = [p for p in pods if p["metadata"].get("namespace") == ns and

@@ -674,7 +674,7 @@ def test_istio_objects_are_served_in_the_version_asked_for(api: Handler) -> None
         got["v1beta1"]["metadata"]["resourceVersion"]
 
 
-def test_unsupported_deployment_fields_are_refused_by_name(api: Handler) -> None:
+def test_unsupported_deployment_fields_are_refused_by_name_paused_is_kept(api: Handler) -> None:
     url = "/apis/apps/v1/namespaces/demo-to/deployments"
     other = json.loads(json.dumps(SERVER))
     other["spec"]["strategy"] = {"type": "BlueGreen"}
@@ -682,13 +682,15 @@ def test_unsupported_deployment_fields_are_refused_by_name(api: Handler) -> None
     assert refused.status == 422 and "spec.strategy.type" in refused.json()["message"]
     assert 'supported values: "Recreate", "RollingUpdate"' in refused.json()["message"]
     assert call(api, "POST", url, SERVER).status == 201
+    # spec.paused is honoured now (`kubectl rollout pause|resume`): stored and served
     pause = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": True}},
                  content_type="application/strategic-merge-patch+json")
-    assert pause.status == 422 and "spec.paused" in pause.json()["message"]
-    assert "paused" not in call(api, "GET", url + "/simple-server").json()["spec"]
+    assert pause.status == 200 and pause.json()["spec"]["paused"] is True
+    assert call(api, "GET", url + "/simple-server").json()["spec"]["paused"] is True
     resume = call(api, "PATCH", url + "/simple-server", {"spec": {"paused": None}},
                   content_type="application/strategic-merge-patch+json")
     assert resume.status == 200
+    assert "paused" not in call(api, "GET", url + "/simple-server").json()["spec"]
 
 
 def test_rolling_update_limits_are_kept_served_and_checked(api: Handler) -> None:
