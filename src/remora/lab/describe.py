@@ -247,18 +247,23 @@ def _rollout(d: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[list[str], 
     (padding 2): the table's rows and the two `...ReplicaSet(s):` lines are one block
     of cells."""
     name = d["metadata"]["name"]
-    history = [str(e["hash"]) for e in (d.get("remora") or {}).get("revisions") or []]
-    sizes = rollout.replicaset_sizes(d, [
+    entries = list((d.get("remora") or {}).get("revisions") or [])
+    history = [str(e["hash"]) for e in entries]
+    # a paused Deployment's ReplicaSets are those of the template rolled out last
+    # (controller.rolled_out); its changed template has none, so kubectl's
+    # GetNewReplicaSet finds no ReplicaSet equal to it: NewReplicaSet <none>
+    acting = controller.rolled_out(d, entries)
+    current = controller.template_hash(d)
+    sizes = {} if acting is None else rollout.replicaset_sizes(acting, [
         ((p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, ""),
          bool(p["metadata"].get("deletionTimestamp"))) for p in pods], history)
-    current = controller.template_hash(d)
 
     def created(h: str) -> str:
         return f"{name}-{h} ({sizes[h][1]}/{sizes[h][0]} replicas created)"
 
     old = [created(h) for h in sizes if h != current]
     tail = [["OldReplicaSets:", ", ".join(old) or "<none>"],
-            ["NewReplicaSet:", created(current)]]
+            ["NewReplicaSet:", created(current) if current in sizes else "<none>"]]
     conditions = (d.get("status") or {}).get("conditions") or []
     # kubectl writes each condition as "%v \t%v\t%v": the type cell ends in a space
     table = [["  Type", "Status", "Reason"], ["  ----", "------", "------"],
