@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -847,3 +848,157 @@ def test_startup_probe_gates_readiness_and_kills_at_failure_threshold(
         assert started() is True
     finally:
         kube.kubectl("delete", "pod", "-n", "demo-to", "slowstart", "--wait=true", timeout=90)
+
+
+def _sleeper(name: str, replicas: int = 1, **spec: Any) -> str:
+    """A Deployment of one sleeping container without a sidecar (quick to start)."""
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "demo-from"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}, "annotations": {
+                     "sidecar.istio.io/inject": "false"}},
+                              "spec": {"containers": [{"name": "main", "image": "local/sleep",
+                                                       "command": ["sleep", "600"]}]}},
+                 **spec}})
+
+
+def test_rollout_pause_holds_a_change_and_resume_rolls_it_out(
+        kube: Kube, tmp_path: Path) -> None:
+    """`kubectl rollout pause|resume` (spec.paused, refused with 422 before): while
+    paused a template change makes no ReplicaSet and no pod, scaling still applies to the
+    old ReplicaSet, Progressing reads Unknown DeploymentPaused, kubectl's rollout status
+    waits on 0 updated replicas and its undo refuses; resumed, the change rolls out."""
+    manifest = tmp_path / "pz.yaml"
+    manifest.write_text(_sleeper("pz"))
+    ns, deploy = ("-n", "demo-from"), "deployment/pz"
+
+    def rs_names() -> list[str]:
+        return sorted(kube.kubectl("get", "rs", *ns, "-l", "app=pz", "-o",
+                                   "name").stdout.split())
+
+    def pods() -> list[tuple[str, str]]:
+        out = kube.kubectl("get", "pods", *ns, "-l", "app=pz", "-o", "jsonpath={range "
+                           ".items[*]}{.metadata.name} {.metadata.labels.pod-template-hash}"
+                           " {.metadata.deletionTimestamp}{'\\n'}{end}").stdout
+        return sorted((p[0], p[1]) for p in (line.split() for line in out.splitlines())
+                      if len(p) == 2)
+
+    def progressing() -> tuple[str, str, str]:
+        out = kube.kubectl("get", *ns, deploy, "-o", "jsonpath={range .status.conditions"
+                           "[?(@.type=='Progressing')]}{.status}|{.reason}|{.message}"
+                           "{end}").stdout
+        status, reason, message = out.split("|")
+        return status, reason, message
+
+    def wait_for(what: Any, check: Any, timeout: float = 30) -> Any:
+        end = time.monotonic() + timeout
+        while True:
+            got = what()
+            if check(got) or time.monotonic() > end:
+                return got
+            time.sleep(0.3)
+
+    kube.kubectl("apply", "-f", str(manifest))
+    try:
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        # a second revision, so that undo has one to go back to (with one, kubectl says
+        # "no rollout history found" before it looks at spec.paused)
+        kube.kubectl("set", "env", *ns, deploy, "V=a")
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        wait_for(pods, lambda p: len(p) == 1)
+        before_rs, before_pods = rs_names(), pods()
+        assert len(before_rs) == 2 and len(before_pods) == 1, (before_rs, before_pods)
+        old = before_pods[0][1]
+        assert kube.kubectl("rollout", "pause", *ns, deploy).stdout.strip() == \
+            "deployment.apps/pz paused"
+        assert wait_for(progressing, lambda c: c[1] == "DeploymentPaused") == (
+            "Unknown", "DeploymentPaused", "Deployment is paused")
+        kube.kubectl("set", "env", *ns, deploy, "V=b")
+        time.sleep(3)  # several of the controller's passes
+        assert rs_names() == before_rs and pods() == before_pods
+        assert kube.kubectl("get", *ns, deploy, "-o",
+                            "jsonpath={.status.updatedReplicas}").stdout in ("", "0")
+        # scaling applies while paused: to the old template's ReplicaSet
+        kube.kubectl("scale", *ns, deploy, "--replicas=2")
+        scaled = wait_for(pods, lambda p: len(p) == 2)
+        assert [h for _, h in scaled] == [old, old], scaled
+        assert rs_names() == before_rs
+        # kubectl's rollout status (rollout_status.go): no new replica updated yet
+        status = kube.kubectl("rollout", "status", *ns, deploy, "--watch=false")
+        assert status.stdout.strip() == ('Waiting for deployment "pz" rollout to finish: '
+                                         "0 out of 2 new replicas have been updated..."), \
+            status.stdout
+        # kubectl's undo (polymorphichelpers/rollback.go) refuses a paused Deployment
+        undo = kube.kubectl("rollout", "undo", *ns, deploy, check=False)
+        assert undo.returncode == 1, (undo.stdout, undo.stderr)
+        assert "you cannot rollback a paused deployment; resume it first with " \
+            "'kubectl rollout resume" in undo.stderr, undo.stderr
+        # remora's describe reads as kubectl's: no NewReplicaSet, the old one kept
+        theirs = kube.kubectl("describe", *ns, deploy).stdout
+        ours = kube.lab.remora("describe", "deploy", "pz", *ns)
+        assert ours.returncode == 0, ours.stderr
+
+        def section(text: str) -> str:
+            return text[text.index("\nConditions:") + 1:text.index("\nEvents:") + 1]
+
+        assert section(ours.stdout) == section(theirs), (ours.stdout, theirs)
+        assert "NewReplicaSet:   <none>" in section(theirs), theirs
+        assert re.search(r"Progressing\s+Unknown\s+DeploymentPaused", theirs), theirs
+        assert kube.kubectl("rollout", "resume", *ns, deploy).stdout.strip() == \
+            "deployment.apps/pz resumed"
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        after = wait_for(pods, lambda p: len(p) == 2 and old not in {h for _, h in p})
+        assert len(after) == 2 and old not in {h for _, h in after}, after
+        assert progressing()[1] == "NewReplicaSetAvailable"
+        lines = kube.kubectl("rollout", "history", *ns, deploy).stdout.splitlines()
+        assert [line.split()[0] for line in lines[2:] if line.strip()] == ["1", "2", "3"], \
+            lines
+    finally:
+        kube.kubectl("delete", *ns, deploy, "--wait=true", timeout=90)
+
+
+def test_min_ready_seconds_delays_availability_and_the_rollout(
+        kube: Kube, tmp_path: Path) -> None:
+    """spec.minReadySeconds (ignored before): a pod counts as available only that long
+    after it became Ready, in availableReplicas and the Available condition, and the
+    rolling update (maxUnavailable 0) keeps the old pod until the new one is available."""
+    manifest = tmp_path / "mr.yaml"
+    manifest.write_text(_sleeper("mr", minReadySeconds=5))
+    ns, deploy = ("-n", "demo-from"), "deployment/mr"
+
+    def sample() -> tuple[float, int, int, int]:
+        out = kube.kubectl("get", *ns, deploy, "-o", "jsonpath={.status.readyReplicas}|"
+                           "{.status.availableReplicas}|{.status.replicas}").stdout
+        ready, available, total = (int(v or 0) for v in out.split("|"))
+        return time.monotonic(), ready, available, total
+
+    def watch(until: Any, timeout: float = 60) -> list[tuple[float, int, int, int]]:
+        seen = [sample()]
+        while not until(seen[-1]) and seen[-1][0] - seen[0][0] < timeout:
+            time.sleep(0.3)
+            seen.append(sample())
+        return seen
+
+    kube.kubectl("apply", "-f", str(manifest))
+    try:
+        assert kube.kubectl("get", *ns, deploy, "-o",
+                            "jsonpath={.spec.minReadySeconds}").stdout == "5"
+        seen = watch(lambda s: s[2] == 1)
+        first_ready = next(s[0] for s in seen if s[1] == 1)
+        first_available = next(s[0] for s in seen if s[2] == 1)
+        # the timing is noisy on a shared machine, but never shorter than the wait
+        assert first_available - first_ready >= 4, seen
+        # a template change: the old pod stays while the new one is Ready, not available
+        kube.kubectl("set", "env", *ns, deploy, "V=b")
+        rolled = watch(lambda s: s[1] == 2)
+        two_ready = rolled[-1][0]
+        assert rolled[-1][3] == 2, rolled
+        done = watch(lambda s: s[3] == 1)
+        assert done[-1][3] == 1 and done[-1][0] - two_ready >= 4, (rolled, done)
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        available = kube.kubectl("get", *ns, deploy, "-o", "jsonpath={.status.conditions["
+                                 "?(@.type=='Available')].status}").stdout
+        assert available == "True"
+    finally:
+        kube.kubectl("delete", *ns, deploy, "--wait=true", timeout=90)
