@@ -133,14 +133,16 @@ def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
         ns, name = spec_d["metadata"]["namespace"], spec_d["metadata"]["name"]
         # while paused, the ReplicaSets are those of the template rolled out last; one
         # created paused has none (controller.rolled_out)
-        d = controller.rolled_out(spec_d, (history or {}).get((ns, name), []))
+        owned = [p for p in pods if p["metadata"].get("namespace") == ns and
+                 (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name and
+                 (p["metadata"].get("ownerReferences") or [{}])[0].get("kind") == "Deployment"]
+        d = controller.rolled_out(spec_d, (history or {}).get((ns, name), []), {
+            (p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, "")
+            for p in owned if not p["metadata"].get("deletionTimestamp")})
         if d is None:
             continue
         current = controller.template_hash(d)
         numbered = {e["hash"]: e for e in (history or {}).get((ns, name), [])}
-        owned = [p for p in pods if p["metadata"].get("namespace") == ns and
-                 (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == name and
-                 (p["metadata"].get("ownerReferences") or [{}])[0].get("kind") == "Deployment"]
         older = {(p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, "")
                  for p in owned} - {current, ""}
         hashes = [current, *sorted(older | set(numbered) - {current})]

@@ -252,7 +252,9 @@ def _rollout(d: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[list[str], 
     # a paused Deployment's ReplicaSets are those of the template rolled out last
     # (controller.rolled_out); its changed template has none, so kubectl's
     # GetNewReplicaSet finds no ReplicaSet equal to it: NewReplicaSet <none>
-    acting = controller.rolled_out(d, entries)
+    acting = controller.rolled_out(d, entries, {
+        (p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, "")
+        for p in pods if not p["metadata"].get("deletionTimestamp")})
     current = controller.template_hash(d)
     sizes = {} if acting is None else rollout.replicaset_sizes(acting, [
         ((p["metadata"].get("labels") or {}).get(controller.TEMPLATE_HASH_LABEL, ""),

@@ -101,23 +101,27 @@ def available(ready_since: float | None, min_ready: int, now: float) -> bool:
     return min_ready == 0 or ready_since + min_ready <= now
 
 
-def rolled_out(deployment: dict[str, Any], history: list[dict[str, Any]]
-               ) -> dict[str, Any] | None:
+def rolled_out(deployment: dict[str, Any], history: list[dict[str, Any]],
+               active: set[str] | None = None) -> dict[str, Any] | None:
     """DEPLOYMENT as its controller acts on it, HISTORY its numbered templates
-    (remora.node.desired.revisions). While spec.paused, a template change is not rolled
-    out: the controller only sync()s (sync.go syncDeployment: getAllReplicaSetsAndSync
-    Revision with createIfNotExisted false, then scale), so the pods keep the template of
-    the newest ReplicaSet it made (the newest revision) and only the replicas apply. A
-    Deployment created paused has no ReplicaSet at all: None (no pods)."""
+    (remora.node.desired.revisions), ACTIVE the pod-template-hashes that have live pods.
+    While spec.paused, a template change is not rolled out: the controller only sync()s
+    (sync.go syncDeployment: getAllReplicaSetsAndSyncRevision with createIfNotExisted
+    false, then scale), so the pods keep the template of the one active ReplicaSet
+    (scale: it is scaled to the replicas), else of the newest one it made (the newest
+    revision). A Deployment created paused has no ReplicaSet at all: None (no pods)."""
     if not paused(deployment):
         return deployment
     if not history:
         return None
-    newest = max(history, key=lambda e: int(e["revision"]))
-    if newest["hash"] == template_hash(deployment):
+    by_hash = {e["hash"]: e for e in history}
+    only = next(iter(active)) if active is not None and len(active) == 1 else None
+    entry = by_hash[only] if only in by_hash else max(history,
+                                                      key=lambda e: int(e["revision"]))
+    if entry["hash"] == template_hash(deployment):
         return deployment
     out = copy.deepcopy(deployment)
-    out.setdefault("spec", {})["template"] = copy.deepcopy(newest["template"])
+    out.setdefault("spec", {})["template"] = copy.deepcopy(entry["template"])
     return out
 
 
@@ -135,6 +139,11 @@ def plan_deployment(deployment: dict[str, Any], pods: list[OwnedPod]) -> Plan:
     and cleanupUnhealthyReplicas use the ReplicaSets' availableReplicas)."""
     want = replicas(deployment)
     current = template_hash(deployment)
+    if paused(deployment) and len({p.template_hash for p in pods if not p.deleting}) > 1:
+        # paused half way through a rollout: it holds where it is (no rolloutRolling /
+        # rolloutRecreate while paused). sync.go's proportional scaling of several
+        # active ReplicaSets is not modelled: the replicas apply once resumed
+        return Plan(create=0, delete=())
     if strategy_type(deployment) == "Recreate":
         return _plan_recreate(want, current, pods)
     surge, unavailable = fenceposts(deployment)

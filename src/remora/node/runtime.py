@@ -265,8 +265,9 @@ class Runtime:
                      and p.owner_name == name]
             # what the controller acts on: a paused Deployment's pods keep the template
             # rolled out last (controller.rolled_out); one created paused has none
-            acting = controller.rolled_out(spec_deployment,
-                                           desired_revisions(self.store, ns, name))
+            acting = controller.rolled_out(
+                spec_deployment, desired_revisions(self.store, ns, name),
+                {p.template_hash for p in owned if not p.deleting})
             deployment = acting or spec_deployment
             min_ready = controller.min_ready_seconds(spec_deployment)
             available = {p.uid: controller.available(since.get(p.uid), min_ready, now)

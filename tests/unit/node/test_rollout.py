@@ -221,3 +221,24 @@ def test_the_rolling_update_waits_for_availability() -> None:
     assert controller.plan_deployment(d, [old, waiting]) == controller.Plan(0, ())
     there = controller.OwnedPod("new", new, controller.available(T0, 5, T0 + 5), False, 1.0)
     assert controller.plan_deployment(d, [old, there]) == controller.Plan(0, ("old",))
+
+
+def test_paused_half_way_the_rollout_holds_and_a_single_active_set_is_scaled() -> None:
+    """Paused with the old and the new template's pods both live, nothing is created or
+    deleted (no rolloutRolling while paused); with one active ReplicaSet, that one is
+    scaled (sync.go scale), whichever revision it is."""
+    one, two = _deployment(image="a"), _deployment(image="b", replicas=2, paused=True)
+    h1, h2 = controller.template_hash(one), controller.template_hash(two)
+    history = [{"hash": h1, "revision": 1, "template": one["spec"]["template"]},
+               {"hash": h2, "revision": 2, "template": two["spec"]["template"]}]
+    both = [controller.OwnedPod("a", h1, True, False, 0.0),
+            controller.OwnedPod("b", h2, False, False, 1.0)]
+    acting = controller.rolled_out(two, history, {h1, h2})
+    assert acting is two
+    assert controller.plan_deployment(two, both) == controller.Plan(0, ())
+    unpaused = _deployment(image="b", replicas=2)
+    assert controller.plan_deployment(unpaused, both) != controller.Plan(0, ())
+    # only the old template's pod is live (paused before the new one was made)
+    only_old = controller.rolled_out(two, history, {h1})
+    assert only_old is not None and controller.template_hash(only_old) == h1
+    assert controller.plan_deployment(only_old, both[:1]) == controller.Plan(1, ())
