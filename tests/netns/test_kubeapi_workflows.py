@@ -923,6 +923,10 @@ def test_rollout_pause_holds_a_change_and_resume_rolls_it_out(
         kube.kubectl("scale", *ns, deploy, "--replicas=2")
         scaled = wait_for(pods, lambda p: len(p) == 2)
         assert [h for _, h in scaled] == [old, old], scaled
+        # settled (both Ready and available), so kubectl's and remora's reads below agree
+        assert wait_for(lambda: kube.kubectl("get", *ns, deploy, "-o", "jsonpath="
+                                             "{.status.availableReplicas}").stdout,
+                        lambda a: a == "2") == "2"
         assert rs_names() == before_rs
         # kubectl's rollout status (rollout_status.go): no new replica updated yet
         status = kube.kubectl("rollout", "status", *ns, deploy, "--watch=false")
@@ -935,15 +939,19 @@ def test_rollout_pause_holds_a_change_and_resume_rolls_it_out(
         assert "you cannot rollback a paused deployment; resume it first with " \
             "'kubectl rollout resume" in undo.stderr, undo.stderr
         # remora's describe reads as kubectl's: no NewReplicaSet, the old one kept
-        theirs = kube.kubectl("describe", *ns, deploy).stdout
-        ours = kube.lab.remora("describe", "deploy", "pz", *ns)
-        assert ours.returncode == 0, ours.stderr
-
         def section(text: str) -> str:
             return text[text.index("\nConditions:") + 1:text.index("\nEvents:") + 1]
 
-        assert section(ours.stdout) == section(theirs), (ours.stdout, theirs)
-        assert "NewReplicaSet:   <none>" in section(theirs), theirs
+        def described() -> tuple[str, str]:
+            ours = kube.lab.remora("describe", "deploy", "pz", *ns)
+            assert ours.returncode == 0, ours.stderr
+            return section(ours.stdout), section(kube.kubectl("describe", *ns,
+                                                              deploy).stdout)
+
+        # two reads a moment apart: the same once no pass of the controller falls between
+        ours, theirs = wait_for(described, lambda both: both[0] == both[1], timeout=10)
+        assert ours == theirs, (ours, theirs)
+        assert "NewReplicaSet:   <none>" in theirs, theirs
         assert re.search(r"Progressing\s+Unknown\s+DeploymentPaused", theirs), theirs
         assert kube.kubectl("rollout", "resume", *ns, deploy).stdout.strip() == \
             "deployment.apps/pz resumed"
