@@ -88,6 +88,18 @@ def _max_unavailable(deployment: dict[str, Any]) -> int:
     return min(controller.fenceposts(deployment)[1], want)
 
 
+def resuming(deployment: dict[str, Any], kept: dict[str, Any] | None) -> bool:
+    """Whether this is the pass that finds DEPLOYMENT, paused when its status KEPT was
+    written, resumed: checkPausedConditions writes Unknown DeploymentResumed with a
+    status update of its own before the rollout writes its reasons, so the lab's
+    controller rolls nothing out in this one pass and the resumed condition is served
+    until the next (a pass later, the rollout proceeds)."""
+    if controller.paused(deployment) or not _has_deadline(deployment):
+        return False
+    cond = _get(list((kept or {}).get("conditions") or []), PROGRESSING)
+    return cond is not None and cond["reason"] == PAUSED
+
+
 def sync(deployment: dict[str, Any], kept: dict[str, Any] | None, now_counts: dict[str, int],
          new_rs_existed: bool, now: float) -> dict[str, Any]:
     """One sync of DEPLOYMENT: KEPT is its status after the last one (None at first), and
@@ -99,6 +111,9 @@ def sync(deployment: dict[str, Any], kept: dict[str, Any] | None, now_counts: di
     name = deployment["metadata"]["name"]
     rs = f"{name}-{controller.template_hash(deployment)}"
     deadline = _has_deadline(deployment)
+    # a paused Deployment is only sync()ed, and the pass that sees it resumed only
+    # writes that (resuming): no new ReplicaSet and no rollout status in either
+    hold = resuming(deployment, kept)
     paused = controller.paused(deployment)
     if deadline:
         # checkPausedConditions (sync.go): pausing and resuming are told by the
@@ -114,9 +129,8 @@ def sync(deployment: dict[str, Any], kept: dict[str, Any] | None, now_counts: di
             conditions = _set(conditions, _condition(
                 PROGRESSING, None, RESUMED, "Deployment is resumed", now))
     # getNewReplicaSet: a new ReplicaSet is announced by the Progressing condition; an
-    # existing one only when the Deployment has no such condition yet. A paused
-    # Deployment is only sync()ed: no new ReplicaSet and no rollout status
-    if paused:
+    # existing one only when the Deployment has no such condition yet
+    if paused or hold:
         pass
     elif deadline and not new_rs_existed:
         conditions = _set(conditions, _condition(
@@ -142,7 +156,7 @@ def sync(deployment: dict[str, Any], kept: dict[str, Any] | None, now_counts: di
                 current is not None and current["reason"] == NEW_RS_AVAILABLE)
     if not deadline:
         conditions = [c for c in conditions if c.get("type") != PROGRESSING]
-    elif not scaling and not complete and not paused:
+    elif not scaling and not complete and not paused and not hold:
         if (now_counts["updatedReplicas"] == want and now_counts["replicas"] == want
                 and now_counts["availableReplicas"] == want):  # DeploymentComplete
             conditions = _set(conditions, _condition(

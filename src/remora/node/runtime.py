@@ -276,7 +276,10 @@ class Runtime:
             plan = controller.plan_deployment(deployment, [
                 controller.OwnedPod(p.name, p.template_hash, available[p.uid],
                                     bool(p.deleting), p.created) for p in owned])
-            if acting is None:
+            if acting is None or rollout.resuming(spec_deployment,
+                                                  self._kept_status(spec_deployment)):
+                # created paused: no ReplicaSet; just resumed: the resumed condition is
+                # written before the rollout proceeds (rollout.resuming), next pass
                 plan = controller.Plan(create=0, delete=())
             current = controller.template_hash(deployment)
             try:
@@ -374,6 +377,18 @@ class Runtime:
         history = {e["hash"] for e in desired_revisions(self.store, ns, name)}
         return history - {controller.template_hash(deployment)}
 
+    def _kept_status(self, deployment: dict[str, Any]) -> dict[str, Any] | None:
+        """DEPLOYMENT's status as the controller kept it last (None: none, or it was
+        kept for an earlier Deployment of the name)."""
+        meta = deployment["metadata"]
+        ns, name = meta.get("namespace", "default"), meta["name"]
+        state = self.store.get_meta(rollout_key(ns, name))
+        uid = naming.object_uid("Deployment", ns, name, meta.get("creationTimestamp"))
+        if isinstance(state, dict) and state.get("uid") == uid:
+            status = state.get("status")
+            return status if isinstance(status, dict) else None
+        return None
+
     def _rollout_status(self, deployment: dict[str, Any], owned: list[PodRow],
                         ready: dict[str, bool], current: str, available: dict[str, bool],
                         updated: str) -> None:
@@ -398,7 +413,10 @@ class Runtime:
         status = rollout.sync(deployment, (mine or {}).get("status"),
                               rollout.counts(live, updated, n_available), existed,
                               time.time())
-        fresh = {"uid": uid, "status": status, "replicaSets": sorted(known | {current})}
+        # the pass that only writes the resumed condition makes no ReplicaSet
+        made = set() if rollout.resuming(deployment, (mine or {}).get("status")) \
+            else {current}
+        fresh = {"uid": uid, "status": status, "replicaSets": sorted(known | made)}
         if fresh != state:
             self.store.set_meta(key, fresh)
 

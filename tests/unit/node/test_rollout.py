@@ -158,20 +158,28 @@ def test_pausing_holds_the_template_and_resuming_rolls_it_out() -> None:
     assert scaled is not None
     pods = [controller.OwnedPod(f"p{i}", old, True, False, float(i)) for i in range(2)]
     assert controller.plan_deployment(scaled, pods) == controller.Plan(create=1, delete=())
-    # resumed with the same pods and no progress: Unknown DeploymentResumed
+    # resumed: the pass that sees it writes Unknown DeploymentResumed only (the runtime
+    # holds the rollout for that pass: rollout.resuming), however the pods stand
     resumed_d = _deployment(replicas=2, image="b")
     assert controller.rolled_out(resumed_d, history) is resumed_d
-    stuck = rollout.sync(resumed_d, paused, rollout.counts([(old, True)] * 2, new), True,
-                         T0 + 20)
-    assert _table(stuck)[-1] == ("Progressing", "Unknown", "DeploymentResumed")
-    assert stuck["conditions"][-1]["message"] == "Deployment is resumed"
+    assert rollout.resuming(resumed_d, paused) and not rollout.resuming(changed, paused)
+    resumed = rollout.sync(resumed_d, paused, rollout.counts([(old, True)] * 2, new), False,
+                           T0 + 20)
+    assert _table(resumed)[-1] == ("Progressing", "Unknown", "DeploymentResumed")
+    assert resumed["conditions"][-1]["message"] == "Deployment is resumed"
     # the paused -> resumed change keeps the transition time (Unknown both)
-    assert stuck["conditions"][-1]["lastTransitionTime"] == format_time(T0 + 1)
-    # the ReplicaSet of the new template is created on resume: its reason replaces it
-    rolled = rollout.sync(resumed_d, paused, rollout.counts([(old, True)] * 2, new), False,
-                          T0 + 20)
+    assert resumed["conditions"][-1]["lastTransitionTime"] == format_time(T0 + 1)
+    assert not rollout.resuming(resumed_d, resumed)
+    # the next pass rolls out: the ReplicaSet of the new template is created
+    rolled = rollout.sync(resumed_d, resumed, rollout.counts([(old, True)] * 2, new), False,
+                          T0 + 21)
     assert _table(rolled)[-1] == ("Progressing", "True", "NewReplicaSetCreated")
     assert rolled["conditions"][-1]["message"] == f'Created new replica set "web-{new}"'
+    assert rolled["conditions"][-1]["lastTransitionTime"] == format_time(T0 + 21)
+    # nothing changed since: no progress, the resumed condition stays
+    stuck = rollout.sync(resumed_d, resumed, rollout.counts([(old, True)] * 2, new), True,
+                         T0 + 21)
+    assert _table(stuck)[-1] == ("Progressing", "Unknown", "DeploymentResumed")
 
 
 def test_a_paused_deployment_that_timed_out_keeps_saying_so() -> None:
