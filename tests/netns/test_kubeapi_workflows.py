@@ -992,7 +992,15 @@ def test_min_ready_seconds_delays_availability_and_the_rollout(
     try:
         assert kube.kubectl("get", *ns, deploy, "-o",
                             "jsonpath={.spec.minReadySeconds}").stdout == "5"
-        seen = watch(lambda s: s[2] == 1)
+        def rs_available() -> str:
+            return kube.kubectl("get", "rs", *ns, "-l", "app=mr", "-o", "jsonpath={.items[*]"
+                                ".status.availableReplicas}").stdout
+
+        seen = watch(lambda s: s[1] == 1)
+        assert seen[-1][2] == 0, seen  # Ready, not yet available: so is its ReplicaSet
+        assert rs_available() in ("", "0")
+        seen += watch(lambda s: s[2] == 1)
+        assert rs_available() == "1"
         first_ready = next(s[0] for s in seen if s[1] == 1)
         first_available = next(s[0] for s in seen if s[2] == 1)
         # the timing is noisy on a shared machine, but never shorter than the wait

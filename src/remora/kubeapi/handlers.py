@@ -407,7 +407,8 @@ class Handler:
                 raw_pods = self.backend.objects("Pod", None)
                 derived = views.replicasets(deployments, raw_pods, {
                     (d["metadata"]["namespace"], d["metadata"]["name"]):
-                    (d.get("remora") or {}).get("revisions") or [] for d in raw_deployments})
+                    (d.get("remora") or {}).get("revisions") or [] for d in raw_deployments},
+                    self.clock())
             else:
                 pods = [views.api_object("Pod", "v1", p)
                         for p in self.backend.objects("Pod", None)]

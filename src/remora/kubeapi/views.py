@@ -122,12 +122,13 @@ def _pod(p: dict[str, Any]) -> None:
 
 def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
                 history: dict[tuple[str, str], list[dict[str, Any]]] | None = None,
-                ) -> list[dict[str, Any]]:
+                now: float = 0.0) -> list[dict[str, Any]]:
     """One ReplicaSet per Deployment template: the current one (even with no pod), each
     older template that still has pods, and each one in the Deployment's revision
     HISTORY (the node's numbered templates: scaled to 0, as a cluster keeps
     revisionHistoryLimit old ReplicaSets for `kubectl rollout history|undo`), named
-    <deployment>-<pod-template-hash>, annotated with their revision."""
+    <deployment>-<pod-template-hash>, annotated with their revision. NOW is the time
+    their pods' availability is judged at (spec.minReadySeconds)."""
     out = []
     for spec_d in deployments:
         ns, name = spec_d["metadata"]["namespace"], spec_d["metadata"]["name"]
@@ -166,6 +167,12 @@ def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
                       controller.TEMPLATE_HASH_LABEL: h}
             template.setdefault("metadata", {})["labels"] = labels
             ready = sum(1 for p in mine if p["status"].get("ready"))
+            # available: Ready for the Deployment's minReadySeconds (podutil.IsPodAvailable),
+            # from when the node's controller saw it become Ready
+            min_ready = controller.min_ready_seconds(spec_d)
+            available = ready if not min_ready else sum(
+                1 for p in mine if p["status"].get("ready") and controller.available(
+                    (p.get("remora") or {}).get("readySince"), min_ready, now))
             selector = copy.deepcopy(d.get("spec", {}).get("selector") or {})
             selector.setdefault("matchLabels", {})[controller.TEMPLATE_HASH_LABEL] = h
             rs_name = f"{name}-{h}"
@@ -181,7 +188,8 @@ def replicasets(deployments: list[dict[str, Any]], pods: list[dict[str, Any]],
                                  "blockOwnerDeletion": True}]},
                 "spec": {"replicas": want, "selector": selector, "template": template},
                 "status": {"replicas": len(mine), "readyReplicas": ready,
-                           "availableReplicas": ready, "fullyLabeledReplicas": len(mine),
+                           "availableReplicas": available,
+                           "fullyLabeledReplicas": len(mine),
                            "observedGeneration": 1}})
     return out
 

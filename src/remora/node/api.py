@@ -152,7 +152,14 @@ class Api:
     def get(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
         rt = self.rt
         if kind == "Pod":
-            return views.pod_objects(rt.store, rt.nodes, namespace)
+            pods = views.pod_objects(rt.store, rt.nodes, namespace)
+            since = rt.ready_times()
+            for p in pods:
+                # when the controller saw it become Ready, for a ReplicaSet's
+                # availableReplicas under minReadySeconds (remora.kubeapi.views)
+                if p["metadata"]["uid"] in since:
+                    p["remora"]["readySince"] = since[p["metadata"]["uid"]]
+            return pods
         if kind == "Service":
             items = views.services(rt.store, rt.plan)
         elif kind == "Deployment":
