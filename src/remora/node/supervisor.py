@@ -339,21 +339,30 @@ class Supervisor:
         self.store.put_container(row)
         return True
 
+    def _periodic(self, entry: _Container, state: _ProbeState, probe: probes.Probe,
+                  now: float, kind: str) -> bool | None:
+        """The startup and liveness probers' step (worker.go doProbe) on a result that
+        came back this tick: the next run a period on, kubelet's ProbeWarning/Unhealthy
+        event for it ("KIND probe failed: ..."), and the verdict _count gives. None: no
+        result this tick, or one below its threshold (both change nothing)."""
+        result = self._result(entry, state, probe, now)
+        if result is None:
+            return None
+        state.due = now + probe.period
+        verdict = self._count(state, result.ok, probe)
+        if result.outcome is probes.Outcome.WARNING:
+            self._event(entry, "ProbeWarning", f"{kind} probe warning: {result.message}")
+        if not result.ok:
+            self._event(entry, "Unhealthy", f"{kind} probe failed: {result.message}")
+        return verdict
+
     def _startup(self, entry: _Container, probe: probes.Probe, now: float) -> None:
         """kubelet's startup probe: once a period from initialDelaySeconds until it
         succeeds (liveness and readiness wait for it); failureThreshold failures in a row
         and the container is killed: `Killing` "Container C failed startup probe, will be
         restarted" (kuberuntime_manager.go computePodActions)."""
         state = entry.startup_probe
-        result = self._result(entry, state, probe, now)
-        if result is None:
-            return
-        state.due = now + probe.period
-        verdict = self._count(state, result.ok, probe)
-        if result.outcome is probes.Outcome.WARNING:
-            self._event(entry, "ProbeWarning", f"Startup probe warning: {result.message}")
-        if not result.ok:
-            self._event(entry, "Unhealthy", f"Startup probe failed: {result.message}")
+        verdict = self._periodic(entry, state, probe, now, "Startup")
         if verdict is None:
             return
         if verdict:
@@ -376,16 +385,7 @@ class Supervisor:
         restartPolicy Never), SIGTERM then SIGKILL after LIVENESS_GRACE; its exit is
         then a restart like any other (counted, backed off)."""
         state = entry.live_probe
-        result = self._result(entry, state, probe, now)
-        if result is None:
-            return
-        state.due = now + probe.period
-        verdict = self._count(state, result.ok, probe)
-        if result.outcome is probes.Outcome.WARNING:
-            self._event(entry, "ProbeWarning", f"Liveness probe warning: {result.message}")
-        if not result.ok:
-            self._event(entry, "Unhealthy", f"Liveness probe failed: {result.message}")
-        if verdict is False:
+        if self._periodic(entry, state, probe, now, "Liveness") is False:
             state.run = 0
             self._kill(entry, "liveness", now)
 
