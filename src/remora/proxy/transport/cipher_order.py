@@ -32,6 +32,7 @@ test_cipher_suites_envoy_parity.py).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import ssl
 import weakref
@@ -49,37 +50,38 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctype
                              ctypes.c_void_p)
 
 
+@functools.cache
+def _ssl_links() -> ctypes.CDLL:
+    """The libssl the ``_ssl`` extension links (the one whose SSL_CTX/SSL the ssl module's
+    objects hold), opened once."""
+    import _ssl
+
+    return ctypes.CDLL(_ssl.__file__)
+
+
+def libssl_function(name: str, restype: Any, *argtypes: Any) -> Any:
+    """libssl's NAME declared with its C result and argument types, a function object of
+    the caller's own; OSError or AttributeError where it cannot be had."""
+    function = _ssl_links()[name]
+    function.restype = restype
+    function.argtypes = list(argtypes)
+    return function
+
+
 class _LibSsl:
     """The few libssl functions used, bound once; None when they cannot be."""
 
     def __init__(self) -> None:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        self.ctx_get_options = lib.SSL_CTX_get_options
-        self.ctx_get_options.restype = ctypes.c_uint64
-        self.ctx_get_options.argtypes = [ctypes.c_void_p]
-        self.set_client_hello_cb = lib.SSL_CTX_set_client_hello_cb
-        self.set_client_hello_cb.restype = None
-        self.set_client_hello_cb.argtypes = [ctypes.c_void_p, _CALLBACK, ctypes.c_void_p]
-        self.get0_ext = lib.SSL_client_hello_get0_ext
-        self.get0_ext.restype = ctypes.c_int
-        self.get0_ext.argtypes = [ctypes.c_void_p, ctypes.c_uint,
-                                  ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte)),
-                                  ctypes.POINTER(ctypes.c_size_t)]
-        self.clear_options = lib.SSL_clear_options
-        self.clear_options.restype = ctypes.c_uint64
-        self.clear_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-        self.get_ssl_ctx = lib.SSL_get_SSL_CTX
-        self.get_ssl_ctx.restype = ctypes.c_void_p
-        self.get_ssl_ctx.argtypes = [ctypes.c_void_p]
-        self.get0_ciphers = lib.SSL_client_hello_get0_ciphers
-        self.get0_ciphers.restype = ctypes.c_size_t
-        self.get0_ciphers.argtypes = [ctypes.c_void_p,
-                                      ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))]
-        self.set_cipher_list = lib.SSL_set_cipher_list
-        self.set_cipher_list.restype = ctypes.c_int
-        self.set_cipher_list.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        f, ptr, u64 = libssl_function, ctypes.c_void_p, ctypes.c_uint64
+        out_bytes = ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))
+        self.ctx_get_options = f("SSL_CTX_get_options", u64, ptr)
+        self.set_client_hello_cb = f("SSL_CTX_set_client_hello_cb", None, ptr, _CALLBACK, ptr)
+        self.get0_ext = f("SSL_client_hello_get0_ext", ctypes.c_int, ptr, ctypes.c_uint,
+                          out_bytes, ctypes.POINTER(ctypes.c_size_t))
+        self.clear_options = f("SSL_clear_options", u64, ptr, u64)
+        self.get_ssl_ctx = f("SSL_get_SSL_CTX", ptr, ptr)
+        self.get0_ciphers = f("SSL_client_hello_get0_ciphers", ctypes.c_size_t, ptr, out_bytes)
+        self.set_cipher_list = f("SSL_set_cipher_list", ctypes.c_int, ptr, ctypes.c_char_p)
 
 
 @dataclass(frozen=True)
@@ -186,24 +188,12 @@ def standard_names() -> dict[str, str]:
     if lib is None:
         return {}
     try:
-        import _ssl
-
-        raw = ctypes.CDLL(_ssl.__file__)
-        get_ciphers = raw.SSL_CTX_get_ciphers
-        get_ciphers.restype = ctypes.c_void_p
-        get_ciphers.argtypes = [ctypes.c_void_p]
-        sk_num = raw.OPENSSL_sk_num
-        sk_num.restype = ctypes.c_int
-        sk_num.argtypes = [ctypes.c_void_p]
-        sk_value = raw.OPENSSL_sk_value
-        sk_value.restype = ctypes.c_void_p
-        sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        std_name = raw.SSL_CIPHER_standard_name
-        std_name.restype = ctypes.c_char_p
-        std_name.argtypes = [ctypes.c_void_p]
-        get_name = raw.SSL_CIPHER_get_name
-        get_name.restype = ctypes.c_char_p
-        get_name.argtypes = [ctypes.c_void_p]
+        f, vp = libssl_function, ctypes.c_void_p
+        get_ciphers = f("SSL_CTX_get_ciphers", vp, vp)
+        sk_num = f("OPENSSL_sk_num", ctypes.c_int, vp)
+        sk_value = f("OPENSSL_sk_value", vp, vp, ctypes.c_int)
+        std_name = f("SSL_CIPHER_standard_name", ctypes.c_char_p, vp)
+        get_name = f("SSL_CIPHER_get_name", ctypes.c_char_p, vp)
     except (OSError, AttributeError) as exc:
         log.debug("libssl cipher names unavailable: %s", exc)
         return {}

@@ -96,27 +96,13 @@ _X509_V_ERR_PERMITTED_VIOLATION = 47  # x509_vfy.h
 
 class _Lib:
     def __init__(self) -> None:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        self.get_verify_mode = lib.SSL_CTX_get_verify_mode
-        self.get_verify_mode.restype = ctypes.c_int
-        self.get_verify_mode.argtypes = [ctypes.c_void_p]
-        self.set_verify = lib.SSL_CTX_set_verify
-        self.set_verify.restype = None
-        self.set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY]
-        self.depth = lib.X509_STORE_CTX_get_error_depth
-        self.depth.restype = ctypes.c_int
-        self.depth.argtypes = [ctypes.c_void_p]
-        self.current_cert = lib.X509_STORE_CTX_get_current_cert
-        self.current_cert.restype = ctypes.c_void_p
-        self.current_cert.argtypes = [ctypes.c_void_p]
-        self.set_error = lib.X509_STORE_CTX_set_error
-        self.set_error.restype = None
-        self.set_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        self.i2d = lib.i2d_X509
-        self.i2d.restype = ctypes.c_int
-        self.i2d.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte))]
+        f, ptr, i = cipher_order.libssl_function, ctypes.c_void_p, ctypes.c_int
+        self.get_verify_mode = f("SSL_CTX_get_verify_mode", i, ptr)
+        self.set_verify = f("SSL_CTX_set_verify", None, ptr, i, _VERIFY)
+        self.depth = f("X509_STORE_CTX_get_error_depth", i, ptr)
+        self.current_cert = f("X509_STORE_CTX_get_current_cert", ptr, ptr)
+        self.set_error = f("X509_STORE_CTX_set_error", None, ptr, i)
+        self.i2d = f("i2d_X509", i, ptr, ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte)))
 
 
 _lib: _Lib | None = None
@@ -202,25 +188,16 @@ def install_verify(ctx: ssl.SSLContext) -> bool:
 # -- close_notify -------------------------------------------------------------------------
 class _Shutdown:
     def __init__(self) -> None:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        self.shutdown = lib.SSL_shutdown
-        self.shutdown.restype = ctypes.c_int
-        self.shutdown.argtypes = [ctypes.c_void_p]
-        self.get_ssl_ctx = lib.SSL_get_SSL_CTX
-        self.get_ssl_ctx.restype = ctypes.c_void_p
-        self.get_ssl_ctx.argtypes = [ctypes.c_void_p]
-        self.clear_errors = lib.ERR_clear_error
-        self.clear_errors.restype = None
-        self.clear_errors.argtypes = []
+        f = cipher_order.libssl_function
+        self.shutdown = f("SSL_shutdown", ctypes.c_int, ctypes.c_void_p)
+        self.clear_errors = f("ERR_clear_error", None)
 
 
 _shutdown: _Shutdown | None = None
 _shutdown_failed = False
 
 
-def _ssl_pointer(obj: ssl.SSLObject, lib: _Shutdown) -> int | None:
+def _ssl_pointer(obj: ssl.SSLObject) -> int | None:
     """The SSL address of OBJ's ``_ssl._SSLSocket`` (CPython's PySSLSocket: the object
     header, the socket weakref, then the SSL pointer), once SSL_get_SSL_CTX through it
     gives OBJ's context's SSL_CTX; None otherwise."""
@@ -231,7 +208,7 @@ def _ssl_pointer(obj: ssl.SSLObject, lib: _Shutdown) -> int | None:
     ctx_ptr = cipher_order._ctx_pointer(obj.context, order)
     ptr = ctypes.c_void_p.from_address(
         id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value
-    if not ptr or ctx_ptr is None or lib.get_ssl_ctx(ptr) != ctx_ptr:
+    if not ptr or ctx_ptr is None or order.get_ssl_ctx(ptr) != ctx_ptr:
         log.debug("SSLObject layout not recognised")
         return None
     return int(ptr)
@@ -252,7 +229,7 @@ def send_close_notify(obj: ssl.SSLObject) -> None:
             _shutdown_failed = True
             log.debug("libssl SSL_shutdown unavailable: %s", exc)
     lib = _shutdown
-    ptr = _ssl_pointer(obj, lib) if lib is not None else None
+    ptr = _ssl_pointer(obj) if lib is not None else None
     if lib is None or ptr is None:
         with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
             obj.unwrap()
