@@ -26,6 +26,7 @@ import yaml
 
 from remora.errors import RemoraError
 from remora.kubeapi import field_validation as fv
+from remora.kubeapi import managed_fields as mf
 from remora.kubeapi import openapi, patches, table, views
 from remora.kubeapi import resources as res
 from remora.kubeapi.backend import Backend
@@ -233,6 +234,11 @@ class Handler:
         self.versions = Versions()
         self.started = clock()
         self.pod_wait = 1.0  # seconds a bare pod's create waits for the runtime's pod
+        # metadata.managedFields by (store kind, namespace, name): the object's uid (""
+        # until a create's object is first read) and its managers. Kept here, not in
+        # the node's store, so they last as long as this API (a daemon restart starts
+        # every object unmanaged, as one created before server-side apply was).
+        self.managed: dict[tuple[str, str, str], tuple[str, list[mf.Entry]]] = {}
 
     # -- entry -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -381,6 +387,8 @@ class Handler:
             # served (and stamped) in the resource's storage version whatever version
             # they were applied in, so a v1beta1 apply does not look like a change
             pairs = [(o, views.api_object(kind, gv, {**o, "apiVersion": gv})) for o in raw]
+            for _, stored in pairs:
+                self._served_managed_fields(r.store_kind, stored)
         elif r.unstored:
             pairs = []  # the lab holds none (resources.UNSTORED)
         elif kind == "CustomResourceDefinition":
@@ -426,6 +434,26 @@ class Handler:
         if t.namespace is not None:
             pairs = [(o, s) for o, s in pairs if s["metadata"].get("namespace") == t.namespace]
         return pairs
+
+    def _served_managed_fields(self, store_kind: str, served: dict[str, Any]) -> None:
+        meta = served["metadata"]
+        key = (store_kind, str(meta.get("namespace") or ""), str(meta.get("name")))
+        held = self.managed.get(key)
+        if held is None:
+            return
+        uid, entries = held
+        if uid == "":  # a create's record: this is the object it made
+            uid = str(meta.get("uid") or "")
+            self.managed[key] = (uid, entries)
+        if uid != str(meta.get("uid") or ""):
+            del self.managed[key]  # another object of the same name now
+            return
+        meta["managedFields"] = mf.encode(entries)
+
+    def _entries(self, t: Target) -> list[mf.Entry]:
+        held = self.managed.get((t.resource.store_kind or t.resource.kind,
+                                 t.namespace or "", t.name or ""))
+        return list(held[1]) if held else []
 
     def _one(self, t: Target) -> tuple[dict[str, Any], dict[str, Any]]:
         for raw, served in self.view(t):
@@ -534,10 +562,28 @@ class Handler:
             raise ApiError(422, "metadata.generateName is not supported by the lab; "
                            "give metadata.name")
 
-    def _store(self, req: Request, t: Target, obj: dict[str, Any], created: bool) -> Response:
+    def _store(self, req: Request, t: Target, obj: dict[str, Any], created: bool,
+               applied: mf.Applied | None = None, subresource: str = "") -> Response:
         unknown = self._unknown_fields(req, t, obj)
         if t.resource.kind == "Pod" and not created:
             return self._update_pod(req, t, obj)
+        if applied is not None:
+            entries = applied.entries
+        else:
+            # any other write is an Update by its manager (fieldManager, else the
+            # User-Agent's product): it takes the fields it adds or changes. The
+            # managedFields the write carries, when they decode, replace the live
+            # ones first (decodeLiveOrNew: kubectl's migration of client-side apply's
+            # fields to its server-side manager is a JSON patch of them)
+            prior = mf.decode(obj["metadata"].get("managedFields"))
+            if prior is None:
+                prior = [] if created else self._entries(t)
+            live = None if created else self._writable(self._one(Target(
+                t.resource, t.version, t.namespace, t.name, None))[0])
+            manager = mf.manager_name(req.arg("fieldManager"),
+                                      req.headers.get("user-agent", ""))
+            entries = mf.update(self._schema(t), prior, live, obj, manager,
+                                self._group_version(t), self.clock(), subresource)
         meta = obj["metadata"]
         for f in _SERVER_FIELDS:
             meta.pop(f, None)
@@ -557,6 +603,9 @@ class Handler:
             self.backend.apply(normal)
             t = Target(t.resource, t.version, t.namespace or meta.get("namespace"),
                        meta["name"], None)
+            key = (t.resource.store_kind or t.resource.kind, t.namespace or "", t.name or "")
+            self.managed[key] = ("" if created else self.managed.get(key, ("", []))[0],
+                                 entries)
             try:
                 served = self._one(t)[1]
             except ApiError:
@@ -567,6 +616,7 @@ class Handler:
                 served = self._pending_pod(t, normal[0])
         else:
             served = self._dry_run_view(t, normal[0])
+            served["metadata"]["managedFields"] = mf.encode(entries)
         body = json.dumps(served).encode()
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
@@ -752,7 +802,8 @@ class Handler:
         """OBJ's fields Kubernetes' schema of the kind lacks, by the request's
         fieldValidation (field_validation.py): Strict refuses them (a PATCH: the patched
         object's, the error quoting the patch), Warn answers a warning per field, Ignore
-        says nothing. Server-side apply's patches are left to the lab's own reading."""
+        says nothing. Server-side apply's patches were checked against the schema
+        before (managed_fields.check_patch), whatever the directive."""
         directive = fv.directive(req.arg("fieldValidation"))
         content_type = req.headers.get("content-type", "")
         if req.method == "PATCH" and content_type.startswith(patches.APPLY):
@@ -816,18 +867,65 @@ class Handler:
             obj["spec"] = {k: v for k, v in spec.items() if k != "clusterIPs"}
         return obj
 
-    def _patch(self, req: Request, t: Target) -> Response:
-        content_type = req.headers.get("content-type", "")
+    def _schema(self, t: Target) -> mf.Node:
+        r = t.resource
+        return mf.kind_schema(r.group, t.version, r.kind)
+
+    def _server_side_apply(self, req: Request, t: Target) -> Response:
+        """PATCH application/apply-patch+yaml, as the apiserver's field manager
+        (managed_fields.py): the configuration checked against the kind's schema,
+        merged onto the live object, the fields the manager applied before and no
+        longer does removed, conflicts with other managers refused unless forced."""
+        directive = fv.directive(req.arg("fieldValidation"))
+        manager = req.arg("fieldManager")
+        if not manager:
+            # ValidatePatchOptions
+            raise ApiError(422, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: '
+                           "Required value: is required for apply patch")
+        try:
+            patch = yaml.safe_load(req.body.decode() or "null")
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"error decoding YAML: {' '.join(str(exc).split())}") \
+                from None
+        schema = self._schema(t)
+        mf.check_patch(schema, patch, (t.resource.group, t.version, t.resource.kind),
+                       self._group_version(t))
+        if directive != fv.IGNORE:
+            # applyPatcher: Strict and Warn also decode the YAML strictly, for keys
+            # given twice (an undeclared field was refused above in any case)
+            twice = patches.duplicate_keys(req.body)
+            if twice and directive == fv.STRICT:
+                raise ApiError(400, "error strict decoding YAML: error converting YAML to "
+                               "JSON: yaml: unmarshal errors:\n" + "\n".join(
+                                   "  " + line for line in twice))
+            req.warnings += twice  # parseYAMLWarnings: one warning per line
         try:
             raw, _ = self._one(t)
         except ApiError:
-            if not content_type.startswith(patches.APPLY):
-                raise
-            # server-side apply creates what is not there
-            obj = patches.apply_patch(content_type, {}, req.body)
-            self._check_identity(obj, t)
-            return self._store(req, t, obj, created=True)
-        obj = patches.apply_patch(content_type, self._writable(raw), req.body)
+            raw = None
+        live = self._writable(raw) if raw is not None else None
+        applied = mf.apply(schema, self._entries(t) if raw is not None else [], live, patch,
+                           manager, self._group_version(t), req.flag("force"), self.clock())
+        obj = applied.obj
+        obj.setdefault("apiVersion", patch.get("apiVersion"))
+        obj.setdefault("kind", patch.get("kind"))
+        self._check_identity(obj, t)
+        if live is None:
+            return self._store(req, t, obj, created=True, applied=applied)
+        self._precondition(patch, self._one(t)[1], t)
+        return self._store(req, t, obj, created=False, applied=applied)
+
+    def _patch(self, req: Request, t: Target) -> Response:
+        content_type = req.headers.get("content-type", "")
+        if content_type.startswith(patches.APPLY):
+            return self._server_side_apply(req, t)
+        raw, served = self._one(t)
+        base = self._writable(raw)
+        # a patch sees (and may test or set) the resourceVersion and managedFields
+        for key in ("resourceVersion", "managedFields"):
+            if key in served["metadata"]:
+                base["metadata"][key] = served["metadata"][key]
+        obj = patches.apply_patch(content_type, base, req.body)
         self._check_identity(obj, t)
         self._precondition(obj, self._one(t)[1], t)  # a patch may name a version too
         return self._store(req, t, obj, created=False)
@@ -890,7 +988,7 @@ class Handler:
                            "of 0 or more")
         obj = self._writable(raw)
         obj.setdefault("spec", {})["replicas"] = replicas
-        self._store(req, whole, obj, created=False)
+        self._store(req, whole, obj, created=False, subresource="scale")
         return Response.of(scale(self._one(whole)[1]))
 
     # -- pods/log and pods/exec --------------------------------------------------------

@@ -80,16 +80,20 @@ class Response:
 class ApiError(Exception):
     """An error answered as a Status object."""
 
-    def __init__(self, code: int, message: str, reason: str = "",
+    def __init__(self, code: int, message: str, reason: str | None = "",
                  details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason or REASONS.get(code, "Unknown")
+        # None: no reason at all, as ErrorToAPIStatus answers an error that is not a
+        # StatusError (StatusReasonUnknown, ""); kubectl then prints "Error from server:"
+        self.reason = "" if reason is None else reason or REASONS.get(code, "Unknown")
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        return status_object(self.code, self.message, self.reason, self.details)
+        out = status_object(self.code, self.message, self.reason, self.details)
+        out["reason"] = self.reason
+        return out
 
     def response(self) -> Response:
         return Response.of(self.status(), self.code)

@@ -5,9 +5,8 @@
   `kubectl apply` send for built-in kinds;
 - application/merge-patch+json: RFC 7386 JSON merge patch (kubectl's choice for CRDs);
 - application/json-patch+json: RFC 6902 JSON patch (`kubectl patch --type json`);
-- application/apply-patch+yaml: server-side apply, here as a strategic merge of the
-  applied configuration onto the live object (no managedFields; fields left out of a
-  later apply are not removed).
+- application/apply-patch+yaml: server-side apply, handled by managed_fields.py (the
+  field manager: managedFields, removal of fields no longer applied, conflicts);
 """
 
 from __future__ import annotations
@@ -151,3 +150,29 @@ def apply_patch(content_type: str, current: dict[str, Any], body: bytes) -> dict
     if not isinstance(result, dict):
         raise ApiError(422, "the patched object is not a JSON object")
     return result
+
+
+def duplicate_keys(body: bytes) -> list[str]:
+    """The keys a YAML (or JSON) body gives twice in one map, as go-yaml's strict
+    decoding reports them (`line 10: key "paused" already set in map`, the line of the
+    second one); [] for a body that does not parse (its error is reported elsewhere)."""
+    try:
+        root = yaml.compose(body.decode() or "null", Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return []
+    out: list[str] = []
+    stack = [root] if root is not None else []
+    while stack:
+        n = stack.pop()
+        if isinstance(n, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in n.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        out.append(f"line {key.start_mark.line + 1}: key "
+                                   f'"{key.value}" already set in map')
+                    seen.add(key.value)
+                stack.append(value)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return sorted(out, key=lambda s: int(s.split(":")[0].split()[1]))
