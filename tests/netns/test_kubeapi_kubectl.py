@@ -751,3 +751,90 @@ def test_delete_through_kubectl_reaches_the_lab(kube: Kube) -> None:
         "No resources found")
     kube.kubectl("delete", "namespace", "demo-from", timeout=90)
     assert "demo-from" not in kube.kubectl("get", "ns", "-o", "name").stdout
+
+
+SSA = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: kssa
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: kssa
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: server
+        image: vasth/simple-server
+        env: [{name: ONE, value: "1"}, {name: TWO, value: "2"}]
+"""
+
+
+def test_server_side_apply_workflow(kube: Kube, tmp_path: Path) -> None:
+    """`kubectl apply --server-side` on the lab as on a cluster: a typo refused by the
+    field manager whatever --validate says (the lab took it before), a second apply
+    changes nothing, a field removed from the manifest is removed (and rolled out), a
+    conflict with another manager is refused until forced, managedFields are shown."""
+    manifest = tmp_path / "ssa.yaml"
+    manifest.write_text(SSA.replace("        env:", "        imagePullPolicyy: Always\n"
+                                    "        env:"))
+    for flags in ((), ("--validate=false",)):
+        typo = kube.kubectl("apply", "--server-side", *flags, "-f", str(manifest),
+                            check=False)
+        assert typo.returncode == 1
+        assert ('Error from server: failed to create typed patch object (kssa/web; apps/v1, '
+                'Kind=Deployment): .spec.template.spec.containers[name="server"].'
+                "imagePullPolicyy: field not declared in schema") in typo.stderr, typo.stderr
+    assert kube.kubectl("get", "deploy", "-n", "kssa", "web", check=False).returncode == 1
+    manifest.write_text(SSA)
+    out = kube.kubectl("apply", "--server-side", "-f", str(manifest)).stdout
+    assert "deployment.apps/web serverside-applied" in out
+
+    def deploy() -> dict[str, Any]:
+        got: dict[str, Any] = json.loads(kube.kubectl(
+            "get", "deploy", "-n", "kssa", "web", "-o", "json", "--show-managed-fields").stdout)
+        return got
+
+    first = deploy()
+    assert [(e["manager"], e["operation"]) for e in first["metadata"]["managedFields"]] == [
+        ("kubectl", "Apply")]
+    # the second apply changes nothing (the served resourceVersion also moves with the
+    # controllers' status here, so the spec's generation and managedFields tell)
+    kube.kubectl("apply", "--server-side", "-f", str(manifest))
+    again = deploy()
+    assert again["metadata"]["generation"] == first["metadata"]["generation"]
+    assert again["metadata"]["managedFields"] == first["metadata"]["managedFields"]
+    # ONE removed from the manifest: removed from the object, and the pods roll
+    manifest.write_text(SSA.replace('{name: ONE, value: "1"}, ', ""))
+    kube.kubectl("apply", "--server-side", "-f", str(manifest))
+    kube.kubectl("rollout", "status", "-n", "kssa", "deployment/web", "--timeout", "60s",
+                 timeout=90)
+    assert deploy()["spec"]["template"]["spec"]["containers"][0]["env"] == [
+        {"name": "TWO", "value": "2"}]
+    pods = eventually(lambda: [p for p in json.loads(kube.kubectl(
+        "get", "pods", "-n", "kssa", "-o", "json").stdout)["items"]
+        if "deletionTimestamp" not in p["metadata"]
+        and p["spec"]["containers"][0].get("env") == [{"name": "TWO", "value": "2"}]], 60)
+    assert pods, kube.kubectl("get", "pods", "-n", "kssa", "-o", "yaml").stdout
+    # another manager's change of kubectl's replicas: the apiserver's conflict
+    manifest.write_text(SSA.replace("replicas: 1", "replicas: 2"))
+    conflict = kube.kubectl("apply", "--server-side", "--field-manager=ops", "-f",
+                            str(manifest), check=False)
+    assert conflict.returncode == 1
+    assert conflict.stderr.startswith('error: Apply failed with 1 conflict: conflict with '
+                                      '"kubectl": .spec.replicas\n'), conflict.stderr
+    kube.kubectl("apply", "--server-side", "--field-manager=ops", "--force-conflicts", "-f",
+                 str(manifest))
+    held = {e["manager"]: e["fieldsV1"] for e in deploy()["metadata"]["managedFields"]}
+    assert held["ops"]["f:spec"]["f:replicas"] == {}
+    assert "f:replicas" not in held["kubectl"]["f:spec"]
+    kube.kubectl("delete", "namespace", "kssa", timeout=90)
