@@ -624,5 +624,6 @@ def apply(n: Node, entries: list[Entry], live: dict[str, Any] | None, patch: dic
             json.dumps(applied, separators=(",", ":"), sort_keys=True) + "\n"
     changed_obj = merged != base
     when = now if changed_obj or last is None or last.fields != new_set else last.time
-    out.append(Entry(manager, "Apply", api_version, new_set, when))
+    if new_set:  # a manager left with no fields is dropped (update.go), applier too
+        out.append(Entry(manager, "Apply", api_version, new_set, when))
     return Applied(merged, out, changed_obj)

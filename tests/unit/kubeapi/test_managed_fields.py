@@ -1,0 +1,141 @@
+"""managed_fields.py's pieces and the API's server-side apply requests that kubectl does
+not send (a missing fieldManager, keys given twice, a version or managedFields in the
+configuration, an Istio kind without a schema), against structured-merge-diff's and the
+apiserver's wording."""
+
+from __future__ import annotations
+
+import json
+
+from remora.kubeapi import managed_fields as mf
+from remora.kubeapi import patches
+from remora.kubeapi.handlers import Handler
+from tests.unit.kubeapi.test_handlers import SERVER, api, call  # noqa: F401  (fixture)
+
+APPLY = "application/apply-patch+yaml"
+URL = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+DEPLOY = mf.kind_schema("apps", "v1", "Deployment")
+
+
+def test_paths_print_and_encode_as_the_apiserver() -> None:
+    path = ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"a"}', "f:ports",
+            'k:{"containerPort":80,"protocol":"TCP"}', "f:containerPort")
+    assert mf.path_string(path) == ('.spec.template.spec.containers[name="a"].ports'
+                                    '[containerPort=80,protocol="TCP"].containerPort')
+    assert mf.path_string(("f:metadata", "f:finalizers", 'v:"x"')) == \
+        '.metadata.finalizers[="x"]'
+    fields = {("f:metadata", "f:labels"), ("f:metadata", "f:labels", "f:app"),
+              ("f:spec", "f:replicas")}
+    trie = mf.to_fields_v1(fields)
+    assert trie == {"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                    "f:spec": {"f:replicas": {}}}
+    assert mf.from_fields_v1(trie) == fields
+
+
+def test_field_set_of_an_applied_configuration() -> None:
+    config = {"metadata": {"labels": {"app": "a"}},
+              "spec": {"selector": {"matchLabels": {"app": "a"}},
+                       "template": {"spec": {"containers": [
+                           {"name": "c", "args": ["x", "y"],
+                            "ports": [{"containerPort": 80}]}]}}}}
+    assert sorted(mf.leaves(DEPLOY, config)) == sorted([
+        ("f:metadata", "f:labels", "f:app"),
+        ("f:spec", "f:selector"),  # LabelSelector is an atomic map
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"c"}'),
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"c"}', "f:args"),
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"c"}', "f:name"),
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"c"}', "f:ports",
+         'k:{"containerPort":80,"protocol":"TCP"}'),
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"c"}', "f:ports",
+         'k:{"containerPort":80,"protocol":"TCP"}', "f:containerPort")])
+    assert mf.validate(DEPLOY, {"spec": {"template": {"spec": {"containers": [
+        {"image": "x"}]}}}}) == [
+        ".spec.template.spec.containers: element 0: associative list with keys has an "
+        'element that omits key field "name" (and doesn\'t have default value)']
+
+
+def test_a_field_two_appliers_hold_stays_until_both_drop_it() -> None:
+    base = {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "n"}}
+    one = {**base, "metadata": {**base["metadata"], "labels": {"a": "1", "b": "2"}}}
+    first = mf.apply(DEPLOY, [], None, one, "m1", "apps/v1", False, 1)
+    second = mf.apply(DEPLOY, first.entries, first.obj,
+                      {**base, "metadata": {**base["metadata"], "labels": {"b": "2"}}},
+                      "m2", "apps/v1", False, 2)
+    assert second.obj["metadata"]["labels"] == {"a": "1", "b": "2"}
+    # m1 drops b: m2 still applies it, so it stays; a goes
+    third = mf.apply(DEPLOY, second.entries, second.obj,
+                     {**base, "metadata": {**base["metadata"], "labels": {"c": "3"}}},
+                     "m1", "apps/v1", False, 3)
+    assert third.obj["metadata"]["labels"] == {"b": "2", "c": "3"}
+    # m2 drops b too: gone, and the labels map it emptied with it
+    fourth = mf.apply(DEPLOY, third.entries, third.obj, base, "m2", "apps/v1", False, 4)
+    assert fourth.obj["metadata"]["labels"] == {"c": "3"}
+    fifth = mf.apply(DEPLOY, fourth.entries, fourth.obj, base, "m1", "apps/v1", False, 5)
+    assert "labels" not in fifth.obj["metadata"]
+    # an applier of an empty configuration owns nothing and leaves managedFields
+    assert fifth.entries == []
+
+
+def test_duplicate_keys_as_go_yaml_reports_them() -> None:
+    body = b"a: 1\nb:\n  c: 1\n  c: 2\na: 3\n"
+    assert patches.duplicate_keys(body) == ['line 4: key "c" already set in map',
+                                            'line 5: key "a" already set in map']
+    assert patches.duplicate_keys(b"{not yaml: [") == []
+
+
+def test_apply_requests_refused_as_the_apiserver(api: Handler) -> None:  # noqa: F811
+    body = json.dumps(SERVER).encode()
+    missing = call(api, "PATCH", URL, body, content_type=APPLY)
+    assert (missing.status, missing.json()["message"]) == (
+        422, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is '
+        "required for apply patch")
+    wrong = call(api, "PATCH", URL + "?fieldManager=m",
+                 json.dumps({**SERVER, "apiVersion": "apps/v1beta1"}).encode(),
+                 content_type=APPLY)
+    assert (wrong.status, wrong.json()["message"]) == (
+        400, "Incorrect version specified in apply patch. Specified patch version: "
+        "apps/v1beta1, expected: apps/v1")
+    managed = call(api, "PATCH", URL + "?fieldManager=m", json.dumps(
+        {**SERVER, "metadata": {**SERVER["metadata"], "managedFields": []}}).encode(),
+        content_type=APPLY)
+    assert (managed.status, managed.json()["message"]) == (
+        400, "metadata.managedFields must be nil")
+    typo = call(api, "PATCH", URL + "?fieldManager=m&fieldValidation=Ignore", json.dumps(
+        {**SERVER, "spec": {**SERVER["spec"], "replica": 2}}).encode(), content_type=APPLY)
+    assert typo.status == 500 and typo.json()["reason"] == ""
+    assert typo.json()["message"] == (
+        "failed to create typed patch object (demo-to/simple-server; apps/v1, "
+        "Kind=Deployment): .spec.replica: field not declared in schema")
+    # keys given twice: Strict refuses (applyPatcher's strict YAML decoding), Warn warns
+    strict = call(api, "PATCH", URL + "?fieldManager=m&fieldValidation=Strict",
+                  _yaml_with_duplicate(), content_type=APPLY)
+    assert (strict.status, strict.json()["message"]) == (
+        400, "error strict decoding YAML: error converting YAML to JSON: yaml: unmarshal "
+        'errors:\n  line 3: key "kind" already set in map')
+    warned = call(api, "PATCH", URL + "?fieldManager=m&fieldValidation=Warn",
+                  _yaml_with_duplicate(), content_type=APPLY)
+    assert warned.status == 201, warned.json()
+    assert 'line 3: key "kind" already set in map' in warned.warnings
+
+
+def _yaml_with_duplicate() -> bytes:
+    rest = json.dumps({k: v for k, v in SERVER.items() if k not in ("apiVersion", "kind")})
+    return ("apiVersion: apps/v1\nkind: Deployment\nkind: Deployment\n"
+            + "\n".join(f"{k}: {json.dumps(v)}" for k, v in json.loads(rest).items())
+            + "\n").encode()
+
+
+def test_istio_kind_applies_as_a_deduced_type(api: Handler) -> None:  # noqa: F811
+    """No schema for the Istio kinds here: any field is taken (a CRD without a
+    structural schema), lists are atomic, and the managedFields still come back."""
+    url = "/apis/security.istio.io/v1/namespaces/demo-to/peerauthentications/pa"
+    pa = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+          "metadata": {"name": "pa", "namespace": "demo-to"},
+          "spec": {"mtls": {"mode": "STRICT"}}}
+    made = call(api, "PATCH", url + "?fieldManager=m", json.dumps(pa).encode(),
+                content_type=APPLY)
+    assert made.status == 201, made.json()
+    (entry,) = made.json()["metadata"]["managedFields"]
+    assert entry["fieldsV1"] == {"f:spec": {"f:mtls": {"f:mode": {}}}}
+    assert (entry["manager"], entry["operation"]) == ("m", "Apply")
