@@ -185,11 +185,17 @@ def validate(n: Node, value: Any, path: str = "") -> list[str]:
                 errors += validate(sub, v, f"{path}.{k}")
     elif isinstance(value, list) and n.shape == "list":
         sub = item(n)
+        seen: set[str] = set()
         for i, v in enumerate(value):
             element, problem = item_element(n, v, i)
             if element is None:
+                # visitListItems bails out of the list at an item it cannot key
                 errors.append(f"{path}: {problem}")
-                continue
+                break
+            if element in seen and not element.startswith("i:"):
+                errors.append(f"{path}: duplicate entries for key "
+                              f"{path_string((element,))}")
+            seen.add(element)
             errors += validate(sub, v, path + path_string((element,)))
     return errors
 
@@ -202,8 +208,12 @@ def leaves(n: Node, value: Any, prefix: Path = ()) -> Iterator[Path]:
             yield prefix
         for k, v in value.items():
             sub = child(n, k)
-            if sub is not None:
-                yield from leaves(sub, v, (*prefix, "f:" + k))
+            if sub is None:
+                continue
+            path = (*prefix, "f:" + k)
+            if n.shape != "struct" and isinstance(v, (dict, list)) and v:
+                yield path  # tofieldset.go: a map's entry is a member, children or not
+            yield from leaves(sub, v, path)
     elif isinstance(value, list) and not n.atomic and n.shape == "list":
         sub = item(n)
         for i, v in enumerate(value):

@@ -92,7 +92,8 @@ class ApiError(Exception):
 
     def status(self) -> dict[str, Any]:
         out = status_object(self.code, self.message, self.reason, self.details)
-        out["reason"] = self.reason
+        if not self.reason:
+            del out["reason"]  # metav1.Status's reason is omitempty
         return out
 
     def response(self) -> Response:
