@@ -306,18 +306,57 @@ def merge(n: Node, live: Any, config: Any) -> Any:
         return out
     if isinstance(live, list) and isinstance(config, list) and n.shape == "list" and \
             n.list_type in ("map", "set"):
-        sub = item(n)
-        items = copy.deepcopy(live)
-        where = {item_element(n, v, i)[0]: i for i, v in enumerate(items)}
-        for i, v in enumerate(config):
-            element = item_element(n, v, i)[0]
-            if element in where:
-                items[where[element]] = merge(sub, items[where[element]], v)
-            else:
-                where[element] = len(items)
-                items.append(copy.deepcopy(v))
-        return items
+        return _merge_list(n, live, config)
     return copy.deepcopy(config)
+
+
+def _merge_list(n: Node, live: list[Any], config: list[Any]) -> list[Any]:
+    """merge.go visitListItems: the items of both, interleaved as smd does — the
+    configuration's order for the items both hold, the live ones it does not name kept
+    where they were among them, new ones where the configuration puts them."""
+    sub = item(n)
+    lpes = [item_element(n, v, i)[0] for i, v in enumerate(live)]
+    rpes = [item_element(n, v, i)[0] for i, v in enumerate(config)]
+    seen_l: dict[str | None, Any] = {}
+    for pe, v in zip(lpes, live, strict=True):
+        seen_l.setdefault(pe, v)
+    seen_r: dict[str | None, Any] = {}
+    for pe, v in zip(rpes, config, strict=True):
+        seen_r.setdefault(pe, v)
+    shared = [pe for pe in rpes if pe in seen_l]
+    next_shared = shared.pop(0) if shared else None
+    merged_r: set[str | None] = set()
+    out: list[Any] = []
+    li = ri = 0
+    while li < len(lpes) or ri < len(rpes):
+        if li < len(lpes) and ri < len(rpes):
+            pe = lpes[li]
+            if pe == rpes[ri]:
+                merged_r.add(pe)
+                out.append(merge(sub, seen_l[pe], seen_r[pe]))
+                li += 1
+                ri += 1
+                next_shared = shared.pop(0) if shared else None
+                continue
+            if pe in seen_r and next_shared is not None and next_shared != pe:
+                li += 1  # a shared item, but not the one wanted this round
+                continue
+        if li < len(lpes):
+            pe = lpes[li]
+            if pe not in seen_r:
+                out.append(copy.deepcopy(live[li]))
+                li += 1
+                continue
+            if pe in merged_r:
+                li += 1
+        if ri < len(rpes):
+            pe = rpes[ri]
+            merged_r.add(pe)
+            out.append(merge(sub, seen_l.get(pe), seen_r[pe]))
+            ri += 1
+            if next_shared is not None and next_shared == pe:
+                next_shared = shared.pop(0) if shared else None
+    return out
 
 
 def remove(n: Node, obj: dict[str, Any], path: Path) -> None:

@@ -147,3 +147,23 @@ def test_istio_kind_applies_as_a_deduced_type(api: Handler) -> None:  # noqa: F8
     # smd's deduced type: every key is a map entry, a member with or without children
     assert entry["fieldsV1"] == {"f:spec": {".": {}, "f:mtls": {".": {}, "f:mode": {}}}}
     assert (entry["manager"], entry["operation"]) == ("m", "Apply")
+
+
+def test_keyed_lists_merge_in_smds_order() -> None:
+    """merge.go: the configuration's items in its order, a live item it does not name
+    kept in its place, a new one where the configuration puts it."""
+    containers = mf.child(mf.child(mf.child(mf.child(DEPLOY, "spec"), "template"), "spec"),
+                          "containers")
+    assert containers is not None
+
+    def names(live: list[str], config: list[str]) -> list[str]:
+        out = mf.merge(containers, [{"name": x, "image": "live"} for x in live],
+                       [{"name": x} for x in config])
+        return [c["name"] for c in out]
+
+    assert names(["a", "b"], ["b", "c"]) == ["a", "b", "c"]
+    assert names(["a", "b", "c"], ["c", "a"]) == ["b", "c", "a"]
+    assert names(["a"], ["z", "a"]) == ["z", "a"]
+    merged = mf.merge(containers, [{"name": "a", "image": "x", "args": ["1", "2"]}],
+                      [{"name": "a", "args": ["3"]}])
+    assert merged == [{"name": "a", "image": "x", "args": ["3"]}]  # args: atomic
