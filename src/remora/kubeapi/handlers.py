@@ -595,6 +595,8 @@ class Handler:
         if not created:
             self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])
+        if not created:
+            entries = self._unchanged_times(t, normal[0], entries)
         # the resources layer's "(ignored)" warning for a field Kubernetes does not know
         # either is the one above (or none, under Ignore), as the apiserver says it
         warnings = [w for w in warnings
@@ -621,6 +623,21 @@ class Handler:
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
         return resp
+
+    def _unchanged_times(self, t: Target, stored: dict[str, Any],
+                         entries: list[mf.Entry]) -> list[mf.Entry]:
+        """A write that leaves the stored object as it was (an apply of the same
+        manifest, fields the lab does not keep aside) changes no manager's time: the
+        apiserver's field manager dates an entry only when its operation changed the
+        object (managedfieldsupdater.go), so the object and its resourceVersion stay."""
+        live = self._writable(self._one(Target(t.resource, t.version, t.namespace, t.name,
+                                               None))[0])
+        if self._writable(stored) != live:
+            return entries
+        before = {(e.ident, frozenset(e.fields)): e.time for e in self._entries(t)}
+        return [mf.Entry(e.manager, e.operation, e.api_version, e.fields,
+                         before.get((e.ident, frozenset(e.fields)), e.time), e.subresource)
+                for e in entries]
 
     def _immutable(self, t: Target, obj: dict[str, Any]) -> None:
         """Fields the apiserver lets no update change (its 422 Invalid, same message)."""

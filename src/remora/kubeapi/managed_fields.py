@@ -533,7 +533,8 @@ def update(n: Node, entries: list[Entry], live: dict[str, Any] | None,
             out.append(Entry(e.manager, e.operation, e.api_version, kept, e.time,
                              e.subresource))
     fields = ((mine.fields - cmp.removed) | changed) - _STRIPPED
-    if fields != mine.fields:
+    if changed - _STRIPPED:
+        # managedfieldsupdater.go: dated when the operation took fields
         mine.time = now
     mine.fields = fields
     if fields:

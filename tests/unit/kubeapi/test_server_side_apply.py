@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,10 @@ def test_undeclared_field_is_refused_whatever_field_validation(kubeconfig: Path,
 def test_apply_twice_remove_a_field_and_managed_fields(kubeconfig: Path,  # noqa: F811
                                                       tmp_path: Path) -> None:
     kubectl = Kubectl(kubeconfig, tmp_path)
-    assert "deployment.apps/web serverside-applied" in kubectl.apply(WEB).stdout
+    # resources: a field the lab does not keep (nor any manager's time for it)
+    extra = WEB.replace("        ports:", "        resources: {limits: {cpu: 100m}}\n"
+                        "        ports:")
+    assert "deployment.apps/web serverside-applied" in kubectl.apply(extra).stdout
     first = kubectl.web()
     (entry,) = first["metadata"]["managedFields"]
     assert {k: v for k, v in entry.items() if k not in ("time", "fieldsV1")} == {
@@ -123,10 +127,12 @@ def test_apply_twice_remove_a_field_and_managed_fields(kubeconfig: Path,  # noqa
             "f:spec": {"f:containers": {'k:{"name":"a"}': {
                 ".": {}, "f:image": {}, "f:name": {}, "f:ports": {
                     'k:{"containerPort":8080,"protocol":"TCP"}': {
-                        ".": {}, "f:containerPort": {}}}}}}}}}
-    # a second apply of the same manifest changes nothing: same resourceVersion, same
-    # managedFields (time included)
-    assert "serverside-applied" in kubectl.apply(WEB).stdout
+                        ".": {}, "f:containerPort": {}},
+                }, "f:resources": {"f:limits": {"f:cpu": {}}}}}}}}}
+    # a second apply of the same manifest, a second later, changes nothing: same
+    # resourceVersion, same managedFields (time included)
+    time.sleep(1.1)
+    assert "serverside-applied" in kubectl.apply(extra).stdout
     again = kubectl.web()
     assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     assert again["metadata"]["managedFields"] == first["metadata"]["managedFields"]
