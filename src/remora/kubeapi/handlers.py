@@ -448,7 +448,8 @@ class Handler:
         if uid != str(meta.get("uid") or ""):
             del self.managed[key]  # another object of the same name now
             return
-        meta["managedFields"] = mf.encode(entries)
+        if entries:  # omitempty: an object no manager holds a field of has none
+            meta["managedFields"] = mf.encode(entries)
 
     def _entries(self, t: Target) -> list[mf.Entry]:
         held = self.managed.get((t.resource.store_kind or t.resource.kind,
@@ -618,7 +619,9 @@ class Handler:
                 served = self._pending_pod(t, normal[0])
         else:
             served = self._dry_run_view(t, normal[0])
-            served["metadata"]["managedFields"] = mf.encode(entries)
+            served["metadata"].pop("managedFields", None)
+            if entries:
+                served["metadata"]["managedFields"] = mf.encode(entries)
         body = json.dumps(served).encode()
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings

@@ -167,3 +167,18 @@ def test_keyed_lists_merge_in_smds_order() -> None:
     merged = mf.merge(containers, [{"name": "a", "image": "x", "args": ["1", "2"]}],
                       [{"name": "a", "args": ["3"]}])
     assert merged == [{"name": "a", "image": "x", "args": ["3"]}]  # args: atomic
+
+
+def test_an_object_no_manager_holds_a_field_of_has_no_managed_fields(
+        api: Handler) -> None:  # noqa: F811
+    """ObjectMeta.managedFields is omitempty: a namespace created with nothing but its
+    name (stripped from every manager's set, stripmeta.go) shows none, not `[]`."""
+    made = call(api, "POST", "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bare"}})
+    assert made.status == 201 and "managedFields" not in made.json()["metadata"]
+    labelled = call(api, "POST", "/api/v1/namespaces?fieldManager=me", {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "labelled", "labels": {"a": "b"}}}).json()
+    assert [(e["manager"], e["operation"], e["fieldsV1"])
+            for e in labelled["metadata"]["managedFields"]] == [
+        ("me", "Update", {"f:metadata": {"f:labels": {".": {}, "f:a": {}}}})]
