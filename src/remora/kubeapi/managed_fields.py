@@ -77,7 +77,15 @@ def _resolve(schema: Any) -> Any:
     return schema
 
 
+# resource.Quantity takes a string or a number (its OpenAPI v3 oneOf, which the
+# apiserver's type converter reads): an untyped scalar, as int-or-string is
+_UNTYPED = {"type": "untyped"}
+
+
 def node(schema: Any) -> Node:
+    if isinstance(schema, dict) and str(schema.get("$ref", "")).endswith(
+            ".api.resource.Quantity"):
+        return Node("scalar", True, _UNTYPED)
     s = _resolve(schema)
     if not isinstance(s, dict) or s.get("x-kubernetes-preserve-unknown-fields"):
         return Node("any")
@@ -169,13 +177,16 @@ def path_string(path: Path) -> str:
 
 # -- typed values: validation, field sets, merge -----------------------------------------
 def validate(n: Node, value: Any, path: str = "") -> list[str]:
-    """ObjectToTyped's errors for VALUE: an undeclared field (smd's validator stops a
-    map at its first one, in Go's random map order; here the first by name) and list
-    items without their key fields."""
+    """ObjectToTyped's errors for VALUE (validate.go, atomic values included): an
+    undeclared field (smd's validator stops a map at its first one, in Go's random map
+    order; here the first by name), a value of the wrong type, list items without their
+    key fields or with the same key."""
     errors: list[str] = []
-    if n.atomic or value is None:
-        return errors
-    if isinstance(value, dict) and n.shape in ("struct", "map", "any"):
+    if value is None or (n.shape == "any" and (n.atomic or not isinstance(value, dict))):
+        return errors  # deduced and RawExtension-like values take anything
+    if n.shape in ("struct", "map", "any"):
+        if not isinstance(value, dict):
+            return [f"{path}: expected map, got &{{{field_validation.go_value(value)}}}"]
         undeclared = sorted(k for k in value if child(n, k) is None)
         if undeclared:
             errors.append(f"{path}.{undeclared[0]}: field not declared in schema")
@@ -183,7 +194,9 @@ def validate(n: Node, value: Any, path: str = "") -> list[str]:
             sub = child(n, k)
             if sub is not None:
                 errors += validate(sub, v, f"{path}.{k}")
-    elif isinstance(value, list) and n.shape == "list":
+    elif n.shape == "list":
+        if not isinstance(value, list):
+            return [f"{path}: expected list, got &{{{field_validation.go_value(value)}}}"]
         sub = item(n)
         seen: set[str] = set()
         for i, v in enumerate(value):
@@ -197,7 +210,56 @@ def validate(n: Node, value: Any, path: str = "") -> list[str]:
                               f"{path_string((element,))}")
             seen.add(element)
             errors += validate(sub, v, path + path_string((element,)))
+    else:
+        problem = _scalar_problem(str(n.schema.get("type")), n.schema.get("format"), value)
+        if problem:
+            errors.append(f"{path}: {problem}")
     return errors
+
+
+def _scalar_problem(kind: str, fmt: Any, value: Any) -> str:
+    """validateScalar's refusal of VALUE for a scalar of KIND (numbers' Go type by %T,
+    a string's value by %#v of smd's value, a boolean's by %v)."""
+    if kind in ("integer", "number"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected numeric (int or float), got {_go_type(value)}"
+    elif kind == "string" and fmt != "int-or-string":
+        if not isinstance(value, str):
+            return f"expected string, got &value.valueUnstructured{{Value:{_go_sharp(value)}}}"
+    elif kind == "boolean" and not isinstance(value, bool):
+        return f"expected boolean, got &{{{field_validation.go_value(value)}}}"
+    elif kind not in ("integer", "number", "boolean") and isinstance(value, (dict, list)):
+        # int-or-string and Quantity: untyped scalars
+        return f"expected any scalar, got &{{{field_validation.go_value(value)}}}"
+    return ""
+
+
+def _go_type(value: Any) -> str:
+    """Go's %T of a decoded JSON value (k8s.io/apimachinery/pkg/util/json keeps whole
+    numbers int64)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "map[string]interface {}"
+
+
+def _go_sharp(value: Any) -> str:
+    """Go's %#v of a decoded JSON value inside an interface."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "map[string]interface {}{" + ", ".join(
+            f"{json.dumps(k)}:{_go_sharp(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, list):
+        return "[]interface {}{" + ", ".join(_go_sharp(v) for v in value) + "}"
+    return field_validation.go_value(value)
 
 
 def leaves(n: Node, value: Any, prefix: Path = ()) -> Iterator[Path]:

@@ -182,3 +182,27 @@ def test_an_object_no_manager_holds_a_field_of_has_no_managed_fields(
     assert [(e["manager"], e["operation"], e["fieldsV1"])
             for e in labelled["metadata"]["managedFields"]] == [
         ("me", "Update", {"f:metadata": {"f:labels": {".": {}, "f:a": {}}}})]
+
+
+def test_values_of_the_wrong_type_as_smd_reports_them() -> None:
+    """validate.go checks every value against its type, atomic ones too (a toleration's
+    field, by its index): smd's words, as kubernetes-sigs/structured-merge-diff#209
+    quotes them (`.s: expected string, got &value.valueUnstructured{Value:1}`)."""
+    pod_spec = {"containers": [{"name": "a", "env": [{"name": "X", "value": 1}],
+                                "resources": {"limits": {"cpu": 1, "memory": "1Gi"}},
+                                "ports": [{"containerPort": "http"}]}],
+                "tolerations": [{"effectt": "NoSchedule"}],
+                "hostNetwork": "yes"}
+    errors = mf.validate(DEPLOY, {"spec": {"replicas": "two", "template": {
+        "spec": pod_spec}}})
+    assert errors == [
+        ".spec.replicas: expected numeric (int or float), got string",
+        '.spec.template.spec.containers[name="a"].env[name="X"].value: expected string, '
+        "got &value.valueUnstructured{Value:1}",
+        '.spec.template.spec.containers[name="a"].ports[containerPort="http",'
+        'protocol="TCP"].containerPort: expected numeric (int or float), got string',
+        ".spec.template.spec.tolerations[0].effectt: field not declared in schema",
+        ".spec.template.spec.hostNetwork: expected boolean, got &{yes}"]
+    # a Quantity takes a number or a string; a map where a list goes is refused
+    assert mf.validate(DEPLOY, {"spec": {"template": {"spec": {"containers": {}}}}}) == [
+        ".spec.template.spec.containers: expected list, got &{map[]}"]
