@@ -248,3 +248,19 @@ def test_kubectl_takes_over_client_side_apply_without_conflicts(
     assert conflict.stderr.startswith(
         'error: Apply failed with 1 conflict: conflict with "kubectl-patch" using apps/v1: '
         ".spec.replicas\n"), conflict.stderr
+
+
+def test_a_fetched_object_applies_back(kubeconfig: Path,  # noqa: F811
+                                       tmp_path: Path) -> None:
+    """`kubectl get -o yaml` then `kubectl apply --server-side` of it: what the lab
+    serves (status, uid, resourceVersion) passes the field manager's schema check and
+    changes nothing served. (The stored form takes the served defaults, so the lab's
+    generation moves, as it does for a client-side apply of the same file.)"""
+    kubectl = Kubectl(kubeconfig, tmp_path)
+    assert kubectl.apply(WEB).returncode == 0
+    before = kubectl.web()
+    fetched = kubectl.ok("get", "deploy", "web", "-o", "yaml")
+    again = kubectl.apply(fetched)
+    assert again.returncode == 0, again.stderr
+    after = kubectl.web()
+    assert after["spec"] == before["spec"]
