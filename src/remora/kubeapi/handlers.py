@@ -877,11 +877,21 @@ class Handler:
                            "and try again", reason="Conflict",
                            details={"name": t.name, "group": r.group, "kind": r.plural})
 
-    def _writable(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def _writable(self, raw: dict[str, Any],
+                  served: dict[str, Any] | None = None) -> dict[str, Any]:
         """The stored form of an object (what a patch applies to): no status, no fields
         the server owns, no `remora` block."""
         obj = {k: v for k, v in raw.items() if k not in ("remora", "status")}
         obj["metadata"] = {k: v for k, v in raw["metadata"].items() if k not in _SERVER_FIELDS}
+        revision = ((served or {}).get("metadata", {}).get("annotations") or {}).get(
+            views.REVISION)
+        if raw.get("kind") == "Deployment" and revision is not None:
+            # Kubernetes' deployment controller writes deployment.kubernetes.io/revision
+            # into the stored Deployment, so a patch sees it: `kubectl rollout undo`
+            # (polymorphichelpers/rollback.go getDeploymentPatch) sends a JSON patch
+            # `replace /metadata/annotations`, which needs the annotations to exist
+            obj["metadata"]["annotations"] = {
+                **(obj["metadata"].get("annotations") or {}), views.REVISION: revision}
         spec = obj.get("spec")
         if raw.get("kind") == "Service" and isinstance(spec, dict):
             obj["spec"] = {k: v for k, v in spec.items() if k != "clusterIPs"}
@@ -940,7 +950,7 @@ class Handler:
         if content_type.startswith(patches.APPLY):
             return self._server_side_apply(req, t)
         raw, served = self._one(t)
-        base = self._writable(raw)
+        base = self._writable(raw, served)
         # a patch sees (and may test or set) the resourceVersion and managedFields
         for key in ("resourceVersion", "managedFields"):
             if key in served["metadata"]:

@@ -403,6 +403,50 @@ def test_patch_kinds_and_delete(api: Handler) -> None:
     assert applied.status == 201
 
 
+class RevisionedBackend(StoreBackend):
+    """Deployments carry their numbered templates, as the node's Api serves them
+    (node/api.py: the `remora` block the API's revision annotation comes from)."""
+
+    def objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        items = super().objects(kind, namespace)
+        if kind == "Deployment":
+            for d in items:
+                meta = d["metadata"]
+                d["remora"] = {"revisions": desired.revisions(self.store, meta["namespace"],
+                                                              meta["name"])}
+        return items
+
+
+def test_rollout_undo_patch_of_a_deployment_without_annotations(tmp_path: Path) -> None:
+    # `kubectl rollout undo` (polymorphichelpers/rollback.go getDeploymentPatch) sends a
+    # JSON patch that replaces /spec/template and /metadata/annotations; the Deployment
+    # has the controller's revision annotation even when its manifest has none, so the
+    # replace must find it (it was: 422 "cannot replace '/metadata/annotations': it does
+    # not exist", and undo failed for the seed's server.yaml)
+    api = Handler(RevisionedBackend(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    assert call(api, "POST", "/api/v1/namespaces", NAMESPACE).status == 201
+    assert call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments",
+                SERVER).status == 201
+    url = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    first = call(api, "GET", url).json()
+    assert "annotations" not in SERVER["metadata"]
+    assert first["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "1"}
+    patched = call(api, "PATCH", url, {"spec": {"template": {"metadata": {"annotations": {
+        "sidecar.istio.io/interceptionMode": "TPROXY"}}}}},
+        content_type="application/strategic-merge-patch+json").json()
+    assert patched["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "2"}
+    undo = call(api, "PATCH", url, [
+        {"op": "replace", "path": "/spec/template", "value": first["spec"]["template"]},
+        {"op": "replace", "path": "/metadata/annotations",
+         "value": patched["metadata"]["annotations"]}],
+        content_type="application/json-patch+json")
+    assert undo.status == 200, undo.json()
+    back = call(api, "GET", url).json()
+    assert "annotations" not in back["spec"]["template"]["metadata"]
+    # the earlier template becomes the newest revision (sync.go getNewReplicaSet)
+    assert back["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
+
+
 def test_watch_log_and_exec_requests_become_streams(api: Handler) -> None:
     call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC)
     watch = api.handle(Request.parse("GET", "/api/v1/namespaces/demo-to/services?watch=1&"
