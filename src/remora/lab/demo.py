@@ -259,7 +259,8 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
         raise RemoraError("--authz needs mTLS, and --no-mtls turns it off",
                           "drop --no-mtls, or run `remora demo --no-mtls` without --authz")
     session.refuse_differences(state_dir, settings, set(given), "remora demo")
-    _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
+    _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start,
+                          command="remora demo")
     running = lab_settings.load(state_dir)
     stack = {"ipv4": "", "ipv6": ", IPv6", "dual": ", dual stack"}[running.ip_family]
     echo(f"remora demo: lab at {state_dir} ({'started' if fresh else 'already running'}), "

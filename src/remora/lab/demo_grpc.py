@@ -55,7 +55,8 @@ def run(state_dir: Path, settings: LabSettings, *, prefix: str, pod_ip_start: in
     """Tell the seed's story over gRPC; returns what each step showed."""
     started = time.monotonic()
     session.refuse_differences(state_dir, settings, set(given), "remora demo --grpc")
-    _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start)
+    _, fresh = session.up(state_dir, settings, prefix=prefix, pod_ip_start=pod_ip_start,
+                          command="remora demo --grpc")
     running = lab_settings.load(state_dir)
     echo(f"remora demo --grpc: lab at {state_dir} "
          f"({'started' if fresh else 'already running'}), "

@@ -26,17 +26,27 @@ def state_dir(option: str | None) -> Path:
 
 
 def require_root(what: str) -> None:
+    """WHAT is the command as the user typed it (`remora demo`, not the `up` inside it),
+    so that the fix is the line to run."""
     if os.geteuid() != 0:
         raise PrivilegeError(f"{what} needs root (it creates network namespaces, links, "
                              "iptables rules and processes in them)",
-                             f"run it with sudo: sudo remora {what.split()[-1]} ...")
+                             f"run it with sudo: `sudo {what}`")
 
 
 def connect(directory: Path) -> NodeClient:
     """A client of the running lab; a clear error when there is none."""
     client = NodeClient(directory)
     if not client.alive():
-        if not (directory / "node.sock").exists() and os.geteuid() != 0:
+        sock = directory / "node.sock"
+        if os.geteuid() != 0 and sock.exists() and not os.access(sock, os.W_OK):
+            # connect(2) on a Unix socket needs write permission on it (unix(7)), and the
+            # daemon's is root's 0600: the lab runs, this user may not talk to it. Saying
+            # "not running" here (its pid cannot be signalled either) would be untrue.
+            raise PrivilegeError(f"the lab at {directory} runs as root: its node daemon's "
+                                 f"socket {sock} refuses uid {os.geteuid()}",
+                                 "run the command with sudo")
+        if not sock.exists() and os.geteuid() != 0:
             raise PrivilegeError(f"no lab is running at {directory} (or it is not readable "
                                  "without root)", "run `sudo remora up` first, and use sudo")
         if (directory / "remora.db").exists():
@@ -52,11 +62,13 @@ def fresh(directory: Path) -> bool:
 
 
 def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_PREFIX,
-       nodes: int = 1, pod_ip_start: int = 2) -> tuple[NodeClient, bool]:
-    """The running lab's client, starting the daemon first when none runs.
+       nodes: int = 1, pod_ip_start: int = 2, command: str = "remora up"
+       ) -> tuple[NodeClient, bool]:
+    """The running lab's client, starting the daemon first when none runs; COMMAND is
+    the one the user ran (for the error without root).
 
     Returns (client, started). Settings only take effect for a daemon started here."""
-    require_root("remora up")
+    require_root(command)
     client = NodeClient(directory)
     if client.alive():
         return client, False

@@ -24,6 +24,81 @@ def test_up_without_root_says_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert not (tmp_path / "s").exists()
 
 
+def test_demo_without_root_names_demo_in_the_fix(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    # the fix is the command the user ran, whole (it was "sudo remora up )": the demo's
+    # inner `up`, and a "..." that the one-line form's rstrip(".") ate)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    for args, command in ((["demo"], "remora demo"), (["demo", "--grpc"], "remora demo --grpc"),
+                          (["up"], "remora up"), (["down"], "remora down")):
+        exc = run(*args, "--state-dir", str(tmp_path / "s"))
+        assert isinstance(exc, PrivilegeError), (args, exc)
+        assert exc.problem.startswith(f"{command} needs root"), exc.problem
+        assert exc.one_line().endswith(f"(fix: run it with sudo: `sudo {command}`)"), \
+            exc.one_line()
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_root_lab_is_not_reported_as_stopped_to_another_user() -> None:
+    """A user without root whose lab runs as root is told to use sudo, not that the
+    daemon is not running (it was: "its node daemon (pid N) is not running: 6 of 6 pods
+    still running", because neither its socket nor its pid answer that user). A real
+    listening socket of mode 0600, as the daemon's; connect(2) by another uid fails with
+    EACCES (unix(7)). As root, a forked child drops to nobody; otherwise the socket is
+    made unwritable for its owner, which connect(2) refuses the same way."""
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    from remora.lab import session
+    from remora.node import stopped  # noqa: F401 (imported before the child drops root:
+    # nobody cannot read a Python installed under /root, e.g. a pyenv)
+
+    directory = Path(tempfile.mkdtemp(prefix="remora-sock-"))  # reachable by nobody
+    try:
+        directory.chmod(0o755)
+        (directory / "remora.db").write_text("")  # a lab's store is there too
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(directory / "node.sock"))
+        listener.listen()
+        os.chmod(directory / "node.sock", 0o600 if os.geteuid() == 0 else 0o000)
+
+        def connect() -> str:
+            try:
+                session.connect(directory)
+            except RemoraError as exc:
+                return f"{type(exc).__name__}: {exc.one_line()}"
+            except Exception as exc:  # the child's, reported rather than lost
+                return repr(exc)
+            return "connected"
+
+        if os.geteuid() != 0:
+            got = connect()
+        else:
+            read, write = os.pipe()
+            child = os.fork()
+            if child == 0:  # pragma: no cover (the child)
+                os.close(read)
+                try:
+                    os.setgroups([])
+                    os.setresgid(65534, 65534, 65534)
+                    os.setresuid(65534, 65534, 65534)
+                    os.write(write, connect().encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            with os.fdopen(read) as pipe:
+                got = pipe.read()
+            os.waitpid(child, 0)
+        listener.close()
+        assert got.startswith(f"PrivilegeError: the lab at {directory} runs as root"), got
+        assert "refuses uid" in got and "(fix: run the command with sudo)" in got, got
+        assert "not running" not in got, got
+    finally:
+        shutil.rmtree(directory)
+
+
 def test_no_lab_running(tmp_path: Path) -> None:
     exc = run("get", "pods", "--state-dir", str(tmp_path))
     assert isinstance(exc, RemoraError) and "no lab is running" in exc.problem
