@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from remora.errors import UsageError
+from remora.errors import PrivilegeError, UsageError
 
 
 @click.command("proxy")
@@ -50,7 +50,17 @@ def proxy(config_path: str, concurrency: int, group: int | None, user: int | Non
     level = {"trace": "debug", "warn": "warning", "off": "critical"}.get(log_level, log_level)
     process.setup_logging(level)
     set_flush_interval(flush_ms / 1000)
-    process.drop_privileges(group, user)
+    try:
+        process.drop_privileges(group, user)
+    except PermissionError as exc:
+        # setgroups(2)/setgid(2)/setuid(2) need CAP_SETGID/CAP_SETUID: a user without them
+        # gets one line, not a traceback (the lab starts its sidecars as root)
+        given = [(f"--{flag} {v}", f"{ident} {v}") for flag, ident, v in (
+            ("group", "gid", group), ("user", "uid", user)) if v is not None]
+        flags = " ".join(f for f, _ in given)
+        raise PrivilegeError(f"{flags}: switching to {' and '.join(i for _, i in given)} "
+                             f"needs root (CAP_SETGID/CAP_SETUID): {exc.strerror}",
+                             f"run remora proxy as root, or drop {flags}") from None
     server = process.load(config_path, concurrency)
     server.drain.drain_time = float(drain_time)
     server.drain.strategy = drain_strategy

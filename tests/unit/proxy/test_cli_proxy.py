@@ -138,3 +138,29 @@ def test_file_flush_interval_msec_must_be_positive(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "--file-flush-interval-msec" in result.stderr
+
+
+def test_group_without_the_privilege_is_one_line(tmp_path: Path) -> None:
+    # `--group 1337` calls setgroups(2)/setgid(2), which need CAP_SETGID: without it (a
+    # user, or here root with CAP_SETGID/CAP_SETUID out of the bounding set, so the exec'd
+    # process has neither) the answer is one line naming the flag and the fix (it was a
+    # PermissionError traceback from os.setgroups)
+    import os
+    import shutil
+
+    doc = {"static_resources": {"listeners": [tcp_listener("l", free_port(), "c")],
+                                "clusters": [static_cluster("c", 1)]}}
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps(doc))
+    argv = [sys.executable, "-m", "remora", "proxy", "-c", str(path), "--group", "1337",
+            "--mode", "validate"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv is not None, "setpriv (util-linux) is needed as root"
+        argv = [setpriv, "--bounding-set", "-setgid,-setuid", *argv]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result
+    assert result.stderr.strip().splitlines() == [
+        "remora: error: --group 1337: switching to gid 1337 needs root (CAP_SETGID/"
+        "CAP_SETUID): Operation not permitted (fix: run remora proxy as root, or drop "
+        "--group 1337)"], result.stderr
