@@ -214,3 +214,41 @@ def test_native_nftables_when_iptables_holds_no_istio_chain(data_dir: Path) -> N
     assert any(c.startswith("server capture rules: nft list ruleset in demo-to/")
                for c in run.collected)
     assert "nft list" in cluster.calls
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: lab
+  user: {token: t}
+contexts:
+- name: lab
+  context: {cluster: lab, user: lab}
+- name: staging
+  context: {cluster: lab, user: lab}
+current-context: lab
+"""
+
+
+def test_a_kubeconfig_problem_names_the_file_and_the_contexts(tmp_path: Path) -> None:
+    # the client library says "Invalid kube-config file. No configuration found" for a
+    # missing file and "Expected object with name X in ... contexts list" for a context
+    # that is not there; as kubectl, say which file and which contexts it does have
+    from remora.diagnose.evidence.kube_client import KubeCluster
+
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(RemoraError) as gone:
+        KubeCluster(str(missing), None)
+    assert gone.value.problem == f"cannot use the kubeconfig: {missing} does not exist"
+    assert "export KUBECONFIG=$(sudo remora kubeconfig)" in (gone.value.fix or "")
+    path = tmp_path / "config"
+    path.write_text(KUBECONFIG)
+    with pytest.raises(RemoraError) as wrong:
+        KubeCluster(str(path), "prod")
+    assert wrong.value.one_line() == (
+        f"cannot use the kubeconfig {path}: it has no context 'prod' (it has lab, staging) "
+        "(fix: pass --context lab, or another that `kubectl config get-contexts` lists)")
+    assert KubeCluster(str(path), "staging").server == "https://127.0.0.1:1"

@@ -14,6 +14,7 @@ container's log, run a command in a container (pods/exec). Failures are classifi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,33 @@ def _exit_code(error_channel: str) -> tuple[int | None, str]:
     return None, str(status.get("message") or "")
 
 
+def _config_error(kubernetes: Any, kubeconfig: str | None, context: str | None,
+                  exc: Exception) -> RemoraError:
+    """The kubeconfig problem named as kubectl names it (which file, which context is
+    missing and which ones there are), rather than the client library's "Invalid
+    kube-config file. No configuration found"."""
+    where = kubeconfig or os.path.expanduser("~/.kube/config")
+    if not os.path.exists(where):
+        return RemoraError(f"cannot use the kubeconfig: {where} does not exist"
+                           + ("" if kubeconfig else " and KUBECONFIG is not set"),
+                           "set KUBECONFIG (or --kubeconfig) to your cluster's; the lab's is "
+                           "`export KUBECONFIG=$(sudo remora kubeconfig)`")
+    try:
+        contexts, _ = kubernetes.config.list_kube_config_contexts(config_file=where)
+    except kubernetes.config.ConfigException:
+        contexts = []
+    names = [str(c.get("name")) for c in contexts or [] if isinstance(c, dict)]
+    if context and names and context not in names:
+        # kubectl: `context was not found for specified context: NAME`
+        return RemoraError(f"cannot use the kubeconfig {where}: it has no context "
+                           f"{context!r} (it has {', '.join(names)})",
+                           f"pass --context {names[0]}, or another that "
+                           "`kubectl config get-contexts` lists")
+    return RemoraError(f"cannot use the kubeconfig {where}: {exc}",
+                       "set KUBECONFIG (or --kubeconfig) and --context to a cluster "
+                       "`kubectl config get-contexts` lists")
+
+
 class KubeCluster:
     """The user's cluster (or the lab) through its API, with the kubeconfig's context."""
 
@@ -95,9 +123,7 @@ class KubeCluster:
             client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, context=context)
         except kubernetes.config.ConfigException as exc:
-            raise RemoraError(f"cannot use the kubeconfig: {exc}",
-                              "set KUBECONFIG (or --kubeconfig) and --context to a cluster "
-                              "`kubectl config get-contexts` lists") from None
+            raise _config_error(kubernetes, kubeconfig, context, exc) from None
         self.core = kubernetes.client.CoreV1Api(client)
         self.context = context or ""
         self.server = str(client.configuration.host)
