@@ -227,7 +227,7 @@ class Api:
         row = self.rt.store.get_pod(namespace, name)
         if row is None:
             raise RemoraError(f"pod {name!r} not found in namespace {namespace!r}",
-                              "list pods with `remora get pods -n NAMESPACE`")
+                              f"list pods with `remora get pods -n {namespace}`")
         return row
 
     def _exec_env(self, row: PodRow, container: str) -> list[str]:
