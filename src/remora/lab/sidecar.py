@@ -6,7 +6,10 @@ container's securityContext says which, and the node runtime applies it with set
 The capture rules let the sidecar's own traffic out by `--uid-owner 1337` *or*
 `--gid-owner 1337` (docs/capture.md), so when uid 1337 cannot even start the program
 (an interpreter under /root, or a private state directory), the sidecar runs as uid 0
-with gid 1337: capture behaves the same, which is what the proxy tests do too.
+with gid 1337: capture behaves the same, which is what the proxy tests do too, except
+for the sidecar's own connection over lo to its pod's address (a pod calling its own
+Service): `-o lo ! --uid-owner 1337 -j RETURN` precedes the --gid-owner rules, so it is
+not sent back to 15006 as Istio's uid 1337 sidecar's is (docs/lab.md).
 """
 
 from __future__ import annotations
