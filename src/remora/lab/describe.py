@@ -187,6 +187,21 @@ def pod(p: dict[str, Any], now: float, recorded: list[dict[str, Any]] | None = N
     return "\n".join(lines) + "\n"
 
 
+def _deployment_annotations(d: dict[str, Any]) -> dict[str, str]:
+    """The Deployment's annotations with the deployment controller's revision, which
+    Kubernetes stores on the object (pkg/controller/deployment/util: RevisionAnnotation)
+    and kubectl describe therefore prints: the revision of the template rolled out last,
+    as the lab's Kubernetes API serves it (kubeapi/views.py api_object)."""
+    out = dict(d["metadata"].get("annotations") or {})
+    entries = list((d.get("remora") or {}).get("revisions") or [])
+    acting = controller.rolled_out(d, entries) or d
+    current = next((e for e in entries if e["hash"] == controller.template_hash(acting)),
+                   None)
+    if current is not None:
+        out["deployment.kubernetes.io/revision"] = str(current["revision"])
+    return out
+
+
 def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float,
                recorded: list[dict[str, Any]] | None = None) -> str:
     meta, spec, st = d["metadata"], d.get("spec", {}), d.get("status", {})
@@ -198,7 +213,7 @@ def deployment(d: dict[str, Any], pods: list[dict[str, Any]], now: float,
         _line("Name", meta["name"], 24), _line("Namespace", meta.get("namespace"), 24),
         _line("CreationTimestamp", rfc1123z(meta.get("creationTimestamp")), 24),
         _line("Labels", _kv(meta.get("labels"), 24), 24),
-        _line("Annotations", _annotations(meta.get("annotations"), 24), 24),
+        _line("Annotations", _annotations(_deployment_annotations(d), 24), 24),
         _line("Selector", _kv(spec.get("selector", {}).get("matchLabels"), 24), 24),
         _line("Replicas", f"{want} desired | {st.get('updatedReplicas', 0)} updated | "
               f"{st.get('replicas', 0)} total | {st.get('availableReplicas', 0)} available | "

@@ -93,6 +93,28 @@ def test_describe_deployment_head_reads_as_kubectls() -> None:
     assert "StrategyType:           Recreate\n" in text and "RollingUpdateStrategy" not in text
 
 
+def test_describe_deployment_shows_the_controllers_revision_annotation() -> None:
+    # kubectl describe prints deployment.kubernetes.io/revision among the annotations
+    # (the controller writes it on the Deployment; the lab's API serves it): it was
+    # "Annotations: <none>" for the seed's server, beside kubectl's "revision: 2"
+    from remora.node import controller
+
+    dep = {"metadata": {"name": "web", "namespace": "demo-to", "creationTimestamp": NOW,
+                        "annotations": {"team": "a"}},
+           "spec": {"replicas": 1, "template": {"metadata": {"labels": {"app": "web"}}}},
+           "status": {}}
+    old = {"metadata": {"labels": {"app": "web"}, "annotations": {"x": "1"}}}
+    dep["remora"] = {"revisions": [
+        {"hash": "0ld", "revision": 1, "template": old},
+        {"hash": controller.template_hash(dep), "revision": 2,
+         "template": dep["spec"]["template"]}]}
+    lines = describe.deployment(dep, [], NOW).splitlines()
+    assert lines[4:6] == ["Annotations:            deployment.kubernetes.io/revision: 2",
+                          " " * 24 + "team: a"]
+    del dep["remora"]  # no numbered template yet: only the object's own
+    assert "Annotations:            team: a" in describe.deployment(dep, [], NOW).splitlines()
+
+
 def test_describe_pod_start_time_in_rfc1123z() -> None:
     pod = {"metadata": {"name": "p", "namespace": "demo-to",
                         "creationTimestamp": "2026-12-05T11:58:00Z"}, "spec": {}, "status": {}}
