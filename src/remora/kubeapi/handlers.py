@@ -593,6 +593,17 @@ class Handler:
             self._namespace_exists(str(meta.get("namespace") or "default"))
         if t.resource.kind == "Deployment":
             _unsupported_deployment_fields(t.name or str(meta.get("name")), obj)
+            # the controller's revision annotation is served from the Deployment's numbered
+            # templates (views.api_object), never stored: a copy that a patch or a PUT
+            # brings back (kubectl rollout undo replaces /metadata/annotations) would be
+            # stale after the next rollout, in `remora get -o yaml` too
+            annotations = meta.get("annotations")
+            if isinstance(annotations, dict) and views.REVISION in annotations:
+                kept = {k: v for k, v in annotations.items() if k != views.REVISION}
+                if kept:
+                    meta["annotations"] = kept
+                else:
+                    meta.pop("annotations")
         if not created:
             self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])

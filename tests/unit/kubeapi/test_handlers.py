@@ -445,6 +445,16 @@ def test_rollout_undo_patch_of_a_deployment_without_annotations(tmp_path: Path) 
     assert "annotations" not in back["spec"]["template"]["metadata"]
     # the earlier template becomes the newest revision (sync.go getNewReplicaSet)
     assert back["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
+    # served, not stored: the patches carried "2", which would be stale now (`remora get
+    # -o yaml` reads the stored object)
+    stored = api.backend.objects("Deployment", "demo-to")[0]
+    assert "annotations" not in stored["metadata"], stored["metadata"]
+    call(api, "PATCH", url, {"metadata": {"annotations": {"team": "a"}}},
+         content_type="application/merge-patch+json")
+    stored = api.backend.objects("Deployment", "demo-to")[0]
+    assert stored["metadata"]["annotations"] == {"team": "a"}
+    assert call(api, "GET", url).json()["metadata"]["annotations"] == {
+        "deployment.kubernetes.io/revision": "3", "team": "a"}
 
 
 def test_watch_log_and_exec_requests_become_streams(api: Handler) -> None:
