@@ -212,6 +212,35 @@ def test_rollout_history_and_undo(kube: Kube) -> None:
     assert "GREETING:\thello" in shown, shown
 
 
+def test_rollout_undo_of_a_deployment_without_annotations(kube: Kube) -> None:
+    # kubectl's undo sends a JSON patch `replace /metadata/annotations`
+    # (polymorphichelpers/rollback.go); a Deployment whose manifest has no annotations
+    # still has the controller's revision one, so the replace applies (it was: "failed
+    # restoring revision 0: json patch: cannot replace '/metadata/annotations'")
+    ns, deploy = ("-n", "demo-to"), "deployment/qa-undo"
+    kube.kubectl("create", "deployment", "qa-undo", *ns, "--image=vasth/simple-server")
+    try:
+        assert kube.kubectl("get", *ns, deploy, "-o", "jsonpath={.metadata.annotations}"
+                            ).stdout == '{"deployment.kubernetes.io/revision":"1"}'
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        kube.kubectl("set", "env", *ns, deploy, "GREETING=hello")
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        assert "rolled back" in kube.kubectl("rollout", "undo", *ns, deploy).stdout
+        kube.kubectl("rollout", "status", *ns, deploy, "--timeout", "60s", timeout=90)
+        assert "GREETING" not in kube.kubectl(
+            "get", *ns, deploy, "-o", "jsonpath={.spec.template.spec.containers[0].env}").stdout
+        # the revision is served from the numbered templates; the stored object keeps no
+        # copy of it that the next rollout would leave stale (`remora get -o json`)
+        assert kube.kubectl("get", *ns, deploy, "-o", "jsonpath={.metadata.annotations}"
+                            ).stdout == '{"deployment.kubernetes.io/revision":"3"}'
+        stored = json.loads(kube.lab.remora("get", "deploy", "qa-undo", *ns, "-o",
+                                            "json").stdout)
+        assert "deployment.kubernetes.io/revision" not in (
+            stored["metadata"].get("annotations") or {}), stored["metadata"]
+    finally:
+        kube.kubectl("delete", *ns, deploy, "--wait=false", check=False)
+
+
 def test_get_and_describe_nodes(kube: Kube) -> None:
     # the nodes the pods run on, as Nodes (kubectl's first command on a new cluster)
     pod = the_pod(kube)
