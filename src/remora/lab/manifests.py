@@ -91,7 +91,13 @@ def admission_check(objects: list[dict[str, Any]], namespaces: dict[str, dict[st
         try:
             admitted = inject_dict(body, namespaces.get(pod.metadata.namespace))
         except RemoraError as exc:
-            raise RemoraError(f"{where}: {exc.problem}", exc.fix) from None
+            problem = exc.problem
+            sample = f"Pod/{pod.metadata.namespace}/{pod.metadata.name}: "
+            if isinstance(typed, Deployment) and problem.startswith(sample):
+                # the pod checked is a sample of the template with a made-up name that no
+                # pod has: name the field the user wrote instead
+                problem = f"spec.template: {problem[len(sample):]}"
+            raise RemoraError(f"{where}: {problem}", exc.fix) from None
         for container in (admitted.get("spec") or {}).get("containers") or []:
             if container.get("name") != "istio-proxy":
                 images.command(container, where)

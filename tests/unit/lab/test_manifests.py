@@ -49,8 +49,12 @@ def test_admission_check_names_a_bad_interception_mode() -> None:
     batch = manifests.from_text(text, "server.yaml")
     with pytest.raises(RemoraError) as err:
         manifests.admission_check(batch.objects, injected_namespaces(), ImageMap())
-    assert err.value.problem.startswith("Deployment/demo-to/simple-server: ")
-    assert "tproxy" in err.value.one_line()
+    # the field as written, not the made-up name of the sample pod the template was
+    # checked as (it was "...: Pod/demo-to/simple-server-b4bf74688-z7zql: annotation ...")
+    assert err.value.one_line() == (
+        "Deployment/demo-to/simple-server: spec.template: annotation "
+        "sidecar.istio.io/interceptionMode: invalid value 'tproxy' "
+        "(fix: use REDIRECT or TPROXY)")
 
 
 def test_admission_check_names_an_unmapped_image() -> None:
