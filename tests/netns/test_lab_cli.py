@@ -350,3 +350,21 @@ def test_wait_is_about_the_batch_and_a_crashing_twin_is_never_ready(lab: TempLab
     proc = lab.remora("logs", "sleeper", "-c", "b", "-p")
     assert proc.returncode == 1
     assert 'previous terminated container "b" in pod "sleeper" not found' in proc.stderr
+
+
+def test_a_refused_first_start_leaves_no_lab_to_adopt(lab: TempLab) -> None:
+    """A second lab asking for a running lab's prefix is refused by its daemon; its state
+    dir then keeps only daemon.log (which the error names), so a start with its own prefix
+    is a fresh lab, not one "adopting the pods still running" (it was: the refused
+    daemon's empty store stayed and made the next start an adoption)."""
+    ok(lab, *lab.up_args())
+    with TempLab() as other:
+        refused = other.remora("up", "--prefix", lab.prefix)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"another lab uses the prefix {lab.prefix!r}" in refused.stderr
+        assert sorted(p.name for p in other.state_dir.iterdir()) == ["daemon.log"]
+        started = ok(other, *other.up_args())
+        assert started.startswith("lab started: "), started
+        other.close()
+        assert other.leftovers() == []
+    assert lab.remora("get", "ns").returncode == 0  # the first lab is untouched

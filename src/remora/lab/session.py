@@ -17,7 +17,7 @@ from remora.errors import PrivilegeError, RemoraError, UsageError
 from remora.lab import settings as lab_settings
 from remora.lab.settings import POD_SETUP, LabSettings
 from remora.node import naming
-from remora.node.client import NodeClient, ensure_daemon
+from remora.node.client import DaemonExited, NodeClient, ensure_daemon
 from remora.node.config import NodeConfig, default_state_dir, lab_command
 
 
@@ -80,8 +80,19 @@ def up(directory: Path, settings: LabSettings, *, prefix: str = naming.DEFAULT_P
     lab_settings.save(directory, settings)
     config = NodeConfig(state_dir=directory, prefix=naming.check_prefix(prefix), nodes=nodes,
                         pod_ip_start=pod_ip_start, ip_family=settings.ip_family)
+    new_store = not config.db_path.exists()
     try:
         return ensure_daemon(config, POD_SETUP), True
+    except DaemonExited:
+        lab_settings.remove(directory)
+        if new_store:
+            # the refused daemon's empty store would make the next `up` "adopt the pods
+            # still running" of a lab that never ran; its daemon.log (which the error
+            # names) stays
+            for path in (config.db_path, *(config.db_path.with_name(config.db_path.name + s)
+                                           for s in ("-wal", "-shm", "-journal"))):
+                path.unlink(missing_ok=True)
+        raise
     except RemoraError:
         lab_settings.remove(directory)
         raise

@@ -25,6 +25,11 @@ from remora.errors import RemoraError
 from remora.node.config import NodeConfig
 
 
+class DaemonExited(RemoraError):
+    """The daemon that ensure_daemon started exited before it answered (a refused start:
+    another lab's prefix, a bad option): nothing of it runs any more."""
+
+
 class NodeClient:
     def __init__(self, state_dir: Path, timeout: float = 60.0) -> None:
         self.state_dir = state_dir
@@ -156,7 +161,7 @@ def ensure_daemon(config: NodeConfig, pod_setup: str | None = None,
             return client
         if proc.poll() is not None:
             tail = config.daemon_log.read_text(errors="replace").strip().splitlines()[-1:]
-            raise RemoraError(f"the node daemon exited with {proc.returncode}: "
+            raise DaemonExited(f"the node daemon exited with {proc.returncode}: "
                               f"{tail[0] if tail else 'no output'}",
                               f"see {config.daemon_log}")
         time.sleep(0.05)
