@@ -123,3 +123,19 @@ def test_file_and_pod_do_not_mix() -> None:
     result = CliRunner().invoke(proxy_config, ["route", "p", "--file",
                                                str(GOLD / "endpoint/configdump.json")])
     assert result.exit_code != 0 and "not both" in str(result.exception or result.output)
+
+
+@pytest.mark.parametrize("head, tail", [
+    ("$ istioctl proxy-config all httpbin-7b8d4 -n default -o json\n", ""),
+    ("[root@node ~]# istioctl pc all httpbin-7b8d4 -o json\n\n", ""),
+    ("```json\n", "```\n"),
+])
+def test_a_pasted_dump_reads_as_the_file_itself(tmp_path: Path, head: str, tail: str) -> None:
+    """A dump saved from a terminal or a document keeps its prompt and command line, or a
+    markdown fence: read as explain reads the same file (it was "--file ... is not JSON:
+    Expecting value: line 1 column 1"), the tables are those of the dump itself."""
+    dump = GOLD / "proxyconfig/config_dump.json"
+    pasted = tmp_path / "pasted.json"
+    pasted.write_text(head + dump.read_text() + tail)
+    for what in ("cluster", "listener", "secret"):
+        assert _run(what, "--file", str(pasted)) == _run(what, "--file", str(dump)), what

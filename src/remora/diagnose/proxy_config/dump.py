@@ -106,6 +106,20 @@ def _section(kind: str) -> str:
     return kind.rsplit(".", 1)[-1]
 
 
+def _without_prompt(text: str) -> str:
+    """TEXT without what a terminal paste puts above the JSON: the shell prompt and
+    command (`$ istioctl proxy-config all POD -o json`) and a markdown fence, as explain
+    reads the same files (diagnose/envoy/config.py)."""
+    from remora.diagnose.pasted import is_prompt
+
+    given = text.splitlines()
+    lines = [line for line in given if not re.fullmatch(r"\s*```\w*\s*", line)]
+    start = 0
+    while start < len(lines) and (is_prompt(lines[start]) or not lines[start].strip()):
+        start += 1
+    return "\n".join(lines[start:]) if start or len(lines) != len(given) else text
+
+
 def load_config_dump(data: str | bytes | Any, name: str = "config dump") -> JSON:
     """The JSON object of a whole /config_dump (or `istioctl proxy-config all -o json`),
     from text or bytes (BOM, UTF-16, gzip: remora.diagnose.textdecode); a one-line
@@ -113,7 +127,7 @@ def load_config_dump(data: str | bytes | Any, name: str = "config dump") -> JSON
     if isinstance(data, bytes):
         data = decode_evidence(data, name)
     if isinstance(data, str):
-        text = data.lstrip("\ufeff")
+        text = _without_prompt(data.lstrip("\ufeff"))
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
