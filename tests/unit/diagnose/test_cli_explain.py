@@ -94,6 +94,19 @@ def test_errors_are_one_line(argv: list[str], message: str,
     assert err.count("\n") == 1
 
 
+def test_a_misspelt_side_is_named(tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # `--iptables clinet=FILE` read as a path "clinet=FILE" said "does not exist" of a file
+    # that does: name the side instead
+    nat = tmp_path / "nat.txt"
+    nat.write_text("-A OUTPUT -j ISTIO_OUTPUT\n")
+    code, out, err = run(["--iptables", f"clinet={nat}"], capsys)
+    assert code != 0 and out == ""
+    assert err == (f"remora: error: iptables file clinet={nat}: 'clinet' is not a side "
+                   f"(client or server) (fix: write client={nat} or server={nat} (the path "
+                   "alone is the server's))\n")
+
+
 @pytest.mark.parametrize("name,content,message", [
     ("config_dump.json", '{"configs": [{"@type": "type.googleapis.com/envoy.admin',
      "not complete JSON"),

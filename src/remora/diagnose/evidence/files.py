@@ -44,6 +44,12 @@ def read_text(path: Path, what: str) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        side, sep, rest = str(path).partition("=")
+        if sep and side.isalpha() and side not in SIDES and Path(rest).is_file():
+            # `--iptables clinet=FILE`: a misspelt SIDE, not a missing file
+            raise RemoraError(f"{what} file {path}: {side!r} is not a side (client or "
+                              "server)", f"write client={rest} or server={rest} (the path "
+                              "alone is the server's)") from None
         raise RemoraError(f"{what} file {path} does not exist",
                           "check the path (see `remora explain source-ip --help`)") from None
     except IsADirectoryError:
