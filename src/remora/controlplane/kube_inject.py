@@ -29,6 +29,7 @@ import yaml
 
 from remora.controlplane import injection
 from remora.errors import RemoraError
+from remora.resources.loader import yaml_problem
 from remora.resources.objects import ObjectMeta, Pod, PodSpec
 
 DEFAULT_IMAGE = f"{injection.DEFAULT_HUB}/proxyv2:{injection.DEFAULT_TAG}"
@@ -64,7 +65,7 @@ class MeshSettings:
         try:
             doc = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise RemoraError(f"{source}: not YAML: {' '.join(str(exc).split())}",
+            raise RemoraError(f"{source}: not YAML: {yaml_problem(exc)}",
                               "give a MeshConfig YAML file (defaultConfig: ...)") from None
         if not isinstance(doc, dict):
             raise RemoraError(f"{source}: a MeshConfig must be a mapping",
@@ -540,7 +541,7 @@ def inject_text(text: str, source: str, image: str = DEFAULT_IMAGE,
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        raise RemoraError(f"{source}: not YAML: {' '.join(str(exc).split())}",
+        raise RemoraError(f"{source}: not YAML: {yaml_problem(exc)}",
                           "give Kubernetes manifests") from None
     if not docs:
         raise RemoraError(f"{source}: no objects", "give a Deployment (or Pod) manifest")

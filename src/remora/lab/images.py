@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from remora.errors import RemoraError
+from remora.resources.loader import yaml_problem
 
 
 def builtin() -> dict[str, list[str]]:
@@ -55,8 +56,8 @@ def parse(text: str, source: str) -> dict[str, list[str]]:
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RemoraError(f"image map {source}: not valid YAML "
-                          f"({' '.join(str(exc).split())})", fix) from None
+        raise RemoraError(f"image map {source}: not valid YAML ({yaml_problem(exc)})",
+                          fix) from None
     if isinstance(data, dict) and set(data) == {"images"}:
         data = data["images"]
     if data is None:

@@ -70,11 +70,26 @@ def load_file(path: str | Path) -> Loaded:
     return out
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line with the lines to look at, 1-based as an editor counts
+    them (its own text repeats the source as `in "<unicode string>"` and prints the
+    offending line with a caret on lines of their own): `while parsing a flow sequence
+    at line 5, column 11: expected ',' or ']', but got '<stream end>' at line 6,
+    column 1`."""
+    parts = []
+    for text, mark in ((getattr(exc, "context", None), getattr(exc, "context_mark", None)),
+                       (getattr(exc, "problem", None), getattr(exc, "problem_mark", None))):
+        if text:
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            parts.append(f"{text}{at}")
+    return ": ".join(parts) if parts else " ".join(str(exc).split())
+
+
 def load_manifests(text: str, source: str = "<input>") -> Loaded:
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
-        raise RemoraError(f"{source}: not valid YAML: {' '.join(str(exc).split())}",
+        raise RemoraError(f"{source}: not valid YAML: {yaml_problem(exc)}",
                           "fix the YAML syntax") from exc
     out = Loaded()
     for index, doc in enumerate(docs):

@@ -238,3 +238,26 @@ def test_min_ready_seconds_and_paused_are_kept_and_checked() -> None:
         with pytest.raises(RemoraError) as err:
             load_manifests(DEPLOY.replace(spec, spec + extra))
         assert what in err.value.one_line()
+
+
+def test_bad_yaml_is_one_line_naming_the_lines() -> None:
+    # PyYAML's text repeats `in "<unicode string>"` and prints the line with a caret; the
+    # message names the lines instead, 1-based (kubectl: "yaml: line 5: did not find
+    # expected ',' or ']'"), the same for the image map and kube-inject
+    from remora.controlplane.kube_inject import inject_text
+    from remora.lab.images import parse
+
+    text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: [oops\n"
+    where = ("while parsing a flow sequence at line 5, column 11: expected ',' or ']', but "
+             "got '<stream end>' at line 6, column 1")
+    with pytest.raises(RemoraError) as err:
+        load_manifests(text, "bad.yaml")
+    assert err.value.one_line() == f"bad.yaml: not valid YAML: {where} (fix: fix the YAML syntax)"
+    with pytest.raises(RemoraError) as err:
+        inject_text(text, "bad.yaml")
+    assert err.value.problem == f"bad.yaml: not YAML: {where}"
+    with pytest.raises(RemoraError) as err:
+        parse("images: [\n", "m.yaml")
+    assert err.value.problem == ("image map m.yaml: not valid YAML (while parsing a flow "
+                                 "node at line 2, column 1: expected the node content, but "
+                                 "found '<stream end>' at line 2, column 1)")
