@@ -579,8 +579,10 @@ class Handler:
             prior = mf.decode(obj["metadata"].get("managedFields"))
             if prior is None:
                 prior = [] if created else self._entries(t)
-            live = None if created else self._writable(self._one(Target(
-                t.resource, t.version, t.namespace, t.name, None))[0])
+            # the live object as the patch saw it (with the controller's revision
+            # annotation), so a patch that keeps that annotation does not take it
+            live = None if created else self._writable(*self._one(Target(
+                t.resource, t.version, t.namespace, t.name, None)))
             manager = mf.manager_name(req.arg("fieldManager"),
                                       req.headers.get("user-agent", ""))
             entries = mf.update(self._schema(t), prior, live, obj, manager,
