@@ -60,7 +60,23 @@ def hcm_bootstrap(hcm: dict[str, Any], port: int, admin: int,
 # its source port before the proxy under test binds it, and each one once per test run,
 # so two listeners of one bootstrap never get the same port (bind(0) twice can).  Both
 # happened: Envoy exited 1 at start in a CI run with a port bind(0) had given.
-_PORTS_LOW, _PORTS_HIGH = 20000, 32767
+# Under pytest-xdist (./scripts/test) each worker hands out its own slice of that range:
+# two workers walking one range from neighbouring pids would give the same ports out in
+# turn, and a port kept free for "connection refused" could be another worker's listener.
+
+
+def _port_range() -> tuple[int, int]:
+    low, high = 20000, 32767
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        size = (high - low + 1) // count
+        low += int(worker[2:]) % count * size
+        high = low + size - 1
+    return low, high
+
+
+_PORTS_LOW, _PORTS_HIGH = _port_range()
 _next_port = _PORTS_LOW + os.getpid() % (_PORTS_HIGH - _PORTS_LOW)
 # loopback_proxies.each_kind starts both proxies from threads at once
 _port_lock = threading.Lock()
