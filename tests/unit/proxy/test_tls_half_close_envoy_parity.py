@@ -103,11 +103,14 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
             stats = lp.admin_text(admin, "/stats")
             out["stats"] = sorted(m.group(0) for line in stats.splitlines()
                                   if (m := COUNTERS.match(line)))
-            # last: remora does not answer it (the xfail below), its bytes differ
-            plain_ends.clear()
-            out["from-tls-fin"] = (*th.tls_client(ports["from-tls"], th.client_context(certs),
-                                                  PAYLOAD, fin=True),
-                                   th.backend_ends(plain_ends, len(PAYLOAD)))
+            # a TLS client that shuts its socket down after its close_notify, and one
+            # that ends with the FIN alone
+            for name, close_notify in (("from-tls-fin", True), ("from-tls-fin-only", False)):
+                plain_ends.clear()
+                out[name] = (*th.tls_client(ports["from-tls"], th.client_context(certs),
+                                            PAYLOAD, fin=True, close_notify=close_notify),
+                             th.backend_ends(plain_ends, len(PAYLOAD)))
+            out["fin-log"] = _client_lines(logs / "from-tls.log", 5)[3:]
     finally:
         tls_srv.close()
         plain_srv.close()
@@ -151,17 +154,26 @@ def test_half_close_passes_through_tls_as_envoy(outcomes: dict[str, dict[str, An
 
 def test_envoy_answers_a_fin_after_the_close_notify(
         outcomes: dict[str, dict[str, Any]]) -> None:
-    """A TLS client that shuts its socket down after its close_notify: Envoy 1.40 still
-    answers (the backend gets a FIN, the client the answer and a close_notify)."""
+    """A TLS client that shuts its socket down after its close_notify, or instead of one:
+    Envoy 1.40 still answers (the backend gets a FIN, the client the answer and a
+    close_notify): its SslSocket reads the socket's EOF as an end of stream, as it reads
+    a close_notify."""
     assert outcomes["envoy"]["from-tls-fin"] == (ANSWER, "close_notify", ["fin"])
+    assert outcomes["envoy"]["from-tls-fin-only"] == (ANSWER, "close_notify", ["fin"])
+    assert outcomes["envoy"]["fin-log"] == [
+        f"{len(PAYLOAD)} {len(ANSWER)} - plain-backend TLSv1.3 -"] * 2
 
 
-@pytest.mark.xfail(strict=True, reason="uvloop's SSLProtocol closes the connection both "
-                   "ways on the TCP FIN (eof_received), answer or not; remora does not reach "
-                   "its TCP transport to keep it open")
+@pytest.mark.parametrize("path", ["from-tls-fin", "from-tls-fin-only"])
 def test_a_fin_after_the_close_notify_still_gets_the_answer_as_on_envoy(
-        outcomes: dict[str, dict[str, Any]]) -> None:
-    assert outcomes["remora"]["from-tls-fin"] == outcomes["envoy"]["from-tls-fin"]
+        outcomes: dict[str, dict[str, Any]], path: str) -> None:
+    """Before, uvloop's SSLProtocol closed the connection both ways on the TCP FIN
+    (eof_received): the backend got its FIN, the client no answer."""
+    assert outcomes["remora"][path] == outcomes["envoy"][path]
+
+
+def test_the_fin_connections_log_as_on_envoy(outcomes: dict[str, dict[str, Any]]) -> None:
+    assert outcomes["remora"]["fin-log"] == outcomes["envoy"]["fin-log"]
 
 
 def test_access_log_and_counters_same_as_envoy(outcomes: dict[str, dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import uvloop
 
 from remora.controlplane.ca import CertificateAuthority
-from remora.proxy.transport import handshake
+from remora.proxy.transport import handshake, tls
 from tests.unit.proxy import tls_half_close as th
 from tests.unit.proxy.proxy_helpers import free_port, running
 from tests.unit.proxy.test_tls_sslobject import _transport
@@ -71,6 +72,12 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
                 out[name] = await asyncio.to_thread(client, ports[name], PAYLOAD)
             # (the proxy still relaying the client's input to it)
             greeted.extend(await asyncio.to_thread(th.backend_ends, greeted_ends, len(PAYLOAD)))
+            # a TLS client's FIN after its close_notify, and a FIN alone: still an end of
+            # stream, the connection left open for the answer (Envoy's SslSocket)
+            for name, close_notify in (("fin", True), ("fin-only", False)):
+                out[name] = await asyncio.to_thread(
+                    th.tls_client, ports["from-tls"], th.client_context(certs), PAYLOAD,
+                    fin=True, close_notify=close_notify)
 
     try:
         _run(loop, main)
@@ -81,12 +88,13 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
     answer = th.answer(PAYLOAD)
     # each end as Envoy passes it on (test_tls_half_close_envoy_parity)
     assert out == {name: (th.GREETING if name == "greeted" else answer,
-                          "close_notify" if name == "from-tls" else "fin")
-                   for name in th.PATHS}
+                          "close_notify" if name.startswith(("from-tls", "fin")) else "fin")
+                   for name in (*th.PATHS, "fin", "fin-only")}
     # the backend that half-closed first still got the client's input, and its end
     assert greeted == ["close_notify"], greeted_ends
     assert tls_ends == [(len(PAYLOAD), "close_notify")] * 2  # to-tls, to-tls13
-    assert plain_ends == [(len(PAYLOAD), "fin")] * 3  # from-tls, mesh, mesh13
+    # from-tls, mesh, mesh13, fin, fin-only
+    assert plain_ends == [(len(PAYLOAD), "fin")] * 5
 
 
 def test_close_notify_goes_through_ssl_shutdown(tmp_path: Path) -> None:
@@ -122,3 +130,43 @@ def test_close_notify_goes_through_ssl_shutdown(tmp_path: Path) -> None:
         while True:
             got += client.read(1024)
     assert got == b"answer after close_notify"
+
+
+@pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify+fin", "fin"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_fin_ends_the_stream_after_what_the_tls_layer_still_holds(
+        tmp_path: Path, loop: str, close_notify: bool) -> None:
+    """A TLS connection of a half-closing filter whose application has paused its reading
+    (what tcp_proxy's downstream does while the upstream is slow) when the client's FIN
+    comes, records still in the SSLObject's incoming BIO: the application reads them all,
+    then the end of stream, and its answer and close_notify still reach the client (the
+    FIN alone too: Envoy's SslSocket takes the socket's EOF for an end of stream)."""
+    certs = tmp_path / "certs"
+    CertificateAuthority(tmp_path / "ca").ensure_workload(certs, "demo")
+    payload = bytes(range(256)) * 800  # 200 KiB: above a paused StreamReader's 128 KiB
+    got: list[int] = []
+
+    async def main() -> None:
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        lsock.setblocking(False)
+        client = asyncio.ensure_future(asyncio.to_thread(
+            th.tls_client, lsock.getsockname()[1], th.client_context(certs), payload,
+            fin=True, close_notify=close_notify))
+        conn, _ = await asyncio.get_running_loop().sock_accept(lsock)
+        lsock.close()
+        reader, writer, _, _ = await tls.accept_downstream(
+            conn, _transport(certs, True), 64 * 1024, half_close=True)
+        assert tls.half_close(writer.transport)
+        await asyncio.sleep(0.5)  # the FIN comes while the reader is paused
+        data = await reader.read()
+        got.append(len(data))
+        writer.write(th.answer(data))
+        assert tls.write_eof(writer.transport)
+        await writer.drain()
+        writer.close()
+        assert await client == (th.answer(payload), "close_notify")
+
+    _run(loop, main)
+    assert got == [len(payload)]

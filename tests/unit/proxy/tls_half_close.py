@@ -209,13 +209,15 @@ def plain_client(port: int, payload: bytes) -> tuple[bytes, str]:
 
 
 def tls_client(port: int, ctx: ssl.SSLContext, payload: bytes,
-               fin: bool = False) -> tuple[bytes, str]:
+               fin: bool = False, close_notify: bool = True) -> tuple[bytes, str]:
     """PAYLOAD over TLS, then a close_notify (no FIN, as Envoy's SslSocket; with FIN a
-    shutdown(SHUT_WR) after it); (the answer, how it ended)."""
+    shutdown(SHUT_WR) after it; without CLOSE_NOTIFY only the FIN); (the answer, how it
+    ended)."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT + 2) as sock:
         side = TlsHalfClose(sock, ctx, server=False)
         side.send(payload)
-        side.close_notify()
+        if close_notify:
+            side.close_notify()
         if fin:
             sock.shutdown(socket.SHUT_WR)
         return side.read_to_end()

@@ -20,7 +20,9 @@ cannot be installed, and for a request's SAN list override, right after the hand
 (the connection is then closed with Envoy's failure reason text).
 A tcp_proxy connection half-closes over TLS as Envoy's SslSocket (_HalfClose): the
 peer's close_notify is an end of stream with the connection left open for writing, and
-write_eof sends a close_notify after what was written and goes on reading.
+write_eof sends a close_notify after what was written and goes on reading; the TCP FIN
+(after a close_notify or without one) is an end of stream too, the connection left open
+for writing (_TcpUnderTls).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class _DirectSSLObject(ssl.SSLObject):
             obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, outgoing,
                                                               hs.fd)
 
-        half = _HalfClose(obj) if hs is not None and hs.half_close else None
+        half = _HalfClose(obj, incoming) if hs is not None and hs.half_close else None
 
         def read(size: int = 1024, buffer: Any = None) -> Any:
             # uvloop asks for 256 KiB per read (SSL_READ_MAX_SIZE) and _ssl allocates
@@ -152,7 +154,19 @@ class _DirectSSLObject(ssl.SSLObject):
                     half.send()
                     return len(data)
                 return int(inner_write(data))
-            obj.__dict__.update(write=write, remora_half_close=half)
+            inner_unwrap = obj.unwrap
+
+            def unwrap() -> Any:
+                # closing after the TCP connection ended: our close_notify (if not
+                # sent yet) and done, as Envoy's SslSocket::closeSocket (one
+                # SSL_shutdown, then the socket's close); the SSLProtocol would wait
+                # for the peer's close_notify that cannot come any more (its
+                # ssl_shutdown_timeout, 30 s, then an abort that drops what is unsent)
+                if half.tcp_eof:
+                    half.send()
+                    return None
+                return inner_unwrap()
+            obj.__dict__.update(write=write, unwrap=unwrap, remora_half_close=half)
         return obj
 
 
@@ -175,14 +189,17 @@ class _HalfClose:
     one; OpenSSL keeps writing after SSL_RECEIVED_SHUTDOWN and reading after
     SSL_SENT_SHUTDOWN."""
 
-    __slots__ = ("eof", "obj", "on_eof", "sent")
+    __slots__ = ("app", "eof", "incoming", "obj", "on_eof", "sent", "tcp_eof")
 
-    def __init__(self, obj: ssl.SSLObject) -> None:
+    def __init__(self, obj: ssl.SSLObject, incoming: ssl.MemoryBIO) -> None:
         # weak: the SSLObject holds this in its __dict__ (no cycle for the gc to find)
         self.obj = weakref.ref(obj)
+        self.incoming = incoming  # the SSLObject's: what the TCP connection delivered
         self.sent = False  # our close_notify went into the outgoing BIO
-        self.eof = False  # the peer's close_notify was read
+        self.eof = False  # the peer's close_notify (or the TCP end) was read
+        self.tcp_eof = False  # the TCP connection's end of stream came (_TcpUnderTls)
         self.on_eof: Callable[[], object] | None = None  # the application's eof_received
+        self.app: asyncio.Transport | None = None  # the TLS transport (_tls_over_tcp)
 
     def peer_closed(self, got: Any) -> Any:
         """A read found the peer's close_notify: GOT (the end of stream, for the
@@ -202,6 +219,101 @@ class _HalfClose:
         if not self.sent and obj is not None:
             self.sent = True
             handshake.send_close_notify(obj)
+
+    def tcp_ended(self) -> None:
+        """The TCP connection's end of stream (a FIN): after a close_notify, nothing more
+        (the end of stream was passed on); without one, the end of stream once the
+        application has read what the TLS layer still holds. The connection stays open
+        for writing either way: Envoy's SslSocket::doRead takes the socket's EOF for
+        end_stream as it takes SSL_ERROR_ZERO_RETURN, and a half-closing filter
+        (tcp_proxy) still relays the answer, then its close_notify (observed on 1.40: a
+        TLS client's FIN after its close_notify, and a FIN alone, get the answer)."""
+        self.tcp_eof = True  # unwrap no longer waits for the peer's close_notify
+        # (not incoming.write_eof(): OpenSSL 3 takes a read that meets it for a fatal
+        # unexpected EOF, sends an alert and refuses every write after it, the answer
+        # included, where BoringSSL in Envoy goes on writing)
+        self._end_after_pending()
+
+    def _end_after_pending(self, before: int = -1) -> None:
+        if self.eof:
+            return
+        obj = self.obj()
+        pending = self.incoming.pending + (obj.pending() if obj is not None else 0)
+        if pending and pending != before and self.app is not None:
+            # the application paused its reading with records still in the BIO: they
+            # come first (the SSLProtocol of either loop reads all it holds in one go
+            # once resumed, scheduled before this), then the check again; what stays
+            # is a record the FIN cut, which nothing will complete
+            self.app.resume_reading()
+            asyncio.get_running_loop().call_soon(self._end_after_pending, pending)
+            return
+        self.eof = True
+        if self.on_eof is not None:
+            self.on_eof()
+
+
+class _TcpUnderTls(asyncio.BufferedProtocol):
+    """The protocol of the TCP transport under a half-closing TLS connection
+    (_tls_over_tcp). Before the TLS layer starts it keeps what the TCP transport
+    delivers (the ClientHello tls_inspector only peeked is readable as soon as the
+    transport exists) and hands it to the SSLProtocol ahead of anything read later
+    (hand_over). Then it is the SSLProtocol (its bound methods, no call of its own per
+    read) but for the TCP end of stream: uvloop's SSLProtocol takes it for "a critical
+    situation similar to a broken connection" and closes both ways, asyncio's flushes
+    and closes, so a client that shut its socket down after its close_notify (or
+    instead of one) never got the answer Envoy sends it (_HalfClose.tcp_ended)."""
+
+    def __init__(self) -> None:
+        self.early = bytearray()
+        self.chunk = bytearray(16 * 1024)
+        self.lost: BaseException | None = None
+        self.half: _HalfClose | None = None
+        self.ssl_eof_received: Callable[[], bool | None] | None = None
+
+    # -- before the TLS layer
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.chunk)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.early += self.chunk[:nbytes]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionResetError("connection closed before the handshake")
+
+    def hand_over(self, transport: asyncio.BaseTransport) -> None:
+        """Give TRANSPORT's SSLProtocol (start_tls made it the protocol, it has not
+        started its handshake or reading yet) the bytes read before."""
+        proto: Any = transport.get_protocol()  # uvloop's is no asyncio.BufferedProtocol
+        data, self.early = bytes(self.early), bytearray()
+        if proto is self or not hasattr(proto, "buffer_updated"):
+            return
+        while data:
+            buf = proto.get_buffer(len(data))
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            proto.buffer_updated(n)
+            data = data[n:]
+
+    # -- under the TLS layer
+    def attach(self, proto: asyncio.BaseProtocol, half: _HalfClose) -> None:
+        """Become PROTO (the SSLProtocol) for everything but the TCP end of stream."""
+        for name in ("get_buffer", "buffer_updated", "connection_lost", "pause_writing",
+                     "resume_writing"):
+            setattr(self, name, getattr(proto, name))
+        self.ssl_eof_received = getattr(proto, "eof_received", None)
+        self.half = half
+
+    def eof_received(self) -> bool | None:
+        half = self.half
+        if half is None:  # before the TLS layer: read again once it is there
+            return True
+        app = half.app
+        if app is None or app.is_closing() or self.ssl_eof_received is None:
+            # the TLS connection is shutting down (waiting for the peer's
+            # close_notify): the TCP end ends that wait, as before
+            return self.ssl_eof_received() if self.ssl_eof_received is not None else None
+        half.tcp_ended()
+        return True  # the write side stays open (the loop stops reading)
 
 
 def half_close(transport: asyncio.BaseTransport) -> bool:
@@ -760,6 +872,51 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
 HANDSHAKE_TIMEOUT = 10.0
 
 
+async def _tls_over_tcp(
+    sock: socket.socket, ctx: ssl.SSLContext, protocol: asyncio.BaseProtocol, *,
+    server_side: bool, server_hostname: str | None = None,
+) -> asyncio.Transport:
+    """A half-closing TLS connection on SOCK for PROTOCOL: a TCP transport whose protocol
+    is a _TcpUnderTls, TLS started over it (loop.start_tls, the SSLProtocol the loop's
+    own), then the _TcpUnderTls put back under the SSLProtocol, so a FIN reaches
+    _HalfClose instead of closing the connection. What the connection's other TLS
+    transports do in one step (connect_accepted_socket / create_connection with ssl=);
+    only tcp_proxy's connections (Handshake.half_close) come here, the HTTP path keeps
+    that one step and the loop's direct TCP-to-SSLProtocol reads."""
+    loop = asyncio.get_running_loop()
+    under = _TcpUnderTls()
+    if server_side:
+        raw, _ = await loop.connect_accepted_socket(lambda: under, sock=sock)
+    else:
+        raw, _ = await loop.create_connection(lambda: under, sock=sock)
+    raw.pause_reading()
+    if under.lost is not None:
+        raw.abort()
+        raise ConnectionResetError(str(under.lost))
+    # start_tls makes its SSLProtocol the transport's protocol before it awaits, and
+    # schedules the protocol's connection_made (the handshake) and the transport's
+    # resume_reading; hand_over, scheduled before them, gives it what was read so far
+    loop.call_soon(under.hand_over, raw)
+    try:
+        tr = await loop.start_tls(raw, protocol, ctx, server_side=server_side,
+                                  server_hostname=server_hostname,
+                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    except BaseException:
+        raw.abort()
+        raise
+    if tr is None:  # the transport closed meanwhile (asyncio returns None then)
+        raw.abort()
+        raise ConnectionResetError("connection closed in the handshake")
+    half = _half_of(tr)
+    if half is not None:
+        half.app = tr
+        under.attach(raw.get_protocol(), half)
+        raw.set_protocol(under)
+    # start_tls leaves it to the caller (call_connection_made=False)
+    protocol.connection_made(tr)
+    return tr
+
+
 async def accept_downstream(
     conn: socket.socket, transport: TlsTransport, limit: int, half_close: bool = False,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerInfo, str | None]:
@@ -779,8 +936,12 @@ async def accept_downstream(
         hs.check = transport.san_check(ctx)
         # of the certificate this handshake uses
         local_uri_sans, local_der = transport.local_uri_sans, transport.local_der
-        tr, _ = await loop.connect_accepted_socket(
-            lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        if half_close:
+            tr = await _tls_over_tcp(conn, ctx, protocol, server_side=True)
+        else:
+            tr, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock=conn, ssl=ctx,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
         if hs.failure is not None:
             raise TlsError(hs.failure, "fail_verify_san") from exc
@@ -871,9 +1032,13 @@ async def connect_upstream(
             hs.check = transport.san_check(ctx)
         hs.session = transport.session(sni)
         local_der = transport.local_der  # of the certificate this handshake uses
-        tr, _ = await loop.create_connection(
-            protocol_factory, sock=sock, ssl=ctx, server_hostname=sni,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        if hs.half_close:
+            tr = await _tls_over_tcp(sock, ctx, protocol_factory(), server_side=False,
+                                     server_hostname=sni)
+        else:
+            tr, _ = await loop.create_connection(
+                protocol_factory, sock=sock, ssl=ctx, server_hostname=sni,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
         sock.close()
         if hs.failure is not None:
