@@ -261,6 +261,8 @@ SIMPLE: dict[str, Op] = {
     "RESPONSE_CODE_DETAILS": lambda i: _no_spaces(i.response_code_details),
     "CONNECTION_TERMINATION_DETAILS": lambda i: _no_spaces(i.connection_termination_details),
     "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: _no_spaces(i.upstream_transport_failure_reason),
+    "DOWNSTREAM_TRANSPORT_FAILURE_REASON": lambda i: _no_spaces(
+        getattr(i.downstream_tls, "failure_reason", None)),
     "BYTES_RECEIVED": lambda i: i.bytes_received,
     "BYTES_SENT": lambda i: i.bytes_sent,
     "DURATION": lambda i: i.duration_ms,

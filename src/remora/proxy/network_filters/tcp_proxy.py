@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from remora.proxy.config.strict import ConfigError, Fields
 from remora.proxy.interfaces import (
     AccessLogger,
+    ConnectionFacts,
     Downstream,
     FactoryContext,
     Upstream,
@@ -31,6 +32,7 @@ from remora.proxy.interfaces import (
 from remora.proxy.network_filters import splice_relay
 from remora.proxy.registry import register
 from remora.proxy.stats import stat_name_part
+from remora.proxy.stream_info import StreamInfo
 from remora.proxy.transport import handshake, tls
 
 CHUNK = 256 * 1024
@@ -107,19 +109,31 @@ class TcpProxy:
             context.stats.inc(self.prefix + name, 0)  # listed at 0, as Envoy does
 
     async def on_connection(self, downstream: Downstream) -> None:
-        stats = self.context.stats
-        info = downstream.info
-        stats.inc(self.prefix + "downstream_cx_total")
+        await self._serve(downstream.facts, downstream.info, _ready(downstream))
+
+    async def on_new_tls_connection(self, facts: ConnectionFacts, info: StreamInfo,
+                                    established: Awaitable[Downstream | None]) -> None:
+        """A TLS connection whose handshake is under way (ESTABLISHED: the downstream once
+        it ends, None when it failed): Envoy runs the network filters' onNewConnection
+        when the connection is created, before its handshake, so tcp_proxy counts it
+        and connects upstream at once, and a failed handshake (a plain-text client, no
+        shared cipher, a refused certificate) still makes an upstream connection that
+        is closed, and its access log line (observed on 1.40)."""
+        await self._serve(facts, info, established)
+
+    async def _serve(self, facts: ConnectionFacts, info: StreamInfo,
+                     established: Awaitable[Downstream | None]) -> None:
+        self.context.stats.inc(self.prefix + "downstream_cx_total")
         try:
-            await self._proxy(downstream)
+            await self._proxy(facts, info, established)
         finally:
             info.finish()
             for logger in self.access_loggers:
                 logger.log(info)
 
-    async def _proxy(self, downstream: Downstream) -> None:
+    async def _proxy(self, facts: ConnectionFacts, info: StreamInfo,
+                     established: Awaitable[Downstream | None]) -> None:
         stats = self.context.stats
-        info = downstream.info
         cluster = self.context.cluster_manager.get(self.cluster_name)
         if cluster is None:
             info.upstream_cluster = self.cluster_name
@@ -135,7 +149,7 @@ class TcpProxy:
             stats.inc(cprefix + "upstream_rq_pending_total")
             token = handshake.HALF_CLOSE.set(True)  # a TLS upstream half-closes
             try:
-                upstream = await cluster.connect(downstream.facts, info)
+                upstream = await cluster.connect(facts, info)
                 stats.inc(cprefix + "upstream_rq_total")
                 break
             except UpstreamError as err:
@@ -158,14 +172,17 @@ class TcpProxy:
         host = upstream.host
         cluster.host_stat(host, "rq_total")
         cluster.host_stat(host, "rq_active")
-        down_fd = splice_relay.plain_socket_fd(downstream.writer)
-        up_fd = splice_relay.plain_socket_fd(upstream.writer)
-        # a TLS side's close_notify reaches _pipe as an end of stream (a plain one's FIN
-        # does already)
-        tls.half_close(downstream.writer.transport)
-        tls.half_close(upstream.writer.transport)
-        relay: _Relay | splice_relay.SpliceRelay
+        relay: _Relay | splice_relay.SpliceRelay = _Relay()
         try:
+            downstream = await established
+            if downstream is None:  # its TLS handshake failed: the upstream closes
+                return
+            down_fd = splice_relay.plain_socket_fd(downstream.writer)
+            up_fd = splice_relay.plain_socket_fd(upstream.writer)
+            # a TLS side's close_notify reaches _pipe as an end of stream (a plain one's
+            # FIN does already)
+            tls.half_close(downstream.writer.transport)
+            tls.half_close(upstream.writer.transport)
             if splice_relay.AVAILABLE and down_fd is not None and up_fd is not None:
                 # no TLS on either side: splice(2) moves the bytes inside the kernel
                 relay = splice_relay.SpliceRelay(down_fd, up_fd)
@@ -233,6 +250,10 @@ class TcpProxy:
 
         holder.append(loop.call_later(self.idle_timeout, check))
         return lambda: holder[0].cancel()
+
+
+async def _ready(downstream: Downstream) -> Downstream:
+    return downstream
 
 
 @register("network", "envoy.filters.network.tcp_proxy",

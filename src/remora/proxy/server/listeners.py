@@ -24,6 +24,7 @@ from remora.proxy.server.downstream import DownstreamConnection
 from remora.proxy.server.sockets import bind_listener
 from remora.proxy.stream_info import StreamInfo, format_address
 from remora.proxy.transport import tls
+from remora.proxy.transport.connection_info import FailedHandshake
 
 if TYPE_CHECKING:
     from remora.proxy.server.runtime import Server
@@ -259,32 +260,62 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
             log.debug("no filter chain for %s on %s", info.downstream_local_address, cfg.name)
             return
         info.filter_chain_name = chain.name
-        if chain.transport is not None:  # terminate TLS now that the chain is chosen
-            try:
-                # a chain with a half-closing filter (tcp_proxy) reads the client's
-                # close_notify as an end of stream (tls._HalfClose)
-                half = any(getattr(f, "half_close", False) for f in chain.filters)
-                reader, writer, peer, alpn = await tls.accept_downstream(
-                    conn, chain.transport, cfg.buffer_limit, half)
-            except tls.TlsError as exc:
-                stats.inc(listener.prefix + "ssl." + exc.stat)
-                log.debug("TLS handshake on %s failed: %s", cfg.name, exc.reason)
-                return
-            stats.inc(listener.prefix + "ssl.handshake")
-            tls.apply_peer(facts, peer, info)
-            info.downstream_alpn = alpn or info.downstream_alpn
-        else:
-            reader, writer = await asyncio.open_connection(sock=conn, limit=cfg.buffer_limit)
         drain = chain.drain
         if drain is None:  # a listener served without the server's drain state (tests)
             drain = chain.drain = server.drain.for_listener(cfg.traffic_direction == "INBOUND")
-        if drain.ended:  # its LDS drain ended while the connection was being set up
-            return
+
+        async def establish() -> DownstreamConnection | None:
+            """The chain's downstream: TLS terminated first (with the chain chosen) when
+            it has a transport socket; None when the handshake failed or the chain's
+            LDS drain ended meanwhile."""
+            if chain.transport is not None:
+                try:
+                    # a chain with a half-closing filter (tcp_proxy) reads the client's
+                    # close_notify as an end of stream (tls._HalfClose)
+                    half = any(getattr(f, "half_close", False) for f in chain.filters)
+                    reader, writer, peer, alpn = await tls.accept_downstream(
+                        conn, chain.transport, cfg.buffer_limit, half)
+                except tls.TlsError as exc:
+                    if exc.stat:  # none for a client gone before its first byte
+                        stats.inc(listener.prefix + "ssl." + exc.stat)
+                    if exc.reason:  # %DOWNSTREAM_TRANSPORT_FAILURE_REASON%
+                        info.downstream_tls = FailedHandshake(exc.reason)
+                    log.debug("TLS handshake on %s failed: %s", cfg.name, exc.reason)
+                    return None
+                stats.inc(listener.prefix + "ssl.handshake")
+                tls.apply_peer(facts, peer, info)
+                info.downstream_alpn = alpn or info.downstream_alpn
+            else:
+                reader, writer = await asyncio.open_connection(sock=conn,
+                                                               limit=cfg.buffer_limit)
+            if drain.ended:  # its LDS drain ended while the connection was being set up
+                writer.close()
+                return None
+            return DownstreamConnection(reader, writer, facts, info, drain)
+
         task = asyncio.current_task()
         if task is not None:  # closed with the chain when an LDS drain of it ends
             drain.connections.add(task)
             task.add_done_callback(drain.connections.discard)
-        downstream = DownstreamConnection(reader, writer, facts, info, drain)
+        first = getattr(chain.filters[0], "on_new_tls_connection", None) \
+            if chain.filters and chain.transport is not None else None
+        if first is not None:
+            # the first filter starts with the connection, its TLS handshake under way
+            # (tcp_proxy: Envoy's onNewConnection comes before the handshake ends)
+            established = asyncio.ensure_future(establish())
+            try:
+                await first(facts, info, established)
+            finally:
+                if not established.done():  # the filter ended first (no upstream)
+                    established.cancel()
+                    with contextlib.suppress(BaseException):
+                        await established
+                elif not established.cancelled() and established.exception() is None:
+                    downstream = established.result()
+            return
+        downstream = await establish()
+        if downstream is None:
+            return
         for filt in chain.filters:
             await filt.on_connection(downstream)
             if downstream.closed:

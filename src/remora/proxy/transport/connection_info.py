@@ -164,3 +164,16 @@ class TlsConnectionInfo:
                     known = validity(self.peer.der)
             self._validity = known
         return known  # type: ignore[return-value]
+
+
+class FailedHandshake(TlsConnectionInfo):
+    """A downstream connection whose TLS handshake failed: Envoy's StreamInfo keeps the
+    transport's failure reason for %DOWNSTREAM_TRANSPORT_FAILURE_REASON% (a filter that
+    started before the handshake, tcp_proxy, still logs the connection); its TLS
+    operators print nothing here."""
+
+    __slots__ = ("failure_reason",)
+
+    def __init__(self, failure_reason: str) -> None:
+        super().__init__(None, None, None)
+        self.failure_reason = failure_reason

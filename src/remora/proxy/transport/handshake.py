@@ -19,7 +19,9 @@ callback): at depth 0, once OpenSSL's own checks passed, the leaf's DER goes to 
 handshake's check; a refusal fails the verification with an X509 error ssl_x509err2alert
 has no entry for, so OpenSSL sends certificate_unknown, the alert BoringSSL sends for
 Envoy's failed SAN match. Where the callback cannot be installed, tls.py checks the SANs
-after the handshake, as before.
+after the handshake, as before. Every verifying context has it: where OpenSSL refuses a
+certificate, the callback keeps the depth for the failure reason Envoy logs ("certificate
+verification error at depth 1: ...", which ``ssl``'s exception does not tell).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class Handshake:
     # the connection serves a filter that half-closes (tcp_proxy): a close_notify is
     # passed on as an end of stream, and the connection can send its own (tls.py)
     half_close: bool = False
+    # a byte of the peer's reached the handshake: a peer gone before its first byte is
+    # no TLS error for Envoy (no ssl.* counter, no transport failure reason)
+    received: bool = False
+    # where OpenSSL's chain verification failed (the verify callback): Envoy's failure
+    # reason names it ("certificate verification error at depth 1: ...")
+    error_depth: int = 0
 
 
 HANDSHAKE: contextvars.ContextVar[Handshake | None] = contextvars.ContextVar(
@@ -64,15 +72,19 @@ HALF_CLOSE: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "remora_tls_half_close", default=False)
 
 
-def alerting(handshake: Callable[[], None], outgoing: ssl.MemoryBIO,
-             fd: int) -> Callable[[], None]:
+def alerting(handshake: Callable[[], None], incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+             hs: Handshake) -> Callable[[], None]:
     """An SSLObject's do_handshake that sends the alert a failed handshake leaves in the
     outgoing BIO before raising (handshake_failure for no shared cipher,
     certificate_required, decrypt_error, certificate_unknown for a refused SAN...), as
     BoringSSL's is sent in Envoy. Written straight to the socket: the earlier flights
     went out as uvloop wrote them (a fresh connection's send buffer takes them at once),
     and uvloop closes the socket right after."""
+    fd = hs.fd
+
     def do_handshake() -> None:
+        if incoming.pending:
+            hs.received = True
         try:
             handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -136,11 +148,17 @@ def _leaf_der(lib: _Lib, store: int) -> bytes | None:
 
 def _on_verify(ok: int, store: int | None) -> int:
     # OpenSSL's verdict stands where it refused (its X509 error gives the alert and the
-    # failure reason) and above the leaf; at the leaf, the handshake's SAN check
-    if not ok or not store:
+    # failure reason, whose depth is kept here) and above the leaf; at the leaf, the
+    # handshake's SAN check
+    if not store:
         return ok
     hs = HANDSHAKE.get()
     lib = _lib
+    if not ok:
+        if hs is not None and lib is not None:
+            with contextlib.suppress(Exception):  # never into OpenSSL
+                hs.error_depth = int(lib.depth(store))
+        return ok
     if hs is None or hs.check is None or lib is None or lib.depth(store) != 0:
         return ok
     try:

@@ -116,8 +116,8 @@ class _DirectSSLObject(ssl.SSLObject):
         inner = obj._sslobj  # type: ignore[attr-defined]
         inner_read = inner.read
         if hs is not None:  # a failed handshake's alert is sent (handshake.py)
-            obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, outgoing,
-                                                              hs.fd)
+            obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, incoming,
+                                                              outgoing, hs)
 
         half = _HalfClose(obj, incoming) if hs is not None and hs.half_close else None
 
@@ -634,8 +634,10 @@ class TlsTransport:
             if self.server and self.require_client_certificate:
                 raise TlsError("require_client_certificate needs a validation context")
         # the SAN matchers in the handshake, as Envoy's validator runs from BoringSSL's
-        # verify callback (a refusal is then the handshake's, with its alert)
-        if m.sans and ctx.verify_mode != ssl.CERT_NONE:
+        # verify callback (a refusal is then the handshake's, with its alert); without
+        # matchers the callback only notes the depth of a refused certificate, for the
+        # failure reason (once per certificate of a handshake, not per request)
+        if ctx.verify_mode != ssl.CERT_NONE:
             handshake.install_verify(ctx)
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
@@ -778,20 +780,41 @@ def _peer_chain(sslobj: Any) -> tuple[bytes, ...]:
                  for c in getter() or ())
 
 
-def failure_reason(exc: BaseException) -> tuple[str, str]:
-    """(Envoy-style failure reason, ssl.* counter) for a failed handshake."""
+# BoringSSL's packed error codes (ERR_PACK(ERR_LIB_SSL, reason)) of the server-side
+# failures whose reason OpenSSL names the same, as Envoy 1.40 logs them in
+# %DOWNSTREAM_TRANSPORT_FAILURE_REASON% (observed): reason -> (text, ssl.* counter)
+_SERVER_FAILURES = {
+    # a plain-text HTTP request to a TLS listener
+    "HTTP_REQUEST": ("TLS_error:|268435612:SSL routines:OPENSSL_internal:HTTP_REQUEST:"
+                     "TLS_error_end", "connection_error"),
+    # require_client_certificate and no certificate came
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
+        "TLS_error:|268435648:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_"
+        "CERTIFICATE:peer did not provide required client certificate:TLS_error_end",
+        "fail_verify_no_cert"),
+}
+
+
+def failure_reason(exc: BaseException, server: bool = False,
+                   depth: int = 0) -> tuple[str, str]:
+    """(Envoy-style failure reason, ssl.* counter) for a failed handshake (SERVER: on a
+    listener's connection; DEPTH: where the chain's verification failed)."""
     if isinstance(exc, TlsError):
         return exc.reason, exc.stat
+    if server and isinstance(exc, ssl.SSLError) and not isinstance(
+            exc, ssl.SSLCertVerificationError) and exc.reason in _SERVER_FAILURES:
+        return _SERVER_FAILURES[exc.reason]
     if isinstance(exc, ssl.SSLCertVerificationError):
         # Envoy 1.40's wording (observed); ssl does not tell the depth, the leaf is the
         # usual culprit
         msg = exc.verify_message or "certificate verify failed"
         # OpenSSL 3 writes "self-signed"; BoringSSL's X509_verify_cert_error_string, which
         # Envoy prints, "self signed" (observed on Envoy 1.40: "...at depth 0: self signed
-        # certificate")
+        # certificate", "...at depth 1: self signed certificate in certificate chain")
         msg = msg.replace("self-signed", "self signed")
         return (f"{VERIFY_FAILED}:verify cert failed: X509_verify_cert: certificate "
-                f"verification error at depth 0: {msg}:TLS_error_end", "fail_verify_error")
+                f"verification error at depth {depth}: {msg}:TLS_error_end",
+                "fail_verify_error")
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or str(exc)).upper()
         if "CERTIFICATE_REQUIRED" in reason or "PEER DID NOT RETURN A CERTIFICATE" in reason:
@@ -945,7 +968,12 @@ async def accept_downstream(
     except (OSError, TlsError, TimeoutError) as exc:
         if hs.failure is not None:
             raise TlsError(hs.failure, "fail_verify_san") from exc
-        reason, stat = failure_reason(exc)
+        if not hs.received and not isinstance(exc, TlsError):
+            # closed (or timed out) before sending a byte: Envoy counts no ssl.* error
+            # and has no failure reason for it (observed on 1.40: a plain-text client
+            # that connects and closes, or waits and closes)
+            raise TlsError("", "") from exc
+        reason, stat = failure_reason(exc, server=True, depth=hs.error_depth)
         raise TlsError(reason, stat) from exc
     finally:
         handshake.HANDSHAKE.reset(token)
@@ -1043,7 +1071,7 @@ async def connect_upstream(
         sock.close()
         if hs.failure is not None:
             raise TlsError(hs.failure, "fail_verify_san") from exc
-        reason, stat = failure_reason(exc)
+        reason, stat = failure_reason(exc, depth=hs.error_depth)
         raise TlsError(reason, stat) from exc
     finally:
         handshake.HANDSHAKE.reset(token)
