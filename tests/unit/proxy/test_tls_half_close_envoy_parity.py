@@ -38,12 +38,13 @@ pytestmark = pytest.mark.envoy
 
 PAYLOAD = b"request " * 5000  # 40000 bytes: several TLS records
 
-# the byte counters of both ends of each tcp_proxy, and its idle timeouts (none). Not the
-# connection counts: loopback_proxy's plain probe of the TLS listener is a connection
-# Envoy's tcp_proxy takes before the handshake fails (it connects upstream on accept),
-# remora's only after a handshake
-COUNTERS = re.compile(r"^(tcp\.[a-z-]+\.(downstream_cx_(rx|tx)_bytes_total|idle_timeout)|"
-                      r"cluster\.[a-z-]+\.upstream_cx_(tx|rx)_bytes_total): \d+$")
+# the byte counters of both ends of each tcp_proxy, its idle timeouts (none) and the
+# connection counts (loopback_proxy's plain probe of the TLS listener is one too: tcp_proxy
+# takes it and connects upstream before its handshake fails, in both)
+COUNTERS = re.compile(r"^(tcp\.[a-z-]+\.(downstream_cx_(rx|tx)_bytes_total|idle_timeout|"
+                      r"downstream_cx_total)|"
+                      r"cluster\.[a-z-]+\.upstream_cx_(tx|rx)_bytes_total|"
+                      r"cluster\.[a-z-]+\.upstream_cx_total): \d+$")
 
 
 def _ends(ends: list[tuple[int, str]]) -> list[str]:
