@@ -795,6 +795,32 @@ _SERVER_FAILURES = {
 }
 
 
+# the chain each client certificate (its DER) came with in this process's last full
+# handshake, for the sessions it resumes: BoringSSL keeps the peer's chain in the session,
+# so Envoy 1.40 prints %DOWNSTREAM_PEER_CHAIN_*% on a resumed connection as on the first
+# (observed, TLS 1.2 and 1.3); OpenSSL puts only the leaf in a session ticket, and
+# SSL_get_peer_cert_chain is empty after a resumption. At most CHAIN_MEMORY certificates,
+# the oldest forgotten first.
+CHAIN_MEMORY = 1024
+_chains: dict[bytes, tuple[bytes, ...]] = {}
+
+
+def _downstream_chain(sslobj: Any, der: bytes) -> tuple[bytes, ...]:
+    """The chain a client sent with its certificate DER (leaf first): this handshake's,
+    or on a resumed session the one of the full handshake the session came from."""
+    chain = _peer_chain(sslobj)
+    if chain:
+        if _chains.get(der) != chain:
+            _chains.pop(der, None)
+            if len(_chains) >= CHAIN_MEMORY:
+                del _chains[next(iter(_chains))]
+            _chains[der] = chain
+        return chain
+    if sslobj.session_reused:
+        return _chains.get(der, ())
+    return ()
+
+
 def failure_reason(exc: BaseException, server: bool = False,
                    depth: int = 0) -> tuple[str, str]:
     """(Envoy-style failure reason, ssl.* counter) for a failed handshake (SERVER: on a
@@ -986,7 +1012,7 @@ async def accept_downstream(
         raise
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
     if der:
-        peer.tls = TlsPeer(der, _peer_chain(sslobj), local_uri_sans)
+        peer.tls = TlsPeer(der, _downstream_chain(sslobj, der), local_uri_sans)
         try:  # once per connection: RBAC's principal_name falls back to it
             peer.subject = subject_rfc2253(der)
         except (ValueError, IndexError):  # BoringSSL parsed it; our DER walker could not
