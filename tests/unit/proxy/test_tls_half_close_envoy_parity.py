@@ -72,12 +72,15 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
     plain_srv = th.plain_backend(plain_ends)
     greeted_ends: list[tuple[int, str]] = []
     greeter = th.greeting_backend(th.server_context(certs), greeted_ends)
+    greeted_fin_ends: list[tuple[int, str]] = []
+    greeter_fin = th.greeting_backend(th.server_context(certs), greeted_fin_ends,
+                                      close_notify=False)
     ports = {name: free_port() for name in th.PATHS}
     admin = free_port()
     config = tmp / f"{kind}.json"
     config.write_text(json.dumps(th.bootstrap(
         ports, admin, tls_srv.getsockname()[1], plain_srv.getsockname()[1], certs, logs,
-        greeter.getsockname()[1])))
+        greeter.getsockname()[1], greeter_fin.getsockname()[1])))
     out: dict[str, Any] = {}
     try:
         with lp.loopback_proxy(kind, config, *ports.values(), admin):
@@ -94,12 +97,15 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
                 out[name] = (*th.plain_client(ports[name], PAYLOAD), _ends(plain_ends))
             out["greeted"] = (*th.plain_client_greeted(ports["greeted"], PAYLOAD),
                               th.backend_ends(greeted_ends, len(PAYLOAD)))
+            out["greeted-fin"] = (*th.plain_client_greeted(ports["greeted-fin"], PAYLOAD),
+                                  th.backend_ends(greeted_fin_ends, len(PAYLOAD)))
             # the clients' lines (the mesh clients' second hops are from-tls lines, of
             # TLS 1.2, Envoy's default highest for a client, and of TLS 1.3), not the
             # probes'
             out["log"] = sorted(
                 line for name, count in (("from-tls", 3), ("to-tls", 1), ("to-tls13", 1),
-                                         ("mesh", 1), ("mesh13", 1), ("greeted", 1))
+                                         ("mesh", 1), ("mesh13", 1), ("greeted", 1),
+                                         ("greeted-fin", 1))
                 for line in _client_lines(logs / f"{name}.log", count))
             stats = lp.admin_text(admin, "/stats")
             out["stats"] = sorted(m.group(0) for line in stats.splitlines()
@@ -116,6 +122,7 @@ def _story(kind: str, certs: Path, tmp: Path) -> dict[str, Any]:
         tls_srv.close()
         plain_srv.close()
         greeter.close()
+        greeter_fin.close()
     return out
 
 
@@ -136,6 +143,16 @@ def test_a_backend_that_half_closes_first_still_gets_the_input_as_on_envoy(
     FIN; the client's input after it still reaches the backend, ended by a close_notify."""
     assert outcomes["envoy"]["greeted"] == (th.GREETING, "fin", ["close_notify"])
     assert outcomes["remora"]["greeted"] == outcomes["envoy"]["greeted"]
+
+
+def test_a_backend_fin_without_close_notify_is_its_end_as_on_envoy(
+        outcomes: dict[str, dict[str, Any]]) -> None:
+    """A TLS backend that half-closes with a FIN alone: Envoy's SslSocket reads the
+    socket's EOF as an end of stream, the client gets the greeting and a FIN, and its
+    input still reaches the backend (before, remora closed both ways on the FIN: the
+    backend got nothing)."""
+    assert outcomes["envoy"]["greeted-fin"] == (th.GREETING, "fin", ["close_notify"])
+    assert outcomes["remora"]["greeted-fin"] == outcomes["envoy"]["greeted-fin"]
 
 
 @pytest.mark.parametrize("path, end, backend_end", [
@@ -182,6 +199,7 @@ def test_access_log_and_counters_same_as_envoy(outcomes: dict[str, dict[str, Any
         f"{len(PAYLOAD)} {len(ANSWER)} - {cluster} {version} -" for cluster, version in (
             ("mesh", "-"), ("mesh-13", "-"), ("plain-backend", "TLSv1.2"),
             ("plain-backend", "TLSv1.3"), ("plain-backend", "TLSv1.3"), ("tls-backend", "-"),
-            ("tls-backend-13", "-"))] + [f"{len(PAYLOAD)} {len(th.GREETING)} - greeter - -"])
+            ("tls-backend-13", "-"))] + [f"{len(PAYLOAD)} {len(th.GREETING)} - {greeter} - -"
+                                      for greeter in ("greeter", "greeter-fin")])
     assert outcomes["remora"]["log"] == outcomes["envoy"]["log"]
     assert outcomes["remora"]["stats"] == outcomes["envoy"]["stats"]

@@ -53,9 +53,14 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
     plain_srv = th.plain_backend(plain_ends)
     greeted_ends: list[tuple[int, str]] = []
     greeter = th.greeting_backend(th.server_context(certs), greeted_ends)
+    # one that half-closes with a FIN alone: an end of stream too (Envoy's SslSocket)
+    greeted_fin_ends: list[tuple[int, str]] = []
+    greeter_fin = th.greeting_backend(th.server_context(certs), greeted_fin_ends,
+                                      close_notify=False)
     ports = {name: free_port() for name in th.PATHS}
     doc = th.bootstrap(ports, free_port(), tls_srv.getsockname()[1],
-                       plain_srv.getsockname()[1], certs, tmp_path, greeter.getsockname()[1])
+                       plain_srv.getsockname()[1], certs, tmp_path, greeter.getsockname()[1],
+                       greeter_fin.getsockname()[1])
     out: dict[str, tuple[bytes, str]] = {}
     greeted: list[str] = []
 
@@ -65,13 +70,15 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
                 client: Callable[[int, bytes], tuple[bytes, str]]
                 if name == "from-tls":
                     client = functools.partial(tls_client, ctx=th.client_context(certs))
-                elif name == "greeted":
+                elif name.startswith("greeted"):
                     client = th.plain_client_greeted
                 else:
                     client = th.plain_client
                 out[name] = await asyncio.to_thread(client, ports[name], PAYLOAD)
             # (the proxy still relaying the client's input to it)
             greeted.extend(await asyncio.to_thread(th.backend_ends, greeted_ends, len(PAYLOAD)))
+            greeted.extend(await asyncio.to_thread(th.backend_ends, greeted_fin_ends,
+                                                   len(PAYLOAD)))
             # a TLS client's FIN after its close_notify, and a FIN alone: still an end of
             # stream, the connection left open for the answer (Envoy's SslSocket)
             for name, close_notify in (("fin", True), ("fin-only", False)):
@@ -85,13 +92,14 @@ def test_half_close_over_tls_under_each_loop(tmp_path: Path, loop: str) -> None:
         tls_srv.close()
         plain_srv.close()
         greeter.close()
+        greeter_fin.close()
     answer = th.answer(PAYLOAD)
     # each end as Envoy passes it on (test_tls_half_close_envoy_parity)
-    assert out == {name: (th.GREETING if name == "greeted" else answer,
+    assert out == {name: (th.GREETING if name.startswith("greeted") else answer,
                           "close_notify" if name.startswith(("from-tls", "fin")) else "fin")
                    for name in (*th.PATHS, "fin", "fin-only")}
-    # the backend that half-closed first still got the client's input, and its end
-    assert greeted == ["close_notify"], greeted_ends
+    # the backends that half-closed first still got the client's input, and its end
+    assert greeted == ["close_notify", "close_notify"], (greeted_ends, greeted_fin_ends)
     assert tls_ends == [(len(PAYLOAD), "close_notify")] * 2  # to-tls, to-tls13
     # from-tls, mesh, mesh13, fin, fin-only
     assert plain_ends == [(len(PAYLOAD), "fin")] * 5

@@ -145,10 +145,12 @@ def tls_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]]) -> socket.sock
 GREETING = b"greeting first"
 
 
-def greeting_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]]) -> socket.socket:
+def greeting_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]],
+                     close_notify: bool = True) -> socket.socket:
     """A listening TLS backend that half-closes first: a greeting and its close_notify
-    right after the handshake, then it reads until its input ends (ENDS gets how many
-    bytes came and how it ended) and closes."""
+    (without CLOSE_NOTIFY: a FIN, shutdown(SHUT_WR)) right after the handshake, then it
+    reads until its input ends (ENDS gets how many bytes came and how it ended) and
+    closes."""
     from tests.unit.proxy.loopback_proxies import thread_server
 
     def handle(conn: socket.socket) -> None:
@@ -156,7 +158,10 @@ def greeting_backend(ctx: ssl.SSLContext, ends: list[tuple[int, str]]) -> socket
         try:
             side = TlsHalfClose(conn, ctx, server=True)
             side.send(GREETING)
-            side.close_notify()
+            if close_notify:
+                side.close_notify()
+            else:
+                conn.shutdown(socket.SHUT_WR)
             data, end = side.read_to_end()
             ends.append((len(data), end))
         except (OSError, ssl.SSLError) as exc:
@@ -246,7 +251,8 @@ def _upstream_tls(certs: Path, tls13: bool = False) -> dict[str, Any]:
 
 # the listeners, each a client's way in: (cluster, from here over TLS 1.3)
 PATHS = {"to-tls": "tls-backend", "to-tls13": "tls-backend-13", "from-tls": "plain-backend",
-         "mesh": "mesh", "mesh13": "mesh-13", "greeted": "greeter"}
+         "mesh": "mesh", "mesh13": "mesh-13", "greeted": "greeter",
+         "greeted-fin": "greeter-fin"}
 
 
 def _listener(name: str, port: int, cluster: str, logs: Path,
@@ -265,12 +271,13 @@ def _listener(name: str, port: int, cluster: str, logs: Path,
 
 
 def bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend: int,
-              certs: Path, logs: Path, greeter: int) -> dict[str, Any]:
+              certs: Path, logs: Path, greeter: int, greeter_fin: int) -> dict[str, Any]:
     """``to-tls``: plain listener -> TLS backend; ``from-tls``: mTLS listener -> plain
     backend; ``mesh``: plain listener -> mTLS to from-tls (client sidecar to server
     sidecar); ``to-tls13`` and ``mesh13`` as those with TLS 1.3 toward the backend (a
     TLS 1.2 one by default); ``greeted``: plain listener -> a TLS backend that
-    half-closes first (greeting_backend on GREETER); each tcp_proxy with an access log LOG in
+    half-closes first (greeting_backend on GREETER), ``greeted-fin`` to one that does
+    with a FIN alone (on GREETER_FIN); each tcp_proxy with an access log LOG in
     LOGS/<listener>.log. PORTS: each listener's (PATHS)."""
     return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
         "listeners": [_listener(name, ports[name], cluster, logs,
@@ -282,6 +289,7 @@ def bootstrap(ports: dict[str, int], admin: int, tls_backend: int, plain_backend
                            transport_socket=_upstream_tls(certs, tls13=True)),
             static_cluster("plain-backend", plain_backend),
             static_cluster("greeter", greeter, transport_socket=_upstream_tls(certs)),
+            static_cluster("greeter-fin", greeter_fin, transport_socket=_upstream_tls(certs)),
             static_cluster("mesh", ports["from-tls"], transport_socket=_upstream_tls(certs)),
             static_cluster("mesh-13", ports["from-tls"],
                            transport_socket=_upstream_tls(certs, tls13=True))]}}
