@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import socket
 import ssl
+import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,7 @@ def test_a_fin_ends_the_stream_after_what_the_tls_layer_still_holds(
     CertificateAuthority(tmp_path / "ca").ensure_workload(certs, "demo")
     payload = bytes(range(256)) * 800  # 200 KiB: above a paused StreamReader's 128 KiB
     got: list[int] = []
+    ssl_objects: list[weakref.ref[ssl.SSLObject]] = []
 
     async def main() -> None:
         lsock = socket.socket()
@@ -167,6 +170,7 @@ def test_a_fin_ends_the_stream_after_what_the_tls_layer_still_holds(
         reader, writer, _, _ = await tls.accept_downstream(
             conn, _transport(certs, True), 64 * 1024, half_close=True)
         assert tls.half_close(writer.transport)
+        ssl_objects.append(weakref.ref(writer.transport.get_extra_info("ssl_object")))
         await asyncio.sleep(0.5)  # the FIN comes while the reader is paused
         data = await reader.read()
         got.append(len(data))
@@ -175,6 +179,14 @@ def test_a_fin_ends_the_stream_after_what_the_tls_layer_still_holds(
         await writer.drain()
         writer.close()
         assert await client == (th.answer(payload), "close_notify")
+        del reader, writer
+        for _ in range(10):  # the transports' connection_lost callbacks
+            await asyncio.sleep(0.01)
 
-    _run(loop, main)
-    assert got == [len(payload)]
+    gc.disable()  # what is left of the connection goes by reference counting alone
+    try:
+        _run(loop, main)
+        assert got == [len(payload)]
+        assert ssl_objects[0]() is None, "a reference cycle keeps the SSLObject"
+    finally:
+        gc.enable()

@@ -154,7 +154,9 @@ class _DirectSSLObject(ssl.SSLObject):
                     half.send()
                     return len(data)
                 return int(inner_write(data))
-            inner_unwrap = obj.unwrap
+            # SSLObject.unwrap is this (not the bound method: the SSLObject would hold a
+            # reference to itself in its __dict__, a cycle only the gc frees)
+            inner_unwrap = inner.shutdown
 
             def unwrap() -> Any:
                 # closing after the TCP connection ended: our close_notify (if not
@@ -189,7 +191,7 @@ class _HalfClose:
     one; OpenSSL keeps writing after SSL_RECEIVED_SHUTDOWN and reading after
     SSL_SENT_SHUTDOWN."""
 
-    __slots__ = ("app", "eof", "incoming", "obj", "on_eof", "sent", "tcp_eof")
+    __slots__ = ("eof", "incoming", "obj", "on_eof", "sent", "tcp_eof")
 
     def __init__(self, obj: ssl.SSLObject, incoming: ssl.MemoryBIO) -> None:
         # weak: the SSLObject holds this in its __dict__ (no cycle for the gc to find)
@@ -199,7 +201,6 @@ class _HalfClose:
         self.eof = False  # the peer's close_notify (or the TCP end) was read
         self.tcp_eof = False  # the TCP connection's end of stream came (_TcpUnderTls)
         self.on_eof: Callable[[], object] | None = None  # the application's eof_received
-        self.app: asyncio.Transport | None = None  # the TLS transport (_tls_over_tcp)
 
     def peer_closed(self, got: Any) -> Any:
         """A read found the peer's close_notify: GOT (the end of stream, for the
@@ -220,32 +221,33 @@ class _HalfClose:
             self.sent = True
             handshake.send_close_notify(obj)
 
-    def tcp_ended(self) -> None:
+    def tcp_ended(self, app: asyncio.Transport) -> None:
         """The TCP connection's end of stream (a FIN): after a close_notify, nothing more
         (the end of stream was passed on); without one, the end of stream once the
         application has read what the TLS layer still holds. The connection stays open
         for writing either way: Envoy's SslSocket::doRead takes the socket's EOF for
         end_stream as it takes SSL_ERROR_ZERO_RETURN, and a half-closing filter
         (tcp_proxy) still relays the answer, then its close_notify (observed on 1.40: a
-        TLS client's FIN after its close_notify, and a FIN alone, get the answer)."""
+        TLS client's FIN after its close_notify, and a FIN alone, get the answer). APP:
+        the TLS transport."""
         self.tcp_eof = True  # unwrap no longer waits for the peer's close_notify
         # (not incoming.write_eof(): OpenSSL 3 takes a read that meets it for a fatal
         # unexpected EOF, sends an alert and refuses every write after it, the answer
         # included, where BoringSSL in Envoy goes on writing)
-        self._end_after_pending()
+        self._end_after_pending(app)
 
-    def _end_after_pending(self, before: int = -1) -> None:
+    def _end_after_pending(self, app: asyncio.Transport, before: int = -1) -> None:
         if self.eof:
             return
         obj = self.obj()
         pending = self.incoming.pending + (obj.pending() if obj is not None else 0)
-        if pending and pending != before and self.app is not None:
+        if pending and pending != before:
             # the application paused its reading with records still in the BIO: they
             # come first (the SSLProtocol of either loop reads all it holds in one go
             # once resumed, scheduled before this), then the check again; what stays
             # is a record the FIN cut, which nothing will complete
-            self.app.resume_reading()
-            asyncio.get_running_loop().call_soon(self._end_after_pending, pending)
+            app.resume_reading()
+            asyncio.get_running_loop().call_soon(self._end_after_pending, app, pending)
             return
         self.eof = True
         if self.on_eof is not None:
@@ -268,6 +270,9 @@ class _TcpUnderTls(asyncio.BufferedProtocol):
         self.chunk = bytearray(16 * 1024)
         self.lost: BaseException | None = None
         self.half: _HalfClose | None = None
+        # the TLS transport: held here, which only the TCP transport holds until it is
+        # closed (in _HalfClose it would close a reference cycle through the SSLObject)
+        self.app: asyncio.Transport | None = None
         self.ssl_eof_received: Callable[[], bool | None] | None = None
 
     # -- before the TLS layer
@@ -295,24 +300,27 @@ class _TcpUnderTls(asyncio.BufferedProtocol):
             data = data[n:]
 
     # -- under the TLS layer
-    def attach(self, proto: asyncio.BaseProtocol, half: _HalfClose) -> None:
-        """Become PROTO (the SSLProtocol) for everything but the TCP end of stream."""
+    def attach(self, proto: asyncio.BaseProtocol, half: _HalfClose,
+               app: asyncio.Transport) -> None:
+        """Become PROTO (the SSLProtocol, whose transport is APP) for everything but the
+        TCP end of stream."""
         for name in ("get_buffer", "buffer_updated", "connection_lost", "pause_writing",
                      "resume_writing"):
             setattr(self, name, getattr(proto, name))
         self.ssl_eof_received = getattr(proto, "eof_received", None)
         self.half = half
+        self.app = app
 
     def eof_received(self) -> bool | None:
         half = self.half
         if half is None:  # before the TLS layer: read again once it is there
             return True
-        app = half.app
+        app = self.app
         if app is None or app.is_closing() or self.ssl_eof_received is None:
             # the TLS connection is shutting down (waiting for the peer's
             # close_notify): the TCP end ends that wait, as before
             return self.ssl_eof_received() if self.ssl_eof_received is not None else None
-        half.tcp_ended()
+        half.tcp_ended(app)
         return True  # the write side stays open (the loop stops reading)
 
 
@@ -958,8 +966,7 @@ async def _tls_over_tcp(
         raise ConnectionResetError("connection closed in the handshake")
     half = _half_of(tr)
     if half is not None:
-        half.app = tr
-        under.attach(raw.get_protocol(), half)
+        under.attach(raw.get_protocol(), half, tr)
         raw.set_protocol(under)
     # start_tls leaves it to the caller (call_connection_made=False)
     protocol.connection_made(tr)
