@@ -290,6 +290,7 @@ class _TcpUnderTls(asyncio.BufferedProtocol):
         started its handshake or reading yet) the bytes read before."""
         proto: Any = transport.get_protocol()  # uvloop's is no asyncio.BufferedProtocol
         data, self.early = bytes(self.early), bytearray()
+        self.chunk = bytearray()  # not read into any more: the SSLProtocol reads now
         if proto is self or not hasattr(proto, "buffer_updated"):
             return
         while data:
