@@ -252,8 +252,12 @@ class TcpProxy:
         return lambda: holder[0].cancel()
 
 
-async def _ready(downstream: Downstream) -> Downstream:
-    return downstream
+def _ready(downstream: Downstream) -> asyncio.Future[Downstream | None]:
+    """A plain connection's downstream, established already: a done future (a coroutine
+    would be left unawaited, with Python's RuntimeWarning, when no upstream is found)."""
+    ready: asyncio.Future[Downstream | None] = asyncio.get_running_loop().create_future()
+    ready.set_result(downstream)
+    return ready
 
 
 @register("network", "envoy.filters.network.tcp_proxy",
