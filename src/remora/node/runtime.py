@@ -198,11 +198,13 @@ class Runtime:
             self.snapshot = views.snapshot(self.store, services,
                                            views.pod_objects(self.store, self.nodes))
         budget = self._start_budget(rows)
+        held = False
         for row in rows:
             if row.phase == "Pending" and not row.deleting and \
                     time.monotonic() >= self._retry.get(row.uid, 0.0):
                 if budget <= 0:
-                    continue  # waits its turn; _busy keeps the passes coming
+                    held = True  # waits its turn; _busy keeps the passes coming
+                    continue
                 budget -= 1
             try:
                 self._pod(row)
@@ -216,6 +218,11 @@ class Runtime:
         if self.supervisor.tick():
             self._busy = True  # a container just started or changed: look again next tick
         self._services()
+        if held and self._start_budget(self.store.list_pods()) > 0:
+            # pods of this wave are Ready already (a plain container is as soon as it
+            # runs): the next wave starts now, not a tick later (50 plain pods took 3.4 s
+            # in waves of 6 against 1.4 s before the waves)
+            self.wake.set()
 
     def _start_budget(self, rows: list[PodRow]) -> int:
         """How many Pending pods may start in this pass: at most MAX_STARTING pods are
