@@ -4,9 +4,10 @@ A process is started the way `ip netns exec NAME` starts one, literally through 
 network namespace of the pod, plus a private mount namespace where /etc/netns/NAME/*
 (the pod's resolv.conf and hosts) is bind-mounted over /etc, so glibc and Go's pure
 resolver both read the pod's DNS settings. `setpriv` then drops to the container's
-uid/gid and keeps the capabilities it asks for (the sidecar: group 1337, and in TPROXY mode
-uid 0 with CAP_NET_ADMIN, as Istio runs it). Both exec in place, so the PID we get is the
-container's PID.
+uid/gid and keeps the capabilities it asks for, as ambient ones for a non-root uid (the
+sidecar: uid 1337 / gid 1337, or in TPROXY mode uid 0 with CAP_NET_ADMIN, as Istio runs
+it). Both exec in place, so the PID we get is the container's PID. The container's log
+file is given to its uid/gid, so it can open /dev/stdout again.
 
 Each process leads its own session and writes straight into its log file, so it outlives
 the daemon; a restarted daemon adopts it by PID only if the start time in /proc/PID/stat
@@ -69,6 +70,13 @@ def wrapped_argv(netns_name: str, spec: ProcessSpec) -> list[str]:
 def spawn(netns_name: str, spec: ProcessSpec, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab", buffering=0) as log:
+        if spec.uid not in (None, 0) or spec.gid not in (None, 0):
+            # The container's stdout/stderr belong to it, as the pipe a container runtime
+            # hands it does (containerd's shim): a program that opens /dev/stdout again
+            # (Envoy's access log, `path: /dev/stdout`, reopens it through
+            # /proc/self/fd/1) must pass the file's own permission check as its uid.
+            os.fchown(log.fileno(), -1 if spec.uid is None else spec.uid,
+                      -1 if spec.gid is None else spec.gid)
         return subprocess.Popen(
             wrapped_argv(netns_name, spec), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, env=spec.env, cwd=spec.cwd,
