@@ -211,12 +211,15 @@ class MeshSetup(PodSetup):
         return changed
 
     def _sidecar_identity(self, ctx: PodContext, spec: ProcessSpec) -> ProcessSpec:
-        gid = spec.gid if spec.gid is not None else sidecar.PROXY_GID
-        uid = spec.uid
-        if uid not in (None, 0) and not sidecar.can_run_as(uid, gid, spec.argv[0],
-                                                            ctx.pod_dir / CONFIG_DIR):
-            uid = 0  # see remora.lab.sidecar: gid 1337 alone keeps capture correct
-        return dataclasses.replace(spec, uid=uid, gid=gid)
+        config_dir = ctx.pod_dir / CONFIG_DIR
+        uid, gid, caps = sidecar.identity(spec.uid, spec.gid, spec.caps, spec.argv[0],
+                                          config_dir)
+        if uid not in (None, 0) and not sidecar.can_run_as(uid, gid, spec.argv[0], config_dir,
+                                                          read_search=True):
+            # no execute bit for uid 1337 even with CAP_DAC_READ_SEARCH: the container
+            # fails with its own "Permission denied", said here first
+            log.warning("%s: uid %d cannot execute %s", pod_ref(ctx.pod), uid, spec.argv[0])
+        return dataclasses.replace(spec, uid=uid, gid=gid, caps=caps)
 
 
 def cert_ttl(settings: LabSettings) -> dt.timedelta:

@@ -62,8 +62,10 @@ def test_processes_for_istio_init_the_sidecar_and_the_app(tmp_path: Path) -> Non
     assert proxy.argv == [sys.executable, "-m", "remora", "proxy", "-c", str(boot), "-l",
                           "warning", "--drain-time-s", "45", "--drain-strategy", "immediate"]
     assert proxy.gid == 1337 and proxy.ready_port == 15021
-    # a private state dir keeps uid 1337 out: gid 1337 alone still exempts it from capture
-    assert proxy.uid == 0
+    # Istio's runAsUser 1337 (REDIRECT's `--uid-owner 1337 -j ISTIO_IN_REDIRECT` for a
+    # call to its own pod IP needs the uid); a private state dir (pytest's tmp_path is
+    # 0700) is read with CAP_DAC_READ_SEARCH instead of falling back to uid 0
+    assert (proxy.uid, proxy.caps) == (1337, ("dac_read_search",))
     app = setup.process(ctx, pod["spec"]["containers"][0], False)
     assert app.argv == [sys.executable, "-m", "remora.apps.simple_server"]
     assert app.uid is None and app.ready_port is None
@@ -115,6 +117,18 @@ def test_reachability_check(tmp_path: Path) -> None:
     private.mkdir(mode=0o700)
     assert not sidecar.can_run_as(1337, 1337, "/usr/bin/env", private)
     assert sidecar._reachable(Path("/usr/bin/env"), 1337, 1337, 5)
+    # CAP_DAC_READ_SEARCH passes directory searches and reads, not a missing execute bit
+    secret = private / "prog"
+    secret.write_text("")
+    secret.chmod(0o744)
+    assert not sidecar._reachable(secret, 1337, 1337, 5)
+    assert sidecar._reachable(secret, 1337, 1337, 4, read_search=True)
+    assert not sidecar._reachable(secret, 1337, 1337, 5, read_search=True)
+    assert sidecar.identity(1337, 1337, (), "/usr/bin/env", private) == (
+        1337, 1337, ("dac_read_search",))
+    # TPROXY's uid 0 keeps its capabilities as they are
+    assert sidecar.identity(0, 1337, ("net_admin",), "/usr/bin/env", private) == (
+        0, 1337, ("net_admin",))
 
 
 def test_mtls_certificates_come_from_the_lab_ca(tmp_path: Path) -> None:
