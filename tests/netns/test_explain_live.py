@@ -45,14 +45,15 @@ def _decided_rule(walk: dict[str, Any]) -> dict[str, Any]:
 def test_redirect_the_app_sees_127_0_0_6_confirmed_by_the_probe(seed: xl.SeedLab) -> None:
     doc = seed.explain_json()
     xl.check_redirect(doc, CLIENT_IP, SERVER_IP, "127.0.0.6")
-    # the client sidecar's own upstream connection: the lab runs it as uid 0 / gid 1337
-    # (read from its process), so the --gid-owner rule lets it out, not --uid-owner
+    # the client sidecar's own upstream connection: the lab runs it as Istio's REDIRECT
+    # sidecar, uid 1337 / gid 1337 (read from its process), so the --uid-owner rule lets
+    # it out, before any --gid-owner one
     decided = _decided_rule(xl.step(doc, 2)["follow_up"])
     assert (decided["table"], decided["chain"]) == ("nat", "ISTIO_OUTPUT")
-    assert "-m owner --gid-owner 1337 -j RETURN" in decided["rule"], decided
+    assert "-m owner --uid-owner 1337 -j RETURN" in decided["rule"], decided
     packet = xl.step(doc, 2)["follow_up"]["packet"]
-    assert (packet["uid"], packet["gid"]) == (0, 1337)
-    assert any(e.startswith("sidecar process: uid 0 / gid 1337 (/proc/")
+    assert (packet["uid"], packet["gid"]) == (1337, 1337)
+    assert any(e.startswith("sidecar process: uid 1337 / gid 1337 (/proc/")
                for e in doc["evidence"]["client"])
     assert not any("sidecar runs as" in a for a in doc["assumptions"])
 

@@ -4,9 +4,9 @@
   container's process (the node daemon reports each running container's PID in
   ``status.containerStatuses[].remora.pid``, docs/node.md). iptables' owner match tests the
   fsuid/fsgid of the socket's file (net/netfilter/xt_owner.c: ``filp->f_cred->fsuid``),
-  the fourth value of the ``Uid:``/``Gid:`` lines. Remora's lab runs the sidecar as uid 0 /
-  gid 1337 (its interpreter lives under /root), as Istio does in TPROXY mode, so the
-  ``--gid-owner 1337`` rules are the ones that recognise it.
+  the fourth value of the ``Uid:``/``Gid:`` lines. Remora's lab runs the sidecar as Istio
+  does: uid 1337 / gid 1337 in REDIRECT mode, uid 0 / gid 1337 in TPROXY mode (where the
+  ``--gid-owner 1337`` rules are the ones that recognise it).
 - TPROXY's policy routing: ``ip -4 rule show`` and ``ip -4 route show table N`` for the
   tables the fwmark rules look up, run inside the pod's namespace through the node
   daemon's exec argv (remora.diagnose.iptables.policy_routing reads them).

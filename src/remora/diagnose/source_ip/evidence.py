@@ -28,7 +28,7 @@ class PodEvidence:
     sources: list[str] = field(default_factory=list)
     # The sidecar process's fsuid/fsgid, what `-m owner --uid-owner/--gid-owner` tests
     # (xt_owner.c reads the socket file's f_cred->fsuid/fsgid); None: Istio's default for
-    # the interception mode is assumed. Remora's lab runs it as uid 0 / gid 1337.
+    # the interception mode is assumed. Remora's lab runs it with Istio's ids too.
     proxy_uid: int | None = None
     proxy_gid: int | None = None
     proxy_ids_source: str = ""
