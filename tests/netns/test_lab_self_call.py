@@ -106,7 +106,8 @@ def test_a_pod_calls_its_own_service_through_its_sidecar(
             "remora proxy's original_dst returns getsockname() for an IP_TRANSPARENT "
             "accepted socket, and TPROXY mode's virtualOutbound is transparent: a REDIRECTed "
             "outbound connection is read as bound for 15001 and goes to BlackHoleCluster "
-            "(Envoy asks SO_ORIGINAL_DST); src/remora/proxy/listener_filters/original_dst.py")))
+            "(Envoy's Utility::getOriginalDst asks SO_ORIGINAL_DST first, the local address "
+            "only when that fails); src/remora/proxy/listener_filters/original_dst.py")))
     (tmp_path / "imap.yaml").write_text(IMAGES)
     (tmp_path / "web.yaml").write_text(manifest(mode))
     ok(lab, *lab.up_args(), "--sidecar", sidecar, "--image-map", str(tmp_path / "imap.yaml"),
