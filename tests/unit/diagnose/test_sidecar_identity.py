@@ -67,8 +67,9 @@ def test_unknown_ids_are_istios_defaults_and_said_so(reference: Path, goldens: P
 
 def test_a_uid_0_gid_1337_sidecar_is_let_out_by_the_gid_rule(reference: Path,
                                                                goldens: Path) -> None:
-    """remora's lab (and Istio's TPROXY sidecar) run as uid 0 / gid 1337: the kernel lets
-    their connections out by `--gid-owner 1337`, and so must the trace."""
+    """Istio's TPROXY sidecar (and a sidecar started by hand as uid 0 / gid 1337) runs as
+    uid 0 / gid 1337: the kernel lets its connections out by `--gid-owner 1337`, and so
+    must the trace."""
     ev = pair(reference, goldens, "REDIRECT")
     ev.client.proxy_uid, ev.client.proxy_gid = 0, 1337
     ev.server.proxy_uid, ev.server.proxy_gid = 0, 1337
