@@ -99,15 +99,7 @@ def waited_log(lab: TempLab, pod: str, container: str, needle: str, count: int) 
 @pytest.mark.parametrize("mode", ["REDIRECT", "TPROXY"])
 @pytest.mark.parametrize("sidecar", ["remora", pytest.param("envoy", marks=pytest.mark.envoy)])
 def test_a_pod_calls_its_own_service_through_its_sidecar(
-        lab: TempLab, tmp_path: Path, sidecar: str, mode: str,
-        request: pytest.FixtureRequest) -> None:
-    if (sidecar, mode) == ("remora", "TPROXY"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "remora proxy's original_dst returns getsockname() for an IP_TRANSPARENT "
-            "accepted socket, and TPROXY mode's virtualOutbound is transparent: a REDIRECTed "
-            "outbound connection is read as bound for 15001 and goes to BlackHoleCluster "
-            "(Envoy's Utility::getOriginalDst asks SO_ORIGINAL_DST first, the local address "
-            "only when that fails); src/remora/proxy/listener_filters/original_dst.py")))
+        lab: TempLab, tmp_path: Path, sidecar: str, mode: str) -> None:
     (tmp_path / "imap.yaml").write_text(IMAGES)
     (tmp_path / "web.yaml").write_text(manifest(mode))
     ok(lab, *lab.up_args(), "--sidecar", sidecar, "--image-map", str(tmp_path / "imap.yaml"),

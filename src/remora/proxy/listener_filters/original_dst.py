@@ -3,7 +3,7 @@
 REDIRECT (nat): the kernel keeps the original destination in conntrack; read it with
 ``getsockopt(SOL_IP, SO_ORIGINAL_DST)`` (``IP6T_SO_ORIGINAL_DST`` for IPv6). TPROXY
 (mangle): the socket is IP_TRANSPARENT and its local address already *is* the original
-destination, which Envoy's Utility::getOriginalDst returns as such.
+destination, which Envoy's Utility::getOriginalDst returns when SO_ORIGINAL_DST fails.
 https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/listener_filters/original_dst_filter
 """
 
@@ -35,19 +35,26 @@ def decode_sockaddr(raw: bytes) -> tuple[str, int]:
 
 
 def original_dst(sock: socket.socket) -> tuple[str, int] | None:
+    """The address SOCK's client dialled, as Envoy's Utility::getOriginalDst finds it:
+    SO_ORIGINAL_DST first (a REDIRECTed connection: conntrack's original destination;
+    conntrack answers for a TPROXY'd one too, with its unchanged destination), and only
+    when that fails the local address of an IP_TRANSPARENT socket. Not the other way
+    round: in TPROXY mode every listener is transparent, virtualOutbound (15001) too,
+    and the app's outbound connections still come to it by REDIRECT, so its local
+    address is 15001, not where the app was going (it read as bound for 15001 and went
+    to BlackHoleCluster)."""
     v6 = sock.family == socket.AF_INET6
-    level, transparent_opt = (socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if v6 else \
-        (socket.SOL_IP, IP_TRANSPARENT)
+    level = socket.IPPROTO_IPV6 if v6 else socket.SOL_IP
     try:
-        if sock.getsockopt(level, transparent_opt):
-            local = sock.getsockname()
-            return str(local[0]), int(local[1])
+        raw = sock.getsockopt(level, IP6T_SO_ORIGINAL_DST if v6 else SO_ORIGINAL_DST,
+                              28 if v6 else 16)
     except OSError:
-        pass
-    try:
-        opt = IP6T_SO_ORIGINAL_DST if v6 else SO_ORIGINAL_DST
-        raw = sock.getsockopt(level, opt, 28 if v6 else 16)
-    except OSError:
+        try:
+            if sock.getsockopt(level, IPV6_TRANSPARENT if v6 else IP_TRANSPARENT):
+                local = sock.getsockname()
+                return str(local[0]), int(local[1])
+        except OSError:
+            pass
         return None  # not redirected and not transparent: keep the local address
     ip, port = decode_sockaddr(raw)
     if ip.startswith("::ffff:"):
