@@ -294,7 +294,7 @@ class RequestDecoder:
     """httptools callbacks -> ``Request`` objects in ``ready`` (pipelining-safe)."""
 
     def __init__(self, max_header_bytes: int, max_headers: int, buffer_limit: int) -> None:
-        self._parser = _request_parser(self)
+        self._parser: _Parser = _request_parser(self)
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.buffer_limit = buffer_limit
@@ -320,21 +320,31 @@ class RequestDecoder:
         self._h2c_stripped = False  # the current request's h2c upgrade was removed
         # such a request's framing header when it has a body (httptools skipped it)
         self._h2c_framing: bytes | None = None
+        self._kept: _Kept | None = None  # the bytes _recover replays (_keep)
 
     def feed(self, data: bytes) -> None:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
         self._head_done_in_feed = False
         self._url_piece = None
-        if self.current is None and 9 in data:  # an HTAB (an int's test: a memchr)
+        # DATA begins between two messages (llhttp's state there is a fresh parser's: a
+        # place _recover can replay from)
+        fresh = self.current is None
+        if fresh and 9 in data:  # an HTAB (an int's test: a memchr)
             data = _strip_header_htab(data)
         try:
             self._parser.feed_data(data)
-            if not self._in_body and not self._head_done_in_feed:
-                self._head_received += len(data)
-                if self._head_received > self.max_header_bytes + self._head_slack:
-                    raise CodecError(431, "http1.headers_too_large")
-                if self.current is not None:
-                    self._check_http09(data)
+            if not self._in_body:
+                if not self._head_done_in_feed:
+                    self._head_received += len(data)
+                    if self._head_received > self.max_header_bytes + self._head_slack:
+                        raise CodecError(431, "http1.headers_too_large")
+                    if self.current is not None:
+                        self._check_http09(data)
+                        self._keep(data, fresh)  # a head split across reads
+            elif self.current is not None and self.current.chunked:
+                self._keep(data, fresh)  # a chunked body under way
+        except _Resume as r:
+            self._resume(r.rest)
         except CodecError as e:
             self.error = e
             raise
@@ -366,8 +376,88 @@ class RequestDecoder:
                 400, "http1.codec_error")
             raise self.error from None
         except httptools.HttpParserError as e:
+            try:
+                if self._recover(data, fresh, str(e)):
+                    return
+            except _Resume as r:
+                self._resume(r.rest)
+                return
+            except CodecError as ce:
+                self.error = ce
+                raise
             self.error = _request_parser_error(str(e))
             raise self.error from None
+
+    def _resume(self, rest: bytes) -> None:
+        """A _HeldHead or _ChunkedBody is done: REST (a message's first byte on) goes to a
+        fresh llhttp, as a read that begins between two messages."""
+        self._parser = _request_parser(self)
+        self.current = None  # a held head's request begins again (on_message_begin)
+        if rest:
+            self.feed(rest)
+
+    def _keep(self, data: bytes, fresh: bool) -> None:
+        """Keep DATA (as llhttp was fed it) for _recover while the current request's head
+        is split across reads or its chunked body is under way, from a read that began
+        between two messages (FRESH) on; none kept past the buffer limit (or from a read
+        that began inside another message): the request is then what llhttp says."""
+        req = self.current
+        kept = self._kept
+        if kept is not None and kept.req is req:
+            kept.size += len(data)
+            if kept.size > self.buffer_limit + self.max_header_bytes:
+                self._kept = None
+            else:
+                kept.parts.append(data)
+        else:
+            self._kept = _Kept(req, data) if fresh and req is not None else None
+
+    def _recover(self, data: bytes, fresh: bool, message: str) -> bool:
+        """llhttp refused DATA: decode it as Envoy 1.40's codec (BalsaParser) does where
+        that is laxer and llhttp has no leniency for it (True: taken over). A head with a
+        header line of whitespace alone (``X-A: a``, `` <HTAB>``: obs-fold of nothing,
+        which Balsa joins to the header before and its trailing OWS trim drops), or a
+        ``transfer-encoding: chunked<HTAB>`` split across reads (_HeldHead), and a
+        chunked body whose chunk line has whitespace or any other byte but CR in its
+        extension (``2; x=y``, ``2 x``, ``2;x<NUL>``) or whose data ends in a bare LF
+        (_ChunkedBody); all checked against Envoy 1.40 on loopback. httptools reports no
+        offset of an error, so the bytes from the last read that began between two
+        messages (_keep) are replayed into a fresh parser to find where the request (or
+        its body) begins; nothing of an ordinary request pays for this."""
+        req = self.current
+        if req is None or self.upgraded or self._h2c_framing is not None:
+            return False
+        kept = self._kept
+        if kept is not None and kept.req is req:
+            buf = b"".join(kept.parts) + data
+        elif fresh:
+            buf = data
+        else:
+            return False
+        self._kept = None
+        if self._in_body:
+            if not req.chunked:
+                return False
+            start = _replay_offset(buf, "on_headers_complete")
+            if start is None:
+                return False
+            body = _ChunkedBody(self.on_body, self.on_message_complete, _codec_error,
+                                req.body_bytes, self.buffer_limit, self.max_headers)
+            self._parser = body
+            body.feed_data(buf[start:])
+            return True
+        # the head: only at what _fold_head can make strict (a line beginning with
+        # whitespace, a transfer-encoding with trailing HTAB); any other error is
+        # answered at once, not once the head ends
+        if message not in _HEAD_RECOVERABLE:
+            return False
+        start = _replay_offset(buf, "on_message_begin")
+        if start is None:
+            return False
+        held = _HeldHead(self, buf[start - 1:], message)
+        self._parser = held
+        held.feed_data(b"")
+        return True
 
     @property
     def head_in_progress(self) -> bool:
@@ -596,6 +686,291 @@ class RequestDecoder:
             req.sink.end()
 
 
+class _Feeds(Protocol):
+    def feed_data(self, data: bytes) -> None: ...
+
+
+class _Parser(Protocol):
+    """What RequestDecoder asks of its parser: llhttp's, or a stand-in that decodes a
+    head or a chunked body llhttp refused (_HeldHead, _ChunkedBody), which is never
+    asked anything but feed_data."""
+
+    def feed_data(self, data: bytes) -> None: ...
+    def get_http_version(self) -> str: ...
+    def should_keep_alive(self) -> bool: ...
+    def should_upgrade(self) -> bool: ...
+    def get_method(self) -> bytes: ...
+
+
+class _Resume(Exception):
+    """A _HeldHead or _ChunkedBody is done; ``rest``: the bytes after it, for llhttp."""
+
+    def __init__(self, rest: bytes) -> None:
+        super().__init__()
+        self.rest = rest
+
+
+class _Kept:
+    """The bytes of reads RequestDecoder._keep keeps for ``req``."""
+
+    __slots__ = ("parts", "req", "size")
+
+    def __init__(self, req: Request, data: bytes) -> None:
+        self.req = req
+        self.parts = [data]
+        self.size = len(data)
+
+
+def _codec_error() -> CodecError:
+    return CodecError(400, "http1.codec_error")
+
+
+def _response_error() -> ResponseError:
+    return ResponseError("chunked body")
+
+
+_KEPT_BODY_MAX = 1 << 20
+
+
+class _Count:
+    """A parser's callbacks that count one event, and the body bytes (_replay_offset)."""
+
+    def __init__(self, event: str) -> None:
+        self.n = 0
+        self.body = 0
+        setattr(self, event, self._hit)
+
+    def _hit(self) -> None:
+        self.n += 1
+
+    def on_body(self, data: bytes) -> None:
+        self.body += len(data)
+
+
+def _count(buf: bytes, event: str,
+           parser_for: Callable[[object], _Feeds] | None = None) -> _Count | None:
+    counter = _Count(event)
+    parser = (parser_for or _request_parser)(counter)
+    try:
+        parser.feed_data(buf)
+    except httptools.HttpParserUpgrade:
+        return None  # an upgrade before: nothing to replay through
+    except httptools.HttpParserError:
+        pass  # where the decoder's parser failed: every event before it counted
+    return counter
+
+
+def _replay_offset(buf: bytes, event: str,
+                   parser_for: Callable[[object], _Feeds] | None = None) -> int | None:
+    """How many bytes of BUF (read from a message's start, as the decoder's llhttp was
+    fed them) a fresh llhttp reads before its last EVENT (``on_message_begin``: the
+    current request's first byte is the last one read; ``on_headers_complete``: its
+    body begins right after). httptools reports no offsets, so found by bisection."""
+    whole = _count(buf, event, parser_for)
+    if whole is None or not whole.n:
+        return None
+    total = whole.n
+    lo, hi = 1, len(buf)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        part = _count(buf[:mid], event, parser_for)
+        if part is None:
+            return None
+        if part.n >= total:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# llhttp's errors (strict) at a head _fold_head may make strict
+_HEAD_RECOVERABLE = frozenset({"Unexpected whitespace after header value",
+                               "Request has invalid `Transfer-Encoding`"})
+_WS_ONLY_LINE = re.compile(rb"(?<=[^\r\n][\r]\n)(?:[ \t]+\r\n)+")
+
+
+def _fold_head(head: bytes) -> bytes:
+    """HEAD (a request line and header lines to the empty line) as Envoy 1.40's
+    BalsaParser reads it where llhttp is stricter: a header line of SP/HTAB alone after
+    a header line is obs-fold of nothing, joined to that header, whose trailing OWS
+    goes (``X-A: a``, `` <HTAB>`` is ``x-a: a``; observed: forwarded without it, the
+    header after it a header, the request framed by the headers as sent); then
+    _strip_header_htab's trailing HTAB OWS. Such a line right after the request line
+    stays (llhttp and Envoy both refuse it), and so does obs-fold with text (`` b``,
+    which Envoy joins as ``a b`` and llhttp refuses)."""
+    # from the first header line on: the lookbehind finds no line before that one, so
+    # a line of whitespace alone right after the request line is left
+    line_end = head.find(b"\r\n") + 2
+    return _strip_header_htab(head[:line_end] + _WS_ONLY_LINE.sub(b"", head[line_end:]))
+
+
+class _HeldHead:
+    """A request head llhttp refused at a header line that Envoy takes (_fold_head): its
+    bytes are held until the head ends, then fed to a fresh llhttp made strict."""
+
+    __slots__ = ("buf", "dec", "message")
+
+    def __init__(self, dec: RequestDecoder, buf: bytes, message: str) -> None:
+        self.dec = dec
+        self.buf = buf
+        self.message = message  # llhttp's error
+
+    def feed_data(self, data: bytes) -> None:
+        buf = self.buf = self.buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            dec = self.dec
+            if len(buf) > dec.max_header_bytes + dec._head_slack:
+                raise CodecError(431, "http1.headers_too_large")
+            return
+        head = buf[:end + 4]
+        fixed = _fold_head(head)
+        if fixed == head:
+            # nothing Envoy takes and llhttp refuses: llhttp's refusal stands
+            raise _request_parser_error(self.message)
+        raise _Resume(fixed + buf[end + 4:])
+
+    def get_http_version(self) -> str:
+        return "1.1"  # (RequestDecoder._check_http09: the request line was read)
+
+    def should_keep_alive(self) -> bool:
+        return False
+
+    def should_upgrade(self) -> bool:
+        return False
+
+    def get_method(self) -> bytes:
+        return b""
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
+_TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
+_SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
+
+
+class _ChunkedBody:
+    """A chunked request body as Envoy 1.40's BalsaParser frames it, where llhttp
+    refused it (RequestDecoder._recover), from its first byte: a chunk line is hex
+    digits and, after an SP, HTAB or ";", anything but CR up to its CRLF (``2; x=y``,
+    ``2 x``, ``2;x<NUL>``; a bare LF or a lone CR in it, ``2x``, ``2=``, `` 2`` and a
+    size of 2^64 or more are 400); a chunk's data ends in CRLF or a bare LF (``okXY``
+    is 400); the trailer lines (each ``name:value``, or whitespace alone after one)
+    end at an empty line, CRLF or LF. All observed on Envoy 1.40 over loopback. The
+    first SKIP data bytes are the ones llhttp already handed on (on_body)."""
+
+    __slots__ = ("_refuse", "left", "line", "max_line", "max_trailers", "on_body", "on_end",
+                 "skip", "state", "trailers")
+
+    def __init__(self, on_body: Callable[[bytes], None], on_end: Callable[[], None],
+                 refuse: Callable[[], Exception], skip: int, max_line: int,
+                 max_trailers: int) -> None:
+        self.on_body = on_body
+        self.on_end = on_end  # the message ended (on_message_complete)
+        self._refuse = refuse  # the error for what Envoy refuses
+        self.skip = skip
+        self.max_line = max_line
+        self.max_trailers = max_trailers
+        self.state = _SIZE
+        self.line = b""  # a chunk or trailer line's bytes so far (_DATA_END: a CR seen)
+        self.left = 0  # _DATA: bytes to come
+        self.trailers = 0  # trailer lines so far
+
+    def feed_data(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            state = self.state
+            if state == _DATA:
+                take = min(self.left, n - pos)
+                chunk = data[pos:pos + take]
+                pos += take
+                self.left -= take
+                if self.left == 0:
+                    self.state = _DATA_END
+                if self.skip:
+                    cut = min(self.skip, len(chunk))
+                    self.skip -= cut
+                    chunk = chunk[cut:]
+                if chunk:
+                    self.on_body(chunk)
+            elif state == _DATA_END:
+                c = data[pos]
+                pos += 1
+                if c == 10:  # LF, after CR or bare
+                    self.state = _SIZE
+                    self.line = b""
+                elif c == 13 and not self.line:
+                    self.line = b"\r"
+                else:
+                    raise self._refuse()
+            else:
+                nl = data.find(b"\n", pos)
+                line = self.line + data[pos:n if nl < 0 else nl]
+                if b"\r" in line[:-1]:  # a lone CR
+                    raise self._refuse()
+                if nl < 0:
+                    if len(line) > self.max_line:
+                        raise self._refuse()
+                    self.line = line
+                    return
+                pos = nl + 1
+                self.line = b""
+                if state == _SIZE:
+                    self._size_line(line)
+                elif self._trailer_line(line):
+                    if self.skip:
+                        raise self._refuse()  # llhttp handed on more than there was
+                    self.on_end()
+                    raise _Resume(data[pos:])
+
+    def _size_line(self, line: bytes) -> None:
+        if line[-1:] != b"\r":  # a bare LF ends no chunk line (Envoy: 400)
+            raise self._refuse()
+        m = _CHUNK_SIZE.match(line)
+        if m is None:
+            raise self._refuse()
+        after = line[m.end():m.end() + 1]
+        if after not in (b"\r", b" ", b"\t", b";"):
+            raise self._refuse()
+        size = int(m.group(), 16)
+        if size >= 1 << 64:
+            raise self._refuse()
+        if size:
+            self.left = size
+            self.state = _DATA
+        else:
+            self.state = _TRAILERS
+
+    def _trailer_line(self, line: bytes) -> bool:
+        """True at the empty line that ends the body."""
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if not line:
+            return True
+        if self.trailers and not line.strip(b" \t"):
+            return False  # obs-fold of nothing after a trailer
+        if _TRAILER.fullmatch(line) is None:
+            raise self._refuse()
+        self.trailers += 1
+        if self.trailers > self.max_trailers:
+            raise self._refuse()
+        return False
+
+    def get_http_version(self) -> str:
+        return "1.1"
+
+    def should_keep_alive(self) -> bool:
+        return True
+
+    def should_upgrade(self) -> bool:
+        return False
+
+    def get_method(self) -> bytes:
+        return b""
+
+    def get_status_code(self) -> int:
+        return 0
+
+
 class ResponseError(Exception):
     """The upstream's response is malformed (Envoy: protocol error, 502 UPE before the
     response started, upstream_cx_protocol_error)."""
@@ -723,22 +1098,26 @@ class ResponseDecoder:
     reused, and nothing of it reaches any client), as Envoy closes an upstream connection
     that sends anything outside an active request."""
 
-    __slots__ = ("_head_bytes", "_head_only", "_head_pending", "_head_raw", "_max_header_bytes",
-                 "_parser", "_relaxed", "chunked", "content_length", "headers", "headers_done",
-                 "on_data", "on_headers", "parser_idle", "state", "status", "trailing",
-                 "upgrade_tail")
+    __slots__ = ("_body_kept", "_head_bytes", "_head_only", "_head_pending", "_head_raw",
+                 "_max_header_bytes", "_parser", "_relaxed", "chunked", "content_length",
+                 "headers", "headers_done", "on_data", "on_headers", "parser_idle", "state",
+                 "status", "trailing", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
                  on_data: Callable[[bytes], None],
                  max_header_bytes: int = MAX_RESPONSE_HEADER_BYTES,
                  state: ConnectionState | None = None) -> None:
-        self._parser: httptools.HttpResponseParser | _RelaxedHead = _response_parser(self)
+        self._parser: httptools.HttpResponseParser | _RelaxedHead | _ChunkedBody = (
+            _response_parser(self))
         self._head_only = head_request
         self._max_header_bytes = max_header_bytes
         self._head_bytes = 0  # header names and values decoded so far
         self._head_raw = 0  # bytes received while the head is incomplete
         self._head_pending = b""  # those bytes, for _RelaxedHead
         self._relaxed = False  # the head was made strict once (_RelaxedHead)
+        # the reads of a chunked body under way (_recover_body), with the header list of
+        # the response they belong to (reset makes a new one: nothing to clear there)
+        self._body_kept: tuple[list[tuple[str, str]], list[bytes]] | None = None
         if state is None:
             # decoding on its own: the request it answers was sent whole
             state = ConnectionState()
@@ -809,6 +1188,13 @@ class ResponseDecoder:
             data = _strip_header_htab(data)
         try:
             self._parser.feed_data(data)
+        except _Resume as r:  # _ChunkedBody ended the body
+            self._parser = _response_parser(self)
+            if r.rest:
+                self._trailing()
+        except ResponseError:  # _ChunkedBody refused the body
+            state.process_error(SERVER)
+            raise
         except httptools.HttpParserUpgrade as e:  # a 101 (or CONNECT 2xx): end of HTTP
             self.upgrade_tail = bytes(data[e.args[0]:])
             # llhttp ended the message already (on_message_complete); a 101 nobody
@@ -829,6 +1215,13 @@ class ResponseDecoder:
             if state.server in _ENDED:
                 self._trailing()  # garbage after a complete response
                 return
+            if self.headers_done and self.chunked and not self._relaxed:
+                try:
+                    if self._recover_body(data):
+                        return
+                except ResponseError:
+                    state.process_error(SERVER)
+                    raise
             if not self.headers_done and not self._relaxed:
                 # Envoy's parser takes a response head with bare LF line ends or obs-fold
                 # lines (a request's stays refused): the head again, made strict
@@ -854,6 +1247,48 @@ class ResponseDecoder:
             if self._head_raw > self._max_header_bytes + 4096:
                 state.process_error(SERVER)
                 raise ResponseError("response headers too large")
+        elif self.chunked:
+            self._keep_body(data)
+
+    def _keep_body(self, data: bytes) -> None:
+        """Keep DATA, a read of a chunked response whose head is complete, for
+        _recover_body (up to the buffer a response head may take, and 1 MiB of body)."""
+        kept = self._body_kept
+        if kept is None or kept[0] is not self.headers:
+            self._body_kept = (self.headers, [data])
+        elif sum(map(len, kept[1])) < _KEPT_BODY_MAX:
+            kept[1].append(data)
+        else:
+            self._body_kept = (self.headers, [])  # too much: no more recovery
+
+    def _recover_body(self, data: bytes) -> bool:
+        """llhttp refused DATA in a chunked response's body: frame it as Envoy 1.40's
+        codec does, from the body's first byte (_ChunkedBody; observed: Envoy relays
+        ``2; x=y`` as ``2\r\nok``), the response's bytes replayed into a fresh llhttp
+        to find where the body begins and how much of it llhttp handed on."""
+        kept = self._body_kept
+        if kept is None or kept[0] is not self.headers:
+            parts = [self._head_pending, data]
+        elif not kept[1]:
+            return False
+        else:
+            parts = [self._head_pending, *kept[1], data]
+        self._body_kept = None
+        buf = b"".join(parts)
+        start = _replay_offset(buf, "on_headers_complete", _response_parser)
+        whole = _count(buf, "on_headers_complete", _response_parser)
+        if start is None or whole is None:
+            return False
+        body = _ChunkedBody(self.on_body, self.on_message_complete, _response_error,
+                            whole.body, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS)
+        self._parser = body
+        try:
+            body.feed_data(buf[start:])
+        except _Resume as r:
+            self._parser = _response_parser(self)
+            if r.rest:
+                self._trailing()
+        return True
 
     @property
     def head_started(self) -> bool:
