@@ -13,7 +13,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -321,6 +321,10 @@ class RequestDecoder:
         # such a request's framing header when it has a body (httptools skipped it)
         self._h2c_framing: bytes | None = None
         self._kept: _Kept | None = None  # the bytes _recover replays (_keep)
+        self._resuming = False  # in _resume's loop
+        # the parser reading an h2c request's body: until it is done, a read that begins
+        # with no request under way begins inside that body (no place to replay from)
+        self._h2c_body: _H2cBody | None = None
 
     def feed(self, data: bytes) -> None:
         """Decode DATA; on a protocol error sets ``error`` (and raises it)."""
@@ -344,6 +348,8 @@ class RequestDecoder:
             elif self.current is not None and self.current.chunked:
                 self._keep(data, fresh)  # a chunked body under way
         except _Resume as r:
+            if self._resuming:
+                raise  # to _resume's loop
             self._resume(r.rest)
         except CodecError as e:
             self.error = e
@@ -362,7 +368,8 @@ class RequestDecoder:
                     # request's framing (so chunk sizes, trailers and lengths are checked
                     # as for any request), whose callbacks _H2cBody keeps from the decoder
                     self._h2c_framing = None
-                    self._parser = _request_parser(_H2cBody(self))
+                    self._h2c_body = body = _H2cBody(self)
+                    self._parser = _request_parser(body)
                     rest = b"POST / HTTP/1.1\r\n" + framing + b"\r\n" + rest
                 if rest:
                     self.feed(rest)
@@ -380,6 +387,8 @@ class RequestDecoder:
                 if self._recover(data, fresh, str(e)):
                     return
             except _Resume as r:
+                if self._resuming:
+                    raise  # to _resume's loop
                 self._resume(r.rest)
                 return
             except CodecError as ce:
@@ -391,10 +400,21 @@ class RequestDecoder:
     def _resume(self, rest: bytes) -> None:
         """A _HeldHead or _ChunkedBody is done: REST (a message's first byte on) goes to a
         fresh llhttp, as a read that begins between two messages."""
-        self._parser = _request_parser(self)
-        self.current = None  # a held head's request begins again (on_message_begin)
-        if rest:
-            self.feed(rest)
+        # a loop, not a call per message: one read may hold many such requests
+        self._resuming = True
+        try:
+            while True:
+                self._parser = _request_parser(self)
+                self.current = None  # a held head's request begins again
+                if not rest:
+                    return
+                try:
+                    self.feed(rest)
+                    return
+                except _Resume as r:
+                    rest = r.rest
+        finally:
+            self._resuming = False
 
     def _keep(self, data: bytes, fresh: bool) -> None:
         """Keep DATA (as llhttp was fed it) for _recover while the current request's head
@@ -403,6 +423,8 @@ class RequestDecoder:
         that began inside another message): the request is then what llhttp says."""
         req = self.current
         kept = self._kept
+        if fresh and self._h2c_body is not None and not self._h2c_body.done:
+            fresh = False
         if kept is not None and kept.req is req:
             kept.size += len(data)
             if kept.size > self.buffer_limit + self.max_header_bytes:
@@ -427,6 +449,8 @@ class RequestDecoder:
         req = self.current
         if req is None or self.upgraded or self._h2c_framing is not None:
             return False
+        if fresh and self._h2c_body is not None and not self._h2c_body.done:
+            fresh = False
         kept = self._kept
         if kept is not None and kept.req is req:
             buf = b"".join(kept.parts) + data
@@ -770,10 +794,12 @@ def _replay_offset(buf: bytes, event: str,
     if whole is None or not whole.n:
         return None
     total = whole.n
+    view = memoryview(buf)  # (each prefix parsed only up to where llhttp fails)
     lo, hi = 1, len(buf)
     while lo < hi:
         mid = (lo + hi) // 2
-        part = _count(buf[:mid], event, parser_for)
+        # (httptools' feed_data takes a memoryview as it is: its stub says bytes)
+        part = _count(cast("bytes", view[:mid]), event, parser_for)
         if part is None:
             return None
         if part.n >= total:
@@ -808,21 +834,28 @@ class _HeldHead:
     """A request head llhttp refused at a header line that Envoy takes (_fold_head): its
     bytes are held until the head ends, then fed to a fresh llhttp made strict."""
 
-    __slots__ = ("buf", "dec", "message")
+    __slots__ = ("dec", "message", "parts", "size", "tail")
 
     def __init__(self, dec: RequestDecoder, buf: bytes, message: str) -> None:
         self.dec = dec
-        self.buf = buf
+        self.parts = [buf]  # the head's bytes so far (joined once it ends)
+        self.size = len(buf)
+        self.tail = b""  # the last bytes before a read, where its head end may begin
         self.message = message  # llhttp's error
 
     def feed_data(self, data: bytes) -> None:
-        buf = self.buf = self.buf + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+        window = self.tail + self.parts[-1]
+        if b"\r\n\r\n" not in window:
+            self.tail = window[-3:]
             dec = self.dec
-            if len(buf) > dec.max_header_bytes + dec._head_slack:
+            if self.size > dec.max_header_bytes + dec._head_slack:
                 raise CodecError(431, "http1.headers_too_large")
             return
+        buf = b"".join(self.parts)
+        end = buf.find(b"\r\n\r\n")
         head = buf[:end + 4]
         fixed = _fold_head(head)
         if fixed == head:
@@ -858,8 +891,8 @@ class _ChunkedBody:
     end at an empty line, CRLF or LF. All observed on Envoy 1.40 over loopback. The
     first SKIP data bytes are the ones llhttp already handed on (on_body)."""
 
-    __slots__ = ("_refuse", "left", "line", "max_line", "max_trailers", "on_body", "on_end",
-                 "skip", "state", "trailers")
+    __slots__ = ("_refuse", "cr", "left", "line", "line_size", "max_line", "max_trailers",
+                 "on_body", "on_end", "skip", "state", "trailers")
 
     def __init__(self, on_body: Callable[[bytes], None], on_end: Callable[[], None],
                  refuse: Callable[[], Exception], skip: int, max_line: int,
@@ -871,7 +904,10 @@ class _ChunkedBody:
         self.max_line = max_line
         self.max_trailers = max_trailers
         self.state = _SIZE
-        self.line = b""  # a chunk or trailer line's bytes so far (_DATA_END: a CR seen)
+        # a chunk or trailer line's pieces so far, joined at its LF (_DATA_END: a CR seen)
+        self.line: list[bytes] = []
+        self.line_size = 0
+        self.cr = False  # the line's last byte so far is a CR
         self.left = 0  # _DATA: bytes to come
         self.trailers = 0  # trailer lines so far
 
@@ -897,23 +933,32 @@ class _ChunkedBody:
                 pos += 1
                 if c == 10:  # LF, after CR or bare
                     self.state = _SIZE
-                    self.line = b""
-                elif c == 13 and not self.line:
-                    self.line = b"\r"
+                    self.cr = False
+                elif c == 13 and not self.cr:
+                    self.cr = True
                 else:
                     raise self._refuse()
             else:
                 nl = data.find(b"\n", pos)
-                line = self.line + data[pos:n if nl < 0 else nl]
-                if b"\r" in line[:-1]:  # a lone CR
+                piece = data[pos:n if nl < 0 else nl]
+                if piece and (self.cr or b"\r" in piece[:-1]):  # a lone CR
                     raise self._refuse()
                 if nl < 0:
-                    if len(line) > self.max_line:
+                    self.line_size += len(piece)
+                    if self.line_size > self.max_line:
                         raise self._refuse()
-                    self.line = line
+                    self.line.append(piece)
+                    self.cr = piece[-1:] == b"\r"
                     return
                 pos = nl + 1
-                self.line = b""
+                if self.line:
+                    self.line.append(piece)
+                    line = b"".join(self.line)
+                    self.line = []
+                else:
+                    line = piece
+                self.line_size = 0
+                self.cr = False
                 if state == _SIZE:
                     self._size_line(line)
                 elif self._trailer_line(line):

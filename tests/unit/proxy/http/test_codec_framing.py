@@ -240,3 +240,47 @@ def test_an_h2c_upgrade_is_served_as_http11_and_the_next_request_is_decoded() ->
         got = [(r.url, r.upgrade, r.headers) for r in dec.ready]
         assert got == [("/a", False, [("host", "a"), ("connection", "keep-alive")]),
                        ("/b", False, [("host", "a")])]
+
+
+# -- what llhttp refuses and Envoy 1.40's BalsaParser takes (RequestDecoder._recover) ------
+TE_HEAD = b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_chunk_extension_after_data_llhttp_already_handed_on() -> None:
+    """The body llhttp decoded before it refused a chunk line (``5\\r\\nhel`` in an
+    earlier read) is not handed on twice: the replay skips what on_body already got."""
+    (req,), _ = decode(TE_HEAD + b"5\r\nhel", b"lo\r\n2; x=y\r\nok\r\n0\r\n\r\n")
+    assert b"".join(req.body) == b"hellook" and req.complete
+
+
+def test_many_pipelined_requests_needing_the_replay_in_one_read() -> None:
+    """Each such request's rest is fed on in _resume's loop, not a call deeper each: a
+    read of 2,000 of them is decoded (a recursion would have ended in RecursionError)."""
+    one = TE_HEAD + b"2; x=y\r\nok\r\n0\r\n\r\n"
+    reqs, dec = decode(one * 2000)
+    assert len(reqs) == 2000 and all(b"".join(r.body) == b"ok" for r in reqs)
+    assert dec.current is None
+
+
+def test_long_chunk_extension_one_byte_per_read() -> None:
+    """A 20 KB extension a byte per read: its pieces are joined once, at its LF."""
+    body = b"2; " + b"x" * 20000 + b"\r\nok\r\n0\r\n\r\n"
+    _, dec = decode(TE_HEAD)
+    for i in range(len(body)):
+        dec.feed(body[i:i + 1])
+    (req,) = dec.ready
+    assert b"".join(req.body) == b"ok" and req.complete
+
+
+@pytest.mark.parametrize("line", [b"2;x\ry\r\n", b"2;x\n", b"2x\r\n", b" 2\r\n",
+                                  b"1" + b"0" * 16 + b";x\r\n"])
+def test_chunk_lines_envoy_refuses_too(line: bytes) -> None:
+    assert refused(TE_HEAD + line + b"ok\r\n0\r\n\r\n") == (400, "http1.codec_error")
+
+
+def test_a_refused_head_is_answered_at_once() -> None:
+    """Only the errors _fold_head may cure hold a head until it ends; anything else is
+    refused at the byte llhttp refuses (no waiting for a head end that may never come)."""
+    assert refused(b"POST /p HTTP/1.1\r\nHost: a\r\nX\x01: b") == (400, "http1.codec_error")
+    _, dec = decode(b"POST /p HTTP/1.1\r\nHost: a\r\n \r\nX-B: b")  # held: may be cured
+    assert dec.error is None and not dec.ready
