@@ -60,10 +60,18 @@ REQUEST_SEEDS = [
     b"Content-Length: 5\r\n\r\nhello" + SMUGGLED,
     b"GET /ok-pipe HTTP/1.1\r\nHost: a\r\n\r\nGET /ok-pipe2 HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET http://b.example/ok-abs HTTP/1.1\r\nHost: a\r\n\r\n",
+    # what llhttp refuses and Envoy's BalsaParser takes, which remora frames as Envoy
+    # (codec.RequestDecoder._recover): chunk extensions with whitespace or junk, a chunk's
+    # data ending in a bare LF, a header line of whitespace alone after a header
+    b"POST /ok-ext HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n23; x=y\r\n"
+    + SMUGGLED + b"\r\n0 z\r\n\r\n",
+    b"POST /ok-fold HTTP/1.1\r\nHost: a\r\n \t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"23 x\r\n" + SMUGGLED + b"\n0\r\n\r\n" + PIPELINED,
 ]
 RESPONSE_SEEDS = [
     b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5; a=b\r\nhello\r\n0 x\r\n\r\n",
     b"HTTP/1.1 204 No Content\r\n\r\n",
     b"HTTP/1.1 304 Not Modified\r\netag: x\r\n\r\n",
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
@@ -83,7 +91,8 @@ REPLACEMENTS = [(b"chunked", b"xchunked"), (b"chunked", b"chunked, chunked"),
                 (b"\r\n", b"\n"), (b"HTTP/1.1", b"HTTP/1.0"), (b"Host: a", b"Host: a b"),
                 (b"content-length: 5", b"content-length: 15"),
                 (b"content-length: 5", b"transfer-encoding: chunked"),
-                (b"200 OK", b"101 Switching"), (b"23\r\n", b"24\r\n")]
+                (b"200 OK", b"101 Switching"), (b"23\r\n", b"24\r\n"),
+                (b"23\r\n", b"23; a b\r\n"), (b"\r\n0\r\n", b"\n0 ;\x01\r\n")]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
