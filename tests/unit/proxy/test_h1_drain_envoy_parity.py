@@ -12,7 +12,10 @@ it is; test_h2_drain_envoy_parity.py is the HTTP/2 side).
   an HCM whose ``drain_timeout`` is longer than a third of the drain time leaves its idle
   connections open (Envoy never tells them);
 - the listener removed by LDS: its idle connections are closed the same way, or at the
-  drain's end at the latest.
+  drain's end at the latest;
+- a response the drain decision gives ``connection: close`` before the connection was
+  told: the connection stays open, serves what comes meanwhile with ``connection:
+  close``, and closes ``drain_timeout`` plus the delayed close after that response.
 
 Needs the envoy binary (marker `envoy`)."""
 
@@ -45,6 +48,7 @@ QUICK = 0.2  # the "quick" listener's drain_timeout: fits in the drain's last th
 SLOW = 1.3  # the "slow" one's: longer than a third of the drain time
 DELAYED_CLOSE = 1.0  # Envoy's delayed_close_timeout default
 ANSWER_AFTER = 3.4  # the slow upstream's answer, after the request: past the drain time
+EARLY_ANSWER_AFTER = 1.0  # its answer to GET /early: before the drain's last third
 IDLE = 4  # idle connections per listener
 SILENT = 2  # connections that sent nothing
 
@@ -54,6 +58,7 @@ def _listener(name: str, port: int, drain_timeout: float) -> dict[str, Any]:
            "drain_timeout": f"{drain_timeout}s",
            "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
                {"match": {"path": "/slow"}, "route": {"cluster": "slow", "timeout": "0s"}},
+               {"match": {"path": "/early"}, "route": {"cluster": "slow", "timeout": "0s"}},
                {"match": {"prefix": "/"},
                 "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
            "http_filters": [{"name": "envoy.filters.http.router",
@@ -68,7 +73,8 @@ def _lds(version: str, *listeners: dict[str, Any]) -> dict[str, Any]:
 
 
 def _answer_late(conn: socket.socket) -> None:
-    """The slow upstream: answers each request ANSWER_AFTER seconds after its head."""
+    """The slow upstream: answers each request ANSWER_AFTER seconds after its head
+    (EARLY_ANSWER_AFTER for GET /early)."""
     buf = b""
     while True:
         while b"\r\n\r\n" not in buf:
@@ -76,8 +82,8 @@ def _answer_late(conn: socket.socket) -> None:
             if not chunk:
                 return
             buf += chunk
-        buf = buf.partition(b"\r\n\r\n")[2]
-        time.sleep(ANSWER_AFTER)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        time.sleep(EARLY_ANSWER_AFTER if head.startswith(b"GET /early ") else ANSWER_AFTER)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
 
 
@@ -254,3 +260,63 @@ def test_lds_removal_closes_idle_http1_connections(tmp_path: Path) -> None:
         for event, at, data in events:
             assert event == "eof" and data == b"", (kind, seen)
             assert DRAIN_TIME_S * 2 / 3 + QUICK - 0.3 < at < DRAIN_TIME_S + 0.8, (kind, seen)
+
+
+def _read_until(s: socket.socket, t0: float, until: float) -> tuple[bytes, float | None]:
+    """What S receives until it closes (and when, seconds after T0) or UNTIL."""
+    data = b""
+    s.settimeout(0.01)
+    while time.monotonic() < until:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return data, round(time.monotonic() - t0, 2)
+        data += chunk
+    return data, None
+
+
+def test_drain_decided_at_a_response_keeps_the_connection_for_drain_timeout(
+        tmp_path: Path) -> None:
+    """A response the drain decision gives connection: close (--drain-strategy
+    immediate, the response before the drain's last third) starts the connection's drain
+    sequence (Envoy's encodeHeaders: startDrainSequence): Envoy 1.40 keeps the
+    connection open, serves a request sent meanwhile (with connection: close again), and
+    closes it drain_timeout plus the delayed close (1 s) after that response; remora
+    closed it right after the response."""
+    def story(kind: str) -> dict[str, Any]:
+        (tmp_path / kind).mkdir()
+        with _proxy(kind, tmp_path / kind, "--drain-strategy", "immediate") as p:
+            busy = _served(p.quick)
+            busy.sendall(b"GET /early HTTP/1.1\r\nhost: app.test\r\n\r\n")
+            time.sleep(0.2)  # the request is at the upstream, unanswered
+            p.post("/drain_listeners?graceful")
+            t0 = time.monotonic()
+            first = b""
+            busy.settimeout(EARLY_ANSWER_AFTER + 2)
+            while not first.endswith(b"slow"):
+                chunk = busy.recv(65536)
+                assert chunk, (kind, first)
+                first += chunk
+            answered = time.monotonic() - t0
+            time.sleep(0.1)
+            busy.sendall(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n")
+            second, closed = _read_until(busy, t0, t0 + answered + QUICK + DELAYED_CLOSE + 1.5)
+            busy.close()
+            return {"first": first, "answered": answered, "second": second,
+                    "closed": closed, "quick": p.stats("quick")}
+    seen = lp.each_kind(story)
+    for kind, s in seen.items():
+        assert b"\r\nconnection: close\r\n" in s["first"], (kind, s)
+        # the request sent after it: served, with connection: close
+        assert s["second"].startswith(b"HTTP/1.1 200"), (kind, s)
+        assert b"\r\nconnection: close\r\n" in s["second"], (kind, s)
+        assert s["second"].endswith(b"\r\n\r\nok"), (kind, s)
+        # closed drain_timeout plus the delayed close after the first response
+        assert s["closed"] is not None, (kind, s)
+        after = s["closed"] - s["answered"]
+        assert QUICK + DELAYED_CLOSE - 0.3 < after < QUICK + DELAYED_CLOSE + 0.5, (kind, s)
+    assert seen["remora"]["quick"] == seen["envoy"]["quick"], seen

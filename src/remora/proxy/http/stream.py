@@ -464,6 +464,10 @@ class ActiveStream:
             hl.append(("server", cfg.server_name))
         # (a switched 101 keeps the upstream's connection: upgrade line, above)
         if not switched and (self.closing or conn.drain_close()):
+            if not self.closing:
+                # closing for the drain alone: the connection may stay (Http1Connection.
+                # _drain_keeps)
+                conn.drain_closed = self
             self.closing = True
             hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
