@@ -419,15 +419,18 @@ class RequestDecoder:
     def _keep(self, data: bytes, fresh: bool) -> None:
         """Keep DATA (as llhttp was fed it) for _recover while the current request's head
         is split across reads or its chunked body is under way, from a read that began
-        between two messages (FRESH) on; none kept past the buffer limit (or from a read
-        that began inside another message): the request is then what llhttp says."""
+        between two messages (FRESH) on; none kept past the head and 64 KiB of body (or
+        from a read that began inside another message): the request is then what llhttp
+        says (a refusal where Envoy would take what comes later)."""
         req = self.current
         kept = self._kept
+        if not isinstance(self._parser, httptools.HttpRequestParser):
+            return  # a _HeldHead or _ChunkedBody reads on: nothing to replay
         if fresh and self._h2c_body is not None and not self._h2c_body.done:
             fresh = False
         if kept is not None and kept.req is req:
             kept.size += len(data)
-            if kept.size > self.buffer_limit + self.max_header_bytes:
+            if kept.size > _KEPT_MAX + self.max_header_bytes:
                 self._kept = None
             else:
                 kept.parts.append(data)
@@ -753,7 +756,9 @@ def _response_error() -> ResponseError:
     return ResponseError("chunked body")
 
 
-_KEPT_BODY_MAX = 1 << 20
+# the most of a chunked body's reads kept for a replay (RequestDecoder._keep,
+# ResponseDecoder._keep_body): memory per connection, not per byte of body
+_KEPT_MAX = 64 * 1024
 
 
 class _Count:
@@ -1143,10 +1148,10 @@ class ResponseDecoder:
     reused, and nothing of it reaches any client), as Envoy closes an upstream connection
     that sends anything outside an active request."""
 
-    __slots__ = ("_body_kept", "_head_bytes", "_head_only", "_head_pending", "_head_raw",
-                 "_max_header_bytes", "_parser", "_relaxed", "chunked", "content_length",
-                 "headers", "headers_done", "on_data", "on_headers", "parser_idle", "state",
-                 "status", "trailing", "upgrade_tail")
+    __slots__ = ("_body_kept", "_body_kept_size", "_head_bytes", "_head_only", "_head_pending",
+                 "_head_raw", "_max_header_bytes", "_parser", "_relaxed", "chunked",
+                 "content_length", "headers", "headers_done", "on_data", "on_headers",
+                 "parser_idle", "state", "status", "trailing", "upgrade_tail")
 
     def __init__(self, head_request: bool, on_headers: Callable[[ResponseDecoder], None],
                  on_data: Callable[[bytes], None],
@@ -1163,6 +1168,7 @@ class ResponseDecoder:
         # the reads of a chunked body under way (_recover_body), with the header list of
         # the response they belong to (reset makes a new one: nothing to clear there)
         self._body_kept: tuple[list[tuple[str, str]], list[bytes]] | None = None
+        self._body_kept_size = 0
         if state is None:
             # decoding on its own: the request it answers was sent whole
             state = ConnectionState()
@@ -1297,14 +1303,19 @@ class ResponseDecoder:
 
     def _keep_body(self, data: bytes) -> None:
         """Keep DATA, a read of a chunked response whose head is complete, for
-        _recover_body (up to the buffer a response head may take, and 1 MiB of body)."""
+        _recover_body (up to 64 KiB: past that, llhttp's refusal stands)."""
+        if not isinstance(self._parser, httptools.HttpResponseParser):
+            return  # _ChunkedBody reads on: nothing to replay
         kept = self._body_kept
         if kept is None or kept[0] is not self.headers:
             self._body_kept = (self.headers, [data])
-        elif sum(map(len, kept[1])) < _KEPT_BODY_MAX:
-            kept[1].append(data)
-        else:
-            self._body_kept = (self.headers, [])  # too much: no more recovery
+            self._body_kept_size = len(data)
+        elif kept[1]:
+            self._body_kept_size += len(data)
+            if self._body_kept_size <= _KEPT_MAX:
+                kept[1].append(data)
+            else:
+                kept[1].clear()  # too much: no more recovery for this response
 
     def _recover_body(self, data: bytes) -> bool:
         """llhttp refused DATA in a chunked response's body: frame it as Envoy 1.40's

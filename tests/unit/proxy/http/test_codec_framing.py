@@ -284,3 +284,27 @@ def test_a_refused_head_is_answered_at_once() -> None:
     assert refused(b"POST /p HTTP/1.1\r\nHost: a\r\nX\x01: b") == (400, "http1.codec_error")
     _, dec = decode(b"POST /p HTTP/1.1\r\nHost: a\r\n \r\nX-B: b")  # held: may be cured
     assert dec.error is None and not dec.ready
+
+
+def test_replay_keeps_a_bounded_part_of_a_body() -> None:
+    """A chunked body's reads are kept for the replay up to 64 KiB past the head limit
+    (memory per connection): an Envoy-only chunk line after that much body in other reads
+    stays refused; within it, it is taken."""
+    strict = b"".join(b"3e8\r\n" + b"a" * 1000 + b"\r\n" for _ in range(140))
+    late = TE_HEAD + strict + b"2; x\r\nok\r\n0\r\n\r\n"
+    reads = [late[i:i + 1000] for i in range(0, len(late), 1000)]
+    assert refused(*reads) == (400, "http1.codec_error")
+    early = TE_HEAD + strict[:10 * 1007] + b"2; x\r\nok\r\n0\r\n\r\n"
+    (req,), _ = decode(*(early[i:i + 1000] for i in range(0, len(early), 1000)))
+    assert b"".join(req.body) == b"a" * 10000 + b"ok" and req.complete
+
+
+def test_response_chunk_extension_as_envoy_after_reads_of_body() -> None:
+    """An upstream response's chunk line with whitespace in its extension, after body
+    llhttp already handed on in earlier reads: the body once, in order."""
+    got: list[bytes] = []
+    dec = ResponseDecoder(False, lambda d: None, got.append)
+    for part in (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhe",
+                 b"llo\r\n", b"2; x=y\r\nok\r\n0 z\r\n\r\n"):
+        dec.feed(part)
+    assert b"".join(got) == b"hellook" and dec.complete and not dec.trailing
