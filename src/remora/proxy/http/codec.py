@@ -1233,10 +1233,27 @@ class ResponseDecoder:
         if state.server in _ENDED:
             self._trailing()
             return
-        if not self._head_raw and not self.headers_done and 9 in data:
-            # a head's first read with an HTAB: llhttp takes ``transfer-encoding:
-            # chunked<HTAB>`` for a body read to the close (no error), Envoy for chunked
-            data = _strip_header_htab(data)
+        if not self._head_raw:
+            if not self.headers_done and 9 in data:
+                # a head's first read with an HTAB: llhttp takes ``transfer-encoding:
+                # chunked<HTAB>`` for a body read to the close (no error), Envoy for
+                # chunked
+                data = _strip_header_htab(data)
+        elif (not self.headers_done and 10 in data and not self.status and not self._relaxed
+              and isinstance(self._parser, httptools.HttpResponseParser)):
+            # a head split across reads, maybe ending in this one: with such an HTAB in
+            # it, read again from its first byte by a fresh parser, made strict as above
+            # (Envoy frames ``chunked<HTAB>`` as chunked however the head came)
+            buf = self._head_pending + data
+            if 9 in buf and b"\r\n\r\n" in buf[-len(data) - 3:]:
+                strict = _strip_header_htab(buf)
+                if strict != buf:
+                    self._parser = _response_parser(self)
+                    self._head_raw = 0
+                    self._head_pending = b""
+                    self._head_bytes = 0
+                    self.headers = []  # decoded again
+                    return self.feed(strict)
         try:
             self._parser.feed_data(data)
         except _Resume as r:  # _ChunkedBody ended the body

@@ -327,6 +327,10 @@ RESPONSES.update({
     "resp-chunk-size-ws-junk": CHUNKED + b"2 x\r\nok\r\n0\r\n\r\n",
     "resp-chunk-ext-control": CHUNKED + b"1;a\x01\r\no\r\n1; b\r\nk\r\n0; c\r\n\r\n",
     "resp-chunk-ext-ws-bytewise": CHUNKED + b"2; x=y\r\nok\r\n0\r\n\r\n",
+    # framed as chunked, as Envoy does, also when the head comes a byte per read (remora
+    # read the body to the close then, its chunks relayed as data)
+    "resp-te-chunked-htab-bytewise": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\t\r\n"
+                                     b"\r\n2\r\nok\r\n0\r\n\r\n",
 })
 RESP_LAXER: dict[str, bytes] = {}
 RESP_REASON = ""
