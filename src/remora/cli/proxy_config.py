@@ -40,6 +40,8 @@ TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints"
 @click.option("--verbose", type=click.BOOL, default=True, show_default=True,
               help="listener: false for istioctl's ADDRESS PORT TYPE table")
 @click.option("-o", "--output", type=click.Choice(["short", "json", "yaml"]), default="short")
+@click.option("--with-headers", is_flag=True,
+              help="all: a ------ TITLE ------ line above each section, as istioctl's")
 @click.option("--level", default=None, help="log: set the sidecar's log level")
 @click.option("--state-dir", envvar="REMORA_STATE_DIR", default=None,
               help="the lab's state directory [default: $REMORA_STATE_DIR, else /var/lib/remora]")
@@ -52,8 +54,8 @@ TYPES = ("listener", "listeners", "cluster", "clusters", "endpoint", "endpoints"
 def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | None,
                  port: int | None, fqdn: str | None, address: str | None, name: str | None,
                  listener_type: str | None, status: str | None, verbose: bool, output: str,
-                 level: str | None, state_dir: str | None, kube: bool, context: str | None,
-                 kubeconfig: str | None) -> None:
+                 with_headers: bool, level: str | None, state_dir: str | None, kube: bool,
+                 context: str | None, kubeconfig: str | None) -> None:
     """Show a sidecar's Envoy config as istioctl proxy-config does."""
     from remora.diagnose.proxy_config.dump import parse_config_dump
     from remora.diagnose.proxy_config.render import render
@@ -65,7 +67,7 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
                               f"drop {pod!r} to read {dump_file}, or drop --file")
         click.echo(_offline(what, dump_file, fmt, port=port, fqdn=fqdn, address=address,
                             name=name, listener_type=listener_type, status=status,
-                            verbose=verbose), nl=False)
+                            verbose=verbose, with_headers=with_headers), nl=False)
         return
     if not pod:
         raise RemoraError(f"proxy-config {what} needs a pod name or --file DUMP",
@@ -74,7 +76,8 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
     if kube or context:
         click.echo(_kube(what, pod, namespace, kubeconfig, context, fmt, port=port,
                          fqdn=fqdn, address=address, name=name, listener_type=listener_type,
-                         status=status, verbose=verbose), nl=False)
+                         status=status, verbose=verbose, with_headers=with_headers),
+                   nl=False)
         return
     client = session.connect(session.state_dir(state_dir))
     pod, namespace = split_dotted(pod, namespace)
@@ -97,10 +100,24 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
         click.echo(_secrets(netns, where, _config_dir(session.state_dir(state_dir), found[0]),
                             output), nl=False)
         return
-    dump = parse_config_dump(admin.request(netns, "GET", "/config_dump?include_eds",
-                                           where=where))
+    body = admin.request(netns, "GET", "/config_dump?include_eds", where=where)
+    if what == "all" and fmt != "table":
+        from remora.diagnose.proxy_config.render import all_dump_output
+
+        click.echo(all_dump_output(body.decode(errors="replace"), fmt), nl=False)
+        return
+    secrets = None
+    if what == "all":
+        # the secrets `proxy-config secret` lists for this pod (remora proxy's own dump
+        # has an empty SecretsConfigDump; the lab's SDS files are what it serves)
+        from remora.diagnose.proxy_config import secret as pcs
+
+        secrets = pcs.secret_items(json.loads(body),
+                                   _config_dir(session.state_dir(state_dir), found[0]))
+    dump = parse_config_dump(body)
     text = render(dump, what, port=port, fqdn=fqdn, address=address, name=name, fmt=fmt,
-                  listener_type=listener_type, status=status, verbose=verbose)
+                  listener_type=listener_type, status=status, verbose=verbose,
+                  secrets=secrets, with_headers=with_headers)
     click.echo(text if text.endswith("\n") else text + "\n", nl=False)
 
 
@@ -130,6 +147,10 @@ def _render_text(what: str, data: str, fmt: str, endpoint_source: str,
     from remora.diagnose.proxy_config.dump import parse_config_dump
     from remora.diagnose.proxy_config.render import render
 
+    if what == "all" and fmt != "table":
+        from remora.diagnose.proxy_config.render import all_dump_output
+
+        return all_dump_output(data, fmt)
     if what in ("secret", "secrets"):
         from remora.diagnose.proxy_config.dump import load_config_dump
 

@@ -139,3 +139,68 @@ def test_a_pasted_dump_reads_as_the_file_itself(tmp_path: Path, head: str, tail:
     pasted.write_text(head + dump.read_text() + tail)
     for what in ("cluster", "listener", "secret"):
         assert _run(what, "--file", str(pasted)) == _run(what, "--file", str(dump)), what
+
+
+def test_all_equals_istioctl_golden() -> None:
+    """`istioctl proxy-config all --file` (proxyconfig_test.go's golden): the version
+    lines, then cluster/, listener/ (ADDRESSES), route/, secret/ and endpoint/ tables,
+    byte for byte."""
+    got = _run("all", "--file", str(GOLD / "proxyconfig/config_dump.json"))
+    assert got == (GOLD / "proxyconfig/config_dump_summary.txt").read_text()
+
+
+def test_all_with_headers_titles_each_section() -> None:
+    got = _run("all", "--file", str(GOLD / "proxyconfig/config_dump.json"), "--with-headers")
+    titles = re.findall(r"^------ (.*) ------$", got, re.M)
+    assert titles == ["BOOTSTRAP INFO", "CLUSTER INFO", "LISTENER INFO", "ROUTE INFO",
+                      "SECRET INFO", "ENDPOINTS INFO"]
+    plain = (GOLD / "proxyconfig/config_dump_summary.txt").read_text()
+    assert re.sub(r"------ .* ------\n\n", "", got) == plain
+
+
+def test_all_not_verbose_has_the_type_and_vhost_count_columns() -> None:
+    got = _run("all", "--file", str(GOLD / "proxyconfig/config_dump.json"),
+               "--verbose", "false")
+    assert "NAME                   ADDRESSES PORT  TYPE\n" \
+           "listener/main_internal           0     HTTP+TCP\n" in got
+    assert _rows(got.split("\n\n")[3]) == [
+        ["NAME", "VIRTUAL HOSTS"],
+        ["route/inbound-vip|8000|http|httpbin.default.svc.cluster.local", "1"]]
+
+
+def test_the_listener_subcommand_keeps_its_own_table() -> None:
+    """Only `all` names rows and says ADDRESSES; `listener` keeps the seed's 1.11 table."""
+    got = _run("listener", "--file", str(GOLD / "proxyconfig/config_dump.json"))
+    assert got.startswith("ADDRESS PORT  MATCH DESTINATION\n")
+    assert "listener/" not in got
+
+
+def test_all_json_is_the_dump_as_read_and_yaml_the_same_object() -> None:
+    """istioctl's `all -o json` prints the config dump it read (fmt.Fprintln), `-o yaml`
+    the same through JSONToYAML (keys sorted)."""
+    import yaml
+
+    path = GOLD / "proxyconfig/config_dump.json"
+    assert _run("all", "--file", str(path), "-o", "json") == path.read_text() + "\n"
+    got = _run("all", "--file", str(path), "-o", "yaml")
+    assert yaml.safe_load(got) == json.loads(path.read_text())
+    assert got.startswith("configs:\n- '@type': type.googleapis.com/envoy.admin.v3."
+                          "BootstrapConfigDump\n  bootstrap:\n")
+
+
+def test_all_version_line_from_the_user_agent_build_version(tmp_path: Path) -> None:
+    """configdump.go getUserAgentVersionInfo: MAJOR.MINOR.PATCH-label/status/type/ssl; the
+    proxy SHA after its colon."""
+    dump = json.loads((GOLD / "proxyconfig/config_dump.json").read_text())
+    node = dump["configs"][0]["bootstrap"]["node"]
+    node["metadata"]["ISTIO_PROXY_SHA"] = "istio-proxy:abc123"
+    node["userAgentBuildVersion"] = {
+        "version": {"majorNumber": 1, "minorNumber": 40, "patch": 2},
+        "metadata": {"build.label": "dev", "revision.status": "Clean",
+                     "build.type": "RELEASE", "ssl.version": "BoringSSL"}}
+    path = tmp_path / "config_dump.json"
+    path.write_text(json.dumps(dump))
+    head = _run("all", "--file", str(path)).split("\n\n")[0]
+    assert head == ("Istio Version:       1.21.0-1226\n"
+                    "Istio Proxy Version: abc123\n"
+                    "Envoy Version:       1.40.2-dev/Clean/RELEASE/BoringSSL")

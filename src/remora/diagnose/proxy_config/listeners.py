@@ -172,9 +172,37 @@ def select_listeners(dump: ConfigDump, *, port: int | None = None, address: str 
     return sorted(out, key=lambda lst: (_port(lst), _address(lst), listener_type(lst)))
 
 
+def _addresses(listener: JSON) -> str:
+    """listener.go retrieveListenerAddress + retrieveListenerAdditionalAddresses, joined
+    with commas (istioctl 1.20 on: the ADDRESSES column)."""
+    extra = [str(a.get("address", {}).get("socket_address", {}).get("address", ""))
+             for a in listener.get("additional_addresses", []) or []]
+    return ",".join([_address(listener), *extra])
+
+
 def listener_table(dump: ConfigDump, *, port: int | None = None, address: str | None = None,
-                   type_: str | None = None, verbose: bool = True) -> str:
+                   type_: str | None = None, verbose: bool = True,
+                   include_type: bool = False) -> str:
+    """The listener table. ``include_type``: `istioctl proxy-config all`'s form
+    (configdump.SetPrintConfigTypeInSummary(true)): a leading NAME column of
+    ``listener/NAME`` and the ADDRESSES header of today's istioctl (listener.go
+    PrintListenerSummary; tests/data/istioctl-configdump/proxyconfig is its golden).
+    Without it, the 1.11 ADDRESS table the seed shows."""
     listeners = select_listeners(dump, port=port, address=address, type_=type_)
+    if include_type:
+        head = "NAME\tADDRESSES\tPORT\t" + ("MATCH\tDESTINATION" if verbose else "TYPE")
+        named = [head]
+        for lst in listeners:
+            name, addrs, p = f"listener/{lst.get('name', '')}", _addresses(lst), _port(lst)
+            if not verbose:
+                named.append(f"{name}\t{addrs}\t{p}\t{listener_type(lst)}")
+                continue
+            chains = [(describe_chain_match(c.get("filter_chain_match") or {}),
+                       _destination(c))
+                      for c in _chains(lst)]
+            for match, dest in sorted(chains, key=lambda r: r[1], reverse=True):
+                named.append(f"{name}\t{addrs}\t{p}\t{match}\t{dest}")
+        return tabwrite(named, padding=1)
     if dump.v2_listeners and not verbose:
         # istioctl <= 1.4 (listener.go PrintListenerSummary of 2019): dump order
         # (dynamic_active_listeners, then static), tabwriter padding 5

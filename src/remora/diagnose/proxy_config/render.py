@@ -27,10 +27,11 @@ from remora.diagnose.proxy_config.listeners import (
 from remora.diagnose.proxy_config.table import tabwrite
 from remora.errors import RemoraError
 
-__all__ = ["cluster_table", "describe_route_domains", "endpoint_rows", "endpoint_summary_table",
-           "endpoint_table", "filtered_load_assignments",
-           "listener_table", "listener_type", "output", "render", "route_configs",
-           "route_table", "select_clusters", "select_listeners"]
+__all__ = ["all_dump_output", "cluster_table", "describe_route_domains", "endpoint_rows",
+           "endpoint_summary_table", "endpoint_table", "filtered_load_assignments",
+           "full_summary", "listener_table", "listener_type", "output", "render",
+           "route_configs", "route_table", "select_clusters", "select_listeners",
+           "version_summary"]
 
 
 def output(resources: list[JSON], fmt: str) -> str:
@@ -82,16 +83,25 @@ def select_clusters(dump: ConfigDump, *, fqdn: str | None = None, port: int | No
     return sorted(out, key=lambda c: _cluster_sort_key(str(c.get("name", ""))))
 
 
-def cluster_table(dump: ConfigDump, **filters: Any) -> str:
-    lines = ["SERVICE FQDN\tPORT\tSUBSET\tDIRECTION\tTYPE\tDESTINATION RULE"]
+def cluster_table(dump: ConfigDump, include_type: bool = False, **filters: Any) -> str:
+    """cluster.go PrintClusterSummary; ``include_type`` (`proxy-config all`): a leading
+    NAME column of ``cluster/NAME``, and a cluster that is not direction|port|subset|fqdn
+    shows ``cluster/NAME`` as its SERVICE FQDN too (istioctl renames it before printing)."""
+    head = "SERVICE FQDN\tPORT\tSUBSET\tDIRECTION\tTYPE\tDESTINATION RULE"
+    lines = [("NAME\t" + head) if include_type else head]
     for c in select_clusters(dump, **filters):
         name = str(c.get("name", ""))
         ctype = str(c.get("type", "STATIC"))
         dr = _describe_management(c.get("metadata"))
         if len(name.split("|")) > 3:
             direction, subset, fqdn, port = parse_subset_key(name)
-            lines.append(f"{fqdn}\t{port}\t{subset or '-'}\t{direction}\t{ctype}\t{dr}")
+            row = f"{fqdn}\t{port}\t{subset or '-'}\t{direction}\t{ctype}\t{dr}"
+            lines.append(f"cluster/{name}\t{row}" if include_type else row)
+        elif include_type and name:
+            lines.append(f"cluster/{name}\tcluster/{name}\t-\t-\t-\t{ctype}\t{dr}")
         else:
+            # an unnamed cluster under include_type: five cells under seven headers, as
+            # istioctl prints it
             lines.append(f"{name}\t-\t-\t-\t{ctype}\t{dr}")
     return tabwrite(lines, padding=5)
 
@@ -211,15 +221,17 @@ def _endpoint_kept(lb: JSON, cluster_name: str, address: str | None, port: int |
 
 def endpoint_summary_table(dump: ConfigDump, *, address: str | None = None,
                            port: int | None = None, cluster: str | None = None,
-                           status: str | None = None) -> str:
+                           status: str | None = None, include_type: bool = False) -> str:
     """configdump/endpoint.go PrintEndpointsSummary: NAME STATUS LOCALITY CLUSTER from the
-    dump's EndpointsConfigDump (what `istioctl proxy-config all` shows for endpoints)."""
+    dump's EndpointsConfigDump (what `istioctl proxy-config all` shows for endpoints, with
+    ``include_type``: NAME is ``endpoint/ADDRESS``)."""
     lines = ["NAME\tSTATUS\tLOCALITY\tCLUSTER"]
+    prefix = "endpoint/" if include_type else ""
     for cla in filtered_load_assignments(dump, address=address, port=port, cluster=cluster,
                                          status=status):
         for group in cla.get("endpoints", []) or []:
             for lb in group.get("lb_endpoints", []) or []:
-                lines.append(f"{','.join(endpoint_addresses(lb))}\t"
+                lines.append(f"{prefix}{','.join(endpoint_addresses(lb))}\t"
                              f"{lb.get('health_status', 'UNKNOWN')}\t"
                              f"{_locality(group.get('locality'))}\t{cla.get('cluster_name', '')}")
     return tabwrite(lines, padding=5)
@@ -301,9 +313,18 @@ def describe_route_domains(domains: list[str]) -> str:
     return ", ".join(without_port)
 
 
-def route_table(dump: ConfigDump, name: str | None = None) -> str:
+def route_table(dump: ConfigDump, name: str | None = None, include_type: bool = False,
+                verbose: bool = True) -> str:
+    """route.go PrintRouteSummary; ``include_type`` (`proxy-config all`): NAME is
+    ``route/NAME``; not ``verbose``: NAME VIRTUAL HOSTS (the count)."""
+    prefix = "route/" if include_type else ""
+    if not verbose:
+        counts = [f"{prefix}{rc.get('name', '')}\t{len(rc.get('virtual_hosts', []))}"
+                  for rc in route_configs(dump, name)]
+        return tabwrite(["NAME\tVIRTUAL HOSTS", *counts], padding=5)
     lines = ["NAME\tVHOST NAME\tDOMAINS\tMATCH\tVIRTUAL SERVICE"]
     for rc in route_configs(dump, name):
+        rc = {**rc, "name": f"{prefix}{rc.get('name', '')}"}
         for vh in rc.get("virtual_hosts", []):
             domains = describe_route_domains(vh.get("domains", []))
             routes = vh.get("routes", [])
@@ -318,13 +339,104 @@ def route_table(dump: ConfigDump, name: str | None = None) -> str:
     return tabwrite(lines, padding=5)
 
 
+# -- proxy-config all -------------------------------------------------------------------
+
+def version_summary(dump: ConfigDump) -> str:
+    """configdump.go PrintBootstrapSummary: the Istio version and proxy SHA from the node
+    metadata (ISTIO_VERSION, ISTIO_PROXY_SHA, the part after a colon), and Envoy's from
+    node.user_agent_build_version (MAJOR.MINOR.PATCH, then -build.label, /revision.status,
+    /build.type, /ssl.version from its metadata). The Envoy line is always there: a
+    bootstrap without a build version gives 0.0.0, as istioctl's golden shows."""
+    node = dump.bootstrap.get("node", {}) or {}
+    md = node.get("metadata", {}) or {}
+    lines = []
+    if md.get("ISTIO_VERSION"):
+        lines.append(f"Istio Version:\t{md['ISTIO_VERSION']}")
+    sha = str(md.get("ISTIO_PROXY_SHA", "") or "")
+    if ":" in sha:
+        sha = sha.split(":")[1]
+    if sha:
+        lines.append(f"Istio Proxy Version:\t{sha}")
+    build = node.get("user_agent_build_version", {}) or {}
+    v = build.get("version", {}) or {}
+    envoy = f"{int(v.get('major_number', 0))}.{int(v.get('minor_number', 0))}." \
+            f"{int(v.get('patch', 0))}"
+    bmd = build.get("metadata", {}) or {}
+    for key, sep in (("build.label", "-"), ("revision.status", "/"), ("build.type", "/"),
+                     ("ssl.version", "/")):
+        if key in bmd:
+            envoy += f"{sep}{bmd[key]}"
+    lines.append(f"Envoy Version:\t{envoy}")
+    # tabwriter.NewWriter(out, 0, 8, 1, ' ', 0)
+    return tabwrite(lines, padding=1)
+
+
+def full_summary(dump: ConfigDump, *, secrets: list[Any] | None = None,
+                 port: int | None = None, fqdn: str | None = None,
+                 address: str | None = None, name: str | None = None,
+                 direction: str | None = None, subset: str | None = None,
+                 listener_type: str | None = None, status: str | None = None,
+                 verbose: bool = True, with_headers: bool = False) -> str:
+    """configdump.go PrintFullSummary, what `istioctl proxy-config all` prints: the
+    version lines, then the cluster, listener, route, secret and endpoint tables, each
+    after a blank line, every row named TYPE/NAME (SetPrintConfigTypeInSummary(true)).
+    As istioctl, --port filters clusters, listeners and endpoints, --address listeners and
+    endpoints, --fqdn clusters (and --cluster, the same option here, endpoints).
+    ``secrets``: the SecretItems to list (default: the dump's SecretsConfigDump). Where
+    istioctl stops with "config dump has no configuration type ...SecretsConfigDump" this
+    says there are none (a dump cut to some sections still shows the rest)."""
+    from remora.diagnose.proxy_config import secret as pcs
+
+    if secrets is None:
+        secrets = pcs.items_from_config_dump(dump.raw)
+
+    def head(title: str) -> str:
+        return f"------ {title} ------\n\n" if with_headers else ""
+
+    if secrets:
+        secret_text = pcs.secret_table(secrets, include_type=True)
+    else:
+        # configdump.go PrintSecretSummary: no dynamic active or warming secret
+        secret_text = "No active or warming secrets found.\n"
+    parts = [
+        head("BOOTSTRAP INFO") + version_summary(dump),
+        head("CLUSTER INFO") + cluster_table(dump, include_type=True, fqdn=fqdn, port=port,
+                                             direction=direction, subset=subset),
+        head("LISTENER INFO") + listener_table(dump, port=port, address=address,
+                                               type_=listener_type, verbose=verbose,
+                                               include_type=True),
+        head("ROUTE INFO") + route_table(dump, name, include_type=True, verbose=verbose),
+        head("SECRET INFO") + secret_text,
+        head("ENDPOINTS INFO") + endpoint_summary_table(dump, address=address, port=port,
+                                                        cluster=fqdn, status=status,
+                                                        include_type=True),
+    ]
+    return "\n".join(parts)
+
+
+def all_dump_output(data: str, fmt: str) -> str:
+    """`istioctl proxy-config all -o json|yaml`: the config dump itself, as read (the
+    file's text, or the bytes the sidecar's /config_dump served), not re-encoded: istioctl
+    prints it with fmt.Fprintln (so one more newline), -o yaml through sigs.k8s.io/yaml
+    JSONToYAML (keys sorted, block style). A terminal paste's prompt and fence are left out,
+    and anything that is not a whole config dump is refused, as the tables do."""
+    from remora.diagnose.proxy_config.dump import _without_prompt, load_config_dump
+
+    raw = load_config_dump(data)
+    if fmt == "yaml":
+        return str(yaml.safe_dump(raw, sort_keys=True, default_flow_style=False,
+                                  allow_unicode=True)) + "\n"
+    return _without_prompt(data.lstrip("\ufeff")) + "\n"
+
+
 # -- one entry point for the CLI -------------------------------------------------------
 
 def render(dump: ConfigDump, what: str, *, port: int | None = None, fqdn: str | None = None,
            address: str | None = None, name: str | None = None, fmt: str = "table",
            direction: str | None = None, subset: str | None = None,
            listener_type: str | None = None, status: str | None = None,
-           verbose: bool = True, endpoint_source: str = "clusters") -> str:
+           verbose: bool = True, endpoint_source: str = "clusters",
+           secrets: list[Any] | None = None, with_headers: bool = False) -> str:
     """``remora proxy-config WHAT`` output: WHAT is listener(s), cluster(s),
     endpoint(s), route(s) or all; fmt is table, json or yaml. Filters as istioctl's:
     listener --port/--address/--type, cluster --fqdn/--port/--direction/--subset,
@@ -333,7 +445,8 @@ def render(dump: ConfigDump, what: str, *, port: int | None = None, fqdn: str | 
     "clusters" (the ENDPOINT STATUS OUTLIER CHECK CLUSTER table istioctl prints from a
     pod's /clusters) or "config_dump" (NAME STATUS LOCALITY CLUSTER from the dump's
     EndpointsConfigDump, as `istioctl proxy-config all` prints it; -o json then holds the
-    filtered load assignments)."""
+    filtered load assignments). For ``all``: ``secrets`` (the SecretItems to list, default
+    the dump's) and ``with_headers`` (istioctl's --with-headers)."""
     kind = what.rstrip("s")
     if fmt not in ("table", "json", "yaml"):
         raise RemoraError(f"unknown output format {fmt!r}", "use -o json or -o yaml")
@@ -370,8 +483,9 @@ def render(dump: ConfigDump, what: str, *, port: int | None = None, fqdn: str | 
             if fmt == "yaml":
                 return str(yaml.safe_dump(body, sort_keys=False))
             return json.dumps(body, indent=4) + "\n"
-        return "\n".join([cluster_table(dump, fqdn=fqdn, port=port),
-                          listener_table(dump, port=port, address=address),
-                          route_table(dump, name)])
+        return full_summary(dump, secrets=secrets, port=port, fqdn=fqdn, address=address,
+                            name=name, direction=direction, subset=subset,
+                            listener_type=listener_type, status=status, verbose=verbose,
+                            with_headers=with_headers)
     raise RemoraError(f"unknown proxy-config type {what!r}",
                       "use listener, cluster, endpoint, route or all")

@@ -13,6 +13,7 @@ files the control plane writes, which name the PEM files) or from an Envoy
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -180,14 +181,18 @@ def _sorted(items: list[SecretItem]) -> list[SecretItem]:
     return sorted(items, key=lambda i: (i.type != "Cert Chain", i.name))
 
 
-def secret_table(items: list[SecretItem], now: dt.datetime | None = None) -> str:
+def secret_table(items: list[SecretItem], now: dt.datetime | None = None,
+                 include_type: bool = False) -> str:
     """sds/writer.go printSecretItemsTabular: a TRUST DOMAIN column when every secret has
-    one (trust domain federation)."""
+    one (trust domain federation). ``include_type`` (`proxy-config all`): each name as
+    ``secret/NAME`` under the same RESOURCE NAME header."""
     if not items:
         return "No secret items to show.\n"
     now = now or dt.datetime.now(dt.UTC)
     with_td = all(i.trust_domain for i in items)
     header = HEADER + ("\tTRUST DOMAIN" if with_td else "")
+    if include_type:
+        items = [dataclasses.replace(i, name=f"secret/{i.name}") for i in items]
     return tabwrite([header, *(i.row(now, with_td) for i in items)], padding=5)
 
 
