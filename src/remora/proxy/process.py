@@ -27,6 +27,7 @@ from typing import Any
 from remora.proxy.access_log.sink import flush_all
 from remora.proxy.admin.server import Admin
 from remora.proxy.config.bootstrap import parse_bootstrap, read_document
+from remora.proxy.config.strict import ConfigError
 from remora.proxy.server.runtime import Server
 from remora.proxy.stats import StatsStore
 
@@ -44,11 +45,27 @@ def setup_logging(level: str) -> None:
 
 
 def load(config_path: str, concurrency: int) -> Server:
-    """Parse and validate everything; raises ConfigError / PrivilegeError (one line)."""
-    boot = parse_bootstrap(read_document(config_path), config_path)
-    server = Server(boot, concurrency)
-    server.load()
+    """Parse and validate everything; raises ConfigError / PrivilegeError (one line).
+    An error in the bootstrap names its file first, as Envoy's "error initializing
+    configuration 'FILE': ..." does (an error in an LDS/CDS file names that file)."""
+    try:
+        boot = parse_bootstrap(read_document(config_path), config_path)
+        server = Server(boot, concurrency)
+        server.load()
+    except ConfigError as exc:
+        raise _in_file(exc, config_path) from exc
     return server
+
+
+def _in_file(exc: ConfigError, config_path: str) -> ConfigError:
+    """EXC with CONFIG_PATH in front of its field path, unless it names a file already
+    (read and syntax errors say "cannot read FILE", "FILE is not valid JSON"; a discovery
+    file's errors are at "FILE: resources[i]...")."""
+    if config_path in exc.problem or ": " in exc.path:
+        return exc
+    out = ConfigError(f"{config_path}: {exc.path}" if exc.path else config_path,
+                      exc.message, exc.fix)
+    return out
 
 
 def drop_privileges(group: int | None, user: int | None) -> None:

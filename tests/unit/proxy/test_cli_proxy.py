@@ -24,7 +24,8 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "remora: error: static_resources.clusters[0].dns_lookup_family: unknown or unsupported "
+        f"remora: error: {path}: static_resources.clusters[0].dns_lookup_family: unknown or "
+        "unsupported "
         "field 'dns_lookup_family' in Cluster (fix: remove it, or run this config on a real "
         "Envoy (remora proxy implements a documented subset of Envoy v3 and never ignores a "
         "field))"]

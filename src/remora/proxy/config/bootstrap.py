@@ -14,9 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remora.proxy.config.address import Address, parse_address
-from remora.proxy.config.strict import ConfigError, Fields, type_url_of
+from remora.proxy.config.strict import (
+    ConfigError,
+    Fields,
+    json_kind,
+    not_an_object,
+    type_url_of,
+)
 from remora.proxy.upstream.config import config_source_path
 
+BOOTSTRAP_TYPE = "envoy.config.bootstrap.v3.Bootstrap"
 MAX_CX_MONITORS = (
     "envoy.resource_monitors.global_downstream_max_connections",
     "envoy.resource_monitors.downstream_connections",
@@ -107,6 +114,16 @@ def _overload(f: Fields, boot: Bootstrap) -> None:
 
 
 def parse_bootstrap(doc: Any, path: str) -> Bootstrap:
+    if not isinstance(doc, dict):
+        # Envoy 1.40: "error initializing configuration 'FILE': Unable to parse JSON as
+        # proto (INVALID_ARGUMENT: invalid JSON in envoy.config.bootstrap.v3.Bootstrap,
+        # near 1:1 (offset 0): unexpected character: '['; expected '{')"
+        if doc is None:  # Envoy: "Unable to convert YAML as JSON: "
+            raise ConfigError("", f"the file is empty (no {BOOTSTRAP_TYPE})",
+                              "write the bootstrap in it: an object such as "
+                              "{\"static_resources\": {...}, \"admin\": {...}}")
+        raise ConfigError("", f"the bootstrap is {json_kind(doc)}, not an object "
+                              f"({BOOTSTRAP_TYPE})", not_an_object(doc, "the bootstrap"))
     f = Fields(doc, "", "Bootstrap")
     boot = Bootstrap(raw=doc, path=path)
     node = f.fields("node", "Node")

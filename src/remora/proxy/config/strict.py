@@ -73,16 +73,58 @@ def parse_duration(value: Any, path: str) -> float:
     raise ConfigError(path, f"invalid duration {value!r} (expected a string such as \"10s\")")
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON/YAML value is, in the file's words (not Python's ``list``/``NoneType``)."""
+    if value is None:
+        return "null (nothing)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        n = len(value)
+        return f"a list of {n} item{'s' if n != 1 else ''}" if n else "an empty list"
+    return type(value).__name__
+
+
+def not_an_object(value: Any, what: str) -> str:
+    """The fix for a message written as something else: a list of one object is the
+    object with a list around it (a leading ``- `` in YAML, ``[ ]`` in JSON)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        return (f"write {what} as the object itself: drop the list around it (the leading "
+                "\"- \" in YAML, the [ ] in JSON)")
+    return f"write {what} as an object of its fields ({{\"field\": value, ...}})"
+
+
+def any_type(obj: dict[str, Any]) -> str:
+    """The message type a google.protobuf.Any names in its "@type", without the URL
+    prefix; "" when it has none."""
+    url = obj.get("@type")
+    return url.rsplit("/", 1)[-1] if isinstance(url, str) else ""
+
+
 class Fields:
-    """Reads one message's fields by name; ``done()`` rejects whatever was not read."""
+    """Reads one message's fields by name; ``done()`` rejects whatever was not read.
+
+    ``message`` names the message in errors. A google.protobuf.Any (a typed_config) is
+    named by the type its "@type" gives, as Envoy's own error names it ("invalid JSON in
+    envoy.config.bootstrap.v3.Bootstrap @ ...typed_config.<any>: message
+    envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy ... no such field: 'x'")."""
 
     def __init__(self, obj: Any, path: str, message: str = "") -> None:
         if not isinstance(obj, dict):
-            raise ConfigError(path, f"expected an object{f' ({message})' if message else ''}, "
-                                    f"got {type(obj).__name__}")
+            what = message or path.rsplit(".", 1)[-1] or "it"
+            # a typed_config is a google.protobuf.Any, as Envoy's error calls it
+            label = "google.protobuf.Any" if message == "typed_config" else message
+            raise ConfigError(path, f"expected an object{f' ({label})' if label else ''}, "
+                                    f"got {json_kind(obj)}", not_an_object(obj, what))
         self.obj: dict[str, Any] = obj
         self.path = path
-        self.message = message
+        # an Any read as "typed_config" (or unnamed) is named by its "@type"
+        self.message = (any_type(obj) or message) if message in ("", "typed_config") \
+            else message
         self._seen: set[str] = set()
 
     # -- lookup ----------------------------------------------------------------------
@@ -175,6 +217,8 @@ class Fields:
         unknown = [k for k in self.obj if k not in self._seen]
         if unknown:
             name = unknown[0]
+            # the Any's type when "@type" gave one (a typed_config's message), else the
+            # message's name
             what = f" in {self.message}" if self.message else ""
             raise ConfigError(
                 self.at(snake(name) if not name.startswith("@") else name),
