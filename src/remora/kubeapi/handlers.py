@@ -610,6 +610,7 @@ class Handler:
             self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])
         if not created:
+            normal[0] = self._keep_stored_spec(t, normal[0])
             entries = self._unchanged_times(t, normal[0], entries)
         # the resources layer's "(ignored)" warning for a field Kubernetes does not know
         # either is the one above (or none, under Ignore), as the apiserver says it
@@ -639,6 +640,28 @@ class Handler:
         resp = Response(201 if created else 200, body)
         resp.warnings = warnings
         return resp
+
+    def _keep_stored_spec(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
+        """OBJ with the live object's stored spec when the two differ only by what the
+        server defaults: the apiserver defaults a write before it compares it with what
+        it holds, so sending back a fetched object (its served defaults spelled out:
+        `kubectl get -o yaml` then `kubectl replace`/`apply`) is no change to the spec,
+        keeps metadata.generation (registry/rest: generation grows only when the spec
+        changes) and, for a Deployment, its pod template (no rollout)."""
+        try:
+            raw, served = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
+        except ApiError:
+            return obj
+        kind = t.resource.kind
+        if "spec" not in raw or obj.get("spec") == raw.get("spec"):
+            return obj
+        live_spec = served.get("spec") or {}
+        new_spec = views.api_object(kind, self._group_version(t), {
+            **obj, "metadata": dict(obj.get("metadata") or {})}).get("spec") or {}
+        if views.defaulted_spec(kind, new_spec, live_spec) != views.defaulted_spec(
+                kind, live_spec, live_spec):
+            return obj
+        return {**obj, "spec": copy.deepcopy(self._writable(raw)["spec"])}
 
     def _unchanged_times(self, t: Target, stored: dict[str, Any],
                          entries: list[mf.Entry]) -> list[mf.Entry]:

@@ -53,8 +53,18 @@ def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, 
     out["apiVersion"] = out.get("apiVersion") or group_version
     out["kind"] = kind
     out["metadata"] = _meta(out, kind)
+    if kind in _NO_GENERATION:
+        # the registry's strategies of these kinds never set metadata.generation (a
+        # Pod's is set from Kubernetes 1.33 only; the lab serves 1.32); the store counts
+        # spec changes for every kind
+        out["metadata"].pop("generation", None)
     if kind == "Namespace":
         out["status"] = {"phase": "Active"}
+        # the apiserver labels every namespace with its own name, on create and update
+        # (registry/core/namespace/strategy.go PrepareForCreate/PrepareForUpdate), so a
+        # NetworkPolicy's namespaceSelector can name one
+        out["metadata"]["labels"] = {**(out["metadata"].get("labels") or {}),
+                                     NAMESPACE_NAME_LABEL: out["metadata"].get("name")}
     elif kind == "Deployment":
         _deployment(out)
         # a paused Deployment's template change has no ReplicaSet yet: the revision
@@ -72,6 +82,36 @@ def api_object(kind: str, group_version: str, obj: dict[str, Any]) -> dict[str, 
 
 
 REVISION = "deployment.kubernetes.io/revision"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+_NO_GENERATION = ("Namespace", "Service", "Pod")
+# what the apiserver fills in a Service's spec when a write leaves it out: allocated
+# (clusterIP, clusterIPs, ipFamilies, ipFamilyPolicy) or defaulted (core/v1
+# SetDefaults_Service); each port's protocol and targetPort are defaulted per port
+_SERVICE_SERVER_FIELDS = ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy")
+_SERVICE_DEFAULTS = {"type": "ClusterIP", "sessionAffinity": "None",
+                     "internalTrafficPolicy": "Cluster"}
+
+
+def defaulted_spec(kind: str, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """SPEC of a KIND with what the apiserver would default or allocate in it filled in
+    (LIVE, the served spec, for what it allocated), for comparing a write with the live
+    object as the apiserver compares its defaulted forms. Deployments are served
+    defaulted already (api_object)."""
+    out = copy.deepcopy(spec)
+    if kind != "Service":
+        return out
+    for key in _SERVICE_SERVER_FIELDS:
+        if key not in out and key in live:
+            out[key] = copy.deepcopy(live[key])
+    if out.get("clusterIP") and "clusterIPs" not in out:
+        out["clusterIPs"] = [out["clusterIP"]]
+    for key, value in _SERVICE_DEFAULTS.items():
+        out.setdefault(key, value)
+    for port in out.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+    return out
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 
 
