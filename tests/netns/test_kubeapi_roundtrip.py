@@ -142,8 +142,9 @@ def test_a_fetched_object_applied_back_changes_nothing(kube: Kube, tmp_path: Pat
     assert pods(kube) == running
 
 
-@pytest.mark.parametrize("what", ["deploy/web", "svc/web", "authorizationpolicy/allow",
-                                  "peerauthentication/default", "ns/rt"])
+@pytest.mark.parametrize("what", ["deploy/web", "svc/web", "pod/bare",
+                                  "authorizationpolicy/allow", "peerauthentication/default",
+                                  "ns/rt"])
 def test_a_fetched_object_applied_twice_is_unchanged(kube: Kube, tmp_path: Path,
                                                      what: str) -> None:
     """The fetched object without its resourceVersion (a stale one is a precondition
