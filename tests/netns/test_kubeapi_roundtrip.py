@@ -149,13 +149,27 @@ def test_a_fetched_object_applied_twice_is_unchanged(kube: Kube, tmp_path: Path,
                                                      what: str) -> None:
     """The fetched object without its resourceVersion (a stale one is a precondition
     that fails once the object moves), applied twice: kubectl's three-way patch of the
-    second finds the live object as the file says, so it sends nothing ("unchanged")."""
+    second finds the live object as the file says, so it sends nothing ("unchanged"),
+    and `kubectl diff` of it shows nothing."""
     obj = fetched(kube, what)
     obj["metadata"].pop("resourceVersion")
     x = tmp_path / "x.json"
     x.write_text(json.dumps(obj))
+    # a server-side apply of it, as a dry run, changes nothing but the last-applied
+    # annotation kubectl itself rewrites from the file (before, the Deployment's
+    # generation moved to 2, the Service's too)
+    diff = kube.kubectl("diff", "--server-side", "-f", str(x), check=False)
+    assert diff.returncode in (0, 1), diff.stderr
+    changed = [line for line in diff.stdout.splitlines()
+               if line[:1] in "+-" and line[:3] not in ("+++", "---") and
+               not line[1:].lstrip().startswith('{"apiVersion":')]
+    assert changed == [], diff.stdout
     first = kube.kubectl("apply", "-f", str(x)).stdout.split()
     assert first[1] == "configured", first
+    # kubectl diff (the apply as a server-side dry run, against the live object) shows
+    # nothing, the generation included
+    diff = kube.kubectl("diff", "-f", str(x), check=False)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
     again = kube.kubectl("apply", "-f", str(x)).stdout.split()
     assert again == [first[0], "unchanged"]
     after = fetched(kube, what)

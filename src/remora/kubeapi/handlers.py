@@ -767,8 +767,14 @@ class Handler:
             self._keep_owned(t, owner, live, labels)
         if req.arg("dryRun") == "All":
             served = copy.deepcopy(live)
-            served["metadata"]["labels"] = labels
-            served["metadata"]["annotations"] = annotations
+            for key, value in (("labels", labels), ("annotations", annotations)):
+                # as the write itself stores them (the node's pod_metadata): an empty
+                # map is no map (omitempty), so a dry run of a pod without labels does
+                # not show `labels: {}` (kubectl diff)
+                if value:
+                    served["metadata"][key] = value
+                else:
+                    served["metadata"].pop(key, None)
         else:
             self.backend.pod_metadata(t.namespace or "default", t.name or "", labels,
                                       annotations)
@@ -970,6 +976,12 @@ class Handler:
         except ApiError:
             raw = None
         live = self._writable(raw) if raw is not None else None
+        if raw is not None and live is not None and t.resource.kind == "Service" and \
+                "clusterIPs" in raw.get("spec", {}):
+            # the apiserver's live object holds the allocated clusterIPs, so an apply
+            # that gives the same list co-owns it rather than conflicting with the
+            # manager that wrote it (a `kubectl replace` of a fetched Service)
+            live["spec"]["clusterIPs"] = copy.deepcopy(raw["spec"]["clusterIPs"])
         applied = mf.apply(schema, self._entries(t) if raw is not None else [], live, patch,
                            manager, self._group_version(t), req.flag("force"), self.clock())
         obj = applied.obj
