@@ -225,6 +225,17 @@ def _unsupported_deployment_fields(name: str, obj: dict[str, Any]) -> None:
                        '"RollingUpdate"')
 
 
+def _only_added(given: Any, defaulted: Any) -> bool:
+    """Whether DEFAULTED is GIVEN with fields added and none changed or dropped."""
+    if isinstance(given, dict):
+        return isinstance(defaulted, dict) and all(
+            k in defaulted and _only_added(v, defaulted[k]) for k, v in given.items())
+    if isinstance(given, list):
+        return isinstance(defaulted, list) and len(given) == len(defaulted) and all(
+            _only_added(g, d) for g, d in zip(given, defaulted, strict=True))
+    return bool(given == defaulted)
+
+
 class Handler:
     def __init__(self, backend: Backend, token: str = "",
                  clock: Callable[[], float] = time.time) -> None:
@@ -576,6 +587,10 @@ class Handler:
             # managedFields the write carries, when they decode, replace the live
             # ones first (decodeLiveOrNew: kubectl's migration of client-side apply's
             # fields to its server-side manager is a JSON patch of them)
+            if not created:
+                # the served defaults a write spells out are no field it sets: the
+                # apiserver's field manager compares defaulted objects
+                obj = self._keep_stored_spec(t, obj)
             prior = mf.decode(obj["metadata"].get("managedFields"))
             if prior is None:
                 prior = [] if created else self._entries(t)
@@ -656,10 +671,14 @@ class Handler:
         if "spec" not in raw or obj.get("spec") == raw.get("spec"):
             return obj
         live_spec = served.get("spec") or {}
-        new_spec = views.api_object(kind, self._group_version(t), {
-            **obj, "metadata": dict(obj.get("metadata") or {})}).get("spec") or {}
-        if views.defaulted_spec(kind, new_spec, live_spec) != views.defaulted_spec(
-                kind, live_spec, live_spec):
+        new_spec = views.defaulted_spec(kind, views.api_object(
+            kind, self._group_version(t), {**obj, "metadata": dict(obj.get("metadata") or {})}
+        ).get("spec") or {}, live_spec)
+        # defaulting only fills in what is absent: a given value the served form reads
+        # otherwise (a strategy type the lab does not know, served as RollingUpdate) is
+        # a change, left to validation
+        if not _only_added(obj.get("spec"), new_spec) or \
+                new_spec != views.defaulted_spec(kind, live_spec, live_spec):
             return obj
         return {**obj, "spec": copy.deepcopy(self._writable(raw)["spec"])}
 

@@ -870,3 +870,47 @@ def test_events_are_the_recorded_ones(api: Handler) -> None:
     one = call(api, "GET", f"/api/v1/namespaces/demo-to/events/{name}")
     assert one.status == 200
     assert one.json()["source"] == {"component": "kubelet", "host": "kf-node1"}
+
+
+def test_a_fetched_object_put_back_keeps_the_stored_spec(api: Handler) -> None:
+    """A PUT of what GET served (defaults spelled out: replicas, strategy,
+    revisionHistoryLimit, progressDeadlineSeconds; a Service's clusterIP(s), type and
+    ports' protocol/targetPort) compares equal to the stored spec in defaulted form, as
+    the apiserver's: the store keeps its spec, the generation and resourceVersion stay.
+    A real change still moves the generation."""
+    url = "/apis/apps/v1/namespaces/demo-to/deployments/simple-server"
+    assert call(api, "POST", "/apis/apps/v1/namespaces/demo-to/deployments",
+                SERVER).status == 201
+    before = call(api, "GET", url).json()
+    stored = api.backend.objects("Deployment", "demo-to")[0]["spec"]
+    assert before["spec"]["revisionHistoryLimit"] == 10 and "strategy" in before["spec"]
+    assert "revisionHistoryLimit" not in stored and "strategy" not in stored
+    after = call(api, "PUT", url, before).json()
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] == 1
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert api.backend.objects("Deployment", "demo-to")[0]["spec"] == stored
+    # a value the served form would read otherwise is no default: validated, refused
+    odd = call(api, "PUT", url, {**after, "spec": {**after["spec"], "strategy": {
+        "type": "BlueGreen"}}})
+    assert odd.status == 422 and "spec.strategy.type" in odd.json()["message"]
+    scaled = call(api, "PUT", url, {**after, "spec": {**after["spec"], "replicas": 2}})
+    assert scaled.json()["metadata"]["generation"] == 2
+
+    svc_url = "/api/v1/namespaces/demo-to/services/simple-server-svc"
+    assert call(api, "POST", "/api/v1/namespaces/demo-to/services", SVC).status == 201
+    served = call(api, "GET", svc_url).json()
+    spelled = {**served, "spec": {**served["spec"], "sessionAffinity": "None", "ports": [
+        {"port": 18080, "protocol": "TCP", "targetPort": 18080}]}}
+    again = call(api, "PUT", svc_url, spelled).json()
+    # a Service has no generation (its registry strategy sets none)
+    assert "generation" not in again["metadata"]
+    assert again["metadata"]["resourceVersion"] == served["metadata"]["resourceVersion"]
+    assert again["spec"] == served["spec"]
+
+
+def test_a_namespace_carries_its_name_label(api: Handler) -> None:
+    got = call(api, "GET", "/api/v1/namespaces/demo-to").json()["metadata"]
+    assert got["labels"]["kubernetes.io/metadata.name"] == "demo-to"
+    assert "generation" not in got
+    assert call(api, "GET", "/api/v1/namespaces/default").json()["metadata"]["labels"] == {
+        "kubernetes.io/metadata.name": "default"}
