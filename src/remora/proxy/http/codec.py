@@ -379,6 +379,12 @@ class RequestDecoder:
             self.upgrade_tail = bytes(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
+            if isinstance(ctx, _EmptyUpgrade):
+                # as after an upgrade: what follows is never parsed as HTTP; the request
+                # is refused (stream.py: 403 upgrade_failed) and its connection closed,
+                # so no tunnel carries it either
+                self.upgraded = True
+                return
             self.error = ctx if isinstance(ctx, CodecError) else CodecError(
                 400, "http1.codec_error")
             raise self.error from None
@@ -633,6 +639,18 @@ class RequestDecoder:
             upgrade = False
         req.upgrade = is_upgrade = (
             p.should_upgrade() if upgrade else method == "CONNECT")
+        empty_upgrade = False
+        if upgrade and not is_upgrade and not hmap["upgrade"] and connection is not None:
+            # An Upgrade header with no value (or whitespace alone): llhttp sets its
+            # upgrade flag only for a value, Envoy's Utility::isUpgrade asks only that
+            # the header be there and Connection carry the token "upgrade". Envoy 1.40
+            # then handles it as an upgrade of type "" (no upgrade_config has it): the
+            # router's 403 after routing, the connection closed, nothing of the request
+            # or what follows it forwarded (observed on loopback: test_desync_fuzz.py,
+            # test_empty_upgrade_refused_as_by_envoy). The same here: an upgrade that
+            # stream.py refuses, and no more parsing (_EmptyUpgrade, caught in feed)
+            empty_upgrade = req.upgrade = is_upgrade = any(
+                t.strip(" \t").lower() == "upgrade" for t in connection.split(","))
         # (``in`` below: a test for a header the usual request lacks costs less than
         # dict.get's call)
         chunked = "transfer-encoding" in hmap
@@ -678,6 +696,8 @@ class RequestDecoder:
                 # llhttp already rejected a malformed one
                 req.content_length = int(hmap["content-length"])
         self.ready.append(req)
+        if empty_upgrade:
+            raise _EmptyUpgrade
 
     def on_body(self, data: bytes) -> None:
         req = self.current
@@ -727,6 +747,11 @@ class _Parser(Protocol):
     def should_keep_alive(self) -> bool: ...
     def should_upgrade(self) -> bool: ...
     def get_method(self) -> bytes: ...
+
+
+class _EmptyUpgrade(Exception):
+    """on_headers_complete decoded an upgrade request whose Upgrade header is empty;
+    llhttp does not pause after it as after an upgrade, so this stops it."""
 
 
 class _Resume(Exception):

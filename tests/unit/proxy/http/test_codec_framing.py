@@ -108,8 +108,9 @@ class _Flags:
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n",
-    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade:\r\nConnection: upgrade\r\n",
-    # (h2c is not an upgrade for the decoder: test_an_h2c_upgrade_is_served_as_http11...)
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade:\r\n",
+    # (an empty Upgrade with Connection: upgrade is one where the decoder follows Envoy,
+    # not llhttp: test_an_empty_upgrade_is_an_upgrade_as_for_envoy; h2c is not an upgrade for the decoder: test_an_h2c_upgrade_is_served_as_http11...)
     b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: foo\r\nConnection: keep-alive, Upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nProxy-Connection: upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nConnection: close\r\n",
@@ -127,6 +128,21 @@ def test_upgrade_is_llhttps_flag(head: bytes) -> None:
         flags.parser.feed_data(head + b"\r\n")
     (req,), _ = decode(head + b"\r\n")
     assert flags.upgrade is not None and req.upgrade is flags.upgrade
+
+
+@pytest.mark.parametrize("value", [b"", b" ", b"\t ", b"  \t"])
+def test_an_empty_upgrade_is_an_upgrade_as_for_envoy(value: bytes) -> None:
+    # llhttp sets no upgrade flag for an Upgrade header without a value; Envoy's
+    # Utility::isUpgrade does (the header is there, Connection has the token), and the
+    # request is refused 403 as an upgrade of no configured type. The decoder reports an
+    # upgrade and parses no further: neither the body nor the request behind it is HTTP
+    flags = _Flags()
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: x, Upgrade\r\nUpgrade:" + value
+    data = head + b"\r\nContent-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    flags.parser.feed_data(data)
+    assert flags.upgrade is False
+    (req,), dec = decode(data)
+    assert (req.upgrade, dec.upgraded, req.content_length, req.body) == (True, True, None, [])
 
 
 # -- responses -----------------------------------------------------------------------------

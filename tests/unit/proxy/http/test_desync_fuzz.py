@@ -562,6 +562,33 @@ def test_http09_line_answered_at_once_as_by_envoy(
     assert bad == [], "\n".join(bad)
 
 
+UPGRADE_LINES = [
+    # the 800-case run's finding (seed 77): Envoy 1.40 answers 403 and closes, remora
+    # forwarded the request (llhttp sees no upgrade in an Upgrade header without a value)
+    b"Connection: upgrade\r\nUpgrade: \r\n", b"Connection: Upgrade\r\nUpgrade:\t\r\n",
+    b"Connection: keep-alive, upgrade \r\nUpgrade:\r\n",
+    b"Connection: upgrade, x-forwarded-for\r\nUpgrade: \r\n",
+    b"Connection: upgrade\r\nUpgrade: \r\nContent-Length: 35\r\n\r\n" + SMUGGLED[:-2],
+    b"Connection: upgrade\r\nUpgrade: \r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+    # and these both forward as a plain request (no Connection token, or a value)
+    b"Upgrade: \r\n", b"Upgrade:  \t \r\n", b"Connection: upgradex\r\nUpgrade: \r\n",
+    b"Proxy-Connection: upgrade\r\nUpgrade: \r\n", b"Upgrade: \r\nContent-Length: 3\r\n\r\nab",
+]
+
+
+@pytest.mark.envoy
+def test_empty_upgrade_refused_as_by_envoy(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An Upgrade header with no value (or whitespace alone), with and without a
+    Connection token ``upgrade``, a body, a pipelined request behind it: the backend gets
+    through remora what it gets through Envoy, and the client the same statuses."""
+    requests = [b"POST /up HTTP/1.1\r\nHost: a\r\n" + lines + b"\r\n" + PIPELINED
+                for lines in UPGRADE_LINES]
+    bad = [compare(0, r, oe, orr).describe()
+           for r, oe, orr in both(tmp_path_factory, requests, "fuzz-upgrade")
+           if compare(0, r, oe, orr).category != "same" or oe.statuses != orr.statuses]
+    assert bad == [], "\n".join(bad)
+
+
 # -- backend side ---------------------------------------------------------------------------
 def envoy_known_defect(response: bytes) -> bool:
     """Responses Envoy 1.40 is known to get wrong, left out of its run (remora's run keeps
