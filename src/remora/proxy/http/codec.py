@@ -669,7 +669,18 @@ class RequestDecoder:
             raise CodecError(400, "http1.connection_header_rejected")
         # an origin-form target (the usual one) starts with "/"; a slice costs less than
         # str.startswith's call
-        absolute = url[:1] != "/" and "://" in url
+        absolute = False
+        if url[:1] != "/":
+            absolute = "://" in url
+            if url[:1] == "*" and method != "OPTIONS":
+                # Envoy's codec (ServerConnectionImpl::handlePath) takes a target that
+                # does not begin with "/" as a path only for an OPTIONS beginning with "*"
+                # (``OPTIONS *``, and whatever follows the "*"); any other method's goes
+                # to its absolute-URL parser, which refuses ``*``, ``*ok``, ``*?``: 400
+                # http1.invalid_url and the connection closed (llhttp takes them for any
+                # method; checked against Envoy 1.40: test_desync_fuzz.py,
+                # test_request_targets_refused_as_by_envoy)
+                raise CodecError(400, "http1.invalid_url")
         if absolute:
             # Envoy's codec parses an absolute-form target and refuses what its URL
             # parser does not take (checked against Envoy 1.40)

@@ -243,14 +243,18 @@ class ActiveStream:
         info.request_headers = hdrs
         if authority is None:
             return self.local_reply(400, b"", "missing_host_header", None, True)
+        if url[:1] != "/" and req.method != "CONNECT":
+            # ActiveStream::decodeHeaders: not a relative path (an absolute-form target's
+            # path, or an OPTIONS target beginning with "*", which the codec takes as it
+            # is), before the fragment and normalization checks below: Envoy 1.40 answers
+            # ``OPTIONS *#`` and ``OPTIONS *%00`` 404 absolute_path_rejected (observed,
+            # test_request_targets_refused_as_by_envoy). A CONNECT has no path.
+            conn.hcm.count("downstream_rq_non_relative_path")
+            return self.local_reply(404, b"", "absolute_path_rejected")
         if "#" in url:
             # a fragment is never sent in a request target: Envoy refuses it (400
             # path_normalization_failed, checked against Envoy 1.40)
             return self.local_reply(400, b"", "path_normalization_failed", None, True)
-        if absolute and not url.startswith("/"):
-            # ActiveStream::decodeHeaders: not a relative path
-            conn.hcm.count("downstream_rq_non_relative_path")
-            return self.local_reply(404, b"", "absolute_path_rejected")
         # the path is looked at only when it holds something normalization acts on (an
         # escape, a character Envoy escapes, a backslash, a dot segment, "//" to merge):
         # the usual path goes on as it is without a split or a call

@@ -589,6 +589,32 @@ def test_empty_upgrade_refused_as_by_envoy(tmp_path_factory: pytest.TempPathFact
     assert bad == [], "\n".join(bad)
 
 
+TARGETS = [
+    # the 1500-case run's finding (seed 5): ``POST *ok``, Envoy 400 and the connection
+    # closed, remora 404 and the pipelined request served
+    b"POST *ok", b"GET *ok", b"POST *?", b"HEAD *", b"PUT */x", b"CONNECT *", b"CONNECT *ok",
+    # OPTIONS takes any target beginning with "*" (404 absolute_path_rejected, no
+    # fragment or NUL check on it)
+    b"OPTIONS *", b"OPTIONS *ok", b"OPTIONS *#", b"OPTIONS *a#b", b"OPTIONS *%00",
+    # neither origin- nor absolute-form nor "*": 400 from both codecs
+    b"POST ok", b"GET x:y", b"OPTIONS ok", b"POST ?x", b"GET a://b/c", b"GET http:/x",
+    b"OPTIONS /a#b",
+]
+
+
+@pytest.mark.envoy
+def test_request_targets_refused_as_by_envoy(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Request-targets that are not origin-form, absolute-form or ``*``, each with a
+    pipelined request behind it: refused (or served) through remora as through Envoy,
+    the same statuses, the pipelined request forwarded by both or by neither."""
+    requests = [line + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n" + PIPELINED
+                for line in TARGETS]
+    bad = [compare(0, r, oe, orr).describe()
+           for r, oe, orr in both(tmp_path_factory, requests, "fuzz-target")
+           if compare(0, r, oe, orr).category != "same" or oe.statuses != orr.statuses]
+    assert bad == [], "\n".join(bad)
+
+
 # -- backend side ---------------------------------------------------------------------------
 def envoy_known_defect(response: bytes) -> bool:
     """Responses Envoy 1.40 is known to get wrong, left out of its run (remora's run keeps
