@@ -621,13 +621,43 @@ def envoy_known_defect(response: bytes) -> bool:
     them): an unrequested 101 leaves the next request on that connection unanswered (issue
     15 item 3, test_desync.py); a status code that is not three digits (``2000``, ``1``)
     is relayed as ``HTTP/1.1 2000 Unknown``, and after ``1`` whatever follows is relayed
-    as its body. remora answers 502 to both."""
+    as its body; a three-digit code below 100 (``004``, ``099``: RFC 9110 section 15,
+    a status code is 100 to 599) on a response whose body runs to the close is relayed
+    as ``HTTP/1.1 4 Unknown`` and that body (seed 6 x 1500; with a content-length Envoy
+    answers 502). remora answers 502 to all of them, which is held
+    (test_status_below_100_answered_502): a status line no client can parse must not
+    reach one, nor a body whose framing nobody knows."""
     for line in response.split(b"\r\n"):
         if line[:7] == b"HTTP/1." and line[8:9] == b" ":
             code = line[9:].split(b" ")[0]
-            if code == b"101" or not (len(code) == 3 and code.isdigit()):
+            if code == b"101" or not (len(code) == 3 and code.isdigit()) or code[:1] == b"0":
                 return True
     return False
+
+
+BELOW_100 = [b"HTTP/1.1 004 No Content\r\n\r\n\r\n\r\nent\r\n\r\n",  # seed 6's case
+             b"HTTP/1.1 099 X\r\n\r\nzq", b"HTTP/1.1 000 X\r\n\r\nzq",
+             b"HTTP/1.1 010 X\r\ncontent-length: 2\r\n\r\nzq"]
+
+
+@pytest.mark.parametrize("response", BELOW_100)
+def test_status_below_100_answered_502(target: dh.Target, response: bytes) -> None:
+    """A three-digit status code below 100 from the backend: remora answers 502 (a local
+    reply of its own, nothing of the response relayed). Envoy 1.40 answers 502 only when
+    the response has a content-length; with a body to the close it relays a status line
+    ``HTTP/1.1 4 Unknown`` (not three digits) and the body, held here so a change in
+    Envoy shows (envoy_known_defect leaves these out of Envoy's fuzz run)."""
+    key = f"below100-{BELOW_100.index(response)}"
+    target.backend.scripted[key] = response
+    a = dh.exchange(target.port, f"GET /fuzzresp/{key} HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+                    wait=1.0, until_responses=1)
+    if target.kind == "envoy" and b"content-length" not in response:
+        code = int(response[9:12])
+        assert a.data.startswith(b"HTTP/1.1 %d Unknown\r\n" % code), a.data[:200]
+        assert a.data.endswith(response[response.index(b"\r\n\r\n") + 4:]), a.data[-200:]
+    else:
+        assert (a.status, dh.response_starts(a.data)) == (502, 1), a.data[:300]
+        assert b"zq" not in a.data, a.data[:300]
 
 
 def test_fuzzed_responses_never_reach_another_client(target: dh.Target) -> None:
