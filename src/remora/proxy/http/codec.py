@@ -639,7 +639,6 @@ class RequestDecoder:
             upgrade = False
         req.upgrade = is_upgrade = (
             p.should_upgrade() if upgrade else method == "CONNECT")
-        empty_upgrade = False
         if upgrade and not is_upgrade and not hmap["upgrade"] and connection is not None:
             # An Upgrade header with no value (or whitespace alone): llhttp sets its
             # upgrade flag only for a value, Envoy's Utility::isUpgrade asks only that
@@ -649,7 +648,7 @@ class RequestDecoder:
             # or what follows it forwarded (observed on loopback: test_desync_fuzz.py,
             # test_empty_upgrade_refused_as_by_envoy). The same here: an upgrade that
             # stream.py refuses, and no more parsing (_EmptyUpgrade, caught in feed)
-            empty_upgrade = req.upgrade = is_upgrade = any(
+            req.upgrade = is_upgrade = any(
                 t.strip(" \t").lower() == "upgrade" for t in connection.split(","))
         # (``in`` below: a test for a header the usual request lacks costs less than
         # dict.get's call)
@@ -669,7 +668,6 @@ class RequestDecoder:
             raise CodecError(400, "http1.connection_header_rejected")
         # an origin-form target (the usual one) starts with "/"; a slice costs less than
         # str.startswith's call
-        absolute = False
         if url[:1] != "/":
             absolute = "://" in url
             if url[:1] == "*" and method != "OPTIONS":
@@ -681,6 +679,8 @@ class RequestDecoder:
                 # method; checked against Envoy 1.40: test_desync_fuzz.py,
                 # test_request_targets_refused_as_by_envoy)
                 raise CodecError(400, "http1.invalid_url")
+        else:
+            absolute = False
         if absolute:
             # Envoy's codec parses an absolute-form target and refuses what its URL
             # parser does not take (checked against Envoy 1.40)
@@ -707,8 +707,8 @@ class RequestDecoder:
                 # llhttp already rejected a malformed one
                 req.content_length = int(hmap["content-length"])
         self.ready.append(req)
-        if empty_upgrade:
-            raise _EmptyUpgrade
+        if is_upgrade and not p.should_upgrade():
+            raise _EmptyUpgrade  # (an empty Upgrade header's, above)
 
     def on_body(self, data: bytes) -> None:
         req = self.current

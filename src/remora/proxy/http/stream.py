@@ -219,17 +219,22 @@ class ActiveStream:
         nominated = connection_nominated(connection) if connection else _NONE
         if "host" in nominated:
             authority = None  # Envoy removes it like any nominated header: 400 below
-        absolute = False
-        if "://" in url and not url.startswith("/"):
-            # absolute-form (a proxy request): its authority replaces Host. The authority
-            # ends at the first "/", "?" or "#" (RFC 3986 3.2); the rest is the path,
-            # which Envoy then refuses unless it starts with "/" (404
-            # absolute_path_rejected: ``http://b.example?x=/y`` is not ``/y`` at
-            # ``b.example?x=``)
-            split = split_absolute(url)
-            assert split is not None  # the decoder refused it otherwise
-            authority, url = split
-            absolute = True
+        absolute = non_relative = False
+        if url[:1] != "/":
+            if "://" in url:
+                # absolute-form (a proxy request): its authority replaces Host. The
+                # authority ends at the first "/", "?" or "#" (RFC 3986 3.2); the rest is
+                # the path, which Envoy then refuses unless it starts with "/" (404
+                # absolute_path_rejected: ``http://b.example?x=/y`` is not ``/y`` at
+                # ``b.example?x=``)
+                split = split_absolute(url)
+                assert split is not None  # the decoder refused it otherwise
+                authority, url = split
+                absolute = True
+            # not a relative path (below): an absolute-form target's path, or an OPTIONS
+            # target beginning with "*", which the codec takes as it is; a CONNECT's
+            # target is an authority, no path
+            non_relative = url[:1] != "/" and req.method != "CONNECT"
         self.authority = authority or ""
         info = self.info
         # a request repeating a non-inline header keeps its separate values for the
@@ -243,12 +248,11 @@ class ActiveStream:
         info.request_headers = hdrs
         if authority is None:
             return self.local_reply(400, b"", "missing_host_header", None, True)
-        if url[:1] != "/" and req.method != "CONNECT":
-            # ActiveStream::decodeHeaders: not a relative path (an absolute-form target's
-            # path, or an OPTIONS target beginning with "*", which the codec takes as it
-            # is), before the fragment and normalization checks below: Envoy 1.40 answers
-            # ``OPTIONS *#`` and ``OPTIONS *%00`` 404 absolute_path_rejected (observed,
-            # test_request_targets_refused_as_by_envoy). A CONNECT has no path.
+        if non_relative:
+            # ActiveStream::decodeHeaders: not a relative path, before the fragment and
+            # normalization checks below: Envoy 1.40 answers ``OPTIONS *#`` and
+            # ``OPTIONS *%00`` 404 absolute_path_rejected (observed,
+            # test_request_targets_refused_as_by_envoy)
             conn.hcm.count("downstream_rq_non_relative_path")
             return self.local_reply(404, b"", "absolute_path_rejected")
         if "#" in url:

@@ -110,7 +110,8 @@ class _Flags:
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade:\r\n",
     # (an empty Upgrade with Connection: upgrade is one where the decoder follows Envoy,
-    # not llhttp: test_an_empty_upgrade_is_an_upgrade_as_for_envoy; h2c is not an upgrade for the decoder: test_an_h2c_upgrade_is_served_as_http11...)
+    # not llhttp: test_an_empty_upgrade_is_an_upgrade_as_for_envoy; h2c is not an
+    # upgrade for the decoder: test_an_h2c_upgrade_is_served_as_http11...)
     b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: foo\r\nConnection: keep-alive, Upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nProxy-Connection: upgrade\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: ws\r\nConnection: close\r\n",
