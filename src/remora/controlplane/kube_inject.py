@@ -85,7 +85,7 @@ def _proxy_config(mesh: MeshSettings, annotations: dict[str, str], where: str) -
             extra = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise RemoraError(f"{where}: annotation proxy.istio.io/config is not YAML: "
-                              f"{' '.join(str(exc).split())}", "give a ProxyConfig") from None
+                              f"{yaml_problem(exc)}", "give a ProxyConfig") from None
         if not isinstance(extra, dict):
             raise RemoraError(f"{where}: annotation proxy.istio.io/config is not a mapping",
                               "give a ProxyConfig, e.g. 'concurrency: 2'")

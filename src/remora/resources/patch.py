@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from remora.errors import RemoraError
-from remora.resources.loader import parse_object
+from remora.resources.loader import parse_object, yaml_problem
 from remora.resources.objects import Object, ref
 
 # Field name -> patch merge key, as `patchMergeKey` tags in k8s.io/api (core/v1, apps/v1).
@@ -92,7 +92,7 @@ def parse_patch(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RemoraError(f"patch is not valid JSON or YAML: {' '.join(str(exc).split())}",
+        raise RemoraError(f"patch is not valid JSON or YAML: {yaml_problem(exc)}",
                           "give a JSON object, e.g. '{\"spec\":{\"replicas\":2}}'") from exc
     if not isinstance(value, dict):
         raise RemoraError("patch must be a JSON object",
