@@ -214,8 +214,9 @@ class MeshSetup(PodSetup):
         config_dir = ctx.pod_dir / CONFIG_DIR
         uid, gid, caps = sidecar.identity(spec.uid, spec.gid, spec.caps, spec.argv[0],
                                           config_dir)
-        if uid not in (None, 0) and not sidecar.can_run_as(uid, gid, spec.argv[0], config_dir,
-                                                          read_search=True):
+        # (caps unchanged: identity found the uid can run it as it is, no second walk)
+        if uid is not None and caps != spec.caps and not sidecar.can_run_as(
+                uid, gid, spec.argv[0], config_dir, read_search=True):
             # no execute bit for uid 1337 even with CAP_DAC_READ_SEARCH: the container
             # fails with its own "Permission denied", said here first
             log.warning("%s: uid %d cannot execute %s", pod_ref(ctx.pod), uid, spec.argv[0])
