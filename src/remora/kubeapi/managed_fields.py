@@ -289,30 +289,37 @@ def leaves(n: Node, value: Any, prefix: Path = ()) -> Iterator[Path]:
         yield prefix
 
 
-def nodes(n: Node, value: Any, prefix: Path = ()) -> dict[Path, Any]:
-    """Every path of VALUE (inner nodes too) with its value: what smd's Compare walks.
-    Scalars and atomic values are leaves."""
-    out: dict[Path, Any] = {}
-    if prefix:
-        out[prefix] = value
-    if isinstance(value, dict) and not n.atomic and n.shape in ("struct", "map", "any"):
-        for k, v in value.items():
-            sub = child(n, k)
-            if sub is not None:
-                out.update(nodes(sub, v, (*prefix, "f:" + k)))
-    elif isinstance(value, list) and not n.atomic and n.shape == "list":
-        sub = item(n)
-        for i, v in enumerate(value):
-            element, _ = item_element(n, v, i)
-            if element is not None:
-                out.update(nodes(sub, v, (*prefix, element)))
-    return out
-
-
 def _is_leaf(n: Node, value: Any) -> bool:
     return not isinstance(value, (dict, list)) or n.atomic or n.shape in ("scalar",) or (
         isinstance(value, list) and n.shape != "list") or (
         isinstance(value, dict) and n.shape not in ("struct", "map", "any"))
+
+
+def _walk(n: Node, value: Any, prefix: Path = ()) -> Iterator[tuple[Path, bool, Any]]:
+    """Every path of VALUE (inner nodes too, PREFIX's first) with whether it is a leaf
+    (a scalar or an atomic value, _is_leaf) and its value: what smd's Compare walks."""
+    leaf = _is_leaf(n, value)
+    if prefix:
+        yield prefix, leaf, value
+    if leaf:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = child(n, k)
+            if sub is not None:
+                yield from _walk(sub, v, (*prefix, "f:" + k))
+    else:
+        sub = item(n)
+        for i, v in enumerate(value):
+            element, _ = item_element(n, v, i)
+            if element is not None:
+                yield from _walk(sub, v, (*prefix, element))
+
+
+def nodes(n: Node, value: Any, prefix: Path = ()) -> dict[Path, Any]:
+    """Every path of VALUE (inner nodes too) with its value. Scalars and atomic values
+    are leaves."""
+    return {p: v for p, _, v in _walk(n, value, prefix)}
 
 
 @dataclass
@@ -334,25 +341,9 @@ def compare(n: Node, old: Any, new: Any) -> Comparison:
     return out
 
 
-def _node_shapes(n: Node, value: Any, prefix: Path = ()) -> dict[Path, tuple[bool, Any]]:
-    out: dict[Path, tuple[bool, Any]] = {}
-    leaf = _is_leaf(n, value)
-    if prefix:
-        out[prefix] = (leaf, value if leaf else None)
-    if leaf:
-        return out
-    if isinstance(value, dict):
-        for k, v in value.items():
-            sub = child(n, k)
-            if sub is not None:
-                out.update(_node_shapes(sub, v, (*prefix, "f:" + k)))
-    else:
-        sub = item(n)
-        for i, v in enumerate(value):
-            element, _ = item_element(n, v, i)
-            if element is not None:
-                out.update(_node_shapes(sub, v, (*prefix, element)))
-    return out
+def _node_shapes(n: Node, value: Any) -> dict[Path, tuple[bool, Any]]:
+    """Every path of VALUE with (a leaf?, the leaf's value; None for an inner node)."""
+    return {p: (leaf, v if leaf else None) for p, leaf, v in _walk(n, value)}
 
 
 def merge(n: Node, live: Any, config: Any) -> Any:
