@@ -579,6 +579,12 @@ class Handler:
         unknown = self._unknown_fields(req, t, obj)
         if t.resource.kind == "Pod" and not created:
             return self._update_pod(req, t, obj)
+        # the live object (stored, served) as this write finds it, read once for the
+        # comparisons below (None for a create)
+        current: tuple[dict[str, Any], dict[str, Any]] | None = None
+        if not created:
+            with contextlib.suppress(ApiError):
+                current = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
         if applied is not None:
             entries = applied.entries
         else:
@@ -590,14 +596,13 @@ class Handler:
             if not created:
                 # the served defaults a write spells out are no field it sets: the
                 # apiserver's field manager compares defaulted objects
-                obj = self._keep_stored_spec(t, obj)
+                obj = self._keep_stored_spec(t, obj, current)
             prior = mf.decode(obj["metadata"].get("managedFields"))
             if prior is None:
                 prior = [] if created else self._entries(t)
             # the live object as the patch saw it (with the controller's revision
             # annotation), so a patch that keeps that annotation does not take it
-            live = None if created else self._writable(*self._one(Target(
-                t.resource, t.version, t.namespace, t.name, None)))
+            live = None if current is None else self._writable(*current)
             manager = mf.manager_name(req.arg("fieldManager"),
                                       req.headers.get("user-agent", ""))
             entries = mf.update(self._schema(t), prior, live, obj, manager,
@@ -625,8 +630,8 @@ class Handler:
             self._immutable(t, obj)
         normal, warnings = self.backend.admit([obj])
         if not created:
-            normal[0] = self._keep_stored_spec(t, normal[0])
-            entries = self._unchanged_times(t, normal[0], entries)
+            normal[0] = self._keep_stored_spec(t, normal[0], current)
+            entries = self._unchanged_times(t, normal[0], entries, current)
         # the resources layer's "(ignored)" warning for a field Kubernetes does not know
         # either is the one above (or none, under Ignore), as the apiserver says it
         warnings = [w for w in warnings
@@ -656,17 +661,19 @@ class Handler:
         resp.warnings = warnings
         return resp
 
-    def _keep_stored_spec(self, t: Target, obj: dict[str, Any]) -> dict[str, Any]:
+    def _keep_stored_spec(self, t: Target, obj: dict[str, Any],
+                          current: tuple[dict[str, Any], dict[str, Any]] | None
+                          ) -> dict[str, Any]:
         """OBJ with the live object's stored spec when the two differ only by what the
         server defaults: the apiserver defaults a write before it compares it with what
         it holds, so sending back a fetched object (its served defaults spelled out:
         `kubectl get -o yaml` then `kubectl replace`/`apply`) is no change to the spec,
         keeps metadata.generation (registry/rest: generation grows only when the spec
-        changes) and, for a Deployment, its pod template (no rollout)."""
-        try:
-            raw, served = self._one(Target(t.resource, t.version, t.namespace, t.name, None))
-        except ApiError:
+        changes) and, for a Deployment, its pod template (no rollout). CURRENT: the live
+        (stored, served) object, None when there is none."""
+        if current is None:
             return obj
+        raw, served = current
         kind = t.resource.kind
         if "spec" not in raw or obj.get("spec") == raw.get("spec"):
             return obj
@@ -682,15 +689,14 @@ class Handler:
             return obj
         return {**obj, "spec": copy.deepcopy(self._writable(raw)["spec"])}
 
-    def _unchanged_times(self, t: Target, stored: dict[str, Any],
-                         entries: list[mf.Entry]) -> list[mf.Entry]:
+    def _unchanged_times(self, t: Target, stored: dict[str, Any], entries: list[mf.Entry],
+                         current: tuple[dict[str, Any], dict[str, Any]] | None
+                         ) -> list[mf.Entry]:
         """A write that leaves the stored object as it was (an apply of the same
         manifest, fields the lab does not keep aside) changes no manager's time: the
         apiserver's field manager dates an entry only when its operation changed the
         object (managedfieldsupdater.go), so the object and its resourceVersion stay."""
-        live = self._writable(self._one(Target(t.resource, t.version, t.namespace, t.name,
-                                               None))[0])
-        if self._writable(stored) != live:
+        if current is None or self._writable(stored) != self._writable(current[0]):
             return entries
         before = {(e.ident, frozenset(e.fields)): e.time for e in self._entries(t)}
         return [mf.Entry(e.manager, e.operation, e.api_version, e.fields,
