@@ -106,15 +106,15 @@ def proxy_config(what: str, pod: str | None, namespace: str, dump_file: Path | N
 
         click.echo(all_dump_output(body.decode(errors="replace"), fmt), nl=False)
         return
+    dump = parse_config_dump(body)
     secrets = None
     if what == "all":
         # the secrets `proxy-config secret` lists for this pod (remora proxy's own dump
         # has an empty SecretsConfigDump; the lab's SDS files are what it serves)
         from remora.diagnose.proxy_config import secret as pcs
 
-        secrets = pcs.secret_items(json.loads(body),
+        secrets = pcs.secret_items(dump.raw,
                                    _config_dir(session.state_dir(state_dir), found[0]))
-    dump = parse_config_dump(body)
     text = render(dump, what, port=port, fqdn=fqdn, address=address, name=name, fmt=fmt,
                   listener_type=listener_type, status=status, verbose=verbose,
                   secrets=secrets, with_headers=with_headers)
