@@ -106,12 +106,13 @@ def _section(kind: str) -> str:
     return kind.rsplit(".", 1)[-1]
 
 
-def _without_prompt(text: str) -> str:
-    """TEXT without what a terminal paste puts above the JSON: the shell prompt and
-    command (`$ istioctl proxy-config all POD -o json`) and a markdown fence, as explain
-    reads the same files (diagnose/envoy/config.py)."""
+def dump_text(text: str) -> str:
+    """TEXT without a byte-order mark and what a terminal paste puts above the JSON: the
+    shell prompt and command (`$ istioctl proxy-config all POD -o json`) and a markdown
+    fence, as explain reads the same files (diagnose/envoy/config.py)."""
     from remora.diagnose.pasted import is_prompt
 
+    text = text.lstrip("\ufeff")
     given = text.splitlines()
     lines = [line for line in given if not re.fullmatch(r"\s*```\w*\s*", line)]
     start = 0
@@ -127,7 +128,7 @@ def load_config_dump(data: str | bytes | Any, name: str = "config dump") -> JSON
     if isinstance(data, bytes):
         data = decode_evidence(data, name)
     if isinstance(data, str):
-        text = _without_prompt(data.lstrip("\ufeff"))
+        text = dump_text(data)
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:

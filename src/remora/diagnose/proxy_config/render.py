@@ -420,13 +420,13 @@ def all_dump_output(data: str, fmt: str) -> str:
     prints it with fmt.Fprintln (so one more newline), -o yaml through sigs.k8s.io/yaml
     JSONToYAML (keys sorted, block style). A terminal paste's prompt and fence are left out,
     and anything that is not a whole config dump is refused, as the tables do."""
-    from remora.diagnose.proxy_config.dump import _without_prompt, load_config_dump
+    from remora.diagnose.proxy_config.dump import dump_text, load_config_dump
 
     raw = load_config_dump(data)
     if fmt == "yaml":
         return str(yaml.safe_dump(raw, sort_keys=True, default_flow_style=False,
                                   allow_unicode=True)) + "\n"
-    return _without_prompt(data.lstrip("\ufeff")) + "\n"
+    return dump_text(data) + "\n"
 
 
 # -- one entry point for the CLI -------------------------------------------------------
