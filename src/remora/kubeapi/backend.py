@@ -53,6 +53,14 @@ class Backend(Protocol):
         """The core/v1 Events the lab's controllers and kubelet recorded (remora.node.events),
         oldest first."""
 
+    def managed_fields(self) -> list[dict[str, Any]]:
+        """Every object's stored metadata.managedFields: {kind (the store's), namespace,
+        name, uid, entries}."""
+
+    def put_managed_fields(self, kind: str, namespace: str, name: str, uid: str,
+                           entries: list[dict[str, Any]] | None) -> None:
+        """Store an object's managedFields with it (None: forget them)."""
+
 
 def admit(objects: list[dict[str, Any]], namespaces: list[dict[str, Any]],
           images: ImageMap) -> tuple[list[dict[str, Any]], list[str]]:
@@ -124,3 +132,11 @@ class NodeBackend:
 
     def events(self) -> list[dict[str, Any]]:
         return list(self.api.handle({"op": "events"})["items"])
+
+    def managed_fields(self) -> list[dict[str, Any]]:
+        return list(self.api.handle({"op": "managed_fields"})["items"])
+
+    def put_managed_fields(self, kind: str, namespace: str, name: str, uid: str,
+                           entries: list[dict[str, Any]] | None) -> None:
+        self.api.handle({"op": "put_managed_fields", "kind": kind, "namespace": namespace,
+                         "name": name, "uid": uid, "entries": entries})

@@ -16,6 +16,7 @@ import functools
 import hmac
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,6 +237,41 @@ def _only_added(given: Any, defaulted: Any) -> bool:
     return bool(given == defaulted)
 
 
+class ManagedFields:
+    """Every object's managedFields: the object's uid ("" until a create's object is
+    first read) and its managers, by (store kind, namespace, name). Read from the
+    backend's store once, then written through to it: this API is the store's only
+    writer of them."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._held: dict[tuple[str, str, str], tuple[str, list[mf.Entry]]] | None = None
+        self._lock = threading.Lock()
+
+    def _all(self) -> dict[tuple[str, str, str], tuple[str, list[mf.Entry]]]:
+        with self._lock:
+            if self._held is None:
+                held = {}
+                for row in self.backend.managed_fields():
+                    entries = mf.decode(row["entries"])
+                    if entries is not None:
+                        held[(str(row["kind"]), str(row["namespace"]), str(row["name"]))] = \
+                            (str(row["uid"]), entries)
+                self._held = held
+            return self._held
+
+    def get(self, key: tuple[str, str, str]) -> tuple[str, list[mf.Entry]] | None:
+        return self._all().get(key)
+
+    def set(self, key: tuple[str, str, str], uid: str, entries: list[mf.Entry]) -> None:
+        self._all()[key] = (uid, entries)
+        self.backend.put_managed_fields(*key, uid, mf.encode(entries))
+
+    def drop(self, key: tuple[str, str, str]) -> None:
+        if self._all().pop(key, None) is not None:
+            self.backend.put_managed_fields(*key, "", None)
+
+
 class Handler:
     def __init__(self, backend: Backend, token: str = "",
                  clock: Callable[[], float] = time.time) -> None:
@@ -245,11 +281,10 @@ class Handler:
         self.versions = Versions()
         self.started = clock()
         self.pod_wait = 1.0  # seconds a bare pod's create waits for the runtime's pod
-        # metadata.managedFields by (store kind, namespace, name): the object's uid (""
-        # until a create's object is first read) and its managers. Kept here, not in
-        # the node's store, so they last as long as this API (a daemon restart starts
-        # every object unmanaged, as one created before server-side apply was).
-        self.managed: dict[tuple[str, str, str], tuple[str, list[mf.Entry]]] = {}
+        # metadata.managedFields by (store kind, namespace, name), kept in the node's
+        # store with the objects (as kube-apiserver keeps them in the object in etcd), so
+        # a restarted daemon's API knows who owns what
+        self.managed = ManagedFields(backend)
 
     # -- entry -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -453,11 +488,11 @@ class Handler:
         if held is None:
             return
         uid, entries = held
-        if uid == "":  # a create's record: this is the object it made
-            uid = str(meta.get("uid") or "")
-            self.managed[key] = (uid, entries)
+        if uid == "" and meta.get("uid"):  # a create's record: this is the object it made
+            uid = str(meta["uid"])
+            self.managed.set(key, uid, entries)
         if uid != str(meta.get("uid") or ""):
-            del self.managed[key]  # another object of the same name now
+            self.managed.drop(key)  # another object of the same name now
             return
         if entries:  # omitempty: an object no manager holds a field of has none
             meta["managedFields"] = mf.encode(entries)
@@ -641,8 +676,8 @@ class Handler:
             t = Target(t.resource, t.version, t.namespace or meta.get("namespace"),
                        meta["name"], None)
             key = (t.resource.store_kind or t.resource.kind, t.namespace or "", t.name or "")
-            self.managed[key] = ("" if created else self.managed.get(key, ("", []))[0],
-                                 entries)
+            self.managed.set(key, "" if created else (self.managed.get(key) or ("", []))[0],
+                             entries)
             try:
                 served = self._one(t)[1]
             except ApiError:

@@ -14,6 +14,9 @@ its arguments; reply: one line, {"ok": true, "result": ...} or {"ok": false, "er
   pod_metadata {namespace, pod, labels, annotations} -> {labels, annotations}
   nodes                                  -> {items: [{name, index, subnet, gateway, nodeIP}]}
   events                                 -> {items: [core/v1 Event, ...]} (within their TTL)
+  managed_fields                         -> {items: [{kind, namespace, name, uid, entries}]}
+  put_managed_fields {kind, namespace, name, uid, entries|null} -> {}
+                                            (the Kubernetes API's metadata.managedFields)
   down                                   -> {removed: [...]}; the daemon then exits
 """
 
@@ -97,6 +100,16 @@ class Api:
                     "netns": row.netns}
         if op == "events":
             return {"items": rt.events.list()}
+        if op == "managed_fields":
+            return {"items": [{"kind": k, "namespace": ns, "name": n, "uid": uid,
+                               "entries": entries}
+                              for k, ns, n, uid, entries in rt.store.managed_fields()]}
+        if op == "put_managed_fields":
+            entries = req.get("entries")
+            rt.store.put_managed_fields(str(req["kind"]), str(req.get("namespace") or ""),
+                                        str(req["name"]), str(req.get("uid") or ""),
+                                        None if entries is None else list(entries))
+            return {}
         if op == "nodes":
             items: list[dict[str, Any]] = []
             for n in rt.nodes:

@@ -4,6 +4,11 @@ Events (core/v1 Event objects the controllers and kubelet record, remora.node.ev
 are kept here too, as kube-apiserver keeps them in etcd beside the objects they are
 about: they outlive those objects and a restart of the daemon, for their TTL.
 
+An object's metadata.managedFields (server-side apply's field ownership, written by the
+Kubernetes API, remora.kubeapi) are kept here too, by the object's kind, namespace and
+name with the uid of the object they describe: kube-apiserver stores them in the object in
+etcd, so they outlive a restart of the daemon as the object does, and go with it.
+
 Desired state is the objects users applied (Namespace, Deployment, Service, bare Pod) as
 their Kubernetes JSON. Observed state is what the daemon made of them: pods (with the
 spec after admission, node, IP and namespace), their containers (PID, start time, restart
@@ -51,6 +56,9 @@ CREATE TABLE IF NOT EXISTS events (
   namespace TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
   last REAL NOT NULL, PRIMARY KEY (namespace, name));
 CREATE INDEX IF NOT EXISTS events_by_key ON events (key);
+CREATE TABLE IF NOT EXISTS managed_fields (
+  kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL,
+  body TEXT NOT NULL, PRIMARY KEY (kind, namespace, name));
 """
 # Columns added after a store's table was first made (a lab started by an older remora is
 # adopted: its table gets them with their defaults).
@@ -225,7 +233,32 @@ class Store:
         with self.tx() as db:
             cur = db.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?",
                              (kind, namespace, name))
+            # its managedFields go with it (a bare pod's stay for its running pod, whose
+            # deletion, delete_pod, removes them)
+            if kind != "Pod":
+                db.execute("DELETE FROM managed_fields WHERE kind=? AND namespace=? AND "
+                           "name=?", (kind, namespace, name))
             return cur.rowcount > 0
+
+    # -- managedFields ------------------------------------------------------------------
+    def managed_fields(self) -> list[tuple[str, str, str, str, list[dict[str, Any]]]]:
+        """Every object's managedFields: (kind, namespace, name, uid, entries as the API
+        serves them); uid "" for a create whose object the API has not read yet."""
+        rows = self._db().execute("SELECT kind, namespace, name, uid, body FROM "
+                                  "managed_fields ORDER BY kind, namespace, name").fetchall()
+        return [(r["kind"], r["namespace"], r["name"], r["uid"], json.loads(r["body"]))
+                for r in rows]
+
+    def put_managed_fields(self, kind: str, namespace: str, name: str, uid: str,
+                           entries: list[dict[str, Any]] | None) -> None:
+        """Set an object's managedFields (None: forget them)."""
+        with self.tx() as db:
+            if entries is None:
+                db.execute("DELETE FROM managed_fields WHERE kind=? AND namespace=? AND "
+                           "name=?", (kind, namespace, name))
+            else:
+                db.execute("INSERT OR REPLACE INTO managed_fields VALUES (?, ?, ?, ?, ?)",
+                           (kind, namespace, name, uid, json.dumps(entries, sort_keys=True)))
 
     # -- pods and containers ------------------------------------------------------------
     def insert_pod(self, pod: PodRow) -> None:
@@ -260,6 +293,7 @@ class Store:
             db.execute("DELETE FROM containers WHERE pod_uid=?", (uid,))
             db.execute("DELETE FROM pods WHERE uid=?", (uid,))
             db.execute("DELETE FROM ips WHERE owner=?", (f"pod:{uid}",))
+            db.execute("DELETE FROM managed_fields WHERE kind='Pod' AND uid=?", (uid,))
 
     def put_container(self, row: ContainerRow) -> None:
         cols = _columns(row)

@@ -80,6 +80,14 @@ class StoreBackend:
     def events(self) -> list[dict[str, Any]]:
         return EventRecorder(self.store).list()
 
+    def managed_fields(self) -> list[dict[str, Any]]:
+        return [{"kind": k, "namespace": ns, "name": n, "uid": uid, "entries": entries}
+                for k, ns, n, uid, entries in self.store.managed_fields()]
+
+    def put_managed_fields(self, kind: str, namespace: str, name: str, uid: str,
+                           entries: list[dict[str, Any]] | None) -> None:
+        self.store.put_managed_fields(kind, namespace, name, uid, entries)
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Handler:

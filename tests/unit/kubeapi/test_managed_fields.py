@@ -206,3 +206,52 @@ def test_values_of_the_wrong_type_as_smd_reports_them() -> None:
     # a Quantity takes a number or a string; a map where a list goes is refused
     assert mf.validate(DEPLOY, {"spec": {"template": {"spec": {"containers": {}}}}}) == [
         ".spec.template.spec.containers: expected list, got &{map[]}"]
+
+
+def test_managed_fields_are_stored_with_the_objects_and_outlive_the_api(
+        api: Handler) -> None:  # noqa: F811
+    """kube-apiserver keeps managedFields in the object in etcd: the lab keeps them in
+    the node's store beside the objects, so the API of a restarted daemon (a new Handler
+    over the same store) still knows who owns what. An apply then removes the field its
+    manager applied before and no longer applies, and another manager's change of it
+    is a conflict; before, both were lost with the API's memory."""
+    env = {"name": "server", "image": "vasth/simple-server",
+           "env": [{"name": "ONE", "value": "1"}, {"name": "TWO", "value": "2"}]}
+
+    def config(**spec: object) -> bytes:
+        template = {"metadata": {"labels": {"web": "server"}},
+                    "spec": {"containers": [dict(env, **spec)]}}
+        return json.dumps({**SERVER, "spec": {**SERVER["spec"], "replicas": 1,
+                                              "template": template}}).encode()
+
+    made = call(api, "PATCH", URL + "?fieldManager=kubectl", config(), content_type=APPLY)
+    assert made.status == 201, made.json()
+    before = made.json()["metadata"]["managedFields"]
+    restarted = Handler(api.backend, "t0ken", clock=lambda: 2e9 + 60)
+    served = call(restarted, "GET", URL).json()
+    assert served["metadata"]["managedFields"] == before
+    # ONE no longer applied: removed, as kubectl owned it alone
+    again = call(restarted, "PATCH", URL + "?fieldManager=kubectl",
+                 config(env=[{"name": "TWO", "value": "2"}]), content_type=APPLY)
+    assert again.status == 200, again.json()
+    assert again.json()["spec"]["template"]["spec"]["containers"][0]["env"] == [
+        {"name": "TWO", "value": "2"}]
+    # another manager's replicas: kubectl's, a conflict
+    other = json.loads(config(env=[{"name": "TWO", "value": "2"}]))
+    other["spec"]["replicas"] = 2
+    conflict = call(Handler(api.backend, "t0ken", clock=lambda: 2e9 + 120), "PATCH",
+                    URL + "?fieldManager=ops", json.dumps(other).encode(),
+                    content_type=APPLY)
+    assert (conflict.status, conflict.json()["message"]) == (
+        409, 'Apply failed with 1 conflict: conflict with "kubectl": .spec.replicas')
+
+
+def test_stored_managed_fields_go_with_their_object(api: Handler) -> None:  # noqa: F811
+    """A deleted object's managedFields are not those of the next object of its name."""
+    store = api.backend.store  # type: ignore[attr-defined]
+    made = call(api, "PATCH", URL + "?fieldManager=kubectl", json.dumps(SERVER).encode(),
+                content_type=APPLY)
+    assert made.status == 201, made.json()
+    assert [k for k, *_ in store.managed_fields() if k == "Deployment"] == ["Deployment"]
+    assert call(api, "DELETE", URL).status == 200
+    assert [k for k, *_ in store.managed_fields() if k == "Deployment"] == []
