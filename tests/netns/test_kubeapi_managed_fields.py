@@ -2,7 +2,7 @@
 stored with the objects (kube-apiserver: in the object in etcd), so they outlive a
 restart of the node daemon (SIGTERM, then `remora up` adopts the lab) and the next
 `kubectl apply --server-side` still removes what it no longer applies and refuses
-another manager's change.
+another manager's change; a pod's label update is an Update by `kubectl-label`.
 """
 
 from __future__ import annotations
@@ -106,3 +106,30 @@ def test_server_side_apply_ownership_outlives_a_daemon_restart(kube: Kube,
     kube.kubectl("apply", "--server-side", "-f", str(manifest))
     env = managed(kube, "deploy", "web")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [{"name": "TWO", "value": "2"}]
+
+
+def test_a_pods_label_is_recorded_and_kept(kube: Kube) -> None:
+    """`kubectl label pod X a=b`: an Update by kubectl-label owning f:metadata.f:labels.f:a
+    (the apiserver's field manager records every write), kept across a daemon restart."""
+    kube.kubectl("run", "r1", "-n", NS, "--image=local/sleep",
+                 "--annotations=sidecar.istio.io/inject=false", "--command", "--", "sleep",
+                 "600")
+    try:
+        kube.kubectl("wait", "-n", NS, "pod/r1", "--for=condition=Ready", "--timeout=60s",
+                     timeout=90)
+        assert kube.kubectl("label", "pod", "r1", "-n", NS, "a=b").stdout == \
+            "pod/r1 labeled\n"
+
+        def held() -> dict[str, Any]:
+            return {e["manager"]: e for e in
+                    managed(kube, "pod", "r1")["metadata"]["managedFields"]}
+
+        label = held()["kubectl-label"]
+        assert (label["operation"], label["apiVersion"], label["fieldsV1"]) == (
+            "Update", "v1", {"f:metadata": {"f:labels": {"f:a": {}}}})
+        assert held()["kubectl-run"]["fieldsV1"]["f:metadata"]["f:labels"] == {
+            ".": {}, "f:run": {}}
+        restart_daemon(kube)
+        assert held()["kubectl-label"] == label
+    finally:
+        kube.kubectl("delete", "pod", "r1", "-n", NS, "--wait=false")

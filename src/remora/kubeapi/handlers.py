@@ -613,7 +613,7 @@ class Handler:
                applied: mf.Applied | None = None, subresource: str = "") -> Response:
         unknown = self._unknown_fields(req, t, obj)
         if t.resource.kind == "Pod" and not created:
-            return self._update_pod(req, t, obj)
+            return self._update_pod(req, t, obj, applied)
         # the live object (stored, served) as this write finds it, read once for the
         # comparisons below (None for a create)
         current: tuple[dict[str, Any], dict[str, Any]] | None = None
@@ -780,7 +780,8 @@ class Handler:
         out["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         return out
 
-    def _update_pod(self, req: Request, t: Target, obj: dict[str, Any]) -> Response:
+    def _update_pod(self, req: Request, t: Target, obj: dict[str, Any],
+                    applied: mf.Applied | None = None) -> Response:
         """An update of a running pod, bare or a Deployment's. As the apiserver
         (ValidatePodUpdate), only metadata (labels, annotations) and a few spec fields may
         change; of those the lab keeps labels and annotations. A container image is
@@ -825,8 +826,13 @@ class Handler:
                                "map of strings to strings")
         if owner is not None:
             self._keep_owned(t, owner, live, labels)
+        entries = self._pod_update_entries(req, t, obj, live, applied)
+        held_as = ("Pod", t.namespace or "default", t.name or "")
         if req.arg("dryRun") == "All":
             served = copy.deepcopy(live)
+            served["metadata"].pop("managedFields", None)
+            if entries:
+                served["metadata"]["managedFields"] = mf.encode(entries)
             for key, value in (("labels", labels), ("annotations", annotations)):
                 # as the write itself stores them (the node's pod_metadata): an empty
                 # map is no map (omitempty), so a dry run of a pod without labels does
@@ -838,8 +844,35 @@ class Handler:
         else:
             self.backend.pod_metadata(t.namespace or "default", t.name or "", labels,
                                       annotations)
+            self.managed.set(held_as, str(live["metadata"].get("uid") or ""), entries)
             served = self._one(t)[1]
         return Response(200, json.dumps(served).encode())
+
+    def _pod_update_entries(self, req: Request, t: Target, obj: dict[str, Any],
+                            live: dict[str, Any], applied: mf.Applied | None
+                            ) -> list[mf.Entry]:
+        """The managedFields after an update of a running pod (its labels and
+        annotations, all it may change here): the apiserver's field manager records it
+        as any other write, e.g. `kubectl label pod X a=b` as an Update by
+        `kubectl-label` owning f:metadata.f:labels.f:a. Only the metadata is compared:
+        the spec was checked unchanged (_update_pod), whatever form it was sent in."""
+        if applied is not None:
+            return applied.entries
+        prior = mf.decode((obj.get("metadata") or {}).get("managedFields"))
+        if prior is None:
+            prior = self._entries(t)
+        # as the pod stores them (pod_metadata): an empty map is no map (omitempty)
+        before, after = copy.deepcopy(obj), copy.deepcopy(obj)
+        for version, meta in ((before, live["metadata"]), (after, obj.get("metadata") or {})):
+            version.setdefault("metadata", {})
+            for key in ("labels", "annotations"):
+                if meta.get(key):
+                    version["metadata"][key] = copy.deepcopy(meta[key])
+                else:
+                    version["metadata"].pop(key, None)
+        manager = mf.manager_name(req.arg("fieldManager"), req.headers.get("user-agent", ""))
+        return mf.update(self._schema(t), prior, before, after, manager,
+                         self._group_version(t), self.clock())
 
     def _namespace_exists(self, namespace: str) -> None:
         """NamespaceLifecycle admission: nothing is created in a namespace that does not

@@ -625,6 +625,43 @@ def test_a_bare_pod_takes_labels_and_refuses_spec_changes(tmp_path: Path) -> Non
         "vasth/simple-server"
 
 
+def test_a_pods_label_update_is_recorded_in_its_managed_fields(tmp_path: Path) -> None:
+    """`kubectl label pod r1 a=b` (a merge patch, User-Agent kubectl-label/...) is an
+    Update by manager kubectl-label owning f:metadata.f:labels.f:a, as the apiserver's
+    field manager records any write; the creator keeps what it owns. Before, a pod's
+    own updates left its managedFields as they were."""
+    api = Handler(RunningPods(Store(tmp_path / "remora.db")), TOKEN, clock=lambda: 2e9)
+    call(api, "POST", "/api/v1/namespaces", NAMESPACE)
+    made = call(api, "POST", "/api/v1/namespaces/demo-to/pods?fieldManager=kubectl-run",
+                POD)
+    assert made.status == 201
+    url = "/api/v1/namespaces/demo-to/pods/r1"
+    agent = "kubectl-label/v1.32.4 (linux/amd64) kubernetes/59526cd"
+    labelled = call(api, "PATCH", url, {"metadata": {"labels": {"a": "b"}}},
+                    content_type="application/merge-patch+json", user_agent=agent)
+    assert labelled.status == 200, labelled.json()
+
+    def held(obj: dict[str, Any]) -> dict[str, Any]:
+        return {e["manager"]: (e["operation"], e["apiVersion"], e["fieldsV1"])
+                for e in obj["metadata"]["managedFields"]}
+
+    got = held(call(api, "GET", url).json())
+    assert got["kubectl-label"] == ("Update", "v1",
+                                    {"f:metadata": {"f:labels": {"f:a": {}}}})
+    assert got["kubectl-run"][2]["f:metadata"]["f:labels"] == {".": {}, "f:run": {}}
+    assert held(labelled.json()) == got
+    # a dry run shows what it would record and records nothing
+    dry = call(api, "PATCH", url + "?dryRun=All", {"metadata": {"labels": {"c": "d"}}},
+               content_type="application/merge-patch+json", user_agent=agent)
+    assert held(dry.json())["kubectl-label"][2] == {
+        "f:metadata": {"f:labels": {"f:a": {}, "f:c": {}}}}
+    assert held(call(api, "GET", url).json()) == got
+    # removing the label takes it from its manager (which then holds nothing)
+    call(api, "PATCH", url, {"metadata": {"labels": {"a": None}}},
+         content_type="application/merge-patch+json", user_agent=agent)
+    assert "kubectl-label" not in held(call(api, "GET", url).json())
+
+
 def test_protobuf_bodies_are_read_as_their_json(api: Handler) -> None:
     # what `kubectl create namespace cap-ns` sent: the protobuf envelope around a Namespace
     body = (pb.DATA / "namespace.bin").read_bytes()
