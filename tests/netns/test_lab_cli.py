@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from remora.lab.manifests import seed_text
 from remora.lab.testing import TempLab
 
 pytestmark = pytest.mark.netns
+RE = [sys.executable, "-m", "remora"]
 
 NAMESPACE = textwrap.dedent("""\
     apiVersion: v1
@@ -368,3 +370,29 @@ def test_a_refused_first_start_leaves_no_lab_to_adopt(lab: TempLab) -> None:
         other.close()
         assert other.leftovers() == []
     assert lab.remora("get", "ns").returncode == 0  # the first lab is untouched
+
+
+def test_down_returns_once_the_daemon_has_exited(lab: TempLab) -> None:
+    """`remora down` returns when what it stopped is gone, the node daemon included (it
+    replies to `down`, then closes its API and exits): `remora down && remora up` meets
+    no old daemon, and the new daemon's socket and pid file are its own (the old one's
+    exit removed them when it came after the new start)."""
+    from remora.node import process
+
+    for _ in range(3):
+        ok(lab, *lab.up_args())
+        daemon = int((lab.state_dir / "daemon.pid").read_text())
+        ticks = process.start_ticks(daemon)
+        assert ticks is not None
+        assert ok(lab, "down").startswith("lab removed")
+        assert not process.is_alive(daemon, ticks), \
+            Path(f"/proc/{daemon}/stat").read_text().split()[2]
+    ok(lab, *lab.up_args())
+    again = subprocess.run(["sh", "-c", f"{' '.join(RE)} down && {' '.join(RE)} up --prefix "
+                            f"{lab.prefix}"], capture_output=True, text=True, env=lab.env,
+                           timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    daemon = int((lab.state_dir / "daemon.pid").read_text())
+    assert f"daemon pid {daemon}" in again.stdout
+    assert (lab.state_dir / "node.sock").exists()
+    assert ok(lab, "get", "ns", "-o", "name").startswith("namespace/")

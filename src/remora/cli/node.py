@@ -78,9 +78,9 @@ def status(state_dir: str | None, output: str) -> None:
 def down(state_dir: str | None) -> None:
     """Remove every namespace, link, rule, process and file of the lab."""
     from remora.node import teardown
-    from remora.node.client import NodeClient
+    from remora.node.client import NodeClient, refuse_survivors
 
     path = _state_dir(state_dir)
     client = NodeClient(path)
-    removed = client.down() if client.alive() else teardown.down(path)
+    removed = refuse_survivors(path, client.down() if client.alive() else teardown.down(path))
     click.echo(f"removed {len(removed)} objects")

@@ -17,7 +17,7 @@ from remora.errors import PrivilegeError, RemoraError, UsageError
 from remora.lab import settings as lab_settings
 from remora.lab.settings import POD_SETUP, LabSettings
 from remora.node import naming
-from remora.node.client import DaemonExited, NodeClient, ensure_daemon
+from remora.node.client import DaemonExited, NodeClient, ensure_daemon, refuse_survivors
 from remora.node.config import NodeConfig, default_state_dir, lab_command
 
 
@@ -159,7 +159,8 @@ def refuse_topology(directory: Path, command: str, *, nodes: int | None = None,
 
 
 def down(directory: Path) -> list[str]:
-    """Remove everything the lab made, with its daemon or (if it died) from the store."""
+    """Remove everything the lab made, with its daemon or (if it died) from the store;
+    returns when everything it stopped has exited, the daemon too (NodeClient.down)."""
     require_root("remora down")
     client = NodeClient(directory)
     if client.alive():
@@ -172,4 +173,4 @@ def down(directory: Path) -> list[str]:
     removed += lab_settings.remove(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()  # the node's teardown left it for lab.json
-    return removed
+    return refuse_survivors(directory, removed)

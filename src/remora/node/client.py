@@ -22,7 +22,39 @@ from pathlib import Path
 from typing import Any
 
 from remora.errors import RemoraError
+from remora.node import process
 from remora.node.config import NodeConfig
+
+# seconds `down` waits for the node daemon to exit once it has removed the lab (it
+# closes its sockets and the Kubernetes API: well under a second)
+DAEMON_EXIT_WAIT = 15.0
+STILL_RUNNING = "still running: process "  # teardown's entry for a process not ended
+
+
+def wait_gone(pid: int, ticks: int | None, timeout: float, what: str, fix: str) -> None:
+    """Return once process PID (started at TICKS; None: gone already) has exited; a
+    RemoraError naming it (WHAT) when it still runs after TIMEOUT seconds."""
+    if ticks is None:
+        return
+    deadline = time.monotonic() + timeout
+    while process.is_alive(pid, ticks):
+        if time.monotonic() >= deadline:
+            raise RemoraError(f"{what} (pid {pid}) is still running {timeout:g}s later", fix)
+        time.sleep(0.02)
+
+
+def refuse_survivors(state_dir: Path, removed: list[str]) -> list[str]:
+    """REMOVED (a `down`'s list) without the processes it could not end; a RemoraError
+    naming them when there are any (SIGKILL does not end a process in uninterruptible
+    sleep)."""
+    pids = [r[len(STILL_RUNNING):] for r in removed if r.startswith(STILL_RUNNING)]
+    if pids:
+        raise RemoraError(f"the lab at {state_dir} is removed, but process(es) "
+                          f"{', '.join(pids)} it stopped are still running after SIGTERM "
+                          "and SIGKILL",
+                          f"look at them with `ps -o pid,stat,wchan,cmd -p {','.join(pids)}` "
+                          "(state D: waiting in the kernel, e.g. on a hung mount)")
+    return removed
 
 
 class DaemonExited(RemoraError):
@@ -112,7 +144,17 @@ class NodeClient:
         return list(self.call("nodes")["items"])
 
     def down(self) -> list[str]:
-        return list(self.call("down")["removed"])
+        """Remove the lab; returns once the daemon, which replies first, has exited too,
+        so that `remora down && remora up` never meets the old daemon still closing
+        (its socket and pid file, its Kubernetes API)."""
+        pid = int(self.call("ping")["pid"])
+        ticks = process.start_ticks(pid)
+        removed = list(self.call("down")["removed"])
+        wait_gone(pid, ticks, DAEMON_EXIT_WAIT,
+                  f"the lab at {self.state_dir} is removed, but its node daemon",
+                  f"stop it with `kill {pid}` (`kill -9 {pid}` if that does not end it) "
+                  "before the next `remora up`")
+        return removed
 
     def wait_ready(self, namespace: str | None = None, timeout: float = 30.0,
                    names: list[str] | None = None) -> list[dict[str, Any]]:

@@ -110,8 +110,10 @@ class Daemon:
             for service in services:
                 service.close()
             await asyncio.to_thread(self.stop_reconciler)
-            with contextlib.suppress(FileNotFoundError):
-                if self.config.state_dir.exists():
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                # only this daemon's own: after `down` (which removed them) a new
+                # daemon's may already be there
+                if int(self.config.pid_path.read_text()) == os.getpid():
                     self.config.socket_path.unlink()
                     self.config.pid_path.unlink()
             rt.store.close()

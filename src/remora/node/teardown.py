@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from remora.node import etcfiles, netlink, ownership, process, resolver
+from remora.node.client import STILL_RUNNING
 from remora.node.config import NodeConfig
 from remora.node.store import Store
 
@@ -40,7 +41,8 @@ def _processes_in(inodes: set[int]) -> list[tuple[int, int]]:
     return found
 
 
-def _stop(procs: list[tuple[int, int]], grace: float) -> None:
+def _stop(procs: list[tuple[int, int]], grace: float) -> list[int]:
+    """SIGTERM, GRACE seconds, SIGKILL, up to 2 s more; the PIDs still running then."""
     for pid, ticks in procs:
         process.terminate(pid, ticks)
     deadline = time.monotonic() + grace
@@ -51,6 +53,7 @@ def _stop(procs: list[tuple[int, int]], grace: float) -> None:
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline and any(process.is_alive(p, t) for p, t in procs):
         time.sleep(0.05)
+    return [p for p, t in procs if process.is_alive(p, t)]
 
 
 def down(state_dir: Path, grace: float = 2.0, etc_netns: Path | None = None) -> list[str]:
@@ -87,8 +90,11 @@ def down(state_dir: Path, grace: float = 2.0, etc_netns: Path | None = None) -> 
     for name in ours:
         with contextlib.suppress(OSError):
             inodes.add(netlink.inode(name))
-    _stop(sorted(set(procs) | set(_processes_in(inodes))), grace)
-    removed += [f"process {pid}" for pid, _ in procs]
+    survivors = _stop(sorted(set(procs) | set(_processes_in(inodes))), grace)
+    removed += [f"process {pid}" for pid, _ in procs if pid not in survivors]
+    # a process SIGKILL did not end (uninterruptible sleep): named, not counted as
+    # removed (the CLIs report it: remora.node.client.refuse_survivors)
+    removed += [f"{STILL_RUNNING}{pid}" for pid in survivors]
     # pods first (their veths sit on node bridges), then nodes, then the fabric
     order = sorted(ours, key=lambda n: (0 if "-pod-" in n else 2 if n.endswith("fabric") else 1))
     for name in order:

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from remora.errors import RemoraError
 from remora.node import etcfiles, process, supervisor
+from remora.node.client import STILL_RUNNING, refuse_survivors, wait_gone
 from remora.node.process import ProcessSpec
 
 
@@ -76,3 +81,33 @@ def test_a_signal_is_reported_as_128_plus_its_number() -> None:
     assert supervisor.exit_code(-9) == 137  # SIGKILL, as kubelet reports it
     assert supervisor.exit_code(-15) == 143
     assert supervisor.exit_code(3) == 3 and supervisor.exit_code(0) == 0
+
+
+def test_wait_gone_returns_when_the_process_exits_and_names_it_when_it_does_not() -> None:
+    """`down` waits, bounded, for what it stopped (the node daemon exits after its reply):
+    a process still there at the deadline is named with its PID and what to do."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ticks = process.start_ticks(child.pid)
+        with pytest.raises(RemoraError) as refused:
+            wait_gone(child.pid, ticks, 0.3, "the node daemon", f"kill {child.pid}")
+        assert refused.value.problem == f"the node daemon (pid {child.pid}) is still " \
+            "running 0.3s later"
+        assert refused.value.fix == f"kill {child.pid}"
+        threading.Timer(0.2, child.terminate).start()
+        start = time.monotonic()
+        wait_gone(child.pid, ticks, 10, "the node daemon", "")  # a zombie is gone
+        assert time.monotonic() - start < 5
+    finally:
+        child.kill()
+        child.wait()
+    wait_gone(child.pid, None, 0, "", "")  # no start time: gone before
+
+
+def test_a_process_down_could_not_end_is_named() -> None:
+    assert refuse_survivors(Path("/s"), ["process 12", "netns x"]) == ["process 12", "netns x"]
+    with pytest.raises(RemoraError) as refused:
+        refuse_survivors(Path("/s"), ["process 12", f"{STILL_RUNNING}77"])
+    assert refused.value.problem == ("the lab at /s is removed, but process(es) 77 it "
+                                     "stopped are still running after SIGTERM and SIGKILL")
+    assert "ps -o pid,stat,wchan,cmd -p 77" in (refused.value.fix or "")
