@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,14 +166,20 @@ def test_bad_input_is_refused_before_anything_changes(lab: TempLab, tmp_path: Pa
     assert "Deployment/demo-to/simple-server" in proc.stderr and "tproxy" in proc.stderr
     assert ok(lab, "get", "svc", "-n", "demo-to") == ""
     assert ok(lab, "get", "deploy", "-n", "demo-to") == ""
-    # unknown kinds and fields are warnings naming them; the rest is applied
+    # unknown kinds are warnings naming them; a field Kubernetes does not know is refused
+    # (kubectl's --validate=strict) or, under --validate=warn, a warning naming it; the
+    # rest is applied
     extra = tmp_path / "extra.yaml"
     extra.write_text(NAMESPACE.replace("name: demo-to", "name: demo-to\n  frobnicate: 1")
                      + "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
                      "metadata: {name: vs, namespace: demo-to}\n")
     proc = lab.remora("apply", "-f", str(extra))
+    assert proc.returncode == 1, proc.stderr
+    assert 'Namespace/demo-to not applied: Namespace in version "v1" cannot be handled as a ' \
+        'Namespace: strict decoding error: unknown field "metadata.frobnicate"' in proc.stderr
+    proc = lab.remora("apply", "-f", str(extra), "--validate=warn")
     assert proc.returncode == 0, proc.stderr
-    assert "Warning: " in proc.stderr and "frobnicate" in proc.stderr
+    assert "Warning: " in proc.stderr and 'unknown field "metadata.frobnicate"' in proc.stderr
     assert "unknown kind networking.istio.io/v1beta1/VirtualService" in proc.stderr
     assert "namespace/demo-to unchanged" in proc.stdout
     proc = lab.remora("get", "widgets")
@@ -396,3 +403,69 @@ def test_down_returns_once_the_daemon_has_exited(lab: TempLab) -> None:
     assert f"daemon pid {daemon}" in again.stdout
     assert (lab.state_dir / "node.sock").exists()
     assert ok(lab, "get", "ns", "-o", "name").startswith("namespace/")
+
+
+TYPO = textwrap.dedent("""\
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: NS}
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web, namespace: NS}
+    spec:
+      selector: {matchLabels: {app: web}}
+      template:
+        metadata: {labels: {app: web}, annotations: {sidecar.istio.io/inject: "false"}}
+        spec:
+          containers:
+          - {name: main, image: local/sleep, command: [sleep, "600"], imagePullPolicyy: Always}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: NS}
+    spec: {selector: {app: web}, ports: [{port: 80}]}
+    """)
+
+
+def test_apply_refuses_an_unknown_field_as_kubectl_does(lab: TempLab, tmp_path: Path) -> None:
+    """`kubectl apply -f` (1.32, --validate=strict) refuses an object with a field
+    Kubernetes' schema lacks, in the apiserver's words, and applies the file's other
+    objects (exit 1); `remora apply -f` does the same, naming the file, the object and
+    the field, and --validate=warn|ignore apply it without the field, as kubectl's."""
+    ok(lab, *lab.up_args())
+    theirs, ours = tmp_path / "theirs.yaml", tmp_path / "ours.yaml"
+    theirs.write_text(TYPO.replace("NS", "vk"))
+    ours.write_text(TYPO.replace("NS", "vr"))
+    mine = lab.remora("apply", "-f", str(ours))
+    assert mine.returncode == 1, mine.stdout + mine.stderr
+    assert mine.stdout.splitlines() == ["namespace/vr created", "service/web created"]
+    (line,) = mine.stderr.splitlines()
+    message = ('Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
+               'error: unknown field "spec.template.spec.containers[0].imagePullPolicyy"')
+    assert line.startswith(f"remora: error: {ours}: Deployment/vr/web not applied: "
+                           f"{message} (fix: correct or remove the field"), line
+    assert lab.remora("get", "deploy", "-n", "vr").stderr == "No resources found in vr " \
+        "namespace.\n"
+    if shutil.which("kubectl"):
+        env = {**os.environ, "KUBECONFIG": ok(lab, "kubeconfig").strip(),
+               "KUBECACHEDIR": str(tmp_path / "cache")}
+        kubectl = subprocess.run(["kubectl", "apply", "-f", str(theirs)], capture_output=True,
+                                 text=True, env=env, timeout=60, check=False)
+        assert kubectl.returncode == 1
+        assert kubectl.stdout.splitlines() == ["namespace/vk created", "service/web created"]
+        assert kubectl.stderr == ('Error from server (BadRequest): error when creating '
+                                  f'"{theirs}": {message}\n')
+    # warn: applied without the field, the warning naming it; ignore: silently
+    warned = lab.remora("apply", "-f", str(ours), "--validate=warn")
+    assert warned.returncode == 0, warned.stderr
+    assert "deployment/web created" in warned.stdout
+    assert warned.stderr == (f'Warning: {ours}: Deployment/vr/web: unknown field '
+                             '"spec.template.spec.containers[0].imagePullPolicyy"\n')
+    ignored = lab.remora("apply", "-f", str(ours), "--validate=false")
+    assert ignored.returncode == 0 and ignored.stderr == "", ignored.stderr
+    # what `get -o yaml` prints applies back under strict (its status is not checked)
+    back = tmp_path / "back.yaml"
+    back.write_text(ok(lab, "get", "deploy,svc", "-n", "vr", "-o", "yaml"))
+    again = lab.remora("apply", "-f", str(back))
+    assert again.returncode == 0, again.stderr

@@ -45,6 +45,42 @@ def _given(names: tuple[str, ...]) -> set[str]:
             if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
 
 
+def _validate_option(func: Any) -> Any:
+    return click.option(
+        "--validate", default=manifests.STRICT, is_flag=False, flag_value=manifests.STRICT,
+        metavar="strict|warn|ignore", show_default=True,
+        help="an object with a field Kubernetes' schema lacks (a typo): strict refuses it "
+             "(the file's other objects are applied, as kubectl does), warn applies it "
+             "without the field, ignore too, silently; true = strict, false = ignore, as "
+             "kubectl")(func)
+
+
+def _unknown_fields(doc: dict[str, Any]) -> list[str]:
+    """The paths of DOC's fields Kubernetes' schema of its kind lacks, as the lab's
+    Kubernetes API finds them (kubeapi.field_validation, the served OpenAPI); not in
+    status, which a write drops (and the lab serves with fields of its own)."""
+    from remora.kubeapi import field_validation
+
+    group, _, version = str(doc.get("apiVersion", "")).rpartition("/")
+    return field_validation.unknown_fields(group, version, str(doc.get("kind", "")),
+                                           {k: v for k, v in doc.items() if k != "status"})
+
+
+def _read(files: tuple[str, ...], validate: str) -> manifests.Batch:
+    """The manifests, each object checked against Kubernetes' schema by --validate; the
+    objects strict refused are reported at once (before the rest is applied)."""
+    batch = manifests.read(list(files), manifests.validation(validate), _unknown_fields)
+    for line in batch.refused:
+        click.echo(f"remora: error: {line}", err=True)
+    return batch
+
+
+def _refused_exit(batch: manifests.Batch | None) -> None:
+    """kubectl apply's exit status when it refused an object: 1, the others applied."""
+    if batch is not None and batch.refused:
+        sys.exit(1)
+
+
 def _warn(warnings: list[str]) -> None:
     for w in warnings:
         click.echo(f"Warning: {w}", err=True)
@@ -77,12 +113,13 @@ def _wait(client: NodeClient, batch: manifests.Batch, timeout: float) -> None:
 @click.option("--ip-family", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
               show_default=True,
               help="pod and service addresses: IPv4, IPv6 (fd00:10:20::/48) or dual stack")
+@_validate_option
 @_state_option
 def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_map: str | None,
-       mtls: bool, nodes: int, prefix: str, pod_ip_start: int, ip_family: str,
+       mtls: bool, nodes: int, prefix: str, pod_ip_start: int, ip_family: str, validate: str,
        state_dir: str | None) -> None:
     """Start the lab (node daemon) if it is not running, then apply manifests."""
-    batch = manifests.read(list(files)) if files else None  # bad input fails before start
+    batch = _read(files, validate) if files else None  # bad input fails before start
     settings = lab_settings.LabSettings(sidecar=sidecar,
                                         image_map=str(Path(image_map).resolve())
                                         if image_map else "", mtls=mtls, ip_family=ip_family)
@@ -95,7 +132,7 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     session.refuse_differences(directory, settings,
                                _given(("sidecar", "mtls", "image_map", "ip_family")),
                                "remora up")
-    if batch is not None:  # injection and images too, before a daemon is started for it
+    if batch is not None and batch.objects:  # injection and images too, before a start
         ops.admission_check_offline(batch, images)
         if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
             manifests.check_namespaces(batch.objects, set())
@@ -118,10 +155,12 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     if batch is None:
         return
     _warn(batch.warnings)
-    for line in ops.apply_batch(client, batch, images):
-        click.echo(line)
-    if wait:
-        _wait(client, batch, timeout)
+    if batch.objects:
+        for line in ops.apply_batch(client, batch, images):
+            click.echo(line)
+        if wait:
+            _wait(client, batch, timeout)
+    _refused_exit(batch)
 
 
 @click.command(context_settings=CONTEXT)
@@ -138,16 +177,20 @@ def down(state_dir: str | None) -> None:
               help="manifest file or directory ('-' for stdin)")
 @click.option("--wait", is_flag=True, help="block until every pod is Ready")
 @click.option("--timeout", default=60.0, show_default=True)
+@_validate_option
 @_state_option
-def apply(files: tuple[str, ...], wait: bool, timeout: float, state_dir: str | None) -> None:
-    """Apply manifests (all or nothing)."""
-    batch = manifests.read(list(files))
+def apply(files: tuple[str, ...], wait: bool, timeout: float, validate: str,
+          state_dir: str | None) -> None:
+    """Apply manifests (all or nothing, but for objects --validate refuses)."""
+    batch = _read(files, validate)
     client = _client(state_dir)
     _warn(batch.warnings)
-    for line in ops.apply_batch(client, batch, _images(state_dir)):
-        click.echo(line)
-    if wait:
-        _wait(client, batch, timeout)
+    if batch.objects:
+        for line in ops.apply_batch(client, batch, _images(state_dir)):
+            click.echo(line)
+        if wait:
+            _wait(client, batch, timeout)
+    _refused_exit(batch)
 
 
 @click.command(context_settings=CONTEXT)

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
 
 from remora.controlplane.adapters import inject_dict
-from remora.errors import RemoraError
+from remora.errors import RemoraError, UsageError
 from remora.lab.images import ImageMap
 from remora.node import desired
 from remora.node.config import DEFAULT_STATE_DIR, lab_command
-from remora.resources.loader import load_file, load_manifests, parse_object
+from remora.resources.loader import (
+    documents,
+    load_manifests,
+    manifest_files,
+    object_label,
+    parse_object,
+    reads_kind,
+)
 from remora.resources.naming import pod_from_deployment
 from remora.resources.objects import Deployment, Object, Pod, ref
 
@@ -35,6 +43,49 @@ KINDS_READ = "Namespace, Deployment, Service, Pod, PeerAuthentication or Authori
 class Batch:
     objects: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # objects left out by --validate=strict, each a RemoraError's one line (read())
+    refused: list[str] = field(default_factory=list)
+
+
+# kubectl's --validate (cmdutil.GetValidationDirective): strict (or true) is its default,
+# warn, ignore (or false); a value strconv.ParseBool reads counts as true or false
+STRICT, WARN, IGNORE = "strict", "warn", "ignore"
+_GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), STRICT),
+             **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), IGNORE)}
+
+
+def validation(value: str) -> str:
+    """--validate VALUE as kubectl reads it: strict, warn or ignore."""
+    if value in (STRICT, WARN, IGNORE):
+        return value
+    if value in _GO_BOOLS:
+        return _GO_BOOLS[value]
+    # kubectl's own words (exit 1 there, a usage error here)
+    raise UsageError(f'invalid - validate option "{value}"; must be one of: strict (or '
+                     "true), warn, ignore (or false)", "e.g. --validate=warn")
+
+
+def _explain_path(kind: str, path: str) -> str:
+    """`kubectl explain`'s argument for the fields beside PATH: the kind, lower case, and
+    the field path up to PATH's parent, without list indices and map keys."""
+    parts = re.sub(r"\[[^\]]*\]", "", path).split(".")[:-1]
+    return ".".join([kind.lower(), *parts])
+
+
+def refusal(source: str, doc: dict[str, Any], paths: list[str]) -> str:
+    """The refusal of an object with fields Kubernetes' schema lacks (kubectl apply
+    --validate=strict, the apiserver's strict decoding: `Deployment in version "v1"
+    cannot be handled as a Deployment: strict decoding error: unknown field "..."`), as
+    one line naming the file, the object and the fields."""
+    kind = str(doc.get("kind"))
+    version = str(doc.get("apiVersion")).rpartition("/")[2]
+    unknown = ", ".join(f'unknown field "{p}"' for p in paths)
+    return RemoraError(
+        f"{source}: {object_label(doc)} not applied: {kind} in version \"{version}\" cannot "
+        f"be handled as a {kind}: strict decoding error: {unknown}",
+        f"correct or remove the field (`kubectl explain {_explain_path(kind, paths[0])}` "
+        "lists the fields there), or pass --validate=warn to apply the object without "
+        "the field").one_line()
 
 
 def seed_text(name: str) -> str:
@@ -42,14 +93,43 @@ def seed_text(name: str) -> str:
     return (package_files.files("remora.lab") / "seed" / name).read_text()
 
 
-def read(paths: list[str]) -> Batch:
-    """Files or directories (every *.yaml/*.yml/*.json), or '-' for stdin."""
+def read(paths: list[str], validate: str = IGNORE,
+         unknown_fields: Callable[[dict[str, Any]], list[str]] | None = None) -> Batch:
+    """Files or directories (every *.yaml/*.yml/*.json), or '-' for stdin.
+
+    VALIDATE (kubectl's --validate) checks each object against Kubernetes' schema
+    (UNKNOWN_FIELDS: the paths of an object's fields the schema of its kind lacks) as
+    `kubectl apply` has the apiserver do it: STRICT leaves an object with such a field
+    out of the batch (Batch.refused says why) and keeps the others, which kubectl applies
+    (each object is its own request there); WARN warns and applies it without the field,
+    IGNORE says nothing. The remaining batch is then all or nothing, as always."""
     out = Batch()
     typed: list[Object] = []
     for p in paths:
-        loaded = load_manifests(sys.stdin.read(), "<stdin>") if p == "-" else load_file(Path(p))
-        typed += loaded.objects
-        out.warnings += loaded.warnings
+        sources = [("<stdin>", sys.stdin.read())] if p == "-" else [
+            (str(f), f.read_text()) for f in manifest_files(p)]
+        for source, text in sources:
+            for where, doc in documents(text, source):
+                unknown = unknown_fields(doc) if unknown_fields is not None and \
+                    reads_kind(doc) else []
+                if unknown and validate == STRICT:
+                    out.refused.append(refusal(source, doc, unknown))
+                    continue
+                obj, warnings = parse_object(doc, where)
+                if unknown:
+                    # the schema's word on a field Kubernetes does not know replaces the
+                    # loader's "(ignored)" (a field Kubernetes knows and the lab does not
+                    # model keeps it): kubectl's Warning under warn, nothing under ignore
+                    warnings = [w for w in warnings if not any(
+                        w.endswith(f": unknown field {u} (ignored)") for u in unknown)]
+                    if validate == WARN:
+                        warnings += [f'{source}: {object_label(doc)}: unknown field "{u}"'
+                                     for u in unknown]
+                out.warnings += warnings
+                if obj is not None:
+                    typed.append(obj)
+    if not typed and out.refused:
+        return out  # every object refused: the caller reports them
     if not typed:
         # e.g. a lone VirtualService: name what was skipped, not only "nothing found"
         unknown = sorted({m.group(1) for w in out.warnings

@@ -53,17 +53,20 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_file(path: str | Path) -> Loaded:
+def manifest_files(path: str | Path) -> list[Path]:
     """A manifest file, or every *.yaml/*.yml/*.json file of a directory (sorted)."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
-    elif p.is_file():
-        files = [p]
-    else:
-        raise RemoraError(f"manifest {p} does not exist", "give a YAML file or a directory")
+        return sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
+    if p.is_file():
+        return [p]
+    raise RemoraError(f"manifest {p} does not exist", "give a YAML file or a directory")
+
+
+def load_file(path: str | Path) -> Loaded:
+    """A manifest file, or every *.yaml/*.yml/*.json file of a directory (sorted)."""
     out = Loaded()
-    for f in files:
+    for f in manifest_files(path):
         part = load_manifests(f.read_text(), str(f))
         out.objects += part.objects
         out.warnings += part.warnings
@@ -85,22 +88,42 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return ": ".join(parts) if parts else " ".join(str(exc).split())
 
 
-def load_manifests(text: str, source: str = "<input>") -> Loaded:
+def documents(text: str, source: str = "<input>") -> list[tuple[str, Any]]:
+    """The objects of a multi-document YAML text, with where each is (`SOURCE document
+    N`), the items of a v1 List one by one."""
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise RemoraError(f"{source}: not valid YAML: {yaml_problem(exc)}",
                           "fix the YAML syntax") from exc
+    return [(f"{source} document {index + 1}", item) for index, doc in enumerate(docs)
+            if doc is not None for item in _expand_list(doc, source, index)]
+
+
+def load_manifests(text: str, source: str = "<input>") -> Loaded:
     out = Loaded()
-    for index, doc in enumerate(docs):
-        if doc is None:
-            continue
-        for item in _expand_list(doc, source, index):
-            obj, warnings = parse_object(item, f"{source} document {index + 1}")
-            out.warnings += warnings
-            if obj is not None:
-                out.objects.append(obj)
+    for where, item in documents(text, source):
+        obj, warnings = parse_object(item, where)
+        out.warnings += warnings
+        if obj is not None:
+            out.objects.append(obj)
     return out
+
+
+def object_label(doc: Any) -> str:
+    """How warnings and errors name an object: `Kind/namespace/name` (`Kind/name` for a
+    Namespace)."""
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
+    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
+    return f"{kind}/{name}" if kind == "Namespace" else f"{kind}/{namespace}/{name or '?'}"
+
+
+def reads_kind(doc: Any) -> bool:
+    """DOC is of a kind remora reads (the others are skipped with a warning)."""
+    return isinstance(doc, dict) and (doc.get("apiVersion"), doc.get("kind")) in _KINDS
 
 
 def _expand_list(doc: Any, source: str, index: int) -> list[Any]:
@@ -119,13 +142,9 @@ def parse_object(doc: Any, where: str) -> tuple[Object | None, list[str]]:
                           "metadata")
     kind = doc.get("kind")
     api = doc.get("apiVersion")
-    raw_meta = doc.get("metadata")
-    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
-    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
     if not isinstance(kind, str) or not kind:
         raise RemoraError(f"{where}: kind is missing", "every object needs apiVersion and kind")
-    label = f"{kind}/{name}" if kind == "Namespace" else f"{kind}/{namespace}/{name or '?'}"
+    label = object_label(doc)
     if (api, kind) not in _KINDS:
         known = ", ".join(f"{a} {k}" for a, k in sorted(_KINDS))
         return None, [f"{where}: {label}: unknown kind {api}/{kind} (skipped; remora "

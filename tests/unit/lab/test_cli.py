@@ -111,6 +111,19 @@ def test_unknown_kind_and_missing_manifest(tmp_path: Path) -> None:
     assert isinstance(exc, RemoraError) and "does not exist" in exc.problem
 
 
+def test_validate_takes_kubectls_values_only(tmp_path: Path) -> None:
+    manifest = tmp_path / "svc.yaml"
+    manifest.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+                        "spec: {ports: [{port: 80}]}\n")
+    exc = run("apply", "-f", str(manifest), "--validate=bogus", "--state-dir", str(tmp_path))
+    assert isinstance(exc, UsageError)
+    assert exc.problem == ('invalid - validate option "bogus"; must be one of: strict (or '
+                           "true), warn, ignore (or false)")
+    for value in ("--validate=warn", "--validate=false", "--validate"):  # then: no lab
+        exc = run("apply", "-f", str(manifest), value, "--state-dir", str(tmp_path))
+        assert isinstance(exc, RemoraError) and "no lab is running" in exc.problem, value
+
+
 def test_bad_manifest_fails_before_the_lab_starts(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\n"

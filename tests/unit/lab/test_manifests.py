@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
+import yaml
 
+from remora.cli.lab import _unknown_fields
 from remora.errors import RemoraError
+from remora.kubeapi.handlers import Handler
+from remora.kubeapi.messages import Request, Response
 from remora.lab import manifests
 from remora.lab.images import ImageMap
+from remora.node.store import Store
+from tests.unit.kubeapi.test_handlers import StoreBackend
 
 
 def seed_block(shared: str, name: str) -> str:
@@ -119,3 +126,93 @@ def test_namespaces_that_exist_or_come_with_the_batch_are_accepted() -> None:
                                 {"kind": "Service", "metadata": {"name": "s",
                                                                  "namespace": "kube-system"}}],
                                existing=set())
+
+
+TYPO_FILE = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: v4}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: v4}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: main, image: vasth/simple-server, imagePullPolicyy: Always}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: v4}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+"""
+TYPO_PATH = "spec.template.spec.containers[0].imagePullPolicyy"
+
+
+def test_validate_strict_refuses_the_object_as_the_kube_api_and_keeps_the_others(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """kubectl apply (--validate=strict, its default) has the apiserver refuse an object
+    with a field Kubernetes' schema lacks, and applies the file's other objects; the
+    words are the lab's Kubernetes API's (judged here by its handler; by kubectl in
+    tests/netns/test_lab_cli.py). Before, `remora apply` warned and applied it."""
+    path = tmp_path / "x.yaml"
+    path.write_text(TYPO_FILE)
+    batch = manifests.read([str(path)], manifests.STRICT, _unknown_fields)
+    assert [(o["kind"], o["metadata"]["name"]) for o in batch.objects] == [
+        ("Namespace", "v4"), ("Service", "web")]
+    (refused,) = batch.refused
+    api = Handler(StoreBackend(Store(tmp_path / "remora.db")), "t")
+    deployment = list(yaml.safe_load_all(TYPO_FILE))[1]
+    answer = api.handle(Request.parse(
+        "POST", "/apis/apps/v1/namespaces/v4/deployments?fieldValidation=Strict",
+        {"authorization": "Bearer t"}, json.dumps(deployment).encode()))
+    assert isinstance(answer, Response) and answer.status == 400
+    message = json.loads(answer.body)["message"]
+    assert message == ('Deployment in version "v1" cannot be handled as a Deployment: '
+                       f'strict decoding error: unknown field "{TYPO_PATH}"')
+    assert refused == (
+        f"{path}: Deployment/v4/web not applied: {message} (fix: correct or remove the "
+        "field (`kubectl explain deployment.spec.template.spec.containers` lists the "
+        "fields there), or pass --validate=warn to apply the object without the field)")
+    assert batch.warnings == []  # not the loader's "(ignored)" too
+
+
+def test_validate_warn_and_ignore_apply_the_object_without_the_field(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "x.yaml"
+    path.write_text(TYPO_FILE)
+    check = _unknown_fields
+    warned = manifests.read([str(path)], manifests.WARN, check)
+    ignored = manifests.read([str(path)], manifests.IGNORE, check)
+    for batch in (warned, ignored):
+        assert batch.refused == [] and len(batch.objects) == 3
+        (container,) = batch.objects[1]["spec"]["template"]["spec"]["containers"]
+        assert "imagePullPolicyy" not in container
+    assert warned.warnings == [f'{path}: Deployment/v4/web: unknown field "{TYPO_PATH}"']
+    assert ignored.warnings == []
+    # every object refused: nothing to apply, and no "no objects found"
+    only = tmp_path / "only.yaml"
+    only.write_text(TYPO_FILE.split("---\n")[1])
+    alone = manifests.read([str(only)], manifests.STRICT, check)
+    assert alone.objects == [] and len(alone.refused) == 1
+    # a field Kubernetes knows and the lab does not model is still the lab's warning
+    known = tmp_path / "known.yaml"
+    known.write_text(TYPO_FILE.replace("imagePullPolicyy: Always", "stdin: true"))
+    kept = manifests.read([str(known)], manifests.STRICT, check)
+    assert kept.refused == [] and any("stdin (ignored)" in w for w in kept.warnings)
+
+
+def test_validate_takes_kubectls_values() -> None:
+    """cmdutil.GetValidationDirective: strict|warn|ignore, and what strconv.ParseBool
+    reads as true (strict) or false (ignore); anything else in kubectl's words."""
+    assert [manifests.validation(v) for v in ("strict", "warn", "ignore", "true", "True",
+                                               "1", "t", "false", "FALSE", "0", "f")] == [
+        "strict", "warn", "ignore", "strict", "strict", "strict", "strict", "ignore",
+        "ignore", "ignore", "ignore"]
+    with pytest.raises(RemoraError) as refused:
+        manifests.validation("Strict")
+    assert refused.value.problem == ('invalid - validate option "Strict"; must be one of: '
+                                     "strict (or true), warn, ignore (or false)")
