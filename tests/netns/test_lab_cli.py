@@ -167,8 +167,8 @@ def test_bad_input_is_refused_before_anything_changes(lab: TempLab, tmp_path: Pa
     assert ok(lab, "get", "svc", "-n", "demo-to") == ""
     assert ok(lab, "get", "deploy", "-n", "demo-to") == ""
     # unknown kinds are warnings naming them; a field Kubernetes does not know is refused
-    # (kubectl's --validate=strict) or, under --validate=warn, a warning naming it; the
-    # rest is applied
+    # (kubectl's --validate=strict; nothing applied) or, under --validate=warn, a warning
+    # naming it; the rest is applied
     extra = tmp_path / "extra.yaml"
     extra.write_text(NAMESPACE.replace("name: demo-to", "name: demo-to\n  frobnicate: 1")
                      + "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
@@ -431,22 +431,24 @@ TYPO = textwrap.dedent("""\
 def test_apply_refuses_an_unknown_field_as_kubectl_does(lab: TempLab, tmp_path: Path) -> None:
     """`kubectl apply -f` (1.32, --validate=strict) refuses an object with a field
     Kubernetes' schema lacks, in the apiserver's words, and applies the file's other
-    objects (exit 1); `remora apply -f` does the same, naming the file, the object and
-    the field, and --validate=warn|ignore apply it without the field, as kubectl's."""
+    objects (exit 1); `remora apply -f` refuses it in the same words, naming the file, the
+    object and the field, and with it the whole batch (all or nothing); --validate=
+    warn|ignore apply it without the field, as kubectl's."""
     ok(lab, *lab.up_args())
     theirs, ours = tmp_path / "theirs.yaml", tmp_path / "ours.yaml"
     theirs.write_text(TYPO.replace("NS", "vk"))
     ours.write_text(TYPO.replace("NS", "vr"))
     mine = lab.remora("apply", "-f", str(ours))
     assert mine.returncode == 1, mine.stdout + mine.stderr
-    assert mine.stdout.splitlines() == ["namespace/vr created", "service/web created"]
-    (line,) = mine.stderr.splitlines()
+    # all or nothing: the Namespace and Service are not applied either (kubectl does)
+    assert mine.stdout == ""
+    line, last = mine.stderr.splitlines()
+    assert last == "remora: nothing applied: 1 object(s) refused by --validate=strict"
+    assert not re.search(r"^vr\s", ok(lab, "get", "ns"), re.M)
     message = ('Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
                'error: unknown field "spec.template.spec.containers[0].imagePullPolicyy"')
     assert line.startswith(f"remora: error: {ours}: Deployment/vr/web not applied: "
                            f"{message} (fix: correct or remove the field"), line
-    assert lab.remora("get", "deploy", "-n", "vr").stderr == "No resources found in vr " \
-        "namespace.\n"
     if shutil.which("kubectl"):
         env = {**os.environ, "KUBECONFIG": ok(lab, "kubeconfig").strip(),
                "KUBECACHEDIR": str(tmp_path / "cache")}

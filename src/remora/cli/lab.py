@@ -50,7 +50,7 @@ def _validate_option(func: Any) -> Any:
         "--validate", default=manifests.STRICT, is_flag=False, flag_value=manifests.STRICT,
         metavar="strict|warn|ignore", show_default=True,
         help="an object with a field Kubernetes' schema lacks (a typo): strict refuses it "
-             "(the file's other objects are applied, as kubectl does), warn applies it "
+             "(and with it the whole batch: nothing is applied), warn applies it "
              "without the field, ignore too, silently; true = strict, false = ignore, as "
              "kubectl")(func)
 
@@ -67,18 +67,18 @@ def _unknown_fields(doc: dict[str, Any]) -> list[str]:
 
 
 def _read(files: tuple[str, ...], validate: str) -> manifests.Batch:
-    """The manifests, each object checked against Kubernetes' schema by --validate; the
-    objects strict refused are reported at once (before the rest is applied)."""
+    """The manifests, each object checked against Kubernetes' schema by --validate. An
+    object strict refuses refuses the whole batch, before anything changes (kubectl
+    applies a file's other objects, each its own request; remora's apply is all or
+    nothing): every refusal is named, then exit 1."""
     batch = manifests.read(list(files), manifests.validation(validate), _unknown_fields)
-    for line in batch.refused:
-        click.echo(f"remora: error: {line}", err=True)
-    return batch
-
-
-def _refused_exit(batch: manifests.Batch | None) -> None:
-    """kubectl apply's exit status when it refused an object: 1, the others applied."""
-    if batch is not None and batch.refused:
+    if batch.refused:
+        for line in batch.refused:
+            click.echo(f"remora: error: {line}", err=True)
+        click.echo(f"remora: nothing applied: {len(batch.refused)} object(s) refused by "
+                   "--validate=strict", err=True)
         sys.exit(1)
+    return batch
 
 
 def _warn(warnings: list[str]) -> None:
@@ -132,7 +132,7 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     session.refuse_differences(directory, settings,
                                _given(("sidecar", "mtls", "image_map", "ip_family")),
                                "remora up")
-    if batch is not None and batch.objects:  # injection and images too, before a start
+    if batch is not None:  # injection and images too, before a daemon is started for it
         ops.admission_check_offline(batch, images)
         if session.fresh(directory):  # no lab yet: only the batch's own namespaces exist
             manifests.check_namespaces(batch.objects, set())
@@ -155,12 +155,10 @@ def up(files: tuple[str, ...], wait: bool, timeout: float, sidecar: str, image_m
     if batch is None:
         return
     _warn(batch.warnings)
-    if batch.objects:
-        for line in ops.apply_batch(client, batch, images):
-            click.echo(line)
-        if wait:
-            _wait(client, batch, timeout)
-    _refused_exit(batch)
+    for line in ops.apply_batch(client, batch, images):
+        click.echo(line)
+    if wait:
+        _wait(client, batch, timeout)
 
 
 @click.command(context_settings=CONTEXT)
@@ -181,16 +179,14 @@ def down(state_dir: str | None) -> None:
 @_state_option
 def apply(files: tuple[str, ...], wait: bool, timeout: float, validate: str,
           state_dir: str | None) -> None:
-    """Apply manifests (all or nothing, but for objects --validate refuses)."""
+    """Apply manifests (all or nothing)."""
     batch = _read(files, validate)
     client = _client(state_dir)
     _warn(batch.warnings)
-    if batch.objects:
-        for line in ops.apply_batch(client, batch, _images(state_dir)):
-            click.echo(line)
-        if wait:
-            _wait(client, batch, timeout)
-    _refused_exit(batch)
+    for line in ops.apply_batch(client, batch, _images(state_dir)):
+        click.echo(line)
+    if wait:
+        _wait(client, batch, timeout)
 
 
 @click.command(context_settings=CONTEXT)

@@ -100,9 +100,9 @@ def read(paths: list[str], validate: str = IGNORE,
     VALIDATE (kubectl's --validate) checks each object against Kubernetes' schema
     (UNKNOWN_FIELDS: the paths of an object's fields the schema of its kind lacks) as
     `kubectl apply` has the apiserver do it: STRICT leaves an object with such a field
-    out of the batch (Batch.refused says why) and keeps the others, which kubectl applies
-    (each object is its own request there); WARN warns and applies it without the field,
-    IGNORE says nothing. The remaining batch is then all or nothing, as always."""
+    out of the batch (Batch.refused says why; the CLI then refuses the whole batch, as its
+    apply is all or nothing, where kubectl applies the others, each its own request); WARN
+    warns and keeps it without the field, IGNORE says nothing."""
     out = Batch()
     typed: list[Object] = []
     for p in paths:

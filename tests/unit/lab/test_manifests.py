@@ -152,12 +152,13 @@ spec: {selector: {app: web}, ports: [{port: 80}]}
 TYPO_PATH = "spec.template.spec.containers[0].imagePullPolicyy"
 
 
-def test_validate_strict_refuses_the_object_as_the_kube_api_and_keeps_the_others(
+def test_validate_strict_refuses_the_object_as_the_kube_api(
         tmp_path) -> None:  # type: ignore[no-untyped-def]
     """kubectl apply (--validate=strict, its default) has the apiserver refuse an object
-    with a field Kubernetes' schema lacks, and applies the file's other objects; the
-    words are the lab's Kubernetes API's (judged here by its handler; by kubectl in
-    tests/netns/test_lab_cli.py). Before, `remora apply` warned and applied it."""
+    with a field Kubernetes' schema lacks; read() leaves it out and says why (the CLI then
+    refuses the whole batch); the words are the lab's Kubernetes API's (judged here by its
+    handler; by kubectl in tests/netns/test_lab_cli.py). Before, `remora apply` warned and
+    applied it."""
     path = tmp_path / "x.yaml"
     path.write_text(TYPO_FILE)
     batch = manifests.read([str(path)], manifests.STRICT, _unknown_fields)
