@@ -298,10 +298,16 @@ def test_supported_versions_parsing(body: bytes, tls13: bool) -> None:
 
 def test_client_order_callback_only_where_tls13_can_be_negotiated(
         pki: dict[str, Path]) -> None:
+    # the callback is on every server context (it notes the client's groups too); the
+    # client's order only where TLS 1.3 can be negotiated
+    lib = cipher_order._libssl()
+    assert lib is not None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     assert cipher_order.client_order_for_tls13(ctx)
+    assert cipher_order._rules[cipher_order._ctx_pointer(ctx, lib) or 0].tls13
     capped = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     capped.maximum_version = ssl.TLSVersion.TLSv1_2
-    assert not cipher_order.client_order_for_tls13(capped)
+    assert cipher_order.client_order_for_tls13(capped)
+    assert not cipher_order._rules[cipher_order._ctx_pointer(capped, lib) or 0].tls13
     # a handshake through the callback: TLS 1.3 negotiated, the server's list kept for 1.2
     assert _connection(pki).text("TLS_VERSION") == "TLSv1.3"

@@ -278,8 +278,9 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
                 except tls.TlsError as exc:
                     if exc.stat:  # none for a client gone before its first byte
                         stats.inc(listener.prefix + "ssl." + exc.stat)
-                    if exc.reason:  # %DOWNSTREAM_TRANSPORT_FAILURE_REASON%
-                        info.downstream_tls = FailedHandshake(exc.reason)
+                    # %DOWNSTREAM_TRANSPORT_FAILURE_REASON% and the TLS operators (what the
+                    # handshake got to, a client gone before its first byte included)
+                    info.downstream_tls = exc.connection or FailedHandshake(exc.reason)
                     log.debug("TLS handshake on %s failed: %s", cfg.name, exc.reason)
                     return None
                 stats.inc(listener.prefix + "ssl.handshake")

@@ -36,7 +36,7 @@ import functools
 import logging
 import ssl
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,9 @@ _rules: dict[int, _Rule] = {}  # SSL_CTX address -> its rule (while the context 
 
 _lib: _LibSsl | None = None
 _lib_failed = False
+# called with (SSL pointer, the bound functions) for every ClientHello a server context
+# with the callback reads, before its rule: handshake.py notes the client's groups
+hello_hook: Callable[[int, _LibSsl], None] | None = None
 
 
 def _libssl() -> _LibSsl | None:
@@ -147,6 +150,8 @@ def _on_client_hello(ssl_ptr: int | None, _alert: Any, _arg: int | None) -> int:
     if lib is None or not ssl_ptr:
         return _SUCCESS
     try:
+        if hello_hook is not None:
+            hello_hook(ssl_ptr, lib)
         rule = _rules.get(lib.get_ssl_ctx(ssl_ptr) or 0)
         out = ctypes.POINTER(ctypes.c_ubyte)()
         size = ctypes.c_size_t()
@@ -221,13 +226,13 @@ def client_order_for_tls13(ctx: ssl.SSLContext) -> bool:
 def install(ctx: ssl.SSLContext, groups: Sequence[Sequence[str]]) -> bool:
     """Give the server context CTX (its ciphers set) BoringSSL's rules: the client's order
     for TLS 1.3, and GROUPS (cipher names) as equal-preference groups for TLS 1.2;
-    whether the callback was installed (not needed: no TLS 1.3 and no group)."""
+    whether the callback was installed."""
     tls13 = ctx.maximum_version in (ssl.TLSVersion.MAXIMUM_SUPPORTED, ssl.TLSVersion.TLSv1_3)
     group_of = {name: i for i, group in enumerate(groups) for name in group}
     listed = [c for c in ctx.get_ciphers() if c.get("protocol") != "TLSv1.3"]
     grouped = sum(c["name"] in group_of for c in listed) > 1
-    if not tls13 and not grouped:
-        return False  # the server's order is the whole rule
+    # installed even where the server's order is the whole rule (no TLS 1.3, no group):
+    # hello_hook reads every ClientHello
     lib = _libssl()
     if lib is None:
         return False
@@ -243,3 +248,22 @@ def install(ctx: ssl.SSLContext, groups: Sequence[Sequence[str]]) -> bool:
     weakref.finalize(ctx, _rules.pop, ptr, None)  # before OpenSSL frees the SSL_CTX
     lib.set_client_hello_cb(ptr, _callback, None)
     return True
+
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # ssl.h: SSL_CTX_set1_groups_list is SSL_CTX_ctrl with it
+
+
+def set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
+    """Give CTX the key exchange groups GROUPS (an OpenSSL groups list, "X25519:P-256"),
+    as Envoy gives BoringSSL its ecdh_curves (SSL_CTX_set1_curves_list); whether it was
+    set (``ssl``'s set_ecdh_curve takes one curve only)."""
+    lib = _libssl()
+    ptr = _ctx_pointer(ctx, lib) if lib is not None else None
+    if ptr is None:
+        return False
+    try:
+        ctrl = libssl_function("SSL_CTX_ctrl", ctypes.c_long, ctypes.c_void_p, ctypes.c_int,
+                               ctypes.c_long, ctypes.c_char_p)
+    except (OSError, AttributeError):
+        return False
+    return bool(ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) == 1)

@@ -169,11 +169,25 @@ class TlsConnectionInfo:
 class FailedHandshake(TlsConnectionInfo):
     """A downstream connection whose TLS handshake failed: Envoy's StreamInfo keeps the
     transport's failure reason for %DOWNSTREAM_TRANSPORT_FAILURE_REASON% (a filter that
-    started before the handshake, tcp_proxy, still logs the connection); its TLS
-    operators print nothing here."""
+    started before the handshake, tcp_proxy, still logs the connection), and its
+    ConnectionInfo reads the SSL object whatever became of the handshake, so the TLS
+    operators print what the handshake got to (observed on 1.40): the version (BoringSSL's
+    SSL_get_version says TLSv1.2 before one is negotiated), the cipher once chosen, a
+    refused peer certificate and its chain, the local certificate; never a session ID
+    (tls._failed_connection)."""
 
-    __slots__ = ("failure_reason",)
+    __slots__ = ("cipher", "failure_reason", "version")
 
-    def __init__(self, failure_reason: str) -> None:
-        super().__init__(None, None, None)
+    def __init__(self, failure_reason: str, version: str = "", cipher: str = "",
+                 peer: TlsPeer | None = None, local_der: bytes | None = None) -> None:
+        super().__init__(None, peer, local_der)
         self.failure_reason = failure_reason
+        self.version = version
+        self.cipher = cipher
+
+    def _compute(self, name: str) -> str:
+        if name == "TLS_VERSION":
+            return self.version
+        if name == "TLS_CIPHER":
+            return self.cipher
+        return super()._compute(name)

@@ -53,7 +53,7 @@ from remora.proxy.transport.cert_details import (
     subject_rfc2253,
     uri_sans,
 )
-from remora.proxy.transport.connection_info import TlsConnectionInfo
+from remora.proxy.transport.connection_info import FailedHandshake, TlsConnectionInfo
 from remora.proxy.upstream.auto_host import TlsOverride, dns_name_match
 
 log = logging.getLogger("remora.proxy")
@@ -81,6 +81,11 @@ VERIFY_FAILED = "TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_
 # either proxy; the client's order picks one there (cipher_order.py).
 SERVER_CIPHERS = cipher_list.openssl_ciphers([cipher_list.ENVOY_SERVER_DEFAULT]) or ""
 SERVER_GROUPS = tuple(tuple(g) for g in cipher_list.equal_preference_groups([]))
+# Envoy's default ecdh_curves, server and client (ContextConfigImpl DEFAULT_CURVES,
+# source/common/tls/*_context_config_impl.cc): OpenSSL's default list adds X448, P-384,
+# P-521 and the FFDHE groups, so a client offering only those completed a handshake
+# Envoy 1.40 refuses (NO_SHARED_GROUP in TLS 1.3, WRONG_CURVE in TLS 1.2, observed)
+DEFAULT_CURVES = "X25519:P-256"
 
 
 # at most this much plaintext per SSL read: a TLS record holds 16 KiB, and the buffer
@@ -116,8 +121,10 @@ class _DirectSSLObject(ssl.SSLObject):
         inner = obj._sslobj  # type: ignore[attr-defined]
         inner_read = inner.read
         if hs is not None:  # a failed handshake's alert is sent (handshake.py)
-            obj.__dict__["do_handshake"] = handshake.alerting(inner.do_handshake, incoming,
-                                                              outgoing, hs)
+            # a server's: what a failed handshake got to, for the access log
+            obj.__dict__["do_handshake"] = handshake.alerting(
+                inner.do_handshake, incoming, outgoing, hs,
+                inner if kwargs.get("server_side") else None)
 
         half = _HalfClose(obj, incoming) if hs is not None and hs.half_close else None
 
@@ -363,10 +370,25 @@ class TlsError(Exception):
     """A handshake or verification failure; ``reason`` is Envoy's failure reason text and
     ``stat`` the ssl.* counter it increments."""
 
-    def __init__(self, reason: str, stat: str = "connection_error") -> None:
+    def __init__(self, reason: str, stat: str = "connection_error",
+                 connection: FailedHandshake | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.stat = stat
+        # a downstream handshake's: what the access log's TLS operators read of it
+        self.connection = connection
+
+
+def _failed_connection(hs: handshake.Handshake, local_der: bytes | None,
+                       reason: str) -> FailedHandshake:
+    """What Envoy's ConnectionInfo gives the access log of a downstream connection whose
+    handshake failed (observed on 1.40): the version (TLSv1.2 where none was
+    negotiated, a client gone before its ClientHello included), the cipher once one was
+    chosen, the local certificate's operators, the refused peer certificate's and its
+    chain's; no session ID."""
+    peer = TlsPeer(hs.peer_der, hs.peer_chain or (hs.peer_der,), ()) \
+        if hs.peer_der is not None else None
+    return FailedHandshake(reason, hs.version or "TLSv1.2", hs.cipher, peer, local_der)
 
 
 @dataclass(frozen=True)
@@ -557,6 +579,8 @@ class TlsTransport:
     # its [A|B] equal-preference groups (a server context's; cipher_order.py)
     ciphers: str | None = None
     cipher_groups: tuple[tuple[str, ...], ...] = ()
+    # tls_params.ecdh_curves joined with ":" (None: DEFAULT_CURVES)
+    curves: str | None = None
     _files: tuple[str, ...] = ()
     _signature: tuple[Any, ...] | None = None
     _ctx: ssl.SSLContext | None = None
@@ -648,6 +672,8 @@ class TlsTransport:
         # failure reason (once per certificate of a handshake, not per request)
         if ctx.verify_mode != ssl.CERT_NONE:
             handshake.install_verify(ctx)
+        if not cipher_order.set_groups(ctx, self.curves or DEFAULT_CURVES) and self.curves:
+            raise TlsError(f"Failed to initialize ECDH curves {self.curves}")
         if self.alpn:
             ctx.set_alpn_protocols(list(self.alpn))
         if self.server:  # TLS 1.3 by the client's order, TLS 1.2's groups by it too, as
@@ -830,15 +856,54 @@ def _downstream_chain(sslobj: Any, der: bytes) -> tuple[bytes, ...]:
     return ()
 
 
-def failure_reason(exc: BaseException, server: bool = False,
-                   depth: int = 0) -> tuple[str, str]:
+# BoringSSL's SSL_R_* numbers (include/openssl/ssl.h) of the handshake failures OpenSSL
+# reports under the same name or (_OPENSSL_NAMES) another; Envoy prints ERR_PACK(ERR_LIB_SSL,
+# number) = 268435456 + number
+_BORINGSSL_REASONS = {"HTTP_REQUEST": 156, "NO_SHARED_CIPHER": 184, "WRONG_CURVE": 243,
+                      "WRONG_VERSION_NUMBER": 247, "UNSUPPORTED_PROTOCOL": 240,
+                      "NO_SHARED_GROUP": 266, "DECODE_ERROR": 137,
+                      "NO_COMMON_SIGNATURE_ALGORITHMS": 253}
+# a TLS 1.3 ClientHello whose groups the server has none of: OpenSSL's final_key_share
+# says NO_SUITABLE_KEY_SHARE, BoringSSL NO_SHARED_GROUP (observed on Envoy 1.40)
+_OPENSSL_NAMES = {"NO_SUITABLE_KEY_SHARE": "NO_SHARED_GROUP"}
+
+
+def _boringssl(name: str) -> str:
+    return (f"TLS_error:|{268435456 + _BORINGSSL_REASONS[name]}:SSL routines:"
+            f"OPENSSL_internal:{name}:TLS_error_end")
+
+
+def _server_reason(reason: str, hs: handshake.Handshake | None) -> str | None:
+    """BoringSSL's failure reason for a server handshake OpenSSL failed with REASON; None
+    where it has no entry here."""
+    name = _OPENSSL_NAMES.get(reason, reason)
+    if (name == "NO_SHARED_CIPHER" and hs is not None and hs.version != "TLSv1.3"
+            and hs.local_group and hs.client_groups is not None
+            and hs.local_group not in hs.client_groups):
+        # TLS 1.2 with an ECDSA certificate: BoringSSL checks that its key's curve is one
+        # the client listed (supported_groups; none listed: none) before it picks a
+        # cipher, and fails WRONG_CURVE where OpenSSL drops the ECDSA suites and finds no
+        # shared cipher (observed on Envoy 1.40: a client offering only X25519, or only
+        # AES128-SHA, so no supported_groups at all, against a P-256 certificate)
+        name = "WRONG_CURVE"
+    return _boringssl(name) if name in _BORINGSSL_REASONS else None
+
+
+def failure_reason(exc: BaseException, server: bool = False, depth: int = 0,
+                   hs: handshake.Handshake | None = None) -> tuple[str, str]:
     """(Envoy-style failure reason, ssl.* counter) for a failed handshake (SERVER: on a
-    listener's connection; DEPTH: where the chain's verification failed)."""
+    listener's connection; DEPTH: where the chain's verification failed; HS: what the
+    server's handshake got to)."""
     if isinstance(exc, TlsError):
         return exc.reason, exc.stat
     if server and isinstance(exc, ssl.SSLError) and not isinstance(
             exc, ssl.SSLCertVerificationError) and exc.reason in _SERVER_FAILURES:
         return _SERVER_FAILURES[exc.reason]
+    if server and isinstance(exc, ssl.SSLError) and not isinstance(
+            exc, ssl.SSLCertVerificationError) and exc.reason:
+        known = _server_reason(exc.reason, hs)
+        if known is not None:
+            return known, "connection_error"
     if isinstance(exc, ssl.SSLCertVerificationError):
         # Envoy 1.40's wording (observed); ssl does not tell the depth, the leaf is the
         # usual culprit
@@ -904,6 +969,17 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
                                               "TLS_AUTO")]
         t.max_version = _VERSIONS[params.enum("tls_maximum_protocol_version", tuple(_VERSIONS),
                                               "TLS_AUTO")]
+        curves = params.raw("ecdh_curves", [])
+        if curves:
+            if not isinstance(curves, list) or not all(isinstance(x, str) for x in curves):
+                raise ConfigError(params.at("ecdh_curves"), "ecdh_curves must be a list of "
+                                  "curve names", "write e.g. [X25519, P-256]")
+            t.curves = ":".join(curves)
+            # a name neither library knows is refused with the config, as Envoy does
+            if not cipher_order.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), t.curves):
+                raise ConfigError(params.at("ecdh_curves"),
+                                  f"Failed to initialize ECDH curves {t.curves}",
+                                  "name curves as BoringSSL does: X25519, P-256, P-384, P-521")
         suites = params.raw("cipher_suites", [])
         if suites:
             if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
@@ -1001,14 +1077,19 @@ async def accept_downstream(
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     except (OSError, TlsError, TimeoutError) as exc:
         if hs.failure is not None:
-            raise TlsError(hs.failure, "fail_verify_san") from exc
-        if not hs.received and not isinstance(exc, TlsError):
+            reason, stat = hs.failure, "fail_verify_san"
+        elif not hs.received and not isinstance(exc, TlsError):
             # closed (or timed out) before sending a byte: Envoy counts no ssl.* error
             # and has no failure reason for it (observed on 1.40: a plain-text client
             # that connects and closes, or waits and closes)
-            raise TlsError("", "") from exc
-        reason, stat = failure_reason(exc, server=True, depth=hs.error_depth)
-        raise TlsError(reason, stat) from exc
+            reason, stat = "", ""
+        else:
+            reason, stat = failure_reason(exc, server=True, depth=hs.error_depth, hs=hs)
+        # no local name for the error: it would hold this frame through its traceback
+        # and the frame it, a cycle keeping the connection's socket and transport until
+        # the collector ran (a later connection given the same fd failed with EEXIST)
+        raise TlsError(reason, stat,
+                       _failed_connection(hs, transport.local_der, reason)) from exc
     finally:
         handshake.HANDSHAKE.reset(token)
     writer = asyncio.StreamWriter(tr, protocol, reader, loop)
