@@ -259,7 +259,9 @@ SIMPLE: dict[str, Op] = {
     "RESPONSE_CODE": lambda i: i.response_code or 0,
     "RESPONSE_FLAGS": lambda i: i.flags_string(),
     "RESPONSE_CODE_DETAILS": lambda i: _no_spaces(i.response_code_details),
-    "CONNECTION_TERMINATION_DETAILS": lambda i: _no_spaces(i.connection_termination_details),
+    # as it was set: Envoy replaces no spaces here (observed on 1.40: "transport socket
+    # timeout was reached")
+    "CONNECTION_TERMINATION_DETAILS": lambda i: i.connection_termination_details or None,
     "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: _no_spaces(i.upstream_transport_failure_reason),
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON": lambda i: _no_spaces(
         getattr(i.downstream_tls, "failure_reason", None)),
@@ -395,10 +397,12 @@ _STR_FIELDS = {  # str or None, printed as is ("-" when None or empty)
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": "downstream_direct_remote_address",
     "REQUESTED_SERVER_NAME": "requested_server_name", "ROUTE_NAME": "route_name",
     "FILTER_CHAIN_NAME": "filter_chain_name",
+    # Envoy replaces no spaces here (observed on 1.40: "transport socket timeout was
+    # reached")
+    "CONNECTION_TERMINATION_DETAILS": "connection_termination_details",
 }
 _NO_SPACES_FIELDS = {  # str or None, spaces replaced (_no_spaces)
     "RESPONSE_CODE_DETAILS": "response_code_details",
-    "CONNECTION_TERMINATION_DETAILS": "connection_termination_details",
     "UPSTREAM_TRANSPORT_FAILURE_REASON": "upstream_transport_failure_reason",
 }
 _INT_FIELDS = {  # int, never None

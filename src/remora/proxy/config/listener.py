@@ -32,6 +32,8 @@ class FilterChain:
     match: FilterChainMatch
     filters: list[NetworkFilter]
     transport: TlsTransport | None = None  # transport_socket tls; None for raw_buffer
+    # transport_socket_connect_timeout in seconds (None: the handshake may take any time)
+    transport_connect_timeout: float | None = None
     # its connections' drain decision (server/drain.py ChainDrain), set by the server when
     # the listener is served; an in-place LDS update hands it on to the same chain in the
     # new version (Envoy keeps the FilterChainImpl the update did not change)
@@ -90,7 +92,9 @@ def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
     name = f.string("name", default_name)
     match = parse_match(f.fields("filter_chain_match", "FilterChainMatch"))
     f.ignore("metadata")  # only read by tools (istioctl shows it); no data-path effect
-    f.duration("transport_socket_connect_timeout")
+    # how long the transport socket (the TLS handshake) may take; unset or 0: no limit,
+    # as Envoy (FilterChain.transport_socket_connect_timeout)
+    connect_timeout = f.duration("transport_socket_connect_timeout") or None
     transport = f.fields("transport_socket", "TransportSocket")
     filters: list[NetworkFilter] = []
     raw_filters = list(f.each("filters", "Filter"))
@@ -108,7 +112,8 @@ def _filter_chain(f: Fields, context: Any, default_name: str) -> FilterChain:
         bind = getattr(filt, "bind_chain", None)
         if bind is not None:
             bind(filters)
-    return FilterChain(name=name, match=match, filters=filters, transport=tls)
+    return FilterChain(name=name, match=match, filters=filters, transport=tls,
+                       transport_connect_timeout=connect_timeout)
 
 
 def _additional_addresses(f: Fields, primary: Address) -> tuple[Address, ...]:

@@ -371,10 +371,12 @@ class TlsError(Exception):
     ``stat`` the ssl.* counter it increments."""
 
     def __init__(self, reason: str, stat: str = "connection_error",
-                 connection: FailedHandshake | None = None) -> None:
+                 connection: FailedHandshake | None = None, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.stat = stat
+        # the filter chain's transport_socket_connect_timeout ended the handshake
+        self.timed_out = timed_out
         # a downstream handshake's: what the access log's TLS operators read of it
         self.connection = connection
 
@@ -1003,12 +1005,21 @@ def parse_transport_socket(f: Fields | None, server: bool) -> TlsTransport | Non
     return t
 
 
+# an upstream handshake's limit (Envoy's cluster connect_timeout, whose timer ends with
+# the TLS handshake, covers it there)
 HANDSHAKE_TIMEOUT = 10.0
+# a downstream handshake's without the filter chain's transport_socket_connect_timeout:
+# none (observed on Envoy 1.40: a client that sends nothing, or part of a ClientHello, is
+# kept past 14 s), which the loops spell as a limit no connection reaches
+NO_TIMEOUT = 1e9
+# the loops' words when ssl_handshake_timeout ends a handshake (sslproto)
+_TIMED_OUT = "SSL handshake is taking longer than"
 
 
 async def _tls_over_tcp(
     sock: socket.socket, ctx: ssl.SSLContext, protocol: asyncio.BaseProtocol, *,
     server_side: bool, server_hostname: str | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
 ) -> asyncio.Transport:
     """A half-closing TLS connection on SOCK for PROTOCOL: a TCP transport whose protocol
     is a _TcpUnderTls, TLS started over it (loop.start_tls, the SSLProtocol the loop's
@@ -1034,7 +1045,7 @@ async def _tls_over_tcp(
     try:
         tr = await loop.start_tls(raw, protocol, ctx, server_side=server_side,
                                   server_hostname=server_hostname,
-                                  ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                                  ssl_handshake_timeout=timeout)
     except BaseException:
         raw.abort()
         raise
@@ -1052,12 +1063,14 @@ async def _tls_over_tcp(
 
 async def accept_downstream(
     conn: socket.socket, transport: TlsTransport, limit: int, half_close: bool = False,
+    timeout: float | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PeerInfo, str | None]:
     """Server-side handshake on an accepted socket (tls_inspector only peeked, so the
     ClientHello is still there). Returns the streams, the peer and the negotiated ALPN.
     HALF_CLOSE: for a chain with tcp_proxy (_HalfClose), set before the handshake, so a
-    close_notify that comes before the filter starts is kept for it.
-    Raises TlsError with Envoy's failure reason."""
+    close_notify that comes before the filter starts is kept for it. TIMEOUT: the filter
+    chain's transport_socket_connect_timeout (None: the handshake may take any time).
+    Raises TlsError with Envoy's failure reason (``timed_out`` when TIMEOUT ended it)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     protocol = asyncio.StreamReaderProtocol(reader)
@@ -1069,19 +1082,30 @@ async def accept_downstream(
         hs.check = transport.san_check(ctx)
         # of the certificate this handshake uses
         local_uri_sans, local_der = transport.local_uri_sans, transport.local_der
+        limit_s = timeout or NO_TIMEOUT
         if half_close:
-            tr = await _tls_over_tcp(conn, ctx, protocol, server_side=True)
+            tr = await _tls_over_tcp(conn, ctx, protocol, server_side=True, timeout=limit_s)
         else:
             tr, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock=conn, ssl=ctx,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+                lambda: protocol, sock=conn, ssl=ctx, ssl_handshake_timeout=limit_s)
     except (OSError, TlsError, TimeoutError) as exc:
+        if timeout and isinstance(exc, (ConnectionAbortedError, TimeoutError)) \
+                and str(exc).startswith(_TIMED_OUT):
+            # Envoy's transport socket timeout: no ssl.* counter and no failure reason,
+            # the listener's downstream_cx_transport_socket_connect_timeout and the
+            # termination details (observed on 1.40)
+            raise TlsError("", "", _failed_connection(hs, transport.local_der, ""),
+                           timed_out=True) from exc
         if hs.failure is not None:
             reason, stat = hs.failure, "fail_verify_san"
-        elif not hs.received and not isinstance(exc, TlsError):
-            # closed (or timed out) before sending a byte: Envoy counts no ssl.* error
-            # and has no failure reason for it (observed on 1.40: a plain-text client
-            # that connects and closes, or waits and closes)
+        elif not isinstance(exc, TlsError) and (
+                not hs.received or not isinstance(exc, ssl.SSLError)
+                or isinstance(exc, ssl.SSLEOFError)):
+            # closed before sending a byte, or in the middle of the handshake (its TCP
+            # end, not a TLS error): Envoy counts no ssl.* error and has no failure
+            # reason for it, BoringSSL's error queue being empty (observed on 1.40: a
+            # plain-text client that connects and closes, or waits and closes; one
+            # that sends part of a ClientHello and closes)
             reason, stat = "", ""
         else:
             reason, stat = failure_reason(exc, server=True, depth=hs.error_depth, hs=hs)
