@@ -1210,6 +1210,11 @@ async def connect_upstream(
         sock.close()
         if hs.failure is not None:
             raise TlsError(hs.failure, "fail_verify_san") from exc
+        if isinstance(exc, (ConnectionError, ssl.SSLEOFError)):
+            # the server closed (or reset) the connection in the handshake, without an
+            # alert: BoringSSL's error queue is empty, and Envoy has no failure reason
+            # (observed on 1.40: tcp_proxy logs UF,URX and "-")
+            raise TlsError("", "") from exc
         reason, stat = failure_reason(exc, depth=hs.error_depth)
         raise TlsError(reason, stat) from exc
     finally:
