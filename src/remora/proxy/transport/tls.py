@@ -8,8 +8,8 @@ The subset Istio's sidecars use:
   ``sds_config`` is a ``path_config_source`` (a DiscoveryResponse file holding a Secret);
 - ``validation_context`` (``trusted_ca``, ``match_typed_subject_alt_names``) or
   ``combined_validation_context`` (that, plus ``validation_context_sds_secret_config``);
-- ``alpn_protocols``; ``tls_params`` min/max version; ``require_client_certificate``
-  (downstream); ``sni`` (upstream).
+- ``alpn_protocols``; ``tls_params`` min/max version, ``cipher_suites``, ``ecdh_curves``;
+  ``require_client_certificate`` (downstream); ``sni`` (upstream).
 
 Certificates are read again when a file they come from changes (checked per handshake,
 by stat), so a rotated workload certificate is used by the next connection while open
