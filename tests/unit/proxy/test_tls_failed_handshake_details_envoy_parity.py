@@ -8,15 +8,16 @@ the handshake got to (observed): %DOWNSTREAM_TLS_VERSION% (TLSv1.2, BoringSSL's
 SSL_get_version, before any version was negotiated: plain text, a client gone before its
 first byte), %DOWNSTREAM_TLS_CIPHER% once one was chosen (not when no cipher is shared),
 the local certificate's operators always, a refused client certificate's and its chain's
-operators (fingerprint, URI SAN, issuer, serials, validity), never a session ID. Before,
+operators (fingerprint, URI SAN, issuer, serials, validity; refused for its CA or by a SAN
+matcher, the san-in listener), never a session ID. Before,
 remora printed ``-`` for all of them. Envoy's key exchange groups are X25519 and P-256
 (DEFAULT_CURVES): a TLS 1.3 client offering only P-384 fails with NO_SHARED_GROUP, where
 remora completed the handshake; a TLS 1.2 client whose groups do not hold the ECDSA
 certificate's curve (or that sends none, offering no ECDHE suite) fails with
 WRONG_CURVE, where remora said NO_SHARED_CIPHER (in OpenSSL's own words, without
 BoringSSL's error number); a client without a usable suite, NO_SHARED_CIPHER.
-One bootstrap, run once by `envoy` and once by `remora proxy`; each client binds its own
-port, which the line prints, so each line is the client's. Needs the envoy binary; no
+One bootstrap, run once by `envoy` and once by `remora proxy`; each line is found by the
+client's port, which it prints. Needs the envoy binary; no
 root."""
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import json
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,26 +49,33 @@ LOG = "%DOWNSTREAM_REMOTE_ADDRESS% " + " ".join(f"{op}=%{op}%" for op in OPERATO
 T12, T13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 
 
-def _bootstrap(port: int, admin: int, backend: int, certs: Path, logs: Path) -> dict[str, Any]:
-    common = {"tls_certificates": [{
-        "certificate_chain": {"filename": str(certs / "cert-chain.pem")},
-        "private_key": {"filename": str(certs / "key.pem")}}],
-        "validation_context": {"trusted_ca": {"filename": str(certs / "root-cert.pem")}}}
+def _bootstrap(ports: dict[str, int], admin: int, backend: int, certs: Path,
+               logs: Path) -> dict[str, Any]:
+    """Two listeners requiring a client certificate of the CA: tls-in, and san-in whose
+    SAN matcher accepts none."""
+    def listener(name: str, sans: list[dict[str, Any]]) -> dict[str, Any]:
+        validation: dict[str, Any] = {"trusted_ca": {"filename": str(certs / "root-cert.pem")}}
+        if sans:
+            validation["match_typed_subject_alt_names"] = sans
+        common = {"tls_certificates": [{
+            "certificate_chain": {"filename": str(certs / "cert-chain.pem")},
+            "private_key": {"filename": str(certs / "key.pem")}}],
+            "validation_context": validation}
+        return {"name": name, "address": addr("127.0.0.1", ports[name]),
+                "filter_chains": [{"name": "mtls", "filters": [{
+                    "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                        "@type": TCP_PROXY, "stat_prefix": name, "cluster": "backend",
+                        "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+                            "@type": FILE_LOG, "path": str(logs / f"{name}.log"),
+                            "log_format": {"text_format_source": {"inline_string": LOG}}}}]}}],
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls", "typed_config": {
+                            "@type": th.PREFIX + "DownstreamTlsContext",
+                            "require_client_certificate": True,
+                            "common_tls_context": common}}}]}
+    nobody = [{"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/x/sa/nobody"}}]
     return {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
-        "listeners": [{"name": "tls-in", "address": addr("127.0.0.1", port),
-                       "filter_chains": [{"name": "mtls", "filters": [{
-                           "name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                               "@type": TCP_PROXY, "stat_prefix": "tls-in",
-                               "cluster": "backend", "access_log": [{
-                                   "name": "envoy.access_loggers.file", "typed_config": {
-                                       "@type": FILE_LOG, "path": str(logs / "tcp.log"),
-                                       "log_format": {"text_format_source": {
-                                           "inline_string": LOG}}}}]}}],
-                           "transport_socket": {
-                               "name": "envoy.transport_sockets.tls", "typed_config": {
-                                   "@type": th.PREFIX + "DownstreamTlsContext",
-                                   "require_client_certificate": True,
-                                   "common_tls_context": common}}}]}],
+        "listeners": [listener("tls-in", []), listener("san-in", nobody)],
         "clusters": [static_cluster("backend", backend)]}}
 
 
@@ -132,7 +139,8 @@ def _plain(port: int, data: bytes) -> tuple[int, str]:
             return local, type(exc).__name__
 
 
-CASES: dict[str, Callable[[int, dict[str, Path]], tuple[int, str]]] = {
+Client = Callable[[int, dict[str, Path]], tuple[int, str]]
+CASES: dict[str, Client] = {
     "plain-http": lambda port, c: _plain(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
     "plain-silent": lambda port, c: _plain(port, b""),
     "no-certificate-tls13": lambda port, c: _tls(port, _context(None)),
@@ -151,7 +159,11 @@ CASES: dict[str, Callable[[int, dict[str, Path]], tuple[int, str]]] = {
     "only-x25519-tls12": lambda port, c: _tls(port, _context(c["server"], curve="X25519",
                                                              version=T12)),
     "only-p256-tls13": lambda port, c: _tls(port, _context(c["server"], curve="prime256v1")),
+    # a certificate of the CA no SAN matcher accepts (the san-in listener)
+    "san-refused-tls13": lambda port, c: _tls(port, _context(c["server"])),
+    "san-refused-tls12": lambda port, c: _tls(port, _context(c["server"], version=T12)),
 }
+LISTENER = {name: "san-in" if name.startswith("san-") else "tls-in" for name in CASES}
 
 
 def _story(kind: str, certs: dict[str, Path], tmp: Path) -> dict[str, Any]:
@@ -167,29 +179,25 @@ def _story(kind: str, certs: dict[str, Path], tmp: Path) -> dict[str, Any]:
             pass
 
     backend = lp.thread_server(handle, threaded=True)
-    port, admin = free_port(), free_port()
+    ports = {"tls-in": free_port(), "san-in": free_port()}
+    admin = free_port()
     config = tmp / f"{kind}.json"
-    config.write_text(json.dumps(_bootstrap(port, admin, backend.getsockname()[1],
+    config.write_text(json.dumps(_bootstrap(ports, admin, backend.getsockname()[1],
                                             certs["server"], logs)))
     out: dict[str, Any] = {}
-    lock = threading.Lock()
     try:
-        with lp.loopback_proxy(kind, config, port, admin):
-            ports: dict[str, tuple[int, str]] = {}
-            for name, client in CASES.items():
-                with lock:
-                    ports[name] = client(port, certs)
-            lines = lp.wait_lines(logs / "tcp.log", len(CASES) + 1)  # + the start probe
+        with lp.loopback_proxy(kind, config, *ports.values(), admin):
+            clients = {name: client(ports[LISTENER[name]], certs)
+                       for name, client in CASES.items()}
             deadline = time.monotonic() + 5
             by_port: dict[int, str] = {}
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline:  # each line is written when its connection ends
                 by_port = {int(line.split(" ", 1)[0].rsplit(":", 1)[1]): line.split(" ", 1)[1]
-                           for line in lines}
-                if all(p in by_port for p, _ in ports.values()):
+                           for name in ports for line in lp.wait_lines(logs / f"{name}.log", 1)}
+                if all(local in by_port for local, _ in clients.values()):
                     break
                 time.sleep(0.1)
-                lines = lp.wait_lines(logs / "tcp.log", len(CASES) + 1)
-            for name, (local, ended) in ports.items():
+            for name, (local, ended) in clients.items():
                 out[name] = (ended, _fields(by_port[local]))
     finally:
         backend.close()
@@ -223,6 +231,9 @@ REASONS = {
     "only-p384-tls12": _boringssl(243, "WRONG_CURVE"),
     "only-x25519-tls12": _boringssl(243, "WRONG_CURVE"),
     "only-p256-tls13": "-",
+    "san-refused-tls13": "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_"
+                         "FAILED:verify_cert_failed:_SAN_matcher,_certificate_SANs_are_"
+                         "[spiffe://cluster.local/ns/demo/sa/default]:TLS_error_end",
 }
 PEER = ("DOWNSTREAM_PEER_FINGERPRINT_256", "DOWNSTREAM_PEER_URI_SAN",
         "DOWNSTREAM_PEER_ISSUER", "DOWNSTREAM_PEER_CHAIN_SERIALS",
@@ -246,7 +257,7 @@ def test_a_failed_handshake_is_logged_and_answered_as_on_envoy(
         else:  # a version and a cipher were chosen
             assert re.fullmatch(r"TLSv1\.[23]", fields["DOWNSTREAM_TLS_VERSION"]), envoy
             assert fields["DOWNSTREAM_TLS_CIPHER"] != "-", envoy
-        refused_certificate = case.startswith("other-ca")
+        refused_certificate = case.startswith(("other-ca", "san-refused"))
         assert all((fields[op] != "-") is refused_certificate for op in PEER), envoy
     assert remora == envoy
 
@@ -259,6 +270,8 @@ def test_the_alerts_a_client_reads(outcomes: dict[str, dict[str, Any]]) -> None:
     assert alerts["no-certificate-tls13"] == "alert TLSV13_ALERT_CERTIFICATE_REQUIRED"
     assert alerts["no-certificate-tls12"] == "alert SSLV3_ALERT_HANDSHAKE_FAILURE"
     assert alerts["other-ca-tls13"] == alerts["other-ca-tls12"] == "alert TLSV1_ALERT_UNKNOWN_CA"
+    assert alerts["san-refused-tls13"] == alerts["san-refused-tls12"] == \
+        "alert SSLV3_ALERT_CERTIFICATE_UNKNOWN"
     for case in ("only-aes128-sha", "only-rsa-suites", "only-p384-tls13", "only-p384-tls12",
                  "only-x25519-tls12"):
         assert alerts[case] == "alert SSLV3_ALERT_HANDSHAKE_FAILURE", case
