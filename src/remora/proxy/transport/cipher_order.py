@@ -38,9 +38,10 @@ import ssl
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("remora.proxy")
+L = TypeVar("L")
 
 _SUPPORTED_VERSIONS = 43  # TLS extension type (RFC 8446 4.2.1)
 _TLS13 = b"\x03\x04"
@@ -97,22 +98,26 @@ class _Rule:
 _rules: dict[int, _Rule] = {}  # SSL_CTX address -> its rule (while the context lives)
 
 
-_lib: _LibSsl | None = None
-_lib_failed = False
+def load_once(factory: Callable[[], L], what: str) -> Callable[[], L | None]:
+    """A function giving FACTORY's libssl bindings, made on its first call and kept; None
+    from then on where libssl cannot be reached that way (said once, at debug level, as
+    WHAT unavailable). Each set of bindings here and in handshake.py is one of these."""
+
+    @functools.cache
+    def bindings() -> L | None:
+        try:
+            return factory()
+        except (OSError, AttributeError) as exc:
+            log.debug("%s unavailable: %s", what, exc)
+            return None
+
+    return bindings
+
+
+_libssl = load_once(_LibSsl, "libssl client-hello callback")
 # called with (SSL pointer, the bound functions) for every ClientHello a server context
 # with the callback reads, before its rule: handshake.py notes the client's groups
 hello_hook: Callable[[int, _LibSsl], None] | None = None
-
-
-def _libssl() -> _LibSsl | None:
-    global _lib, _lib_failed
-    if _lib is None and not _lib_failed:
-        try:
-            _lib = _LibSsl()
-        except (OSError, AttributeError) as exc:
-            _lib_failed = True
-            log.debug("libssl client-hello callback unavailable: %s", exc)
-    return _lib
 
 
 def offers_tls13(supported_versions: bytes) -> bool:
@@ -146,7 +151,7 @@ def group_order(rule: _Rule, offered: bytes) -> list[str]:
 
 
 def _on_client_hello(ssl_ptr: int | None, _alert: Any, _arg: int | None) -> int:
-    lib = _lib
+    lib = _libssl()  # made already: the callback is installed only through it
     if lib is None or not ssl_ptr:
         return _SUCCESS
     try:

@@ -139,19 +139,7 @@ class _Lib:
         self.sk_value = f("OPENSSL_sk_value", ptr, ptr, i)
 
 
-_lib: _Lib | None = None
-_lib_failed = False
-
-
-def _libssl() -> _Lib | None:
-    global _lib, _lib_failed
-    if _lib is None and not _lib_failed:
-        try:
-            _lib = _Lib()
-        except (OSError, AttributeError) as exc:
-            _lib_failed = True
-            log.debug("libssl verify callback unavailable: %s", exc)
-    return _lib
+_libssl = cipher_order.load_once(_Lib, "libssl verify callback")
 
 
 def _der(lib: _Lib, cert: int | None) -> bytes | None:
@@ -192,7 +180,7 @@ def _on_verify(ok: int, store: int | None) -> int:
     if not store:
         return ok
     hs = HANDSHAKE.get()
-    lib = _lib
+    lib = _libssl()  # made already: the callback is installed only through it
     if not ok:
         if hs is not None and lib is not None:
             with contextlib.suppress(Exception):  # never into OpenSSL
@@ -253,8 +241,7 @@ class _Shutdown:
         self.clear_errors = f("ERR_clear_error", None)
 
 
-_shutdown: _Shutdown | None = None
-_shutdown_failed = False
+_shutdown = cipher_order.load_once(_Shutdown, "libssl SSL_shutdown")
 
 
 def _ssl_pointer(obj: ssl.SSLObject) -> int | None:
@@ -287,14 +274,7 @@ def send_close_notify(obj: ssl.SSLObject) -> None:
     peer's not yet read), and that call reads from the incoming BIO for the peer's,
     where OpenSSL discards application data once it has sent its close_notify
     (ssl3_read_bytes); it is the fallback where libssl cannot be reached that way."""
-    global _shutdown, _shutdown_failed
-    if _shutdown is None and not _shutdown_failed:
-        try:
-            _shutdown = _Shutdown()
-        except (OSError, AttributeError) as exc:
-            _shutdown_failed = True
-            log.debug("libssl SSL_shutdown unavailable: %s", exc)
-    lib = _shutdown
+    lib = _shutdown()
     ptr = _ssl_pointer(obj) if lib is not None else None
     if lib is None or ptr is None:
         with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -326,8 +306,7 @@ class _Failed:
                             ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t))
 
 
-_failed_lib: _Failed | None = None
-_failed_lib_failed = False
+_failed_lib = cipher_order.load_once(_Failed, "libssl handshake state")
 
 
 def failed(inner: Any, hs: Handshake) -> None:
@@ -338,14 +317,7 @@ def failed(inner: Any, hs: Handshake) -> None:
     chosen (SSL_get_current_cipher, or the one chosen for the handshake,
     SSL_get_pending_cipher) and the curve of the local certificate's key. Nothing where
     libssl cannot be reached that way."""
-    global _failed_lib, _failed_lib_failed
-    if _failed_lib is None and not _failed_lib_failed:
-        try:
-            _failed_lib = _Failed()
-        except (OSError, AttributeError) as exc:
-            _failed_lib_failed = True
-            log.debug("libssl handshake state unavailable: %s", exc)
-    lib = _failed_lib
+    lib = _failed_lib()
     try:
         ptr = _inner_pointer(inner) if lib is not None else None
         if lib is None or ptr is None:
