@@ -13,10 +13,11 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 import httptools
 
+from remora.native import mypyc_attr
 from remora.proxy.http.codec_state import (
     CLIENT,
     DONE,
@@ -351,8 +352,8 @@ class RequestDecoder:
             if self._resuming:
                 raise  # to _resume's loop
             self._resume(r.rest)
-        except CodecError as e:
-            self.error = e
+        except CodecError as err:  # (not "e": mypyc types one name by its first except)
+            self.error = err
             raise
         except httptools.HttpParserUpgrade as e:
             if self._h2c_stripped:
@@ -745,7 +746,8 @@ class RequestDecoder:
 
 
 class _Feeds(Protocol):
-    def feed_data(self, data: bytes) -> None: ...
+    # (a memoryview too: _replay_offset's prefixes; httptools' feed_data takes any buffer)
+    def feed_data(self, data: bytes | memoryview) -> None: ...
 
 
 class _Parser(Protocol):
@@ -797,6 +799,9 @@ def _response_error() -> ResponseError:
 _KEPT_MAX = 64 * 1024
 
 
+# (a Python class when compiled by mypyc: it sets its callback by name, and a native
+# class has no attributes but its declared ones)
+@mypyc_attr(native_class=False)
 class _Count:
     """A parser's callbacks that count one event, and the body bytes (_replay_offset)."""
 
@@ -812,7 +817,7 @@ class _Count:
         self.body += len(data)
 
 
-def _count(buf: bytes, event: str,
+def _count(buf: bytes | memoryview, event: str,
            parser_for: Callable[[object], _Feeds] | None = None) -> _Count | None:
     counter = _Count(event)
     parser = (parser_for or _request_parser)(counter)
@@ -839,8 +844,8 @@ def _replay_offset(buf: bytes, event: str,
     lo, hi = 1, len(buf)
     while lo < hi:
         mid = (lo + hi) // 2
-        # (httptools' feed_data takes a memoryview as it is: its stub says bytes)
-        part = _count(cast("bytes", view[:mid]), event, parser_for)
+        # (a memoryview typed as one: compiled by mypyc, a cast to bytes is checked)
+        part = _count(view[:mid], event, parser_for)
         if part is None:
             return None
         if part.n >= total:

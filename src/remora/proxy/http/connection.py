@@ -891,8 +891,6 @@ class Http1Connection:
                 task.uncancel()
         return reason
 
-    _take_cancel = take_cancel  # the name callers on other branches still use
-
     def _codec_error_reply(self, err: CodecError) -> None:
         """A request that never became a stream (bad request line, bad header, oversize
         headers): Envoy logs it with "- -" for method and path, flag DPE, and with the

@@ -41,7 +41,12 @@ class StreamCallbacks(Protocol):
     downstream: Downstream  # its ``facts`` pick the upstream pool key
     # loop time of the last byte moved for the active stream (stream_idle_timeout)
     last_activity: float
-    write_paused: bool  # the downstream is above its high-water mark
+
+    @property
+    def write_paused(self) -> bool:
+        """The downstream is above its high-water mark (read-only: an HTTP/2 stream's
+        StreamConn computes it)."""
+        ...
 
     def cancel_active(self, reason: str) -> None:
         """Interrupt the stream being served: its task is cancelled with REASON ("timeout",

@@ -94,7 +94,9 @@ class HttpConnectionManager:
         self.filters = cfg.http_filters
         self.decoders = [f for f in cfg.http_filters if hasattr(f, "decode_headers")]
         # encoders run in reverse filter order, as Envoy's encoder filter chain does
-        self.encoders = [f for f in reversed(cfg.http_filters) if hasattr(f, "encode_headers")]
+        # (a slice, not reversed(): mypyc 2.4 fails with "AssertionError: Any" compiling
+        # reversed() over this list of Any; docs/architecture.md "Native build")
+        self.encoders = [f for f in cfg.http_filters[::-1] if hasattr(f, "encode_headers")]
         # per route (by id: routes live as long as this config): the filters that act on
         # its requests, worked out on its first request
         self._route_chains: dict[int, tuple[list[Any], list[Any]]] = {}
@@ -153,7 +155,9 @@ class HttpConnectionManager:
         # handles' pending counts, its active gauge to the store's entry and its
         # downstream_rq_time to the histogram's pending values in place, five calls fewer
         # per request; over another Stats each change goes through the handle.
-        self._inline = (type(self._rq_total) is Counter and type(self._rq_active) is Gauge
+        # (not "_inline": mypyc names the C struct member after the attribute with one more
+        # leading underscore, and __inline is a GCC keyword)
+        self._inlined = (type(self._rq_total) is Counter and type(self._rq_active) is Gauge
                         and all(type(c) is Counter for c in (self._rq_completed, *self._rq_xx))
                         and type(self._rq_time) is Histogram)
         self._gauges = self._rq_active.values
@@ -284,7 +288,7 @@ class HttpConnectionManager:
         None when the stream ended here (a local reply) or went upstream without a
         coroutine (a chain of the router alone: ``Router.start``); otherwise the coroutine
         that goes on with the filters (or the router's own)."""
-        if self._inline:
+        if self._inlined:
             self._rq_total.pending += 1
             self._gauges[self._rq_active_name] += 1
         else:
@@ -353,7 +357,7 @@ class HttpConnectionManager:
         if end is None:
             end = info.end_monotonic = time.monotonic()  # StreamInfo.finish
         # a stream that never decoded a request was not counted active
-        if self._inline:
+        if self._inlined:
             if req.method:
                 self._gauges[self._rq_active_name] -= 1
             # downstream_rq_completed: a request that got a response (Envoy counts none

@@ -309,9 +309,13 @@ class _Forward:
         # an HTTP/1.1 connection and an HTTP/2 stream drive the stream from their
         # callbacks (connection.py, http2/stream.py): the response wait is announced to
         # them, and resumed by them
+        # (narrowed from object, not from the StreamCallbacks Protocol: mypy narrows that
+        # to "<subclass of Http1Connection and StreamCallbacks>", which mypyc checks as an
+        # Http1Connection, and a StreamConn failed the check when compiled)
+        any_conn: object = conn
         self.h1: Http1Connection | StreamConn | None = (
-            conn if type(conn) is Http1Connection
-            or isinstance(conn, (Http1Connection, StreamConn)) else None)
+            any_conn if type(any_conn) is Http1Connection
+            or isinstance(any_conn, (Http1Connection, StreamConn)) else None)
         self.route = route
         self.cluster = cluster
         p: RetryPolicy | None = route.retry_policy
@@ -576,8 +580,9 @@ class _Forward:
                 global _forward_h2
                 forward_h2 = _forward_h2
                 if forward_h2 is None:
-                    from remora.proxy.http2.upstream import forward_h2
-                    _forward_h2 = forward_h2
+                    # an alias: mypyc cannot compile an import that rebinds a local
+                    from remora.proxy.http2.upstream import forward_h2 as imported
+                    forward_h2 = _forward_h2 = imported
                 await forward_h2(self, exclude, _Failure)
                 return
             facts = self.conn.downstream.facts

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from remora.native import mypyc_attr
 from remora.proxy.http.codec import Request, status_line
 from remora.proxy.http.header_map import repeated_response_view
 from remora.proxy.http.header_matcher import RepeatedHeaders
@@ -34,6 +35,7 @@ from remora.proxy.stream_info import StreamInfo, format_address
 if TYPE_CHECKING:
     from remora.proxy.http.connection import Http1Connection
     from remora.proxy.http.filter import EncoderFilter
+    from remora.proxy.http2.stream import StreamConn
 
 _NONE: frozenset[str] = frozenset()
 _RESPONSE_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding"})
@@ -175,16 +177,22 @@ _LENGTH_ZERO = ("content-length", "0")
 _BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "CONNECT", "TRACE"})
 
 
+# compiled by mypyc (remora/native.py), yet http2/stream.py's Http2Stream, pure Python,
+# subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ActiveStream:
     # what a bodiless local reply ends its head with: Envoy's HTTP/1 codec writes
     # content-length: 0 last when the headers end the response (its HTTP/2 codec does not)
-    BODILESS_TAIL: tuple[tuple[str, str], ...] = (("content-length", "0"),)
+    # (a ClassVar: mypyc makes any other class-level value an instance attribute's default,
+    # which Http2Stream's class attribute would not override)
+    BODILESS_TAIL: ClassVar[tuple[tuple[str, str], ...]] = (("content-length", "0"),)
     __slots__ = ("authority", "closing", "conn", "cors_origin", "encoders", "head", "idle_timer",
                  "info", "method", "out", "path", "req", "resp_chunked", "response_complete",
                  "response_started", "route", "upstream_chunked", "upstream_framing",
                  "upstream_headers")
 
-    def __init__(self, conn: Http1Connection, req: Request) -> None:
+    def __init__(self, conn: Http1Connection | StreamConn, req: Request) -> None:
+        # (an HTTP/2 stream's StreamConn: typed as what it is, as mypyc checks the type)
         self.conn = conn
         self.req = req
         self.info = StreamInfo.for_request(conn.downstream.info, "HTTP/1.1")
@@ -305,7 +313,7 @@ class ActiveStream:
         expect = hmap.get("expect")
         if expect is not None and expect.lower() == "100-continue":
             # Envoy answers 100-continue itself (proxy_100_continue false) and strips Expect
-            conn.output.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cast("Http1Connection", conn).output.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         policy = hcm.request_policy
         final_remote_ip, sets = policy.mutate(
@@ -395,7 +403,7 @@ class ActiveStream:
             # created), active until its connection ends (no HTTP follows it there)
             hcm.count("downstream_cx_upgrades_total")
             hcm.stats.gauge_add(hcm.stat + "downstream_cx_upgrades_active", 1)
-            conn.upgrades += 1
+            cast("Http1Connection", conn).upgrades += 1
         return True
 
     # -- response side --------------------------------------------------------------------
@@ -404,8 +412,9 @@ class ActiveStream:
                        tail: tuple[tuple[str, str], ...] = (),
                        mutations: HeaderMutations | None = None, joined: bool = False) -> None:
         """Write the response head downstream; CHUNKED: body is re-framed as chunks."""
-        conn = self.conn
-        cfg = conn.cfg
+        # (HTTP/1.1 alone: Http2Stream has its own encode_headers, flush and encode_end)
+        h1 = cast("Http1Connection", self.conn)
+        cfg = h1.cfg
         self.response_started = True
         info = self.info
         info.response_code = status
@@ -471,11 +480,11 @@ class ActiveStream:
             resp["server"] = cfg.server_name
             hl.append(("server", cfg.server_name))
         # (a switched 101 keeps the upstream's connection: upgrade line, above)
-        if not switched and (self.closing or conn.drain_close()):
+        if not switched and (self.closing or h1.drain_close()):
             if not self.closing:
                 # closing for the drain alone: the connection may stay (Http1Connection.
                 # _drain_keeps)
-                conn.drain_closed = self
+                h1.drain_closed = self
             self.closing = True
             hl.append(("connection", "close"))
         # the codec adds the framing last (Envoy: after connection: close)
@@ -497,7 +506,8 @@ class ActiveStream:
         out = self.out
         if out:
             # to the connection's output: written at the end of the loop turn
-            self.conn.output.write(out[0] if len(out) == 1 else b"".join(out))
+            cast("Http1Connection", self.conn).output.write(
+                out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def encode_data(self, data: bytes) -> None:
@@ -515,7 +525,8 @@ class ActiveStream:
             out.append(b"0\r\n\r\n")
         self.response_complete = True
         if out:  # flush, inlined
-            self.conn.output.write(out[0] if len(out) == 1 else b"".join(out))
+            cast("Http1Connection", self.conn).output.write(
+                out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def encode_trailers(self, trailers: list[tuple[str, str]]) -> None:

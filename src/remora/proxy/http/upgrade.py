@@ -12,6 +12,7 @@ ResponseHandler); each side stops reading while the other is above its high-wate
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.connection import BUFFER_LIMIT, Http1Connection
@@ -48,7 +49,9 @@ class _Tunnel:
 
 async def tunnel(stream: ActiveStream, pc: PooledConnection, dec: ResponseDecoder) -> None:
     stream.flush()  # the 101 head
-    conn, req, info = stream.conn, stream.req, stream.info
+    # an upgrade is HTTP/1.1's alone (an HTTP/2 stream has no Upgrade: RFC 9113 8.2.2)
+    conn = cast(Http1Connection, stream.conn)
+    req, info = stream.req, stream.info
     loop = conn.loop
 
     def to_upstream(data: bytes) -> None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from remora.proxy.http.codec import CodecError, Request
 from remora.proxy.http.header_map import repeated_response_view
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from remora.proxy.http.connection import InFlight
     from remora.proxy.http.hcm import HttpConnectionManager
     from remora.proxy.http2.downstream import Http2Connection
+    from remora.proxy.interfaces import Downstream
 
 # RFC 9113 8.2.2: connection-specific header fields never appear in HTTP/2; Envoy's codec
 # drops them from a response converted from HTTP/1.1
@@ -112,7 +113,7 @@ class StreamConn:
         self.cfg = hcm.cfg
         self.encoders = hcm.encoders
         self.sanitize_xfcc = hcm.sanitize_xfcc
-        self.downstream = h2c.downstream
+        self.downstream: Downstream = h2c.downstream
         self.scheme = h2c.scheme
         self.loop = h2c.loop
         self.decoder = _NO_DECODER
@@ -459,15 +460,17 @@ class Http2Stream(ActiveStream):
 
     # a bodiless local reply (gRPC's trailers-only one too) is one HEADERS frame with
     # END_STREAM and no content-length, as Envoy 1.40's HTTP/2 codec sends it
-    BODILESS_TAIL: tuple[tuple[str, str], ...] = ()
-    __slots__ = ("ack_waiting", "end_queued", "ended", "h2c", "head_block", "out",
+    BODILESS_TAIL: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # (no "out": ActiveStream's slot; a second one here would hide it, and compiled by
+    # mypyc ActiveStream writes its own)
+    __slots__ = ("ack_waiting", "end_queued", "ended", "h2c", "head_block",
                  "out_bytes", "reset", "reset_by_peer", "scon", "sid", "started_at",
                  "trailers", "unacked")
 
     def __init__(self, scon: StreamConn, req: Request) -> None:
         # (ActiveStream's __init__ called directly: no super() object, no typing.cast
         # call, once per stream)
-        ActiveStream.__init__(self, scon, req)  # type: ignore[arg-type]
+        ActiveStream.__init__(self, scon, req)
         self.scon = scon
         self.h2c = scon.h2c
         self.sid = scon.stream_id

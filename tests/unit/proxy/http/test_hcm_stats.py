@@ -50,9 +50,9 @@ async def _exchange(stats: Any) -> tuple[dict[str, int], int, int]:
                "route": {"cluster": "app", "timeout": "0s"}}]
     hcm = build_hcm(hcm_config(routes, domains=["srv"]), ctx)
     if isinstance(stats, StatsStore):
-        assert hcm._inline  # the store's own handles: counted in place
+        assert hcm._inlined  # the store's own handles: counted in place
     else:
-        assert not hcm._inline
+        assert not hcm._inlined
     try:
         async with proxy(hcm) as addr:
             c = await Client.connect(addr)
