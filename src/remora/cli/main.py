@@ -21,8 +21,19 @@ from remora.errors import RemoraError
 
 # `remora --version` also says which copy runs and with which interpreter: two clones on
 # one machine each have their own, and scripts/install reports the one it replaced.
-_WHERE = f"from {Path(remora.__file__).parent} (python {sys.executable})".replace("%", "%%")
-VERSION_MESSAGE = f"%(prog)s, version %(version)s {_WHERE}"
+# Its second line says whether `remora proxy` runs the mypyc-compiled hot modules
+# (remora/native.py): "native: yes (N modules)" or "native: no (why)".
+_WHERE = f"from {Path(remora.__file__).parent} (python {sys.executable})"
+
+
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from remora import native
+
+    click.echo(f"remora, version {__version__} {_WHERE}")
+    click.echo(f"native: {native.status()}")
+    ctx.exit()
 
 COMMANDS: dict[str, str] = {
     "capture": "remora.cli.capture:capture",
@@ -74,7 +85,8 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="remora", message=VERSION_MESSAGE)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version, the copy of remora that runs and its native build.")
 def cli() -> None:
     """remora: Istio's sidecar data path on one Linux host, with real kernel networking."""
 
