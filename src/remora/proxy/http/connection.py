@@ -637,14 +637,14 @@ class Http1Connection:
             if self.decoder.ready:
                 self._serve_ready()
 
-    @types.coroutine
-    def in_task(self) -> Generator[None, None, None]:
+    async def in_task(self) -> None:
         """Awaited by the router before what needs the connection's task (a new upstream
         connection's asyncio.timeout, the HTTP/2 pool, a tunnel): a coroutine driven
-        from a callback is handed over to the task there (one bare yield); under the task
-        it goes straight on."""
+        from a callback is handed over to the task there (one bare yield: sleep(0)); under
+        the task it goes straight on. (An async def, not a @types.coroutine generator:
+        compiled by mypyc, that generator cannot be awaited from Python, http2/upstream.py)"""
         if self._running:
-            yield None
+            await asyncio.sleep(0)
 
     def _drive(self, coro: Coroutine[Any, Any, Any], exc: BaseException | None) -> None:
         """Run the stream's coroutine from a callback until it ends or suspends: on the

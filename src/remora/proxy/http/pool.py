@@ -18,6 +18,7 @@ max_connection_duration).
 from __future__ import annotations
 
 import asyncio
+import asyncio.protocols  # (mypyc: the Python class PooledConnection's base's module)
 import contextlib
 import sys
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from remora.native import mypyc_attr
 from remora.proxy.deferred_write import DeferredOutput, batch_for
 from remora.proxy.http.codec import ResponseDecoder
 from remora.proxy.http.codec_state import ConnectionState
@@ -77,6 +79,10 @@ class ResponseHandler(Protocol):
     def upstream_eof(self) -> None: ...
 
 
+# (a Python class when compiled by mypyc: as a native class under asyncio.Protocol with a
+# __weakref__ slot its instances' memory was corrupted, a segfault in the GC after a few
+# requests; its methods are compiled all the same)
+@mypyc_attr(native_class=False)
 class PooledConnection(asyncio.Protocol):
     """One upstream HTTP/1.1 connection, and the asyncio Protocol that reads it once
     ``take_over`` switched its transport from the core's StreamReader (as the downstream
