@@ -50,10 +50,17 @@ GROUP = "remora_native"
 MODULES: tuple[str, ...] = (
     "remora.proxy.http.codec",
     "remora.proxy.http.codec_state",
+    "remora.proxy.http.connection",
+    "remora.proxy.http.filter",
+    "remora.proxy.http.hcm",
     "remora.proxy.http.header_map",
     "remora.proxy.http.header_mutation",
     "remora.proxy.http.headers",
+    "remora.proxy.http.pool",
     "remora.proxy.http.retry",
+    "remora.proxy.http.router",
+    "remora.proxy.http.stream",
+    "remora.proxy.http.upstream_request",
 )
 STAMP = "stamp.json"
 SRC = Path(__file__).resolve().parent.parent  # the folder holding the remora package

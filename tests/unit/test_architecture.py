@@ -23,10 +23,11 @@ SRC = REPO / "src" / "remora"
 # remora.diagnose.evidence, the evidence sources (files, the lab, a cluster's API).
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "native": set(),
     "netns": {"errors"},
     "resources": {"errors"},
     "capture": {"errors", "netns"},
-    "proxy": {"errors"},
+    "proxy": {"errors", "native"},
     "controlplane": {"errors", "resources"},
     "diagnose": {"errors", "resources", "capture", "proxy"},
     # controlplane: the live probe speaks the protocol Istio gives the port (protocol.py)
@@ -36,11 +37,11 @@ ALLOWED: dict[str, set[str]] = {
     "node": {"errors", "netns", "resources"},
     "lab": {"errors", "netns", "resources", "capture", "controlplane", "node"},
     "kubeapi": {"errors", "resources", "controlplane", "node", "lab"},
-    "cli": {"errors", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
-            "diagnose.evidence", "apps", "node", "lab", "kubeapi"},
+    "cli": {"errors", "native", "netns", "resources", "capture", "proxy", "controlplane",
+            "diagnose", "diagnose.evidence", "apps", "node", "lab", "kubeapi"},
     "__main__": {"cli"},
 }
-PURE = ("errors", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
+PURE = ("errors", "native", "netns", "resources", "capture", "proxy", "controlplane", "diagnose",
         "apps")
 RUNTIME = ("lab", "node", "cli", "diagnose.evidence", "kubeapi")
 

@@ -18,6 +18,11 @@ import pytest
 from remora import native
 
 CLONE = native.SRC.parent
+# tests that patch compiled classes or functions: skipped in a compiled process, run here
+PURE_ONLY_FILES = ("tests/unit/proxy/http/test_in_flight.py",
+                   "tests/unit/proxy/http2/test_in_flight.py",
+                   "tests/unit/proxy/http2/test_trailers.py",
+                   "tests/unit/proxy/http2/test_early_response.py")
 _FILES, _STATUS = native.check()
 needs_build = pytest.mark.skipif(
     _FILES is None, reason=f"no current native build ({_STATUS}): scripts/build_native.py")
@@ -89,13 +94,14 @@ def test_a_build_for_another_python_or_module_list_is_refused(copy: Path) -> Non
 
 @needs_build
 def test_the_pure_codec_and_stream_tests_pass_too() -> None:
-    """This suite runs compiled when the build is current; the HTTP/1.1 codec's, the
-    stream's and the connection manager's own tests once more as pure Python, in one
-    subprocess: both forms of the code answer alike."""
+    """This suite runs compiled when the build is current; the HTTP/1.1 codec's and the
+    connection manager's own tests once more as pure Python, in one subprocess (both
+    forms of the code answer alike), with the tests that patch a compiled module and are
+    skipped when it is (native_mode.py)."""
     tests = ["tests/unit/proxy/http/test_codec_framing.py",
              "tests/unit/proxy/http/test_codec_state.py",
              "tests/unit/proxy/http/test_header_map.py",
-             "tests/unit/proxy/http/test_hcm_stats.py"]
+             "tests/unit/proxy/http/test_hcm_stats.py", *PURE_ONLY_FILES]
     env = dict(os.environ, REMORA_PURE="1", PYTHONPATH=str(native.SRC))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:xdist", *tests], env=env, cwd=CLONE, capture_output=True,

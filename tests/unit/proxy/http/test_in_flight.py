@@ -15,13 +15,18 @@ import pytest
 from remora.proxy.http.connection import Http1Connection
 from tests.unit.proxy.http.fakes import Client, hcm_config, proxy
 from tests.unit.proxy.http.test_hcm_basic import run, setup
+from tests.unit.proxy.native_mode import COMPILED
 
 RESET = "upstream connect error or disconnect/reset before headers. "
 
 
 @pytest.fixture
-def resumed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """How often a request in flight became a coroutine again (and why)."""
+def resumed(monkeypatch: pytest.MonkeyPatch) -> list[str] | None:
+    """How often a request in flight became a coroutine again (and why); None when the
+    connection is mypyc-compiled, whose own calls a patched method does not see (these
+    tests run as pure Python too: tests/unit/proxy/test_native_build.py)."""
+    if COMPILED:
+        return None
     seen: list[str] = []
     original = Http1Connection.resume_in_flight
 
@@ -37,7 +42,7 @@ def _route(**route: Any) -> dict[str, Any]:
     return {"name": "r", "match": {"prefix": "/"}, "route": {"cluster": "app", **route}}
 
 
-def test_route_timeout_in_flight_is_504_ut(resumed: list[str]) -> None:
+def test_route_timeout_in_flight_is_504_ut(resumed: list[str] | None) -> None:
     async def body() -> None:
         hcm, _, cluster, ctx = await setup(hcm_config([_route(timeout="0.2s")]))
         async with proxy(hcm) as addr:
@@ -46,7 +51,7 @@ def test_route_timeout_in_flight_is_504_ut(resumed: list[str]) -> None:
             r = await c.get("/slow/2000")
             assert (r.status, r.body) == (504, b"upstream request timeout")
             assert (await c.get("/")).status == 200  # the connection still serves
-        assert resumed == ["resumed"]
+        assert resumed is None or resumed == ["resumed"]
         info = ctx.logger.infos[1]
         assert (info.flags_string(), info.response_code_details) == ("UT", "response_timeout")
         assert info.upstream_request_attempt_count == 1
@@ -60,7 +65,7 @@ def test_route_timeout_in_flight_is_504_ut(resumed: list[str]) -> None:
     run(body)
 
 
-def test_retried_status_in_flight_ends_with_urx(resumed: list[str]) -> None:
+def test_retried_status_in_flight_ends_with_urx(resumed: list[str] | None) -> None:
     async def body() -> None:
         cfg = hcm_config([_route(timeout="5s", retry_policy={
             "retry_on": "retriable-status-codes", "retriable_status_codes": [503],
@@ -71,7 +76,7 @@ def test_retried_status_in_flight_ends_with_urx(resumed: list[str]) -> None:
             assert (await c.get("/")).status == 200
             r = await c.get("/status/503")
             assert r.status == 503 and r.json()["path"] == "/status/503"
-        assert resumed == ["resumed"]
+        assert resumed is None or resumed == ["resumed"]
         assert len(app.seen) == 4
         info = ctx.logger.infos[1]
         assert (info.flags_string(), info.response_code_details) == ("URX", "via_upstream")
@@ -88,7 +93,7 @@ def test_retried_status_in_flight_ends_with_urx(resumed: list[str]) -> None:
     run(body)
 
 
-def test_upstream_reset_in_flight_is_503_uc(resumed: list[str]) -> None:
+def test_upstream_reset_in_flight_is_503_uc(resumed: list[str] | None) -> None:
     async def body() -> None:
         hcm, _, _, ctx = await setup()
         async with proxy(hcm) as addr:
@@ -97,14 +102,14 @@ def test_upstream_reset_in_flight_is_503_uc(resumed: list[str]) -> None:
             r = await c.get("/reset")
             assert r.status == 503
             assert r.body == (RESET + "reset reason: connection termination").encode()
-        assert resumed == ["resumed"]
+        assert resumed is None or resumed == ["resumed"]
         info = ctx.logger.infos[1]
         assert (info.flags_string(), info.response_code_details) == (
             "UC", "upstream_reset_before_response_started{connection_termination}")
     run(body)
 
 
-def test_downstream_disconnect_in_flight_is_dc_with_code_0(resumed: list[str]) -> None:
+def test_downstream_disconnect_in_flight_is_dc_with_code_0(resumed: list[str] | None) -> None:
     async def body() -> None:
         hcm, _, _, ctx = await setup()
         async with proxy(hcm) as addr:
@@ -114,7 +119,7 @@ def test_downstream_disconnect_in_flight_is_dc_with_code_0(resumed: list[str]) -
             await asyncio.sleep(0.1)
             c.close()
             await asyncio.sleep(0.2)
-        assert resumed == ["resumed"]
+        assert resumed is None or resumed == ["resumed"]
         info = ctx.logger.infos[1]
         assert (info.response_code, info.flags_string(), info.response_code_details) == (
             0, "DC", "downstream_remote_disconnect")
@@ -123,7 +128,7 @@ def test_downstream_disconnect_in_flight_is_dc_with_code_0(resumed: list[str]) -
     run(body)
 
 
-def test_usual_requests_stay_callbacks(resumed: list[str]) -> None:
+def test_usual_requests_stay_callbacks(resumed: list[str] | None) -> None:
     async def body() -> None:
         hcm, (app,), cluster, ctx = await setup()
         async with proxy(hcm) as addr:
@@ -131,7 +136,7 @@ def test_usual_requests_stay_callbacks(resumed: list[str]) -> None:
             for i in range(5):
                 r = await c.get(f"/n/{i}")
                 assert r.status == 200 and r.json()["path"] == f"/n/{i}"
-        assert resumed == []
+        assert resumed is None or resumed == []
         assert cluster.connects == 1 and len(app.seen) == 5
         assert [i.response_code for i in ctx.logger.infos] == [200] * 5
         assert ctx.stats.counters["cluster.app.upstream_rq_200"] == 5
@@ -139,7 +144,7 @@ def test_usual_requests_stay_callbacks(resumed: list[str]) -> None:
 
 
 def test_requests_overflow_with_a_pooled_connection_ready_is_503_uo(
-        resumed: list[str]) -> None:
+        resumed: list[str] | None) -> None:
     async def body() -> None:
         hcm, _, cluster, ctx = await setup()
         async with proxy(hcm) as addr:

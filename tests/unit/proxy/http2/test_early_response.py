@@ -29,7 +29,10 @@ from tests.unit.proxy.http.fakes import (
 )
 from tests.unit.proxy.http2 import upstream_setup as us
 from tests.unit.proxy.http2.h2client import H2Client, H2Response
+from tests.unit.proxy.native_mode import pure_only
 from tests.unit.proxy.proxy_helpers import free_port
+
+pytestmark = pure_only  # it patches a compiled class (native_mode.py)
 
 NO_ERROR = 0
 GRPC = [("content-type", "application/grpc"), ("te", "trailers")]

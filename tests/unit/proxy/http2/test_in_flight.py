@@ -21,6 +21,7 @@ from remora.proxy.http2.stream import StreamConn
 from tests.unit.proxy.http.fakes import proxy
 from tests.unit.proxy.http2.h2client import H2Client
 from tests.unit.proxy.http2.test_downstream_h2 import logged, run, setup
+from tests.unit.proxy.native_mode import pure_only
 
 RESET = "upstream connect error or disconnect/reset before headers. "
 
@@ -280,6 +281,7 @@ def test_client_goaway_lets_the_stream_in_flight_finish(flights: list[str]) -> N
     run(body)
 
 
+@pure_only  # it patches Router.start_http1 and ConnectionPool.take_ready (compiled)
 def test_a_cancellation_while_the_stream_starts_lands_at_its_wait(
         flights: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted inside ``hcm.start`` (here as the router takes its pooled connection,

@@ -18,6 +18,9 @@ from tests.unit.proxy.http.fakes import (
     proxy,
 )
 from tests.unit.proxy.http2.h2client import H2Client
+from tests.unit.proxy.native_mode import pure_only
+
+pytestmark = pure_only  # it patches a compiled class (native_mode.py)
 
 
 def _hcm_answering_with_trailers() -> Any:
