@@ -85,7 +85,7 @@ def mypy_version() -> str:
 
 def build(out: Path, files: list[str], quiet: bool) -> None:
     from mypyc.build import mypycify
-    from setuptools import Distribution
+    from setuptools import Distribution  # type: ignore[import-untyped]
 
     work = out.with_name(out.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
@@ -100,8 +100,8 @@ def build(out: Path, files: list[str], quiet: bool) -> None:
                             target_dir=str(work / "c"))
             dist = Distribution({"name": "remora_native", "ext_modules": exts})
             cmd = dist.get_command_obj("build_ext")
-            cmd.build_lib = str(work / "lib")  # type: ignore[attr-defined]
-            cmd.build_temp = str(work / "tmp")  # type: ignore[attr-defined]
+            cmd.build_lib = str(work / "lib")
+            cmd.build_temp = str(work / "tmp")
             dist.run_command("build_ext")
     finally:
         os.chdir(old)
@@ -135,6 +135,7 @@ def main() -> int:
     try:
         build(args.out, files, args.quiet)
     except (Exception, SystemExit) as e:  # setuptools reports a compiler failure as SystemExit
+        shutil.rmtree(args.out.with_name(args.out.name + ".work"), ignore_errors=True)
         print(f"native build failed ({type(e).__name__}: {str(e).strip()[:200]})",
               file=sys.stderr)
         return 1
