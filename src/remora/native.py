@@ -62,6 +62,7 @@ MODULES: tuple[str, ...] = (
     "remora.proxy.http.stream",
     "remora.proxy.http.upstream_request",
     "remora.proxy.deferred_write",
+    "remora.proxy.stats",
 )
 STAMP = "stamp.json"
 SRC = Path(__file__).resolve().parent.parent  # the folder holding the remora package

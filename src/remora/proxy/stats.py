@@ -13,8 +13,9 @@ import bisect
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+from remora.native import mypyc_attr
 from remora.proxy.interfaces import Stats
 
 # Envoy's default histogram bucket bounds (source/common/stats/histogram_impl.h).
@@ -36,8 +37,9 @@ class Histogram:
     # values waiting at most (a histogram nobody reads stays small). An owner on a hot
     # path may do what ``observe`` does itself when ``histogram`` gave it this class
     # exactly (append to ``pending``, fold at FOLD_AT), as the router and the connection
-    # manager do per request
-    FOLD_AT = 512
+    # manager do per request (Final: a class constant for mypyc too, which makes an
+    # unannotated class-level value an instance attribute's default)
+    FOLD_AT: Final = 512
 
     def __init__(self) -> None:
         self._counts = [0] * (len(BUCKETS) + 1)
@@ -106,6 +108,9 @@ class Histogram:
         return BUCKETS[-1]
 
 
+# Python classes when compiled by mypyc (remora/native.py): compiled, ``handle.pending += n``
+# on a Counter writes the native field and never reaches _StatsCounter's ``pending`` property
+@mypyc_attr(native_class=False)
 class Counter:
     """A handle on one counter, resolved once from its name (``StatsStore.counter``): an
     increment is an attribute add on the handle, no name built and no dict touched per
@@ -127,6 +132,16 @@ class Counter:
         self.pending += value
 
 
+def _no_pending(handle: _StatsCounter) -> int:
+    return 0  # nothing is held here: every increment went to the stats already
+
+
+def _pending_to_inc(handle: _StatsCounter, value: int) -> None:
+    if value:
+        handle.inc(value)
+
+
+@mypyc_attr(native_class=False)
 class _StatsCounter(Counter):
     """A handle over any ``interfaces.Stats`` (one that hands out no handles of its own):
     each increment goes to ``stats.inc``, also one made as ``handle.pending += n`` (what a
@@ -138,14 +153,9 @@ class _StatsCounter(Counter):
         self.stats = stats
         super().__init__(name, also)
 
-    @property
-    def pending(self) -> int:
-        return 0  # nothing is held here: every increment went to the stats already
-
-    @pending.setter
-    def pending(self, value: int) -> None:
-        if value:
-            self.inc(value)
+    # (property() over module functions, not the decorators: mypyc compiles no property
+    # setter in a Python class, nor a class body naming its own methods)
+    pending = property(_no_pending, _pending_to_inc)
 
     def inc(self, value: int = 1) -> None:
         self.stats.inc(self.name, value)
