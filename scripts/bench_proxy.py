@@ -517,6 +517,12 @@ def main() -> int:
           f"{' lab-mtls (generated config, two sidecars)' if args.lab_mtls else ''}"
           f"{h2_note}"
           f"{f' pinned to CPU {args.pin_cpu}' if args.pin_cpu is not None else ''}")
+    # which remora runs: the mypyc build or pure Python (remora/native.py), as the
+    # sidecars started below will see it (same interpreter, same environment)
+    version = subprocess.run([sys.executable, "-m", "remora", "--version"],
+                             capture_output=True, text=True, check=False).stdout
+    print("# remora " + next((line for line in version.splitlines()
+                              if line.startswith("native:")), "native: unknown"), flush=True)
     if args.protocol == "h2":
         print(f"{'path':<8} {'conns':>5} {'streams':>7} {'req/s':>11} {'mean ms':>9} "
               f"{'sd ms':>9} {'max ms':>9} {'cpu us/rq':>8} {'RSS MiB':>7} {'PSS MiB':>7}")
