@@ -182,7 +182,11 @@ class RecordingSetup(PodSetup):
         record = {f"{ns}/{svc}": sorted(e["ip"] for e in eps)
                   for (ns, svc), eps in snapshot.endpoints.items()}
         for ctx in pods:
-            (ctx.pod_dir / "eds.json").write_text(json.dumps(record))
+            # written whole, then renamed: the test reads it while the reconciler may be
+            # writing it again (a read between the truncation and the write saw "")
+            tmp = ctx.pod_dir / "eds.json.tmp"
+            tmp.write_text(json.dumps(record))
+            tmp.replace(ctx.pod_dir / "eds.json")
 
 
 def test_pod_setup_hooks_shape_the_pod() -> None:
