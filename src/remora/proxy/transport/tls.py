@@ -817,13 +817,10 @@ def _peer_chain(sslobj: Any) -> tuple[bytes, ...]:
                  for c in getter() or ())
 
 
-# BoringSSL's packed error codes (ERR_PACK(ERR_LIB_SSL, reason)) of the server-side
-# failures whose reason OpenSSL names the same, as Envoy 1.40 logs them in
-# %DOWNSTREAM_TRANSPORT_FAILURE_REASON% (observed): reason -> (text, ssl.* counter)
+# the server-side failures Envoy 1.40 logs with more than BoringSSL's name (observed) or
+# counts under another ssl.* counter: reason -> (text, counter); the others are
+# _BORINGSSL_REASONS' (a plain-text HTTP request's HTTP_REQUEST among them)
 _SERVER_FAILURES = {
-    # a plain-text HTTP request to a TLS listener
-    "HTTP_REQUEST": ("TLS_error:|268435612:SSL routines:OPENSSL_internal:HTTP_REQUEST:"
-                     "TLS_error_end", "connection_error"),
     # require_client_certificate and no certificate came
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
         "TLS_error:|268435648:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_"
@@ -899,10 +896,9 @@ def failure_reason(exc: BaseException, server: bool = False, depth: int = 0,
     if isinstance(exc, TlsError):
         return exc.reason, exc.stat
     if server and isinstance(exc, ssl.SSLError) and not isinstance(
-            exc, ssl.SSLCertVerificationError) and exc.reason in _SERVER_FAILURES:
-        return _SERVER_FAILURES[exc.reason]
-    if server and isinstance(exc, ssl.SSLError) and not isinstance(
             exc, ssl.SSLCertVerificationError) and exc.reason:
+        if exc.reason in _SERVER_FAILURES:
+            return _SERVER_FAILURES[exc.reason]
         known = _server_reason(exc.reason, hs)
         if known is not None:
             return known, "connection_error"
