@@ -237,6 +237,16 @@ def _only_added(given: Any, defaulted: Any) -> bool:
     return bool(given == defaulted)
 
 
+def _stored_pod_maps(meta: dict[str, Any], labels: Any, annotations: Any) -> None:
+    """META with a pod's LABELS and ANNOTATIONS as the node stores them (pod_metadata): an
+    empty map is no map (omitempty)."""
+    for key, value in (("labels", labels), ("annotations", annotations)):
+        if value:
+            meta[key] = copy.deepcopy(value)
+        else:
+            meta.pop(key, None)
+
+
 class ManagedFields:
     """Every object's managedFields: the object's uid ("" until a create's object is
     first read) and its managers, by (store kind, namespace, name). Read from the
@@ -833,14 +843,9 @@ class Handler:
             served["metadata"].pop("managedFields", None)
             if entries:
                 served["metadata"]["managedFields"] = mf.encode(entries)
-            for key, value in (("labels", labels), ("annotations", annotations)):
-                # as the write itself stores them (the node's pod_metadata): an empty
-                # map is no map (omitempty), so a dry run of a pod without labels does
-                # not show `labels: {}` (kubectl diff)
-                if value:
-                    served["metadata"][key] = value
-                else:
-                    served["metadata"].pop(key, None)
+            # as the write itself stores them, so a dry run of a pod without labels does
+            # not show `labels: {}` (kubectl diff)
+            _stored_pod_maps(served["metadata"], labels, annotations)
         else:
             self.backend.pod_metadata(t.namespace or "default", t.name or "", labels,
                                       annotations)
@@ -861,15 +866,10 @@ class Handler:
         prior = mf.decode((obj.get("metadata") or {}).get("managedFields"))
         if prior is None:
             prior = self._entries(t)
-        # as the pod stores them (pod_metadata): an empty map is no map (omitempty)
         before, after = copy.deepcopy(obj), copy.deepcopy(obj)
         for version, meta in ((before, live["metadata"]), (after, obj.get("metadata") or {})):
-            version.setdefault("metadata", {})
-            for key in ("labels", "annotations"):
-                if meta.get(key):
-                    version["metadata"][key] = copy.deepcopy(meta[key])
-                else:
-                    version["metadata"].pop(key, None)
+            _stored_pod_maps(version.setdefault("metadata", {}), meta.get("labels"),
+                             meta.get("annotations"))
         manager = mf.manager_name(req.arg("fieldManager"), req.headers.get("user-agent", ""))
         return mf.update(self._schema(t), prior, before, after, manager,
                          self._group_version(t), self.clock())
