@@ -256,6 +256,9 @@ def install(ctx: ssl.SSLContext, groups: Sequence[Sequence[str]]) -> bool:
 
 
 _SSL_CTRL_SET_GROUPS_LIST = 92  # ssl.h: SSL_CTX_set1_groups_list is SSL_CTX_ctrl with it
+_ctx_ctrl = load_once(lambda: libssl_function("SSL_CTX_ctrl", ctypes.c_long, ctypes.c_void_p,
+                                              ctypes.c_int, ctypes.c_long, ctypes.c_char_p),
+                      "libssl SSL_CTX_ctrl")
 
 
 def set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
@@ -264,11 +267,7 @@ def set_groups(ctx: ssl.SSLContext, groups: str) -> bool:
     set (``ssl``'s set_ecdh_curve takes one curve only)."""
     lib = _libssl()
     ptr = _ctx_pointer(ctx, lib) if lib is not None else None
-    if ptr is None:
-        return False
-    try:
-        ctrl = libssl_function("SSL_CTX_ctrl", ctypes.c_long, ctypes.c_void_p, ctypes.c_int,
-                               ctypes.c_long, ctypes.c_char_p)
-    except (OSError, AttributeError):
+    ctrl = _ctx_ctrl()
+    if ptr is None or ctrl is None:
         return False
     return bool(ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) == 1)
