@@ -63,9 +63,8 @@ def _in_file(exc: ConfigError, config_path: str) -> ConfigError:
     file's errors are at "FILE: resources[i]...")."""
     if config_path in exc.problem or ": " in exc.path:
         return exc
-    out = ConfigError(f"{config_path}: {exc.path}" if exc.path else config_path,
-                      exc.message, exc.fix)
-    return out
+    return ConfigError(f"{config_path}: {exc.path}" if exc.path else config_path,
+                       exc.message, exc.fix)
 
 
 def drop_privileges(group: int | None, user: int | None) -> None:
