@@ -86,6 +86,7 @@ class Downstream(Protocol):
     facts: ConnectionFacts
     info: StreamInfo  # connection-level; HTTP makes one per request from it
     drain: DrainDecision  # its listener's (server/drain.py)
+    buffer_limit: int  # its listener's per_connection_buffer_limit_bytes (default 1 MiB)
 
     def close(self) -> None: ...
 
@@ -126,6 +127,7 @@ class HostCounts(Protocol):
 
 class Cluster(Protocol):
     name: str
+    buffer_limit: int  # per_connection_buffer_limit_bytes (default 1 MiB)
 
     async def connect(
         self, facts: ConnectionFacts, info: StreamInfo, exclude_hosts: frozenset[str] = ...,

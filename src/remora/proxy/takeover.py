@@ -1,7 +1,7 @@
 """Handing a connection from the core's StreamReader to a codec's own asyncio.Protocol.
 
 The core accepts and connects with asyncio streams (the listener filters peek through the
-StreamReader); HTTP/1.1, HTTP/2 and the splice relay then read the socket themselves. The
+StreamReader); HTTP/1.1, HTTP/2 and tcp_proxy's plain relay then read the socket themselves. The
 bytes the StreamReader already buffered, and whether it saw EOF, must go with it: it keeps
 them in ``_buffer``/``_eof`` (CPython's asyncio; uvloop uses the same class), which is the
 only way to hand a connection over without losing a byte.

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from remora.proxy.server.runtime import Server
 from tests.unit.proxy.proxy_helpers import (
@@ -243,3 +244,68 @@ def test_ipv6_listener_and_cluster(tmp_path: Path) -> None:
         srv.close()
 
     asyncio.run(main())
+
+
+def test_buffer_limits_bound_the_plain_relays_reads(tmp_path: Path, monkeypatch: Any) -> None:
+    """per_connection_buffer_limit_bytes: the listener's bounds each read from the client,
+    the cluster's each read from the upstream (Envoy's read-buffer limits); unset is 1 MiB.
+    Bytes stay exact across reads that small."""
+    from remora.proxy.network_filters import plain_relay
+    from remora.proxy.upstream.config import parse_cluster
+
+    assert parse_cluster(static_cluster("c", 1), "c").buffer_limit == 1 << 20
+    seen: dict[str, list[int]] = {"limits": [], "rx": [], "tx": []}
+
+    class Recording(plain_relay.PlainRelay):
+        def __init__(self, down_fd: int, up_fd: int, down_limit: int, up_limit: int) -> None:
+            seen["limits"] += [down_limit, up_limit]
+            super().__init__(down_fd, up_fd, down_limit, up_limit)
+
+        def _add_rx(self, n: int) -> None:
+            seen["rx"].append(n)
+            super()._add_rx(n)
+
+        def _add_tx(self, n: int) -> None:
+            seen["tx"].append(n)
+            super()._add_tx(n)
+
+    monkeypatch.setattr(plain_relay, "PlainRelay", Recording)
+    taken: list[int] = []  # the size of every buffer a read was made into
+    take = plain_relay._take
+
+    def recording_take(size: int) -> bytearray:
+        taken.append(size)
+        return take(size)
+    monkeypatch.setattr(plain_relay, "_take", recording_take)
+    data = os.urandom(2 * 1024 * 1024 + 3)
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = await reader.read()
+        writer.write(got)  # the upload back, then EOF
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        srv, port = await upstream(app)
+        lport = free_port()
+        listener = tcp_listener("l", lport, "c")
+        listener["per_connection_buffer_limit_bytes"] = 32768
+        cluster = static_cluster("c", port)
+        cluster["per_connection_buffer_limit_bytes"] = 16384
+        doc = {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
+        async with running(doc, tmp_path):
+            reader, writer = await asyncio.open_connection("127.0.0.1", lport)
+            writer.write(data)
+            writer.write_eof()
+            got = await reader.read()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            writer.close()
+        srv.close()
+
+    asyncio.run(main())
+    assert seen["limits"] == [32768, 16384]
+    assert sum(seen["rx"]) == sum(seen["tx"]) == len(data)
+    # (the first count may be bytes the listener's StreamReader held before the relay
+    # took over: asyncio's reader fills to twice its limit)
+    assert set(taken) == {32768, 16384}

@@ -29,7 +29,7 @@ from remora.proxy.interfaces import (
     Upstream,
     UpstreamError,
 )
-from remora.proxy.network_filters import splice_relay
+from remora.proxy.network_filters import plain_relay
 from remora.proxy.registry import register
 from remora.proxy.stats import stat_name_part
 from remora.proxy.stream_info import StreamInfo
@@ -172,20 +172,22 @@ class TcpProxy:
         host = upstream.host
         cluster.host_stat(host, "rq_total")
         cluster.host_stat(host, "rq_active")
-        relay: _Relay | splice_relay.SpliceRelay = _Relay()
+        relay: _Relay | plain_relay.PlainRelay = _Relay()
         try:
             downstream = await established
             if downstream is None:  # its TLS handshake failed: the upstream closes
                 return
-            down_fd = splice_relay.plain_socket_fd(downstream.writer)
-            up_fd = splice_relay.plain_socket_fd(upstream.writer)
+            down_fd = plain_relay.plain_socket_fd(downstream.writer)
+            up_fd = plain_relay.plain_socket_fd(upstream.writer)
             # a TLS side's close_notify reaches _pipe as an end of stream (a plain one's
             # FIN does already)
             tls.half_close(downstream.writer.transport)
             tls.half_close(upstream.writer.transport)
-            if splice_relay.AVAILABLE and down_fd is not None and up_fd is not None:
-                # no TLS on either side: splice(2) moves the bytes inside the kernel
-                relay = splice_relay.SpliceRelay(down_fd, up_fd)
+            if down_fd is not None and up_fd is not None:
+                # no TLS on either side: the sockets are read and written directly from
+                # the event loop's callbacks, each read up to that side's buffer limit
+                relay = plain_relay.PlainRelay(down_fd, up_fd, downstream.buffer_limit,
+                                               cluster.buffer_limit)
                 cancel_timer = self._arm_idle(relay, relay.stop)
                 try:
                     await relay.run(downstream.reader, downstream.writer,
@@ -231,7 +233,7 @@ class TcpProxy:
             up.cancel()
             down.cancel()
 
-    def _arm_idle(self, relay: _Relay | splice_relay.SpliceRelay,
+    def _arm_idle(self, relay: _Relay | plain_relay.PlainRelay,
                   stop: Callable[[], None]) -> Callable[[], None]:
         """One timer per connection, re-armed only when it fires (no per-read cost);
         returns the function that cancels whichever timer is current."""

@@ -10,10 +10,12 @@ from remora.proxy.stream_info import StreamInfo
 
 
 class DownstreamConnection:
-    __slots__ = ("closed", "drain", "facts", "info", "reader", "writer")
+    __slots__ = ("buffer_limit", "closed", "drain", "facts", "info", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 facts: ConnectionFacts, info: StreamInfo, drain: DrainDecision) -> None:
+                 facts: ConnectionFacts, info: StreamInfo, drain: DrainDecision,
+                 buffer_limit: int) -> None:
+        self.buffer_limit = buffer_limit
         self.drain = drain
         self.reader = reader
         self.writer = writer

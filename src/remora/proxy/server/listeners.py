@@ -297,7 +297,7 @@ async def serve_connection(server: Server, listener: ActiveListener, conn: socke
             if drain.ended:  # its LDS drain ended while the connection was being set up
                 writer.close()
                 return None
-            return DownstreamConnection(reader, writer, facts, info, drain)
+            return DownstreamConnection(reader, writer, facts, info, drain, cfg.buffer_limit)
 
         task = asyncio.current_task()
         if task is not None:  # closed with the chain when an LDS drain of it ends

@@ -167,6 +167,7 @@ class ClusterImpl:
     def __init__(self, config: ClusterConfig, stats: StatsStore) -> None:
         self.name = config.name
         self.config = config
+        self.buffer_limit = config.buffer_limit
         self.stats = stats
         self.prefix = f"cluster.{config.name}."
         self.hosts: list[Host] = list(config.hosts)

@@ -56,6 +56,7 @@ class ClusterConfig:
     raw: dict[str, Any]
     connect_timeout: float = 5.0
     lb_policy: str = "ROUND_ROBIN"
+    buffer_limit: int = 1 << 20  # per_connection_buffer_limit_bytes
     hosts: list[Host] = field(default_factory=list)
     eds_path: str | None = None
     eds_service_name: str | None = None
@@ -282,7 +283,9 @@ def parse_cluster(raw: Any, path: str) -> ClusterConfig:
                                          "CLUSTER_PROVIDED"), "ROUND_ROBIN")
     f.string("alt_stat_name")
     f.duration("cleanup_interval")  # ORIGINAL_DST host cleanup: remora keeps no host set
-    f.integer("per_connection_buffer_limit_bytes")
+    # bounds one read of tcp_proxy's plain relay from this cluster's connections
+    # (network_filters/plain_relay.py); 0 or unset is Envoy's default, 1 MiB
+    cfg.buffer_limit = f.integer("per_connection_buffer_limit_bytes", 1 << 20) or (1 << 20)
     cfg.metadata = f.raw("metadata", {}) or {}
     legacy_h2 = f.fields("http2_protocol_options", "Http2ProtocolOptions")
     opts = f.raw("typed_extension_protocol_options", {}) or {}

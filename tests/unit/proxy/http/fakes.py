@@ -69,6 +69,7 @@ class FakeCluster:
     def __init__(self, name: str, hosts: list[tuple[str, int]], max_requests: int = 1 << 30,
                  max_pending: int = 1 << 30, max_retries: int = 1 << 30) -> None:
         self.name = name
+        self.buffer_limit = 1 << 20
         self.hosts = hosts
         self.limits = {"requests": max_requests, "pending_requests": max_pending,
                        "retries": max_retries}

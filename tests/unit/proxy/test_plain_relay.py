@@ -1,6 +1,7 @@
-"""tcp_proxy's splice(2) relay on its own, over loopback TCP pairs (no root needed), under
+"""tcp_proxy's plain-socket relay on its own, over loopback TCP pairs (no root needed), under
 both the default asyncio loop and uvloop (the sidecar's): bytes exact both ways with
-half-close, bytes the StreamReaders buffered before the switch, backpressure, a reset."""
+half-close, bytes the StreamReaders buffered before the switch, backpressure with one
+bounded buffer per direction, buffers held only while bytes wait, a reset."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from remora.proxy.network_filters import splice_relay
-from remora.proxy.network_filters.splice_relay import SpliceRelay, plain_socket_fd
-
-pytestmark = pytest.mark.skipif(not splice_relay.AVAILABLE, reason="no os.splice")
+from remora.proxy.network_filters import plain_relay
+from remora.proxy.network_filters.plain_relay import PlainRelay, plain_socket_fd
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -43,14 +42,14 @@ def _run(main: Callable[[], Awaitable[None]], loop_kind: str) -> None:
         asyncio.run(main())
 
 
-async def _relayed() -> tuple[Streams, Streams, SpliceRelay, asyncio.Task[None]]:
+async def _relayed() -> tuple[Streams, Streams, PlainRelay, asyncio.Task[None]]:
     """client <-> [downstream | relay | upstream] <-> app"""
     (client, down) = await _pair()
     (up, app) = await _pair()
     fd_down = plain_socket_fd(down[1])
     fd_up = plain_socket_fd(up[1])
     assert fd_down is not None and fd_up is not None
-    relay = SpliceRelay(fd_down, fd_up)
+    relay = PlainRelay(fd_down, fd_up)
 
     async def run() -> None:
         try:
@@ -78,7 +77,7 @@ def test_bytes_exact_both_ways_with_half_close_and_buffered_bytes(loop_kind: str
         await down[0].readexactly(0)
         fd_down, fd_up = plain_socket_fd(down[1]), plain_socket_fd(up[1])
         assert fd_down is not None and fd_up is not None
-        relay = SpliceRelay(fd_down, fd_up)
+        relay = PlainRelay(fd_down, fd_up)
         task = asyncio.ensure_future(relay.run(down[0], down[1], up[0], up[1]))
 
         async def send_up() -> None:
@@ -146,7 +145,83 @@ def test_stop_ends_an_idle_relay(loop_kind: str) -> None:
     _run(main, loop_kind)
 
 
-def test_tls_transports_are_not_spliced(tmp_path: object) -> None:
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_stalled_receiver_stops_the_reads_and_one_bounded_buffer_is_held(
+        loop_kind: str) -> None:
+    """The app reads nothing: the relay reads the client only while nothing it read waits,
+    so what it took stays within the sockets' kernel buffers plus one read of at most the
+    downstream limit, and no read is larger than that limit. Once the app reads, every
+    byte arrives in order and the buffer goes back to the free list."""
+    limit = 64 * 1024
+    total = 32 * 1024 * 1024
+    data = os.urandom(total)
+    reads: list[int] = []
+
+    class Recording(PlainRelay):
+        def _add_rx(self, n: int) -> None:
+            reads.append(n)
+            super()._add_rx(n)
+
+    async def main() -> None:
+        (client, down) = await _pair()
+        (up, app) = await _pair()
+        fd_down, fd_up = plain_socket_fd(down[1]), plain_socket_fd(up[1])
+        assert fd_down is not None and fd_up is not None
+        relay = Recording(fd_down, fd_up, down_limit=limit)
+        task = asyncio.ensure_future(relay.run(down[0], down[1], up[0], up[1]))
+        app[1].transport.pause_reading()  # type: ignore[attr-defined]
+
+        async def send() -> None:
+            for i in range(0, total, 1 << 20):
+                client[1].write(data[i:i + (1 << 20)])
+                await client[1].drain()
+            client[1].write_eof()
+        sender = asyncio.ensure_future(send())
+        await asyncio.sleep(0.5)
+        stalled_rx = relay.rx
+        await asyncio.sleep(0.3)
+        assert relay.rx == stalled_rx  # no read while the app's side is full
+        assert not sender.done()  # the client is held back in turn
+        assert stalled_rx < total // 2
+        up_dir = relay._dirs[0]
+        assert up_dir.buf is not None and len(up_dir.buf) == limit  # one buffer, bounded
+        app[1].transport.resume_reading()  # type: ignore[attr-defined]
+        got = await asyncio.wait_for(app[0].read(), 20)
+        await sender
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        assert max(reads) <= limit
+        client[1].close()
+        app[1].close()
+        await asyncio.wait_for(task, 5)
+        assert all(d.buf is None for d in relay._dirs)
+
+    _run(main, loop_kind)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_an_idle_relay_holds_no_buffer(loop_kind: str) -> None:
+    """Request/response traffic: each read's buffer goes back to the free list as soon as
+    it was written, so a connection between messages holds none, and the next read reuses
+    the same buffer (no allocation per message)."""
+    async def main() -> None:
+        client, app, relay, task = await _relayed()
+        for i in range(3):
+            client[1].write(b"ping %d" % i)
+            assert await app[0].readexactly(6) == b"ping %d" % i
+            app[1].write(b"pong %d" % i)
+            assert await client[0].readexactly(6) == b"pong %d" % i
+            assert all(d.buf is None and d.pending is None for d in relay._dirs)
+        spare = plain_relay._free[plain_relay.DEFAULT_LIMIT]
+        assert 1 <= len(spare) <= plain_relay.POOL_KEEP
+        relay.stop()
+        await asyncio.wait_for(task, 5)
+        client[1].close()
+        app[1].close()
+
+    _run(main, loop_kind)
+
+
+def test_tls_transports_are_not_relayed_by_socket(tmp_path: object) -> None:
     """A TLS transport's bytes are ciphertext on the socket: no fd is offered for it."""
     class _FakeTransport:
         def __init__(self, extra: dict[str, object]) -> None:
