@@ -635,8 +635,12 @@ def test_rollout_honours_max_surge(kube: Kube) -> None:
         assert 'deployment "web" successfully rolled out' in rollout
         hashes = [{p["metadata"]["labels"]["pod-template-hash"] for p in pods}
                   for pods in samples]
-        assert all(len(h) <= 1 for h in hashes), hashes  # never old and new together
-        assert len({h for hs in hashes for h in hs}) == 2, hashes  # it did roll
+        new = hashes[-1]
+        assert len(new) == 1, hashes
+        # never a new pod beside an old one (terminating pods of the rollout before this
+        # one may still be there when it starts: old beside old is fine)
+        assert all(h == new or not (h & new) for h in hashes), hashes
+        assert any(h and not (h & new) for h in hashes), hashes  # it did roll
     finally:
         kube.kubectl("delete", "ns", "qa3")
 

@@ -94,7 +94,11 @@ class Runtime:
         self._retry: dict[str, float] = {}
         self._signature = ""  # the cluster state kube-proxy's rules and DNS were made from
         self._pushes = PushThrottle()  # the sidecars' config (remora.node.pushes)
-        self._stopping: dict[str, float] = {}  # pod uid -> when its deletion began
+        # pod uid -> when its deletion began, and whether the sidecars' config then listed
+        # it as an endpoint
+        self._stopping: dict[str, tuple[float, bool]] = {}
+        # every endpoint address of the sidecars' config as last pushed
+        self._pushed_endpoints: frozenset[str] = frozenset()
         self._admission_errors: set[str] = set()
         self._starting: dict[str, float] = {}  # pod uid -> when it left Pending
         # pod uid -> when it became Ready (wall clock), for spec.minReadySeconds: the
@@ -590,26 +594,27 @@ class Runtime:
 
     def _delete_step(self, row: PodRow) -> None:
         if row.uid not in self._stopping:
-            self._stopping[row.uid] = time.monotonic()
+            listed = not self._pushed_endpoints.isdisjoint(row.addresses)
+            self._stopping[row.uid] = (time.monotonic(), listed)
             self.supervisor.stop_pod(row.uid, self.config.stop_grace)
         if not self.supervisor.pod_stopped(row.uid):
             return
-        if self._sidecars_may_send(self._stopping[row.uid]):
+        if self._sidecars_may_send(row, *self._stopping[row.uid]):
             self._busy = True  # the next tick looks again
             return
         self.remove_pod(row)
         self._stopping.pop(row.uid, None)
 
-    def _sidecars_may_send(self, since: float) -> bool:
-        """Whether a sidecar may still hold config made before a deletion that began at
-        SINCE (SIDECAR_READ above): the cluster as it is now (the deleting pod out of
-        every Service's endpoints) not pushed yet, or pushed too recently to have been
-        read. A deletion that changed nothing the sidecars see pushes nothing and waits
-        for nothing; PUSH_WAIT bounds the wait."""
+    def _sidecars_may_send(self, row: PodRow, since: float, listed: bool) -> bool:
+        """Whether a sidecar may still send to ROW, whose deletion began at SINCE
+        (SIDECAR_READ above): the sidecars' config listed it as an endpoint then, and
+        still does (the push that drops it not made yet) or was pushed without it too
+        recently to have been read. A pod no Service selected waits for nothing;
+        PUSH_WAIT bounds the wait."""
         now = time.monotonic()
-        if now - since > PUSH_WAIT:
+        if not listed or now - since > PUSH_WAIT:
             return False
-        if self._pushes.pending(self._signature):
+        if not self._pushed_endpoints.isdisjoint(row.addresses):
             return True
         pushed_at = self._pushes.pushed_at
         return pushed_at is not None and now - pushed_at < SIDECAR_READ
@@ -658,6 +663,8 @@ class Runtime:
             self._busy = True  # tried again next pass
             return
         self._pushes.done(signature, now, time.monotonic() - now)
+        self._pushed_endpoints = frozenset(e["ip"] for eps in snapshot.endpoints.values()
+                                           for e in eps)
 
     def _apply_services(self, services: list[dict[str, Any]], snapshot: ClusterSnapshot,
                         pods: list[dict[str, Any]]) -> None:
