@@ -170,3 +170,49 @@ def test_help_names_pa_ap_and_remora_state_dir() -> None:
     out = CliRunner().invoke(cli, ["get", "--help"]).output
     assert "pa or ap" in " ".join(out.split())
     assert "$REMORA_STATE_DIR" in out
+
+
+TYPO = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: vt}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: vt}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: vasth/simple-server, imagePullPolicyy: Always}]
+"""
+
+
+def test_up_f_validates_as_apply_before_the_lab_starts(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """`remora up -f` reads its manifests through apply's --validate: strict (the default)
+    refuses the batch in the apiserver's words and starts nothing; warn lets it through
+    (here to the root check, the next thing `up` needs; the warning comes with the
+    apply, as `remora apply --validate=warn` prints it: tests/netns/test_lab_cli.py)."""
+    # not root: should the refusal ever not happen, `up` stops at its root check rather
+    # than starting a lab from a unit test
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    manifest = tmp_path / "typo.yaml"
+    manifest.write_text(TYPO)
+    state = tmp_path / "s"
+    result = CliRunner().invoke(cli, ["up", "-f", str(manifest), "--state-dir", str(state)],
+                                standalone_mode=False)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"remora: error: {manifest}: Deployment/vt/web not applied: "
+                               'Deployment in version "v1" cannot be handled as a Deployment: '
+                               'strict decoding error: unknown field "spec.template.spec.'
+                               'containers[0].imagePullPolicyy"'), lines
+    assert lines[-1] == "remora: nothing applied: 1 object(s) refused by --validate=strict"
+    assert not state.exists()
+    result = CliRunner().invoke(cli, ["up", "-f", str(manifest), "--validate=warn",
+                                      "--state-dir", str(state)], standalone_mode=False)
+    assert isinstance(result.exception, PrivilegeError), result.exception
+    assert "refused" not in result.stderr
+    assert not state.exists()
