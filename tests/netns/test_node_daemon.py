@@ -254,12 +254,13 @@ class PushLogSetup(PodSetup):
                 f.write(line + "\n")
 
 
-def test_a_deleted_pods_network_outlives_the_push_that_drops_its_endpoint() -> None:
-    """The deleted pod's network stays until the sidecars were given (and had time to
-    read) config without its endpoint, even when the push throttle holds that push back
-    (a push just happened): a client sidecar never sends to an address nobody answers
-    (runtime.SIDECAR_READ). Before, the pod went ~0.3 s after its deletion and the push
-    up to a second later: in the demo's rollout, 3 s of SYNs lost to ARP."""
+def test_a_deleted_endpoint_pod_serves_until_the_push_that_drops_it_was_read() -> None:
+    """A deleted pod that a Service selects keeps running (and its network) until the
+    sidecars were given (and had time to read) config without its endpoint, even when the
+    push throttle holds that push back (a push just happened): a client sidecar never
+    sends to a pod that is gone or stopping (runtime.SIDECAR_READ). Before, the pod
+    stopped at once and its network went ~0.3 s after the deletion, the push up to a
+    second later: in the demo's rollout, 3 s of SYNs lost to ARP."""
     from remora.node.runtime import SIDECAR_READ
 
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
@@ -270,21 +271,30 @@ def test_a_deleted_pods_network_outlives_the_push_that_drops_its_endpoint() -> N
         w1 = get_pod(node, "w1")
         assert w1 is not None
         ip, netns_path = w1["status"]["podIP"], Path("/run/netns") / w1["remora"]["netns"]
+        pid = w1["status"]["containerStatuses"][0]["remora"]["pid"]
         log = next((node.state_dir / "pods").glob("default_keep_*")) / "pushes.log"
 
         def pushes() -> list[dict[str, Any]]:
             return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+        def running() -> bool:
+            stat = Path(f"/proc/{pid}/stat")
+            try:
+                return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except (OSError, IndexError):
+                return False
         wait_for(lambda: any(p["eps"].get("default/web") == [ip] for p in pushes()))
         # a change that pushes at once, so that the deletion's push comes within the
         # throttle's second and is held back
         node.client.apply([{**svc, "metadata": {"name": "other"}}])
         wait_for(lambda: any("default/other" in p["eps"] for p in pushes()))
         node.client.delete("Pod", "w1")
+        stopped = wait_for(lambda: None if running() else time.monotonic(), timeout=10)
         gone = wait_for(lambda: None if netns_path.exists() else time.monotonic(),
                         timeout=10)
         dropped = [p["t"] for p in pushes() if p["eps"].get("default/web") == []]
         assert dropped, pushes()
-        assert dropped[0] + SIDECAR_READ - 0.05 <= gone, (dropped[0], gone)
+        assert dropped[0] + SIDECAR_READ - 0.05 <= stopped <= gone, (dropped[0], stopped, gone)
     assert not node.leftovers()
 
 

@@ -60,13 +60,16 @@ FULL_EVERY = 2.0  # seconds between full passes when nothing happens
 # overrides it.
 MAX_STARTING = max(4, 3 * (os.cpu_count() or 1))
 STARTING_FOR = 30.0  # seconds after which a pod that is not Ready stops counting
-# A deleted pod's network is removed only once the sidecars no longer send to it: the
-# push that drops its endpoints made (the push throttle may hold it up to a second,
-# remora.node.pushes) and read. In Kubernetes the endpoint goes at once while the old pod
-# stays reachable, its istio-proxy draining for terminationDrainDuration (5 s) before it
-# exits; here the containers stop at once, and a client sidecar that still had the address
-# sent its SYNs to nobody: 3 s until the node's ARP gave up (host unreachable), then its
-# retry (the demo's rollout took 15-16 s instead of 12 in about half of the runs).
+# A deleted pod that the sidecars' config lists as an endpoint is stopped only once the
+# sidecars no longer send to it: the push that drops its endpoints made (the push
+# throttle may hold it up to a second, remora.node.pushes) and read. Until then it serves.
+# In Kubernetes the endpoint goes at once while the old pod stays reachable, its
+# istio-proxy draining for terminationDrainDuration (5 s) before it exits (and users give
+# the app a preStop sleep so that it keeps answering meanwhile). Stopped at once, the
+# lab's pod left a window: a client sidecar that still had the address sent its SYNs to a
+# pod whose network was gone, 3 s until the node's ARP gave up (host unreachable), then
+# its retry (the demo's rollout took 15-16 s instead of 12 in about half of the runs); a
+# TPROXY pod whose sidecar had exited drops them too (no socket for the TPROXY target).
 SIDECAR_READ = 0.3  # remora's sidecar polls its xDS files every 0.25 s (proxy/server/runtime.py)
 PUSH_WAIT = 3.0  # the longest a stopped pod waits for that push (one that keeps failing)
 
@@ -99,6 +102,7 @@ class Runtime:
         self._stopping: dict[str, tuple[float, bool]] = {}
         # every endpoint address of the sidecars' config as last pushed
         self._pushed_endpoints: frozenset[str] = frozenset()
+        self._signalled: set[str] = set()  # deleting pods whose containers were told to stop
         self._admission_errors: set[str] = set()
         self._starting: dict[str, float] = {}  # pod uid -> when it left Pending
         # pod uid -> when it became Ready (wall clock), for spec.minReadySeconds: the
@@ -596,14 +600,17 @@ class Runtime:
         if row.uid not in self._stopping:
             listed = not self._pushed_endpoints.isdisjoint(row.addresses)
             self._stopping[row.uid] = (time.monotonic(), listed)
+        if row.uid not in self._signalled:
+            if self._sidecars_may_send(row, *self._stopping[row.uid]):
+                self._busy = True  # it serves on; the next tick looks again
+                return
+            self._signalled.add(row.uid)
             self.supervisor.stop_pod(row.uid, self.config.stop_grace)
         if not self.supervisor.pod_stopped(row.uid):
             return
-        if self._sidecars_may_send(row, *self._stopping[row.uid]):
-            self._busy = True  # the next tick looks again
-            return
         self.remove_pod(row)
         self._stopping.pop(row.uid, None)
+        self._signalled.discard(row.uid)
 
     def _sidecars_may_send(self, row: PodRow, since: float, listed: bool) -> bool:
         """Whether a sidecar may still send to ROW, whose deletion began at SINCE
