@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from remora.cli.main import cli
 from remora.errors import PrivilegeError, RemoraError, UsageError
+from tests.unit.lab.test_manifests import TYPO_FILE, TYPO_PATH
 
 
 def run(*args: str) -> BaseException | None:
@@ -172,23 +173,6 @@ def test_help_names_pa_ap_and_remora_state_dir() -> None:
     assert "$REMORA_STATE_DIR" in out
 
 
-TYPO = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: vt}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: vt}
-spec:
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: vasth/simple-server, imagePullPolicyy: Always}]
-"""
-
-
 def test_up_f_validates_as_apply_before_the_lab_starts(monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     """`remora up -f` reads its manifests through apply's --validate: strict (the default)
@@ -199,16 +183,15 @@ def test_up_f_validates_as_apply_before_the_lab_starts(monkeypatch: pytest.Monke
     # than starting a lab from a unit test
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     manifest = tmp_path / "typo.yaml"
-    manifest.write_text(TYPO)
+    manifest.write_text(TYPO_FILE)
     state = tmp_path / "s"
     result = CliRunner().invoke(cli, ["up", "-f", str(manifest), "--state-dir", str(state)],
                                 standalone_mode=False)
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1
     lines = result.stderr.splitlines()
-    assert lines[0].startswith(f"remora: error: {manifest}: Deployment/vt/web not applied: "
+    assert lines[0].startswith(f"remora: error: {manifest}: Deployment/v4/web not applied: "
                                'Deployment in version "v1" cannot be handled as a Deployment: '
-                               'strict decoding error: unknown field "spec.template.spec.'
-                               'containers[0].imagePullPolicyy"'), lines
+                               f'strict decoding error: unknown field "{TYPO_PATH}"'), lines
     assert lines[-1] == "remora: nothing applied: 1 object(s) refused by --validate=strict"
     assert not state.exists()
     result = CliRunner().invoke(cli, ["up", "-f", str(manifest), "--validate=warn",
